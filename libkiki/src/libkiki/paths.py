@@ -1,0 +1,70 @@
+"""Where Kiki keeps its sockets and state: decided here and nowhere else.
+
+Order of precedence for the runtime directory (sockets):
+
+1. ``$RUNTIME_DIRECTORY`` -- set by systemd from ``RuntimeDirectory=`` (``/run/kiki`` on a device);
+   when the unit lists several directories, the first one;
+2. ``$KIKI_RUNTIME_DIR`` -- what ``kiki up`` and developers set;
+3. ``$XDG_RUNTIME_DIR/kiki`` for a user, or ``/run/kiki`` for root.
+
+The state directory follows the same order with ``$STATE_DIRECTORY``, ``$KIKI_STATE_DIR`` and
+``$XDG_STATE_HOME/kiki`` (``~/.local/state/kiki``) or ``/var/lib/kiki`` for root.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Final
+
+TOOLS_SOCKET: Final = "tools.sock"
+A11Y_SOCKET: Final = "a11y.sock"
+SENSORS_SOCKET: Final = "sensors.sock"
+UPDATER_SOCKET: Final = "updater.sock"
+
+SOCKET_NAMES: Final[Mapping[str, str]] = {
+    "tool-broker": TOOLS_SOCKET,
+    "a11y-server": A11Y_SOCKET,
+    "sensor-publisher": SENSORS_SOCKET,
+    "updater": UPDATER_SOCKET,
+}
+
+
+def _first(value: str) -> str:
+    # systemd joins several RuntimeDirectory= entries with ':'.
+    return value.split(":", 1)[0]
+
+
+def runtime_dir(env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    if value := env.get("RUNTIME_DIRECTORY"):
+        return Path(_first(value))
+    if value := env.get("KIKI_RUNTIME_DIR"):
+        return Path(value)
+    if os.geteuid() == 0:
+        return Path("/run/kiki")
+    xdg = env.get("XDG_RUNTIME_DIR") or f"/tmp/kiki-runtime-{os.geteuid()}"
+    return Path(xdg) / "kiki"
+
+
+def state_dir(env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    if value := env.get("STATE_DIRECTORY"):
+        return Path(_first(value))
+    if value := env.get("KIKI_STATE_DIR"):
+        return Path(value)
+    if os.geteuid() == 0:
+        return Path("/var/lib/kiki")
+    xdg = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(xdg) / "kiki"
+
+
+def config_dir(env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    return Path(env.get("KIKI_CONFIG_DIR") or "/etc/kiki")
+
+
+def socket_path(name: str, env: Mapping[str, str] | None = None) -> Path:
+    """Path of a socket by file name (``tools.sock``) or by service (``tool-broker``)."""
+    return runtime_dir(env) / SOCKET_NAMES.get(name, name)

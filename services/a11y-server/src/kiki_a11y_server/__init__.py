@@ -1,0 +1,1 @@
+"""kiki-a11y-server."""

@@ -1,0 +1,1 @@
+"""kiki-dbus-gateway."""

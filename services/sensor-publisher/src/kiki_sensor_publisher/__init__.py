@@ -1,0 +1,1 @@
+"""kiki-sensor-publisher."""
