@@ -100,12 +100,14 @@ class Listeners:
 
     def __init__(self, activated: list[ListenFd] | None = None) -> None:
         self._activated = list(listen_fds() if activated is None else activated)
+        self._was_activated = bool(self._activated)
         self._owned_paths: list[Path] = []
         self.sockets: list[socket.socket] = []
 
     @property
     def activated(self) -> bool:
-        return bool(self._activated)
+        """Whether the service manager passed us sockets (rather than us binding them)."""
+        return self._was_activated
 
     def unix(self, name: str, path: Path, *, mode: int = 0o660) -> socket.socket:
         sock = self._take(name)

@@ -1,2 +1,14 @@
+"""``kiki-a11y-server``: the accessibility-tree server (see the service README)."""
+
+from libkiki.service import service_main
+
+from kiki_a11y_server import __version__
+from kiki_a11y_server.server import A11yConfig, serve
+
+
 def main() -> None:
-    raise SystemExit("not yet")
+    service_main("a11y-server", __version__, A11yConfig, serve)
+
+
+if __name__ == "__main__":
+    main()

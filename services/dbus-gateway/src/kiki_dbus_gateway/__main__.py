@@ -1,2 +1,14 @@
+"""``kiki-dbus-gateway``: the D-Bus gateway (see the service README)."""
+
+from libkiki.service import service_main
+
+from kiki_dbus_gateway import __version__
+from kiki_dbus_gateway.server import GatewayConfig, serve
+
+
 def main() -> None:
-    raise SystemExit("not yet")
+    service_main("dbus-gateway", __version__, GatewayConfig, serve)
+
+
+if __name__ == "__main__":
+    main()

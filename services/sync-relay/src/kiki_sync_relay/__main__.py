@@ -1,2 +1,14 @@
+"""``kiki-sync-relay``: the session sync relay (see the service README)."""
+
+from libkiki.service import service_main
+
+from kiki_sync_relay import __version__
+from kiki_sync_relay.server import RelayConfig, serve
+
+
 def main() -> None:
-    raise SystemExit("not yet")
+    service_main("sync-relay", __version__, RelayConfig, serve)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""``kiki up``: run the whole constellation in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from libkiki.constellation import BY_NAME, DEFAULT_RELAY_HOST, DEFAULT_RELAY_PORT, SERVICES
+from libkiki.paths import runtime_dir, state_dir
+from libkiki.up import Supervisor, UpConfig
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "up",
+        help="start every service, as systemd would, in the foreground",
+        description="Start the Kiki services as child processes the way systemd runs them "
+        "(pre-bound sockets via LISTEN_FDS, NOTIFY_SOCKET readiness, watchdog), print a table "
+        "when all are ready, restart any that crash, and stop all cleanly on Ctrl-C or SIGTERM.",
+    )
+    p.add_argument("services", nargs="*", metavar="SERVICE",
+                   help=f"only these services (default: all of {', '.join(BY_NAME)})")
+    p.add_argument("--runtime-dir", type=Path, help="socket directory (default: %(default)s)",
+                   default=runtime_dir())
+    p.add_argument("--state-dir", type=Path, help="state directory (default: %(default)s)",
+                   default=state_dir())
+    p.add_argument("--relay-host", default=DEFAULT_RELAY_HOST, help="sync relay address")
+    p.add_argument("--relay-port", type=int, default=DEFAULT_RELAY_PORT,
+                   help="sync relay port; 0 picks a free one (default: %(default)s)")
+    p.add_argument("--ready-timeout", type=float, default=30.0,
+                   help="seconds to wait for each service's READY=1 (default: %(default)s)")
+    p.add_argument("--watchdog", type=float, default=20.0,
+                   help="WATCHDOG_USEC given to services, in seconds (default: %(default)s)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    unknown = [n for n in args.services if n not in BY_NAME]
+    if unknown:
+        print(f"kiki up: unknown service {', '.join(unknown)} (known: {', '.join(BY_NAME)})")
+        return 2
+    services = tuple(BY_NAME[n] for n in args.services) if args.services else SERVICES
+    config = UpConfig(
+        runtime_dir=args.runtime_dir, state_dir=args.state_dir, relay_host=args.relay_host,
+        relay_port=args.relay_port, services=services, ready_timeout=args.ready_timeout,
+        watchdog_sec=args.watchdog,
+    )
+    return asyncio.run(Supervisor(config).run())

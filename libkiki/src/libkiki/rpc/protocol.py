@@ -1,0 +1,471 @@
+"""The sans-I/O JSON-RPC 2.0 core: lines in, events and bytes out. No event loop, clock or os.
+
+:class:`RpcCore` holds the state of one connection, in both directions:
+
+* incoming -- :meth:`RpcCore.receive` parses one line (or an
+  :class:`~libkiki.framing.Oversized` marker) and returns events: :class:`Incoming` for each
+  request or notification to run, :class:`Send` for errors the core answers by itself (parse
+  errors, invalid requests, limits), :class:`CancelRequested`, :class:`Dropped`. The caller runs
+  each ``Incoming`` and hands its response back to :meth:`RpcCore.complete`, which returns the
+  bytes to send -- for a batch, the whole array once its last entry is done.
+* outgoing -- :meth:`RpcCore.request`, :meth:`RpcCore.notification` and :meth:`RpcCore.batch`
+  build the bytes and track pending ids; responses arrive as :class:`ResponseReceived` (or
+  :class:`UnmatchedResponse` for ids that are not, or no longer, pending).
+
+The structural check here replaces jsonrpcserver's jsonschema validation (about 1 µs instead
+of about 140 µs); :func:`validate_request` has the signature of its ``validator`` hook.
+
+Spec choices, for the record: an invalid request is answered even without an ``id`` (it is not
+a valid notification), echoing its ``id`` when that member is itself valid and ``null``
+otherwise; ``params`` that is neither array nor object makes the request invalid (-32600, the
+spec says params MUST be structured); blank lines are ignored; ``_meta`` (MCP) is taken out of
+named params and handed over separately.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from libkiki.errors import (
+    InvalidRequest,
+    KikiError,
+    LimitExceeded,
+    ParseError,
+    ProtocolError,
+    Unavailable,
+    error_for_code,
+)
+from libkiki.framing import Oversized
+
+__all__ = [
+    "CANCELLED",
+    "PROGRESS",
+    "Call",
+    "CancelRequested",
+    "Dropped",
+    "Event",
+    "Incoming",
+    "Params",
+    "ProgressReceived",
+    "RequestId",
+    "ResponseReceived",
+    "RpcCore",
+    "Send",
+    "UnmatchedResponse",
+    "error_line",
+    "error_response",
+    "validate_request",
+]
+
+RequestId = str | int | float | None
+Params = dict[str, Any] | list[Any]
+
+CANCELLED = "notifications/cancelled"
+PROGRESS = "notifications/progress"
+
+# Ids of requests we gave up on (timeout, cancellation) are remembered this long so that their
+# late answers are recognised as expected rather than reported as strays.
+_ABANDONED_MEMORY = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One entry of an outgoing batch."""
+
+    method: str
+    params: Params | None = None
+    notification: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Bytes (complete lines) to write to the peer."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """A request or notification to run; ``message`` is what jsonrpcserver dispatches."""
+
+    slot: int
+    id: RequestId
+    method: str
+    message: dict[str, Any]
+    notification: bool
+    meta: dict[str, Any] | None = None
+
+    @property
+    def progress_token(self) -> str | int | None:
+        token = self.meta.get("progressToken") if self.meta else None
+        return token if isinstance(token, str | int) and not isinstance(token, bool) else None
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRequested:
+    """The peer cancelled one of its running requests; its response must not be sent."""
+
+    slot: int
+    id: RequestId
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    """An incoming notification that was not run (nobody is told, per the spec)."""
+
+    method: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressReceived:
+    """A ``notifications/progress`` for one of our requests sent with a progress token."""
+
+    id: int
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseReceived:
+    """The answer to one of our pending requests: ``error`` is None on success."""
+
+    id: int
+    result: Any
+    error: KikiError | None
+
+
+@dataclass(frozen=True, slots=True)
+class UnmatchedResponse:
+    """A response whose id is not pending; ``abandoned`` if we had given up on it ourselves."""
+
+    id: Any
+    abandoned: bool
+    error: KikiError | None
+
+
+Event = (
+    Send | Incoming | CancelRequested | Dropped | ProgressReceived | ResponseReceived | UnmatchedResponse
+)
+
+
+def _valid_id(value: object) -> bool:
+    return value is None or (isinstance(value, str | int | float) and not isinstance(value, bool))
+
+
+def _request_problem(obj: dict[str, Any]) -> str | None:
+    if obj.get("jsonrpc") != "2.0":
+        return '"jsonrpc" must be exactly "2.0"'
+    if not isinstance(obj.get("method"), str):
+        return '"method" must be a string'
+    if "id" in obj and not _valid_id(obj["id"]):
+        return '"id" must be a string, a number or null'
+    if "params" in obj and not isinstance(obj["params"], dict | list):
+        return '"params" must be an array or an object'
+    return None
+
+
+def validate_request(request: Any) -> Any:
+    """jsonrpcserver's ``validator`` hook: raise for anything that is not a valid request/batch."""
+    entries = request if isinstance(request, list) else [request]
+    if not entries:
+        raise InvalidRequest(data="empty batch")
+    for entry in entries:
+        problem = _request_problem(entry) if isinstance(entry, dict) else "not an object"
+        if problem:
+            raise InvalidRequest(data=problem)
+    return request
+
+
+def error_response(id: RequestId, error: dict[str, Any]) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "error": error, "id": id}
+
+
+def error_line(error: KikiError, id: RequestId = None) -> bytes:
+    """A complete response line carrying ``error``, e.g. for a connection refused at the door."""
+    return orjson.dumps(error_response(id, error.to_jsonrpc())) + b"\n"
+
+
+@dataclass(slots=True, eq=False)
+class _Batch:
+    parts: list[bytes] = field(default_factory=list)
+    remaining: int = 0
+
+
+@dataclass(slots=True, eq=False)
+class _Slot:
+    id: RequestId
+    notification: bool
+    batch: _Batch | None
+    cancelled: bool = False
+
+
+class RpcCore:
+    """State of one JSON-RPC connection. Every method is synchronous and cannot block."""
+
+    def __init__(self, *, max_in_flight: int = 64, counters: Counter[str] | None = None) -> None:
+        self.max_in_flight = max_in_flight
+        self.counters: Counter[str] = Counter() if counters is None else counters
+        self._slots: dict[int, _Slot] = {}
+        self._by_id: dict[str | int | float, int] = {}
+        self._next_slot = 0
+        self._draining = False
+        self._next_id = 0
+        self._pending: dict[int, str] = {}
+        self._progress: set[int] = set()
+        self._abandoned: dict[int, None] = {}  # insertion-ordered, oldest evicted first
+
+    # -- incoming ---------------------------------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._slots)
+
+    def start_draining(self) -> None:
+        """From now on new requests are answered Unavailable; responses are still accepted."""
+        self._draining = True
+
+    def receive(self, line: bytes | Oversized) -> list[Event]:
+        """Process one line of input; never raises for anything the peer can send."""
+        if isinstance(line, Oversized):
+            return [self._error_send(line.error, None)]
+        if not line.strip():
+            return []
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            return [self._error_send(ParseError(), None)]
+        events: list[Event] = []
+        if not isinstance(obj, list):
+            part = self._entry(obj, None, events)
+            if part is not None:
+                events.append(Send(part + b"\n"))
+            return events
+        if not obj:
+            return [self._error_send(InvalidRequest(data="empty batch"), None)]
+        batch = _Batch()
+        for entry in obj:
+            part = self._entry(entry, batch, events)
+            if part is not None:
+                batch.parts.append(part)
+        if batch.remaining == 0 and batch.parts:
+            events.append(Send(_array(batch.parts)))
+        return events
+
+    def complete(self, slot: int, response: dict[str, Any] | None) -> bytes | None:
+        """Record the end of ``slot``; return the bytes to send now, if any.
+
+        ``response`` is None when the handler was cancelled; a response to a request the peer
+        cancelled, or to a notification, is discarded.
+        """
+        entry = self._slots.pop(slot, None)
+        if entry is None:
+            return None
+        if entry.id is not None and not entry.notification:
+            self._by_id.pop(entry.id, None)
+        if entry.notification:
+            return None
+        part = None
+        if response is not None and not entry.cancelled:
+            if "error" in response:
+                self.counters["errors"] += 1
+            part = orjson.dumps(response)
+        batch = entry.batch
+        if batch is None:
+            return None if part is None else part + b"\n"
+        if part is not None:
+            batch.parts.append(part)
+        batch.remaining -= 1
+        return _array(batch.parts) if batch.remaining == 0 and batch.parts else None
+
+    def _error_send(self, error: KikiError, id: RequestId) -> Send:
+        self.counters["errors"] += 1
+        return Send(error_line(error, id))
+
+    def _error_part(self, error: KikiError, id: RequestId) -> bytes:
+        self.counters["errors"] += 1
+        return orjson.dumps(error_response(id, error.to_jsonrpc()))
+
+    def _entry(self, obj: Any, batch: _Batch | None, events: list[Event]) -> bytes | None:
+        """Classify one message (or batch entry); return an error to answer it with, if any."""
+        if not isinstance(obj, dict):
+            return self._error_part(InvalidRequest(data="not an object"), None)
+        if "method" not in obj:
+            if "id" in obj and ("result" in obj or "error" in obj):
+                events.append(self._response(obj))
+                return None
+            return self._error_part(InvalidRequest(data="neither a request nor a response"), None)
+        problem = _request_problem(obj)
+        rid = obj.get("id")
+        if problem is not None:
+            return self._error_part(InvalidRequest(data=problem), rid if _valid_id(rid) else None)
+        method: str = obj["method"]
+        notification = "id" not in obj
+        if notification:
+            self.counters["notifications"] += 1
+            if method == CANCELLED:
+                self._cancel(obj.get("params"), events)
+                return None
+            if method == PROGRESS and (event := self._progress_event(obj.get("params"))):
+                events.append(event)
+                return None
+        else:
+            self.counters["requests"] += 1
+        refusal: KikiError | None = None
+        if self._draining:
+            refusal = Unavailable("the connection is closing")
+        elif len(self._slots) >= self.max_in_flight:
+            refusal = LimitExceeded(
+                f"more than {self.max_in_flight} requests in flight on this connection",
+                data={"limit": self.max_in_flight},
+            )
+        elif rid is not None and rid in self._by_id:
+            refusal = InvalidRequest(data="the id is already used by a request in flight")
+        if refusal is not None:
+            if notification:
+                events.append(Dropped(method, refusal.message))
+                return None
+            return self._error_part(refusal, rid)
+        meta = None
+        params = obj.get("params")
+        if isinstance(params, dict) and "_meta" in params:
+            raw_meta = params["_meta"]
+            meta = raw_meta if isinstance(raw_meta, dict) else None
+            obj = {**obj, "params": {k: v for k, v in params.items() if k != "_meta"}}
+        slot = self._next_slot = self._next_slot + 1
+        self._slots[slot] = _Slot(rid, notification, None if notification else batch)
+        if not notification:
+            if rid is not None:
+                self._by_id[rid] = slot
+            if batch is not None:
+                batch.remaining += 1
+        events.append(Incoming(slot, rid, method, obj, notification, meta))
+        return None
+
+    def _cancel(self, params: object, events: list[Event]) -> None:
+        # MCP: a cancellation for an unknown or finished request is silently ignored.
+        if not isinstance(params, dict):
+            return
+        rid = params.get("requestId")
+        if rid is None or not _valid_id(rid) or (slot := self._by_id.get(rid)) is None:
+            return
+        entry = self._slots[slot]
+        if entry.cancelled:
+            return
+        entry.cancelled = True
+        reason = params.get("reason")
+        events.append(CancelRequested(slot, rid, reason if isinstance(reason, str) else None))
+
+    def _progress_event(self, params: object) -> ProgressReceived | None:
+        if not isinstance(params, dict):
+            return None
+        token = params.get("progressToken")
+        if isinstance(token, int) and not isinstance(token, bool) and token in self._progress:
+            return ProgressReceived(token, params)
+        return None
+
+    # -- outgoing ---------------------------------------------------------------------------
+
+    @property
+    def outgoing(self) -> int:
+        """Our requests still waiting for an answer."""
+        return len(self._pending)
+
+    def request(self, method: str, params: Params | None = None, *, progress: bool = False) -> tuple[int, bytes]:
+        """Build a request; with ``progress`` its id is also sent as ``_meta.progressToken``."""
+        rid = self._next_id + 1
+        message = self._message(method, params, rid, progress)
+        data = orjson.dumps(message) + b"\n"  # may raise for unserialisable params: caller's bug
+        self._next_id = rid
+        self._pending[rid] = method
+        if progress:
+            self._progress.add(rid)
+        return rid, data
+
+    def notification(self, method: str, params: Params | None = None) -> bytes:
+        return orjson.dumps(self._message(method, params, None, False)) + b"\n"
+
+    def batch(self, calls: list[Call]) -> tuple[list[int | None], bytes]:
+        """Build a batch; the ids list has None in the place of each notification."""
+        if not calls:
+            raise ValueError("a batch needs at least one call")
+        ids: list[int | None] = []
+        messages = []
+        rid = self._next_id
+        for call in calls:
+            this = None if call.notification else (rid := rid + 1)
+            ids.append(this)
+            messages.append(self._message(call.method, call.params, this, False))
+        data = orjson.dumps(messages) + b"\n"
+        self._next_id = rid
+        for this, call in zip(ids, calls, strict=True):
+            if this is not None:
+                self._pending[this] = call.method
+        return ids, data
+
+    def abandon(self, rid: int) -> bool:
+        """Stop waiting for ``rid`` (timeout, cancellation). False if it was not pending."""
+        self._progress.discard(rid)
+        if self._pending.pop(rid, None) is None:
+            return False
+        self._abandoned[rid] = None
+        if len(self._abandoned) > _ABANDONED_MEMORY:
+            del self._abandoned[next(iter(self._abandoned))]
+        return True
+
+    def abandon_all(self) -> list[int]:
+        """The connection is gone: forget every pending request and return their ids."""
+        ids = list(self._pending)
+        self._pending.clear()
+        self._progress.clear()
+        return ids
+
+    @staticmethod
+    def _message(method: str, params: Params | None, rid: int | None, progress: bool) -> dict[str, Any]:
+        if not isinstance(method, str):
+            raise TypeError("method must be a string")
+        message: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
+        if progress:
+            if not isinstance(params, dict | None):
+                raise TypeError("progress needs named params (a dict) to carry _meta")
+            params = dict(params or {})
+            meta = params.get("_meta")
+            params["_meta"] = {**(meta if isinstance(meta, dict) else {}), "progressToken": rid}
+        if params is not None:
+            if not isinstance(params, dict | list):
+                raise TypeError("params must be a dict, a list or None")
+            message["params"] = params
+        if rid is not None:
+            message["id"] = rid
+        return message
+
+    def _response(self, obj: dict[str, Any]) -> ResponseReceived | UnmatchedResponse:
+        rid = obj["id"]
+        error: KikiError | None = None
+        if obj.get("jsonrpc") != "2.0" or ("result" in obj) == ("error" in obj):
+            error = ProtocolError("malformed response from the peer")
+        elif "error" in obj:
+            member = obj["error"]
+            if (
+                isinstance(member, dict)
+                and isinstance(member.get("code"), int)
+                and not isinstance(member.get("code"), bool)
+                and isinstance(member.get("message"), str)
+            ):
+                error = error_for_code(member["code"], member["message"], member.get("data"))
+            else:
+                error = ProtocolError("malformed error in a response from the peer")
+        if isinstance(rid, int) and not isinstance(rid, bool) and rid in self._pending:
+            del self._pending[rid]
+            self._progress.discard(rid)
+            return ResponseReceived(rid, obj.get("result"), error)
+        abandoned = isinstance(rid, int) and not isinstance(rid, bool) and rid in self._abandoned
+        return UnmatchedResponse(rid, abandoned, error)
+
+
+def _array(parts: list[bytes]) -> bytes:
+    return b"[" + b",".join(parts) + b"]\n"

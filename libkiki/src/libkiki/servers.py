@@ -1,0 +1,93 @@
+"""Accepting stream connections with structured concurrency and a connection limit.
+
+:func:`serve_stream` owns the accept loop and every connection's task in one ``TaskGroup``, so
+leaving it (the service draining) stops accepting, lets live connections finish within the
+runner's drain bound, and cancels whatever is left. A connection over ``max_connections`` gets
+the protocol's own rejection (``reject``) and is closed; nobody else notices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+Rejection = Callable[[], bytes]
+
+STREAM_LIMIT = 1 << 16
+
+
+async def _run_connection(
+    handler: Handler, conn: socket.socket, live: set[asyncio.StreamWriter],
+    counters: Counter[str],
+) -> None:
+    reader, writer = await asyncio.open_connection(sock=conn, limit=STREAM_LIMIT)
+    live[writer] = reader
+    counters["connections"] += 1
+    try:
+        await handler(reader, writer)
+    except (ConnectionError, BrokenPipeError):
+        counters["disconnects"] += 1  # the peer went away mid-conversation: its loss only
+    except Exception:
+        counters["handler_errors"] += 1
+        log.exception("connection handler failed")
+    finally:
+        live.pop(writer, None)
+        writer.close()
+        with contextlib.suppress(ConnectionError, BrokenPipeError):
+            await writer.wait_closed()
+
+
+async def _reject(conn: socket.socket, reply: bytes) -> None:
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(1):
+            await loop.sock_sendall(conn, reply)
+    except (OSError, TimeoutError):
+        pass
+    finally:
+        conn.close()
+
+
+@contextlib.asynccontextmanager
+async def serve_stream(
+    listener: socket.socket,
+    handler: Handler,
+    *,
+    max_connections: int,
+    reject: Rejection,
+    counters: Counter[str],
+) -> AsyncIterator[dict[asyncio.StreamWriter, asyncio.StreamReader]]:
+    """Serve ``listener`` until the block exits; yields the set of live connections."""
+    loop = asyncio.get_running_loop()
+    listener.setblocking(False)
+    live: dict[asyncio.StreamWriter, asyncio.StreamReader] = {}
+
+    async def accept_loop(tg: asyncio.TaskGroup) -> None:
+        while True:
+            conn, _ = await loop.sock_accept(listener)
+            conn.setblocking(False)
+            if len(live) >= max_connections:
+                counters["rejected_connections"] += 1
+                log.warning("connection limit (%d) reached; rejecting a client", max_connections)
+                tg.create_task(_reject(conn, reject()))
+                continue
+            tg.create_task(_run_connection(handler, conn, live, counters))
+
+    async with asyncio.TaskGroup() as tg:
+        acceptor = tg.create_task(accept_loop(tg))
+        try:
+            yield live
+        finally:
+            acceptor.cancel()
+            # Draining: stop reading, and let each handler see end-of-input so it finishes the
+            # requests it already has, writes their answers and closes.
+            for writer, reader in list(live.items()):
+                writer.transport.pause_reading()
+                reader.feed_eof()

@@ -1,0 +1,440 @@
+"""``kiki up``: the whole constellation on a developer's machine, started the way systemd would.
+
+For every service the supervisor binds its listening socket itself (like a ``.socket`` unit),
+then starts the service's console script with the socket at fd 3 (``LISTEN_FDS``,
+``LISTEN_PID``, ``LISTEN_FDNAMES``), ``RUNTIME_DIRECTORY``/``STATE_DIRECTORY``, its own
+``NOTIFY_SOCKET`` and ``WATCHDOG_USEC``. It waits for ``READY=1`` from each in order, prints a
+table when all are ready, restarts a service that exits or stops pinging the watchdog (with
+exponential backoff), and on Ctrl-C or SIGTERM stops them in reverse order (SIGTERM, then
+SIGKILL after the stop timeout). With no session bus around it starts a private
+``dbus-daemon`` for the services that need one.
+
+The live state is kept in ``<runtime dir>/up.json`` so that ``kiki status`` and tests can find
+the pids and addresses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import orjson
+
+from libkiki.constellation import (
+    DEFAULT_RELAY_HOST,
+    DEFAULT_RELAY_PORT,
+    SERVICES,
+    ServiceSpec,
+)
+from libkiki.errors import KikiError, Unavailable
+from libkiki.sockets import bind_tcp, bind_unix
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "up.json"
+# The shell sets LISTEN_PID to its own pid and execs, so the service sees its own pid there.
+_EXEC_SHIM = 'LISTEN_PID=$$; export LISTEN_PID; exec "$0" "$@"'
+
+
+@dataclass(frozen=True, slots=True)
+class UpConfig:
+    runtime_dir: Path
+    state_dir: Path
+    relay_host: str = DEFAULT_RELAY_HOST
+    relay_port: int = DEFAULT_RELAY_PORT
+    services: Sequence[ServiceSpec] = SERVICES
+    ready_timeout: float = 30.0
+    stop_timeout: float = 10.0
+    watchdog_sec: float = 20.0
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+    # A process that stayed up this long gets its backoff reset.
+    stable_after: float = 30.0
+    bin_dir: Path | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(eq=False)
+class Child:
+    spec: ServiceSpec
+    listener: socket.socket | None
+    address: str | None
+    notify: socket.socket
+    notify_path: Path
+    process: asyncio.subprocess.Process | None = None
+    state: str = "starting"
+    status: str = ""
+    restarts: int = 0
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    last_ping: float = 0.0
+    stopping: bool = False
+
+
+def _remap_fds(fds: Sequence[int]) -> Callable[[], None]:
+    """A pre-exec hook putting ``fds`` at 3, 4, … in the child (sd_listen_fds numbering)."""
+
+    def remap() -> None:
+        # Move them out of the way first: a target number may hold another of the sources.
+        high = [os.dup(fd) for fd in fds]
+        for i, fd in enumerate(high):
+            os.dup2(fd, 3 + i, inheritable=True)
+        for fd in high:
+            if fd >= 3 + len(fds):
+                os.close(fd)
+
+    return remap
+
+
+def _bus_reachable(address: str | None) -> bool:
+    if not address:
+        return False
+    for part in address.split(";"):
+        if not part.startswith("unix:"):
+            continue
+        for kv in part[5:].split(","):
+            key, _, value = kv.partition("=")
+            if key == "path":
+                return Path(value).exists()
+            if key == "abstract":
+                return True
+    return False
+
+
+class Supervisor:
+    def __init__(self, config: UpConfig, out: TextIO = sys.stdout) -> None:
+        self.config = config
+        self.out = out
+        self.children: list[Child] = []
+        self.bus_address: str | None = None
+        self._bus_process: asyncio.subprocess.Process | None = None
+        self._stop = asyncio.Event()
+        self._bin_dir = config.bin_dir or Path(sys.executable).parent
+
+    # -- sockets and environment -----------------------------------------------------------
+
+    def _bind(self) -> None:
+        notify_dir = self.config.runtime_dir / ".notify"
+        notify_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for spec in self.config.services:
+            listener = None
+            address = None
+            if spec.socket_file:
+                path = self.config.runtime_dir / spec.socket_file
+                listener = bind_unix(path, mode=0o666)
+                address = str(path)
+            elif spec.fdname == "relay":
+                listener = bind_tcp(self.config.relay_host, self.config.relay_port)
+                host, port = listener.getsockname()[:2]
+                address = f"{host}:{port}"
+            notify_path = notify_dir / spec.name
+            with contextlib.suppress(FileNotFoundError):
+                notify_path.unlink()
+            notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            notify.bind(str(notify_path))
+            notify.setblocking(False)
+            self.children.append(Child(spec, listener, address, notify, notify_path))
+
+    async def _ensure_bus(self) -> None:
+        needs_bus = any(spec.session_bus for spec in self.config.services)
+        existing = os.environ.get("DBUS_SESSION_BUS_ADDRESS")
+        if not needs_bus or _bus_reachable(existing):
+            self.bus_address = existing
+            return
+        daemon = shutil.which("dbus-daemon")
+        if daemon is None:
+            raise Unavailable(
+                "no session bus and no dbus-daemon to start one (apt-get install dbus-daemon)"
+            )
+        self._bus_process = await asyncio.create_subprocess_exec(
+            daemon, "--session", "--print-address=1", "--nofork", "--nopidfile",
+            stdout=asyncio.subprocess.PIPE,
+        )
+        assert self._bus_process.stdout is not None
+        async with asyncio.timeout(10):
+            line = await self._bus_process.stdout.readline()
+        if not line:
+            raise Unavailable("the private dbus-daemon exited before printing its address")
+        self.bus_address = line.decode().strip()
+        self._say(f"started a private session bus: {self.bus_address}")
+
+    def _env(self, child: Child) -> dict[str, str]:
+        env = dict(os.environ)
+        for key in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET",
+                    "WATCHDOG_USEC", "WATCHDOG_PID"):
+            env.pop(key, None)
+        env.update(self.config.extra_env)
+        state = self.config.state_dir / child.spec.name
+        state.mkdir(parents=True, exist_ok=True)
+        env["RUNTIME_DIRECTORY"] = str(self.config.runtime_dir)
+        env["STATE_DIRECTORY"] = str(state)
+        env["KIKI_RUNTIME_DIR"] = str(self.config.runtime_dir)
+        env["NOTIFY_SOCKET"] = str(child.notify_path)
+        env["WATCHDOG_USEC"] = str(int(self.config.watchdog_sec * 1_000_000))
+        if child.listener is not None:
+            env["LISTEN_FDS"] = "1"
+            env["LISTEN_FDNAMES"] = child.spec.fdname or child.spec.name
+        if self.bus_address:
+            env["DBUS_SESSION_BUS_ADDRESS"] = self.bus_address
+        return env
+
+    # -- one child's life --------------------------------------------------------------------
+
+    def _command(self, spec: ServiceSpec) -> Path:
+        command = self._bin_dir / spec.command
+        if command.exists():
+            return command
+        found = shutil.which(spec.command)
+        if found is None:
+            raise Unavailable(f"{spec.command} is not installed (run `uv sync`)")
+        return Path(found)
+
+    async def _spawn(self, child: Child) -> asyncio.subprocess.Process:
+        command = self._command(child.spec)
+        fds = [child.listener.fileno()] if child.listener is not None else []
+        child.ready.clear()
+        child.state = "starting"
+        child.last_ping = time.monotonic()
+        return await asyncio.create_subprocess_exec(
+            "/bin/sh", "-c", _EXEC_SHIM, str(command),
+            env=self._env(child),
+            stdin=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            pass_fds=[*fds, *range(3, 3 + len(fds))],
+            preexec_fn=_remap_fds(fds) if fds else None,
+            start_new_session=True,
+        )
+
+    async def _read_notify(self, child: Child) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            data = await loop.sock_recv(child.notify, 4096)
+            fields = dict(
+                line.split("=", 1) for line in data.decode(errors="replace").splitlines()
+                if "=" in line
+            )
+            if "STATUS" in fields:
+                child.status = fields["STATUS"]
+            if fields.get("WATCHDOG") == "1":
+                child.last_ping = time.monotonic()
+            if fields.get("READY") == "1":
+                child.state = "ready"
+                child.last_ping = time.monotonic()
+                child.ready.set()
+                self._write_state()
+            if fields.get("STOPPING") == "1":
+                child.state = "stopping"
+            if fields.get("RELOADING") == "1":
+                child.state = "reloading"
+
+    async def _pipe_logs(self, child: Child, stream: asyncio.StreamReader) -> None:
+        prefix = f"[{child.spec.name}] "
+        while line := await stream.readline():
+            sys.stderr.write(prefix + line.decode(errors="replace"))
+            sys.stderr.flush()
+
+    async def _watch(self, child: Child, process: asyncio.subprocess.Process) -> str:
+        """Wait until the process exits or misses its watchdog; returns why it ended."""
+        watchdog = self.config.watchdog_sec
+        while True:
+            try:
+                async with asyncio.timeout(min(1.0, watchdog / 4)):
+                    code = await process.wait()
+                return f"exited with status {code}"
+            except TimeoutError:
+                pass
+            if child.state != "stopping" and time.monotonic() - child.last_ping > watchdog:
+                # What systemd does on a watchdog timeout: SIGABRT (a core, if enabled), restart.
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signal.SIGABRT)
+                await process.wait()
+                return f"missed its watchdog ({watchdog:.0f}s) and was aborted"
+
+    async def _keep_running(self, child: Child) -> None:
+        delay = self.config.backoff_initial
+        async with asyncio.TaskGroup() as tg:
+            reader = tg.create_task(self._read_notify(child))
+            while not self._stop.is_set():
+                started = time.monotonic()
+                process = await self._spawn(child)
+                child.process = process
+                assert process.stderr is not None
+                logs = tg.create_task(self._pipe_logs(child, process.stderr))
+                self._write_state()
+                reason = await self._watch(child, process)
+                await logs
+                if self._stop.is_set() or child.stopping:
+                    break
+                child.state = "failed"
+                child.restarts += 1
+                if time.monotonic() - started >= self.config.stable_after:
+                    delay = self.config.backoff_initial
+                self._say(f"{child.spec.name} {reason}; restarting in {delay:.1f}s")
+                self._write_state()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._stop.wait()
+                delay = min(delay * 2, self.config.backoff_max)
+            reader.cancel()
+
+    async def _stop_child(self, child: Child) -> None:
+        child.stopping = True
+        process = child.process
+        if process is None or process.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            process.terminate()
+        try:
+            async with asyncio.timeout(self.config.stop_timeout):
+                await process.wait()
+        except TimeoutError:
+            self._say(f"{child.spec.name} did not stop in {self.config.stop_timeout:.0f}s; killing")
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+        child.state = "stopped"
+
+    # -- the whole constellation -------------------------------------------------------------
+
+    def _say(self, text: str) -> None:
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "runtimeDir": str(self.config.runtime_dir),
+            "stateDir": str(self.config.state_dir),
+            "busAddress": self.bus_address,
+            "services": {
+                c.spec.name: {
+                    "pid": c.process.pid if c.process else None,
+                    "state": c.state,
+                    "status": c.status,
+                    "address": c.address,
+                    "restarts": c.restarts,
+                }
+                for c in self.children
+            },
+        }
+
+    def _write_state(self) -> None:
+        path = self.config.runtime_dir / STATE_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(orjson.dumps(self.state(), option=orjson.OPT_INDENT_2))
+        tmp.replace(path)
+
+    def table(self) -> str:
+        rows = [("SERVICE", "PID", "STATE", "LISTENS ON", "STATUS")]
+        for c in self.children:
+            pid = str(c.process.pid) if c.process else "-"
+            rows.append((c.spec.name, pid, c.state, c.address or "(session bus)", c.status))
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        return "\n".join(
+            "  ".join(cell.ljust(w) for cell, w in zip(r[:4], widths, strict=True)) + "  " + r[4]
+            for r in rows
+        )
+
+    async def run(self) -> int:
+        cfg = self.config
+        cfg.runtime_dir.mkdir(parents=True, exist_ok=True)
+        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._stop.set)
+        try:
+            for spec in cfg.services:
+                self._command(spec)
+            self._bind()
+            await self._ensure_bus()
+            self._say(f"starting {len(self.children)} services in {cfg.runtime_dir}")
+            async with asyncio.TaskGroup() as tg:
+                for child in self.children:
+                    tg.create_task(self._keep_running(child))
+                    await self._await_ready(child)
+                if not self._stop.is_set():
+                    self._write_state()
+                    self._say(self.table())
+                    self._say(f"all {len(self.children)} services ready; Ctrl-C stops them")
+                await self._stop.wait()
+                self._say("stopping")
+                for child in reversed(self.children):
+                    await self._stop_child(child)
+            return 0
+        except KikiError as exc:
+            self._say(f"kiki up: {exc}")
+            return 1
+        finally:
+            for child in reversed(self.children):
+                await self._stop_child(child)
+            await self._stop_bus()
+            self._cleanup()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+    async def _await_ready(self, child: Child) -> None:
+        ready = asyncio.ensure_future(child.ready.wait())
+        stop = asyncio.ensure_future(self._stop.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {ready, stop}, timeout=self.config.ready_timeout,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            ready.cancel()
+            stop.cancel()
+        if ready in done:
+            self._say(f"  {child.spec.name:<17} ready  {child.status}")
+        elif not self._stop.is_set():
+            self._say(
+                f"  {child.spec.name:<17} not ready after {self.config.ready_timeout:.0f}s "
+                "(still trying; see its log lines above)"
+            )
+
+    async def _stop_bus(self) -> None:
+        if self._bus_process is not None and self._bus_process.returncode is None:
+            self._bus_process.terminate()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5):
+                    await self._bus_process.wait()
+
+    def _cleanup(self) -> None:
+        for child in self.children:
+            if child.listener is not None:
+                child.listener.close()
+            child.notify.close()
+            with contextlib.suppress(FileNotFoundError):
+                child.notify_path.unlink()
+            if child.spec.socket_file:
+                with contextlib.suppress(FileNotFoundError):
+                    (self.config.runtime_dir / child.spec.socket_file).unlink()
+        with contextlib.suppress(FileNotFoundError):
+            (self.config.runtime_dir / STATE_FILE).unlink()
+
+
+def read_state(runtime_dir: Path) -> dict[str, Any] | None:
+    """The running ``kiki up``'s state, or ``None`` when none is running there."""
+    try:
+        state: dict[str, Any] = orjson.loads((runtime_dir / STATE_FILE).read_bytes())
+    except (FileNotFoundError, orjson.JSONDecodeError):
+        return None
+    pid = state.get("pid")
+    if not isinstance(pid, int):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass
+    return state

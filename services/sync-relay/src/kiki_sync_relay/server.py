@@ -1,0 +1,70 @@
+"""asyncio layer of the sync relay: a WebSocket server with a plain-HTTP health endpoint.
+
+``GET /healthz`` answers the service's info as JSON on the same port as the WebSockets, so
+operators and load balancers can probe it without speaking WebSocket. Sessions (the Yjs
+document per session) are not served yet: a WebSocket client is told so with close code 1013
+("try again later") rather than being left hanging.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http
+import logging
+from collections.abc import AsyncIterator
+
+import orjson
+from libkiki.config import ServiceConfig
+from libkiki.constellation import DEFAULT_RELAY_HOST, DEFAULT_RELAY_PORT
+from libkiki.service import ServiceContext
+from websockets.asyncio.server import ServerConnection, serve as ws_serve
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+log = logging.getLogger(__name__)
+
+
+class RelayConfig(ServiceConfig):
+    host: str = DEFAULT_RELAY_HOST
+    port: int = DEFAULT_RELAY_PORT
+    max_message: int = 1 << 20
+
+
+def _json(status: http.HTTPStatus, body: object) -> Response:
+    payload = orjson.dumps(body) + b"\n"
+    headers = Headers([("Content-Type", "application/json"), ("Content-Length", str(len(payload)))])
+    return Response(status.value, status.phrase, headers, payload)
+
+
+@contextlib.asynccontextmanager
+async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
+    config: RelayConfig = ctx.config
+    listener = ctx.listeners.tcp("relay", config.host, config.port)
+    live: set[ServerConnection] = set()
+
+    def process_request(connection: ServerConnection, request: Request) -> Response | None:
+        ctx.counters["http_requests"] += 1
+        if request.path == "/healthz":
+            return _json(http.HTTPStatus.OK, ctx.info())
+        if len(live) >= config.max_connections:
+            ctx.counters["rejected_connections"] += 1
+            return _json(http.HTTPStatus.SERVICE_UNAVAILABLE, {"error": "too many connections"})
+        if request.headers.get("Upgrade", "").lower() != "websocket":
+            return _json(http.HTTPStatus.NOT_FOUND, {"error": f"no resource at {request.path}"})
+        return None
+
+    async def handler(connection: ServerConnection) -> None:
+        live.add(connection)
+        ctx.counters["websocket_connections"] += 1
+        try:
+            await connection.close(1013, "sessions are not served yet")
+        finally:
+            live.discard(connection)
+
+    async with ws_serve(
+        handler, sock=listener, process_request=process_request, max_size=config.max_message
+    ) as server:
+        host, port = listener.getsockname()[:2]
+        ctx.status = f"listening on ws://{host}:{port}"
+        yield
+        server.close(close_connections=True)

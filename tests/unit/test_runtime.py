@@ -1,0 +1,144 @@
+"""Tier 1/2: paths, sd_notify, socket activation variables, peer identity, config."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+from libkiki import paths
+from libkiki.config import ServiceConfig, load_config
+from libkiki.errors import KikiError
+from libkiki.peer import app_id_from_cgroup, peer_cred
+from libkiki.systemd import Notifier, listen_fds, watchdog_interval
+
+
+def test_runtime_dir_precedence() -> None:
+    env = {"RUNTIME_DIRECTORY": "/run/kiki:/run/other", "KIKI_RUNTIME_DIR": "/tmp/x"}
+    assert paths.runtime_dir(env) == Path("/run/kiki")
+    assert paths.runtime_dir({"KIKI_RUNTIME_DIR": "/tmp/x"}) == Path("/tmp/x")
+    assert paths.state_dir({"STATE_DIRECTORY": "/var/lib/kiki/tool-broker"}) == Path(
+        "/var/lib/kiki/tool-broker")
+    assert paths.socket_path("tool-broker", {"KIKI_RUNTIME_DIR": "/r"}) == Path("/r/tools.sock")
+    assert paths.socket_path("a11y.sock", {"KIKI_RUNTIME_DIR": "/r"}) == Path("/r/a11y.sock")
+
+
+def test_runtime_dir_default_for_root_or_user() -> None:
+    expected = Path("/run/kiki") if os.geteuid() == 0 else Path("/xdg/kiki")
+    assert paths.runtime_dir({"XDG_RUNTIME_DIR": "/xdg"}) == expected
+
+
+def test_notifier_sends_datagrams(tmp_path: Path) -> None:
+    path = tmp_path / "n"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(str(path))
+    server.settimeout(5)
+    n = Notifier(str(path))
+    assert n.ready("serving")
+    assert server.recv(4096) == b"READY=1\nSTATUS=serving"
+    assert n.watchdog()
+    assert server.recv(4096) == b"WATCHDOG=1"
+    assert n.stopping()
+    assert server.recv(4096) == b"STOPPING=1"
+    assert n.errno(98)
+    assert server.recv(4096) == b"ERRNO=98"
+    n.close()
+    server.close()
+
+
+def test_notifier_abstract_address_and_disabled() -> None:
+    name = f"kiki-test-{os.getpid()}"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind("\0" + name)
+    server.settimeout(5)
+    assert Notifier("@" + name).status("hi")
+    assert server.recv(100) == b"STATUS=hi"
+    server.close()
+    assert not Notifier("").ready()
+
+
+def test_notifier_survives_a_vanished_manager(tmp_path: Path) -> None:
+    assert not Notifier(str(tmp_path / "gone")).ready()
+
+
+def test_listen_fds_only_for_this_pid() -> None:
+    env = {"LISTEN_PID": str(os.getpid() + 1), "LISTEN_FDS": "1"}
+    assert listen_fds(env) == []
+    a, b = socket.socketpair()
+    # Put a real socket at fd 3 for the duration of the test.
+    saved = os.dup(3) if _fd_open(3) else None
+    os.dup2(a.fileno(), 3)
+    try:
+        env = {"LISTEN_PID": str(os.getpid()), "LISTEN_FDS": "1", "LISTEN_FDNAMES": "tools"}
+        fds = listen_fds(env)
+        assert [(f.fd, f.name) for f in fds] == [(3, "tools")]
+        assert "LISTEN_FDS" not in env
+        assert not os.get_inheritable(3)
+    finally:
+        if saved is not None:
+            os.dup2(saved, 3)
+            os.close(saved)
+        else:
+            os.close(3)
+        a.close()
+        b.close()
+
+
+def _fd_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+def test_watchdog_interval() -> None:
+    assert watchdog_interval({"WATCHDOG_USEC": "10000000"}) == 5.0
+    assert watchdog_interval({}) is None
+    assert watchdog_interval({"WATCHDOG_USEC": "1000", "WATCHDOG_PID": "1"}) is None
+
+
+@pytest.mark.parametrize(
+    ("cgroup", "app", "unit"),
+    [
+        ("0::/system.slice/kiki-tool-broker.service\n", "kiki-tool-broker",
+         "kiki-tool-broker.service"),
+        ("0::/user.slice/user-1000.slice/user@1000.service/app.slice/"
+         "app-org.gnome.Terminal.service\n", "org.gnome.Terminal", "app-org.gnome.Terminal.service"),
+        ("0::/user.slice/user-1000.slice/user@1000.service/app.slice/"
+         "app-gnome-org.mozilla.firefox-4711.scope\n", "org.mozilla.firefox",
+         "app-gnome-org.mozilla.firefox-4711.scope"),
+        ("0::/system.slice/ssh.service\n", None, "ssh.service"),
+        ("12:pids:/\n0::/\n", None, None),
+        ("", None, None),
+    ],
+)
+def test_app_id_from_cgroup(cgroup: str, app: str | None, unit: str | None) -> None:
+    assert app_id_from_cgroup(cgroup) == (app, unit)
+
+
+def test_peer_cred_of_a_real_socket() -> None:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        cred = peer_cred(a)
+        assert (cred.pid, cred.uid, cred.gid) == (os.getpid(), os.getuid(), os.getgid())
+    finally:
+        a.close()
+        b.close()
+
+
+def test_config_from_toml_and_env(tmp_path: Path) -> None:
+    (tmp_path / "tool-broker.toml").write_text("max_connections = 7\nmax_line = 4096\n")
+    env = {"KIKI_CONFIG_DIR": str(tmp_path), "KIKI_TOOL_BROKER_MAX_LINE": "8192"}
+    config = load_config(ServiceConfig, "tool-broker", env)
+    assert (config.max_connections, config.max_line) == (7, 8192)
+
+
+def test_config_errors_name_file_and_field(tmp_path: Path) -> None:
+    (tmp_path / "updater.toml").write_text("max_connections = 0\nbogus = 1\n")
+    with pytest.raises(KikiError, match=r"updater\.toml.*max_connections.*bogus"):
+        load_config(ServiceConfig, "updater", {"KIKI_CONFIG_DIR": str(tmp_path)})
+    (tmp_path / "updater.toml").write_text("max_connections = [")
+    with pytest.raises(KikiError, match=r"updater\.toml"):
+        load_config(ServiceConfig, "updater", {"KIKI_CONFIG_DIR": str(tmp_path)})
