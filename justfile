@@ -16,12 +16,16 @@ sync:
     {{uv}} sync --frozen --all-packages --quiet
 
 # Bring up the whole constellation on this machine (Ctrl-C stops it)
-up *ARGS: sync
+up *ARGS: sync up-deps
     {{venv}}/bin/kiki up {{ARGS}}
 
 # Ask every running service for its health
 status *ARGS: sync
     {{venv}}/bin/kiki status {{ARGS}}
+
+# What `up` needs from the system: a dbus-daemon for the private session bus
+up-deps:
+    scripts/install-test-deps --only dbus-daemon
 
 # Install the system packages the tests drive (apt; skipped when all are present)
 test-deps:

@@ -33,7 +33,9 @@ def session_bus() -> Iterator[str]:
         pytest.fail("dbus-daemon is not installed (scripts/install-test-deps installs it)")
     proc = subprocess.Popen(
         [daemon, "--session", "--print-address=1", "--nofork", "--nopidfile"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
     assert proc.stdout is not None
     address = proc.stdout.readline().strip()
@@ -47,11 +49,16 @@ def session_bus() -> Iterator[str]:
 @pytest.fixture
 def service_env(sockdir: Path) -> dict[str, str]:
     """Environment for running a service by hand in ``sockdir``."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("LISTEN_", "NOTIFY_SOCKET", "WATCHDOG_", "KIKI_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("LISTEN_", "NOTIFY_SOCKET", "WATCHDOG_", "KIKI_"))
+    }
     env.update(
-        KIKI_RUNTIME_DIR=str(sockdir), KIKI_STATE_DIR=str(sockdir / "state"),
-        KIKI_CONFIG_DIR=str(sockdir / "etc"), KIKI_LOG_LEVEL="DEBUG",
+        KIKI_RUNTIME_DIR=str(sockdir),
+        KIKI_STATE_DIR=str(sockdir / "state"),
+        KIKI_CONFIG_DIR=str(sockdir / "etc"),
+        KIKI_LOG_LEVEL="DEBUG",
     )
     env.pop("RUNTIME_DIRECTORY", None)
     env.pop("STATE_DIRECTORY", None)
@@ -100,7 +107,10 @@ def spawn_service(sockdir: Path, service_env: dict[str, str]) -> Iterator[object
     procs: list[tuple[subprocess.Popen[bytes], Notifications]] = []
 
     def spawn(
-        name: str, *, listener: socket.socket | None = None, fdname: str = "",
+        name: str,
+        *,
+        listener: socket.socket | None = None,
+        fdname: str = "",
         extra_env: dict[str, str] | None = None,
     ) -> tuple[subprocess.Popen[bytes], Notifications]:
         notes = Notifications(sockdir / f"notify-{name}-{len(procs)}")
@@ -119,8 +129,9 @@ def spawn_service(sockdir: Path, service_env: dict[str, str]) -> Iterator[object
         cmd = ["/bin/sh", "-c", shim, str(VENV_BIN / f"kiki-{name}")]
         if listener is None:
             cmd = [str(VENV_BIN / f"kiki-{name}")]
-        proc = subprocess.Popen(cmd, env=env, pass_fds=pass_fds, preexec_fn=preexec,
-                                stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            cmd, env=env, pass_fds=pass_fds, preexec_fn=preexec, stderr=subprocess.PIPE
+        )
         procs.append((proc, notes))
         return proc, notes
 

@@ -38,8 +38,9 @@ def read_message(s: socket.socket) -> wire.Message:
 def test_activated_service_lifecycle(sockdir: Path, spawn_service: Any) -> None:
     path = sockdir / "a11y.sock"
     listener = bind_unix(path)
-    proc, notes = spawn_service("a11y-server", listener=listener, fdname="a11y",
-                                extra_env={"WATCHDOG_USEC": "400000"})
+    proc, notes = spawn_service(
+        "a11y-server", listener=listener, fdname="a11y", extra_env={"WATCHDOG_USEC": "400000"}
+    )
     ready = notes.wait_for("READY")
     assert "a11y.sock" in ready["STATUS"]
     info = ask(path, wire.GetInfo(9))
@@ -138,8 +139,7 @@ def test_bad_input_harms_no_other_connection(sockdir: Path, spawn_service: Any) 
 
 
 def test_connection_limit(sockdir: Path, spawn_service: Any) -> None:
-    proc, notes = spawn_service("a11y-server",
-                                extra_env={"KIKI_A11Y_SERVER_MAX_CONNECTIONS": "1"})
+    proc, notes = spawn_service("a11y-server", extra_env={"KIKI_A11Y_SERVER_MAX_CONNECTIONS": "1"})
     notes.wait_for("READY")
     path = sockdir / "a11y.sock"
     with socket.socket(socket.AF_UNIX) as first:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from libkiki.errors import AddressInUse, KikiError
 from libkiki.sockets import Listeners, bind_tcp, bind_unix
 from libkiki.systemd import ListenFd

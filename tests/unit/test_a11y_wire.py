@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from libkiki import a11y_wire as wire
 from libkiki.errors import InvalidFrame
 
@@ -35,8 +36,10 @@ def test_short_and_empty_frames() -> None:
 
 
 @settings(max_examples=500)
-@given(st.sampled_from(MESSAGES), st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)),
-                                           min_size=1, max_size=6))
+@given(
+    st.sampled_from(MESSAGES),
+    st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=6),
+)
 def test_corruption_is_refused_or_decodes_to_a_valid_message(
     message: wire.Message, flips: list[tuple[int, int]]
 ) -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import pytest
+
 from libkiki import errors
 
 
 def test_every_error_has_distinct_dbus_name_and_a_server_range_code() -> None:
-    classes = [c for c in vars(errors).values()
-               if isinstance(c, type) and issubclass(c, errors.KikiError)]
+    classes = [
+        c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, errors.KikiError)
+    ]
     for cls in classes:
         assert cls.dbus_name.startswith("dev.kiki.Error.")
         assert -32800 <= cls.jsonrpc_code <= -32000 or cls.jsonrpc_code in range(-32700, -32599)
@@ -35,7 +37,9 @@ def test_validation_error_message_names_path_and_rule() -> None:
     exc = errors.ValidationError("input.track.title", "must be at most 256 graphemes")
     assert str(exc) == "input.track.title: must be at most 256 graphemes"
     assert exc.to_jsonrpc()["data"] == {
-        "path": "input.track.title", "rule": "must be at most 256 graphemes"}
+        "path": "input.track.title",
+        "rule": "must be at most 256 graphemes",
+    }
 
 
 def test_unknown_exceptions_become_opaque_internal_errors() -> None:

@@ -7,6 +7,7 @@ import struct
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from libkiki.errors import FrameTooLarge, ProtocolError
 from libkiki.framing import (
     FrameDecoder,

@@ -7,6 +7,7 @@ import socket
 from pathlib import Path
 
 import pytest
+
 from libkiki import paths
 from libkiki.config import ServiceConfig, load_config
 from libkiki.errors import KikiError
@@ -19,7 +20,8 @@ def test_runtime_dir_precedence() -> None:
     assert paths.runtime_dir(env) == Path("/run/kiki")
     assert paths.runtime_dir({"KIKI_RUNTIME_DIR": "/tmp/x"}) == Path("/tmp/x")
     assert paths.state_dir({"STATE_DIRECTORY": "/var/lib/kiki/tool-broker"}) == Path(
-        "/var/lib/kiki/tool-broker")
+        "/var/lib/kiki/tool-broker"
+    )
     assert paths.socket_path("tool-broker", {"KIKI_RUNTIME_DIR": "/r"}) == Path("/r/tools.sock")
     assert paths.socket_path("a11y.sock", {"KIKI_RUNTIME_DIR": "/r"}) == Path("/r/a11y.sock")
 
@@ -102,13 +104,23 @@ def test_watchdog_interval() -> None:
 @pytest.mark.parametrize(
     ("cgroup", "app", "unit"),
     [
-        ("0::/system.slice/kiki-tool-broker.service\n", "kiki-tool-broker",
-         "kiki-tool-broker.service"),
-        ("0::/user.slice/user-1000.slice/user@1000.service/app.slice/"
-         "app-org.gnome.Terminal.service\n", "org.gnome.Terminal", "app-org.gnome.Terminal.service"),
-        ("0::/user.slice/user-1000.slice/user@1000.service/app.slice/"
-         "app-gnome-org.mozilla.firefox-4711.scope\n", "org.mozilla.firefox",
-         "app-gnome-org.mozilla.firefox-4711.scope"),
+        (
+            "0::/system.slice/kiki-tool-broker.service\n",
+            "kiki-tool-broker",
+            "kiki-tool-broker.service",
+        ),
+        (
+            "0::/user.slice/user-1000.slice/user@1000.service/app.slice/"
+            "app-org.gnome.Terminal.service\n",
+            "org.gnome.Terminal",
+            "app-org.gnome.Terminal.service",
+        ),
+        (
+            "0::/user.slice/user-1000.slice/user@1000.service/app.slice/"
+            "app-gnome-org.mozilla.firefox-4711.scope\n",
+            "org.mozilla.firefox",
+            "app-gnome-org.mozilla.firefox-4711.scope",
+        ),
         ("0::/system.slice/ssh.service\n", None, "ssh.service"),
         ("12:pids:/\n0::/\n", None, None),
         ("", None, None),

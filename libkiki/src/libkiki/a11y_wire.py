@@ -68,7 +68,7 @@ Message = Hello | GetInfo | Info | Error
 def _finish(builder: flatbuffers.Builder, request_id: int, body_type: int, body: int) -> bytes:
     fb.MessageStart(builder)
     fb.MessageAddRequestId(builder, request_id)
-    fb.MessageAddBodyType(builder, body_type)  # type: ignore[arg-type]
+    fb.MessageAddBodyType(builder, body_type)
     fb.MessageAddBody(builder, body)
     builder.Finish(fb.MessageEnd(builder), FILE_IDENTIFIER)
     return bytes(builder.Output())
@@ -170,11 +170,16 @@ def decode(frame: bytes) -> Message:
                 for n in range(i.CountersLength()):
                     c = i.Counters(n)
                     if c is not None:
-                        _check_table(frame, c._tab.Pos)
+                        _check_table(frame, c._tab.Pos)  # type: ignore[attr-defined]
                         counters.append((_string(c, "Name"), c.Value()))
                 return Info(
-                    request_id, _string(i, "Name"), _string(i, "Version"),
-                    i.Pid(), i.UptimeMs(), _string(i, "Status"), tuple(counters),
+                    request_id,
+                    _string(i, "Name"),
+                    _string(i, "Version"),
+                    i.Pid(),
+                    i.UptimeMs(),
+                    _string(i, "Status"),
+                    tuple(counters),
                 )
             case fb.Body.Error if body is not None:
                 e = fb.Error()

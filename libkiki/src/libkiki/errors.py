@@ -184,7 +184,9 @@ class LexiconError(SchemaError):
 
     def __init__(self, document: str, path: str, rule: str) -> None:
         where = f"{document}:{path}" if path else document
-        super().__init__(f"{where}: {rule}", data={"document": document, "path": path, "rule": rule})
+        super().__init__(
+            f"{where}: {rule}", data={"document": document, "path": path, "rule": rule}
+        )
         self.document = document
         self.path = path
         self.rule = rule
@@ -267,7 +269,7 @@ class AddressInUse(Unavailable):
 
 
 class ToolError(KikiError):
-    """A tool ran and failed; MCP reports this as a result with ``isError``, not a protocol error."""
+    """A tool ran and failed: MCP reports it as a result with ``isError``, not a protocol error."""
 
     jsonrpc_code = -32013
     dbus_name = "dev.kiki.Error.Tool"

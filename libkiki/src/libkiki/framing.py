@@ -82,7 +82,7 @@ class LineDecoder:
 
     @property
     def pending(self) -> int:
-        """Bytes of an incomplete line held (or skipped) so far: non-zero at EOF means truncation."""
+        """Bytes of an unfinished line held or skipped so far: non-zero at EOF means truncation."""
         return len(self._buf) + self._discarding
 
 

@@ -141,8 +141,10 @@ async def dbus_info(bus_address: str | None) -> dict[str, Any]:
     try:
         reply = await bus.call(
             Message(
-                destination=GATEWAY_BUS_NAME, path=GATEWAY_OBJECT_PATH,
-                interface=SERVICE_INTERFACE, member="GetInfo",
+                destination=GATEWAY_BUS_NAME,
+                path=GATEWAY_OBJECT_PATH,
+                interface=SERVICE_INTERFACE,
+                member="GetInfo",
             )
         )
     finally:
@@ -153,9 +155,9 @@ async def dbus_info(bus_address: str | None) -> dict[str, Any]:
     return {key: variant.value for key, variant in reply.body[0].items()}
 
 
-async def probe(spec: ServiceSpec, where: Where, timeout: float = 3.0) -> dict[str, Any]:
+async def probe(spec: ServiceSpec, where: Where, within: float = 3.0) -> dict[str, Any]:
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(within):
             match spec.health:
                 case "jsonrpc":
                     assert spec.socket_file is not None
@@ -168,16 +170,16 @@ async def probe(spec: ServiceSpec, where: Where, timeout: float = 3.0) -> dict[s
                 case "dbus":
                     return await dbus_info(where.bus_address)
     except TimeoutError:
-        raise Timeout(f"no answer within {timeout:.1f}s") from None
+        raise Timeout(f"no answer within {within:.1f}s") from None
     raise KikiError(f"unknown health channel {spec.health}")
 
 
 async def probe_all(
-    specs: tuple[ServiceSpec, ...], where: Where, timeout: float = 3.0
+    specs: tuple[ServiceSpec, ...], where: Where, within: float = 3.0
 ) -> Mapping[str, dict[str, Any] | KikiError]:
     async def one(spec: ServiceSpec) -> dict[str, Any] | KikiError:
         try:
-            return await probe(spec, where, timeout)
+            return await probe(spec, where, within)
         except KikiError as exc:
             return exc
 

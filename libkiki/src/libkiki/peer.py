@@ -7,6 +7,7 @@ the peer is known to be alive.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import struct
@@ -18,7 +19,9 @@ _UCRED = struct.Struct("3i")
 # A unit's cgroup name: kiki-<service>.service, app-<id>.service, app-<id>-<random>.scope,
 # app-<launcher>-<id>@<instance>.service (the desktop-entry conventions of systemd's
 # "Desktop Environment Integration" document).
-_APP_UNIT = re.compile(r"^app-(?:[^-]+-)??(?P<id>[A-Za-z0-9_.]+?)(?:@[^.]*)?(?:-[0-9a-f]+)?\.(?:service|scope)$")
+_APP_UNIT = re.compile(
+    r"^app-(?:[^-]+-)??(?P<id>[A-Za-z0-9_.]+?)(?:@[^.]*)?(?:-[0-9a-f]+)?\.(?:service|scope)$"
+)
 _KIKI_UNIT = re.compile(r"^(?P<id>kiki-[a-z0-9-]+)(?:@[^.]*)?\.(?:service|scope)$")
 
 
@@ -60,13 +63,12 @@ def app_id_from_cgroup(text: str) -> tuple[str | None, str | None]:
 
 
 def peer_cred(sock: socket.socket, proc: Path = Path("/proc")) -> PeerCred:
-    """Read the peer's credentials; raises ``OSError`` if the socket is not a connected AF_UNIX one."""
+    """The peer's credentials; ``OSError`` if ``sock`` is not a connected AF_UNIX socket."""
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
     pid, uid, gid = _UCRED.unpack(raw)
     app_id = unit = None
     if pid > 0:
-        try:
+        # The peer may have exited already, or /proc may be hidden from us (ProtectProc=).
+        with contextlib.suppress(OSError):
             app_id, unit = app_id_from_cgroup((proc / str(pid) / "cgroup").read_text())
-        except OSError:
-            pass  # the peer already exited, or /proc is hidden from us (ProtectProc=)
     return PeerCred(pid=pid, uid=uid, gid=gid, app_id=app_id, unit=unit)

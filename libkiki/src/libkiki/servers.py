@@ -24,7 +24,9 @@ STREAM_LIMIT = 1 << 16
 
 
 async def _run_connection(
-    handler: Handler, conn: socket.socket, live: set[asyncio.StreamWriter],
+    handler: Handler,
+    conn: socket.socket,
+    live: dict[asyncio.StreamWriter, asyncio.StreamReader],
     counters: Counter[str],
 ) -> None:
     reader, writer = await asyncio.open_connection(sock=conn, limit=STREAM_LIMIT)
@@ -89,5 +91,7 @@ async def serve_stream(
             # Draining: stop reading, and let each handler see end-of-input so it finishes the
             # requests it already has, writes their answers and closes.
             for writer, reader in list(live.items()):
-                writer.transport.pause_reading()
+                transport = writer.transport
+                if isinstance(transport, asyncio.ReadTransport):
+                    transport.pause_reading()
                 reader.feed_eof()

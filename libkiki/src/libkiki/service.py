@@ -178,6 +178,4 @@ def service_main(name: str, version: str, config_model: type[Any], serve: ServeF
     except KikiError as exc:
         logging.getLogger(name).error("%s", exc)
         raise SystemExit(78) from None
-    raise SystemExit(
-        run(name, version, serve, config=config, drain_timeout=config.drain_timeout)
-    )
+    raise SystemExit(run(name, version, serve, config=config, drain_timeout=config.drain_timeout))

@@ -30,10 +30,8 @@ def _is_live(path: Path) -> bool:
     except (ConnectionRefusedError, FileNotFoundError):
         return False
     except OSError as exc:
-        if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
-            return False
-        # EAGAIN: the backlog is full, so someone is listening.
-        return True
+        # EAGAIN means the backlog is full: someone is listening.
+        return exc.errno not in (errno.ECONNREFUSED, errno.ENOENT)
     else:
         return True
     finally:

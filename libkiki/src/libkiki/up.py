@@ -37,7 +37,7 @@ from libkiki.constellation import (
     SERVICES,
     ServiceSpec,
 )
-from libkiki.errors import KikiError, Unavailable
+from libkiki.errors import AddressInUse, KikiError, Unavailable
 from libkiki.sockets import bind_tcp, bind_unix
 
 log = logging.getLogger(__name__)
@@ -124,22 +124,34 @@ class Supervisor:
     # -- sockets and environment -----------------------------------------------------------
 
     def _bind(self) -> None:
+        # Every listening socket first: if one is held by someone else we stop before touching
+        # anything (notify sockets included) that a running constellation may be using.
+        bound: list[tuple[ServiceSpec, socket.socket | None, str | None]] = []
+        try:
+            for spec in self.config.services:
+                listener = None
+                address = None
+                if spec.socket_file:
+                    path = self.config.runtime_dir / spec.socket_file
+                    listener = bind_unix(path, mode=0o666)
+                    address = str(path)
+                elif spec.fdname == "relay":
+                    listener = bind_tcp(self.config.relay_host, self.config.relay_port)
+                    host, port = listener.getsockname()[:2]
+                    address = f"{host}:{port}"
+                bound.append((spec, listener, address))
+        except BaseException:
+            for spec, listener, _ in bound:
+                if listener is not None:
+                    listener.close()
+                if spec.socket_file:
+                    (self.config.runtime_dir / spec.socket_file).unlink(missing_ok=True)
+            raise
         notify_dir = self.config.runtime_dir / ".notify"
         notify_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        for spec in self.config.services:
-            listener = None
-            address = None
-            if spec.socket_file:
-                path = self.config.runtime_dir / spec.socket_file
-                listener = bind_unix(path, mode=0o666)
-                address = str(path)
-            elif spec.fdname == "relay":
-                listener = bind_tcp(self.config.relay_host, self.config.relay_port)
-                host, port = listener.getsockname()[:2]
-                address = f"{host}:{port}"
+        for spec, listener, address in bound:
             notify_path = notify_dir / spec.name
-            with contextlib.suppress(FileNotFoundError):
-                notify_path.unlink()
+            notify_path.unlink(missing_ok=True)
             notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
             notify.bind(str(notify_path))
             notify.setblocking(False)
@@ -157,7 +169,11 @@ class Supervisor:
                 "no session bus and no dbus-daemon to start one (apt-get install dbus-daemon)"
             )
         self._bus_process = await asyncio.create_subprocess_exec(
-            daemon, "--session", "--print-address=1", "--nofork", "--nopidfile",
+            daemon,
+            "--session",
+            "--print-address=1",
+            "--nofork",
+            "--nopidfile",
             stdout=asyncio.subprocess.PIPE,
         )
         assert self._bus_process.stdout is not None
@@ -170,8 +186,14 @@ class Supervisor:
 
     def _env(self, child: Child) -> dict[str, str]:
         env = dict(os.environ)
-        for key in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET",
-                    "WATCHDOG_USEC", "WATCHDOG_PID"):
+        for key in (
+            "LISTEN_PID",
+            "LISTEN_FDS",
+            "LISTEN_FDNAMES",
+            "NOTIFY_SOCKET",
+            "WATCHDOG_USEC",
+            "WATCHDOG_PID",
+        ):
             env.pop(key, None)
         env.update(self.config.extra_env)
         state = self.config.state_dir / child.spec.name
@@ -206,7 +228,10 @@ class Supervisor:
         child.state = "starting"
         child.last_ping = time.monotonic()
         return await asyncio.create_subprocess_exec(
-            "/bin/sh", "-c", _EXEC_SHIM, str(command),
+            "/bin/sh",
+            "-c",
+            _EXEC_SHIM,
+            str(command),
             env=self._env(child),
             stdin=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
@@ -220,7 +245,8 @@ class Supervisor:
         while True:
             data = await loop.sock_recv(child.notify, 4096)
             fields = dict(
-                line.split("=", 1) for line in data.decode(errors="replace").splitlines()
+                line.split("=", 1)
+                for line in data.decode(errors="replace").splitlines()
                 if "=" in line
             )
             if "STATUS" in fields:
@@ -353,6 +379,11 @@ class Supervisor:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._stop.set)
         try:
+            if (other := read_state(cfg.runtime_dir)) is not None:
+                raise AddressInUse(
+                    f"{cfg.runtime_dir} is in use by another running process "
+                    f"(kiki up, pid {other['pid']})"
+                )
             for spec in cfg.services:
                 self._command(spec)
             self._bind()
@@ -387,7 +418,8 @@ class Supervisor:
         stop = asyncio.ensure_future(self._stop.wait())
         try:
             done, _ = await asyncio.wait(
-                {ready, stop}, timeout=self.config.ready_timeout,
+                {ready, stop},
+                timeout=self.config.ready_timeout,
                 return_when=asyncio.FIRST_COMPLETED,
             )
         finally:
@@ -418,8 +450,8 @@ class Supervisor:
             if child.spec.socket_file:
                 with contextlib.suppress(FileNotFoundError):
                     (self.config.runtime_dir / child.spec.socket_file).unlink()
-        with contextlib.suppress(FileNotFoundError):
-            (self.config.runtime_dir / STATE_FILE).unlink()
+        if self.children:  # only a run that bound its sockets owns the state file
+            (self.config.runtime_dir / STATE_FILE).unlink(missing_ok=True)
 
 
 def read_state(runtime_dir: Path) -> dict[str, Any] | None:

@@ -28,8 +28,11 @@ def register(sub: Any) -> None:
     p.add_argument("services", nargs="*", metavar="SERVICE", help="only these services")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--runtime-dir", type=Path, help="where the sockets are (default: as services)")
-    p.add_argument("--relay", help=f"sync relay host:port (default {DEFAULT_RELAY_HOST}:"
-                   f"{DEFAULT_RELAY_PORT}, or what `kiki up` recorded)")
+    p.add_argument(
+        "--relay",
+        help=f"sync relay host:port (default {DEFAULT_RELAY_HOST}:"
+        f"{DEFAULT_RELAY_PORT}, or what `kiki up` recorded)",
+    )
     p.add_argument("--timeout", type=float, default=3.0, help="seconds per service (default 3)")
     p.set_defaults(func=run)
 
@@ -48,8 +51,10 @@ def where_from(args: argparse.Namespace) -> Where:
 def run(args: argparse.Namespace) -> int:
     unknown = [name for name in args.services if name not in BY_NAME]
     if unknown:
-        print(f"kiki status: unknown service {', '.join(unknown)} "
-              f"(known: {', '.join(BY_NAME)})", file=sys.stderr)
+        print(
+            f"kiki status: unknown service {', '.join(unknown)} (known: {', '.join(BY_NAME)})",
+            file=sys.stderr,
+        )
         return 2
     specs = tuple(BY_NAME[n] for n in args.services) if args.services else SERVICES
     where = where_from(args)
@@ -57,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     ok = all(not isinstance(r, KikiError) for r in results.values())
     if args.json:
         out = {
-            name: {"ok": True, "info": r} if not isinstance(r, KikiError)
+            name: {"ok": True, "info": r}
+            if not isinstance(r, KikiError)
             else {"ok": False, "error": {"type": type(r).__name__, "message": str(r)}}
             for name, r in results.items()
         }
@@ -68,8 +74,15 @@ def run(args: argparse.Namespace) -> int:
         if isinstance(r, KikiError):
             rows.append((name, "down", "-", "-", str(r)))
         else:
-            rows.append((name, "ready", str(r.get("pid", "?")),
-                         f"{float(r.get('uptimeSeconds', 0)):.0f}s", str(r.get("status", ""))))
+            rows.append(
+                (
+                    name,
+                    "ready",
+                    str(r.get("pid", "?")),
+                    f"{float(r.get('uptimeSeconds', 0)):.0f}s",
+                    str(r.get("status", "")),
+                )
+            )
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row[:4], widths, strict=True)) + "  " + row[4])

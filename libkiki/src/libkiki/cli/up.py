@@ -20,19 +20,40 @@ def register(sub: Any) -> None:
         "(pre-bound sockets via LISTEN_FDS, NOTIFY_SOCKET readiness, watchdog), print a table "
         "when all are ready, restart any that crash, and stop all cleanly on Ctrl-C or SIGTERM.",
     )
-    p.add_argument("services", nargs="*", metavar="SERVICE",
-                   help=f"only these services (default: all of {', '.join(BY_NAME)})")
-    p.add_argument("--runtime-dir", type=Path, help="socket directory (default: %(default)s)",
-                   default=runtime_dir())
-    p.add_argument("--state-dir", type=Path, help="state directory (default: %(default)s)",
-                   default=state_dir())
+    p.add_argument(
+        "services",
+        nargs="*",
+        metavar="SERVICE",
+        help=f"only these services (default: all of {', '.join(BY_NAME)})",
+    )
+    p.add_argument(
+        "--runtime-dir",
+        type=Path,
+        help="socket directory (default: %(default)s)",
+        default=runtime_dir(),
+    )
+    p.add_argument(
+        "--state-dir", type=Path, help="state directory (default: %(default)s)", default=state_dir()
+    )
     p.add_argument("--relay-host", default=DEFAULT_RELAY_HOST, help="sync relay address")
-    p.add_argument("--relay-port", type=int, default=DEFAULT_RELAY_PORT,
-                   help="sync relay port; 0 picks a free one (default: %(default)s)")
-    p.add_argument("--ready-timeout", type=float, default=30.0,
-                   help="seconds to wait for each service's READY=1 (default: %(default)s)")
-    p.add_argument("--watchdog", type=float, default=20.0,
-                   help="WATCHDOG_USEC given to services, in seconds (default: %(default)s)")
+    p.add_argument(
+        "--relay-port",
+        type=int,
+        default=DEFAULT_RELAY_PORT,
+        help="sync relay port; 0 picks a free one (default: %(default)s)",
+    )
+    p.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=30.0,
+        help="seconds to wait for each service's READY=1 (default: %(default)s)",
+    )
+    p.add_argument(
+        "--watchdog",
+        type=float,
+        default=20.0,
+        help="WATCHDOG_USEC given to services, in seconds (default: %(default)s)",
+    )
     p.set_defaults(func=run)
 
 
@@ -43,8 +64,12 @@ def run(args: argparse.Namespace) -> int:
         return 2
     services = tuple(BY_NAME[n] for n in args.services) if args.services else SERVICES
     config = UpConfig(
-        runtime_dir=args.runtime_dir, state_dir=args.state_dir, relay_host=args.relay_host,
-        relay_port=args.relay_port, services=services, ready_timeout=args.ready_timeout,
+        runtime_dir=args.runtime_dir,
+        state_dir=args.state_dir,
+        relay_host=args.relay_host,
+        relay_port=args.relay_port,
+        services=services,
+        ready_timeout=args.ready_timeout,
         watchdog_sec=args.watchdog,
     )
     return asyncio.run(Supervisor(config).run())

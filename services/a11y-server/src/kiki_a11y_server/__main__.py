@@ -1,9 +1,8 @@
 """``kiki-a11y-server``: the accessibility-tree server (see the service README)."""
 
-from libkiki.service import service_main
-
 from kiki_a11y_server import __version__
 from kiki_a11y_server.server import A11yConfig, serve
+from libkiki.service import service_main
 
 
 def main() -> None:

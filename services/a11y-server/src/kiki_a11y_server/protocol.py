@@ -55,7 +55,9 @@ class A11yConnection:
         """End of input; a partial frame left over means the peer vanished mid-message."""
         self.closed = True
         if self._decoder.pending:
-            error = InvalidFrame(f"connection closed inside a frame ({self._decoder.pending} bytes)")
+            error = InvalidFrame(
+                f"connection closed inside a frame ({self._decoder.pending} bytes)"
+            )
             return Violation(error, b"", fatal=True)
         return None
 

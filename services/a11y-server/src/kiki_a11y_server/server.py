@@ -9,14 +9,13 @@ import socket
 import time
 from collections.abc import AsyncIterator
 
+from kiki_a11y_server.protocol import A11yConnection, Request, Violation
 from libkiki import a11y_wire as wire
 from libkiki.config import ServiceConfig
-from libkiki.peer import peer_cred
-from libkiki.service import ServiceContext
 from libkiki.paths import A11Y_SOCKET, socket_path
+from libkiki.peer import peer_cred
 from libkiki.servers import serve_stream
-
-from kiki_a11y_server.protocol import A11yConnection, Request, Violation
+from libkiki.service import ServiceContext
 
 log = logging.getLogger(__name__)
 
@@ -32,15 +31,21 @@ def _answer(ctx: ServiceContext, message: wire.Message) -> wire.Message:
         case wire.GetInfo(request_id):
             info = ctx.info()
             return wire.Info(
-                request_id, ctx.name, ctx.version, info["pid"],
-                int((time.monotonic() - ctx.started) * 1000), ctx.status,
+                request_id,
+                ctx.name,
+                ctx.version,
+                info["pid"],
+                int((time.monotonic() - ctx.started) * 1000),
+                ctx.status,
                 tuple(sorted(ctx.counters.items())),
             )
     return wire.Error(message.request_id, -32601, "Method not found")
 
 
 async def handle(
-    ctx: ServiceContext, config: A11yConfig, reader: asyncio.StreamReader,
+    ctx: ServiceContext,
+    config: A11yConfig,
+    reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
 ) -> None:
     sock: socket.socket = writer.get_extra_info("socket")
@@ -59,9 +64,9 @@ async def handle(
                 ctx.counters["requests"] += 1
                 writer.write(conn.send(_answer(ctx, event.message)))
         await writer.drain()
-    if (event := conn.eof()) is not None:
+    if (leftover := conn.eof()) is not None:
         ctx.counters["protocol_errors"] += 1
-        log.info("peer %s: %s", peer.describe(), event.error)
+        log.info("peer %s: %s", peer.describe(), leftover.error)
 
 
 @contextlib.asynccontextmanager
@@ -77,7 +82,10 @@ async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
         return A11yConnection(config.max_frame).send(error)
 
     async with serve_stream(
-        listener, on_connect, max_connections=config.max_connections, reject=reject,
+        listener,
+        on_connect,
+        max_connections=config.max_connections,
+        reject=reject,
         counters=ctx.counters,
     ):
         ctx.status = f"serving a11y.sock ({'activated' if ctx.listeners.activated else 'bound'})"

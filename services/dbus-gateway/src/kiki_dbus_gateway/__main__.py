@@ -1,9 +1,8 @@
 """``kiki-dbus-gateway``: the D-Bus gateway (see the service README)."""
 
-from libkiki.service import service_main
-
 from kiki_dbus_gateway import __version__
 from kiki_dbus_gateway.server import GatewayConfig, serve
+from libkiki.service import service_main
 
 
 def main() -> None:

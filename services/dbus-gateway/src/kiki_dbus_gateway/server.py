@@ -18,6 +18,7 @@ from dbus_fast import BusType, NameFlag, RequestNameReply, Variant
 from dbus_fast.aio import MessageBus
 from dbus_fast.errors import DBusError
 from dbus_fast.service import ServiceInterface, method
+
 from libkiki.config import ServiceConfig
 from libkiki.constellation import GATEWAY_BUS_NAME, GATEWAY_OBJECT_PATH, SERVICE_INTERFACE
 from libkiki.errors import AddressInUse, Unavailable
@@ -47,7 +48,7 @@ class ServiceInfo(ServiceInterface):
         self._ctx = ctx
 
     @method(name="GetInfo")
-    def get_info(self) -> "a{sv}":  # type: ignore[name-defined]  # noqa: F821
+    def get_info(self) -> "a{sv}":  # type: ignore[valid-type]  # noqa: F722
         self._ctx.counters["requests"] += 1
         return info_variants(self._ctx.info())
 
@@ -73,4 +74,4 @@ async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
         # The reader sees EOF when the bus connection closes; collect it so it is not reported
         # as an unretrieved exception.
         with contextlib.suppress(EOFError, OSError):
-            await bus.wait_for_disconnect()
+            await bus.wait_for_disconnect()  # type: ignore[no-untyped-call]

@@ -1,9 +1,8 @@
 """``kiki-sync-relay``: the session sync relay (see the service README)."""
 
-from libkiki.service import service_main
-
 from kiki_sync_relay import __version__
 from kiki_sync_relay.server import RelayConfig, serve
+from libkiki.service import service_main
 
 
 def main() -> None:

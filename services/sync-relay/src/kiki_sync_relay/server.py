@@ -14,12 +14,14 @@ import logging
 from collections.abc import AsyncIterator
 
 import orjson
+from websockets.asyncio.server import ServerConnection
+from websockets.asyncio.server import serve as ws_serve
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
 from libkiki.config import ServiceConfig
 from libkiki.constellation import DEFAULT_RELAY_HOST, DEFAULT_RELAY_PORT
 from libkiki.service import ServiceContext
-from websockets.asyncio.server import ServerConnection, serve as ws_serve
-from websockets.datastructures import Headers
-from websockets.http11 import Request, Response
 
 log = logging.getLogger(__name__)
 

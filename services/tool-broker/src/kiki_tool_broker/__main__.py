@@ -1,2 +1,14 @@
+"""``kiki-tool-broker``: see the service README."""
+
+from kiki_tool_broker import __version__
+from kiki_tool_broker.server import serve
+from libkiki.config import ServiceConfig
+from libkiki.service import service_main
+
+
 def main() -> None:
-    raise SystemExit("not yet")
+    service_main("tool-broker", __version__, ServiceConfig, serve)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,2 +1,14 @@
+"""``kiki-updater``: see the service README."""
+
+from kiki_updater import __version__
+from kiki_updater.server import serve
+from libkiki.config import ServiceConfig
+from libkiki.service import service_main
+
+
 def main() -> None:
-    raise SystemExit("not yet")
+    service_main("updater", __version__, ServiceConfig, serve)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""A service whose channel is JSON-RPC 2.0 on a Unix socket (tools, sensors, updater).
+
+``jsonrpc_service("tools", TOOLS_SOCKET, add_methods)`` is the ``serve`` factory such a service
+hands to :func:`libkiki.service.service_main`: it takes the activated socket (or binds one),
+serves the method table with the configured limits, and always answers the health request
+``dev.kiki.service.getInfo``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from libkiki.config import ServiceConfig
+from libkiki.constellation import GET_INFO
+from libkiki.paths import socket_path
+from libkiki.rpc import Methods, RequestContext, serve_unix
+from libkiki.service import ServeFactory, ServiceContext
+
+MethodsFactory = Callable[[ServiceContext, Methods], None]
+
+
+def jsonrpc_service(
+    fdname: str, socket_file: str, add_methods: MethodsFactory | None = None
+) -> ServeFactory:
+    @contextlib.asynccontextmanager
+    async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
+        config: ServiceConfig = ctx.config
+        listener = ctx.listeners.unix(fdname, socket_path(socket_file))
+        methods = Methods()
+
+        @methods.method(GET_INFO)
+        async def get_info(request: RequestContext) -> dict[str, Any]:
+            return ctx.info()
+
+        if add_methods is not None:
+            add_methods(ctx, methods)
+        async with serve_unix(
+            listener,
+            methods,
+            max_connections=config.max_connections,
+            max_line=config.max_line,
+            max_in_flight=config.max_in_flight,
+            drain_timeout=config.drain_timeout,
+            counters=ctx.counters,
+        ):
+            how = "activated" if ctx.listeners.activated else "bound"
+            ctx.status = f"serving {socket_file} ({how})"
+            yield
+
+    return serve
