@@ -47,6 +47,7 @@ __all__ = [
     "AddressInUse",
     "Cancelled",
     "Conflict",
+    "INTERNAL_ERROR",
     "FrameTooLarge",
     "InvalidFrame",
     "InvalidParams",

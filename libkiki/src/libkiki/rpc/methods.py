@@ -22,7 +22,7 @@ import inspect
 import logging
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 import orjson
 from jsonrpcserver import Error, Success
@@ -32,7 +32,7 @@ from jsonrpcserver.response import to_serializable_one
 
 from libkiki.errors import INTERNAL_ERROR, KikiError
 from libkiki.peer import PeerCred
-from libkiki.rpc.protocol import PROGRESS, RequestId
+from libkiki.rpc.messages import PROGRESS, RequestId
 
 if TYPE_CHECKING:
     from libkiki.rpc.connection import Connection
@@ -80,9 +80,7 @@ def _default(obj: Any) -> Any:
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
-def _internal(name: str) -> Any:
-    log.exception("JSON-RPC method %s failed", name)
-    return Error(INTERNAL_ERROR["code"], INTERNAL_ERROR["message"])
+_INTERNAL = (INTERNAL_ERROR["code"], INTERNAL_ERROR["message"])
 
 
 def _guard(name: str, func: Handler) -> Callable[..., Awaitable[Any]]:
@@ -97,10 +95,12 @@ def _guard(name: str, func: Handler) -> Callable[..., Awaitable[Any]]:
             try:
                 data = orjson.Fragment(orjson.dumps(member["data"], default=_default))
             except TypeError:
-                return _internal(name)
+                log.exception("JSON-RPC method %s raised an error with unserialisable data", name)
+                return Error(*_INTERNAL)
             return Error(member["code"], member["message"], data)
         except Exception:
-            return _internal(name)
+            log.exception("JSON-RPC method %s failed", name)
+            return Error(*_INTERNAL)
 
     # jsonrpcserver checks params against the signature on every call; giving it the handler's
     # own signature, computed once, keeps -32602 right and saves the inspect work per call.
@@ -134,7 +134,7 @@ class Methods:
     def method(self, name: str, /) -> Callable[[H], H]: ...
 
     def method(self, target: H | str, /) -> H | Callable[[H], H]:
-        """Decorator: ``@methods.method`` (named after the function) or ``@methods.method("a/b")``."""
+        """Decorator: ``@methods.method`` (the function's name) or ``@methods.method("a/b")``."""
         if isinstance(target, str):
             name = target
 
@@ -176,5 +176,4 @@ async def dispatch(
     _, result = await dispatch_request(methods._guarded, ctx, request)
     if ctx.notification:
         return None
-    response: dict[str, Any] = to_serializable_one(to_response(request, result))
-    return response
+    return cast(dict[str, Any], to_serializable_one(to_response(request, result)))

@@ -7,13 +7,11 @@
   request or notification to run, :class:`Send` for errors the core answers by itself (parse
   errors, invalid requests, limits), :class:`CancelRequested`, :class:`Dropped`. The caller runs
   each ``Incoming`` and hands its response back to :meth:`RpcCore.complete`, which returns the
-  bytes to send -- for a batch, the whole array once its last entry is done.
+  bytes to send -- for a batch, the whole array once its last entry is done -- and calls
+  :meth:`RpcCore.release` once they are written.
 * outgoing -- :meth:`RpcCore.request`, :meth:`RpcCore.notification` and :meth:`RpcCore.batch`
   build the bytes and track pending ids; responses arrive as :class:`ResponseReceived` (or
   :class:`UnmatchedResponse` for ids that are not, or no longer, pending).
-
-The structural check here replaces jsonrpcserver's jsonschema validation (about 1 µs instead
-of about 140 µs); :func:`validate_request` has the signature of its ``validator`` hook.
 
 Spec choices, for the record: an invalid request is answered even without an ``id`` (it is not
 a valid notification), echoing its ``id`` when that member is itself valid and ``null``
@@ -40,154 +38,31 @@ from libkiki.errors import (
     error_for_code,
 )
 from libkiki.framing import Oversized
+from libkiki.rpc.messages import (
+    CANCELLED,
+    PROGRESS,
+    Call,
+    CancelRequested,
+    Dropped,
+    Event,
+    Incoming,
+    Params,
+    ProgressReceived,
+    RequestId,
+    ResponseReceived,
+    Send,
+    UnmatchedResponse,
+    error_line,
+    error_response,
+    request_problem,
+    valid_id,
+)
 
-__all__ = [
-    "CANCELLED",
-    "PROGRESS",
-    "Call",
-    "CancelRequested",
-    "Dropped",
-    "Event",
-    "Incoming",
-    "Params",
-    "ProgressReceived",
-    "RequestId",
-    "ResponseReceived",
-    "RpcCore",
-    "Send",
-    "UnmatchedResponse",
-    "error_line",
-    "error_response",
-    "validate_request",
-]
-
-RequestId = str | int | float | None
-Params = dict[str, Any] | list[Any]
-
-CANCELLED = "notifications/cancelled"
-PROGRESS = "notifications/progress"
+__all__ = ["RpcCore"]
 
 # Ids of requests we gave up on (timeout, cancellation) are remembered this long so that their
 # late answers are recognised as expected rather than reported as strays.
 _ABANDONED_MEMORY = 1024
-
-
-@dataclass(frozen=True, slots=True)
-class Call:
-    """One entry of an outgoing batch."""
-
-    method: str
-    params: Params | None = None
-    notification: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Send:
-    """Bytes (complete lines) to write to the peer."""
-
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Incoming:
-    """A request or notification to run; ``message`` is what jsonrpcserver dispatches."""
-
-    slot: int
-    id: RequestId
-    method: str
-    message: dict[str, Any]
-    notification: bool
-    meta: dict[str, Any] | None = None
-
-    @property
-    def progress_token(self) -> str | int | None:
-        token = self.meta.get("progressToken") if self.meta else None
-        return token if isinstance(token, str | int) and not isinstance(token, bool) else None
-
-
-@dataclass(frozen=True, slots=True)
-class CancelRequested:
-    """The peer cancelled one of its running requests; its response must not be sent."""
-
-    slot: int
-    id: RequestId
-    reason: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class Dropped:
-    """An incoming notification that was not run (nobody is told, per the spec)."""
-
-    method: str
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class ProgressReceived:
-    """A ``notifications/progress`` for one of our requests sent with a progress token."""
-
-    id: int
-    params: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class ResponseReceived:
-    """The answer to one of our pending requests: ``error`` is None on success."""
-
-    id: int
-    result: Any
-    error: KikiError | None
-
-
-@dataclass(frozen=True, slots=True)
-class UnmatchedResponse:
-    """A response whose id is not pending; ``abandoned`` if we had given up on it ourselves."""
-
-    id: Any
-    abandoned: bool
-    error: KikiError | None
-
-
-Event = (
-    Send | Incoming | CancelRequested | Dropped | ProgressReceived | ResponseReceived | UnmatchedResponse
-)
-
-
-def _valid_id(value: object) -> bool:
-    return value is None or (isinstance(value, str | int | float) and not isinstance(value, bool))
-
-
-def _request_problem(obj: dict[str, Any]) -> str | None:
-    if obj.get("jsonrpc") != "2.0":
-        return '"jsonrpc" must be exactly "2.0"'
-    if not isinstance(obj.get("method"), str):
-        return '"method" must be a string'
-    if "id" in obj and not _valid_id(obj["id"]):
-        return '"id" must be a string, a number or null'
-    if "params" in obj and not isinstance(obj["params"], dict | list):
-        return '"params" must be an array or an object'
-    return None
-
-
-def validate_request(request: Any) -> Any:
-    """jsonrpcserver's ``validator`` hook: raise for anything that is not a valid request/batch."""
-    entries = request if isinstance(request, list) else [request]
-    if not entries:
-        raise InvalidRequest(data="empty batch")
-    for entry in entries:
-        problem = _request_problem(entry) if isinstance(entry, dict) else "not an object"
-        if problem:
-            raise InvalidRequest(data=problem)
-    return request
-
-
-def error_response(id: RequestId, error: dict[str, Any]) -> dict[str, Any]:
-    return {"jsonrpc": "2.0", "error": error, "id": id}
-
-
-def error_line(error: KikiError, id: RequestId = None) -> bytes:
-    """A complete response line carrying ``error``, e.g. for a connection refused at the door."""
-    return orjson.dumps(error_response(id, error.to_jsonrpc())) + b"\n"
 
 
 @dataclass(slots=True, eq=False)
@@ -202,6 +77,7 @@ class _Slot:
     notification: bool
     batch: _Batch | None
     cancelled: bool = False
+    done: bool = False
 
 
 class RpcCore:
@@ -223,6 +99,7 @@ class RpcCore:
 
     @property
     def in_flight(self) -> int:
+        """Entries started and not yet released (an answer being written still counts)."""
         return len(self._slots)
 
     def start_draining(self) -> None:
@@ -257,14 +134,16 @@ class RpcCore:
         return events
 
     def complete(self, slot: int, response: dict[str, Any] | None) -> bytes | None:
-        """Record the end of ``slot``; return the bytes to send now, if any.
+        """Record the end of ``slot``'s handler; return the bytes to send now, if any.
 
         ``response`` is None when the handler was cancelled; a response to a request the peer
-        cancelled, or to a notification, is discarded.
+        cancelled, or to a notification, is discarded. The slot stays in flight until
+        :meth:`release`, so that answers a peer does not read count against its limit.
         """
-        entry = self._slots.pop(slot, None)
-        if entry is None:
+        entry = self._slots.get(slot)
+        if entry is None or entry.done:
             return None
+        entry.done = True
         if entry.id is not None and not entry.notification:
             self._by_id.pop(entry.id, None)
         if entry.notification:
@@ -281,6 +160,10 @@ class RpcCore:
             batch.parts.append(part)
         batch.remaining -= 1
         return _array(batch.parts) if batch.remaining == 0 and batch.parts else None
+
+    def release(self, slot: int) -> None:
+        """``slot``'s answer is written (or abandoned): it no longer counts as in flight."""
+        self._slots.pop(slot, None)
 
     def _error_send(self, error: KikiError, id: RequestId) -> Send:
         self.counters["errors"] += 1
@@ -299,10 +182,10 @@ class RpcCore:
                 events.append(self._response(obj))
                 return None
             return self._error_part(InvalidRequest(data="neither a request nor a response"), None)
-        problem = _request_problem(obj)
+        problem = request_problem(obj)
         rid = obj.get("id")
         if problem is not None:
-            return self._error_part(InvalidRequest(data=problem), rid if _valid_id(rid) else None)
+            return self._error_part(InvalidRequest(data=problem), rid if valid_id(rid) else None)
         method: str = obj["method"]
         notification = "id" not in obj
         if notification:
@@ -351,7 +234,7 @@ class RpcCore:
         if not isinstance(params, dict):
             return
         rid = params.get("requestId")
-        if rid is None or not _valid_id(rid) or (slot := self._by_id.get(rid)) is None:
+        if rid is None or not valid_id(rid) or (slot := self._by_id.get(rid)) is None:
             return
         entry = self._slots[slot]
         if entry.cancelled:
@@ -375,7 +258,9 @@ class RpcCore:
         """Our requests still waiting for an answer."""
         return len(self._pending)
 
-    def request(self, method: str, params: Params | None = None, *, progress: bool = False) -> tuple[int, bytes]:
+    def request(
+        self, method: str, params: Params | None = None, *, progress: bool = False
+    ) -> tuple[int, bytes]:
         """Build a request; with ``progress`` its id is also sent as ``_meta.progressToken``."""
         rid = self._next_id + 1
         message = self._message(method, params, rid, progress)
@@ -425,7 +310,9 @@ class RpcCore:
         return ids
 
     @staticmethod
-    def _message(method: str, params: Params | None, rid: int | None, progress: bool) -> dict[str, Any]:
+    def _message(
+        method: str, params: Params | None, rid: int | None, progress: bool
+    ) -> dict[str, Any]:
         if not isinstance(method, str):
             raise TypeError("method must be a string")
         message: dict[str, Any] = {"jsonrpc": "2.0", "method": method}

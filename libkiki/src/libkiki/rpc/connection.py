@@ -1,0 +1,411 @@
+"""A symmetric JSON-RPC 2.0 connection over asyncio streams, one JSON text per line.
+
+Both ends serve a method table and send requests, notifications and batches. The protocol is in
+:mod:`libkiki.rpc.protocol`; this layer only moves bytes and runs tasks, all owned by a
+``TaskGroup`` that lives as long as the ``async with Connection(...)`` block.
+
+Behaviour worth knowing:
+
+* Incoming requests run concurrently, each in its own task. Over ``max_in_flight`` a request is
+  answered ``LimitExceeded`` at once (a notification is dropped). ``notifications/cancelled``
+  cancels the handler's task and its response is never sent (MCP).
+* Outgoing requests over ``max_in_flight`` *wait* for a slot; the wait counts toward the
+  request's timeout, so a stalled peer surfaces as :class:`~libkiki.errors.Timeout`. On timeout
+  or cancellation of the caller, the peer is sent ``notifications/cancelled`` (MCP's form).
+* Writes go straight to the transport and every writer awaits ``drain()``: the transport's
+  buffer, with its high-water mark, is the bounded queue. An answer counts against the
+  in-flight limit until it is written, so a peer that stops reading stops our handlers and then
+  our reader instead of growing our memory.
+* End of input is the peer leaving: pending requests fail at once with
+  :class:`~libkiki.errors.PeerGone` and running handlers are cancelled. A peer that half-closes
+  to wait for its answers is therefore not supported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Self
+
+from libkiki.errors import INTERNAL_ERROR, KikiError, PeerGone, Timeout, Unavailable
+from libkiki.framing import DEFAULT_MAX_LINE, LineDecoder
+from libkiki.peer import PeerCred
+from libkiki.rpc.limits import Slots
+from libkiki.rpc.messages import (
+    CANCELLED,
+    Call,
+    CancelRequested,
+    Dropped,
+    Event,
+    Incoming,
+    Params,
+    ProgressReceived,
+    ResponseReceived,
+    Send,
+    UnmatchedResponse,
+    error_response,
+)
+from libkiki.rpc.methods import Handler, Methods, RequestContext, dispatch
+from libkiki.rpc.protocol import RpcCore
+
+__all__ = ["Connection", "ProgressCallback"]
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[dict[str, Any]], Awaitable[None]]
+
+DEFAULT_MAX_IN_FLIGHT = 64
+DEFAULT_REQUEST_TIMEOUT = 30.0
+_READ_SIZE = 256 * 1024
+_CLOSE_BOUND = 2.0  # seconds granted to cancelled handlers and to flushing at close
+
+
+class Connection:
+    """One JSON-RPC peer. Use as ``async with Connection(reader, writer, peer=...) as conn``."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        peer: PeerCred,
+        methods: Methods | Mapping[str, Handler] | None = None,
+        max_line: int = DEFAULT_MAX_LINE,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
+        counters: Counter[str] | None = None,
+        name: str = "",
+    ) -> None:
+        self.peer = peer
+        self.methods = Methods.of(methods)
+        self.name = name or peer.describe()
+        self.state: dict[str, Any] = {}  # free for the application (e.g. a provider's tools)
+        self.request_timeout = request_timeout
+        self._reader = reader
+        self._writer = writer
+        self._decoder = LineDecoder(max_line)
+        self._core = RpcCore(max_in_flight=max_in_flight, counters=counters)
+        self._outgoing = Slots(max_in_flight)
+        self._futures: dict[int, asyncio.Future[Any]] = {}
+        self._progress: dict[int, ProgressCallback] = {}
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._tg: asyncio.TaskGroup | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._gone: KikiError | None = None  # why the connection ended; copied, never re-raised
+        self._closed = asyncio.Event()
+        self._closing_started = asyncio.Event()
+        self._finished = asyncio.Event()
+        self._closing = False
+
+    @property
+    def counters(self) -> Counter[str]:
+        return self._core.counters
+
+    @property
+    def closed(self) -> bool:
+        return self._gone is not None
+
+    @property
+    def in_flight(self) -> int:
+        """Incoming requests and notifications being handled."""
+        return self._core.in_flight
+
+    @property
+    def outgoing(self) -> int:
+        """Our requests waiting for the peer's answer."""
+        return self._core.outgoing
+
+    async def __aenter__(self) -> Self:
+        self._tg = asyncio.TaskGroup()
+        await self._tg.__aenter__()
+        self._reader_task = self._tg.create_task(self._read_loop(), name=f"rpc-read {self.name}")
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            await self.close()
+        finally:
+            assert self._tg is not None
+            await self._tg.__aexit__(et, exc, tb)
+
+    async def wait_closed(self) -> None:
+        """Return once the connection is over (the peer left, or :meth:`close` was called)."""
+        await self._closed.wait()
+
+    async def wait_closing(self) -> None:
+        """Return once :meth:`close` has begun (e.g. a server draining): time to wrap up."""
+        await self._closing_started.wait()
+
+    async def close(self, grace: float = 0.0) -> None:
+        """Close; with ``grace``, first refuse new requests and let running ones finish that long.
+
+        Responses keep being read during the grace period, so handlers waiting on the peer can
+        finish. Safe to call more than once and from any task, including a handler.
+        """
+        if self._closing:
+            await self._finished.wait()
+            return
+        self._closing = True
+        self._closing_started.set()
+        me = asyncio.current_task()
+        try:
+            running = [t for t in self._tasks.values() if t is not me]
+            if self._gone is None and grace > 0 and running:
+                self._core.start_draining()
+                await asyncio.wait(running, timeout=grace)
+            self._shut(Unavailable("the connection was closed"))
+            stragglers = [t for t in self._tasks.values() if t is not me]
+            if stragglers:
+                await asyncio.wait(stragglers, timeout=_CLOSE_BOUND)
+            self._writer.close()
+            try:
+                async with asyncio.timeout(_CLOSE_BOUND):
+                    await self._writer.wait_closed()
+            except (OSError, TimeoutError):
+                self._writer.transport.abort()  # a peer that never reads cannot hold us here
+            if self._reader_task is not None:
+                self._reader_task.cancel()
+        finally:
+            self._finished.set()
+
+    # -- calling the peer --------------------------------------------------------------------
+
+    async def request(
+        self,
+        method: str,
+        params: Params | None = None,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 -- it also cancels the call at the peer
+        on_progress: ProgressCallback | None = None,
+    ) -> Any:
+        """Call ``method`` on the peer and return its result; its error is raised, typed.
+
+        ``timeout`` (seconds; None for the connection's ``request_timeout``, ``math.inf`` for
+        none) covers waiting for an in-flight slot too. ``on_progress`` asks for MCP progress
+        (``params`` must then be a dict) and is awaited with each ``notifications/progress``,
+        in the connection's reader: it should be quick.
+        """
+        limit = self._limit(timeout)
+        self._check_open()
+        try:
+            async with asyncio.timeout(limit) as scope:
+                await self._outgoing.acquire(1)
+                try:
+                    self._check_open()
+                    rid, data = self._core.request(method, params, progress=on_progress is not None)
+                    fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+                    self._futures[rid] = fut
+                    if on_progress is not None:
+                        self._progress[rid] = on_progress
+                    try:
+                        await self._write(data)
+                        return await fut
+                    finally:
+                        self._progress.pop(rid, None)
+                        if self._futures.pop(rid, None) is not None:
+                            fut.cancel()
+                            self._abandon(rid, "timeout" if scope.expired() else "cancelled")
+                finally:
+                    self._outgoing.release(1)
+        except TimeoutError:
+            raise Timeout(
+                f"no answer to {method} within {limit} s", data={"method": method, "timeout": limit}
+            ) from None
+
+    async def notify(self, method: str, params: Params | None = None) -> None:
+        self._check_open()
+        await self._write(self._core.notification(method, params))
+
+    async def batch(
+        self,
+        calls: Sequence[Call],
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 -- it also cancels the calls at the peer
+    ) -> list[Any]:
+        """Send ``calls`` as one batch; return, in order, one outcome per non-notification call.
+
+        An outcome is the result, or the :class:`~libkiki.errors.KikiError` the call failed
+        with (returned, not raised: the other entries may have succeeded), e.g.
+        :class:`~libkiki.errors.PeerGone` for entries unanswered when the peer left. A timeout
+        cancels the unanswered entries and raises :class:`~libkiki.errors.Timeout`.
+        """
+        limit = self._limit(timeout)
+        wanted = sum(not c.notification for c in calls)
+        self._check_open()
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(limit) as scope:
+                await self._outgoing.acquire(wanted)
+                try:
+                    self._check_open()
+                    ids, data = self._core.batch(list(calls))
+                    futs = {rid: loop.create_future() for rid in ids if rid is not None}
+                    self._futures.update(futs)
+                    try:
+                        await self._write(data)
+                        if futs:
+                            await asyncio.wait(futs.values())
+                    finally:
+                        reason = "timeout" if scope.expired() else "cancelled"
+                        for rid, fut in futs.items():
+                            if self._futures.pop(rid, None) is not None:
+                                fut.cancel()
+                                self._abandon(rid, reason)
+                finally:
+                    self._outgoing.release(wanted)
+        except TimeoutError:
+            raise Timeout(f"no complete answer to a batch within {limit} s") from None
+        return [f.exception() or f.result() for f in futs.values()]
+
+    def _limit(self, timeout: float | None) -> float | None:
+        limit = self.request_timeout if timeout is None else timeout
+        return None if limit is None or math.isinf(limit) else limit
+
+    def _abandon(self, rid: int, reason: str) -> None:
+        if self._core.abandon(rid):
+            self._write_nowait(
+                self._core.notification(CANCELLED, {"requestId": rid, "reason": reason})
+            )
+
+    def _check_open(self) -> None:
+        if self._gone is not None:
+            raise self._lost()
+
+    def _lost(self) -> KikiError:
+        # A fresh instance per raise: re-raising one instance would keep growing its traceback.
+        assert self._gone is not None
+        return type(self._gone)(self._gone.message)
+
+    # -- moving bytes ------------------------------------------------------------------------
+
+    async def _write(self, data: bytes) -> None:
+        if self._writer.is_closing():
+            return  # the reader sees the disconnect and fails whoever waits for an answer
+        self._writer.write(data)
+        with contextlib.suppress(ConnectionError):
+            await self._writer.drain()
+
+    def _write_nowait(self, data: bytes) -> None:
+        # For a task that is being cancelled: one line more in the buffer, no waiting.
+        if not self._writer.is_closing():
+            self._writer.write(data)
+
+    async def _read_loop(self) -> None:
+        try:
+            while data := await self._reader.read(_READ_SIZE):
+                for item in self._decoder.feed(data):
+                    for event in self._core.receive(item):
+                        await self._handle(event)
+            if self._decoder.pending:
+                log.info("%s: peer left in the middle of a message", self.name)
+        except OSError as exc:
+            log.info("%s: connection lost: %s", self.name, exc)
+        except Exception:
+            log.exception("%s: JSON-RPC connection failed", self.name)
+        finally:
+            self._shut(PeerGone())
+            if not self._closing:
+                self._writer.close()
+
+    def _shut(self, error: KikiError) -> None:
+        """Fail everything that waits on the peer and cancel every handler (once)."""
+        if self._gone is not None:
+            return
+        self._gone = error
+        for rid in self._core.abandon_all():
+            fut = self._futures.pop(rid, None)
+            if fut is not None and not fut.done():
+                fut.set_exception(self._lost())
+        me = asyncio.current_task()
+        for task in self._tasks.values():
+            if task is not me:
+                task.cancel()
+        self._closed.set()
+
+    async def _handle(self, event: Event) -> None:
+        if isinstance(event, Incoming):
+            self._start(event)
+        elif isinstance(event, Send):
+            await self._write(event.data)
+        elif isinstance(event, ResponseReceived):
+            fut = self._futures.pop(event.id, None)
+            if fut is not None and not fut.done():
+                if event.error is None:
+                    fut.set_result(event.result)
+                else:
+                    fut.set_exception(event.error)
+        elif isinstance(event, CancelRequested):
+            task = self._tasks.get(event.slot)
+            if task is not None:
+                log.debug("%s: peer cancelled request %r: %s", self.name, event.id, event.reason)
+                task.cancel()
+        elif isinstance(event, ProgressReceived):
+            callback = self._progress.get(event.id)
+            if callback is not None:
+                try:
+                    await callback(event.params)
+                except Exception:
+                    log.exception("%s: progress callback failed", self.name)
+        elif isinstance(event, UnmatchedResponse):
+            if event.abandoned:
+                log.debug("%s: late answer to abandoned request %r", self.name, event.id)
+            else:
+                log.warning(
+                    "%s: ignored a response to unknown id %r (%s)", self.name, event.id, event.error
+                )
+        elif isinstance(event, Dropped):
+            log.warning("%s: dropped notification %s: %s", self.name, event.method, event.reason)
+
+    def _start(self, event: Incoming) -> None:
+        ctx = RequestContext(
+            self,
+            self.peer,
+            event.method,
+            event.id,
+            event.notification,
+            event.meta,
+            event.progress_token,
+        )
+        assert self._tg is not None
+        try:
+            task = self._tg.create_task(self._run(event, ctx), name=f"rpc {event.method}")
+        except RuntimeError:  # the group is already shutting down
+            refusal = (
+                None if event.notification else error_response(event.id, Unavailable().to_jsonrpc())
+            )
+            if (data := self._core.complete(event.slot, refusal)) is not None:
+                self._write_nowait(data)
+            self._core.release(event.slot)
+            return
+        self._tasks[event.slot] = task
+
+    async def _run(self, event: Incoming, ctx: RequestContext) -> None:
+        response: dict[str, Any] | None
+        try:
+            try:
+                response = await dispatch(self.methods, ctx, event.message)
+            except asyncio.CancelledError:
+                if (data := self._core.complete(event.slot, None)) is not None:
+                    self._write_nowait(data)  # the rest of a batch this entry belonged to
+                raise
+            except Exception:
+                # Handlers' own exceptions never get here (the method guard answers them): this
+                # is a fault in the dispatch machinery, and it must not end the connection.
+                log.exception("%s: dispatching %s failed", self.name, event.method)
+                response = (
+                    None if event.notification else error_response(event.id, dict(INTERNAL_ERROR))
+                )
+            if (data := self._core.complete(event.slot, response)) is not None:
+                await self._write(data)
+        finally:
+            # Released only once written: a peer that does not read its answers runs into its
+            # in-flight limit instead of into our memory.
+            self._tasks.pop(event.slot, None)
+            self._core.release(event.slot)

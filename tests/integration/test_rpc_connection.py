@@ -1,0 +1,697 @@
+"""Tier 2: the JSON-RPC connection, server and client over real Unix sockets in tmp_path."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from libkiki.errors import (
+    LimitExceeded,
+    MethodNotFound,
+    PeerGone,
+    PermissionDenied,
+    Timeout,
+    Unavailable,
+)
+from libkiki.rpc import Call, Methods, RequestContext, connect_unix, serve_unix
+from libkiki.rpc.server import RpcServer
+from libkiki.sockets import bind_unix
+
+BOUND = 5.0  # every wait in this module is bounded by this
+
+
+class Probe:
+    """Lets a test see inside the server's handlers without sleeping."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.cancelled = asyncio.Event()
+        self.release = asyncio.Event()
+        self.notes: asyncio.Queue[Any] = asyncio.Queue()
+        self.contexts: list[RequestContext] = []
+
+
+def make_methods(probe: Probe) -> Methods:
+    methods = Methods()
+
+    @methods.method
+    async def add(ctx: RequestContext, a: int, b: int) -> int:
+        return a + b
+
+    @methods.method
+    async def whoami(ctx: RequestContext) -> dict[str, Any]:
+        probe.contexts.append(ctx)
+        return {"uid": ctx.peer.uid, "pid": ctx.peer.pid, "id": ctx.request_id}
+
+    @methods.method
+    async def denied(ctx: RequestContext) -> None:
+        raise PermissionDenied("not for you", data={"tool": "x"})
+
+    @methods.method
+    async def crash(ctx: RequestContext) -> None:
+        raise RuntimeError("secret detail /var/lib/kiki/key")
+
+    @methods.method
+    async def unserialisable(ctx: RequestContext) -> object:
+        return object()
+
+    @methods.method
+    async def block(ctx: RequestContext) -> str:
+        probe.started.set()
+        try:
+            await probe.release.wait()
+        except asyncio.CancelledError:
+            probe.cancelled.set()
+            raise
+        return "released"
+
+    @methods.method
+    async def until_closing(ctx: RequestContext) -> str:
+        probe.started.set()
+        await ctx.connection.wait_closing()
+        return "finished while draining"
+
+    @methods.method
+    async def record(ctx: RequestContext, value: Any) -> None:
+        await probe.notes.put(value)
+
+    @methods.method
+    async def ask_back(ctx: RequestContext, x: int) -> Any:
+        return await ctx.connection.request("client.double", [x])
+
+    @methods.method
+    async def tell_back(ctx: RequestContext, text: str) -> str:
+        await ctx.connection.notify("client.note", {"text": text})
+        return "told"
+
+    @methods.method("work/steps")
+    async def steps(ctx: RequestContext, n: int) -> int:
+        for i in range(n):
+            await ctx.progress(i + 1, total=n, message=f"step {i + 1}")
+        return n
+
+    @methods.method
+    async def big(ctx: RequestContext, n: int) -> str:
+        return "x" * n
+
+    @methods.method
+    async def hang_up(ctx: RequestContext) -> None:
+        await ctx.connection.close()
+
+    return methods
+
+
+@pytest.fixture
+def probe() -> Probe:
+    return Probe()
+
+
+@pytest.fixture
+def sock_path(tmp_path: Path) -> Path:
+    return tmp_path / "rpc.sock"
+
+
+@asynccontextmanager
+async def running(path: Path, methods: Methods, **options: Any) -> AsyncIterator[RpcServer]:
+    listener = bind_unix(path)
+    try:
+        async with serve_unix(listener, methods, **options) as server:
+            yield server
+    finally:
+        listener.close()
+
+
+@pytest.fixture
+async def server(sock_path: Path, probe: Probe) -> AsyncIterator[RpcServer]:
+    async with running(sock_path, make_methods(probe)) as srv:
+        yield srv
+
+
+class Raw:
+    """A client that speaks bytes, to check the wire exactly."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    async def send(self, data: bytes | dict[str, Any] | list[Any]) -> None:
+        if not isinstance(data, bytes):
+            data = orjson.dumps(data) + b"\n"
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def recv(self) -> Any:
+        async with asyncio.timeout(BOUND):
+            data = await self.reader.readline()
+        assert data.endswith(b"\n"), f"connection ended: {data!r}"
+        return orjson.loads(data)
+
+    async def call(self, message: dict[str, Any] | list[Any] | bytes) -> Any:
+        await self.send(message)
+        return await self.recv()
+
+    async def eof(self) -> bool:
+        async with asyncio.timeout(BOUND):
+            try:
+                return await self.reader.read() == b""
+            except ConnectionResetError:
+                return True
+
+    async def close(self) -> None:
+        self.writer.close()
+        with suppress(OSError):
+            await self.writer.wait_closed()
+
+
+@asynccontextmanager
+async def raw(path: Path, limit: int = 2**22) -> AsyncIterator[Raw]:
+    async with asyncio.timeout(BOUND):
+        reader, writer = await asyncio.open_unix_connection(os.fspath(path), limit=limit)
+    client = Raw(reader, writer)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+def req(method: str, id: Any = 1, params: Any = None) -> dict[str, Any]:
+    message: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "id": id}
+    if params is not None:
+        message["params"] = params
+    return message
+
+
+def note(method: str, params: Any = None) -> dict[str, Any]:
+    message: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
+    if params is not None:
+        message["params"] = params
+    return message
+
+
+async def bounded(aw: Any) -> Any:
+    async with asyncio.timeout(BOUND):
+        return await aw
+
+
+# -- requests, ids, notifications ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rid", [1, 0, "a-string", 2**40])
+async def test_request_response_with_string_and_number_ids(
+    server: RpcServer, sock_path: Path, rid: Any
+) -> None:
+    async with raw(sock_path) as client:
+        assert await client.call(req("add", rid, [2, 3])) == {
+            "jsonrpc": "2.0",
+            "result": 5,
+            "id": rid,
+        }
+        named = await client.call(req("add", rid, {"a": 1, "b": 1}))
+        assert named["result"] == 2
+
+
+async def test_handler_sees_the_peer_credentials(server: RpcServer, sock_path: Path) -> None:
+    async with connect_unix(sock_path) as conn:
+        who = await bounded(conn.request("whoami"))
+    assert (who["uid"], who["pid"]) == (os.getuid(), os.getpid())
+    assert conn.peer.pid == os.getpid()  # the client knows the server the same way
+
+
+async def test_notifications_run_but_are_never_answered(
+    server: RpcServer, sock_path: Path, probe: Probe
+) -> None:
+    async with raw(sock_path) as client:
+        await client.send(note("record", ["hello"]))
+        await client.send(note("no-such-method"))
+        await client.send(note("add", ["wrong arity"]))
+        await client.send(note("crash"))
+        assert await bounded(probe.notes.get()) == "hello"
+        assert await client.call(req("add", 7, [1, 1])) == {"jsonrpc": "2.0", "result": 2, "id": 7}
+
+
+# -- every standard error in its place ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("message", "code", "rid"),
+    [
+        (b"{not json\n", -32700, None),
+        (b'{"jsonrpc": "2.0", "method": "add", "id": 1\n', -32700, None),
+        (b"\x00\xff\xfe garbage\n", -32700, None),
+        ({"jsonrpc": "1.0", "method": "add", "id": 4}, -32600, 4),
+        ({"method": "add", "id": 4}, -32600, 4),
+        ({"jsonrpc": "2.0", "method": "add", "params": "1,2", "id": 5}, -32600, 5),
+        ({"jsonrpc": "2.0", "method": 7, "id": True}, -32600, None),
+        (b"42\n", -32600, None),
+        (b"[]\n", -32600, None),
+        (req("nope", 8), -32601, 8),
+        (req("add", 9, [1]), -32602, 9),
+        (req("add", 10, [1, 2, 3]), -32602, 10),
+        (req("add", 11, {"a": 1, "c": 2}), -32602, 11),
+        (req("crash", 12), -32603, 12),
+    ],
+)
+async def test_standard_errors_where_the_spec_puts_them(
+    server: RpcServer, sock_path: Path, message: Any, code: int, rid: Any
+) -> None:
+    async with raw(sock_path) as client:
+        response = await client.call(message)
+        assert isinstance(response, dict)
+        assert response["jsonrpc"] == "2.0"
+        assert response["error"]["code"] == code
+        assert response["id"] == rid
+        # and the connection carries on
+        assert (await client.call(req("add", "after", [1, 2])))["result"] == 3
+
+
+async def test_batch_of_invalid_entries_is_an_array_of_errors(
+    server: RpcServer, sock_path: Path
+) -> None:
+    async with raw(sock_path) as client:
+        errors = await client.call([1, 2, 3])
+        assert [(e["error"]["code"], e["id"]) for e in errors] == [(-32600, None)] * 3
+
+
+async def test_batch_mixing_good_and_bad_entries(server: RpcServer, sock_path: Path) -> None:
+    async with raw(sock_path) as client:
+        batch = [
+            req("add", 1, [1, 2]),
+            note("record", ["x"]),
+            {"foo": "bar"},
+            req("nope", "two"),
+            req("add", 3, [1]),
+            req("denied", 4),
+        ]
+        responses = await client.call(batch)
+        assert len(responses) == 5  # no entry for the notification
+        by_id = {r["id"]: r for r in responses if r["id"] is not None}
+        assert by_id[1]["result"] == 3
+        assert by_id["two"]["error"]["code"] == -32601
+        assert by_id[3]["error"]["code"] == -32602
+        assert by_id[4]["error"]["code"] == -32003
+        assert [r["error"]["code"] for r in responses if r["id"] is None] == [-32600]
+
+
+async def test_batch_of_only_notifications_gets_no_output(
+    server: RpcServer, sock_path: Path, probe: Probe
+) -> None:
+    async with raw(sock_path) as client:
+        await client.send([note("record", [1]), note("record", [2])])
+        assert {await bounded(probe.notes.get()), await bounded(probe.notes.get())} == {1, 2}
+        assert (await client.call(req("add", "next", [0, 0])))["id"] == "next"
+
+
+async def test_kiki_error_keeps_its_code_message_and_data(
+    server: RpcServer, sock_path: Path
+) -> None:
+    async with raw(sock_path) as client:
+        response = await client.call(req("denied", 1))
+    assert response["error"] == {"code": -32003, "message": "not for you", "data": {"tool": "x"}}
+    async with connect_unix(sock_path) as conn:
+        with pytest.raises(PermissionDenied, match="not for you"):
+            await bounded(conn.request("denied"))
+
+
+async def test_unexpected_exception_is_internal_error_without_detail_and_logged(
+    server: RpcServer, sock_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="libkiki.rpc")
+    async with raw(sock_path) as client:
+        response = await client.call(req("crash", 1))
+        unserialisable = await client.call(req("unserialisable", 2))
+    assert response["error"] == {"code": -32603, "message": "Internal error"}
+    assert unserialisable["error"] == {"code": -32603, "message": "Internal error"}
+    crash = [r for r in caplog.records if "crash" in r.getMessage()]
+    assert crash
+    assert crash[0].exc_info is not None
+    assert crash[0].exc_info[0] is RuntimeError
+    assert "secret detail" in caplog.text  # in our log, never on the wire
+
+
+# -- framing and bad input --------------------------------------------------------------------
+
+
+async def test_oversized_line_then_a_good_request_on_the_same_connection(
+    sock_path: Path, probe: Probe
+) -> None:
+    async with (
+        running(sock_path, make_methods(probe), max_line=1024) as srv,
+        raw(sock_path) as client,
+    ):
+        big = orjson.dumps(req("record", 1, ["x" * 5000])) + b"\n"
+        error = await client.call(big)
+        assert error["id"] is None
+        assert error["error"]["code"] == -32600
+        assert "exceeds the limit of 1024 bytes" in error["error"]["message"]
+        assert (await client.call(req("add", 2, [2, 2])))["result"] == 4
+        assert srv.counters["errors"] >= 1
+
+
+async def test_garbage_then_a_good_request(server: RpcServer, sock_path: Path) -> None:
+    async with raw(sock_path) as client:
+        await client.send(os.urandom(64).replace(b"\n", b"") + b"\n")
+        assert (await client.recv())["error"]["code"] == -32700
+        assert (await client.call(req("add", 1, [1, 2])))["result"] == 3
+
+
+async def test_fuzzed_lines_then_the_connection_still_answers(
+    server: RpcServer, sock_path: Path
+) -> None:
+    rng = random.Random(1234)
+    pieces = [
+        b"{",
+        b"}",
+        b"[",
+        b"]",
+        b'"jsonrpc"',
+        b'"2.0"',
+        b'"method"',
+        b'"id"',
+        b":",
+        b",",
+        b"1",
+    ]
+    lines = []
+    for _ in range(500):
+        if rng.random() < 0.5:
+            lines.append(bytes(rng.getrandbits(8) for _ in range(rng.randrange(40))))
+        else:
+            lines.append(b"".join(rng.choice(pieces) for _ in range(rng.randrange(12))))
+    async with raw(sock_path) as client:
+        await client.send(b"".join(line.replace(b"\n", b"") + b"\n" for line in lines))
+        await client.send(req("add", "canary", [20, 22]))
+        while (response := await client.recv()) and (
+            not isinstance(response, dict) or response.get("id") != "canary"
+        ):
+            pass
+        assert response["result"] == 42
+
+
+async def test_a_peer_that_never_reads_is_bounded_and_harms_nobody_else(
+    sock_path: Path, probe: Probe
+) -> None:
+    answer = 1 << 20
+    async with (
+        running(sock_path, make_methods(probe), max_in_flight=4) as srv,
+        raw(sock_path) as stuck,
+        connect_unix(sock_path) as healthy,
+    ):
+        for round_ in range(6):
+            # write() without drain(): this peer neither reads nor waits for us
+            stuck.writer.write(
+                b"".join(
+                    orjson.dumps(req("big", f"{round_}-{i}", [answer])) + b"\n" for i in range(4)
+                )
+            )
+            assert await bounded(healthy.request("add", [round_, 1])) == round_ + 1
+        # Its answers wait in our buffer only up to its in-flight limit, whatever it sends.
+        buffered = max(c._writer.transport.get_write_buffer_size() for c in srv.connections)
+        assert buffered <= 4 * (answer + 200) + 4 * 6 * 200
+
+
+async def test_server_counts_requests_notifications_and_errors(
+    server: RpcServer, sock_path: Path, probe: Probe
+) -> None:
+    async with raw(sock_path) as client:
+        await client.call(req("add", 1, [1, 1]))
+        await client.call(req("nope", 2))
+        await client.call(b"garbage\n")
+        await client.send(note("record", [0]))
+        await bounded(probe.notes.get())
+    assert server.counters["requests"] == 2
+    assert server.counters["notifications"] == 1
+    assert server.counters["errors"] == 2
+    assert server.counters["connections_accepted"] == 1
+
+
+async def test_response_to_unknown_id_is_logged_and_ignored(
+    server: RpcServer, sock_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="libkiki.rpc")
+    async with raw(sock_path) as client:
+        await client.send({"jsonrpc": "2.0", "result": "stray", "id": 999})
+        assert (await client.call(req("add", 1, [1, 2])))["result"] == 3
+    assert "unknown id 999" in caplog.text
+
+
+# -- both directions ---------------------------------------------------------------------------
+
+
+async def test_server_calls_and_notifies_the_client_on_the_same_connection(
+    server: RpcServer, sock_path: Path
+) -> None:
+    notes: asyncio.Queue[str] = asyncio.Queue()
+    client_methods = Methods()
+
+    @client_methods.method("client.double")
+    async def double(ctx: RequestContext, x: int) -> int:
+        return 2 * x
+
+    @client_methods.method("client.note")
+    async def on_note(ctx: RequestContext, text: str) -> None:
+        await notes.put(text)
+
+    async with connect_unix(sock_path, client_methods) as conn:
+        assert await bounded(conn.request("ask_back", [21])) == 42
+        assert await bounded(conn.request("tell_back", {"text": "hi"})) == "told"
+        assert await bounded(notes.get()) == "hi"
+
+
+async def test_client_batch(server: RpcServer, sock_path: Path, probe: Probe) -> None:
+    async with connect_unix(sock_path) as conn:
+        outcomes = await bounded(
+            conn.batch(
+                [
+                    Call("add", [1, 2]),
+                    Call("record", ["from batch"], notification=True),
+                    Call("nope"),
+                    Call("add", {"a": 5, "b": 5}),
+                ]
+            )
+        )
+        assert outcomes[0] == 3
+        assert isinstance(outcomes[1], MethodNotFound)
+        assert outcomes[2] == 10
+        assert await bounded(probe.notes.get()) == "from batch"
+
+
+async def test_progress_notifications_reach_the_caller(server: RpcServer, sock_path: Path) -> None:
+    seen: list[dict[str, Any]] = []
+
+    async def on_progress(params: dict[str, Any]) -> None:
+        seen.append(params)
+
+    async with connect_unix(sock_path) as conn:
+        assert await bounded(conn.request("work/steps", {"n": 3}, on_progress=on_progress)) == 3
+        assert await bounded(conn.request("work/steps", {"n": 2})) == 2  # no token, no progress
+    assert [p["progress"] for p in seen] == [1, 2, 3]
+    assert seen[-1]["total"] == 3
+    assert seen[0]["message"] == "step 1"
+
+
+async def test_many_pipelined_requests_are_matched_by_id(
+    server: RpcServer, sock_path: Path
+) -> None:
+    async with connect_unix(sock_path, max_in_flight=32) as conn:
+        results = await bounded(
+            asyncio.gather(*(conn.request("add", [i, 1000]) for i in range(500)))
+        )
+        assert results == [i + 1000 for i in range(500)]
+    async with raw(sock_path) as client:
+        await client.send(
+            b"".join(orjson.dumps(req("add", f"r{i}", [i, i])) + b"\n" for i in range(50))
+        )
+        responses = [await client.recv() for _ in range(50)]
+        assert {r["id"]: r["result"] for r in responses} == {f"r{i}": 2 * i for i in range(50)}
+
+
+# -- timeouts and cancellation -----------------------------------------------------------------
+
+
+async def test_timeout_raises_and_cancels_the_handler_at_the_peer(
+    server: RpcServer, sock_path: Path, probe: Probe
+) -> None:
+    async with connect_unix(sock_path) as conn:
+        with pytest.raises(Timeout):
+            await bounded(conn.request("block", timeout=0.2))
+        assert probe.started.is_set()
+        await bounded(probe.cancelled.wait())  # notifications/cancelled reached the server
+        assert await bounded(conn.request("add", [1, 1])) == 2
+        assert conn.outgoing == 0
+
+
+async def test_caller_cancellation_is_sent_to_the_peer(
+    server: RpcServer, sock_path: Path, probe: Probe
+) -> None:
+    async with connect_unix(sock_path) as conn:
+        call = asyncio.create_task(conn.request("block"))
+        await bounded(probe.started.wait())
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        await bounded(probe.cancelled.wait())
+
+
+async def test_cancelled_notification_cancels_the_handler_and_suppresses_its_response(
+    server: RpcServer, sock_path: Path, probe: Probe
+) -> None:
+    async with raw(sock_path) as client:
+        await client.send(req("block", "slow"))
+        await bounded(probe.started.wait())
+        await client.send(note("notifications/cancelled", {"requestId": "slow", "reason": "bored"}))
+        await bounded(probe.cancelled.wait())
+        # the next line is the answer to the next request: nothing was sent for "slow"
+        assert await client.call(req("add", "next", [1, 2])) == {
+            "jsonrpc": "2.0",
+            "result": 3,
+            "id": "next",
+        }
+
+
+# -- limits -------------------------------------------------------------------------------------
+
+
+async def test_incoming_in_flight_limit_answers_limit_exceeded(
+    sock_path: Path, probe: Probe
+) -> None:
+    async with running(sock_path, make_methods(probe), max_in_flight=2), raw(sock_path) as client:
+        await client.send(req("block", 1))
+        await client.send(req("block", 2))
+        refused = await client.call(req("add", 3, [1, 1]))
+        assert (refused["id"], refused["error"]["code"]) == (3, -32005)
+        probe.release.set()
+        answers = {(await client.recv())["id"], (await client.recv())["id"]}
+        assert answers == {1, 2}
+        assert (await client.call(req("add", 4, [1, 1])))["result"] == 2
+
+
+async def test_outgoing_in_flight_limit_waits_for_a_slot(
+    server: RpcServer, sock_path: Path, probe: Probe
+) -> None:
+    async with connect_unix(sock_path, max_in_flight=1) as conn, connect_unix(sock_path) as other:
+        first = asyncio.create_task(conn.request("block"))
+        await bounded(probe.started.wait())
+        second = asyncio.create_task(conn.request("whoami"))
+        given_up = asyncio.create_task(conn.request("whoami"))
+        # A full round trip on another connection gives the waiting calls every chance to go out.
+        assert await bounded(other.request("add", [1, 1])) == 2
+        assert probe.contexts == []
+        assert not second.done()
+        assert conn.outgoing == 1
+        given_up.cancel()  # a caller leaving while waiting for a slot must not leak it
+        probe.release.set()
+        assert await bounded(first) == "released"
+        assert (await bounded(second))["uid"] == os.getuid()
+        assert given_up.cancelled()
+        assert await bounded(conn.request("add", [2, 2])) == 4
+        with pytest.raises(LimitExceeded):
+            await conn.batch([Call("add", [1, 1]), Call("add", [2, 2])])
+
+
+async def test_connection_limit_refuses_the_extra_peer_only(sock_path: Path, probe: Probe) -> None:
+    async with running(sock_path, make_methods(probe), max_connections=1) as srv:
+        async with raw(sock_path) as first:
+            assert (await first.call(req("add", 1, [1, 1])))["result"] == 2
+            async with raw(sock_path) as second:
+                refused = await second.recv()
+                assert refused["id"] is None
+                assert refused["error"]["code"] == -32005
+                assert await second.eof()
+            assert (await first.call(req("add", 2, [2, 2])))["result"] == 4
+        assert srv.counters["connections_refused"] == 1
+
+
+# -- peers that vanish --------------------------------------------------------------------------
+
+
+async def test_client_vanishing_mid_call_cancels_its_handler_only(
+    server: RpcServer, sock_path: Path, probe: Probe
+) -> None:
+    async with raw(sock_path) as other:
+        async with raw(sock_path) as leaver:
+            await leaver.send(req("block", 1))
+            await bounded(probe.started.wait())
+            await leaver.send(b'{"jsonrpc": "2.0", "method": "add", "par')  # and half a message
+        await bounded(probe.cancelled.wait())
+        assert (await other.call(req("add", 1, [1, 2])))["result"] == 3
+
+
+async def test_server_vanishing_mid_call_fails_pending_requests_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "hangup.sock"
+    listener = bind_unix(path)
+    listener.setblocking(False)
+    got_request = asyncio.Event()
+
+    async def one_peer() -> None:
+        peer, _ = await asyncio.get_running_loop().sock_accept(listener)
+        with peer:
+            reader, writer = await asyncio.open_unix_connection(sock=peer)
+            await reader.readline()
+            got_request.set()
+            writer.write(b'{"jsonrpc": "2.0", "res')  # half an answer, then gone
+            await writer.drain()
+            writer.close()
+
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(one_peer())
+            async with connect_unix(path) as conn:
+                call = asyncio.create_task(conn.request("anything", timeout=60))
+                with pytest.raises(PeerGone):
+                    await bounded(call)
+                assert got_request.is_set()
+                assert conn.closed
+                with pytest.raises(PeerGone):
+                    await conn.request("again")
+    finally:
+        listener.close()
+
+
+async def test_handler_closing_its_connection_fails_the_callers_request(
+    server: RpcServer, sock_path: Path
+) -> None:
+    async with connect_unix(sock_path) as conn:
+        with pytest.raises(PeerGone):
+            await bounded(conn.request("hang_up"))
+        await bounded(conn.wait_closed())
+
+
+async def test_connect_to_nothing_is_unavailable(tmp_path: Path) -> None:
+    with pytest.raises(Unavailable, match="cannot connect"):
+        async with connect_unix(tmp_path / "absent.sock"):
+            pass
+
+
+# -- shutting down ------------------------------------------------------------------------------
+
+
+async def test_server_exit_drains_in_flight_requests(sock_path: Path, probe: Probe) -> None:
+    async with AsyncExitStack() as client_side:  # the client outlives the server
+        async with running(sock_path, make_methods(probe), drain_timeout=BOUND):
+            conn = await client_side.enter_async_context(connect_unix(sock_path))
+            call = asyncio.create_task(conn.request("until_closing"))
+            await bounded(probe.started.wait())
+        assert await bounded(call) == "finished while draining"
+        await bounded(conn.wait_closed())
+
+
+async def test_server_exit_cancels_what_does_not_finish_in_time(
+    sock_path: Path, probe: Probe
+) -> None:
+    async with AsyncExitStack() as client_side:
+        async with running(sock_path, make_methods(probe), drain_timeout=0.1):
+            conn = await client_side.enter_async_context(connect_unix(sock_path))
+            call = asyncio.create_task(conn.request("block"))
+            await bounded(probe.started.wait())
+        assert probe.cancelled.is_set()
+        with pytest.raises(PeerGone):
+            await bounded(call)
