@@ -44,10 +44,10 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 __all__ = [
+    "INTERNAL_ERROR",
     "AddressInUse",
     "Cancelled",
     "Conflict",
-    "INTERNAL_ERROR",
     "FrameTooLarge",
     "InvalidFrame",
     "InvalidParams",

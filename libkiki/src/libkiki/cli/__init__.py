@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from libkiki import __version__
 
 # Command groups, in the order ``kiki --help`` lists them.
-GROUPS = ("up", "status", "schema", "app", "tools", "mcp")
+GROUPS = ("up", "status", "schema", "app", "tools", "mcp", "a11y", "sensors")
 
 
 def build_parser() -> argparse.ArgumentParser:
