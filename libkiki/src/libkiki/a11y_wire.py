@@ -49,8 +49,9 @@ class Info:
             "name": self.name,
             "version": self.version,
             "pid": self.pid,
-            "uptimeSeconds": self.uptime_ms / 1000,
-            "status": self.status,
+            "uptimeSeconds": self.uptime_ms // 1000,
+            "status": "ready",
+            "statusText": self.status,
             "counters": dict(self.counters),
         }
 

@@ -316,8 +316,12 @@ def error_for_code(code: int, message: str, data: Any = None) -> KikiError:
     Codes Kiki knows become their class (so callers can ``except PermissionDenied``); any other
     code becomes a :class:`WireError` that keeps it.
     """
+    if code == ValidationError.jsonrpc_code and isinstance(data, dict):
+        path, rule = data.get("path"), data.get("rule")
+        if isinstance(path, str) and isinstance(rule, str):
+            return ValidationError(path, rule)
     cls = _BY_CODE.get(code)
-    if cls is None or cls in (FrameTooLarge, ValidationError, LexiconError):
+    if cls is None:
         return WireError(code, message, data)
     error = cls.__new__(cls)
     KikiError.__init__(error, message, data=data)

@@ -49,10 +49,13 @@ class ServiceContext:
     counters: Counter[str] = field(default_factory=Counter)
     started: float = field(default_factory=time.monotonic)
     reload_hooks: list[ReloadHook] = field(default_factory=list)
+    # Overall state (the lexicon dev.kiki.service.defs#info): starting, ready, stopping.
+    state: str = "starting"
     _status: str = "starting"
 
     @property
     def status(self) -> str:
+        """The STATUS= line: what the service is doing, for people."""
         return self._status
 
     @status.setter
@@ -61,12 +64,14 @@ class ServiceContext:
         self.notifier.status(text)
 
     def info(self) -> dict[str, Any]:
+        """The health answer, shaped as the lexicon ``dev.kiki.service.defs#info``."""
         return {
             "name": self.name,
             "version": self.version,
             "pid": os.getpid(),
-            "uptimeSeconds": round(time.monotonic() - self.started, 3),
-            "status": self._status,
+            "uptimeSeconds": int(time.monotonic() - self.started),
+            "status": self.state,
+            "statusText": self._status,
             "counters": dict(self.counters),
             "activated": self.listeners.activated,
             "libkiki": libkiki_version,
@@ -122,6 +127,7 @@ async def serve_until_stopped(
         try:
             if ctx.status == "starting":
                 ctx._status = "ready"
+            ctx.state = "ready"
             ctx.notifier.ready(ctx.status)
             log.info("%s %s ready: %s", ctx.name, ctx.version, ctx.status)
             async with asyncio.TaskGroup() as tg:
@@ -132,6 +138,7 @@ async def serve_until_stopped(
                 for task in helpers:
                     task.cancel()
         finally:
+            ctx.state = "stopping"
             ctx.notifier.stopping("draining")
             log.info("stopping: draining for at most %.1fs", drain_timeout)
             try:

@@ -77,10 +77,10 @@ def run(args: argparse.Namespace) -> int:
             rows.append(
                 (
                     name,
-                    "ready",
+                    str(r.get("status", "?")),
                     str(r.get("pid", "?")),
-                    f"{float(r.get('uptimeSeconds', 0)):.0f}s",
-                    str(r.get("status", "")),
+                    f"{r.get('uptimeSeconds', 0)}s",
+                    str(r.get("statusText", "")),
                 )
             )
     widths = [max(len(row[i]) for row in rows) for i in range(4)]

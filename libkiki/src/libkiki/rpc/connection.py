@@ -133,7 +133,13 @@ class Connection:
             await self.close()
         finally:
             assert self._tg is not None
-            await self._tg.__aexit__(et, exc, tb)
+            # close() has ended every task the group owns. The body's own exception is not the
+            # group's business: passing it in would wrap it in an ExceptionGroup (3.11), and a
+            # caller catching PermissionDenied around `async with connect_unix()` would miss it.
+            if et is None or issubclass(et, Exception):
+                await self._tg.__aexit__(None, None, None)
+            else:
+                await self._tg.__aexit__(et, exc, tb)
 
     async def wait_closed(self) -> None:
         """Return once the connection is over (the peer left, or :meth:`close` was called)."""

@@ -36,8 +36,9 @@ def info_variants(info: dict[str, Any]) -> dict[str, Variant]:
         "name": Variant("s", info["name"]),
         "version": Variant("s", info["version"]),
         "pid": Variant("u", info["pid"]),
-        "uptimeSeconds": Variant("d", float(info["uptimeSeconds"])),
+        "uptimeSeconds": Variant("t", int(info["uptimeSeconds"])),
         "status": Variant("s", info["status"]),
+        "statusText": Variant("s", info["statusText"]),
         "counters": Variant("a{sx}", {k: int(v) for k, v in info["counters"].items()}),
     }
 

@@ -1,6 +1,371 @@
-"""asyncio layer of the tool-broker: JSON-RPC 2.0 on tools.sock."""
+"""asyncio layer of the tool broker: MCP for callers, registration and forwarding for providers.
 
-from libkiki.paths import TOOLS_SOCKET
-from libkiki.rpc_service import jsonrpc_service
+One socket, one method table. Any connection may call tools (``tools/list``, ``tools/call``) and
+any connection may provide them (``kiki/registerTools``); the broker forwards each call to its
+provider as a ``tools/call`` request on the provider's own connection, with the caller's
+kernel-given identity in ``_meta["dev.kiki/caller"]``.
+"""
 
-serve = jsonrpc_service("tools", TOOLS_SOCKET)
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from kiki_tool_broker import protocol as mcp
+from kiki_tool_broker.audit import AuditLog
+from kiki_tool_broker.builtin import BuiltinTools
+from kiki_tool_broker.policy import Caller, Policy
+from kiki_tool_broker.registry import Provider, Tool, ToolRegistry, caller_view
+from kiki_tool_broker.schemas import Catalog
+from libkiki.config import ServiceConfig
+from libkiki.constellation import GET_INFO
+from libkiki.errors import (
+    Cancelled,
+    InvalidParams,
+    KikiError,
+    NotFound,
+    PeerGone,
+    PermissionDenied,
+    Timeout,
+    ValidationError,
+)
+from libkiki.paths import TOOLS_SOCKET, config_dir, socket_path, state_dir
+from libkiki.peer import PeerCred
+from libkiki.rpc import Connection, Methods, RequestContext, serve_unix
+from libkiki.service import ServiceContext
+
+log = logging.getLogger(__name__)
+
+INSTRUCTIONS = (
+    "Tools of a Kiki device. Each tool's name is the NSID of its published lexicon; "
+    "queries only read, procedures act on the device."
+)
+
+
+class BrokerConfig(ServiceConfig):
+    call_timeout: float = 30.0
+    policy_file: str = ""  # default: <config dir>/tool-policy.toml
+    max_tools_per_provider: int = 512
+
+
+class Broker:
+    def __init__(
+        self,
+        ctx: ServiceContext,
+        config: BrokerConfig,
+        catalog: Catalog,
+        policy: Policy,
+        audit: AuditLog,
+    ) -> None:
+        self.ctx = ctx
+        self.config = config
+        self.catalog = catalog
+        self.policy = policy
+        self.audit = audit
+        self.registry = ToolRegistry()
+        self.listeners: set[Connection] = set()  # connections told about list changes
+        self.changed = asyncio.Event()
+        me = PeerCred(pid=os.getpid(), uid=os.getuid(), gid=os.getgid(), app_id="kiki-tool-broker")
+        self.self_provider = Provider("kiki-tool-broker", me)
+        self.builtin = BuiltinTools(self)
+        self.methods = self._methods()
+
+    # -- the method table --------------------------------------------------------------------
+
+    def _methods(self) -> Methods:
+        m = Methods()
+        m.register("initialize", self.initialize)
+        m.register("notifications/initialized", self.initialized)
+        m.register("server/discover", self.discover)
+        m.register("ping", self.ping)
+        m.register("tools/list", self.tools_list)
+        m.register("tools/call", self.tools_call)
+        m.register(mcp.REGISTER, self.register_tools)
+        m.register(mcp.UNREGISTER, self.unregister_tools)
+        m.register(GET_INFO, self.get_info)
+        return m
+
+    async def get_info(self, request: RequestContext) -> dict[str, Any]:
+        return self.ctx.info()
+
+    async def initialize(
+        self,
+        request: RequestContext,
+        protocolVersion: str = "",
+        capabilities: dict[str, Any] | None = None,
+        clientInfo: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        self.listeners.add(request.connection)
+        return mcp.initialize_result(protocolVersion, self.ctx.version, INSTRUCTIONS)
+
+    async def initialized(self, request: RequestContext) -> None:
+        return None
+
+    async def discover(self, request: RequestContext) -> dict[str, Any]:
+        return mcp.discover_result(self.ctx.version, INSTRUCTIONS)
+
+    async def ping(self, request: RequestContext) -> dict[str, Any]:
+        return {}
+
+    async def tools_list(
+        self, request: RequestContext, cursor: str | None = None
+    ) -> dict[str, Any]:
+        if cursor is not None:
+            raise InvalidParams("invalid cursor: the tool list is not paginated")
+        return mcp.list_result([t.mcp() for t in self.registry], mcp.is_modern(request.meta))
+
+    # -- providers ---------------------------------------------------------------------------
+
+    def _provider(self, conn: Connection) -> Provider:
+        provider = conn.state.get("provider")
+        if provider is None:
+            name = conn.peer.app_id or f"pid {conn.peer.pid}"
+            provider = conn.state["provider"] = Provider(name, conn.peer, conn)
+        assert isinstance(provider, Provider)
+        return provider
+
+    async def register_tools(
+        self,
+        request: RequestContext,
+        tools: list[str],
+        lexicons: list[dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
+        if not isinstance(tools, list) or not all(isinstance(t, str) for t in tools):
+            raise InvalidParams("tools must be a list of NSIDs")
+        provider = self._provider(request.connection)
+        if len(provider.tools) + len(tools) > self.config.max_tools_per_provider:
+            raise InvalidParams(
+                f"a provider may register at most {self.config.max_tools_per_provider} tools"
+            )
+        if lexicons:
+            self.catalog.add_documents(lexicons, owner=provider.id)
+        entries = [self._tool(nsid, provider) for nsid in tools]
+        registered = self.registry.register(provider, entries)
+        log.info("provider %s registered %s", provider.name, ", ".join(registered))
+        self.changed.set()
+        return {"registered": registered}
+
+    async def unregister_tools(self, request: RequestContext, tools: list[str]) -> dict[str, Any]:
+        provider = self._provider(request.connection)
+        removed = self.registry.unregister(provider, tools)
+        self.changed.set()
+        return {"unregistered": removed}
+
+    def _tool(self, nsid: str, provider: Provider) -> Tool:
+        schema = self.catalog.tool(nsid)
+        return Tool(
+            nsid,
+            schema.kind,
+            schema.description,
+            schema.input_schema,
+            schema.output_schema,
+            schema.destructive,
+            provider,
+        )
+
+    async def connection_lost(self, conn: Connection) -> None:
+        self.listeners.discard(conn)
+        provider = conn.state.get("provider")
+        if isinstance(provider, Provider):
+            gone = self.registry.remove_provider(provider)
+            self.catalog.drop_owner(provider.id)
+            if gone:
+                log.info("provider %s left; removed %s", provider.name, ", ".join(gone))
+                self.changed.set()
+
+    async def announce_changes(self) -> None:
+        """Send ``list_changed`` to every initialized connection whenever the table moves."""
+        while True:
+            await self.changed.wait()
+            self.changed.clear()
+            for conn in list(self.listeners):
+                try:
+                    async with asyncio.timeout(1):
+                        await conn.notify(mcp.LIST_CHANGED)
+                except (KikiError, TimeoutError, OSError):
+                    # A listener that cannot take a notification within a second is not worth
+                    # holding everyone else up for; it can still ask tools/list.
+                    self.listeners.discard(conn)
+
+    # -- calls -------------------------------------------------------------------------------
+
+    async def tools_call(
+        self, request: RequestContext, name: str, arguments: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        modern = mcp.is_modern(request.meta)
+        arguments = {} if arguments is None else arguments
+        started = time.monotonic()
+        outcome, code = "ok", None
+        try:
+            if not isinstance(name, str):
+                raise InvalidParams("name must be a string")
+            try:
+                tool = self.registry.get(name)
+            except NotFound:
+                raise InvalidParams(f"unknown tool: {name}", data={"name": name}) from None
+            if not isinstance(arguments, dict):
+                raise InvalidParams("arguments must be an object")
+            caller = Caller.of(request.peer)
+            allowed, reason = self.policy.allows(caller, name, tool.kind, [tool.provider.cred.uid])
+            if not allowed:
+                raise PermissionDenied(f"{request.peer.describe()} may not call {name}: {reason}")
+            self.catalog.tool(name).validate_input(arguments)
+            try:
+                output = await self._forward(tool, request, arguments)
+            except ToolFailure as failure:
+                outcome, code = "error", failure.code
+                return mcp.tool_error_result(failure.message, failure.data, modern)
+            try:
+                self.catalog.tool(name).validate_output(output)
+            except ValidationError as exc:
+                outcome, code = "error", exc.jsonrpc_code
+                return mcp.tool_error_result(
+                    f"the tool's output broke its lexicon: {exc}", exc.data, modern
+                )
+            return mcp.call_result(output, modern)
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        except KikiError as exc:
+            outcome, code = _outcome(exc), exc.jsonrpc_code
+            raise
+        except Exception:
+            outcome, code = "internal-error", -32603
+            raise
+        finally:
+            self.ctx.counters[f"calls_{outcome}"] += 1
+            self.audit.append(
+                caller=caller_view(request.peer),
+                tool=str(name),
+                outcome=outcome,
+                code=code,
+                duration_us=int((time.monotonic() - started) * 1e6),
+                arguments=arguments,
+            )
+
+    async def _forward(self, tool: Tool, request: RequestContext, arguments: dict[str, Any]) -> Any:
+        if tool.provider is self.self_provider:
+            try:
+                return await self.builtin.call(tool.nsid, request, arguments)
+            except (InvalidParams, NotFound) as exc:
+                raise ToolFailure(exc.message, exc.jsonrpc_code, exc.data) from exc
+        conn: Connection = tool.provider.connection
+        meta: dict[str, Any] = {mcp.CALLER_META: caller_view(request.peer)}
+        params = {"name": tool.nsid, "arguments": arguments, "_meta": meta}
+
+        async def relay(progress: dict[str, Any]) -> None:
+            relayed = {k: v for k, v in progress.items() if k != "progressToken"}
+            await request.connection.notify(
+                "notifications/progress", {"progressToken": request.progress_token, **relayed}
+            )
+
+        try:
+            reply = await conn.request(
+                "tools/call",
+                params,
+                timeout=self.config.call_timeout,
+                on_progress=relay if request.progress_token is not None else None,
+            )
+        except Timeout:
+            raise Timeout(
+                f"{tool.provider.name} did not answer {tool.nsid} within "
+                f"{self.config.call_timeout:g}s; the call was cancelled"
+            ) from None
+        except PeerGone:
+            raise PeerGone(
+                f"{tool.provider.name}, which provides {tool.nsid}, disconnected during the call"
+            ) from None
+        except KikiError as exc:
+            # The provider answered with an error: a tool-level failure for MCP.
+            raise ToolFailure(exc.message, exc.jsonrpc_code, exc.data) from exc
+        if not isinstance(reply, dict):
+            raise ToolFailure(
+                f"{tool.provider.name} answered {tool.nsid} with a malformed result", -32603, None
+            )
+        if reply.get("isError"):
+            text = _text_of(reply) or f"{tool.nsid} failed"
+            raise ToolFailure(text, None, reply.get("structuredContent"))
+        return reply.get("structuredContent")
+
+
+class ToolFailure(Exception):
+    """The tool ran (or its provider answered) and failed: an ``isError`` result, not an error."""
+
+    def __init__(self, message: str, code: int | None, data: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.data = data
+
+
+def _text_of(result: dict[str, Any]) -> str:
+    parts = result.get("content")
+    if not isinstance(parts, list):
+        return ""
+    return "\n".join(
+        p.get("text", "")
+        for p in parts
+        if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+    )
+
+
+def _outcome(exc: KikiError) -> str:
+    match exc:
+        case PermissionDenied():
+            return "denied"
+        case InvalidParams():
+            return "invalid"
+        case Timeout():
+            return "timeout"
+        case PeerGone():
+            return "provider-gone"
+        case Cancelled():
+            return "cancelled"
+    return "error"
+
+
+@contextlib.asynccontextmanager
+async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
+    config: BrokerConfig = ctx.config
+    policy_path = config_dir() / "tool-policy.toml"
+    if config.policy_file:
+        from pathlib import Path
+
+        policy_path = Path(config.policy_file)
+    policy = Policy.load(policy_path)
+    catalog = Catalog.load()
+    audit = AuditLog(state_dir())
+    broker = Broker(ctx, config, catalog, policy, audit)
+    broker.builtin.register()
+
+    async def reload() -> None:
+        broker.policy = Policy.load(policy_path)
+        log.info("reloaded %s", policy_path)
+
+    ctx.reload_hooks.append(reload)
+    listener = ctx.listeners.unix("tools", socket_path(TOOLS_SOCKET))
+    try:
+        async with asyncio.TaskGroup() as tg:
+            announcer = tg.create_task(broker.announce_changes())
+            async with serve_unix(
+                listener,
+                broker.methods,
+                max_connections=config.max_connections,
+                max_line=config.max_line,
+                max_in_flight=config.max_in_flight,
+                request_timeout=config.call_timeout,
+                drain_timeout=config.drain_timeout,
+                on_disconnect=broker.connection_lost,
+                counters=ctx.counters,
+            ):
+                how = "activated" if ctx.listeners.activated else "bound"
+                ctx.status = f"serving {TOOLS_SOCKET} ({how}); {len(broker.registry)} tools"
+                yield
+            announcer.cancel()
+    finally:
+        audit.close()

@@ -1,0 +1,241 @@
+"""Calling and providing tools on the device's tool broker (``tools.sock``).
+
+For agents::
+
+    async with ToolClient() as tools:
+        for tool in await tools.list():
+            print(tool["name"])
+        now = await tools.call("dev.kiki.media.nowPlaying")
+
+For apps, decorate a function with the NSID of its lexicon; its input and output may be pydantic
+models (the generated bindings) or plain dicts::
+
+    provider = ToolProvider(lexicons=[my_lexicon_json])
+
+    @provider.tool("org.example.echo")
+    async def echo(args: EchoInput, call: ToolCall) -> EchoOutput:
+        return EchoOutput(text=args.text)
+
+    async with provider.connect():
+        await provider.serve_forever()
+
+The broker validates every call's input against the lexicon before it reaches the provider and
+the output after, and attaches the caller's identity (``call.caller``), which the kernel gave
+it: a provider never needs to trust a caller's claims.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar, get_type_hints
+
+import pydantic
+
+from libkiki.errors import InvalidParams, KikiError, NotFound, ToolError
+from libkiki.paths import TOOLS_SOCKET, socket_path
+from libkiki.rpc import Connection, Methods, ProgressCallback, RequestContext, connect_unix
+
+log = logging.getLogger(__name__)
+
+CLIENT_INFO = {"name": "libkiki", "version": "0"}
+HANDSHAKE_VERSION = "2025-11-25"
+CALLER_META = "dev.kiki/caller"
+
+
+def _path(path: str | os.PathLike[str] | None) -> Path:
+    return Path(path) if path is not None else socket_path(TOOLS_SOCKET)
+
+
+class ToolClient:
+    """An MCP client of the broker over its Unix socket."""
+
+    def __init__(
+        self, path: str | os.PathLike[str] | None = None, *, timeout: float = 60.0
+    ) -> None:
+        self.path = _path(path)
+        self.timeout = timeout
+        self._stack = contextlib.AsyncExitStack()
+        self._conn: Connection | None = None
+        self.server: dict[str, Any] = {}
+        self.list_changed: Callable[[], Awaitable[None]] | None = None
+
+    async def __aenter__(self) -> ToolClient:
+        methods = Methods()
+
+        @methods.method("notifications/tools/list_changed")
+        async def changed(ctx: RequestContext) -> None:
+            if self.list_changed is not None:
+                await self.list_changed()
+
+        self._conn = await self._stack.enter_async_context(
+            connect_unix(self.path, methods, request_timeout=self.timeout)
+        )
+        self.server = await self._conn.request(
+            "initialize",
+            {
+                "protocolVersion": HANDSHAKE_VERSION,
+                "capabilities": {},
+                "clientInfo": CLIENT_INFO,
+            },
+        )
+        await self._conn.notify("notifications/initialized")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+    @property
+    def connection(self) -> Connection:
+        if self._conn is None:
+            raise KikiError("ToolClient is not connected; use `async with ToolClient()`")
+        return self._conn
+
+    async def list(self) -> list[dict[str, Any]]:
+        result = await self.connection.request("tools/list", {})
+        tools: list[dict[str, Any]] = result["tools"]
+        return tools
+
+    async def call_raw(
+        self,
+        nsid: str,
+        arguments: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 -- also cancels the call at the broker
+        on_progress: ProgressCallback | None = None,
+    ) -> dict[str, Any]:
+        """The whole MCP ``tools/call`` result (``content``, ``structuredContent``, ``isError``)."""
+        result: dict[str, Any] = await self.connection.request(
+            "tools/call",
+            {"name": nsid, "arguments": arguments or {}},
+            timeout=timeout,
+            on_progress=on_progress,
+        )
+        return result
+
+    async def call(
+        self,
+        nsid: str,
+        arguments: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 -- also cancels the call at the broker
+        on_progress: ProgressCallback | None = None,
+    ) -> Any:
+        """The tool's structured output; a tool-level failure raises :class:`ToolError`."""
+        result = await self.call_raw(nsid, arguments, timeout=timeout, on_progress=on_progress)
+        if result.get("isError"):
+            texts = [
+                c.get("text", "")
+                for c in result.get("content", [])
+                if isinstance(c, dict) and c.get("type") == "text"
+            ]
+            raise ToolError(
+                "\n".join(texts) or f"{nsid} failed", data=result.get("structuredContent")
+            )
+        return result.get("structuredContent")
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """What a provider's tool function learns about the call beyond its input."""
+
+    nsid: str
+    caller: dict[str, Any]
+    request: RequestContext
+
+    async def progress(
+        self, progress: float, total: float | None = None, message: str | None = None
+    ) -> None:
+        await self.request.progress(progress, total, message)
+
+
+ToolFunc = Callable[..., Awaitable[Any]]
+F = TypeVar("F", bound=ToolFunc)
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    func: ToolFunc
+    input_model: type[pydantic.BaseModel] | None
+
+
+class ToolProvider:
+    """Serves tools to the broker over one connection (the broker calls us on it)."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        lexicons: list[dict[str, Any]] | None = None,
+    ) -> None:
+        self.path = _path(path)
+        self.lexicons = list(lexicons or [])
+        self._tools: dict[str, _Entry] = {}
+        self._conn: Connection | None = None
+
+    def tool(self, nsid: str) -> Callable[[F], F]:
+        def decorator(func: F) -> F:
+            is_async: bool = inspect.iscoroutinefunction(func)  # no narrowing of F
+            if not is_async:
+                raise TypeError(f"tool {nsid}: {func.__name__} must be an async function")
+            hints = get_type_hints(func)
+            params = list(inspect.signature(func).parameters)
+            first = hints.get(params[0]) if params else None
+            model = (
+                first if isinstance(first, type) and issubclass(first, pydantic.BaseModel) else None
+            )
+            self._tools[nsid] = _Entry(func, model)
+            return func
+
+        return decorator
+
+    @property
+    def nsids(self) -> list[str]:
+        return sorted(self._tools)
+
+    def _methods(self) -> Methods:
+        methods = Methods()
+
+        @methods.method("tools/call")
+        async def call(
+            ctx: RequestContext, name: str, arguments: dict[str, Any] | None = None
+        ) -> dict[str, Any]:
+            entry = self._tools.get(name)
+            if entry is None:
+                raise NotFound(f"this provider has no tool {name}")
+            caller = (ctx.meta or {}).get(CALLER_META, {})
+            args: Any = arguments or {}
+            if entry.input_model is not None:
+                try:
+                    args = entry.input_model.model_validate(args)
+                except pydantic.ValidationError as exc:
+                    raise InvalidParams(str(exc.errors()[0]["msg"])) from None
+            output = await entry.func(args, ToolCall(name, caller, ctx))
+            if isinstance(output, pydantic.BaseModel):
+                output = output.model_dump(mode="json", by_alias=True, exclude_none=True)
+            return {"structuredContent": output, "isError": False}
+
+        return methods
+
+    @contextlib.asynccontextmanager
+    async def connect(self) -> AsyncIterator[Connection]:
+        """Connect and register every decorated tool; unregistered when the block exits."""
+        async with connect_unix(self.path, self._methods(), request_timeout=None) as conn:
+            self._conn = conn
+            await conn.request(
+                "kiki/registerTools", {"tools": self.nsids, "lexicons": self.lexicons}
+            )
+            try:
+                yield conn
+            finally:
+                self._conn = None
+
+    async def serve_forever(self) -> None:
+        if self._conn is None:
+            raise KikiError("ToolProvider is not connected; use `async with provider.connect()`")
+        await self._conn.wait_closed()

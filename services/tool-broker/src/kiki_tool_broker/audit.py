@@ -1,0 +1,187 @@
+"""The append-only audit log: one JSON line per tool call, chained by SHA-256.
+
+Each line is a JSON object with ``seq``, ``time``, ``caller``, ``tool``, ``outcome``, ``code``
+(when the call failed with one), ``durationUs``, ``argsHash``, ``prev`` and ``hash`` (the
+lexicon ``dev.kiki.tools.defs#auditEntry``), where ``hash`` is the SHA-256 of ``prev``
+followed by the line's canonical JSON without ``hash`` (keys sorted, no spaces), and ``prev`` is
+the previous line's ``hash`` (64 zeros for the first). An edited line breaks its own hash; a
+deleted or reordered line breaks the next line's ``prev`` or the ``seq`` run; a cut tail is
+detected against ``audit.head``, which holds the last ``seq`` and ``hash`` (replaced atomically
+after each append). The chain shows tampering by anyone who cannot also rewrite every later
+line and the head; it is not a signature.
+
+The arguments themselves are never logged, only their hash (``sha256:`` of their canonical
+JSON): the log tells who called what and how it went, without keeping secrets passed in calls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+log = logging.getLogger(__name__)
+
+GENESIS = "0" * 64
+_CANON = orjson.OPT_SORT_KEYS
+
+
+def args_hash(arguments: Any) -> str:
+    return "sha256:" + hashlib.sha256(orjson.dumps(arguments, option=_CANON)).hexdigest()
+
+
+def _chain(prev: str, body: dict[str, Any]) -> str:
+    return hashlib.sha256(prev.encode() + orjson.dumps(body, option=_CANON)).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.message}"
+
+
+class AuditLog:
+    """Appends chained entries to ``<dir>/audit.jsonl``; recovers the chain head on open."""
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.path = directory / "audit.jsonl"
+        self.head_path = directory / "audit.head"
+        self._seq, self._prev = self._recover()
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+
+    def _recover(self) -> tuple[int, str]:
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return 0, GENESIS
+        if data and not data.endswith(b"\n"):
+            # A crash cut the last append short: that entry never completed, drop its fragment
+            # so the next entry starts on a line of its own.
+            keep = data.rfind(b"\n") + 1
+            log.warning(
+                "audit log %s ends in a partial line; truncating %d bytes",
+                self.path,
+                len(data) - keep,
+            )
+            with open(self.path, "r+b") as f:
+                f.truncate(keep)
+            data = data[:keep]
+        lines = data.splitlines()
+        if not lines:
+            return 0, GENESIS
+        try:
+            last = orjson.loads(lines[-1])
+            return int(last["seq"]), str(last["hash"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            log.error(
+                "audit log %s has an unreadable last line; `kiki tools log --verify` "
+                "will report it; continuing the chain from a fresh head",
+                self.path,
+            )
+            return len(lines), GENESIS
+
+    def append(
+        self,
+        *,
+        caller: dict[str, Any],
+        tool: str,
+        outcome: str,
+        code: int | None,
+        duration_us: int,
+        arguments: Any,
+        now: datetime | None = None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "seq": self._seq + 1,
+            "time": (now or datetime.now(UTC)).isoformat(timespec="microseconds"),
+            "caller": caller,
+            "tool": tool,
+            "outcome": outcome,
+            "durationUs": duration_us,
+            "argsHash": args_hash(arguments),
+            "prev": self._prev,
+        }
+        if code is not None:
+            body["code"] = code
+        digest = _chain(self._prev, body)
+        entry = {**body, "hash": digest}
+        os.write(self._fd, orjson.dumps(entry) + b"\n")
+        self._seq += 1
+        self._prev = digest
+        tmp = self.head_path.with_suffix(".tmp")
+        tmp.write_bytes(orjson.dumps({"seq": self._seq, "hash": digest}))
+        tmp.replace(self.head_path)
+        return entry
+
+    @property
+    def seq(self) -> int:
+        return self._seq
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.fsync(self._fd)
+            os.close(self._fd)
+
+
+def read_entries(path: Path, *, last: int | None = None) -> list[dict[str, Any]]:
+    lines = path.read_bytes().splitlines() if path.exists() else []
+    if last is not None:
+        lines = lines[-last:] if last > 0 else []
+    entries = []
+    for raw in lines:
+        with contextlib.suppress(orjson.JSONDecodeError):
+            entry = orjson.loads(raw)
+            if isinstance(entry, dict):
+                entries.append(entry)
+    return entries
+
+
+def verify(path: Path, head_path: Path | None = None) -> Iterator[Problem]:
+    """Yield every inconsistency in the chain; nothing when the log is intact."""
+    prev, seq = GENESIS, 0
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        data = b""
+    for n, raw in enumerate(data.splitlines(), start=1):
+        try:
+            entry = orjson.loads(raw)
+            claimed = entry.pop("hash")
+        except (orjson.JSONDecodeError, KeyError, AttributeError, TypeError):
+            yield Problem(n, "not a JSON audit entry")
+            prev, seq = GENESIS, seq + 1
+            continue
+        if entry.get("seq") != seq + 1:
+            yield Problem(
+                n, f"sequence {entry.get('seq')} follows {seq}: lines are missing or out of order"
+            )
+        if entry.get("prev") != prev:
+            yield Problem(n, "does not chain to the line before it (a line was removed or changed)")
+        if _chain(str(entry.get("prev")), entry) != claimed:
+            yield Problem(n, "hash mismatch: the entry was edited")
+        prev = str(claimed)
+        seq = int(entry["seq"]) if isinstance(entry.get("seq"), int) else seq + 1
+    if head_path is not None and head_path.exists():
+        try:
+            head = orjson.loads(head_path.read_bytes())
+        except orjson.JSONDecodeError:
+            yield Problem(0, f"{head_path.name} is unreadable")
+            return
+        if head.get("seq") != seq or head.get("hash") != prev:
+            yield Problem(
+                seq,
+                f"the log ends at seq {seq} but {head_path.name} records seq "
+                f"{head.get('seq')}: entries at the end were removed",
+            )

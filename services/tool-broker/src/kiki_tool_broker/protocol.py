@@ -1,0 +1,97 @@
+"""MCP's tool surface as pure functions: version negotiation and result shapes. No I/O.
+
+The broker speaks two generations of the Model Context Protocol over the same socket:
+
+* the handshake revisions (2024-11-05 … 2025-11-25): ``initialize``, then requests, with
+  ``notifications/tools/list_changed`` pushed to every initialized connection;
+* the stateless revision 2026-07-28 (the current one): ``server/discover`` and the protocol
+  version carried in each request's ``_meta``; results carry ``resultType`` and cache hints.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import orjson
+
+HANDSHAKE_VERSIONS: Final = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
+MODERN_VERSIONS: Final = ("2026-07-28",)
+CURRENT_VERSION: Final = MODERN_VERSIONS[-1]
+PROTOCOL_VERSION_META: Final = "io.modelcontextprotocol/protocolVersion"
+CALLER_META: Final = "dev.kiki/caller"
+LIST_CHANGED: Final = "notifications/tools/list_changed"
+
+# Kiki's own methods on tools.sock, beside MCP's.
+REGISTER: Final = "kiki/registerTools"
+UNREGISTER: Final = "kiki/unregisterTools"
+
+
+def negotiate(requested: object) -> str:
+    """The handshake version to answer ``initialize`` with (MCP: echo it if supported, else
+    offer our latest handshake revision and let the client decide)."""
+    if isinstance(requested, str) and requested in HANDSHAKE_VERSIONS:
+        return requested
+    return HANDSHAKE_VERSIONS[-1]
+
+
+def capabilities() -> dict[str, Any]:
+    return {"tools": {"listChanged": True}}
+
+
+def server_info(version: str) -> dict[str, Any]:
+    return {"name": "kiki-tool-broker", "title": "Kiki tool broker", "version": version}
+
+
+def initialize_result(requested: object, version: str, instructions: str) -> dict[str, Any]:
+    return {
+        "protocolVersion": negotiate(requested),
+        "capabilities": capabilities(),
+        "serverInfo": server_info(version),
+        "instructions": instructions,
+    }
+
+
+def discover_result(version: str, instructions: str) -> dict[str, Any]:
+    return {
+        "supportedVersions": [*HANDSHAKE_VERSIONS, *MODERN_VERSIONS],
+        "capabilities": capabilities(),
+        "serverInfo": server_info(version),
+        "instructions": instructions,
+        "resultType": "complete",
+        "ttlMs": 0,
+        "cacheScope": "private",
+    }
+
+
+def is_modern(meta: dict[str, Any] | None) -> bool:
+    return meta is not None and meta.get(PROTOCOL_VERSION_META) in MODERN_VERSIONS
+
+
+def list_result(tools: list[dict[str, Any]], modern: bool) -> dict[str, Any]:
+    result: dict[str, Any] = {"tools": tools}
+    if modern:
+        # The list differs by caller (policy may hide nothing today, but may tomorrow): private.
+        result.update(resultType="complete", ttlMs=0, cacheScope="private")
+    return result
+
+
+def call_result(structured: Any, modern: bool) -> dict[str, Any]:
+    """A successful ``tools/call`` result: the output as text for models and as structure."""
+    result: dict[str, Any] = {
+        "content": [{"type": "text", "text": orjson.dumps(structured).decode()}],
+        "structuredContent": structured,
+        "isError": False,
+    }
+    if modern:
+        result["resultType"] = "complete"
+    return result
+
+
+def tool_error_result(message: str, data: Any, modern: bool) -> dict[str, Any]:
+    """A tool-level failure: MCP reports it as a result with ``isError`` so the model sees it."""
+    result: dict[str, Any] = {"content": [{"type": "text", "text": message}], "isError": True}
+    if data is not None:
+        result["structuredContent"] = {"error": message, "data": data}
+    if modern:
+        result["resultType"] = "complete"
+    return result

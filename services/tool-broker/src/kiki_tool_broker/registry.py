@@ -1,0 +1,148 @@
+"""The broker's tool table: which NSID is served by whom. Pure state, no I/O.
+
+A provider is one connection that registered tools. Registration is all or nothing: if any NSID
+in a request is already taken (by anyone, the same provider included) nothing is registered and
+the request fails with :class:`~libkiki.errors.Conflict`. A provider's disconnect removes all its
+tools at once.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from libkiki.errors import Conflict, NotFound
+from libkiki.peer import PeerCred
+
+Kind = Literal["query", "procedure"]
+
+_provider_ids = itertools.count(1)
+
+
+@dataclass(eq=False)
+class Provider:
+    """A party serving tools: a connected process, or the broker itself (``connection=None``)."""
+
+    name: str
+    cred: PeerCred
+    connection: Any = None  # libkiki.rpc.Connection; Any keeps this module free of asyncio
+    id: int = field(default_factory=lambda: next(_provider_ids))
+    tools: set[str] = field(default_factory=set)
+    connected_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+
+
+@dataclass(frozen=True, slots=True)
+class Tool:
+    nsid: str
+    kind: Kind
+    description: str
+    input_schema: dict[str, Any]
+    output_schema: dict[str, Any] | None
+    destructive: bool
+    provider: Provider
+
+    def mcp(self) -> dict[str, Any]:
+        """The tool as MCP's ``tools/list`` shows it."""
+        entry: dict[str, Any] = {
+            "name": self.nsid,
+            "description": self.description,
+            "inputSchema": self.input_schema,
+            "annotations": {
+                "readOnlyHint": self.kind == "query",
+                "destructiveHint": self.destructive,
+            },
+        }
+        if self.output_schema is not None:
+            entry["outputSchema"] = self.output_schema
+        return entry
+
+
+class ToolRegistry:
+    def __init__(self) -> None:
+        self._tools: dict[str, Tool] = {}
+        self._providers: dict[int, Provider] = {}
+        self.generation = 0  # bumped on every change; list_changed goes out when it moves
+
+    def register(self, provider: Provider, tools: Iterable[Tool]) -> list[str]:
+        new = list(tools)
+        names = [t.nsid for t in new]
+        taken = sorted({n for n in names if n in self._tools} | _duplicates(names))
+        if taken:
+            owners = {self._tools[n].provider.name for n in taken if n in self._tools}
+            by = f" (registered by {', '.join(sorted(owners))})" if owners else ""
+            raise Conflict(f"already registered: {', '.join(taken)}{by}", data={"nsids": taken})
+        for tool in new:
+            self._tools[tool.nsid] = tool
+            provider.tools.add(tool.nsid)
+        self._providers[provider.id] = provider
+        if new:
+            self.generation += 1
+        return names
+
+    def unregister(self, provider: Provider, nsids: Iterable[str]) -> list[str]:
+        wanted = list(nsids)
+        foreign = [n for n in wanted if n not in provider.tools]
+        if foreign:
+            raise NotFound(f"not registered by this provider: {', '.join(foreign)}")
+        for nsid in wanted:
+            del self._tools[nsid]
+            provider.tools.discard(nsid)
+        if wanted:
+            self.generation += 1
+        return wanted
+
+    def remove_provider(self, provider: Provider) -> list[str]:
+        gone = sorted(provider.tools)
+        for nsid in gone:
+            self._tools.pop(nsid, None)
+        provider.tools.clear()
+        self._providers.pop(provider.id, None)
+        if gone:
+            self.generation += 1
+        return gone
+
+    def get(self, nsid: str) -> Tool:
+        try:
+            return self._tools[nsid]
+        except KeyError:
+            raise NotFound(f"no tool named {nsid}", data={"name": nsid}) from None
+
+    def __iter__(self) -> Iterator[Tool]:
+        return iter(sorted(self._tools.values(), key=lambda t: t.nsid))
+
+    def __len__(self) -> int:
+        return len(self._tools)
+
+    def providers(self) -> list[Provider]:
+        return sorted(self._providers.values(), key=lambda p: p.id)
+
+    def describe(self, provider: Provider) -> dict[str, Any]:
+        """A provider as ``dev.kiki.tools.defs#providerView``."""
+        view: dict[str, Any] = {
+            "id": str(provider.id),
+            "caller": caller_view(provider.cred),
+            "tools": [
+                {"nsid": t.nsid, "kind": t.kind, "description": t.description}
+                for t in (self._tools[n] for n in sorted(provider.tools))
+            ],
+            "connectedAt": provider.connected_at,
+        }
+        if provider.cred.app_id:
+            view["appId"] = provider.cred.app_id
+        return view
+
+
+def caller_view(cred: PeerCred) -> dict[str, Any]:
+    """A peer as ``dev.kiki.tools.defs#caller``."""
+    view: dict[str, Any] = {"uid": cred.uid, "gid": cred.gid, "pid": cred.pid}
+    if cred.app_id:
+        view["appId"] = cred.app_id
+    return view
+
+
+def _duplicates(names: list[str]) -> set[str]:
+    seen: set[str] = set()
+    return {n for n in names if n in seen or seen.add(n)}  # type: ignore[func-returns-value]

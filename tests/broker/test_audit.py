@@ -1,0 +1,87 @@
+"""Tier 1/2: the audit log's hash chain detects edits, deletions, reordering and a cut tail."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+
+from kiki_tool_broker.audit import AuditLog, args_hash, read_entries, verify
+
+CALLER = {"uid": 1000, "gid": 1000, "pid": 42}
+
+
+def fill(directory: Path, n: int = 5) -> AuditLog:
+    log = AuditLog(directory)
+    for i in range(n):
+        log.append(
+            caller=CALLER,
+            tool=f"dev.kiki.test.t{i}",
+            outcome="ok",
+            code=None,
+            duration_us=1500,
+            arguments={"i": i, "secret": "hunter2"},
+        )
+    return log
+
+
+def lines(path: Path) -> list[bytes]:
+    return path.read_bytes().splitlines()
+
+
+def test_intact_log_verifies_and_never_holds_arguments(tmp_path: Path) -> None:
+    log = fill(tmp_path)
+    log.close()
+    assert list(verify(log.path, log.head_path)) == []
+    assert b"hunter2" not in log.path.read_bytes()
+    entries = read_entries(log.path)
+    assert [e["seq"] for e in entries] == [1, 2, 3, 4, 5]
+    assert entries[0]["argsHash"] == args_hash({"secret": "hunter2", "i": 0})
+
+
+def test_edited_line_is_detected(tmp_path: Path) -> None:
+    log = fill(tmp_path)
+    raw = lines(log.path)
+    entry = orjson.loads(raw[2])
+    entry["outcome"] = "error"
+    raw[2] = orjson.dumps(entry)
+    log.path.write_bytes(b"\n".join(raw) + b"\n")
+    problems = [str(p) for p in verify(log.path, log.head_path)]
+    assert problems == ["line 3: hash mismatch: the entry was edited"]
+
+
+def test_deleted_line_is_detected(tmp_path: Path) -> None:
+    log = fill(tmp_path)
+    raw = lines(log.path)
+    del raw[1]
+    log.path.write_bytes(b"\n".join(raw) + b"\n")
+    problems = [str(p) for p in verify(log.path, log.head_path)]
+    assert any("line 2: sequence 3 follows 1" in p for p in problems)
+    assert any("does not chain" in p for p in problems)
+
+
+def test_cut_tail_is_detected_against_the_head(tmp_path: Path) -> None:
+    log = fill(tmp_path)
+    raw = lines(log.path)
+    log.path.write_bytes(b"\n".join(raw[:3]) + b"\n")
+    problems = [str(p) for p in verify(log.path, log.head_path)]
+    assert len(problems) == 1
+    assert "records seq 5" in problems[0]
+
+
+def test_reopen_continues_the_chain_and_drops_a_torn_append(tmp_path: Path) -> None:
+    fill(tmp_path, 3).close()
+    with (tmp_path / "audit.jsonl").open("ab") as f:
+        f.write(b'{"seq": 4, "ti')  # the process died inside a write
+    log = fill(tmp_path, 2)
+    log.close()
+    assert [e["seq"] for e in read_entries(log.path)] == [1, 2, 3, 4, 5]
+    assert list(verify(log.path, log.head_path)) == []
+
+
+def test_garbage_line_is_reported(tmp_path: Path) -> None:
+    log = fill(tmp_path, 2)
+    with log.path.open("ab") as f:
+        f.write(b"not json\n")
+    problems = [str(p) for p in verify(log.path)]
+    assert problems == ["line 3: not a JSON audit entry"]

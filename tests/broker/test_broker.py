@@ -1,0 +1,394 @@
+"""Tier 2: the real broker process, real providers and callers on its real Unix socket."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from conftest import BAD_OUTPUT, COUNT, ECHO, LEXICONS, SLOW
+from libkiki.errors import PeerGone, PermissionDenied, Timeout, ToolError, ValidationError
+from libkiki.tools import ToolCall, ToolClient, ToolProvider
+
+Broker = tuple[Path, subprocess.Popen[bytes]]
+
+
+def make_provider(path: Path, hang: asyncio.Event | None = None) -> ToolProvider:
+    provider = ToolProvider(path, lexicons=LEXICONS)
+
+    @provider.tool(ECHO)
+    async def echo(args: dict[str, Any], call: ToolCall) -> dict[str, Any]:
+        if args.get("delay"):
+            await asyncio.sleep(args["delay"] / 1000)
+        return {"text": args["text"], "caller": call.caller}
+
+    @provider.tool(SLOW)
+    async def slow(args: dict[str, Any], call: ToolCall) -> dict[str, Any]:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            if hang is not None:
+                hang.set()  # the broker's cancellation reached us
+            raise
+        return {}
+
+    @provider.tool(BAD_OUTPUT)
+    async def bad(args: dict[str, Any], call: ToolCall) -> dict[str, Any]:
+        return {"text": 42}
+
+    @provider.tool(COUNT)
+    async def count(args: dict[str, Any], call: ToolCall) -> dict[str, Any]:
+        for i in range(args["to"]):
+            await call.progress(i + 1, args["to"])
+        return {"text": str(args["to"])}
+
+    return provider
+
+
+async def test_lists_builtin_and_provided_tools_with_annotations(broker: Broker) -> None:
+    path, _ = broker
+    async with asyncio.timeout(20), ToolClient(path) as client:
+        assert client.server["protocolVersion"] == "2025-11-25"
+        assert client.server["capabilities"]["tools"]["listChanged"] is True
+        names = {t["name"] for t in await client.list()}
+        assert {
+            "dev.kiki.tools.listProviders",
+            "dev.kiki.tools.readAuditLog",
+            "dev.kiki.service.getInfo",
+        } <= names
+        changed = asyncio.Event()
+
+        async def on_change() -> None:
+            changed.set()
+
+        client.list_changed = on_change
+        async with make_provider(path).connect():
+            await changed.wait()
+            tools = {t["name"]: t for t in await client.list()}
+            echo = tools[ECHO]
+            assert echo["inputSchema"]["properties"]["text"]["type"] == "string"
+            assert echo["inputSchema"]["required"] == ["text"]
+            assert echo["annotations"] == {"readOnlyHint": False, "destructiveHint": False}
+            assert tools[COUNT]["annotations"]["destructiveHint"] is True
+            info = tools["dev.kiki.service.getInfo"]
+            assert info["annotations"]["readOnlyHint"] is True
+            changed.clear()
+        # The provider left: its tools are gone and listeners were told.
+        await changed.wait()
+        assert ECHO not in {t["name"] for t in await client.list()}
+
+
+async def test_call_is_forwarded_with_the_callers_kernel_identity(broker: Broker) -> None:
+    path, _ = broker
+    async with asyncio.timeout(20), make_provider(path).connect(), ToolClient(path) as client:
+        result = await client.call_raw(ECHO, {"text": "hi", "caller": "forged"})
+        assert result["isError"] is False
+        assert result["structuredContent"]["text"] == "hi"
+        caller = result["structuredContent"]["caller"]
+        assert (caller["uid"], caller["pid"]) == (os.getuid(), os.getpid())
+        assert orjson.loads(result["content"][0]["text"]) == result["structuredContent"]
+        info = await client.call("dev.kiki.service.getInfo")
+        assert info["name"] == "tool-broker"
+        providers = await client.call("dev.kiki.tools.listProviders")
+        served = {t["nsid"]: p for p in providers["providers"] for t in p["tools"]}
+        assert served[ECHO]["caller"]["pid"] == os.getpid()
+        assert served["dev.kiki.service.getInfo"]["appId"] == "kiki-tool-broker"
+
+
+async def test_input_is_validated_before_the_provider_sees_it(broker: Broker) -> None:
+    path, _ = broker
+    async with asyncio.timeout(20), make_provider(path).connect(), ToolClient(path) as client:
+        with pytest.raises(ValidationError) as info:
+            await client.call(ECHO, {"text": "x" * 17})
+        assert str(info.value) == "input.text: must be at most 16 graphemes"
+        assert info.value.jsonrpc_code == -32602
+        with pytest.raises(ValidationError, match=r"^input.text: is required$"):
+            await client.call(ECHO, {})
+
+
+async def test_invalid_output_is_a_tool_error(broker: Broker) -> None:
+    path, _ = broker
+    async with asyncio.timeout(20), make_provider(path).connect(), ToolClient(path) as client:
+        result = await client.call_raw(BAD_OUTPUT)
+        assert result["isError"] is True
+        assert "output.text" in result["content"][0]["text"]
+        with pytest.raises(ToolError, match=r"output\.text"):
+            await client.call(BAD_OUTPUT)
+
+
+async def test_unknown_tool_is_invalid_params(broker: Broker) -> None:
+    path, _ = broker
+    async with asyncio.timeout(20), ToolClient(path) as client:
+        with pytest.raises(Exception, match=r"unknown tool: org\.example\.nope") as info:
+            await client.call("org.example.nope")
+        assert getattr(info.value, "jsonrpc_code", None) == -32602
+
+
+async def test_an_nsid_cannot_be_registered_twice(broker: Broker) -> None:
+    path, _ = broker
+    async with asyncio.timeout(20), make_provider(path).connect():
+        second = make_provider(path)
+        with pytest.raises(Exception, match=rf"already registered: .*{re.escape(ECHO)}") as info:
+            async with second.connect():
+                pass
+        assert getattr(info.value, "jsonrpc_code", None) == -32009
+
+
+async def test_hanging_provider_times_out_and_is_cancelled(broker: Broker) -> None:
+    path, _ = broker
+    cancelled = asyncio.Event()
+    async with (
+        asyncio.timeout(20),
+        make_provider(path, cancelled).connect(),
+        ToolClient(path) as client,
+    ):
+        with pytest.raises(Timeout, match=r"did not answer org\.example\.test\.slow within 2s"):
+            await client.call(SLOW)
+        await cancelled.wait()
+        # The connection is still good afterwards.
+        assert (await client.call(ECHO, {"text": "after"}))["text"] == "after"
+
+
+async def test_caller_cancellation_reaches_the_provider(broker: Broker) -> None:
+    path, _ = broker
+    cancelled = asyncio.Event()
+    async with (
+        asyncio.timeout(20),
+        make_provider(path, cancelled).connect(),
+        ToolClient(path) as client,
+    ):
+        with pytest.raises(Timeout):
+            await client.call(SLOW, timeout=0.3)  # our timeout: we send notifications/cancelled
+        await cancelled.wait()
+
+
+PROVIDER_SCRIPT = """
+import asyncio, os, sys
+from libkiki.tools import ToolProvider
+sys.path.insert(0, {tests!r})
+from conftest import LEXICONS, ECHO
+provider = ToolProvider({path!r}, lexicons=LEXICONS)
+
+@provider.tool(ECHO)
+async def echo(args, call):
+    print("called", flush=True)
+    await asyncio.Event().wait()
+
+async def main():
+    async with provider.connect():
+        print("registered", flush=True)
+        await provider.serve_forever()
+
+asyncio.run(main())
+"""
+
+
+async def test_provider_dying_mid_call_fails_the_call_at_once(broker: Broker) -> None:
+    path, _ = broker
+    script = PROVIDER_SCRIPT.format(tests=str(Path(__file__).parent), path=str(path))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, stdout=asyncio.subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    try:
+        async with asyncio.timeout(20), ToolClient(path) as client:
+            assert await proc.stdout.readline() == b"registered\n"
+            call = asyncio.ensure_future(client.call(ECHO, {"text": "x"}, timeout=15))
+            assert await proc.stdout.readline() == b"called\n"
+            proc.kill()
+            with pytest.raises(PeerGone, match="disconnected during the call"):
+                await call
+            assert ECHO not in {t["name"] for t in await client.list()}
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+
+
+async def test_progress_is_relayed_to_the_caller(broker: Broker) -> None:
+    path, _ = broker
+    seen: list[float] = []
+
+    async def on_progress(params: dict[str, Any]) -> None:
+        seen.append(params["progress"])
+
+    async with asyncio.timeout(20), make_provider(path).connect(), ToolClient(path) as client:
+        assert (await client.call(COUNT, {"to": 5}, on_progress=on_progress))["text"] == "5"
+    assert seen == [1, 2, 3, 4, 5]
+
+
+async def test_policy_denial_is_its_own_error(sockdir: Path, spawn_service: Any) -> None:
+    (sockdir / "etc").mkdir()
+    (sockdir / "etc" / "tool-policy.toml").write_text(
+        f'[[deny]]\nprincipals = ["uid:{os.getuid()}"]\ntools = ["dev.kiki.tools.*"]\n'
+    )
+    proc, notes = spawn_service("tool-broker")
+    notes.wait_for("READY")
+    async with asyncio.timeout(20), ToolClient(sockdir / "tools.sock") as client:
+        with pytest.raises(PermissionDenied, match="denied by policy") as info:
+            await client.call("dev.kiki.tools.listProviders")
+        assert info.value.jsonrpc_code == -32003
+        assert (await client.call("dev.kiki.service.getInfo"))["name"] == "tool-broker"
+    proc.terminate()
+    assert proc.wait(timeout=30) == 0
+
+
+def raw_exchange(path: Path, payload: bytes, replies: int) -> list[Any]:
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(str(path))
+        s.sendall(payload)
+        buf = b""
+        out: list[Any] = []
+        while len(out) < replies:
+            chunk = s.recv(65536)
+            assert chunk, f"closed after {out}"
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                out.append(orjson.loads(line))
+        return out
+
+
+def test_wire_errors_where_the_spec_puts_them(broker: Broker) -> None:
+    path, _ = broker
+    replies = raw_exchange(
+        path,
+        b"{not json\n"
+        b'{"jsonrpc":"1.0","id":1,"method":"ping"}\n'
+        b'{"jsonrpc":"2.0","id":"s","method":"nope"}\n'
+        b'{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"x":1}}\n'
+        b'{"jsonrpc":"2.0","id":4,"method":"ping"}\n',
+        5,
+    )
+    assert [(r["id"], r.get("error", {}).get("code")) for r in replies] == [
+        (None, -32700),
+        (1, -32600),
+        ("s", -32601),
+        (3, -32602),
+        (4, None),
+    ]
+    assert replies[4]["result"] == {}
+
+
+def test_oversized_line_then_a_good_request(broker: Broker) -> None:
+    path, _ = broker
+    big = b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":"' + b"a" * (2 << 20) + b'"}}\n'
+    replies = raw_exchange(path, big + b'{"jsonrpc":"2.0","id":2,"method":"ping"}\n', 2)
+    assert replies[0]["error"]["code"] == -32600
+    assert "exceeds the limit" in replies[0]["error"]["message"]
+    assert replies[1] == {"jsonrpc": "2.0", "id": 2, "result": {}}
+
+
+def test_batch_mixing_good_and_bad(broker: Broker) -> None:
+    path, _ = broker
+    batch = [
+        {"jsonrpc": "2.0", "id": 1, "method": "ping"},
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {"jsonrpc": "2.0", "id": 2, "method": "nope"},
+        {"foo": "bar"},
+        {
+            "jsonrpc": "2.0",
+            "id": 3,
+            "method": "tools/call",
+            "params": {"name": "dev.kiki.service.getInfo"},
+        },
+    ]
+    (reply,) = raw_exchange(path, orjson.dumps(batch) + b"\n", 1)
+    by_id = {r["id"]: r for r in reply}
+    assert len(reply) == 4
+    assert by_id[1]["result"] == {}
+    assert by_id[2]["error"]["code"] == -32601
+    assert by_id[None]["error"]["code"] == -32600
+    assert by_id[3]["result"]["structuredContent"]["name"] == "tool-broker"
+
+
+async def test_client_disconnecting_mid_call_harms_nobody(broker: Broker) -> None:
+    path, _ = broker
+    cancelled = asyncio.Event()
+    async with asyncio.timeout(20), make_provider(path, cancelled).connect():
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(path))
+            s.sendall(
+                orjson.dumps(
+                    {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": SLOW}}
+                )
+                + b"\n"
+            )
+        await cancelled.wait()  # the broker cancelled the forwarded call when the caller left
+        async with ToolClient(path) as client:
+            assert (await client.call(ECHO, {"text": "still"}))["text"] == "still"
+
+
+async def test_audit_log_records_every_call_and_verifies(broker: Broker, sockdir: Path) -> None:
+    path, _ = broker
+    async with asyncio.timeout(20), make_provider(path).connect(), ToolClient(path) as client:
+        await client.call(ECHO, {"text": "a"})
+        with pytest.raises(ValidationError):
+            await client.call(ECHO, {"text": "b" * 40})
+        result = await client.call("dev.kiki.tools.readAuditLog", {"verify": True})
+    entries = result["entries"]
+    assert [(e["tool"], e["outcome"]) for e in entries[-2:]] == [(ECHO, "ok"), (ECHO, "invalid")]
+    assert result["problems"] == []
+    assert entries[-1]["caller"]["pid"] == os.getpid()
+    log = (sockdir / "state" / "audit.jsonl").read_bytes()
+    assert b'"text"' not in log  # arguments are hashed, never stored
+
+
+async def test_many_clients_pipelining(broker: Broker) -> None:
+    path, _ = broker
+
+    async def client_loop() -> int:
+        async with ToolClient(path) as client:
+            # 50 pipelined, within the broker's default of 64 in flight per connection.
+            results = await asyncio.gather(
+                *(client.call("dev.kiki.service.getInfo") for _ in range(50))
+            )
+            return len(results)
+
+    async with asyncio.timeout(60):
+        counts = await asyncio.gather(*(client_loop() for _ in range(8)))
+    assert counts == [50] * 8
+
+
+@pytest.mark.parametrize("broker", [{"KIKI_TOOL_BROKER_MAX_IN_FLIGHT": "8"}], indirect=True)
+async def test_in_flight_limit_answers_the_offender_only(broker: Broker) -> None:
+    path, _ = broker
+    async with asyncio.timeout(20), make_provider(path).connect():
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(10)
+            s.connect(str(path))
+            calls = b"".join(
+                orjson.dumps(
+                    {
+                        "jsonrpc": "2.0",
+                        "id": i,
+                        "method": "tools/call",
+                        "params": {"name": ECHO, "arguments": {"text": "x", "delay": 300}},
+                    }
+                )
+                + b"\n"
+                for i in range(12)
+            )
+            s.sendall(calls)
+            buf = b""
+            replies: list[Any] = []
+            while len(replies) < 12:
+                chunk = s.recv(65536)
+                assert chunk
+                buf += chunk
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    replies.append(orjson.loads(line))
+        codes = sorted(r.get("error", {}).get("code", 0) for r in replies)
+        assert codes.count(-32005) == 4  # max_in_flight is 8 in this broker
+        async with ToolClient(path) as client:
+            assert (await client.call(ECHO, {"text": "ok"}))["text"] == "ok"

@@ -1,0 +1,94 @@
+"""Tier 1: tool policy from kernel-given identity; file errors name the file and rule."""
+
+from __future__ import annotations
+
+import grp
+import os
+from pathlib import Path
+
+import pytest
+
+from kiki_tool_broker.policy import Caller, Policy
+from libkiki.errors import KikiError
+from libkiki.peer import PeerCred
+
+
+def caller(
+    uid: int, gid: int | None = None, groups: set[int] | None = None, app: str | None = None
+) -> Caller:
+    g = uid if gid is None else gid
+    return Caller(PeerCred(pid=1, uid=uid, gid=g, app_id=app), frozenset({g, *(groups or ())}))
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "tool-policy.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_without_a_file(tmp_path: Path) -> None:
+    policy = Policy.load(tmp_path / "missing.toml")
+    assert policy.allows(caller(0), "dev.kiki.x.y", "procedure", [999])[0]
+    assert policy.allows(caller(1000), "dev.kiki.x.y", "procedure", [1000])[0]
+    allowed, reason = policy.allows(caller(1000), "dev.kiki.x.y", "procedure", [999])
+    assert not allowed
+    assert "explicit grant" in reason
+    assert not policy.allows(caller(1000), "dev.kiki.x.q", "query", [999])[0]
+
+
+def test_queries_open_to_the_default_group(tmp_path: Path) -> None:
+    gid = os.getgid()
+    name = grp.getgrgid(gid).gr_name
+    policy = Policy(default_group=name)
+    assert policy.allows(caller(1000, 1000, {gid}), "dev.kiki.a.list", "query", [999])[0]
+    assert not policy.allows(caller(1000, 1000, {gid}), "dev.kiki.a.do", "procedure", [999])[0]
+
+
+def test_grants_and_denials(tmp_path: Path) -> None:
+    policy = Policy.load(
+        write(
+            tmp_path,
+            """
+[[allow]]
+principals = ["uid:1000", "app:org.example.Music"]
+tools = ["dev.kiki.media.*"]
+
+[[deny]]
+principals = ["app:org.example.Music"]
+tools = ["dev.kiki.media.seek"]
+""",
+        )
+    )
+    assert policy.allows(caller(1000), "dev.kiki.media.playPause", "procedure", [5])[0]
+    assert not policy.allows(caller(1000), "dev.kiki.notifications.notify", "procedure", [5])[0]
+    music = caller(2000, app="org.example.Music")
+    assert policy.allows(music, "dev.kiki.media.next", "procedure", [5])[0]
+    assert policy.allows(music, "dev.kiki.media.seek", "procedure", [5]) == (
+        False,
+        "denied by policy",
+    )
+    # Deny wins even over root's default.
+    assert not policy.allows(
+        caller(0, app="org.example.Music"), "dev.kiki.media.seek", "procedure", [5]
+    )[0]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[[allow]]\nprincipals = ['bob']\ntools = ['x']\n", "'bob' is not a principal"),
+        ("[[allow]]\nprincipals = []\ntools = ['x']\n", "non-empty lists"),
+        ("[[allow]]\nprincipals = ['*']\ntools = ['x']\nextra = 1\n", "exactly the keys"),
+        ("[allow]\nprincipals = ['*']\n", "array of tables"),
+        ("bogus = 1\n", "unknown keys bogus"),
+        ("[[allow]\n", "tool-policy.toml"),
+    ],
+)
+def test_bad_policy_files(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(KikiError, match=message):
+        Policy.load(write(tmp_path, text))
+
+
+def test_supplementary_groups_come_from_proc() -> None:
+    me = Caller.of(PeerCred(pid=os.getpid(), uid=os.getuid(), gid=os.getgid()))
+    assert set(os.getgroups()) | {os.getgid()} <= me.groups | {os.getgid()}
