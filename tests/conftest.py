@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-VENV_BIN = REPO / ".venv" / "bin"
+from kikitest import VENV_BIN
 
 
 @pytest.fixture

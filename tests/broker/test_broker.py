@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
-from conftest import BAD_OUTPUT, COUNT, ECHO, LEXICONS, SLOW
+from broker_lexicons import BAD_OUTPUT, COUNT, ECHO, LEXICONS, SLOW
 from libkiki.errors import PeerGone, PermissionDenied, Timeout, ToolError, ValidationError
 from libkiki.tools import ToolCall, ToolClient, ToolProvider
 
@@ -174,7 +174,7 @@ PROVIDER_SCRIPT = """
 import asyncio, os, sys
 from libkiki.tools import ToolProvider
 sys.path.insert(0, {tests!r})
-from conftest import LEXICONS, ECHO
+from broker_lexicons import LEXICONS, ECHO
 provider = ToolProvider({path!r}, lexicons=LEXICONS)
 
 @provider.tool(ECHO)

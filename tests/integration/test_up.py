@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from conftest import VENV_BIN
+from kikitest import VENV_BIN
 
 SERVICES = {
     "tool-broker",

@@ -1,0 +1,51 @@
+"""Lexicons of the test tools that providers in the broker tests serve."""
+
+from __future__ import annotations
+
+from typing import Any
+
+ECHO = "org.example.test.echo"
+SLOW = "org.example.test.slow"
+BAD_OUTPUT = "org.example.test.badOutput"
+COUNT = "org.example.test.count"
+
+
+def _procedure(
+    nsid: str, input_props: dict[str, Any], output_props: dict[str, Any], required: list[str]
+) -> dict[str, Any]:
+    return {
+        "lexicon": 1,
+        "id": nsid,
+        "defs": {
+            "main": {
+                "type": "procedure",
+                "description": f"Test tool {nsid}.",
+                "input": {
+                    "encoding": "application/json",
+                    "schema": {"type": "object", "required": required, "properties": input_props},
+                },
+                "output": {
+                    "encoding": "application/json",
+                    "schema": {"type": "object", "required": ["text"], "properties": output_props},
+                },
+            }
+        },
+    }
+
+
+TEXT = {"text": {"type": "string", "maxGraphemes": 16}}
+LEXICONS = [
+    _procedure(
+        ECHO,
+        {
+            "text": {"type": "string", "maxGraphemes": 16},
+            "delay": {"type": "integer", "minimum": 0},
+        },
+        TEXT,
+        ["text"],
+    ),
+    _procedure(SLOW, {}, TEXT, []),
+    _procedure(BAD_OUTPUT, {}, TEXT, []),
+    _procedure(COUNT, {"to": {"type": "integer", "minimum": 1, "maximum": 100}}, TEXT, ["to"]),
+]
+LEXICONS[3]["defs"]["destructive"] = {"type": "token", "description": "Counts loudly."}
