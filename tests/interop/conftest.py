@@ -1,0 +1,3 @@
+"""Interop fixtures reuse the broker fixture."""
+
+from broker_fixtures import broker  # noqa: F401
