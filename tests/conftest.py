@@ -13,6 +13,10 @@ import pytest
 
 from kikitest import VENV_BIN
 
+# Fixtures that live beside the tests that use them, registered here so that no directory needs
+# a conftest.py of its own (mypy checks tests/ and would see several modules named conftest).
+pytest_plugins = ["broker_fixtures"]
+
 
 @pytest.fixture
 def sockdir() -> Iterator[Path]:

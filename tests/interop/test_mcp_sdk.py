@@ -62,7 +62,7 @@ async def test_official_sdk_lists_and_calls_through_kiki_mcp(
     params = StdioServerParameters(
         command=str(VENV_BIN / "kiki"), args=["mcp", "--socket", str(provider_process)]
     )
-    async with asyncio.timeout(60), Client(params, mode=mode) as client:  # type: ignore[arg-type]
+    async with asyncio.timeout(60), Client(params, mode=mode) as client:
         # "auto" discovers the current stateless revision; "legacy" does the initialize handshake.
         expected = "2026-07-28" if mode == "auto" else "2025-11-25"
         assert client.session.protocol_version == expected

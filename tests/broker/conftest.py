@@ -1,3 +1,0 @@
-"""The broker fixture for this directory."""
-
-from broker_fixtures import broker  # noqa: F401
