@@ -1,0 +1,89 @@
+"""``kiki app``: check an app directory against the published lexicons, and install it."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from libkiki.cli.schema import EXIT_FAILED, EXIT_OK, emit, problem, published
+from libkiki.errors import KikiError
+from libkiki.lexicon.install import check_app_dir, install_app
+from libkiki.paths import state_dir
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "app",
+        help="validate and install apps",
+        description="Check that every type in an app's public surface is a published lexicon, "
+        "and install its lexicons, bindings and UI components. Exit status 0 only on success.",
+    )
+    cmds = p.add_subparsers(dest="app_command", metavar="SUBCOMMAND", required=True)
+    for name, func, text in (
+        ("validate", run_validate, "check an app directory (kiki-app.json and lexicons/)"),
+        ("install", run_install, "install an app's lexicons, bindings and components"),
+    ):
+        cmd = cmds.add_parser(name, help=text, description=text)
+        cmd.add_argument("dir", type=Path, metavar="DIR", help="the app directory")
+        cmd.add_argument("--json", action="store_true", help="machine-readable output")
+        cmd.add_argument(
+            "--lexicons",
+            action="append",
+            type=Path,
+            metavar="DIR",
+            help="published lexicons (repeatable; default: $KIKI_LEXICON_PATH, else Kiki's "
+            "and installed apps')",
+        )
+        cmd.add_argument(
+            "--allow-breaking",
+            action="store_true",
+            help="accept incompatible changes to lexicons an earlier version installed",
+        )
+        cmd.set_defaults(func=func)
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    registry, _ = published(args)
+    checked = check_app_dir(args.dir, registry, allow_breaking=args.allow_breaking)
+    manifest = checked.manifest
+    ok_line = f"{manifest.id} {manifest.version}: every public type resolves" if manifest else ""
+    emit(
+        args,
+        {
+            "ok": checked.ok,
+            "app": manifest.id if manifest else None,
+            "problems": [problem(e) for e in checked.problems],
+        },
+        [f"refused: {e}" for e in checked.problems] or [ok_line],
+    )
+    return EXIT_OK if checked.ok else EXIT_FAILED
+
+
+def run_install(args: argparse.Namespace) -> int:
+    registry, _ = published(args)
+    try:
+        report = install_app(args.dir, state_dir(), registry, allow_breaking=args.allow_breaking)
+    except KikiError as exc:
+        emit(args, {"ok": False, "problems": [problem(exc)]}, [f"refused: {exc}"])
+        return EXIT_FAILED
+    emit(
+        args,
+        {
+            "ok": True,
+            "app": report.app_id,
+            "version": report.version,
+            "lexicons": list(report.lexicons),
+            "bindings": str(report.bindings),
+            "module": report.module,
+            "componentsStored": list(report.components_stored),
+            "componentsShared": list(report.components_shared),
+        },
+        [
+            f"installed {report.app_id} {report.version}",
+            f"bindings: {report.bindings} (import {report.module})",
+            f"components: {len(report.components_stored)} stored, "
+            f"{len(report.components_shared)} already installed by another app",
+        ],
+    )
+    return EXIT_OK

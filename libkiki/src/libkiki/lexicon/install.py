@@ -1,0 +1,160 @@
+"""Read an app directory, check it, and install its lexicons, bindings and components.
+
+Layout of the state directory this writes::
+
+    <state>/lexicons/<nsid path>.json      every installed app's lexicons (on the search path)
+    <state>/bindings/kiki_apps/<app>.py    generated pydantic bindings, one module per app
+    <state>/components/<sha256>            component bundles, stored once by content
+    <state>/components/index.json          sha256 -> {nsid, apps}: who ships each bundle
+    <state>/apps/<app id>.json             the installed manifest
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+
+from libkiki.errors import KikiError, LexiconError, ValidationError
+from libkiki.lexicon.codegen import generate
+from libkiki.lexicon.manifest import MANIFEST_FILE, AppCheck, check_app, reachable_documents
+from libkiki.lexicon.model import LexiconDoc
+from libkiki.lexicon.registry import Registry, document_path
+
+__all__ = ["BINDINGS_PACKAGE", "InstallReport", "bindings_module", "check_app_dir", "install_app"]
+
+BINDINGS_PACKAGE: Final = "kiki_apps"
+
+
+@dataclass(frozen=True, slots=True)
+class InstallReport:
+    app_id: str
+    version: str
+    lexicons: tuple[str, ...]
+    bindings: Path
+    module: str
+    components_stored: tuple[str, ...]  # sha256 of bundles written now
+    components_shared: tuple[str, ...]  # sha256 of bundles another app had already installed
+
+
+def bindings_module(app_id: str) -> str:
+    """The importable name of an app's bindings: ``kiki_apps.org_example_player``."""
+    return f"{BINDINGS_PACKAGE}.{re.sub(r'[^a-zA-Z0-9]', '_', app_id)}"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 16), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _inside(app_dir: Path, relative: str) -> Path | None:
+    # A bundle path must stay inside the app directory (no "../../etc/passwd").
+    path = (app_dir / relative).resolve()
+    return path if path.is_relative_to(app_dir.resolve()) and path.is_file() else None
+
+
+def check_app_dir(app_dir: Path, published: Registry, *, allow_breaking: bool = False) -> AppCheck:
+    """Read ``app_dir`` (``kiki-app.json`` and ``lexicons/``) and check it against ``published``."""
+    manifest_path = app_dir / MANIFEST_FILE
+    try:
+        raw: Any = orjson.loads(manifest_path.read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        error = ValidationError("manifest", f"cannot read {manifest_path}: {exc}")
+        return AppCheck(None, (), published, (error,))
+    own = Registry()
+    problems: list[KikiError] = []
+    if (app_dir / "lexicons").is_dir():
+        problems.extend(own.load_dir(app_dir / "lexicons"))
+    hashes: dict[str, str | None] = {}
+    for component in raw.get("components", []) if isinstance(raw, dict) else []:
+        bundle = component.get("bundle") if isinstance(component, dict) else None
+        if isinstance(bundle, str):
+            found = _inside(app_dir, bundle)
+            hashes[bundle] = _sha256(found) if found else None
+    result = check_app(raw, own.documents(), hashes, published, allow_breaking=allow_breaking)
+    if problems:
+        return AppCheck(
+            result.manifest, result.documents, result.registry, (*problems, *result.problems)
+        )
+    return result
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def install_app(
+    app_dir: Path, state: Path, published: Registry, *, allow_breaking: bool = False
+) -> InstallReport:
+    """Install a checked app; raises the first problem when the check fails."""
+    checked = check_app_dir(app_dir, published, allow_breaking=allow_breaking)
+    if checked.problems or checked.manifest is None:
+        raise (
+            checked.problems[0] if checked.problems else LexiconError(str(app_dir), "", "unusable")
+        )
+    manifest = checked.manifest
+    docs: tuple[LexiconDoc, ...] = checked.documents
+    for doc in docs:
+        _write(
+            state / "lexicons" / document_path(doc.id),
+            orjson.dumps(doc.raw, option=orjson.OPT_INDENT_2),
+        )
+
+    roots = [d.id for d in docs] + list(manifest.tools) + list(manifest.events)
+    roots += [c.nsid for c in manifest.components]
+    module = bindings_module(manifest.id)
+    source = generate(
+        checked.registry,
+        reachable_documents(checked.registry, roots),
+        command=f"kiki app install {app_dir}",
+    )
+    package = state / "bindings" / BINDINGS_PACKAGE
+    if not (package / "__init__.py").exists():
+        _write(
+            package / "__init__.py",
+            b'"""Bindings of installed apps (generated by kiki app install)."""\n',
+        )
+    bindings = package / f"{module.rsplit('.', 1)[1]}.py"
+    _write(bindings, source.encode())
+
+    index_path = state / "components" / "index.json"
+    index: dict[str, Any] = orjson.loads(index_path.read_bytes()) if index_path.exists() else {}
+    stored: list[str] = []
+    shared: list[str] = []
+    for component in manifest.components:
+        target = state / "components" / component.sha256
+        entry = index.setdefault(component.sha256, {"nsid": component.nsid, "apps": []})
+        if target.exists():
+            shared.append(component.sha256)
+        else:
+            source_path = _inside(app_dir, component.bundle)
+            assert source_path is not None  # checked above
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source_path, target.with_name(f".{target.name}.tmp"))
+            os.replace(target.with_name(f".{target.name}.tmp"), target)
+            stored.append(component.sha256)
+        if manifest.id not in entry["apps"]:
+            entry["apps"] = sorted([*entry["apps"], manifest.id])
+    _write(index_path, orjson.dumps(index, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+    _write(state / "apps" / f"{manifest.id}.json", (app_dir / MANIFEST_FILE).read_bytes())
+    return InstallReport(
+        manifest.id,
+        manifest.version,
+        tuple(d.id for d in docs),
+        bindings,
+        module,
+        tuple(stored),
+        tuple(shared),
+    )

@@ -1,0 +1,244 @@
+"""Tool broker benchmark: round trips and throughput beside an echo floor, in one run.
+
+    .venv/bin/python tests/bench/bench_broker.py [--calls N] [--repeats R]
+
+Cases, each measured with the same minimal client (one JSON-RPC line out, one line back):
+
+  floor      an asyncio echo server on a Unix socket with the same NDJSON framing
+  (a) own    tools/call of the broker's own dev.kiki.service.getInfo
+  (b) fwd    tools/call forwarded to a provider process (validated in and out)
+  (c) 8x     8 clients pipelining 16 calls each to (a), against 8 clients on the floor
+
+Everything runs twice: pinned to one core (``taskset -c 0``: the client, the broker and the
+provider share it) and unpinned. Latencies are medians over the repeats of each repeat's p50/p99.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = REPO / ".venv" / "bin"
+
+ECHO_SERVER = """
+import asyncio, sys
+
+class Echo(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.t = transport
+    def data_received(self, data):
+        self.t.write(data)
+
+async def main():
+    loop = asyncio.get_running_loop()
+    server = await loop.create_unix_server(Echo, sys.argv[1])
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+PROVIDER = """
+import asyncio, sys
+sys.path.insert(0, {tests!r})
+from broker_lexicons import ECHO, LEXICONS
+from libkiki.tools import ToolProvider
+
+provider = ToolProvider({path!r}, lexicons=LEXICONS)
+
+@provider.tool(ECHO)
+async def echo(args, call):
+    return {{"text": args["text"]}}
+
+async def main():
+    async with provider.connect():
+        print("ready", flush=True)
+        await provider.serve_forever()
+
+asyncio.run(main())
+"""
+
+OWN = (
+    orjson.dumps(
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "tools/call",
+            "params": {"name": "dev.kiki.service.getInfo"},
+        }
+    )
+    + b"\n"
+)
+FWD = (
+    orjson.dumps(
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "tools/call",
+            "params": {"name": "org.example.test.echo", "arguments": {"text": "hello"}},
+        }
+    )
+    + b"\n"
+)
+FLOOR = OWN  # the echo server sends the same bytes back
+
+
+async def round_trips(path: Path, line: bytes, calls: int) -> list[float]:
+    reader, writer = await asyncio.open_unix_connection(str(path), limit=1 << 20)
+    times = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        writer.write(line)
+        reply = await reader.readline()
+        times.append(time.perf_counter() - t0)
+        if b'"error"' in reply[:40]:
+            raise SystemExit(f"benchmark call failed: {reply[:200]!r}")
+    writer.close()
+    return times
+
+
+async def pipelined(path: Path, line: bytes, clients: int, depth: int, calls: int) -> float:
+    async def one() -> None:
+        reader, writer = await asyncio.open_unix_connection(str(path), limit=1 << 20)
+        sent = received = 0
+        while received < calls:
+            while sent < calls and sent - received < depth:
+                writer.write(line)
+                sent += 1
+            await reader.readline()
+            received += 1
+        writer.close()
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(clients)))
+    return clients * calls / (time.perf_counter() - t0)
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def start(cmd: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if "ready" not in line:
+        raise SystemExit(f"{cmd[0]} did not start: {line!r}")
+    return proc
+
+
+def start_broker(run: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(run / "notify"))
+    notify.settimeout(30)
+    proc = subprocess.Popen(
+        [str(BIN / "kiki-tool-broker")],
+        env={**env, "NOTIFY_SOCKET": str(run / "notify")},
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    while b"READY=1" not in notify.recv(4096):
+        pass
+    notify.close()
+    return proc
+
+
+def measure(calls: int, repeats: int) -> dict[str, tuple[float, float, float]]:
+    run = Path(tempfile.mkdtemp(prefix="kiki-bench-", dir="/tmp"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KIKI_", "LISTEN_"))}
+    env.update(
+        KIKI_RUNTIME_DIR=str(run),
+        KIKI_STATE_DIR=str(run / "state"),
+        KIKI_CONFIG_DIR=str(run / "etc"),
+        KIKI_LOG_LEVEL="WARNING",
+    )
+    procs = []
+    try:
+        procs.append(start([sys.executable, "-c", ECHO_SERVER, str(run / "echo.sock")], env))
+        procs.append(start_broker(run, env))
+        tools = run / "tools.sock"
+        provider = PROVIDER.format(tests=str(REPO / "tests" / "broker"), path=str(tools))
+        procs.append(start([sys.executable, "-c", provider], env))
+        results: dict[str, list[tuple[float, float]]] = {}
+        rates: dict[str, list[float]] = {}
+        for _ in range(repeats):
+            for name, path, line in (
+                ("floor", run / "echo.sock", FLOOR),
+                ("(a) own", tools, OWN),
+                ("(b) fwd", tools, FWD),
+            ):
+                times = asyncio.run(round_trips(path, line, calls))
+                results.setdefault(name, []).append((pct(times, 0.5), pct(times, 0.99)))
+            for name, path, line in (
+                ("floor 8x16", run / "echo.sock", FLOOR),
+                ("(c) 8x16 own", tools, OWN),
+            ):
+                rate = asyncio.run(pipelined(path, line, 8, 16, max(calls // 4, 100)))
+                rates.setdefault(name, []).append(rate)
+        out = {}
+        for name, pairs in results.items():
+            p50 = statistics.median(p for p, _ in pairs) * 1e6
+            p99 = statistics.median(q for _, q in pairs) * 1e6
+            out[name] = (p50, p99, 1e6 / p50)
+        for name, values in rates.items():
+            out[name] = (0.0, 0.0, statistics.median(values))
+        return out
+    finally:
+        for proc in reversed(procs):
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        shutil.rmtree(run, ignore_errors=True)
+
+
+def report(title: str, r: dict[str, tuple[float, float, float]]) -> None:
+    floor = r["floor"][0]
+    print(f"\n{title}")
+    print(f"  {'case':<14} {'p50 µs':>9} {'p99 µs':>9} {'calls/s':>10} {'p50/floor':>10}")
+    for name in ("floor", "(a) own", "(b) fwd"):
+        p50, p99, rate = r[name]
+        print(f"  {name:<14} {p50:>9.1f} {p99:>9.1f} {rate:>10.0f} {p50 / floor:>9.2f}x")
+    base = r["floor 8x16"][2]
+    for name in ("floor 8x16", "(c) 8x16 own"):
+        rate = r[name][2]
+        print(f"  {name:<14} {'':>9} {'':>9} {rate:>10.0f} {base / rate:>9.2f}x slower")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=2000, help="round trips per case and repeat")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    print(
+        f"tool broker benchmark: {os.cpu_count()} cpus, {sys.version.split()[0]}, "
+        f"{args.calls} calls x {args.repeats} repeats"
+    )
+    allowed = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(allowed)})  # children inherit it: taskset -c 0
+    pinned = measure(args.calls, args.repeats)
+    os.sched_setaffinity(0, allowed)
+    unpinned = measure(args.calls, args.repeats)
+    report("pinned to one core (taskset -c 0)", pinned)
+    report("unpinned", unpinned)
+
+
+if __name__ == "__main__":
+    main()
