@@ -6,8 +6,9 @@ lexicon ``dev.kiki.tools.defs#auditEntry``), where ``hash`` is the SHA-256 of ``
 followed by the line's canonical JSON without ``hash`` (keys sorted, no spaces), and ``prev`` is
 the previous line's ``hash`` (64 zeros for the first). An edited line breaks its own hash; a
 deleted or reordered line breaks the next line's ``prev`` or the ``seq`` run; a cut tail is
-detected against ``audit.head``, which holds the last ``seq`` and ``hash`` (replaced atomically
-after each append). The chain shows tampering by anyone who cannot also rewrite every later
+detected against ``audit.head``, which holds the last ``seq`` and ``hash``, rewritten in place
+after each append (one fixed-size ``pwrite``: renaming a fresh file per call cost more than the
+rest of a tool call together). The chain shows tampering by anyone who cannot also rewrite every later
 line and the head; it is not a signature.
 
 The arguments themselves are never logged, only their hash (``sha256:`` of their canonical
@@ -60,6 +61,8 @@ class AuditLog:
         self.head_path = directory / "audit.head"
         self._seq, self._prev = self._recover()
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        self._head_fd = os.open(self.head_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        self._write_head()
 
     def _recover(self) -> tuple[int, str]:
         try:
@@ -120,19 +123,33 @@ class AuditLog:
         os.write(self._fd, orjson.dumps(entry) + b"\n")
         self._seq += 1
         self._prev = digest
-        tmp = self.head_path.with_suffix(".tmp")
-        tmp.write_bytes(orjson.dumps({"seq": self._seq, "hash": digest}))
-        tmp.replace(self.head_path)
+        self._write_head()
         return entry
+
+    def _write_head(self) -> None:
+        os.pwrite(self._head_fd, format_head(self._seq, self._prev), 0)
 
     @property
     def seq(self) -> int:
         return self._seq
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.fsync(self._fd)
-            os.close(self._fd)
+        for fd in (self._fd, self._head_fd):
+            with contextlib.suppress(OSError):
+                os.fsync(fd)
+                os.close(fd)
+
+
+def format_head(seq: int, digest: str) -> bytes:
+    """The head record: fixed width, so rewriting it in place never leaves a longer old tail."""
+    return f"{seq:020d} {digest}\n".encode()
+
+
+def parse_head(data: bytes) -> tuple[int, str] | None:
+    parts = data.decode(errors="replace").split()
+    if len(parts) != 2 or not parts[0].isdigit() or len(parts[1]) != 64:
+        return None
+    return int(parts[0]), parts[1]
 
 
 def read_entries(path: Path, *, last: int | None = None) -> list[dict[str, Any]]:
@@ -174,14 +191,13 @@ def verify(path: Path, head_path: Path | None = None) -> Iterator[Problem]:
         prev = str(claimed)
         seq = int(entry["seq"]) if isinstance(entry.get("seq"), int) else seq + 1
     if head_path is not None and head_path.exists():
-        try:
-            head = orjson.loads(head_path.read_bytes())
-        except orjson.JSONDecodeError:
+        head = parse_head(head_path.read_bytes())
+        if head is None:
             yield Problem(0, f"{head_path.name} is unreadable")
             return
-        if head.get("seq") != seq or head.get("hash") != prev:
+        if head != (seq, prev):
             yield Problem(
                 seq,
                 f"the log ends at seq {seq} but {head_path.name} records seq "
-                f"{head.get('seq')}: entries at the end were removed",
+                f"{head[0]}: entries at the end were removed or changed",
             )
