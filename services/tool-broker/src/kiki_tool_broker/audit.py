@@ -8,8 +8,8 @@ the previous line's ``hash`` (64 zeros for the first). An edited line breaks its
 deleted or reordered line breaks the next line's ``prev`` or the ``seq`` run; a cut tail is
 detected against ``audit.head``, which holds the last ``seq`` and ``hash``, rewritten in place
 after each append (one fixed-size ``pwrite``: renaming a fresh file per call cost more than the
-rest of a tool call together). The chain shows tampering by anyone who cannot also rewrite every later
-line and the head; it is not a signature.
+rest of a tool call together). The chain shows tampering by anyone who cannot also rewrite
+every later line and the head; it is not a signature.
 
 The arguments themselves are never logged, only their hash (``sha256:`` of their canonical
 JSON): the log tells who called what and how it went, without keeping secrets passed in calls.
