@@ -84,7 +84,11 @@ def constellation(sockdir: Path, service_env: dict[str, str]) -> Iterator[tuple[
         yield proc, sockdir
     finally:
         if proc.poll() is None:
-            proc.kill()
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
         proc.wait(timeout=30)
         assert proc.stdout is not None
         proc.stdout.close()
@@ -181,3 +185,21 @@ def test_up_refuses_when_another_instance_holds_the_sockets(
     assert second.returncode == 1
     assert "in use by another running process" in second.stdout
     assert all_ready(sockdir)
+
+
+def test_services_do_not_outlive_a_killed_supervisor(constellation: tuple[Any, Path]) -> None:
+    proc, sockdir = constellation
+    state = wait_until(lambda: all_ready(sockdir), 90, "all six services ready")
+    proc.kill()  # SIGKILL: kiki up gets no chance to stop anything itself
+    proc.wait(timeout=30)
+
+    def all_gone() -> bool:
+        for service in state["services"].values():
+            try:
+                os.kill(service["pid"], 0)
+            except ProcessLookupError:
+                continue
+            return False
+        return True
+
+    wait_until(all_gone, 30, "every service to exit after its supervisor died")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import shutil
@@ -81,10 +82,21 @@ class Child:
     stopping: bool = False
 
 
-def _remap_fds(fds: Sequence[int]) -> Callable[[], None]:
-    """A pre-exec hook putting ``fds`` at 3, 4, … in the child (sd_listen_fds numbering)."""
+_PR_SET_PDEATHSIG = 1
 
-    def remap() -> None:
+
+def _die_with_parent() -> None:
+    # If `kiki up` itself is killed (SIGKILL cannot be handled), its services must not live on
+    # as orphans holding the sockets: the kernel sends them SIGTERM when we die.
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+def _pre_exec(fds: Sequence[int]) -> Callable[[], None]:
+    """A pre-exec hook: die with the parent, and put ``fds`` at 3, 4, … (sd_listen_fds)."""
+
+    def prepare() -> None:
+        _die_with_parent()
         # Move them out of the way first: a target number may hold another of the sources.
         high = [os.dup(fd) for fd in fds]
         for i, fd in enumerate(high):
@@ -93,7 +105,7 @@ def _remap_fds(fds: Sequence[int]) -> Callable[[], None]:
             if fd >= 3 + len(fds):
                 os.close(fd)
 
-    return remap
+    return prepare
 
 
 def _bus_reachable(address: str | None) -> bool:
@@ -175,6 +187,7 @@ class Supervisor:
             "--nofork",
             "--nopidfile",
             stdout=asyncio.subprocess.PIPE,
+            preexec_fn=_die_with_parent,
         )
         assert self._bus_process.stdout is not None
         async with asyncio.timeout(10):
@@ -236,7 +249,7 @@ class Supervisor:
             stdin=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
             pass_fds=[*fds, *range(3, 3 + len(fds))],
-            preexec_fn=_remap_fds(fds) if fds else None,
+            preexec_fn=_pre_exec(fds),
             start_new_session=True,
         )
 
