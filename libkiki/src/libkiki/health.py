@@ -171,6 +171,8 @@ async def probe(spec: ServiceSpec, where: Where, within: float = 3.0) -> dict[st
                     return await dbus_info(where.bus_address)
     except TimeoutError:
         raise Timeout(f"no answer within {within:.1f}s") from None
+    except ConnectionError as exc:
+        raise PeerGone(f"the service dropped the connection ({exc.strerror or exc})") from None
     raise KikiError(f"unknown health channel {spec.health}")
 
 

@@ -67,6 +67,7 @@ async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
         handler, sock=listener, process_request=process_request, max_size=config.max_message
     ) as server:
         host, port = listener.getsockname()[:2]
-        ctx.status = f"listening on ws://{host}:{port}"
+        how = "activated" if ctx.listeners.activated else "bound"
+        ctx.status = f"serving ws://{host}:{port} ({how})"
         yield
         server.close(close_connections=True)

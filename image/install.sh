@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Installs Kiki into /usr: the one install script the bootc image and the system test both run.
+#   image/install.sh [SOURCE_DIR] [WHEELHOUSE]
+# SOURCE_DIR is a checkout (default /src); WHEELHOUSE holds the wheels built by
+# image/build-wheelhouse.sh (default SOURCE_DIR/build/wheelhouse). No network is used.
+# With DESTDIR set, files go under it (for staging); systemctl is then not called.
+set -euo pipefail
+src=${1:-/src}
+wheels=${2:-$src/build/wheelhouse}
+dest=${DESTDIR:-}
+python=${PYTHON:-/usr/bin/python3}
+prefix=$dest/usr/lib/kiki
+
+[ -d "$src/units" ] || { echo "install.sh: $src is not a Kiki checkout" >&2; exit 1; }
+[ -n "$(ls "$wheels"/libkiki-*.whl 2>/dev/null)" ] || {
+    echo "install.sh: no wheelhouse at $wheels (run image/build-wheelhouse.sh)" >&2; exit 1; }
+
+echo "installing Kiki into $prefix" >&2
+rm -rf "$prefix/venv"
+mkdir -p "$prefix"
+"$python" -m venv "$prefix/venv"
+"$prefix/venv/bin/pip" install --quiet --disable-pip-version-check --no-index \
+    --find-links "$wheels" libkiki kiki-tool-broker kiki-a11y-server kiki-sensor-publisher \
+    kiki-dbus-gateway kiki-sync-relay kiki-updater
+
+install -d "$dest/usr/bin" "$dest/usr/lib/systemd/system" "$dest/usr/lib/systemd/user" \
+    "$dest/usr/lib/sysusers.d" "$dest/usr/lib/tmpfiles.d" "$dest/usr/lib/systemd/system-preset" \
+    "$dest/usr/lib/systemd/user-preset" "$dest/usr/share/kiki" "$dest/usr/share/doc/kiki"
+ln -sfn /usr/lib/kiki/venv/bin/kiki "$dest/usr/bin/kiki"
+install -m 0644 "$src"/units/*.service "$src"/units/*.socket "$src"/units/kiki.target \
+    "$dest/usr/lib/systemd/system/"
+install -m 0644 "$src"/units/user/*.service "$dest/usr/lib/systemd/user/"
+install -m 0644 "$src/units/sysusers.d/kiki.conf" "$dest/usr/lib/sysusers.d/kiki.conf"
+install -m 0644 "$src/units/tmpfiles.d/kiki.conf" "$dest/usr/lib/tmpfiles.d/kiki.conf"
+install -m 0644 "$src/units/kiki.preset" "$dest/usr/lib/systemd/system-preset/90-kiki.preset"
+install -m 0644 "$src/units/user/kiki.preset" "$dest/usr/lib/systemd/user-preset/90-kiki.preset"
+# The published lexicons, where libkiki looks for them outside a checkout.
+rm -rf "$dest/usr/share/kiki/lexicons"
+cp -r "$src/schemas/lexicons" "$dest/usr/share/kiki/lexicons"
+install -m 0644 "$src/schemas/a11y.fbs" "$dest/usr/share/kiki/a11y.fbs"
+install -m 0644 "$src/README.md" "$dest/usr/share/doc/kiki/README.md"
+for readme in "$src"/services/*/README.md; do
+    name=$(basename "$(dirname "$readme")")
+    install -D -m 0644 "$readme" "$dest/usr/share/doc/kiki/services/$name/README.md"
+done
+
+if [ -z "$dest" ]; then
+    # Works offline too (image builds): preset only creates the enablement symlinks.
+    systemctl preset kiki.target kiki-tool-broker.socket kiki-a11y-server.socket \
+        kiki-sensor-publisher.socket kiki-sync-relay.socket kiki-updater.socket
+    systemctl --global preset kiki-dbus-gateway.service
+fi
+echo "Kiki installed: $("$prefix/venv/bin/kiki" --version)" >&2

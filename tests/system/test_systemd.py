@@ -1,0 +1,285 @@
+"""Tier 3: Kiki's units under a real systemd, booted with systemd-nspawn over this machine.
+
+The container gets a throw-away root and /usr (``--volatile=yes --overlay=/usr::/usr``), the
+checkout at /src and a wheelhouse at /wheelhouse; Kiki is installed with ``image/install.sh``
+(the image's own install script) and everything is checked through ``systemctl``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kikitest import REPO
+
+pytestmark = pytest.mark.system
+
+SYSTEM_SERVICES = ("tool-broker", "a11y-server", "sensor-publisher", "sync-relay", "updater")
+THRESHOLDS = {
+    "kiki-tool-broker.service": 1.0,
+    "kiki-sensor-publisher.service": 1.0,
+    "kiki-sync-relay.service": 1.5,
+    "kiki-a11y-server.service": 2.5,
+    "kiki-dbus-gateway.service": 2.5,
+    "kiki-updater.service": 4.0,
+}
+
+
+class Machine:
+    """A booted container, driven with nsenter (there is no machined registration)."""
+
+    def __init__(self, nspawn: subprocess.Popen[bytes], leader: int, log: Path) -> None:
+        self.nspawn = nspawn
+        self.leader = leader
+        self.log = log
+
+    def run(
+        self, *cmd: str, check: bool = True, timeout: float = 120, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        prefix = ["nsenter", "-t", str(self.leader), "-m", "-u", "-i", "-n", "-p", "--"]
+        if env:
+            prefix += ["env", *(f"{k}={v}" for k, v in env.items())]
+        result = subprocess.run(
+            [*prefix, *cmd], capture_output=True, text=True, timeout=timeout, check=False
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"{' '.join(cmd)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+            )
+        return result
+
+    def systemctl(self, *args: str, check: bool = True) -> str:
+        return self.run("systemctl", *args, check=check).stdout.strip()
+
+    def prop(self, unit: str, name: str) -> str:
+        return self.systemctl("show", "-p", name, "--value", unit)
+
+    def wait_for(self, what: str, predicate: object, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():  # type: ignore[operator]
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def _leader(nspawn_pid: int, timeout: float = 30) -> int:
+    """The host pid of the container's systemd (the child of systemd-nspawn)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        children = Path(f"/proc/{nspawn_pid}/task/{nspawn_pid}/children")
+        if children.exists():
+            for pid in children.read_text().split():
+                if Path(f"/proc/{pid}/comm").read_text().strip() == "systemd":
+                    return int(pid)
+        time.sleep(0.1)
+    raise AssertionError("systemd-nspawn did not start the container's systemd")
+
+
+@pytest.fixture(scope="module")
+def machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
+    missing = [t for t in ("systemd-nspawn", "nsenter") if shutil.which(t) is None]
+    if missing:
+        pytest.fail(
+            f"{', '.join(missing)} not installed: apt-get install systemd-container "
+            "(scripts/install-test-deps does)"
+        )
+    if os.geteuid() != 0:
+        pytest.fail("the system tier boots a container and needs root")
+    work = tmp_path_factory.mktemp("system")
+    wheels = work / "wheelhouse"
+    uv = REPO / ".tools" / "bin" / "uv"
+    env = dict(os.environ, UV=str(uv if uv.exists() else shutil.which("uv") or "uv"))
+    subprocess.run(
+        [str(REPO / "image" / "build-wheelhouse.sh"), str(wheels)], env=env, check=True, timeout=600
+    )
+    log = work / "nspawn.log"
+    name = f"kiki-test-{os.getpid()}"
+    with log.open("wb") as out:
+        nspawn = subprocess.Popen(
+            [
+                "systemd-nspawn",
+                "--quiet",
+                "--directory=/",
+                "--volatile=yes",
+                "--overlay=/usr::/usr",
+                "--boot",
+                "--register=no",
+                "--keep-unit",
+                f"--machine={name}",
+                "--bind-ro=/dev/null:/etc/systemd/system/systemd-firstboot.service",
+                # The volatile root has an empty /etc; user@.service needs the PAM stack.
+                "--bind-ro=/etc/pam.d",
+                "--bind-ro=/etc/security",
+                f"--bind-ro={REPO}:/src",
+                f"--bind-ro={wheels}:/wheelhouse",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        m = Machine(nspawn, _leader(nspawn.pid), log)
+        # systemctl cannot connect until the container's systemd has its private socket.
+        deadline = time.monotonic() + 120
+        while True:
+            state = m.run("systemctl", "is-system-running", "--wait", check=False, timeout=120)
+            if state.stdout.strip() in ("running", "degraded"):
+                break
+            assert time.monotonic() < deadline, state.stdout + state.stderr + log.read_text()
+            time.sleep(0.2)
+        m.run("/src/image/install.sh", "/src", "/wheelhouse", timeout=600)
+        m.run("systemd-sysusers")
+        m.run("systemd-tmpfiles", "--create", "/usr/lib/tmpfiles.d/kiki.conf")
+        m.systemctl("daemon-reload")
+        m.systemctl("start", "kiki.target")
+        yield m
+    finally:
+        nspawn.send_signal(signal.SIGTERM)  # nspawn asks the container's systemd to power off
+        try:
+            nspawn.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            nspawn.kill()
+            nspawn.wait(timeout=30)
+
+
+def test_every_socket_listens(machine: Machine) -> None:
+    for name in SYSTEM_SERVICES:
+        assert machine.systemctl("is-active", f"kiki-{name}.socket") == "active"
+    for sock in ("tools", "a11y", "sensors", "updater"):
+        machine.run("test", "-S", f"/run/kiki/{sock}.sock")
+    mode = machine.run("stat", "-c", "%a %G", "/run/kiki/tools.sock").stdout.split()
+    assert mode == ["660", "kiki"]
+
+
+def test_first_connection_starts_each_service_and_all_become_ready(machine: Machine) -> None:
+    for name in SYSTEM_SERVICES:
+        assert machine.systemctl("is-active", f"kiki-{name}.service", check=False) != "active", (
+            f"kiki-{name}.service ran before anyone connected"
+        )
+    # Five Python services starting at once on two cores: allow a cold start its time.
+    report = machine.run(
+        "/usr/bin/kiki",
+        "status",
+        "--json",
+        "--timeout",
+        "60",
+        *SYSTEM_SERVICES,
+        check=False,
+        timeout=120,
+    )
+    journal = machine.run(
+        "journalctl", "--no-pager", "-n", "80", "-u", "kiki-*", check=False
+    ).stdout
+    assert report.stdout.startswith("{"), report.stderr + journal
+    results = json.loads(report.stdout)
+    for name in SYSTEM_SERVICES:
+        journal = machine.run(
+            "journalctl", "--no-pager", "-n", "30", "-u", f"kiki-{name}*", check=False
+        ).stdout
+        assert results[name]["ok"], (name, results[name], journal)
+        assert results[name]["info"]["status"] == "ready"
+        unit = f"kiki-{name}.service"
+        assert machine.systemctl("is-active", unit) == "active"
+        # Type=notify: active means READY=1 arrived; the pid answering is the unit's main pid.
+        assert int(machine.prop(unit, "MainPID")) == results[name]["info"]["pid"]
+        # Each took its listening socket from systemd rather than binding one itself.
+        assert "(activated)" in machine.prop(unit, "StatusText"), machine.prop(unit, "StatusText")
+
+
+def test_stop_is_clean(machine: Machine) -> None:
+    machine.run("/usr/bin/kiki", "status", "a11y-server", check=False)
+    unit = "kiki-a11y-server.service"
+    machine.wait_for(
+        "a11y-server active", lambda: machine.systemctl("is-active", unit, check=False) == "active"
+    )
+    machine.systemctl("stop", unit)
+    assert machine.prop(unit, "Result") == "success"
+    assert machine.prop(unit, "ExecMainStatus") == "0"
+    # The socket stays, so the next connection brings the service back.
+    assert machine.systemctl("is-active", "kiki-a11y-server.socket") == "active"
+    assert machine.run("/usr/bin/kiki", "status", "a11y-server", check=False).returncode == 0
+
+
+def test_a_killed_service_is_restarted(machine: Machine) -> None:
+    unit = "kiki-tool-broker.service"
+    machine.run("/usr/bin/kiki", "status", "tool-broker", check=False)
+    machine.wait_for(
+        "tool-broker active", lambda: machine.systemctl("is-active", unit, check=False) == "active"
+    )
+    before = int(machine.prop(unit, "MainPID"))
+    restarts = int(machine.prop(unit, "NRestarts"))
+    machine.systemctl("kill", "--signal=KILL", unit)
+
+    def back() -> bool:
+        pid = int(machine.prop(unit, "MainPID") or 0)
+        return (
+            machine.systemctl("is-active", unit, check=False) == "active"
+            and pid not in (0, before)
+            and int(machine.prop(unit, "NRestarts")) > restarts
+        )
+
+    machine.wait_for("tool-broker restarted", back)
+    assert machine.run("/usr/bin/kiki", "status", "tool-broker", check=False).returncode == 0
+
+
+def test_dbus_gateway_as_a_user_unit(machine: Machine) -> None:
+    machine.systemctl("start", "user@0.service")
+    env = {
+        "XDG_RUNTIME_DIR": "/run/user/0",
+        "DBUS_SESSION_BUS_ADDRESS": "unix:path=/run/user/0/bus",
+    }
+    machine.run("systemctl", "--user", "start", "kiki-dbus-gateway.service", env=env)
+    assert (
+        machine.run(
+            "systemctl", "--user", "is-active", "kiki-dbus-gateway.service", env=env
+        ).stdout.strip()
+        == "active"
+    )
+    reply = machine.run(
+        "busctl",
+        "--user",
+        "call",
+        "dev.kiki.Gateway",
+        "/dev/kiki/Gateway",
+        "dev.kiki.Service1",
+        "GetInfo",
+        env=env,
+    ).stdout
+    assert '"name" s "dbus-gateway"' in reply
+    status = machine.run("/usr/bin/kiki", "status", "--json", "dbus-gateway", env=env)
+    assert json.loads(status.stdout)["dbus-gateway"]["ok"] is True
+
+
+def test_security_exposure_within_budget() -> None:
+    units = [
+        *sorted((REPO / "units").glob("*.service")),
+        *sorted((REPO / "units" / "user").glob("*.service")),
+    ]
+    scores = {}
+    for unit in units:
+        out = subprocess.run(
+            ["systemd-analyze", "security", "--offline=true", str(unit)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        ).stdout
+        match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", out)
+        assert match, out
+        scores[unit.name] = float(match.group(1))
+    build = REPO / "build"
+    build.mkdir(exist_ok=True)
+    (build / "security.json").write_text(json.dumps(scores, indent=2) + "\n")
+    print("systemd-analyze security --offline=true:", json.dumps(scores))
+    for name, limit in THRESHOLDS.items():
+        assert scores[name] <= limit, f"{name}: exposure {scores[name]} > {limit}"
