@@ -34,8 +34,8 @@ test-deps:
 # The whole test suite: unit, integration, real systemd and interop tiers, then lint and gen check
 test *ARGS: sync test-deps
     {{venv}}/bin/pytest {{ARGS}}
-    just lint
-    just gen-check
+    {{just_executable()}} lint
+    {{just_executable()}} gen-check
 
 # Only the fast tiers (no booted systemd, no third-party peers)
 test-fast *ARGS: sync
@@ -55,6 +55,7 @@ lint: sync
     {{venv}}/bin/ruff check .
     {{venv}}/bin/ruff format --check .
     {{venv}}/bin/mypy libkiki/src services/*/src tests
+    shellcheck dev .ci/run scripts/* image/*.sh
 
 # Format the code
 fmt: sync
