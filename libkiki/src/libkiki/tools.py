@@ -183,7 +183,12 @@ class ToolProvider:
             is_async: bool = inspect.iscoroutinefunction(func)  # no narrowing of F
             if not is_async:
                 raise TypeError(f"tool {nsid}: {func.__name__} must be an async function")
-            hints = get_type_hints(func)
+            try:
+                hints = get_type_hints(func)
+            except NameError as exc:
+                raise TypeError(
+                    f"tool {nsid}: cannot resolve the type hints of {func.__name__}: {exc}"
+                ) from None
             params = list(inspect.signature(func).parameters)
             first = hints.get(params[0]) if params else None
             model = (
