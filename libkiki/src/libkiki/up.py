@@ -373,6 +373,23 @@ class Supervisor:
         tmp.write_bytes(orjson.dumps(self.state(), option=orjson.OPT_INDENT_2))
         tmp.replace(path)
 
+    def try_this(self) -> str:
+        """What to do next, with the environment this constellation needs."""
+        env = f"KIKI_RUNTIME_DIR={self.config.runtime_dir}"
+        lines = [
+            "in another terminal, try:",
+            f"  {env} kiki status",
+            f"  {env} kiki tools list",
+            f"  {env} kiki tools call dev.kiki.tools.listProviders",
+            f"  {env} kiki tools log --verify",
+        ]
+        if self.bus_address:
+            lines.append(
+                f"  DBUS_SESSION_BUS_ADDRESS={self.bus_address} busctl --user call "
+                "dev.kiki.Gateway /dev/kiki/Gateway dev.kiki.Service1 GetInfo"
+            )
+        return "\n".join(lines)
+
     def table(self) -> str:
         rows = [("SERVICE", "PID", "STATE", "LISTENS ON", "STATUS")]
         for c in self.children:
@@ -410,6 +427,7 @@ class Supervisor:
                     self._write_state()
                     self._say(self.table())
                     self._say(f"all {len(self.children)} services ready; Ctrl-C stops them")
+                    self._say(self.try_this())
                 await self._stop.wait()
                 self._say("stopping")
                 for child in reversed(self.children):
