@@ -375,13 +375,16 @@ class Supervisor:
 
     def try_this(self) -> str:
         """What to do next, with the environment this constellation needs."""
+        kiki = self._bin_dir / "kiki"
+        if not kiki.exists():
+            kiki = Path("kiki")
         env = f"KIKI_RUNTIME_DIR={self.config.runtime_dir}"
         lines = [
             "in another terminal, try:",
-            f"  {env} kiki status",
-            f"  {env} kiki tools list",
-            f"  {env} kiki tools call dev.kiki.tools.listProviders",
-            f"  {env} kiki tools log --verify",
+            f"  {env} {kiki} status",
+            f"  {env} {kiki} tools list",
+            f"  {env} {kiki} tools call dev.kiki.tools.listProviders",
+            f"  {env} {kiki} tools log --verify",
         ]
         if self.bus_address:
             lines.append(
