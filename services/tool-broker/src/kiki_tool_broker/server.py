@@ -210,7 +210,11 @@ class Broker:
                 raise InvalidParams(f"unknown tool: {name}", data={"name": name}) from None
             if not isinstance(arguments, dict):
                 raise InvalidParams("arguments must be an object")
-            caller = Caller.of(request.peer)
+            caller = request.connection.state.get("caller")
+            if caller is None:
+                # A peer's credentials are fixed when it connects (SO_PEERCRED), so its groups
+                # are read from /proc once per connection, not on every call.
+                caller = request.connection.state["caller"] = Caller.of(request.peer)
             allowed, reason = self.policy.allows(caller, name, tool.kind, [tool.provider.cred.uid])
             if not allowed:
                 raise PermissionDenied(f"{request.peer.describe()} may not call {name}: {reason}")
