@@ -123,6 +123,30 @@ def test_up_status_restart_and_clean_stop(
         assert entry["info"]["name"] == name
         assert entry["info"]["pid"] == state["services"][name]["pid"]
 
+    # The demo provider's tools are on the broker and answer.
+    def demo_echo() -> dict[str, Any] | None:
+        result = subprocess.run(
+            [
+                str(VENV_BIN / "kiki"),
+                "tools",
+                "--socket",
+                str(sockdir / "tools.sock"),
+                "call",
+                "dev.kiki.demo.echo",
+                "text=hello",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        return json.loads(result.stdout) if result.returncode == 0 else None
+
+    echoed = wait_until(demo_echo, 60, "the demo provider's echo tool")
+    assert echoed["text"] == "hello"
+    assert echoed["caller"]["uid"] == os.getuid()
+
     # A crashed service is restarted and becomes ready again.
     victim = state["services"]["tool-broker"]["pid"]
     os.kill(victim, signal.SIGKILL)
@@ -143,6 +167,7 @@ def test_up_status_restart_and_clean_stop(
     assert proc.wait(timeout=60) == 0
     output = proc.stdout.read()
     assert "all 6 services ready" in output
+    assert "started the demo provider" in output
     assert "tool-broker exited with status -9; restarting" in output
     for pid in pids:
         with pytest.raises(ProcessLookupError):

@@ -64,6 +64,8 @@ class UpConfig:
     stable_after: float = 30.0
     bin_dir: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    # Start the demo tool provider (libkiki.demo) once the broker is ready.
+    demo: bool = True
 
 
 @dataclass(eq=False)
@@ -277,7 +279,10 @@ class Supervisor:
                 child.state = "reloading"
 
     async def _pipe_logs(self, child: Child, stream: asyncio.StreamReader) -> None:
-        prefix = f"[{child.spec.name}] "
+        await self._pipe_lines(child.spec.name, stream)
+
+    async def _pipe_lines(self, name: str, stream: asyncio.StreamReader) -> None:
+        prefix = f"[{name}] "
         while line := await stream.readline():
             sys.stderr.write(prefix + line.decode(errors="replace"))
             sys.stderr.flush()
@@ -383,6 +388,7 @@ class Supervisor:
             "in another terminal, try:",
             f"  {env} {kiki} status",
             f"  {env} {kiki} tools list",
+            f"  {env} {kiki} tools call dev.kiki.demo.echo text=hello",
             f"  {env} {kiki} tools call dev.kiki.tools.listProviders",
             f"  {env} {kiki} tools log --verify",
         ]
@@ -426,13 +432,18 @@ class Supervisor:
                 for child in self.children:
                     tg.create_task(self._keep_running(child))
                     await self._await_ready(child)
+                demo = None
                 if not self._stop.is_set():
                     self._write_state()
                     self._say(self.table())
                     self._say(f"all {len(self.children)} services ready; Ctrl-C stops them")
+                    demo = await self._start_demo(tg)
                     self._say(self.try_this())
                 await self._stop.wait()
                 self._say("stopping")
+                if demo is not None and demo.returncode is None:
+                    demo.terminate()
+                    await demo.wait()
                 for child in reversed(self.children):
                     await self._stop_child(child)
             return 0
@@ -466,6 +477,27 @@ class Supervisor:
                 f"  {child.spec.name:<17} not ready after {self.config.ready_timeout:.0f}s "
                 "(still trying; see its log lines above)"
             )
+
+    async def _start_demo(self, tg: asyncio.TaskGroup) -> asyncio.subprocess.Process | None:
+        broker = next((c for c in self.children if c.spec.name == "tool-broker"), None)
+        if not self.config.demo or broker is None or broker.address is None:
+            return None
+        env = dict(os.environ, KIKI_RUNTIME_DIR=str(self.config.runtime_dir))
+        demo = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "libkiki.demo",
+            "--socket",
+            broker.address,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            preexec_fn=_die_with_parent,
+        )
+        assert demo.stderr is not None
+        tg.create_task(self._pipe_lines("demo", demo.stderr))
+        self._say("started the demo provider (dev.kiki.demo.echo, dev.kiki.demo.now)")
+        return demo
 
     async def _stop_bus(self) -> None:
         if self._bus_process is not None and self._bus_process.returncode is None:

@@ -54,6 +54,9 @@ def register(sub: Any) -> None:
         default=20.0,
         help="WATCHDOG_USEC given to services, in seconds (default: %(default)s)",
     )
+    p.add_argument(
+        "--no-demo", dest="demo", action="store_false", help="do not start the demo tool provider"
+    )
     p.set_defaults(func=run)
 
 
@@ -71,5 +74,6 @@ def run(args: argparse.Namespace) -> int:
         services=services,
         ready_timeout=args.ready_timeout,
         watchdog_sec=args.watchdog,
+        demo=args.demo,
     )
     return asyncio.run(Supervisor(config).run())
