@@ -9,6 +9,7 @@ tools at once.
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -144,5 +145,4 @@ def caller_view(cred: PeerCred) -> dict[str, Any]:
 
 
 def _duplicates(names: list[str]) -> set[str]:
-    seen: set[str] = set()
-    return {n for n in names if n in seen or seen.add(n)}  # type: ignore[func-returns-value]
+    return {n for n, count in Counter(names).items() if count > 1}

@@ -12,6 +12,7 @@ providers, who may send their own with a registration; those live as long as the
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -38,6 +39,8 @@ from libkiki.lexicon.model import (
     UnknownType,
 )
 from libkiki.lexicon.registry import Registry
+
+log = logging.getLogger(__name__)
 
 Kind = Literal["query", "procedure"]
 JSON = dict[str, Any]
@@ -93,9 +96,7 @@ class Catalog:
         registry, errors = Registry.from_search_path()
         for error in errors:
             # A broken lexicon only disables the tools that need it; the broker still starts.
-            import logging
-
-            logging.getLogger(__name__).warning("lexicon skipped: %s", error)
+            log.warning("lexicon skipped: %s", error)
         return cls(registry)
 
     def add_documents(self, docs: Iterable[Any], *, owner: int) -> None:

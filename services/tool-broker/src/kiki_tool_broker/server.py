@@ -14,6 +14,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from kiki_tool_broker import protocol as mcp
@@ -68,7 +69,8 @@ class Broker:
         self.policy = policy
         self.audit = audit
         self.registry = ToolRegistry()
-        self.listeners: set[Connection] = set()  # connections told about list changes
+        # Connections that did the initialize handshake: they get list_changed notifications.
+        self.list_watchers: set[Connection] = set()
         self.changed = asyncio.Event()
         me = PeerCred(pid=os.getpid(), uid=os.getuid(), gid=os.getgid(), app_id="kiki-tool-broker")
         self.self_provider = Provider("kiki-tool-broker", me)
@@ -100,7 +102,7 @@ class Broker:
         capabilities: dict[str, Any] | None = None,
         clientInfo: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        self.listeners.add(request.connection)
+        self.list_watchers.add(request.connection)
         return mcp.initialize_result(protocolVersion, self.ctx.version, INSTRUCTIONS)
 
     async def initialized(self, request: RequestContext) -> None:
@@ -169,7 +171,7 @@ class Broker:
         )
 
     async def connection_lost(self, conn: Connection) -> None:
-        self.listeners.discard(conn)
+        self.list_watchers.discard(conn)
         provider = conn.state.get("provider")
         if isinstance(provider, Provider):
             gone = self.registry.remove_provider(provider)
@@ -183,14 +185,14 @@ class Broker:
         while True:
             await self.changed.wait()
             self.changed.clear()
-            for conn in list(self.listeners):
+            for conn in list(self.list_watchers):
                 try:
                     async with asyncio.timeout(1):
                         await conn.notify(mcp.LIST_CHANGED)
                 except (KikiError, TimeoutError, OSError):
                     # A listener that cannot take a notification within a second is not worth
                     # holding everyone else up for; it can still ask tools/list.
-                    self.listeners.discard(conn)
+                    self.list_watchers.discard(conn)
 
     # -- calls -------------------------------------------------------------------------------
 
@@ -336,11 +338,9 @@ def _outcome(exc: KikiError) -> str:
 @contextlib.asynccontextmanager
 async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
     config: BrokerConfig = ctx.config
-    policy_path = config_dir() / "tool-policy.toml"
-    if config.policy_file:
-        from pathlib import Path
-
-        policy_path = Path(config.policy_file)
+    policy_path = (
+        Path(config.policy_file) if config.policy_file else (config_dir() / "tool-policy.toml")
+    )
     policy = Policy.load(policy_path)
     catalog = Catalog.load()
     audit = AuditLog(state_dir())
