@@ -182,7 +182,7 @@ def test_status_reports_services_that_are_down(sockdir: Path, service_env: dict[
     report = json.loads(result.stdout)
     assert report["tool-broker"]["ok"] is False
     assert report["tool-broker"]["error"]["type"] == "Unavailable"
-    assert "does not exist" in report["tool-broker"]["error"]["message"]
+    assert "No such file or directory" in report["tool-broker"]["error"]["message"]
 
 
 def test_up_refuses_when_another_instance_holds_the_sockets(

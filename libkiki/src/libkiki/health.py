@@ -32,6 +32,7 @@ from libkiki.constellation import (
 )
 from libkiki.errors import KikiError, PeerGone, ProtocolError, Timeout, Unavailable, error_for_code
 from libkiki.framing import FrameDecoder, Oversized, encode_frame
+from libkiki.rpc import connect_unix
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,24 +56,8 @@ async def _unix(path: Path) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
 async def jsonrpc_info(path: Path) -> dict[str, Any]:
-    reader, writer = await _unix(path)
-    try:
-        writer.write(orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": GET_INFO}) + b"\n")
-        await writer.drain()
-        line = await reader.readline()
-    finally:
-        writer.close()
-    if not line:
-        raise PeerGone("the service closed the connection without answering")
-    try:
-        reply = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        raise ProtocolError("the service answered with malformed JSON") from None
-    if not isinstance(reply, dict):
-        raise ProtocolError("the service answered with something other than a JSON object")
-    if isinstance(error := reply.get("error"), dict):
-        raise error_for_code(int(error.get("code", -32603)), str(error.get("message", "")))
-    result = reply.get("result")
+    async with connect_unix(path) as conn:
+        result = await conn.request(GET_INFO)
     if not isinstance(result, dict):
         raise ProtocolError("the service's answer has no result object")
     return result
