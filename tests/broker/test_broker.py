@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -392,3 +393,38 @@ async def test_in_flight_limit_answers_the_offender_only(broker: Broker) -> None
         assert codes.count(-32005) == 4  # max_in_flight is 8 in this broker
         async with ToolClient(path) as client:
             assert (await client.call(ECHO, {"text": "ok"}))["text"] == "ok"
+
+
+async def test_sighup_reloads_the_policy(sockdir: Path, spawn_service: Any) -> None:
+    policy = sockdir / "etc" / "tool-policy.toml"
+    policy.parent.mkdir()
+    policy.write_text(
+        f'[[deny]]\nprincipals = ["uid:{os.getuid()}"]\ntools = ["dev.kiki.tools.*"]\n'
+    )
+    proc, notes = spawn_service("tool-broker")
+    notes.wait_for("READY")
+    path = sockdir / "tools.sock"
+    async with asyncio.timeout(20), ToolClient(path) as client:
+        with pytest.raises(PermissionDenied):
+            await client.call("dev.kiki.tools.listProviders")
+    policy.write_text("")  # back to the defaults
+    proc.send_signal(signal.SIGHUP)
+    notes.wait_for("RELOADING")
+    notes.wait_for("READY")
+    async with asyncio.timeout(20), ToolClient(path) as client:
+        assert "providers" in await client.call("dev.kiki.tools.listProviders")
+    # A broken file on reload keeps the policy in force and the broker running.
+    policy.write_text("[[deny]\n")
+    proc.send_signal(signal.SIGHUP)
+    notes.wait_for("RELOADING")
+    notes.wait_for("READY")
+    async with asyncio.timeout(20), ToolClient(path) as client:
+        assert "providers" in await client.call("dev.kiki.tools.listProviders")
+    proc.terminate()
+    assert proc.wait(timeout=30) == 0
+
+
+def test_bad_configuration_exits_78_naming_the_field(spawn_service: Any) -> None:
+    proc, _ = spawn_service("tool-broker", extra_env={"KIKI_TOOL_BROKER_CALL_TIMEOUT": "soon"})
+    assert proc.wait(timeout=30) == 78
+    assert b"call_timeout" in proc.stderr.read()
