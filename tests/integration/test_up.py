@@ -228,3 +228,52 @@ def test_services_do_not_outlive_a_killed_supervisor(constellation: tuple[Any, P
         return True
 
     wait_until(all_gone, 30, "every service to exit after its supervisor died")
+
+
+def test_a_hung_service_is_restarted_by_the_watchdog(
+    sockdir: Path, service_env: dict[str, str]
+) -> None:
+    proc = subprocess.Popen(
+        [
+            str(VENV_BIN / "kiki"),
+            "up",
+            "a11y-server",
+            "--runtime-dir",
+            str(sockdir),
+            "--state-dir",
+            str(sockdir / "state"),
+            "--watchdog",
+            "2",
+            "--no-demo",
+        ],
+        env=service_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+
+        def ready() -> dict[str, Any] | None:
+            state = read_state(sockdir)
+            if state and state["services"]["a11y-server"]["state"] == "ready":
+                return state
+            return None
+
+        hung = wait_until(ready, 60, "a11y-server ready")["services"]["a11y-server"]["pid"]
+        os.kill(hung, signal.SIGSTOP)  # alive, but no more WATCHDOG=1
+
+        def replaced() -> bool:
+            state = read_state(sockdir)
+            service = state["services"]["a11y-server"] if state else {}
+            return service.get("pid") not in (None, hung) and service.get("state") == "ready"
+
+        wait_until(replaced, 60, "the hung a11y-server replaced")
+        with pytest.raises(ProcessLookupError):
+            os.kill(hung, 0)
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=60) == 0
+        assert proc.stdout is not None
+        output = proc.stdout.read()
+        proc.stdout.close()
+    assert "a11y-server missed its watchdog (2s) and was aborted" in output

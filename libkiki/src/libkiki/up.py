@@ -298,10 +298,17 @@ class Supervisor:
             except TimeoutError:
                 pass
             if child.state != "stopping" and time.monotonic() - child.last_ping > watchdog:
-                # What systemd does on a watchdog timeout: SIGABRT (a core, if enabled), restart.
+                # What systemd does on a watchdog timeout: SIGABRT (a core, if enabled), then
+                # SIGKILL if that does not end it (a stopped or wedged process ignores it).
                 with contextlib.suppress(ProcessLookupError):
                     process.send_signal(signal.SIGABRT)
-                await process.wait()
+                try:
+                    async with asyncio.timeout(self.config.stop_timeout):
+                        await process.wait()
+                except TimeoutError:
+                    with contextlib.suppress(ProcessLookupError):
+                        process.kill()
+                    await process.wait()
                 return f"missed its watchdog ({watchdog:.0f}s) and was aborted"
 
     async def _keep_running(self, child: Child) -> None:
