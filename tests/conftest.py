@@ -15,7 +15,7 @@ from kikitest import VENV_BIN
 
 # Fixtures that live beside the tests that use them, registered here so that no directory needs
 # a conftest.py of its own (mypy checks tests/ and would see several modules named conftest).
-pytest_plugins = ["broker_fixtures", "lexicon_fixtures"]
+pytest_plugins = ["broker_fixtures", "lexicon_fixtures", "a11y_fixtures", "sensor_fixtures"]
 
 
 @pytest.fixture
