@@ -1,25 +1,108 @@
 """Messages on ``a11y.sock``: FlatBuffers ``kiki.a11y.Message`` roots (schemas/a11y.fbs).
 
 This module turns frames (the bytes after the size prefix, see :mod:`libkiki.framing`) into
-typed, immutable messages and back. Python's flatbuffers runtime does not verify buffers, so
-decoding checks the file identifier and every offset it follows against the buffer's bounds and
-turns any inconsistency into :class:`~libkiki.errors.InvalidFrame`; a corrupted frame never
-becomes a half-read message.
+typed, immutable messages and back. Decoding runs the schema-driven verifier of
+:mod:`libkiki.a11y.flat`: every offset, vtable, vector and string is checked against the buffer,
+strings must be UTF-8, enums and union types must be declared, nesting and node counts are
+bounded; anything else is :class:`~libkiki.errors.InvalidFrame`. A corrupted frame never becomes
+a half-read message.
+
+Every message dataclass starts with ``request_id`` (the envelope's), then the fields of its
+table in schema order. Tree data uses named tuples (:class:`Node`, :class:`App`) because a
+snapshot holds thousands of them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, NamedTuple
 
-import flatbuffers
-
-from libkiki._generated import a11y_generated as fb
+from libkiki.a11y.flat import Chunk, Limits, Reader, Writer
+from libkiki.a11y.schema import ACTIONS, CAUSES, FILE_IDENTIFIER, ROLES, SCHEMA, STATES
 from libkiki.errors import InvalidFrame
 
-FILE_IDENTIFIER = b"KA11"
+__all__ = [
+    "FILE_IDENTIFIER",
+    "PROTOCOL_VERSION",
+    "Ack",
+    "ActionRequest",
+    "ActionResult",
+    "App",
+    "Error",
+    "GetInfo",
+    "Hello",
+    "Info",
+    "Message",
+    "Node",
+    "Query",
+    "QueryResult",
+    "Resync",
+    "Snapshot",
+    "Subscribe",
+    "TreeGone",
+    "TreeUpdate",
+    "decode",
+    "encode",
+]
+
 PROTOCOL_VERSION = 1
+
+ROLE_NAMES = {v: k for k, v in ROLES.items()}
+ACTION_NAMES = {v: k for k, v in ACTIONS.items()}
+CAUSE_NAMES = {v: k for k, v in CAUSES.items()}
+STATE_BITS = dict(STATES)
+
+
+def state_names(states: int) -> list[str]:
+    return [name for name, bit in STATE_BITS.items() if states & bit]
+
+
+def states_of(*names: str) -> int:
+    bits = 0
+    for name in names:
+        try:
+            bits |= STATE_BITS[name]
+        except KeyError:
+            raise ValueError(f"unknown state {name!r}") from None
+    return bits
+
+
+class Rect(NamedTuple):
+    x: int
+    y: int
+    width: int
+    height: int
+
+
+class Node(NamedTuple):
+    id: int
+    role: int = 0
+    name: str = ""
+    description: str = ""
+    value: str = ""
+    states: int = 0
+    bounds: tuple[int, int, int, int] | None = None
+    actions: tuple[int, ...] = ()
+    children: tuple[int, ...] = ()
+    tree_id: int = 0
+
+
+class App(NamedTuple):
+    tree_id: int
+    app_id: str = ""
+    pid: int = 0
+    uid: int = 0
+    unit: str = ""
+    label: str = ""
+
+
+class Counter(NamedTuple):
+    name: str
+    value: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,131 +146,214 @@ class Error:
     message: str
 
 
-Message = Hello | GetInfo | Info | Error
+@dataclass(frozen=True, slots=True)
+class TreeUpdate:
+    request_id: int = 0
+    tree_id: int = 0
+    seq: int = 0
+    base_seq: int = 0
+    node_id_to_clear: int = 0
+    root_id: int = 0
+    nodes: tuple[Node, ...] = ()
+    removed: tuple[int, ...] = ()
+    cause: int = 0
+    app: App | None = None
 
 
-def _finish(builder: flatbuffers.Builder, request_id: int, body_type: int, body: int) -> bytes:
-    fb.MessageStart(builder)
-    fb.MessageAddRequestId(builder, request_id)
-    fb.MessageAddBodyType(builder, body_type)
-    fb.MessageAddBody(builder, body)
-    builder.Finish(fb.MessageEnd(builder), FILE_IDENTIFIER)
-    return bytes(builder.Output())
+@dataclass(frozen=True, slots=True)
+class Ack:
+    request_id: int
+    tree_id: int
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    request_id: int = 0
+    apps: tuple[str, ...] = ()
+    tree_id: int = 0
+    root_id: int = 0
+    roles: tuple[int, ...] = ()
+    max_depth: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    request_id: int
+    trees: tuple[TreeUpdate, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TreeGone:
+    request_id: int
+    tree_id: int
+    app: App | None
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    request_id: int = 0
+    tree_id: int = 0
+    app_id: str = ""
+    role: int = 0
+    name: str = ""
+    text: str = ""
+    states: int = 0
+    limit: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class QueryResult:
+    request_id: int
+    nodes: tuple[Node, ...]
+    total: int
+
+
+@dataclass(frozen=True, slots=True)
+class ActionRequest:
+    request_id: int
+    tree_id: int
+    node_id: int
+    action: int
+    value: str = ""
+    timeout_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ActionResult:
+    request_id: int
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Resync:
+    request_id: int
+    tree_id: int = 0
+    reason: str = ""
+
+
+Message = (
+    Hello
+    | GetInfo
+    | Info
+    | Error
+    | TreeUpdate
+    | Ack
+    | Subscribe
+    | Snapshot
+    | TreeGone
+    | Query
+    | QueryResult
+    | ActionRequest
+    | ActionResult
+    | Resync
+)
+BODIES: tuple[type, ...] = (
+    Hello,
+    GetInfo,
+    Info,
+    Error,
+    TreeUpdate,
+    Ack,
+    Subscribe,
+    Snapshot,
+    TreeGone,
+    Query,
+    QueryResult,
+    ActionRequest,
+    ActionResult,
+    Resync,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Envelope:
+    request_id: int
+    body: Any
+
+
+class RawTreeUpdate(NamedTuple):
+    """A TreeUpdate whose nodes (and app) are already-encoded chunks: what the server splices."""
+
+    tree_id: int
+    seq: int
+    base_seq: int
+    node_id_to_clear: int
+    root_id: int
+    nodes: Sequence[Chunk]
+    removed: Sequence[int]
+    cause: int
+    app: Chunk | None
+
+
+@dataclass(frozen=True, slots=True)
+class RawSnapshot:
+    trees: Sequence[Chunk]
+
+
+@dataclass(frozen=True, slots=True)
+class RawQueryResult:
+    nodes: Sequence[Chunk]
+    total: int
+
+
+def _bind() -> None:
+    for tuple_cls in (Node, App, Counter):
+        SCHEMA.bind(tuple_cls.__name__, tuple_cls)
+    for body in BODIES:
+        names = [f.name for f in dataclasses.fields(body)][1:]
+        SCHEMA.bind(body.__name__, body, make=partial(body, 0), names=names)
+    SCHEMA.bind("Message", _Envelope, make=_open_envelope)
+    SCHEMA.bind("TreeUpdate", RawTreeUpdate, encode_only=True)
+    SCHEMA.bind("Snapshot", RawSnapshot, encode_only=True)
+    SCHEMA.bind("QueryResult", RawQueryResult, encode_only=True)
+
+
+def _open_envelope(request_id: int, body: Any) -> Message:
+    if body is None:
+        raise InvalidFrame("the message has no body (or one of an unknown type)")
+    if request_id:
+        body = dataclasses.replace(body, request_id=request_id)
+    return body  # type: ignore[no-any-return]
+
+
+_bind()
+_WRITER = Writer(SCHEMA)
+
+# Generous defaults for a client reading the server; the server passes its own limits.
+DEFAULT_LIMITS = Limits(max_depth=8, max_count={"Node": 1_000_000})
 
 
 def encode(message: Message) -> bytes:
     """The FlatBuffer for ``message`` (without the size prefix)."""
-    builder = flatbuffers.Builder(256)
-    match message:
-        case Hello(request_id, version, peer):
-            peer_off = builder.CreateString(peer)
-            fb.HelloStart(builder)
-            fb.HelloAddProtocolVersion(builder, version)
-            fb.HelloAddPeer(builder, peer_off)
-            return _finish(builder, request_id, fb.Body.Hello, fb.HelloEnd(builder))
-        case GetInfo(request_id):
-            fb.GetInfoStart(builder)
-            return _finish(builder, request_id, fb.Body.GetInfo, fb.GetInfoEnd(builder))
-        case Info():
-            counters = []
-            for name, value in message.counters:
-                name_off = builder.CreateString(name)
-                fb.CounterStart(builder)
-                fb.CounterAddName(builder, name_off)
-                fb.CounterAddValue(builder, value)
-                counters.append(fb.CounterEnd(builder))
-            fb.InfoStartCountersVector(builder, len(counters))
-            for off in reversed(counters):
-                builder.PrependUOffsetTRelative(off)
-            vec = builder.EndVector()
-            name_off = builder.CreateString(message.name)
-            version_off = builder.CreateString(message.version)
-            status_off = builder.CreateString(message.status)
-            fb.InfoStart(builder)
-            fb.InfoAddName(builder, name_off)
-            fb.InfoAddVersion(builder, version_off)
-            fb.InfoAddPid(builder, message.pid)
-            fb.InfoAddUptimeMs(builder, message.uptime_ms)
-            fb.InfoAddStatus(builder, status_off)
-            fb.InfoAddCounters(builder, vec)
-            return _finish(builder, message.request_id, fb.Body.Info, fb.InfoEnd(builder))
-        case Error(request_id, code, text):
-            text_off = builder.CreateString(text)
-            fb.ErrorStart(builder)
-            fb.ErrorAddCode(builder, code)
-            fb.ErrorAddMessage(builder, text_off)
-            return _finish(builder, request_id, fb.Body.Error, fb.ErrorEnd(builder))
-    raise TypeError(f"not an a11y message: {message!r}")
+    if not isinstance(message, BODIES):
+        raise TypeError(f"not an a11y message: {message!r}")
+    return _WRITER.finish(_Envelope(message.request_id, message))
 
 
-def _check_table(buf: bytes, pos: int) -> None:
-    """Bounds-check the table at ``pos`` and its vtable before the generated code reads it."""
-    if pos < 0 or pos + 4 > len(buf):
-        raise InvalidFrame("table offset out of bounds")
-    (soffset,) = struct.unpack_from("<i", buf, pos)
-    vt = pos - soffset
-    if vt < 0 or vt + 4 > len(buf):
-        raise InvalidFrame("vtable offset out of bounds")
-    vt_size, table_size = struct.unpack_from("<HH", buf, vt)
-    if vt_size < 4 or vt_size % 2 or vt + vt_size > len(buf) or pos + table_size > len(buf):
-        raise InvalidFrame("vtable or table size out of bounds")
-    for i in range(4, vt_size, 2):
-        (field_off,) = struct.unpack_from("<H", buf, vt + i)
-        if field_off >= max(table_size, 4):
-            raise InvalidFrame("field offset out of bounds")
+def encode_raw(request_id: int, body: RawTreeUpdate | RawSnapshot | RawQueryResult) -> bytes:
+    """A message whose body holds pre-encoded chunks (see :class:`RawTreeUpdate`)."""
+    return _WRITER.finish(_Envelope(request_id, body))
 
 
-def _string(table: Any, getter: str) -> str:
-    value = getattr(table, getter)()
-    return value.decode() if isinstance(value, bytes) else (value or "")
+def node_chunk(node: Node) -> Chunk:
+    return _WRITER.chunk(node)
 
 
-def decode(frame: bytes) -> Message:
-    """Parse one frame; raises :class:`InvalidFrame` for anything but a well-formed Message."""
-    if len(frame) < 8:
-        raise InvalidFrame(f"frame of {len(frame)} bytes is too short for a FlatBuffer")
-    if frame[4:8] != FILE_IDENTIFIER:
-        raise InvalidFrame(f"file identifier {frame[4:8]!r} is not {FILE_IDENTIFIER!r}")
-    (root,) = struct.unpack_from("<I", frame, 0)
-    _check_table(frame, root)
+def app_chunk(app: App) -> Chunk:
+    return _WRITER.chunk(app)
+
+
+def raw_tree_chunk(update: RawTreeUpdate) -> Chunk:
+    return _WRITER.chunk(update)
+
+
+def decode(frame: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
+    """Verify and parse one frame; :class:`InvalidFrame` for anything but a well-formed Message."""
     try:
-        msg = fb.Message.GetRootAs(frame, 0)
-        request_id = msg.RequestId()
-        kind = msg.BodyType()
-        body = msg.Body()
-        if body is not None:
-            _check_table(frame, body.Pos)
-        match kind:
-            case fb.Body.Hello if body is not None:
-                h = fb.Hello()
-                h.Init(body.Bytes, body.Pos)
-                return Hello(request_id, h.ProtocolVersion(), _string(h, "Peer"))
-            case fb.Body.GetInfo:
-                return GetInfo(request_id)
-            case fb.Body.Info if body is not None:
-                i = fb.Info()
-                i.Init(body.Bytes, body.Pos)
-                counters = []
-                for n in range(i.CountersLength()):
-                    c = i.Counters(n)
-                    if c is not None:
-                        _check_table(frame, c._tab.Pos)  # type: ignore[attr-defined]
-                        counters.append((_string(c, "Name"), c.Value()))
-                return Info(
-                    request_id,
-                    _string(i, "Name"),
-                    _string(i, "Version"),
-                    i.Pid(),
-                    i.UptimeMs(),
-                    _string(i, "Status"),
-                    tuple(counters),
-                )
-            case fb.Body.Error if body is not None:
-                e = fb.Error()
-                e.Init(body.Bytes, body.Pos)
-                return Error(request_id, e.Code(), _string(e, "Message"))
+        message: Message = Reader(SCHEMA, frame, limits).root()
     except InvalidFrame:
         raise
-    except (IndexError, struct.error, UnicodeDecodeError, ValueError) as exc:
+    except (IndexError, struct.error, ValueError, TypeError, RecursionError) as exc:
         raise InvalidFrame(f"corrupted FlatBuffer: {exc.__class__.__name__}") from exc
-    raise InvalidFrame(f"unknown or empty message body (type {kind})")
+    return message

@@ -10,12 +10,1219 @@ from flatbuffers.table import Table
 from typing import Optional
 np = import_numpy()
 
+class Role(object):
+    unknown = 0
+    application = 1
+    window = 2
+    dialog = 3
+    alert = 4
+    alertDialog = 5
+    button = 6
+    toggleButton = 7
+    checkBox = 8
+    radioButton = 9
+    switch = 10
+    comboBox = 11
+    textField = 12
+    searchBox = 13
+    spinButton = 14
+    slider = 15
+    progressBar = 16
+    scrollBar = 17
+    label = 18
+    heading = 19
+    paragraph = 20
+    link = 21
+    image = 22
+    list = 23
+    listItem = 24
+    listBox = 25
+    option = 26
+    menu = 27
+    menuBar = 28
+    menuItem = 29
+    menuItemCheckBox = 30
+    menuItemRadio = 31
+    tabList = 32
+    tab = 33
+    tabPanel = 34
+    table = 35
+    row = 36
+    cell = 37
+    columnHeader = 38
+    rowHeader = 39
+    tree = 40
+    treeItem = 41
+    toolBar = 42
+    statusBar = 43
+    tooltip = 44
+    separator = 45
+    group = 46
+    form = 47
+    region = 48
+    document = 49
+    article = 50
+    navigation = 51
+    search = 52
+    banner = 53
+    main = 54
+    frame = 55
+    pane = 56
+    generic = 57
+    terminal = 58
+    canvas = 59
+
+
+class State(object):
+    focused = 1
+    focusable = 2
+    selected = 4
+    selectable = 8
+    checked = 16
+    mixed = 32
+    pressed = 64
+    expanded = 128
+    collapsed = 256
+    disabled = 512
+    hidden = 1024
+    editable = 2048
+    readOnly = 4096
+    required = 8192
+    invalid = 16384
+    busy = 32768
+    modal = 65536
+    multiline = 131072
+    multiselectable = 262144
+    visited = 524288
+    offscreen = 1048576
+
+
+class Action(object):
+    none = 0
+    press = 1
+    focus = 2
+    setValue = 3
+    scrollIntoView = 4
+    scrollUp = 5
+    scrollDown = 6
+    select = 7
+    expand = 8
+    collapse = 9
+    increment = 10
+    decrement = 11
+    showMenu = 12
+    dismiss = 13
+
+
+class Cause(object):
+    unknown = 0
+    app = 1
+    user = 2
+    agent = 3
+
+
 class Body(object):
     NONE = 0
     Hello = 1
     GetInfo = 2
     Info = 3
     Error = 4
+    TreeUpdate = 5
+    Ack = 6
+    Subscribe = 7
+    Snapshot = 8
+    TreeGone = 9
+    Query = 10
+    QueryResult = 11
+    ActionRequest = 12
+    ActionResult = 13
+    Resync = 14
+
+
+class Rect(object):
+    __slots__ = ['_tab']
+
+    @classmethod
+    def SizeOf(cls) -> int:
+        return 16
+
+    # Rect
+    def Init(self, buf: bytes, pos: int):
+        self._tab = flatbuffers.table.Table(buf, pos)
+
+    # Rect
+    def X(self): return self._tab.Get(flatbuffers.number_types.Int32Flags, self._tab.Pos + flatbuffers.number_types.UOffsetTFlags.py_type(0))
+    # Rect
+    def Y(self): return self._tab.Get(flatbuffers.number_types.Int32Flags, self._tab.Pos + flatbuffers.number_types.UOffsetTFlags.py_type(4))
+    # Rect
+    def Width(self): return self._tab.Get(flatbuffers.number_types.Int32Flags, self._tab.Pos + flatbuffers.number_types.UOffsetTFlags.py_type(8))
+    # Rect
+    def Height(self): return self._tab.Get(flatbuffers.number_types.Int32Flags, self._tab.Pos + flatbuffers.number_types.UOffsetTFlags.py_type(12))
+
+def CreateRect(builder, x, y, width, height):
+    builder.Prep(4, 16)
+    builder.PrependInt32(height)
+    builder.PrependInt32(width)
+    builder.PrependInt32(y)
+    builder.PrependInt32(x)
+    return builder.Offset()
+
+
+class Node(object):
+    __slots__ = ['_tab']
+
+    @classmethod
+    def GetRootAs(cls, buf, offset: int = 0):
+        n = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, offset)
+        x = Node()
+        x.Init(buf, n + offset)
+        return x
+
+    @classmethod
+    def GetRootAsNode(cls, buf, offset=0):
+        """This method is deprecated. Please switch to GetRootAs."""
+        return cls.GetRootAs(buf, offset)
+    @classmethod
+    def NodeBufferHasIdentifier(cls, buf, offset, size_prefixed=False):
+        return flatbuffers.util.BufferHasIdentifier(buf, offset, b"\x4B\x41\x31\x31", size_prefixed=size_prefixed)
+
+    # Node
+    def Init(self, buf: bytes, pos: int):
+        self._tab = flatbuffers.table.Table(buf, pos)
+
+    # Node
+    def Id(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint32Flags, o + self._tab.Pos)
+        return 0
+
+    # Node
+    def Role(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint16Flags, o + self._tab.Pos)
+        return 0
+
+    # Node
+    def Name(self) -> Optional[str]:
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(8))
+        if o != 0:
+            return self._tab.String(o + self._tab.Pos)
+        return None
+
+    # Node
+    def Description(self) -> Optional[str]:
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(10))
+        if o != 0:
+            return self._tab.String(o + self._tab.Pos)
+        return None
+
+    # Node
+    def Value(self) -> Optional[str]:
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(12))
+        if o != 0:
+            return self._tab.String(o + self._tab.Pos)
+        return None
+
+    # Node
+    def States(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(14))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint32Flags, o + self._tab.Pos)
+        return 0
+
+    # Node
+    def Bounds(self) -> Optional[Rect]:
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(16))
+        if o != 0:
+            x = o + self._tab.Pos
+            obj = Rect()
+            obj.Init(self._tab.Bytes, x)
+            return obj
+        return None
+
+    # Node
+    def Actions(self, j: int):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(18))
+        if o != 0:
+            a = self._tab.Vector(o)
+            return self._tab.Get(flatbuffers.number_types.Uint8Flags, a + flatbuffers.number_types.UOffsetTFlags.py_type(j * 1))
+        return 0
+
+    # Node
+    def ActionsAsNumpy(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(18))
+        if o != 0:
+            return self._tab.GetVectorAsNumpy(flatbuffers.number_types.Uint8Flags, o)
+        return 0
+
+    # Node
+    def ActionsLength(self) -> int:
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(18))
+        if o != 0:
+            return self._tab.VectorLen(o)
+        return 0
+
+    # Node
+    def ActionsIsNone(self) -> bool:
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(18))
+        return o == 0
+
+    # Node
+    def Children(self, j: int):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(20))
+        if o != 0:
+            a = self._tab.Vector(o)
+            return self._tab.Get(flatbuffers.number_types.Uint32Flags, a + flatbuffers.number_types.UOffsetTFlags.py_type(j * 4))
+        return 0
+
+    # Node
+    def ChildrenAsNumpy(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(20))
+        if o != 0:
+            return self._tab.GetVectorAsNumpy(flatbuffers.number_types.Uint32Flags, o)
+        return 0
+
+    # Node
+    def ChildrenLength(self) -> int:
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(20))
+        if o != 0:
+            return self._tab.VectorLen(o)
+        return 0
+
+    # Node
+    def ChildrenIsNone(self) -> bool:
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(20))
+        return o == 0
+
+    # Node
+    def TreeId(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(22))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint32Flags, o + self._tab.Pos)
+        return 0
+
+def NodeStart(builder: flatbuffers.Builder):
+    builder.StartObject(10)
+
+def NodeAddId(builder: flatbuffers.Builder, id: int):
+    builder.PrependUint32Slot(0, id, 0)
+
+def NodeAddRole(builder: flatbuffers.Builder, role: int):
+    builder.PrependUint16Slot(1, role, 0)
+
+def NodeAddName(builder: flatbuffers.Builder, name: int):
+    builder.PrependUOffsetTRelativeSlot(2, flatbuffers.number_types.UOffsetTFlags.py_type(name), 0)
+
+def NodeAddDescription(builder: flatbuffers.Builder, description: int):
+    builder.PrependUOffsetTRelativeSlot(3, flatbuffers.number_types.UOffsetTFlags.py_type(description), 0)
+
+def NodeAddValue(builder: flatbuffers.Builder, value: int):
+    builder.PrependUOffsetTRelativeSlot(4, flatbuffers.number_types.UOffsetTFlags.py_type(value), 0)
+
+def NodeAddStates(builder: flatbuffers.Builder, states: int):
+    builder.PrependUint32Slot(5, states, 0)
+
+def NodeAddBounds(builder: flatbuffers.Builder, bounds: Any):
+    builder.PrependStructSlot(6, flatbuffers.number_types.UOffsetTFlags.py_type(bounds), 0)
+
+def NodeAddActions(builder: flatbuffers.Builder, actions: int):
+    builder.PrependUOffsetTRelativeSlot(7, flatbuffers.number_types.UOffsetTFlags.py_type(actions), 0)
+
+def NodeStartActionsVector(builder, numElems: int) -> int:
+    return builder.StartVector(1, numElems, 1)
+
+def NodeAddChildren(builder: flatbuffers.Builder, children: int):
+    builder.PrependUOffsetTRelativeSlot(8, flatbuffers.number_types.UOffsetTFlags.py_type(children), 0)
+
+def NodeStartChildrenVector(builder, numElems: int) -> int:
+    return builder.StartVector(4, numElems, 4)
+
+def NodeAddTreeId(builder: flatbuffers.Builder, treeId: int):
+    builder.PrependUint32Slot(9, treeId, 0)
+
+def NodeEnd(builder: flatbuffers.Builder) -> int:
+    return builder.EndObject()
+
+
+
+class App(object):
+    __slots__ = ['_tab']
+
+    @classmethod
+    def GetRootAs(cls, buf, offset: int = 0):
+        n = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, offset)
+        x = App()
+        x.Init(buf, n + offset)
+        return x
+
+    @classmethod
+    def GetRootAsApp(cls, buf, offset=0):
+        """This method is deprecated. Please switch to GetRootAs."""
+        return cls.GetRootAs(buf, offset)
+    @classmethod
+    def AppBufferHasIdentifier(cls, buf, offset, size_prefixed=False):
+        return flatbuffers.util.BufferHasIdentifier(buf, offset, b"\x4B\x41\x31\x31", size_prefixed=size_prefixed)
+
+    # App
+    def Init(self, buf: bytes, pos: int):
+        self._tab = flatbuffers.table.Table(buf, pos)
+
+    # App
+    def TreeId(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint32Flags, o + self._tab.Pos)
+        return 0
+
+    # App
+    def AppId(self) -> Optional[str]:
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
+        if o != 0:
+            return self._tab.String(o + self._tab.Pos)
+        return None
+
+    # App
+    def Pid(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(8))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Int32Flags, o + self._tab.Pos)
+        return 0
+
+    # App
+    def Uid(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(10))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint32Flags, o + self._tab.Pos)
+        return 0
+
+    # App
+    def Unit(self) -> Optional[str]:
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(12))
+        if o != 0:
+            return self._tab.String(o + self._tab.Pos)
+        return None
+
+    # App
+    def Label(self) -> Optional[str]:
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(14))
+        if o != 0:
+            return self._tab.String(o + self._tab.Pos)
+        return None
+
+def AppStart(builder: flatbuffers.Builder):
+    builder.StartObject(6)
+
+def AppAddTreeId(builder: flatbuffers.Builder, treeId: int):
+    builder.PrependUint32Slot(0, treeId, 0)
+
+def AppAddAppId(builder: flatbuffers.Builder, appId: int):
+    builder.PrependUOffsetTRelativeSlot(1, flatbuffers.number_types.UOffsetTFlags.py_type(appId), 0)
+
+def AppAddPid(builder: flatbuffers.Builder, pid: int):
+    builder.PrependInt32Slot(2, pid, 0)
+
+def AppAddUid(builder: flatbuffers.Builder, uid: int):
+    builder.PrependUint32Slot(3, uid, 0)
+
+def AppAddUnit(builder: flatbuffers.Builder, unit: int):
+    builder.PrependUOffsetTRelativeSlot(4, flatbuffers.number_types.UOffsetTFlags.py_type(unit), 0)
+
+def AppAddLabel(builder: flatbuffers.Builder, label: int):
+    builder.PrependUOffsetTRelativeSlot(5, flatbuffers.number_types.UOffsetTFlags.py_type(label), 0)
+
+def AppEnd(builder: flatbuffers.Builder) -> int:
+    return builder.EndObject()
+
+
+
+class TreeUpdate(object):
+    __slots__ = ['_tab']
+
+    @classmethod
+    def GetRootAs(cls, buf, offset: int = 0):
+        n = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, offset)
+        x = TreeUpdate()
+        x.Init(buf, n + offset)
+        return x
+
+    @classmethod
+    def GetRootAsTreeUpdate(cls, buf, offset=0):
+        """This method is deprecated. Please switch to GetRootAs."""
+        return cls.GetRootAs(buf, offset)
+    @classmethod
+    def TreeUpdateBufferHasIdentifier(cls, buf, offset, size_prefixed=False):
+        return flatbuffers.util.BufferHasIdentifier(buf, offset, b"\x4B\x41\x31\x31", size_prefixed=size_prefixed)
+
+    # TreeUpdate
+    def Init(self, buf: bytes, pos: int):
+        self._tab = flatbuffers.table.Table(buf, pos)
+
+    # TreeUpdate
+    def TreeId(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint32Flags, o + self._tab.Pos)
+        return 0
+
+    # TreeUpdate
+    def Seq(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
+        return 0
+
+    # TreeUpdate
+    def BaseSeq(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(8))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
+        return 0
+
+    # TreeUpdate
+    def NodeIdToClear(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(10))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint32Flags, o + self._tab.Pos)
+        return 0
+
+    # TreeUpdate
+    def RootId(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(12))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint32Flags, o + self._tab.Pos)
+        return 0
+
+    # TreeUpdate
+    def Nodes(self, j: int) -> Optional[Node]:
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(14))
+        if o != 0:
+            x = self._tab.Vector(o)
+            x += flatbuffers.number_types.UOffsetTFlags.py_type(j) * 4
+            x = self._tab.Indirect(x)
+            obj = Node()
+            obj.Init(self._tab.Bytes, x)
+            return obj
+        return None
+
+    # TreeUpdate
+    def NodesLength(self) -> int:
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(14))
+        if o != 0:
+            return self._tab.VectorLen(o)
+        return 0
+
+    # TreeUpdate
+    def NodesIsNone(self) -> bool:
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(14))
+        return o == 0
+
+    # TreeUpdate
+    def Removed(self, j: int):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(16))
+        if o != 0:
+            a = self._tab.Vector(o)
+            return self._tab.Get(flatbuffers.number_types.Uint32Flags, a + flatbuffers.number_types.UOffsetTFlags.py_type(j * 4))
+        return 0
+
+    # TreeUpdate
+    def RemovedAsNumpy(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(16))
+        if o != 0:
+            return self._tab.GetVectorAsNumpy(flatbuffers.number_types.Uint32Flags, o)
+        return 0
+
+    # TreeUpdate
+    def RemovedLength(self) -> int:
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(16))
+        if o != 0:
+            return self._tab.VectorLen(o)
+        return 0
+
+    # TreeUpdate
+    def RemovedIsNone(self) -> bool:
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(16))
+        return o == 0
+
+    # TreeUpdate
+    def Cause(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(18))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint8Flags, o + self._tab.Pos)
+        return 0
+
+    # TreeUpdate
+    def App(self) -> Optional[App]:
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(20))
+        if o != 0:
+            x = self._tab.Indirect(o + self._tab.Pos)
+            obj = App()
+            obj.Init(self._tab.Bytes, x)
+            return obj
+        return None
+
+def TreeUpdateStart(builder: flatbuffers.Builder):
+    builder.StartObject(9)
+
+def TreeUpdateAddTreeId(builder: flatbuffers.Builder, treeId: int):
+    builder.PrependUint32Slot(0, treeId, 0)
+
+def TreeUpdateAddSeq(builder: flatbuffers.Builder, seq: int):
+    builder.PrependUint64Slot(1, seq, 0)
+
+def TreeUpdateAddBaseSeq(builder: flatbuffers.Builder, baseSeq: int):
+    builder.PrependUint64Slot(2, baseSeq, 0)
+
+def TreeUpdateAddNodeIdToClear(builder: flatbuffers.Builder, nodeIdToClear: int):
+    builder.PrependUint32Slot(3, nodeIdToClear, 0)
+
+def TreeUpdateAddRootId(builder: flatbuffers.Builder, rootId: int):
+    builder.PrependUint32Slot(4, rootId, 0)
+
+def TreeUpdateAddNodes(builder: flatbuffers.Builder, nodes: int):
+    builder.PrependUOffsetTRelativeSlot(5, flatbuffers.number_types.UOffsetTFlags.py_type(nodes), 0)
+
+def TreeUpdateStartNodesVector(builder, numElems: int) -> int:
+    return builder.StartVector(4, numElems, 4)
+
+def TreeUpdateAddRemoved(builder: flatbuffers.Builder, removed: int):
+    builder.PrependUOffsetTRelativeSlot(6, flatbuffers.number_types.UOffsetTFlags.py_type(removed), 0)
+
+def TreeUpdateStartRemovedVector(builder, numElems: int) -> int:
+    return builder.StartVector(4, numElems, 4)
+
+def TreeUpdateAddCause(builder: flatbuffers.Builder, cause: int):
+    builder.PrependUint8Slot(7, cause, 0)
+
+def TreeUpdateAddApp(builder: flatbuffers.Builder, app: int):
+    builder.PrependUOffsetTRelativeSlot(8, flatbuffers.number_types.UOffsetTFlags.py_type(app), 0)
+
+def TreeUpdateEnd(builder: flatbuffers.Builder) -> int:
+    return builder.EndObject()
+
+
+
+class Ack(object):
+    __slots__ = ['_tab']
+
+    @classmethod
+    def GetRootAs(cls, buf, offset: int = 0):
+        n = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, offset)
+        x = Ack()
+        x.Init(buf, n + offset)
+        return x
+
+    @classmethod
+    def GetRootAsAck(cls, buf, offset=0):
+        """This method is deprecated. Please switch to GetRootAs."""
+        return cls.GetRootAs(buf, offset)
+    @classmethod
+    def AckBufferHasIdentifier(cls, buf, offset, size_prefixed=False):
+        return flatbuffers.util.BufferHasIdentifier(buf, offset, b"\x4B\x41\x31\x31", size_prefixed=size_prefixed)
+
+    # Ack
+    def Init(self, buf: bytes, pos: int):
+        self._tab = flatbuffers.table.Table(buf, pos)
+
+    # Ack
+    def TreeId(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint32Flags, o + self._tab.Pos)
+        return 0
+
+    # Ack
+    def Seq(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
+        return 0
+
+def AckStart(builder: flatbuffers.Builder):
+    builder.StartObject(2)
+
+def AckAddTreeId(builder: flatbuffers.Builder, treeId: int):
+    builder.PrependUint32Slot(0, treeId, 0)
+
+def AckAddSeq(builder: flatbuffers.Builder, seq: int):
+    builder.PrependUint64Slot(1, seq, 0)
+
+def AckEnd(builder: flatbuffers.Builder) -> int:
+    return builder.EndObject()
+
+
+
+class Subscribe(object):
+    __slots__ = ['_tab']
+
+    @classmethod
+    def GetRootAs(cls, buf, offset: int = 0):
+        n = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, offset)
+        x = Subscribe()
+        x.Init(buf, n + offset)
+        return x
+
+    @classmethod
+    def GetRootAsSubscribe(cls, buf, offset=0):
+        """This method is deprecated. Please switch to GetRootAs."""
+        return cls.GetRootAs(buf, offset)
+    @classmethod
+    def SubscribeBufferHasIdentifier(cls, buf, offset, size_prefixed=False):
+        return flatbuffers.util.BufferHasIdentifier(buf, offset, b"\x4B\x41\x31\x31", size_prefixed=size_prefixed)
+
+    # Subscribe
+    def Init(self, buf: bytes, pos: int):
+        self._tab = flatbuffers.table.Table(buf, pos)
+
+    # Subscribe
+    def Apps(self, j: int):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
+        if o != 0:
+            a = self._tab.Vector(o)
+            return self._tab.String(a + flatbuffers.number_types.UOffsetTFlags.py_type(j * 4))
+        return ""
+
+    # Subscribe
+    def AppsLength(self) -> int:
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
+        if o != 0:
+            return self._tab.VectorLen(o)
+        return 0
+
+    # Subscribe
+    def AppsIsNone(self) -> bool:
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
+        return o == 0
+
+    # Subscribe
+    def TreeId(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint32Flags, o + self._tab.Pos)
+        return 0
+
+    # Subscribe
+    def RootId(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(8))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint32Flags, o + self._tab.Pos)
+        return 0
+
+    # Subscribe
+    def Roles(self, j: int):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(10))
+        if o != 0:
+            a = self._tab.Vector(o)
+            return self._tab.Get(flatbuffers.number_types.Uint16Flags, a + flatbuffers.number_types.UOffsetTFlags.py_type(j * 2))
+        return 0
+
+    # Subscribe
+    def RolesAsNumpy(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(10))
+        if o != 0:
+            return self._tab.GetVectorAsNumpy(flatbuffers.number_types.Uint16Flags, o)
+        return 0
+
+    # Subscribe
+    def RolesLength(self) -> int:
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(10))
+        if o != 0:
+            return self._tab.VectorLen(o)
+        return 0
+
+    # Subscribe
+    def RolesIsNone(self) -> bool:
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(10))
+        return o == 0
+
+    # Subscribe
+    def MaxDepth(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(12))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint16Flags, o + self._tab.Pos)
+        return 0
+
+def SubscribeStart(builder: flatbuffers.Builder):
+    builder.StartObject(5)
+
+def SubscribeAddApps(builder: flatbuffers.Builder, apps: int):
+    builder.PrependUOffsetTRelativeSlot(0, flatbuffers.number_types.UOffsetTFlags.py_type(apps), 0)
+
+def SubscribeStartAppsVector(builder, numElems: int) -> int:
+    return builder.StartVector(4, numElems, 4)
+
+def SubscribeAddTreeId(builder: flatbuffers.Builder, treeId: int):
+    builder.PrependUint32Slot(1, treeId, 0)
+
+def SubscribeAddRootId(builder: flatbuffers.Builder, rootId: int):
+    builder.PrependUint32Slot(2, rootId, 0)
+
+def SubscribeAddRoles(builder: flatbuffers.Builder, roles: int):
+    builder.PrependUOffsetTRelativeSlot(3, flatbuffers.number_types.UOffsetTFlags.py_type(roles), 0)
+
+def SubscribeStartRolesVector(builder, numElems: int) -> int:
+    return builder.StartVector(2, numElems, 2)
+
+def SubscribeAddMaxDepth(builder: flatbuffers.Builder, maxDepth: int):
+    builder.PrependUint16Slot(4, maxDepth, 0)
+
+def SubscribeEnd(builder: flatbuffers.Builder) -> int:
+    return builder.EndObject()
+
+
+
+class Snapshot(object):
+    __slots__ = ['_tab']
+
+    @classmethod
+    def GetRootAs(cls, buf, offset: int = 0):
+        n = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, offset)
+        x = Snapshot()
+        x.Init(buf, n + offset)
+        return x
+
+    @classmethod
+    def GetRootAsSnapshot(cls, buf, offset=0):
+        """This method is deprecated. Please switch to GetRootAs."""
+        return cls.GetRootAs(buf, offset)
+    @classmethod
+    def SnapshotBufferHasIdentifier(cls, buf, offset, size_prefixed=False):
+        return flatbuffers.util.BufferHasIdentifier(buf, offset, b"\x4B\x41\x31\x31", size_prefixed=size_prefixed)
+
+    # Snapshot
+    def Init(self, buf: bytes, pos: int):
+        self._tab = flatbuffers.table.Table(buf, pos)
+
+    # Snapshot
+    def Trees(self, j: int) -> Optional[TreeUpdate]:
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
+        if o != 0:
+            x = self._tab.Vector(o)
+            x += flatbuffers.number_types.UOffsetTFlags.py_type(j) * 4
+            x = self._tab.Indirect(x)
+            obj = TreeUpdate()
+            obj.Init(self._tab.Bytes, x)
+            return obj
+        return None
+
+    # Snapshot
+    def TreesLength(self) -> int:
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
+        if o != 0:
+            return self._tab.VectorLen(o)
+        return 0
+
+    # Snapshot
+    def TreesIsNone(self) -> bool:
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
+        return o == 0
+
+def SnapshotStart(builder: flatbuffers.Builder):
+    builder.StartObject(1)
+
+def SnapshotAddTrees(builder: flatbuffers.Builder, trees: int):
+    builder.PrependUOffsetTRelativeSlot(0, flatbuffers.number_types.UOffsetTFlags.py_type(trees), 0)
+
+def SnapshotStartTreesVector(builder, numElems: int) -> int:
+    return builder.StartVector(4, numElems, 4)
+
+def SnapshotEnd(builder: flatbuffers.Builder) -> int:
+    return builder.EndObject()
+
+
+
+class TreeGone(object):
+    __slots__ = ['_tab']
+
+    @classmethod
+    def GetRootAs(cls, buf, offset: int = 0):
+        n = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, offset)
+        x = TreeGone()
+        x.Init(buf, n + offset)
+        return x
+
+    @classmethod
+    def GetRootAsTreeGone(cls, buf, offset=0):
+        """This method is deprecated. Please switch to GetRootAs."""
+        return cls.GetRootAs(buf, offset)
+    @classmethod
+    def TreeGoneBufferHasIdentifier(cls, buf, offset, size_prefixed=False):
+        return flatbuffers.util.BufferHasIdentifier(buf, offset, b"\x4B\x41\x31\x31", size_prefixed=size_prefixed)
+
+    # TreeGone
+    def Init(self, buf: bytes, pos: int):
+        self._tab = flatbuffers.table.Table(buf, pos)
+
+    # TreeGone
+    def TreeId(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint32Flags, o + self._tab.Pos)
+        return 0
+
+    # TreeGone
+    def App(self) -> Optional[App]:
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
+        if o != 0:
+            x = self._tab.Indirect(o + self._tab.Pos)
+            obj = App()
+            obj.Init(self._tab.Bytes, x)
+            return obj
+        return None
+
+def TreeGoneStart(builder: flatbuffers.Builder):
+    builder.StartObject(2)
+
+def TreeGoneAddTreeId(builder: flatbuffers.Builder, treeId: int):
+    builder.PrependUint32Slot(0, treeId, 0)
+
+def TreeGoneAddApp(builder: flatbuffers.Builder, app: int):
+    builder.PrependUOffsetTRelativeSlot(1, flatbuffers.number_types.UOffsetTFlags.py_type(app), 0)
+
+def TreeGoneEnd(builder: flatbuffers.Builder) -> int:
+    return builder.EndObject()
+
+
+
+class Query(object):
+    __slots__ = ['_tab']
+
+    @classmethod
+    def GetRootAs(cls, buf, offset: int = 0):
+        n = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, offset)
+        x = Query()
+        x.Init(buf, n + offset)
+        return x
+
+    @classmethod
+    def GetRootAsQuery(cls, buf, offset=0):
+        """This method is deprecated. Please switch to GetRootAs."""
+        return cls.GetRootAs(buf, offset)
+    @classmethod
+    def QueryBufferHasIdentifier(cls, buf, offset, size_prefixed=False):
+        return flatbuffers.util.BufferHasIdentifier(buf, offset, b"\x4B\x41\x31\x31", size_prefixed=size_prefixed)
+
+    # Query
+    def Init(self, buf: bytes, pos: int):
+        self._tab = flatbuffers.table.Table(buf, pos)
+
+    # Query
+    def TreeId(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint32Flags, o + self._tab.Pos)
+        return 0
+
+    # Query
+    def AppId(self) -> Optional[str]:
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
+        if o != 0:
+            return self._tab.String(o + self._tab.Pos)
+        return None
+
+    # Query
+    def Role(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(8))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint16Flags, o + self._tab.Pos)
+        return 0
+
+    # Query
+    def Name(self) -> Optional[str]:
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(10))
+        if o != 0:
+            return self._tab.String(o + self._tab.Pos)
+        return None
+
+    # Query
+    def Text(self) -> Optional[str]:
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(12))
+        if o != 0:
+            return self._tab.String(o + self._tab.Pos)
+        return None
+
+    # Query
+    def States(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(14))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint32Flags, o + self._tab.Pos)
+        return 0
+
+    # Query
+    def Limit(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(16))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint32Flags, o + self._tab.Pos)
+        return 0
+
+def QueryStart(builder: flatbuffers.Builder):
+    builder.StartObject(7)
+
+def QueryAddTreeId(builder: flatbuffers.Builder, treeId: int):
+    builder.PrependUint32Slot(0, treeId, 0)
+
+def QueryAddAppId(builder: flatbuffers.Builder, appId: int):
+    builder.PrependUOffsetTRelativeSlot(1, flatbuffers.number_types.UOffsetTFlags.py_type(appId), 0)
+
+def QueryAddRole(builder: flatbuffers.Builder, role: int):
+    builder.PrependUint16Slot(2, role, 0)
+
+def QueryAddName(builder: flatbuffers.Builder, name: int):
+    builder.PrependUOffsetTRelativeSlot(3, flatbuffers.number_types.UOffsetTFlags.py_type(name), 0)
+
+def QueryAddText(builder: flatbuffers.Builder, text: int):
+    builder.PrependUOffsetTRelativeSlot(4, flatbuffers.number_types.UOffsetTFlags.py_type(text), 0)
+
+def QueryAddStates(builder: flatbuffers.Builder, states: int):
+    builder.PrependUint32Slot(5, states, 0)
+
+def QueryAddLimit(builder: flatbuffers.Builder, limit: int):
+    builder.PrependUint32Slot(6, limit, 0)
+
+def QueryEnd(builder: flatbuffers.Builder) -> int:
+    return builder.EndObject()
+
+
+
+class QueryResult(object):
+    __slots__ = ['_tab']
+
+    @classmethod
+    def GetRootAs(cls, buf, offset: int = 0):
+        n = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, offset)
+        x = QueryResult()
+        x.Init(buf, n + offset)
+        return x
+
+    @classmethod
+    def GetRootAsQueryResult(cls, buf, offset=0):
+        """This method is deprecated. Please switch to GetRootAs."""
+        return cls.GetRootAs(buf, offset)
+    @classmethod
+    def QueryResultBufferHasIdentifier(cls, buf, offset, size_prefixed=False):
+        return flatbuffers.util.BufferHasIdentifier(buf, offset, b"\x4B\x41\x31\x31", size_prefixed=size_prefixed)
+
+    # QueryResult
+    def Init(self, buf: bytes, pos: int):
+        self._tab = flatbuffers.table.Table(buf, pos)
+
+    # QueryResult
+    def Nodes(self, j: int) -> Optional[Node]:
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
+        if o != 0:
+            x = self._tab.Vector(o)
+            x += flatbuffers.number_types.UOffsetTFlags.py_type(j) * 4
+            x = self._tab.Indirect(x)
+            obj = Node()
+            obj.Init(self._tab.Bytes, x)
+            return obj
+        return None
+
+    # QueryResult
+    def NodesLength(self) -> int:
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
+        if o != 0:
+            return self._tab.VectorLen(o)
+        return 0
+
+    # QueryResult
+    def NodesIsNone(self) -> bool:
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
+        return o == 0
+
+    # QueryResult
+    def Total(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint32Flags, o + self._tab.Pos)
+        return 0
+
+def QueryResultStart(builder: flatbuffers.Builder):
+    builder.StartObject(2)
+
+def QueryResultAddNodes(builder: flatbuffers.Builder, nodes: int):
+    builder.PrependUOffsetTRelativeSlot(0, flatbuffers.number_types.UOffsetTFlags.py_type(nodes), 0)
+
+def QueryResultStartNodesVector(builder, numElems: int) -> int:
+    return builder.StartVector(4, numElems, 4)
+
+def QueryResultAddTotal(builder: flatbuffers.Builder, total: int):
+    builder.PrependUint32Slot(1, total, 0)
+
+def QueryResultEnd(builder: flatbuffers.Builder) -> int:
+    return builder.EndObject()
+
+
+
+class ActionRequest(object):
+    __slots__ = ['_tab']
+
+    @classmethod
+    def GetRootAs(cls, buf, offset: int = 0):
+        n = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, offset)
+        x = ActionRequest()
+        x.Init(buf, n + offset)
+        return x
+
+    @classmethod
+    def GetRootAsActionRequest(cls, buf, offset=0):
+        """This method is deprecated. Please switch to GetRootAs."""
+        return cls.GetRootAs(buf, offset)
+    @classmethod
+    def ActionRequestBufferHasIdentifier(cls, buf, offset, size_prefixed=False):
+        return flatbuffers.util.BufferHasIdentifier(buf, offset, b"\x4B\x41\x31\x31", size_prefixed=size_prefixed)
+
+    # ActionRequest
+    def Init(self, buf: bytes, pos: int):
+        self._tab = flatbuffers.table.Table(buf, pos)
+
+    # ActionRequest
+    def TreeId(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint32Flags, o + self._tab.Pos)
+        return 0
+
+    # ActionRequest
+    def NodeId(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint32Flags, o + self._tab.Pos)
+        return 0
+
+    # ActionRequest
+    def Action(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(8))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint8Flags, o + self._tab.Pos)
+        return 0
+
+    # ActionRequest
+    def Value(self) -> Optional[str]:
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(10))
+        if o != 0:
+            return self._tab.String(o + self._tab.Pos)
+        return None
+
+    # ActionRequest
+    def TimeoutMs(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(12))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint32Flags, o + self._tab.Pos)
+        return 0
+
+def ActionRequestStart(builder: flatbuffers.Builder):
+    builder.StartObject(5)
+
+def ActionRequestAddTreeId(builder: flatbuffers.Builder, treeId: int):
+    builder.PrependUint32Slot(0, treeId, 0)
+
+def ActionRequestAddNodeId(builder: flatbuffers.Builder, nodeId: int):
+    builder.PrependUint32Slot(1, nodeId, 0)
+
+def ActionRequestAddAction(builder: flatbuffers.Builder, action: int):
+    builder.PrependUint8Slot(2, action, 0)
+
+def ActionRequestAddValue(builder: flatbuffers.Builder, value: int):
+    builder.PrependUOffsetTRelativeSlot(3, flatbuffers.number_types.UOffsetTFlags.py_type(value), 0)
+
+def ActionRequestAddTimeoutMs(builder: flatbuffers.Builder, timeoutMs: int):
+    builder.PrependUint32Slot(4, timeoutMs, 0)
+
+def ActionRequestEnd(builder: flatbuffers.Builder) -> int:
+    return builder.EndObject()
+
+
+
+class ActionResult(object):
+    __slots__ = ['_tab']
+
+    @classmethod
+    def GetRootAs(cls, buf, offset: int = 0):
+        n = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, offset)
+        x = ActionResult()
+        x.Init(buf, n + offset)
+        return x
+
+    @classmethod
+    def GetRootAsActionResult(cls, buf, offset=0):
+        """This method is deprecated. Please switch to GetRootAs."""
+        return cls.GetRootAs(buf, offset)
+    @classmethod
+    def ActionResultBufferHasIdentifier(cls, buf, offset, size_prefixed=False):
+        return flatbuffers.util.BufferHasIdentifier(buf, offset, b"\x4B\x41\x31\x31", size_prefixed=size_prefixed)
+
+    # ActionResult
+    def Init(self, buf: bytes, pos: int):
+        self._tab = flatbuffers.table.Table(buf, pos)
+
+    # ActionResult
+    def Message(self) -> Optional[str]:
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
+        if o != 0:
+            return self._tab.String(o + self._tab.Pos)
+        return None
+
+def ActionResultStart(builder: flatbuffers.Builder):
+    builder.StartObject(1)
+
+def ActionResultAddMessage(builder: flatbuffers.Builder, message: int):
+    builder.PrependUOffsetTRelativeSlot(0, flatbuffers.number_types.UOffsetTFlags.py_type(message), 0)
+
+def ActionResultEnd(builder: flatbuffers.Builder) -> int:
+    return builder.EndObject()
+
+
+
+class Resync(object):
+    __slots__ = ['_tab']
+
+    @classmethod
+    def GetRootAs(cls, buf, offset: int = 0):
+        n = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, offset)
+        x = Resync()
+        x.Init(buf, n + offset)
+        return x
+
+    @classmethod
+    def GetRootAsResync(cls, buf, offset=0):
+        """This method is deprecated. Please switch to GetRootAs."""
+        return cls.GetRootAs(buf, offset)
+    @classmethod
+    def ResyncBufferHasIdentifier(cls, buf, offset, size_prefixed=False):
+        return flatbuffers.util.BufferHasIdentifier(buf, offset, b"\x4B\x41\x31\x31", size_prefixed=size_prefixed)
+
+    # Resync
+    def Init(self, buf: bytes, pos: int):
+        self._tab = flatbuffers.table.Table(buf, pos)
+
+    # Resync
+    def TreeId(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint32Flags, o + self._tab.Pos)
+        return 0
+
+    # Resync
+    def Reason(self) -> Optional[str]:
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
+        if o != 0:
+            return self._tab.String(o + self._tab.Pos)
+        return None
+
+def ResyncStart(builder: flatbuffers.Builder):
+    builder.StartObject(2)
+
+def ResyncAddTreeId(builder: flatbuffers.Builder, treeId: int):
+    builder.PrependUint32Slot(0, treeId, 0)
+
+def ResyncAddReason(builder: flatbuffers.Builder, reason: int):
+    builder.PrependUOffsetTRelativeSlot(1, flatbuffers.number_types.UOffsetTFlags.py_type(reason), 0)
+
+def ResyncEnd(builder: flatbuffers.Builder) -> int:
+    return builder.EndObject()
+
 
 
 class Hello(object):

@@ -1,0 +1,1 @@
+"""Kiki's accessibility tree: wire codec, client, publisher, text rendering, demo app."""
