@@ -1,6 +1,480 @@
-"""asyncio layer of the sensor-publisher: JSON-RPC 2.0 on sensors.sock."""
+"""asyncio layer of the sensor publisher: sources write rings, sensors.sock wakes readers.
 
-from libkiki.paths import SENSORS_SOCKET
-from libkiki.rpc_service import jsonrpc_service
+Tasks, all owned by one TaskGroup inside ``serve``: one per kernel source (each at its rate),
+one per subscriber (its wake-up sender), the broker registration loop. The synthetic IMU runs in
+a thread of its own, because asyncio's timers have a 1 ms granularity (epoll) and the IMU's
+default is 1 kHz: the thread sleeps to each deadline, writes the ring, and hands the loop a
+doorbell (at most one pending call at a time, however fast it writes).
+"""
 
-serve = jsonrpc_service("sensors", SENSORS_SOCKET)
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from kiki_sensor_publisher.config import SensorConfig
+from kiki_sensor_publisher.protocol import GONE, WAKE, ReadPolicy, Subscriber, WakeCore, unknown
+from kiki_sensor_publisher.protocol import principal_matches as _matches
+from kiki_sensor_publisher.rings import Sensor, clean_stale
+from kiki_sensor_publisher.sources import Source, SyntheticImu, kernel_sources, sensor_name
+from libkiki.constellation import GET_INFO
+from libkiki.errors import Conflict, InvalidParams, KikiError, LimitExceeded, PermissionDenied
+from libkiki.paths import SENSORS_SOCKET, socket_path
+from libkiki.peer import PeerCred
+from libkiki.rpc import Connection, Methods, RequestContext, serve_unix
+from libkiki.sensors.layout import Layout
+from libkiki.sensors.ring import Batch
+from libkiki.sensors.shm import MappedReader, segment_owner
+from libkiki.service import ServiceContext
+
+log = logging.getLogger(__name__)
+
+# A subscriber that stops reading should stall its own sender quickly, not fill our memory:
+# its wake-ups then coalesce into one pending dict.
+_WRITE_HIGH_WATER = 4096
+_SNDBUF = 16384
+
+
+class ImuThread:
+    """Writes the synthetic IMU's ring at its rate; wakes the loop after each write."""
+
+    def __init__(self, sensor: Sensor, imu: SyntheticImu, doorbell: Any) -> None:
+        self.sensor = sensor
+        self.imu = imu
+        self.doorbell = doorbell
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="imu", daemon=True)
+
+    def _run(self) -> None:
+        writer = self.sensor.writer
+        assert writer is not None
+        period_ns = int(1e9 / self.imu.rate_hz)
+        next_ns = time.monotonic_ns()
+        n = 0
+        while not self.stop.is_set():
+            now = time.monotonic_ns()
+            if now < next_ns:
+                time.sleep((next_ns - now) / 1e9)
+                continue
+            # Behind by more than 100 ms (a stopped machine): skip ahead instead of bursting.
+            if now - next_ns > 100_000_000:
+                next_ns = now
+            writer.write(time.monotonic_ns(), self.imu.values(n))
+            n += 1
+            next_ns += period_ns
+            self.doorbell()
+
+
+class Publisher:
+    def __init__(self, config: SensorConfig, ctx: ServiceContext) -> None:
+        self.config = config
+        self.ctx = ctx
+        self.sensors: dict[str, Sensor] = {}
+        self.core = WakeCore(
+            max_subscriptions=config.max_subscriptions, max_wakeups_hz=config.max_wakeups_hz
+        )
+        self.policy = ReadPolicy(config.read_policy)
+        self.prefix = config.ring_prefix()
+        self.sources: list[Source] = []
+        self.imu: ImuThread | None = None
+        self._events: dict[int, asyncio.Event] = {}
+        self._senders: dict[int, asyncio.Task[None]] = {}
+        self._conns: dict[int, Connection] = {}
+        self.tasks: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tg: asyncio.TaskGroup | None = None
+        self._rung = False
+
+    # -- sensors -------------------------------------------------------------------------------
+
+    def _ring_name(self, sensor_id: str) -> str:
+        return f"{self.prefix}.{sensor_id}"
+
+    def open_sensors(self) -> None:
+        cleaned = clean_stale(self.prefix)
+        if cleaned:
+            log.info("retired %d stale ring(s) of an earlier run", len(cleaned))
+        c = self.config
+        if c.imu_hz > 0:
+            imu = SyntheticImu(c.imu_hz)
+            spec = imu.spec
+            sensor = self._create(spec.id, spec.kind, spec.unit, spec.layout, spec.rate_hz)
+            self.imu = ImuThread(sensor, imu, self._doorbell)
+        self.sources = kernel_sources(
+            c.proc_root,
+            c.sys_root,
+            cpu_hz=c.cpu_hz,
+            memory_hz=c.memory_hz,
+            pressure_hz=c.pressure_hz,
+            thermal_hz=c.thermal_hz,
+            power_hz=c.power_hz,
+            iio_hz=c.iio_hz,
+        )
+        for source in self.sources:
+            for spec in source.sensors():
+                self._create(spec.id, spec.kind, spec.unit, spec.layout, spec.rate_hz)
+
+    def _create(self, sid: str, kind: str, unit: str, layout: Layout, rate: float) -> Sensor:
+        # A ring holds at least ten seconds of a slow sensor, and `capacity` of a fast one.
+        cap = min(self.config.capacity, max(16, 1 << math.ceil(math.log2(max(rate * 10, 2)))))
+        sensor = Sensor.create(sid, kind, unit, layout, rate, self._ring_name(sid), cap)
+        self.sensors[sid] = sensor
+        return sensor
+
+    def close_sensors(self) -> None:
+        for sensor in self.sensors.values():
+            sensor.close()
+        self.sensors.clear()
+
+    def _doorbell(self) -> None:
+        # Called from the IMU thread: schedule one wake-up pass unless one is already queued.
+        if not self._rung and self._loop is not None:
+            self._rung = True
+            with contextlib.suppress(RuntimeError):  # the loop is closing
+                self._loop.call_soon_threadsafe(self._imu_written)
+
+    def _imu_written(self) -> None:
+        self._rung = False
+        if self.imu is not None:
+            self.publish(self.imu.sensor)
+
+    def publish(self, sensor: Sensor) -> None:
+        for sub in self.core.published(sensor.id, sensor.write_index, sensor.capacity):
+            event = self._events.get(sub.id)
+            if event is not None:
+                event.set()
+
+    async def run_source(self, source: Source) -> None:
+        loop = asyncio.get_running_loop()
+        period = 1.0 / source.rate_hz
+        deadline = loop.time()
+        while True:
+            now_ns = time.monotonic_ns()
+            for sid, values in source.sample():
+                sensor = self.sensors.get(sid)
+                if sensor is not None and sensor.writer is not None:
+                    sensor.writer.write(now_ns, values)
+                    self.publish(sensor)
+            deadline += period
+            delay = deadline - loop.time()
+            if delay < 0:
+                deadline = loop.time()
+                delay = 0
+            await asyncio.sleep(delay)
+
+    # -- subscribers ---------------------------------------------------------------------------
+
+    async def on_connect(self, conn: Connection) -> None:
+        sub = self.core.connect(conn.peer)
+        conn.state["subscriber"] = sub
+        _limit_buffers(conn)
+        event = self._events[sub.id] = asyncio.Event()
+        self._conns[sub.id] = conn
+        assert self._tg is not None
+        self._senders[sub.id] = self._tg.create_task(self._sender(sub, conn, event))
+
+    async def on_disconnect(self, conn: Connection) -> None:
+        sub: Subscriber | None = conn.state.pop("subscriber", None)
+        if sub is None:
+            return
+        task = self._senders.pop(sub.id, None)
+        if task is not None:
+            task.cancel()
+        self._events.pop(sub.id, None)
+        self._conns.pop(sub.id, None)
+        self.core.disconnect(sub)
+        for sensor in [s for s in self.sensors.values() if s.state.get("conn") is conn]:
+            self._drop_external(sensor)
+
+    async def _sender(self, sub: Subscriber, conn: Connection, event: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                await event.wait()
+                event.clear()
+                while True:
+                    message, wait = self.core.take(sub, loop.time())
+                    if message is None:
+                        if wait <= 0:
+                            break
+                        await asyncio.sleep(wait)
+                        continue
+                    await conn.notify(WAKE, {"upTo": message})
+        except KikiError:
+            pass  # the connection ended; on_disconnect cleans up
+
+    def _sub(self, request: RequestContext) -> Subscriber:
+        sub = request.connection.state.get("subscriber")
+        assert isinstance(sub, Subscriber)
+        return sub
+
+    def _visible(self, peer: PeerCred, sid: str) -> Sensor:
+        sensor = self.sensors.get(sid)
+        if sensor is None:
+            raise unknown(sid)
+        if not self.policy.allows(peer, sid):
+            raise PermissionDenied(f"not allowed to read {sid}", data={"sensor": sid})
+        return sensor
+
+    # -- methods -------------------------------------------------------------------------------
+
+    def methods(self, ctx: ServiceContext) -> Methods:
+        m = Methods()
+
+        @m.method(GET_INFO)
+        async def get_info(request: RequestContext) -> dict[str, Any]:
+            info = ctx.info()
+            info["sensors"] = len(self.sensors)
+            return info
+
+        m.register("sensors/list", self.list_sensors)
+        m.register("sensors/subscribe", self.subscribe)
+        m.register("sensors/unsubscribe", self.unsubscribe)
+        m.register("sensors/read", self.read)
+        m.register("sensors/stats", self.stats)
+        m.register("sensors/register", self.register_external)
+        m.register("sensors/attach", self.attach_external)
+        m.register("sensors/written", self.written)
+        return m
+
+    async def list_sensors(self, request: RequestContext) -> dict[str, Any]:
+        return {"sensors": self.views(request.peer)}
+
+    def views(self, peer: PeerCred) -> list[dict[str, Any]]:
+        return [
+            s.view() for sid, s in sorted(self.sensors.items()) if self.policy.allows(peer, sid)
+        ]
+
+    async def subscribe(
+        self,
+        request: RequestContext,
+        sensors: list[str],
+        maxWakeupsPerSecond: float = 0,
+    ) -> dict[str, Any]:
+        if not isinstance(sensors, list) or not all(isinstance(s, str) for s in sensors):
+            raise InvalidParams("sensors is a list of sensor ids")
+        if not isinstance(maxWakeupsPerSecond, int | float) or maxWakeupsPerSecond < 0:
+            raise InvalidParams("maxWakeupsPerSecond is a number >= 0 (0: every sample)")
+        found = [self._visible(request.peer, sid) for sid in sensors]
+        sub = self._sub(request)
+        self.core.subscribe(sub, sensors, maxWakeupsPerSecond or None)
+        return {"sensors": [s.view() for s in found]}
+
+    async def unsubscribe(
+        self, request: RequestContext, sensors: list[str] | None = None
+    ) -> dict[str, Any]:
+        return {"unsubscribed": self.core.unsubscribe(self._sub(request), sensors)}
+
+    async def read(self, request: RequestContext, sensor: str, count: int = 1) -> dict[str, Any]:
+        return self.read_for(request.peer, sensor, count)
+
+    def read_for(self, peer: PeerCred, sid: str, count: int) -> dict[str, Any]:
+        if not isinstance(sid, str):
+            raise InvalidParams("sensor is a sensor id")
+        if not isinstance(count, int) or not 1 <= count <= 1024:
+            raise InvalidParams("count must be an integer in 1..1024")
+        sensor = self._visible(peer, sid)
+        return {"sensor": sensor.view(), "samples": samples_json(sensor.latest(count))}
+
+    async def stats(self, request: RequestContext) -> dict[str, Any]:
+        sensors = {}
+        for sid, s in sorted(self.sensors.items()):
+            if not self.policy.allows(request.peer, sid):
+                continue
+            subs = self.core.by_sensor.get(sid, set())
+            sensors[sid] = {
+                "written": s.write_index,
+                "rateHz": round(s.measured_rate(), 1),
+                "nominalHz": s.rate_hz,
+                "subscribers": len(subs),
+                "overruns": sum(sub.overruns for sub in subs),
+                "coalesced": sum(sub.coalesced for sub in subs),
+                "capacity": s.capacity,
+            }
+        visible = request.peer.uid == 0
+        subscribers = [
+            sub.view()
+            for sub in self.core.subscribers.values()
+            if visible or sub.peer.uid == request.peer.uid
+        ]
+        return {"sensors": sensors, "subscribers": subscribers, "connections": len(self._senders)}
+
+    # -- external sensors ----------------------------------------------------------------------
+
+    async def register_external(
+        self,
+        request: RequestContext,
+        name: str,
+        layout: dict[str, Any],
+        capacity: int = 1024,
+        rateHz: float = 0,
+        unit: str = "",
+    ) -> dict[str, Any]:
+        peer = request.peer
+        if not any(_matches(p, peer) or peer.uid == 0 for p in self.config.external_writers):
+            raise PermissionDenied("not allowed to register sensors")
+        if not isinstance(name, str) or sensor_name(name) != name:
+            raise InvalidParams("name: lowercase letters, digits, '-' and '_' (at most 48)")
+        if not isinstance(capacity, int) or capacity < 16 or capacity & (capacity - 1):
+            raise InvalidParams("capacity must be a power of two >= 16")
+        if capacity > self.config.capacity * 16:
+            raise LimitExceeded(f"capacity at most {self.config.capacity * 16}")
+        if not isinstance(unit, str) or len(unit) > 32:
+            raise InvalidParams("unit is a short string")
+        if not isinstance(rateHz, int | float) or rateHz < 0:
+            raise InvalidParams("rateHz is a number >= 0")
+        parsed = Layout.from_json(layout)
+        externals = [s for s in self.sensors.values() if s.owner is not None]
+        pending = [p for p in self.sensors.values() if p.state.get("pending")]
+        if len(externals) + len(pending) >= self.config.max_external:
+            raise LimitExceeded(f"at most {self.config.max_external} external sensors")
+        if sum(s.owner.uid == peer.uid for s in externals if s.owner) >= (
+            self.config.max_external_per_uid
+        ):
+            raise LimitExceeded(f"at most {self.config.max_external_per_uid} sensors per user")
+        owner = sensor_name(peer.app_id or f"uid{peer.uid}")
+        sid = f"ext-{owner}-{name}"
+        if sid in self.sensors or sid in request.connection.state.get("registered", {}):
+            raise Conflict(f"sensor {sid} exists")
+        ring = f"{self.prefix}-ext.{peer.uid}.{name}"
+        request.connection.state.setdefault("registered", {})[sid] = (
+            ring,
+            parsed,
+            capacity,
+            float(rateHz),
+            unit,
+        )
+        return {"sensor": sid, "ring": ring, "capacity": capacity, "layout": parsed.to_json()}
+
+    async def attach_external(self, request: RequestContext, sensor: str) -> dict[str, Any]:
+        registered = request.connection.state.get("registered", {})
+        if sensor not in registered:
+            raise unknown(sensor)
+        ring, layout, capacity, rate, unit = registered[sensor]
+        try:
+            st = segment_owner(ring)
+        except FileNotFoundError:
+            raise InvalidParams(f"create the ring {ring} before attaching it") from None
+        if st.st_uid != request.peer.uid:
+            raise PermissionDenied(f"{ring} does not belong to you")
+        if st.st_mode & 0o022:
+            raise PermissionDenied(f"{ring} must not be writable by group or others")
+        mapped = MappedReader(ring, layout)
+        if mapped.ring.capacity != capacity:
+            mapped.close()
+            raise InvalidParams(f"{ring} has capacity {mapped.ring.capacity}, not {capacity}")
+        ext = Sensor.external(sensor, unit, layout, rate, mapped, request.peer)
+        ext.state["conn"] = request.connection
+        del registered[sensor]
+        self.sensors[sensor] = ext
+        log.info("external sensor %s attached by %s", sensor, request.peer.describe())
+        return ext.view()
+
+    async def written(self, request: RequestContext, sensor: str) -> None:
+        found = self.sensors.get(sensor)
+        if found is None or found.state.get("conn") is not request.connection:
+            raise unknown(sensor)
+        self.publish(found)  # the ring's own write index counts, not the app's word
+
+    def _drop_external(self, sensor: Sensor) -> None:
+        self.sensors.pop(sensor.id, None)
+        for sub in self.core.drop_sensor(sensor.id):
+            conn = self._conns.get(sub.id)
+            if conn is not None and self._tg is not None:
+                self._tg.create_task(_quiet_notify(conn, GONE, {"sensor": sensor.id}))
+        sensor.close()
+        log.info("external sensor %s removed", sensor.id)
+
+
+async def _quiet_notify(conn: Connection, method: str, params: dict[str, Any]) -> None:
+    with contextlib.suppress(KikiError):
+        async with asyncio.timeout(2.0):
+            await conn.notify(method, params)
+
+
+def _limit_buffers(conn: Connection) -> None:
+    # libkiki.rpc has no public knob for this; the stream writer is the one the connection uses.
+    writer = getattr(conn, "_writer", None)
+    transport = getattr(writer, "transport", None)
+    if transport is None:
+        return
+    transport.set_write_buffer_limits(high=_WRITE_HIGH_WATER)
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SNDBUF)
+
+
+def samples_json(batch: Batch) -> list[dict[str, Any]]:
+    """Samples as the lexicon ``dev.kiki.sensor.defs#sample``: fixed-point integers."""
+    factor = 10**batch.layout.scale
+    out = []
+    for sample in batch:
+        values, missing = [], []
+        for i, v in enumerate(sample.values):
+            if isinstance(v, float) and not math.isfinite(v):
+                values.append(0)
+                missing.append(i)
+            else:
+                values.append(round(v * factor))
+        item: dict[str, Any] = {
+            "seq": sample.index,
+            "timestampNs": sample.timestamp_ns,
+            "values": values,
+        }
+        if missing:
+            item["missing"] = missing
+        out.append(item)
+    return out
+
+
+@contextlib.asynccontextmanager
+async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
+    from kiki_sensor_publisher.tools import broker_loop
+
+    config: SensorConfig = ctx.config
+    listener = ctx.listeners.unix("sensors", socket_path(SENSORS_SOCKET))
+    pub = Publisher(config, ctx)
+    pub._loop = asyncio.get_running_loop()
+    pub.open_sensors()
+    try:
+        async with asyncio.TaskGroup() as tg:
+            pub._tg = tg
+            for source in pub.sources:
+                pub.tasks.append(tg.create_task(pub.run_source(source), name=source.name))
+            pub.tasks.append(tg.create_task(broker_loop(pub), name="broker"))
+            if pub.imu is not None:
+                pub.imu.thread.start()
+            try:
+                async with serve_unix(
+                    listener,
+                    pub.methods(ctx),
+                    max_connections=config.max_connections,
+                    max_line=config.max_line,
+                    max_in_flight=config.max_in_flight,
+                    drain_timeout=config.drain_timeout,
+                    counters=ctx.counters,
+                    on_connect=pub.on_connect,
+                    on_disconnect=pub.on_disconnect,
+                ):
+                    how = "activated" if ctx.listeners.activated else "bound"
+                    ctx.status = f"serving {SENSORS_SOCKET} ({how}), {len(pub.sensors)} sensors"
+                    yield
+            finally:
+                for task in pub.tasks:
+                    task.cancel()
+                if pub.imu is not None:
+                    pub.imu.stop.set()
+                    if pub.imu.thread.is_alive():
+                        await asyncio.to_thread(pub.imu.thread.join, 5.0)
+    finally:
+        pub._loop = None
+        pub.close_sensors()
+        log.info("rings retired")

@@ -1,0 +1,8 @@
+"""Sensor rings in shared memory and the client side of the sensor publisher.
+
+* :mod:`libkiki.sensors.layout` -- sample layouts (typed fields, struct format, hash).
+* :mod:`libkiki.sensors.ring` -- the ring format, sans-I/O writer and reader.
+* :mod:`libkiki.sensors.shm` -- mapping rings in ``/dev/shm``.
+* :mod:`libkiki.sensors.client` -- :class:`SensorClient`, :class:`SensorReader` and
+  :class:`ExternalSensor` over ``sensors.sock``.
+"""

@@ -1,0 +1,356 @@
+"""Reading sensors, and publishing your own, through the sensor publisher (``sensors.sock``).
+
+::
+
+    async with SensorReader("imu0") as imu:
+        print(imu.latest().rows())            # the newest sample
+        window = imu.history(0.5)             # the last half second
+        async for batch in imu:               # new samples, as they come
+            for sample in batch: ...          # or batch.data (memoryview), batch.array() (numpy)
+
+The reader maps the sensor's ring read-only and reads it directly; the socket only carries the
+subscription and the wake-ups (``sensors/wake``: ``{sensor: write index}``). If the reader
+falls more than a ring behind, ``batch.lost`` says how many samples it missed. If the publisher
+restarts, the reader reconnects, maps the new ring (a new generation) and goes on; ``restarts``
+counts those.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any, Self
+
+from libkiki.errors import KikiError, NotFound, SchemaError, Unavailable
+from libkiki.paths import SENSORS_SOCKET, socket_path
+from libkiki.rpc import Connection, Methods, RequestContext, connect_unix
+from libkiki.sensors.layout import Layout
+from libkiki.sensors.ring import Batch, RingChanged, RingReader
+from libkiki.sensors.shm import MappedReader, MappedWriter
+
+WAKE = "sensors/wake"
+GONE = "sensors/gone"
+# Wake-ups are the fast path; this poll only bounds how long a lost one can delay a reader.
+_POLL = 0.5
+_RECONNECT = 10.0
+
+
+def _path(path: str | os.PathLike[str] | None) -> Path:
+    return Path(path) if path is not None else socket_path(SENSORS_SOCKET)
+
+
+class SensorClient:
+    """A JSON-RPC connection to the sensor publisher."""
+
+    def __init__(self, path: str | os.PathLike[str] | None = None, *, timeout: float = 10.0):
+        self.path = _path(path)
+        self.timeout = timeout
+        self.wakeups: dict[str, int] = {}
+        self.gone: set[str] = set()
+        self.wake = asyncio.Event()
+        self._stack = contextlib.AsyncExitStack()
+        self._conn: Connection | None = None
+
+    async def __aenter__(self) -> Self:
+        methods = Methods()
+
+        @methods.method(WAKE)
+        async def woken(ctx: RequestContext, upTo: dict[str, int]) -> None:
+            self.wakeups.update(upTo)
+            self.wake.set()
+
+        @methods.method(GONE)
+        async def gone(ctx: RequestContext, sensor: str) -> None:
+            self.gone.add(sensor)
+            self.wake.set()
+
+        self._conn = await self._stack.enter_async_context(
+            connect_unix(self.path, methods, request_timeout=self.timeout)
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+    @property
+    def connection(self) -> Connection:
+        if self._conn is None:
+            raise KikiError("SensorClient is not connected; use `async with SensorClient()`")
+        return self._conn
+
+    @property
+    def closed(self) -> bool:
+        return self._conn is None or self._conn.closed
+
+    async def request(self, method: str, params: dict[str, Any] | None = None) -> Any:
+        return await self.connection.request(method, params or {})
+
+    async def list_sensors(self) -> list[dict[str, Any]]:
+        result = await self.request("sensors/list")
+        sensors: list[dict[str, Any]] = result["sensors"]
+        return sensors
+
+    async def view(self, sensor: str) -> dict[str, Any]:
+        for view in await self.list_sensors():
+            if view["id"] == sensor:
+                return view
+        raise NotFound(f"no sensor {sensor!r}", data={"sensor": sensor})
+
+    async def stats(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request("sensors/stats")
+        return result
+
+    async def read(self, sensor: str, count: int = 1) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request(
+            "sensors/read", {"sensor": sensor, "count": count}
+        )
+        return result
+
+    async def subscribe(
+        self, sensors: Sequence[str], max_wakeups: float = 0
+    ) -> list[dict[str, Any]]:
+        """Subscribe; ``max_wakeups`` > 0 batches wake-ups to at most that many per second."""
+        result = await self.request(
+            "sensors/subscribe", {"sensors": list(sensors), "maxWakeupsPerSecond": max_wakeups}
+        )
+        views: list[dict[str, Any]] = result["sensors"]
+        return views
+
+    async def unsubscribe(self, sensors: Sequence[str] | None = None) -> list[str]:
+        params = {} if sensors is None else {"sensors": list(sensors)}
+        result = await self.request("sensors/unsubscribe", params)
+        removed: list[str] = result["unsubscribed"]
+        return removed
+
+
+class SensorReader:
+    """One sensor: its latest value, a history window, and an async iterator of new samples."""
+
+    def __init__(
+        self,
+        sensor: str,
+        *,
+        path: str | os.PathLike[str] | None = None,
+        max_wakeups: float = 0,
+        layout: Layout | None = None,
+        from_start: bool = False,
+    ) -> None:
+        self.sensor = sensor
+        self.path = _path(path)
+        self.max_wakeups = max_wakeups
+        self.expected = layout
+        self.from_start = from_start
+        self.position = 0
+        self.lost = 0
+        self.restarts = 0
+        self.view: dict[str, Any] = {}
+        self._client: SensorClient | None = None
+        self._mapped: MappedReader | None = None
+
+    async def __aenter__(self) -> Self:
+        await self._connect()
+        assert self._mapped is not None
+        ring = self._mapped.ring
+        self.position = 0 if self.from_start else ring.write_index
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._close()
+
+    async def _close(self) -> None:
+        if self._mapped is not None:
+            self._mapped.close()
+            self._mapped = None
+        if self._client is not None:
+            client, self._client = self._client, None
+            with contextlib.suppress(KikiError):
+                await client.__aexit__(None, None, None)
+
+    async def _connect(self) -> None:
+        client = SensorClient(self.path)
+        await client.__aenter__()
+        try:
+            views = await client.subscribe([self.sensor], self.max_wakeups)
+            self._map(views[0])
+        except BaseException:
+            await client.__aexit__(None, None, None)
+            raise
+        self._client = client
+
+    def _map(self, view: dict[str, Any]) -> None:
+        layout = Layout.from_json(view["layout"])
+        if self.expected is not None and self.expected.hash != layout.hash:
+            raise SchemaError(
+                f"{self.sensor} has layout {layout.name} ({layout.hash:016x}), "
+                f"not {self.expected.name} ({self.expected.hash:016x})"
+            )
+        mapped = MappedReader(view["ring"], self.expected or layout)
+        if self._mapped is not None:
+            self._mapped.close()
+        self._mapped = mapped
+        self.view = view
+
+    @property
+    def layout(self) -> Layout:
+        return self.ring_reader().layout
+
+    def ring_reader(self) -> RingReader:
+        if self._mapped is None:
+            raise KikiError("SensorReader is not open; use `async with SensorReader(...)`")
+        return self._mapped.ring
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None and not self._client.closed
+
+    def latest(self, count: int = 1) -> Batch:
+        return self.ring_reader().latest(count)
+
+    def history(self, seconds: float) -> Batch:
+        """The samples of the last ``seconds`` (as far back as the ring goes)."""
+        ring = self.ring_reader()
+        batch = ring.latest(ring.capacity - 1)
+        cutoff = time.monotonic_ns() - int(seconds * 1e9)
+        ts = batch.timestamps()
+        skip = next((i for i, t in enumerate(ts) if t >= cutoff), len(ts))
+        rs = batch.record_size
+        return Batch(
+            batch.layout, rs, batch.start + skip, batch.count - skip, 0, batch.data[skip * rs :]
+        )
+
+    def poll(self) -> Batch:
+        """New samples since the last call (possibly none), without waiting."""
+        batch = self.ring_reader().read(self.position)
+        self.position = batch.end
+        self.lost += batch.lost
+        return batch
+
+    async def next_batch(self) -> Batch:
+        """Wait for new samples (or for news of lost ones) and return them."""
+        while True:
+            try:
+                batch = self.poll()
+            except RingChanged:
+                await self._remap()
+                continue
+            if batch.count or batch.lost:
+                return batch
+            client = self._client
+            if client is None or client.closed:
+                await self._remap()
+                continue
+            client.wake.clear()
+            batch = self.poll()  # a wake-up may have come between the poll and the clear
+            if batch.count or batch.lost:
+                return batch
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_POLL):
+                    await client.wake.wait()
+
+    async def _remap(self) -> None:
+        """The ring was retired or the publisher went away: find the sensor's new ring."""
+        deadline = time.monotonic() + _RECONNECT
+        while True:
+            await self._close()
+            try:
+                await self._connect()
+                break
+            except (Unavailable, NotFound, RingChanged) as exc:
+                if time.monotonic() > deadline:
+                    raise Unavailable(f"{self.sensor}: the publisher did not come back") from exc
+                await asyncio.sleep(0.1)
+        self.restarts += 1
+        self.position = 0
+
+    def __aiter__(self) -> AsyncIterator[Batch]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Batch]:
+        while True:
+            yield await self.next_batch()
+
+    async def arrays(self) -> AsyncIterator[Any]:
+        """New samples as numpy structured arrays (needs numpy)."""
+        async for batch in self:
+            yield batch.array()
+
+
+class ExternalSensor:
+    """Publish your own sensor: register it, write samples into a ring you own, wake readers.
+
+    ::
+
+        async with ExternalSensor("wheel", layout, rate_hz=100) as wheel:
+            await wheel.write((3.2, 0.1))
+    """
+
+    def __init__(
+        self,
+        name: str,
+        layout: Layout,
+        *,
+        capacity: int = 1024,
+        rate_hz: float = 0,
+        unit: str = "",
+        path: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.name = name
+        self.layout = layout
+        self.capacity = capacity
+        self.rate_hz = rate_hz
+        self.unit = unit
+        self.client = SensorClient(path)
+        self.id = ""
+        self.view: dict[str, Any] = {}
+        self._mapped: MappedWriter | None = None
+
+    async def __aenter__(self) -> Self:
+        await self.client.__aenter__()
+        try:
+            reg = await self.client.request(
+                "sensors/register",
+                {
+                    "name": self.name,
+                    "layout": self.layout.to_json(),
+                    "capacity": self.capacity,
+                    "rateHz": self.rate_hz,
+                    "unit": self.unit,
+                },
+            )
+            self.id = reg["sensor"]
+            self._mapped = MappedWriter(reg["ring"], self.layout, self.capacity)
+            self.view = await self.client.request("sensors/attach", {"sensor": self.id})
+        except BaseException:
+            await self._close()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._close()
+
+    async def _close(self) -> None:
+        with contextlib.suppress(KikiError):
+            await self.client.__aexit__(None, None, None)
+        if self._mapped is not None:
+            self._mapped.close()
+            self._mapped = None
+
+    def write_nowait(self, values: Sequence[Any], timestamp_ns: int | None = None) -> int:
+        """Write one sample into the ring (readers polling see it; nobody is woken)."""
+        if self._mapped is None:
+            raise KikiError("ExternalSensor is not open")
+        ts = time.monotonic_ns() if timestamp_ns is None else timestamp_ns
+        return self._mapped.ring.write(ts, values)
+
+    async def publish(self) -> None:
+        """Wake the readers (the publisher reads the write index from the ring itself)."""
+        await self.client.connection.notify("sensors/written", {"sensor": self.id})
+
+    async def write(self, values: Sequence[Any], timestamp_ns: int | None = None) -> int:
+        index = self.write_nowait(values, timestamp_ns)
+        await self.publish()
+        return index

@@ -1,0 +1,60 @@
+"""The publisher's settings: ``/etc/kiki/sensor-publisher.toml`` or
+``KIKI_SENSOR_PUBLISHER_<FIELD>`` (e.g. ``KIKI_SENSOR_PUBLISHER_IMU_HZ=200``)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pydantic
+
+from libkiki.config import ServiceConfig
+from libkiki.paths import runtime_dir
+
+MAX_RATE_HZ = 20_000.0
+
+
+class SensorConfig(ServiceConfig):
+    # Rates in Hz; 0 turns a source off.
+    imu_hz: float = pydantic.Field(default=1000.0, ge=0, le=MAX_RATE_HZ)
+    cpu_hz: float = pydantic.Field(default=10.0, ge=0, le=1000)
+    memory_hz: float = pydantic.Field(default=2.0, ge=0, le=1000)
+    pressure_hz: float = pydantic.Field(default=2.0, ge=0, le=1000)
+    thermal_hz: float = pydantic.Field(default=1.0, ge=0, le=1000)
+    power_hz: float = pydantic.Field(default=0.5, ge=0, le=1000)
+    iio_hz: float = pydantic.Field(default=50.0, ge=0, le=10000)
+    # Records per ring: a power of two; a reader may be this many samples behind.
+    capacity: int = pydantic.Field(default=4096, ge=16, le=1 << 20)
+    # Segment names are <shm_prefix>.<sensor>; everything with this prefix is the publisher's
+    # to clean up at start. Unset: "kiki-sensors" for /run/kiki, and a name derived from the
+    # runtime directory otherwise, so that developer constellations never share rings.
+    shm_prefix: str | None = pydantic.Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+    proc_root: Path = Path("/proc")
+    sys_root: Path = Path("/sys")
+    # Who may read which sensor: sensor glob -> principals (uid:N, user:NAME, gid:N,
+    # group:NAME, *). First matching glob decides; root may read everything.
+    read_policy: dict[str, list[str]] = pydantic.Field(default_factory=lambda: {"*": ["*"]})
+    # Who may register an external sensor, and how many (per peer uid and in all).
+    external_writers: list[str] = pydantic.Field(default_factory=lambda: ["*"])
+    max_external_per_uid: int = pydantic.Field(default=8, ge=0)
+    max_external: int = pydantic.Field(default=64, ge=0)
+    max_subscriptions: int = pydantic.Field(default=256, ge=1)
+    # A batched subscriber asks for at most this many wake-ups per second.
+    max_wakeups_hz: float = pydantic.Field(default=10_000.0, gt=0)
+    # The tool broker's socket (tools.sock in the runtime directory when unset); "" disables.
+    broker_socket: str | None = None
+
+    def ring_prefix(self) -> str:
+        if self.shm_prefix:
+            return self.shm_prefix
+        where = str(runtime_dir())
+        if where == "/run/kiki":
+            return "kiki-sensors"
+        return "kiki-sensors-" + hashlib.sha256(where.encode()).hexdigest()[:10]
+
+    @pydantic.field_validator("capacity")
+    @classmethod
+    def _power_of_two(cls, value: int) -> int:
+        if value & (value - 1):
+            raise ValueError("capacity must be a power of two")
+        return value

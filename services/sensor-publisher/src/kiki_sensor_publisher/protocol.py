@@ -1,0 +1,200 @@
+"""The notify socket's logic, sans-I/O: subscriptions, coalesced wake-ups, read policy.
+
+No clock reads here: callers pass ``now`` (seconds, monotonic). A subscriber's wake-ups are one
+dict ``{sensor: write index}`` that newer indices overwrite, so a subscriber that does not keep
+up costs one dict entry per sensor, however far behind it is.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import grp
+import pwd
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from libkiki.errors import InvalidParams, LimitExceeded, NotFound
+from libkiki.peer import PeerCred
+
+WAKE: str = "sensors/wake"
+GONE: str = "sensors/gone"
+
+
+@dataclass(eq=False)
+class Subscriber:
+    """One connection's subscriptions and its wake-up state."""
+
+    id: int
+    peer: PeerCred
+    sensors: set[str] = field(default_factory=set)
+    min_interval: float = 0.0  # 0: a wake-up for every sample (as fast as it can take them)
+    pending: dict[str, int] = field(default_factory=dict)
+    delivered: dict[str, int] = field(default_factory=dict)  # last index each wake-up carried
+    last_sent: float = float("-inf")
+    wakeups: int = 0
+    coalesced: int = 0
+    overruns: int = 0
+
+    def view(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "uid": self.peer.uid,
+            "pid": self.peer.pid,
+            "sensors": sorted(self.sensors),
+            "maxWakeupsPerSecond": round(1 / self.min_interval) if self.min_interval else 0,
+            "wakeups": self.wakeups,
+            "coalesced": self.coalesced,
+            "overruns": self.overruns,
+            "pending": len(self.pending),
+        }
+
+
+class WakeCore:
+    """Who is subscribed to what, and which wake-up each subscriber is owed."""
+
+    def __init__(self, *, max_subscriptions: int, max_wakeups_hz: float) -> None:
+        self.max_subscriptions = max_subscriptions
+        self.max_wakeups_hz = max_wakeups_hz
+        self.subscribers: dict[int, Subscriber] = {}
+        self.by_sensor: dict[str, set[Subscriber]] = {}
+        self._next_id = 1
+
+    def connect(self, peer: PeerCred) -> Subscriber:
+        sub = Subscriber(self._next_id, peer)
+        self._next_id += 1
+        self.subscribers[sub.id] = sub
+        return sub
+
+    def disconnect(self, sub: Subscriber) -> None:
+        self.unsubscribe(sub, None)
+        self.subscribers.pop(sub.id, None)
+
+    def subscribe(
+        self, sub: Subscriber, sensors: Iterable[str], max_wakeups: float | None
+    ) -> list[str]:
+        names = list(dict.fromkeys(sensors))
+        total = sum(len(s.sensors) for s in self.subscribers.values())
+        new = [n for n in names if n not in sub.sensors]
+        if total + len(new) > self.max_subscriptions:
+            raise LimitExceeded(
+                f"at most {self.max_subscriptions} subscriptions",
+                data={"limit": self.max_subscriptions},
+            )
+        if max_wakeups is not None:
+            if not 0 < max_wakeups <= self.max_wakeups_hz:
+                raise InvalidParams(
+                    f"maxWakeupsPerSecond must be in (0, {self.max_wakeups_hz:g}] or 0 for every "
+                    "sample"
+                )
+            sub.min_interval = 1.0 / max_wakeups
+        else:
+            sub.min_interval = 0.0
+        for name in names:
+            sub.sensors.add(name)
+            self.by_sensor.setdefault(name, set()).add(sub)
+        return names
+
+    def unsubscribe(self, sub: Subscriber, sensors: Iterable[str] | None) -> list[str]:
+        names = sorted(sub.sensors) if sensors is None else list(sensors)
+        removed = []
+        for name in names:
+            if name in sub.sensors:
+                sub.sensors.discard(name)
+                sub.pending.pop(name, None)
+                sub.delivered.pop(name, None)
+                subs = self.by_sensor.get(name)
+                if subs is not None:
+                    subs.discard(sub)
+                    if not subs:
+                        del self.by_sensor[name]
+                removed.append(name)
+        return removed
+
+    def published(self, sensor: str, index: int, capacity: int) -> list[Subscriber]:
+        """Record that ``sensor`` now has ``index`` records; returns who needs waking now
+        (those that had nothing pending). ``capacity`` lets it count overruns: a subscriber whose
+        last delivered wake-up the writer has lapped has certainly lost samples."""
+        subs = self.by_sensor.get(sensor)
+        if not subs:
+            return []
+        woken = []
+        for sub in subs:
+            if sensor in sub.pending:
+                sub.coalesced += 1
+            elif not sub.pending:
+                woken.append(sub)
+            sub.pending[sensor] = index
+            last = sub.delivered.get(sensor)
+            if last is not None and index - last > capacity:
+                sub.overruns += 1
+                sub.delivered[sensor] = index - capacity  # count each lap once
+        return woken
+
+    def take(self, sub: Subscriber, now: float) -> tuple[dict[str, int] | None, float]:
+        """The wake-up to send now, or ``(None, seconds to wait)`` under a batched policy."""
+        if not sub.pending:
+            return None, 0.0
+        wait = sub.last_sent + sub.min_interval - now
+        if wait > 0:
+            return None, wait
+        message, sub.pending = sub.pending, {}
+        sub.delivered.update(message)
+        sub.last_sent = now
+        sub.wakeups += 1
+        return message, 0.0
+
+    def drop_sensor(self, sensor: str) -> list[Subscriber]:
+        """A sensor went away (an external writer left): who was subscribed to it."""
+        subs = list(self.by_sensor.pop(sensor, ()))
+        for sub in subs:
+            sub.sensors.discard(sensor)
+            sub.pending.pop(sensor, None)
+            sub.delivered.pop(sensor, None)
+        return subs
+
+
+# -- read policy ------------------------------------------------------------------------------
+
+
+def principal_matches(principal: str, peer: PeerCred) -> bool:
+    kind, _, value = principal.partition(":")
+    if principal == "*":
+        return True
+    try:
+        if kind == "uid":
+            return peer.uid == int(value)
+        if kind == "gid":
+            return peer.gid == int(value)
+        if kind == "user":
+            return peer.uid == pwd.getpwnam(value).pw_uid
+        if kind == "group":
+            group = grp.getgrnam(value)
+            if peer.gid == group.gr_gid:
+                return True
+            try:
+                name = pwd.getpwuid(peer.uid).pw_name
+            except KeyError:
+                return False
+            return name in group.gr_mem
+    except (KeyError, ValueError):
+        return False
+    return False
+
+
+class ReadPolicy:
+    """sensor glob -> principals; the first glob that matches a sensor decides."""
+
+    def __init__(self, rules: Mapping[str, list[str]]) -> None:
+        self.rules = list(rules.items())
+
+    def allows(self, peer: PeerCred, sensor: str) -> bool:
+        if peer.uid == 0:
+            return True
+        for glob, principals in self.rules:
+            if fnmatch.fnmatchcase(sensor, glob):
+                return any(principal_matches(p, peer) for p in principals)
+        return False
+
+
+def unknown(sensor: str) -> NotFound:
+    return NotFound(f"no sensor {sensor!r}", data={"sensor": sensor, "error": "UnknownSensor"})

@@ -1,0 +1,159 @@
+"""The publisher's sensors and their shared-memory segments (created with posix_ipc).
+
+Every segment the publisher owns is named ``<prefix>.<sensor>``, mode 0640, in the unit's group
+(``kiki``): members may map it read-only, nobody but the publisher may write. At start, every
+segment with the prefix is a leftover of an earlier run: it is marked retired (readers that
+still map it notice and map the new one) and unlinked, so a crash never leaves a stale ring.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import mmap
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import posix_ipc
+
+from libkiki.peer import PeerCred
+from libkiki.sensors.layout import Layout
+from libkiki.sensors.ring import Batch, RingReader, RingWriter, segment_size
+from libkiki.sensors.shm import SHM_DIR, MappedReader, mark_retired
+
+log = logging.getLogger(__name__)
+
+SEGMENT_MODE = 0o640
+
+
+def clean_stale(prefix: str, shm_dir: Path = SHM_DIR) -> list[str]:
+    """Retire and unlink the segments an earlier run left behind; returns their names."""
+    cleaned = []
+    try:
+        names = sorted(n for n in os.listdir(shm_dir) if n.startswith(prefix + "."))
+    except OSError:
+        return []
+    for name in names:
+        try:
+            mem = posix_ipc.SharedMemory("/" + name)
+        except (posix_ipc.Error, OSError) as exc:
+            log.warning("cannot open stale segment %s: %s", name, exc)
+            continue
+        try:
+            if mem.size:
+                with mmap.mmap(mem.fd, mem.size) as m:
+                    mark_retired(m)
+        except (OSError, ValueError) as exc:
+            log.warning("cannot retire stale segment %s: %s", name, exc)
+        finally:
+            mem.close_fd()
+        with contextlib.suppress(posix_ipc.ExistentialError):
+            mem.unlink()
+        cleaned.append(name)
+    return cleaned
+
+
+@dataclass(eq=False)
+class Sensor:
+    """A sensor: what ``sensors/list`` says about it, and its ring."""
+
+    id: str
+    kind: str
+    unit: str
+    layout: Layout
+    rate_hz: float
+    ring: str  # the segment's name in /dev/shm
+    capacity: int
+    reader: RingReader
+    writer: RingWriter | None = None  # None for an external sensor (its app writes)
+    owner: PeerCred | None = None
+    _map: mmap.mmap | None = None
+    _mapped: MappedReader | None = None
+    _unlink: Any = None
+    state: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def create(
+        cls, id: str, kind: str, unit: str, layout: Layout, rate_hz: float, ring: str, cap: int
+    ) -> Sensor:
+        size = segment_size(layout, cap)
+        mem = posix_ipc.SharedMemory("/" + ring, posix_ipc.O_CREX, mode=SEGMENT_MODE, size=size)
+        try:
+            os.fchmod(mem.fd, SEGMENT_MODE)  # the umask must not widen or narrow it
+            m = mmap.mmap(mem.fd, size)
+        except BaseException:
+            mem.close_fd()
+            mem.unlink()
+            raise
+        mem.close_fd()
+        writer = RingWriter(m, layout, cap, pid=os.getpid())
+        sensor = cls(id, kind, unit, layout, rate_hz, ring, cap, RingReader(m, layout), writer)
+        sensor._map = m
+        sensor._unlink = mem.unlink
+        return sensor
+
+    @classmethod
+    def external(
+        cls,
+        id: str,
+        unit: str,
+        layout: Layout,
+        rate_hz: float,
+        mapped: MappedReader,
+        owner: PeerCred,
+    ) -> Sensor:
+        ring = mapped.ring
+        sensor = cls(
+            id, "external", unit, layout, rate_hz, mapped.name, ring.capacity, ring, owner=owner
+        )
+        sensor._mapped = mapped
+        return sensor
+
+    @property
+    def write_index(self) -> int:
+        return self.reader.write_index
+
+    def latest(self, count: int) -> Batch:
+        return self.reader.latest(count)
+
+    def measured_rate(self) -> float:
+        batch = self.reader.latest(min(64, self.capacity - 1))
+        ts = batch.timestamps()
+        if len(ts) < 2 or ts[-1] <= ts[0]:
+            return 0.0
+        return (len(ts) - 1) * 1e9 / (ts[-1] - ts[0])
+
+    def view(self) -> dict[str, Any]:
+        view: dict[str, Any] = {
+            "id": self.id,
+            "kind": self.kind,
+            "unit": self.unit,
+            "channels": len(self.layout.fields),
+            "scale": self.layout.scale,
+            "rateHz": round(self.rate_hz),
+            "ring": self.ring,
+            "capacity": self.capacity,
+            "generation": f"{self.reader.generation:016x}",
+            "writeIndex": self.write_index,
+            "layout": self.layout.to_json(),
+        }
+        if self.owner is not None:
+            view["owner"] = {"uid": self.owner.uid, "pid": self.owner.pid}
+        return view
+
+    def close(self) -> None:
+        """Retire the ring (readers map the next one) and unlink what this process owns."""
+        if self.writer is not None:
+            self.writer.retire()
+            self.writer.release()
+        if self._mapped is not None:
+            self._mapped.close()
+            return
+        self.reader.release()
+        if self._map is not None:
+            self._map.close()
+        if self._unlink is not None:
+            with contextlib.suppress(posix_ipc.ExistentialError):
+                self._unlink()
