@@ -26,8 +26,15 @@ from libkiki.a11y.schema import ACTIONS, CAUSES, FILE_IDENTIFIER, ROLES, SCHEMA,
 from libkiki.errors import InvalidFrame
 
 __all__ = [
+    "ACTIONS",
+    "ACTION_NAMES",
+    "CAUSES",
+    "CAUSE_NAMES",
     "FILE_IDENTIFIER",
     "PROTOCOL_VERSION",
+    "ROLES",
+    "ROLE_NAMES",
+    "STATES",
     "Ack",
     "ActionRequest",
     "ActionResult",

@@ -1,10 +1,16 @@
-"""Sans-I/O core of one a11y.sock connection: bytes in, typed requests or violations out."""
+"""Sans-I/O core of one a11y.sock connection: bytes in, typed requests or violations out.
+
+Each frame is verified in full (see :mod:`libkiki.a11y.flat`) with the server's limits before
+anything reads it. A bad frame inside an intact framing costs only that frame; an oversized
+frame ends the connection, because the stream cannot be resynchronised safely.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from libkiki import a11y_wire as wire
+from libkiki.a11y.flat import Limits
 from libkiki.errors import InvalidFrame, KikiError
 from libkiki.framing import DEFAULT_MAX_FRAME, FrameDecoder, Oversized, encode_frame
 
@@ -26,10 +32,16 @@ class Violation:
 Event = Request | Violation
 
 
+def server_limits(max_nodes: int) -> Limits:
+    """What a frame from a peer may contain: the schema nests 4 deep, so 8 is plenty."""
+    return Limits(max_depth=8, max_tables=2 * max_nodes + 64, max_count={"Node": max_nodes})
+
+
 class A11yConnection:
-    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME, max_nodes: int = 100_000) -> None:
         self._decoder = FrameDecoder(max_frame)
         self.max_frame = max_frame
+        self.limits = server_limits(max_nodes)
         self.closed = False
 
     def receive_data(self, data: bytes) -> list[Event]:
@@ -42,7 +54,7 @@ class A11yConnection:
                 self.closed = True
                 break
             try:
-                events.append(Request(wire.decode(frame)))
+                events.append(Request(wire.decode(frame, self.limits)))
             except InvalidFrame as exc:
                 # The frame boundary is intact, so the connection can go on with the next one.
                 events.append(self._violation(exc, fatal=False))

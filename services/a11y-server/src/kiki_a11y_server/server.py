@@ -1,92 +1,371 @@
-"""asyncio layer of the a11y-server: accepts connections on a11y.sock and answers them."""
+"""asyncio layer of the a11y-server: moves frames between a11y.sock peers and the desktop.
+
+The protocol logic lives in :mod:`~kiki_a11y_server.protocol` (frames), :mod:`.tree` (update
+rules) and :mod:`.desktop` (the merged view and subscriber queues); this module only reads,
+writes, times out actions and cleans up after a peer that leaves.
+
+Writes to a subscriber go straight to its transport while the transport's buffer is below
+``write_buffer``; past it the subscriber's own pump task waits for the buffer to drain while new
+updates coalesce in the desktop's bounded queue.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import socket
+import struct
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 
+import pydantic
+
+from kiki_a11y_server.desktop import Desktop, Subscriber
 from kiki_a11y_server.protocol import A11yConnection, Request, Violation
+from kiki_a11y_server.tree import Tree, TreeLimits
 from libkiki import a11y_wire as wire
 from libkiki.config import ServiceConfig
+from libkiki.errors import (
+    InvalidParams,
+    KikiError,
+    LimitExceeded,
+    MethodNotFound,
+    PeerGone,
+    Timeout,
+)
 from libkiki.paths import A11Y_SOCKET, socket_path
-from libkiki.peer import peer_cred
+from libkiki.peer import PeerCred, peer_cred
 from libkiki.servers import serve_stream
 from libkiki.service import ServiceContext
 
 log = logging.getLogger(__name__)
 
+_LEN = struct.Struct("<I")
+
 
 class A11yConfig(ServiceConfig):
     max_frame: int = 16 << 20
+    max_nodes_per_frame: int = pydantic.Field(default=100_000, ge=1)
+    max_tree_nodes: int = pydantic.Field(default=200_000, ge=1)
+    max_tree_depth: int = pydantic.Field(default=512, ge=1)
+    # A subscriber's coalesced backlog beyond which it is told to resync.
+    max_pending_bytes: int = pydantic.Field(default=4 << 20, ge=1024)
+    # A subscriber transport's buffer beyond which updates wait (and coalesce).
+    write_buffer: int = pydantic.Field(default=1 << 20, ge=4096)
+    action_timeout: float = pydantic.Field(default=5.0, gt=0)
+    max_actions_in_flight: int = pydantic.Field(default=16, ge=1)
+    # Offer dev.kiki.a11y.* tools on the broker's tools.sock when it is there.
+    broker_tools: bool = True
+    broker_retry: float = pydantic.Field(default=2.0, gt=0)
 
 
-def _answer(ctx: ServiceContext, message: wire.Message) -> wire.Message:
-    match message:
-        case wire.Hello(request_id):
-            return wire.Hello(request_id, wire.PROTOCOL_VERSION, ctx.name)
-        case wire.GetInfo(request_id):
-            info = ctx.info()
-            return wire.Info(
-                request_id,
-                ctx.name,
-                ctx.version,
-                info["pid"],
-                int((time.monotonic() - ctx.started) * 1000),
-                ctx.status,
-                tuple(sorted(ctx.counters.items())),
+@dataclass(eq=False)
+class Peer:
+    key: int
+    cred: PeerCred
+    conn: A11yConnection
+    writer: asyncio.StreamWriter
+    label: str = ""
+    tree: Tree | None = None
+    sub: Subscriber | None = None
+    blocked: bool = False
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    # Actions forwarded to this peer as an app: our request id -> the requester's future.
+    awaiting: dict[int, asyncio.Future[wire.Message]] = field(default_factory=dict)
+    request_ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    actions_in_flight: int = 0
+
+    def write(self, payload: bytes) -> None:
+        if not self.writer.transport.is_closing():
+            self.writer.writelines([_LEN.pack(len(payload)), payload])
+
+    def send(self, message: wire.Message) -> None:
+        self.write(wire.encode(message))
+
+
+def app_identity(cred: PeerCred) -> wire.App:
+    """Who the kernel says the publisher is: its cgroup's app id, else its pid."""
+    app_id = cred.app_id or f"pid-{cred.pid}"
+    return wire.App(0, app_id, cred.pid, cred.uid, cred.unit or "")
+
+
+class A11yServer:
+    def __init__(self, ctx: ServiceContext, config: A11yConfig) -> None:
+        self.ctx = ctx
+        self.config = config
+        self.desktop = Desktop(
+            max_pending_bytes=config.max_pending_bytes,
+            tree_limits=TreeLimits(config.max_tree_nodes, config.max_tree_depth),
+        )
+        self.peers: dict[int, Peer] = {}
+        self.owners: dict[int, Peer] = {}  # tree id -> publisher
+        self._keys = itertools.count(1)
+
+    # -- connections ---------------------------------------------------------------------------
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock: socket.socket = writer.get_extra_info("socket")
+        cred = peer_cred(sock)
+        conn = A11yConnection(self.config.max_frame, self.config.max_nodes_per_frame)
+        transport = writer.transport
+        transport.set_write_buffer_limits(high=self.config.write_buffer)
+        peer = Peer(next(self._keys), cred, conn, writer)
+        self.peers[peer.key] = peer
+        counters = self.ctx.counters
+        try:
+            async with asyncio.TaskGroup() as tg:
+                pump = tg.create_task(self._pump(peer))
+                try:
+                    await self._serve_peer(peer, reader, tg)
+                except ConnectionError:
+                    counters["disconnects"] += 1
+                finally:
+                    pump.cancel()
+        finally:
+            self._gone(peer)
+
+    async def _serve_peer(
+        self, peer: Peer, reader: asyncio.StreamReader, tg: asyncio.TaskGroup
+    ) -> None:
+        conn, cred, writer, counters = peer.conn, peer.cred, peer.writer, self.ctx.counters
+        while data := await reader.read(65536):
+            for event in conn.receive_data(data):
+                if isinstance(event, Violation):
+                    counters["protocol_errors"] += 1
+                    log.info("peer %s: %s", cred.describe(), event.error)
+                    peer.write(event.reply[4:])
+                    if event.fatal:
+                        await writer.drain()
+                        return
+                elif isinstance(event, Request):
+                    counters["requests"] += 1
+                    self._dispatch(peer, event.message, tg)
+            await writer.drain()
+        if (leftover := conn.eof()) is not None:
+            counters["protocol_errors"] += 1
+            log.info("peer %s: %s", cred.describe(), leftover.error)
+
+    def _gone(self, peer: Peer) -> None:
+        self.peers.pop(peer.key, None)
+        if peer.sub is not None:
+            self.desktop.unsubscribe(peer.key)
+        for fut in peer.awaiting.values():
+            if not fut.done():
+                fut.set_exception(PeerGone("the app closed its connection before answering"))
+        if peer.tree is not None:
+            tree = peer.tree
+            self.owners.pop(tree.tree_id, None)
+            self.desktop.remove_tree(tree.tree_id)
+            log.info("tree %d of %s removed (its app left)", tree.tree_id, tree.app.app_id)
+            self._flush_all()
+            self._status()
+
+    async def _pump(self, peer: Peer) -> None:
+        while True:
+            await peer.wake.wait()
+            peer.wake.clear()
+            await peer.writer.drain()
+            peer.blocked = False
+            self._flush(peer)
+
+    def _flush(self, peer: Peer) -> None:
+        if peer.sub is None or peer.blocked:
+            return
+        frames = self.desktop.take(peer.sub)
+        if not frames:
+            return
+        parts: list[bytes] = []
+        for frame in frames:
+            parts += (_LEN.pack(len(frame)), frame)
+        transport = peer.writer.transport
+        if transport.is_closing():
+            return
+        transport.writelines(parts)
+        if transport.get_write_buffer_size() > self.config.write_buffer:
+            peer.blocked = True
+            peer.wake.set()
+
+    def _flush_all(self) -> None:
+        for peer in list(self.peers.values()):
+            if peer.sub is not None:
+                self._flush(peer)
+
+    # -- requests ------------------------------------------------------------------------------
+
+    def _dispatch(self, peer: Peer, message: wire.Message, tg: asyncio.TaskGroup) -> None:
+        rid = message.request_id
+        try:
+            match message:
+                case wire.Hello():
+                    peer.label = message.peer[:256]
+                    peer.send(wire.Hello(rid, wire.PROTOCOL_VERSION, self.ctx.name))
+                case wire.GetInfo():
+                    peer.send(self._info(rid))
+                case wire.TreeUpdate():
+                    self._publish(peer, message)
+                case wire.Subscribe():
+                    self.desktop.unsubscribe(peer.key)
+                    peer.sub = self.desktop.subscribe(peer.key, message)
+                    self.ctx.counters["subscriptions"] += 1
+                    self._flush(peer)
+                case wire.Resync():
+                    self.desktop.resync(peer.key, rid)
+                    self.ctx.counters["resyncs_requested"] += 1
+                    self._flush(peer)
+                case wire.Query():
+                    nodes, total = self.desktop.query(message)
+                    peer.write(wire.encode_raw(rid, wire.RawQueryResult(nodes, total)))
+                case wire.ActionRequest():
+                    if peer.actions_in_flight >= self.config.max_actions_in_flight:
+                        raise LimitExceeded(
+                            f"at most {self.config.max_actions_in_flight} actions in flight"
+                        )
+                    peer.actions_in_flight += 1
+                    tg.create_task(self._act(peer, message))
+                case wire.ActionResult() | wire.Error() if rid in peer.awaiting:
+                    fut = peer.awaiting.pop(rid)
+                    if not fut.done():
+                        fut.set_result(message)
+                case _:
+                    raise MethodNotFound(f"the server does not take {type(message).__name__}")
+        except KikiError as exc:
+            self.ctx.counters["errors"] += 1
+            peer.send(wire.Error(rid, exc.jsonrpc_code, exc.message))
+        except Exception:
+            # A bug of ours: logged with its traceback, never shown to the peer.
+            self.ctx.counters["internal_errors"] += 1
+            log.exception(
+                "handling %s from %s failed", type(message).__name__, peer.cred.describe()
             )
-    return wire.Error(message.request_id, -32601, "Method not found")
+            peer.send(wire.Error(rid, -32603, "Internal error"))
 
+    def _publish(self, peer: Peer, update: wire.TreeUpdate) -> None:
+        tree = peer.tree
+        if tree is None:
+            app = app_identity(peer.cred)._replace(label=peer.label)
+            tree = self.desktop.new_tree(app)
+        try:
+            change = self.desktop.publish(tree, update)
+        except InvalidParams:
+            self.ctx.counters["updates_rejected"] += 1
+            if peer.tree is None:
+                self.desktop.trees.pop(tree.tree_id, None)
+            raise
+        if peer.tree is None:
+            peer.tree = tree
+            self.owners[tree.tree_id] = peer
+            log.info("tree %d published by %s", tree.tree_id, peer.cred.describe())
+        self.ctx.counters["updates"] += 1
+        if update.request_id:
+            peer.send(wire.Ack(update.request_id, tree.tree_id, change.seq))
+        self._flush_all()
+        if change.root_id:
+            self._status()
 
-async def handle(
-    ctx: ServiceContext,
-    config: A11yConfig,
-    reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
-) -> None:
-    sock: socket.socket = writer.get_extra_info("socket")
-    peer = peer_cred(sock)
-    conn = A11yConnection(config.max_frame)
-    while data := await reader.read(65536):
-        for event in conn.receive_data(data):
-            if isinstance(event, Violation):
-                ctx.counters["protocol_errors"] += 1
-                log.info("peer %s: %s", peer.describe(), event.error)
-                writer.write(event.reply)
-                if event.fatal:
-                    await writer.drain()
-                    return
-            elif isinstance(event, Request):
-                ctx.counters["requests"] += 1
-                writer.write(conn.send(_answer(ctx, event.message)))
-        await writer.drain()
-    if (leftover := conn.eof()) is not None:
-        ctx.counters["protocol_errors"] += 1
-        log.info("peer %s: %s", peer.describe(), leftover.error)
+    async def _act(self, peer: Peer, request: wire.ActionRequest) -> None:
+        rid = request.request_id
+        counters = self.ctx.counters
+        try:
+            answer = await self._route_action(request)
+            counters["actions"] += 1
+            if isinstance(answer, wire.Error):
+                peer.send(wire.Error(rid, answer.code, answer.message))
+            elif isinstance(answer, wire.ActionResult):
+                peer.send(wire.ActionResult(rid, answer.message))
+        except KikiError as exc:
+            counters["actions_failed"] += 1
+            peer.send(wire.Error(rid, exc.jsonrpc_code, exc.message))
+        finally:
+            peer.actions_in_flight -= 1
+
+    async def _route_action(self, request: wire.ActionRequest) -> wire.Message:
+        tree, node = self.desktop.find_node(request.tree_id, request.node_id)
+        name = wire.ACTION_NAMES.get(request.action, str(request.action))
+        if request.action not in node.actions:
+            can = ", ".join(wire.ACTION_NAMES[a] for a in node.actions) or "nothing"
+            raise InvalidParams(f"node {node.id} does not support {name} (it supports {can})")
+        owner = self.owners.get(tree.tree_id)
+        if owner is None:
+            raise PeerGone(f"the app of tree {tree.tree_id} is gone")
+        timeout = self.config.action_timeout
+        if request.timeout_ms:
+            timeout = min(timeout, request.timeout_ms / 1000)
+        forward_id = next(owner.request_ids)
+        fut: asyncio.Future[wire.Message] = asyncio.get_running_loop().create_future()
+        owner.awaiting[forward_id] = fut
+        owner.send(
+            wire.ActionRequest(
+                forward_id,
+                tree.tree_id,
+                node.id,
+                request.action,
+                request.value,
+                int(timeout * 1000),
+            )
+        )
+        try:
+            async with asyncio.timeout(timeout):
+                return await fut
+        except TimeoutError:
+            raise Timeout(
+                f"{tree.app.app_id} did not answer {name} on node {node.id} within {timeout:g}s"
+            ) from None
+        finally:
+            owner.awaiting.pop(forward_id, None)
+
+    def _info(self, request_id: int) -> wire.Info:
+        self.ctx.counters["trees"] = len(self.desktop.trees)
+        self.ctx.counters["nodes"] = self.desktop.node_count
+        self.ctx.counters["subscribers"] = len(self.desktop.subscribers)
+        self.ctx.counters["subscriber_resyncs"] = sum(
+            s.resyncs for s in self.desktop.subscribers.values()
+        )
+        return wire.Info(
+            request_id,
+            self.ctx.name,
+            self.ctx.version,
+            self.ctx.info()["pid"],
+            int((time.monotonic() - self.ctx.started) * 1000),
+            self.ctx.status,
+            tuple(sorted(self.ctx.counters.items())),
+        )
+
+    def _status(self) -> None:
+        trees = len(self.desktop.trees)
+        self.ctx.status = f"serving a11y.sock: {trees} app tree{'s' if trees != 1 else ''}"
 
 
 @contextlib.asynccontextmanager
 async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
     config: A11yConfig = ctx.config
     listener = ctx.listeners.unix("a11y", socket_path(A11Y_SOCKET))
-
-    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await handle(ctx, config, reader, writer)
+    server = A11yServer(ctx, config)
 
     def reject() -> bytes:
         error = wire.Error(0, -32005, f"too many connections (limit {config.max_connections})")
         return A11yConnection(config.max_frame).send(error)
 
-    async with serve_stream(
-        listener,
-        on_connect,
-        max_connections=config.max_connections,
-        reject=reject,
-        counters=ctx.counters,
+    async with (
+        serve_stream(
+            listener,
+            server.handle,
+            max_connections=config.max_connections,
+            reject=reject,
+            counters=ctx.counters,
+        ),
+        asyncio.TaskGroup() as tg,
     ):
         ctx.status = f"serving a11y.sock ({'activated' if ctx.listeners.activated else 'bound'})"
-        yield
+        tools = None
+        if config.broker_tools:
+            from kiki_a11y_server.tools import provide_tools
+
+            tools = tg.create_task(provide_tools(server, config.broker_retry))
+        try:
+            yield
+        finally:
+            if tools is not None:
+                tools.cancel()

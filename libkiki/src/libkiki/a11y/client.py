@@ -1,0 +1,432 @@
+"""Reading and acting on the desktop's accessibility trees (``a11y.sock``).
+
+For agents::
+
+    async with A11yClient() as a11y:
+        mirror = await a11y.subscribe()          # a snapshot, then kept current
+        save = mirror.find(role="button", name="Save")[0]
+        await a11y.act(ref(save), "press")
+        print(render_text(mirror))               # libkiki.a11y.render
+
+The mirror applies every update in sequence order; an update whose ``base_seq`` is not the
+mirror's ``seq`` for that tree (a gap) makes the client ask the server for a fresh snapshot
+(``Resync``), and so does the server's own ``Resync`` (sent when this client fell too far
+behind). Until the snapshot arrives that tree is marked stale.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from libkiki import a11y_wire as wire
+from libkiki.a11y.flat import Limits
+from libkiki.errors import (
+    InvalidFrame,
+    InvalidParams,
+    KikiError,
+    PeerGone,
+    Timeout,
+    Unavailable,
+    error_for_code,
+)
+from libkiki.framing import FrameDecoder, Oversized, encode_frame
+from libkiki.paths import A11Y_SOCKET, socket_path
+
+log = logging.getLogger(__name__)
+
+CLIENT_MAX_FRAME = 256 << 20
+CLIENT_LIMITS = Limits(max_depth=8, max_tables=4_000_000, max_count={"Node": 2_000_000})
+
+
+def ref(node: wire.Node) -> str:
+    """A short reference to a node, stable while its app is connected: ``tree:node``."""
+    return f"{node.tree_id}:{node.id}"
+
+
+def parse_ref(text: str) -> tuple[int, int]:
+    tree, sep, node = text.partition(":")
+    try:
+        if sep:
+            return int(tree), int(node)
+    except ValueError:
+        pass
+    raise InvalidParams(f"{text!r} is not a node reference (tree:node, e.g. 3:17)")
+
+
+def role_value(role: str | int) -> int:
+    if isinstance(role, int):
+        return role
+    for name, value in wire.ROLES.items():
+        if name.casefold() == role.casefold():
+            return value
+    raise InvalidParams(f"unknown role {role!r}")
+
+
+def action_value(action: str | int) -> int:
+    if isinstance(action, int):
+        return action
+    for name, value in wire.ACTIONS.items():
+        if name.casefold() == action.casefold():
+            return value
+    raise InvalidParams(f"unknown action {action!r} (one of {', '.join(wire.ACTIONS)})")
+
+
+@dataclass(eq=False)
+class MirrorTree:
+    tree_id: int
+    app: wire.App
+    root: int = 0
+    seq: int = 0
+    nodes: dict[int, wire.Node] = field(default_factory=dict)
+    stale: bool = False
+
+
+@dataclass(eq=False)
+class Mirror:
+    """A local copy of the trees a subscription delivers."""
+
+    trees: dict[int, MirrorTree] = field(default_factory=dict)
+    updates: int = 0
+
+    def load(self, snapshot: wire.Snapshot) -> None:
+        self.trees = {}
+        for t in snapshot.trees:
+            app = t.app or wire.App(t.tree_id)
+            self.trees[t.tree_id] = MirrorTree(
+                t.tree_id, app, t.root_id, t.seq, {n.id: n for n in t.nodes}
+            )
+
+    def apply(self, update: wire.TreeUpdate) -> bool:
+        """Apply one update; ``False`` (and nothing changed) when it does not follow on."""
+        tree = self.trees.get(update.tree_id)
+        if tree is None:
+            if update.base_seq != 0:
+                return False
+            tree = self.trees[update.tree_id] = MirrorTree(
+                update.tree_id, update.app or wire.App(update.tree_id)
+            )
+        elif tree.stale or update.base_seq != tree.seq:
+            tree.stale = True
+            return False
+        nodes = tree.nodes
+        for r in update.removed:
+            nodes.pop(r, None)
+        for n in update.nodes:
+            nodes[n.id] = n
+        if update.root_id:
+            tree.root = update.root_id
+        tree.seq = update.seq
+        self.updates += 1
+        return True
+
+    def remove(self, tree_id: int) -> None:
+        self.trees.pop(tree_id, None)
+
+    def node(self, node_ref: str | tuple[int, int]) -> wire.Node | None:
+        tree_id, node_id = parse_ref(node_ref) if isinstance(node_ref, str) else node_ref
+        tree = self.trees.get(tree_id)
+        return tree.nodes.get(node_id) if tree else None
+
+    def __iter__(self) -> Iterator[MirrorTree]:
+        return iter(self.trees.values())
+
+    def __len__(self) -> int:
+        return sum(len(t.nodes) for t in self.trees.values())
+
+    def find(
+        self,
+        *,
+        role: str | int | None = None,
+        name: str | None = None,
+        text: str | None = None,
+        states: Iterable[str] = (),
+        app_id: str | None = None,
+    ) -> list[wire.Node]:
+        """Nodes matching every criterion (names and text: case-insensitive substrings)."""
+        want_role = role_value(role) if role is not None else None
+        want_states = wire.states_of(*states)
+        name_cf = name.casefold() if name else None
+        text_cf = text.casefold() if text else None
+        found = []
+        for tree in self.trees.values():
+            if app_id and tree.app.app_id != app_id:
+                continue
+            for n in tree.nodes.values():
+                if want_role is not None and n.role != want_role:
+                    continue
+                if n.states & want_states != want_states:
+                    continue
+                if name_cf and name_cf not in n.name.casefold():
+                    continue
+                if text_cf and not any(
+                    text_cf in s.casefold() for s in (n.name, n.value, n.description)
+                ):
+                    continue
+                found.append(n)
+        return found
+
+
+Event = wire.Snapshot | wire.TreeUpdate | wire.TreeGone | wire.Resync
+
+
+class _Connection:
+    """Frames in and out over one a11y.sock connection, with request/answer matching."""
+
+    def __init__(self, path: str | os.PathLike[str] | None, timeout: float, peer: str) -> None:
+        self.path = Path(path) if path is not None else socket_path(A11Y_SOCKET)
+        self.timeout = timeout
+        self.peer = peer
+        self.server: wire.Hello | None = None
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future[wire.Message]] = {}
+        self._stack = contextlib.AsyncExitStack()
+        self._tg: asyncio.TaskGroup | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.closed = asyncio.Event()
+        # Raw frames as received, for `kiki a11y capture`.
+        self.on_frame: Callable[[bytes], None] | None = None
+
+    async def _open(self) -> None:
+        try:
+            self._reader, self._writer = await asyncio.open_unix_connection(
+                str(self.path), limit=1 << 20
+            )
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise Unavailable(f"the a11y-server is not running ({self.path}: {exc})") from None
+        self._tg = await self._stack.enter_async_context(asyncio.TaskGroup())
+        self.spawn(self._read_loop())
+        hello = await self.request(wire.Hello(0, wire.PROTOCOL_VERSION, self.peer))
+        assert isinstance(hello, wire.Hello)
+        self.server = hello
+
+    async def _close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            with contextlib.suppress(OSError):
+                await self._writer.wait_closed()
+        for task in list(self._tasks):
+            task.cancel()
+        await self._stack.aclose()
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` in this connection's task group; cancelled when the connection closes."""
+        assert self._tg is not None
+        task = self._tg.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def send(self, message: wire.Message) -> None:
+        if self._writer is None or self._writer.is_closing():
+            raise PeerGone("the connection to the a11y-server is closed")
+        self._writer.write(encode_frame(wire.encode(message), CLIENT_MAX_FRAME))
+
+    async def request(self, message: Any, timeout: float | None = None) -> wire.Message:  # noqa: ASYNC109
+        rid = next(self._ids)
+        message = _with_id(message, rid)
+        fut: asyncio.Future[wire.Message] = asyncio.get_running_loop().create_future()
+        self._waiting[rid] = fut
+        try:
+            self.send(message)
+            async with asyncio.timeout(timeout or self.timeout):
+                answer = await fut
+        except TimeoutError:
+            raise Timeout(
+                f"no answer from the a11y-server within {timeout or self.timeout}s"
+            ) from None
+        finally:
+            self._waiting.pop(rid, None)
+        if isinstance(answer, wire.Error):
+            raise error_for_code(answer.code, answer.message)
+        return answer
+
+    async def _read_loop(self) -> None:
+        assert self._reader is not None
+        decoder = FrameDecoder(CLIENT_MAX_FRAME)
+        try:
+            while data := await self._reader.read(1 << 20):
+                for frame in decoder.feed(data):
+                    if isinstance(frame, Oversized):
+                        raise frame.error
+                    if self.on_frame is not None:
+                        self.on_frame(frame)
+                    try:
+                        message = wire.decode(frame, CLIENT_LIMITS)
+                    except InvalidFrame as exc:
+                        log.warning("a11y-server sent a bad frame: %s", exc)
+                        continue
+                    self._route(message)
+        except (ConnectionError, KikiError) as exc:
+            log.debug("a11y connection ended: %s", exc)
+        finally:
+            self.closed.set()
+            for fut in self._waiting.values():
+                if not fut.done():
+                    fut.set_exception(PeerGone("the a11y-server closed the connection"))
+
+    def _route(self, message: wire.Message) -> None:
+        fut = self._waiting.get(message.request_id) if message.request_id else None
+        self.received(message)
+        if fut is not None and not fut.done():
+            fut.set_result(message)
+
+    def received(self, message: wire.Message) -> None:
+        """Unsolicited messages and answers, in arrival order (before the answer is handed on)."""
+        if isinstance(message, wire.Error) and not message.request_id:
+            log.warning("a11y-server: %s (%d)", message.message, message.code)
+
+
+def _with_id(message: Any, rid: int) -> wire.Message:
+    import dataclasses
+
+    return dataclasses.replace(message, request_id=rid)  # type: ignore[no-any-return]
+
+
+class A11yClient(_Connection):
+    """Subscribe to a mirror of the trees, query the server, act on nodes."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        timeout: float = 10.0,
+        peer: str = "libkiki",
+        max_events: int = 1024,
+    ) -> None:
+        super().__init__(path, timeout, peer)
+        self.mirror = Mirror()
+        self.resyncs = 0
+        self._tick = asyncio.Event()
+        self._events: asyncio.Queue[Event] = asyncio.Queue(max_events)
+        self.events_dropped = 0
+
+    async def __aenter__(self) -> A11yClient:
+        await self._open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._close()
+
+    def received(self, message: wire.Message) -> None:
+        match message:
+            case wire.Snapshot():
+                self.mirror.load(message)
+            case wire.TreeUpdate():
+                if not self.mirror.apply(message):
+                    self._ask_resync(message.tree_id, "gap in sequence numbers")
+            case wire.TreeGone():
+                self.mirror.remove(message.tree_id)
+            case wire.Resync():
+                self._ask_resync(message.tree_id, message.reason)
+            case _:
+                super().received(message)
+                return
+        self._tick.set()
+        try:
+            self._events.put_nowait(message)
+        except asyncio.QueueFull:
+            self.events_dropped += 1
+
+    def _ask_resync(self, tree_id: int, reason: str) -> None:
+        self.resyncs += 1
+        log.info("resync (tree %d): %s", tree_id, reason)
+        with contextlib.suppress(KikiError):
+            self.send(wire.Resync(0, tree_id, reason))
+
+    async def subscribe(
+        self,
+        *,
+        apps: Iterable[str] = (),
+        tree_id: int = 0,
+        root_id: int = 0,
+        roles: Iterable[str | int] = (),
+        max_depth: int = 0,
+    ) -> Mirror:
+        """Subscribe; returns the mirror once the snapshot is in it."""
+        request = wire.Subscribe(
+            0, tuple(apps), tree_id, root_id, tuple(role_value(r) for r in roles), max_depth
+        )
+        await self.request(request)
+        return self.mirror
+
+    async def wait_for(self, predicate: Callable[[Mirror], Any], timeout: float = 10.0) -> Any:  # noqa: ASYNC109
+        """Wait (bounded) until ``predicate(mirror)`` is truthy; returns its value."""
+        async with asyncio.timeout(timeout):
+            while not (value := predicate(self.mirror)):
+                self._tick.clear()
+                await self._tick.wait()
+            return value
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Every snapshot, update, removal and resync notice, as the mirror applies them."""
+        while True:
+            get = asyncio.ensure_future(self._events.get())
+            closed = asyncio.ensure_future(self.closed.wait())
+            try:
+                done, _ = await asyncio.wait({get, closed}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                closed.cancel()
+            if get in done:
+                yield get.result()
+            else:
+                get.cancel()
+                return
+
+    async def query(
+        self,
+        *,
+        role: str | int | None = None,
+        name: str = "",
+        text: str = "",
+        states: Iterable[str] = (),
+        app_id: str = "",
+        tree_id: int = 0,
+        limit: int = 100,
+    ) -> tuple[list[wire.Node], int]:
+        """Ask the server (no subscription needed): the matching nodes and the total count."""
+        answer = await self.request(
+            wire.Query(
+                0,
+                tree_id,
+                app_id,
+                role_value(role) if role is not None else 0,
+                name,
+                text,
+                wire.states_of(*states),
+                limit,
+            )
+        )
+        assert isinstance(answer, wire.QueryResult)
+        return list(answer.nodes), answer.total
+
+    async def act(
+        self,
+        node_ref: str | tuple[int, int],
+        action: str | int,
+        value: str = "",
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 -- also bounds the app at the server
+    ) -> str:
+        """Perform ``action`` on the node; returns the app's message, raises its error."""
+        tree_id, node_id = parse_ref(node_ref) if isinstance(node_ref, str) else node_ref
+        timeout_ms = int(timeout * 1000) if timeout else 0
+        answer = await self.request(
+            wire.ActionRequest(0, tree_id, node_id, action_value(action), value, timeout_ms),
+            timeout=(timeout or self.timeout) + 1,
+        )
+        assert isinstance(answer, wire.ActionResult)
+        return answer.message
+
+    async def info(self) -> wire.Info:
+        answer = await self.request(wire.GetInfo(0))
+        assert isinstance(answer, wire.Info)
+        return answer

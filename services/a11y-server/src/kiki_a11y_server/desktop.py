@@ -1,0 +1,321 @@
+"""The desktop-wide view: every app's tree, the subscribers and their queues (sans-I/O).
+
+Snapshots are spliced from the encoded chunks each tree keeps per node (see
+:mod:`libkiki.a11y.flat`): an unfiltered snapshot is cached whole until some tree changes, and a
+tree's part of it until that tree changes. A subscriber's pending updates are coalesced per tree
+(later node data wins, removals accumulate, the first ``base_seq`` and the last ``seq`` are
+kept), so a slow reader costs at most one pending entry per tree; when the pending bytes pass
+``max_pending_bytes`` they are dropped and the subscriber is told to resync.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from kiki_a11y_server.tree import Change, Tree, TreeLimits
+from libkiki import a11y_wire as wire
+from libkiki.a11y.flat import Chunk
+from libkiki.errors import InvalidParams, NotFound
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    apps: frozenset[str] = frozenset()
+    tree_id: int = 0
+    root_id: int = 0
+    roles: frozenset[int] = frozenset()
+    max_depth: int = 0
+
+    @classmethod
+    def of(cls, sub: wire.Subscribe) -> Filter:
+        return cls(
+            frozenset(sub.apps), sub.tree_id, sub.root_id, frozenset(sub.roles), sub.max_depth
+        )
+
+    @property
+    def per_node(self) -> bool:
+        return bool(self.root_id or self.roles or self.max_depth)
+
+    def wants_tree(self, tree: Tree) -> bool:
+        if self.apps and tree.app.app_id not in self.apps:
+            return False
+        return not self.tree_id or tree.tree_id == self.tree_id
+
+    def wants_node(self, tree: Tree, node: wire.Node) -> bool:
+        if self.roles and node.role not in self.roles:
+            return False
+        top = self.root_id or tree.root
+        if self.root_id and not tree.is_ancestor(top, node.id):
+            return False
+        if self.max_depth:
+            return tree.depth.get(node.id, 0) - tree.depth.get(top, 0) <= self.max_depth
+        return True
+
+
+@dataclass(slots=True)
+class Pending:
+    """A subscriber's coalesced, not yet sent changes of one tree."""
+
+    base_seq: int
+    seq: int
+    nodes: dict[int, wire.Node]
+    removed: set[int]
+    root_id: int
+    cause: int
+    single: Change | None  # the one change this entry holds, while it holds only one
+    gone: bool = False
+
+
+@dataclass(eq=False)
+class Subscriber:
+    filter: Filter
+    max_pending_bytes: int
+    pending: dict[int, Pending] = field(default_factory=dict)
+    pending_bytes: int = 0
+    # Frames to send before any update: (is a snapshot, frame).
+    outbox: deque[tuple[bool, bytes]] = field(default_factory=deque)
+    # Told to resync: updates are dropped until it asks for a snapshot.
+    stale: bool = False
+    resyncs: int = 0
+
+
+class Desktop:
+    def __init__(
+        self, *, max_pending_bytes: int = 4 << 20, tree_limits: TreeLimits | None = None
+    ) -> None:
+        self.trees: dict[int, Tree] = {}
+        self.subscribers: dict[int, Subscriber] = {}
+        self.max_pending_bytes = max_pending_bytes
+        self.tree_limits = tree_limits or TreeLimits()
+        self._ids = itertools.count(1)
+        self._snapshot: bytes | None = None
+
+    # -- trees ---------------------------------------------------------------------------------
+
+    def new_tree(self, app: wire.App) -> Tree:
+        tree_id = next(self._ids)
+        tree = Tree(tree_id, app._replace(tree_id=tree_id), self.tree_limits)
+        self.trees[tree_id] = tree
+        return tree
+
+    def publish(self, tree: Tree, update: wire.TreeUpdate) -> Change:
+        """Apply ``update`` (all or nothing) and queue it for every subscriber that wants it."""
+        change = tree.apply(update)
+        self._snapshot = None
+        for sub in self.subscribers.values():
+            if not sub.stale and sub.filter.wants_tree(tree):
+                self._offer(sub, tree, change)
+        return change
+
+    def remove_tree(self, tree_id: int) -> None:
+        tree = self.trees.pop(tree_id, None)
+        if tree is None:
+            return
+        self._snapshot = None
+        for sub in self.subscribers.values():
+            if sub.stale or not sub.filter.wants_tree(tree):
+                continue
+            entry = sub.pending.pop(tree_id, None)
+            if entry is not None:
+                sub.pending_bytes -= self._cost(entry)
+            sub.pending[tree_id] = Pending(0, tree.seq, {}, set(), 0, 0, None, gone=True)
+
+    @property
+    def node_count(self) -> int:
+        return sum(len(t.nodes) for t in self.trees.values())
+
+    # -- subscribers ---------------------------------------------------------------------------
+
+    def subscribe(self, key: int, request: wire.Subscribe) -> Subscriber:
+        sub = Subscriber(Filter.of(request), self.max_pending_bytes)
+        self.subscribers[key] = sub
+        sub.outbox.append((True, self.snapshot(request.request_id, sub.filter)))
+        return sub
+
+    def resync(self, key: int, request_id: int) -> None:
+        sub = self.subscribers.get(key)
+        if sub is None:
+            raise InvalidParams("Resync needs a subscription (send Subscribe first)")
+        sub.pending.clear()
+        sub.pending_bytes = 0
+        sub.stale = False
+        # A snapshot not yet sent is replaced: only the newest is worth sending.
+        sub.outbox = deque(item for item in sub.outbox if not item[0])
+        sub.outbox.append((True, self.snapshot(request_id, sub.filter)))
+
+    def unsubscribe(self, key: int) -> None:
+        self.subscribers.pop(key, None)
+
+    def snapshot(self, request_id: int, filt: Filter = Filter()) -> bytes:
+        if filt == Filter():
+            if request_id == 0 and self._snapshot is not None:
+                return self._snapshot
+            frame = wire.encode_raw(
+                request_id, wire.RawSnapshot([t.full_chunk() for t in self.trees.values()])
+            )
+            if request_id == 0:
+                self._snapshot = frame
+            return frame
+        trees = []
+        for tree in self.trees.values():
+            if not filt.wants_tree(tree):
+                continue
+            if not filt.per_node:
+                trees.append(tree.full_chunk())
+                continue
+            chunks = [tree.chunks[i] for i, n in tree.nodes.items() if filt.wants_node(tree, n)]
+            trees.append(
+                wire.raw_tree_chunk(
+                    wire.RawTreeUpdate(
+                        tree.tree_id, tree.seq, 0, 0, tree.root, chunks, (), 0, tree.app_chunk
+                    )
+                )
+            )
+        return wire.encode_raw(request_id, wire.RawSnapshot(trees))
+
+    def take(self, sub: Subscriber) -> list[bytes]:
+        """The frames to send now: control frames first, then one update per pending tree."""
+        frames = [frame for _, frame in sub.outbox]
+        sub.outbox.clear()
+        for tree_id, entry in sub.pending.items():
+            frames.append(self._frame(sub, tree_id, entry))
+        sub.pending.clear()
+        sub.pending_bytes = 0
+        return frames
+
+    def _offer(self, sub: Subscriber, tree: Tree, change: Change) -> None:
+        entry = sub.pending.get(tree.tree_id)
+        nodes = change.upserted
+        removed = change.removed
+        if sub.filter.per_node:
+            wanted = [n for n in nodes if sub.filter.wants_node(tree, n)]
+            if len(wanted) != len(nodes):
+                keep = {n.id for n in wanted}
+                removed = [*removed, *(n.id for n in nodes if n.id not in keep)]
+                nodes = wanted
+        if entry is None:
+            entry = Pending(
+                change.base_seq,
+                change.seq,
+                {n.id: n for n in nodes},
+                set(removed),
+                change.root_id,
+                change.cause,
+                change if not sub.filter.per_node else None,
+            )
+            sub.pending[tree.tree_id] = entry
+            sub.pending_bytes += self._cost(entry)
+        else:
+            cost = 0
+            for r in removed:
+                if (was := entry.nodes.pop(r, None)) is not None:
+                    cost -= _node_cost(was)
+                if r not in entry.removed:
+                    entry.removed.add(r)
+                    cost += 4
+            for n in nodes:
+                if (was := entry.nodes.get(n.id)) is not None:
+                    cost -= _node_cost(was)
+                entry.nodes[n.id] = n
+                cost += _node_cost(n)
+            entry.seq = change.seq
+            entry.root_id = change.root_id or entry.root_id
+            entry.cause = change.cause
+            entry.single = None
+            sub.pending_bytes += cost
+        # One change alone may be big (a whole new tree); the bound is on what piles up behind.
+        behind = len(sub.pending) > 1 or entry.single is None
+        if behind and sub.pending_bytes > sub.max_pending_bytes:
+            sub.pending.clear()
+            sub.pending_bytes = 0
+            sub.stale = True
+            sub.resyncs += 1
+            reason = f"more than {sub.max_pending_bytes} bytes of updates waiting; resync"
+            sub.outbox.append((False, wire.encode(wire.Resync(0, 0, reason))))
+
+    @staticmethod
+    def _cost(entry: Pending) -> int:
+        return 64 + sum(map(_node_cost, entry.nodes.values())) + 4 * len(entry.removed)
+
+    def _frame(self, sub: Subscriber, tree_id: int, entry: Pending) -> bytes:
+        tree = self.trees.get(tree_id)
+        if entry.gone or tree is None:
+            app = tree.app if tree is not None else None
+            return wire.encode(wire.TreeGone(0, tree_id, app))
+        if entry.single is not None:
+            change = entry.single
+            if change.frame is None:
+                change.frame = self._encode(tree, entry)
+            return change.frame
+        return self._encode(tree, entry)
+
+    @staticmethod
+    def _encode(tree: Tree, entry: Pending) -> bytes:
+        chunks = tree.chunks
+        return wire.encode_raw(
+            0,
+            wire.RawTreeUpdate(
+                tree.tree_id,
+                entry.seq,
+                entry.base_seq,
+                0,
+                entry.root_id,
+                [chunks[i] for i in entry.nodes if i in chunks],
+                sorted(entry.removed),
+                entry.cause,
+                tree.app_chunk,
+            ),
+        )
+
+    # -- queries -------------------------------------------------------------------------------
+
+    def find_node(self, tree_id: int, node_id: int) -> tuple[Tree, wire.Node]:
+        tree = self.trees.get(tree_id)
+        if tree is None:
+            raise NotFound(f"tree {tree_id} does not exist (its app may have closed)")
+        node = tree.nodes.get(node_id)
+        if node is None:
+            raise NotFound(f"node {node_id} no longer exists in tree {tree_id} ({tree.app.app_id})")
+        return tree, node
+
+    def query(self, q: wire.Query) -> tuple[list[Chunk], int]:
+        limit = q.limit or 100
+        name = q.name.casefold()
+        text = q.text.casefold()
+        found: list[Chunk] = []
+        total = 0
+        for tree in self._trees_for(q):
+            for node in tree.nodes.values():
+                if q.role and node.role != q.role:
+                    continue
+                if q.states and node.states & q.states != q.states:
+                    continue
+                if name and name not in node.name.casefold():
+                    continue
+                if text and not any(
+                    text in s.casefold() for s in (node.name, node.value, node.description)
+                ):
+                    continue
+                total += 1
+                if len(found) < limit:
+                    found.append(tree.chunks[node.id])
+        return found, total
+
+    def _trees_for(self, q: wire.Query) -> Iterable[Tree]:
+        for tree in self.trees.values():
+            if q.tree_id and tree.tree_id != q.tree_id:
+                continue
+            if q.app_id and tree.app.app_id != q.app_id:
+                continue
+            yield tree
+
+    def __iter__(self) -> Iterator[Tree]:
+        return iter(self.trees.values())
+
+
+def _node_cost(node: wire.Node) -> int:
+    """About what the node costs held in memory and encoded (bounds the pending queue)."""
+    return 96 + len(node.name) + len(node.value) + len(node.description) + 4 * len(node.children)

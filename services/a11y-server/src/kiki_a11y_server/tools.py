@@ -1,0 +1,113 @@
+"""The a11y-server's tools on the broker: ``dev.kiki.a11y.snapshot``, ``find`` and ``act``.
+
+The server connects to ``tools.sock`` as a tool provider (libkiki's :class:`ToolProvider`) and
+answers from its own in-memory desktop: no extra hop through ``a11y.sock``. The broker may start
+after us or restart: the connection is retried every ``retry`` seconds, and its absence is never
+fatal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from libkiki import a11y_wire as wire
+from libkiki.a11y.client import action_value, parse_ref, role_value
+from libkiki.a11y.render import node_json, render_text
+from libkiki.errors import KikiError, error_for_code
+from libkiki.paths import TOOLS_SOCKET, socket_path
+from libkiki.tools import ToolCall, ToolProvider
+
+if TYPE_CHECKING:
+    from kiki_a11y_server.server import A11yServer
+
+log = logging.getLogger(__name__)
+
+
+def make_provider(server: A11yServer) -> ToolProvider:
+    provider = ToolProvider(socket_path(TOOLS_SOCKET))
+    desktop = server.desktop
+
+    @provider.tool("dev.kiki.a11y.snapshot")
+    async def snapshot(args: dict[str, Any], call: ToolCall) -> dict[str, Any]:
+        app_id = args.get("appId")
+        trees = [t for t in desktop if not app_id or t.app.app_id == app_id]
+        if app_id and not trees:
+            raise error_for_code(-32004, f"no app {app_id!r} has published a tree")
+        rendering = render_text(
+            trees,
+            max_nodes=args.get("maxNodes", 400),
+            max_chars=args.get("maxChars", 16_000),
+            max_depth=args.get("maxDepth", 64),
+        )
+        return {
+            "text": rendering.text,
+            "shown": rendering.nodes,
+            "total": rendering.total,
+            "truncated": rendering.truncated,
+        }
+
+    @provider.tool("dev.kiki.a11y.find")
+    async def find(args: dict[str, Any], call: ToolCall) -> dict[str, Any]:
+        role = args.get("role")
+        query = wire.Query(
+            0,
+            0,
+            args.get("appId", ""),
+            role_value(role) if role else 0,
+            args.get("name", ""),
+            args.get("text", ""),
+            wire.states_of(*([args["state"]] if args.get("state") else [])),
+            args.get("limit", 50),
+        )
+        limit = query.limit
+        found: list[dict[str, Any]] = []
+        total = 0
+        for tree in desktop:
+            if query.app_id and tree.app.app_id != query.app_id:
+                continue
+            for node in tree.nodes.values():
+                if _matches(query, node):
+                    total += 1
+                    if len(found) < limit:
+                        found.append(node_json(node))
+        return {"nodes": found, "total": total}
+
+    @provider.tool("dev.kiki.a11y.act")
+    async def act(args: dict[str, Any], call: ToolCall) -> dict[str, Any]:
+        tree_id, node_id = parse_ref(args["ref"])
+        request = wire.ActionRequest(
+            0, tree_id, node_id, action_value(args["action"]), args.get("value", "")
+        )
+        answer = await server._route_action(request)
+        if isinstance(answer, wire.Error):
+            raise error_for_code(answer.code, answer.message)
+        message = answer.message if isinstance(answer, wire.ActionResult) else ""
+        return {"ok": True, "message": message}
+
+    return provider
+
+
+def _matches(q: wire.Query, node: wire.Node) -> bool:
+    if q.role and node.role != q.role:
+        return False
+    if q.states and node.states & q.states != q.states:
+        return False
+    if q.name and q.name.casefold() not in node.name.casefold():
+        return False
+    text = q.text.casefold()
+    return not text or any(text in s.casefold() for s in (node.name, node.value, node.description))
+
+
+async def provide_tools(server: A11yServer, retry: float) -> None:
+    provider = make_provider(server)
+    while True:
+        try:
+            async with provider.connect():
+                log.info("a11y tools registered on the broker: %s", ", ".join(provider.nsids))
+                await provider.serve_forever()
+            log.info("the broker closed the tools connection; reconnecting")
+        except (KikiError, OSError) as exc:
+            log.debug("broker not reachable (%s); retrying in %.0fs", exc, retry)
+        await asyncio.sleep(retry)  # the broker may start later, or restart
