@@ -5,6 +5,9 @@
 Cases, each measured with the same minimal client (one JSON-RPC line out, one line back):
 
   floor      an asyncio echo server on a Unix socket with the same NDJSON framing
+  relay      the shape of (b) with no work in it: a Protocol passing bytes to the echo server
+             and its answers back (two hops, four process wake-ups; shown for context, the
+             goals are against the floor)
   (a) own    tools/call of the broker's own dev.kiki.service.getInfo
   (b) fwd    tools/call forwarded to a provider process (validated in and out)
   (c) 8x     8 clients pipelining 16 calls each to (a), against 8 clients on the floor
@@ -45,6 +48,42 @@ class Echo(asyncio.Protocol):
 async def main():
     loop = asyncio.get_running_loop()
     server = await loop.create_unix_server(Echo, sys.argv[1])
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+RELAY_SERVER = """
+import asyncio, sys
+
+class Relay(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.t = transport
+        self.up = None
+        self.pending = []
+        asyncio.ensure_future(self.connect())
+    async def connect(self):
+        loop = asyncio.get_running_loop()
+        up, _ = await loop.create_unix_connection(lambda: Back(self.t), sys.argv[2])
+        self.up = up
+        for data in self.pending:
+            up.write(data)
+    def data_received(self, data):
+        if self.up is None:
+            self.pending.append(data)
+        else:
+            self.up.write(data)
+
+class Back(asyncio.Protocol):
+    def __init__(self, down):
+        self.down = down
+    def data_received(self, data):
+        self.down.write(data)
+
+async def main():
+    loop = asyncio.get_running_loop()
+    server = await loop.create_unix_server(Relay, sys.argv[1])
     print("ready", flush=True)
     await asyncio.Event().wait()
 
@@ -171,6 +210,8 @@ def measure(calls: int, repeats: int) -> dict[str, tuple[float, float, float]]:
     procs = []
     try:
         procs.append(start([sys.executable, "-c", ECHO_SERVER, str(run / "echo.sock")], env))
+        relay = [str(run / "relay.sock"), str(run / "echo.sock")]
+        procs.append(start([sys.executable, "-c", RELAY_SERVER, *relay], env))
         procs.append(start_broker(run, env))
         tools = run / "tools.sock"
         provider = PROVIDER.format(tests=str(REPO / "tests" / "broker"), path=str(tools))
@@ -180,6 +221,7 @@ def measure(calls: int, repeats: int) -> dict[str, tuple[float, float, float]]:
         for _ in range(repeats):
             for name, path, line in (
                 ("floor", run / "echo.sock", FLOOR),
+                ("relay", run / "relay.sock", FLOOR),
                 ("(a) own", tools, OWN),
                 ("(b) fwd", tools, FWD),
             ):
@@ -213,7 +255,7 @@ def report(title: str, r: dict[str, tuple[float, float, float]]) -> None:
     floor = r["floor"][0]
     print(f"\n{title}")
     print(f"  {'case':<14} {'p50 µs':>9} {'p99 µs':>9} {'calls/s':>10} {'p50/floor':>10}")
-    for name in ("floor", "(a) own", "(b) fwd"):
+    for name in ("floor", "relay", "(a) own", "(b) fwd"):
         p50, p99, rate = r[name]
         print(f"  {name:<14} {p50:>9.1f} {p99:>9.1f} {rate:>10.0f} {p50 / floor:>9.2f}x")
     base = r["floor 8x16"][2]

@@ -414,7 +414,7 @@ async def test_a_peer_that_never_reads_is_bounded_and_harms_nobody_else(
             )
             assert await bounded(healthy.request("add", [round_, 1])) == round_ + 1
         # Its answers wait in our buffer only up to its in-flight limit, whatever it sends.
-        buffered = max(c._writer.transport.get_write_buffer_size() for c in srv.connections)
+        buffered = max(c.write_buffer_size for c in srv.connections)
         assert buffered <= 4 * (answer + 200) + 4 * 6 * 200
 
 
@@ -695,3 +695,64 @@ async def test_server_exit_cancels_what_does_not_finish_in_time(
         assert probe.cancelled.is_set()
         with pytest.raises(PeerGone):
             await bounded(call)
+
+
+async def test_a_slow_progress_callback_is_bounded_and_runs_before_the_result(
+    server: RpcServer, sock_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # 600 progress notifications against a callback that is stuck until the call has answered:
+    # the queue holds what it can, the rest is dropped (and logged), the reading never stops,
+    # and every callback that was queued has run by the time request() returns.
+    gate = asyncio.Event()
+    seen: list[float] = []
+
+    async def on_progress(params: dict[str, Any]) -> None:
+        await gate.wait()
+        seen.append(params["progress"])
+
+    async with connect_unix(sock_path) as conn:
+        call = asyncio.ensure_future(
+            conn.request("work/steps", {"n": 600}, on_progress=on_progress)
+        )
+        assert await bounded(conn.request("add", [2, 3])) == 5  # the connection still reads
+        gate.set()
+        assert await bounded(call) == 600
+        taken = len(seen)
+    assert 0 < taken < 600
+    assert seen == sorted(seen)
+    assert "progress callbacks are behind" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"a": 1, "b": 2},
+        [1, 2],
+        [1],
+        [1, 2, 3],
+        {"a": 1},
+        {"a": 1, "b": 2, "c": 3},
+        {"ctx": 1, "a": 1, "b": 2},
+        [],
+        {},
+    ],
+)
+async def test_the_direct_call_agrees_with_jsonrpcserver(params: Any) -> None:
+    # dispatch() calls a handler with plain parameters itself when the params certainly bind,
+    # and leaves everything else to jsonrpcserver: both routes must answer alike.
+    from libkiki.peer import PeerCred
+    from libkiki.rpc.methods import dispatch
+
+    fast, slow = Methods(), Methods()
+    for table in (fast, slow):
+
+        @table.method
+        async def add(ctx: RequestContext, a: int, b: int = 10) -> int:
+            return a + b
+
+    slow._shapes["add"] = None  # force the jsonrpcserver route
+    message = {"jsonrpc": "2.0", "id": 7, "method": "add", "params": params}
+    ctx = RequestContext(None, PeerCred(os.getpid(), 0, 0), "add", 7, False)  # type: ignore[arg-type]
+    answers = [orjson.loads(orjson.dumps(await dispatch(m, ctx, message))) for m in (fast, slow)]
+    assert answers[0] == answers[1]
+    assert ("result" in answers[0]) == (params in ({"a": 1, "b": 2}, [1, 2], [1], {"a": 1}))

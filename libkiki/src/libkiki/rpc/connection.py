@@ -1,8 +1,12 @@
-"""A symmetric JSON-RPC 2.0 connection over asyncio streams, one JSON text per line.
+"""A symmetric JSON-RPC 2.0 connection over a connected stream socket, one JSON text per line.
 
 Both ends serve a method table and send requests, notifications and batches. The protocol is in
 :mod:`libkiki.rpc.protocol`; this layer only moves bytes and runs tasks, all owned by a
-``TaskGroup`` that lives as long as the ``async with Connection(...)`` block.
+connection and none of which outlives the ``async with Connection(sock, ...)`` block.
+
+Bytes move through an :class:`asyncio.Protocol`, not streams: input is decoded and dispatched in
+``data_received`` itself (responses complete their futures, requests get their task) and output
+goes straight to the transport, which saves a task wake-up per message each way.
 
 Behaviour worth knowing:
 
@@ -12,10 +16,13 @@ Behaviour worth knowing:
 * Outgoing requests over ``max_in_flight`` *wait* for a slot; the wait counts toward the
   request's timeout, so a stalled peer surfaces as :class:`~libkiki.errors.Timeout`. On timeout
   or cancellation of the caller, the peer is sent ``notifications/cancelled`` (MCP's form).
-* Writes go straight to the transport and every writer awaits ``drain()``: the transport's
-  buffer, with its high-water mark, is the bounded queue. An answer counts against the
-  in-flight limit until it is written, so a peer that stops reading stops our handlers and then
-  our reader instead of growing our memory.
+* Writes go straight to the transport; while its buffer is over the high-water mark, writers
+  wait and the connection stops reading. An answer counts against the in-flight limit until it
+  is written, so a peer that stops reading stops our handlers and then our reading instead of
+  growing our memory.
+* MCP progress callbacks run in order in one task per connection, through a bounded queue;
+  past the bound a progress notification is dropped (it is advisory) and logged. A request
+  returns only after the callbacks queued for it have run.
 * End of input is the peer leaving: pending requests fail at once with
   :class:`~libkiki.errors.PeerGone` and running handlers are cancelled. A peer that half-closes
   to wait for its answers is therefore not supported.
@@ -24,9 +31,9 @@ Behaviour worth knowing:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
+import socket
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
@@ -58,20 +65,53 @@ __all__ = ["Connection", "ProgressCallback"]
 log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[dict[str, Any]], Awaitable[None]]
+# A callback and its params, or None and a marker future (see Connection._progress_done).
+_ProgressItem = tuple[ProgressCallback, dict[str, Any]] | tuple[None, asyncio.Future[None]]
 
 DEFAULT_MAX_IN_FLIGHT = 64
 DEFAULT_REQUEST_TIMEOUT = 30.0
-_READ_SIZE = 256 * 1024
+_PROGRESS_QUEUE = 256  # progress notifications waiting for their callback
 _CLOSE_BOUND = 2.0  # seconds granted to cancelled handlers and to flushing at close
 
 
+class _Wire(asyncio.Protocol):
+    """The transport's view of a :class:`Connection`: forwards every callback to it."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._conn._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._conn._received(data)
+
+    def eof_received(self) -> bool:
+        self._conn._eof()
+        return False  # close our side too: see "End of input" in the module docstring
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._conn._connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._conn._pause()
+
+    def resume_writing(self) -> None:
+        self._conn._resume()
+
+
 class Connection:
-    """One JSON-RPC peer. Use as ``async with Connection(reader, writer, peer=...) as conn``."""
+    """One JSON-RPC peer. Use as ``async with Connection(sock, peer=...) as conn``.
+
+    ``sock`` is a connected stream socket; the connection owns it from then on.
+    """
 
     def __init__(
         self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        sock: socket.socket,
         *,
         peer: PeerCred,
         methods: Methods | Mapping[str, Handler] | None = None,
@@ -86,16 +126,19 @@ class Connection:
         self.name = name or peer.describe()
         self.state: dict[str, Any] = {}  # free for the application (e.g. a provider's tools)
         self.request_timeout = request_timeout
-        self._reader = reader
-        self._writer = writer
+        self._sock = sock
+        self._transport: asyncio.Transport | None = None
+        self._paused: asyncio.Future[None] | None = None  # set while the transport is full
+        self._lost_waiter = asyncio.Event()  # connection_lost has run
+        self._progress_queue: asyncio.Queue[_ProgressItem] = asyncio.Queue(_PROGRESS_QUEUE)
+        self._progressed: set[int] = set()  # requests with progress queued, for _progress_done
+        self._progress_task: asyncio.Task[None] | None = None
         self._decoder = LineDecoder(max_line)
         self._core = RpcCore(max_in_flight=max_in_flight, counters=counters)
         self._outgoing = Slots(max_in_flight)
         self._futures: dict[int, asyncio.Future[Any]] = {}
         self._progress: dict[int, ProgressCallback] = {}
         self._tasks: dict[int, asyncio.Task[None]] = {}
-        self._tg: asyncio.TaskGroup | None = None
-        self._reader_task: asyncio.Task[None] | None = None
         self._gone: KikiError | None = None  # why the connection ended; copied, never re-raised
         self._closed = asyncio.Event()
         self._closing_started = asyncio.Event()
@@ -111,6 +154,11 @@ class Connection:
         return self._gone is not None
 
     @property
+    def write_buffer_size(self) -> int:
+        """Bytes written but not yet taken by the kernel (bounded by the high-water mark)."""
+        return 0 if self._transport is None else self._transport.get_write_buffer_size()
+
+    @property
     def in_flight(self) -> int:
         """Incoming requests and notifications being handled."""
         return self._core.in_flight
@@ -121,9 +169,12 @@ class Connection:
         return self._core.outgoing
 
     async def __aenter__(self) -> Self:
-        self._tg = asyncio.TaskGroup()
-        await self._tg.__aenter__()
-        self._reader_task = self._tg.create_task(self._read_loop(), name=f"rpc-read {self.name}")
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.connect_accepted_socket(lambda: _Wire(self), self._sock)
+        except BaseException:
+            self._sock.close()
+            raise
         return self
 
     async def __aexit__(
@@ -132,14 +183,18 @@ class Connection:
         try:
             await self.close()
         finally:
-            assert self._tg is not None
-            # close() has ended every task the group owns. The body's own exception is not the
-            # group's business: passing it in would wrap it in an ExceptionGroup (3.11), and a
-            # caller catching PermissionDenied around `async with connect_unix()` would miss it.
-            if et is None or issubclass(et, Exception):
-                await self._tg.__aexit__(None, None, None)
-            else:
-                await self._tg.__aexit__(et, exc, tb)
+            # Structured: no task of ours outlives the block. close() has cancelled them all and
+            # waited a bounded time; one that still runs (it ignores cancellation) is waited for
+            # here, as a TaskGroup would. The tasks are not in a TaskGroup because its per-task
+            # done-callbacks cost an event-loop iteration per request.
+            while pending := self._owned():
+                await asyncio.wait(pending)
+
+    def _owned(self) -> list[asyncio.Task[None]]:
+        tasks = [t for t in self._tasks.values() if not t.done()]
+        if self._progress_task is not None and not self._progress_task.done():
+            tasks.append(self._progress_task)
+        return tasks
 
     async def wait_closed(self) -> None:
         """Return once the connection is over (the peer left, or :meth:`close` was called)."""
@@ -170,14 +225,20 @@ class Connection:
             stragglers = [t for t in self._tasks.values() if t is not me]
             if stragglers:
                 await asyncio.wait(stragglers, timeout=_CLOSE_BOUND)
-            self._writer.close()
-            try:
-                async with asyncio.timeout(_CLOSE_BOUND):
-                    await self._writer.wait_closed()
-            except (OSError, TimeoutError):
-                self._writer.transport.abort()  # a peer that never reads cannot hold us here
-            if self._reader_task is not None:
-                self._reader_task.cancel()
+            if self._progress_task is not None:
+                self._progress_task.cancel()
+            while not self._progress_queue.empty():  # release requests waiting on a marker
+                item = self._progress_queue.get_nowait()
+                if item[0] is None and not item[1].done():
+                    item[1].set_result(None)
+            transport = self._transport
+            if transport is not None:
+                transport.close()  # flushes what is buffered, then connection_lost
+                try:
+                    async with asyncio.timeout(_CLOSE_BOUND):
+                        await self._lost_waiter.wait()
+                except TimeoutError:
+                    transport.abort()  # a peer that never reads cannot hold us here
         finally:
             self._finished.set()
 
@@ -212,9 +273,13 @@ class Connection:
                         self._progress[rid] = on_progress
                     try:
                         await self._write(data)
-                        return await fut
+                        result = await fut
+                        if rid in self._progressed:
+                            await self._progress_done(rid)
+                        return result
                     finally:
                         self._progress.pop(rid, None)
+                        self._progressed.discard(rid)
                         if self._futures.pop(rid, None) is not None:
                             fut.cancel()
                             self._abandon(rid, "timeout" if scope.expired() else "cancelled")
@@ -292,33 +357,61 @@ class Connection:
     # -- moving bytes ------------------------------------------------------------------------
 
     async def _write(self, data: bytes) -> None:
-        if self._writer.is_closing():
-            return  # the reader sees the disconnect and fails whoever waits for an answer
-        self._writer.write(data)
-        with contextlib.suppress(ConnectionError):
-            await self._writer.drain()
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return  # the peer is gone: whoever waits for an answer is failed by _shut
+        transport.write(data)
+        if self._paused is not None:
+            await asyncio.shield(self._paused)
 
     def _write_nowait(self, data: bytes) -> None:
-        # For a task that is being cancelled: one line more in the buffer, no waiting.
-        if not self._writer.is_closing():
-            self._writer.write(data)
+        # For a task that is being cancelled, and for the protocol's own answers (refusals,
+        # parse errors) sent while reading: one line more in the buffer, no waiting. Reading
+        # stops while the buffer is full, so these stay bounded too.
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
 
-    async def _read_loop(self) -> None:
+    # Called by _Wire, in the event loop, never concurrently.
+
+    def _received(self, data: bytes) -> None:
+        if self._gone is not None:
+            return
         try:
-            while data := await self._reader.read(_READ_SIZE):
-                for item in self._decoder.feed(data):
-                    for event in self._core.receive(item):
-                        await self._handle(event)
-            if self._decoder.pending:
-                log.info("%s: peer left in the middle of a message", self.name)
-        except OSError as exc:
-            log.info("%s: connection lost: %s", self.name, exc)
+            for item in self._decoder.feed(data):
+                for event in self._core.receive(item):
+                    self._handle(event)
         except Exception:
             log.exception("%s: JSON-RPC connection failed", self.name)
-        finally:
             self._shut(PeerGone())
-            if not self._closing:
-                self._writer.close()
+            if self._transport is not None:
+                self._transport.abort()
+
+    def _eof(self) -> None:
+        if self._decoder.pending:
+            log.info("%s: peer left in the middle of a message", self.name)
+        self._shut(PeerGone())
+
+    def _connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None:
+            log.info("%s: connection lost: %s", self.name, exc)
+        self._shut(PeerGone())
+        self._resume()
+        self._lost_waiter.set()
+
+    def _pause(self) -> None:
+        if self._paused is None:
+            self._paused = asyncio.get_running_loop().create_future()
+            if self._transport is not None:
+                self._transport.pause_reading()
+
+    def _resume(self) -> None:
+        if self._paused is not None:
+            if not self._paused.done():
+                self._paused.set_result(None)
+            self._paused = None
+            if self._transport is not None and not self._transport.is_closing():
+                self._transport.resume_reading()
 
     def _shut(self, error: KikiError) -> None:
         """Fail everything that waits on the peer and cancel every handler (once)."""
@@ -335,11 +428,11 @@ class Connection:
                 task.cancel()
         self._closed.set()
 
-    async def _handle(self, event: Event) -> None:
+    def _handle(self, event: Event) -> None:
         if isinstance(event, Incoming):
             self._start(event)
         elif isinstance(event, Send):
-            await self._write(event.data)
+            self._write_nowait(event.data)
         elif isinstance(event, ResponseReceived):
             fut = self._futures.pop(event.id, None)
             if fut is not None and not fut.done():
@@ -355,10 +448,7 @@ class Connection:
         elif isinstance(event, ProgressReceived):
             callback = self._progress.get(event.id)
             if callback is not None:
-                try:
-                    await callback(event.params)
-                except Exception:
-                    log.exception("%s: progress callback failed", self.name)
+                self._queue_progress(event.id, callback, event.params)
         elif isinstance(event, UnmatchedResponse):
             if event.abandoned:
                 log.debug("%s: late answer to abandoned request %r", self.name, event.id)
@@ -368,6 +458,39 @@ class Connection:
                 )
         elif isinstance(event, Dropped):
             log.warning("%s: dropped notification %s: %s", self.name, event.method, event.reason)
+
+    def _queue_progress(self, rid: int, callback: ProgressCallback, params: dict[str, Any]) -> None:
+        if self._closing:
+            return
+        try:
+            self._progress_queue.put_nowait((callback, params))
+        except asyncio.QueueFull:
+            log.warning("%s: progress callbacks are behind; dropped one", self.name)
+            return
+        self._progressed.add(rid)
+        if self._progress_task is None:
+            self._progress_task = asyncio.get_running_loop().create_task(
+                self._run_progress(), name=f"rpc-progress {self.name}"
+            )
+
+    async def _progress_done(self, rid: int) -> None:
+        """Wait until the callbacks queued for ``rid`` have run: the queue is FIFO, so a marker
+        put behind them is reached after them. Progress is never reported after the result."""
+        marker: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await self._progress_queue.put((None, marker))
+        await marker
+
+    async def _run_progress(self) -> None:
+        while True:
+            item = await self._progress_queue.get()
+            if item[0] is None:
+                if not item[1].done():
+                    item[1].set_result(None)
+                continue
+            try:
+                await item[0](item[1])
+            except Exception:
+                log.exception("%s: progress callback failed", self.name)
 
     def _start(self, event: Incoming) -> None:
         ctx = RequestContext(
@@ -379,18 +502,8 @@ class Connection:
             event.meta,
             event.progress_token,
         )
-        assert self._tg is not None
-        try:
-            task = self._tg.create_task(self._run(event, ctx), name=f"rpc {event.method}")
-        except RuntimeError:  # the group is already shutting down
-            refusal = (
-                None if event.notification else error_response(event.id, Unavailable().to_jsonrpc())
-            )
-            if (data := self._core.complete(event.slot, refusal)) is not None:
-                self._write_nowait(data)
-            self._core.release(event.slot)
-            return
-        self._tasks[event.slot] = task
+        # Never run once the connection is shut: _received drops input from then on.
+        self._tasks[event.slot] = asyncio.get_running_loop().create_task(self._run(event, ctx))
 
     async def _run(self, event: Incoming, ctx: RequestContext) -> None:
         response: dict[str, Any] | None

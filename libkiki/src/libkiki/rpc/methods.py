@@ -82,25 +82,41 @@ def _default(obj: Any) -> Any:
 
 _INTERNAL = (INTERNAL_ERROR["code"], INTERNAL_ERROR["message"])
 
+# What a guarded call gives back: (True, serialised result) or (False, the error member).
+Outcome = tuple[bool, Any]
 
-def _guard(name: str, func: Handler) -> Callable[..., Awaitable[Any]]:
-    async def guarded(*args: Any, **kwargs: Any) -> Any:
-        try:
-            result = await func(*args, **kwargs)
-            return Success(orjson.Fragment(orjson.dumps(result, default=_default)))
-        except KikiError as exc:
-            member = exc.to_jsonrpc()
-            if "data" not in member:
-                return Error(member["code"], member["message"])
+
+async def _outcome(
+    name: str, func: Handler, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Outcome:
+    """Run ``func``; the one place where its exceptions become wire errors."""
+    try:
+        result = await func(*args, **kwargs)
+        return True, orjson.Fragment(orjson.dumps(result, default=_default))
+    except KikiError as exc:
+        member = exc.to_jsonrpc()
+        if "data" in member:
             try:
-                data = orjson.Fragment(orjson.dumps(member["data"], default=_default))
+                member["data"] = orjson.Fragment(orjson.dumps(member["data"], default=_default))
             except TypeError:
                 log.exception("JSON-RPC method %s raised an error with unserialisable data", name)
-                return Error(*_INTERNAL)
-            return Error(member["code"], member["message"], data)
-        except Exception:
-            log.exception("JSON-RPC method %s failed", name)
-            return Error(*_INTERNAL)
+                return False, dict(INTERNAL_ERROR)
+        return False, member
+    except Exception:
+        log.exception("JSON-RPC method %s failed", name)
+        return False, dict(INTERNAL_ERROR)
+
+
+def _guard(name: str, func: Handler) -> Callable[..., Awaitable[Any]]:
+    """``func`` as jsonrpcserver wants it: returning its ``Success``/``Error``."""
+
+    async def guarded(*args: Any, **kwargs: Any) -> Any:
+        ok, value = await _outcome(name, func, args, kwargs)
+        if ok:
+            return Success(value)
+        if "data" in value:
+            return Error(value["code"], value["message"], value["data"])
+        return Error(value["code"], value["message"])
 
     # jsonrpcserver checks params against the signature on every call; giving it the handler's
     # own signature, computed once, keeps -32602 right and saves the inspect work per call.
@@ -109,12 +125,52 @@ def _guard(name: str, func: Handler) -> Callable[..., Awaitable[Any]]:
     return guarded
 
 
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """The handler's parameters after the context, when they are all plain (positional or
+    keyword): enough to tell, without ``inspect``, that given params certainly bind."""
+
+    names: frozenset[str]
+    required: frozenset[str]
+    total: int
+    minimum: int
+    any_keyword: bool  # a ``**kwargs`` parameter
+
+    @classmethod
+    def of(cls, func: Handler) -> _Shape | None:
+        params = list(inspect.signature(func).parameters.values())[1:]
+        plain = [p for p in params if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+        var_kw = [p for p in params if p.kind is inspect.Parameter.VAR_KEYWORD]
+        if len(plain) + len(var_kw) != len(params):
+            return None  # positional-only, keyword-only or *args: leave it to jsonrpcserver
+        required = [p.name for p in plain if p.default is inspect.Parameter.empty]
+        if [p.name for p in plain[: len(required)]] != required:
+            return None
+        return cls(
+            frozenset(p.name for p in plain),
+            frozenset(required),
+            len(plain),
+            len(required),
+            bool(var_kw),
+        )
+
+    def binds(self, params: Any) -> bool:
+        if isinstance(params, dict):
+            return self.required.issubset(params) and (
+                self.any_keyword or self.names.issuperset(params)
+            )
+        if isinstance(params, list):
+            return self.minimum <= len(params) <= self.total
+        return False
+
+
 class Methods:
     """A mutable table of JSON-RPC methods, name -> ``async def handler(ctx, ...)``."""
 
     def __init__(self, table: Mapping[str, Handler] | None = None) -> None:
         self._handlers: dict[str, Handler] = {}
         self._guarded: dict[str, Callable[..., Awaitable[Any]]] = {}
+        self._shapes: dict[str, _Shape | None] = {}
         for name, func in (table or {}).items():
             self.register(name, func)
 
@@ -123,10 +179,12 @@ class Methods:
             raise TypeError(f"the handler for {name!r} must be an async function")
         self._handlers[name] = func
         self._guarded[name] = _guard(name, func)
+        self._shapes[name] = _Shape.of(func)
 
     def unregister(self, name: str) -> None:
         self._handlers.pop(name, None)
         self._guarded.pop(name, None)
+        self._shapes.pop(name, None)
 
     @overload
     def method(self, func: H, /) -> H: ...
@@ -166,12 +224,28 @@ class Methods:
 async def dispatch(
     methods: Methods, ctx: RequestContext, message: dict[str, Any]
 ) -> dict[str, Any] | None:
-    """Run one already-validated request through jsonrpcserver; the response dict, or None.
+    """Run one already-validated request; the response dict, or None for a notification.
 
-    The core has parsed (orjson) and validated (the fast check) the message and split any batch,
-    so this enters jsonrpcserver below its deserialize/validate/gather stages: method lookup
-    (-32601), params binding (-32602) and the call are its own.
+    The core has parsed (orjson) and validated (the fast check) the message and split any batch.
+    When the params certainly bind to the handler (plain parameters, names or count in range:
+    :class:`_Shape`), the handler is called here directly. Anything else goes through
+    jsonrpcserver below its deserialize/validate/gather stages, so that method lookup (-32601),
+    params binding (-32602) and their error messages stay jsonrpcserver's own.
     """
+    name = message["method"]
+    shape = methods._shapes.get(name)
+    params = message.get("params", [])
+    if shape is not None and shape.binds(params):
+        func = methods._handlers[name]
+        if isinstance(params, dict):
+            ok, value = await _outcome(name, func, (ctx,), params)
+        else:
+            ok, value = await _outcome(name, func, (ctx, *params), {})
+        if ctx.notification:
+            return None
+        if ok:
+            return {"jsonrpc": "2.0", "result": value, "id": message["id"]}
+        return {"jsonrpc": "2.0", "error": value, "id": message["id"]}
     request = create_request(message)
     _, result = await dispatch_request(methods._guarded, ctx, request)
     if ctx.notification:

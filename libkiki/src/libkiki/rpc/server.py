@@ -152,15 +152,9 @@ class RpcServer:
                 log.info("dropping a connection whose credentials cannot be read: %s", exc)
                 conn_sock.close()
                 return
-            try:
-                reader, writer = await asyncio.open_unix_connection(sock=conn_sock)
-            except BaseException:
-                conn_sock.close()
-                raise
             self._setting_up.discard(asyncio.current_task())
             async with Connection(
-                reader,
-                writer,
+                conn_sock,
                 peer=peer,
                 methods=self.methods,
                 max_line=self.max_line,
@@ -240,7 +234,6 @@ async def connect_unix(
     try:
         await asyncio.get_running_loop().sock_connect(sock, os.fspath(path))
         peer = peer_cred(sock)
-        reader, writer = await asyncio.open_unix_connection(sock=sock)
     except OSError as exc:
         sock.close()
         raise Unavailable(f"cannot connect to {os.fspath(path)}: {exc.strerror or exc}") from exc
@@ -248,8 +241,7 @@ async def connect_unix(
         sock.close()
         raise
     async with Connection(
-        reader,
-        writer,
+        sock,
         peer=peer,
         methods=methods,
         max_line=max_line,
