@@ -395,6 +395,7 @@ class Supervisor:
             "in another terminal, try:",
             f"  {env} {kiki} status",
             f"  {env} {kiki} tools list",
+            f"  {env} {kiki} a11y dump",
             f"  {env} {kiki} tools call dev.kiki.demo.echo text=hello",
             f"  {env} {kiki} tools call dev.kiki.tools.listProviders",
             f"  {env} {kiki} tools log --verify",
@@ -439,18 +440,20 @@ class Supervisor:
                 for child in self.children:
                     tg.create_task(self._keep_running(child))
                     await self._await_ready(child)
-                demo = None
+                demo = a11y_demo = None
                 if not self._stop.is_set():
                     self._write_state()
                     self._say(self.table())
                     self._say(f"all {len(self.children)} services ready; Ctrl-C stops them")
                     demo = await self._start_demo(tg)
+                    a11y_demo = await self._start_a11y_demo(tg)
                     self._say(self.try_this())
                 await self._stop.wait()
                 self._say("stopping")
-                if demo is not None and demo.returncode is None:
-                    demo.terminate()
-                    await demo.wait()
+                for proc in (demo, a11y_demo):
+                    if proc is not None and proc.returncode is None:
+                        proc.terminate()
+                        await proc.wait()
                 for child in reversed(self.children):
                     await self._stop_child(child)
             return 0
@@ -504,6 +507,25 @@ class Supervisor:
         assert demo.stderr is not None
         tg.create_task(self._pipe_lines("demo", demo.stderr))
         self._say("started the demo provider (dev.kiki.demo.echo, dev.kiki.demo.now)")
+        return demo
+
+    async def _start_a11y_demo(self, tg: asyncio.TaskGroup) -> asyncio.subprocess.Process | None:
+        server = next((c for c in self.children if c.spec.name == "a11y-server"), None)
+        if not self.config.demo or server is None or server.address is None:
+            return None
+        demo = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "libkiki.a11y.demo",
+            "--socket",
+            server.address,
+            stdin=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            preexec_fn=_die_with_parent,
+        )
+        assert demo.stderr is not None
+        tg.create_task(self._pipe_lines("a11y-demo", demo.stderr))
+        self._say("started the demo app (its tree: kiki a11y dump)")
         return demo
 
     async def _stop_bus(self) -> None:
