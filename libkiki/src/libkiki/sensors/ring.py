@@ -98,12 +98,13 @@ class RingHeader:
 
 def read_header(buf: Any) -> RingHeader:
     """Parse and check a ring's header; :class:`InvalidFrame` when it is not a ring (yet)."""
-    mv = memoryview(buf)
-    if mv.nbytes < HEADER_SIZE:
-        raise InvalidFrame(f"a ring is at least {HEADER_SIZE} bytes, this one {mv.nbytes}")
-    magic, version, hsize, rsize, cap, flags, lhash, gen, index, pid, _, created = (
-        _HEADER.unpack_from(mv)
-    )
+    with memoryview(buf) as mv:
+        nbytes = mv.nbytes
+        if nbytes < HEADER_SIZE:
+            raise InvalidFrame(f"a ring is at least {HEADER_SIZE} bytes, this one {nbytes}")
+        magic, version, hsize, rsize, cap, flags, lhash, gen, index, pid, _, created = (
+            _HEADER.unpack_from(mv)
+        )
     if magic != MAGIC:
         raise InvalidFrame("not a Kiki sensor ring (bad magic)")
     if version != VERSION:
@@ -111,8 +112,8 @@ def read_header(buf: Any) -> RingHeader:
     if hsize != HEADER_SIZE or rsize < PREFIX_SIZE or rsize % 8:
         raise InvalidFrame("ring header has impossible sizes")
     check_capacity(cap)
-    if mv.nbytes < HEADER_SIZE + cap * rsize:
-        raise InvalidFrame(f"ring of {cap} x {rsize} bytes does not fit in {mv.nbytes} bytes")
+    if nbytes < HEADER_SIZE + cap * rsize:
+        raise InvalidFrame(f"ring of {cap} x {rsize} bytes does not fit in {nbytes} bytes")
     return RingHeader(version, rsize, cap, flags, lhash, gen, index, pid, created)
 
 
@@ -317,8 +318,8 @@ class RingReader:
     generation and retired flag on every read."""
 
     def __init__(self, buf: Any, layout: Layout) -> None:
-        self._mv = memoryview(buf).cast("B")
-        header = read_header(self._mv)
+        with memoryview(buf) as view:
+            header = read_header(view)
         if header.layout_hash != layout.hash:
             raise SchemaError(
                 f"ring layout hash {header.layout_hash:016x} is not {layout.name}'s "
@@ -329,6 +330,7 @@ class RingReader:
             raise SchemaError("ring record size does not match the layout")
         if header.generation == 0:
             raise InvalidFrame("ring is not set up yet")
+        self._mv = memoryview(buf).cast("B")
         self.layout = layout
         self.header = header
         self.capacity = header.capacity

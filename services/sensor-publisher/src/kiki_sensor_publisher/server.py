@@ -302,7 +302,7 @@ class Publisher:
         subscribers = [
             sub.view()
             for sub in self.core.subscribers.values()
-            if visible or sub.peer.uid == request.peer.uid
+            if sub.sensors and (visible or sub.peer.uid == request.peer.uid)
         ]
         return {"sensors": sensors, "subscribers": subscribers, "connections": len(self._senders)}
 

@@ -1,0 +1,181 @@
+"""``kiki sensors``: list the device's sensors, watch one live, show the publisher's counters."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from libkiki.errors import KikiError
+from libkiki.sensors.client import SensorClient, SensorReader
+from libkiki.sensors.ring import Batch
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "sensors",
+        help="list, watch and inspect sensors",
+        description="Talk to the sensor publisher on sensors.sock; watch maps the rings.",
+    )
+    p.add_argument(
+        "--socket",
+        type=Path,
+        help="the publisher's socket (default: sensors.sock in the runtime directory)",
+    )
+    cmds = p.add_subparsers(dest="sensors_command", metavar="COMMAND", required=True)
+
+    ls = cmds.add_parser("list", help="the sensors you may read")
+    ls.add_argument("--json", action="store_true", help="the publisher's descriptions as JSON")
+    ls.set_defaults(func=run_list)
+
+    watch = cmds.add_parser("watch", help="print a sensor's values as they come")
+    watch.add_argument("name")
+    watch.add_argument("--count", type=int, default=0, help="stop after N samples (0: never)")
+    watch.add_argument(
+        "--rate",
+        type=float,
+        default=10.0,
+        help="lines per second for people (default 10); --json prints every sample",
+    )
+    watch.add_argument("--json", action="store_true", help="one JSON object per sample")
+    watch.set_defaults(func=run_watch)
+
+    stats = cmds.add_parser("stats", help="rates, readers and overruns")
+    stats.add_argument("--json", action="store_true")
+    stats.set_defaults(func=run_stats)
+
+
+def _fail(exc: KikiError) -> int:
+    print(f"kiki sensors: {exc}", file=sys.stderr)
+    return 1
+
+
+def _dump(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode()
+
+
+def run_list(args: argparse.Namespace) -> int:
+    async def go() -> list[dict[str, Any]]:
+        async with SensorClient(args.socket) as client:
+            return await client.list_sensors()
+
+    try:
+        sensors = asyncio.run(go())
+    except KikiError as exc:
+        return _fail(exc)
+    if args.json:
+        print(_dump(sensors))
+        return 0
+    width = max((len(s["id"]) for s in sensors), default=6)
+    print(f"{'SENSOR':<{width}}  {'KIND':<11}  {'RATE':>7}  {'LAYOUT':<14}  FIELDS")
+    for s in sensors:
+        fields = ", ".join(
+            f"{f['name']}[{f['unit']}]" if f["unit"] else f["name"] for f in s["layout"]["fields"]
+        )
+        rate = f"{s.get('rateHz', 0)} Hz"
+        print(
+            f"{s['id']:<{width}}  {s['kind']:<11}  {rate:>7}  {s['layout']['name']:<14}  {fields}"
+        )
+    return 0
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4g}"
+    return str(value)
+
+
+def run_watch(args: argparse.Namespace) -> int:
+    try:
+        return asyncio.run(_watch(args))
+    except KikiError as exc:
+        return _fail(exc)
+    except KeyboardInterrupt:
+        return 0
+
+
+async def _watch(args: argparse.Namespace) -> int:
+    # People get at most --rate lines a second; --json gets every sample.
+    wakeups = 0.0 if args.json else max(args.rate, 0.1)
+    async with SensorReader(args.name, path=args.socket, max_wakeups=wakeups) as reader:
+        names = reader.layout.names
+        seen = 0
+        window: list[tuple[int, int]] = []  # (monotonic ns, samples) over the last second
+        if not args.json:
+            latest = reader.latest()
+            if latest.count:
+                _print_line(args.name, names, latest, 0.0, reader.lost)
+        async for batch in reader:
+            if args.json:
+                for sample in batch:
+                    line = {
+                        "sensor": args.name,
+                        "index": sample.index,
+                        "timestampNs": sample.timestamp_ns,
+                        "values": dict(zip(names, sample.values, strict=True)),
+                    }
+                    if batch.lost:
+                        line["lost"] = batch.lost
+                    print(orjson.dumps(line).decode(), flush=True)
+                    seen += 1
+                    if args.count and seen >= args.count:
+                        return 0
+                continue
+            now = time.monotonic_ns()
+            window.append((now, batch.count))
+            window = [(t, c) for t, c in window if now - t < 1_000_000_000]
+            span = (now - window[0][0]) / 1e9 if len(window) > 1 else 0.0
+            rate = sum(c for _, c in window[1:]) / span if span > 0 else 0.0
+            _print_line(args.name, names, batch, rate, reader.lost)
+            seen += batch.count
+            if args.count and seen >= args.count:
+                return 0
+    return 0
+
+
+def _print_line(name: str, names: tuple[str, ...], batch: Batch, rate: float, lost: int) -> None:
+    values = batch.rows()[-1]
+    shown = "  ".join(f"{n}={_format(v)}" for n, v in zip(names, values, strict=True))
+    print(f"{name}  #{batch.end - 1}  {shown}  {rate:.1f} Hz  lost {lost}", flush=True)
+
+
+def run_stats(args: argparse.Namespace) -> int:
+    async def go() -> dict[str, Any]:
+        async with SensorClient(args.socket) as client:
+            return await client.stats()
+
+    try:
+        stats = asyncio.run(go())
+    except KikiError as exc:
+        return _fail(exc)
+    if args.json:
+        print(_dump(stats))
+        return 0
+    sensors = stats["sensors"]
+    width = max((len(s) for s in sensors), default=6)
+    print(
+        f"{'SENSOR':<{width}}  {'RATE':>9}  {'NOMINAL':>8}  {'WRITTEN':>9}  {'READERS':>7}  "
+        f"{'OVERRUNS':>8}  {'COALESCED':>9}"
+    )
+    for sid, s in sensors.items():
+        print(
+            f"{sid:<{width}}  {s['rateHz']:>9.1f}  {s['nominalHz']:>8g}  {s['written']:>9}  "
+            f"{s['subscribers']:>7}  {s['overruns']:>8}  {s['coalesced']:>9}"
+        )
+    subs = stats["subscribers"]
+    if subs:
+        print()
+        print("READER                WAKE-UPS  COALESCED  OVERRUNS  SENSORS")
+        for sub in subs:
+            who = f"uid={sub['uid']} pid={sub['pid']}"
+            print(
+                f"{who:<20}  {sub['wakeups']:>8}  {sub['coalesced']:>9}  {sub['overruns']:>8}  "
+                f"{', '.join(sub['sensors'])}"
+            )
+    return 0
