@@ -127,7 +127,7 @@ class WakeCore:
             last = sub.delivered.get(sensor)
             if last is not None and index - last > capacity:
                 sub.overruns += 1
-                sub.delivered[sensor] = index - capacity  # count each lap once
+                sub.delivered[sensor] = index  # count each lap once
         return woken
 
     def take(self, sub: Subscriber, now: float) -> tuple[dict[str, int] | None, float]:

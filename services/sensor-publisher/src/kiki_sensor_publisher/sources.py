@@ -269,7 +269,7 @@ class IioDevice:
     @property
     def layout(self) -> Layout:
         return Layout(
-            f"iio-{self.id.removeprefix('iio-')}"[:64],
+            f"iio-{self.id.removeprefix('iio-')}".replace("_", "-")[:64],
             tuple(Field(c[0], "f64", "") for c in self.channels),
             "IIO channels, raw value plus offset times scale",
             6,
