@@ -1,3 +1,116 @@
 """Fixtures for the a11y tests (registered in tests/conftest.py)."""
 
 from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kikitest import REPO, VENV_BIN
+from libkiki import a11y_wire as wire
+
+FLATC = VENV_BIN / "flatc"
+SCHEMA = REPO / "schemas" / "a11y.fbs"
+
+R = wire.ROLES
+A = wire.ACTIONS
+S = wire.STATES
+
+
+def form_tree() -> list[wire.Node]:
+    """A window with a form: 1 window > 2 form > (3 field, 4 wrapper > (5 Save, 6 Cancel))."""
+    return [
+        wire.Node(1, R["window"], "Editor", children=(2,), bounds=(0, 0, 800, 600)),
+        wire.Node(2, R["form"], "Form", children=(3, 4)),
+        wire.Node(
+            3,
+            R["textField"],
+            "Title",
+            value="draft",
+            states=S["focusable"] | S["editable"],
+            actions=(A["setValue"], A["focus"]),
+        ),
+        wire.Node(4, R["generic"], children=(5, 6)),
+        wire.Node(5, R["button"], "Save", states=S["focusable"], actions=(A["press"],)),
+        wire.Node(6, R["button"], "Cancel", actions=(A["press"],)),
+    ]
+
+
+def big_tree(count: int, fanout: int = 10) -> list[wire.Node]:
+    """``count`` nodes in a tree where node i's parent is (i - 2) // fanout + 1."""
+    children: dict[int, list[int]] = {i: [] for i in range(1, count + 1)}
+    for i in range(2, count + 1):
+        children[(i - 2) // fanout + 1].append(i)
+    roles = (R["button"], R["label"], R["listItem"], R["textField"], R["group"])
+    return [
+        wire.Node(
+            i,
+            R["window"] if i == 1 else roles[i % len(roles)],
+            f"node {i}",
+            "" if i % 3 else f"description of {i}",
+            "" if i % 4 else f"value {i}",
+            S["focusable"] if i % 2 else 0,
+            (i % 800, i % 600, 100, 20),
+            (A["press"], A["focus"]) if i % 5 == 0 else (),
+            tuple(children[i]),
+        )
+        for i in range(1, count + 1)
+    ]
+
+
+def flatc_json(frame: bytes, *, size_prefixed: bool = False) -> dict[str, Any] | None:
+    """The independent decoder: ``flatc --json`` on one buffer; ``None`` when flatc refuses it."""
+    with tempfile.TemporaryDirectory(prefix="kiki-flatc-") as tmp:
+        path = Path(tmp) / "frame.bin"
+        path.write_bytes(frame)
+        cmd = [str(FLATC), "--json", "--strict-json", "--raw-binary", "-o", tmp]
+        if size_prefixed:
+            cmd.append("--size-prefixed")
+        proc = subprocess.run(
+            [*cmd, str(SCHEMA), "--", str(path)], capture_output=True, timeout=30, check=False
+        )
+        out = Path(tmp) / "frame.json"
+        if proc.returncode != 0 or not out.exists():
+            return None
+        doc: dict[str, Any] = json.loads(out.read_text())
+        return doc
+
+
+def split_frames(data: bytes) -> list[bytes]:
+    """A capture file (concatenated size-prefixed buffers) as its frames, prefix included."""
+    frames = []
+    pos = 0
+    while pos < len(data):
+        size = int.from_bytes(data[pos : pos + 4], "little")
+        frames.append(data[pos : pos + 4 + size])
+        pos += 4 + size
+    assert pos == len(data), "the capture ends inside a frame"
+    return frames
+
+
+@pytest.fixture
+def a11y_server(
+    sockdir: Path, spawn_service: Any
+) -> Callable[..., tuple[Path, subprocess.Popen[bytes]]]:
+    """Start a real kiki-a11y-server in ``sockdir`` (settings as KIKI_A11Y_SERVER_* values)."""
+
+    def start(**settings: Any) -> tuple[Path, subprocess.Popen[bytes]]:
+        env = {"KIKI_A11Y_SERVER_BROKER_TOOLS": "false"}
+        env.update({f"KIKI_A11Y_SERVER_{k.upper()}": str(v) for k, v in settings.items()})
+        proc, notes = spawn_service("a11y-server", extra_env=env)
+        notes.wait_for("READY")
+        return sockdir / "a11y.sock", proc
+
+    return start
+
+
+def demo_env(sockdir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KIKI_")}
+    env["KIKI_RUNTIME_DIR"] = str(sockdir)
+    return env

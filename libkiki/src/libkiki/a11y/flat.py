@@ -428,7 +428,9 @@ class Writer:
                 sd = schema.structs[f.ref]
                 inline.append((sd.align, slot, sd.fmt, tuple(v)))
             else:
-                if kind == STRING:
+                if isinstance(v, Chunk):  # pre-encoded: spliced as it is
+                    c = v
+                elif kind == STRING:
                     if not v and not f.required:
                         continue
                     c = string_chunk(v)
