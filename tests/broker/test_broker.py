@@ -16,7 +16,15 @@ import orjson
 import pytest
 
 from broker_lexicons import BAD_OUTPUT, COUNT, ECHO, LEXICONS, SLOW
-from libkiki.errors import PeerGone, PermissionDenied, Timeout, ToolError, ValidationError
+from libkiki.errors import (
+    InvalidParams,
+    PeerGone,
+    PermissionDenied,
+    Timeout,
+    ToolError,
+    ValidationError,
+)
+from libkiki.rpc import Methods, RequestContext, connect_unix
 from libkiki.tools import ToolCall, ToolClient, ToolProvider
 
 Broker = tuple[Path, subprocess.Popen[bytes]]
@@ -428,3 +436,76 @@ def test_bad_configuration_exits_78_naming_the_field(spawn_service: Any) -> None
     proc, _ = spawn_service("tool-broker", extra_env={"KIKI_TOOL_BROKER_CALL_TIMEOUT": "soon"})
     assert proc.wait(timeout=30) == 78
     assert b"call_timeout" in proc.stderr.read()
+
+
+@pytest.mark.parametrize("broker", [{"KIKI_TOOL_BROKER_LIST_PAGE_SIZE": "2"}], indirect=True)
+async def test_tools_list_is_paginated_by_an_opaque_cursor(broker: Broker) -> None:
+    path, _ = broker
+    async with asyncio.timeout(20), make_provider(path).connect(), connect_unix(path) as conn:
+        first = await conn.request("tools/list", {})
+        assert len(first["tools"]) == 2
+        names = [t["name"] for t in first["tools"]]
+        cursor = first["nextCursor"]
+        while cursor:
+            page = await conn.request("tools/list", {"cursor": cursor})
+            assert len(page["tools"]) <= 2
+            names += [t["name"] for t in page["tools"]]
+            cursor = page.get("nextCursor")
+        assert names == sorted(names)
+        assert {ECHO, COUNT, "dev.kiki.service.getInfo"} <= set(names)
+        async with ToolClient(path) as client:  # the client follows the pages itself
+            assert [t["name"] for t in await client.list()] == names
+        for bad in ("not base64!", "", "x" * 600):
+            with pytest.raises(InvalidParams) as info:
+                await conn.request("tools/list", {"cursor": bad})
+            assert info.value.message == "invalid cursor"
+
+
+async def test_listen_stream_gets_list_changed_tagged_with_its_id(broker: Broker) -> None:
+    # MCP 2026-07-28: a subscriptions/listen request is acknowledged at once, then carries
+    # list_changed tagged with the request's id; cancelling it ends it without an answer.
+    path, _ = broker
+    sid_key = "io.modelcontextprotocol/subscriptionId"
+    seen: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+    methods = Methods()
+
+    @methods.method("notifications/subscriptions/acknowledged")
+    async def acknowledged(ctx: RequestContext, notifications: Any, _meta: Any = None) -> None:
+        await seen.put(("ack", (notifications, ctx.meta)))
+
+    @methods.method("notifications/tools/list_changed")
+    async def changed(ctx: RequestContext) -> None:
+        await seen.put(("changed", ctx.meta))
+
+    async with asyncio.timeout(20), connect_unix(path, methods) as conn:
+        meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}
+        params = {"notifications": {"toolsListChanged": True, "promptsListChanged": True}}
+        stream = asyncio.ensure_future(
+            conn.request("subscriptions/listen", {**params, "_meta": meta})
+        )
+        kind, (honored, ack_meta) = await seen.get()
+        assert kind == "ack"
+        assert honored == {"toolsListChanged": True}  # prompts are not served here
+        sid = ack_meta[sid_key]
+        async with make_provider(path).connect():
+            assert await seen.get() == ("changed", {sid_key: sid})
+        assert await seen.get() == ("changed", {sid_key: sid})  # and when it left
+        stream.cancel()  # sends notifications/cancelled: the broker drops the stream
+        with pytest.raises(asyncio.CancelledError):
+            await stream
+        async with make_provider(path).connect():
+            await conn.request("ping")
+        assert seen.empty()
+
+
+async def test_listen_stream_ends_with_a_result_when_the_broker_stops(broker: Broker) -> None:
+    path, proc = broker
+    async with asyncio.timeout(20), connect_unix(path) as conn:
+        params = {"notifications": {"toolsListChanged": True}}
+        stream = asyncio.ensure_future(conn.request("subscriptions/listen", params))
+        await conn.request("ping")  # the stream is open (requests run in order of arrival)
+        proc.send_signal(signal.SIGTERM)
+        result = await stream
+    assert result["resultType"] == "complete"
+    assert isinstance(result["_meta"]["io.modelcontextprotocol/subscriptionId"], int)
+    assert await asyncio.to_thread(proc.wait, 20) == 0

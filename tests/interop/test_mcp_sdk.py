@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from mcp import Client, StdioServerParameters
+from mcp.client.subscriptions import ToolsListChanged
 from mcp.shared.exceptions import MCPError
 
 from kikitest import REPO, VENV_BIN
@@ -84,3 +85,33 @@ async def test_official_sdk_lists_and_calls_through_kiki_mcp(
             await client.call_tool("org.example.test.echo", {"text": "x" * 40})
         assert info.value.error.code == -32602
         assert info.value.error.message == "input.text: must be at most 16 graphemes"
+
+
+async def test_official_sdk_listen_stream_sees_a_provider_arrive(
+    broker: tuple[Path, Any],
+) -> None:
+    # MCP 2026-07-28: the SDK's `client.listen()` opens a subscriptions/listen stream through
+    # the bridge; a provider process registering its tools is announced on it.
+    path, _ = broker
+    params = StdioServerParameters(
+        command=str(VENV_BIN / "kiki"), args=["mcp", "--socket", str(path)]
+    )
+    script = PROVIDER.format(tests=str(REPO / "tests" / "broker"), path=str(path))
+    async with asyncio.timeout(60), Client(params, mode="auto") as client:
+        assert client.session.protocol_version == "2026-07-28"
+        async with client.listen(tools_list_changed=True) as sub:
+            assert sub.honored.tools_list_changed is True
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", script, stdout=asyncio.subprocess.PIPE
+            )
+            try:
+                assert proc.stdout is not None
+                assert await proc.stdout.readline() == b"registered\n"
+                assert await anext(sub) == ToolsListChanged()
+                tools = await client.list_tools()
+                assert "org.example.test.echo" in {t.name for t in tools.tools}
+            finally:
+                proc.kill()
+                await proc.wait()
+            # The provider is gone: announced too.
+            assert await anext(sub) == ToolsListChanged()

@@ -37,7 +37,7 @@ from typing import Any, TypeVar, get_type_hints
 
 import pydantic
 
-from libkiki.errors import InvalidParams, KikiError, NotFound, ToolError
+from libkiki.errors import InvalidParams, KikiError, NotFound, ProtocolError, ToolError
 from libkiki.paths import TOOLS_SOCKET, socket_path
 from libkiki.rpc import Connection, Methods, ProgressCallback, RequestContext, connect_unix
 
@@ -96,10 +96,18 @@ class ToolClient:
             raise KikiError("ToolClient is not connected; use `async with ToolClient()`")
         return self._conn
 
-    async def list(self) -> list[dict[str, Any]]:
-        result = await self.connection.request("tools/list", {})
-        tools: list[dict[str, Any]] = result["tools"]
-        return tools
+    async def list(self, *, max_pages: int = 1000) -> list[dict[str, Any]]:
+        """Every tool, following ``nextCursor`` from page to page."""
+        tools: list[dict[str, Any]] = []
+        params: dict[str, Any] = {}
+        for _ in range(max_pages):
+            result = await self.connection.request("tools/list", params)
+            tools.extend(result["tools"])
+            cursor = result.get("nextCursor")
+            if not cursor:
+                return tools
+            params = {"cursor": cursor}
+        raise ProtocolError(f"tools/list did not end within {max_pages} pages")
 
     async def call_raw(
         self,

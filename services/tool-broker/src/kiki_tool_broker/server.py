@@ -29,6 +29,7 @@ from libkiki.errors import (
     Cancelled,
     InvalidParams,
     KikiError,
+    LimitExceeded,
     NotFound,
     PeerGone,
     PermissionDenied,
@@ -38,6 +39,7 @@ from libkiki.errors import (
 from libkiki.paths import TOOLS_SOCKET, config_dir, socket_path, state_dir
 from libkiki.peer import PeerCred
 from libkiki.rpc import Connection, Methods, RequestContext, serve_unix
+from libkiki.rpc.messages import RequestId
 from libkiki.service import ServiceContext
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,8 @@ class BrokerConfig(ServiceConfig):
     call_timeout: float = 30.0
     policy_file: str = ""  # default: <config dir>/tool-policy.toml
     max_tools_per_provider: int = 512
+    list_page_size: int = 500  # tools per tools/list page (nextCursor for the rest)
+    max_listen_streams: int = 64  # subscriptions/listen streams open at once, all connections
 
 
 class Broker:
@@ -71,6 +75,8 @@ class Broker:
         self.registry = ToolRegistry()
         # Connections that did the initialize handshake: they get list_changed notifications.
         self.list_watchers: set[Connection] = set()
+        # 2026-07-28 subscriptions/listen streams that asked for list_changed: (connection, id).
+        self.listen_streams: set[tuple[Connection, RequestId]] = set()
         self.changed = asyncio.Event()
         me = PeerCred(pid=os.getpid(), uid=os.getuid(), gid=os.getgid(), app_id="kiki-tool-broker")
         self.self_provider = Provider("kiki-tool-broker", me)
@@ -87,6 +93,7 @@ class Broker:
         m.register("ping", self.ping)
         m.register("tools/list", self.tools_list)
         m.register("tools/call", self.tools_call)
+        m.register(mcp.LISTEN, self.listen)
         m.register(mcp.REGISTER, self.register_tools)
         m.register(mcp.UNREGISTER, self.unregister_tools)
         m.register(GET_INFO, self.get_info)
@@ -117,9 +124,40 @@ class Broker:
     async def tools_list(
         self, request: RequestContext, cursor: str | None = None
     ) -> dict[str, Any]:
+        tools = list(self.registry)
         if cursor is not None:
-            raise InvalidParams("invalid cursor: the tool list is not paginated")
-        return mcp.list_result([t.mcp() for t in self.registry], mcp.is_modern(request.meta))
+            after = mcp.decode_cursor(cursor)
+            if after is None:
+                raise InvalidParams("invalid cursor", data={"cursor": cursor})
+            tools = [t for t in tools if t.nsid > after]
+        page = tools[: self.config.list_page_size]
+        more = len(tools) > len(page)
+        next_cursor = mcp.encode_cursor(page[-1].nsid) if more else None
+        return mcp.list_result([t.mcp() for t in page], mcp.is_modern(request.meta), next_cursor)
+
+    async def listen(
+        self, request: RequestContext, notifications: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """A 2026-07-28 listen stream: acknowledged at once, then list_changed as the table
+        moves, until the caller cancels it (no answer then) or the broker shuts down."""
+        if not isinstance(notifications, dict):
+            raise InvalidParams("notifications must be an object")
+        if len(self.listen_streams) >= self.config.max_listen_streams:
+            raise LimitExceeded(
+                f"too many listen streams (limit {self.config.max_listen_streams})",
+                data={"limit": self.config.max_listen_streams},
+            )
+        conn, sid = request.connection, request.request_id
+        honored = mcp.honored(notifications)
+        await conn.notify(mcp.ACKNOWLEDGED, mcp.on_stream(sid, {"notifications": honored}))
+        stream = (conn, sid)
+        if honored:
+            self.listen_streams.add(stream)
+        try:
+            await conn.wait_closing()
+        finally:
+            self.listen_streams.discard(stream)
+        return mcp.listen_result(sid)
 
     # -- providers ---------------------------------------------------------------------------
 
@@ -172,6 +210,7 @@ class Broker:
 
     async def connection_lost(self, conn: Connection) -> None:
         self.list_watchers.discard(conn)
+        self.listen_streams = {s for s in self.listen_streams if s[0] is not conn}
         provider = conn.state.get("provider")
         if isinstance(provider, Provider):
             gone = self.registry.remove_provider(provider)
@@ -181,18 +220,28 @@ class Broker:
                 self.changed.set()
 
     async def announce_changes(self) -> None:
-        """Send ``list_changed`` to every initialized connection whenever the table moves."""
+        """Send ``list_changed`` whenever the table moves: to every initialized (handshake-era)
+        connection, and on every listen stream that asked for it."""
         while True:
             await self.changed.wait()
             self.changed.clear()
             for conn in list(self.list_watchers):
-                try:
-                    async with asyncio.timeout(1):
-                        await conn.notify(mcp.LIST_CHANGED)
-                except (KikiError, TimeoutError, OSError):
-                    # A listener that cannot take a notification within a second is not worth
-                    # holding everyone else up for; it can still ask tools/list.
+                if not await self._tell(conn, None):
                     self.list_watchers.discard(conn)
+            for stream in list(self.listen_streams):
+                if not await self._tell(*stream):
+                    self.listen_streams.discard(stream)
+
+    async def _tell(self, conn: Connection, subscription: RequestId | None) -> bool:
+        params = None if subscription is None else mcp.on_stream(subscription)
+        try:
+            async with asyncio.timeout(1):
+                await conn.notify(mcp.LIST_CHANGED, params)
+        except (KikiError, TimeoutError, OSError):
+            # A listener that cannot take a notification within a second is not worth holding
+            # everyone else up for; it can still ask tools/list.
+            return False
+        return True
 
     # -- calls -------------------------------------------------------------------------------
 
