@@ -30,7 +30,9 @@ from libkiki.tools import ToolCall, ToolClient, ToolProvider
 Broker = tuple[Path, subprocess.Popen[bytes]]
 
 
-def make_provider(path: Path, hang: asyncio.Event | None = None) -> ToolProvider:
+def make_provider(
+    path: Path, hang: asyncio.Event | None = None, started: asyncio.Event | None = None
+) -> ToolProvider:
     provider = ToolProvider(path, lexicons=LEXICONS)
 
     @provider.tool(ECHO)
@@ -41,6 +43,8 @@ def make_provider(path: Path, hang: asyncio.Event | None = None) -> ToolProvider
 
     @provider.tool(SLOW)
     async def slow(args: dict[str, Any], call: ToolCall) -> dict[str, Any]:
+        if started is not None:
+            started.set()
         try:
             await asyncio.Event().wait()
         except asyncio.CancelledError:
@@ -322,8 +326,8 @@ def test_batch_mixing_good_and_bad(broker: Broker) -> None:
 
 async def test_client_disconnecting_mid_call_harms_nobody(broker: Broker) -> None:
     path, _ = broker
-    cancelled = asyncio.Event()
-    async with asyncio.timeout(20), make_provider(path, cancelled).connect():
+    cancelled, started = asyncio.Event(), asyncio.Event()
+    async with asyncio.timeout(20), make_provider(path, cancelled, started).connect():
         with socket.socket(socket.AF_UNIX) as s:
             s.connect(str(path))
             s.sendall(
@@ -332,6 +336,9 @@ async def test_client_disconnecting_mid_call_harms_nobody(broker: Broker) -> Non
                 )
                 + b"\n"
             )
+            # Leave once the call is running at the provider (a call cancelled before its
+            # handler starts never runs at all, and would have nothing to observe).
+            await started.wait()
         await cancelled.wait()  # the broker cancelled the forwarded call when the caller left
         async with ToolClient(path) as client:
             assert (await client.call(ECHO, {"text": "still"}))["text"] == "still"
