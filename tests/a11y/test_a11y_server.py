@@ -1,0 +1,370 @@
+"""Tier 2: a real kiki-a11y-server process, real Unix sockets, real publishers and subscribers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import struct
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from a11y_fixtures import R, big_tree, demo_env, form_tree, split_frames
+from kikitest import VENV_BIN
+from libkiki import a11y_wire as wire
+from libkiki.a11y import demo
+from libkiki.a11y.client import A11yClient, ref
+from libkiki.a11y.publisher import A11yPublisher
+from libkiki.errors import InvalidParams, NotFound, PeerGone, Timeout
+from libkiki.framing import FrameDecoder, encode_frame
+
+N = wire.Node
+Start = Callable[..., tuple[Path, subprocess.Popen[bytes]]]
+
+
+def frame(message: wire.Message) -> bytes:
+    return encode_frame(wire.encode(message))
+
+
+class Raw:
+    """A blocking socket speaking frames, for the cases a well-behaved client never produces."""
+
+    def __init__(self, path: Path, *, rcvbuf: int = 0) -> None:
+        self.sock = socket.socket(socket.AF_UNIX)
+        if rcvbuf:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(10)
+        self.sock.connect(str(path))
+        self.decoder = FrameDecoder(64 << 20)
+        self.frames: list[bytes] = []
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def read(self) -> wire.Message:
+        while not self.frames:
+            data = self.sock.recv(1 << 16)
+            assert data, "the server closed the connection"
+            for f in self.decoder.feed(data):
+                assert isinstance(f, bytes)
+                self.frames.append(f)
+        return wire.decode(self.frames.pop(0))
+
+    def until(self, kind: type, request_id: int | None = None) -> tuple[Any, list[wire.Message]]:
+        seen: list[wire.Message] = []
+        while True:
+            m = self.read()
+            if isinstance(m, kind) and (request_id is None or m.request_id == request_id):
+                return m, seen
+            seen.append(m)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+async def test_snapshot_then_updates_with_identity_from_the_kernel(a11y_server: Start) -> None:
+    path, _ = a11y_server()
+    async with (
+        A11yPublisher(path, label="Editor") as pub,
+        A11yClient(path) as client,
+    ):
+        # The payload claims another tree; the server decides who owns what.
+        claimed = [n._replace(tree_id=999) for n in form_tree()]
+        assert await pub.publish(claimed, root_id=1) == 1
+        mirror = await client.subscribe()
+        (tree,) = mirror
+        assert tree.tree_id == pub.tree_id != 999
+        assert (tree.app.pid, tree.app.uid) == (os.getpid(), os.getuid())
+        assert tree.app.app_id == f"pid-{os.getpid()}"
+        assert tree.app.label == "Editor"
+        assert {n.id: n for n in (x._replace(tree_id=tree.tree_id) for x in form_tree())} == (
+            tree.nodes
+        )
+        for k in range(20):
+            await pub.publish([N(3, R["textField"], "Title", value=f"v{k}")], wait=k % 2 == 0)
+        await pub.publish([N(2, R["form"], "Form", children=(3,))], cause=wire.CAUSES["user"])
+        await client.wait_for(lambda m: len(m) == 3)
+        assert tree.seq == pub.seq == 22
+        assert tree.nodes[3].value == "v19"
+        assert client.resyncs == 0
+
+
+async def test_a_rejected_update_is_an_error_and_changes_nothing(a11y_server: Start) -> None:
+    path, _ = a11y_server()
+    async with A11yPublisher(path) as pub, A11yClient(path) as client:
+        with pytest.raises(InvalidParams, match="must name its root_id"):
+            await pub.publish(form_tree())
+        await pub.publish(form_tree(), root_id=1)
+        mirror = await client.subscribe()
+        before = dict(next(iter(mirror)).nodes)
+        with pytest.raises(InvalidParams, match="reparenting"):
+            await pub.publish([N(2, R["form"], children=(3, 4, 5)), N(3, R["label"], "changed")])
+        with pytest.raises(InvalidParams, match="neither in the tree"):
+            await pub.publish([N(4, R["generic"], children=(5, 6, 77))])
+        await pub.publish([N(6, R["button"], "Close")])
+        await client.wait_for(lambda m: m.find(name="Close"))
+        after = dict(next(iter(mirror)).nodes)
+        assert {k: v for k, v in after.items() if k != 6} == {
+            k: v for k, v in before.items() if k != 6
+        }
+        info = await client.info()
+        assert dict(info.counters)["updates_rejected"] == 3
+
+
+async def test_an_app_that_leaves_takes_its_tree_along(a11y_server: Start) -> None:
+    path, _ = a11y_server()
+    async with A11yClient(path) as client:
+        await client.subscribe()
+        raw = Raw(path)
+        raw.send(frame(wire.Hello(1, 1, "raw")))
+        raw.until(wire.Hello)
+        raw.send(frame(wire.TreeUpdate(2, root_id=1, nodes=tuple(form_tree()))))
+        raw.until(wire.Ack, 2)
+        await client.wait_for(lambda m: len(m) == 6)
+        # Half of an update, then gone: nothing of it applies, and the tree goes.
+        update = frame(wire.TreeUpdate(3, nodes=(N(3, R["label"], "half"),)))
+        raw.send(update[: len(update) // 2])
+        raw.close()
+        await client.wait_for(lambda m: not m.trees)
+        assert not client.mirror.find(name="half")
+        info = await client.info()
+        assert dict(info.counters)["protocol_errors"] == 1
+        assert dict(info.counters)["trees"] == 0
+
+
+async def run_demo(path: Path) -> tuple[asyncio.Task[None], asyncio.Event]:
+    ready = asyncio.Event()
+    task = asyncio.create_task(demo.run(path, ready=ready))
+    async with asyncio.timeout(10):
+        await ready.wait()
+    return task, ready
+
+
+async def test_actions_reach_the_owning_app_and_its_changes_come_back(a11y_server: Start) -> None:
+    path, _ = a11y_server()
+    task, _ = await run_demo(path)
+    try:
+        async with A11yClient(path) as client:
+            mirror = await client.subscribe()
+            name = mirror.find(role="textField", name="Name")[0]
+            save = mirror.find(role="button", name="Save")[0]
+            with pytest.raises(InvalidParams, match="Name field is empty"):
+                await client.act(ref(save), "press")
+            assert await client.act(ref(name), "setValue", "Grace") == "set to 'Grace'"
+            assert await client.act(ref(save), "press") == "Saved Grace"
+            item = await client.wait_for(lambda m: m.find(role="listItem", name="Grace"))
+            status = mirror.find(role="statusBar")[0]
+            assert status.value == "Saved Grace"
+            await client.act(ref(item[0]), "select")
+            await client.wait_for(lambda m: m.find(name="Grace", states=["selected"]))
+            with pytest.raises(InvalidParams, match="does not support press"):
+                await client.act(ref(status), "press")
+            with pytest.raises(NotFound, match="no longer exists"):
+                await client.act(f"{name.tree_id}:4242", "press")
+            with pytest.raises(NotFound, match="tree 99"):
+                await client.act("99:1", "press")
+    finally:
+        task.cancel()
+
+
+async def test_a_hanging_app_times_out_and_a_vanishing_one_fails(a11y_server: Start) -> None:
+    path, _ = a11y_server(action_timeout=0.3)
+    release = asyncio.Event()
+
+    async def hang(request: wire.ActionRequest) -> str:
+        await release.wait()
+        return "too late"
+
+    async with A11yPublisher(path, on_action=hang) as app, A11yClient(path) as client:
+        await app.publish(form_tree(), root_id=1)
+        target = f"{app.tree_id}:5"
+        with pytest.raises(Timeout, match=r"did not answer press on node 5 within 0\.3s"):
+            await client.act(target, "press")
+        # The server kept serving meanwhile; the late answer is dropped.
+        release.set()
+        assert (await client.info()).name == "a11y-server"
+        release.clear()
+        pending = asyncio.create_task(client.act(target, "press", timeout=5))
+        await asyncio.sleep(0.1)  # the request reaches the app (or not: NotFound is fine too)
+        await app._close()
+        with pytest.raises((PeerGone, NotFound)):
+            await pending
+
+
+async def test_bad_frames_get_typed_errors(a11y_server: Start) -> None:
+    path, proc = a11y_server(max_frame=65536, max_nodes_per_frame=50)
+    raw = Raw(path)
+    good = wire.encode(wire.TreeUpdate(1, root_id=1, nodes=tuple(form_tree())))
+    # Truncated inside a valid size prefix.
+    raw.send(encode_frame(good[: len(good) // 2]))
+    error, _ = raw.until(wire.Error)
+    assert error.code == -32600
+    # An unknown union type.
+    bad = bytearray(good)
+    root = struct.unpack_from("<I", bad, 0)[0]
+    vtable = root - struct.unpack_from("<i", bad, root)[0]
+    utype_at = root + struct.unpack_from("<H", bad, vtable + 6)[0]
+    bad[utype_at] = 99
+    raw.send(encode_frame(bytes(bad)))
+    error, _ = raw.until(wire.Error)
+    assert "unknown Body type 99" in error.message
+    # Too many nodes in one frame.
+    raw.send(frame(wire.TreeUpdate(2, root_id=1, nodes=tuple(big_tree(51)))))
+    error, _ = raw.until(wire.Error)
+    assert "more than 50 Node" in error.message
+    # A message the server does not take.
+    raw.send(frame(wire.Snapshot(3, ())))
+    error, _ = raw.until(wire.Error)
+    assert (error.request_id, error.code) == (3, -32601)
+    # Still fine after all that.
+    raw.send(frame(wire.TreeUpdate(4, root_id=1, nodes=tuple(form_tree()))))
+    ack, _ = raw.until(wire.Ack, 4)
+    assert ack.seq == 1
+    # Too large: an error, then the connection is closed.
+    raw.send(struct.pack("<I", 1 << 20) + b"x" * 64)
+    error, _ = raw.until(wire.Error)
+    assert "exceeds the limit of 65536" in error.message
+    assert raw.sock.recv(10) == b""
+    raw.close()
+    assert proc.poll() is None
+
+
+async def test_a_slow_subscriber_is_told_to_resync(a11y_server: Start) -> None:
+    path, _ = a11y_server(write_buffer=4096, max_pending_bytes=16384)
+    slow = Raw(path, rcvbuf=4096)
+    slow.send(frame(wire.Subscribe(1)))
+    async with A11yPublisher(path) as pub, A11yClient(path) as fast:
+        await pub.publish(big_tree(100), root_id=1)
+        await fast.subscribe()
+        # The slow one reads nothing while 400 updates of distinct nodes go by.
+        for k in range(400):
+            node = big_tree(100)[k % 99 + 1]._replace(name=f"{k} " + "x" * 200)
+            await pub.publish([node], wait=k % 50 == 0)
+        await pub.publish([N(1, R["window"], "last", children=big_tree(100)[0].children)])
+        await fast.wait_for(lambda m: m.find(name="last"))
+        info = dict((await fast.info()).counters)
+        assert info["subscriber_resyncs"] >= 1
+        assert fast.resyncs == 0
+        # Now it reads: updates in order, then the notice; it asks, and gets the present.
+        messages: list[wire.Message] = []
+        while not (messages and isinstance(messages[-1], wire.Resync)):
+            messages.append(slow.read())
+        seqs = [m.seq for m in messages if isinstance(m, wire.TreeUpdate)]
+        assert seqs == sorted(seqs)
+        slow.send(frame(wire.Resync(5)))
+        snapshot, _ = slow.until(wire.Snapshot, 5)
+        (tree,) = snapshot.trees
+        mine = next(iter(fast.mirror))
+        assert tree.seq == mine.seq
+        assert {n.id: n for n in tree.nodes} == mine.nodes
+    slow.close()
+
+
+async def test_cli_dump_find_act_capture(a11y_server: Start, sockdir: Path) -> None:
+    path, _ = a11y_server()
+    env = demo_env(sockdir)
+    app = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "libkiki.a11y.demo", "--socket", str(path), env=env
+    )
+    try:
+
+        async def kiki(*args: str) -> tuple[int, str]:
+            proc = await asyncio.create_subprocess_exec(
+                str(VENV_BIN / "kiki"), "a11y", *args, env=env, stdout=asyncio.subprocess.PIPE
+            )
+            async with asyncio.timeout(30):
+                out, _ = await proc.communicate()
+            return proc.returncode or 0, out.decode()
+
+        async with A11yClient(path) as client:
+            await client.subscribe()
+            await client.wait_for(lambda m: m.find(name="Save"))
+        code, text = await kiki("dump")
+        assert code == 0
+        assert '- button "Save"' in text
+        assert "generic" not in text
+        code, found = await kiki("find", "role=button", "name~=sav")
+        assert code == 0
+        assert found.startswith('button "Save" [')
+        save_ref = found.split("[")[1].split("]")[0]
+        tree_id = save_ref.split(":")[0]
+        code, out = await kiki("act", f"{tree_id}:4", "setValue", "Linus")
+        assert (code, out.strip()) == (0, "set to 'Linus'")
+        capture = sockdir / "frames.ka11"
+        cap = await asyncio.create_subprocess_exec(
+            str(VENV_BIN / "kiki"), "a11y", "capture", str(capture), "--count", "2", env=env
+        )
+        await asyncio.sleep(0.3)  # lets it subscribe; a missed update would only hang `wait`
+        assert (await kiki("act", save_ref, "press"))[0] == 0
+        async with asyncio.timeout(30):
+            assert await cap.wait() == 0
+        frames = split_frames(capture.read_bytes())
+        kinds = [type(wire.decode(f[4:])) for f in frames]
+        assert kinds == [wire.Snapshot, wire.TreeUpdate]
+        code, doc = await kiki("dump", "--json")
+        assert '"name": "Linus"' in doc
+        code, _ = await kiki("find", "name=Nobody")
+        assert code == 1
+    finally:
+        app.terminate()
+        await app.wait()
+
+
+async def wait_until(check: Callable[[], Awaitable[Any]], what: str) -> Any:
+    async with asyncio.timeout(20):
+        while True:
+            try:
+                if value := await check():
+                    return value
+            except Exception:
+                pass
+            await asyncio.sleep(0.05)
+    raise AssertionError(what)
+
+
+async def test_tools_on_the_broker(spawn_service: Any, sockdir: Path) -> None:
+    from libkiki.errors import ToolError
+    from libkiki.tools import ToolClient
+
+    _, notes = spawn_service("tool-broker")
+    notes.wait_for("READY")
+    _, notes2 = spawn_service("a11y-server", extra_env={"KIKI_A11Y_SERVER_BROKER_RETRY": "0.2"})
+    notes2.wait_for("READY")
+    task, _ = await run_demo(sockdir / "a11y.sock")
+    try:
+        async with ToolClient(sockdir / "tools.sock") as tools:
+
+            async def listed() -> bool:
+                return "dev.kiki.a11y.act" in {t["name"] for t in await tools.list()}
+
+            await wait_until(listed, "the a11y tools on the broker")
+            snap = await tools.call("dev.kiki.a11y.snapshot", {"maxNodes": 5})
+            assert snap["truncated"] is True
+            assert snap["shown"] == 5
+            assert snap["text"].startswith("app ")
+            found = await tools.call("dev.kiki.a11y.find", {"role": "checkBox"})
+            (box,) = found["nodes"]
+            assert box["states"] == ["focusable"]
+            done = await tools.call("dev.kiki.a11y.act", {"ref": box["ref"], "action": "press"})
+            assert done == {"ok": True, "message": "checked"}
+            found = await tools.call("dev.kiki.a11y.find", {"state": "checked"})
+            assert [n["ref"] for n in found["nodes"]] == [box["ref"]]
+            with pytest.raises(ToolError, match="no longer exists"):
+                await tools.call("dev.kiki.a11y.act", {"ref": "1:999", "action": "press"})
+    finally:
+        task.cancel()
+
+
+def test_mirror_gap_is_refused_and_marks_the_tree_stale() -> None:
+    from libkiki.a11y.client import Mirror
+
+    mirror = Mirror()
+    mirror.load(wire.Snapshot(0, (wire.TreeUpdate(0, 1, 5, 0, 0, 1, (N(1),)),)))
+    assert not mirror.apply(wire.TreeUpdate(0, 1, 7, 6, nodes=(N(1, name="x"),)))
+    assert mirror.trees[1].stale
+    assert mirror.trees[1].nodes[1].name == ""
