@@ -34,7 +34,7 @@ from pathlib import Path
 import orjson
 
 REPO = Path(__file__).resolve().parents[2]
-BIN = REPO / ".venv" / "bin"
+BIN = Path(sys.executable).parent  # the venv being measured: .venv, or another Python's
 
 ECHO_SERVER = """
 import asyncio, sys
