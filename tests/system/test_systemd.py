@@ -283,3 +283,98 @@ def test_security_exposure_within_budget() -> None:
     print("systemd-analyze security --offline=true:", json.dumps(scores))
     for name, limit in THRESHOLDS.items():
         assert scores[name] <= limit, f"{name}: exposure {scores[name]} > {limit}"
+
+
+# A reader as strict as a unit can be while still sharing the host's /dev/shm: a dynamic user
+# in group kiki, no network, nothing writable, no capabilities.
+READER_PROPERTIES = (
+    "DynamicUser=yes",
+    "SupplementaryGroups=kiki",
+    "ProtectSystem=strict",
+    "ProtectHome=yes",
+    "PrivateTmp=yes",
+    "PrivateNetwork=yes",
+    "RestrictAddressFamilies=AF_UNIX",
+    "NoNewPrivileges=yes",
+    "CapabilityBoundingSet=",
+    "ProtectKernelTunables=yes",
+    "ProtectKernelModules=yes",
+    "ProtectControlGroups=yes",
+    "RestrictNamespaces=yes",
+    "LockPersonality=yes",
+    "MemoryDenyWriteExecute=yes",
+    "SystemCallFilter=@system-service",
+    "SystemCallArchitectures=native",
+    "Environment=KIKI_RUNTIME_DIR=/run/kiki",
+    "Environment=PYTHONDONTWRITEBYTECODE=1",
+    # `kiki`'s parser computes a default state directory from the home directory, which a
+    # dynamic user of this container (no nss-systemd in its empty /etc) does not have.
+    "Environment=HOME=/",
+)
+
+RING_WRITE_PROBE = """
+import os
+try:
+    os.open("/dev/shm/kiki-sensors.imu0", os.O_RDWR)
+    print("writable")
+except PermissionError:
+    print("read-only")
+"""
+
+
+def _in_reader_unit(machine: Machine, name: str, *cmd: str) -> subprocess.CompletedProcess[str]:
+    props = [arg for p in READER_PROPERTIES for arg in ("-p", p)]
+    return machine.run(
+        "systemd-run", "--wait", "--pipe", "--quiet", f"--unit={name}", *props, *cmd, timeout=120
+    )
+
+
+def test_a_reader_in_another_hardened_unit_reads_the_rings(machine: Machine) -> None:
+    status = machine.run("/usr/bin/kiki", "status", "sensor-publisher", check=False)
+    assert status.returncode == 0, status.stdout + status.stderr
+    unit = "kiki-sensor-publisher.service"
+    assert machine.systemctl("is-active", unit) == "active"
+    rings = machine.run("stat", "-c", "%n %a %U %G", "/dev/shm/kiki-sensors.imu0").stdout.split()
+    assert rings[1:] == ["640", "kiki-sensors", "kiki"]
+
+    out = _in_reader_unit(
+        machine,
+        "kiki-sensor-reader",
+        "/usr/bin/kiki",
+        "sensors",
+        "watch",
+        "imu0",
+        "--json",
+        "--count",
+        "200",
+    ).stdout
+    samples = [json.loads(line) for line in out.splitlines()]
+    assert len(samples) == 200
+    first = samples[0]["index"]
+    assert [s["index"] for s in samples] == list(range(first, first + 200))
+    assert all(9.7 < s["values"]["az"] < 9.9 for s in samples)
+    assert [s["timestampNs"] for s in samples] == sorted(s["timestampNs"] for s in samples)
+    # Subscribed through the notify socket, from the reader unit: the publisher counted it.
+    stats = json.loads(machine.run("/usr/bin/kiki", "sensors", "stats", "--json").stdout)
+    assert stats["sensors"]["imu0"]["rateHz"] > 500
+    assert stats["sensors"]["cpu"]["written"] > 0
+
+    probe = _in_reader_unit(
+        machine, "kiki-sensor-probe", "/usr/lib/kiki/venv/bin/python", "-c", RING_WRITE_PROBE
+    )
+    assert probe.stdout.strip() == "read-only"
+
+    # A publisher restart: new rings (a new generation), the reader unit reads them again.
+    machine.systemctl("restart", unit)
+    out = _in_reader_unit(
+        machine,
+        "kiki-sensor-reader2",
+        "/usr/bin/kiki",
+        "sensors",
+        "watch",
+        "imu0",
+        "--json",
+        "--count",
+        "20",
+    ).stdout
+    assert len(out.splitlines()) == 20

@@ -31,6 +31,7 @@ from libkiki.rpc import Connection, Methods, RequestContext, connect_unix
 from libkiki.sensors.layout import Layout
 from libkiki.sensors.ring import Batch, RingChanged, RingReader
 from libkiki.sensors.shm import MappedReader, MappedWriter
+from libkiki.sensors.wakeup import WakeChannel
 
 WAKE = "sensors/wake"
 GONE = "sensors/gone"
@@ -148,7 +149,7 @@ class SensorReader:
         self.lost = 0
         self.restarts = 0
         self.view: dict[str, Any] = {}
-        self._client: SensorClient | None = None
+        self._client: WakeChannel | None = None
         self._mapped: MappedReader | None = None
 
     async def __aenter__(self) -> Self:
@@ -167,17 +168,18 @@ class SensorReader:
             self._mapped = None
         if self._client is not None:
             client, self._client = self._client, None
-            with contextlib.suppress(KikiError):
-                await client.__aexit__(None, None, None)
+            client.close()
 
     async def _connect(self) -> None:
-        client = SensorClient(self.path)
-        await client.__aenter__()
+        client = await WakeChannel.connect(self.path)
         try:
-            views = await client.subscribe([self.sensor], self.max_wakeups)
-            self._map(views[0])
+            reply = await client.request(
+                "sensors/subscribe",
+                {"sensors": [self.sensor], "maxWakeupsPerSecond": self.max_wakeups},
+            )
+            self._map(reply["sensors"][0])
         except BaseException:
-            await client.__aexit__(None, None, None)
+            client.close()
             raise
         self._client = client
 
@@ -232,6 +234,9 @@ class SensorReader:
     async def next_batch(self) -> Batch:
         """Wait for new samples (or for news of lost ones) and return them."""
         while True:
+            client = self._client
+            if client is not None:
+                client.wake.clear()  # before polling: a wake-up after the poll is not lost
             try:
                 batch = self.poll()
             except RingChanged:
@@ -239,14 +244,11 @@ class SensorReader:
                 continue
             if batch.count or batch.lost:
                 return batch
-            client = self._client
+            if client is not None and self.sensor in client.gone:
+                raise NotFound(f"{self.sensor} is gone (its writer left)")
             if client is None or client.closed:
                 await self._remap()
                 continue
-            client.wake.clear()
-            batch = self.poll()  # a wake-up may have come between the poll and the clear
-            if batch.count or batch.lost:
-                return batch
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_POLL):
                     await client.wake.wait()

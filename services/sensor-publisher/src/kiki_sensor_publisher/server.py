@@ -19,6 +19,8 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
+
 from kiki_sensor_publisher.config import SensorConfig
 from kiki_sensor_publisher.protocol import GONE, WAKE, ReadPolicy, Subscriber, WakeCore, unknown
 from kiki_sensor_publisher.protocol import principal_matches as _matches
@@ -40,15 +42,19 @@ log = logging.getLogger(__name__)
 # its wake-ups then coalesce into one pending dict.
 _WRITE_HIGH_WATER = 4096
 _SNDBUF = 16384
+_WAKE_HEAD = b'{"jsonrpc":"2.0","method":"' + WAKE.encode() + b'","params":{"upTo":'
 
 
 class ImuThread:
     """Writes the synthetic IMU's ring at its rate; wakes the loop after each write."""
 
-    def __init__(self, sensor: Sensor, imu: SyntheticImu, doorbell: Any) -> None:
+    def __init__(
+        self, sensor: Sensor, imu: SyntheticImu, doorbell: Any, watched: dict[str, Any]
+    ) -> None:
         self.sensor = sensor
         self.imu = imu
         self.doorbell = doorbell
+        self.watched = watched  # sensor id -> subscribers; read without a lock (the GIL's word)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="imu", daemon=True)
 
@@ -69,7 +75,8 @@ class ImuThread:
             writer.write(time.monotonic_ns(), self.imu.values(n))
             n += 1
             next_ns += period_ns
-            self.doorbell()
+            if self.sensor.id in self.watched:
+                self.doorbell()
 
 
 class Publisher:
@@ -87,6 +94,7 @@ class Publisher:
         self._events: dict[int, asyncio.Event] = {}
         self._senders: dict[int, asyncio.Task[None]] = {}
         self._conns: dict[int, Connection] = {}
+        self._transports: dict[int, asyncio.WriteTransport] = {}
         self.tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tg: asyncio.TaskGroup | None = None
@@ -106,7 +114,7 @@ class Publisher:
             imu = SyntheticImu(c.imu_hz)
             spec = imu.spec
             sensor = self._create(spec.id, spec.kind, spec.unit, spec.layout, spec.rate_hz)
-            self.imu = ImuThread(sensor, imu, self._doorbell)
+            self.imu = ImuThread(sensor, imu, self._doorbell, self.core.by_sensor)
         self.sources = kernel_sources(
             c.proc_root,
             c.sys_root,
@@ -146,7 +154,21 @@ class Publisher:
             self.publish(self.imu.sensor)
 
     def publish(self, sensor: Sensor) -> None:
-        for sub in self.core.published(sensor.id, sensor.write_index, sensor.capacity):
+        woken = self.core.published(sensor.id, sensor.write_index, sensor.capacity)
+        for sub in woken:
+            # The fast path: an every-sample subscriber whose connection has nothing queued
+            # gets its wake-up written right here, without a hop through its sender task.
+            transport = self._transports.get(sub.id)
+            if (
+                sub.min_interval == 0
+                and transport is not None
+                and not transport.is_closing()
+                and transport.get_write_buffer_size() == 0
+            ):
+                message, _ = self.core.take(sub, time.monotonic())
+                if message is not None:
+                    transport.write(_WAKE_HEAD + orjson.dumps(message) + b"}}\n")
+                continue
             event = self._events.get(sub.id)
             if event is not None:
                 event.set()
@@ -174,7 +196,9 @@ class Publisher:
     async def on_connect(self, conn: Connection) -> None:
         sub = self.core.connect(conn.peer)
         conn.state["subscriber"] = sub
-        _limit_buffers(conn)
+        transport = _limit_buffers(conn)
+        if transport is not None:
+            self._transports[sub.id] = transport
         event = self._events[sub.id] = asyncio.Event()
         self._conns[sub.id] = conn
         assert self._tg is not None
@@ -189,6 +213,7 @@ class Publisher:
             task.cancel()
         self._events.pop(sub.id, None)
         self._conns.pop(sub.id, None)
+        self._transports.pop(sub.id, None)
         self.core.disconnect(sub)
         for sensor in [s for s in self.sensors.values() if s.state.get("conn") is conn]:
             self._drop_external(sensor)
@@ -399,17 +424,23 @@ async def _quiet_notify(conn: Connection, method: str, params: dict[str, Any]) -
             await conn.notify(method, params)
 
 
-def _limit_buffers(conn: Connection) -> None:
-    # libkiki.rpc has no public knob for this; the stream writer is the one the connection uses.
+def _limit_buffers(conn: Connection) -> asyncio.WriteTransport | None:
+    """Small buffers for a subscriber (it stalls its own sender early and its wake-ups
+    coalesce); returns the connection's transport for the wake-up fast path.
+
+    libkiki.rpc has no public handle on it; this is the stream writer the connection uses, and
+    whole lines written to it never interleave with the connection's own.
+    """
     writer = getattr(conn, "_writer", None)
     transport = getattr(writer, "transport", None)
-    if transport is None:
-        return
+    if not isinstance(transport, asyncio.WriteTransport):
+        return None
     transport.set_write_buffer_limits(high=_WRITE_HIGH_WATER)
     sock = transport.get_extra_info("socket")
     if sock is not None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SNDBUF)
+    return transport
 
 
 def samples_json(batch: Batch) -> list[dict[str, Any]]:

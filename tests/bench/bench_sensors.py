@@ -1,0 +1,435 @@
+"""Sensor publisher benchmark: rings and wake-ups beside a Unix datagram baseline, in one run.
+
+    .venv/bin/python tests/bench/bench_sensors.py [--seconds S] [--quick]
+
+Cases (each beside the same samples sent as Unix datagrams, one per sample):
+
+  write      cost of writing one IMU sample (24 bytes of fields) into a ring in /dev/shm,
+             one at a time and in batches; the baseline: one sendto() per sample
+  max        sustained samples/s with one reader process following along, and how many the
+             reader got; the baseline: datagrams that a receiver process drains
+  wake-up    sample timestamp -> a blocked reader (SensorReader, awaiting its wake-up) has it,
+             at 1 kHz and 10 kHz with 1 and 4 readers, p50/p99 of the newest sample of each
+             batch; the baseline: a sender thread at the same rate, readers blocked in recv()
+  cpu        the publisher's CPU (utime+stime) at 1 kHz with 4 readers subscribed to every
+             sample; the baseline: the datagram sender at 1 kHz to 4 receivers
+
+Latency cases run unpinned and pinned to one core (``taskset -c 0``: publisher and readers
+share it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import mmap
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = REPO / ".venv" / "bin"
+sys.path.insert(0, str(REPO / "libkiki" / "src"))
+
+from libkiki.sensors.layout import IMU6  # noqa: E402
+from libkiki.sensors.ring import RingReader, RingWriter, segment_size  # noqa: E402
+
+SAMPLE = (0.1, 0.2, 9.81, 0.01, 0.02, 0.03)
+DGRAM = struct.Struct("<Q6f")
+
+RING_READER = """
+import asyncio, sys, time, orjson
+from libkiki.sensors.client import SensorReader
+async def main():
+    sock, n = sys.argv[1], int(sys.argv[2])
+    async with SensorReader("imu0", path=sock) as r:
+        print("ready", flush=True)
+        lat, samples, lost = [], 0, 0
+        async for b in r:
+            now = time.monotonic_ns()
+            if b.count:
+                lat.append(now - b.timestamps()[-1])
+            samples += b.count
+            lost += b.lost
+            if len(lat) >= n:
+                break
+    print(orjson.dumps({"lat": lat, "samples": samples, "lost": lost}).decode(), flush=True)
+asyncio.run(main())
+"""
+
+DGRAM_READER = """
+import socket, struct, sys, time, orjson
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind(sys.argv[1])
+n = int(sys.argv[2])
+print("ready", flush=True)
+lat = []
+while len(lat) < n:
+    data = s.recv(64)
+    lat.append(time.monotonic_ns() - struct.unpack_from("<Q", data)[0])
+print(orjson.dumps({"lat": lat, "samples": n, "lost": 0}).decode(), flush=True)
+"""
+
+RING_FOLLOWER = """
+import sys, time, mmap, os, orjson
+from libkiki.sensors.layout import IMU6
+from libkiki.sensors.shm import MappedReader
+m = MappedReader(sys.argv[1], IMU6)
+r = m.ring
+print("ready", flush=True)
+pos = r.write_index
+got = lost = 0
+deadline = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < deadline:
+    b = r.read(pos)
+    pos = b.end
+    got += b.count
+    lost += b.lost
+print(orjson.dumps({"got": got, "lost": lost}).decode(), flush=True)
+"""
+
+DGRAM_DRAIN = """
+import socket, sys, time, orjson
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind(sys.argv[1])
+s.settimeout(1.0)
+print("ready", flush=True)
+got = 0
+try:
+    while True:
+        s.recv(64)
+        got += 1
+except TimeoutError:
+    pass
+print(orjson.dumps({"got": got}).decode(), flush=True)
+"""
+
+
+def spawn(code: str, *args: str, pin: bool = False) -> subprocess.Popen[str]:
+    cmd = [str(BIN / "python"), "-c", code, *args]
+    if pin:
+        cmd = ["taskset", "-c", "0", *cmd]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline().strip()
+    if line != "ready":
+        raise SystemExit(f"helper did not start: {line!r}")
+    return proc
+
+
+def result(proc: subprocess.Popen[str], timeout: float = 60) -> dict[str, Any]:
+    out, _ = proc.communicate(timeout=timeout)
+    data: dict[str, Any] = orjson.loads(out.strip().splitlines()[-1])
+    return data
+
+
+def pct(values: list[int], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1000.0
+
+
+# -- write cost and throughput ----------------------------------------------------------------
+
+
+def shm_ring(name: str, capacity: int) -> tuple[mmap.mmap, RingWriter]:
+    size = segment_size(IMU6, capacity)
+    fd = os.open(f"/dev/shm/{name}", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o640)
+    os.ftruncate(fd, size)
+    m = mmap.mmap(fd, size)
+    os.close(fd)
+    return m, RingWriter(m, IMU6, capacity)
+
+
+def bench_write(n: int) -> dict[str, float]:
+    name = f"kiki-bench-{os.getpid()}"
+    m, w = shm_ring(name, 4096)
+    try:
+        ts = time.monotonic_ns()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            w.write(ts, SAMPLE)
+        single = (time.perf_counter() - t0) / n
+        rows = [SAMPLE] * 256
+        stamps = [ts] * 256
+        t0 = time.perf_counter()
+        for _ in range(n // 256):
+            w.write_many(stamps, rows)
+        batched = (time.perf_counter() - t0) / (n // 256 * 256)
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        b.setblocking(False)
+        payload = DGRAM.pack(ts, *SAMPLE)
+        t0 = time.perf_counter()
+        sent = 0
+        for _ in range(n // 100):
+            for _ in range(100):
+                a.send(payload)
+            sent += 100
+            try:
+                while True:
+                    b.recv(64)
+            except BlockingIOError:
+                pass
+        dgram = (time.perf_counter() - t0) / sent
+        a.close()
+        b.close()
+        w.release()
+    finally:
+        m.close()
+        os.unlink(f"/dev/shm/{name}")
+    return {"single": single, "batched": batched, "dgram": dgram}
+
+
+def bench_max(seconds: float) -> dict[str, float]:
+    name = f"kiki-bench-max-{os.getpid()}"
+    m, w = shm_ring(name, 1 << 16)
+    try:
+        follower = spawn(RING_FOLLOWER, name, str(seconds + 0.5))
+        rows = [SAMPLE] * 256
+        written = 0
+        t0 = time.perf_counter()
+        deadline = t0 + seconds
+        while time.perf_counter() < deadline:
+            stamps = [time.monotonic_ns()] * 256
+            w.write_many(stamps, rows)
+            written += 256
+        elapsed = time.perf_counter() - t0
+        follow = result(follower)
+        w.release()
+    finally:
+        m.close()
+        os.unlink(f"/dev/shm/{name}")
+    tmp = Path(tempfile.mkdtemp(prefix="kiki-bench-"))
+    try:
+        path = str(tmp / "d")
+        drain = spawn(DGRAM_DRAIN, path)
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        s.connect(path)
+        payload = DGRAM.pack(time.monotonic_ns(), *SAMPLE)
+        sent = 0
+        t0 = time.perf_counter()
+        deadline = t0 + seconds
+        while time.perf_counter() < deadline:
+            for _ in range(100):
+                s.send(payload)  # blocks when the receiver's queue is full: sustained rate
+            sent += 100
+        d_elapsed = time.perf_counter() - t0
+        s.close()
+        drained = result(drain)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {
+        "ring_written": written / elapsed,
+        "ring_read": follow["got"] / elapsed,
+        "ring_lost": follow["lost"],
+        "dgram": drained["got"] / d_elapsed,
+        "dgram_sent": sent / d_elapsed,
+    }
+
+
+# -- the publisher ----------------------------------------------------------------------------
+
+
+class Publisher:
+    def __init__(self, rate: int, pin: bool) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="kiki-bench-"))
+        self.socket = self.dir / "sensors.sock"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("KIKI_", "LISTEN_"))}
+        env.update(
+            KIKI_RUNTIME_DIR=str(self.dir),
+            KIKI_CONFIG_DIR=str(self.dir / "etc"),
+            KIKI_SENSOR_PUBLISHER_IMU_HZ=str(rate),
+            KIKI_SENSOR_PUBLISHER_BROKER_SOCKET="",
+            KIKI_LOG_LEVEL="WARNING",
+            **{
+                f"KIKI_SENSOR_PUBLISHER_{k}_HZ": "0"
+                for k in ("CPU", "MEMORY", "PRESSURE", "THERMAL", "POWER", "IIO")
+            },
+        )
+        cmd = [str(BIN / "kiki-sensor-publisher")]
+        if pin:
+            cmd = ["taskset", "-c", "0", *cmd]
+        self.proc = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while not self.socket.exists():
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise SystemExit("the publisher did not start")
+            time.sleep(0.05)
+        time.sleep(0.3)
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=20)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def ring_latency(rate: int, readers: int, count: int, pin: bool) -> dict[str, Any]:
+    pub = Publisher(rate, pin)
+    try:
+        procs = [spawn(RING_READER, str(pub.socket), str(count), pin=pin) for _ in range(readers)]
+        outs = [result(p) for p in procs]
+    finally:
+        pub.stop()
+    lat = [x for o in outs for x in o["lat"][count // 10 :]]  # the first tenth warms up
+    return {"p50": pct(lat, 0.5), "p99": pct(lat, 0.99), "lost": sum(o["lost"] for o in outs)}
+
+
+def dgram_sender(paths: list[str], rate: int, stop: threading.Event) -> None:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    period = int(1e9 / rate)
+    next_ns = time.monotonic_ns()
+    while not stop.is_set():
+        now = time.monotonic_ns()
+        if now < next_ns:
+            time.sleep((next_ns - now) / 1e9)
+            continue
+        payload = DGRAM.pack(time.monotonic_ns(), *SAMPLE)
+        for p in paths:
+            try:
+                s.sendto(payload, p)
+            except OSError:
+                pass
+        next_ns += period
+
+
+def dgram_latency(rate: int, readers: int, count: int, pin: bool) -> dict[str, Any]:
+    tmp = Path(tempfile.mkdtemp(prefix="kiki-bench-"))
+    paths = [str(tmp / f"r{i}") for i in range(readers)]
+    procs = [spawn(DGRAM_READER, p, str(count), pin=pin) for p in paths]
+    stop = threading.Event()
+    if pin:
+        os.sched_setaffinity(0, {0})
+    sender = threading.Thread(target=dgram_sender, args=(paths, rate, stop))
+    sender.start()
+    try:
+        outs = [result(p) for p in procs]
+    finally:
+        stop.set()
+        sender.join()
+        if pin:
+            os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+        shutil.rmtree(tmp, ignore_errors=True)
+    lat = [x for o in outs for x in o["lat"][count // 10 :]]
+    return {"p50": pct(lat, 0.5), "p99": pct(lat, 0.99), "lost": 0}
+
+
+def publisher_cpu(seconds: float) -> dict[str, float]:
+    pub = Publisher(1000, False)
+    try:
+        count = int(seconds * 1000 * 2)
+        procs = [spawn(RING_READER, str(pub.socket), str(count)) for _ in range(4)]
+        time.sleep(0.5)
+        c0, t0 = pub.cpu_seconds(), time.monotonic()
+        time.sleep(seconds)
+        c1, t1 = pub.cpu_seconds(), time.monotonic()
+        for p in procs:
+            p.kill()
+            p.wait()
+        idle_pub = Publisher(1000, False)
+        try:
+            time.sleep(0.5)
+            i0, j0 = idle_pub.cpu_seconds(), time.monotonic()
+            time.sleep(seconds)
+            i1, j1 = idle_pub.cpu_seconds(), time.monotonic()
+        finally:
+            idle_pub.stop()
+    finally:
+        pub.stop()
+    # The baseline: this process's sender thread, at 1 kHz to 4 datagram readers.
+    tmp = Path(tempfile.mkdtemp(prefix="kiki-bench-"))
+    paths = [str(tmp / f"r{i}") for i in range(4)]
+    readers = [spawn(DGRAM_READER, p, str(10**9)) for p in paths]
+    stop = threading.Event()
+    sender = threading.Thread(target=dgram_sender, args=(paths, 1000, stop))
+    r0, k0 = time.clock_gettime(time.CLOCK_PROCESS_CPUTIME_ID), time.monotonic()
+    sender.start()
+    time.sleep(seconds)
+    stop.set()
+    sender.join()
+    r1, k1 = time.clock_gettime(time.CLOCK_PROCESS_CPUTIME_ID), time.monotonic()
+    for r in readers:
+        r.kill()
+        r.wait()
+    shutil.rmtree(tmp, ignore_errors=True)
+    return {
+        "publisher": 100 * (c1 - c0) / (t1 - t0),
+        "publisher_no_readers": 100 * (i1 - i0) / (j1 - j0),
+        "dgram": 100 * (r1 - r0) / (k1 - k0),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=3.0, help="per latency/CPU case")
+    parser.add_argument("--quick", action="store_true", help="fewer samples (a smoke run)")
+    args = parser.parse_args()
+    n = 20_000 if args.quick else 200_000
+    print(
+        f"# bench_sensors {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+        f"{platform.node()} {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"Linux {platform.release()}"
+    )
+    w = bench_write(n)
+    print("\n| write (per sample) | ring | datagram | ratio |\n|---|---|---|---|")
+    print(
+        f"| one at a time | {w['single'] * 1e9:.0f} ns | {w['dgram'] * 1e9:.0f} ns | "
+        f"{w['dgram'] / w['single']:.1f}x faster |"
+    )
+    print(
+        f"| batches of 256 | {w['batched'] * 1e9:.0f} ns | {w['dgram'] * 1e9:.0f} ns | "
+        f"{w['dgram'] / w['batched']:.1f}x faster |"
+    )
+    mx = bench_max(args.seconds)
+    print("\n| sustained throughput | ring | datagram | ratio |\n|---|---|---|---|")
+    print(
+        f"| samples/s written | {mx['ring_written']:,.0f} | {mx['dgram_sent']:,.0f} | "
+        f"{mx['ring_written'] / mx['dgram_sent']:.1f}x |"
+    )
+    print(
+        f"| samples/s a reader got (lost {mx['ring_lost']:,}) | {mx['ring_read']:,.0f} | "
+        f"{mx['dgram']:,.0f} | {mx['ring_read'] / mx['dgram']:.1f}x |"
+    )
+    print(
+        "\n| wake-up latency | pinning | ring p50 / p99 (us) | datagram p50 / p99 (us) | "
+        "ratio p50 |\n|---|---|---|---|---|"
+    )
+    for pin in (False, True):
+        for rate in (1000, 10_000):
+            for readers in (1, 4):
+                count = int(rate * args.seconds) if rate == 1000 else int(rate * args.seconds / 4)
+                count = max(200, count // (10 if args.quick else 1))
+                r = ring_latency(rate, readers, count, pin)
+                d = dgram_latency(rate, readers, count, pin)
+                lost = f", lost {r['lost']}" if r["lost"] else ""
+                print(
+                    f"| {rate // 1000} kHz, {readers} reader{'s' if readers > 1 else ''}{lost} | "
+                    f"{'taskset -c 0' if pin else 'unpinned'} | {r['p50']:.0f} / {r['p99']:.0f} | "
+                    f"{d['p50']:.0f} / {d['p99']:.0f} | {r['p50'] / d['p50']:.1f}x |",
+                    flush=True,
+                )
+    cpu = publisher_cpu(args.seconds)
+    print("\n| CPU at 1 kHz | ring publisher | datagram sender | ratio |\n|---|---|---|---|")
+    print(
+        f"| 4 readers, every sample | {cpu['publisher']:.1f} % | {cpu['dgram']:.1f} % | "
+        f"{cpu['publisher'] / max(cpu['dgram'], 0.01):.1f}x |"
+    )
+    print(f"| no reader | {cpu['publisher_no_readers']:.1f} % | | |")
+
+
+if __name__ == "__main__":
+    main()
