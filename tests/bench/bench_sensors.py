@@ -21,13 +21,13 @@ share it).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import mmap
 import os
 import platform
 import shutil
 import signal
 import socket
-import statistics
 import struct
 import subprocess
 import sys
@@ -44,7 +44,7 @@ BIN = REPO / ".venv" / "bin"
 sys.path.insert(0, str(REPO / "libkiki" / "src"))
 
 from libkiki.sensors.layout import IMU6  # noqa: E402
-from libkiki.sensors.ring import RingReader, RingWriter, segment_size  # noqa: E402
+from libkiki.sensors.ring import RingWriter, segment_size  # noqa: E402
 
 SAMPLE = (0.1, 0.2, 9.81, 0.01, 0.02, 0.03)
 DGRAM = struct.Struct("<Q6f")
@@ -300,10 +300,8 @@ def dgram_sender(paths: list[str], rate: int, stop: threading.Event) -> None:
             continue
         payload = DGRAM.pack(time.monotonic_ns(), *SAMPLE)
         for p in paths:
-            try:
+            with contextlib.suppress(OSError):
                 s.sendto(payload, p)
-            except OSError:
-                pass
         next_ns += period
 
 
