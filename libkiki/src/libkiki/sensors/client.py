@@ -35,8 +35,6 @@ from libkiki.sensors.wakeup import WakeChannel
 
 WAKE = "sensors/wake"
 GONE = "sensors/gone"
-# Wake-ups are the fast path; this poll only bounds how long a lost one can delay a reader.
-_POLL = 0.5
 _RECONNECT = 10.0
 
 
@@ -249,9 +247,9 @@ class SensorReader:
             if client is None or client.closed:
                 await self._remap()
                 continue
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(_POLL):
-                    await client.wake.wait()
+            # Every way the ring can change wakes us: a wake-up, a "gone", the connection
+            # ending (the publisher stopping). No timer here: it would cost every wake-up.
+            await client.wake.wait()
 
     async def _remap(self) -> None:
         """The ring was retired or the publisher went away: find the sensor's new ring."""
