@@ -292,11 +292,16 @@ async def test_publisher_killed_and_restarted(start_publisher: StartPublisher) -
         async with asyncio.timeout(10):
             await reader.next_batch()
         generation = reader.view["generation"]
+        old = MappedReader(f"{pub.prefix}.imu0", IMU6)
         pub.proc.send_signal(signal.SIGKILL)
         pub.proc.wait(timeout=10)
         # The rings of the dead run are still there, as it left them.
         assert f"{pub.prefix}.imu0" in pub.rings()
+        before = old.ring.retired
         again = start_publisher()
+        # The new run retired the stale ring (its readers' cue) and replaced it.
+        assert (before, old.ring.retired) == (False, True)
+        old.close()
         async with asyncio.timeout(20):
             batch = await reader.next_batch()
             while reader.restarts == 0:
