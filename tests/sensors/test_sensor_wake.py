@@ -86,3 +86,16 @@ def test_read_policy() -> None:
     assert policy.allows(BOB, "cpu0")
     assert not ReadPolicy({}).allows(ALICE, "cpu")
     assert not ReadPolicy({"*": ["user:no-such-user", "uid:x"]}).allows(ALICE, "cpu")
+
+
+def test_fastest_interval_per_sensor_follows_subscriptions() -> None:
+    core = WakeCore(max_subscriptions=10, max_wakeups_hz=1000)
+    a, b = core.connect(ALICE), core.connect(BOB)
+    core.subscribe(a, ["imu0"], 10)
+    assert core.fastest == {"imu0": pytest.approx(0.1)}
+    core.subscribe(b, ["imu0", "cpu"], None)
+    assert core.fastest == {"imu0": 0.0, "cpu": 0.0}
+    core.disconnect(b)
+    assert core.fastest == {"imu0": pytest.approx(0.1)}
+    core.unsubscribe(a, ["imu0"])
+    assert core.fastest == {}

@@ -57,7 +57,17 @@ class WakeCore:
         self.max_wakeups_hz = max_wakeups_hz
         self.subscribers: dict[int, Subscriber] = {}
         self.by_sensor: dict[str, set[Subscriber]] = {}
+        # sensor -> the shortest wake-up interval any subscriber wants (0: every sample). A
+        # writer thread reads it, without a lock, to know how often a write is worth a wake-up.
+        self.fastest: dict[str, float] = {}
         self._next_id = 1
+
+    def _recompute(self, sensor: str) -> None:
+        subs = self.by_sensor.get(sensor)
+        if subs:
+            self.fastest[sensor] = min(s.min_interval for s in subs)
+        else:
+            self.fastest.pop(sensor, None)
 
     def connect(self, peer: PeerCred) -> Subscriber:
         sub = Subscriber(self._next_id, peer)
@@ -92,6 +102,8 @@ class WakeCore:
         for name in names:
             sub.sensors.add(name)
             self.by_sensor.setdefault(name, set()).add(sub)
+        for name in sub.sensors:
+            self._recompute(name)
         return names
 
     def unsubscribe(self, sub: Subscriber, sensors: Iterable[str] | None) -> list[str]:
@@ -107,6 +119,7 @@ class WakeCore:
                     subs.discard(sub)
                     if not subs:
                         del self.by_sensor[name]
+                self._recompute(name)
                 removed.append(name)
         return removed
 
@@ -146,6 +159,7 @@ class WakeCore:
     def drop_sensor(self, sensor: str) -> list[Subscriber]:
         """A sensor went away (an external writer left): who was subscribed to it."""
         subs = list(self.by_sensor.pop(sensor, ()))
+        self.fastest.pop(sensor, None)
         for sub in subs:
             sub.sensors.discard(sensor)
             sub.pending.pop(sensor, None)

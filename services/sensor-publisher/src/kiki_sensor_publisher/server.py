@@ -49,12 +49,14 @@ class ImuThread:
     """Writes the synthetic IMU's ring at its rate; wakes the loop after each write."""
 
     def __init__(
-        self, sensor: Sensor, imu: SyntheticImu, doorbell: Any, watched: dict[str, Any]
+        self, sensor: Sensor, imu: SyntheticImu, doorbell: Any, fastest: dict[str, float]
     ) -> None:
         self.sensor = sensor
         self.imu = imu
         self.doorbell = doorbell
-        self.watched = watched  # sensor id -> subscribers; read without a lock (the GIL's word)
+        # sensor id -> shortest wake-up interval wanted (WakeCore.fastest); read without a lock:
+        # one dict lookup is atomic under the GIL, and a stale answer costs one wake-up at most.
+        self.fastest = fastest
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="imu", daemon=True)
 
@@ -63,6 +65,7 @@ class ImuThread:
         assert writer is not None
         period_ns = int(1e9 / self.imu.rate_hz)
         next_ns = time.monotonic_ns()
+        rung = 0
         n = 0
         while not self.stop.is_set():
             now = time.monotonic_ns()
@@ -72,10 +75,15 @@ class ImuThread:
             # Behind by more than 100 ms (a stopped machine): skip ahead instead of bursting.
             if now - next_ns > 100_000_000:
                 next_ns = now
-            writer.write(time.monotonic_ns(), self.imu.values(n))
+            values = self.imu.values(n)
+            stamp = time.monotonic_ns()
+            writer.write(stamp, values)
             n += 1
             next_ns += period_ns
-            if self.sensor.id in self.watched:
+            # Wake the loop only as often as the most eager subscriber wants it.
+            interval = self.fastest.get(self.sensor.id)
+            if interval is not None and stamp - rung >= interval * 1e9:
+                rung = stamp
                 self.doorbell()
 
 
@@ -114,7 +122,7 @@ class Publisher:
             imu = SyntheticImu(c.imu_hz)
             spec = imu.spec
             sensor = self._create(spec.id, spec.kind, spec.unit, spec.layout, spec.rate_hz)
-            self.imu = ImuThread(sensor, imu, self._doorbell, self.core.by_sensor)
+            self.imu = ImuThread(sensor, imu, self._doorbell, self.core.fastest)
         self.sources = kernel_sources(
             c.proc_root,
             c.sys_root,
