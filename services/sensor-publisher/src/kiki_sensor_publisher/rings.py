@@ -18,6 +18,7 @@ from typing import Any
 
 import posix_ipc
 
+from libkiki.errors import KikiError
 from libkiki.peer import PeerCred
 from libkiki.sensors.layout import Layout
 from libkiki.sensors.ring import Batch, RingReader, RingWriter, segment_size
@@ -79,7 +80,12 @@ class Sensor:
         cls, id: str, kind: str, unit: str, layout: Layout, rate_hz: float, ring: str, cap: int
     ) -> Sensor:
         size = segment_size(layout, cap)
-        mem = posix_ipc.SharedMemory("/" + ring, posix_ipc.O_CREX, mode=SEGMENT_MODE, size=size)
+        try:
+            mem = posix_ipc.SharedMemory("/" + ring, posix_ipc.O_CREX, mode=SEGMENT_MODE, size=size)
+        except posix_ipc.ExistentialError:
+            raise KikiError(f"/dev/shm/{ring} exists and could not be cleaned up") from None
+        except (posix_ipc.Error, OSError) as exc:
+            raise KikiError(f"cannot create /dev/shm/{ring}: {exc}") from None
         try:
             os.fchmod(mem.fd, SEGMENT_MODE)  # the umask must not widen or narrow it
             m = mmap.mmap(mem.fd, size)

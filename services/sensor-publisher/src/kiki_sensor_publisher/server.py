@@ -185,13 +185,22 @@ class Publisher:
         loop = asyncio.get_running_loop()
         period = 1.0 / source.rate_hz
         deadline = loop.time()
+        failing = False
         while True:
             now_ns = time.monotonic_ns()
-            for sid, values in source.sample():
-                sensor = self.sensors.get(sid)
-                if sensor is not None and sensor.writer is not None:
-                    sensor.writer.write(now_ns, values)
-                    self.publish(sensor)
+            try:
+                for sid, values in source.sample():
+                    sensor = self.sensors.get(sid)
+                    if sensor is not None and sensor.writer is not None:
+                        sensor.writer.write(now_ns, values)
+                        self.publish(sensor)
+                failing = False
+            except Exception:
+                # A kernel file in a shape we did not expect costs that source its samples,
+                # never the service; logged once per run of failures.
+                if not failing:
+                    log.exception("source %s failed; it keeps trying", source.name)
+                failing = True
             deadline += period
             delay = deadline - loop.time()
             if delay < 0:
@@ -365,8 +374,10 @@ class Publisher:
             raise InvalidParams("rateHz is a number >= 0")
         parsed = Layout.from_json(layout)
         externals = [s for s in self.sensors.values() if s.owner is not None]
-        pending = [p for p in self.sensors.values() if p.state.get("pending")]
-        if len(externals) + len(pending) >= self.config.max_external:
+        registered = request.connection.state.setdefault("registered", {})
+        if len(registered) >= self.config.max_external_per_uid:
+            raise LimitExceeded("attach the sensors you registered first")
+        if len(externals) >= self.config.max_external:
             raise LimitExceeded(f"at most {self.config.max_external} external sensors")
         if sum(s.owner.uid == peer.uid for s in externals if s.owner) >= (
             self.config.max_external_per_uid
@@ -374,10 +385,10 @@ class Publisher:
             raise LimitExceeded(f"at most {self.config.max_external_per_uid} sensors per user")
         owner = sensor_name(peer.app_id or f"uid{peer.uid}")
         sid = f"ext-{owner}-{name}"
-        if sid in self.sensors or sid in request.connection.state.get("registered", {}):
+        if sid in self.sensors or sid in registered:
             raise Conflict(f"sensor {sid} exists")
         ring = f"{self.prefix}-ext.{peer.uid}.{name}"
-        request.connection.state.setdefault("registered", {})[sid] = (
+        registered[sid] = (
             ring,
             parsed,
             capacity,
@@ -482,8 +493,8 @@ async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
     listener = ctx.listeners.unix("sensors", socket_path(SENSORS_SOCKET))
     pub = Publisher(config, ctx)
     pub._loop = asyncio.get_running_loop()
-    pub.open_sensors()
     try:
+        pub.open_sensors()
         async with asyncio.TaskGroup() as tg:
             pub._tg = tg
             for source in pub.sources:
