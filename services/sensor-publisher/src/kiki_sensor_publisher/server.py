@@ -1,10 +1,10 @@
 """asyncio layer of the sensor publisher: sources write rings, sensors.sock wakes readers.
 
 Tasks, all owned by one TaskGroup inside ``serve``: one per kernel source (each at its rate),
-one per subscriber (its wake-up sender), the broker registration loop. The synthetic IMU runs in
-a thread of its own, because asyncio's timers have a 1 ms granularity (epoll) and the IMU's
-default is 1 kHz: the thread sleeps to each deadline, writes the ring, and hands the loop a
-doorbell (at most one pending call at a time, however fast it writes).
+one per subscriber (its wake-up sender, for batched policies and stalled subscribers), the
+broker registration loop. The synthetic IMU is paced by an interval timer whose signal arrives
+through the loop's wake-up fd (see :class:`ImuClock`): it samples, writes the ring and writes
+the wake-ups of every-sample subscribers straight to their transports in one callback.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import asyncio
 import contextlib
 import logging
 import math
+import signal
 import socket
-import threading
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -45,46 +45,61 @@ _SNDBUF = 16384
 _WAKE_HEAD = b'{"jsonrpc":"2.0","method":"' + WAKE.encode() + b'","params":{"upTo":'
 
 
-class ImuThread:
-    """Writes the synthetic IMU's ring at its rate; wakes the loop after each write."""
+class ImuClock:
+    """Samples the synthetic IMU on the event loop, paced by an interval timer (SIGALRM).
 
-    def __init__(
-        self, sensor: Sensor, imu: SyntheticImu, doorbell: Any, fastest: dict[str, float]
-    ) -> None:
+    asyncio's own timers wake at most once a millisecond (epoll's timeout is in ms), too coarse
+    for a 1 kHz source; a thread would be precise but hands every sample to the loop through
+    ``call_soon_threadsafe`` and contends for the GIL. The kernel's interval timer is precise,
+    and its signal arrives through the loop's own wake-up fd: the sample is written, and its
+    readers woken, in the same callback.
+    """
+
+    def __init__(self, pub: Publisher, sensor: Sensor, imu: SyntheticImu) -> None:
+        self.pub = pub
         self.sensor = sensor
         self.imu = imu
-        self.doorbell = doorbell
-        # sensor id -> shortest wake-up interval wanted (WakeCore.fastest); read without a lock:
-        # one dict lookup is atomic under the GIL, and a stale answer costs one wake-up at most.
-        self.fastest = fastest
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="imu", daemon=True)
+        self.period_ns = int(1e9 / imu.rate_hz)
+        self.n = 0
+        self.next_ns = 0
+        self.rung = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
 
-    def _run(self) -> None:
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self.next_ns = time.monotonic_ns()
+        loop.add_signal_handler(signal.SIGALRM, self.tick)
+        period = self.period_ns / 1e9
+        signal.setitimer(signal.ITIMER_REAL, period, period)
+
+    def stop(self) -> None:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        if self._loop is not None:
+            self._loop.remove_signal_handler(signal.SIGALRM)
+            self._loop = None
+
+    def tick(self) -> None:
         writer = self.sensor.writer
-        assert writer is not None
-        period_ns = int(1e9 / self.imu.rate_hz)
-        next_ns = time.monotonic_ns()
-        rung = 0
-        n = 0
-        while not self.stop.is_set():
-            now = time.monotonic_ns()
-            if now < next_ns:
-                time.sleep((next_ns - now) / 1e9)
-                continue
-            # Behind by more than 100 ms (a stopped machine): skip ahead instead of bursting.
-            if now - next_ns > 100_000_000:
-                next_ns = now
-            values = self.imu.values(n)
-            stamp = time.monotonic_ns()
-            writer.write(stamp, values)
-            n += 1
-            next_ns += period_ns
-            # Wake the loop only as often as the most eager subscriber wants it.
-            interval = self.fastest.get(self.sensor.id)
-            if interval is not None and stamp - rung >= interval * 1e9:
-                rung = stamp
-                self.doorbell()
+        if writer is None:
+            return
+        now = time.monotonic_ns()
+        # Behind by more than 100 ms (a stopped machine): skip ahead instead of bursting.
+        if now - self.next_ns > 100_000_000:
+            self.next_ns = now
+        wrote = False
+        # Half a period of slack: the timer and our schedule drift by nanoseconds.
+        while self.next_ns <= now + self.period_ns // 2:
+            writer.write(time.monotonic_ns(), self.imu.values(self.n))
+            self.n += 1
+            self.next_ns += self.period_ns
+            wrote = True
+        if not wrote:
+            return
+        # Wake readers only as often as the most eager subscriber of this sensor wants.
+        interval = self.pub.core.fastest.get(self.sensor.id)
+        if interval is not None and now - self.rung >= interval * 1e9:
+            self.rung = now
+            self.pub.publish(self.sensor)
 
 
 class Publisher:
@@ -98,7 +113,7 @@ class Publisher:
         self.policy = ReadPolicy(config.read_policy)
         self.prefix = config.ring_prefix()
         self.sources: list[Source] = []
-        self.imu: ImuThread | None = None
+        self.imu: ImuClock | None = None
         self._events: dict[int, asyncio.Event] = {}
         self._senders: dict[int, asyncio.Task[None]] = {}
         self._conns: dict[int, Connection] = {}
@@ -106,7 +121,6 @@ class Publisher:
         self.tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tg: asyncio.TaskGroup | None = None
-        self._rung = False
 
     # -- sensors -------------------------------------------------------------------------------
 
@@ -122,7 +136,7 @@ class Publisher:
             imu = SyntheticImu(c.imu_hz)
             spec = imu.spec
             sensor = self._create(spec.id, spec.kind, spec.unit, spec.layout, spec.rate_hz)
-            self.imu = ImuThread(sensor, imu, self._doorbell, self.core.fastest)
+            self.imu = ImuClock(self, sensor, imu)
         self.sources = kernel_sources(
             c.proc_root,
             c.sys_root,
@@ -148,18 +162,6 @@ class Publisher:
         for sensor in self.sensors.values():
             sensor.close()
         self.sensors.clear()
-
-    def _doorbell(self) -> None:
-        # Called from the IMU thread: schedule one wake-up pass unless one is already queued.
-        if not self._rung and self._loop is not None:
-            self._rung = True
-            with contextlib.suppress(RuntimeError):  # the loop is closing
-                self._loop.call_soon_threadsafe(self._imu_written)
-
-    def _imu_written(self) -> None:
-        self._rung = False
-        if self.imu is not None:
-            self.publish(self.imu.sensor)
 
     def publish(self, sensor: Sensor) -> None:
         woken = self.core.published(sensor.id, sensor.write_index, sensor.capacity)
@@ -501,7 +503,7 @@ async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
                 pub.tasks.append(tg.create_task(pub.run_source(source), name=source.name))
             pub.tasks.append(tg.create_task(broker_loop(pub), name="broker"))
             if pub.imu is not None:
-                pub.imu.thread.start()
+                pub.imu.start(asyncio.get_running_loop())
             try:
                 async with serve_unix(
                     listener,
@@ -521,9 +523,7 @@ async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
                 for task in pub.tasks:
                     task.cancel()
                 if pub.imu is not None:
-                    pub.imu.stop.set()
-                    if pub.imu.thread.is_alive():
-                        await asyncio.to_thread(pub.imu.thread.join, 5.0)
+                    pub.imu.stop()
     finally:
         pub._loop = None
         pub.close_sensors()
