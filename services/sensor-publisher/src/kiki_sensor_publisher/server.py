@@ -53,13 +53,20 @@ class ImuClock:
     ``call_soon_threadsafe`` and contends for the GIL. The kernel's interval timer is precise,
     and its signal arrives through the loop's own wake-up fd: the sample is written, and its
     readers woken, in the same callback.
+
+    The timer ticks once per sample only while some subscriber wants every sample; otherwise
+    as often as the most eager subscriber wants wake-ups (at most every 10 ms), writing the
+    samples due since the last tick with their scheduled timestamps.
     """
+
+    IDLE_TICK_NS = 10_000_000
 
     def __init__(self, pub: Publisher, sensor: Sensor, imu: SyntheticImu) -> None:
         self.pub = pub
         self.sensor = sensor
         self.imu = imu
         self.period_ns = int(1e9 / imu.rate_hz)
+        self.tick_ns = 0
         self.n = 0
         self.next_ns = 0
         self.rung = 0
@@ -69,8 +76,19 @@ class ImuClock:
         self._loop = loop
         self.next_ns = time.monotonic_ns()
         loop.add_signal_handler(signal.SIGALRM, self.tick)
-        period = self.period_ns / 1e9
-        signal.setitimer(signal.ITIMER_REAL, period, period)
+        self.retune()
+        self.tick()  # the first sample now, not a tick later
+
+    def retune(self) -> None:
+        """Pick the tick for the current subscribers (called when they change)."""
+        if self._loop is None:
+            return
+        fastest = self.pub.core.fastest.get(self.sensor.id)
+        want = self.IDLE_TICK_NS if fastest is None else int(fastest * 1e9)
+        want = max(self.period_ns, min(want, self.IDLE_TICK_NS))
+        if want != self.tick_ns:
+            self.tick_ns = want
+            signal.setitimer(signal.ITIMER_REAL, want / 1e9, want / 1e9)
 
     def stop(self) -> None:
         signal.setitimer(signal.ITIMER_REAL, 0)
@@ -87,9 +105,13 @@ class ImuClock:
         if now - self.next_ns > 100_000_000:
             self.next_ns = now
         wrote = False
+        half = self.period_ns // 2
         # Half a period of slack: the timer and our schedule drift by nanoseconds.
-        while self.next_ns <= now + self.period_ns // 2:
-            writer.write(time.monotonic_ns(), self.imu.values(self.n))
+        while self.next_ns <= now + half:
+            # A sample taken now is stamped now; one that was due earlier (coarse ticks, a late
+            # signal) keeps its scheduled time, so the series stays evenly spaced.
+            late = self.next_ns < now - half
+            writer.write(self.next_ns if late else time.monotonic_ns(), self.imu.values(self.n))
             self.n += 1
             self.next_ns += self.period_ns
             wrote = True
@@ -234,6 +256,7 @@ class Publisher:
         self._conns.pop(sub.id, None)
         self._transports.pop(sub.id, None)
         self.core.disconnect(sub)
+        self._retune()
         for sensor in [s for s in self.sensors.values() if s.state.get("conn") is conn]:
             self._drop_external(sensor)
 
@@ -309,12 +332,19 @@ class Publisher:
         found = [self._visible(request.peer, sid) for sid in sensors]
         sub = self._sub(request)
         self.core.subscribe(sub, sensors, maxWakeupsPerSecond or None)
+        self._retune()
         return {"sensors": [s.view() for s in found]}
+
+    def _retune(self) -> None:
+        if self.imu is not None:
+            self.imu.retune()
 
     async def unsubscribe(
         self, request: RequestContext, sensors: list[str] | None = None
     ) -> dict[str, Any]:
-        return {"unsubscribed": self.core.unsubscribe(self._sub(request), sensors)}
+        removed = self.core.unsubscribe(self._sub(request), sensors)
+        self._retune()
+        return {"unsubscribed": removed}
 
     async def read(self, request: RequestContext, sensor: str, count: int = 1) -> dict[str, Any]:
         return self.read_for(request.peer, sensor, count)
