@@ -15,7 +15,7 @@ Cases (each beside the same samples sent as Unix datagrams, one per sample):
              sample; the baseline: the datagram sender at 1 kHz to 4 receivers
 
 Latency cases run unpinned and pinned to one core (``taskset -c 0``: publisher and readers
-share it).
+share it), ``--repeats`` times each; the table gives the medians of the runs' p50 and p99.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import platform
 import shutil
 import signal
 import socket
+import statistics
 import struct
 import subprocess
 import sys
@@ -372,10 +373,23 @@ def publisher_cpu(seconds: float) -> dict[str, float]:
     }
 
 
+def median_of(repeats: int, case: Any, *args: Any) -> dict[str, Any]:
+    """Run a latency case ``repeats`` times; the medians of its p50s and p99s, losses summed."""
+    runs = [case(*args) for _ in range(repeats)]
+    return {
+        "p50": statistics.median(r["p50"] for r in runs),
+        "p99": statistics.median(r["p99"] for r in runs),
+        "lost": sum(r["lost"] for r in runs),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="per latency/CPU case")
     parser.add_argument("--quick", action="store_true", help="fewer samples (a smoke run)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="runs per latency case (medians reported)"
+    )
     args = parser.parse_args()
     n = 20_000 if args.quick else 200_000
     print(
@@ -412,8 +426,8 @@ def main() -> None:
             for readers in (1, 4):
                 count = int(rate * args.seconds) if rate == 1000 else int(rate * args.seconds / 4)
                 count = max(200, count // (10 if args.quick else 1))
-                r = ring_latency(rate, readers, count, pin)
-                d = dgram_latency(rate, readers, count, pin)
+                r = median_of(args.repeats, ring_latency, rate, readers, count, pin)
+                d = median_of(args.repeats, dgram_latency, rate, readers, count, pin)
                 lost = f", lost {r['lost']}" if r["lost"] else ""
                 print(
                     f"| {rate // 1000} kHz, {readers} reader{'s' if readers > 1 else ''}{lost} | "
