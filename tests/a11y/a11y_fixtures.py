@@ -14,6 +14,8 @@ import pytest
 
 from kikitest import REPO, VENV_BIN
 from libkiki import a11y_wire as wire
+from libkiki.a11y import flat
+from libkiki.a11y.schema import SCHEMA as DESC
 
 FLATC = VENV_BIN / "flatc"
 SCHEMA = REPO / "schemas" / "a11y.fbs"
@@ -101,7 +103,9 @@ def a11y_server(
     """Start a real kiki-a11y-server in ``sockdir`` (settings as KIKI_A11Y_SERVER_* values)."""
 
     def start(**settings: Any) -> tuple[Path, subprocess.Popen[bytes]]:
-        env = {"KIKI_A11Y_SERVER_BROKER_TOOLS": "false"}
+        # spawn_service pipes stderr and nobody reads it: at DEBUG, a few hundred connections
+        # fill the pipe and the server blocks on its own log. Warnings only, then.
+        env = {"KIKI_A11Y_SERVER_BROKER_TOOLS": "false", "KIKI_LOG_LEVEL": "WARNING"}
         env.update({f"KIKI_A11Y_SERVER_{k.upper()}": str(v) for k, v in settings.items()})
         proc, notes = spawn_service("a11y-server", extra_env=env)
         notes.wait_for("READY")
@@ -114,3 +118,58 @@ def demo_env(sockdir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KIKI_")}
     env["KIKI_RUNTIME_DIR"] = str(sockdir)
     return env
+
+
+def normalize(value: Any) -> Any:
+    """Drop what flatc and we may legitimately differ on: defaults present or absent."""
+    if isinstance(value, dict):
+        return {
+            k: normalize(v)
+            for k, v in value.items()
+            if v not in (0, "", [], False, None, "unknown", "none", "NONE")
+        }
+    if isinstance(value, list):
+        return [normalize(v) for v in value]
+    return value
+
+
+def as_flatc(obj: Any, table: str) -> Any:
+    """Our decoded value in flatc's JSON form, driven by the same description."""
+    desc = DESC.tables[table]
+    values = list(DESC.encoder_of(obj)[1](obj)) if type(obj) is not tuple else list(obj)
+    out: dict[str, Any] = {}
+    it = iter(values)
+    for f in desc.fields:
+        if f.kind == flat.UTYPE:
+            continue
+        v = next(it)
+        match f.kind:
+            case flat.ENUM:
+                out[f.name] = {n: k for k, n in DESC.enums[f.ref].values.items()}[v]
+            case flat.FLAGS:
+                names = [k for k, bit in DESC.enums[f.ref].values.items() if v & bit]
+                out[f.name] = " ".join(names) if names else 0
+            case flat.VEC_ENUM:
+                inv = {n: k for k, n in DESC.enums[f.ref].values.items()}
+                out[f.name] = [inv[x] for x in v]
+            case flat.STRUCT:
+                if v is not None:
+                    out[f.name] = dict(zip(DESC.structs[f.ref].fields, v, strict=True))
+            case flat.TABLE:
+                if v is not None:
+                    out[f.name] = as_flatc(v, f.ref)
+            case flat.VEC_TABLE:
+                out[f.name] = [as_flatc(x, f.ref) for x in v]
+            case flat.UNION:
+                if v is not None:
+                    member = type(v).__name__
+                    out[f.name + "_type"] = member
+                    out[f.name] = as_flatc(v, member)
+            case flat.SCALAR | flat.BOOL | flat.STRING | flat.VEC_SCALAR | flat.VEC_STRING:
+                out[f.name] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def message_as_flatc(message: wire.Message) -> dict[str, Any]:
+    body = as_flatc(message, type(message).__name__)
+    return {"request_id": message.request_id, "body_type": type(message).__name__, "body": body}

@@ -18,7 +18,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from a11y_fixtures import FLATC, SCHEMA, big_tree, flatc_json, form_tree
+from a11y_fixtures import (
+    FLATC,
+    SCHEMA,
+    big_tree,
+    flatc_json,
+    form_tree,
+    message_as_flatc,
+    normalize,
+)
 from libkiki import a11y_wire as wire
 from libkiki._generated import a11y_generated as fb
 from libkiki.a11y import flat
@@ -115,67 +123,12 @@ def test_roundtrip(message: wire.Message) -> None:
     assert wire.decode(wire.encode(message)) == message
 
 
-def _normalize(value: Any) -> Any:
-    """Drop what flatc and we may legitimately differ on: defaults present or absent."""
-    if isinstance(value, dict):
-        return {
-            k: _normalize(v)
-            for k, v in value.items()
-            if v not in (0, "", [], False, None, "unknown", "none", "NONE")
-        }
-    if isinstance(value, list):
-        return [_normalize(v) for v in value]
-    return value
-
-
-def as_flatc(obj: Any, table: str) -> Any:
-    """Our decoded value in flatc's JSON form, driven by the same description."""
-    desc = DESC.tables[table]
-    values = list(DESC.encoder_of(obj)[1](obj)) if type(obj) is not tuple else list(obj)
-    out: dict[str, Any] = {}
-    it = iter(values)
-    for f in desc.fields:
-        if f.kind == flat.UTYPE:
-            continue
-        v = next(it)
-        match f.kind:
-            case flat.ENUM:
-                out[f.name] = {n: k for k, n in DESC.enums[f.ref].values.items()}[v]
-            case flat.FLAGS:
-                names = [k for k, bit in DESC.enums[f.ref].values.items() if v & bit]
-                out[f.name] = " ".join(names) if names else 0
-            case flat.VEC_ENUM:
-                inv = {n: k for k, n in DESC.enums[f.ref].values.items()}
-                out[f.name] = [inv[x] for x in v]
-            case flat.STRUCT:
-                if v is not None:
-                    out[f.name] = dict(zip(DESC.structs[f.ref].fields, v, strict=True))
-            case flat.TABLE:
-                if v is not None:
-                    out[f.name] = as_flatc(v, f.ref)
-            case flat.VEC_TABLE:
-                out[f.name] = [as_flatc(x, f.ref) for x in v]
-            case flat.UNION:
-                if v is not None:
-                    member = type(v).__name__
-                    out[f.name + "_type"] = member
-                    out[f.name] = as_flatc(v, member)
-            case flat.SCALAR | flat.BOOL | flat.STRING | flat.VEC_SCALAR | flat.VEC_STRING:
-                out[f.name] = list(v) if isinstance(v, tuple) else v
-    return out
-
-
-def message_as_flatc(message: wire.Message) -> dict[str, Any]:
-    body = as_flatc(message, type(message).__name__)
-    return {"request_id": message.request_id, "body_type": type(message).__name__, "body": body}
-
-
 @pytest.mark.interop
 def test_flatc_decodes_every_message_as_we_do() -> None:
     for message in MESSAGES:
         doc = flatc_json(wire.encode(message))
         assert doc is not None, message
-        assert _normalize(doc) == _normalize(message_as_flatc(message)), type(message).__name__
+        assert normalize(doc) == normalize(message_as_flatc(message)), type(message).__name__
 
 
 @pytest.mark.interop
@@ -382,4 +335,4 @@ def test_mutations_are_refused_or_decode_exactly_as_flatc_reads_them(
     # and holds exactly what we decoded -- no garbage.
     doc = flatc_json(data)
     assert doc is not None, "we accepted a buffer flatc cannot read"
-    assert _normalize(doc) == _normalize(message_as_flatc(decoded))
+    assert normalize(doc) == normalize(message_as_flatc(decoded))

@@ -77,6 +77,7 @@ class Peer:
     awaiting: dict[int, asyncio.Future[wire.Message]] = field(default_factory=dict)
     request_ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     actions_in_flight: int = 0
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     def write(self, payload: bytes) -> None:
         if not self.writer.transport.is_closing():
@@ -114,16 +115,19 @@ class A11yServer:
         transport.set_write_buffer_limits(high=self.config.write_buffer)
         peer = Peer(next(self._keys), cred, conn, writer)
         self.peers[peer.key] = peer
-        counters = self.ctx.counters
         try:
             async with asyncio.TaskGroup() as tg:
-                pump = tg.create_task(self._pump(peer))
+                peer.tasks.add(tg.create_task(self._pump(peer)))
                 try:
                     await self._serve_peer(peer, reader, tg)
                 except ConnectionError:
-                    counters["disconnects"] += 1
+                    self.ctx.counters["disconnects"] += 1
                 finally:
-                    pump.cancel()
+                    # Whatever this peer still had going (its own actions, its pump) ends with
+                    # it; requesters waiting on it as an app are told now, not at their timeout.
+                    self._fail_awaiting(peer)
+                    for task in peer.tasks:
+                        task.cancel()
         finally:
             self._gone(peer)
 
@@ -148,20 +152,23 @@ class A11yServer:
             counters["protocol_errors"] += 1
             log.info("peer %s: %s", cred.describe(), leftover.error)
 
+    @staticmethod
+    def _fail_awaiting(peer: Peer) -> None:
+        for fut in peer.awaiting.values():
+            if not fut.done():
+                fut.set_exception(PeerGone("the app closed its connection before answering"))
+
     def _gone(self, peer: Peer) -> None:
         self.peers.pop(peer.key, None)
         if peer.sub is not None:
             self.desktop.unsubscribe(peer.key)
-        for fut in peer.awaiting.values():
-            if not fut.done():
-                fut.set_exception(PeerGone("the app closed its connection before answering"))
+        self._fail_awaiting(peer)
         if peer.tree is not None:
             tree = peer.tree
             self.owners.pop(tree.tree_id, None)
             self.desktop.remove_tree(tree.tree_id)
             log.info("tree %d of %s removed (its app left)", tree.tree_id, tree.app.app_id)
             self._flush_all()
-            self._status()
 
     async def _pump(self, peer: Peer) -> None:
         while True:
@@ -224,7 +231,9 @@ class A11yServer:
                             f"at most {self.config.max_actions_in_flight} actions in flight"
                         )
                     peer.actions_in_flight += 1
-                    tg.create_task(self._act(peer, message))
+                    task = tg.create_task(self._act(peer, message))
+                    peer.tasks.add(task)
+                    task.add_done_callback(peer.tasks.discard)
                 case wire.ActionResult() | wire.Error() if rid in peer.awaiting:
                     fut = peer.awaiting.pop(rid)
                     if not fut.done():
@@ -262,8 +271,6 @@ class A11yServer:
         if update.request_id:
             peer.send(wire.Ack(update.request_id, tree.tree_id, change.seq))
         self._flush_all()
-        if change.root_id:
-            self._status()
 
     async def _act(self, peer: Peer, request: wire.ActionRequest) -> None:
         rid = request.request_id
@@ -333,9 +340,19 @@ class A11yServer:
             tuple(sorted(self.ctx.counters.items())),
         )
 
-    def _status(self) -> None:
-        trees = len(self.desktop.trees)
-        self.ctx.status = f"serving a11y.sock: {trees} app tree{'s' if trees != 1 else ''}"
+    async def keep_status(self, every: float = 2.0) -> None:
+        """STATUS= at most every ``every`` seconds: a busy desktop must not flood the manager
+        (a notify socket nobody drains would block us once its queue is full)."""
+        mode = "activated" if self.ctx.listeners.activated else "bound"
+        while True:
+            trees = len(self.desktop.trees)
+            text = (
+                f"serving a11y.sock ({mode}): {trees} app tree{'s' if trees != 1 else ''}, "
+                f"{len(self.desktop.subscribers)} subscribers"
+            )
+            if text != self.ctx.status:
+                self.ctx.status = text
+            await asyncio.sleep(every)
 
 
 @contextlib.asynccontextmanager
@@ -359,6 +376,7 @@ async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
         asyncio.TaskGroup() as tg,
     ):
         ctx.status = f"serving a11y.sock ({'activated' if ctx.listeners.activated else 'bound'})"
+        status = tg.create_task(server.keep_status())
         tools = None
         if config.broker_tools:
             from kiki_a11y_server.tools import provide_tools
@@ -367,5 +385,6 @@ async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
         try:
             yield
         finally:
+            status.cancel()
             if tools is not None:
                 tools.cancel()
