@@ -84,12 +84,32 @@ class Field:
     required: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One field, prepared for the reader: sizes, unpackers and value sets looked up once."""
+
+    kind: int
+    name: str
+    ref: str
+    fmt: str
+    size: int
+    align: int
+    unpack: Callable[[bytes, int], tuple[Any, ...]] | None
+    pack: Callable[..., None] | None
+    known: frozenset[int]
+    mask: int
+    members: tuple[TableDef, ...]  # a table field's table; a union's member tables
+    required: bool
+    default: Any
+
+
 @dataclass(eq=False)
 class TableDef:
     name: str
     fields: tuple[Field, ...]
     # Filled in by Schema: how values are built and read back.
-    make: Callable[..., Any] = field(default=lambda *values: values)
+    # Builds the decoded value from the list of field values (union types left out).
+    make: Callable[[list[Any]], Any] = field(default=tuple)
     cls: type | None = None
 
 
@@ -115,6 +135,7 @@ class Schema:
         self.root = root
         self.file_identifier = file_identifier
         self._encoders: dict[type, tuple[TableDef, Callable[[Any], Sequence[Any]]]] = {}
+        self._plans: dict[str, tuple[Step, ...]] = {}
 
     def bind(
         self,
@@ -131,7 +152,13 @@ class Schema:
         if names is None:
             names = [f.name for f in desc.fields if f.kind != UTYPE]
         if not encode_only:
-            desc.make = make or cls
+            if make is not None:
+                build = make
+                desc.make = lambda values: build(*values)
+            elif hasattr(cls, "_make"):  # a named tuple: tuple.__new__, no per-field Python
+                desc.make = cls._make
+            else:
+                desc.make = lambda values: cls(*values)
             desc.cls = cls
         values_of: Callable[[Any], Sequence[Any]]
         if len(names) == 1:
@@ -142,6 +169,53 @@ class Schema:
         else:
             values_of = lambda obj: ()  # noqa: E731
         self._encoders[cls] = (desc, values_of)
+
+    def plan(self, desc: TableDef) -> tuple[Step, ...]:
+        plan = self._plans.get(desc.name)
+        if plan is None:
+            plan = self._plans[desc.name] = tuple(self._step(f) for f in desc.fields)
+        return plan
+
+    def _step(self, f: Field) -> Step:
+        kind = f.kind
+        fmt = f.fmt
+        known: frozenset[int] = frozenset()
+        mask = 0
+        members: tuple[TableDef, ...] = ()
+        if f.ref in self.enums:
+            known = frozenset(self.enums[f.ref].values.values())
+            mask = self.enums[f.ref].mask
+        if kind == STRUCT:
+            fmt = self.structs[f.ref].fmt
+        if kind in (TABLE, VEC_TABLE):
+            members = (self.tables[f.ref],)
+        elif kind in (UNION, UTYPE):
+            members = tuple(self.tables[m] for m in self.unions[f.ref].members)
+        size = _size(fmt) if fmt else 4
+        align = self.structs[f.ref].align if kind == STRUCT else size
+        default: Any = f.default
+        if kind == STRING:
+            default = ""
+        elif kind >= VEC_SCALAR:
+            default = ()
+        elif kind in (TABLE, UNION, STRUCT):
+            default = None
+        packer = struct.Struct("<" + fmt) if fmt else None
+        return Step(
+            kind,
+            f.name,
+            f.ref,
+            fmt,
+            size,
+            align,
+            packer.unpack_from if packer else None,
+            packer.pack_into if packer else None,
+            known,
+            mask,
+            members,
+            f.required,
+            default,
+        )
 
     def encoder_of(self, obj: Any) -> tuple[TableDef, Callable[[Any], Sequence[Any]]]:
         try:
@@ -204,14 +278,20 @@ class Reader:
         return target
 
     def string(self, p: int) -> str:
-        at = self._target(p)
-        (length,) = _U32.unpack_from(self.buf, at)
+        buf = self.buf
+        n = self.n
+        at = p + _U32.unpack_from(buf, p)[0]
+        if at & 3 or at + 4 > n:
+            raise self._fail(f"offset at {p} points outside the buffer or is misaligned")
+        length = _U32.unpack_from(buf, at)[0]
         end = at + 4 + length
-        if end >= self.n or self.buf[end] != 0:
+        if end >= n or buf[end] != 0:
             raise self._fail(f"string at {at} runs past the buffer or is not NUL-terminated")
-        self._charge(length + 8)
+        self._budget -= length + 8
+        if self._budget < 0:
+            raise self._fail("decoding would use far more memory than the frame's size")
         try:
-            return self.buf[at + 4 : end].decode()
+            return buf[at + 4 : end].decode()
         except UnicodeDecodeError:
             raise self._fail(f"string at {at} is not valid UTF-8") from None
 
@@ -248,96 +328,87 @@ class Reader:
             raise InvalidFrame(f"more than {limit} {desc.name} tables in one frame")
         self._charge(t_size)
         # Slots past the fields we know (a newer peer's additions) are not read.
-        nslots = min((vt_size - 4) >> 1, len(desc.fields))
+        plan = self.schema.plan(desc)
+        nslots = min((vt_size - 4) >> 1, len(plan))
         slots = _VT_FORMATS[nslots].unpack_from(buf, vt + 4)
         values: list[Any] = []
+        append = values.append
         utype = 0
-        schema = self.schema
-        for i, f in enumerate(desc.fields):
+        for i, step in enumerate(plan):
+            kind = step.kind
             o = slots[i] if i < nslots else 0
-            kind = f.kind
             if o == 0:
-                if f.required:
-                    raise InvalidFrame(f"{desc.name}.{f.name} is required")
+                if step.required:
+                    raise InvalidFrame(f"{desc.name}.{step.name} is required")
                 if kind == UTYPE:
                     utype = 0
-                elif kind in (STRING,):
-                    values.append("")
-                elif kind >= VEC_SCALAR:
-                    values.append(())
-                elif kind in (TABLE, UNION, STRUCT):
-                    if kind == UNION and utype:
-                        raise self._fail(f"{desc.name}.{f.name}: union type without a value")
-                    values.append(None)
+                elif kind == UNION and utype:
+                    raise self._fail(f"{desc.name}.{step.name}: union type without a value")
                 else:
-                    values.append(f.default)
+                    append(step.default)
                 continue
             p = pos + o
-            if kind <= BOOL or kind == UTYPE:
-                size = _size(f.fmt)
-                if o + size > t_size or p % size:
-                    raise self._fail(f"{desc.name}.{f.name} lies outside its table")
-                (v,) = struct.unpack_from("<" + f.fmt, buf, p)
+            if kind <= BOOL or kind in (UTYPE, STRUCT):
+                size = step.size
+                if o + size > t_size or p % step.align:
+                    raise self._fail(f"{desc.name}.{step.name} lies outside its table")
+                unpack = step.unpack
+                assert unpack is not None
+                if kind == STRUCT:
+                    append(unpack(buf, p))
+                    continue
+                v = unpack(buf, p)[0]
                 if kind == ENUM:
-                    if v not in schema.enums[f.ref].values.values():
-                        raise InvalidFrame(f"{desc.name}.{f.name}: {v} is not a {f.ref}")
+                    if v not in step.known:
+                        raise InvalidFrame(f"{desc.name}.{step.name}: {v} is not a {step.ref}")
                 elif kind == FLAGS:
-                    if v & ~schema.enums[f.ref].mask:
-                        raise InvalidFrame(f"{desc.name}.{f.name}: unknown {f.ref} bits {v:#x}")
+                    if v & ~step.mask:
+                        raise InvalidFrame(
+                            f"{desc.name}.{step.name}: unknown {step.ref} bits {v:#x}"
+                        )
                 elif kind == BOOL:
                     v = bool(v)
                 elif kind == UTYPE:
-                    if v > len(schema.unions[f.ref].members):
-                        raise InvalidFrame(f"{desc.name}.{f.name}: unknown {f.ref} type {v}")
+                    if v > len(step.members):
+                        raise InvalidFrame(f"{desc.name}.{step.name}: unknown {step.ref} type {v}")
                     utype = v
                     continue
-                values.append(v)
+                append(v)
                 continue
             if o + 4 > t_size or p & 3:
-                raise self._fail(f"{desc.name}.{f.name} lies outside its table")
+                raise self._fail(f"{desc.name}.{step.name} lies outside its table")
             if kind == STRING:
-                values.append(self.string(p))
+                append(self.string(p))
             elif kind == TABLE:
-                values.append(self.table(schema.tables[f.ref], self._target(p), depth + 1))
+                append(self.table(step.members[0], self._target(p), depth + 1))
             elif kind == UNION:
                 if not utype:
-                    values.append(None)
+                    append(None)
                     continue
-                member = schema.unions[f.ref].members[utype - 1]
-                values.append(self.table(schema.tables[member], self._target(p), depth + 1))
-            elif kind == STRUCT:
-                sd = schema.structs[f.ref]
-                size = struct.calcsize("<" + sd.fmt)
-                if o + size > t_size or p % sd.align:
-                    raise self._fail(f"{desc.name}.{f.name} lies outside its table")
-                values.append(struct.unpack_from("<" + sd.fmt, buf, p))
+                append(self.table(step.members[utype - 1], self._target(p), depth + 1))
             elif kind in (VEC_SCALAR, VEC_ENUM):
-                size = _size(f.fmt)
-                start, length = self._vector(p, size)
-                items = struct.unpack_from(f"<{length}{f.fmt}", buf, start)
-                if kind == VEC_ENUM:
-                    known = schema.enums[f.ref].values.values()
-                    for v in items:
-                        if v not in known:
-                            raise InvalidFrame(f"{desc.name}.{f.name}: {v} is not a {f.ref}")
-                values.append(items)
+                start, length = self._vector(p, step.size)
+                items = struct.unpack_from(f"<{length}{step.fmt}", buf, start)
+                if kind == VEC_ENUM and not step.known.issuperset(items):
+                    raise InvalidFrame(f"{desc.name}.{step.name}: a value is not a {step.ref}")
+                append(items)
             elif kind == VEC_STRING:
                 start, length = self._vector(p, 4)
-                values.append(tuple(self.string(start + 4 * k) for k in range(length)))
+                string = self.string
+                append(tuple([string(start + 4 * k) for k in range(length)]))
             else:  # VEC_TABLE
                 start, length = self._vector(p, 4)
-                sub = schema.tables[f.ref]
-                values.append(
-                    tuple(
-                        self.table(sub, self._target(start + 4 * k), depth + 1)
-                        for k in range(length)
-                    )
-                )
-        # Structs come back as tuples; a bound class may want its own struct type.
-        return desc.make(*values)
+                sub = step.members[0]
+                target = self._target
+                table = self.table
+                append(tuple([table(sub, target(start + 4 * k), depth + 1) for k in range(length)]))
+        return desc.make(values)
 
 
 # -- writing ---------------------------------------------------------------------------------
+
+
+_ALIGN = operator.itemgetter(0)
 
 
 def _pad8(n: int) -> int:
@@ -398,99 +469,89 @@ class Writer:
 
     def table(self, desc: TableDef, values: Sequence[Any]) -> Chunk:
         schema = self.schema
-        inline: list[tuple[int, int, str, Any]] = []  # (align, slot, fmt, value)
-        children: list[tuple[int, Chunk]] = []  # (slot, chunk)
-        fields = desc.fields
+        plan = schema.plan(desc)
+        # (align, slot, size, pack_into or None for an offset, value or child chunk)
+        inline: list[tuple[int, int, int, Any, Any]] = []
+        children: list[Chunk] = []
         vi = 0
         max_slot = -1
-        for slot, f in enumerate(fields):
-            kind = f.kind
+        for slot, step in enumerate(plan):
+            kind = step.kind
             if kind == UTYPE:
                 member = values[vi]  # the union value that follows
                 if member is None:
                     continue
-                utype = schema.unions[fields[slot + 1].ref].members.index(
-                    schema.encoder_of(member)[0].name
-                )
-                inline.append((1, slot, "B", utype + 1))
-                max_slot = max(max_slot, slot)
+                member_desc = schema.encoder_of(member)[0]
+                utype = plan[slot + 1].members.index(member_desc) + 1
+                inline.append((1, slot, 1, step.pack, utype))
+                max_slot = slot
                 continue
             v = values[vi]
             vi += 1
             if kind <= BOOL:
-                if v == f.default and not f.required:
+                if v == step.default and not step.required:
                     continue
-                size = _size(f.fmt)
-                inline.append((size, slot, f.fmt, int(v) if kind == BOOL else v))
+                inline.append(
+                    (step.size, slot, step.size, step.pack, int(v) if kind == BOOL else v)
+                )
             elif kind == STRUCT:
                 if v is None:
                     continue
-                sd = schema.structs[f.ref]
-                inline.append((sd.align, slot, sd.fmt, tuple(v)))
+                inline.append((step.align, slot, step.size, step.pack, tuple(v)))
             else:
                 if isinstance(v, Chunk):  # pre-encoded: spliced as it is
                     c = v
+                elif not v and (kind != STRING or not step.required):
+                    continue  # empty strings and vectors, absent tables: not written
                 elif kind == STRING:
-                    if not v and not f.required:
-                        continue
                     c = string_chunk(v)
-                elif kind in (TABLE, UNION):
-                    if v is None:
-                        continue
-                    c = self.chunk(v, f.ref if kind == TABLE else "")
                 elif kind in (VEC_SCALAR, VEC_ENUM):
-                    if not v:
-                        continue
-                    c = scalar_vector_chunk(f.fmt, v)
+                    c = scalar_vector_chunk(step.fmt, v)
                 elif kind == VEC_STRING:
-                    if not v:
-                        continue
-                    c = offset_vector_chunk([string_chunk(s) for s in v])
+                    c = offset_vector_chunk([string_chunk(x) for x in v])
+                elif kind == VEC_TABLE:
+                    c = offset_vector_chunk([self.chunk(x, step.ref) for x in v])
                 else:
-                    if not v:
-                        continue
-                    c = offset_vector_chunk([self.chunk(x, f.ref) for x in v])
-                inline.append((4, slot, "I", c))
-                children.append((slot, c))
-            max_slot = max(max_slot, slot)
+                    c = self.chunk(v, step.ref if kind == TABLE else "")
+                inline.append((4, slot, 4, None, c))
+                children.append(c)
+            max_slot = slot
         nslots = max_slot + 1
         vt_size = 4 + 2 * nslots
-        has8 = any(a == 8 for a, *_ in inline)
         # The table starts after the vtable, 4-aligned, and at 4 mod 8 when it has 8-byte fields
         # so that those land 8-aligned right after its soffset.
         t_start = (vt_size + 3) & ~3
-        if has8 and t_start % 8 != 4:
+        if t_start % 8 != 4 and any(e[0] == 8 for e in inline):
             t_start += 4
-        inline.sort(key=lambda e: -e[0])
+        inline.sort(key=_ALIGN, reverse=True)
         slots = [0] * nslots
-        layout: list[tuple[int, str, Any]] = []
         off = 4
-        for align, slot, fmt, v in inline:
-            off += -(t_start + off) % align
+        placed = []
+        for align, slot, size, pack, v in inline:
+            if align > 1:
+                off += -(t_start + off) % align
             slots[slot] = off
-            layout.append((off, fmt, v))
-            off += struct.calcsize("<" + fmt) if not isinstance(v, Chunk) else 4
-        t_size = off
-        end = t_start + t_size
-        body_end = end + _pad8(end)
+            placed.append((t_start + off, pack, v))
+            off += size
+        end = t_start + off
+        body_end = end + (-end & 7)
         buf = bytearray(body_end)
-        struct.pack_into(f"<HH{nslots}H", buf, 0, vt_size, t_size, *slots)
+        struct.pack_into(f"<HH{nslots}H", buf, 0, vt_size, off, *slots)
         _I32.pack_into(buf, t_start, t_start)  # vtable at chunk offset 0
+        child_at: dict[int, int] = {}
         pos = body_end
-        child_pos: dict[int, int] = {}
-        for _slot, c in children:
-            child_pos[id(c)] = pos
+        for c in children:
+            child_at[id(c)] = pos + c.entry
             pos += len(c.data)
-        for off, fmt, v in layout:
-            at = t_start + off
-            if isinstance(v, Chunk):
-                _U32.pack_into(buf, at, child_pos[id(v)] + v.entry - at)
-            elif isinstance(v, tuple):
-                struct.pack_into("<" + fmt, buf, at, *v)
+        for at, pack, v in placed:
+            if pack is None:
+                _U32.pack_into(buf, at, child_at[id(v)] - at)
+            elif type(v) is tuple:
+                pack(buf, at, *v)
             else:
-                struct.pack_into("<" + fmt, buf, at, v)
+                pack(buf, at, v)
         if children:
-            return Chunk(b"".join([bytes(buf), *(c.data for _, c in children)]), t_start)
+            return Chunk(b"".join([buf, *[c.data for c in children]]), t_start)
         return Chunk(bytes(buf), t_start)
 
     def finish(self, root: Any) -> bytes:
