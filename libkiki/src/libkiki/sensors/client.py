@@ -266,12 +266,12 @@ class SensorReader:
         self.restarts += 1
         self.position = 0
 
-    def __aiter__(self) -> AsyncIterator[Batch]:
-        return self._iterate()
+    def __aiter__(self) -> Self:
+        return self
 
-    async def _iterate(self) -> AsyncIterator[Batch]:
-        while True:
-            yield await self.next_batch()
+    async def __anext__(self) -> Batch:
+        # A plain method, not an async generator: one layer less on every wake-up.
+        return await self.next_batch()
 
     async def arrays(self) -> AsyncIterator[Any]:
         """New samples as numpy structured arrays (needs numpy)."""
