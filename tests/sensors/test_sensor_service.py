@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import grp
 import os
 import signal
 import socket
@@ -347,22 +348,30 @@ async def test_permissions_by_peer_credentials(
 ) -> None:
     (sockdir / "etc").mkdir(exist_ok=True)
     (sockdir / "etc" / "sensor-publisher.toml").write_text(
-        '[read_policy]\n"imu*" = ["uid:0"]\n"*" = ["*"]\n'
+        '[read_policy]\n"imu*" = ["uid:0"]\n"*" = ["*"]\n[ring_groups]\n"memory" = "nogroup"\n'
     )
     pub = start_publisher()
     os.chmod(sockdir, 0o755)
     os.chmod(pub.socket, 0o666)
     # A client running as nobody (with gid root, so the rings' group may read): imu0 is
     # hidden from it and refused, and the ring it may read it cannot open for writing.
-    answers: list[Any] = _as_nobody(pub.socket, f"/dev/shm/{pub.prefix}.cpu")
+    answers: list[Any] = _as_nobody(
+        pub.socket, f"/dev/shm/{pub.prefix}.cpu", f"/dev/shm/{pub.prefix}.imu0"
+    )
     listed = {s["id"] for s in answers[0]["result"]["sensors"]}
     assert "cpu" in listed
     assert "imu0" not in listed
     assert answers[1]["error"]["code"] == -32003  # PermissionDenied
     assert answers[2] == "read-only"
+    # The file permissions say what the policy says: imu0's ring is the publisher's alone.
+    assert answers[3] == "unreadable"
+    assert os.stat(f"/dev/shm/{pub.prefix}.imu0").st_mode & 0o777 == 0o600
+    assert os.stat(f"/dev/shm/{pub.prefix}.cpu").st_mode & 0o777 == 0o640
+    memory = os.stat(f"/dev/shm/{pub.prefix}.memory")
+    assert (memory.st_mode & 0o777, memory.st_gid) == (0o640, grp.getgrnam("nogroup").gr_gid)
 
 
-def _as_nobody(path: Path, ring: str) -> list[object]:
+def _as_nobody(path: Path, ring: str, private_ring: str) -> list[object]:
     """Ask the publisher two things from a forked child running as uid 65534."""
     rfd, wfd = os.pipe()
     pid = os.fork()
@@ -386,6 +395,11 @@ def _as_nobody(path: Path, ring: str) -> list[object]:
                 out.append("writable")
             except PermissionError:
                 out.append("read-only")
+            try:
+                os.close(os.open(private_ring, os.O_RDONLY))
+                out.append("readable")
+            except PermissionError:
+                out.append("unreadable")
             os.write(wfd, orjson.dumps(out))
         finally:
             os._exit(0)

@@ -34,6 +34,11 @@ class SensorConfig(ServiceConfig):
     # Who may read which sensor: sensor glob -> principals (uid:N, user:NAME, gid:N,
     # group:NAME, *). First matching glob decides; root may read everything.
     read_policy: dict[str, list[str]] = pydantic.Field(default_factory=lambda: {"*": ["*"]})
+    # Sensor glob -> the group its ring belongs to (the publisher must be a member). A ring is
+    # mode 0640 in the unit's group when read_policy lets anyone read its sensor, 0600 when it
+    # does not, and 0640 in the group named here when one is: so the file permissions say what
+    # the socket's policy says, and readers who may not read a sensor cannot map its ring.
+    ring_groups: dict[str, str] = pydantic.Field(default_factory=dict)
     # Who may register an external sensor, and how many (per peer uid and in all).
     external_writers: list[str] = pydantic.Field(default_factory=lambda: ["*"])
     max_external_per_uid: int = pydantic.Field(default=8, ge=0)

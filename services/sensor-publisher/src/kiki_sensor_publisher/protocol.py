@@ -201,6 +201,13 @@ class ReadPolicy:
     def __init__(self, rules: Mapping[str, list[str]]) -> None:
         self.rules = list(rules.items())
 
+    def open_to_all(self, sensor: str) -> bool:
+        """Whether anyone who can connect may read ``sensor`` (its ring may then be group-read)."""
+        for glob, principals in self.rules:
+            if fnmatch.fnmatchcase(sensor, glob):
+                return "*" in principals
+        return False
+
     def allows(self, peer: PeerCred, sensor: str) -> bool:
         if peer.uid == 0:
             return True

@@ -77,17 +77,29 @@ class Sensor:
 
     @classmethod
     def create(
-        cls, id: str, kind: str, unit: str, layout: Layout, rate_hz: float, ring: str, cap: int
+        cls,
+        id: str,
+        kind: str,
+        unit: str,
+        layout: Layout,
+        rate_hz: float,
+        ring: str,
+        cap: int,
+        *,
+        mode: int = SEGMENT_MODE,
+        gid: int = -1,
     ) -> Sensor:
         size = segment_size(layout, cap)
         try:
-            mem = posix_ipc.SharedMemory("/" + ring, posix_ipc.O_CREX, mode=SEGMENT_MODE, size=size)
+            mem = posix_ipc.SharedMemory("/" + ring, posix_ipc.O_CREX, mode=0o600, size=size)
         except posix_ipc.ExistentialError:
             raise KikiError(f"/dev/shm/{ring} exists and could not be cleaned up") from None
         except (posix_ipc.Error, OSError) as exc:
             raise KikiError(f"cannot create /dev/shm/{ring}: {exc}") from None
         try:
-            os.fchmod(mem.fd, SEGMENT_MODE)  # the umask must not widen or narrow it
+            if gid != -1:
+                os.fchown(mem.fd, -1, gid)
+            os.fchmod(mem.fd, mode)  # set after the group, and whatever the umask
             m = mmap.mmap(mem.fd, size)
         except BaseException:
             mem.close_fd()

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fnmatch
+import grp
 import logging
 import math
 import signal
@@ -176,9 +178,22 @@ class Publisher:
     def _create(self, sid: str, kind: str, unit: str, layout: Layout, rate: float) -> Sensor:
         # A ring holds at least ten seconds of a slow sensor, and `capacity` of a fast one.
         cap = min(self.config.capacity, max(16, 1 << math.ceil(math.log2(max(rate * 10, 2)))))
-        sensor = Sensor.create(sid, kind, unit, layout, rate, self._ring_name(sid), cap)
+        mode, gid = self._ring_access(sid)
+        sensor = Sensor.create(
+            sid, kind, unit, layout, rate, self._ring_name(sid), cap, mode=mode, gid=gid
+        )
         self.sensors[sid] = sensor
         return sensor
+
+    def _ring_access(self, sid: str) -> tuple[int, int]:
+        """(mode, gid) of a sensor's ring: the file-level form of the read policy."""
+        for glob, group in self.config.ring_groups.items():
+            if fnmatch.fnmatchcase(sid, glob):
+                try:
+                    return 0o640, grp.getgrnam(group).gr_gid
+                except KeyError:
+                    raise KikiError(f"ring_groups: no group {group!r}") from None
+        return (0o640 if self.policy.open_to_all(sid) else 0o600), -1
 
     def close_sensors(self) -> None:
         for sensor in self.sensors.values():
