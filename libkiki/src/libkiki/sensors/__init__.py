@@ -5,4 +5,8 @@
 * :mod:`libkiki.sensors.shm` -- mapping rings in ``/dev/shm``.
 * :mod:`libkiki.sensors.client` -- :class:`SensorClient`, :class:`SensorReader` and
   :class:`ExternalSensor` over ``sensors.sock``.
+* :mod:`libkiki.sensors.wakeup` -- the reader's wake-up channel (JSON-RPC with a fast path).
+
+The ring format, the notify protocol and the measurements are in
+``services/sensor-publisher/README.md``.
 """

@@ -69,11 +69,14 @@ class MappedWriter:
         size = segment_size(layout, capacity)
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
         try:
-            fd = os.open(path, flags, 0o640)
-        except FileExistsError:
-            # A leftover of ours from a crashed run (the name is per uid): retire and replace it.
-            _retire_and_unlink(path)
-            fd = os.open(path, flags, 0o640)
+            try:
+                fd = os.open(path, flags, 0o640)
+            except FileExistsError:
+                # A leftover of ours from a crashed run (the name is per uid): retire, replace.
+                _retire_and_unlink(path)
+                fd = os.open(path, flags, 0o640)
+        except OSError as exc:
+            raise PermissionDenied(f"cannot create the ring {name}: {exc.strerror}") from None
         try:
             os.fchmod(fd, 0o640)  # whatever the umask: group may read, nobody else writes
             os.ftruncate(fd, size)
