@@ -101,6 +101,8 @@ class Step:
     members: tuple[TableDef, ...]  # a table field's table; a union's member tables
     required: bool
     default: Any
+    # Absent means "the default", nothing to check (not required, not part of a union).
+    plain_default: bool
 
 
 @dataclass(eq=False)
@@ -215,6 +217,7 @@ class Schema:
             members,
             f.required,
             default,
+            not f.required and kind not in (UTYPE, UNION),
         )
 
     def encoder_of(self, obj: Any) -> tuple[TableDef, Callable[[Any], Sequence[Any]]]:
@@ -235,6 +238,7 @@ class Limits:
 
 
 _VT_FORMATS = [struct.Struct(f"<{n}H") for n in range(0, 64)]
+_ZEROS = [(0,) * n for n in range(0, 64)]
 
 
 class Reader:
@@ -320,32 +324,42 @@ class Reader:
         if vt_size < 4 or vt_size & 1 or vt + vt_size > n or t_size < 4 or pos + t_size > n:
             raise self._fail(f"vtable of the table at {pos} has impossible sizes")
         self.tables += 1
-        self.counts[desc.name] += 1
         if self.tables > self.limits.max_tables:
             raise self._fail(f"more than {self.limits.max_tables} tables")
-        limit = self.limits.max_count.get(desc.name)
-        if limit is not None and self.counts[desc.name] > limit:
-            raise InvalidFrame(f"more than {limit} {desc.name} tables in one frame")
-        self._charge(t_size)
-        # Slots past the fields we know (a newer peer's additions) are not read.
+        name = desc.name
+        if name in self.limits.max_count:
+            counts = self.counts
+            counts[name] += 1
+            if counts[name] > (limit := self.limits.max_count[name]):
+                raise InvalidFrame(f"more than {limit} {name} tables in one frame")
+        self._budget -= t_size
+        if self._budget < 0:
+            raise self._fail("decoding would use far more memory than the frame's size")
+        # Slots past the fields we know (a newer peer's additions) are not read; slots a
+        # shorter vtable lacks read as 0 (absent).
         plan = self.schema.plan(desc)
-        nslots = min((vt_size - 4) >> 1, len(plan))
-        slots = _VT_FORMATS[nslots].unpack_from(buf, vt + 4)
+        count = len(plan)
+        nslots = (vt_size - 4) >> 1
+        if nslots >= count:
+            slots = _VT_FORMATS[count].unpack_from(buf, vt + 4)
+        else:
+            slots = _VT_FORMATS[nslots].unpack_from(buf, vt + 4) + _ZEROS[count - nslots]
         values: list[Any] = []
         append = values.append
         utype = 0
-        for i, step in enumerate(plan):
+        for step, o in zip(plan, slots, strict=True):
             kind = step.kind
-            o = slots[i] if i < nslots else 0
             if o == 0:
-                if step.required:
+                if step.plain_default:
+                    append(step.default)
+                elif step.required:
                     raise InvalidFrame(f"{desc.name}.{step.name} is required")
-                if kind == UTYPE:
+                elif kind == UTYPE:
                     utype = 0
-                elif kind == UNION and utype:
+                elif utype:
                     raise self._fail(f"{desc.name}.{step.name}: union type without a value")
                 else:
-                    append(step.default)
+                    append(None)
                 continue
             p = pos + o
             if kind <= BOOL or kind in (UTYPE, STRUCT):
