@@ -494,12 +494,15 @@ def _limit_buffers(conn: Connection) -> asyncio.WriteTransport | None:
     """Small buffers for a subscriber (it stalls its own sender early and its wake-ups
     coalesce); returns the connection's transport for the wake-up fast path.
 
-    libkiki.rpc has no public handle on it; this is the stream writer the connection uses, and
-    whole lines written to it never interleave with the connection's own.
+    libkiki.rpc has no public handle on the transport (nor a ``notify`` that never waits), so
+    this looks for the one the connection writes to; whole lines written to it never
+    interleave with the connection's own. Without it, wake-ups simply go through ``notify``.
     """
-    writer = getattr(conn, "_writer", None)
-    transport = getattr(writer, "transport", None)
+    transport = getattr(conn, "_transport", None)
+    if transport is None:  # libkiki.rpc before its Protocol-based connection
+        transport = getattr(getattr(conn, "_writer", None), "transport", None)
     if not isinstance(transport, asyncio.WriteTransport):
+        log.warning("no transport found on the connection: wake-ups take the slow path")
         return None
     transport.set_write_buffer_limits(high=_WRITE_HIGH_WATER)
     sock = transport.get_extra_info("socket")
