@@ -24,7 +24,14 @@ from dataclasses import dataclass, field
 import pydantic
 
 from kiki_a11y_server.desktop import Desktop, Subscriber
-from kiki_a11y_server.protocol import A11yConnection, Request, Violation
+from kiki_a11y_server.protocol import (
+    PUBLISHER,
+    SUBSCRIBER,
+    A11yConnection,
+    Answer,
+    Request,
+    Violation,
+)
 from kiki_a11y_server.tree import Tree, TreeLimits
 from libkiki import a11y_wire as wire
 from libkiki.config import ServiceConfig
@@ -147,6 +154,12 @@ class A11yServer:
                 elif isinstance(event, Request):
                     counters["requests"] += 1
                     self._dispatch(peer, event.message, tg)
+                elif isinstance(event, Answer):
+                    fut = peer.awaiting.pop(event.message.request_id, None)
+                    if fut is not None and not fut.done():
+                        fut.set_result(event.message)
+                else:
+                    counters["stray_answers"] += 1
             await writer.drain()
         if (leftover := conn.eof()) is not None:
             counters["protocol_errors"] += 1
@@ -216,6 +229,7 @@ class A11yServer:
                 case wire.Subscribe():
                     self.desktop.unsubscribe(peer.key)
                     peer.sub = self.desktop.subscribe(peer.key, message)
+                    peer.conn.became(SUBSCRIBER)
                     self.ctx.counters["subscriptions"] += 1
                     self._flush(peer)
                 case wire.Resync():
@@ -234,11 +248,7 @@ class A11yServer:
                     task = tg.create_task(self._act(peer, message))
                     peer.tasks.add(task)
                     task.add_done_callback(peer.tasks.discard)
-                case wire.ActionResult() | wire.Error() if rid in peer.awaiting:
-                    fut = peer.awaiting.pop(rid)
-                    if not fut.done():
-                        fut.set_result(message)
-                case _:
+                case _:  # the protocol core admits nothing else (RULES)
                     raise MethodNotFound(f"the server does not take {type(message).__name__}")
         except KikiError as exc:
             self.ctx.counters["errors"] += 1
@@ -265,6 +275,7 @@ class A11yServer:
             raise
         if peer.tree is None:
             peer.tree = tree
+            peer.conn.became(PUBLISHER)
             self.owners[tree.tree_id] = peer
             log.info("tree %d published by %s", tree.tree_id, peer.cred.describe())
         self.ctx.counters["updates"] += 1
@@ -303,6 +314,7 @@ class A11yServer:
         forward_id = next(owner.request_ids)
         fut: asyncio.Future[wire.Message] = asyncio.get_running_loop().create_future()
         owner.awaiting[forward_id] = fut
+        owner.conn.expect(forward_id)
         owner.send(
             wire.ActionRequest(
                 forward_id,
@@ -322,6 +334,7 @@ class A11yServer:
             ) from None
         finally:
             owner.awaiting.pop(forward_id, None)
+            owner.conn.forget(forward_id)
 
     def _info(self, request_id: int) -> wire.Info:
         self.ctx.counters["trees"] = len(self.desktop.trees)
