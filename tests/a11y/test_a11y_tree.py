@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from a11y_fixtures import A, R, S, big_tree, form_tree
@@ -217,13 +219,19 @@ def test_snapshots_come_from_kept_buffers() -> None:
     desktop = Desktop()
     tree = desktop.new_tree(wire.App(0, "a"))
     desktop.publish(tree, wire.TreeUpdate(root_id=1, nodes=tuple(big_tree(300))))
-    first = desktop.snapshot(0)
-    assert desktop.snapshot(0) is first, "no rebuild while nothing changed"
+    answers = [wire.decode(desktop.snapshot(rid)) for rid in (5, 6)]
+    kept = desktop._snapshot
+    assert kept is not None
+    assert [a.request_id for a in answers] == [5, 6]
+    assert answers[0] == dataclasses.replace(answers[1], request_id=5)
+    desktop.snapshot(7)
+    assert desktop._snapshot is kept, "no rebuild while nothing changed"
     chunk = tree.full_chunk()
     assert tree.full_chunk() is chunk
     desktop.publish(tree, wire.TreeUpdate(nodes=(N(300, R["label"], "changed"),)))
-    assert desktop.snapshot(0) is not first
-    decoded = wire.decode(desktop.snapshot(0))
+    decoded = wire.decode(desktop.snapshot(8))
+    assert desktop._snapshot is not kept
+    assert tree.full_chunk() is not chunk
     assert isinstance(decoded, wire.Snapshot)
     assert {n.id: n for n in decoded.trees[0].nodes} == tree.nodes
 

@@ -343,6 +343,25 @@ def encode_raw(request_id: int, body: RawTreeUpdate | RawSnapshot | RawQueryResu
     return _WRITER.finish(_Envelope(request_id, body))
 
 
+PLACEHOLDER_ID = 0xFFFF_FFFF
+_REQUEST_ID = struct.Struct("<I")
+
+
+def with_request_id(frame: bytes, request_id: int) -> bytes:
+    """A copy of ``frame`` (built with ``PLACEHOLDER_ID``) answering ``request_id`` instead.
+
+    Lets a big answer (a snapshot) be encoded once and sent to every requester.
+    """
+    root = _REQUEST_ID.unpack_from(frame, 0)[0]
+    vtable = root - struct.unpack_from("<i", frame, root)[0]
+    at = root + struct.unpack_from("<H", frame, vtable + 4)[0]
+    if _REQUEST_ID.unpack_from(frame, at)[0] != PLACEHOLDER_ID:
+        raise ValueError("the frame was not built with PLACEHOLDER_ID")
+    out = bytearray(frame)
+    _REQUEST_ID.pack_into(out, at, request_id)
+    return bytes(out)
+
+
 def node_chunk(node: Node) -> Chunk:
     return _WRITER.chunk(node)
 

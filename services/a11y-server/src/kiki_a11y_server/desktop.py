@@ -151,14 +151,13 @@ class Desktop:
 
     def snapshot(self, request_id: int, filt: Filter = Filter()) -> bytes:
         if filt == Filter():
-            if request_id == 0 and self._snapshot is not None:
-                return self._snapshot
-            frame = wire.encode_raw(
-                request_id, wire.RawSnapshot([t.full_chunk() for t in self.trees.values()])
-            )
-            if request_id == 0:
-                self._snapshot = frame
-            return frame
+            if self._snapshot is None:
+                # Built with a placeholder request id, so that the field is there to patch.
+                self._snapshot = wire.encode_raw(
+                    wire.PLACEHOLDER_ID,
+                    wire.RawSnapshot([t.full_chunk() for t in self.trees.values()]),
+                )
+            return wire.with_request_id(self._snapshot, request_id)
         trees = []
         for tree in self.trees.values():
             if not filt.wants_tree(tree):
