@@ -79,6 +79,11 @@ async def test_reader_gets_every_imu_sample_whole_and_in_order(
                     got += 1
                 if got >= 500:
                     break
+        async with SensorClient(pub.socket) as client:
+            stats = await client.stats()
+        (sub,) = (s for s in stats["subscribers"] if s["sensors"] == ["imu0"])
+        # Most wake-ups took the fast path (straight to the transport, no sender task).
+        assert sub["direct"] > sub["wakeups"] // 2 > 0
         latest = reader.latest()
         assert latest.count == 1
         assert latest.start >= expected - 1

@@ -32,6 +32,7 @@ class Subscriber:
     delivered: dict[str, int] = field(default_factory=dict)  # last index each wake-up carried
     last_sent: float = float("-inf")
     wakeups: int = 0
+    direct: int = 0  # wake-ups written straight to the transport (the fast path)
     coalesced: int = 0
     overruns: int = 0
 
@@ -43,6 +44,7 @@ class Subscriber:
             "sensors": sorted(self.sensors),
             "maxWakeupsPerSecond": round(1 / self.min_interval) if self.min_interval else 0,
             "wakeups": self.wakeups,
+            "direct": self.direct,
             "coalesced": self.coalesced,
             "overruns": self.overruns,
             "pending": len(self.pending),

@@ -215,6 +215,7 @@ class Publisher:
                 message, _ = self.core.take(sub, time.monotonic())
                 if message is not None:
                     transport.write(_WAKE_HEAD + orjson.dumps(message) + b"}}\n")
+                    sub.direct += 1
                 continue
             event = self._events.get(sub.id)
             if event is not None:
