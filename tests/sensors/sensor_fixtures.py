@@ -55,8 +55,9 @@ StartPublisher = Callable[..., Publisher]
 def start_publisher(sockdir: Path, spawn_service: Any, shm_prefix: str) -> Iterator[StartPublisher]:
     """Start kiki-sensor-publisher on an activated socket in ``sockdir``; wait for READY=1.
 
-    Keyword arguments become ``KIKI_SENSOR_PUBLISHER_<NAME>`` settings. Kernel sources are
-    slow by default here (tests read the IMU); the broker is off unless ``broker_socket`` is set.
+    Keyword arguments become ``KIKI_SENSOR_PUBLISHER_<NAME>`` settings (None: unset). Kernel
+    sources are slow by default here (tests read the IMU); the broker is off unless
+    ``broker_socket`` is set.
     """
     path = sockdir / "sensors.sock"
     listener: socket.socket | None = None
@@ -80,6 +81,7 @@ def start_publisher(sockdir: Path, spawn_service: Any, shm_prefix: str) -> Itera
             "BROKER_SOCKET": "",
         }
         env.update({k.upper(): str(v) for k, v in settings.items()})
+        env = {k: v for k, v in env.items() if v != "None"}  # None: leave the setting unset
         extra = {f"KIKI_SENSOR_PUBLISHER_{k}": v for k, v in env.items()}
         proc, notes = spawn_service(
             "sensor-publisher", listener=listener, fdname="sensors", extra_env=extra

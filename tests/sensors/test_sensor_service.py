@@ -331,8 +331,11 @@ async def test_clean_stop_retires_and_removes_rings(start_publisher: StartPublis
         mapped.close()
 
 
-async def test_batched_wakeups_are_rate_limited(start_publisher: StartPublisher) -> None:
-    pub = start_publisher()
+async def test_batched_wakeups_are_rate_limited(
+    start_publisher: StartPublisher, service_env: dict[str, str]
+) -> None:
+    service_env["KIKI_SENSORS_IMU_HZ"] = "500"  # the short form of the setting
+    pub = start_publisher(imu_hz=None)
     async with SensorReader("imu0", path=pub.socket, max_wakeups=20) as reader:
         batches = []
         async with asyncio.timeout(10):
@@ -342,10 +345,11 @@ async def test_batched_wakeups_are_rate_limited(start_publisher: StartPublisher)
                     break
         async with SensorClient(pub.socket) as client:
             stats = await client.stats()
-    # At 1 kHz and 20 wake-ups a second, each wake-up brings tens of samples.
-    assert sum(b.count for b in batches[1:]) / 5 > 20
+    # At 500 Hz and 20 wake-ups a second, each wake-up brings tens of samples.
+    assert sum(b.count for b in batches[1:]) / 5 > 10
     sub = next(s for s in stats["subscribers"] if s["sensors"] == ["imu0"])
     assert sub["maxWakeupsPerSecond"] == 20
+    assert stats["sensors"]["imu0"]["nominalHz"] == 500
 
 
 async def test_permissions_by_peer_credentials(
