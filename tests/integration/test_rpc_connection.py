@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import random
+import socket
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from pathlib import Path
@@ -756,3 +757,46 @@ async def test_the_direct_call_agrees_with_jsonrpcserver(params: Any) -> None:
     answers = [orjson.loads(orjson.dumps(await dispatch(m, ctx, message))) for m in (fast, slow)]
     assert answers[0] == answers[1]
     assert ("result" in answers[0]) == (params in ({"a": 1, "b": 2}, [1, 2], [1], {"a": 1}))
+
+
+async def test_try_notify_sends_only_when_nothing_is_queued(sock_path: Path) -> None:
+    # The server never reads: once the kernel buffers fill, try_notify refuses (and queues
+    # nothing) instead of growing the buffer; a fresh connection takes notifications at once.
+    listener = bind_unix(sock_path)
+    peers: list[socket.socket] = []
+    try:
+        async with connect_unix_raw(sock_path, listener, peers) as conn:
+            conn.set_write_limits(4096, sndbuf=4096)
+            assert conn.try_notify("wake", {"n": 0}) is True
+            sent = 1
+            while conn.try_notify("wake", {"n": sent, "pad": "x" * 512}):
+                sent += 1
+                assert sent < 100_000, "the buffer never filled"
+            assert conn.write_buffer_size > 0
+            before = conn.write_buffer_size
+            assert conn.try_notify("wake", {"n": -1}) is False
+            assert conn.write_buffer_size == before  # nothing queued behind the backlog
+            data = b""
+            peers[0].setblocking(False)
+            with suppress(BlockingIOError):
+                while chunk := peers[0].recv(1 << 16):
+                    data += chunk
+            first = orjson.loads(data.split(b"\n", 1)[0])
+            assert first == {"jsonrpc": "2.0", "method": "wake", "params": {"n": 0}}
+        assert conn.try_notify("wake") is False  # closed
+    finally:
+        for p in peers:
+            p.close()
+        listener.close()
+
+
+@asynccontextmanager
+async def connect_unix_raw(
+    path: Path, listener: socket.socket, peers: list[socket.socket]
+) -> AsyncIterator[Any]:
+    """A client connection whose server end is a plain socket that the test reads by hand."""
+    async with connect_unix(path) as conn:
+        peer, _ = await asyncio.get_running_loop().sock_accept(listener)
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        peers.append(peer)
+        yield conn

@@ -31,6 +31,7 @@ Behaviour worth knowing:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import socket
@@ -293,6 +294,36 @@ class Connection:
     async def notify(self, method: str, params: Params | None = None) -> None:
         self._check_open()
         await self._write(self._core.notification(method, params))
+
+    def try_notify(self, method: str, params: Params | None = None) -> bool:
+        """Send a notification now if nothing is queued ahead of it; never wait, never queue.
+
+        False (and nothing sent) when the transport still holds unsent bytes or the connection
+        is closed: for wake-up style messages that the sender coalesces and sends later, so a
+        slow reader costs it nothing.
+        """
+        transport = self._transport
+        if (
+            self._gone is not None
+            or transport is None
+            or transport.is_closing()
+            or transport.get_write_buffer_size()
+        ):
+            return False
+        transport.write(self._core.notification(method, params))
+        return True
+
+    def set_write_limits(self, high: int, *, sndbuf: int | None = None) -> None:
+        """Lower the write buffer's high-water mark (and the kernel's ``SO_SNDBUF``) so that a
+        peer that stops reading holds up our writers sooner."""
+        transport = self._transport
+        if transport is None:
+            return
+        transport.set_write_buffer_limits(high=high)
+        sock = transport.get_extra_info("socket")
+        if sndbuf is not None and sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
 
     async def batch(
         self,
