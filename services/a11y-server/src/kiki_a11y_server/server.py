@@ -296,6 +296,10 @@ class A11yServer:
         except KikiError as exc:
             counters["actions_failed"] += 1
             peer.send(wire.Error(rid, exc.jsonrpc_code, exc.message))
+        except Exception:
+            counters["internal_errors"] += 1
+            log.exception("routing an action failed")
+            peer.send(wire.Error(rid, -32603, "Internal error"))
         finally:
             peer.actions_in_flight -= 1
 
