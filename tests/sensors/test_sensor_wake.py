@@ -99,3 +99,18 @@ def test_fastest_interval_per_sensor_follows_subscriptions() -> None:
     assert core.fastest == {"imu0": pytest.approx(0.1)}
     core.unsubscribe(a, ["imu0"])
     assert core.fastest == {}
+
+
+def test_a_wake_up_not_sent_is_owed_again() -> None:
+    core = WakeCore(max_subscriptions=10, max_wakeups_hz=1000)
+    sub = core.connect(ALICE)
+    core.subscribe(sub, ["imu0", "cpu"], None)
+    core.published("imu0", 5, 64)
+    message, _ = core.take(sub, 0.0)
+    assert message == {"imu0": 5}
+    core.published("imu0", 6, 64)  # newer than what was taken
+    core.restore(sub, {"imu0": 5, "gone": 1})
+    assert sub.pending == {"imu0": 6}
+    assert sub.wakeups == 0
+    core.restore(sub, {"cpu": 2})
+    assert core.take(sub, 0.0) == ({"imu0": 6, "cpu": 2}, 0.0)

@@ -158,6 +158,13 @@ class WakeCore:
         sub.wakeups += 1
         return message, 0.0
 
+    def restore(self, sub: Subscriber, message: dict[str, int]) -> None:
+        """A wake-up taken but not sent after all: owed again (newer indices win)."""
+        for sensor, index in message.items():
+            if sensor in sub.sensors:
+                sub.pending.setdefault(sensor, index)
+        sub.wakeups -= 1
+
     def drop_sensor(self, sensor: str) -> list[Subscriber]:
         """A sensor went away (an external writer left): who was subscribed to it."""
         subs = list(self.by_sensor.pop(sensor, ()))

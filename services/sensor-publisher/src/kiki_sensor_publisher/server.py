@@ -16,12 +16,9 @@ import grp
 import logging
 import math
 import signal
-import socket
 import time
 from collections.abc import AsyncIterator
 from typing import Any
-
-import orjson
 
 from kiki_sensor_publisher.config import SensorConfig
 from kiki_sensor_publisher.protocol import GONE, WAKE, ReadPolicy, Subscriber, WakeCore, unknown
@@ -40,11 +37,10 @@ from libkiki.service import ServiceContext
 
 log = logging.getLogger(__name__)
 
-# A subscriber that stops reading should stall its own sender quickly, not fill our memory:
-# its wake-ups then coalesce into one pending dict.
+# Buffers of a subscriber's connection: small, so that one that stops reading stalls its own
+# sender quickly instead of filling our memory; its wake-ups then coalesce into one dict.
 _WRITE_HIGH_WATER = 4096
 _SNDBUF = 16384
-_WAKE_HEAD = b'{"jsonrpc":"2.0","method":"' + WAKE.encode() + b'","params":{"upTo":'
 
 
 class ImuClock:
@@ -141,7 +137,6 @@ class Publisher:
         self._events: dict[int, asyncio.Event] = {}
         self._senders: dict[int, asyncio.Task[None]] = {}
         self._conns: dict[int, Connection] = {}
-        self._transports: dict[int, asyncio.WriteTransport] = {}
         self.tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tg: asyncio.TaskGroup | None = None
@@ -204,19 +199,15 @@ class Publisher:
         woken = self.core.published(sensor.id, sensor.write_index, sensor.capacity)
         for sub in woken:
             # The fast path: an every-sample subscriber whose connection has nothing queued
-            # gets its wake-up written right here, without a hop through its sender task.
-            transport = self._transports.get(sub.id)
-            if (
-                sub.min_interval == 0
-                and transport is not None
-                and not transport.is_closing()
-                and transport.get_write_buffer_size() == 0
-            ):
+            # gets its wake-up sent right here, without a hop through its sender task.
+            conn = self._conns.get(sub.id)
+            if sub.min_interval == 0 and conn is not None and conn.write_buffer_size == 0:
                 message, _ = self.core.take(sub, time.monotonic())
                 if message is not None:
-                    transport.write(_WAKE_HEAD + orjson.dumps(message) + b"}}\n")
-                    sub.direct += 1
-                continue
+                    if conn.try_notify(WAKE, {"upTo": message}):
+                        sub.direct += 1
+                        continue
+                    self.core.restore(sub, message)
             event = self._events.get(sub.id)
             if event is not None:
                 event.set()
@@ -253,9 +244,8 @@ class Publisher:
     async def on_connect(self, conn: Connection) -> None:
         sub = self.core.connect(conn.peer)
         conn.state["subscriber"] = sub
-        transport = _limit_buffers(conn)
-        if transport is not None:
-            self._transports[sub.id] = transport
+        # A subscriber that stops reading stalls its own sender soon, and its wake-ups coalesce.
+        conn.set_write_limits(_WRITE_HIGH_WATER, sndbuf=_SNDBUF)
         event = self._events[sub.id] = asyncio.Event()
         self._conns[sub.id] = conn
         assert self._tg is not None
@@ -270,7 +260,6 @@ class Publisher:
             task.cancel()
         self._events.pop(sub.id, None)
         self._conns.pop(sub.id, None)
-        self._transports.pop(sub.id, None)
         self.core.disconnect(sub)
         self._retune()
         for sensor in [s for s in self.sensors.values() if s.state.get("conn") is conn]:
@@ -489,28 +478,6 @@ async def _quiet_notify(conn: Connection, method: str, params: dict[str, Any]) -
     with contextlib.suppress(KikiError):
         async with asyncio.timeout(2.0):
             await conn.notify(method, params)
-
-
-def _limit_buffers(conn: Connection) -> asyncio.WriteTransport | None:
-    """Small buffers for a subscriber (it stalls its own sender early and its wake-ups
-    coalesce); returns the connection's transport for the wake-up fast path.
-
-    libkiki.rpc has no public handle on the transport (nor a ``notify`` that never waits), so
-    this looks for the one the connection writes to; whole lines written to it never
-    interleave with the connection's own. Without it, wake-ups simply go through ``notify``.
-    """
-    transport = getattr(conn, "_transport", None)
-    if transport is None:  # libkiki.rpc before its Protocol-based connection
-        transport = getattr(getattr(conn, "_writer", None), "transport", None)
-    if not isinstance(transport, asyncio.WriteTransport):
-        log.warning("no transport found on the connection: wake-ups take the slow path")
-        return None
-    transport.set_write_buffer_limits(high=_WRITE_HIGH_WATER)
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SNDBUF)
-    return transport
 
 
 def samples_json(batch: Batch) -> list[dict[str, Any]]:
