@@ -38,6 +38,9 @@ install -m 0644 "$src/units/user/kiki.preset" "$dest/usr/lib/systemd/user-preset
 rm -rf "$dest/usr/share/kiki/lexicons"
 cp -r "$src/schemas/lexicons" "$dest/usr/share/kiki/lexicons"
 install -m 0644 "$src/schemas/a11y.fbs" "$dest/usr/share/kiki/a11y.fbs"
+# The sensor sample layouts (documentation for readers in other languages; the code has its own).
+rm -rf "$dest/usr/share/kiki/sensors"
+cp -r "$src/schemas/sensors" "$dest/usr/share/kiki/sensors"
 install -m 0644 "$src/README.md" "$dest/usr/share/doc/kiki/README.md"
 for readme in "$src"/services/*/README.md; do
     name=$(basename "$(dirname "$readme")")

@@ -154,3 +154,14 @@ def test_config_errors_name_file_and_field(tmp_path: Path) -> None:
     (tmp_path / "updater.toml").write_text("max_connections = [")
     with pytest.raises(KikiError, match=r"updater\.toml"):
         load_config(ServiceConfig, "updater", {"KIKI_CONFIG_DIR": str(tmp_path)})
+
+
+def test_state_dir_for_a_user_without_a_home(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A DynamicUser= in a container may have neither $HOME nor a passwd entry.
+    def no_home() -> Path:
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(os, "geteuid", lambda: 61234)
+    monkeypatch.setattr(Path, "home", staticmethod(no_home))
+    assert paths.state_dir({}) == Path("/tmp/kiki-state-61234/kiki")
+    assert paths.state_dir({"XDG_STATE_HOME": "/xdg"}) == Path("/xdg/kiki")

@@ -56,7 +56,12 @@ def state_dir(env: Mapping[str, str] | None = None) -> Path:
         return Path(value)
     if os.geteuid() == 0:
         return Path("/var/lib/kiki")
-    xdg = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    xdg = env.get("XDG_STATE_HOME")
+    if not xdg:
+        try:
+            xdg = str(Path.home() / ".local" / "state")
+        except RuntimeError:  # no $HOME and no passwd entry (e.g. a DynamicUser= in a container)
+            xdg = f"/tmp/kiki-state-{os.geteuid()}"
     return Path(xdg) / "kiki"
 
 

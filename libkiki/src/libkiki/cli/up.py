@@ -29,11 +29,14 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--runtime-dir",
         type=Path,
-        help="socket directory (default: %(default)s)",
-        default=runtime_dir(),
+        help="socket directory (default: $KIKI_RUNTIME_DIR, /run/kiki as root, else "
+        "$XDG_RUNTIME_DIR/kiki)",
     )
     p.add_argument(
-        "--state-dir", type=Path, help="state directory (default: %(default)s)", default=state_dir()
+        "--state-dir",
+        type=Path,
+        help="state directory (default: $KIKI_STATE_DIR, /var/lib/kiki as root, else "
+        "$XDG_STATE_HOME/kiki)",
     )
     p.add_argument("--relay-host", default=DEFAULT_RELAY_HOST, help="sync relay address")
     p.add_argument(
@@ -67,8 +70,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     services = tuple(BY_NAME[n] for n in args.services) if args.services else SERVICES
     config = UpConfig(
-        runtime_dir=args.runtime_dir,
-        state_dir=args.state_dir,
+        # Resolved here, not when the parser is built: every `kiki` command builds it, and a
+        # user without a home directory must still be able to run the others.
+        runtime_dir=args.runtime_dir or runtime_dir(),
+        state_dir=args.state_dir or state_dir(),
         relay_host=args.relay_host,
         relay_port=args.relay_port,
         services=services,
