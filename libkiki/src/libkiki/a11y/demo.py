@@ -6,13 +6,15 @@ status line. It reacts to actions the way a toolkit would: ``setValue`` types in
 the fields cleared, the status updated), ``select`` selects a contact. Each reaction is
 published as an update caused by the agent.
 
-Run it by itself with ``python -m libkiki.a11y.demo [--socket PATH]``.
+Run it by itself with ``python -m libkiki.a11y.demo [--socket PATH]``; it publishes again
+whenever the server restarts.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import sys
 from pathlib import Path
@@ -200,18 +202,24 @@ async def run(path: Path | None = None, *, ready: asyncio.Event | None = None) -
         await pub.closed.wait()
 
 
+async def run_forever(path: Path | None = None, retry: float = 1.0) -> None:
+    """Publish, and publish again whenever the server comes back (it may restart)."""
+    while True:
+        try:
+            await run(path)
+            log.info("the a11y-server went away; reconnecting")
+        except KikiError as exc:
+            log.debug("a11y-server not reachable (%s); retrying", exc)
+        await asyncio.sleep(retry)  # a restarting server: nothing to wait on but time
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m libkiki.a11y.demo", description=__doc__)
     parser.add_argument("--socket", type=Path, help="the a11y-server's socket")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
-    try:
-        asyncio.run(run(args.socket))
-    except KikiError as exc:
-        log.error("%s", exc)
-        raise SystemExit(1) from None
-    except KeyboardInterrupt:
-        pass
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_forever(args.socket))
 
 
 if __name__ == "__main__":
