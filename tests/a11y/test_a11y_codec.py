@@ -336,3 +336,31 @@ def test_mutations_are_refused_or_decode_exactly_as_flatc_reads_them(
     doc = flatc_json(data)
     assert doc is not None, "we accepted a buffer flatc cannot read"
     assert normalize(doc) == normalize(message_as_flatc(decoded))
+
+
+def _outcome(frame: bytes, *, interpret: bool) -> object:
+    try:
+        return flat.Reader(DESC, frame, wire.DEFAULT_LIMITS).root(interpret=interpret)
+    except InvalidFrame as exc:
+        return ("refused", str(exc))
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.sampled_from(MESSAGES),
+    st.lists(st.tuples(st.integers(0, 1 << 16), st.integers(0, 255)), min_size=1, max_size=6),
+)
+def test_compiled_readers_behave_exactly_like_the_interpreter(
+    message: wire.Message, flips: list[tuple[int, int]]
+) -> None:
+    frame = bytearray(wire.encode(message))
+    for pos, value in flips:
+        frame[pos % len(frame)] = value
+    data = bytes(frame)
+    assert _outcome(data, interpret=False) == _outcome(data, interpret=True)
+
+
+def test_the_compiled_source_is_there_to_read() -> None:
+    source = flat.reader_source(DESC)
+    assert "def read_Node(r, pos, depth):" in source
+    assert 'raise InvalidFrame(f"Node.role: {x} is not a Role")' in source
