@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import struct
@@ -368,3 +369,42 @@ def test_mirror_gap_is_refused_and_marks_the_tree_stale() -> None:
     assert not mirror.apply(wire.TreeUpdate(0, 1, 7, 6, nodes=(N(1, name="x"),)))
     assert mirror.trees[1].stale
     assert mirror.trees[1].nodes[1].name == ""
+
+
+async def test_cli_watch_prints_updates_as_json(a11y_server: Start, sockdir: Path) -> None:
+    path, _ = a11y_server()
+    async with A11yPublisher(path) as pub:
+        await pub.publish(form_tree(), root_id=1)
+        watch = await asyncio.create_subprocess_exec(
+            str(VENV_BIN / "kiki"),
+            "a11y",
+            "watch",
+            "--json",
+            env=demo_env(sockdir),
+            stdout=asyncio.subprocess.PIPE,
+        )
+        assert watch.stdout is not None
+        try:
+            async with asyncio.timeout(20):
+                first = json.loads(await watch.stdout.readline())
+                assert first == {"type": "snapshot", "trees": 1}
+                await pub.publish([N(5, R["button"], "Save all")], cause=wire.CAUSES["agent"])
+                update = json.loads(await watch.stdout.readline())
+            assert update["type"] == "update"
+            assert (update["seq"], update["baseSeq"], update["cause"]) == (2, 1, "agent")
+            assert [n["name"] for n in update["nodes"]] == ["Save all"]
+        finally:
+            watch.terminate()
+            await watch.wait()
+
+
+async def test_a_filtered_subscription_over_the_socket(a11y_server: Start) -> None:
+    path, _ = a11y_server()
+    async with A11yPublisher(path) as pub, A11yClient(path) as client:
+        await pub.publish(form_tree(), root_id=1)
+        mirror = await client.subscribe(roles=["button"])
+        (tree,) = mirror
+        assert {n.name for n in tree.nodes.values()} == {"Save", "Cancel"}
+        await pub.publish([N(6, R["label"], "Cancel")])
+        await client.wait_for(lambda m: 6 not in tree.nodes)
+        assert {n.name for n in tree.nodes.values()} == {"Save"}
