@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from a11y_fixtures import A, R, S, big_tree, form_tree
 from kiki_a11y_server.desktop import Desktop
@@ -328,3 +330,131 @@ def test_text_budget_truncates_and_says_so() -> None:
     tree.apply(wire.TreeUpdate(nodes=(unnamed._replace(role=R["group"]),)))
     assert render_text([tree], max_nodes=10_000, max_chars=10**7).nodes == 999
     assert A["press"] in tree.nodes[5].actions
+
+
+# -- the incremental checks against a brute-force model --------------------------------------
+
+
+def brute_force(
+    old: dict[int, wire.Node], root: int, update: wire.TreeUpdate, limits: TreeLimits
+) -> dict[int, wire.Node] | None:
+    """The whole new tree rebuilt and walked from the root; None when a rule is broken."""
+    old_parent = {c: p for p, n in old.items() for c in n.children}
+    ids = [n.id for n in update.nodes]
+    if 0 in ids or len(set(ids)) != len(ids):
+        return None
+    if not update.nodes and not update.node_id_to_clear:
+        return None
+    replace = bool(update.root_id and update.root_id != root)
+    if not replace and not root:
+        return None
+    new = {} if replace else dict(old)
+    live = set() if replace else set(old)
+    clear = 0 if replace else update.node_id_to_clear
+    if clear:
+        if clear not in old or clear not in ids:
+            return None
+        stack = list(old[clear].children)
+        while stack:
+            c = stack.pop()
+            live.discard(c)
+            new.pop(c, None)
+            stack.extend(old[c].children)
+    new_root = update.root_id if replace else root
+    for n in update.nodes:
+        new[n.id] = n
+    seen: dict[int, int] = {}  # id -> parent
+    depth = {new_root: 0}
+    stack = [new_root] if new_root in new else []
+    if not stack:
+        return None
+    seen[new_root] = 0
+    while stack:
+        p = stack.pop()
+        if len(new[p].children) != len(set(new[p].children)):
+            return None
+        for c in new[p].children:
+            if c not in new or c in seen:
+                return None  # unknown child, two parents or a cycle
+            seen[c] = p
+            depth[c] = depth[p] + 1
+            stack.append(c)
+    for c, p in seen.items():
+        if c in live and old_parent.get(c, 0) != p:
+            return None  # reparented without a clear
+    if any(i not in seen for i in ids):
+        return None  # an orphan, or a node its parent dropped
+    if max(depth.values()) > limits.max_depth or len(seen) > limits.max_nodes:
+        return None
+    return {i: new[i] for i in seen}
+
+
+@st.composite
+def tree_and_update(draw: st.DrawFn) -> tuple[list[wire.Node], wire.TreeUpdate]:
+    """Mostly plausible updates (drop children, add new ones, move after a clear, replace the
+    root), with a rule broken now and then (a stray id in a child list, a missing new node)."""
+    size = draw(st.integers(1, 25))
+    base = big_tree(size, fanout=3)
+    existing = list(range(1, size + 1))
+    fresh = iter(range(100, 200))
+    nodes: dict[int, wire.Node] = {}
+    clear = 0
+    root_id = 0
+    mode = draw(st.sampled_from(["edit", "edit", "edit", "clear", "root"]))
+    if mode == "root":
+        root_id = draw(st.sampled_from([1, 200]))
+        fresh_kids = (next(fresh), next(fresh))
+        nodes[root_id] = N(root_id, R["window"], children=fresh_kids)
+        nodes.update({k: N(k, R["button"]) for k in fresh_kids})
+    else:
+        if mode == "clear":
+            clear = draw(st.sampled_from(existing))
+            kids = draw(st.lists(st.sampled_from(existing), max_size=2, unique=True))
+            kids = [k for k in kids if tree_is_above(base, clear, k) and k != clear]
+            nodes[clear] = N(clear, R["group"], children=tuple(kids))
+            nodes.update({k: N(k, R["label"]) for k in kids})
+        for node_id in draw(st.lists(st.sampled_from(existing), max_size=4, unique=True)):
+            if node_id in nodes:
+                continue
+            old = list(base[node_id - 1].children)
+            kept = [c for c in old if draw(st.booleans())]
+            added = [next(fresh) for _ in range(draw(st.integers(0, 2)))]
+            nodes[node_id] = N(node_id, R["group"], f"n{node_id}", children=(*kept, *added))
+            nodes.update({k: N(k, R["button"], f"new {k}") for k in added})
+    if draw(st.integers(0, 3)) == 0:  # break something
+        victim = draw(st.sampled_from(sorted(nodes) or [1]))
+        stray = draw(st.sampled_from([*existing, 150, victim]))
+        node = nodes.get(victim, N(victim))
+        nodes[victim] = node._replace(children=(*node.children, stray))
+    if nodes and draw(st.integers(0, 5)) == 0:
+        del nodes[draw(st.sampled_from(sorted(nodes)))]
+    update = wire.TreeUpdate(node_id_to_clear=clear, root_id=root_id, nodes=tuple(nodes.values()))
+    return base, update
+
+
+def tree_is_above(base: list[wire.Node], top: int, node_id: int) -> bool:
+    """In ``big_tree(fanout=3)`` node i's parent is (i - 2) // 3 + 1."""
+    while node_id > 1 and node_id != top:
+        node_id = (node_id - 2) // 3 + 1
+    return node_id == top
+
+
+@settings(max_examples=600, deadline=None)
+@given(tree_and_update())
+def test_incremental_checks_agree_with_rebuilding_the_tree(
+    case: tuple[list[wire.Node], wire.TreeUpdate],
+) -> None:
+    base, update = case
+    limits = TreeLimits(max_nodes=28, max_depth=6)
+    tree = Tree(1, wire.App(1), limits)
+    tree.apply(wire.TreeUpdate(root_id=1, nodes=tuple(base)))
+    old = {i: n._replace(tree_id=0) for i, n in tree.nodes.items()}
+    expected = brute_force(old, tree.root, update, limits)
+    try:
+        tree.apply(update)
+    except InvalidParams:
+        assert expected is None, "refused an update the rules allow"
+        return
+    assert expected is not None, "accepted an update that breaks a rule"
+    assert {i: n._replace(tree_id=0) for i, n in tree.nodes.items()} == expected
+    check_consistent(tree)
