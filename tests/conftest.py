@@ -132,9 +132,14 @@ def spawn_service(sockdir: Path, service_env: dict[str, str]) -> Iterator[object
         cmd = ["/bin/sh", "-c", shim, str(VENV_BIN / f"kiki-{name}")]
         if listener is None:
             cmd = [str(VENV_BIN / f"kiki-{name}")]
-        proc = subprocess.Popen(
-            cmd, env=env, pass_fds=pass_fds, preexec_fn=preexec, stderr=subprocess.PIPE
-        )
+        # stderr goes to a file, not a pipe nobody drains (a chatty service would block on
+        # it); proc.stderr reads that file, so a test can still read what the service said.
+        log = sockdir / f"stderr-{name}-{len(procs)}"
+        with open(log, "wb") as sink:
+            proc = subprocess.Popen(
+                cmd, env=env, pass_fds=pass_fds, preexec_fn=preexec, stderr=sink
+            )
+        proc.stderr = open(log, "rb")  # noqa: SIM115 -- closed at teardown
         procs.append((proc, notes))
         return proc, notes
 

@@ -165,3 +165,17 @@ def test_state_dir_for_a_user_without_a_home(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(Path, "home", staticmethod(no_home))
     assert paths.state_dir({}) == Path("/tmp/kiki-state-61234/kiki")
     assert paths.state_dir({"XDG_STATE_HOME": "/xdg"}) == Path("/xdg/kiki")
+
+
+def test_notifier_never_blocks_on_a_manager_that_does_not_read(tmp_path: Path) -> None:
+    manager = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    manager.bind(str(tmp_path / "notify"))
+    try:
+        notifier = Notifier(str(tmp_path / "notify"))
+        # The manager's queue fills (a few hundred datagrams); the rest are dropped, not waited on.
+        sent = [notifier.status(f"step {i}") for i in range(5000)]
+        assert sent[0] is True
+        assert sent[-1] is False
+        assert manager.recv(4096) == b"STATUS=step 0"
+    finally:
+        manager.close()

@@ -30,6 +30,7 @@ class Notifier:
             address = os.environ.get("NOTIFY_SOCKET")
         self._address: str | None = None
         self._sock: socket.socket | None = None
+        self._dropping = False
         if address:
             if address.startswith("@"):
                 address = "\0" + address[1:]
@@ -46,11 +47,19 @@ class Notifier:
             return False
         payload = "\n".join(f"{k.upper()}={v}" for k, v in fields.items()).encode()
         try:
-            self._sock.sendto(payload, self._address)
+            # Never block the service: a manager that stopped reading costs it this message
+            # (systemd reads its notify socket at once; a harness might not).
+            self._sock.sendto(payload, socket.MSG_DONTWAIT, self._address)
+        except BlockingIOError:
+            if not self._dropping:  # once per run of drops
+                log.warning("sd_notify to %s dropped: the manager is not reading", self._address)
+            self._dropping = True
+            return False
         except OSError as exc:
             # The manager may have gone away; never let that take the service down.
             log.warning("sd_notify to %s failed: %s", self._address, exc)
             return False
+        self._dropping = False
         return True
 
     def ready(self, status: str | None = None) -> bool:
