@@ -14,20 +14,20 @@ import orjson
 from libkiki import a11y_wire as wire
 from libkiki.a11y.client import A11yClient, role_value
 from libkiki.a11y.render import node_json, node_line, render_text, tree_json
+from libkiki.cli.common import fail, service_group
 from libkiki.errors import InvalidParams, KikiError
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser(
+    p, cmds = service_group(
+        sub,
         "a11y",
         help="the desktop's accessibility trees",
         description="Talk to the a11y-server on a11y.sock.",
-    )
-    p.add_argument(
-        "--socket", type=Path, help="the server's socket (default: a11y.sock in the runtime dir)"
+        peer="the server",
+        socket_name="a11y.sock",
     )
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per request (default 10)")
-    cmds = p.add_subparsers(dest="a11y_command", metavar="COMMAND", required=True)
 
     dump = cmds.add_parser("dump", help="print every app's tree")
     form = dump.add_mutually_exclusive_group()
@@ -76,8 +76,7 @@ def register(sub: Any) -> None:
 
 
 def _fail(exc: KikiError) -> int:
-    print(f"kiki a11y: {exc}", file=sys.stderr)
-    return 1
+    return fail("a11y", exc)
 
 
 def _run(args: argparse.Namespace, coro: Any) -> int:

@@ -5,30 +5,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import orjson
 
+from libkiki.cli.common import fail, service_group
 from libkiki.errors import KikiError
 from libkiki.sensors.client import SensorClient, SensorReader
 from libkiki.sensors.ring import Batch
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser(
+    _, cmds = service_group(
+        sub,
         "sensors",
         help="list, watch and inspect sensors",
         description="Talk to the sensor publisher on sensors.sock; watch maps the rings.",
+        peer="the publisher",
+        socket_name="sensors.sock",
     )
-    p.add_argument(
-        "--socket",
-        type=Path,
-        help="the publisher's socket (default: sensors.sock in the runtime directory)",
-    )
-    cmds = p.add_subparsers(dest="sensors_command", metavar="COMMAND", required=True)
 
     ls = cmds.add_parser("list", help="the sensors you may read")
     ls.add_argument("--json", action="store_true", help="the publisher's descriptions as JSON")
@@ -52,8 +48,7 @@ def register(sub: Any) -> None:
 
 
 def _fail(exc: KikiError) -> int:
-    print(f"kiki sensors: {exc}", file=sys.stderr)
-    return 1
+    return fail("sensors", exc)
 
 
 def _dump(value: Any) -> str:

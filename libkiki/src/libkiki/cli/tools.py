@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from libkiki.cli.common import fail, service_group
 from libkiki.errors import KikiError, ToolError
 from libkiki.tools import ToolClient
 
@@ -18,17 +19,14 @@ AUDIT_TOOL = "dev.kiki.tools.readAuditLog"
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser(
+    _, cmds = service_group(
+        sub,
         "tools",
         help="list, call and audit tools",
         description="Talk to the tool broker on tools.sock.",
+        peer="the broker",
+        socket_name="tools.sock",
     )
-    p.add_argument(
-        "--socket",
-        type=Path,
-        help="the broker's socket (default: tools.sock in the runtime directory)",
-    )
-    cmds = p.add_subparsers(dest="tools_command", metavar="COMMAND", required=True)
 
     ls = cmds.add_parser("list", help="list the tools you may see")
     ls.add_argument("--json", action="store_true", help="the MCP tool descriptors as JSON")
@@ -69,8 +67,7 @@ def register(sub: Any) -> None:
 
 
 def _fail(exc: KikiError) -> int:
-    print(f"kiki tools: {exc}", file=sys.stderr)
-    return 1
+    return fail("tools", exc)
 
 
 def run_list(args: argparse.Namespace) -> int:
