@@ -800,3 +800,42 @@ async def connect_unix_raw(
         peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         peers.append(peer)
         yield conn
+
+
+async def test_running_out_of_descriptors_pauses_accepting_then_serves(
+    sock_path: Path, probe: Probe
+) -> None:
+    # EMFILE on accept() is transient: the loop backs off and accepts again once descriptors
+    # are free, instead of dying (and taking the service down) or spinning.
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    async with running(sock_path, make_methods(probe)) as srv:
+        fillers: list[int] = []
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 4096), hard))
+            with suppress(OSError):
+                while True:
+                    fillers.append(os.dup(0))
+            os.close(fillers.pop())  # one descriptor left: the client's, not the server's
+            client.close()
+            client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            client.connect(str(sock_path))
+            async with asyncio.timeout(BOUND):
+                while srv.counters["accept_errors"] == 0:  # noqa: ASYNC110 -- a counter
+                    await asyncio.sleep(0.01)
+        finally:
+            for fd in fillers:
+                os.close(fd)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        with client:
+            client.setblocking(False)
+            loop = asyncio.get_running_loop()
+            await loop.sock_sendall(
+                client, b'{"jsonrpc":"2.0","id":1,"method":"add","params":[2,3]}\n'
+            )
+            async with asyncio.timeout(BOUND):
+                reply = await loop.sock_recv(client, 4096)
+        assert orjson.loads(reply) == {"jsonrpc": "2.0", "result": 5, "id": 1}
+        assert srv.counters["connections_accepted"] == 1

@@ -17,7 +17,6 @@ else notices.
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import os
 import socket
@@ -33,6 +32,7 @@ from libkiki.peer import peer_cred
 from libkiki.rpc.connection import DEFAULT_MAX_IN_FLIGHT, DEFAULT_REQUEST_TIMEOUT, Connection
 from libkiki.rpc.messages import error_line
 from libkiki.rpc.methods import Handler, Methods
+from libkiki.servers import accept_forever
 
 __all__ = ["ConnectionHook", "RpcServer", "connect_unix", "serve_unix"]
 
@@ -43,9 +43,6 @@ ConnectionHook = Callable[[Connection], Awaitable[None]]
 DEFAULT_MAX_CONNECTIONS = 64
 DEFAULT_DRAIN_TIMEOUT = 5.0
 _REFUSE_TIMEOUT = 1.0
-# Running out of descriptors or memory is transient: back off instead of spinning on accept().
-_ACCEPT_BACKOFF = 0.1
-_TRANSIENT = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.ECONNABORTED}
 
 
 class RpcServer:
@@ -107,27 +104,18 @@ class RpcServer:
             await self._tg.__aexit__(et, exc, tb)
 
     async def _accept_loop(self) -> None:
+        await accept_forever(self.sock, self._admit, self.counters)
+
+    def _admit(self, conn_sock: socket.socket) -> None:
         assert self._tg is not None
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                conn_sock, _ = await loop.sock_accept(self.sock)
-            except OSError as exc:
-                if exc.errno not in _TRANSIENT:
-                    log.error("accept() failed, no longer accepting: %s", exc)
-                    return
-                log.warning("accept() failed: %s", exc)
-                await asyncio.sleep(_ACCEPT_BACKOFF)
-                continue
-            self.counters["connections_accepted"] += 1
-            if self._admitted >= self.max_connections:
-                self.counters["connections_refused"] += 1
-                self._tg.create_task(self._refuse(conn_sock))
-                continue
-            self._admitted += 1
-            task = self._tg.create_task(self._serve(conn_sock), name="rpc-connection")
-            self._setting_up.add(task)
-            task.add_done_callback(self._setting_up.discard)
+        if self._admitted >= self.max_connections:
+            self.counters["connections_refused"] += 1
+            self._tg.create_task(self._refuse(conn_sock))
+            return
+        self._admitted += 1
+        task = self._tg.create_task(self._serve(conn_sock), name="rpc-connection")
+        self._setting_up.add(task)
+        task.add_done_callback(self._setting_up.discard)
 
     async def _refuse(self, conn_sock: socket.socket) -> None:
         log.warning("refusing a connection: %d connections already open", self._admitted)
