@@ -13,7 +13,7 @@ from kiki_a11y_server.desktop import Desktop
 from kiki_a11y_server.tree import Tree, TreeLimits
 from libkiki import a11y_wire as wire
 from libkiki.a11y.client import Mirror
-from libkiki.a11y.render import render_text
+from libkiki.a11y.render import render_text, tree_json
 from libkiki.errors import InvalidParams
 
 N = wire.Node
@@ -458,3 +458,118 @@ def test_incremental_checks_agree_with_rebuilding_the_tree(
     assert expected is not None, "accepted an update that breaks a rule"
     assert {i: n._replace(tree_id=0) for i, n in tree.nodes.items()} == expected
     check_consistent(tree)
+
+
+# -- review fixes: bounded backlog of short-lived apps, resync notices, filtered views -----------
+
+
+def test_short_lived_apps_keep_a_stalled_subscribers_backlog_bounded() -> None:
+    desktop = Desktop(max_pending_bytes=1 << 20, max_pending_trees=8)
+    sub = desktop.subscribe(1, wire.Subscribe(0))
+    desktop.take(sub)
+    # Apps that come and go while the subscriber reads nothing: it never heard of them, so
+    # nothing at all is queued for them (not a TreeGone each).
+    for _ in range(1000):
+        app = desktop.new_tree(wire.App(0, "brief"))
+        desktop.publish(app, wire.TreeUpdate(root_id=1, nodes=(N(1, R["window"], "hi"),)))
+        desktop.remove_tree(app.tree_id)
+        assert len(sub.pending) <= 1
+    assert sub.pending == {}
+    assert sub.pending_bytes == 0
+    assert not sub.stale
+    # Apps it did hear of, leaving: each one a charged entry, and past the bound a resync.
+    seen = []
+    for _ in range(20):
+        app = desktop.new_tree(wire.App(0, "seen"))
+        desktop.publish(app, wire.TreeUpdate(root_id=1, nodes=(N(1, R["window"], "hi"),)))
+        seen.append(app.tree_id)
+        assert len(desktop.take(sub)) == 1  # read while it still reads
+    for tree_id in seen:
+        desktop.remove_tree(tree_id)
+        assert len(sub.pending) <= 8
+        assert sub.pending_bytes == sum(map(desktop._cost, sub.pending.values()))
+    assert desktop.subscribers[1].stale
+    assert sub.resyncs == 1
+    (notice,) = (wire.decode(f) for f in desktop.take(sub))
+    assert isinstance(notice, wire.Resync)
+    assert "more than 8 trees" in notice.reason
+    desktop.resync(1, 3)
+    mirror = mirror_of(desktop, desktop.take(sub))
+    assert mirror.trees == {}
+
+
+def test_a_tree_gone_replaces_that_trees_pending_update() -> None:
+    desktop = Desktop()
+    sub = desktop.subscribe(1, wire.Subscribe(0))
+    tree = desktop.new_tree(wire.App(0, "a"))
+    desktop.publish(tree, wire.TreeUpdate(root_id=1, nodes=tuple(form_tree())))
+    mirror = mirror_of(desktop, desktop.take(sub))
+    desktop.publish(tree, wire.TreeUpdate(nodes=(N(5, R["button"], "x" * 500),)))
+    desktop.remove_tree(tree.tree_id)
+    assert sub.pending_bytes == desktop._cost(sub.pending[tree.tree_id]) < 500
+    frames = desktop.take(sub)
+    assert [type(wire.decode(f)) for f in frames] == [wire.TreeGone]
+    mirror_of(desktop, frames, mirror)
+    assert mirror.trees == {}
+
+
+def test_a_resync_replaces_the_pending_notice_with_the_snapshot() -> None:
+    desktop = Desktop(max_pending_bytes=4096)
+    tree = desktop.new_tree(wire.App(0, "a"))
+    desktop.publish(tree, wire.TreeUpdate(root_id=1, nodes=tuple(big_tree(100))))
+    sub = desktop.subscribe(1, wire.Subscribe(0))
+    desktop.take(sub)
+    for i in range(2, 100):
+        desktop.publish(tree, wire.TreeUpdate(nodes=(tree.nodes[i]._replace(name="x" * 50),)))
+    assert desktop.subscribers[1].stale
+    # The subscriber asks before it has read the notice: it gets the snapshot only.
+    desktop.resync(1, 9)
+    frames = [wire.decode(f) for f in desktop.take(sub)]
+    assert [(type(f), f.request_id) for f in frames] == [(wire.Snapshot, 9)]
+
+
+def test_query_limit_is_capped() -> None:
+    from kiki_a11y_server.desktop import MAX_QUERY_LIMIT
+
+    desktop = Desktop()
+    tree = desktop.new_tree(wire.App(0, "a"))
+    desktop.publish(tree, wire.TreeUpdate(root_id=1, nodes=tuple(big_tree(MAX_QUERY_LIMIT + 500))))
+    found, total = desktop.query(wire.Query(0, limit=2**31))
+    assert (len(found), total) == (MAX_QUERY_LIMIT, MAX_QUERY_LIMIT + 500)
+    assert len(desktop.query(wire.Query(0, limit=7))[0]) == 7
+
+
+def test_filtered_views_render_their_nodes() -> None:
+    desktop = Desktop()
+    a = desktop.new_tree(wire.App(0, "a"))
+    b = desktop.new_tree(wire.App(0, "b"))
+    desktop.publish(a, wire.TreeUpdate(root_id=1, nodes=tuple(form_tree())))
+    desktop.publish(b, wire.TreeUpdate(root_id=1, nodes=tuple(form_tree())))
+    buttons = mirror_of(
+        desktop, desktop.take(desktop.subscribe(1, wire.Subscribe(0, roles=(R["button"],))))
+    )
+    text = render_text(buttons).text
+    for t in (a, b):
+        assert f'- button "Save" [{t.tree_id}:5]' in text
+        assert f'- button "Cancel" [{t.tree_id}:6]' in text
+    form = mirror_of(
+        desktop, desktop.take(desktop.subscribe(2, wire.Subscribe(0, tree_id=b.tree_id, root_id=2)))
+    )
+    assert form.trees[b.tree_id].root == 2
+    text = render_text(form).text
+    assert f'- form "Form" [{b.tree_id}:2]' in text
+    assert f'  - button "Save" [{b.tree_id}:5]' in text
+    assert "Editor" not in text
+    assert [n["id"] for n in tree_json(form.trees[b.tree_id])["nodes"]] == [2, 3, 4, 5, 6]
+
+
+def test_a_subtree_is_the_pair_of_tree_and_root() -> None:
+    desktop = Desktop()
+    a = desktop.new_tree(wire.App(0, "a"))
+    desktop.publish(a, wire.TreeUpdate(root_id=1, nodes=tuple(form_tree())))
+    # root_id without tree_id: whole trees (the schema's "0: whole trees").
+    sub = desktop.subscribe(1, wire.Subscribe(0, root_id=4))
+    assert not sub.filter.per_node
+    mirror = mirror_of(desktop, desktop.take(sub))
+    assert mirror.trees[a.tree_id].nodes == a.nodes
+    assert mirror.trees[a.tree_id].root == 1

@@ -14,6 +14,10 @@ actions. Empty wrappers (generic containers with no name, value or action) are l
 their children move up a level; hidden subtrees are left out. A budget of nodes and characters
 keeps the text within what a prompt can hold: past it the outline stops and says how much was
 left out.
+
+A filtered view (a subscription by role or subtree) holds only some of a tree's nodes: a node
+whose parent is not among them is shown at the top level, after the root (when the view has it),
+in id order.
 """
 
 from __future__ import annotations
@@ -102,6 +106,16 @@ def node_line(node: wire.Node, *, text_limit: int = 80) -> str:
     return " ".join(parts)
 
 
+def top_level(tree: TreeLike) -> list[int]:
+    """Where the outline starts: the root if the view has it, then every node whose parent is
+    not in the view (in id order); for a whole tree, just its root."""
+    nodes = tree.nodes
+    listed = {c for n in nodes.values() for c in n.children}
+    tops = [tree.root] if tree.root in nodes else []
+    tops += sorted(i for i in nodes if i not in listed and i != tree.root)
+    return tops
+
+
 def app_line(tree: TreeLike) -> str:
     app = tree.app
     label = f" {_quote(app.label, 60)}" if app.label else ""
@@ -130,7 +144,7 @@ def render_text(
         header = app_line(tree)
         lines.append(header)
         chars += len(header) + 1
-        stack: list[tuple[int, int]] = [(tree.root, 0)] if tree.root in nodes else []
+        stack: list[tuple[int, int]] = [(top, 0) for top in reversed(top_level(tree))]
         while stack:
             node_id, depth = stack.pop()
             node = nodes.get(node_id)
@@ -197,7 +211,7 @@ def tree_json(tree: TreeLike) -> dict[str, Any]:
     """A tree with its nodes in outline order (parents before children)."""
     nodes = tree.nodes
     ordered: list[dict[str, Any]] = []
-    stack = [tree.root] if tree.root in nodes else []
+    stack = list(reversed(top_level(tree)))
     while stack:
         node = nodes.get(stack.pop())
         if node is None:

@@ -5,7 +5,10 @@ Snapshots are spliced from the encoded chunks each tree keeps per node (see
 tree's part of it until that tree changes. A subscriber's pending updates are coalesced per tree
 (later node data wins, removals accumulate, the first ``base_seq`` and the last ``seq`` are
 kept), so a slow reader costs at most one pending entry per tree; when the pending bytes pass
-``max_pending_bytes`` they are dropped and the subscriber is told to resync.
+``max_pending_bytes`` or the entries pass ``max_pending_trees`` they are dropped and the
+subscriber is told to resync. A tree that goes away is one more entry (replacing that tree's
+pending updates), charged like any other, and none at all when the subscriber never heard of
+the tree (it came and went while the subscriber was not reading).
 """
 
 from __future__ import annotations
@@ -19,6 +22,10 @@ from kiki_a11y_server.tree import Change, Tree, TreeLimits
 from libkiki import a11y_wire as wire
 from libkiki.a11y.flat import Chunk
 from libkiki.errors import InvalidParams, NotFound
+
+# The most nodes one Query answers with (a larger ``limit`` is lowered to it; ``total`` still
+# counts every match).
+MAX_QUERY_LIMIT = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +44,23 @@ class Filter:
 
     @property
     def per_node(self) -> bool:
-        return bool(self.root_id or self.roles or self.max_depth)
+        return bool(self.tree_id and self.root_id) or bool(self.roles or self.max_depth)
+
+    def subtree_root(self, tree: Tree) -> int:
+        """The root of the subtree this filter selects in ``tree``; 0 for the whole tree.
+
+        The schema's subtree is the pair (``tree_id``, ``root_id``): a ``root_id`` without a
+        ``tree_id`` selects nothing (node ids are only unique within a tree)."""
+        if self.tree_id and self.root_id and tree.tree_id == self.tree_id:
+            return self.root_id
+        return 0
+
+    def view_root(self, tree: Tree) -> int:
+        """The root a filtered view of ``tree`` names: the subtree's root for a subtree
+        filter, the tree's root when the view has it, else 0 (a view of loose nodes)."""
+        top = self.subtree_root(tree) or tree.root
+        node = tree.nodes.get(top)
+        return top if node is not None and self.wants_node(tree, node) else 0
 
     def wants_tree(self, tree: Tree) -> bool:
         if self.apps and tree.app.app_id not in self.apps:
@@ -47,8 +70,9 @@ class Filter:
     def wants_node(self, tree: Tree, node: wire.Node) -> bool:
         if self.roles and node.role not in self.roles:
             return False
-        top = self.root_id or tree.root
-        if self.root_id and not tree.is_ancestor(top, node.id):
+        sub_root = self.subtree_root(tree)
+        top = sub_root or tree.root
+        if sub_root and not tree.is_ancestor(top, node.id):
             return False
         if self.max_depth:
             return tree.depth.get(node.id, 0) - tree.depth.get(top, 0) <= self.max_depth
@@ -73,6 +97,7 @@ class Pending:
 class Subscriber:
     filter: Filter
     max_pending_bytes: int
+    max_pending_trees: int = 1024
     pending: dict[int, Pending] = field(default_factory=dict)
     pending_bytes: int = 0
     # Frames to send before any update: (is a snapshot, frame).
@@ -80,15 +105,23 @@ class Subscriber:
     # Told to resync: updates are dropped until it asks for a snapshot.
     stale: bool = False
     resyncs: int = 0
+    # Trees this subscriber has heard of (in its snapshot or in an update taken for it): only
+    # those need a TreeGone when they go.
+    known: set[int] = field(default_factory=set)
 
 
 class Desktop:
     def __init__(
-        self, *, max_pending_bytes: int = 4 << 20, tree_limits: TreeLimits | None = None
+        self,
+        *,
+        max_pending_bytes: int = 4 << 20,
+        max_pending_trees: int = 1024,
+        tree_limits: TreeLimits | None = None,
     ) -> None:
         self.trees: dict[int, Tree] = {}
         self.subscribers: dict[int, Subscriber] = {}
         self.max_pending_bytes = max_pending_bytes
+        self.max_pending_trees = max_pending_trees
         self.tree_limits = tree_limits or TreeLimits()
         self._ids = itertools.count(1)
         self._snapshot: bytes | None = None
@@ -121,7 +154,12 @@ class Desktop:
             entry = sub.pending.pop(tree_id, None)
             if entry is not None:
                 sub.pending_bytes -= self._cost(entry)
-            sub.pending[tree_id] = Pending(0, tree.seq, {}, set(), 0, 0, None, gone=True)
+            if tree_id not in sub.known:
+                continue  # it came and went unseen: nothing to tell
+            gone = Pending(0, tree.seq, {}, set(), 0, 0, None, gone=True)
+            sub.pending[tree_id] = gone
+            sub.pending_bytes += self._cost(gone)
+            self._check_bounds(sub, behind=True)
 
     @property
     def node_count(self) -> int:
@@ -130,9 +168,9 @@ class Desktop:
     # -- subscribers ---------------------------------------------------------------------------
 
     def subscribe(self, key: int, request: wire.Subscribe) -> Subscriber:
-        sub = Subscriber(Filter.of(request), self.max_pending_bytes)
+        sub = Subscriber(Filter.of(request), self.max_pending_bytes, self.max_pending_trees)
         self.subscribers[key] = sub
-        sub.outbox.append((True, self.snapshot(request.request_id, sub.filter)))
+        self._queue_snapshot(sub, request.request_id)
         return sub
 
     def resync(self, key: int, request_id: int) -> None:
@@ -142,9 +180,14 @@ class Desktop:
         sub.pending.clear()
         sub.pending_bytes = 0
         sub.stale = False
-        # A snapshot not yet sent is replaced: only the newest is worth sending.
-        sub.outbox = deque(item for item in sub.outbox if not item[0])
+        # A snapshot or a "please resync" notice not yet sent is replaced by the new snapshot:
+        # only the newest is worth sending (both are the only frames an outbox holds).
+        sub.outbox.clear()
+        self._queue_snapshot(sub, request_id)
+
+    def _queue_snapshot(self, sub: Subscriber, request_id: int) -> None:
         sub.outbox.append((True, self.snapshot(request_id, sub.filter)))
+        sub.known = {t.tree_id for t in self.trees.values() if sub.filter.wants_tree(t)}
 
     def unsubscribe(self, key: int) -> None:
         self.subscribers.pop(key, None)
@@ -166,10 +209,11 @@ class Desktop:
                 trees.append(tree.full_chunk())
                 continue
             chunks = [tree.chunks[i] for i, n in tree.nodes.items() if filt.wants_node(tree, n)]
+            root = filt.view_root(tree)
             trees.append(
                 wire.raw_tree_chunk(
                     wire.RawTreeUpdate(
-                        tree.tree_id, tree.seq, 0, 0, tree.root, chunks, (), 0, tree.app_chunk
+                        tree.tree_id, tree.seq, 0, 0, root, chunks, (), 0, tree.app_chunk
                     )
                 )
             )
@@ -181,6 +225,10 @@ class Desktop:
         sub.outbox.clear()
         for tree_id, entry in sub.pending.items():
             frames.append(self._frame(sub, tree_id, entry))
+            if entry.gone:
+                sub.known.discard(tree_id)
+            else:
+                sub.known.add(tree_id)
         sub.pending.clear()
         sub.pending_bytes = 0
         return frames
@@ -189,7 +237,9 @@ class Desktop:
         entry = sub.pending.get(tree.tree_id)
         nodes = change.upserted
         removed = change.removed
+        root_id = change.root_id
         if sub.filter.per_node:
+            root_id = root_id and sub.filter.view_root(tree)
             wanted = [n for n in nodes if sub.filter.wants_node(tree, n)]
             if len(wanted) != len(nodes):
                 keep = {n.id for n in wanted}
@@ -201,7 +251,7 @@ class Desktop:
                 change.seq,
                 {n.id: n for n in nodes},
                 set(removed),
-                change.root_id,
+                root_id,
                 change.cause,
                 change if not sub.filter.per_node else None,
             )
@@ -221,19 +271,27 @@ class Desktop:
                 entry.nodes[n.id] = n
                 cost += _node_cost(n)
             entry.seq = change.seq
-            entry.root_id = change.root_id or entry.root_id
+            entry.root_id = root_id or entry.root_id
             entry.cause = change.cause
             entry.single = None
             sub.pending_bytes += cost
         # One change alone may be big (a whole new tree); the bound is on what piles up behind.
-        behind = len(sub.pending) > 1 or entry.single is None
-        if behind and sub.pending_bytes > sub.max_pending_bytes:
-            sub.pending.clear()
-            sub.pending_bytes = 0
-            sub.stale = True
-            sub.resyncs += 1
+        self._check_bounds(sub, behind=len(sub.pending) > 1 or entry.single is None)
+
+    @staticmethod
+    def _check_bounds(sub: Subscriber, *, behind: bool) -> None:
+        """Past either bound the backlog is dropped and the subscriber told to resync."""
+        if len(sub.pending) > sub.max_pending_trees:
+            reason = f"updates of more than {sub.max_pending_trees} trees waiting; resync"
+        elif behind and sub.pending_bytes > sub.max_pending_bytes:
             reason = f"more than {sub.max_pending_bytes} bytes of updates waiting; resync"
-            sub.outbox.append((False, wire.encode(wire.Resync(0, 0, reason))))
+        else:
+            return
+        sub.pending.clear()
+        sub.pending_bytes = 0
+        sub.stale = True
+        sub.resyncs += 1
+        sub.outbox.append((False, wire.encode(wire.Resync(0, 0, reason))))
 
     @staticmethod
     def _cost(entry: Pending) -> int:
@@ -281,7 +339,7 @@ class Desktop:
         return tree, node
 
     def query(self, q: wire.Query) -> tuple[list[Chunk], int]:
-        limit = q.limit or 100
+        limit = min(q.limit or 100, MAX_QUERY_LIMIT)
         name = q.name.casefold()
         text = q.text.casefold()
         found: list[Chunk] = []

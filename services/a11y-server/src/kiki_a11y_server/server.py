@@ -60,6 +60,8 @@ class A11yConfig(ServiceConfig):
     max_tree_depth: int = pydantic.Field(default=512, ge=1)
     # A subscriber's coalesced backlog beyond which it is told to resync.
     max_pending_bytes: int = pydantic.Field(default=4 << 20, ge=1024)
+    # A subscriber's backlog of distinct trees (updates and removals) beyond which it resyncs.
+    max_pending_trees: int = pydantic.Field(default=1024, ge=1)
     # A subscriber transport's buffer beyond which updates wait (and coalesce).
     write_buffer: int = pydantic.Field(default=1 << 20, ge=4096)
     action_timeout: float = pydantic.Field(default=5.0, gt=0)
@@ -106,6 +108,7 @@ class A11yServer:
         self.config = config
         self.desktop = Desktop(
             max_pending_bytes=config.max_pending_bytes,
+            max_pending_trees=config.max_pending_trees,
             tree_limits=TreeLimits(config.max_tree_nodes, config.max_tree_depth),
         )
         self.peers: dict[int, Peer] = {}
