@@ -408,3 +408,61 @@ async def test_a_filtered_subscription_over_the_socket(a11y_server: Start) -> No
         await pub.publish([N(6, R["label"], "Cancel")])
         await client.wait_for(lambda m: 6 not in tree.nodes)
         assert {n.name for n in tree.nodes.values()} == {"Save"}
+
+
+async def test_a_burst_of_updates_on_a_stale_tree_asks_for_one_resync(sockdir: Path) -> None:
+    """A scripted server on a real socket, backed by the real desktop: one update never reaches
+    the client (a gap), then 20 more of that tree follow before its Resync can be answered."""
+    from kiki_a11y_server.desktop import Desktop
+
+    desktop = Desktop()
+    tree = desktop.new_tree(wire.App(0, "a"))
+    desktop.publish(tree, wire.TreeUpdate(root_id=1, nodes=tuple(form_tree())))
+    got: list[wire.Message] = []
+    snapshots_sent = 0
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal snapshots_sent
+        decoder = FrameDecoder(1 << 20)
+
+        def send_pending() -> None:
+            nonlocal snapshots_sent
+            for f in desktop.take(desktop.subscribers[1]):
+                snapshots_sent += isinstance(wire.decode(f), wire.Snapshot)
+                writer.write(encode_frame(f))
+
+        while data := await reader.read(65536):
+            for f in decoder.feed(data):
+                assert isinstance(f, bytes)
+                m = wire.decode(f)
+                got.append(m)
+                match m:
+                    case wire.Hello():
+                        writer.write(frame(wire.Hello(m.request_id, 1, "script")))
+                    case wire.Subscribe():
+                        desktop.subscribe(1, m)
+                        send_pending()
+                        desktop.publish(tree, wire.TreeUpdate(nodes=(N(3, R["label"], "lost"),)))
+                        desktop.take(desktop.subscribers[1])  # never sent: the gap
+                        for k in range(20):
+                            node = N(3, R["label"], "Title", value=f"v{k}")
+                            desktop.publish(tree, wire.TreeUpdate(nodes=(node,)))
+                            send_pending()
+                    case wire.Resync():
+                        desktop.resync(1, m.request_id)
+                        send_pending()
+            await writer.drain()
+
+    path = sockdir / "script.sock"
+    server = await asyncio.start_unix_server(script, str(path))
+    async with server, A11yClient(path) as client:
+        await client.subscribe()
+        await client.wait_for(
+            lambda m: not any(t.stale for t in m) and m.node((tree.tree_id, 3)).value == "v19"
+        )
+        await client.request(wire.Hello(0, 1, "barrier"))  # every Resync sent has arrived
+        assert [type(m) for m in got].count(wire.Resync) == 1
+        assert client.resyncs == 1
+        assert snapshots_sent == 2  # the subscription's and the resync's
+        assert client.mirror.trees[tree.tree_id].nodes == tree.nodes
+        assert not client.mirror.trees[tree.tree_id].stale

@@ -11,7 +11,10 @@ For agents::
 The mirror applies every update in sequence order; an update whose ``base_seq`` is not the
 mirror's ``seq`` for that tree (a gap) makes the client ask the server for a fresh snapshot
 (``Resync``), and so does the server's own ``Resync`` (sent when this client fell too far
-behind). Until the snapshot arrives that tree is marked stale.
+behind). Until the snapshot arrives that tree is marked stale and its updates are ignored. One
+``Resync`` is outstanding at a time: the server answers it with a snapshot of every tree the
+subscription covers, taken after everything this client has received so far, so a gap seen
+while one is outstanding is mended by the same snapshot.
 """
 
 from __future__ import annotations
@@ -95,9 +98,12 @@ class Mirror:
 
     trees: dict[int, MirrorTree] = field(default_factory=dict)
     updates: int = 0
+    # Trees waiting for a snapshot (0: all of them, after the server's own Resync notice).
+    resyncing: set[int] = field(default_factory=set)
 
     def load(self, snapshot: wire.Snapshot) -> None:
         self.trees = {}
+        self.resyncing = set()
         for t in snapshot.trees:
             app = t.app or wire.App(t.tree_id)
             self.trees[t.tree_id] = MirrorTree(
@@ -105,16 +111,20 @@ class Mirror:
             )
 
     def apply(self, update: wire.TreeUpdate) -> bool:
-        """Apply one update; ``False`` (and nothing changed) when it does not follow on."""
+        """Apply one update; ``False`` (and nothing changed) when it does not follow on, or when
+        the tree waits for a snapshot (:meth:`mark_stale`)."""
+        if self.resyncing and (0 in self.resyncing or update.tree_id in self.resyncing):
+            return False
         tree = self.trees.get(update.tree_id)
         if tree is None:
             if update.base_seq != 0:
+                self.mark_stale(update.tree_id)
                 return False
             tree = self.trees[update.tree_id] = MirrorTree(
                 update.tree_id, update.app or wire.App(update.tree_id)
             )
-        elif tree.stale or update.base_seq != tree.seq:
-            tree.stale = True
+        elif update.base_seq != tree.seq:
+            self.mark_stale(update.tree_id)
             return False
         nodes = tree.nodes
         for r in update.removed:
@@ -126,6 +136,13 @@ class Mirror:
         tree.seq = update.seq
         self.updates += 1
         return True
+
+    def mark_stale(self, tree_id: int) -> None:
+        """``tree_id`` (0: every tree) waits for a snapshot; its updates are ignored until then."""
+        self.resyncing.add(tree_id)
+        for tree in self.trees.values() if tree_id == 0 else [self.trees.get(tree_id)]:
+            if tree is not None:
+                tree.stale = True
 
     def remove(self, tree_id: int) -> None:
         self.trees.pop(tree_id, None)
@@ -321,12 +338,16 @@ class A11yClient(_Connection):
             case wire.Snapshot():
                 self.mirror.load(message)
             case wire.TreeUpdate():
-                if not self.mirror.apply(message):
+                asked = bool(self.mirror.resyncing)
+                if not self.mirror.apply(message) and not asked:
                     self._ask_resync(message.tree_id, "gap in sequence numbers")
             case wire.TreeGone():
                 self.mirror.remove(message.tree_id)
             case wire.Resync():
-                self._ask_resync(message.tree_id, message.reason)
+                asked = bool(self.mirror.resyncing)
+                self.mirror.mark_stale(message.tree_id)
+                if not asked:
+                    self._ask_resync(message.tree_id, message.reason)
             case _:
                 super().received(message)
                 return
