@@ -19,7 +19,7 @@ from a11y_fixtures import R, big_tree, demo_env, form_tree, split_frames
 from kikitest import VENV_BIN
 from libkiki import a11y_wire as wire
 from libkiki.a11y import demo
-from libkiki.a11y.client import A11yClient, ref
+from libkiki.a11y.client import A11yClient, Mirror, ref
 from libkiki.a11y.publisher import A11yPublisher
 from libkiki.errors import InvalidParams, NotFound, PeerGone, Timeout
 from libkiki.framing import FrameDecoder, encode_frame
@@ -457,9 +457,12 @@ async def test_a_burst_of_updates_on_a_stale_tree_asks_for_one_resync(sockdir: P
     server = await asyncio.start_unix_server(script, str(path))
     async with server, A11yClient(path) as client:
         await client.subscribe()
-        await client.wait_for(
-            lambda m: not any(t.stale for t in m) and m.node((tree.tree_id, 3)).value == "v19"
-        )
+
+        def current(m: Mirror) -> bool:
+            node = m.node((tree.tree_id, 3))
+            return node is not None and node.value == "v19" and not any(t.stale for t in m)
+
+        await client.wait_for(current)
         await client.request(wire.Hello(0, 1, "barrier"))  # every Resync sent has arrived
         assert [type(m) for m in got].count(wire.Resync) == 1
         assert client.resyncs == 1
