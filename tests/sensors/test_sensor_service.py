@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from kiki_sensor_publisher.sources import SyntheticImu
-from libkiki.errors import InvalidParams, NotFound, SchemaError
+from libkiki.errors import Conflict, InvalidParams, NotFound, SchemaError
 from libkiki.sensors.client import ExternalSensor, SensorClient, SensorReader
 from libkiki.sensors.layout import IMU6, MEMORY, Field, Layout
 from libkiki.sensors.shm import MappedReader
@@ -273,7 +273,11 @@ async def test_external_sensor(start_publisher: StartPublisher) -> None:
             assert got == [(i * 0.5, i) for i in range(5)]
         async with SensorClient(pub.socket) as client:
             assert ext.id in {s["id"] for s in await client.list_sensors()}
-            with pytest.raises(InvalidParams):  # the same name again, on another connection
+            with pytest.raises(Conflict):  # the same name again, on another connection
+                await client.request(
+                    "sensors/register", {"name": "wheel", "layout": wheel.to_json()}
+                )
+            with pytest.raises(InvalidParams):  # not a valid name
                 await client.request(
                     "sensors/register", {"name": "Bad Name!", "layout": wheel.to_json()}
                 )

@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, Self
 
-from libkiki.errors import KikiError, NotFound, SchemaError, Unavailable
+from libkiki.errors import InvalidFrame, KikiError, NotFound, SchemaError, Unavailable
 from libkiki.paths import SENSORS_SOCKET, socket_path
 from libkiki.rpc import Connection, Methods, RequestContext, connect_unix
 from libkiki.sensors.layout import Layout
@@ -188,7 +188,17 @@ class SensorReader:
                 f"{self.sensor} has layout {layout.name} ({layout.hash:016x}), "
                 f"not {self.expected.name} ({self.expected.hash:016x})"
             )
-        mapped = MappedReader(view["ring"], self.expected or layout)
+        # The ring must belong to whom the publisher says (itself, or an external sensor's
+        # app): a segment squatted under that name by anyone else is refused. An external
+        # sensor's ring is read through pread, never mapped: its app could truncate it under
+        # a mapping, and touching that would kill this process (SIGBUS).
+        owner = view.get("ringUid")
+        mapped = MappedReader(
+            view["ring"],
+            self.expected or layout,
+            owner=owner if isinstance(owner, int) else None,
+            mapped="owner" not in view,
+        )
         if self._mapped is not None:
             self._mapped.close()
         self._mapped = mapped
@@ -240,6 +250,10 @@ class SensorReader:
             except RingChanged:
                 await self._remap()
                 continue
+            except InvalidFrame as exc:
+                # An external sensor whose app broke its ring (truncated it): a typed error
+                # for the caller, never a crash; the publisher drops that sensor too.
+                raise InvalidFrame(f"{self.sensor}: {exc}", data={"sensor": self.sensor}) from None
             if batch.count or batch.lost:
                 return batch
             if client is not None and self.sensor in client.gone:

@@ -96,10 +96,12 @@ class RingHeader:
         return bool(self.flags & FLAG_RETIRED)
 
 
-def read_header(buf: Any) -> RingHeader:
-    """Parse and check a ring's header; :class:`InvalidFrame` when it is not a ring (yet)."""
+def read_header(buf: Any, size: int | None = None) -> RingHeader:
+    """Parse and check a ring's header; :class:`InvalidFrame` when it is not a ring (yet).
+
+    ``size`` is the segment's size when ``buf`` holds only its first bytes (a ``pread``)."""
     with memoryview(buf) as mv:
-        nbytes = mv.nbytes
+        nbytes = mv.nbytes if size is None else size
         if nbytes < HEADER_SIZE:
             raise InvalidFrame(f"a ring is at least {HEADER_SIZE} bytes, this one {nbytes}")
         magic, version, hsize, rsize, cap, flags, lhash, gen, index, pid, _, created = (
@@ -320,6 +322,11 @@ class RingReader:
     def __init__(self, buf: Any, layout: Layout) -> None:
         with memoryview(buf) as view:
             header = read_header(view)
+        self._setup(header, layout)
+        self._mv = memoryview(buf).cast("B")
+        self._u64 = self._mv[: HEADER_SIZE + self.capacity * self.record_size].cast("Q")
+
+    def _setup(self, header: RingHeader, layout: Layout) -> None:
         if header.layout_hash != layout.hash:
             raise SchemaError(
                 f"ring layout hash {header.layout_hash:016x} is not {layout.name}'s "
@@ -330,19 +337,20 @@ class RingReader:
             raise SchemaError("ring record size does not match the layout")
         if header.generation == 0:
             raise InvalidFrame("ring is not set up yet")
-        self._mv = memoryview(buf).cast("B")
         self.layout = layout
         self.header = header
         self.capacity = header.capacity
         self.record_size = header.record_size
         self.generation = header.generation
-        self._u64 = self._mv[: HEADER_SIZE + self.capacity * self.record_size].cast("Q")
         self._mask = self.capacity - 1
         self._words = self.record_size // 8
 
+    def _index(self) -> int:
+        return int(self._u64[_W_INDEX])
+
     @property
     def write_index(self) -> int:
-        return int(self._u64[_W_INDEX])
+        return self._index()
 
     @property
     def retired(self) -> bool:
@@ -358,10 +366,10 @@ class RingReader:
 
         An empty batch means nothing new. ``batch.end`` is where to read next.
         """
-        u64, cap, rs = self._u64, self.capacity, self.record_size
+        index, cap, rs = self._index, self.capacity, self.record_size
         lost = 0
         for _ in range(_RETRIES):
-            w1 = u64[_W_INDEX]
+            w1 = index()
             if w1 <= position:
                 self.check()
                 return Batch(self.layout, rs, position, 0, lost, memoryview(b""))
@@ -370,7 +378,7 @@ class RingReader:
                 position = w1 - cap
             end = w1 if max_count is None else min(w1, position + max_count)
             data = self._copy(position, end)
-            w2 = u64[_W_INDEX]
+            w2 = index()
             if w2 < w1:  # a different writer, or memory that is not a ring any more
                 self.check()
                 continue

@@ -17,9 +17,17 @@ import stat
 from pathlib import Path
 from typing import Final
 
-from libkiki.errors import InvalidParams, NotFound, PermissionDenied
+from libkiki.errors import InvalidFrame, InvalidParams, NotFound, PermissionDenied
 from libkiki.sensors.layout import Layout
-from libkiki.sensors.ring import RingReader, RingWriter, read_header, segment_size
+from libkiki.sensors.ring import (
+    FLAG_RETIRED,
+    HEADER_SIZE,
+    RingChanged,
+    RingReader,
+    RingWriter,
+    read_header,
+    segment_size,
+)
 
 SHM_DIR: Final = Path("/dev/shm")
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
@@ -31,34 +39,124 @@ def check_segment_name(name: str) -> str:
     return name
 
 
-class MappedReader:
-    """A ring mapped read-only; ``ring`` reads it. Close it to unmap."""
+class FdRingReader(RingReader):
+    """A ring read through ``os.pread`` on its file descriptor, never mapped.
 
-    def __init__(self, name: str, layout: Layout, shm_dir: Path = SHM_DIR) -> None:
+    For a segment whose size someone else controls (an app's external sensor): the owner can
+    truncate it at any time, and touching a mapping past the new end is SIGBUS -- the death of
+    the reading process. A ``pread`` past the end merely comes back short, which is an
+    :class:`InvalidFrame` here. The seqlock protocol is the same: the write index is read
+    before and after the records are copied.
+    """
+
+    def __init__(self, fd: int, layout: Layout, size: int) -> None:
+        self._fd = fd
+        self._size = size
+        head = self._pread(HEADER_SIZE, 0)
+        self._setup(read_header(head, size), layout)
+        if segment_size(layout, self.capacity) > size:
+            raise InvalidFrame("ring does not fit in its segment")
+
+    def _pread(self, n: int, offset: int) -> bytes:
+        try:
+            data = os.pread(self._fd, n, offset)
+        except OSError as exc:
+            raise InvalidFrame(f"cannot read the ring: {exc.strerror}") from None
+        if len(data) != n:
+            raise InvalidFrame("the ring was truncated by its owner")
+        return data
+
+    def _word(self, offset: int) -> int:
+        return int.from_bytes(self._pread(8, offset), "little")
+
+    def _index(self) -> int:
+        return self._word(40)
+
+    @property
+    def retired(self) -> bool:
+        return bool((self._word(16) >> 32) & FLAG_RETIRED)
+
+    def check(self) -> None:
+        head = self._pread(HEADER_SIZE, 0)
+        flags = int.from_bytes(head[16:24], "little") >> 32
+        if int.from_bytes(head[32:40], "little") != self.generation or flags & FLAG_RETIRED:
+            raise RingChanged()
+
+    def _copy(self, start: int, end: int) -> memoryview:
+        rs, cap = self.record_size, self.capacity
+        first = start & self._mask
+        n = end - start
+        base = HEADER_SIZE + first * rs
+        if first + n <= cap:
+            return memoryview(self._pread(n * rs, base))
+        head = (cap - first) * rs
+        return memoryview(self._pread(head, base) + self._pread(n * rs - head, HEADER_SIZE))
+
+    def release(self) -> None:
+        pass  # the fd belongs to whoever opened it
+
+
+class MappedReader:
+    """A ring opened read-only; ``ring`` reads it. Close it to unmap.
+
+    ``owner``: the uid that must own the segment (the publisher's, or an external sensor's
+    app); anything else is refused. ``mapped=False`` reads through ``pread`` instead of a
+    mapping (:class:`FdRingReader`): for a segment whose owner is not the publisher, who could
+    truncate it under a mapping.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        layout: Layout,
+        shm_dir: Path = SHM_DIR,
+        *,
+        owner: int | None = None,
+        mapped: bool = True,
+    ) -> None:
         path = shm_dir / check_segment_name(name)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
             raise NotFound(f"no ring {name} (is the sensor publisher running?)") from None
         except PermissionError:
             raise PermissionDenied(f"not allowed to read the ring {name}") from None
+        except OSError:  # ELOOP: a symlink; ENXIO, ...: not a file
+            raise InvalidParams(f"{name} is not a shared-memory segment") from None
+        self._map: mmap.mmap | None = None
+        self._fd: int | None = None
         try:
-            size = os.fstat(fd).st_size
-            if size == 0:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise InvalidParams(f"{name} is not a shared-memory segment")
+            if owner is not None and st.st_uid != owner:
+                raise PermissionDenied(
+                    f"ring {name} belongs to uid {st.st_uid}, not {owner}: not trusted"
+                )
+            if st.st_size == 0:
                 raise NotFound(f"ring {name} is empty (its writer is setting it up)")
-            self._map = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
-        finally:
+            if mapped:
+                self._map = mmap.mmap(fd, st.st_size, mmap.MAP_SHARED, mmap.PROT_READ)
+                self.ring = RingReader(self._map, layout)
+            else:
+                self._fd = fd
+                self.ring = FdRingReader(fd, layout, st.st_size)
+        except BaseException:
+            if self._map is not None:
+                self._map.close()
+            os.close(fd)
+            raise
+        if self._fd is None:
             os.close(fd)
         self.name = name
-        try:
-            self.ring = RingReader(self._map, layout)
-        except BaseException:
-            self._map.close()
-            raise
 
     def close(self) -> None:
         self.ring.release()
-        self._map.close()
+        if self._map is not None:
+            self._map.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 class MappedWriter:

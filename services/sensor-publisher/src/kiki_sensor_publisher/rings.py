@@ -152,6 +152,8 @@ class Sensor:
             "scale": self.layout.scale,
             "rateHz": round(self.rate_hz),
             "ring": self.ring,
+            # Who must own the ring's file: readers refuse a segment anyone else made.
+            "ringUid": os.geteuid() if self.owner is None else self.owner.uid,
             "capacity": self.capacity,
             "generation": f"{self.reader.generation:016x}",
             "writeIndex": self.write_index,

@@ -17,8 +17,8 @@ import logging
 import math
 import signal
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
 from kiki_sensor_publisher.config import SensorConfig
 from kiki_sensor_publisher.protocol import GONE, WAKE, ReadPolicy, Subscriber, WakeCore, unknown
@@ -26,16 +26,24 @@ from kiki_sensor_publisher.protocol import principal_matches as _matches
 from kiki_sensor_publisher.rings import Sensor, clean_stale
 from kiki_sensor_publisher.sources import Source, SyntheticImu, kernel_sources, sensor_name
 from libkiki.constellation import GET_INFO
-from libkiki.errors import Conflict, InvalidParams, KikiError, LimitExceeded, PermissionDenied
+from libkiki.errors import (
+    Conflict,
+    InvalidFrame,
+    InvalidParams,
+    KikiError,
+    LimitExceeded,
+    PermissionDenied,
+)
 from libkiki.paths import SENSORS_SOCKET, socket_path
 from libkiki.peer import PeerCred
 from libkiki.rpc import Connection, Methods, RequestContext, serve_unix
 from libkiki.sensors.layout import Layout
-from libkiki.sensors.ring import Batch
+from libkiki.sensors.ring import Batch, segment_size
 from libkiki.sensors.shm import MappedReader, segment_owner
 from libkiki.service import ServiceContext
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 # Buffers of a subscriber's connection: small, so that one that stops reading stalls its own
 # sender quickly instead of filling our memory; its wake-ups then coalesce into one dict.
@@ -137,6 +145,10 @@ class Publisher:
         self._events: dict[int, asyncio.Event] = {}
         self._senders: dict[int, asyncio.Task[None]] = {}
         self._conns: dict[int, Connection] = {}
+        # External sensors registered and not attached yet, by id: (connection, uid). Counted
+        # with the attached ones against the limits, so that names and quotas are taken at
+        # register time, across connections; released when the connection ends.
+        self._reserved: dict[str, tuple[Connection, int]] = {}
         self.tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tg: asyncio.TaskGroup | None = None
@@ -264,6 +276,8 @@ class Publisher:
         self._retune()
         for sensor in [s for s in self.sensors.values() if s.state.get("conn") is conn]:
             self._drop_external(sensor)
+        for sid in [sid for sid, (c, _) in self._reserved.items() if c is conn]:
+            del self._reserved[sid]
 
     async def _sender(self, sub: Subscriber, conn: Connection, event: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
@@ -320,9 +334,24 @@ class Publisher:
         return {"sensors": self.views(request.peer)}
 
     def views(self, peer: PeerCred) -> list[dict[str, Any]]:
-        return [
-            s.view() for sid, s in sorted(self.sensors.items()) if self.policy.allows(peer, sid)
-        ]
+        views = []
+        for sid, s in sorted(self.sensors.items()):
+            if self.policy.allows(peer, sid):
+                with contextlib.suppress(InvalidFrame):
+                    views.append(self._guard(s, s.view))
+        return views
+
+    def _guard(self, sensor: Sensor, read: Callable[[], _T]) -> _T:
+        """``read()`` of an external sensor's ring; a ring its app broke (truncated, scribbled
+        on) costs the app its sensor, and the caller an :class:`InvalidFrame`."""
+        try:
+            return read()
+        except InvalidFrame as exc:
+            if sensor.owner is None:
+                raise
+            log.warning("external sensor %s: %s; removing it", sensor.id, exc)
+            self._drop_external(sensor)
+            raise InvalidFrame(f"{sensor.id}: {exc}", data={"sensor": sensor.id}) from None
 
     async def subscribe(
         self,
@@ -338,7 +367,7 @@ class Publisher:
         sub = self._sub(request)
         self.core.subscribe(sub, sensors, maxWakeupsPerSecond or None)
         self._retune()
-        return {"sensors": [s.view() for s in found]}
+        return {"sensors": [self._guard(s, s.view) for s in found]}
 
     def _retune(self) -> None:
         if self.imu is not None:
@@ -360,7 +389,9 @@ class Publisher:
         if not isinstance(count, int) or not 1 <= count <= 1024:
             raise InvalidParams("count must be an integer in 1..1024")
         sensor = self._visible(peer, sid)
-        return {"sensor": sensor.view(), "samples": samples_json(sensor.latest(count))}
+        view = self._guard(sensor, sensor.view)
+        batch = self._guard(sensor, lambda: sensor.latest(count))
+        return {"sensor": view, "samples": samples_json(batch)}
 
     async def stats(self, request: RequestContext) -> dict[str, Any]:
         sensors = {}
@@ -368,9 +399,14 @@ class Publisher:
             if not self.policy.allows(request.peer, sid):
                 continue
             subs = self.core.by_sensor.get(sid, set())
+            try:
+                written = self._guard(s, lambda s=s: s.write_index)  # type: ignore[misc]
+                rate = self._guard(s, s.measured_rate)
+            except InvalidFrame:
+                continue  # an external sensor whose ring its app broke: gone now
             sensors[sid] = {
-                "written": s.write_index,
-                "rateHz": round(s.measured_rate(), 1),
+                "written": written,
+                "rateHz": round(rate, 1),
                 "nominalHz": s.rate_hz,
                 "subscribers": len(subs),
                 "overruns": sum(sub.overruns for sub in subs),
@@ -410,21 +446,23 @@ class Publisher:
         if not isinstance(rateHz, int | float) or rateHz < 0:
             raise InvalidParams("rateHz is a number >= 0")
         parsed = Layout.from_json(layout)
-        externals = [s for s in self.sensors.values() if s.owner is not None]
-        registered = request.connection.state.setdefault("registered", {})
-        if len(registered) >= self.config.max_external_per_uid:
-            raise LimitExceeded("attach the sensors you registered first")
-        if len(externals) >= self.config.max_external:
-            raise LimitExceeded(f"at most {self.config.max_external} external sensors")
-        if sum(s.owner.uid == peer.uid for s in externals if s.owner) >= (
-            self.config.max_external_per_uid
-        ):
-            raise LimitExceeded(f"at most {self.config.max_external_per_uid} sensors per user")
         owner = sensor_name(peer.app_id or f"uid{peer.uid}")
         sid = f"ext-{owner}-{name}"
-        if sid in self.sensors or sid in registered:
-            raise Conflict(f"sensor {sid} exists")
-        ring = f"{self.prefix}-ext.{peer.uid}.{name}"
+        if sid in self.sensors or sid in self._reserved:
+            raise Conflict(
+                f"sensor {sid} is already registered (by another connection or this one)",
+                data={"sensor": sid},
+            )
+        # Attached and reserved (registered, not attached yet) ones alike, whatever connection.
+        uids = [s.owner.uid for s in self.sensors.values() if s.owner is not None]
+        uids += [uid for _, uid in self._reserved.values()]
+        if len(uids) >= self.config.max_external:
+            raise LimitExceeded(f"at most {self.config.max_external} external sensors")
+        if uids.count(peer.uid) >= self.config.max_external_per_uid:
+            raise LimitExceeded(f"at most {self.config.max_external_per_uid} sensors per user")
+        ring = f"{self.prefix}-ext.{peer.uid}.{sid}"
+        registered = request.connection.state.setdefault("registered", {})
+        self._reserved[sid] = (request.connection, peer.uid)
         registered[sid] = (
             ring,
             parsed,
@@ -447,13 +485,18 @@ class Publisher:
             raise PermissionDenied(f"{ring} does not belong to you")
         if st.st_mode & 0o022:
             raise PermissionDenied(f"{ring} must not be writable by group or others")
-        mapped = MappedReader(ring, layout)
+        if st.st_size != segment_size(layout, capacity):
+            raise InvalidParams(f"{ring} is not a ring of {capacity} records of its layout")
+        # Never mapped: its app may truncate it at any time, and a mapping touched past the
+        # end would be SIGBUS for this process. Read through pread (an InvalidFrame then).
+        mapped = MappedReader(ring, layout, owner=request.peer.uid, mapped=False)
         if mapped.ring.capacity != capacity:
             mapped.close()
             raise InvalidParams(f"{ring} has capacity {mapped.ring.capacity}, not {capacity}")
         ext = Sensor.external(sensor, unit, layout, rate, mapped, request.peer)
         ext.state["conn"] = request.connection
         del registered[sensor]
+        self._reserved.pop(sensor, None)
         self.sensors[sensor] = ext
         log.info("external sensor %s attached by %s", sensor, request.peer.describe())
         return ext.view()
@@ -462,7 +505,8 @@ class Publisher:
         found = self.sensors.get(sensor)
         if found is None or found.state.get("conn") is not request.connection:
             raise unknown(sensor)
-        self.publish(found)  # the ring's own write index counts, not the app's word
+        # The ring's own write index counts, not the app's word.
+        self._guard(found, lambda: self.publish(found))
 
     def _drop_external(self, sensor: Sensor) -> None:
         self.sensors.pop(sensor.id, None)
