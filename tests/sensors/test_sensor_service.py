@@ -109,6 +109,23 @@ async def test_kernel_sources_write_real_values(start_publisher: StartPublisher)
     assert 0 <= busy <= 10**4  # fixed point, scale 4
 
 
+async def test_iio_devices_that_would_collide_do_not_stop_the_start(
+    start_publisher: StartPublisher, tmp_path: Path
+) -> None:
+    from test_sensor_sources import IIO_TREE, _write
+
+    _write(tmp_path, IIO_TREE)
+    pub = start_publisher(sys_root=tmp_path)
+    async with SensorClient(pub.socket) as client:
+        iio = {s["id"] for s in await client.list_sensors() if s["kind"] == "iio"}
+        read = await client.read("iio-ads1015")
+    assert iio == {"iio-ads1015", "iio-bmi160", "iio-bmi160-2"}
+    assert [f["name"] for f in read["sensor"]["layout"]["fields"]] == [
+        "voltage0_voltage1",
+        "voltage2",
+    ]
+
+
 async def test_unknown_sensor(start_publisher: StartPublisher) -> None:
     pub = start_publisher()
     with pytest.raises(NotFound):

@@ -145,3 +145,55 @@ def test_missing_sources_mean_no_sensors(tmp_path: Path) -> None:
         iio_hz=0,
     )
     assert [s.name for s in on] == ["memory"]
+
+
+IIO_TREE = {
+    # A differential channel, whose name is not a valid field name as it stands.
+    "bus/iio/devices/iio:device0/name": "ads1015\n",
+    "bus/iio/devices/iio:device0/in_voltage0-voltage1_raw": "200\n",
+    "bus/iio/devices/iio:device0/in_voltage0-voltage1_scale": "0.5\n",
+    "bus/iio/devices/iio:device0/in_voltage2_raw": "4\n",
+    # Two chips of one name.
+    "bus/iio/devices/iio:device1/name": "bmi160\n",
+    "bus/iio/devices/iio:device1/in_accel_x_raw": "1\n",
+    "bus/iio/devices/iio:device2/name": "bmi160\n",
+    "bus/iio/devices/iio:device2/in_accel_x_raw": "2\n",
+}
+
+
+def test_iio_differential_channels_and_devices_of_one_name(tmp_path: Path) -> None:
+    _write(tmp_path, IIO_TREE)
+    iio = IioSource(tmp_path, 10)
+    specs = {s.id: s for s in iio.sensors()}
+    assert set(specs) == {"iio-ads1015", "iio-bmi160", "iio-bmi160-2"}
+    assert specs["iio-ads1015"].layout.names == ("voltage0_voltage1", "voltage2")
+    values = dict(iio.sample())
+    assert values == {
+        "iio-ads1015": (100.0, 4.0),
+        "iio-bmi160": (1.0,),
+        "iio-bmi160-2": (2.0,),
+    }
+
+
+def test_a_source_that_cannot_set_up_is_skipped(tmp_path: Path) -> None:
+    # Two channels that sanitize to one field name: that device is skipped, not fatal.
+    _write(
+        tmp_path / "sys",
+        {
+            "bus/iio/devices/iio:device0/in_a-b_raw": "1\n",
+            "bus/iio/devices/iio:device0/in_a_b_raw": "2\n",
+            "bus/iio/devices/iio:device1/in_temp_raw": "3\n",
+        },
+    )
+    sources = kernel_sources(
+        tmp_path / "proc",
+        tmp_path / "sys",
+        cpu_hz=0,
+        memory_hz=0,
+        pressure_hz=0,
+        thermal_hz=0,
+        power_hz=0,
+        iio_hz=1,
+    )
+    assert [s.name for s in sources] == ["iio"]
+    assert [s.id for s in sources[0].sensors()] == ["iio-iio-device1"]

@@ -179,8 +179,21 @@ class Publisher:
             iio_hz=c.iio_hz,
         )
         for source in self.sources:
-            for spec in source.sensors():
-                self._create(spec.id, spec.kind, spec.unit, spec.layout, spec.rate_hz)
+            # One sensor that cannot be set up (its id taken, its layout refused) is logged
+            # and skipped; the source's samples for it are dropped (run_source finds no ring).
+            try:
+                specs = source.sensors()
+            except Exception:
+                log.exception("source %s skipped: its sensors could not be listed", source.name)
+                continue
+            for spec in specs:
+                if spec.id in self.sensors:
+                    log.warning("source %s: sensor %s exists; skipped", source.name, spec.id)
+                    continue
+                try:
+                    self._create(spec.id, spec.kind, spec.unit, spec.layout, spec.rate_hz)
+                except (KikiError, OSError) as exc:
+                    log.warning("source %s: sensor %s skipped: %s", source.name, spec.id, exc)
 
     def _create(self, sid: str, kind: str, unit: str, layout: Layout, rate: float) -> Sensor:
         # A ring holds at least ten seconds of a slow sensor, and `capacity` of a fast one.

@@ -7,7 +7,6 @@ zone, no battery, no IIO device) simply mean no sensor.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import re
@@ -31,6 +30,7 @@ log = logging.getLogger(__name__)
 
 NAN = float("nan")
 _SAFE = re.compile(r"[^a-z0-9_-]+")
+_FIELD_SAFE = re.compile(r"[^a-z0-9_]+")  # a layout's field names: no '-'
 
 
 def sensor_name(text: str) -> str:
@@ -286,21 +286,44 @@ class IioSource(Source):
         self.devices: list[IioDevice] = []
         base = sys / "bus" / "iio" / "devices"
         for dev in sorted(base.glob("iio:device*")) if base.is_dir() else []:
-            label = sensor_name(_read(dev / "name") or dev.name.replace(":", "-"))
-            device = IioDevice(f"iio-{label}")
-            for raw in sorted(dev.glob("in_*_raw")):
-                chan = raw.name.removeprefix("in_").removesuffix("_raw")
-                stem = raw.name.removesuffix("_raw")
-                scale = _number(dev / f"{stem}_scale")
-                if scale is None:
-                    scale = _number(dev / f"in_{chan.rsplit('_', 1)[0]}_scale") or 1.0
-                offset = _number(dev / f"{stem}_offset") or 0.0
-                name = _SAFE.sub("_", chan.lower()).strip("_")[:32] or "value"
-                if not name[0].isalpha():
-                    name = f"c_{name}"[:32]
-                device.channels.append((name, raw, scale, offset))
-            if device.channels and len({c[0] for c in device.channels}) == len(device.channels):
+            # One device in a shape we did not expect costs that device, never the service.
+            try:
+                device = self._device(dev, {d.id for d in self.devices})
+            except Exception as exc:
+                log.warning("iio: skipping %s: %s", dev.name, exc)
+                continue
+            if device is not None:
                 self.devices.append(device)
+
+    @staticmethod
+    def _device(dev: Path, taken: set[str]) -> IioDevice | None:
+        label = sensor_name(_read(dev / "name") or dev.name.replace(":", "-"))
+        sid = f"iio-{label}"
+        if sid in taken:  # two devices of one name (two identical chips): the index tells
+            sid = f"iio-{label}-{dev.name.removeprefix('iio:device')}"[:64]
+        if sid in taken:
+            log.warning("iio: skipping %s: its sensor id %s is taken", dev.name, sid)
+            return None
+        device = IioDevice(sid)
+        for raw in sorted(dev.glob("in_*_raw")):
+            chan = raw.name.removeprefix("in_").removesuffix("_raw")
+            stem = raw.name.removesuffix("_raw")
+            scale = _number(dev / f"{stem}_scale")
+            if scale is None:
+                scale = _number(dev / f"in_{chan.rsplit('_', 1)[0]}_scale") or 1.0
+            offset = _number(dev / f"{stem}_offset") or 0.0
+            # in_voltage0-voltage1_raw (a differential channel): voltage0_voltage1.
+            name = _FIELD_SAFE.sub("_", chan.lower()).strip("_")[:32] or "value"
+            if not name[0].isalpha():
+                name = f"c_{name}"[:32]
+            device.channels.append((name, raw, scale, offset))
+        if not device.channels:
+            return None
+        if len({c[0] for c in device.channels}) != len(device.channels):
+            log.warning("iio: skipping %s: two channels with one field name", dev.name)
+            return None
+        device.layout  # noqa: B018 -- builds and checks the layout now, not at publish time
+        return device
 
     def sensors(self) -> list[SensorSpec]:
         return [SensorSpec(d.id, "iio", "", d.layout, self.rate_hz) for d in self.devices]
@@ -358,8 +381,12 @@ def kernel_sources(
     ]
     for rate, make, root in makers:
         if rate > 0:
-            with contextlib.suppress(OSError):
+            # A source that cannot set up (a kernel tree in a shape we did not expect) is
+            # logged and skipped: never the reason the publisher does not start.
+            try:
                 source = make(root, rate)
                 if source.sensors():
                     sources.append(source)
+            except Exception:
+                log.exception("source %s skipped: it could not set up", make.name)
     return sources
