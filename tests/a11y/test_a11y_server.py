@@ -469,3 +469,43 @@ async def test_a_burst_of_updates_on_a_stale_tree_asks_for_one_resync(sockdir: P
         assert snapshots_sent == 2  # the subscription's and the resync's
         assert client.mirror.trees[tree.tree_id].nodes == tree.nodes
         assert not client.mirror.trees[tree.tree_id].stale
+
+
+async def test_a_blocked_subscriber_that_disconnects_is_a_disconnect(a11y_server: Start) -> None:
+    path, proc = a11y_server(write_buffer=4096, max_pending_bytes=1 << 20)
+    stalled = Raw(path, rcvbuf=4096)
+    stalled.send(frame(wire.Subscribe(1)))
+    async with A11yPublisher(path) as pub, A11yClient(path) as probe:
+        await pub.publish(big_tree(100), root_id=1)
+
+        async def subscribed() -> bool:
+            return dict((await probe.info()).counters).get("subscribers") == 1
+
+        await wait_until(subscribed, "the stalled subscriber is subscribed")
+        # It reads nothing while updates pile up in its socket and the server's buffer.
+        for k in range(300):
+            node = big_tree(100)[k % 99 + 1]._replace(name=f"{k} " + "x" * 500)
+            await pub.publish([node], wait=k % 50 == 0)
+        await pub.publish([N(1, R["window"], "flushed", children=big_tree(100)[0].children)])
+        # A request now leaves its handler waiting to write too, behind the blocked writer.
+        stalled.send(frame(wire.Resync(2)))
+
+        async def asked() -> bool:
+            return dict((await probe.info()).counters).get("resyncs_requested") == 1
+
+        await wait_until(asked, "the stalled subscriber's Resync is handled")
+        # Closing with unread data resets the connection under both.
+        stalled.close()
+
+        async def gone() -> dict[str, int]:
+            counters = dict((await probe.info()).counters)
+            return counters if counters.get("subscribers") == 0 else {}
+
+        counters = await wait_until(gone, "the stalled subscriber is gone")
+        assert counters.get("disconnects", 0) == 1
+        assert counters.get("handler_errors", 0) == 0
+        # The server still serves its other peers.
+        await pub.publish([N(1, R["window"], "after", children=big_tree(100)[0].children)])
+        assert (await probe.query(name="after"))[1] == 1
+    assert proc.stderr is not None
+    assert b"connection handler failed" not in proc.stderr.read()

@@ -81,6 +81,7 @@ class Peer:
     tree: Tree | None = None
     sub: Subscriber | None = None
     blocked: bool = False
+    lost: bool = False  # the connection broke under a read or a write (a disconnect)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     # Actions forwarded to this peer as an app: our request id -> the requester's future.
     awaiting: dict[int, asyncio.Future[wire.Message]] = field(default_factory=dict)
@@ -131,7 +132,7 @@ class A11yServer:
                 try:
                     await self._serve_peer(peer, reader, tg)
                 except ConnectionError:
-                    self.ctx.counters["disconnects"] += 1
+                    peer.lost = True
                 finally:
                     # Whatever this peer still had going (its own actions, its pump) ends with
                     # it; requesters waiting on it as an app are told now, not at their timeout.
@@ -139,6 +140,8 @@ class A11yServer:
                     for task in peer.tasks:
                         task.cancel()
         finally:
+            if peer.lost:
+                self.ctx.counters["disconnects"] += 1
             self._gone(peer)
 
     async def _serve_peer(
@@ -187,10 +190,17 @@ class A11yServer:
             self._flush_all()
 
     async def _pump(self, peer: Peer) -> None:
+        """Waits for a blocked subscriber's buffer to drain, then sends what piled up. A peer
+        that disconnects meanwhile ends the pump quietly (the reader sees it too, or has): a
+        disconnect, not a failure of the connection's task group."""
         while True:
             await peer.wake.wait()
             peer.wake.clear()
-            await peer.writer.drain()
+            try:
+                await peer.writer.drain()
+            except ConnectionError:
+                peer.lost = True
+                return
             peer.blocked = False
             self._flush(peer)
 
