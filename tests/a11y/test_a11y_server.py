@@ -21,6 +21,7 @@ from libkiki import a11y_wire as wire
 from libkiki.a11y import demo
 from libkiki.a11y.client import A11yClient, Mirror, ref
 from libkiki.a11y.publisher import A11yPublisher
+from libkiki.a11y.render import render_text
 from libkiki.errors import InvalidParams, NotFound, PeerGone, Timeout
 from libkiki.framing import FrameDecoder, encode_frame
 
@@ -509,3 +510,33 @@ async def test_a_blocked_subscriber_that_disconnects_is_a_disconnect(a11y_server
         assert (await probe.query(name="after"))[1] == 1
     assert proc.stderr is not None
     assert b"connection handler failed" not in proc.stderr.read()
+
+
+async def test_filtered_subscriptions_render_their_nodes(a11y_server: Start) -> None:
+    path, _ = a11y_server()
+    async with (
+        A11yPublisher(path) as pub,
+        A11yClient(path) as by_role,
+        A11yClient(path) as by_subtree,
+    ):
+        await pub.publish(form_tree(), root_id=1)
+        t = pub.tree_id
+        text = render_text(await by_role.subscribe(roles=["button"])).text
+        assert f'- button "Save" [{t}:5] (press)' in text
+        assert f'- button "Cancel" [{t}:6] (press)' in text
+        assert "Editor" not in text
+        mirror = await by_subtree.subscribe(tree_id=t, root_id=2)
+        assert mirror.trees[t].root == 2
+        text = render_text(mirror).text
+        assert text.splitlines()[1:] == [
+            f'- form "Form" [{t}:2]',
+            f'  - textField "Title" [{t}:3] value="draft" (setValue)',
+            f'  - button "Save" [{t}:5] (press)',
+            f'  - button "Cancel" [{t}:6] (press)',
+        ]
+        # Updates keep the views rendering.
+        await pub.publish([N(6, R["button"], "Close", actions=(wire.ACTIONS["press"],))])
+        await by_role.wait_for(lambda m: m.find(name="Close"))
+        await by_subtree.wait_for(lambda m: m.find(name="Close"))
+        assert f'- button "Close" [{t}:6] (press)' in render_text(by_role.mirror).text
+        assert f'  - button "Close" [{t}:6] (press)' in render_text(by_subtree.mirror).text
