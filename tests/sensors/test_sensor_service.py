@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import grp
 import os
+import shutil
 import signal
 import socket
 import struct
+import subprocess
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +126,41 @@ async def test_iio_devices_that_would_collide_do_not_stop_the_start(
         "voltage0_voltage1",
         "voltage2",
     ]
+
+
+@pytest.fixture
+def squatted_imu_ring(shm_prefix: str) -> Iterator[Path]:
+    """Another user's file under the name imu0's ring would have, which we cannot remove
+    (immutable here, since the tests run as root; sticky /dev/shm does it for a non-root
+    publisher)."""
+    if shutil.which("chattr") is None:
+        pytest.skip("needs chattr")
+    squat = Path(f"/dev/shm/{shm_prefix}.imu0")
+    squat.write_bytes(b"squatter" * 8)
+    os.chown(squat, 65534, 65534)
+    subprocess.run(["chattr", "+i", str(squat)], check=True)
+    yield squat
+    subprocess.run(["chattr", "-i", str(squat)], check=False)
+    squat.unlink(missing_ok=True)
+
+
+async def test_a_squatted_ring_name_does_not_stop_the_start(
+    start_publisher: StartPublisher, shm_prefix: str, squatted_imu_ring: Path
+) -> None:
+    pub = start_publisher()
+    async with SensorReader("imu0", path=pub.socket, layout=IMU6) as reader:
+        async with asyncio.timeout(10):
+            batch = await reader.next_batch()
+    ring = reader.view["ring"]
+    assert ring.startswith(f"{shm_prefix}.imu0.")
+    assert reader.view["ringUid"] == os.geteuid()
+    assert batch.count > 0
+    assert [s.values for s in batch] == [f32(IMU.values(s.index)) for s in batch]
+    # The squatter's file was never mapped, never written.
+    assert await asyncio.to_thread(squatted_imu_ring.read_bytes) == b"squatter" * 8
+    pub.proc.send_signal(signal.SIGTERM)
+    assert pub.proc.wait(timeout=20) == 0
+    assert pub.rings() == [squatted_imu_ring.name]  # its own, fresh name and all, is gone
 
 
 async def test_unknown_sensor(start_publisher: StartPublisher) -> None:

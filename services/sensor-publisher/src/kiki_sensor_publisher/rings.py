@@ -12,6 +12,7 @@ import contextlib
 import logging
 import mmap
 import os
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,9 @@ def clean_stale(prefix: str, shm_dir: Path = SHM_DIR) -> list[str]:
             log.warning("cannot open stale segment %s: %s", name, exc)
             continue
         try:
-            if mem.size:
+            # Only a segment of ours is mapped: one another user owns could be truncated
+            # under the mapping (SIGBUS). Theirs is merely unlinked, if we may.
+            if mem.size and os.fstat(mem.fd).st_uid == os.geteuid():
                 with mmap.mmap(mem.fd, mem.size) as m:
                     mark_retired(m)
         except (OSError, ValueError) as exc:
@@ -90,12 +93,23 @@ class Sensor:
         gid: int = -1,
     ) -> Sensor:
         size = segment_size(layout, cap)
-        try:
-            mem = posix_ipc.SharedMemory("/" + ring, posix_ipc.O_CREX, mode=0o600, size=size)
-        except posix_ipc.ExistentialError:
-            raise KikiError(f"/dev/shm/{ring} exists and could not be cleaned up") from None
-        except (posix_ipc.Error, OSError) as exc:
-            raise KikiError(f"cannot create /dev/shm/{ring}: {exc}") from None
+        wanted = ring
+        for attempt in range(4):
+            try:
+                mem = posix_ipc.SharedMemory("/" + ring, posix_ipc.O_CREX, mode=0o600, size=size)
+                break
+            except posix_ipc.ExistentialError:
+                # The name is taken by something clean_stale could not remove (another
+                # user's file in sticky /dev/shm): a fresh, unpredictable name instead, under
+                # the same prefix (so the next start cleans it); readers learn the name from
+                # sensors/list and check the file is ours.
+                if attempt == 3:
+                    raise KikiError(f"/dev/shm/{wanted} and fresh names are all taken") from None
+                ring = f"{wanted}.{secrets.token_hex(6)}"
+            except (posix_ipc.Error, OSError) as exc:
+                raise KikiError(f"cannot create /dev/shm/{ring}: {exc}") from None
+        if ring != wanted:
+            log.warning("/dev/shm/%s is taken and cannot be removed; using %s", wanted, ring)
         try:
             if gid != -1:
                 os.fchown(mem.fd, -1, gid)
