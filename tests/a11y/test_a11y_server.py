@@ -540,3 +540,67 @@ async def test_filtered_subscriptions_render_their_nodes(a11y_server: Start) -> 
         await by_subtree.wait_for(lambda m: m.find(name="Close"))
         assert f'- button "Close" [{t}:6] (press)' in render_text(by_role.mirror).text
         assert f'  - button "Close" [{t}:6] (press)' in render_text(by_subtree.mirror).text
+
+
+async def test_tool_act_is_limited_and_a_bad_state_is_invalid_params(
+    spawn_service: Any, sockdir: Path
+) -> None:
+    """The server's tools, called by a stand-in for the broker on a real tools.sock (so the
+    provider's own error codes are seen; the broker turns them into tool failures)."""
+    from libkiki.errors import LimitExceeded
+    from libkiki.rpc.connection import Connection
+    from libkiki.rpc.methods import Methods, RequestContext
+    from libkiki.rpc.server import serve_unix
+
+    registered: asyncio.Future[Connection] = asyncio.get_running_loop().create_future()
+    methods = Methods()
+
+    @methods.method("kiki/registerTools")
+    async def register(ctx: RequestContext, tools: list[str], lexicons: Any = None) -> Any:
+        if not registered.done():
+            registered.set_result(ctx.connection)
+        return {}
+
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(sockdir / "tools.sock"))
+    listener.listen()
+    async with serve_unix(listener, methods):
+        _, notes = spawn_service(
+            "a11y-server",
+            extra_env={
+                "KIKI_A11Y_SERVER_BROKER_RETRY": "0.2",
+                "KIKI_A11Y_SERVER_MAX_ACTIONS_IN_FLIGHT": "1",
+                "KIKI_LOG_LEVEL": "WARNING",
+            },
+        )
+        notes.wait_for("READY")
+        entered = asyncio.Event()
+        release = asyncio.Event()
+
+        async def hang(request: wire.ActionRequest) -> str:
+            entered.set()
+            await release.wait()
+            return "done"
+
+        async with A11yPublisher(sockdir / "a11y.sock", on_action=hang) as app:
+            await app.publish(form_tree(), root_id=1)
+            async with asyncio.timeout(20):
+                provider = await registered
+
+            async def call(name: str, arguments: dict[str, Any]) -> Any:
+                return await provider.request(
+                    "tools/call", {"name": name, "arguments": arguments}, timeout=20
+                )
+
+            press = {"ref": f"{app.tree_id}:5", "action": "press"}
+            first = asyncio.create_task(call("dev.kiki.a11y.act", press))
+            async with asyncio.timeout(20):
+                await entered.wait()
+            with pytest.raises(LimitExceeded, match="at most 1 actions in flight"):
+                await call("dev.kiki.a11y.act", press)
+            release.set()
+            assert (await first)["structuredContent"] == {"ok": True, "message": "done"}
+            with pytest.raises(InvalidParams, match="unknown state 'sleepy'"):
+                await call("dev.kiki.a11y.find", {"state": "sleepy"})
+            found = await call("dev.kiki.a11y.find", {"state": "focusable", "limit": 10**6})
+            assert [n["name"] for n in found["structuredContent"]["nodes"]] == ["Title", "Save"]

@@ -115,6 +115,8 @@ class A11yServer:
         self.peers: dict[int, Peer] = {}
         self.owners: dict[int, Peer] = {}  # tree id -> publisher
         self._keys = itertools.count(1)
+        # Actions from the broker's `act` tool: one more requester, under the same limit.
+        self.tool_actions_in_flight = 0
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -253,10 +255,7 @@ class A11yServer:
                     nodes, total = self.desktop.query(message)
                     peer.write(wire.encode_raw(rid, wire.RawQueryResult(nodes, total)))
                 case wire.ActionRequest():
-                    if peer.actions_in_flight >= self.config.max_actions_in_flight:
-                        raise LimitExceeded(
-                            f"at most {self.config.max_actions_in_flight} actions in flight"
-                        )
+                    self._admit_action(peer.actions_in_flight)
                     peer.actions_in_flight += 1
                     task = tg.create_task(self._act(peer, message))
                     peer.tasks.add(task)
@@ -315,6 +314,20 @@ class A11yServer:
             peer.send(wire.Error(rid, -32603, "Internal error"))
         finally:
             peer.actions_in_flight -= 1
+
+    def _admit_action(self, in_flight: int) -> None:
+        if in_flight >= self.config.max_actions_in_flight:
+            raise LimitExceeded(f"at most {self.config.max_actions_in_flight} actions in flight")
+
+    async def act_for_tool(self, request: wire.ActionRequest) -> wire.Message:
+        """An action asked through the broker's ``act`` tool: routed like a connection's, under
+        the same ``max_actions_in_flight`` limit (counted for all tool calls together)."""
+        self._admit_action(self.tool_actions_in_flight)
+        self.tool_actions_in_flight += 1
+        try:
+            return await self._route_action(request)
+        finally:
+            self.tool_actions_in_flight -= 1
 
     async def _route_action(self, request: wire.ActionRequest) -> wire.Message:
         tree, node = self.desktop.find_node(request.tree_id, request.node_id)

@@ -12,10 +12,11 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
+from kiki_a11y_server.desktop import MAX_QUERY_LIMIT
 from libkiki import a11y_wire as wire
 from libkiki.a11y.client import action_value, parse_ref, role_value
 from libkiki.a11y.render import node_json, render_text
-from libkiki.errors import KikiError, error_for_code
+from libkiki.errors import InvalidParams, KikiError, error_for_code
 from libkiki.paths import TOOLS_SOCKET, socket_path
 from libkiki.tools import ToolCall, ToolProvider
 
@@ -51,6 +52,11 @@ def make_provider(server: A11yServer) -> ToolProvider:
     @provider.tool("dev.kiki.a11y.find")
     async def find(args: dict[str, Any], call: ToolCall) -> dict[str, Any]:
         role = args.get("role")
+        state = args.get("state")
+        try:
+            states = wire.states_of(state) if state else 0
+        except ValueError as exc:
+            raise InvalidParams(str(exc)) from None
         query = wire.Query(
             0,
             0,
@@ -58,8 +64,8 @@ def make_provider(server: A11yServer) -> ToolProvider:
             role_value(role) if role else 0,
             args.get("name", ""),
             args.get("text", ""),
-            wire.states_of(*([args["state"]] if args.get("state") else [])),
-            args.get("limit", 50),
+            states,
+            min(args.get("limit", 50), MAX_QUERY_LIMIT),
         )
         limit = query.limit
         found: list[dict[str, Any]] = []
@@ -80,7 +86,7 @@ def make_provider(server: A11yServer) -> ToolProvider:
         request = wire.ActionRequest(
             0, tree_id, node_id, action_value(args["action"]), args.get("value", "")
         )
-        answer = await server._route_action(request)
+        answer = await server.act_for_tool(request)
         if isinstance(answer, wire.Error):
             raise error_for_code(answer.code, answer.message)
         message = answer.message if isinstance(answer, wire.ActionResult) else ""
