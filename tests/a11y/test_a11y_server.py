@@ -177,8 +177,10 @@ async def test_actions_reach_the_owning_app_and_its_changes_come_back(a11y_serve
 async def test_a_hanging_app_times_out_and_a_vanishing_one_fails(a11y_server: Start) -> None:
     path, _ = a11y_server(action_timeout=0.3)
     release = asyncio.Event()
+    reached = asyncio.Event()
 
     async def hang(request: wire.ActionRequest) -> str:
+        reached.set()
         await release.wait()
         return "too late"
 
@@ -191,10 +193,12 @@ async def test_a_hanging_app_times_out_and_a_vanishing_one_fails(a11y_server: St
         release.set()
         assert (await client.info()).name == "a11y-server"
         release.clear()
+        reached.clear()
         pending = asyncio.create_task(client.act(target, "press", timeout=5))
-        await asyncio.sleep(0.1)  # the request reaches the app (or not: NotFound is fine too)
+        async with asyncio.timeout(10):
+            await reached.wait()  # the server forwarded it and waits for the app's answer
         await app._close()
-        with pytest.raises((PeerGone, NotFound)):
+        with pytest.raises(PeerGone, match="closed its connection before answering"):
             await pending
 
 
@@ -301,7 +305,11 @@ async def test_cli_dump_find_act_capture(a11y_server: Start, sockdir: Path) -> N
         cap = await asyncio.create_subprocess_exec(
             str(VENV_BIN / "kiki"), "a11y", "capture", str(capture), "--count", "2", env=env
         )
-        await asyncio.sleep(0.3)  # lets it subscribe; a missed update would only hang `wait`
+
+        async def subscribed() -> bool:  # its first frame (the snapshot) is in the file
+            return capture.exists() and capture.stat().st_size > 0
+
+        await wait_until(subscribed, "kiki a11y capture subscribed")
         assert (await kiki("act", save_ref, "press"))[0] == 0
         async with asyncio.timeout(30):
             assert await cap.wait() == 0
