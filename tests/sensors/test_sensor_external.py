@@ -4,6 +4,7 @@ limits and names taken at register time."""
 from __future__ import annotations
 
 import asyncio
+import grp
 import os
 import sys
 from contextlib import AsyncExitStack
@@ -11,9 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from libkiki.errors import Conflict, InvalidFrame, InvalidRequest, KikiError, LimitExceeded
+from libkiki.errors import (
+    Conflict,
+    InvalidFrame,
+    InvalidRequest,
+    KikiError,
+    LimitExceeded,
+    PermissionDenied,
+)
 from libkiki.sensors.client import ExternalSensor, SensorClient
 from libkiki.sensors.layout import Field, Layout
+from libkiki.sensors.shm import MappedReader, MappedWriter
 from sensor_fixtures import StartPublisher
 
 WHEEL = Layout("wheel", (Field("speed", "f64", "m/s"), Field("ticks", "u32")))
@@ -147,8 +156,6 @@ async def test_a_duplicate_external_name_is_refused(start_publisher: StartPublis
 
 def test_reader_refuses_a_truncated_fd_ring(tmp_path: Path) -> None:
     """The pread reader: a short read is an InvalidFrame, never a fault."""
-    from libkiki.sensors.shm import MappedReader, MappedWriter
-
     writer = MappedWriter("kt-trunc", WHEEL, 16, shm_dir=tmp_path)
     try:
         writer.ring.write(1, (1.0, 2))
@@ -162,3 +169,34 @@ def test_reader_refuses_a_truncated_fd_ring(tmp_path: Path) -> None:
         reader.close()
     finally:
         writer.close()
+
+
+async def test_external_rings_take_the_read_policy(
+    start_publisher: StartPublisher, sockdir: Path
+) -> None:
+    (sockdir / "etc").mkdir(exist_ok=True)
+    (sockdir / "etc" / "sensor-publisher.toml").write_text(
+        '[read_policy]\n"ext-*-secret" = ["uid:0"]\n"*" = ["*"]\n'
+        '[ring_groups]\n"ext-*-shared" = "nogroup"\n'
+    )
+    pub = start_publisher()
+    nogroup = grp.getgrnam("nogroup").gr_gid
+    async with (
+        ExternalSensor("secret", WHEEL, capacity=16, path=pub.socket) as secret,
+        ExternalSensor("shared", WHEEL, capacity=16, path=pub.socket) as shared,
+    ):
+        private = os.stat(f"/dev/shm/{secret.view['ring']}")
+        open_ = os.stat(f"/dev/shm/{shared.view['ring']}")
+    # Restricted: the app's alone (readers use sensors/read); open: its readers' group.
+    assert private.st_mode & 0o777 == 0o600
+    assert (open_.st_mode & 0o777, open_.st_gid) == (0o640, nogroup)
+    # An app that sets a looser mode than the policy's is refused at attach.
+    async with SensorClient(pub.socket) as client:
+        reg = await client.request("sensors/register", _register("secret"))
+        assert reg["ringMode"] == 0o600
+        writer = MappedWriter(reg["ring"], WHEEL, 16, mode=0o640)
+        try:
+            with pytest.raises(PermissionDenied, match="read policy"):
+                await client.request("sensors/attach", {"sensor": reg["sensor"]})
+        finally:
+            writer.close()

@@ -336,7 +336,14 @@ class ExternalSensor:
                 },
             )
             self.id = reg["sensor"]
-            self._mapped = MappedWriter(reg["ring"], self.layout, self.capacity)
+            self._mapped = MappedWriter(
+                reg["ring"],
+                self.layout,
+                self.capacity,
+                # The read policy's file form: 0640 in the readers' group, or 0600.
+                mode=reg.get("ringMode", 0o640),
+                gid=reg.get("ringGid", -1),
+            )
             self.view = await self.client.request("sensors/attach", {"sensor": self.id})
         except BaseException:
             await self._close()

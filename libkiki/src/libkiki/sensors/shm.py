@@ -162,7 +162,16 @@ class MappedReader:
 class MappedWriter:
     """A ring this process created and writes (an app's external sensor)."""
 
-    def __init__(self, name: str, layout: Layout, capacity: int, shm_dir: Path = SHM_DIR) -> None:
+    def __init__(
+        self,
+        name: str,
+        layout: Layout,
+        capacity: int,
+        shm_dir: Path = SHM_DIR,
+        *,
+        mode: int = 0o640,
+        gid: int = -1,
+    ) -> None:
         path = shm_dir / check_segment_name(name)
         size = segment_size(layout, capacity)
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
@@ -176,7 +185,12 @@ class MappedWriter:
         except OSError as exc:
             raise PermissionDenied(f"cannot create the ring {name}: {exc.strerror}") from None
         try:
-            os.fchmod(fd, 0o640)  # whatever the umask: group may read, nobody else writes
+            if gid != -1:
+                # The group the publisher asked for (its readers'), if we are a member;
+                # otherwise ours stays, and only its members may map the ring.
+                with contextlib.suppress(PermissionError):
+                    os.fchown(fd, -1, gid)
+            os.fchmod(fd, mode & 0o640)  # whatever the umask; nobody else ever writes
             os.ftruncate(fd, size)
             self._map = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         finally:

@@ -15,6 +15,7 @@ import fnmatch
 import grp
 import logging
 import math
+import os
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
@@ -474,30 +475,39 @@ class Publisher:
         if uids.count(peer.uid) >= self.config.max_external_per_uid:
             raise LimitExceeded(f"at most {self.config.max_external_per_uid} sensors per user")
         ring = f"{self.prefix}-ext.{peer.uid}.{sid}"
+        # The file-level form of the read policy, as for the publisher's own rings: the app
+        # sets it on its ring (the group if it is a member of it), attach checks it.
+        mode, gid = self._ring_access(sid)
+        if gid == -1:
+            gid = os.getegid()  # the unit's group, as the publisher's own rings have
         registered = request.connection.state.setdefault("registered", {})
         self._reserved[sid] = (request.connection, peer.uid)
-        registered[sid] = (
-            ring,
-            parsed,
-            capacity,
-            float(rateHz),
-            unit,
-        )
-        return {"sensor": sid, "ring": ring, "capacity": capacity, "layout": parsed.to_json()}
+        registered[sid] = (ring, parsed, capacity, float(rateHz), unit, mode)
+        return {
+            "sensor": sid,
+            "ring": ring,
+            "capacity": capacity,
+            "layout": parsed.to_json(),
+            "ringMode": mode,
+            "ringGid": gid,
+        }
 
     async def attach_external(self, request: RequestContext, sensor: str) -> dict[str, Any]:
         registered = request.connection.state.get("registered", {})
         if sensor not in registered:
             raise unknown(sensor)
-        ring, layout, capacity, rate, unit = registered[sensor]
+        ring, layout, capacity, rate, unit, mode = registered[sensor]
         try:
             st = segment_owner(ring)
         except FileNotFoundError:
             raise InvalidParams(f"create the ring {ring} before attaching it") from None
         if st.st_uid != request.peer.uid:
             raise PermissionDenied(f"{ring} does not belong to you")
-        if st.st_mode & 0o022:
-            raise PermissionDenied(f"{ring} must not be writable by group or others")
+        if st.st_mode & 0o777 & ~mode:
+            raise PermissionDenied(
+                f"{ring} has mode {st.st_mode & 0o777:04o}; this sensor's read policy allows "
+                f"at most {mode:04o}"
+            )
         if st.st_size != segment_size(layout, capacity):
             raise InvalidParams(f"{ring} is not a ring of {capacity} records of its layout")
         # Never mapped: its app may truncate it at any time, and a mapping touched past the
