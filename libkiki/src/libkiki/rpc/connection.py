@@ -192,7 +192,8 @@ class Connection:
                 await asyncio.wait(pending)
 
     def _owned(self) -> list[asyncio.Task[None]]:
-        tasks = [t for t in self._tasks.values() if not t.done()]
+        me = asyncio.current_task()
+        tasks = [t for t in self._tasks.values() if not t.done() and t is not me]
         if self._progress_task is not None and not self._progress_task.done():
             tasks.append(self._progress_task)
         return tasks
