@@ -114,3 +114,27 @@ def test_a_wake_up_not_sent_is_owed_again() -> None:
     assert sub.wakeups == 0
     core.restore(sub, {"cpu": 2})
     assert core.take(sub, 0.0) == ({"imu0": 6, "cpu": 2}, 0.0)
+
+
+def test_a_subscribe_keeps_the_policy_of_the_connections_other_sensors() -> None:
+    core = WakeCore(max_subscriptions=10, max_wakeups_hz=1000)
+    sub = core.connect(ALICE)
+    core.subscribe(sub, ["imu0"], 10)
+    core.subscribe(sub, ["cpu"], 2)
+    # imu0 keeps its 10 a second; cpu has its 2.
+    assert core.fastest == {"imu0": pytest.approx(0.1), "cpu": pytest.approx(0.5)}
+    assert sub.view()["maxWakeupsPerSensor"] == {"cpu": 2, "imu0": 10}
+    # The connection is woken at its most eager sensor's pace: 0.1 s apart.
+    core.published("cpu", 1, 64)
+    assert core.take(sub, 100.0)[0] == {"cpu": 1}
+    core.published("cpu", 2, 64)
+    message, wait = core.take(sub, 100.05)
+    assert message is None
+    assert wait == pytest.approx(0.05)
+    core.unsubscribe(sub, ["imu0"])
+    assert core.fastest == {"cpu": pytest.approx(0.5)}
+    message, wait = core.take(sub, 100.2)
+    assert message is None
+    assert wait == pytest.approx(0.3)
+    # Every subscription made is counted, for stats.
+    assert core.subscriptions == {"imu0": 1, "cpu": 1}

@@ -27,7 +27,10 @@ class Subscriber:
     id: int
     peer: PeerCred
     sensors: set[str] = field(default_factory=set)
-    min_interval: float = 0.0  # 0: a wake-up for every sample (as fast as it can take them)
+    # sensor -> the shortest interval between wake-ups it asked for (0: every sample), as
+    # given in the subscribe that named it: a later subscribe to other sensors keeps it.
+    intervals: dict[str, float] = field(default_factory=dict)
+    min_interval: float = 0.0  # the connection's pace: the most eager of its sensors
     pending: dict[str, int] = field(default_factory=dict)
     delivered: dict[str, int] = field(default_factory=dict)  # last index each wake-up carried
     last_sent: float = float("-inf")
@@ -42,13 +45,18 @@ class Subscriber:
             "uid": self.peer.uid,
             "pid": self.peer.pid,
             "sensors": sorted(self.sensors),
-            "maxWakeupsPerSecond": round(1 / self.min_interval) if self.min_interval else 0,
+            "maxWakeupsPerSecond": _hz(self.min_interval),
+            "maxWakeupsPerSensor": {s: _hz(i) for s, i in sorted(self.intervals.items())},
             "wakeups": self.wakeups,
             "direct": self.direct,
             "coalesced": self.coalesced,
             "overruns": self.overruns,
             "pending": len(self.pending),
         }
+
+
+def _hz(interval: float) -> int:
+    return round(1 / interval) if interval else 0
 
 
 class WakeCore:
@@ -62,12 +70,14 @@ class WakeCore:
         # sensor -> the shortest wake-up interval any subscriber wants (0: every sample). A
         # writer thread reads it, without a lock, to know how often a write is worth a wake-up.
         self.fastest: dict[str, float] = {}
+        # sensor -> subscriptions made to it so far (stats: who ever read it, not only now)
+        self.subscriptions: dict[str, int] = {}
         self._next_id = 1
 
     def _recompute(self, sensor: str) -> None:
         subs = self.by_sensor.get(sensor)
         if subs:
-            self.fastest[sensor] = min(s.min_interval for s in subs)
+            self.fastest[sensor] = min(s.intervals.get(sensor, 0.0) for s in subs)
         else:
             self.fastest.pop(sensor, None)
 
@@ -98,15 +108,25 @@ class WakeCore:
                     f"maxWakeupsPerSecond must be in (0, {self.max_wakeups_hz:g}] or 0 for every "
                     "sample"
                 )
-            sub.min_interval = 1.0 / max_wakeups
+            interval = 1.0 / max_wakeups
         else:
-            sub.min_interval = 0.0
+            interval = 0.0
+        # The policy is the named sensors'; the others of this connection keep theirs.
         for name in names:
+            if name not in sub.sensors:
+                self.subscriptions[name] = self.subscriptions.get(name, 0) + 1
             sub.sensors.add(name)
+            sub.intervals[name] = interval
             self.by_sensor.setdefault(name, set()).add(sub)
-        for name in sub.sensors:
             self._recompute(name)
+        self._pace(sub)
         return names
+
+    @staticmethod
+    def _pace(sub: Subscriber) -> None:
+        # One wake-up message covers all of a connection's sensors: it comes as often as the
+        # most eager of them asked (a sensor batched more slowly may be woken more often).
+        sub.min_interval = min(sub.intervals.values(), default=0.0)
 
     def unsubscribe(self, sub: Subscriber, sensors: Iterable[str] | None) -> list[str]:
         names = sorted(sub.sensors) if sensors is None else list(sensors)
@@ -114,6 +134,7 @@ class WakeCore:
         for name in names:
             if name in sub.sensors:
                 sub.sensors.discard(name)
+                sub.intervals.pop(name, None)
                 sub.pending.pop(name, None)
                 sub.delivered.pop(name, None)
                 subs = self.by_sensor.get(name)
@@ -123,6 +144,7 @@ class WakeCore:
                         del self.by_sensor[name]
                 self._recompute(name)
                 removed.append(name)
+        self._pace(sub)
         return removed
 
     def published(self, sensor: str, index: int, capacity: int) -> list[Subscriber]:
@@ -171,6 +193,8 @@ class WakeCore:
         self.fastest.pop(sensor, None)
         for sub in subs:
             sub.sensors.discard(sensor)
+            sub.intervals.pop(sensor, None)
+            self._pace(sub)
             sub.pending.pop(sensor, None)
             sub.delivered.pop(sensor, None)
         return subs

@@ -423,6 +423,7 @@ class Publisher:
                 "rateHz": round(rate, 1),
                 "nominalHz": s.rate_hz,
                 "subscribers": len(subs),
+                "subscriptions": self.core.subscriptions.get(sid, 0),
                 "overruns": sum(sub.overruns for sub in subs),
                 "coalesced": sum(sub.coalesced for sub in subs),
                 "capacity": s.capacity,
