@@ -18,6 +18,7 @@ import pytest
 from broker_lexicons import BAD_OUTPUT, COUNT, ECHO, LEXICONS, SLOW
 from libkiki.errors import (
     InvalidParams,
+    LimitExceeded,
     PeerGone,
     PermissionDenied,
     Timeout,
@@ -516,3 +517,28 @@ async def test_listen_stream_ends_with_a_result_when_the_broker_stops(broker: Br
     assert result["resultType"] == "complete"
     assert isinstance(result["_meta"]["io.modelcontextprotocol/subscriptionId"], int)
     assert await asyncio.to_thread(proc.wait, 20) == 0
+
+
+@pytest.mark.parametrize("broker", [{"KIKI_TOOL_BROKER_MAX_LISTEN_STREAMS": "2"}], indirect=True)
+async def test_listen_streams_are_capped_whatever_they_ask_for(broker: Broker) -> None:
+    path, _ = broker
+    async with asyncio.timeout(20), connect_unix(path) as conn:
+        open_streams = [
+            asyncio.ensure_future(conn.request("subscriptions/listen", {"notifications": n}))
+            for n in ({}, {"promptsListChanged": True})  # nothing the broker serves, still open
+        ]
+        await conn.request("ping")
+        with pytest.raises(LimitExceeded):
+            await conn.request(
+                "subscriptions/listen", {"notifications": {"toolsListChanged": True}}
+            )
+        for stream in open_streams:
+            stream.cancel()
+        await asyncio.gather(*open_streams, return_exceptions=True)
+        await conn.request("ping")  # the cancellations reached the broker before this answer
+        stream = asyncio.ensure_future(
+            conn.request("subscriptions/listen", {"notifications": {"toolsListChanged": True}})
+        )
+        await conn.request("ping")
+        assert not stream.done()  # admitted once the others were gone
+        stream.cancel()

@@ -75,8 +75,8 @@ class Broker:
         self.registry = ToolRegistry()
         # Connections that did the initialize handshake: they get list_changed notifications.
         self.list_watchers: set[Connection] = set()
-        # 2026-07-28 subscriptions/listen streams that asked for list_changed: (connection, id).
-        self.listen_streams: set[tuple[Connection, RequestId]] = set()
+        # Open 2026-07-28 subscriptions/listen streams, (connection, id) -> wants list_changed.
+        self.listen_streams: dict[tuple[Connection, RequestId], bool] = {}
         self.changed = asyncio.Event()
         me = PeerCred(pid=os.getpid(), uid=os.getuid(), gid=os.getgid(), app_id="kiki-tool-broker")
         self.self_provider = Provider("kiki-tool-broker", me)
@@ -151,12 +151,11 @@ class Broker:
         honored = mcp.honored(notifications)
         await conn.notify(mcp.ACKNOWLEDGED, mcp.on_stream(sid, {"notifications": honored}))
         stream = (conn, sid)
-        if honored:
-            self.listen_streams.add(stream)
+        self.listen_streams[stream] = bool(honored)
         try:
             await conn.wait_closing()
         finally:
-            self.listen_streams.discard(stream)
+            self.listen_streams.pop(stream, None)
         return mcp.listen_result(sid)
 
     # -- providers ---------------------------------------------------------------------------
@@ -210,7 +209,8 @@ class Broker:
 
     async def connection_lost(self, conn: Connection) -> None:
         self.list_watchers.discard(conn)
-        self.listen_streams = {s for s in self.listen_streams if s[0] is not conn}
+        for stream in [s for s in self.listen_streams if s[0] is conn]:
+            del self.listen_streams[stream]
         provider = conn.state.get("provider")
         if isinstance(provider, Provider):
             gone = self.registry.remove_provider(provider)
@@ -228,9 +228,9 @@ class Broker:
             for conn in list(self.list_watchers):
                 if not await self._tell(conn, None):
                     self.list_watchers.discard(conn)
-            for stream in list(self.listen_streams):
-                if not await self._tell(*stream):
-                    self.listen_streams.discard(stream)
+            for stream, wanted in list(self.listen_streams.items()):
+                if wanted and not await self._tell(*stream):
+                    self.listen_streams[stream] = False  # it stays open; nothing more is sent
 
     async def _tell(self, conn: Connection, subscription: RequestId | None) -> bool:
         params = None if subscription is None else mcp.on_stream(subscription)
