@@ -354,9 +354,12 @@ def test_a_reader_in_another_hardened_unit_reads_the_rings(machine: Machine) -> 
     assert [s["index"] for s in samples] == list(range(first, first + 200))
     assert all(9.7 < s["values"]["az"] < 9.9 for s in samples)
     assert [s["timestampNs"] for s in samples] == sorted(s["timestampNs"] for s in samples)
-    # Subscribed through the notify socket, from the reader unit: the publisher counted it.
+    # Subscribed through the notify socket, from the reader unit: the publisher counted it
+    # (the reader has gone, its subscription stays counted; `stats` itself subscribes to
+    # nothing).
     stats = json.loads(machine.run("/usr/bin/kiki", "sensors", "stats", "--json").stdout)
-    assert stats["sensors"]["imu0"]["rateHz"] > 500
+    assert stats["sensors"]["imu0"]["subscriptions"] >= 1
+    assert stats["sensors"]["imu0"]["written"] >= first + 200
     assert stats["sensors"]["cpu"]["written"] > 0
 
     probe = _in_reader_unit(
