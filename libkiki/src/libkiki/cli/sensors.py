@@ -126,7 +126,7 @@ async def _watch(args: argparse.Namespace) -> int:
             window.append((now, batch.count))
             window = [(t, c) for t, c in window if now - t < 1_000_000_000]
             span = (now - window[0][0]) / 1e9 if len(window) > 1 else 0.0
-            rate = sum(c for _, c in window[1:]) / span if span > 0 else 0.0
+            rate = sum(c for _, c in window[1:]) / span if span > 0 else _batch_rate(batch)
             _print_line(args.name, names, batch, rate, reader.lost)
             seen += batch.count
             if args.count and seen >= args.count:
@@ -134,10 +134,19 @@ async def _watch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _batch_rate(batch: Batch) -> float:
+    """Samples per second from one batch's own timestamps (before a second batch has come)."""
+    stamps = [sample.timestamp_ns for sample in batch]
+    if len(stamps) < 2 or stamps[-1] <= stamps[0]:
+        return 0.0
+    return (len(stamps) - 1) / ((stamps[-1] - stamps[0]) / 1e9)
+
+
 def _print_line(name: str, names: tuple[str, ...], batch: Batch, rate: float, lost: int) -> None:
     values = batch.rows()[-1]
     shown = "  ".join(f"{n}={_format(v)}" for n, v in zip(names, values, strict=True))
-    print(f"{name}  #{batch.end - 1}  {shown}  {rate:.1f} Hz  lost {lost}", flush=True)
+    hz = f"{rate:.1f} Hz" if rate > 0 else "- Hz"  # not measured yet
+    print(f"{name}  #{batch.end - 1}  {shown}  {hz}  lost {lost}", flush=True)
 
 
 def run_stats(args: argparse.Namespace) -> int:
