@@ -12,7 +12,9 @@ Cases (each beside the same samples sent as Unix datagrams, one per sample):
              at 1 kHz and 10 kHz with 1 and 4 readers, p50/p99 over every sample; the
              baseline: a sender thread at the same rate, readers blocked in recv()
   cpu        the publisher's CPU (utime+stime) at 1 kHz with 4 readers subscribed to every
-             sample; the baseline: the datagram sender at 1 kHz to 4 receivers
+             sample; the baseline: the datagram sender at 1 kHz to 4 receivers; for context,
+             the wake floor: an asyncio loop that a 1 kHz (and a 100 Hz) timer wakes to do
+             nothing, which is what waking at that rate costs on this machine
 
 Latency cases run unpinned and pinned to one core (``taskset -c 0``: publisher and readers
 share it), ``--repeats`` times each; the table gives the medians of the runs' p50 and p99.
@@ -345,6 +347,45 @@ def _cpu_with_readers(seconds: float, readers: int, wakeups: float) -> float:
     return 100 * (c1 - c0) / (t1 - t0)
 
 
+TICKER = """
+import asyncio, signal, sys
+
+async def main():
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGALRM, lambda: None)
+    period = 1 / float(sys.argv[1])
+    signal.setitimer(signal.ITIMER_REAL, period, period)
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+def wake_floor(seconds: float, hz: int) -> float:
+    """CPU of a process whose event loop a timer wakes ``hz`` times a second, doing nothing."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", TICKER, str(hz)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        proc.stdout.readline()
+        time.sleep(0.5)
+        stat = Path(f"/proc/{proc.pid}/stat")
+
+        def used() -> float:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+        c0, t0 = used(), time.monotonic()
+        time.sleep(seconds)
+        c1, t1 = used(), time.monotonic()
+    finally:
+        proc.kill()
+        proc.wait()
+    return 100 * (c1 - c0) / (t1 - t0)
+
+
 def publisher_cpu(seconds: float) -> dict[str, float]:
     every = _cpu_with_readers(seconds, 4, 0)
     batched = _cpu_with_readers(seconds, 4, 50)
@@ -369,6 +410,8 @@ def publisher_cpu(seconds: float) -> dict[str, float]:
         "publisher": every,
         "publisher_batched": batched,
         "publisher_no_readers": idle,
+        "floor_1000": wake_floor(seconds, 1000),
+        "floor_100": wake_floor(seconds, 100),
         "dgram": 100 * (r1 - r0) / (k1 - k0),
     }
 
@@ -443,6 +486,8 @@ def main() -> None:
     )
     print(f"| 4 readers, at most 50 wake-ups/s | {cpu['publisher_batched']:.1f} % | | |")
     print(f"| no reader | {cpu['publisher_no_readers']:.1f} % | | |")
+    print(f"| wake floor: a loop woken 1000/s, no work | {cpu['floor_1000']:.1f} % | | |")
+    print(f"| wake floor: a loop woken 100/s, no work | {cpu['floor_100']:.1f} % | | |")
 
 
 if __name__ == "__main__":
