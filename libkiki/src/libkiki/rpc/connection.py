@@ -508,9 +508,12 @@ class Connection:
     async def _progress_done(self, rid: int) -> None:
         """Wait until the callbacks queued for ``rid`` have run: the queue is FIFO, so a marker
         put behind them is reached after them. Progress is never reported after the result."""
+        if self._closing or self._progress_task is None:
+            return  # close() drops what is queued; nothing would reach the marker
         marker: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         await self._progress_queue.put((None, marker))
-        await marker
+        if not self._closing:  # else close() ran while we waited for room: nobody reads it
+            await marker
 
     async def _run_progress(self) -> None:
         while True:
