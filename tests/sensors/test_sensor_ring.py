@@ -263,3 +263,24 @@ def test_published_layouts_match_the_code(tmp_path: Path) -> None:
     for layout in BUILTIN.values():
         name = f"{layout.name}.json"
         assert (published / name).read_text() == (tmp_path / name).read_text(), name
+
+
+def test_a_batch_as_a_numpy_view_holds_the_same_samples() -> None:
+    # numpy is optional for libkiki (a dev dependency here, to test this path): the array is a
+    # view of the batch's bytes, with the ring's sequence and timestamp beside the fields.
+    import numpy as np  # in the dev group: uv sync installs it, so this never skips
+    buf, w = ring(16, IMU6)
+    r = RingReader(buf, IMU6)
+    for n in range(10):
+        w.write(5000 + n, (n * 0.5, -n * 0.25, 9.81, 0.0, 1.0, float(n)))
+    batch = r.read(3)
+    arr = batch.array()
+    assert arr.shape == (7,)
+    assert np.shares_memory(arr, np.frombuffer(batch.data, dtype=np.uint8))  # no copy
+    assert (
+        arr["timestamp_ns"].tolist() == [s.timestamp_ns for s in batch] == list(range(5003, 5010))
+    )
+    assert arr["seq"].tolist() == [2 * n + 2 for n in range(3, 10)]  # complete records
+    for name, column in zip(IMU6.names, zip(*batch.rows(), strict=True), strict=True):
+        assert arr[name].tolist() == pytest.approx(list(column))
+    assert arr["ax"][-1] == pytest.approx(4.5)
