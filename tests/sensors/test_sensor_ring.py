@@ -269,6 +269,7 @@ def test_a_batch_as_a_numpy_view_holds_the_same_samples() -> None:
     # numpy is optional for libkiki (a dev dependency here, to test this path): the array is a
     # view of the batch's bytes, with the ring's sequence and timestamp beside the fields.
     import numpy as np  # in the dev group: uv sync installs it, so this never skips
+
     buf, w = ring(16, IMU6)
     r = RingReader(buf, IMU6)
     for n in range(10):
