@@ -138,3 +138,18 @@ def test_a_subscribe_keeps_the_policy_of_the_connections_other_sensors() -> None
     assert wait == pytest.approx(0.3)
     # Every subscription made is counted, for stats.
     assert core.subscriptions == {"imu0": 1, "cpu": 1}
+
+
+def test_one_user_cannot_take_the_whole_pool() -> None:
+    core = WakeCore(max_subscriptions=4, max_wakeups_hz=100, max_subscriptions_per_uid=2)
+    a1, a2, b = core.connect(ALICE), core.connect(ALICE), core.connect(BOB)
+    core.subscribe(a1, ["x"], None)
+    core.subscribe(a2, ["y"], None)  # another connection of the same user counts too
+    with pytest.raises(LimitExceeded) as info:
+        core.subscribe(a2, ["z"], None)
+    assert info.value.data == {"limit": 2, "uid": ALICE.uid}
+    core.subscribe(a1, ["x"], 50)  # changing a subscription's rate costs nothing
+    core.subscribe(b, ["x", "y"], None)  # the rest of the pool is still there for others
+    core.disconnect(a2)
+    core.subscribe(a1, ["z"], None)
+    assert core.by_sensor["z"] == {a1}

@@ -44,6 +44,9 @@ class SensorConfig(ServiceConfig):
     max_external_per_uid: int = pydantic.Field(default=8, ge=0)
     max_external: int = pydantic.Field(default=64, ge=0)
     max_subscriptions: int = pydantic.Field(default=256, ge=1)
+    # Subscriptions one user (peer uid) may hold across its connections, so that no one user
+    # takes the whole pool; 0: no limit of its own.
+    max_subscriptions_per_uid: int = pydantic.Field(default=128, ge=0)
     # A batched subscriber asks for at most this many wake-ups per second.
     max_wakeups_hz: float = pydantic.Field(default=10_000.0, gt=0)
     # The tool broker's socket (tools.sock in the runtime directory when unset); "" disables.

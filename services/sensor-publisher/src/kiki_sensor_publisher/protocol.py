@@ -62,8 +62,16 @@ def _hz(interval: float) -> int:
 class WakeCore:
     """Who is subscribed to what, and which wake-up each subscriber is owed."""
 
-    def __init__(self, *, max_subscriptions: int, max_wakeups_hz: float) -> None:
+    def __init__(
+        self,
+        *,
+        max_subscriptions: int,
+        max_wakeups_hz: float,
+        max_subscriptions_per_uid: int | None = None,
+    ) -> None:
         self.max_subscriptions = max_subscriptions
+        # So that one user cannot take the whole pool (None: no limit of its own).
+        self.max_per_uid = max_subscriptions_per_uid or max_subscriptions
         self.max_wakeups_hz = max_wakeups_hz
         self.subscribers: dict[int, Subscriber] = {}
         self.by_sensor: dict[str, set[Subscriber]] = {}
@@ -101,6 +109,13 @@ class WakeCore:
             raise LimitExceeded(
                 f"at most {self.max_subscriptions} subscriptions",
                 data={"limit": self.max_subscriptions},
+            )
+        uid = sub.peer.uid
+        mine = sum(len(s.sensors) for s in self.subscribers.values() if s.peer.uid == uid)
+        if new and mine + len(new) > self.max_per_uid:
+            raise LimitExceeded(
+                f"at most {self.max_per_uid} subscriptions per user",
+                data={"limit": self.max_per_uid, "uid": uid},
             )
         if max_wakeups is not None:
             if not 0 < max_wakeups <= self.max_wakeups_hz:

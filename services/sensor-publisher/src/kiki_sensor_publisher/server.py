@@ -137,7 +137,9 @@ class Publisher:
         self.ctx = ctx
         self.sensors: dict[str, Sensor] = {}
         self.core = WakeCore(
-            max_subscriptions=config.max_subscriptions, max_wakeups_hz=config.max_wakeups_hz
+            max_subscriptions=config.max_subscriptions,
+            max_wakeups_hz=config.max_wakeups_hz,
+            max_subscriptions_per_uid=config.max_subscriptions_per_uid or None,
         )
         self.policy = ReadPolicy(config.read_policy)
         self.prefix = config.ring_prefix()
