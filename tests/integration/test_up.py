@@ -147,6 +147,35 @@ def test_up_status_restart_and_clean_stop(
     assert echoed["text"] == "hello"
     assert echoed["caller"]["uid"] == os.getuid()
 
+    def kiki(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(VENV_BIN / "kiki"), *args],
+            env={**env, "KIKI_RUNTIME_DIR": str(sockdir)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    # The a11y demo app published its window and reacts to actions as an app would.
+    def find(*criteria: str) -> list[dict[str, Any]]:
+        found = kiki("a11y", "find", *criteria, "--json")
+        return list(json.loads(found.stdout)["nodes"]) if found.returncode == 0 else []
+
+    save = wait_until(lambda: find("role=button", "name=Save")[:1], 60, "the demo's Save")[0]
+    refused = kiki("a11y", "act", save["ref"], "press")
+    assert (refused.returncode, refused.stderr) == (1, "kiki a11y: the Name field is empty\n")
+    name = find("role=textField", "name=Name")[0]
+    assert kiki("a11y", "act", name["ref"], "setValue", "Grace Hopper").returncode == 0
+    assert kiki("a11y", "act", save["ref"], "press").returncode == 0
+    assert wait_until(lambda: find("role=listItem", "name=Grace Hopper"), 30, "a new list item")
+    # The sensor publisher lists the kernel's and the synthetic IMU's sensors.
+    listed = kiki("sensors", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    sensors = {s["id"]: s for s in json.loads(listed.stdout)}
+    assert sensors["imu0"]["rateHz"] == 1000
+    assert "memory" in sensors
+
     # A crashed service is restarted and becomes ready again.
     victim = state["services"]["tool-broker"]["pid"]
     os.kill(victim, signal.SIGKILL)
@@ -168,6 +197,7 @@ def test_up_status_restart_and_clean_stop(
     output = proc.stdout.read()
     assert "all 6 services ready" in output
     assert "started the demo provider" in output
+    assert "started the demo app" in output
     assert "tool-broker exited with status -9; restarting" in output
     for pid in pids:
         with pytest.raises(ProcessLookupError):
