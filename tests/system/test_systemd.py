@@ -7,6 +7,7 @@ checkout at /src and a wheelhouse at /wheelhouse; Kiki is installed with ``image
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import re
@@ -307,9 +308,8 @@ READER_PROPERTIES = (
     "SystemCallArchitectures=native",
     "Environment=KIKI_RUNTIME_DIR=/run/kiki",
     "Environment=PYTHONDONTWRITEBYTECODE=1",
-    # `kiki`'s parser computes a default state directory from the home directory, which a
-    # dynamic user of this container (no nss-systemd in its empty /etc) does not have.
-    "Environment=HOME=/",
+    # No HOME: a dynamic user of this container has none (no nss-systemd in its /etc), and
+    # `kiki` must not need one.
 )
 
 RING_WRITE_PROBE = """
@@ -367,17 +367,33 @@ def test_a_reader_in_another_hardened_unit_reads_the_rings(machine: Machine) -> 
     )
     assert probe.stdout.strip() == "read-only"
 
-    # A publisher restart: new rings (a new generation), the reader unit reads them again.
-    machine.systemctl("restart", unit)
-    out = _in_reader_unit(
-        machine,
-        "kiki-sensor-reader2",
-        "/usr/bin/kiki",
-        "sensors",
-        "watch",
-        "imu0",
-        "--json",
-        "--count",
-        "20",
-    ).stdout
-    assert len(out.splitlines()) == 20
+    # A publisher restart while a reader unit is reading: the reader notices the new ring (a
+    # new generation), maps it and goes on; its samples start again from the new ring's first.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        reading = pool.submit(
+            _in_reader_unit,
+            machine,
+            "kiki-sensor-reader2",
+            "/usr/bin/kiki",
+            "sensors",
+            "watch",
+            "imu0",
+            "--json",
+            "--count",
+            "3000",
+        )
+
+        def reader_subscribed() -> bool:
+            stats = json.loads(machine.run("/usr/bin/kiki", "sensors", "stats", "--json").stdout)
+            return any("imu0" in s["sensors"] for s in stats["subscribers"])
+
+        machine.wait_for("the reader unit subscribed", reader_subscribed)
+        machine.systemctl("restart", unit)
+        out = reading.result(timeout=120).stdout
+    indices = [json.loads(line)["index"] for line in out.splitlines()]
+    assert len(indices) == 3000
+    restarts = [i for i in range(1, len(indices)) if indices[i] <= indices[i - 1]]
+    assert len(restarts) == 1, "the reader should have followed exactly one new ring"
+    before, after = indices[: restarts[0]], indices[restarts[0] :]
+    assert before == list(range(before[0], before[0] + len(before)))
+    assert after == list(range(after[0], after[0] + len(after)))
