@@ -839,3 +839,23 @@ async def test_running_out_of_descriptors_pauses_accepting_then_serves(
                 reply = await loop.sock_recv(client, 4096)
         assert orjson.loads(reply) == {"jsonrpc": "2.0", "result": 5, "id": 1}
         assert srv.counters["connections_accepted"] == 1
+
+
+async def test_inline_notifications_run_as_they_are_read_in_order(
+    server: RpcServer, sock_path: Path
+) -> None:
+    seen: list[Any] = []
+    methods = Methods()
+
+    @methods.inline("client.note")
+    def note_seen(params: Any) -> None:
+        seen.append(params["text"])
+        if params["text"] == "boom":
+            raise RuntimeError("an inline handler failing is logged, the connection lives")
+
+    async with connect_unix(sock_path, methods) as conn:
+        for text in ("a", "boom", "b", "c"):
+            assert await bounded(conn.request("tell_back", {"text": text})) == "told"
+        assert seen == ["a", "boom", "b", "c"]  # each ran before the answer that followed it
+        # Inline handlers are for notifications only: a request for one is an unknown method.
+        assert "client.note" not in methods

@@ -528,6 +528,14 @@ class Connection:
                 log.exception("%s: progress callback failed", self.name)
 
     def _start(self, event: Incoming) -> None:
+        if event.notification and (inline := self.methods._inline.get(event.method)):
+            try:
+                inline(event.message.get("params"))
+            except Exception:
+                log.exception("%s: notification %s failed", self.name, event.method)
+            self._core.complete(event.slot, None)
+            self._core.release(event.slot)
+            return
         ctx = RequestContext(
             self,
             self.peer,

@@ -171,6 +171,7 @@ class Methods:
         self._handlers: dict[str, Handler] = {}
         self._guarded: dict[str, Callable[..., Awaitable[Any]]] = {}
         self._shapes: dict[str, _Shape | None] = {}
+        self._inline: dict[str, Callable[[Any], None]] = {}
         for name, func in (table or {}).items():
             self.register(name, func)
 
@@ -180,6 +181,18 @@ class Methods:
         self._handlers[name] = func
         self._guarded[name] = _guard(name, func)
         self._shapes[name] = _Shape.of(func)
+
+    def inline(self, name: str) -> Callable[[Callable[[Any], None]], Callable[[Any], None]]:
+        """Decorator for a *notification* handled as it is read, without a task of its own:
+        a plain function of the notification's params, which must not block. For high-rate
+        signals (a sensor wake-up) where a task per message costs more than the work. A
+        request (with an id) for such a method is answered -32601 like any unknown method."""
+
+        def decorator(func: Callable[[Any], None]) -> Callable[[Any], None]:
+            self._inline[name] = func
+            return func
+
+        return decorator
 
     def unregister(self, name: str) -> None:
         self._handlers.pop(name, None)

@@ -4,8 +4,8 @@
 * :mod:`libkiki.sensors.ring` -- the ring format, sans-I/O writer and reader.
 * :mod:`libkiki.sensors.shm` -- mapping rings in ``/dev/shm``.
 * :mod:`libkiki.sensors.client` -- :class:`SensorClient`, :class:`SensorReader` and
-  :class:`ExternalSensor` over ``sensors.sock``.
-* :mod:`libkiki.sensors.wakeup` -- the reader's wake-up channel (JSON-RPC with a fast path).
+  :class:`ExternalSensor` over ``sensors.sock`` (``libkiki.rpc``; wake-ups are inline
+  notifications, handled as they are read).
 
 The ring format, the notify protocol and the measurements are in
 ``services/sensor-publisher/README.md``.

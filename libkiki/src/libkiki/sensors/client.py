@@ -27,11 +27,10 @@ from typing import Any, Self
 
 from libkiki.errors import InvalidFrame, KikiError, NotFound, SchemaError, Unavailable
 from libkiki.paths import SENSORS_SOCKET, socket_path
-from libkiki.rpc import Connection, Methods, RequestContext, connect_unix
+from libkiki.rpc import Connection, Methods, connect_unix
 from libkiki.sensors.layout import Layout
 from libkiki.sensors.ring import Batch, RingChanged, RingReader
 from libkiki.sensors.shm import MappedReader, MappedWriter
-from libkiki.sensors.wakeup import WakeChannel
 
 WAKE = "sensors/wake"
 GONE = "sensors/gone"
@@ -55,22 +54,39 @@ class SensorClient:
         self._conn: Connection | None = None
 
     async def __aenter__(self) -> Self:
+        # Wake-ups are handled as they are read (no task per message): they only note the
+        # index and set ``wake``; whoever waits on it reads the ring.
         methods = Methods()
 
-        @methods.method(WAKE)
-        async def woken(ctx: RequestContext, upTo: dict[str, int]) -> None:
-            self.wakeups.update(upTo)
-            self.wake.set()
+        @methods.inline(WAKE)
+        def woken(params: Any) -> None:
+            up_to = params.get("upTo") if isinstance(params, dict) else None
+            if isinstance(up_to, dict):
+                self.wakeups.update(up_to)
+                self.wake.set()
 
-        @methods.method(GONE)
-        async def gone(ctx: RequestContext, sensor: str) -> None:
-            self.gone.add(sensor)
-            self.wake.set()
+        @methods.inline(GONE)
+        def gone(params: Any) -> None:
+            sensor = params.get("sensor") if isinstance(params, dict) else None
+            if isinstance(sensor, str):
+                self.gone.add(sensor)
+                self.wake.set()
 
-        self._conn = await self._stack.enter_async_context(
-            connect_unix(self.path, methods, request_timeout=self.timeout)
-        )
+        try:
+            self._conn = conn = await self._stack.enter_async_context(
+                connect_unix(self.path, methods, request_timeout=self.timeout)
+            )
+            # The connection ending (the publisher stopping) wakes waiters too.
+            watcher = asyncio.get_running_loop().create_task(self._wake_when_closed(conn))
+            self._stack.callback(watcher.cancel)
+        except BaseException:
+            await self._stack.aclose()
+            raise
         return self
+
+    async def _wake_when_closed(self, conn: Connection) -> None:
+        await conn.wait_closed()
+        self.wake.set()
 
     async def __aexit__(self, *exc: object) -> None:
         await self._stack.aclose()
@@ -147,7 +163,7 @@ class SensorReader:
         self.lost = 0
         self.restarts = 0
         self.view: dict[str, Any] = {}
-        self._client: WakeChannel | None = None
+        self._client: SensorClient | None = None
         self._mapped: MappedReader | None = None
 
     async def __aenter__(self) -> Self:
@@ -166,10 +182,12 @@ class SensorReader:
             self._mapped = None
         if self._client is not None:
             client, self._client = self._client, None
-            client.close()
+            with contextlib.suppress(KikiError, OSError):
+                await client.__aexit__(None, None, None)
 
     async def _connect(self) -> None:
-        client = await WakeChannel.connect(self.path)
+        client = SensorClient(self.path)
+        await client.__aenter__()
         try:
             reply = await client.request(
                 "sensors/subscribe",
@@ -177,7 +195,7 @@ class SensorReader:
             )
             self._map(reply["sensors"][0])
         except BaseException:
-            client.close()
+            await client.__aexit__(None, None, None)
             raise
         self._client = client
 
