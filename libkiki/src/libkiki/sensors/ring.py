@@ -401,18 +401,19 @@ class RingReader:
         w = self.write_index
         return self.read(max(0, w - min(count, self.capacity - 1)), count)
 
+    def _bytes(self, offset: int, n: int) -> bytes:
+        """A copy of ``n`` bytes of the segment at ``offset`` (how depends on the reader)."""
+        return bytes(self._mv[offset : offset + n])
+
     def _copy(self, start: int, end: int) -> memoryview:
         rs, cap = self.record_size, self.capacity
         first = start & self._mask
         n = end - start
         base = HEADER_SIZE + first * rs
         if first + n <= cap:
-            return memoryview(bytes(self._mv[base : base + n * rs]))
-        out = bytearray(n * rs)
-        head = (cap - first) * rs
-        out[:head] = self._mv[base : base + head]
-        out[head:] = self._mv[HEADER_SIZE : HEADER_SIZE + (n * rs - head)]
-        return memoryview(out)
+            return memoryview(self._bytes(base, n * rs))
+        head = (cap - first) * rs  # the records wrap: the ring's tail, then its start
+        return memoryview(self._bytes(base, head) + self._bytes(HEADER_SIZE, n * rs - head))
 
     def _verify(self, data: memoryview, start: int, count: int) -> None:
         words = data.cast("Q")

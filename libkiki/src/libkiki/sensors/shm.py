@@ -82,15 +82,8 @@ class FdRingReader(RingReader):
         if int.from_bytes(head[32:40], "little") != self.generation or flags & FLAG_RETIRED:
             raise RingChanged()
 
-    def _copy(self, start: int, end: int) -> memoryview:
-        rs, cap = self.record_size, self.capacity
-        first = start & self._mask
-        n = end - start
-        base = HEADER_SIZE + first * rs
-        if first + n <= cap:
-            return memoryview(self._pread(n * rs, base))
-        head = (cap - first) * rs
-        return memoryview(self._pread(head, base) + self._pread(n * rs - head, HEADER_SIZE))
+    def _bytes(self, offset: int, n: int) -> bytes:
+        return self._pread(n, offset)
 
     def release(self) -> None:
         pass  # the fd belongs to whoever opened it
