@@ -37,7 +37,8 @@ from libkiki.errors import (
 )
 from libkiki.paths import SENSORS_SOCKET, socket_path
 from libkiki.peer import PeerCred
-from libkiki.rpc import Connection, Methods, RequestContext, serve_unix
+from libkiki.rpc import Connection, Methods, RequestContext
+from libkiki.rpc_service import serve_configured
 from libkiki.sensors.layout import Layout
 from libkiki.sensors.ring import Batch, segment_size
 from libkiki.sensors.shm import MappedReader, segment_owner
@@ -591,14 +592,10 @@ async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
             if pub.imu is not None:
                 pub.imu.start(asyncio.get_running_loop())
             try:
-                async with serve_unix(
+                async with serve_configured(
+                    ctx,
                     listener,
                     pub.methods(ctx),
-                    max_connections=config.max_connections,
-                    max_line=config.max_line,
-                    max_in_flight=config.max_in_flight,
-                    drain_timeout=config.drain_timeout,
-                    counters=ctx.counters,
                     on_connect=pub.on_connect,
                     on_disconnect=pub.on_disconnect,
                 ):

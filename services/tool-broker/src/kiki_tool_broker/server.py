@@ -38,8 +38,9 @@ from libkiki.errors import (
 )
 from libkiki.paths import TOOLS_SOCKET, config_dir, socket_path, state_dir
 from libkiki.peer import PeerCred
-from libkiki.rpc import Connection, Methods, RequestContext, serve_unix
+from libkiki.rpc import Connection, Methods, RequestContext
 from libkiki.rpc.messages import RequestId
+from libkiki.rpc_service import serve_configured
 from libkiki.service import ServiceContext
 
 log = logging.getLogger(__name__)
@@ -405,16 +406,12 @@ async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
     try:
         async with asyncio.TaskGroup() as tg:
             announcer = tg.create_task(broker.announce_changes())
-            async with serve_unix(
+            async with serve_configured(
+                ctx,
                 listener,
                 broker.methods,
-                max_connections=config.max_connections,
-                max_line=config.max_line,
-                max_in_flight=config.max_in_flight,
                 request_timeout=config.call_timeout,
-                drain_timeout=config.drain_timeout,
                 on_disconnect=broker.connection_lost,
-                counters=ctx.counters,
             ):
                 how = "activated" if ctx.listeners.activated else "bound"
                 ctx.status = f"serving {TOOLS_SOCKET} ({how}); {len(broker.registry)} tools"
