@@ -448,8 +448,20 @@ class Supervisor:
                     self._write_state()
                     self._say(self.table())
                     self._say(f"all {len(self.children)} services ready; Ctrl-C stops them")
-                    demo = await self._start_demo(tg)
-                    a11y_demo = await self._start_a11y_demo(tg)
+                    demo = await self._start_demo(
+                        tg,
+                        "tool-broker",
+                        "libkiki.demo",
+                        "demo",
+                        "started the demo provider (dev.kiki.demo.echo, dev.kiki.demo.now)",
+                    )
+                    a11y_demo = await self._start_demo(
+                        tg,
+                        "a11y-server",
+                        "libkiki.a11y.demo",
+                        "a11y-demo",
+                        "started the demo app (its tree: kiki a11y dump)",
+                    )
                     self._say(self.try_this())
                 await self._stop.wait()
                 self._say("stopping")
@@ -491,44 +503,28 @@ class Supervisor:
                 "(still trying; see its log lines above)"
             )
 
-    async def _start_demo(self, tg: asyncio.TaskGroup) -> asyncio.subprocess.Process | None:
-        broker = next((c for c in self.children if c.spec.name == "tool-broker"), None)
-        if not self.config.demo or broker is None or broker.address is None:
+    async def _start_demo(
+        self, tg: asyncio.TaskGroup, service: str, module: str, label: str, started: str
+    ) -> asyncio.subprocess.Process | None:
+        """Start a demo process (``python -m module --socket <service's socket>``) once that
+        service is ready; its log lines are shown under ``label``."""
+        child = next((c for c in self.children if c.spec.name == service), None)
+        if not self.config.demo or child is None or child.address is None:
             return None
-        env = dict(os.environ, KIKI_RUNTIME_DIR=str(self.config.runtime_dir))
         demo = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "libkiki.demo",
+            module,
             "--socket",
-            broker.address,
-            env=env,
+            child.address,
+            env=dict(os.environ, KIKI_RUNTIME_DIR=str(self.config.runtime_dir)),
             stdin=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
             preexec_fn=_die_with_parent,
         )
         assert demo.stderr is not None
-        tg.create_task(self._pipe_lines("demo", demo.stderr))
-        self._say("started the demo provider (dev.kiki.demo.echo, dev.kiki.demo.now)")
-        return demo
-
-    async def _start_a11y_demo(self, tg: asyncio.TaskGroup) -> asyncio.subprocess.Process | None:
-        server = next((c for c in self.children if c.spec.name == "a11y-server"), None)
-        if not self.config.demo or server is None or server.address is None:
-            return None
-        demo = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "libkiki.a11y.demo",
-            "--socket",
-            server.address,
-            stdin=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-            preexec_fn=_die_with_parent,
-        )
-        assert demo.stderr is not None
-        tg.create_task(self._pipe_lines("a11y-demo", demo.stderr))
-        self._say("started the demo app (its tree: kiki a11y dump)")
+        tg.create_task(self._pipe_lines(label, demo.stderr))
+        self._say(started)
         return demo
 
     async def _stop_bus(self) -> None:
