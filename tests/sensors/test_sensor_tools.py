@@ -79,6 +79,18 @@ async def test_kiki_sensors_commands(start_publisher: StartPublisher) -> None:
     assert code == 0
     assert out.startswith("imu0  #")
     assert "Hz" in out
+    # The same through the ring's futex (BlockingSensorReader), as JSON and for people.
+    code, out, _ = await _kiki(
+        "sensors", "--socket", sock, "watch", "imu0", "--futex", "--json", "--count", "50"
+    )
+    assert code == 0
+    lines = [orjson.loads(line) for line in out.splitlines()]
+    assert [x["index"] for x in lines] == list(range(lines[0]["index"], lines[0]["index"] + 50))
+    code, out, _ = await _kiki(
+        "sensors", "--socket", sock, "watch", "imu0", "--futex", "--count", "100"
+    )
+    assert code == 0
+    assert out.startswith("imu0  #")
     code, out, _ = await _kiki("sensors", "--socket", sock, "stats", "--json")
     assert code == 0
     assert orjson.loads(out)["sensors"]["imu0"]["nominalHz"] == 1000
@@ -86,5 +98,8 @@ async def test_kiki_sensors_commands(start_publisher: StartPublisher) -> None:
     assert code == 0
     assert "OVERRUNS" in out
     code, _, err = await _kiki("sensors", "--socket", sock, "watch", "nope")
+    assert code == 1
+    assert "no sensor 'nope'" in err
+    code, _, err = await _kiki("sensors", "--socket", sock, "watch", "nope", "--futex")
     assert code == 1
     assert "no sensor 'nope'" in err

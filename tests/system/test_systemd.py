@@ -362,6 +362,23 @@ def test_a_reader_in_another_hardened_unit_reads_the_rings(machine: Machine) -> 
     assert stats["sensors"]["imu0"]["written"] >= first + 200
     assert stats["sensors"]["cpu"]["written"] > 0
 
+    # The same unit's hardening lets a reader sleep on the ring's futex (a read-only mapping
+    # of its header; futex(2) is in @system-service).
+    out = _in_reader_unit(
+        machine,
+        "kiki-sensor-futex-reader",
+        "/usr/bin/kiki",
+        "sensors",
+        "watch",
+        "imu0",
+        "--futex",
+        "--json",
+        "--count",
+        "200",
+    ).stdout
+    indices = [json.loads(line)["index"] for line in out.splitlines()]
+    assert indices == list(range(indices[0], indices[0] + 200))
+
     probe = _in_reader_unit(
         machine, "kiki-sensor-probe", "/usr/lib/kiki/venv/bin/python", "-c", RING_WRITE_PROBE
     )

@@ -12,6 +12,7 @@ import orjson
 
 from libkiki.cli.common import fail, service_group
 from libkiki.errors import KikiError
+from libkiki.sensors.blocking import BlockingSensorReader
 from libkiki.sensors.client import SensorClient, SensorReader
 from libkiki.sensors.ring import Batch
 
@@ -40,6 +41,12 @@ def register(sub: Any) -> None:
         help="lines per second for people (default 10); --json prints every sample",
     )
     watch.add_argument("--json", action="store_true", help="one JSON object per sample")
+    watch.add_argument(
+        "--futex",
+        action="store_true",
+        help="sleep on the ring's wake counter (BlockingSensorReader) instead of waiting for "
+        "wake-up messages; the publisher's own sensors only",
+    )
     watch.set_defaults(func=run_watch)
 
     stats = cmds.add_parser("stats", help="rates, readers and overruns")
@@ -88,6 +95,8 @@ def _format(value: Any) -> str:
 
 def run_watch(args: argparse.Namespace) -> int:
     try:
+        if args.futex:
+            return _watch_blocking(args)
         return asyncio.run(_watch(args))
     except KikiError as exc:
         return _fail(exc)
@@ -95,42 +104,70 @@ def run_watch(args: argparse.Namespace) -> int:
         return 0
 
 
-async def _watch(args: argparse.Namespace) -> int:
+class _Watch:
+    """What watch prints, whichever reader feeds it: every sample as JSON, or a line at a time
+    with the rate over the last second."""
+
+    def __init__(self, args: argparse.Namespace, names: tuple[str, ...]) -> None:
+        self.args = args
+        self.names = names
+        self.seen = 0
+        self.window: list[tuple[int, int]] = []  # (monotonic ns, samples) over the last second
+
+    def start(self, latest: Batch, lost: int) -> None:
+        if not self.args.json and latest.count:
+            _print_line(self.args.name, self.names, latest, 0.0, lost)
+
+    def batch(self, batch: Batch, lost: int) -> bool:
+        """Print a batch; True once --count samples are out."""
+        args = self.args
+        if args.json:
+            for sample in batch:
+                line = {
+                    "sensor": args.name,
+                    "index": sample.index,
+                    "timestampNs": sample.timestamp_ns,
+                    "values": dict(zip(self.names, sample.values, strict=True)),
+                }
+                if batch.lost:
+                    line["lost"] = batch.lost
+                print(orjson.dumps(line).decode(), flush=True)
+                self.seen += 1
+                if args.count and self.seen >= args.count:
+                    return True
+            return False
+        now = time.monotonic_ns()
+        self.window.append((now, batch.count))
+        self.window = window = [(t, c) for t, c in self.window if now - t < 1_000_000_000]
+        span = (now - window[0][0]) / 1e9 if len(window) > 1 else 0.0
+        rate = sum(c for _, c in window[1:]) / span if span > 0 else _batch_rate(batch)
+        _print_line(args.name, self.names, batch, rate, lost)
+        self.seen += batch.count
+        return bool(args.count and self.seen >= args.count)
+
+
+def _wakeups(args: argparse.Namespace) -> float:
     # People get at most --rate lines a second; --json gets every sample.
-    wakeups = 0.0 if args.json else max(args.rate, 0.1)
-    async with SensorReader(args.name, path=args.socket, max_wakeups=wakeups) as reader:
-        names = reader.layout.names
-        seen = 0
-        window: list[tuple[int, int]] = []  # (monotonic ns, samples) over the last second
-        if not args.json:
-            latest = reader.latest()
-            if latest.count:
-                _print_line(args.name, names, latest, 0.0, reader.lost)
+    return 0.0 if args.json else max(args.rate, 0.1)
+
+
+async def _watch(args: argparse.Namespace) -> int:
+    async with SensorReader(args.name, path=args.socket, max_wakeups=_wakeups(args)) as reader:
+        out = _Watch(args, reader.layout.names)
+        out.start(reader.latest(), reader.lost)
         async for batch in reader:
-            if args.json:
-                for sample in batch:
-                    line = {
-                        "sensor": args.name,
-                        "index": sample.index,
-                        "timestampNs": sample.timestamp_ns,
-                        "values": dict(zip(names, sample.values, strict=True)),
-                    }
-                    if batch.lost:
-                        line["lost"] = batch.lost
-                    print(orjson.dumps(line).decode(), flush=True)
-                    seen += 1
-                    if args.count and seen >= args.count:
-                        return 0
-                continue
-            now = time.monotonic_ns()
-            window.append((now, batch.count))
-            window = [(t, c) for t, c in window if now - t < 1_000_000_000]
-            span = (now - window[0][0]) / 1e9 if len(window) > 1 else 0.0
-            rate = sum(c for _, c in window[1:]) / span if span > 0 else _batch_rate(batch)
-            _print_line(args.name, names, batch, rate, reader.lost)
-            seen += batch.count
-            if args.count and seen >= args.count:
-                return 0
+            if out.batch(batch, reader.lost):
+                break
+    return 0
+
+
+def _watch_blocking(args: argparse.Namespace) -> int:
+    with BlockingSensorReader(args.name, path=args.socket, max_wakeups=_wakeups(args)) as reader:
+        out = _Watch(args, reader.layout.names)
+        out.start(reader.latest(), reader.lost)
+        for batch in reader:
+            if out.batch(batch, reader.lost):
+                break
     return 0
 
 

@@ -142,64 +142,22 @@ class SensorClient:
         return removed
 
 
-class SensorReader:
-    """One sensor: its latest value, a history window, and an async iterator of new samples."""
+class RingFollower:
+    """What the readers share: the sensor's mapped ring, its latest values, its history, and a
+    position in it (:class:`SensorReader` for asyncio, :class:`~libkiki.sensors.blocking.
+    BlockingSensorReader` for a thread that blocks)."""
 
-    def __init__(
-        self,
-        sensor: str,
-        *,
-        path: str | os.PathLike[str] | None = None,
-        max_wakeups: float = 0,
-        layout: Layout | None = None,
-        from_start: bool = False,
-    ) -> None:
+    def __init__(self, sensor: str, layout: Layout | None, from_start: bool) -> None:
         self.sensor = sensor
-        self.path = _path(path)
-        self.max_wakeups = max_wakeups
         self.expected = layout
         self.from_start = from_start
         self.position = 0
         self.lost = 0
         self.restarts = 0
         self.view: dict[str, Any] = {}
-        self._client: SensorClient | None = None
         self._mapped: MappedReader | None = None
 
-    async def __aenter__(self) -> Self:
-        await self._connect()
-        assert self._mapped is not None
-        ring = self._mapped.ring
-        self.position = 0 if self.from_start else ring.write_index
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self._close()
-
-    async def _close(self) -> None:
-        if self._mapped is not None:
-            self._mapped.close()
-            self._mapped = None
-        if self._client is not None:
-            client, self._client = self._client, None
-            with contextlib.suppress(KikiError, OSError):
-                await client.__aexit__(None, None, None)
-
-    async def _connect(self) -> None:
-        client = SensorClient(self.path)
-        await client.__aenter__()
-        try:
-            reply = await client.request(
-                "sensors/subscribe",
-                {"sensors": [self.sensor], "maxWakeupsPerSecond": self.max_wakeups},
-            )
-            self._map(reply["sensors"][0])
-        except BaseException:
-            await client.__aexit__(None, None, None)
-            raise
-        self._client = client
-
-    def _map(self, view: dict[str, Any]) -> None:
+    def _map(self, view: dict[str, Any], *, futex: bool = False) -> None:
         layout = Layout.from_json(view["layout"])
         if self.expected is not None and self.expected.hash != layout.hash:
             raise SchemaError(
@@ -216,11 +174,16 @@ class SensorReader:
             self.expected or layout,
             owner=owner if isinstance(owner, int) else None,
             mapped="owner" not in view,
+            futex=futex,
         )
-        if self._mapped is not None:
-            self._mapped.close()
+        self._unmap()
         self._mapped = mapped
         self.view = view
+
+    def _unmap(self) -> None:
+        if self._mapped is not None:
+            self._mapped.close()
+            self._mapped = None
 
     @property
     def layout(self) -> Layout:
@@ -228,12 +191,8 @@ class SensorReader:
 
     def ring_reader(self) -> RingReader:
         if self._mapped is None:
-            raise KikiError("SensorReader is not open; use `async with SensorReader(...)`")
+            raise KikiError(f"{type(self).__name__} is not open")
         return self._mapped.ring
-
-    @property
-    def connected(self) -> bool:
-        return self._client is not None and not self._client.closed
 
     def latest(self, count: int = 1) -> Batch:
         return self.ring_reader().latest(count)
@@ -257,6 +216,62 @@ class SensorReader:
         self.lost += batch.lost
         return batch
 
+    def _broken(self, exc: InvalidFrame) -> InvalidFrame:
+        # An external sensor whose app broke its ring (truncated it): a typed error for the
+        # caller, never a crash; the publisher drops that sensor too.
+        return InvalidFrame(f"{self.sensor}: {exc}", data={"sensor": self.sensor})
+
+
+class SensorReader(RingFollower):
+    """One sensor: its latest value, a history window, and an async iterator of new samples."""
+
+    def __init__(
+        self,
+        sensor: str,
+        *,
+        path: str | os.PathLike[str] | None = None,
+        max_wakeups: float = 0,
+        layout: Layout | None = None,
+        from_start: bool = False,
+    ) -> None:
+        super().__init__(sensor, layout, from_start)
+        self.path = _path(path)
+        self.max_wakeups = max_wakeups
+        self._client: SensorClient | None = None
+
+    async def __aenter__(self) -> Self:
+        await self._connect()
+        self.position = 0 if self.from_start else self.ring_reader().write_index
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._close()
+
+    async def _close(self) -> None:
+        self._unmap()
+        if self._client is not None:
+            client, self._client = self._client, None
+            with contextlib.suppress(KikiError, OSError):
+                await client.__aexit__(None, None, None)
+
+    async def _connect(self) -> None:
+        client = SensorClient(self.path)
+        await client.__aenter__()
+        try:
+            reply = await client.request(
+                "sensors/subscribe",
+                {"sensors": [self.sensor], "maxWakeupsPerSecond": self.max_wakeups},
+            )
+            self._map(reply["sensors"][0])
+        except BaseException:
+            await client.__aexit__(None, None, None)
+            raise
+        self._client = client
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None and not self._client.closed
+
     async def next_batch(self) -> Batch:
         """Wait for new samples (or for news of lost ones) and return them."""
         while True:
@@ -269,9 +284,7 @@ class SensorReader:
                 await self._remap()
                 continue
             except InvalidFrame as exc:
-                # An external sensor whose app broke its ring (truncated it): a typed error
-                # for the caller, never a crash; the publisher drops that sensor too.
-                raise InvalidFrame(f"{self.sensor}: {exc}", data={"sensor": self.sensor}) from None
+                raise self._broken(exc) from None
             if batch.count or batch.lost:
                 return batch
             if client is not None and self.sensor in client.gone:

@@ -11,7 +11,7 @@ on little-endian hosts only -- the magic would not match otherwise)::
      24  layout hash u64 (see libkiki.sensors.layout)
      32  generation u64 (random, new for every segment the writer creates)
      40  write index u64 (records committed so far; record n lives in slot n % capacity)
-     48  writer pid u32 | reserved u32
+     48  writer pid u32 | wake counter u32 (a futex word, see below; 0 in a new ring)
      56  created u64 (CLOCK_MONOTONIC ns)
     records, capacity x record size (a multiple of 8)
       0  sequence u64 (2n+1 while record n is being written, 2n+2 once it is complete)
@@ -32,6 +32,13 @@ has published a write index of m + capacity. Records older than that were lost t
 lapping the reader; the reader is told how many and continues at the oldest intact one. A
 writer killed mid-record leaves an odd sequence and an unchanged write index: readers never see
 that record. Each copied record's sequence is also checked against its index.
+
+The wake counter is for readers that sleep instead of waiting for a message
+(:mod:`libkiki.sensors.futex`): the writer adds one to it after writes it wants to wake readers
+for, and when it retires the ring, then calls ``FUTEX_WAKE`` on it. A reader reads the counter
+*before* it reads the ring, and sleeps only if the counter still has that value, so a write or
+a retirement after its look is never slept through. Writers that never wake anyone leave it 0;
+readers of such a ring are woken by their timeout alone.
 """
 
 from __future__ import annotations
@@ -55,7 +62,8 @@ FLAG_RETIRED: Final = 1
 MAX_CAPACITY: Final = 1 << 24
 
 _HEADER = struct.Struct("<8sHHIIIQQQII Q")
-_W_MAGIC, _W_CAP_FLAGS, _W_GENERATION, _W_INDEX = 0, 2, 4, 5
+_W_MAGIC, _W_CAP_FLAGS, _W_GENERATION, _W_INDEX, _W_PID_WAKE = 0, 2, 4, 5, 6
+WAKE_OFFSET: Final = 52  # the wake counter (the high half of word 6)
 _RETRIES = 8
 
 if sys.byteorder != "little":  # pragma: no cover - Kiki targets x86-64 and aarch64
@@ -219,10 +227,17 @@ class RingWriter:
         self._next = self._u64[_W_INDEX] = n + 1
         return n
 
+    def bump_wake(self) -> None:
+        """Add one to the wake counter (before a ``FUTEX_WAKE`` on it)."""
+        word = self._u64[_W_PID_WAKE]
+        self._u64[_W_PID_WAKE] = (word + (1 << 32)) & 0xFFFF_FFFF_FFFF_FFFF
+
     def retire(self) -> None:
-        """Tell readers this ring is finished (the writer stops or a new segment replaces it)."""
+        """Tell readers this ring is finished (the writer stops or a new segment replaces it).
+        The wake counter moves too, so that a reader about to sleep on it does not."""
         word = self._u64[_W_CAP_FLAGS]
         self._u64[_W_CAP_FLAGS] = word | (FLAG_RETIRED << 32)
+        self.bump_wake()
 
     def release(self) -> None:
         self._u64.release()
@@ -355,6 +370,11 @@ class RingReader:
     @property
     def retired(self) -> bool:
         return bool((self._u64[_W_CAP_FLAGS] >> 32) & FLAG_RETIRED)
+
+    @property
+    def wake_count(self) -> int:
+        """The wake counter: read it before reading the ring, sleep on this value."""
+        return int(self._u64[_W_PID_WAKE]) >> 32
 
     def check(self) -> None:
         """Raise :class:`RingChanged` if the writer retired or replaced this ring."""

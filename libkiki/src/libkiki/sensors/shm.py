@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Final
 
 from libkiki.errors import InvalidFrame, InvalidParams, NotFound, PermissionDenied
+from libkiki.sensors.futex import HeaderWord
 from libkiki.sensors.layout import Layout
 from libkiki.sensors.ring import (
     FLAG_RETIRED,
     HEADER_SIZE,
+    WAKE_OFFSET,
     RingChanged,
     RingReader,
     RingWriter,
@@ -95,7 +97,8 @@ class MappedReader:
     ``owner``: the uid that must own the segment (the publisher's, or an external sensor's
     app); anything else is refused. ``mapped=False`` reads through ``pread`` instead of a
     mapping (:class:`FdRingReader`): for a segment whose owner is not the publisher, who could
-    truncate it under a mapping.
+    truncate it under a mapping. ``futex=True`` also maps the header's first page for waiting
+    on the write index (:attr:`word`, see :mod:`libkiki.sensors.futex`); mapped rings only.
     """
 
     def __init__(
@@ -106,7 +109,10 @@ class MappedReader:
         *,
         owner: int | None = None,
         mapped: bool = True,
+        futex: bool = False,
     ) -> None:
+        if futex and not mapped:
+            raise InvalidParams("futex wake-ups need a mapped ring")
         path = shm_dir / check_segment_name(name)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
@@ -118,6 +124,7 @@ class MappedReader:
             raise InvalidParams(f"{name} is not a shared-memory segment") from None
         self._map: mmap.mmap | None = None
         self._fd: int | None = None
+        self.word: HeaderWord | None = None
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
@@ -131,10 +138,14 @@ class MappedReader:
             if mapped:
                 self._map = mmap.mmap(fd, st.st_size, mmap.MAP_SHARED, mmap.PROT_READ)
                 self.ring = RingReader(self._map, layout)
+                if futex:
+                    self.word = HeaderWord(fd, WAKE_OFFSET)
             else:
                 self._fd = fd
                 self.ring = FdRingReader(fd, layout, st.st_size)
         except BaseException:
+            if self.word is not None:
+                self.word.close()
             if self._map is not None:
                 self._map.close()
             os.close(fd)
@@ -145,6 +156,9 @@ class MappedReader:
 
     def close(self) -> None:
         self.ring.release()
+        if self.word is not None:
+            self.word.close()
+            self.word = None
         if self._map is not None:
             self._map.close()
         if self._fd is not None:
@@ -216,16 +230,18 @@ def _retire_and_unlink(path: Path) -> None:
 
 
 def mark_retired(buf: mmap.mmap) -> bool:
-    """Set the retired flag of whatever ring is in ``buf``; False if it is not a ring."""
+    """Set the retired flag of whatever ring is in ``buf`` and move its wake counter (then
+    ``FUTEX_WAKE`` its sleepers); False if it is not a ring."""
     try:
         read_header(buf)
     except Exception:
         return False
     mv = memoryview(buf)
     try:
-        word = mv[16:24].cast("Q")
-        word[0] = word[0] | (1 << 32)
-        word.release()
+        words = mv[:64].cast("Q")
+        words[2] = words[2] | (1 << 32)  # the retired flag
+        words[6] = (words[6] + (1 << 32)) & 0xFFFF_FFFF_FFFF_FFFF  # the wake counter
+        words.release()
     finally:
         mv.release()
     return True

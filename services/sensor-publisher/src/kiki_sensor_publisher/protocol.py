@@ -3,6 +3,11 @@
 No clock reads here: callers pass ``now`` (seconds, monotonic). A subscriber's wake-ups are one
 dict ``{sensor: write index}`` that newer indices overwrite, so a subscriber that does not keep
 up costs one dict entry per sensor, however far behind it is.
+
+A subscription may instead ask for futex wake-ups (``wake: "futex"``): the reader sleeps on the
+ring's wake counter, and the publisher wakes every such sleeper of a sensor with one system
+call. Those subscriptions count for the sensor's pace (:attr:`WakeCore.fastest`) and in
+:attr:`WakeCore.futex_waiters`, and get no wake-up messages.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ class Subscriber:
     # given in the subscribe that named it: a later subscribe to other sensors keeps it.
     intervals: dict[str, float] = field(default_factory=dict)
     min_interval: float = 0.0  # the connection's pace: the most eager of its sensors
+    futex: set[str] = field(default_factory=set)  # sensors it is woken for through the ring
     pending: dict[str, int] = field(default_factory=dict)
     delivered: dict[str, int] = field(default_factory=dict)  # last index each wake-up carried
     last_sent: float = float("-inf")
@@ -47,6 +53,7 @@ class Subscriber:
             "sensors": sorted(self.sensors),
             "maxWakeupsPerSecond": _hz(self.min_interval),
             "maxWakeupsPerSensor": {s: _hz(i) for s, i in sorted(self.intervals.items())},
+            "futex": sorted(self.futex),
             "wakeups": self.wakeups,
             "direct": self.direct,
             "coalesced": self.coalesced,
@@ -78,6 +85,8 @@ class WakeCore:
         # sensor -> the shortest wake-up interval any subscriber wants (0: every sample). A
         # writer thread reads it, without a lock, to know how often a write is worth a wake-up.
         self.fastest: dict[str, float] = {}
+        # sensor -> how many subscriptions to it want futex wake-ups (absent: none)
+        self.futex_waiters: dict[str, int] = {}
         # sensor -> subscriptions made to it so far (stats: who ever read it, not only now)
         self.subscriptions: dict[str, int] = {}
         self._next_id = 1
@@ -88,6 +97,11 @@ class WakeCore:
             self.fastest[sensor] = min(s.intervals.get(sensor, 0.0) for s in subs)
         else:
             self.fastest.pop(sensor, None)
+        sleepers = sum(1 for s in subs or () if sensor in s.futex)
+        if sleepers:
+            self.futex_waiters[sensor] = sleepers
+        else:
+            self.futex_waiters.pop(sensor, None)
 
     def connect(self, peer: PeerCred) -> Subscriber:
         sub = Subscriber(self._next_id, peer)
@@ -100,7 +114,12 @@ class WakeCore:
         self.subscribers.pop(sub.id, None)
 
     def subscribe(
-        self, sub: Subscriber, sensors: Iterable[str], max_wakeups: float | None
+        self,
+        sub: Subscriber,
+        sensors: Iterable[str],
+        max_wakeups: float | None,
+        *,
+        futex: bool = False,
     ) -> list[str]:
         names = list(dict.fromkeys(sensors))
         total = sum(len(s.sensors) for s in self.subscribers.values())
@@ -132,6 +151,11 @@ class WakeCore:
                 self.subscriptions[name] = self.subscriptions.get(name, 0) + 1
             sub.sensors.add(name)
             sub.intervals[name] = interval
+            if futex:
+                sub.futex.add(name)
+                sub.pending.pop(name, None)  # owed nothing through the socket any more
+            else:
+                sub.futex.discard(name)
             self.by_sensor.setdefault(name, set()).add(sub)
             self._recompute(name)
         self._pace(sub)
@@ -150,6 +174,7 @@ class WakeCore:
             if name in sub.sensors:
                 sub.sensors.discard(name)
                 sub.intervals.pop(name, None)
+                sub.futex.discard(name)
                 sub.pending.pop(name, None)
                 sub.delivered.pop(name, None)
                 subs = self.by_sensor.get(name)
@@ -171,6 +196,8 @@ class WakeCore:
             return []
         woken = []
         for sub in subs:
+            if sensor in sub.futex:
+                continue  # woken through the ring's futex, by the caller
             if sensor in sub.pending:
                 sub.coalesced += 1
             elif not sub.pending:
@@ -206,8 +233,10 @@ class WakeCore:
         """A sensor went away (an external writer left): who was subscribed to it."""
         subs = list(self.by_sensor.pop(sensor, ()))
         self.fastest.pop(sensor, None)
+        self.futex_waiters.pop(sensor, None)
         for sub in subs:
             sub.sensors.discard(sensor)
+            sub.futex.discard(sensor)
             sub.intervals.pop(sensor, None)
             self._pace(sub)
             sub.pending.pop(sensor, None)

@@ -21,8 +21,9 @@ import posix_ipc
 
 from libkiki.errors import KikiError
 from libkiki.peer import PeerCred
+from libkiki.sensors import futex
 from libkiki.sensors.layout import Layout
-from libkiki.sensors.ring import Batch, RingReader, RingWriter, segment_size
+from libkiki.sensors.ring import WAKE_OFFSET, Batch, RingReader, RingWriter, segment_size
 from libkiki.sensors.shm import SHM_DIR, MappedReader, mark_retired
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,9 @@ def clean_stale(prefix: str, shm_dir: Path = SHM_DIR) -> list[str]:
             # under the mapping (SIGBUS). Theirs is merely unlinked, if we may.
             if mem.size and os.fstat(mem.fd).st_uid == os.geteuid():
                 with mmap.mmap(mem.fd, mem.size) as m:
-                    mark_retired(m)
+                    if mark_retired(m) and futex.SUPPORTED:
+                        # Readers asleep on its write index wake up and see it retired.
+                        futex.wake(futex.writable_address(m, WAKE_OFFSET))
         except (OSError, ValueError) as exc:
             log.warning("cannot retire stale segment %s: %s", name, exc)
         finally:
@@ -76,6 +79,9 @@ class Sensor:
     _map: mmap.mmap | None = None
     _mapped: MappedReader | None = None
     _unlink: Any = None
+    # The wake counter's address in our mapping, for FUTEX_WAKE (own rings only; None for an
+    # external sensor's, which we never map).
+    futex_address: int | None = None
     state: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -124,6 +130,8 @@ class Sensor:
         sensor = cls(id, kind, unit, layout, rate_hz, ring, cap, RingReader(m, layout), writer)
         sensor._map = m
         sensor._unlink = mem.unlink
+        if futex.SUPPORTED:
+            sensor.futex_address = futex.writable_address(m, WAKE_OFFSET)
         return sensor
 
     @classmethod
@@ -177,11 +185,21 @@ class Sensor:
             view["owner"] = {"uid": self.owner.uid, "pid": self.owner.pid}
         return view
 
+    def wake_futex(self) -> None:
+        """Wake the readers asleep on this ring's wake counter (one system call for all)."""
+        if self.futex_address is not None:
+            if self.writer is not None:
+                self.writer.bump_wake()
+            futex.wake(self.futex_address)
+
     def close(self) -> None:
         """Retire the ring (readers map the next one) and unlink what this process owns."""
         if self.writer is not None:
-            self.writer.retire()
+            self.writer.retire()  # which moves the wake counter: sleepers look again
             self.writer.release()
+            if self.futex_address is not None:
+                futex.wake(self.futex_address)
+                self.futex_address = None
         if self._mapped is not None:
             self._mapped.close()
             return

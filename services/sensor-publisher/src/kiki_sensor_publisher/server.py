@@ -225,6 +225,12 @@ class Publisher:
         self.sensors.clear()
 
     def publish(self, sensor: Sensor) -> None:
+        if sensor.id in self.core.futex_waiters:
+            # Every reader asleep on the ring's write index, with one system call.
+            try:
+                sensor.wake_futex()
+            except OSError as exc:  # pragma: no cover - only on a kernel without futexes
+                log.warning("futex wake-up of %s failed: %s", sensor.id, exc)
         woken = self.core.published(sensor.id, sensor.write_index, sensor.capacity)
         for sub in woken:
             # The fast path: an every-sample subscriber whose connection has nothing queued
@@ -375,14 +381,25 @@ class Publisher:
         request: RequestContext,
         sensors: list[str],
         maxWakeupsPerSecond: float = 0,
+        wake: str = "socket",
     ) -> dict[str, Any]:
         if not isinstance(sensors, list) or not all(isinstance(s, str) for s in sensors):
             raise InvalidParams("sensors is a list of sensor ids")
         if not isinstance(maxWakeupsPerSecond, int | float) or maxWakeupsPerSecond < 0:
             raise InvalidParams("maxWakeupsPerSecond is a number >= 0 (0: every sample)")
+        if wake not in ("socket", "futex"):
+            raise InvalidParams('wake is "socket" (wake-up messages) or "futex"')
         found = [self._visible(request.peer, sid) for sid in sensors]
+        if wake == "futex":
+            for sensor in found:
+                if sensor.futex_address is None:
+                    raise InvalidParams(
+                        f"{sensor.id}: futex wake-ups are for the publisher's own rings; "
+                        'an external sensor wakes its readers with wake="socket"',
+                        data={"sensor": sensor.id},
+                    )
         sub = self._sub(request)
-        self.core.subscribe(sub, sensors, maxWakeupsPerSecond or None)
+        self.core.subscribe(sub, sensors, maxWakeupsPerSecond or None, futex=wake == "futex")
         self._retune()
         return {"sensors": [self._guard(s, s.view) for s in found]}
 
@@ -426,6 +443,7 @@ class Publisher:
                 "rateHz": round(rate, 1),
                 "nominalHz": s.rate_hz,
                 "subscribers": len(subs),
+                "futexSubscribers": self.core.futex_waiters.get(sid, 0),
                 "subscriptions": self.core.subscriptions.get(sid, 0),
                 "overruns": sum(sub.overruns for sub in subs),
                 "coalesced": sum(sub.coalesced for sub in subs),
