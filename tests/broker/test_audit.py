@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -85,3 +88,23 @@ def test_garbage_line_is_reported(tmp_path: Path) -> None:
         f.write(b"not json\n")
     problems = [str(p) for p in verify(log.path)]
     assert problems == ["line 3: not a JSON audit entry"]
+
+
+def test_a_line_is_the_hashed_canonical_form_with_its_hash_and_a_utc_time(tmp_path: Path) -> None:
+    before = datetime.now(UTC)
+    log = fill(tmp_path, 3)
+    log.append(
+        caller=CALLER, tool="dev.kiki.t", outcome="ok", code=None, duration_us=1, arguments={}
+    )
+    after = datetime.now(UTC)
+    for raw, entry in zip(lines(log.path), read_entries(log.path), strict=True):
+        digest = entry.pop("hash")
+        canonical = orjson.dumps(entry, option=orjson.OPT_SORT_KEYS)
+        assert raw == canonical[:-1] + b',"hash":"' + digest.encode() + b'"}'
+        assert hashlib.sha256(entry["prev"].encode() + canonical).hexdigest() == digest
+        # The time is written as datetime.isoformat(timespec="microseconds") writes it.
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00", entry["time"])
+        when = datetime.fromisoformat(entry["time"])
+        assert when.isoformat(timespec="microseconds") == entry["time"]
+        assert before - timedelta(seconds=1) <= when <= after
+    assert entry["argsHash"] == args_hash({}) == "sha256:" + hashlib.sha256(b"{}").hexdigest()

@@ -4,12 +4,13 @@ Each line is a JSON object with ``seq``, ``time``, ``caller``, ``tool``, ``outco
 (when the call failed with one), ``durationUs``, ``argsHash``, ``prev`` and ``hash`` (the
 lexicon ``dev.kiki.tools.defs#auditEntry``), where ``hash`` is the SHA-256 of ``prev``
 followed by the line's canonical JSON without ``hash`` (keys sorted, no spaces), and ``prev`` is
-the previous line's ``hash`` (64 zeros for the first). An edited line breaks its own hash; a
-deleted or reordered line breaks the next line's ``prev`` or the ``seq`` run; a cut tail is
-detected against ``audit.head``, which holds the last ``seq`` and ``hash``, rewritten in place
-after each append (one fixed-size ``pwrite``: renaming a fresh file per call cost more than the
-rest of a tool call together). The chain shows tampering by anyone who cannot also rewrite
-every later line and the head; it is not a signature.
+the previous line's ``hash`` (64 zeros for the first). A line is written as exactly that
+canonical JSON with ``hash`` added last, so it is serialised once. An edited line breaks its
+own hash; a deleted or reordered line breaks the next line's ``prev`` or the ``seq`` run; a cut
+tail is detected against ``audit.head``, which holds the last ``seq`` and ``hash``, rewritten in
+place after each append (one fixed-size ``pwrite``: renaming a fresh file per call cost more
+than the rest of a tool call together). The chain shows tampering by anyone who cannot also
+rewrite every later line and the head; it is not a signature.
 
 The arguments themselves are never logged, only their hash (``sha256:`` of their canonical
 JSON): the log tells who called what and how it went, without keeping secrets passed in calls.
@@ -21,6 +22,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -36,7 +38,12 @@ _CANON = orjson.OPT_SORT_KEYS
 
 
 def args_hash(arguments: Any) -> str:
+    if arguments == {}:
+        return _EMPTY_ARGS  # most calls of queries: no arguments at all
     return "sha256:" + hashlib.sha256(orjson.dumps(arguments, option=_CANON)).hexdigest()
+
+
+_EMPTY_ARGS = "sha256:" + hashlib.sha256(b"{}").hexdigest()
 
 
 def _chain(prev: str, body: dict[str, Any]) -> str:
@@ -60,6 +67,8 @@ class AuditLog:
         self.path = directory / "audit.jsonl"
         self.head_path = directory / "audit.head"
         self._seq, self._prev = self._recover()
+        self._second = -1
+        self._second_text = ""
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
         self._head_fd = os.open(self.head_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o640)
         self._write_head()
@@ -108,7 +117,7 @@ class AuditLog:
     ) -> dict[str, Any]:
         body: dict[str, Any] = {
             "seq": self._seq + 1,
-            "time": (now or datetime.now(UTC)).isoformat(timespec="microseconds"),
+            "time": self._timestamp() if now is None else now.isoformat(timespec="microseconds"),
             "caller": caller,
             "tool": tool,
             "outcome": outcome,
@@ -118,13 +127,25 @@ class AuditLog:
         }
         if code is not None:
             body["code"] = code
-        digest = _chain(self._prev, body)
-        entry = {**body, "hash": digest}
-        os.write(self._fd, orjson.dumps(entry) + b"\n")
+        canonical = orjson.dumps(body, option=_CANON)
+        digest = hashlib.sha256(self._prev.encode() + canonical).hexdigest()
+        # The canonical form is what the hash covers; the line is that form with the hash added.
+        os.write(self._fd, b'%s,"hash":"%s"}\n' % (canonical[:-1], digest.encode()))
         self._seq += 1
         self._prev = digest
         self._write_head()
-        return entry
+        body["hash"] = digest
+        return body
+
+    def _timestamp(self) -> str:
+        """Now, as ``datetime.now(UTC).isoformat(timespec="microseconds")`` writes it; the part
+        down to the second is formatted once a second."""
+        ns = time.time_ns()
+        second, fraction = divmod(ns, 1_000_000_000)
+        if second != self._second:
+            self._second = second
+            self._second_text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        return f"{self._second_text}.{fraction // 1000:06d}+00:00"
 
     def _write_head(self) -> None:
         os.pwrite(self._head_fd, format_head(self._seq, self._prev), 0)
