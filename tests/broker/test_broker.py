@@ -420,22 +420,34 @@ async def test_sighup_reloads_the_policy(sockdir: Path, spawn_service: Any) -> N
     proc, notes = spawn_service("tool-broker")
     notes.wait_for("READY")
     path = sockdir / "tools.sock"
+    # One connection across the reloads: nothing the broker remembers per connection or per
+    # decision outlives the policy it came from.
     async with asyncio.timeout(20), ToolClient(path) as client:
         with pytest.raises(PermissionDenied):
             await client.call("dev.kiki.tools.listProviders")
-    policy.write_text("")  # back to the defaults
-    proc.send_signal(signal.SIGHUP)
-    notes.wait_for("RELOADING")
-    notes.wait_for("READY")
-    async with asyncio.timeout(20), ToolClient(path) as client:
+        policy.write_text("")  # back to the defaults
+        proc.send_signal(signal.SIGHUP)
+        notes.wait_for("RELOADING")
+        notes.wait_for("READY")
         assert "providers" in await client.call("dev.kiki.tools.listProviders")
-    # A broken file on reload keeps the policy in force and the broker running.
-    policy.write_text("[[deny]\n")
-    proc.send_signal(signal.SIGHUP)
-    notes.wait_for("RELOADING")
-    notes.wait_for("READY")
-    async with asyncio.timeout(20), ToolClient(path) as client:
+        # A broken file on reload keeps the policy in force and the broker running.
+        policy.write_text("[[deny]\n")
+        proc.send_signal(signal.SIGHUP)
+        notes.wait_for("RELOADING")
+        notes.wait_for("READY")
         assert "providers" in await client.call("dev.kiki.tools.listProviders")
+        # And a denial that comes back with a reload applies to the same connection at once.
+        policy.write_text(
+            f'[[deny]]\nprincipals = ["uid:{os.getuid()}"]\ntools = ["dev.kiki.tools.*"]\n'
+        )
+        proc.send_signal(signal.SIGHUP)
+        notes.wait_for("RELOADING")
+        notes.wait_for("READY")
+        with pytest.raises(PermissionDenied):
+            await client.call("dev.kiki.tools.listProviders")
+    async with asyncio.timeout(20), ToolClient(path) as client:
+        with pytest.raises(PermissionDenied):
+            await client.call("dev.kiki.tools.listProviders")
     proc.terminate()
     assert proc.wait(timeout=30) == 0
 

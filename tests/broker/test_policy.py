@@ -92,3 +92,44 @@ def test_bad_policy_files(tmp_path: Path, text: str, message: str) -> None:
 def test_supplementary_groups_come_from_proc() -> None:
     me = Caller.of(PeerCred(pid=os.getpid(), uid=os.getuid(), gid=os.getgid()))
     assert set(os.getgroups()) | {os.getgid()} <= me.groups | {os.getgid()}
+
+
+def test_decisions_are_remembered_until_the_policy_is_reloaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import kiki_tool_broker.policy as policy_module
+
+    lookups: list[str] = []
+
+    def gid(name: str) -> int | None:
+        lookups.append(name)
+        return 4242
+
+    monkeypatch.setattr(policy_module, "_gid", gid)
+    member = caller(1000, groups={4242})
+    policy = Policy.load(tmp_path / "missing.toml")
+    for _ in range(3):
+        assert policy.allows(member, "dev.kiki.x.q", "query", [999]) == (
+            True,
+            "query open to group kiki",
+        )
+    assert lookups == ["kiki"]  # the group database is read once, not per call
+    # Another tool, kind or provider user is another decision.
+    assert not policy.allows(member, "dev.kiki.x.p", "procedure", [999])[0]
+    assert policy.allows(member, "dev.kiki.x.p", "procedure", [1000])[0]
+
+    # A reload is a new Policy: what the old one remembered does not carry over.
+    path = write(tmp_path, '[[deny]]\nprincipals = ["gid:4242"]\ntools = ["dev.kiki.x.*"]\n')
+    reloaded = Policy.load(path)
+    assert reloaded.allows(member, "dev.kiki.x.q", "query", [999]) == (False, "denied by policy")
+    assert policy.allows(member, "dev.kiki.x.q", "query", [999])[0]  # the old one, unchanged
+
+
+def test_remembered_decisions_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    import kiki_tool_broker.policy as policy_module
+
+    monkeypatch.setattr(policy_module, "_MAX_DECISIONS", 8)
+    policy = Policy()
+    for i in range(50):
+        assert policy.allows(caller(0), f"dev.kiki.x.t{i}", "procedure", [999])[0]
+        assert len(policy._decisions) <= 8

@@ -20,6 +20,11 @@ apply — root may call anything; ``query`` tools (read-only) are open to member
 group and to the broker's own user; ``procedure`` tools (side effects) to the caller whose uid
 is the providing process's uid (an app calling its own tools, the broker's user calling the
 broker's) — anything else needs an explicit ``allow``.
+
+Decisions are remembered per caller identity, tool, kind and provider user, for as long as the
+policy is loaded: names (``user:``, ``group:``, ``default_group``) are therefore looked up once,
+not on every call (a ``getgrnam`` reads ``/etc/group`` and cost ~150 µs), and a change to the
+user or group database takes effect at the next reload (SIGHUP), as a change to the file does.
 """
 
 from __future__ import annotations
@@ -143,11 +148,21 @@ def _strings(value: object) -> bool:
     return isinstance(value, list) and bool(value) and all(isinstance(v, str) for v in value)
 
 
+# Decisions remembered per policy; past this many, the memory starts over (a bound, not a cache
+# policy: real devices have a handful of callers and tools).
+_MAX_DECISIONS = 4096
+
+Decision = tuple[bool, str]
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
     allow: tuple[Rule, ...] = ()
     deny: tuple[Rule, ...] = ()
     default_group: str = DEFAULT_GROUP
+    _decisions: dict[tuple[Caller, str, str, frozenset[int]], Decision] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @classmethod
     def load(cls, path: Path) -> Policy:
@@ -172,8 +187,20 @@ class Policy:
 
     def allows(
         self, caller: Caller, nsid: str, kind: Kind, provider_uids: Iterable[int]
-    ) -> tuple[bool, str]:
+    ) -> Decision:
         """``(allowed, reason)``; the reason is for the audit log and the denial message."""
+        key = (caller, nsid, kind, frozenset(provider_uids))
+        found = self._decisions.get(key)
+        if found is None:
+            found = self._decide(caller, nsid, kind, key[3])
+            if len(self._decisions) >= _MAX_DECISIONS:
+                self._decisions.clear()
+            self._decisions[key] = found
+        return found
+
+    def _decide(
+        self, caller: Caller, nsid: str, kind: Kind, provider_uids: frozenset[int]
+    ) -> Decision:
         if any(rule.matches(caller, nsid) for rule in self.deny):
             return False, "denied by policy"
         if any(rule.matches(caller, nsid) for rule in self.allow):
@@ -181,7 +208,7 @@ class Policy:
         uid = caller.cred.uid
         if uid == 0:
             return True, "root"
-        if uid in set(provider_uids):
+        if uid in provider_uids:
             return True, "same user as the provider"
         if kind == "query" and _gid(self.default_group) in caller.groups:
             return True, f"query open to group {self.default_group}"

@@ -253,6 +253,13 @@ class Broker:
         arguments = {} if arguments is None else arguments
         started = time.monotonic()
         outcome, code = "ok", None
+        state = request.connection.state
+        who = state.get("caller")
+        if who is None:
+            # A peer's credentials are fixed when it connects (SO_PEERCRED), so its groups are
+            # read from /proc, and its view for the audit log built, once per connection.
+            who = state["caller"] = (Caller.of(request.peer), caller_view(request.peer))
+        caller, view = who
         try:
             if not isinstance(name, str):
                 raise InvalidParams("name must be a string")
@@ -262,22 +269,18 @@ class Broker:
                 raise InvalidParams(f"unknown tool: {name}", data={"name": name}) from None
             if not isinstance(arguments, dict):
                 raise InvalidParams("arguments must be an object")
-            caller = request.connection.state.get("caller")
-            if caller is None:
-                # A peer's credentials are fixed when it connects (SO_PEERCRED), so its groups
-                # are read from /proc once per connection, not on every call.
-                caller = request.connection.state["caller"] = Caller.of(request.peer)
-            allowed, reason = self.policy.allows(caller, name, tool.kind, [tool.provider.cred.uid])
+            allowed, reason = self.policy.allows(caller, name, tool.kind, (tool.provider.cred.uid,))
             if not allowed:
                 raise PermissionDenied(f"{request.peer.describe()} may not call {name}: {reason}")
-            self.catalog.tool(name).validate_input(arguments)
+            schema = self.catalog.tool(name)
+            schema.validate_input(arguments)
             try:
-                output = await self._forward(tool, request, arguments)
+                output = await self._forward(tool, request, arguments, view)
             except ToolFailure as failure:
                 outcome, code = "error", failure.code
                 return mcp.tool_error_result(failure.message, failure.data, modern)
             try:
-                self.catalog.tool(name).validate_output(output)
+                schema.validate_output(output)
             except ValidationError as exc:
                 outcome, code = "error", exc.jsonrpc_code
                 return mcp.tool_error_result(
@@ -294,9 +297,9 @@ class Broker:
             outcome, code = "internal-error", -32603
             raise
         finally:
-            self.ctx.counters[f"calls_{outcome}"] += 1
+            self.ctx.counters[_COUNTER[outcome]] += 1
             self.audit.append(
-                caller=caller_view(request.peer),
+                caller=view,
                 tool=str(name),
                 outcome=outcome,
                 code=code,
@@ -304,14 +307,20 @@ class Broker:
                 arguments=arguments,
             )
 
-    async def _forward(self, tool: Tool, request: RequestContext, arguments: dict[str, Any]) -> Any:
+    async def _forward(
+        self,
+        tool: Tool,
+        request: RequestContext,
+        arguments: dict[str, Any],
+        caller: dict[str, Any],
+    ) -> Any:
         if tool.provider is self.self_provider:
             try:
                 return await self.builtin.call(tool.nsid, request, arguments)
             except (InvalidParams, NotFound) as exc:
                 raise ToolFailure(exc.message, exc.jsonrpc_code, exc.data) from exc
         conn: Connection = tool.provider.connection
-        meta: dict[str, Any] = {mcp.CALLER_META: caller_view(request.peer)}
+        meta: dict[str, Any] = {mcp.CALLER_META: caller}
         params = {"name": tool.nsid, "arguments": arguments, "_meta": meta}
 
         async def relay(progress: dict[str, Any]) -> None:
@@ -368,6 +377,21 @@ def _text_of(result: dict[str, Any]) -> str:
         for p in parts
         if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
     )
+
+
+_COUNTER = {
+    outcome: f"calls_{outcome}"
+    for outcome in (
+        "ok",
+        "error",
+        "denied",
+        "invalid",
+        "timeout",
+        "provider-gone",
+        "cancelled",
+        "internal-error",
+    )
+}
 
 
 def _outcome(exc: KikiError) -> str:
