@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import signal
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -221,3 +222,53 @@ async def test_a_killed_publisher_is_noticed_by_the_check(start_publisher: Start
         assert reader.view["ring"] in again.rings()
     finally:
         reader.close()
+
+
+async def test_the_imu_clock_changes_hands_without_a_gap(start_publisher: StartPublisher) -> None:
+    """Futex readers alone: the IMU is sampled by a thread. A subscriber that wants every
+    sample as a message moves it onto the event loop's timer, and its leaving moves it back.
+    Across the switches the ring has one writer: no sample missing, doubled or reordered."""
+    pub = start_publisher()
+
+    async def clock() -> dict[str, object]:
+        async with SensorClient(pub.socket) as client:
+            stats = await client.stats()
+        value: dict[str, object] = stats["imuClock"]
+        return value
+
+    reader = BlockingSensorReader("imu0", path=pub.socket)
+    await asyncio.to_thread(reader.open)
+    try:
+        assert await clock() == {"mode": "thread", "tickHz": 1000.0}
+        samples: list[tuple[int, int, tuple[float, ...]]] = []
+
+        def collect(want: int) -> None:
+            while len(samples) < want:
+                batch = reader.next_batch(timeout=20)
+                samples.extend((s.index, s.timestamp_ns, s.values) for s in batch)
+
+        modes = []
+        for round_ in range(3):
+            async with SensorClient(pub.socket) as messages:
+                await messages.subscribe(["imu0"])  # every sample, by message
+                modes.append((await clock())["mode"])
+                await asyncio.to_thread(collect, 150 * (2 * round_ + 1))
+            await eventually_thread(clock)
+            modes.append((await clock())["mode"])
+            await asyncio.to_thread(collect, 150 * (2 * round_ + 2))
+        assert modes == ["signal", "thread"] * 3
+        indices = [i for i, _, _ in samples]
+        assert indices == list(range(indices[0], indices[0] + len(indices)))
+        stamps = [t for _, t, _ in samples]
+        assert all(a < b for a, b in itertools.pairwise(stamps))
+        assert [v for _, _, v in samples] == [f32(IMU.values(i)) for i in indices]
+        assert reader.lost == 0
+    finally:
+        reader.close()
+
+
+async def eventually_thread(clock: Callable[[], Awaitable[dict[str, object]]]) -> None:
+    """The leaving subscriber's disconnect reaches the publisher a moment later."""
+    async with asyncio.timeout(10):
+        while (await clock())["mode"] != "thread":  # noqa: ASYNC110 -- asking the publisher
+            await asyncio.sleep(0.02)

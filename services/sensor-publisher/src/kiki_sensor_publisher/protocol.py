@@ -87,6 +87,8 @@ class WakeCore:
         self.fastest: dict[str, float] = {}
         # sensor -> how many subscriptions to it want futex wake-ups (absent: none)
         self.futex_waiters: dict[str, int] = {}
+        # sensor -> the shortest interval any subscriber woken by messages wants (absent: none)
+        self.socket_fastest: dict[str, float] = {}
         # sensor -> subscriptions made to it so far (stats: who ever read it, not only now)
         self.subscriptions: dict[str, int] = {}
         self._next_id = 1
@@ -102,6 +104,11 @@ class WakeCore:
             self.futex_waiters[sensor] = sleepers
         else:
             self.futex_waiters.pop(sensor, None)
+        messages = [s.intervals.get(sensor, 0.0) for s in subs or () if sensor not in s.futex]
+        if messages:
+            self.socket_fastest[sensor] = min(messages)
+        else:
+            self.socket_fastest.pop(sensor, None)
 
     def connect(self, peer: PeerCred) -> Subscriber:
         sub = Subscriber(self._next_id, peer)
@@ -234,6 +241,7 @@ class WakeCore:
         subs = list(self.by_sensor.pop(sensor, ()))
         self.fastest.pop(sensor, None)
         self.futex_waiters.pop(sensor, None)
+        self.socket_fastest.pop(sensor, None)
         for sub in subs:
             sub.sensors.discard(sensor)
             sub.futex.discard(sensor)

@@ -2,21 +2,24 @@
 
 Tasks, all owned by one TaskGroup inside ``serve``: one per kernel source (each at its rate),
 one per subscriber (its wake-up sender, for batched policies and stalled subscribers), the
-broker registration loop. The synthetic IMU is paced by an interval timer whose signal arrives
-through the loop's wake-up fd (see :class:`ImuClock`): it samples, writes the ring and writes
-the wake-ups of every-sample subscribers straight to their transports in one callback.
+broker registration loop. The synthetic IMU is paced by :class:`ImuClock`: an interval timer
+whose signal arrives through the loop's wake-up fd while subscribers want frequent wake-up
+messages (one callback samples, writes the ring and writes the wake-ups straight to their
+transports), a thread of its own otherwise (it writes and wakes futex sleepers itself).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import fnmatch
 import grp
 import logging
 import math
 import os
 import signal
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
@@ -54,17 +57,24 @@ _SNDBUF = 16384
 
 
 class ImuClock:
-    """Samples the synthetic IMU on the event loop, paced by an interval timer (SIGALRM).
+    """Samples the synthetic IMU on time, in one of two ways, whichever its subscribers need.
 
-    asyncio's own timers wake at most once a millisecond (epoll's timeout is in ms), too coarse
-    for a 1 kHz source; a thread would be precise but hands every sample to the loop through
-    ``call_soon_threadsafe`` and contends for the GIL. The kernel's interval timer is precise,
-    and its signal arrives through the loop's own wake-up fd: the sample is written, and its
-    readers woken, in the same callback.
+    *On the event loop* (``mode == "signal"``), while some subscriber wants wake-up messages
+    more often than every 10 ms: an interval timer's SIGALRM reaches the loop through its
+    wake-up fd, and one callback samples, writes the ring and writes the wake-ups straight to
+    the subscribers' transports. (asyncio's own timers wake at most once a millisecond:
+    epoll's timeout is in ms.)
 
-    The timer ticks once per sample only while some subscriber wants every sample; otherwise
-    as often as the most eager subscriber wants wake-ups (at most every 10 ms), writing the
-    samples due since the last tick with their scheduled timestamps.
+    *In a thread of its own* (``mode == "thread"``) otherwise -- futex readers, batched
+    readers, nobody: it sleeps to each tick, writes, and wakes the futex sleepers itself (one
+    system call); messages for batched subscribers go through the loop
+    (``call_soon_threadsafe``, at most once per tick). A thread woken by its timer costs half
+    of what the loop's signal path does, which is what futex readers are for.
+
+    Either way the tick is once per sample while a subscriber wants every sample; otherwise as
+    often as the most eager subscriber wants wake-ups (at most every 10 ms), writing the
+    samples due since the last tick with their scheduled timestamps. Switching stops one way
+    (the thread is joined) before the other starts: the ring keeps a single writer.
     """
 
     IDLE_TICK_NS = 10_000_000
@@ -78,37 +88,66 @@ class ImuClock:
         self.n = 0
         self.next_ns = 0
         self.rung = 0
+        self.mode = ""
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._socket_due = False  # a socket wake-up pass is queued on the loop
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self.next_ns = time.monotonic_ns()
-        loop.add_signal_handler(signal.SIGALRM, self.tick)
         self.retune()
-        self.tick()  # the first sample now, not a tick later
 
     def retune(self) -> None:
-        """Pick the tick for the current subscribers (called when they change)."""
+        """Pick the tick and the way for the current subscribers (called when they change)."""
         if self._loop is None:
             return
-        fastest = self.pub.core.fastest.get(self.sensor.id)
+        core, sid = self.pub.core, self.sensor.id
+        fastest = core.fastest.get(sid)
         want = self.IDLE_TICK_NS if fastest is None else int(fastest * 1e9)
         want = max(self.period_ns, min(want, self.IDLE_TICK_NS))
-        if want != self.tick_ns:
-            self.tick_ns = want
-            signal.setitimer(signal.ITIMER_REAL, want / 1e9, want / 1e9)
+        messages = core.socket_fastest.get(sid)
+        mode = "signal" if messages is not None and messages * 1e9 < self.IDLE_TICK_NS else "thread"
+        if mode != self.mode:
+            self._halt()
+            self.mode, self.tick_ns = mode, want
+            if mode == "signal":
+                self._loop.add_signal_handler(signal.SIGALRM, self.tick)
+                signal.setitimer(signal.ITIMER_REAL, want / 1e9, want / 1e9)
+                self.tick()  # the first sample now, not a tick later
+            else:
+                self._stop.clear()
+                self._thread = threading.Thread(target=self._run, name="imu-clock", daemon=True)
+                self._thread.start()
+        elif want != self.tick_ns:
+            self.tick_ns = want  # the thread reads it on its next tick
+            if mode == "signal":
+                signal.setitimer(signal.ITIMER_REAL, want / 1e9, want / 1e9)
+
+    @property
+    def tick_hz(self) -> float:
+        return round(1e9 / self.tick_ns, 1) if self.tick_ns else 0.0
+
+    def _halt(self) -> None:
+        if self.mode == "signal":
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            if self._loop is not None:
+                self._loop.remove_signal_handler(signal.SIGALRM)
+        elif self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+        self.mode = ""
 
     def stop(self) -> None:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        if self._loop is not None:
-            self._loop.remove_signal_handler(signal.SIGALRM)
-            self._loop = None
+        self._halt()
+        self._loop = None
 
-    def tick(self) -> None:
+    def _write_due(self, now: int) -> bool:
         writer = self.sensor.writer
         if writer is None:
-            return
-        now = time.monotonic_ns()
+            return False
         # Behind by more than 100 ms (a stopped machine): skip ahead instead of bursting.
         if now - self.next_ns > 100_000_000:
             self.next_ns = now
@@ -123,13 +162,59 @@ class ImuClock:
             self.n += 1
             self.next_ns += self.period_ns
             wrote = True
-        if not wrote:
-            return
-        # Wake readers only as often as the most eager subscriber of this sensor wants.
+        return wrote
+
+    def _due(self, now: int) -> bool:
+        """Whether the most eager subscriber wants to hear about the writes now."""
         interval = self.pub.core.fastest.get(self.sensor.id)
-        if interval is not None and now - self.rung >= interval * 1e9:
-            self.rung = now
+        if interval is None or now - self.rung < interval * 1e9:
+            return False
+        self.rung = now
+        return True
+
+    def tick(self) -> None:
+        """The signal way: sample, write, wake everyone from the loop."""
+        now = time.monotonic_ns()
+        if self._write_due(now) and self._due(now):
             self.pub.publish(self.sensor)
+
+    def _run(self) -> None:
+        """The thread way."""
+        _set_timer_slack(1000)  # sleep to the tick, not up to 50 µs past it
+        core, sensor, loop = self.pub.core, self.sensor, self._loop
+        assert loop is not None
+        while not self._stop.is_set():
+            now = time.monotonic_ns()
+            # Wake when the tick's last sample is due (every sample: exactly on its time).
+            wake = self.next_ns + self.tick_ns - self.period_ns
+            if now < wake:
+                # A plain sleep (clock_nanosleep): the cheapest timed wake-up there is; a stop
+                # waits at most one tick (10 ms).
+                time.sleep((wake - now) / 1e9)
+                continue
+            if not (self._write_due(now) and self._due(now)):
+                continue
+            if sensor.id in core.futex_waiters:
+                try:
+                    sensor.wake_futex()
+                except OSError as exc:  # pragma: no cover - only on a kernel without futexes
+                    log.warning("futex wake-up of %s failed: %s", sensor.id, exc)
+            if sensor.id in core.socket_fastest and not self._socket_due:
+                self._socket_due = True
+                try:
+                    loop.call_soon_threadsafe(self._publish_messages)
+                except RuntimeError:  # the loop is closing: nobody to tell
+                    return
+
+    def _publish_messages(self) -> None:
+        self._socket_due = False
+        self.pub.publish_messages(self.sensor)
+
+
+def _set_timer_slack(ns: int) -> None:
+    """PR_SET_TIMERSLACK for the calling thread (Linux; best effort)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(29, ctypes.c_ulong(ns), 0, 0, 0)
 
 
 class Publisher:
@@ -225,12 +310,16 @@ class Publisher:
         self.sensors.clear()
 
     def publish(self, sensor: Sensor) -> None:
+        """Wake ``sensor``'s readers: the futex sleepers, then the message subscribers."""
         if sensor.id in self.core.futex_waiters:
-            # Every reader asleep on the ring's write index, with one system call.
+            # Every reader asleep on the ring's wake counter, with one system call.
             try:
                 sensor.wake_futex()
             except OSError as exc:  # pragma: no cover - only on a kernel without futexes
                 log.warning("futex wake-up of %s failed: %s", sensor.id, exc)
+        self.publish_messages(sensor)
+
+    def publish_messages(self, sensor: Sensor) -> None:
         woken = self.core.published(sensor.id, sensor.write_index, sensor.capacity)
         for sub in woken:
             # The fast path: an every-sample subscriber whose connection has nothing queued
@@ -455,7 +544,15 @@ class Publisher:
             for sub in self.core.subscribers.values()
             if sub.sensors and (visible or sub.peer.uid == request.peer.uid)
         ]
-        return {"sensors": sensors, "subscribers": subscribers, "connections": len(self._senders)}
+        result: dict[str, Any] = {
+            "sensors": sensors,
+            "subscribers": subscribers,
+            "connections": len(self._senders),
+        }
+        if self.imu is not None and self.imu.sensor.id in sensors:
+            # How the synthetic IMU is paced now: "signal" (on the loop) or "thread".
+            result["imuClock"] = {"mode": self.imu.mode, "tickHz": self.imu.tick_hz}
+        return result
 
     # -- external sensors ----------------------------------------------------------------------
 
