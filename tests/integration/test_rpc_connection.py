@@ -859,3 +859,155 @@ async def test_inline_notifications_run_as_they_are_read_in_order(
         assert seen == ["a", "boom", "b", "c"]  # each ran before the answer that followed it
         # Inline handlers are for notifications only: a request for one is an unknown method.
         assert "client.note" not in methods
+
+
+# -- synchronous handlers -----------------------------------------------------------------------
+
+
+def sync_methods(probe: Probe) -> Methods:
+    methods = make_methods(probe)
+
+    @methods.sync("now/add")
+    def add_now(ctx: RequestContext, a: int, b: int) -> dict[str, Any]:
+        return {"sum": a + b, "task": asyncio.current_task() is not None}
+
+    @methods.sync("now/denied")
+    def denied_now(ctx: RequestContext) -> None:
+        raise PermissionDenied("not for you", data={"tool": "x"})
+
+    @methods.sync("now/crash")
+    def crash_now(ctx: RequestContext) -> None:
+        raise RuntimeError("secret detail /var/lib/kiki/key")
+
+    @methods.sync("now/big")
+    def big_now(ctx: RequestContext, n: int) -> str:
+        return "x" * n
+
+    @methods.sync("now/later")
+    def later(ctx: RequestContext, x: int) -> Any:
+        async def rest() -> int:
+            probe.started.set()
+            try:
+                await probe.release.wait()
+            except asyncio.CancelledError:
+                probe.cancelled.set()
+                raise
+            return x * 2
+
+        coro = rest()
+        probe.contexts.append(ctx)
+        probe.notes.put_nowait(coro)
+        return coro
+
+    return methods
+
+
+async def test_sync_handlers_answer_as_read_with_the_same_error_boundary(
+    sock_path: Path, probe: Probe, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with running(sock_path, sync_methods(probe)), raw(sock_path) as client:
+        reply = await client.call(req("now/add", 1, [2, 3]))
+        assert reply == {"jsonrpc": "2.0", "result": {"sum": 5, "task": False}, "id": 1}
+        reply = await client.call(req("now/add", 2, {"a": 2, "b": 3}))
+        assert reply["result"]["sum"] == 5
+        reply = await client.call(req("now/denied", 3))
+        assert reply["error"] == {"code": -32003, "message": "not for you", "data": {"tool": "x"}}
+        with caplog.at_level(logging.ERROR):
+            reply = await client.call(req("now/crash", 4))
+        assert reply["error"] == {"code": -32603, "message": "Internal error"}
+        assert "secret detail" in caplog.text  # logged for us, not sent to the peer
+        # Params that do not bind take jsonrpcserver's route, with its answer.
+        reply = await client.call(req("now/add", 5, {"a": 1}))
+        assert reply["error"]["code"] == -32602
+        # A notification for a synchronous handler runs (in a task) and is not answered.
+        await client.send(note("now/add", [1, 1]))
+        assert (await client.call(req("now/add", 6, [1, 1])))["id"] == 6
+
+
+async def test_sync_handler_answers_leave_in_request_order(sock_path: Path, probe: Probe) -> None:
+    async with running(sock_path, sync_methods(probe)), raw(sock_path) as client:
+        # The first goes to a task (its params take jsonrpcserver's route); the second could be
+        # answered as read, but an answer needing no wait must not overtake the one before it.
+        await client.send(
+            orjson.dumps(req("add", 1, {"a": 1}))
+            + b"\n"
+            + orjson.dumps(req("now/add", 2, [1, 2]))
+            + b"\n"
+        )
+        first, second = await client.recv(), await client.recv()
+        assert (first["id"], first["error"]["code"]) == (1, -32602)
+        assert second == {"jsonrpc": "2.0", "result": {"sum": 3, "task": True}, "id": 2}
+
+
+async def test_sync_handler_rest_runs_in_a_task_and_can_be_cancelled(
+    sock_path: Path, probe: Probe
+) -> None:
+    async with running(sock_path, sync_methods(probe)), connect_unix(sock_path) as conn:
+        call = asyncio.ensure_future(conn.request("now/later", [21]))
+        await bounded(probe.started.wait())
+        probe.release.set()
+        assert await bounded(call) == 42
+        probe.release.clear()
+        probe.started.clear()
+        with pytest.raises(Timeout):
+            await conn.request("now/later", [1], timeout=0.2)
+        await bounded(probe.cancelled.wait())  # the caller's timeout cancelled the rest
+
+
+async def test_sync_handler_rest_cancelled_before_it_starts_is_closed(
+    sock_path: Path, probe: Probe
+) -> None:
+    async with running(sock_path, sync_methods(probe)) as srv, raw(sock_path) as client:
+        # The request and its cancellation in one read: the rest never starts, and is closed
+        # rather than left for the garbage collector to warn about.
+        await client.send(
+            orjson.dumps(req("now/later", 9, [1]))
+            + b"\n"
+            + orjson.dumps(note("notifications/cancelled", {"requestId": 9}))
+            + b"\n"
+        )
+        coro = await bounded(probe.notes.get())
+        assert (await client.call(req("now/add", 10, [1, 1])))["id"] == 10  # 9 is never answered
+        assert coro.cr_frame is None  # closed
+        assert not probe.started.is_set()
+        assert srv.counters["requests"] == 2
+
+
+async def test_sync_answers_to_a_peer_that_never_reads_stay_bounded(
+    sock_path: Path, probe: Probe
+) -> None:
+    answer = 1 << 20
+    async with (
+        running(sock_path, sync_methods(probe), max_in_flight=4) as srv,
+        raw(sock_path) as stuck,
+        connect_unix(sock_path) as healthy,
+    ):
+        for round_ in range(6):
+            stuck.writer.write(
+                b"".join(
+                    orjson.dumps(req("now/big", f"{round_}-{i}", [answer])) + b"\n"
+                    for i in range(4)
+                )
+            )
+            assert (await bounded(healthy.request("now/add", [round_, 1])))["sum"] == round_ + 1
+        buffered = max(c.write_buffer_size for c in srv.connections)
+        assert buffered <= 4 * (answer + 200) + 4 * 6 * 200
+
+
+def test_sync_and_async_registration_are_not_mixed_up() -> None:
+    methods = Methods()
+
+    async def a(ctx: RequestContext) -> None:
+        return None
+
+    def s(ctx: RequestContext) -> None:
+        return None
+
+    with pytest.raises(TypeError, match="must be a plain function"):
+        methods.register_sync("a", a)
+    with pytest.raises(TypeError, match="must be an async function"):
+        methods.register("s", s)  # type: ignore[arg-type]
+    methods.register_sync("x", s)
+    methods.register("x", a)  # replaced by an async handler: no longer answered as read
+    assert "x" in methods
+    assert "x" not in methods._sync

@@ -36,7 +36,7 @@ import logging
 import math
 import socket
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -58,7 +58,7 @@ from libkiki.rpc.messages import (
     UnmatchedResponse,
     error_response,
 )
-from libkiki.rpc.methods import Handler, Methods, RequestContext, dispatch
+from libkiki.rpc.methods import Handler, Methods, RequestContext, dispatch, dispatch_now, finish
 from libkiki.rpc.protocol import RpcCore
 
 __all__ = ["Connection", "ProgressCallback"]
@@ -154,6 +154,10 @@ class Connection:
         self._futures: dict[int, asyncio.Future[Any]] = {}
         self._progress: dict[int, ProgressCallback] = {}
         self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._out: list[bytes] | None = None  # answers made while reading a chunk
+        self._answered: list[int] = []  # slots answered while reading a chunk
+        self._unreleased: list[int] = []  # answered as read, still in the transport's buffer
+        self._rests: dict[int, Awaitable[Any]] = {}  # synchronous handlers' rests, not started
         self._gone: KikiError | None = None  # why the connection ended; copied, never re-raised
         self._closed = asyncio.Event()
         self._closing_started = asyncio.Event()
@@ -410,9 +414,12 @@ class Connection:
             await asyncio.shield(self._paused)
 
     def _write_nowait(self, data: bytes) -> None:
-        # For a task that is being cancelled, and for the protocol's own answers (refusals,
-        # parse errors) sent while reading: one line more in the buffer, no waiting. Reading
-        # stops while the buffer is full, so these stay bounded too.
+        # For a task that is being cancelled, and for what is answered while reading (the
+        # protocol's own errors, synchronous handlers): no waiting. Reading stops while the
+        # buffer is full, so these stay bounded too.
+        if self._out is not None:
+            self._out.append(data)  # sent in one write when the chunk is read (_received)
+            return
         transport = self._transport
         if transport is not None and not transport.is_closing():
             transport.write(data)
@@ -422,6 +429,9 @@ class Connection:
     def _received(self, data: bytes) -> None:
         if self._gone is not None:
             return
+        # Answers made while reading one chunk leave together: one write, one wake-up of the
+        # peer, rather than one per pipelined request.
+        out = self._out = []
         try:
             for item in self._decoder.feed(data):
                 for event in self._core.receive(item):
@@ -431,6 +441,19 @@ class Connection:
             self._shut(PeerGone())
             if self._transport is not None:
                 self._transport.abort()
+        finally:
+            self._out = None
+            if out:
+                self._write_nowait(b"".join(out) if len(out) > 1 else out[0])
+            if self._answered:
+                if self._writing_paused():
+                    # Not taken yet: they count as in flight until the transport drains, as
+                    # answers written by tasks do (see _run).
+                    self._unreleased.extend(self._answered)
+                else:
+                    for slot in self._answered:
+                        self._core.release(slot)
+                self._answered.clear()
 
     def _eof(self) -> None:
         if self._decoder.pending:
@@ -444,6 +467,9 @@ class Connection:
         self._resume()
         self._lost_waiter.set()
 
+    def _writing_paused(self) -> bool:
+        return self._paused is not None
+
     def _pause(self) -> None:
         if self._paused is None:
             self._paused = self._loop.create_future()
@@ -455,6 +481,9 @@ class Connection:
             if not self._paused.done():
                 self._paused.set_result(None)
             self._paused = None
+            for slot in self._unreleased:
+                self._core.release(slot)
+            self._unreleased.clear()
             if self._transport is not None and not self._transport.is_closing():
                 self._transport.resume_reading()
 
@@ -468,10 +497,21 @@ class Connection:
             if fut is not None and not fut.done():
                 fut.set_exception(self._lost())
         me = asyncio.current_task()
-        for task in self._tasks.values():
+        for slot, task in self._tasks.items():
             if task is not me:
-                task.cancel()
+                self._cancel(slot, task)
         self._closed.set()
+
+    def _cancel(self, slot: int, task: asyncio.Task[None]) -> None:
+        task.cancel()
+        rest = self._rests.pop(slot, None)
+        if rest is not None:
+            # The task had not started: it will never await the rest of the handler, so the
+            # rest is closed here (never run, as an async handler's task cancelled this early).
+            if isinstance(rest, Coroutine):
+                rest.close()
+            elif isinstance(rest, asyncio.Future):
+                rest.cancel()
 
     def _handle(self, event: Event) -> None:
         if isinstance(event, Incoming):
@@ -489,7 +529,7 @@ class Connection:
             task = self._tasks.get(event.slot)
             if task is not None:
                 log.debug("%s: peer cancelled request %r: %s", self.name, event.id, event.reason)
-                task.cancel()
+                self._cancel(event.slot, task)
         elif isinstance(event, ProgressReceived):
             callback = self._progress.get(event.id)
             if callback is not None:
@@ -558,16 +598,35 @@ class Connection:
             event.meta,
             event.progress_token,
         )
+        # A synchronous handler answers here, unless a request read before it still runs in a
+        # task: then it queues behind it in a task too, so that answers that need no waiting
+        # leave in the order their requests came, as they did when every request had a task.
+        if self.methods._sync and not self._tasks and self._paused is None:
+            answer = dispatch_now(self.methods, ctx, event.message)
+            if isinstance(answer, dict):
+                # Answered as read: no task, no extra turn of the event loop. The slot is
+                # released once the answer is handed to the transport (_received).
+                if (data := self._core.complete(event.slot, answer)) is not None:
+                    self._write_nowait(data)
+                self._answered.append(event.slot)
+                return
+            if answer is not None:
+                self._rests[event.slot] = answer
         # Never run once the connection is shut: _received drops input from then on.
-        # Not an eager task (3.12+): measured on 3.13, running handlers inside data_received
-        # left the p50 as it was and cut pipelined throughput by four (tests/bench).
+        # Not an eager task (3.12+): measured on 3.13, running every handler inside
+        # data_received left the p50 as it was and cut pipelined throughput by four
+        # (tests/bench); synchronous handlers above are the opt-in for handlers that never wait.
         self._tasks[event.slot] = self._loop.create_task(self._run(event, ctx))
 
     async def _run(self, event: Incoming, ctx: RequestContext) -> None:
         response: dict[str, Any] | None
+        pending = self._rests.pop(event.slot, None)
         try:
             try:
-                response = await dispatch(self.methods, ctx, event.message)
+                if pending is None:
+                    response = await dispatch(self.methods, ctx, event.message)
+                else:
+                    response = await finish(event.method, event.id, pending)
             except asyncio.CancelledError:
                 if (data := self._core.complete(event.slot, None)) is not None:
                     self._write_nowait(data)  # the rest of a batch this entry belonged to

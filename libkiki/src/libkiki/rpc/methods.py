@@ -9,7 +9,12 @@ binds them (a mismatch is -32601/-32602 from jsonrpcserver itself)::
     @methods.method("tools/call")
     async def call_tool(ctx: RequestContext, name: str, arguments: dict[str, Any]) -> Any: ...
 
-Whatever a handler raises goes through :func:`_guard`, the only place where exceptions become
+A handler that never waits may be a plain function registered with :meth:`Methods.register_sync`
+(or ``@methods.sync("name")``): the connection runs it as the request is read, with no task of its
+own, and answers it there. When such a handler does have to wait after all (the broker
+forwarding a call), it returns an awaitable, and only that rest runs in a task.
+
+Whatever a handler raises goes through :func:`_failure`, the only place where exceptions become
 wire errors: a :class:`~libkiki.errors.KikiError` becomes its own code, message and data;
 anything else is logged with its traceback and answered ``-32603 Internal error`` with no detail.
 A result that cannot be serialised is an internal error too (the result is serialised here,
@@ -18,6 +23,7 @@ once, and embedded as an ``orjson.Fragment``).
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -37,12 +43,22 @@ from libkiki.rpc.messages import PROGRESS, RequestId
 if TYPE_CHECKING:
     from libkiki.rpc.connection import Connection
 
-__all__ = ["Handler", "Methods", "RequestContext", "dispatch"]
+__all__ = [
+    "Handler",
+    "Methods",
+    "RequestContext",
+    "SyncHandler",
+    "dispatch",
+    "dispatch_now",
+    "finish",
+]
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[..., Awaitable[Any]]
+SyncHandler = Callable[..., Any]  # returns the result, or an awaitable of it
 H = TypeVar("H", bound=Handler)
+S = TypeVar("S", bound=SyncHandler)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,14 +102,13 @@ _INTERNAL = (INTERNAL_ERROR["code"], INTERNAL_ERROR["message"])
 Outcome = tuple[bool, Any]
 
 
-async def _outcome(
-    name: str, func: Handler, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Outcome:
-    """Run ``func``; the one place where its exceptions become wire errors."""
-    try:
-        result = await func(*args, **kwargs)
-        return True, orjson.Fragment(orjson.dumps(result, default=_default))
-    except KikiError as exc:
+def _success(result: Any) -> Outcome:
+    return True, orjson.Fragment(orjson.dumps(result, default=_default))
+
+
+def _failure(name: str, exc: Exception) -> Outcome:
+    """The one place where a handler's exception becomes a wire error."""
+    if isinstance(exc, KikiError):
         member = exc.to_jsonrpc()
         if "data" in member:
             try:
@@ -102,9 +117,42 @@ async def _outcome(
                 log.exception("JSON-RPC method %s raised an error with unserialisable data", name)
                 return False, dict(INTERNAL_ERROR)
         return False, member
-    except Exception:
-        log.exception("JSON-RPC method %s failed", name)
-        return False, dict(INTERNAL_ERROR)
+    log.error("JSON-RPC method %s failed", name, exc_info=exc)
+    return False, dict(INTERNAL_ERROR)
+
+
+async def _outcome(
+    name: str, func: Handler, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Outcome:
+    """Run ``func`` and settle its result or exception."""
+    try:
+        return _success(await func(*args, **kwargs))
+    except Exception as exc:
+        return _failure(name, exc)
+
+
+async def finish(name: str, id: RequestId, pending: Awaitable[Any]) -> dict[str, Any]:
+    """Await the rest of a synchronous handler (see :func:`dispatch_now`): its response."""
+    try:
+        ok, value = _success(await pending)
+    except Exception as exc:
+        ok, value = _failure(name, exc)
+    if ok:
+        return {"jsonrpc": "2.0", "result": value, "id": id}
+    return {"jsonrpc": "2.0", "error": value, "id": id}
+
+
+def _as_async(func: SyncHandler) -> Handler:
+    """A synchronous handler as the task path runs it (notifications, binding errors)."""
+
+    @functools.wraps(func)
+    async def run(*args: Any, **kwargs: Any) -> Any:
+        result = func(*args, **kwargs)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+    return run
 
 
 def _guard(name: str, func: Handler) -> Callable[..., Awaitable[Any]]:
@@ -172,12 +220,35 @@ class Methods:
         self._guarded: dict[str, Callable[..., Awaitable[Any]]] = {}
         self._shapes: dict[str, _Shape | None] = {}
         self._inline: dict[str, Callable[[Any], None]] = {}
+        self._sync: dict[str, SyncHandler] = {}
         for name, func in (table or {}).items():
             self.register(name, func)
 
     def register(self, name: str, func: Handler) -> None:
         if not inspect.iscoroutinefunction(func):
             raise TypeError(f"the handler for {name!r} must be an async function")
+        self._add(name, func)
+        self._sync.pop(name, None)
+
+    def register_sync(self, name: str, func: SyncHandler) -> None:
+        """A handler that answers as the request is read, without a task: a plain function
+        ``handler(ctx, ...)`` that must not block. It returns the result, or an awaitable for
+        the rest when it has to wait after all (run in a task then, like an async handler)."""
+        if inspect.iscoroutinefunction(func):
+            raise TypeError(f"the synchronous handler for {name!r} must be a plain function")
+        self._add(name, _as_async(func))
+        self._sync[name] = func
+
+    def sync(self, name: str) -> Callable[[S], S]:
+        """Decorator form of :meth:`register_sync`."""
+
+        def decorator(func: S) -> S:
+            self.register_sync(name, func)
+            return func
+
+        return decorator
+
+    def _add(self, name: str, func: Handler) -> None:
         self._handlers[name] = func
         self._guarded[name] = _guard(name, func)
         self._shapes[name] = _Shape.of(func)
@@ -195,6 +266,7 @@ class Methods:
         return decorator
 
     def unregister(self, name: str) -> None:
+        self._sync.pop(name, None)
         self._handlers.pop(name, None)
         self._guarded.pop(name, None)
         self._shapes.pop(name, None)
@@ -264,3 +336,29 @@ async def dispatch(
     if ctx.notification:
         return None
     return cast(dict[str, Any], to_serializable_one(to_response(request, result)))
+
+
+def dispatch_now(
+    methods: Methods, ctx: RequestContext, message: dict[str, Any]
+) -> dict[str, Any] | Awaitable[Any] | None:
+    """Run a request for a synchronous handler right here, if it is one whose params certainly
+    bind: its response dict, or the awaitable it returned (to be finished with :func:`finish`).
+    None when the request is not for such a handler (nothing has run: use :func:`dispatch`)."""
+    name = message["method"]
+    func = methods._sync.get(name)
+    if func is None or ctx.notification:
+        return None
+    params = message.get("params", [])
+    shape = methods._shapes.get(name)
+    if shape is None or not shape.binds(params):
+        return None  # jsonrpcserver's binding errors, through dispatch
+    try:
+        result = func(ctx, **params) if isinstance(params, dict) else func(ctx, *params)
+        if inspect.isawaitable(result):
+            return result
+        ok, value = _success(result)
+    except Exception as exc:
+        ok, value = _failure(name, exc)
+    if ok:
+        return {"jsonrpc": "2.0", "result": value, "id": message["id"]}
+    return {"jsonrpc": "2.0", "error": value, "id": message["id"]}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from kiki_tool_broker.audit import read_entries, verify
@@ -16,7 +16,8 @@ LIST_PROVIDERS: Final = "dev.kiki.tools.listProviders"
 READ_AUDIT_LOG: Final = "dev.kiki.tools.readAuditLog"
 GET_INFO_TOOL: Final = "dev.kiki.service.getInfo"
 
-Impl = Callable[[RequestContext, dict[str, Any]], Awaitable[Any]]
+# Synchronous: the broker answers its own tools as the request is read (none of them waits).
+Impl = Callable[[RequestContext, dict[str, Any]], Any]
 
 
 class BuiltinTools:
@@ -32,18 +33,18 @@ class BuiltinTools:
         b = self.broker
         b.registry.register(b.self_provider, [b._tool(n, b.self_provider) for n in self.impls])
 
-    async def call(self, nsid: str, request: RequestContext, arguments: dict[str, Any]) -> Any:
+    def call(self, nsid: str, request: RequestContext, arguments: dict[str, Any]) -> Any:
         try:
             impl = self.impls[nsid]
         except KeyError:
             raise NotFound(f"no built-in tool {nsid}") from None
-        return await impl(request, arguments)
+        return impl(request, arguments)
 
-    async def list_providers(self, request: RequestContext, args: dict[str, Any]) -> Any:
+    def list_providers(self, request: RequestContext, args: dict[str, Any]) -> Any:
         registry = self.broker.registry
         return {"providers": [registry.describe(p) for p in registry.providers()]}
 
-    async def read_audit_log(self, request: RequestContext, args: dict[str, Any]) -> Any:
+    def read_audit_log(self, request: RequestContext, args: dict[str, Any]) -> Any:
         # The lexicon has already checked the types and bounds of these.
         after: int = args.get("cursor", 0)
         limit: int = args.get("limit", 100)
@@ -61,5 +62,5 @@ class BuiltinTools:
             result["problems"] = [str(p) for p in verify(audit.path, audit.head_path)]
         return result
 
-    async def get_info(self, request: RequestContext, args: dict[str, Any]) -> Any:
+    def get_info(self, request: RequestContext, args: dict[str, Any]) -> Any:
         return self.broker.ctx.info()

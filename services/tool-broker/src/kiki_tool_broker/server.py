@@ -13,7 +13,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from kiki_tool_broker.audit import AuditLog
 from kiki_tool_broker.builtin import BuiltinTools
 from kiki_tool_broker.policy import Caller, Policy
 from kiki_tool_broker.registry import Provider, Tool, ToolRegistry, caller_view
-from kiki_tool_broker.schemas import Catalog
+from kiki_tool_broker.schemas import Catalog, ToolSchema
 from libkiki.config import ServiceConfig
 from libkiki.constellation import GET_INFO
 from libkiki.errors import (
@@ -88,22 +88,23 @@ class Broker:
 
     def _methods(self) -> Methods:
         m = Methods()
-        m.register("initialize", self.initialize)
+        # Handlers that never wait are synchronous: answered as read, without a task each.
+        m.register_sync("initialize", self.initialize)
         m.register("notifications/initialized", self.initialized)
-        m.register("server/discover", self.discover)
-        m.register("ping", self.ping)
-        m.register("tools/list", self.tools_list)
-        m.register("tools/call", self.tools_call)
+        m.register_sync("server/discover", self.discover)
+        m.register_sync("ping", self.ping)
+        m.register_sync("tools/list", self.tools_list)
+        m.register_sync("tools/call", self.tools_call)
         m.register(mcp.LISTEN, self.listen)
         m.register(mcp.REGISTER, self.register_tools)
         m.register(mcp.UNREGISTER, self.unregister_tools)
-        m.register(GET_INFO, self.get_info)
+        m.register_sync(GET_INFO, self.get_info)
         return m
 
-    async def get_info(self, request: RequestContext) -> dict[str, Any]:
+    def get_info(self, request: RequestContext) -> dict[str, Any]:
         return self.ctx.info()
 
-    async def initialize(
+    def initialize(
         self,
         request: RequestContext,
         protocolVersion: str = "",
@@ -116,15 +117,13 @@ class Broker:
     async def initialized(self, request: RequestContext) -> None:
         return None
 
-    async def discover(self, request: RequestContext) -> dict[str, Any]:
+    def discover(self, request: RequestContext) -> dict[str, Any]:
         return mcp.discover_result(self.ctx.version, INSTRUCTIONS)
 
-    async def ping(self, request: RequestContext) -> dict[str, Any]:
+    def ping(self, request: RequestContext) -> dict[str, Any]:
         return {}
 
-    async def tools_list(
-        self, request: RequestContext, cursor: str | None = None
-    ) -> dict[str, Any]:
+    def tools_list(self, request: RequestContext, cursor: str | None = None) -> dict[str, Any]:
         tools = list(self.registry)
         if cursor is not None:
             after = mcp.decode_cursor(cursor)
@@ -246,20 +245,16 @@ class Broker:
 
     # -- calls -------------------------------------------------------------------------------
 
-    async def tools_call(
+    def tools_call(
         self, request: RequestContext, name: str, arguments: dict[str, Any] | None = None
-    ) -> dict[str, Any]:
+    ) -> dict[str, Any] | Awaitable[dict[str, Any]]:
+        """Checked, then answered at once for the broker's own tools; a forwarded call returns
+        the coroutine that waits for its provider (the connection runs it in a task). Either
+        way the audit line is written before the answer is returned."""
+        started = time.monotonic()
         modern = mcp.is_modern(request.meta)
         arguments = {} if arguments is None else arguments
-        started = time.monotonic()
-        outcome, code = "ok", None
-        state = request.connection.state
-        who = state.get("caller")
-        if who is None:
-            # A peer's credentials are fixed when it connects (SO_PEERCRED), so its groups are
-            # read from /proc, and its view for the audit log built, once per connection.
-            who = state["caller"] = (Caller.of(request.peer), caller_view(request.peer))
-        caller, view = who
+        caller, view = self._caller(request)
         try:
             if not isinstance(name, str):
                 raise InvalidParams("name must be a string")
@@ -274,19 +269,44 @@ class Broker:
                 raise PermissionDenied(f"{request.peer.describe()} may not call {name}: {reason}")
             schema = self.catalog.tool(name)
             schema.validate_input(arguments)
+            if tool.provider is not self.self_provider:
+                return self._forwarded(tool, schema, request, arguments, view, started, modern)
+            try:
+                output = self.builtin.call(tool.nsid, request, arguments)
+            except (InvalidParams, NotFound) as exc:
+                failure = ToolFailure(exc.message, exc.jsonrpc_code, exc.data)
+                result, outcome, code = _failed_result(failure, modern)
+            else:
+                result, outcome, code = _checked_result(schema, output, modern)
+        except KikiError as exc:
+            self._audit(view, name, arguments, started, _outcome(exc), exc.jsonrpc_code)
+            raise
+        except Exception:
+            self._audit(view, name, arguments, started, "internal-error", -32603)
+            raise
+        self._audit(view, name, arguments, started, outcome, code)
+        return result
+
+    async def _forwarded(
+        self,
+        tool: Tool,
+        schema: ToolSchema,
+        request: RequestContext,
+        arguments: dict[str, Any],
+        view: dict[str, Any],
+        started: float,
+        modern: bool,
+    ) -> dict[str, Any]:
+        outcome: str = "ok"
+        code: int | None = None
+        try:
             try:
                 output = await self._forward(tool, request, arguments, view)
             except ToolFailure as failure:
-                outcome, code = "error", failure.code
-                return mcp.tool_error_result(failure.message, failure.data, modern)
-            try:
-                schema.validate_output(output)
-            except ValidationError as exc:
-                outcome, code = "error", exc.jsonrpc_code
-                return mcp.tool_error_result(
-                    f"the tool's output broke its lexicon: {exc}", exc.data, modern
-                )
-            return mcp.call_result(output, modern)
+                result, outcome, code = _failed_result(failure, modern)
+            else:
+                result, outcome, code = _checked_result(schema, output, modern)
+            return result
         except asyncio.CancelledError:
             outcome = "cancelled"
             raise
@@ -297,15 +317,36 @@ class Broker:
             outcome, code = "internal-error", -32603
             raise
         finally:
-            self.ctx.counters[_COUNTER[outcome]] += 1
-            self.audit.append(
-                caller=view,
-                tool=str(name),
-                outcome=outcome,
-                code=code,
-                duration_us=int((time.monotonic() - started) * 1e6),
-                arguments=arguments,
-            )
+            self._audit(view, tool.nsid, arguments, started, outcome, code)
+
+    def _caller(self, request: RequestContext) -> tuple[Caller, dict[str, Any]]:
+        who = request.connection.state.get("caller")
+        if who is None:
+            # A peer's credentials are fixed when it connects (SO_PEERCRED), so its groups are
+            # read from /proc, and its view for the audit log built, once per connection.
+            who = (Caller.of(request.peer), caller_view(request.peer))
+            request.connection.state["caller"] = who
+        assert isinstance(who, tuple)
+        return who
+
+    def _audit(
+        self,
+        view: dict[str, Any],
+        name: object,
+        arguments: Any,
+        started: float,
+        outcome: str,
+        code: int | None,
+    ) -> None:
+        self.ctx.counters[_COUNTER[outcome]] += 1
+        self.audit.append(
+            caller=view,
+            tool=str(name),
+            outcome=outcome,
+            code=code,
+            duration_us=int((time.monotonic() - started) * 1e6),
+            arguments=arguments,
+        )
 
     async def _forward(
         self,
@@ -314,11 +355,6 @@ class Broker:
         arguments: dict[str, Any],
         caller: dict[str, Any],
     ) -> Any:
-        if tool.provider is self.self_provider:
-            try:
-                return await self.builtin.call(tool.nsid, request, arguments)
-            except (InvalidParams, NotFound) as exc:
-                raise ToolFailure(exc.message, exc.jsonrpc_code, exc.data) from exc
         conn: Connection = tool.provider.connection
         meta: dict[str, Any] = {mcp.CALLER_META: caller}
         params = {"name": tool.nsid, "arguments": arguments, "_meta": meta}
@@ -366,6 +402,22 @@ class ToolFailure(Exception):
         self.message = message
         self.code = code
         self.data = data
+
+
+def _failed_result(failure: ToolFailure, modern: bool) -> tuple[dict[str, Any], str, int | None]:
+    return mcp.tool_error_result(failure.message, failure.data, modern), "error", failure.code
+
+
+def _checked_result(
+    schema: ToolSchema, output: Any, modern: bool
+) -> tuple[dict[str, Any], str, int | None]:
+    """The MCP result for a tool's output, which must match its lexicon."""
+    try:
+        schema.validate_output(output)
+    except ValidationError as exc:
+        message = f"the tool's output broke its lexicon: {exc}"
+        return mcp.tool_error_result(message, exc.data, modern), "error", exc.jsonrpc_code
+    return mcp.call_result(output, modern), "ok", None
 
 
 def _text_of(result: dict[str, Any]) -> str:
