@@ -149,7 +149,14 @@ async def round_trips(path: Path, line: bytes, calls: int) -> list[float]:
     return times
 
 
+# Informational: error answers seen by pipelined() per socket (the pipelined line reuses one id,
+# so a server that still has it in flight refuses the next with -32600).
+PIPELINED_ERRORS: dict[str, list[int]] = {}
+
+
 async def pipelined(path: Path, line: bytes, clients: int, depth: int, calls: int) -> float:
+    tally = PIPELINED_ERRORS.setdefault(path.name, [0, 0])
+
     async def one() -> None:
         reader, writer = await asyncio.open_unix_connection(str(path), limit=1 << 20)
         sent = received = 0
@@ -157,8 +164,10 @@ async def pipelined(path: Path, line: bytes, clients: int, depth: int, calls: in
             while sent < calls and sent - received < depth:
                 writer.write(line)
                 sent += 1
-            await reader.readline()
+            reply = await reader.readline()
             received += 1
+            tally[0] += b'"error"' in reply[:40]
+        tally[1] += received
         writer.close()
 
     t0 = time.perf_counter()
@@ -240,6 +249,9 @@ def measure(calls: int, repeats: int) -> dict[str, tuple[float, float, float]]:
             out[name] = (p50, p99, 1e6 / p50)
         for name, values in rates.items():
             out[name] = (0.0, 0.0, statistics.median(values))
+        errors, answers = PIPELINED_ERRORS.pop("tools.sock", [0, 0])
+        PIPELINED_ERRORS.clear()
+        out["(c) errors"] = (float(errors), float(answers), 0.0)
         return out
     finally:
         for proc in reversed(procs):
@@ -262,6 +274,8 @@ def report(title: str, r: dict[str, tuple[float, float, float]]) -> None:
     for name in ("floor 8x16", "(c) 8x16 own"):
         rate = r[name][2]
         print(f"  {name:<14} {'':>9} {'':>9} {rate:>10.0f} {base / rate:>9.2f}x slower")
+    errors, answers, _ = r["(c) errors"]
+    print(f"  (c) answers that were errors: {errors:.0f} of {answers:.0f}")
 
 
 def main() -> None:
