@@ -253,7 +253,7 @@ async def test_the_imu_clock_changes_hands_without_a_gap(start_publisher: StartP
                 await messages.subscribe(["imu0"])  # every sample, by message
                 modes.append((await clock())["mode"])
                 await asyncio.to_thread(collect, 150 * (2 * round_ + 1))
-            await eventually_thread(clock)
+            await eventually_mode(clock, "thread")
             modes.append((await clock())["mode"])
             await asyncio.to_thread(collect, 150 * (2 * round_ + 2))
         assert modes == ["signal", "thread"] * 3
@@ -263,12 +263,20 @@ async def test_the_imu_clock_changes_hands_without_a_gap(start_publisher: StartP
         assert all(a < b for a, b in itertools.pairwise(stamps))
         assert [v for _, _, v in samples] == [f32(IMU.values(i)) for i in indices]
         assert reader.lost == 0
+        # Batched message subscribers beside futex sleepers leave the sampling to the thread;
+        # alone, they have it on the loop, which wakes for them anyway.
+        async with SensorClient(pub.socket) as batched:
+            await batched.subscribe(["imu0"], max_wakeups=20)
+            assert await clock() == {"mode": "thread", "tickHz": 1000.0}
+            await asyncio.to_thread(reader.close)
+            await eventually_mode(clock, "signal")
+            assert (await clock())["tickHz"] == 100.0  # batched: at most every 10 ms
     finally:
         reader.close()
 
 
-async def eventually_thread(clock: Callable[[], Awaitable[dict[str, object]]]) -> None:
-    """The leaving subscriber's disconnect reaches the publisher a moment later."""
+async def eventually_mode(clock: Callable[[], Awaitable[dict[str, object]]], mode: str) -> None:
+    """A leaving subscriber's disconnect reaches the publisher a moment later."""
     async with asyncio.timeout(10):
-        while (await clock())["mode"] != "thread":  # noqa: ASYNC110 -- asking the publisher
+        while (await clock())["mode"] != mode:  # noqa: ASYNC110 -- asking the publisher
             await asyncio.sleep(0.02)
