@@ -110,7 +110,7 @@ class RpcCore:
         """Process one line of input; never raises for anything the peer can send."""
         if isinstance(line, Oversized):
             return [self._error_send(line.error, None)]
-        if not line.strip():
+        if not line or line.isspace():  # blank: ignored (isspace makes no copy)
             return []
         try:
             obj = orjson.loads(line)
