@@ -8,13 +8,18 @@ Cases (each beside the same samples sent as Unix datagrams, one per sample):
              one at a time and in batches; the baseline: one sendto() per sample
   max        sustained samples/s with one reader process following along, and how many the
              reader got; the baseline: datagrams that a receiver process drains
-  wake-up    sample timestamp -> a blocked reader (SensorReader, awaiting its wake-up) has it,
-             at 1 kHz and 10 kHz with 1 and 4 readers, p50/p99 over every sample; the
-             baseline: a sender thread at the same rate, readers blocked in recv()
+  wake-up    sample timestamp -> a blocked reader has it, at 1 kHz and 10 kHz with 1 and 4
+             readers, p50/p99 over every sample, for both readers: SensorReader (asyncio,
+             awaiting a wake-up message on sensors.sock) and BlockingSensorReader (a thread
+             asleep on the ring's futex); the baseline: a sender thread at the same rate,
+             readers blocked in recv(). Both writers stamp a sample when they take it, or
+             with its scheduled time when they are late by more than half a period, so that
+             a writer's lateness counts in both
   cpu        the publisher's CPU (utime+stime) at 1 kHz with 4 readers subscribed to every
-             sample; the baseline: the datagram sender at 1 kHz to 4 receivers; for context,
-             the wake floor: an asyncio loop that a 1 kHz (and a 100 Hz) timer wakes to do
-             nothing, which is what waking at that rate costs on this machine
+             sample (asyncio readers, then futex readers); the baseline: the datagram sender at
+             1 kHz to 4 receivers; for context, the wake floors: an asyncio loop that a 1 kHz
+             (and a 100 Hz) timer wakes to do nothing, and wake_floor.c -- a C program paced by
+             clock_nanosleep at 1 kHz that futex-wakes 4 C readers (compiled with cc, if any)
 
 Latency cases run unpinned and pinned to one core (``taskset -c 0``: publisher and readers
 share it), ``--repeats`` times each; the table gives the medians of the runs' p50 and p99.
@@ -69,6 +74,23 @@ async def main():
                 break
     print(orjson.dumps({"lat": lat, "samples": samples, "lost": lost}).decode(), flush=True)
 asyncio.run(main())
+"""
+
+BLOCKING_READER = """
+import sys, time, orjson
+from libkiki.sensors.blocking import BlockingSensorReader
+sock, n, rate = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+with BlockingSensorReader("imu0", path=sock, max_wakeups=rate) as r:
+    print("ready", flush=True)
+    lat, samples, lost = [], 0, 0
+    for b in r:
+        now = time.monotonic_ns()
+        lat.extend(now - t for t in b.timestamps())
+        samples += b.count
+        lost += b.lost
+        if len(lat) >= n:
+            break
+print(orjson.dumps({"lat": lat, "samples": samples, "lost": lost}).decode(), flush=True)
 """
 
 DGRAM_READER = """
@@ -280,12 +302,12 @@ class Publisher:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def ring_latency(rate: int, readers: int, count: int, pin: bool) -> dict[str, Any]:
+def ring_latency(
+    rate: int, readers: int, count: int, pin: bool, code: str = RING_READER
+) -> dict[str, Any]:
     pub = Publisher(rate, pin)
     try:
-        procs = [
-            spawn(RING_READER, str(pub.socket), str(count), "0", pin=pin) for _ in range(readers)
-        ]
+        procs = [spawn(code, str(pub.socket), str(count), "0", pin=pin) for _ in range(readers)]
         outs = [result(p) for p in procs]
     finally:
         pub.stop()
@@ -302,7 +324,10 @@ def dgram_sender(paths: list[str], rate: int, stop: threading.Event) -> None:
         if now < next_ns:
             time.sleep((next_ns - now) / 1e9)
             continue
-        payload = DGRAM.pack(time.monotonic_ns(), *SAMPLE)
+        # Stamped as the publisher stamps its IMU: now, or its scheduled time when later than
+        # half a period (so a late sender's lateness counts, as the publisher's does).
+        stamp = next_ns if now - next_ns > period // 2 else time.monotonic_ns()
+        payload = DGRAM.pack(stamp, *SAMPLE)
         for p in paths:
             with contextlib.suppress(OSError):
                 s.sendto(payload, p)
@@ -330,11 +355,13 @@ def dgram_latency(rate: int, readers: int, count: int, pin: bool) -> dict[str, A
     return {"p50": pct(lat, 0.5), "p99": pct(lat, 0.99), "lost": 0}
 
 
-def _cpu_with_readers(seconds: float, readers: int, wakeups: float) -> float:
+def _cpu_with_readers(
+    seconds: float, readers: int, wakeups: float, code: str = RING_READER
+) -> float:
     pub = Publisher(1000, False)
     try:
         count = str(int(seconds * 1000 * 4))
-        procs = [spawn(RING_READER, str(pub.socket), count, str(wakeups)) for _ in range(readers)]
+        procs = [spawn(code, str(pub.socket), count, str(wakeups)) for _ in range(readers)]
         time.sleep(0.5)
         c0, t0 = pub.cpu_seconds(), time.monotonic()
         time.sleep(seconds)
@@ -386,8 +413,29 @@ def wake_floor(seconds: float, hz: int) -> float:
     return 100 * (c1 - c0) / (t1 - t0)
 
 
-def publisher_cpu(seconds: float) -> dict[str, float]:
+def c_wake_floor(seconds: float) -> float | None:
+    """CPU of wake_floor.c: paced at 1 kHz, futex-waking 4 readers (None without a compiler)."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        print("# wake_floor.c not measured: no C compiler", file=sys.stderr)
+        return None
+    tmp = Path(tempfile.mkdtemp(prefix="kiki-bench-"))
+    try:
+        exe = tmp / "wake_floor"
+        subprocess.run(
+            [cc, "-O2", "-o", str(exe), str(Path(__file__).with_name("wake_floor.c"))], check=True
+        )
+        out = subprocess.run(
+            [str(exe), "4", str(seconds)], check=True, capture_output=True, text=True
+        ).stdout
+        return float(out.split()[0])
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def publisher_cpu(seconds: float) -> dict[str, float | None]:
     every = _cpu_with_readers(seconds, 4, 0)
+    futex = _cpu_with_readers(seconds, 4, 0, BLOCKING_READER)
     batched = _cpu_with_readers(seconds, 4, 50)
     idle = _cpu_with_readers(seconds, 0, 0)
     # The baseline: this process's sender thread, at 1 kHz to 4 datagram readers.
@@ -408,6 +456,8 @@ def publisher_cpu(seconds: float) -> dict[str, float]:
     shutil.rmtree(tmp, ignore_errors=True)
     return {
         "publisher": every,
+        "publisher_futex": futex,
+        "floor_c": c_wake_floor(seconds),
         "publisher_batched": batched,
         "publisher_no_readers": idle,
         "floor_1000": wake_floor(seconds, 1000),
@@ -461,8 +511,9 @@ def main() -> None:
         f"{mx['dgram']:,.0f} | {mx['ring_read'] / mx['dgram']:.1f}x |"
     )
     print(
-        "\n| wake-up latency | pinning | ring p50 / p99 (us) | datagram p50 / p99 (us) | "
-        "ratio p50 |\n|---|---|---|---|---|"
+        "\n| wake-up latency | pinning | asyncio reader, socket: p50 / p99 (us) | "
+        "blocking reader, futex: p50 / p99 (us) | datagram p50 / p99 (us) | ratio p50 "
+        "(asyncio, futex) |\n|---|---|---|---|---|---|"
     )
     for pin in (False, True):
         for rate in (1000, 10_000):
@@ -470,23 +521,36 @@ def main() -> None:
                 count = int(rate * args.seconds) if rate == 1000 else int(rate * args.seconds / 4)
                 count = max(200, count // (10 if args.quick else 1))
                 r = median_of(args.repeats, ring_latency, rate, readers, count, pin)
+                f = median_of(
+                    args.repeats, ring_latency, rate, readers, count, pin, BLOCKING_READER
+                )
                 d = median_of(args.repeats, dgram_latency, rate, readers, count, pin)
-                lost = f", lost {r['lost']}" if r["lost"] else ""
+                lost = r["lost"] + f["lost"]
                 print(
-                    f"| {rate // 1000} kHz, {readers} reader{'s' if readers > 1 else ''}{lost} | "
+                    f"| {rate // 1000} kHz, {readers} reader{'s' if readers > 1 else ''}"
+                    f"{f', lost {lost}' if lost else ''} | "
                     f"{'taskset -c 0' if pin else 'unpinned'} | {r['p50']:.0f} / {r['p99']:.0f} | "
-                    f"{d['p50']:.0f} / {d['p99']:.0f} | {r['p50'] / d['p50']:.1f}x |",
+                    f"{f['p50']:.0f} / {f['p99']:.0f} | {d['p50']:.0f} / {d['p99']:.0f} | "
+                    f"{r['p50'] / d['p50']:.1f}x, {f['p50'] / d['p50']:.1f}x |",
                     flush=True,
                 )
     cpu = publisher_cpu(args.seconds)
+    dgram = max(cpu["dgram"] or 0.0, 0.01)
     print("\n| CPU at 1 kHz | ring publisher | datagram sender | ratio |\n|---|---|---|---|")
-    print(
-        f"| 4 readers, every sample | {cpu['publisher']:.1f} % | {cpu['dgram']:.1f} % | "
-        f"{cpu['publisher'] / max(cpu['dgram'], 0.01):.1f}x |"
-    )
-    print(f"| 4 readers, at most 50 wake-ups/s | {cpu['publisher_batched']:.1f} % | | |")
+    for label, key in (
+        ("4 asyncio readers, every sample (socket)", "publisher"),
+        ("4 blocking readers, every sample (futex)", "publisher_futex"),
+    ):
+        value = cpu[key] or 0.0
+        print(f"| {label} | {value:.1f} % | {dgram:.1f} % | {value / dgram:.1f}x |")
+    print(f"| 4 asyncio readers, at most 50 wake-ups/s | {cpu['publisher_batched']:.1f} % | | |")
     print(f"| no reader | {cpu['publisher_no_readers']:.1f} % | | |")
     print(f"| wake floor: a loop woken 1000/s, no work | {cpu['floor_1000']:.1f} % | | |")
+    if cpu["floor_c"] is not None:
+        print(
+            f"| wake floor: wake_floor.c, 1 kHz, futex-waking 4 readers | "
+            f"{cpu['floor_c']:.1f} % | | |"
+        )
     print(f"| wake floor: a loop woken 100/s, no work | {cpu['floor_100']:.1f} % | | |")
 
 

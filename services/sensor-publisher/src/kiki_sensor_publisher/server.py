@@ -191,7 +191,7 @@ class ImuClock:
         _set_timer_slack(1000)  # sleep to the tick, not up to 50 µs past it
         core, sensor, loop = self.pub.core, self.sensor, self._loop
         assert loop is not None
-        while not self._stop.is_set():
+        while not self._stop.is_set() and sensor.writer is not None:
             now = time.monotonic_ns()
             # Wake when the tick's last sample is due (every sample: exactly on its time).
             wake = self.next_ns + self.tick_ns - self.period_ns
