@@ -1011,3 +1011,22 @@ def test_sync_and_async_registration_are_not_mixed_up() -> None:
     methods.register("x", a)  # replaced by an async handler: no longer answered as read
     assert "x" in methods
     assert "x" not in methods._sync
+
+
+async def test_request_timeout_is_a_timeout_and_other_cancellations_stay_cancellations(
+    server: RpcServer, sock_path: Path, probe: Probe
+) -> None:
+    me = asyncio.current_task()
+    assert me is not None
+    async with connect_unix(sock_path) as conn:
+        with pytest.raises(Timeout):
+            await conn.request("block", timeout=0.05)
+        assert me.cancelling() == 0  # the timeout took back the cancellation it made
+        await bounded(probe.cancelled.wait())  # and the handler at the peer was cancelled
+        probe.started.clear()
+        task = asyncio.ensure_future(conn.request("block", timeout=30))
+        await bounded(probe.started.wait())
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await bounded(conn.request("add", [1, 2], timeout=5)) == 3
