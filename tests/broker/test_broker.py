@@ -360,6 +360,33 @@ async def test_audit_log_records_every_call_and_verifies(broker: Broker, sockdir
     assert b'"text"' not in log  # arguments are hashed, never stored
 
 
+async def test_every_call_is_in_the_audit_log_before_its_answer(
+    broker: Broker, sockdir: Path
+) -> None:
+    # Own tools are answered as the request is read and forwarded calls from a task: either
+    # way the line is written before the answer leaves, so it is there when the answer is.
+    path, _ = broker
+    log = sockdir / "state" / "audit.jsonl"
+    async with asyncio.timeout(20), make_provider(path).connect(), ToolClient(path) as client:
+        for nsid, args in [
+            ("dev.kiki.service.getInfo", {}),
+            (ECHO, {"text": "a"}),
+            ("dev.kiki.service.getInfo", {}),
+            (ECHO, {"text": "b"}),
+        ]:
+            await client.call(nsid, args)
+            last = orjson.loads(log.read_bytes().splitlines()[-1])
+            assert (last["tool"], last["outcome"]) == (nsid, "ok")
+        with pytest.raises(InvalidParams):
+            await client.call("org.example.nothing")
+        last = orjson.loads(log.read_bytes().splitlines()[-1])
+        assert (last["tool"], last["outcome"], last["code"]) == (
+            "org.example.nothing",
+            "invalid",
+            -32602,
+        )
+
+
 async def test_many_clients_pipelining(broker: Broker) -> None:
     path, _ = broker
 
