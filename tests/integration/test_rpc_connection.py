@@ -558,6 +558,37 @@ async def test_cancelled_notification_cancels_the_handler_and_suppresses_its_res
         }
 
 
+async def test_a_request_cancelled_before_its_task_starts_frees_its_slot(
+    sock_path: Path, probe: Probe
+) -> None:
+    async with running(sock_path, make_methods(probe), max_in_flight=2), raw(sock_path) as client:
+        for i in range(3):
+            # The request and its cancellation in one read: its task is cancelled before it
+            # ever runs, and must still give its in-flight slot back. Nothing is answered for
+            # it; the next call is (a limit of 2 would refuse it by the second round if the
+            # cancelled requests kept their slots).
+            await client.send(
+                orjson.dumps(req("block", f"c{i}"))
+                + b"\n"
+                + orjson.dumps(note("notifications/cancelled", {"requestId": f"c{i}"}))
+                + b"\n"
+            )
+            assert await client.call(req("add", f"a{i}", [i, 1])) == {
+                "jsonrpc": "2.0",
+                "result": i + 1,
+                "id": f"a{i}",
+            }
+        # In a batch, the cancelled entry is left out and the others are still answered.
+        await client.send(
+            orjson.dumps([req("block", "b1"), req("add", "b2", [2, 2])])
+            + b"\n"
+            + orjson.dumps(note("notifications/cancelled", {"requestId": "b1"}))
+            + b"\n"
+        )
+        assert await client.recv() == [{"jsonrpc": "2.0", "result": 4, "id": "b2"}]
+        assert not probe.started.is_set()
+
+
 # -- limits -------------------------------------------------------------------------------------
 
 

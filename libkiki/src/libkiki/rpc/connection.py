@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import socket
@@ -550,6 +551,9 @@ class Connection:
 
     def _cancel(self, slot: int, task: asyncio.Task[None]) -> None:
         task.cancel()
+        # A task cancelled before its first step never enters _run, whose finally releases the
+        # slot: reap it when it is done (only cancelled tasks pay for the callback).
+        task.add_done_callback(functools.partial(self._reap, slot))
         rest = self._rests.pop(slot, None)
         if rest is not None:
             # The task had not started: it will never await the rest of the handler, so the
@@ -558,6 +562,14 @@ class Connection:
                 rest.close()
             elif isinstance(rest, asyncio.Future):
                 rest.cancel()
+
+    def _reap(self, slot: int, task: asyncio.Task[None]) -> None:
+        if self._tasks.get(slot) is not task:
+            return  # _run's finally has released it (and the slot may be another's now)
+        del self._tasks[slot]
+        if (data := self._core.complete(slot, None)) is not None:
+            self._write_nowait(data)  # the rest of a batch this entry belonged to
+        self._core.release(slot)
 
     def _handle(self, event: Event) -> None:
         if isinstance(event, Incoming):
