@@ -33,7 +33,7 @@ from libkiki.errors import InvalidFrame, NotFound, Timeout, Unavailable
 from libkiki.framing import LineDecoder
 from libkiki.rpc.messages import ResponseReceived
 from libkiki.rpc.protocol import RpcCore
-from libkiki.sensors.client import _RECONNECT, RingFollower, _path
+from libkiki.sensors.client import _RECONNECT, RingFollower
 from libkiki.sensors.layout import Layout
 from libkiki.sensors.ring import Batch, RingChanged
 
@@ -118,9 +118,7 @@ class BlockingSensorReader(RingFollower):
         timeout: float = 10.0,
         check_interval: float = 1.0,
     ) -> None:
-        super().__init__(sensor, layout, from_start)
-        self.path = _path(path)
-        self.max_wakeups = max_wakeups
+        super().__init__(sensor, path, max_wakeups, layout, from_start)
         self.timeout = timeout
         self.check_interval = check_interval
         self._channel: _Channel | None = None

@@ -147,8 +147,17 @@ class RingFollower:
     position in it (:class:`SensorReader` for asyncio, :class:`~libkiki.sensors.blocking.
     BlockingSensorReader` for a thread that blocks)."""
 
-    def __init__(self, sensor: str, layout: Layout | None, from_start: bool) -> None:
+    def __init__(
+        self,
+        sensor: str,
+        path: str | os.PathLike[str] | None,
+        max_wakeups: float,
+        layout: Layout | None,
+        from_start: bool,
+    ) -> None:
         self.sensor = sensor
+        self.path = _path(path)
+        self.max_wakeups = max_wakeups
         self.expected = layout
         self.from_start = from_start
         self.position = 0
@@ -234,9 +243,7 @@ class SensorReader(RingFollower):
         layout: Layout | None = None,
         from_start: bool = False,
     ) -> None:
-        super().__init__(sensor, layout, from_start)
-        self.path = _path(path)
-        self.max_wakeups = max_wakeups
+        super().__init__(sensor, path, max_wakeups, layout, from_start)
         self._client: SensorClient | None = None
 
     async def __aenter__(self) -> Self:
