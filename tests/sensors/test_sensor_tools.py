@@ -97,6 +97,8 @@ async def test_kiki_sensors_commands(start_publisher: StartPublisher) -> None:
     code, out, _ = await _kiki("sensors", "--socket", sock, "stats")
     assert code == 0
     assert "OVERRUNS" in out
+    assert "FUTEX" in out
+    assert "IMU sampled by: thread" in out  # nobody wants messages from it now
     code, _, err = await _kiki("sensors", "--socket", sock, "watch", "nope")
     assert code == 1
     assert "no sensor 'nope'" in err

@@ -202,21 +202,27 @@ def run_stats(args: argparse.Namespace) -> int:
     width = max((len(s) for s in sensors), default=6)
     print(
         f"{'SENSOR':<{width}}  {'RATE':>9}  {'NOMINAL':>8}  {'WRITTEN':>9}  {'READERS':>7}  "
-        f"{'OVERRUNS':>8}  {'COALESCED':>9}"
+        f"{'FUTEX':>5}  {'OVERRUNS':>8}  {'COALESCED':>9}"
     )
     for sid, s in sensors.items():
         print(
             f"{sid:<{width}}  {s['rateHz']:>9.1f}  {s['nominalHz']:>8g}  {s['written']:>9}  "
-            f"{s['subscribers']:>7}  {s['overruns']:>8}  {s['coalesced']:>9}"
+            f"{s['subscribers']:>7}  {s.get('futexSubscribers', 0):>5}  {s['overruns']:>8}  "
+            f"{s['coalesced']:>9}"
         )
+    clock = stats.get("imuClock")
+    if clock:
+        print(f"\nIMU sampled by: {clock['mode']}, {clock['tickHz']:g} ticks/s")
     subs = stats["subscribers"]
     if subs:
         print()
         print("READER                WAKE-UPS  COALESCED  OVERRUNS  SENSORS")
         for sub in subs:
             who = f"uid={sub['uid']} pid={sub['pid']}"
+            futex = set(sub.get("futex", ()))
+            names = ", ".join(f"{n} (futex)" if n in futex else n for n in sub["sensors"])
             print(
                 f"{who:<20}  {sub['wakeups']:>8}  {sub['coalesced']:>9}  {sub['overruns']:>8}  "
-                f"{', '.join(sub['sensors'])}"
+                f"{names}"
             )
     return 0
