@@ -65,6 +65,8 @@ async def main():
     sock, n, rate = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
     async with SensorReader("imu0", path=sock, max_wakeups=rate) as r:
         print("ready", flush=True)
+        sys.stdin.readline()  # "go": every reader has started
+        r.poll()  # what was written while we waited is not a wake-up latency
         lat, samples, lost = [], 0, 0
         async for b in r:
             now = time.monotonic_ns()
@@ -83,6 +85,8 @@ from libkiki.sensors.blocking import BlockingSensorReader
 sock, n, rate = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 with BlockingSensorReader("imu0", path=sock, max_wakeups=rate) as r:
     print("ready", flush=True)
+    sys.stdin.readline()  # "go": every reader has started
+    r.poll()  # what was written while we waited is not a wake-up latency
     lat, samples, lost = [], 0, 0
     for b in r:
         now = time.monotonic_ns()
@@ -146,12 +150,21 @@ def spawn(code: str, *args: str, pin: bool = False) -> subprocess.Popen[str]:
     cmd = [str(BIN / "python"), "-c", code, *args]
     if pin:
         cmd = ["taskset", "-c", "0", *cmd]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline().strip()
     if line != "ready":
         raise SystemExit(f"helper did not start: {line!r}")
     return proc
+
+
+def go(procs: list[subprocess.Popen[str]]) -> None:
+    """Start the readers' measurements together, once all of them are up: a reader measured
+    while the next ones start their interpreters would time their start-up, not the ring."""
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
 
 
 def result(proc: subprocess.Popen[str], timeout: float = 60) -> dict[str, Any]:
@@ -323,6 +336,7 @@ def ring_latency(
     pub = Publisher(rate, pin)
     try:
         procs = [spawn(code, str(pub.socket), str(count), "0", pin=pin) for _ in range(readers)]
+        go(procs)
         outs = [result(p) for p in procs]
     finally:
         pub.stop()
@@ -378,6 +392,7 @@ def _cpu_with_readers(
     try:
         count = str(int(seconds * 1000 * 4))
         procs = [spawn(code, str(pub.socket), count, str(wakeups)) for _ in range(readers)]
+        go(procs)
         time.sleep(0.5)
         c0, t0 = pub.cpu_seconds(), time.monotonic()
         time.sleep(seconds)
