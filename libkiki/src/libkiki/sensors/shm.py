@@ -98,7 +98,7 @@ class MappedReader:
     app); anything else is refused. ``mapped=False`` reads through ``pread`` instead of a
     mapping (:class:`FdRingReader`): for a segment whose owner is not the publisher, who could
     truncate it under a mapping. ``futex=True`` also maps the header's first page for waiting
-    on the write index (:attr:`word`, see :mod:`libkiki.sensors.futex`); mapped rings only.
+    on the wake counter (:attr:`word`, see :mod:`libkiki.sensors.futex`); mapped rings only.
     """
 
     def __init__(

@@ -50,7 +50,7 @@ def clean_stale(prefix: str, shm_dir: Path = SHM_DIR) -> list[str]:
             if mem.size and os.fstat(mem.fd).st_uid == os.geteuid():
                 with mmap.mmap(mem.fd, mem.size) as m:
                     if mark_retired(m) and futex.SUPPORTED:
-                        # Readers asleep on its write index wake up and see it retired.
+                        # Readers asleep on its wake counter wake up and see it retired.
                         futex.wake(futex.writable_address(m, WAKE_OFFSET))
         except (OSError, ValueError) as exc:
             log.warning("cannot retire stale segment %s: %s", name, exc)
