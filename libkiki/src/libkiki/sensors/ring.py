@@ -229,19 +229,41 @@ class RingWriter:
 
     def bump_wake(self) -> None:
         """Add one to the wake counter (before a ``FUTEX_WAKE`` on it)."""
-        word = self._u64[_W_PID_WAKE]
-        self._u64[_W_PID_WAKE] = (word + (1 << 32)) & 0xFFFF_FFFF_FFFF_FFFF
+        _bump_wake(self._u64)
 
     def retire(self) -> None:
         """Tell readers this ring is finished (the writer stops or a new segment replaces it).
         The wake counter moves too, so that a reader about to sleep on it does not."""
-        word = self._u64[_W_CAP_FLAGS]
-        self._u64[_W_CAP_FLAGS] = word | (FLAG_RETIRED << 32)
-        self.bump_wake()
+        _retire(self._u64)
 
     def release(self) -> None:
         self._u64.release()
         self._mv.release()
+
+
+def _bump_wake(u64: memoryview) -> None:
+    u64[_W_PID_WAKE] = (u64[_W_PID_WAKE] + (1 << 32)) & 0xFFFF_FFFF_FFFF_FFFF
+
+
+def _retire(u64: memoryview) -> None:
+    u64[_W_CAP_FLAGS] = u64[_W_CAP_FLAGS] | (FLAG_RETIRED << 32)
+    _bump_wake(u64)
+
+
+def retire_ring(buf: Any) -> bool:
+    """Retire whatever ring is in the writable ``buf`` whose writer is gone (a crashed run's
+    segment): the retired flag, and the wake counter moved. False if ``buf`` is not a ring."""
+    try:
+        read_header(buf)
+    except InvalidFrame:
+        return False
+    with memoryview(buf) as mv:
+        u64 = mv[:HEADER_SIZE].cast("Q")
+        try:
+            _retire(u64)
+        finally:
+            u64.release()
+    return True
 
 
 @dataclass(frozen=True, slots=True)

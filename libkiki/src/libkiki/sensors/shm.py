@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Final
 
 from libkiki.errors import InvalidFrame, InvalidParams, NotFound, PermissionDenied
+from libkiki.sensors import futex
 from libkiki.sensors.futex import HeaderWord
 from libkiki.sensors.layout import Layout
 from libkiki.sensors.ring import (
@@ -28,6 +29,7 @@ from libkiki.sensors.ring import (
     RingReader,
     RingWriter,
     read_header,
+    retire_ring,
     segment_size,
 )
 
@@ -230,20 +232,14 @@ def _retire_and_unlink(path: Path) -> None:
 
 
 def mark_retired(buf: mmap.mmap) -> bool:
-    """Set the retired flag of whatever ring is in ``buf`` and move its wake counter (then
-    ``FUTEX_WAKE`` its sleepers); False if it is not a ring."""
-    try:
-        read_header(buf)
-    except Exception:
+    """Retire whatever ring is in the writable mapping ``buf`` (:func:`~libkiki.sensors.ring.
+    retire_ring`) and wake its futex sleepers, so that they look again and find the next ring;
+    False if it is not a ring."""
+    if not retire_ring(buf):
         return False
-    mv = memoryview(buf)
-    try:
-        words = mv[:64].cast("Q")
-        words[2] = words[2] | (1 << 32)  # the retired flag
-        words[6] = (words[6] + (1 << 32)) & 0xFFFF_FFFF_FFFF_FFFF  # the wake counter
-        words.release()
-    finally:
-        mv.release()
+    if futex.SUPPORTED:
+        with contextlib.suppress(OSError):
+            futex.wake(futex.writable_address(buf, WAKE_OFFSET))
     return True
 
 

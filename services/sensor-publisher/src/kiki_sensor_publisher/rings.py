@@ -49,9 +49,7 @@ def clean_stale(prefix: str, shm_dir: Path = SHM_DIR) -> list[str]:
             # under the mapping (SIGBUS). Theirs is merely unlinked, if we may.
             if mem.size and os.fstat(mem.fd).st_uid == os.geteuid():
                 with mmap.mmap(mem.fd, mem.size) as m:
-                    if mark_retired(m) and futex.SUPPORTED:
-                        # Readers asleep on its wake counter wake up and see it retired.
-                        futex.wake(futex.writable_address(m, WAKE_OFFSET))
+                    mark_retired(m)  # its futex sleepers wake up and see it retired
         except (OSError, ValueError) as exc:
             log.warning("cannot retire stale segment %s: %s", name, exc)
         finally:
