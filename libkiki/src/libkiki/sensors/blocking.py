@@ -30,14 +30,12 @@ from pathlib import Path
 from typing import Any, Self
 
 from libkiki.errors import InvalidFrame, NotFound, Timeout, Unavailable
-from libkiki.framing import LineDecoder
+from libkiki.framing import DEFAULT_MAX_LINE, LineDecoder
 from libkiki.rpc.messages import ResponseReceived
 from libkiki.rpc.protocol import RpcCore
 from libkiki.sensors.client import _RECONNECT, RingFollower
 from libkiki.sensors.layout import Layout
 from libkiki.sensors.ring import Batch, RingChanged
-
-_MAX_LINE = 1 << 20
 
 
 class _Channel:
@@ -55,7 +53,7 @@ class _Channel:
                 f"cannot connect to {os.fspath(path)}: {exc.strerror or exc}"
             ) from exc
         self.core = RpcCore()
-        self.lines = LineDecoder(_MAX_LINE)
+        self.lines = LineDecoder(DEFAULT_MAX_LINE)
         self.open = True
 
     def request(self, method: str, params: dict[str, Any]) -> Any:

@@ -199,11 +199,7 @@ class ImuClock:
                 continue
             if not (self._write_due(now) and self._due(now)):
                 continue
-            if sensor.id in core.futex_waiters:
-                try:
-                    sensor.wake_futex()
-                except OSError as exc:  # pragma: no cover - only on a kernel without futexes
-                    log.warning("futex wake-up of %s failed: %s", sensor.id, exc)
+            self.pub.wake_sleepers(sensor)
             if sensor.id in core.socket_fastest and not self._socket_due:
                 self._socket_due = True
                 try:
@@ -316,13 +312,17 @@ class Publisher:
 
     def publish(self, sensor: Sensor) -> None:
         """Wake ``sensor``'s readers: the futex sleepers, then the message subscribers."""
+        self.wake_sleepers(sensor)
+        self.publish_messages(sensor)
+
+    def wake_sleepers(self, sensor: Sensor) -> None:
+        """Every reader asleep on the ring's wake counter, with one system call (if any sleep
+        there). Safe from the IMU thread: it reads the subscriptions, never changes them."""
         if sensor.id in self.core.futex_waiters:
-            # Every reader asleep on the ring's wake counter, with one system call.
             try:
                 sensor.wake_futex()
             except OSError as exc:  # pragma: no cover - only on a kernel without futexes
                 log.warning("futex wake-up of %s failed: %s", sensor.id, exc)
-        self.publish_messages(sensor)
 
     def publish_messages(self, sensor: Sensor) -> None:
         woken = self.core.published(sensor.id, sensor.write_index, sensor.capacity)
