@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import signal
+import socket
 import struct
 import threading
 from collections.abc import Awaitable, Callable, Iterator
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from kiki_sensor_publisher.sources import SyntheticImu
-from libkiki.errors import InvalidParams, NotFound, Unavailable
+from libkiki.errors import InvalidParams, NotFound, Timeout, Unavailable
 from libkiki.sensors import futex
 from libkiki.sensors.blocking import BlockingSensorReader
 from libkiki.sensors.client import ExternalSensor, SensorClient
@@ -152,6 +153,14 @@ async def test_blocking_reader_errors(start_publisher: StartPublisher, tmp_path:
         await asyncio.to_thread(BlockingSensorReader("nope", path=pub.socket).open)
     with pytest.raises(Unavailable):
         await asyncio.to_thread(BlockingSensorReader("imu0", path=tmp_path / "none.sock").open)
+    # A socket that accepts (the kernel's backlog) and never answers: a Timeout, not a hang.
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as mute:
+        mute.bind(str(tmp_path / "mute.sock"))
+        mute.listen(1)
+        with pytest.raises(Timeout, match="sensors/subscribe"):
+            await asyncio.to_thread(
+                BlockingSensorReader("imu0", path=tmp_path / "mute.sock", timeout=0.2).open
+            )
     async with SensorClient(pub.socket) as client:
         with pytest.raises(InvalidParams, match="wake"):
             await client.request("sensors/subscribe", {"sensors": ["imu0"], "wake": "smoke"})

@@ -17,6 +17,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -329,6 +330,23 @@ def _in_reader_unit(machine: Machine, name: str, *cmd: str) -> subprocess.Comple
     )
 
 
+def _watch_imu(machine: Machine, unit: str, count: int, *options: str) -> list[dict[str, Any]]:
+    """``kiki sensors watch imu0 --json`` in a hardened reader unit: its samples."""
+    out = _in_reader_unit(
+        machine,
+        unit,
+        "/usr/bin/kiki",
+        "sensors",
+        "watch",
+        "imu0",
+        *options,
+        "--json",
+        "--count",
+        str(count),
+    ).stdout
+    return [json.loads(line) for line in out.splitlines()]
+
+
 def test_a_reader_in_another_hardened_unit_reads_the_rings(machine: Machine) -> None:
     status = machine.run("/usr/bin/kiki", "status", "sensor-publisher", check=False)
     assert status.returncode == 0, status.stdout + status.stderr
@@ -337,18 +355,7 @@ def test_a_reader_in_another_hardened_unit_reads_the_rings(machine: Machine) -> 
     rings = machine.run("stat", "-c", "%n %a %U %G", "/dev/shm/kiki-sensors.imu0").stdout.split()
     assert rings[1:] == ["640", "kiki-sensors", "kiki"]
 
-    out = _in_reader_unit(
-        machine,
-        "kiki-sensor-reader",
-        "/usr/bin/kiki",
-        "sensors",
-        "watch",
-        "imu0",
-        "--json",
-        "--count",
-        "200",
-    ).stdout
-    samples = [json.loads(line) for line in out.splitlines()]
+    samples = _watch_imu(machine, "kiki-sensor-reader", 200)
     assert len(samples) == 200
     first = samples[0]["index"]
     assert [s["index"] for s in samples] == list(range(first, first + 200))
@@ -364,19 +371,7 @@ def test_a_reader_in_another_hardened_unit_reads_the_rings(machine: Machine) -> 
 
     # The same unit's hardening lets a reader sleep on the ring's futex (a read-only mapping
     # of its header; futex(2) is in @system-service).
-    out = _in_reader_unit(
-        machine,
-        "kiki-sensor-futex-reader",
-        "/usr/bin/kiki",
-        "sensors",
-        "watch",
-        "imu0",
-        "--futex",
-        "--json",
-        "--count",
-        "200",
-    ).stdout
-    indices = [json.loads(line)["index"] for line in out.splitlines()]
+    indices = [s["index"] for s in _watch_imu(machine, "kiki-sensor-futex-reader", 200, "--futex")]
     assert indices == list(range(indices[0], indices[0] + 200))
 
     probe = _in_reader_unit(
@@ -387,18 +382,7 @@ def test_a_reader_in_another_hardened_unit_reads_the_rings(machine: Machine) -> 
     # A publisher restart while a reader unit is reading: the reader notices the new ring (a
     # new generation), maps it and goes on; its samples start again from the new ring's first.
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        reading = pool.submit(
-            _in_reader_unit,
-            machine,
-            "kiki-sensor-reader2",
-            "/usr/bin/kiki",
-            "sensors",
-            "watch",
-            "imu0",
-            "--json",
-            "--count",
-            "3000",
-        )
+        reading = pool.submit(_watch_imu, machine, "kiki-sensor-reader2", 3000)
 
         def reader_subscribed() -> bool:
             stats = json.loads(machine.run("/usr/bin/kiki", "sensors", "stats", "--json").stdout)
@@ -406,8 +390,7 @@ def test_a_reader_in_another_hardened_unit_reads_the_rings(machine: Machine) -> 
 
         machine.wait_for("the reader unit subscribed", reader_subscribed)
         machine.systemctl("restart", unit)
-        out = reading.result(timeout=120).stdout
-    indices = [json.loads(line)["index"] for line in out.splitlines()]
+        indices = [s["index"] for s in reading.result(timeout=120)]
     assert len(indices) == 3000
     restarts = [i for i in range(1, len(indices)) if indices[i] <= indices[i - 1]]
     assert len(restarts) == 1, "the reader should have followed exactly one new ring"
