@@ -9,7 +9,7 @@ from pathlib import Path
 
 import orjson
 
-from kiki_tool_broker.audit import AuditLog, args_hash, read_entries, verify
+from kiki_tool_broker.audit import AuditLog, args_hash, format_head, read_entries, verify
 
 CALLER = {"uid": 1000, "gid": 1000, "pid": 42}
 
@@ -108,3 +108,50 @@ def test_a_line_is_the_hashed_canonical_form_with_its_hash_and_a_utc_time(tmp_pa
         assert when.isoformat(timespec="microseconds") == entry["time"]
         assert before - timedelta(seconds=1) <= when <= after
     assert entry["argsHash"] == args_hash({}) == "sha256:" + hashlib.sha256(b"{}").hexdigest()
+
+
+def chain_after_restart(directory: Path) -> list[str]:
+    """Open the log again (a broker restart), append one entry, and verify."""
+    log = fill(directory, 1)
+    log.close()
+    return [str(p) for p in verify(log.path, log.head_path)]
+
+
+def test_a_tail_cut_while_stopped_stays_visible_after_a_restart(tmp_path: Path) -> None:
+    fill(tmp_path).close()
+    path = tmp_path / "audit.jsonl"
+    path.write_bytes(b"\n".join(lines(path)[:3]) + b"\n")
+    # Continuing from the log's last line would hide the cut under a fresh head.
+    problems = chain_after_restart(tmp_path)
+    assert any("line 4: sequence 6 follows 3" in p for p in problems)
+    assert any("line 4: does not chain" in p for p in problems)
+
+
+def test_a_rewritten_last_line_stays_visible_after_a_restart(tmp_path: Path) -> None:
+    fill(tmp_path).close()
+    path = tmp_path / "audit.jsonl"
+    raw = lines(path)
+    entry = orjson.loads(raw[-1])
+    del entry["hash"]
+    entry["outcome"] = "denied"  # rehashed, so the line itself checks out
+    canonical = orjson.dumps(entry, option=orjson.OPT_SORT_KEYS)
+    digest = hashlib.sha256(entry["prev"].encode() + canonical).hexdigest()
+    raw[-1] = canonical[:-1] + b',"hash":"' + digest.encode() + b'"}'
+    path.write_bytes(b"\n".join(raw) + b"\n")
+    assert chain_after_restart(tmp_path) == [
+        "line 6: does not chain to the line before it (a line was removed or changed)"
+    ]
+
+
+def test_a_head_one_line_behind_is_a_stop_between_the_two_writes(tmp_path: Path) -> None:
+    fill(tmp_path, 3).close()
+    second = read_entries(tmp_path / "audit.jsonl")[1]
+    (tmp_path / "audit.head").write_bytes(format_head(2, second["hash"]))
+    assert chain_after_restart(tmp_path) == []
+    assert [e["seq"] for e in read_entries(tmp_path / "audit.jsonl")] == [1, 2, 3, 4]
+
+
+def test_an_unreadable_head_is_rewritten_from_the_log(tmp_path: Path) -> None:
+    fill(tmp_path, 3).close()
+    (tmp_path / "audit.head").write_bytes(b"garbage\n")
+    assert chain_after_restart(tmp_path) == []

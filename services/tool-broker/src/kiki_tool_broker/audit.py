@@ -9,8 +9,11 @@ canonical JSON with ``hash`` added last, so it is serialised once. An edited lin
 own hash; a deleted or reordered line breaks the next line's ``prev`` or the ``seq`` run; a cut
 tail is detected against ``audit.head``, which holds the last ``seq`` and ``hash``, rewritten in
 place after each append (one fixed-size ``pwrite``: renaming a fresh file per call cost more
-than the rest of a tool call together). The chain shows tampering by anyone who cannot also
-rewrite every later line and the head; it is not a signature.
+than the rest of a tool call together). When the broker starts and the log does not end where
+the head says, the chain continues from the head, not from the log, so the gap stays in the
+log for ``--verify`` to report instead of being covered by a fresh head. The chain shows
+tampering by anyone who cannot also rewrite every later line and the head; it is not a
+signature.
 
 The arguments themselves are never logged, only their hash (``sha256:`` of their canonical
 JSON): the log tells who called what and how it went, without keeping secrets passed in calls.
@@ -66,18 +69,45 @@ class AuditLog:
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / "audit.jsonl"
         self.head_path = directory / "audit.head"
-        self._seq, self._prev = self._recover()
+        self._seq, self._prev = self._continue_from()
         self._second = -1
         self._second_text = ""
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
         self._head_fd = os.open(self.head_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o640)
         self._write_head()
 
-    def _recover(self) -> tuple[int, str]:
+    def _continue_from(self) -> tuple[int, str]:
+        """The ``seq`` and ``hash`` the next entry follows: the log's last entry's, unless the
+        head shows that entries were removed or rewritten since it was last written."""
+        seq, digest, prev = self._recover()
+        try:
+            raw = self.head_path.read_bytes()
+        except FileNotFoundError:
+            return seq, digest
+        head = parse_head(raw)
+        if head is None:
+            if raw:
+                log.warning("%s is unreadable; the chain continues from the log", self.head_path)
+            return seq, digest
+        if head == (seq, digest) or (seq == head[0] + 1 and prev == head[1]):
+            return seq, digest  # intact, or stopped between writing a line and the head
+        log.error(
+            "audit log %s ends at seq %d but %s records seq %d: entries were removed or "
+            "changed since the head was written; the chain continues from the head, so "
+            "`kiki tools log --verify` reports the gap",
+            self.path,
+            seq,
+            self.head_path.name,
+            head[0],
+        )
+        return head
+
+    def _recover(self) -> tuple[int, str, str]:
+        """The log's last ``seq``, ``hash`` and ``prev``, after dropping a torn last line."""
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:
-            return 0, GENESIS
+            return 0, GENESIS, GENESIS
         if data and not data.endswith(b"\n"):
             # A crash cut the last append short: that entry never completed, drop its fragment
             # so the next entry starts on a line of its own.
@@ -92,17 +122,17 @@ class AuditLog:
             data = data[:keep]
         lines = data.splitlines()
         if not lines:
-            return 0, GENESIS
+            return 0, GENESIS, GENESIS
         try:
             last = orjson.loads(lines[-1])
-            return int(last["seq"]), str(last["hash"])
+            return int(last["seq"]), str(last["hash"]), str(last["prev"])
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             log.error(
                 "audit log %s has an unreadable last line; `kiki tools log --verify` "
-                "will report it; continuing the chain from a fresh head",
+                "will report it",
                 self.path,
             )
-            return len(lines), GENESIS
+            return len(lines), GENESIS, GENESIS
 
     def append(
         self,
