@@ -938,6 +938,12 @@ def sync_methods(probe: Probe) -> Methods:
         probe.notes.put_nowait(coro)
         return coro
 
+    @methods.sync("now/future")
+    def future(ctx: RequestContext) -> asyncio.Future[Any]:
+        answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        probe.notes.put_nowait(answer)  # the test settles it
+        return answer
+
     return methods
 
 
@@ -1010,6 +1016,60 @@ async def test_sync_handler_rest_cancelled_before_it_starts_is_closed(
         assert coro.cr_frame is None  # closed
         assert not probe.started.is_set()
         assert srv.counters["requests"] == 2
+
+
+async def test_a_sync_handlers_future_is_answered_when_done_without_a_task(
+    sock_path: Path, probe: Probe
+) -> None:
+    async with running(sock_path, sync_methods(probe), max_in_flight=2), raw(sock_path) as client:
+        await client.send(req("now/future", 1))
+        answer = await bounded(probe.notes.get())
+        assert (await client.call(req("now/add", 2, [1, 1])))["result"] == {"sum": 2, "task": False}
+        answer.set_result({"x": 42})
+        assert await client.recv() == {"jsonrpc": "2.0", "result": {"x": 42}, "id": 1}
+        await client.send(req("now/future", 3))
+        (await bounded(probe.notes.get())).set_exception(PermissionDenied("no", data={"n": 1}))
+        assert (await client.recv())["error"] == {"code": -32003, "message": "no", "data": {"n": 1}}
+        # Cancelled by the peer: the future is cancelled, nothing is answered, and the slot is
+        # given back (a limit of 2 would refuse the third round otherwise).
+        for i in range(3):
+            await client.send(req("now/future", f"c{i}"))
+            answer = await bounded(probe.notes.get())
+            await client.send(note("notifications/cancelled", {"requestId": f"c{i}"}))
+            assert (await client.call(req("now/add", f"a{i}", [i, 1])))["id"] == f"a{i}"
+            assert answer.cancelled()
+        # The peer leaving cancels what is still pending.
+        await client.send(req("now/future", 4))
+        answer = await bounded(probe.notes.get())
+        await client.close()
+        with pytest.raises(asyncio.CancelledError):
+            await bounded(answer)
+
+
+async def test_request_soon_answers_times_out_and_cancels_at_the_peer(
+    server: RpcServer, sock_path: Path, probe: Probe
+) -> None:
+    async with connect_unix(sock_path, max_in_flight=1) as conn:
+        sent = conn.request_soon("add", [1, 2])
+        assert sent is not None
+        assert await bounded(sent) == 3
+        sent = conn.request_soon("block", timeout=0.2)
+        assert sent is not None
+        assert conn.request_soon("add", [1, 1]) is None  # the one slot is taken: nothing sent
+        with pytest.raises(Timeout):
+            await bounded(sent)
+        await bounded(probe.cancelled.wait())  # notifications/cancelled reached the handler
+        probe.started.clear()
+        probe.cancelled.clear()
+        sent = conn.request_soon("block")
+        assert sent is not None
+        await bounded(probe.started.wait())
+        sent.cancel()
+        await bounded(probe.cancelled.wait())
+        assert await bounded(conn.request("add", [2, 2])) == 4  # the slot was given back
+        assert conn.outgoing == 0
+    with pytest.raises(Unavailable):
+        conn.request_soon("add", [1, 1])
 
 
 def test_sync_and_async_registration_are_not_mixed_up() -> None:

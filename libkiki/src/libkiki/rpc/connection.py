@@ -12,10 +12,14 @@ Behaviour worth knowing:
 
 * Incoming requests run concurrently, each in its own task. Over ``max_in_flight`` a request is
   answered ``LimitExceeded`` at once (a notification is dropped). ``notifications/cancelled``
-  cancels the handler's task and its response is never sent (MCP).
+  cancels the handler's task and its response is never sent (MCP). A synchronous handler (see
+  :mod:`libkiki.rpc.methods`) is answered as it is read; one that returns an
+  :class:`asyncio.Future` is answered when the future is done, without a task (cancelling the
+  request cancels the future).
 * Outgoing requests over ``max_in_flight`` *wait* for a slot; the wait counts toward the
   request's timeout, so a stalled peer surfaces as :class:`~libkiki.errors.Timeout`. On timeout
   or cancellation of the caller, the peer is sent ``notifications/cancelled`` (MCP's form).
+  :meth:`Connection.request_soon` sends one without a task, as a future, when a slot is free.
 * Writes go straight to the transport; while its buffer is over the high-water mark, writers
   wait and the connection stops reading. An answer counts against the in-flight limit until it
   is written, so a peer that stops reading stops our handlers and then our reading instead of
@@ -59,7 +63,15 @@ from libkiki.rpc.messages import (
     UnmatchedResponse,
     error_response,
 )
-from libkiki.rpc.methods import Handler, Methods, RequestContext, dispatch, dispatch_now, finish
+from libkiki.rpc.methods import (
+    Handler,
+    Methods,
+    RequestContext,
+    dispatch,
+    dispatch_now,
+    finish,
+    settled,
+)
 from libkiki.rpc.protocol import RpcCore
 
 __all__ = ["Connection", "ProgressCallback"]
@@ -200,6 +212,7 @@ class Connection:
         self._answered: list[int] = []  # slots answered while reading a chunk
         self._unreleased: list[int] = []  # answered as read, still in the transport's buffer
         self._rests: dict[int, Awaitable[Any]] = {}  # synchronous handlers' rests, not started
+        self._deferred: dict[int, asyncio.Future[Any]] = {}  # answers that are futures, by slot
         self._gone: KikiError | None = None  # why the connection ended; copied, never re-raised
         self._closed = asyncio.Event()
         self._closing_started = asyncio.Event()
@@ -278,7 +291,8 @@ class Connection:
         self._closing_started.set()
         me = asyncio.current_task()
         try:
-            running = [t for t in self._tasks.values() if t is not me]
+            running: list[asyncio.Future[Any]] = [t for t in self._tasks.values() if t is not me]
+            running.extend(self._deferred.values())
             if self._gone is None and grace > 0 and running:
                 self._core.start_draining()
                 await asyncio.wait(running, timeout=grace)
@@ -355,6 +369,53 @@ class Connection:
             raise
         finally:
             deadline.end()
+
+    def request_soon(
+        self, method: str, params: Params | None = None, *, timeout: float | None = None
+    ) -> asyncio.Future[Any] | None:
+        """Send a request now and return a future of its result (or of its typed error), with
+        no task: None, and nothing sent, when every in-flight slot is taken (``request`` waits
+        for one). ``timeout`` is as for :meth:`request`: past it the future fails with
+        :class:`~libkiki.errors.Timeout`. Either that or cancelling the future tells the peer
+        (``notifications/cancelled``).
+        """
+        limit = self._limit(timeout)
+        self._check_open()
+        if not self._outgoing.try_acquire(1):
+            return None
+        try:
+            rid, data = self._core.request(method, params)
+        except BaseException:
+            self._outgoing.release(1)
+            raise
+        fut: asyncio.Future[Any] = self._loop.create_future()
+        self._futures[rid] = fut
+        timer = None
+        if limit is not None:
+            timer = self._loop.call_at(self._loop.time() + limit, self._expire, rid, method, limit)
+        fut.add_done_callback(functools.partial(self._request_done, rid, timer))
+        self._write_nowait(data)  # bounded: at most max_in_flight requests are out at once
+        return fut
+
+    def _expire(self, rid: int, method: str, limit: float) -> None:
+        fut = self._futures.pop(rid, None)
+        if fut is not None and not fut.done():
+            self._abandon(rid, "timeout")
+            fut.set_exception(
+                Timeout(
+                    f"no answer to {method} within {limit} s",
+                    data={"method": method, "timeout": limit},
+                )
+            )
+
+    def _request_done(
+        self, rid: int, timer: asyncio.TimerHandle | None, fut: asyncio.Future[Any]
+    ) -> None:
+        if timer is not None:
+            timer.cancel()
+        self._outgoing.release(1)
+        if self._futures.pop(rid, None) is not None:  # cancelled by its caller
+            self._abandon(rid, "cancelled")
 
     async def notify(self, method: str, params: Params | None = None) -> None:
         self._check_open()
@@ -547,6 +608,8 @@ class Connection:
         for slot, task in self._tasks.items():
             if task is not me:
                 self._cancel(slot, task)
+        for answer in list(self._deferred.values()):
+            answer.cancel()
         self._closed.set()
 
     def _cancel(self, slot: int, task: asyncio.Task[None]) -> None:
@@ -585,9 +648,13 @@ class Connection:
                     fut.set_exception(event.error)
         elif isinstance(event, CancelRequested):
             task = self._tasks.get(event.slot)
-            if task is not None:
+            answer = self._deferred.get(event.slot)
+            if task is not None or answer is not None:
                 log.debug("%s: peer cancelled request %r: %s", self.name, event.id, event.reason)
+            if task is not None:
                 self._cancel(event.slot, task)
+            elif answer is not None:
+                answer.cancel()
         elif isinstance(event, ProgressReceived):
             callback = self._progress.get(event.id)
             if callback is not None:
@@ -668,6 +735,11 @@ class Connection:
                     self._write_nowait(data)
                 self._answered.append(event.slot)
                 return
+            if isinstance(answer, asyncio.Future):
+                # Answered when the future is done, by its callback: no task either.
+                self._deferred[event.slot] = answer
+                answer.add_done_callback(functools.partial(self._settle, event))
+                return
             if answer is not None:
                 self._rests[event.slot] = answer
         # Never run once the connection is shut: _received drops input from then on.
@@ -675,6 +747,17 @@ class Connection:
         # data_received left the p50 as it was and cut pipelined throughput by four
         # (tests/bench); synchronous handlers above are the opt-in for handlers that never wait.
         self._tasks[event.slot] = self._loop.create_task(self._run(event, ctx))
+
+    def _settle(self, event: Incoming, answer: asyncio.Future[Any]) -> None:
+        """A synchronous handler's future is done: answer it (not if it was cancelled)."""
+        self._deferred.pop(event.slot, None)
+        response = None if answer.cancelled() else settled(event.method, event.id, answer)
+        if (data := self._core.complete(event.slot, response)) is not None:
+            self._write_nowait(data)
+        if self._writing_paused():
+            self._unreleased.append(event.slot)  # in flight until written, as in _received
+        else:
+            self._core.release(event.slot)
 
     async def _run(self, event: Incoming, ctx: RequestContext) -> None:
         response: dict[str, Any] | None

@@ -18,11 +18,17 @@ class Slots:
         self.used = 0
         self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
 
+    def try_acquire(self, n: int) -> bool:
+        """Take ``n`` units now if they are free and nobody waits ahead; never wait."""
+        if not self._waiters and self.used + n <= self.size:
+            self.used += n
+            return True
+        return False
+
     async def acquire(self, n: int) -> None:
         if n > self.size:
             raise LimitExceeded(f"a batch of {n} requests exceeds the in-flight limit {self.size}")
-        if not self._waiters and self.used + n <= self.size:
-            self.used += n
+        if self.try_acquire(n):
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append((n, fut))

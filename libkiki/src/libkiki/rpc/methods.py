@@ -11,8 +11,9 @@ binds them (a mismatch is -32601/-32602 from jsonrpcserver itself)::
 
 A handler that never waits may be a plain function registered with :meth:`Methods.register_sync`
 (or ``@methods.sync("name")``): the connection runs it as the request is read, with no task of its
-own, and answers it there. When such a handler does have to wait after all (the broker
-forwarding a call), it returns an awaitable, and only that rest runs in a task.
+own, and answers it there. When such a handler does have to wait after all, it returns an
+awaitable, and only that rest runs in a task; an :class:`asyncio.Future` needs no task at all
+(the broker forwarding a call): the connection answers once it is done.
 
 Whatever a handler raises goes through :func:`_failure`, the only place where exceptions become
 wire errors: a :class:`~libkiki.errors.KikiError` becomes its own code, message and data;
@@ -23,6 +24,7 @@ once, and embedded as an ``orjson.Fragment``).
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import logging
@@ -51,6 +53,7 @@ __all__ = [
     "dispatch",
     "dispatch_now",
     "finish",
+    "settled",
 ]
 
 log = logging.getLogger(__name__)
@@ -137,6 +140,20 @@ async def finish(name: str, id: RequestId, pending: Awaitable[Any]) -> dict[str,
         ok, value = _success(await pending)
     except Exception as exc:
         ok, value = _failure(name, exc)
+    return _response(id, ok, value)
+
+
+def settled(name: str, id: RequestId, done: asyncio.Future[Any]) -> dict[str, Any]:
+    """The response for a synchronous handler's rest that is a future, once it is done (and
+    not cancelled): :func:`finish` without the wait."""
+    try:
+        ok, value = _success(done.result())
+    except Exception as exc:
+        ok, value = _failure(name, exc)
+    return _response(id, ok, value)
+
+
+def _response(id: RequestId, ok: bool, value: Any) -> dict[str, Any]:
     if ok:
         return {"jsonrpc": "2.0", "result": value, "id": id}
     return {"jsonrpc": "2.0", "error": value, "id": id}
