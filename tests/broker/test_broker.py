@@ -403,6 +403,22 @@ async def test_many_clients_pipelining(broker: Broker) -> None:
     assert counts == [50] * 8
 
 
+@pytest.mark.parametrize("broker", [{"KIKI_TOOL_BROKER_MAX_IN_FLIGHT": "4"}], indirect=True)
+async def test_calls_beyond_the_providers_in_flight_slots_wait_for_one(broker: Broker) -> None:
+    path, _ = broker
+    async with asyncio.timeout(20), make_provider(path).connect():
+
+        async def four(client: ToolClient, who: str) -> list[str]:
+            calls = (client.call(ECHO, {"text": f"{who}{i}", "delay": 100}) for i in range(4))
+            return [r["text"] for r in await asyncio.gather(*calls)]
+
+        # Two callers, four calls each (their own limit), eight at once for a provider
+        # connection with four slots: four are forwarded at once, four wait for a slot.
+        async with ToolClient(path) as a, ToolClient(path) as b:
+            got = await asyncio.gather(four(a, "a"), four(b, "b"))
+    assert list(got) == [[f"a{i}" for i in range(4)], [f"b{i}" for i in range(4)]]
+
+
 @pytest.mark.parametrize("broker", [{"KIKI_TOOL_BROKER_MAX_IN_FLIGHT": "8"}], indirect=True)
 async def test_in_flight_limit_answers_the_offender_only(broker: Broker) -> None:
     path, _ = broker

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -249,8 +250,8 @@ class Broker:
         self, request: RequestContext, name: str, arguments: dict[str, Any] | None = None
     ) -> dict[str, Any] | Awaitable[dict[str, Any]]:
         """Checked, then answered at once for the broker's own tools; a forwarded call returns
-        the coroutine that waits for its provider (the connection runs it in a task). Either
-        way the audit line is written before the answer is returned."""
+        a future that its provider's answer settles (see :meth:`_forward_soon`). Either way the
+        audit line is written before the answer is returned."""
         started = time.monotonic()
         modern = mcp.is_modern(request.meta)
         arguments = {} if arguments is None else arguments
@@ -270,7 +271,7 @@ class Broker:
             schema = self.catalog.tool(name)
             schema.validate_input(arguments)
             if tool.provider is not self.self_provider:
-                return self._forwarded(tool, schema, request, arguments, view, started, modern)
+                return self._forward_soon(tool, schema, request, arguments, view, started, modern)
             try:
                 output = self.builtin.call(tool.nsid, request, arguments)
             except (InvalidParams, NotFound) as exc:
@@ -287,6 +288,75 @@ class Broker:
         self._audit(view, name, arguments, started, outcome, code)
         return result
 
+    def _forward_soon(
+        self,
+        tool: Tool,
+        schema: ToolSchema,
+        request: RequestContext,
+        arguments: dict[str, Any],
+        view: dict[str, Any],
+        started: float,
+        modern: bool,
+    ) -> Awaitable[dict[str, Any]]:
+        """Forward a call with no task of its own when the provider has a free in-flight slot
+        and there is no progress to relay: the provider's answer settles the caller's through
+        callbacks. Otherwise the call runs as a coroutine (:meth:`_forwarded`)."""
+        sent = None
+        if request.progress_token is None:
+            try:
+                sent = tool.provider.connection.request_soon(
+                    "tools/call",
+                    _forward_params(tool, arguments, view),
+                    timeout=self.config.call_timeout,
+                )
+            except KikiError as exc:  # the provider's connection has just closed
+                sent = asyncio.get_running_loop().create_future()
+                sent.set_exception(exc)
+        if sent is None:
+            return self._forwarded(tool, schema, request, arguments, view, started, modern)
+        answer: asyncio.Future[dict[str, Any]] = sent.get_loop().create_future()
+        sent.add_done_callback(
+            functools.partial(
+                self._forward_done, answer, tool, schema, arguments, view, started, modern
+            )
+        )
+        # The caller cancelled or left: the provider is told through the request's future.
+        answer.add_done_callback(lambda _: sent.cancel())
+        return answer
+
+    def _forward_done(
+        self,
+        answer: asyncio.Future[dict[str, Any]],
+        tool: Tool,
+        schema: ToolSchema,
+        arguments: dict[str, Any],
+        view: dict[str, Any],
+        started: float,
+        modern: bool,
+        sent: asyncio.Future[Any],
+    ) -> None:
+        if sent.cancelled():
+            self._audit(view, tool.nsid, arguments, started, "cancelled", None)
+            return
+        error = sent.exception()
+        try:
+            result, outcome, code = self._settle(
+                tool, schema, modern, None if error is not None else sent.result(), error
+            )
+        except KikiError as exc:
+            self._audit(view, tool.nsid, arguments, started, _outcome(exc), exc.jsonrpc_code)
+            if not answer.done():
+                answer.set_exception(exc)
+            return
+        except Exception as exc:
+            self._audit(view, tool.nsid, arguments, started, "internal-error", -32603)
+            if not answer.done():
+                answer.set_exception(exc)
+            return
+        self._audit(view, tool.nsid, arguments, started, outcome, code)
+        if not answer.done():
+            answer.set_result(result)
+
     async def _forwarded(
         self,
         tool: Tool,
@@ -301,11 +371,11 @@ class Broker:
         code: int | None = None
         try:
             try:
-                output = await self._forward(tool, request, arguments, view)
-            except ToolFailure as failure:
-                result, outcome, code = _failed_result(failure, modern)
+                reply = await self._forward(tool, request, arguments, view)
+            except KikiError as exc:
+                result, outcome, code = self._settle(tool, schema, modern, None, exc)
             else:
-                result, outcome, code = _checked_result(schema, output, modern)
+                result, outcome, code = self._settle(tool, schema, modern, reply, None)
             return result
         except asyncio.CancelledError:
             outcome = "cancelled"
@@ -355,9 +425,7 @@ class Broker:
         arguments: dict[str, Any],
         caller: dict[str, Any],
     ) -> Any:
-        conn: Connection = tool.provider.connection
-        meta: dict[str, Any] = {mcp.CALLER_META: caller}
-        params = {"name": tool.nsid, "arguments": arguments, "_meta": meta}
+        """The provider's reply, relaying its progress to the caller as it comes."""
 
         async def relay(progress: dict[str, Any]) -> None:
             relayed = {k: v for k, v in progress.items() if k != "progressToken"}
@@ -365,33 +433,65 @@ class Broker:
                 "notifications/progress", {"progressToken": request.progress_token, **relayed}
             )
 
+        return await tool.provider.connection.request(
+            "tools/call",
+            _forward_params(tool, arguments, caller),
+            timeout=self.config.call_timeout,
+            on_progress=relay if request.progress_token is not None else None,
+        )
+
+    def _settle(
+        self,
+        tool: Tool,
+        schema: ToolSchema,
+        modern: bool,
+        reply: Any,
+        error: BaseException | None,
+    ) -> tuple[dict[str, Any], str, int | None]:
+        """The caller's result for the provider's reply, or for the error its call ended in.
+
+        A timeout and the provider leaving are the call's own errors, raised (reworded for the
+        caller). Any error the provider answered, and a malformed or ``isError`` reply, are tool
+        failures: an ``isError`` result.
+        """
         try:
-            reply = await conn.request(
-                "tools/call",
-                params,
-                timeout=self.config.call_timeout,
-                on_progress=relay if request.progress_token is not None else None,
-            )
-        except Timeout:
-            raise Timeout(
-                f"{tool.provider.name} did not answer {tool.nsid} within "
-                f"{self.config.call_timeout:g}s; the call was cancelled"
-            ) from None
-        except PeerGone:
-            raise PeerGone(
-                f"{tool.provider.name}, which provides {tool.nsid}, disconnected during the call"
-            ) from None
-        except KikiError as exc:
-            # The provider answered with an error: a tool-level failure for MCP.
-            raise ToolFailure(exc.message, exc.jsonrpc_code, exc.data) from exc
-        if not isinstance(reply, dict):
-            raise ToolFailure(
-                f"{tool.provider.name} answered {tool.nsid} with a malformed result", -32603, None
-            )
-        if reply.get("isError"):
-            text = _text_of(reply) or f"{tool.nsid} failed"
-            raise ToolFailure(text, None, reply.get("structuredContent"))
-        return reply.get("structuredContent")
+            if error is None:
+                output = _provider_output(tool, reply)
+            elif isinstance(error, Timeout):
+                raise Timeout(
+                    f"{tool.provider.name} did not answer {tool.nsid} within "
+                    f"{self.config.call_timeout:g}s; the call was cancelled"
+                ) from None
+            elif isinstance(error, PeerGone):
+                raise PeerGone(
+                    f"{tool.provider.name}, which provides {tool.nsid}, disconnected during the "
+                    "call"
+                ) from None
+            elif isinstance(error, KikiError):
+                raise ToolFailure(error.message, error.jsonrpc_code, error.data) from error
+            else:
+                raise error
+        except ToolFailure as failure:
+            return _failed_result(failure, modern)
+        return _checked_result(schema, output, modern)
+
+
+def _forward_params(
+    tool: Tool, arguments: dict[str, Any], caller: dict[str, Any]
+) -> dict[str, Any]:
+    return {"name": tool.nsid, "arguments": arguments, "_meta": {mcp.CALLER_META: caller}}
+
+
+def _provider_output(tool: Tool, reply: Any) -> Any:
+    """A provider's ``tools/call`` result: its structured content, or a ToolFailure."""
+    if not isinstance(reply, dict):
+        raise ToolFailure(
+            f"{tool.provider.name} answered {tool.nsid} with a malformed result", -32603, None
+        )
+    if reply.get("isError"):
+        text = _text_of(reply) or f"{tool.nsid} failed"
+        raise ToolFailure(text, None, reply.get("structuredContent"))
+    return reply.get("structuredContent")
 
 
 class ToolFailure(Exception):
