@@ -13,7 +13,11 @@ Cases, each measured with the same minimal client (one JSON-RPC line out, one li
   (c) 8x     8 clients pipelining 16 calls each to (a), against 8 clients on the floor
 
 Everything runs twice: pinned to one core (``taskset -c 0``: the client, the broker and the
-provider share it) and unpinned. Latencies are medians over the repeats of each repeat's p50/p99.
+provider share it) and unpinned. Latencies are medians over the repeats of each repeat's p50/p99;
+the ratio is the median over the repeats of each repeat's p50 against that repeat's floor, with
+its range.
+Where the time goes: the CPU per call of the client and of each server process of the case
+(the scheduler's ns, woken side's share of each switch included), medians over the repeats.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import time
 from pathlib import Path
 
 import orjson
+from proc_cpu import cpu_seconds
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent  # the venv being measured: .venv, or another Python's
@@ -140,6 +145,19 @@ FWD = (
 FLOOR = OWN  # the echo server sends the same bytes back
 
 
+def timed(
+    path: Path, line: bytes, calls: int, servers: list[int]
+) -> tuple[list[float], list[float]]:
+    """Round trips, and the CPU µs per call of the client and of each server process."""
+    before = [cpu_seconds(pid) for pid in servers]
+    client = time.thread_time()
+    times = asyncio.run(round_trips(path, line, calls))
+    used = [time.thread_time() - client] + [
+        cpu_seconds(pid) - b for pid, b in zip(servers, before, strict=True)
+    ]
+    return times, [u / calls * 1e6 for u in used]
+
+
 async def round_trips(path: Path, line: bytes, calls: int) -> list[float]:
     reader, writer = await asyncio.open_unix_connection(str(path), limit=1 << 20)
     times = []
@@ -210,7 +228,12 @@ def start_broker(run: Path, env: dict[str, str]) -> subprocess.Popen[str]:
     return proc
 
 
-def measure(calls: int, repeats: int) -> dict[str, tuple[float, float, float]]:
+Result = dict[str, tuple[float, float, float]]
+Cpu = dict[str, list[float]]
+Spread = dict[str, tuple[float, float, float]]
+
+
+def measure(calls: int, repeats: int) -> tuple[Result, Cpu, Spread]:
     run = Path(tempfile.mkdtemp(prefix="kiki-bench-", dir="/tmp"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KIKI_", "LISTEN_"))}
     env.update(
@@ -221,35 +244,48 @@ def measure(calls: int, repeats: int) -> dict[str, tuple[float, float, float]]:
     )
     procs = []
     try:
-        procs.append(start([sys.executable, "-c", ECHO_SERVER, str(run / "echo.sock")], env))
-        relay = [str(run / "relay.sock"), str(run / "echo.sock")]
-        procs.append(start([sys.executable, "-c", RELAY_SERVER, *relay], env))
-        procs.append(start_broker(run, env))
+        procs.append(
+            echo := start([sys.executable, "-c", ECHO_SERVER, str(run / "echo.sock")], env)
+        )
+        relay_args = [str(run / "relay.sock"), str(run / "echo.sock")]
+        procs.append(relay := start([sys.executable, "-c", RELAY_SERVER, *relay_args], env))
+        procs.append(broker := start_broker(run, env))
         tools = run / "tools.sock"
-        provider = PROVIDER.format(tests=str(REPO / "tests" / "broker"), path=str(tools))
-        procs.append(start([sys.executable, "-c", provider], env))
+        provider_code = PROVIDER.format(tests=str(REPO / "tests" / "broker"), path=str(tools))
+        procs.append(provider := start([sys.executable, "-c", provider_code], env))
         results: dict[str, list[tuple[float, float]]] = {}
+        cpu: dict[str, list[list[float]]] = {}
         rates: dict[str, list[float]] = {}
         for _ in range(repeats):
-            for name, path, line in (
-                ("floor", run / "echo.sock", FLOOR),
-                ("relay", run / "relay.sock", FLOOR),
-                ("(a) own", tools, OWN),
-                ("(b) fwd", tools, FWD),
+            for name, path, line, servers in (
+                ("floor", run / "echo.sock", FLOOR, [echo]),
+                ("relay", run / "relay.sock", FLOOR, [relay, echo]),
+                ("(a) own", tools, OWN, [broker]),
+                ("(b) fwd", tools, FWD, [broker, provider]),
             ):
-                times = asyncio.run(round_trips(path, line, calls))
+                times, used = timed(path, line, calls, [p.pid for p in servers])
                 results.setdefault(name, []).append((pct(times, 0.5), pct(times, 0.99)))
+                cpu.setdefault(name, []).append(used)
             for name, path in (("floor 8x16", run / "echo.sock"), ("(c) 8x16 own", tools)):
                 rate = asyncio.run(pipelined(path, 8, 16, max(calls // 4, 100)))
                 rates.setdefault(name, []).append(rate)
         out = {}
+        spread = {}
         for name, pairs in results.items():
             p50 = statistics.median(p for p, _ in pairs) * 1e6
             p99 = statistics.median(q for _, q in pairs) * 1e6
             out[name] = (p50, p99, 1e6 / p50)
+            # Each repeat's p50 against the floor measured just before it: the machine's speed
+            # drifts over minutes, and the pairs drift together.
+            ratios = [p / f for (p, _), (f, _) in zip(pairs, results["floor"], strict=True)]
+            spread[name] = (statistics.median(ratios), min(ratios), max(ratios))
         for name, values in rates.items():
             out[name] = (0.0, 0.0, statistics.median(values))
-        return out
+        per_call = {
+            name: [statistics.median(col) for col in zip(*rows, strict=True)]
+            for name, rows in cpu.items()
+        }
+        return out, per_call, spread
     finally:
         for proc in reversed(procs):
             proc.send_signal(signal.SIGTERM)
@@ -260,13 +296,29 @@ def measure(calls: int, repeats: int) -> dict[str, tuple[float, float, float]]:
         shutil.rmtree(run, ignore_errors=True)
 
 
-def report(title: str, r: dict[str, tuple[float, float, float]]) -> None:
-    floor = r["floor"][0]
+SERVERS = {
+    "floor": ("echo",),
+    "relay": ("relay", "echo"),
+    "(a) own": ("broker",),
+    "(b) fwd": ("broker", "provider"),
+}
+
+
+def report(title: str, r: Result, cpu: Cpu, spread: Spread) -> None:
     print(f"\n{title}")
-    print(f"  {'case':<14} {'p50 µs':>9} {'p99 µs':>9} {'calls/s':>10} {'p50/floor':>10}")
+    print(
+        f"  {'case':<14} {'p50 µs':>9} {'p99 µs':>9} {'calls/s':>10} "
+        f"{'p50/floor (range)':>19}   CPU µs per call"
+    )
     for name in ("floor", "relay", "(a) own", "(b) fwd"):
         p50, p99, rate = r[name]
-        print(f"  {name:<14} {p50:>9.1f} {p99:>9.1f} {rate:>10.0f} {p50 / floor:>9.2f}x")
+        ratio, low, high = spread[name]
+        used = cpu[name]
+        where = " ".join(
+            f"{who} {us:.1f}" for who, us in zip(("client", *SERVERS[name]), used, strict=True)
+        )
+        ratios = f"{ratio:.2f}x ({low:.2f}-{high:.2f})"
+        print(f"  {name:<14} {p50:>9.1f} {p99:>9.1f} {rate:>10.0f} {ratios:>19}   {where}")
     base = r["floor 8x16"][2]
     for name in ("floor 8x16", "(c) 8x16 own"):
         rate = r[name][2]
@@ -287,8 +339,8 @@ def main() -> None:
     pinned = measure(args.calls, args.repeats)
     os.sched_setaffinity(0, allowed)
     unpinned = measure(args.calls, args.repeats)
-    report("pinned to one core (taskset -c 0)", pinned)
-    report("unpinned", unpinned)
+    report("pinned to one core (taskset -c 0)", *pinned)
+    report("unpinned", *unpinned)
 
 
 if __name__ == "__main__":

@@ -52,6 +52,8 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = REPO / ".venv" / "bin"
 sys.path.insert(0, str(REPO / "libkiki" / "src"))
 
+from proc_cpu import cpu_seconds  # noqa: E402  (tests/bench, the script's own directory)
+
 from libkiki.sensors.layout import IMU6  # noqa: E402
 from libkiki.sensors.ring import RingWriter, segment_size  # noqa: E402
 
@@ -277,16 +279,6 @@ def bench_max(seconds: float) -> dict[str, float]:
 
 
 # -- the publisher ----------------------------------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU time of all of a process's threads, in ns from the scheduler (/proc/PID/task/*/
-    schedstat), not the clock ticks of /proc/PID/stat (10 ms each: 0.3 % of a 3 s window)."""
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(FileNotFoundError):
-            total += int((task / "schedstat").read_text().split()[0])
-    return total / 1e9
 
 
 def _timer_slack(ns: int) -> None:
