@@ -1046,6 +1046,17 @@ async def test_a_sync_handlers_future_is_answered_when_done_without_a_task(
             await bounded(answer)
 
 
+async def test_server_exit_drains_a_sync_handlers_future(sock_path: Path, probe: Probe) -> None:
+    async with AsyncExitStack() as client_side:
+        async with running(sock_path, sync_methods(probe), drain_timeout=BOUND):
+            conn = await client_side.enter_async_context(connect_unix(sock_path))
+            call = asyncio.create_task(conn.request("now/future"))
+            answer = await bounded(probe.notes.get())
+            # Settled while the server drains: the answer still goes out.
+            asyncio.get_running_loop().call_later(0.05, answer.set_result, "drained")
+        assert await bounded(call) == "drained"
+
+
 async def test_request_soon_answers_times_out_and_cancels_at_the_peer(
     server: RpcServer, sock_path: Path, probe: Probe
 ) -> None:
