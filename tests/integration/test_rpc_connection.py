@@ -7,6 +7,7 @@ import logging
 import os
 import random
 import socket
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from pathlib import Path
@@ -23,7 +24,8 @@ from libkiki.errors import (
     Timeout,
     Unavailable,
 )
-from libkiki.rpc import Call, Methods, RequestContext, connect_unix, serve_unix
+from libkiki.peer import PeerCred
+from libkiki.rpc import Call, Connection, Methods, RequestContext, connect_unix, serve_unix
 from libkiki.rpc.server import RpcServer
 from libkiki.sockets import bind_unix
 
@@ -1081,6 +1083,58 @@ async def test_request_soon_answers_times_out_and_cancels_at_the_peer(
         assert conn.outgoing == 0
     with pytest.raises(Unavailable):
         conn.request_soon("add", [1, 1])
+
+
+async def test_request_soon_cancelled_as_its_timeout_fires_still_tells_the_peer(
+    server: RpcServer, sock_path: Path, probe: Probe
+) -> None:
+    loop = asyncio.get_running_loop()
+    async with connect_unix(sock_path) as conn:
+        t0 = loop.time()
+        sent = conn.request_soon("block", timeout=0.2)
+        assert sent is not None
+        await bounded(probe.started.wait())
+        # Hold the loop up past both, so that the cancellation and the timeout fall due in one
+        # turn, the cancellation first.
+        loop.call_at(t0 + 0.15, time.sleep, 0.1)
+        loop.call_at(t0 + 0.19, sent.cancel)
+        await bounded(probe.cancelled.wait())  # the peer was still told
+        assert conn.outgoing == 0
+
+
+async def test_request_soon_does_not_write_to_a_peer_that_is_not_reading() -> None:
+    ours, theirs = socket.socketpair()
+    me = PeerCred(pid=os.getpid(), uid=os.getuid(), gid=os.getgid())
+    sent: list[asyncio.Future[Any]] = []
+    try:
+        async with Connection(ours, peer=me) as conn:
+            conn.set_write_limits(high=1024, sndbuf=4096)
+            while (fut := conn.request_soon("x", {"pad": "y" * 65536})) is not None:
+                sent.append(fut)
+                assert len(sent) < 64, "request_soon kept writing to a peer that never reads"
+            assert sent  # it wrote until the transport filled, then declined
+            assert conn.write_buffer_size > 1024
+            assert conn.outgoing == len(sent)  # nothing was registered for the declined one
+        await asyncio.gather(*sent, return_exceptions=True)
+    finally:
+        theirs.close()
+
+
+async def test_a_draining_server_waits_for_its_own_requests(sock_path: Path, probe: Probe) -> None:
+    client_methods = Methods()
+
+    @client_methods.method("client.slow")
+    async def slow(ctx: RequestContext) -> str:
+        await asyncio.sleep(0.1)
+        return "late"
+
+    async with AsyncExitStack() as client_side:  # the client outlives the server
+        async with running(sock_path, make_methods(probe), drain_timeout=BOUND):
+            conn = await client_side.enter_async_context(connect_unix(sock_path, client_methods))
+            await bounded(conn.request("whoami"))
+            sent = probe.contexts[0].connection.request_soon("client.slow")
+            assert sent is not None
+        assert await bounded(sent) == "late"  # answered while the server drained
 
 
 def test_sync_and_async_registration_are_not_mixed_up() -> None:

@@ -279,7 +279,8 @@ class Connection:
         await self._closing_started.wait()
 
     async def close(self, grace: float = 0.0) -> None:
-        """Close; with ``grace``, first refuse new requests and let running ones finish that long.
+        """Close; with ``grace``, first refuse new requests and let running ones, and our own
+        requests to the peer, finish that long.
 
         Responses keep being read during the grace period, so handlers waiting on the peer can
         finish. Safe to call more than once and from any task, including a handler.
@@ -293,6 +294,9 @@ class Connection:
         try:
             running: list[asyncio.Future[Any]] = [t for t in self._tasks.values() if t is not me]
             running.extend(self._deferred.values())
+            # Our own requests are running work too: a broker draining its callers waits for
+            # the providers' answers to the calls it forwarded.
+            running.extend(f for f in self._futures.values() if not f.done())
             if self._gone is None and grace > 0 and running:
                 self._core.start_draining()
                 await asyncio.wait(running, timeout=grace)
@@ -374,14 +378,14 @@ class Connection:
         self, method: str, params: Params | None = None, *, timeout: float | None = None
     ) -> asyncio.Future[Any] | None:
         """Send a request now and return a future of its result (or of its typed error), with
-        no task: None, and nothing sent, when every in-flight slot is taken (``request`` waits
-        for one). ``timeout`` is as for :meth:`request`: past it the future fails with
-        :class:`~libkiki.errors.Timeout`. Either that or cancelling the future tells the peer
-        (``notifications/cancelled``).
+        no task: None, and nothing sent, when it would have to wait (every in-flight slot is
+        taken, or the peer is not reading what we write): ``request`` waits. ``timeout`` is as
+        for :meth:`request`: past it the future fails with :class:`~libkiki.errors.Timeout`.
+        Either that or cancelling the future tells the peer (``notifications/cancelled``).
         """
         limit = self._limit(timeout)
         self._check_open()
-        if not self._outgoing.try_acquire(1):
+        if self._paused is not None or not self._outgoing.try_acquire(1):
             return None
         try:
             rid, data = self._core.request(method, params)
@@ -394,19 +398,21 @@ class Connection:
         if limit is not None:
             timer = self._loop.call_at(self._loop.time() + limit, self._expire, rid, method, limit)
         fut.add_done_callback(functools.partial(self._request_done, rid, timer))
-        self._write_nowait(data)  # bounded: at most max_in_flight requests are out at once
+        self._write_nowait(data)
         return fut
 
     def _expire(self, rid: int, method: str, limit: float) -> None:
-        fut = self._futures.pop(rid, None)
-        if fut is not None and not fut.done():
-            self._abandon(rid, "timeout")
-            fut.set_exception(
-                Timeout(
-                    f"no answer to {method} within {limit} s",
-                    data={"method": method, "timeout": limit},
-                )
+        fut = self._futures.get(rid)
+        if fut is None or fut.done():
+            return  # answered, or cancelled with _request_done still to run: it tells the peer
+        del self._futures[rid]
+        self._abandon(rid, "timeout")
+        fut.set_exception(
+            Timeout(
+                f"no answer to {method} within {limit} s",
+                data={"method": method, "timeout": limit},
             )
+        )
 
     def _request_done(
         self, rid: int, timer: asyncio.TimerHandle | None, fut: asyncio.Future[Any]
