@@ -16,6 +16,7 @@ import orjson
 import pytest
 
 from broker_lexicons import BAD_OUTPUT, COUNT, ECHO, LEXICONS, SLOW
+from kiki_tool_broker.audit import read_entries
 from libkiki.errors import (
     InvalidParams,
     LimitExceeded,
@@ -360,6 +361,34 @@ async def test_audit_log_records_every_call_and_verifies(broker: Broker, sockdir
     assert b'"text"' not in log  # arguments are hashed, never stored
 
 
+async def test_a_call_cancelled_in_the_read_that_brought_it_is_still_audited(
+    broker: Broker, sockdir: Path
+) -> None:
+    # With a progress token the call goes through the broker's waiting path (a task); the
+    # cancellation arrives in the same read, before that task ever runs.
+    path, _ = broker
+    log = sockdir / "state" / "audit.jsonl"
+    call = {
+        "jsonrpc": "2.0",
+        "id": "c1",
+        "method": "tools/call",
+        "params": {"name": ECHO, "arguments": {"text": "x"}, "_meta": {"progressToken": 7}},
+    }
+    cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": "c1"}}
+    async with asyncio.timeout(20), make_provider(path).connect():
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(10)
+            s.connect(str(path))
+            s.sendall(orjson.dumps(call) + b"\n" + orjson.dumps(cancel) + b"\n")
+            s.sendall(orjson.dumps({"jsonrpc": "2.0", "id": 2, "method": "ping"}) + b"\n")
+            reply = orjson.loads(s.makefile("rb").readline())
+        assert reply == {"jsonrpc": "2.0", "result": {}, "id": 2}  # nothing for c1
+        async with ToolClient(path) as client:  # a round trip after the cancelled call settled
+            await client.call("dev.kiki.service.getInfo")
+    outcomes = [(e["tool"], e["outcome"]) for e in read_entries(log)]
+    assert (ECHO, "cancelled") in outcomes
+
+
 async def test_every_call_is_in_the_audit_log_before_its_answer(
     broker: Broker, sockdir: Path
 ) -> None:
@@ -571,6 +600,25 @@ async def test_listen_stream_ends_with_a_result_when_the_broker_stops(broker: Br
         result = await stream
     assert result["resultType"] == "complete"
     assert isinstance(result["_meta"]["io.modelcontextprotocol/subscriptionId"], int)
+    assert await asyncio.to_thread(proc.wait, 20) == 0
+
+
+async def test_a_forwarded_call_in_flight_finishes_when_the_broker_stops(broker: Broker) -> None:
+    path, proc = broker
+    started = asyncio.Event()
+    provider = ToolProvider(path, lexicons=LEXICONS)
+
+    @provider.tool(ECHO)
+    async def echo(args: dict[str, Any], call: ToolCall) -> dict[str, Any]:
+        started.set()
+        await asyncio.sleep(0.3)
+        return {"text": args["text"]}
+
+    async with asyncio.timeout(20), provider.connect(), ToolClient(path) as client:
+        call = asyncio.ensure_future(client.call(ECHO, {"text": "drained"}))
+        await started.wait()
+        proc.send_signal(signal.SIGTERM)  # the broker drains: the provider's answer gets through
+        assert (await call)["text"] == "drained"
     assert await asyncio.to_thread(proc.wait, 20) == 0
 
 

@@ -80,6 +80,8 @@ class Broker:
         # Open 2026-07-28 subscriptions/listen streams, (connection, id) -> wants list_changed.
         self.listen_streams: dict[tuple[Connection, RequestId], bool] = {}
         self.changed = asyncio.Event()
+        # Forwarded calls that had to wait for a provider slot or relay progress: in tasks.
+        self._forwarding: set[asyncio.Task[Any]] = set()
         me = PeerCred(pid=os.getpid(), uid=os.getuid(), gid=os.getgid(), app_id="kiki-tool-broker")
         self.self_provider = Provider("kiki-tool-broker", me)
         self.builtin = BuiltinTools(self)
@@ -250,8 +252,8 @@ class Broker:
         self, request: RequestContext, name: str, arguments: dict[str, Any] | None = None
     ) -> dict[str, Any] | Awaitable[dict[str, Any]]:
         """Checked, then answered at once for the broker's own tools; a forwarded call returns
-        a future that its provider's answer settles (see :meth:`_forward_soon`). Either way the
-        audit line is written before the answer is returned."""
+        a future that its provider's reply settles (:meth:`_forward_soon`). Either way the
+        audit line is written before the answer is given."""
         started = time.monotonic()
         modern = mcp.is_modern(request.meta)
         arguments = {} if arguments is None else arguments
@@ -297,11 +299,15 @@ class Broker:
         view: dict[str, Any],
         started: float,
         modern: bool,
-    ) -> Awaitable[dict[str, Any]]:
-        """Forward a call with no task of its own when the provider has a free in-flight slot
-        and there is no progress to relay: the provider's answer settles the caller's through
-        callbacks. Otherwise the call runs as a coroutine (:meth:`_forwarded`)."""
-        sent = None
+    ) -> asyncio.Future[dict[str, Any]]:
+        """Forward a call; its answer is a future that the provider's reply settles.
+
+        The request goes out at once, with no task, when the provider has a free in-flight
+        slot and there is no progress to relay. Otherwise a task waits for the slot and relays
+        the progress (:meth:`_forward`). Either way :meth:`_forward_done` writes the audit line
+        and then settles the answer, also when the call is cancelled before it got anywhere.
+        """
+        sent: asyncio.Future[Any] | None = None
         if request.progress_token is None:
             try:
                 sent = tool.provider.connection.request_soon(
@@ -313,7 +319,10 @@ class Broker:
                 sent = asyncio.get_running_loop().create_future()
                 sent.set_exception(exc)
         if sent is None:
-            return self._forwarded(tool, schema, request, arguments, view, started, modern)
+            task = asyncio.ensure_future(self._forward(tool, request, arguments, view))
+            self._forwarding.add(task)
+            task.add_done_callback(self._forwarding.discard)
+            sent = task
         answer: asyncio.Future[dict[str, Any]] = sent.get_loop().create_future()
         sent.add_done_callback(
             functools.partial(
@@ -335,59 +344,38 @@ class Broker:
         modern: bool,
         sent: asyncio.Future[Any],
     ) -> None:
-        if sent.cancelled():
-            self._audit(view, tool.nsid, arguments, started, "cancelled", None)
-            return
-        error = sent.exception()
+        """The provider's side of a call is over: audit it, then answer the caller. An error
+        of the audit itself (a full disk) is the caller's answer too: an internal error."""
+        nsid = tool.nsid
         try:
-            result, outcome, code = self._settle(
-                tool, schema, modern, None if error is not None else sent.result(), error
-            )
-        except KikiError as exc:
-            self._audit(view, tool.nsid, arguments, started, _outcome(exc), exc.jsonrpc_code)
-            if not answer.done():
-                answer.set_exception(exc)
-            return
+            if sent.cancelled():  # the caller cancelled or left: there is nobody to answer
+                self._audit(view, nsid, arguments, started, "cancelled", None)
+                return
+            error = sent.exception()
+            try:
+                result, outcome, code = self._settle(
+                    tool, schema, modern, None if error is not None else sent.result(), error
+                )
+            except KikiError as exc:
+                self._audit(view, nsid, arguments, started, _outcome(exc), exc.jsonrpc_code)
+                raise
+            except Exception:
+                self._audit(view, nsid, arguments, started, "internal-error", -32603)
+                raise
+            self._audit(view, nsid, arguments, started, outcome, code)
         except Exception as exc:
-            self._audit(view, tool.nsid, arguments, started, "internal-error", -32603)
             if not answer.done():
                 answer.set_exception(exc)
             return
-        self._audit(view, tool.nsid, arguments, started, outcome, code)
         if not answer.done():
             answer.set_result(result)
 
-    async def _forwarded(
-        self,
-        tool: Tool,
-        schema: ToolSchema,
-        request: RequestContext,
-        arguments: dict[str, Any],
-        view: dict[str, Any],
-        started: float,
-        modern: bool,
-    ) -> dict[str, Any]:
-        outcome: str = "ok"
-        code: int | None = None
-        try:
-            try:
-                reply = await self._forward(tool, request, arguments, view)
-            except KikiError as exc:
-                result, outcome, code = self._settle(tool, schema, modern, None, exc)
-            else:
-                result, outcome, code = self._settle(tool, schema, modern, reply, None)
-            return result
-        except asyncio.CancelledError:
-            outcome = "cancelled"
-            raise
-        except KikiError as exc:
-            outcome, code = _outcome(exc), exc.jsonrpc_code
-            raise
-        except Exception:
-            outcome, code = "internal-error", -32603
-            raise
-        finally:
-            self._audit(view, tool.nsid, arguments, started, outcome, code)
+    async def finish_forwarding(self) -> None:
+        """Cancel the calls still waiting for a provider slot, and wait for them (bounded)."""
+        for task in self._forwarding:
+            task.cancel()
+        if self._forwarding:
+            await asyncio.wait(self._forwarding, timeout=5)
 
     def _caller(self, request: RequestContext) -> tuple[Caller, dict[str, Any]]:
         who = request.connection.state.get("caller")
@@ -425,7 +413,8 @@ class Broker:
         arguments: dict[str, Any],
         caller: dict[str, Any],
     ) -> Any:
-        """The provider's reply, relaying its progress to the caller as it comes."""
+        """The provider's reply, waiting for an in-flight slot on its connection if need be and
+        relaying its progress to the caller as it comes."""
 
         async def relay(progress: dict[str, Any]) -> None:
             relayed = {k: v for k, v in progress.items() if k != "progressToken"}
@@ -593,5 +582,6 @@ async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
                 ctx.status = f"serving {TOOLS_SOCKET} ({how}); {len(broker.registry)} tools"
                 yield
             announcer.cancel()
+            await broker.finish_forwarding()
     finally:
         audit.close()

@@ -1,0 +1,86 @@
+"""Tier 1: how the broker settles a forwarded call, in process: the audit line, then the answer."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections import Counter
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
+
+import pytest
+
+from broker_lexicons import ECHO, LEXICONS
+from kiki_tool_broker.audit import AuditLog, read_entries
+from kiki_tool_broker.policy import Policy
+from kiki_tool_broker.registry import Provider, Tool
+from kiki_tool_broker.schemas import Catalog
+from kiki_tool_broker.server import Broker, BrokerConfig
+from libkiki.errors import PeerGone
+from libkiki.peer import PeerCred
+from libkiki.service import ServiceContext
+
+VIEW = {"uid": 1000, "gid": 1000, "pid": 42}
+
+
+def full_disk(directory: Path) -> AuditLog:
+    """An audit log whose writes fail as on a full disk: its file is /dev/full."""
+    audit = AuditLog(directory)
+    os.close(audit._fd)
+    audit._fd = os.open("/dev/full", os.O_WRONLY)
+    return audit
+
+
+def broker_and_tool(audit: AuditLog) -> tuple[Broker, Tool]:
+    catalog = Catalog.load()
+    ctx = cast(ServiceContext, SimpleNamespace(counters=Counter()))
+    broker = Broker(ctx, BrokerConfig(), catalog, Policy(), audit)
+    provider = Provider("org.example.provider", PeerCred(pid=7, uid=1000, gid=1000))
+    catalog.add_documents(LEXICONS, owner=provider.id)
+    return broker, broker._tool(ECHO, provider)
+
+
+async def settle(audit: AuditLog, outcome: Any) -> asyncio.Future[dict[str, Any]]:
+    """Settle a forwarded ECHO call whose provider side ended in ``outcome`` (a reply, an
+    exception, or None for cancelled); return the caller's answer."""
+    broker, tool = broker_and_tool(audit)
+    loop = asyncio.get_running_loop()
+    sent: asyncio.Future[Any] = loop.create_future()
+    if outcome is None:
+        sent.cancel()
+    elif isinstance(outcome, BaseException):
+        sent.set_exception(outcome)
+    else:
+        sent.set_result(outcome)
+    answer: asyncio.Future[dict[str, Any]] = loop.create_future()
+    schema = broker.catalog.tool(ECHO)
+    broker._forward_done(answer, tool, schema, {"text": "x"}, VIEW, time.monotonic(), False, sent)
+    return answer
+
+
+async def test_the_answer_follows_its_audit_line(tmp_path: Path) -> None:
+    audit = AuditLog(tmp_path)
+    answer = await settle(audit, {"structuredContent": {"text": "x"}, "isError": False})
+    assert answer.result()["structuredContent"] == {"text": "x"}
+    gone = await settle(audit, PeerGone("the peer left"))
+    with pytest.raises(PeerGone, match=r"org\.example\.provider, which provides"):
+        gone.result()
+    cancelled = await settle(audit, None)
+    assert not cancelled.done()  # nobody is waiting for it: the caller cancelled or left
+    outcomes = [e["outcome"] for e in read_entries(audit.path)]
+    assert outcomes == ["ok", "provider-gone", "cancelled"]
+
+
+@pytest.mark.parametrize(
+    "outcome", [{"structuredContent": {"text": "x"}}, PeerGone("the peer left")]
+)
+async def test_an_audit_line_that_cannot_be_written_still_answers_the_caller(
+    tmp_path: Path, outcome: Any
+) -> None:
+    audit = full_disk(tmp_path)
+    answer = await settle(audit, outcome)
+    with pytest.raises(OSError, match="No space left"):  # answered -32603, and logged
+        answer.result()
+    audit.close()
