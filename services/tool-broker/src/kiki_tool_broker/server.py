@@ -14,7 +14,7 @@ import functools
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -250,7 +250,7 @@ class Broker:
 
     def tools_call(
         self, request: RequestContext, name: str, arguments: dict[str, Any] | None = None
-    ) -> dict[str, Any] | Awaitable[dict[str, Any]]:
+    ) -> dict[str, Any] | asyncio.Future[dict[str, Any]]:
         """Checked, then answered at once for the broker's own tools; a forwarded call returns
         a future that its provider's reply settles (:meth:`_forward_soon`). Either way the
         audit line is written before the answer is given."""
@@ -582,6 +582,8 @@ async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
                 ctx.status = f"serving {TOOLS_SOCKET} ({how}); {len(broker.registry)} tools"
                 yield
             announcer.cancel()
-            await broker.finish_forwarding()
     finally:
-        audit.close()
+        try:
+            await broker.finish_forwarding()  # their audit lines are written before the close
+        finally:
+            audit.close()
