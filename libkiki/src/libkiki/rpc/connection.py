@@ -19,7 +19,7 @@ Behaviour worth knowing:
 * Outgoing requests over ``max_in_flight`` *wait* for a slot; the wait counts toward the
   request's timeout, so a stalled peer surfaces as :class:`~libkiki.errors.Timeout`. On timeout
   or cancellation of the caller, the peer is sent ``notifications/cancelled`` (MCP's form).
-  :meth:`Connection.request_soon` sends one without a task, as a future, when a slot is free.
+  :meth:`Connection.request_soon` sends one without a task, as a future, when it need not wait.
 * Writes go straight to the transport; while its buffer is over the high-water mark, writers
   wait and the connection stops reading. An answer counts against the in-flight limit until it
   is written, so a peer that stops reading stops our handlers and then our reading instead of
