@@ -281,11 +281,8 @@ class Broker:
                 result, outcome, code = _failed_result(failure, modern)
             else:
                 result, outcome, code = _checked_result(schema, output, modern)
-        except KikiError as exc:
-            self._audit(view, name, arguments, started, _outcome(exc), exc.jsonrpc_code)
-            raise
-        except Exception:
-            self._audit(view, name, arguments, started, "internal-error", -32603)
+        except Exception as exc:
+            self._audit(view, name, arguments, started, *_outcome(exc))
             raise
         self._audit(view, name, arguments, started, outcome, code)
         return result
@@ -347,23 +344,20 @@ class Broker:
         """The provider's side of a call is over: audit it, then answer the caller. An error
         of the audit itself (a full disk) is the caller's answer too: an internal error."""
         nsid = tool.nsid
+        if sent.cancelled():  # the caller cancelled or left: there is nobody to answer
+            self._audit(view, nsid, arguments, started, "cancelled", None)
+            return
+        error = sent.exception()
         try:
-            if sent.cancelled():  # the caller cancelled or left: there is nobody to answer
-                self._audit(view, nsid, arguments, started, "cancelled", None)
-                return
-            error = sent.exception()
             try:
                 result, outcome, code = self._settle(
                     tool, schema, modern, None if error is not None else sent.result(), error
                 )
-            except KikiError as exc:
-                self._audit(view, nsid, arguments, started, _outcome(exc), exc.jsonrpc_code)
-                raise
-            except Exception:
-                self._audit(view, nsid, arguments, started, "internal-error", -32603)
+            except Exception as exc:
+                self._audit(view, nsid, arguments, started, *_outcome(exc))
                 raise
             self._audit(view, nsid, arguments, started, outcome, code)
-        except Exception as exc:
+        except Exception as exc:  # the call's own error, or the audit's (a full disk)
             if not answer.done():
                 answer.set_exception(exc)
             return
@@ -535,19 +529,24 @@ _COUNTER = {
 }
 
 
-def _outcome(exc: KikiError) -> str:
+def _outcome(exc: Exception) -> tuple[str, int | None]:
+    """The audit outcome and code of a call that failed with ``exc``."""
     match exc:
         case PermissionDenied():
-            return "denied"
+            outcome = "denied"
         case InvalidParams():
-            return "invalid"
+            outcome = "invalid"
         case Timeout():
-            return "timeout"
+            outcome = "timeout"
         case PeerGone():
-            return "provider-gone"
+            outcome = "provider-gone"
         case Cancelled():
-            return "cancelled"
-    return "error"
+            outcome = "cancelled"
+        case KikiError():
+            outcome = "error"
+        case _:
+            return "internal-error", -32603
+    return outcome, exc.jsonrpc_code
 
 
 @contextlib.asynccontextmanager
