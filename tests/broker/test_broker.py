@@ -448,6 +448,37 @@ async def test_calls_beyond_the_providers_in_flight_slots_wait_for_one(broker: B
     assert list(got) == [[f"a{i}" for i in range(4)], [f"b{i}" for i in range(4)]]
 
 
+@pytest.mark.parametrize("broker", [{"KIKI_TOOL_BROKER_MAX_IN_FLIGHT": "4"}], indirect=True)
+def test_initialized_notification_takes_no_slot_from_the_calls_after_it(broker: Broker) -> None:
+    # What an MCP client sends after the handshake, in one write: the notification and then as
+    # many calls as the broker allows in flight. The notification is done as it is read; it
+    # used to hold a slot until its task ran, and the last call was refused -32005.
+    path, _ = broker
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(str(path))
+        hello = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t"}}
+        s.sendall(orjson.dumps({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": hello}))
+        s.sendall(b"\n")
+        assert b'"result"' in s.recv(65536)
+        call = {"name": "dev.kiki.service.getInfo"}
+        s.sendall(
+            b'{"jsonrpc":"2.0","method":"notifications/initialized"}\n'
+            + b"".join(
+                orjson.dumps({"jsonrpc": "2.0", "id": i, "method": "tools/call", "params": call})
+                + b"\n"
+                for i in range(1, 5)
+            )
+        )
+        buf = b""
+        while buf.count(b"\n") < 4:
+            chunk = s.recv(65536)
+            assert chunk
+            buf += chunk
+    replies = [orjson.loads(line) for line in buf.splitlines()]
+    assert [(r["id"], "result" in r) for r in replies] == [(i, True) for i in range(1, 5)], replies
+
+
 @pytest.mark.parametrize("broker", [{"KIKI_TOOL_BROKER_MAX_IN_FLIGHT": "8"}], indirect=True)
 async def test_in_flight_limit_answers_the_offender_only(broker: Broker) -> None:
     path, _ = broker

@@ -93,7 +93,9 @@ class Broker:
         m = Methods()
         # Handlers that never wait are synchronous: answered as read, without a task each.
         m.register_sync("initialize", self.initialize)
-        m.register("notifications/initialized", self.initialized)
+        # Done as read: a task of its own would hold an in-flight slot from the calls a client
+        # sends right behind it.
+        m.inline("notifications/initialized")(self.initialized)
         m.register_sync("server/discover", self.discover)
         m.register_sync("ping", self.ping)
         m.register_sync("tools/list", self.tools_list)
@@ -117,7 +119,7 @@ class Broker:
         self.list_watchers.add(request.connection)
         return mcp.initialize_result(protocolVersion, self.ctx.version, INSTRUCTIONS)
 
-    async def initialized(self, request: RequestContext) -> None:
+    def initialized(self, params: object) -> None:
         return None
 
     def discover(self, request: RequestContext) -> dict[str, Any]:
