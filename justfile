@@ -31,11 +31,32 @@ up-deps:
 test-deps:
     scripts/install-test-deps
 
-# The whole test suite: unit, integration, real systemd and interop tiers, then lint and gen check
+# Everything: all tiers, then the fast tiers on the image's Python (3.13), lint and gen check
 test *ARGS: sync test-deps
     {{venv}}/bin/pytest {{ARGS}}
+    {{just_executable()}} test-image-python {{ARGS}}
     {{just_executable()}} lint
     {{just_executable()}} gen-check
+
+# .venv-3.13 is synced from the same uv.lock. Skipped, saying why, when there is no 3.13 here.
+# Fast tiers on CPython 3.13, the image's Python (python3.13 on PATH or in pyenv)
+test-image-python *ARGS:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    py=""
+    for candidate in "$(command -v python3.13 || true)" "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.13*/bin/python3.13; do
+        if [ -x "$candidate" ] && "$candidate" -c 'import sys; assert sys.version_info[:2] == (3, 13)' 2>/dev/null; then
+            py=$candidate
+            break
+        fi
+    done
+    if [ -z "$py" ]; then
+        echo "test-image-python: SKIPPED, no CPython 3.13 on this machine (python3.13 on PATH or in pyenv); the image's Python is not tested" >&2
+        exit 0
+    fi
+    echo "== fast tiers on $("$py" --version) ($py)"
+    UV_PROJECT_ENVIRONMENT={{justfile_directory()}}/.venv-3.13 {{uv}} sync --frozen --all-packages --quiet -p "$py"
+    {{justfile_directory()}}/.venv-3.13/bin/pytest -m "not system and not interop" {{ARGS}}
 
 # Only the fast tiers (no booted systemd, no third-party peers)
 test-fast *ARGS: sync
