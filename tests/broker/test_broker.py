@@ -139,6 +139,35 @@ async def test_invalid_output_is_a_tool_error(broker: Broker) -> None:
             await client.call(BAD_OUTPUT)
 
 
+async def test_output_over_the_line_limit_is_a_tool_error_at_once(broker: Broker) -> None:
+    # The provider's answer would be dropped by the broker's line limit, and the caller would
+    # have waited for the call timeout: the provider answers an error in its place.
+    path, _ = broker
+    big = "org.example.test.big"
+    lexicon = {
+        "lexicon": 1,
+        "id": big,
+        "defs": {
+            "main": {
+                "type": "query",
+                "output": {
+                    "encoding": "application/json",
+                    "schema": {"type": "object", "properties": {"text": {"type": "string"}}},
+                },
+            }
+        },
+    }
+    provider = ToolProvider(path, lexicons=[lexicon])
+
+    @provider.tool(big)
+    async def answer(args: dict[str, Any], call: ToolCall) -> dict[str, Any]:
+        return {"text": "x" * (2 << 20)}
+
+    async with asyncio.timeout(20), provider.connect(), ToolClient(path) as client:
+        with pytest.raises(ToolError, match="over the line limit of 1048576 bytes"):
+            await client.call(big)
+
+
 async def test_unknown_tool_is_invalid_params(broker: Broker) -> None:
     path, _ = broker
     async with asyncio.timeout(20), ToolClient(path) as client:
@@ -458,8 +487,10 @@ def test_initialized_notification_takes_no_slot_from_the_calls_after_it(broker: 
         s.settimeout(10)
         s.connect(str(path))
         hello = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t"}}
-        s.sendall(orjson.dumps({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": hello}))
-        s.sendall(b"\n")
+        s.sendall(
+            orjson.dumps({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": hello})
+            + b"\n"
+        )
         assert b'"result"' in s.recv(65536)
         call = {"name": "dev.kiki.service.getInfo"}
         s.sendall(

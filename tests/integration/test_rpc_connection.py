@@ -359,6 +359,32 @@ async def test_oversized_line_then_a_good_request_on_the_same_connection(
         assert srv.counters["errors"] >= 1
 
 
+@pytest.mark.parametrize("kind", ["async", "sync"])
+async def test_an_answer_over_the_line_limit_is_an_error_at_once(
+    sock_path: Path, probe: Probe, kind: str
+) -> None:
+    # Sent, the peer (same limit) would drop it and wait for an answer that never comes.
+    method = "big" if kind == "async" else "now/big"
+    async with (
+        running(sock_path, sync_methods(probe), max_line=1024) as srv,
+        connect_unix(sock_path, max_line=1024, request_timeout=None) as conn,
+    ):
+        assert len(await bounded(conn.request(method, [900]))) == 900
+        with pytest.raises(LimitExceeded) as caught:
+            await bounded(conn.request(method, [2000]))
+        assert "over the line limit of 1024 bytes" in caught.value.message
+        assert caught.value.data["limit"] == 1024
+        assert caught.value.data["size"] > 2000
+        assert srv.counters["errors"] == 1
+        # Our own request over the limit is refused here: nothing is sent, nothing is pending.
+        with pytest.raises(LimitExceeded):
+            await conn.request("add", ["x" * 2000, 1])
+        with pytest.raises(LimitExceeded):
+            await conn.notify("record", ["x" * 2000])
+        assert await bounded(conn.request("add", [1, 2])) == 3
+        assert conn.outgoing == 0
+
+
 async def test_garbage_then_a_good_request(server: RpcServer, sock_path: Path) -> None:
     async with raw(sock_path) as client:
         await client.send(os.urandom(64).replace(b"\n", b"") + b"\n")
@@ -405,7 +431,7 @@ async def test_a_peer_that_never_reads_is_bounded_and_harms_nobody_else(
 ) -> None:
     """Async handlers answer from tasks; synchronous ones as their request is read: bounded
     the same way."""
-    answer = 1 << 20
+    answer = (1 << 20) - 100  # the largest whose answer line is within the 1 MiB limit
     methods, prefix = (
         (make_methods(probe), "") if kind == "async" else (sync_methods(probe), "now/")
     )

@@ -233,12 +233,43 @@ def test_in_flight_limit_refuses_requests_and_drops_notifications() -> None:
     assert error["error"]["code"] == -32005
     assert error["error"]["data"] == {"limit": 2}
     assert error["id"] == 3
-    [dropped] = core.receive(line(note("n")))
-    assert isinstance(dropped, Dropped)
     core.complete(first.slot, ok(1))
     assert sent(core.receive(line(req("a", 4))))[0]["error"]["code"] == -32005  # not yet written
     core.release(first.slot)
     assert incoming(core.receive(line(req("a", 5))))
+
+
+def test_notifications_and_requests_have_limits_of_their_own() -> None:
+    # A peer cannot see its notifications finish: they must not cost its requests a slot.
+    core = RpcCore(max_in_flight=2)
+    notes = [incoming(core.receive(line(note("n"))))[0] for _ in range(2)]
+    [dropped] = core.receive(line(note("n")))
+    assert isinstance(dropped, Dropped)
+    assert "2 notifications in flight" in dropped.reason
+    calls = [incoming(core.receive(line(req("a", i))))[0] for i in (1, 2)]
+    [error] = sent(core.receive(line(req("a", 3))))
+    assert error["error"]["code"] == -32005
+    assert "requests in flight" in error["error"]["message"]
+    assert core.in_flight == 4
+    for ev in notes:
+        core.complete(ev.slot, None)
+        core.release(ev.slot)
+    assert sent(core.receive(line(req("a", 4))))[0]["error"]["code"] == -32005  # still 2 calls
+    assert incoming(core.receive(line(note("n"))))
+    core.release(calls[0].slot)
+    assert incoming(core.receive(line(req("a", 5))))
+
+
+@pytest.mark.parametrize(
+    "raw", [b"123456789012345678901234567890", b"-9223372036854775809", b"1e300"]
+)
+def test_a_numeric_id_beyond_64_bits_is_refused_not_echoed_rounded(raw: bytes) -> None:
+    # orjson reads such an integer as a float: echoed, it would no longer match the request.
+    core = RpcCore()
+    [error] = sent(core.receive(b'{"jsonrpc":"2.0","id":' + raw + b',"method":"a"}'))
+    assert (error["error"]["code"], error["id"]) == (-32600, None)
+    assert "64 bits" in error["error"]["data"]
+    assert incoming(core.receive(line(req("a", 2**64 - 1))))  # the largest orjson keeps an int
 
 
 def test_an_id_already_in_flight_is_refused() -> None:

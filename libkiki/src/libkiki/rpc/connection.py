@@ -11,7 +11,8 @@ goes straight to the transport, which saves a task wake-up per message each way.
 Behaviour worth knowing:
 
 * Incoming requests run concurrently, each in its own task. Over ``max_in_flight`` a request is
-  answered ``LimitExceeded`` at once (a notification is dropped). ``notifications/cancelled``
+  answered ``LimitExceeded`` at once; notifications have a limit of the same size of their
+  own, over which one is dropped. ``notifications/cancelled``
   cancels the handler's task and its response is never sent (MCP). A synchronous handler (see
   :mod:`libkiki.rpc.methods`) is answered as it is read; one that returns an
   :class:`asyncio.Future` is answered when the future is done, without a task (cancelling the
@@ -203,7 +204,7 @@ class Connection:
         self._progressed: set[int] = set()  # requests with progress queued, for _progress_done
         self._progress_task: asyncio.Task[None] | None = None
         self._decoder = LineDecoder(max_line)
-        self._core = RpcCore(max_in_flight=max_in_flight, counters=counters)
+        self._core = RpcCore(max_in_flight=max_in_flight, counters=counters, max_line=max_line)
         self._outgoing = Slots(max_in_flight)
         self._futures: dict[int, asyncio.Future[Any]] = {}
         self._progress: dict[int, ProgressCallback] = {}

@@ -128,8 +128,13 @@ Event = (
 )
 
 
+_EXACT = 2.0**63  # an integer id beyond 64 bits reaches us as a float (orjson) and cannot be echoed
+
+
 def valid_id(value: object) -> bool:
-    return value is None or (isinstance(value, str | int | float) and not isinstance(value, bool))
+    if isinstance(value, float):
+        return -_EXACT < value < _EXACT
+    return value is None or (isinstance(value, str | int) and not isinstance(value, bool))
 
 
 def request_problem(obj: dict[str, Any]) -> str | None:
@@ -138,7 +143,7 @@ def request_problem(obj: dict[str, Any]) -> str | None:
     if not isinstance(obj.get("method"), str):
         return '"method" must be a string'
     if "id" in obj and not valid_id(obj["id"]):
-        return '"id" must be a string, a number or null'
+        return '"id" must be a string, a number within 64 bits or null'
     if "params" in obj and not isinstance(obj["params"], dict | list):
         return '"params" must be an array or an object'
     return None

@@ -37,7 +37,7 @@ from libkiki.errors import (
     Unavailable,
     error_for_code,
 )
-from libkiki.framing import Oversized
+from libkiki.framing import DEFAULT_MAX_LINE, Oversized
 from libkiki.rpc.messages import (
     CANCELLED,
     PROGRESS,
@@ -83,10 +83,19 @@ class _Slot:
 class RpcCore:
     """State of one JSON-RPC connection. Every method is synchronous and cannot block."""
 
-    def __init__(self, *, max_in_flight: int = 64, counters: Counter[str] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        max_in_flight: int = 64,
+        counters: Counter[str] | None = None,
+        max_line: int = DEFAULT_MAX_LINE,
+    ) -> None:
         self.max_in_flight = max_in_flight
+        # Nothing longer is sent: the peer, with the same default, would drop it unanswered.
+        self.max_line = max_line
         self.counters: Counter[str] = Counter() if counters is None else counters
         self._slots: dict[int, _Slot] = {}
+        self._notes = 0  # of _slots, those of notifications: they have a limit of their own
         self._by_id: dict[str | int | float, int] = {}
         self._next_slot = 0
         self._draining = False
@@ -150,9 +159,19 @@ class RpcCore:
             return None
         part = None
         if response is not None and not entry.cancelled:
+            part = orjson.dumps(response)
+            if len(part) > self.max_line:
+                # Sent, it would be dropped by a peer with the same limit, which would then
+                # wait for an answer that never comes: it gets this error instead.
+                error = LimitExceeded(
+                    f"the answer of {len(part)} bytes is over the line limit of "
+                    f"{self.max_line} bytes",
+                    data={"limit": self.max_line, "size": len(part)},
+                )
+                response = error_response(entry.id, error.to_jsonrpc())
+                part = orjson.dumps(response)
             if "error" in response:
                 self.counters["errors"] += 1
-            part = orjson.dumps(response)
         batch = entry.batch
         if batch is None:
             return None if part is None else part + b"\n"
@@ -163,7 +182,9 @@ class RpcCore:
 
     def release(self, slot: int) -> None:
         """``slot``'s answer is written (or abandoned): it no longer counts as in flight."""
-        self._slots.pop(slot, None)
+        entry = self._slots.pop(slot, None)
+        if entry is not None and entry.notification:
+            self._notes -= 1
 
     def _error_send(self, error: KikiError, id: RequestId) -> Send:
         self.counters["errors"] += 1
@@ -201,9 +222,14 @@ class RpcCore:
         refusal: KikiError | None = None
         if self._draining:
             refusal = Unavailable("the connection is closing")
-        elif len(self._slots) >= self.max_in_flight:
+        # Requests and notifications are counted apart: a peer's requests are never refused
+        # because of the notifications it sent before them, which it cannot see finish.
+        elif (
+            self._notes if notification else len(self._slots) - self._notes
+        ) >= self.max_in_flight:
+            kind = "notifications" if notification else "requests"
             refusal = LimitExceeded(
-                f"more than {self.max_in_flight} requests in flight on this connection",
+                f"more than {self.max_in_flight} {kind} in flight on this connection",
                 data={"limit": self.max_in_flight},
             )
         elif rid is not None and rid in self._by_id:
@@ -221,7 +247,9 @@ class RpcCore:
             obj = {**obj, "params": {k: v for k, v in params.items() if k != "_meta"}}
         slot = self._next_slot = self._next_slot + 1
         self._slots[slot] = _Slot(rid, notification, None if notification else batch)
-        if not notification:
+        if notification:
+            self._notes += 1
+        else:
             if rid is not None:
                 self._by_id[rid] = slot
             if batch is not None:
@@ -264,7 +292,7 @@ class RpcCore:
         """Build a request; with ``progress`` its id is also sent as ``_meta.progressToken``."""
         rid = self._next_id + 1
         message = self._message(method, params, rid, progress)
-        data = orjson.dumps(message) + b"\n"  # may raise for unserialisable params: caller's bug
+        data = self._sized(orjson.dumps(message) + b"\n")  # may raise for unserialisable params
         self._next_id = rid
         self._pending[rid] = method
         if progress:
@@ -272,7 +300,7 @@ class RpcCore:
         return rid, data
 
     def notification(self, method: str, params: Params | None = None) -> bytes:
-        return orjson.dumps(self._message(method, params, None, False)) + b"\n"
+        return self._sized(orjson.dumps(self._message(method, params, None, False)) + b"\n")
 
     def batch(self, calls: list[Call]) -> tuple[list[int | None], bytes]:
         """Build a batch; the ids list has None in the place of each notification."""
@@ -285,12 +313,21 @@ class RpcCore:
             this = None if call.notification else (rid := rid + 1)
             ids.append(this)
             messages.append(self._message(call.method, call.params, this, False))
-        data = orjson.dumps(messages) + b"\n"
+        data = self._sized(orjson.dumps(messages) + b"\n")
         self._next_id = rid
         for this, call in zip(ids, calls, strict=True):
             if this is not None:
                 self._pending[this] = call.method
         return ids, data
+
+    def _sized(self, data: bytes) -> bytes:
+        if len(data) - 1 > self.max_line:
+            raise LimitExceeded(
+                f"a message of {len(data) - 1} bytes is over the line limit of "
+                f"{self.max_line} bytes",
+                data={"limit": self.max_line, "size": len(data) - 1},
+            )
+        return data
 
     def abandon(self, rid: int) -> bool:
         """Stop waiting for ``rid`` (timeout, cancellation). False if it was not pending."""
