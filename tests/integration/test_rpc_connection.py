@@ -678,6 +678,27 @@ async def test_connection_limit_refuses_the_extra_peer_only(sock_path: Path, pro
         assert srv.counters["connections_refused"] == 1
 
 
+async def test_a_refused_peer_that_wrote_first_still_reads_its_error(
+    sock_path: Path, probe: Probe
+) -> None:
+    # Its request is unread when it is refused: closed as it was, the socket reset the peer's
+    # end and the error line was lost (ConnectionResetError on its read).
+    async with (
+        running(sock_path, make_methods(probe), max_connections=1),
+        raw(sock_path) as first,
+    ):
+        assert (await first.call(req("add", 1, [1, 1])))["result"] == 2
+        for _ in range(3):
+            with socket.socket(socket.AF_UNIX) as second:
+                second.connect(os.fspath(sock_path))
+                second.sendall(orjson.dumps(req("add", 2, [2, 2])) + b"\n" + b"x" * 100_000)
+                second.settimeout(BOUND)
+                got = b""
+                while chunk := await asyncio.to_thread(second.recv, 65536):
+                    got += chunk
+            assert orjson.loads(got)["error"]["code"] == -32005
+
+
 # -- peers that vanish --------------------------------------------------------------------------
 
 

@@ -42,6 +42,7 @@ ConnectionHook = Callable[[Connection], Awaitable[None]]
 
 DEFAULT_MAX_CONNECTIONS = 64
 DEFAULT_DRAIN_TIMEOUT = 5.0
+_REFUSE_DRAIN = 1 << 20  # bytes of a refused peer's input read and discarded before closing
 _REFUSE_TIMEOUT = 1.0
 
 
@@ -123,10 +124,18 @@ class RpcServer:
             f"too many connections (limit {self.max_connections})",
             data={"limit": self.max_connections},
         )
+        loop = asyncio.get_running_loop()
         try:
             conn_sock.setblocking(False)
             async with asyncio.timeout(_REFUSE_TIMEOUT):
-                await asyncio.get_running_loop().sock_sendall(conn_sock, error_line(error))
+                await loop.sock_sendall(conn_sock, error_line(error))
+                # Closed with unread input, the socket would reset the peer's end, and a peer
+                # that wrote before reading would lose the error line: read to its end first
+                # (bounded in bytes and by the timeout), discarding.
+                conn_sock.shutdown(socket.SHUT_WR)
+                left = _REFUSE_DRAIN
+                while left > 0 and (data := await loop.sock_recv(conn_sock, 65536)):
+                    left -= len(data)
         except (OSError, TimeoutError):
             pass
         finally:
