@@ -30,6 +30,7 @@ from libkiki.rpc import Methods, RequestContext, connect_unix
 from libkiki.tools import ToolCall, ToolClient, ToolProvider
 
 Broker = tuple[Path, subprocess.Popen[bytes]]
+GET_INFO = "dev.kiki.service.getInfo"
 
 
 def make_provider(
@@ -508,6 +509,25 @@ def test_initialized_notification_takes_no_slot_from_the_calls_after_it(broker: 
             buf += chunk
     replies = [orjson.loads(line) for line in buf.splitlines()]
     assert [(r["id"], "result" in r) for r in replies] == [(i, True) for i in range(1, 5)], replies
+
+
+@pytest.mark.parametrize("broker", [{"KIKI_TOOL_BROKER_MAX_CONNECTIONS": "2"}], indirect=True)
+async def test_connections_over_the_limit_are_refused_and_the_rest_go_on(broker: Broker) -> None:
+    path, _ = broker
+    async with asyncio.timeout(20), ToolClient(path) as a, ToolClient(path) as b:
+        with pytest.raises(LimitExceeded, match=r"too many connections \(limit 2\)"):
+            async with ToolClient(path):
+                pass
+        assert (await a.call(GET_INFO))["name"] == "tool-broker"
+        assert (await b.call(GET_INFO))["name"] == "tool-broker"
+    async with asyncio.timeout(20):  # the two left: room again, once the broker has seen it
+        while True:
+            try:
+                async with ToolClient(path) as c:
+                    assert (await c.call(GET_INFO))["name"] == "tool-broker"
+                    break
+            except LimitExceeded:
+                await asyncio.sleep(0.02)
 
 
 @pytest.mark.parametrize("broker", [{"KIKI_TOOL_BROKER_MAX_IN_FLIGHT": "8"}], indirect=True)

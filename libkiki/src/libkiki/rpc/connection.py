@@ -46,7 +46,14 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
-from libkiki.errors import INTERNAL_ERROR, KikiError, PeerGone, Timeout, Unavailable
+from libkiki.errors import (
+    INTERNAL_ERROR,
+    KikiError,
+    LimitExceeded,
+    PeerGone,
+    Timeout,
+    Unavailable,
+)
 from libkiki.framing import DEFAULT_MAX_LINE, LineDecoder
 from libkiki.peer import PeerCred
 from libkiki.rpc.limits import Slots
@@ -215,6 +222,7 @@ class Connection:
         self._rests: dict[int, Awaitable[Any]] = {}  # synchronous handlers' rests, not started
         self._deferred: dict[int, asyncio.Future[Any]] = {}  # answers that are futures, by slot
         self._gone: KikiError | None = None  # why the connection ended; copied, never re-raised
+        self._parting: KikiError | None = None  # a refusal the peer sent before it left
         self._closed = asyncio.Event()
         self._closing_started = asyncio.Event()
         self._finished = asyncio.Event()
@@ -516,7 +524,7 @@ class Connection:
     def _lost(self) -> KikiError:
         # A fresh instance per raise: re-raising one instance would keep growing its traceback.
         assert self._gone is not None
-        return type(self._gone)(self._gone.message)
+        return type(self._gone)(self._gone.message, data=self._gone.data)
 
     # -- moving bytes ------------------------------------------------------------------------
 
@@ -573,12 +581,12 @@ class Connection:
     def _eof(self) -> None:
         if self._decoder.pending:
             log.info("%s: peer left in the middle of a message", self.name)
-        self._shut(PeerGone())
+        self._shut(self._parting or PeerGone())
 
     def _connection_lost(self, exc: Exception | None) -> None:
         if exc is not None:
             log.info("%s: connection lost: %s", self.name, exc)
-        self._shut(PeerGone())
+        self._shut(self._parting or PeerGone())
         self._resume()
         self._lost_waiter.set()
 
@@ -667,6 +675,10 @@ class Connection:
             if callback is not None:
                 self._queue_progress(event.id, callback, event.params)
         elif isinstance(event, UnmatchedResponse):
+            if event.id is None and isinstance(event.error, LimitExceeded | Unavailable):
+                # A server refusing the connection says why (id null) and closes: that is what
+                # the requests still waiting are failed with, rather than a bare PeerGone.
+                self._parting = event.error
             if event.abandoned:
                 log.debug("%s: late answer to abandoned request %r", self.name, event.id)
             else:
