@@ -2,8 +2,9 @@
 
 A provider is one connection that registered tools. Registration is all or nothing: if any NSID
 in a request is already taken (by anyone, the same provider included) nothing is registered and
-the request fails with :class:`~libkiki.errors.Conflict`. A provider's disconnect removes all its
-tools at once.
+the request fails with :class:`~libkiki.errors.Conflict`. So is unregistering: if any NSID named
+is not the provider's own, nothing is removed (:class:`~libkiki.errors.NotFound`). A provider's
+disconnect removes all its tools at once.
 """
 
 from __future__ import annotations
@@ -84,10 +85,21 @@ class ToolRegistry:
         return names
 
     def unregister(self, provider: Provider, nsids: Iterable[str]) -> list[str]:
-        wanted = list(nsids)
+        """Remove ``nsids`` (each once, however often named), all registered by ``provider``;
+        if any is not, nothing is removed and :class:`~libkiki.errors.NotFound` says whose it
+        is."""
+        wanted = list(dict.fromkeys(nsids))
         foreign = [n for n in wanted if n not in provider.tools]
         if foreign:
-            raise NotFound(f"not registered by this provider: {', '.join(foreign)}")
+            whose = [
+                f"{n} (registered by {self._tools[n].provider.name})"
+                if n in self._tools
+                else f"{n} (not registered)"
+                for n in foreign
+            ]
+            raise NotFound(
+                f"not registered by this provider: {', '.join(whose)}", data={"nsids": foreign}
+            )
         for nsid in wanted:
             del self._tools[nsid]
             provider.tools.discard(nsid)

@@ -6,8 +6,9 @@ is ``output.schema``. A procedure is *destructive* (MCP ``destructiveHint``) whe
 also defines the token ``#destructive`` — Lexicon has no annotation field, and a token is a
 definition any lexicon tool can read.
 
-Lexicons come from the search path (Kiki's published ones, then installed apps') and from
-providers, who may send their own with a registration; those live as long as the provider.
+Lexicons come from the search path (Kiki's published ones, then installed apps'), which stay,
+and from providers, who may send their own with a registration: those live as long as a
+connection that sent them or a registered tool that needs them (see :class:`Catalog`).
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Final, Literal, NoReturn
 
-from libkiki.errors import InvalidParams, KikiError, LexiconError, ValidationError
+from libkiki.errors import Conflict, InvalidParams, KikiError, LexiconError, ValidationError
+from libkiki.lexicon.loader import lint_document
 from libkiki.lexicon.model import (
     ArrayType,
     BlobType,
@@ -26,6 +28,7 @@ from libkiki.lexicon.model import (
     BytesType,
     CidLinkType,
     IntegerType,
+    LexiconDoc,
     NullType,
     ObjectType,
     ParamsType,
@@ -37,8 +40,9 @@ from libkiki.lexicon.model import (
     TokenType,
     UnionType,
     UnknownType,
+    split_ref,
 )
-from libkiki.lexicon.registry import Registry
+from libkiki.lexicon.registry import Registry, iter_refs
 
 log = logging.getLogger(__name__)
 
@@ -85,74 +89,232 @@ def _prefix(root: str, path: str) -> str:
     return f"{root}.{path}"
 
 
+MAX_DOCUMENTS_PER_PROVIDER: Final = 1024
+
+
 class Catalog:
-    def __init__(self, registry: Registry) -> None:
+    """The lexicons tools are described by: installed ones, and those providers sent.
+
+    Installed documents (the search path, read at start) are never dropped and never replaced.
+    A document a provider sends with its registration is owned by the connection(s) that sent
+    it, reference counted when several send identical content, and kept while any of them is
+    connected or any registered tool still needs it (its own lexicon, or one it refers to, at
+    any depth); then it is dropped, so an app that comes back with a changed lexicon is
+    accepted. A registration is all or nothing: a document of a registration that fails is
+    never kept. One connection may own at most ``max_documents`` documents.
+
+    The registry in use is never changed in place: a change builds a new one and swaps it in,
+    so a call in flight keeps validating against the documents it started with.
+    """
+
+    def __init__(
+        self, registry: Registry, *, max_documents: int = MAX_DOCUMENTS_PER_PROVIDER
+    ) -> None:
         self.registry = registry
-        self._owned: dict[int, list[str]] = {}
+        self.max_documents = max_documents
+        self._installed = frozenset(doc.id for doc in registry.documents())
+        self._senders: dict[str, set[int]] = {}  # provider document -> owners that sent it
+        self._sent: dict[int, set[str]] = {}  # owner -> provider documents it sent
+        self._uses: dict[int, set[str]] = {}  # owner -> tools it registered
         self._cache: dict[str, ToolSchema] = {}
 
     @classmethod
-    def load(cls) -> Catalog:
+    def load(cls, *, max_documents: int = MAX_DOCUMENTS_PER_PROVIDER) -> Catalog:
         registry, errors = Registry.from_search_path()
         for error in errors:
             # A broken lexicon only disables the tools that need it; the broker still starts.
             log.warning("lexicon skipped: %s", error)
-        return cls(registry)
+        return cls(registry, max_documents=max_documents)
+
+    def stage(self, docs: Any, *, owner: int) -> Staged:
+        """The catalog as it would be with ``owner``'s documents added; nothing changes until
+        :meth:`commit`. Raises InvalidParams for a bad or over-limit list, Conflict for a
+        document whose NSID is taken by different content (installed, or another provider's).
+        """
+        if docs is None:
+            docs = []
+        if not isinstance(docs, list):
+            raise InvalidParams("lexicons must be a list of lexicon documents")
+        sent = self._sent.get(owner, set())
+        if len(docs) > self.max_documents:
+            self._too_many()
+        parsed: dict[str, LexiconDoc] = {}
+        for i, raw in enumerate(docs):
+            doc, problems = lint_document(raw, f"lexicons[{i}]")
+            if doc is None or problems:
+                raise InvalidParams(
+                    "; ".join(str(p) for p in problems) or f"lexicons[{i}] cannot be read",
+                    data={"lexicon": _doc_id(raw)},
+                )
+            if parsed.get(doc.id, doc) != doc:
+                raise InvalidParams(f"lexicon {doc.id} is sent twice with different content")
+            if doc.id in self.registry and self.registry.document(doc.id) != doc:
+                if doc.id in self._installed:
+                    whose = "installed"
+                elif owner in self._senders.get(doc.id, ()):
+                    whose = "sent earlier on this connection, which holds it until it closes"
+                else:
+                    whose = "held by another provider or needed by a registered tool"
+                raise Conflict(
+                    f"lexicon {doc.id} is already registered with different content ({whose})",
+                    data={"lexicon": doc.id},
+                )
+            parsed[doc.id] = doc
+        owned = {n for n in parsed if n not in self._installed}
+        if len(sent | owned) > self.max_documents:
+            self._too_many()
+        fresh = [d for d in parsed.values() if d.id not in self.registry]
+        registry = self.registry
+        if fresh:
+            registry = Registry([*self.registry.documents(), *fresh])
+            problems = registry.check([d.id for d in fresh])
+            if problems:
+                raise InvalidParams("; ".join(str(p) for p in problems))
+        return Staged(self, self.registry, registry, owner, owned)
+
+    def _too_many(self) -> NoReturn:
+        raise InvalidParams(
+            f"a provider may send at most {self.max_documents} lexicon documents",
+            data={"limit": self.max_documents},
+        )
+
+    def commit(self, staged: Staged, tools: Iterable[str] = ()) -> None:
+        """Make a staged registration the catalog's: its documents and the tools it registered
+        (which keep the documents they need)."""
+        # Staging and committing happen with no await in between: nothing else moved.
+        assert staged.catalog is self, "staged by another catalog"
+        assert staged.base is self.registry, "stale registration"
+        if staged.registry is not self.registry:
+            self.registry = staged.registry
+            self._cache = staged.cache
+        for nsid in staged.owned:
+            self._senders.setdefault(nsid, set()).add(staged.owner)
+        if staged.owned:
+            self._sent.setdefault(staged.owner, set()).update(staged.owned)
+        uses = set(tools)
+        if uses:
+            self._uses.setdefault(staged.owner, set()).update(uses)
 
     def add_documents(self, docs: Iterable[Any], *, owner: int) -> None:
-        added = []
-        for raw in docs:
-            problems = self.registry.add_json(raw, source=f"provider {owner}")
-            if problems:
-                raise InvalidParams(
-                    "; ".join(str(p) for p in problems), data={"lexicon": _doc_id(raw)}
-                )
-            added.append(_doc_id(raw))
-        problems = self.registry.check(added)
-        if problems:
-            raise InvalidParams("; ".join(str(p) for p in problems))
-        self._owned.setdefault(owner, []).extend(a for a in added if a)
-        self._cache.clear()
+        """Add ``owner``'s documents at once (all or nothing)."""
+        self.commit(self.stage(list(docs), owner=owner))
+
+    def release_tools(self, owner: int, tools: Iterable[str]) -> None:
+        """``owner`` no longer serves ``tools``: the documents only they needed may go."""
+        uses = self._uses.get(owner)
+        if uses is None:
+            return
+        uses.difference_update(tools)
+        if not uses:
+            del self._uses[owner]
+        self._collect()
 
     def drop_owner(self, owner: int) -> None:
-        # Provider lexicons stay registered: another provider may serve the same NSID later with
-        # the same document, and a different document is refused as a conflict anyway.
-        self._owned.pop(owner, None)
+        """``owner`` (a provider connection) is gone: it no longer holds the documents it sent
+        nor needs those of its tools. Documents that nobody holds or needs are dropped; an
+        installed one never is."""
+        sent = self._sent.pop(owner, set())
+        for nsid in sent:
+            senders = self._senders.get(nsid)
+            if senders is not None:
+                senders.discard(owner)
+                if not senders:
+                    del self._senders[nsid]
+        if self._uses.pop(owner, None) is not None or sent:
+            self._collect()
+
+    def _collect(self) -> None:
+        """Drop the provider documents no connected sender holds and no registered tool needs
+        (through references, at any depth)."""
+        provided = [d for d in self.registry.documents() if d.id not in self._installed]
+        if not provided:
+            return
+        keep = self._needed({*self._senders, *(n for u in self._uses.values() for n in u)})
+        gone = [d.id for d in provided if d.id not in keep]
+        if not gone:
+            return
+        for nsid in gone:
+            self._senders.pop(nsid, None)
+        self.registry = Registry(
+            d for d in self.registry.documents() if d.id in self._installed or d.id in keep
+        )
+        self._cache.clear()
+        log.debug("dropped lexicons nobody holds or needs: %s", ", ".join(gone))
+
+    def _needed(self, roots: Iterable[str]) -> set[str]:
+        """The documents ``roots`` are or refer to, at any depth."""
+        seen: set[str] = set()
+        todo = [r for r in roots if r in self.registry]
+        while todo:
+            nsid = todo.pop()
+            if nsid in seen:
+                continue
+            seen.add(nsid)
+            for name, definition in self.registry.document(nsid).defs.items():
+                for _, ref in iter_refs(definition, name):
+                    target = split_ref(ref)[0]
+                    if target and target not in seen and target in self.registry:
+                        todo.append(target)
+        return seen
 
     def tool(self, nsid: str) -> ToolSchema:
         found = self._cache.get(nsid)
-        if found is not None:
-            return found
-        try:
-            _, main = self.registry.resolve(nsid)
-        except LexiconError as exc:
-            raise InvalidParams(
-                f"{nsid}: no published lexicon ({exc.rule})", data={"nsid": nsid}
-            ) from None
-        if not isinstance(main, QueryType | ProcedureType):
-            raise InvalidParams(
-                f"{nsid}: its lexicon is not a query or procedure, so it is not a tool"
-            )
-        doc = self.registry.document(nsid)
-        converter = _JsonSchema(self.registry, nsid)
-        if isinstance(main, QueryType):
-            input_schema = converter.params(main.parameters)
-        else:
-            input_schema = converter.body(main.input)
-        output_schema = converter.body(main.output) if main.output else None
-        found = ToolSchema(
-            nsid=nsid,
-            kind="query" if isinstance(main, QueryType) else "procedure",
-            description=main.description or doc.description or nsid,
-            input_schema=converter.finish(input_schema),
-            output_schema=converter.finish(output_schema) if output_schema else None,
-            destructive=isinstance(main, ProcedureType)
-            and isinstance(doc.defs.get("destructive"), TokenType),
-            registry=self.registry,
-            has_output=main.output is not None and main.output.schema is not None,
-        )
-        self._cache[nsid] = found
+        if found is None:
+            found = self._cache[nsid] = _tool_schema(self.registry, nsid)
         return found
+
+
+@dataclass(eq=False)
+class Staged:
+    """A registration's documents, read and checked but not yet the catalog's."""
+
+    catalog: Catalog
+    base: Registry  # the catalog's registry when this was staged
+    registry: Registry  # ``base`` with the new documents (``base`` itself when none is new)
+    owner: int
+    owned: set[str]  # provider documents (not installed ones) the registration sends
+    cache: dict[str, ToolSchema] = field(default_factory=dict)
+
+    def tool(self, nsid: str) -> ToolSchema:
+        if self.registry is self.base:
+            return self.catalog.tool(nsid)
+        found = self.cache.get(nsid)
+        if found is None:
+            found = self.cache[nsid] = _tool_schema(self.registry, nsid)
+        return found
+
+
+def _tool_schema(registry: Registry, nsid: str) -> ToolSchema:
+    try:
+        _, main = registry.resolve(nsid)
+    except LexiconError as exc:
+        raise InvalidParams(
+            f"{nsid}: no published lexicon ({exc.rule})", data={"nsid": nsid}
+        ) from None
+    if not isinstance(main, QueryType | ProcedureType):
+        raise InvalidParams(f"{nsid}: its lexicon is not a query or procedure, so it is not a tool")
+    doc = registry.document(nsid)
+    # One converter per schema: each carries only the $defs it refers to (at any depth).
+    converter = _JsonSchema(registry, nsid)
+    if isinstance(main, QueryType):
+        input_schema = converter.finish(converter.params(main.parameters))
+    else:
+        input_schema = converter.finish(converter.body(main.input))
+    output_schema = None
+    if main.output:
+        converter = _JsonSchema(registry, nsid)
+        output_schema = converter.finish(converter.body(main.output))
+    return ToolSchema(
+        nsid=nsid,
+        kind="query" if isinstance(main, QueryType) else "procedure",
+        description=main.description or doc.description or nsid,
+        input_schema=input_schema,
+        output_schema=output_schema,
+        destructive=isinstance(main, ProcedureType)
+        and isinstance(doc.defs.get("destructive"), TokenType),
+        registry=registry,
+        has_output=main.output is not None and main.output.schema is not None,
+    )
 
 
 def _doc_id(raw: Any) -> str:

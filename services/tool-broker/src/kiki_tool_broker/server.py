@@ -18,12 +18,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pydantic
+
 from kiki_tool_broker import protocol as mcp
 from kiki_tool_broker.audit import AuditLog
 from kiki_tool_broker.builtin import BuiltinTools
 from kiki_tool_broker.policy import Caller, Policy
 from kiki_tool_broker.registry import Provider, Tool, ToolRegistry, caller_view
-from kiki_tool_broker.schemas import Catalog, ToolSchema
+from kiki_tool_broker.schemas import MAX_DOCUMENTS_PER_PROVIDER, Catalog, ToolSchema
 from libkiki.config import ServiceConfig
 from libkiki.constellation import GET_INFO
 from libkiki.errors import (
@@ -56,6 +58,7 @@ class BrokerConfig(ServiceConfig):
     call_timeout: float = 30.0
     policy_file: str = ""  # default: <config dir>/tool-policy.toml
     max_tools_per_provider: int = 512
+    max_lexicons_per_provider: int = pydantic.Field(default=MAX_DOCUMENTS_PER_PROVIDER, ge=1)
     list_page_size: int = 500  # tools per tools/list page (nextCursor for the rest)
     max_listen_streams: int = 64  # subscriptions/listen streams open at once, all connections
 
@@ -174,36 +177,55 @@ class Broker:
         return provider
 
     async def register_tools(
-        self,
-        request: RequestContext,
-        tools: list[str],
-        lexicons: list[dict[str, Any]] | None = None,
+        self, request: RequestContext, tools: Any, lexicons: Any = None
     ) -> dict[str, Any]:
-        if not isinstance(tools, list) or not all(isinstance(t, str) for t in tools):
-            raise InvalidParams("tools must be a list of NSIDs")
+        """Register ``tools`` (NSIDs; a repeated one counts once) for this connection, with the
+        lexicon documents it sends: all or nothing. Nothing here awaits, so no other request
+        sees a half-made registration."""
+        wanted = self._nsid_list(tools)
         provider = self._provider(request.connection)
-        if len(provider.tools) + len(tools) > self.config.max_tools_per_provider:
+        limit = self.config.max_tools_per_provider
+        if len(provider.tools) + len(wanted) > limit:
             raise InvalidParams(
-                f"a provider may register at most {self.config.max_tools_per_provider} tools"
+                f"a provider may register at most {limit} tools", data={"limit": limit}
             )
-        if lexicons:
-            self.catalog.add_documents(lexicons, owner=provider.id)
-        entries = [self._tool(nsid, provider) for nsid in tools]
+        staged = self.catalog.stage(lexicons, owner=provider.id)
+        entries = [self._tool_entry(staged.tool(nsid), provider) for nsid in wanted]
+        before = self.registry.generation
         registered = self.registry.register(provider, entries)
-        log.info("provider %s registered %s", provider.name, ", ".join(registered))
-        self.changed.set()
+        self.catalog.commit(staged, registered)
+        if registered:
+            log.info("provider %s registered %s", provider.name, ", ".join(registered))
+        if self.registry.generation != before:
+            self.changed.set()
         return {"registered": registered}
 
-    async def unregister_tools(self, request: RequestContext, tools: list[str]) -> dict[str, Any]:
+    async def unregister_tools(self, request: RequestContext, tools: Any) -> dict[str, Any]:
+        """Unregister ``tools`` (a repeated NSID counts once), all of which this connection must
+        have registered; else nothing changes."""
+        wanted = self._nsid_list(tools)
         provider = self._provider(request.connection)
-        removed = self.registry.unregister(provider, tools)
-        self.changed.set()
+        before = self.registry.generation
+        removed = self.registry.unregister(provider, wanted)
+        self.catalog.release_tools(provider.id, removed)
+        if removed:
+            log.info("provider %s unregistered %s", provider.name, ", ".join(removed))
+        if self.registry.generation != before:
+            self.changed.set()
         return {"unregistered": removed}
 
-    def _tool(self, nsid: str, provider: Provider) -> Tool:
-        schema = self.catalog.tool(nsid)
+    @staticmethod
+    def _nsid_list(tools: Any) -> list[str]:
+        """``tools`` of kiki/registerTools and kiki/unregisterTools: a list of NSID strings,
+        in order, each once."""
+        if not isinstance(tools, list) or not all(isinstance(t, str) for t in tools):
+            raise InvalidParams("tools must be a list of NSIDs")
+        return list(dict.fromkeys(tools))
+
+    @staticmethod
+    def _tool_entry(schema: ToolSchema, provider: Provider) -> Tool:
         return Tool(
-            nsid,
+            schema.nsid,
             schema.kind,
             schema.description,
             schema.input_schema,
@@ -211,6 +233,9 @@ class Broker:
             schema.destructive,
             provider,
         )
+
+    def _tool(self, nsid: str, provider: Provider) -> Tool:
+        return self._tool_entry(self.catalog.tool(nsid), provider)
 
     async def connection_lost(self, conn: Connection) -> None:
         self.list_watchers.discard(conn)
@@ -558,7 +583,7 @@ async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
         Path(config.policy_file) if config.policy_file else (config_dir() / "tool-policy.toml")
     )
     policy = Policy.load(policy_path)
-    catalog = Catalog.load()
+    catalog = Catalog.load(max_documents=config.max_lexicons_per_provider)
     audit = AuditLog(state_dir())
     broker = Broker(ctx, config, catalog, policy, audit)
     broker.builtin.register()
