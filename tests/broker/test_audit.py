@@ -42,6 +42,35 @@ def test_intact_log_verifies_and_never_holds_arguments(tmp_path: Path) -> None:
     assert entries[0]["argsHash"] == args_hash({"secret": "hunter2", "i": 0})
 
 
+def test_a_snapshot_verifies_while_appends_go_on(tmp_path: Path) -> None:
+    # The broker checks the chain in a thread as of the call, while it goes on appending.
+    log = fill(tmp_path, 3)
+    end, head = log.snapshot()
+    log.append(
+        caller=CALLER,
+        tool="dev.kiki.test.late",
+        outcome="ok",
+        code=None,
+        duration_us=1,
+        arguments={},
+    )
+    assert list(verify(log.path, end=end, head=head)) == []
+    assert list(verify(log.path, log.head_path)) == []
+    # The snapshot's head must match the log's first ``end`` bytes: a cut is still caught.
+    problems = [str(p) for p in verify(log.path, end=end - 10, head=head)]
+    assert problems[0] == "line 3: not a JSON audit entry"
+
+
+def test_an_overlong_line_is_a_problem_and_is_stepped_over(tmp_path: Path) -> None:
+    log = fill(tmp_path, 2)
+    raw = lines(log.path)
+    log.path.write_bytes(raw[0] + b"\n" + b"x" * (3 << 20) + b"\n" + raw[1] + b"\n")
+    problems = [str(p) for p in verify(log.path)]
+    assert problems[0] == "line 2: longer than 1048576 bytes: not an audit entry"
+    # and line 3 no longer follows what came before it
+    assert [p.split(":")[0] for p in problems[1:]] == ["line 3", "line 3"]
+
+
 def test_edited_line_is_detected(tmp_path: Path) -> None:
     log = fill(tmp_path)
     raw = lines(log.path)

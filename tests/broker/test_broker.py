@@ -169,6 +169,21 @@ async def test_output_over_the_line_limit_is_a_tool_error_at_once(broker: Broker
             await client.call(big)
 
 
+async def test_an_overlong_tool_name_is_audited_cut_and_the_log_still_reads(
+    broker: Broker,
+) -> None:
+    path, _ = broker
+    name = "org.example." + "é" * 400
+    async with asyncio.timeout(20), ToolClient(path) as client:
+        with pytest.raises(InvalidParams, match="unknown tool"):
+            await client.call(name)
+        page = await client.call("dev.kiki.tools.readAuditLog", {"latest": True, "limit": 5})
+    [entry] = [e for e in page["entries"] if e["outcome"] != "ok"]
+    assert entry["tool"].endswith("…")
+    assert len(entry["tool"].encode()) <= 317
+    assert name.startswith(entry["tool"][:-1])
+
+
 async def test_unknown_tool_is_invalid_params(broker: Broker) -> None:
     path, _ = broker
     async with asyncio.timeout(20), ToolClient(path) as client:

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from broker_lexicons import ECHO, LEXICONS
+from kiki_tool_broker.audit import read_entries
 from kikitest import VENV_BIN
+from libkiki.tools import ToolCall, ToolClient, ToolProvider
 
 
 def kiki(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -21,6 +27,29 @@ def kiki(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[st
         input=stdin,
         check=False,
     )
+
+
+def echo_provider(path: Path) -> ToolProvider:
+    provider = ToolProvider(path, lexicons=LEXICONS)
+
+    @provider.tool(ECHO)
+    async def echo(args: dict[str, Any], call: ToolCall) -> dict[str, Any]:
+        return {"text": args["text"]}
+
+    return provider
+
+
+async def akiki(*args: str) -> tuple[int, str, str]:
+    """`kiki` run without blocking the loop (a provider in this process must keep serving)."""
+    proc = await asyncio.create_subprocess_exec(
+        str(VENV_BIN / "kiki"),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
 
 
 def test_list_call_and_log(broker: tuple[Path, Any], sockdir: Path) -> None:
@@ -51,13 +80,19 @@ def test_list_call_and_log(broker: tuple[Path, Any], sockdir: Path) -> None:
     assert unknown.returncode == 1
     assert "unknown tool: org.example.none" in unknown.stderr
     malformed = kiki(*sock, "call", "dev.kiki.service.getInfo", "--json", "[1]")
-    assert malformed.returncode == 1
+    assert malformed.returncode == 2
     assert "--json must be a JSON object" in malformed.stderr
 
     log = kiki(*sock, "log", "--verify")
     assert log.returncode == 0, log.stderr
     assert "dev.kiki.service.getInfo ok" in log.stdout
     assert "chain intact" in log.stderr
+    # The newest entries, oldest first: read backwards from the end of the log.
+    everything = [json.loads(x)["seq"] for x in kiki(*sock, "log", "--json").stdout.splitlines()]
+    assert everything == list(range(1, len(everything) + 1))
+    last_two = kiki(*sock, "log", "--json", "--limit", "2").stdout.splitlines()
+    # (reading the log is a call too: the first read's own line is now the newest)
+    assert [json.loads(x)["seq"] for x in last_two] == [everything[-1], everything[-1] + 1]
 
     # Offline verification of the file spots an edited line.
     audit = sockdir / "state" / "audit.jsonl"
@@ -85,3 +120,104 @@ def test_broker_not_running(sockdir: Path) -> None:
     )
     assert bridge.returncode == 1
     assert "cannot reach the tool broker" in bridge.stderr
+
+
+async def test_call_types_key_value_pairs_by_the_input_schema(broker: tuple[Path, Any]) -> None:
+    path, _ = broker
+    call = ("tools", "--socket", str(path), "call")
+    async with asyncio.timeout(30), echo_provider(path).connect():
+        # `text` is a string in the schema: "1" stays "1"; `delay` is an integer.
+        code, out, err = await akiki(*call, ECHO, "text=1", "delay=0")
+        assert code == 0, err
+        assert json.loads(out)["text"] == "1"
+        code, out, err = await akiki(*call, ECHO, "text=true")
+        assert code == 0, err
+        assert json.loads(out)["text"] == "true"
+        code, _, err = await akiki(*call, ECHO, "text=x", "delay=soon")
+        assert code == 2
+        assert "argument 'delay' must be an integer (the tool's input schema), not 'soon'" in err
+        code, _, err = await akiki(*call, ECHO, "text=x", "delay=1.5")
+        assert code == 2
+        assert "argument 'delay' must be an integer" in err
+    # A tool the broker does not list: values are read as JSON when they parse, as before.
+    code, _, err = await akiki(*call, ECHO, "text=1")
+    assert code == 1
+    assert f"unknown tool: {ECHO}" in err
+
+
+def test_call_refuses_malformed_pairs_before_connecting(sockdir: Path) -> None:
+    # No broker is running: these are usage errors (status 2), found before any connection.
+    call = ("tools", "--socket", str(sockdir / "tools.sock"), "call", "dev.kiki.service.getInfo")
+    for args, message in [
+        (["text=a", "text=b"], "argument 'text' is given more than once"),
+        (["text"], "'text' is not key=value"),
+        (["=a"], "'=a' is not key=value"),
+        (["a=1", "--json", "{}"], "give the arguments as --json or as key=value pairs, not both"),
+    ]:
+        result = kiki(*call, *args)
+        assert result.returncode == 2, args
+        assert result.stderr == f"kiki tools: {message}\n"
+
+
+def test_list_help_says_it_is_not_filtered() -> None:
+    result = kiki("tools", "list", "--help")
+    assert result.returncode == 0
+    assert "not filtered by policy" in result.stdout
+    assert "the tools you may see" not in kiki("tools", "--help").stdout
+
+
+async def test_log_follow_prints_new_calls(broker: tuple[Path, Any], sockdir: Path) -> None:
+    path, _ = broker
+    audit = sockdir / "state" / "audit.jsonl"
+    proc = await asyncio.create_subprocess_exec(
+        str(VENV_BIN / "kiki"),
+        *("tools", "--socket", str(path), "log", "--follow", "--json", "--limit", "0"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+
+    def following() -> bool:
+        # Its first read of the log is audited once done: from then on it only follows.
+        return any(
+            e["tool"] == "dev.kiki.tools.readAuditLog" and e["caller"]["pid"] == proc.pid
+            for e in read_entries(audit)
+        )
+
+    try:
+        async with asyncio.timeout(30):
+            while not following():  # noqa: ASYNC110 -- written by the broker, another process
+                await asyncio.sleep(0.05)
+            async with ToolClient(path) as client:
+                await client.call("dev.kiki.service.getInfo")
+            while True:
+                line = await proc.stdout.readline()
+                assert line, "kiki tools log --follow stopped"
+                entry = orjson.loads(line)
+                if entry["tool"] == "dev.kiki.service.getInfo":
+                    break
+            assert entry["outcome"] == "ok"
+            assert entry["caller"]["pid"] == os.getpid()
+            proc.send_signal(signal.SIGINT)
+            assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+def test_log_verify_asks_the_running_broker(broker: tuple[Path, Any], sockdir: Path) -> None:
+    path, _ = broker
+    sock = ("tools", "--socket", str(path))
+    for _ in range(3):
+        assert kiki(*sock, "call", "dev.kiki.service.getInfo").returncode == 0
+    audit = sockdir / "state" / "audit.jsonl"
+    lines = audit.read_bytes().splitlines()
+    entry = orjson.loads(lines[1])
+    entry["tool"] = "org.example.other"
+    lines[1] = orjson.dumps(entry)
+    audit.write_bytes(b"\n".join(lines) + b"\n")
+    tampered = kiki(*sock, "log", "--verify")
+    assert tampered.returncode == 1
+    assert "audit log: line 2: hash mismatch: the entry was edited" in tampered.stderr
+    assert "chain intact" not in tampered.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
 from collections import Counter
@@ -56,7 +57,8 @@ async def settle(audit: AuditLog, outcome: Any) -> asyncio.Future[dict[str, Any]
         sent.set_result(outcome)
     answer: asyncio.Future[dict[str, Any]] = loop.create_future()
     schema = broker.catalog.tool(ECHO)
-    broker._forward_done(answer, tool, schema, {"text": "x"}, VIEW, time.monotonic(), False, sent)
+    settle = functools.partial(broker._settle, tool, schema, False)
+    broker._call_done(answer, tool.nsid, settle, {"text": "x"}, VIEW, time.monotonic(), sent)
     return answer
 
 

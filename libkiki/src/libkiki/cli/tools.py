@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from libkiki.errors import KikiError, ToolError
 from libkiki.tools import ToolClient
 
 AUDIT_TOOL = "dev.kiki.tools.readAuditLog"
+_PAGE = 1000  # entries per readAuditLog page, its most
 
 
 def register(sub: Any) -> None:
@@ -28,16 +28,25 @@ def register(sub: Any) -> None:
         socket_name="tools.sock",
     )
 
-    ls = cmds.add_parser("list", help="list the tools you may see")
+    ls = cmds.add_parser(
+        "list",
+        help="list the tools registered on the broker",
+        description="List every tool registered on the broker, built-in and provided. The "
+        "list is not filtered by policy: calling a listed tool may still be denied.",
+    )
     ls.add_argument("--json", action="store_true", help="the MCP tool descriptors as JSON")
     ls.set_defaults(func=run_list)
 
     call = cmds.add_parser(
         "call",
         help="call a tool",
-        description="Call a tool by NSID. Arguments come from --json, or from key=value pairs "
-        'where each value is read as JSON when it parses (3, true, [1,2], {"a":1}) and as a '
-        "string otherwise.",
+        description="Call a tool by NSID. Arguments come from --json, or from key=value pairs, "
+        "each key at most once. A value is converted by the type the tool's input schema "
+        "declares for its key: a string stays as written, an integer, number or boolean is "
+        "parsed (an error when it does not parse), an object or array is read as JSON. For a "
+        "key the schema does not type (or a tool the broker does not list), the value is read "
+        'as JSON when it parses (3, true, [1,2], {"a":1}) and as a string otherwise. Argument '
+        "errors exit with status 2.",
     )
     call.add_argument("nsid")
     call.add_argument("pairs", nargs="*", metavar="key=value")
@@ -90,40 +99,117 @@ def run_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def parse_arguments(json_args: str | None, pairs: list[str]) -> dict[str, Any]:
-    if json_args is not None:
-        text = sys.stdin.read() if json_args == "-" else json_args
-        try:
-            value = orjson.loads(text)
-        except orjson.JSONDecodeError as exc:
-            raise KikiError(f"--json is not valid JSON: {exc}") from None
-        if not isinstance(value, dict):
-            raise KikiError("--json must be a JSON object")
-        return value
-    out: dict[str, Any] = {}
+class ArgumentsError(KikiError):
+    """The arguments given on the command line do not make a call: a usage error."""
+
+
+USAGE = 2  # the exit status of a usage error, as argparse's
+
+
+def parse_json_arguments(json_args: str) -> dict[str, Any]:
+    text = sys.stdin.read() if json_args == "-" else json_args
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise ArgumentsError(f"--json is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ArgumentsError("--json must be a JSON object")
+    return value
+
+
+def split_pairs(pairs: list[str]) -> dict[str, str]:
+    """``key=value`` words as a mapping of the raw values; each key may be given once."""
+    out: dict[str, str] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
-            raise KikiError(f"{pair!r} is not key=value")
-        try:
-            out[key] = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            out[key] = raw
+            raise ArgumentsError(f"{pair!r} is not key=value")
+        if key in out:
+            raise ArgumentsError(f"argument {key!r} is given more than once")
+        out[key] = raw
     return out
+
+
+_NO_JSON = object()
+_CHECKS: dict[str, tuple[str, Any]] = {
+    "integer": ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    "number": ("a number", lambda v: isinstance(v, int | float) and not isinstance(v, bool)),
+    "boolean": ("true or false", lambda v: isinstance(v, bool)),
+    "null": ("null", lambda v: v is None),
+    "object": ("a JSON object", lambda v: isinstance(v, dict)),
+    "array": ("a JSON array", lambda v: isinstance(v, list)),
+}
+
+
+def declared_type(schema: Any) -> tuple[str | None, bool]:
+    """The one JSON Schema type ``schema`` declares and whether null is allowed besides it;
+    ``None`` when it declares none, or several (then the value is not converted by type)."""
+    if not isinstance(schema, dict):
+        return None, False
+    kind = schema.get("type")
+    if isinstance(kind, str):
+        return kind, False
+    options = schema.get("anyOf")
+    if isinstance(options, list):
+        # The broker's form of a nullable property: {"anyOf": [schema, {"type": "null"}]}.
+        rest = [o for o in options if not (isinstance(o, dict) and o.get("type") == "null")]
+        if len(rest) == 1 and len(rest) < len(options):
+            return declared_type(rest[0])[0], True
+    return None, False
+
+
+def convert(key: str, raw: str, schema: Any) -> Any:
+    """The value of ``key=raw`` for a property declared by ``schema`` (``None``: untyped)."""
+    kind, nullable = declared_type(schema)
+    if kind == "string":
+        return raw
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        value = _NO_JSON
+    if kind not in _CHECKS:
+        return raw if value is _NO_JSON else value
+    what, check = _CHECKS[kind]
+    if check(value) or (nullable and value is None):
+        return value
+    raise ArgumentsError(f"argument {key!r} must be {what} (the tool's input schema), not {raw!r}")
+
+
+def typed_arguments(raw: dict[str, str], tool: dict[str, Any] | None) -> dict[str, Any]:
+    """``raw`` converted by the types ``tool``'s input schema declares (untyped without it)."""
+    schema = tool.get("inputSchema") if tool is not None else None
+    props = schema.get("properties") if isinstance(schema, dict) else None
+    if not isinstance(props, dict):
+        props = {}
+    return {key: convert(key, value, props.get(key)) for key, value in raw.items()}
 
 
 def run_call(args: argparse.Namespace) -> int:
     try:
-        arguments = parse_arguments(args.json_args, args.pairs)
-    except KikiError as exc:
-        return _fail(exc)
+        if args.json_args is not None and args.pairs:
+            raise ArgumentsError("give the arguments as --json or as key=value pairs, not both")
+        given = parse_json_arguments(args.json_args) if args.json_args is not None else None
+        pairs = split_pairs(args.pairs)
+    except ArgumentsError as exc:
+        _fail(exc)
+        return USAGE
 
     async def go() -> Any:
         async with ToolClient(args.socket) as client:
+            arguments = given
+            if arguments is None:
+                tool = None
+                if pairs:  # typed by the tool's schema; without pairs there is nothing to type
+                    tools = await client.list()
+                    tool = next((t for t in tools if t.get("name") == args.nsid), None)
+                arguments = typed_arguments(pairs, tool)
             return await client.call(args.nsid, arguments, timeout=args.timeout)
 
     try:
         result = asyncio.run(go())
+    except ArgumentsError as exc:
+        _fail(exc)
+        return USAGE
     except ToolError as exc:
         print(f"kiki tools: {args.nsid} failed: {exc}", file=sys.stderr)
         return 1
@@ -162,27 +248,36 @@ def run_log(args: argparse.Namespace) -> int:
 
 async def _log_remote(args: argparse.Namespace) -> int:
     async with ToolClient(args.socket) as client:
-        # The log is read oldest first; keep the last `limit` entries of the pages.
-        tail: deque[dict[str, Any]] = deque(maxlen=max(args.limit, 0))
-        cursor = 0
-        problems: list[str] = []
-        while True:
-            page: dict[str, Any] = await client.call(
-                AUDIT_TOOL, {"cursor": cursor, "limit": 1000, "verify": args.verify}
-            )
-            problems = page.get("problems", problems)
-            tail.extend(page["entries"])
-            cursor = page.get("cursor", cursor)
-            if len(page["entries"]) < 1000:
+        # The newest `limit` entries, a page at a time backwards from the end of the log (each
+        # page costs the broker the same however long the log is); shown oldest first.
+        want = max(args.limit, 0)
+        pages: list[list[dict[str, Any]]] = []
+        got = 0
+        params: dict[str, Any] = {"latest": True, "limit": min(max(want, 1), _PAGE)}
+        page: dict[str, Any] = await client.call(AUDIT_TOOL, params)
+        cursor = page.get("cursor", 0)  # following goes on after the newest entry
+        while want:
+            pages.append(page["entries"])
+            got += len(page["entries"])
+            if got >= want or "before" not in page:
                 break
-        for entry in tail:
+            params = {"before": page["before"], "limit": min(want - got, _PAGE)}
+            page = await client.call(AUDIT_TOOL, params)
+        shown = [entry for entries in reversed(pages) for entry in entries]
+        for entry in shown[len(shown) - want :] if want else []:
             _show(entry, args.json)
+        problems: list[str] = []
+        if args.verify:
+            # Once: the broker reads the whole log for it (in a thread of its own).
+            checked = await client.call(AUDIT_TOOL, {"latest": True, "limit": 1, "verify": True})
+            problems = checked.get("problems", [])
         while args.follow:
-            await asyncio.sleep(1.0)  # a person watching: a second between polls is plenty
-            page = await client.call(AUDIT_TOOL, {"cursor": cursor, "limit": 1000})
+            page = await client.call(AUDIT_TOOL, {"cursor": cursor, "limit": _PAGE})
             for entry in page["entries"]:
                 _show(entry, args.json)
             cursor = page.get("cursor", cursor)
+            if not page["entries"]:
+                await asyncio.sleep(1.0)  # a person watching: a second between polls is plenty
     return _report(problems) if args.verify else 0
 
 

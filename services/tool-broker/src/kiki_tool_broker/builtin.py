@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
-from kiki_tool_broker.audit import read_entries, verify
-from libkiki.errors import NotFound
+from kiki_tool_broker.audit import AuditReader, AuditReadError, verify
+from libkiki.errors import InvalidParams, KikiError, LimitExceeded, NotFound
 from libkiki.rpc import RequestContext
 
 if TYPE_CHECKING:
@@ -16,7 +17,8 @@ LIST_PROVIDERS: Final = "dev.kiki.tools.listProviders"
 READ_AUDIT_LOG: Final = "dev.kiki.tools.readAuditLog"
 GET_INFO_TOOL: Final = "dev.kiki.service.getInfo"
 
-# Synchronous: the broker answers its own tools as the request is read (none of them waits).
+# Synchronous: the broker answers its own tools as the request is read. One that has to wait
+# (readAuditLog's verify, in a thread) returns a future, which the broker settles.
 Impl = Callable[[RequestContext, dict[str, Any]], Any]
 
 
@@ -28,6 +30,7 @@ class BuiltinTools:
             READ_AUDIT_LOG: self.read_audit_log,
             GET_INFO_TOOL: self.get_info,
         }
+        self._verifying = False
 
     def register(self) -> None:
         b = self.broker
@@ -45,22 +48,65 @@ class BuiltinTools:
         return {"providers": [registry.describe(p) for p in registry.providers()]}
 
     def read_audit_log(self, request: RequestContext, args: dict[str, Any]) -> Any:
+        """A page of the audit log. Its cost is bounded by the page, not by the log: the page
+        is found by bisecting the file on ``seq`` and read from there (``AuditReader``)."""
         # The lexicon has already checked the types and bounds of these.
-        after: int = args.get("cursor", 0)
+        cursor: int | None = args.get("cursor")
+        before: int | None = args.get("before")
+        latest: bool = args.get("latest", False)
         limit: int = args.get("limit", 100)
         tool: str | None = args.get("tool")
         audit = self.broker.audit
-        entries = [
-            e
-            for e in read_entries(audit.path)
-            if e.get("seq", 0) > after and (tool is None or e.get("tool") == tool)
-        ][:limit]
-        result: dict[str, Any] = {"entries": entries}
-        if entries:
-            result["cursor"] = entries[-1]["seq"]
+        backwards = latest or before is not None
+        if backwards and cursor is not None:
+            raise InvalidParams("cursor pages forwards; it cannot go with before or latest")
+        if cursor is not None and cursor > audit.seq:
+            raise _invalid_cursor("cursor", cursor, audit.seq)
+        if before is not None and before > audit.seq + 1:
+            raise _invalid_cursor("before", before, audit.seq)
+        try:
+            with AuditReader(audit.path) as reader:
+                if backwards:
+                    page = reader.before(before, limit, tool)
+                else:
+                    page = reader.after(cursor or 0, limit, tool)
+        except AuditReadError as exc:
+            raise KikiError(str(exc)) from None
+        result: dict[str, Any] = {"entries": page.entries}
+        if page.newest is not None:
+            # Forwards, the next page starts after the last line this one passed (also one of
+            # another tool); backwards, following the log starts after its newest entry.
+            result["cursor"] = page.newest
+        if backwards and page.oldest is not None and not page.at_start:
+            result["before"] = page.oldest
         if args.get("verify"):
-            result["problems"] = [str(p) for p in verify(audit.path, audit.head_path)]
+            return self._verified(result)
         return result
+
+    def _verified(self, result: dict[str, Any]) -> asyncio.Future[dict[str, Any]]:
+        """``result`` with the problems of the whole chain, checked in a thread: it reads the
+        whole log, so it must not hold up the broker. One check at a time."""
+        if self._verifying:
+            raise LimitExceeded("the audit log is being verified for another call: ask again")
+        audit = self.broker.audit
+        end, head = audit.snapshot()
+
+        def check() -> dict[str, Any]:
+            try:
+                problems = [str(p) for p in verify(audit.path, end=end, head=head)]
+            finally:
+                self._verifying = False  # when the thread is done, even if the call was cancelled
+            return {**result, "problems": problems}
+
+        self._verifying = True
+        return asyncio.get_running_loop().run_in_executor(None, check)
 
     def get_info(self, request: RequestContext, args: dict[str, Any]) -> Any:
         return self.broker.ctx.info()
+
+
+def _invalid_cursor(name: str, value: int, last: int) -> InvalidParams:
+    return InvalidParams(
+        f"{name} {value} is past the end of the audit log (its last seq is {last})",
+        data={"error": "InvalidCursor", name: value, "last": last},
+    )

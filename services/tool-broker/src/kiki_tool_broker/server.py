@@ -14,7 +14,7 @@ import functools
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,9 @@ INSTRUCTIONS = (
     "Tools of a Kiki device. Each tool's name is the NSID of its published lexicon; "
     "queries only read, procedures act on the device."
 )
+
+
+_TOOL_MAX = 317  # bytes: the longest NSID, and the audit entry's `tool`
 
 
 class BrokerConfig(ServiceConfig):
@@ -301,13 +304,23 @@ class Broker:
             schema.validate_input(arguments)
             if tool.provider is not self.self_provider:
                 return self._forward_soon(tool, schema, request, arguments, view, started, modern)
+            output: Any = None
+            error: Exception | None = None
             try:
                 output = self.builtin.call(tool.nsid, request, arguments)
             except (InvalidParams, NotFound) as exc:
-                failure = ToolFailure(exc.message, exc.jsonrpc_code, exc.data)
-                result, outcome, code = _failed_result(failure, modern)
-            else:
-                result, outcome, code = _checked_result(schema, output, modern)
+                error = exc
+            if isinstance(output, asyncio.Future):  # a built-in tool that waits: settled later
+                answer: asyncio.Future[dict[str, Any]] = output.get_loop().create_future()
+                settle = functools.partial(_builtin_result, schema, modern)
+                output.add_done_callback(
+                    functools.partial(
+                        self._call_done, answer, name, settle, arguments, view, started
+                    )
+                )
+                answer.add_done_callback(lambda _: output.cancel())
+                return answer
+            result, outcome, code = _builtin_result(schema, modern, output, error)
         except Exception as exc:
             self._audit(view, name, arguments, started, *_outcome(exc))
             raise
@@ -328,7 +341,7 @@ class Broker:
 
         The request goes out at once, with no task, when the provider has a free in-flight
         slot and there is no progress to relay. Otherwise a task waits for the slot and relays
-        the progress (:meth:`_forward`). Either way :meth:`_forward_done` writes the audit line
+        the progress (:meth:`_forward`). Either way :meth:`_call_done` writes the audit line
         and then settles the answer, also when the call is cancelled before it got anywhere.
         """
         sent: asyncio.Future[Any] | None = None
@@ -348,38 +361,34 @@ class Broker:
             task.add_done_callback(self._forwarding.discard)
             sent = task
         answer: asyncio.Future[dict[str, Any]] = sent.get_loop().create_future()
+        settle = functools.partial(self._settle, tool, schema, modern)
         sent.add_done_callback(
-            functools.partial(
-                self._forward_done, answer, tool, schema, arguments, view, started, modern
-            )
+            functools.partial(self._call_done, answer, tool.nsid, settle, arguments, view, started)
         )
         # The caller cancelled or left: the provider is told through the request's future.
         answer.add_done_callback(lambda _: sent.cancel())
         return answer
 
-    def _forward_done(
+    def _call_done(
         self,
         answer: asyncio.Future[dict[str, Any]],
-        tool: Tool,
-        schema: ToolSchema,
+        nsid: str,
+        settle: Callable[[Any, BaseException | None], tuple[dict[str, Any], str, int | None]],
         arguments: dict[str, Any],
         view: dict[str, Any],
         started: float,
-        modern: bool,
         sent: asyncio.Future[Any],
     ) -> None:
-        """The provider's side of a call is over: audit it, then answer the caller. An error
-        of the audit itself (a full disk) is the caller's answer too: an internal error."""
-        nsid = tool.nsid
+        """The tool's side of a call that was not answered at once is over (a provider's
+        reply, or a built-in tool that waited): audit it, then answer the caller. An error of
+        the audit itself (a full disk) is the caller's answer too: an internal error."""
         if sent.cancelled():  # the caller cancelled or left: there is nobody to answer
             self._audit(view, nsid, arguments, started, "cancelled", None)
             return
         error = sent.exception()
         try:
             try:
-                result, outcome, code = self._settle(
-                    tool, schema, modern, None if error is not None else sent.result(), error
-                )
+                result, outcome, code = settle(None if error is not None else sent.result(), error)
             except Exception as exc:
                 self._audit(view, nsid, arguments, started, *_outcome(exc))
                 raise
@@ -418,9 +427,14 @@ class Broker:
         code: int | None,
     ) -> None:
         self.ctx.counters[_COUNTER[outcome]] += 1
+        tool = str(name)
+        if len(tool) > _TOOL_MAX // 4 and len(encoded := tool.encode()) > _TOOL_MAX:
+            # As sent, but no longer than an NSID can be (the audit entry's lexicon), or every
+            # page of the log holding it would fail readAuditLog's output check.
+            tool = encoded[: _TOOL_MAX - 3].decode(errors="ignore") + "…"
         self.audit.append(
             caller=view,
-            tool=str(name),
+            tool=tool,
             outcome=outcome,
             code=code,
             duration_us=int((time.monotonic() - started) * 1e6),
@@ -512,6 +526,18 @@ class ToolFailure(Exception):
         self.message = message
         self.code = code
         self.data = data
+
+
+def _builtin_result(
+    schema: ToolSchema, modern: bool, output: Any, error: BaseException | None
+) -> tuple[dict[str, Any], str, int | None]:
+    """The MCP result of one of the broker's own tools: what it could not find is a tool
+    error, as a provider's would be; anything else it raised is the call's error."""
+    if isinstance(error, InvalidParams | NotFound):
+        return _failed_result(ToolFailure(error.message, error.jsonrpc_code, error.data), modern)
+    if error is not None:
+        raise error
+    return _checked_result(schema, output, modern)
 
 
 def _failed_result(failure: ToolFailure, modern: bool) -> tuple[dict[str, Any], str, int | None]:

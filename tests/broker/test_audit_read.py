@@ -1,0 +1,194 @@
+"""Tier 1: readAuditLog reads a page of the audit log, not the whole log, however long it is."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
+
+import pytest
+
+from kiki_tool_broker.audit import AuditLog, read_entries
+from kiki_tool_broker.builtin import BuiltinTools
+from kiki_tool_broker.server import Broker
+from libkiki.errors import InvalidParams, KikiError
+from libkiki.rpc import RequestContext
+
+CALLER = {"uid": 1000, "gid": 1000, "pid": 42}
+BIG = 200_000
+REQUEST = cast(RequestContext, None)  # the handler does not look at it
+
+
+def fill(log: AuditLog, n: int, tools: int = 1) -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    for i in range(n):
+        log.append(
+            caller=CALLER,
+            tool=f"dev.kiki.test.t{i % tools}",
+            outcome="ok",
+            code=None,
+            duration_us=5,
+            arguments={},
+            now=now,
+        )
+
+
+def tools_for(log: AuditLog) -> BuiltinTools:
+    return BuiltinTools(cast(Broker, SimpleNamespace(audit=log)))
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuditLog]:
+    log = AuditLog(tmp_path_factory.mktemp("big"))
+    fill(log, BIG)
+    yield log
+    log.close()
+
+
+class Reads:
+    """Counts the bytes read from the audit log, by either way of reading it."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.bytes = 0
+        pread, read_bytes = os.pread, Path.read_bytes
+
+        def counted_pread(fd: int, n: int, offset: int) -> bytes:
+            data = pread(fd, n, offset)
+            self.bytes += len(data)
+            return data
+
+        def counted_read_bytes(path: Path) -> bytes:
+            data = read_bytes(path)
+            self.bytes += len(data)
+            return data
+
+        monkeypatch.setattr(os, "pread", counted_pread)
+        monkeypatch.setattr(Path, "read_bytes", counted_read_bytes)
+
+
+def read(log: AuditLog, **args: Any) -> dict[str, Any]:
+    result = tools_for(log).read_audit_log(REQUEST, args)
+    assert isinstance(result, dict)
+    return result
+
+
+def seqs(result: dict[str, Any]) -> list[int]:
+    return [e["seq"] for e in result["entries"]]
+
+
+def test_the_newest_page_of_a_large_log_reads_only_its_end(
+    big: AuditLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads = Reads(monkeypatch)
+    result = read(big, latest=True, limit=3)
+    assert seqs(result) == [BIG - 2, BIG - 1, BIG]
+    assert result["cursor"] == BIG  # follow the log from here
+    assert result["before"] == BIG - 2  # or page back from here
+    older = read(big, before=result["before"], limit=2)
+    assert seqs(older) == [BIG - 4, BIG - 3]
+    assert older["before"] == BIG - 4
+    assert reads.bytes < 1 << 20, f"read {reads.bytes} bytes of a {BIG}-line log for 5 entries"
+    # The lines are the log's own, hash chain and all.
+    assert result["entries"] == read_entries(big.path)[-3:]
+
+
+def test_a_page_after_a_cursor_deep_in_a_large_log_reads_only_around_it(
+    big: AuditLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads = Reads(monkeypatch)
+    for cursor in (BIG - 10, BIG // 2, 1):
+        result = read(big, cursor=cursor, limit=5)
+        assert seqs(result) == list(range(cursor + 1, cursor + 6))
+        assert result["cursor"] == cursor + 5
+        assert "before" not in result
+    assert "cursor" not in read(big, cursor=BIG)  # the end: nothing after it
+    assert reads.bytes < 1 << 20, f"read {reads.bytes} bytes of a {BIG}-line log for 15 entries"
+
+
+def test_a_full_page_is_bounded_in_entries_and_bytes(big: AuditLog) -> None:
+    result = read(big, cursor=1000, limit=1000)
+    assert seqs(result) == list(range(1001, 2001))
+    assert result["cursor"] == 2000
+
+
+@pytest.mark.parametrize("limit", [1, 3, 7, 1000])
+def test_paging_backwards_and_forwards_gives_every_entry_once_in_order(
+    tmp_path: Path, limit: int
+) -> None:
+    log = AuditLog(tmp_path)
+    fill(log, 50, tools=3)
+    every = read_entries(log.path)
+    assert [e["seq"] for e in every] == list(range(1, 51))
+
+    backwards: list[dict[str, Any]] = []
+    page = read(log, latest=True, limit=limit)
+    while True:
+        backwards[:0] = page["entries"]
+        if "before" not in page:
+            break
+        page = read(log, before=page["before"], limit=limit)
+    assert backwards == every
+
+    forwards: list[dict[str, Any]] = []
+    page = read(log, limit=limit)
+    while "cursor" in page:
+        forwards += page["entries"]
+        page = read(log, cursor=page["cursor"], limit=limit)
+    assert forwards == every
+
+    one_tool = read(log, latest=True, limit=1000, tool="dev.kiki.test.t1")
+    assert one_tool["entries"] == [e for e in every if e["tool"] == "dev.kiki.test.t1"]
+
+
+def test_unreadable_and_overlong_lines_are_stepped_over(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path)
+    fill(log, 10)
+    with open(log.path, "ab") as f:
+        f.write(b"not json\n" + b"x" * (200 * 1024) + b"\n")
+    fill(log, 10)
+    every = read_entries(log.path)
+    assert len(every) == 20
+    assert seqs(read(log, cursor=8, limit=4)) == [9, 10, 11, 12]
+    assert seqs(read(log, before=13, limit=4)) == [9, 10, 11, 12]
+    backwards: list[dict[str, Any]] = []
+    page = read(log, latest=True, limit=3)
+    while True:
+        backwards[:0] = page["entries"]
+        if "before" not in page:
+            break
+        page = read(log, before=page["before"], limit=3)
+    assert backwards == every
+
+
+def test_a_line_longer_than_any_the_broker_writes_is_an_error_not_an_endless_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = AuditLog(tmp_path)
+    fill(log, 10)
+    with open(log.path, "ab") as f:
+        f.write(b"x" * (8 << 20) + b"\n")
+    fill(log, 10)
+    reads = Reads(monkeypatch)
+    with pytest.raises(KikiError, match="longer than"):
+        read(log, cursor=10, limit=5)
+    with pytest.raises(KikiError, match="longer than"):
+        read(log, before=11, limit=5)
+    assert reads.bytes < 8 << 20
+    assert seqs(read(log, latest=True, limit=3)) == [18, 19, 20]
+
+
+def test_a_cursor_past_the_end_is_rejected(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path)
+    fill(log, 5)
+    for args in ({"cursor": 6}, {"cursor": 10**12}, {"before": 7}):
+        with pytest.raises(InvalidParams, match="past the end of the audit log") as caught:
+            read(log, **args)
+        assert caught.value.data["error"] == "InvalidCursor"
+        assert caught.value.data["last"] == 5
+    with pytest.raises(InvalidParams, match="cannot go with before or latest"):
+        read(log, cursor=1, latest=True)
+    assert seqs(read(log, cursor=5)) == []  # the end itself is a cursor the log gave out
+    assert seqs(read(log, before=6, limit=2)) == [4, 5]
