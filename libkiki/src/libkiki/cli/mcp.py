@@ -1,8 +1,15 @@
 """``kiki mcp``: the broker as an MCP server on stdio, for hosts that launch servers.
 
 MCP's stdio transport is newline-delimited JSON-RPC, exactly what the broker speaks on its
-socket, so the bridge moves bytes and never parses them: the broker sees the bridge's own
+socket, so the bridge moves the bytes unchanged both ways: the broker sees the bridge's own
 credentials (the host's user), and every check happens in the broker.
+
+The bridge reads the messages as they pass for one thing only: the ids of the requests the host
+sent, so that it knows which are still unanswered. When the host closes stdin (a script that
+writes its requests and then waits for the output, say), the bridge stops reading stdin but keeps
+the socket open until every forwarded request is answered or ``--drain-timeout`` seconds pass,
+then closes it. It never half-closes the socket: the broker takes end of input for the caller
+leaving and cancels its calls.
 """
 
 from __future__ import annotations
@@ -12,12 +19,37 @@ import asyncio
 import contextlib
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import orjson
+
+from libkiki.framing import DEFAULT_MAX_LINE, LineDecoder
 from libkiki.paths import TOOLS_SOCKET, socket_path
+from libkiki.rpc.messages import CANCELLED, valid_id
 
 CHUNK = 1 << 16
+# A little over the broker's default call timeout (30 s), so that a call that times out there
+# still gets its error back to the host.
+DRAIN_TIMEOUT = 35.0
+# Lines the bridge looks into. From the host: the broker's own limit (it refuses longer lines,
+# answering with a null id). From the broker: room for an answer that wraps a provider's 1 MiB
+# result twice (structuredContent and its text copy). Longer lines still pass, unread.
+HOST_LINE = DEFAULT_MAX_LINE
+BROKER_LINE = 16 << 20
+# Requests the broker answers only when the connection closes: never waited for.
+LISTEN = "subscriptions/listen"
+
+
+def _drain_timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError("must be 0 or more seconds")
+    return value
 
 
 def register(sub: Any) -> None:
@@ -25,23 +57,82 @@ def register(sub: Any) -> None:
         "mcp",
         help="serve the device's tools over MCP on stdin/stdout",
         description="Bridge an MCP host (which launches servers as subprocesses and speaks "
-        "JSON-RPC on their stdin/stdout) to the tool broker's socket.",
+        "JSON-RPC on their stdin/stdout) to the tool broker's socket. When stdin closes, the "
+        "answers still owed to the host are written before the bridge exits.",
     )
     p.add_argument(
         "--socket",
         type=Path,
         help="the broker's socket (default: tools.sock in the runtime directory)",
     )
+    p.add_argument(
+        "--drain-timeout",
+        type=_drain_timeout,
+        default=DRAIN_TIMEOUT,
+        metavar="SECONDS",
+        help="after stdin closes, how long to wait for answers to the requests already "
+        f"forwarded before exiting (default {DRAIN_TIMEOUT:g}; 0 exits at once)",
+    )
     p.set_defaults(func=run)
 
 
-async def _pump(reader: asyncio.StreamReader, write: Any, drain: Any) -> None:
-    while chunk := await reader.read(CHUNK):
-        write(chunk)
-        await drain()
+def _entries(line: bytes) -> list[Any]:
+    """The messages of one line: its object, the entries of a batch, or none (not JSON)."""
+    try:
+        value = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return []
+    return value if isinstance(value, list) else [value]
 
 
-async def bridge(path: Path) -> int:
+def _key(rid: Any) -> bytes:
+    return orjson.dumps(rid)
+
+
+class Outstanding:
+    """The requests forwarded from the host that the broker has not answered yet, by id.
+
+    It mirrors what the broker answers: every message with a ``method`` and an ``id`` (an
+    invalid one too, when its id is valid: the error echoes it), except a listen stream, which
+    is answered only at close, and a request the host cancelled, which is never answered.
+    """
+
+    def __init__(self) -> None:
+        self._ids: Counter[bytes] = Counter()  # a multiset: a reused id is answered twice
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    def __len__(self) -> int:
+        return self._ids.total()
+
+    def sent(self, line: bytes) -> None:
+        for msg in _entries(line):
+            if not isinstance(msg, dict) or "method" not in msg:
+                continue
+            if "id" in msg:
+                if valid_id(msg["id"]) and msg["method"] != LISTEN:
+                    self._ids[_key(msg["id"])] += 1
+                    self.idle.clear()
+            elif msg["method"] == CANCELLED:
+                params = msg.get("params")
+                if isinstance(params, dict) and valid_id(params.get("requestId")):
+                    self._drop(_key(params["requestId"]))
+
+    def answered(self, line: bytes) -> None:
+        for msg in _entries(line):
+            if isinstance(msg, dict) and "method" not in msg and "id" in msg:
+                with contextlib.suppress(TypeError):  # an id orjson cannot write back
+                    self._drop(_key(msg["id"]))
+
+    def _drop(self, key: bytes) -> None:
+        count = self._ids.pop(key, 0)
+        if count > 1:
+            self._ids[key] = count - 1
+        if not self._ids:
+            self.idle.set()
+
+
+async def bridge(path: Path, drain_timeout: float = DRAIN_TIMEOUT) -> int:
     loop = asyncio.get_running_loop()
     try:
         sock_reader, sock_writer = await asyncio.open_unix_connection(str(path))
@@ -56,29 +147,59 @@ async def bridge(path: Path) -> int:
     out_transport, out_protocol = await loop.connect_write_pipe(
         asyncio.streams.FlowControlMixin, os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     )
+    # drain() then waits until the host has taken every byte, so nothing is left in a buffer
+    # when the bridge exits.
+    out_transport.set_write_buffer_limits(high=0)
     stdout = asyncio.StreamWriter(out_transport, out_protocol, None, loop)
+    outstanding = Outstanding()
 
     async def to_broker() -> None:
-        await _pump(stdin, sock_writer.write, sock_writer.drain)
-        # The host closed our stdin: let the broker finish answering, then stop.
-        if sock_writer.can_write_eof():
-            sock_writer.write_eof()
+        lines = LineDecoder(HOST_LINE)
+        while chunk := await stdin.read(CHUNK):
+            for line in lines.feed(chunk):
+                if isinstance(line, bytes):
+                    outstanding.sent(line)
+            sock_writer.write(chunk)
+            await sock_writer.drain()
+        if lines.pending:
+            # The host's last message had no newline: end it, or the broker never reads it.
+            for line in lines.feed(b"\n"):
+                if isinstance(line, bytes):
+                    outstanding.sent(line)
+            sock_writer.write(b"\n")
+            await sock_writer.drain()
 
     async def to_host() -> None:
-        await _pump(sock_reader, stdout.write, stdout.drain)
+        lines = LineDecoder(BROKER_LINE)
+        while chunk := await sock_reader.read(CHUNK):
+            stdout.write(chunk)
+            await stdout.drain()
+            # Only once the host has it does an answer count as delivered.
+            for line in lines.feed(chunk):
+                if isinstance(line, bytes):
+                    outstanding.answered(line)
 
     host = asyncio.ensure_future(to_broker())
     broker = asyncio.ensure_future(to_host())
+    idle = asyncio.ensure_future(outstanding.idle.wait())
     try:
         await asyncio.wait({host, broker}, return_when=asyncio.FIRST_COMPLETED)
         if host.done() and not broker.done():
+            # The host closed stdin: deliver what is owed, within the grace time. No write_eof:
+            # the broker would take it for the host leaving and cancel the calls.
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(5):
-                    await asyncio.shield(broker)
+                async with asyncio.timeout(drain_timeout):
+                    await asyncio.wait({broker, idle}, return_when=asyncio.FIRST_COMPLETED)
+            if len(outstanding) and not broker.done():
+                print(
+                    f"kiki mcp: stdin closed; {len(outstanding)} request(s) still unanswered "
+                    f"after {drain_timeout:g} s, giving up",
+                    file=sys.stderr,
+                )
     finally:
-        for task in (host, broker):
+        for task in (host, broker, idle):
             task.cancel()
-        await asyncio.gather(host, broker, return_exceptions=True)
+        await asyncio.gather(host, broker, idle, return_exceptions=True)
         sock_writer.close()
         stdout.close()
     return 0
@@ -87,6 +208,6 @@ async def bridge(path: Path) -> int:
 def run(args: argparse.Namespace) -> int:
     path = args.socket or socket_path(TOOLS_SOCKET)
     try:
-        return asyncio.run(bridge(path))
+        return asyncio.run(bridge(path, args.drain_timeout))
     except KeyboardInterrupt:
         return 0
