@@ -55,6 +55,8 @@ INSTRUCTIONS = (
 
 
 _TOOL_MAX = 317  # bytes: the longest NSID, and the audit entry's `tool`
+_TOOL_CHARS = _TOOL_MAX // 4  # no string of this many characters is longer than that
+_Future = asyncio.Future  # looked up once: tools_call is on every call's path
 
 
 class BrokerConfig(ServiceConfig):
@@ -304,28 +306,41 @@ class Broker:
             schema.validate_input(arguments)
             if tool.provider is not self.self_provider:
                 return self._forward_soon(tool, schema, request, arguments, view, started, modern)
-            output: Any = None
-            error: Exception | None = None
             try:
                 output = self.builtin.call(tool.nsid, request, arguments)
             except (InvalidParams, NotFound) as exc:
-                error = exc
-            if isinstance(output, asyncio.Future):  # a built-in tool that waits: settled later
-                answer: asyncio.Future[dict[str, Any]] = output.get_loop().create_future()
-                settle = functools.partial(_builtin_result, schema, modern)
-                output.add_done_callback(
-                    functools.partial(
-                        self._call_done, answer, name, settle, arguments, view, started
+                result, outcome, code = _builtin_result(schema, modern, None, exc)
+            else:
+                if isinstance(output, _Future):  # a built-in tool that waits: settled later
+                    return self._builtin_later(
+                        output, schema, modern, name, arguments, view, started
                     )
-                )
-                answer.add_done_callback(lambda _: output.cancel())
-                return answer
-            result, outcome, code = _builtin_result(schema, modern, output, error)
+                result, outcome, code = _checked_result(schema, output, modern)
         except Exception as exc:
             self._audit(view, name, arguments, started, *_outcome(exc))
             raise
         self._audit(view, name, arguments, started, outcome, code)
         return result
+
+    def _builtin_later(
+        self,
+        output: asyncio.Future[Any],
+        schema: ToolSchema,
+        modern: bool,
+        name: str,
+        arguments: dict[str, Any],
+        view: dict[str, Any],
+        started: float,
+    ) -> asyncio.Future[dict[str, Any]]:
+        """The answer of a built-in tool that waits (readAuditLog's verify): settled, and
+        audited first, when ``output`` is done, as a forwarded call's is."""
+        answer: asyncio.Future[dict[str, Any]] = output.get_loop().create_future()
+        settle = functools.partial(_builtin_result, schema, modern)
+        output.add_done_callback(
+            functools.partial(self._call_done, answer, name, settle, arguments, view, started)
+        )
+        answer.add_done_callback(lambda _: output.cancel())
+        return answer
 
     def _forward_soon(
         self,
@@ -428,7 +443,7 @@ class Broker:
     ) -> None:
         self.ctx.counters[_COUNTER[outcome]] += 1
         tool = str(name)
-        if len(tool) > _TOOL_MAX // 4 and len(encoded := tool.encode()) > _TOOL_MAX:
+        if len(tool) > _TOOL_CHARS and len(encoded := tool.encode()) > _TOOL_MAX:
             # As sent, but no longer than an NSID can be (the audit entry's lexicon), or every
             # page of the log holding it would fail readAuditLog's output check.
             tool = encoded[: _TOOL_MAX - 3].decode(errors="ignore") + "…"
@@ -533,7 +548,7 @@ def _builtin_result(
 ) -> tuple[dict[str, Any], str, int | None]:
     """The MCP result of one of the broker's own tools: what it could not find is a tool
     error, as a provider's would be; anything else it raised is the call's error."""
-    if isinstance(error, InvalidParams | NotFound):
+    if isinstance(error, (InvalidParams, NotFound)):
         return _failed_result(ToolFailure(error.message, error.jsonrpc_code, error.data), modern)
     if error is not None:
         raise error
