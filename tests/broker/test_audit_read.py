@@ -11,7 +11,7 @@ from typing import Any, cast
 
 import pytest
 
-from kiki_tool_broker.audit import AuditLog, read_entries
+from kiki_tool_broker.audit import AuditLog, read_entries, verify
 from kiki_tool_broker.builtin import BuiltinTools
 from kiki_tool_broker.server import Broker
 from libkiki.errors import InvalidParams, KikiError
@@ -192,3 +192,41 @@ def test_a_cursor_past_the_end_is_rejected(tmp_path: Path) -> None:
         read(log, cursor=1, latest=True)
     assert seqs(read(log, cursor=5)) == []  # the end itself is a cursor the log gave out
     assert seqs(read(log, before=6, limit=2)) == [4, 5]
+
+
+def test_opening_a_large_log_reads_only_its_end(
+    big: AuditLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads = Reads(monkeypatch)
+    reopened = AuditLog(big.path.parent)  # what the broker does at start
+    assert reopened.seq == BIG
+    assert reads.bytes < 64 * 1024, f"read {reads.bytes} bytes of a {BIG}-line log to open it"
+    reopened.close()
+
+
+def test_opening_a_log_whose_last_line_is_long_or_torn_and_huge(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path)
+    fill(log, 3)
+    log.close()
+    # A last entry longer than any written now (an old log's 100 KiB tool name): still followed.
+    with_long = AuditLog(tmp_path)
+    with_long.append(
+        caller=CALLER,
+        tool="x" * 100_000,
+        outcome="error",
+        code=-32602,
+        duration_us=1,
+        arguments={},
+    )
+    with_long.close()
+    assert AuditLog(tmp_path).seq == 4
+    # A torn append with no line end for 3 MiB: dropped, and the chain follows line 4.
+    with (tmp_path / "audit.jsonl").open("ab") as f:
+        f.write(b"y" * (3 << 20))
+    reopened = AuditLog(tmp_path)
+    assert reopened.seq == 4
+    assert (tmp_path / "audit.jsonl").read_bytes().endswith(b"}\n")
+    reopened.append(caller=CALLER, tool="t", outcome="ok", code=None, duration_us=1, arguments={})
+    reopened.close()
+    assert [e["seq"] for e in read_entries(tmp_path / "audit.jsonl")] == [1, 2, 3, 4, 5]
+    assert list(verify(tmp_path / "audit.jsonl", tmp_path / "audit.head")) == []

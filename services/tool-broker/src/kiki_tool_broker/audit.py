@@ -103,36 +103,56 @@ class AuditLog:
         return head
 
     def _recover(self) -> tuple[int, str, str]:
-        """The log's last ``seq``, ``hash`` and ``prev``, after dropping a torn last line."""
+        """The log's last ``seq``, ``hash`` and ``prev``, after dropping a torn last line.
+        Only the end of the log is read, however long it is."""
         try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            return 0, GENESIS, GENESIS
-        if data and not data.endswith(b"\n"):
-            # A crash cut the last append short: that entry never completed, drop its fragment
-            # so the next entry starts on a line of its own.
-            keep = data.rfind(b"\n") + 1
-            log.warning(
-                "audit log %s ends in a partial line; truncating %d bytes",
-                self.path,
-                len(data) - keep,
-            )
-            with open(self.path, "r+b") as f:
-                f.truncate(keep)
-            data = data[:keep]
-        lines = data.splitlines()
-        if not lines:
-            return 0, GENESIS, GENESIS
+            reader = AuditReader(self.path)
+        except AuditReadError:  # no line end within MAX_LINE of the end of the file
+            return self._recover_by_counting()
+        with reader:
+            if reader.end < reader.size:
+                self._drop_torn(reader.end, reader.size)
+            if reader.end == 0:
+                return 0, GENESIS, GENESIS
+            try:
+                start, raw, end = next(reader._lines_backward(reader.end))
+                if raw is None:  # longer than any entry written now, but maybe an older one
+                    raw = reader._read(start, end - 1 - start)
+            except AuditReadError:
+                raw = None
+        last = _parse(raw)
+        if last is None:
+            return self._recover_by_counting()
         try:
-            last = orjson.loads(lines[-1])
             return int(last["seq"]), str(last["hash"]), str(last["prev"])
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-            log.error(
-                "audit log %s has an unreadable last line; `kiki tools log --verify` "
-                "will report it",
-                self.path,
-            )
-            return len(lines), GENESIS, GENESIS
+        except (KeyError, TypeError, ValueError):
+            return self._recover_by_counting()
+
+    def _drop_torn(self, keep: int, size: int) -> None:
+        # A crash cut the last append short: that entry never completed, drop its fragment so
+        # the next entry starts on a line of its own.
+        log.warning(
+            "audit log %s ends in a partial line; truncating %d bytes", self.path, size - keep
+        )
+        os.truncate(self.path, keep)
+
+    def _recover_by_counting(self) -> tuple[int, str, str]:
+        """The last line cannot be read: count the lines (reading the log in blocks) so that
+        the next ``seq`` follows them, and start a new chain; ``--verify`` reports the line."""
+        lines = last_end = offset = 0
+        with self.path.open("rb") as f:
+            while block := f.read(1 << 20):
+                lines += block.count(b"\n")
+                if (nl := block.rfind(b"\n")) >= 0:
+                    last_end = offset + nl + 1
+                offset += len(block)
+        if last_end < offset:
+            self._drop_torn(last_end, offset)
+        log.error(
+            "audit log %s has an unreadable last line; `kiki tools log --verify` will report it",
+            self.path,
+        )
+        return lines, GENESIS, GENESIS
 
     def append(
         self,
@@ -382,11 +402,15 @@ class AuditReader:
             self._fd: int | None = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             self._fd = None
-            self.end = 0
+            self.size = self.end = 0
             return
-        size = os.fstat(self._fd).st_size
-        # Only complete lines: an append being written (or a torn one) is not read.
-        self.end = self._line_start_at_or_before(size, 0)
+        try:
+            self.size = os.fstat(self._fd).st_size
+            # Only complete lines: an append being written (or a torn one) is not read.
+            self.end = self._line_start_at_or_before(self.size, 0)
+        except BaseException:
+            os.close(self._fd)
+            raise
 
     def __enter__(self) -> AuditReader:
         return self
