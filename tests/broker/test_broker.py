@@ -301,6 +301,70 @@ async def test_policy_denial_is_its_own_error(sockdir: Path, spawn_service: Any)
     assert proc.wait(timeout=30) == 0
 
 
+AS_NOBODY = """
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(10)
+s.connect(sys.argv[1])
+calls = sys.argv[2:]
+for i, name in enumerate(calls):
+    call = {"jsonrpc": "2.0", "id": i, "method": "tools/call", "params": {"name": name}}
+    s.sendall(json.dumps(call).encode() + b"\\n")
+buf = b""
+while buf.count(b"\\n") < len(calls):
+    chunk = s.recv(65536)
+    if not chunk:
+        break
+    buf += chunk
+sys.stdout.write(buf.decode())
+"""
+
+
+def test_policy_by_kernel_identity_for_a_caller_who_is_not_root(
+    sockdir: Path, spawn_service: Any
+) -> None:
+    # Every other broker test calls as root, whom the defaults let call anything. Here the
+    # caller is nobody (uid 65534, in no `kiki` group): queries are not open to it by default,
+    # and an allow rule for its uid opens the one tool it names.
+    system_python = Path("/usr/bin/python3")  # readable by nobody, unlike a venv under /root
+    if not system_python.exists():
+        pytest.fail("needs /usr/bin/python3 to run a caller as nobody (apt install python3)")
+    (sockdir / "etc").mkdir()
+    (sockdir / "etc" / "tool-policy.toml").write_text(
+        '[[allow]]\nprincipals = ["uid:65534"]\ntools = ["dev.kiki.service.getInfo"]\n'
+    )
+    proc, notes = spawn_service("tool-broker")
+    notes.wait_for("READY")
+    sockdir.chmod(0o755)
+    (sockdir / "tools.sock").chmod(0o666)
+    calls = ["dev.kiki.service.getInfo", "dev.kiki.tools.listProviders"]
+    run = subprocess.run(
+        [str(system_python), "-c", AS_NOBODY, str(sockdir / "tools.sock"), *calls],
+        user=65534,
+        group=65534,
+        extra_groups=[],
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    info, providers = (orjson.loads(line) for line in run.stdout.splitlines())
+    assert info["result"]["structuredContent"]["name"] == "tool-broker"
+    assert providers["error"]["code"] == -32003
+    assert re.fullmatch(
+        r"uid=65534 pid=\d+ may not call dev\.kiki\.tools\.listProviders: queries need "
+        r"membership in group kiki or a grant",
+        providers["error"]["message"],
+    )
+    entries = read_entries(sockdir / "state" / "audit.jsonl")
+    assert [(e["caller"]["uid"], e["outcome"]) for e in entries[-2:]] == [
+        (65534, "ok"),
+        (65534, "denied"),
+    ]
+    proc.terminate()
+    assert proc.wait(timeout=30) == 0
+
+
 def raw_exchange(path: Path, payload: bytes, replies: int) -> list[Any]:
     with socket.socket(socket.AF_UNIX) as s:
         s.settimeout(10)
