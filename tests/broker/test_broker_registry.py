@@ -403,6 +403,9 @@ async def test_tools_list_shows_the_output_schema(broker: Broker) -> None:
         assert output["required"] == ["text"]
         assert output["properties"]["text"]["type"] == "string"
         assert "outputSchema" in tools[GET_INFO]
+        # A grapheme limit has no JSON Schema keyword: it is shown as an annotation.
+        text = tools[ECHO]["inputSchema"]["properties"]["text"]
+        assert text == {"type": "string", "x-lexicon-maxGraphemes": 16}
 
 
 async def test_each_schema_carries_only_the_defs_it_uses(broker: Broker) -> None:

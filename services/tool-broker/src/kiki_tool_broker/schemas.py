@@ -389,6 +389,9 @@ class _JsonSchema:
                     max_length="maxLength",
                     default="default",
                     const="const",
+                    # JSON Schema has no graphemes: carried as annotations, checked by the broker
+                    min_graphemes="x-lexicon-minGraphemes",
+                    max_graphemes="x-lexicon-maxGraphemes",
                 )
                 if t.enum is not None:
                     out["enum"] = list(t.enum)
