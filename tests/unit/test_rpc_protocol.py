@@ -10,7 +10,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from libkiki.errors import FrameTooLarge, InvalidRequest, PermissionDenied, ProtocolError, WireError
+from libkiki.errors import (
+    FrameTooLarge,
+    InvalidRequest,
+    LimitExceeded,
+    PermissionDenied,
+    ProtocolError,
+    WireError,
+)
 from libkiki.framing import LineDecoder, Oversized
 from libkiki.rpc.messages import (
     Call,
@@ -258,6 +265,38 @@ def test_notifications_and_requests_have_limits_of_their_own() -> None:
     assert incoming(core.receive(line(note("n"))))
     core.release(calls[0].slot)
     assert incoming(core.receive(line(req("a", 5))))
+
+
+def test_an_answer_over_the_line_limit_is_replaced_by_an_error_alone_or_in_a_batch() -> None:
+    core = RpcCore(max_line=300)
+    [one] = incoming(core.receive(line(req("a", 1))))
+    data = core.complete(one.slot, ok(1, "x" * 400))
+    assert data is not None
+    error = orjson.loads(data)
+    assert (error["id"], error["error"]["code"]) == (1, -32005)
+    assert error["error"]["data"]["limit"] == 300
+    # Each answer of the batch fits, all three together do not: the largest give way.
+    core.max_line = 600
+    events = incoming(core.receive(line([req("a", 2), req("a", 3), req("a", 4)])))
+    sizes: dict[Any, int] = {2: 300, 3: 40, 4: 250}
+    answers = [core.complete(ev.slot, ok(ev.id, "y" * sizes[ev.id])) for ev in events]
+    assert answers[:2] == [None, None]
+    assert answers[2] is not None
+    assert len(answers[2]) - 1 <= 600
+    by_id = {a["id"]: a for a in orjson.loads(answers[2])}
+    assert by_id[2]["error"]["code"] == -32005  # the largest
+    assert by_id[3]["result"] == "y" * 40
+    assert by_id[4]["result"] == "y" * 250
+
+
+def test_a_request_over_the_line_limit_is_refused_before_anything_is_pending() -> None:
+    core = RpcCore(max_line=100)
+    with pytest.raises(LimitExceeded, match="over the line limit of 100 bytes"):
+        core.request("a", ["x" * 200])
+    assert core.outgoing == 0
+    with pytest.raises(LimitExceeded):
+        core.notification("a", ["x" * 200])
+    assert core.request("a", [1])[0] == 1  # the refused one took no id
 
 
 @pytest.mark.parametrize(

@@ -178,7 +178,31 @@ class RpcCore:
         if part is not None:
             batch.parts.append(part)
         batch.remaining -= 1
-        return _array(batch.parts) if batch.remaining == 0 and batch.parts else None
+        return self._batch_answer(batch.parts) if batch.remaining == 0 and batch.parts else None
+
+    def _batch_answer(self, parts: list[bytes]) -> bytes:
+        """The batch's answer array; over the line limit, its largest answers are replaced by
+        the error an answer over the limit gets on its own, until it fits."""
+        data = _array(parts)
+        if len(data) - 1 <= self.max_line:
+            return data
+        for i in sorted(range(len(parts)), key=lambda i: len(parts[i]), reverse=True):
+            size = len(parts[i])
+            error = LimitExceeded(
+                f"the batch's answer of {len(data) - 1} bytes is over the line limit of "
+                f"{self.max_line} bytes",
+                data={"limit": self.max_line, "size": size},
+            )
+            rid = orjson.loads(parts[i]).get("id")
+            smaller = orjson.dumps(error_response(rid, error.to_jsonrpc()))
+            if len(smaller) >= size:
+                break  # the rest are smaller still: nothing more to gain
+            parts[i] = smaller
+            self.counters["errors"] += 1
+            data = _array(parts)
+            if len(data) - 1 <= self.max_line:
+                break
+        return data
 
     def release(self, slot: int) -> None:
         """``slot``'s answer is written (or abandoned): it no longer counts as in flight."""
