@@ -363,24 +363,25 @@ async def test_oversized_line_then_a_good_request_on_the_same_connection(
 async def test_an_answer_over_the_line_limit_is_an_error_at_once(
     sock_path: Path, probe: Probe, kind: str
 ) -> None:
-    # Sent, the peer (same limit) would drop it and wait for an answer that never comes.
+    # Sent, the peer (the default limit) would drop it and wait for an answer that never comes.
     method = "big" if kind == "async" else "now/big"
+    limit = 1 << 20
     async with (
-        running(sock_path, sync_methods(probe), max_line=1024) as srv,
-        connect_unix(sock_path, max_line=1024, request_timeout=None) as conn,
+        running(sock_path, sync_methods(probe)) as srv,
+        connect_unix(sock_path, request_timeout=None) as conn,
     ):
-        assert len(await bounded(conn.request(method, [900]))) == 900
+        assert len(await bounded(conn.request(method, [limit - 100]))) == limit - 100
         with pytest.raises(LimitExceeded) as caught:
-            await bounded(conn.request(method, [2000]))
-        assert "over the line limit of 1024 bytes" in caught.value.message
-        assert caught.value.data["limit"] == 1024
-        assert caught.value.data["size"] > 2000
+            await bounded(conn.request(method, [limit]))
+        assert f"over the line limit of {limit} bytes" in caught.value.message
+        assert caught.value.data["limit"] == limit
+        assert caught.value.data["size"] > limit
         assert srv.counters["errors"] == 1
         # Our own request over the limit is refused here: nothing is sent, nothing is pending.
         with pytest.raises(LimitExceeded):
-            await conn.request("add", ["x" * 2000, 1])
+            await conn.request("add", ["x" * limit, 1])
         with pytest.raises(LimitExceeded):
-            await conn.notify("record", ["x" * 2000])
+            await conn.notify("record", ["x" * limit])
         assert await bounded(conn.request("add", [1, 2])) == 3
         assert conn.outgoing == 0
 

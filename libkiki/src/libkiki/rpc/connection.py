@@ -211,7 +211,10 @@ class Connection:
         self._progressed: set[int] = set()  # requests with progress queued, for _progress_done
         self._progress_task: asyncio.Task[None] | None = None
         self._decoder = LineDecoder(max_line)
-        self._core = RpcCore(max_in_flight=max_in_flight, counters=counters, max_line=max_line)
+        # Nothing is sent that a peer with the default limit would drop (unless our own limit
+        # is larger: then the peers are taken to be configured alike).
+        sendable = max(max_line, DEFAULT_MAX_LINE)
+        self._core = RpcCore(max_in_flight=max_in_flight, counters=counters, max_line=sendable)
         self._outgoing = Slots(max_in_flight)
         self._futures: dict[int, asyncio.Future[Any]] = {}
         self._progress: dict[int, ProgressCallback] = {}
