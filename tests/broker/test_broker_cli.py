@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +170,7 @@ def test_list_help_says_it_is_not_filtered() -> None:
 async def test_log_follow_prints_new_calls(broker: tuple[Path, Any], sockdir: Path) -> None:
     path, _ = broker
     audit = sockdir / "state" / "audit.jsonl"
+    began = time.monotonic()
     proc = await asyncio.create_subprocess_exec(
         str(VENV_BIN / "kiki"),
         *("tools", "--socket", str(path), "log", "--follow", "--json", "--limit", "0"),
@@ -200,6 +202,14 @@ async def test_log_follow_prints_new_calls(broker: tuple[Path, Any], sockdir: Pa
             assert entry["caller"]["pid"] == os.getpid()
             proc.send_signal(signal.SIGINT)
             assert await proc.wait() == 0
+        # It polls about once a second. Each poll is itself a call, so the page it gets is
+        # never empty: the follower once took that for "more to read" and polled thousands of
+        # times a second, filling the audit log. (A bound on a rate, with a margin of 5.)
+        polls = sum(
+            e["tool"] == "dev.kiki.tools.readAuditLog" and e["caller"]["pid"] == proc.pid
+            for e in read_entries(audit)
+        )
+        assert polls <= 5 * (time.monotonic() - began + 1), polls
     finally:
         if proc.returncode is None:
             proc.kill()

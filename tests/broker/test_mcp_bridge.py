@@ -93,6 +93,31 @@ async def test_answers_to_forwarded_requests_arrive_after_stdin_closes(broker: B
     assert answers[3]["result"]["structuredContent"]["name"] == "tool-broker"
 
 
+async def test_answers_are_waited_for_after_an_earlier_exchange(broker: Broker) -> None:
+    # The host waits for the handshake's answer (the bridge is idle again), then sends a slow
+    # call and closes stdin: the call is still owed, and waited for.
+    path, _ = broker
+    async with asyncio.timeout(30), make_provider(path).connect():
+        proc = await asyncio.create_subprocess_exec(
+            str(VENV_BIN / "kiki"),
+            *("mcp", "--socket", str(path)),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        proc.stdin.write(orjson.dumps(INITIALIZE) + b"\n")
+        assert orjson.loads(await proc.stdout.readline())["id"] == 1
+        proc.stdin.write(orjson.dumps(call(2, ECHO, {"text": "late", "delay": 300})) + b"\n")
+        proc.stdin.close()
+        out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    [answer] = [orjson.loads(line) for line in out.splitlines()]
+    assert answer["result"]["structuredContent"]["text"] == "late"
+    assert err == b""
+
+
 LONG_CALLS = pytest.mark.parametrize(
     "broker", [{"KIKI_TOOL_BROKER_CALL_TIMEOUT": "600"}], indirect=True
 )

@@ -86,6 +86,9 @@ def _entries(line: bytes) -> list[Any]:
 
 
 def _key(rid: Any) -> bytes:
+    # 1 and 1.0 are the same id to the broker (a cancellation of either reaches the request).
+    if isinstance(rid, float) and rid.is_integer():
+        rid = int(rid)
     return orjson.dumps(rid)
 
 
@@ -181,12 +184,15 @@ async def bridge(path: Path, drain_timeout: float = DRAIN_TIMEOUT) -> int:
 
     host = asyncio.ensure_future(to_broker())
     broker = asyncio.ensure_future(to_host())
-    idle = asyncio.ensure_future(outstanding.idle.wait())
+    tasks: list[asyncio.Future[Any]] = [host, broker]
     try:
         await asyncio.wait({host, broker}, return_when=asyncio.FIRST_COMPLETED)
         if host.done() and not broker.done():
             # The host closed stdin: deliver what is owed, within the grace time. No write_eof:
             # the broker would take it for the host leaving and cancel the calls.
+            # Waited for from now: the event may have been set and cleared many times before.
+            idle = asyncio.ensure_future(outstanding.idle.wait())
+            tasks.append(idle)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(drain_timeout):
                     await asyncio.wait({broker, idle}, return_when=asyncio.FIRST_COMPLETED)
@@ -197,9 +203,9 @@ async def bridge(path: Path, drain_timeout: float = DRAIN_TIMEOUT) -> int:
                     file=sys.stderr,
                 )
     finally:
-        for task in (host, broker, idle):
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(host, broker, idle, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         sock_writer.close()
         stdout.close()
     return 0

@@ -276,8 +276,10 @@ async def _log_remote(args: argparse.Namespace) -> int:
             for entry in page["entries"]:
                 _show(entry, args.json)
             cursor = page.get("cursor", cursor)
-            if not page["entries"]:
-                await asyncio.sleep(1.0)  # a person watching: a second between polls is plenty
+            if len(page["entries"]) < _PAGE:
+                # Caught up (each poll is a call, so the page always holds the last poll's own
+                # line): a person watching, so a second between polls is plenty.
+                await asyncio.sleep(1.0)
     return _report(problems) if args.verify else 0
 
 
