@@ -9,6 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
+import orjson
 import pytest
 
 from kiki_tool_broker.audit import AuditLog, read_entries, verify
@@ -37,7 +38,8 @@ def fill(log: AuditLog, n: int, tools: int = 1) -> None:
 
 
 def tools_for(log: AuditLog) -> BuiltinTools:
-    return BuiltinTools(cast(Broker, SimpleNamespace(audit=log)))
+    config = SimpleNamespace(max_line=1 << 20)
+    return BuiltinTools(cast(Broker, SimpleNamespace(audit=log, config=config)))
 
 
 @pytest.fixture(scope="module")
@@ -110,8 +112,16 @@ def test_a_page_after_a_cursor_deep_in_a_large_log_reads_only_around_it(
 
 def test_a_full_page_is_bounded_in_entries_and_bytes(big: AuditLog) -> None:
     result = read(big, cursor=1000, limit=1000)
-    assert seqs(result) == list(range(1001, 2001))
-    assert result["cursor"] == 2000
+    got = seqs(result)
+    assert got == list(range(1001, 1001 + len(got)))
+    assert result["cursor"] == got[-1]
+    # 1000 of these entries are more than a page's 320 KiB: the page ends at its byte bound,
+    # within one entry of it, and its answer fits in a 1 MiB line with the text copy.
+    size = sum(len(orjson.dumps(e)) for e in result["entries"])
+    assert 320 * 1024 - 1000 < size <= 320 * 1024 + 1000
+    assert 3 * size + 4096 < 1 << 20
+    following = read(big, cursor=result["cursor"], limit=1000)
+    assert seqs(following)[0] == got[-1] + 1
 
 
 @pytest.mark.parametrize("limit", [1, 3, 7, 1000])

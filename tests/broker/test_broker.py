@@ -140,9 +140,20 @@ async def test_invalid_output_is_a_tool_error(broker: Broker) -> None:
             await client.call(BAD_OUTPUT)
 
 
-async def test_output_over_the_line_limit_is_a_tool_error_at_once(broker: Broker) -> None:
-    # The provider's answer would be dropped by the broker's line limit, and the caller would
-    # have waited for the call timeout: the provider answers an error in its place.
+@pytest.mark.parametrize(
+    ("size", "error"),
+    [
+        # The provider's answer would be dropped by the broker's line limit, and the caller
+        # would have waited for the call timeout: the provider answers an error in its place.
+        (2 << 20, "over the line limit of 1048576 bytes"),
+        # The provider's answer fits, the broker's (the output twice) would not: the caller
+        # got -32005 after an audit line saying ok.
+        (600_000, "does not fit in an answer"),
+    ],
+)
+async def test_output_over_the_line_limit_is_a_tool_error_at_once(
+    broker: Broker, sockdir: Path, size: int, error: str
+) -> None:
     path, _ = broker
     big = "org.example.test.big"
     lexicon = {
@@ -162,11 +173,13 @@ async def test_output_over_the_line_limit_is_a_tool_error_at_once(broker: Broker
 
     @provider.tool(big)
     async def answer(args: dict[str, Any], call: ToolCall) -> dict[str, Any]:
-        return {"text": "x" * (2 << 20)}
+        return {"text": "x" * size}
 
     async with asyncio.timeout(20), provider.connect(), ToolClient(path) as client:
-        with pytest.raises(ToolError, match="over the line limit of 1048576 bytes"):
+        with pytest.raises(ToolError, match=error):
             await client.call(big)
+    [entry] = [e for e in read_entries(sockdir / "state" / "audit.jsonl") if e["tool"] == big]
+    assert (entry["outcome"], entry["code"]) == ("error", -32005)
 
 
 async def test_an_overlong_tool_name_is_audited_cut_and_the_log_still_reads(

@@ -339,10 +339,11 @@ def _verify_lines(log: Any, end: int | None) -> Iterator[bytes | None]:
 
 PAGE_ENTRIES = 1000
 """Most entries in a page (the lexicon's ``limit`` maximum)."""
-PAGE_BYTES = 448 * 1024
-"""Most log bytes of entries in a page. An answer carries each entry twice (as text and as
-structure), so this keeps a full page under the 1 MiB line a client reads by default; a
-thousand ordinary entries (about 400 bytes each) fit."""
+PAGE_BYTES = 320 * 1024
+"""Most log bytes of entries in a page. An answer carries each entry twice, as structure and as
+JSON text escaped once more (up to twice its size when it is all quotes), so this keeps a full
+page under the 1 MiB line a client reads by default; about 800 ordinary entries (400 bytes
+each) fit."""
 SCAN_BYTES = 4 << 20
 """Bytes a page may read before it ends early (lines of other tools, unreadable lines)."""
 MAX_LINE = 2 << 20
@@ -551,8 +552,11 @@ class AuditReader:
 
     # -- pages -------------------------------------------------------------------------------
 
-    def after(self, after: int, limit: int, tool: str | None = None) -> Page:
-        """Up to ``limit`` entries with ``seq`` above ``after``, oldest first."""
+    def after(
+        self, after: int, limit: int, tool: str | None = None, *, max_bytes: int = PAGE_BYTES
+    ) -> Page:
+        """Up to ``limit`` entries (and ``max_bytes`` of them) with ``seq`` above ``after``,
+        oldest first."""
         page = Page([], None, None, at_start=False)
         size = 0
         start = self.find_after(after)
@@ -570,15 +574,22 @@ class AuditReader:
                 assert raw is not None
                 page.entries.append(entry)
                 size += len(raw)
-            if len(page.entries) >= limit or size >= PAGE_BYTES:
+            if len(page.entries) >= limit or size >= max_bytes:
                 break
             if self.spent - scan_from >= SCAN_BYTES:
                 break
         return page
 
-    def before(self, before: int | None, limit: int, tool: str | None = None) -> Page:
-        """Up to ``limit`` of the entries just before ``seq`` ``before`` (None: the newest),
-        oldest first."""
+    def before(
+        self,
+        before: int | None,
+        limit: int,
+        tool: str | None = None,
+        *,
+        max_bytes: int = PAGE_BYTES,
+    ) -> Page:
+        """Up to ``limit`` of the entries (and ``max_bytes`` of them) just before ``seq``
+        ``before`` (None: the newest), oldest first."""
         page = Page([], None, None, at_start=False)
         size = 0
         end = self.end if before is None else self.find_after(before - 1)
@@ -598,7 +609,7 @@ class AuditReader:
                 assert raw is not None
                 newest_first.append(entry)
                 size += len(raw)
-            if len(newest_first) >= limit or size >= PAGE_BYTES:
+            if len(newest_first) >= limit or size >= max_bytes:
                 break
             if self.spent - scan_from >= SCAN_BYTES:
                 break

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
-from kiki_tool_broker.audit import AuditReader, AuditReadError, verify
+from kiki_tool_broker.audit import PAGE_BYTES, AuditReader, AuditReadError, verify
 from libkiki.errors import InvalidParams, KikiError, LimitExceeded, NotFound
 from libkiki.rpc import RequestContext
 
@@ -64,12 +64,14 @@ class BuiltinTools:
             raise _invalid_cursor("cursor", cursor, audit.seq)
         if before is not None and before > audit.seq + 1:
             raise _invalid_cursor("before", before, audit.seq)
+        # A page must fit in an answer line with its text copy (see PAGE_BYTES).
+        max_bytes = min(PAGE_BYTES, (self.broker.config.max_line - 4096) // 3)
         try:
             with AuditReader(audit.path) as reader:
                 if backwards:
-                    page = reader.before(before, limit, tool)
+                    page = reader.before(before, limit, tool, max_bytes=max_bytes)
                 else:
-                    page = reader.after(cursor or 0, limit, tool)
+                    page = reader.after(cursor or 0, limit, tool, max_bytes=max_bytes)
         except AuditReadError as exc:
             raise KikiError(str(exc)) from None
         result: dict[str, Any] = {"entries": page.entries}

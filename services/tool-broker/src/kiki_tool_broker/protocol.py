@@ -119,10 +119,13 @@ def decode_cursor(cursor: object) -> str | None:
     return last if last and last.isprintable() else None
 
 
-def call_result(structured: Any, modern: bool) -> dict[str, Any]:
-    """A successful ``tools/call`` result: the output as text for models and as structure."""
+def call_result(structured: Any, modern: bool, text: bytes | None = None) -> dict[str, Any]:
+    """A successful ``tools/call`` result: the output as text for models and as structure
+    (``text``: the output already serialised)."""
+    if text is None:
+        text = orjson.dumps(structured)
     result: dict[str, Any] = {
-        "content": [{"type": "text", "text": orjson.dumps(structured).decode()}],
+        "content": [{"type": "text", "text": text.decode()}],
         "structuredContent": structured,
         "isError": False,
     }

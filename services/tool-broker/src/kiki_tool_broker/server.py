@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pydantic
 
 from kiki_tool_broker import protocol as mcp
@@ -55,6 +56,7 @@ INSTRUCTIONS = (
 
 
 _TOOL_MAX = 317  # bytes: the longest NSID, and the audit entry's `tool`
+_ANSWER_SLACK = 4096  # bytes of an answer besides a tool's output twice (id, keys, _meta)
 _TOOL_CHARS = _TOOL_MAX // 4  # no string of this many characters is longer than that
 _Future = asyncio.Future  # looked up once: tools_call is on every call's path
 
@@ -309,13 +311,17 @@ class Broker:
             try:
                 output = self.builtin.call(tool.nsid, request, arguments)
             except (InvalidParams, NotFound) as exc:
-                result, outcome, code = _builtin_result(schema, modern, None, exc)
+                result, outcome, code = _builtin_result(
+                    schema, modern, self.config.max_line, None, exc
+                )
             else:
                 if isinstance(output, _Future):  # a built-in tool that waits: settled later
                     return self._builtin_later(
                         output, schema, modern, name, arguments, view, started
                     )
-                result, outcome, code = _checked_result(schema, output, modern)
+                result, outcome, code = _checked_result(
+                    schema, output, modern, self.config.max_line
+                )
         except Exception as exc:
             self._audit(view, name, arguments, started, *_outcome(exc))
             raise
@@ -335,7 +341,7 @@ class Broker:
         """The answer of a built-in tool that waits (readAuditLog's verify): settled, and
         audited first, when ``output`` is done, as a forwarded call's is."""
         answer: asyncio.Future[dict[str, Any]] = output.get_loop().create_future()
-        settle = functools.partial(_builtin_result, schema, modern)
+        settle = functools.partial(_builtin_result, schema, modern, self.config.max_line)
         output.add_done_callback(
             functools.partial(self._call_done, answer, name, settle, arguments, view, started)
         )
@@ -512,7 +518,7 @@ class Broker:
                 raise error
         except ToolFailure as failure:
             return _failed_result(failure, modern)
-        return _checked_result(schema, output, modern)
+        return _checked_result(schema, output, modern, self.config.max_line)
 
 
 def _forward_params(
@@ -544,7 +550,7 @@ class ToolFailure(Exception):
 
 
 def _builtin_result(
-    schema: ToolSchema, modern: bool, output: Any, error: BaseException | None
+    schema: ToolSchema, modern: bool, max_line: int, output: Any, error: BaseException | None
 ) -> tuple[dict[str, Any], str, int | None]:
     """The MCP result of one of the broker's own tools: what it could not find is a tool
     error, as a provider's would be; anything else it raised is the call's error."""
@@ -552,7 +558,7 @@ def _builtin_result(
         return _failed_result(ToolFailure(error.message, error.jsonrpc_code, error.data), modern)
     if error is not None:
         raise error
-    return _checked_result(schema, output, modern)
+    return _checked_result(schema, output, modern, max_line)
 
 
 def _failed_result(failure: ToolFailure, modern: bool) -> tuple[dict[str, Any], str, int | None]:
@@ -560,15 +566,27 @@ def _failed_result(failure: ToolFailure, modern: bool) -> tuple[dict[str, Any], 
 
 
 def _checked_result(
-    schema: ToolSchema, output: Any, modern: bool
+    schema: ToolSchema, output: Any, modern: bool, max_line: int
 ) -> tuple[dict[str, Any], str, int | None]:
-    """The MCP result for a tool's output, which must match its lexicon."""
+    """The MCP result for a tool's output, which must match its lexicon, and fit in an answer
+    line: the answer carries it twice (as structure and as JSON text, escaped once more), and
+    one over the line limit would reach the caller as -32005 after an audit line saying ok."""
     try:
         schema.validate_output(output)
     except ValidationError as exc:
         message = f"the tool's output broke its lexicon: {exc}"
         return mcp.tool_error_result(message, exc.data, modern), "error", exc.jsonrpc_code
-    return mcp.call_result(output, modern), "ok", None
+    text = orjson.dumps(output)
+    if 3 * len(text) + _ANSWER_SLACK > max_line and (
+        2 * len(text) + text.count(b'"') + text.count(b"\\") + _ANSWER_SLACK > max_line
+    ):
+        message = (
+            f"the tool's output of {len(text)} bytes does not fit in an answer: with its text "
+            f"copy the answer would be over the line limit of {max_line} bytes"
+        )
+        data = {"size": len(text), "limit": max_line}
+        return mcp.tool_error_result(message, data, modern), "error", LimitExceeded.jsonrpc_code
+    return mcp.call_result(output, modern, text), "ok", None
 
 
 def _text_of(result: dict[str, Any]) -> str:
