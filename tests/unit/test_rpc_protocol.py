@@ -289,6 +289,17 @@ def test_an_answer_over_the_line_limit_is_replaced_by_an_error_alone_or_in_a_bat
     assert by_id[4]["result"] == "y" * 250
 
 
+def test_a_batch_longer_than_could_ever_run_is_refused_whole() -> None:
+    # 201 bytes of [1,1,...] would otherwise draw 100 error objects (several KiB).
+    core = RpcCore(max_in_flight=50)
+    [error] = sent(core.receive(b"[" + b",".join([b"1"] * 101) + b"]"))
+    assert (error["id"], error["error"]["code"]) == (None, -32005)
+    assert error["error"]["data"] == {"limit": 100}
+    [answers] = sent(core.receive(b"[" + b",".join([b"1"] * 100) + b"]"))
+    assert len(answers) == 100
+    assert core.in_flight == 0
+
+
 def test_a_request_over_the_line_limit_is_refused_before_anything_is_pending() -> None:
     core = RpcCore(max_line=100)
     with pytest.raises(LimitExceeded, match="over the line limit of 100 bytes"):

@@ -133,13 +133,26 @@ class RpcCore:
             return events
         if not obj:
             return [self._error_send(InvalidRequest(data="empty batch"), None)]
+        if len(obj) > 2 * self.max_in_flight:
+            # More entries than could ever run at once (requests and notifications each have
+            # max_in_flight): refused whole, so that a short line cannot draw a huge answer.
+            limit = 2 * self.max_in_flight
+            return [
+                self._error_send(
+                    LimitExceeded(
+                        f"a batch of {len(obj)} entries is over the limit of {limit}",
+                        data={"limit": limit},
+                    ),
+                    None,
+                )
+            ]
         batch = _Batch()
         for entry in obj:
             part = self._entry(entry, batch, events)
             if part is not None:
                 batch.parts.append(part)
         if batch.remaining == 0 and batch.parts:
-            events.append(Send(_array(batch.parts)))
+            events.append(Send(self._batch_answer(batch.parts)))
         return events
 
     def complete(self, slot: int, response: dict[str, Any] | None) -> bytes | None:
