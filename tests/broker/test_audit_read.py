@@ -214,7 +214,9 @@ def test_opening_a_large_log_reads_only_its_end(
     reopened.close()
 
 
-def test_opening_a_log_whose_last_line_is_long_or_torn_and_huge(tmp_path: Path) -> None:
+def test_opening_a_log_whose_last_line_is_long_or_torn_and_huge(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     log = AuditLog(tmp_path)
     fill(log, 3)
     log.close()
@@ -233,8 +235,13 @@ def test_opening_a_log_whose_last_line_is_long_or_torn_and_huge(tmp_path: Path) 
     # A torn append with no line end for 3 MiB: dropped, and the chain follows line 4.
     with (tmp_path / "audit.jsonl").open("ab") as f:
         f.write(b"y" * (3 << 20))
+    caplog.clear()
     reopened = AuditLog(tmp_path)
     assert reopened.seq == 4
+    # Only the torn append is reported: the log's last line and its head are fine.
+    assert [(r.levelname, r.getMessage().split(";")[0]) for r in caplog.records] == [
+        ("WARNING", f"audit log {tmp_path / 'audit.jsonl'} ends in a partial line")
+    ]
     assert (tmp_path / "audit.jsonl").read_bytes().endswith(b"}\n")
     reopened.append(caller=CALLER, tool="t", outcome="ok", code=None, duration_us=1, arguments={})
     reopened.close()

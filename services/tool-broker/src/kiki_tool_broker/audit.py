@@ -107,8 +107,11 @@ class AuditLog:
         Only the end of the log is read, however long it is."""
         try:
             reader = AuditReader(self.path)
-        except AuditReadError:  # no line end within MAX_LINE of the end of the file
-            return self._recover_by_counting()
+        except AuditReadError:
+            # No line end within MAX_LINE of the end of the file: a huge torn append. Find
+            # the last line end by reading the log through, drop what follows, look again.
+            self._drop_torn_by_scanning()
+            reader = AuditReader(self.path)
         with reader:
             if reader.end < reader.size:
                 self._drop_torn(reader.end, reader.size)
@@ -136,18 +139,23 @@ class AuditLog:
         )
         os.truncate(self.path, keep)
 
-    def _recover_by_counting(self) -> tuple[int, str, str]:
-        """The last line cannot be read: count the lines (reading the log in blocks) so that
-        the next ``seq`` follows them, and start a new chain; ``--verify`` reports the line."""
-        lines = last_end = offset = 0
+    def _drop_torn_by_scanning(self) -> None:
+        last_end = offset = 0
         with self.path.open("rb") as f:
             while block := f.read(1 << 20):
-                lines += block.count(b"\n")
                 if (nl := block.rfind(b"\n")) >= 0:
                     last_end = offset + nl + 1
                 offset += len(block)
         if last_end < offset:
             self._drop_torn(last_end, offset)
+
+    def _recover_by_counting(self) -> tuple[int, str, str]:
+        """The last line cannot be read: count the lines (reading the log in blocks) so that
+        the next ``seq`` follows them, and start a new chain; ``--verify`` reports the line."""
+        lines = 0
+        with self.path.open("rb") as f:
+            while block := f.read(1 << 20):
+                lines += block.count(b"\n")
         log.error(
             "audit log %s has an unreadable last line; `kiki tools log --verify` will report it",
             self.path,
@@ -472,7 +480,8 @@ class AuditReader:
             nl = buf.find(b"\n", i)
             if nl >= 0:
                 nxt = base + nl + 1
-                yield pos, buf[i:nl], nxt
+                raw = buf[i:nl]
+                yield pos, (raw if len(raw) <= ENTRY_MAX else None), nxt
                 pos = nxt
                 continue
             have = base + len(buf)
