@@ -141,18 +141,20 @@ async def test_invalid_output_is_a_tool_error(broker: Broker) -> None:
 
 
 @pytest.mark.parametrize(
-    ("size", "error"),
+    ("size", "rid", "error"),
     [
         # The provider's answer would be dropped by the broker's line limit, and the caller
         # would have waited for the call timeout: the provider answers an error in its place.
-        (2 << 20, "over the line limit of 1048576 bytes"),
+        (2 << 20, None, "over the line limit of 1048576 bytes"),
         # The provider's answer fits, the broker's (the output twice) would not: the caller
         # got -32005 after an audit line saying ok.
-        (600_000, "does not fit in an answer"),
+        (600_000, None, "does not fit in an answer"),
+        # The output twice fits, but not with the caller's 20 000-character id as well.
+        (520_000, "i" * 20_000, "does not fit in an answer"),
     ],
 )
 async def test_output_over_the_line_limit_is_a_tool_error_at_once(
-    broker: Broker, sockdir: Path, size: int, error: str
+    broker: Broker, sockdir: Path, size: int, rid: str | None, error: str
 ) -> None:
     path, _ = broker
     big = "org.example.test.big"
@@ -175,9 +177,18 @@ async def test_output_over_the_line_limit_is_a_tool_error_at_once(
     async def answer(args: dict[str, Any], call: ToolCall) -> dict[str, Any]:
         return {"text": "x" * size}
 
-    async with asyncio.timeout(20), provider.connect(), ToolClient(path) as client:
-        with pytest.raises(ToolError, match=error):
-            await client.call(big)
+    async with asyncio.timeout(20), provider.connect():
+        if rid is None:
+            async with ToolClient(path) as client:
+                with pytest.raises(ToolError, match=error):
+                    await client.call(big)
+        else:
+            request = {"jsonrpc": "2.0", "id": rid, "method": "tools/call", "params": {"name": big}}
+            line = orjson.dumps(request) + b"\n"
+            [reply] = await asyncio.to_thread(raw_exchange, path, line, 1)
+            assert reply["id"] == rid
+            assert reply["result"]["isError"] is True
+            assert error in reply["result"]["content"][0]["text"]
     [entry] = [e for e in read_entries(sockdir / "state" / "audit.jsonl") if e["tool"] == big]
     assert (entry["outcome"], entry["code"]) == ("error", -32005)
 

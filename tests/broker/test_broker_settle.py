@@ -57,7 +57,7 @@ async def settle(audit: AuditLog, outcome: Any) -> asyncio.Future[dict[str, Any]
         sent.set_result(outcome)
     answer: asyncio.Future[dict[str, Any]] = loop.create_future()
     schema = broker.catalog.tool(ECHO)
-    settle = functools.partial(broker._settle, tool, schema, False)
+    settle = functools.partial(broker._settle, tool, schema, False, 1 << 20)
     broker._call_done(answer, tool.nsid, settle, {"text": "x"}, VIEW, time.monotonic(), sent)
     return answer
 

@@ -306,22 +306,23 @@ class Broker:
                 raise PermissionDenied(f"{request.peer.describe()} may not call {name}: {reason}")
             schema = self.catalog.tool(name)
             schema.validate_input(arguments)
+            # What an answer line has for the output (twice) once the caller's id is in it.
+            rid = request.request_id
+            room = self.config.max_line - (len(orjson.dumps(rid)) if isinstance(rid, str) else 24)
             if tool.provider is not self.self_provider:
-                return self._forward_soon(tool, schema, request, arguments, view, started, modern)
+                return self._forward_soon(
+                    tool, schema, request, arguments, view, started, modern, room
+                )
             try:
                 output = self.builtin.call(tool.nsid, request, arguments)
             except (InvalidParams, NotFound) as exc:
-                result, outcome, code = _builtin_result(
-                    schema, modern, self.config.max_line, None, exc
-                )
+                result, outcome, code = _builtin_result(schema, modern, room, None, exc)
             else:
                 if isinstance(output, _Future):  # a built-in tool that waits: settled later
                     return self._builtin_later(
-                        output, schema, modern, name, arguments, view, started
+                        output, schema, modern, room, name, arguments, view, started
                     )
-                result, outcome, code = _checked_result(
-                    schema, output, modern, self.config.max_line
-                )
+                result, outcome, code = _checked_result(schema, output, modern, room)
         except Exception as exc:
             self._audit(view, name, arguments, started, *_outcome(exc))
             raise
@@ -333,6 +334,7 @@ class Broker:
         output: asyncio.Future[Any],
         schema: ToolSchema,
         modern: bool,
+        room: int,
         name: str,
         arguments: dict[str, Any],
         view: dict[str, Any],
@@ -341,7 +343,7 @@ class Broker:
         """The answer of a built-in tool that waits (readAuditLog's verify): settled, and
         audited first, when ``output`` is done, as a forwarded call's is."""
         answer: asyncio.Future[dict[str, Any]] = output.get_loop().create_future()
-        settle = functools.partial(_builtin_result, schema, modern, self.config.max_line)
+        settle = functools.partial(_builtin_result, schema, modern, room)
         output.add_done_callback(
             functools.partial(self._call_done, answer, name, settle, arguments, view, started)
         )
@@ -357,6 +359,7 @@ class Broker:
         view: dict[str, Any],
         started: float,
         modern: bool,
+        room: int,
     ) -> asyncio.Future[dict[str, Any]]:
         """Forward a call; its answer is a future that the provider's reply settles.
 
@@ -382,7 +385,7 @@ class Broker:
             task.add_done_callback(self._forwarding.discard)
             sent = task
         answer: asyncio.Future[dict[str, Any]] = sent.get_loop().create_future()
-        settle = functools.partial(self._settle, tool, schema, modern)
+        settle = functools.partial(self._settle, tool, schema, modern, room)
         sent.add_done_callback(
             functools.partial(self._call_done, answer, tool.nsid, settle, arguments, view, started)
         )
@@ -490,6 +493,7 @@ class Broker:
         tool: Tool,
         schema: ToolSchema,
         modern: bool,
+        room: int,
         reply: Any,
         error: BaseException | None,
     ) -> tuple[dict[str, Any], str, int | None]:
@@ -518,7 +522,7 @@ class Broker:
                 raise error
         except ToolFailure as failure:
             return _failed_result(failure, modern)
-        return _checked_result(schema, output, modern, self.config.max_line)
+        return _checked_result(schema, output, modern, room)
 
 
 def _forward_params(
@@ -550,7 +554,7 @@ class ToolFailure(Exception):
 
 
 def _builtin_result(
-    schema: ToolSchema, modern: bool, max_line: int, output: Any, error: BaseException | None
+    schema: ToolSchema, modern: bool, room: int, output: Any, error: BaseException | None
 ) -> tuple[dict[str, Any], str, int | None]:
     """The MCP result of one of the broker's own tools: what it could not find is a tool
     error, as a provider's would be; anything else it raised is the call's error."""
@@ -558,7 +562,7 @@ def _builtin_result(
         return _failed_result(ToolFailure(error.message, error.jsonrpc_code, error.data), modern)
     if error is not None:
         raise error
-    return _checked_result(schema, output, modern, max_line)
+    return _checked_result(schema, output, modern, room)
 
 
 def _failed_result(failure: ToolFailure, modern: bool) -> tuple[dict[str, Any], str, int | None]:
@@ -566,25 +570,26 @@ def _failed_result(failure: ToolFailure, modern: bool) -> tuple[dict[str, Any], 
 
 
 def _checked_result(
-    schema: ToolSchema, output: Any, modern: bool, max_line: int
+    schema: ToolSchema, output: Any, modern: bool, room: int
 ) -> tuple[dict[str, Any], str, int | None]:
     """The MCP result for a tool's output, which must match its lexicon, and fit in an answer
-    line: the answer carries it twice (as structure and as JSON text, escaped once more), and
-    one over the line limit would reach the caller as -32005 after an audit line saying ok."""
+    line (``room``: the line limit less the caller's id): the answer carries it twice (as
+    structure and as JSON text, escaped once more), and one over the line limit would reach the
+    caller as -32005 after an audit line saying ok."""
     try:
         schema.validate_output(output)
     except ValidationError as exc:
         message = f"the tool's output broke its lexicon: {exc}"
         return mcp.tool_error_result(message, exc.data, modern), "error", exc.jsonrpc_code
     text = orjson.dumps(output)
-    if 3 * len(text) + _ANSWER_SLACK > max_line and (
-        2 * len(text) + text.count(b'"') + text.count(b"\\") + _ANSWER_SLACK > max_line
+    if 3 * len(text) + _ANSWER_SLACK > room and (
+        2 * len(text) + text.count(b'"') + text.count(b"\\") + _ANSWER_SLACK > room
     ):
         message = (
             f"the tool's output of {len(text)} bytes does not fit in an answer: with its text "
-            f"copy the answer would be over the line limit of {max_line} bytes"
+            "copy the answer would be over the line limit"
         )
-        data = {"size": len(text), "limit": max_line}
+        data = {"size": len(text), "room": room}
         return mcp.tool_error_result(message, data, modern), "error", LimitExceeded.jsonrpc_code
     return mcp.call_result(output, modern, text), "ok", None
 
