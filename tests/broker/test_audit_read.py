@@ -120,8 +120,13 @@ def test_a_full_page_is_bounded_in_entries_and_bytes(big: AuditLog) -> None:
     size = sum(len(orjson.dumps(e)) for e in result["entries"])
     assert 320 * 1024 - 1000 < size <= 320 * 1024 + 1000
     assert 3 * size + 4096 < 1 << 20
+    assert result["more"] is True  # stopped at its limit: ask again at once
     following = read(big, cursor=result["cursor"], limit=1000)
     assert seqs(following)[0] == got[-1] + 1
+    # At the end of the log there is no more, also when the last page is exactly full.
+    assert "more" not in read(big, cursor=BIG - 5, limit=1000)
+    assert "more" not in read(big, cursor=BIG - 5, limit=5)
+    assert read(big, cursor=BIG - 5, limit=4)["more"] is True
 
 
 @pytest.mark.parametrize("limit", [1, 3, 7, 1000])
@@ -247,3 +252,18 @@ def test_opening_a_log_whose_last_line_is_long_or_torn_and_huge(
     reopened.close()
     assert [e["seq"] for e in read_entries(tmp_path / "audit.jsonl")] == [1, 2, 3, 4, 5]
     assert list(verify(tmp_path / "audit.jsonl", tmp_path / "audit.head")) == []
+
+
+async def test_verify_lists_at_most_200_problems_and_counts_the_rest(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path)
+    fill(log, 300)
+    lines = log.path.read_bytes().splitlines()
+    # Every line edited: 300 hash mismatches, and the head still matches the last line's hash.
+    log.path.write_bytes(b"".join(line.replace(b'"ok"', b'"no"') + b"\n" for line in lines))
+    answer = tools_for(log).read_audit_log(REQUEST, {"latest": True, "limit": 1, "verify": True})
+    result = await answer
+    problems = result["problems"]
+    assert len(problems) == 201
+    assert problems[0] == "line 1: hash mismatch: the entry was edited"
+    assert problems[-1].startswith("… and 100 more (all of them: kiki tools log --file ")
+    log.close()

@@ -276,9 +276,9 @@ async def _log_remote(args: argparse.Namespace) -> int:
             for entry in page["entries"]:
                 _show(entry, args.json)
             cursor = page.get("cursor", cursor)
-            if len(page["entries"]) < _PAGE:
-                # Caught up (each poll is a call, so the page always holds the last poll's own
-                # line): a person watching, so a second between polls is plenty.
+            if not page.get("more"):
+                # Caught up (the page is never empty: each poll is a call, so it holds the last
+                # poll's own line). A person is watching: a second between polls is plenty.
                 await asyncio.sleep(1.0)
     return _report(problems) if args.verify else 0
 

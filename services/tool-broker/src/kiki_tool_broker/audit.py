@@ -379,6 +379,8 @@ class Page:
     """``seq`` of the oldest readable line the page passed."""
     at_start: bool
     """The page reaches back to the first line of the log."""
+    more: bool = False
+    """(Forwards) the page stopped at its limits before the end of the log."""
 
 
 def _seq_of(entry: Any) -> int | None:
@@ -571,7 +573,7 @@ class AuditReader:
         start = self.find_after(after)
         page.at_start = start == 0
         scan_from = self.spent
-        for _, raw, _ in self._lines_forward(start, self.end):
+        for _, raw, nxt in self._lines_forward(start, self.end):
             entry = _parse(raw)
             seq = _seq_of(entry)
             if entry is None or seq is None or seq <= after:
@@ -583,9 +585,9 @@ class AuditReader:
                 assert raw is not None
                 page.entries.append(entry)
                 size += len(raw)
-            if len(page.entries) >= limit or size >= max_bytes:
-                break
-            if self.spent - scan_from >= SCAN_BYTES:
+            full = len(page.entries) >= limit or size >= max_bytes
+            if full or self.spent - scan_from >= SCAN_BYTES:
+                page.more = nxt < self.end
                 break
         return page
 

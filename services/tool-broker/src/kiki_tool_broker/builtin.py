@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
 LIST_PROVIDERS: Final = "dev.kiki.tools.listProviders"
 READ_AUDIT_LOG: Final = "dev.kiki.tools.readAuditLog"
+MAX_PROBLEMS: Final = 200  # problems a verify answer lists (each at most about 200 bytes)
 GET_INFO_TOOL: Final = "dev.kiki.service.getInfo"
 
 # Synchronous: the broker answers its own tools as the request is read. One that has to wait
@@ -81,6 +82,8 @@ class BuiltinTools:
             result["cursor"] = page.newest
         if backwards and page.oldest is not None and not page.at_start:
             result["before"] = page.oldest
+        if page.more:
+            result["more"] = True
         if args.get("verify"):
             return self._verified(result)
         return result
@@ -94,10 +97,21 @@ class BuiltinTools:
         end, head = audit.snapshot()
 
         def check() -> dict[str, Any]:
+            problems: list[str] = []
+            more = 0
             try:
-                problems = [str(p) for p in verify(audit.path, end=end, head=head)]
+                for problem in verify(audit.path, end=end, head=head):
+                    if len(problems) < MAX_PROBLEMS:
+                        problems.append(str(problem))
+                    else:
+                        more += 1
             finally:
                 self._verifying = False  # when the thread is done, even if the call was cancelled
+            if more:
+                # The answer must fit in a line: the rest are counted, and the file has them.
+                problems.append(
+                    f"… and {more} more (all of them: kiki tools log --file {audit.path} --verify)"
+                )
             return {**result, "problems": problems}
 
         self._verifying = True
