@@ -298,6 +298,19 @@ def test_a_batch_longer_than_could_ever_run_is_refused_whole() -> None:
     [answers] = sent(core.receive(b"[" + b",".join([b"1"] * 100) + b"]"))
     assert len(answers) == 100
     assert core.in_flight == 0
+    # Requests in a batch refused whole are each answered, so that the peer can tell which.
+    batch = [req("a", i) for i in range(100)] + [note("n"), 1]
+    [refused] = sent(core.receive(line(batch)))
+    assert [(a["id"], a["error"]["code"]) for a in refused] == [(i, -32005) for i in range(100)]
+    assert core.in_flight == 0
+
+
+def test_a_batch_answer_that_cannot_fit_even_as_errors_is_one_error() -> None:
+    core = RpcCore(max_in_flight=2, max_line=1000)
+    # Over the batch limit, and each id alone almost fills a line: the errors cannot fit.
+    [error] = sent(core.receive(line([req("a", "i" * 400) for _ in range(5)])))
+    assert (error["id"], error["error"]["code"]) == (None, -32005)
+    assert "over the line limit of 1000 bytes" in error["error"]["message"]
 
 
 def test_a_request_over_the_line_limit_is_refused_before_anything_is_pending() -> None:

@@ -135,17 +135,25 @@ class RpcCore:
             return [self._error_send(InvalidRequest(data="empty batch"), None)]
         if len(obj) > 2 * self.max_in_flight:
             # More entries than could ever run at once (requests and notifications each have
-            # max_in_flight): refused whole, so that a short line cannot draw a huge answer.
+            # max_in_flight): refused whole. Each request in it is answered, so that the peer
+            # can tell which; entries that are not requests are not (a short line of junk
+            # must not draw a huge answer), and if none is, one error answers the line.
             limit = 2 * self.max_in_flight
-            return [
-                self._error_send(
-                    LimitExceeded(
-                        f"a batch of {len(obj)} entries is over the limit of {limit}",
-                        data={"limit": limit},
-                    ),
-                    None,
-                )
+            refusal = LimitExceeded(
+                f"a batch of {len(obj)} entries is over the limit of {limit}",
+                data={"limit": limit},
+            )
+            parts = [
+                self._error_part(refusal, entry["id"])
+                for entry in obj
+                if isinstance(entry, dict)
+                and isinstance(entry.get("method"), str)
+                and entry.get("id") is not None
+                and valid_id(entry["id"])
             ]
+            if not parts:
+                return [self._error_send(refusal, None)]
+            return [Send(self._batch_answer(parts))]
         batch = _Batch()
         for entry in obj:
             part = self._entry(entry, batch, events)
@@ -195,7 +203,8 @@ class RpcCore:
 
     def _batch_answer(self, parts: list[bytes]) -> bytes:
         """The batch's answer array; over the line limit, its largest answers are replaced by
-        the error an answer over the limit gets on its own, until it fits."""
+        the error an answer over the limit gets on its own, until it fits (if even that does
+        not fit, one error with id null answers the line)."""
         data = _array(parts)
         if len(data) - 1 <= self.max_line:
             return data
@@ -214,8 +223,15 @@ class RpcCore:
             self.counters["errors"] += 1
             data = _array(parts)
             if len(data) - 1 <= self.max_line:
-                break
-        return data
+                return data
+        # Not even the errors fit (long ids): one error for the whole line, which the peer can
+        # at least read.
+        error = LimitExceeded(
+            f"the batch's answer of {len(data) - 1} bytes is over the line limit of "
+            f"{self.max_line} bytes",
+            data={"limit": self.max_line},
+        )
+        return error_line(error, None)
 
     def release(self, slot: int) -> None:
         """``slot``'s answer is written (or abandoned): it no longer counts as in flight."""
