@@ -305,10 +305,21 @@ def test_a_batch_longer_than_could_ever_run_is_refused_whole() -> None:
     assert core.in_flight == 0
 
 
-def test_a_batch_answer_that_cannot_fit_even_as_errors_is_one_error() -> None:
+def test_a_refused_batch_whose_errors_would_not_fit_is_one_error_saying_why() -> None:
     core = RpcCore(max_in_flight=2, max_line=1000)
-    # Over the batch limit, and each id alone almost fills a line: the errors cannot fit.
-    [error] = sent(core.receive(line([req("a", "i" * 400) for _ in range(5)])))
+    [error] = sent(core.receive(line([req("a", i) for i in range(40)])))
+    assert (error["id"], error["error"]["code"]) == (None, -32005)
+    assert error["error"]["message"] == "a batch of 40 entries is over the limit of 4"
+    assert core.counters["errors"] == 1
+
+
+def test_a_batch_answer_that_cannot_fit_even_as_errors_is_one_error() -> None:
+    core = RpcCore(max_line=1000)
+    # Each id alone is 400 bytes: the answers do not fit together, nor do errors for them.
+    events = incoming(core.receive(line([req("a", str(i) * 400) for i in range(3)])))
+    answers = [core.complete(ev.slot, ok(ev.id, "y" * 100)) for ev in events]
+    assert answers[2] is not None
+    [error] = sent([Send(answers[2])])
     assert (error["id"], error["error"]["code"]) == (None, -32005)
     assert "over the line limit of 1000 bytes" in error["error"]["message"]
 

@@ -135,25 +135,35 @@ class RpcCore:
             return [self._error_send(InvalidRequest(data="empty batch"), None)]
         if len(obj) > 2 * self.max_in_flight:
             # More entries than could ever run at once (requests and notifications each have
-            # max_in_flight): refused whole. Each request in it is answered, so that the peer
-            # can tell which; entries that are not requests are not (a short line of junk
-            # must not draw a huge answer), and if none is, one error answers the line.
+            # max_in_flight): refused whole. Each request in it (with an id that is not null)
+            # is answered, so that the peer can tell which; entries that are not requests are
+            # not (a short line of junk must not draw a huge answer). If none is a request, or
+            # their answers would not fit in a line, one error with id null answers the line.
             limit = 2 * self.max_in_flight
             refusal = LimitExceeded(
                 f"a batch of {len(obj)} entries is over the limit of {limit}",
                 data={"limit": limit},
             )
-            parts = [
-                self._error_part(refusal, entry["id"])
-                for entry in obj
-                if isinstance(entry, dict)
-                and isinstance(entry.get("method"), str)
-                and entry.get("id") is not None
-                and valid_id(entry["id"])
-            ]
+            error = refusal.to_jsonrpc()
+            parts: list[bytes] = []
+            size = 1
+            for entry in obj:
+                if not (
+                    isinstance(entry, dict)
+                    and isinstance(entry.get("method"), str)
+                    and entry.get("id") is not None
+                    and valid_id(entry["id"])
+                ):
+                    continue
+                parts.append(orjson.dumps(error_response(entry["id"], error)))
+                size += len(parts[-1]) + 1
+                if size > self.max_line:  # they would not fit in a line: one error says why
+                    parts.clear()
+                    break
             if not parts:
                 return [self._error_send(refusal, None)]
-            return [Send(self._batch_answer(parts))]
+            self.counters["errors"] += len(parts)
+            return [Send(_array(parts))]
         batch = _Batch()
         for entry in obj:
             part = self._entry(entry, batch, events)
