@@ -267,3 +267,16 @@ async def test_verify_lists_at_most_200_problems_and_counts_the_rest(tmp_path: P
     assert problems[0] == "line 1: hash mismatch: the entry was edited"
     assert problems[-1].startswith("… and 100 more (all of them: kiki tools log --file ")
     log.close()
+
+
+async def test_a_verify_problem_quoting_a_huge_value_is_cut_to_fit(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path)
+    fill(log, 2)
+    with log.path.open("ab") as f:  # a line whose seq is a 600 KB string, quoted by verify
+        f.write(orjson.dumps({"seq": "9" * 600_000, "hash": "x"}) + b"\n")
+    answer = tools_for(log).read_audit_log(REQUEST, {"latest": True, "limit": 1, "verify": True})
+    problems = (await answer)["problems"]
+    assert problems[0].startswith("line 3: sequence 999")
+    assert problems[0].endswith("…")
+    assert max(len(p.encode()) for p in problems) <= 1000
+    log.close()

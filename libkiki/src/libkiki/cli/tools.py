@@ -276,9 +276,10 @@ async def _log_remote(args: argparse.Namespace) -> int:
             for entry in page["entries"]:
                 _show(entry, args.json)
             cursor = page.get("cursor", cursor)
-            if not page.get("more"):
-                # Caught up (the page is never empty: each poll is a call, so it holds the last
-                # poll's own line). A person is watching: a second between polls is plenty.
+            # Caught up (the page is never empty: each poll is a call, so it holds the last
+            # poll's own line), a person is watching: a second between polls is plenty. A
+            # broker older than `more` says there is more with a full page.
+            if not page.get("more") and len(page["entries"]) < _PAGE:
                 await asyncio.sleep(1.0)
     return _report(problems) if args.verify else 0
 

@@ -15,7 +15,8 @@ if TYPE_CHECKING:
 
 LIST_PROVIDERS: Final = "dev.kiki.tools.listProviders"
 READ_AUDIT_LOG: Final = "dev.kiki.tools.readAuditLog"
-MAX_PROBLEMS: Final = 200  # problems a verify answer lists (each at most about 200 bytes)
+MAX_PROBLEMS: Final = 200  # problems a verify answer lists
+PROBLEM_BYTES: Final = 1000  # each cut to this (a problem quotes the line's seq, as written)
 GET_INFO_TOOL: Final = "dev.kiki.service.getInfo"
 
 # Synchronous: the broker answers its own tools as the request is read. One that has to wait
@@ -102,7 +103,7 @@ class BuiltinTools:
             try:
                 for problem in verify(audit.path, end=end, head=head):
                     if len(problems) < MAX_PROBLEMS:
-                        problems.append(str(problem))
+                        problems.append(_cut(str(problem)))
                     else:
                         more += 1
             finally:
@@ -126,3 +127,10 @@ def _invalid_cursor(name: str, value: int, last: int) -> InvalidParams:
         f"{name} {value} is past the end of the audit log (its last seq is {last})",
         data={"error": "InvalidCursor", name: value, "last": last},
     )
+
+
+def _cut(text: str) -> str:
+    """``text``, at most PROBLEM_BYTES of UTF-8 (the lexicon's limit on a problem is 1024)."""
+    if len(text) * 4 <= PROBLEM_BYTES or len(encoded := text.encode()) <= PROBLEM_BYTES:
+        return text
+    return encoded[: PROBLEM_BYTES - 3].decode(errors="ignore") + "…"
