@@ -37,6 +37,8 @@ import orjson
 log = logging.getLogger(__name__)
 
 GENESIS = "0" * 64
+TOOL_MAX = 317  # bytes of an entry's `tool`: the longest NSID (a longer name is cut)
+_TOOL_CHARS = TOOL_MAX // 4  # no string of this many characters is longer than that
 _CANON = orjson.OPT_SORT_KEYS
 
 
@@ -173,6 +175,10 @@ class AuditLog:
         arguments: Any,
         now: datetime | None = None,
     ) -> dict[str, Any]:
+        if len(tool) > _TOOL_CHARS and len(encoded := tool.encode()) > TOOL_MAX:
+            # As sent, but no longer than an NSID can be (the entry's lexicon), or every page
+            # of the log holding it would fail readAuditLog's output check.
+            tool = encoded[: TOOL_MAX - 3].decode(errors="ignore") + "…"
         body: dict[str, Any] = {
             "seq": self._seq + 1,
             "time": self._timestamp() if now is None else now.isoformat(timespec="microseconds"),

@@ -55,9 +55,7 @@ INSTRUCTIONS = (
 )
 
 
-_TOOL_MAX = 317  # bytes: the longest NSID, and the audit entry's `tool`
 _ANSWER_SLACK = 4096  # bytes of an answer besides a tool's output twice (id, keys, _meta)
-_TOOL_CHARS = _TOOL_MAX // 4  # no string of this many characters is longer than that
 _Future = asyncio.Future  # looked up once: tools_call is on every call's path
 
 
@@ -103,8 +101,7 @@ class Broker:
         m = Methods()
         # Handlers that never wait are synchronous: answered as read, without a task each.
         m.register_sync("initialize", self.initialize)
-        # Done as read: a task of its own would hold an in-flight slot from the calls a client
-        # sends right behind it.
+        # Nothing to do: done as read, with no task.
         m.inline("notifications/initialized")(self.initialized)
         m.register_sync("server/discover", self.discover)
         m.register_sync("ping", self.ping)
@@ -318,37 +315,16 @@ class Broker:
             except (InvalidParams, NotFound) as exc:
                 result, outcome, code = _builtin_result(schema, modern, room, None, exc)
             else:
-                if isinstance(output, _Future):  # a built-in tool that waits: settled later
-                    return self._builtin_later(
-                        output, schema, modern, room, name, arguments, view, started
-                    )
+                if isinstance(output, _Future):  # a built-in tool that waits (readAuditLog's
+                    # verify): answered when it is done, as a forwarded call is
+                    settle = functools.partial(_builtin_result, schema, modern, room)
+                    return self._answer_later(output, name, settle, arguments, view, started)
                 result, outcome, code = _checked_result(schema, output, modern, room)
         except Exception as exc:
             self._audit(view, name, arguments, started, *_outcome(exc))
             raise
         self._audit(view, name, arguments, started, outcome, code)
         return result
-
-    def _builtin_later(
-        self,
-        output: asyncio.Future[Any],
-        schema: ToolSchema,
-        modern: bool,
-        room: int,
-        name: str,
-        arguments: dict[str, Any],
-        view: dict[str, Any],
-        started: float,
-    ) -> asyncio.Future[dict[str, Any]]:
-        """The answer of a built-in tool that waits (readAuditLog's verify): settled, and
-        audited first, when ``output`` is done, as a forwarded call's is."""
-        answer: asyncio.Future[dict[str, Any]] = output.get_loop().create_future()
-        settle = functools.partial(_builtin_result, schema, modern, room)
-        output.add_done_callback(
-            functools.partial(self._call_done, answer, name, settle, arguments, view, started)
-        )
-        answer.add_done_callback(lambda _: output.cancel())
-        return answer
 
     def _forward_soon(
         self,
@@ -384,12 +360,25 @@ class Broker:
             self._forwarding.add(task)
             task.add_done_callback(self._forwarding.discard)
             sent = task
-        answer: asyncio.Future[dict[str, Any]] = sent.get_loop().create_future()
         settle = functools.partial(self._settle, tool, schema, modern, room)
+        return self._answer_later(sent, tool.nsid, settle, arguments, view, started)
+
+    def _answer_later(
+        self,
+        sent: asyncio.Future[Any],
+        nsid: str,
+        settle: Callable[[Any, BaseException | None], tuple[dict[str, Any], str, int | None]],
+        arguments: dict[str, Any],
+        view: dict[str, Any],
+        started: float,
+    ) -> asyncio.Future[dict[str, Any]]:
+        """The caller's answer to a call whose tool side ends with ``sent``: settled (audited
+        first) by :meth:`_call_done`. The caller cancelling or leaving cancels ``sent``, which
+        tells a provider."""
+        answer: asyncio.Future[dict[str, Any]] = sent.get_loop().create_future()
         sent.add_done_callback(
-            functools.partial(self._call_done, answer, tool.nsid, settle, arguments, view, started)
+            functools.partial(self._call_done, answer, nsid, settle, arguments, view, started)
         )
-        # The caller cancelled or left: the provider is told through the request's future.
         answer.add_done_callback(lambda _: sent.cancel())
         return answer
 
@@ -451,14 +440,9 @@ class Broker:
         code: int | None,
     ) -> None:
         self.ctx.counters[_COUNTER[outcome]] += 1
-        tool = str(name)
-        if len(tool) > _TOOL_CHARS and len(encoded := tool.encode()) > _TOOL_MAX:
-            # As sent, but no longer than an NSID can be (the audit entry's lexicon), or every
-            # page of the log holding it would fail readAuditLog's output check.
-            tool = encoded[: _TOOL_MAX - 3].decode(errors="ignore") + "…"
         self.audit.append(
             caller=view,
-            tool=tool,
+            tool=str(name),
             outcome=outcome,
             code=code,
             duration_us=int((time.monotonic() - started) * 1e6),
