@@ -10,16 +10,21 @@ BAD_OUTPUT = "org.example.test.badOutput"
 COUNT = "org.example.test.count"
 
 
-def _procedure(
-    nsid: str, input_props: dict[str, Any], output_props: dict[str, Any], required: list[str]
+def procedure(
+    nsid: str,
+    input_props: dict[str, Any],
+    output_props: dict[str, Any],
+    required: list[str],
+    description: str = "",
 ) -> dict[str, Any]:
+    """A procedure lexicon whose output requires ``text``."""
     return {
         "lexicon": 1,
         "id": nsid,
         "defs": {
             "main": {
                 "type": "procedure",
-                "description": f"Test tool {nsid}.",
+                "description": description or f"Test tool {nsid}.",
                 "input": {
                     "encoding": "application/json",
                     "schema": {"type": "object", "required": required, "properties": input_props},
@@ -35,7 +40,7 @@ def _procedure(
 
 TEXT = {"text": {"type": "string", "maxGraphemes": 16}}
 LEXICONS = [
-    _procedure(
+    procedure(
         ECHO,
         {
             "text": {"type": "string", "maxGraphemes": 16},
@@ -44,8 +49,8 @@ LEXICONS = [
         TEXT,
         ["text"],
     ),
-    _procedure(SLOW, {}, TEXT, []),
-    _procedure(BAD_OUTPUT, {}, TEXT, []),
-    _procedure(COUNT, {"to": {"type": "integer", "minimum": 1, "maximum": 100}}, TEXT, ["to"]),
+    procedure(SLOW, {}, TEXT, []),
+    procedure(BAD_OUTPUT, {}, TEXT, []),
+    procedure(COUNT, {"to": {"type": "integer", "minimum": 1, "maximum": 100}}, TEXT, ["to"]),
 ]
 LEXICONS[3]["defs"]["destructive"] = {"type": "token", "description": "Counts loudly."}

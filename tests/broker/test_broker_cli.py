@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -15,19 +14,17 @@ import orjson
 
 from broker_lexicons import ECHO, LEXICONS
 from kiki_tool_broker.audit import read_entries
-from kikitest import VENV_BIN
+from kikitest import VENV_BIN, kiki
 from libkiki.tools import ToolCall, ToolClient, ToolProvider
 
 
-def kiki(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(VENV_BIN / "kiki"), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        input=stdin,
-        check=False,
-    )
+def edit_entry(audit: Path, index: int, key: str, value: Any) -> None:
+    """Change one field of the audit log's line ``index`` in place, as an intruder would."""
+    lines = audit.read_bytes().splitlines()
+    entry = orjson.loads(lines[index])
+    entry[key] = value
+    lines[index] = orjson.dumps(entry)
+    audit.write_bytes(b"\n".join(lines) + b"\n")
 
 
 def echo_provider(path: Path) -> ToolProvider:
@@ -97,11 +94,7 @@ def test_list_call_and_log(broker: tuple[Path, Any], sockdir: Path) -> None:
 
     # Offline verification of the file spots an edited line.
     audit = sockdir / "state" / "audit.jsonl"
-    lines = audit.read_bytes().splitlines()
-    entry = orjson.loads(lines[0])
-    entry["outcome"] = "denied"
-    lines[0] = orjson.dumps(entry)
-    audit.write_bytes(b"\n".join(lines) + b"\n")
+    edit_entry(audit, 0, "outcome", "denied")
     tampered = kiki("tools", "log", "--file", str(audit), "--verify")
     assert tampered.returncode == 1
     assert "line 1: hash mismatch: the entry was edited" in tampered.stderr
@@ -111,14 +104,7 @@ def test_broker_not_running(sockdir: Path) -> None:
     result = kiki("tools", "--socket", str(sockdir / "tools.sock"), "list")
     assert result.returncode == 1
     assert "cannot connect to" in result.stderr
-    bridge = subprocess.run(
-        [str(VENV_BIN / "kiki"), "mcp", "--socket", str(sockdir / "tools.sock")],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        input="",
-        check=False,
-    )
+    bridge = kiki("mcp", "--socket", str(sockdir / "tools.sock"), stdin="")
     assert bridge.returncode == 1
     assert "cannot reach the tool broker" in bridge.stderr
 
@@ -222,11 +208,7 @@ def test_log_verify_asks_the_running_broker(broker: tuple[Path, Any], sockdir: P
     for _ in range(3):
         assert kiki(*sock, "call", "dev.kiki.service.getInfo").returncode == 0
     audit = sockdir / "state" / "audit.jsonl"
-    lines = audit.read_bytes().splitlines()
-    entry = orjson.loads(lines[1])
-    entry["tool"] = "org.example.other"
-    lines[1] = orjson.dumps(entry)
-    audit.write_bytes(b"\n".join(lines) + b"\n")
+    edit_entry(audit, 1, "tool", "org.example.other")
     tampered = kiki(*sock, "log", "--verify")
     assert tampered.returncode == 1
     assert "audit log: line 2: hash mismatch: the entry was edited" in tampered.stderr

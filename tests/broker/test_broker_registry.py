@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 import pytest
 
-from broker_lexicons import COUNT, ECHO, LEXICONS
+from broker_lexicons import COUNT, ECHO, LEXICONS, procedure
 from kiki_tool_broker.schemas import Catalog
 from libkiki.errors import Conflict, InvalidParams, KikiError, NotFound
 from libkiki.rpc import Connection, connect_unix
@@ -29,20 +29,10 @@ BUILTIN = {GET_INFO, "dev.kiki.tools.listProviders", "dev.kiki.tools.readAuditLo
 
 def tool_doc(nsid: str, description: str = "", **extra_defs: Any) -> dict[str, Any]:
     """A procedure ``{text} -> {text}`` named ``nsid``, plus any extra definitions."""
-    text = {"type": "object", "required": ["text"], "properties": {"text": {"type": "string"}}}
-    return {
-        "lexicon": 1,
-        "id": nsid,
-        "defs": {
-            "main": {
-                "type": "procedure",
-                "description": description or f"Test tool {nsid}.",
-                "input": {"encoding": "application/json", "schema": copy.deepcopy(text)},
-                "output": {"encoding": "application/json", "schema": copy.deepcopy(text)},
-            },
-            **extra_defs,
-        },
-    }
+    text: dict[str, Any] = {"type": "string"}
+    doc = procedure(nsid, {"text": text}, {"text": dict(text)}, ["text"], description)
+    doc["defs"].update(extra_defs)
+    return doc
 
 
 def defs_doc(nsid: str, description: str = "") -> dict[str, Any]:
@@ -56,18 +46,7 @@ def defs_doc(nsid: str, description: str = "") -> dict[str, Any]:
 def user_doc(nsid: str, shared: str) -> dict[str, Any]:
     """A tool whose input and output both use ``shared#word``, a document it does not send."""
     word = {"type": "ref", "ref": f"{shared}#word"}
-    ref = {"type": "object", "required": ["text"], "properties": {"text": word}}
-    return {
-        "lexicon": 1,
-        "id": nsid,
-        "defs": {
-            "main": {
-                "type": "procedure",
-                "input": {"encoding": "application/json", "schema": copy.deepcopy(ref)},
-                "output": {"encoding": "application/json", "schema": copy.deepcopy(ref)},
-            }
-        },
-    }
+    return procedure(nsid, {"text": word}, {"text": dict(word)}, ["text"])
 
 
 @asynccontextmanager

@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from broker_lexicons import ECHO, LEXICONS, SLOW
-from kikitest import VENV_BIN
+from kikitest import VENV_BIN, kiki
 from libkiki.tools import ToolCall, ToolProvider
 
 Broker = tuple[Path, subprocess.Popen[bytes]]
@@ -165,13 +165,6 @@ async def test_drain_gives_up_after_its_timeout(broker: Broker) -> None:
 
 
 def test_drain_timeout_must_be_a_duration(sockdir: Path) -> None:
-    proc = subprocess.run(
-        [str(VENV_BIN / "kiki"), "mcp", "--socket", str(sockdir / "x"), "--drain-timeout", "-1"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        input="",
-        check=False,
-    )
+    proc = kiki("mcp", "--socket", str(sockdir / "x"), "--drain-timeout", "-1", stdin="")
     assert proc.returncode == 2
     assert "--drain-timeout: must be 0 or more seconds" in proc.stderr
