@@ -1,11 +1,12 @@
 """Tool broker benchmark: round trips and throughput beside an echo floor, in one run.
 
-    .venv/bin/python tests/bench/bench_broker.py [--calls N] [--repeats R]
+    .venv/bin/python tests/bench/bench_broker.py [--calls N] [--repeats R] [--client C]
 
-Cases, each measured with the same minimal client (one JSON-RPC line out, one line back):
+Cases, each measured with the same client (one JSON-RPC line out, its answer line awaited from an
+asyncio StreamReader; ``--client callbacks`` writes the next line from the read callback instead):
 
   floor      an asyncio echo server on a Unix socket with the same NDJSON framing
-  relay      the shape of (b) with no work in it: a Protocol passing bytes to the echo server
+  relay      the shape of (b) with no work in it: a process passing bytes to the echo server
              and its answers back (two hops, four process wake-ups; shown for context, the
              goals are against the floor)
   (a) own    tools/call of the broker's own dev.kiki.service.getInfo
@@ -17,7 +18,8 @@ provider share it) and unpinned. Latencies are medians over the repeats of each 
 the ratio is the median over the repeats of each repeat's p50 against that repeat's floor, with
 its range.
 Where the time goes: the CPU per call of the client and of each server process of the case
-(the scheduler's ns, woken side's share of each switch included), medians over the repeats.
+(the scheduler's ns, woken side's share of each switch included), and their minor page faults
+per call, medians over the repeats.
 """
 
 from __future__ import annotations
@@ -36,19 +38,31 @@ import time
 from pathlib import Path
 
 import orjson
-from proc_cpu import cpu_seconds
+from proc_cpu import cpu_seconds, minor_faults
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent  # the venv being measured: .venv, or another Python's
 
+# Every process of the benchmark reads as the broker and its providers do (libkiki's
+# connections): into one buffer it keeps (asyncio.BufferedProtocol), so the floor is not charged
+# for a way of reading the broker does not use. A Protocol's data_received costs a fresh 256 KiB
+# bytes object per read (~13 µs a round trip on this VM when the echo and the client both did
+# it), and whether glibc hands that memory back and faults it in again on the next read depends
+# on where the heap happens to stand: 2 page faults per call turned the same code's p50 from 70
+# into 105 µs between runs (+20 µs in the client, +12 µs in its peer). The faults per call are
+# printed, so such a mode shows.
 ECHO_SERVER = """
 import asyncio, sys
 
-class Echo(asyncio.Protocol):
+class Echo(asyncio.BufferedProtocol):
     def connection_made(self, transport):
         self.t = transport
-    def data_received(self, data):
-        self.t.write(data)
+        self.buf = bytearray(1 << 18)
+        self.view = memoryview(self.buf)
+    def get_buffer(self, sizehint):
+        return self.view
+    def buffer_updated(self, n):
+        self.t.write(bytes(self.view[:n]))
 
 async def main():
     loop = asyncio.get_running_loop()
@@ -62,29 +76,33 @@ asyncio.run(main())
 RELAY_SERVER = """
 import asyncio, sys
 
-class Relay(asyncio.Protocol):
+class Side(asyncio.BufferedProtocol):
+    def __init__(self, other=None):
+        self.other = other  # the transport that what this side reads is written to
+        self.buf = bytearray(1 << 18)
+        self.view = memoryview(self.buf)
+    def get_buffer(self, sizehint):
+        return self.view
+    def buffer_updated(self, n):
+        self.other.write(bytes(self.view[:n]))
+
+class Relay(Side):
     def connection_made(self, transport):
-        self.t = transport
-        self.up = None
+        self.down = transport
+        self.other = None
         self.pending = []
         asyncio.ensure_future(self.connect())
     async def connect(self):
         loop = asyncio.get_running_loop()
-        up, _ = await loop.create_unix_connection(lambda: Back(self.t), sys.argv[2])
-        self.up = up
+        up, _ = await loop.create_unix_connection(lambda: Side(self.down), sys.argv[2])
+        self.other = up
         for data in self.pending:
             up.write(data)
-    def data_received(self, data):
-        if self.up is None:
-            self.pending.append(data)
+    def buffer_updated(self, n):
+        if self.other is None:
+            self.pending.append(bytes(self.view[:n]))
         else:
-            self.up.write(data)
-
-class Back(asyncio.Protocol):
-    def __init__(self, down):
-        self.down = down
-    def data_received(self, data):
-        self.down.write(data)
+            self.other.write(bytes(self.view[:n]))
 
 async def main():
     loop = asyncio.get_running_loop()
@@ -147,52 +165,146 @@ FLOOR = OWN  # the echo server sends the same bytes back
 
 def timed(
     path: Path, line: bytes, calls: int, servers: list[int]
-) -> tuple[list[float], list[float]]:
-    """Round trips, and the CPU µs per call of the client and of each server process."""
+) -> tuple[list[float], list[float], list[float]]:
+    """Round trips; the CPU µs and the minor page faults per call of the client and of each
+    server process."""
     before = [cpu_seconds(pid) for pid in servers]
+    faults = [minor_faults(pid) for pid in [os.getpid(), *servers]]
     client = time.thread_time()
     times = asyncio.run(round_trips(path, line, calls))
     used = [time.thread_time() - client] + [
         cpu_seconds(pid) - b for pid, b in zip(servers, before, strict=True)
     ]
-    return times, [u / calls * 1e6 for u in used]
+    faulted = [
+        (minor_faults(pid) - f) / calls
+        for pid, f in zip([os.getpid(), *servers], faults, strict=True)
+    ]
+    return times, [u / calls * 1e6 for u in used], faulted
+
+
+class Client(asyncio.BufferedProtocol):
+    """The minimal client: writes a line, reads the answer into a buffer it keeps, and writes
+    the next line from the read callback, up to ``depth`` lines in flight. Every answer's
+    round trip is timed; any error answer ends the benchmark, so only real calls count."""
+
+    def __init__(self, lines: list[bytes], depth: int, done: asyncio.Future[None]) -> None:
+        self.lines = lines
+        self.depth = depth
+        self.done = done
+        self.buf = bytearray(1 << 20)
+        self.view = memoryview(self.buf)
+        self.filled = 0
+        self.sent_at: list[float] = []
+        self.times: list[float] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        self.transport = transport
+        for _ in range(min(self.depth, len(self.lines))):
+            self.send()
+
+    def send(self) -> None:
+        self.sent_at.append(time.perf_counter())
+        self.transport.write(self.lines[len(self.sent_at) - 1])
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.view[self.filled :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        now = time.perf_counter()
+        start = self.filled
+        self.filled += nbytes
+        end = self.buf.find(b"\n", start, self.filled)
+        begin = 0
+        while end >= 0:
+            if b'"error"' in self.buf[begin : min(begin + 40, end)]:
+                reply = bytes(self.buf[begin : min(end, begin + 200)])
+                self.done.set_exception(SystemExit(f"benchmark call failed: {reply!r}"))
+                self.transport.close()
+                return
+            self.times.append(now - self.sent_at[len(self.times)])
+            if len(self.sent_at) < len(self.lines):
+                self.send()
+            elif len(self.times) == len(self.lines):
+                self.done.set_result(None)
+            begin = end + 1
+            end = self.buf.find(b"\n", begin, self.filled)
+        if begin:  # keep the unfinished line, at the buffer's start
+            self.buf[: self.filled - begin] = self.buf[begin : self.filled]
+            self.filled -= begin
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_exception(SystemExit(f"the server closed the connection: {exc}"))
+
+
+async def callback_client(path: Path, lines: list[bytes], depth: int) -> list[float]:
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    transport, proto = await loop.create_unix_connection(
+        lambda: Client(lines, depth, done), str(path)
+    )
+    try:
+        await done
+    finally:
+        transport.close()
+    return proto.times
+
+
+class Feed(asyncio.BufferedProtocol):
+    """Reads into a buffer it keeps and feeds a StreamReader: asyncio's streams, without the
+    transport's fresh 256 KiB bytes object per read."""
+
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        self.reader = reader
+        self.view = memoryview(bytearray(1 << 18))
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.reader.feed_data(bytes(self.view[:nbytes]))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.reader.feed_eof()
+
+
+async def streams_client(path: Path, lines: list[bytes], depth: int) -> list[float]:
+    """An agent's shape: write a call, await its answer line (StreamReader.readline), up to
+    ``depth`` in flight; any error answer ends the benchmark, so only real calls count."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=1 << 20)
+    transport, _ = await loop.create_unix_connection(lambda: Feed(reader), str(path))
+    sent_at: list[float] = []
+    times: list[float] = []
+    try:
+        while len(times) < len(lines):
+            while len(sent_at) < len(lines) and len(sent_at) - len(times) < depth:
+                sent_at.append(time.perf_counter())
+                transport.write(lines[len(sent_at) - 1])
+            reply = await reader.readline()
+            times.append(time.perf_counter() - sent_at[len(times)])
+            if not reply.endswith(b"\n") or b'"error"' in reply[:40]:
+                raise SystemExit(f"benchmark call failed: {reply[:200]!r}")
+    finally:
+        transport.close()
+    return times
+
+
+CLIENTS = {"streams": streams_client, "callbacks": callback_client}
+client = streams_client  # main() sets it from --client
 
 
 async def round_trips(path: Path, line: bytes, calls: int) -> list[float]:
-    reader, writer = await asyncio.open_unix_connection(str(path), limit=1 << 20)
-    times = []
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        writer.write(line)
-        reply = await reader.readline()
-        times.append(time.perf_counter() - t0)
-        if b'"error"' in reply[:40]:
-            raise SystemExit(f"benchmark call failed: {reply[:200]!r}")
-    writer.close()
-    return times
+    return await client(path, [line] * calls, 1)
 
 
 async def pipelined(path: Path, clients: int, depth: int, calls: int) -> float:
     """``clients`` connections, each keeping ``depth`` calls of (a) in flight, every call with
-    an id of its own (an id still in flight may not be used again); any error answer ends the
-    benchmark, so that only real calls are counted."""
+    an id of its own (an id still in flight may not be used again)."""
     lines = [own_call(rid) for rid in range(1, calls + 1)]
-
-    async def one() -> None:
-        reader, writer = await asyncio.open_unix_connection(str(path), limit=1 << 20)
-        sent = received = 0
-        while received < calls:
-            while sent < calls and sent - received < depth:
-                writer.write(lines[sent])
-                sent += 1
-            reply = await reader.readline()
-            received += 1
-            if b'"error"' in reply[:40]:
-                raise SystemExit(f"benchmark call failed: {reply[:200]!r}")
-        writer.close()
-
     t0 = time.perf_counter()
-    await asyncio.gather(*(one() for _ in range(clients)))
+    await asyncio.gather(*(client(path, lines, depth) for _ in range(clients)))
     return clients * calls / (time.perf_counter() - t0)
 
 
@@ -233,7 +345,7 @@ Cpu = dict[str, list[float]]
 Spread = dict[str, tuple[float, float, float]]
 
 
-def measure(calls: int, repeats: int) -> tuple[Result, Cpu, Spread]:
+def measure(calls: int, repeats: int) -> tuple[Result, Cpu, Cpu, Spread]:
     run = Path(tempfile.mkdtemp(prefix="kiki-bench-", dir="/tmp"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KIKI_", "LISTEN_"))}
     env.update(
@@ -255,6 +367,7 @@ def measure(calls: int, repeats: int) -> tuple[Result, Cpu, Spread]:
         procs.append(provider := start([sys.executable, "-c", provider_code], env))
         results: dict[str, list[tuple[float, float]]] = {}
         cpu: dict[str, list[list[float]]] = {}
+        faults: dict[str, list[list[float]]] = {}
         rates: dict[str, list[float]] = {}
         for _ in range(repeats):
             for name, path, line, servers in (
@@ -263,9 +376,10 @@ def measure(calls: int, repeats: int) -> tuple[Result, Cpu, Spread]:
                 ("(a) own", tools, OWN, [broker]),
                 ("(b) fwd", tools, FWD, [broker, provider]),
             ):
-                times, used = timed(path, line, calls, [p.pid for p in servers])
+                times, used, faulted = timed(path, line, calls, [p.pid for p in servers])
                 results.setdefault(name, []).append((pct(times, 0.5), pct(times, 0.99)))
                 cpu.setdefault(name, []).append(used)
+                faults.setdefault(name, []).append(faulted)
             for name, path in (("floor 8x16", run / "echo.sock"), ("(c) 8x16 own", tools)):
                 rate = asyncio.run(pipelined(path, 8, 16, max(calls // 4, 100)))
                 rates.setdefault(name, []).append(rate)
@@ -281,11 +395,14 @@ def measure(calls: int, repeats: int) -> tuple[Result, Cpu, Spread]:
             spread[name] = (statistics.median(ratios), min(ratios), max(ratios))
         for name, values in rates.items():
             out[name] = (0.0, 0.0, statistics.median(values))
-        per_call = {
-            name: [statistics.median(col) for col in zip(*rows, strict=True)]
-            for name, rows in cpu.items()
-        }
-        return out, per_call, spread
+
+        def per_call(table: dict[str, list[list[float]]]) -> Cpu:
+            return {
+                name: [statistics.median(col) for col in zip(*rows, strict=True)]
+                for name, rows in table.items()
+            }
+
+        return out, per_call(cpu), per_call(faults), spread
     finally:
         for proc in reversed(procs):
             proc.send_signal(signal.SIGTERM)
@@ -304,11 +421,11 @@ SERVERS = {
 }
 
 
-def report(title: str, r: Result, cpu: Cpu, spread: Spread) -> None:
+def report(title: str, r: Result, cpu: Cpu, faults: Cpu, spread: Spread) -> None:
     print(f"\n{title}")
     print(
         f"  {'case':<14} {'p50 µs':>9} {'p99 µs':>9} {'calls/s':>10} "
-        f"{'p50/floor (range)':>19}   CPU µs per call"
+        f"{'p50/floor (range)':>19}   CPU µs per call; page faults per call"
     )
     for name in ("floor", "relay", "(a) own", "(b) fwd"):
         p50, p99, rate = r[name]
@@ -317,8 +434,11 @@ def report(title: str, r: Result, cpu: Cpu, spread: Spread) -> None:
         where = " ".join(
             f"{who} {us:.1f}" for who, us in zip(("client", *SERVERS[name]), used, strict=True)
         )
+        faulted = " ".join(f"{n:.2f}" for n in faults[name])
         ratios = f"{ratio:.2f}x ({low:.2f}-{high:.2f})"
-        print(f"  {name:<14} {p50:>9.1f} {p99:>9.1f} {rate:>10.0f} {ratios:>19}   {where}")
+        print(
+            f"  {name:<14} {p50:>9.1f} {p99:>9.1f} {rate:>10.0f} {ratios:>19}   {where}; {faulted}"
+        )
     base = r["floor 8x16"][2]
     for name in ("floor 8x16", "(c) 8x16 own"):
         rate = r[name][2]
@@ -329,10 +449,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=2000, help="round trips per case and repeat")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--client",
+        choices=CLIENTS,
+        default="streams",
+        help="streams: await each answer line from an asyncio StreamReader (an agent's shape; "
+        "the default); callbacks: write the next call from the read callback (the least a "
+        "client can spend, which makes the floor smaller and every ratio larger)",
+    )
     args = parser.parse_args()
+    global client
+    client = CLIENTS[args.client]
     print(
         f"tool broker benchmark: {os.cpu_count()} cpus, {sys.version.split()[0]}, "
-        f"{args.calls} calls x {args.repeats} repeats"
+        f"{args.calls} calls x {args.repeats} repeats, {args.client} client"
     )
     allowed = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {min(allowed)})  # children inherit it: taskset -c 0

@@ -14,3 +14,9 @@ def cpu_seconds(pid: int) -> float:
         with contextlib.suppress(FileNotFoundError):
             total += int((task / "schedstat").read_text().split()[0])
     return total / 1e9
+
+
+def minor_faults(pid: int) -> int:
+    """The process's minor page faults so far (/proc/PID/stat, field 10)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat[stat.rindex(")") + 2 :].split()[7])
