@@ -9,6 +9,7 @@ asyncio StreamReader; ``--client callbacks`` writes the next line from the read 
   relay      the shape of (b) with no work in it: a process passing bytes to the echo server
              and its answers back (two hops, four process wake-ups; shown for context, the
              goals are against the floor)
+  ping       the broker's JSON-RPC `ping`: its connection layer alone (for context)
   (a) own    tools/call of the broker's own dev.kiki.service.getInfo
   (b) fwd    tools/call forwarded to a provider process (validated in and out)
   (c) 8x     8 clients pipelining 16 calls each to (a), against 8 clients on the floor
@@ -161,6 +162,7 @@ FWD = (
     + b"\n"
 )
 FLOOR = OWN  # the echo server sends the same bytes back
+PING = b'{"jsonrpc":"2.0","id":1,"method":"ping"}\n'
 
 
 def timed(
@@ -373,6 +375,7 @@ def measure(calls: int, repeats: int) -> tuple[Result, Cpu, Cpu, Spread]:
             for name, path, line, servers in (
                 ("floor", run / "echo.sock", FLOOR, [echo]),
                 ("relay", run / "relay.sock", FLOOR, [relay, echo]),
+                ("ping", tools, PING, [broker]),
                 ("(a) own", tools, OWN, [broker]),
                 ("(b) fwd", tools, FWD, [broker, provider]),
             ):
@@ -416,6 +419,7 @@ def measure(calls: int, repeats: int) -> tuple[Result, Cpu, Cpu, Spread]:
 SERVERS = {
     "floor": ("echo",),
     "relay": ("relay", "echo"),
+    "ping": ("broker",),
     "(a) own": ("broker",),
     "(b) fwd": ("broker", "provider"),
 }
@@ -427,7 +431,7 @@ def report(title: str, r: Result, cpu: Cpu, faults: Cpu, spread: Spread) -> None
         f"  {'case':<14} {'p50 µs':>9} {'p99 µs':>9} {'calls/s':>10} "
         f"{'p50/floor (range)':>19}   CPU µs per call; page faults per call"
     )
-    for name in ("floor", "relay", "(a) own", "(b) fwd"):
+    for name in SERVERS:
         p50, p99, rate = r[name]
         ratio, low, high = spread[name]
         used = cpu[name]
