@@ -11,22 +11,24 @@ from typing import Any
 
 import pytest
 
-from broker_lexicons import ECHO, LEXICONS
+from broker_lexicons import ECHO, LEXICONS, TEXT, procedure
 from libkiki.lexicon import Registry, generate
 from libkiki.tools import ToolCall, ToolClient, ToolProvider
 
 
-def bindings(tmp_path: Path) -> ModuleType:
+def bindings(
+    tmp_path: Path, docs: list[dict[str, Any]] = LEXICONS, name: str = "test_tool_bindings"
+) -> ModuleType:
     registry = Registry()
-    for doc in LEXICONS:
+    for doc in docs:
         assert registry.add_json(doc) == []
-    path = tmp_path / "test_tool_bindings.py"
+    path = tmp_path / f"{name}.py"
     path.write_text(generate(registry, command="kiki schema gen LEXICONS --out OUT"))
-    spec = importlib.util.spec_from_file_location("test_tool_bindings", path)
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules["test_tool_bindings"] = module
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
 
@@ -49,6 +51,29 @@ async def test_tool_with_generated_bindings(broker: tuple[Path, Any], tmp_path: 
     async with asyncio.timeout(20), provider.connect(), ToolClient(path) as client:
         assert await client.call(ECHO, {"text": "abc"}) == {"text": "cba"}
     assert isinstance(seen[0], echo_input)
+
+
+NULLABLE = "org.example.test.nullable"
+NULLABLE_LEXICON = procedure(NULLABLE, TEXT, {**TEXT, "note": {"type": "string"}}, ["text"])
+NULLABLE_LEXICON["defs"]["main"]["output"]["schema"].update(
+    required=["text", "note"], nullable=["note"]
+)
+
+
+async def test_a_required_nullable_output_field_may_be_none(
+    broker: tuple[Path, Any], tmp_path: Path
+) -> None:
+    path, _ = broker
+    gen = bindings(tmp_path, [NULLABLE_LEXICON], "nullable_bindings")
+    output = gen.ENDPOINTS[NULLABLE]["output"]
+    provider = ToolProvider(path, lexicons=[NULLABLE_LEXICON])
+
+    @provider.tool(NULLABLE)
+    async def nullable(args: dict[str, Any], call: ToolCall) -> Any:
+        return output(text=args["text"], note=None)  # valid for the binding and the lexicon
+
+    async with asyncio.timeout(20), provider.connect(), ToolClient(path) as client:
+        assert await client.call(NULLABLE, {"text": "abc"}) == {"text": "abc", "note": None}
 
 
 def test_unresolvable_hints_and_sync_functions_are_refused() -> None:

@@ -96,3 +96,58 @@ def test_kiki_bindings_are_typed_models(kiki: Registry, tmp_path: Path) -> None:
         notify.model_validate({"summary": "x" * 300 * 5})
     with pytest.raises(PydanticError):
         notify.model_validate({"summary": "hi", "body": None})
+
+
+def test_a_dump_keeps_nullable_nulls_and_leaves_out_absent_fields(tmp_path: Path) -> None:
+    registry = Registry()
+    note = {"type": "object", "required": ["seen"], "properties": {"seen": {"type": "boolean"}}}
+    doc = {
+        "lexicon": 1,
+        "id": "org.example.test.nulls",
+        "defs": {
+            "main": {
+                "type": "object",
+                "required": ["text", "maybeNote"],
+                "nullable": ["maybeNote", "maybeTitle"],
+                "properties": {
+                    "text": {"type": "string"},
+                    "maybeNote": {"type": "ref", "ref": "#note"},
+                    "maybeTitle": {"type": "string"},
+                    "subTitle": {"type": "string"},
+                    "count": {"type": "integer", "default": 3},
+                },
+            },
+            "note": note,
+        },
+    }
+    assert registry.add_json(doc) == []
+    path = tmp_path / "nulls_bindings.py"
+    path.write_text(generate(registry, command="x"))
+    module = load_module(path, "nulls_bindings")
+    model = module.MODELS["org.example.test.nulls"]
+    kind = {"$type": "org.example.test.nulls"}
+    # A required nullable field's null is kept (exclude_none dropped it, and the lexicon
+    # refused the output); absent optional fields stay absent; defaults are filled in.
+    value = model(text="a", maybe_note=None)
+    assert value.model_dump(mode="json", by_alias=True) == {
+        **kind,
+        "text": "a",
+        "maybeNote": None,
+        "count": 3,
+    }
+    # A nullable field given as null is kept, by alias and by name.
+    value = model.model_validate({"text": "a", "maybeNote": {"seen": True}, "maybeTitle": None})
+    dumped = value.model_dump(mode="json", by_alias=True)
+    assert dumped == {
+        **kind,
+        "text": "a",
+        "maybeNote": {"$type": "org.example.test.nulls#note", "seen": True},
+        "maybeTitle": None,
+        "count": 3,
+    }
+    assert value.model_dump(mode="json")["maybe_title"] is None
+    # Not nullable: None means left out, also after an assignment.
+    value.sub_title = None
+    assert "sub_title" not in value.model_dump()
+    with pytest.raises(PydanticError):  # not nullable: may be left out, not sent as null
+        model.model_validate({"text": "a", "maybeNote": None, "subTitle": None})

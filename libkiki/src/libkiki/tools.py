@@ -230,7 +230,7 @@ class ToolProvider:
                     raise InvalidParams(str(exc.errors()[0]["msg"])) from None
             output = await entry.func(args, ToolCall(name, caller, ctx))
             if isinstance(output, pydantic.BaseModel):
-                output = output.model_dump(mode="json", by_alias=True, exclude_none=True)
+                output = output.model_dump(mode="json", by_alias=True)
             return {"structuredContent": output, "isError": False}
 
         return methods

@@ -8,7 +8,7 @@ The constraints pydantic has no words for (UTF-8 byte lengths, grapheme counts, 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AfterValidator,
@@ -17,9 +17,11 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    SerializerFunctionWrapHandler,
     StrictInt,
     StrictStr,
     field_validator,
+    model_serializer,
 )
 
 from libkiki.lexicon import formats
@@ -39,10 +41,52 @@ __all__ = [
 ]
 
 
+def _reject_null(value: Any) -> Any:
+    if value is None:
+        raise ValueError("must not be null")
+    return value
+
+
+# An optional field that is not nullable may be left out but not sent as null; its Python
+# type still says ``| None`` because leaving it out reads as None.
+NotNull = BeforeValidator(_reject_null)
+
+
 class LexModel(BaseModel):
-    """Base of every generated model: Lexicon objects are open (unknown fields are kept)."""
+    """Base of every generated model: Lexicon objects are open (unknown fields are kept).
+
+    Dumped, an optional field that reads None is left out when it was left out (or when it is
+    not nullable, so that None can only mean absent), and a nullable field's null is kept when
+    it was given: ``model_dump(by_alias=True)`` is what the lexicon accepts, without
+    ``exclude_none`` (which drops a required nullable field's null, and the lexicon then
+    refuses the value).
+    """
 
     model_config = ConfigDict(extra="allow", populate_by_name=True, protected_namespaces=())
+
+    # Each optional field: its name, its key when dumped by alias, and whether None can only
+    # mean absent (not nullable).
+    _optional: ClassVar[tuple[tuple[str, str, bool], ...]] = ()
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        cls._optional = tuple(
+            (name, field.alias or name, NotNull in field.metadata)
+            for name, field in cls.model_fields.items()
+            if not field.is_required()
+        )
+
+    @model_serializer(mode="wrap")
+    def _leave_out_absent(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if isinstance(data, dict):
+            given = self.model_fields_set
+            for name, alias, not_null in self._optional:
+                key = alias if alias in data else name
+                if key in data and data[key] is None and (not_null or name not in given):
+                    del data[key]
+        return data
 
 
 class Bytes(BaseModel):
@@ -82,17 +126,6 @@ class OpenUnionMember(LexModel):
     """A member of an open union whose ``$type`` this binding does not know."""
 
     lex_type: StrictStr = Field(alias="$type")
-
-
-def _reject_null(value: Any) -> Any:
-    if value is None:
-        raise ValueError("must not be null")
-    return value
-
-
-# An optional field that is not nullable may be left out but not sent as null; its Python
-# type still says ``| None`` because leaving it out reads as None.
-NotNull = BeforeValidator(_reject_null)
 
 
 def _check_unknown(value: dict[str, Any]) -> dict[str, Any]:

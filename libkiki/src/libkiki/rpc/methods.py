@@ -95,7 +95,7 @@ def _default(obj: Any) -> Any:
     # Pydantic models (the generated lexicon bindings) serialise themselves.
     dump = getattr(obj, "model_dump", None)
     if callable(dump):
-        return dump(mode="json", by_alias=True, exclude_none=True)
+        return dump(mode="json", by_alias=True)
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
