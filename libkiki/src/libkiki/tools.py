@@ -38,8 +38,10 @@ from typing import Any, TypeVar, get_type_hints
 import pydantic
 
 from libkiki.errors import InvalidParams, KikiError, NotFound, ProtocolError, ToolError
+from libkiki.framing import DEFAULT_MAX_LINE
 from libkiki.paths import TOOLS_SOCKET, socket_path
 from libkiki.rpc import Connection, Methods, ProgressCallback, RequestContext, connect_unix
+from libkiki.rpc.connection import DEFAULT_MAX_IN_FLIGHT
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +55,25 @@ def _path(path: str | os.PathLike[str] | None) -> Path:
 
 
 class ToolClient:
-    """An MCP client of the broker over its Unix socket."""
+    """An MCP client of the broker over its Unix socket.
+
+    ``timeout`` bounds each request (a call may override it). ``max_in_flight`` (calls sent at
+    once; more wait for a slot) and ``max_line`` (bytes in one message) are the connection's
+    limits: raise them to match a broker configured above libkiki's defaults.
+    """
 
     def __init__(
-        self, path: str | os.PathLike[str] | None = None, *, timeout: float = 60.0
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        timeout: float = 60.0,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        max_line: int = DEFAULT_MAX_LINE,
     ) -> None:
         self.path = _path(path)
         self.timeout = timeout
+        self.max_in_flight = max_in_flight
+        self.max_line = max_line
         self._stack = contextlib.AsyncExitStack()
         self._conn: Connection | None = None
         self.server: dict[str, Any] = {}
@@ -73,21 +87,35 @@ class ToolClient:
             if self.list_changed is not None:
                 await self.list_changed()
 
-        self._conn = await self._stack.enter_async_context(
-            connect_unix(self.path, methods, request_timeout=self.timeout)
+        conn = await self._stack.enter_async_context(
+            connect_unix(
+                self.path,
+                methods,
+                max_line=self.max_line,
+                max_in_flight=self.max_in_flight,
+                request_timeout=self.timeout,
+            )
         )
-        self.server = await self._conn.request(
-            "initialize",
-            {
-                "protocolVersion": HANDSHAKE_VERSION,
-                "capabilities": {},
-                "clientInfo": CLIENT_INFO,
-            },
-        )
-        await self._conn.notify("notifications/initialized")
+        self._conn = conn
+        try:
+            self.server = await conn.request(
+                "initialize",
+                {
+                    "protocolVersion": HANDSHAKE_VERSION,
+                    "capabilities": {},
+                    "clientInfo": CLIENT_INFO,
+                },
+            )
+            await conn.notify("notifications/initialized")
+        except BaseException:
+            # __aexit__ never runs for a failed (or cancelled) enter: without this the socket
+            # stays open and holds one of the broker's connections for good.
+            await self.__aexit__()
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        self._conn = None
         await self._stack.aclose()
 
     @property
@@ -173,21 +201,40 @@ class _Entry:
 
 
 class ToolProvider:
-    """Serves tools to the broker over one connection (the broker calls us on it)."""
+    """Serves tools to the broker over one connection (the broker calls us on it).
+
+    ``max_in_flight`` (calls handled at once; the broker's extra calls are refused) and
+    ``max_line`` (bytes in one message) are the connection's limits: raise them to match a
+    broker configured above libkiki's defaults, or the broker forwards calls that fail here.
+    """
 
     def __init__(
         self,
         path: str | os.PathLike[str] | None = None,
         *,
         lexicons: list[dict[str, Any]] | None = None,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        max_line: int = DEFAULT_MAX_LINE,
     ) -> None:
         self.path = _path(path)
         self.lexicons = list(lexicons or [])
+        self.max_in_flight = max_in_flight
+        self.max_line = max_line
         self._tools: dict[str, _Entry] = {}
         self._conn: Connection | None = None
 
     def tool(self, nsid: str) -> Callable[[F], F]:
+        """Serve ``func`` as the tool ``nsid``; decorate every tool before :meth:`connect`."""
+
         def decorator(func: F) -> F:
+            # The broker learns the tools once, at registration: a later one would never be
+            # called, and a second function for one NSID would silently replace the first.
+            if self._conn is not None:
+                raise RuntimeError(
+                    f"tool {nsid}: decorate tools before connect(); this provider is connected"
+                )
+            if nsid in self._tools:
+                raise ValueError(f"tool {nsid}: this provider already has a function for it")
             is_async: bool = inspect.iscoroutinefunction(func)  # no narrowing of F
             if not is_async:
                 raise TypeError(f"tool {nsid}: {func.__name__} must be an async function")
@@ -238,12 +285,21 @@ class ToolProvider:
     @contextlib.asynccontextmanager
     async def connect(self) -> AsyncIterator[Connection]:
         """Connect and register every decorated tool; unregistered when the block exits."""
-        async with connect_unix(self.path, self._methods(), request_timeout=None) as conn:
+        async with connect_unix(
+            self.path,
+            self._methods(),
+            max_line=self.max_line,
+            max_in_flight=self.max_in_flight,
+            request_timeout=None,
+        ) as conn:
+            # Set before registering, so that no tool can be decorated after the list is sent;
+            # cleared however registration ends (e.g. Conflict), so a refused provider is not
+            # left looking connected.
             self._conn = conn
-            await conn.request(
-                "kiki/registerTools", {"tools": self.nsids, "lexicons": self.lexicons}
-            )
             try:
+                await conn.request(
+                    "kiki/registerTools", {"tools": self.nsids, "lexicons": self.lexicons}
+                )
                 yield conn
             finally:
                 self._conn = None
