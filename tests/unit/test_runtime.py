@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -101,33 +103,62 @@ def test_watchdog_interval() -> None:
     assert watchdog_interval({"WATCHDOG_USEC": "1000", "WATCHDOG_PID": "1"}) is None
 
 
+USER_APPS = "0::/user.slice/user-1000.slice/user@1000.service/app.slice/"
+
+
 @pytest.mark.parametrize(
-    ("cgroup", "app", "unit"),
+    ("cgroup", "app", "unit", "app_user"),
     [
         (
             "0::/system.slice/kiki-tool-broker.service\n",
             "kiki-tool-broker",
             "kiki-tool-broker.service",
+            None,
         ),
         (
-            "0::/user.slice/user-1000.slice/user@1000.service/app.slice/"
-            "app-org.gnome.Terminal.service\n",
+            "0::/system.slice/system-kiki\\x2dprobe.slice/kiki-probe@1.service\n",
+            "kiki-probe",
+            "kiki-probe@1.service",
+            None,
+        ),
+        (
+            f"{USER_APPS}app-org.gnome.Terminal.service\n",
             "org.gnome.Terminal",
             "app-org.gnome.Terminal.service",
+            1000,
         ),
         (
-            "0::/user.slice/user-1000.slice/user@1000.service/app.slice/"
-            "app-gnome-org.mozilla.firefox-4711.scope\n",
+            f"{USER_APPS}app-gnome-org.mozilla.firefox-4711.scope\n",
             "org.mozilla.firefox",
             "app-gnome-org.mozilla.firefox-4711.scope",
+            1000,
         ),
-        ("0::/system.slice/ssh.service\n", None, "ssh.service"),
-        ("12:pids:/\n0::/\n", None, None),
-        ("", None, None),
+        ("0::/system.slice/ssh.service\n", None, "ssh.service", None),
+        ("12:pids:/\n0::/\n", None, None, None),
+        ("", None, None, None),
+        # What a delegated service makes below itself does not rename it.
+        (
+            "0::/system.slice/runner.service/app-org.example.Music-1.scope\n",
+            None,
+            "runner.service",
+            None,
+        ),
+        # Another user's manager, a login session, a container: no app id.
+        (
+            "0::/user.slice/user-1001.slice/user@1001.service/app.slice/app-org.example.X.scope\n",
+            None,
+            "app-org.example.X.scope",
+            None,
+        ),
+        ("0::/user.slice/user-1000.slice/session-2.scope\n", None, "session-2.scope", None),
+        ("0::/machine.slice/app-org.example.X.scope\n", None, "app-org.example.X.scope", None),
+        ("0::/user.slice/user-1000.slice/user@1000.service\n", None, "user@1000.service", None),
     ],
 )
-def test_app_id_from_cgroup(cgroup: str, app: str | None, unit: str | None) -> None:
-    assert app_id_from_cgroup(cgroup) == (app, unit)
+def test_app_id_from_cgroup(
+    cgroup: str, app: str | None, unit: str | None, app_user: int | None
+) -> None:
+    assert app_id_from_cgroup(cgroup, 1000) == (app, unit, app_user)
 
 
 def test_peer_cred_of_a_real_socket() -> None:
@@ -135,9 +166,52 @@ def test_peer_cred_of_a_real_socket() -> None:
     try:
         cred = peer_cred(a)
         assert (cred.pid, cred.uid, cred.gid) == (os.getpid(), os.getuid(), os.getgid())
+        assert cred.groups == set(os.getgroups())
     finally:
         a.close()
         b.close()
+
+
+CONNECT = """
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+print("connected", flush=True)
+sys.stdin.readline()  # until told to go
+"""
+
+
+def test_peer_groups_are_those_at_connect_and_a_peer_gone_is_refused(tmp_path: Path) -> None:
+    if os.getuid() != 0:
+        pytest.fail("needs root, to give the peer supplementary groups")
+    path = str(tmp_path / "s")
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(path)
+        listener.listen()
+        peer = subprocess.Popen(
+            [sys.executable, "-c", CONNECT, path],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            extra_groups=[4242, 4343],
+        )
+        assert peer.stdout is not None
+        assert peer.stdout.readline() == b"connected\n"
+        conn, _ = listener.accept()
+        with conn:
+            cred = peer_cred(conn)
+            assert (cred.pid, cred.groups) == (peer.pid, {4242, 4343})
+        peer.communicate(b"go\n", timeout=30)
+        # A peer that has exited before it is identified: its pid may already name another
+        # process, whose /proc would be read as the peer's, so it is refused.
+        peer = subprocess.Popen(
+            [sys.executable, "-c", CONNECT, path], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        assert peer.stdout is not None
+        assert peer.stdout.readline() == b"connected\n"
+        peer.communicate(b"go\n", timeout=30)
+        conn, _ = listener.accept()
+        with conn, pytest.raises(ProcessLookupError):
+            peer_cred(conn)
 
 
 def test_config_from_toml_and_env(tmp_path: Path) -> None:
@@ -179,3 +253,27 @@ def test_notifier_never_blocks_on_a_manager_that_does_not_read(tmp_path: Path) -
         assert manager.recv(4096) == b"STATUS=step 0"
     finally:
         manager.close()
+
+
+def test_a_peer_of_another_user_is_identified_by_a_service_user() -> None:
+    # A service runs as its own user (DynamicUser=), and its callers' processes are not its to
+    # signal: asking whether one is alive gets EPERM, which means alive.
+    if os.getuid() != 0:
+        pytest.fail("needs root, to run the identifying side as another user")
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    pid = os.fork()
+    if pid == 0:  # the service's side, as nobody; the peer (this test, as root) stays alive
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            cred = peer_cred(b)
+            ok = cred.uid == 0 and cred.pid == os.getppid()
+        except BaseException:
+            ok = False
+        os._exit(0 if ok else 1)
+    try:
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        a.close()
+        b.close()

@@ -1,20 +1,36 @@
 """Who is on the other end of a Unix socket: ``SO_PEERCRED`` plus the app id from its cgroup.
 
-Policy decisions use this identity, never a claim in the payload. The kernel fills in
-``SO_PEERCRED`` at ``connect()``; the cgroup is read from ``/proc/<pid>/cgroup`` right away, while
-the peer is known to be alive.
+Policy decisions use this identity, never a claim in the payload. The kernel fixes the pid, uid,
+gid (``SO_PEERCRED``) and supplementary groups (``SO_PEERGROUPS``) at ``connect()``. The app id
+comes from ``/proc/<pid>/cgroup``, which is only the connecting process's while that process
+lives: the peer's pidfd (``SO_PEERPIDFD``) is checked after the read, and a peer that has exited
+by then (its pid may already name another process) is refused rather than given no app id.
+
+An app id is only taken from where its name is as good as the uid behind it: a unit directly in
+``/system.slice`` (root made it), or a unit in the caller's own user manager
+(``/user.slice/user-U.slice/user@U.service/...`` with U its uid). A user can give its own
+processes any unit name there, so a user's app id tells apps of one user apart, and nothing
+more; :attr:`PeerCred.app_user` says whose it is.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import errno
+import os
 import re
+import signal
 import socket
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 _UCRED = struct.Struct("3i")
+# Not in Python's socket module; the values of asm-generic/socket.h (x86, arm, riscv, ...).
+SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
+SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)
+_MAX_GROUPS = 256  # getsockopt's buffer in Python is at most 1024 bytes
 
 # A unit's cgroup name: kiki-<service>.service, app-<id>.service, app-<id>-<random>.scope,
 # app-<launcher>-<id>@<instance>.service (the desktop-entry conventions of systemd's
@@ -32,17 +48,26 @@ class PeerCred:
     gid: int
     app_id: str | None = None
     unit: str | None = None
+    # The uid whose user manager runs the app (its app id is that user's word for it); None
+    # for a system unit's app id, or no app id.
+    app_user: int | None = None
+    # Supplementary groups at connect() (SO_PEERGROUPS); the primary gid is ``gid``.
+    groups: frozenset[int] = field(default_factory=frozenset)
 
     def describe(self) -> str:
         who = f"uid={self.uid} pid={self.pid}"
         return f"{who} app={self.app_id}" if self.app_id else who
 
 
-def app_id_from_cgroup(text: str) -> tuple[str | None, str | None]:
-    """Return ``(app_id, unit)`` from the contents of ``/proc/<pid>/cgroup``.
+def app_id_from_cgroup(text: str, uid: int) -> tuple[str | None, str | None, int | None]:
+    """``(app_id, unit, app_user)`` from the contents of ``/proc/<pid>/cgroup`` of a process
+    whose uid is ``uid``.
 
-    Only the unified hierarchy line (``0::``) is used; the innermost ``*.service`` / ``*.scope``
-    component names the unit.
+    Only the unified hierarchy line (``0::``) is used. In ``/system.slice`` the unit is the
+    outermost ``*.service`` / ``*.scope`` (what a delegated service makes below it is its own
+    business); in the user manager of ``uid`` it is the innermost one. Anywhere else (another
+    user's manager, a container, ``init.scope``) there is no app id; ``unit`` still names the
+    innermost unit, for people.
     """
     path = None
     for line in text.splitlines():
@@ -50,25 +75,84 @@ def app_id_from_cgroup(text: str) -> tuple[str | None, str | None]:
             path = line[3:]
             break
     if not path:
-        return None, None
-    for part in reversed(path.strip("/").split("/")):
-        if not part.endswith((".service", ".scope")):
-            continue
-        if m := _APP_UNIT.match(part):
-            return m.group("id"), part
-        if m := _KIKI_UNIT.match(part):
-            return m.group("id"), part
-        return None, part
-    return None, None
+        return None, None, None
+    parts = path.strip("/").split("/")
+    units = [p for p in parts if p.endswith((".service", ".scope"))]
+    if not units:
+        return None, None, None
+    if parts[0] == "system.slice":  # only systemd makes what comes before the first unit
+        return _app_id(units[0]), units[0], None
+    if (
+        len(parts) > 3
+        and parts[:3] == ["user.slice", f"user-{uid}.slice", f"user@{uid}.service"]
+        and units[-1] != parts[2]
+    ):
+        app_id = _app_id(units[-1])
+        return app_id, units[-1], uid if app_id is not None else None
+    return None, units[-1], None
+
+
+def _app_id(unit: str) -> str | None:
+    if m := _APP_UNIT.match(unit):
+        return m.group("id")
+    if m := _KIKI_UNIT.match(unit):
+        return m.group("id")
+    return None
 
 
 def peer_cred(sock: socket.socket, proc: Path = Path("/proc")) -> PeerCred:
-    """The peer's credentials; ``OSError`` if ``sock`` is not a connected AF_UNIX socket."""
+    """The peer's credentials; ``OSError`` if ``sock`` is not a connected AF_UNIX socket, or
+    if its peer has exited before its app id could be read (``ProcessLookupError``)."""
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
     pid, uid, gid = _UCRED.unpack(raw)
-    app_id = unit = None
-    if pid > 0:
-        # The peer may have exited already, or /proc may be hidden from us (ProtectProc=).
-        with contextlib.suppress(OSError):
-            app_id, unit = app_id_from_cgroup((proc / str(pid) / "cgroup").read_text())
-    return PeerCred(pid=pid, uid=uid, gid=gid, app_id=app_id, unit=unit)
+    groups = _peer_groups(sock)
+    if pid <= 0:
+        return PeerCred(pid=pid, uid=uid, gid=gid, groups=groups)
+    pidfd = _peer_pidfd(sock, pid)
+    try:
+        try:
+            text = (proc / str(pid) / "cgroup").read_text()
+        except OSError:
+            text = ""  # /proc may be hidden from us (ProtectProc=): no app id, then
+        # After the read: alive now, so the pid named the peer while it was read. Signal 0
+        # only asks; EPERM (another user's process, to a service's user) is an answer too.
+        with contextlib.suppress(PermissionError):
+            signal.pidfd_send_signal(pidfd, 0)
+    finally:
+        os.close(pidfd)
+    app_id, unit, app_user = app_id_from_cgroup(text, uid)
+    return PeerCred(pid, uid, gid, app_id, unit, app_user, groups)
+
+
+# Out of descriptors or memory for the pidfd and the /proc read: transient, as for accept().
+_TRANSIENT = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+
+
+async def identify(sock: socket.socket, *, backoff: float = 0.1, tries: int = 50) -> PeerCred:
+    """:func:`peer_cred` for a server that has just accepted ``sock``: a transient shortage
+    (the descriptor for the pidfd) is waited out, as the accept loop waits it out, instead of
+    dropping a caller that could be served a moment later. The identity stays the one fixed at
+    ``connect()``: the pidfd is the connecting process's whenever it is asked for."""
+    for _ in range(tries - 1):
+        try:
+            return peer_cred(sock)
+        except OSError as exc:
+            if exc.errno not in _TRANSIENT:
+                raise
+        await asyncio.sleep(backoff)
+    return peer_cred(sock)
+
+
+def _peer_groups(sock: socket.socket) -> frozenset[int]:
+    raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 4 * _MAX_GROUPS)
+    return frozenset(struct.unpack(f"{len(raw) // 4}I", raw))
+
+
+def _peer_pidfd(sock: socket.socket, pid: int) -> int:
+    try:
+        return sock.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOPROTOOPT, errno.EINVAL):
+            raise
+    # Linux before 6.5: the pid now, which narrows the gap but cannot close it.
+    return os.pidfd_open(pid)

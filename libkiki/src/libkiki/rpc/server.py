@@ -28,7 +28,7 @@ from typing import Self
 
 from libkiki.errors import LimitExceeded, Unavailable
 from libkiki.framing import DEFAULT_MAX_LINE
-from libkiki.peer import peer_cred
+from libkiki.peer import identify, peer_cred
 from libkiki.rpc.connection import DEFAULT_MAX_IN_FLIGHT, DEFAULT_REQUEST_TIMEOUT, Connection
 from libkiki.rpc.messages import error_line
 from libkiki.rpc.methods import Handler, Methods
@@ -144,9 +144,9 @@ class RpcServer:
     async def _serve(self, conn_sock: socket.socket) -> None:
         try:
             try:
-                peer = peer_cred(conn_sock)
+                peer = await identify(conn_sock)
             except OSError as exc:
-                log.info("dropping a connection whose credentials cannot be read: %s", exc)
+                log.info("dropping a connection whose identity cannot be read: %s", exc)
                 conn_sock.close()
                 return
             self._setting_up.discard(asyncio.current_task())

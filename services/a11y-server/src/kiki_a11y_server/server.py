@@ -44,7 +44,7 @@ from libkiki.errors import (
     Timeout,
 )
 from libkiki.paths import A11Y_SOCKET, socket_path
-from libkiki.peer import PeerCred, peer_cred
+from libkiki.peer import PeerCred, identify
 from libkiki.servers import serve_stream
 from libkiki.service import ServiceContext
 
@@ -122,7 +122,11 @@ class A11yServer:
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         sock: socket.socket = writer.get_extra_info("socket")
-        cred = peer_cred(sock)
+        try:
+            cred = await identify(sock)
+        except OSError as exc:  # e.g. it left before it could be identified
+            log.info("dropping a connection whose identity cannot be read: %s", exc)
+            return
         conn = A11yConnection(self.config.max_frame, self.config.max_nodes_per_frame)
         transport = writer.transport
         transport.set_write_buffer_limits(high=self.config.write_buffer)
