@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -389,6 +390,63 @@ def test_policy_by_kernel_identity_for_a_caller_who_is_not_root(
     assert proc.wait(timeout=30) == 0
 
 
+CONNECT_THEN_LEAVE = """
+import json, os, socket, sys, time
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(10)
+s.connect(sys.argv[1])
+s.sendall(b'{"jsonrpc": "2.0", "id": 0, "method": "ping"}\\n')
+assert s.recv(65536).endswith(b"\\n")  # the broker has taken this connection's identity
+parent = os.getpid()
+if os.fork():
+    os._exit(0)  # the process that connected leaves; its child keeps the socket
+deadline = time.monotonic() + 20
+while os.path.exists(f"/proc/{parent}") and time.monotonic() < deadline:
+    time.sleep(0.01)  # until the parent is reaped, not just a zombie
+call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": sys.argv[2]}}
+s.sendall(json.dumps(call).encode() + b"\\n")
+answer = s.recv(65536)
+with open(sys.argv[3] + ".part", "wb") as f:
+    f.write(answer)
+os.rename(sys.argv[3] + ".part", sys.argv[3])
+"""
+
+
+def test_a_group_denial_outlives_the_process_that_connected(
+    sockdir: Path, spawn_service: Any
+) -> None:
+    # The groups are the connection's, recorded at connect(): read from /proc/<pid> at the
+    # first call, a caller escaped a group's denial by handing its socket to a child and
+    # leaving (its pid then named nobody, or another process).
+    (sockdir / "etc").mkdir()
+    (sockdir / "etc" / "tool-policy.toml").write_text(
+        '[[deny]]\nprincipals = ["gid:4242"]\ntools = ["dev.kiki.tools.listProviders"]\n'
+    )
+    proc, notes = spawn_service("tool-broker")
+    notes.wait_for("READY")
+    out = sockdir / "answer"
+    args = [str(sockdir / "tools.sock"), "dev.kiki.tools.listProviders", str(out)]
+    # Not waited for through pipes: run() reaps the process that connected as it leaves.
+    run = subprocess.run(
+        [sys.executable, "-c", CONNECT_THEN_LEAVE, *args],
+        extra_groups=[4242],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        timeout=30,
+        check=False,
+    )
+    assert run.returncode == 0
+    for _ in range(3000):
+        if out.exists():
+            break
+        time.sleep(0.01)
+    answer = orjson.loads(out.read_bytes())
+    assert answer["error"]["code"] == -32003, answer
+    assert "denied by policy" in answer["error"]["message"]
+    proc.terminate()
+    assert proc.wait(timeout=30) == 0
+
+
 def raw_exchange(path: Path, payload: bytes, replies: int) -> list[Any]:
     with socket.socket(socket.AF_UNIX) as s:
         s.settimeout(10)
@@ -687,11 +745,14 @@ async def test_sighup_reloads_the_policy(sockdir: Path, spawn_service: Any) -> N
         notes.wait_for("RELOADING")
         notes.wait_for("READY")
         assert "providers" in await client.call("dev.kiki.tools.listProviders")
-        # A broken file on reload keeps the policy in force and the broker running.
+        # A broken file on reload keeps the policy in force and the broker running, and the
+        # status systemd shows says so.
         policy.write_text("[[deny]\n")
         proc.send_signal(signal.SIGHUP)
         notes.wait_for("RELOADING")
-        notes.wait_for("READY")
+        ready = notes.wait_for("READY")
+        assert "reload failed, kept the previous configuration: " in ready["STATUS"]
+        assert str(policy) in ready["STATUS"]
         assert "providers" in await client.call("dev.kiki.tools.listProviders")
         # And a denial that comes back with a reload applies to the same connection at once.
         policy.write_text(

@@ -14,10 +14,17 @@ from libkiki.peer import PeerCred
 
 
 def caller(
-    uid: int, gid: int | None = None, groups: set[int] | None = None, app: str | None = None
+    uid: int,
+    gid: int | None = None,
+    groups: set[int] | None = None,
+    app: str | None = None,
+    user_app: bool = False,
 ) -> Caller:
+    """A caller; ``app`` is a system unit's app id, or with ``user_app`` one from the caller's
+    own user manager."""
     g = uid if gid is None else gid
-    return Caller(PeerCred(pid=1, uid=uid, gid=g, app_id=app), frozenset({g, *(groups or ())}))
+    cred = PeerCred(pid=1, uid=uid, gid=g, app_id=app, app_user=uid if user_app else None)
+    return Caller(cred, frozenset({g, *(groups or ())}))
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -82,6 +89,10 @@ tools = ["dev.kiki.media.seek"]
         ("[allow]\nprincipals = ['*']\n", "array of tables"),
         ("bogus = 1\n", "unknown keys bogus"),
         ("[[allow]\n", "tool-policy.toml"),
+        ("[[allow]]\nprincipals = ['app:org.example.X\\n']\ntools = ['x']\n", "not a principal"),
+        ("[[allow]]\nprincipals = ['uid:1000+']\ntools = ['x']\n", "not a principal"),
+        ("[[allow]]\nprincipals = ['*+uid:1']\ntools = ['x']\n", "not a principal"),
+        ("[[allow]]\nprincipals = ['uid:1+pid:2']\ntools = ['x']\n", "not a principal"),
     ],
 )
 def test_bad_policy_files(tmp_path: Path, text: str, message: str) -> None:
@@ -89,9 +100,78 @@ def test_bad_policy_files(tmp_path: Path, text: str, message: str) -> None:
         Policy.load(write(tmp_path, text))
 
 
-def test_supplementary_groups_come_from_proc() -> None:
-    me = Caller.of(PeerCred(pid=os.getpid(), uid=os.getuid(), gid=os.getgid()))
-    assert set(os.getgroups()) | {os.getgid()} <= me.groups | {os.getgid()}
+def test_a_callers_groups_are_those_of_its_connection() -> None:
+    # Recorded by the kernel at connect() (libkiki.peer), never read from /proc later.
+    me = Caller.of(PeerCred(pid=1, uid=1000, gid=1000, groups=frozenset({4242, 4343})))
+    assert me.groups == {1000, 4242, 4343}
+
+
+def test_a_users_app_id_grants_only_beside_who_runs_it(tmp_path: Path) -> None:
+    # Any user can name a process of its own app-org.example.Music-1.scope in its own user
+    # manager; only root names the system's units.
+    policy = Policy.load(
+        write(
+            tmp_path,
+            """
+[[allow]]
+principals = ["app:org.example.Music"]
+tools = ["dev.kiki.media.*"]
+
+[[allow]]
+principals = ["uid:1000+app:org.example.Notes", "gid:4242+app:org.example.Notes"]
+tools = ["dev.kiki.notes.*"]
+
+[[deny]]
+principals = ["app:org.example.Untrusted"]
+tools = ["dev.kiki.*"]
+""",
+        )
+    )
+    media, notes = "dev.kiki.media.next", "dev.kiki.notes.add"
+    assert policy.allows(caller(2000, app="org.example.Music"), media, "procedure", [5])[0]
+    named_so_by_a_user = caller(2000, app="org.example.Music", user_app=True)
+    assert not policy.allows(named_so_by_a_user, media, "procedure", [5])[0]
+    assert policy.allows(
+        caller(1000, app="org.example.Notes", user_app=True), notes, "procedure", [5]
+    )[0]
+    member = caller(3000, groups={4242}, app="org.example.Notes", user_app=True)
+    assert policy.allows(member, notes, "procedure", [5])[0]
+    for other in (
+        caller(2000, app="org.example.Notes", user_app=True),  # another user, same name
+        caller(1000),  # the user, another app
+        caller(1000, app="org.example.Music", user_app=True),
+    ):
+        assert not policy.allows(other, notes, "procedure", [5])[0]
+    # A deny matches the name wherever it comes from, root's own session included.
+    untrusted = caller(0, app="org.example.Untrusted", user_app=True)
+    assert policy.allows(untrusted, media, "procedure", [5]) == (False, "denied by policy")
+
+
+def test_a_dangling_or_looping_policy_symlink_is_an_error(tmp_path: Path) -> None:
+    # Not the defaults: every deny rule would vanish without a word.
+    path = tmp_path / "tool-policy.toml"
+    path.symlink_to(tmp_path / "gone.toml")
+    with pytest.raises(KikiError, match="a symlink to a file that does not exist"):
+        Policy.load(path)
+    path.unlink()
+    path.symlink_to(path)
+    with pytest.raises(KikiError, match="Too many levels of symbolic links"):
+        Policy.load(path)
+
+
+def test_a_policy_file_that_is_not_utf8_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "tool-policy.toml"
+    path.write_bytes(b"# caf\xe9\n")
+    with pytest.raises(KikiError, match="not UTF-8"):
+        Policy.load(path)
+
+
+def test_a_name_that_resolves_to_nobody_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = write(tmp_path, '[[deny]]\nprincipals = ["group:untrustd"]\ntools = ["dev.kiki.*"]\n')
+    Policy.load(path)
+    assert "no group 'untrustd' (yet): 'group:untrustd' matches nobody" in caplog.text
 
 
 def test_decisions_are_remembered_until_the_policy_is_reloaded(

@@ -6,7 +6,8 @@ accepting and drains. :func:`run` does the rest::
 
     enter serve(ctx)            -> READY=1, STATUS=<ctx.status>
     every WATCHDOG_USEC/2       -> WATCHDOG=1
-    SIGHUP                      -> RELOADING=1, ctx.reload hooks, READY=1
+    SIGHUP                      -> RELOADING=1, ctx.reload hooks, READY=1 (STATUS= says
+                                   if a hook failed and the old configuration stays)
     SIGTERM / SIGINT            -> STOPPING=1, leave serve(ctx) within drain_timeout, exit 0
     startup failure             -> ERRNO=, STATUS=, exit 1 (logged, never a traceback for
                                    expected errors such as a socket held by another instance)
@@ -93,14 +94,25 @@ async def _reloader(ctx: ServiceContext, requested: asyncio.Event) -> None:
         requested.clear()
         ctx.notifier.reloading()
         log.info("reloading")
+        failed = None
         for hook in ctx.reload_hooks:
             try:
                 await hook()
-            except Exception:
+            except KikiError as exc:
                 # A bad reload (e.g. a broken config file) keeps the service on its old state.
+                failed = str(exc)
+                log.error("reload failed, keeping the previous configuration: %s", exc)
+            except Exception as exc:
+                failed = f"{type(exc).__name__}: {exc}"
                 log.exception("reload hook failed; keeping the previous configuration")
         ctx.counters["reloads"] += 1
-        ctx.notifier.ready(ctx.status)
+        # systemd has no word for a failed reload: READY=1 ends it either way, and the STATUS
+        # with it (systemctl status) says that the previous configuration is still in force.
+        ctx.notifier.ready(
+            ctx.status
+            if failed is None
+            else f"{ctx.status}; reload failed, kept the previous configuration: {failed}"
+        )
 
 
 async def serve_until_stopped(

@@ -8,18 +8,27 @@ NSID globs::
     tools = ["dev.kiki.*"]
 
     [[allow]]
-    principals = ["uid:1000", "group:kiki-agents", "app:org.example.Music"]
-    tools = ["dev.kiki.media.*", "dev.kiki.notifications.notify"]
+    principals = ["group:agents", "app:kiki-dbus-gateway", "user:alice+app:org.example.Music"]
+    tools = ["dev.kiki.media.*", "dev.kiki.notify.notify"]
 
 Principals: ``uid:N``, ``user:NAME``, ``gid:N`` / ``group:NAME`` (the caller's primary or
-supplementary groups), ``app:ID`` (from the caller's cgroup), ``*`` (anyone). Tools: NSID globs
-(``*`` matches within and across segments, ``?`` one character).
+supplementary groups at connect time), ``app:ID`` (from the caller's cgroup), ``*`` (anyone),
+and terms joined by ``+``, which must all match. Tools: NSID globs (``*`` matches within and
+across segments, ``?`` one character).
+
+An app id is only as good as whoever named the unit (:mod:`libkiki.peer`): root names the
+system's units, but any user can put its own processes in a unit of any name in its own user
+manager. So in an ``allow`` rule, ``app:ID`` alone grants to a system unit of that id only; an
+app in a user's session is granted together with the users it may run as
+(``user:alice+app:ID``, ``uid:1000+app:ID``, ``group:agents+app:ID``). In a ``deny`` rule
+``app:ID`` matches the id wherever it comes from.
 
 Decision order: a matching ``deny`` refuses; a matching ``allow`` grants; otherwise the defaults
-apply — root may call anything; ``query`` tools (read-only) are open to members of the ``kiki``
-group and to the broker's own user; ``procedure`` tools (side effects) to the caller whose uid
-is the providing process's uid (an app calling its own tools, the broker's user calling the
-broker's) — anything else needs an explicit ``allow``.
+apply — root may call anything; ``query`` tools (read-only) are open to members of the
+``default_group`` (``kiki`` unless the file says otherwise); ``procedure`` tools (side effects),
+and queries too, to the caller whose uid is the providing process's uid (an app calling its own
+tools, the broker's user calling the broker's) — anything else needs an explicit ``allow``.
+A missing policy file means the defaults alone.
 
 Decisions are remembered per caller identity, tool, kind and provider user, for as long as the
 policy is loaded: names (``user:``, ``group:``, ``default_group``) are therefore looked up once,
@@ -31,6 +40,7 @@ from __future__ import annotations
 
 import fnmatch
 import grp
+import logging
 import pwd
 import re
 import tomllib
@@ -42,60 +52,66 @@ from typing import Literal
 from libkiki.errors import KikiError
 from libkiki.peer import PeerCred
 
+log = logging.getLogger(__name__)
+
 Kind = Literal["query", "procedure"]
 DEFAULT_GROUP = "kiki"
 
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """A caller as policy sees it: credentials plus the groups its uid belongs to."""
+    """A caller as policy sees it: credentials plus its groups, primary and supplementary."""
 
     cred: PeerCred
     groups: frozenset[int] = field(default_factory=frozenset)
 
     @classmethod
-    def of(cls, cred: PeerCred, proc: Path = Path("/proc")) -> Caller:
-        return cls(cred, frozenset({cred.gid, *_supplementary_groups(cred.pid, proc)}))
-
-
-def _supplementary_groups(pid: int, proc: Path) -> list[int]:
-    try:
-        for line in (proc / str(pid) / "status").read_text().splitlines():
-            if line.startswith("Groups:"):
-                return [int(g) for g in line.split()[1:]]
-    except (OSError, ValueError):
-        pass
-    return []
+    def of(cls, cred: PeerCred) -> Caller:
+        # The groups the kernel recorded at connect() (SO_PEERGROUPS), not /proc/<pid>/status
+        # read later: by then the pid may be another process's, or nobody's.
+        return cls(cred, frozenset({cred.gid, *cred.groups}))
 
 
 @dataclass(frozen=True, slots=True)
 class Rule:
-    principals: tuple[str, ...]
+    principals: tuple[tuple[str, ...], ...]  # each principal's terms, all of which must match
     tools: tuple[re.Pattern[str], ...]
+    granting: bool  # an allow rule (a deny rule's app: matches a user's app id too)
 
     def matches(self, caller: Caller, nsid: str) -> bool:
         return any(p.fullmatch(nsid) for p in self.tools) and any(
-            _principal_matches(p, caller) for p in self.principals
+            _principal_matches(terms, caller, self.granting) for terms in self.principals
         )
 
 
-def _principal_matches(principal: str, caller: Caller) -> bool:
-    if principal == "*":
+def _principal_matches(terms: tuple[str, ...], caller: Caller, granting: bool) -> bool:
+    if terms == ("*",):
         return True
-    kind, _, value = principal.partition(":")
     cred = caller.cred
-    match kind:
-        case "uid":
-            return value.isdigit() and int(value) == cred.uid
-        case "user":
-            return _uid(value) == cred.uid
-        case "gid":
-            return value.isdigit() and int(value) in caller.groups
-        case "group":
-            return _gid(value) in caller.groups
-        case "app":
-            return cred.app_id == value
-    return False
+    for term in terms:
+        kind, _, value = term.partition(":")
+        match kind:
+            case "uid":
+                ok = int(value) == cred.uid
+            case "user":
+                ok = _uid(value) == cred.uid
+            case "gid":
+                ok = int(value) in caller.groups
+            case "group":
+                ok = _gid(value) in caller.groups
+            case "app":
+                # A user's app id is that user's word for it: it grants only beside a term
+                # that says which users (any user could name its own process so).
+                ok = cred.app_id == value and (
+                    not granting
+                    or cred.app_user is None
+                    or any(not t.startswith("app:") for t in terms)
+                )
+            case _:
+                ok = False
+        if not ok:
+            return False
+    return True
 
 
 def _uid(name: str) -> int | None:
@@ -112,7 +128,21 @@ def _gid(name: str) -> int | None:
         return None
 
 
-_PRINCIPAL = re.compile(r"^(\*|(uid|gid):\d+|(user|group|app):[A-Za-z0-9_.@-]+)$")
+_TERM = re.compile(r"(uid|gid):[0-9]+|(user|group|app):[A-Za-z0-9_.@-]+")
+
+
+def _principal(text: str, where: str) -> tuple[str, ...]:
+    terms = tuple(text.split("+"))
+    if terms != ("*",) and not all(_TERM.fullmatch(t) for t in terms):
+        raise KikiError(
+            f"{where}: {text!r} is not a principal (uid:N, user:NAME, gid:N, group:NAME, "
+            "app:ID, or such terms joined by '+'; or *)"
+        )
+    for term in terms:  # a name that resolves to nobody makes its rule match nobody
+        kind, _, name = term.partition(":")
+        if (kind == "user" and _uid(name) is None) or (kind == "group" and _gid(name) is None):
+            log.warning("%s: no %s %r (yet): %r matches nobody", where, kind, name, text)
+    return terms
 
 
 def _rules(doc: object, section: str, source: str) -> tuple[Rule, ...]:
@@ -132,14 +162,12 @@ def _rules(doc: object, section: str, source: str) -> tuple[Rule, ...]:
             or not (_strings(principals) and _strings(tools))
         ):
             raise KikiError(f"{where}: principals and tools must be non-empty lists of strings")
-        for p in principals:
-            if not _PRINCIPAL.match(p):
-                raise KikiError(
-                    f"{where}: {p!r} is not a principal (uid:N, user:NAME, gid:N, "
-                    "group:NAME, app:ID or *)"
-                )
         rules.append(
-            Rule(tuple(principals), tuple(re.compile(fnmatch.translate(t)) for t in tools))
+            Rule(
+                tuple(_principal(p, where) for p in principals),
+                tuple(re.compile(fnmatch.translate(t)) for t in tools),
+                granting=section == "allow",
+            )
         )
     return tuple(rules)
 
@@ -166,12 +194,22 @@ class Policy:
 
     @classmethod
     def load(cls, path: Path) -> Policy:
-        """Read a policy file; a missing file means the defaults alone."""
-        if not path.exists():
-            return cls()
+        """Read a policy file; a missing file means the defaults alone (a dangling symlink is
+        an error, not a missing file: its deny rules would vanish without a word)."""
         try:
-            doc = tomllib.loads(path.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            if path.is_symlink():
+                raise KikiError(f"{path}: a symlink to a file that does not exist") from None
+            log.info("no policy file %s: the defaults alone", path)
+            return cls()
+        except OSError as exc:
+            raise KikiError(f"{path}: {exc}") from exc
+        try:
+            doc = tomllib.loads(data.decode())
+        except UnicodeDecodeError as exc:
+            raise KikiError(f"{path}: not UTF-8 (TOML is): {exc}") from None
+        except tomllib.TOMLDecodeError as exc:
             raise KikiError(f"{path}: {exc}") from exc
         unknown = set(doc) - {"allow", "deny", "default_group"}
         if unknown:

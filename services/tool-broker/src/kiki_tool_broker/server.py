@@ -423,8 +423,8 @@ class Broker:
     def _caller(self, request: RequestContext) -> tuple[Caller, dict[str, Any]]:
         who = request.connection.state.get("caller")
         if who is None:
-            # A peer's credentials are fixed when it connects (SO_PEERCRED), so its groups are
-            # read from /proc, and its view for the audit log built, once per connection.
+            # A peer's identity is fixed when it connects (libkiki.peer: SO_PEERCRED, its
+            # groups, its app id), so the caller and its audit view are made once.
             who = (Caller.of(request.peer), caller_view(request.peer))
             request.connection.state["caller"] = who
         assert isinstance(who, tuple)
