@@ -19,7 +19,7 @@ from kiki_tool_broker.policy import Policy
 from kiki_tool_broker.registry import Provider, Tool
 from kiki_tool_broker.schemas import Catalog
 from kiki_tool_broker.server import Broker, BrokerConfig
-from libkiki.errors import PeerGone
+from libkiki.errors import PeerGone, Timeout, error_for_code
 from libkiki.peer import PeerCred
 from libkiki.service import ServiceContext
 
@@ -73,6 +73,24 @@ async def test_the_answer_follows_its_audit_line(tmp_path: Path) -> None:
     assert not cancelled.done()  # nobody is waiting for it: the caller cancelled or left
     outcomes = [e["outcome"] for e in read_entries(audit.path)]
     assert outcomes == ["ok", "provider-gone", "cancelled"]
+
+
+async def test_a_timeout_or_gone_peer_the_provider_reports_is_its_tool_error(
+    tmp_path: Path,
+) -> None:
+    # A provider whose own downstream call timed out answers -32006: that is its tool's
+    # failure, not the broker's timer running out on the provider (nor the provider leaving).
+    audit = AuditLog(tmp_path)
+    for code, message in ((-32006, "the media daemon did not answer"), (-32011, "it left")):
+        answer = await settle(audit, error_for_code(code, message))
+        result = answer.result()
+        assert result["isError"] is True
+        assert result["content"][0]["text"] == message
+    mine = await settle(audit, Timeout("no answer in time"))  # this end's own timer
+    with pytest.raises(Timeout, match=r"did not answer org\.example\.test\.echo within"):
+        mine.result()
+    outcomes = [(e["outcome"], e.get("code")) for e in read_entries(audit.path)]
+    assert outcomes == [("error", -32006), ("error", -32011), ("timeout", -32006)]
 
 
 @pytest.mark.parametrize(

@@ -78,6 +78,9 @@ class KikiError(Exception):
     jsonrpc_code: ClassVar[int] = -32603
     dbus_name: ClassVar[str] = "dev.kiki.Error.Failed"
     ws_close_code: ClassVar[int] = 1011
+    # True for an error a peer answered (error_for_code), False for one raised here: a Timeout
+    # a provider reports about its own work is not this end's timer running out.
+    remote: bool = False
 
     def __init__(self, message: str = "", *, data: Any = None) -> None:
         super().__init__(message or self.default_message())
@@ -316,15 +319,17 @@ def error_for_code(code: int, message: str, data: Any = None) -> KikiError:
     Codes Kiki knows become their class (so callers can ``except PermissionDenied``); any other
     code becomes a :class:`WireError` that keeps it.
     """
-    if code == ValidationError.jsonrpc_code and isinstance(data, dict):
-        path, rule = data.get("path"), data.get("rule")
-        if isinstance(path, str) and isinstance(rule, str):
-            return ValidationError(path, rule)
+    error: KikiError
+    path, rule = (data.get("path"), data.get("rule")) if isinstance(data, dict) else (None, None)
     cls = _BY_CODE.get(code)
-    if cls is None:
-        return WireError(code, message, data)
-    error = cls.__new__(cls)
-    KikiError.__init__(error, message, data=data)
+    if code == ValidationError.jsonrpc_code and isinstance(path, str) and isinstance(rule, str):
+        error = ValidationError(path, rule)
+    elif cls is None:
+        error = WireError(code, message, data)
+    else:
+        error = cls.__new__(cls)
+        KikiError.__init__(error, message, data=data)
+    error.remote = True
     return error
 
 

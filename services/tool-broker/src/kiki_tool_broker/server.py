@@ -484,18 +484,18 @@ class Broker:
         """The caller's result for the provider's reply, or for the error its call ended in.
 
         A timeout and the provider leaving are the call's own errors, raised (reworded for the
-        caller). Any error the provider answered, and a malformed or ``isError`` reply, are tool
-        failures: an ``isError`` result.
+        caller). Any error the provider answered (a Timeout or PeerGone of its own work too), and
+        a malformed or ``isError`` reply, are tool failures: an ``isError`` result.
         """
         try:
             if error is None:
                 output = _provider_output(tool, reply)
-            elif isinstance(error, Timeout):
+            elif isinstance(error, Timeout) and not error.remote:
                 raise Timeout(
                     f"{tool.provider.name} did not answer {tool.nsid} within "
                     f"{self.config.call_timeout:g}s; the call was cancelled"
                 ) from None
-            elif isinstance(error, PeerGone):
+            elif isinstance(error, PeerGone) and not error.remote:
                 raise PeerGone(
                     f"{tool.provider.name}, which provides {tool.nsid}, disconnected during the "
                     "call"
