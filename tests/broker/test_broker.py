@@ -517,6 +517,40 @@ def test_batch_mixing_good_and_bad(broker: Broker) -> None:
     assert by_id[3]["result"]["structuredContent"]["name"] == "tool-broker"
 
 
+FIRE = "org.example.test.fire"
+FIRE_LEXICON = {
+    "lexicon": 1,
+    "id": FIRE,
+    "defs": {
+        "main": {
+            "type": "procedure",
+            "input": {"encoding": "application/json", "schema": {"type": "object"}},
+        }
+    },
+}
+
+
+async def test_a_tool_without_output_answers_nothing_and_may_return_nothing(
+    broker: Broker,
+) -> None:
+    # Its lexicon declares no output: anything but nothing would reach MCP clients as
+    # structured content that is not an object (the official SDK refuses a list there).
+    path, _ = broker
+    returns: list[Any] = [None, {}, ["done", 1], "done"]
+    provider = ToolProvider(path, lexicons=[FIRE_LEXICON])
+
+    @provider.tool(FIRE)
+    async def fire(args: dict[str, Any], call: ToolCall) -> Any:
+        return returns.pop(0)
+
+    async with asyncio.timeout(20), provider.connect(), ToolClient(path) as client:
+        assert await client.call_raw(FIRE) == {"content": [], "isError": False}
+        assert (await client.call_raw(FIRE))["structuredContent"] == {}
+        for _ in range(2):
+            with pytest.raises(ToolError, match="output: must be absent: the lexicon declares"):
+                await client.call(FIRE)
+
+
 async def test_client_disconnecting_mid_call_harms_nobody(broker: Broker) -> None:
     path, _ = broker
     cancelled, started = asyncio.Event(), asyncio.Event()

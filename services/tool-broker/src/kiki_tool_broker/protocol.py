@@ -121,14 +121,18 @@ def decode_cursor(cursor: object) -> str | None:
 
 def call_result(structured: Any, modern: bool, text: bytes | None = None) -> dict[str, Any]:
     """A successful ``tools/call`` result: the output as text for models and as structure
-    (``text``: the output already serialised)."""
-    if text is None:
-        text = orjson.dumps(structured)
-    result: dict[str, Any] = {
-        "content": [{"type": "text", "text": text.decode()}],
-        "structuredContent": structured,
-        "isError": False,
-    }
+    (``text``: the output already serialised); no content at all for no output."""
+    result: dict[str, Any]
+    if structured is None:  # a tool whose lexicon declares no output
+        result = {"content": [], "isError": False}
+    else:
+        if text is None:
+            text = orjson.dumps(structured)
+        result = {
+            "content": [{"type": "text", "text": text.decode()}],
+            "structuredContent": structured,
+            "isError": False,
+        }
     if modern:
         result["resultType"] = "complete"
     return result

@@ -73,6 +73,10 @@ class ToolSchema:
 
     def validate_output(self, output: Any) -> None:
         if not self.has_output:
+            # Nothing to check it against, and nothing an MCP client would take: structured
+            # content is an object, and a list or a string there breaks the caller's SDK.
+            if output is not None and output != {}:
+                raise ValidationError("output", "must be absent: the lexicon declares no output")
             return
         try:
             self.registry.validator(self.nsid).output(output)
