@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from broker_lexicons import ECHO, LEXICONS, SLOW
-from libkiki.errors import Conflict, KikiError
+from libkiki.errors import Conflict, InvalidParams, KikiError
+from libkiki.rpc import Methods, connect_unix
 from libkiki.tools import ToolCall, ToolClient, ToolProvider
 
 Answer = Callable[[asyncio.StreamWriter, dict[str, Any]], Awaitable[None]]
@@ -186,6 +187,49 @@ async def test_limits_above_the_defaults_allow_more_calls_in_flight(
         calls = [client.call(ECHO, {"text": str(i)}) for i in range(CALLS)]
         results = await asyncio.gather(*calls, return_exceptions=True)
     assert results == [{"text": str(i)} for i in range(CALLS)]
+
+
+@pytest.mark.parametrize("broker", [{"KIKI_TOOL_BROKER_MAX_IN_FLIGHT": "128"}], indirect=True)
+async def test_a_provider_taking_fewer_calls_than_the_broker_gets_no_more(
+    broker: tuple[Path, Any],
+) -> None:
+    # The provider keeps libkiki's 64 and says so when it registers: the broker holds the
+    # other calls until one ends, instead of sending 100 and getting 36 refused.
+    path, _ = broker
+    provider = ToolProvider(path, lexicons=LEXICONS)
+    inside = most = 0
+    full = asyncio.Event()
+
+    @provider.tool(ECHO)
+    async def echo(args: dict[str, Any], call: ToolCall) -> dict[str, Any]:
+        nonlocal inside, most
+        inside += 1
+        most = max(most, inside)
+        if inside == provider.max_in_flight:
+            full.set()
+        await full.wait()
+        inside -= 1
+        return {"text": args["text"]}
+
+    async with (
+        asyncio.timeout(20),
+        provider.connect(),
+        ToolClient(path, max_in_flight=128) as client,
+    ):
+        calls = [client.call(ECHO, {"text": str(i)}) for i in range(CALLS)]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+    assert results == [{"text": str(i)} for i in range(CALLS)]
+    assert most == 64
+
+
+async def test_max_in_flight_at_registration_must_be_a_positive_integer(
+    broker: tuple[Path, Any],
+) -> None:
+    path, _ = broker
+    async with asyncio.timeout(20), connect_unix(path, Methods()) as conn:
+        for bad in (0, -1, "8", True, 1.5):
+            with pytest.raises(InvalidParams, match="maxInFlight must be a positive integer"):
+                await conn.request("kiki/registerTools", {"tools": [], "maxInFlight": bad})
 
 
 BIG = 2_000_000

@@ -203,9 +203,10 @@ class _Entry:
 class ToolProvider:
     """Serves tools to the broker over one connection (the broker calls us on it).
 
-    ``max_in_flight`` (calls handled at once; the broker's extra calls are refused) and
-    ``max_line`` (bytes in one message) are the connection's limits: raise them to match a
-    broker configured above libkiki's defaults, or the broker forwards calls that fail here.
+    ``max_in_flight`` (calls handled at once; registration tells the broker, which holds
+    further calls until one ends) and ``max_line`` (bytes in one message: raise it to match a
+    broker configured above libkiki's 1 MiB, or longer calls fail here) are the connection's
+    limits.
     """
 
     def __init__(
@@ -298,7 +299,13 @@ class ToolProvider:
             self._conn = conn
             try:
                 await conn.request(
-                    "kiki/registerTools", {"tools": self.nsids, "lexicons": self.lexicons}
+                    "kiki/registerTools",
+                    {
+                        "tools": self.nsids,
+                        "lexicons": self.lexicons,
+                        # So that a broker allowing more never sends more than we take.
+                        "maxInFlight": self.max_in_flight,
+                    },
                 )
                 yield conn
             finally:

@@ -386,6 +386,12 @@ class Connection:
         finally:
             deadline.end()
 
+    def limit_requests(self, n: int) -> None:
+        """Have at most ``n`` of our requests in flight from now on, when that is fewer than
+        this end's own ``max_in_flight``: the peer said that is all it takes at once. Requests
+        over it wait for a slot, as over our own limit."""
+        self._outgoing.size = max(1, min(self._outgoing.size, n))
+
     def request_soon(
         self, method: str, params: Params | None = None, *, timeout: float | None = None
     ) -> asyncio.Future[Any] | None:

@@ -181,12 +181,21 @@ class Broker:
         return provider
 
     async def register_tools(
-        self, request: RequestContext, tools: Any, lexicons: Any = None
+        self,
+        request: RequestContext,
+        tools: Any,
+        lexicons: Any = None,
+        maxInFlight: Any = None,  # the wire's name
     ) -> dict[str, Any]:
         """Register ``tools`` (NSIDs; a repeated one counts once) for this connection, with the
         lexicon documents it sends: all or nothing. Nothing here awaits, so no other request
-        sees a half-made registration."""
+        sees a half-made registration. ``maxInFlight``: the most calls the provider takes at
+        once, when fewer than the broker's ``max_in_flight`` (more wait here for a slot)."""
         wanted = self._nsid_list(tools)
+        if maxInFlight is not None and (
+            not isinstance(maxInFlight, int) or isinstance(maxInFlight, bool) or maxInFlight < 1
+        ):
+            raise InvalidParams("maxInFlight must be a positive integer")
         provider = self._provider(request.connection)
         limit = self.config.max_tools_per_provider
         if len(provider.tools) + len(wanted) > limit:
@@ -198,6 +207,8 @@ class Broker:
         before = self.registry.generation
         registered = self.registry.register(provider, entries)
         self.catalog.commit(staged, registered)
+        if maxInFlight is not None:
+            request.connection.limit_requests(maxInFlight)
         if registered:
             log.info("provider %s registered %s", provider.name, ", ".join(registered))
         if self.registry.generation != before:
