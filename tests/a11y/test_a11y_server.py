@@ -564,7 +564,9 @@ async def test_tool_act_is_limited_and_a_bad_state_is_invalid_params(
     methods = Methods()
 
     @methods.method("kiki/registerTools")
-    async def register(ctx: RequestContext, tools: list[str], lexicons: Any = None) -> Any:
+    async def register(
+        ctx: RequestContext, tools: list[str], lexicons: Any = None, maxInFlight: Any = None
+    ) -> Any:
         if not registered.done():
             registered.set_result(ctx.connection)
         return {}
