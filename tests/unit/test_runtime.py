@@ -199,7 +199,7 @@ def test_peer_groups_are_those_at_connect_and_a_peer_gone_is_refused(tmp_path: P
         conn, _ = listener.accept()
         with conn:
             cred = peer_cred(conn)
-            assert (cred.pid, cred.groups) == (peer.pid, {4242, 4343})
+            assert (cred.pid, cred.groups) == (peer.pid, frozenset({4242, 4343}))
         peer.communicate(b"go\n", timeout=30)
         # A peer that has exited before it is identified: its pid may already name another
         # process, whose /proc would be read as the peer's, so it is refused.
