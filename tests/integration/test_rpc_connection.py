@@ -679,6 +679,28 @@ async def test_connection_limit_refuses_the_extra_peer_only(sock_path: Path, pro
         assert srv.counters["connections_refused"] == 1
 
 
+async def test_a_flood_of_refused_peers_does_not_hold_the_servers_descriptors(
+    sock_path: Path, probe: Probe
+) -> None:
+    # Each refused peer is told why and held up to a second while its input is read; past 32
+    # of them at once, the rest are closed without a word.
+    from libkiki.rpc.server import _MAX_REFUSING
+
+    async with (
+        running(sock_path, make_methods(probe), max_connections=1) as srv,
+        AsyncExitStack() as stack,
+        raw(sock_path) as first,
+    ):
+        assert (await first.call(req("add", 1, [1, 1])))["result"] == 2
+        flood = [await stack.enter_async_context(raw(sock_path)) for _ in range(48)]
+        async with asyncio.timeout(BOUND):
+            while srv.counters["connections_refused"] < len(flood):  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        told = [peer for peer in flood if not await peer.eof()]
+        assert 0 < len(told) <= _MAX_REFUSING
+        assert (await first.call(req("add", 2, [2, 2])))["result"] == 4
+
+
 async def test_a_refused_peer_that_wrote_first_still_reads_its_error(
     sock_path: Path, probe: Probe
 ) -> None:
@@ -1221,3 +1243,41 @@ async def test_request_timeout_is_a_timeout_and_other_cancellations_stay_cancell
         with pytest.raises(asyncio.CancelledError):
             await task
         assert await bounded(conn.request("add", [1, 2], timeout=5)) == 3
+
+
+LISTEN_AND_LEAVE = """
+import socket, sys
+pair = socket.socket(fileno=int(sys.argv[2]))
+listener = socket.socket(socket.AF_UNIX)
+listener.bind(sys.argv[1])
+listener.listen()
+socket.send_fds(pair, [b"listener"], [listener.fileno()])
+"""
+
+
+async def test_a_client_reaches_a_server_whose_listening_process_has_exited(
+    sock_path: Path, probe: Probe
+) -> None:
+    # A client sees the server as the process that called listen(): under socket activation
+    # or a launcher that hands its listener on, that process is gone. It still connects.
+    import sys
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with ours, theirs:
+        args = [LISTEN_AND_LEAVE, str(sock_path), str(theirs.fileno())]
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", *args, pass_fds=[theirs.fileno()]
+        )
+        async with asyncio.timeout(BOUND):
+            assert await proc.wait() == 0
+        _, fds, _, _ = socket.recv_fds(ours, 16, 1)
+    listener = socket.socket(fileno=fds[0])
+    try:
+        async with (
+            serve_unix(listener, make_methods(probe)),
+            asyncio.timeout(BOUND),
+            connect_unix(sock_path) as conn,
+        ):
+            assert await conn.request("add", [2, 3]) == 5
+    finally:
+        listener.close()

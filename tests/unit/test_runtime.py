@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from libkiki import paths
 from libkiki.config import ServiceConfig, load_config
 from libkiki.errors import KikiError
-from libkiki.peer import app_id_from_cgroup, peer_cred
+from libkiki.peer import SO_PEERPIDFD, app_id_from_cgroup, peer_cred
 from libkiki.systemd import Notifier, listen_fds, watchdog_interval
 
 
@@ -277,3 +280,69 @@ def test_a_peer_of_another_user_is_identified_by_a_service_user() -> None:
     finally:
         a.close()
         b.close()
+
+
+def test_a_peer_in_more_groups_than_getsockopt_holds_is_identified(tmp_path: Path) -> None:
+    if os.getuid() != 0:
+        pytest.fail("needs root, to give the peer supplementary groups")
+    groups = list(range(50_000, 50_300))  # SO_PEERGROUPS into Python's buffer holds 256
+    with socket.socket(socket.AF_UNIX) as listener:
+        path = str(tmp_path / "s")
+        listener.bind(path)
+        listener.listen()
+        peer = subprocess.Popen(
+            [sys.executable, "-c", CONNECT, path],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            extra_groups=groups,
+        )
+        assert peer.stdout is not None
+        assert peer.stdout.readline() == b"connected\n"
+        conn, _ = listener.accept()
+        with conn:
+            assert peer_cred(conn).groups == set(groups)
+        peer.communicate(b"go\n", timeout=30)
+
+
+def test_out_of_descriptors_for_the_app_id_is_an_error_not_no_app_id(tmp_path: Path) -> None:
+    # Without a descriptor to read the peer's cgroup, its app id would be missing, and a deny
+    # rule for it would not apply: an error (which identify() waits out) instead.
+    import resource
+
+    fake_proc = tmp_path / "proc"
+    (fake_proc / str(os.getpid())).mkdir(parents=True)
+    (fake_proc / str(os.getpid()) / "cgroup").write_text("0::/system.slice/kiki-probe.service\n")
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with a, b:
+        assert peer_cred(a, fake_proc).app_id == "kiki-probe"
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        fillers: list[int] = []
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 4096), hard))
+            with contextlib.suppress(OSError):
+                while True:
+                    fillers.append(os.dup(0))
+            os.close(fillers.pop())  # one left: the pidfd's
+            with pytest.raises(OSError, match="Too many open files") as caught:
+                peer_cred(a, fake_proc)
+            assert caught.value.errno == errno.EMFILE
+        finally:
+            for fd in fillers:
+                os.close(fd)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+class _Linux65(socket.socket):
+    """A socket as Linux 6.5-6.8 answers SO_PEERPIDFD for a peer already reaped: EINVAL."""
+
+    def getsockopt(self, level: int, option: int, *args: int) -> Any:
+        if level == socket.SOL_SOCKET and option == SO_PEERPIDFD:
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        return super().getsockopt(level, option, *args)
+
+
+def test_einval_for_the_peers_pidfd_means_gone_not_an_old_kernel() -> None:
+    # Falling back to pidfd_open(pid) there would identify whoever has the pid now.
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with a, b, _Linux65(fileno=os.dup(a.fileno())) as old, pytest.raises(ProcessLookupError):
+        peer_cred(old)

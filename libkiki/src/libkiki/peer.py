@@ -100,22 +100,29 @@ def _app_id(unit: str) -> str | None:
     return None
 
 
-def peer_cred(sock: socket.socket, proc: Path = Path("/proc")) -> PeerCred:
+def peer_cred(sock: socket.socket, proc: Path = Path("/proc"), *, app: bool = True) -> PeerCred:
     """The peer's credentials; ``OSError`` if ``sock`` is not a connected AF_UNIX socket, or
-    if its peer has exited before its app id could be read (``ProcessLookupError``)."""
+    if its peer has exited before its app id could be read (``ProcessLookupError``).
+
+    ``app=False`` reads only what the kernel fixed at ``connect()`` (no app id, no liveness
+    check): for a client, whose server's listening process may well have exited (socket
+    activation, a launcher) and whose app id it has no use for.
+    """
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
     pid, uid, gid = _UCRED.unpack(raw)
-    groups = _peer_groups(sock)
-    if pid <= 0:
-        return PeerCred(pid=pid, uid=uid, gid=gid, groups=groups)
+    if pid <= 0 or not app:
+        return PeerCred(pid=pid, uid=uid, gid=gid, groups=_peer_groups(sock, None, proc))
     pidfd = _peer_pidfd(sock, pid)
     try:
+        groups = _peer_groups(sock, pid, proc)
         try:
             text = (proc / str(pid) / "cgroup").read_text()
-        except OSError:
-            text = ""  # /proc may be hidden from us (ProtectProc=): no app id, then
-        # After the read: alive now, so the pid named the peer while it was read. Signal 0
-        # only asks; EPERM (another user's process, to a service's user) is an answer too.
+        except OSError as exc:
+            if exc.errno not in _HIDDEN:  # out of descriptors, say: identify() waits
+                raise
+            text = ""  # /proc is hidden from us (ProtectProc=): no app id, then
+        # After the reads: alive now, so the pid named the peer while they were made. Signal
+        # 0 only asks; EPERM (another user's process, to a service's user) is an answer too.
         with contextlib.suppress(PermissionError):
             signal.pidfd_send_signal(pidfd, 0)
     finally:
@@ -123,6 +130,9 @@ def peer_cred(sock: socket.socket, proc: Path = Path("/proc")) -> PeerCred:
     app_id, unit, app_user = app_id_from_cgroup(text, uid)
     return PeerCred(pid, uid, gid, app_id, unit, app_user, groups)
 
+
+# What reading another process's /proc entry fails with when /proc hides it from us.
+_HIDDEN = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.ESRCH}
 
 # Out of descriptors or memory for the pidfd and the /proc read: transient, as for accept().
 _TRANSIENT = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
@@ -143,8 +153,20 @@ async def identify(sock: socket.socket, *, backoff: float = 0.1, tries: int = 50
     return peer_cred(sock)
 
 
-def _peer_groups(sock: socket.socket) -> frozenset[int]:
-    raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 4 * _MAX_GROUPS)
+def _peer_groups(sock: socket.socket, pid: int | None, proc: Path) -> frozenset[int]:
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 4 * _MAX_GROUPS)
+    except OSError as exc:
+        if exc.errno != errno.ERANGE:
+            raise
+        if pid is None:  # a client's server: its groups are of no use to it
+            return frozenset()
+        # More groups than Python lets getsockopt hold: /proc has them all, and the pidfd
+        # check after this read says whether they were the peer's.
+        for line in (proc / str(pid) / "status").read_text().splitlines():
+            if line.startswith("Groups:"):
+                return frozenset(int(g) for g in line.split()[1:])
+        raise
     return frozenset(struct.unpack(f"{len(raw) // 4}I", raw))
 
 
@@ -152,7 +174,9 @@ def _peer_pidfd(sock: socket.socket, pid: int) -> int:
     try:
         return sock.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD)
     except OSError as exc:
-        if exc.errno not in (errno.ENOPROTOOPT, errno.EINVAL):
+        if exc.errno == errno.EINVAL:  # Linux 6.5-6.8 for a peer already reaped
+            raise ProcessLookupError(errno.ESRCH, "the peer has exited") from None
+        if exc.errno != errno.ENOPROTOOPT:
             raise
     # Linux before 6.5: the pid now, which narrows the gap but cannot close it.
     return os.pidfd_open(pid)

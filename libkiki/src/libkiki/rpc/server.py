@@ -44,6 +44,9 @@ DEFAULT_MAX_CONNECTIONS = 64
 DEFAULT_DRAIN_TIMEOUT = 5.0
 _REFUSE_DRAIN = 1 << 20  # bytes of a refused peer's input read and discarded before closing
 _REFUSE_TIMEOUT = 1.0
+# Refused connections told why at once; past this many, the rest are closed without a word, so
+# that a flood of connections cannot hold the server's descriptors for a second each.
+_MAX_REFUSING = 32
 
 
 class RpcServer:
@@ -75,6 +78,7 @@ class RpcServer:
         self.counters: Counter[str] = Counter() if counters is None else counters
         self.connections: set[Connection] = set()
         self._admitted = 0  # counted at accept() so that the limit holds before a peer is set up
+        self._refusing = 0  # refused connections still being told why
         self._tg: asyncio.TaskGroup | None = None
         self._accepting: asyncio.Task[None] | None = None
         self._setting_up: set[asyncio.Task[None]] = set()  # accepted, not yet in connections
@@ -111,6 +115,10 @@ class RpcServer:
         assert self._tg is not None
         if self._admitted >= self.max_connections:
             self.counters["connections_refused"] += 1
+            if self._refusing >= _MAX_REFUSING:
+                conn_sock.close()
+                return
+            self._refusing += 1
             self._tg.create_task(self._refuse(conn_sock))
             return
         self._admitted += 1
@@ -140,6 +148,7 @@ class RpcServer:
             pass
         finally:
             conn_sock.close()
+            self._refusing -= 1
 
     async def _serve(self, conn_sock: socket.socket) -> None:
         try:
@@ -230,7 +239,7 @@ async def connect_unix(
     sock.setblocking(False)
     try:
         await asyncio.get_running_loop().sock_connect(sock, os.fspath(path))
-        peer = peer_cred(sock)
+        peer = peer_cred(sock, app=False)  # the server's app id is of no use here
     except OSError as exc:
         sock.close()
         raise Unavailable(f"cannot connect to {os.fspath(path)}: {exc.strerror or exc}") from exc
