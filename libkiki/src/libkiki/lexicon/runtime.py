@@ -8,7 +8,7 @@ The constraints pydantic has no words for (UTF-8 byte lengths, grapheme counts, 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -64,25 +64,28 @@ class LexModel(BaseModel):
 
     model_config = ConfigDict(extra="allow", populate_by_name=True, protected_namespaces=())
 
-    # Each optional field: its name, its key when dumped by alias, and whether None can only
-    # mean absent (not nullable).
-    _optional: ClassVar[tuple[tuple[str, str, bool], ...]] = ()
-
     @classmethod
-    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
-        super().__pydantic_init_subclass__(**kwargs)
-        cls._optional = tuple(
-            (name, field.alias or name, NotNull in field.metadata)
-            for name, field in cls.model_fields.items()
-            if not field.is_required()
-        )
+    def _optional_fields(cls) -> tuple[tuple[str, str, bool], ...]:
+        """Each optional field: its name, its key when dumped by alias, and whether None can
+        only mean absent (not nullable). Worked out at the first dump, once the module's
+        forward references are resolved (before that, a field typed by a later class does not
+        show its ``NotNull`` yet), and kept on the class itself, not inherited."""
+        found = cls.__dict__.get("_lex_optional")
+        if found is None:
+            found = tuple(
+                (name, field.alias or name, NotNull in field.metadata)
+                for name, field in cls.model_fields.items()
+                if not field.is_required()
+            )
+            type.__setattr__(cls, "_lex_optional", found)
+        return found
 
     @model_serializer(mode="wrap")
     def _leave_out_absent(self, handler: SerializerFunctionWrapHandler) -> Any:
         data = handler(self)
         if isinstance(data, dict):
             given = self.model_fields_set
-            for name, alias, not_null in self._optional:
+            for name, alias, not_null in self._optional_fields():
                 key = alias if alias in data else name
                 if key in data and data[key] is None and (not_null or name not in given):
                     del data[key]
