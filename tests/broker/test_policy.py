@@ -151,8 +151,12 @@ def test_a_dangling_or_looping_policy_symlink_is_an_error(tmp_path: Path) -> Non
     # Not the defaults: every deny rule would vanish without a word.
     path = tmp_path / "tool-policy.toml"
     path.symlink_to(tmp_path / "gone.toml")
-    with pytest.raises(KikiError, match="a symlink to a file that does not exist"):
+    with pytest.raises(KikiError, match=r"tool-policy\.toml is a symlink to nothing"):
         Policy.load(path)
+    # Or a directory on its way: /etc/kiki linked to a disk that is not mounted.
+    (tmp_path / "etc").symlink_to(tmp_path / "unmounted")
+    with pytest.raises(KikiError, match="etc is a symlink to nothing"):
+        Policy.load(tmp_path / "etc" / "tool-policy.toml")
     path.unlink()
     path.symlink_to(path)
     with pytest.raises(KikiError, match="Too many levels of symbolic links"):

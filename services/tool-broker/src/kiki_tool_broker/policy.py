@@ -8,7 +8,7 @@ NSID globs::
     tools = ["dev.kiki.*"]
 
     [[allow]]
-    principals = ["group:agents", "app:kiki-dbus-gateway", "user:alice+app:org.example.Music"]
+    principals = ["group:agents", "app:kiki-sync-relay", "user:alice+app:org.example.Music"]
     tools = ["dev.kiki.media.*", "dev.kiki.notify.notify"]
 
 Principals: ``uid:N``, ``user:NAME``, ``gid:N`` / ``group:NAME`` (the caller's primary or
@@ -194,13 +194,14 @@ class Policy:
 
     @classmethod
     def load(cls, path: Path) -> Policy:
-        """Read a policy file; a missing file means the defaults alone (a dangling symlink is
-        an error, not a missing file: its deny rules would vanish without a word)."""
+        """Read a policy file; a missing file means the defaults alone (a dangling symlink on
+        its path is an error, not a missing file: its deny rules would vanish without a word)."""
         try:
             data = path.read_bytes()
         except FileNotFoundError:
-            if path.is_symlink():
-                raise KikiError(f"{path}: a symlink to a file that does not exist") from None
+            for part in (path, *path.parents):  # /etc/kiki a link to a disk not mounted, say
+                if part.is_symlink() and not part.exists():
+                    raise KikiError(f"{path}: {part} is a symlink to nothing") from None
             log.info("no policy file %s: the defaults alone", path)
             return cls()
         except OSError as exc:

@@ -576,6 +576,8 @@ def _checked_result(
     except ValidationError as exc:
         message = f"the tool's output broke its lexicon: {exc}"
         return mcp.tool_error_result(message, exc.data, modern), "error", exc.jsonrpc_code
+    if not schema.has_output:
+        output = None  # nothing, or {}: the same no output
     text = orjson.dumps(output)
     if 3 * len(text) + _ANSWER_SLACK > room and (
         2 * len(text) + text.count(b'"') + text.count(b"\\") + _ANSWER_SLACK > room
