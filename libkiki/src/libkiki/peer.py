@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import errno
 import os
 import re
@@ -110,19 +111,19 @@ def peer_cred(sock: socket.socket, proc: Path = Path("/proc"), *, app: bool = Tr
     """
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
     pid, uid, gid = _UCRED.unpack(raw)
+    groups = _peer_groups(sock)
     if pid <= 0 or not app:
-        return PeerCred(pid=pid, uid=uid, gid=gid, groups=_peer_groups(sock, None, proc))
+        return PeerCred(pid=pid, uid=uid, gid=gid, groups=groups)
     pidfd = _peer_pidfd(sock, pid)
     try:
-        groups = _peer_groups(sock, pid, proc)
         try:
             text = (proc / str(pid) / "cgroup").read_text()
         except OSError as exc:
             if exc.errno not in _HIDDEN:  # out of descriptors, say: identify() waits
                 raise
             text = ""  # /proc is hidden from us (ProtectProc=): no app id, then
-        # After the reads: alive now, so the pid named the peer while they were made. Signal
-        # 0 only asks; EPERM (another user's process, to a service's user) is an answer too.
+        # After the read: alive now, so the pid named the peer while it was made. Signal 0
+        # only asks; EPERM (another user's process, to a service's user) is an answer too.
         with contextlib.suppress(PermissionError):
             signal.pidfd_send_signal(pidfd, 0)
     finally:
@@ -153,21 +154,28 @@ async def identify(sock: socket.socket, *, backoff: float = 0.1, tries: int = 50
     return peer_cred(sock)
 
 
-def _peer_groups(sock: socket.socket, pid: int | None, proc: Path) -> frozenset[int]:
+def _peer_groups(sock: socket.socket) -> frozenset[int]:
     try:
         raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 4 * _MAX_GROUPS)
     except OSError as exc:
         if exc.errno != errno.ERANGE:
             raise
-        if pid is None:  # a client's server: its groups are of no use to it
-            return frozenset()
-        # More groups than Python lets getsockopt hold: /proc has them all, and the pidfd
-        # check after this read says whether they were the peer's.
-        for line in (proc / str(pid) / "status").read_text().splitlines():
-            if line.startswith("Groups:"):
-                return frozenset(int(g) for g in line.split()[1:])
-        raise
+        raw = _getsockopt_long(sock.fileno(), SO_PEERGROUPS, 4 * _NGROUPS_MAX)
     return frozenset(struct.unpack(f"{len(raw) // 4}I", raw))
+
+
+_NGROUPS_MAX = 65536  # the kernel's most supplementary groups for a process
+
+
+def _getsockopt_long(fd: int, option: int, size: int) -> bytes:
+    """getsockopt(2) into a buffer longer than Python's socket.getsockopt allows (1024)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(size)
+    length = ctypes.c_uint32(size)  # socklen_t
+    if libc.getsockopt(fd, socket.SOL_SOCKET, option, buf, ctypes.byref(length)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return buf.raw[: length.value]
 
 
 def _peer_pidfd(sock: socket.socket, pid: int) -> int:
