@@ -6,8 +6,8 @@ comes from ``/proc/<pid>/cgroup``, which is only the connecting process's while 
 lives: the peer's pidfd (``SO_PEERPIDFD``) is checked after the read, and a peer that has exited
 by then (its pid may already name another process) is refused rather than given no app id.
 
-An app id is only taken from where its name is as good as the uid behind it: a unit directly in
-``/system.slice`` (root made it), or a unit in the caller's own user manager
+An app id is only taken from where its name is as good as the uid behind it: the outermost unit
+in ``/system.slice`` (systemd made it, for root), or a unit in the caller's own user manager
 (``/user.slice/user-U.slice/user@U.service/...`` with U its uid). A user can give its own
 processes any unit name there, so a user's app id tells apps of one user apart, and nothing
 more; :attr:`PeerCred.app_user` says whose it is.
