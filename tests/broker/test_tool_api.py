@@ -161,6 +161,17 @@ async def test_a_tool_decorated_while_connected_is_refused(broker: tuple[Path, A
 CALLS = 100
 
 
+async def echo_calls_at_once(path: Path, provider: ToolProvider) -> list[Any]:
+    """CALLS echo calls at once through one client allowing 128 in flight: their results."""
+    async with (
+        asyncio.timeout(20),
+        provider.connect(),
+        ToolClient(path, max_in_flight=128) as client,
+    ):
+        calls = [client.call(ECHO, {"text": str(i)}) for i in range(CALLS)]
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+
 @pytest.mark.parametrize("broker", [{"KIKI_TOOL_BROKER_MAX_IN_FLIGHT": "128"}], indirect=True)
 async def test_limits_above_the_defaults_allow_more_calls_in_flight(
     broker: tuple[Path, Any],
@@ -179,14 +190,7 @@ async def test_limits_above_the_defaults_allow_more_calls_in_flight(
         await everyone.wait()
         return {"text": args["text"]}
 
-    async with (
-        asyncio.timeout(20),
-        provider.connect(),
-        ToolClient(path, max_in_flight=128) as client,
-    ):
-        calls = [client.call(ECHO, {"text": str(i)}) for i in range(CALLS)]
-        results = await asyncio.gather(*calls, return_exceptions=True)
-    assert results == [{"text": str(i)} for i in range(CALLS)]
+    assert await echo_calls_at_once(path, provider) == [{"text": str(i)} for i in range(CALLS)]
 
 
 @pytest.mark.parametrize("broker", [{"KIKI_TOOL_BROKER_MAX_IN_FLIGHT": "128"}], indirect=True)
@@ -211,14 +215,7 @@ async def test_a_provider_taking_fewer_calls_than_the_broker_gets_no_more(
         inside -= 1
         return {"text": args["text"]}
 
-    async with (
-        asyncio.timeout(20),
-        provider.connect(),
-        ToolClient(path, max_in_flight=128) as client,
-    ):
-        calls = [client.call(ECHO, {"text": str(i)}) for i in range(CALLS)]
-        results = await asyncio.gather(*calls, return_exceptions=True)
-    assert results == [{"text": str(i)} for i in range(CALLS)]
+    assert await echo_calls_at_once(path, provider) == [{"text": str(i)} for i in range(CALLS)]
     assert most == 64
 
 

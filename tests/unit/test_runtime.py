@@ -184,6 +184,19 @@ sys.stdin.readline()  # until told to go
 """
 
 
+def connected_peer(path: str, groups: list[int] | None = None) -> subprocess.Popen[bytes]:
+    """A process that has connected to ``path`` (in ``groups``) and stays until sent a line."""
+    peer = subprocess.Popen(
+        [sys.executable, "-c", CONNECT, path],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        extra_groups=groups,
+    )
+    assert peer.stdout is not None
+    assert peer.stdout.readline() == b"connected\n"
+    return peer
+
+
 def test_peer_groups_are_those_at_connect_and_a_peer_gone_is_refused(tmp_path: Path) -> None:
     if os.getuid() != 0:
         pytest.fail("needs root, to give the peer supplementary groups")
@@ -191,14 +204,7 @@ def test_peer_groups_are_those_at_connect_and_a_peer_gone_is_refused(tmp_path: P
     with socket.socket(socket.AF_UNIX) as listener:
         listener.bind(path)
         listener.listen()
-        peer = subprocess.Popen(
-            [sys.executable, "-c", CONNECT, path],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            extra_groups=[4242, 4343],
-        )
-        assert peer.stdout is not None
-        assert peer.stdout.readline() == b"connected\n"
+        peer = connected_peer(path, [4242, 4343])
         conn, _ = listener.accept()
         with conn:
             cred = peer_cred(conn)
@@ -206,11 +212,7 @@ def test_peer_groups_are_those_at_connect_and_a_peer_gone_is_refused(tmp_path: P
         peer.communicate(b"go\n", timeout=30)
         # A peer that has exited before it is identified: its pid may already name another
         # process, whose /proc would be read as the peer's, so it is refused.
-        peer = subprocess.Popen(
-            [sys.executable, "-c", CONNECT, path], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-        )
-        assert peer.stdout is not None
-        assert peer.stdout.readline() == b"connected\n"
+        peer = connected_peer(path)
         peer.communicate(b"go\n", timeout=30)
         conn, _ = listener.accept()
         with conn, pytest.raises(ProcessLookupError):
@@ -290,14 +292,7 @@ def test_a_peer_in_more_groups_than_getsockopt_holds_is_identified(tmp_path: Pat
         path = str(tmp_path / "s")
         listener.bind(path)
         listener.listen()
-        peer = subprocess.Popen(
-            [sys.executable, "-c", CONNECT, path],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            extra_groups=groups,
-        )
-        assert peer.stdout is not None
-        assert peer.stdout.readline() == b"connected\n"
+        peer = connected_peer(path, groups)
         conn, _ = listener.accept()
         with conn:
             assert peer_cred(conn).groups == set(groups)
