@@ -27,6 +27,8 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from libkiki.servers import ACCEPT_BACKOFF, SHORTAGE
+
 _UCRED = struct.Struct("3i")
 # Not in Python's socket module; the values of asm-generic/socket.h (x86, arm, riscv, ...).
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
@@ -135,11 +137,10 @@ def peer_cred(sock: socket.socket, proc: Path = Path("/proc"), *, app: bool = Tr
 # What reading another process's /proc entry fails with when /proc hides it from us.
 _HIDDEN = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.ESRCH}
 
-# Out of descriptors or memory for the pidfd and the /proc read: transient, as for accept().
-_TRANSIENT = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 
-
-async def identify(sock: socket.socket, *, backoff: float = 0.1, tries: int = 50) -> PeerCred:
+async def identify(
+    sock: socket.socket, *, backoff: float = ACCEPT_BACKOFF, tries: int = 50
+) -> PeerCred:
     """:func:`peer_cred` for a server that has just accepted ``sock``: a transient shortage
     (the descriptor for the pidfd) is waited out, as the accept loop waits it out, instead of
     dropping a caller that could be served a moment later. The identity stays the one fixed at
@@ -148,7 +149,7 @@ async def identify(sock: socket.socket, *, backoff: float = 0.1, tries: int = 50
         try:
             return peer_cred(sock)
         except OSError as exc:
-            if exc.errno not in _TRANSIENT:
+            if exc.errno not in SHORTAGE:
                 raise
         await asyncio.sleep(backoff)
     return peer_cred(sock)

@@ -26,7 +26,9 @@ Rejection = Callable[[], bytes]
 STREAM_LIMIT = 1 << 16
 # Running out of descriptors or memory is transient: back off instead of spinning on accept().
 ACCEPT_BACKOFF = 0.1
-_TRANSIENT = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.ECONNABORTED}
+# Out of descriptors or memory: what accept() and identifying its peer wait out.
+SHORTAGE = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+_TRANSIENT = SHORTAGE | {errno.ECONNABORTED}
 
 
 async def accept_forever(
