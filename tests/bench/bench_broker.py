@@ -13,6 +13,13 @@ asyncio StreamReader; ``--client callbacks`` writes the next line from the read 
   (a) own    tools/call of the broker's own dev.kiki.service.getInfo
   (b) fwd    tools/call forwarded to a provider process (validated in and out)
   (c) 8x     8 clients pipelining 16 calls each to (a), against 8 clients on the floor
+  least (a)  the least a Python broker on asyncio does for (a), and least (b) for (b): parse the
+             call, answer with the output twice, append a hash-chained audit line and its head;
+             (b) forwarded to a provider process that only parses and answers. No validation,
+             policy, limits or JSON-RPC checks: how near the goals Python itself gets on this
+             machine (for context, like relay)
+  least (a)+ least (a) with the checks every call must pass, by the broker's own code: the
+             caller's policy decision, the lexicon's validation of input and output
 
 Everything runs twice: pinned to one core (``taskset -c 0``: the client, the broker and the
 provider share it) and unpinned. Latencies are medians over the repeats of each repeat's p50/p99;
@@ -108,6 +115,125 @@ class Relay(Side):
 async def main():
     loop = asyncio.get_running_loop()
     server = await loop.create_unix_server(Relay, sys.argv[1])
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+# The least a broker written in Python on asyncio does for (a) and (b): what it cannot leave out.
+# It parses each call, answers with the tool's output twice (structure and JSON text, as MCP
+# results carry it) and appends a hash-chained audit line and its head (two writes) before it
+# answers; for (b) it forwards the call to a provider process (mode "provider": parse, answer)
+# and maps the answer back. No validation, policy, limits, JSON-RPC checks or error handling:
+# a bound to compare the broker with, not a broker. Every line is read into a kept buffer.
+# Mode "checked" is "own" plus the policy decision and the validation of input and output, done
+# by the broker's own classes: the least with the checks the issue requires of every call.
+# argv: mode ("own", "checked", "forward" or "provider"), socket, then for "forward" the
+# provider's socket.
+LEAST_SERVER = """
+import asyncio, hashlib, os, sys, time, orjson
+
+mode, path = sys.argv[1], sys.argv[2]
+CANON = orjson.OPT_SORT_KEYS
+started = time.monotonic()
+counters = {"requests": 0, "calls_ok": 0}
+if mode == "checked":
+    from kiki_tool_broker.policy import Caller, Policy
+    from kiki_tool_broker.schemas import Catalog
+    from libkiki.peer import peer_cred
+    catalog, policy = Catalog.load(), Policy()
+
+class Audit:
+    def __init__(self, stem):
+        self.fd = os.open(stem + ".log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self.head = os.open(stem + ".head", os.O_WRONLY | os.O_CREAT, 0o600)
+        self.seq, self.prev = 0, "0" * 64
+    def append(self, tool, arguments, t0):
+        self.seq += 1
+        body = {"seq": self.seq, "time": time.time_ns(), "caller": {"uid": 0, "pid": 1},
+                "tool": tool, "outcome": "ok", "durationUs": int((time.monotonic() - t0) * 1e6),
+                "argsHash": hashlib.sha256(orjson.dumps(arguments, option=CANON)).hexdigest(),
+                "prev": self.prev}
+        canonical = orjson.dumps(body, option=CANON)
+        self.prev = hashlib.sha256(self.prev.encode() + canonical).hexdigest()
+        os.write(self.fd, canonical + b"\\n")
+        os.pwrite(self.head, b"%d %s" % (self.seq, self.prev.encode()), 0)
+
+def answer(rid, output):
+    text = orjson.dumps(output).decode()
+    result = {"content": [{"type": "text", "text": text}], "structuredContent": output}
+    return orjson.dumps({"jsonrpc": "2.0", "id": rid, "result": result}) + b"\\n"
+
+class Lines(asyncio.BufferedProtocol):
+    def connection_made(self, transport):
+        self.t = transport
+        self.view = memoryview(bytearray(1 << 18))
+        self.rest = b""
+    def get_buffer(self, sizehint):
+        return self.view
+    def buffer_updated(self, n):
+        *lines, self.rest = (self.rest + bytes(self.view[:n])).split(b"\\n")
+        for line in lines:
+            self.line(orjson.loads(line))
+
+class Own(Lines):
+    def connection_made(self, transport):
+        super().connection_made(transport)
+        if mode == "checked":
+            self.caller = Caller.of(peer_cred(transport.get_extra_info("socket"), app=False))
+    def line(self, call):
+        t0 = time.monotonic()
+        counters["requests"] += 1
+        params = call["params"]
+        name, arguments = params["name"], params.get("arguments", {})
+        if mode == "checked":
+            schema = catalog.tool(name)
+            allowed, why = policy.allows(self.caller, name, schema.kind, (os.getuid(),))
+            if not allowed:
+                raise SystemExit(why)
+            schema.validate_input(arguments)
+        output = {"name": "tool-broker", "version": "0", "pid": os.getpid(),
+                  "uptimeSeconds": int(t0 - started), "status": "ready",
+                  "statusText": "serving", "counters": dict(counters), "activated": False,
+                  "libkiki": "0.1.0"}
+        if mode == "checked":
+            schema.validate_output(output)
+        audit.append(name, arguments, t0)
+        counters["calls_ok"] += 1
+        self.t.write(answer(call["id"], output))
+
+class Provider(Lines):
+    def line(self, call):
+        self.t.write(answer(call["id"], {"text": call["params"]["arguments"]["text"]}))
+
+pending = {}
+
+class Forward(Lines):
+    def line(self, call):
+        params = call["params"]
+        counters["requests"] += 1
+        rid = counters["requests"]
+        pending[rid] = (self.t, call["id"], params["name"], params["arguments"], time.monotonic())
+        meta = {"dev.kiki/caller": {"uid": 0, "pid": 1}}
+        up.write(orjson.dumps({"jsonrpc": "2.0", "id": rid, "method": "tools/call", "params":
+                               {"name": params["name"], "arguments": params["arguments"],
+                                "_meta": meta}}) + b"\\n")
+
+class Upstream(Lines):
+    def line(self, reply):
+        down, rid, tool, arguments, t0 = pending.pop(reply["id"])
+        audit.append(tool, arguments, t0)
+        down.write(answer(rid, reply["result"]["structuredContent"]))
+
+async def main():
+    global audit, up
+    loop = asyncio.get_running_loop()
+    audit = None if mode == "provider" else Audit(path)
+    if mode == "forward":
+        up, _ = await loop.create_unix_connection(Upstream, sys.argv[3])
+    kind = {"own": Own, "checked": Own, "forward": Forward, "provider": Provider}[mode]
+    await loop.create_unix_server(kind, path)
     print("ready", flush=True)
     await asyncio.Event().wait()
 
@@ -367,6 +493,14 @@ def measure(calls: int, repeats: int) -> tuple[Result, Cpu, Cpu, Spread]:
         tools = run / "tools.sock"
         provider_code = PROVIDER.format(tests=str(REPO / "tests" / "broker"), path=str(tools))
         procs.append(provider := start([sys.executable, "-c", provider_code], env))
+        least = [sys.executable, "-c", LEAST_SERVER]
+        procs.append(least_own := start([*least, "own", str(run / "least-own.sock")], env))
+        checked_args = ["checked", str(run / "least-checked.sock")]
+        procs.append(least_checked := start([*least, *checked_args], env))
+        least_provider_sock = str(run / "least-provider.sock")
+        procs.append(least_provider := start([*least, "provider", least_provider_sock], env))
+        least_fwd_args = ["forward", str(run / "least-fwd.sock"), least_provider_sock]
+        procs.append(least_fwd := start([*least, *least_fwd_args], env))
         results: dict[str, list[tuple[float, float]]] = {}
         cpu: dict[str, list[list[float]]] = {}
         faults: dict[str, list[list[float]]] = {}
@@ -378,6 +512,9 @@ def measure(calls: int, repeats: int) -> tuple[Result, Cpu, Cpu, Spread]:
                 ("ping", tools, PING, [broker]),
                 ("(a) own", tools, OWN, [broker]),
                 ("(b) fwd", tools, FWD, [broker, provider]),
+                ("least (a)", run / "least-own.sock", OWN, [least_own]),
+                ("least (a)+", run / "least-checked.sock", OWN, [least_checked]),
+                ("least (b)", run / "least-fwd.sock", FWD, [least_fwd, least_provider]),
             ):
                 times, used, faulted = timed(path, line, calls, [p.pid for p in servers])
                 results.setdefault(name, []).append((pct(times, 0.5), pct(times, 0.99)))
@@ -422,6 +559,9 @@ SERVERS = {
     "ping": ("broker",),
     "(a) own": ("broker",),
     "(b) fwd": ("broker", "provider"),
+    "least (a)": ("least",),
+    "least (a)+": ("least",),
+    "least (b)": ("least", "provider"),
 }
 
 
