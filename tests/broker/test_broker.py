@@ -25,6 +25,7 @@ from libkiki.errors import (
     PermissionDenied,
     Timeout,
     ToolError,
+    UnsupportedVersion,
     ValidationError,
 )
 from libkiki.rpc import Methods, RequestContext, connect_unix
@@ -32,6 +33,10 @@ from libkiki.tools import ToolCall, ToolClient, ToolProvider
 
 Broker = tuple[Path, subprocess.Popen[bytes]]
 GET_INFO = "dev.kiki.service.getInfo"
+MODERN = "io.modelcontextprotocol/protocolVersion"
+CAPABILITIES = "io.modelcontextprotocol/clientCapabilities"
+SERVER_INFO = "io.modelcontextprotocol/serverInfo"
+SUBSCRIPTION = "io.modelcontextprotocol/subscriptionId"
 
 
 def make_provider(
@@ -137,8 +142,14 @@ async def test_invalid_output_is_a_tool_error(broker: Broker) -> None:
         result = await client.call_raw(BAD_OUTPUT)
         assert result["isError"] is True
         assert "output.text" in result["content"][0]["text"]
-        with pytest.raises(ToolError, match=r"output\.text"):
+        # Not as structuredContent, which must match the tool's outputSchema (the TypeScript
+        # SDK 1.x throws on an error result whose structure does not): in _meta.
+        assert "structuredContent" not in result
+        detail = {"path": "output.text", "rule": "must be a string"}
+        assert result["_meta"] == {"dev.kiki/errorData": detail}
+        with pytest.raises(ToolError, match=r"output\.text") as info:
             await client.call(BAD_OUTPUT)
+        assert info.value.data == detail
 
 
 @pytest.mark.parametrize(
@@ -334,6 +345,8 @@ s.connect(sys.argv[1])
 calls = sys.argv[2:]
 for i, name in enumerate(calls):
     call = {"jsonrpc": "2.0", "id": i, "method": "tools/call", "params": {"name": name}}
+    if name == "tools/list":
+        call = {"jsonrpc": "2.0", "id": i, "method": name}
     s.sendall(json.dumps(call).encode() + b"\\n")
 buf = b""
 while buf.count(b"\\n") < len(calls):
@@ -350,7 +363,7 @@ def test_policy_by_kernel_identity_for_a_caller_who_is_not_root(
 ) -> None:
     # Every other broker test calls as root, whom the defaults let call anything. Here the
     # caller is nobody (uid 65534, in no `kiki` group): queries are not open to it by default,
-    # and an allow rule for its uid opens the one tool it names.
+    # and an allow rule for its uid opens the one tool it names, the one tool it is shown.
     system_python = Path("/usr/bin/python3")  # readable by nobody, unlike a venv under /root
     if not system_python.exists():
         pytest.fail("needs /usr/bin/python3 to run a caller as nobody (apt install python3)")
@@ -362,7 +375,7 @@ def test_policy_by_kernel_identity_for_a_caller_who_is_not_root(
     notes.wait_for("READY")
     sockdir.chmod(0o755)
     (sockdir / "tools.sock").chmod(0o666)
-    calls = ["dev.kiki.service.getInfo", "dev.kiki.tools.listProviders"]
+    calls = ["dev.kiki.service.getInfo", "dev.kiki.tools.listProviders", "tools/list"]
     run = subprocess.run(
         [str(system_python), "-c", AS_NOBODY, str(sockdir / "tools.sock"), *calls],
         user=65534,
@@ -373,7 +386,8 @@ def test_policy_by_kernel_identity_for_a_caller_who_is_not_root(
         check=False,
     )
     assert run.returncode == 0, run.stderr
-    info, providers = (orjson.loads(line) for line in run.stdout.splitlines())
+    info, providers, listed = (orjson.loads(line) for line in run.stdout.splitlines())
+    assert [t["name"] for t in listed["result"]["tools"]] == ["dev.kiki.service.getInfo"]
     assert info["result"]["structuredContent"]["name"] == "tool-broker"
     assert providers["error"]["code"] == -32003
     assert re.fullmatch(
@@ -772,12 +786,21 @@ async def test_sighup_reloads_the_policy(sockdir: Path, spawn_service: Any) -> N
     # One connection across the reloads: nothing the broker remembers per connection or per
     # decision outlives the policy it came from.
     async with asyncio.timeout(20), ToolClient(path) as client:
+        told = asyncio.Event()
+
+        async def on_change() -> None:
+            told.set()
+
+        client.list_changed = on_change
         with pytest.raises(PermissionDenied):
             await client.call("dev.kiki.tools.listProviders")
+        assert "dev.kiki.tools.listProviders" not in {t["name"] for t in await client.list()}
         policy.write_text("")  # back to the defaults
         proc.send_signal(signal.SIGHUP)
         notes.wait_for("RELOADING")
         notes.wait_for("READY")
+        await told.wait()  # what it may call, and so its list, may have changed
+        assert "dev.kiki.tools.listProviders" in {t["name"] for t in await client.list()}
         assert "providers" in await client.call("dev.kiki.tools.listProviders")
         # A broken file on reload keeps the policy in force and the broker running, and the
         # status systemd shows says so.
@@ -850,7 +873,7 @@ async def test_listen_stream_gets_list_changed_tagged_with_its_id(broker: Broker
         await seen.put(("changed", ctx.meta))
 
     async with asyncio.timeout(20), connect_unix(path, methods) as conn:
-        meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}
+        meta = {MODERN: "2026-07-28", CAPABILITIES: {}}
         params = {"notifications": {"toolsListChanged": True, "promptsListChanged": True}}
         stream = asyncio.ensure_future(
             conn.request("subscriptions/listen", {**params, "_meta": meta})
@@ -868,6 +891,137 @@ async def test_listen_stream_gets_list_changed_tagged_with_its_id(broker: Broker
         async with make_provider(path).connect():
             await conn.request("ping")
         assert seen.empty()
+
+
+async def test_a_modern_request_names_a_version_the_broker_speaks(broker: Broker) -> None:
+    # MCP 2026-07-28: each request carries its version (and the client's capabilities) in
+    # _meta; a version the server does not speak is -32022 listing the ones it does.
+    path, _ = broker
+    meta = {"_meta": {MODERN: "2099-01-01", CAPABILITIES: {}}}
+    async with asyncio.timeout(20), connect_unix(path) as conn:
+        for method, params in (
+            ("tools/list", meta),
+            ("server/discover", meta),
+            ("tools/call", {"name": GET_INFO, **meta}),
+            ("ping", meta),
+        ):
+            with pytest.raises(UnsupportedVersion) as info:
+                await conn.request(method, params)
+            assert info.value.jsonrpc_code == -32022
+            assert info.value.data["requested"] == "2099-01-01"
+            assert "2026-07-28" in info.value.data["supported"]
+            assert "2025-11-25" in info.value.data["supported"]
+        with pytest.raises(InvalidParams, match="clientCapabilities is required"):
+            await conn.request("tools/list", {"_meta": {MODERN: "2026-07-28"}})
+        # A handshake version in _meta, or none at all, is the handshake era: no resultType.
+        for legacy in ({MODERN: "2025-06-18"}, {}):
+            assert "resultType" not in await conn.request("tools/list", {"_meta": legacy})
+        assert await conn.request("ping") == {}
+
+
+async def test_modern_results_say_who_answered(broker: Broker) -> None:
+    # MCP 2026-07-28: servers SHOULD put their identity in every result's _meta (discover has
+    # no serverInfo of its own any more).
+    path, _ = broker
+    meta = {"_meta": {MODERN: "2026-07-28", CAPABILITIES: {}}}
+    async with asyncio.timeout(20), connect_unix(path) as conn:
+        discovered = await conn.request("server/discover", meta)
+        assert "serverInfo" not in discovered
+        me = discovered["_meta"][SERVER_INFO]
+        assert me["name"] == "kiki-tool-broker"
+        assert await conn.request("ping", meta) == {
+            "resultType": "complete",
+            "_meta": {SERVER_INFO: me},
+        }
+        listed = await conn.request("tools/list", meta)
+        assert listed["_meta"] == {SERVER_INFO: me}
+        called = await conn.request("tools/call", {"name": GET_INFO, **meta})
+        assert (called["resultType"], called["_meta"]) == ("complete", {SERVER_INFO: me})
+        failed = await conn.request(
+            "tools/call",
+            {"name": "dev.kiki.tools.readAuditLog", "arguments": {"cursor": 10**9}, **meta},
+        )
+        assert failed["isError"] is True
+        assert failed["_meta"][SERVER_INFO] == me
+        assert failed["_meta"]["dev.kiki/errorData"]["error"] == "InvalidCursor"
+
+
+async def test_params_a_later_mcp_revision_adds_are_ignored(broker: Broker) -> None:
+    # MCP's request params are open (2025-11-25 added tools/call's `task`, 2026-07-28
+    # `requestState`): a client that sends them is answered as if it had not. Kiki's own
+    # methods stay strict.
+    path, _ = broker
+    async with asyncio.timeout(20), connect_unix(path) as conn:
+        called = await conn.request(
+            "tools/call", {"name": GET_INFO, "requestState": "abc", "task": {"ttl": 1000}}
+        )
+        assert called["isError"] is False
+        assert "tools" in await conn.request("tools/list", {"foo": 1})
+        assert await conn.request("ping", {"x": 1}) == {}
+        init = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {}, "extra": 1}
+        assert (await conn.request("initialize", init))["protocolVersion"] == "2025-11-25"
+        with pytest.raises(InvalidParams):
+            await conn.request("kiki/registerTools", {"tools": [], "surprise": 1})
+
+
+class LineReader:
+    """A blocking client socket read a JSON line at a time (in a thread), for a client that
+    stops reading on purpose."""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.settimeout(10)
+        self.sock.connect(str(path))
+        self.buf = b""
+
+    def send(self, *messages: dict[str, Any]) -> None:
+        self.sock.sendall(b"".join(orjson.dumps(m) + b"\n" for m in messages))
+
+    def next(self, timeout: float = 10) -> Any:
+        self.sock.settimeout(timeout)
+        while b"\n" not in self.buf:
+            chunk = self.sock.recv(1 << 20)
+            assert chunk, "the broker closed the connection"
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return orjson.loads(line)
+
+
+async def test_a_listener_that_fell_behind_is_told_once_it_reads_again(broker: Broker) -> None:
+    # A listen stream whose client stops reading is owed list_changed: it is told once it
+    # reads again, and of later changes too. (It used to lose every later notification, with
+    # no word, after one second without room.)
+    path, _ = broker
+    changed = "notifications/tools/list_changed"
+    async with asyncio.timeout(60), ToolClient(path) as client:
+        for _ in range(11):  # an audit log whose pages are big answers (~300 KiB)
+            await asyncio.gather(*(client.call(GET_INFO) for _ in range(100)))
+    listener = await asyncio.to_thread(LineReader, path)
+    meta = {MODERN: "2026-07-28", CAPABILITIES: {}}
+    listen = {"notifications": {"toolsListChanged": True}, "_meta": meta}
+    listener.send({"jsonrpc": "2.0", "id": "L", "method": "subscriptions/listen", "params": listen})
+    assert (await asyncio.to_thread(listener.next))["method"].endswith("/acknowledged")
+    page = {"name": "dev.kiki.tools.readAuditLog", "arguments": {"latest": True, "limit": 1000}}
+    listener.send(
+        *({"jsonrpc": "2.0", "id": i, "method": "tools/call", "params": page} for i in range(30))
+    )  # ~9 MB of answers it does not read for now
+    async with asyncio.timeout(30):
+        provider = make_provider(path)
+        async with provider.connect():  # a change while the listener is not reading
+            await asyncio.sleep(1.5)
+            seen: list[Any] = []
+            while sum(1 for m in seen if "id" in m) < 30:  # it reads again
+                seen.append(await asyncio.to_thread(listener.next))
+            while not any(m.get("method") == changed for m in seen):
+                seen.append(await asyncio.to_thread(listener.next))
+            told = [m for m in seen if m.get("method") == changed]
+            assert told == [
+                {"jsonrpc": "2.0", "method": changed, "params": {"_meta": {SUBSCRIPTION: "L"}}}
+            ]
+        # The provider left: a later change reaches it too.
+        later = await asyncio.to_thread(listener.next)
+        assert later == told[0]
+    listener.sock.close()
 
 
 async def test_listen_stream_ends_with_a_result_when_the_broker_stops(broker: Broker) -> None:

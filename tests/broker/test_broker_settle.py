@@ -36,7 +36,7 @@ def full_disk(directory: Path) -> AuditLog:
 
 def broker_and_tool(audit: AuditLog) -> tuple[Broker, Tool]:
     catalog = Catalog.load()
-    ctx = cast(ServiceContext, SimpleNamespace(counters=Counter()))
+    ctx = cast(ServiceContext, SimpleNamespace(counters=Counter(), version="0"))
     broker = Broker(ctx, BrokerConfig(), catalog, Policy(), audit)
     provider = Provider("org.example.provider", PeerCred(pid=7, uid=1000, gid=1000))
     catalog.add_documents(LEXICONS, owner=provider.id)
@@ -57,7 +57,7 @@ async def settle(audit: AuditLog, outcome: Any) -> asyncio.Future[dict[str, Any]
         sent.set_result(outcome)
     answer: asyncio.Future[dict[str, Any]] = loop.create_future()
     schema = broker.catalog.tool(ECHO)
-    settle = functools.partial(broker._settle, tool, schema, False, 1 << 20)
+    settle = functools.partial(broker._settle, tool, schema, None, 1 << 20)
     broker._call_done(answer, tool.nsid, settle, {"text": "x"}, VIEW, time.monotonic(), sent)
     return answer
 

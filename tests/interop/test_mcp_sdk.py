@@ -67,6 +67,9 @@ async def test_official_sdk_lists_and_calls_through_kiki_mcp(
         # "auto" discovers the current stateless revision; "legacy" does the initialize handshake.
         expected = "2026-07-28" if mode == "auto" else "2025-11-25"
         assert client.session.protocol_version == expected
+        # Who answered: initialize's serverInfo, or (2026-07-28) discover's _meta stamp.
+        assert client.server_info is not None
+        assert client.server_info.name == "kiki-tool-broker"
         tools = await client.list_tools()
         by_name = {t.name: t for t in tools.tools}
         echo = by_name["org.example.test.echo"]

@@ -27,6 +27,7 @@ def test_every_error_has_distinct_dbus_name_and_a_server_range_code() -> None:
         (errors.ValidationError("input.title", "must be at most 256 graphemes"), -32602),
         (errors.PermissionDenied(), -32003),
         (errors.Cancelled(), -32800),
+        (errors.UnsupportedVersion(data={"supported": ["2026-07-28"]}), -32022),
     ],
 )
 def test_jsonrpc_codes(exc: errors.KikiError, code: int) -> None:

@@ -7,7 +7,8 @@
     │   ├── ParseError                -32700  dev.kiki.Error.Parse             1007
     │   ├── InvalidRequest            -32600  dev.kiki.Error.InvalidRequest    1002
     │   ├── FrameTooLarge             -32600  dev.kiki.Error.FrameTooLarge     1009
-    │   └── InvalidFrame              -32600  dev.kiki.Error.InvalidFrame      1007
+    │   ├── InvalidFrame              -32600  dev.kiki.Error.InvalidFrame      1007
+    │   └── UnsupportedVersion        -32022  dev.kiki.Error.UnsupportedVersion 1002
     ├── MethodNotFound                -32601  dev.kiki.Error.UnknownMethod     1008
     ├── InvalidParams                 -32602  dev.kiki.Error.InvalidArgs       1008
     │   └── ValidationError           -32602  (carries the JSON path and the rule broken)
@@ -65,6 +66,7 @@ __all__ = [
     "Timeout",
     "ToolError",
     "Unavailable",
+    "UnsupportedVersion",
     "ValidationError",
     "WireError",
     "error_for_code",
@@ -147,6 +149,18 @@ class InvalidFrame(ProtocolError):
 
     dbus_name = "dev.kiki.Error.InvalidFrame"
     ws_close_code = 1007
+
+
+class UnsupportedVersion(ProtocolError):
+    """The peer asked for a protocol version this end does not speak (MCP's
+    UnsupportedProtocolVersionError); ``data`` has ``supported`` and ``requested``."""
+
+    jsonrpc_code = -32022
+    dbus_name = "dev.kiki.Error.UnsupportedVersion"
+
+    @classmethod
+    def default_message(cls) -> str:
+        return "Unsupported protocol version"
 
 
 class MethodNotFound(KikiError):
@@ -309,6 +323,7 @@ for _cls in (
     PeerGone,
     AddressInUse,
     ToolError,
+    UnsupportedVersion,
 ):
     _BY_CODE.setdefault(_cls.jsonrpc_code, _cls)
 

@@ -47,7 +47,8 @@ log = logging.getLogger(__name__)
 
 CLIENT_INFO = {"name": "libkiki", "version": "0"}
 HANDSHAKE_VERSION = "2025-11-25"
-CALLER_META = "dev.kiki/caller"
+CALLER_META = "dev.kiki/caller"  # the caller's kernel-given identity, on a forwarded call
+ERROR_DATA_META = "dev.kiki/errorData"  # a tool error's data (its structuredContent cannot)
 
 
 def _path(path: str | os.PathLike[str] | None) -> Path:
@@ -170,9 +171,9 @@ class ToolClient:
                 for c in result.get("content", [])
                 if isinstance(c, dict) and c.get("type") == "text"
             ]
-            raise ToolError(
-                "\n".join(texts) or f"{nsid} failed", data=result.get("structuredContent")
-            )
+            meta = result.get("_meta")
+            data = meta.get(ERROR_DATA_META) if isinstance(meta, dict) else None
+            raise ToolError("\n".join(texts) or f"{nsid} failed", data=data)
         return result.get("structuredContent")
 
 

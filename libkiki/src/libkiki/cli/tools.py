@@ -30,9 +30,9 @@ def register(sub: Any) -> None:
 
     ls = cmds.add_parser(
         "list",
-        help="list the tools registered on the broker",
-        description="List every tool registered on the broker, built-in and provided. The "
-        "list is not filtered by policy: calling a listed tool may still be denied.",
+        help="list the tools you may call",
+        description="List the tools registered on the broker, built-in and provided, that the "
+        "broker's policy lets you (this user, this process) call; others are left out.",
     )
     ls.add_argument("--json", action="store_true", help="the MCP tool descriptors as JSON")
     ls.set_defaults(func=run_list)

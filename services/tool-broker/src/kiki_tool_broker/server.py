@@ -55,6 +55,7 @@ INSTRUCTIONS = (
 )
 
 
+_ANNOUNCE_RETRY = 0.25  # seconds between tries to tell a listener that has fallen behind
 _ANSWER_SLACK = 4096  # bytes of an answer besides a tool's output twice (id, keys, _meta)
 _Future = asyncio.Future  # looked up once: tools_call is on every call's path
 
@@ -93,9 +94,13 @@ class Broker:
         me = PeerCred(pid=os.getpid(), uid=os.getuid(), gid=os.getgid(), app_id="kiki-tool-broker")
         self.self_provider = Provider("kiki-tool-broker", me)
         self.builtin = BuiltinTools(self)
+        self.result_meta = mcp.result_meta(ctx.version)  # every 2026-07-28 result's _meta
         self.methods = self._methods()
 
     # -- the method table --------------------------------------------------------------------
+    # MCP's handlers take ``**extensions``: params a later revision (or an extension) adds are
+    # ignored, not refused (MCP's schemas leave their params open: 2025-11-25 added ``task``,
+    # 2026-07-28 ``requestState``). Kiki's own methods stay strict.
 
     def _methods(self) -> Methods:
         m = Methods()
@@ -122,6 +127,7 @@ class Broker:
         protocolVersion: str = "",
         capabilities: dict[str, Any] | None = None,
         clientInfo: dict[str, Any] | None = None,
+        **extensions: Any,
     ) -> dict[str, Any]:
         self.list_watchers.add(request.connection)
         return mcp.initialize_result(protocolVersion, self.ctx.version, INSTRUCTIONS)
@@ -129,14 +135,21 @@ class Broker:
     def initialized(self, params: object) -> None:
         return None
 
-    def discover(self, request: RequestContext) -> dict[str, Any]:
-        return mcp.discover_result(self.ctx.version, INSTRUCTIONS)
+    def discover(self, request: RequestContext, **extensions: Any) -> dict[str, Any]:
+        mcp.era(request.meta, self.result_meta)  # a version it does not speak: -32022
+        return mcp.discover_result(self.result_meta, INSTRUCTIONS)
 
-    def ping(self, request: RequestContext) -> dict[str, Any]:
-        return {}
+    def ping(self, request: RequestContext, **extensions: Any) -> dict[str, Any]:
+        return mcp.empty_result(mcp.era(request.meta, self.result_meta))
 
-    def tools_list(self, request: RequestContext, cursor: str | None = None) -> dict[str, Any]:
-        tools = list(self.registry)
+    def tools_list(
+        self, request: RequestContext, cursor: str | None = None, **extensions: Any
+    ) -> dict[str, Any]:
+        modern = mcp.era(request.meta, self.result_meta)
+        # The tools this caller may call (MCP: the tools available to the requesting client);
+        # what its policy denies it is left out, and a call of it is still refused.
+        caller, _ = self._caller(request)
+        tools = [t for t in self.registry if self._allows(caller, t)[0]]
         if cursor is not None:
             after = mcp.decode_cursor(cursor)
             if after is None:
@@ -145,13 +158,17 @@ class Broker:
         page = tools[: self.config.list_page_size]
         more = len(tools) > len(page)
         next_cursor = mcp.encode_cursor(page[-1].nsid) if more else None
-        return mcp.list_result([t.mcp() for t in page], mcp.is_modern(request.meta), next_cursor)
+        return mcp.list_result([t.mcp() for t in page], modern, next_cursor)
 
     async def listen(
-        self, request: RequestContext, notifications: dict[str, Any] | None = None
+        self,
+        request: RequestContext,
+        notifications: dict[str, Any] | None = None,
+        **extensions: Any,
     ) -> dict[str, Any]:
         """A 2026-07-28 listen stream: acknowledged at once, then list_changed as the table
         moves, until the caller cancels it (no answer then) or the broker shuts down."""
+        modern = mcp.era(request.meta, self.result_meta)
         if not isinstance(notifications, dict):
             raise InvalidParams("notifications must be an object")
         if len(self.listen_streams) >= self.config.max_listen_streams:
@@ -168,7 +185,7 @@ class Broker:
             await conn.wait_closing()
         finally:
             self.listen_streams.pop(stream, None)
-        return mcp.listen_result(sid)
+        return mcp.listen_result(sid, modern)
 
     # -- providers ---------------------------------------------------------------------------
 
@@ -266,38 +283,50 @@ class Broker:
 
     async def announce_changes(self) -> None:
         """Send ``list_changed`` whenever the table moves: to every initialized (handshake-era)
-        connection, and on every listen stream that asked for it."""
-        while True:
-            await self.changed.wait()
-            self.changed.clear()
-            for conn in list(self.list_watchers):
-                if not await self._tell(conn, None):
-                    self.list_watchers.discard(conn)
-            for stream, wanted in list(self.listen_streams.items()):
-                if wanted and not await self._tell(*stream):
-                    self.listen_streams[stream] = False  # it stays open; nothing more is sent
+        connection, and on every listen stream that asked for it.
 
-    async def _tell(self, conn: Connection, subscription: RequestId | None) -> bool:
-        params = None if subscription is None else mcp.on_stream(subscription)
-        try:
-            async with asyncio.timeout(1):
-                await conn.notify(mcp.LIST_CHANGED, params)
-        except (KikiError, TimeoutError, OSError):
-            # A listener that cannot take a notification within a second is not worth holding
-            # everyone else up for; it can still ask tools/list.
-            return False
-        return True
+        Never waits on a listener: one that is not taking what it is sent (its write buffer is
+        not empty) is owed the notification, and one owed notification stands for any number of
+        changes; it is sent once the listener has caught up (retried every
+        ``_ANNOUNCE_RETRY`` seconds), for as long as it listens.
+        """
+        owed: set[tuple[Connection, RequestId | None]] = set()
+        while True:
+            if owed:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(_ANNOUNCE_RETRY):
+                        await self.changed.wait()
+            else:
+                await self.changed.wait()
+            if self.changed.is_set():
+                self.changed.clear()
+                owed.update((conn, None) for conn in self.list_watchers)
+                owed.update(stream for stream, wanted in self.listen_streams.items() if wanted)
+            for target in list(owed):
+                conn, subscription = target
+                listening = (
+                    conn in self.list_watchers
+                    if subscription is None
+                    else self.listen_streams.get(target, False)
+                )
+                params = None if subscription is None else mcp.on_stream(subscription)
+                if not listening or conn.try_notify(mcp.LIST_CHANGED, params):
+                    owed.discard(target)
 
     # -- calls -------------------------------------------------------------------------------
 
     def tools_call(
-        self, request: RequestContext, name: str, arguments: dict[str, Any] | None = None
+        self,
+        request: RequestContext,
+        name: str,
+        arguments: dict[str, Any] | None = None,
+        **extensions: Any,
     ) -> dict[str, Any] | asyncio.Future[dict[str, Any]]:
         """Checked, then answered at once for the broker's own tools; a forwarded call returns
         a future that its provider's reply settles (:meth:`_forward_soon`). Either way the
         audit line is written before the answer is given."""
         started = time.monotonic()
-        modern = mcp.is_modern(request.meta)
+        modern = mcp.era(request.meta, self.result_meta)
         arguments = {} if arguments is None else arguments
         caller, view = self._caller(request)
         try:
@@ -309,7 +338,7 @@ class Broker:
                 raise InvalidParams(f"unknown tool: {name}", data={"name": name}) from None
             if not isinstance(arguments, dict):
                 raise InvalidParams("arguments must be an object")
-            allowed, reason = self.policy.allows(caller, name, tool.kind, (tool.provider.cred.uid,))
+            allowed, reason = self._allows(caller, tool)
             if not allowed:
                 raise PermissionDenied(f"{request.peer.describe()} may not call {name}: {reason}")
             schema = self.catalog.tool(name)
@@ -345,7 +374,7 @@ class Broker:
         arguments: dict[str, Any],
         view: dict[str, Any],
         started: float,
-        modern: bool,
+        modern: dict[str, Any] | None,
         room: int,
     ) -> asyncio.Future[dict[str, Any]]:
         """Forward a call; its answer is a future that the provider's reply settles.
@@ -431,6 +460,9 @@ class Broker:
         if self._forwarding:
             await asyncio.wait(self._forwarding, timeout=5)
 
+    def _allows(self, caller: Caller, tool: Tool) -> tuple[bool, str]:
+        return self.policy.allows(caller, tool.nsid, tool.kind, (tool.provider.cred.uid,))
+
     def _caller(self, request: RequestContext) -> tuple[Caller, dict[str, Any]]:
         who = request.connection.state.get("caller")
         if who is None:
@@ -487,7 +519,7 @@ class Broker:
         self,
         tool: Tool,
         schema: ToolSchema,
-        modern: bool,
+        modern: dict[str, Any] | None,
         room: int,
         reply: Any,
         error: BaseException | None,
@@ -534,7 +566,10 @@ def _provider_output(tool: Tool, reply: Any) -> Any:
         )
     if reply.get("isError"):
         text = _text_of(reply) or f"{tool.nsid} failed"
-        raise ToolFailure(text, None, reply.get("structuredContent"))
+        # Its detail: where Kiki puts it, else whatever structure an MCP server sent with it.
+        meta = reply.get("_meta")
+        data = meta.get(mcp.ERROR_DATA_META) if isinstance(meta, dict) else None
+        raise ToolFailure(text, None, reply.get("structuredContent") if data is None else data)
     return reply.get("structuredContent")
 
 
@@ -549,7 +584,11 @@ class ToolFailure(Exception):
 
 
 def _builtin_result(
-    schema: ToolSchema, modern: bool, room: int, output: Any, error: BaseException | None
+    schema: ToolSchema,
+    modern: dict[str, Any] | None,
+    room: int,
+    output: Any,
+    error: BaseException | None,
 ) -> tuple[dict[str, Any], str, int | None]:
     """The MCP result of one of the broker's own tools: what it could not find is a tool
     error, as a provider's would be; anything else it raised is the call's error."""
@@ -560,12 +599,14 @@ def _builtin_result(
     return _checked_result(schema, output, modern, room)
 
 
-def _failed_result(failure: ToolFailure, modern: bool) -> tuple[dict[str, Any], str, int | None]:
+def _failed_result(
+    failure: ToolFailure, modern: dict[str, Any] | None
+) -> tuple[dict[str, Any], str, int | None]:
     return mcp.tool_error_result(failure.message, failure.data, modern), "error", failure.code
 
 
 def _checked_result(
-    schema: ToolSchema, output: Any, modern: bool, room: int
+    schema: ToolSchema, output: Any, modern: dict[str, Any] | None, room: int
 ) -> tuple[dict[str, Any], str, int | None]:
     """The MCP result for a tool's output, which must match its lexicon, and fit in an answer
     line (``room``: the line limit less the caller's id): the answer carries it twice (as
@@ -652,6 +693,7 @@ async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
     async def reload() -> None:
         broker.policy = Policy.load(policy_path)
         log.info("reloaded %s", policy_path)
+        broker.changed.set()  # what each caller's tools/list shows may have changed
 
     ctx.reload_hooks.append(reload)
     listener = ctx.listeners.unix("tools", socket_path(TOOLS_SOCKET))
