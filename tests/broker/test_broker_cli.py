@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from broker_lexicons import ECHO, LEXICONS
-from kiki_tool_broker.audit import read_entries
+from kiki_tool_broker.audit import AuditLog, read_entries
 from kikitest import VENV_BIN, kiki
 from libkiki.tools import ToolCall, ToolClient, ToolProvider
 
@@ -178,12 +178,16 @@ async def test_log_follow_prints_new_calls(broker: tuple[Path, Any], sockdir: Pa
                 await asyncio.sleep(0.05)
             async with ToolClient(path) as client:
                 await client.call("dev.kiki.service.getInfo")
+            shown = []
             while True:
                 line = await proc.stdout.readline()
                 assert line, "kiki tools log --follow stopped"
                 entry = orjson.loads(line)
+                shown.append(entry)
                 if entry["tool"] == "dev.kiki.service.getInfo":
                     break
+            # Its own polls are audited, not shown: what it prints is other callers' calls.
+            assert [e["tool"] for e in shown] == ["dev.kiki.service.getInfo"]
             assert entry["outcome"] == "ok"
             assert entry["caller"]["pid"] == os.getpid()
             proc.send_signal(signal.SIGINT)
@@ -197,6 +201,74 @@ async def test_log_follow_prints_new_calls(broker: tuple[Path, Any], sockdir: Pa
         )
         assert polls <= 5 * (time.monotonic() - began + 1), polls
     finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+def test_log_refuses_what_it_cannot_do(tmp_path: Path) -> None:
+    # A chain check ends with a verdict, following never ends: --verify printed nothing under
+    # --follow, and exited 0 on Ctrl-C however broken the chain was.
+    for where in ((), ("--file", str(tmp_path / "audit.jsonl"))):
+        both = kiki("tools", "log", *where, "--follow", "--verify")
+        assert (both.returncode, both.stderr.strip()) == (
+            2,
+            "kiki tools: --verify cannot go with --follow",
+        )
+    negative = kiki("tools", "log", "--limit", "-3")
+    assert negative.returncode == 2
+    assert "must be a whole number, 0 or more: '-3'" in negative.stderr
+    directory = kiki("tools", "log", "--file", str(tmp_path))
+    assert (directory.returncode, directory.stderr.strip()) == (
+        1,
+        f"kiki tools: {tmp_path}: is a directory",
+    )
+    missing = kiki("tools", "log", "--file", str(tmp_path / "nope.jsonl"))
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == f"kiki tools: {tmp_path / 'nope.jsonl'}: does not exist"
+
+
+async def test_log_file_follow_reads_the_file_through_a_rotation(tmp_path: Path) -> None:
+    # Following the file costs no audit lines (no broker is asked), and goes on from the new
+    # file when the old one is moved away (the README's way to rotate the log).
+    log = AuditLog(tmp_path)
+    view = {"uid": 1000, "gid": 1000, "pid": 7}
+
+    def call(tool: str) -> None:
+        log.append(caller=view, tool=tool, outcome="ok", code=None, duration_us=1, arguments={})
+
+    call("org.example.before")
+    proc = await asyncio.create_subprocess_exec(
+        str(VENV_BIN / "kiki"),
+        *("tools", "log", "--file", str(log.path), "--follow", "--json", "--limit", "1"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    out = proc.stdout
+
+    async def next_tool() -> str:
+        line = await out.readline()
+        assert line, "kiki tools log --file --follow stopped"
+        tool = orjson.loads(line)["tool"]
+        assert isinstance(tool, str)
+        return tool
+
+    try:
+        async with asyncio.timeout(30):
+            assert await next_tool() == "org.example.before"  # the newest entry, then new ones
+            call("org.example.first")
+            assert await next_tool() == "org.example.first"
+            log.close()
+            log.path.rename(tmp_path / "audit.jsonl.1")
+            log.head_path.rename(tmp_path / "audit.head.1")
+            log = AuditLog(tmp_path)
+            call("org.example.after-rotation")
+            assert await next_tool() == "org.example.after-rotation"
+            proc.send_signal(signal.SIGINT)
+            assert await proc.wait() == 0
+    finally:
+        log.close()
         if proc.returncode is None:
             proc.kill()
             await proc.wait()

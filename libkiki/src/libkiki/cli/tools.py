@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import errno
+import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -59,11 +63,23 @@ def register(sub: Any) -> None:
     call.add_argument("--timeout", type=float, default=60.0, help="seconds (default 60)")
     call.set_defaults(func=run_call)
 
-    log = cmds.add_parser("log", help="read the audit log of tool calls")
-    log.add_argument("--limit", type=int, default=50, help="entries to show (default 50)")
+    log = cmds.add_parser(
+        "log",
+        help="read the audit log of tool calls",
+        description="Show the newest entries of the broker's audit log (one line per tool call: "
+        "time, caller, tool, outcome, duration), oldest first. Through the broker by default "
+        "(its readAuditLog tool, which the policy must let you call), or from the file with "
+        "--file. Following through the broker polls it, and every poll is a call with an "
+        "audit line of its own (not shown): --file with --follow reads the file instead.",
+    )
+    log.add_argument(
+        "--limit", type=_count, default=50, help="entries to show, 0 or more (default 50)"
+    )
     log.add_argument("--follow", "-f", action="store_true", help="keep printing new entries")
     log.add_argument(
-        "--verify", action="store_true", help="check the hash chain; exit 1 when it is broken"
+        "--verify",
+        action="store_true",
+        help="check the hash chain; exit 1 when it is broken (not with --follow)",
     )
     log.add_argument(
         "--file",
@@ -73,6 +89,16 @@ def register(sub: Any) -> None:
     )
     log.add_argument("--json", action="store_true", help="one JSON entry per line")
     log.set_defaults(func=run_log)
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number, 0 or more: {text!r}")
+    return value
 
 
 def _fail(exc: KikiError) -> int:
@@ -236,9 +262,13 @@ def _show(entry: dict[str, Any], as_json: bool) -> None:
 
 
 def run_log(args: argparse.Namespace) -> int:
-    if args.file is not None:
-        return _log_file(args)
+    if args.follow and args.verify:
+        # A check ends with a verdict; following does not end: one after the other.
+        print("kiki tools: --verify cannot go with --follow", file=sys.stderr)
+        return USAGE
     try:
+        if args.file is not None:
+            return _log_file(args)
         return asyncio.run(_log_remote(args))
     except KikiError as exc:
         return _fail(exc)
@@ -271,17 +301,36 @@ async def _log_remote(args: argparse.Namespace) -> int:
             # Once: the broker reads the whole log for it (in a thread of its own).
             checked = await client.call(AUDIT_TOOL, {"latest": True, "limit": 1, "verify": True})
             problems = checked.get("problems", [])
+        pause = _POLL_FIRST
         while args.follow:
             page = await client.call(AUDIT_TOOL, {"cursor": cursor, "limit": _PAGE})
-            for entry in page["entries"]:
+            news = [e for e in page["entries"] if not _own_poll(e)]
+            for entry in news:
                 _show(entry, args.json)
             cursor = page.get("cursor", cursor)
-            # Caught up (the page is never empty: each poll is a call, so it holds the last
-            # poll's own line), a person is watching: a second between polls is plenty. A
-            # broker older than `more` says there is more with a full page.
-            if not page.get("more") and len(page["entries"]) < _PAGE:
-                await asyncio.sleep(1.0)
+            # Each poll is a call, with an audit line of its own (not shown). Caught up, a
+            # person is watching: a second between polls, and while nothing but our own polls
+            # comes, longer, up to _POLL_MOST, so that an idle watch adds fewer lines to the
+            # log. A broker older than `more` says there is more with a full page.
+            if page.get("more") or len(page["entries"]) >= _PAGE:
+                continue
+            pause = _POLL_FIRST if news else min(pause * 2, _POLL_MOST)
+            await asyncio.sleep(pause)
     return _report(problems) if args.verify else 0
+
+
+_POLL_FIRST = 1.0  # seconds between polls while entries come
+_POLL_MOST = 8.0  # seconds between polls, at most, while none do
+
+
+def _own_poll(entry: dict[str, Any]) -> bool:
+    """An entry for one of this process's own readAuditLog polls."""
+    caller = entry.get("caller")
+    return (
+        entry.get("tool") == AUDIT_TOOL
+        and isinstance(caller, dict)
+        and caller.get("pid") == os.getpid()
+    )
 
 
 def _log_file(args: argparse.Namespace) -> int:
@@ -292,14 +341,70 @@ def _log_file(args: argparse.Namespace) -> int:
         print("kiki tools: --file needs the kiki-tool-broker package", file=sys.stderr)
         return 1
     path: Path = args.file
-    if not path.exists():
-        print(f"kiki tools: {path} does not exist", file=sys.stderr)
+    try:
+        if _readable(path) and args.follow:
+            _follow_file(path, args.limit, args.json)
+        for entry in read_entries(path, last=args.limit):
+            _show(entry, args.json)
+        if args.verify:
+            return _report([str(p) for p in verify(path, path.with_name("audit.head"))])
+    except OSError as exc:
+        print(f"kiki tools: {path}: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    for entry in read_entries(path, last=args.limit):
-        _show(entry, args.json)
-    if args.verify:
-        return _report([str(p) for p in verify(path, path.with_name("audit.head"))])
     return 0
+
+
+def _readable(path: Path) -> bool:
+    """True for a file to read; an OSError saying why for anything else (read_entries takes a
+    missing file for an empty log, which is right for the broker's own file, not a typo)."""
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a directory")
+    if not path.exists():
+        raise FileNotFoundError(errno.ENOENT, "does not exist")
+    return True
+
+
+_FOLLOW_PAUSE = 0.5  # seconds between looks at a file that has not grown
+_FOLLOW_LINE = 2 << 20  # the longest line kept while waiting for its end (the log's own limit)
+
+
+def _follow_file(path: Path, limit: int, as_json: bool) -> None:
+    """Print the last ``limit`` entries of ``path``, then those appended to it, as they come,
+    read through the same open file (none missed or shown twice in between). A file moved
+    away and replaced (the README's rotation), or cut, is read again from its start."""
+    f = path.open("rb")
+    try:
+        *lines, rest = f.read().split(b"\n")
+        for line in lines[len(lines) - limit :] if limit else []:
+            _show_line(line, as_json)
+        while True:
+            chunk = f.read(1 << 20)
+            if chunk:
+                *lines, rest = (rest + chunk).split(b"\n")
+                for line in lines:
+                    _show_line(line, as_json)
+                if len(rest) > _FOLLOW_LINE:
+                    print(f"kiki tools: {path}: skipped a line over 2 MiB", file=sys.stderr)
+                    rest = b""
+                continue
+            time.sleep(_FOLLOW_PAUSE)
+            try:
+                now = os.stat(path)
+            except FileNotFoundError:
+                continue  # moved away; its successor is not there yet
+            if now.st_ino != os.fstat(f.fileno()).st_ino or now.st_size < f.tell():
+                f.close()
+                f = path.open("rb")
+                rest = b""
+    finally:
+        f.close()
+
+
+def _show_line(line: bytes, as_json: bool) -> None:
+    with contextlib.suppress(orjson.JSONDecodeError):  # stepped over, as read_entries does
+        entry = orjson.loads(line)
+        if isinstance(entry, dict):
+            _show(entry, as_json)
 
 
 def _report(problems: list[str]) -> int:
