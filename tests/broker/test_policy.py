@@ -176,6 +176,8 @@ def test_a_name_that_resolves_to_nobody_is_warned_about(
     path = write(tmp_path, '[[deny]]\nprincipals = ["group:untrustd"]\ntools = ["dev.kiki.*"]\n')
     Policy.load(path)
     assert "no group 'untrustd' (yet): 'group:untrustd' matches nobody" in caplog.text
+    Policy.load(write(tmp_path, 'default_group = "nosuchgroup"\n'))
+    assert "default_group: no group 'nosuchgroup' (yet): no caller is in it" in caplog.text
 
 
 def test_decisions_are_remembered_until_the_policy_is_reloaded(

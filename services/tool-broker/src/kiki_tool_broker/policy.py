@@ -218,6 +218,8 @@ class Policy:
         group = doc.get("default_group", DEFAULT_GROUP)
         if not isinstance(group, str):
             raise KikiError(f"{path}: default_group must be a string")
+        if _gid(group) is None:  # then queries are open to nobody by default
+            log.warning("%s: default_group: no group %r (yet): no caller is in it", path, group)
         return cls(
             _rules(doc.get("allow"), "allow", str(path)),
             _rules(doc.get("deny"), "deny", str(path)),
