@@ -833,6 +833,20 @@ def test_bad_configuration_exits_78_naming_the_field(spawn_service: Any) -> None
     assert b"call_timeout" in proc.stderr.read()
 
 
+def test_a_malformed_policy_file_at_start_exits_78_saying_why(
+    sockdir: Path, spawn_service: Any
+) -> None:
+    # The policy is configuration too: systemd shows status=78/CONFIG, not a generic failure.
+    (sockdir / "etc").mkdir()
+    policy = sockdir / "etc" / "tool-policy.toml"
+    policy.write_text("[[deny]\n")
+    proc, notes = spawn_service("tool-broker")
+    assert proc.wait(timeout=30) == 78
+    told = notes.wait_for("ERRNO", "22")  # EINVAL
+    assert told["STATUS"].startswith(f"failed: {policy}: Expected ']]'")
+    assert f"cannot start: {policy}: ".encode() in proc.stderr.read()
+
+
 @pytest.mark.parametrize("broker", [{"KIKI_TOOL_BROKER_LIST_PAGE_SIZE": "2"}], indirect=True)
 async def test_tools_list_is_paginated_by_an_opaque_cursor(broker: Broker) -> None:
     path, _ = broker

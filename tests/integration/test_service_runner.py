@@ -9,10 +9,15 @@ from __future__ import annotations
 import signal
 import socket
 import struct
+import subprocess
 import time
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from kikitest import VENV_BIN
 from libkiki import a11y_wire as wire
 from libkiki.framing import FrameDecoder, encode_frame
 from libkiki.sockets import bind_unix
@@ -157,3 +162,62 @@ def test_connection_limit(sockdir: Path, spawn_service: Any) -> None:
         assert isinstance(read_message(first), wire.Info)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=20) == 0
+
+
+SERVICES = [
+    "a11y-server",
+    "dbus-gateway",
+    "sensor-publisher",
+    "sync-relay",
+    "tool-broker",
+    "updater",
+]
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_arguments_are_answered_never_ignored(
+    name: str, sockdir: Path, service_env: dict[str, str]
+) -> None:
+    """``--help`` and ``--version`` answer and exit; anything else is a usage error. None of them
+    starts the service (on the device that would be on the real /run/kiki and /etc/kiki)."""
+
+    def run(*args: str) -> tuple[int, str, str]:
+        proc = subprocess.Popen(
+            [str(VENV_BIN / f"kiki-{name}"), *args],
+            env=service_env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            out, err = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise AssertionError(
+                f"kiki-{name} {' '.join(args)} did not return: it started"
+            ) from None
+        return proc.returncode, out, err
+
+    assert run("--version") == (0, f"kiki-{name} {version(f'kiki-{name}')}\n", "")
+
+    status, out, err = run("--help")
+    assert (status, err) == (0, "")
+    assert out.startswith(f"usage: kiki-{name} [-h] [--version]\n")
+    assert f"{sockdir}/etc/{name}.toml" in out  # where it would read its configuration now
+    for variable in (
+        "KIKI_CONFIG_DIR",
+        f"KIKI_{name.upper().replace('-', '_')}_",
+        "KIKI_LOG_LEVEL",
+    ):
+        assert variable in out
+
+    for bogus in (["--bogus"], ["start"], ["--version-of-it"], ["--vers"]):
+        status, out, err = run(*bogus)
+        assert (status, out) == (2, "")
+        assert err.startswith(f"usage: kiki-{name} ")
+        assert f"kiki-{name}: error: unrecognized arguments: {bogus[0]}\n" in err
+
+    # Nothing started: no socket, no state directory.
+    assert list(sockdir.iterdir()) == []

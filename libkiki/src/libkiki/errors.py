@@ -3,6 +3,7 @@
 ::
 
     KikiError                         -32603  dev.kiki.Error.Failed            1011
+    ├── ConfigError                   -32603  dev.kiki.Error.Config            1011
     ├── ProtocolError                 -32600  dev.kiki.Error.Protocol          1002
     │   ├── ParseError                -32700  dev.kiki.Error.Parse             1007
     │   ├── InvalidRequest            -32600  dev.kiki.Error.InvalidRequest    1002
@@ -48,6 +49,7 @@ __all__ = [
     "INTERNAL_ERROR",
     "AddressInUse",
     "Cancelled",
+    "ConfigError",
     "Conflict",
     "FrameTooLarge",
     "InvalidFrame",
@@ -99,6 +101,13 @@ class KikiError(Exception):
         if self.data is not None:
             error["data"] = self.data
         return error
+
+
+class ConfigError(KikiError):
+    """A configuration file or setting is malformed (it says which and why). At start a service
+    exits with 78, EX_CONFIG; at a reload the previous configuration stays."""
+
+    dbus_name = "dev.kiki.Error.Config"
 
 
 class ProtocolError(KikiError):

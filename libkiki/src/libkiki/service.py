@@ -10,30 +10,42 @@ accepting and drains. :func:`run` does the rest::
                                    if a hook failed and the old configuration stays)
     SIGTERM / SIGINT            -> STOPPING=1, leave serve(ctx) within drain_timeout, exit 0
     startup failure             -> ERRNO=, STATUS=, exit 1 (logged, never a traceback for
-                                   expected errors such as a socket held by another instance)
+                                   expected errors such as a socket held by another instance);
+                                   exit 78 (EX_CONFIG) for a ConfigError, e.g. a file that
+                                   serve(ctx) reads itself
+
+Every STATUS= line is ``ctx.status`` at that moment, and so is the ``statusText`` of
+``ctx.info()``: what systemd shows and what the service answers are one text.
+
+:func:`service_main` is a service's whole ``main()``: ``--help``, ``--version``, configuration,
+logging, :func:`run`.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import errno
 import logging
 import os
 import signal
+import textwrap
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
 from libkiki import __version__ as libkiki_version
-from libkiki.errors import AddressInUse, KikiError
+from libkiki.errors import AddressInUse, ConfigError, KikiError
 from libkiki.sockets import Listeners
 from libkiki.systemd import Notifier, watchdog_interval
 
 log = logging.getLogger(__name__)
+
+EX_CONFIG = 78  # sysexits.h: a configuration error (systemd shows status=78/CONFIG)
 
 ReloadHook = Callable[[], Awaitable[None]]
 
@@ -52,17 +64,29 @@ class ServiceContext:
     reload_hooks: list[ReloadHook] = field(default_factory=list)
     # Overall state (the lexicon dev.kiki.service.defs#info): starting, ready, stopping.
     state: str = "starting"
+    # What the service says it is doing, and why the last reload failed (None: it did not).
     _status: str = "starting"
+    _reload_failure: str | None = None
 
     @property
     def status(self) -> str:
-        """The STATUS= line: what the service is doing, for people."""
-        return self._status
+        """The STATUS= line, for people, and ``info()``'s ``statusText``: always the same text.
+
+        It is what the service last set, and, from a failed reload until one succeeds, that the
+        previous configuration is still in force. Setting it sends the new line to systemd; the
+        note of a failed reload stays on it (the runner, not the service, clears it).
+        """
+        if self._reload_failure is None:
+            return self._status
+        return (
+            f"{self._status}; reload failed, kept the previous configuration: "
+            f"{self._reload_failure}"
+        )
 
     @status.setter
     def status(self, text: str) -> None:
         self._status = text
-        self.notifier.status(text)
+        self.notifier.status(self.status)
 
     def info(self) -> dict[str, Any]:
         """The health answer, shaped as the lexicon ``dev.kiki.service.defs#info``."""
@@ -72,7 +96,7 @@ class ServiceContext:
             "pid": os.getpid(),
             "uptimeSeconds": int(time.monotonic() - self.started),
             "status": self.state,
-            "statusText": self._status,
+            "statusText": self.status,
             "counters": dict(self.counters),
             "activated": self.listeners.activated,
             "libkiki": libkiki_version,
@@ -106,13 +130,11 @@ async def _reloader(ctx: ServiceContext, requested: asyncio.Event) -> None:
                 failed = f"{type(exc).__name__}: {exc}"
                 log.exception("reload hook failed; keeping the previous configuration")
         ctx.counters["reloads"] += 1
-        # systemd has no word for a failed reload: READY=1 ends it either way, and the STATUS
-        # with it (systemctl status) says that the previous configuration is still in force.
-        ctx.notifier.ready(
-            ctx.status
-            if failed is None
-            else f"{ctx.status}; reload failed, kept the previous configuration: {failed}"
-        )
+        # systemd has no word for a failed reload: READY=1 ends it either way, and the status
+        # with it (systemctl status, and getInfo's statusText) says that the previous
+        # configuration is still in force, until a reload succeeds.
+        ctx._reload_failure = failed
+        ctx.notifier.ready(ctx.status)
 
 
 async def serve_until_stopped(
@@ -128,16 +150,23 @@ async def serve_until_stopped(
         service = serve(ctx)
         try:
             await service.__aenter__()
+        except ConfigError as exc:
+            log.error("cannot start: %s", exc)
+            ctx._status = f"failed: {exc}"
+            ctx.notifier.notify(STATUS=ctx.status, ERRNO=errno.EINVAL)
+            return EX_CONFIG
         except AddressInUse as exc:
             log.error("cannot start: %s", exc)
-            ctx.notifier.notify(STATUS=f"failed: {exc}", ERRNO=errno.EADDRINUSE)
+            ctx._status = f"failed: {exc}"
+            ctx.notifier.notify(STATUS=ctx.status, ERRNO=errno.EADDRINUSE)
             return 1
         except KikiError as exc:
             log.error("cannot start: %s", exc)
-            ctx.notifier.notify(STATUS=f"failed: {exc}", ERRNO=errno.EINVAL)
+            ctx._status = f"failed: {exc}"
+            ctx.notifier.notify(STATUS=ctx.status, ERRNO=errno.EINVAL)
             return 1
         try:
-            if ctx.status == "starting":
+            if ctx._status == "starting":
                 ctx._status = "ready"
             ctx.state = "ready"
             ctx.notifier.ready(ctx.status)
@@ -151,7 +180,8 @@ async def serve_until_stopped(
                     task.cancel()
         finally:
             ctx.state = "stopping"
-            ctx.notifier.stopping("draining")
+            ctx._status, ctx._reload_failure = "draining", None
+            ctx.notifier.stopping(ctx.status)
             log.info("stopping: draining for at most %.1fs", drain_timeout)
             try:
                 async with asyncio.timeout(drain_timeout):
@@ -183,18 +213,121 @@ def run(
     return 0
 
 
-def service_main(name: str, version: str, config_model: type[Any], serve: ServeFactory) -> None:
-    """The whole of a service's ``main()``: logging, config, run, exit status.
+def _arguments(name: str, version: str, config_model: type[Any]) -> argparse.ArgumentParser:
+    """``--help`` and ``--version``, and nothing else: a service takes no arguments.
 
-    A configuration error exits with 78 (``EX_CONFIG``), which systemd reports as such.
+    The help says what this process would use if it started now (the paths as resolved from
+    its environment), beside the rules, which are those of :mod:`libkiki.config` and
+    :mod:`libkiki.paths`.
+    """
+    from libkiki.config import env_prefix
+    from libkiki.paths import SOCKET_NAMES, config_dir, runtime_dir, state_dir
+
+    # Paths and variable names stay whole on their lines (they have hyphens and underscores).
+    def wrap(text: str, width: int, indent: str = "") -> list[str]:
+        return textwrap.wrap(
+            text,
+            width=width,
+            initial_indent=indent,
+            subsequent_indent=indent,
+            break_long_words=False,
+            break_on_hyphens=False,
+        )
+
+    def para(text: str, indent: str = "") -> str:
+        return "\n".join(wrap(text, 79, indent))
+
+    def rows(*items: tuple[str, str]) -> str:
+        lines = []
+        for key, text in items:
+            body = wrap(text, 79 - 23)
+            if len(key) > 19:
+                lines.append(f"  {key}")
+            else:
+                lines.append(f"  {key:<19}  {body.pop(0)}")
+            lines.extend(" " * 23 + line for line in body)
+        return "\n".join(lines)
+
+    prefix = env_prefix(name)
+    description = (
+        f"The Kiki {name} service: a daemon that systemd runs with no arguments. Run by hand, "
+        "it serves in the foreground until SIGTERM or SIGINT (Ctrl-C)."
+    )
+    if name in SOCKET_NAMES:
+        description += (
+            f" It listens on {runtime_dir() / SOCKET_NAMES[name]} unless systemd passes it "
+            "that socket."
+        )
+    settings = ", ".join(getattr(config_model, "model_fields", {})) or "(none)"
+    configuration = para(
+        f"{config_dir() / f'{name}.toml'} if it exists, then environment variables "
+        f"{prefix}<SETTING> (the setting's name in capitals), which win over the file. "
+        "Read once, at start (SIGHUP does not read it again).",
+        "  ",
+    )
+    environment = rows(
+        ("KIKI_CONFIG_DIR", f"the directory of {name}.toml (default /etc/kiki)"),
+        (f"{prefix}*", "settings, as above"),
+        ("KIKI_LOG_LEVEL", "the log level, e.g. DEBUG (default INFO); the log goes to stderr"),
+        (
+            "KIKI_RUNTIME_DIR",
+            "Kiki's sockets, unless systemd sets $RUNTIME_DIRECTORY (default "
+            f"$XDG_RUNTIME_DIR/kiki, or /run/kiki for root); now {runtime_dir()}",
+        ),
+        (
+            "KIKI_STATE_DIR",
+            "Kiki's state, unless systemd sets $STATE_DIRECTORY (default "
+            f"$XDG_STATE_HOME/kiki or ~/.local/state/kiki, or /var/lib/kiki for root); "
+            f"now {state_dir()}",
+        ),
+        (
+            "set by systemd",
+            "LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES (socket activation), NOTIFY_SOCKET, "
+            "WATCHDOG_USEC (sd_notify), JOURNAL_STREAM (log priorities for the journal)",
+        ),
+    )
+    epilog = "\n\n".join(
+        [
+            f"configuration:\n{configuration}\n  settings:\n{para(settings, '    ')}",
+            f"environment:\n{environment}",
+            para(
+                "exit status: 0 stopped (by SIGTERM or SIGINT), 1 could not start, "
+                "2 bad arguments, 78 bad configuration"
+            ),
+        ]
+    )
+    parser = argparse.ArgumentParser(
+        prog=f"kiki-{name}",
+        description=para(description),
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    parser.add_argument("--version", action="version", version=f"kiki-{name} {version}")
+    return parser
+
+
+def service_main(
+    name: str,
+    version: str,
+    config_model: type[Any],
+    serve: ServeFactory,
+    argv: Sequence[str] | None = None,
+) -> None:
+    """The whole of a service's ``main()``: arguments, logging, config, run, exit status.
+
+    ``--help`` and ``--version`` answer and exit 0; any other argument is a usage error (exit 2)
+    and starts nothing. A configuration error exits with 78 (``EX_CONFIG``), which systemd
+    reports as such.
     """
     from libkiki.config import load_config
     from libkiki.logs import configure_logging
 
+    _arguments(name, version, config_model).parse_args(argv)
     configure_logging()
     try:
         config = load_config(config_model, name)
     except KikiError as exc:
         logging.getLogger(name).error("%s", exc)
-        raise SystemExit(78) from None
+        raise SystemExit(EX_CONFIG) from None
     raise SystemExit(run(name, version, serve, config=config, drain_timeout=config.drain_timeout))

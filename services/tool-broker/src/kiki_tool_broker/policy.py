@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from libkiki.errors import KikiError
+from libkiki.errors import ConfigError
 from libkiki.peer import PeerCred
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ _TERM = re.compile(r"(uid|gid):[0-9]+|(user|group|app):[A-Za-z0-9_.@-]+")
 def _principal(text: str, where: str) -> tuple[str, ...]:
     terms = tuple(text.split("+"))
     if terms != ("*",) and not all(_TERM.fullmatch(t) for t in terms):
-        raise KikiError(
+        raise ConfigError(
             f"{where}: {text!r} is not a principal (uid:N, user:NAME, gid:N, group:NAME, "
             "app:ID, or such terms joined by '+'; or *)"
         )
@@ -149,19 +149,19 @@ def _rules(doc: object, section: str, source: str) -> tuple[Rule, ...]:
     if doc is None:
         return ()
     if not isinstance(doc, list):
-        raise KikiError(f"{source}: [{section}] must be an array of tables ([[{section}]])")
+        raise ConfigError(f"{source}: [{section}] must be an array of tables ([[{section}]])")
     rules = []
     for i, entry in enumerate(doc):
         where = f"{source}: {section}[{i}]"
         if not isinstance(entry, dict) or set(entry) - {"principals", "tools"}:
-            raise KikiError(f"{where}: a rule has exactly the keys principals and tools")
+            raise ConfigError(f"{where}: a rule has exactly the keys principals and tools")
         principals, tools = entry.get("principals"), entry.get("tools")
         if (
             not isinstance(principals, list)
             or not isinstance(tools, list)
             or not (_strings(principals) and _strings(tools))
         ):
-            raise KikiError(f"{where}: principals and tools must be non-empty lists of strings")
+            raise ConfigError(f"{where}: principals and tools must be non-empty lists of strings")
         rules.append(
             Rule(
                 tuple(_principal(p, where) for p in principals),
@@ -201,23 +201,23 @@ class Policy:
         except FileNotFoundError:
             for part in (path, *path.parents):  # /etc/kiki a link to a disk not mounted, say
                 if part.is_symlink() and not part.exists():
-                    raise KikiError(f"{path}: {part} is a symlink to nothing") from None
+                    raise ConfigError(f"{path}: {part} is a symlink to nothing") from None
             log.info("no policy file %s: the defaults alone", path)
             return cls()
         except OSError as exc:
-            raise KikiError(f"{path}: {exc}") from exc
+            raise ConfigError(f"{path}: {exc}") from exc
         try:
             doc = tomllib.loads(data.decode())
         except UnicodeDecodeError as exc:
-            raise KikiError(f"{path}: not UTF-8 (TOML is): {exc}") from None
+            raise ConfigError(f"{path}: not UTF-8 (TOML is): {exc}") from None
         except tomllib.TOMLDecodeError as exc:
-            raise KikiError(f"{path}: {exc}") from exc
+            raise ConfigError(f"{path}: {exc}") from exc
         unknown = set(doc) - {"allow", "deny", "default_group"}
         if unknown:
-            raise KikiError(f"{path}: unknown keys {', '.join(sorted(unknown))}")
+            raise ConfigError(f"{path}: unknown keys {', '.join(sorted(unknown))}")
         group = doc.get("default_group", DEFAULT_GROUP)
         if not isinstance(group, str):
-            raise KikiError(f"{path}: default_group must be a string")
+            raise ConfigError(f"{path}: default_group must be a string")
         if _gid(group) is None:  # then queries are open to nobody by default
             log.warning("%s: default_group: no group %r (yet): no caller is in it", path, group)
         return cls(

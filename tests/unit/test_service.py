@@ -1,0 +1,103 @@
+"""The service runner in-process: what ``info()`` says and what systemd is told are one text.
+
+The test plays systemd on a notify socket of its own and signals this very process; the runner
+installs its handlers on the running loop, and removes them when it returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from libkiki.errors import KikiError
+from libkiki.service import ServiceContext, serve_until_stopped
+from libkiki.sockets import Listeners
+from libkiki.systemd import Notifier
+
+KEPT = "reload failed, kept the previous configuration: "
+
+
+async def test_status_text_is_the_status_line_at_start_reload_failure_and_stop(
+    tmp_path: Path,
+) -> None:
+    manager = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    manager.bind(str(tmp_path / "notify"))
+    manager.setblocking(False)
+    loop = asyncio.get_running_loop()
+
+    async def wait_for(key: str) -> dict[str, str]:
+        while True:
+            data = await loop.sock_recv(manager, 4096)
+            fields = dict(line.split("=", 1) for line in data.decode().splitlines())
+            if key in fields:
+                return fields
+
+    broken = False
+    ctx = ServiceContext(
+        name="probe",
+        version="0",
+        listeners=Listeners([]),
+        notifier=Notifier(str(tmp_path / "notify")),
+    )
+
+    @contextlib.asynccontextmanager
+    async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
+        async def reload() -> None:
+            if broken:
+                raise KikiError("/etc/kiki/probe.toml: expected '=' (line 1)")
+
+        ctx.reload_hooks.append(reload)
+        ctx.status = "serving probe.sock"
+        yield
+
+    def status_text() -> str:
+        text = ctx.info()["statusText"]
+        assert isinstance(text, str)
+        return text
+
+    runner = asyncio.create_task(serve_until_stopped(ctx, serve, drain_timeout=5))
+    try:
+        async with asyncio.timeout(20):
+            ready = await wait_for("READY")
+            assert ready["STATUS"] == status_text() == ctx.status == "serving probe.sock"
+
+            # A failed reload: systemd is told the previous configuration stays, and so is
+            # anyone who asks the service itself.
+            broken = True
+            os.kill(os.getpid(), signal.SIGHUP)
+            await wait_for("RELOADING")
+            ready = await wait_for("READY")
+            assert ready["STATUS"] == (
+                f"serving probe.sock; {KEPT}/etc/kiki/probe.toml: expected '=' (line 1)"
+            )
+            assert status_text() == ctx.status == ready["STATUS"]
+
+            # The service says something new: the failure still stands, in both places.
+            ctx.status = "serving probe.sock, 2 peers"
+            update = await wait_for("STATUS")
+            assert update["STATUS"].startswith(f"serving probe.sock, 2 peers; {KEPT}")
+            assert status_text() == ctx.status == update["STATUS"]
+
+            # A reload that succeeds clears it.
+            broken = False
+            os.kill(os.getpid(), signal.SIGHUP)
+            await wait_for("RELOADING")
+            ready = await wait_for("READY")
+            assert ready["STATUS"] == status_text() == ctx.status == "serving probe.sock, 2 peers"
+
+            os.kill(os.getpid(), signal.SIGTERM)
+            stopping = await wait_for("STOPPING")
+            assert stopping["STATUS"] == status_text() == ctx.status == "draining"
+            assert await runner == 0
+            assert ctx.counters["reloads"] == 2
+    finally:
+        if not runner.done():
+            runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
+        manager.close()
