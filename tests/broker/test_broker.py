@@ -75,6 +75,31 @@ def make_provider(
     return provider
 
 
+async def test_the_status_line_counts_the_tools_as_they_come_and_go(broker: Broker) -> None:
+    path, _ = broker
+    async with asyncio.timeout(20), ToolClient(path) as client:
+
+        async def status() -> str:
+            text = (await client.call(GET_INFO))["statusText"]
+            assert isinstance(text, str)
+            return text
+
+        changed = asyncio.Event()
+
+        async def on_change() -> None:
+            changed.set()
+
+        client.list_changed = on_change  # the status is set before the change is announced
+        builtin = len(await client.list())
+        assert await status() == f"serving tools.sock (bound); {builtin} tools"
+        async with make_provider(path).connect():
+            await changed.wait()
+            changed.clear()
+            assert await status() == f"serving tools.sock (bound); {builtin + 4} tools"
+        await changed.wait()
+        assert await status() == f"serving tools.sock (bound); {builtin} tools"
+
+
 async def test_lists_builtin_and_provided_tools_with_annotations(broker: Broker) -> None:
     path, _ = broker
     async with asyncio.timeout(20), ToolClient(path) as client:

@@ -89,6 +89,7 @@ class Broker:
         # Open 2026-07-28 subscriptions/listen streams, (connection, id) -> wants list_changed.
         self.listen_streams: dict[tuple[Connection, RequestId], bool] = {}
         self.changed = asyncio.Event()
+        self.serving = ""  # the status line's first part, once the socket is served
         # Forwarded calls that had to wait for a provider slot or relay progress: in tasks.
         self._forwarding: set[asyncio.Task[Any]] = set()
         me = PeerCred(pid=os.getpid(), uid=os.getuid(), gid=os.getgid(), app_id="kiki-tool-broker")
@@ -300,6 +301,8 @@ class Broker:
                 await self.changed.wait()
             if self.changed.is_set():
                 self.changed.clear()
+                if self.serving:  # the status line counts the tools (systemctl, getInfo)
+                    self.ctx.status = f"{self.serving}; {len(self.registry)} tools"
                 owed.update((conn, None) for conn in self.list_watchers)
                 owed.update(stream for stream, wanted in self.listen_streams.items() if wanted)
             for target in list(owed):
@@ -708,7 +711,8 @@ async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
                 on_disconnect=broker.connection_lost,
             ):
                 how = "activated" if ctx.listeners.activated else "bound"
-                ctx.status = f"serving {TOOLS_SOCKET} ({how}); {len(broker.registry)} tools"
+                broker.serving = f"serving {TOOLS_SOCKET} ({how})"
+                ctx.status = f"{broker.serving}; {len(broker.registry)} tools"
                 yield
             announcer.cancel()
     finally:
