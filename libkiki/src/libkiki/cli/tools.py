@@ -49,8 +49,9 @@ def register(sub: Any) -> None:
         "declares for its key: a string stays as written, an integer, number or boolean is "
         "parsed (an error when it does not parse), an object or array is read as JSON. For a "
         "key the schema does not type (or a tool the broker does not list), the value is read "
-        'as JSON when it parses (3, true, [1,2], {"a":1}) and as a string otherwise. Argument '
-        "errors exit with status 2.",
+        'as JSON when it parses (3, true, [1,2], {"a":1}) and as a string otherwise. Prints '
+        "the tool's output as JSON. Argument errors exit with status 2; a call that fails (a "
+        "tool error, a denial, a timeout, no broker) exits with 1 and says why.",
     )
     call.add_argument("nsid")
     call.add_argument("pairs", nargs="*", metavar="key=value")
