@@ -4,9 +4,15 @@ requests and then closes stdin gets back."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import socket
 import subprocess
+import threading
+import tty
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import orjson
 import pytest
@@ -168,3 +174,212 @@ def test_drain_timeout_must_be_a_duration(sockdir: Path) -> None:
     proc = kiki("mcp", "--socket", str(sockdir / "x"), "--drain-timeout", "-1", stdin="")
     assert proc.returncode == 2
     assert "--drain-timeout: must be 0 or more seconds" in proc.stderr
+
+
+# Pings with long ids, so that both the requests and their answers (which echo the ids) take
+# several of the bridge's 64 KiB reads; few enough for the broker's 64 requests in flight.
+PINGS = [f"ping {n} " + "x" * 3000 for n in range(40)]
+REQUESTS = [
+    INITIALIZE,
+    call(2, ECHO, {"text": "x", "delay": 300}),  # answered after stdin ends: drained
+    *({"jsonrpc": "2.0", "id": n, "method": "ping"} for n in PINGS),
+    call(3, "dev.kiki.service.getInfo"),
+]
+REQUEST_BYTES = b"".join(orjson.dumps(m) + b"\n" for m in REQUESTS)
+
+
+def assert_answered(out: bytes) -> None:
+    """``out`` is every answer to REQUESTS, once each, one per whole line, and nothing else."""
+    assert out.endswith(b"\n")
+    lines = [orjson.loads(line) for line in out.splitlines()]
+    answers = by_id(lines)
+    assert len(lines) == len(answers) == len(REQUESTS)
+    assert answers[1]["result"]["protocolVersion"] == "2025-11-25"
+    assert answers[2]["result"]["structuredContent"]["text"] == "x"
+    assert answers[3]["result"]["structuredContent"]["name"] == "tool-broker"
+    for n in PINGS:
+        assert answers[n] == {"jsonrpc": "2.0", "id": n, "result": {}}
+
+
+async def run_bridge(
+    path: Path, stdin: int | IO[bytes], stdout: int | IO[bytes], data: bytes | None = None
+) -> tuple[bytes, bytes]:
+    """Run `kiki mcp` on the given stdin and stdout (writing ``data`` when stdin is a pipe) to
+    its end; its output (when stdout is a pipe) and stderr. Killed if the caller gives up."""
+    proc = await asyncio.create_subprocess_exec(
+        str(VENV_BIN / "kiki"),
+        *("mcp", "--socket", str(path)),
+        stdin=stdin,
+        stdout=stdout,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await proc.communicate(data)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0, err.decode()
+    return out or b"", err
+
+
+async def test_stdout_may_be_a_regular_file(broker: Broker, tmp_path: Path) -> None:
+    # epoll refuses regular files: the bridge must not need it for stdout.
+    path, _ = broker
+    target = tmp_path / "out.jsonl"
+    async with asyncio.timeout(30), make_provider(path).connect():
+        with target.open("wb") as stdout:
+            _, err = await run_bridge(path, asyncio.subprocess.PIPE, stdout, REQUEST_BYTES)
+    assert err == b""
+    assert_answered(target.read_bytes())
+
+
+async def test_stdin_may_be_a_regular_file(broker: Broker, tmp_path: Path) -> None:
+    # Its end is the end of input, as a closed pipe's is: the answers owed are still delivered.
+    path, _ = broker
+    source = tmp_path / "requests.jsonl"
+    source.write_bytes(REQUEST_BYTES)
+    async with asyncio.timeout(30), make_provider(path).connect():
+        with source.open("rb") as stdin:
+            out, err = await run_bridge(path, stdin, asyncio.subprocess.PIPE)
+    assert err == b""
+    assert_answered(out)
+
+
+async def test_both_ends_may_be_regular_files(broker: Broker, tmp_path: Path) -> None:
+    path, _ = broker
+    source, target = tmp_path / "requests.jsonl", tmp_path / "out.jsonl"
+    source.write_bytes(REQUEST_BYTES)
+    async with asyncio.timeout(30), make_provider(path).connect():
+        with source.open("rb") as stdin, target.open("wb") as stdout:
+            _, err = await run_bridge(path, stdin, stdout)
+    assert err == b""
+    assert_answered(target.read_bytes())
+
+
+async def test_stdin_from_dev_null_is_at_once_the_end_of_input(broker: Broker) -> None:
+    # epoll refuses /dev/null too; were the bridge to wait for it to be readable, it would
+    # wait for ever.
+    path, _ = broker
+    async with asyncio.timeout(10):
+        out, err = await run_bridge(path, asyncio.subprocess.DEVNULL, asyncio.subprocess.PIPE)
+    assert out == b""
+    assert err == b""
+
+
+# Each maker of a stdin or stdout for the bridge puts the bridge's end on ``given`` (closed in the
+# test as soon as the bridge has started, so that the end of the bridge is the end of its
+# output) and the test's own end on ``kept``.
+
+
+def stdin_of(
+    kind: str, tmp_path: Path, given: contextlib.ExitStack, kept: contextlib.ExitStack
+) -> tuple[int | IO[bytes], Callable[[], None]]:
+    """A stdin of ``kind`` that holds REQUEST_BYTES (none for /dev/null), and what feeds it."""
+    if kind == "devnull":
+        return subprocess.DEVNULL, lambda: None
+    if kind == "file":
+        (tmp_path / "requests.jsonl").write_bytes(REQUEST_BYTES)
+        return given.enter_context((tmp_path / "requests.jsonl").open("rb")), lambda: None
+    assert kind == "socket"
+    ours, theirs = socket.socketpair()
+    kept.enter_context(ours)
+    given.enter_context(theirs)
+
+    def feed() -> None:
+        ours.sendall(REQUEST_BYTES)
+        ours.shutdown(socket.SHUT_WR)
+
+    return theirs.fileno(), feed
+
+
+def collect(read: Callable[[], bytes]) -> Callable[[], bytes]:
+    """Call ``read`` in a thread until it gives b"" (so that the bridge is never kept waiting
+    for its reader); what gives all it read, once it is done."""
+    chunks: list[bytes] = []
+    thread = threading.Thread(target=lambda: chunks.extend(iter(read, b"")), daemon=True)
+    thread.start()
+
+    def result() -> bytes:
+        thread.join()
+        return b"".join(chunks)
+
+    return result
+
+
+def stdout_of(
+    kind: str, tmp_path: Path, given: contextlib.ExitStack, kept: contextlib.ExitStack
+) -> tuple[int | IO[bytes], Callable[[], bytes]]:
+    """A stdout of ``kind``, and what gives all the bridge wrote to it once the bridge has
+    ended (nothing for /dev/null)."""
+    if kind == "devnull":
+        return subprocess.DEVNULL, lambda: b""
+    if kind == "file":
+        target = tmp_path / "out.jsonl"
+        return given.enter_context(target.open("wb")), target.read_bytes
+    if kind == "socket":
+        ours, theirs = socket.socketpair()
+        kept.enter_context(ours)
+        given.enter_context(theirs)
+        return theirs.fileno(), collect(lambda: ours.recv(1 << 16))
+    assert kind == "pty"  # a character device that epoll accepts
+    master, slave = os.openpty()
+    kept.callback(os.close, master)
+    given.callback(os.close, slave)
+    tty.setraw(slave)  # line ends as they are, no \r added
+
+    def read() -> bytes:
+        try:
+            return os.read(master, 1 << 16)
+        except OSError:  # EIO: no one holds the slave any more
+            return b""
+
+    return slave, collect(read)
+
+
+@pytest.mark.parametrize(
+    ("stdin", "stdout"),
+    [
+        ("file", "devnull"),
+        ("file", "socket"),
+        ("file", "pty"),
+        ("devnull", "file"),
+        ("devnull", "devnull"),
+        ("devnull", "socket"),
+        ("devnull", "pty"),
+        ("socket", "file"),
+    ],
+)
+async def test_stdin_and_stdout_may_be_any_file(
+    broker: Broker, tmp_path: Path, stdin: str, stdout: str
+) -> None:
+    path, _ = broker
+    async with asyncio.timeout(30), make_provider(path).connect():
+        with contextlib.ExitStack() as kept:
+            with contextlib.ExitStack() as given:
+                source, feed = stdin_of(stdin, tmp_path, given, kept)
+                target, read = stdout_of(stdout, tmp_path, given, kept)
+                proc = await asyncio.create_subprocess_exec(
+                    str(VENV_BIN / "kiki"),
+                    *("mcp", "--socket", str(path)),
+                    stdin=source,
+                    stdout=target,
+                    stderr=asyncio.subprocess.PIPE,
+                )
+            try:
+                fed = asyncio.ensure_future(asyncio.to_thread(feed))
+                _, err = await proc.communicate()
+                await fed
+                output = await asyncio.to_thread(read)
+            finally:
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+    assert proc.returncode == 0, err.decode()
+    assert err == b""
+    if stdout == "devnull":
+        return
+    if stdin == "devnull":
+        assert output == b""
+    else:
+        assert_answered(output)

@@ -10,6 +10,11 @@ writes its requests and then waits for the output, say), the bridge stops readin
 the socket open until every forwarded request is answered or ``--drain-timeout`` seconds pass,
 then closes it. It never half-closes the socket: the broker takes end of input for the caller
 leaving and cancels its calls.
+
+stdin and stdout may be any file, not only the pipes a host gives: a regular file, /dev/null, a
+terminal, a socket (``kiki mcp < requests.jsonl > answers.jsonl``). Those the event loop can wait
+on are served by its pipe transports; the others, which never make anyone wait, by blocking
+reads and writes in a thread.
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ import argparse
 import asyncio
 import contextlib
 import os
+import stat
 import sys
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +47,11 @@ HOST_LINE = DEFAULT_MAX_LINE
 BROKER_LINE = 16 << 20
 # Requests the broker answers only when the connection closes: never waited for.
 LISTEN = "subscriptions/listen"
+
+# The host's side of the bridge: a chunk of stdin (b"" at its end), and a write to stdout that
+# returns once every byte is out of the bridge.
+Read = Callable[[], Awaitable[bytes]]
+Write = Callable[[bytes], Awaitable[None]]
 
 
 def _drain_timeout(text: str) -> float:
@@ -135,6 +147,83 @@ class Outstanding:
             self.idle.set()
 
 
+def _pollable(loop: asyncio.AbstractEventLoop, fd: int) -> bool:
+    """Whether the loop can wait for ``fd``, so that a pipe transport may serve it.
+
+    The transports take pipes, sockets and character devices only, and the loop's selector may
+    still refuse one of those: epoll refuses a file that is always ready (/dev/null, say). The
+    read transport would only log that refusal and never read, so it is asked here first.
+    """
+    mode = os.fstat(fd).st_mode
+    if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)):
+        return False  # a regular file (or a directory): always ready, refused by epoll too
+    try:
+        loop.add_reader(fd, lambda: None)
+    except OSError:
+        return False
+    loop.remove_reader(fd)
+    return True
+
+
+async def _stdin(loop: asyncio.AbstractEventLoop, fd: int) -> Read:
+    """What reads stdin, a chunk of at most CHUNK bytes a call, b"" at its end.
+
+    A file the loop can wait on gets a pipe transport. Any other is read in a thread, one chunk
+    a call, so that it is read only as fast as the broker takes it, as a pipe is. The loop
+    cannot wait on such a file because it never makes a reader wait (a regular file, /dev/null:
+    always ready), so a read still in flight when the bridge stops ends at once and does not
+    hold up its exit.
+    """
+    if _pollable(loop, fd):
+        stdin = asyncio.StreamReader(limit=CHUNK)
+        await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(stdin), os.fdopen(fd, "rb", closefd=False)
+        )
+
+        async def read_pipe() -> bytes:
+            return await stdin.read(CHUNK)
+
+        return read_pipe
+
+    async def read_file() -> bytes:
+        return await asyncio.to_thread(os.read, fd, CHUNK)
+
+    return read_file
+
+
+async def _stdout(loop: asyncio.AbstractEventLoop, fd: int) -> tuple[Write, Callable[[], None]]:
+    """What writes to stdout, returning once the host's side has every byte, and what closes it.
+
+    The next answer is read from the broker only once the last is written, so the host's pace
+    bounds what the bridge holds, and nothing is left in a buffer when it exits. A file the
+    loop cannot wait on is written in a thread, as :func:`_stdin` reads one.
+    """
+    if _pollable(loop, fd):
+        transport, protocol = await loop.connect_write_pipe(
+            asyncio.streams.FlowControlMixin, os.fdopen(os.dup(fd), "wb")
+        )
+        transport.set_write_buffer_limits(high=0)  # drain() waits until the host has it all
+        stdout = asyncio.StreamWriter(transport, protocol, None, loop)
+
+        async def write_pipe(data: bytes) -> None:
+            stdout.write(data)
+            await stdout.drain()
+
+        return write_pipe, stdout.close
+
+    async def write_file(data: bytes) -> None:
+        await asyncio.to_thread(_write_all, fd, data)
+
+    return write_file, lambda: None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data``: a write may take only part of it (a signal, a disk filling up)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 async def bridge(path: Path, drain_timeout: float = DRAIN_TIMEOUT) -> int:
     loop = asyncio.get_running_loop()
     try:
@@ -145,20 +234,13 @@ async def bridge(path: Path, drain_timeout: float = DRAIN_TIMEOUT) -> int:
             file=sys.stderr,
         )
         return 1
-    stdin = asyncio.StreamReader(limit=CHUNK)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin.buffer)
-    out_transport, out_protocol = await loop.connect_write_pipe(
-        asyncio.streams.FlowControlMixin, os.fdopen(os.dup(sys.stdout.fileno()), "wb")
-    )
-    # drain() then waits until the host has taken every byte, so nothing is left in a buffer
-    # when the bridge exits.
-    out_transport.set_write_buffer_limits(high=0)
-    stdout = asyncio.StreamWriter(out_transport, out_protocol, None, loop)
+    read_host = await _stdin(loop, sys.stdin.fileno())
+    write_host, close_host = await _stdout(loop, sys.stdout.fileno())
     outstanding = Outstanding()
 
     async def to_broker() -> None:
         lines = LineDecoder(HOST_LINE)
-        while chunk := await stdin.read(CHUNK):
+        while chunk := await read_host():
             for line in lines.feed(chunk):
                 if isinstance(line, bytes):
                     outstanding.sent(line)
@@ -175,8 +257,7 @@ async def bridge(path: Path, drain_timeout: float = DRAIN_TIMEOUT) -> int:
     async def to_host() -> None:
         lines = LineDecoder(BROKER_LINE)
         while chunk := await sock_reader.read(CHUNK):
-            stdout.write(chunk)
-            await stdout.drain()
+            await write_host(chunk)
             # Only once the host has it does an answer count as delivered.
             for line in lines.feed(chunk):
                 if isinstance(line, bytes):
@@ -207,7 +288,7 @@ async def bridge(path: Path, drain_timeout: float = DRAIN_TIMEOUT) -> int:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         sock_writer.close()
-        stdout.close()
+        close_host()
     return 0
 
 
