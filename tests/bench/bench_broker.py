@@ -19,7 +19,8 @@ asyncio StreamReader; ``--client callbacks`` writes the next line from the read 
              policy, limits or JSON-RPC checks: how near the goals Python itself gets on this
              machine (for context, like relay)
   least (a)+ least (a) with the checks every call must pass, by the broker's own code: the
-             caller's policy decision, the lexicon's validation of input and output
+             JSON-RPC request's shape and id, the caller's policy decision, the lexicon's
+             validation of input and output
 
 Everything runs twice: pinned to one core (``taskset -c 0``: the client, the broker and the
 provider share it) and unpinned. Latencies are medians over the repeats of each repeat's p50/p99;
@@ -127,8 +128,9 @@ asyncio.run(main())
 # answers; for (b) it forwards the call to a provider process (mode "provider": parse, answer)
 # and maps the answer back. No validation, policy, limits, JSON-RPC checks or error handling:
 # a bound to compare the broker with, not a broker. Every line is read into a kept buffer.
-# Mode "checked" is "own" plus the policy decision and the validation of input and output, done
-# by the broker's own classes: the least with the checks the issue requires of every call.
+# Mode "checked" is "own" plus the checks the issue requires of every call, done by the
+# broker's own code: the JSON-RPC request's shape and its id (not in flight, under the in-flight
+# limit), the policy decision, and the validation of input and output.
 # argv: mode ("own", "checked", "forward" or "provider"), socket, then for "forward" the
 # provider's socket.
 LEAST_SERVER = """
@@ -142,6 +144,7 @@ if mode == "checked":
     from kiki_tool_broker.policy import Caller, Policy
     from kiki_tool_broker.schemas import Catalog
     from libkiki.peer import peer_cred
+    from libkiki.rpc.messages import request_problem
     catalog, policy = Catalog.load(), Policy()
 
 class Audit:
@@ -182,9 +185,16 @@ class Own(Lines):
         super().connection_made(transport)
         if mode == "checked":
             self.caller = Caller.of(peer_cred(transport.get_extra_info("socket"), app=False))
+            self.in_flight = set()
     def line(self, call):
         t0 = time.monotonic()
         counters["requests"] += 1
+        if mode == "checked":  # a JSON-RPC request, with an id not in flight, under the limit
+            problem = request_problem(call)
+            rid = call["id"]
+            if problem or rid in self.in_flight or len(self.in_flight) >= 64:
+                raise SystemExit(problem or "id in flight, or too many")
+            self.in_flight.add(rid)
         params = call["params"]
         name, arguments = params["name"], params.get("arguments", {})
         if mode == "checked":
@@ -202,6 +212,8 @@ class Own(Lines):
         audit.append(name, arguments, t0)
         counters["calls_ok"] += 1
         self.t.write(answer(call["id"], output))
+        if mode == "checked":
+            self.in_flight.discard(rid)
 
 class Provider(Lines):
     def line(self, call):
