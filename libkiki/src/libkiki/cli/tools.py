@@ -394,6 +394,9 @@ def _follow_file(path: Path, limit: int, as_json: bool) -> None:
             except FileNotFoundError:
                 continue  # moved away; its successor is not there yet
             if now.st_ino != os.fstat(f.fileno()).st_ino or now.st_size < f.tell():
+                *last, _ = (rest + f.read()).split(b"\n")  # what came just before the move
+                for line in last:
+                    _show_line(line, as_json)
                 f.close()
                 f = path.open("rb")
                 rest = b""
