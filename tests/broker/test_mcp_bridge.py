@@ -383,3 +383,24 @@ async def test_stdin_and_stdout_may_be_any_file(
         assert output == b""
     else:
         assert_answered(output)
+
+
+async def test_an_answer_that_cannot_be_written_is_an_error_not_silence(broker: Broker) -> None:
+    # A full disk under stdout (here /dev/full): the host will never see those answers, so the
+    # bridge says so and exits 1 (a host that closed its end is another matter: exit 0).
+    path, _ = broker
+    full = os.open("/dev/full", os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        async with asyncio.timeout(30):
+            proc = await asyncio.create_subprocess_exec(
+                str(VENV_BIN / "kiki"),
+                *("mcp", "--socket", str(path)),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=full,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            _, err = await proc.communicate(orjson.dumps(INITIALIZE) + b"\n")
+    finally:
+        os.close(full)
+    assert proc.returncode == 1
+    assert err.decode() == "kiki mcp: cannot write to stdout: No space left on device\n"

@@ -237,6 +237,7 @@ async def bridge(path: Path, drain_timeout: float = DRAIN_TIMEOUT) -> int:
     read_host = await _stdin(loop, sys.stdin.fileno())
     write_host, close_host = await _stdout(loop, sys.stdout.fileno())
     outstanding = Outstanding()
+    failed: list[str] = []  # why the host's side broke (said once the bridge is down)
 
     async def to_broker() -> None:
         lines = LineDecoder(HOST_LINE)
@@ -257,7 +258,13 @@ async def bridge(path: Path, drain_timeout: float = DRAIN_TIMEOUT) -> int:
     async def to_host() -> None:
         lines = LineDecoder(BROKER_LINE)
         while chunk := await sock_reader.read(CHUNK):
-            await write_host(chunk)
+            try:
+                await write_host(chunk)
+            except ConnectionError:
+                return  # the host closed its end: there is nobody left to tell
+            except OSError as exc:  # a full disk, say: answers would be lost without a word
+                failed.append(f"cannot write to stdout: {exc.strerror or exc}")
+                return
             # Only once the host has it does an answer count as delivered.
             for line in lines.feed(chunk):
                 if isinstance(line, bytes):
@@ -289,6 +296,9 @@ async def bridge(path: Path, drain_timeout: float = DRAIN_TIMEOUT) -> int:
         await asyncio.gather(*tasks, return_exceptions=True)
         sock_writer.close()
         close_host()
+    if failed:
+        print(f"kiki mcp: {failed[0]}", file=sys.stderr)
+        return 1
     return 0
 
 
