@@ -91,6 +91,10 @@ def test_list_call_and_log(broker: tuple[Path, Any], sockdir: Path) -> None:
     last_two = kiki(*sock, "log", "--json", "--limit", "2").stdout.splitlines()
     # (reading the log is a call too: the first read's own line is now the newest)
     assert [json.loads(x)["seq"] for x in last_two] == [everything[-1], everything[-1] + 1]
+    # A limit over the log's length shows it all (it once showed limit - length entries).
+    count = everything[-1] + 2  # the two reads above are in it too
+    beyond = kiki(*sock, "log", "--json", "--limit", str(count + count // 2)).stdout
+    assert [json.loads(x)["seq"] for x in beyond.splitlines()] == list(range(1, count + 1))
 
     # Offline verification of the file spots an edited line.
     audit = sockdir / "state" / "audit.jsonl"
@@ -237,10 +241,11 @@ async def test_log_file_follow_reads_the_file_through_a_rotation(tmp_path: Path)
     def call(tool: str) -> None:
         log.append(caller=view, tool=tool, outcome="ok", code=None, duration_us=1, arguments={})
 
-    call("org.example.before")
+    for n in range(3):
+        call(f"org.example.before-{n}")
     proc = await asyncio.create_subprocess_exec(
         str(VENV_BIN / "kiki"),
-        *("tools", "log", "--file", str(log.path), "--follow", "--json", "--limit", "1"),
+        *("tools", "log", "--file", str(log.path), "--follow", "--json", "--limit", "5"),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -256,14 +261,18 @@ async def test_log_file_follow_reads_the_file_through_a_rotation(tmp_path: Path)
 
     try:
         async with asyncio.timeout(30):
-            assert await next_tool() == "org.example.before"  # the newest entry, then new ones
+            for n in range(3):  # the newest 5 of 3: all of them, then new ones
+                assert await next_tool() == f"org.example.before-{n}"
             call("org.example.first")
             assert await next_tool() == "org.example.first"
+            await asyncio.sleep(0.1)  # it has read all there is, and waits before it looks again
+            call("org.example.just-before-the-move")  # then moved at once: not read yet
             log.close()
             log.path.rename(tmp_path / "audit.jsonl.1")
             log.head_path.rename(tmp_path / "audit.head.1")
             log = AuditLog(tmp_path)
             call("org.example.after-rotation")
+            assert await next_tool() == "org.example.just-before-the-move"
             assert await next_tool() == "org.example.after-rotation"
             proc.send_signal(signal.SIGINT)
             assert await proc.wait() == 0

@@ -295,7 +295,7 @@ async def _log_remote(args: argparse.Namespace) -> int:
             params = {"before": page["before"], "limit": min(want - got, _PAGE)}
             page = await client.call(AUDIT_TOOL, params)
         shown = [entry for entries in reversed(pages) for entry in entries]
-        for entry in shown[len(shown) - want :] if want else []:
+        for entry in shown[-want:] if want else []:
             _show(entry, args.json)
         problems: list[str] = []
         if args.verify:
@@ -376,7 +376,7 @@ def _follow_file(path: Path, limit: int, as_json: bool) -> None:
     f = path.open("rb")
     try:
         *lines, rest = f.read().split(b"\n")
-        for line in lines[len(lines) - limit :] if limit else []:
+        for line in lines[-limit:] if limit else []:
             _show_line(line, as_json)
         while True:
             chunk = f.read(1 << 20)
