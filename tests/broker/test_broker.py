@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -98,6 +99,27 @@ async def test_the_status_line_counts_the_tools_as_they_come_and_go(broker: Brok
             assert await status() == f"serving tools.sock (bound); {builtin + 4} tools"
         await changed.wait()
         assert await status() == f"serving tools.sock (bound); {builtin} tools"
+
+
+async def test_the_status_stays_draining_while_providers_leave_a_stopping_broker(
+    sockdir: Path, spawn_service: Any
+) -> None:
+    # The tool count is the status while serving; a provider leaving during the drain once put
+    # "serving …" back after STOPPING=1's "draining".
+    proc, notes = spawn_service("tool-broker")
+    notes.wait_for("READY")
+    async with asyncio.timeout(30), make_provider(sockdir / "tools.sock").connect() as conn:
+        proc.send_signal(signal.SIGTERM)
+        await conn.wait_closed()  # the broker closed it: this provider has left
+        assert await asyncio.to_thread(proc.wait, 20) == 0
+    stopping = notes.wait_for("STOPPING")
+    assert stopping["STATUS"] == "draining"
+    notes.sock.settimeout(0.5)
+    after = []
+    with contextlib.suppress(TimeoutError):
+        while True:
+            after.append(notes.sock.recv(4096).decode())
+    assert not [m for m in after if "STATUS=serving" in m], after
 
 
 async def test_lists_builtin_and_provided_tools_with_annotations(broker: Broker) -> None:

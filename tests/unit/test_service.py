@@ -101,3 +101,16 @@ async def test_status_text_is_the_status_line_at_start_reload_failure_and_stop(
             with contextlib.suppress(asyncio.CancelledError):
                 await runner
         manager.close()
+
+
+def test_status_text_fits_its_lexicon_however_long_the_status() -> None:
+    # A failed reload's note (with the policy file's path and error) once took statusText over
+    # the lexicon's 256 graphemes, and getInfo then failed its own output check.
+    ctx = ServiceContext("probe", "0", Listeners([]), Notifier(None))
+    ctx._status = "serving probe.sock"
+    ctx._reload_failure = "ConfigError: /etc/kiki/tool-policy.toml: " + "x" * 300
+    text = ctx.info()["statusText"]
+    assert len(text) == 256
+    assert text == ctx.status[:255] + "…"
+    ctx._reload_failure = None
+    assert ctx.info()["statusText"] == "serving probe.sock"  # short ones are whole

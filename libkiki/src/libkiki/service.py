@@ -15,7 +15,8 @@ accepting and drains. :func:`run` does the rest::
                                    serve(ctx) reads itself
 
 Every STATUS= line is ``ctx.status`` at that moment, and so is the ``statusText`` of
-``ctx.info()``: what systemd shows and what the service answers are one text.
+``ctx.info()`` (cut to the lexicon's 256 graphemes): what systemd shows and what the service
+answers are one text.
 
 :func:`service_main` is a service's whole ``main()``: ``--help``, ``--version``, configuration,
 logging, :func:`run`.
@@ -46,6 +47,14 @@ from libkiki.systemd import Notifier, watchdog_interval
 log = logging.getLogger(__name__)
 
 EX_CONFIG = 78  # sysexits.h: a configuration error (systemd shows status=78/CONFIG)
+STATUS_TEXT_MAX = 256  # graphemes of getInfo's statusText (lexicon dev.kiki.service.defs#info)
+
+
+def _clip(text: str, most: int) -> str:
+    """``text`` cut to at most ``most`` characters, "…" ending a cut one (no more graphemes,
+    then, since a grapheme is at least one character). STATUS= itself has no such limit."""
+    return text if len(text) <= most else text[: most - 1] + "…"
+
 
 ReloadHook = Callable[[], Awaitable[None]]
 
@@ -96,7 +105,7 @@ class ServiceContext:
             "pid": os.getpid(),
             "uptimeSeconds": int(time.monotonic() - self.started),
             "status": self.state,
-            "statusText": self.status,
+            "statusText": _clip(self.status, STATUS_TEXT_MAX),
             "counters": dict(self.counters),
             "activated": self.listeners.activated,
             "libkiki": libkiki_version,

@@ -301,7 +301,9 @@ class Broker:
                 await self.changed.wait()
             if self.changed.is_set():
                 self.changed.clear()
-                if self.serving:  # the status line counts the tools (systemctl, getInfo)
+                # The status line counts the tools (systemctl, getInfo), while serving: not
+                # over "draining" as providers leave during a stop.
+                if self.serving and self.ctx.state == "ready":
                     self.ctx.status = f"{self.serving}; {len(self.registry)} tools"
                 owed.update((conn, None) for conn in self.list_watchers)
                 owed.update(stream for stream, wanted in self.listen_streams.items() if wanted)
