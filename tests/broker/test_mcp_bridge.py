@@ -404,3 +404,40 @@ async def test_an_answer_that_cannot_be_written_is_an_error_not_silence(broker: 
         os.close(full)
     assert proc.returncode == 1
     assert err.decode() == "kiki mcp: cannot write to stdout: No space left on device\n"
+
+
+async def test_one_socket_may_be_both_stdin_and_stdout(broker: Broker) -> None:
+    # As socat's EXEC: or systemd's Accept=yes give it: the host's next request on the socket
+    # once looked like the end of stdout to the bridge, which dropped the answers after the
+    # first and exited 0.
+    path, _ = broker
+    ours, theirs = socket.socketpair()
+    with ours:
+        with theirs:
+            proc = await asyncio.create_subprocess_exec(
+                str(VENV_BIN / "kiki"),
+                *("mcp", "--socket", str(path)),
+                stdin=theirs.fileno(),
+                stdout=theirs.fileno(),
+                stderr=asyncio.subprocess.PIPE,
+            )
+        ours.setblocking(False)
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(30):
+            answers: list[Any] = []
+            await loop.sock_sendall(ours, orjson.dumps(INITIALIZE) + b"\n")
+            received = b""
+            for rid, method in ((2, "tools/list"), (3, "ping")):
+                while received.count(b"\n") < rid - 1:
+                    received += await loop.sock_recv(ours, 1 << 16)
+                request = {"jsonrpc": "2.0", "id": rid, "method": method}
+                await loop.sock_sendall(ours, orjson.dumps(request) + b"\n")
+            ours.shutdown(socket.SHUT_WR)
+            while chunk := await loop.sock_recv(ours, 1 << 16):
+                received += chunk
+            answers = [orjson.loads(line) for line in received.splitlines()]
+            _, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    assert [a["id"] for a in answers] == [1, 2, 3]
+    assert "tools" in answers[1]["result"]
+    assert answers[2]["result"] == {}

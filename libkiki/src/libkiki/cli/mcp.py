@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import socket
 import stat
 import sys
 from collections import Counter
@@ -195,9 +196,21 @@ async def _stdout(loop: asyncio.AbstractEventLoop, fd: int) -> tuple[Write, Call
     """What writes to stdout, returning once the host's side has every byte, and what closes it.
 
     The next answer is read from the broker only once the last is written, so the host's pace
-    bounds what the bridge holds, and nothing is left in a buffer when it exits. A file the
-    loop cannot wait on is written in a thread, as :func:`_stdin` reads one.
+    bounds what the bridge holds, and nothing is left in a buffer when it exits. A socket is
+    written with the loop's socket calls, a pipe or terminal through a pipe transport, and a
+    file the loop cannot wait on in a thread, as :func:`_stdin` reads one.
     """
+    if stat.S_ISSOCK(os.fstat(fd).st_mode):
+        # A socket (socat, systemd's Accept=yes) is often stdin too: the write pipe transport
+        # watches its fd for reading, to learn of a closed reader, and takes the host's next
+        # request for that, dropping the answers. The loop's socket calls watch only writes.
+        sock = socket.socket(fileno=os.dup(fd))
+        sock.setblocking(False)
+
+        async def write_socket(data: bytes) -> None:
+            await loop.sock_sendall(sock, data)
+
+        return write_socket, sock.close
     if _pollable(loop, fd):
         transport, protocol = await loop.connect_write_pipe(
             asyncio.streams.FlowControlMixin, os.fdopen(os.dup(fd), "wb")
