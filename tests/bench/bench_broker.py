@@ -18,9 +18,9 @@ asyncio StreamReader; ``--client callbacks`` writes the next line from the read 
              (b) forwarded to a provider process that only parses and answers. No validation,
              policy, limits or JSON-RPC checks: how near the goals Python itself gets on this
              machine (for context, like relay)
-  least (a)+ least (a) with the checks every call must pass, by the broker's own code: the
-             JSON-RPC request's shape and id, the caller's policy decision, the lexicon's
-             validation of input and output
+  least (a)+ least (a) and least (b) with the checks every call must pass, by the broker's
+  least (b)+ own code: the JSON-RPC request's shape and id, the caller's policy decision, the
+             lexicon's validation of input and output
 
 Everything runs twice: pinned to one core (``taskset -c 0``: the client, the broker and the
 provider share it) and unpinned. Latencies are medians over the repeats of each repeat's p50/p99;
@@ -128,24 +128,29 @@ asyncio.run(main())
 # answers; for (b) it forwards the call to a provider process (mode "provider": parse, answer)
 # and maps the answer back. No validation, policy, limits, JSON-RPC checks or error handling:
 # a bound to compare the broker with, not a broker. Every line is read into a kept buffer.
-# Mode "checked" is "own" plus the checks the issue requires of every call, done by the
+# Modes "own+" and "forward+" add the checks the issue requires of every call, done by the
 # broker's own code: the JSON-RPC request's shape and its id (not in flight, under the in-flight
-# limit), the policy decision, and the validation of input and output.
-# argv: mode ("own", "checked", "forward" or "provider"), socket, then for "forward" the
-# provider's socket.
+# limit), the policy decision, and the validation of input and output (the test tools' lexicons
+# are read from $KIKI_BENCH_LEXICONS).
+# argv: mode ("own", "own+", "forward", "forward+" or "provider"), socket, then for "forward"
+# and "forward+" the provider's socket.
 LEAST_SERVER = """
 import asyncio, hashlib, os, sys, time, orjson
 
 mode, path = sys.argv[1], sys.argv[2]
+checked = mode.endswith("+")  # "own+", "forward+": with the checks every call must pass
 CANON = orjson.OPT_SORT_KEYS
 started = time.monotonic()
 counters = {"requests": 0, "calls_ok": 0}
-if mode == "checked":
+if checked:
     from kiki_tool_broker.policy import Caller, Policy
     from kiki_tool_broker.schemas import Catalog
     from libkiki.peer import peer_cred
     from libkiki.rpc.messages import request_problem
+    sys.path.insert(0, os.environ["KIKI_BENCH_LEXICONS"])
+    from broker_lexicons import LEXICONS
     catalog, policy = Catalog.load(), Policy()
+    catalog.add_documents(LEXICONS, owner=1)
 
 class Audit:
     def __init__(self, stem):
@@ -173,47 +178,49 @@ class Lines(asyncio.BufferedProtocol):
         self.t = transport
         self.view = memoryview(bytearray(1 << 18))
         self.rest = b""
+        if checked:
+            self.caller = Caller.of(peer_cred(transport.get_extra_info("socket"), app=False))
+            self.in_flight = set()
     def get_buffer(self, sizehint):
         return self.view
     def buffer_updated(self, n):
         *lines, self.rest = (self.rest + bytes(self.view[:n])).split(b"\\n")
         for line in lines:
             self.line(orjson.loads(line))
+    def admit(self, call):
+        # A JSON-RPC request, its id not in flight, under the in-flight limit; the caller's
+        # policy decision; its input valid by the tool's lexicon. Its schema, for the output.
+        problem = request_problem(call)
+        rid = call["id"]
+        if problem or rid in self.in_flight or len(self.in_flight) >= 64:
+            raise SystemExit(problem or "id in flight, or too many")
+        self.in_flight.add(rid)
+        params = call["params"]
+        schema = catalog.tool(params["name"])
+        allowed, why = policy.allows(self.caller, params["name"], schema.kind, (os.getuid(),))
+        if not allowed:
+            raise SystemExit(why)
+        schema.validate_input(params.get("arguments", {}))
+        return schema
 
 class Own(Lines):
-    def connection_made(self, transport):
-        super().connection_made(transport)
-        if mode == "checked":
-            self.caller = Caller.of(peer_cred(transport.get_extra_info("socket"), app=False))
-            self.in_flight = set()
     def line(self, call):
         t0 = time.monotonic()
         counters["requests"] += 1
-        if mode == "checked":  # a JSON-RPC request, with an id not in flight, under the limit
-            problem = request_problem(call)
-            rid = call["id"]
-            if problem or rid in self.in_flight or len(self.in_flight) >= 64:
-                raise SystemExit(problem or "id in flight, or too many")
-            self.in_flight.add(rid)
+        schema = self.admit(call) if checked else None
         params = call["params"]
         name, arguments = params["name"], params.get("arguments", {})
-        if mode == "checked":
-            schema = catalog.tool(name)
-            allowed, why = policy.allows(self.caller, name, schema.kind, (os.getuid(),))
-            if not allowed:
-                raise SystemExit(why)
-            schema.validate_input(arguments)
         output = {"name": "tool-broker", "version": "0", "pid": os.getpid(),
                   "uptimeSeconds": int(t0 - started), "status": "ready",
                   "statusText": "serving", "counters": dict(counters), "activated": False,
                   "libkiki": "0.1.0"}
-        if mode == "checked":
+        if schema is not None:
             schema.validate_output(output)
         audit.append(name, arguments, t0)
         counters["calls_ok"] += 1
         self.t.write(answer(call["id"], output))
-        if mode == "checked":
-            self.in_flight.discard(rid)
+        if checked:
+            self.in_flight.discard(call["id"])
 
 class Provider(Lines):
     def line(self, call):
@@ -223,10 +230,12 @@ pending = {}
 
 class Forward(Lines):
     def line(self, call):
+        t0 = time.monotonic()
+        schema = self.admit(call) if checked else None
         params = call["params"]
         counters["requests"] += 1
         rid = counters["requests"]
-        pending[rid] = (self.t, call["id"], params["name"], params["arguments"], time.monotonic())
+        pending[rid] = (self, call["id"], params["name"], params["arguments"], t0, schema)
         meta = {"dev.kiki/caller": {"uid": 0, "pid": 1}}
         up.write(orjson.dumps({"jsonrpc": "2.0", "id": rid, "method": "tools/call", "params":
                                {"name": params["name"], "arguments": params["arguments"],
@@ -234,17 +243,22 @@ class Forward(Lines):
 
 class Upstream(Lines):
     def line(self, reply):
-        down, rid, tool, arguments, t0 = pending.pop(reply["id"])
+        down, rid, tool, arguments, t0, schema = pending.pop(reply["id"])
+        output = reply["result"]["structuredContent"]
+        if schema is not None:
+            schema.validate_output(output)
         audit.append(tool, arguments, t0)
-        down.write(answer(rid, reply["result"]["structuredContent"]))
+        down.t.write(answer(rid, output))
+        if checked:
+            down.in_flight.discard(rid)
 
 async def main():
     global audit, up
     loop = asyncio.get_running_loop()
     audit = None if mode == "provider" else Audit(path)
-    if mode == "forward":
+    if mode.startswith("forward"):
         up, _ = await loop.create_unix_connection(Upstream, sys.argv[3])
-    kind = {"own": Own, "checked": Own, "forward": Forward, "provider": Provider}[mode]
+    kind = {"own": Own, "forward": Forward, "provider": Provider}[mode.rstrip("+")]
     await loop.create_unix_server(kind, path)
     print("ready", flush=True)
     await asyncio.Event().wait()
@@ -506,13 +520,15 @@ def measure(calls: int, repeats: int) -> tuple[Result, Cpu, Cpu, Spread]:
         provider_code = PROVIDER.format(tests=str(REPO / "tests" / "broker"), path=str(tools))
         procs.append(provider := start([sys.executable, "-c", provider_code], env))
         least = [sys.executable, "-c", LEAST_SERVER]
-        procs.append(least_own := start([*least, "own", str(run / "least-own.sock")], env))
-        checked_args = ["checked", str(run / "least-checked.sock")]
-        procs.append(least_checked := start([*least, *checked_args], env))
+        least_env = {**env, "KIKI_BENCH_LEXICONS": str(REPO / "tests" / "broker")}
+        bounds: dict[str, subprocess.Popen[str]] = {}
         least_provider_sock = str(run / "least-provider.sock")
-        procs.append(least_provider := start([*least, "provider", least_provider_sock], env))
-        least_fwd_args = ["forward", str(run / "least-fwd.sock"), least_provider_sock]
-        procs.append(least_fwd := start([*least, *least_fwd_args], env))
+        for mode in ("provider", "own", "own+", "forward", "forward+"):
+            where = [least_provider_sock] if mode.startswith("forward") else []
+            sock = least_provider_sock if mode == "provider" else str(run / f"least-{mode}.sock")
+            bounds[mode] = start([*least, mode, sock, *where], least_env)
+            procs.append(bounds[mode])
+        upstream = bounds["provider"]
         results: dict[str, list[tuple[float, float]]] = {}
         cpu: dict[str, list[list[float]]] = {}
         faults: dict[str, list[list[float]]] = {}
@@ -524,9 +540,10 @@ def measure(calls: int, repeats: int) -> tuple[Result, Cpu, Cpu, Spread]:
                 ("ping", tools, PING, [broker]),
                 ("(a) own", tools, OWN, [broker]),
                 ("(b) fwd", tools, FWD, [broker, provider]),
-                ("least (a)", run / "least-own.sock", OWN, [least_own]),
-                ("least (a)+", run / "least-checked.sock", OWN, [least_checked]),
-                ("least (b)", run / "least-fwd.sock", FWD, [least_fwd, least_provider]),
+                ("least (a)", run / "least-own.sock", OWN, [bounds["own"]]),
+                ("least (a)+", run / "least-own+.sock", OWN, [bounds["own+"]]),
+                ("least (b)", run / "least-forward.sock", FWD, [bounds["forward"], upstream]),
+                ("least (b)+", run / "least-forward+.sock", FWD, [bounds["forward+"], upstream]),
             ):
                 times, used, faulted = timed(path, line, calls, [p.pid for p in servers])
                 results.setdefault(name, []).append((pct(times, 0.5), pct(times, 0.99)))
@@ -574,6 +591,7 @@ SERVERS = {
     "least (a)": ("least",),
     "least (a)+": ("least",),
     "least (b)": ("least", "provider"),
+    "least (b)+": ("least", "provider"),
 }
 
 
