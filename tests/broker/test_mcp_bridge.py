@@ -10,6 +10,7 @@ import socket
 import subprocess
 import threading
 import tty
+from asyncio.subprocess import PIPE
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -58,21 +59,25 @@ def call(rid: Any, name: str, arguments: dict[str, Any] | None = None) -> dict[s
     return {"jsonrpc": "2.0", "id": rid, "method": "tools/call", "params": params}
 
 
+async def start_bridge(
+    path: Path, stdin: Any = PIPE, stdout: Any = PIPE, extra: tuple[str, ...] = ()
+) -> asyncio.subprocess.Process:
+    """A `kiki mcp` process on the broker at ``path``, its stderr a pipe."""
+    return await asyncio.create_subprocess_exec(
+        str(VENV_BIN / "kiki"),
+        *("mcp", "--socket", str(path), *extra),
+        stdin=stdin,
+        stdout=stdout,
+        stderr=PIPE,
+    )
+
+
 async def bridge(
     path: Path, *messages: Any, extra: tuple[str, ...] = (), tail: bytes = b""
 ) -> tuple[list[Any], str]:
     """Write ``messages`` (then ``tail``) to a fresh `kiki mcp` and close its stdin; what it
     printed, line by line, and its stderr."""
-    proc = await asyncio.create_subprocess_exec(
-        str(VENV_BIN / "kiki"),
-        "mcp",
-        "--socket",
-        str(path),
-        *extra,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    proc = await start_bridge(path, extra=extra)
     data = b"".join(orjson.dumps(m) + b"\n" for m in messages) + tail
     out, err = await proc.communicate(data)
     assert proc.returncode == 0, err.decode()
@@ -104,13 +109,7 @@ async def test_answers_are_waited_for_after_an_earlier_exchange(broker: Broker) 
     # call and closes stdin: the call is still owed, and waited for.
     path, _ = broker
     async with asyncio.timeout(30), make_provider(path).connect():
-        proc = await asyncio.create_subprocess_exec(
-            str(VENV_BIN / "kiki"),
-            *("mcp", "--socket", str(path)),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        proc = await start_bridge(path)
         assert proc.stdin is not None
         assert proc.stdout is not None
         proc.stdin.write(orjson.dumps(INITIALIZE) + b"\n")
@@ -206,13 +205,7 @@ async def run_bridge(
 ) -> tuple[bytes, bytes]:
     """Run `kiki mcp` on the given stdin and stdout (writing ``data`` when stdin is a pipe) to
     its end; its output (when stdout is a pipe) and stderr. Killed if the caller gives up."""
-    proc = await asyncio.create_subprocess_exec(
-        str(VENV_BIN / "kiki"),
-        *("mcp", "--socket", str(path)),
-        stdin=stdin,
-        stdout=stdout,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    proc = await start_bridge(path, stdin, stdout)
     try:
         out, err = await proc.communicate(data)
     finally:
@@ -359,13 +352,7 @@ async def test_stdin_and_stdout_may_be_any_file(
             with contextlib.ExitStack() as given:
                 source, feed = stdin_of(stdin, tmp_path, given, kept)
                 target, read = stdout_of(stdout, tmp_path, given, kept)
-                proc = await asyncio.create_subprocess_exec(
-                    str(VENV_BIN / "kiki"),
-                    *("mcp", "--socket", str(path)),
-                    stdin=source,
-                    stdout=target,
-                    stderr=asyncio.subprocess.PIPE,
-                )
+                proc = await start_bridge(path, source, target)
             try:
                 fed = asyncio.ensure_future(asyncio.to_thread(feed))
                 _, err = await proc.communicate()
@@ -392,13 +379,7 @@ async def test_an_answer_that_cannot_be_written_is_an_error_not_silence(broker: 
     full = os.open("/dev/full", os.O_WRONLY | os.O_CLOEXEC)
     try:
         async with asyncio.timeout(30):
-            proc = await asyncio.create_subprocess_exec(
-                str(VENV_BIN / "kiki"),
-                *("mcp", "--socket", str(path)),
-                stdin=asyncio.subprocess.PIPE,
-                stdout=full,
-                stderr=asyncio.subprocess.PIPE,
-            )
+            proc = await start_bridge(path, stdout=full)
             _, err = await proc.communicate(orjson.dumps(INITIALIZE) + b"\n")
     finally:
         os.close(full)
@@ -414,13 +395,7 @@ async def test_one_socket_may_be_both_stdin_and_stdout(broker: Broker) -> None:
     ours, theirs = socket.socketpair()
     with ours:
         with theirs:
-            proc = await asyncio.create_subprocess_exec(
-                str(VENV_BIN / "kiki"),
-                *("mcp", "--socket", str(path)),
-                stdin=theirs.fileno(),
-                stdout=theirs.fileno(),
-                stderr=asyncio.subprocess.PIPE,
-            )
+            proc = await start_bridge(path, theirs.fileno(), theirs.fileno())
         ours.setblocking(False)
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(30):
