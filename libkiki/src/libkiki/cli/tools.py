@@ -343,7 +343,8 @@ def _log_file(args: argparse.Namespace) -> int:
         return 1
     path: Path = args.file
     try:
-        if _readable(path) and args.follow:
+        _check_readable(path)
+        if args.follow:
             _follow_file(path, args.limit, args.json)
         for entry in read_entries(path, last=args.limit):
             _show(entry, args.json)
@@ -355,14 +356,13 @@ def _log_file(args: argparse.Namespace) -> int:
     return 0
 
 
-def _readable(path: Path) -> bool:
-    """True for a file to read; an OSError saying why for anything else (read_entries takes a
-    missing file for an empty log, which is right for the broker's own file, not a typo)."""
+def _check_readable(path: Path) -> None:
+    """An OSError saying why ``path`` is not a file to read (read_entries takes a missing file
+    for an empty log, which is right for the broker's own file, not for a typo)."""
     if path.is_dir():
         raise IsADirectoryError(errno.EISDIR, "is a directory")
     if not path.exists():
         raise FileNotFoundError(errno.ENOENT, "does not exist")
-    return True
 
 
 _FOLLOW_PAUSE = 0.5  # seconds between looks at a file that has not grown
