@@ -1,7 +1,8 @@
 """asyncio layer of the sync relay: a WebSocket server with a plain-HTTP health endpoint.
 
 ``GET /healthz`` answers the service's info as JSON on the same port as the WebSockets, so
-operators and load balancers can probe it without speaking WebSocket. Sessions (the Yjs
+operators and load balancers can probe it without speaking WebSocket. Every other request gets
+an HTTP answer too (see :mod:`kiki_sync_relay.handshake`). Sessions (the Yjs
 document per session) are not served yet: a WebSocket client is told so with close code 1013
 ("try again later") rather than being left hanging.
 """
@@ -12,13 +13,16 @@ import contextlib
 import http
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import orjson
 from websockets.asyncio.server import ServerConnection
 from websockets.asyncio.server import serve as ws_serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
+from websockets.server import ServerProtocol
 
+from kiki_sync_relay.handshake import Refusal, parse_opening
 from libkiki.config import ServiceConfig
 from libkiki.constellation import DEFAULT_RELAY_HOST, DEFAULT_RELAY_PORT
 from libkiki.service import ServiceContext
@@ -55,6 +59,17 @@ async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
             return _json(http.HTTPStatus.NOT_FOUND, {"error": f"no resource at {request.path}"})
         return None
 
+    def refused(refusal: Refusal) -> None:
+        ctx.counters["http_requests"] += 1
+        ctx.counters["refused_requests"] += 1
+        log.info("refused a request: %s %s", refusal.status.value, refusal.reason)
+
+    class Connection(ServerConnection):
+        def __init__(self, protocol: ServerProtocol, *args: Any, **kwargs: Any) -> None:
+            super().__init__(protocol, *args, **kwargs)
+            protocol.parser = parse_opening(protocol, refused)
+            next(protocol.parser)
+
     async def handler(connection: ServerConnection) -> None:
         live.add(connection)
         ctx.counters["websocket_connections"] += 1
@@ -64,7 +79,11 @@ async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
             live.discard(connection)
 
     async with ws_serve(
-        handler, sock=listener, process_request=process_request, max_size=config.max_message
+        handler,
+        sock=listener,
+        process_request=process_request,
+        max_size=config.max_message,
+        create_connection=Connection,
     ) as server:
         host, port = listener.getsockname()[:2]
         how = "activated" if ctx.listeners.activated else "bound"
