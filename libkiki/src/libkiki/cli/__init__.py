@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from libkiki import __version__
+from libkiki.cli.common import quiet_pipes
 
 # Command groups, in the order ``kiki --help`` lists them.
 GROUPS = ("up", "status", "schema", "app", "tools", "mcp", "a11y", "sensors")
@@ -38,6 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """Run one command; a reader of its output that goes away ends it as it ends ``cat``."""
+    with quiet_pipes():
+        _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

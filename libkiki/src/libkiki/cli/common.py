@@ -1,13 +1,22 @@
-"""What the command groups that talk to one service's socket share."""
+"""What the command groups share: the socket option, error reports, and the way every command
+ends when the reader of its output goes away."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import os
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from libkiki.errors import KikiError
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
 
 
 def service_group(
@@ -28,3 +37,69 @@ def fail(group: str, exc: KikiError) -> int:
     """Report ``exc`` the one way every command does; the exit status for it."""
     print(f"kiki {group}: {exc}", file=sys.stderr)
     return 1
+
+
+class _PipeEnd(io.FileIO):
+    """The raw file under ``sys.stdout``/``sys.stderr``: a write the reader has gone away from
+    ends the process then and there, wherever it was written from (a ``print`` deep in a
+    command, argparse's help, the flush at exit), before any ``except OSError`` can take it
+    for an error worth a message."""
+
+    def write(self, data: ReadableBuffer, /) -> int:
+        try:
+            return super().write(data)
+        except BrokenPipeError:
+            reader_gone()
+
+
+def reader_gone() -> NoReturn:
+    """End as ``cat`` does when its reader goes away: killed by SIGPIPE, without a word (a
+    shell reports status 141). Python ignores SIGPIPE so that a write to a closed socket
+    fails with EPIPE instead of killing; it is restored only here, at the very end."""
+    with contextlib.suppress(ValueError, OSError):  # ValueError: not the main thread
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGPIPE})
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGPIPE)
+    # No flush here: the data left in the buffers has no reader either.
+    os._exit(128 + signal.SIGPIPE)
+
+
+def _guarded(stream: TextIO, fd: int) -> TextIO:
+    """``stream`` rebuilt over a :class:`_PipeEnd`, when it is the process's own ``fd``
+    (not a test's capture, say); else ``stream`` itself."""
+    own = (sys.__stdout__, sys.__stderr__)[fd - 1]
+    if own is None or stream is not own:
+        return stream
+    stream = own  # the interpreter's own TextIOWrapper
+    try:
+        if stream.fileno() != fd:
+            return stream
+        stream.flush()
+    except (OSError, ValueError):
+        return stream
+    return io.TextIOWrapper(
+        io.BufferedWriter(_PipeEnd(fd, "w", closefd=False)),
+        encoding=stream.encoding,
+        errors=stream.errors,
+        line_buffering=stream.line_buffering,
+        write_through=stream.write_through,
+    )
+
+
+@contextlib.contextmanager
+def quiet_pipes() -> Iterator[None]:
+    """Within: stdout and stderr end the process quietly when their reader goes away
+    (:func:`reader_gone`), including at the final flush, which happens here."""
+    saved = sys.stdout, sys.stderr
+    if sys.stdout is not None:  # None: started with fd 1 closed
+        sys.stdout = _guarded(sys.stdout, 1)
+    if sys.stderr is not None:
+        sys.stderr = _guarded(sys.stderr, 2)
+    try:
+        yield
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                with contextlib.suppress(ValueError):  # closed by the command
+                    stream.flush()
+        sys.stdout, sys.stderr = saved
