@@ -11,9 +11,12 @@ import contextlib
 import os
 import signal
 import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from libkiki import signals
 from libkiki.errors import KikiError
 from libkiki.service import ServiceContext, serve_until_stopped
 from libkiki.sockets import Listeners
@@ -114,3 +117,94 @@ def test_status_text_fits_its_lexicon_however_long_the_status() -> None:
     assert text == ctx.status[:255] + "…"
     ctx._reload_failure = None
     assert ctx.info()["statusText"] == "serving probe.sock"  # short ones are whole
+
+
+# The loop's self-pipe and the process's signal wake-up fd are filled to the brim (as a loop
+# that falls behind a 10 kHz SIGALRM fills them), then the process sends itself SIGTERM: the
+# signal's byte cannot be written anywhere. The stop must still happen.
+FULL_PIPES_THEN_SIGTERM = """
+import asyncio, contextlib, os, signal, socket, sys
+from libkiki.service import ServiceContext, serve_until_stopped
+from libkiki.sockets import Listeners
+from libkiki.systemd import Notifier
+
+def fill(fd):
+    s = socket.socket(fileno=os.dup(fd))
+    s.setblocking(False)
+    n = 0
+    try:
+        while True:
+            s.send(b"\\0")
+            n += 1
+    except BlockingIOError:
+        return n
+    finally:
+        s.close()
+
+def full_then_sigterm():
+    loop = asyncio.get_running_loop()
+    pipe = fill(loop._csock.fileno())  # asyncio's self-pipe (a private name: a test only)
+    wakeup = signal.set_wakeup_fd(-1)
+    signal.set_wakeup_fd(wakeup, warn_on_full_buffer=False)
+    other = fill(wakeup) if wakeup not in (-1, loop._csock.fileno()) else 0
+    print(f"filled {pipe} {other}", flush=True)
+    # Delivered before kill() returns (a single-threaded process signalling itself).
+    os.kill(os.getpid(), signal.SIGTERM)
+
+@contextlib.asynccontextmanager
+async def serve(ctx):
+    asyncio.get_running_loop().call_soon(full_then_sigterm)
+    yield
+
+ctx = ServiceContext("probe", "0", Listeners([]), Notifier(None))
+print("exit", asyncio.run(serve_until_stopped(ctx, serve, drain_timeout=2)), flush=True)
+"""
+
+
+def test_a_stop_is_not_lost_when_the_loops_wakeup_pipes_are_full() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", FULL_PIPES_THEN_SIGTERM],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        # Bounded: the drain timeout (2 s) and a generous start-up; lost, it would wait forever.
+        out, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(f"SIGTERM was lost: still running; said {out!r} {err!r}") from None
+    lines = out.split("\n")
+    filled = lines[0].split()
+    assert filled[0] == "filled", out
+    assert int(filled[1]) > 0, out  # the self-pipe really was full
+    assert lines[1] == "exit 0", (out, err)
+    assert proc.returncode == 0
+
+
+async def test_a_flood_of_one_signal_runs_its_callback_once_per_turn() -> None:
+    loop = asyncio.get_running_loop()
+    previous = signal.getsignal(signal.SIGUSR1)
+    calls: list[int] = []
+    ran = asyncio.Event()
+
+    def callback() -> None:
+        calls.append(1)
+        ran.set()
+
+    signals.add_signal_handler(loop, signal.SIGUSR1, callback)
+    try:
+        for _ in range(50):  # each delivered before kill() returns
+            os.kill(os.getpid(), signal.SIGUSR1)
+        async with asyncio.timeout(10):
+            await ran.wait()
+            ran.clear()
+            assert calls == [1]  # fifty signals before it could run: one callback
+            os.kill(os.getpid(), signal.SIGUSR1)
+            await ran.wait()
+            assert calls == [1, 1]  # and the next signal runs it again
+    finally:
+        assert signals.remove_signal_handler(loop, signal.SIGUSR1)
+    assert signal.getsignal(signal.SIGUSR1) == previous
+    assert not signals.remove_signal_handler(loop, signal.SIGUSR1)

@@ -9,6 +9,7 @@ accepting and drains. :func:`run` does the rest::
     SIGHUP                      -> RELOADING=1, ctx.reload hooks, READY=1 (STATUS= says
                                    if a hook failed and the old configuration stays)
     SIGTERM / SIGINT            -> STOPPING=1, leave serve(ctx) within drain_timeout, exit 0
+                                   (never lost, however busy the loop: libkiki.signals)
     startup failure             -> ERRNO=, STATUS=, exit 1 (logged, never a traceback for
                                    expected errors such as a socket held by another instance);
                                    exit 78 (EX_CONFIG) for a ConfigError, e.g. a file that
@@ -40,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from libkiki import __version__ as libkiki_version
+from libkiki import signals
 from libkiki.errors import AddressInUse, ConfigError, KikiError
 from libkiki.sockets import Listeners
 from libkiki.systemd import Notifier, watchdog_interval
@@ -152,9 +154,11 @@ async def serve_until_stopped(
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     reload_requested = asyncio.Event()
+    # Not loop.add_signal_handler: a loop flooded with timer signals can drop its byte, and the
+    # stop with it (see libkiki.signals).
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, reload_requested.set)
+        signals.add_signal_handler(loop, sig, stop.set)
+    signals.add_signal_handler(loop, signal.SIGHUP, reload_requested.set)
     try:
         service = serve(ctx)
         try:
@@ -200,7 +204,7 @@ async def serve_until_stopped(
         return 0
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.remove_signal_handler(sig)
+            signals.remove_signal_handler(loop, sig)
         ctx.listeners.close()
         ctx.notifier.close()
 
