@@ -12,18 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import fnmatch
 import grp
 import logging
 import math
 import os
-import signal
-import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
+from kiki_sensor_publisher.clock import ImuClock
 from kiki_sensor_publisher.config import SensorConfig
 from kiki_sensor_publisher.protocol import GONE, WAKE, ReadPolicy, Subscriber, WakeCore, unknown
 from kiki_sensor_publisher.protocol import principal_matches as _matches
@@ -54,168 +52,6 @@ _T = TypeVar("_T")
 # sender quickly instead of filling our memory; its wake-ups then coalesce into one dict.
 _WRITE_HIGH_WATER = 4096
 _SNDBUF = 16384
-
-
-class ImuClock:
-    """Samples the synthetic IMU on time, in one of two ways, whichever its subscribers need.
-
-    *On the event loop* (``mode == "signal"``) while some subscriber wants wake-up messages more
-    often than every 10 ms: an interval timer's SIGALRM reaches the loop through its wake-up
-    fd, and one callback samples, writes the ring and writes the wake-ups straight to the
-    subscribers' transports. (asyncio's own timers wake at most once a millisecond: epoll's
-    timeout is in ms.)
-
-    *In a thread of its own* (``mode == "thread"``) otherwise -- futex readers, batched message
-    subscribers, nobody: it sleeps to each tick, writes, and wakes the futex sleepers itself
-    (one system call); messages for batched subscribers go through the loop
-    (``call_soon_threadsafe``, at most once per tick). A thread woken by its timer costs less
-    than half of what the loop's signal path does.
-
-    Either way the tick is once per sample while a subscriber wants every sample; otherwise as
-    often as the most eager subscriber wants wake-ups (at most every 10 ms), writing the
-    samples due since the last tick with their scheduled timestamps. Switching stops one way
-    (the thread is joined) before the other starts: the ring keeps a single writer.
-    """
-
-    IDLE_TICK_NS = 10_000_000
-
-    def __init__(self, pub: Publisher, sensor: Sensor, imu: SyntheticImu) -> None:
-        self.pub = pub
-        self.sensor = sensor
-        self.imu = imu
-        self.period_ns = int(1e9 / imu.rate_hz)
-        self.tick_ns = 0
-        self.n = 0
-        self.next_ns = 0
-        self.rung = 0
-        self.mode = ""
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
-        self._socket_due = False  # a socket wake-up pass is queued on the loop
-
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self.next_ns = time.monotonic_ns()
-        self.retune()
-
-    def retune(self) -> None:
-        """Pick the tick and the way for the current subscribers (called when they change)."""
-        if self._loop is None:
-            return
-        core, sid = self.pub.core, self.sensor.id
-        fastest = core.fastest.get(sid)
-        want = self.IDLE_TICK_NS if fastest is None else int(fastest * 1e9)
-        want = max(self.period_ns, min(want, self.IDLE_TICK_NS))
-        # Subscribers that want wake-up messages more often than every 10 ms have the loop
-        # sample for them; batched ones are told from the thread through the loop, which then
-        # wakes only at their pace (measured: 1.9 % of a core for 4 readers at 50 wake-ups/s
-        # at 1 kHz, 3.1 % with the loop's timer at 100 Hz doing the sampling).
-        messages = core.socket_fastest.get(sid)
-        frequent = messages is not None and messages * 1e9 < self.IDLE_TICK_NS
-        mode = "signal" if frequent else "thread"
-        if mode != self.mode:
-            self._halt()
-            self.mode, self.tick_ns = mode, want
-            if mode == "signal":
-                self._loop.add_signal_handler(signal.SIGALRM, self.tick)
-                signal.setitimer(signal.ITIMER_REAL, want / 1e9, want / 1e9)
-                self.tick()  # the first sample now, not a tick later
-            else:
-                self._stop.clear()
-                self._thread = threading.Thread(target=self._run, name="imu-clock", daemon=True)
-                self._thread.start()
-        elif want != self.tick_ns:
-            self.tick_ns = want  # the thread reads it on its next tick
-            if mode == "signal":
-                signal.setitimer(signal.ITIMER_REAL, want / 1e9, want / 1e9)
-
-    @property
-    def tick_hz(self) -> float:
-        return round(1e9 / self.tick_ns, 1) if self.tick_ns else 0.0
-
-    def _halt(self) -> None:
-        if self.mode == "signal":
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            if self._loop is not None:
-                self._loop.remove_signal_handler(signal.SIGALRM)
-        elif self._thread is not None:
-            self._stop.set()
-            self._thread.join()
-            self._thread = None
-        self.mode = ""
-
-    def stop(self) -> None:
-        self._halt()
-        self._loop = None
-
-    def _write_due(self, now: int) -> bool:
-        writer = self.sensor.writer
-        if writer is None:
-            return False
-        # Behind by more than 100 ms (a stopped machine): skip ahead instead of bursting.
-        if now - self.next_ns > 100_000_000:
-            self.next_ns = now
-        wrote = False
-        half = self.period_ns // 2
-        # Half a period of slack: the timer and our schedule drift by nanoseconds.
-        while self.next_ns <= now + half:
-            # A sample taken now is stamped now; one that was due earlier (coarse ticks, a late
-            # signal) keeps its scheduled time, so the series stays evenly spaced.
-            late = self.next_ns < now - half
-            writer.write(self.next_ns if late else time.monotonic_ns(), self.imu.values(self.n))
-            self.n += 1
-            self.next_ns += self.period_ns
-            wrote = True
-        return wrote
-
-    def _due(self, now: int) -> bool:
-        """Whether the most eager subscriber wants to hear about the writes now."""
-        interval = self.pub.core.fastest.get(self.sensor.id)
-        if interval is None or now - self.rung < interval * 1e9:
-            return False
-        self.rung = now
-        return True
-
-    def tick(self) -> None:
-        """The signal way: sample, write, wake everyone from the loop."""
-        now = time.monotonic_ns()
-        if self._write_due(now) and self._due(now):
-            self.pub.publish(self.sensor)
-
-    def _run(self) -> None:
-        """The thread way."""
-        _set_timer_slack(1000)  # sleep to the tick, not up to 50 µs past it
-        core, sensor, loop = self.pub.core, self.sensor, self._loop
-        assert loop is not None
-        while not self._stop.is_set() and sensor.writer is not None:
-            now = time.monotonic_ns()
-            # Wake when the tick's last sample is due (every sample: exactly on its time).
-            wake = self.next_ns + self.tick_ns - self.period_ns
-            if now < wake:
-                # A plain sleep (clock_nanosleep): the cheapest timed wake-up there is; a stop
-                # waits at most one tick (10 ms).
-                time.sleep((wake - now) / 1e9)
-                continue
-            if not (self._write_due(now) and self._due(now)):
-                continue
-            self.pub.wake_sleepers(sensor)
-            if sensor.id in core.socket_fastest and not self._socket_due:
-                self._socket_due = True
-                try:
-                    loop.call_soon_threadsafe(self._publish_messages)
-                except RuntimeError:  # the loop is closing: nobody to tell
-                    return
-
-    def _publish_messages(self) -> None:
-        self._socket_due = False
-        self.pub.publish_messages(self.sensor)
-
-
-def _set_timer_slack(ns: int) -> None:
-    """PR_SET_TIMERSLACK for the calling thread (Linux; best effort)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(29, ctypes.c_ulong(ns), 0, 0, 0)
 
 
 class Publisher:
