@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-VENV_BIN = REPO / ".venv" / "bin"
+# The venv of the interpreter running the tests (.venv, or .venv-3.13 for the image's Python):
+# every process a test starts runs the Python under test, not whichever venv happens to exist.
+VENV_BIN = Path(sys.executable).parent
 
 
 def kiki(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:

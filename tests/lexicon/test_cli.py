@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from lexicon_testdata import KIKI_LEXICONS, REPO, data_path
+from kikitest import VENV_BIN
+from lexicon_testdata import KIKI_LEXICONS, data_path
 from libkiki.cli import main
 
 
@@ -227,7 +228,7 @@ def test_app_install_generates_bindings_and_dedups_components(
 
 def test_console_script_runs() -> None:
     result = subprocess.run(
-        [str(REPO / ".venv" / "bin" / "kiki"), "schema", "lint", str(KIKI_LEXICONS)],
+        [str(VENV_BIN / "kiki"), "schema", "lint", str(KIKI_LEXICONS)],
         capture_output=True,
         text=True,
         check=False,
