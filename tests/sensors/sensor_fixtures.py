@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -92,3 +95,35 @@ def start_publisher(sockdir: Path, spawn_service: Any, shm_prefix: str) -> Itera
     yield start
     if listener is not None:
         listener.close()
+
+
+# A busy machine: two processes spinning on the CPU and one writing and fsyncing files (I/O and
+# page-cache pressure), each in a session of its own so that the whole group is killed after;
+# each also ends by itself after a minute, should the test runner die first.
+_SPIN = "import time\nend = time.monotonic() + 60\nwhile time.monotonic() < end:\n    pass\n"
+_WRITE = (
+    'end=$(($(date +%s) + 60)); while [ "$(date +%s)" -lt "$end" ]; do '
+    'dd if=/dev/zero of="$0" bs=1M count=32 conv=fsync status=none; rm -f "$0"; done'
+)
+
+
+def kill_group(proc: subprocess.Popen[Any]) -> None:
+    """Kill ``proc``'s whole process group (it was started with ``start_new_session``)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.fixture
+def busy_machine(tmp_path: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for _ in range(2):
+            procs.append(subprocess.Popen([sys.executable, "-c", _SPIN], start_new_session=True))
+        procs.append(
+            subprocess.Popen(["sh", "-c", _WRITE, str(tmp_path / "io-hog")], start_new_session=True)
+        )
+        yield procs
+    finally:
+        for proc in procs:
+            kill_group(proc)
