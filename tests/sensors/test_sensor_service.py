@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import time
@@ -170,6 +171,41 @@ async def test_a_squatted_ring_name_does_not_stop_the_start(
     pub.proc.send_signal(signal.SIGTERM)
     assert pub.proc.wait(timeout=20) == 0
     assert pub.rings() == [squatted_imu_ring.name]  # its own, fresh name and all, is gone
+
+
+async def test_symlinks_planted_under_the_prefix_are_removed_not_followed(
+    start_publisher: StartPublisher, shm_prefix: str, tmp_path: Path
+) -> None:
+    """Links where imu0's and cpu's rings go (one of them another user's, if we are root) and
+    a dangling one: the start removes all three, touches nothing they point to, warns about
+    none of them, and the rings get their own names."""
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"not a ring" * 8)
+    links = [Path(f"/dev/shm/{shm_prefix}.{name}") for name in ("imu0", "cpu", "gone")]
+    try:
+        for link in links[:2]:
+            link.symlink_to(victim)
+        links[2].symlink_to(tmp_path / "nothing")
+        if os.geteuid() == 0:
+            os.lchown(links[1], 65534, 65534)
+        pub = start_publisher()
+        assert not [link for link in links if link.is_symlink()]
+        assert victim.read_bytes() == b"not a ring" * 8
+        assert not (tmp_path / "nothing").exists()
+        async with SensorClient(pub.socket) as client:
+            rings = {s["id"]: s["ring"] for s in await client.list_sensors()}
+        assert rings["imu0"] == links[0].name
+        assert rings["cpu"] == links[1].name
+        assert stat.S_ISREG(os.lstat(links[0]).st_mode)
+        pub.proc.send_signal(signal.SIGTERM)
+        assert pub.proc.wait(timeout=20) == 0
+        assert pub.proc.stderr is not None
+        log = pub.proc.stderr.read().decode()
+        assert "WARNING" not in log, log
+        assert pub.rings() == []  # and the clean stop removed its rings
+    finally:
+        for link in links:
+            link.unlink(missing_ok=True)
 
 
 async def test_unknown_sensor(start_publisher: StartPublisher) -> None:

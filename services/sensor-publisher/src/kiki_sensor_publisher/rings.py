@@ -4,6 +4,8 @@ Every segment the publisher owns is named ``<prefix>.<sensor>``, mode 0640, in t
 (``kiki``): members may map it read-only, nobody but the publisher may write. At start, every
 segment with the prefix is a leftover of an earlier run: it is marked retired (readers that
 still map it notice and map the new one) and unlinked, so a crash never leaves a stale ring.
+Anything else under the prefix that we may remove (a symlink planted there) is removed, never
+followed.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 import mmap
 import os
 import secrets
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,32 +35,54 @@ SEGMENT_MODE = 0o640
 
 
 def clean_stale(prefix: str, shm_dir: Path = SHM_DIR) -> list[str]:
-    """Retire and unlink the segments an earlier run left behind; returns their names."""
+    """Retire and unlink what an earlier run (or anyone) left under the prefix; returns the
+    names removed. A symlink or any other non-segment there is removed, never followed."""
     cleaned = []
     try:
         names = sorted(n for n in os.listdir(shm_dir) if n.startswith(prefix + "."))
     except OSError:
         return []
     for name in names:
+        path = shm_dir / name
         try:
-            mem = posix_ipc.SharedMemory("/" + name)
-        except (posix_ipc.Error, OSError) as exc:
-            log.warning("cannot open stale segment %s: %s", name, exc)
+            st = os.lstat(path)
+        except FileNotFoundError:
             continue
+        except OSError as exc:
+            log.warning("cannot look at %s: %s", path, exc)
+            continue
+        # Only a segment of ours is mapped: one another user owns could be truncated under the
+        # mapping (SIGBUS). Theirs, and whatever is not a regular file, is merely unlinked,
+        # if we may.
+        if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid():
+            _retire(path)
         try:
-            # Only a segment of ours is mapped: one another user owns could be truncated
-            # under the mapping (SIGBUS). Theirs is merely unlinked, if we may.
-            if mem.size and os.fstat(mem.fd).st_uid == os.geteuid():
-                with mmap.mmap(mem.fd, mem.size) as m:
-                    mark_retired(m)  # its futex sleepers wake up and see it retired
-        except (OSError, ValueError) as exc:
-            log.warning("cannot retire stale segment %s: %s", name, exc)
-        finally:
-            mem.close_fd()
-        with contextlib.suppress(posix_ipc.ExistentialError):
-            mem.unlink()
+            os.unlink(path)  # a symlink itself, not what it points to
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            log.warning("cannot remove %s: %s", path, exc)
+            continue
         cleaned.append(name)
     return cleaned
+
+
+def _retire(path: Path) -> None:
+    """Mark the ring in ``path`` retired, so that its readers (and futex sleepers) move on."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        log.warning("cannot retire stale segment %s: %s", path.name, exc)
+        return
+    try:
+        st = os.fstat(fd)  # the file we opened, whatever the name meant a moment ago
+        if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and st.st_size:
+            with mmap.mmap(fd, st.st_size) as m:
+                mark_retired(m)
+    except (OSError, ValueError) as exc:
+        log.warning("cannot retire stale segment %s: %s", path.name, exc)
+    finally:
+        os.close(fd)
 
 
 @dataclass(eq=False)
