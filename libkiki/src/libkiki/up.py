@@ -4,10 +4,15 @@ For every service the supervisor binds its listening socket itself (like a ``.so
 then starts the service's console script with the socket at fd 3 (``LISTEN_FDS``,
 ``LISTEN_PID``, ``LISTEN_FDNAMES``), ``RUNTIME_DIRECTORY``/``STATE_DIRECTORY``, its own
 ``NOTIFY_SOCKET`` and ``WATCHDOG_USEC``. It waits for ``READY=1`` from each in order, prints a
-table when all are ready, restarts a service that exits or stops pinging the watchdog (with
-exponential backoff), and on Ctrl-C or SIGTERM stops them in reverse order (SIGTERM, then
-SIGKILL after the stop timeout). With no session bus around it starts a private
-``dbus-daemon`` for the services that need one.
+table when all are ready, restarts a service that exits or stops pinging the watchdog (after
+the wait :mod:`libkiki.backoff` decides), and on Ctrl-C or SIGTERM stops them in reverse order
+(SIGTERM, then SIGKILL after the stop timeout). With no session bus around it starts a private
+``dbus-daemon`` for the services that need one, listening in the runtime directory.
+
+The sockets get what the units give them on a device (``SocketMode=0660``, the services'
+``UMask=0027``), with the developer's own user and group (or ``group``) in place of root and
+``kiki``: the runtime directory is 0750 and made safe by :mod:`libkiki.private_dir`, so no other
+user can connect to anything in it.
 
 The live state is kept in ``<runtime dir>/up.json`` so that ``kiki status`` and tests can find
 the pids and addresses.
@@ -32,6 +37,7 @@ from typing import Any, TextIO
 
 import orjson
 
+from libkiki.backoff import DEFAULT_STABLE_AFTER, RestartBackoff
 from libkiki.constellation import (
     DEFAULT_RELAY_HOST,
     DEFAULT_RELAY_PORT,
@@ -39,11 +45,17 @@ from libkiki.constellation import (
     ServiceSpec,
 )
 from libkiki.errors import AddressInUse, KikiError, Unavailable
+from libkiki.private_dir import ensure_private_dir
 from libkiki.sockets import bind_tcp, bind_unix
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "up.json"
+BUS_SOCKET = "bus.sock"
+# What the units say (SocketMode=, UMask=); the directory keeps out everyone but us and `gid`.
+SOCKET_MODE = 0o660
+DIRECTORY_MODE = 0o750
+SERVICE_UMASK = 0o027
 # The shell sets LISTEN_PID to its own pid and execs, so the service sees its own pid there.
 _EXEC_SHIM = 'LISTEN_PID=$$; export LISTEN_PID; exec "$0" "$@"'
 
@@ -60,8 +72,10 @@ class UpConfig:
     watchdog_sec: float = 20.0
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
-    # A process that stayed up this long gets its backoff reset.
-    stable_after: float = 30.0
+    # A process that was ready this long before it ended is restarted after backoff_initial.
+    stable_after: float = DEFAULT_STABLE_AFTER
+    # The group that may connect to the sockets (default: our own effective group).
+    gid: int | None = None
     bin_dir: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
     # Start the demo tool provider (libkiki.demo) once the broker is ready.
@@ -82,6 +96,7 @@ class Child:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     last_ping: float = 0.0
     stopping: bool = False
+    backoff: RestartBackoff = field(default_factory=RestartBackoff)
 
 
 _PR_SET_PDEATHSIG = 1
@@ -95,10 +110,12 @@ def _die_with_parent() -> None:
 
 
 def _pre_exec(fds: Sequence[int]) -> Callable[[], None]:
-    """A pre-exec hook: die with the parent, and put ``fds`` at 3, 4, … (sd_listen_fds)."""
+    """A pre-exec hook: die with the parent, the units' umask, and put ``fds`` at 3, 4, …
+    (sd_listen_fds)."""
 
     def prepare() -> None:
         _die_with_parent()
+        os.umask(SERVICE_UMASK)
         # Move them out of the way first: a target number may hold another of the sources.
         high = [os.dup(fd) for fd in fds]
         for i, fd in enumerate(high):
@@ -134,6 +151,8 @@ class Supervisor:
         self._bus_process: asyncio.subprocess.Process | None = None
         self._stop = asyncio.Event()
         self._bin_dir = config.bin_dir or Path(sys.executable).parent
+        self._gid = os.getegid() if config.gid is None else config.gid
+        self._demos: list[asyncio.subprocess.Process] = []
 
     # -- sockets and environment -----------------------------------------------------------
 
@@ -147,7 +166,9 @@ class Supervisor:
                 address = None
                 if spec.socket_file:
                     path = self.config.runtime_dir / spec.socket_file
-                    listener = bind_unix(path, mode=0o666)
+                    listener = bind_unix(path, mode=SOCKET_MODE)
+                    # A socket takes our effective group, not the directory's.
+                    os.chown(path, -1, self._gid, follow_symlinks=False)
                     address = str(path)
                 elif spec.fdname == "relay":
                     listener = bind_tcp(self.config.relay_host, self.config.relay_port)
@@ -162,7 +183,7 @@ class Supervisor:
                     (self.config.runtime_dir / spec.socket_file).unlink(missing_ok=True)
             raise
         notify_dir = self.config.runtime_dir / ".notify"
-        notify_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        ensure_private_dir(notify_dir, mode=0o700)
         for spec, listener, address in bound:
             notify_path = notify_dir / spec.name
             notify_path.unlink(missing_ok=True)
@@ -188,6 +209,8 @@ class Supervisor:
             "--print-address=1",
             "--nofork",
             "--nopidfile",
+            # In our directory rather than the config's abstract socket, which anyone may reach.
+            f"--address=unix:path={self.config.runtime_dir / BUS_SOCKET}",
             stdout=asyncio.subprocess.PIPE,
             preexec_fn=_die_with_parent,
         )
@@ -271,6 +294,7 @@ class Supervisor:
             if fields.get("READY") == "1":
                 child.state = "ready"
                 child.last_ping = time.monotonic()
+                child.backoff.ready(child.last_ping)
                 child.ready.set()
                 self._write_state()
             if fields.get("STOPPING") == "1":
@@ -311,12 +335,21 @@ class Supervisor:
                     await process.wait()
                 return f"missed its watchdog ({watchdog:.0f}s) and was aborted"
 
+    def _backoff(self) -> RestartBackoff:
+        cfg = self.config
+        return RestartBackoff(cfg.backoff_initial, cfg.backoff_max, cfg.stable_after)
+
+    async def _pause(self, delay: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self._stop.wait()
+
     async def _keep_running(self, child: Child) -> None:
-        delay = self.config.backoff_initial
+        child.backoff = self._backoff()
         async with asyncio.TaskGroup() as tg:
             reader = tg.create_task(self._read_notify(child))
             while not self._stop.is_set():
-                started = time.monotonic()
+                child.backoff.started()
                 process = await self._spawn(child)
                 child.process = process
                 assert process.stderr is not None
@@ -328,32 +361,17 @@ class Supervisor:
                     break
                 child.state = "failed"
                 child.restarts += 1
-                if time.monotonic() - started >= self.config.stable_after:
-                    delay = self.config.backoff_initial
+                delay = child.backoff.exited(time.monotonic())
                 self._say(f"{child.spec.name} {reason}; restarting in {delay:.1f}s")
                 self._write_state()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay):
-                        await self._stop.wait()
-                delay = min(delay * 2, self.config.backoff_max)
+                await self._pause(delay)
             reader.cancel()
 
     async def _stop_child(self, child: Child) -> None:
         child.stopping = True
-        process = child.process
-        if process is None or process.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            process.terminate()
-        try:
-            async with asyncio.timeout(self.config.stop_timeout):
-                await process.wait()
-        except TimeoutError:
-            self._say(f"{child.spec.name} did not stop in {self.config.stop_timeout:.0f}s; killing")
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await process.wait()
-        child.state = "stopped"
+        if child.process is not None and child.process.returncode is None:
+            await self._end(child.process, child.spec.name)
+            child.state = "stopped"
 
     # -- the whole constellation -------------------------------------------------------------
 
@@ -382,7 +400,9 @@ class Supervisor:
     def _write_state(self) -> None:
         path = self.config.runtime_dir / STATE_FILE
         tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(orjson.dumps(self.state(), option=orjson.OPT_INDENT_2))
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+        with open(os.open(tmp, flags, 0o640), "wb") as f:
+            f.write(orjson.dumps(self.state(), option=orjson.OPT_INDENT_2))
         tmp.replace(path)
 
     def try_this(self) -> str:
@@ -423,12 +443,14 @@ class Supervisor:
 
     async def run(self) -> int:
         cfg = self.config
-        cfg.runtime_dir.mkdir(parents=True, exist_ok=True)
-        cfg.state_dir.mkdir(parents=True, exist_ok=True)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._stop.set)
         try:
+            for where in (cfg.runtime_dir, cfg.state_dir):
+                old = ensure_private_dir(where, mode=DIRECTORY_MODE, gid=self._gid)
+                if old is not None:
+                    self._say(f"narrowed {where} from mode {old:04o} to {DIRECTORY_MODE:04o}")
             if (other := read_state(cfg.runtime_dir)) is not None:
                 raise AddressInUse(
                     f"{cfg.runtime_dir} is in use by another running process "
@@ -443,19 +465,18 @@ class Supervisor:
                 for child in self.children:
                     tg.create_task(self._keep_running(child))
                     await self._await_ready(child)
-                demo = a11y_demo = None
                 if not self._stop.is_set():
                     self._write_state()
                     self._say(self.table())
                     self._say(f"all {len(self.children)} services ready; Ctrl-C stops them")
-                    demo = await self._start_demo(
+                    await self._start_demo(
                         tg,
                         "tool-broker",
                         "libkiki.demo",
                         "demo",
                         "started the demo provider (dev.kiki.demo.echo, dev.kiki.demo.now)",
                     )
-                    a11y_demo = await self._start_demo(
+                    await self._start_demo(
                         tg,
                         "a11y-server",
                         "libkiki.a11y.demo",
@@ -465,10 +486,8 @@ class Supervisor:
                     self._say(self.try_this())
                 await self._stop.wait()
                 self._say("stopping")
-                for proc in (demo, a11y_demo):
-                    if proc is not None and proc.returncode is None:
-                        proc.terminate()
-                        await proc.wait()
+                for proc in list(self._demos):
+                    await self._end(proc, "a demo")
                 for child in reversed(self.children):
                     await self._stop_child(child)
             return 0
@@ -476,6 +495,8 @@ class Supervisor:
             self._say(f"kiki up: {exc}")
             return 1
         finally:
+            for proc in list(self._demos):
+                await self._end(proc, "a demo")
             for child in reversed(self.children):
                 await self._stop_child(child)
             await self._stop_bus()
@@ -483,19 +504,20 @@ class Supervisor:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
 
-    async def _await_ready(self, child: Child) -> None:
+    async def _ready_or_stop(self, child: Child, within: float | None = None) -> bool:
+        """Wait until ``child`` is ready (True), or the constellation stops or ``within``
+        seconds pass (False)."""
         ready = asyncio.ensure_future(child.ready.wait())
         stop = asyncio.ensure_future(self._stop.wait())
         try:
-            done, _ = await asyncio.wait(
-                {ready, stop},
-                timeout=self.config.ready_timeout,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
+            await asyncio.wait({ready, stop}, timeout=within, return_when=asyncio.FIRST_COMPLETED)
         finally:
             ready.cancel()
             stop.cancel()
-        if ready in done:
+        return child.ready.is_set() and not self._stop.is_set()
+
+    async def _await_ready(self, child: Child) -> None:
+        if await self._ready_or_stop(child, self.config.ready_timeout):
             self._say(f"  {child.spec.name:<17} ready  {child.status}")
         elif not self._stop.is_set():
             self._say(
@@ -505,12 +527,20 @@ class Supervisor:
 
     async def _start_demo(
         self, tg: asyncio.TaskGroup, service: str, module: str, label: str, started: str
-    ) -> asyncio.subprocess.Process | None:
+    ) -> None:
         """Start a demo process (``python -m module --socket <service's socket>``) once that
-        service is ready; its log lines are shown under ``label``."""
+        service is ready, and keep it running; its log lines are shown under ``label``."""
         child = next((c for c in self.children if c.spec.name == service), None)
         if not self.config.demo or child is None or child.address is None:
-            return None
+            return
+        process = await self._spawn_demo(tg, child, module, label)
+        self._say(started)
+        tg.create_task(self._keep_demo(tg, child, module, label, process))
+
+    async def _spawn_demo(
+        self, tg: asyncio.TaskGroup, child: Child, module: str, label: str
+    ) -> asyncio.subprocess.Process:
+        assert child.address is not None
         demo = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -522,10 +552,71 @@ class Supervisor:
             stderr=asyncio.subprocess.PIPE,
             preexec_fn=_die_with_parent,
         )
+        self._demos.append(demo)
         assert demo.stderr is not None
         tg.create_task(self._pipe_lines(label, demo.stderr))
-        self._say(started)
         return demo
+
+    async def _keep_demo(
+        self,
+        tg: asyncio.TaskGroup,
+        child: Child,
+        module: str,
+        label: str,
+        process: asyncio.subprocess.Process,
+    ) -> None:
+        # Like a unit with Restart=always that Requires= its service: whatever ended it (a
+        # provider whose broker went away exits 0), it starts again once the service is ready.
+        backoff = self._backoff()
+        while True:
+            backoff.started()
+            backoff.ready(time.monotonic())  # no readiness protocol: ready once started
+            code = await self._demo_exit(process)
+            self._demos.remove(process)
+            if code is None:
+                return
+            delay = backoff.exited(time.monotonic())
+            self._say(
+                f"{label} exited with status {code}; restarting in {delay:.1f}s "
+                f"once {child.spec.name} is ready"
+            )
+            await self._pause(delay)
+            if not await self._ready_or_stop(child):
+                return
+            process = await self._spawn_demo(tg, child, module, label)
+
+    async def _demo_exit(self, process: asyncio.subprocess.Process) -> int | None:
+        """The demo's exit status; or, when the constellation stops first, ``None`` once it
+        has been stopped."""
+        exited = asyncio.ensure_future(process.wait())
+        stop = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({exited, stop}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            exited.cancel()
+            raise
+        finally:
+            stop.cancel()
+        if not self._stop.is_set():
+            return await exited
+        await self._end(process, "a demo")
+        await exited
+        return None
+
+    async def _end(self, process: asyncio.subprocess.Process, name: str) -> None:
+        """SIGTERM, then SIGKILL after the stop timeout (systemd's TimeoutStopSec=)."""
+        if process.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            process.terminate()
+        try:
+            async with asyncio.timeout(self.config.stop_timeout):
+                await process.wait()
+        except TimeoutError:
+            self._say(f"{name} did not stop in {self.config.stop_timeout:.0f}s; killing")
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
 
     async def _stop_bus(self) -> None:
         if self._bus_process is not None and self._bus_process.returncode is None:
@@ -533,6 +624,8 @@ class Supervisor:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(5):
                     await self._bus_process.wait()
+        if self._bus_process is not None:
+            (self.config.runtime_dir / BUS_SOCKET).unlink(missing_ok=True)
 
     def _cleanup(self) -> None:
         for child in self.children:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import grp
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,12 @@ def register(sub: Any) -> None:
         help="WATCHDOG_USEC given to services, in seconds (default: %(default)s)",
     )
     p.add_argument(
+        "--group",
+        metavar="NAME",
+        help="a group whose members may connect to the sockets too, like the device's kiki "
+        "group (default: only you; the directory is 0750 and the sockets 0660 either way)",
+    )
+    p.add_argument(
         "--no-demo", dest="demo", action="store_false", help="do not start the demo tool provider"
     )
     p.set_defaults(func=run)
@@ -69,6 +76,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"kiki up: unknown service {', '.join(unknown)} (known: {', '.join(BY_NAME)})")
         return 2
     services = tuple(BY_NAME[n] for n in args.services) if args.services else SERVICES
+    gid = None
+    if args.group is not None:
+        try:
+            gid = grp.getgrnam(args.group).gr_gid
+        except KeyError:
+            print(f"kiki up: no group named {args.group}")
+            return 2
     config = UpConfig(
         # Resolved here, not when the parser is built: every `kiki` command builds it, and a
         # user without a home directory must still be able to run the others.
@@ -80,5 +94,6 @@ def run(args: argparse.Namespace) -> int:
         ready_timeout=args.ready_timeout,
         watchdog_sec=args.watchdog,
         demo=args.demo,
+        gid=gid,
     )
     return asyncio.run(Supervisor(config).run())
