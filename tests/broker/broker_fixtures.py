@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pwd
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from second_user import attacker_account
 
 
 @pytest.fixture
@@ -27,3 +29,9 @@ def broker(
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
+
+
+@pytest.fixture(scope="session")
+def attacker() -> pwd.struct_passwd:
+    """A second Unix user, ``kiki-test-attacker`` (made if missing): see second_user.run_as."""
+    return attacker_account()

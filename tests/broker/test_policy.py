@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kiki_tool_broker.policy import Caller, Policy
+from kiki_tool_broker.policy import Caller, Policy, _rules
 from libkiki.errors import KikiError
 from libkiki.peer import PeerCred
 
@@ -23,8 +23,15 @@ def caller(
     """A caller; ``app`` is a system unit's app id, or with ``user_app`` one from the caller's
     own user manager."""
     g = uid if gid is None else gid
-    cred = PeerCred(pid=1, uid=uid, gid=g, app_id=app, app_user=uid if user_app else None)
-    return Caller(cred, frozenset({g, *(groups or ())}))
+    cred = PeerCred(
+        pid=1,
+        uid=uid,
+        gid=g,
+        app_id=app,
+        app_user=uid if user_app else None,
+        groups=frozenset(groups or ()),
+    )
+    return Caller(cred)
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -103,7 +110,11 @@ def test_bad_policy_files(tmp_path: Path, text: str, message: str) -> None:
 def test_a_callers_groups_are_those_of_its_connection() -> None:
     # Recorded by the kernel at connect() (libkiki.peer), never read from /proc later.
     me = Caller.of(PeerCred(pid=1, uid=1000, gid=1000, groups=frozenset({4242, 4343})))
-    assert me.groups == {1000, 4242, 4343}
+    policy = Policy(
+        _rules([{"principals": ["gid:4343"], "tools": ["dev.kiki.x.*"]}], "allow", "t"),
+    )
+    assert policy.allows(me, "dev.kiki.x.do", "procedure", [999])[0]
+    assert not policy.allows(me, "dev.kiki.y.do", "procedure", [999])[0]
 
 
 def test_a_users_app_id_grants_only_beside_who_runs_it(tmp_path: Path) -> None:
@@ -191,7 +202,7 @@ def test_decisions_are_remembered_until_the_policy_is_reloaded(
         lookups.append(name)
         return 4242
 
-    monkeypatch.setattr(policy_module, "_gid", gid)
+    monkeypatch.setattr(policy_module, "resolve_group", gid)
     member = caller(1000, groups={4242})
     policy = Policy.load(tmp_path / "missing.toml")
     for _ in range(3):
@@ -219,3 +230,50 @@ def test_remembered_decisions_are_bounded(monkeypatch: pytest.MonkeyPatch) -> No
     for i in range(50):
         assert policy.allows(caller(0), f"dev.kiki.x.t{i}", "procedure", [999])[0]
         assert len(policy._decisions) <= 8
+
+
+def test_who_may_provide_what(tmp_path: Path) -> None:
+    from kiki_tool_broker.policy import installed_authority
+
+    apps = tmp_path / "apps"
+    apps.mkdir()
+    (apps / "org.example.Notes.json").write_text('{"id": "org.example.Notes", "version": "1"}')
+    (apps / "org.example.Liar.json").write_text('{"id": "org.example.Other", "version": "1"}')
+    policy = Policy.load(
+        write(
+            tmp_path,
+            '[[provide]]\nprincipals = ["uid:1000+app:kiki-dbus-gateway"]\n'
+            'tools = ["dev.kiki.media.*"]\n',
+        )
+    )
+
+    def may(cred: PeerCred, nsid: str) -> tuple[bool, bool]:
+        verdict = policy.may_provide(
+            cred, nsid, own_uid=4000, authority=installed_authority(apps, cred.app_id)
+        )
+        return verdict.allowed, verdict.reserve
+
+    someone = PeerCred(pid=1, uid=1000, gid=1000)
+    # Kiki's own services, by the kernel: root, the broker's user, a system unit kiki-*.
+    assert may(PeerCred(pid=1, uid=0, gid=0), "dev.kiki.a11y.act") == (True, True)
+    assert may(PeerCred(pid=1, uid=4000, gid=4000), "dev.kiki.a11y.act") == (True, True)
+    service = PeerCred(pid=1, uid=61000, gid=61000, app_id="kiki-a11y-server")
+    assert may(service, "dev.kiki.a11y.act") == (True, True)
+    # Anyone else: dev.kiki.* is not theirs, a user's "kiki-" unit included.
+    assert may(someone, "dev.kiki.a11y.act") == (False, False)
+    fake = PeerCred(pid=1, uid=1001, gid=1001, app_id="kiki-a11y-server", app_user=1001)
+    assert may(fake, "dev.kiki.a11y.act") == (False, False)
+    # A provide rule grants its globs (not reserved).
+    gateway = PeerCred(pid=1, uid=1000, gid=1000, app_id="kiki-dbus-gateway", app_user=1000)
+    assert may(gateway, "dev.kiki.media.playPause") == (True, False)
+    assert may(gateway, "dev.kiki.notify.notify") == (False, False)
+    # An installed app, under its authority only; an app not installed, nothing.
+    notes = PeerCred(pid=1, uid=0 + 1000, gid=1000, app_id="org.example.Notes")
+    assert may(notes, "org.example.Notes.add") == (True, True)
+    assert may(notes, "org.example.Music.play") == (False, False)
+    assert may(someone, "org.example.Notes.add") == (False, False)
+    # A manifest stored under another id grants nothing.
+    liar = PeerCred(pid=1, uid=1000, gid=1000, app_id="org.example.Liar")
+    assert installed_authority(apps, "org.example.Liar") is None
+    assert may(liar, "org.example.Liar.x") == (False, False)
+    assert installed_authority(apps, None) is None

@@ -40,6 +40,7 @@ import pydantic
 from libkiki.errors import InvalidParams, KikiError, NotFound, ProtocolError, ToolError
 from libkiki.framing import DEFAULT_MAX_LINE
 from libkiki.paths import TOOLS_SOCKET, socket_path
+from libkiki.peer import PeerCred
 from libkiki.rpc import Connection, Methods, ProgressCallback, RequestContext, connect_unix
 from libkiki.rpc.connection import DEFAULT_MAX_IN_FLIGHT
 
@@ -190,6 +191,30 @@ class ToolCall:
     ) -> None:
         await self.request.progress(progress, total, message)
 
+    @property
+    def peer(self) -> PeerCred | None:
+        """The caller as the broker's kernel identified it, to match principals against
+        (:mod:`libkiki.principals`); None when the broker said nothing usable. From a broker
+        that does not say whose an app id is (no ``groups``), the app id is taken as its
+        user's word: it then grants only beside a user term."""
+        c = self.caller
+        ids = [c.get(k) for k in ("uid", "gid", "pid")]
+        uid, gid, pid = (v if isinstance(v, int) and not isinstance(v, bool) else -1 for v in ids)
+        if min(uid, gid, pid) < 0:
+            return None
+        app_id = c.get("appId") if isinstance(c.get("appId"), str) else None
+        groups = c.get("groups")
+        told = isinstance(groups, list) and all(isinstance(g, int) for g in groups)
+        app_user = c.get("appUser") if told else uid
+        return PeerCred(
+            pid,
+            uid,
+            gid,
+            app_id,
+            app_user=app_user if isinstance(app_user, int) and app_id else None,
+            groups=frozenset(groups) if told and isinstance(groups, list) else frozenset(),
+        )
+
 
 ToolFunc = Callable[..., Awaitable[Any]]
 F = TypeVar("F", bound=ToolFunc)
@@ -299,15 +324,21 @@ class ToolProvider:
             # left looking connected.
             self._conn = conn
             try:
-                await conn.request(
-                    "kiki/registerTools",
-                    {
-                        "tools": self.nsids,
-                        "lexicons": self.lexicons,
-                        # So that a broker allowing more never sends more than we take.
-                        "maxInFlight": self.max_in_flight,
-                    },
-                )
+                try:
+                    await conn.request(
+                        "kiki/registerTools",
+                        {
+                            "tools": self.nsids,
+                            "lexicons": self.lexicons,
+                            # So that a broker allowing more never sends more than we take.
+                            "maxInFlight": self.max_in_flight,
+                        },
+                    )
+                except KikiError as exc:
+                    # A provider that retries (a service waiting for the broker) would
+                    # otherwise go on refused without a word: say which tools, and why.
+                    log.warning("the broker refused to register %s: %s", ", ".join(self.nsids), exc)
+                    raise
                 yield conn
             finally:
                 self._conn = None

@@ -13,13 +13,15 @@ call. Those subscriptions count for the sensor's pace (:attr:`WakeCore.fastest`)
 from __future__ import annotations
 
 import fnmatch
-import grp
-import pwd
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from libkiki.errors import InvalidParams, LimitExceeded, NotFound
+from libkiki.errors import ConfigError, InvalidParams, LimitExceeded, NotFound
 from libkiki.peer import PeerCred
+from libkiki.principals import Principal, Principals
+
+log = logging.getLogger(__name__)
 
 WAKE: str = "sensors/wake"
 GONE: str = "sensors/gone"
@@ -255,42 +257,20 @@ class WakeCore:
 # -- read policy ------------------------------------------------------------------------------
 
 
-def principal_matches(principal: str, peer: PeerCred) -> bool:
-    kind, _, value = principal.partition(":")
-    if principal == "*":
-        return True
-    try:
-        if kind == "uid":
-            return peer.uid == int(value)
-        if kind == "gid":
-            return peer.gid == int(value)
-        if kind == "user":
-            return peer.uid == pwd.getpwnam(value).pw_uid
-        if kind == "group":
-            group = grp.getgrnam(value)
-            if peer.gid == group.gr_gid:
-                return True
-            try:
-                name = pwd.getpwuid(peer.uid).pw_name
-            except KeyError:
-                return False
-            return name in group.gr_mem
-    except (KeyError, ValueError):
-        return False
-    return False
-
-
 class ReadPolicy:
-    """sensor glob -> principals; the first glob that matches a sensor decides."""
+    """sensor glob -> principals (:mod:`libkiki.principals`, parsed here, once: names are
+    resolved when the configuration is read, and groups are the peer's at connect, primary and
+    supplementary); the first glob that matches a sensor decides. A principal that does not
+    parse is logged and matches nobody (the configuration is read before this, by pydantic)."""
 
     def __init__(self, rules: Mapping[str, list[str]]) -> None:
-        self.rules = list(rules.items())
+        self.rules = [(glob, _parse(principals, glob)) for glob, principals in rules.items()]
 
     def open_to_all(self, sensor: str) -> bool:
         """Whether anyone who can connect may read ``sensor`` (its ring may then be group-read)."""
         for glob, principals in self.rules:
             if fnmatch.fnmatchcase(sensor, glob):
-                return "*" in principals
+                return principals.anyone
         return False
 
     def allows(self, peer: PeerCred, sensor: str) -> bool:
@@ -298,8 +278,18 @@ class ReadPolicy:
             return True
         for glob, principals in self.rules:
             if fnmatch.fnmatchcase(sensor, glob):
-                return any(principal_matches(p, peer) for p in principals)
+                return principals.matches(peer)
         return False
+
+
+def _parse(texts: list[str], glob: str) -> Principals:
+    parsed = []
+    for text in texts:
+        try:
+            parsed.append(Principal.parse(text, f"read_policy[{glob!r}]"))
+        except ConfigError as exc:
+            log.warning("%s: it matches nobody", exc)
+    return Principals(tuple(parsed))
 
 
 def unknown(sensor: str) -> NotFound:

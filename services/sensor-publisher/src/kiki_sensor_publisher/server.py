@@ -24,7 +24,6 @@ from typing import Any, TypeVar
 from kiki_sensor_publisher.clock import ImuClock
 from kiki_sensor_publisher.config import SensorConfig
 from kiki_sensor_publisher.protocol import GONE, WAKE, ReadPolicy, Subscriber, WakeCore, unknown
-from kiki_sensor_publisher.protocol import principal_matches as _matches
 from kiki_sensor_publisher.rings import Sensor, clean_stale
 from kiki_sensor_publisher.sources import Source, SyntheticImu, kernel_sources, sensor_name
 from libkiki.constellation import GET_INFO
@@ -38,6 +37,7 @@ from libkiki.errors import (
 )
 from libkiki.paths import SENSORS_SOCKET, socket_path
 from libkiki.peer import PeerCred
+from libkiki.principals import matches as _matches
 from libkiki.rpc import Connection, Methods, RequestContext
 from libkiki.rpc_service import serve_configured
 from libkiki.sensors.layout import Layout

@@ -174,6 +174,7 @@ class AuditLog:
         duration_us: int,
         arguments: Any,
         now: datetime | None = None,
+        provider: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         if len(tool) > _TOOL_CHARS and len(encoded := tool.encode()) > TOOL_MAX:
             # As sent, but no longer than an NSID can be (the entry's lexicon), or every page
@@ -191,6 +192,8 @@ class AuditLog:
         }
         if code is not None:
             body["code"] = code
+        if provider is not None:  # who answered, as the kernel identified it
+            body["provider"] = provider
         canonical = orjson.dumps(body, option=_CANON)
         digest = hashlib.sha256(self._prev.encode() + canonical).hexdigest()
         # The canonical form is what the hash covers; the line is that form with the hash added.

@@ -1,4 +1,4 @@
-"""Who may call which tool, decided from the caller's kernel-given identity.
+"""Who may call, and who may provide, which tool: decided from the peer's kernel-given identity.
 
 The policy file (``/etc/kiki/tool-policy.toml``) lists rules; a rule names principals and tool
 NSID globs::
@@ -11,138 +11,90 @@ NSID globs::
     principals = ["group:agents", "app:kiki-sync-relay", "user:alice+app:org.example.Music"]
     tools = ["dev.kiki.media.*", "dev.kiki.notify.notify"]
 
-Principals: ``uid:N``, ``user:NAME``, ``gid:N`` / ``group:NAME`` (the caller's primary or
-supplementary groups at connect time), ``app:ID`` (from the caller's cgroup), ``*`` (anyone),
-and terms joined by ``+``, which must all match. Tools: NSID globs (``*`` matches within and
-across segments, ``?`` one character).
+    [[provide]]
+    principals = ["user:alice+app:kiki-dbus-gateway"]
+    tools = ["dev.kiki.media.*", "dev.kiki.notify.*"]
 
-An app id is only as good as whoever named the unit (:mod:`libkiki.peer`): root names the
-system's units, but any user can put its own processes in a unit of any name in its own user
-manager. So in an ``allow`` rule, ``app:ID`` alone grants to a system unit of that id only; an
-app in a user's session is granted together with the users it may run as
-(``user:alice+app:ID``, ``uid:1000+app:ID``, ``group:agents+app:ID``). In a ``deny`` rule
-``app:ID`` matches the id wherever it comes from.
+Principals are :mod:`libkiki.principals`' (``uid:N``, ``user:NAME``, ``gid:N``,
+``group:NAME``, ``app:ID``, ``*``, terms joined by ``+``), with its trust rules: in ``allow``
+and ``provide`` rules ``app:ID`` alone grants to a system unit only; in a ``deny`` rule it
+matches the id wherever it comes from. Tools: NSID globs (``*`` matches within and across
+segments, ``?`` one character).
 
-Decision order: a matching ``deny`` refuses; a matching ``allow`` grants; otherwise the defaults
+Calling. A matching ``deny`` refuses; a matching ``allow`` grants; otherwise the defaults
 apply — root may call anything; ``query`` tools (read-only) are open to members of the
 ``default_group`` (``kiki`` unless the file says otherwise); ``procedure`` tools (side effects),
 and queries too, to the caller whose uid is the providing process's uid (an app calling its own
 tools, the broker's user calling the broker's) — anything else needs an explicit ``allow``.
-A missing policy file means the defaults alone.
 
-Decisions are remembered per caller identity, tool, kind and provider user, for as long as the
-policy is loaded: names (``user:``, ``group:``, ``default_group``) are therefore looked up once,
-not on every call (a ``getgrnam`` reads ``/etc/group`` and cost ~150 µs), and a change to the
-user or group database takes effect at the next reload (SIGHUP), as a change to the file does.
+Providing (:meth:`Policy.may_provide`). Kiki's own services (root, the broker's own user, a
+system unit ``kiki-*``: :func:`libkiki.principals.is_kiki_service`) may provide any NSID; a
+matching ``provide`` rule grants its globs; ``dev.kiki.*`` is nobody else's; an app may provide
+the NSIDs under its authority, the id of its installed manifest, when the kernel gives it that
+app id. Anything else is refused. What a Kiki service or an installed app provided stays
+reserved for its identity for the broker's lifetime (:mod:`kiki_tool_broker.registry`).
+
+A missing policy file means the defaults alone. Decisions are remembered per caller identity,
+tool, kind and provider user, for as long as the policy is loaded: names are resolved once per
+load, and a change to the user or group database takes effect at the next reload (SIGHUP), as a
+change to the file does.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import grp
 import logging
-import pwd
 import re
-import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import orjson
+
 from libkiki.errors import ConfigError
+from libkiki.paths import state_dir
 from libkiki.peer import PeerCred
+from libkiki.principals import (
+    Principals,
+    in_group,
+    is_kiki_service,
+    read_policy_file,
+    resolve_group,
+)
 
 log = logging.getLogger(__name__)
 
 Kind = Literal["query", "procedure"]
 DEFAULT_GROUP = "kiki"
+KIKI_NSIDS = "dev.kiki."
 
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """A caller as policy sees it: credentials plus its groups, primary and supplementary."""
+    """A caller as policy sees it (and remembers its decisions by): its credentials, whose
+    ``groups`` are the supplementary groups the kernel recorded at connect()."""
 
     cred: PeerCred
-    groups: frozenset[int] = field(default_factory=frozenset)
 
     @classmethod
     def of(cls, cred: PeerCred) -> Caller:
-        # The groups the kernel recorded at connect() (SO_PEERGROUPS), not /proc/<pid>/status
-        # read later: by then the pid may be another process's, or nobody's.
-        return cls(cred, frozenset({cred.gid, *cred.groups}))
+        return cls(cred)
 
 
 @dataclass(frozen=True, slots=True)
 class Rule:
-    principals: tuple[tuple[str, ...], ...]  # each principal's terms, all of which must match
+    principals: Principals
     tools: tuple[re.Pattern[str], ...]
-    granting: bool  # an allow rule (a deny rule's app: matches a user's app id too)
+    granting: bool  # an allow or provide rule (a deny rule's app: matches a user's app id too)
 
-    def matches(self, caller: Caller, nsid: str) -> bool:
-        return any(p.fullmatch(nsid) for p in self.tools) and any(
-            _principal_matches(terms, caller, self.granting) for terms in self.principals
+    def matches(self, cred: PeerCred, nsid: str) -> bool:
+        return any(p.fullmatch(nsid) for p in self.tools) and self.principals.matches(
+            cred, granting=self.granting
         )
 
 
-def _principal_matches(terms: tuple[str, ...], caller: Caller, granting: bool) -> bool:
-    if terms == ("*",):
-        return True
-    cred = caller.cred
-    for term in terms:
-        kind, _, value = term.partition(":")
-        match kind:
-            case "uid":
-                ok = int(value) == cred.uid
-            case "user":
-                ok = _uid(value) == cred.uid
-            case "gid":
-                ok = int(value) in caller.groups
-            case "group":
-                ok = _gid(value) in caller.groups
-            case "app":
-                # A user's app id is that user's word for it: it grants only beside a term
-                # that says which users (any user could name its own process so).
-                ok = cred.app_id == value and (
-                    not granting
-                    or cred.app_user is None
-                    or any(not t.startswith("app:") for t in terms)
-                )
-            case _:
-                ok = False
-        if not ok:
-            return False
-    return True
-
-
-def _uid(name: str) -> int | None:
-    try:
-        return pwd.getpwnam(name).pw_uid
-    except KeyError:
-        return None
-
-
-def _gid(name: str) -> int | None:
-    try:
-        return grp.getgrnam(name).gr_gid
-    except KeyError:
-        return None
-
-
-_TERM = re.compile(r"(uid|gid):[0-9]+|(user|group|app):[A-Za-z0-9_.@-]+")
-
-
-def _principal(text: str, where: str) -> tuple[str, ...]:
-    terms = tuple(text.split("+"))
-    if terms != ("*",) and not all(_TERM.fullmatch(t) for t in terms):
-        raise ConfigError(
-            f"{where}: {text!r} is not a principal (uid:N, user:NAME, gid:N, group:NAME, "
-            "app:ID, or such terms joined by '+'; or *)"
-        )
-    for term in terms:  # a name that resolves to nobody makes its rule match nobody
-        kind, _, name = term.partition(":")
-        if (kind == "user" and _uid(name) is None) or (kind == "group" and _gid(name) is None):
-            log.warning("%s: no %s %r (yet): %r matches nobody", where, kind, name, text)
-    return terms
+_SECTIONS = ("allow", "deny", "provide")
 
 
 def _rules(doc: object, section: str, source: str) -> tuple[Rule, ...]:
@@ -164,9 +116,9 @@ def _rules(doc: object, section: str, source: str) -> tuple[Rule, ...]:
             raise ConfigError(f"{where}: principals and tools must be non-empty lists of strings")
         rules.append(
             Rule(
-                tuple(_principal(p, where) for p in principals),
+                Principals.parse(principals, where),
                 tuple(re.compile(fnmatch.translate(t)) for t in tools),
-                granting=section == "allow",
+                granting=section != "deny",
             )
         )
     return tuple(rules)
@@ -184,47 +136,51 @@ Decision = tuple[bool, str]
 
 
 @dataclass(frozen=True, slots=True)
+class Provision:
+    """May this peer provide this NSID, why, and does its identity keep the NSID reserved."""
+
+    allowed: bool
+    reason: str
+    reserve: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     allow: tuple[Rule, ...] = ()
     deny: tuple[Rule, ...] = ()
     default_group: str = DEFAULT_GROUP
+    provide: tuple[Rule, ...] = ()
     _decisions: dict[tuple[Caller, str, str, frozenset[int]], Decision] = field(
         default_factory=dict, init=False, repr=False, compare=False
+    )
+    _default_gid: list[int | None] = field(
+        default_factory=list, init=False, repr=False, compare=False
     )
 
     @classmethod
     def load(cls, path: Path) -> Policy:
         """Read a policy file; a missing file means the defaults alone (a dangling symlink on
         its path is an error, not a missing file: its deny rules would vanish without a word)."""
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            for part in (path, *path.parents):  # /etc/kiki a link to a disk not mounted, say
-                if part.is_symlink() and not part.exists():
-                    raise ConfigError(f"{path}: {part} is a symlink to nothing") from None
-            log.info("no policy file %s: the defaults alone", path)
+        doc = read_policy_file(path)
+        if doc is None:
             return cls()
-        except OSError as exc:
-            raise ConfigError(f"{path}: {exc}") from exc
-        try:
-            doc = tomllib.loads(data.decode())
-        except UnicodeDecodeError as exc:
-            raise ConfigError(f"{path}: not UTF-8 (TOML is): {exc}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: {exc}") from exc
-        unknown = set(doc) - {"allow", "deny", "default_group"}
+        unknown = set(doc) - {*_SECTIONS, "default_group"}
         if unknown:
             raise ConfigError(f"{path}: unknown keys {', '.join(sorted(unknown))}")
         group = doc.get("default_group", DEFAULT_GROUP)
         if not isinstance(group, str):
             raise ConfigError(f"{path}: default_group must be a string")
-        if _gid(group) is None:  # then queries are open to nobody by default
+        gid = resolve_group(group)
+        if gid is None:  # then queries are open to nobody by default
             log.warning("%s: default_group: no group %r (yet): no caller is in it", path, group)
-        return cls(
+        policy = cls(
             _rules(doc.get("allow"), "allow", str(path)),
             _rules(doc.get("deny"), "deny", str(path)),
             group,
+            _rules(doc.get("provide"), "provide", str(path)),
         )
+        policy._default_gid.append(gid)
+        return policy
 
     def allows(
         self, caller: Caller, nsid: str, kind: Kind, provider_uids: Iterable[int]
@@ -233,26 +189,79 @@ class Policy:
         key = (caller, nsid, kind, frozenset(provider_uids))
         found = self._decisions.get(key)
         if found is None:
-            found = self._decide(caller, nsid, kind, key[3])
+            found = self._decide(caller.cred, nsid, kind, key[3])
             if len(self._decisions) >= _MAX_DECISIONS:
                 self._decisions.clear()
             self._decisions[key] = found
         return found
 
+    def _group_id(self) -> int | None:
+        if not self._default_gid:  # resolved once per load, on first use
+            self._default_gid.append(resolve_group(self.default_group))
+        return self._default_gid[0]
+
     def _decide(
-        self, caller: Caller, nsid: str, kind: Kind, provider_uids: frozenset[int]
+        self, cred: PeerCred, nsid: str, kind: Kind, provider_uids: frozenset[int]
     ) -> Decision:
-        if any(rule.matches(caller, nsid) for rule in self.deny):
+        if any(rule.matches(cred, nsid) for rule in self.deny):
             return False, "denied by policy"
-        if any(rule.matches(caller, nsid) for rule in self.allow):
+        if any(rule.matches(cred, nsid) for rule in self.allow):
             return True, "allowed by policy"
-        uid = caller.cred.uid
+        uid = cred.uid
         if uid == 0:
             return True, "root"
         if uid in provider_uids:
             return True, "same user as the provider"
-        if kind == "query" and _gid(self.default_group) in caller.groups:
+        if kind == "query" and in_group(cred, self._group_id()):
             return True, f"query open to group {self.default_group}"
         if kind == "query":
             return False, f"queries need membership in group {self.default_group} or a grant"
         return False, "procedures need the provider's own user or an explicit grant"
+
+    def may_provide(
+        self, cred: PeerCred, nsid: str, *, own_uid: int, authority: str | None
+    ) -> Provision:
+        """Whether ``cred`` may register ``nsid``. ``own_uid``: the broker's user;
+        ``authority``: the id of the installed manifest of the peer's app, if it has one."""
+        if is_kiki_service(cred, own_uid):
+            return Provision(True, "a Kiki service", reserve=True)
+        if any(rule.matches(cred, nsid) for rule in self.provide):
+            return Provision(True, "allowed by a provide rule")
+        if nsid.startswith(KIKI_NSIDS):
+            return Provision(
+                False,
+                "dev.kiki.* is provided only by Kiki's own services (root, the broker's user, "
+                "a system unit kiki-*) or by a provide rule",
+            )
+        if authority is not None and nsid.startswith(authority + "."):
+            return Provision(True, f"under the authority of the installed app {authority}", True)
+        if authority is None:
+            why = "the provider has no app id with an installed manifest, and no provide rule"
+        else:
+            why = f"it is not under the authority of the installed app {authority}"
+        return Provision(False, f"{why} grants it")
+
+
+def installed_apps_dir() -> Path:
+    """Where ``kiki app install`` keeps installed manifests (``<state dir>/apps``, as
+    :mod:`libkiki.lexicon.install` lays it out; its lexicons are on the broker's search path
+    under the same state directory)."""
+    return state_dir() / "apps"
+
+
+def installed_authority(apps_dir: Path | None, app_id: str | None) -> str | None:
+    """The NSID authority of the app whose id the kernel gave a peer: the id of its installed
+    manifest (``<apps_dir>/<app id>.json``), or None when that app is not installed. Read at
+    each registration (rare), so an app installed while the broker runs is known at once."""
+    if apps_dir is None or app_id is None:
+        return None
+    path = apps_dir / f"{app_id}.json"  # an app id has no '/' (libkiki.peer)
+    try:
+        raw = orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, orjson.JSONDecodeError) as exc:
+        log.warning("installed manifest %s unreadable, so it grants nothing: %s", path, exc)
+        return None
+    manifest_id = raw.get("id") if isinstance(raw, dict) else None
+    return app_id if manifest_id == app_id else None

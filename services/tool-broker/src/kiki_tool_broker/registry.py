@@ -1,8 +1,12 @@
 """The broker's tool table: which NSID is served by whom. Pure state, no I/O.
 
 A provider is one connection that registered tools. Registration is all or nothing: if any NSID
-in a request is already taken (by anyone, the same provider included) nothing is registered and
-the request fails with :class:`~libkiki.errors.Conflict`. So is unregistering: if any NSID named
+in a request is reserved for another identity (:class:`~libkiki.errors.PermissionDenied`) or
+already taken (by anyone, the same provider included: :class:`~libkiki.errors.Conflict`),
+nothing is registered. An NSID registered with ``reserve`` (a Kiki service's, an installed
+app's) stays reserved for the provider's identity (:func:`libkiki.principals.identity_of`) after
+it leaves, for as long as this registry lives: nobody else can take it while its service
+restarts. So is unregistering: if any NSID named
 is not the provider's own, nothing is removed (:class:`~libkiki.errors.NotFound`). A provider's
 disconnect removes all its tools at once.
 """
@@ -16,10 +20,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from libkiki.errors import Conflict, NotFound
+from libkiki.errors import Conflict, NotFound, PermissionDenied
 from libkiki.peer import PeerCred
+from libkiki.principals import identity_of
 
 Kind = Literal["query", "procedure"]
+PROVIDER_META = "dev.kiki/provider"  # who answers a tool, in its tools/list entry
 
 _provider_ids = itertools.count(1)
 
@@ -34,6 +40,12 @@ class Provider:
     id: int = field(default_factory=lambda: next(_provider_ids))
     tools: set[str] = field(default_factory=set)
     connected_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+    identity: str = ""  # what the kernel vouches for, stable across restarts (set from cred)
+    view: dict[str, Any] = field(default_factory=dict)  # as tools/list and the audit show it
+
+    def __post_init__(self) -> None:
+        self.identity = identity_of(self.cred)
+        self.view = provider_view(self.cred, self.identity)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +59,7 @@ class Tool:
     provider: Provider
 
     def mcp(self) -> dict[str, Any]:
-        """The tool as MCP's ``tools/list`` shows it."""
+        """The tool as MCP's ``tools/list`` shows it, with who provides it in ``_meta``."""
         entry: dict[str, Any] = {
             "name": self.nsid,
             "description": self.description,
@@ -56,6 +68,7 @@ class Tool:
                 "readOnlyHint": self.kind == "query",
                 "destructiveHint": self.destructive,
             },
+            "_meta": {PROVIDER_META: self.provider.view},
         }
         if self.output_schema is not None:
             entry["outputSchema"] = self.output_schema
@@ -66,11 +79,27 @@ class ToolRegistry:
     def __init__(self) -> None:
         self._tools: dict[str, Tool] = {}
         self._providers: dict[int, Provider] = {}
+        # NSID -> the identity it stays reserved for, past its provider's disconnect.
+        self.reserved: dict[str, str] = {}
         self.generation = 0  # bumped on every change; list_changed goes out when it moves
 
-    def register(self, provider: Provider, tools: Iterable[Tool]) -> list[str]:
+    def register(
+        self, provider: Provider, tools: Iterable[Tool], *, reserve: bool = False
+    ) -> list[str]:
         new = list(tools)
         names = [t.nsid for t in new]
+        foreign = {
+            n: who
+            for n in names
+            if (who := self.reserved.get(n)) is not None and who != provider.identity
+        }
+        if foreign:
+            whose = ", ".join(f"{n} (reserved for {who})" for n, who in sorted(foreign.items()))
+            raise PermissionDenied(
+                f"{provider.identity} may not provide {whose}: a Kiki service's or installed "
+                "app's tools stay reserved for it",
+                data={"nsids": sorted(foreign), "reservedFor": foreign},
+            )
         taken = sorted({n for n in names if n in self._tools} | _duplicates(names))
         if taken:
             owners = {self._tools[n].provider.name for n in taken if n in self._tools}
@@ -79,6 +108,8 @@ class ToolRegistry:
         for tool in new:
             self._tools[tool.nsid] = tool
             provider.tools.add(tool.nsid)
+            if reserve:
+                self.reserved.setdefault(tool.nsid, provider.identity)
         self._providers[provider.id] = provider
         if new:
             self.generation += 1
@@ -142,6 +173,7 @@ class ToolRegistry:
                 for t in (self._tools[n] for n in sorted(provider.tools))
             ],
             "connectedAt": provider.connected_at,
+            "identity": provider.identity,
         }
         if provider.cred.app_id:
             view["appId"] = provider.cred.app_id
@@ -153,6 +185,26 @@ def caller_view(cred: PeerCred) -> dict[str, Any]:
     view: dict[str, Any] = {"uid": cred.uid, "gid": cred.gid, "pid": cred.pid}
     if cred.app_id:
         view["appId"] = cred.app_id
+    return view
+
+
+def forwarded_caller(cred: PeerCred) -> dict[str, Any]:
+    """The caller as a forwarded call tells its provider: the ``#caller`` view plus its
+    supplementary groups and, for an app id from a user's own manager, that user
+    (``appUser``), so that the provider can match principals as the broker does."""
+    view = caller_view(cred)
+    view["groups"] = sorted(cred.groups)
+    if cred.app_user is not None:
+        view["appUser"] = cred.app_user
+    return view
+
+
+def provider_view(cred: PeerCred, identity: str) -> dict[str, Any]:
+    """Who provides a tool, as its ``tools/list`` entry and the audit log name it."""
+    view = caller_view(cred)
+    view["identity"] = identity
+    if cred.unit:
+        view["unit"] = cred.unit
     return view
 
 

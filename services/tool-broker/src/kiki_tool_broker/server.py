@@ -24,8 +24,14 @@ import pydantic
 from kiki_tool_broker import protocol as mcp
 from kiki_tool_broker.audit import AuditLog
 from kiki_tool_broker.builtin import BuiltinTools
-from kiki_tool_broker.policy import Caller, Policy
-from kiki_tool_broker.registry import Provider, Tool, ToolRegistry, caller_view
+from kiki_tool_broker.policy import Caller, Policy, installed_apps_dir, installed_authority
+from kiki_tool_broker.registry import (
+    Provider,
+    Tool,
+    ToolRegistry,
+    caller_view,
+    forwarded_caller,
+)
 from kiki_tool_broker.schemas import MAX_DOCUMENTS_PER_PROVIDER, Catalog, ToolSchema
 from libkiki.config import ServiceConfig
 from libkiki.constellation import GET_INFO
@@ -67,6 +73,7 @@ class BrokerConfig(ServiceConfig):
     max_lexicons_per_provider: int = pydantic.Field(default=MAX_DOCUMENTS_PER_PROVIDER, ge=1)
     list_page_size: int = 500  # tools per tools/list page (nextCursor for the rest)
     max_listen_streams: int = 64  # subscriptions/listen streams open at once, all connections
+    apps_dir: str = ""  # installed app manifests; default: where `kiki app install` puts them
 
 
 class Broker:
@@ -77,6 +84,7 @@ class Broker:
         catalog: Catalog,
         policy: Policy,
         audit: AuditLog,
+        apps_dir: Path | None = None,
     ) -> None:
         self.ctx = ctx
         self.config = config
@@ -92,6 +100,9 @@ class Broker:
         self.serving = ""  # the status line's first part, once the socket is served
         # Forwarded calls that had to wait for a provider slot or relay progress: in tasks.
         self._forwarding: set[asyncio.Task[Any]] = set()
+        self.own_uid = os.getuid()
+        # Installed app manifests (kiki app install): an app's id is its NSID authority.
+        self.apps_dir = apps_dir
         me = PeerCred(pid=os.getpid(), uid=os.getuid(), gid=os.getgid(), app_id="kiki-tool-broker")
         self.self_provider = Provider("kiki-tool-broker", me)
         self.builtin = BuiltinTools(self)
@@ -220,10 +231,22 @@ class Broker:
             raise InvalidParams(
                 f"a provider may register at most {limit} tools", data={"limit": limit}
             )
-        staged = self.catalog.stage(lexicons, owner=provider.id)
-        entries = [self._tool_entry(staged.tool(nsid), provider) for nsid in wanted]
-        before = self.registry.generation
-        registered = self.registry.register(provider, entries)
+        try:
+            reserve = self._may_provide(provider, wanted)
+            staged = self.catalog.stage(lexicons, owner=provider.id)
+            entries = [self._tool_entry(staged.tool(nsid), provider) for nsid in wanted]
+            before = self.registry.generation
+            registered = self.registry.register(provider, entries, reserve=reserve)
+        except KikiError as exc:
+            # The operator's record of a refused registration: who, what, why.
+            log.warning(
+                "refused to register %s for %s (%s): %s",
+                ", ".join(wanted),
+                provider.name,
+                provider.identity,
+                exc.message,
+            )
+            raise
         self.catalog.commit(staged, registered)
         if maxInFlight is not None:
             request.connection.limit_requests(maxInFlight)
@@ -246,6 +269,26 @@ class Broker:
         if self.registry.generation != before:
             self.changed.set()
         return {"unregistered": removed}
+
+    def _may_provide(self, provider: Provider, wanted: list[str]) -> bool:
+        """Whether the provider may provide every NSID of ``wanted`` (else PermissionDenied
+        naming each refused one and why), and whether they stay reserved for it."""
+        cred = provider.cred
+        authority = installed_authority(self.apps_dir, cred.app_id)
+        refused: dict[str, str] = {}
+        reserve = False
+        for nsid in wanted:
+            verdict = self.policy.may_provide(cred, nsid, own_uid=self.own_uid, authority=authority)
+            if not verdict.allowed:
+                refused[nsid] = verdict.reason
+            reserve = reserve or verdict.reserve
+        if refused:
+            why = "; ".join(f"{n}: {r}" for n, r in refused.items())
+            raise PermissionDenied(
+                f"{provider.identity} may not provide {why}",
+                data={"nsids": list(refused), "reasons": refused},
+            )
+        return reserve
 
     @staticmethod
     def _nsid_list(tools: Any) -> list[str]:
@@ -334,6 +377,7 @@ class Broker:
         modern = mcp.era(request.meta, self.result_meta)
         arguments = {} if arguments is None else arguments
         caller, view = self._caller(request)
+        answering: dict[str, Any] | None = None  # the provider's view, once the tool is known
         try:
             if not isinstance(name, str):
                 raise InvalidParams("name must be a string")
@@ -341,6 +385,7 @@ class Broker:
                 tool = self.registry.get(name)
             except NotFound:
                 raise InvalidParams(f"unknown tool: {name}", data={"name": name}) from None
+            answering = tool.provider.view
             if not isinstance(arguments, dict):
                 raise InvalidParams("arguments must be an object")
             allowed, reason = self._allows(caller, tool)
@@ -363,12 +408,14 @@ class Broker:
                 if isinstance(output, _Future):  # a built-in tool that waits (readAuditLog's
                     # verify): answered when it is done, as a forwarded call is
                     settle = functools.partial(_builtin_result, schema, modern, room)
-                    return self._answer_later(output, name, settle, arguments, view, started)
+                    return self._answer_later(
+                        output, name, settle, arguments, view, started, tool.provider.view
+                    )
                 result, outcome, code = _checked_result(schema, output, modern, room)
         except Exception as exc:
-            self._audit(view, name, arguments, started, *_outcome(exc))
+            self._audit(view, name, arguments, started, *_outcome(exc), provider=answering)
             raise
-        self._audit(view, name, arguments, started, outcome, code)
+        self._audit(view, name, arguments, started, outcome, code, tool.provider.view)
         return result
 
     def _forward_soon(
@@ -394,7 +441,7 @@ class Broker:
             try:
                 sent = tool.provider.connection.request_soon(
                     "tools/call",
-                    _forward_params(tool, arguments, view),
+                    _forward_params(tool, arguments, request),
                     timeout=self.config.call_timeout,
                 )
             except KikiError as exc:  # the provider's connection has just closed
@@ -406,7 +453,9 @@ class Broker:
             task.add_done_callback(self._forwarding.discard)
             sent = task
         settle = functools.partial(self._settle, tool, schema, modern, room)
-        return self._answer_later(sent, tool.nsid, settle, arguments, view, started)
+        return self._answer_later(
+            sent, tool.nsid, settle, arguments, view, started, tool.provider.view
+        )
 
     def _answer_later(
         self,
@@ -416,13 +465,16 @@ class Broker:
         arguments: dict[str, Any],
         view: dict[str, Any],
         started: float,
+        provider: dict[str, Any],
     ) -> asyncio.Future[dict[str, Any]]:
         """The caller's answer to a call whose tool side ends with ``sent``: settled (audited
         first) by :meth:`_call_done`. The caller cancelling or leaving cancels ``sent``, which
         tells a provider."""
         answer: asyncio.Future[dict[str, Any]] = sent.get_loop().create_future()
         sent.add_done_callback(
-            functools.partial(self._call_done, answer, nsid, settle, arguments, view, started)
+            functools.partial(
+                self._call_done, answer, nsid, settle, arguments, view, started, provider=provider
+            )
         )
         answer.add_done_callback(lambda _: sent.cancel())
         return answer
@@ -436,21 +488,22 @@ class Broker:
         view: dict[str, Any],
         started: float,
         sent: asyncio.Future[Any],
+        provider: dict[str, Any] | None = None,
     ) -> None:
         """The tool's side of a call that was not answered at once is over (a provider's
         reply, or a built-in tool that waited): audit it, then answer the caller. An error of
         the audit itself (a full disk) is the caller's answer too: an internal error."""
         if sent.cancelled():  # the caller cancelled or left: there is nobody to answer
-            self._audit(view, nsid, arguments, started, "cancelled", None)
+            self._audit(view, nsid, arguments, started, "cancelled", None, provider)
             return
         error = sent.exception()
         try:
             try:
                 result, outcome, code = settle(None if error is not None else sent.result(), error)
             except Exception as exc:
-                self._audit(view, nsid, arguments, started, *_outcome(exc))
+                self._audit(view, nsid, arguments, started, *_outcome(exc), provider=provider)
                 raise
-            self._audit(view, nsid, arguments, started, outcome, code)
+            self._audit(view, nsid, arguments, started, outcome, code, provider)
         except Exception as exc:  # the call's own error, or the audit's (a full disk)
             if not answer.done():
                 answer.set_exception(exc)
@@ -486,6 +539,7 @@ class Broker:
         started: float,
         outcome: str,
         code: int | None,
+        provider: dict[str, Any] | None = None,  # who answered (or was to): its identity
     ) -> None:
         self.ctx.counters[_COUNTER[outcome]] += 1
         self.audit.append(
@@ -495,6 +549,7 @@ class Broker:
             code=code,
             duration_us=int((time.monotonic() - started) * 1e6),
             arguments=arguments,
+            provider=provider,
         )
 
     async def _forward(
@@ -515,7 +570,7 @@ class Broker:
 
         return await tool.provider.connection.request(
             "tools/call",
-            _forward_params(tool, arguments, caller),
+            _forward_params(tool, arguments, request),
             timeout=self.config.call_timeout,
             on_progress=relay if request.progress_token is not None else None,
         )
@@ -558,8 +613,14 @@ class Broker:
 
 
 def _forward_params(
-    tool: Tool, arguments: dict[str, Any], caller: dict[str, Any]
+    tool: Tool, arguments: dict[str, Any], request: RequestContext
 ) -> dict[str, Any]:
+    state = request.connection.state
+    caller = state.get("forwarded")
+    if caller is None:
+        # Made once per connection: what a provider needs to decide by the same principals
+        # (libkiki.principals) as the broker: groups and whose app id it is, besides the view.
+        caller = state["forwarded"] = forwarded_caller(request.peer)
     return {"name": tool.nsid, "arguments": arguments, "_meta": {mcp.CALLER_META: caller}}
 
 
@@ -692,7 +753,8 @@ async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
     policy = Policy.load(policy_path)
     catalog = Catalog.load(max_documents=config.max_lexicons_per_provider)
     audit = AuditLog(state_dir())
-    broker = Broker(ctx, config, catalog, policy, audit)
+    apps_dir = Path(config.apps_dir) if config.apps_dir else installed_apps_dir()
+    broker = Broker(ctx, config, catalog, policy, audit, apps_dir)
     broker.builtin.register()
 
     async def reload() -> None:
