@@ -597,9 +597,15 @@ async def test_tool_act_is_limited_and_a_bad_state_is_invalid_params(
             async with asyncio.timeout(20):
                 provider = await registered
 
+            # As the broker does: the caller's kernel-given identity (here root's) with each
+            # call, for the a11y policy.
+            meta = {"dev.kiki/caller": {"uid": 0, "gid": 0, "pid": os.getpid(), "groups": []}}
+
             async def call(name: str, arguments: dict[str, Any]) -> Any:
                 return await provider.request(
-                    "tools/call", {"name": name, "arguments": arguments}, timeout=20
+                    "tools/call",
+                    {"name": name, "arguments": arguments, "_meta": meta},
+                    timeout=20,
                 )
 
             press = {"ref": f"{app.tree_id}:5", "action": "press"}

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from kiki_a11y_server.tree import Change, Tree, TreeLimits
@@ -35,11 +35,18 @@ class Filter:
     root_id: int = 0
     roles: frozenset[int] = frozenset()
     max_depth: int = 0
+    # The trees whose app the subscriber may see (the a11y policy); None: every tree.
+    visible: Callable[[wire.App], bool] | None = None
 
     @classmethod
-    def of(cls, sub: wire.Subscribe) -> Filter:
+    def of(cls, sub: wire.Subscribe, visible: Callable[[wire.App], bool] | None = None) -> Filter:
         return cls(
-            frozenset(sub.apps), sub.tree_id, sub.root_id, frozenset(sub.roles), sub.max_depth
+            frozenset(sub.apps),
+            sub.tree_id,
+            sub.root_id,
+            frozenset(sub.roles),
+            sub.max_depth,
+            visible,
         )
 
     @property
@@ -64,6 +71,8 @@ class Filter:
 
     def wants_tree(self, tree: Tree) -> bool:
         if self.apps and tree.app.app_id not in self.apps:
+            return False
+        if self.visible is not None and not self.visible(tree.app):
             return False
         return not self.tree_id or tree.tree_id == self.tree_id
 
@@ -167,8 +176,15 @@ class Desktop:
 
     # -- subscribers ---------------------------------------------------------------------------
 
-    def subscribe(self, key: int, request: wire.Subscribe) -> Subscriber:
-        sub = Subscriber(Filter.of(request), self.max_pending_bytes, self.max_pending_trees)
+    def subscribe(
+        self,
+        key: int,
+        request: wire.Subscribe,
+        visible: Callable[[wire.App], bool] | None = None,
+    ) -> Subscriber:
+        sub = Subscriber(
+            Filter.of(request, visible), self.max_pending_bytes, self.max_pending_trees
+        )
         self.subscribers[key] = sub
         self._queue_snapshot(sub, request.request_id)
         return sub
@@ -338,13 +354,17 @@ class Desktop:
             raise NotFound(f"node {node_id} no longer exists in tree {tree_id} ({tree.app.app_id})")
         return tree, node
 
-    def query(self, q: wire.Query) -> tuple[list[Chunk], int]:
+    def query(
+        self, q: wire.Query, visible: Callable[[wire.App], bool] | None = None
+    ) -> tuple[list[Chunk], int]:
         limit = min(q.limit or 100, MAX_QUERY_LIMIT)
         name = q.name.casefold()
         text = q.text.casefold()
         found: list[Chunk] = []
         total = 0
         for tree in self._trees_for(q):
+            if visible is not None and not visible(tree.app):
+                continue
             for node in tree.nodes.values():
                 if q.role and node.role != q.role:
                     continue

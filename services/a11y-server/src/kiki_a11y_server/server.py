@@ -18,12 +18,14 @@ import logging
 import socket
 import struct
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pydantic
 
 from kiki_a11y_server.desktop import Desktop, Subscriber
+from kiki_a11y_server.policy import A11yPolicy, Right
 from kiki_a11y_server.protocol import (
     PUBLISHER,
     SUBSCRIBER,
@@ -43,7 +45,7 @@ from libkiki.errors import (
     PeerGone,
     Timeout,
 )
-from libkiki.paths import A11Y_SOCKET, socket_path
+from libkiki.paths import A11Y_SOCKET, config_dir, socket_path
 from libkiki.peer import PeerCred, identify
 from libkiki.servers import serve_stream
 from libkiki.service import ServiceContext
@@ -69,6 +71,8 @@ class A11yConfig(ServiceConfig):
     # Offer dev.kiki.a11y.* tools on the broker's tools.sock when it is there.
     broker_tools: bool = True
     broker_retry: float = pydantic.Field(default=2.0, gt=0)
+    # Who may read, subscribe to and act on which tree; default <config dir>/a11y-policy.toml.
+    policy_file: str = ""
 
 
 @dataclass(eq=False)
@@ -117,6 +121,11 @@ class A11yServer:
         self._keys = itertools.count(1)
         # Actions from the broker's `act` tool: one more requester, under the same limit.
         self.tool_actions_in_flight = 0
+        self.policy_path = (
+            Path(config.policy_file) if config.policy_file else config_dir() / "a11y-policy.toml"
+        )
+        self.policy = A11yPolicy.load(self.policy_path)
+        ctx.reload_hooks.append(self.reload_policy)
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -246,8 +255,10 @@ class A11yServer:
                 case wire.TreeUpdate():
                     self._publish(peer, message)
                 case wire.Subscribe():
+                    self.check_targets(peer.cred, "subscribe", message.tree_id, message.apps)
                     self.desktop.unsubscribe(peer.key)
-                    peer.sub = self.desktop.subscribe(peer.key, message)
+                    visible = self.visible(peer.cred, "subscribe")
+                    peer.sub = self.desktop.subscribe(peer.key, message, visible)
                     peer.conn.became(SUBSCRIBER)
                     self.ctx.counters["subscriptions"] += 1
                     self._flush(peer)
@@ -256,7 +267,9 @@ class A11yServer:
                     self.ctx.counters["resyncs_requested"] += 1
                     self._flush(peer)
                 case wire.Query():
-                    nodes, total = self.desktop.query(message)
+                    apps = (message.app_id,) if message.app_id else ()
+                    self.check_targets(peer.cred, "read", message.tree_id, apps)
+                    nodes, total = self.desktop.query(message, self.visible(peer.cred, "read"))
                     peer.write(wire.encode_raw(rid, wire.RawQueryResult(nodes, total)))
                 case wire.ActionRequest():
                     self._admit_action(peer.actions_in_flight)
@@ -303,7 +316,7 @@ class A11yServer:
         rid = request.request_id
         counters = self.ctx.counters
         try:
-            answer = await self._route_action(request)
+            answer = await self._route_action(request, peer.cred)
             counters["actions"] += 1
             if isinstance(answer, wire.Error):
                 peer.send(wire.Error(rid, answer.code, answer.message))
@@ -323,17 +336,48 @@ class A11yServer:
         if in_flight >= self.config.max_actions_in_flight:
             raise LimitExceeded(f"at most {self.config.max_actions_in_flight} actions in flight")
 
-    async def act_for_tool(self, request: wire.ActionRequest) -> wire.Message:
-        """An action asked through the broker's ``act`` tool: routed like a connection's, under
-        the same ``max_actions_in_flight`` limit (counted for all tool calls together)."""
+    async def act_for_tool(self, request: wire.ActionRequest, cred: PeerCred) -> wire.Message:
+        """An action asked through the broker's ``act`` tool by ``cred`` (the caller the broker
+        names): routed like a connection's, under the same ``max_actions_in_flight`` limit
+        (counted for all tool calls together)."""
         self._admit_action(self.tool_actions_in_flight)
         self.tool_actions_in_flight += 1
         try:
-            return await self._route_action(request)
+            return await self._route_action(request, cred)
         finally:
             self.tool_actions_in_flight -= 1
 
-    async def _route_action(self, request: wire.ActionRequest) -> wire.Message:
+    # -- authorization (kiki_a11y_server.policy) -------------------------------------------------
+
+    async def reload_policy(self) -> None:
+        self.policy = A11yPolicy.load(self.policy_path)
+        log.info("reloaded %s", self.policy_path)
+
+    def visible(self, cred: PeerCred, right: Right) -> Callable[[wire.App], bool] | None:
+        """Which trees ``cred`` may see for ``right``; None for every tree. The policy in force
+        when asked decides (a reload applies to what a subscription is sent next)."""
+        if self.policy.sees_all(cred, right):
+            return None
+        return lambda app: self.policy.allows(cred, right, app)
+
+    def check_targets(
+        self, cred: PeerCred, right: Right, tree_id: int, apps: Sequence[str]
+    ) -> None:
+        """A request that names trees (by id or app id) none of which ``cred`` may see is
+        refused (PermissionDenied), rather than answered as if they were not there."""
+        if not tree_id and not apps:
+            return
+        named = [
+            t.app
+            for t in self.desktop
+            if (not tree_id or t.tree_id == tree_id) and (not apps or t.app.app_id in apps)
+        ]
+        if named and not any(self.policy.allows(cred, right, app) for app in named):
+            self.policy.check(cred, right, named[0])
+
+    async def _route_action(self, request: wire.ActionRequest, cred: PeerCred) -> wire.Message:
+        if (target := self.desktop.trees.get(request.tree_id)) is not None:
+            self.policy.check(cred, "act", target.app)  # before saying anything of its nodes
         tree, node = self.desktop.find_node(request.tree_id, request.node_id)
         name = wire.ACTION_NAMES.get(request.action, str(request.action))
         if request.action not in node.actions:

@@ -1,7 +1,10 @@
 """The a11y-server's tools on the broker: ``dev.kiki.a11y.snapshot``, ``find`` and ``act``.
 
 The server connects to ``tools.sock`` as a tool provider (libkiki's :class:`ToolProvider`) and
-answers from its own in-memory desktop: no extra hop through ``a11y.sock``. The broker may start
+answers from its own in-memory desktop: no extra hop through ``a11y.sock``. Each call is decided
+by the a11y policy for the caller the broker names (``call.peer``), as a request on ``a11y.sock``
+would be: the broker's own policy says who may call a tool, the a11y policy which apps' trees
+the caller may read or act on. The broker may start
 after us or restart: the connection is retried every ``retry`` seconds, and its absence is never
 fatal.
 """
@@ -16,12 +19,14 @@ from kiki_a11y_server.desktop import MAX_QUERY_LIMIT
 from libkiki import a11y_wire as wire
 from libkiki.a11y.client import action_value, parse_ref, role_value
 from libkiki.a11y.render import node_json, render_text
-from libkiki.errors import InvalidParams, KikiError, error_for_code
+from libkiki.errors import InvalidParams, KikiError, PermissionDenied, error_for_code
 from libkiki.paths import TOOLS_SOCKET, socket_path
+from libkiki.peer import PeerCred
 from libkiki.tools import ToolCall, ToolProvider
 
 if TYPE_CHECKING:
     from kiki_a11y_server.server import A11yServer
+    from kiki_a11y_server.tree import Tree
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +35,22 @@ def make_provider(server: A11yServer) -> ToolProvider:
     provider = ToolProvider(socket_path(TOOLS_SOCKET))
     desktop = server.desktop
 
+    def readable(call: ToolCall, app_id: str) -> list[Tree]:
+        """The trees (of ``app_id``, when given) the caller may read; PermissionDenied when
+        it names an app none of whose trees it may read."""
+        cred = _caller(call)
+        server.check_targets(cred, "read", 0, (app_id,) if app_id else ())
+        visible = server.visible(cred, "read")
+        return [
+            t
+            for t in desktop
+            if (not app_id or t.app.app_id == app_id) and (visible is None or visible(t.app))
+        ]
+
     @provider.tool("dev.kiki.a11y.snapshot")
     async def snapshot(args: dict[str, Any], call: ToolCall) -> dict[str, Any]:
         app_id = args.get("appId")
-        trees = [t for t in desktop if not app_id or t.app.app_id == app_id]
+        trees = readable(call, app_id or "")
         if app_id and not trees:
             raise error_for_code(-32004, f"no app {app_id!r} has published a tree")
         rendering = render_text(
@@ -70,9 +87,7 @@ def make_provider(server: A11yServer) -> ToolProvider:
         limit = query.limit
         found: list[dict[str, Any]] = []
         total = 0
-        for tree in desktop:
-            if query.app_id and tree.app.app_id != query.app_id:
-                continue
+        for tree in readable(call, query.app_id):
             for node in tree.nodes.values():
                 if _matches(query, node):
                     total += 1
@@ -86,13 +101,20 @@ def make_provider(server: A11yServer) -> ToolProvider:
         request = wire.ActionRequest(
             0, tree_id, node_id, action_value(args["action"]), args.get("value", "")
         )
-        answer = await server.act_for_tool(request)
+        answer = await server.act_for_tool(request, _caller(call))
         if isinstance(answer, wire.Error):
             raise error_for_code(answer.code, answer.message)
         message = answer.message if isinstance(answer, wire.ActionResult) else ""
         return {"ok": True, "message": message}
 
     return provider
+
+
+def _caller(call: ToolCall) -> PeerCred:
+    cred = call.peer
+    if cred is None:  # a broker that names no caller: nobody's trees are anybody's
+        raise PermissionDenied("the broker did not say who is calling")
+    return cred
 
 
 def _matches(q: wire.Query, node: wire.Node) -> bool:

@@ -1,0 +1,141 @@
+"""Who may read, subscribe to and act on which app's tree (sans-I/O, besides loading the file).
+
+``/etc/kiki/a11y-policy.toml`` (reloaded on SIGHUP; optional) lists rules; principals are
+:mod:`libkiki.principals`' (the broker's grammar and trust rules), rights are ``read`` (a
+``Query``, the ``snapshot`` and ``find`` tools), ``subscribe`` and ``act``, and ``apps`` are globs
+of the app ids of the trees (default ``*``)::
+
+    [[allow]]
+    principals = ["group:agents", "app:kiki-sync-relay"]
+    rights = ["read", "subscribe", "act"]
+    apps = ["*"]
+
+    [[deny]]
+    principals = ["*"]
+    rights = ["act"]
+    apps = ["org.example.Bank"]
+
+A matching ``deny`` refuses, a matching ``allow`` grants; otherwise root sees and acts on every
+tree, and anyone else on the trees whose publisher has its uid (its own session's apps) only.
+Decisions are remembered per peer, right and tree for as long as the policy is loaded.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final, Literal, TypeGuard
+
+from libkiki import a11y_wire as wire
+from libkiki.errors import ConfigError, PermissionDenied
+from libkiki.peer import PeerCred
+from libkiki.principals import Principals, read_policy_file
+
+Right = Literal["read", "subscribe", "act"]
+RIGHTS: Final = ("read", "subscribe", "act")
+_MAX_DECISIONS = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    principals: Principals
+    rights: frozenset[str]
+    apps: tuple[re.Pattern[str], ...]
+    granting: bool
+
+    def matches(self, cred: PeerCred, right: Right, app: wire.App) -> bool:
+        return (
+            right in self.rights
+            and any(p.fullmatch(app.app_id) for p in self.apps)
+            and self.principals.matches(cred, granting=self.granting)
+        )
+
+
+def _rules(doc: object, section: str, source: str) -> tuple[Rule, ...]:
+    if doc is None:
+        return ()
+    if not isinstance(doc, list):
+        raise ConfigError(f"{source}: [{section}] must be an array of tables ([[{section}]])")
+    rules = []
+    for i, entry in enumerate(doc):
+        where = f"{source}: {section}[{i}]"
+        if not isinstance(entry, dict) or set(entry) - {"principals", "rights", "apps"}:
+            raise ConfigError(f"{where}: a rule has the keys principals, rights and apps")
+        principals, rights = entry.get("principals"), entry.get("rights")
+        apps = entry.get("apps", ["*"])
+        if not (_strings(principals) and _strings(rights) and _strings(apps)):
+            raise ConfigError(f"{where}: principals, rights, apps must be lists of strings")
+        if unknown := set(rights) - set(RIGHTS):
+            raise ConfigError(
+                f"{where}: unknown rights {', '.join(sorted(unknown))} (read, subscribe, act)"
+            )
+        rules.append(
+            Rule(
+                Principals.parse(principals, where),
+                frozenset(rights),
+                tuple(re.compile(fnmatch.translate(a)) for a in apps),
+                granting=section == "allow",
+            )
+        )
+    return tuple(rules)
+
+
+def _strings(value: object) -> TypeGuard[list[str]]:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, str) for v in value)
+
+
+@dataclass(frozen=True, slots=True)
+class A11yPolicy:
+    allow: tuple[Rule, ...] = ()
+    deny: tuple[Rule, ...] = ()
+    _decisions: dict[tuple[PeerCred, str, wire.App], bool] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    @classmethod
+    def load(cls, path: Path) -> A11yPolicy:
+        doc = read_policy_file(path)
+        if doc is None:
+            return cls()
+        if unknown := set(doc) - {"allow", "deny"}:
+            raise ConfigError(f"{path}: unknown keys {', '.join(sorted(unknown))}")
+        return cls(
+            _rules(doc.get("allow"), "allow", str(path)), _rules(doc.get("deny"), "deny", str(path))
+        )
+
+    def allows(self, cred: PeerCred, right: Right, app: wire.App) -> bool:
+        key = (cred, right, app)
+        found = self._decisions.get(key)
+        if found is None:
+            found = self._decide(cred, right, app)
+            if len(self._decisions) >= _MAX_DECISIONS:
+                self._decisions.clear()
+            self._decisions[key] = found
+        return found
+
+    def _decide(self, cred: PeerCred, right: Right, app: wire.App) -> bool:
+        if any(rule.matches(cred, right, app) for rule in self.deny):
+            return False
+        if any(rule.matches(cred, right, app) for rule in self.allow):
+            return True
+        return cred.uid in (0, app.uid)
+
+    def sees_all(self, cred: PeerCred, right: Right) -> bool:
+        """Whether ``cred`` has ``right`` on every tree whatever its app: root, with no deny
+        rule that could name it. Such a peer needs no per-tree check (the shared snapshot)."""
+        return cred.uid == 0 and not self.deny
+
+    def check(self, cred: PeerCred, right: Right, app: wire.App) -> None:
+        """:class:`PermissionDenied` unless ``cred`` has ``right`` on ``app``'s tree."""
+        if not self.allows(cred, right, app):
+            raise PermissionDenied(
+                f"uid {cred.uid} may not {_DO[right]} tree {app.tree_id} ({app.app_id}, uid "
+                f"{app.uid}): by default a user {_DOES[right]} its own session's apps only",
+                data={"treeId": app.tree_id, "right": right},
+            )
+
+
+_DO: Final = {"read": "read", "subscribe": "subscribe to", "act": "act on"}
+_DOES: Final = {"read": "reads", "subscribe": "subscribes to", "act": "acts on"}
