@@ -209,3 +209,13 @@ async def test_the_a11y_tools_answer_for_the_caller_the_broker_names(
     assert "may not read tree" in got["snapshot_app"]
     assert "may not act on tree" in got["press"]
     assert pressed == []
+
+
+def test_a_server_with_an_unusable_policy_does_not_start(sockdir: Path, spawn_service: Any) -> None:
+    etc = sockdir / "etc"
+    etc.mkdir(exist_ok=True)
+    (etc / "a11y-policy.toml").write_text('[[allow]]\nprincipals = ["uid:x"]\nrights = ["read"]\n')
+    proc, _ = spawn_service("a11y-server", extra_env={"KIKI_A11Y_SERVER_BROKER_TOOLS": "false"})
+    assert proc.wait(timeout=30) == 78  # EX_CONFIG, with the reason in its log
+    assert proc.stderr is not None
+    assert b"'uid:x' is not a principal" in proc.stderr.read()
