@@ -57,6 +57,9 @@ def test_list_call_and_log(broker: tuple[Path, Any], sockdir: Path) -> None:
     assert listed.returncode == 0, listed.stderr
     assert "dev.kiki.service.getInfo" in listed.stdout
     assert "query" in listed.stdout
+    # Each tool with who provides it, by its kernel identity (the broker itself, here).
+    (info_line,) = [x for x in listed.stdout.splitlines() if "service.getInfo" in x]
+    assert f"app:kiki-tool-broker pid {broker[1].pid}" in info_line
     as_json = json.loads(kiki(*sock, "list", "--json").stdout)
     assert any(t["name"] == "dev.kiki.tools.readAuditLog" for t in as_json)
 

@@ -119,11 +119,22 @@ def run_list(args: argparse.Namespace) -> int:
         print(orjson.dumps(tools, option=orjson.OPT_INDENT_2).decode())
         return 0
     width = max((len(t["name"]) for t in tools), default=4)
-    for t in tools:
+    # Who answers each tool, as the broker's kernel identified it (tools/list's _meta).
+    providers = [_provider(t) for t in tools]
+    pwidth = max((len(p) for p in providers), default=8)
+    for t, provider in zip(tools, providers, strict=True):
         kind = "query" if t.get("annotations", {}).get("readOnlyHint") else "procedure"
         desc = (t.get("description") or "").splitlines()[0] if t.get("description") else ""
-        print(f"{t['name']:<{width}}  {kind:<9}  {desc}")
+        print(f"{t['name']:<{width}}  {kind:<9}  {provider:<{pwidth}}  {desc}")
     return 0
+
+
+def _provider(tool: dict[str, Any]) -> str:
+    meta = tool.get("_meta")
+    view = meta.get("dev.kiki/provider") if isinstance(meta, dict) else None
+    if not isinstance(view, dict):
+        return "?"
+    return f"{view.get('identity', '?')} pid {view.get('pid', '?')}"
 
 
 class ArgumentsError(KikiError):
