@@ -148,14 +148,41 @@ print(orjson.dumps({"got": got}).decode(), flush=True)
 """
 
 
+# Every child runs in a process group of its own and is listed here until it is reaped, so that
+# a run that fails anywhere (a timeout, an exception, SIGTERM or Ctrl-C) leaves nothing behind.
+_CHILDREN: list[subprocess.Popen[Any]] = []
+
+
+def popen(cmd: list[str], **kwargs: Any) -> subprocess.Popen[Any]:
+    proc: subprocess.Popen[Any] = subprocess.Popen(cmd, start_new_session=True, **kwargs)
+    _CHILDREN.append(proc)
+    return proc
+
+
+def reap(proc: subprocess.Popen[Any]) -> None:
+    """Kill ``proc``'s group and wait for it (a no-op for one that has been waited for)."""
+    if proc.returncode is None:  # not reaped yet, so its pid (and group id) is still its own
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    with contextlib.suppress(ValueError):
+        _CHILDREN.remove(proc)
+
+
+def reap_all() -> None:
+    while _CHILDREN:
+        reap(_CHILDREN[-1])
+
+
 def spawn(code: str, *args: str, pin: bool = False) -> subprocess.Popen[str]:
     cmd = [str(BIN / "python"), "-c", code, *args]
     if pin:
         cmd = ["taskset", "-c", "0", *cmd]
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    proc = popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline().strip()
     if line != "ready":
+        reap(proc)
         raise SystemExit(f"helper did not start: {line!r}")
     return proc
 
@@ -305,10 +332,11 @@ class Publisher:
         cmd = [str(BIN / "kiki-sensor-publisher")]
         if pin:
             cmd = ["taskset", "-c", "0", *cmd]
-        self.proc = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
+        self.proc = popen(cmd, env=env, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 20
         while not self.socket.exists():
             if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.kill()
                 raise SystemExit("the publisher did not start")
             time.sleep(0.05)
         time.sleep(0.3)
@@ -317,8 +345,19 @@ class Publisher:
         return cpu_seconds(self.proc.pid)
 
     def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(timeout=20)
+        try:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                raise SystemExit("the publisher was still running 20 s after SIGTERM") from None
+            if self.proc.returncode != 0:
+                raise SystemExit(f"the publisher exited {self.proc.returncode} on SIGTERM")
+        finally:
+            self.kill()
+
+    def kill(self) -> None:
+        reap(self.proc)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -326,11 +365,15 @@ def ring_latency(
     rate: int, readers: int, count: int, pin: bool, code: str = RING_READER
 ) -> dict[str, Any]:
     pub = Publisher(rate, pin)
+    procs: list[subprocess.Popen[str]] = []
     try:
-        procs = [spawn(code, str(pub.socket), str(count), "0", pin=pin) for _ in range(readers)]
+        for _ in range(readers):
+            procs.append(spawn(code, str(pub.socket), str(count), "0", pin=pin))
         go(procs)
         outs = [result(p) for p in procs]
     finally:
+        for p in procs:
+            reap(p)
         pub.stop()
     lat = [x for o in outs for x in o["lat"][count // 10 :]]  # the first tenth warms up
     return {"p50": pct(lat, 0.5), "p99": pct(lat, 0.99), "lost": sum(o["lost"] for o in outs)}
@@ -359,17 +402,22 @@ def dgram_sender(paths: list[str], rate: int, stop: threading.Event) -> None:
 def dgram_latency(rate: int, readers: int, count: int, pin: bool) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="kiki-bench-"))
     paths = [str(tmp / f"r{i}") for i in range(readers)]
-    procs = [spawn(DGRAM_READER, p, str(count), pin=pin) for p in paths]
+    procs: list[subprocess.Popen[str]] = []
     stop = threading.Event()
-    if pin:
-        os.sched_setaffinity(0, {0})
     sender = threading.Thread(target=dgram_sender, args=(paths, rate, stop))
-    sender.start()
     try:
+        for p in paths:
+            procs.append(spawn(DGRAM_READER, p, str(count), pin=pin))
+        if pin:
+            os.sched_setaffinity(0, {0})
+        sender.start()
         outs = [result(p) for p in procs]
     finally:
         stop.set()
-        sender.join()
+        if sender.is_alive():
+            sender.join()
+        for proc in procs:
+            reap(proc)
         if pin:
             os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
         shutil.rmtree(tmp, ignore_errors=True)
@@ -381,18 +429,19 @@ def _cpu_with_readers(
     seconds: float, readers: int, wakeups: float, code: str = RING_READER
 ) -> float:
     pub = Publisher(1000, False)
+    procs: list[subprocess.Popen[str]] = []
     try:
         count = str(int(seconds * 1000 * 4))
-        procs = [spawn(code, str(pub.socket), count, str(wakeups)) for _ in range(readers)]
+        for _ in range(readers):
+            procs.append(spawn(code, str(pub.socket), count, str(wakeups)))
         go(procs)
         time.sleep(0.5)
         c0, t0 = pub.cpu_seconds(), time.monotonic()
         time.sleep(seconds)
         c1, t1 = pub.cpu_seconds(), time.monotonic()
-        for p in procs:
-            p.kill()
-            p.wait()
     finally:
+        for p in procs:
+            reap(p)
         pub.stop()
     return 100 * (c1 - c0) / (t1 - t0)
 
@@ -414,9 +463,7 @@ asyncio.run(main())
 
 def wake_floor(seconds: float, hz: int) -> float:
     """CPU of a process whose event loop a timer wakes ``hz`` times a second, doing nothing."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", TICKER, str(hz)], stdout=subprocess.PIPE, text=True
-    )
+    proc = popen([sys.executable, "-c", TICKER, str(hz)], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
         proc.stdout.readline()
@@ -425,8 +472,7 @@ def wake_floor(seconds: float, hz: int) -> float:
         time.sleep(seconds)
         c1, t1 = cpu_seconds(proc.pid), time.monotonic()
     finally:
-        proc.kill()
-        proc.wait()
+        reap(proc)
     return 100 * (c1 - c0) / (t1 - t0)
 
 
@@ -442,9 +488,13 @@ def c_wake_floor(seconds: float) -> float | None:
         subprocess.run(
             [cc, "-O2", "-o", str(exe), str(Path(__file__).with_name("wake_floor.c"))], check=True
         )
-        out = subprocess.run(
-            [str(exe), "4", str(seconds)], check=True, capture_output=True, text=True
-        ).stdout
+        proc = popen([str(exe), "4", str(seconds)], stdout=subprocess.PIPE, text=True)
+        try:
+            out, _ = proc.communicate(timeout=seconds + 30)
+        finally:
+            reap(proc)  # and the readers it forked, in its group
+        if proc.returncode != 0:
+            raise SystemExit(f"wake_floor exited {proc.returncode}")
         return float(out.split()[0])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -458,19 +508,25 @@ def publisher_cpu(seconds: float) -> dict[str, float | None]:
     # The baseline: this process's sender thread, at 1 kHz to 4 datagram readers.
     tmp = Path(tempfile.mkdtemp(prefix="kiki-bench-"))
     paths = [str(tmp / f"r{i}") for i in range(4)]
-    readers = [spawn(DGRAM_READER, p, str(10**9)) for p in paths]
+    readers: list[subprocess.Popen[str]] = []
     stop = threading.Event()
     sender = threading.Thread(target=dgram_sender, args=(paths, 1000, stop))
-    r0, k0 = time.clock_gettime(time.CLOCK_PROCESS_CPUTIME_ID), time.monotonic()
-    sender.start()
-    time.sleep(seconds)
-    stop.set()
-    sender.join()
-    r1, k1 = time.clock_gettime(time.CLOCK_PROCESS_CPUTIME_ID), time.monotonic()
-    for r in readers:
-        r.kill()
-        r.wait()
-    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        for p in paths:
+            readers.append(spawn(DGRAM_READER, p, str(10**9)))
+        r0, k0 = time.clock_gettime(time.CLOCK_PROCESS_CPUTIME_ID), time.monotonic()
+        sender.start()
+        time.sleep(seconds)
+        stop.set()
+        sender.join()
+        r1, k1 = time.clock_gettime(time.CLOCK_PROCESS_CPUTIME_ID), time.monotonic()
+    finally:
+        stop.set()
+        if sender.is_alive():
+            sender.join()
+        for r in readers:
+            reap(r)
+        shutil.rmtree(tmp, ignore_errors=True)
     return {
         "publisher": every,
         "publisher_futex": futex,
@@ -571,5 +627,13 @@ def main() -> None:
     print(f"| wake floor: a loop woken 100/s, no work | {cpu['floor_100']:.1f} % | | |")
 
 
+def _terminated(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # so that the finally below reaps the children
+
+
 if __name__ == "__main__":
-    main()
+    signal.signal(signal.SIGTERM, _terminated)
+    try:
+        main()
+    finally:
+        reap_all()
