@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import shutil
@@ -30,7 +29,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -47,6 +46,15 @@ from libkiki.constellation import (
 from libkiki.errors import AddressInUse, KikiError, Unavailable
 from libkiki.private_dir import ensure_private_dir
 from libkiki.sockets import bind_tcp, bind_unix
+from libkiki.up_demos import DEMOS, DemoKeeper
+from libkiki.up_process import (
+    bus_reachable,
+    end_process,
+    first_set,
+    pipe_lines,
+    pre_exec,
+    start_private_bus,
+)
 
 log = logging.getLogger(__name__)
 
@@ -99,49 +107,6 @@ class Child:
     backoff: RestartBackoff = field(default_factory=RestartBackoff)
 
 
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    # If `kiki up` itself is killed (SIGKILL cannot be handled), its services must not live on
-    # as orphans holding the sockets: the kernel sends them SIGTERM when we die.
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-
-
-def _pre_exec(fds: Sequence[int]) -> Callable[[], None]:
-    """A pre-exec hook: die with the parent, the units' umask, and put ``fds`` at 3, 4, …
-    (sd_listen_fds)."""
-
-    def prepare() -> None:
-        _die_with_parent()
-        os.umask(SERVICE_UMASK)
-        # Move them out of the way first: a target number may hold another of the sources.
-        high = [os.dup(fd) for fd in fds]
-        for i, fd in enumerate(high):
-            os.dup2(fd, 3 + i, inheritable=True)
-        for fd in high:
-            if fd >= 3 + len(fds):
-                os.close(fd)
-
-    return prepare
-
-
-def _bus_reachable(address: str | None) -> bool:
-    if not address:
-        return False
-    for part in address.split(";"):
-        if not part.startswith("unix:"):
-            continue
-        for kv in part[5:].split(","):
-            key, _, value = kv.partition("=")
-            if key == "path":
-                return Path(value).exists()
-            if key == "abstract":
-                return True
-    return False
-
-
 class Supervisor:
     def __init__(self, config: UpConfig, out: TextIO = sys.stdout) -> None:
         self.config = config
@@ -152,7 +117,9 @@ class Supervisor:
         self._stop = asyncio.Event()
         self._bin_dir = config.bin_dir or Path(sys.executable).parent
         self._gid = os.getegid() if config.gid is None else config.gid
-        self._demos: list[asyncio.subprocess.Process] = []
+        self._demos = DemoKeeper(
+            config.runtime_dir, self._stop, self._say, self._backoff, config.stop_timeout
+        )
 
     # -- sockets and environment -----------------------------------------------------------
 
@@ -195,31 +162,12 @@ class Supervisor:
     async def _ensure_bus(self) -> None:
         needs_bus = any(spec.session_bus for spec in self.config.services)
         existing = os.environ.get("DBUS_SESSION_BUS_ADDRESS")
-        if not needs_bus or _bus_reachable(existing):
+        if not needs_bus or bus_reachable(existing):
             self.bus_address = existing
             return
-        daemon = shutil.which("dbus-daemon")
-        if daemon is None:
-            raise Unavailable(
-                "no session bus and no dbus-daemon to start one (apt-get install dbus-daemon)"
-            )
-        self._bus_process = await asyncio.create_subprocess_exec(
-            daemon,
-            "--session",
-            "--print-address=1",
-            "--nofork",
-            "--nopidfile",
-            # In our directory rather than the config's abstract socket, which anyone may reach.
-            f"--address=unix:path={self.config.runtime_dir / BUS_SOCKET}",
-            stdout=asyncio.subprocess.PIPE,
-            preexec_fn=_die_with_parent,
+        self._bus_process, self.bus_address = await start_private_bus(
+            self.config.runtime_dir / BUS_SOCKET
         )
-        assert self._bus_process.stdout is not None
-        async with asyncio.timeout(10):
-            line = await self._bus_process.stdout.readline()
-        if not line:
-            raise Unavailable("the private dbus-daemon exited before printing its address")
-        self.bus_address = line.decode().strip()
         self._say(f"started a private session bus: {self.bus_address}")
 
     def _env(self, child: Child) -> dict[str, str]:
@@ -274,7 +222,7 @@ class Supervisor:
             stdin=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
             pass_fds=[*fds, *range(3, 3 + len(fds))],
-            preexec_fn=_pre_exec(fds),
+            preexec_fn=pre_exec(fds, SERVICE_UMASK),
             start_new_session=True,
         )
 
@@ -301,15 +249,6 @@ class Supervisor:
                 child.state = "stopping"
             if fields.get("RELOADING") == "1":
                 child.state = "reloading"
-
-    async def _pipe_logs(self, child: Child, stream: asyncio.StreamReader) -> None:
-        await self._pipe_lines(child.spec.name, stream)
-
-    async def _pipe_lines(self, name: str, stream: asyncio.StreamReader) -> None:
-        prefix = f"[{name}] "
-        while line := await stream.readline():
-            sys.stderr.write(prefix + line.decode(errors="replace"))
-            sys.stderr.flush()
 
     async def _watch(self, child: Child, process: asyncio.subprocess.Process) -> str:
         """Wait until the process exits or misses its watchdog; returns why it ended."""
@@ -339,11 +278,6 @@ class Supervisor:
         cfg = self.config
         return RestartBackoff(cfg.backoff_initial, cfg.backoff_max, cfg.stable_after)
 
-    async def _pause(self, delay: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(delay):
-                await self._stop.wait()
-
     async def _keep_running(self, child: Child) -> None:
         child.backoff = self._backoff()
         async with asyncio.TaskGroup() as tg:
@@ -353,7 +287,7 @@ class Supervisor:
                 process = await self._spawn(child)
                 child.process = process
                 assert process.stderr is not None
-                logs = tg.create_task(self._pipe_logs(child, process.stderr))
+                logs = tg.create_task(pipe_lines(child.spec.name, process.stderr))
                 self._write_state()
                 reason = await self._watch(child, process)
                 await logs
@@ -364,13 +298,15 @@ class Supervisor:
                 delay = child.backoff.exited(time.monotonic())
                 self._say(f"{child.spec.name} {reason}; restarting in {delay:.1f}s")
                 self._write_state()
-                await self._pause(delay)
+                await first_set(self._stop, within=delay)
             reader.cancel()
 
     async def _stop_child(self, child: Child) -> None:
         child.stopping = True
         if child.process is not None and child.process.returncode is None:
-            await self._end(child.process, child.spec.name)
+            if await end_process(child.process, self.config.stop_timeout):
+                timeout = self.config.stop_timeout
+                self._say(f"{child.spec.name} did not stop in {timeout:.0f}s; killed it")
             child.state = "stopped"
 
     # -- the whole constellation -------------------------------------------------------------
@@ -469,25 +405,16 @@ class Supervisor:
                     self._write_state()
                     self._say(self.table())
                     self._say(f"all {len(self.children)} services ready; Ctrl-C stops them")
-                    await self._start_demo(
-                        tg,
-                        "tool-broker",
-                        "libkiki.demo",
-                        "demo",
-                        "started the demo provider (dev.kiki.demo.echo, dev.kiki.demo.now)",
-                    )
-                    await self._start_demo(
-                        tg,
-                        "a11y-server",
-                        "libkiki.a11y.demo",
-                        "a11y-demo",
-                        "started the demo app (its tree: kiki a11y dump)",
-                    )
+                    for demo in DEMOS if cfg.demo else ():
+                        needed = next(
+                            (c for c in self.children if c.spec.name == demo.service), None
+                        )
+                        if needed is not None and needed.address is not None:
+                            await self._demos.start(tg, demo, needed.address, needed.ready)
                     self._say(self.try_this())
                 await self._stop.wait()
                 self._say("stopping")
-                for proc in list(self._demos):
-                    await self._end(proc, "a demo")
+                await self._demos.stop_all()
                 for child in reversed(self.children):
                     await self._stop_child(child)
             return 0
@@ -495,8 +422,7 @@ class Supervisor:
             self._say(f"kiki up: {exc}")
             return 1
         finally:
-            for proc in list(self._demos):
-                await self._end(proc, "a demo")
+            await self._demos.stop_all()
             for child in reversed(self.children):
                 await self._stop_child(child)
             await self._stop_bus()
@@ -504,127 +430,21 @@ class Supervisor:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
 
-    async def _ready_or_stop(self, child: Child, within: float | None = None) -> bool:
-        """Wait until ``child`` is ready (True), or the constellation stops or ``within``
-        seconds pass (False)."""
-        ready = asyncio.ensure_future(child.ready.wait())
-        stop = asyncio.ensure_future(self._stop.wait())
-        try:
-            await asyncio.wait({ready, stop}, timeout=within, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            ready.cancel()
-            stop.cancel()
-        return child.ready.is_set() and not self._stop.is_set()
-
     async def _await_ready(self, child: Child) -> None:
-        if await self._ready_or_stop(child, self.config.ready_timeout):
+        await first_set(child.ready, self._stop, within=self.config.ready_timeout)
+        if self._stop.is_set():
+            return
+        if child.ready.is_set():
             self._say(f"  {child.spec.name:<17} ready  {child.status}")
-        elif not self._stop.is_set():
+        else:
             self._say(
                 f"  {child.spec.name:<17} not ready after {self.config.ready_timeout:.0f}s "
                 "(still trying; see its log lines above)"
             )
 
-    async def _start_demo(
-        self, tg: asyncio.TaskGroup, service: str, module: str, label: str, started: str
-    ) -> None:
-        """Start a demo process (``python -m module --socket <service's socket>``) once that
-        service is ready, and keep it running; its log lines are shown under ``label``."""
-        child = next((c for c in self.children if c.spec.name == service), None)
-        if not self.config.demo or child is None or child.address is None:
-            return
-        process = await self._spawn_demo(tg, child, module, label)
-        self._say(started)
-        tg.create_task(self._keep_demo(tg, child, module, label, process))
-
-    async def _spawn_demo(
-        self, tg: asyncio.TaskGroup, child: Child, module: str, label: str
-    ) -> asyncio.subprocess.Process:
-        assert child.address is not None
-        demo = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            module,
-            "--socket",
-            child.address,
-            env=dict(os.environ, KIKI_RUNTIME_DIR=str(self.config.runtime_dir)),
-            stdin=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-            preexec_fn=_die_with_parent,
-        )
-        self._demos.append(demo)
-        assert demo.stderr is not None
-        tg.create_task(self._pipe_lines(label, demo.stderr))
-        return demo
-
-    async def _keep_demo(
-        self,
-        tg: asyncio.TaskGroup,
-        child: Child,
-        module: str,
-        label: str,
-        process: asyncio.subprocess.Process,
-    ) -> None:
-        # Like a unit with Restart=always that Requires= its service: whatever ended it (a
-        # provider whose broker went away exits 0), it starts again once the service is ready.
-        backoff = self._backoff()
-        while True:
-            backoff.started()
-            backoff.ready(time.monotonic())  # no readiness protocol: ready once started
-            code = await self._demo_exit(process)
-            self._demos.remove(process)
-            if code is None:
-                return
-            delay = backoff.exited(time.monotonic())
-            self._say(
-                f"{label} exited with status {code}; restarting in {delay:.1f}s "
-                f"once {child.spec.name} is ready"
-            )
-            await self._pause(delay)
-            if not await self._ready_or_stop(child):
-                return
-            process = await self._spawn_demo(tg, child, module, label)
-
-    async def _demo_exit(self, process: asyncio.subprocess.Process) -> int | None:
-        """The demo's exit status; or, when the constellation stops first, ``None`` once it
-        has been stopped."""
-        exited = asyncio.ensure_future(process.wait())
-        stop = asyncio.ensure_future(self._stop.wait())
-        try:
-            await asyncio.wait({exited, stop}, return_when=asyncio.FIRST_COMPLETED)
-        except BaseException:
-            exited.cancel()
-            raise
-        finally:
-            stop.cancel()
-        if not self._stop.is_set():
-            return await exited
-        await self._end(process, "a demo")
-        await exited
-        return None
-
-    async def _end(self, process: asyncio.subprocess.Process, name: str) -> None:
-        """SIGTERM, then SIGKILL after the stop timeout (systemd's TimeoutStopSec=)."""
-        if process.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            process.terminate()
-        try:
-            async with asyncio.timeout(self.config.stop_timeout):
-                await process.wait()
-        except TimeoutError:
-            self._say(f"{name} did not stop in {self.config.stop_timeout:.0f}s; killing")
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await process.wait()
-
     async def _stop_bus(self) -> None:
-        if self._bus_process is not None and self._bus_process.returncode is None:
-            self._bus_process.terminate()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(5):
-                    await self._bus_process.wait()
         if self._bus_process is not None:
+            await end_process(self._bus_process, 5)
             (self.config.runtime_dir / BUS_SOCKET).unlink(missing_ok=True)
 
     def _cleanup(self) -> None:
