@@ -189,8 +189,8 @@ def test_up_status_restart_and_clean_stop(
 
     wait_until(restarted, 60, "tool-broker restarted")
     assert kiki_status(sockdir, env).returncode == 0
-    # The demo provider lost its broker connection with it; it is started again and its tools
-    # answer on the new broker.
+    # The demo provider lost its broker connection with it (and exited 1); it is started again
+    # and its tools answer on the new broker.
     echoed = wait_until(demo_echo, 60, "the demo provider's echo tool on the restarted broker")
     assert echoed["text"] == "hello"
 
@@ -203,7 +203,7 @@ def test_up_status_restart_and_clean_stop(
     assert "started the demo provider" in output
     assert "started the demo app" in output
     assert "tool-broker exited with status -9; restarting" in output
-    assert "demo exited with status 0; restarting" in output
+    assert "demo exited with status 1; restarting" in output
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)

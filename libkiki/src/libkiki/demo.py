@@ -1,7 +1,8 @@
 """The demo provider `kiki up` starts: two small tools on the broker, so a fresh constellation
 has something to call (``dev.kiki.demo.echo``, ``dev.kiki.demo.now``).
 
-Run it by itself with ``python -m libkiki.demo [--socket PATH]``.
+Run it by itself with ``python -m libkiki.demo [--socket PATH]``; it exits 1 when the broker
+goes away (``kiki up`` then starts it again once the broker is ready).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from libkiki.errors import KikiError
+from libkiki.errors import KikiError, PeerGone
 from libkiki.tools import ToolCall, ToolProvider
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,9 @@ async def serve(path: Path | None) -> None:
     async with demo.connect():
         log.info("demo tools registered: %s", ", ".join(demo.nsids))
         await demo.serve_forever()
+    # Our tools left with the connection: that is a failure to whoever supervises us (kiki up
+    # starts us again), not a clean end.
+    raise PeerGone("the broker closed the connection; the demo tools are gone with it")
 
 
 def main() -> None:
