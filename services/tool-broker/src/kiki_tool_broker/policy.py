@@ -237,9 +237,10 @@ class Policy:
             return Provision(True, f"under the authority of the installed app {authority}", True)
         if authority is None:
             why = "the provider has no app id with an installed manifest, and no provide rule"
-        else:
-            why = f"it is not under the authority of the installed app {authority}"
-        return Provision(False, f"{why} grants it")
+            return Provision(False, f"{why} grants it")
+        return Provision(
+            False, f"it is not under {authority}, the authority of the provider's installed app"
+        )
 
 
 def installed_apps_dir() -> Path:
