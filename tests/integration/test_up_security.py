@@ -318,3 +318,33 @@ def test_a_file_in_the_way_is_refused(sockdir: Path) -> None:
     (sockdir / "run").write_text("")
     with pytest.raises(PermissionDenied, match="is not a directory"):
         ensure_private_dir(sockdir / "run")
+
+
+def test_a_symlink_of_another_user_on_the_way_is_refused(
+    sockdir: Path, attacker: pwd.struct_passwd
+) -> None:
+    # The owner of a symlink in a sticky directory may replace it, and so redirect the path.
+    real = sockdir / "real"
+    real.mkdir()
+    link = sockdir / "link"
+    link.symlink_to(real)
+    os.chown(link, attacker.pw_uid, attacker.pw_gid, follow_symlinks=False)
+    with pytest.raises(PermissionDenied, match=f"{link} belongs to uid {attacker.pw_uid}"):
+        ensure_private_dir(link / "run")
+    assert not (real / "run").exists()
+    os.chown(link, os.getuid(), os.getgid(), follow_symlinks=False)
+    ensure_private_dir(link / "run")
+    assert stat.S_IMODE((real / "run").stat().st_mode) == 0o750
+
+
+def test_a_parent_writable_by_a_group_not_ours_is_refused(
+    sockdir: Path, share_group: grp.struct_group
+) -> None:
+    parent = sockdir / "team"
+    parent.mkdir()
+    os.chown(parent, -1, share_group.gr_gid)
+    parent.chmod(0o770)
+    with pytest.raises(PermissionDenied, match="writable by others"):
+        ensure_private_dir(parent / "run")
+    os.chown(parent, -1, os.getegid())  # a user private group, as most distributions make
+    ensure_private_dir(parent / "run")

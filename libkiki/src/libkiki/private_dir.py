@@ -3,10 +3,10 @@
 On a device systemd creates ``/run/kiki`` and the sockets in it with the modes of the units; by
 hand, ``kiki up`` must do the same itself and must not be tricked into using a directory someone
 else prepared. The directory is created if missing; an existing one is used only when it is a
-real directory (never a symlink, which is not followed), owned by us, inside a parent nobody else
-can rename it out of. Mode bits wider than asked are removed (an older ``kiki up`` left 0755), and
-every entry must be ours: one planted while others could write there (a symlink where a state
-file will be written, say) would outlive the repaired mode.
+real directory (never a symlink, which is not followed), owned by us, under directories nobody
+else can rename it out of. Mode bits wider than asked are removed (an older ``kiki up`` left
+0755), and every entry must be ours: one planted while others could write there (a symlink
+where a state file will be written, say) would outlive the repaired mode.
 """
 
 from __future__ import annotations
@@ -20,17 +20,29 @@ from pathlib import Path
 from libkiki.errors import PermissionDenied
 
 
-def _check_parent(parent: Path, uid: int) -> None:
-    # Whoever may write to the parent can rename our directory away and put theirs in its
-    # place, unless the parent is sticky (like /tmp) and so protects entries of other users.
-    st = os.stat(parent)
+def _check_component(component: Path, uid: int, gid: int) -> None:
+    st = os.lstat(component)
     if st.st_uid not in (0, uid):
-        raise PermissionDenied(f"{parent} belongs to uid {st.st_uid}; refusing to use it")
-    if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+        raise PermissionDenied(f"{component} belongs to uid {st.st_uid}; refusing to use it")
+    if stat.S_ISLNK(st.st_mode):
+        return  # a symlink's own mode means nothing; where it leads is checked on its own
+    writable_by_others = st.st_mode & 0o002 or (st.st_mode & 0o020 and st.st_gid != gid)
+    if writable_by_others and not st.st_mode & stat.S_ISVTX:
         raise PermissionDenied(
-            f"{parent} is writable by others (mode {st.st_mode & 0o777:04o}) and not sticky; "
-            "refusing to keep sockets under it"
+            f"{component} is writable by others (mode {st.st_mode & 0o777:04o}) and not "
+            "sticky; refusing to keep sockets under it"
         )
+
+
+def _check_ancestors(parent: Path, uid: int, gid: int) -> None:
+    # Whoever may write to a directory on the way can rename what follows away and put theirs
+    # in its place, unless the directory is sticky (like /tmp), which protects entries of
+    # other users: so every directory and symlink on the way, as written and as resolved, is
+    # root's or ours, and none is writable by others unless sticky.
+    absolute = parent.absolute()
+    for chain in (absolute, absolute.resolve(strict=True)):
+        for component in (chain, *chain.parents):
+            _check_component(component, uid, gid)
 
 
 def _check_entries(fd: int, path: Path, uid: int) -> None:
@@ -52,7 +64,7 @@ def ensure_private_dir(path: Path, *, mode: int = 0o750, gid: int | None = None)
     group = os.getegid() if gid is None else gid
     mode &= 0o770  # never anything for others
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    _check_parent(path.parent, uid)
+    _check_ancestors(path.parent, uid, os.getegid())
     created = False
     with contextlib.suppress(FileExistsError):
         os.mkdir(path, 0o700)  # narrow until its group is right; never follows a symlink
