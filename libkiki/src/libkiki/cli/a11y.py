@@ -15,7 +15,7 @@ from libkiki import a11y_wire as wire
 from libkiki.a11y.client import A11yClient, role_value
 from libkiki.a11y.render import node_json, node_line, render_text, tree_json
 from libkiki.cli.common import fail, service_group
-from libkiki.errors import InvalidParams, KikiError
+from libkiki.errors import InvalidParams, KikiError, Timeout, Unavailable
 
 
 def register(sub: Any) -> None:
@@ -56,9 +56,24 @@ def register(sub: Any) -> None:
     act.add_argument("value", nargs="?", default="", help="for setValue")
     act.set_defaults(func=run_act)
 
-    watch = cmds.add_parser("watch", help="print updates as they happen (Ctrl-C stops)")
+    watch = cmds.add_parser(
+        "watch",
+        help="print updates as they happen (Ctrl-C stops)",
+        description="Subscribe and print every snapshot, update and removal. When the "
+        "a11y-server goes away (a crash, a restart), watch says so on stderr, connects again "
+        "as soon as it is back (waiting 0.1 s, then longer, at most 2 s, between tries), says "
+        "so, and goes on from the new snapshot; it exits 1 when the server is not back within "
+        "--reconnect seconds.",
+    )
     watch.add_argument("--app", action="append", default=[], help="only this app id")
     watch.add_argument("--json", action="store_true", help="one JSON object per update")
+    watch.add_argument(
+        "--reconnect",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long to wait for a server that went away (default 60; 0: exit at once)",
+    )
     watch.set_defaults(func=run_watch)
 
     cap = cmds.add_parser(
@@ -215,17 +230,45 @@ def _event_json(event: wire.Snapshot | wire.TreeUpdate | wire.TreeGone | wire.Re
     return orjson.dumps(doc)
 
 
+RETRY_FIRST, RETRY_MOST = 0.1, 2.0  # seconds between tries to reach a server that went away
+
+
 def run_watch(args: argparse.Namespace) -> int:
-    async def go() -> int:
+    lost = False  # the connection ended at least once
+
+    async def watch_once() -> None:
+        """Until the connection ends: nothing is lost silently, the server's going is news."""
         async with _client(args) as client:
             await client.subscribe(apps=args.app)
+            if lost:
+                print("kiki a11y: reconnected to the a11y-server", file=sys.stderr, flush=True)
             async for event in client.events():
                 if args.json:
                     sys.stdout.buffer.write(_event_json(event) + b"\n")
                     sys.stdout.flush()
                 else:
                     print(_describe(event), flush=True)
-        return 0
+
+    async def go() -> int:
+        nonlocal lost
+        await watch_once()  # the first connection's failure is the command's error
+        while True:
+            lost = True
+            print("kiki a11y: the a11y-server went away; reconnecting", file=sys.stderr, flush=True)
+            deadline = asyncio.get_running_loop().time() + args.reconnect
+            pause = RETRY_FIRST
+            while True:
+                try:
+                    await watch_once()
+                    break
+                except (Unavailable, Timeout) as exc:  # not back yet, or gone again at once
+                    left = deadline - asyncio.get_running_loop().time()
+                    if left <= 0:
+                        raise Unavailable(
+                            f"the a11y-server did not come back within {args.reconnect:g} s ({exc})"
+                        ) from None
+                    await asyncio.sleep(min(pause, left))
+                    pause = min(pause * 2, RETRY_MOST)
 
     return _run(args, go())
 
