@@ -63,6 +63,8 @@ def _tagger(ref: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
 
 
 def valid_data(registry: Registry, node: Def, depth: int = 0) -> st.SearchStrategy[Any]:
+    if depth > 12 and isinstance(node, RefType | UnionType):
+        return st.nothing()  # a definition that must contain itself: no finite value
     if isinstance(node, StringType):
         return _string(node)
     if isinstance(node, IntegerType):
@@ -91,13 +93,15 @@ def valid_data(registry: Registry, node: Def, depth: int = 0) -> st.SearchStrate
         canonical, target = registry.resolve(node.ref)
         if isinstance(target, TokenType):
             return st.just(canonical)
-        return valid_data(registry, target, depth)
+        return valid_data(registry, target, depth + 1)
     if isinstance(node, UnionType):
         options = []
         for ref in node.refs:
             _, target = registry.resolve(ref)
             member = valid_data(registry, target, depth + 1)
             options.append(member.map(_tagger(ref)))
+        if not node.closed:  # an open union takes any object with a $type
+            options.append(st.just({"$type": "com.example.elsewhere#thing", "x": [1]}))
         return st.one_of(options)
     if isinstance(node, UnknownType):
         return st.just({"anything": [1, "two"]})

@@ -15,7 +15,7 @@ from libkiki.lexicon.codegen import generate
 from libkiki.lexicon.compat import compare_sets
 from libkiki.lexicon.manifest import reachable_documents
 from libkiki.lexicon.model import ProcedureType, QueryType, SubscriptionType
-from libkiki.lexicon.registry import Registry
+from libkiki.lexicon.registry import MAX_FILE, Registry, read_json_file
 
 EXIT_OK, EXIT_FAILED, EXIT_ERROR = 0, 1, 2
 
@@ -104,11 +104,11 @@ def load_paths(paths: Sequence[Path], registry: Registry) -> tuple[list[str], li
     for path in paths:
         if path.is_dir():
             errors.extend(own.load_dir(path))
-        elif path.is_file():
+        elif path.exists():
             try:
-                errors.extend(own.add_json(orjson.loads(path.read_bytes()), str(path)))
-            except (OSError, orjson.JSONDecodeError) as exc:
-                errors.append(LexiconError(str(path), "", f"cannot be read as JSON: {exc}"))
+                errors.extend(own.add_json(read_json_file(path), str(path)))
+            except LexiconError as exc:
+                errors.append(exc)
         else:
             errors.append(LexiconError(str(path), "", "no such file or directory"))
     nsids = [d.id for d in own.documents()]
@@ -153,8 +153,16 @@ def run_show(args: argparse.Namespace) -> int:
 def run_validate(args: argparse.Namespace) -> int:
     registry, _ = published(args)
     try:
-        text = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
-        data = orjson.loads(text)
+        if args.file == "-":
+            text = sys.stdin.buffer.read(MAX_FILE + 1)
+            if len(text) > MAX_FILE:
+                raise LexiconError("stdin", "", f"is larger than {MAX_FILE >> 20} MiB")
+            data = orjson.loads(text)
+        else:
+            data = read_json_file(Path(args.file))
+    except LexiconError as exc:
+        print(f"kiki schema validate: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     except (OSError, orjson.JSONDecodeError) as exc:
         print(f"kiki schema validate: cannot read {args.file}: {exc}", file=sys.stderr)
         return EXIT_ERROR

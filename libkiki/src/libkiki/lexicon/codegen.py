@@ -189,12 +189,17 @@ class _Writer:
         return self.expr(target, split_ref(canonical)[0], owner, "", seen | {canonical})
 
     def union(self, node: UnionType, seen: frozenset[str]) -> str:
-        members = [f"Annotated[{self.ref(r, seen)}, Tag({r!r})]" for r in node.refs]
+        if not node.refs:
+            # An open union that names no member takes any object with a $type (the Lexicon
+            # spec's open union; the validator agrees). A closed one with none does not lint.
+            return "OpenUnionMember"
+        refs = tuple(dict.fromkeys(node.refs))  # a member listed twice is one member (one tag)
+        members = [f"Annotated[{self.ref(r, seen)}, Tag({r!r})]" for r in refs]
         if not node.closed:
             members.append('Annotated[OpenUnionMember, Tag("$open")]')
         if len(members) == 1:
-            return self.ref(node.refs[0], seen)
-        disc = f"union_discriminator({tuple(node.refs)!r}, closed={node.closed})"
+            return self.ref(refs[0], seen)
+        disc = f"union_discriminator({refs!r}, closed={node.closed})"
         return f"Annotated[Union[{', '.join(members)}], {disc}]"
 
     # -- classes -------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from libkiki.errors import KikiError, LexiconError, ValidationError
 from libkiki.lexicon.codegen import generate
 from libkiki.lexicon.manifest import MANIFEST_FILE, AppCheck, check_app, reachable_documents
 from libkiki.lexicon.model import LexiconDoc
-from libkiki.lexicon.registry import Registry, document_path
+from libkiki.lexicon.registry import Registry, document_path, read_json_file
 
 __all__ = ["BINDINGS_PACKAGE", "InstallReport", "bindings_module", "check_app_dir", "install_app"]
 
@@ -66,9 +66,9 @@ def check_app_dir(app_dir: Path, published: Registry, *, allow_breaking: bool = 
     """Read ``app_dir`` (``kiki-app.json`` and ``lexicons/``) and check it against ``published``."""
     manifest_path = app_dir / MANIFEST_FILE
     try:
-        raw: Any = orjson.loads(manifest_path.read_bytes())
-    except (OSError, orjson.JSONDecodeError) as exc:
-        error = ValidationError("manifest", f"cannot read {manifest_path}: {exc}")
+        raw: Any = read_json_file(manifest_path)
+    except LexiconError as exc:
+        error = ValidationError("manifest", f"{manifest_path}: {exc.rule}")
         return AppCheck(None, (), published, (error,))
     own = Registry()
     problems: list[KikiError] = []

@@ -59,6 +59,10 @@ PRIMARY_TYPES: Final = frozenset({"record", "query", "procedure", "subscription"
 PARAM_TYPES: Final = frozenset({"boolean", "integer", "string", "unknown", "array"})
 PARAM_ITEM_TYPES: Final = frozenset({"boolean", "integer", "string", "unknown"})
 BODY_TYPES: Final = frozenset({"object", "ref", "union"})
+# Steps of a JSON path from the document's root to a schema node, at most. Published lexicons
+# nest 9 deep; the parser, the validator and the code generator recurse once per level, and a
+# document nested hundreds deep would end them in a RecursionError instead of a lint problem.
+MAX_PATH: Final = 64
 
 _T = TypeVar("_T")
 
@@ -67,6 +71,9 @@ class _Parser(Reader):
     # -- nodes -------------------------------------------------------------------------------
 
     def typed(self, node: Any, path: Path, allowed: frozenset[str]) -> Def | None:
+        if len(path) > MAX_PATH:
+            self.fail(path[:MAX_PATH], f"is nested too deeply (more than {MAX_PATH} steps)")
+            return None
         if not isinstance(node, dict):
             self.fail(path, "must be an object")
             return None
@@ -201,7 +208,16 @@ class _Parser(Reader):
         if not isinstance(raw, dict):
             self.fail((*path, "properties"), "must be an object")
             return {}
-        return {name: parse(value, (*path, "properties", name)) for name, value in raw.items()}
+        for name in raw:
+            if name.startswith("$"):
+                # The data model's own ($type, $bytes, $link); a property so named would be
+                # taken for one of them (a null "$type" beside the object's own).
+                self.fail((*path, "properties", name), "names starting with $ are reserved")
+        return {
+            name: parse(value, (*path, "properties", name))
+            for name, value in raw.items()
+            if not name.startswith("$")
+        }
 
     def names(
         self, node: Mapping[str, Any], key: str, path: Path, props: Mapping[str, Any]
@@ -346,7 +362,8 @@ class _Parser(Reader):
             if not DEF_NAME.fullmatch(name):
                 self.fail(path, "is not a valid definition name")
                 continue
-            if name != "main" and isinstance(node, dict) and node.get("type") in PRIMARY_TYPES:
+            kind = node.get("type") if isinstance(node, dict) else None
+            if name != "main" and isinstance(kind, str) and kind in PRIMARY_TYPES:
                 self.fail((*path, "type"), "a primary type must be the main definition")
                 continue
             allowed = NAMED_TYPES | PRIMARY_TYPES if name == "main" else NAMED_TYPES

@@ -11,6 +11,7 @@ The search path for the published schemas is decided here (see :func:`search_pat
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -45,12 +46,46 @@ __all__ = [
     "bundled_lexicons",
     "document_path",
     "iter_refs",
+    "read_json_file",
     "search_path",
 ]
 
 ENV_LEXICON_PATH: Final = "KIKI_LEXICON_PATH"
 _SYSTEM_LEXICONS: Final = Path("/usr/share/kiki/lexicons")
 _NOT_REFERABLE: Final = (ProcedureType, QueryType, SubscriptionType)
+# The largest file read as a document (or as data to validate). Published lexicons are tens of
+# KiB; without a bound, `kiki schema lint /dev/zero` would read until memory ran out.
+MAX_FILE: Final = 4 << 20
+# Steps through nested types and the references between them, at most, from a definition to the
+# end of its deepest chain. Published lexicons need 43 at most (app.bsky.feed.getActorLikes).
+MAX_DEPTH: Final = 128
+
+
+def read_json_file(path: Path, limit: int = MAX_FILE) -> Any:
+    """The JSON value in the file at ``path``, or a :class:`LexiconError` saying why there is
+    none: unreadable, not a regular file (a FIFO would block the reader for ever), over
+    ``limit`` bytes, not JSON."""
+
+    def refuse(rule: str) -> LexiconError:
+        return LexiconError(str(path), "", rule)
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise refuse(f"cannot be read: {exc.strerror or exc}") from None
+    with open(fd, "rb") as f:
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise refuse("is not a regular file")
+            data = f.read(limit + 1)
+        except OSError as exc:
+            raise refuse(f"cannot be read: {exc.strerror or exc}") from None
+    if len(data) > limit:
+        raise refuse(f"is larger than {limit >> 20} MiB")
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise refuse(f"cannot be read as JSON: {exc}") from None
 
 
 def bundled_lexicons() -> Path | None:
@@ -166,9 +201,9 @@ class Registry:
         seen: dict[str, Path] = {}
         for file in sorted(root.rglob("*.json")):
             try:
-                raw = orjson.loads(file.read_bytes())
-            except (OSError, orjson.JSONDecodeError) as exc:
-                errors.append(LexiconError(str(file), "", f"cannot be read as JSON: {exc}"))
+                raw = read_json_file(file)
+            except LexiconError as exc:
+                errors.append(exc)
                 continue
             doc, problems = lint_document(raw, str(file))
             if doc is None or problems:
@@ -245,6 +280,7 @@ class Registry:
                 for path, ref in iter_refs(definition, f"defs.{name}"):
                     errors.extend(self._check_ref(nsid, path, ref))
         errors.extend(self._cycles(nsids))
+        errors.extend(self._too_deep(nsids))
         return errors
 
     def _check_ref(self, nsid: str, path: str, ref: str) -> list[LexiconError]:
@@ -285,6 +321,56 @@ class Registry:
                         path.append(nxt)
                         stack.append(iter(self._edges(nxt)))
         return errors
+
+    def _too_deep(self, nsids: list[str]) -> list[LexiconError]:
+        """Definitions whose references, followed, nest deeper than MAX_DEPTH steps: the
+        validator's compiler and the code generator recurse once per step, and a chain of
+        hundreds would end them in a RecursionError. A reference back into the chain being
+        followed is not followed (both stop there too). Iterative, like :meth:`_cycles`."""
+        depth: dict[str, int] = {}  # steps from a definition to the end of its deepest chain
+        errors: list[LexiconError] = []
+        for nsid in nsids:
+            for name in self._docs[nsid].defs:
+                start = nsid if name == "main" else f"{nsid}#{name}"
+                if start not in depth:
+                    self._measure(start, depth)
+                if depth[start] > MAX_DEPTH:
+                    rule = f"its references nest {depth[start]} steps deep (at most {MAX_DEPTH})"
+                    errors.append(LexiconError(nsid, f"defs.{name}", rule))
+        return errors
+
+    def _measure(self, start: str, depth: dict[str, int]) -> None:
+        # A frame: [ref, its (steps, target) edges, deepest so far, steps of the edge followed]
+        stack: list[list[Any]] = [[start, iter(self._steps(start)), 0, 0]]
+        on_path = {start}
+        while stack:
+            top = stack[-1]
+            edge = next(top[1], None)
+            if edge is None:
+                stack.pop()
+                on_path.discard(top[0])
+                depth[top[0]] = top[2]
+                if stack:
+                    stack[-1][2] = max(stack[-1][2], stack[-1][3] + top[2])
+                continue
+            steps, target = edge
+            if target in on_path:
+                top[2] = max(top[2], steps)
+            elif target in depth:
+                top[2] = max(top[2], steps + depth[target])
+            else:
+                top[3] = steps
+                on_path.add(target)
+                stack.append([target, iter(self._steps(target)), 0, 0])
+
+    def _steps(self, ref: str) -> list[tuple[int, str]]:
+        """A definition's references, each with the steps from the definition to it."""
+        try:
+            _, definition = self.resolve(ref)
+        except LexiconError:
+            return []
+        found = iter_refs(definition, "")
+        return [(path.count(".") + path.count("["), target) for path, target in found]
 
     def _edges(self, ref: str) -> list[str]:
         try:
