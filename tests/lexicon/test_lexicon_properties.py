@@ -229,3 +229,43 @@ def test_a_chain_of_references_too_long_to_follow_is_a_lint_problem(
         code, said = run_kiki(capsys, "schema", "gen", str(path), "--out", str(tmp_path / "o"))
         assert code == 1
         assert "steps deep (at most 128)" in said
+
+
+@pytest.mark.parametrize("closed", [True, False])
+def test_a_union_member_listed_twice_is_one_member(tmp_path: Path, closed: bool) -> None:
+    # Two tags for one member broke the generated module's import (pydantic: missing ref).
+    union = {"type": "union", "refs": ["#b", f"{NSID}#b"], "closed": closed}
+    raw = {
+        "lexicon": 1,
+        "id": NSID,
+        "defs": {"b": {"type": "object", "properties": {"a": union}}},
+    }
+    registry = linted(raw)
+    assert registry is not None
+    model = import_source(generate(registry, command="test"), tmp_path).MODELS[f"{NSID}#b"]
+    value = {"a": {"$type": f"{NSID}#b", "a": {"$type": f"{NSID}#b"}}}
+    registry.validator(f"{NSID}#b").validate(value)
+    assert model.model_validate(value).model_dump(by_alias=True)["a"] == value["a"]
+
+
+def test_property_names_starting_with_a_dollar_are_refused() -> None:
+    # A "$type" property beside the object's own $type: the binding refused what validated.
+    props = {"$type": {"type": "null"}, "$link": {"type": "string"}, "ok": {"type": "string"}}
+    raw = {"lexicon": 1, "id": NSID, "defs": {"main": {"type": "object", "properties": props}}}
+    problems = Registry().add_json(raw)
+    assert sorted(p.path for p in problems) == [
+        "defs.main.properties.$link",
+        "defs.main.properties.$type",
+    ]
+    assert all("reserved" in p.rule for p in problems)
+
+
+@pytest.mark.parametrize("kind", [[], {}, ["record"], 1, None])
+def test_a_definition_whose_type_is_not_a_string_is_a_lint_problem(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, kind: Any
+) -> None:
+    path = tmp_path / "doc.json"
+    path.write_bytes(orjson.dumps({"lexicon": 1, "id": NSID, "defs": {"a": {"type": kind}}}))
+    code, said = run_kiki(capsys, "schema", "lint", str(path))
+    assert code == 1
+    assert "defs.a.type: is required and must be a string" in said
