@@ -269,3 +269,30 @@ def test_a_definition_whose_type_is_not_a_string_is_a_lint_problem(
     code, said = run_kiki(capsys, "schema", "lint", str(path))
     assert code == 1
     assert "defs.a.type: is required and must be a string" in said
+
+
+@pytest.mark.parametrize("out", ["file", "file/sub", "dir-is-module"])
+def test_gen_into_a_place_it_cannot_write_says_so(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, out: str
+) -> None:
+    (tmp_path / "file").write_text("")
+    (tmp_path / "dir-is-module" / "lexicons.py").mkdir(parents=True)
+    code, said = run_kiki(capsys, "schema", "gen", str(KIKI_LEXICONS), "--out", str(tmp_path / out))
+    assert code == 2
+    assert said.startswith("kiki schema gen: cannot write ")
+    assert not list(tmp_path.rglob("*.tmp"))  # nothing half-written left behind
+
+
+def test_app_install_into_a_state_dir_it_cannot_write_says_so(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("KIKI_STATE_DIR", str(tmp_path / "file" / "state"))
+    app = tmp_path / "app"
+    (app / "lexicons").mkdir(parents=True)
+    manifest = {"id": "org.example.x", "version": "1.0.0", "name": "x"}
+    (app / "kiki-app.json").write_bytes(orjson.dumps(manifest))
+    code, said = run_kiki(capsys, "app", "install", str(app), "--lexicons", str(KIKI_LEXICONS))
+    assert code == 1
+    assert said.startswith("kiki app install: cannot write ")
+    assert "Not a directory" in said

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,10 @@ def run_install(args: argparse.Namespace) -> int:
         report = install_app(args.dir, state_dir(), registry, allow_breaking=args.allow_breaking)
     except KikiError as exc:
         emit(args, {"ok": False, "problems": [problem(exc)]}, [f"refused: {exc}"])
+        return EXIT_FAILED
+    except OSError as exc:  # the state directory: not writable, full, not a directory
+        where = exc.filename or state_dir()
+        print(f"kiki app install: cannot write {where}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_FAILED
     emit(
         args,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -207,9 +209,19 @@ def run_gen(args: argparse.Namespace) -> int:
     if args.module != "lexicons":
         command += f" --module {args.module}"
     source = generate(registry, reachable_documents(registry, nsids), command=command)
-    args.out.mkdir(parents=True, exist_ok=True)
     target = args.out / f"{args.module}.py"
-    target.write_text(source)
+    # Whole or not at all: an importer never sees half a module.
+    partial = target.with_name(f".{target.name}.tmp")
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+        partial.write_text(source)
+        os.replace(partial, target)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
+        where = exc.filename or target
+        print(f"kiki schema gen: cannot write {where}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_ERROR
     emit(args, {"ok": True, "module": str(target), "documents": nsids}, [f"wrote {target}"])
     return EXIT_OK
 
