@@ -679,12 +679,12 @@ async def test_connection_limit_refuses_the_extra_peer_only(sock_path: Path, pro
         assert srv.counters["connections_refused"] == 1
 
 
-async def test_a_flood_of_refused_peers_does_not_hold_the_servers_descriptors(
+async def test_a_flood_of_refused_peers_is_told_and_does_not_hold_the_servers_descriptors(
     sock_path: Path, probe: Probe
 ) -> None:
-    # Each refused peer is told why and held up to a second while its input is read; past 32
-    # of them at once, the rest are closed without a word.
-    from libkiki.rpc.server import _MAX_REFUSING
+    # Every refused peer reads why; at most MAX_LINGERING of them are held (up to a second)
+    # while their input is read, the rest are closed at once.
+    from libkiki.admission import MAX_LINGERING
 
     async with (
         running(sock_path, make_methods(probe), max_connections=1) as srv,
@@ -692,12 +692,14 @@ async def test_a_flood_of_refused_peers_does_not_hold_the_servers_descriptors(
         raw(sock_path) as first,
     ):
         assert (await first.call(req("add", 1, [1, 1])))["result"] == 2
-        flood = [await stack.enter_async_context(raw(sock_path)) for _ in range(48)]
+        flood = [await stack.enter_async_context(raw(sock_path)) for _ in range(MAX_LINGERING + 16)]
         async with asyncio.timeout(BOUND):
             while srv.counters["connections_refused"] < len(flood):  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
-        told = [peer for peer in flood if not await peer.eof()]
-        assert 0 < len(told) <= _MAX_REFUSING
+        assert srv.gate.admission.lingering <= MAX_LINGERING
+        for peer in flood:
+            assert (await peer.recv())["error"]["code"] == -32005
+            assert await peer.eof()
         assert (await first.call(req("add", 2, [2, 2])))["result"] == 4
 
 

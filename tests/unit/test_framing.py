@@ -36,6 +36,7 @@ def test_oversized_line_is_skipped_and_the_next_line_survives() -> None:
     out = feed_all(d, [b"x" * 8, b"y" * 8, b"z" * 30, b"\nok\n"])
     assert len(out) == 2
     assert isinstance(out[0], Oversized)
+    assert isinstance(out[0].error, FrameTooLarge)
     assert out[0].error.size == 46
     assert out[0].error.limit == 10
     assert out[1] == b"ok"

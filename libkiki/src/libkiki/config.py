@@ -26,6 +26,9 @@ class ServiceConfig(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(frozen=True, extra="forbid")
 
     max_connections: int = pydantic.Field(default=256, ge=1)
+    # None: a quarter of max_connections. Root and the service's own uid are held only to the
+    # total (see libkiki.admission).
+    max_connections_per_user: int | None = pydantic.Field(default=None, ge=1)
     max_line: int = pydantic.Field(default=1 << 20, ge=1024)
     max_in_flight: int = pydantic.Field(default=64, ge=1)
     drain_timeout: float = pydantic.Field(default=10.0, gt=0)

@@ -11,7 +11,11 @@ Two framings are used on Kiki's sockets:
   length beyond ``max_frame`` cannot be skipped safely (the peer may be sending garbage), so the
   decoder reports it and refuses further input: the connection must be closed.
 
-Both buffer at most their limit plus one read, whatever the peer sends.
+Both buffer at most their limit plus one read, whatever the peer sends. A server's frame
+decoders may also share a :class:`BufferPool`, which bounds the bytes of unfinished frames held
+across all its connections: the peer whose frame would take the pool past its limit gets a
+:class:`~libkiki.errors.LimitExceeded` and must be closed. :meth:`FrameDecoder.close` gives a
+decoder's bytes back (to the allocator and to the pool) when its connection ends.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from libkiki.errors import FrameTooLarge, ProtocolError
+from libkiki.errors import FrameTooLarge, LimitExceeded, ProtocolError
 
 DEFAULT_MAX_LINE = 1 << 20  # 1 MiB
 DEFAULT_MAX_FRAME = 16 << 20  # 16 MiB
@@ -30,9 +34,10 @@ _LEN = struct.Struct("<I")
 
 @dataclass(frozen=True, slots=True)
 class Oversized:
-    """A line or frame that broke the size limit; ``error`` is ready to send to the peer."""
+    """A line or frame that broke the size limit, or that the shared :class:`BufferPool` has no
+    room for; ``error`` is ready to send to the peer."""
 
-    error: FrameTooLarge
+    error: FrameTooLarge | LimitExceeded
 
 
 class LineDecoder:
@@ -92,15 +97,35 @@ def encode_line(payload: bytes) -> bytes:
     return payload + b"\n"
 
 
+class BufferPool:
+    """Bytes of unfinished frames held by all the decoders that share it, at most ``limit``."""
+
+    __slots__ = ("limit", "used")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def resize(self, held: int, wanted: int) -> bool:
+        """Let a decoder holding ``held`` bytes hold ``wanted``; False (nothing changed) if that
+        would take the pool past its limit. Shrinking always succeeds."""
+        if wanted > held and self.used + wanted - held > self.limit:
+            return False
+        self.used += wanted - held
+        return True
+
+
 class FrameDecoder:
     """Splits a byte stream into size-prefixed frames (the prefix is not part of the frame)."""
 
-    __slots__ = ("_buf", "_failed", "max_frame")
+    __slots__ = ("_buf", "_failed", "_held", "_pool", "max_frame")
 
-    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME, pool: BufferPool | None = None) -> None:
         self.max_frame = max_frame
         self._buf = bytearray()
         self._failed: ProtocolError | None = None
+        self._pool = pool
+        self._held = 0  # bytes charged to the pool
 
     def feed(self, data: bytes) -> Iterator[bytes | Oversized]:
         if self._failed is not None:
@@ -111,10 +136,8 @@ class FrameDecoder:
         while len(buf) - pos >= _LEN.size:
             (size,) = _LEN.unpack_from(buf, pos)
             if size > self.max_frame:
-                error = FrameTooLarge(size, self.max_frame)
-                self._failed = ProtocolError("the connection is closed after an oversized frame")
-                buf.clear()
-                yield Oversized(error)
+                self._fail()
+                yield Oversized(FrameTooLarge(size, self.max_frame))
                 return
             end = pos + _LEN.size + size
             if len(buf) < end:
@@ -122,6 +145,30 @@ class FrameDecoder:
             yield bytes(buf[pos + _LEN.size : end])
             pos = end
         del buf[:pos]
+        pool = self._pool
+        if pool is not None and len(buf) != self._held:
+            if not pool.resize(self._held, len(buf)):
+                self._fail()
+                yield Oversized(
+                    LimitExceeded(
+                        f"the server holds too many bytes of unfinished frames "
+                        f"(limit {pool.limit} for all connections); try again later",
+                        data={"limit": pool.limit},
+                    )
+                )
+                return
+            self._held = len(buf)
+
+    def _fail(self) -> None:
+        self._failed = ProtocolError("the connection is closed after a refused frame")
+        self.close()
+
+    def close(self) -> None:
+        """Drop what is buffered (an unfinished frame) and give its bytes back to the pool."""
+        self._buf = bytearray()  # a new one: clear() may keep the old allocation
+        if self._pool is not None:
+            self._pool.resize(self._held, 0)
+        self._held = 0
 
     @property
     def pending(self) -> int:

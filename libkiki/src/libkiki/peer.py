@@ -27,7 +27,7 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from libkiki.servers import ACCEPT_BACKOFF, SHORTAGE
+from libkiki.admission import ACCEPT_BACKOFF, SHORTAGE
 
 _UCRED = struct.Struct("3i")
 # Not in Python's socket module; the values of asm-generic/socket.h (x86, arm, riscv, ...).

@@ -34,6 +34,7 @@ def serve_configured(
         listener,
         methods,
         max_connections=config.max_connections,
+        max_connections_per_user=config.max_connections_per_user,
         max_line=config.max_line,
         max_in_flight=config.max_in_flight,
         drain_timeout=config.drain_timeout,

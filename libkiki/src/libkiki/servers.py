@@ -1,11 +1,18 @@
-"""Accepting stream connections with structured concurrency and a connection limit.
+"""Accepting stream connections: one accept loop, one admission gate, one way to refuse.
 
 :func:`accept_forever` is the one accept loop every Kiki server runs (:func:`serve_stream` here,
-and :class:`libkiki.rpc.server.RpcServer`). :func:`serve_stream` owns the accept loop and every
-connection's task in one ``TaskGroup``, so leaving it (the service draining) stops accepting,
-lets live connections finish within the runner's drain bound, and cancels whatever is left. A
-connection over ``max_connections`` gets the protocol's own rejection (``reject``) and is
-closed; nobody else notices.
+and :class:`libkiki.rpc.server.RpcServer`), and :class:`Gate` the one admission at ``accept()``
+both use (the rules and the counters are in :mod:`libkiki.admission`). :func:`serve_stream`
+owns the accept loop and every connection's task in one ``TaskGroup``, so leaving it (the
+service draining) stops accepting, lets live connections finish within the runner's drain bound,
+and cancels whatever is left.
+
+A refused peer is sent the protocol's refusal at once, then the server shuts down its writing
+and reads what the peer sent, discarding it, before closing: a socket closed with unread input
+resets the peer, which would lose the refusal. Up to ``MAX_LINGERING`` refused peers are read to
+their end (bounded in bytes and time); past that, a refused peer is closed as soon as what it
+had already sent is discarded. Refusals are logged through a token bucket, with a summary of
+what it held back, so a flood of connects costs a bounded number of log lines.
 """
 
 from __future__ import annotations
@@ -15,20 +22,34 @@ import contextlib
 import errno
 import logging
 import socket
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
+
+from libkiki.admission import (
+    ACCEPT_BACKOFF,
+    SHORTAGE,
+    Admission,
+    AdmissionLimits,
+    LogBudget,
+    Refused,
+    Ticket,
+)
+from libkiki.errors import LimitExceeded
+from libkiki.peer import peer_cred
+
+__all__ = ["ACCEPT_BACKOFF", "SHORTAGE", "Gate", "accept_forever", "serve_stream"]
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-Rejection = Callable[[], bytes]
+# The protocol's refusal, as bytes on the wire, for the error the peer is to read.
+Refusal = Callable[[LimitExceeded], bytes]
 
 STREAM_LIMIT = 1 << 16
-# Running out of descriptors or memory is transient: back off instead of spinning on accept().
-ACCEPT_BACKOFF = 0.1
-# Out of descriptors or memory: what accept() and identifying its peer wait out.
-SHORTAGE = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _TRANSIENT = SHORTAGE | {errno.ECONNABORTED}
+REFUSE_DRAIN = 1 << 20  # bytes of a refused peer's input read and discarded before closing
+REFUSE_TIMEOUT = 1.0  # seconds a refused peer is given to finish sending
 
 
 async def accept_forever(
@@ -53,19 +74,122 @@ async def accept_forever(
             await asyncio.sleep(ACCEPT_BACKOFF)
             continue
         conn.setblocking(False)
-        counters["connections_accepted"] += 1
         on_accept(conn)
+
+
+class Gate:
+    """Admission for one listener, at ``accept()``: see :mod:`libkiki.admission`.
+
+    ``refusal`` renders the protocol's refusal of a peer; ``name`` (the socket's) is for logs.
+    """
+
+    def __init__(
+        self, limits: AdmissionLimits, refusal: Refusal, counters: Counter[str], name: str
+    ) -> None:
+        self.admission = Admission(limits, counters)
+        self.name = name
+        self._refusal = refusal
+        self._log = LogBudget()
+        self._summary: asyncio.TimerHandle | None = None
+
+    def admit(self, conn: socket.socket, tg: asyncio.TaskGroup) -> Ticket | None:
+        """A ticket for ``conn`` (release it when the connection ends), or None: then ``conn``
+        has been refused and is no longer the caller's."""
+        try:
+            uid = peer_cred(conn, app=False).uid
+        except OSError as exc:  # it left already, say
+            self.admission.counters["accept_errors"] += 1
+            log.debug("%s: dropping a connection whose identity cannot be read: %s", self.name, exc)
+            conn.close()
+            return None
+        decision = self.admission.admit(uid)
+        if isinstance(decision, Ticket):
+            return decision
+        self._note(decision)
+        if self._tell(conn, decision.error) and decision.linger:
+            tg.create_task(self._linger(conn))
+            return None
+        conn.close()
+        if decision.linger:
+            self.admission.lingered()
+        return None
+
+    def release(self, ticket: Ticket) -> None:
+        self.admission.release(ticket)
+
+    def close(self) -> None:
+        """The listener stops: say what the log budget still held back."""
+        if self._summary is not None:
+            self._summary.cancel()
+            self._summarize()
+
+    def _tell(self, conn: socket.socket, error: LimitExceeded) -> bool:
+        """Send the refusal and discard what the peer sent so far; True if it may send more."""
+        try:
+            # A fresh socket's send buffer is empty, and a refusal is a few hundred bytes.
+            conn.send(self._refusal(error))
+            conn.shutdown(socket.SHUT_WR)
+            left = REFUSE_DRAIN
+            while left > 0:
+                data = conn.recv(65536)
+                if not data:
+                    return False
+                left -= len(data)
+        except BlockingIOError:
+            return True
+        except OSError:
+            pass
+        return False
+
+    async def _linger(self, conn: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(REFUSE_TIMEOUT):
+                left = REFUSE_DRAIN
+                while left > 0 and (data := await loop.sock_recv(conn, 65536)):
+                    left -= len(data)
+        except (OSError, TimeoutError):
+            pass
+        finally:
+            conn.close()
+            self.admission.lingered()
+
+    def _note(self, refused: Refused) -> None:
+        if self._log.allow(time.monotonic()):
+            log.warning(
+                "%s: refusing a connection from uid %d: %s", self.name, refused.uid, refused.error
+            )
+        elif self._summary is None:
+            loop = asyncio.get_running_loop()
+            self._summary = loop.call_later(self._log.interval, self._summarize)
+
+    def _summarize(self) -> None:
+        self._summary = None
+        if count := self._log.take_suppressed():
+            log.warning(
+                "%s: %d more connections refused (not logged one by one); live: %d, by uid: %s",
+                self.name,
+                count,
+                self.admission.live,
+                dict(self.admission.by_uid.most_common(3)),
+            )
 
 
 async def _run_connection(
     handler: Handler,
     conn: socket.socket,
+    ticket: Ticket,
+    gate: Gate,
     live: dict[asyncio.StreamWriter, asyncio.StreamReader],
     counters: Counter[str],
 ) -> None:
-    reader, writer = await asyncio.open_connection(sock=conn, limit=STREAM_LIMIT)
+    try:
+        reader, writer = await asyncio.open_connection(sock=conn, limit=STREAM_LIMIT)
+    except BaseException:
+        conn.close()
+        gate.release(ticket)
+        raise
     live[writer] = reader
-    counters["connections"] += 1
     try:
         await handler(reader, writer)
     except (ConnectionError, BrokenPipeError):
@@ -75,20 +199,10 @@ async def _run_connection(
         log.exception("connection handler failed")
     finally:
         live.pop(writer, None)
+        gate.release(ticket)
         writer.close()
         with contextlib.suppress(ConnectionError, BrokenPipeError):
             await writer.wait_closed()
-
-
-async def _reject(conn: socket.socket, reply: bytes) -> None:
-    loop = asyncio.get_running_loop()
-    try:
-        async with asyncio.timeout(1):
-            await loop.sock_sendall(conn, reply)
-    except (OSError, TimeoutError):
-        pass
-    finally:
-        conn.close()
 
 
 @contextlib.asynccontextmanager
@@ -96,28 +210,28 @@ async def serve_stream(
     listener: socket.socket,
     handler: Handler,
     *,
-    max_connections: int,
-    reject: Rejection,
+    limits: AdmissionLimits,
+    refusal: Refusal,
     counters: Counter[str],
+    name: str = "listener",
 ) -> AsyncIterator[dict[asyncio.StreamWriter, asyncio.StreamReader]]:
     """Serve ``listener`` until the block exits; yields the set of live connections."""
     live: dict[asyncio.StreamWriter, asyncio.StreamReader] = {}
+    gate = Gate(limits, refusal, counters, name)
 
     async with asyncio.TaskGroup() as tg:
 
         def on_accept(conn: socket.socket) -> None:
-            if len(live) >= max_connections:
-                counters["rejected_connections"] += 1
-                log.warning("connection limit (%d) reached; rejecting a client", max_connections)
-                tg.create_task(_reject(conn, reject()))
-                return
-            tg.create_task(_run_connection(handler, conn, live, counters))
+            ticket = gate.admit(conn, tg)
+            if ticket is not None:
+                tg.create_task(_run_connection(handler, conn, ticket, gate, live, counters))
 
         acceptor = tg.create_task(accept_forever(listener, on_accept, counters))
         try:
             yield live
         finally:
             acceptor.cancel()
+            gate.close()
             # Draining: stop reading, and let each handler see end-of-input so it finishes the
             # requests it already has, writes their answers and closes.
             for writer, reader in list(live.items()):

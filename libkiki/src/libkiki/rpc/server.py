@@ -9,9 +9,10 @@
     async with connect_unix(path) as conn:
         await conn.request("ping")
 
-Every accepted peer is identified by ``SO_PEERCRED`` before anything is read from it. A peer
-over ``max_connections`` gets one ``LimitExceeded`` error line (id null) and is closed; nobody
-else notices.
+Every accepted peer is identified by ``SO_PEERCRED`` before anything is read from it, and
+admitted or refused at ``accept()`` by :class:`libkiki.servers.Gate` (in total and per user; see
+:mod:`libkiki.admission`). A refused peer reads one ``LimitExceeded`` error line (id null) and is
+closed; nobody else notices.
 """
 
 from __future__ import annotations
@@ -26,13 +27,14 @@ from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Self
 
-from libkiki.errors import LimitExceeded, Unavailable
+from libkiki.admission import AdmissionLimits, Ticket
+from libkiki.errors import Unavailable
 from libkiki.framing import DEFAULT_MAX_LINE
 from libkiki.peer import identify, peer_cred
 from libkiki.rpc.connection import DEFAULT_MAX_IN_FLIGHT, DEFAULT_REQUEST_TIMEOUT, Connection
 from libkiki.rpc.messages import error_line
 from libkiki.rpc.methods import Handler, Methods
-from libkiki.servers import accept_forever
+from libkiki.servers import Gate, accept_forever
 
 __all__ = ["ConnectionHook", "RpcServer", "connect_unix", "serve_unix"]
 
@@ -42,11 +44,6 @@ ConnectionHook = Callable[[Connection], Awaitable[None]]
 
 DEFAULT_MAX_CONNECTIONS = 64
 DEFAULT_DRAIN_TIMEOUT = 5.0
-_REFUSE_DRAIN = 1 << 20  # bytes of a refused peer's input read and discarded before closing
-_REFUSE_TIMEOUT = 1.0
-# Refused connections told why at once; past this many, the rest are closed without a word, so
-# that a flood of connections cannot hold the server's descriptors for a second each.
-_MAX_REFUSING = 32
 
 
 class RpcServer:
@@ -58,6 +55,7 @@ class RpcServer:
         methods: Methods | Mapping[str, Handler],
         *,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_connections_per_user: int | None = None,
         max_line: int = DEFAULT_MAX_LINE,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
@@ -77,8 +75,8 @@ class RpcServer:
         self.on_disconnect = on_disconnect
         self.counters: Counter[str] = Counter() if counters is None else counters
         self.connections: set[Connection] = set()
-        self._admitted = 0  # counted at accept() so that the limit holds before a peer is set up
-        self._refusing = 0  # refused connections still being told why
+        limits = AdmissionLimits.of(max_connections, max_connections_per_user, os.getuid())
+        self.gate = Gate(limits, error_line, self.counters, _name(sock))
         self._tg: asyncio.TaskGroup | None = None
         self._accepting: asyncio.Task[None] | None = None
         self._setting_up: set[asyncio.Task[None]] = set()  # accepted, not yet in connections
@@ -99,6 +97,7 @@ class RpcServer:
         try:
             self._stopping = True
             self._accepting.cancel()
+            self.gate.close()
             for task in self._setting_up:
                 task.cancel()
             if self.connections:
@@ -113,44 +112,14 @@ class RpcServer:
 
     def _admit(self, conn_sock: socket.socket) -> None:
         assert self._tg is not None
-        if self._admitted >= self.max_connections:
-            self.counters["connections_refused"] += 1
-            if self._refusing >= _MAX_REFUSING:
-                conn_sock.close()
-                return
-            self._refusing += 1
-            self._tg.create_task(self._refuse(conn_sock))
+        ticket = self.gate.admit(conn_sock, self._tg)
+        if ticket is None:
             return
-        self._admitted += 1
-        task = self._tg.create_task(self._serve(conn_sock), name="rpc-connection")
+        task = self._tg.create_task(self._serve(conn_sock, ticket), name="rpc-connection")
         self._setting_up.add(task)
         task.add_done_callback(self._setting_up.discard)
 
-    async def _refuse(self, conn_sock: socket.socket) -> None:
-        log.warning("refusing a connection: %d connections already open", self._admitted)
-        error = LimitExceeded(
-            f"too many connections (limit {self.max_connections})",
-            data={"limit": self.max_connections},
-        )
-        loop = asyncio.get_running_loop()
-        try:
-            conn_sock.setblocking(False)
-            async with asyncio.timeout(_REFUSE_TIMEOUT):
-                await loop.sock_sendall(conn_sock, error_line(error))
-                # Closed with unread input, the socket would reset the peer's end, and a peer
-                # that wrote before reading would lose the error line: read to its end first
-                # (bounded in bytes and by the timeout), discarding.
-                conn_sock.shutdown(socket.SHUT_WR)
-                left = _REFUSE_DRAIN
-                while left > 0 and (data := await loop.sock_recv(conn_sock, 65536)):
-                    left -= len(data)
-        except (OSError, TimeoutError):
-            pass
-        finally:
-            conn_sock.close()
-            self._refusing -= 1
-
-    async def _serve(self, conn_sock: socket.socket) -> None:
+    async def _serve(self, conn_sock: socket.socket, ticket: Ticket) -> None:
         try:
             try:
                 peer = await identify(conn_sock)
@@ -171,7 +140,6 @@ class RpcServer:
                 if self._stopping:
                     return
                 self.connections.add(conn)
-                self.counters["connections"] = len(self.connections)
                 log.debug("%s: connected", conn.name)
                 try:
                     if self.on_connect is not None:
@@ -179,14 +147,13 @@ class RpcServer:
                     await conn.wait_closed()
                 finally:
                     self.connections.discard(conn)
-                    self.counters["connections"] = len(self.connections)
                     if self.on_disconnect is not None:
                         await self.on_disconnect(conn)
         except Exception:
             # A failing hook ends its own connection only.
             log.exception("connection handler failed")
         finally:
-            self._admitted -= 1
+            self.gate.release(ticket)
 
 
 def serve_unix(
@@ -194,6 +161,7 @@ def serve_unix(
     methods: Methods | Mapping[str, Handler],
     *,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    max_connections_per_user: int | None = None,
     max_line: int = DEFAULT_MAX_LINE,
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
     request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
@@ -208,13 +176,15 @@ def serve_unix(
     first runs at ``on_connect``'s first suspension, so state it sets before awaiting anything is
     in place before the first request. Raising from it ends that connection (logged).
     ``on_disconnect`` is awaited when the connection ends. ``counters`` (e.g. the service's
-    own) receives ``requests``, ``notifications``, ``errors``, ``connections`` (live),
-    ``connections_accepted`` and ``connections_refused``.
+    own) receives ``requests``, ``notifications``, ``errors`` and the connection counters of
+    :mod:`libkiki.admission`. ``max_connections_per_user`` defaults to a quarter of
+    ``max_connections``; root and the server's own uid are held only to the total.
     """
     return RpcServer(
         sock,
         methods,
         max_connections=max_connections,
+        max_connections_per_user=max_connections_per_user,
         max_line=max_line,
         max_in_flight=max_in_flight,
         request_timeout=request_timeout,
@@ -223,6 +193,14 @@ def serve_unix(
         on_disconnect=on_disconnect,
         counters=counters,
     )
+
+
+def _name(sock: socket.socket) -> str:
+    try:
+        name = sock.getsockname()
+    except OSError:
+        return "socket"
+    return os.path.basename(name) if isinstance(name, str) and name else "socket"
 
 
 @asynccontextmanager

@@ -19,7 +19,7 @@ from typing import Final
 from libkiki import a11y_wire as wire
 from libkiki.a11y.flat import Limits
 from libkiki.errors import InvalidFrame, InvalidRequest, KikiError, MethodNotFound
-from libkiki.framing import DEFAULT_MAX_FRAME, FrameDecoder, Oversized, encode_frame
+from libkiki.framing import DEFAULT_MAX_FRAME, BufferPool, FrameDecoder, Oversized, encode_frame
 
 PUBLISHER: Final = "publisher"
 SUBSCRIBER: Final = "subscriber"
@@ -81,8 +81,13 @@ def server_limits(max_nodes: int) -> Limits:
 
 
 class A11yConnection:
-    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME, max_nodes: int = 100_000) -> None:
-        self._decoder = FrameDecoder(max_frame)
+    def __init__(
+        self,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        max_nodes: int = 100_000,
+        pool: BufferPool | None = None,
+    ) -> None:
+        self._decoder = FrameDecoder(max_frame, pool)
         self.max_frame = max_frame
         self.limits = server_limits(max_nodes)
         self.closed = False
@@ -148,8 +153,14 @@ class A11yConnection:
             error = InvalidFrame(
                 f"connection closed inside a frame ({self._decoder.pending} bytes)"
             )
+            self.close()
             return Violation(error, b"", fatal=True)
         return None
+
+    def close(self) -> None:
+        """The connection is gone: what it had buffered goes too (back to the shared pool)."""
+        self.closed = True
+        self._decoder.close()
 
     def _violation(
         self, error: KikiError, request_id: int = 0, *, fatal: bool = False

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
 import socket
 import struct
 import time
@@ -36,6 +37,7 @@ from kiki_a11y_server.protocol import (
 )
 from kiki_a11y_server.tree import Tree, TreeLimits
 from libkiki import a11y_wire as wire
+from libkiki.admission import AdmissionLimits
 from libkiki.config import ServiceConfig
 from libkiki.errors import (
     InvalidParams,
@@ -45,6 +47,7 @@ from libkiki.errors import (
     PeerGone,
     Timeout,
 )
+from libkiki.framing import BufferPool
 from libkiki.paths import A11Y_SOCKET, config_dir, socket_path
 from libkiki.peer import PeerCred, identify
 from libkiki.servers import serve_stream
@@ -57,6 +60,9 @@ _LEN = struct.Struct("<I")
 
 class A11yConfig(ServiceConfig):
     max_frame: int = 16 << 20
+    # Bytes of unfinished frames held for all connections together; a peer whose frame would
+    # take it past this gets -32005 and is closed.
+    max_buffered_bytes: int = pydantic.Field(default=64 << 20, ge=1 << 16)
     max_nodes_per_frame: int = pydantic.Field(default=100_000, ge=1)
     max_tree_nodes: int = pydantic.Field(default=200_000, ge=1)
     max_tree_depth: int = pydantic.Field(default=512, ge=1)
@@ -116,6 +122,7 @@ class A11yServer:
             max_pending_trees=config.max_pending_trees,
             tree_limits=TreeLimits(config.max_tree_nodes, config.max_tree_depth),
         )
+        self.buffers = BufferPool(config.max_buffered_bytes)
         self.peers: dict[int, Peer] = {}
         self.owners: dict[int, Peer] = {}  # tree id -> publisher
         self._keys = itertools.count(1)
@@ -136,7 +143,9 @@ class A11yServer:
         except OSError as exc:  # e.g. it left before it could be identified
             log.info("dropping a connection whose identity cannot be read: %s", exc)
             return
-        conn = A11yConnection(self.config.max_frame, self.config.max_nodes_per_frame)
+        conn = A11yConnection(
+            self.config.max_frame, self.config.max_nodes_per_frame, pool=self.buffers
+        )
         transport = writer.transport
         transport.set_write_buffer_limits(high=self.config.write_buffer)
         peer = Peer(next(self._keys), cred, conn, writer)
@@ -158,6 +167,11 @@ class A11yServer:
             if peer.lost:
                 self.ctx.counters["disconnects"] += 1
             self._gone(peer)
+            # Its unfinished frame goes now, not at some later garbage collection: the peer's
+            # finished tasks hold exceptions whose frames hold the peer (a reference cycle).
+            conn.close()
+            peer.tasks.clear()
+            peer.awaiting.clear()
 
     async def _serve_peer(
         self, peer: Peer, reader: asyncio.StreamReader, tg: asyncio.TaskGroup
@@ -452,17 +466,22 @@ async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
     listener = ctx.listeners.unix("a11y", socket_path(A11Y_SOCKET))
     server = A11yServer(ctx, config)
 
-    def reject() -> bytes:
-        error = wire.Error(0, -32005, f"too many connections (limit {config.max_connections})")
-        return A11yConnection(config.max_frame).send(error)
+    def refusal(error: LimitExceeded) -> bytes:
+        return A11yConnection(config.max_frame).send(
+            wire.Error(0, error.jsonrpc_code, error.message)
+        )
 
+    limits = AdmissionLimits.of(
+        config.max_connections, config.max_connections_per_user, os.getuid()
+    )
     async with (
         serve_stream(
             listener,
             server.handle,
-            max_connections=config.max_connections,
-            reject=reject,
+            limits=limits,
+            refusal=refusal,
             counters=ctx.counters,
+            name=A11Y_SOCKET,
         ),
         asyncio.TaskGroup() as tg,
     ):
