@@ -301,5 +301,9 @@ def run_capture(args: argparse.Namespace) -> int:
         print(f"captured {seen} frames to {args.file}", file=sys.stderr)
         return 0
 
-    with args.file.open("ab") as out:
-        return _run(args, go(out))
+    try:
+        with args.file.open("ab") as out:
+            return _run(args, go(out))
+    except OSError as exc:  # cannot open it, or a write failed (a full disk): frames lost
+        print(f"kiki a11y capture: {args.file}: {exc.strerror or exc}", file=sys.stderr)
+        return 1

@@ -30,11 +30,19 @@ def register(sub: Any) -> None:
     p.add_argument("--runtime-dir", type=Path, help="where the sockets are (default: as services)")
     p.add_argument(
         "--relay",
+        type=_relay,
         help=f"sync relay host:port (default {DEFAULT_RELAY_HOST}:"
         f"{DEFAULT_RELAY_PORT}, or what `kiki up` recorded)",
     )
     p.add_argument("--timeout", type=float, default=3.0, help="seconds per service (default 3)")
     p.set_defaults(func=run)
+
+
+def _relay(text: str) -> str:
+    host, sep, port = text.rpartition(":")
+    if not (sep and host.strip("[]") and port.isdigit() and 0 < int(port) < 65536):
+        raise argparse.ArgumentTypeError(f"must be HOST:PORT, the port from 1 to 65535: {text!r}")
+    return text
 
 
 def where_from(args: argparse.Namespace) -> Where:
@@ -57,6 +65,10 @@ def run(args: argparse.Namespace) -> int:
         )
         return 2
     specs = tuple(BY_NAME[n] for n in args.services) if args.services else SERVICES
+    rundir = args.runtime_dir or runtime_dir()
+    if rundir.exists() and not rundir.is_dir():
+        print(f"kiki status: {rundir} is not a directory", file=sys.stderr)
+        return 2
     where = where_from(args)
     results = asyncio.run(probe_all(specs, where, args.timeout))
     ok = all(not isinstance(r, KikiError) for r in results.values())
