@@ -3,19 +3,22 @@
 ``loop.add_signal_handler`` learns of a signal only from the byte that CPython's C-level handler
 writes to the loop's self-pipe. When that socket is full -- a loop that fell behind a fast
 interval timer's SIGALRMs: a few hundred one-byte writes fill it -- CPython drops the byte and
-the signal is lost for ever (a SIGTERM that never stops the service). It also queues one
-callback per byte, so a backlog of timer signals becomes a backlog of callbacks that everything
-else, a stop request included, waits behind.
+the signal is lost for ever (a SIGTERM that never stops the service). Worse, asyncio asks for a
+warning on a full pipe, which the C handler queues through a lock (``_PyEval_AddPendingCall``,
+"not signal-safe" says CPython): a signal that lands while the thread holds that lock deadlocks
+the process (seen: a publisher asleep on a futex with SIGALRM and SIGTERM blocked, for good).
+And it queues one callback per byte, so a backlog of timer signals becomes a backlog of
+callbacks that everything else, a stop request included, waits behind.
 
 :func:`add_signal_handler` installs a Python-level handler instead. CPython records a delivered
 signal in a per-signal flag that nothing can drop, and runs the handler in the main thread (the
 loop's) at its next bytecode; the handler queues the callback with ``call_soon_threadsafe``,
 which queues it even when its own wake-up write fails, unless that signal's callback is queued
 already: however often a signal arrives before its callback runs, the callback runs once.
-The process's wake-up fd (``signal.set_wakeup_fd``) is a socket pair of ours that the loop
-watches, so that a loop asleep in ``epoll_wait`` wakes up to run the handler even when the
-kernel delivered the signal to another thread; when that socket is full the loop is awake
-anyway, as it has something to read.
+The process's wake-up fd (``signal.set_wakeup_fd``, without the warning) is a socket pair of
+ours that the loop watches, so that a loop asleep in ``epoll_wait`` wakes up to run the handler
+even when the kernel delivered the signal to another thread; when that socket is full the loop
+is awake anyway, as it has something to read.
 
 Signal dispositions and the wake-up fd are process-wide: one loop at a time owns them here,
 from its first handler until its last is removed.
