@@ -23,8 +23,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
-from admission_peers import ask, connect, warm_up
+from admission_peers import ask, connect, request, warm_up
 from admission_peers import main as peers_main
 
 PEERS = Path(__file__).with_name("admission_peers.py")
@@ -211,6 +212,38 @@ def test_a_burst_of_connects_never_admits_more_than_the_limit(
     assert counts == {"admitted": 256, "refused": 3000 - 256}
     burst.stop()
     victim_is_served(server)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_refused_peer_that_wrote_first_still_reads_the_refusal(
+    kind: str, start_server: Callable[..., Server]
+) -> None:
+    # Closed with the peer's input unread, the socket resets the peer, and a client that sees
+    # the reset first (asyncio's StreamReader raises it before buffered data) loses the refusal.
+    server = start_server(kind, max_connections=1, per_user=1)
+    with connect(str(server.path)) as holder:
+        assert ask(kind, holder) == "admitted"
+        for _ in range(3):
+            with connect(str(server.path)) as sock:
+                sock.sendall(request(kind) * 2000)
+                got = b""
+                while chunk := sock.recv(65536):  # a reset raises here
+                    got += chunk
+            assert first_error_code(kind, got) == -32005
+
+
+def first_error_code(kind: str, data: bytes) -> int:
+    if kind == "rpc":
+        code: int = orjson.loads(data.split(b"\n", 1)[0])["error"]["code"]
+        return code
+    from libkiki import a11y_wire as wire
+    from libkiki.framing import FrameDecoder
+
+    frame = next(iter(FrameDecoder(1 << 20).feed(data)))
+    assert isinstance(frame, bytes)
+    message = wire.decode(frame)
+    assert isinstance(message, wire.Error)
+    return message.code
 
 
 def vm_rss(pid: int) -> int:
