@@ -22,6 +22,12 @@ from libkiki.a11y.publisher import A11yPublisher
         (["status", "--relay", "127.0.0.1:99999"], "--relay: must be HOST:PORT"),
         (["status", "--runtime-dir", "/etc/passwd"], "/etc/passwd is not a directory"),
         (["a11y", "--socket", "/nonexistent.sock", "capture", "/tmp"], "/tmp: Is a directory"),
+        (["a11y", "--timeout", "1e308", "act", "1:1", "press"], "--timeout: must be seconds"),
+        (["a11y", "--timeout", "nan", "dump"], "--timeout: must be seconds"),
+        (["a11y", "find", "--limit", "-1", "role=button"], "--limit: must be a whole number"),
+        (["a11y", "find", "--limit", "99999999999", "role=button"], "--limit: must be a whole"),
+        (["tools", "call", "x.y.z", "--timeout", "0"], "--timeout: must be seconds"),
+        (["status", "--timeout", "-1"], "--timeout: must be seconds"),
     ],
     ids=lambda v: " ".join(v) if isinstance(v, list) else "",
 )
@@ -48,3 +54,32 @@ async def test_capture_to_a_full_disk_says_so(
             _, err = await proc.communicate()
     assert proc.returncode == 1
     assert err.decode() == "kiki a11y capture: /dev/full: No space left on device\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["act", "99999999999999999999999:1", "press"], "is not a node reference"),
+        (["act", "1:-1", "setValue", "x"], "is not a node reference"),
+        (["find", "state=nope"], "unknown state 'nope' (one of focused"),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, list) else "",
+)
+async def test_a11y_arguments_the_wire_cannot_carry_are_refused(
+    a11y_server: Callable[..., tuple[Path, subprocess.Popen[bytes]]],
+    sockdir: Path,
+    args: list[str],
+    said: str,
+) -> None:
+    path, _ = a11y_server()
+    proc = await asyncio.create_subprocess_exec(
+        str(VENV_BIN / "kiki"),
+        *("a11y", "--socket", str(path), *args),
+        stderr=asyncio.subprocess.PIPE,
+        env=demo_env(sockdir),
+    )
+    async with asyncio.timeout(60):
+        _, err = await proc.communicate()
+    assert proc.returncode == 1
+    assert said in err.decode()
+    assert "Traceback" not in err.decode()

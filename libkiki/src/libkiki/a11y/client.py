@@ -56,11 +56,8 @@ def ref(node: wire.Node) -> str:
 
 def parse_ref(text: str) -> tuple[int, int]:
     tree, sep, node = text.partition(":")
-    try:
-        if sep:
-            return int(tree), int(node)
-    except ValueError:
-        pass
+    if sep and tree.isdecimal() and node.isdecimal() and max(int(tree), int(node)) < 1 << 32:
+        return int(tree), int(node)  # the wire's uints
     raise InvalidParams(f"{text!r} is not a node reference (tree:node, e.g. 3:17)")
 
 

@@ -14,7 +14,7 @@ import orjson
 from libkiki import a11y_wire as wire
 from libkiki.a11y.client import A11yClient, role_value
 from libkiki.a11y.render import node_json, node_line, render_text, tree_json
-from libkiki.cli.common import fail, service_group
+from libkiki.cli.common import fail, seconds, service_group
 from libkiki.errors import InvalidParams, KikiError, Timeout, Unavailable
 
 
@@ -27,7 +27,7 @@ def register(sub: Any) -> None:
         peer="the server",
         socket_name="a11y.sock",
     )
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds per request (default 10)")
+    p.add_argument("--timeout", type=seconds, default=10.0, help="seconds per request (default 10)")
 
     dump = cmds.add_parser("dump", help="print every app's tree")
     form = dump.add_mutually_exclusive_group()
@@ -46,7 +46,7 @@ def register(sub: Any) -> None:
     )
     find.add_argument("criteria", nargs="+", metavar="KEY=VALUE")
     find.add_argument("--app", default="", help="only this app id")
-    find.add_argument("--limit", type=int, default=100)
+    find.add_argument("--limit", type=_limit, default=100, help="nodes at most (default 100)")
     find.add_argument("--json", action="store_true")
     find.set_defaults(func=run_find)
 
@@ -88,6 +88,13 @@ def register(sub: Any) -> None:
     cap.add_argument("--count", type=int, default=0, help="stop after N frames (0: Ctrl-C)")
     cap.add_argument("--app", action="append", default=[], help="only this app id")
     cap.set_defaults(func=run_capture)
+
+
+def _limit(text: str) -> int:
+    value = int(text) if text.isdecimal() else 0
+    if not 0 < value < 1 << 32:  # the wire's uint
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to 4294967295: {text!r}")
+    return value
 
 
 def _fail(exc: KikiError) -> int:
@@ -145,7 +152,12 @@ def parse_criteria(criteria: list[str]) -> dict[str, Any]:
             case "text", "~=":
                 out["text"] = value
             case "state", "=":
-                wire.states_of(value)
+                try:
+                    wire.states_of(value)
+                except ValueError:
+                    raise InvalidParams(
+                        f"unknown state {value!r} (one of {', '.join(wire.STATE_BITS)})"
+                    ) from None
                 out["states"].append(value)
             case _:
                 raise InvalidParams(

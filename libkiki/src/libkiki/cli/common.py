@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import math
 import os
 import signal
 import sys
@@ -31,6 +32,21 @@ def service_group(
     )
     cmds = parser.add_subparsers(dest=f"{name}_command", metavar="COMMAND", required=True)
     return parser, cmds
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a number of seconds a wait may take (a wire field in milliseconds
+    holds up to 49 days; nan, inf, 0 and less are no wait at all)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"must be seconds, more than 0, at most 1e6: {text!r}")
+    return value
+
+
+MAX_SECONDS = 1e6
 
 
 def fail(group: str, exc: KikiError) -> int:

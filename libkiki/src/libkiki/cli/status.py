@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from libkiki.cli.common import seconds
 from libkiki.constellation import BY_NAME, DEFAULT_RELAY_HOST, DEFAULT_RELAY_PORT, SERVICES
 from libkiki.errors import KikiError
 from libkiki.health import Where, probe_all
@@ -34,7 +35,7 @@ def register(sub: Any) -> None:
         help=f"sync relay host:port (default {DEFAULT_RELAY_HOST}:"
         f"{DEFAULT_RELAY_PORT}, or what `kiki up` recorded)",
     )
-    p.add_argument("--timeout", type=float, default=3.0, help="seconds per service (default 3)")
+    p.add_argument("--timeout", type=seconds, default=3.0, help="seconds per service (default 3)")
     p.set_defaults(func=run)
 
 

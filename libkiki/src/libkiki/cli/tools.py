@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from libkiki.cli.common import fail, service_group
+from libkiki.cli.common import fail, seconds, service_group
 from libkiki.errors import KikiError, ToolError
 from libkiki.tools import ToolClient
 
@@ -61,7 +61,7 @@ def register(sub: Any) -> None:
         metavar="ARGS",
         help="arguments as one JSON object ('-' reads it from stdin)",
     )
-    call.add_argument("--timeout", type=float, default=60.0, help="seconds (default 60)")
+    call.add_argument("--timeout", type=seconds, default=60.0, help="seconds (default 60)")
     call.set_defaults(func=run_call)
 
     log = cmds.add_parser(
