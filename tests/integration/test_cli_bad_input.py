@@ -4,6 +4,7 @@ never a traceback (each of these printed one)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -83,3 +84,22 @@ async def test_a11y_arguments_the_wire_cannot_carry_are_refused(
     assert proc.returncode == 1
     assert said in err.decode()
     assert "Traceback" not in err.decode()
+
+
+@pytest.mark.parametrize("follow", [[], ["--follow"]], ids=["", "--follow"])
+def test_tools_log_refuses_a_file_that_is_not_a_regular_file(
+    tmp_path: Path, follow: list[str]
+) -> None:
+    # A FIFO blocked the reader until a writer came (and /dev/zero was read until memory ran
+    # out): an audit log is a regular file.
+    fifo = tmp_path / "audit.jsonl"
+    os.mkfifo(fifo)
+    result = subprocess.run(
+        [str(VENV_BIN / "kiki"), "tools", "log", "--file", str(fifo), *follow],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr == f"kiki tools: {fifo}: is not a regular file\n"

@@ -374,6 +374,8 @@ def _check_readable(path: Path) -> None:
         raise IsADirectoryError(errno.EISDIR, "is a directory")
     if not path.exists():
         raise FileNotFoundError(errno.ENOENT, "does not exist")
+    if not path.is_file():  # /dev/zero would be read for ever, a FIFO wait for a writer
+        raise OSError(errno.EINVAL, "is not a regular file")
 
 
 _FOLLOW_PAUSE = 0.5  # seconds between looks at a file that has not grown
