@@ -236,3 +236,25 @@ async def test_a11y_output_nobody_reads(
         p = piped("a11y", "--socket", str(path), *args, env=demo_env(sockdir), reader=False)
         await asyncio.to_thread(p.ended)
     assert_quiet_sigpipe(p)
+
+
+def test_mcp_whose_host_closed_stdout_exits_0(broker: tuple[Path, Any]) -> None:
+    # The one exception, on purpose: an MCP host that closes the bridge's stdout has ended
+    # its session, which is no failure.
+    path, _ = broker
+    read, write = os.pipe()
+    os.close(read)
+    request = b'{"jsonrpc":"2.0","id":1,"method":"ping"}\n'
+    try:
+        result = subprocess.run(
+            [KIKI, "mcp", "--socket", str(path)],
+            input=request,
+            stdout=write,
+            stderr=subprocess.PIPE,
+            timeout=DEADLINE,
+            check=False,
+        )
+    finally:
+        os.close(write)
+    assert result.stderr == b""
+    assert result.returncode == 0
