@@ -12,16 +12,9 @@ local user reconnecting as fast as it can does not lock the others out. Root and
 own uid are held only to the total: root can stop the service anyway, and a service's own
 processes (its tools, its helpers) are not the other users the limit protects.
 
-The counters every listener keeps, in the service's ``counters`` (its health answer):
-
-=============================  ===========================================================
-``connections``                connections open now (a gauge), counted from accept to close
-``connections_accepted``       connections ``accept()`` returned, since start
-``connections_refused``        of those, refused for a limit (either one), since start
-``connections_refused_user``   of the refused, refused for the per-user limit
-``accept_errors``              transient ``accept()`` failures (out of descriptors, memory)
-``disconnects``                peers that went away mid-conversation
-=============================  ===========================================================
+Each listener keeps the connection counters the root README names (Operating a device):
+``connections`` (a gauge), ``connections_accepted``, ``connections_refused``,
+``connections_refused_user``; :func:`libkiki.servers.accept_forever` adds ``accept_errors``.
 """
 
 from __future__ import annotations
