@@ -16,6 +16,8 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
+
 from libkiki import signals
 from libkiki.errors import KikiError
 from libkiki.service import ServiceContext, serve_until_stopped
@@ -261,3 +263,36 @@ def test_a_stop_gets_through_a_loop_flooded_by_timer_signals() -> None:
         raise AssertionError(f"SIGTERM was lost: still running; said {out!r}") from None
     assert out.split("\n")[:2] == ["flooded", "exit 0"], (out, err)
     assert proc.returncode == 0
+
+
+async def test_a_signal_queued_before_its_handler_is_removed_does_not_run_after() -> None:
+    # The IMU clock removes its SIGALRM handler when it hands the sampling to its thread; a
+    # tick already queued must not run after that, or the ring would have two writers. (With
+    # asyncio's add_signal_handler it would: the callback was queued, with the signal's byte,
+    # in the loop turn before the removal; see the next test.)
+    loop = asyncio.get_running_loop()
+    calls: list[int] = []
+    signals.add_signal_handler(loop, signal.SIGUSR1, lambda: calls.append(1))
+    try:
+        os.kill(os.getpid(), signal.SIGUSR1)  # handled (and its callback queued) at once
+    finally:
+        assert signals.remove_signal_handler(loop, signal.SIGUSR1)
+    for _ in range(3):
+        await asyncio.sleep(0)  # turns of the loop in which a queued callback would run
+    assert calls == []
+
+
+@pytest.mark.xfail(strict=True, reason="asyncio runs a signal callback queued before removal")
+async def test_asyncio_runs_a_signal_callback_queued_before_the_removal() -> None:
+    loop = asyncio.get_running_loop()
+    calls: list[int] = []
+    loop.add_signal_handler(signal.SIGUSR1, lambda: calls.append(1))
+    try:
+        os.kill(os.getpid(), signal.SIGUSR1)
+        await asyncio.sleep(0)  # this turn reads the signal's byte and queues its callback,
+        await asyncio.sleep(0)  # and this one resumes us before it runs
+    finally:
+        loop.remove_signal_handler(signal.SIGUSR1)
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert calls == []
