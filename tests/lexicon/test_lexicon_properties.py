@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -296,3 +297,27 @@ def test_app_install_into_a_state_dir_it_cannot_write_says_so(
     assert code == 1
     assert said.startswith("kiki app install: cannot write ")
     assert "Not a directory" in said
+
+
+def test_a_directory_tree_nested_a_thousand_deep_is_walked(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # rglob recursed once per level: a RecursionError.
+    here = tmp_path / "tree"
+    here.mkdir()
+    fd = os.open(here, os.O_RDONLY)
+    try:
+        for _ in range(1100):  # relative to a directory fd: no path grows past PATH_MAX here
+            os.mkdir("d", dir_fd=fd)
+            inner = os.open("d", os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        doc = {"lexicon": 1, "id": NSID, "defs": {"main": {"type": "token"}}}
+        out = os.open("doc.json", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+        os.write(out, orjson.dumps(doc))
+        os.close(out)
+    finally:
+        os.close(fd)
+    code, said = run_kiki(capsys, "schema", "lint", str(here), "--json")
+    assert code == 0, said
+    assert orjson.loads(said)["documents"] == [NSID]

@@ -15,9 +15,10 @@ import orjson
 from libkiki.errors import KikiError, LexiconError, ValidationError
 from libkiki.lexicon.codegen import generate
 from libkiki.lexicon.compat import compare_sets
+from libkiki.lexicon.files import MAX_FILE, read_json_file
 from libkiki.lexicon.manifest import reachable_documents
 from libkiki.lexicon.model import ProcedureType, QueryType, SubscriptionType
-from libkiki.lexicon.registry import MAX_FILE, Registry, read_json_file
+from libkiki.lexicon.registry import Registry
 
 EXIT_OK, EXIT_FAILED, EXIT_ERROR = 0, 1, 2
 

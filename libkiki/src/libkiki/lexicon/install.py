@@ -23,9 +23,10 @@ import orjson
 
 from libkiki.errors import KikiError, LexiconError, ValidationError
 from libkiki.lexicon.codegen import generate
+from libkiki.lexicon.files import read_json_file
 from libkiki.lexicon.manifest import MANIFEST_FILE, AppCheck, check_app, reachable_documents
 from libkiki.lexicon.model import LexiconDoc
-from libkiki.lexicon.registry import Registry, document_path, read_json_file
+from libkiki.lexicon.registry import Registry, document_path
 
 __all__ = ["BINDINGS_PACKAGE", "InstallReport", "bindings_module", "check_app_dir", "install_app"]
 

@@ -11,14 +11,12 @@ The search path for the published schemas is decided here (see :func:`search_pat
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-import orjson
-
 from libkiki.errors import Conflict, LexiconError
+from libkiki.lexicon.files import json_files, read_json_file
 from libkiki.lexicon.loader import lint_document
 from libkiki.lexicon.model import (
     ArrayType,
@@ -46,46 +44,15 @@ __all__ = [
     "bundled_lexicons",
     "document_path",
     "iter_refs",
-    "read_json_file",
     "search_path",
 ]
 
 ENV_LEXICON_PATH: Final = "KIKI_LEXICON_PATH"
 _SYSTEM_LEXICONS: Final = Path("/usr/share/kiki/lexicons")
 _NOT_REFERABLE: Final = (ProcedureType, QueryType, SubscriptionType)
-# The largest file read as a document (or as data to validate). Published lexicons are tens of
-# KiB; without a bound, `kiki schema lint /dev/zero` would read until memory ran out.
-MAX_FILE: Final = 4 << 20
 # Steps through nested types and the references between them, at most, from a definition to the
 # end of its deepest chain. Published lexicons need 43 at most (app.bsky.feed.getActorLikes).
 MAX_DEPTH: Final = 128
-
-
-def read_json_file(path: Path, limit: int = MAX_FILE) -> Any:
-    """The JSON value in the file at ``path``, or a :class:`LexiconError` saying why there is
-    none: unreadable, not a regular file (a FIFO would block the reader for ever), over
-    ``limit`` bytes, not JSON."""
-
-    def refuse(rule: str) -> LexiconError:
-        return LexiconError(str(path), "", rule)
-
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        raise refuse(f"cannot be read: {exc.strerror or exc}") from None
-    with open(fd, "rb") as f:
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise refuse("is not a regular file")
-            data = f.read(limit + 1)
-        except OSError as exc:
-            raise refuse(f"cannot be read: {exc.strerror or exc}") from None
-    if len(data) > limit:
-        raise refuse(f"is larger than {limit >> 20} MiB")
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise refuse(f"cannot be read as JSON: {exc}") from None
 
 
 def bundled_lexicons() -> Path | None:
@@ -199,7 +166,7 @@ class Registry:
         """
         errors: list[LexiconError] = []
         seen: dict[str, Path] = {}
-        for file in sorted(root.rglob("*.json")):
+        for file in json_files(root, errors):
             try:
                 raw = read_json_file(file)
             except LexiconError as exc:
