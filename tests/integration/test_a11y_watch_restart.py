@@ -87,3 +87,31 @@ async def test_watch_exits_1_with_the_reason_when_the_server_stays_away(
         if watch.returncode is None:
             watch.kill()
         await watch.wait()
+
+
+async def test_capture_says_when_the_server_went_away(a11y_server: Start, sockdir: Path) -> None:
+    # It printed "captured N frames" and exited 0, as if it had captured what was asked.
+    _, server = a11y_server()
+    capture = sockdir / "frames.ka11"
+    err = sockdir / "capture.stderr"
+    with err.open("wb") as sink:
+        proc = await asyncio.create_subprocess_exec(
+            str(VENV_BIN / "kiki"),
+            *("a11y", "--socket", str(sockdir / "a11y.sock"), "capture", str(capture)),
+            env=demo_env(sockdir),
+            stderr=sink,
+        )
+    try:
+        async with asyncio.timeout(30):
+            while not (capture.exists() and capture.stat().st_size):  # noqa: ASYNC110
+                await asyncio.sleep(0.05)  # its first frame (the snapshot) is written
+        server.send_signal(signal.SIGKILL)
+        async with asyncio.timeout(30):
+            assert await proc.wait() == 1
+        assert err.read_text() == (
+            f"kiki a11y capture: the a11y-server went away; captured 1 frames to {capture}\n"
+        )
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()

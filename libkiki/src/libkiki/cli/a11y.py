@@ -82,7 +82,8 @@ def register(sub: Any) -> None:
         description="Subscribe and append every frame received to FILE exactly as it came off "
         "the socket: a uint32 little-endian length, then the FlatBuffer (file identifier KA11). "
         "The file is a plain concatenation of size-prefixed buffers; each one decodes with "
-        "`flatc --json --size-prefixed schemas/a11y.fbs -- FRAME`.",
+        "`flatc --json --size-prefixed schemas/a11y.fbs -- FRAME`. Exit status 1 when the "
+        "a11y-server goes away before --count frames (or, without --count, at all).",
     )
     cap.add_argument("file", type=Path)
     cap.add_argument("--count", type=int, default=0, help="stop after N frames (0: Ctrl-C)")
@@ -310,6 +311,13 @@ def run_capture(args: argparse.Namespace) -> int:
             finally:
                 closed.cancel()
                 stop.cancel()
+        if not done.is_set():  # the server went away: the capture ends short of what was asked
+            print(
+                f"kiki a11y capture: the a11y-server went away; captured {seen} frames to "
+                f"{args.file}",
+                file=sys.stderr,
+            )
+            return 1
         print(f"captured {seen} frames to {args.file}", file=sys.stderr)
         return 0
 
