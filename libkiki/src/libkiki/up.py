@@ -36,6 +36,7 @@ from typing import Any, TextIO
 
 import orjson
 
+from libkiki import signals
 from libkiki.backoff import DEFAULT_STABLE_AFTER, RestartBackoff
 from libkiki.constellation import (
     DEFAULT_RELAY_HOST,
@@ -381,7 +382,7 @@ class Supervisor:
         cfg = self.config
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self._stop.set)
+            signals.add_signal_handler(loop, sig, self._stop.set)
         try:
             for where in (cfg.runtime_dir, cfg.state_dir):
                 old = ensure_private_dir(where, mode=DIRECTORY_MODE, gid=self._gid)
@@ -428,7 +429,7 @@ class Supervisor:
             await self._stop_bus()
             self._cleanup()
             for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
+                signals.remove_signal_handler(loop, sig)
 
     async def _await_ready(self, child: Child) -> None:
         await first_set(child.ready, self._stop, within=self.config.ready_timeout)
