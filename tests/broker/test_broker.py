@@ -19,6 +19,7 @@ import pytest
 
 from broker_lexicons import BAD_OUTPUT, COUNT, ECHO, LEXICONS, SLOW
 from kiki_tool_broker.audit import read_entries
+from kikitest import until
 from libkiki.errors import (
     InvalidParams,
     LimitExceeded,
@@ -1069,7 +1070,13 @@ async def test_a_listener_that_fell_behind_is_told_once_it_reads_again(broker: B
     async with asyncio.timeout(30):
         provider = make_provider(path)
         async with provider.connect():  # a change while the listener is not reading
-            await asyncio.sleep(1.5)
+            async with ToolClient(path) as observer:
+
+                async def deferred() -> bool:
+                    counters = (await observer.call(GET_INFO))["counters"]
+                    return bool(counters.get("list_changed_deferred", 0) >= 2)
+
+                await until(deferred, "the broker found no room for list_changed, twice")
             seen: list[Any] = []
             while sum(1 for m in seen if "id" in m) < 30:  # it reads again
                 seen.append(await asyncio.to_thread(listener.next))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -14,7 +15,7 @@ import orjson
 
 from broker_lexicons import ECHO, LEXICONS
 from kiki_tool_broker.audit import AuditLog, read_entries
-from kikitest import VENV_BIN, kiki
+from kikitest import VENV_BIN, kiki, until
 from libkiki.tools import ToolCall, ToolClient, ToolProvider
 
 
@@ -268,7 +269,8 @@ async def test_log_file_follow_reads_the_file_through_a_rotation(tmp_path: Path)
                 assert await next_tool() == f"org.example.before-{n}"
             call("org.example.first")
             assert await next_tool() == "org.example.first"
-            await asyncio.sleep(0.1)  # it has read all there is, and waits before it looks again
+            # It has read all there is, and waits before it looks again.
+            await until(lambda: read_to_the_end(proc.pid, log.path), "the follower at the end")
             call("org.example.just-before-the-move")  # then moved at once: not read yet
             log.close()
             log.path.rename(tmp_path / "audit.jsonl.1")
@@ -284,6 +286,18 @@ async def test_log_file_follow_reads_the_file_through_a_rotation(tmp_path: Path)
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+def read_to_the_end(pid: int, path: Path) -> bool:
+    """Whether process ``pid`` has ``path`` open with its offset at the file's end."""
+    size = path.stat().st_size
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            if fd.resolve() == path.resolve():
+                info = Path(f"/proc/{pid}/fdinfo/{fd.name}").read_text()
+                if int(info.split()[1]) == size:
+                    return True
+    return False
 
 
 def test_log_verify_asks_the_running_broker(broker: tuple[Path, Any], sockdir: Path) -> None:

@@ -360,6 +360,8 @@ class Broker:
                 params = None if subscription is None else mcp.on_stream(subscription)
                 if not listening or conn.try_notify(mcp.LIST_CHANGED, params):
                     owed.discard(target)
+                else:
+                    self.ctx.counters["list_changed_deferred"] += 1
 
     # -- calls -------------------------------------------------------------------------------
 
