@@ -6,6 +6,7 @@
     python admission_peers.py partial PATH N SIZE   N connections each send all but the last
                                                     byte of a SIZE-byte frame, then close
     python admission_peers.py fill PATH N SIZE      the same, but keep them open: classify
+    python admission_peers.py bigframe PATH SIZE    send a SIZE-byte frame, then a request
 
 KIND is ``rpc`` (a JSON-RPC line socket) or ``a11y`` (a11y.sock frames). Each attack prints one
 JSON line of counts on stdout; ``hold`` and ``fill`` then keep their connections until stdin
@@ -138,6 +139,30 @@ def fill(path: str, n: int, size: int) -> None:
     sys.stdin.read()
 
 
+def bigframe(path: str, size: int) -> None:
+    """One frame of ``size`` bytes (not a valid message: the server must buffer it whole to
+    say so), then a request: what the server answers to each."""
+    with connect(path) as sock:
+        with contextlib.suppress(OSError):  # refused on the way: read below
+            sock.sendall(struct.pack("<I", size) + bytes(size) + request("a11y"))
+        answers: Counter[str] = Counter()
+        decoder = FrameDecoder(1 << 20)
+        while sum(answers.values()) < 2:
+            try:
+                data = sock.recv(65536)
+            except (ConnectionResetError, TimeoutError):
+                data = b""
+            if not data:
+                answers["dropped"] += 1
+                break
+            for frame in decoder.feed(data):
+                assert isinstance(frame, bytes)
+                message = wire.decode(frame)
+                name = type(message).__name__
+                answers[f"{name}{message.code}" if isinstance(message, wire.Error) else name] += 1
+    report(answers)
+
+
 async def serve_rpc(path: str, max_connections: int, per_user: int) -> None:
     from pathlib import Path
 
@@ -187,6 +212,8 @@ def main(argv: list[str]) -> None:
         partial(args[0], int(args[1]), int(args[2]))
     elif what == "fill":
         fill(args[0], int(args[1]), int(args[2]))
+    elif what == "bigframe":
+        bigframe(args[0], int(args[1]))
     else:
         raise SystemExit(f"unknown command {what}")
 

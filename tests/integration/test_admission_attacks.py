@@ -159,10 +159,11 @@ class Attack:
 
 @pytest.fixture
 def attack(attacker: pwd.struct_passwd) -> Iterator[Callable[..., Attack]]:
+    """Runs an attack as the second user, or as ``user=`` (a name)."""
     attacks: list[Attack] = []
 
-    def run(*args: str) -> Attack:
-        attacks.append(Attack(attacker, *args))
+    def run(*args: str, user: str = ATTACKER) -> Attack:
+        attacks.append(Attack(pwd.getpwnam(user), *args))
         return attacks[-1]
 
     yield run
@@ -315,13 +316,29 @@ def test_the_bytes_buffered_across_connections_are_bounded(
 ) -> None:
     # Each connection under max_frame, all of them far over max_buffered_bytes: the peers
     # past the pool are refused (-32005) and closed, and the server holds about the pool.
+    # Root, held to the total only, so that the per-user share does not stop it first.
     frame, pool, peers = 15 << 20, 48 << 20, 8
     server = start_server("a11y", max_connections=256, per_user=64, max_buffered_bytes=pool)
     baseline = vm_rss(server.proc.pid)
-    filler = attack("fill", str(server.path), str(peers), str(frame))
-    counts = filler.result()
-    assert counts.get("held", 0) <= pool // frame
-    assert counts.get("refused", 0) >= peers - pool // frame
+    filler = attack("fill", str(server.path), str(peers), str(frame), user="root")
+    assert filler.result() == {"held": pool // frame, "refused": peers - pool // frame}
     assert vm_rss(server.proc.pid) - baseline < pool + (32 << 20)
     victim_is_served(server)
+    filler.stop()
+
+
+def test_a_user_holding_partial_frames_does_not_starve_another_users_frames(
+    start_server: Callable[..., Server], attack: Callable[..., Attack]
+) -> None:
+    # With the pool for all alone, the attacker's partial frames filled it and every other
+    # user's frame that spanned two reads was refused. Each uid gets a quarter (at least one
+    # max_frame): the attacker keeps one, and another user (nobody) still sends a big frame.
+    frame, pool = 15 << 20, 64 << 20
+    server = start_server("a11y", max_connections=256, per_user=64, max_buffered_bytes=pool)
+    filler = attack("fill", str(server.path), "6", str(frame))
+    assert filler.result() == {"held": 1, "refused": 5}
+    big = attack("bigframe", str(server.path), str(frame), user="nobody")
+    # The frame is buffered whole and found not to be a message (-32600); the request after it
+    # is answered.
+    assert big.result() == {"Error-32600": 1, "Info": 1}
     filler.stop()

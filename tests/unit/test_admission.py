@@ -88,14 +88,14 @@ def frame_header(size: int) -> bytes:
 
 def test_decoders_sharing_a_pool_are_bounded_together_and_give_back_on_close() -> None:
     pool = BufferPool(1000)
-    a, b = FrameDecoder(800, pool), FrameDecoder(800, pool)
+    a, b = FrameDecoder(800, pool.account(7)), FrameDecoder(800, pool.account(8))
     assert list(a.feed(frame_header(700) + b"x" * 600)) == []
     assert pool.used == 604
     out = list(b.feed(frame_header(700) + b"y" * 600))
     assert len(out) == 1
     assert isinstance(out[0], Oversized)
     assert isinstance(out[0].error, LimitExceeded)
-    assert b.pending == 0
+    assert b.pending == 0  # b's bytes went back at once
     assert pool.used == 604
     assert list(a.feed(b"x" * 100)) == [b"x" * 700]  # complete: its bytes go back
     assert pool.used == 0
@@ -103,3 +103,18 @@ def test_decoders_sharing_a_pool_are_bounded_together_and_give_back_on_close() -
     a.close()
     assert pool.used == 0
     assert a.pending == 0
+    assert pool.by_uid == {}
+
+
+def test_one_uid_holds_at_most_its_share_of_the_pool_and_others_still_get_theirs() -> None:
+    pool = BufferPool(1000, per_user=300, exempt=frozenset({0}))
+    greedy = [FrameDecoder(800, pool.account(7)) for _ in range(3)]
+    assert list(greedy[0].feed(frame_header(700) + b"x" * 250)) == []
+    out = list(greedy[1].feed(frame_header(700) + b"x" * 250))
+    assert isinstance(out[0], Oversized)
+    assert "per user" in out[0].error.message
+    other = FrameDecoder(800, pool.account(8))
+    assert list(other.feed(frame_header(700) + b"y" * 250)) == []
+    root = FrameDecoder(800, pool.account(0))  # exempt: held only to the total
+    assert list(root.feed(frame_header(700) + b"z" * 400)) == []
+    assert pool.by_uid == {7: 254, 8: 254, 0: 404}

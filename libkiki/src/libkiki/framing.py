@@ -12,8 +12,9 @@ Two framings are used on Kiki's sockets:
   decoder reports it and refuses further input: the connection must be closed.
 
 Both buffer at most their limit plus one read, whatever the peer sends. A server's frame
-decoders may also share a :class:`BufferPool`, which bounds the bytes of unfinished frames held
-across all its connections: the peer whose frame would take the pool past its limit gets a
+decoders may also draw on a :class:`BufferPool`, which bounds the bytes of unfinished frames held
+across all its connections, and those of each uid, so that one user holding partial frames
+cannot make the server refuse everyone else's: the peer whose frame would go past either gets a
 :class:`~libkiki.errors.LimitExceeded` and must be closed. :meth:`FrameDecoder.close` gives a
 decoder's bytes back (to the allocator and to the pool) when its connection ends.
 """
@@ -98,21 +99,56 @@ def encode_line(payload: bytes) -> bytes:
 
 
 class BufferPool:
-    """Bytes of unfinished frames held by all the decoders that share it, at most ``limit``."""
+    """Bytes of unfinished frames held for all connections, at most ``limit``, and for the
+    connections of one uid, at most ``per_user`` (``exempt`` uids are held only to ``limit``)."""
 
-    __slots__ = ("limit", "used")
+    __slots__ = ("by_uid", "exempt", "limit", "per_user", "used")
 
-    def __init__(self, limit: int) -> None:
+    def __init__(
+        self, limit: int, per_user: int | None = None, exempt: frozenset[int] = frozenset()
+    ) -> None:
         self.limit = limit
+        self.per_user = limit if per_user is None else per_user
+        self.exempt = exempt
         self.used = 0
+        self.by_uid: dict[int, int] = {}
 
-    def resize(self, held: int, wanted: int) -> bool:
-        """Let a decoder holding ``held`` bytes hold ``wanted``; False (nothing changed) if that
-        would take the pool past its limit. Shrinking always succeeds."""
-        if wanted > held and self.used + wanted - held > self.limit:
-            return False
-        self.used += wanted - held
-        return True
+    def account(self, uid: int) -> BufferAccount:
+        """What one connection, of a peer of ``uid``, draws on the pool through."""
+        return BufferAccount(self, uid)
+
+
+class BufferAccount:
+    __slots__ = ("pool", "uid")
+
+    def __init__(self, pool: BufferPool, uid: int) -> None:
+        self.pool = pool
+        self.uid = uid
+
+    def resize(self, held: int, wanted: int) -> LimitExceeded | None:
+        """Let a decoder holding ``held`` bytes hold ``wanted``; the error (nothing changed) if
+        that would go past a limit. Shrinking always succeeds."""
+        pool, grow = self.pool, wanted - held
+        mine = pool.by_uid.get(self.uid, 0)
+        if grow > 0:
+            if pool.used + grow > pool.limit:
+                return LimitExceeded(
+                    f"the server holds too many bytes of unfinished frames (limit {pool.limit} "
+                    "for all connections); try again later",
+                    data={"limit": pool.limit},
+                )
+            if self.uid not in pool.exempt and mine + grow > pool.per_user:
+                return LimitExceeded(
+                    f"too many bytes of unfinished frames from uid {self.uid} (limit "
+                    f"{pool.per_user} per user)",
+                    data={"limit": pool.per_user},
+                )
+        pool.used += grow
+        if mine + grow:
+            pool.by_uid[self.uid] = mine + grow
+        else:
+            pool.by_uid.pop(self.uid, None)  # a uid that comes once must not stay in the table
+        return None
 
 
 class FrameDecoder:
@@ -120,7 +156,9 @@ class FrameDecoder:
 
     __slots__ = ("_buf", "_failed", "_held", "_pool", "max_frame")
 
-    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME, pool: BufferPool | None = None) -> None:
+    def __init__(
+        self, max_frame: int = DEFAULT_MAX_FRAME, pool: BufferAccount | None = None
+    ) -> None:
         self.max_frame = max_frame
         self._buf = bytearray()
         self._failed: ProtocolError | None = None
@@ -145,17 +183,10 @@ class FrameDecoder:
             yield bytes(buf[pos + _LEN.size : end])
             pos = end
         del buf[:pos]
-        pool = self._pool
-        if pool is not None and len(buf) != self._held:
-            if not pool.resize(self._held, len(buf)):
+        if self._pool is not None and len(buf) != self._held:
+            if (refused := self._pool.resize(self._held, len(buf))) is not None:
                 self._fail()
-                yield Oversized(
-                    LimitExceeded(
-                        f"the server holds too many bytes of unfinished frames "
-                        f"(limit {pool.limit} for all connections); try again later",
-                        data={"limit": pool.limit},
-                    )
-                )
+                yield Oversized(refused)
                 return
             self._held = len(buf)
 

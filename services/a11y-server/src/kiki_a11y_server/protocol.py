@@ -19,7 +19,7 @@ from typing import Final
 from libkiki import a11y_wire as wire
 from libkiki.a11y.flat import Limits
 from libkiki.errors import InvalidFrame, InvalidRequest, KikiError, MethodNotFound
-from libkiki.framing import DEFAULT_MAX_FRAME, BufferPool, FrameDecoder, Oversized, encode_frame
+from libkiki.framing import DEFAULT_MAX_FRAME, BufferAccount, FrameDecoder, Oversized, encode_frame
 
 PUBLISHER: Final = "publisher"
 SUBSCRIBER: Final = "subscriber"
@@ -85,7 +85,7 @@ class A11yConnection:
         self,
         max_frame: int = DEFAULT_MAX_FRAME,
         max_nodes: int = 100_000,
-        pool: BufferPool | None = None,
+        pool: BufferAccount | None = None,
     ) -> None:
         self._decoder = FrameDecoder(max_frame, pool)
         self.max_frame = max_frame

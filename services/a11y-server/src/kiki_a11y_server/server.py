@@ -60,9 +60,9 @@ _LEN = struct.Struct("<I")
 
 class A11yConfig(ServiceConfig):
     max_frame: int = 16 << 20
-    # Bytes of unfinished frames held for all connections together; a peer whose frame would
-    # take it past this gets -32005 and is closed.
-    max_buffered_bytes: int = pydantic.Field(default=64 << 20, ge=1 << 16)
+    # Bytes of unfinished frames held for all connections together, and a quarter of that (at
+    # least one max_frame) per uid; a peer whose frame would go past either gets -32005.
+    max_buffered_bytes: int = pydantic.Field(default=128 << 20, ge=1 << 16)
     max_nodes_per_frame: int = pydantic.Field(default=100_000, ge=1)
     max_tree_nodes: int = pydantic.Field(default=200_000, ge=1)
     max_tree_depth: int = pydantic.Field(default=512, ge=1)
@@ -122,7 +122,14 @@ class A11yServer:
             max_pending_trees=config.max_pending_trees,
             tree_limits=TreeLimits(config.max_tree_nodes, config.max_tree_depth),
         )
-        self.buffers = BufferPool(config.max_buffered_bytes)
+        self.limits = AdmissionLimits.of(
+            config.max_connections, config.max_connections_per_user, os.getuid()
+        )
+        pool = config.max_buffered_bytes
+        # One user holding partial frames must not make the server refuse everyone else's, and
+        # each user can still send one frame of the largest size.
+        per_user = min(pool, max(pool // 4, config.max_frame + 4))
+        self.buffers = BufferPool(pool, per_user, self.limits.exempt)
         self.peers: dict[int, Peer] = {}
         self.owners: dict[int, Peer] = {}  # tree id -> publisher
         self._keys = itertools.count(1)
@@ -144,7 +151,7 @@ class A11yServer:
             log.info("dropping a connection whose identity cannot be read: %s", exc)
             return
         conn = A11yConnection(
-            self.config.max_frame, self.config.max_nodes_per_frame, pool=self.buffers
+            self.config.max_frame, self.config.max_nodes_per_frame, self.buffers.account(cred.uid)
         )
         transport = writer.transport
         transport.set_write_buffer_limits(high=self.config.write_buffer)
@@ -471,14 +478,11 @@ async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
             wire.Error(0, error.jsonrpc_code, error.message)
         )
 
-    limits = AdmissionLimits.of(
-        config.max_connections, config.max_connections_per_user, os.getuid()
-    )
     async with (
         serve_stream(
             listener,
             server.handle,
-            limits=limits,
+            limits=server.limits,
             refusal=refusal,
             counters=ctx.counters,
             name=A11Y_SOCKET,
