@@ -30,6 +30,23 @@ ln -sfn /usr/lib/kiki/venv/bin/kiki "$dest/usr/bin/kiki"
 install -m 0644 "$src"/units/*.service "$src"/units/*.socket "$src"/units/kiki.target \
     "$dest/usr/lib/systemd/system/"
 install -m 0644 "$src"/units/user/*.service "$dest/usr/lib/systemd/user/"
+# The units say Type=notify-reload (systemd >= 253: `systemctl reload` sends SIGHUP and waits for
+# the service's RELOADING=1 ... READY=1). An older systemd would ignore that line and run the
+# service as Type=simple, so there they become Type=notify with an ExecReload= that sends the
+# same SIGHUP. SYSTEMD_VERSION overrides the version found (e.g. when staging with DESTDIR).
+systemd_version=${SYSTEMD_VERSION:-}
+if [ -z "$systemd_version" ]; then
+    # "systemd 252 (252.39-1~deb12u2)"; plain bash, as awk may be an unresolved alternative here.
+    read -r _ systemd_version _ < <(systemctl --version 2>/dev/null) || true
+fi
+if ! [[ $systemd_version =~ ^[0-9]+$ ]]; then
+    echo "install.sh: cannot tell systemd's version; the units keep Type=notify-reload" >&2
+elif [ "$systemd_version" -lt 253 ]; then
+    echo "install.sh: systemd $systemd_version has no Type=notify-reload; using Type=notify and ExecReload=" >&2
+    # shellcheck disable=SC2016 # $MAINPID is systemd's to expand, not the shell's
+    sed -i 's|^Type=notify-reload$|Type=notify\nExecReload=/bin/kill -HUP $MAINPID|' \
+        "$dest"/usr/lib/systemd/system/kiki-*.service "$dest"/usr/lib/systemd/user/kiki-*.service
+fi
 install -m 0644 "$src/units/sysusers.d/kiki.conf" "$dest/usr/lib/sysusers.d/kiki.conf"
 install -m 0644 "$src/units/tmpfiles.d/kiki.conf" "$dest/usr/lib/tmpfiles.d/kiki.conf"
 install -m 0644 "$src/units/kiki.preset" "$dest/usr/lib/systemd/system-preset/90-kiki.preset"

@@ -1,18 +1,22 @@
 """Tier 3: Kiki's units under a real systemd, booted with systemd-nspawn over this machine.
 
 The container gets a throw-away root and /usr (``--volatile=yes --overlay=/usr::/usr``), the
-checkout at /src and a wheelhouse at /wheelhouse; Kiki is installed with ``image/install.sh``
+checkout at /src and a wheelhouse at /wheelhouse, and a network namespace of its own with only
+loopback (``--private-network``): its relay socket binds 127.0.0.1:8765 whatever holds that port
+on the host, such as a developer's own ``./dev up``. Kiki is installed with ``image/install.sh``
 (the image's own install script) and everything is checked through ``systemctl``.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import errno
 import json
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -26,6 +30,11 @@ from kikitest import REPO
 pytestmark = pytest.mark.system
 
 SYSTEM_SERVICES = ("tool-broker", "a11y-server", "sensor-publisher", "sync-relay", "updater")
+RELAY_PORT = 8765
+USER_ENV = {
+    "XDG_RUNTIME_DIR": "/run/user/0",
+    "DBUS_SESSION_BUS_ADDRESS": "unix:path=/run/user/0/bus",
+}
 THRESHOLDS = {
     "kiki-tool-broker.service": 1.0,
     "kiki-sensor-publisher.service": 1.0,
@@ -88,7 +97,28 @@ def _leader(nspawn_pid: int, timeout: float = 30) -> int:
 
 
 @pytest.fixture(scope="module")
-def machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
+def host_relay_port() -> Iterator[None]:
+    """127.0.0.1:8765 held on the host for as long as the container runs.
+
+    Whatever already holds it (a developer's ``./dev up``) may keep it; otherwise this fixture
+    listens on it, so that the container's relay socket must bind beside a taken host port.
+    """
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        holder.bind(("127.0.0.1", RELAY_PORT))
+        holder.listen(1)
+    except OSError as exc:
+        holder.close()
+        if exc.errno != errno.EADDRINUSE:
+            raise
+    try:
+        yield
+    finally:
+        holder.close()
+
+
+@pytest.fixture(scope="module")
+def machine(tmp_path_factory: pytest.TempPathFactory, host_relay_port: None) -> Iterator[Machine]:
     missing = [t for t in ("systemd-nspawn", "nsenter") if shutil.which(t) is None]
     if missing:
         pytest.fail(
@@ -117,6 +147,8 @@ def machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
                 "--boot",
                 "--register=no",
                 "--keep-unit",
+                # Loopback only, its own: the container's sockets never meet the host's ports.
+                "--private-network",
                 f"--machine={name}",
                 "--bind-ro=/dev/null:/etc/systemd/system/systemd-firstboot.service",
                 # The volatile root has an empty /etc; user@.service needs the PAM stack.
@@ -198,6 +230,69 @@ def test_first_connection_starts_each_service_and_all_become_ready(machine: Mach
         assert "(activated)" in machine.prop(unit, "StatusText"), machine.prop(unit, "StatusText")
 
 
+def test_relay_listens_in_the_container_while_the_host_holds_its_port(machine: Machine) -> None:
+    # Something listens on the host's 127.0.0.1:8765 (this module's fixture, or ./dev up) ...
+    with socket.create_connection(("127.0.0.1", RELAY_PORT), timeout=10):
+        pass
+    # ... and the container's relay socket is bound to its own 127.0.0.1:8765 all the same.
+    assert machine.systemctl("is-active", "kiki-sync-relay.socket") == "active"
+    listens = machine.prop("kiki-sync-relay.socket", "Listen")
+    assert listens == f"127.0.0.1:{RELAY_PORT} (Stream)", listens
+    report = machine.run("/usr/bin/kiki", "status", "--json", "sync-relay", timeout=120)
+    relay = json.loads(report.stdout)["sync-relay"]
+    assert relay["ok"], relay
+    assert relay["info"]["pid"] == int(machine.prop("kiki-sync-relay.service", "MainPID"))
+
+
+def _systemd_version(machine: Machine) -> int:
+    return int(machine.systemctl("--version").split()[1])
+
+
+def _info(machine: Machine, name: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    report = machine.run("/usr/bin/kiki", "status", "--json", name, env=env, timeout=120)
+    answer: dict[str, Any] = json.loads(report.stdout)[name]
+    assert answer["ok"], answer
+    info: dict[str, Any] = answer["info"]
+    return info
+
+
+def _reload(
+    machine: Machine, name: str, systemctl: tuple[str, ...], env: dict[str, str] | None = None
+) -> None:
+    """``systemctl reload`` completes, and the same process serves on, ready, one reload on."""
+    unit = f"kiki-{name}.service"
+
+    def show(prop: str) -> str:
+        return machine.run(*systemctl, "show", "-p", prop, "--value", unit, env=env).stdout.strip()
+
+    # notify-reload where systemd has it; on an older one install.sh made the unit Type=notify
+    # with an ExecReload= that sends the same SIGHUP.
+    if _systemd_version(machine) >= 253:
+        assert show("Type") == "notify-reload"
+    else:
+        assert show("Type") == "notify"
+        assert "/bin/kill -HUP $MAINPID" in show("ExecReload")
+    before = _info(machine, name, env)
+    reloads: int = before["counters"].get("reloads", 0)
+    machine.run(*systemctl, "reload", unit, env=env, timeout=60)
+
+    def reloaded() -> bool:
+        count: int = _info(machine, name, env)["counters"].get("reloads", 0)
+        return count == reloads + 1
+
+    machine.wait_for(f"{name} to count the reload", reloaded)
+    after = _info(machine, name, env)
+    assert after["pid"] == before["pid"] == int(show("MainPID"))
+    assert after["status"] == "ready"
+    assert "reload failed" not in after["statusText"], after["statusText"]
+    assert machine.run(*systemctl, "is-active", unit, env=env).stdout.strip() == "active"
+
+
+@pytest.mark.parametrize("name", SYSTEM_SERVICES)
+def test_reload_keeps_the_service_up_and_ready(machine: Machine, name: str) -> None:
+    _reload(machine, name, ("systemctl",))
+
+
 def test_stop_is_clean(machine: Machine) -> None:
     machine.run("/usr/bin/kiki", "status", "a11y-server", check=False)
     unit = "kiki-a11y-server.service"
@@ -236,10 +331,7 @@ def test_a_killed_service_is_restarted(machine: Machine) -> None:
 
 def test_dbus_gateway_as_a_user_unit(machine: Machine) -> None:
     machine.systemctl("start", "user@0.service")
-    env = {
-        "XDG_RUNTIME_DIR": "/run/user/0",
-        "DBUS_SESSION_BUS_ADDRESS": "unix:path=/run/user/0/bus",
-    }
+    env = USER_ENV
     machine.run("systemctl", "--user", "start", "kiki-dbus-gateway.service", env=env)
     assert (
         machine.run(
@@ -260,6 +352,7 @@ def test_dbus_gateway_as_a_user_unit(machine: Machine) -> None:
     assert '"name" s "dbus-gateway"' in reply
     status = machine.run("/usr/bin/kiki", "status", "--json", "dbus-gateway", env=env)
     assert json.loads(status.stdout)["dbus-gateway"]["ok"] is True
+    _reload(machine, "dbus-gateway", ("systemctl", "--user"), env)
 
 
 def test_security_exposure_within_budget() -> None:
@@ -397,3 +490,47 @@ def test_a_reader_in_another_hardened_unit_reads_the_rings(machine: Machine) -> 
     before, after = indices[: restarts[0]], indices[restarts[0] :]
     assert before == list(range(before[0], before[0] + len(before)))
     assert after == list(range(after[0], after[0] + len(after)))
+
+
+def _bytes(size: str) -> int:
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    return int(size[:-1]) * units[size[-1]] if size[-1] in units else int(size)
+
+
+def test_memory_limits_hold_and_the_working_sets_fit_them(machine: Machine) -> None:
+    """Each unit's MemoryHigh=/MemoryMax= as its file says; what each service holds now (after
+    the tests above loaded it) is recorded in build/memory.json and is under its MemoryHigh."""
+    units: dict[str, tuple[str, ...]] = {
+        f"kiki-{name}.service": ("systemctl",) for name in SYSTEM_SERVICES
+    }
+    units["kiki-dbus-gateway.service"] = ("systemctl", "--user")
+    measured = {}
+    for unit, systemctl in units.items():
+        path = REPO / "units" / ("user" if "--user" in systemctl else "") / unit
+        settings = dict(
+            line.split("=", 1)
+            for line in path.read_text().splitlines()
+            if line.startswith(("MemoryHigh=", "MemoryMax="))
+        )
+        env = USER_ENV if "--user" in systemctl else None
+        for key in ("MemoryHigh", "MemoryMax"):
+            shown = machine.run(*systemctl, "show", "-p", key, "--value", unit, env=env)
+            assert int(shown.stdout) == _bytes(settings[key]), (unit, key, shown.stdout)
+        pid = int(machine.run(*systemctl, "show", "-p", "MainPID", "--value", unit, env=env).stdout)
+        assert pid, f"{unit} is not running"
+        status = machine.run("cat", f"/proc/{pid}/status").stdout
+        rss = int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) << 10  # type: ignore[union-attr]
+        peak = int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) << 10  # type: ignore[union-attr]
+        current = machine.run(*systemctl, "show", "-p", "MemoryCurrent", "--value", unit, env=env)
+        measured[unit] = {
+            "rss": rss,
+            "rss_peak": peak,
+            # Not every cgroup setup accounts memory for the container's units ([not set]).
+            "memory_current": int(current.stdout) if current.stdout.strip().isdigit() else None,
+            "memory_high": _bytes(settings["MemoryHigh"]),
+        }
+        assert peak < _bytes(settings["MemoryHigh"]), (unit, measured[unit])
+    build = REPO / "build"
+    build.mkdir(exist_ok=True)
+    (build / "memory.json").write_text(json.dumps(measured, indent=2) + "\n")
+    print("memory under the units:", json.dumps(measured))
