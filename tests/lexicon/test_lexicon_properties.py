@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
-import os
 import sys
 import tempfile
 from pathlib import Path
-from types import ModuleType
+from types import FrameType, ModuleType
 from typing import Any
 
 import orjson
@@ -299,25 +298,32 @@ def test_app_install_into_a_state_dir_it_cannot_write_says_so(
     assert "Not a directory" in said
 
 
-def test_a_directory_tree_nested_a_thousand_deep_is_walked(
+def _stack_depth() -> int:
+    frame: FrameType | None = sys._getframe()
+    depth = 0
+    while frame is not None:
+        frame, depth = frame.f_back, depth + 1
+    return depth
+
+
+def test_a_directory_tree_nested_deeper_than_the_stack_is_walked(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    # rglob recursed once per level: a RecursionError.
-    here = tmp_path / "tree"
-    here.mkdir()
-    fd = os.open(here, os.O_RDONLY)
+    # rglob recursed once per level: a tree deeper than the room left on the stack was a
+    # RecursionError. The room is made small here (250 frames, the tree 400 deep) rather than
+    # the tree huge: pytest's own clean-up of tmp_path recurses per level too.
+    levels = [tmp_path / "tree"]
+    for _ in range(400):
+        levels.append(levels[-1] / "d")
+    for level in levels:
+        level.mkdir()
+    token = {"lexicon": 1, "id": NSID, "defs": {"main": {"type": "token"}}}
+    (levels[-1] / "doc.json").write_bytes(orjson.dumps(token))
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(_stack_depth() + 250)
     try:
-        for _ in range(1100):  # relative to a directory fd: no path grows past PATH_MAX here
-            os.mkdir("d", dir_fd=fd)
-            inner = os.open("d", os.O_RDONLY, dir_fd=fd)
-            os.close(fd)
-            fd = inner
-        doc = {"lexicon": 1, "id": NSID, "defs": {"main": {"type": "token"}}}
-        out = os.open("doc.json", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
-        os.write(out, orjson.dumps(doc))
-        os.close(out)
+        code, said = run_kiki(capsys, "schema", "lint", str(levels[0]), "--json")
     finally:
-        os.close(fd)
-    code, said = run_kiki(capsys, "schema", "lint", str(here), "--json")
+        sys.setrecursionlimit(limit)
     assert code == 0, said
     assert orjson.loads(said)["documents"] == [NSID]
