@@ -9,7 +9,8 @@ from pathlib import Path
 
 import orjson
 
-from kiki_tool_broker.audit import AuditLog, args_hash, format_head, read_entries, verify
+from kiki_tool_broker.audit import AuditLog
+from libkiki.audit import args_hash, format_head, read_entries, verify
 
 CALLER = {"uid": 1000, "gid": 1000, "pid": 42}
 

@@ -12,9 +12,10 @@ from typing import Any, cast
 import orjson
 import pytest
 
-from kiki_tool_broker.audit import AuditLog, read_entries, verify
+from kiki_tool_broker.audit import AuditLog
 from kiki_tool_broker.builtin import BuiltinTools
 from kiki_tool_broker.server import Broker
+from libkiki.audit import read_entries, verify
 from libkiki.errors import InvalidParams, KikiError
 from libkiki.rpc import RequestContext
 

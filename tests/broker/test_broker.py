@@ -18,8 +18,8 @@ import orjson
 import pytest
 
 from broker_lexicons import BAD_OUTPUT, COUNT, ECHO, LEXICONS, SLOW
-from kiki_tool_broker.audit import read_entries
 from kikitest import until
+from libkiki.audit import read_entries
 from libkiki.errors import (
     InvalidParams,
     LimitExceeded,

@@ -14,8 +14,9 @@ from typing import Any
 import orjson
 
 from broker_lexicons import ECHO, LEXICONS
-from kiki_tool_broker.audit import AuditLog, read_entries
+from kiki_tool_broker.audit import AuditLog
 from kikitest import VENV_BIN, kiki, until
+from libkiki.audit import read_entries
 from libkiki.tools import ToolCall, ToolClient, ToolProvider
 
 

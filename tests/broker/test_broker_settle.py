@@ -14,11 +14,12 @@ from typing import Any, cast
 import pytest
 
 from broker_lexicons import ECHO, LEXICONS
-from kiki_tool_broker.audit import AuditLog, read_entries
+from kiki_tool_broker.audit import AuditLog
 from kiki_tool_broker.policy import Policy
 from kiki_tool_broker.registry import Provider, Tool
 from kiki_tool_broker.schemas import Catalog
 from kiki_tool_broker.server import Broker, BrokerConfig
+from libkiki.audit import read_entries
 from libkiki.errors import PeerGone, Timeout, error_for_code
 from libkiki.peer import PeerCred
 from libkiki.service import ServiceContext

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from libkiki.audit import read_entries, verify
 from libkiki.cli.common import fail, seconds, service_group
 from libkiki.errors import KikiError, ToolError
 from libkiki.tools import ToolClient
@@ -346,12 +347,6 @@ def _own_poll(entry: dict[str, Any]) -> bool:
 
 
 def _log_file(args: argparse.Namespace) -> int:
-    # Imported here: the broker's package is on a device, not necessarily beside every CLI.
-    try:
-        from kiki_tool_broker.audit import read_entries, verify
-    except ImportError:
-        print("kiki tools: --file needs the kiki-tool-broker package", file=sys.stderr)
-        return 1
     path: Path = args.file
     try:
         _check_readable(path)

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
-from kiki_tool_broker.audit import PAGE_BYTES, AuditReader, AuditReadError, verify
+from libkiki.audit import PAGE_BYTES, AuditReader, AuditReadError, verify
 from libkiki.errors import InvalidParams, KikiError, LimitExceeded, NotFound
 from libkiki.rpc import RequestContext
 
