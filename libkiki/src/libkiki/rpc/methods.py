@@ -33,10 +33,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 import orjson
-from jsonrpcserver import Error, Success
-from jsonrpcserver.async_dispatcher import dispatch_request
-from jsonrpcserver.dispatcher import create_request, to_response
-from jsonrpcserver.response import to_serializable_one
 
 from libkiki.errors import INTERNAL_ERROR, KikiError
 from libkiki.peer import PeerCred
@@ -176,6 +172,8 @@ def _guard(name: str, func: Handler) -> Callable[..., Awaitable[Any]]:
     """``func`` as jsonrpcserver wants it: returning its ``Success``/``Error``."""
 
     async def guarded(*args: Any, **kwargs: Any) -> Any:
+        from jsonrpcserver import Error, Success
+
         ok, value = await _outcome(name, func, args, kwargs)
         if ok:
             return Success(value)
@@ -348,6 +346,12 @@ async def dispatch(
         if ok:
             return {"jsonrpc": "2.0", "result": value, "id": message["id"]}
         return {"jsonrpc": "2.0", "error": value, "id": message["id"]}
+    # Imported here, on the path that needs it: jsonrpcserver brings jsonschema, attrs and oslash,
+    # more than the rest of a service's start, and a service whose calls all bind never uses it.
+    from jsonrpcserver.async_dispatcher import dispatch_request
+    from jsonrpcserver.dispatcher import create_request, to_response
+    from jsonrpcserver.response import to_serializable_one
+
     request = create_request(message)
     _, result = await dispatch_request(methods._guarded, ctx, request)
     if ctx.notification:
