@@ -38,7 +38,7 @@ REFUSED = -32005
 
 def request(kind: str) -> bytes:
     if kind == "rpc":
-        return b'{"jsonrpc":"2.0","id":1,"method":"ping"}\n'
+        return b'{"jsonrpc":"2.0","id":1,"method":"dev.kiki.service.getInfo"}\n'
     return encode_frame(wire.encode(wire.GetInfo(1)))
 
 
@@ -171,12 +171,8 @@ async def serve_rpc(path: str, max_connections: int, per_user: int) -> None:
 
     methods = Methods()
 
-    @methods.method
-    async def ping(ctx: RequestContext) -> str:
-        return "pong"
-
-    @methods.method
-    async def counters(ctx: RequestContext) -> dict[str, int]:
+    @methods.method("dev.kiki.service.getInfo")  # what every Kiki JSON-RPC service answers
+    async def get_info(ctx: RequestContext) -> dict[str, int]:
         return dict(server.counters)
 
     listener = bind_unix(Path(path), mode=0o666)

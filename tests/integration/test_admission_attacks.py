@@ -1,6 +1,6 @@
 """Connection admission under attack from a second local user, on both kinds of socket.
 
-The attacker runs as ``kiki-test-attacker`` (created here when missing) against a real server
+The attacker runs as ``kiki-test-attacker`` (see ``second_user``) against a real server
 process: the a11y-server (frames, :func:`libkiki.servers.serve_stream`) and a JSON-RPC server
 (:class:`libkiki.rpc.server.RpcServer`, as every line service runs it). The victim is this
 process (root).
@@ -27,28 +27,10 @@ import orjson
 import pytest
 from admission_peers import ask, connect, request, warm_up
 from admission_peers import main as peers_main
+from second_user import ATTACKER, open_to_others
 
 PEERS = Path(__file__).with_name("admission_peers.py")
-ATTACKER = "kiki-test-attacker"
 BOUND = 120.0  # seconds any one attack may take
-
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as a second user")
-
-
-@pytest.fixture(scope="session")
-def attacker() -> pwd.struct_passwd:
-    try:
-        return pwd.getpwnam(ATTACKER)
-    except KeyError:
-        done = subprocess.run(
-            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", ATTACKER],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if done.returncode not in (0, 9):  # 9: made meanwhile by another test run
-            pytest.fail(f"useradd {ATTACKER}: {done.stderr}")
-        return pwd.getpwnam(ATTACKER)
 
 
 @dataclass
@@ -63,16 +45,14 @@ class Server:
         return [line for line in text.splitlines() if "refusing a connection" in line]
 
 
-def expose(sockdir: Path, path: Path) -> None:
-    """Let the second user reach ``path`` (the test's directory is 0700, the socket 0660)."""
-    sockdir.chmod(0o755)
-    path.chmod(0o666)
-
-
 @pytest.fixture
 def start_server(
-    sockdir: Path, a11y_server: Callable[..., tuple[Path, subprocess.Popen[bytes]]]
+    sockdir: Path,
+    a11y_server: Callable[..., tuple[Path, subprocess.Popen[bytes]]],
+    spawn_service: Any,
 ) -> Iterator[Callable[..., Server]]:
+    """Start a server of ``kind``: ``a11y`` (the a11y-server), ``tools`` (the tool-broker) or
+    ``rpc`` (a bare JSON-RPC server, :func:`libkiki.rpc.serve_unix` alone)."""
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(kind: str, max_connections: int, per_user: int, **settings: Any) -> Server:
@@ -81,6 +61,16 @@ def start_server(
                 max_connections=max_connections, max_connections_per_user=per_user, **settings
             )
             log = sockdir / "stderr-a11y-server-0"
+        elif kind == "tools":
+            (sockdir / "etc").mkdir(exist_ok=True)
+            env = {
+                "KIKI_LOG_LEVEL": "WARNING",
+                "KIKI_TOOL_BROKER_MAX_CONNECTIONS": str(max_connections),
+                "KIKI_TOOL_BROKER_MAX_CONNECTIONS_PER_USER": str(per_user),
+            }
+            proc, notes = spawn_service("tool-broker", extra_env=env)
+            notes.wait_for("READY")
+            path, log = sockdir / "tools.sock", sockdir / "stderr-tool-broker-0"
         else:
             path = sockdir / "rpc.sock"
             log = sockdir / "stderr-rpc"
@@ -95,8 +85,8 @@ def start_server(
             procs.append(proc)
             assert proc.stdout is not None
             assert proc.stdout.readline() == b"ready\n"
-        expose(sockdir, path)
-        return Server(kind, path, proc, log)
+        open_to_others(sockdir, path)
+        return Server("a11y" if kind == "a11y" else "rpc", path, proc, log)
 
     yield start
     for proc in procs:
@@ -159,7 +149,7 @@ class Attack:
 
 @pytest.fixture
 def attack(attacker: pwd.struct_passwd) -> Iterator[Callable[..., Attack]]:
-    """Runs an attack as the second user, or as ``user=`` (a name)."""
+    """Runs an attack as the second user (the ``attacker`` fixture makes it), or as ``user=``."""
     attacks: list[Attack] = []
 
     def run(*args: str, user: str = ATTACKER) -> Attack:
@@ -177,7 +167,7 @@ def victim_is_served(server: Server) -> None:
         assert ask(server.kind, sock) == "admitted"
 
 
-KINDS = ["a11y", "rpc"]
+KINDS = ["a11y", "tools", "rpc"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -188,9 +178,9 @@ def test_a_user_holding_its_share_and_flooding_does_not_lock_out_another(
     # only its own share, every refused connection reads the refusal, and the log says so in
     # a bounded number of lines (before, one warning per refusal: 119 410 lines in 45 s).
     server = start_server(kind, max_connections=16, per_user=4)
-    holder = attack("hold", kind, str(server.path), "24")
+    holder = attack("hold", server.kind, str(server.path), "24")
     assert holder.result() == {"admitted": 4, "refused": 20}
-    flood = attack("flood", kind, str(server.path), "1500")
+    flood = attack("flood", server.kind, str(server.path), "1500")
     victim_is_served(server)
     assert flood.result() == {"refused": 1500}
     victim_is_served(server)
@@ -208,7 +198,7 @@ def test_a_burst_of_connects_never_admits_more_than_the_limit(
     # admitted against a limit of 256. The attacker holds every connection it makes, so all
     # those admitted are open at once at the end.
     server = start_server(kind, max_connections=256, per_user=256)
-    burst = attack("hold", kind, str(server.path), "3000")
+    burst = attack("hold", server.kind, str(server.path), "3000")
     counts = burst.result()
     assert counts == {"admitted": 256, "refused": 3000 - 256}
     burst.stop()
@@ -223,14 +213,14 @@ def test_a_refused_peer_that_wrote_first_still_reads_the_refusal(
     # the reset first (asyncio's StreamReader raises it before buffered data) loses the refusal.
     server = start_server(kind, max_connections=1, per_user=1)
     with connect(str(server.path)) as holder:
-        assert ask(kind, holder) == "admitted"
+        assert ask(server.kind, holder) == "admitted"
         for _ in range(3):
             with connect(str(server.path)) as sock:
-                sock.sendall(request(kind) * 2000)
+                sock.sendall(request(server.kind) * 2000)
                 got = b""
                 while chunk := sock.recv(65536):  # a reset raises here
                     got += chunk
-            assert first_error_code(kind, got) == -32005
+            assert first_error_code(server.kind, got) == -32005
 
 
 def first_error_code(kind: str, data: bytes) -> int:
