@@ -53,7 +53,7 @@ async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
         if request.path == "/healthz":
             return _json(http.HTTPStatus.OK, ctx.info())
         if len(live) >= config.max_connections:
-            ctx.counters["rejected_connections"] += 1
+            ctx.counters["connections_refused"] += 1
             return _json(http.HTTPStatus.SERVICE_UNAVAILABLE, {"error": "too many connections"})
         if request.headers.get("Upgrade", "").lower() != "websocket":
             return _json(http.HTTPStatus.NOT_FOUND, {"error": f"no resource at {request.path}"})
