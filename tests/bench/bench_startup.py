@@ -1,11 +1,11 @@
 """Start-up cost: ``kiki --help``, ``kiki status`` and a service from exec to READY=1.
 
-Run: ``.venv/bin/python tests/bench/bench_startup.py [--runs N] [--quick]``. Every case is a
-fresh interpreter, measured in the same run as ``python -c pass`` (the venv's interpreter: the
-floor every start pays), first pinned to one core (``taskset -c 0``, children inherit it), then
-unpinned. Per case: the median wall time over N runs, what it costs over the floor's median,
-and the median CPU time (user + system) of the process, which the load of a busy machine
-disturbs less than the wall clock.
+Run: ``.venv/bin/python tests/bench/bench_startup.py [--runs N] [--quick] [--venv DIR]``. Every
+case is a fresh interpreter, measured in the same run as ``python -c pass`` (the venv's
+interpreter: the floor every start pays), first pinned to one core (``taskset -c 0``, children
+inherit it), then unpinned. Per case: the median wall time over N runs, what it costs over the
+floor's median, and the median CPU time (user + system) of the process, which the load of a
+busy machine disturbs less than the wall clock.
 
 * ``kiki --help``;
 * ``kiki status`` against the six services of ``kiki up --no-demo`` (started once per mode in
@@ -15,12 +15,20 @@ disturbs less than the wall clock.
   is read at READY (``/proc/PID/task/*/schedstat``), then it is stopped.
 
 The goals (issue 17) are on the wall-clock medians over ``python -c pass``.
+
+``--venv`` runs the interpreter and console scripts of another environment of this tree, such
+as a device's set of packages without the development group (whose numpy flatbuffers imports
+whenever it is there)::
+
+    UV_PROJECT_ENVIRONMENT=/tmp/kiki-nodev uv sync --no-dev --frozen --all-packages
+    .venv/bin/python tests/bench/bench_startup.py --venv /tmp/kiki-nodev
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import resource
@@ -37,7 +45,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from proc_cpu import cpu_seconds  # noqa: E402
+from proc_cpu import cpu_seconds
 
 BIN = Path(sys.executable).parent
 READY_SERVICES = ("tool-broker", "updater", "a11y-server", "sensor-publisher", "sync-relay")
@@ -192,14 +200,14 @@ def median(samples: list[Sample]) -> Sample:
 
 
 def measure(runs: int) -> dict[str, Sample]:
-    python = [sys.executable, "-c", "pass"]
+    python = [str(BIN / "python"), "-c", "pass"]
     cases: dict[str, Callable[[], list[Sample]]] = {
         "python -c pass": lambda: [run(python) for _ in range(runs)],
         "kiki --help": lambda: [run([str(BIN / "kiki"), "--help"]) for _ in range(runs)],
         "kiki status (6 up)": lambda: status_samples(runs),
     }
     for service in READY_SERVICES:
-        cases[f"{service} to READY=1"] = lambda service=service: ready_samples(service, runs)
+        cases[f"{service} to READY=1"] = functools.partial(ready_samples, service, runs)
     return {name: median(case()) for name, case in cases.items()}
 
 
@@ -231,9 +239,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=15, help="runs per case (median)")
     parser.add_argument("--quick", action="store_true", help="5 runs per case (a smoke run)")
+    parser.add_argument(
+        "--venv", type=Path, help="the environment whose kiki and services run (default: this one)"
+    )
     args = parser.parse_args()
     runs = 5 if args.quick else args.runs
-    print(f"start-up benchmark: {os.cpu_count()} cpus, {sys.version.split()[0]}, {runs} runs")
+    global BIN
+    if args.venv is not None:
+        BIN = args.venv.resolve() / "bin"
+    print(
+        f"start-up benchmark: {os.cpu_count()} cpus, {sys.version.split()[0]}, {runs} runs, {BIN}"
+    )
     allowed = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {min(allowed)})  # children inherit it: taskset -c 0
     pinned = measure(runs)
