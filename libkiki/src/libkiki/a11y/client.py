@@ -207,6 +207,9 @@ class _Connection:
         self._tg: asyncio.TaskGroup | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.closed = asyncio.Event()
+        # The server's last error that answered no request: a refusal (too many connections,
+        # too much buffered) is sent so, just before the server closes the connection.
+        self._last_word: wire.Error | None = None
         # Raw frames as received, for `kiki a11y capture`.
         self.on_frame: Callable[[bytes], None] | None = None
 
@@ -285,9 +288,16 @@ class _Connection:
             self.closed.set()
             for fut in self._waiting.values():
                 if not fut.done():
-                    fut.set_exception(PeerGone("the a11y-server closed the connection"))
+                    fut.set_exception(self._why_closed())
+
+    def _why_closed(self) -> KikiError:
+        if self._last_word is not None:
+            return error_for_code(self._last_word.code, self._last_word.message)
+        return PeerGone("the a11y-server closed the connection")
 
     def _route(self, message: wire.Message) -> None:
+        if isinstance(message, wire.Error) and not message.request_id:
+            self._last_word = message
         fut = self._waiting.get(message.request_id) if message.request_id else None
         self.received(message)
         if fut is not None and not fut.done():
@@ -324,7 +334,11 @@ class A11yClient(_Connection):
         self.events_dropped = 0
 
     async def __aenter__(self) -> A11yClient:
-        await self._open()
+        try:
+            await self._open()
+        except BaseException:
+            await self._close()  # the reader task and the socket of a refused connection
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -44,7 +44,11 @@ class A11yPublisher(_Connection):
         self.seq = 0
 
     async def __aenter__(self) -> A11yPublisher:
-        await self._open()
+        try:
+            await self._open()
+        except BaseException:
+            await self._close()  # the reader task and the socket of a refused connection
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
