@@ -14,6 +14,7 @@ from importlib.metadata import version
 
 import pytest
 
+from kikitest import REPO
 from libkiki.cli import GROUPS, build_parser, command_of
 
 HEAVY = {
@@ -109,3 +110,19 @@ def test_the_static_table_says_what_every_group_registers() -> None:
 )
 def test_command_of(argv: tuple[str, ...], command: str | None) -> None:
     assert command_of(argv) == command
+
+
+SERVICE_PACKAGES = sorted(p.name for p in REPO.glob("services/*/src/kiki_*") if p.is_dir())
+
+
+@pytest.mark.parametrize("package", SERVICE_PACKAGES)
+def test_a_service_starts_without_jsonrpcservers_dispatch(package: str) -> None:
+    # Everything a service's main imports before serving; jsonrpcserver (and its jsonschema)
+    # comes in only with the first call that its dispatch handles (an unknown method, say).
+    script = f"import sys\nimport {package}.__main__\nprint(' '.join(sorted(sys.modules)))\n"
+    run = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    modules = set(run.stdout.split())
+    assert f"{package}.server" in modules
+    assert modules & {"jsonrpcserver", "jsonschema", "oslash"} == set()
