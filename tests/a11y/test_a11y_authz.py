@@ -78,7 +78,7 @@ apps = ["org.example.Bank"]
     [
         ("[[allow]]\nprincipals = ['uid:x']\nrights = ['read']\n", "is not a principal"),
         ("[[allow]]\nprincipals = ['*']\nrights = ['write']\n", "unknown rights write"),
-        ("[[allow]]\nprincipals = ['*']\n", "principals, rights, apps must be lists"),
+        ("[[allow]]\nprincipals = ['*']\n", "principals, rights and apps must be non-empty lists"),
         ("[[permit]]\nprincipals = ['*']\nrights = ['read']\n", "unknown keys permit"),
         ("[[allow]\n", "a11y-policy.toml"),
     ],

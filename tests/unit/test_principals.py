@@ -16,10 +16,12 @@ from libkiki.peer import PeerCred
 from libkiki.principals import (
     Principal,
     Principals,
+    globs,
     identity_of,
     is_kiki_service,
     matches,
     read_policy_file,
+    rule_tables,
 )
 
 ME = pwd.getpwuid(os.getuid()).pw_name
@@ -125,3 +127,47 @@ def test_policy_files(tmp_path: Path) -> None:
         read_policy_file(tmp_path / "bad.toml")
     (tmp_path / "ok.toml").write_text('default_group = "kiki"\n')
     assert read_policy_file(tmp_path / "ok.toml") == {"default_group": "kiki"}
+
+
+def test_rule_tables_check_every_policy_the_same_way() -> None:
+    doc = [{"principals": ["uid:1"], "tools": ["a.*"]}, {"principals": ["*"], "tools": ["b"]}]
+    rules = list(rule_tables(doc, "allow", "f.toml", ("principals", "tools")))
+    assert rules == [
+        ("f.toml: allow[0]", {"principals": ["uid:1"], "tools": ["a.*"]}),
+        ("f.toml: allow[1]", {"principals": ["*"], "tools": ["b"]}),
+    ]
+    assert list(rule_tables(None, "allow", "f.toml", ("principals",))) == []
+    # A key with a default may be left out, and is then the default.
+    [(_, fields)] = rule_tables(
+        [{"principals": ["*"], "rights": ["read"]}],
+        "allow",
+        "f.toml",
+        ("principals", "rights"),
+        {"apps": ["*"]},
+    )
+    assert fields["apps"] == ["*"]
+
+
+@pytest.mark.parametrize(
+    ("doc", "error"),
+    [
+        ({"principals": ["*"]}, r"\[allow\] must be an array of tables"),
+        ([{"principals": ["*"], "tools": ["x"], "extra": 1}], "exactly the keys principals and"),
+        (["not a table"], "exactly the keys"),
+        ([{"principals": ["*"]}], "must be non-empty lists of strings"),
+        ([{"principals": [], "tools": ["x"]}], "must be non-empty lists of strings"),
+        ([{"principals": ["*"], "tools": [1]}], "must be non-empty lists of strings"),
+        ([{"principals": "*", "tools": ["x"]}], "must be non-empty lists of strings"),
+    ],
+)
+def test_rule_tables_refuse_what_no_policy_means(doc: object, error: str) -> None:
+    with pytest.raises(ConfigError, match=error):
+        list(rule_tables(doc, "allow", "f.toml", ("principals", "tools")))
+
+
+def test_globs_match_within_and_across_dots() -> None:
+    [star, one] = globs(["dev.kiki.*", "a?c"])
+    assert star.fullmatch("dev.kiki.a11y.act")
+    assert not star.fullmatch("dev.kikix")
+    assert one.fullmatch("abc")
+    assert not one.fullmatch("abbc")

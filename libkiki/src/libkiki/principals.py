@@ -28,16 +28,17 @@ process in a system unit ``kiki-*.service`` (only root names those).
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import grp
 import logging
 import pwd
 import re
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from libkiki.errors import ConfigError
 from libkiki.peer import PeerCred
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "Principal",
     "Principals",
+    "globs",
     "identity_of",
     "in_group",
     "is_kiki_service",
@@ -54,6 +56,7 @@ __all__ = [
     "read_policy_file",
     "resolve_group",
     "resolve_user",
+    "rule_tables",
 ]
 
 _TERM = re.compile(r"(uid|gid):[0-9]+|(user|group|app):[A-Za-z0-9_.@-]+")
@@ -222,3 +225,43 @@ def read_policy_file(path: Path) -> dict[str, Any] | None:
         raise ConfigError(f"{path}: not UTF-8 (TOML is): {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
+
+
+def rule_tables(
+    doc: object,
+    section: str,
+    source: str,
+    keys: Iterable[str],
+    defaults: Mapping[str, list[str]] | None = None,
+) -> Iterator[tuple[str, dict[str, list[str]]]]:
+    """The ``[[section]]`` rules of a policy file, each as (where, its fields), checked the same
+    way for every policy: an array of tables, each with exactly ``keys`` (those in ``defaults``
+    may be left out), every field a non-empty list of strings. ``where`` names the rule in
+    errors ("FILE: allow[2]"). Nothing at all (``doc`` None) is no rules."""
+    if doc is None:
+        return
+    if not isinstance(doc, list):
+        raise ConfigError(f"{source}: [{section}] must be an array of tables ([[{section}]])")
+    defaults = defaults or {}
+    wanted = [*keys, *(k for k in defaults if k not in keys)]
+    named = ", ".join(wanted[:-1]) + f" and {wanted[-1]}" if len(wanted) > 1 else wanted[0]
+    for i, entry in enumerate(doc):
+        where = f"{source}: {section}[{i}]"
+        if not isinstance(entry, dict) or set(entry) - set(wanted):
+            raise ConfigError(f"{where}: a rule has exactly the keys {named}")
+        fields: dict[str, list[str]] = {}
+        for key in wanted:
+            value = entry.get(key, defaults.get(key))
+            if not _strings(value):
+                raise ConfigError(f"{where}: {named} must be non-empty lists of strings")
+            fields[key] = value
+        yield where, fields
+
+
+def globs(patterns: Iterable[str]) -> tuple[re.Pattern[str], ...]:
+    """Shell-style globs (``*`` within and across dots, ``?`` one character), compiled once."""
+    return tuple(re.compile(fnmatch.translate(p)) for p in patterns)
+
+
+def _strings(value: object) -> TypeGuard[list[str]]:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, str) for v in value)

@@ -22,16 +22,15 @@ Decisions are remembered per peer, right and tree for as long as the policy is l
 
 from __future__ import annotations
 
-import fnmatch
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, Literal, TypeGuard
+from typing import Final, Literal
 
 from libkiki import a11y_wire as wire
 from libkiki.errors import ConfigError, PermissionDenied
 from libkiki.peer import PeerCred
-from libkiki.principals import Principals, read_policy_file
+from libkiki.principals import Principals, globs, read_policy_file, rule_tables
 
 Right = Literal["read", "subscribe", "act"]
 RIGHTS: Final = ("read", "subscribe", "act")
@@ -54,36 +53,24 @@ class Rule:
 
 
 def _rules(doc: object, section: str, source: str) -> tuple[Rule, ...]:
-    if doc is None:
-        return ()
-    if not isinstance(doc, list):
-        raise ConfigError(f"{source}: [{section}] must be an array of tables ([[{section}]])")
     rules = []
-    for i, entry in enumerate(doc):
-        where = f"{source}: {section}[{i}]"
-        if not isinstance(entry, dict) or set(entry) - {"principals", "rights", "apps"}:
-            raise ConfigError(f"{where}: a rule has the keys principals, rights and apps")
-        principals, rights = entry.get("principals"), entry.get("rights")
-        apps = entry.get("apps", ["*"])
-        if not (_strings(principals) and _strings(rights) and _strings(apps)):
-            raise ConfigError(f"{where}: principals, rights, apps must be lists of strings")
-        if unknown := set(rights) - set(RIGHTS):
+    for where, entry in rule_tables(doc, section, source, ("principals", "rights"), _ANY_APP):
+        if unknown := set(entry["rights"]) - set(RIGHTS):
             raise ConfigError(
                 f"{where}: unknown rights {', '.join(sorted(unknown))} (read, subscribe, act)"
             )
         rules.append(
             Rule(
-                Principals.parse(principals, where),
-                frozenset(rights),
-                tuple(re.compile(fnmatch.translate(a)) for a in apps),
+                Principals.parse(entry["principals"], where),
+                frozenset(entry["rights"]),
+                globs(entry["apps"]),
                 granting=section == "allow",
             )
         )
     return tuple(rules)
 
 
-def _strings(value: object) -> TypeGuard[list[str]]:
-    return isinstance(value, list) and bool(value) and all(isinstance(v, str) for v in value)
+_ANY_APP = {"apps": ["*"]}
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,7 +42,6 @@ change to the file does.
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 import re
 from collections.abc import Iterable
@@ -57,10 +56,12 @@ from libkiki.paths import state_dir
 from libkiki.peer import PeerCred
 from libkiki.principals import (
     Principals,
+    globs,
     in_group,
     is_kiki_service,
     read_policy_file,
     resolve_group,
+    rule_tables,
 )
 
 log = logging.getLogger(__name__)
@@ -98,34 +99,14 @@ _SECTIONS = ("allow", "deny", "provide")
 
 
 def _rules(doc: object, section: str, source: str) -> tuple[Rule, ...]:
-    if doc is None:
-        return ()
-    if not isinstance(doc, list):
-        raise ConfigError(f"{source}: [{section}] must be an array of tables ([[{section}]])")
-    rules = []
-    for i, entry in enumerate(doc):
-        where = f"{source}: {section}[{i}]"
-        if not isinstance(entry, dict) or set(entry) - {"principals", "tools"}:
-            raise ConfigError(f"{where}: a rule has exactly the keys principals and tools")
-        principals, tools = entry.get("principals"), entry.get("tools")
-        if (
-            not isinstance(principals, list)
-            or not isinstance(tools, list)
-            or not (_strings(principals) and _strings(tools))
-        ):
-            raise ConfigError(f"{where}: principals and tools must be non-empty lists of strings")
-        rules.append(
-            Rule(
-                Principals.parse(principals, where),
-                tuple(re.compile(fnmatch.translate(t)) for t in tools),
-                granting=section != "deny",
-            )
+    return tuple(
+        Rule(
+            Principals.parse(entry["principals"], where),
+            globs(entry["tools"]),
+            granting=section != "deny",
         )
-    return tuple(rules)
-
-
-def _strings(value: object) -> bool:
-    return isinstance(value, list) and bool(value) and all(isinstance(v, str) for v in value)
+        for where, entry in rule_tables(doc, section, source, ("principals", "tools"))
+    )
 
 
 # Decisions remembered per policy; past this many, the memory starts over (a bound, not a cache
