@@ -170,7 +170,7 @@ async def test_the_a11y_tools_answer_for_the_caller_the_broker_names(
     )
     _, notes = spawn_service("tool-broker")
     notes.wait_for("READY")
-    _, notes = spawn_service("a11y-server", extra_env={"KIKI_A11Y_SERVER_BROKER_RETRY": "0.2"})
+    _, notes = spawn_service("a11y-server")
     notes.wait_for("READY")
     tools_path, a11y_path = sockdir / "tools.sock", sockdir / "a11y.sock"
     open_to_others(sockdir, tools_path)

@@ -343,7 +343,7 @@ async def test_tools_on_the_broker(spawn_service: Any, sockdir: Path) -> None:
 
     _, notes = spawn_service("tool-broker")
     notes.wait_for("READY")
-    _, notes2 = spawn_service("a11y-server", extra_env={"KIKI_A11Y_SERVER_BROKER_RETRY": "0.2"})
+    _, notes2 = spawn_service("a11y-server")
     notes2.wait_for("READY")
     task, _ = await run_demo(sockdir / "a11y.sock")
     try:
@@ -578,7 +578,6 @@ async def test_tool_act_is_limited_and_a_bad_state_is_invalid_params(
         _, notes = spawn_service(
             "a11y-server",
             extra_env={
-                "KIKI_A11Y_SERVER_BROKER_RETRY": "0.2",
                 "KIKI_A11Y_SERVER_MAX_ACTIONS_IN_FLIGHT": "1",
                 "KIKI_LOG_LEVEL": "WARNING",
             },

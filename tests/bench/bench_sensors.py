@@ -322,7 +322,7 @@ class Publisher:
             KIKI_RUNTIME_DIR=str(self.dir),
             KIKI_CONFIG_DIR=str(self.dir / "etc"),
             KIKI_SENSOR_PUBLISHER_IMU_HZ=str(rate),
-            KIKI_SENSOR_PUBLISHER_BROKER_SOCKET="",
+            KIKI_SENSOR_PUBLISHER_BROKER_TOOLS="false",
             KIKI_LOG_LEVEL="WARNING",
             **{
                 f"KIKI_SENSOR_PUBLISHER_{k}_HZ": "0"

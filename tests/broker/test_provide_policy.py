@@ -72,7 +72,7 @@ def start_a11y(spawn_service: Any) -> subprocess.Popen[bytes]:
     proc: subprocess.Popen[bytes]
     proc, notes = spawn_service(
         "a11y-server",
-        extra_env={"KIKI_A11Y_SERVER_BROKER_RETRY": "0.2", "KIKI_LOG_LEVEL": "INFO"},
+        extra_env={"KIKI_LOG_LEVEL": "INFO"},
     )
     notes.wait_for("READY")
     return proc

@@ -59,8 +59,8 @@ def start_publisher(sockdir: Path, spawn_service: Any, shm_prefix: str) -> Itera
     """Start kiki-sensor-publisher on an activated socket in ``sockdir``; wait for READY=1.
 
     Keyword arguments become ``KIKI_SENSOR_PUBLISHER_<NAME>`` settings (None: unset). Kernel
-    sources are slow by default here (tests read the IMU); the broker is off unless
-    ``broker_socket`` is set.
+    sources are slow by default here (tests read the IMU); the broker tools are off unless
+    ``broker_tools`` is set.
     """
     path = sockdir / "sensors.sock"
     listener: socket.socket | None = None
@@ -81,7 +81,7 @@ def start_publisher(sockdir: Path, spawn_service: Any, shm_prefix: str) -> Itera
             "POWER_HZ": "5",
             "IIO_HZ": "5",
             "CAPACITY": "1024",
-            "BROKER_SOCKET": "",
+            "BROKER_TOOLS": "false",
         }
         env.update({k.upper(): str(v) for k, v in settings.items()})
         env = {k: v for k, v in env.items() if v != "None"}  # None: leave the setting unset

@@ -20,7 +20,7 @@ async def test_sensor_tools_on_the_broker(
     broker: tuple[Path, subprocess.Popen[bytes]], start_publisher: StartPublisher
 ) -> None:
     tools_sock, _ = broker
-    start_publisher(broker_socket=str(tools_sock))
+    start_publisher(broker_tools=True, broker_socket=str(tools_sock))
     async with ToolClient(tools_sock) as client:
         async with asyncio.timeout(15):
             while "dev.kiki.sensor.read" not in {t["name"] for t in await client.list()}:  # noqa: ASYNC110

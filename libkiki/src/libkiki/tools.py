@@ -19,6 +19,9 @@ models (the generated bindings) or plain dicts::
     async with provider.connect():
         await provider.serve_forever()
 
+A service that must stay registered across broker restarts runs
+``await provider.keep_registered()`` instead (until cancelled).
+
 The broker validates every call's input against the lexicon before it reaches the provider and
 the output after, and attaches the caller's identity (``call.caller``), which the kernel gave
 it: a provider never needs to trust a caller's claims.
@@ -26,10 +29,12 @@ it: a provider never needs to trust a caller's claims.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import inspect
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +42,7 @@ from typing import Any, TypeVar, get_type_hints
 
 import pydantic
 
+from libkiki.backoff import RestartBackoff
 from libkiki.errors import InvalidParams, KikiError, NotFound, ProtocolError, ToolError
 from libkiki.framing import DEFAULT_MAX_LINE
 from libkiki.paths import TOOLS_SOCKET, socket_path
@@ -312,6 +318,17 @@ class ToolProvider:
     @contextlib.asynccontextmanager
     async def connect(self) -> AsyncIterator[Connection]:
         """Connect and register every decorated tool; unregistered when the block exits."""
+        try:
+            async with self._registered() as conn:
+                yield conn
+        except _Refused as refused:
+            log.warning(
+                "the broker refused to register %s: %s", ", ".join(self.nsids), refused.error
+            )
+            raise refused.error from None
+
+    @contextlib.asynccontextmanager
+    async def _registered(self) -> AsyncIterator[Connection]:
         async with connect_unix(
             self.path,
             self._methods(),
@@ -335,10 +352,7 @@ class ToolProvider:
                         },
                     )
                 except KikiError as exc:
-                    # A provider that retries (a service waiting for the broker) would
-                    # otherwise go on refused without a word: say which tools, and why.
-                    log.warning("the broker refused to register %s: %s", ", ".join(self.nsids), exc)
-                    raise
+                    raise _Refused(exc) from None
                 yield conn
             finally:
                 self._conn = None
@@ -347,3 +361,44 @@ class ToolProvider:
         if self._conn is None:
             raise KikiError("ToolProvider is not connected; use `async with provider.connect()`")
         await self._conn.wait_closed()
+
+    async def keep_registered(self, backoff: RestartBackoff | None = None) -> None:
+        """Stay registered until cancelled: what a service offering tools runs.
+
+        The broker may start after the service, restart or refuse us (another provider holds
+        one of our NSIDs, its policy says no): none of that ends the service. Each time the
+        connection cannot be made, is refused or is lost, the next attempt waits
+        ``backoff``'s delay (:class:`~libkiki.backoff.RestartBackoff`, 0.5 s doubling up to
+        30 s; a registration held ``stable_after`` seconds starts it over). A refusal is logged
+        as a warning once per distinct reason, a broker that is not there at debug level.
+        """
+        backoff = backoff if backoff is not None else RestartBackoff()
+        refusals: set[str] = set()
+        tools = ", ".join(self.nsids)
+        while True:
+            backoff.started()
+            try:
+                async with self._registered() as conn:
+                    backoff.ready(time.monotonic())
+                    refusals.clear()  # a refusal after this registration is news again
+                    log.info("registered %s on the broker %s", tools, self.path)
+                    await conn.wait_closed()
+                log.info("the broker closed the connection; registering %s again", tools)
+            except _Refused as refused:
+                reason = str(refused.error)
+                if reason not in refusals:
+                    refusals.add(reason)
+                    log.warning("the broker refused to register %s: %s", tools, reason)
+                else:
+                    log.debug("the broker refused to register %s again", tools)
+            except (KikiError, OSError) as exc:
+                log.debug("the broker %s is not reachable (%s)", self.path, exc)
+            await asyncio.sleep(backoff.exited(time.monotonic()))
+
+
+class _Refused(Exception):
+    """The broker answered registration with an error (not a transport failure)."""
+
+    def __init__(self, error: KikiError) -> None:
+        super().__init__(str(error))
+        self.error = error

@@ -31,6 +31,7 @@ from typing import Any
 
 from libkiki import a11y_wire as wire
 from libkiki.a11y.flat import Limits
+from libkiki.a11y.search import DEFAULT_LIMIT, search
 from libkiki.errors import (
     InvalidFrame,
     InvalidParams,
@@ -163,29 +164,40 @@ class Mirror:
         text: str | None = None,
         states: Iterable[str] = (),
         app_id: str | None = None,
+        limit: int = DEFAULT_LIMIT,
     ) -> list[wire.Node]:
-        """Nodes matching every criterion (names and text: case-insensitive substrings)."""
-        want_role = role_value(role) if role is not None else None
-        want_states = wire.states_of(*states)
-        name_cf = name.casefold() if name else None
-        text_cf = text.casefold() if text else None
-        found = []
-        for tree in self.trees.values():
-            if app_id and tree.app.app_id != app_id:
-                continue
-            for n in tree.nodes.values():
-                if want_role is not None and n.role != want_role:
-                    continue
-                if n.states & want_states != want_states:
-                    continue
-                if name_cf and name_cf not in n.name.casefold():
-                    continue
-                if text_cf and not any(
-                    text_cf in s.casefold() for s in (n.name, n.value, n.description)
-                ):
-                    continue
-                found.append(n)
-        return found
+        """Nodes matching every criterion, as the server's ``Query`` finds them
+        (:mod:`libkiki.a11y.search`: names and text are case-insensitive substrings; at most
+        ``limit`` nodes, 100 by default, capped at 1000)."""
+        return [
+            node
+            for _, node in self.search(
+                role=role, name=name, text=text, states=states, app_id=app_id, limit=limit
+            )[0]
+        ]
+
+    def search(
+        self,
+        *,
+        role: str | int | None = None,
+        name: str | None = None,
+        text: str | None = None,
+        states: Iterable[str] = (),
+        app_id: str | None = None,
+        limit: int = DEFAULT_LIMIT,
+    ) -> tuple[list[tuple[MirrorTree, wire.Node]], int]:
+        """Like :meth:`find`, with each node's tree and the count of every match."""
+        query = wire.Query(
+            0,
+            0,
+            app_id or "",
+            role_value(role) if role is not None else 0,
+            name or "",
+            text or "",
+            wire.states_of(*states),
+            limit,
+        )
+        return search(self.trees.values(), query)
 
 
 Event = wire.Snapshot | wire.TreeUpdate | wire.TreeGone | wire.Resync
@@ -422,7 +434,7 @@ class A11yClient(_Connection):
         states: Iterable[str] = (),
         app_id: str = "",
         tree_id: int = 0,
-        limit: int = 100,
+        limit: int = DEFAULT_LIMIT,
     ) -> tuple[list[wire.Node], int]:
         """Ask the server (no subscription needed): the matching nodes and the total count."""
         answer = await self.request(

@@ -15,17 +15,17 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from kiki_a11y_server.tree import Change, Tree, TreeLimits
 from libkiki import a11y_wire as wire
 from libkiki.a11y.flat import Chunk
+from libkiki.a11y.search import MAX_LIMIT, search
 from libkiki.errors import InvalidParams, NotFound
 
-# The most nodes one Query answers with (a larger ``limit`` is lowered to it; ``total`` still
-# counts every match).
-MAX_QUERY_LIMIT = 1000
+# The most nodes one Query answers with (libkiki.a11y.search's rule, which the tool shares).
+MAX_QUERY_LIMIT = MAX_LIMIT
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,37 +357,9 @@ class Desktop:
     def query(
         self, q: wire.Query, visible: Callable[[wire.App], bool] | None = None
     ) -> tuple[list[Chunk], int]:
-        limit = min(q.limit or 100, MAX_QUERY_LIMIT)
-        name = q.name.casefold()
-        text = q.text.casefold()
-        found: list[Chunk] = []
-        total = 0
-        for tree in self._trees_for(q):
-            if visible is not None and not visible(tree.app):
-                continue
-            for node in tree.nodes.values():
-                if q.role and node.role != q.role:
-                    continue
-                if q.states and node.states & q.states != q.states:
-                    continue
-                if name and name not in node.name.casefold():
-                    continue
-                if text and not any(
-                    text in s.casefold() for s in (node.name, node.value, node.description)
-                ):
-                    continue
-                total += 1
-                if len(found) < limit:
-                    found.append(tree.chunks[node.id])
-        return found, total
-
-    def _trees_for(self, q: wire.Query) -> Iterable[Tree]:
-        for tree in self.trees.values():
-            if q.tree_id and tree.tree_id != q.tree_id:
-                continue
-            if q.app_id and tree.app.app_id != q.app_id:
-                continue
-            yield tree
+        trees = (t for t in self.trees.values() if visible is None or visible(t.app))
+        found, total = search(trees, q)
+        return [tree.chunks[node.id] for tree, node in found], total
 
     def __iter__(self) -> Iterator[Tree]:
         return iter(self.trees.values())

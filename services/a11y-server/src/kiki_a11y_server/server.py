@@ -74,9 +74,9 @@ class A11yConfig(ServiceConfig):
     write_buffer: int = pydantic.Field(default=1 << 20, ge=4096)
     action_timeout: float = pydantic.Field(default=5.0, gt=0)
     max_actions_in_flight: int = pydantic.Field(default=16, ge=1)
-    # Offer dev.kiki.a11y.* tools on the broker's tools.sock when it is there.
+    # Offer dev.kiki.a11y.* tools on the broker's tools.sock, registering again whenever the
+    # broker comes back (libkiki's ToolProvider.keep_registered); false: no broker tools.
     broker_tools: bool = True
-    broker_retry: float = pydantic.Field(default=2.0, gt=0)
     # Who may read, subscribe to and act on which tree; default <config dir>/a11y-policy.toml.
     policy_file: str = ""
 
@@ -493,9 +493,9 @@ async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
         status = tg.create_task(server.keep_status())
         tools = None
         if config.broker_tools:
-            from kiki_a11y_server.tools import provide_tools
+            from kiki_a11y_server.tools import make_provider
 
-            tools = tg.create_task(provide_tools(server, config.broker_retry))
+            tools = tg.create_task(make_provider(server).keep_registered())
         try:
             yield
         finally:

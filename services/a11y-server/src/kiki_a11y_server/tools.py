@@ -5,21 +5,20 @@ answers from its own in-memory desktop: no extra hop through ``a11y.sock``. Each
 by the a11y policy for the caller the broker names (``call.peer``), as a request on ``a11y.sock``
 would be: the broker's own policy says who may call a tool, the a11y policy which apps' trees
 the caller may read or act on. The broker may start
-after us or restart: the connection is retried every ``retry`` seconds, and its absence is never
-fatal.
+after us or restart: :meth:`ToolProvider.keep_registered` registers again, and its absence is
+never fatal.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-from kiki_a11y_server.desktop import MAX_QUERY_LIMIT
 from libkiki import a11y_wire as wire
 from libkiki.a11y.client import action_value, parse_ref, role_value
 from libkiki.a11y.render import node_json, render_text
-from libkiki.errors import InvalidParams, KikiError, PermissionDenied, error_for_code
+from libkiki.a11y.search import search
+from libkiki.errors import InvalidParams, PermissionDenied, error_for_code
 from libkiki.paths import TOOLS_SOCKET, socket_path
 from libkiki.peer import PeerCred
 from libkiki.tools import ToolCall, ToolProvider
@@ -82,18 +81,10 @@ def make_provider(server: A11yServer) -> ToolProvider:
             args.get("name", ""),
             args.get("text", ""),
             states,
-            min(args.get("limit", 50), MAX_QUERY_LIMIT),
+            args.get("limit", 0),  # 0: libkiki.a11y.search's default, as on a11y.sock
         )
-        limit = query.limit
-        found: list[dict[str, Any]] = []
-        total = 0
-        for tree in readable(call, query.app_id):
-            for node in tree.nodes.values():
-                if _matches(query, node):
-                    total += 1
-                    if len(found) < limit:
-                        found.append(node_json(node))
-        return {"nodes": found, "total": total}
+        found, total = search(readable(call, query.app_id), query)
+        return {"nodes": [node_json(node) for _, node in found], "total": total}
 
     @provider.tool("dev.kiki.a11y.act")
     async def act(args: dict[str, Any], call: ToolCall) -> dict[str, Any]:
@@ -115,27 +106,3 @@ def _caller(call: ToolCall) -> PeerCred:
     if cred is None:  # a broker that names no caller: nobody's trees are anybody's
         raise PermissionDenied("the broker did not say who is calling")
     return cred
-
-
-def _matches(q: wire.Query, node: wire.Node) -> bool:
-    if q.role and node.role != q.role:
-        return False
-    if q.states and node.states & q.states != q.states:
-        return False
-    if q.name and q.name.casefold() not in node.name.casefold():
-        return False
-    text = q.text.casefold()
-    return not text or any(text in s.casefold() for s in (node.name, node.value, node.description))
-
-
-async def provide_tools(server: A11yServer, retry: float) -> None:
-    provider = make_provider(server)
-    while True:
-        try:
-            async with provider.connect():
-                log.info("a11y tools registered on the broker: %s", ", ".join(provider.nsids))
-                await provider.serve_forever()
-            log.info("the broker closed the tools connection; reconnecting")
-        except (KikiError, OSError) as exc:
-            log.debug("broker not reachable (%s); retrying in %.0fs", exc, retry)
-        await asyncio.sleep(retry)  # the broker may start later, or restart

@@ -49,8 +49,11 @@ class SensorConfig(ServiceConfig):
     max_subscriptions_per_uid: int = pydantic.Field(default=128, ge=0)
     # A batched subscriber asks for at most this many wake-ups per second.
     max_wakeups_hz: float = pydantic.Field(default=10_000.0, gt=0)
-    # The tool broker's socket (tools.sock in the runtime directory when unset); "" disables.
-    broker_socket: str | None = None
+    # Offer dev.kiki.sensor.* tools on the tool broker, registering again whenever it comes
+    # back (libkiki's ToolProvider.keep_registered); false: no broker tools.
+    broker_tools: bool = True
+    # The broker's socket; empty: tools.sock in the runtime directory.
+    broker_socket: str = ""
 
     def ring_prefix(self) -> str:
         if self.shm_prefix:

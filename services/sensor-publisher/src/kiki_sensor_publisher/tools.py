@@ -1,18 +1,16 @@
 """The publisher's tools on the broker: ``dev.kiki.sensor.list`` and ``dev.kiki.sensor.read``.
 
-Registered whenever the broker's socket is there; the broker being absent or restarting is
-normal (the publisher may start first), so the loop retries with a capped backoff and never
-stops the service.
+Registered whenever the broker is there; the broker being absent or restarting is normal (the
+publisher may start first): :meth:`ToolProvider.keep_registered` registers again with libkiki's
+back-off, and never stops the service.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from libkiki.errors import KikiError
 from libkiki.paths import TOOLS_SOCKET, socket_path
 from libkiki.peer import PeerCred
 from libkiki.tools import ToolCall, ToolProvider
@@ -24,8 +22,6 @@ log = logging.getLogger(__name__)
 
 LIST = "dev.kiki.sensor.list"
 READ = "dev.kiki.sensor.read"
-_BACKOFF_START = 0.5
-_BACKOFF_MAX = 30.0
 
 
 def _caller(call: ToolCall) -> PeerCred:
@@ -64,23 +60,8 @@ def provider(pub: Publisher, path: Path) -> ToolProvider:
 
 
 async def broker_loop(pub: Publisher) -> None:
-    setting = pub.config.broker_socket
-    if setting == "":
+    """Keep the tools registered (libkiki's one loop) unless ``broker_tools`` is false."""
+    if not pub.config.broker_tools:
         return
-    path = Path(setting) if setting else socket_path(TOOLS_SOCKET)
-    delay = _BACKOFF_START
-    while True:
-        if path.exists():
-            tools = provider(pub, path)
-            try:
-                async with tools.connect():
-                    log.info("sensor tools registered on %s", path)
-                    delay = _BACKOFF_START
-                    await tools.serve_forever()
-                log.info("the broker went away; registering again when it is back")
-            except KikiError as exc:
-                log.debug("broker not reachable (%s); retrying in %.1fs", exc, delay)
-            except OSError as exc:
-                log.debug("broker connection failed (%s); retrying in %.1fs", exc, delay)
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, _BACKOFF_MAX)
+    setting = pub.config.broker_socket
+    await provider(pub, Path(setting) if setting else socket_path(TOOLS_SOCKET)).keep_registered()
