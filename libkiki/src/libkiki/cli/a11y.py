@@ -14,6 +14,7 @@ import orjson
 from libkiki import a11y_wire as wire
 from libkiki.a11y.client import A11yClient, role_value
 from libkiki.a11y.render import node_json, node_line, render_text, tree_json
+from libkiki.a11y.search import DEFAULT_LIMIT
 from libkiki.cli.common import fail, seconds, service_group
 from libkiki.errors import InvalidParams, KikiError, Timeout, Unavailable
 
@@ -46,7 +47,12 @@ def register(sub: Any) -> None:
     )
     find.add_argument("criteria", nargs="+", metavar="KEY=VALUE")
     find.add_argument("--app", default="", help="only this app id")
-    find.add_argument("--limit", type=_limit, default=100, help="nodes at most (default 100)")
+    find.add_argument(
+        "--limit",
+        type=_limit,
+        default=DEFAULT_LIMIT,
+        help=f"nodes at most (default {DEFAULT_LIMIT})",
+    )
     find.add_argument("--json", action="store_true")
     find.set_defaults(func=run_find)
 
