@@ -5,13 +5,47 @@
 * :mod:`libkiki.rpc.methods` -- method tables, the request context, the exception boundary.
 * :mod:`libkiki.rpc.connection` -- :class:`Connection`, the asyncio layer.
 * :mod:`libkiki.rpc.server` -- :func:`serve_unix` and :func:`connect_unix`.
+
+The names below are imported from their modules on first use, so that a program needing one
+module (``kiki mcp`` reads only the wire helpers of :mod:`~libkiki.rpc.messages`) does not start
+the asyncio layer's imports with it.
 """
 
-from libkiki.rpc.connection import Connection, ProgressCallback
-from libkiki.rpc.messages import Call, RequestId, error_line, validate_request
-from libkiki.rpc.methods import Handler, Methods, RequestContext
-from libkiki.rpc.protocol import RpcCore
-from libkiki.rpc.server import RpcServer, connect_unix, serve_unix
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from libkiki.rpc.connection import Connection as Connection
+    from libkiki.rpc.connection import ProgressCallback as ProgressCallback
+    from libkiki.rpc.messages import Call as Call
+    from libkiki.rpc.messages import RequestId as RequestId
+    from libkiki.rpc.messages import error_line as error_line
+    from libkiki.rpc.messages import validate_request as validate_request
+    from libkiki.rpc.methods import Handler as Handler
+    from libkiki.rpc.methods import Methods as Methods
+    from libkiki.rpc.methods import RequestContext as RequestContext
+    from libkiki.rpc.protocol import RpcCore as RpcCore
+    from libkiki.rpc.server import RpcServer as RpcServer
+    from libkiki.rpc.server import connect_unix as connect_unix
+    from libkiki.rpc.server import serve_unix as serve_unix
+
+_HOMES = {
+    "Call": "messages",
+    "Connection": "connection",
+    "Handler": "methods",
+    "Methods": "methods",
+    "ProgressCallback": "connection",
+    "RequestContext": "methods",
+    "RequestId": "messages",
+    "RpcCore": "protocol",
+    "RpcServer": "server",
+    "connect_unix": "server",
+    "error_line": "messages",
+    "serve_unix": "server",
+    "validate_request": "messages",
+}
 
 __all__ = [
     "Call",
@@ -28,3 +62,12 @@ __all__ = [
     "serve_unix",
     "validate_request",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'libkiki.rpc' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"libkiki.rpc.{home}"), name)
+    globals()[name] = value
+    return value
