@@ -108,7 +108,8 @@ def test_the_static_table_says_what_every_group_registers() -> None:
         (("--help",), None),
         (("-vv", "status", "--json"), "status"),
         (("--verbose", "tools", "call", "x"), "tools"),
-        (("--", "status"), None),
+        (("-v", "--", "status"), "status"),
+        (("--",), None),
         (("bogus",), "bogus"),
     ],
 )

@@ -55,10 +55,10 @@ class _Version(argparse.Action):
 
 def command_of(argv: Sequence[str]) -> str | None:
     """The command group ``argv`` names: its first word that is not an option (the top-level
-    options take no value), or None."""
-    for word in argv:
+    options take no value) or the word after ``--``; None without one."""
+    for i, word in enumerate(argv):
         if word == "--":
-            return None
+            return argv[i + 1] if i + 1 < len(argv) else None
         if not word.startswith("-"):
             return word
     return None
