@@ -11,6 +11,7 @@ import argparse
 import subprocess
 import sys
 from importlib.metadata import version
+from pathlib import Path
 
 import pytest
 
@@ -131,3 +132,11 @@ def test_a_service_starts_without_jsonrpcservers_dispatch(package: str) -> None:
     modules = set(run.stdout.split())
     assert f"{package}.server" in modules
     assert modules & {"jsonrpcserver", "jsonschema", "oslash"} == set()
+
+
+def test_status_of_one_service_imports_only_its_channel(tmp_path: Path) -> None:
+    # The broker is not running there: the probe fails (exit 1) after the imports it needed.
+    modules, out = imported("status", "--json", "--runtime-dir", str(tmp_path), "tool-broker")
+    assert '"ok": false' in out
+    assert "libkiki.rpc.connection" in modules
+    assert modules & {"libkiki.a11y_wire", "flatbuffers", "numpy", "jsonrpcserver"} == set()
