@@ -4,9 +4,9 @@ Run: ``.venv/bin/python tests/bench/bench_startup.py [--runs N] [--quick] [--ven
 case is a fresh interpreter, measured in the same run as ``python -c pass`` (the venv's
 interpreter: the floor every start pays), first pinned to one core (``taskset -c 0``, children
 inherit it), then unpinned. Per case, after one uncounted run (which writes the bytecode
-cache): the median wall time over N runs, what it costs over the
-floor's median, and the median CPU time (user + system) of the process, which the load of a
-busy machine disturbs less than the wall clock.
+cache): the median wall time over N runs, what it costs over the floor's median, and the
+median CPU time (user + system) of the process, which the load of a busy machine disturbs less
+than the wall clock.
 
 * ``kiki --help``;
 * ``kiki status`` against the six services of ``kiki up --no-demo`` (started once per mode in
