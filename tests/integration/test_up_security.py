@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from kikitest import VENV_BIN
+from kikitest import VENV_BIN, kiki
 from libkiki.errors import PermissionDenied
 from libkiki.private_dir import ensure_private_dir
 
@@ -224,6 +224,13 @@ def test_group_members_may_connect_when_kiki_up_shares_with_a_group(
         assert connect_as(attacker, [tools]) == {str(tools): errno.EACCES}
     finally:
         stop_up(proc)
+
+
+def test_a_group_that_does_not_exist_is_a_usage_error(sockdir: Path) -> None:
+    result = kiki("up", "--runtime-dir", str(sockdir / "run"), "--group", "no-such-group-here")
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert "no group named no-such-group-here" in result.stderr
 
 
 def test_kiki_up_refuses_a_planted_symlink_for_its_directory(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import grp
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             gid = grp.getgrnam(args.group).gr_gid
         except KeyError:
-            print(f"kiki up: no group named {args.group}")
+            print(f"kiki up: no group named {args.group}", file=sys.stderr)
             return 2
     config = UpConfig(
         # Resolved here, not when the parser is built: every `kiki` command builds it, and a
