@@ -196,6 +196,10 @@ class A11yServer:
                 elif isinstance(event, Request):
                     counters["requests"] += 1
                     self._dispatch(peer, event.message, tg)
+                    # One read holds hundreds of requests, each answer up to a thousand nodes:
+                    # a peer that asks and does not read waits here, not in our memory.
+                    if writer.transport.get_write_buffer_size() > self.config.write_buffer:
+                        await writer.drain()
                 elif isinstance(event, Answer):
                     fut = peer.awaiting.pop(event.message.request_id, None)
                     if fut is not None and not fut.done():
