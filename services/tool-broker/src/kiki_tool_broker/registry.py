@@ -14,8 +14,9 @@ disconnect removes all its tools at once.
 from __future__ import annotations
 
 import itertools
+import logging
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -23,6 +24,8 @@ from typing import Any, Literal
 from libkiki.errors import Conflict, NotFound, PermissionDenied
 from libkiki.peer import PeerCred
 from libkiki.principals import identity_of
+
+log = logging.getLogger(__name__)
 
 Kind = Literal["query", "procedure"]
 PROVIDER_META = "dev.kiki/provider"  # who answers a tool, in its tools/list entry
@@ -75,23 +78,39 @@ class Tool:
         return entry
 
 
+# Reservations outlive their providers, so they are bounded apart from them: past this many,
+# a newly provided NSID is not reserved (it is still provided), and the broker says so.
+MAX_RESERVED = 4096
+
+
 class ToolRegistry:
-    def __init__(self) -> None:
+    def __init__(self, max_reserved: int = MAX_RESERVED) -> None:
         self._tools: dict[str, Tool] = {}
         self._providers: dict[int, Provider] = {}
         # NSID -> the identity it stays reserved for, past its provider's disconnect.
         self.reserved: dict[str, str] = {}
+        self.max_reserved = max_reserved
         self.generation = 0  # bumped on every change; list_changed goes out when it moves
 
     def register(
-        self, provider: Provider, tools: Iterable[Tool], *, reserve: bool = False
+        self,
+        provider: Provider,
+        tools: Iterable[Tool],
+        *,
+        reserve: Collection[str] = (),
+        kiki_service: bool = False,
     ) -> list[str]:
+        """Register ``tools`` for ``provider``, all or none; those named in ``reserve`` stay
+        reserved for its identity. A reservation holds against everyone but Kiki's own
+        services (``kiki_service``: root, say, running a service's tools by hand)."""
         new = list(tools)
         names = [t.nsid for t in new]
         foreign = {
             n: who
             for n in names
-            if (who := self.reserved.get(n)) is not None and who != provider.identity
+            if (who := self.reserved.get(n)) is not None
+            and who != provider.identity
+            and not kiki_service
         }
         if foreign:
             whose = ", ".join(f"{n} (reserved for {who})" for n, who in sorted(foreign.items()))
@@ -108,8 +127,16 @@ class ToolRegistry:
         for tool in new:
             self._tools[tool.nsid] = tool
             provider.tools.add(tool.nsid)
-            if reserve:
-                self.reserved.setdefault(tool.nsid, provider.identity)
+            if tool.nsid in reserve and tool.nsid not in self.reserved:
+                if len(self.reserved) < self.max_reserved:
+                    self.reserved[tool.nsid] = provider.identity
+                else:
+                    log.warning(
+                        "%s is not reserved for %s: %d NSIDs are reserved already",
+                        tool.nsid,
+                        provider.identity,
+                        self.max_reserved,
+                    )
         self._providers[provider.id] = provider
         if new:
             self.generation += 1

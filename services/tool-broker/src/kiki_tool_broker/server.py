@@ -48,6 +48,7 @@ from libkiki.errors import (
 )
 from libkiki.paths import TOOLS_SOCKET, config_dir, socket_path, state_dir
 from libkiki.peer import PeerCred
+from libkiki.principals import is_kiki_service
 from libkiki.rpc import Connection, Methods, RequestContext
 from libkiki.rpc.messages import RequestId
 from libkiki.rpc_service import serve_configured
@@ -236,7 +237,12 @@ class Broker:
             staged = self.catalog.stage(lexicons, owner=provider.id)
             entries = [self._tool_entry(staged.tool(nsid), provider) for nsid in wanted]
             before = self.registry.generation
-            registered = self.registry.register(provider, entries, reserve=reserve)
+            registered = self.registry.register(
+                provider,
+                entries,
+                reserve=reserve,
+                kiki_service=is_kiki_service(provider.cred, self.own_uid),
+            )
         except KikiError as exc:
             # The operator's record of a refused registration: who, what, why.
             log.warning(
@@ -270,18 +276,20 @@ class Broker:
             self.changed.set()
         return {"unregistered": removed}
 
-    def _may_provide(self, provider: Provider, wanted: list[str]) -> bool:
+    def _may_provide(self, provider: Provider, wanted: list[str]) -> set[str]:
         """Whether the provider may provide every NSID of ``wanted`` (else PermissionDenied
-        naming each refused one and why), and whether they stay reserved for it."""
+        naming each refused one and why); those that stay reserved for it (each by its own
+        verdict: one granted by a ``[[provide]]`` rule alone is not)."""
         cred = provider.cred
         authority = installed_authority(self.apps_dir, cred.app_id)
         refused: dict[str, str] = {}
-        reserve = False
+        reserve: set[str] = set()
         for nsid in wanted:
             verdict = self.policy.may_provide(cred, nsid, own_uid=self.own_uid, authority=authority)
             if not verdict.allowed:
                 refused[nsid] = verdict.reason
-            reserve = reserve or verdict.reserve
+            elif verdict.reserve:
+                reserve.add(nsid)
         if refused:
             why = "; ".join(f"{n}: {r}" for n, r in refused.items())
             raise PermissionDenied(
