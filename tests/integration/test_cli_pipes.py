@@ -258,3 +258,19 @@ def test_mcp_whose_host_closed_stdout_exits_0(broker: tuple[Path, Any]) -> None:
         os.close(write)
     assert result.stderr == b""
     assert result.returncode == 0
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--help"], ["--version"], ["schema", "lint", str(REPO / "schemas" / "lexicons")]],
+    ids=["help", "version", "schema-lint"],
+)
+def test_output_that_cannot_be_written_is_one_line_and_status_1(args: list[str]) -> None:
+    # A full disk is not a reader gone away: it is said, once, and the command fails (it was
+    # two chained tracebacks and status 120).
+    with open("/dev/full", "wb") as full:
+        result = subprocess.run(
+            [str(VENV_BIN / "kiki"), *args], stdout=full, stderr=subprocess.PIPE, timeout=60
+        )
+    assert result.returncode == 1
+    assert result.stderr.decode() == "kiki: cannot write the output: No space left on device\n"

@@ -61,7 +61,11 @@ class _PipeEnd(io.FileIO):
     command, argparse's help, the flush at exit), before any ``except OSError`` can take it
     for an error worth a message."""
 
+    discard = False  # set once a write failed for good: what is left goes nowhere
+
     def write(self, data: ReadableBuffer, /) -> int:
+        if self.discard:
+            return memoryview(data).nbytes
         try:
             return super().write(data)
         except BrokenPipeError:
@@ -114,8 +118,26 @@ def quiet_pipes() -> Iterator[None]:
     try:
         yield
     finally:
-        for stream in (sys.stdout, sys.stderr):
-            if stream is not None:
-                with contextlib.suppress(ValueError):  # closed by the command
-                    stream.flush()
-        sys.stdout, sys.stderr = saved
+        try:
+            failed = [_flush(stream) for stream in (sys.stdout, sys.stderr) if stream is not None]
+        finally:
+            sys.stdout, sys.stderr = saved
+        if any(failed):
+            raise SystemExit(1)
+
+
+def _flush(stream: TextIO) -> bool:
+    """Flush ``stream`` at the end of a command; whether its output could not be written (a full
+    disk, an I/O error: said in one line on fd 2, and the rest of it dropped)."""
+    try:
+        stream.flush()
+    except ValueError:  # closed by the command
+        return False
+    except OSError as exc:
+        raw = getattr(getattr(stream, "buffer", None), "raw", None)
+        if isinstance(raw, _PipeEnd):
+            raw.discard = True  # else the interpreter's own flush at exit fails once more
+        with contextlib.suppress(OSError):
+            os.write(2, f"kiki: cannot write the output: {exc.strerror or exc}\n".encode())
+        return True
+    return False
