@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from kikitest import until
 from libkiki import signals
 from libkiki.errors import KikiError
 from libkiki.service import ServiceContext, serve_until_stopped
@@ -296,3 +297,36 @@ async def test_asyncio_runs_a_signal_callback_queued_before_the_removal() -> Non
     for _ in range(3):
         await asyncio.sleep(0)
     assert calls == []
+
+
+async def test_a_signal_does_not_fail_a_system_call_blocked_in_another_thread() -> None:
+    # The kernel may deliver a process's signal to any thread; without SA_RESTART (which
+    # asyncio's handlers set and ours first did not), a thread blocked in read(2) in C code got
+    # EINTR instead of its data.
+    import ctypes
+    import threading
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    loop = asyncio.get_running_loop()
+    seen: list[tuple[int, int]] = []
+    r, w = os.pipe()
+
+    def blocked_read() -> None:
+        buf = ctypes.create_string_buffer(1)
+        seen.append((libc.read(r, buf, 1), ctypes.get_errno()))
+
+    signals.add_signal_handler(loop, signal.SIGHUP, lambda: None)
+    thread = threading.Thread(target=blocked_read)
+    try:
+        thread.start()
+        assert thread.native_id is not None
+        syscall = Path(f"/proc/self/task/{thread.native_id}/syscall")
+        await until(lambda: syscall.read_text().split()[0] == "0", "the thread inside read(2)")
+        signal.pthread_kill(thread.ident or 0, signal.SIGHUP)
+        os.write(w, b"x")
+        await asyncio.to_thread(thread.join, 20)
+    finally:
+        signals.remove_signal_handler(loop, signal.SIGHUP)
+        os.close(r)
+        os.close(w)
+    assert seen == [(1, 0)]

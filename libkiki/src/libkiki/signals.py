@@ -62,6 +62,9 @@ class _LoopSignals:
     def add(self, sig: int, callback: Callable[[], object]) -> None:
         if sig not in self._previous:
             self._previous[sig] = signal.signal(sig, self._handler)
+            # SA_RESTART, as asyncio's handlers have it: a signal that lands in a thread blocked
+            # in a system call (C code, an executor's read) does not fail that call with EINTR.
+            signal.siginterrupt(sig, False)
         self._callbacks[sig] = callback
 
     def remove(self, sig: int) -> bool:
