@@ -29,6 +29,8 @@ from libkiki.a11y.publisher import A11yPublisher
         (["a11y", "find", "--limit", "99999999999", "role=button"], "--limit: must be a whole"),
         (["tools", "call", "x.y.z", "--timeout", "0"], "--timeout: must be seconds"),
         (["status", "--timeout", "-1"], "--timeout: must be seconds"),
+        (["a11y", "watch", "--reconnect", "nan"], "--reconnect: must be seconds"),
+        (["a11y", "watch", "--reconnect", "-1"], "--reconnect: must be seconds"),
     ],
     ids=lambda v: " ".join(v) if isinstance(v, list) else "",
 )
@@ -103,3 +105,17 @@ def test_tools_log_refuses_a_file_that_is_not_a_regular_file(
     )
     assert result.returncode == 1
     assert result.stderr == f"kiki tools: {fifo}: is not a regular file\n"
+
+
+def test_validate_from_a_closed_stdin_says_so() -> None:
+    result = subprocess.run(
+        [str(VENV_BIN / "kiki"), "schema", "validate", "dev.kiki.demo.echo#main", "-"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=lambda: os.close(0),
+    )
+    assert result.returncode == 2  # kiki schema's status for input it cannot use
+    assert "stdin: is closed" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -15,7 +15,7 @@ from libkiki import a11y_wire as wire
 from libkiki.a11y.client import A11yClient, role_value
 from libkiki.a11y.render import node_json, node_line, render_text, tree_json
 from libkiki.a11y.search import DEFAULT_LIMIT
-from libkiki.cli.common import fail, seconds, service_group
+from libkiki.cli.common import fail, seconds, seconds_or_none, service_group
 from libkiki.errors import InvalidParams, KikiError, Timeout, Unavailable
 
 
@@ -75,7 +75,7 @@ def register(sub: Any) -> None:
     watch.add_argument("--json", action="store_true", help="one JSON object per update")
     watch.add_argument(
         "--reconnect",
-        type=float,
+        type=seconds_or_none,
         default=60.0,
         metavar="SECONDS",
         help="how long to wait for a server that went away (default 60; 0: exit at once)",

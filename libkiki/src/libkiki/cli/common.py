@@ -49,6 +49,18 @@ def seconds(text: str) -> float:
 MAX_SECONDS = 1e6
 
 
+def seconds_or_none(text: str) -> float:
+    """An argparse type: seconds a wait may take, where 0 is no wait (nan, inf and less than 0
+    are refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"must be seconds, 0 or more, at most 1e6: {text!r}")
+    return value
+
+
 def fail(group: str, exc: KikiError) -> int:
     """Report ``exc`` the one way every command does; the exit status for it."""
     print(f"kiki {group}: {exc}", file=sys.stderr)

@@ -157,6 +157,8 @@ def run_validate(args: argparse.Namespace) -> int:
     registry, _ = published(args)
     try:
         if args.file == "-":
+            if sys.stdin is None:  # started with fd 0 closed
+                raise LexiconError("stdin", "", "is closed: nothing to validate")
             text = sys.stdin.buffer.read(MAX_FILE + 1)
             if len(text) > MAX_FILE:
                 raise LexiconError("stdin", "", f"is larger than {MAX_FILE >> 20} MiB")
