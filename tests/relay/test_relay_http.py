@@ -158,3 +158,12 @@ def test_other_plain_requests_are_404_and_websockets_still_open(relay: Any) -> N
     counters = _health(port)["counters"]
     assert counters.get("refused_requests", 0) == 0
     assert counters["websocket_connections"] == 1
+
+
+def test_a_flood_of_bad_requests_is_logged_in_a_bounded_number_of_lines(relay: Any) -> None:
+    port, proc = relay
+    for _ in range(60):
+        _exchange(port, b"\x00\x01garbage\r\n\r\n")
+    assert _health(port)["counters"]["refused_requests"] == 60
+    lines = [line for line in proc.stderr.read().decode().splitlines() if "refused" in line]
+    assert 0 < len(lines) <= 11, lines

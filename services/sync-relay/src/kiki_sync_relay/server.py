@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import http
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -23,6 +24,7 @@ from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 
 from kiki_sync_relay.handshake import Refusal, parse_opening
+from libkiki.admission import LogBudget
 from libkiki.config import ServiceConfig
 from libkiki.constellation import DEFAULT_RELAY_HOST, DEFAULT_RELAY_PORT
 from libkiki.service import ServiceContext
@@ -59,10 +61,17 @@ async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
             return _json(http.HTTPStatus.NOT_FOUND, {"error": f"no resource at {request.path}"})
         return None
 
+    # Refusals are logged as admission's are: a flood of bad requests costs a bounded number
+    # of lines, and the next line that is logged says how many were not.
+    log_budget = LogBudget()
+
     def refused(refusal: Refusal) -> None:
         ctx.counters["http_requests"] += 1
         ctx.counters["refused_requests"] += 1
-        log.info("refused a request: %s %s", refusal.status.value, refusal.reason)
+        if log_budget.allow(time.monotonic()):
+            more = log_budget.take_suppressed()
+            also = f" ({more} more refused since, not logged)" if more else ""
+            log.info("refused a request: %s %s%s", refusal.status.value, refusal.reason, also)
 
     class Connection(ServerConnection):
         def __init__(self, protocol: ServerProtocol, *args: Any, **kwargs: Any) -> None:
@@ -90,3 +99,5 @@ async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
         ctx.status = f"serving ws://{host}:{port} ({how})"
         yield
         server.close(close_connections=True)
+        if more := log_budget.take_suppressed():
+            log.info("%d more requests refused, not logged", more)
