@@ -52,8 +52,8 @@ class SensorConfig(ServiceConfig):
     # Offer dev.kiki.sensor.* tools on the tool broker, registering again whenever it comes
     # back (libkiki's ToolProvider.keep_registered); false: no broker tools.
     broker_tools: bool = True
-    # The broker's socket; empty: tools.sock in the runtime directory.
-    broker_socket: str = ""
+    # The broker's socket; unset: tools.sock in the runtime directory.
+    broker_socket: str | None = None
 
     def ring_prefix(self) -> str:
         if self.shm_prefix:
@@ -62,6 +62,17 @@ class SensorConfig(ServiceConfig):
         if where == "/run/kiki":
             return "kiki-sensors"
         return "kiki-sensors-" + hashlib.sha256(where.encode()).hexdigest()[:10]
+
+    @pydantic.field_validator("broker_socket")
+    @classmethod
+    def _a_path(cls, value: str | None) -> str | None:
+        # An empty value once switched the broker tools off; now that is broker_tools = false,
+        # and taking "" for the default socket would switch them on without a word.
+        if value == "":
+            raise ValueError(
+                "empty: leave it unset for tools.sock; broker_tools = false switches the tools off"
+            )
+        return value
 
     @pydantic.field_validator("capacity")
     @classmethod
