@@ -244,12 +244,14 @@ async def test_a_slow_subscriber_is_told_to_resync(a11y_server: Start) -> None:
     path, _ = a11y_server(write_buffer=4096, max_pending_bytes=16384)
     slow = Raw(path, rcvbuf=4096)
     slow.send(frame(wire.Subscribe(1)))
+    slow.until(wire.Snapshot, 1)  # subscribed before anything is published
     async with A11yPublisher(path) as pub, A11yClient(path) as fast:
         await pub.publish(big_tree(100), root_id=1)
         await fast.subscribe()
-        # The slow one reads nothing while 400 updates of distinct nodes go by.
+        # The slow one reads nothing while 400 updates of distinct nodes go by: ~800 KB, more
+        # than the kernel's socket buffer (208 KiB) holds however the server batches its writes.
         for k in range(400):
-            node = big_tree(100)[k % 99 + 1]._replace(name=f"{k} " + "x" * 200)
+            node = big_tree(100)[k % 99 + 1]._replace(name=f"{k} " + "x" * 2000)
             await pub.publish([node], wait=k % 50 == 0)
         await pub.publish([N(1, R["window"], "last", children=big_tree(100)[0].children)])
         await fast.wait_for(lambda m: m.find(name="last"))
