@@ -101,7 +101,9 @@ class Peer:
 
     def write(self, payload: bytes) -> None:
         if not self.writer.transport.is_closing():
-            self.writer.writelines([_LEN.pack(len(payload)), payload])
+            # One write(), not writelines(): CPython 3.13's writelines() never pauses the
+            # protocol, so drain() would not wait for a peer that does not read.
+            self.writer.write(_LEN.pack(len(payload)) + payload)
 
     def send(self, message: wire.Message) -> None:
         self.write(wire.encode(message))
