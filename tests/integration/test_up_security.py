@@ -94,7 +94,14 @@ def connect_as(
 
 
 def sockets_in(rundir: Path) -> list[Path]:
-    return sorted(p for p in rundir.rglob("*") if stat.S_ISSOCK(p.lstat().st_mode))
+    return sorted(p for p in rundir.rglob("*") if _is_socket(p))
+
+
+def _is_socket(path: Path) -> bool:
+    try:
+        return stat.S_ISSOCK(path.lstat().st_mode)
+    except FileNotFoundError:  # kiki up's up.tmp, renamed to up.json while we looked
+        return False
 
 
 def start_up(rundir: Path, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
