@@ -258,7 +258,7 @@ class A11yServer:
         transport = peer.writer.transport
         if transport.is_closing():
             return
-        transport.writelines(parts)
+        transport.write(b"".join(parts))  # not writelines(): see Peer.write
         if transport.get_write_buffer_size() > self.config.write_buffer:
             peer.blocked = True
             peer.wake.set()
