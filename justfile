@@ -49,7 +49,8 @@ test-coverage *ARGS: sync
     set -euo pipefail
     {{venv}}/bin/coverage erase
     status=0
-    {{venv}}/bin/coverage run -m pytest {{ARGS}} || status=$?
+    mapfile -t args < <(scripts/test-paths {{ARGS}})
+    {{venv}}/bin/coverage run -m pytest "${args[@]}" || status=$?
     {{venv}}/bin/coverage combine -q
     if [ "$status" -ne 0 ]; then exit "$status"; fi
     if [ -z "{{ARGS}}" ]; then
@@ -76,11 +77,23 @@ test-image-python *ARGS:
     fi
     echo "== fast tiers on $("$py" --version) ($py)"
     UV_PROJECT_ENVIRONMENT={{justfile_directory()}}/.venv-3.13 {{uv}} sync --frozen --all-packages --quiet -p "$py"
-    {{justfile_directory()}}/.venv-3.13/bin/pytest -m "not system and not interop" {{ARGS}}
+    mapfile -t args < <(scripts/test-paths {{ARGS}})
+    {{justfile_directory()}}/.venv-3.13/bin/pytest -m "not system and not interop" "${args[@]}"
 
-# Only the fast tiers (no booted systemd, no third-party peers)
+# Only the fast tiers, unit and integration (no booted systemd, no third-party peers); paths are
+# relative to tests/, e.g. `just test-fast services/tool-broker`
 test-fast *ARGS: sync
-    {{venv}}/bin/pytest -m "not system and not interop" {{ARGS}}
+    #!/usr/bin/env bash
+    set -euo pipefail
+    mapfile -t args < <(scripts/test-paths {{ARGS}})
+    {{venv}}/bin/pytest -m "unit or integration" "${args[@]}"
+
+# One tier (unit, integration, system or interop), e.g. `just test-tier unit libkiki/rpc`
+test-tier TIER *ARGS: sync
+    #!/usr/bin/env bash
+    set -euo pipefail
+    mapfile -t args < <(scripts/test-paths {{ARGS}})
+    {{venv}}/bin/pytest -m {{TIER}} "${args[@]}"
 
 # Benchmarks (never part of the default test run); each prints its same-run baseline and ratio
 bench *ARGS: sync

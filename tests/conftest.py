@@ -13,9 +13,29 @@ import pytest
 
 from kikitest import VENV_BIN
 
-# Fixtures that live beside the tests that use them, registered here so that no directory needs
-# a conftest.py of its own (mypy checks tests/ and would see several modules named conftest).
-pytest_plugins = ["broker_fixtures", "lexicon_fixtures", "a11y_fixtures", "sensor_fixtures"]
+TIERS = ("unit", "integration", "system", "interop")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test belongs to exactly one tier (its module's ``pytestmark``), so ``-m unit`` and
+    the others select each test once and a new module cannot be left out of every tier."""
+    for item in items:
+        tiers = {m.name for m in item.iter_markers() if m.name in TIERS}
+        if len(tiers) != 1:
+            raise pytest.UsageError(
+                f"{item.nodeid}: marked {sorted(tiers) or 'with no tier'}; "
+                f"mark its module with exactly one of {', '.join(TIERS)}"
+            )
+
+
+# The fixtures live in the kikitest package (tests/ is the only path pytest and mypy add), so
+# that no directory needs a conftest.py of its own.
+pytest_plugins = [
+    "kikitest.broker_fixtures",
+    "kikitest.lexicon_fixtures",
+    "kikitest.a11y_fixtures",
+    "kikitest.sensor_fixtures",
+]
 
 
 @pytest.fixture

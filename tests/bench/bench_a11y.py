@@ -2,7 +2,7 @@
 
     .venv/bin/python tests/bench/bench_a11y.py [--sizes 1000,10000] [--repeats R] [--updates U]
 
-For trees of each size (tests/a11y/a11y_fixtures.big_tree: names, values, bounds, actions), in one
+For trees of each size (kikitest.a11y_fixtures.big_tree: names, values, bounds, actions), in one
 run against a real kiki-a11y-server process:
 
   snapshot→wire    Subscribe sent until the whole snapshot frame is read off the socket
@@ -38,10 +38,9 @@ import orjson
 REPO = Path(__file__).resolve().parents[2]
 BIN = REPO / ".venv" / "bin"
 sys.path.insert(0, str(REPO / "tests"))
-sys.path.insert(0, str(REPO / "tests" / "a11y"))
 
-from a11y_fixtures import big_tree  # noqa: E402
-from libkiki import a11y_wire as wire  # noqa: E402
+from kikitest.a11y_fixtures import big_tree  # noqa: E402
+from libkiki.a11y import wire  # noqa: E402
 from libkiki.a11y.client import A11yClient  # noqa: E402
 from libkiki.a11y.publisher import A11yPublisher  # noqa: E402
 from libkiki.a11y.render import node_json  # noqa: E402

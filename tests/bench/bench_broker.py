@@ -148,7 +148,7 @@ if checked:
     from libkiki.peer import peer_cred
     from libkiki.rpc.messages import request_problem
     sys.path.insert(0, os.environ["KIKI_BENCH_LEXICONS"])
-    from broker_lexicons import LEXICONS
+    from kikitest.broker_lexicons import LEXICONS
     catalog, policy = Catalog.load(), Policy()
     catalog.add_documents(LEXICONS, owner=1)
 
@@ -269,7 +269,7 @@ asyncio.run(main())
 PROVIDER = """
 import asyncio, sys
 sys.path.insert(0, {tests!r})
-from broker_lexicons import ECHO, LEXICONS
+from kikitest.broker_lexicons import ECHO, LEXICONS
 from libkiki.tools import ToolProvider
 
 provider = ToolProvider({path!r}, lexicons=LEXICONS)
@@ -517,7 +517,7 @@ def measure(calls: int, repeats: int) -> tuple[Result, Cpu, Cpu, Spread]:
         procs.append(relay := start([sys.executable, "-c", RELAY_SERVER, *relay_args], env))
         procs.append(broker := start_broker(run, env))
         tools = run / "tools.sock"
-        provider_code = PROVIDER.format(tests=str(REPO / "tests" / "broker"), path=str(tools))
+        provider_code = PROVIDER.format(tests=str(REPO / "tests"), path=str(tools))
         procs.append(provider := start([sys.executable, "-c", provider_code], env))
         least = [sys.executable, "-c", LEAST_SERVER]
         least_env = {**env, "KIKI_BENCH_LEXICONS": str(REPO / "tests" / "broker")}

@@ -65,7 +65,7 @@ async def jsonrpc_info(path: Path) -> dict[str, Any]:
 async def a11y_info(path: Path) -> dict[str, Any]:
     # Here, not at the top: the wire module brings FlatBuffers (and numpy, where installed),
     # which ``kiki status`` of the other services does without.
-    from libkiki import a11y_wire
+    from libkiki.a11y import wire as a11y_wire
 
     reader, writer = await _unix(path)
     decoder = FrameDecoder()

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from libkiki import a11y_wire as wire
+from libkiki.a11y import wire
 from libkiki.a11y.flat import Limits
 from libkiki.a11y.search import DEFAULT_LIMIT, search
 from libkiki.errors import (

@@ -19,7 +19,7 @@ import logging
 import sys
 from pathlib import Path
 
-from libkiki import a11y_wire as wire
+from libkiki.a11y import wire
 from libkiki.a11y.publisher import A11yPublisher
 from libkiki.errors import InvalidParams, KikiError
 

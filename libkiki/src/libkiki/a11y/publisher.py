@@ -20,7 +20,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable, Iterable
 
-from libkiki import a11y_wire as wire
+from libkiki.a11y import wire
 from libkiki.a11y.client import _Connection
 from libkiki.errors import KikiError
 

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from libkiki import a11y_wire as wire
+from libkiki.a11y import wire
 
 
 class TreeLike(Protocol):

@@ -1,7 +1,7 @@
 """``schemas/a11y.fbs`` described for the verifier and writer in :mod:`libkiki.a11y.flat`.
 
 Enum values come from the flatc-generated module; the tables are listed here field by field in
-declaration order (= FlatBuffers field ids). ``tests/a11y/test_a11y_codec.py`` compares this
+declaration order (= FlatBuffers field ids). ``tests/libkiki/a11y/test_a11y_codec.py`` compares this
 description with ``flatc --jsonschema schemas/a11y.fbs`` so the two cannot drift apart.
 """
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol, TypeVar
 
-from libkiki import a11y_wire as wire
+from libkiki.a11y import wire
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000

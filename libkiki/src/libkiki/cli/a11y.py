@@ -11,7 +11,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from libkiki import a11y_wire as wire
+from libkiki.a11y import wire
 from libkiki.a11y.client import A11yClient, role_value
 from libkiki.a11y.render import node_json, node_line, render_text, tree_json
 from libkiki.a11y.search import DEFAULT_LIMIT

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from kiki_a11y_server.tree import Change, Tree, TreeLimits
-from libkiki import a11y_wire as wire
+from libkiki.a11y import wire
 from libkiki.a11y.flat import Chunk
 from libkiki.a11y.search import MAX_LIMIT, search
 from libkiki.errors import InvalidParams, NotFound

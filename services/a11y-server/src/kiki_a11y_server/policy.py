@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Literal
 
-from libkiki import a11y_wire as wire
+from libkiki.a11y import wire
 from libkiki.errors import ConfigError, PermissionDenied
 from libkiki.peer import PeerCred
 from libkiki.principals import Principals, globs, read_policy_file, rule_tables

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from libkiki import a11y_wire as wire
+from libkiki.a11y import wire
 from libkiki.a11y.flat import Limits
 from libkiki.errors import InvalidFrame, InvalidRequest, KikiError, MethodNotFound
 from libkiki.framing import DEFAULT_MAX_FRAME, BufferAccount, FrameDecoder, Oversized, encode_frame

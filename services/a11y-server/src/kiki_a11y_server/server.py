@@ -36,7 +36,7 @@ from kiki_a11y_server.protocol import (
     Violation,
 )
 from kiki_a11y_server.tree import Tree, TreeLimits
-from libkiki import a11y_wire as wire
+from libkiki.a11y import wire
 from libkiki.admission import AdmissionLimits
 from libkiki.config import ServiceConfig
 from libkiki.errors import (

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from libkiki import a11y_wire as wire
+from libkiki.a11y import wire
 from libkiki.a11y.client import action_value, parse_ref, role_value
 from libkiki.a11y.render import node_json, render_text
 from libkiki.a11y.search import search

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from libkiki import a11y_wire as wire
+from libkiki.a11y import wire
 from libkiki.a11y.flat import Chunk
 from libkiki.errors import InvalidParams
 
