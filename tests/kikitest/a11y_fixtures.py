@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 
 from kikitest import REPO, VENV_BIN
-from libkiki.a11y import flat, wire
+from libkiki.a11y import wire
 from libkiki.a11y.schema import SCHEMA as DESC
+from libkiki.flatbuf import schema
 
 FLATC = VENV_BIN / "flatc"
 SCHEMA = REPO / "schemas" / "a11y.fbs"
@@ -139,32 +140,34 @@ def as_flatc(obj: Any, table: str) -> Any:
     out: dict[str, Any] = {}
     it = iter(values)
     for f in desc.fields:
-        if f.kind == flat.UTYPE:
+        if f.kind == schema.UTYPE:
             continue
         v = next(it)
         match f.kind:
-            case flat.ENUM:
+            case schema.ENUM:
                 out[f.name] = {n: k for k, n in DESC.enums[f.ref].values.items()}[v]
-            case flat.FLAGS:
+            case schema.FLAGS:
                 names = [k for k, bit in DESC.enums[f.ref].values.items() if v & bit]
                 out[f.name] = " ".join(names) if names else 0
-            case flat.VEC_ENUM:
+            case schema.VEC_ENUM:
                 inv = {n: k for k, n in DESC.enums[f.ref].values.items()}
                 out[f.name] = [inv[x] for x in v]
-            case flat.STRUCT:
+            case schema.STRUCT:
                 if v is not None:
                     out[f.name] = dict(zip(DESC.structs[f.ref].fields, v, strict=True))
-            case flat.TABLE:
+            case schema.TABLE:
                 if v is not None:
                     out[f.name] = as_flatc(v, f.ref)
-            case flat.VEC_TABLE:
+            case schema.VEC_TABLE:
                 out[f.name] = [as_flatc(x, f.ref) for x in v]
-            case flat.UNION:
+            case schema.UNION:
                 if v is not None:
                     member = type(v).__name__
                     out[f.name + "_type"] = member
                     out[f.name] = as_flatc(v, member)
-            case flat.SCALAR | flat.BOOL | flat.STRING | flat.VEC_SCALAR | flat.VEC_STRING:
+            case (
+                schema.SCALAR | schema.BOOL | schema.STRING | schema.VEC_SCALAR | schema.VEC_STRING
+            ):
                 out[f.name] = list(v) if isinstance(v, tuple) else v
     return out
 

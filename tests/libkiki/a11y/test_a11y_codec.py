@@ -29,10 +29,11 @@ from kikitest.a11y_fixtures import (
     normalize,
 )
 from libkiki._generated import a11y_generated as fb
-from libkiki.a11y import flat, wire
-from libkiki.a11y.flat import Limits
+from libkiki.a11y import wire
 from libkiki.a11y.schema import SCHEMA as DESC
 from libkiki.errors import InvalidFrame
+from libkiki.flatbuf import Chunk, Limits, Writer, schema
+from libkiki.flatbuf.writer import string_chunk
 
 pytestmark = pytest.mark.integration
 
@@ -52,25 +53,25 @@ def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/definitions/kiki_a11y_{name}"}
 
 
-def _expected(f: flat.Field) -> dict[str, Any]:
+def _expected(f: schema.Field) -> dict[str, Any]:
     def integer(fmt: str) -> dict[str, Any]:
         lo, hi = _RANGES[fmt]
         return {"type": "integer", "minimum": lo, "maximum": hi}
 
     match f.kind:
-        case flat.SCALAR:
+        case schema.SCALAR:
             return integer(f.fmt)
-        case flat.BOOL:
+        case schema.BOOL:
             return {"type": "boolean"}
-        case flat.STRING:
+        case schema.STRING:
             return {"type": "string"}
-        case flat.ENUM | flat.FLAGS | flat.STRUCT | flat.TABLE | flat.UTYPE:
+        case schema.ENUM | schema.FLAGS | schema.STRUCT | schema.TABLE | schema.UTYPE:
             return _ref(f.ref)
-        case flat.UNION:
+        case schema.UNION:
             return {"anyOf": [_ref(m) for m in DESC.unions[f.ref].members]}
-        case flat.VEC_SCALAR:
+        case schema.VEC_SCALAR:
             return {"type": "array", "items": integer(f.fmt)}
-        case flat.VEC_STRING:
+        case schema.VEC_STRING:
             return {"type": "array", "items": {"type": "string"}}
     return {"type": "array", "items": _ref(f.ref)}
 
@@ -259,12 +260,12 @@ def test_node_count_and_nesting_limits() -> None:
 
 def test_shared_offsets_cannot_amplify_a_small_frame() -> None:
     # 20 000 vector entries all pointing at one 4 KiB string: valid FlatBuffers, 80 MB decoded.
-    big = flat.string_chunk("x" * 4096)
+    big = string_chunk("x" * 4096)
     count = 20_000
     head = 4 + 4 * count
     offsets = [head + (-head % 8) - (4 + 4 * k) for k in range(count)]
     vec = struct.pack(f"<I{count}I", count, *offsets) + b"\0" * (-head % 8) + big.data
-    sub = flat.Chunk(vec, 0)
+    sub = Chunk(vec, 0)
 
     class Apps:
         apps = sub
@@ -272,7 +273,7 @@ def test_shared_offsets_cannot_amplify_a_small_frame() -> None:
         roles = ()
 
     DESC.bind("Subscribe", Apps, encode_only=True)
-    frame = flat.Writer(DESC).finish(wire._Envelope(0, Apps()))
+    frame = Writer(DESC).finish(wire._Envelope(0, Apps()))
     with pytest.raises(InvalidFrame, match="far more memory"):
         wire.decode(frame)
 
@@ -299,31 +300,3 @@ def test_mutations_are_refused_or_decode_exactly_as_flatc_reads_them(
     doc = flatc_json(data)
     assert doc is not None, "we accepted a buffer flatc cannot read"
     assert normalize(doc) == normalize(message_as_flatc(decoded))
-
-
-def _outcome(frame: bytes, *, interpret: bool) -> object:
-    try:
-        return flat.Reader(DESC, frame, wire.DEFAULT_LIMITS).root(interpret=interpret)
-    except InvalidFrame as exc:
-        return ("refused", str(exc))
-
-
-@settings(max_examples=400, deadline=None)
-@given(
-    st.sampled_from(MESSAGES),
-    st.lists(st.tuples(st.integers(0, 1 << 16), st.integers(0, 255)), min_size=1, max_size=6),
-)
-def test_compiled_readers_behave_exactly_like_the_interpreter(
-    message: wire.Message, flips: list[tuple[int, int]]
-) -> None:
-    frame = bytearray(wire.encode(message))
-    for pos, value in flips:
-        frame[pos % len(frame)] = value
-    data = bytes(frame)
-    assert _outcome(data, interpret=False) == _outcome(data, interpret=True)
-
-
-def test_the_compiled_source_is_there_to_read() -> None:
-    source = flat.reader_source(DESC)
-    assert "def read_Node(r, pos, depth):" in source
-    assert 'raise InvalidFrame(f"Node.role: {x} is not a Role")' in source

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 from libkiki.a11y import wire
-from libkiki.a11y.flat import Limits
 from libkiki.a11y.search import DEFAULT_LIMIT, search
 from libkiki.errors import (
     InvalidFrame,
@@ -41,6 +40,7 @@ from libkiki.errors import (
     Unavailable,
     error_for_code,
 )
+from libkiki.flatbuf import Limits
 from libkiki.framing import FrameDecoder, Oversized, encode_frame
 from libkiki.paths import A11Y_SOCKET, socket_path
 

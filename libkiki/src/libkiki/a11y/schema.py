@@ -1,4 +1,4 @@
-"""``schemas/a11y.fbs`` described for the verifier and writer in :mod:`libkiki.a11y.flat`.
+"""``schemas/a11y.fbs`` described for the verifier and writer in :mod:`libkiki.flatbuf`.
 
 Enum values come from the flatc-generated module; the tables are listed here field by field in
 declaration order (= FlatBuffers field ids). ``tests/libkiki/a11y/test_a11y_codec.py`` compares this
@@ -8,7 +8,7 @@ description with ``flatc --jsonschema schemas/a11y.fbs`` so the two cannot drift
 from __future__ import annotations
 
 from libkiki._generated import a11y_generated as fb
-from libkiki.a11y.flat import (
+from libkiki.flatbuf.schema import (
     BOOL,
     ENUM,
     FLAGS,

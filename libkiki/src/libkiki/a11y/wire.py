@@ -2,7 +2,7 @@
 
 This module turns frames (the bytes after the size prefix, see :mod:`libkiki.framing`) into
 typed, immutable messages and back. Decoding runs the schema-driven verifier of
-:mod:`libkiki.a11y.flat`: every offset, vtable, vector and string is checked against the buffer,
+:mod:`libkiki.flatbuf`: every offset, vtable, vector and string is checked against the buffer,
 strings must be UTF-8, enums and union types must be declared, nesting and node counts are
 bounded; anything else is :class:`~libkiki.errors.InvalidFrame`. A corrupted frame never becomes
 a half-read message.
@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, NamedTuple
 
-from libkiki.a11y.flat import Chunk, Limits, Reader, Writer
 from libkiki.a11y.schema import ACTIONS, CAUSES, FILE_IDENTIFIER, ROLES, SCHEMA, STATES
 from libkiki.errors import InvalidFrame
+from libkiki.flatbuf import Chunk, Limits, Reader, Writer
 
 __all__ = [
     "ACTIONS",

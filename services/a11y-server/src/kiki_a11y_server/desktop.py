@@ -1,7 +1,7 @@
 """The desktop-wide view: every app's tree, the subscribers and their queues (sans-I/O).
 
 Snapshots are spliced from the encoded chunks each tree keeps per node (see
-:mod:`libkiki.a11y.flat`): an unfiltered snapshot is cached whole until some tree changes, and a
+:mod:`libkiki.flatbuf`): an unfiltered snapshot is cached whole until some tree changes, and a
 tree's part of it until that tree changes. A subscriber's pending updates are coalesced per tree
 (later node data wins, removals accumulate, the first ``base_seq`` and the last ``seq`` are
 kept), so a slow reader costs at most one pending entry per tree; when the pending bytes pass
@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 
 from kiki_a11y_server.tree import Change, Tree, TreeLimits
 from libkiki.a11y import wire
-from libkiki.a11y.flat import Chunk
 from libkiki.a11y.search import MAX_LIMIT, search
 from libkiki.errors import InvalidParams, NotFound
+from libkiki.flatbuf import Chunk
 
 # The most nodes one Query answers with (libkiki.a11y.search's rule, which the tool shares).
 MAX_QUERY_LIMIT = MAX_LIMIT

@@ -1,6 +1,6 @@
 """Sans-I/O core of one a11y.sock connection: bytes in, typed requests or violations out.
 
-Each frame is verified in full (see :mod:`libkiki.a11y.flat`) with the server's limits before
+Each frame is verified in full (see :mod:`libkiki.flatbuf`) with the server's limits before
 anything reads it. A bad frame inside an intact framing costs only that frame; an oversized
 frame ends the connection, because the stream cannot be resynchronised safely.
 
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import Final
 
 from libkiki.a11y import wire
-from libkiki.a11y.flat import Limits
 from libkiki.errors import InvalidFrame, InvalidRequest, KikiError, MethodNotFound
+from libkiki.flatbuf import Limits
 from libkiki.framing import DEFAULT_MAX_FRAME, BufferAccount, FrameDecoder, Oversized, encode_frame
 
 PUBLISHER: Final = "publisher"

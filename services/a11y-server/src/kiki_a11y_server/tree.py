@@ -23,8 +23,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from libkiki.a11y import wire
-from libkiki.a11y.flat import Chunk
 from libkiki.errors import InvalidParams
+from libkiki.flatbuf import Chunk
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,205 @@
+"""A FlatBuffers schema described for :mod:`libkiki.flatbuf`'s reader and writer.
+
+A :class:`Schema` lists the tables (their :class:`Field` in declaration order, which is their
+field id), enums, structs and unions of one ``.fbs`` file. It is written once per schema (see
+``libkiki.a11y.schema``); :meth:`Schema.bind` says which Python type each table decodes to and
+encodes from; :meth:`Schema.plan` prepares each field for the reader and the writer once.
+"""
+
+from __future__ import annotations
+
+import operator
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from libkiki.flatbuf import layout
+
+if TYPE_CHECKING:
+    from libkiki.flatbuf.reader import Reader
+
+# Field kinds.
+SCALAR, ENUM, FLAGS, BOOL, STRING, TABLE, STRUCT, UTYPE, UNION = range(9)
+VEC_SCALAR, VEC_ENUM, VEC_STRING, VEC_TABLE = range(9, 13)
+
+
+@dataclass(frozen=True, slots=True)
+class EnumDef:
+    name: str
+    fmt: str  # struct format of the underlying type
+    values: dict[str, int]
+    flags: bool = False
+
+    @property
+    def mask(self) -> int:
+        m = 0
+        for v in self.values.values():
+            m |= v
+        return m
+
+
+@dataclass(frozen=True, slots=True)
+class StructDef:
+    name: str
+    fmt: str  # little-endian struct format of the whole struct
+    fields: tuple[str, ...]
+    align: int = 4
+
+
+@dataclass(frozen=True, slots=True)
+class UnionDef:
+    name: str
+    members: tuple[str, ...]  # table names; type value = index + 1
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    name: str
+    kind: int
+    fmt: str = ""  # scalars, enums, vector elements: one struct format character
+    ref: str = ""  # enum, struct, table or union name
+    default: Any = 0
+    required: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One field, prepared for the reader: sizes, unpackers and value sets looked up once."""
+
+    kind: int
+    name: str
+    ref: str
+    fmt: str
+    size: int
+    align: int
+    unpack: Callable[[bytes, int], tuple[Any, ...]] | None
+    pack: Callable[..., None] | None
+    known: frozenset[int]
+    mask: int
+    members: tuple[TableDef, ...]  # a table field's table; a union's member tables
+    required: bool
+    default: Any
+    # Absent means "the default", nothing to check (not required, not part of a union).
+    plain_default: bool
+
+
+@dataclass(eq=False)
+class TableDef:
+    name: str
+    fields: tuple[Field, ...]
+    # Filled in by Schema: how values are built and read back.
+    # Builds the decoded value from the list of field values (union types left out).
+    make: Callable[[list[Any]], Any] = field(default=tuple)
+    cls: type | None = None
+
+
+class Schema:
+    def __init__(
+        self,
+        *,
+        tables: Sequence[TableDef],
+        enums: Sequence[EnumDef],
+        structs: Sequence[StructDef],
+        unions: Sequence[UnionDef],
+        root: str,
+        file_identifier: bytes,
+    ) -> None:
+        self.tables = {t.name: t for t in tables}
+        self.enums = {e.name: e for e in enums}
+        self.structs = {s.name: s for s in structs}
+        self.unions = {u.name: u for u in unions}
+        self.root = root
+        self.file_identifier = file_identifier
+        self._encoders: dict[type, tuple[TableDef, Callable[[Any], Sequence[Any]]]] = {}
+        self._plans: dict[str, tuple[Step, ...]] = {}
+        # The compiled readers by table name, made on first use (libkiki.flatbuf.compiled).
+        self.compiled: dict[str, Callable[[Reader, int, int], Any]] = {}
+
+    def bind(
+        self,
+        table: str,
+        cls: type,
+        *,
+        make: Callable[..., Any] | None = None,
+        names: Sequence[str] | None = None,
+        encode_only: bool = False,
+    ) -> None:
+        """Decode ``table`` as ``make(*values)`` (default ``cls``; union type fields skipped) and
+        encode instances of ``cls`` from their attributes ``names`` (default: the fields)."""
+        desc = self.tables[table]
+        if names is None:
+            names = [f.name for f in desc.fields if f.kind != UTYPE]
+        if not encode_only:
+            if make is not None:
+                build = make
+                desc.make = lambda values: build(*values)
+            elif hasattr(cls, "_make"):  # a named tuple: tuple.__new__, no per-field Python
+                desc.make = cls._make
+            else:
+                desc.make = lambda values: cls(*values)
+            desc.cls = cls
+            self.compiled.clear()  # they call desc.make
+        values_of: Callable[[Any], Sequence[Any]]
+        if len(names) == 1:
+            getter = operator.attrgetter(names[0])
+            values_of = lambda obj: (getter(obj),)  # noqa: E731
+        elif names:
+            values_of = operator.attrgetter(*names)
+        else:
+            values_of = lambda obj: ()  # noqa: E731
+        self._encoders[cls] = (desc, values_of)
+
+    def plan(self, desc: TableDef) -> tuple[Step, ...]:
+        plan = self._plans.get(desc.name)
+        if plan is None:
+            plan = self._plans[desc.name] = tuple(self._step(f) for f in desc.fields)
+        return plan
+
+    def _step(self, f: Field) -> Step:
+        kind = f.kind
+        fmt = f.fmt
+        known: frozenset[int] = frozenset()
+        mask = 0
+        members: tuple[TableDef, ...] = ()
+        if f.ref in self.enums:
+            known = frozenset(self.enums[f.ref].values.values())
+            mask = self.enums[f.ref].mask
+        if kind == STRUCT:
+            fmt = self.structs[f.ref].fmt
+        if kind in (TABLE, VEC_TABLE):
+            members = (self.tables[f.ref],)
+        elif kind in (UNION, UTYPE):
+            members = tuple(self.tables[m] for m in self.unions[f.ref].members)
+        size = layout.size(fmt) if fmt else 4
+        align = self.structs[f.ref].align if kind == STRUCT else size
+        default: Any = f.default
+        if kind == STRING:
+            default = ""
+        elif kind >= VEC_SCALAR:
+            default = ()
+        elif kind in (TABLE, UNION, STRUCT):
+            default = None
+        packer = struct.Struct("<" + fmt) if fmt else None
+        return Step(
+            kind,
+            f.name,
+            f.ref,
+            fmt,
+            size,
+            align,
+            packer.unpack_from if packer else None,
+            packer.pack_into if packer else None,
+            known,
+            mask,
+            members,
+            f.required,
+            default,
+            not f.required and kind not in (UTYPE, UNION),
+        )
+
+    def encoder_of(self, obj: Any) -> tuple[TableDef, Callable[[Any], Sequence[Any]]]:
+        try:
+            return self._encoders[type(obj)]
+        except KeyError:
+            raise TypeError(f"{type(obj).__name__} is not bound to a table") from None
