@@ -16,19 +16,30 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Final
 
-TOOLS_SOCKET: Final = "tools.sock"
-A11Y_SOCKET: Final = "a11y.sock"
-SENSORS_SOCKET: Final = "sensors.sock"
-UPDATER_SOCKET: Final = "updater.sock"
+from libkiki.constellation import SERVICES, spec
+from libkiki.errors import NotFound
 
-SOCKET_NAMES: Final[Mapping[str, str]] = {
-    "tool-broker": TOOLS_SOCKET,
-    "a11y-server": A11Y_SOCKET,
-    "sensor-publisher": SENSORS_SOCKET,
-    "updater": UPDATER_SOCKET,
-}
+
+def _socket_file(service: str) -> str:
+    name = spec(service).socket_file
+    if name is None:
+        raise NotFound(f"{service} has no socket file in libkiki.constellation")
+    return name
+
+
+# The socket files, read off libkiki.constellation (which says why the table lives there).
+TOOLS_SOCKET: Final = _socket_file("tool-broker")
+A11Y_SOCKET: Final = _socket_file("a11y-server")
+SENSORS_SOCKET: Final = _socket_file("sensor-publisher")
+UPDATER_SOCKET: Final = _socket_file("updater")
+
+# Service name -> socket file, for every service that has one.
+SOCKET_NAMES: Final[Mapping[str, str]] = MappingProxyType(
+    {s.name: s.socket_file for s in SERVICES if s.socket_file is not None}
+)
 
 
 def _first(value: str) -> str:

@@ -1,9 +1,10 @@
 """A service whose channel is JSON-RPC 2.0 on a Unix socket (tools, sensors, updater).
 
-``jsonrpc_service("tools", TOOLS_SOCKET, add_methods)`` is the ``serve`` factory such a service
-hands to :func:`libkiki.service.service_main`: it takes the activated socket (or binds one),
-serves the method table with the configured limits, and always answers the health request
-``dev.kiki.service.getInfo``. A service with a serve of its own (the broker, the sensor
+``jsonrpc_service(add_methods)`` is the ``serve`` factory such a service hands to
+:func:`libkiki.service.service_main`: it takes the socket the service's declaration in
+:mod:`libkiki.constellation` names (``ctx.listen()``: the activated one, or its socket file bound
+by hand), serves the method table with the configured limits, and always answers the health
+request ``dev.kiki.service.getInfo``. A service with a serve of its own (the broker, the sensor
 publisher) uses :func:`serve_configured` for the same limits.
 """
 
@@ -16,7 +17,6 @@ from typing import Any
 
 from libkiki.config import ServiceConfig
 from libkiki.constellation import GET_INFO
-from libkiki.paths import socket_path
 from libkiki.rpc import Methods, RequestContext, serve_unix
 from libkiki.rpc.server import RpcServer
 from libkiki.service import ServeFactory, ServiceContext
@@ -43,12 +43,10 @@ def serve_configured(
     )
 
 
-def jsonrpc_service(
-    fdname: str, socket_file: str, add_methods: MethodsFactory | None = None
-) -> ServeFactory:
+def jsonrpc_service(add_methods: MethodsFactory | None = None) -> ServeFactory:
     @contextlib.asynccontextmanager
     async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
-        listener = ctx.listeners.unix(fdname, socket_path(socket_file))
+        listener = ctx.listen()
         methods = Methods()
 
         @methods.method(GET_INFO)
@@ -59,7 +57,7 @@ def jsonrpc_service(
             add_methods(ctx, methods)
         async with serve_configured(ctx, listener, methods):
             how = "activated" if ctx.listeners.activated else "bound"
-            ctx.status = f"serving {socket_file} ({how})"
+            ctx.status = f"serving {ctx.spec.socket_file} ({how})"
             yield
 
     return serve

@@ -32,6 +32,7 @@ import errno
 import logging
 import os
 import signal
+import socket
 import textwrap
 import time
 from collections import Counter
@@ -41,8 +42,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from libkiki import __version__ as libkiki_version
-from libkiki import signals
-from libkiki.errors import AddressInUse, ConfigError, KikiError
+from libkiki import constellation, signals
+from libkiki.constellation import ServiceSpec
+from libkiki.errors import AddressInUse, ConfigError, KikiError, NotFound
+from libkiki.paths import socket_path
 from libkiki.sockets import Listeners
 from libkiki.systemd import Notifier, watchdog_interval
 
@@ -98,6 +101,24 @@ class ServiceContext:
     def status(self, text: str) -> None:
         self._status = text
         self.notifier.status(self.status)
+
+    @property
+    def spec(self) -> ServiceSpec:
+        """This service's declaration in :mod:`libkiki.constellation` (by its ``name``)."""
+        return constellation.spec(self.name)
+
+    def listen(self, address: tuple[str, int] | None = None) -> socket.socket:
+        """The listening socket this service's declaration names: the one the service manager
+        passed under its ``FileDescriptorName=``, or else one bound by hand: its socket file in
+        the runtime directory, or for a TCP service ``address`` (by default the declared one,
+        which its configuration may move)."""
+        spec = self.spec
+        if spec.fdname is not None and spec.socket_file is not None:
+            return self.listeners.unix(spec.fdname, socket_path(spec.socket_file))
+        if spec.fdname is not None and spec.address is not None:
+            host, port = address or spec.address
+            return self.listeners.tcp(spec.fdname, host, port)
+        raise NotFound(f"{spec.name} declares no listening socket in libkiki.constellation")
 
     def info(self) -> dict[str, Any]:
         """The health answer, shaped as the lexicon ``dev.kiki.service.defs#info``."""
@@ -226,6 +247,26 @@ def run(
     return 0
 
 
+def _where(name: str) -> str:
+    """Where the service ``name`` listens, as its declaration says, for ``--help``."""
+    spec = constellation.BY_NAME.get(name)
+    if spec is None:
+        return ""
+    if spec.socket_file is not None:
+        return (
+            f" It listens on {socket_path(spec.socket_file)} unless systemd passes it that socket."
+        )
+    if spec.address is not None:
+        host, port = spec.address
+        return (
+            f" It listens on {host}:{port} (its settings host and port) unless systemd "
+            "passes it a socket."
+        )
+    if spec.bus_name is not None:
+        return f" It owns {spec.bus_name} (its setting bus_name) on the session bus."
+    return ""
+
+
 def _arguments(name: str, version: str, config_model: type[Any]) -> argparse.ArgumentParser:
     """``--help`` and ``--version``, and nothing else: a service takes no arguments.
 
@@ -234,7 +275,7 @@ def _arguments(name: str, version: str, config_model: type[Any]) -> argparse.Arg
     :mod:`libkiki.paths`.
     """
     from libkiki.config import env_prefix
-    from libkiki.paths import SOCKET_NAMES, config_dir, runtime_dir, state_dir
+    from libkiki.paths import config_dir, runtime_dir, state_dir
 
     # Paths and variable names stay whole on their lines (they have hyphens and underscores).
     def wrap(text: str, width: int, indent: str = "") -> list[str]:
@@ -266,11 +307,7 @@ def _arguments(name: str, version: str, config_model: type[Any]) -> argparse.Arg
         f"The Kiki {name} service: a daemon that systemd runs with no arguments. Run by hand, "
         "it serves in the foreground until SIGTERM or SIGINT (Ctrl-C)."
     )
-    if name in SOCKET_NAMES:
-        description += (
-            f" It listens on {runtime_dir() / SOCKET_NAMES[name]} unless systemd passes it "
-            "that socket."
-        )
+    description += _where(name)
     settings = ", ".join(getattr(config_model, "model_fields", {})) or "(none)"
     configuration = para(
         f"{config_dir() / f'{name}.toml'} if it exists, then environment variables "

@@ -1,7 +1,8 @@
 """``kiki-dbus-gateway``: the D-Bus gateway (see the service README)."""
 
 from kiki_dbus_gateway import __version__
-from kiki_dbus_gateway.server import GatewayConfig, serve
+from kiki_dbus_gateway.config import GatewayConfig
+from kiki_dbus_gateway.server import serve
 from libkiki.service import service_main
 
 

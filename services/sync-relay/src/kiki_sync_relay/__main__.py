@@ -1,7 +1,8 @@
 """``kiki-sync-relay``: the session sync relay (see the service README)."""
 
 from kiki_sync_relay import __version__
-from kiki_sync_relay.server import RelayConfig, serve
+from kiki_sync_relay.config import RelayConfig
+from kiki_sync_relay.server import serve
 from libkiki.service import service_main
 
 

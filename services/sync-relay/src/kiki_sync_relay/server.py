@@ -2,9 +2,12 @@
 
 ``GET /healthz`` answers the service's info as JSON on the same port as the WebSockets, so
 operators and load balancers can probe it without speaking WebSocket. Every other request gets
-an HTTP answer too (see :mod:`kiki_sync_relay.handshake`). Sessions (the Yjs
-document per session) are not served yet: a WebSocket client is told so with close code 1013
-("try again later") rather than being left hanging.
+an HTTP answer too. The decisions are sans-I/O, in :mod:`kiki_sync_relay.handshake` (what is
+refused before the handshake) and :mod:`kiki_sync_relay.routing` (what an accepted request
+gets); this module only moves bytes between them and websockets.
+
+Sessions (the Yjs document per session) are not served yet: a WebSocket client is told so with
+close code 1013 ("try again later") rather than being left hanging.
 """
 
 from __future__ import annotations
@@ -16,49 +19,35 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import orjson
 from websockets.asyncio.server import ServerConnection
 from websockets.asyncio.server import serve as ws_serve
-from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 
+from kiki_sync_relay.config import RelayConfig
 from kiki_sync_relay.handshake import Refusal, parse_opening
+from kiki_sync_relay.routing import Answer, Route, json_response, route
 from libkiki.admission import LogBudget
-from libkiki.config import ServiceConfig
-from libkiki.constellation import DEFAULT_RELAY_HOST, DEFAULT_RELAY_PORT
 from libkiki.service import ServiceContext
 
 log = logging.getLogger(__name__)
 
 
-class RelayConfig(ServiceConfig):
-    host: str = DEFAULT_RELAY_HOST
-    port: int = DEFAULT_RELAY_PORT
-    max_message: int = 1 << 20
-
-
-def _json(status: http.HTTPStatus, body: object) -> Response:
-    payload = orjson.dumps(body) + b"\n"
-    headers = Headers([("Content-Type", "application/json"), ("Content-Length", str(len(payload)))])
-    return Response(status.value, status.phrase, headers, payload)
-
-
 @contextlib.asynccontextmanager
 async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
     config: RelayConfig = ctx.config
-    listener = ctx.listeners.tcp("relay", config.host, config.port)
+    listener = ctx.listen((config.host, config.port))
     live: set[ServerConnection] = set()
 
     def process_request(connection: ServerConnection, request: Request) -> Response | None:
         ctx.counters["http_requests"] += 1
-        if request.path == "/healthz":
-            return _json(http.HTTPStatus.OK, ctx.info())
-        if len(live) >= config.max_connections:
-            ctx.counters["connections_refused"] += 1
-            return _json(http.HTTPStatus.SERVICE_UNAVAILABLE, {"error": "too many connections"})
-        if request.headers.get("Upgrade", "").lower() != "websocket":
-            return _json(http.HTTPStatus.NOT_FOUND, {"error": f"no resource at {request.path}"})
+        decision = route(request, len(live), config.max_connections)
+        if decision is Route.HEALTH:
+            return json_response(http.HTTPStatus.OK, ctx.info())
+        if isinstance(decision, Answer):
+            if decision.counter is not None:
+                ctx.counters[decision.counter] += 1
+            return decision.response()
         return None
 
     # Refusals are logged as admission's are: a flood of bad requests costs a bounded number

@@ -1,6 +1,6 @@
-"""asyncio layer of the updater: JSON-RPC 2.0 on updater.sock."""
+"""asyncio layer of the updater: JSON-RPC 2.0 on the socket its declaration names
+(``updater.sock``), answering the health request; the update operations come later."""
 
-from libkiki.paths import UPDATER_SOCKET
 from libkiki.rpc_service import jsonrpc_service
 
-serve = jsonrpc_service("updater", UPDATER_SOCKET)
+serve = jsonrpc_service()

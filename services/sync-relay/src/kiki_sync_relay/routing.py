@@ -1,0 +1,59 @@
+"""What the relay does with a request it has read and accepted (see :mod:`.handshake` for the
+ones it refuses): answer its health, answer an error, or go on to the WebSocket upgrade.
+
+Sans-I/O: the request and the number of live WebSocket connections in, a decision out; the
+server fills in the health answer and sends the response.
+"""
+
+from __future__ import annotations
+
+import enum
+import http
+from dataclasses import dataclass
+
+import orjson
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+HEALTH_PATH = "/healthz"
+
+
+class Route(enum.Enum):
+    HEALTH = "health"  # answer the service's info, 200
+    UPGRADE = "upgrade"  # a WebSocket: let the handshake go on
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A plain-HTTP answer in place of the upgrade; ``counter`` is what it counts as, if
+    anything beyond ``http_requests``."""
+
+    status: http.HTTPStatus
+    body: object
+    counter: str | None = None
+
+    def response(self) -> Response:
+        return json_response(self.status, self.body)
+
+
+def json_response(status: http.HTTPStatus, body: object) -> Response:
+    payload = orjson.dumps(body) + b"\n"
+    headers = Headers([("Content-Type", "application/json"), ("Content-Length", str(len(payload)))])
+    return Response(status.value, status.phrase, headers, payload)
+
+
+def route(request: Request, live: int, max_connections: int) -> Route | Answer:
+    """``live`` WebSocket connections are open; ``max_connections`` is the most it holds. The
+    health endpoint is answered whatever the load, so a probe tells a full relay from a dead
+    one."""
+    if request.path == HEALTH_PATH:
+        return Route.HEALTH
+    if live >= max_connections:
+        return Answer(
+            http.HTTPStatus.SERVICE_UNAVAILABLE,
+            {"error": "too many connections"},
+            counter="connections_refused",
+        )
+    if request.headers.get("Upgrade", "").lower() != "websocket":
+        return Answer(http.HTTPStatus.NOT_FOUND, {"error": f"no resource at {request.path}"})
+    return Route.UPGRADE
