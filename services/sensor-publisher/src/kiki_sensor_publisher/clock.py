@@ -13,14 +13,30 @@ import ctypes
 import signal
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from libkiki import signals
 
 if TYPE_CHECKING:
+    from kiki_sensor_publisher.protocol import WakeCore
     from kiki_sensor_publisher.rings import Sensor
-    from kiki_sensor_publisher.server import Publisher
     from kiki_sensor_publisher.sources import SyntheticImu
+
+
+class Waker(Protocol):
+    """Who the clock tells about its writes (the server's publisher)."""
+
+    @property
+    def core(self) -> WakeCore: ...
+
+    def publish(self, sensor: Sensor) -> None:
+        """Wake every reader of ``sensor`` (from the loop)."""
+
+    def wake_sleepers(self, sensor: Sensor) -> None:
+        """Wake ``sensor``'s futex sleepers (safe from another thread)."""
+
+    def publish_messages(self, sensor: Sensor) -> None:
+        """Wake ``sensor``'s message subscribers (from the loop)."""
 
 
 class SampleSchedule:
@@ -94,7 +110,7 @@ class ImuClock:
 
     IDLE_TICK_NS = 10_000_000
 
-    def __init__(self, pub: Publisher, sensor: Sensor, imu: SyntheticImu) -> None:
+    def __init__(self, pub: Waker, sensor: Sensor, imu: SyntheticImu) -> None:
         self.pub = pub
         self.sensor = sensor
         self.imu = imu

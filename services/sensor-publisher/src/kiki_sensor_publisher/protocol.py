@@ -1,4 +1,5 @@
-"""The notify socket's logic, sans-I/O: subscriptions, coalesced wake-ups, read policy.
+"""The notify socket's logic, sans-I/O: subscriptions, coalesced wake-ups, read policy, and the
+checks of the requests' parameters.
 
 No clock reads here: callers pass ``now`` (seconds, monotonic). A subscriber's wake-ups are one
 dict ``{sensor: write index}`` that newer indices overwrite, so a subscriber that does not keep
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 
 WAKE: str = "sensors/wake"
 GONE: str = "sensors/gone"
+MAX_READ = 1024  # samples one sensors/read may ask for
 
 
 @dataclass(eq=False)
@@ -238,6 +240,15 @@ class WakeCore:
                 sub.pending.setdefault(sensor, index)
         sub.wakeups -= 1
 
+    def views_for(self, peer: PeerCred) -> list[dict[str, object]]:
+        """The subscribers ``peer`` may see in stats: its own (root: everyone's) that hold a
+        subscription."""
+        return [
+            sub.view()
+            for sub in self.subscribers.values()
+            if sub.sensors and (peer.uid == 0 or sub.peer.uid == peer.uid)
+        ]
+
     def drop_sensor(self, sensor: str) -> list[Subscriber]:
         """A sensor went away (an external writer left): who was subscribed to it."""
         subs = list(self.by_sensor.pop(sensor, ()))
@@ -264,7 +275,10 @@ class ReadPolicy:
     parse is logged and matches nobody (the configuration is read before this, by pydantic)."""
 
     def __init__(self, rules: Mapping[str, list[str]]) -> None:
-        self.rules = [(glob, _parse(principals, glob)) for glob, principals in rules.items()]
+        self.rules = [
+            (glob, parse_principals(principals, f"read_policy[{glob!r}]"))
+            for glob, principals in rules.items()
+        ]
 
     def open_to_all(self, sensor: str) -> bool:
         """Whether anyone who can connect may read ``sensor`` (its ring may then be group-read)."""
@@ -282,14 +296,38 @@ class ReadPolicy:
         return False
 
 
-def _parse(texts: list[str], glob: str) -> Principals:
+def parse_principals(texts: list[str], where: str) -> Principals:
+    """``texts`` parsed once, at load; one that does not parse is logged and matches nobody."""
     parsed = []
     for text in texts:
         try:
-            parsed.append(Principal.parse(text, f"read_policy[{glob!r}]"))
+            parsed.append(Principal.parse(text, where))
         except ConfigError as exc:
             log.warning("%s: it matches nobody", exc)
     return Principals(tuple(parsed))
+
+
+def subscribe_params(
+    sensors: object, max_wakeups: object, wake: object
+) -> tuple[list[str], float | None, bool]:
+    """``sensors/subscribe``'s parameters checked: (sensor ids, wake-ups per second or None for
+    every sample, whether through the futex)."""
+    if not isinstance(sensors, list) or not all(isinstance(s, str) for s in sensors):
+        raise InvalidParams("sensors is a list of sensor ids")
+    if not isinstance(max_wakeups, int | float) or max_wakeups < 0:
+        raise InvalidParams("maxWakeupsPerSecond is a number >= 0 (0: every sample)")
+    if wake not in ("socket", "futex"):
+        raise InvalidParams('wake is "socket" (wake-up messages) or "futex"')
+    return sensors, max_wakeups or None, wake == "futex"
+
+
+def read_params(sensor: object, count: object) -> tuple[str, int]:
+    """``sensors/read``'s (and the read tool's) parameters checked."""
+    if not isinstance(sensor, str):
+        raise InvalidParams("sensor is a sensor id")
+    if not isinstance(count, int) or not 1 <= count <= MAX_READ:
+        raise InvalidParams(f"count must be an integer in 1..{MAX_READ}")
+    return sensor, count
 
 
 def unknown(sensor: str) -> NotFound:
