@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from kiki_a11y_server.server import A11yConfig, Peer, serve
+from kiki_a11y_server.config import A11yConfig
+from kiki_a11y_server.server import Peer, serve
 from libkiki.a11y import wire
 from libkiki.framing import FrameDecoder
 from libkiki.service import ServiceContext

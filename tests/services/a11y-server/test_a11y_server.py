@@ -15,9 +15,10 @@ from typing import Any
 
 import pytest
 
+from kiki_cli.demos import a11y_app as demo
 from kikitest import VENV_BIN
 from kikitest.a11y_fixtures import R, big_tree, demo_env, form_tree, split_frames
-from libkiki.a11y import demo, wire
+from libkiki.a11y import wire
 from libkiki.a11y.client import A11yClient, Mirror, ref
 from libkiki.a11y.publisher import A11yPublisher
 from libkiki.a11y.render import render_text
@@ -282,7 +283,7 @@ async def test_cli_dump_find_act_capture(a11y_server: Start, sockdir: Path) -> N
     path, _ = a11y_server()
     env = demo_env(sockdir)
     app = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "libkiki.a11y.demo", "--socket", str(path), env=env
+        sys.executable, "-m", "kiki_cli.demos.a11y_app", "--socket", str(path), env=env
     )
     try:
 

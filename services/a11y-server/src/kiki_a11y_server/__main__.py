@@ -1,7 +1,8 @@
 """``kiki-a11y-server``: the accessibility-tree server (see the service README)."""
 
 from kiki_a11y_server import __version__
-from kiki_a11y_server.server import A11yConfig, serve
+from kiki_a11y_server.config import A11yConfig
+from kiki_a11y_server.server import serve
 from libkiki.service import service_main
 
 

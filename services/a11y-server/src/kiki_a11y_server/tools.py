@@ -1,17 +1,20 @@
 """The a11y-server's tools on the broker: ``dev.kiki.a11y.snapshot``, ``find`` and ``act``.
 
 The server connects to ``tools.sock`` as a tool provider (libkiki's :class:`ToolProvider`) and
-answers from its own in-memory desktop: no extra hop through ``a11y.sock``. Each call is decided
-by the a11y policy for the caller the broker names (``call.peer``), as a request on ``a11y.sock``
-would be: the broker's own policy says who may call a tool, the a11y policy which apps' trees
-the caller may read or act on. The broker may start
-after us or restart: :meth:`ToolProvider.keep_registered` registers again, and its absence is
-never fatal.
+answers from its own in-memory desktop: no extra hop through ``a11y.sock``. The tools see the
+server through a narrow interface: the core (:class:`~kiki_a11y_server.core.A11yCore`) for what
+the caller may read, and one function that routes an action to its app and waits for the
+answer. Each call is decided by the a11y policy for the caller the broker names
+(``call.peer``), as a request on ``a11y.sock`` would be: the broker's own policy says who may
+call a tool, the a11y policy which apps' trees the caller may read or act on. The broker may
+start after us or restart: :meth:`ToolProvider.keep_registered` registers again, and its
+absence is never fatal.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from libkiki.a11y import wire
@@ -24,32 +27,22 @@ from libkiki.peer import PeerCred
 from libkiki.tools import ToolCall, ToolProvider
 
 if TYPE_CHECKING:
-    from kiki_a11y_server.server import A11yServer
-    from kiki_a11y_server.tree import Tree
+    from kiki_a11y_server.core import A11yCore
 
 log = logging.getLogger(__name__)
 
 
-def make_provider(server: A11yServer) -> ToolProvider:
-    provider = ToolProvider(socket_path(TOOLS_SOCKET))
-    desktop = server.desktop
+# Routes an action for a caller to the app that owns the tree; the app's answer.
+Act = Callable[[wire.ActionRequest, PeerCred], Awaitable[wire.Message]]
 
-    def readable(call: ToolCall, app_id: str) -> list[Tree]:
-        """The trees (of ``app_id``, when given) the caller may read; PermissionDenied when
-        it names an app none of whose trees it may read."""
-        cred = _caller(call)
-        server.check_targets(cred, "read", 0, (app_id,) if app_id else ())
-        visible = server.visible(cred, "read")
-        return [
-            t
-            for t in desktop
-            if (not app_id or t.app.app_id == app_id) and (visible is None or visible(t.app))
-        ]
+
+def make_provider(core: A11yCore, act_for: Act) -> ToolProvider:
+    provider = ToolProvider(socket_path(TOOLS_SOCKET))
 
     @provider.tool("dev.kiki.a11y.snapshot")
     async def snapshot(args: dict[str, Any], call: ToolCall) -> dict[str, Any]:
         app_id = args.get("appId")
-        trees = readable(call, app_id or "")
+        trees = core.readable(_caller(call), app_id or "")
         if app_id and not trees:
             raise error_for_code(-32004, f"no app {app_id!r} has published a tree")
         rendering = render_text(
@@ -83,7 +76,7 @@ def make_provider(server: A11yServer) -> ToolProvider:
             states,
             args.get("limit", 0),  # 0: libkiki.a11y.search's default, as on a11y.sock
         )
-        found, total = search(readable(call, query.app_id), query)
+        found, total = search(core.readable(_caller(call), query.app_id), query)
         return {"nodes": [node_json(node) for _, node in found], "total": total}
 
     @provider.tool("dev.kiki.a11y.act")
@@ -92,7 +85,7 @@ def make_provider(server: A11yServer) -> ToolProvider:
         request = wire.ActionRequest(
             0, tree_id, node_id, action_value(args["action"]), args.get("value", "")
         )
-        answer = await server.act_for_tool(request, _caller(call))
+        answer = await act_for(request, _caller(call))
         if isinstance(answer, wire.Error):
             raise error_for_code(answer.code, answer.message)
         message = answer.message if isinstance(answer, wire.ActionResult) else ""

@@ -1,0 +1,192 @@
+"""The a11y-server's decisions without a socket: requests into A11yCore, frames and routes out."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pydantic
+import pytest
+
+from kiki_a11y_server.config import A11yConfig
+from kiki_a11y_server.core import A11yCore, Flush, Outcome, Session
+from kiki_a11y_server.protocol import PUBLISHER, SUBSCRIBER, A11yConnection
+from kikitest.a11y_fixtures import A, form_tree
+from libkiki.a11y import wire
+from libkiki.errors import InvalidParams, NotFound, PermissionDenied
+from libkiki.peer import PeerCred
+from libkiki.service import ServiceContext
+from libkiki.sockets import Listeners
+from libkiki.systemd import Notifier
+
+pytestmark = pytest.mark.unit
+
+ALICE = PeerCred(pid=2, uid=1000, gid=1000, app_id="org.example.Editor")
+BOB = PeerCred(pid=3, uid=1001, gid=1001)
+_keys = itertools.count(1)
+
+
+def make_core(tmp_path: Path, **settings: object) -> A11yCore:
+    config = A11yConfig.model_validate(
+        {"broker_tools": False, "policy_file": str(tmp_path / "none.toml"), **settings}
+    )
+    ctx = ServiceContext("a11y-server", "0", Listeners([]), Notifier(""), config=config)
+    return A11yCore(ctx, config)
+
+
+def session(cred: PeerCred) -> Session:
+    return Session(next(_keys), cred, A11yConnection())
+
+
+def reply(outcome: Outcome) -> wire.Message:
+    assert outcome.reply is not None
+    return wire.decode(outcome.reply)
+
+
+def publish(core: A11yCore, who: Session) -> int:
+    outcome = core.handle(who, wire.TreeUpdate(1, root_id=1, nodes=tuple(form_tree())))
+    ack = reply(outcome)
+    assert isinstance(ack, wire.Ack)
+    assert outcome.flush is Flush.ALL
+    return ack.tree_id
+
+
+def test_a_first_update_makes_the_connection_the_publisher_of_its_tree(tmp_path: Path) -> None:
+    core = make_core(tmp_path)
+    app = session(ALICE)
+    tree_id = publish(core, app)
+    assert app.tree is not None
+    assert app.tree.tree_id == tree_id
+    assert PUBLISHER in app.conn.roles
+    assert core.owners[tree_id] is app
+    assert app.tree.app.app_id == "org.example.Editor"  # the kernel's word, not the peer's
+    assert core.ctx.counters["updates"] == 1
+
+
+def test_a_refused_first_update_leaves_no_tree(tmp_path: Path) -> None:
+    core = make_core(tmp_path)
+    app = session(ALICE)
+    # Node 2 is a child of node 1 and not sent: the update breaks the tree's rules.
+    outcome = core.handle(app, wire.TreeUpdate(1, root_id=1, nodes=(form_tree()[0],)))
+    error = reply(outcome)
+    assert isinstance(error, wire.Error)
+    assert error.code == InvalidParams.jsonrpc_code
+    assert app.tree is None
+    assert not core.desktop.trees
+    assert not core.owners
+    assert core.ctx.counters["updates_rejected"] == 1
+
+
+def test_a_subscription_is_a_snapshot_to_send_and_the_role(tmp_path: Path) -> None:
+    core = make_core(tmp_path)
+    publish(core, session(ALICE))
+    watcher = session(ALICE)
+    outcome = core.handle(watcher, wire.Subscribe(5))
+    assert outcome == Outcome(flush=Flush.SELF)
+    assert SUBSCRIBER in watcher.conn.roles
+    assert watcher.sub is not None
+    (frame,) = core.desktop.take(watcher.sub)
+    snapshot = wire.decode(frame)
+    assert isinstance(snapshot, wire.Snapshot)
+    assert snapshot.request_id == 5
+    assert [len(t.nodes) for t in snapshot.trees] == [len(form_tree())]
+
+
+def test_naming_a_tree_one_may_not_see_is_refused(tmp_path: Path) -> None:
+    core = make_core(tmp_path)
+    tree_id = publish(core, session(ALICE))
+    outcome = core.handle(session(BOB), wire.Query(3, tree_id))
+    error = reply(outcome)
+    assert isinstance(error, wire.Error)
+    assert error.code == PermissionDenied.jsonrpc_code
+    assert core.readable(BOB) == []
+    assert [t.tree_id for t in core.readable(ALICE)] == [tree_id]
+
+
+def test_an_action_is_routed_to_the_app_under_its_own_request_id(tmp_path: Path) -> None:
+    core = make_core(tmp_path, action_timeout=2.0)
+    app = session(ALICE)
+    tree_id = publish(core, app)
+    asker = session(ALICE)
+    request = wire.ActionRequest(9, tree_id, 5, A["press"], timeout_ms=500)
+    outcome = core.handle(asker, request)
+    assert outcome == Outcome(action=request)
+    assert asker.actions_in_flight == 1
+
+    forward = core.route(request, asker.cred)
+    assert forward.owner is app
+    assert forward.request == wire.ActionRequest(1, tree_id, 5, A["press"], "", 500)
+    assert forward.timeout == 0.5  # the asker's shorter wait wins
+    assert "did not answer press on node 5 within 0.5s" in forward.timed_out().message
+    # The app's answer is taken until the server settles the route, and not after.
+    taken = app.conn.receive_data(app.conn.send(wire.ActionResult(1, "done")))
+    assert type(taken[0]).__name__ == "Answer"
+    core.settle(forward)
+    stray = app.conn.receive_data(app.conn.send(wire.ActionResult(1, "late")))
+    assert type(stray[0]).__name__ == "Stray"
+
+    answered = core.action_answered(9, wire.ActionResult(1, "done"))
+    assert answered is not None
+    assert wire.decode(answered) == wire.ActionResult(9, "done")
+
+
+def test_actions_a_node_does_not_support_or_on_nothing_are_refused(tmp_path: Path) -> None:
+    core = make_core(tmp_path)
+    tree_id = publish(core, session(ALICE))
+    with pytest.raises(InvalidParams, match="does not support focus"):
+        core.route(wire.ActionRequest(1, tree_id, 5, A["focus"]), ALICE)
+    with pytest.raises(NotFound):
+        core.route(wire.ActionRequest(1, tree_id + 1, 5, A["press"]), ALICE)
+    with pytest.raises(PermissionDenied):
+        core.route(wire.ActionRequest(1, tree_id, 5, A["press"]), BOB)
+    failed = core.action_failed(7, PermissionDenied("no"))
+    assert wire.decode(failed) == wire.Error(7, PermissionDenied.jsonrpc_code, "no")
+
+
+def test_actions_in_flight_are_bounded_per_connection(tmp_path: Path) -> None:
+    core = make_core(tmp_path, max_actions_in_flight=1)
+    tree_id = publish(core, session(ALICE))
+    asker = session(ALICE)
+    first = core.handle(asker, wire.ActionRequest(1, tree_id, 5, A["press"]))
+    assert first.action is not None
+    second = reply(core.handle(asker, wire.ActionRequest(2, tree_id, 6, A["press"])))
+    assert isinstance(second, wire.Error)
+    assert "at most 1 actions in flight" in second.message
+    assert asker.actions_in_flight == 1
+
+
+def test_a_publisher_that_leaves_takes_its_tree_away(tmp_path: Path) -> None:
+    core = make_core(tmp_path)
+    app = session(ALICE)
+    tree_id = publish(core, app)
+    watcher = session(ALICE)
+    core.handle(watcher, wire.Subscribe(1))
+    assert watcher.sub is not None
+    core.desktop.take(watcher.sub)
+    assert core.leave(app) is True
+    assert tree_id not in core.desktop.trees
+    assert tree_id not in core.owners
+    (gone,) = core.desktop.take(watcher.sub)
+    assert wire.decode(gone) == wire.TreeGone(0, tree_id, None)
+    assert core.leave(watcher) is False
+    assert not core.desktop.subscribers
+
+
+def test_info_and_status_say_what_the_desktop_holds(tmp_path: Path) -> None:
+    core = make_core(tmp_path)
+    publish(core, session(ALICE))
+    info = reply(core.handle(session(BOB), wire.GetInfo(4)))
+    assert isinstance(info, wire.Info)
+    assert info.request_id == 4
+    assert ("nodes", len(form_tree())) in info.counters
+    assert ("trees", 1) in info.counters
+    assert core.status_text("bound") == "serving a11y.sock (bound): 1 app tree, 0 subscribers"
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [{"max_frame": 1 << 40}, {"action_timeout": 0}, {"max_actions_in_flight": 10**9}],
+)
+def test_settings_are_bounded(setting: dict[str, object]) -> None:
+    with pytest.raises(pydantic.ValidationError):
+        A11yConfig.model_validate(setting)
