@@ -302,6 +302,8 @@ def _arguments(name: str, version: str, config_model: type[Any]) -> argparse.Arg
             lines.extend(" " * 23 + line for line in body)
         return "\n".join(lines)
 
+    declared = constellation.BY_NAME.get(name)
+    command = declared.command if declared is not None else f"kiki-{name}"
     prefix = env_prefix(name)
     description = (
         f"The Kiki {name} service: a daemon that systemd runs with no arguments. Run by hand, "
@@ -347,13 +349,13 @@ def _arguments(name: str, version: str, config_model: type[Any]) -> argparse.Arg
         ]
     )
     parser = argparse.ArgumentParser(
-        prog=f"kiki-{name}",
+        prog=command,
         description=para(description),
         epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )
-    parser.add_argument("--version", action="version", version=f"kiki-{name} {version}")
+    parser.add_argument("--version", action="version", version=f"{command} {version}")
     return parser
 
 

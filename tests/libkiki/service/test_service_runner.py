@@ -19,6 +19,7 @@ import pytest
 
 from kikitest import VENV_BIN
 from libkiki.a11y import wire
+from libkiki.constellation import ServiceSpec, spec
 from libkiki.framing import FrameDecoder, encode_frame
 from libkiki.sockets import bind_unix
 
@@ -176,6 +177,14 @@ SERVICES = [
 ]
 
 
+def where(declared: ServiceSpec, runtime: Path) -> str:
+    if declared.socket_file is not None:
+        return f"It listens on {runtime / declared.socket_file} unless"
+    if declared.address is not None:
+        return f"It listens on {declared.address[0]}:{declared.address[1]} (its settings"
+    return f"It owns {declared.bus_name} (its setting bus_name) on the session bus."
+
+
 @pytest.mark.parametrize("name", SERVICES)
 def test_arguments_are_answered_never_ignored(
     name: str, sockdir: Path, service_env: dict[str, str]
@@ -208,6 +217,7 @@ def test_arguments_are_answered_never_ignored(
     assert (status, err) == (0, "")
     assert out.startswith(f"usage: kiki-{name} [-h] [--version]\n")
     assert f"{sockdir}/etc/{name}.toml" in out  # where it would read its configuration now
+    assert where(spec(name), sockdir) in " ".join(out.split())  # where it would listen
     for variable in (
         "KIKI_CONFIG_DIR",
         f"KIKI_{name.upper().replace('-', '_')}_",
