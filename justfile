@@ -108,7 +108,7 @@ bench *ARGS: sync
 lint: sync
     {{venv}}/bin/ruff check .
     {{venv}}/bin/ruff format --check .
-    {{venv}}/bin/mypy libkiki/src services/*/src tests
+    {{venv}}/bin/mypy libkiki/src cli/src services/*/src tests
     {{venv}}/bin/lint-imports --no-cache
     shellcheck dev .ci/run scripts/* image/*.sh
 

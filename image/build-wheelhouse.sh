@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the wheelhouse that image/install.sh installs from without a network: wheels of
-# libkiki, the six services and every pinned dependency in uv.lock.
+# libkiki, kiki-cli, the six services and every pinned dependency in uv.lock.
 #   image/build-wheelhouse.sh OUT_DIR
 set -euo pipefail
 out=${1:?usage: build-wheelhouse.sh OUT_DIR}

@@ -12,16 +12,20 @@ python=${PYTHON:-/usr/bin/python3}
 prefix=$dest/usr/lib/kiki
 
 [ -d "$src/units" ] || { echo "install.sh: $src is not a Kiki checkout" >&2; exit 1; }
-[ -n "$(ls "$wheels"/libkiki-*.whl 2>/dev/null)" ] || {
-    echo "install.sh: no wheelhouse at $wheels (run image/build-wheelhouse.sh)" >&2; exit 1; }
+for wheel in libkiki kiki_cli; do
+    [ -n "$(ls "$wheels/$wheel"-*.whl 2>/dev/null)" ] || {
+        echo "install.sh: no $wheel wheel in $wheels (run image/build-wheelhouse.sh)" >&2; exit 1; }
+done
 
 echo "installing Kiki into $prefix" >&2
 rm -rf "$prefix/venv"
 mkdir -p "$prefix"
 "$python" -m venv "$prefix/venv"
+# The device gets the operator's tools (kiki-cli: the kiki command) beside the runtime and the
+# services; a service's own container (service.Containerfile) holds libkiki and that service.
 "$prefix/venv/bin/pip" install --quiet --disable-pip-version-check --no-index \
-    --find-links "$wheels" libkiki kiki-tool-broker kiki-a11y-server kiki-sensor-publisher \
-    kiki-dbus-gateway kiki-sync-relay kiki-updater
+    --find-links "$wheels" libkiki kiki-cli kiki-tool-broker kiki-a11y-server \
+    kiki-sensor-publisher kiki-dbus-gateway kiki-sync-relay kiki-updater
 
 install -d "$dest/usr/bin" "$dest/usr/lib/systemd/system" "$dest/usr/lib/systemd/user" \
     "$dest/usr/lib/sysusers.d" "$dest/usr/lib/tmpfiles.d" "$dest/usr/lib/systemd/system-preset" \

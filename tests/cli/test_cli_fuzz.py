@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from libkiki.cli import main
+from kiki_cli import main
 
 pytestmark = pytest.mark.unit
 

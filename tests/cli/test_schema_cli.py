@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
+from kiki_cli import main
 from kikitest import VENV_BIN
 from kikitest.lexicon_testdata import KIKI_LEXICONS, data_path
-from libkiki.cli import main
 
 pytestmark = pytest.mark.integration
 

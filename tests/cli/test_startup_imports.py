@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from kiki_cli import GROUPS, build_parser, command_of
 from kikitest import REPO
-from libkiki.cli import GROUPS, build_parser, command_of
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +31,7 @@ HEAVY = {
     "importlib.metadata",
     "libkiki.lexicon",
     "libkiki.rpc",
-    "libkiki.health",
+    "kiki_cli.health",
     "libkiki.a11y.wire",
     "asyncio",
 }
@@ -44,7 +44,7 @@ def imported(*argv: str) -> tuple[set[str], str]:
     script = (
         "import sys\n"
         "try:\n"
-        "    from libkiki.cli import main\n"
+        "    from kiki_cli import main\n"
         "    main()\n"
         "finally:\n"
         "    sys.__stderr__.write('MODULES ' + ' '.join(sorted(sys.modules)) + '\\n')\n"
@@ -64,14 +64,14 @@ def imported(*argv: str) -> tuple[set[str], str]:
 def test_help_imports_nothing_heavy() -> None:
     modules, out = imported("--help")
     assert modules & HEAVY == set()
-    assert not any(m.startswith("libkiki.cli.") and m != "libkiki.cli.common" for m in modules)
+    assert not any(m.startswith("kiki_cli.") and m != "kiki_cli.common" for m in modules)
     for group in GROUPS:
         assert group in out
 
 
 def test_version_reads_the_installed_metadata() -> None:
     modules, out = imported("--version")
-    assert out == f"kiki {version('libkiki')}\n"
+    assert out == f"kiki {version('kiki-cli')}\n"
     assert "importlib.metadata" in modules
 
 
@@ -91,8 +91,8 @@ def test_version_reads_the_installed_metadata() -> None:
 def test_a_command_imports_its_own_group_only(argv: tuple[str, ...], heavy: set[str]) -> None:
     modules, _ = imported(*argv)
     command = command_of(argv)
-    assert f"libkiki.cli.{command}" in modules
-    others = {f"libkiki.cli.{g}" for g in GROUPS if g != command}
+    assert f"kiki_cli.{command}" in modules
+    others = {f"kiki_cli.{g}" for g in GROUPS if g != command}
     assert modules & (others | heavy) == set()
 
 

@@ -17,10 +17,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from kiki_cli import main
 from kikitest.lexicon_documents import INPUT_FILES, NSID, documents
 from kikitest.lexicon_strategies import valid_data
 from kikitest.lexicon_testdata import KIKI_LEXICONS
-from libkiki.cli import main
 from libkiki.errors import ValidationError
 from libkiki.lexicon import Registry, generate
 from libkiki.lexicon.model import ObjectType, ProcedureType, QueryType, RecordType

@@ -6,7 +6,7 @@ status line. It reacts to actions the way a toolkit would: ``setValue`` types in
 the fields cleared, the status updated), ``select`` selects a contact. Each reaction is
 published as an update caused by the agent.
 
-Run it by itself with ``python -m libkiki.a11y.demo [--socket PATH]``; it publishes again
+Run it by itself with ``python -m kiki_cli.demos.a11y_app [--socket PATH]``; it publishes again
 whenever the server restarts.
 """
 
@@ -214,7 +214,7 @@ async def run_forever(path: Path | None = None, retry: float = 1.0) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m libkiki.a11y.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m kiki_cli.demos.a11y_app", description=__doc__)
     parser.add_argument("--socket", type=Path, help="the a11y-server's socket")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)

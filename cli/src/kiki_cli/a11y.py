@@ -11,11 +11,11 @@ from typing import Any, BinaryIO
 
 import orjson
 
+from kiki_cli.common import fail, seconds, seconds_or_none, service_group
 from libkiki.a11y import wire
 from libkiki.a11y.client import A11yClient, role_value
 from libkiki.a11y.render import node_json, node_line, render_text, tree_json
 from libkiki.a11y.search import DEFAULT_LIMIT
-from libkiki.cli.common import fail, seconds, seconds_or_none, service_group
 from libkiki.errors import InvalidParams, KikiError, Timeout, Unavailable
 
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import orjson
 
+from kiki_cli.common import fail, seconds, service_group
 from libkiki.audit import read_entries, verify
-from libkiki.cli.common import fail, seconds, service_group
 from libkiki.errors import KikiError, ToolError
 from libkiki.tools import ToolClient
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from libkiki.cli.common import fail, service_group
+from kiki_cli.common import fail, service_group
 from libkiki.errors import KikiError
 from libkiki.sensors.blocking import BlockingSensorReader
 from libkiki.sensors.client import SensorClient, SensorReader

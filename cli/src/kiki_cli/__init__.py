@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from libkiki.cli.common import quiet_pipes
+from kiki_cli.common import quiet_pipes
 
 # Command groups, in the order ``kiki --help`` lists them, with their one-line help.
 GROUPS: dict[str, str] = {
@@ -47,9 +47,13 @@ class _Version(argparse.Action):
         values: Any,
         option_string: str | None = None,
     ) -> None:
-        from libkiki import __version__
+        from importlib.metadata import PackageNotFoundError, version
 
-        print(f"kiki {__version__}")
+        try:
+            found = version("kiki-cli")
+        except PackageNotFoundError:  # running from a source tree without an install
+            found = "0.0.0"
+        print(f"kiki {found}")
         parser.exit()
 
 
@@ -76,7 +80,7 @@ def build_parser(command: str | None = None, *, every: bool = False) -> argparse
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for group, help in GROUPS.items():
         if every or group == command:
-            importlib.import_module(f"libkiki.cli.{group}").register(sub)
+            importlib.import_module(f"kiki_cli.{group}").register(sub)
         else:
             sub.add_parser(group, help=help)
     return parser

@@ -11,12 +11,12 @@ from typing import Any
 
 import orjson
 
-from libkiki.cli.common import seconds
+from kiki_cli.common import seconds
+from kiki_cli.health import Where, probe_all
+from kiki_cli.launcher.supervisor import read_state
 from libkiki.constellation import BY_NAME, DEFAULT_RELAY_HOST, DEFAULT_RELAY_PORT, SERVICES
 from libkiki.errors import KikiError
-from libkiki.health import Where, probe_all
 from libkiki.paths import runtime_dir
-from libkiki.up import read_state
 
 
 def register(sub: Any) -> None:

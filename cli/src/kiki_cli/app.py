@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from libkiki.cli.schema import EXIT_FAILED, EXIT_OK, emit, problem, published
+from kiki_cli.schema import EXIT_FAILED, EXIT_OK, emit, problem, published
 from libkiki.errors import KikiError
 from libkiki.lexicon.install import check_app_dir, install_app
 from libkiki.paths import state_dir

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from kiki_cli.launcher.process import die_with_parent, end_process, first_set, pipe_lines
 from libkiki.backoff import RestartBackoff
-from libkiki.up_process import die_with_parent, end_process, first_set, pipe_lines
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,13 +30,13 @@ class Demo:
 DEMOS = (
     Demo(
         "tool-broker",
-        "libkiki.demo",
+        "kiki_cli.demos.tool_provider",
         "demo",
         "started the demo provider (dev.kiki.demo.echo, dev.kiki.demo.now)",
     ),
     Demo(
         "a11y-server",
-        "libkiki.a11y.demo",
+        "kiki_cli.demos.a11y_app",
         "a11y-demo",
         "started the demo app (its tree: kiki a11y dump)",
     ),

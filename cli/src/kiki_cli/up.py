@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from kiki_cli.launcher.supervisor import Supervisor, UpConfig
 from libkiki.constellation import BY_NAME, DEFAULT_RELAY_HOST, DEFAULT_RELAY_PORT, SERVICES
 from libkiki.paths import runtime_dir, state_dir
-from libkiki.up import Supervisor, UpConfig
 
 
 def register(sub: Any) -> None:

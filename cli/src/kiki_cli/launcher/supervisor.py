@@ -36,6 +36,15 @@ from typing import Any, TextIO
 
 import orjson
 
+from kiki_cli.launcher.demo_keeper import DEMOS, DemoKeeper
+from kiki_cli.launcher.process import (
+    bus_reachable,
+    end_process,
+    first_set,
+    pipe_lines,
+    pre_exec,
+    start_private_bus,
+)
 from libkiki import signals
 from libkiki.backoff import DEFAULT_STABLE_AFTER, RestartBackoff
 from libkiki.constellation import (
@@ -47,15 +56,6 @@ from libkiki.constellation import (
 from libkiki.errors import AddressInUse, KikiError, Unavailable
 from libkiki.private_dir import ensure_private_dir
 from libkiki.sockets import bind_tcp, bind_unix
-from libkiki.up_demos import DEMOS, DemoKeeper
-from libkiki.up_process import (
-    bus_reachable,
-    end_process,
-    first_set,
-    pipe_lines,
-    pre_exec,
-    start_private_bus,
-)
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class UpConfig:
     gid: int | None = None
     bin_dir: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
-    # Start the demo tool provider (libkiki.demo) once the broker is ready.
+    # Start the demo tool provider (kiki_cli.demos.tool_provider) once the broker is ready.
     demo: bool = True
 
 

@@ -1,8 +1,8 @@
 """The demo provider `kiki up` starts: two small tools on the broker, so a fresh constellation
 has something to call (``dev.kiki.demo.echo``, ``dev.kiki.demo.now``).
 
-Run it by itself with ``python -m libkiki.demo [--socket PATH]``; it exits 1 when the broker
-goes away (``kiki up`` then starts it again once the broker is ready).
+Run it by itself with ``python -m kiki_cli.demos.tool_provider [--socket PATH]``; it exits 1
+when the broker goes away (``kiki up`` then starts it again once the broker is ready).
 """
 
 from __future__ import annotations
@@ -46,7 +46,9 @@ async def serve(path: Path | None) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m libkiki.demo", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m kiki_cli.demos.tool_provider", description=__doc__
+    )
     parser.add_argument("--socket", type=Path, help="the broker's socket")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
