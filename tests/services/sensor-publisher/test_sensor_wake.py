@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kiki_sensor_publisher.protocol import ReadPolicy, WakeCore
+from kiki_sensor_publisher.protocol import ReadPolicy, WakeCore, subscribe_params
 from libkiki.errors import InvalidParams, LimitExceeded
 from libkiki.peer import PeerCred
 
@@ -155,3 +155,27 @@ def test_one_user_cannot_take_the_whole_pool() -> None:
     core.disconnect(a2)
     core.subscribe(a1, ["z"], None)
     assert core.by_sensor["z"] == {a1}
+
+
+def test_subscribe_params_are_checked_before_anything_is_looked_up() -> None:
+    assert subscribe_params(["imu0"], 0, "socket") == (["imu0"], None, False)
+    assert subscribe_params(["imu0", "cpu"], 50, "futex") == (["imu0", "cpu"], 50, True)
+    for bad in (
+        ("imu0", 0, "socket"),
+        ([1], 0, "socket"),
+        (["imu0"], -1, "socket"),
+        (["imu0"], "10", "socket"),
+        (["imu0"], 0, "carrier-pigeon"),
+    ):
+        with pytest.raises(InvalidParams):
+            subscribe_params(*bad)
+
+
+def test_stats_show_a_peer_its_own_subscribers_and_root_everyones() -> None:
+    core = WakeCore(max_subscriptions=10, max_wakeups_hz=100)
+    a, b, idle = core.connect(ALICE), core.connect(BOB), core.connect(ALICE)
+    core.subscribe(a, ["imu0"], None)
+    core.subscribe(b, ["cpu"], 10)
+    assert [v["id"] for v in core.views_for(ALICE)] == [a.id]  # not the idle connection
+    assert [v["id"] for v in core.views_for(PeerCred(pid=1, uid=0, gid=0))] == [a.id, b.id]
+    assert idle.id not in [v["id"] for v in core.views_for(BOB)]
