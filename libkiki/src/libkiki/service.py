@@ -1,7 +1,8 @@
 """The service runner: the systemd service contract, once, for every Kiki service.
 
 A service is an async context manager factory ``serve(ctx)``: entering it binds (or adopts) its
-listeners and starts serving, with its tasks owned by a ``TaskGroup`` inside it; leaving it stops
+listeners (``ctx.listen()``: the socket its declaration in :mod:`libkiki.constellation` names)
+and starts serving, with its tasks owned by a ``TaskGroup`` inside it; leaving it stops
 accepting and drains. :func:`run` does the rest::
 
     enter serve(ctx)            -> READY=1, STATUS=<ctx.status>
