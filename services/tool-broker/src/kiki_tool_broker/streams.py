@@ -1,0 +1,647 @@
+"""Event streams (lexicon ``subscription`` types): the broker's fan-out, as pure state.
+
+No asyncio, no sockets (in the manner of h11): the server calls a method with plain data when
+something happens on a connection and gets back the actions to carry out; a subscriber's items
+are taken with :meth:`StreamFanout.drain` when its connection can be written to. Identities
+(connections, subscriptions, upstreams) are plain ints the server maps to its objects.
+
+Model
+-----
+* A *topic* is (NSID, params), the params canonicalised (sorted keys, compact JSON), so equal
+  params share. A topic lives while it has subscribers; all of them share ONE *upstream*
+  subscription at the provider that declared the NSID (:class:`OpenUpstream` when the first
+  subscriber comes, :class:`CloseUpstream` when the last leaves). Upstream ids are never
+  reused, so a message or an answer for an upstream already closed is recognised as stale.
+* A provider declares the NSIDs it serves all or nothing (:meth:`StreamFanout.declare`,
+  :class:`~libkiki.errors.Conflict` if any is served already). When it goes away
+  (:meth:`~StreamFanout.provider_gone`) or withdraws an NSID, its upstreams end and every
+  subscriber stays, told ``waiting`` with the reason (:class:`Status`); when a provider
+  declares the NSID again, each waiting topic is opened upstream again and its subscribers are
+  told ``live`` once it accepts. Nothing is asked of the client.
+* Each message from an upstream is checked (the injected ``validate``: the lexicon validator
+  lives elsewhere) and offered to every subscriber of the topic with that subscriber's own
+  sequence number (1, 2, 3, ... per subscription: a number for every message offered to it).
+* Every subscriber has a bounded queue (``max_queue_messages`` and ``max_queue_bytes``). One
+  that does not drain loses its OLDEST queued messages: streams here carry changing state
+  (screen changes, playback, progress, providers), so a subscriber catching up is better served
+  by the newest messages than by stale ones it would have to resynchronise past anyway, and a
+  message never waits in the broker longer than a queue's worth of newer ones. The loss is a
+  :class:`Lost` item in its place in the stream, with the exact count; the sequence numbers jump
+  by the same count, so a client can check it. Other subscribers are not affected.
+* Anything that breaks the continuity of a stream (messages lost, the upstream interrupted) is
+  kept in the queue as one *gap* between two messages: gaps next to each other merge, so the
+  queue holds at most ``max_queue_messages + 1`` gaps besides its messages, however often a
+  provider comes and goes while nobody reads (a gap drains as :class:`Lost` and/or
+  :class:`Status`, ``interruptions`` saying how many times the upstream was cut meanwhile).
+* A subscription the broker ends (the provider refused or ended the upstream, a policy reload
+  denies it, shutdown) gets an :class:`Ended` item after what is queued, and is forgotten once
+  that is drained or its connection closes. Subscribe and every end are returned as
+  :class:`Audit` actions; individual messages are not audited.
+
+Memory: at most ``max_subscriptions`` queues of at most ``max_queue_bytes`` (message sizes as
+given to :meth:`~StreamFanout.publish`, default the compact JSON's length) and
+``max_queue_messages`` each; subscribers of one topic hold references to the same message
+objects, so the real figure is per topic rather than per subscriber.
+
+Wire protocol proposed for issue 18 (JSON-RPC 2.0 on ``tools.sock``)
+----------------------------------------------------------------------
+Client -> broker:
+
+* ``kiki/subscribe`` ``{"nsid": N, "params": {...}}`` (``params`` optional, checked against the
+  lexicon's ``parameters``; a delegate's ``_meta`` as for ``tools/call``) -> ``{"subscription":
+  ID, "state": "opening"|"live"|"waiting"}``. ``-32602`` not a subscription NSID or bad params,
+  ``-32003`` policy (kind of access ``subscribe``), ``-32005`` over a limit (``data.limit``).
+* ``kiki/unsubscribe`` ``{"subscription": ID}`` -> ``{}``; ``-32004`` if not this connection's.
+
+Broker -> client, notifications, in stream order per subscription:
+
+* ``kiki/event`` ``{"subscription": ID, "seq": S, "message": {"$type": ..., ...}}``
+* ``kiki/lost`` ``{"subscription": ID, "count": N}`` (the next ``seq`` is N higher than the last
+  plus one)
+* ``kiki/streamStatus`` ``{"subscription": ID, "state": "waiting"|"live", "reason":
+  "providerGone"|"providerWithdrew"|null, "interruptions": K}``
+* ``kiki/ended`` ``{"subscription": ID, "reason": "refused"|"providerEnded"|"denied"|
+  "shutdown", "message": ...}``: the last item of that subscription.
+
+Provider side: ``kiki/registerTools`` takes ``subscriptions`` (NSIDs of ``subscription``
+lexicons, installed or in ``lexicons``; all or nothing together with ``tools``; the same
+provide policy; ``-32009`` when taken) and ``kiki/unregisterTools`` the same key. Then:
+
+* broker -> provider request ``kiki/openStream`` ``{"stream": U, "nsid": N, "params": {...}}``:
+  ``{}`` accepts (:meth:`~StreamFanout.upstream_opened`), an error refuses
+  (:meth:`~StreamFanout.upstream_failed`: the topic's subscribers end, ``refused``). No caller in
+  ``_meta``: one upstream serves many callers, and who may subscribe is the broker's policy.
+* broker -> provider notification ``kiki/closeStream`` ``{"stream": U}``.
+* provider -> broker notifications ``kiki/emit`` ``{"stream": U, "message": {...}}`` and
+  ``kiki/endStream`` ``{"stream": U, "message": ...}`` (ends the subscribers: ``providerEnded``).
+* broker -> provider notification ``kiki/rejected`` ``{"stream": U, "error": {code, message,
+  data}}`` for a message that broke its lexicon or ``max_message_bytes`` (dropped, counted).
+
+MCP hosts: each topic is a resource, ``kiki-stream://NSID?PARAMS`` (params as a query string),
+listed by ``resources/templates/list`` from the subscription lexicons. ``resources/subscribe``
+is ``kiki/subscribe``; ``notifications/resources/updated`` is sent when the subscriber's queue
+goes from empty to not empty (:class:`Readable`: once, however many messages follow);
+``resources/read`` drains the queue and returns the items as one JSON text content (events with
+``seq``, ``lost``, ``status``, ``ended``); ``resources/unsubscribe`` is ``kiki/unsubscribe``.
+The 2026-07-28 revision carries the same ``resources/updated`` on a ``subscriptions/listen``
+stream. This uses only what every MCP revision and SDK already has, and the pull model gives
+a host that reads slowly the same bounded queue as anyone else.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+
+from libkiki.errors import Conflict, InvalidParams, KikiError, LimitExceeded, NotFound
+
+ConnId = int  # the server's id for a connection (a client, a provider, or both)
+SubId = int
+UpstreamId = int
+
+State = Literal["opening", "live", "waiting"]
+WaitReason = Literal["providerGone", "providerWithdrew"]
+EndReason = Literal["unsubscribed", "closed", "refused", "providerEnded", "denied", "shutdown"]
+
+DEFAULT_MAX_SUBSCRIPTIONS = 1024
+DEFAULT_MAX_PER_CONNECTION = 64
+DEFAULT_MAX_QUEUE_MESSAGES = 256
+DEFAULT_MAX_QUEUE_BYTES = 256 * 1024
+
+
+# -- what a subscriber receives (from drain) ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    sub: SubId
+    seq: int
+    message: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Lost:
+    """``count`` messages were dropped here, unread: the next ``seq`` jumps by as many."""
+
+    sub: SubId
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """The upstream's state from here on. ``interruptions``: times it was cut since the last
+    status this subscriber was given, ``reason`` why the last of them (a ``live`` with 0 is a
+    first opening, or a reopening already reported as ``waiting``, completing)."""
+
+    sub: SubId
+    state: Literal["live", "waiting"]
+    reason: WaitReason | None
+    interruptions: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """The broker ended the subscription; nothing follows."""
+
+    sub: SubId
+    reason: EndReason
+    detail: str | None = None
+
+
+Item = Message | Lost | Status | Ended
+
+
+# -- what the server carries out ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OpenUpstream:
+    upstream: UpstreamId
+    provider: ConnId
+    nsid: str
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class CloseUpstream:
+    upstream: UpstreamId
+    provider: ConnId
+
+
+@dataclass(frozen=True, slots=True)
+class Readable:
+    """``sub``'s queue went from empty to not empty: drain it when ``conn`` can be written."""
+
+    conn: ConnId
+    sub: SubId
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A message from ``provider`` was dropped (``error`` says why): tell the provider."""
+
+    upstream: UpstreamId
+    provider: ConnId
+    error: KikiError
+
+
+@dataclass(frozen=True, slots=True)
+class Audit:
+    event: Literal["subscribe", "unsubscribe"]
+    conn: ConnId
+    sub: SubId
+    nsid: str
+    params: dict[str, Any]
+    reason: EndReason | None = None
+
+
+Action = OpenUpstream | CloseUpstream | Readable | Rejected | Audit
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribed:
+    sub: SubId
+    state: State
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    messages: int
+    bytes: int
+    items: int  # messages and gaps
+
+
+# -- internal state ---------------------------------------------------------------------------
+
+_Entry = tuple[int, Any, int]  # seq, message, size
+
+
+@dataclass(slots=True)
+class _Gap:
+    lost: int = 0
+    interruptions: int = 0
+    state: Literal["live", "waiting"] | None = None
+    reason: WaitReason | None = None
+
+    def absorb(self, later: _Gap) -> None:
+        self.lost += later.lost
+        self.interruptions += later.interruptions
+        if later.state is not None:
+            self.state = later.state
+        if later.reason is not None:  # why it was last cut, also once it is live again
+            self.reason = later.reason
+
+
+@dataclass(eq=False, slots=True)
+class _Upstream:
+    id: UpstreamId
+    provider: ConnId
+    live: bool = False
+
+
+@dataclass(eq=False, slots=True)
+class _Topic:
+    nsid: str
+    params: dict[str, Any]
+    key: tuple[str, bytes]
+    subs: dict[SubId, _Subscriber] = field(default_factory=dict)
+    upstream: _Upstream | None = None
+
+
+@dataclass(eq=False, slots=True)
+class _Subscriber:
+    id: SubId
+    conn: ConnId
+    topic: _Topic
+    queue: deque[_Entry | _Gap | Ended] = field(default_factory=deque)
+    seq: int = 0  # of the last message offered
+    messages: int = 0
+    bytes: int = 0
+    told: State = "opening"  # the state it was last given (subscribe's answer, or a Status)
+    ended: bool = False
+
+
+def _accept(nsid: str, message: Any) -> None:
+    return None
+
+
+def _json_size(message: Any) -> int:
+    return len(orjson.dumps(message))
+
+
+def canonical_params(params: Any) -> bytes:
+    """The params' identity: compact JSON with sorted keys (raises InvalidParams)."""
+    if not isinstance(params, dict):
+        raise InvalidParams("params must be an object")
+    try:
+        return orjson.dumps(params, option=orjson.OPT_SORT_KEYS)
+    except TypeError:
+        raise InvalidParams("params must be JSON") from None
+
+
+class StreamFanout:
+    """Topics, their upstreams and their subscribers' queues (see the module's docstring).
+
+    ``validate(nsid, message)`` raises a :class:`~libkiki.errors.KikiError` for a message that
+    breaks the NSID's lexicon. ``max_message_bytes`` (default ``max_queue_bytes``) bounds one
+    message; larger ones are rejected, since they could never be queued.
+    """
+
+    def __init__(
+        self,
+        *,
+        validate: Callable[[str, Any], None] = _accept,
+        max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS,
+        max_per_connection: int = DEFAULT_MAX_PER_CONNECTION,
+        max_queue_messages: int = DEFAULT_MAX_QUEUE_MESSAGES,
+        max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
+        max_message_bytes: int | None = None,
+    ) -> None:
+        if min(max_subscriptions, max_per_connection, max_queue_messages, max_queue_bytes) < 1:
+            raise ValueError("stream limits must be positive")
+        self.validate = validate
+        self.max_subscriptions = max_subscriptions
+        self.max_per_connection = max_per_connection
+        self.max_queue_messages = max_queue_messages
+        self.max_queue_bytes = max_queue_bytes
+        self.max_message_bytes = min(max_message_bytes or max_queue_bytes, max_queue_bytes)
+        self._served: dict[str, ConnId] = {}  # NSID -> the provider that declared it
+        self._topics: dict[tuple[str, bytes], _Topic] = {}
+        self._upstreams: dict[UpstreamId, _Topic] = {}
+        self._subs: dict[SubId, _Subscriber] = {}
+        self._by_conn: dict[ConnId, set[SubId]] = {}
+        self._next_sub = 1
+        self._next_upstream = 1
+        self.counters = {"published": 0, "lost": 0, "rejected": 0, "stale": 0, "opened": 0}
+
+    # -- providers ------------------------------------------------------------------------
+
+    def check_declare(self, provider: ConnId, nsids: Iterable[str]) -> list[str]:
+        """What :meth:`declare` would refuse, raised, without changing anything (so that the
+        server can make one all-or-nothing registration of tools and streams)."""
+        names = sorted(set(nsids))
+        taken = {n: self._served[n] for n in names if n in self._served}
+        if taken:
+            raise Conflict("already served: " + ", ".join(taken), data={"nsids": sorted(taken)})
+        return names
+
+    def declare(self, provider: ConnId, nsids: Iterable[str]) -> list[Action]:
+        """``provider`` serves ``nsids`` from now on: all of them, or none (Conflict)."""
+        names = self.check_declare(provider, nsids)
+        actions: list[Action] = []
+        for nsid in names:
+            self._served[nsid] = provider
+        for topic in list(self._topics.values()):
+            if topic.upstream is None and topic.nsid in names:
+                actions.append(self._open(topic, provider))
+        return actions
+
+    def withdraw(self, provider: ConnId, nsids: Iterable[str]) -> list[Action]:
+        """``provider`` no longer serves ``nsids`` (all its own, else NotFound and nothing)."""
+        names = set(nsids)
+        foreign = sorted(n for n in names if self._served.get(n) != provider)
+        if foreign:
+            raise NotFound("not served by this provider: " + ", ".join(foreign))
+        return self._drop_provider(provider, names, "providerWithdrew", close=True)
+
+    def provider_gone(self, provider: ConnId) -> list[Action]:
+        """The provider's connection closed: its NSIDs are free, their subscribers wait."""
+        names = {n for n, p in self._served.items() if p == provider}
+        return self._drop_provider(provider, names, "providerGone", close=False)
+
+    def upstream_opened(self, upstream: UpstreamId) -> list[Action]:
+        topic = self._upstreams.get(upstream)
+        if topic is None or topic.upstream is None:
+            self.counters["stale"] += 1
+            return []
+        return self._go_live(topic, topic.upstream)
+
+    def upstream_failed(self, upstream: UpstreamId, detail: str | None = None) -> list[Action]:
+        """The provider refused the upstream: its topic's subscribers end, ``refused``."""
+        return self._end_topic(upstream, "refused", detail)
+
+    def upstream_ended(self, upstream: UpstreamId, detail: str | None = None) -> list[Action]:
+        """The provider ended the upstream itself: its subscribers end, ``providerEnded``."""
+        return self._end_topic(upstream, "providerEnded", detail)
+
+    def publish(
+        self, provider: ConnId, upstream: UpstreamId, message: Any, *, size: int | None = None
+    ) -> list[Action]:
+        """A message from ``provider`` on ``upstream``, for every subscriber of its topic."""
+        topic = self._upstreams.get(upstream)
+        up = topic.upstream if topic is not None else None
+        if topic is None or up is None or up.provider != provider:
+            self.counters["stale"] += 1  # closed meanwhile, or not this provider's
+            return []
+        try:
+            n = _json_size(message) if size is None else size
+            if n > self.max_message_bytes:
+                raise LimitExceeded(
+                    f"message of {n} bytes over the limit of {self.max_message_bytes}",
+                    data={"limit": self.max_message_bytes, "size": n},
+                )
+            self.validate(topic.nsid, message)
+        except KikiError as exc:
+            self.counters["rejected"] += 1
+            return [Rejected(upstream, provider, exc)]
+        except TypeError:  # not JSON at all
+            self.counters["rejected"] += 1
+            return [Rejected(upstream, provider, InvalidParams("message must be JSON"))]
+        actions: list[Action] = []
+        if not up.live:  # a message before the answer to openStream: it accepted
+            actions.extend(self._go_live(topic, up))
+        self.counters["published"] += 1
+        for sub in topic.subs.values():
+            if self._offer(sub, message, n):
+                actions.append(Readable(sub.conn, sub.id))
+        return actions
+
+    # -- clients --------------------------------------------------------------------------
+
+    def subscribe(
+        self, conn: ConnId, nsid: str, params: dict[str, Any] | None = None
+    ) -> tuple[Subscribed, list[Action]]:
+        """A new subscription of ``conn`` (policy and the params' lexicon are checked before)."""
+        canon = canonical_params({} if params is None else params)
+        if len(self._subs) >= self.max_subscriptions:
+            raise LimitExceeded(
+                "too many subscriptions on the broker", data={"limit": self.max_subscriptions}
+            )
+        if len(self._by_conn.get(conn, ())) >= self.max_per_connection:
+            raise LimitExceeded(
+                "too many subscriptions on this connection",
+                data={"limit": self.max_per_connection},
+            )
+        actions: list[Action] = []
+        key = (nsid, canon)
+        topic = self._topics.get(key)
+        if topic is None:
+            topic = self._topics[key] = _Topic(nsid, orjson.loads(canon), key)
+            provider = self._served.get(nsid)
+            if provider is not None:
+                actions.append(self._open(topic, provider))
+        state: State = "waiting"
+        if topic.upstream is not None:
+            state = "live" if topic.upstream.live else "opening"
+        sub = _Subscriber(self._next_sub, conn, topic, told=state)
+        self._next_sub += 1
+        topic.subs[sub.id] = sub
+        self._subs[sub.id] = sub
+        self._by_conn.setdefault(conn, set()).add(sub.id)
+        actions.append(Audit("subscribe", conn, sub.id, nsid, topic.params))
+        return Subscribed(sub.id, state), actions
+
+    def unsubscribe(self, conn: ConnId, sub: SubId) -> list[Action]:
+        """``conn`` ends its subscription ``sub`` (NotFound if it has none such)."""
+        s = self._subs.get(sub)
+        if s is None or s.conn != conn:
+            raise NotFound(f"no subscription {sub} on this connection")
+        return self._remove(s, "unsubscribed")
+
+    def end(self, sub: SubId, reason: EndReason, detail: str | None = None) -> list[Action]:
+        """The broker ends ``sub`` (policy reload, shutdown): :class:`Ended` is queued last."""
+        s = self._subs.get(sub)
+        if s is None or s.ended:
+            return []
+        actions = self._detach(s, reason)
+        if self._push(s, Ended(s.id, reason, detail)):
+            actions.append(Readable(s.conn, s.id))
+        return actions
+
+    def connection_closed(self, conn: ConnId) -> list[Action]:
+        """Every subscription of ``conn`` is gone (its provider side: :meth:`provider_gone`)."""
+        actions: list[Action] = []
+        for sub in sorted(self._by_conn.get(conn, ())):
+            actions.extend(self._remove(self._subs[sub], "closed"))
+        self._by_conn.pop(conn, None)
+        return actions
+
+    def drain(self, sub: SubId, max_items: int | None = None) -> list[Item]:
+        """Take up to ``max_items`` queued entries (all by default) of ``sub``, in order.
+
+        A subscription whose :class:`Ended` is taken is forgotten."""
+        s = self._subs.get(sub)
+        if s is None:
+            return []
+        out: list[Item] = []
+        q = s.queue
+        taken = 0
+        while q and (max_items is None or taken < max_items):
+            entry = q.popleft()
+            taken += 1
+            if isinstance(entry, tuple):
+                seq, message, size = entry
+                s.messages -= 1
+                s.bytes -= size
+                out.append(Message(sub, seq, message))
+            elif isinstance(entry, _Gap):
+                if entry.lost:
+                    out.append(Lost(sub, entry.lost))
+                if entry.state is not None:
+                    out.append(Status(sub, entry.state, entry.reason, entry.interruptions))
+            else:
+                out.append(entry)
+                self._forget(s)
+        return out
+
+    # -- introspection --------------------------------------------------------------------
+
+    def stats(self, sub: SubId) -> QueueStats:
+        s = self._subs[sub]
+        return QueueStats(s.messages, s.bytes, len(s.queue))
+
+    def subscriptions(self, conn: ConnId | None = None) -> list[SubId]:
+        if conn is None:
+            return sorted(self._subs)
+        return sorted(self._by_conn.get(conn, ()))
+
+    def upstreams(self) -> dict[UpstreamId, tuple[ConnId, str, dict[str, Any]]]:
+        """Open (or opening) upstreams: provider, NSID, params."""
+        return {
+            u: (t.upstream.provider, t.nsid, t.params)
+            for u, t in self._upstreams.items()
+            if t.upstream is not None
+        }
+
+    def topic_count(self) -> int:
+        return len(self._topics)
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _open(self, topic: _Topic, provider: ConnId) -> OpenUpstream:
+        up = _Upstream(self._next_upstream, provider)
+        self._next_upstream += 1
+        topic.upstream = up
+        self._upstreams[up.id] = topic
+        self.counters["opened"] += 1
+        return OpenUpstream(up.id, provider, topic.nsid, topic.params)
+
+    def _go_live(self, topic: _Topic, up: _Upstream) -> list[Action]:
+        if up.live:
+            return []
+        up.live = True
+        actions: list[Action] = []
+        for sub in topic.subs.values():
+            if sub.told != "live":
+                sub.told = "live"
+                if self._push_gap(sub, _Gap(state="live")):
+                    actions.append(Readable(sub.conn, sub.id))
+        return actions
+
+    def _drop_provider(
+        self, provider: ConnId, names: set[str], reason: WaitReason, *, close: bool
+    ) -> list[Action]:
+        actions: list[Action] = []
+        for nsid in names:
+            del self._served[nsid]
+        for topic in list(self._topics.values()):
+            up = topic.upstream
+            if up is None or up.provider != provider or topic.nsid not in names:
+                continue
+            topic.upstream = None
+            del self._upstreams[up.id]
+            if close:
+                actions.append(CloseUpstream(up.id, provider))
+            for sub in topic.subs.values():
+                sub.told = "waiting"
+                if self._push_gap(sub, _Gap(interruptions=1, state="waiting", reason=reason)):
+                    actions.append(Readable(sub.conn, sub.id))
+        return actions
+
+    def _end_topic(
+        self, upstream: UpstreamId, reason: EndReason, detail: str | None
+    ) -> list[Action]:
+        topic = self._upstreams.get(upstream)
+        if topic is None:
+            self.counters["stale"] += 1
+            return []
+        # The provider has ended it already: no closeStream goes back for it.
+        if topic.upstream is not None:
+            del self._upstreams[topic.upstream.id]
+            topic.upstream = None
+        actions: list[Action] = []
+        for sub in list(topic.subs.values()):
+            actions.extend(self.end(sub.id, reason, detail))
+        return actions
+
+    def _offer(self, sub: _Subscriber, message: Any, size: int) -> bool:
+        """Queue a message, dropping the oldest queued ones to make room; True if the queue
+        was empty."""
+        sub.seq += 1
+        while sub.messages and (
+            sub.messages >= self.max_queue_messages or sub.bytes + size > self.max_queue_bytes
+        ):
+            self._drop_oldest(sub)
+        was_empty = not sub.queue
+        sub.queue.append((sub.seq, message, size))
+        sub.messages += 1
+        sub.bytes += size
+        return was_empty
+
+    def _drop_oldest(self, sub: _Subscriber) -> None:
+        # Drops only ever happen at the front, so a gap holding losses is always the first
+        # item, and its lost messages are exactly the seqs between the last one drained and
+        # the first one still queued.
+        q = sub.queue
+        head = q.popleft()
+        if isinstance(head, _Gap):
+            gap, entry = head, q.popleft()
+        else:
+            gap, entry = _Gap(), head
+        assert isinstance(entry, tuple)  # gaps never touch, and an Ended ends the queue
+        gap.lost += 1
+        sub.messages -= 1
+        sub.bytes -= entry[2]
+        self.counters["lost"] += 1
+        if q and isinstance(nxt := q[0], _Gap):
+            q.popleft()
+            gap.absorb(nxt)
+        q.appendleft(gap)
+
+    def _push_gap(self, sub: _Subscriber, gap: _Gap) -> bool:
+        q = sub.queue
+        if q and isinstance(q[-1], _Gap):
+            q[-1].absorb(gap)
+            return False
+        q.append(gap)
+        return len(q) == 1
+
+    def _push(self, sub: _Subscriber, item: Ended) -> bool:
+        sub.queue.append(item)
+        return len(sub.queue) == 1
+
+    def _detach(self, sub: _Subscriber, reason: EndReason) -> list[Action]:
+        """Take ``sub`` off its topic (closing the upstream after the last) and audit it."""
+        sub.ended = True
+        topic = sub.topic
+        del topic.subs[sub.id]
+        actions: list[Action] = [
+            Audit("unsubscribe", sub.conn, sub.id, topic.nsid, topic.params, reason)
+        ]
+        if not topic.subs:
+            del self._topics[topic.key]
+            up = topic.upstream
+            if up is not None:
+                topic.upstream = None
+                del self._upstreams[up.id]
+                actions.append(CloseUpstream(up.id, up.provider))
+        return actions
+
+    def _remove(self, sub: _Subscriber, reason: EndReason) -> list[Action]:
+        actions = [] if sub.ended else self._detach(sub, reason)
+        self._forget(sub)
+        return actions
+
+    def _forget(self, sub: _Subscriber) -> None:
+        self._subs.pop(sub.id, None)
+        mine = self._by_conn.get(sub.conn)
+        if mine is not None:
+            mine.discard(sub.id)
+            if not mine:
+                del self._by_conn[sub.conn]
+        sub.queue.clear()
+        sub.messages = sub.bytes = 0
