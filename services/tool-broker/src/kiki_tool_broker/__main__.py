@@ -1,7 +1,8 @@
 """``kiki-tool-broker``: see the service README."""
 
 from kiki_tool_broker import __version__
-from kiki_tool_broker.server import BrokerConfig, serve
+from kiki_tool_broker.config import BrokerConfig
+from kiki_tool_broker.server import serve
 from libkiki.service import service_main
 
 

@@ -39,6 +39,11 @@ LISTEN: Final = "subscriptions/listen"
 ACKNOWLEDGED: Final = "notifications/subscriptions/acknowledged"
 SUBSCRIPTION_ID_META: Final = "io.modelcontextprotocol/subscriptionId"
 
+INSTRUCTIONS: Final = (
+    "Tools of a Kiki device. Each tool's name is the NSID of its published lexicon; "
+    "queries only read, procedures act on the device."
+)
+
 # Kiki's own methods on tools.sock, beside MCP's.
 REGISTER: Final = "kiki/registerTools"
 UNREGISTER: Final = "kiki/unregisterTools"

@@ -1,17 +1,21 @@
-"""The broker's own tools: its providers, its audit log, its health."""
+"""The broker's own tools: its providers, its audit log, its health.
+
+They talk to the rest of the broker through what they read, nothing more: the tool table
+(:class:`~kiki_tool_broker.registry.ToolRegistry`), the audit log, the service's health answer
+and the line limit. The server runs them for calls the core admitted (:mod:`kiki_tool_broker.core`
+checked the caller and the input before, and checks the output after).
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
+from kiki_tool_broker.audit import AuditLog
+from kiki_tool_broker.registry import ToolRegistry
 from libkiki.audit import PAGE_BYTES, AuditReader, AuditReadError, verify
 from libkiki.errors import InvalidParams, KikiError, LimitExceeded, NotFound
-from libkiki.rpc import RequestContext
-
-if TYPE_CHECKING:
-    from kiki_tool_broker.server import Broker
 
 LIST_PROVIDERS: Final = "dev.kiki.tools.listProviders"
 READ_AUDIT_LOG: Final = "dev.kiki.tools.readAuditLog"
@@ -21,12 +25,21 @@ GET_INFO_TOOL: Final = "dev.kiki.service.getInfo"
 
 # Synchronous: the broker answers its own tools as the request is read. One that has to wait
 # (readAuditLog's verify, in a thread) returns a future, which the broker settles.
-Impl = Callable[[RequestContext, dict[str, Any]], Any]
+Impl = Callable[[dict[str, Any]], Any]
 
 
 class BuiltinTools:
-    def __init__(self, broker: Broker) -> None:
-        self.broker = broker
+    def __init__(
+        self,
+        registry: ToolRegistry,
+        audit: AuditLog,
+        info: Callable[[], dict[str, Any]],
+        max_line: int,
+    ) -> None:
+        self.registry = registry
+        self.audit = audit
+        self.info = info
+        self.max_line = max_line
         self.impls: dict[str, Impl] = {
             LIST_PROVIDERS: self.list_providers,
             READ_AUDIT_LOG: self.read_audit_log,
@@ -34,22 +47,23 @@ class BuiltinTools:
         }
         self._verifying = False
 
-    def register(self) -> None:
-        b = self.broker
-        b.registry.register(b.self_provider, [b._tool(n, b.self_provider) for n in self.impls])
+    @property
+    def names(self) -> list[str]:
+        return list(self.impls)
 
-    def call(self, nsid: str, request: RequestContext, arguments: dict[str, Any]) -> Any:
+    def call(self, nsid: str, arguments: dict[str, Any]) -> Any:
+        """The output of tool ``nsid``, or a future of it."""
         try:
             impl = self.impls[nsid]
         except KeyError:
             raise NotFound(f"no built-in tool {nsid}") from None
-        return impl(request, arguments)
+        return impl(arguments)
 
-    def list_providers(self, request: RequestContext, args: dict[str, Any]) -> Any:
-        registry = self.broker.registry
+    def list_providers(self, args: dict[str, Any]) -> Any:
+        registry = self.registry
         return {"providers": [registry.describe(p) for p in registry.providers()]}
 
-    def read_audit_log(self, request: RequestContext, args: dict[str, Any]) -> Any:
+    def read_audit_log(self, args: dict[str, Any]) -> Any:
         """A page of the audit log. Its cost is bounded by the page, not by the log: the page
         is found by bisecting the file on ``seq`` and read from there (``AuditReader``)."""
         # The lexicon has already checked the types and bounds of these.
@@ -58,7 +72,7 @@ class BuiltinTools:
         latest: bool = args.get("latest", False)
         limit: int = args.get("limit", 100)
         tool: str | None = args.get("tool")
-        audit = self.broker.audit
+        audit = self.audit
         backwards = latest or before is not None
         if backwards and cursor is not None:
             raise InvalidParams("cursor pages forwards; it cannot go with before or latest")
@@ -67,7 +81,7 @@ class BuiltinTools:
         if before is not None and before > audit.seq + 1:
             raise _invalid_cursor("before", before, audit.seq)
         # A page must fit in an answer line with its text copy (see PAGE_BYTES).
-        max_bytes = min(PAGE_BYTES, (self.broker.config.max_line - 4096) // 3)
+        max_bytes = min(PAGE_BYTES, (self.max_line - 4096) // 3)
         try:
             with AuditReader(audit.path) as reader:
                 if backwards:
@@ -94,7 +108,7 @@ class BuiltinTools:
         whole log, so it must not hold up the broker. One check at a time."""
         if self._verifying:
             raise LimitExceeded("the audit log is being verified for another call: ask again")
-        audit = self.broker.audit
+        audit = self.audit
         end, head = audit.snapshot()
 
         def check() -> dict[str, Any]:
@@ -118,8 +132,8 @@ class BuiltinTools:
         self._verifying = True
         return asyncio.get_running_loop().run_in_executor(None, check)
 
-    def get_info(self, request: RequestContext, args: dict[str, Any]) -> Any:
-        return self.broker.ctx.info()
+    def get_info(self, args: dict[str, Any]) -> Any:
+        return self.info()
 
 
 def _invalid_cursor(name: str, value: int, last: int) -> InvalidParams:

@@ -1,0 +1,352 @@
+"""The broker's decisions, sans I/O: who may register and call what, and what each call's
+answer and audit line are.
+
+Plain data in, plain data out; no sockets, no asyncio, no connections (a provider's connection
+rides along in :class:`~kiki_tool_broker.registry.Provider` for the server's use, untouched
+here). :mod:`kiki_tool_broker.server` moves the bytes: it asks :meth:`BrokerCore.call` about a
+``tools/call``, which answers at once (:class:`Answer`: a result or a typed error) or admits the
+call (:class:`Admitted`: forward ``params`` to ``tool.provider``, or run one of the broker's own
+tools); when the tool's side is over, :meth:`BrokerCore.settle` makes its :class:`Answer`. Every
+answer carries the :class:`AuditRecord` to write, and the counter to bump, before it is given.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from kiki_tool_broker import protocol as mcp
+from kiki_tool_broker.config import BrokerConfig
+from kiki_tool_broker.policy import Caller, Decision, Policy, installed_authority
+from kiki_tool_broker.registry import (
+    Provider,
+    Tool,
+    ToolRegistry,
+    caller_view,
+    forwarded_caller,
+)
+from kiki_tool_broker.results import (
+    COUNTERS,
+    outcome_of,
+    own_result,
+    provider_result,
+)
+from kiki_tool_broker.schemas import Catalog, ToolSchema
+from libkiki.errors import InvalidParams, KikiError, NotFound, PermissionDenied
+from libkiki.peer import PeerCred
+from libkiki.principals import is_kiki_service
+
+if TYPE_CHECKING:
+    from libkiki.rpc.messages import RequestId
+
+log = logging.getLogger(__name__)
+
+OWN_NAME = "kiki-tool-broker"  # the broker as the provider of its own tools
+
+
+@dataclass(frozen=True, slots=True)
+class Who:
+    """A caller as the broker decides about it and names it. A peer's identity is fixed when it
+    connects (libkiki.peer: SO_PEERCRED, its groups, its app id), so this is made once per
+    connection (:meth:`BrokerCore.identify`)."""
+
+    cred: PeerCred
+    caller: Caller  # the policy's key
+    view: dict[str, Any]  # ``#caller``, as the audit log names it
+    # What a forwarded call tells its provider, to decide by the same principals as the broker.
+    forwarded: dict[str, Any]
+
+
+@dataclass(slots=True)
+class AuditRecord:
+    """One audit line, to be written before the answer it goes with (its duration: from
+    ``started``, on the same clock, to when it is written)."""
+
+    caller: dict[str, Any]
+    tool: str
+    outcome: str
+    code: int | None
+    arguments: Any
+    provider: dict[str, Any] | None  # who answered (or was to): its identity
+    started: float
+
+    @property
+    def counter(self) -> str:
+        """getInfo's counter that this call bumps."""
+        return COUNTERS[self.outcome]
+
+
+@dataclass(slots=True)
+class Answer:
+    """A call's answer, ``result`` or ``error``, and its audit line."""
+
+    result: dict[str, Any] | None
+    error: Exception | None
+    audit: AuditRecord
+
+
+@dataclass(slots=True, eq=False)
+class Admitted:
+    """A call that passed every check and is for its tool to answer: ``params`` go to
+    ``tool.provider`` as a ``tools/call``, or, when None, the broker's own tool runs."""
+
+    tool: Tool
+    schema: ToolSchema
+    arguments: dict[str, Any]
+    caller: dict[str, Any]  # the caller's audit view
+    started: float
+    modern: dict[str, Any] | None  # the 2026-07-28 result _meta, or None (mcp.era)
+    room: int  # bytes an answer line has for the output, twice, once the caller's id is in it
+    params: dict[str, Any] | None
+
+
+class BrokerCore:
+    def __init__(
+        self,
+        config: BrokerConfig,
+        catalog: Catalog,
+        policy: Policy,
+        *,
+        version: str = "0",
+        apps_dir: Path | None = None,
+        own: PeerCred | None = None,
+    ) -> None:
+        self.config = config
+        self.catalog = catalog
+        self.policy = policy  # replaced on a reload
+        self.registry = ToolRegistry()
+        # Installed app manifests (kiki app install): an app's id is its NSID authority.
+        self.apps_dir = apps_dir
+        if own is None:
+            own = PeerCred(pid=os.getpid(), uid=os.getuid(), gid=os.getgid(), app_id=OWN_NAME)
+        self.own_uid = own.uid
+        self.own = Provider(OWN_NAME, own)  # the provider of the broker's own tools
+        self.result_meta = mcp.result_meta(version)  # every 2026-07-28 result's _meta
+
+    # -- who ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def identify(cred: PeerCred) -> Who:
+        return Who(cred, Caller.of(cred), caller_view(cred), forwarded_caller(cred))
+
+    @staticmethod
+    def provider(cred: PeerCred, connection: Any = None) -> Provider:
+        """The provider a connection becomes when it first registers or unregisters."""
+        return Provider(cred.app_id or f"pid {cred.pid}", cred, connection)
+
+    def allows(self, caller: Caller, tool: Tool) -> Decision:
+        return self.policy.allows(caller, tool.nsid, tool.kind, (tool.provider.cred.uid,))
+
+    # -- registration -------------------------------------------------------------------------
+
+    def register(
+        self, provider: Provider, tools: Any, lexicons: Any = None, max_in_flight: Any = None
+    ) -> list[str]:
+        """Register ``tools`` (NSIDs; a repeated one counts once) for ``provider``, with the
+        lexicon documents it sends: all or nothing. ``max_in_flight`` is only checked here: the
+        server holds the provider's connection to it."""
+        wanted = nsid_list(tools)
+        if max_in_flight is not None and (
+            not isinstance(max_in_flight, int)
+            or isinstance(max_in_flight, bool)
+            or max_in_flight < 1
+        ):
+            raise InvalidParams("maxInFlight must be a positive integer")
+        limit = self.config.max_tools_per_provider
+        if len(provider.tools) + len(wanted) > limit:
+            raise InvalidParams(
+                f"a provider may register at most {limit} tools", data={"limit": limit}
+            )
+        try:
+            reserve = self.may_provide(provider, wanted)
+            staged = self.catalog.stage(lexicons, owner=provider.id)
+            entries = [tool_entry(staged.tool(nsid), provider) for nsid in wanted]
+            registered = self.registry.register(
+                provider,
+                entries,
+                reserve=reserve,
+                kiki_service=is_kiki_service(provider.cred, self.own_uid),
+            )
+        except KikiError as exc:
+            # The operator's record of a refused registration: who, what, why.
+            log.warning(
+                "refused to register %s for %s (%s): %s",
+                ", ".join(wanted),
+                provider.name,
+                provider.identity,
+                exc.message,
+            )
+            raise
+        self.catalog.commit(staged, registered)
+        if registered:
+            log.info("provider %s registered %s", provider.name, ", ".join(registered))
+        return registered
+
+    def register_own(self, nsids: Iterable[str]) -> list[str]:
+        """Register the broker's own tools (their lexicons are installed ones)."""
+        own = self.own
+        return self.registry.register(own, [tool_entry(self.catalog.tool(n), own) for n in nsids])
+
+    def unregister(self, provider: Provider, tools: Any) -> list[str]:
+        """Unregister ``tools`` (a repeated NSID counts once), all of which ``provider`` must
+        have registered; else nothing changes."""
+        removed = self.registry.unregister(provider, nsid_list(tools))
+        self.catalog.release_tools(provider.id, removed)
+        if removed:
+            log.info("provider %s unregistered %s", provider.name, ", ".join(removed))
+        return removed
+
+    def drop_provider(self, provider: Provider) -> list[str]:
+        """A provider's connection closed: its tools, and the documents only it held, go."""
+        gone = self.registry.remove_provider(provider)
+        self.catalog.drop_owner(provider.id)
+        if gone:
+            log.info("provider %s left; removed %s", provider.name, ", ".join(gone))
+        return gone
+
+    def may_provide(self, provider: Provider, wanted: list[str]) -> set[str]:
+        """Whether the provider may provide every NSID of ``wanted`` (else PermissionDenied
+        naming each refused one and why); those that stay reserved for it (each by its own
+        verdict: one granted by a ``[[provide]]`` rule alone is not)."""
+        cred = provider.cred
+        authority = installed_authority(self.apps_dir, cred.app_id)
+        refused: dict[str, str] = {}
+        reserve: set[str] = set()
+        for nsid in wanted:
+            verdict = self.policy.may_provide(cred, nsid, own_uid=self.own_uid, authority=authority)
+            if not verdict.allowed:
+                refused[nsid] = verdict.reason
+            elif verdict.reserve:
+                reserve.add(nsid)
+        if refused:
+            why = "; ".join(f"{n}: {r}" for n, r in refused.items())
+            raise PermissionDenied(
+                f"{provider.identity} may not provide {why}",
+                data={"nsids": list(refused), "reasons": refused},
+            )
+        return reserve
+
+    # -- listing ------------------------------------------------------------------------------
+
+    def list_tools(
+        self, who: Who, cursor: str | None, modern: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        """A ``tools/list`` page: the tools this caller may call (MCP: the tools available to
+        the requesting client); what its policy denies it is left out, and a call of it is
+        still refused."""
+        tools = [t for t in self.registry if self.allows(who.caller, t)[0]]
+        if cursor is not None:
+            after = mcp.decode_cursor(cursor)
+            if after is None:
+                raise InvalidParams("invalid cursor", data={"cursor": cursor})
+            tools = [t for t in tools if t.nsid > after]
+        page = tools[: self.config.list_page_size]
+        more = len(tools) > len(page)
+        next_cursor = mcp.encode_cursor(page[-1].nsid) if more else None
+        return mcp.list_result([t.mcp() for t in page], modern, next_cursor)
+
+    # -- calls --------------------------------------------------------------------------------
+
+    def call(
+        self,
+        who: Who,
+        name: object,
+        arguments: object,
+        request_id: RequestId,
+        modern: dict[str, Any] | None,
+        started: float,
+    ) -> Answer | Admitted:
+        """A ``tools/call`` of ``name`` by ``who``: refused (an :class:`Answer` with its error),
+        or admitted for its tool to answer."""
+        arguments = {} if arguments is None else arguments
+        answering: dict[str, Any] | None = None  # the provider's view, once the tool is known
+        try:
+            if not isinstance(name, str):
+                raise InvalidParams("name must be a string")
+            try:
+                tool = self.registry.get(name)
+            except NotFound:
+                raise InvalidParams(f"unknown tool: {name}", data={"name": name}) from None
+            answering = tool.provider.view
+            if not isinstance(arguments, dict):
+                raise InvalidParams("arguments must be an object")
+            allowed, reason = self.allows(who.caller, tool)
+            if not allowed:
+                raise PermissionDenied(f"{who.cred.describe()} may not call {name}: {reason}")
+            schema = self.catalog.tool(name)
+            schema.validate_input(arguments)
+        except Exception as exc:
+            outcome, code = outcome_of(exc)
+            record = AuditRecord(who.view, str(name), outcome, code, arguments, answering, started)
+            return Answer(None, exc, record)
+        room = self.config.max_line - (
+            len(orjson.dumps(request_id)) if isinstance(request_id, str) else 24
+        )
+        params = None
+        if tool.provider is not self.own:
+            params = {
+                "name": name,
+                "arguments": arguments,
+                "_meta": {mcp.CALLER_META: who.forwarded},
+            }
+        return Admitted(tool, schema, arguments, who.view, started, modern, room, params)
+
+    def settle(self, call: Admitted, output: Any, error: BaseException | None) -> Answer:
+        """The answer to an admitted call whose tool side ended with ``output`` (a provider's
+        reply, or what the broker's own tool returned) or ``error``."""
+        tool = call.tool
+        try:
+            if call.params is None:
+                settled = own_result(call.schema, call.modern, call.room, output, error)
+            else:
+                settled = provider_result(
+                    tool,
+                    call.schema,
+                    call.modern,
+                    call.room,
+                    self.config.call_timeout,
+                    output,
+                    error,
+                )
+        except Exception as exc:
+            outcome, code = outcome_of(exc)
+            return Answer(None, exc, self._record(call, outcome, code))
+        result, outcome, code = settled
+        return Answer(result, None, self._record(call, outcome, code))
+
+    def cancelled(self, call: Admitted) -> AuditRecord:
+        """The audit line of an admitted call its caller cancelled, or left: nobody to answer."""
+        return self._record(call, "cancelled", None)
+
+    @staticmethod
+    def _record(call: Admitted, outcome: str, code: int | None) -> AuditRecord:
+        tool = call.tool
+        return AuditRecord(
+            call.caller, tool.nsid, outcome, code, call.arguments, tool.provider.view, call.started
+        )
+
+
+def nsid_list(tools: Any) -> list[str]:
+    """``tools`` of kiki/registerTools and kiki/unregisterTools: a list of NSID strings, in
+    order, each once."""
+    if not isinstance(tools, list) or not all(isinstance(t, str) for t in tools):
+        raise InvalidParams("tools must be a list of NSIDs")
+    return list(dict.fromkeys(tools))
+
+
+def tool_entry(schema: ToolSchema, provider: Provider) -> Tool:
+    return Tool(
+        schema.nsid,
+        schema.kind,
+        schema.description,
+        schema.input_schema,
+        schema.output_schema,
+        schema.destructive,
+        provider,
+    )
