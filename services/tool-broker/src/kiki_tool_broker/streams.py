@@ -191,12 +191,17 @@ class Rejected:
 
 @dataclass(frozen=True, slots=True)
 class Audit:
+    """A line for the audit log; ``caller`` is what :meth:`StreamFanout.subscribe` was given
+    (the principal and, for a delegated subscription, its relay), so that an end the broker
+    decides (a close, a refused upstream) names who subscribed."""
+
     event: Literal["subscribe", "unsubscribe"]
     conn: ConnId
     sub: SubId
     nsid: str
     params: dict[str, Any]
     reason: EndReason | None = None
+    caller: Any = None
 
 
 Action = OpenUpstream | CloseUpstream | Readable | Rejected | Audit
@@ -263,6 +268,7 @@ class _Subscriber:
     bytes: int = 0
     told: State = "opening"  # the state it was last given (subscribe's answer, or a Status)
     ended: bool = False
+    caller: Any = None
 
 
 def _accept(nsid: str, message: Any) -> None:
@@ -403,9 +409,10 @@ class StreamFanout:
     # -- clients --------------------------------------------------------------------------
 
     def subscribe(
-        self, conn: ConnId, nsid: str, params: dict[str, Any] | None = None
+        self, conn: ConnId, nsid: str, params: dict[str, Any] | None = None, *, caller: Any = None
     ) -> tuple[Subscribed, list[Action]]:
-        """A new subscription of ``conn`` (policy and the params' lexicon are checked before)."""
+        """A new subscription of ``conn`` (policy and the params' lexicon are checked before);
+        ``caller`` is carried into its :class:`Audit` actions."""
         canon = canonical_params({} if params is None else params)
         if len(self._subs) >= self.max_subscriptions:
             raise LimitExceeded(
@@ -427,12 +434,12 @@ class StreamFanout:
         state: State = "waiting"
         if topic.upstream is not None:
             state = "live" if topic.upstream.live else "opening"
-        sub = _Subscriber(self._next_sub, conn, topic, told=state)
+        sub = _Subscriber(self._next_sub, conn, topic, told=state, caller=caller)
         self._next_sub += 1
         topic.subs[sub.id] = sub
         self._subs[sub.id] = sub
         self._by_conn.setdefault(conn, set()).add(sub.id)
-        actions.append(Audit("subscribe", conn, sub.id, nsid, topic.params))
+        actions.append(Audit("subscribe", conn, sub.id, nsid, topic.params, caller=caller))
         return Subscribed(sub.id, state), actions
 
     def unsubscribe(self, conn: ConnId, sub: SubId) -> list[Action]:
@@ -620,7 +627,7 @@ class StreamFanout:
         topic = sub.topic
         del topic.subs[sub.id]
         actions: list[Action] = [
-            Audit("unsubscribe", sub.conn, sub.id, topic.nsid, topic.params, reason)
+            Audit("unsubscribe", sub.conn, sub.id, topic.nsid, topic.params, reason, sub.caller)
         ]
         if not topic.subs:
             del self._topics[topic.key]
