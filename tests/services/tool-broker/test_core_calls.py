@@ -130,7 +130,7 @@ def test_a_refused_call_is_answered_at_once_with_its_audit_line(
     answer = refused(core, name, arguments)
     assert isinstance(answer.error, error)
     assert message in str(answer.error)
-    record = answer.audit
+    record = answer
     assert (record.outcome, record.code, record.counter) == ("invalid", -32602, "calls_invalid")
     assert record.tool == str(name)
     assert record.arguments == arguments
@@ -144,9 +144,9 @@ def test_a_caller_the_policy_refuses_is_denied_and_named(core: BrokerCore) -> No
     answer = refused(core, ECHO, {"text": "hi"}, who=STRANGER)
     assert isinstance(answer.error, PermissionDenied)
     assert str(answer.error).startswith(f"uid=1001 pid=43 may not call {ECHO}: procedures need")
-    assert (answer.audit.outcome, answer.audit.code) == ("denied", -32003)
-    assert answer.audit.provider is not None
-    assert answer.audit.provider["identity"] == "app:org.example.provider"
+    assert (answer.outcome, answer.code) == ("denied", -32003)
+    assert answer.provider is not None
+    assert answer.provider["identity"] == "app:org.example.provider"
 
 
 # -- settling a provider's reply ---------------------------------------------------------------
@@ -161,7 +161,7 @@ def test_a_providers_output_is_checked_and_answered_twice(core: BrokerCore) -> N
         "structuredContent": {"text": "hi"},
         "isError": False,
     }
-    record = answer.audit
+    record = answer
     assert (record.outcome, record.code, record.tool) == ("ok", None, ECHO)
     assert record.provider == step.tool.provider.view
     assert record.arguments == {"text": "hi"}
@@ -211,19 +211,19 @@ def test_a_failed_or_malformed_reply_is_a_tool_error(
         assert got["path"] == "output.text"
     else:
         assert got == data
-    assert (answer.audit.outcome, answer.audit.code) == ("error", code)
+    assert (answer.outcome, answer.code) == ("error", code)
 
 
 def test_an_output_that_does_not_fit_an_answer_is_a_tool_error() -> None:
     small = make_core(max_line=8192)
     step = admitted(small, BIG)
     fits = small.settle(step, {"structuredContent": {"text": "x" * 1000}}, None)
-    assert fits.audit.outcome == "ok"
+    assert fits.outcome == "ok"
     answer = small.settle(step, {"structuredContent": {"text": "x" * 3000}}, None)
     assert answer.result is not None
     assert answer.result["isError"] is True
     assert answer.result["_meta"][ERROR_DATA_META] == {"size": 3011, "room": 8192 - 24}
-    assert (answer.audit.outcome, answer.audit.code) == ("error", LimitExceeded.jsonrpc_code)
+    assert (answer.outcome, answer.code) == ("error", LimitExceeded.jsonrpc_code)
 
 
 def test_the_brokers_own_timer_and_the_provider_leaving_are_the_calls_errors(
@@ -236,7 +236,7 @@ def test_the_brokers_own_timer_and_the_provider_leaving_are_the_calls_errors(
         "org.example.provider did not answer org.example.test.echo within 2s; "
         "the call was cancelled"
     )
-    assert (late.audit.outcome, late.audit.code, late.audit.counter) == (
+    assert (late.outcome, late.code, late.counter) == (
         "timeout",
         -32006,
         "calls_timeout",
@@ -244,7 +244,7 @@ def test_the_brokers_own_timer_and_the_provider_leaving_are_the_calls_errors(
     gone = core.settle(step, None, PeerGone("the peer left"))
     assert isinstance(gone.error, PeerGone)
     assert "org.example.provider, which provides org.example.test.echo" in str(gone.error)
-    assert (gone.audit.outcome, gone.audit.code) == ("provider-gone", -32011)
+    assert (gone.outcome, gone.code) == ("provider-gone", -32011)
 
 
 @pytest.mark.parametrize("code", [-32006, -32011, -32003])
@@ -257,15 +257,15 @@ def test_an_error_the_provider_answers_is_its_tool_error(core: BrokerCore, code:
     assert answer.result is not None
     assert answer.result["isError"] is True
     assert answer.result["content"][0]["text"] == "the media daemon did not answer"
-    assert (answer.audit.outcome, answer.audit.code) == ("error", code)
+    assert (answer.outcome, answer.code) == ("error", code)
 
 
 def test_anything_else_a_call_ends_in_is_an_internal_error(core: BrokerCore) -> None:
     bug = RuntimeError("a bug")
     answer = core.settle(admitted(core, ECHO, {"text": "hi"}), None, bug)
     assert answer.error is bug
-    assert (answer.audit.outcome, answer.audit.code) == ("internal-error", -32603)
-    assert answer.audit.counter == "calls_internal-error"
+    assert (answer.outcome, answer.code) == ("internal-error", -32603)
+    assert answer.counter == "calls_internal-error"
 
 
 def test_a_cancelled_call_is_audited_with_nobody_to_answer(core: BrokerCore) -> None:
@@ -284,7 +284,7 @@ def test_what_an_own_tool_could_not_find_is_a_tool_error(core: BrokerCore) -> No
     assert answer.result is not None
     assert answer.result["isError"] is True
     assert answer.result["_meta"][ERROR_DATA_META] == {"page": 3}
-    assert (answer.audit.outcome, answer.audit.code) == ("error", NotFound.jsonrpc_code)
+    assert (answer.outcome, answer.code) == ("error", NotFound.jsonrpc_code)
 
 
 def test_anything_else_an_own_tool_raises_is_the_calls_error(core: BrokerCore) -> None:
@@ -292,7 +292,7 @@ def test_anything_else_an_own_tool_raises_is_the_calls_error(core: BrokerCore) -
     busy = LimitExceeded("being verified")
     answer = core.settle(step, None, busy)
     assert answer.error is busy
-    assert (answer.audit.outcome, answer.audit.code) == ("error", -32005)
+    assert (answer.outcome, answer.code) == ("error", -32005)
 
 
 def test_an_own_tools_output_is_checked_as_a_providers_is(core: BrokerCore) -> None:
@@ -300,8 +300,8 @@ def test_an_own_tools_output_is_checked_as_a_providers_is(core: BrokerCore) -> N
     ok = core.settle(step, {"providers": []}, None)
     assert ok.result is not None
     assert ok.result["structuredContent"] == {"providers": []}
-    assert ok.audit.outcome == "ok"
+    assert ok.outcome == "ok"
     broken = core.settle(step, {"providers": 1}, None)
     assert broken.result is not None
     assert broken.result["isError"] is True
-    assert broken.audit.outcome == "error"
+    assert broken.outcome == "error"

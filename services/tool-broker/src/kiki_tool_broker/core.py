@@ -4,10 +4,11 @@ answer and audit line are.
 Plain data in, plain data out; no sockets, no asyncio, no connections (a provider's connection
 rides along in :class:`~kiki_tool_broker.registry.Provider` for the server's use, untouched
 here). :mod:`kiki_tool_broker.server` moves the bytes: it asks :meth:`BrokerCore.call` about a
-``tools/call``, which answers at once (:class:`Answer`: a result or a typed error) or admits the
-call (:class:`Admitted`: forward ``params`` to ``tool.provider``, or run one of the broker's own
-tools); when the tool's side is over, :meth:`BrokerCore.settle` makes its :class:`Answer`. Every
-answer carries the :class:`AuditRecord` to write, and the counter to bump, before it is given.
+``tools/call``, which refuses it at once (:class:`Answer`: a typed error) or admits it
+(:class:`Admitted`: forward ``params`` to ``tool.provider``, or run one of the broker's own
+tools); when the tool's side is over, :meth:`BrokerCore.settle` makes its :class:`Answer`.
+Every answer is also the :class:`AuditRecord` to write, with the counter to bump, before it is
+given.
 """
 
 from __future__ import annotations
@@ -83,12 +84,12 @@ class AuditRecord:
 
 
 @dataclass(slots=True)
-class Answer:
-    """A call's answer, ``result`` or ``error``, and its audit line."""
+class Answer(AuditRecord):
+    """A call's answer, ``result`` or ``error``, with its audit record: one object, as the
+    server writes the one and then gives the other."""
 
     result: dict[str, Any] | None
     error: Exception | None
-    audit: AuditRecord
 
 
 @dataclass(slots=True, eq=False)
@@ -141,7 +142,7 @@ class BrokerCore:
         return Provider(cred.app_id or f"pid {cred.pid}", cred, connection)
 
     def allows(self, caller: Caller, tool: Tool) -> Decision:
-        return self.policy.allows(caller, tool.nsid, tool.kind, (tool.provider.cred.uid,))
+        return self.policy.allows(caller, tool.nsid, tool.kind, tool.provider.uids)
 
     # -- registration -------------------------------------------------------------------------
 
@@ -283,8 +284,9 @@ class BrokerCore:
             schema.validate_input(arguments)
         except Exception as exc:
             outcome, code = outcome_of(exc)
-            record = AuditRecord(who.view, str(name), outcome, code, arguments, answering, started)
-            return Answer(None, exc, record)
+            return Answer(
+                who.view, str(name), outcome, code, arguments, answering, started, None, exc
+            )
         room = self.config.max_line - (
             len(orjson.dumps(request_id)) if isinstance(request_id, str) else 24
         )
@@ -301,34 +303,44 @@ class BrokerCore:
         """The answer to an admitted call whose tool side ended with ``output`` (a provider's
         reply, or what the broker's own tool returned) or ``error``."""
         tool = call.tool
+        failed: Exception | None = None
         try:
             if call.params is None:
-                settled = own_result(call.schema, call.modern, call.room, output, error)
+                result, outcome, code = own_result(
+                    call.schema, call.modern, call.room, output, error
+                )
             else:
-                settled = provider_result(
-                    tool,
-                    call.schema,
-                    call.modern,
-                    call.room,
-                    self.config.call_timeout,
-                    output,
-                    error,
+                timeout = self.config.call_timeout
+                result, outcome, code = provider_result(
+                    tool, call.schema, call.modern, call.room, timeout, output, error
                 )
         except Exception as exc:
+            failed, result = exc, None
             outcome, code = outcome_of(exc)
-            return Answer(None, exc, self._record(call, outcome, code))
-        result, outcome, code = settled
-        return Answer(result, None, self._record(call, outcome, code))
-
-    def cancelled(self, call: Admitted) -> AuditRecord:
-        """The audit line of an admitted call its caller cancelled, or left: nobody to answer."""
-        return self._record(call, "cancelled", None)
+        return Answer(
+            call.caller,
+            tool.nsid,
+            outcome,
+            code,
+            call.arguments,
+            tool.provider.view,
+            call.started,
+            result,
+            failed,
+        )
 
     @staticmethod
-    def _record(call: Admitted, outcome: str, code: int | None) -> AuditRecord:
+    def cancelled(call: Admitted) -> AuditRecord:
+        """The audit line of an admitted call its caller cancelled, or left: nobody to answer."""
         tool = call.tool
         return AuditRecord(
-            call.caller, tool.nsid, outcome, code, call.arguments, tool.provider.view, call.started
+            call.caller,
+            tool.nsid,
+            "cancelled",
+            None,
+            call.arguments,
+            tool.provider.view,
+            call.started,
         )
 
 

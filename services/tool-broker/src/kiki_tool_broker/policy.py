@@ -77,6 +77,14 @@ class Caller:
     ``groups`` are the supplementary groups the kernel recorded at connect()."""
 
     cred: PeerCred
+    # Hashed once: a caller is the key of every decision it looks up, on every call.
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash(self.cred))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @classmethod
     def of(cls, cred: PeerCred) -> Caller:
@@ -167,7 +175,8 @@ class Policy:
         self, caller: Caller, nsid: str, kind: Kind, provider_uids: Iterable[int]
     ) -> Decision:
         """``(allowed, reason)``; the reason is for the audit log and the denial message."""
-        key = (caller, nsid, kind, frozenset(provider_uids))
+        uids = provider_uids if type(provider_uids) is frozenset else frozenset(provider_uids)
+        key = (caller, nsid, kind, uids)
         found = self._decisions.get(key)
         if found is None:
             found = self._decide(caller.cred, nsid, kind, key[3])

@@ -45,10 +45,13 @@ class Provider:
     connected_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
     identity: str = ""  # what the kernel vouches for, stable across restarts (set from cred)
     view: dict[str, Any] = field(default_factory=dict)  # as tools/list and the audit show it
+    # Its uid as the policy's decisions are keyed by (made once: looked up on every call).
+    uids: frozenset[int] = frozenset()
 
     def __post_init__(self) -> None:
         self.identity = identity_of(self.cred)
         self.view = provider_view(self.cred, self.identity)
+        self.uids = frozenset((self.cred.uid,))
 
 
 @dataclass(frozen=True, slots=True)

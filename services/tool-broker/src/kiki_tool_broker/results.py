@@ -131,11 +131,11 @@ def own_result(
 ) -> Settled:
     """The MCP result of one of the broker's own tools: what it could not find is a tool
     error, as a provider's would be; anything else it raised is the call's error."""
+    if error is None:
+        return checked_result(schema, output, modern, room)
     if isinstance(error, (InvalidParams, NotFound)):
         return failed_result(ToolFailure(error.message, error.jsonrpc_code, error.data), modern)
-    if error is not None:
-        raise error
-    return checked_result(schema, output, modern, room)
+    raise error
 
 
 def failed_result(failure: ToolFailure, modern: dict[str, Any] | None) -> Settled:

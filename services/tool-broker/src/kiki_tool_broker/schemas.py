@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal, NoReturn
+from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn
 
 from libkiki.errors import Conflict, InvalidParams, KikiError, LexiconError, ValidationError
 from libkiki.lexicon.loader import lint_document
@@ -44,6 +44,9 @@ from libkiki.lexicon.model import (
 )
 from libkiki.lexicon.registry import Registry, iter_refs
 
+if TYPE_CHECKING:
+    from libkiki.lexicon.validator import Validator
+
 log = logging.getLogger(__name__)
 
 Kind = Literal["query", "procedure"]
@@ -60,9 +63,16 @@ class ToolSchema:
     destructive: bool
     registry: Registry = field(repr=False)
     has_output: bool = False
+    # The registry's validator for the tool, looked up at its first call (then on every call).
+    _validator: Validator | None = field(default=None, init=False, repr=False, compare=False)
+
+    def _checker(self) -> Validator:
+        validator = self.registry.validator(self.nsid)
+        object.__setattr__(self, "_validator", validator)
+        return validator
 
     def validate_input(self, arguments: JSON) -> None:
-        validator = self.registry.validator(self.nsid)
+        validator = self._validator or self._checker()
         try:
             if self.kind == "query":
                 validator.params(arguments)
@@ -79,7 +89,7 @@ class ToolSchema:
                 raise ValidationError("output", "must be absent: the lexicon declares no output")
             return
         try:
-            self.registry.validator(self.nsid).output(output)
+            (self._validator or self._checker()).output(output)
         except ValidationError as exc:
             raise ValidationError(_prefix("output", exc.path), exc.rule) from None
 

@@ -202,10 +202,10 @@ class Broker:
     # -- calls -------------------------------------------------------------------------------
 
     def _who(self, request: RequestContext) -> Who:
-        who = request.connection.state.get("caller")
+        state = request.connection.state
+        who: Who | None = state.get("caller")
         if who is None:
-            who = request.connection.state["caller"] = self.core.identify(request.peer)
-        assert isinstance(who, Who)
+            who = state["caller"] = self.core.identify(request.peer)
         return who
 
     def tools_call(
@@ -223,9 +223,8 @@ class Broker:
         call = self.core.call(
             self._who(request), name, arguments, request.request_id, modern, started
         )
-        if type(call) is Answer:
+        if isinstance(call, Answer):
             return self._answer(call)
-        assert isinstance(call, Admitted)
         if call.params is not None:
             return self._forward_soon(call, request)
         try:
@@ -239,7 +238,7 @@ class Broker:
     def _answer(self, answer: Answer) -> dict[str, Any]:
         """``answer``'s result, or its error raised, once its audit line is written. An error
         of the audit itself (a full disk) is raised instead: an internal error."""
-        self._write(answer.audit)
+        self._write(answer)
         if answer.error is not None:
             raise answer.error
         assert answer.result is not None
@@ -294,7 +293,7 @@ class Broker:
         error = sent.exception()
         settled = self.core.settle(call, None if error is not None else sent.result(), error)
         try:
-            self._write(settled.audit)
+            self._write(settled)
         except Exception as exc:  # a full disk
             if not answer.done():
                 answer.set_exception(exc)
