@@ -34,6 +34,7 @@ from kiki_tool_broker.registry import (
 )
 from kiki_tool_broker.results import (
     COUNTERS,
+    checked_result,
     outcome_of,
     own_result,
     provider_result,
@@ -277,7 +278,7 @@ class BrokerCore:
             answering = tool.provider.view
             if not isinstance(arguments, dict):
                 raise InvalidParams("arguments must be an object")
-            allowed, reason = self.allows(who.caller, tool)
+            allowed, reason = self.policy.allows(who.caller, name, tool.kind, tool.provider.uids)
             if not allowed:
                 raise PermissionDenied(f"{who.cred.describe()} may not call {name}: {reason}")
             schema = self.catalog.tool(name)
@@ -306,9 +307,14 @@ class BrokerCore:
         failed: Exception | None = None
         try:
             if call.params is None:
-                result, outcome, code = own_result(
-                    call.schema, call.modern, call.room, output, error
-                )
+                if error is None:  # the common case, without a call more
+                    result, outcome, code = checked_result(
+                        call.schema, output, call.modern, call.room
+                    )
+                else:
+                    result, outcome, code = own_result(
+                        call.schema, call.modern, call.room, output, error
+                    )
             else:
                 timeout = self.config.call_timeout
                 result, outcome, code = provider_result(
