@@ -18,17 +18,11 @@ from typing import Any
 import pytest
 
 from kikitest import VENV_BIN
+from libkiki import constellation
 
 pytestmark = pytest.mark.integration
 
-SERVICES = {
-    "tool-broker",
-    "a11y-server",
-    "sensor-publisher",
-    "dbus-gateway",
-    "sync-relay",
-    "updater",
-}
+SERVICES = {spec.name for spec in constellation.SERVICES}  # every declared service
 
 
 def read_state(rundir: Path) -> dict[str, Any] | None:

@@ -23,11 +23,12 @@ import pytest
 
 from kikitest import VENV_BIN, kiki
 from libkiki.errors import PermissionDenied
+from libkiki.paths import SOCKET_NAMES
 from libkiki.private_dir import ensure_private_dir
 
 ATTACKER = "kiki-test-attacker"
 SHARE_GROUP = "kiki-test-share"
-SERVICE_SOCKETS = ("tools.sock", "a11y.sock", "sensors.sock", "updater.sock")
+SERVICE_SOCKETS = tuple(SOCKET_NAMES.values())
 
 # useradd/groupadd exit 9 when the name exists: another test may have created it meanwhile.
 _NAME_IN_USE = 9

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.unit
 TABLE = REPO / "libkiki" / "src" / "libkiki" / "constellation.py"
 # The runtime library and every service. (The applications' distribution, cli/, is to join
 # them once its own literal socket names are gone.)
-ROOTS = [REPO / "libkiki" / "src", *sorted(REPO.glob("services/*/src"))]
+ROOTS = [REPO / "libkiki" / "src", REPO / "cli" / "src", *sorted(REPO.glob("services/*/src"))]
 
 
 def declared() -> set[str | int]:

@@ -26,11 +26,18 @@ from typing import Any
 import pytest
 
 from kikitest import REPO
+from libkiki.constellation import (
+    DEFAULT_RELAY_PORT,
+    GATEWAY_BUS_NAME,
+    GATEWAY_OBJECT_PATH,
+    SERVICE_INTERFACE,
+    SERVICES,
+)
 
 pytestmark = pytest.mark.system
 
-SYSTEM_SERVICES = ("tool-broker", "a11y-server", "sensor-publisher", "sync-relay", "updater")
-RELAY_PORT = 8765
+SYSTEM_SERVICES = tuple(s.name for s in SERVICES if not s.session_bus)
+RELAY_PORT = DEFAULT_RELAY_PORT
 USER_ENV = {
     "XDG_RUNTIME_DIR": "/run/user/0",
     "DBUS_SESSION_BUS_ADDRESS": "unix:path=/run/user/0/bus",
@@ -343,9 +350,9 @@ def test_dbus_gateway_as_a_user_unit(machine: Machine) -> None:
         "busctl",
         "--user",
         "call",
-        "dev.kiki.Gateway",
-        "/dev/kiki/Gateway",
-        "dev.kiki.Service1",
+        GATEWAY_BUS_NAME,
+        GATEWAY_OBJECT_PATH,
+        SERVICE_INTERFACE,
         "GetInfo",
         env=env,
     ).stdout

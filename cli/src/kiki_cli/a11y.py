@@ -17,6 +17,7 @@ from libkiki.a11y.client import A11yClient, role_value
 from libkiki.a11y.render import node_json, node_line, render_text, tree_json
 from libkiki.a11y.search import DEFAULT_LIMIT
 from libkiki.errors import InvalidParams, KikiError, Timeout, Unavailable
+from libkiki.paths import A11Y_SOCKET
 
 
 def register(sub: Any) -> None:
@@ -26,7 +27,7 @@ def register(sub: Any) -> None:
         help="the desktop's accessibility trees",
         description="Talk to the a11y-server on a11y.sock.",
         peer="the server",
-        socket_name="a11y.sock",
+        socket_name=A11Y_SOCKET,
     )
     p.add_argument("--timeout", type=seconds, default=10.0, help="seconds per request (default 10)")
 

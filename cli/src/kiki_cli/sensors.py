@@ -12,6 +12,7 @@ import orjson
 
 from kiki_cli.common import fail, service_group
 from libkiki.errors import KikiError
+from libkiki.paths import SENSORS_SOCKET
 from libkiki.sensors.blocking import BlockingSensorReader
 from libkiki.sensors.client import SensorClient, SensorReader
 from libkiki.sensors.ring import Batch
@@ -24,7 +25,7 @@ def register(sub: Any) -> None:
         help="list, watch and inspect sensors",
         description="Talk to the sensor publisher on sensors.sock; watch maps the rings.",
         peer="the publisher",
-        socket_name="sensors.sock",
+        socket_name=SENSORS_SOCKET,
     )
 
     ls = cmds.add_parser("list", help="the sensors you may read")

@@ -17,6 +17,7 @@ import orjson
 from kiki_cli.common import fail, seconds, service_group
 from libkiki.audit import read_entries, verify
 from libkiki.errors import KikiError, ToolError
+from libkiki.paths import TOOLS_SOCKET
 from libkiki.tools import ToolClient
 
 AUDIT_TOOL = "dev.kiki.tools.readAuditLog"
@@ -30,7 +31,7 @@ def register(sub: Any) -> None:
         help="list, call and audit tools",
         description="Talk to the tool broker on tools.sock.",
         peer="the broker",
-        socket_name="tools.sock",
+        socket_name=TOOLS_SOCKET,
     )
 
     ls = cmds.add_parser(

@@ -50,6 +50,9 @@ from libkiki.backoff import DEFAULT_STABLE_AFTER, RestartBackoff
 from libkiki.constellation import (
     DEFAULT_RELAY_HOST,
     DEFAULT_RELAY_PORT,
+    GATEWAY_BUS_NAME,
+    GATEWAY_OBJECT_PATH,
+    SERVICE_INTERFACE,
     SERVICES,
     ServiceSpec,
 )
@@ -138,7 +141,7 @@ class Supervisor:
                     # A socket takes our effective group, not the directory's.
                     os.chown(path, -1, self._gid, follow_symlinks=False)
                     address = str(path)
-                elif spec.fdname == "relay":
+                elif spec.address is not None:
                     listener = bind_tcp(self.config.relay_host, self.config.relay_port)
                     host, port = listener.getsockname()[:2]
                     address = f"{host}:{port}"
@@ -363,7 +366,7 @@ class Supervisor:
         if self.bus_address:
             lines.append(
                 f"  DBUS_SESSION_BUS_ADDRESS={self.bus_address} busctl --user call "
-                "dev.kiki.Gateway /dev/kiki/Gateway dev.kiki.Service1 GetInfo"
+                f"{GATEWAY_BUS_NAME} {GATEWAY_OBJECT_PATH} {SERVICE_INTERFACE} GetInfo"
             )
         return "\n".join(lines)
 
