@@ -28,7 +28,7 @@ from libkiki.a11y import wire
 from libkiki.admission import AdmissionLimits
 from libkiki.errors import LimitExceeded, PeerGone
 from libkiki.framing import BufferPool
-from libkiki.paths import A11Y_SOCKET, socket_path
+from libkiki.paths import A11Y_SOCKET
 from libkiki.peer import PeerCred, identify
 from libkiki.servers import serve_stream
 from libkiki.service import ServiceContext
@@ -274,7 +274,7 @@ class A11yServer:
 @contextlib.asynccontextmanager
 async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
     config: A11yConfig = ctx.config
-    listener = ctx.listeners.unix("a11y", socket_path(A11Y_SOCKET))
+    listener = ctx.listen()
     server = A11yServer(ctx, config)
 
     def refusal(error: LimitExceeded) -> bytes:

@@ -39,7 +39,7 @@ from kiki_sensor_publisher.protocol import (
 from kiki_sensor_publisher.rings import Sensor
 from libkiki.constellation import GET_INFO
 from libkiki.errors import KikiError
-from libkiki.paths import SENSORS_SOCKET, socket_path
+from libkiki.paths import SENSORS_SOCKET
 from libkiki.rpc import Connection, Methods, RequestContext
 from libkiki.rpc_service import serve_configured
 from libkiki.service import ServiceContext
@@ -241,7 +241,7 @@ async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
     from kiki_sensor_publisher.tools import broker_loop
 
     config: SensorConfig = ctx.config
-    listener = ctx.listeners.unix("sensors", socket_path(SENSORS_SOCKET))
+    listener = ctx.listen()
     pub = Publisher(config)
     try:
         builtin = open_builtin(config, pub.catalog, pub.rules, pub.prefix)
