@@ -520,7 +520,7 @@ def measure(calls: int, repeats: int) -> tuple[Result, Cpu, Cpu, Spread]:
         provider_code = PROVIDER.format(tests=str(REPO / "tests"), path=str(tools))
         procs.append(provider := start([sys.executable, "-c", provider_code], env))
         least = [sys.executable, "-c", LEAST_SERVER]
-        least_env = {**env, "KIKI_BENCH_LEXICONS": str(REPO / "tests" / "broker")}
+        least_env = {**env, "KIKI_BENCH_LEXICONS": str(REPO / "tests")}
         bounds: dict[str, subprocess.Popen[str]] = {}
         least_provider_sock = str(run / "least-provider.sock")
         for mode in ("provider", "own", "own+", "forward", "forward+"):

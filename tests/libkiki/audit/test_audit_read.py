@@ -6,24 +6,21 @@ import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any
 
 import orjson
 import pytest
 
 from kiki_tool_broker.audit import AuditLog
-from kiki_tool_broker.builtin import BuiltinTools
-from kiki_tool_broker.server import Broker
+from kiki_tool_broker.registry import ToolRegistry
+from kiki_tool_broker.tools import BuiltinTools
 from libkiki.audit import read_entries, verify
 from libkiki.errors import InvalidParams, KikiError
-from libkiki.rpc import RequestContext
 
 pytestmark = pytest.mark.unit
 
 CALLER = {"uid": 1000, "gid": 1000, "pid": 42}
 BIG = 200_000
-REQUEST = cast(RequestContext, None)  # the handler does not look at it
 
 
 def fill(log: AuditLog, n: int, tools: int = 1) -> None:
@@ -41,8 +38,7 @@ def fill(log: AuditLog, n: int, tools: int = 1) -> None:
 
 
 def tools_for(log: AuditLog) -> BuiltinTools:
-    config = SimpleNamespace(max_line=1 << 20)
-    return BuiltinTools(cast(Broker, SimpleNamespace(audit=log, config=config)))
+    return BuiltinTools(ToolRegistry(), log, dict, max_line=1 << 20)
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +71,7 @@ class Reads:
 
 
 def read(log: AuditLog, **args: Any) -> dict[str, Any]:
-    result = tools_for(log).read_audit_log(REQUEST, args)
+    result = tools_for(log).read_audit_log(args)
     assert isinstance(result, dict)
     return result
 
@@ -263,7 +259,7 @@ async def test_verify_lists_at_most_200_problems_and_counts_the_rest(tmp_path: P
     lines = log.path.read_bytes().splitlines()
     # Every line edited: 300 hash mismatches, and the head still matches the last line's hash.
     log.path.write_bytes(b"".join(line.replace(b'"ok"', b'"no"') + b"\n" for line in lines))
-    answer = tools_for(log).read_audit_log(REQUEST, {"latest": True, "limit": 1, "verify": True})
+    answer = tools_for(log).read_audit_log({"latest": True, "limit": 1, "verify": True})
     result = await answer
     problems = result["problems"]
     assert len(problems) == 201
@@ -277,7 +273,7 @@ async def test_a_verify_problem_quoting_a_huge_value_is_cut_to_fit(tmp_path: Pat
     fill(log, 2)
     with log.path.open("ab") as f:  # a line whose seq is a 600 KB string, quoted by verify
         f.write(orjson.dumps({"seq": "9" * 600_000, "hash": "x"}) + b"\n")
-    answer = tools_for(log).read_audit_log(REQUEST, {"latest": True, "limit": 1, "verify": True})
+    answer = tools_for(log).read_audit_log({"latest": True, "limit": 1, "verify": True})
     problems = (await answer)["problems"]
     assert problems[0].startswith("line 3: sequence 999")
     assert problems[0].endswith("…")
