@@ -30,7 +30,7 @@ from kiki_tool_broker.schemas import Catalog
 from kiki_tool_broker.tools import BuiltinTools
 from libkiki.constellation import GET_INFO
 from libkiki.errors import KikiError
-from libkiki.paths import TOOLS_SOCKET, socket_path, state_dir
+from libkiki.paths import TOOLS_SOCKET, state_dir
 from libkiki.rpc import Connection, Methods, RequestContext
 from libkiki.rpc_service import serve_configured
 from libkiki.service import ServiceContext
@@ -361,7 +361,7 @@ async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
         broker.changed.set()  # what each caller's tools/list shows may have changed
 
     ctx.reload_hooks.append(reload)
-    listener = ctx.listeners.unix("tools", socket_path(TOOLS_SOCKET))
+    listener = ctx.listen()
     try:
         async with asyncio.TaskGroup() as tg:
             announcer = tg.create_task(broker.announce_changes())
