@@ -7,7 +7,7 @@ import pytest
 
 from kiki_sensor_publisher.admission import ExternalAdmission, Registration, RingFile, RingRules
 from kiki_sensor_publisher.config import SensorConfig
-from kiki_sensor_publisher.protocol import ReadPolicy
+from kiki_sensor_publisher.core import ReadPolicy
 from libkiki.errors import (
     Conflict,
     InvalidParams,

@@ -14,7 +14,7 @@ from kiki_sensor_publisher.admission import RingRules
 from kiki_sensor_publisher.builtin import open_builtin, run_source
 from kiki_sensor_publisher.catalog import Catalog
 from kiki_sensor_publisher.config import SensorConfig
-from kiki_sensor_publisher.protocol import ReadPolicy
+from kiki_sensor_publisher.core import ReadPolicy
 from kiki_sensor_publisher.rings import Sensor
 from libkiki.sensors.layout import MEMORY
 from libkiki.sensors.ring import RingChanged

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from kiki_sensor_publisher.catalog import Catalog, samples_json
-from kiki_sensor_publisher.protocol import ReadPolicy, WakeCore
+from kiki_sensor_publisher.core import ReadPolicy, WakeCore
 from kiki_sensor_publisher.rings import Sensor
 from libkiki.errors import InvalidFrame, InvalidParams, NotFound, PermissionDenied
 from libkiki.peer import PeerCred

@@ -9,7 +9,7 @@ from typing import Any, cast
 import pytest
 
 from kiki_sensor_publisher.catalog import Catalog
-from kiki_sensor_publisher.protocol import ReadPolicy
+from kiki_sensor_publisher.core import ReadPolicy
 from kiki_sensor_publisher.rings import Sensor
 from kiki_sensor_publisher.tools import LIST, NOBODY, caller, list_for, read_for
 from libkiki.errors import InvalidParams, PermissionDenied

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kiki_sensor_publisher.protocol import ReadPolicy, WakeCore, subscribe_params
+from kiki_sensor_publisher.core import ReadPolicy, WakeCore, subscribe_params
 from libkiki.errors import InvalidParams, LimitExceeded
 from libkiki.peer import PeerCred
 

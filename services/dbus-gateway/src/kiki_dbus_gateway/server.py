@@ -2,7 +2,7 @@
 
 Its health answer is the D-Bus method ``dev.kiki.Service1.GetInfo() -> a{sv}`` at the object
 path its declaration in :mod:`libkiki.constellation` names (``/dev/kiki/Gateway``), so ``busctl``
-and ``kiki status`` can ask it (the values: :mod:`kiki_dbus_gateway.info`). Ready is only
+and ``kiki status`` can ask it (the values: :mod:`kiki_dbus_gateway.core`). Ready is only
 signalled once the well-known name is owned, which is when other bus clients can reach it.
 """
 
@@ -19,7 +19,7 @@ from dbus_fast.errors import DBusError
 from dbus_fast.service import ServiceInterface, method
 
 from kiki_dbus_gateway.config import GatewayConfig
-from kiki_dbus_gateway.info import info_variants
+from kiki_dbus_gateway.core import info_variants
 from libkiki.constellation import SERVICE_INTERFACE
 from libkiki.errors import AddressInUse, NotFound, Unavailable
 from libkiki.service import ServiceContext

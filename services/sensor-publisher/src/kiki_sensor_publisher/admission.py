@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kiki_sensor_publisher.config import SensorConfig
-from kiki_sensor_publisher.protocol import ReadPolicy, parse_principals, unknown
+from kiki_sensor_publisher.core import ReadPolicy, parse_principals, unknown
 from kiki_sensor_publisher.sources import sensor_name
 from libkiki.errors import Conflict, InvalidParams, KikiError, LimitExceeded, PermissionDenied
 from libkiki.peer import PeerCred

@@ -18,7 +18,7 @@ import math
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from kiki_sensor_publisher.protocol import ReadPolicy, WakeCore, read_params, unknown
+from kiki_sensor_publisher.core import ReadPolicy, WakeCore, read_params, unknown
 from kiki_sensor_publisher.rings import Sensor
 from libkiki.errors import InvalidFrame, InvalidParams, PermissionDenied
 from libkiki.peer import PeerCred

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 from libkiki import signals
 
 if TYPE_CHECKING:
-    from kiki_sensor_publisher.protocol import WakeCore
+    from kiki_sensor_publisher.core import WakeCore
     from kiki_sensor_publisher.rings import Sensor
     from kiki_sensor_publisher.sources import SyntheticImu
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from kiki_sensor_publisher.admission import ExternalAdmission, RingFile
 from kiki_sensor_publisher.catalog import Catalog
-from kiki_sensor_publisher.protocol import unknown
+from kiki_sensor_publisher.core import unknown
 from kiki_sensor_publisher.rings import Sensor
 from libkiki.errors import InvalidParams
 from libkiki.rpc import Connection, Methods, RequestContext

@@ -27,8 +27,7 @@ from kiki_sensor_publisher.builtin import open_builtin, run_source
 from kiki_sensor_publisher.catalog import Catalog
 from kiki_sensor_publisher.clock import ImuClock
 from kiki_sensor_publisher.config import SensorConfig
-from kiki_sensor_publisher.external import ExternalSensors
-from kiki_sensor_publisher.protocol import (
+from kiki_sensor_publisher.core import (
     GONE,
     WAKE,
     ReadPolicy,
@@ -36,6 +35,7 @@ from kiki_sensor_publisher.protocol import (
     WakeCore,
     subscribe_params,
 )
+from kiki_sensor_publisher.external import ExternalSensors
 from kiki_sensor_publisher.rings import Sensor
 from libkiki.constellation import GET_INFO
 from libkiki.errors import KikiError

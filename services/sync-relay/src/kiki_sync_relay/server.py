@@ -3,7 +3,7 @@
 ``GET /healthz`` answers the service's info as JSON on the same port as the WebSockets, so
 operators and load balancers can probe it without speaking WebSocket. Every other request gets
 an HTTP answer too. The decisions are sans-I/O, in :mod:`kiki_sync_relay.handshake` (what is
-refused before the handshake) and :mod:`kiki_sync_relay.routing` (what an accepted request
+refused before the handshake) and :mod:`kiki_sync_relay.core` (what an accepted request
 gets); this module only moves bytes between them and websockets.
 
 Sessions (the Yjs document per session) are not served yet: a WebSocket client is told so with
@@ -25,8 +25,8 @@ from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 
 from kiki_sync_relay.config import RelayConfig
+from kiki_sync_relay.core import Answer, Route, json_response, route
 from kiki_sync_relay.handshake import Refusal, parse_opening
-from kiki_sync_relay.routing import Answer, Route, json_response, route
 from libkiki.admission import LogBudget
 from libkiki.service import ServiceContext
 

@@ -6,7 +6,7 @@ import pydantic
 import pytest
 
 from kiki_dbus_gateway.config import GatewayConfig
-from kiki_dbus_gateway.info import info_variants
+from kiki_dbus_gateway.core import info_variants
 from libkiki.constellation import GATEWAY_BUS_NAME
 
 pytestmark = pytest.mark.unit

@@ -11,7 +11,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request
 
 from kiki_sync_relay.config import RelayConfig
-from kiki_sync_relay.routing import Answer, Route, route
+from kiki_sync_relay.core import Answer, Route, route
 from libkiki.constellation import spec
 
 pytestmark = pytest.mark.unit
