@@ -8,8 +8,11 @@ installs the ``kiki`` command.
 
 from __future__ import annotations
 
+import ast
 import re
+import sys
 import tomllib
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,12 +34,55 @@ SERVICES = sorted(
 MEMBERS = {project(d)["name"] for d in ["libkiki", "cli", *SERVICES]}
 
 
+def dependencies(directory: str) -> set[str]:
+    """Every distribution ``directory``'s distribution declares, by normalized name."""
+    return {
+        re.split(r"[\s<>=!~;\[]", d, maxsplit=1)[0].lower().replace("_", "-")
+        for d in project(directory)["dependencies"]
+    }
+
+
 def workspace_dependencies(directory: str) -> set[str]:
     """The workspace members ``directory``'s distribution depends on, by name."""
-    names = {
-        re.split(r"[\s<>=!~;\[]", d, maxsplit=1)[0] for d in project(directory)["dependencies"]
+    return dependencies(directory) & MEMBERS
+
+
+DIRECTORY = {project(d)["name"]: d for d in ["libkiki", "cli", *SERVICES]}
+
+
+def installed_with(directory: str) -> set[str]:
+    """What installing ``directory``'s distribution brings that we declare: its own
+    dependencies and, through the workspace members it depends on, theirs."""
+    names = dependencies(directory)
+    for member in names & MEMBERS:
+        names |= installed_with(DIRECTORY[member])
+    return names
+
+
+def third_party_imports(source: Path) -> set[str]:
+    """The distributions (by the module's top-level name, ``_`` as ``-``) that the code under
+    ``source`` imports, anywhere in a file; typing-only names (``_typeshed``) are left out."""
+    modules: set[str] = set()
+    for path in source.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                modules.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                modules.add(node.module.split(".")[0])
+    ours = ("libkiki", "kiki_")
+    return {
+        m.replace("_", "-")
+        for m in modules
+        if m not in sys.stdlib_module_names and not m.startswith((*ours, "_"))
     }
-    return names & MEMBERS
+
+
+@pytest.mark.parametrize("directory", ["libkiki", "cli", *SERVICES])
+def test_every_library_the_code_imports_is_declared(directory: str) -> None:
+    # Without it, an environment holding that distribution alone fails at the import (kiki-cli
+    # reads a11y frames through libkiki, which needs flatbuffers).
+    missing = third_party_imports(REPO / directory / "src") - installed_with(directory)
+    assert missing == set(), f"{directory} imports {sorted(missing)} without declaring them"
 
 
 def test_the_members_are_the_runtime_the_applications_and_the_services() -> None:

@@ -21,8 +21,7 @@ from libkiki.constellation import SERVICES
 pytestmark = pytest.mark.unit
 
 TABLE = REPO / "libkiki" / "src" / "libkiki" / "constellation.py"
-# The runtime library and every service. (The applications' distribution, cli/, is to join
-# them once its own literal socket names are gone.)
+# The runtime library, the applications (kiki-cli) and every service.
 ROOTS = [REPO / "libkiki" / "src", REPO / "cli" / "src", *sorted(REPO.glob("services/*/src"))]
 
 

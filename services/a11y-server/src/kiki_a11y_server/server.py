@@ -203,10 +203,15 @@ class A11yServer:
         outcome = self.core.handle(peer.session, message)
         if outcome.reply is not None:
             peer.write(outcome.reply)
-        if outcome.flush is Flush.SELF:
-            self._flush(peer)
-        elif outcome.flush is Flush.ALL:
-            self._flush_all()
+        try:
+            if outcome.flush is Flush.SELF:
+                self._flush(peer)
+            elif outcome.flush is Flush.ALL:
+                self._flush_all()
+        except Exception:
+            # A bug of ours costs the subscribers their update, not the requester its connection.
+            self.ctx.counters["internal_errors"] += 1
+            log.exception("flushing subscribers after %s failed", type(message).__name__)
         if outcome.action is not None:
             task = tg.create_task(self._act(peer, outcome.action))
             peer.tasks.add(task)
