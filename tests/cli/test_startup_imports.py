@@ -134,6 +134,62 @@ def test_a_service_starts_without_jsonrpcservers_dispatch(package: str) -> None:
     modules = set(run.stdout.split())
     assert f"{package}.server" in modules
     assert modules & {"jsonrpcserver", "jsonschema", "oslash"} == set()
+    # Reading lexicon documents (the broker) needs neither the code generator, its pydantic
+    # models, the compatibility rules, the compiled validators nor the regex module.
+    assert modules & LEXICON_EXTRAS == set()
+
+
+LEXICON_EXTRAS = {
+    "libkiki.lexicon.codegen",
+    "libkiki.lexicon.runtime",
+    "libkiki.lexicon.compat",
+    "libkiki.lexicon.validator",
+    "libkiki.lexicon.checks",
+    "regex",
+}
+
+
+def modules_after(statement: str) -> set[str]:
+    """The modules a fresh interpreter holds after running ``statement``."""
+    script = f"import sys\n{statement}\nprint(' '.join(sorted(sys.modules)))\n"
+    run = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    return set(run.stdout.split())
+
+
+def test_reading_lexicons_imports_no_generator_nor_validator() -> None:
+    modules = modules_after(
+        "from libkiki.lexicon.registry import Registry\n"
+        "from libkiki.lexicon.loader import lint_document\n"
+        "Registry.from_search_path()"
+    )
+    assert "libkiki.lexicon.model" in modules
+    assert modules & (LEXICON_EXTRAS | {"pydantic"}) == set()
+
+
+@pytest.mark.parametrize(
+    ("name", "home"),
+    [
+        ("generate", "libkiki.lexicon.codegen"),
+        ("compare", "libkiki.lexicon.compat"),
+        ("Validator", "libkiki.lexicon.validator"),
+        ("Registry", "libkiki.lexicon.registry"),
+    ],
+)
+def test_the_lexicon_package_imports_a_name_home_on_first_use(name: str, home: str) -> None:
+    modules = modules_after(
+        f"import libkiki.lexicon\nassert {home!r} not in sys.modules\n"
+        f"from libkiki.lexicon import {name}"
+    )
+    assert home in modules
+
+
+def test_counting_graphemes_imports_regex_then() -> None:
+    before = modules_after("from libkiki.lexicon import formats")
+    after = modules_after("from libkiki.lexicon import formats\nformats.grapheme_count('e\u0301')")
+    assert "regex" not in before
+    assert "regex" in after
 
 
 def test_status_of_one_service_imports_only_its_channel(tmp_path: Path) -> None:

@@ -19,19 +19,27 @@ import pydantic
 from libkiki.errors import KikiError
 from libkiki.paths import config_dir
 
+# Upper bounds of the common limits: a typo (a stray digit, seconds taken for milliseconds) fails
+# at start as a configuration error (exit 78) instead of a service that can be made to hold
+# unbounded connections, lines or requests.
+MAX_CONNECTIONS = 1 << 16  # each one is a file descriptor
+MAX_LINE = 1 << 26  # 64 MiB: a frame is buffered whole before it is parsed
+MAX_IN_FLIGHT = 4096  # requests of one connection being handled at once
+MAX_DRAIN_TIMEOUT = 300.0  # seconds; the units' TimeoutStopSec (20 s) ends a drain sooner
+
 
 class ServiceConfig(pydantic.BaseModel):
     """Limits every service has; services subclass it to add their own fields."""
 
     model_config = pydantic.ConfigDict(frozen=True, extra="forbid")
 
-    max_connections: int = pydantic.Field(default=256, ge=1)
+    max_connections: int = pydantic.Field(default=256, ge=1, le=MAX_CONNECTIONS)
     # None: a quarter of max_connections. Root and the service's own uid are held only to the
     # total (see libkiki.admission).
-    max_connections_per_user: int | None = pydantic.Field(default=None, ge=1)
-    max_line: int = pydantic.Field(default=1 << 20, ge=1024)
-    max_in_flight: int = pydantic.Field(default=64, ge=1)
-    drain_timeout: float = pydantic.Field(default=10.0, gt=0)
+    max_connections_per_user: int | None = pydantic.Field(default=None, ge=1, le=MAX_CONNECTIONS)
+    max_line: int = pydantic.Field(default=1 << 20, ge=1024, le=MAX_LINE)
+    max_in_flight: int = pydantic.Field(default=64, ge=1, le=MAX_IN_FLIGHT)
+    drain_timeout: float = pydantic.Field(default=10.0, gt=0, le=MAX_DRAIN_TIMEOUT)
 
 
 C = TypeVar("C", bound=pydantic.BaseModel)

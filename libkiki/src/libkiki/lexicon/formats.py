@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from typing import Final
+from functools import cache
+from typing import TYPE_CHECKING, Final
 
-import regex
-
-_GRAPHEME: Final = regex.compile(r"\X")
+if TYPE_CHECKING:
+    import regex
 
 _NSID: Final = re.compile(
     r"[a-zA-Z](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?"
@@ -51,9 +51,18 @@ MAX_DID_LENGTH: Final = 2048
 MAX_URI_LENGTH: Final = 8192
 
 
+@cache
+def _grapheme() -> regex.Pattern[str]:
+    # Compiled on first use: the regex module costs more to import than the rest of a lexicon
+    # load, and only a string with a *Graphemes limit needs it.
+    import regex
+
+    return regex.compile(r"\X")
+
+
 def grapheme_count(value: str) -> int:
     """User-perceived characters (extended grapheme clusters), as Lexicon's *Graphemes count."""
-    return len(_GRAPHEME.findall(value))
+    return len(_grapheme().findall(value))
 
 
 def utf8_length(value: str) -> int:
