@@ -22,6 +22,20 @@ models (the generated bindings) or plain dicts::
 A service that must stay registered across broker restarts runs
 ``await provider.keep_registered()`` instead (until cancelled).
 
+Event streams (lexicon ``subscription`` types): a client iterates a subscription
+(:mod:`libkiki.streams_client`), a provider serves one as an async generator
+(:mod:`libkiki.streams_provider`)::
+
+    async with tools.subscribe("dev.kiki.media.subscribePlayback") as stream:
+        async for message in stream.messages():
+            ...
+
+    @provider.subscription("org.example.ticks")
+    async def ticks(params: dict[str, Any], stream: StreamContext) -> AsyncIterator[dict]:
+        while True:
+            yield {"now": time.time()}
+            await asyncio.sleep(1)
+
 The broker validates every call's input against the lexicon before it reaches the provider and
 the output after, and attaches the caller's identity (``call.caller``), which the kernel gave
 it: a provider never needs to trust a caller's claims.
@@ -35,20 +49,36 @@ import inspect
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar, get_type_hints
+from types import ModuleType
+from typing import Any, TypeVar, get_type_hints, overload
 
 import pydantic
 
 from libkiki.backoff import RestartBackoff
-from libkiki.errors import InvalidParams, KikiError, NotFound, ProtocolError, ToolError
+from libkiki.errors import (
+    InvalidParams,
+    KikiError,
+    NotFound,
+    PeerGone,
+    ProtocolError,
+    ToolError,
+)
 from libkiki.framing import DEFAULT_MAX_LINE
 from libkiki.paths import TOOLS_SOCKET, socket_path
 from libkiki.peer import PeerCred
 from libkiki.rpc import Connection, Methods, ProgressCallback, RequestContext, connect_unix
 from libkiki.rpc.connection import DEFAULT_MAX_IN_FLIGHT
+from libkiki.streams_client import DEFAULT_MAX_QUEUE, StreamRouter
+from libkiki.streams_client import Ended as Ended
+from libkiki.streams_client import Event as Event
+from libkiki.streams_client import Lost as Lost
+from libkiki.streams_client import Status as Status
+from libkiki.streams_client import Subscription as Subscription
+from libkiki.streams_provider import ProvidedStreams, StreamFunc
+from libkiki.streams_provider import StreamContext as StreamContext
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +86,9 @@ CLIENT_INFO = {"name": "libkiki", "version": "0"}
 HANDSHAKE_VERSION = "2025-11-25"
 CALLER_META = "dev.kiki/caller"  # the caller's kernel-given identity, on a forwarded call
 ERROR_DATA_META = "dev.kiki/errorData"  # a tool error's data (its structuredContent cannot)
+
+
+M = TypeVar("M")
 
 
 def _path(path: str | os.PathLike[str] | None) -> Path:
@@ -67,7 +100,9 @@ class ToolClient:
 
     ``timeout`` bounds each request (a call may override it). ``max_in_flight`` (calls sent at
     once; more wait for a slot) and ``max_line`` (bytes in one message) are the connection's
-    limits: raise them to match a broker configured above libkiki's defaults.
+    limits: raise them to match a broker configured above libkiki's defaults. ``bindings`` are
+    generated binding modules (:mod:`libkiki.lexicon.codegen`, e.g. an installed app's): a
+    subscription to an NSID one of them has is parsed into its message type.
     """
 
     def __init__(
@@ -77,18 +112,24 @@ class ToolClient:
         timeout: float = 60.0,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         max_line: int = DEFAULT_MAX_LINE,
+        bindings: Iterable[ModuleType] = (),
     ) -> None:
         self.path = _path(path)
         self.timeout = timeout
         self.max_in_flight = max_in_flight
         self.max_line = max_line
+        self.bindings = list(bindings)
         self._stack = contextlib.AsyncExitStack()
         self._conn: Connection | None = None
+        self._streams = StreamRouter()
+        self._watch: asyncio.Task[None] | None = None
         self.server: dict[str, Any] = {}
         self.list_changed: Callable[[], Awaitable[None]] | None = None
 
     async def __aenter__(self) -> ToolClient:
         methods = Methods()
+        self._streams = StreamRouter()
+        self._streams.install(methods)
 
         @methods.method("notifications/tools/list_changed")
         async def changed(ctx: RequestContext) -> None:
@@ -105,6 +146,7 @@ class ToolClient:
             )
         )
         self._conn = conn
+        self._streams.connection_or_none = conn
         try:
             self.server = await conn.request(
                 "initialize",
@@ -124,7 +166,19 @@ class ToolClient:
 
     async def __aexit__(self, *exc: object) -> None:
         self._conn = None
-        await self._stack.aclose()
+        try:
+            await self._stack.aclose()
+        finally:
+            if self._watch is not None:
+                self._watch.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._watch
+                self._watch = None
+            self._streams.gone(PeerGone("the ToolClient was closed"))
+
+    async def _watch_connection(self, conn: Connection) -> None:
+        await conn.wait_closed()
+        self._streams.gone(PeerGone("the connection to the broker was lost"))
 
     @property
     def connection(self) -> Connection:
@@ -183,6 +237,74 @@ class ToolClient:
             raise ToolError("\n".join(texts) or f"{nsid} failed", data=data)
         return result.get("structuredContent")
 
+    @overload
+    def subscribe(
+        self,
+        nsid: str,
+        /,
+        *,
+        message_type: type[M],
+        params: Mapping[str, Any] | None = None,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+        **kwparams: Any,
+    ) -> Subscription[M]: ...
+    @overload
+    def subscribe(
+        self,
+        nsid: str,
+        /,
+        *,
+        message_type: None = None,
+        params: Mapping[str, Any] | None = None,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+        **kwparams: Any,
+    ) -> Subscription[Any]: ...
+
+    def subscribe(
+        self,
+        nsid: str,
+        /,
+        *,
+        message_type: Any = None,
+        params: Mapping[str, Any] | None = None,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+        **kwparams: Any,
+    ) -> Subscription[Any]:
+        """A subscription to the stream ``nsid`` with the lexicon's parameters (``params``
+        and/or keywords); see :mod:`libkiki.streams_client`. Nothing is sent until it is
+        entered (``async with``) or first iterated.
+
+        Messages are parsed into ``message_type`` (a generated binding, or any type pydantic
+        validates), else into the message type of the first of :attr:`bindings` that has
+        ``nsid``, else left as the broker's JSON. ``max_queue`` bounds the items held while the
+        reader is behind (the oldest messages go first, told as a ``Lost``).
+        """
+        if self._conn is None:
+            raise KikiError("ToolClient is not connected; use `async with ToolClient()`")
+        if self._watch is None:
+            self._watch = asyncio.get_running_loop().create_task(
+                self._watch_connection(self._conn), name=f"kiki-streams {self.path}"
+            )
+        given = {**(params or {}), **kwparams}
+        kind = message_type if message_type is not None else self._binding(nsid)
+        parse = _parser(kind) if kind is not None else None
+        return self._streams.subscription(nsid, given, parse, max_queue)
+
+    def _binding(self, nsid: str) -> Any:
+        for module in self.bindings:
+            endpoints = getattr(module, "ENDPOINTS", None)
+            found = endpoints.get(nsid) if isinstance(endpoints, dict) else None
+            if isinstance(found, dict) and "message" in found:
+                return found["message"]
+        return None
+
+
+def _parser(kind: Any) -> Callable[[Any], Any]:
+    if isinstance(kind, type) and issubclass(kind, pydantic.BaseModel):
+        return kind.model_validate
+    # A union of lexicon objects is a type alias, not a class: pydantic validates it all the same.
+    return pydantic.TypeAdapter(kind).validate_python
+
 
 @dataclass(frozen=True, slots=True)
 class ToolCall:
@@ -224,6 +346,7 @@ class ToolCall:
 
 ToolFunc = Callable[..., Awaitable[Any]]
 F = TypeVar("F", bound=ToolFunc)
+G = TypeVar("G", bound=StreamFunc)
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,7 +377,23 @@ class ToolProvider:
         self.max_in_flight = max_in_flight
         self.max_line = max_line
         self._tools: dict[str, _Entry] = {}
+        self.streams = ProvidedStreams()
         self._conn: Connection | None = None
+
+    def subscription(self, nsid: str) -> Callable[[G], G]:
+        """Serve the async generator ``gen(params, stream)`` as the subscription ``nsid``
+        (:mod:`libkiki.streams_provider`); decorate every one before :meth:`connect`."""
+
+        def decorator(func: G) -> G:
+            if self._conn is not None:
+                raise RuntimeError(
+                    f"subscription {nsid}: decorate subscriptions before connect(); this "
+                    "provider is connected"
+                )
+            self.streams.add(nsid, func)
+            return func
+
+        return decorator
 
     def tool(self, nsid: str) -> Callable[[F], F]:
         """Serve ``func`` as the tool ``nsid``; decorate every tool before :meth:`connect`."""
@@ -289,10 +428,19 @@ class ToolProvider:
 
     @property
     def nsids(self) -> list[str]:
+        """The tools' NSIDs (the subscriptions' are :attr:`subscription_nsids`)."""
         return sorted(self._tools)
+
+    @property
+    def subscription_nsids(self) -> list[str]:
+        return self.streams.nsids
+
+    def _served(self) -> str:
+        return ", ".join(self.nsids + self.subscription_nsids)
 
     def _methods(self) -> Methods:
         methods = Methods()
+        self.streams.install(methods)
 
         @methods.method("tools/call")
         async def call(
@@ -322,9 +470,7 @@ class ToolProvider:
             async with self._registered() as conn:
                 yield conn
         except _Refused as refused:
-            log.warning(
-                "the broker refused to register %s: %s", ", ".join(self.nsids), refused.error
-            )
+            log.warning("the broker refused to register %s: %s", self._served(), refused.error)
             raise refused.error from None
 
     @contextlib.asynccontextmanager
@@ -340,22 +486,23 @@ class ToolProvider:
             # cleared however registration ends (e.g. Conflict), so a refused provider is not
             # left looking connected.
             self._conn = conn
+            registration: dict[str, Any] = {
+                "tools": self.nsids,
+                "lexicons": self.lexicons,
+                # So that a broker allowing more never sends more than we take.
+                "maxInFlight": self.max_in_flight,
+            }
+            if self.subscription_nsids:  # a broker without streams is not shown the key
+                registration["subscriptions"] = self.subscription_nsids
             try:
                 try:
-                    await conn.request(
-                        "kiki/registerTools",
-                        {
-                            "tools": self.nsids,
-                            "lexicons": self.lexicons,
-                            # So that a broker allowing more never sends more than we take.
-                            "maxInFlight": self.max_in_flight,
-                        },
-                    )
+                    await conn.request("kiki/registerTools", registration)
                 except KikiError as exc:
                     raise _Refused(exc) from None
                 yield conn
             finally:
                 self._conn = None
+                await self.streams.stop()
 
     async def serve_forever(self) -> None:
         if self._conn is None:
@@ -374,7 +521,7 @@ class ToolProvider:
         """
         backoff = backoff if backoff is not None else RestartBackoff()
         refusals: set[str] = set()
-        tools = ", ".join(self.nsids)
+        tools = self._served()
         while True:
             backoff.started()
             try:
