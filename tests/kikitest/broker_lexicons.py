@@ -54,3 +54,29 @@ LEXICONS = [
     procedure(COUNT, {"to": {"type": "integer", "minimum": 1, "maximum": 100}}, TEXT, ["to"]),
 ]
 LEXICONS[3]["defs"]["destructive"] = {"type": "token", "description": "Counts loudly."}
+
+TICKS = "org.example.test.ticks"
+TICKS_LEXICON: dict[str, Any] = {
+    "lexicon": 1,
+    "id": TICKS,
+    "defs": {
+        "main": {
+            "type": "subscription",
+            "description": "Test stream: numbered ticks of a room.",
+            "parameters": {
+                "type": "params",
+                "properties": {"room": {"type": "string", "maxLength": 16}},
+            },
+            "message": {
+                "schema": {
+                    "type": "object",
+                    "required": ["n"],
+                    "properties": {
+                        "n": {"type": "integer", "minimum": 0},
+                        "pad": {"type": "string"},
+                    },
+                }
+            },
+        }
+    },
+}

@@ -4,7 +4,13 @@ to it, and everyone who reads it (the broker's ``readAuditLog``, ``kiki tools lo
 ``audit.jsonl`` holds one JSON line per tool call, chained by SHA-256. Each line is a JSON
 object with ``seq``, ``time``, ``caller``, ``tool``, ``outcome``, ``code`` (when the call failed
 with one), ``durationUs``, ``argsHash``, ``prev``, ``hash`` and, when a provider answered,
-``provider`` (the lexicon ``dev.kiki.tools.defs#auditEntry``). ``hash`` is the SHA-256 of
+``provider`` (the lexicon ``dev.kiki.tools.defs#auditEntry``). An event stream's subscription
+is audited too, when it opens and when it ends: such a line adds ``event`` (``subscribe`` or
+``unsubscribe``; a line without ``event`` is a tool call, so logs written before streams read
+the same), ``tool`` is the stream's NSID, ``argsHash`` the hash of its params, and an
+``unsubscribe`` line has the ``reason`` it ended (``unsubscribed``, ``closed``, ``refused``,
+``providerEnded``, ``denied``, ``shutdown``). Individual messages are never audited. The chain
+covers these keys like any other. ``hash`` is the SHA-256 of
 ``prev`` followed by the line's canonical JSON without ``hash`` (keys sorted, no spaces), and
 ``prev`` is the previous line's ``hash`` (64 zeros for the first). A line is written as exactly
 that canonical JSON with ``hash`` added last, so it is serialised once. An edited line breaks
@@ -22,10 +28,15 @@ is the broker's (``kiki_tool_broker.audit``): it is the only writer.
 """
 
 from libkiki.audit.chain import (
+    EVENT_CALL,
+    EVENT_SUBSCRIBE,
+    EVENT_UNSUBSCRIBE,
+    EVENTS,
     GENESIS,
     args_hash,
     chain_hash,
     encode_entry,
+    event_of,
     format_head,
     parse_entry,
     parse_head,
@@ -46,6 +57,10 @@ from libkiki.audit.verifier import VERIFY_LINE, Problem, verify
 
 __all__ = [
     "ENTRY_MAX",
+    "EVENTS",
+    "EVENT_CALL",
+    "EVENT_SUBSCRIBE",
+    "EVENT_UNSUBSCRIBE",
     "GENESIS",
     "MAX_LINE",
     "PAGE_BYTES",
@@ -59,6 +74,7 @@ __all__ = [
     "args_hash",
     "chain_hash",
     "encode_entry",
+    "event_of",
     "format_head",
     "parse_entry",
     "parse_head",

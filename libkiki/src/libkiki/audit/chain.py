@@ -7,6 +7,20 @@ from typing import Any
 
 import orjson
 
+EVENT_CALL = "call"
+EVENT_SUBSCRIBE = "subscribe"
+EVENT_UNSUBSCRIBE = "unsubscribe"
+EVENTS = (EVENT_CALL, EVENT_SUBSCRIBE, EVENT_UNSUBSCRIBE)
+"""What an entry records (its ``event``): a tool call (the key left out, as in every log
+written before event streams), a subscription opened, or one ended (with its ``reason``)."""
+
+
+def event_of(entry: dict[str, Any]) -> str:
+    """An entry's ``event``; an entry without one is a tool call."""
+    event = entry.get("event", EVENT_CALL)
+    return event if isinstance(event, str) else EVENT_CALL
+
+
 GENESIS = "0" * 64
 """The ``prev`` of the first entry."""
 _CANON = orjson.OPT_SORT_KEYS

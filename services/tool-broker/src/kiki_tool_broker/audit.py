@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from libkiki.audit import (
+    EVENT_CALL,
     GENESIS,
     AuditReader,
     AuditReadError,
@@ -144,7 +145,12 @@ class AuditLog:
         arguments: Any,
         now: datetime | None = None,
         provider: dict[str, Any] | None = None,
+        event: str | None = None,
+        reason: str | None = None,
     ) -> dict[str, Any]:
+        """Append one entry: a tool call, or (``event``, libkiki.audit.EVENTS) a subscription
+        opened or ended, ``tool`` its NSID, ``arguments`` its params, ``reason`` why it
+        ended."""
         if len(tool) > _TOOL_CHARS and len(encoded := tool.encode()) > TOOL_MAX:
             # As sent, but no longer than an NSID can be (the entry's lexicon), or every page
             # of the log holding it would fail readAuditLog's output check.
@@ -163,6 +169,10 @@ class AuditLog:
             body["code"] = code
         if provider is not None:  # who answered, as the kernel identified it
             body["provider"] = provider
+        if event is not None and event != EVENT_CALL:  # absent: a call, as in older logs
+            body["event"] = event
+        if reason is not None:
+            body["reason"] = reason
         line, digest = encode_entry(body)
         os.write(self._fd, line)
         self._seq += 1

@@ -29,6 +29,14 @@ class BrokerConfig(ServiceConfig):
     list_page_size: int = pydantic.Field(default=500, ge=1, le=10_000)
     # subscriptions/listen streams open at once, all connections together.
     max_listen_streams: int = pydantic.Field(default=64, ge=1, le=1 << 16)
+    # Event streams (see the README's "Event streams"): subscriptions on the broker and on one
+    # connection, each subscriber's queue (messages and bytes: past either, its oldest queued
+    # messages are dropped and it is told how many), and one message's size.
+    stream_max_subscriptions: int = pydantic.Field(default=1024, ge=1, le=1 << 20)
+    stream_max_per_connection: int = pydantic.Field(default=64, ge=1, le=1 << 16)
+    stream_queue_messages: int = pydantic.Field(default=256, ge=1, le=1 << 16)
+    stream_queue_bytes: int = pydantic.Field(default=256 * 1024, ge=1024, le=64 << 20)
+    stream_max_message_bytes: int = pydantic.Field(default=64 * 1024, ge=256, le=16 << 20)
     apps_dir: str = ""  # installed app manifests; default: where `kiki app install` puts them
 
     def policy_path(self) -> Path:

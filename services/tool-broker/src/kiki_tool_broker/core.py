@@ -40,6 +40,7 @@ from kiki_tool_broker.results import (
     provider_result,
 )
 from kiki_tool_broker.schemas import Catalog, ToolSchema
+from kiki_tool_broker.streams import Action, StreamFanout, Subscribed
 from libkiki.errors import InvalidParams, KikiError, NotFound, PermissionDenied
 from libkiki.peer import PeerCred
 from libkiki.principals import is_kiki_service
@@ -93,6 +94,16 @@ class Answer(AuditRecord):
     error: Exception | None
 
 
+@dataclass(frozen=True, slots=True)
+class Registered:
+    """A registration's outcome: the tools and the streams it added, and what the streams'
+    fan-out asks of the server for them (opening upstreams for subscribers waiting)."""
+
+    tools: list[str]
+    streams: list[str]
+    actions: list[Action]
+
+
 @dataclass(slots=True, eq=False)
 class Admitted:
     """A call that passed every check and is for its tool to answer: ``params`` go to
@@ -130,6 +141,19 @@ class BrokerCore:
         self.own_uid = own.uid
         self.own = Provider(OWN_NAME, own)  # the provider of the broker's own tools
         self.result_meta = mcp.result_meta(version)  # every 2026-07-28 result's _meta
+        # Event streams: the fan-out, keyed by Provider.id on the provider side.
+        self.streams = StreamFanout(
+            validate=self._validate_message,
+            max_subscriptions=config.stream_max_subscriptions,
+            max_per_connection=config.stream_max_per_connection,
+            max_queue_messages=config.stream_queue_messages,
+            max_queue_bytes=config.stream_queue_bytes,
+            # A message must fit in a kiki/event line with its envelope.
+            max_message_bytes=max(
+                256, min(config.stream_max_message_bytes, config.max_line - 4096)
+            ),
+        )
+        self.stream_providers: dict[int, Provider] = {self.own.id: self.own}
 
     # -- who ----------------------------------------------------------------------------------
 
@@ -153,7 +177,21 @@ class BrokerCore:
         """Register ``tools`` (NSIDs; a repeated one counts once) for ``provider``, with the
         lexicon documents it sends: all or nothing. ``max_in_flight`` is only checked here: the
         server holds the provider's connection to it."""
-        wanted = nsid_list(tools)
+        return self.register_all(provider, tools, lexicons, max_in_flight).tools
+
+    def register_all(
+        self,
+        provider: Provider,
+        tools: Any,
+        lexicons: Any = None,
+        max_in_flight: Any = None,
+        subscriptions: Any = None,
+    ) -> Registered:
+        """:meth:`register`, with the event streams (``subscriptions``: NSIDs of subscription
+        lexicons) the provider serves too: tools and streams all together, or nothing. The
+        same provide policy applies to both."""
+        wanted = [] if tools is None else nsid_list(tools)
+        streams = [] if subscriptions is None else nsid_list(subscriptions, "subscriptions")
         if max_in_flight is not None and (
             not isinstance(max_in_flight, int)
             or isinstance(max_in_flight, bool)
@@ -166,9 +204,12 @@ class BrokerCore:
                 f"a provider may register at most {limit} tools", data={"limit": limit}
             )
         try:
-            reserve = self.may_provide(provider, wanted)
+            reserve = self.may_provide(provider, [*wanted, *streams]) - set(streams)
             staged = self.catalog.stage(lexicons, owner=provider.id)
             entries = [tool_entry(staged.tool(nsid), provider) for nsid in wanted]
+            for nsid in streams:
+                staged.stream(nsid)  # a subscription lexicon, or InvalidParams
+            self.streams.check_declare(provider.id, streams)
             registered = self.registry.register(
                 provider,
                 entries,
@@ -179,16 +220,32 @@ class BrokerCore:
             # The operator's record of a refused registration: who, what, why.
             log.warning(
                 "refused to register %s for %s (%s): %s",
-                ", ".join(wanted),
+                ", ".join([*wanted, *streams]),
                 provider.name,
                 provider.identity,
                 exc.message,
             )
             raise
-        self.catalog.commit(staged, registered)
-        if registered:
-            log.info("provider %s registered %s", provider.name, ", ".join(registered))
-        return registered
+        self.catalog.commit(staged, [*registered, *streams])
+        actions = self.streams.declare(provider.id, streams)  # checked above: cannot refuse
+        if streams:
+            self.stream_providers[provider.id] = provider
+        if registered or streams:
+            log.info("provider %s registered %s", provider.name, ", ".join([*registered, *streams]))
+        return Registered(registered, streams, actions)
+
+    def declare_own_streams(self, nsids: Iterable[str]) -> list[str]:
+        """The broker's own event streams (installed lexicons; the broker provides them)."""
+        names = []
+        for nsid in nsids:
+            try:
+                self.catalog.stream(nsid)
+            except KikiError as exc:
+                log.warning("own stream %s not served: %s", nsid, exc.message)
+                continue
+            names.append(nsid)
+        self.streams.declare(self.own.id, names)
+        return names
 
     def register_own(self, nsids: Iterable[str]) -> list[str]:
         """Register the broker's own tools (their lexicons are installed ones)."""
@@ -198,16 +255,31 @@ class BrokerCore:
     def unregister(self, provider: Provider, tools: Any) -> list[str]:
         """Unregister ``tools`` (a repeated NSID counts once), all of which ``provider`` must
         have registered; else nothing changes."""
-        removed = self.registry.unregister(provider, nsid_list(tools))
-        self.catalog.release_tools(provider.id, removed)
-        if removed:
-            log.info("provider %s unregistered %s", provider.name, ", ".join(removed))
-        return removed
+        return self.unregister_all(provider, tools).tools
+
+    def unregister_all(
+        self, provider: Provider, tools: Any, subscriptions: Any = None
+    ) -> Registered:
+        """:meth:`unregister`, with streams: all of them the provider's own, or nothing."""
+        wanted = [] if tools is None else nsid_list(tools)
+        streams = [] if subscriptions is None else nsid_list(subscriptions, "subscriptions")
+        foreign = [n for n in streams if self.streams.served_by(n) != provider.id]
+        if foreign:
+            raise NotFound(
+                "not served by this provider: " + ", ".join(foreign), data={"nsids": foreign}
+            )
+        removed = self.registry.unregister(provider, wanted)
+        actions = self.streams.withdraw(provider.id, streams)  # checked above
+        self.catalog.release_tools(provider.id, [*removed, *streams])
+        if removed or streams:
+            log.info("provider %s unregistered %s", provider.name, ", ".join([*removed, *streams]))
+        return Registered(removed, streams, actions)
 
     def drop_provider(self, provider: Provider) -> list[str]:
         """A provider's connection closed: its tools, and the documents only it held, go."""
         gone = self.registry.remove_provider(provider)
         self.catalog.drop_owner(provider.id)
+        self.stream_providers.pop(provider.id, None)
         if gone:
             log.info("provider %s left; removed %s", provider.name, ", ".join(gone))
         return gone
@@ -233,6 +305,34 @@ class BrokerCore:
                 data={"nsids": list(refused), "reasons": refused},
             )
         return reserve
+
+    # -- event streams ------------------------------------------------------------------------
+
+    def _validate_message(self, nsid: str, message: Any) -> None:
+        self.catalog.stream(nsid).validate_message(message)
+
+    def subscribe(
+        self, who: Who, conn: int, nsid: object, params: object
+    ) -> tuple[Subscribed, list[Action]]:
+        """A ``kiki/subscribe``: the NSID must name a subscription lexicon, the caller be
+        allowed (access kind ``subscribe``) and ``params`` fit the lexicon's parameters."""
+        if not isinstance(nsid, str):
+            raise InvalidParams("nsid must be a string")
+        params = {} if params is None else params
+        if not isinstance(params, dict):
+            raise InvalidParams("params must be an object")
+        schema = self.catalog.stream(nsid)
+        allowed, reason = self.may_subscribe(who, nsid)
+        if not allowed:
+            raise PermissionDenied(f"{who.cred.describe()} may not subscribe to {nsid}: {reason}")
+        schema.validate_params(params)
+        return self.streams.subscribe(conn, nsid, params, caller=who.view)
+
+    def may_subscribe(self, who: Who, nsid: str) -> Decision:
+        served = self.streams.served_by(nsid)
+        provider = None if served is None else self.stream_providers.get(served)
+        uids = provider.uids if provider is not None else frozenset()
+        return self.policy.allows(who.caller, nsid, "subscription", uids)
 
     # -- listing ------------------------------------------------------------------------------
 
@@ -350,11 +450,11 @@ class BrokerCore:
         )
 
 
-def nsid_list(tools: Any) -> list[str]:
-    """``tools`` of kiki/registerTools and kiki/unregisterTools: a list of NSID strings, in
-    order, each once."""
+def nsid_list(tools: Any, what: str = "tools") -> list[str]:
+    """``tools`` (or ``subscriptions``) of kiki/registerTools and kiki/unregisterTools: a list
+    of NSID strings, in order, each once."""
     if not isinstance(tools, list) or not all(isinstance(t, str) for t in tools):
-        raise InvalidParams("tools must be a list of NSIDs")
+        raise InvalidParams(f"{what} must be a list of NSIDs")
     return list(dict.fromkeys(tools))
 
 

@@ -27,6 +27,12 @@ apply — root may call anything; ``query`` tools (read-only) are open to member
 and queries too, to the caller whose uid is the providing process's uid (an app calling its own
 tools, the broker's user calling the broker's) — anything else needs an explicit ``allow``.
 
+Subscribing (event streams, lexicon ``subscription`` types) is a kind of access of its own: an
+``allow`` or ``deny`` rule may name the kinds it covers, ``access = ["call"]`` or
+``access = ["subscribe"]`` (both when left out, so a deny of ``dev.kiki.*`` also denies its
+streams). Without a rule, subscribing has the defaults of a query: root, the provider's own user,
+members of the ``default_group``.
+
 Providing (:meth:`Policy.may_provide`). Kiki's own services (root, the broker's own user, a
 system unit ``kiki-*``: :func:`libkiki.principals.is_kiki_service`) may provide any NSID; a
 matching ``provide`` rule grants its globs; ``dev.kiki.*`` is nobody else's; an app may provide
@@ -66,7 +72,9 @@ from libkiki.principals import (
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["query", "procedure"]
+Kind = Literal["query", "procedure", "subscription"]
+Access = Literal["call", "subscribe"]
+ACCESS: tuple[Access, ...] = ("call", "subscribe")
 DEFAULT_GROUP = "kiki"
 KIKI_NSIDS = "dev.kiki."
 
@@ -96,10 +104,13 @@ class Rule:
     principals: Principals
     tools: tuple[re.Pattern[str], ...]
     granting: bool  # an allow or provide rule (a deny rule's app: matches a user's app id too)
+    access: frozenset[str] = frozenset(ACCESS)  # the kinds of access an allow/deny rule covers
 
-    def matches(self, cred: PeerCred, nsid: str) -> bool:
-        return any(p.fullmatch(nsid) for p in self.tools) and self.principals.matches(
-            cred, granting=self.granting
+    def matches(self, cred: PeerCred, nsid: str, access: Access = "call") -> bool:
+        return (
+            access in self.access
+            and any(p.fullmatch(nsid) for p in self.tools)
+            and self.principals.matches(cred, granting=self.granting)
         )
 
 
@@ -107,14 +118,24 @@ _SECTIONS = ("allow", "deny", "provide")
 
 
 def _rules(doc: object, section: str, source: str) -> tuple[Rule, ...]:
-    return tuple(
-        Rule(
-            Principals.parse(entry["principals"], where),
-            globs(entry["tools"]),
-            granting=section != "deny",
+    # provide rules are about registering, which has no kinds of access
+    defaults: dict[str, list[str]] | None = None
+    if section != "provide":
+        defaults = {"access": list(ACCESS)}
+    rules = []
+    for where, entry in rule_tables(doc, section, source, ("principals", "tools"), defaults):
+        access = frozenset(entry.get("access", ACCESS))
+        if not access <= set(ACCESS):
+            raise ConfigError(f"{where}: access is a list of {' and '.join(ACCESS)}")
+        rules.append(
+            Rule(
+                Principals.parse(entry["principals"], where),
+                globs(entry["tools"]),
+                granting=section != "deny",
+                access=access,
+            )
         )
-        for where, entry in rule_tables(doc, section, source, ("principals", "tools"))
-    )
+    return tuple(rules)
 
 
 # Decisions remembered per policy; past this many, the memory starts over (a bound, not a cache
@@ -193,19 +214,21 @@ class Policy:
     def _decide(
         self, cred: PeerCred, nsid: str, kind: Kind, provider_uids: frozenset[int]
     ) -> Decision:
-        if any(rule.matches(cred, nsid) for rule in self.deny):
+        access: Access = "subscribe" if kind == "subscription" else "call"
+        if any(rule.matches(cred, nsid, access) for rule in self.deny):
             return False, "denied by policy"
-        if any(rule.matches(cred, nsid) for rule in self.allow):
+        if any(rule.matches(cred, nsid, access) for rule in self.allow):
             return True, "allowed by policy"
         uid = cred.uid
         if uid == 0:
             return True, "root"
         if uid in provider_uids:
             return True, "same user as the provider"
-        if kind == "query" and in_group(cred, self._group_id()):
-            return True, f"query open to group {self.default_group}"
-        if kind == "query":
-            return False, f"queries need membership in group {self.default_group} or a grant"
+        if kind != "procedure" and in_group(cred, self._group_id()):
+            return True, f"{kind} open to group {self.default_group}"
+        if kind != "procedure":
+            what = "queries" if kind == "query" else "subscriptions"
+            return False, f"{what} need membership in group {self.default_group} or a grant"
         return False, "procedures need the provider's own user or an explicit grant"
 
     def may_provide(

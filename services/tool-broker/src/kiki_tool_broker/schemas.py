@@ -37,6 +37,7 @@ from libkiki.lexicon.model import (
     RecordType,
     RefType,
     StringType,
+    SubscriptionType,
     TokenType,
     UnionType,
     UnknownType,
@@ -94,6 +95,28 @@ class ToolSchema:
             raise ValidationError(_prefix("output", exc.path), exc.rule) from None
 
 
+@dataclass(frozen=True)
+class StreamSchema:
+    """A subscription lexicon (an event stream): its params and each message are checked
+    against it with the lexicon validator (a union message carries its ``$type``)."""
+
+    nsid: str
+    description: str
+    registry: Registry = field(repr=False)
+    _validator: Validator | None = field(default=None, init=False, repr=False, compare=False)
+
+    def _checker(self) -> Validator:
+        validator = self.registry.validator(self.nsid)
+        object.__setattr__(self, "_validator", validator)
+        return validator
+
+    def validate_params(self, params: JSON) -> None:
+        (self._validator or self._checker()).params(params)
+
+    def validate_message(self, message: Any) -> None:
+        (self._validator or self._checker()).message(message)
+
+
 def _prefix(root: str, path: str) -> str:
     if not path or path in (root, "input", "output", "params", "parameters"):
         return root
@@ -131,6 +154,7 @@ class Catalog:
         self._sent: dict[int, set[str]] = {}  # owner -> provider documents it sent
         self._uses: dict[int, set[str]] = {}  # owner -> tools it registered
         self._cache: dict[str, ToolSchema] = {}
+        self._streams: dict[str, StreamSchema] = {}
 
     @classmethod
     def load(cls, *, max_documents: int = MAX_DOCUMENTS_PER_PROVIDER) -> Catalog:
@@ -201,6 +225,7 @@ class Catalog:
         if staged.registry is not self.registry:
             self.registry = staged.registry
             self._cache = staged.cache
+            self._streams = {}
         for nsid in staged.owned:
             self._senders.setdefault(nsid, set()).add(staged.owner)
         if staged.owned:
@@ -253,6 +278,7 @@ class Catalog:
             d for d in self.registry.documents() if d.id in self._installed or d.id in keep
         )
         self._cache.clear()
+        self._streams.clear()
         log.debug("dropped lexicons nobody holds or needs: %s", ", ".join(gone))
 
     def _needed(self, roots: Iterable[str]) -> set[str]:
@@ -277,6 +303,13 @@ class Catalog:
             found = self._cache[nsid] = _tool_schema(self.registry, nsid)
         return found
 
+    def stream(self, nsid: str) -> StreamSchema:
+        """The subscription lexicon ``nsid`` (InvalidParams when it is none)."""
+        found = self._streams.get(nsid)
+        if found is None:
+            found = self._streams[nsid] = _stream_schema(self.registry, nsid)
+        return found
+
 
 @dataclass(eq=False)
 class Staged:
@@ -296,6 +329,27 @@ class Staged:
         if found is None:
             found = self.cache[nsid] = _tool_schema(self.registry, nsid)
         return found
+
+    def stream(self, nsid: str) -> StreamSchema:
+        if self.registry is self.base:
+            return self.catalog.stream(nsid)
+        return _stream_schema(self.registry, nsid)
+
+
+def _stream_schema(registry: Registry, nsid: str) -> StreamSchema:
+    try:
+        _, main = registry.resolve(nsid)
+    except LexiconError as exc:
+        raise InvalidParams(
+            f"{nsid}: no published lexicon ({exc.rule})", data={"nsid": nsid}
+        ) from None
+    if not isinstance(main, SubscriptionType):
+        raise InvalidParams(
+            f"{nsid}: its lexicon is not a subscription, so it is not an event stream",
+            data={"nsid": nsid},
+        )
+    doc = registry.document(nsid)
+    return StreamSchema(nsid, main.description or doc.description or nsid, registry)
 
 
 def _tool_schema(registry: Registry, nsid: str) -> ToolSchema:

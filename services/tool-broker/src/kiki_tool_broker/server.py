@@ -24,6 +24,7 @@ from kiki_tool_broker.announce import Audience
 from kiki_tool_broker.audit import AuditLog
 from kiki_tool_broker.config import BrokerConfig
 from kiki_tool_broker.core import Admitted, Answer, AuditRecord, BrokerCore, Who
+from kiki_tool_broker.events import OWN_STREAMS, SUBSCRIBE_AUDIT, EventStreams
 from kiki_tool_broker.policy import Policy
 from kiki_tool_broker.registry import Provider
 from kiki_tool_broker.schemas import Catalog
@@ -51,7 +52,8 @@ class Broker:
         self.core = core
         self.config = core.config
         self.audit = audit
-        self.tools = BuiltinTools(core.registry, audit, ctx.info, core.config.max_line)
+        self.tools = BuiltinTools(core.registry, audit, self.info, core.config.max_line)
+        self.streams = EventStreams(core, self._audit_line, ctx.counters)
         # Who hears of list_changed: handshake-era connections and listen streams.
         self.audience: Audience[Connection] = Audience(core.config.max_listen_streams)
         self.changed = asyncio.Event()
@@ -79,9 +81,15 @@ class Broker:
         m.register(mcp.REGISTER, self.register_tools)
         m.register(mcp.UNREGISTER, self.unregister_tools)
         m.register_sync(GET_INFO, self.get_info)
+        self.streams.add_methods(m)
         return m
 
     def get_info(self, request: RequestContext) -> dict[str, Any]:
+        return self.info()
+
+    def info(self) -> dict[str, Any]:
+        """The health answer, with the event streams' figures as of now."""
+        self.ctx.counters.update(self.streams.gauges())
         return self.ctx.info()
 
     def initialize(
@@ -144,33 +152,48 @@ class Broker:
     async def register_tools(
         self,
         request: RequestContext,
-        tools: Any,
+        tools: Any = None,
         lexicons: Any = None,
         maxInFlight: Any = None,  # the wire's name
+        subscriptions: Any = None,
     ) -> dict[str, Any]:
         """Register ``tools`` for this connection (:meth:`BrokerCore.register`); nothing here
         awaits, so no other request sees a half-made registration. ``maxInFlight``: the most
         calls the provider takes at once, when fewer than the broker's ``max_in_flight`` (more
         wait here for a slot)."""
         conn = request.connection
-        registered = self.core.register(self._provider(conn), tools, lexicons, maxInFlight)
+        provider = self._provider(conn)
+        done = self.core.register_all(provider, tools, lexicons, maxInFlight, subscriptions)
         if maxInFlight is not None:
             conn.limit_requests(maxInFlight)
-        if registered:
+        if done.tools:
             self.changed.set()
-        return {"registered": registered}
+        self.streams.registered(provider, done.actions)
+        answer: dict[str, Any] = {"registered": done.tools}
+        if subscriptions is not None:
+            answer["subscriptions"] = done.streams
+        return answer
 
-    async def unregister_tools(self, request: RequestContext, tools: Any) -> dict[str, Any]:
-        removed = self.core.unregister(self._provider(request.connection), tools)
-        if removed:
+    async def unregister_tools(
+        self, request: RequestContext, tools: Any = None, subscriptions: Any = None
+    ) -> dict[str, Any]:
+        done = self.core.unregister_all(self._provider(request.connection), tools, subscriptions)
+        if done.tools:
             self.changed.set()
-        return {"unregistered": removed}
+        self.streams.carry(done.actions)
+        answer: dict[str, Any] = {"unregistered": done.tools}
+        if subscriptions is not None:
+            answer["subscriptions"] = done.streams
+        return answer
 
     async def connection_lost(self, conn: Connection) -> None:
         self.audience.forget(conn)
+        self.streams.connection_lost(conn)
         provider = conn.state.get("provider")
-        if isinstance(provider, Provider) and self.core.drop_provider(provider):
-            self.changed.set()
+        if isinstance(provider, Provider):
+            self.streams.provider_gone(provider)
+            if self.core.drop_provider(provider):
+                self.changed.set()
 
     async def announce_changes(self) -> None:
         """Send ``list_changed`` whenever the table moves, to its :class:`Audience`. Never
@@ -313,9 +336,14 @@ class Broker:
         if self._forwarding:
             await asyncio.wait(self._forwarding, timeout=5)
 
+    def _audit_line(self, **fields: Any) -> None:
+        """Append an audit line, and give it to the audit stream's subscribers."""
+        entry = self.audit.append(**fields)
+        self.streams.publish_own(SUBSCRIBE_AUDIT, entry)
+
     def _write(self, record: AuditRecord) -> None:
         self.ctx.counters[record.counter] += 1
-        self.audit.append(
+        self._audit_line(
             caller=record.caller,
             tool=record.tool,
             outcome=record.outcome,
@@ -354,10 +382,12 @@ async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
     core = BrokerCore(config, catalog, policy, version=ctx.version, apps_dir=apps_dir)
     broker = Broker(ctx, core, audit)
     core.register_own(broker.tools.names)
+    core.declare_own_streams(OWN_STREAMS)
 
     async def reload() -> None:
         core.policy = Policy.load(policy_path)
         log.info("reloaded %s", policy_path)
+        broker.streams.policy_reloaded()  # subscriptions it no longer allows end, "denied"
         broker.changed.set()  # what each caller's tools/list shows may have changed
 
     ctx.reload_hooks.append(reload)
@@ -376,6 +406,7 @@ async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
                 broker.serving = f"serving {TOOLS_SOCKET} ({how})"
                 ctx.status = f"{broker.serving}; {len(core.registry)} tools"
                 yield
+                broker.streams.shutdown()  # each subscriber is told, as far as it reads
             announcer.cancel()
     finally:
         try:

@@ -517,6 +517,15 @@ class StreamFanout:
     def topic_count(self) -> int:
         return len(self._topics)
 
+    def served_by(self, nsid: str) -> ConnId | None:
+        """The provider that declared ``nsid``, if any."""
+        return self._served.get(nsid)
+
+    def pending(self, sub: SubId) -> int:
+        """Items queued for ``sub`` (0 when there is no such subscription)."""
+        s = self._subs.get(sub)
+        return 0 if s is None else len(s.queue)
+
     # -- internals ------------------------------------------------------------------------
 
     def _open(self, topic: _Topic, provider: ConnId) -> OpenUpstream:

@@ -1,0 +1,431 @@
+"""asyncio layer of the event streams: carries out what :class:`~kiki_tool_broker.streams.
+StreamFanout` decides, on the broker's connections.
+
+* Clients: ``kiki/subscribe`` and ``kiki/unsubscribe`` (decided by
+  :meth:`~kiki_tool_broker.core.BrokerCore.subscribe`), and a writer per connection that drains
+  its subscriptions' queues into ``kiki/event``, ``kiki/lost``, ``kiki/streamStatus`` and
+  ``kiki/ended`` notifications. The writer sends what it took as one JSON-RPC batch (one
+  ``write()``) and waits only while the transport is paused: a subscriber that does not read
+  holds its own writer and its own bounded queue, nothing else.
+* Providers: ``kiki/openStream`` requests and ``kiki/closeStream`` / ``kiki/rejected``
+  notifications to them; ``kiki/emit`` and ``kiki/endStream`` from them. The ``stream`` number
+  a provider is given is a random 53-bit capability, not the fan-out's upstream id: emits are
+  handled as they are read (no task each, see :meth:`libkiki.rpc.Methods.inline`), where the
+  sending connection is not known, so only the provider the number was given to can use it.
+* The broker's own streams, provided in-process: ``dev.kiki.tools.subscribeProviders`` and
+  ``dev.kiki.tools.subscribeAudit``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import itertools
+import logging
+import math
+import secrets
+from collections.abc import Callable, Iterable
+from typing import Any, Final
+
+from kiki_tool_broker.core import BrokerCore, Who
+from kiki_tool_broker.registry import Provider
+from kiki_tool_broker.results import outcome_of
+from kiki_tool_broker.streams import (
+    Action,
+    Audit,
+    CloseUpstream,
+    Ended,
+    Item,
+    Lost,
+    Message,
+    OpenUpstream,
+    Readable,
+    Rejected,
+    Status,
+)
+from libkiki.errors import InvalidParams, KikiError, PeerGone
+from libkiki.rpc import Call, Connection, Methods, RequestContext
+
+log = logging.getLogger(__name__)
+
+SUBSCRIBE: Final = "kiki/subscribe"
+UNSUBSCRIBE: Final = "kiki/unsubscribe"
+EVENT: Final = "kiki/event"
+LOST: Final = "kiki/lost"
+STATUS: Final = "kiki/streamStatus"
+ENDED: Final = "kiki/ended"
+OPEN_STREAM: Final = "kiki/openStream"
+CLOSE_STREAM: Final = "kiki/closeStream"
+EMIT: Final = "kiki/emit"
+END_STREAM: Final = "kiki/endStream"
+REJECTED: Final = "kiki/rejected"
+
+SUBSCRIBE_PROVIDERS: Final = "dev.kiki.tools.subscribeProviders"
+SUBSCRIBE_AUDIT: Final = "dev.kiki.tools.subscribeAudit"
+OWN_STREAMS: Final = (SUBSCRIBE_PROVIDERS, SUBSCRIBE_AUDIT)
+
+# One batch: a peer's libkiki connection counts every entry of a batch against its in-flight
+# notifications (64 by default) before handling any, so a batch stays well under that.
+BATCH_ITEMS: Final = 32
+PER_SUB_ITEMS: Final = 8  # taken from one subscription per round: the others are not starved
+
+AuditWriter = Callable[..., None]
+
+
+class _Writer:
+    """One client connection's writer: its subscriptions with something queued, in turn."""
+
+    __slots__ = ("conn", "ready", "task", "wake")
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.ready: dict[int, None] = {}  # ordered set of subscriptions to drain
+        self.wake = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+
+class EventStreams:
+    def __init__(self, core: BrokerCore, audit: AuditWriter, counters: Any) -> None:
+        self.core = core
+        self.fanout = core.streams
+        self.audit = audit  # writes one audit line (kwargs of AuditLog.append), then publishes
+        self.counters = counters
+        self._cids = itertools.count(1)
+        self.writers: dict[int, _Writer] = {}  # client connection id -> its writer
+        self.subs: dict[int, Who] = {}  # subscription -> who subscribed (policy reloads)
+        self.sub_nsid: dict[int, str] = {}
+        # A provider's stream number (capability) -> (upstream, provider id), and back.
+        self.tokens: dict[int, tuple[int, int]] = {}
+        self.token_of: dict[int, int] = {}
+        self.opening: dict[int, asyncio.Future[Any]] = {}  # upstream -> its openStream answer
+        self.own: dict[str, set[int]] = {n: set() for n in OWN_STREAMS}  # own upstreams
+        self.announced: set[int] = set()  # providers told as #connected
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def add_methods(self, m: Methods) -> None:
+        m.register_sync(SUBSCRIBE, self.subscribe)
+        m.register_sync(UNSUBSCRIBE, self.unsubscribe)
+        m.inline(EMIT)(self.emit)
+        m.inline(END_STREAM)(self.end_stream)
+
+    # -- clients -----------------------------------------------------------------------------
+
+    def _cid(self, conn: Connection) -> int:
+        cid: int | None = conn.state.get("stream_cid")
+        if cid is None:
+            cid = conn.state["stream_cid"] = next(self._cids)
+        return cid
+
+    def subscribe(
+        self, request: RequestContext, nsid: Any, params: Any = None, **extensions: Any
+    ) -> dict[str, Any]:
+        conn = request.connection
+        who = self._who(request)
+        cid = self._cid(conn)
+        try:
+            subscribed, actions = self.core.subscribe(who, cid, nsid, params)
+        except Exception as exc:
+            outcome, code = outcome_of(exc)
+            self.audit(
+                caller=who.view,
+                tool=str(nsid),
+                outcome=outcome,
+                code=code,
+                duration_us=0,
+                arguments=params if isinstance(params, dict) else {},
+                event="subscribe",
+            )
+            raise
+        self.subs[subscribed.sub] = who
+        assert isinstance(nsid, str)
+        self.sub_nsid[subscribed.sub] = nsid
+        if cid not in self.writers:
+            writer = self.writers[cid] = _Writer(conn)
+            writer.task = asyncio.get_running_loop().create_task(self._write_loop(cid, writer))
+        self.carry(actions)
+        return {"subscription": subscribed.sub, "state": subscribed.state}
+
+    def unsubscribe(
+        self, request: RequestContext, subscription: Any, **extensions: Any
+    ) -> dict[str, Any]:
+        if not isinstance(subscription, int) or isinstance(subscription, bool):
+            raise InvalidParams("subscription must be an integer")
+        self.carry(self.fanout.unsubscribe(self._cid(request.connection), subscription))
+        return {}
+
+    def _who(self, request: RequestContext) -> Who:
+        state = request.connection.state
+        who: Who | None = state.get("caller")
+        if who is None:
+            who = state["caller"] = self.core.identify(request.peer)
+        return who
+
+    def connection_lost(self, conn: Connection) -> None:
+        cid: int | None = conn.state.get("stream_cid")
+        if cid is None:
+            return
+        writer = self.writers.pop(cid, None)
+        if writer is not None and writer.task is not None:
+            writer.task.cancel()
+        self.carry(self.fanout.connection_closed(cid))
+
+    def policy_reloaded(self) -> None:
+        """End (``denied``) the subscriptions the policy no longer allows."""
+        for sub, who in list(self.subs.items()):
+            if not self.core.may_subscribe(who, self.sub_nsid[sub])[0]:
+                self.carry(self.fanout.end(sub, "denied", "the policy no longer allows it"))
+
+    def shutdown(self) -> None:
+        for sub in self.fanout.subscriptions():
+            self.carry(self.fanout.end(sub, "shutdown"))
+
+    async def _write_loop(self, cid: int, writer: _Writer) -> None:
+        conn = writer.conn
+        fanout = self.fanout
+        try:
+            while True:
+                await writer.wake.wait()
+                writer.wake.clear()
+                while writer.ready:
+                    calls: list[Call] = []
+                    for sub in list(writer.ready):
+                        items = fanout.drain(sub, PER_SUB_ITEMS)
+                        calls.extend(_call(item) for item in items)
+                        if not fanout.pending(sub):
+                            del writer.ready[sub]
+                        if len(calls) >= BATCH_ITEMS:
+                            break
+                    if calls:
+                        await _send(conn, calls)
+                        self.counters["stream_notifications"] += len(calls)
+        except (PeerGone, asyncio.CancelledError):
+            return
+        except KikiError as exc:
+            log.info("%s: stopped writing its streams: %s", conn.name, exc)
+
+    # -- providers ---------------------------------------------------------------------------
+
+    def emit(self, params: Any) -> None:
+        found = self._upstream(params)
+        if found is not None:
+            upstream, provider = found
+            self.carry(self.fanout.publish(provider, upstream, params.get("message")))
+
+    def end_stream(self, params: Any) -> None:
+        found = self._upstream(params)
+        if found is not None:
+            upstream, _ = found
+            message = params.get("message")
+            self._forget_upstream(upstream)
+            self.carry(
+                self.fanout.upstream_ended(upstream, None if message is None else str(message))
+            )
+
+    def _upstream(self, params: Any) -> tuple[int, int] | None:
+        token = params.get("stream") if isinstance(params, dict) else None
+        found = self.tokens.get(token) if isinstance(token, int) else None
+        if found is None:
+            self.counters["stream_stale"] += 1
+        return found
+
+    def _forget_upstream(self, upstream: int) -> None:
+        token = self.token_of.pop(upstream, None)
+        if token is not None:
+            self.tokens.pop(token, None)
+        opening = self.opening.pop(upstream, None)
+        if opening is not None:
+            opening.cancel()
+
+    def registered(self, provider: Provider, actions: list[Action]) -> None:
+        """A registration (or an unregistration) took effect."""
+        self.carry(actions)
+        if provider.id not in self.announced:
+            self.announced.add(provider.id)
+            self.publish_own(
+                SUBSCRIBE_PROVIDERS,
+                {
+                    "$type": SUBSCRIBE_PROVIDERS + "#connected",
+                    "provider": self.core.registry.describe(provider),
+                },
+            )
+
+    def provider_gone(self, provider: Provider) -> None:
+        for token, (upstream, pid) in list(self.tokens.items()):
+            if pid == provider.id:
+                self._forget_upstream(upstream)
+                self.tokens.pop(token, None)
+        self.carry(self.fanout.provider_gone(provider.id))
+        if provider.id in self.announced:
+            self.announced.discard(provider.id)
+            self.publish_own(
+                SUBSCRIBE_PROVIDERS,
+                {"$type": SUBSCRIBE_PROVIDERS + "#disconnected", "id": str(provider.id)}
+                | {"reason": "closed"},
+            )
+
+    def publish_own(self, nsid: str, message: Any) -> None:
+        """A message on one of the broker's own streams, for its subscribers if it has any."""
+        upstreams = self.own.get(nsid)
+        if upstreams:
+            own = self.core.own.id
+            for upstream in list(upstreams):
+                self.carry(self.fanout.publish(own, upstream, message))
+
+    # -- carrying out the fan-out's actions --------------------------------------------------
+
+    def carry(self, actions: Iterable[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Readable):
+                writer = self.writers.get(action.conn)
+                if writer is not None:
+                    writer.ready[action.sub] = None
+                    writer.wake.set()
+            elif isinstance(action, OpenUpstream):
+                self._open(action)
+            elif isinstance(action, CloseUpstream):
+                self._close(action)
+            elif isinstance(action, Rejected):
+                self._rejected(action)
+            else:
+                self._audit(action)
+
+    def _audit(self, action: Audit) -> None:
+        if action.event == "unsubscribe":
+            self.subs.pop(action.sub, None)
+            self.sub_nsid.pop(action.sub, None)
+        served = self.fanout.served_by(action.nsid)
+        provider = None if served is None else self.core.stream_providers.get(served)
+        self.audit(
+            caller=action.caller,
+            tool=action.nsid,
+            outcome="ok",
+            code=None,
+            duration_us=0,
+            arguments=action.params,
+            provider=None if provider is None else provider.view,
+            event=action.event,
+            reason=action.reason,
+        )
+
+    def _open(self, action: OpenUpstream) -> None:
+        if action.provider == self.core.own.id:
+            self.own.setdefault(action.nsid, set()).add(action.upstream)
+            self.carry(self.fanout.upstream_opened(action.upstream))
+            return
+        provider = self.core.stream_providers.get(action.provider)
+        if provider is None or provider.connection is None:
+            return  # its connection has closed: provider_gone makes the topic wait
+        token = secrets.randbits(53) or 1
+        while token in self.tokens:
+            token = secrets.randbits(53) or 1
+        self.tokens[token] = (action.upstream, action.provider)
+        self.token_of[action.upstream] = token
+        conn: Connection = provider.connection
+        params = {"stream": token, "nsid": action.nsid, "params": action.params}
+        timeout = self.core.config.call_timeout
+        try:
+            fut = conn.request_soon(OPEN_STREAM, params, timeout=timeout)
+        except KikiError:
+            return  # closed: provider_gone follows
+        if fut is None:  # it has to wait for a slot: in a task
+            fut = asyncio.ensure_future(conn.request(OPEN_STREAM, params, timeout=timeout))
+        self.opening[action.upstream] = fut
+        fut.add_done_callback(functools.partial(self._opened, action.upstream))
+
+    def _opened(self, upstream: int, fut: asyncio.Future[Any]) -> None:
+        if self.opening.get(upstream) is fut:
+            del self.opening[upstream]
+        if fut.cancelled():
+            return  # closed before it was answered
+        error = fut.exception()
+        if error is None:
+            self.carry(self.fanout.upstream_opened(upstream))
+        elif not isinstance(error, PeerGone) and upstream in self.token_of:
+            self._forget_upstream(upstream)
+            detail = error.message if isinstance(error, KikiError) else str(error)
+            self.carry(self.fanout.upstream_failed(upstream, detail))
+
+    def _close(self, action: CloseUpstream) -> None:
+        if action.provider == self.core.own.id:
+            for upstreams in self.own.values():
+                upstreams.discard(action.upstream)
+            return
+        token = self.token_of.get(action.upstream)
+        self._forget_upstream(action.upstream)
+        provider = self.core.stream_providers.get(action.provider)
+        if token is not None and provider is not None and provider.connection is not None:
+            self._notify(provider.connection, CLOSE_STREAM, {"stream": token})
+
+    def _rejected(self, action: Rejected) -> None:
+        token = self.token_of.get(action.upstream)
+        provider = self.core.stream_providers.get(action.provider)
+        if token is None or provider is None or provider.connection is None:
+            return
+        error = action.error.to_jsonrpc()
+        conn: Connection = provider.connection
+        # A provider flooding bad messages is told of them while it reads what it is told.
+        if not conn.try_notify(REJECTED, {"stream": token, "error": error}):
+            self.counters["stream_rejected_untold"] += 1
+
+    def _notify(self, conn: Connection, method: str, params: dict[str, Any]) -> None:
+        if conn.closed:
+            return
+        if conn.try_notify(method, params):
+            return
+        task = asyncio.get_running_loop().create_task(_quietly(conn.notify(method, params)))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def gauges(self) -> dict[str, int]:
+        """getInfo's stream counters: what is open now, and the fan-out's running totals."""
+        fanout = self.fanout
+        out = {
+            "stream_subscriptions": len(fanout.subscriptions()),
+            "stream_topics": fanout.topic_count(),
+            "stream_upstreams": len(fanout.upstreams()),
+            "stream_writers": len(self.writers),
+        }
+        for name, value in fanout.counters.items():
+            out[f"stream_{name}"] = value
+        return out
+
+
+async def _quietly(aw: Any) -> None:
+    with contextlib.suppress(KikiError):
+        await aw
+
+
+def _call(item: Item) -> Call:
+    if isinstance(item, Message):
+        params = {"subscription": item.sub, "seq": item.seq, "message": item.message}
+        return Call(EVENT, params, notification=True)
+    if isinstance(item, Lost):
+        return Call(LOST, {"subscription": item.sub, "count": item.count}, notification=True)
+    if isinstance(item, Status):
+        status = {
+            "subscription": item.sub,
+            "state": item.state,
+            "reason": item.reason,
+            "interruptions": item.interruptions,
+        }
+        return Call(STATUS, status, notification=True)
+    assert isinstance(item, Ended)
+    ended = {"subscription": item.sub, "reason": item.reason, "message": item.detail}
+    return Call(ENDED, ended, notification=True)
+
+
+async def _send(conn: Connection, calls: list[Call]) -> None:
+    """One write of ``calls``; waits only while the transport is paused (no time limit: a
+    reader that never reads holds this writer, and nothing else)."""
+    if len(calls) == 1:
+        await conn.notify(calls[0].method, calls[0].params)
+        return
+    try:
+        await conn.batch(calls, timeout=math.inf)
+    except KikiError as exc:
+        if isinstance(exc, PeerGone) or conn.closed:
+            raise
+        # Over the line limit together: one line each.
+        for call in calls:
+            await conn.notify(call.method, call.params)
