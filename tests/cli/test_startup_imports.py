@@ -198,3 +198,10 @@ def test_status_of_one_service_imports_only_its_channel(tmp_path: Path) -> None:
     assert '"ok": false' in out
     assert "libkiki.rpc.connection" in modules
     assert modules & {"libkiki.a11y.wire", "flatbuffers", "numpy", "jsonrpcserver"} == set()
+    # It reads what `kiki up` recorded without the supervisor's machinery.
+    assert "kiki_cli.launcher.state" in modules
+    assert (
+        modules & {f"kiki_cli.launcher.{m}" for m in ("supervisor", "process", "demo_keeper")}
+        == set()
+    )
+    assert modules & {"libkiki.backoff", "libkiki.private_dir", "libkiki.sockets"} == set()

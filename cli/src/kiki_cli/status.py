@@ -13,7 +13,7 @@ import orjson
 
 from kiki_cli.common import seconds
 from kiki_cli.health import Where, probe_all
-from kiki_cli.launcher.supervisor import read_state
+from kiki_cli.launcher.state import read_state
 from libkiki.constellation import BY_NAME, DEFAULT_RELAY_HOST, DEFAULT_RELAY_PORT, SERVICES
 from libkiki.errors import KikiError
 from libkiki.paths import runtime_dir

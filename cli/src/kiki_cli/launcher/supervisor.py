@@ -45,6 +45,7 @@ from kiki_cli.launcher.process import (
     pre_exec,
     start_private_bus,
 )
+from kiki_cli.launcher.state import STATE_FILE, read_state
 from libkiki import signals
 from libkiki.backoff import DEFAULT_STABLE_AFTER, RestartBackoff
 from libkiki.constellation import (
@@ -62,7 +63,6 @@ from libkiki.sockets import bind_tcp, bind_unix
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "up.json"
 BUS_SOCKET = "bus.sock"
 # What the units say (SocketMode=, UMask=); the directory keeps out everyone but us and `gid`.
 SOCKET_MODE = 0o660
@@ -463,21 +463,3 @@ class Supervisor:
                     (self.config.runtime_dir / child.spec.socket_file).unlink()
         if self.children:  # only a run that bound its sockets owns the state file
             (self.config.runtime_dir / STATE_FILE).unlink(missing_ok=True)
-
-
-def read_state(runtime_dir: Path) -> dict[str, Any] | None:
-    """The running ``kiki up``'s state, or ``None`` when none is running there."""
-    try:
-        state: dict[str, Any] = orjson.loads((runtime_dir / STATE_FILE).read_bytes())
-    except (FileNotFoundError, orjson.JSONDecodeError):
-        return None
-    pid = state.get("pid")
-    if not isinstance(pid, int):
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        pass
-    return state
