@@ -205,3 +205,10 @@ def test_status_of_one_service_imports_only_its_channel(tmp_path: Path) -> None:
         == set()
     )
     assert modules & {"libkiki.backoff", "libkiki.private_dir", "libkiki.sockets"} == set()
+
+
+def test_the_service_runner_imports_no_package_metadata() -> None:
+    # libkiki's version is read when a getInfo asks for it; the configuration's pydantic (which
+    # brings importlib.metadata for its plugins) comes with service_main, not with the runner.
+    modules = modules_after("import libkiki.service")
+    assert modules & {"importlib.metadata", "pydantic", "jsonrpcserver", "libkiki.lexicon"} == set()

@@ -42,7 +42,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
-from libkiki import __version__ as libkiki_version
+import libkiki
 from libkiki import constellation, signals
 from libkiki.constellation import ServiceSpec
 from libkiki.errors import AddressInUse, ConfigError, KikiError, NotFound
@@ -132,7 +132,8 @@ class ServiceContext:
             "statusText": _clip(self.status, STATUS_TEXT_MAX),
             "counters": dict(self.counters),
             "activated": self.listeners.activated,
-            "libkiki": libkiki_version,
+            # Read here, not at import: it is importlib.metadata's, which a start does without.
+            "libkiki": libkiki.__version__,
         }
 
 
