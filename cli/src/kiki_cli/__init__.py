@@ -27,6 +27,7 @@ GROUPS: dict[str, str] = {
     "schema": "work with Lexicon schemas",
     "app": "validate and install apps",
     "tools": "list, call and audit tools",
+    "events": "watch event streams live",
     "mcp": "serve the device's tools over MCP on stdin/stdout",
     "a11y": "the desktop's accessibility trees",
     "sensors": "list, watch and inspect sensors",

@@ -16,11 +16,12 @@ import orjson
 
 from kiki_cli.common import fail, seconds, service_group
 from libkiki.audit import read_entries, verify
-from libkiki.errors import KikiError, ToolError
+from libkiki.errors import InvalidParams, KikiError, MethodNotFound, ToolError
 from libkiki.paths import TOOLS_SOCKET
-from libkiki.tools import ToolClient
+from libkiki.tools import Event, Lost, Subscription, ToolClient
 
 AUDIT_TOOL = "dev.kiki.tools.readAuditLog"
+AUDIT_STREAM = "dev.kiki.tools.subscribeAudit"
 _PAGE = 1000  # entries per readAuditLog page, its most
 
 
@@ -72,8 +73,9 @@ def register(sub: Any) -> None:
         description="Show the newest entries of the broker's audit log (one line per tool call: "
         "time, caller, tool, outcome, duration), oldest first. Through the broker by default "
         "(its readAuditLog tool, which the policy must let you call), or from the file with "
-        "--file. Following through the broker polls it, and every poll is a call with an "
-        "audit line of its own (not shown): --file with --follow reads the file instead.",
+        "--file. Following through the broker subscribes to its subscribeAudit stream; a "
+        "broker without it is polled, and every poll is a call with an audit line of its own "
+        "(not shown). --file with --follow reads the file instead.",
     )
     log.add_argument(
         "--limit", type=_count, default=50, help="entries to show, 0 or more (default 50)"
@@ -292,6 +294,9 @@ def run_log(args: argparse.Namespace) -> int:
 
 async def _log_remote(args: argparse.Namespace) -> int:
     async with ToolClient(args.socket) as client:
+        # Subscribed before the log is read, so that nothing written in between is missed:
+        # what the stream repeats of the pages read is skipped by its seq.
+        stream = await _audit_stream(client) if args.follow else None
         # The newest `limit` entries, a page at a time backwards from the end of the log (each
         # page costs the broker the same however long the log is); shown oldest first.
         want = max(args.limit, 0)
@@ -308,13 +313,18 @@ async def _log_remote(args: argparse.Namespace) -> int:
             params = {"before": page["before"], "limit": min(want - got, _PAGE)}
             page = await client.call(AUDIT_TOOL, params)
         shown = [entry for entries in reversed(pages) for entry in entries]
+        newest = shown[-1].get("seq", 0) if shown else 0
         for entry in shown[-want:] if want else []:
-            _show(entry, args.json)
+            if not _own_subscribe(entry):
+                _show(entry, args.json)
         problems: list[str] = []
         if args.verify:
             # Once: the broker reads the whole log for it (in a thread of its own).
             checked = await client.call(AUDIT_TOOL, {"latest": True, "limit": 1, "verify": True})
             problems = checked.get("problems", [])
+        if stream is not None:
+            await _follow_stream(stream, newest if isinstance(newest, int) else 0, args.json)
+            return 0
         pause = _POLL_FIRST
         while args.follow:
             page = await client.call(AUDIT_TOOL, {"cursor": cursor, "limit": _PAGE})
@@ -335,6 +345,46 @@ async def _log_remote(args: argparse.Namespace) -> int:
 
 _POLL_FIRST = 1.0  # seconds between polls while entries come
 _POLL_MOST = 8.0  # seconds between polls, at most, while none do
+
+
+async def _audit_stream(client: ToolClient) -> Subscription[Any] | None:
+    """The broker's stream of new audit entries; None from a broker that has none."""
+    stream = client.subscribe(AUDIT_STREAM)
+    try:
+        await stream.open()
+    except (MethodNotFound, InvalidParams):  # no streams at all; no such stream
+        return None
+    return stream
+
+
+async def _follow_stream(stream: Subscription[Any], newest: int, as_json: bool) -> None:
+    async for item in stream:
+        if isinstance(item, Lost):
+            print(
+                f"kiki tools: {item.count} audit entries were not shown (this reader fell "
+                "behind); kiki tools log --limit N shows them",
+                file=sys.stderr,
+                flush=True,
+            )
+            continue
+        if not isinstance(item, Event) or not isinstance(item.message, dict):
+            continue
+        entry = item.message
+        seq = entry.get("seq")
+        if isinstance(seq, int) and seq <= newest:
+            continue  # written before the pages were read, and shown with them
+        if not (_own_poll(entry) or _own_subscribe(entry)):
+            _show(entry, as_json)
+
+
+def _own_subscribe(entry: dict[str, Any]) -> bool:
+    """An entry for this process's own subscription to the audit stream."""
+    caller = entry.get("caller")
+    return (
+        entry.get("tool") == AUDIT_STREAM
+        and isinstance(caller, dict)
+        and caller.get("pid") == os.getpid()
+    )
 
 
 def _own_poll(entry: dict[str, Any]) -> bool:
