@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import subprocess
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,8 @@ import pytest
 from kikitest.broker_fixtures import RawPeer, RpcFailed, broker_rss_kib
 from kikitest.broker_lexicons import ECHO, LEXICONS, TICKS, TICKS_LEXICON
 from libkiki.audit import read_entries
+from libkiki.streams_client import Event as StreamEvent
+from libkiki.tools import ToolClient, ToolProvider
 
 pytestmark = pytest.mark.integration
 
@@ -412,3 +416,61 @@ async def test_the_brokers_own_streams_deliver(broker: Broker) -> None:
         assert entries[0]["tool"] == "dev.kiki.tools.subscribeAudit"
         assert entries[-1]["tool"] == GET_INFO
         assert entries[-1]["outcome"] == "ok"
+
+
+async def test_libkiki_client_and_provider_through_the_broker(broker: Broker) -> None:
+    """The other side of the wire as libkiki speaks it: ToolProvider's generators, ToolClient's
+    iterator."""
+    path, _ = broker
+    prov = ToolProvider(path, lexicons=[TICKS_LEXICON])
+
+    @prov.subscription(TICKS)
+    async def ticks(params: dict[str, Any], stream: Any) -> AsyncIterator[dict[str, Any]]:
+        for n in range(5):
+            yield {"n": n}
+        await asyncio.Event().wait()  # live until its last subscriber leaves
+
+    got: list[tuple[int, Any]] = []
+    async with (
+        asyncio.timeout(20),
+        prov.connect(),
+        ToolClient(path) as client,
+        client.subscribe(TICKS, room="lib") as sub,
+    ):
+        async for item in sub:
+            if isinstance(item, StreamEvent):
+                got.append((item.seq, item.message))
+                if len(got) == 5:
+                    break
+    assert got == [(n + 1, {"n": n}) for n in range(5)]
+
+
+async def test_a_policy_reload_ends_what_it_now_denies(sockdir: Path, spawn_service: Any) -> None:
+    (sockdir / "etc").mkdir()
+    policy = sockdir / "etc" / "tool-policy.toml"
+    policy.write_text("")
+    proc, notes = spawn_service("tool-broker")
+    notes.wait_for("READY")
+    path = sockdir / "tools.sock"
+    async with asyncio.timeout(20), await provider(path) as prov, await RawPeer.open(path) as c:
+        sub = (await subscribe(c))["subscription"]
+        await accept_open(prov)
+        await until_live(c, sub)
+        policy.write_text(
+            f'[[deny]]\nprincipals = ["uid:{os.getuid()}"]\ntools = ["org.example.*"]\n'
+            'access = ["subscribe"]\n'
+        )
+        proc.send_signal(signal.SIGHUP)
+        assert await c.note("kiki/ended") == {
+            "subscription": sub,
+            "reason": "denied",
+            "message": "the policy no longer allows it",
+        }
+        assert await prov.note("kiki/closeStream")
+    proc.terminate()
+    assert proc.wait(timeout=30) == 0
+    ends = [e for e in read_entries(sockdir / "state" / "audit.jsonl") if e["tool"] == TICKS]
+    assert [(e["event"], e.get("reason")) for e in ends] == [
+        ("subscribe", None),
+        ("unsubscribe", "denied"),
+    ]

@@ -279,3 +279,48 @@ def test_who_may_provide_what(tmp_path: Path) -> None:
     assert installed_authority(apps, "org.example.Liar") is None
     assert may(liar, "org.example.Liar.x") == (False, False)
     assert installed_authority(apps, None) is None
+
+
+def test_rules_name_the_kinds_of_access_they_cover(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[[deny]]\nprincipals = ["uid:1000"]\ntools = ["org.example.*"]\naccess = ["subscribe"]\n'
+        '[[allow]]\nprincipals = ["uid:1001"]\ntools = ["org.example.*"]\naccess = ["call"]\n'
+        '[[allow]]\nprincipals = ["uid:1002"]\ntools = ["org.example.*"]\n',
+    )
+    policy = Policy.load(path)
+    # uid 1000: its calls are as without the rule (its own provider's tools), its
+    # subscriptions denied
+    assert policy.allows(caller(1000), "org.example.a", "procedure", [1000])[0]
+    assert policy.allows(caller(1000), "org.example.a", "subscription", [1000]) == (
+        False,
+        "denied by policy",
+    )
+    # uid 1001: may call, but subscribing is left to the defaults (not in the group: no)
+    assert policy.allows(caller(1001), "org.example.a", "procedure", [999])[0]
+    allowed, reason = policy.allows(caller(1001), "org.example.a", "subscription", [999])
+    assert not allowed
+    assert "subscriptions need membership" in reason
+    # a rule without access covers both
+    assert policy.allows(caller(1002), "org.example.a", "procedure", [999])[0]
+    assert policy.allows(caller(1002), "org.example.a", "subscription", [999])[0]
+
+
+def test_subscribing_by_default_is_as_open_as_a_query(tmp_path: Path) -> None:
+    gid = os.getgid()
+    policy = Policy(default_group=grp.getgrgid(gid).gr_name)
+    assert policy.allows(caller(1000, 1000, {gid}), "dev.kiki.a.watch", "subscription", [999])[0]
+    assert not policy.allows(caller(1000, 1000), "dev.kiki.a.watch", "subscription", [999])[0]
+    assert policy.allows(caller(1000, 1000), "dev.kiki.a.watch", "subscription", [1000])[0]
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ('[[allow]]\nprincipals = ["*"]\ntools = ["a.*"]\naccess = ["read"]\n', "access is"),
+        ('[[provide]]\nprincipals = ["*"]\ntools = ["a.*"]\naccess = ["call"]\n', "exactly"),
+    ],
+)
+def test_a_bad_access_list_is_refused(tmp_path: Path, text: str, problem: str) -> None:
+    with pytest.raises(KikiError, match=problem):
+        Policy.load(write(tmp_path, text))
