@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,10 @@ import orjson
 import pytest
 
 from kikitest import VENV_BIN, kiki, until
+from kikitest.broker_lexicons import TICKS, TICKS_LEXICON
 from kikitest.stream_peer import PeerConnection, Refuse, ScriptedBroker
+from libkiki.audit import read_entries
+from libkiki.tools import StreamContext, ToolClient, ToolProvider
 
 pytestmark = pytest.mark.integration
 
@@ -286,6 +290,80 @@ async def test_log_follow_polls_a_broker_without_the_stream(scripted: ScriptedBr
         assert orjson.loads(await line(proc))["seq"] == 3
         await until(lambda: any("cursor" in c for c in calls), "a poll")
         assert calls[-1]["cursor"] == 3
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code, _, err = await finish(proc)
+    assert code == 0, err
+
+
+# -- through the real broker ------------------------------------------------------------------
+
+
+async def test_watch_prints_a_providers_events_through_the_broker(
+    broker: tuple[Path, subprocess.Popen[bytes]],
+) -> None:
+    path, _ = broker
+    feed: asyncio.Queue[int | None] = asyncio.Queue()
+    provider = ToolProvider(path, lexicons=[TICKS_LEXICON])
+
+    @provider.subscription(TICKS)
+    async def ticks(params: dict[str, Any], stream: StreamContext) -> AsyncIterator[dict[str, Any]]:
+        assert params == {"room": "hall"}
+        while (n := await feed.get()) is not None:
+            yield {"n": n}
+
+    async with provider.connect():
+        proc = await watch(path, TICKS, "room=hall", "--json")
+        try:
+            for n in range(3):
+                feed.put_nowait(n)
+            lines: list[dict[str, Any]] = []
+            while len([x for x in lines if "seq" in x]) < 3:
+                lines.append(orjson.loads(await line(proc)))
+            assert [x for x in lines if "seq" in x] == [
+                {"nsid": TICKS, "seq": n + 1, "message": {"n": n}} for n in range(3)
+            ]
+            feed.put_nowait(None)  # the generator ends: so does the stream, and kiki
+            code, out, err = await finish(proc)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    assert code == 0, err
+    assert orjson.loads(out.splitlines()[-1]) == {
+        "nsid": TICKS,
+        "ended": "providerEnded",
+        "message": None,
+    }
+
+
+async def test_log_follow_subscribes_to_the_brokers_audit_stream(
+    broker: tuple[Path, subprocess.Popen[bytes]], sockdir: Path
+) -> None:
+    path, _ = broker
+    proc = await asyncio.create_subprocess_exec(
+        str(VENV_BIN / "kiki"),
+        *("tools", "--socket", str(path), "log", "--follow", "--json", "--limit", "0"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    audit = sockdir / "state" / "audit.jsonl"
+
+    def mine() -> list[dict[str, Any]]:
+        return [e for e in read_entries(audit) if e["caller"]["pid"] == proc.pid]
+
+    try:
+        # Its one read of the log (audited once answered) comes after its subscription.
+        await until(lambda: any(e["tool"] == AUDIT_TOOL for e in mine()), "the first read")
+        assert [(e["tool"], e.get("event")) for e in mine()] == [
+            (AUDIT_STREAM, "subscribe"),
+            (AUDIT_TOOL, None),
+        ]
+        async with ToolClient(path) as client:
+            await client.call("dev.kiki.service.getInfo")
+        shown = orjson.loads(await line(proc))
+        assert (shown["tool"], shown["caller"]["pid"]) == ("dev.kiki.service.getInfo", os.getpid())
+        assert len(mine()) == 2  # no polls
     finally:
         proc.send_signal(signal.SIGINT)
         code, _, err = await finish(proc)
