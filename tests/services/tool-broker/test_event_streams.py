@@ -109,6 +109,9 @@ async def test_bad_nsid_or_params_are_invalid_params(broker: Broker) -> None:
             with pytest.raises(RpcFailed) as info:
                 await client.request("kiki/subscribe", {"nsid": nsid, "params": params})
             assert info.value.code == -32602, (nsid, info.value)
+        with pytest.raises(RpcFailed) as info:  # Kiki's own methods are strict
+            await client.request("kiki/subscribe", {"nsid": TICKS, "since": 3})
+        assert info.value.code == -32602
 
 
 async def test_two_subscribers_share_one_upstream(broker: Broker) -> None:
@@ -474,3 +477,16 @@ async def test_a_policy_reload_ends_what_it_now_denies(sockdir: Path, spawn_serv
         ("subscribe", None),
         ("unsubscribe", "denied"),
     ]
+
+
+async def test_a_stopping_broker_ends_its_subscriptions(broker: Broker) -> None:
+    path, proc = broker
+    async with asyncio.timeout(20), await provider(path), await RawPeer.open(path) as c:
+        sub = (await subscribe(c, "dev.kiki.tools.subscribeProviders"))["subscription"]
+        await until_live(c, sub)
+        proc.send_signal(signal.SIGTERM)
+        assert await c.note("kiki/ended") == {
+            "subscription": sub,
+            "reason": "shutdown",
+            "message": None,
+        }

@@ -117,9 +117,8 @@ class EventStreams:
             cid = conn.state["stream_cid"] = next(self._cids)
         return cid
 
-    def subscribe(
-        self, request: RequestContext, nsid: Any, params: Any = None, **extensions: Any
-    ) -> dict[str, Any]:
+    # Kiki's own methods are strict: a key they do not know is -32602.
+    def subscribe(self, request: RequestContext, nsid: Any, params: Any = None) -> dict[str, Any]:
         conn = request.connection
         who = self._who(request)
         cid = self._cid(conn)
@@ -146,9 +145,7 @@ class EventStreams:
         self.carry(actions)
         return {"subscription": subscribed.sub, "state": subscribed.state}
 
-    def unsubscribe(
-        self, request: RequestContext, subscription: Any, **extensions: Any
-    ) -> dict[str, Any]:
+    def unsubscribe(self, request: RequestContext, subscription: Any) -> dict[str, Any]:
         if not isinstance(subscription, int) or isinstance(subscription, bool):
             raise InvalidParams("subscription must be an integer")
         self.carry(self.fanout.unsubscribe(self._cid(request.connection), subscription))

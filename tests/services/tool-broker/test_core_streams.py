@@ -1,0 +1,106 @@
+"""The core's decisions about event streams, without sockets: registering streams with tools
+(all or nothing, the provide policy), and who may subscribe to what with which params."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kiki_tool_broker.config import BrokerConfig
+from kiki_tool_broker.core import BrokerCore
+from kiki_tool_broker.policy import Policy, Rule
+from kiki_tool_broker.schemas import Catalog
+from kiki_tool_broker.streams import OpenUpstream
+from kikitest.broker_lexicons import TICKS_LEXICON, procedure
+from libkiki.errors import Conflict, InvalidParams, NotFound, PermissionDenied
+from libkiki.peer import PeerCred
+from libkiki.principals import Principals, globs
+
+pytestmark = pytest.mark.unit
+
+BROKER = PeerCred(1, 999, 999, "kiki-tool-broker")
+MUSIC = PeerCred(10, 1000, 1000, "org.example.Music", app_user=1000)
+OTHER = PeerCred(11, 1001, 1001)
+ROOT = PeerCred(12, 0, 0)
+FEED = "org.example.Music.nowPlaying"
+PLAY = "org.example.Music.play"
+
+
+def feed_lexicon() -> dict[str, Any]:
+    doc = copy.deepcopy(TICKS_LEXICON)
+    doc["id"] = FEED
+    return doc
+
+
+def make_core(tmp_path: Path, policy: Policy | None = None) -> BrokerCore:
+    apps = tmp_path / "apps"
+    apps.mkdir(exist_ok=True)
+    (apps / "org.example.Music.json").write_text(json.dumps({"id": "org.example.Music"}))
+    return BrokerCore(BrokerConfig(), Catalog.load(), policy or Policy(), apps_dir=apps, own=BROKER)
+
+
+def lexicons() -> list[dict[str, Any]]:
+    return [feed_lexicon(), procedure(PLAY, {}, {"text": {"type": "string"}}, [])]
+
+
+def test_streams_register_with_tools_under_the_provide_policy(tmp_path: Path) -> None:
+    core = make_core(tmp_path)
+    music = core.provider(MUSIC)
+    done = core.register_all(music, [PLAY], lexicons(), subscriptions=[FEED])
+    assert (done.tools, done.streams, done.actions) == ([PLAY], [FEED], [])
+    # Another identity may not provide under the app's authority: nothing of it registers.
+    other = core.provider(OTHER)
+    with pytest.raises(PermissionDenied, match=FEED):
+        core.register_all(other, [], lexicons(), subscriptions=[FEED])
+    # Taken: Conflict, and the tool that came with it is not registered either.
+    stop = procedure("org.example.Music.stop", {}, {"text": {"type": "string"}}, [])
+    again = core.provider(MUSIC)
+    with pytest.raises(Conflict):
+        core.register_all(again, [stop["id"]], [*lexicons(), stop], subscriptions=[FEED])
+    assert stop["id"] not in [t.nsid for t in core.registry]
+
+
+def test_a_tool_lexicon_is_not_a_stream_nor_a_stream_a_tool(tmp_path: Path) -> None:
+    core = make_core(tmp_path)
+    music = core.provider(MUSIC)
+    with pytest.raises(InvalidParams, match="not a subscription"):
+        core.register_all(music, [], lexicons(), subscriptions=[PLAY])
+    with pytest.raises(InvalidParams, match="not a query or procedure"):
+        core.register_all(music, [FEED], lexicons())
+    assert len(core.registry) == 0
+
+
+def test_subscribers_waiting_are_opened_when_their_provider_registers(tmp_path: Path) -> None:
+    core = make_core(tmp_path)
+    music = core.provider(MUSIC)
+    core.register_all(music, [], lexicons(), subscriptions=[FEED])
+    core.unregister_all(music, [], [FEED])
+    who = core.identify(ROOT)  # nobody serves it now: root may subscribe all the same
+    subscribed, _ = core.subscribe(who, 7, FEED, {"room": "a"})
+    assert subscribed.state == "waiting"
+    done = core.register_all(core.provider(MUSIC), [], lexicons(), subscriptions=[FEED])
+    assert [type(a) for a in done.actions] == [OpenUpstream]
+    with pytest.raises(NotFound):
+        core.unregister_all(music, [], [FEED])  # no longer this provider's
+
+
+def test_subscribing_checks_policy_then_params(tmp_path: Path) -> None:
+    deny = Rule(
+        Principals.parse(["uid:1001"]), globs(["org.example.*"]), False, frozenset({"subscribe"})
+    )
+    core = make_core(tmp_path, Policy(deny=(deny,)))
+    core.register_all(core.provider(MUSIC), [], lexicons(), subscriptions=[FEED])
+    with pytest.raises(PermissionDenied, match="may not subscribe"):
+        core.subscribe(core.identify(OTHER), 1, FEED, {})
+    with pytest.raises(InvalidParams, match=r"params\.room"):
+        core.subscribe(core.identify(MUSIC), 1, FEED, {"room": 3})
+    with pytest.raises(InvalidParams, match="not a subscription"):
+        core.subscribe(core.identify(MUSIC), 1, PLAY, {})
+    subscribed, actions = core.subscribe(core.identify(MUSIC), 1, FEED, {"room": "b"})
+    assert subscribed.state == "opening"
+    assert isinstance(actions[0], OpenUpstream)
+    assert actions[0].params == {"room": "b"}
