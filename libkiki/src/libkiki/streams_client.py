@@ -27,6 +27,7 @@ broker, and is told the same way: one :class:`Lost` with the exact count.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -163,6 +164,8 @@ class Subscription(Generic[T]):
         self._waiter: asyncio.Future[None] | None = None
         self._opening: asyncio.Task[None] | None = None
         self._failed = False  # the last item was queued (an end, an error): take no more
+        self._held = False  # the broker holds it: subscribed, neither ended nor unsubscribed
+        self._abandoned = False  # its opener gave up: unsubscribe as soon as it is known
 
     # -- opening and closing -------------------------------------------------------------------
 
@@ -170,6 +173,8 @@ class Subscription(Generic[T]):
         """Subscribe (done by ``async with`` or the first ``anext``; once)."""
         if self._opening is None:
             self._opening = asyncio.ensure_future(self._subscribe())
+            # Read here when nobody awaits it any more (its opener was cancelled).
+            self._opening.add_done_callback(lambda t: t.cancelled() or t.exception())
         await asyncio.shield(self._opening)
         return self
 
@@ -190,30 +195,43 @@ class Subscription(Generic[T]):
         self.id = sub
         state = answer.get("state")
         self.state = state if isinstance(state, str) else "opening"
+        self._held = True
         router.attach(self)
+        if self._abandoned:
+            await self._unsubscribe()
 
     async def __aenter__(self) -> Subscription[T]:
-        return await self.open()
+        try:
+            return await self.open()
+        except asyncio.CancelledError:
+            # No __aexit__ follows a failed enter: if the broker says yes after all, the
+            # opening task unsubscribes at once (else the broker would hold it until the
+            # connection ends). A cancelled anext() leaves the subscription to its holder.
+            self._abandoned = True
+            raise
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Unsubscribe (a no-op once the stream has ended or the connection is gone)."""
-        if self.id is None or self._failed:
-            self._finish(Ended("unsubscribed"))
+        """Unsubscribe (only this end's part once the broker has ended the stream, or the
+        connection is gone); the iteration ends. While the subscription is being opened, it
+        is unsubscribed once open."""
+        if self._opening is not None and not self._opening.done():
+            self._abandoned = True
             return
+        await self._unsubscribe()
+
+    async def _unsubscribe(self) -> None:
         self._router.detach(self)
+        held, self._held = self._held, False
         self._finish(Ended("unsubscribed"))
         conn = self._router.connection_or_none
-        if conn is None or conn.closed:
+        if not held or self.id is None or conn is None or conn.closed:
             return
-        try:
+        # NotFound: its kiki/ended crossed our request; PeerGone: the broker forgot it.
+        with contextlib.suppress(NotFound, PeerGone):
             await conn.request(UNSUBSCRIBE, {"subscription": self.id})
-        except NotFound:
-            pass  # its kiki/ended crossed our request
-        except PeerGone:
-            pass
 
     def _finish(self, ended: Ended) -> None:
         if self.ended is None:
@@ -260,6 +278,7 @@ class Subscription(Generic[T]):
                     )
                 )
             elif kind == ENDED:
+                self._held = False  # the broker has forgotten it
                 reason = params.get("reason")
                 message = params.get("message")
                 ended = Ended(
@@ -272,6 +291,7 @@ class Subscription(Generic[T]):
 
     def fail(self, error: KikiError) -> None:
         """The connection is gone: what is queued is still read, then ``error`` is raised."""
+        self._held = False
         if not self._failed:
             self._last(("error", error))
 

@@ -119,6 +119,23 @@ async def test_a_sequence_gap_nobody_announced_is_a_protocol_error(
         with pytest.raises(ProtocolError, match="event 3 where 2 was due"):
             await anext(stream)
         assert await rest(stream) == []
+    assert broker.unsubscribes == [1]  # the broker still held it: told to let go
+
+
+async def test_a_subscribe_given_up_is_undone_when_the_broker_says_yes(
+    broker: ScriptedBroker,
+) -> None:
+    broker.handlers["kiki/subscribe"] = None  # answered below, by hand
+    async with ToolClient(broker.path) as tools:
+        conn = await broker.connection()
+        stream = tools.subscribe(NSID)
+        entering = asyncio.create_task(stream.__aenter__())
+        request = await conn.expect("kiki/subscribe")
+        entering.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await entering
+        await conn.answer(request["id"], {"subscription": 5, "state": "live"})
+        await until(lambda: broker.unsubscribes == [5], "the unsubscribe")
 
 
 async def test_status_changes_are_items_and_the_state_follows(broker: ScriptedBroker) -> None:
