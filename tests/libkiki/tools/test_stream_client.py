@@ -109,6 +109,32 @@ async def test_a_reader_behind_loses_its_oldest_messages_here_too(
         assert await take(stream, 3) == [Lost(3), Event(4, 4), Event(5, 5)]
 
 
+async def test_status_changes_dropped_with_messages_are_still_told(
+    broker: ScriptedBroker,
+) -> None:
+    def status(state: str, reason: str | None, n: int) -> tuple[str, dict[str, Any]]:
+        params = {"subscription": 1, "state": state, "reason": reason, "interruptions": n}
+        return "kiki/streamStatus", params
+
+    broker.handlers["kiki/subscribe"] = lambda params: Then(
+        {"subscription": 1, "state": "live"},
+        event(1, 1, "a"),
+        status("waiting", "providerGone", 1),
+        status("waiting", "providerGone", 2),
+        event(1, 2, "b"),
+        event(1, 3, "c"),
+    )
+    async with ToolClient(broker.path) as tools, tools.subscribe(NSID, max_queue=2) as stream:
+        # The oldest went: one message and two cuts of the upstream, told in their place.
+        assert await take(stream, 4) == [
+            Lost(1),
+            Status("waiting", "providerGone", 3),
+            Event(2, "b"),
+            Event(3, "c"),
+        ]
+        assert (stream.lost, stream.state) == (1, "waiting")
+
+
 async def test_a_sequence_gap_nobody_announced_is_a_protocol_error(
     broker: ScriptedBroker,
 ) -> None:
