@@ -212,3 +212,7 @@ def test_the_service_runner_imports_no_package_metadata() -> None:
     # brings importlib.metadata for its plugins) comes with service_main, not with the runner.
     modules = modules_after("import libkiki.service")
     assert modules & {"importlib.metadata", "pydantic", "jsonrpcserver", "libkiki.lexicon"} == set()
+
+
+def test_identifying_a_peer_needs_ctypes_only_for_a_peer_in_many_groups() -> None:
+    assert "ctypes" not in modules_after("import libkiki.peer")

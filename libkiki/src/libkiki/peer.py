@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import errno
 import os
 import re
@@ -170,6 +169,9 @@ _NGROUPS_MAX = 65536  # the kernel's most supplementary groups for a process
 
 def _getsockopt_long(fd: int, option: int, size: int) -> bytes:
     """getsockopt(2) into a buffer longer than Python's socket.getsockopt allows (1024)."""
+    # Imported here: only a peer in more groups than fit in that buffer needs it.
+    import ctypes
+
     libc = ctypes.CDLL(None, use_errno=True)
     buf = ctypes.create_string_buffer(size)
     length = ctypes.c_uint32(size)  # socklen_t
