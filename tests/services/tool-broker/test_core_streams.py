@@ -104,3 +104,18 @@ def test_subscribing_checks_policy_then_params(tmp_path: Path) -> None:
     assert subscribed.state == "opening"
     assert isinstance(actions[0], OpenUpstream)
     assert actions[0].params == {"room": "b"}
+
+
+def test_a_provider_serves_a_bounded_number_of_streams(tmp_path: Path) -> None:
+    apps = tmp_path / "apps"
+    apps.mkdir()
+    (apps / "org.example.Music.json").write_text(json.dumps({"id": "org.example.Music"}))
+    config = BrokerConfig(max_tools_per_provider=1)
+    core = BrokerCore(config, Catalog.load(), Policy(), apps_dir=apps, own=BROKER)
+    second = feed_lexicon()
+    second["id"] = FEED + "2"
+    music = core.provider(MUSIC)
+    core.register_all(music, [], lexicons(), subscriptions=[FEED])
+    with pytest.raises(InvalidParams, match="at most 1 streams") as info:
+        core.register_all(music, [], [second], subscriptions=[second["id"]])
+    assert info.value.data == {"limit": 1}

@@ -203,6 +203,11 @@ class BrokerCore:
             raise InvalidParams(
                 f"a provider may register at most {limit} tools", data={"limit": limit}
             )
+        # Streams count against the same bound, apart from the tools.
+        if len(self.streams.served(provider.id)) + len(streams) > limit:
+            raise InvalidParams(
+                f"a provider may serve at most {limit} streams", data={"limit": limit}
+            )
         try:
             reserve = self.may_provide(provider, [*wanted, *streams]) - set(streams)
             staged = self.catalog.stage(lexicons, owner=provider.id)

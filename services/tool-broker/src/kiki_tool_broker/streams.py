@@ -521,6 +521,10 @@ class StreamFanout:
         """The provider that declared ``nsid``, if any."""
         return self._served.get(nsid)
 
+    def served(self, provider: ConnId) -> list[str]:
+        """The NSIDs ``provider`` declared."""
+        return sorted(n for n, p in self._served.items() if p == provider)
+
     def pending(self, sub: SubId) -> int:
         """Items queued for ``sub`` (0 when there is no such subscription)."""
         s = self._subs.get(sub)
