@@ -119,3 +119,17 @@ def test_a_provider_serves_a_bounded_number_of_streams(tmp_path: Path) -> None:
     with pytest.raises(InvalidParams, match="at most 1 streams") as info:
         core.register_all(music, [], [second], subscriptions=[second["id"]])
     assert info.value.data == {"limit": 1}
+
+
+def test_an_apps_stream_stays_reserved_for_it_after_it_leaves(tmp_path: Path) -> None:
+    # uid 1001 may provide the app's NSIDs by a rule, but not while they are reserved for it.
+    other = Rule(Principals.parse(["uid:1001"]), globs(["org.example.Music.*"]), True)
+    core = make_core(tmp_path, Policy(provide=(other,)))
+    music = core.provider(MUSIC)
+    core.register_all(music, [], lexicons(), subscriptions=[FEED])
+    assert core.registry.reserved == {FEED: music.identity}
+    core.drop_provider(music)
+    core.streams.provider_gone(music.id)
+    with pytest.raises(PermissionDenied, match="reserved for"):
+        core.register_all(core.provider(OTHER), [], lexicons(), subscriptions=[FEED])
+    core.register_all(core.provider(MUSIC), [], lexicons(), subscriptions=[FEED])  # its own

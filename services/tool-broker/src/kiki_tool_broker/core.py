@@ -209,17 +209,19 @@ class BrokerCore:
                 f"a provider may serve at most {limit} streams", data={"limit": limit}
             )
         try:
-            reserve = self.may_provide(provider, [*wanted, *streams]) - set(streams)
+            reserve = self.may_provide(provider, [*wanted, *streams])
+            kiki_service = is_kiki_service(provider.cred, self.own_uid)
             staged = self.catalog.stage(lexicons, owner=provider.id)
             entries = [tool_entry(staged.tool(nsid), provider) for nsid in wanted]
             for nsid in streams:
                 staged.stream(nsid)  # a subscription lexicon, or InvalidParams
+            self._check_reserved(provider, streams, kiki_service)
             self.streams.check_declare(provider.id, streams)
             registered = self.registry.register(
                 provider,
                 entries,
-                reserve=reserve,
-                kiki_service=is_kiki_service(provider.cred, self.own_uid),
+                reserve=reserve - set(streams),
+                kiki_service=kiki_service,
             )
         except KikiError as exc:
             # The operator's record of a refused registration: who, what, why.
@@ -233,11 +235,34 @@ class BrokerCore:
             raise
         self.catalog.commit(staged, [*registered, *streams])
         actions = self.streams.declare(provider.id, streams)  # checked above: cannot refuse
+        reserved = self.registry.reserved
+        for nsid in streams:  # reserved for its identity as its tools are
+            if nsid in reserve and len(reserved) < self.registry.max_reserved:
+                reserved.setdefault(nsid, provider.identity)
         if streams:
             self.stream_providers[provider.id] = provider
         if registered or streams:
             log.info("provider %s registered %s", provider.name, ", ".join([*registered, *streams]))
         return Registered(registered, streams, actions)
+
+    def _check_reserved(self, provider: Provider, streams: list[str], kiki_service: bool) -> None:
+        """A stream NSID reserved for another identity (a Kiki service's or an installed
+        app's, as tools are) is refused, except to Kiki's own services."""
+        reserved = self.registry.reserved
+        foreign = {
+            n: who
+            for n in streams
+            if (who := reserved.get(n)) is not None
+            and who != provider.identity
+            and not kiki_service
+        }
+        if foreign:
+            whose = ", ".join(f"{n} (reserved for {who})" for n, who in sorted(foreign.items()))
+            raise PermissionDenied(
+                f"{provider.identity} may not provide {whose}: a Kiki service's or installed "
+                "app's streams stay reserved for it",
+                data={"nsids": sorted(foreign), "reservedFor": foreign},
+            )
 
     def declare_own_streams(self, nsids: Iterable[str]) -> list[str]:
         """The broker's own event streams (installed lexicons; the broker provides them)."""
