@@ -55,7 +55,7 @@ async def broker_on(sockdir: Path, audit: AuditLog) -> AsyncIterator[Path]:
         sock.listen()
         async with serve_unix(sock, broker.methods, on_disconnect=broker.connection_lost):
             yield path
-        await broker.finish_forwarding()
+        await broker.forwarder.finish()
 
 
 def echo_provider(path: Path, started: asyncio.Event | None = None) -> ToolProvider:

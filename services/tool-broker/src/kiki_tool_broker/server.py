@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -23,14 +22,14 @@ from kiki_tool_broker import protocol as mcp
 from kiki_tool_broker.announce import Audience
 from kiki_tool_broker.audit import AuditLog
 from kiki_tool_broker.config import BrokerConfig
-from kiki_tool_broker.core import Admitted, Answer, AuditRecord, BrokerCore, Who
+from kiki_tool_broker.core import Answer, AuditRecord, BrokerCore, Who
 from kiki_tool_broker.events import OWN_STREAMS, SUBSCRIBE_AUDIT, EventStreams
+from kiki_tool_broker.forwarding import Forwarder
 from kiki_tool_broker.policy import Policy
 from kiki_tool_broker.registry import Provider
 from kiki_tool_broker.schemas import Catalog
 from kiki_tool_broker.tools import BuiltinTools
 from libkiki.constellation import GET_INFO
-from libkiki.errors import KikiError
 from libkiki.paths import TOOLS_SOCKET, state_dir
 from libkiki.rpc import Connection, Methods, RequestContext
 from libkiki.rpc_service import serve_configured
@@ -58,8 +57,7 @@ class Broker:
         self.audience: Audience[Connection] = Audience(core.config.max_listen_streams)
         self.changed = asyncio.Event()
         self.serving = ""  # the status line's first part, once the socket is served
-        # Forwarded calls that had to wait for a provider slot or relay progress: in tasks.
-        self._forwarding: set[asyncio.Task[Any]] = set()
+        self.forwarder = Forwarder(core, self._write)
         self.methods = self._methods()
 
     # -- the method table --------------------------------------------------------------------
@@ -131,10 +129,10 @@ class Broker:
         modern = mcp.era(request.meta, self.core.result_meta)
         honored = self.audience.admit(notifications)
         conn, sid = request.connection, request.request_id
-        await conn.notify(mcp.ACKNOWLEDGED, mcp.on_stream(sid, {"notifications": honored}))
         stream = (conn, sid)
-        self.audience.open(stream, honored)
+        self.audience.open(stream, honored)  # counted before any wait: the limit holds
         try:
+            await conn.notify(mcp.ACKNOWLEDGED, mcp.on_stream(sid, {"notifications": honored}))
             await conn.wait_closing()
         finally:
             self.audience.close(stream)
@@ -239,7 +237,7 @@ class Broker:
         **extensions: Any,
     ) -> dict[str, Any] | asyncio.Future[dict[str, Any]]:
         """Decided by the core; answered at once for the broker's own tools, while a forwarded
-        call returns a future that its provider's reply settles (:meth:`_forward_soon`).
+        call returns a future that its provider's reply settles (:class:`Forwarder`).
         Either way the audit line is written before the answer is given."""
         started = time.monotonic()
         modern = mcp.era(request.meta, self.core.result_meta)
@@ -249,13 +247,13 @@ class Broker:
         if isinstance(call, Answer):
             return self._answer(call)
         if call.params is not None:
-            return self._forward_soon(call, request)
+            return self.forwarder.forward_soon(call, request)
         try:
             output = self.tools.call(call.tool.nsid, call.arguments)
         except Exception as exc:
             return self._answer(self.core.settle(call, None, exc))
-        if isinstance(output, _Future):  # a built-in tool that waits (readAuditLog's verify):
-            return self._answer_later(call, output)  # answered when it is done, as forwarded
+        if isinstance(output, _Future):  # a built-in tool that waits (readAuditLog's verify)
+            return self.forwarder.answer_later(call, output)  # is answered as a forwarded call
         return self._answer(self.core.settle(call, output, None))
 
     def _answer(self, answer: Answer) -> dict[str, Any]:
@@ -266,75 +264,6 @@ class Broker:
             raise answer.error
         assert answer.result is not None
         return answer.result
-
-    def _forward_soon(
-        self, call: Admitted, request: RequestContext
-    ) -> asyncio.Future[dict[str, Any]]:
-        """Forward a call; its answer is a future that the provider's reply settles.
-
-        The request goes out at once, with no task, when the provider has a free in-flight
-        slot and there is no progress to relay. Otherwise a task waits for the slot and relays
-        the progress (:meth:`_forward`). Either way :meth:`_call_done` writes the audit line
-        and then settles the answer, also when the call is cancelled before it got anywhere.
-        """
-        sent: asyncio.Future[Any] | None = None
-        if request.progress_token is None:
-            try:
-                sent = call.tool.provider.connection.request_soon(
-                    "tools/call", call.params, timeout=self.config.call_timeout
-                )
-            except KikiError as exc:  # the provider's connection has just closed
-                sent = asyncio.get_running_loop().create_future()
-                sent.set_exception(exc)
-        if sent is None:
-            task = asyncio.ensure_future(self._forward(call, request))
-            self._forwarding.add(task)
-            task.add_done_callback(self._forwarding.discard)
-            sent = task
-        return self._answer_later(call, sent)
-
-    def _answer_later(
-        self, call: Admitted, sent: asyncio.Future[Any]
-    ) -> asyncio.Future[dict[str, Any]]:
-        """The caller's answer to a call whose tool side ends with ``sent``: settled (audited
-        first) by :meth:`_call_done`. The caller cancelling or leaving cancels ``sent``, which
-        tells a provider."""
-        answer: asyncio.Future[dict[str, Any]] = sent.get_loop().create_future()
-        sent.add_done_callback(functools.partial(self._call_done, answer, call))
-        answer.add_done_callback(lambda _: sent.cancel())
-        return answer
-
-    def _call_done(
-        self, answer: asyncio.Future[dict[str, Any]], call: Admitted, sent: asyncio.Future[Any]
-    ) -> None:
-        """The tool's side of a call that was not answered at once is over (a provider's
-        reply, or a built-in tool that waited): audit it, then answer the caller. An error of
-        the audit itself (a full disk) is the caller's answer too: an internal error."""
-        if sent.cancelled():  # the caller cancelled or left: there is nobody to answer
-            self._write(self.core.cancelled(call))
-            return
-        error = sent.exception()
-        settled = self.core.settle(call, None if error is not None else sent.result(), error)
-        try:
-            self._write(settled)
-        except Exception as exc:  # a full disk
-            if not answer.done():
-                answer.set_exception(exc)
-            return
-        if answer.done():
-            return
-        if settled.error is not None:
-            answer.set_exception(settled.error)
-        else:
-            assert settled.result is not None
-            answer.set_result(settled.result)
-
-    async def finish_forwarding(self) -> None:
-        """Cancel the calls still waiting for a provider slot, and wait for them (bounded)."""
-        for task in self._forwarding:
-            task.cancel()
-        if self._forwarding:
-            await asyncio.wait(self._forwarding, timeout=5)
 
     def _audit_line(self, **fields: Any) -> None:
         """Append an audit line, and give it to the audit stream's subscribers."""
@@ -351,23 +280,6 @@ class Broker:
             duration_us=int((time.monotonic() - record.started) * 1e6),
             arguments=record.arguments,
             provider=record.provider,
-        )
-
-    async def _forward(self, call: Admitted, request: RequestContext) -> Any:
-        """The provider's reply, waiting for an in-flight slot on its connection if need be and
-        relaying its progress to the caller as it comes."""
-
-        async def relay(progress: dict[str, Any]) -> None:
-            relayed = {k: v for k, v in progress.items() if k != "progressToken"}
-            await request.connection.notify(
-                "notifications/progress", {"progressToken": request.progress_token, **relayed}
-            )
-
-        return await call.tool.provider.connection.request(
-            "tools/call",
-            call.params,
-            timeout=self.config.call_timeout,
-            on_progress=relay if request.progress_token is not None else None,
         )
 
 
@@ -410,6 +322,6 @@ async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
             announcer.cancel()
     finally:
         try:
-            await broker.finish_forwarding()  # their audit lines are written before the close
+            await broker.forwarder.finish()  # their audit lines are written before the close
         finally:
             audit.close()

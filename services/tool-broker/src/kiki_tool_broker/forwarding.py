@@ -1,0 +1,111 @@
+"""Forwarded calls: a tools/call the core admitted for a provider goes out on the provider's
+connection, and its reply (or its end: cancelled, timed out, the provider gone) is settled by the
+core and audited before the caller is answered. I/O only; the decisions are the core's."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from kiki_tool_broker.core import Admitted, AuditRecord, BrokerCore
+from libkiki.rpc import RequestContext
+
+
+class Forwarder:
+    """The calls in flight to providers. ``write`` appends a settled call's audit line (and
+    counts it); it raises when the line cannot be written, which the caller is then told."""
+
+    def __init__(self, core: BrokerCore, write: Callable[[AuditRecord], None]) -> None:
+        self.core = core
+        self._write = write
+        # Calls that had to wait for a provider slot or relay progress: in tasks.
+        self._forwarding: set[asyncio.Task[Any]] = set()
+
+    def forward_soon(
+        self, call: Admitted, request: RequestContext
+    ) -> asyncio.Future[dict[str, Any]]:
+        """Forward a call; its answer is a future that the provider's reply settles.
+
+        The request goes out at once, with no task, when the provider has a free in-flight
+        slot and there is no progress to relay. Otherwise a task waits for the slot and relays
+        the progress (:meth:`_forward`). Either way :meth:`_call_done` writes the audit line
+        and then settles the answer, also when the call is cancelled before it got anywhere.
+        """
+        sent: asyncio.Future[Any] | None = None
+        if request.progress_token is None:
+            try:
+                sent = call.tool.provider.connection.request_soon(
+                    "tools/call", call.params, timeout=self.core.config.call_timeout
+                )
+            except Exception as exc:  # the connection has just closed (KikiError), or a bug:
+                # either way the call fails through _call_done, audited like any other
+                sent = asyncio.get_running_loop().create_future()
+                sent.set_exception(exc)
+        if sent is None:
+            task = asyncio.ensure_future(self._forward(call, request))
+            self._forwarding.add(task)
+            task.add_done_callback(self._forwarding.discard)
+            sent = task
+        return self.answer_later(call, sent)
+
+    def answer_later(
+        self, call: Admitted, sent: asyncio.Future[Any]
+    ) -> asyncio.Future[dict[str, Any]]:
+        """The caller's answer to a call whose tool side ends with ``sent``: settled (audited
+        first) by :meth:`_call_done`. The caller cancelling or leaving cancels ``sent``, which
+        tells a provider."""
+        answer: asyncio.Future[dict[str, Any]] = sent.get_loop().create_future()
+        sent.add_done_callback(functools.partial(self._call_done, answer, call))
+        answer.add_done_callback(lambda _: sent.cancel())
+        return answer
+
+    def _call_done(
+        self, answer: asyncio.Future[dict[str, Any]], call: Admitted, sent: asyncio.Future[Any]
+    ) -> None:
+        """The tool's side of a call that was not answered at once is over (a provider's
+        reply, or a built-in tool that waited): audit it, then answer the caller. An error of
+        the audit itself (a full disk) is the caller's answer too: an internal error."""
+        if sent.cancelled():  # the caller cancelled or left: there is nobody to answer
+            self._write(self.core.cancelled(call))
+            return
+        error = sent.exception()
+        settled = self.core.settle(call, None if error is not None else sent.result(), error)
+        try:
+            self._write(settled)
+        except Exception as exc:  # a full disk
+            if not answer.done():
+                answer.set_exception(exc)
+            return
+        if answer.done():
+            return
+        if settled.error is not None:
+            answer.set_exception(settled.error)
+        else:
+            assert settled.result is not None
+            answer.set_result(settled.result)
+
+    async def finish(self) -> None:
+        """Cancel the calls still waiting for a provider slot, and wait for them (bounded)."""
+        for task in self._forwarding:
+            task.cancel()
+        if self._forwarding:
+            await asyncio.wait(self._forwarding, timeout=5)
+
+    async def _forward(self, call: Admitted, request: RequestContext) -> Any:
+        """The provider's reply, waiting for an in-flight slot on its connection if need be and
+        relaying its progress to the caller as it comes."""
+
+        async def relay(progress: dict[str, Any]) -> None:
+            relayed = {k: v for k, v in progress.items() if k != "progressToken"}
+            await request.connection.notify(
+                "notifications/progress", {"progressToken": request.progress_token, **relayed}
+            )
+
+        return await call.tool.provider.connection.request(
+            "tools/call",
+            call.params,
+            timeout=self.core.config.call_timeout,
+            on_progress=relay if request.progress_token is not None else None,
+        )
