@@ -7,6 +7,7 @@ kernel gave the peer at ``connect()``: never against a claim in the payload.
 Grammar (one string)::
 
     uid:N  user:NAME  gid:N  group:NAME  app:ID  *      and terms joined by '+' (all must match)
+    remote:SUBJECT  remote:*                             (alone: a remote person, see below)
 
 ``gid:`` and ``group:`` match the peer's primary gid and every supplementary group the kernel
 recorded at connect (``SO_PEERGROUPS``), not ``/etc/group`` read later. ``user:`` and
@@ -20,6 +21,14 @@ manager. So where a principal *grants* (``granting=True``), ``app:ID`` alone mat
 unit's app id only; an app in a user's session is granted together with a term that says which
 users (``user:alice+app:ID``, ``uid:1000+app:ID``, ``group:agents+app:ID``). Where it *refuses*
 (a deny rule), ``app:ID`` matches the id wherever it comes from.
+
+Remote people (phones, dashboards, other agents reaching the device through a relay) have no
+kernel identity here: a local process the policy trusts as a *delegate* vouches for them, and
+names them as a :class:`Remote` (its ``subject``, and the ``session`` it came in on). A
+``remote:`` principal matches such a :class:`Remote` only, ``remote:*`` any of them; it is a
+term of its own (never joined by '+'), and no other principal, ``*`` included, matches a remote
+person: a delegate can never claim a local principal, and a rule written for local peers never
+grants to someone on the far side of a relay.
 
 Kiki's own services (:func:`is_kiki_service`) are told by the kernel too: root, the caller's
 own uid (the developer constellation, where ``kiki up`` runs everything as one user), or a
@@ -48,6 +57,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "Principal",
     "Principals",
+    "Remote",
     "globs",
     "identity_of",
     "in_group",
@@ -60,7 +70,13 @@ __all__ = [
 ]
 
 _TERM = re.compile(r"(uid|gid):[0-9]+|(user|group|app):[A-Za-z0-9_.@-]+")
-_GRAMMAR = "uid:N, user:NAME, gid:N, group:NAME, app:ID, or such terms joined by '+'; or *"
+_GRAMMAR = (
+    "uid:N, user:NAME, gid:N, group:NAME, app:ID, or such terms joined by '+'; or *; "
+    "or remote:SUBJECT or remote:* alone"
+)
+# A remote subject as a delegate names it (a DID, an account name, an e-mail address).
+SUBJECT = re.compile(r"[A-Za-z0-9_.:@%+-]{1,256}")
+_REMOTE = re.compile(r"remote:(\*|[A-Za-z0-9_.:@%+-]{1,256})")
 
 # A term as matched: ("uid", N | None), ("gid", N | None) or ("app", ID). None: a name that
 # resolved to nobody, so the term matches nobody.
@@ -87,11 +103,32 @@ def in_group(cred: PeerCred, gid: int | None) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
+class Remote:
+    """A remote person a delegate acts for: who (``subject``), and in which ``session``."""
+
+    subject: str
+    session: str | None = None
+
+    def __str__(self) -> str:
+        return f"remote:{self.subject}"
+
+    def view(self) -> dict[str, str]:
+        """As an audit line and a forwarded call name it (``onBehalfOf``)."""
+        view = {"subject": self.subject}
+        if self.session is not None:
+            view["session"] = self.session
+        return view
+
+
+@dataclass(frozen=True, slots=True)
 class Principal:
-    """One parsed principal; ``terms`` empty means anyone (``*``)."""
+    """One parsed principal; ``terms`` empty means anyone (``*``). ``remote`` set: a
+    ``remote:`` principal (``"*"``: any remote person), which has no terms and matches remote
+    people only."""
 
     text: str
     terms: tuple[Term, ...]
+    remote: str | None = None
 
     @classmethod
     def parse(cls, text: str, where: str = "principal") -> Principal:
@@ -101,6 +138,10 @@ class Principal:
             raise ConfigError(f"{where}: {text!r} is not a principal ({_GRAMMAR})")
         if text == "*":
             return cls(text, ())
+        if text.startswith("remote:"):
+            if not _REMOTE.fullmatch(text):
+                raise ConfigError(f"{where}: {text!r} is not a principal ({_GRAMMAR})")
+            return cls(text, (), text.removeprefix("remote:"))
         parts = text.split("+")
         if not all(_TERM.fullmatch(p) for p in parts):
             raise ConfigError(f"{where}: {text!r} is not a principal ({_GRAMMAR})")
@@ -124,9 +165,15 @@ class Principal:
 
     @property
     def anyone(self) -> bool:
-        return not self.terms
+        return not self.terms and self.remote is None
+
+    def matches_remote(self, remote: Remote) -> bool:
+        """Whether this principal names the remote person ``remote``: ``remote:`` ones only."""
+        return self.remote is not None and self.remote in ("*", remote.subject)
 
     def matches(self, cred: PeerCred, *, granting: bool = True) -> bool:
+        if self.remote is not None:
+            return False  # a local peer is never a remote person
         if not self.terms:
             return True
         for kind, value in self.terms:
@@ -166,6 +213,9 @@ class Principals:
 
     def matches(self, cred: PeerCred, *, granting: bool = True) -> bool:
         return any(p.matches(cred, granting=granting) for p in self.items)
+
+    def matches_remote(self, remote: Remote) -> bool:
+        return any(p.matches_remote(remote) for p in self.items)
 
 
 @functools.lru_cache(maxsize=512)

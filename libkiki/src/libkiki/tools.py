@@ -86,6 +86,11 @@ CLIENT_INFO = {"name": "libkiki", "version": "0"}
 HANDSHAKE_VERSION = "2025-11-25"
 CALLER_META = "dev.kiki/caller"  # the caller's kernel-given identity, on a forwarded call
 ERROR_DATA_META = "dev.kiki/errorData"  # a tool error's data (its structuredContent cannot)
+# A retried call's key: the broker answers a repeat with the first call's answer.
+IDEMPOTENCY_KEY_META = "dev.kiki/idempotencyKey"
+# The remote person a trusted delegate calls for ({"subject": ..., "session": ...}); on a
+# forwarded call, the broker tells the provider the same, beside the caller.
+ON_BEHALF_OF_META = "dev.kiki/onBehalfOf"
 
 
 M = TypeVar("M")
@@ -206,11 +211,22 @@ class ToolClient:
         *,
         timeout: float | None = None,  # noqa: ASYNC109 -- also cancels the call at the broker
         on_progress: ProgressCallback | None = None,
+        idempotency_key: str | None = None,
+        on_behalf_of: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
-        """The whole MCP ``tools/call`` result (``content``, ``structuredContent``, ``isError``)."""
+        """The whole MCP ``tools/call`` result (``content``, ``structuredContent``, ``isError``).
+        See :meth:`call` for ``idempotency_key`` and ``on_behalf_of``."""
+        params: dict[str, Any] = {"name": nsid, "arguments": arguments or {}}
+        meta: dict[str, Any] = {}
+        if idempotency_key is not None:
+            meta[IDEMPOTENCY_KEY_META] = idempotency_key
+        if on_behalf_of is not None:
+            meta[ON_BEHALF_OF_META] = dict(on_behalf_of)
+        if meta:
+            params["_meta"] = meta
         result: dict[str, Any] = await self.connection.request(
             "tools/call",
-            {"name": nsid, "arguments": arguments or {}},
+            params,
             timeout=timeout,
             on_progress=on_progress,
         )
@@ -223,9 +239,25 @@ class ToolClient:
         *,
         timeout: float | None = None,  # noqa: ASYNC109 -- also cancels the call at the broker
         on_progress: ProgressCallback | None = None,
+        idempotency_key: str | None = None,
+        on_behalf_of: Mapping[str, str] | None = None,
     ) -> Any:
-        """The tool's structured output; a tool-level failure raises :class:`ToolError`."""
-        result = await self.call_raw(nsid, arguments, timeout=timeout, on_progress=on_progress)
+        """The tool's structured output; a tool-level failure raises :class:`ToolError`.
+
+        ``idempotency_key`` (1 to 128 characters, unique per intended call): a retry with the
+        same key, arguments and tool gets the first call's answer without the tool running
+        again, within the broker's window (in its memory: after a broker restart it runs).
+        ``on_behalf_of`` (``{"subject": ..., "session": ...}``): the remote person this call
+        is for, which the broker accepts from a delegate its policy trusts only (else
+        :class:`~libkiki.errors.PermissionDenied`); policy then decides for that person."""
+        result = await self.call_raw(
+            nsid,
+            arguments,
+            timeout=timeout,
+            on_progress=on_progress,
+            idempotency_key=idempotency_key,
+            on_behalf_of=on_behalf_of,
+        )
         if result.get("isError"):
             texts = [
                 c.get("text", "")

@@ -9,8 +9,11 @@ is audited too, when it opens and when it ends: such a line adds ``event`` (``su
 ``unsubscribe``; a line without ``event`` is a tool call, so logs written before streams read
 the same), ``tool`` is the stream's NSID, ``argsHash`` the hash of its params, and an
 ``unsubscribe`` line has the ``reason`` it ended (``unsubscribed``, ``closed``, ``refused``,
-``providerEnded``, ``denied``, ``shutdown``). Individual messages are never audited. The chain
-covers these keys like any other. ``hash`` is the SHA-256 of
+``providerEnded``, ``denied``, ``shutdown``). Individual messages are never audited. A call a
+trusted delegate made on behalf of a remote person adds ``onBehalfOf`` (``{"subject": ...,
+"session": ...}``; ``caller`` is then the delegate, the relay): a line without it is a call for
+the caller itself, so older logs read the same. A retry answered from an idempotency key's
+record is ``outcome: "replay"``. The chain covers these keys like any other. ``hash`` is the SHA-256 of
 ``prev`` followed by the line's canonical JSON without ``hash`` (keys sorted, no spaces), and
 ``prev`` is the previous line's ``hash`` (64 zeros for the first). A line is written as exactly
 that canonical JSON with ``hash`` added last, so it is serialised once. An edited line breaks

@@ -147,10 +147,11 @@ class AuditLog:
         provider: dict[str, Any] | None = None,
         event: str | None = None,
         reason: str | None = None,
+        on_behalf_of: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Append one entry: a tool call, or (``event``, libkiki.audit.EVENTS) a subscription
         opened or ended, ``tool`` its NSID, ``arguments`` its params, ``reason`` why it
-        ended."""
+        ended. ``on_behalf_of``: the remote person a trusted delegate (``caller``) acted for."""
         if len(tool) > _TOOL_CHARS and len(encoded := tool.encode()) > TOOL_MAX:
             # As sent, but no longer than an NSID can be (the entry's lexicon), or every page
             # of the log holding it would fail readAuditLog's output check.
@@ -173,6 +174,8 @@ class AuditLog:
             body["event"] = event
         if reason is not None:
             body["reason"] = reason
+        if on_behalf_of is not None:  # absent: the caller acted for itself, as in older logs
+            body["onBehalfOf"] = on_behalf_of
         line, digest = encode_entry(body)
         os.write(self._fd, line)
         self._seq += 1

@@ -37,6 +37,12 @@ class BrokerConfig(ServiceConfig):
     stream_queue_messages: int = pydantic.Field(default=256, ge=1, le=1 << 16)
     stream_queue_bytes: int = pydantic.Field(default=256 * 1024, ge=1024, le=64 << 20)
     stream_max_message_bytes: int = pydantic.Field(default=64 * 1024, ge=256, le=16 << 20)
+    # Idempotent retries (the README's "Idempotent retries"): how long a keyed call's answer is
+    # kept for its retries, and how many answers and bytes at most (past either, the oldest
+    # are forgotten, and their retries run again).
+    idempotency_window: float = pydantic.Field(default=600.0, gt=0, le=86_400)
+    idempotency_max_entries: int = pydantic.Field(default=4096, ge=1, le=1 << 20)
+    idempotency_max_bytes: int = pydantic.Field(default=16 << 20, ge=64 << 10, le=1 << 30)
     apps_dir: str = ""  # installed app manifests; default: where `kiki app install` puts them
 
     def policy_path(self) -> Path:

@@ -7,8 +7,10 @@ here). :mod:`kiki_tool_broker.server` moves the bytes: it asks :meth:`BrokerCore
 ``tools/call``, which refuses it at once (:class:`Answer`: a typed error) or admits it
 (:class:`Admitted`: forward ``params`` to ``tool.provider``, or run one of the broker's own
 tools); when the tool's side is over, :meth:`BrokerCore.settle` makes its :class:`Answer`.
-Every answer is also the :class:`AuditRecord` to write, with the counter to bump, before it is
-given.
+A call with an idempotency key may instead be answered from :mod:`kiki_tool_broker.idempotency`
+(a replay), or join the same call running (:class:`Joining`: the server holds it until
+:meth:`BrokerCore.release` says what the first call's answer was). Every answer is also the
+:class:`AuditRecord` to write, with the counter to bump, before it is given.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +26,7 @@ import orjson
 
 from kiki_tool_broker import protocol as mcp
 from kiki_tool_broker.config import BrokerConfig
+from kiki_tool_broker.idempotency import IdempotencyCache, Join, Replay
 from kiki_tool_broker.policy import Caller, Decision, Policy, installed_authority
 from kiki_tool_broker.registry import (
     Provider,
@@ -41,9 +44,11 @@ from kiki_tool_broker.results import (
 )
 from kiki_tool_broker.schemas import Catalog, ToolSchema
 from kiki_tool_broker.streams import Action, StreamFanout, Subscribed
-from libkiki.errors import InvalidParams, KikiError, NotFound, PermissionDenied
+from libkiki.audit import args_hash
+from libkiki.errors import InvalidParams, KikiError, NotFound, PermissionDenied, Unavailable
 from libkiki.peer import PeerCred
-from libkiki.principals import is_kiki_service
+from libkiki.principals import SUBJECT, Remote, identity_of, is_kiki_service
+from libkiki.tools import IDEMPOTENCY_KEY_META, ON_BEHALF_OF_META
 
 if TYPE_CHECKING:
     from libkiki.rpc.messages import RequestId
@@ -78,6 +83,8 @@ class AuditRecord:
     arguments: Any
     provider: dict[str, Any] | None  # who answered (or was to): its identity
     started: float
+    # The remote person a trusted delegate called for (``caller`` is then the delegate).
+    on_behalf_of: dict[str, Any] | None = field(default=None, kw_only=True)
 
     @property
     def counter(self) -> str:
@@ -117,6 +124,21 @@ class Admitted:
     modern: dict[str, Any] | None  # the 2026-07-28 result _meta, or None (mcp.era)
     room: int  # bytes an answer line has for the output, twice, once the caller's id is in it
     params: dict[str, Any] | None
+    on_behalf_of: dict[str, Any] | None = None
+    token: int | None = None  # its idempotency cache entry, when it carries a key
+
+
+@dataclass(slots=True, eq=False)
+class Joining:
+    """A duplicate of a keyed call still running: it gets that call's answer (``token``)."""
+
+    caller: dict[str, Any]
+    tool: str
+    arguments: dict[str, Any]
+    provider: dict[str, Any]
+    started: float
+    on_behalf_of: dict[str, Any] | None
+    token: int
 
 
 class BrokerCore:
@@ -154,6 +176,11 @@ class BrokerCore:
             ),
         )
         self.stream_providers: dict[int, Provider] = {self.own.id: self.own}
+        self.idempotency = IdempotencyCache(
+            ttl=config.idempotency_window,
+            max_entries=config.idempotency_max_entries,
+            max_bytes=config.idempotency_max_bytes,
+        )
 
     # -- who ----------------------------------------------------------------------------------
 
@@ -393,12 +420,18 @@ class BrokerCore:
         request_id: RequestId,
         modern: dict[str, Any] | None,
         started: float,
-    ) -> Answer | Admitted:
-        """A ``tools/call`` of ``name`` by ``who``: refused (an :class:`Answer` with its error),
-        or admitted for its tool to answer."""
+        meta: dict[str, Any] | None = None,
+    ) -> Answer | Admitted | Joining:
+        """A ``tools/call`` of ``name`` by ``who`` (``meta``: the request's ``_meta``): refused
+        (an :class:`Answer` with its error), answered from the idempotency cache (an
+        :class:`Answer`, outcome ``replay``), joined to the same keyed call running, or
+        admitted for its tool to answer."""
         arguments = {} if arguments is None else arguments
         answering: dict[str, Any] | None = None  # the provider's view, once the tool is known
+        behalf: dict[str, Any] | None = None
         try:
+            remote = self._remote(who, meta)
+            behalf = None if remote is None else remote.view()
             if not isinstance(name, str):
                 raise InvalidParams("name must be a string")
             try:
@@ -408,27 +441,134 @@ class BrokerCore:
             answering = tool.provider.view
             if not isinstance(arguments, dict):
                 raise InvalidParams("arguments must be an object")
-            allowed, reason = self.policy.allows(who.caller, name, tool.kind, tool.provider.uids)
+            caller = who.caller if remote is None else Caller(who.cred, remote)
+            allowed, reason = self.policy.allows(caller, name, tool.kind, tool.provider.uids)
             if not allowed:
-                raise PermissionDenied(f"{who.cred.describe()} may not call {name}: {reason}")
+                asker = who.cred.describe()
+                if remote is not None:
+                    asker = f"{remote} (relayed by {asker})"
+                raise PermissionDenied(f"{asker} may not call {name}: {reason}")
             schema = self.catalog.tool(name)
             schema.validate_input(arguments)
+            token = None
+            key = None if meta is None else meta.get(IDEMPOTENCY_KEY_META)
+            if key is not None:
+                principal = identity_of(who.cred) if remote is None else f"{remote} via "
+                if remote is not None:
+                    principal += identity_of(who.cred)
+                hashed = args_hash(arguments)
+                begun = self.idempotency.begin(principal, key, name, hashed, started)
+                if isinstance(begun, Replay):
+                    result, error, code = begun.result
+                    if error is not None:
+                        error = error.with_traceback(None)
+                    return Answer(
+                        who.view,
+                        name,
+                        "replay",
+                        code,
+                        arguments,
+                        answering,
+                        started,
+                        result,
+                        error,
+                        on_behalf_of=behalf,
+                    )
+                if isinstance(begun, Join):
+                    return Joining(
+                        who.view, name, arguments, answering, started, behalf, begun.token
+                    )
+                token = begun.token
         except Exception as exc:
             outcome, code = outcome_of(exc)
             return Answer(
-                who.view, str(name), outcome, code, arguments, answering, started, None, exc
+                who.view,
+                str(name),
+                outcome,
+                code,
+                arguments,
+                answering,
+                started,
+                None,
+                exc,
+                on_behalf_of=behalf,
             )
         room = self.config.max_line - (
             len(orjson.dumps(request_id)) if isinstance(request_id, str) else 24
         )
         params = None
         if tool.provider is not self.own:
-            params = {
-                "name": name,
-                "arguments": arguments,
-                "_meta": {mcp.CALLER_META: who.forwarded},
-            }
-        return Admitted(tool, schema, arguments, who.view, started, modern, room, params)
+            forwarded: dict[str, Any] = {mcp.CALLER_META: who.forwarded}
+            if behalf is not None:
+                forwarded[ON_BEHALF_OF_META] = behalf
+            params = {"name": name, "arguments": arguments, "_meta": forwarded}
+        return Admitted(
+            tool, schema, arguments, who.view, started, modern, room, params, behalf, token
+        )
+
+    def _remote(self, who: Who, meta: dict[str, Any] | None) -> Remote | None:
+        """The remote person a call is made for (``_meta["dev.kiki/onBehalfOf"]``), which only
+        a trusted delegate may name: from anyone else it is refused, as a claim to be someone
+        the kernel did not say it is."""
+        value = None if meta is None else meta.get(ON_BEHALF_OF_META)
+        if value is None:
+            return None
+        if not self.policy.is_delegate(who.cred):
+            raise PermissionDenied(
+                f"{who.cred.describe()} is not a trusted delegate: it may not call on behalf "
+                "of someone else",
+                data={"rule": "onBehalfOf"},
+            )
+        return remote_of(value)
+
+    def release(self, call: Admitted, answer: Answer | None, now: float) -> Answer | None:
+        """A keyed call's end (``answer`` None: it was cancelled, or its audit line could not
+        be written): kept for its retries when its tool ran, else forgotten so that a retry
+        runs. Returns the answer the calls that joined it get (None: nobody joined)."""
+        if call.token is None:
+            return None
+        if answer is not None and answer.outcome in _KEPT:
+            size = len(orjson.dumps(answer.result)) if answer.result is not None else 256
+            kept = (answer.result, answer.error, answer.code)
+            joined = self.idempotency.finish(call.token, kept, size, now)
+            return answer if joined else None
+        if not self.idempotency.abandon(call.token):
+            return None
+        gone = Unavailable(
+            "the call this one repeats (same idempotency key) ended before it ran; retry it",
+            data={"rule": "idempotencyKey"},
+        )
+        return Answer(
+            call.caller,
+            call.tool.nsid,
+            "cancelled",
+            gone.jsonrpc_code,
+            call.arguments,
+            call.tool.provider.view,
+            call.started,
+            None,
+            gone,
+            on_behalf_of=call.on_behalf_of,
+        )
+
+    @staticmethod
+    def joined(joining: Joining, first: Answer) -> Answer:
+        """The answer of a call that joined a running one: that call's, audited as a replay
+        (or as the error it ended with, when it ended before it ran)."""
+        replayed = first.outcome in _KEPT
+        error = first.error.with_traceback(None) if first.error is not None else None
+        return Answer(
+            joining.caller,
+            joining.tool,
+            "replay" if replayed else first.outcome,
+            first.code,
+            joining.arguments,
+            joining.provider,
+            joining.started,
+            first.result,
+            error,
+            on_behalf_of=joining.on_behalf_of,
+        )
 
     def settle(self, call: Admitted, output: Any, error: BaseException | None) -> Answer:
         """The answer to an admitted call whose tool side ended with ``output`` (a provider's
@@ -463,6 +603,7 @@ class BrokerCore:
             call.started,
             result,
             failed,
+            on_behalf_of=call.on_behalf_of,
         )
 
     @staticmethod
@@ -477,7 +618,37 @@ class BrokerCore:
             call.arguments,
             tool.provider.view,
             call.started,
+            on_behalf_of=call.on_behalf_of,
         )
+
+
+# The outcomes of a call whose tool ran (or may have: a timeout, the provider gone mid-call),
+# whose answer a retry with its idempotency key gets instead of running it again.
+_KEPT = frozenset({"ok", "error", "timeout", "provider-gone"})
+
+
+def remote_of(value: object) -> Remote:
+    """``_meta["dev.kiki/onBehalfOf"]``: ``{"subject": ..., "session": ...}`` (session
+    optional), as a :class:`~libkiki.principals.Remote`, or InvalidParams."""
+    if not isinstance(value, dict) or set(value) - {"subject", "session"}:
+        raise InvalidParams(
+            "onBehalfOf is an object with a subject and, optionally, a session",
+            data={"rule": "onBehalfOf"},
+        )
+    subject, session = value.get("subject"), value.get("session")
+    if not isinstance(subject, str) or not SUBJECT.fullmatch(subject):
+        raise InvalidParams(
+            "onBehalfOf.subject is 1 to 256 of A-Z a-z 0-9 _ . : @ % + -",
+            data={"rule": "onBehalfOf"},
+        )
+    if session is not None and (
+        not isinstance(session, str) or not 0 < len(session) <= 128 or not session.isprintable()
+    ):
+        raise InvalidParams(
+            "onBehalfOf.session is a string of 1 to 128 printable characters",
+            data={"rule": "onBehalfOf"},
+        )
+    return Remote(subject, session)
 
 
 def nsid_list(tools: Any, what: str = "tools") -> list[str]:

@@ -1,15 +1,17 @@
 """Forwarded calls: a tools/call the core admitted for a provider goes out on the provider's
 connection, and its reply (or its end: cancelled, timed out, the provider gone) is settled by the
-core and audited before the caller is answered. I/O only; the decisions are the core's."""
+core and audited before the caller is answered; and the duplicates of a keyed call (an
+idempotency key) that wait for its answer. I/O only; the decisions are the core's."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from collections.abc import Callable
 from typing import Any
 
-from kiki_tool_broker.core import Admitted, AuditRecord, BrokerCore
+from kiki_tool_broker.core import Admitted, Answer, AuditRecord, BrokerCore, Joining
 from libkiki.rpc import RequestContext
 
 
@@ -22,6 +24,52 @@ class Forwarder:
         self._write = write
         # Calls that had to wait for a provider slot or relay progress: in tasks.
         self._forwarding: set[asyncio.Task[Any]] = set()
+        # Duplicates of keyed calls running, by the running call's idempotency token.
+        self._joined: dict[int, list[tuple[Joining, asyncio.Future[dict[str, Any]]]]] = {}
+
+    def join(self, joining: Joining) -> asyncio.Future[dict[str, Any]]:
+        """The answer of a duplicate of a keyed call running: that call's, once it has one
+        (:meth:`settled`)."""
+        answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._joined.setdefault(joining.token, []).append((joining, answer))
+        return answer
+
+    def settled(self, call: Admitted, answer: Answer | None) -> None:
+        """A call's audit line is written (``answer`` None: it was cancelled, or its line could
+        not be written): its idempotency key keeps its answer, or forgets it, and the
+        duplicates that joined it are audited and answered."""
+        if call.token is None:
+            return
+        first = self.core.release(call, answer, time.monotonic())
+        waiting = self._joined.pop(call.token, [])
+        if first is None:
+            return
+        for joining, future in waiting:
+            if future.done():  # its caller cancelled or left
+                self._write(
+                    AuditRecord(
+                        joining.caller,
+                        joining.tool,
+                        "cancelled",
+                        None,
+                        joining.arguments,
+                        joining.provider,
+                        joining.started,
+                        on_behalf_of=joining.on_behalf_of,
+                    )
+                )
+                continue
+            joined = self.core.joined(joining, first)
+            try:
+                self._write(joined)
+            except Exception as exc:  # a full disk
+                future.set_exception(exc)
+                continue
+            if joined.error is not None:
+                future.set_exception(joined.error)
+            else:
+                assert joined.result is not None
+                future.set_result(joined.result)
 
     def forward_soon(
         self, call: Admitted, request: RequestContext
@@ -68,23 +116,27 @@ class Forwarder:
         reply, or a built-in tool that waited): audit it, then answer the caller. An error of
         the audit itself (a full disk) is the caller's answer too: an internal error."""
         if sent.cancelled():  # the caller cancelled or left: there is nobody to answer
-            self._write(self.core.cancelled(call))
+            try:
+                self._write(self.core.cancelled(call))
+            finally:
+                self.settled(call, None)
             return
         error = sent.exception()
         settled = self.core.settle(call, None if error is not None else sent.result(), error)
         try:
             self._write(settled)
         except Exception as exc:  # a full disk
+            self.settled(call, None)
             if not answer.done():
                 answer.set_exception(exc)
             return
-        if answer.done():
-            return
-        if settled.error is not None:
-            answer.set_exception(settled.error)
-        else:
-            assert settled.result is not None
-            answer.set_result(settled.result)
+        if not answer.done():
+            if settled.error is not None:
+                answer.set_exception(settled.error)
+            else:
+                assert settled.result is not None
+                answer.set_result(settled.result)
+        self.settled(call, settled)
 
     async def finish(self) -> None:
         """Cancel the calls still waiting for a provider slot, and wait for them (bounded)."""

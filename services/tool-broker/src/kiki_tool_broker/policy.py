@@ -40,6 +40,21 @@ the NSIDs under its authority, the id of its installed manifest, when the kernel
 app id. Anything else is refused. What a Kiki service or an installed app provided stays
 reserved for its identity for the broker's lifetime (:mod:`kiki_tool_broker.registry`).
 
+Calls on behalf of remote people. A ``[[delegate]]`` rule names the local processes trusted to
+relay for people elsewhere (``principals`` only, matched like any rule: ``app:ID`` alone is a
+system unit's)::
+
+    [[delegate]]
+    principals = ["app:kiki-sync-relay", "uid:1001"]
+
+    [[allow]]
+    principals = ["remote:did:plc:alice"]   # or "remote:*", any remote person
+    tools = ["dev.kiki.media.*"]
+
+A delegate's call that names its person (:class:`libkiki.principals.Remote`) is decided for that
+person alone: only ``remote:`` principals match it (in ``allow`` and ``deny`` rules), and the
+defaults grant a remote person nothing: not the relay's uid, group or app id, not root's.
+
 A missing policy file means the defaults alone. Decisions are remembered per caller identity,
 tool, kind and provider user, for as long as the policy is loaded: names are resolved once per
 load, and a change to the user or group database takes effect at the next reload (SIGHUP), as a
@@ -62,6 +77,7 @@ from libkiki.paths import state_dir
 from libkiki.peer import PeerCred
 from libkiki.principals import (
     Principals,
+    Remote,
     globs,
     in_group,
     is_kiki_service,
@@ -82,14 +98,17 @@ KIKI_NSIDS = "dev.kiki."
 @dataclass(frozen=True, slots=True)
 class Caller:
     """A caller as policy sees it (and remembers its decisions by): its credentials, whose
-    ``groups`` are the supplementary groups the kernel recorded at connect()."""
+    ``groups`` are the supplementary groups the kernel recorded at connect(), and, for a
+    trusted delegate's call on behalf of someone remote, that person (then the one decided
+    for)."""
 
     cred: PeerCred
+    remote: Remote | None = None
     # Hashed once: a caller is the key of every decision it looks up, on every call.
     _hash: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_hash", hash(self.cred))
+        object.__setattr__(self, "_hash", hash((self.cred, self.remote)))
 
     def __hash__(self) -> int:
         return self._hash
@@ -113,8 +132,22 @@ class Rule:
             and self.principals.matches(cred, granting=self.granting)
         )
 
+    def matches_remote(self, remote: Remote, nsid: str, access: Access) -> bool:
+        return (
+            access in self.access
+            and any(p.fullmatch(nsid) for p in self.tools)
+            and self.principals.matches_remote(remote)
+        )
 
-_SECTIONS = ("allow", "deny", "provide")
+
+_SECTIONS = ("allow", "deny", "provide", "delegate")
+
+
+def _delegates(doc: object, source: str) -> tuple[Principals, ...]:
+    return tuple(
+        Principals.parse(entry["principals"], where)
+        for where, entry in rule_tables(doc, "delegate", source, ("principals",))
+    )
 
 
 def _rules(doc: object, section: str, source: str) -> tuple[Rule, ...]:
@@ -160,6 +193,7 @@ class Policy:
     deny: tuple[Rule, ...] = ()
     default_group: str = DEFAULT_GROUP
     provide: tuple[Rule, ...] = ()
+    delegate: tuple[Principals, ...] = ()
     _decisions: dict[tuple[Caller, str, str, frozenset[int]], Decision] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
@@ -188,6 +222,7 @@ class Policy:
             _rules(doc.get("deny"), "deny", str(path)),
             group,
             _rules(doc.get("provide"), "provide", str(path)),
+            _delegates(doc.get("delegate"), str(path)),
         )
         policy._default_gid.append(gid)
         return policy
@@ -200,11 +235,26 @@ class Policy:
         key = (caller, nsid, kind, uids)
         found = self._decisions.get(key)
         if found is None:
-            found = self._decide(caller.cred, nsid, kind, key[3])
+            if caller.remote is not None:
+                found = self._decide_remote(caller.remote, nsid, kind)
+            else:
+                found = self._decide(caller.cred, nsid, kind, key[3])
             if len(self._decisions) >= _MAX_DECISIONS:
                 self._decisions.clear()
             self._decisions[key] = found
         return found
+
+    def is_delegate(self, cred: PeerCred) -> bool:
+        """Whether a ``[[delegate]]`` rule trusts ``cred`` to call for remote people."""
+        return any(p.matches(cred) for p in self.delegate)
+
+    def _decide_remote(self, remote: Remote, nsid: str, kind: Kind) -> Decision:
+        access: Access = "subscribe" if kind == "subscription" else "call"
+        if any(rule.matches_remote(remote, nsid, access) for rule in self.deny):
+            return False, "denied by policy"
+        if any(rule.matches_remote(remote, nsid, access) for rule in self.allow):
+            return True, "allowed by policy"
+        return False, "a remote caller needs an allow rule naming remote:"
 
     def _group_id(self) -> int | None:
         if not self._default_gid:  # resolved once per load, on first use

@@ -36,6 +36,7 @@ OUTCOMES: Final = (
     "provider-gone",
     "cancelled",
     "internal-error",
+    "replay",  # a retry answered with the first call's answer (an idempotency key)
 )
 # getInfo's counter of each audit outcome.
 COUNTERS: Final = {outcome: f"calls_{outcome}" for outcome in OUTCOMES}

@@ -22,7 +22,7 @@ from kiki_tool_broker import protocol as mcp
 from kiki_tool_broker.announce import Audience
 from kiki_tool_broker.audit import AuditLog
 from kiki_tool_broker.config import BrokerConfig
-from kiki_tool_broker.core import Answer, AuditRecord, BrokerCore, Who
+from kiki_tool_broker.core import Admitted, Answer, AuditRecord, BrokerCore, Joining, Who
 from kiki_tool_broker.events import OWN_STREAMS, SUBSCRIBE_AUDIT, EventStreams
 from kiki_tool_broker.forwarding import Forwarder
 from kiki_tool_broker.policy import Policy
@@ -236,13 +236,15 @@ class Broker:
         arguments: dict[str, Any] | None = None,
         **extensions: Any,
     ) -> dict[str, Any] | asyncio.Future[dict[str, Any]]:
-        """Decided by the core; answered at once for the broker's own tools, while a forwarded
-        call returns a future that its provider's reply settles (:class:`Forwarder`).
-        Either way the audit line is written before the answer is given."""
+        """Decided by the core; answered at once for the broker's own tools (and a replay), while
+        a forwarded call returns a future that its provider's reply settles (:class:`Forwarder`),
+        and a duplicate of a keyed call running, one that call's answer settles. Either way the
+        audit line is written before the answer is given."""
         started = time.monotonic()
-        modern = mcp.era(request.meta, self.core.result_meta)
+        meta = request.meta
+        modern = mcp.era(meta, self.core.result_meta)
         call = self.core.call(
-            self._who(request), name, arguments, request.request_id, modern, started
+            self._who(request), name, arguments, request.request_id, modern, started, meta
         )
         if isinstance(call, Answer):
             return self._answer(call)
@@ -250,11 +252,29 @@ class Broker:
             return self.forwarder.forward_soon(call, request)
         try:
             output = self.tools.call(call.tool.nsid, call.arguments)
+        if isinstance(call, Joining):
+            return self.forwarder.join(call)
         except Exception as exc:
-            return self._answer(self.core.settle(call, None, exc))
+            return self._answer_own(call, self.core.settle(call, None, exc))
         if isinstance(output, _Future):  # a built-in tool that waits (readAuditLog's verify)
             return self.forwarder.answer_later(call, output)  # is answered as a forwarded call
-        return self._answer(self.core.settle(call, output, None))
+        return self._answer_own(call, self.core.settle(call, output, None))
+
+    def _answer_own(self, call: Admitted, answer: Answer) -> dict[str, Any]:
+        """:meth:`_answer` for one of the broker's own tools, whose answer its idempotency key
+        then keeps (or forgets, when its audit line could not be written)."""
+        if call.token is None:
+            return self._answer(answer)
+        try:
+            self._write(answer)
+        except Exception:
+            self.forwarder.settled(call, None)
+            raise
+        self.forwarder.settled(call, answer)
+        if answer.error is not None:
+            raise answer.error
+        assert answer.result is not None
+        return answer.result
 
     def _answer(self, answer: Answer) -> dict[str, Any]:
         """``answer``'s result, or its error raised, once its audit line is written. An error
@@ -284,6 +304,7 @@ class Broker:
 
 
 @contextlib.asynccontextmanager
+            on_behalf_of=record.on_behalf_of,
 async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
     config: BrokerConfig = ctx.config
     policy_path = config.policy_path()
