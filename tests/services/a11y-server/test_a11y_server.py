@@ -573,7 +573,11 @@ async def test_tool_act_is_limited_and_a_bad_state_is_invalid_params(
 
     @methods.method("kiki/registerTools")
     async def register(
-        ctx: RequestContext, tools: list[str], lexicons: Any = None, maxInFlight: Any = None
+        ctx: RequestContext,
+        tools: list[str],
+        lexicons: Any = None,
+        maxInFlight: Any = None,
+        subscriptions: Any = None,
     ) -> Any:
         if not registered.done():
             registered.set_result(ctx.connection)

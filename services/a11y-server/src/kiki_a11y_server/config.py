@@ -35,5 +35,9 @@ class A11yConfig(ServiceConfig):
     # Offer dev.kiki.a11y.* tools on the broker's tools.sock, registering again whenever the
     # broker comes back (libkiki's ToolProvider.keep_registered); false: no broker tools.
     broker_tools: bool = True
+    # dev.kiki.a11y.subscribeChanges: each upstream emits at most once per interval (seconds),
+    # a tree's changes merging meanwhile; an entry past max ids becomes one resend of the tree.
+    changes_interval: float = pydantic.Field(default=0.1, ge=0.01, le=60)
+    changes_max_pending_ids: int = pydantic.Field(default=4096, ge=16, le=1 << 20)
     # Who may read, subscribe to and act on which tree; default <config dir>/a11y-policy.toml.
     policy_file: str = pydantic.Field(default="", max_length=4096)

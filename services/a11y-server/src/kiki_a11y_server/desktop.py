@@ -17,6 +17,7 @@ import itertools
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from kiki_a11y_server.tree import Change, Tree, TreeLimits
 from libkiki.a11y import wire
@@ -88,6 +89,15 @@ class Filter:
         return True
 
 
+class Watcher(Protocol):
+    """Told of every accepted change and every tree that goes, after the subscribers (the
+    broker's change streams, :mod:`.changes`)."""
+
+    def changed(self, tree: Tree, change: Change) -> None: ...
+
+    def removed(self, tree: Tree) -> None: ...
+
+
 @dataclass(slots=True)
 class Pending:
     """A subscriber's coalesced, not yet sent changes of one tree."""
@@ -134,6 +144,7 @@ class Desktop:
         self.tree_limits = tree_limits or TreeLimits()
         self._ids = itertools.count(1)
         self._snapshot: bytes | None = None
+        self.watchers: list[Watcher] = []
 
     # -- trees ---------------------------------------------------------------------------------
 
@@ -150,6 +161,8 @@ class Desktop:
         for sub in self.subscribers.values():
             if not sub.stale and sub.filter.wants_tree(tree):
                 self._offer(sub, tree, change)
+        for watcher in self.watchers:
+            watcher.changed(tree, change)
         return change
 
     def remove_tree(self, tree_id: int) -> None:
@@ -169,6 +182,8 @@ class Desktop:
             sub.pending[tree_id] = gone
             sub.pending_bytes += self._cost(gone)
             self._check_bounds(sub, behind=True)
+        for watcher in self.watchers:
+            watcher.removed(tree)
 
     @property
     def node_count(self) -> int:

@@ -44,12 +44,12 @@ class Rule:
     apps: tuple[re.Pattern[str], ...]
     granting: bool
 
+    def names(self, right: Right, app: wire.App) -> bool:
+        """Whether the rule covers ``right`` on ``app``'s tree, for whichever principals."""
+        return right in self.rights and any(p.fullmatch(app.app_id) for p in self.apps)
+
     def matches(self, cred: PeerCred, right: Right, app: wire.App) -> bool:
-        return (
-            right in self.rights
-            and any(p.fullmatch(app.app_id) for p in self.apps)
-            and self.principals.matches(cred, granting=self.granting)
-        )
+        return self.names(right, app) and self.principals.matches(cred, granting=self.granting)
 
 
 def _rules(doc: object, section: str, source: str) -> tuple[Rule, ...]:
@@ -80,6 +80,9 @@ class A11yPolicy:
     _decisions: dict[tuple[PeerCred, str, wire.App], bool] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
+    _public: dict[tuple[str, wire.App], bool] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @classmethod
     def load(cls, path: Path) -> A11yPolicy:
@@ -108,6 +111,21 @@ class A11yPolicy:
         if any(rule.matches(cred, right, app) for rule in self.allow):
             return True
         return cred.uid in (0, app.uid)
+
+    def public(self, right: Right, app: wire.App) -> bool:
+        """Whether every principal has ``right`` on ``app``'s tree: an ``allow`` rule for
+        ``*`` grants it and no ``deny`` rule for it names the app, whoever that rule names.
+        What a stream shared by many subscribers, none of whom it knows, may carry."""
+        key = (right, app)
+        found = self._public.get(key)
+        if found is None:
+            found = not any(rule.names(right, app) for rule in self.deny) and any(
+                rule.names(right, app) and rule.principals.anyone for rule in self.allow
+            )
+            if len(self._public) >= _MAX_DECISIONS:
+                self._public.clear()
+            self._public[key] = found
+        return found
 
     def sees_all(self, cred: PeerCred, right: Right) -> bool:
         """Whether ``cred`` has ``right`` on every tree whatever its app: root, with no deny

@@ -1,4 +1,5 @@
-"""The a11y-server's tools on the broker: ``dev.kiki.a11y.snapshot``, ``find`` and ``act``.
+"""The a11y-server's tools on the broker: ``dev.kiki.a11y.snapshot``, ``find`` and ``act``,
+and the stream ``dev.kiki.a11y.subscribeChanges`` (:mod:`.changes`).
 
 The server connects to ``tools.sock`` as a tool provider (libkiki's :class:`ToolProvider`) and
 answers from its own in-memory desktop: no extra hop through ``a11y.sock``. The tools see the
@@ -8,15 +9,19 @@ answer. Each call is decided by the a11y policy for the caller the broker names
 (``call.peer``), as a request on ``a11y.sock`` would be: the broker's own policy says who may
 call a tool, the a11y policy which apps' trees the caller may read or act on. The broker may
 start after us or restart: :meth:`ToolProvider.keep_registered` registers again, and its
-absence is never fatal.
+absence is never fatal. The stream has no caller to decide for (one upstream serves every
+subscriber the broker admits): it carries the trees the a11y policy lets anyone subscribe to.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from kiki_a11y_server.changes import NSID as CHANGES
+from kiki_a11y_server.changes import ChangeFeed
 from libkiki.a11y import wire
 from libkiki.a11y.client import action_value, parse_ref, role_value
 from libkiki.a11y.render import node_json, render_text
@@ -24,6 +29,7 @@ from libkiki.a11y.search import search
 from libkiki.errors import InvalidParams, PermissionDenied, error_for_code
 from libkiki.paths import TOOLS_SOCKET, socket_path
 from libkiki.peer import PeerCred
+from libkiki.streams_provider import StreamContext
 from libkiki.tools import ToolCall, ToolProvider
 
 if TYPE_CHECKING:
@@ -90,6 +96,30 @@ def make_provider(core: A11yCore, act_for: Act) -> ToolProvider:
             raise error_for_code(answer.code, answer.message)
         message = answer.message if isinstance(answer, wire.ActionResult) else ""
         return {"ok": True, "message": message}
+
+    @provider.subscription(CHANGES)
+    async def changes(params: dict[str, Any], stream: StreamContext) -> AsyncIterator[Any]:
+        wake = asyncio.Event()
+        feed = ChangeFeed(
+            core.desktop,
+            lambda app: core.policy.public("subscribe", app),  # the policy in force now
+            app_id=params.get("appId") or "",
+            max_pending_ids=core.config.changes_max_pending_ids,
+            on_pending=wake.set,
+        )
+        core.desktop.watchers.append(feed)
+        if feed.pending:  # the trees already there, whole, first
+            wake.set()
+        try:
+            while True:
+                await wake.wait()
+                wake.clear()
+                for message in feed.take():
+                    yield message  # waits while the broker is not reading: changes merge
+                # The bound on the rate: what comes meanwhile merges per tree.
+                await asyncio.sleep(core.config.changes_interval)
+        finally:
+            core.desktop.watchers.remove(feed)
 
     return provider
 
