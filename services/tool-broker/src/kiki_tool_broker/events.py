@@ -14,6 +14,8 @@ StreamFanout` decides, on the broker's connections.
   sending connection is not known, so only the provider the number was given to can use it.
 * The broker's own streams, provided in-process: ``dev.kiki.tools.subscribeProviders`` and
   ``dev.kiki.tools.subscribeAudit``.
+* MCP hosts: the same subscriptions as resources (:mod:`kiki_tool_broker.mcp_resources`),
+  told ``notifications/resources/updated`` instead of being written to.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from kiki_tool_broker.core import BrokerCore, Who
+from kiki_tool_broker.mcp_resources import ResourceStreams
 from kiki_tool_broker.registry import Provider
 from kiki_tool_broker.results import outcome_of
 from kiki_tool_broker.streams import (
@@ -43,6 +46,7 @@ from kiki_tool_broker.streams import (
     Readable,
     Rejected,
     Status,
+    Subscribed,
 )
 from libkiki.errors import InvalidParams, KikiError, PeerGone
 from libkiki.rpc import Call, Connection, Methods, RequestContext
@@ -102,12 +106,14 @@ class EventStreams:
         self.own: dict[str, set[int]] = {n: set() for n in OWN_STREAMS}  # own upstreams
         self.announced: set[int] = set()  # providers told as #connected
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.resources = ResourceStreams(self)
 
     def add_methods(self, m: Methods) -> None:
         m.register_sync(SUBSCRIBE, self.subscribe)
         m.register_sync(UNSUBSCRIBE, self.unsubscribe)
         m.inline(EMIT)(self.emit)
         m.inline(END_STREAM)(self.end_stream)
+        self.resources.add_methods(m)
 
     # -- clients -----------------------------------------------------------------------------
 
@@ -119,9 +125,21 @@ class EventStreams:
 
     # Kiki's own methods are strict: a key they do not know is -32602.
     def subscribe(self, request: RequestContext, nsid: Any, params: Any = None) -> dict[str, Any]:
-        conn = request.connection
-        who = self._who(request)
-        cid = self._cid(conn)
+        subscribed, actions = self.open(request, nsid, params)
+        cid = self._cid(request.connection)
+        if cid not in self.writers:
+            writer = self.writers[cid] = _Writer(request.connection)
+            writer.task = asyncio.get_running_loop().create_task(self._write_loop(cid, writer))
+        self.carry(actions)
+        return {"subscription": subscribed.sub, "state": subscribed.state}
+
+    def open(
+        self, request: RequestContext, nsid: Any, params: Any
+    ) -> tuple[Subscribed, list[Action]]:
+        """A subscription of the request's connection, decided by the core (a refusal is
+        audited and raised); its actions are the caller's to carry, once it can route them."""
+        who = self.who(request)
+        cid = self._cid(request.connection)
         try:
             subscribed, actions = self.core.subscribe(who, cid, nsid, params)
         except Exception as exc:
@@ -139,11 +157,7 @@ class EventStreams:
         self.subs[subscribed.sub] = who
         assert isinstance(nsid, str)
         self.sub_nsid[subscribed.sub] = nsid
-        if cid not in self.writers:
-            writer = self.writers[cid] = _Writer(conn)
-            writer.task = asyncio.get_running_loop().create_task(self._write_loop(cid, writer))
-        self.carry(actions)
-        return {"subscription": subscribed.sub, "state": subscribed.state}
+        return subscribed, actions
 
     def unsubscribe(self, request: RequestContext, subscription: Any) -> dict[str, Any]:
         if not isinstance(subscription, int) or isinstance(subscription, bool):
@@ -151,7 +165,12 @@ class EventStreams:
         self.carry(self.fanout.unsubscribe(self._cid(request.connection), subscription))
         return {}
 
-    def _who(self, request: RequestContext) -> Who:
+    def end_subscription(self, conn: Connection, sub: int) -> None:
+        """``conn`` ends ``sub`` (audited); nothing to do when it is gone already."""
+        if sub in self.fanout.subscriptions(self._cid(conn)):
+            self.carry(self.fanout.unsubscribe(self._cid(conn), sub))
+
+    def who(self, request: RequestContext) -> Who:
         state = request.connection.state
         who: Who | None = state.get("caller")
         if who is None:
@@ -162,6 +181,7 @@ class EventStreams:
         cid: int | None = conn.state.get("stream_cid")
         if cid is None:
             return
+        self.resources.connection_lost(conn)
         writer = self.writers.pop(cid, None)
         if writer is not None and writer.task is not None:
             writer.task.cancel()
@@ -274,6 +294,8 @@ class EventStreams:
     def carry(self, actions: Iterable[Action]) -> None:
         for action in actions:
             if isinstance(action, Readable):
+                if self.resources.readable(action.sub):
+                    continue
                 writer = self.writers.get(action.conn)
                 if writer is not None:
                     writer.ready[action.sub] = None
@@ -352,7 +374,7 @@ class EventStreams:
         self._forget_upstream(action.upstream)
         provider = self.core.stream_providers.get(action.provider)
         if token is not None and provider is not None and provider.connection is not None:
-            self._notify(provider.connection, CLOSE_STREAM, {"stream": token})
+            self.send_soon(provider.connection, CLOSE_STREAM, {"stream": token})
 
     def _rejected(self, action: Rejected) -> None:
         token = self.token_of.get(action.upstream)
@@ -365,7 +387,7 @@ class EventStreams:
         if not conn.try_notify(REJECTED, {"stream": token, "error": error}):
             self.counters["stream_rejected_untold"] += 1
 
-    def _notify(self, conn: Connection, method: str, params: dict[str, Any]) -> None:
+    def send_soon(self, conn: Connection, method: str, params: dict[str, Any]) -> None:
         if conn.closed:
             return
         if conn.try_notify(method, params):

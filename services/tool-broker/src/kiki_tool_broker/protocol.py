@@ -58,7 +58,8 @@ def negotiate(requested: object) -> str:
 
 
 def capabilities() -> dict[str, Any]:
-    return {"tools": {"listChanged": True}}
+    # Event streams are subscribable resources (kiki_tool_broker.mcp_resources).
+    return {"tools": {"listChanged": True}, "resources": {"subscribe": True}}
 
 
 def server_info(version: str) -> dict[str, Any]:

@@ -131,11 +131,15 @@ class Broker:
         conn, sid = request.connection, request.request_id
         stream = (conn, sid)
         self.audience.open(stream, honored)  # counted before any wait: the limit holds
+        if uris := self.streams.resources.listen(request, notifications):
+            honored = {**honored, "resourceSubscriptions": uris}
         try:
             await conn.notify(mcp.ACKNOWLEDGED, mcp.on_stream(sid, {"notifications": honored}))
+            self.streams.resources.acknowledged(conn, sid)
             await conn.wait_closing()
         finally:
             self.audience.close(stream)
+            self.streams.resources.unlisten(conn, sid)
         return mcp.listen_result(sid, modern)
 
     # -- providers ---------------------------------------------------------------------------
