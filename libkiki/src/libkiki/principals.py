@@ -75,8 +75,8 @@ _GRAMMAR = (
     "or remote:SUBJECT or remote:* alone"
 )
 # A remote subject as a delegate names it (a DID, an account name, an e-mail address).
-SUBJECT = re.compile(r"[A-Za-z0-9_.:@%+-]{1,256}")
-_REMOTE = re.compile(r"remote:(\*|[A-Za-z0-9_.:@%+-]{1,256})")
+SUBJECT = re.compile(r"[A-Za-z0-9_.:@%-]{1,256}")
+_REMOTE = re.compile(r"remote:(\*|[A-Za-z0-9_.:@%-]{1,256})")
 
 # A term as matched: ("uid", N | None), ("gid", N | None) or ("app", ID). None: a name that
 # resolved to nobody, so the term matches nobody.

@@ -638,7 +638,7 @@ def remote_of(value: object) -> Remote:
     subject, session = value.get("subject"), value.get("session")
     if not isinstance(subject, str) or not SUBJECT.fullmatch(subject):
         raise InvalidParams(
-            "onBehalfOf.subject is 1 to 256 of A-Z a-z 0-9 _ . : @ % + -",
+            "onBehalfOf.subject is 1 to 256 of A-Z a-z 0-9 _ . : @ % -",
             data={"rule": "onBehalfOf"},
         )
     if session is not None and (
