@@ -252,12 +252,12 @@ class Broker:
         )
         if isinstance(call, Answer):
             return self._answer(call)
+        if isinstance(call, Joining):
+            return self.forwarder.join(call)
         if call.params is not None:
             return self.forwarder.forward_soon(call, request)
         try:
             output = self.tools.call(call.tool.nsid, call.arguments)
-        if isinstance(call, Joining):
-            return self.forwarder.join(call)
         except Exception as exc:
             return self._answer_own(call, self.core.settle(call, None, exc))
         if isinstance(output, _Future):  # a built-in tool that waits (readAuditLog's verify)
@@ -304,11 +304,11 @@ class Broker:
             duration_us=int((time.monotonic() - record.started) * 1e6),
             arguments=record.arguments,
             provider=record.provider,
+            on_behalf_of=record.on_behalf_of,
         )
 
 
 @contextlib.asynccontextmanager
-            on_behalf_of=record.on_behalf_of,
 async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
     config: BrokerConfig = ctx.config
     policy_path = config.policy_path()
