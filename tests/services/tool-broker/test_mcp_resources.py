@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 
 from kikitest.broker_fixtures import RawPeer, RpcFailed
 from kikitest.broker_lexicons import LEXICONS, TICKS, TICKS_LEXICON
+from libkiki.audit import read_entries
 
 pytestmark = pytest.mark.integration
 
@@ -188,3 +190,58 @@ async def test_policy_denies_resource_subscriptions(sockdir: Path, spawn_service
         refused = [e for e in entries if e.get("event") == "subscribe" and e["tool"] == TICKS]
         assert refused
         assert refused[-1]["outcome"] != "ok"
+
+
+async def test_a_connection_with_both_kinds_gets_each_its_own_way(broker: Broker) -> None:
+    path, _ = broker
+    async with asyncio.timeout(20), await provider(path) as prov, await RawPeer.open(path) as c:
+        native = await c.request("kiki/subscribe", {"nsid": TICKS, "params": {"room": "b"}})
+        native_stream = await accept_open(prov, room="b")
+        assert (await c.note("kiki/streamStatus"))["state"] == "live"
+        await c.request("resources/subscribe", {"uri": ROOM_A})
+        stream = await accept_open(prov, room="a")
+        assert await c.note(UPDATED) == {"uri": ROOM_A}
+        prov.notify("kiki/emit", {"stream": stream, "message": {"n": 1}})
+        prov.notify("kiki/emit", {"stream": native_stream, "message": {"n": 2}})
+        # The native subscription is written to; the resource's message waits to be read.
+        assert await c.note("kiki/event") == {
+            "subscription": native["subscription"],
+            "seq": 1,
+            "message": {"n": 2},
+        }
+        assert (await read(c, ROOM_A))["items"][-1] == {"seq": 1, "message": {"n": 1}}
+        assert c.notes.empty()
+
+
+async def test_a_policy_reload_ends_a_resource_subscription(
+    sockdir: Path, spawn_service: Any
+) -> None:
+    (sockdir / "etc").mkdir()
+    policy = sockdir / "etc" / "tool-policy.toml"
+    policy.write_text("")
+    proc, notes = spawn_service("tool-broker")
+    notes.wait_for("READY")
+    path = sockdir / "tools.sock"
+    async with asyncio.timeout(20), await provider(path) as prov, await RawPeer.open(path) as c:
+        await c.request("resources/subscribe", {"uri": ROOM_A})
+        await accept_open(prov, room="a")
+        assert await c.note(UPDATED) == {"uri": ROOM_A}
+        assert (await read(c, ROOM_A))["items"][0]["status"] == "live"
+        policy.write_text(
+            f'[[deny]]\nprincipals = ["uid:{os.getuid()}"]\ntools = ["org.example.*"]\n'
+            'access = ["subscribe"]\n'
+        )
+        proc.send_signal(signal.SIGHUP)
+        assert await c.note(UPDATED) == {"uri": ROOM_A}
+        assert (await read(c, ROOM_A))["items"] == [
+            {"ended": "denied", "message": "the policy no longer allows it"}
+        ]
+        assert await prov.note("kiki/closeStream")
+        assert (await read(c, ROOM_A))["subscribed"] is False
+    proc.terminate()
+    assert proc.wait(timeout=30) == 0
+    ends = [e for e in read_entries(sockdir / "state" / "audit.jsonl") if e["tool"] == TICKS]
+    assert [(e["event"], e.get("reason")) for e in ends] == [
+        ("subscribe", None),
+        ("unsubscribe", "denied"),
+    ]
