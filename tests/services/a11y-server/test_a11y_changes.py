@@ -26,7 +26,7 @@ pytestmark = pytest.mark.integration
 
 CHANGES = "dev.kiki.a11y.subscribeChanges"
 TREE_CHANGED = CHANGES + "#treeChanged"
-PUBLIC = '[[allow]]\nprincipals = ["*"]\nrights = ["subscribe"]\napps = ["pid-*"]\n'
+PUBLIC = '[[allow]]\nprincipals = ["*", "remote:*"]\nrights = ["subscribe"]\napps = ["pid-*"]\n'
 ME = f"pid-{os.getpid()}"  # the app id of a publisher outside any unit: this process
 
 

@@ -150,6 +150,16 @@ rights = ["subscribe"]
 apps = ["org.example.*"]
 
 [[allow]]
+principals = ["remote:*"]
+rights = ["subscribe"]
+apps = ["org.example.*", "net.local.*"]
+
+[[allow]]
+principals = ["*"]
+rights = ["subscribe"]
+apps = ["net.local.*", "com.local.*"]
+
+[[allow]]
 principals = ["group:kiki", "uid:0"]
 rights = ["subscribe", "read"]
 apps = ["*"]
@@ -165,5 +175,8 @@ apps = ["org.example.Bank"]
     assert not policy.public("read", app("org.example.Editor"))  # another right
     assert not policy.public("subscribe", app("com.other.App"))  # granted to some only
     assert not policy.public("subscribe", app("org.example.Bank"))  # someone may not
+    assert policy.public("subscribe", app("net.local.App"))  # two rules together
+    # `*` does not match remote people, whom a delegate may subscribe for.
+    assert not policy.public("subscribe", app("com.local.App"))
     # Without a rule, each user sees its own apps: nothing is everyone's.
     assert not A11yPolicy.load(tmp_path / "none.toml").public("subscribe", app("org.example.X"))

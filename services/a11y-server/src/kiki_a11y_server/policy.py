@@ -18,6 +18,7 @@ of the app ids of the trees (default ``*``)::
 A matching ``deny`` refuses, a matching ``allow`` grants; otherwise root sees and acts on every
 tree, and anyone else on the trees whose publisher has its uid (its own session's apps) only.
 Decisions are remembered per peer, right and tree for as long as the policy is loaded.
+:meth:`A11yPolicy.public` says what a stream shared by subscribers it cannot name may carry.
 """
 
 from __future__ import annotations
@@ -113,14 +114,18 @@ class A11yPolicy:
         return cred.uid in (0, app.uid)
 
     def public(self, right: Right, app: wire.App) -> bool:
-        """Whether every principal has ``right`` on ``app``'s tree: an ``allow`` rule for
-        ``*`` grants it and no ``deny`` rule for it names the app, whoever that rule names.
-        What a stream shared by many subscribers, none of whom it knows, may carry."""
+        """Whether everyone has ``right`` on ``app``'s tree: ``allow`` rules grant it to ``*``
+        (every local peer) and to ``remote:*`` (every remote person a delegate names: ``*``
+        does not match them), and no ``deny`` rule for it names the app, whoever that rule
+        names. What a stream shared by many subscribers, none of whom it knows, may carry."""
         key = (right, app)
         found = self._public.get(key)
         if found is None:
-            found = not any(rule.names(right, app) for rule in self.deny) and any(
-                rule.names(right, app) and rule.principals.anyone for rule in self.allow
+            granting = [r.principals.items for r in self.allow if r.names(right, app)]
+            found = (
+                not any(rule.names(right, app) for rule in self.deny)
+                and any(p.anyone for items in granting for p in items)
+                and any(p.remote == "*" for items in granting for p in items)
             )
             if len(self._public) >= _MAX_DECISIONS:
                 self._public.clear()
