@@ -10,12 +10,14 @@ Calls (one at a time, p50/p99 of the round trip as the caller sees it):
   sdk → kiki   the same client → ``kiki mcp`` → the tool broker → a libkiki ``ToolProvider``
                with the same tool (validated in and out, the caller's policy, the audit)
   (legacy)     both again with the client's initialize handshake (protocol 2025-11-25)
-  stdio floor  the same client (legacy) → a process answering each line with a canned answer:
-               what the SDK's client itself spends of every row above (for context)
+  stdio floor  the same client → a process answering each line with a canned answer of the
+               broker's shape: what the SDK's client itself spends of every row (for context)
   native       libkiki's ``ToolClient`` → the broker → the same provider
   (c) 8x16     8 clients pipelining 16 calls each to the broker's own tool, against the same
                clients on bench_broker's asyncio echo floor (its code, reused)
 
+Every row's client is open at once and the rows take turns, calls/10 calls at a time: the
+machine's speed drifts over a run, and interleaved rows drift together.
 The goals are against "sdk direct" (native p50 ≥ 10x faster, sdk → kiki ≤ 0.5x) and the echo
 floor ((c) ≥ 1/3 of its rate).
 
@@ -50,6 +52,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
@@ -70,21 +73,28 @@ server.run("stdio")
 """
 
 # The least a server behind the SDK's client can cost: a process answering each line on stdin
-# with a canned answer (initialize, tools/list, the tool's call; anything else -32601, so the
-# client falls back from server/discover to the initialize handshake). For context: what the
-# SDK's client spends of every row's time.
+# with a canned answer of the broker's shape, in either protocol generation (server/discover,
+# or the initialize handshake; tools/list; the tool's call). For context: what the SDK's client
+# spends of every row's time.
 STDIO_FLOOR = """
 import sys, orjson
 out = sys.stdout.buffer
+info = {"name": "floor", "version": "0"}
 tool = {"name": "org.example.test.echo", "inputSchema": {"type": "object"}}
+modern = {"resultType": "complete", "ttlMs": 0, "cacheScope": "private",
+          "_meta": {"io.modelcontextprotocol/serverInfo": info}}
 for line in sys.stdin.buffer:
     m = orjson.loads(line)
     method = m.get("method")
     if "id" not in m:
         continue
-    if method == "initialize":
+    meta = m.get("params", {}).get("_meta", {})
+    extra = modern if "io.modelcontextprotocol/protocolVersion" in meta else {}
+    if method == "server/discover":
+        r = {"supportedVersions": ["2026-07-28"], "capabilities": {"tools": {}}}
+    elif method == "initialize":
         r = {"protocolVersion": m["params"]["protocolVersion"], "capabilities": {"tools": {}},
-             "serverInfo": {"name": "floor", "version": "0"}}
+             "serverInfo": info}
     elif method == "tools/list":
         r = {"tools": [tool]}
     elif method == "tools/call":
@@ -93,7 +103,10 @@ for line in sys.stdin.buffer:
              "structuredContent": a, "isError": False}
     else:
         r = None
-    reply = {"result": r} if r is not None else {"error": {"code": -32601, "message": method}}
+    if r is None:
+        reply = {"error": {"code": -32601, "message": method}}
+    else:
+        reply = {"result": {**r, **extra}}
     out.write(orjson.dumps({"jsonrpc": "2.0", "id": m["id"], **reply}) + b"\\n")
     out.flush()
 """
@@ -172,6 +185,8 @@ async def main():
             await w.drain()
     for w in writers:
         w.close()
+    for w in writers:
+        await w.wait_closed()  # every line out before the process ends
     server.close()
 
 asyncio.run(main())
@@ -233,47 +248,62 @@ def p50_p99(times: list[float]) -> tuple[float, float]:
     return pct(times, 0.5), pct(times, 0.99)
 
 
-async def timed_calls(call: Callable[[], Awaitable[Any]], calls: int) -> list[float]:
-    for _ in range(max(calls // 10, 20)):  # warm-up: first calls import and compile
-        await call()
-    times = []
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        await call()
-        times.append(time.perf_counter() - t0)
-    return times
+Call = Callable[[], Awaitable[Any]]
+Spec = tuple[str, str, list[str], str]  # row, command, its arguments, the client's mode
 
 
-async def sdk_calls(
-    command: str, args: list[str], calls: int, mode: str
-) -> tuple[list[float], str]:
+async def sdk_client(
+    stack: AsyncExitStack, command: str, args: list[str], mode: str
+) -> tuple[Call, str]:
     from mcp import Client, StdioServerParameters
 
     params = StdioServerParameters(command=command, args=args)
-    async with Client(params, mode=mode) as client:
+    client = await stack.enter_async_context(Client(params, mode=mode))
 
-        async def call() -> Any:
-            result = await client.call_tool(ECHO, HELLO)
-            if result.is_error or result.structured_content != HELLO:
-                raise SystemExit(f"benchmark call failed: {result!r}")
-            return result
+    async def call() -> Any:
+        result = await client.call_tool(ECHO, HELLO)
+        if result.is_error or result.structured_content != HELLO:
+            raise SystemExit(f"benchmark call failed: {result!r}")
+        return result
 
-        times = await timed_calls(call, calls)
-        return times, str(client.session.protocol_version)
+    return call, str(client.session.protocol_version)
 
 
-async def native_calls(path: Path, calls: int) -> list[float]:
+async def native_client(stack: AsyncExitStack, path: Path) -> tuple[Call, str]:
     from libkiki.tools import ToolClient
 
-    async with ToolClient(path) as tools:
+    tools = await stack.enter_async_context(ToolClient(path))
 
-        async def call() -> Any:
-            output = await tools.call(ECHO, HELLO)
-            if output != HELLO:
-                raise SystemExit(f"benchmark call failed: {output!r}")
-            return output
+    async def call() -> Any:
+        output = await tools.call(ECHO, HELLO)
+        if output != HELLO:
+            raise SystemExit(f"benchmark call failed: {output!r}")
+        return output
 
-        return await timed_calls(call, calls)
+    return call, "kiki"
+
+
+async def all_calls(
+    specs: list[Spec], tools: Path, calls: int, rounds: int
+) -> tuple[dict[str, list[float]], dict[str, str]]:
+    """Every row's client open at once, then ``rounds`` rounds of calls/rounds calls each, row
+    after row: the machine's speed drifts over a run (other work on it), and interleaved rows
+    drift together."""
+    async with AsyncExitStack() as stack:
+        opened = {row: await sdk_client(stack, cmd, args, mode) for row, cmd, args, mode in specs}
+        opened["native"] = await native_client(stack, tools)
+        clients = {row: call for row, (call, _) in opened.items()}
+        for call in clients.values():  # warm-up: the first calls import and compile
+            for _ in range(max(calls // 10, 20)):
+                await call()
+        times: dict[str, list[float]] = {row: [] for row in clients}
+        for _ in range(rounds):
+            for row, call in clients.items():
+                for _ in range(calls // rounds):
+                    t0 = time.perf_counter()
+                    await call()
+                    times[row].append(time.perf_counter() - t0)
+        return times, {row: protocol for row, (_, protocol) in opened.items()}
 
 
 Stream = dict[str, Any]
@@ -361,16 +391,18 @@ def measure(calls: int, messages: int, paced: int) -> None:
 
         bridge = (str(BIN / "kiki"), ["mcp", "--socket", str(tools)])
         direct_server = (sys.executable, ["-c", SDK_SERVER])
-        rows: dict[str, list[float]] = {}
-        versions: dict[str, str] = {}
+        floor_server = (sys.executable, ["-c", STDIO_FLOOR])
+        specs: list[Spec] = []
         for mode in ("auto", "legacy"):
-            for name, (command, argv) in (("sdk direct", direct_server), ("sdk → kiki", bridge)):
-                label = name if mode == "auto" else f"{name} (legacy)"
-                rows[label], versions[label] = asyncio.run(sdk_calls(command, argv, calls, mode))
-        stdio_floor = (sys.executable, ["-c", STDIO_FLOOR])
-        label = "sdk → stdio floor (legacy)"
-        rows[label], versions[label] = asyncio.run(sdk_calls(*stdio_floor, calls, "legacy"))
-        native = asyncio.run(native_calls(tools, calls))
+            tag = "" if mode == "auto" else " (legacy)"
+            for name, (command, argv) in (
+                ("sdk direct", direct_server),
+                ("sdk → kiki", bridge),
+                ("sdk → stdio floor", floor_server),
+            ):
+                specs.append((name + tag, command, argv, mode))
+        rows, versions = asyncio.run(all_calls(specs, tools, calls, rounds=10))
+        native = rows["native"]
         pipelined_calls = max(calls // 4, 100)
         floor_rate = asyncio.run(pipelined(run / "echo.sock", 8, 16, pipelined_calls))
         own_rate = asyncio.run(pipelined(tools, 8, 16, pipelined_calls))
@@ -403,7 +435,6 @@ def measure(calls: int, messages: int, paced: int) -> None:
         f"  {'case':<28} {'protocol':<11} {'p50 µs':>9} {'p99 µs':>9} {'calls/s':>9}  "
         "p50 against sdk direct"
     )
-    rows["native"], versions["native"] = native, "kiki"
     direct = p50_p99(rows["sdk direct"])[0]
     for name, times in rows.items():
         p50, p99 = p50_p99(times)
