@@ -19,6 +19,7 @@ from kikitest import until
 from kikitest.a11y_fixtures import form_tree
 from kikitest.second_user import open_to_others, run_as
 from libkiki.a11y import wire
+from libkiki.a11y.client import A11yClient
 from libkiki.a11y.publisher import A11yPublisher
 from libkiki.tools import Event, Lost, Subscription, ToolClient
 
@@ -91,6 +92,7 @@ async def other_app(path: Path) -> AsyncIterator[tuple[asyncio.subprocess.Proces
     script = """
 import asyncio, sys
 from libkiki.a11y import wire
+from libkiki.a11y.client import A11yClient
 from libkiki.a11y.publisher import A11yPublisher
 
 async def main():
@@ -127,6 +129,12 @@ async def rename(proc: asyncio.subprocess.Process, name: str) -> None:
     proc.stdin.write(name.encode() + b"\n")
     await proc.stdin.drain()
     await proc.stdout.readline()
+
+
+async def change_streams(path: Path) -> int:
+    async with A11yClient(path) as client:
+        counters = dict((await client.info()).counters)
+    return counters["change_streams"]
 
 
 async def test_a_subscriber_sees_an_apps_changes_with_refs_that_act_takes(
@@ -215,6 +223,17 @@ async def test_the_app_id_param_selects_one_apps_tree(
             await until_message(
                 unfiltered, everything, lambda m: m["appId"] == ME and m["revision"] == seq
             )
+            assert await change_streams(setup.a11y) == 2  # one upstream per params
+            # A subscriber with a label of its own gets its own upstream, trees whole first.
+            async with tools.subscribe(CHANGES, session="late") as late:
+                first = await until_message(late, [], lambda m: True)
+                assert first["reset"] is True
+                assert await change_streams(setup.a11y) == 3
+
+        async def closed() -> bool:  # the last subscriber left: the broker closed them
+            return await change_streams(setup.a11y) == 0
+
+        await until(closed, "the server's change streams closed")
     assert {m["appId"] for m in seen} == {ME}
     # The other app's change came before ours on the stream without the filter.
     assert any(m["appId"] == other_id and "Renamed" in str(m) for m in everything)

@@ -91,6 +91,7 @@ def test_a_big_change_is_a_run_of_messages_under_the_size_bound(check: Any) -> N
     tree = desktop.new_tree(app("org.example.Big"))
     nodes = big_tree(3000)
     nodes[5] = nodes[5]._replace(value="x" * 16000)  # cut to fit, not dropped
+    nodes[6] = nodes[6]._replace(name="n" * 3000)  # past the lexicon's bound: cut to it
     publish(desktop, tree, nodes, root_id=1)
     feed = feed_of(desktop, max_message_bytes=8192)
     messages = feed.take()
@@ -104,6 +105,8 @@ def test_a_big_change_is_a_run_of_messages_under_the_size_bound(check: Any) -> N
     assert sorted(ids) == list(range(1, 3001))
     cut = next(n for m in messages for n in m["changed"] if n["id"] == 6)
     assert cut["value"] == "x" * 2048
+    named = next(n for m in messages for n in m["changed"] if n["id"] == 7)
+    assert named["name"] == "n" * 1024
 
 
 def test_gone_is_told_of_trees_the_stream_sent_only() -> None:

@@ -30,6 +30,10 @@ NSID = "dev.kiki.a11y.subscribeChanges"
 TREE_CHANGED = NSID + "#treeChanged"
 # What a value or description is cut to when a node would not fit a message otherwise.
 _CUT = 2048
+# The lexicon's bounds (dev.kiki.a11y.defs#node, in graphemes: as many characters are at most
+# as many graphemes). Nothing on a11y.sock bounds these texts; a node past them would make the
+# broker refuse its whole message.
+_TEXT_BOUNDS = (("name", 1024), ("description", 4096), ("value", 16384))
 
 
 @dataclass(slots=True)
@@ -164,6 +168,9 @@ class ChangeFeed:
 
     def _node(self, node: wire.Node) -> dict[str, Any]:
         doc = node_json(node)
+        for key, bound in _TEXT_BOUNDS:
+            if len(doc.get(key, "")) > bound:
+                doc[key] = doc[key][:bound]
         if len(orjson.dumps(doc)) > self.max_message_bytes // 2:
             # Only a long value or description makes a node this big (name is bounded small):
             # the whole text is one dev.kiki.a11y.find away.

@@ -295,6 +295,7 @@ class A11yCore:
         counters["trees"] = len(self.desktop.trees)
         counters["nodes"] = self.desktop.node_count
         counters["subscribers"] = len(self.desktop.subscribers)
+        counters["change_streams"] = len(self.desktop.watchers)  # the broker's upstreams
         counters["subscriber_resyncs"] = sum(s.resyncs for s in self.desktop.subscribers.values())
         return wire.Info(
             request_id,
