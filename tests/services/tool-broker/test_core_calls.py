@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from kiki_tool_broker.config import BrokerConfig
-from kiki_tool_broker.core import Admitted, Answer, BrokerCore
+from kiki_tool_broker.core import Admitted, Answer, BrokerCore, Joining
 from kiki_tool_broker.policy import Policy, Rule
 from kiki_tool_broker.schemas import Catalog
 from kiki_tool_broker.tools import GET_INFO_TOOL, LIST_PROVIDERS
@@ -61,7 +61,9 @@ def call(
     rid: int | str = 1,
     modern: dict[str, Any] | None = None,
 ) -> Answer | Admitted:
-    return core.call(core.identify(who), name, arguments, rid, modern, STARTED)
+    step = core.call(core.identify(who), name, arguments, rid, modern, STARTED)
+    assert not isinstance(step, Joining)  # only a call with an idempotency key joins
+    return step
 
 
 def admitted(core: BrokerCore, name: str, arguments: object = None, **kw: Any) -> Admitted:

@@ -13,7 +13,7 @@ import pytest
 
 from kikitest.broker_lexicons import ECHO, LEXICONS
 from libkiki.audit import read_entries, verify
-from libkiki.errors import InvalidParams
+from libkiki.errors import InvalidParams, Unavailable
 from libkiki.tools import ToolCall, ToolClient, ToolProvider
 
 pytestmark = pytest.mark.integration
@@ -132,3 +132,29 @@ async def test_past_the_entry_bound_the_oldest_answer_is_forgotten(broker: Broke
         assert await client.call(ECHO, {"text": "c"}, idempotency_key="c") == {"text": "c#3"}
         assert await client.call(ECHO, {"text": "a"}, idempotency_key="a") == {"text": "a#4"}
     assert counting.runs == 4
+
+
+async def test_a_first_call_cancelled_before_it_answered_is_forgotten(
+    broker: Broker, sockdir: Path
+) -> None:
+    path, _ = broker
+    counting = Counting(path, gated=True)
+    async with (
+        asyncio.timeout(20),
+        counting.provider.connect(),
+        ToolClient(path) as client,
+        ToolClient(path) as other,
+    ):
+        first = asyncio.ensure_future(
+            client.call(ECHO, {"text": "c"}, idempotency_key="k", timeout=30)
+        )
+        await counting.started.wait()
+        waiting = asyncio.ensure_future(other.call(ECHO, {"text": "c"}, idempotency_key="k"))
+        await other.call("dev.kiki.service.getInfo")  # the duplicate is at the broker
+        first.cancel()  # its caller gives up: the call is cancelled at the broker too
+        with pytest.raises(Unavailable, match="retry"):
+            await waiting
+        counting.gate.set()
+        assert await other.call(ECHO, {"text": "c"}, idempotency_key="k") == {"text": "c#2"}
+    assert counting.runs == 2
+    assert [e["outcome"] for e in audited(sockdir)] == ["cancelled", "cancelled", "ok"]

@@ -13,14 +13,14 @@ the same), ``tool`` is the stream's NSID, ``argsHash`` the hash of its params, a
 trusted delegate made on behalf of a remote person adds ``onBehalfOf`` (``{"subject": ...,
 "session": ...}``; ``caller`` is then the delegate, the relay): a line without it is a call for
 the caller itself, so older logs read the same. A retry answered from an idempotency key's
-record is ``outcome: "replay"``. The chain covers these keys like any other. ``hash`` is the SHA-256 of
-``prev`` followed by the line's canonical JSON without ``hash`` (keys sorted, no spaces), and
-``prev`` is the previous line's ``hash`` (64 zeros for the first). A line is written as exactly
-that canonical JSON with ``hash`` added last, so it is serialised once. An edited line breaks
-its own hash; a deleted or reordered line breaks the next line's ``prev`` or the ``seq`` run; a
-cut tail is detected against ``audit.head``, which holds the last ``seq`` and ``hash`` in a
-fixed-width record rewritten in place after each append. The chain shows tampering by anyone
-who cannot also rewrite every later line and the head; it is not a signature.
+record is ``outcome: "replay"``. The chain covers these keys like any other. ``hash`` is the
+SHA-256 of ``prev`` followed by the line's canonical JSON without ``hash`` (keys sorted, no
+spaces), and ``prev`` is the previous line's ``hash`` (64 zeros for the first). A line is
+written as exactly that canonical JSON with ``hash`` added last, so it is serialised once. An
+edited line breaks its own hash; a deleted or reordered line breaks the next line's ``prev`` or
+the ``seq`` run; a cut tail is detected against ``audit.head``, which holds the last ``seq``
+and ``hash`` in a fixed-width record rewritten in place after each append. The chain shows
+tampering by anyone who cannot also rewrite every later line and the head; it is not a signature.
 
 The arguments themselves are never logged, only their hash (``sha256:`` of their canonical
 JSON): the log tells who called what and how it went, without keeping secrets passed in calls.

@@ -1,10 +1,13 @@
 """Idempotent retries of tool calls: a bounded cache of first answers. Pure state, no I/O.
 
 Remote clients retry over flaky links, so a ``tools/call`` may carry an idempotency key
-(proposed: ``_meta["dev.kiki/idempotencyKey"]``, a string of 1 to :data:`MAX_KEY_LENGTH`
-characters). An entry is keyed by (caller principal, key): the principal is the one policy
-judges (``uid:1000+app:...``, or a delegate's ``remote:...``), so two callers never share a key
-space and a delegate cannot replay another's answers. The entry remembers the tool and the
+(``_meta["dev.kiki/idempotencyKey"]``, a string of 1 to :data:`MAX_KEY_LENGTH` characters).
+An entry is keyed by (caller principal, key): the caller's kernel identity
+(``libkiki.principals.identity_of``: ``app:ID``, ``uid:1000+app:...``), or for a delegate's
+call the remote person through that relay (``remote:alice via app:kiki-sync-relay``), so two
+callers never share a key space and a delegate cannot replay another's answers. The broker's
+core asks (:meth:`~kiki_tool_broker.core.BrokerCore.call`, ``release``); its forwarder holds
+the joined calls' futures. The entry remembers the tool and the
 arguments' hash (``libkiki.audit.args_hash``, the audit line's ``argsHash``):
 
 * the first call gets :class:`Run` and runs; the server then reports its answer with
