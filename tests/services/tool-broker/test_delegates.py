@@ -91,6 +91,13 @@ async def test_a_trusted_delegate_calls_as_the_remote_person_and_both_are_audite
         # remote:* names any remote person.
         info_answer = await relay.call("dev.kiki.service.getInfo", on_behalf_of=ALICE)
         assert info_answer["name"] == "tool-broker"
+        # The broker's own reader serves the new lines (their lexicon has onBehalfOf).
+        page = await relay.call("dev.kiki.tools.readAuditLog", {"verify": True})
+    assert page["problems"] == []
+    assert [e.get("onBehalfOf") for e in page["entries"] if e["tool"] == ECHO] == [
+        ALICE,
+        {"subject": "bob"},
+    ]
     # The provider learns both: the relay (dev.kiki/caller) and the person.
     assert [m.get(ON_BEHALF_OF_META) for m in seen] == [ALICE, None]
     assert seen[0]["dev.kiki/caller"]["uid"] == 0

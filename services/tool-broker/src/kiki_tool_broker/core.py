@@ -27,7 +27,7 @@ import orjson
 from kiki_tool_broker import protocol as mcp
 from kiki_tool_broker.config import BrokerConfig
 from kiki_tool_broker.idempotency import IdempotencyCache, Join, Replay
-from kiki_tool_broker.policy import Caller, Decision, Policy, installed_authority
+from kiki_tool_broker.policy import Caller, Decision, Policy, installed_authority, remote_of
 from kiki_tool_broker.registry import (
     Provider,
     Tool,
@@ -47,7 +47,7 @@ from kiki_tool_broker.streams import Action, StreamFanout, Subscribed
 from libkiki.audit import args_hash
 from libkiki.errors import InvalidParams, KikiError, NotFound, PermissionDenied, Unavailable
 from libkiki.peer import PeerCred
-from libkiki.principals import SUBJECT, Remote, identity_of, is_kiki_service
+from libkiki.principals import Remote, identity_of, is_kiki_service
 from libkiki.tools import IDEMPOTENCY_KEY_META, ON_BEHALF_OF_META
 
 if TYPE_CHECKING:
@@ -625,30 +625,6 @@ class BrokerCore:
 # The outcomes of a call whose tool ran (or may have: a timeout, the provider gone mid-call),
 # whose answer a retry with its idempotency key gets instead of running it again.
 _KEPT = frozenset({"ok", "error", "timeout", "provider-gone"})
-
-
-def remote_of(value: object) -> Remote:
-    """``_meta["dev.kiki/onBehalfOf"]``: ``{"subject": ..., "session": ...}`` (session
-    optional), as a :class:`~libkiki.principals.Remote`, or InvalidParams."""
-    if not isinstance(value, dict) or set(value) - {"subject", "session"}:
-        raise InvalidParams(
-            "onBehalfOf is an object with a subject and, optionally, a session",
-            data={"rule": "onBehalfOf"},
-        )
-    subject, session = value.get("subject"), value.get("session")
-    if not isinstance(subject, str) or not SUBJECT.fullmatch(subject):
-        raise InvalidParams(
-            "onBehalfOf.subject is 1 to 256 of A-Z a-z 0-9 _ . : @ % -",
-            data={"rule": "onBehalfOf"},
-        )
-    if session is not None and (
-        not isinstance(session, str) or not 0 < len(session) <= 128 or not session.isprintable()
-    ):
-        raise InvalidParams(
-            "onBehalfOf.session is a string of 1 to 128 printable characters",
-            data={"rule": "onBehalfOf"},
-        )
-    return Remote(subject, session)
 
 
 def nsid_list(tools: Any, what: str = "tools") -> list[str]:
