@@ -137,6 +137,16 @@ def test_a_service_starts_without_jsonrpcservers_dispatch(package: str) -> None:
     # Reading lexicon documents (the broker) needs neither the code generator, its pydantic
     # models, the compatibility rules, the compiled validators nor the regex module.
     assert modules & LEXICON_EXTRAS == set()
+    # The a11y-server reads frames with libkiki.flatbuf: flatbuffers' runtime (and the numpy it
+    # imports where numpy is installed) is for the tests' generated builders only.
+    assert modules & {"flatbuffers", "numpy", "libkiki._generated.a11y_generated"} == set()
+
+
+def test_status_of_the_a11y_server_reads_its_frames_without_flatbuffers(tmp_path: Path) -> None:
+    modules, out = imported("status", "--json", "--runtime-dir", str(tmp_path), "a11y-server")
+    assert '"ok": false' in out
+    assert "libkiki.a11y.wire" in modules
+    assert modules & {"flatbuffers", "numpy"} == set()
 
 
 LEXICON_EXTRAS = {

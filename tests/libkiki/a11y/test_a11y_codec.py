@@ -300,3 +300,16 @@ def test_mutations_are_refused_or_decode_exactly_as_flatc_reads_them(
     doc = flatc_json(data)
     assert doc is not None, "we accepted a buffer flatc cannot read"
     assert normalize(doc) == normalize(message_as_flatc(decoded))
+
+
+def test_the_enum_values_are_flatcs() -> None:
+    # schema.py writes them out (the generated module's import of flatbuffers costs numpy).
+    def values(cls: type) -> dict[str, int]:
+        return {k: v for k, v in vars(cls).items() if not k.startswith("_") and isinstance(v, int)}
+
+    assert values(fb.Role) == DESC.enums["Role"].values
+    assert values(fb.State) == DESC.enums["State"].values
+    assert values(fb.Action) == DESC.enums["Action"].values
+    assert values(fb.Cause) == DESC.enums["Cause"].values
+    body = sorted((v, k) for k, v in values(fb.Body).items() if k != "NONE")
+    assert [k for _, k in body] == list(DESC.unions["Body"].members)

@@ -1,13 +1,12 @@
 """``schemas/a11y.fbs`` described for the verifier and writer in :mod:`libkiki.flatbuf`.
 
-Enum values come from the flatc-generated module; the tables are listed here field by field in
-declaration order (= FlatBuffers field ids). ``tests/libkiki/a11y/test_a11y_codec.py`` compares this
+Enum values and the tables are listed here (the tables field by field in declaration order =
+FlatBuffers field ids). ``tests/libkiki/a11y/test_a11y_codec.py`` compares this
 description with ``flatc --jsonschema schemas/a11y.fbs`` so the two cannot drift apart.
 """
 
 from __future__ import annotations
 
-from libkiki._generated import a11y_generated as fb
 from libkiki.flatbuf.schema import (
     BOOL,
     ENUM,
@@ -33,17 +32,38 @@ from libkiki.flatbuf.schema import (
 FILE_IDENTIFIER = b"KA11"
 
 
-def _values(cls: type) -> dict[str, int]:
-    return {k: v for k, v in vars(cls).items() if not k.startswith("_") and isinstance(v, int)}
+def _sequence(*names: str) -> dict[str, int]:
+    return {name: value for value, name in enumerate(names)}
 
 
-ROLES = _values(fb.Role)
-STATES = _values(fb.State)
-ACTIONS = _values(fb.Action)
-CAUSES = _values(fb.Cause)
-BODY_MEMBERS = tuple(
-    name for name, _ in sorted(_values(fb.Body).items(), key=lambda kv: kv[1]) if name != "NONE"
-)
+# The enums' values, as schemas/a11y.fbs numbers them (written out rather than read from the
+# flatc-generated module, whose flatbuffers import pulls in numpy where it is installed: the
+# a11y-server and `kiki status` start without it). test_a11y_codec checks them against it.
+ROLES = _sequence(
+    "unknown", "application", "window", "dialog", "alert", "alertDialog", "button",
+    "toggleButton", "checkBox", "radioButton", "switch", "comboBox", "textField", "searchBox",
+    "spinButton", "slider", "progressBar", "scrollBar", "label", "heading", "paragraph", "link",
+    "image", "list", "listItem", "listBox", "option", "menu", "menuBar", "menuItem",
+    "menuItemCheckBox", "menuItemRadio", "tabList", "tab", "tabPanel", "table", "row", "cell",
+    "columnHeader", "rowHeader", "tree", "treeItem", "toolBar", "statusBar", "tooltip",
+    "separator", "group", "form", "region", "document", "article", "navigation", "search",
+    "banner", "main", "frame", "pane", "generic", "terminal", "canvas",
+)  # fmt: skip
+_STATE_FLAGS = (
+    "focused", "focusable", "selected", "selectable", "checked", "mixed", "pressed", "expanded",
+    "collapsed", "disabled", "hidden", "editable", "readOnly", "required", "invalid", "busy",
+    "modal", "multiline", "multiselectable", "visited", "offscreen",
+)  # fmt: skip
+STATES = {name: 1 << bit for bit, name in enumerate(_STATE_FLAGS)}
+ACTIONS = _sequence(
+    "none", "press", "focus", "setValue", "scrollIntoView", "scrollUp", "scrollDown", "select",
+    "expand", "collapse", "increment", "decrement", "showMenu", "dismiss",
+)  # fmt: skip
+CAUSES = _sequence("unknown", "app", "user", "agent")
+BODY_MEMBERS = (
+    "Hello", "GetInfo", "Info", "Error", "TreeUpdate", "Ack", "Subscribe", "Snapshot",
+    "TreeGone", "Query", "QueryResult", "ActionRequest", "ActionResult", "Resync",
+)  # fmt: skip
 
 ENUMS = (
     EnumDef("Role", "H", ROLES),
