@@ -65,7 +65,7 @@ def test_changes_of_a_tree_merge_until_taken_and_the_latest_data_wins(check: Any
     assert merged["revision"] == tree.seq
     assert {n["id"]: n.get("value") for n in merged["changed"]} == {3: "v49", 4: None}
     assert merged["removed"] == [6]
-    assert feed.take() == []
+    assert list(feed.take()) == []
 
 
 def test_a_backlog_past_its_bound_becomes_one_resend_of_the_tree(check: Any) -> None:
@@ -73,7 +73,7 @@ def test_a_backlog_past_its_bound_becomes_one_resend_of_the_tree(check: Any) -> 
     tree = desktop.new_tree(app("org.example.Churn"))
     publish(desktop, tree, [wire.Node(1, R["list"], children=())], root_id=1)
     feed = feed_of(desktop, max_pending_ids=16)
-    feed.take()
+    list(feed.take())
     # Items come and go with new ids: each update adds one id and removes the last.
     for i in range(2, 40):
         publish(desktop, tree, [wire.Node(1, R["list"], children=(i,)), wire.Node(i, R["label"])])
@@ -94,7 +94,7 @@ def test_a_big_change_is_a_run_of_messages_under_the_size_bound(check: Any) -> N
     nodes[6] = nodes[6]._replace(name="n" * 3000)  # past the lexicon's bound: cut to it
     publish(desktop, tree, nodes, root_id=1)
     feed = feed_of(desktop, max_message_bytes=8192)
-    messages = feed.take()
+    messages = list(feed.take())
     assert len(messages) > 3
     for m in messages:
         check(m)
@@ -109,17 +109,57 @@ def test_a_big_change_is_a_run_of_messages_under_the_size_bound(check: Any) -> N
     assert named["name"] == "n" * 1024
 
 
+def test_a_tree_changing_while_its_messages_are_sent_is_told_next_time(check: Any) -> None:
+    desktop = Desktop()
+    tree = desktop.new_tree(app("org.example.Big"))
+    publish(desktop, tree, big_tree(1000), root_id=1)
+    feed = feed_of(desktop, max_message_bytes=4096)
+    messages = feed.take()
+    first = next(messages)  # the broker reads the first; the app changes meanwhile
+    assert 1 in {n["id"] for n in first["changed"]}
+    # Node 2 drops its children (12..21) and their subtrees; node 3 is renamed.
+    root = desktop.trees[tree.tree_id].nodes
+    publish(desktop, tree, [root[2]._replace(children=()), root[3]._replace(name="renamed")])
+    rest = [n for m in messages for n in m["changed"]]
+    gone = set(range(1, 1001)) - set(desktop.trees[tree.tree_id].nodes)
+    assert gone
+    assert not gone & {n["id"] for n in rest}  # skipped, not sent stale
+    [after] = feed.take()
+    check(after)
+    assert set(after["removed"]) == gone
+    assert {n["id"]: n["name"] for n in after["changed"]}[3] == "renamed"
+
+
+def test_a_failing_watcher_costs_only_itself() -> None:
+    class Broken:
+        def changed(self, tree: Tree, change: Any) -> None:
+            raise RuntimeError("a bug")
+
+        def removed(self, tree: Tree) -> None:
+            raise RuntimeError("a bug")
+
+    desktop = Desktop()
+    desktop.watchers.append(Broken())
+    feed = feed_of(desktop)
+    tree = desktop.new_tree(app("org.example.Editor"))
+    publish(desktop, tree, form_tree(), root_id=1)  # does not raise: the change is made
+    assert tree.seq == 1
+    assert [m["appId"] for m in feed.take()] == ["org.example.Editor"]
+    desktop.remove_tree(tree.tree_id)
+    assert [m.get("gone") for m in feed.take()] == [True]
+
+
 def test_gone_is_told_of_trees_the_stream_sent_only() -> None:
     desktop = Desktop()
     seen = desktop.new_tree(app("org.example.Seen"))
     publish(desktop, seen, form_tree(), root_id=1)
     feed = feed_of(desktop)
-    feed.take()
+    list(feed.take())
     unseen = desktop.new_tree(app("org.example.Unseen"))
     publish(desktop, unseen, form_tree(), root_id=1)
     desktop.remove_tree(unseen.tree_id)  # came and went between two takes
     desktop.remove_tree(seen.tree_id)
-    messages = feed.take()
+    messages = list(feed.take())
     assert [(m["appId"], m.get("gone")) for m in messages] == [("org.example.Seen", True)]
 
 
@@ -132,15 +172,15 @@ def test_the_app_id_and_visibility_select_trees_decided_again_at_each_take() -> 
     shown = {"org.example.Editor", "org.example.Other"}
     feed = ChangeFeed(desktop, lambda a: a.app_id in shown, app_id="org.example.Editor")
     desktop.watchers.append(feed)
-    assert [m["appId"] for m in feed.take()] == ["org.example.Editor"]
+    assert [m["appId"] for m in list(feed.take())] == ["org.example.Editor"]
     publish(desktop, other, [field("x")])
-    assert feed.take() == []
+    assert list(feed.take()) == []
     # The policy no longer lets everyone see it (a reload): subscribers are told to forget it.
     publish(desktop, editor, [field("y")])
     shown.clear()
     assert [(m["appId"], m.get("gone")) for m in feed.take()] == [("org.example.Editor", True)]
     publish(desktop, editor, [field("z")])
-    assert feed.take() == []
+    assert list(feed.take()) == []
 
 
 def test_a_shared_stream_carries_what_the_policy_grants_everyone(tmp_path: Path) -> None:

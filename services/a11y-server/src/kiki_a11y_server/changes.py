@@ -106,10 +106,16 @@ class ChangeFeed:
 
     # -- messages ------------------------------------------------------------------------------
 
-    def take(self) -> list[dict[str, Any]]:
-        """The messages for everything pending, which is then cleared."""
+    def take(self) -> Iterator[dict[str, Any]]:
+        """The messages for everything pending now, which is cleared at once (what comes
+        while they are iterated is pending for the next take). Built one at a time as they are
+        iterated, so a whole big tree is never held as messages: a node changed meanwhile is
+        sent as it is then (and again with the next take), one removed meanwhile is skipped
+        (its removal comes with the next take)."""
         pending, self.pending = self.pending, {}
-        messages: list[dict[str, Any]] = []
+        return self._emit(pending)
+
+    def _emit(self, pending: dict[int, _Pending]) -> Iterator[dict[str, Any]]:
         for tree_id, entry in pending.items():
             tree = self.desktop.trees.get(tree_id)
             if entry.gone is not None or tree is None or not self.wants(tree.app):
@@ -118,15 +124,14 @@ class ChangeFeed:
                 if tree_id in self.known and app is not None:
                     self.known.discard(tree_id)
                     seq = tree.seq if tree is not None else entry.seq
-                    messages.append(self._head(app, seq) | {"gone": True})
+                    yield self._head(app, seq) | {"gone": True}
                 continue
             if entry.reset or tree_id not in self.known:
                 self.known.add(tree_id)
-                messages += self._messages(tree, list(tree.nodes), (), reset=True)
+                yield from self._messages(tree, list(tree.nodes), (), reset=True)
             else:
-                ids = [i for i in entry.changed if i in tree.nodes]
-                messages += self._messages(tree, ids, sorted(entry.removed), reset=False)
-        return messages
+                ids = list(entry.changed)
+                yield from self._messages(tree, ids, sorted(entry.removed), reset=False)
 
     @staticmethod
     def _head(app: wire.App, seq: int) -> dict[str, Any]:
@@ -149,22 +154,35 @@ class ChangeFeed:
             message.setdefault("removed", []).append(rid)
             size += cost
         for nid in ids:
-            node = tree.nodes[nid]
-            doc = self._node(node)
-            line = None if is_wrapper(node) else node_line(node)
-            cost = len(orjson.dumps(doc)) + 1 + (len(line.encode()) + 4 if line else 0)
+            entry = self._entry(tree, nid)
+            if entry is None:
+                continue
             count = len(message.get("changed", ()))
             if count and (
-                size + cost > self.max_message_bytes or count >= self.max_nodes_per_message
+                size + entry[2] > self.max_message_bytes or count >= self.max_nodes_per_message
             ):
                 yield message
                 message, size, first = dict(head), len(orjson.dumps(head)), False
+                # Read again: the tree may have changed while the broker took that message.
+                if (entry := self._entry(tree, nid)) is None:
+                    continue
+            doc, line, cost = entry
             message.setdefault("changed", []).append(doc)
             if line is not None:
                 message.setdefault("outline", []).append(line)
             size += cost
         if first or "changed" in message or "removed" in message:
             yield message
+
+    def _entry(self, tree: Tree, nid: int) -> tuple[dict[str, Any], str | None, int] | None:
+        """Node ``nid`` as it is now: its JSON, its outline line, about what they add to a
+        message; None when it is gone (removed since it changed: a removal says so)."""
+        node = tree.nodes.get(nid)
+        if node is None:
+            return None
+        doc = self._node(node)
+        line = None if is_wrapper(node) else node_line(node)
+        return doc, line, len(orjson.dumps(doc)) + 1 + (len(line.encode()) + 4 if line else 0)
 
     def _node(self, node: wire.Node) -> dict[str, Any]:
         doc = node_json(node)

@@ -14,6 +14,7 @@ the tree (it came and went while the subscriber was not reading).
 from __future__ import annotations
 
 import itertools
+import logging
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ from libkiki.a11y import wire
 from libkiki.a11y.search import MAX_LIMIT, search
 from libkiki.errors import InvalidParams, NotFound
 from libkiki.flatbuf import Chunk
+
+log = logging.getLogger(__name__)
 
 # The most nodes one Query answers with (libkiki.a11y.search's rule, which the tool shares).
 MAX_QUERY_LIMIT = MAX_LIMIT
@@ -161,8 +164,7 @@ class Desktop:
         for sub in self.subscribers.values():
             if not sub.stale and sub.filter.wants_tree(tree):
                 self._offer(sub, tree, change)
-        for watcher in self.watchers:
-            watcher.changed(tree, change)
+        self._tell(lambda w: w.changed(tree, change))
         return change
 
     def remove_tree(self, tree_id: int) -> None:
@@ -182,8 +184,16 @@ class Desktop:
             sub.pending[tree_id] = gone
             sub.pending_bytes += self._cost(gone)
             self._check_bounds(sub, behind=True)
-        for watcher in self.watchers:
-            watcher.removed(tree)
+        self._tell(lambda w: w.removed(tree))
+
+    def _tell(self, what: Callable[[Watcher], None]) -> None:
+        # The change is made and subscribers have it: a bug in one watcher costs that watcher,
+        # not the publisher its acknowledgement or the other watchers their news.
+        for watcher in list(self.watchers):
+            try:
+                what(watcher)
+            except Exception:
+                log.exception("a watcher of the desktop failed")
 
     @property
     def node_count(self) -> int:
