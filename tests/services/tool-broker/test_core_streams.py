@@ -133,3 +133,18 @@ def test_an_apps_stream_stays_reserved_for_it_after_it_leaves(tmp_path: Path) ->
     with pytest.raises(PermissionDenied, match="reserved for"):
         core.register_all(core.provider(OTHER), [], lexicons(), subscriptions=[FEED])
     core.register_all(core.provider(MUSIC), [], lexicons(), subscriptions=[FEED])  # its own
+
+
+def test_a_rule_keeping_a_caller_from_the_audit_log_keeps_it_from_its_stream(
+    tmp_path: Path,
+) -> None:
+    # uid 1001 may use the broker's tools, but not read the audit log: the deny rule was
+    # written before the stream existed, and names the tool only.
+    allow = Rule(Principals.parse(["uid:1001"]), globs(["dev.kiki.tools.*"]), True)
+    deny = Rule(Principals.parse(["uid:1001"]), globs(["dev.kiki.tools.readAuditLog"]), False)
+    core = make_core(tmp_path, Policy(allow=(allow,), deny=(deny,)))
+    core.declare_own_streams(["dev.kiki.tools.subscribeAudit"])
+    with pytest.raises(PermissionDenied, match=r"shows what dev\.kiki\.tools\.readAuditLog does"):
+        core.subscribe(core.identify(OTHER), 1, "dev.kiki.tools.subscribeAudit", {})
+    subscribed, _ = core.subscribe(core.identify(ROOT), 1, "dev.kiki.tools.subscribeAudit", {})
+    assert subscribed.state == "opening"  # root may: the stream opens

@@ -20,7 +20,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
@@ -56,6 +56,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 OWN_NAME = "kiki-tool-broker"  # the broker as the provider of its own tools
+# The broker's own streams that show what one of its tools shows: a caller the policy keeps
+# from the tool is kept from the stream too (a rule written for the tool before the stream
+# existed still holds).
+SHOWS_WHAT_A_TOOL_SHOWS: Final = {"dev.kiki.tools.subscribeAudit": "dev.kiki.tools.readAuditLog"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,7 +393,13 @@ class BrokerCore:
         served = self.streams.served_by(nsid)
         provider = None if served is None else self.stream_providers.get(served)
         uids = provider.uids if provider is not None else frozenset()
-        return self.policy.allows(who.caller, nsid, "subscription", uids)
+        decision = self.policy.allows(who.caller, nsid, "subscription", uids)
+        shown_by = SHOWS_WHAT_A_TOOL_SHOWS.get(nsid)
+        if decision[0] and shown_by is not None and provider is self.own:
+            allowed, reason = self.policy.allows(who.caller, shown_by, "query", self.own.uids)
+            if not allowed:
+                return False, f"{reason} ({nsid} shows what {shown_by} does)"
+        return decision
 
     # -- listing ------------------------------------------------------------------------------
 
