@@ -253,11 +253,12 @@ Spec = tuple[str, str, list[str], str]  # row, command, its arguments, the clien
 
 
 async def sdk_client(
-    stack: AsyncExitStack, command: str, args: list[str], mode: str
+    stack: AsyncExitStack, command: str, args: list[str], mode: str, env: dict[str, str]
 ) -> tuple[Call, str]:
     from mcp import Client, StdioServerParameters
 
-    params = StdioServerParameters(command=command, args=args)
+    # The whole environment: the SDK passes on only a few variables unless it is given one.
+    params = StdioServerParameters(command=command, args=args, env=env)
     client = await stack.enter_async_context(Client(params, mode=mode))
 
     async def call() -> Any:
@@ -284,13 +285,15 @@ async def native_client(stack: AsyncExitStack, path: Path) -> tuple[Call, str]:
 
 
 async def all_calls(
-    specs: list[Spec], tools: Path, calls: int, rounds: int
+    specs: list[Spec], tools: Path, calls: int, rounds: int, env: dict[str, str]
 ) -> tuple[dict[str, list[float]], dict[str, str]]:
     """Every row's client open at once, then ``rounds`` rounds of calls/rounds calls each, row
     after row: the machine's speed drifts over a run (other work on it), and interleaved rows
     drift together."""
     async with AsyncExitStack() as stack:
-        opened = {row: await sdk_client(stack, cmd, args, mode) for row, cmd, args, mode in specs}
+        opened = {
+            row: await sdk_client(stack, cmd, args, mode, env) for row, cmd, args, mode in specs
+        }
         opened["native"] = await native_client(stack, tools)
         clients = {row: call for row, (call, _) in opened.items()}
         for call in clients.values():  # warm-up: the first calls import and compile
@@ -387,7 +390,6 @@ def measure(calls: int, messages: int, paced: int) -> None:
         assert provider.stdout is not None
         if "ready" not in provider.stdout.readline():
             raise SystemExit("the provider did not start")
-        os.environ.update(env)  # the SDK's stdio client passes its own environment on
 
         bridge = (str(BIN / "kiki"), ["mcp", "--socket", str(tools)])
         direct_server = (sys.executable, ["-c", SDK_SERVER])
@@ -401,7 +403,7 @@ def measure(calls: int, messages: int, paced: int) -> None:
                 ("sdk → stdio floor", floor_server),
             ):
                 specs.append((name + tag, command, argv, mode))
-        rows, versions = asyncio.run(all_calls(specs, tools, calls, rounds=10))
+        rows, versions = asyncio.run(all_calls(specs, tools, calls, 10, env))
         native = rows["native"]
         pipelined_calls = max(calls // 4, 100)
         floor_rate = asyncio.run(pipelined(run / "echo.sock", 8, 16, pipelined_calls))
