@@ -1,9 +1,9 @@
 """``dev.kiki.a11y.subscribeChanges``, sans-I/O: one upstream's changes, coalesced per tree.
 
 The broker opens one upstream per distinct params and fans it out to every subscriber it admits;
-the upstream carries no caller. So a :class:`ChangeFeed` carries only the trees that every
-principal may subscribe to (``visible``: :meth:`A11yPolicy.public`), decided again each time it
-emits (a policy reload applies from the next message on).
+the upstream carries no caller. So a :class:`ChangeFeed` carries only the trees that everyone,
+remote people included, may subscribe to (``visible``: :meth:`A11yPolicy.public`), decided again
+each time it emits (a policy reload applies from the next message on).
 
 Between two :meth:`ChangeFeed.take` calls (the stream's interval, and however long the broker
 takes to read) the changes of a tree merge into one entry: the ids of the nodes changed (their

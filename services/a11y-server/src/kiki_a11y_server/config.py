@@ -39,5 +39,7 @@ class A11yConfig(ServiceConfig):
     # a tree's changes merging meanwhile; an entry past max ids becomes one resend of the tree.
     changes_interval: float = pydantic.Field(default=0.1, ge=0.01, le=60)
     changes_max_pending_ids: int = pydantic.Field(default=4096, ge=16, le=1 << 20)
+    # JSON per message, under the broker's stream_max_message_bytes (64 KiB by default).
+    changes_max_message_bytes: int = pydantic.Field(default=32 * 1024, ge=1024, le=16 * _MiB)
     # Who may read, subscribe to and act on which tree; default <config dir>/a11y-policy.toml.
     policy_file: str = pydantic.Field(default="", max_length=4096)

@@ -105,6 +105,7 @@ def make_provider(core: A11yCore, act_for: Act) -> ToolProvider:
             lambda app: core.policy.public("subscribe", app),  # the policy in force now
             app_id=params.get("appId") or "",
             max_pending_ids=core.config.changes_max_pending_ids,
+            max_message_bytes=core.config.changes_max_message_bytes,
             on_pending=wake.set,
         )
         core.desktop.watchers.append(feed)
