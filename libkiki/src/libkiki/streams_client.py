@@ -34,6 +34,8 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
+import orjson
+
 from libkiki.errors import (
     KikiError,
     NotFound,
@@ -71,6 +73,7 @@ ENDED = "kiki/ended"
 
 DEFAULT_MAX_QUEUE = 1024  # items held per subscription while its reader is behind
 _MAX_EARLY = 4096  # notifications held for subscriptions whose answer is not read yet
+_MAX_EARLY_BYTES = 4 << 20  # and their size (as the broker sent them, roughly)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +131,18 @@ def _end_error(nsid: str, ended: Ended) -> KikiError | None:
     if ended.reason == "shutdown":
         return Unavailable(f"{nsid}: the broker is shutting down{detail}", data=data)
     return Unavailable(f"{nsid}: the broker ended the stream ({ended.reason}){detail}", data=data)
+
+
+def _size(params: Any) -> int:
+    """A notification's size for the early buffer's bound: its message's JSON, measured once
+    more (rare: only notifications read before their subscription's answer are held)."""
+    message = params.get("message") if isinstance(params, dict) else None
+    if message is None:
+        return 64
+    try:
+        return 64 + len(orjson.dumps(message))
+    except TypeError:
+        return 64
 
 
 def _int(params: Any, key: str) -> int:
@@ -330,7 +345,9 @@ class Subscription(Generic[T]):
         return self
 
     async def __anext__(self) -> Item[T]:
-        if self._opening is None:
+        if self.id is None:
+            # Not subscribed yet: (still) opening, or the opening failed (re-raised here, also
+            # after a first anext() was cancelled while it waited).
             await self.open()
         while True:
             if self._dropped:
@@ -400,6 +417,7 @@ class StreamRouter:
         self._subs: dict[int, Subscription[Any]] = {}
         self._early: dict[int, list[tuple[str, dict[str, Any]]]] = {}
         self._early_count = 0
+        self._early_bytes = 0
         self._gone: KikiError | None = None
 
     @property
@@ -424,11 +442,16 @@ class StreamRouter:
             sub = self._subs.get(sub_id)
             if sub is not None:
                 sub.deliver(kind, params)
-            elif self.pending and self._early_count < _MAX_EARLY:
+            elif (
+                self.pending
+                and self._early_count < _MAX_EARLY
+                and self._early_bytes < _MAX_EARLY_BYTES
+            ):
                 # The answer to kiki/subscribe is read before its events, but its caller runs
                 # only after them: they wait here for it (see attach).
                 self._early.setdefault(sub_id, []).append((kind, params))
                 self._early_count += 1
+                self._early_bytes += _size(params)
             else:
                 log.debug("dropped %s for subscription %d, which is not ours now", kind, sub_id)
 
@@ -439,10 +462,12 @@ class StreamRouter:
         self._subs[sub.id] = sub
         for kind, params in self._early.pop(sub.id, ()):
             self._early_count -= 1
+            self._early_bytes -= _size(params)
             sub.deliver(kind, params)
         if not self.pending:  # for subscriptions whose caller was cancelled meanwhile
             self._early.clear()
             self._early_count = 0
+            self._early_bytes = 0
         if self._gone is not None:
             sub.fail(type(self._gone)(self._gone.message))
 
@@ -459,6 +484,7 @@ class StreamRouter:
         self._subs.clear()
         self._early.clear()
         self._early_count = 0
+        self._early_bytes = 0
 
     def subscription(
         self,

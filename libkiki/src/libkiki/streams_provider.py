@@ -148,7 +148,12 @@ class ProvidedStreams:
         task.add_done_callback(lambda t: self._forget(stream, t))
         # One turn of the loop: the task runs its first step now (tasks start in the order they
         # were made), i.e. the generator up to its first wait. What it raises there refuses.
-        await asyncio.sleep(0)
+        try:
+            await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            # The broker gave up on this openStream (it timed out): the stream is not open.
+            task.cancel()
+            raise
         failure = task.exception() if task.done() and not task.cancelled() else None
         if failure is not None:
             if isinstance(failure, KikiError):

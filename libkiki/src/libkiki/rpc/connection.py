@@ -445,6 +445,23 @@ class Connection:
         self._check_open()
         await self._write(self._core.notification(method, params))
 
+    async def notify_many(self, items: Sequence[tuple[str, Params | None]]) -> None:
+        """Send notifications as separate lines in one ``write()``; wait only while the
+        transport is paused (also when ``items`` is empty: a way to wait for the peer to read).
+
+        Not a JSON-RPC batch: a peer counts a batch's entries against its in-flight limit all
+        at once (and MCP has no batches since 2025-06-18), while separate lines are handled
+        one by one. One ``write()`` of the joined bytes rather than ``writelines()``, which on
+        CPython 3.13 never pauses the protocol.
+        """
+        self._check_open()
+        notification = self._core.notification
+        data = b"".join([notification(method, params) for method, params in items])
+        if data:
+            await self._write(data)
+        elif self._paused is not None:
+            await asyncio.shield(self._paused)
+
     def try_notify(self, method: str, params: Params | None = None) -> bool:
         """Send a notification now if nothing is queued ahead of it; never wait, never queue.
 

@@ -4,14 +4,20 @@ StreamFanout` decides, on the broker's connections.
 * Clients: ``kiki/subscribe`` and ``kiki/unsubscribe`` (decided by
   :meth:`~kiki_tool_broker.core.BrokerCore.subscribe`), and a writer per connection that drains
   its subscriptions' queues into ``kiki/event``, ``kiki/lost``, ``kiki/streamStatus`` and
-  ``kiki/ended`` notifications. The writer sends what it took as one JSON-RPC batch (one
-  ``write()``) and waits only while the transport is paused: a subscriber that does not read
-  holds its own writer and its own bounded queue, nothing else.
+  ``kiki/ended`` notifications. The writer takes a few items from each ready subscription in
+  turn (round robin) and sends them as separate lines in one ``write()``
+  (:meth:`libkiki.rpc.Connection.notify_many`; not a JSON-RPC batch, which a peer counts
+  against its in-flight limit all at once), waiting only while the transport is paused: a
+  subscriber that does not read holds its own writer and its own bounded queue, nothing else.
 * Providers: ``kiki/openStream`` requests and ``kiki/closeStream`` / ``kiki/rejected``
-  notifications to them; ``kiki/emit`` and ``kiki/endStream`` from them. The ``stream`` number
-  a provider is given is a random 53-bit capability, not the fan-out's upstream id: emits are
-  handled as they are read (no task each, see :meth:`libkiki.rpc.Methods.inline`), where the
-  sending connection is not known, so only the provider the number was given to can use it.
+  notifications to them (what cannot be written at once waits in a bounded per-provider
+  backlog: an open not yet written is dropped, not cancelled, when its topic closes, and a
+  provider whose backlog passes :data:`MAX_PROVIDER_BACKLOG` items or
+  :data:`MAX_PROVIDER_BUFFER` unsent bytes is disconnected); ``kiki/emit`` and
+  ``kiki/endStream`` from them. The ``stream`` number a provider is given is a random
+  53-bit capability, not the fan-out's upstream id: emits are handled as they are read (no
+  task each, see :meth:`libkiki.rpc.Methods.inline`), where the sending connection is not
+  known, so only the provider the number was given to can use it.
 * The broker's own streams, provided in-process: ``dev.kiki.tools.subscribeProviders`` and
   ``dev.kiki.tools.subscribeAudit``.
 * MCP hosts: the same subscriptions as resources (:mod:`kiki_tool_broker.mcp_resources`),
@@ -25,7 +31,6 @@ import contextlib
 import functools
 import itertools
 import logging
-import math
 import secrets
 from collections.abc import Callable, Iterable
 from typing import Any, Final
@@ -49,7 +54,7 @@ from kiki_tool_broker.streams import (
     Subscribed,
 )
 from libkiki.errors import InvalidParams, KikiError, PeerGone
-from libkiki.rpc import Call, Connection, Methods, RequestContext
+from libkiki.rpc import Connection, Methods, RequestContext
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +74,13 @@ SUBSCRIBE_PROVIDERS: Final = "dev.kiki.tools.subscribeProviders"
 SUBSCRIBE_AUDIT: Final = "dev.kiki.tools.subscribeAudit"
 OWN_STREAMS: Final = (SUBSCRIBE_PROVIDERS, SUBSCRIBE_AUDIT)
 
-# One batch: a peer's libkiki connection counts every entry of a batch against its in-flight
-# notifications (64 by default) before handling any, so a batch stays well under that.
-BATCH_ITEMS: Final = 32
-PER_SUB_ITEMS: Final = 8  # taken from one subscription per round: the others are not starved
+WRITE_ITEMS: Final = 32  # notifications per write (separate lines)
+PER_SUB_ITEMS: Final = 8  # taken from one subscription per turn: the others are not starved
+# A provider that stops reading: what waits to be written to it, in items of our own backlog
+# (openStream / closeStream not written yet) and bytes in its transport. Past either it is
+# disconnected (its subscribers wait for a provider, as when it leaves).
+MAX_PROVIDER_BACKLOG: Final = 1024
+MAX_PROVIDER_BUFFER: Final = 1 << 20
 
 AuditWriter = Callable[..., None]
 
@@ -87,6 +95,22 @@ class _Writer:
         self.ready: dict[int, None] = {}  # ordered set of subscriptions to drain
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
+
+
+class _Backlog:
+    """What waits to be written to one provider: openStreams (by upstream) and closeStreams
+    (by token), each at most once, written by one task when the transport takes them."""
+
+    __slots__ = ("closes", "conn", "opens", "task")
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.opens: dict[int, dict[str, Any]] = {}  # upstream -> openStream params
+        self.closes: dict[int, None] = {}  # tokens
+        self.task: asyncio.Task[None] | None = None
+
+    def __len__(self) -> int:
+        return len(self.opens) + len(self.closes)
 
 
 class EventStreams:
@@ -105,6 +129,7 @@ class EventStreams:
         self.opening: dict[int, asyncio.Future[Any]] = {}  # upstream -> its openStream answer
         self.own: dict[str, set[int]] = {n: set() for n in OWN_STREAMS}  # own upstreams
         self.announced: set[int] = set()  # providers told as #connected
+        self.backlogs: dict[int, _Backlog] = {}  # provider id -> what waits to be written
         self._tasks: set[asyncio.Task[Any]] = set()
         self.resources = ResourceStreams(self)
 
@@ -204,18 +229,20 @@ class EventStreams:
             while True:
                 await writer.wake.wait()
                 writer.wake.clear()
-                while writer.ready:
-                    calls: list[Call] = []
-                    for sub in list(writer.ready):
-                        items = fanout.drain(sub, PER_SUB_ITEMS)
-                        calls.extend(_call(item) for item in items)
-                        if not fanout.pending(sub):
-                            del writer.ready[sub]
-                        if len(calls) >= BATCH_ITEMS:
-                            break
-                    if calls:
-                        await _send(conn, calls)
-                        self.counters["stream_notifications"] += len(calls)
+                ready = writer.ready
+                while ready:
+                    notes: list[tuple[str, dict[str, Any]]] = []
+                    while ready and len(notes) < WRITE_ITEMS:
+                        # Round robin: the first in line takes its turn and, if it has more,
+                        # goes to the back, so that every ready subscription is served.
+                        sub = next(iter(ready))
+                        del ready[sub]
+                        notes.extend(_note(item) for item in fanout.drain(sub, PER_SUB_ITEMS))
+                        if fanout.pending(sub):
+                            ready[sub] = None
+                    if notes:
+                        await conn.notify_many(notes)
+                        self.counters["stream_notifications"] += len(notes)
         except (PeerGone, asyncio.CancelledError):
             return
         except KikiError as exc:
@@ -255,8 +282,23 @@ class EventStreams:
             opening.cancel()
 
     def registered(self, provider: Provider, actions: list[Action]) -> None:
-        """A registration (or an unregistration) took effect."""
-        self.carry(actions)
+        """A registration (or an unregistration) took effect. A topic reopened on this
+        provider keeps only the subscribers the policy lets subscribe to it from this
+        provider (whose uids may differ from the last one's): the others end, ``denied``."""
+        reopened = {a.nsid for a in actions if isinstance(a, OpenUpstream)}
+        ended: list[Action] = []
+        for sub, who in list(self.subs.items()):
+            nsid = self.sub_nsid[sub]
+            if nsid in reopened and not self.core.may_subscribe(who, nsid)[0]:
+                ended.extend(self.fanout.end(sub, "denied", "the policy does not allow it"))
+        if ended:
+            # An upstream whose subscribers all ended is closed already: it is not opened at
+            # all (its CloseUpstream then finds no token and sends nothing).
+            open_now = self.fanout.upstreams()
+            actions = [
+                a for a in actions if not isinstance(a, OpenUpstream) or a.upstream in open_now
+            ]
+        self.carry(actions + ended)
         if provider.id not in self.announced:
             self.announced.add(provider.id)
             self.publish_own(
@@ -268,6 +310,9 @@ class EventStreams:
             )
 
     def provider_gone(self, provider: Provider) -> None:
+        backlog = self.backlogs.pop(provider.id, None)
+        if backlog is not None and backlog.task is not None:
+            backlog.task.cancel()
         for token, (upstream, pid) in list(self.tokens.items()):
             if pid == provider.id:
                 self._forget_upstream(upstream)
@@ -292,8 +337,17 @@ class EventStreams:
     # -- carrying out the fan-out's actions --------------------------------------------------
 
     def carry(self, actions: Iterable[Action]) -> None:
+        """Carry out the fan-out's actions: every other action first, then the audit lines,
+        each guarded, so that one that cannot be written (a full disk) leaves nothing half
+        done (it is logged and counted, ``audit_errors``)."""
+        audits: list[Audit] = []
         for action in actions:
-            if isinstance(action, Readable):
+            if isinstance(action, Audit):
+                if action.event == "unsubscribe":
+                    self.subs.pop(action.sub, None)
+                    self.sub_nsid.pop(action.sub, None)
+                audits.append(action)
+            elif isinstance(action, Readable):
                 if self.resources.readable(action.sub):
                     continue
                 writer = self.writers.get(action.conn)
@@ -304,15 +358,16 @@ class EventStreams:
                 self._open(action)
             elif isinstance(action, CloseUpstream):
                 self._close(action)
-            elif isinstance(action, Rejected):
-                self._rejected(action)
             else:
-                self._audit(action)
+                self._rejected(action)
+        for audit in audits:
+            try:
+                self._audit(audit)
+            except Exception:
+                self.counters["audit_errors"] += 1
+                log.exception("the audit line of a %s could not be written", audit.event)
 
     def _audit(self, action: Audit) -> None:
-        if action.event == "unsubscribe":
-            self.subs.pop(action.sub, None)
-            self.sub_nsid.pop(action.sub, None)
         served = self.fanout.served_by(action.nsid)
         provider = None if served is None else self.core.stream_providers.get(served)
         self.audit(
@@ -333,24 +388,87 @@ class EventStreams:
             self.carry(self.fanout.upstream_opened(action.upstream))
             return
         provider = self.core.stream_providers.get(action.provider)
-        if provider is None or provider.connection is None:
+        if provider is None or provider.connection is None or provider.connection.closed:
             return  # its connection has closed: provider_gone makes the topic wait
         token = secrets.randbits(53) or 1
         while token in self.tokens:
             token = secrets.randbits(53) or 1
         self.tokens[token] = (action.upstream, action.provider)
         self.token_of[action.upstream] = token
-        conn: Connection = provider.connection
         params = {"stream": token, "nsid": action.nsid, "params": action.params}
+        backlog = self.backlogs.get(action.provider)
+        if backlog is not None and backlog.opens:  # in order, behind those waiting already
+            backlog.opens[action.upstream] = params
+            self._check_backlog(provider, backlog)
+        elif not self._send_open(provider.connection, action.upstream, params, queue=True):
+            backlog = self._backlog(provider)
+            backlog.opens[action.upstream] = params
+            self._check_backlog(provider, backlog)
+
+    def _send_open(
+        self, conn: Connection, upstream: int, params: dict[str, Any], *, queue: bool
+    ) -> bool:
+        """Write an openStream now; False when the provider is not taking what we write (and
+        ``queue``): it is then the backlog's to write."""
         timeout = self.core.config.call_timeout
         try:
             fut = conn.request_soon(OPEN_STREAM, params, timeout=timeout)
         except KikiError:
-            return  # closed: provider_gone follows
-        if fut is None:  # it has to wait for a slot: in a task
+            return True  # closed: provider_gone follows
+        if fut is None:
+            if queue and conn.write_buffer_size:
+                return False
+            # Every in-flight slot is taken: one task waits for one (bounded by upstreams).
             fut = asyncio.ensure_future(conn.request(OPEN_STREAM, params, timeout=timeout))
-        self.opening[action.upstream] = fut
-        fut.add_done_callback(functools.partial(self._opened, action.upstream))
+        self.opening[upstream] = fut
+        fut.add_done_callback(functools.partial(self._opened, upstream))
+        return True
+
+    def _backlog(self, provider: Provider) -> _Backlog:
+        backlog = self.backlogs.get(provider.id)
+        if backlog is None:
+            assert provider.connection is not None
+            backlog = self.backlogs[provider.id] = _Backlog(provider.connection)
+        if backlog.task is None or backlog.task.done():
+            backlog.task = asyncio.get_running_loop().create_task(self._flush(backlog))
+        return backlog
+
+    def _check_backlog(self, provider: Provider, backlog: _Backlog) -> None:
+        conn = backlog.conn
+        if len(backlog) <= MAX_PROVIDER_BACKLOG and conn.write_buffer_size <= MAX_PROVIDER_BUFFER:
+            return
+        if conn.closed or conn.state.get("stream_dropped"):
+            return
+        conn.state["stream_dropped"] = True
+        self.counters["stream_providers_dropped"] += 1
+        log.warning(
+            "%s: disconnected: it does not read what it is sent (%d stream messages waiting, "
+            "%d bytes unsent)",
+            conn.name,
+            len(backlog),
+            conn.write_buffer_size,
+        )
+        task = asyncio.get_running_loop().create_task(conn.close())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _flush(self, backlog: _Backlog) -> None:
+        """Write a provider's backlog as the provider reads: closes first (they free it)."""
+        conn = backlog.conn
+        try:
+            while backlog:
+                closes = [(CLOSE_STREAM, {"stream": t}) for t in backlog.closes]
+                backlog.closes.clear()
+                await conn.notify_many(closes)  # also waits while the transport is paused
+                while backlog.opens and not backlog.closes:
+                    upstream = next(iter(backlog.opens))
+                    params = backlog.opens.pop(upstream)
+                    if not self._send_open(conn, upstream, params, queue=False):
+                        break
+                    if conn.write_buffer_size:
+                        await conn.notify_many([])
+        except KikiError:
+            return  # closed: provider_gone clears it
 
     def _opened(self, upstream: int, fut: asyncio.Future[Any]) -> None:
         if self.opening.get(upstream) is fut:
@@ -361,7 +479,12 @@ class EventStreams:
         if error is None:
             self.carry(self.fanout.upstream_opened(upstream))
         elif not isinstance(error, PeerGone) and upstream in self.token_of:
+            # The provider may have started it all the same (it timed out): it is told to stop.
+            found = self.tokens.get(self.token_of[upstream])
+            token = self.token_of[upstream]
             self._forget_upstream(upstream)
+            if found is not None:
+                self._queue_close(found[1], token)
             detail = error.message if isinstance(error, KikiError) else str(error)
             self.carry(self.fanout.upstream_failed(upstream, detail))
 
@@ -371,12 +494,32 @@ class EventStreams:
                 upstreams.discard(action.upstream)
             return
         token = self.token_of.get(action.upstream)
+        backlog = self.backlogs.get(action.provider)
+        unsent = backlog is not None and backlog.opens.pop(action.upstream, None) is not None
         self._forget_upstream(action.upstream)
-        provider = self.core.stream_providers.get(action.provider)
-        if token is not None and provider is not None and provider.connection is not None:
-            self.send_soon(provider.connection, CLOSE_STREAM, {"stream": token})
+        if token is not None and not unsent:  # an open never written needs no close
+            self._queue_close(action.provider, token)
+
+    def _queue_close(self, pid: int, token: int) -> None:
+        provider = self.core.stream_providers.get(pid)
+        if provider is None or provider.connection is None or provider.connection.closed:
+            return
+        backlog = self.backlogs.get(pid)
+        if (backlog is None or not backlog) and provider.connection.try_notify(
+            CLOSE_STREAM, {"stream": token}
+        ):
+            return
+        backlog = self._backlog(provider)
+        backlog.closes[token] = None
+        self._check_backlog(provider, backlog)
 
     def _rejected(self, action: Rejected) -> None:
+        if action.provider == self.core.own.id:
+            # The broker's own message broke its lexicon: its subscribers see it as lost.
+            self.counters["stream_own_rejected"] += 1
+            log.error("a message of the broker's own stream was rejected: %s", action.error)
+            self.carry(self.fanout.skip(action.upstream))
+            return
         token = self.token_of.get(action.upstream)
         provider = self.core.stream_providers.get(action.provider)
         if token is None or provider is None or provider.connection is None:
@@ -415,12 +558,11 @@ async def _quietly(aw: Any) -> None:
         await aw
 
 
-def _call(item: Item) -> Call:
+def _note(item: Item) -> tuple[str, dict[str, Any]]:
     if isinstance(item, Message):
-        params = {"subscription": item.sub, "seq": item.seq, "message": item.message}
-        return Call(EVENT, params, notification=True)
+        return EVENT, {"subscription": item.sub, "seq": item.seq, "message": item.message}
     if isinstance(item, Lost):
-        return Call(LOST, {"subscription": item.sub, "count": item.count}, notification=True)
+        return LOST, {"subscription": item.sub, "count": item.count}
     if isinstance(item, Status):
         status = {
             "subscription": item.sub,
@@ -428,23 +570,6 @@ def _call(item: Item) -> Call:
             "reason": item.reason,
             "interruptions": item.interruptions,
         }
-        return Call(STATUS, status, notification=True)
+        return STATUS, status
     assert isinstance(item, Ended)
-    ended = {"subscription": item.sub, "reason": item.reason, "message": item.detail}
-    return Call(ENDED, ended, notification=True)
-
-
-async def _send(conn: Connection, calls: list[Call]) -> None:
-    """One write of ``calls``; waits only while the transport is paused (no time limit: a
-    reader that never reads holds this writer, and nothing else)."""
-    if len(calls) == 1:
-        await conn.notify(calls[0].method, calls[0].params)
-        return
-    try:
-        await conn.batch(calls, timeout=math.inf)
-    except KikiError as exc:
-        if isinstance(exc, PeerGone) or conn.closed:
-            raise
-        # Over the line limit together: one line each.
-        for call in calls:
-            await conn.notify(call.method, call.params)
+    return ENDED, {"subscription": item.sub, "reason": item.reason, "message": item.detail}

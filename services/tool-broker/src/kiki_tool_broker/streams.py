@@ -406,6 +406,20 @@ class StreamFanout:
                 actions.append(Readable(sub.conn, sub.id))
         return actions
 
+    def skip(self, upstream: UpstreamId) -> list[Action]:
+        """A message of ``upstream`` that no subscriber gets (the broker's own, rejected):
+        each is told it as lost, so its sequence numbers still count every message."""
+        topic = self._upstreams.get(upstream)
+        if topic is None:
+            return []
+        actions: list[Action] = []
+        for sub in topic.subs.values():
+            sub.seq += 1
+            self.counters["lost"] += 1
+            if self._push_gap(sub, _Gap(lost=1)):
+                actions.append(Readable(sub.conn, sub.id))
+        return actions
+
     # -- clients --------------------------------------------------------------------------
 
     def subscribe(
