@@ -35,6 +35,8 @@ import secrets
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
+import orjson
+
 from kiki_tool_broker.core import BrokerCore, Who
 from kiki_tool_broker.mcp_resources import ResourceStreams
 from kiki_tool_broker.registry import Provider
@@ -531,13 +533,23 @@ class EventStreams:
             self.counters["stream_rejected_untold"] += 1
 
     def send_soon(self, conn: Connection, method: str, params: dict[str, Any]) -> None:
+        """A wake-up notification (an MCP host's ``resources/updated``): now if the transport
+        takes it, else once, by one task per connection, however often it is asked for
+        meanwhile (equal ones coalesce, so what waits is bounded by the subscriptions)."""
         if conn.closed:
             return
-        if conn.try_notify(method, params):
+        unsent: dict[bytes, tuple[str, dict[str, Any]]] | None = conn.state.get("stream_unsent")
+        if not unsent and conn.try_notify(method, params):
             return
-        task = asyncio.get_running_loop().create_task(_quietly(conn.notify(method, params)))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        if unsent is None:
+            unsent = conn.state["stream_unsent"] = {}
+        unsent[orjson.dumps([method, params], option=orjson.OPT_SORT_KEYS)] = (method, params)
+        task: asyncio.Task[None] | None = conn.state.get("stream_unsent_task")
+        if task is None or task.done():
+            task = asyncio.get_running_loop().create_task(_send_unsent(conn, unsent))
+            conn.state["stream_unsent_task"] = task
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     def gauges(self) -> dict[str, int]:
         """getInfo's stream counters: what is open now, and the fan-out's running totals."""
@@ -553,9 +565,13 @@ class EventStreams:
         return out
 
 
-async def _quietly(aw: Any) -> None:
+async def _send_unsent(conn: Connection, unsent: dict[bytes, tuple[str, dict[str, Any]]]) -> None:
     with contextlib.suppress(KikiError):
-        await aw
+        while unsent:
+            items = list(unsent.values())
+            unsent.clear()
+            await conn.notify_many(items)
+    unsent.clear()
 
 
 def _note(item: Item) -> tuple[str, dict[str, Any]]:
