@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 
 from kikitest import VENV_BIN
-from libkiki import constellation
+from libkiki.constellation import SERVICES as DECLARED
 
 pytestmark = pytest.mark.integration
 
-SERVICES = {spec.name for spec in constellation.SERVICES}  # every declared service
+SERVICES = {spec.name for spec in DECLARED}  # every declared service
 
 
 def read_state(rundir: Path) -> dict[str, Any] | None:
