@@ -490,3 +490,6 @@ async def test_a_stopping_broker_ends_its_subscriptions(broker: Broker) -> None:
             "reason": "shutdown",
             "message": None,
         }
+    # Its own exit, not the fixture's second SIGTERM (which, landing after the handlers are gone,
+    # would end a process still exiting with the default action).
+    assert await asyncio.to_thread(proc.wait, 20) == 0
