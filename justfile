@@ -12,7 +12,7 @@ default:
     @just --list
 
 # Create or update .venv from uv.lock (quick when nothing changed)
-sync:
+sync: build-deps
     {{uv}} sync --frozen --all-packages --quiet
 
 # Bring up the whole constellation on this machine (Ctrl-C stops it)
@@ -23,9 +23,15 @@ up *ARGS: sync up-deps
 status *ARGS: sync
     {{venv}}/bin/kiki status {{ARGS}}
 
-# What `up` needs from the system: a dbus-daemon for the private session bus
+# What building the venv needs from the system: PyGObject (the updater's libostree) builds from
+# PyPI against the system's gobject-introspection and cairo
+build-deps:
+    scripts/install-test-deps --only libgirepository1.0-dev libcairo2-dev pkg-config
+
+# What `up` needs from the system: a dbus-daemon for the private session bus, libostree for
+# the updater
 up-deps:
-    scripts/install-test-deps --only dbus-daemon
+    scripts/install-test-deps --only dbus-daemon ostree gir1.2-ostree-1.0
 
 # Install the system packages the tests drive (apt; skipped when all are present)
 test-deps:
