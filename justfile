@@ -33,9 +33,11 @@ build-deps:
 up-deps:
     scripts/install-test-deps --only dbus-daemon ostree gir1.2-ostree-1.0
 
-# Install the system packages the tests drive (apt; skipped when all are present)
+# Install the system packages the tests drive (apt; skipped when all are present), then the npm
+# parts from their committed lockfiles (npm ci; skipped while node_modules matches the lockfile)
 test-deps:
     scripts/install-test-deps
+    scripts/install-node-deps
 
 # Everything: all tiers (with branch coverage), then the fast tiers on the image's Python
 # (3.13), lint and gen check
