@@ -24,7 +24,8 @@ import logging
 import socket
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any
 
 from libkiki.admission import (
     ACCEPT_BACKOFF,
@@ -116,6 +117,28 @@ class Gate:
 
     def release(self, ticket: Ticket) -> None:
         self.admission.release(ticket)
+
+    def start(
+        self,
+        tg: asyncio.TaskGroup,
+        conn: socket.socket,
+        ticket: Ticket,
+        serve: Coroutine[Any, Any, None],
+        *,
+        name: str | None = None,
+    ) -> asyncio.Task[None]:
+        """Run ``serve`` (the admitted connection's work) in ``tg``; however its task ends, the
+        ticket is released and ``conn`` closed. A task cancelled before its first step (a
+        server stopping right after ``accept()``) never runs the coroutine's own ``finally``:
+        without this the connection would count against the limits, and its peer wait, for ever."""
+        task = tg.create_task(serve, name=name)
+
+        def done(_: asyncio.Task[None]) -> None:
+            self.release(ticket)  # releasing twice is harmless
+            conn.close()  # so is closing a socket its transport already closed
+
+        task.add_done_callback(done)
+        return task
 
     def close(self) -> None:
         """The listener stops: say what the log budget still held back."""
@@ -224,7 +247,9 @@ async def serve_stream(
         def on_accept(conn: socket.socket) -> None:
             ticket = gate.admit(conn, tg)
             if ticket is not None:
-                tg.create_task(_run_connection(handler, conn, ticket, gate, live, counters))
+                gate.start(
+                    tg, conn, ticket, _run_connection(handler, conn, ticket, gate, live, counters)
+                )
 
         acceptor = tg.create_task(accept_forever(listener, on_accept, counters))
         try:

@@ -115,7 +115,9 @@ class RpcServer:
         ticket = self.gate.admit(conn_sock, self._tg)
         if ticket is None:
             return
-        task = self._tg.create_task(self._serve(conn_sock, ticket), name="rpc-connection")
+        task = self.gate.start(
+            self._tg, conn_sock, ticket, self._serve(conn_sock, ticket), name="rpc-connection"
+        )
         self._setting_up.add(task)
         task.add_done_callback(self._setting_up.discard)
 
