@@ -256,7 +256,12 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000,10000")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--updates", type=int, default=300)
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke run: 1000 nodes, 2 repeats, 50 updates"
+    )
     args = parser.parse_args()
+    if args.quick:
+        args.sizes, args.repeats, args.updates = "1000", 2, 50
     sizes = [int(s) for s in args.sizes.split(",")]
     print(
         f"a11y-server benchmark: {os.cpu_count()} cpus, {sys.version.split()[0]}, "

@@ -100,7 +100,10 @@ def median_us(func: Callable[[], object], repeats: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 3 repeats")
     args = parser.parse_args()
+    if args.quick:
+        args.repeats = 3
 
     registry = Registry()
     assert registry.load_dir(REPO / "schemas" / "lexicons") == []
