@@ -1,0 +1,139 @@
+"""libostree through GObject introspection, loaded on first use.
+
+``gi`` and the OSTree typelib cost about 200 ms to import: nothing on a path that does not touch
+a repository (``kiki --help``, the service's start, its health answer) may import them, so every
+module reaches them through :func:`lib` and holds the result as ``Any`` (PyGObject ships no
+types for the introspected API).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from libkiki.errors import KikiError
+
+__all__ = [
+    "Lib",
+    "UpdaterError",
+    "commit_dir",
+    "commit_metadata",
+    "fsync_dir",
+    "lib",
+    "open_repo",
+    "variant_dict",
+]
+
+
+class UpdaterError(KikiError):
+    """An OSTree operation failed; the message says which and libostree's reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class Lib:
+    OSTree: Any
+    Gio: Any
+    GLib: Any
+
+
+@functools.cache
+def lib() -> Lib:
+    gi = importlib.import_module("gi")
+    gi.require_version("OSTree", "1.0")
+    return Lib(
+        importlib.import_module("gi.repository.OSTree"),
+        importlib.import_module("gi.repository.Gio"),
+        importlib.import_module("gi.repository.GLib"),
+    )
+
+
+def open_repo(path: Path, mode: str | None = None) -> Any:
+    """Open the repository at ``path``; with ``mode`` (``bare-user-only``, ``archive``) create
+    it first when it does not exist."""
+    L = lib()
+    repo = L.OSTree.Repo.new(L.Gio.File.new_for_path(str(path)))
+    if mode is not None and not (path / "config").exists():
+        path.mkdir(parents=True, exist_ok=True)
+        modes = {
+            "bare-user-only": L.OSTree.RepoMode.BARE_USER_ONLY,
+            "archive": L.OSTree.RepoMode.ARCHIVE,
+        }
+        repo.create(modes[mode], None)
+    repo.open(None)
+    return repo
+
+
+def variant_dict(metadata: dict[str, Any]) -> Any:
+    """``a{sv}`` from plain values: str -> s, bool -> b, int -> t, bytes -> ay."""
+    GLib = lib().GLib
+    out: dict[str, Any] = {}
+    for key, value in metadata.items():
+        if isinstance(value, bool):
+            out[key] = GLib.Variant("b", value)
+        elif isinstance(value, int):
+            out[key] = GLib.Variant("t", value)
+        elif isinstance(value, bytes):
+            out[key] = GLib.Variant("ay", value)
+        else:
+            out[key] = GLib.Variant("s", str(value))
+    return GLib.Variant("a{sv}", out)
+
+
+def commit_dir(
+    repo: Any,
+    tree: Path,
+    ref: str,
+    *,
+    subject: str,
+    metadata: dict[str, Any],
+    parent: str | None = None,
+    timestamp: int | None = None,
+) -> str:
+    """Commit the directory ``tree`` with ``metadata`` and point ``ref`` at it, in one
+    transaction; the commit's checksum. File modes are made canonical (no owners, no setuid)
+    so that any user's checkout of it is the same tree."""
+    L = lib()
+    repo.prepare_transaction(None)
+    try:
+        mtree = L.OSTree.MutableTree.new()
+        modifier = L.OSTree.RepoCommitModifier.new(
+            L.OSTree.RepoCommitModifierFlags.CANONICAL_PERMISSIONS, None
+        )
+        repo.write_directory_to_mtree(L.Gio.File.new_for_path(str(tree)), mtree, modifier, None)
+        _, root = repo.write_mtree(mtree, None)
+        meta = variant_dict(metadata)
+        if timestamp is None:
+            _, checksum = repo.write_commit(parent, subject, "", meta, root, None)
+        else:
+            _, checksum = repo.write_commit_with_time(
+                parent, subject, "", meta, root, timestamp, None
+            )
+        repo.transaction_set_ref(None, ref, checksum)
+        repo.commit_transaction(None)
+    except BaseException:
+        repo.abort_transaction(None)
+        raise
+    return str(checksum)
+
+
+def commit_metadata(repo: Any, checksum: str) -> dict[str, Any]:
+    """The commit's metadata as plain values, with its ``parent`` and ``timestamp``."""
+    L = lib()
+    _, commit, _ = repo.load_commit(checksum)
+    meta: dict[str, Any] = dict(commit.get_child_value(0).unpack())
+    meta["parent"] = L.OSTree.commit_get_parent(commit)
+    meta["timestamp"] = int(L.OSTree.commit_get_timestamp(commit))
+    meta["subject"] = commit.get_child_value(3).unpack()
+    return meta
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,298 @@
+"""The store: one ``bare-user-only`` OSTree repository and the deployments checked out of it.
+
+Layout under the updater's root (``<state>/ostree``)::
+
+    repo/                               the repository (objects, refs, remotes)
+    app/<id>/deploy/<commit>/           a hardlinked checkout: its files are the repo's objects
+    app/<id>/current -> deploy/<commit> swapped by rename(2), then the directory fsync'd
+    app/<id>/data/                      the app's writable state, never inside a deployment
+    app/<id>/origin.json                remote, ref and the history of what was deployed
+    agent/<id>/...                      the same for agents
+
+Refs: ``<kind>/<id>/<arch>/<channel>`` points at the deployed commit, ``kiki/rollback/<kind>/<id>``
+at the previous one, so that ``prune`` keeps every rollback target; a rollback swaps the two.
+Everything here blocks (libostree, fsync): the server runs it in a worker thread.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+
+from kiki_updater.gio import UpdaterError, commit_metadata, fsync_dir, lib, open_repo
+from libkiki.errors import InvalidParams, NotFound
+
+__all__ = ["ARCH", "CrossDevice", "Deployed", "Kind", "NoRollback", "Store", "app_ref"]
+
+Kind = Literal["app", "agent"]
+ID_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,62}(\.[A-Za-z0-9-]{1,63}){1,15}$")
+CHANNEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}.get(
+    platform.machine(), platform.machine()
+)
+HISTORY_MAX = 32
+
+
+class CrossDevice(UpdaterError):
+    """A checkout would have to copy: the deployment directory is on another filesystem."""
+
+
+class NoRollback(NotFound):
+    """There is no previous deployment to go back to."""
+
+
+def check_id(kind: Kind, ident: str) -> None:
+    if kind not in ("app", "agent"):
+        raise InvalidParams(f"unknown kind {kind!r}")
+    if not ID_RE.match(ident):
+        raise InvalidParams(f"{ident!r} is not an {kind} id (a reverse-DNS name)")
+
+
+def app_ref(kind: Kind, ident: str, channel: str = "stable", arch: str = ARCH) -> str:
+    check_id(kind, ident)
+    if not CHANNEL_RE.match(channel):
+        raise InvalidParams(f"{channel!r} is not a channel name")
+    return f"{kind}/{ident}/{arch}/{channel}"
+
+
+@dataclass(frozen=True, slots=True)
+class Deployed:
+    kind: Kind
+    ident: str
+    ref: str
+    commit: str
+    version: str
+    remote: str | None
+    previous: str | None
+    path: Path
+    history: tuple[dict[str, Any], ...] = field(default=())
+
+
+class Store:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.repo_path = root / "repo"
+        self._repo: Any = None
+
+    @property
+    def repo(self) -> Any:
+        """The repository, created ``bare-user-only`` on first use."""
+        if self._repo is None:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._repo = open_repo(self.repo_path, "bare-user-only")
+        return self._repo
+
+    def home(self, kind: Kind, ident: str) -> Path:
+        check_id(kind, ident)
+        return self.root / kind / ident
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def origin(self, kind: Kind, ident: str) -> dict[str, Any] | None:
+        try:
+            data: dict[str, Any] = orjson.loads(
+                (self.home(kind, ident) / "origin.json").read_bytes()
+            )
+        except FileNotFoundError:
+            return None
+        return data
+
+    def current(self, kind: Kind, ident: str) -> str | None:
+        try:
+            target = os.readlink(self.home(kind, ident) / "current")
+        except FileNotFoundError:
+            return None
+        return Path(target).name
+
+    def previous(self, kind: Kind, ident: str) -> str | None:
+        _, rev = self.repo.resolve_rev(rollback_ref(kind, ident), True)
+        return str(rev) if rev else None
+
+    def resolve(self, ref: str) -> str | None:
+        _, rev = self.repo.resolve_rev(ref, True)
+        return str(rev) if rev else None
+
+    def deployed(self, kind: Kind, ident: str) -> Deployed | None:
+        origin = self.origin(kind, ident)
+        commit = self.current(kind, ident)
+        if origin is None or commit is None:
+            return None
+        return Deployed(
+            kind,
+            ident,
+            origin["ref"],
+            commit,
+            str(commit_metadata(self.repo, commit).get("version", "")),
+            origin.get("remote"),
+            self.previous(kind, ident),
+            self.home(kind, ident) / "deploy" / commit,
+            tuple(origin.get("history", ())),
+        )
+
+    def installed(self, kind: Kind) -> Iterator[Deployed]:
+        base = self.root / kind
+        if not base.is_dir():
+            return
+        for entry in sorted(base.iterdir()):
+            if ID_RE.match(entry.name) and (found := self.deployed(kind, entry.name)):
+                yield found
+
+    # -- changing ------------------------------------------------------------------------------
+
+    def checkout(self, kind: Kind, ident: str, commit: str) -> Path:
+        """The deployment of ``commit``, checked out (hardlinks only) if it is not yet."""
+        home = self.home(kind, ident)
+        deploy = home / "deploy"
+        final = deploy / commit
+        if final.is_dir():
+            return final
+        deploy.mkdir(parents=True, exist_ok=True)
+        if os.stat(deploy).st_dev != os.stat(self.repo_path).st_dev:
+            raise CrossDevice(
+                f"{deploy} is on another filesystem than the repository: a checkout would copy"
+            )
+        partial = deploy / f".partial-{commit}"
+        if partial.exists():  # left by a run that was killed mid-checkout
+            shutil.rmtree(partial)
+        L = lib()
+        options = L.OSTree.RepoCheckoutAtOptions()
+        options.mode = 1  # OSTREE_REPO_CHECKOUT_MODE_USER; the enum does not assign here
+        options.no_copy_fallback = True
+        fd = os.open(deploy, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            self.repo.checkout_at(options, fd, partial.name, commit, None)
+        except L.GLib.Error as exc:
+            shutil.rmtree(partial, ignore_errors=True)
+            if "across devices" in exc.message:
+                raise CrossDevice(f"checkout of {commit[:12]} would copy: {exc.message}") from None
+            raise UpdaterError(f"checkout of {commit[:12]} failed: {exc.message}") from None
+        finally:
+            os.close(fd)
+        os.rename(partial, final)
+        fsync_dir(deploy)
+        return final
+
+    def swap(self, kind: Kind, ident: str, commit: str) -> None:
+        """Point ``current`` at ``deploy/<commit>``: one rename(2), then the directory fsync."""
+        home = self.home(kind, ident)
+        tmp = home / f".current-{os.getpid()}"
+        tmp.unlink(missing_ok=True)
+        os.symlink(f"deploy/{commit}", tmp)
+        os.replace(tmp, home / "current")
+        fsync_dir(home)
+
+    def set_refs(self, kind: Kind, ident: str, ref: str, commit: str, previous: str | None) -> None:
+        repo = self.repo
+        repo.prepare_transaction(None)
+        try:
+            repo.transaction_set_ref(None, ref, commit)
+            repo.transaction_set_ref(None, rollback_ref(kind, ident), previous)
+            repo.commit_transaction(None)
+        except BaseException:
+            repo.abort_transaction(None)
+            raise
+
+    def write_origin(self, kind: Kind, ident: str, origin: dict[str, Any]) -> None:
+        home = self.home(kind, ident)
+        tmp = home / ".origin.json.tmp"
+        with tmp.open("wb") as f:
+            f.write(orjson.dumps(origin, option=orjson.OPT_INDENT_2))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, home / "origin.json")
+        fsync_dir(home)
+
+    def deploy(
+        self, kind: Kind, ident: str, ref: str, commit: str, *, remote: str | None, action: str
+    ) -> Deployed:
+        """Check ``commit`` out and make it current; the deployed one before becomes the
+        rollback target. Deployments older than those two are removed."""
+        before = self.current(kind, ident)
+        path = self.checkout(kind, ident, commit)
+        (self.home(kind, ident) / "data").mkdir(mode=0o700, exist_ok=True)
+        self.swap(kind, ident, commit)
+        previous = before if before != commit else self.previous(kind, ident)
+        self.set_refs(kind, ident, ref, commit, previous)
+        self.record(kind, ident, ref, commit, remote=remote, action=action)
+        self.clean(kind, ident, keep={commit, previous})
+        found = self.deployed(kind, ident)
+        if found is None or found.path != path:
+            raise UpdaterError(f"{kind} {ident}: {commit[:12]} was deployed but is not current")
+        return found
+
+    def record(
+        self, kind: Kind, ident: str, ref: str, commit: str, *, remote: str | None, action: str
+    ) -> None:
+        origin = self.origin(kind, ident) or {"history": []}
+        meta = commit_metadata(self.repo, commit)
+        entry = {
+            "commit": commit,
+            "version": str(meta.get("version", "")),
+            "action": action,
+            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        history = [entry, *origin.get("history", [])][:HISTORY_MAX]
+        self.write_origin(kind, ident, {"remote": remote, "ref": ref, "history": history})
+
+    def rollback(self, kind: Kind, ident: str, *, action: str = "rollback") -> Deployed:
+        """Swap ``current`` and the ref back to the rollback target (no network); the commit
+        rolled back from becomes the target, so a second rollback undoes the first."""
+        found = self.deployed(kind, ident)
+        if found is None:
+            raise NotFound(f"{kind} {ident} is not installed")
+        if found.previous is None:
+            raise NoRollback(f"{kind} {ident} has no previous deployment")
+        target, now = found.previous, found.commit
+        self.checkout(kind, ident, target)  # normally still there: kept by clean()
+        self.swap(kind, ident, target)
+        self.set_refs(kind, ident, found.ref, target, now)
+        self.record(kind, ident, found.ref, target, remote=found.remote, action=action)
+        return self.deployed(kind, ident) or found
+
+    def clean(self, kind: Kind, ident: str, keep: set[str | None]) -> None:
+        deploy = self.home(kind, ident) / "deploy"
+        for entry in deploy.iterdir():
+            if entry.name not in keep:
+                shutil.rmtree(entry, ignore_errors=True)
+
+    def remove(self, kind: Kind, ident: str, *, keep_data: bool = False) -> None:
+        """Remove the deployments, the refs and (unless ``keep_data``) ``data/``; the objects go
+        at the next :meth:`prune`."""
+        found = self.deployed(kind, ident)
+        home = self.home(kind, ident)
+        if found is None and not home.exists():
+            raise NotFound(f"{kind} {ident} is not installed")
+        (home / "current").unlink(missing_ok=True)
+        fsync_dir(home)
+        repo = self.repo
+        refs = {rollback_ref(kind, ident)} | ({found.ref} if found else set())
+        for ref in refs:
+            repo.set_ref_immediate(None, ref, None, None)
+        for entry in home.iterdir():
+            if entry.name == "data" and keep_data:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        if not keep_data:
+            home.rmdir()
+
+    def prune(self) -> tuple[int, int]:
+        """Delete every object no ref reaches (remote-tracking refs included): (objects, bytes)."""
+        L = lib()
+        _, _total, pruned, size = self.repo.prune(L.OSTree.RepoPruneFlags.REFS_ONLY, -1, None)
+        return int(pruned), int(size)
+
+
+def rollback_ref(kind: Kind, ident: str) -> str:
+    return f"kiki/rollback/{kind}/{ident}"
