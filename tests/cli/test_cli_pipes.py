@@ -267,12 +267,56 @@ def test_mcp_whose_host_closed_stdout_exits_0(broker: tuple[Path, Any]) -> None:
     [["--help"], ["--version"], ["schema", "lint", str(REPO / "schemas" / "lexicons")]],
     ids=["help", "version", "schema-lint"],
 )
-def test_output_that_cannot_be_written_is_one_line_and_status_1(args: list[str]) -> None:
+@pytest.mark.parametrize("unbuffered", [False, True], ids=["buffered", "unbuffered"])
+def test_output_that_cannot_be_written_is_one_line_and_status_1(
+    args: list[str], unbuffered: bool
+) -> None:
     # A full disk is not a reader gone away: it is said, once, and the command fails (it was
-    # two chained tracebacks and status 120).
+    # two chained tracebacks and status 120). Unbuffered, the write fails at the print itself.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = "1"
     with open("/dev/full", "wb") as full:
         result = subprocess.run(
-            [str(VENV_BIN / "kiki"), *args], stdout=full, stderr=subprocess.PIPE, timeout=60
+            [str(VENV_BIN / "kiki"), *args],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            env=env,
+            timeout=60,
         )
     assert result.returncode == 1
     assert result.stderr.decode() == "kiki: cannot write the output: No space left on device\n"
+
+
+@pytest.mark.parametrize("unbuffered", [True, False])
+def test_unbuffered_output_stays_unbuffered_under_the_pipe_guard(
+    unbuffered: bool, tmp_path: Path
+) -> None:
+    # A command's partial line (no newline, the process still running) reaches the pipe at once
+    # when Python runs unbuffered, as it would without the guard; buffered, it waits.
+    script = (
+        "import sys\n"
+        "from kiki_cli.common import quiet_pipes\n"
+        "with quiet_pipes():\n"
+        "    sys.stdout.write('partial')\n"
+        "    sys.stdin.read()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = "1"
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "python"), "-c", script],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=env,
+    )
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    try:
+        # Unbuffered: the bytes come; buffered: nothing comes while it waits on its stdin.
+        ready, _, _ = select.select([proc.stdout], [], [], DEADLINE if unbuffered else 1.0)
+        assert bool(ready) is unbuffered
+    finally:
+        proc.stdin.close()
+        assert proc.wait(timeout=DEADLINE) == 0
+    assert proc.stdout.read() == b"partial"

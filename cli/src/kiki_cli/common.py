@@ -74,6 +74,7 @@ class _PipeEnd(io.FileIO):
     for an error worth a message."""
 
     discard = False  # set once a write failed for good: what is left goes nowhere
+    error: OSError | None = None  # why (a full disk, an I/O error), said once on fd 2
 
     def write(self, data: ReadableBuffer, /) -> int:
         if self.discard:
@@ -82,6 +83,13 @@ class _PipeEnd(io.FileIO):
             return super().write(data)
         except BrokenPipeError:
             reader_gone()
+        except OSError as exc:
+            # Said here, where buffered and unbuffered output both fail (at a flush, or at the
+            # print itself), and the command goes on to its end; it then exits with status 1.
+            self.error, self.discard = exc, True
+            with contextlib.suppress(OSError):
+                os.write(2, f"kiki: cannot write the output: {exc.strerror or exc}\n".encode())
+            return memoryview(data).nbytes
 
 
 def reader_gone() -> NoReturn:
@@ -109,8 +117,12 @@ def _guarded(stream: TextIO, fd: int) -> TextIO:
         stream.flush()
     except (OSError, ValueError):
         return stream
+    raw = _PipeEnd(fd, "w", closefd=False)
+    # Unbuffered (python -u, PYTHONUNBUFFERED): the interpreter's stream writes straight to the
+    # raw file; so does ours, else a line a pipeline waits for sits in a buffer.
+    buffered = isinstance(stream.buffer, io.BufferedWriter)
     return io.TextIOWrapper(
-        io.BufferedWriter(_PipeEnd(fd, "w", closefd=False)),
+        io.BufferedWriter(raw) if buffered else raw,
         encoding=stream.encoding,
         errors=stream.errors,
         line_buffering=stream.line_buffering,
@@ -140,16 +152,11 @@ def quiet_pipes() -> Iterator[None]:
 
 def _flush(stream: TextIO) -> bool:
     """Flush ``stream`` at the end of a command; whether its output could not be written (a full
-    disk, an I/O error: said in one line on fd 2, and the rest of it dropped)."""
+    disk, an I/O error: said in one line on fd 2 when it happened, and the rest dropped)."""
     try:
         stream.flush()
     except ValueError:  # closed by the command
         return False
-    except OSError as exc:
-        raw = getattr(getattr(stream, "buffer", None), "raw", None)
-        if isinstance(raw, _PipeEnd):
-            raw.discard = True  # else the interpreter's own flush at exit fails once more
-        with contextlib.suppress(OSError):
-            os.write(2, f"kiki: cannot write the output: {exc.strerror or exc}\n".encode())
-        return True
-    return False
+    buffer = getattr(stream, "buffer", None)
+    raw = getattr(buffer, "raw", buffer)
+    return isinstance(raw, _PipeEnd) and raw.error is not None
