@@ -162,9 +162,11 @@ class Subscription(Generic[T]):
         params: dict[str, Any],
         parse: Callable[[Any], T] | None,
         max_queue: int = DEFAULT_MAX_QUEUE,
+        meta: Mapping[str, Any] | None = None,
     ) -> None:
         self.nsid = nsid
         self.params = params
+        self.meta = dict(meta) if meta else None  # the request's _meta (a delegate's person)
         self.id: int | None = None
         self.state: str = "opening"  # as of the last item read
         self.lost = 0  # messages lost so far, as of the last item read
@@ -199,6 +201,8 @@ class Subscription(Generic[T]):
         params: dict[str, Any] = {"nsid": self.nsid}
         if self.params:
             params["params"] = self.params
+        if self.meta:
+            params["_meta"] = self.meta
         router.pending += 1
         try:
             answer = await conn.request(SUBSCRIBE, params)
@@ -492,5 +496,6 @@ class StreamRouter:
         params: Mapping[str, Any],
         parse: Callable[[Any], T] | None,
         max_queue: int,
+        meta: Mapping[str, Any] | None = None,
     ) -> Subscription[T]:
-        return Subscription(self, nsid, dict(params), parse, max_queue)
+        return Subscription(self, nsid, dict(params), parse, max_queue, meta)

@@ -278,6 +278,7 @@ class ToolClient:
         message_type: type[M],
         params: Mapping[str, Any] | None = None,
         max_queue: int = DEFAULT_MAX_QUEUE,
+        on_behalf_of: Mapping[str, str] | None = None,
         **kwparams: Any,
     ) -> Subscription[M]: ...
     @overload
@@ -289,6 +290,7 @@ class ToolClient:
         message_type: None = None,
         params: Mapping[str, Any] | None = None,
         max_queue: int = DEFAULT_MAX_QUEUE,
+        on_behalf_of: Mapping[str, str] | None = None,
         **kwparams: Any,
     ) -> Subscription[Any]: ...
 
@@ -300,6 +302,7 @@ class ToolClient:
         message_type: Any = None,
         params: Mapping[str, Any] | None = None,
         max_queue: int = DEFAULT_MAX_QUEUE,
+        on_behalf_of: Mapping[str, str] | None = None,
         **kwparams: Any,
     ) -> Subscription[Any]:
         """A subscription to the stream ``nsid`` with the lexicon's parameters (``params``
@@ -310,6 +313,10 @@ class ToolClient:
         validates), else into the message type of the first of :attr:`bindings` that has
         ``nsid``, else left as the broker's JSON. ``max_queue`` bounds the items held while the
         reader is behind (the oldest messages go first, told as a ``Lost``).
+        ``on_behalf_of`` (``{"subject": ..., "session": ...}``): the remote person the
+        subscription is for, as for :meth:`call`: accepted from a delegate the broker's policy
+        trusts only (else the opening raises :class:`~libkiki.errors.PermissionDenied`), and
+        the policy then decides for that person.
         """
         if self._conn is None:
             raise KikiError("ToolClient is not connected; use `async with ToolClient()`")
@@ -320,7 +327,8 @@ class ToolClient:
         given = {**(params or {}), **kwparams}
         kind = message_type if message_type is not None else self._binding(nsid)
         parse = _parser(kind) if kind is not None else None
-        return self._streams.subscription(nsid, given, parse, max_queue)
+        meta = None if on_behalf_of is None else {ON_BEHALF_OF_META: dict(on_behalf_of)}
+        return self._streams.subscription(nsid, given, parse, max_queue, meta)
 
     def _binding(self, nsid: str) -> Any:
         for module in self.bindings:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pydantic
 import pytest
 
@@ -216,3 +217,43 @@ def test_a_subscription_must_be_an_async_generator() -> None:
 
     with pytest.raises(TypeError, match="async generator"):
         provider.subscription(TICKS)(not_a_generator)  # type: ignore[type-var]
+
+
+@pytest.mark.parametrize(
+    "cancel",
+    [
+        ("kiki/closeStream", {"stream": 7}),  # its last subscriber left at once
+        ("notifications/cancelled", {"requestId": "open-7", "reason": "cancelled"}),
+    ],
+    ids=["closeStream", "cancelled"],
+)
+async def test_a_stream_cancelled_as_it_opens_never_emits_and_stops(
+    broker: ScriptedBroker, cancel: tuple[str, dict[str, Any]]
+) -> None:
+    probe = Probe()
+    provider = ticks_provider(broker.path, probe)
+    async with provider.connect():
+        conn = await broker.connection()
+        # The openStream and what cancels it come in one write, before any answer.
+        opening: dict[str, Any] = {"jsonrpc": "2.0", "id": "open-7", "method": "kiki/openStream"}
+        opening["params"] = {"stream": 7, "nsid": TICKS}
+        method, params = cancel
+        conn.writer.write(
+            orjson.dumps(opening)
+            + b"\n"
+            + orjson.dumps({"jsonrpc": "2.0", "method": method, "params": params})
+            + b"\n"
+        )
+        await conn.writer.drain()
+        # A generator that had started is cancelled (its finally ran); none is left running.
+        await until(lambda: provider.streams.running == 0, "the stream to stop")
+        if probe.started:
+            async with asyncio.timeout(10):
+                await probe.closed.wait()
+        # Nothing of stream 7 was sent: the next stream's first message is the next message.
+        probe.go.set()
+        answer = await conn.request("kiki/openStream", {"stream": 8, "nsid": TICKS})
+        assert answer["result"] == {}
+        received = await conn.received.get()  # (answers are not queued here)
+        assert received["method"] == "kiki/emit"
+        assert received["params"]["stream"] == 8

@@ -14,11 +14,12 @@ from kiki_tool_broker.config import BrokerConfig
 from kiki_tool_broker.core import BrokerCore
 from kiki_tool_broker.policy import Policy, Rule
 from kiki_tool_broker.schemas import Catalog
-from kiki_tool_broker.streams import OpenUpstream
+from kiki_tool_broker.streams import Audit, OpenUpstream
 from kikitest.broker_lexicons import TICKS_LEXICON, procedure
 from libkiki.errors import Conflict, InvalidParams, NotFound, PermissionDenied
 from libkiki.peer import PeerCred
 from libkiki.principals import Principals, globs
+from libkiki.tools import ON_BEHALF_OF_META
 
 pytestmark = pytest.mark.unit
 
@@ -80,7 +81,7 @@ def test_subscribers_waiting_are_opened_when_their_provider_registers(tmp_path: 
     core.register_all(music, [], lexicons(), subscriptions=[FEED])
     core.unregister_all(music, [], [FEED])
     who = core.identify(ROOT)  # nobody serves it now: root may subscribe all the same
-    subscribed, _ = core.subscribe(who, 7, FEED, {"room": "a"})
+    subscribed, _ = core.subscribe(core.subscriber(who), 7, FEED, {"room": "a"})
     assert subscribed.state == "waiting"
     done = core.register_all(core.provider(MUSIC), [], lexicons(), subscriptions=[FEED])
     assert [type(a) for a in done.actions] == [OpenUpstream]
@@ -95,12 +96,14 @@ def test_subscribing_checks_policy_then_params(tmp_path: Path) -> None:
     core = make_core(tmp_path, Policy(deny=(deny,)))
     core.register_all(core.provider(MUSIC), [], lexicons(), subscriptions=[FEED])
     with pytest.raises(PermissionDenied, match="may not subscribe"):
-        core.subscribe(core.identify(OTHER), 1, FEED, {})
+        core.subscribe(core.subscriber(core.identify(OTHER)), 1, FEED, {})
     with pytest.raises(InvalidParams, match=r"params\.room"):
-        core.subscribe(core.identify(MUSIC), 1, FEED, {"room": 3})
+        core.subscribe(core.subscriber(core.identify(MUSIC)), 1, FEED, {"room": 3})
     with pytest.raises(InvalidParams, match="not a subscription"):
-        core.subscribe(core.identify(MUSIC), 1, PLAY, {})
-    subscribed, actions = core.subscribe(core.identify(MUSIC), 1, FEED, {"room": "b"})
+        core.subscribe(core.subscriber(core.identify(MUSIC)), 1, PLAY, {})
+    subscribed, actions = core.subscribe(
+        core.subscriber(core.identify(MUSIC)), 1, FEED, {"room": "b"}
+    )
     assert subscribed.state == "opening"
     assert isinstance(actions[0], OpenUpstream)
     assert actions[0].params == {"room": "b"}
@@ -145,6 +148,38 @@ def test_a_rule_keeping_a_caller_from_the_audit_log_keeps_it_from_its_stream(
     core = make_core(tmp_path, Policy(allow=(allow,), deny=(deny,)))
     core.declare_own_streams(["dev.kiki.tools.subscribeAudit"])
     with pytest.raises(PermissionDenied, match=r"shows what dev\.kiki\.tools\.readAuditLog does"):
-        core.subscribe(core.identify(OTHER), 1, "dev.kiki.tools.subscribeAudit", {})
-    subscribed, _ = core.subscribe(core.identify(ROOT), 1, "dev.kiki.tools.subscribeAudit", {})
+        core.subscribe(
+            core.subscriber(core.identify(OTHER)), 1, "dev.kiki.tools.subscribeAudit", {}
+        )
+    subscribed, _ = core.subscribe(
+        core.subscriber(core.identify(ROOT)), 1, "dev.kiki.tools.subscribeAudit", {}
+    )
     assert subscribed.state == "opening"  # root may: the stream opens
+
+
+def test_a_delegates_subscription_is_decided_for_the_person_it_names(tmp_path: Path) -> None:
+    delegate = Principals.parse(["uid:1001"])
+    alice = Rule(Principals.parse(["remote:alice"]), globs([FEED]), True, frozenset({"subscribe"}))
+    core = make_core(tmp_path, Policy(allow=(alice,), delegate=(delegate,)))
+    core.register_all(core.provider(MUSIC), [], lexicons(), subscriptions=[FEED])
+    relay = core.identify(OTHER)
+    person = {ON_BEHALF_OF_META: {"subject": "alice", "session": "phone"}}
+    subscriber = core.subscriber(relay, person)
+    assert subscriber.on_behalf_of == {"subject": "alice", "session": "phone"}
+    assert subscriber.view == relay.view  # the audit's caller is the relay, as the kernel says
+    _, actions = core.subscribe(subscriber, 1, FEED, {})
+    [audit] = [a for a in actions if isinstance(a, Audit)]
+    assert audit.caller == subscriber  # its lines (subscribe, and the end) name both
+    # Bob has no rule: the relay's own defaults (uid 1001 may subscribe to queries' streams in
+    # the default group, or not) never reach a remote person.
+    bob = core.subscriber(relay, {ON_BEHALF_OF_META: {"subject": "bob"}})
+    with pytest.raises(PermissionDenied, match=r"remote:bob \(relayed by"):
+        core.subscribe(bob, 1, FEED, {})
+    # Only a trusted delegate may name someone; a malformed person is bad params.
+    with pytest.raises(PermissionDenied, match="not a trusted delegate") as info:
+        core.subscriber(core.identify(MUSIC), person)
+    assert info.value.data == {"rule": "onBehalfOf"}
+    with pytest.raises(InvalidParams):
+        core.subscriber(relay, {ON_BEHALF_OF_META: {"subject": ""}})
+    # Without a person, the relay subscribes as itself.
+    assert core.subscriber(relay, {}).on_behalf_of is None

@@ -7,16 +7,17 @@ from __future__ import annotations
 import asyncio
 import pwd
 import subprocess
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from kikitest.broker_lexicons import COUNT, ECHO, LEXICONS
+from kikitest.broker_lexicons import COUNT, ECHO, LEXICONS, TICKS, TICKS_LEXICON
 from kikitest.second_user import open_to_others, run_as
 from libkiki.audit import read_entries, verify
 from libkiki.errors import KikiError, PermissionDenied
-from libkiki.tools import ON_BEHALF_OF_META, ToolCall, ToolClient, ToolProvider
+from libkiki.tools import ON_BEHALF_OF_META, StreamContext, ToolCall, ToolClient, ToolProvider
 
 pytestmark = pytest.mark.integration
 
@@ -35,6 +36,11 @@ tools = ["{COUNT}"]
 [[allow]]
 principals = ["remote:*"]
 tools = ["dev.kiki.service.getInfo"]
+
+[[allow]]
+principals = ["remote:alice"]
+tools = ["{TICKS}"]
+access = ["subscribe"]
 """
 ALICE = {"subject": "alice", "session": "phone-1"}
 
@@ -52,7 +58,7 @@ def delegating_broker(sockdir: Path, spawn_service: Any) -> Any:
 
 
 def provider(path: Path, seen: list[dict[str, Any]]) -> ToolProvider:
-    tools = ToolProvider(path, lexicons=LEXICONS)
+    tools = ToolProvider(path, lexicons=[*LEXICONS, TICKS_LEXICON])
 
     @tools.tool(ECHO)
     async def echo(args: dict[str, Any], call: ToolCall) -> dict[str, Any]:
@@ -63,6 +69,11 @@ def provider(path: Path, seen: list[dict[str, Any]]) -> ToolProvider:
     async def count(args: dict[str, Any], call: ToolCall) -> dict[str, Any]:
         seen.append(dict(call.request.meta or {}))
         return {"text": str(args["to"])}
+
+    @tools.subscription(TICKS)
+    async def ticks(params: dict[str, Any], stream: StreamContext) -> AsyncIterator[dict[str, Any]]:
+        yield {"n": 1}
+        await asyncio.Event().wait()  # until closed
 
     return tools
 
@@ -134,6 +145,15 @@ def test_an_untrusted_process_naming_a_person_is_refused_and_audited(
                 return {"code": exc.jsonrpc_code, "message": exc.message, "data": exc.data}
             return {"code": None}
 
+    async def attack_stream() -> dict[str, Any]:
+        async with ToolClient(path) as client:
+            try:
+                async with client.subscribe(TICKS, on_behalf_of=ALICE):
+                    pass
+            except KikiError as exc:
+                return {"code": exc.jsonrpc_code, "message": exc.message, "data": exc.data}
+            return {"code": None}
+
     refused = run_as(attacker, attack)
     assert refused["code"] == -32003, refused
     assert "not a trusted delegate" in refused["message"]
@@ -142,3 +162,39 @@ def test_an_untrusted_process_naming_a_person_is_refused_and_audited(
     [entry] = [e for e in read_entries(log) if e["caller"]["uid"] == attacker.pw_uid]
     assert (entry["outcome"], entry["code"]) == ("denied", -32003)
     assert "onBehalfOf" not in entry  # it was nobody's word for who it was
+    # A subscription is refused exactly as a call is.
+    refused = run_as(attacker, attack_stream)
+    assert (refused["code"], refused["data"]) == (-32003, {"rule": "onBehalfOf"}), refused
+    assert "not a trusted delegate" in refused["message"]
+    [_, entry] = [e for e in read_entries(log) if e["caller"]["uid"] == attacker.pw_uid]
+    assert (entry["tool"], entry["event"], entry["outcome"]) == (TICKS, "subscribe", "denied")
+    assert "onBehalfOf" not in entry
+
+
+async def test_a_trusted_delegate_subscribes_for_the_remote_person_and_both_are_audited(
+    delegating_broker: Path, sockdir: Path
+) -> None:
+    path = delegating_broker
+    async with asyncio.timeout(20), provider(path, []).connect(), ToolClient(path) as relay:
+        async with relay.subscribe(TICKS, on_behalf_of=ALICE) as stream:
+            assert await anext(stream.messages()) == {"n": 1}
+        # Bob has no rule: refused, though the relay itself (root) could subscribe.
+        with pytest.raises(PermissionDenied, match="remote:bob"):
+            async with relay.subscribe(TICKS, on_behalf_of={"subject": "bob"}):
+                pass
+        async with relay.subscribe(TICKS) as own:  # the relay for itself: root's defaults
+            assert await anext(own.messages()) == {"n": 1}
+    log = sockdir / "state" / "audit.jsonl"
+    assert list(verify(log)) == []
+    lines = [
+        (e["event"], e["outcome"], e.get("reason"), e.get("onBehalfOf"), e["caller"]["uid"])
+        for e in read_entries(log)
+        if e["tool"] == TICKS
+    ]
+    assert lines == [
+        ("subscribe", "ok", None, ALICE, 0),
+        ("unsubscribe", "ok", "unsubscribed", ALICE, 0),
+        ("subscribe", "denied", None, {"subject": "bob"}, 0),
+        ("subscribe", "ok", None, None, 0),
+        ("unsubscribe", "ok", "unsubscribed", None, 0),
+    ]

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
+from kikitest import until
 from kikitest.broker_fixtures import RawPeer, RpcFailed, broker_rss_kib
 from kikitest.broker_lexicons import ECHO, LEXICONS, TICKS, TICKS_LEXICON
 from libkiki.audit import read_entries
@@ -191,6 +192,30 @@ async def test_a_refused_upstream_ends_its_subscribers(broker: Broker) -> None:
         assert info.value.code == -32004
 
 
+async def test_a_stream_cancelled_before_it_went_live_is_closed_at_the_provider(
+    broker: Broker,
+) -> None:
+    path, _ = broker
+    async with asyncio.timeout(20), await provider(path) as prov, await RawPeer.open(path) as c:
+        sub = (await subscribe(c))["subscription"]
+        rid, method, opened = await prov.requests.get()
+        assert method == "kiki/openStream"  # not answered: the upstream is still opening
+        await c.request("kiki/unsubscribe", {"subscription": sub})
+        # The provider is told both ways: its openStream request is cancelled, and the stream
+        # closed in case it had started it (its answer may be on the way).
+        told = sorted([await prov.notes.get(), await prov.notes.get()], key=lambda n: n[0])
+        assert told == [
+            ("kiki/closeStream", {"stream": opened["stream"]}),
+            ("notifications/cancelled", {"requestId": rid, "reason": "cancelled"}),
+        ]
+        prov.answer(rid)  # too late: nobody is subscribed, nothing opens
+        emit(prov, opened["stream"], 1)
+        now = await counters(c)
+        assert now["stream_subscriptions"] == now["stream_topics"] == 0
+        assert now["stream_upstreams"] == 0
+        assert now["stream_stale"] == 1  # the emit on the closed stream
+
+
 async def test_a_message_failing_its_lexicon_is_rejected_and_the_provider_told(
     broker: Broker,
 ) -> None:
@@ -302,8 +327,10 @@ def _read_lines(sock: socket.socket, until: Any) -> list[dict[str, Any]]:
 
 
 async def test_a_subscriber_that_vanishes_releases_everything(broker: Broker) -> None:
-    path, _ = broker
+    path, proc = broker
     async with asyncio.timeout(20), await provider(path) as prov, await RawPeer.open(path) as w:
+        await counters(w)  # both connections accepted: the broker's fds as they stay
+        fds = len(os.listdir(f"/proc/{proc.pid}/fd"))
         gone = await RawPeer.open(path)
         sub = (await subscribe(gone))["subscription"]
         stream = await accept_open(prov)
@@ -314,6 +341,7 @@ async def test_a_subscriber_that_vanishes_releases_everything(broker: Broker) ->
         now = await counters(w)
         assert now["stream_subscriptions"] == now["stream_topics"] == 0
         assert now["stream_upstreams"] == now["stream_writers"] == 0
+        await until(lambda: len(os.listdir(f"/proc/{proc.pid}/fd")) == fds, "its fd closed")
 
 
 async def test_ten_thousand_subscribe_unsubscribe_cycles_leave_the_counts_flat(

@@ -75,6 +75,23 @@ class Who:
     forwarded: dict[str, Any]
 
 
+@dataclass(frozen=True, slots=True)
+class Subscriber:
+    """Who holds a subscription, as policy decides for it (re-checked on a reload) and the
+    audit names it: the connection's peer (``view``) and, for a trusted delegate's
+    subscription, the remote person it relays for (``on_behalf_of``, then the one decided
+    for)."""
+
+    caller: Caller
+    view: dict[str, Any]
+    on_behalf_of: dict[str, Any] | None
+
+    def describe(self) -> str:
+        asker = self.caller.cred.describe()
+        remote = self.caller.remote
+        return asker if remote is None else f"{remote} (relayed by {asker})"
+
+
 @dataclass(slots=True)
 class AuditRecord:
     """One audit line, to be written before the answer it goes with (its duration: from
@@ -372,10 +389,19 @@ class BrokerCore:
     def _validate_message(self, nsid: str, message: Any) -> None:
         self.catalog.stream(nsid).validate_message(message)
 
+    def subscriber(self, who: Who, meta: dict[str, Any] | None = None) -> Subscriber:
+        """Who a ``kiki/subscribe`` is decided and audited for: the caller, or the remote
+        person a trusted delegate names in ``meta`` (as for a call: refused from anyone else,
+        ``-32003``; malformed, ``-32602``)."""
+        remote = self._remote(who, meta)
+        if remote is None:
+            return Subscriber(who.caller, who.view, None)
+        return Subscriber(Caller(who.cred, remote), who.view, remote.view())
+
     def subscribe(
-        self, who: Who, conn: int, nsid: object, params: object
+        self, subscriber: Subscriber, conn: int, nsid: object, params: object
     ) -> tuple[Subscribed, list[Action]]:
-        """A ``kiki/subscribe``: the NSID must name a subscription lexicon, the caller be
+        """A ``kiki/subscribe``: the NSID must name a subscription lexicon, the subscriber be
         allowed (access kind ``subscribe``) and ``params`` fit the lexicon's parameters."""
         if not isinstance(nsid, str):
             raise InvalidParams("nsid must be a string")
@@ -383,20 +409,20 @@ class BrokerCore:
         if not isinstance(params, dict):
             raise InvalidParams("params must be an object")
         schema = self.catalog.stream(nsid)
-        allowed, reason = self.may_subscribe(who, nsid)
+        allowed, reason = self.may_subscribe(subscriber.caller, nsid)
         if not allowed:
-            raise PermissionDenied(f"{who.cred.describe()} may not subscribe to {nsid}: {reason}")
+            raise PermissionDenied(f"{subscriber.describe()} may not subscribe to {nsid}: {reason}")
         schema.validate_params(params)
-        return self.streams.subscribe(conn, nsid, params, caller=who.view)
+        return self.streams.subscribe(conn, nsid, params, caller=subscriber)
 
-    def may_subscribe(self, who: Who, nsid: str) -> Decision:
+    def may_subscribe(self, caller: Caller, nsid: str) -> Decision:
         served = self.streams.served_by(nsid)
         provider = None if served is None else self.stream_providers.get(served)
         uids = provider.uids if provider is not None else frozenset()
-        decision = self.policy.allows(who.caller, nsid, "subscription", uids)
+        decision = self.policy.allows(caller, nsid, "subscription", uids)
         shown_by = SHOWS_WHAT_A_TOOL_SHOWS.get(nsid)
         if decision[0] and shown_by is not None and provider is self.own:
-            allowed, reason = self.policy.allows(who.caller, shown_by, "query", self.own.uids)
+            allowed, reason = self.policy.allows(caller, shown_by, "query", self.own.uids)
             if not allowed:
                 return False, f"{reason} ({nsid} shows what {shown_by} does)"
         return decision

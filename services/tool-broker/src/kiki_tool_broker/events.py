@@ -37,7 +37,7 @@ from typing import Any, Final
 
 import orjson
 
-from kiki_tool_broker.core import BrokerCore, Who
+from kiki_tool_broker.core import BrokerCore, Subscriber, Who
 from kiki_tool_broker.mcp_resources import ResourceStreams
 from kiki_tool_broker.registry import Provider
 from kiki_tool_broker.results import outcome_of
@@ -123,7 +123,8 @@ class EventStreams:
         self.counters = counters
         self._cids = itertools.count(1)
         self.writers: dict[int, _Writer] = {}  # client connection id -> its writer
-        self.subs: dict[int, Who] = {}  # subscription -> who subscribed (policy reloads)
+        # subscription -> who holds it (re-checked on policy reloads and reopenings)
+        self.subs: dict[int, Subscriber] = {}
         self.sub_nsid: dict[int, str] = {}
         # A provider's stream number (capability) -> (upstream, provider id), and back.
         self.tokens: dict[int, tuple[int, int]] = {}
@@ -167,8 +168,11 @@ class EventStreams:
         audited and raised); its actions are the caller's to carry, once it can route them."""
         who = self.who(request)
         cid = self._cid(request.connection)
+        behalf = None  # the person a trusted delegate names, once it is known to be one
         try:
-            subscribed, actions = self.core.subscribe(who, cid, nsid, params)
+            subscriber = self.core.subscriber(who, request.meta)
+            behalf = subscriber.on_behalf_of
+            subscribed, actions = self.core.subscribe(subscriber, cid, nsid, params)
         except Exception as exc:
             outcome, code = outcome_of(exc)
             self.audit(
@@ -179,9 +183,10 @@ class EventStreams:
                 duration_us=0,
                 arguments=params if isinstance(params, dict) else {},
                 event="subscribe",
+                on_behalf_of=behalf,
             )
             raise
-        self.subs[subscribed.sub] = who
+        self.subs[subscribed.sub] = subscriber
         assert isinstance(nsid, str)
         self.sub_nsid[subscribed.sub] = nsid
         return subscribed, actions
@@ -216,8 +221,8 @@ class EventStreams:
 
     def policy_reloaded(self) -> None:
         """End (``denied``) the subscriptions the policy no longer allows."""
-        for sub, who in list(self.subs.items()):
-            if not self.core.may_subscribe(who, self.sub_nsid[sub])[0]:
+        for sub, subscriber in list(self.subs.items()):
+            if not self.core.may_subscribe(subscriber.caller, self.sub_nsid[sub])[0]:
                 self.carry(self.fanout.end(sub, "denied", "the policy no longer allows it"))
 
     def shutdown(self) -> None:
@@ -289,9 +294,9 @@ class EventStreams:
         provider (whose uids may differ from the last one's): the others end, ``denied``."""
         reopened = {a.nsid for a in actions if isinstance(a, OpenUpstream)}
         ended: list[Action] = []
-        for sub, who in list(self.subs.items()):
+        for sub, subscriber in list(self.subs.items()):
             nsid = self.sub_nsid[sub]
-            if nsid in reopened and not self.core.may_subscribe(who, nsid)[0]:
+            if nsid in reopened and not self.core.may_subscribe(subscriber.caller, nsid)[0]:
                 ended.extend(self.fanout.end(sub, "denied", "the policy does not allow it"))
         if ended:
             # An upstream whose subscribers all ended is closed already: it is not opened at
@@ -372,8 +377,9 @@ class EventStreams:
     def _audit(self, action: Audit) -> None:
         served = self.fanout.served_by(action.nsid)
         provider = None if served is None else self.core.stream_providers.get(served)
+        subscriber: Subscriber = action.caller
         self.audit(
-            caller=action.caller,
+            caller=subscriber.view,
             tool=action.nsid,
             outcome="ok",
             code=None,
@@ -382,6 +388,7 @@ class EventStreams:
             provider=None if provider is None else provider.view,
             event=action.event,
             reason=action.reason,
+            on_behalf_of=subscriber.on_behalf_of,
         )
 
     def _open(self, action: OpenUpstream) -> None:

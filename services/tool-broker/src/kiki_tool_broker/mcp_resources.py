@@ -170,7 +170,10 @@ class ResourceStreams:
         out = []
         for doc in sorted(core.catalog.registry.documents(), key=lambda d: d.id):
             main = doc.defs.get("main")
-            if not isinstance(main, SubscriptionType) or not core.may_subscribe(who, doc.id)[0]:
+            if (
+                not isinstance(main, SubscriptionType)
+                or not core.may_subscribe(who.caller, doc.id)[0]
+            ):
                 continue
             params = main.parameters
             names = list(params.properties) if params is not None else []
