@@ -308,3 +308,54 @@ def test_a_hung_service_is_restarted_by_the_watchdog(
         output = proc.stdout.read()
         proc.stdout.close()
     assert "a11y-server missed its watchdog (2s) and was aborted" in output
+
+
+def _processes_in(rundir: Path) -> list[int]:
+    """Processes whose environment names ``rundir`` as their Kiki runtime directory."""
+    needle = f"KIKI_RUNTIME_DIR={rundir}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if needle in (entry / "environ").read_bytes().split(b"\0"):
+                    found.append(int(entry.name))
+            except OSError:  # gone meanwhile, or not ours to read
+                continue
+    return found
+
+
+def test_up_whose_reader_goes_away_stops_its_services_in_order(
+    sockdir: Path, service_env: dict[str, str], tmp_path: Path
+) -> None:
+    # `kiki up | head -1`: the write after the first line fails; the services it started are
+    # stopped and their sockets removed, as on SIGTERM, and then it ends as cat does.
+    env = dict(service_env)
+    env.pop("DBUS_SESSION_BUS_ADDRESS", None)
+    read, write = os.pipe()
+    with (tmp_path / "stderr").open("wb") as err:
+        proc = subprocess.Popen(
+            [
+                str(VENV_BIN / "kiki"),
+                "up",
+                "tool-broker",
+                "--no-demo",
+                "--runtime-dir",
+                str(sockdir),
+                "--state-dir",
+                str(sockdir / "state"),
+            ],
+            env=env,
+            stdout=write,
+            stderr=err,
+        )
+    os.close(write)
+    try:
+        with os.fdopen(read, "rb") as reader:
+            assert reader.readline().startswith(b"starting 1 services")
+    finally:
+        status = proc.wait(timeout=60)
+    assert status == -signal.SIGPIPE
+    assert "Traceback" not in (tmp_path / "stderr").read_text()
+    assert not list(sockdir.glob("*.sock"))
+    assert not (sockdir / "up.json").exists()
+    assert _processes_in(sockdir) == []

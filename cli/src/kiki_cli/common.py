@@ -10,7 +10,7 @@ import math
 import os
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
@@ -82,7 +82,11 @@ class _PipeEnd(io.FileIO):
         try:
             return super().write(data)
         except BrokenPipeError:
-            reader_gone()
+            if _on_reader_gone is None:
+                reader_gone()
+            self.discard = True
+            _on_reader_gone()
+            return memoryview(data).nbytes
         except OSError as exc:
             # Said here, where buffered and unbuffered output both fail (at a flush, or at the
             # print itself), and the command goes on to its end; it then exits with status 1.
@@ -90,6 +94,24 @@ class _PipeEnd(io.FileIO):
             with contextlib.suppress(OSError):
                 os.write(2, f"kiki: cannot write the output: {exc.strerror or exc}\n".encode())
             return memoryview(data).nbytes
+
+
+# Set by :func:`when_reader_goes`: what a write whose reader went away calls instead of ending.
+_on_reader_gone: Callable[[], object] | None = None
+
+
+@contextlib.contextmanager
+def when_reader_goes(callback: Callable[[], object]) -> Iterator[None]:
+    """Within: a write whose reader went away calls ``callback`` (on every such write; make it
+    idempotent) and drops that output, instead of ending the process then and there. For a
+    command that owns processes (``kiki up``): it stops them in order, then ends as ``cat``
+    would (:func:`reader_gone`)."""
+    global _on_reader_gone
+    saved, _on_reader_gone = _on_reader_gone, callback
+    try:
+        yield
+    finally:
+        _on_reader_gone = saved
 
 
 def reader_gone() -> NoReturn:

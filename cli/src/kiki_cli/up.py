@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from kiki_cli.common import reader_gone, when_reader_goes
 from kiki_cli.launcher.supervisor import Supervisor, UpConfig
 from libkiki.constellation import BY_NAME, DEFAULT_RELAY_HOST, DEFAULT_RELAY_PORT, SERVICES
 from libkiki.paths import runtime_dir, state_dir
@@ -97,4 +98,18 @@ def run(args: argparse.Namespace) -> int:
         demo=args.demo,
         gid=gid,
     )
-    return asyncio.run(Supervisor(config).run())
+    supervisor = Supervisor(config)
+    went = False
+
+    def stop_in_order() -> None:
+        # `kiki up | head -1`: the reader is gone, but the services are ours to stop (in
+        # reverse order, their sockets and the state file removed) before ending as cat does.
+        nonlocal went
+        went = True
+        supervisor.request_stop()
+
+    with when_reader_goes(stop_in_order):
+        status = asyncio.run(supervisor.run())
+    if went:
+        reader_gone()
+    return status

@@ -315,6 +315,10 @@ class Supervisor:
 
     # -- the whole constellation -------------------------------------------------------------
 
+    def request_stop(self) -> None:
+        """Stop as on SIGTERM: the services in reverse order, then the bus (idempotent)."""
+        self._stop.set()
+
     def _say(self, text: str) -> None:
         self.out.write(text + "\n")
         self.out.flush()
