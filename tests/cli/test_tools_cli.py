@@ -67,6 +67,15 @@ def test_list_call_and_log(broker: tuple[Path, Any], sockdir: Path) -> None:
     assert f"app:kiki-tool-broker pid {broker[1].pid}" in info_line
     as_json = json.loads(kiki(*sock, "list", "--json").stdout)
     assert any(t["name"] == "dev.kiki.tools.readAuditLog" for t in as_json)
+    # The event streams served now follow the tools, kind "stream", with their provider.
+    (audit_line,) = [x for x in listed.stdout.splitlines() if "subscribeAudit" in x]
+    assert audit_line.split()[1:4] == ["stream", "app:kiki-tool-broker", "pid"]
+    assert not any("subscribeAudit" in t["name"] for t in as_json)  # tools only, as before
+    streams = kiki(*sock, "streams", "--json")
+    assert streams.returncode == 0, streams.stderr
+    by_nsid = {s["nsid"]: s for s in json.loads(streams.stdout)}
+    assert by_nsid["dev.kiki.tools.subscribeProviders"]["provider"]["pid"] == broker[1].pid
+    assert "dev.kiki.tools.subscribeAudit" in kiki(*sock, "streams").stdout
 
     info = kiki(*sock, "call", "dev.kiki.service.getInfo")
     assert info.returncode == 0, info.stderr

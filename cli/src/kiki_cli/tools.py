@@ -37,12 +37,28 @@ def register(sub: Any) -> None:
 
     ls = cmds.add_parser(
         "list",
-        help="list the tools you may call",
+        help="list the tools you may call (and the event streams you may subscribe to)",
         description="List the tools registered on the broker, built-in and provided, that the "
-        "broker's policy lets you (this user, this process) call; others are left out.",
+        "broker's policy lets you (this user, this process) call; others are left out. Then "
+        "the event streams served now that it lets you subscribe to, of kind 'stream' (as "
+        "'kiki tools streams' lists them), each with its provider.",
     )
-    ls.add_argument("--json", action="store_true", help="the MCP tool descriptors as JSON")
+    ls.add_argument(
+        "--json", action="store_true", help="the MCP tool descriptors as JSON (tools only)"
+    )
     ls.set_defaults(func=run_list)
+
+    streams = cmds.add_parser(
+        "streams",
+        help="list the event streams you may subscribe to",
+        description="List the event streams (lexicon subscriptions) the broker's providers "
+        "serve now that its policy lets you subscribe to, each with its provider "
+        "(kiki/listStreams); watch one with 'kiki events watch NSID'.",
+    )
+    streams.add_argument(
+        "--json", action="store_true", help="{nsid, description, provider} objects as JSON"
+    )
+    streams.set_defaults(func=run_streams)
 
     call = cmds.add_parser(
         "call",
@@ -111,31 +127,63 @@ def _fail(exc: KikiError) -> int:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    async def go() -> list[dict[str, Any]]:
+    async def go() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         async with ToolClient(args.socket) as client:
-            return await client.list()
+            tools = await client.list()
+            return tools, [] if args.json else await client.streams()
 
     try:
-        tools = asyncio.run(go())
+        tools, streams = asyncio.run(go())
     except KikiError as exc:
         return _fail(exc)
     if args.json:
         print(orjson.dumps(tools, option=orjson.OPT_INDENT_2).decode())
         return 0
-    width = max((len(t["name"]) for t in tools), default=4)
-    # Who answers each tool, as the broker's kernel identified it (tools/list's _meta).
-    providers = [_provider(t) for t in tools]
-    pwidth = max((len(p) for p in providers), default=8)
-    for t, provider in zip(tools, providers, strict=True):
-        kind = "query" if t.get("annotations", {}).get("readOnlyHint") else "procedure"
-        desc = (t.get("description") or "").splitlines()[0] if t.get("description") else ""
-        print(f"{t['name']:<{width}}  {kind:<9}  {provider:<{pwidth}}  {desc}")
+    # Who answers each, as the broker's kernel identified it (tools/list's _meta).
+    rows = [
+        (
+            t["name"],
+            "query" if t.get("annotations", {}).get("readOnlyHint") else "procedure",
+            _who(_meta_provider(t)),
+            t.get("description"),
+        )
+        for t in tools
+    ]
+    rows += [(s["nsid"], "stream", _who(s.get("provider")), s.get("description")) for s in streams]
+    _table(rows)
     return 0
 
 
-def _provider(tool: dict[str, Any]) -> str:
+def run_streams(args: argparse.Namespace) -> int:
+    async def go() -> list[dict[str, Any]]:
+        async with ToolClient(args.socket) as client:
+            return await client.streams()
+
+    try:
+        streams = asyncio.run(go())
+    except KikiError as exc:
+        return _fail(exc)
+    if args.json:
+        print(orjson.dumps(streams, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    _table([(s["nsid"], "stream", _who(s.get("provider")), s.get("description")) for s in streams])
+    return 0
+
+
+def _table(rows: list[tuple[str, str, str, Any]]) -> None:
+    width = max((len(r[0]) for r in rows), default=4)
+    pwidth = max((len(r[2]) for r in rows), default=8)
+    for name, kind, provider, description in rows:
+        desc = description.splitlines()[0] if isinstance(description, str) and description else ""
+        print(f"{name:<{width}}  {kind:<9}  {provider:<{pwidth}}  {desc}")
+
+
+def _meta_provider(tool: dict[str, Any]) -> Any:
     meta = tool.get("_meta")
-    view = meta.get("dev.kiki/provider") if isinstance(meta, dict) else None
+    return meta.get("dev.kiki/provider") if isinstance(meta, dict) else None
+
+
+def _who(view: Any) -> str:
     if not isinstance(view, dict):
         return "?"
     return f"{view.get('identity', '?')} pid {view.get('pid', '?')}"

@@ -191,6 +191,21 @@ class ToolClient:
             raise KikiError("ToolClient is not connected; use `async with ToolClient()`")
         return self._conn
 
+    async def streams(self, *, max_pages: int = 1000) -> list[dict[str, Any]]:
+        """The event streams served now that this client may subscribe to (``kiki/listStreams``,
+        following ``nextCursor``): each ``nsid``, ``description`` and ``provider`` (its kernel
+        identity, as :meth:`list` shows a tool's in ``_meta["dev.kiki/provider"]``)."""
+        streams: list[dict[str, Any]] = []
+        params: dict[str, Any] = {}
+        for _ in range(max_pages):
+            result = await self.connection.request("kiki/listStreams", params)
+            streams.extend(result["streams"])
+            cursor = result.get("nextCursor")
+            if not cursor:
+                return streams
+            params = {"cursor": cursor}
+        raise ProtocolError(f"kiki/listStreams did not end within {max_pages} pages")
+
     async def list(self, *, max_pages: int = 1000) -> list[dict[str, Any]]:
         """Every tool, following ``nextCursor`` from page to page."""
         tools: list[dict[str, Any]] = []

@@ -183,3 +183,38 @@ def test_a_delegates_subscription_is_decided_for_the_person_it_names(tmp_path: P
         core.subscriber(relay, {ON_BEHALF_OF_META: {"subject": ""}})
     # Without a person, the relay subscribes as itself.
     assert core.subscriber(relay, {}).on_behalf_of is None
+
+
+def test_the_streams_listing_shows_what_the_caller_may_subscribe_to_and_who_serves_it(
+    tmp_path: Path,
+) -> None:
+    deny = Rule(Principals.parse(["uid:1001"]), globs([FEED]), False, frozenset({"subscribe"}))
+    allow = Rule(Principals.parse(["uid:1001"]), globs(["dev.kiki.tools.*"]), True)
+    apps = tmp_path / "apps"
+    apps.mkdir()
+    (apps / "org.example.Music.json").write_text(json.dumps({"id": "org.example.Music"}))
+    config = BrokerConfig(list_page_size=1)
+    policy = Policy(allow=(allow,), deny=(deny,))
+    core = BrokerCore(config, Catalog.load(), policy, apps_dir=apps, own=BROKER)
+    core.declare_own_streams(["dev.kiki.tools.subscribeProviders"])
+    music = core.provider(MUSIC)
+    core.register_all(music, [], lexicons(), subscriptions=[FEED])
+    root = core.identify(ROOT)
+    first = core.list_streams(root)
+    assert [s["nsid"] for s in first["streams"]] == ["dev.kiki.tools.subscribeProviders"]
+    assert first["streams"][0]["provider"] == core.own.view
+    second = core.list_streams(root, first["nextCursor"])
+    assert second == {
+        "streams": [
+            {"nsid": FEED, "description": feed_lexicon()["defs"]["main"]["description"]}
+            | {"provider": music.view}
+        ]
+    }
+    # What the policy keeps from a caller is left out (OTHER may not subscribe to FEED), and
+    # does not make a page of its own.
+    only = core.list_streams(core.identify(OTHER))
+    assert only == {"streams": [first["streams"][0]]}
+    with pytest.raises(InvalidParams, match="invalid cursor"):
+        core.list_streams(root, "not a cursor!")
+    core.unregister_all(music, [], [FEED])  # withdrawn: no longer listed
+    assert core.list_streams(root, first["nextCursor"]) == {"streams": []}

@@ -473,7 +473,12 @@ async def test_libkiki_client_and_provider_through_the_broker(broker: Broker) ->
                 got.append((item.seq, item.message))
                 if len(got) == 5:
                     break
+        # The listing of streams served now names this one's provider (the broker's own too).
+        listed = {s["nsid"]: s for s in await client.streams()}
     assert got == [(n + 1, {"n": n}) for n in range(5)]
+    assert listed[TICKS]["provider"]["pid"] == os.getpid()
+    assert listed[TICKS]["description"]
+    assert listed["dev.kiki.tools.subscribeAudit"]["provider"]["identity"] == "app:kiki-tool-broker"
 
 
 async def test_a_policy_reload_ends_what_it_now_denies(sockdir: Path, spawn_service: Any) -> None:

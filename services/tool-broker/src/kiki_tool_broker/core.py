@@ -446,6 +446,34 @@ class BrokerCore:
         next_cursor = mcp.encode_cursor(page[-1].nsid) if more else None
         return mcp.list_result([t.mcp() for t in page], modern, next_cursor)
 
+    def list_streams(self, who: Who, cursor: object = None) -> dict[str, Any]:
+        """A ``kiki/listStreams`` page: the event streams served now that this caller may
+        subscribe to, in NSID order, each with its description and its provider (as
+        ``tools/list`` shows a tool's); ``nextCursor`` while more pages remain."""
+        served = self.streams.serving()
+        if cursor is not None:
+            after = mcp.decode_cursor(cursor)
+            if after is None:
+                raise InvalidParams("invalid cursor", data={"cursor": cursor})
+            served = [(n, p) for n, p in served if n > after]
+        page: list[dict[str, Any]] = []
+        size = self.config.list_page_size
+        for nsid, pid in served:
+            if not self.may_subscribe(who.caller, nsid)[0]:
+                continue
+            if len(page) == size:
+                last = page[-1]["nsid"]
+                return {"streams": page, "nextCursor": mcp.encode_cursor(last)}
+            entry: dict[str, Any] = {
+                "nsid": nsid,
+                "description": self.catalog.stream(nsid).description,
+            }
+            provider = self.stream_providers.get(pid)
+            if provider is not None:
+                entry["provider"] = provider.view
+            page.append(entry)
+        return {"streams": page}
+
     # -- calls --------------------------------------------------------------------------------
 
     def call(

@@ -62,6 +62,7 @@ log = logging.getLogger(__name__)
 
 SUBSCRIBE: Final = "kiki/subscribe"
 UNSUBSCRIBE: Final = "kiki/unsubscribe"
+LIST_STREAMS: Final = "kiki/listStreams"
 EVENT: Final = "kiki/event"
 LOST: Final = "kiki/lost"
 STATUS: Final = "kiki/streamStatus"
@@ -139,6 +140,7 @@ class EventStreams:
     def add_methods(self, m: Methods) -> None:
         m.register_sync(SUBSCRIBE, self.subscribe)
         m.register_sync(UNSUBSCRIBE, self.unsubscribe)
+        m.register_sync(LIST_STREAMS, self.list_streams)
         m.inline(EMIT)(self.emit)
         m.inline(END_STREAM)(self.end_stream)
         self.resources.add_methods(m)
@@ -190,6 +192,9 @@ class EventStreams:
         assert isinstance(nsid, str)
         self.sub_nsid[subscribed.sub] = nsid
         return subscribed, actions
+
+    def list_streams(self, request: RequestContext, cursor: Any = None) -> dict[str, Any]:
+        return self.core.list_streams(self.who(request), cursor)
 
     def unsubscribe(self, request: RequestContext, subscription: Any) -> dict[str, Any]:
         if not isinstance(subscription, int) or isinstance(subscription, bool):

@@ -535,6 +535,10 @@ class StreamFanout:
         """The provider that declared ``nsid``, if any."""
         return self._served.get(nsid)
 
+    def serving(self) -> list[tuple[str, ConnId]]:
+        """Every NSID served now, with its provider, in NSID order."""
+        return sorted(self._served.items())
+
     def served(self, provider: ConnId) -> list[str]:
         """The NSIDs ``provider`` declared."""
         return sorted(n for n, p in self._served.items() if p == provider)
