@@ -1,4 +1,8 @@
-"""The gateway's settings: ``/etc/kiki/dbus-gateway.toml`` or ``KIKI_DBUS_GATEWAY_<FIELD>``."""
+"""The gateway's settings: ``/etc/kiki/dbus-gateway.toml`` or ``KIKI_DBUS_GATEWAY_<FIELD>``.
+
+Every field is bounded both ways, so that a typo cannot turn a limit into no limit: a value out
+of range stops the service at start with the field named.
+"""
 
 from __future__ import annotations
 
@@ -19,3 +23,16 @@ class GatewayConfig(ServiceConfig):
     bus_name: str = pydantic.Field(
         default=GATEWAY_BUS_NAME, max_length=255, pattern=BUS_NAME_PATTERN
     )
+    # Offer dev.kiki.media.* on the broker's tools.sock (registering again whenever the broker
+    # comes back); false: the gateway only follows the bus.
+    broker_tools: bool = True
+    # Seconds a player (or any bus peer) has to answer one call before it is a Timeout.
+    call_timeout: float = pydantic.Field(default=2.0, gt=0, le=120)
+    # Players followed at once; a further org.mpris.MediaPlayer2.* name is ignored (logged)
+    # until one goes, so a process claiming names in a loop cannot grow the gateway.
+    max_players: int = pydantic.Field(default=64, ge=1, le=4096)
+    # dev.kiki.media.subscribePlayback: each stream sends at most one message per player per
+    # interval (seconds); a player's changes merge meanwhile.
+    events_interval: float = pydantic.Field(default=0.1, ge=0.01, le=60)
+    # Serve dev.kiki.Tools1 (the broker's tools for D-Bus callers) on the gateway's object.
+    bus_tools: bool = True

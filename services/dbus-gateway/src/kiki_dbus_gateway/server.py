@@ -1,13 +1,17 @@
-"""asyncio layer of the D-Bus gateway: owns its bus name on the session bus.
+"""asyncio layer of the D-Bus gateway: owns its bus name on the session bus, follows the
+media players on it and offers them to the broker.
 
 Its health answer is the D-Bus method ``dev.kiki.Service1.GetInfo() -> a{sv}`` at the object
 path its declaration in :mod:`libkiki.constellation` names (``/dev/kiki/Gateway``), so ``busctl``
 and ``kiki status`` can ask it (the values: :mod:`kiki_dbus_gateway.core`). Ready is only
-signalled once the well-known name is owned, which is when other bus clients can reach it.
+signalled once the well-known name is owned and the players on the bus are listed, which is when
+other bus clients can reach it. The broker may come later, go and come back: the tools are kept
+registered in the background (:meth:`ToolProvider.keep_registered`), never a reason to stop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -20,6 +24,9 @@ from dbus_fast.service import ServiceInterface, method
 
 from kiki_dbus_gateway.config import GatewayConfig
 from kiki_dbus_gateway.core import info_variants
+from kiki_dbus_gateway.media import Players
+from kiki_dbus_gateway.mpris import MprisWatcher
+from kiki_dbus_gateway.tools import make_provider
 from libkiki.constellation import SERVICE_INTERFACE
 from libkiki.errors import AddressInUse, NotFound, Unavailable
 from libkiki.service import ServiceContext
@@ -50,14 +57,26 @@ async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
         bus = await MessageBus(bus_type=BusType.SESSION).connect()
     except (OSError, DBusError) as exc:
         raise Unavailable(f"cannot connect to the session bus: {exc}") from exc
+    players = Players(config.max_players, ctx.counters)
+    watcher = MprisWatcher(bus, players, config.call_timeout, ctx.counters)
+    registering: asyncio.Task[None] | None = None
     try:
         bus.export(object_path, ServiceInfo(ctx))
         reply = await bus.request_name(config.bus_name, NameFlag.DO_NOT_QUEUE)
         if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
             raise AddressInUse(f"the bus name {config.bus_name} is owned by another process")
+        await watcher.start()
+        if config.broker_tools:
+            provider = make_provider(players, watcher, config.events_interval)
+            registering = asyncio.get_running_loop().create_task(provider.keep_registered())
         ctx.status = f"owning {config.bus_name} on the session bus"
         yield
     finally:
+        if registering is not None:
+            registering.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await registering
+        await watcher.stop()
         bus.disconnect()
         # The reader sees EOF when the bus connection closes; collect it so it is not reported
         # as an unretrieved exception.

@@ -1,0 +1,238 @@
+"""asyncio glue for MPRIS: following players on the session bus and calling them.
+
+The watcher adds three match rules (``NameOwnerChanged`` for ``org.mpris.MediaPlayer2.*``,
+``PropertiesChanged`` and ``Seeked`` at ``/org/mpris/MediaPlayer2``) and reads those signals as
+the bus delivers them; the state lives in :class:`~kiki_dbus_gateway.media.Players`. A player is
+asked ``GetAll`` once, when its name gets an owner (and again for an interface whose
+properties it invalidates); after that the gateway only listens.
+
+Calls go to the player's unique name (a name taken over by another process meanwhile never
+gets a call meant for the first) with a deadline: a player that does not answer in
+``call_timeout`` is :class:`~libkiki.errors.Timeout`, one that leaves the bus before answering
+is :class:`~libkiki.errors.PeerGone` (the bus says ``NoReply``; a name with no owner any more
+says ``ServiceUnknown``). Nothing a player sends can raise out of the signal handler: a body of
+the wrong shape is counted (``bad_signals``) and dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from typing import Any, Final
+
+from dbus_fast import Message, MessageType, Variant
+from dbus_fast.aio import MessageBus
+
+from kiki_dbus_gateway.media import (
+    MPRIS_PATH,
+    MPRIS_PREFIX,
+    PLAYER_IFACE,
+    ROOT_IFACE,
+    Player,
+    Players,
+    is_player_name,
+)
+from libkiki.errors import Conflict, KikiError, PeerGone, Timeout, Unavailable
+
+log = logging.getLogger(__name__)
+
+BUS: Final = "org.freedesktop.DBus"
+PROPS: Final = "org.freedesktop.DBus.Properties"
+MATCHES: Final = (
+    f"type='signal',sender='{BUS}',interface='{BUS}',member='NameOwnerChanged',"
+    "arg0namespace='org.mpris.MediaPlayer2'",
+    f"type='signal',interface='{PROPS}',member='PropertiesChanged',path='{MPRIS_PATH}'",
+    f"type='signal',interface='{PLAYER_IFACE}',member='Seeked',path='{MPRIS_PATH}'",
+)
+GONE_ERRORS: Final = frozenset(
+    {
+        "org.freedesktop.DBus.Error.NoReply",
+        "org.freedesktop.DBus.Error.ServiceUnknown",
+        "org.freedesktop.DBus.Error.NameHasNoOwner",
+        "org.freedesktop.DBus.Error.Disconnected",
+    }
+)
+UNSUPPORTED_ERRORS: Final = frozenset(
+    {
+        "org.freedesktop.DBus.Error.UnknownMethod",
+        "org.freedesktop.DBus.Error.NotSupported",
+        "org.freedesktop.DBus.Error.PropertyReadOnly",
+    }
+)
+
+
+async def bus_call(
+    bus: MessageBus,
+    message: Message,
+    timeout: float,  # noqa: ASYNC109 -- the deadline is the call's, as a peer sees it
+    who: str,
+) -> list[Any]:
+    """``message``'s reply body; typed errors for a peer that fails, leaves or never answers."""
+    try:
+        async with asyncio.timeout(timeout):
+            reply = await bus.call(message)
+    except TimeoutError:
+        raise Timeout(
+            f"{who} did not answer {message.member} within {timeout:g}s",
+            data={"error": "Timeout"},
+        ) from None
+    except (EOFError, OSError) as exc:
+        raise Unavailable(f"the session bus connection failed: {exc}") from None
+    if reply.message_type == MessageType.ERROR:
+        name = reply.error_name or ""
+        text = reply.body[0] if reply.body and isinstance(reply.body[0], str) else ""
+        if name in GONE_ERRORS:
+            raise PeerGone(
+                f"{who} left the bus before answering {message.member}", data={"error": "PeerGone"}
+            )
+        if name in UNSUPPORTED_ERRORS:
+            raise Conflict(
+                f"{who} cannot {message.member}: {text[:200]}",
+                data={"error": "NotSupported", "dbusError": name},
+            )
+        raise Unavailable(f"{who} answered {message.member} with {name}: {text[:200]}")
+    return list(reply.body)
+
+
+class MprisWatcher:
+    def __init__(
+        self, bus: MessageBus, players: Players, call_timeout: float, counters: Counter[str]
+    ) -> None:
+        self.bus = bus
+        self.players = players
+        self.call_timeout = call_timeout
+        self.counters = counters
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._refreshing: set[tuple[str, str]] = set()
+
+    async def start(self) -> None:
+        """Listen first, then list: a player appearing in between is seen either way."""
+        self.bus.add_message_handler(self._on_message)
+        for rule in MATCHES:
+            await self._bus_method("AddMatch", "s", [rule])
+        (names,) = await self._bus_method("ListNames", "", [])
+        for name in sorted(n for n in names if isinstance(n, str) and is_player_name(n)):
+            try:
+                (owner,) = await self._bus_method("GetNameOwner", "s", [name])
+            except KikiError:
+                continue  # gone already
+            self._spawn(self._discover(name[len(MPRIS_PREFIX) :], owner))
+
+    async def stop(self) -> None:
+        self.bus.remove_message_handler(self._on_message)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _bus_method(self, member: str, signature: str, body: list[Any]) -> list[Any]:
+        message = Message(
+            destination=BUS,
+            path="/org/freedesktop/DBus",
+            interface=BUS,
+            member=member,
+            signature=signature,
+            body=body,
+        )
+        return await bus_call(self.bus, message, self.call_timeout, "the bus")
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _on_message(self, msg: Message) -> bool:
+        if msg.message_type != MessageType.SIGNAL:
+            return False
+        try:
+            self._on_signal(msg)
+        except (TypeError, ValueError, IndexError, KeyError):
+            self.counters["bad_signals"] += 1
+        return False  # other handlers (dbus-fast's own name cache) see it too
+
+    def _on_signal(self, msg: Message) -> None:
+        member, body = msg.member, msg.body
+        if member == "NameOwnerChanged" and msg.sender == BUS:
+            name, old, new = body
+            if not (isinstance(name, str) and is_player_name(name)):
+                return
+            suffix = name[len(MPRIS_PREFIX) :]
+            if old:
+                self.players.remove(suffix)
+            if new:
+                self._spawn(self._discover(suffix, new))
+            return
+        if msg.path != MPRIS_PATH or not msg.sender:
+            return
+        owned = self.players.owned_by(msg.sender)
+        if not owned:
+            return
+        now = time.monotonic()
+        if member == "PropertiesChanged" and msg.interface == PROPS:
+            iface, changed, invalidated = body
+            if iface not in (ROOT_IFACE, PLAYER_IFACE) or not isinstance(changed, dict):
+                return
+            self.counters["properties_changed"] += 1
+            for player in owned:
+                self.players.update(player, changed, now)
+                if invalidated:
+                    self._refresh(player, iface)
+        elif member == "Seeked" and msg.interface == PLAYER_IFACE:
+            for player in owned:
+                self.players.seeked(player, body[0], now)
+
+    def _refresh(self, player: Player, iface: str) -> None:
+        # One GetAll in flight per player and interface, however often it invalidates.
+        key = (player.name, iface)
+        if key not in self._refreshing:
+            self._refreshing.add(key)
+            self._spawn(self._get_all(player, iface, key))
+
+    async def _get_all(self, player: Player, iface: str, key: tuple[str, str]) -> None:
+        try:
+            body = await self.call(player, PROPS, "GetAll", "s", [iface])
+            if isinstance(body[0], dict):
+                self.players.update(player, body[0], time.monotonic())
+        except KikiError as exc:
+            log.debug("GetAll %s of %s failed: %s", iface, player.name, exc)
+        finally:
+            self._refreshing.discard(key)
+
+    async def _discover(self, name: str, owner: str) -> None:
+        player = self.players.add(name, owner)
+        if player is None:
+            log.warning(
+                "ignoring the player %s: %d players already", name, self.players.max_players
+            )
+            return
+        results = await asyncio.gather(
+            self.call(player, PROPS, "GetAll", "s", [ROOT_IFACE]),
+            self.call(player, PROPS, "GetAll", "s", [PLAYER_IFACE]),
+            return_exceptions=True,
+        )
+        now = time.monotonic()
+        for result in results:
+            if isinstance(result, list) and result and isinstance(result[0], dict):
+                self.players.update(player, result[0], now)
+            else:
+                # Listed all the same, with what it did say: its calls will time out or fail
+                # on their own, typed, and a later PropertiesChanged fills it in.
+                self.counters["discovery_errors"] += 1
+        self.players.announce(name)
+
+    async def call(
+        self, player: Player, interface: str, member: str, signature: str, body: list[Any]
+    ) -> list[Any]:
+        message = Message(
+            destination=player.owner,
+            path=MPRIS_PATH,
+            interface=interface,
+            member=member,
+            signature=signature,
+            body=body,
+        )
+        return await bus_call(self.bus, message, self.call_timeout, f"the player {player.name}")
+
+    async def set_property(self, player: Player, name: str, value: Variant) -> None:
+        await self.call(player, PROPS, "Set", "ssv", [PLAYER_IFACE, name, value])

@@ -1,0 +1,251 @@
+"""Session-wide D-Bus peers for the gateway's tests: one private bus, the broker and the gateway
+on it, and the third-party players (mpv with mpv-mpris).
+
+Starting a bus, a broker, a gateway and mpv costs seconds, so they are shared by every test of
+a run: tests that change a shared player's state set what they need first. Shared through
+:func:`shared` (reference-counted), so a module that imports these fixtures gets the same
+processes as every other one, whether or not the root conftest lists this module as a plugin.
+The bus has no service directories: nothing is activated behind a test's back (the real
+session bus would start dunst or a portal on the first call to its name).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kikitest import VENV_BIN
+
+BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>session</type>
+  <listen>unix:path={path}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow eavesdrop="true"/>
+    <allow own="*"/>
+  </policy>
+</busconfig>
+"""
+HOSTILE = Path(__file__).resolve().parents[1] / "services" / "dbus-gateway" / "hostile_player.py"
+
+_shared: dict[str, tuple[int, Any, contextlib.ExitStack]] = {}
+
+
+@contextlib.contextmanager
+def shared(key: str, make: Callable[[contextlib.ExitStack], Any]) -> Iterator[Any]:
+    """One ``make(stack)`` per key for all holders; the stack closes when the last one lets go."""
+    if key in _shared:
+        count, value, stack = _shared[key]
+        _shared[key] = (count + 1, value, stack)
+    else:
+        stack = contextlib.ExitStack()
+        try:
+            value = make(stack)
+        except BaseException:
+            stack.close()
+            raise
+        _shared[key] = (1, value, stack)
+    try:
+        yield value
+    finally:
+        count, value, stack = _shared[key]
+        if count == 1:
+            del _shared[key]
+            stack.close()
+        else:
+            _shared[key] = (count - 1, value, stack)
+
+
+def stop(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM) -> None:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def wait_ready(notify: socket.socket, proc: subprocess.Popen[Any], log: Path) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(
+                f"{proc.args!r} exited {proc.returncode}: {log.read_text()[-2000:]}"
+            )
+        notify.settimeout(0.2)
+        try:
+            data = notify.recv(4096).decode()
+        except TimeoutError:
+            continue
+        if "READY=1" in data.splitlines():
+            return
+    raise AssertionError(f"{proc.args!r} did not say READY=1: {log.read_text()[-2000:]}")
+
+
+@dataclass
+class Stack:
+    """The bus, and (for ``gateway``) a broker and a gateway on it."""
+
+    dir: Path
+    address: str
+    env: dict[str, str]
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def tools(self) -> Path:
+        return self.dir / "tools.sock"
+
+    def log(self, name: str) -> str:
+        return (self.dir / f"{name}.log").read_text(errors="replace")
+
+    def spawn(self, name: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """A service as systemd would run it, once it said READY=1."""
+        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        path = self.dir / f"notify-{name}"
+        path.unlink(missing_ok=True)
+        notify.bind(str(path))
+        log = self.dir / f"{name}.log"
+        env = dict(self.env, NOTIFY_SOCKET=str(path), **(extra_env or {}))
+        with open(log, "wb") as sink:
+            proc = subprocess.Popen([str(VENV_BIN / f"kiki-{name}")], env=env, stderr=sink)
+        try:
+            wait_ready(notify, proc, log)
+        except BaseException:
+            stop(proc)
+            raise
+        finally:
+            notify.close()
+        self.procs[name] = proc
+        return proc
+
+
+def _bus(stack: contextlib.ExitStack) -> Stack:
+    daemon = shutil.which("dbus-daemon")
+    if daemon is None:
+        pytest.fail("dbus-daemon is not installed (scripts/install-test-deps installs it)")
+    top = Path(tempfile.mkdtemp(prefix="kiki-gw-", dir="/tmp"))
+    stack.callback(shutil.rmtree, top, ignore_errors=True)
+    socket_path = top / "bus"
+    config = top / "bus.conf"
+    config.write_text(BUS_CONFIG.format(path=socket_path))
+    proc = subprocess.Popen(
+        [daemon, f"--config-file={config}", "--print-address=1", "--nofork", "--nopidfile"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    stack.callback(stop, proc)
+    assert proc.stdout is not None
+    address = proc.stdout.readline().strip()
+    assert address, "dbus-daemon printed no address"
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("LISTEN_", "NOTIFY_SOCKET", "WATCHDOG_", "KIKI_", "DBUS_", "DISPLAY"))
+    }
+    home = top / "home"
+    home.mkdir()
+    env.update(
+        DBUS_SESSION_BUS_ADDRESS=address,
+        HOME=str(home),
+        XDG_CONFIG_HOME=str(home / ".config"),
+        XDG_RUNTIME_DIR=str(top),
+        KIKI_RUNTIME_DIR=str(top),
+        KIKI_STATE_DIR=str(top / "state"),
+        KIKI_CONFIG_DIR=str(top / "etc"),
+        KIKI_LOG_LEVEL="DEBUG",
+    )
+    (top / "etc").mkdir()
+    return Stack(top, address, env)
+
+
+def _gateway(stack: contextlib.ExitStack) -> Stack:
+    bus = _bus(stack)
+    for name, extra in (
+        ("tool-broker", {"KIKI_TOOL_BROKER_CALL_TIMEOUT": "5"}),
+        ("dbus-gateway", {"KIKI_DBUS_GATEWAY_CALL_TIMEOUT": "1"}),
+    ):
+        proc = bus.spawn(name, extra)
+        stack.callback(stop, proc)
+    return bus
+
+
+@pytest.fixture(scope="session")
+def gateway_stack() -> Iterator[Stack]:
+    """A private bus with the real broker and gateway on it (the gateway's calls time out
+    after 1 s); shared by the whole run."""
+    with shared("gateway", _gateway) as stack:
+        yield stack
+
+
+def start_mpv(env: dict[str, str], frequency: int = 440, *extra: str) -> subprocess.Popen[bytes]:
+    """mpv playing a generated tone, with Debian's mpv-mpris script (it loads from
+    /etc/mpv/scripts): no media file, no audio device, no window."""
+    mpv = shutil.which("mpv")
+    if mpv is None or not Path("/etc/mpv/scripts/mpris.so").exists():
+        pytest.fail("mpv and mpv-mpris are not installed (scripts/install-test-deps)")
+    return subprocess.Popen(
+        [
+            mpv,
+            "--no-video",
+            "--ao=null",
+            "--idle=no",
+            "--no-terminal",
+            "--loop-playlist=inf",
+            *extra,
+            f"av://lavfi:sine=frequency={frequency}:duration=3600",
+            f"av://lavfi:sine=frequency={frequency * 2}:duration=3600",
+        ],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+@pytest.fixture(scope="session")
+def mpv_player(gateway_stack: Stack) -> Iterator[subprocess.Popen[bytes]]:
+    """One mpv on the gateway's bus (``org.mpris.MediaPlayer2.mpv``), for the whole run."""
+
+    def make(stack: contextlib.ExitStack) -> subprocess.Popen[bytes]:
+        proc = start_mpv(gateway_stack.env)
+        stack.callback(stop, proc)
+        return proc
+
+    with shared("mpv", make) as proc:
+        yield proc
+
+
+def start_hostile(env: dict[str, str], name: str, *modes: str) -> subprocess.Popen[str]:
+    """The hostile test player (``hostile_player.py``): owns ``org.mpris.MediaPlayer2.<name>``
+    and prints ``ready`` once it does; takes commands on stdin (see that file)."""
+    proc = subprocess.Popen(
+        [sys.executable, str(HOSTILE), name, *modes],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if line.strip() != "ready":
+        stop(proc)
+        raise AssertionError(f"the hostile player did not start: {line!r}")
+    return proc
