@@ -13,6 +13,7 @@ from types import FrameType, ModuleType
 from typing import Any
 
 import orjson
+import pydantic
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -335,3 +336,37 @@ def test_a_directory_tree_nested_deeper_than_the_stack_is_walked(
             level.rmdir()
     assert code == 0, said
     assert orjson.loads(said)["documents"] == [NSID]
+
+
+@pytest.mark.parametrize("closed", [True, False])
+def test_a_union_of_one_member_requires_its_type_in_the_binding_as_in_the_validator(
+    tmp_path: Path, closed: bool
+) -> None:
+    # A closed union of one member was generated as the bare model, whose $type defaults:
+    # the binding took a member without $type that the validator refused.
+    union = {"type": "union", "refs": ["#b"], "closed": closed}
+    b = {"type": "object", "properties": {"x": {"type": "integer"}}}
+    raw = {
+        "lexicon": 1,
+        "id": NSID,
+        "defs": {"b": b, "main": {"type": "object", "properties": {"a": union}}},
+    }
+    registry = linted(raw)
+    assert registry is not None
+    model = import_source(generate(registry, command="test"), tmp_path).MODELS[NSID]
+    validator = registry.validator(NSID)
+    for value in ({"a": {"x": 1}}, {"a": {"$type": "org.example.other", "x": 1}}):
+        expected_ok = not closed and value["a"].get("$type") is not None
+        assert valid(lambda v=value: validator.validate(v)) is expected_ok
+        assert valid(lambda v=value: model.model_validate(v)) is expected_ok
+    typed = {"a": {"$type": f"{NSID}#b", "x": 1}}
+    validator.validate(typed)
+    assert model.model_validate(typed).model_dump(by_alias=True)["a"] == typed["a"]
+
+
+def valid(check: Any) -> bool:
+    try:
+        check()
+    except (ValidationError, pydantic.ValidationError):
+        return False
+    return True

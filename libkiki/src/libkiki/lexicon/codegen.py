@@ -52,7 +52,9 @@ __all__ = ["class_name", "generate"]
 # A field named like something its class's annotations use would shadow it there.
 _USED_IN_ANNOTATIONS: Final = {"list", "dict", "string_rule", "bytes_rule", "blob_rule"}
 _RESERVED: Final = (
-    frozenset(dir(BaseModel)) | {"lex_type", "union_discriminator"} | _USED_IN_ANNOTATIONS
+    frozenset(dir(BaseModel))
+    | {"lex_type", "union_discriminator", "only_member"}
+    | _USED_IN_ANNOTATIONS
 )
 
 _PRELUDE: Final = """from __future__ import annotations
@@ -71,6 +73,7 @@ from libkiki.lexicon.runtime import (
     Unknown,
     blob_rule,
     bytes_rule,
+    only_member,
     string_rule,
     union_discriminator,
 )
@@ -198,7 +201,7 @@ class _Writer:
         if not node.closed:
             members.append('Annotated[OpenUnionMember, Tag("$open")]')
         if len(members) == 1:
-            return self.ref(refs[0], seen)
+            return f"Annotated[{self.ref(refs[0], seen)}, only_member({refs[0]!r})]"
         disc = f"union_discriminator({refs!r}, closed={node.closed})"
         return f"Annotated[Union[{', '.join(members)}], {disc}]"
 

@@ -36,6 +36,7 @@ __all__ = [
     "Unknown",
     "blob_rule",
     "bytes_rule",
+    "only_member",
     "string_rule",
     "union_discriminator",
 ]
@@ -201,20 +202,38 @@ def blob_rule(
 OPEN_TAG = "$open"
 
 
+def _lex_type(value: Any) -> str | None:
+    """A union member's ``$type`` (``#main`` dropped), or None without one."""
+    kind = value.get("$type") if isinstance(value, dict) else getattr(value, "lex_type", None)
+    if not isinstance(kind, str):
+        return None
+    return kind[:-5] if kind.endswith("#main") else kind
+
+
 def union_discriminator(refs: tuple[str, ...], *, closed: bool) -> Discriminator:
     """Pick a union member by ``$type``; an open union sends unknown types to
     :class:`OpenUnionMember`, a closed one refuses them."""
     known = frozenset(refs)
 
     def tag(value: Any) -> str | None:
-        kind = value.get("$type") if isinstance(value, dict) else getattr(value, "lex_type", None)
-        if not isinstance(kind, str):
+        kind = _lex_type(value)
+        if kind is None:
             return None
-        if kind.endswith("#main"):
-            kind = kind[:-5]
         if kind in known:
             return kind
         return None if closed else OPEN_TAG
 
     discriminate: Callable[[Any], str | None] = tag
     return Discriminator(discriminate)
+
+
+def only_member(ref: str) -> BeforeValidator:
+    """A closed union of one member: the member itself, with its ``$type`` required, as the
+    validator requires it of every union member (the model alone would default it)."""
+
+    def check(value: Any) -> Any:
+        if _lex_type(value) != ref:
+            raise ValueError(f"$type must be {ref!r}, this union's only member")
+        return value
+
+    return BeforeValidator(check)
