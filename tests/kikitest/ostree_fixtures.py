@@ -9,18 +9,28 @@ from __future__ import annotations
 import functools
 import http.server
 import os
+import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from kiki_updater.publish import Release, publish
+from kiki_updater.signing import sign_commit
+
 __all__ = [
-    "count_requests",
+    "GpgKey",
+    "Served",
+    "gpg_key",
     "make_app_tree",
+    "publish_versions",
     "serve_dir",
+    "stop_gpg_agent",
     "write_manifest",
 ]
 
@@ -50,26 +60,49 @@ def make_app_tree(
     return tree
 
 
-class _Quiet(http.server.SimpleHTTPRequestHandler):
-    counter: dict[str, int]
+@dataclass
+class Served:
+    """What a test server sent: body bytes, and the paths asked for (with their status)."""
+
+    bytes: int = 0
+    paths: list[tuple[str, int]] = field(default_factory=list)
+    # Bytes per second to pace the bodies to (0: as fast as loopback goes).
+    rate: float = 0.0
+
+    def reset(self) -> None:
+        self.bytes = 0
+        self.paths.clear()
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    served: Served
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        self.served.paths.append((self.path, int(code) if str(code).isdigit() else 0))
+
     def copyfile(self, source: Any, outputfile: Any) -> None:
-        # Count what is sent, so that tests and the benchmark can read the bytes a pull took.
-        while chunk := source.read(1 << 16):
+        # Counted (and paced, for a slow link) as it is sent.
+        start = time.monotonic()
+        sent = 0
+        while chunk := source.read(1 << 14):
             outputfile.write(chunk)
-            self.counter["bytes"] += len(chunk)
-        self.counter["requests"] += 1
+            sent += len(chunk)
+            self.served.bytes += len(chunk)
+            if self.served.rate:
+                ahead = sent / self.served.rate - (time.monotonic() - start)
+                if ahead > 0:
+                    time.sleep(ahead)
 
 
 @contextmanager
-def serve_dir(root: Path) -> Iterator[tuple[str, dict[str, int]]]:
-    """A static HTTP server on 127.0.0.1 publishing ``root`` (in a thread): its URL and a
-    counter of bytes and requests served."""
-    counter = {"bytes": 0, "requests": 0}
-    handler = type("Handler", (_Quiet,), {"counter": counter})
+def serve_dir(root: Path, rate: float = 0.0) -> Iterator[tuple[str, Served]]:
+    """A static HTTP server on 127.0.0.1 publishing ``root`` (in a thread): its URL and what it
+    sent; ``rate`` paces the bodies (bytes per second)."""
+    counter = Served(rate=rate)
+    handler = type("Handler", (_Handler,), {"served": counter})
     server = http.server.ThreadingHTTPServer(
         ("127.0.0.1", 0), functools.partial(handler, directory=os.fspath(root))
     )
@@ -83,5 +116,63 @@ def serve_dir(root: Path) -> Iterator[tuple[str, dict[str, int]]]:
         thread.join()
 
 
-def count_requests(counter: dict[str, int]) -> tuple[int, int]:
-    return counter["bytes"], counter["requests"]
+@dataclass(frozen=True)
+class GpgKey:
+    homedir: Path
+    fingerprint: str
+    keyring: Path  # the public key, exported: what a device's remote imports
+
+
+def gpg_key(where: Path, name: str = "Kiki Test") -> GpgKey:
+    """A fresh signing key (no passphrase) in its own GNUPGHOME, with its public key exported."""
+    home = where / "gnupg"
+    home.mkdir(mode=0o700, parents=True)
+    env = {**os.environ, "GNUPGHOME": str(home)}
+
+    def run(argv: list[str]) -> bytes:
+        return subprocess.run(argv, env=env, check=True, capture_output=True, timeout=60).stdout
+
+    run(
+        [
+            "gpg",
+            "--batch",
+            "--passphrase",
+            "",
+            "--quick-gen-key",
+            f"{name} <k@kiki.invalid>",
+            "ed25519",
+            "sign",
+            "never",
+        ]
+    )
+    listing = run(["gpg", "--list-keys", "--with-colons"]).decode()
+    fingerprint = next(
+        line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr")
+    )
+    keyring = where / "trusted.gpg"
+    keyring.write_bytes(run(["gpg", "--export", fingerprint]))
+    return GpgKey(home, fingerprint, keyring)
+
+
+def stop_gpg_agent(key: GpgKey) -> None:
+    subprocess.run(
+        ["gpgconf", "--kill", "all"],
+        env={**os.environ, "GNUPGHOME": str(key.homedir)},
+        check=False,
+        capture_output=True,
+        timeout=30,
+    )
+
+
+def publish_versions(
+    repo: Path, tmp: Path, app_id: str, versions: list[str], *, secret: str | None, files: int = 20
+) -> list[Release]:
+    """Build and publish each version of a small app (each changes one file) to ``repo``."""
+    releases = []
+    tree = make_app_tree(tmp / f"tree-{app_id}", app_id, versions[0], files=files)
+    for version in versions:
+        write_manifest(tree, app_id, version)
+        (tree / "lib" / "m00" / "f00000.py").write_text(f"version {version}\n")
+        sign = (lambda r, c: sign_commit(r, c, secret)) if secret else None
+        releases.append(publish(tree, repo, sign=sign))
+    return releases

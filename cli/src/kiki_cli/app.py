@@ -1,11 +1,15 @@
-"""``kiki app``: check an app directory against the published lexicons, and install it."""
+"""``kiki app``: check an app directory against the published lexicons, install it, and build
+(publish) it to an OSTree archive repository."""
 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from kiki_cli.schema import EXIT_FAILED, EXIT_OK, emit, problem, published
 from libkiki.errors import KikiError
@@ -42,6 +46,31 @@ def register(sub: Any) -> None:
             help="accept incompatible changes to lexicons an earlier version installed",
         )
         cmd.set_defaults(func=func)
+    build = cmds.add_parser(
+        "build",
+        help="publish an app directory to an OSTree archive repository",
+        description="Check an app directory as validate does, then commit it to an archive "
+        "repository (created if missing) as the next release on app/<id>/<arch>/<channel>, "
+        "with the static delta from the previous release and a fresh summary. Any static HTTP "
+        "server can publish the repository.",
+    )
+    build.add_argument("dir", type=Path, metavar="DIR", help="the app directory")
+    build.add_argument("--repo", type=Path, required=True, metavar="REPO", help="archive repo")
+    build.add_argument("--channel", default="stable", help="default: stable")
+    build.add_argument("--arch", default=None, help="default: this machine's")
+    build.add_argument("--sign-key", type=Path, metavar="FILE", help="ed25519 secret key file")
+    build.add_argument("--gpg-key", metavar="KEYID", help="sign commit and summary with GPG")
+    build.add_argument("--gpg-homedir", type=Path, metavar="DIR", help="default: $GNUPGHOME")
+    build.add_argument("--json", action="store_true", help="machine-readable output")
+    build.add_argument(
+        "--lexicons",
+        action="append",
+        type=Path,
+        metavar="DIR",
+        help="published lexicons (as for validate)",
+    )
+    build.add_argument("--allow-breaking", action="store_true", help="as for validate")
+    build.set_defaults(func=run_build)
 
 
 def run_validate(args: argparse.Namespace) -> int:
@@ -89,6 +118,45 @@ def run_install(args: argparse.Namespace) -> int:
             f"bindings: {report.bindings} (import {report.module})",
             f"components: {len(report.components_stored)} stored, "
             f"{len(report.components_shared)} already installed by another app",
+        ],
+    )
+    return EXIT_OK
+
+
+def run_build(args: argparse.Namespace) -> int:
+    registry, _ = published(args)
+    checked = check_app_dir(args.dir, registry, allow_breaking=args.allow_breaking)
+    if not checked.ok:
+        emit(
+            args,
+            {"ok": False, "problems": [problem(e) for e in checked.problems]},
+            [f"refused: {e}" for e in checked.problems],
+        )
+        return EXIT_FAILED
+    # The updater's publishing code runs as its own process: kiki_cli imports no service.
+    argv = [sys.executable, "-m", "kiki_updater.build", str(args.dir), "--repo", str(args.repo)]
+    argv += ["--channel", args.channel]
+    for flag, value in (
+        ("--arch", args.arch),
+        ("--sign-key", args.sign_key),
+        ("--gpg-key", args.gpg_key),
+        ("--gpg-homedir", args.gpg_homedir),
+    ):
+        if value is not None:
+            argv += [flag, str(value)]
+    run = subprocess.run(argv, capture_output=True, check=False)
+    if run.returncode != 0:
+        message = run.stderr.decode(errors="replace").strip() or f"exit {run.returncode}"
+        emit(args, {"ok": False, "problems": [{"message": message}]}, [message])
+        return EXIT_FAILED
+    release = orjson.loads(run.stdout)
+    delta = "delta from " + release["parent"][:12] if release["parent"] else "first release"
+    emit(
+        args,
+        {"ok": True, **release},
+        [
+            f"published {release['appId']} {release['version']} as {release['commit'][:12]} on "
+            f"{release['ref']} ({delta})"
         ],
     )
     return EXIT_OK

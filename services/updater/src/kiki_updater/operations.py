@@ -1,0 +1,185 @@
+"""Install, update and rollback of one app or agent: the steps in their order, blocking.
+
+install/update::
+
+    pull the commit alone -> verify its signature -> pull its content -> check out
+    -> the install step (manifest checks) -> swap ``current`` and the refs -> health check
+    (failed: the previous commit is put back and the failure reported)
+
+A commit that fails verification moves no ref: the remote-tracking ref is put back, the
+deployed ref was never touched, and no content was downloaded. Each phase is reported to
+``phase(name)`` first, so that the server can journal it and send progress.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kiki_updater.gio import UpdaterError, commit_metadata
+from kiki_updater.pull import Remote, ensure_remote, pull
+from kiki_updater.signing import SignatureRefused, verify_commit
+from kiki_updater.store import Deployed, Kind, Store, app_ref
+from libkiki.errors import Conflict, KikiError, NotFound
+
+__all__ = [
+    "AlreadyInstalled",
+    "HealthFailed",
+    "NotInstalled",
+    "Operations",
+    "UpToDate",
+]
+
+Installer = Callable[[Kind, str, Path], None]
+HealthCheck = Callable[[Kind, str, Path], None]
+Phase = Callable[[str, dict[str, Any]], None]
+
+
+class AlreadyInstalled(Conflict):
+    pass
+
+
+class NotInstalled(NotFound):
+    pass
+
+
+class UpToDate(Conflict):
+    pass
+
+
+class HealthFailed(UpdaterError):
+    """The new commit did not pass its health check; the previous one was put back."""
+
+
+def _named(exc: KikiError, name: str) -> KikiError:
+    exc.data = {"error": name, **(exc.data or {})}
+    return exc
+
+
+def _quiet(name: str, info: dict[str, Any]) -> None:
+    pass
+
+
+@dataclass
+class Operations:
+    store: Store
+    install_step: Installer | None = None
+    health: HealthCheck | None = None
+
+    def fetch(
+        self, remote: Remote, ref: str, *, progress: Any = None, phase: Phase = _quiet
+    ) -> str:
+        """Pull and verify the commit ``ref`` names on ``remote``, then its content: the
+        verified commit.
+
+        The commit alone is fetched into a scratch repository first and its signature checked
+        there: a refused commit costs no content download and touches no ref of the store (and
+        libostree would not use a static delta to a commit already present in the store).
+        The content pull is pinned to that checksum."""
+        scratch = self.store.scratch
+        ensure_remote(scratch, remote)
+        phase("pull-commit", {"ref": ref})
+        commit = pull(scratch, remote, ref, commit_only=True)
+        try:
+            phase("verify", {"commit": commit})
+            if remote.gpg_keyring is None or remote.ed25519_keys:
+                verify_commit(scratch, commit, remote.ed25519_keys)
+        finally:
+            scratch.set_ref_immediate(remote.name, ref, None, None)
+        repo = self.store.repo
+        ensure_remote(repo, remote)
+        phase("pull", {"commit": commit})
+        return pull(repo, remote, ref, progress=progress, commit=commit)
+
+    def install(
+        self,
+        kind: Kind,
+        ident: str,
+        remote: Remote,
+        *,
+        channel: str = "stable",
+        update: bool = False,
+        progress: Any = None,
+        phase: Phase = _quiet,
+    ) -> Deployed:
+        store = self.store
+        found = store.deployed(kind, ident)
+        if update and found is None:
+            raise _named(NotInstalled(f"{kind} {ident} is not installed"), "NotInstalled")
+        if not update and found is not None:
+            raise _named(
+                AlreadyInstalled(f"{kind} {ident} is installed ({found.version})"),
+                "AlreadyInstalled",
+            )
+        ref = found.ref if found is not None else app_ref(kind, ident, channel)
+        try:
+            commit = self.fetch(remote, ref, progress=progress, phase=phase)
+        except NotFound as exc:
+            raise _named(exc, "NotFound") from None
+        if found is not None and commit == found.commit:
+            raise _named(UpToDate(f"{kind} {ident} is up to date ({found.version})"), "UpToDate")
+        meta = commit_metadata(store.repo, commit)
+        if meta.get("kiki.id", ident) != ident:
+            raise SignatureRefused(f"{ref} carries {meta.get('kiki.id')!r}, not {ident!r}")
+        return self.deploy(
+            kind,
+            ident,
+            ref,
+            commit,
+            remote=remote.name,
+            action="update" if update else "install",
+            phase=phase,
+        )
+
+    def deploy(
+        self,
+        kind: Kind,
+        ident: str,
+        ref: str,
+        commit: str,
+        *,
+        remote: str | None,
+        action: str,
+        phase: Phase = _quiet,
+    ) -> Deployed:
+        """Check out, run the install step, swap, run the health check (putting the previous
+        commit back when it fails)."""
+        store = self.store
+        before = store.current(kind, ident)
+        phase("checkout", {"commit": commit})
+        path = store.checkout(kind, ident, commit)
+        if self.install_step is not None:
+            phase("install", {"commit": commit})
+            self.install_step(kind, ident, path)
+        phase("swap", {"commit": commit, "previous": before})
+        deployed = store.deploy(kind, ident, ref, commit, remote=remote, action=action)
+        if self.health is not None:
+            phase("health", {"commit": commit})
+            try:
+                self.health(kind, ident, deployed.path)
+            except KikiError as exc:
+                self.undo(kind, ident, before)
+                raise HealthFailed(
+                    f"{kind} {ident} {deployed.version} failed its health check ({exc}); "
+                    + ("the previous commit is back" if before else "it was removed"),
+                    data={"error": "HealthFailed", "commit": commit},
+                ) from None
+        phase("done", {"commit": commit})
+        return deployed
+
+    def undo(self, kind: Kind, ident: str, before: str | None) -> None:
+        """Put ``before`` back (or remove a first install that failed)."""
+        if before is None:
+            self.store.remove(kind, ident, keep_data=True)
+        elif self.store.current(kind, ident) != before:
+            self.store.rollback(kind, ident, action="health-rollback")
+
+    def rollback(self, kind: Kind, ident: str) -> Deployed:
+        if self.store.deployed(kind, ident) is None:
+            raise _named(NotInstalled(f"{kind} {ident} is not installed"), "NotInstalled")
+        try:
+            return self.store.rollback(kind, ident)
+        except NotFound as exc:
+            raise _named(exc, "NoRollback") from None

@@ -1,0 +1,109 @@
+"""Publishing to an archive repository and pulling from it: over HTTP from a static server on
+127.0.0.1 (the delta is used, the summary is updated) and from a local path (untrusted: a
+tampered object is refused)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from kiki_updater.gio import commit_metadata, open_repo
+from kiki_updater.operations import AlreadyInstalled, NotInstalled, Operations, UpToDate
+from kiki_updater.publish import publish
+from kiki_updater.pull import PullFailed, Remote
+from kiki_updater.signing import generate_keypair
+from kiki_updater.store import Store
+from kikitest.ostree_fixtures import make_app_tree, publish_versions, serve_dir
+from libkiki.errors import InvalidParams, NotFound, ValidationError
+
+pytestmark = pytest.mark.integration
+
+APP = "org.example.player"
+SECRET, PUBLIC = generate_keypair()
+
+
+@pytest.fixture
+def published(tmp_path: Path) -> Path:
+    repo = tmp_path / "published"
+    publish_versions(repo, tmp_path, APP, ["1.0"], secret=SECRET, files=200)
+    return repo
+
+
+def ops(tmp_path: Path) -> Operations:
+    return Operations(Store(tmp_path / "device" / "ostree"))
+
+
+def test_a_release_carries_the_manifest_and_the_next_one_a_delta(tmp_path: Path) -> None:
+    repo = tmp_path / "published"
+    one, two = publish_versions(repo, tmp_path, APP, ["1.0", "1.1"], secret=None)
+    assert (one.parent, one.delta) == (None, None)
+    assert two.parent == one.commit
+    assert two.delta == f"{one.commit}-{two.commit}"
+    meta = commit_metadata(open_repo(repo), two.commit)
+    assert (meta["version"], meta["kiki.id"], meta["kiki.kind"]) == ("1.1", APP, "app")
+    assert '"version":"1.1"' in meta["kiki.manifest"]
+    assert (repo / "summary").is_file()
+
+
+def test_a_tree_without_a_manifest_is_not_published(tmp_path: Path) -> None:
+    tree = make_app_tree(tmp_path / "tree", APP, "1.0")
+    (tree / "kiki-app.json").unlink()
+    with pytest.raises(ValidationError):
+        publish(tree, tmp_path / "published")
+
+
+def test_install_and_update_over_http_use_the_static_delta(tmp_path: Path, published: Path) -> None:
+    updater = ops(tmp_path)
+    with serve_dir(published) as (url, served):
+        remote = Remote.of("origin", url, ed25519_keys=(PUBLIC,))
+        first = updater.install("app", APP, remote)
+        assert first.version == "1.0"
+        with pytest.raises(AlreadyInstalled):
+            updater.install("app", APP, remote)
+        with pytest.raises(UpToDate):
+            updater.install("app", APP, remote, update=True)
+        full = served.bytes
+        publish_versions(published, tmp_path / "again", APP, ["1.1"], secret=SECRET, files=200)
+        served.reset()
+        second = updater.install("app", APP, remote, update=True)
+    assert (second.version, second.previous) == ("1.1", first.commit)
+    assert any(path.startswith("/delta-indexes/") or "/deltas/" in path for path, _ in served.paths)
+    assert not any(
+        path.startswith("/objects/") and path.endswith(".filez") for path, _ in served.paths
+    )
+    assert served.bytes < full / 4
+    text = (updater.store.home("app", APP) / "current" / "lib" / "m00" / "f00000.py").read_text()
+    assert text == "version 1.1\n"
+
+
+def test_update_of_an_app_not_installed_and_install_of_an_unknown_ref(
+    tmp_path: Path, published: Path
+) -> None:
+    updater = ops(tmp_path)
+    remote = Remote.of("local", str(published), ed25519_keys=(PUBLIC,))
+    with pytest.raises(NotInstalled):
+        updater.install("app", APP, remote, update=True)
+    with pytest.raises(NotFound):
+        updater.install("app", "org.example.missing", remote)
+
+
+def test_a_local_path_pull_refuses_a_tampered_object(tmp_path: Path, published: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(published, copy)
+    victim = max((copy / "objects").rglob("*.filez"), key=lambda p: p.stat().st_size)
+    data = bytearray(victim.read_bytes())
+    data[-20] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    updater = ops(tmp_path)
+    remote = Remote.of("local", str(copy), ed25519_keys=(PUBLIC,))
+    with pytest.raises(PullFailed):
+        updater.install("app", APP, remote)
+    assert updater.store.current("app", APP) is None
+
+
+def test_a_remote_is_an_http_url_or_an_absolute_path(tmp_path: Path) -> None:
+    assert Remote.of("r", str(tmp_path)).url == tmp_path.as_uri()
+    with pytest.raises(InvalidParams, match="absolute path"):
+        Remote.of("r", "relative/path")
