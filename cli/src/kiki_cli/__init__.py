@@ -31,6 +31,7 @@ GROUPS: dict[str, str] = {
     "mcp": "serve the device's tools over MCP on stdin/stdout",
     "a11y": "the desktop's accessibility trees",
     "sensors": "list, watch and inspect sensors",
+    "session": "list, share and inspect sync sessions",
 }
 
 

@@ -11,7 +11,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request
 
 from kiki_sync_relay.config import RelayConfig
-from kiki_sync_relay.core import Answer, Route, route
+from kiki_sync_relay.core import Answer, Route, route, target
 from libkiki.constellation import spec
 
 pytestmark = pytest.mark.unit
@@ -29,8 +29,8 @@ def test_health_is_answered_however_full_the_relay() -> None:
 
 
 def test_a_websocket_is_upgraded_below_the_limit_and_refused_at_it() -> None:
-    assert route(request("/session", UPGRADE), live=1, max_connections=2) is Route.UPGRADE
-    full = route(request("/session", UPGRADE), live=2, max_connections=2)
+    assert route(request("/session/s1", UPGRADE), live=1, max_connections=2) is Route.UPGRADE
+    full = route(request("/session/s1", UPGRADE), live=2, max_connections=2)
     assert isinstance(full, Answer)
     assert (full.status, full.counter) == (
         http.HTTPStatus.SERVICE_UNAVAILABLE,
@@ -49,6 +49,16 @@ def test_a_plain_request_for_anything_else_is_not_found_and_not_counted_as_refus
     response = answer.response()
     assert response.headers["Content-Type"] == "application/json"
     assert int(response.headers["Content-Length"]) == len(response.body)
+
+
+def test_a_websocket_must_name_a_session() -> None:
+    for path in ("/session", "/session/", "/session/a/b", "/session/" + "x" * 65, "/other/s1"):
+        answer = route(request(path, UPGRADE), live=0, max_connections=2)
+        assert isinstance(answer, Answer), path
+        assert answer.status == http.HTTPStatus.NOT_FOUND
+    assert target("/session/a.B_c-9?token=abc&x=1") == ("a.B_c-9", "abc")
+    assert target("/session/s1") == ("s1", None)
+    assert target("/session/s%2F1") is None
 
 
 def test_the_default_address_is_the_declared_one_and_settings_are_bounded() -> None:

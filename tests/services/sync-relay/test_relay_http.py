@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.http11 import Request
 from websockets.streams import StreamReader
 
@@ -150,13 +150,22 @@ def test_other_plain_requests_are_404_and_websockets_still_open(relay: Any) -> N
     assert _exchange(port, b"", shut=True) == b""
 
     async def websocket_close_code() -> int | None:
-        async with asyncio.timeout(15), connect(f"ws://127.0.0.1:{port}/session") as ws:
+        # A session without a token: the first message must carry one.
+        async with asyncio.timeout(15), connect(f"ws://127.0.0.1:{port}/session/s1") as ws:
+            await ws.send(b"\x00\x00\x01\x00")
             with pytest.raises(ConnectionClosed) as closed:
                 await ws.recv()
             assert closed.value.rcvd is not None
             return closed.value.rcvd.code
 
-    assert asyncio.run(websocket_close_code()) == 1013
+    assert asyncio.run(websocket_close_code()) == 1008
+
+    async def no_session() -> None:
+        async with asyncio.timeout(15), connect(f"ws://127.0.0.1:{port}/session"):
+            pass
+
+    with pytest.raises(InvalidStatus, match="404"):
+        asyncio.run(no_session())
     counters = _health(port)["counters"]
     assert counters.get("refused_requests", 0) == 0
     assert counters["websocket_connections"] == 1

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import socket
+from pathlib import Path
+
 import pydantic
 
+from kiki_sync_relay.limits import Limits
 from libkiki.config import ServiceConfig
 from libkiki.constellation import DEFAULT_RELAY_HOST, DEFAULT_RELAY_PORT
+from libkiki.paths import runtime_dir, state_dir
+from libkiki.sync import ADMIN_SOCKET
 
 
 class RelayConfig(ServiceConfig):
@@ -15,3 +21,42 @@ class RelayConfig(ServiceConfig):
     port: int = pydantic.Field(default=DEFAULT_RELAY_PORT, ge=0, le=65535)
     # The largest WebSocket message it takes, in bytes.
     max_message: int = pydantic.Field(default=1 << 20, ge=1024, le=1 << 26)
+    # Where the documents, the signing key and the revocations live (default: the state
+    # directory's sync-relay/).
+    state: Path | None = None
+    # The admin socket `kiki session` talks to (default: the runtime directory's).
+    admin_socket: Path | None = None
+    # The device id tokens carry as their issuer (default: the host name).
+    device_id: str = pydantic.Field(default_factory=socket.gethostname, min_length=1)
+    # Where a shared session's join URL points (default: ws://<host>:<port> it serves on).
+    public_url: str | None = None
+    max_sessions: int = pydantic.Field(default=1024, ge=1)
+    max_clients: int = pydantic.Field(default=256, ge=1)
+    max_document: int = pydantic.Field(default=64 << 20, ge=1024)
+    # Messages a client may send per second, on average and at once.
+    rate: float = pydantic.Field(default=500.0, gt=0)
+    burst: float = pydantic.Field(default=2000.0, ge=1)
+    # Bytes waiting unsent to one client before it counts as not reading and is dropped.
+    send_buffer: int = pydantic.Field(default=4 << 20, ge=1 << 16)
+    # Seconds a session without clients stays in memory before it hibernates.
+    idle_timeout: float = pydantic.Field(default=30.0, gt=0)
+    # Updates logged before a session's log is compacted into its snapshot.
+    compact_every: int = pydantic.Field(default=1000, ge=1)
+    # Seconds a client has to send its token when the URL carries none.
+    auth_timeout: float = pydantic.Field(default=5.0, gt=0)
+
+    def limits(self) -> Limits:
+        return Limits(
+            max_sessions=self.max_sessions,
+            max_clients=self.max_clients,
+            max_message=self.max_message,
+            max_document=self.max_document,
+            rate=self.rate,
+            burst=self.burst,
+        )
+
+    def state_path(self) -> Path:
+        return self.state or state_dir() / "sync-relay"
+
+    def admin_path(self) -> Path:
+        return self.admin_socket or runtime_dir() / ADMIN_SOCKET

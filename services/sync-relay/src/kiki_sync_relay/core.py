@@ -10,12 +10,16 @@ from __future__ import annotations
 import enum
 import http
 from dataclasses import dataclass
+from urllib.parse import parse_qs, urlsplit
 
 import orjson
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from libkiki.sync.tokens import valid_session_name
+
 HEALTH_PATH = "/healthz"
+SESSION_PREFIX = "/session/"
 
 
 class Route(enum.Enum):
@@ -54,6 +58,19 @@ def route(request: Request, live: int, max_connections: int) -> Route | Answer:
             {"error": "too many connections"},
             counter="connections_refused",
         )
-    if request.headers.get("Upgrade", "").lower() != "websocket":
+    if request.headers.get("Upgrade", "").lower() != "websocket" or target(request.path) is None:
         return Answer(http.HTTPStatus.NOT_FOUND, {"error": f"no resource at {request.path}"})
     return Route.UPGRADE
+
+
+def target(path: str) -> tuple[str, str | None] | None:
+    """The session a WebSocket's path names and the token in its query, or ``None`` when the
+    path names no session (``/session/<1-64 of A-Z a-z 0-9 . _ ->``)."""
+    parts = urlsplit(path)
+    if not parts.path.startswith(SESSION_PREFIX):
+        return None
+    name = parts.path[len(SESSION_PREFIX) :]
+    if not valid_session_name(name):
+        return None
+    tokens = parse_qs(parts.query).get("token")
+    return name, tokens[0] if tokens else None

@@ -4,10 +4,7 @@
 operators and load balancers can probe it without speaking WebSocket. Every other request gets
 an HTTP answer too. The decisions are sans-I/O, in :mod:`kiki_sync_relay.handshake` (what is
 refused before the handshake) and :mod:`kiki_sync_relay.core` (what an accepted request
-gets); this module only moves bytes between them and websockets.
-
-Sessions (the Yjs document per session) are not served yet: a WebSocket client is told so with
-close code 1013 ("try again later") rather than being left hanging.
+gets); a WebSocket on ``/session/<name>`` goes to :class:`kiki_sync_relay.relay.Relay`.
 """
 
 from __future__ import annotations
@@ -24,11 +21,17 @@ from websockets.asyncio.server import serve as ws_serve
 from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 
+from kiki_sync_relay.admin import add_info, admin_methods
 from kiki_sync_relay.config import RelayConfig
-from kiki_sync_relay.core import Answer, Route, json_response, route
+from kiki_sync_relay.core import Answer, Route, json_response, route, target
 from kiki_sync_relay.handshake import Refusal, parse_opening
+from kiki_sync_relay.relay import Relay
+from kiki_sync_relay.store import Store
 from libkiki.admission import LogBudget
+from libkiki.private_dir import ensure_private_dir
+from libkiki.rpc_service import serve_configured
 from libkiki.service import ServiceContext
+from libkiki.sync.tokens import KEY_FILE, Revocations, SigningKey, Verifier
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,22 @@ async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
     config: RelayConfig = ctx.config
     listener = ctx.listen((config.host, config.port))
     live: set[ServerConnection] = set()
+    state = config.state_path()
+    ensure_private_dir(state, mode=0o700)
+    key = SigningKey.load_or_create(state / KEY_FILE)
+    store = Store(state / "sessions.sqlite3")
+    store.start()
+    relay = Relay(
+        store,
+        Verifier([key.public]),
+        Revocations(state / "revoked.json"),
+        config.limits(),
+        ctx.counters,
+        idle_timeout=config.idle_timeout,
+        compact_every=config.compact_every,
+        auth_timeout=config.auth_timeout,
+        send_buffer=config.send_buffer,
+    )
 
     def process_request(connection: ServerConnection, request: Request) -> Response | None:
         ctx.counters["http_requests"] += 1
@@ -72,21 +91,37 @@ async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
         live.add(connection)
         ctx.counters["websocket_connections"] += 1
         try:
-            await connection.close(1013, "sessions are not served yet")
+            assert connection.request is not None
+            where = target(connection.request.path)
+            assert where is not None  # process_request answered 404 otherwise
+            await relay.serve(connection, *where)
         finally:
             live.discard(connection)
 
-    async with ws_serve(
-        handler,
-        sock=listener,
-        process_request=process_request,
-        max_size=config.max_message,
-        create_connection=Connection,
-    ) as server:
-        host, port = listener.getsockname()[:2]
+    host, port = listener.getsockname()[:2]
+    methods = admin_methods(
+        relay, key, config.device_id, config.public_url or f"ws://{host}:{port}"
+    )
+    add_info(methods, ctx.info)
+    admin = ctx.listeners.unix("sync-admin", config.admin_path(), mode=0o600)
+    async with (
+        serve_configured(ctx, admin, methods),
+        ws_serve(
+            handler,
+            sock=listener,
+            process_request=process_request,
+            max_size=config.max_message,
+            create_connection=Connection,
+        ) as server,
+    ):
         how = "activated" if ctx.listeners.activated else "bound"
         ctx.status = f"serving ws://{host}:{port} ({how})"
-        yield
-        server.close(close_connections=True)
+        try:
+            yield
+        finally:
+            server.close(close_connections=True)
+            await server.wait_closed()
+            await relay.close_all()
+            await store.stop()
         if more := log_budget.take_suppressed():
             log.info("%d more requests refused, not logged", more)

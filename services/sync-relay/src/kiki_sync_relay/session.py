@@ -1,0 +1,216 @@
+"""One live session: its Yjs document, its members and their awareness (sans-I/O).
+
+The y-websocket wire (y-protocols) is read and written with pycrdt's codecs only. A message in,
+an :class:`Outcome` out: what goes back to the sender, what is relayed to every other member,
+and the document update that must be durable before the relay. A refusal is a
+:class:`~libkiki.errors.KikiError` whose ``ws_close_code`` closes that member alone.
+
+A client's update is applied first to a *shadow*: a second document kept equal to the live one.
+Only an update the shadow took is applied to the live document, so an update that makes pycrdt
+fail or panic (``PanicException`` is a ``BaseException``) never touches it; the shadow is then
+rebuilt from the live document. Keeping the shadow costs one more apply per update instead of
+a copy of the whole document per update.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pycrdt import (
+    Awareness,
+    Doc,
+    YMessageType,
+    YSyncMessageType,
+    create_awareness_message,
+    create_sync_message,
+    create_update_message,
+    handle_sync_message,
+    read_message,
+)
+
+from kiki_sync_relay.limits import Limits
+from libkiki.errors import InvalidFrame, LimitExceeded, PermissionDenied, ProtocolError
+
+QUERY_AWARENESS = 3
+# y-protocols' encoding of an update that carries nothing (no structs, no deletions): what a
+# client with nothing new answers to the relay's step 1, observers included.
+EMPTY_UPDATE = b"\x00\x00"
+_FATAL = (KeyboardInterrupt, SystemExit, GeneratorExit, asyncio.CancelledError)
+_ids = itertools.count(1)
+
+
+@dataclass(eq=False, slots=True)
+class Member:
+    """A client of the session: what it may do, and the awareness states it set."""
+
+    writes: bool
+    jti: str = ""
+    sub: str = ""
+    id: int = field(default_factory=lambda: next(_ids))
+    awareness: set[int] = field(default_factory=set)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    reply: tuple[bytes, ...] = ()  # to the sender
+    relay: bytes | None = None  # to every other member
+    durable: bytes | None = None  # the update to persist before ``relay`` goes out
+
+
+NOTHING = Outcome()
+
+
+def _apply_guarded(doc: Doc[Any], update: bytes) -> BaseException | None:
+    try:
+        doc.apply_update(update)
+    except _FATAL:
+        raise
+    except BaseException as exc:  # pycrdt's PanicException too
+        return exc
+    return None
+
+
+def _fresh_doc(state: bytes | None) -> Doc[Any]:
+    doc: Doc[Any] = Doc()
+    if state:
+        doc.apply_update(state)
+    return doc
+
+
+class Session:
+    """The live document of session ``name``, loaded from ``updates`` (snapshot first)."""
+
+    def __init__(self, name: str, updates: Iterable[bytes] = (), limits: Limits | None = None):
+        self.name = name
+        self.limits = limits or Limits()
+        self.doc: Doc[Any] = Doc()
+        self.size = 0  # bytes of the updates the document was built from: the size bound's measure
+        for update in updates:
+            self.doc.apply_update(update)
+            self.size += len(update)
+        self._shadow = _fresh_doc(self.doc.get_update())
+        self.members: dict[int, Member] = {}
+        self.awareness = Awareness(self.doc)
+        self.awareness.set_local_state(None)  # the relay itself is nobody's collaborator
+        self.updates_since_snapshot = 0
+
+    # -- members ----------------------------------------------------------------------------
+
+    def join(self, member: Member) -> tuple[bytes, ...]:
+        """Admit ``member``; what it is sent first: sync step 1, then everyone's awareness."""
+        if len(self.members) >= self.limits.max_clients:
+            raise LimitExceeded(f"session {self.name} has {len(self.members)} clients, its most")
+        self.members[member.id] = member
+        hello = [create_sync_message(self.doc)]
+        if states := self._awareness_of(list(self.awareness.states)):
+            hello.append(states)
+        return tuple(hello)
+
+    def leave(self, member: Member) -> bytes | None:
+        """Remove ``member``; the awareness message telling the others its states are gone."""
+        self.members.pop(member.id, None)
+        gone = [i for i in member.awareness if i in self.awareness.states]
+        member.awareness.clear()
+        if not gone:
+            return None
+        self.awareness.remove_awareness_states(gone, member.id)
+        return create_awareness_message(self.awareness.encode_awareness_update(gone))
+
+    def _awareness_of(self, ids: list[int]) -> bytes | None:
+        if not ids:
+            return None
+        return create_awareness_message(self.awareness.encode_awareness_update(ids))
+
+    # -- messages ---------------------------------------------------------------------------
+
+    def receive(self, member: Member, message: bytes) -> Outcome:
+        if not message:
+            raise InvalidFrame("an empty message")
+        kind = message[0]
+        if kind == YMessageType.SYNC:
+            return self._sync(member, message)
+        if kind == YMessageType.AWARENESS:
+            return self._awareness(member, message)
+        if kind == QUERY_AWARENESS:
+            states = self._awareness_of(list(self.awareness.states))
+            return Outcome(reply=(states,) if states else ())
+        raise ProtocolError(f"unknown message type {kind}")
+
+    def _payload(self, body: bytes) -> bytes:
+        try:
+            return read_message(body)
+        except Exception as exc:
+            raise InvalidFrame(f"a malformed message ({type(exc).__name__})") from None
+
+    def _sync(self, member: Member, message: bytes) -> Outcome:
+        if len(message) < 2:
+            raise InvalidFrame("a sync message without its type")
+        sub = message[1]
+        if sub == YSyncMessageType.SYNC_STEP1:
+            self._payload(message[2:])
+            try:
+                reply = handle_sync_message(message[1:], self.doc)
+            except _FATAL:
+                raise
+            except BaseException as exc:
+                raise InvalidFrame(f"a malformed state vector ({type(exc).__name__})") from None
+            return Outcome(reply=(reply,) if reply else ())
+        if sub not in (YSyncMessageType.SYNC_STEP2, YSyncMessageType.SYNC_UPDATE):
+            raise ProtocolError(f"unknown sync message type {sub}")
+        update = self._payload(message[2:])
+        if update == EMPTY_UPDATE:
+            return NOTHING
+        if not member.writes:
+            raise PermissionDenied("an observer may not write to the session")
+        return self.apply(update)
+
+    def apply(self, update: bytes) -> Outcome:
+        """Apply a client's ``update`` (checked on the shadow first) and say what to relay."""
+        if self.size + len(update) > self.limits.max_document:
+            raise LimitExceeded(
+                f"session {self.name}'s document would exceed {self.limits.max_document} bytes"
+            )
+        failure = _apply_guarded(self._shadow, update)
+        if failure is not None:
+            # The shadow may hold part of it, or be unusable after a panic: rebuilt from the
+            # live document, which never saw it.
+            self._shadow = _fresh_doc(self.doc.get_update())
+            raise InvalidFrame(f"an update that does not apply ({type(failure).__name__})")
+        self.doc.apply_update(update)
+        self.size += len(update)
+        self.updates_since_snapshot += 1
+        return Outcome(relay=create_update_message(update), durable=update)
+
+    def _awareness(self, member: Member, message: bytes) -> Outcome:
+        if not member.writes:
+            raise PermissionDenied("an observer may not publish awareness")
+        payload = self._payload(message[1:])
+        changed: dict[str, list[int]] = {}
+
+        def seen(topic: str, event: tuple[dict[str, Any], Any]) -> None:
+            if topic == "update":
+                changed.update(event[0])
+
+        subscription = self.awareness.observe(seen)
+        try:
+            self.awareness.apply_awareness_update(payload, member.id)
+        except Exception as exc:
+            raise InvalidFrame(f"a malformed awareness update ({type(exc).__name__})") from None
+        finally:
+            self.awareness.unobserve(subscription)
+        member.awareness.update(changed.get("added", ()), changed.get("updated", ()))
+        member.awareness.difference_update(changed.get("removed", ()))
+        return Outcome(relay=message)
+
+    # -- persistence ------------------------------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        """The whole document as one update; what compaction stores in place of the log."""
+        state: bytes = self.doc.get_update()
+        self.size = len(state)
+        self.updates_since_snapshot = 0
+        return state

@@ -1,0 +1,369 @@
+"""The sync conformance suite: one set of checks, run against the device relay and the edge.
+
+Each end's test module gives a :class:`SyncEndpoint` and runs every check of :data:`CHECKS`
+against it (``PY_CHECKS`` with pycrdt clients only, tier integration; ``NODE_CHECKS`` with the
+npm ``y-websocket`` clients too, tier interop). A check is
+``async def check_<property>(ep, node=None)``: the endpoint, and for a Node check the shared
+:class:`NodePeers`. Each check works in a fresh session of its own::
+
+    @pytest.mark.parametrize("check", PY_CHECKS, ids=lambda c: c.__name__)
+    async def test_conformance(endpoint, check): await check(endpoint)
+
+Clients come from :mod:`kikitest.sync_fixtures`: :class:`YClient` (pycrdt) and
+:class:`NodePeers` (``WebsocketProvider``; one process for the whole test session).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from pycrdt import Doc, Text, create_update_message
+
+from kikitest.sync_fixtures import NodePeers, YClient, eventually
+from libkiki.sync.tokens import SigningKey
+
+
+class SyncEndpoint(Protocol):
+    name: str  # "device" or "edge"
+
+    def url(self, session: str, token: str | None) -> str:
+        """``ws://HOST:PORT/session/<session>``, with ``?token=<token>`` unless ``None``."""
+        ...
+
+    def token(self, session: str, role: str, *, ttl: float = 3600, sub: str = "test") -> str:
+        """A token this end accepts; ``ttl`` <= 0 gives one that expired ``-ttl`` s ago."""
+        ...
+
+    async def revoke(self, session: str, jti: str) -> None: ...
+
+    async def restart(self, *, kill: bool) -> None:
+        """SIGKILL (``kill``) or stop the end, then start it again (same address)."""
+        ...
+
+
+@dataclass
+class Env:
+    """What a check gets: the endpoint, a session of its own, and the Node clients if any."""
+
+    ep: SyncEndpoint
+    session: str
+    node: NodePeers | None = None
+
+    def url(self, role: str = "controller", ttl: float = 3600) -> str:
+        return self.ep.url(self.session, self.ep.token(self.session, role, ttl=ttl))
+
+
+Check = Callable[..., Awaitable[None]]
+_names = itertools.count(1)
+
+
+def new_session(prefix: str = "conf") -> str:
+    return f"{prefix}-{next(_names)}-{secrets.token_hex(3)}"
+
+
+def base_and_room(url: str) -> tuple[str, str, str | None]:
+    """Split a session URL into WebsocketProvider's server URL, room and token."""
+    path, _, query = url.partition("?")
+    base, _, room = path.rpartition("/")
+    token = query.removeprefix("token=") if query.startswith("token=") else None
+    return base, room, token
+
+
+async def node_open(env: Env, client: str, role: str = "controller", **kw: object) -> None:
+    assert env.node is not None
+    base, room, token = base_and_room(env.url(role))
+    await env.node.call("open", client=client, base=base, room=room, token=token, **kw)
+
+
+# -- Python-only checks -----------------------------------------------------------------------
+
+
+async def check_concurrent_edits_converge(ep: SyncEndpoint, node: NodePeers | None = None) -> None:
+    env = Env(ep, new_session(), node)
+    a, b = await YClient.join(env.url()), await YClient.join(env.url())
+    try:
+        for i in range(20):
+            a.text.insert(0, "a")
+            b.text.insert(len(b.text), "b")
+            a.map[f"a{i}"] = i
+            b.map[f"b{i}"] = i
+            a.array.append(f"a{i}")
+            b.array.append(f"b{i}")
+        await eventually(lambda: a.state() == b.state() and len(a.map) == 40)
+        assert str(a.text).count("a") == 20
+        assert len(a.array) == 40
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def check_late_joiner_gets_whole_state(
+    ep: SyncEndpoint, node: NodePeers | None = None
+) -> None:
+    env = Env(ep, new_session(), node)
+    a = await YClient.join(env.url())
+    for i in range(50):
+        a.map[str(i)] = "x" * i
+    a.text += "hello"
+    # Once a second client has it, it was relayed (and so durable).
+    b = await YClient.join(env.url("observer"))
+    await eventually(lambda: b.state() == a.state())
+    await a.close()
+    await b.close()
+    late = await YClient.join(env.url("observer"))
+    await eventually(lambda: late.state() == a.state())
+    await late.close()
+
+
+async def check_offline_edits_merge_on_reconnect(
+    ep: SyncEndpoint, node: NodePeers | None = None
+) -> None:
+    env = Env(ep, new_session(), node)
+    a, b = await YClient.join(env.url()), await YClient.join(env.url())
+    a.map["both"] = "online"
+    await eventually(lambda: b.map.get("both") == "online")
+    await a.close()
+    a.map["offline"] = "a"
+    a.text += "from a "
+    b.text += "from b "
+    b.map["b"] = 1
+    await a.connect(env.url())
+    await eventually(lambda: a.state() == b.state() and "offline" in b.map and "b" in a.map)
+    await a.close()
+    await b.close()
+
+
+async def check_awareness_appears_and_expires(
+    ep: SyncEndpoint, node: NodePeers | None = None
+) -> None:
+    env = Env(ep, new_session(), node)
+    a, b = await YClient.join(env.url()), await YClient.join(env.url())
+    a.set_awareness({"user": "alice"})
+    cid = a.awareness.client_id
+    await eventually(lambda: b.awareness.states.get(cid) == {"user": "alice"})
+    late = await YClient.join(env.url("observer"))
+    await eventually(lambda: late.awareness.states.get(cid) == {"user": "alice"})
+    await a.close()
+    await eventually(lambda: cid not in b.awareness.states and cid not in late.awareness.states)
+    await b.close()
+    await late.close()
+
+
+async def _refused(url: str, *, first: str | None = None) -> int | None:
+    client = await YClient.join(url, first=first, sync=False)
+    return await client.closed()
+
+
+async def check_observer_cannot_write(ep: SyncEndpoint, node: NodePeers | None = None) -> None:
+    env = Env(ep, new_session(), node)
+    writer = await YClient.join(env.url())
+    observer = await YClient.join(env.url("observer"))
+    writer.map["k"] = "v"
+    await eventually(lambda: observer.map.get("k") == "v")
+    observer.map["mine"] = "no"
+    assert await observer.closed() == 1008
+    aware = await YClient.join(env.url("observer"))
+    aware.set_awareness({"me": 1})
+    assert await aware.closed() == 1008
+    writer.map["after"] = 1
+    check = await YClient.join(env.url("observer"))
+    await eventually(lambda: check.map.get("after") == 1)
+    assert "mine" not in check.map
+    for client in (writer, check):
+        await client.close()
+
+
+async def check_bad_tokens_are_refused(ep: SyncEndpoint, node: NodePeers | None = None) -> None:
+    env = Env(ep, new_session(), node)
+    ep, s = env.ep, env.session
+    assert await _refused(ep.url(s, None)) == 1008  # none within the time allowed
+    assert await _refused(ep.url(s, ep.token(s, "controller", ttl=-120))) == 1008
+    assert await _refused(ep.url(s, ep.token("another-session", "controller"))) == 1008
+    forged = SigningKey.generate().issue(s, "device", sub="mallory", iss="nobody")
+    assert await _refused(ep.url(s, forged)) == 1008
+    assert await _refused(ep.url(s, "not-a-jwt")) == 1008
+    # The token may come as the first message instead.
+    good = ep.token(s, "controller")
+    client = await YClient.join(ep.url(s, None), first=f'{{"token": "{good}"}}')
+    assert client.open
+    await client.close()
+
+
+async def check_revoked_token_is_refused_and_closed(
+    ep: SyncEndpoint, node: NodePeers | None = None
+) -> None:
+    env = Env(ep, new_session(), node)
+    import jwt
+
+    token = env.ep.token(env.session, "controller")
+    jti = jwt.decode(token, options={"verify_signature": False})["jti"]
+    live = await YClient.join(env.ep.url(env.session, token))
+    await env.ep.revoke(env.session, jti)
+    assert await live.closed() == 1008
+    assert await _refused(env.ep.url(env.session, token)) == 1008
+
+
+async def check_bad_messages_are_refused_without_harm(
+    ep: SyncEndpoint, node: NodePeers | None = None
+) -> None:
+    env = Env(ep, new_session(), node)
+    a, b = await YClient.join(env.url()), await YClient.join(env.url())
+    a.map["before"] = 1
+    await eventually(lambda: b.map.get("before") == 1)
+    # Garbage bytes.
+    bad = await YClient.join(env.url())
+    await bad.send(b"\x00\x02\xff\xff\xff\xff\xff\x01")
+    assert await bad.closed() == 1007
+    # A well-formed message carrying a corrupt update (a real one, cut short).
+    donor: Doc[Text] = Doc()
+    donor.get("text", type=Text).insert(0, "x" * 100)
+    update = donor.get_update()
+    bad = await YClient.join(env.url())
+    await bad.send(create_update_message(update[: len(update) // 2]))
+    assert await bad.closed() == 1007
+    # An unknown message type.
+    bad = await YClient.join(env.url())
+    await bad.send(b"\x07\x00")
+    assert await bad.closed() == 1002
+    # Over the size limit (1 MiB by default).
+    bad = await YClient.join(env.url())
+    await bad.send(create_update_message(b"\x00" * (2 << 20)))
+    assert await bad.closed() == 1009
+    # The others never noticed.
+    assert a.open
+    assert b.open
+    a.map["after"] = 2
+    await eventually(lambda: b.map.get("after") == 2)
+    late = await YClient.join(env.url())
+    await eventually(lambda: late.state() == a.state())
+    assert "x" not in str(late.text)
+    for client in (a, b, late):
+        await client.close()
+
+
+async def check_kill_mid_stream_loses_nothing_relayed(
+    ep: SyncEndpoint, node: NodePeers | None = None
+) -> None:
+    env = Env(ep, new_session(), node)
+    writer, reader = await YClient.join(env.url()), await YClient.join(env.url("observer"))
+
+    async def write() -> None:
+        for i in range(10_000):
+            if not writer.open:
+                return
+            writer.map[f"k{i}"] = i
+            await asyncio.sleep(0.001)
+
+    task = asyncio.create_task(write())
+    await eventually(lambda: len(reader.map) >= 50)
+    await env.ep.restart(kill=True)
+    await task
+    seen = set(reader.map.keys())  # everything the relay sent before it died
+    assert len(seen) >= 50
+    after = await YClient.join(env.url("observer"))
+    await eventually(lambda: seen <= set(after.map.keys()))
+    for client in (writer, reader, after):
+        await client.close()
+
+
+# -- checks with Node's y-websocket clients ---------------------------------------------------
+
+
+async def check_node_and_python_converge(ep: SyncEndpoint, node: NodePeers | None = None) -> None:
+    env = Env(ep, new_session(), node)
+    assert env.node is not None
+    n = f"n-{env.session}"
+    await node_open(env, n)
+    py = await YClient.join(env.url())
+    try:
+        for i in range(10):
+            await env.node.call("edit", client=n, kind="text", index=0, value="n")
+            await env.node.call("edit", client=n, kind="map", key=f"n{i}", value=i)
+            await env.node.call("edit", client=n, kind="array", index=0, value=f"n{i}")
+            py.text += "p"
+            py.map[f"p{i}"] = i
+            py.array.append(f"p{i}")
+
+        async def same() -> bool:
+            assert env.node is not None
+            state = await env.node.call("state", client=n)
+            return bool(state == py.state() and len(py.map) == 20)
+
+        async with asyncio.timeout(15):
+            while not await same():  # noqa: ASYNC110 -- the Node client's state is polled
+                await asyncio.sleep(0.05)
+    finally:
+        await env.node.call("destroy", client=n)
+        await py.close()
+
+
+async def check_node_offline_edits_and_late_join(
+    ep: SyncEndpoint, node: NodePeers | None = None
+) -> None:
+    env = Env(ep, new_session(), node)
+    assert env.node is not None
+    n, late = f"n-{env.session}", f"late-{env.session}"
+    await node_open(env, n)
+    py = await YClient.join(env.url())
+    await env.node.call("disconnect", client=n)
+    await env.node.call("edit", client=n, kind="map", key="offline", value="node")
+    py.map["online"] = "py"
+    await env.node.call("connect", client=n)
+    await eventually(lambda: py.map.get("offline") == "node")
+    await node_open(env, late, "observer")
+    state = await env.node.call("state", client=late)
+    assert state["map"] == {"offline": "node", "online": "py"}
+    for c in (n, late):
+        await env.node.call("destroy", client=c)
+    await py.close()
+
+
+async def check_node_awareness_and_observer(
+    ep: SyncEndpoint, node: NodePeers | None = None
+) -> None:
+    env = Env(ep, new_session(), node)
+    assert env.node is not None
+    n, obs = f"n-{env.session}", f"obs-{env.session}"
+    py = await YClient.join(env.url())
+    await node_open(env, n, presence={"user": "node"})
+    await eventually(lambda: {"user": "node"} in py.awareness.states.values())
+    await node_open(env, obs, "observer")
+    others = await env.node.call("others", client=obs)
+    assert {"user": "node"} in others
+    await env.node.call("destroy", client=n)
+    await eventually(lambda: {"user": "node"} not in py.awareness.states.values())
+    # The stock observer reads; the first thing it writes closes it.
+    await env.node.call("edit", client=obs, kind="map", key="x", value=1)
+
+    def closed() -> bool:
+        assert env.node is not None
+        return env.node.close_code(obs) == 1008
+
+    await eventually(closed)
+    await env.node.call("destroy", client=obs)
+    assert "x" not in py.map
+    await py.close()
+
+
+PY_CHECKS: list[Check] = [
+    check_concurrent_edits_converge,
+    check_late_joiner_gets_whole_state,
+    check_offline_edits_merge_on_reconnect,
+    check_awareness_appears_and_expires,
+    check_observer_cannot_write,
+    check_bad_tokens_are_refused,
+    check_revoked_token_is_refused_and_closed,
+    check_bad_messages_are_refused_without_harm,
+    check_kill_mid_stream_loses_nothing_relayed,
+]
+NODE_CHECKS: list[Check] = [
+    check_node_and_python_converge,
+    check_node_offline_edits_and_late_join,
+    check_node_awareness_and_observer,
+]
+CHECKS: list[Check] = PY_CHECKS + NODE_CHECKS
