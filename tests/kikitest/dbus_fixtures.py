@@ -176,8 +176,21 @@ def _bus(stack: contextlib.ExitStack) -> Stack:
     return Stack(top, address, env)
 
 
+# The gateway (this uid, as every process of the test) is the broker's delegate for D-Bus
+# callers; those of this uid may call the media tools and nothing else.
+POLICY = """
+[[delegate]]
+principals = ["uid:{uid}"]
+
+[[allow]]
+principals = ["remote:dbus:uid:{uid}"]
+tools = ["dev.kiki.media.*"]
+"""
+
+
 def _gateway(stack: contextlib.ExitStack) -> Stack:
     bus = _bus(stack)
+    (bus.dir / "etc" / "tool-policy.toml").write_text(POLICY.format(uid=os.getuid()))
     for name, extra in (
         ("tool-broker", {"KIKI_TOOL_BROKER_CALL_TIMEOUT": "5"}),
         ("dbus-gateway", {"KIKI_DBUS_GATEWAY_CALL_TIMEOUT": "1"}),

@@ -22,6 +22,7 @@ from dbus_fast.aio import MessageBus
 from dbus_fast.errors import DBusError
 from dbus_fast.service import ServiceInterface, method
 
+from kiki_dbus_gateway.bus_tools import BusTools
 from kiki_dbus_gateway.config import GatewayConfig
 from kiki_dbus_gateway.core import info_variants
 from kiki_dbus_gateway.media import Players
@@ -29,6 +30,7 @@ from kiki_dbus_gateway.mpris import MprisWatcher
 from kiki_dbus_gateway.tools import make_provider
 from libkiki.constellation import SERVICE_INTERFACE
 from libkiki.errors import AddressInUse, NotFound, Unavailable
+from libkiki.paths import TOOLS_SOCKET, socket_path
 from libkiki.service import ServiceContext
 
 log = logging.getLogger(__name__)
@@ -60,8 +62,18 @@ async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
     players = Players(config.max_players, ctx.counters)
     watcher = MprisWatcher(bus, players, config.call_timeout, ctx.counters)
     registering: asyncio.Task[None] | None = None
+    bus_tools = BusTools(
+        bus,
+        object_path,
+        socket_path(TOOLS_SOCKET),
+        max_in_flight=config.max_in_flight,
+        timeout=config.call_timeout,
+        counters=ctx.counters,
+    )
     try:
         bus.export(object_path, ServiceInfo(ctx))
+        if config.bus_tools:
+            bus_tools.start()
         reply = await bus.request_name(config.bus_name, NameFlag.DO_NOT_QUEUE)
         if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
             raise AddressInUse(f"the bus name {config.bus_name} is owned by another process")
@@ -77,6 +89,7 @@ async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
             with contextlib.suppress(asyncio.CancelledError):
                 await registering
         await watcher.stop()
+        await bus_tools.stop()
         bus.disconnect()
         # The reader sees EOF when the bus connection closes; collect it so it is not reported
         # as an unretrieved exception.
