@@ -148,6 +148,7 @@ class Operations:
         commit back when it fails)."""
         store = self.store
         before = store.current(kind, ident)
+        before_previous = store.previous(kind, ident)
         phase("checkout", {"commit": commit})
         path = store.checkout(kind, ident, commit)
         if self.install_step is not None:
@@ -160,7 +161,7 @@ class Operations:
             try:
                 self.health(kind, ident, deployed.path)
             except KikiError as exc:
-                self.undo(kind, ident, before)
+                self.undo(kind, ident, before, before_previous)
                 raise HealthFailed(
                     f"{kind} {ident} {deployed.version} failed its health check ({exc}); "
                     + ("the previous commit is back" if before else "it was removed"),
@@ -169,12 +170,18 @@ class Operations:
         phase("done", {"commit": commit})
         return deployed
 
-    def undo(self, kind: Kind, ident: str, before: str | None) -> None:
-        """Put ``before`` back (or remove a first install that failed)."""
+    def undo(self, kind: Kind, ident: str, before: str | None, before_previous: str | None) -> None:
+        """Put ``before`` back, and its rollback target (the failed commit is nobody's
+        rollback target); a first install that failed is removed, its ``data/`` kept."""
+        store = self.store
         if before is None:
-            self.store.remove(kind, ident, keep_data=True)
-        elif self.store.current(kind, ident) != before:
-            self.store.rollback(kind, ident, action="health-rollback")
+            store.remove(kind, ident, keep_data=True)
+            return
+        found = store.deployed(kind, ident)
+        if found is not None and found.commit != before:
+            store.rollback(kind, ident, action="health-rollback")
+            store.set_refs(kind, ident, found.ref, before, before_previous)
+            store.clean(kind, ident, keep={before, before_previous})
 
     def rollback(self, kind: Kind, ident: str) -> Deployed:
         if self.store.deployed(kind, ident) is None:

@@ -1,0 +1,130 @@
+"""The health gate: after the swap, the app's declared check must pass within its deadline, else
+``operations.py`` puts the previous commit back.
+
+The manifest declares it (``kiki-app.json``)::
+
+    "health": {"tool": "org.example.player.ping", "arguments": {}, "deadlineSeconds": 30}
+    "health": {"command": ["bin/health", "--quick"], "deadlineSeconds": 10}
+
+A tool must answer (not an error) through the broker; it is asked again every half second until
+it does or the deadline passes, since an app just swapped may take a while to register. A
+command runs in the new deployment (``cwd``; a relative first word is a path in it) with
+``KIKI_APP_DATA`` set to the app's ``data/``, and must exit 0 within the deadline. An app that
+declares nothing passes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from kiki_updater.publish import MANIFEST_FILE
+from libkiki.errors import KikiError, ValidationError
+
+__all__ = ["HealthGate", "HealthSpec", "Unhealthy"]
+
+MAX_DEADLINE = 600.0
+RETRY = 0.5
+
+
+class Unhealthy(KikiError):
+    """The health check failed; the message says how."""
+
+
+@dataclass(frozen=True, slots=True)
+class HealthSpec:
+    deadline: float
+    tool: str | None = None
+    arguments: dict[str, Any] = field(default_factory=dict)
+    command: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, manifest: dict[str, Any]) -> HealthSpec | None:
+        raw = manifest.get("health")
+        if raw is None:
+            return None
+        if not isinstance(raw, dict):
+            raise ValidationError("manifest.health", "must be an object")
+        deadline = raw.get("deadlineSeconds", 30)
+        if not isinstance(deadline, int | float) or not 0 < deadline <= MAX_DEADLINE:
+            raise ValidationError("manifest.health.deadlineSeconds", f"0 < it <= {MAX_DEADLINE}")
+        tool, command = raw.get("tool"), raw.get("command")
+        if (tool is None) == (command is None):
+            raise ValidationError("manifest.health", "needs exactly one of tool and command")
+        if tool is not None:
+            arguments = raw.get("arguments", {})
+            if not isinstance(tool, str) or not isinstance(arguments, dict):
+                raise ValidationError("manifest.health.tool", "an NSID (and object arguments)")
+            return cls(float(deadline), tool=tool, arguments=arguments)
+        if (
+            not isinstance(command, list)
+            or not command
+            or not all(isinstance(w, str) and w for w in command)
+        ):
+            raise ValidationError("manifest.health.command", "a non-empty list of strings")
+        return cls(float(deadline), command=tuple(command))
+
+
+@dataclass
+class HealthGate:
+    """The check ``Operations`` runs; ``broker_socket`` is where tool checks are asked."""
+
+    broker_socket: Path | None = None
+
+    def __call__(self, kind: str, ident: str, deployment: Path) -> None:
+        try:
+            manifest = orjson.loads((deployment / MANIFEST_FILE).read_bytes())
+        except (OSError, orjson.JSONDecodeError) as exc:
+            raise Unhealthy(f"no readable {MANIFEST_FILE}: {exc}") from None
+        spec = HealthSpec.of(manifest) if isinstance(manifest, dict) else None
+        if spec is None:
+            return
+        if spec.command:
+            run_command(spec, deployment, deployment.parent.parent / "data")
+        else:
+            asyncio.run(ask_tool(spec, self.broker_socket))
+
+
+def run_command(spec: HealthSpec, deployment: Path, data: Path) -> None:
+    argv = list(spec.command)
+    if not argv[0].startswith("/") and "/" in argv[0]:
+        argv[0] = str(deployment / argv[0])
+    env = {**os.environ, "KIKI_APP_DATA": str(data)}
+    try:
+        done = subprocess.run(
+            argv, cwd=deployment, env=env, capture_output=True, timeout=spec.deadline, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise Unhealthy(f"{spec.command[0]} did not end within {spec.deadline:g} s") from None
+    except OSError as exc:
+        raise Unhealthy(f"{spec.command[0]} cannot run: {exc.strerror or exc}") from None
+    if done.returncode != 0:
+        said = done.stderr.decode(errors="replace").strip().splitlines()
+        tail = f": {said[-1][:200]}" if said else ""
+        raise Unhealthy(f"{spec.command[0]} exited {done.returncode}{tail}")
+
+
+async def ask_tool(spec: HealthSpec, broker: Path | None) -> None:
+    from libkiki.tools import ToolClient  # only a tool check needs the MCP client
+
+    if spec.tool is None:
+        return
+    end = time.monotonic() + spec.deadline
+    last: str = "no answer"
+    while (left := end - time.monotonic()) > 0:
+        try:
+            async with asyncio.timeout(left):
+                async with ToolClient(broker, timeout=left) as client:
+                    await client.call(spec.tool, spec.arguments)
+            return
+        except (KikiError, OSError, TimeoutError) as exc:
+            last = str(exc) or type(exc).__name__
+        await asyncio.sleep(min(RETRY, max(0.0, end - time.monotonic())))
+    raise Unhealthy(f"{spec.tool} did not answer within {spec.deadline:g} s ({last})")

@@ -1,0 +1,118 @@
+"""The health gate: a new commit whose declared check fails (or overruns its deadline) is
+replaced by the previous one at once, and the failure is reported; a passing one stays."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kiki_updater.health import HealthGate, HealthSpec
+from kiki_updater.operations import HealthFailed, Operations
+from kiki_updater.publish import publish
+from kiki_updater.pull import Remote
+from kiki_updater.signing import generate_keypair, sign_commit
+from kiki_updater.store import Store
+from kikitest.ostree_fixtures import make_app_tree, write_manifest
+from libkiki.errors import ValidationError
+
+pytestmark = pytest.mark.integration
+
+APP = "org.example.player"
+SECRET, PUBLIC = generate_keypair()
+CHECK = """#!/bin/sh
+# exits with the status written in the release, and proves it ran in the new deployment
+echo "$PWD" > "$KIKI_APP_DATA/checked-in"
+{body}
+"""
+
+
+def release(repo: Path, tree: Path, version: str, check: str, deadline: float = 5) -> str:
+    script = tree / "bin" / "health"
+    script.write_text(CHECK.format(body=check))
+    script.chmod(0o755)
+    write_manifest(
+        tree, APP, version, health={"command": ["bin/health"], "deadlineSeconds": deadline}
+    )
+    return publish(tree, repo, sign=lambda r, c: sign_commit(r, c, SECRET)).commit
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> tuple[Operations, Remote, Path, Path]:
+    repo = tmp_path / "published"
+    tree = make_app_tree(tmp_path / "tree", APP, "1.0")
+    release(repo, tree, "1.0", "exit 0")
+    updater = Operations(Store(tmp_path / "device"), health=HealthGate())
+    remote = Remote.of("local", str(repo), ed25519_keys=(PUBLIC,))
+    first = updater.install("app", APP, remote)
+    assert first.version == "1.0"
+    return updater, remote, repo, tree
+
+
+@pytest.mark.parametrize(
+    ("check", "deadline", "said"),
+    [("echo broken >&2; exit 3", 5, "exited 3: broken"), ("sleep 30", 0.5, "did not end")],
+    ids=["fails", "overruns"],
+)
+def test_a_failing_health_check_puts_the_previous_commit_back(
+    setup: tuple[Operations, Remote, Path, Path], check: str, deadline: float, said: str
+) -> None:
+    updater, remote, repo, tree = setup
+    before = updater.store.deployed("app", APP)
+    assert before is not None
+    bad = release(repo, tree, "1.1", check, deadline)
+    with pytest.raises(HealthFailed, match=said) as failed:
+        updater.install("app", APP, remote, update=True)
+    assert failed.value.data == {"error": "HealthFailed", "commit": bad}
+    after = updater.store.deployed("app", APP)
+    assert after is not None
+    assert (after.commit, after.version) == (before.commit, "1.0")
+    assert after.previous == before.previous  # the failed commit is no rollback target
+    assert updater.store.resolve(after.ref) == before.commit
+    assert [h["action"] for h in after.history][:2] == ["health-rollback", "update"]
+    checked = (updater.store.home("app", APP) / "data" / "checked-in").read_text().strip()
+    assert checked.endswith(f"deploy/{bad}")
+
+
+def test_a_passing_health_check_keeps_the_new_commit(
+    setup: tuple[Operations, Remote, Path, Path],
+) -> None:
+    updater, remote, repo, tree = setup
+    good = release(repo, tree, "1.1", "exit 0")
+    assert updater.install("app", APP, remote, update=True).commit == good
+
+
+def test_a_first_install_that_fails_its_check_is_removed_but_its_data_kept(
+    tmp_path: Path,
+) -> None:
+    repo = tmp_path / "published"
+    release(repo, make_app_tree(tmp_path / "tree", APP, "1.0"), "1.0", "exit 1")
+    updater = Operations(Store(tmp_path / "device"), health=HealthGate())
+    with pytest.raises(HealthFailed, match="was removed"):
+        updater.install("app", APP, Remote.of("l", str(repo), ed25519_keys=(PUBLIC,)))
+    assert updater.store.deployed("app", APP) is None
+    assert (updater.store.home("app", APP) / "data" / "checked-in").is_file()
+
+
+@pytest.mark.parametrize(
+    "health",
+    [
+        "ping",
+        {"deadlineSeconds": 5},
+        {"tool": "a.b.c", "command": ["x"]},
+        {"command": []},
+        {"command": ["x"], "deadlineSeconds": 0},
+        {"command": ["x"], "deadlineSeconds": 10_000},
+        {"tool": "a.b.c", "arguments": []},
+    ],
+)
+def test_malformed_health_declarations_are_refused(health: Any) -> None:
+    with pytest.raises(ValidationError):
+        HealthSpec.of({"health": health})
+
+
+def test_a_declaration_is_read_with_its_deadline() -> None:
+    spec = HealthSpec.of({"health": {"tool": "org.example.player.ping"}})
+    assert spec == HealthSpec(30.0, tool="org.example.player.ping")
+    assert HealthSpec.of({}) is None
