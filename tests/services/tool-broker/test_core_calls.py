@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
+from kiki_tool_broker.calls import Admitted, Answer, Joining
 from kiki_tool_broker.config import BrokerConfig
-from kiki_tool_broker.core import Admitted, Answer, BrokerCore, Joining
+from kiki_tool_broker.core import BrokerCore
 from kiki_tool_broker.policy import Policy, Rule
 from kiki_tool_broker.schemas import Catalog
 from kiki_tool_broker.tools import GET_INFO_TOOL, LIST_PROVIDERS
@@ -61,7 +62,7 @@ def call(
     rid: int | str = 1,
     modern: dict[str, Any] | None = None,
 ) -> Answer | Admitted:
-    step = core.call(core.identify(who), name, arguments, rid, modern, STARTED)
+    step = core.calls.call(core.identify(who), name, arguments, rid, modern, STARTED)
     assert not isinstance(step, Joining)  # only a call with an idempotency key joins
     return step
 
@@ -156,7 +157,7 @@ def test_a_caller_the_policy_refuses_is_denied_and_named(core: BrokerCore) -> No
 
 def test_a_providers_output_is_checked_and_answered_twice(core: BrokerCore) -> None:
     step = admitted(core, ECHO, {"text": "hi"})
-    answer = core.settle(step, {"structuredContent": {"text": "hi"}, "isError": False}, None)
+    answer = core.calls.settle(step, {"structuredContent": {"text": "hi"}, "isError": False}, None)
     assert answer.error is None
     assert answer.result == {
         "content": [{"type": "text", "text": '{"text":"hi"}'}],
@@ -172,7 +173,7 @@ def test_a_providers_output_is_checked_and_answered_twice(core: BrokerCore) -> N
 def test_a_modern_call_is_answered_with_the_result_meta(core: BrokerCore) -> None:
     modern = {"io.modelcontextprotocol/serverInfo": {"name": "kiki-tool-broker"}}
     step = admitted(core, ECHO, {"text": "hi"}, modern=modern)
-    answer = core.settle(step, {"structuredContent": {"text": "hi"}}, None)
+    answer = core.calls.settle(step, {"structuredContent": {"text": "hi"}}, None)
     assert answer.result is not None
     assert answer.result["_meta"] == modern
     assert answer.result["resultType"] == "complete"
@@ -201,7 +202,7 @@ def test_a_modern_call_is_answered_with_the_result_meta(core: BrokerCore) -> Non
 def test_a_failed_or_malformed_reply_is_a_tool_error(
     core: BrokerCore, reply: Any, text: str, code: int | None, data: Any
 ) -> None:
-    answer = core.settle(admitted(core, ECHO, {"text": "hi"}), reply, None)
+    answer = core.calls.settle(admitted(core, ECHO, {"text": "hi"}), reply, None)
     assert answer.error is None
     result = answer.result
     assert result is not None
@@ -219,9 +220,9 @@ def test_a_failed_or_malformed_reply_is_a_tool_error(
 def test_an_output_that_does_not_fit_an_answer_is_a_tool_error() -> None:
     small = make_core(max_line=8192)
     step = admitted(small, BIG)
-    fits = small.settle(step, {"structuredContent": {"text": "x" * 1000}}, None)
+    fits = small.calls.settle(step, {"structuredContent": {"text": "x" * 1000}}, None)
     assert fits.outcome == "ok"
-    answer = small.settle(step, {"structuredContent": {"text": "x" * 3000}}, None)
+    answer = small.calls.settle(step, {"structuredContent": {"text": "x" * 3000}}, None)
     assert answer.result is not None
     assert answer.result["isError"] is True
     assert answer.result["_meta"][ERROR_DATA_META] == {"size": 3011, "room": 8192 - 24}
@@ -232,7 +233,7 @@ def test_the_brokers_own_timer_and_the_provider_leaving_are_the_calls_errors(
     core: BrokerCore,
 ) -> None:
     step = admitted(core, ECHO, {"text": "hi"})
-    late = core.settle(step, None, Timeout("no answer in time"))
+    late = core.calls.settle(step, None, Timeout("no answer in time"))
     assert isinstance(late.error, Timeout)
     assert str(late.error) == (
         "org.example.provider did not answer org.example.test.echo within 2s; "
@@ -243,7 +244,7 @@ def test_the_brokers_own_timer_and_the_provider_leaving_are_the_calls_errors(
         -32006,
         "calls_timeout",
     )
-    gone = core.settle(step, None, PeerGone("the peer left"))
+    gone = core.calls.settle(step, None, PeerGone("the peer left"))
     assert isinstance(gone.error, PeerGone)
     assert "org.example.provider, which provides org.example.test.echo" in str(gone.error)
     assert (gone.outcome, gone.code) == ("provider-gone", -32011)
@@ -254,7 +255,7 @@ def test_an_error_the_provider_answers_is_its_tool_error(core: BrokerCore, code:
     # A provider whose own downstream call timed out answers -32006: that is its tool's
     # failure, not the broker's timer running out on the provider (nor the provider leaving).
     step = admitted(core, ECHO, {"text": "hi"})
-    answer = core.settle(step, None, error_for_code(code, "the media daemon did not answer"))
+    answer = core.calls.settle(step, None, error_for_code(code, "the media daemon did not answer"))
     assert answer.error is None
     assert answer.result is not None
     assert answer.result["isError"] is True
@@ -264,7 +265,7 @@ def test_an_error_the_provider_answers_is_its_tool_error(core: BrokerCore, code:
 
 def test_anything_else_a_call_ends_in_is_an_internal_error(core: BrokerCore) -> None:
     bug = RuntimeError("a bug")
-    answer = core.settle(admitted(core, ECHO, {"text": "hi"}), None, bug)
+    answer = core.calls.settle(admitted(core, ECHO, {"text": "hi"}), None, bug)
     assert answer.error is bug
     assert (answer.outcome, answer.code) == ("internal-error", -32603)
     assert answer.counter == "calls_internal-error"
@@ -272,7 +273,7 @@ def test_anything_else_a_call_ends_in_is_an_internal_error(core: BrokerCore) -> 
 
 def test_a_cancelled_call_is_audited_with_nobody_to_answer(core: BrokerCore) -> None:
     step = admitted(core, ECHO, {"text": "hi"})
-    record = core.cancelled(step)
+    record = core.calls.cancelled(step)
     assert (record.outcome, record.code, record.tool) == ("cancelled", None, ECHO)
     assert record.provider == step.tool.provider.view
 
@@ -282,7 +283,7 @@ def test_a_cancelled_call_is_audited_with_nobody_to_answer(core: BrokerCore) -> 
 
 def test_what_an_own_tool_could_not_find_is_a_tool_error(core: BrokerCore) -> None:
     step = admitted(core, LIST_PROVIDERS, who=BROKER)
-    answer = core.settle(step, None, NotFound("no such page", data={"page": 3}))
+    answer = core.calls.settle(step, None, NotFound("no such page", data={"page": 3}))
     assert answer.result is not None
     assert answer.result["isError"] is True
     assert answer.result["_meta"][ERROR_DATA_META] == {"page": 3}
@@ -292,18 +293,18 @@ def test_what_an_own_tool_could_not_find_is_a_tool_error(core: BrokerCore) -> No
 def test_anything_else_an_own_tool_raises_is_the_calls_error(core: BrokerCore) -> None:
     step = admitted(core, LIST_PROVIDERS, who=BROKER)
     busy = LimitExceeded("being verified")
-    answer = core.settle(step, None, busy)
+    answer = core.calls.settle(step, None, busy)
     assert answer.error is busy
     assert (answer.outcome, answer.code) == ("error", -32005)
 
 
 def test_an_own_tools_output_is_checked_as_a_providers_is(core: BrokerCore) -> None:
     step = admitted(core, LIST_PROVIDERS, who=BROKER)
-    ok = core.settle(step, {"providers": []}, None)
+    ok = core.calls.settle(step, {"providers": []}, None)
     assert ok.result is not None
     assert ok.result["structuredContent"] == {"providers": []}
     assert ok.outcome == "ok"
-    broken = core.settle(step, {"providers": 1}, None)
+    broken = core.calls.settle(step, {"providers": 1}, None)
     assert broken.result is not None
     assert broken.result["isError"] is True
     assert broken.outcome == "error"

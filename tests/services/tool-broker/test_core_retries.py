@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
+from kiki_tool_broker.calls import Admitted, Answer, Joining
 from kiki_tool_broker.config import BrokerConfig
-from kiki_tool_broker.core import Admitted, Answer, BrokerCore, Joining
+from kiki_tool_broker.core import BrokerCore
 from kiki_tool_broker.policy import Policy, Rule
 from kiki_tool_broker.schemas import Catalog
 from kikitest.broker_lexicons import ECHO, LEXICONS
@@ -42,7 +43,7 @@ def core() -> BrokerCore:
 def keyed(
     core: BrokerCore, key: str, text: str = "hi", who: PeerCred = CALLER, **meta: Any
 ) -> Answer | Admitted | Joining:
-    return core.call(
+    return core.calls.call(
         core.identify(who),
         ECHO,
         {"text": text},
@@ -57,8 +58,8 @@ def test_a_finished_keyed_call_is_replayed_without_its_tool(core: BrokerCore) ->
     first = keyed(core, "k")
     assert isinstance(first, Admitted)
     assert first.token is not None
-    answer = core.settle(first, REPLY, None)
-    assert core.release(first, answer, 13.0) is None  # nobody joined
+    answer = core.calls.settle(first, REPLY, None)
+    assert core.calls.release(first, answer, 13.0) is None  # nobody joined
     again = keyed(core, "k")
     assert isinstance(again, Answer)
     assert (again.outcome, again.counter, again.result) == ("replay", "calls_replay", answer.result)
@@ -75,10 +76,10 @@ def test_a_duplicate_of_a_running_call_joins_and_gets_its_answer(core: BrokerCor
     joining = keyed(core, "k")
     assert isinstance(first, Admitted)
     assert isinstance(joining, Joining)
-    answer = core.settle(first, REPLY, None)
-    given = core.release(first, answer, 13.0)
+    answer = core.calls.settle(first, REPLY, None)
+    given = core.calls.release(first, answer, 13.0)
     assert given is answer
-    joined = core.joined(joining, given)
+    joined = core.calls.joined(joining, given)
     assert (joined.outcome, joined.result, joined.caller) == (
         "replay",
         answer.result,
@@ -91,9 +92,9 @@ def test_a_cancelled_call_is_forgotten_and_its_duplicates_told_to_retry(core: Br
     joining = keyed(core, "k")
     assert isinstance(first, Admitted)
     assert isinstance(joining, Joining)
-    given = core.release(first, None, 13.0)
+    given = core.calls.release(first, None, 13.0)
     assert given is not None
-    joined = core.joined(joining, given)
+    joined = core.calls.joined(joining, given)
     assert isinstance(joined.error, Unavailable)
     assert joined.outcome == "cancelled"
     assert isinstance(keyed(core, "k"), Admitted)  # the retry runs
@@ -103,15 +104,15 @@ def test_a_delegates_call_is_decided_for_the_person_and_forwarded_with_it(
     core: BrokerCore,
 ) -> None:
     alice = {"subject": "alice", "session": "s"}
-    call = core.call(
+    call = core.calls.call(
         core.identify(RELAY), ECHO, {"text": "x"}, 1, None, 1.0, {ON_BEHALF_OF_META: alice}
     )
     assert isinstance(call, Admitted)
     assert call.params is not None
     assert call.params["_meta"][ON_BEHALF_OF_META] == alice
     assert call.params["_meta"][CALLER_META]["uid"] == 1001
-    assert core.settle(call, REPLY, None).on_behalf_of == alice
-    bob = core.call(
+    assert core.calls.settle(call, REPLY, None).on_behalf_of == alice
+    bob = core.calls.call(
         core.identify(RELAY),
         ECHO,
         {"text": "x"},
@@ -124,7 +125,7 @@ def test_a_delegates_call_is_decided_for_the_person_and_forwarded_with_it(
     assert isinstance(bob.error, PermissionDenied)
     assert bob.on_behalf_of == {"subject": "bob"}
     # The provider's own user may call ECHO for itself, not claim to be someone else.
-    claim = core.call(
+    claim = core.calls.call(
         core.identify(CALLER), ECHO, {"text": "x"}, 1, None, 1.0, {ON_BEHALF_OF_META: alice}
     )
     assert isinstance(claim, Answer)

@@ -14,7 +14,7 @@ from kiki_tool_broker.config import BrokerConfig
 from kiki_tool_broker.core import BrokerCore
 from kiki_tool_broker.policy import Policy, Rule
 from kiki_tool_broker.schemas import Catalog
-from kiki_tool_broker.streams import Audit, OpenUpstream
+from kiki_tool_broker.streams import Action, Audit, OpenUpstream, Subscribed
 from kikitest.broker_lexicons import TICKS_LEXICON, procedure
 from libkiki.errors import Conflict, InvalidParams, NotFound, PermissionDenied
 from libkiki.peer import PeerCred
@@ -42,6 +42,14 @@ def make_core(tmp_path: Path, policy: Policy | None = None) -> BrokerCore:
     apps.mkdir(exist_ok=True)
     (apps / "org.example.Music.json").write_text(json.dumps({"id": "org.example.Music"}))
     return BrokerCore(BrokerConfig(), Catalog.load(), policy or Policy(), apps_dir=apps, own=BROKER)
+
+
+def subscribe(
+    core: BrokerCore, cred: PeerCred, conn: int, nsid: str, params: dict[str, Any]
+) -> tuple[Subscribed, list[Action]]:
+    """A peer's own subscription (no delegate's person), as the core decides it."""
+    subscriber = core.subscriptions.subscriber(core.identify(cred))
+    return core.subscriptions.subscribe(subscriber, conn, nsid, params)
 
 
 def lexicons() -> list[dict[str, Any]]:
@@ -80,8 +88,8 @@ def test_subscribers_waiting_are_opened_when_their_provider_registers(tmp_path: 
     music = core.provider(MUSIC)
     core.register_all(music, [], lexicons(), subscriptions=[FEED])
     core.unregister_all(music, [], [FEED])
-    who = core.identify(ROOT)  # nobody serves it now: root may subscribe all the same
-    subscribed, _ = core.subscribe(core.subscriber(who), 7, FEED, {"room": "a"})
+    # Nobody serves it now: root may subscribe all the same.
+    subscribed, _ = subscribe(core, ROOT, 7, FEED, {"room": "a"})
     assert subscribed.state == "waiting"
     done = core.register_all(core.provider(MUSIC), [], lexicons(), subscriptions=[FEED])
     assert [type(a) for a in done.actions] == [OpenUpstream]
@@ -96,14 +104,12 @@ def test_subscribing_checks_policy_then_params(tmp_path: Path) -> None:
     core = make_core(tmp_path, Policy(deny=(deny,)))
     core.register_all(core.provider(MUSIC), [], lexicons(), subscriptions=[FEED])
     with pytest.raises(PermissionDenied, match="may not subscribe"):
-        core.subscribe(core.subscriber(core.identify(OTHER)), 1, FEED, {})
+        subscribe(core, OTHER, 1, FEED, {})
     with pytest.raises(InvalidParams, match=r"params\.room"):
-        core.subscribe(core.subscriber(core.identify(MUSIC)), 1, FEED, {"room": 3})
+        subscribe(core, MUSIC, 1, FEED, {"room": 3})
     with pytest.raises(InvalidParams, match="not a subscription"):
-        core.subscribe(core.subscriber(core.identify(MUSIC)), 1, PLAY, {})
-    subscribed, actions = core.subscribe(
-        core.subscriber(core.identify(MUSIC)), 1, FEED, {"room": "b"}
-    )
+        subscribe(core, MUSIC, 1, PLAY, {})
+    subscribed, actions = subscribe(core, MUSIC, 1, FEED, {"room": "b"})
     assert subscribed.state == "opening"
     assert isinstance(actions[0], OpenUpstream)
     assert actions[0].params == {"room": "b"}
@@ -148,12 +154,8 @@ def test_a_rule_keeping_a_caller_from_the_audit_log_keeps_it_from_its_stream(
     core = make_core(tmp_path, Policy(allow=(allow,), deny=(deny,)))
     core.declare_own_streams(["dev.kiki.tools.subscribeAudit"])
     with pytest.raises(PermissionDenied, match=r"shows what dev\.kiki\.tools\.readAuditLog does"):
-        core.subscribe(
-            core.subscriber(core.identify(OTHER)), 1, "dev.kiki.tools.subscribeAudit", {}
-        )
-    subscribed, _ = core.subscribe(
-        core.subscriber(core.identify(ROOT)), 1, "dev.kiki.tools.subscribeAudit", {}
-    )
+        subscribe(core, OTHER, 1, "dev.kiki.tools.subscribeAudit", {})
+    subscribed, _ = subscribe(core, ROOT, 1, "dev.kiki.tools.subscribeAudit", {})
     assert subscribed.state == "opening"  # root may: the stream opens
 
 
@@ -164,25 +166,25 @@ def test_a_delegates_subscription_is_decided_for_the_person_it_names(tmp_path: P
     core.register_all(core.provider(MUSIC), [], lexicons(), subscriptions=[FEED])
     relay = core.identify(OTHER)
     person = {ON_BEHALF_OF_META: {"subject": "alice", "session": "phone"}}
-    subscriber = core.subscriber(relay, person)
+    subscriber = core.subscriptions.subscriber(relay, person)
     assert subscriber.on_behalf_of == {"subject": "alice", "session": "phone"}
     assert subscriber.view == relay.view  # the audit's caller is the relay, as the kernel says
-    _, actions = core.subscribe(subscriber, 1, FEED, {})
+    _, actions = core.subscriptions.subscribe(subscriber, 1, FEED, {})
     [audit] = [a for a in actions if isinstance(a, Audit)]
     assert audit.caller == subscriber  # its lines (subscribe, and the end) name both
     # Bob has no rule: the relay's own defaults (uid 1001 may subscribe to queries' streams in
     # the default group, or not) never reach a remote person.
-    bob = core.subscriber(relay, {ON_BEHALF_OF_META: {"subject": "bob"}})
+    bob = core.subscriptions.subscriber(relay, {ON_BEHALF_OF_META: {"subject": "bob"}})
     with pytest.raises(PermissionDenied, match=r"remote:bob \(relayed by"):
-        core.subscribe(bob, 1, FEED, {})
+        core.subscriptions.subscribe(bob, 1, FEED, {})
     # Only a trusted delegate may name someone; a malformed person is bad params.
     with pytest.raises(PermissionDenied, match="not a trusted delegate") as info:
-        core.subscriber(core.identify(MUSIC), person)
+        core.subscriptions.subscriber(core.identify(MUSIC), person)
     assert info.value.data == {"rule": "onBehalfOf"}
     with pytest.raises(InvalidParams):
-        core.subscriber(relay, {ON_BEHALF_OF_META: {"subject": ""}})
+        core.subscriptions.subscriber(relay, {ON_BEHALF_OF_META: {"subject": ""}})
     # Without a person, the relay subscribes as itself.
-    assert core.subscriber(relay, {}).on_behalf_of is None
+    assert core.subscriptions.subscriber(relay, {}).on_behalf_of is None
 
 
 def test_the_streams_listing_shows_what_the_caller_may_subscribe_to_and_who_serves_it(
@@ -200,10 +202,10 @@ def test_the_streams_listing_shows_what_the_caller_may_subscribe_to_and_who_serv
     music = core.provider(MUSIC)
     core.register_all(music, [], lexicons(), subscriptions=[FEED])
     root = core.identify(ROOT)
-    first = core.list_streams(root)
+    first = core.subscriptions.list_streams(root)
     assert [s["nsid"] for s in first["streams"]] == ["dev.kiki.tools.subscribeProviders"]
     assert first["streams"][0]["provider"] == core.own.view
-    second = core.list_streams(root, first["nextCursor"])
+    second = core.subscriptions.list_streams(root, first["nextCursor"])
     assert second == {
         "streams": [
             {"nsid": FEED, "description": feed_lexicon()["defs"]["main"]["description"]}
@@ -212,9 +214,9 @@ def test_the_streams_listing_shows_what_the_caller_may_subscribe_to_and_who_serv
     }
     # What the policy keeps from a caller is left out (OTHER may not subscribe to FEED), and
     # does not make a page of its own.
-    only = core.list_streams(core.identify(OTHER))
+    only = core.subscriptions.list_streams(core.identify(OTHER))
     assert only == {"streams": [first["streams"][0]]}
     with pytest.raises(InvalidParams, match="invalid cursor"):
-        core.list_streams(root, "not a cursor!")
+        core.subscriptions.list_streams(root, "not a cursor!")
     core.unregister_all(music, [], [FEED])  # withdrawn: no longer listed
-    assert core.list_streams(root, first["nextCursor"]) == {"streams": []}
+    assert core.subscriptions.list_streams(root, first["nextCursor"]) == {"streams": []}

@@ -37,7 +37,7 @@ from typing import Any, Final
 
 import orjson
 
-from kiki_tool_broker.core import BrokerCore, Subscriber, Who
+from kiki_tool_broker.core import BrokerCore, Who
 from kiki_tool_broker.mcp_resources import ResourceStreams
 from kiki_tool_broker.registry import Provider
 from kiki_tool_broker.results import outcome_of
@@ -55,6 +55,7 @@ from kiki_tool_broker.streams import (
     Status,
     Subscribed,
 )
+from kiki_tool_broker.subscribing import Subscriber
 from libkiki.errors import InvalidParams, KikiError, PeerGone
 from libkiki.rpc import Connection, Methods, RequestContext
 
@@ -120,6 +121,7 @@ class EventStreams:
     def __init__(self, core: BrokerCore, audit: AuditWriter, counters: Any) -> None:
         self.core = core
         self.fanout = core.streams
+        self.subscriptions = core.subscriptions
         self.audit = audit  # writes one audit line (kwargs of AuditLog.append), then publishes
         self.counters = counters
         self._cids = itertools.count(1)
@@ -172,9 +174,9 @@ class EventStreams:
         cid = self._cid(request.connection)
         behalf = None  # the person a trusted delegate names, once it is known to be one
         try:
-            subscriber = self.core.subscriber(who, request.meta)
+            subscriber = self.subscriptions.subscriber(who, request.meta)
             behalf = subscriber.on_behalf_of
-            subscribed, actions = self.core.subscribe(subscriber, cid, nsid, params)
+            subscribed, actions = self.subscriptions.subscribe(subscriber, cid, nsid, params)
         except Exception as exc:
             outcome, code = outcome_of(exc)
             self.audit(
@@ -194,7 +196,7 @@ class EventStreams:
         return subscribed, actions
 
     def list_streams(self, request: RequestContext, cursor: Any = None) -> dict[str, Any]:
-        return self.core.list_streams(self.who(request), cursor)
+        return self.subscriptions.list_streams(self.who(request), cursor)
 
     def unsubscribe(self, request: RequestContext, subscription: Any) -> dict[str, Any]:
         if not isinstance(subscription, int) or isinstance(subscription, bool):
@@ -227,7 +229,7 @@ class EventStreams:
     def policy_reloaded(self) -> None:
         """End (``denied``) the subscriptions the policy no longer allows."""
         for sub, subscriber in list(self.subs.items()):
-            if not self.core.may_subscribe(subscriber.caller, self.sub_nsid[sub])[0]:
+            if not self.subscriptions.may_subscribe(subscriber.caller, self.sub_nsid[sub])[0]:
                 self.carry(self.fanout.end(sub, "denied", "the policy no longer allows it"))
 
     def shutdown(self) -> None:
@@ -301,7 +303,9 @@ class EventStreams:
         ended: list[Action] = []
         for sub, subscriber in list(self.subs.items()):
             nsid = self.sub_nsid[sub]
-            if nsid in reopened and not self.core.may_subscribe(subscriber.caller, nsid)[0]:
+            if nsid not in reopened:
+                continue
+            if not self.subscriptions.may_subscribe(subscriber.caller, nsid)[0]:
                 ended.extend(self.fanout.end(sub, "denied", "the policy does not allow it"))
         if ended:
             # An upstream whose subscribers all ended is closed already: it is not opened at

@@ -1,7 +1,8 @@
 """Forwarded calls: a tools/call the core admitted for a provider goes out on the provider's
 connection, and its reply (or its end: cancelled, timed out, the provider gone) is settled by the
 core and audited before the caller is answered; and the duplicates of a keyed call (an
-idempotency key) that wait for its answer. I/O only; the decisions are the core's."""
+idempotency key) that wait for its answer. I/O only; the decisions are
+:class:`~kiki_tool_broker.calls.Calls`'."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from kiki_tool_broker.core import Admitted, Answer, AuditRecord, BrokerCore, Joining
+from kiki_tool_broker.calls import Admitted, Answer, AuditRecord, Calls, Joining
 from libkiki.rpc import RequestContext
 
 
@@ -19,8 +20,8 @@ class Forwarder:
     """The calls in flight to providers. ``write`` appends a settled call's audit line (and
     counts it); it raises when the line cannot be written, which the caller is then told."""
 
-    def __init__(self, core: BrokerCore, write: Callable[[AuditRecord], None]) -> None:
-        self.core = core
+    def __init__(self, calls: Calls, write: Callable[[AuditRecord], None]) -> None:
+        self.calls = calls
         self._write = write
         # Calls that had to wait for a provider slot or relay progress: in tasks.
         self._forwarding: set[asyncio.Task[Any]] = set()
@@ -40,7 +41,7 @@ class Forwarder:
         duplicates that joined it are audited and answered."""
         if call.token is None:
             return
-        first = self.core.release(call, answer, time.monotonic())
+        first = self.calls.release(call, answer, time.monotonic())
         waiting = self._joined.pop(call.token, [])
         if first is None:
             return
@@ -59,7 +60,7 @@ class Forwarder:
                     )
                 )
                 continue
-            joined = self.core.joined(joining, first)
+            joined = self.calls.joined(joining, first)
             try:
                 self._write(joined)
             except Exception as exc:  # a full disk
@@ -85,7 +86,7 @@ class Forwarder:
         if request.progress_token is None:
             try:
                 sent = call.tool.provider.connection.request_soon(
-                    "tools/call", call.params, timeout=self.core.config.call_timeout
+                    "tools/call", call.params, timeout=self.calls.config.call_timeout
                 )
             except Exception as exc:  # the connection has just closed (KikiError), or a bug:
                 # either way the call fails through _call_done, audited like any other
@@ -117,12 +118,12 @@ class Forwarder:
         the audit itself (a full disk) is the caller's answer too: an internal error."""
         if sent.cancelled():  # the caller cancelled or left: there is nobody to answer
             try:
-                self._write(self.core.cancelled(call))
+                self._write(self.calls.cancelled(call))
             finally:
                 self.settled(call, None)
             return
         error = sent.exception()
-        settled = self.core.settle(call, None if error is not None else sent.result(), error)
+        settled = self.calls.settle(call, None if error is not None else sent.result(), error)
         try:
             self._write(settled)
         except Exception as exc:  # a full disk
@@ -158,6 +159,6 @@ class Forwarder:
         return await call.tool.provider.connection.request(
             "tools/call",
             call.params,
-            timeout=self.core.config.call_timeout,
+            timeout=self.calls.config.call_timeout,
             on_progress=relay if request.progress_token is not None else None,
         )

@@ -172,7 +172,7 @@ class ResourceStreams:
             main = doc.defs.get("main")
             if (
                 not isinstance(main, SubscriptionType)
-                or not core.may_subscribe(who.caller, doc.id)[0]
+                or not core.subscriptions.may_subscribe(who.caller, doc.id)[0]
             ):
                 continue
             params = main.parameters

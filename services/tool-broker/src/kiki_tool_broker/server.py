@@ -21,8 +21,9 @@ from typing import Any
 from kiki_tool_broker import protocol as mcp
 from kiki_tool_broker.announce import Audience
 from kiki_tool_broker.audit import AuditLog
+from kiki_tool_broker.calls import Admitted, Answer, AuditRecord, Joining
 from kiki_tool_broker.config import BrokerConfig
-from kiki_tool_broker.core import Admitted, Answer, AuditRecord, BrokerCore, Joining, Who
+from kiki_tool_broker.core import BrokerCore, Who
 from kiki_tool_broker.events import OWN_STREAMS, SUBSCRIBE_AUDIT, EventStreams
 from kiki_tool_broker.forwarding import Forwarder
 from kiki_tool_broker.policy import Policy
@@ -57,7 +58,7 @@ class Broker:
         self.audience: Audience[Connection] = Audience(core.config.max_listen_streams)
         self.changed = asyncio.Event()
         self.serving = ""  # the status line's first part, once the socket is served
-        self.forwarder = Forwarder(core, self._write)
+        self.forwarder = Forwarder(core.calls, self._write)
         self.methods = self._methods()
 
     # -- the method table --------------------------------------------------------------------
@@ -247,7 +248,7 @@ class Broker:
         started = time.monotonic()
         meta = request.meta
         modern = mcp.era(meta, self.core.result_meta)
-        call = self.core.call(
+        call = self.core.calls.call(
             self._who(request), name, arguments, request.request_id, modern, started, meta
         )
         if isinstance(call, Answer):
@@ -259,10 +260,10 @@ class Broker:
         try:
             output = self.tools.call(call.tool.nsid, call.arguments)
         except Exception as exc:
-            return self._answer_own(call, self.core.settle(call, None, exc))
+            return self._answer_own(call, self.core.calls.settle(call, None, exc))
         if isinstance(output, _Future):  # a built-in tool that waits (readAuditLog's verify)
             return self.forwarder.answer_later(call, output)  # is answered as a forwarded call
-        return self._answer_own(call, self.core.settle(call, output, None))
+        return self._answer_own(call, self.core.calls.settle(call, output, None))
 
     def _answer_own(self, call: Admitted, answer: Answer) -> dict[str, Any]:
         """:meth:`_answer` for one of the broker's own tools, whose answer its idempotency key
