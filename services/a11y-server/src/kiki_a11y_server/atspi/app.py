@@ -1,0 +1,229 @@
+"""One bridged app: its walk, its event batches, its actions, its Kiki publisher (asyncio).
+
+Each app has its own task and its own publisher connection (one Kiki tree). Events only mark
+paths dirty in the app's :class:`~kiki_a11y_server.atspi.model.AppModel` and wake the task; the
+task fetches what is dirty (and the subtrees that appeared), publishes one update, and goes
+again while events came meanwhile, so a storm costs one fetch per node per round, never a
+queue. Every AT-SPI call is bounded: an app that stops answering marks its tree stale (the root
+gets ``busy``) and is asked again every ``probe_interval``; still silent after ``gone_after``,
+its tree is closed (the server sends ``TreeGone``), and it is walked and published afresh if it
+answers later. Nothing one app does holds up another's task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from kiki_a11y_server.atspi.calls import ROOT, AtspiError, Calls
+from kiki_a11y_server.atspi.model import AppModel, Fetched
+from kiki_a11y_server.atspi.walk import walk
+from libkiki.a11y import wire
+from libkiki.a11y.publisher import A11yPublisher
+from libkiki.backoff import RestartBackoff
+from libkiki.errors import KikiError, Timeout
+
+log = logging.getLogger(__name__)
+
+AGENT = wire.CAUSES["agent"]
+APP = wire.CAUSES["app"]
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    concurrency: int = 32  # accessibles fetched at once per app
+    max_nodes: int = 20_000
+    max_children: int = 2_000
+    max_dirty: int = 2_000
+    probe_interval: float = 1.0
+    gone_after: float = 10.0
+    agent_window: float = 0.5  # updates this soon after an action are marked caused by the agent
+
+
+class AppMirror:
+    def __init__(self, calls: Calls, bus_name: str, socket: Path | None, limits: Limits) -> None:
+        self.calls = calls
+        self.bus_name = bus_name
+        self.socket = socket
+        self.limits = limits
+        self.model = AppModel(
+            max_nodes=limits.max_nodes, max_children=limits.max_children, max_dirty=limits.max_dirty
+        )
+        self.wakeup = asyncio.Event()
+        self.published = asyncio.Event()  # set after each publish (tests, benchmark)
+        self.publisher: A11yPublisher | None = None
+        self.label = bus_name
+        self.stale = False
+        self.suspect = False  # an action timed out: ask the app before anything else
+        self.updates = 0
+        self._acted = -1e9
+        self._gate = asyncio.Semaphore(limits.concurrency)
+
+    # -- events (called from the bus's message handler: no awaiting) ---------------------------
+
+    def event(self, path: str) -> None:
+        if self.model.mark(path):
+            self.wakeup.set()
+
+    # -- the task ------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Mirror the app until cancelled (its bus name left); reconnects to the server."""
+        backoff = RestartBackoff()
+        while True:
+            try:
+                await self._session(backoff)
+            except Timeout as exc:
+                self.stale = True
+                log.info("%s: %s", self.label, exc)
+            except (KikiError, OSError) as exc:
+                log.info("%s: %s", self.label, exc)
+            self.publisher = None
+            await asyncio.sleep(backoff.exited(time.monotonic()))
+            if self.stale:
+                await self._await_answer()
+
+    async def _session(self, backoff: RestartBackoff) -> None:
+        fetched = await self._walk([(ROOT, True)])
+        root = fetched[ROOT]
+        self.label = root.name or self.bus_name
+        async with A11yPublisher(self.socket, label=self.label, on_action=self._on_action) as pub:
+            self.publisher = pub
+            self.model.reset()
+            await self._publish(self.model.apply(fetched, root=ROOT).nodes, root=self.model.root_id)
+            backoff.ready(time.monotonic())
+            log.info("%s: %d nodes published (tree %d)", self.label, len(fetched), pub.tree_id)
+            closed = asyncio.ensure_future(pub.closed.wait())
+            try:
+                while not pub.closed.is_set():
+                    woken = asyncio.ensure_future(self.wakeup.wait())
+                    await asyncio.wait({woken, closed}, return_when=asyncio.FIRST_COMPLETED)
+                    woken.cancel()
+                    if pub.closed.is_set():
+                        return
+                    self.wakeup.clear()
+                    await self._round()
+            finally:
+                closed.cancel()
+
+    async def _round(self) -> None:
+        try:
+            if self.suspect:
+                self.suspect = False
+                await self.calls.ping(self.bus_name)
+            if self.model.resync:
+                fetched = await self._walk([(ROOT, True)])
+                batch = self.model.apply(fetched, root=ROOT)
+                await self._publish(batch.nodes, root=self.model.root_id)
+                return
+            paths = self.model.take_dirty()
+            fetched = await self._walk([(p, False) for p in paths])
+            batch = self.model.apply(fetched)
+            if batch.nodes or self.stale:
+                await self._publish(batch.nodes)
+        except Timeout as exc:
+            log.warning("%s does not answer (%s): its tree is stale", self.label, exc)
+            await self._go_stale()
+        except KikiError as exc:
+            if (
+                not isinstance(exc, AtspiError)
+                and self.publisher
+                and self.publisher.closed.is_set()
+            ):
+                raise
+            log.warning("%s: %s; walking it again", self.label, exc)
+            self.model.resync = True
+            self.wakeup.set()
+
+    async def _publish(self, nodes: list[wire.Node], root: int = 0) -> None:
+        assert self.publisher is not None
+        if self.stale:
+            self.stale = False
+            nodes = self._with_root(nodes, busy=False)
+        recent = time.monotonic() - self._acted < self.limits.agent_window
+        await self.publisher.publish(nodes, root_id=root, cause=AGENT if recent else APP)
+        self.updates += 1
+        self.published.set()
+        self.published = asyncio.Event()
+
+    def _with_root(self, nodes: list[wire.Node], *, busy: bool) -> list[wire.Node]:
+        entry = self.model.entries[self.model.root_id]
+        listed = {n.id: n for n in nodes}
+        root = listed.get(entry.node.id, entry.node)
+        bit = wire.STATES["busy"]
+        listed[root.id] = root._replace(states=root.states | bit if busy else root.states & ~bit)
+        return list(listed.values())
+
+    # -- a hung app ----------------------------------------------------------------------------
+
+    async def _go_stale(self) -> None:
+        self.stale = True
+        assert self.publisher is not None
+        with contextlib.suppress(KikiError):
+            await self.publisher.publish(self._with_root([], busy=True), wait=False)
+        try:
+            async with asyncio.timeout(self.limits.gone_after):
+                await self._await_answer()
+        except TimeoutError:
+            log.warning(
+                "%s: silent for %g s more; its tree is gone", self.label, self.limits.gone_after
+            )
+            raise Timeout(f"{self.label} stopped answering") from None
+        self.model.resync = True  # it answers again: whatever it did meanwhile, walk it anew
+        self.wakeup.set()
+
+    async def _await_answer(self) -> None:
+        while True:
+            try:
+                await self.calls.ping(self.bus_name)
+                return
+            except Timeout:
+                await asyncio.sleep(self.limits.probe_interval)
+
+    # -- walking -------------------------------------------------------------------------------
+
+    async def _fetch(self, path: str) -> Fetched | KikiError:
+        async with self._gate:
+            try:
+                return await self.calls.fetch(self.bus_name, path)
+            except AtspiError as exc:  # gone meanwhile (defunct), or a broken object
+                return exc
+
+    async def _walk(self, start: list[tuple[str, bool]]) -> dict[str, Fetched]:
+        fetched, failed = await walk(
+            self._fetch,
+            self.model,
+            start,
+            max_nodes=self.limits.max_nodes,
+            max_children=self.limits.max_children,
+        )
+        for path in failed:
+            if path == ROOT and (ROOT, True) in start:
+                raise AtspiError(f"{self.bus_name} has no accessible root")
+            self._mark_parent(path)
+        return fetched
+
+    def _mark_parent(self, path: str) -> None:
+        node_id = self.model.ids.get(path, 0)
+        entry = self.model.entries.get(node_id)
+        parent = self.model.entries.get(entry.parent) if entry else None
+        if parent is not None:
+            self.event(parent.path)
+
+    # -- actions -------------------------------------------------------------------------------
+
+    async def _on_action(self, request: wire.ActionRequest) -> str:
+        planned = self.model.plan(request.node_id, request.action, request.value)
+        self._acted = time.monotonic()
+        try:
+            return await self.calls.perform(self.bus_name, planned)
+        except Timeout:
+            self.suspect = True
+            self.wakeup.set()
+            raise
+        finally:
+            self._acted = time.monotonic()

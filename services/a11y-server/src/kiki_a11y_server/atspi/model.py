@@ -1,0 +1,349 @@
+"""One AT-SPI app's mirror as a Kiki tree (sans-I/O).
+
+The I/O layer fetches accessibles (:class:`Fetched`) and feeds them here; this module keeps
+the id of every object path, the Kiki node built from it and its children, and turns a batch
+of fetched accessibles into one Kiki update that the a11y-server's rules accept: new children
+are new ids listed in the same update (a path seen again under another parent gets a fresh
+id, since Kiki never reparents a live node), a child dropped by its parent goes with its
+subtree, and a node whose Kiki form did not change is not sent.
+
+Events only mark paths dirty (:meth:`AppModel.mark`); the app's loop fetches them and calls
+:meth:`AppModel.apply`. Marks are a set, so an event storm on one node costs one fetch; past
+``max_dirty`` paths the mirror asks for a fresh walk instead (:attr:`AppModel.resync`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kiki_a11y_server.atspi import roles
+from libkiki.a11y import wire
+from libkiki.errors import InvalidParams, NotFound
+
+A = wire.ACTIONS
+S = wire.STATES
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """What AT-SPI said about one accessible (paths are on the app's own bus name)."""
+
+    path: str
+    role: int
+    name: str = ""
+    description: str = ""
+    states: tuple[int, ...] = ()
+    children: tuple[str, ...] = ()
+    interfaces: frozenset[str] = frozenset()
+    extents: tuple[int, int, int, int] | None = None
+    actions: tuple[str, ...] = ()
+    value: str = ""
+    numeric: float | None = None
+    increment: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """An AT-SPI call that performs a Kiki action: ``member`` of ``interface`` on ``path``."""
+
+    path: str
+    interface: str
+    member: str
+    signature: str = ""
+    body: tuple[object, ...] = ()
+    what: str = ""
+
+
+@dataclass(slots=True)
+class Entry:
+    path: str
+    parent: int
+    node: wire.Node
+    atspi_role: str
+    actions: tuple[str, ...] = ()
+    interfaces: frozenset[str] = frozenset()
+    numeric: float | None = None
+    increment: float = 0.0
+
+
+@dataclass(slots=True)
+class Batch:
+    """One update: the nodes to send (new ones included) and the ids the server will drop."""
+
+    nodes: list[wire.Node] = field(default_factory=list)
+    removed: list[int] = field(default_factory=list)
+
+
+def kiki_node(node_id: int, f: Fetched, children: tuple[int, ...]) -> wire.Node:
+    role, _ = roles.kiki_role(f.role)
+    atspi = roles.atspi_state_names(f.states)
+    states = roles.kiki_states(atspi)
+    actions: list[int] = []
+    if roles.press_action(list(f.actions)) >= 0:
+        actions.append(A["press"])
+    if "Component" in f.interfaces and "focusable" in atspi:
+        actions.append(A["focus"])
+    editable = "EditableText" in f.interfaces and "editable" in atspi
+    # A progress bar's Value is the app's to change; AT-SPI offers it, the bridge does not.
+    settable = "Value" in f.interfaces and role != wire.ROLES["progressBar"]
+    if editable or settable:
+        actions.append(A["setValue"])
+    if settable:
+        actions += (A["increment"], A["decrement"])
+    if roles.named_action(list(f.actions), roles.EXPAND_NAMES) >= 0:
+        actions.append(A["collapse"] if states & S["expanded"] else A["expand"])
+    if roles.named_action(list(f.actions), roles.MENU_NAMES) >= 0:
+        actions.append(A["showMenu"])
+    bounds = f.extents if f.extents and (f.extents[2] or f.extents[3]) else None
+    return wire.Node(
+        node_id,
+        role,
+        f.name,
+        f.description,
+        f.value,
+        states,
+        bounds,
+        tuple(actions),
+        children,
+    )
+
+
+class AppModel:
+    """The mirror of one app (one bus name): path <-> id, Kiki nodes, dirty marks."""
+
+    def __init__(
+        self, *, max_nodes: int = 20_000, max_children: int = 2_000, max_dirty: int = 2_000
+    ) -> None:
+        self.max_nodes = max_nodes
+        self.max_children = max_children
+        self.max_dirty = max_dirty
+        self.ids: dict[str, int] = {}
+        self.entries: dict[int, Entry] = {}
+        self.root_id = 0
+        self.next_id = 1
+        self.dirty: dict[str, None] = {}  # insertion-ordered set: fetched in event order
+        self.resync = False
+
+    # -- events --------------------------------------------------------------------------------
+
+    def mark(self, path: str) -> bool:
+        """An event says ``path`` changed; True if it is in the mirror (and now dirty)."""
+        if path not in self.ids:
+            return False
+        if len(self.dirty) >= self.max_dirty and path not in self.dirty:
+            self.resync = True
+            return True
+        self.dirty[path] = None
+        return True
+
+    def take_dirty(self) -> list[str]:
+        paths, self.dirty = list(self.dirty), {}
+        return paths
+
+    # -- updates -------------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Forget everything: the next :meth:`apply` with ``root`` builds a new tree."""
+        self.ids.clear()
+        self.entries.clear()
+        self.dirty.clear()
+        self.resync = False
+        self.root_id = 0
+
+    def new_children(self, f: Fetched) -> list[str]:
+        """The children of an accessible in the mirror that it does not hold under it yet:
+        the caller walks them (every descendant of a new node is new too)."""
+        node_id = self.ids.get(f.path, 0)
+        return [
+            child
+            for child in f.children[: self.max_children]
+            if self._child_of(child, node_id) == 0
+        ]
+
+    def _child_of(self, path: str, parent: int) -> int:
+        child_id = self.ids.get(path, 0)
+        entry = self.entries.get(child_id)
+        return child_id if entry is not None and entry.parent == parent else 0
+
+    def apply(self, fetched: dict[str, Fetched], *, root: str = "") -> Batch:
+        """Turn fetched accessibles into one update. ``root``: a new tree rooted there.
+
+        ``fetched`` holds the dirty paths and every new descendant the caller walked; a child
+        that is not there (gone meanwhile, over the node budget) is left out of its parent's
+        list, and a path listed twice in one batch (a cycle) is kept once."""
+        batch = Batch()
+        new: dict[str, int] = {}  # path -> id of the nodes this batch creates
+        parents: dict[int, int] = {}
+        if root:
+            self.reset()
+            self.root_id = self._allocate(root, new)
+            parents[self.root_id] = 0
+        filled: set[int] = set()
+        for path in fetched:
+            node_id = new.get(path, 0)
+            entry = None if node_id else self.entries.get(self.ids.get(path, 0))
+            if entry is not None:
+                filled.add(self.ids[path])
+                self._fill(
+                    fetched[path],
+                    self.ids[path],
+                    entry.node,
+                    entry.parent,
+                    fetched,
+                    new,
+                    parents,
+                    batch,
+                )
+            elif node_id and node_id not in filled:
+                filled.add(node_id)
+                self._fill(
+                    fetched[path], node_id, None, parents[node_id], fetched, new, parents, batch
+                )
+        # Children created after their path went by (a node moved under a later path).
+        while pending := [(p, i) for p, i in new.items() if i not in filled]:
+            for path, node_id in pending:
+                filled.add(node_id)
+                self._fill(
+                    fetched[path], node_id, None, parents[node_id], fetched, new, parents, batch
+                )
+        removed = set(batch.removed)
+        batch.nodes = [n for n in batch.nodes if n.id not in removed]
+        return batch
+
+    def _fill(
+        self,
+        f: Fetched,
+        node_id: int,
+        old: wire.Node | None,
+        parent: int,
+        fetched: dict[str, Fetched],
+        new: dict[str, int],
+        parents: dict[int, int],
+        batch: Batch,
+    ) -> None:
+        children: list[int] = []
+        for child in f.children[: self.max_children]:
+            child_id = 0 if child in new else self._child_of(child, node_id)
+            if child_id == 0:
+                if child in new or child not in fetched or self._above(child, node_id, parents):
+                    continue  # twice in this batch, not walked, or an ancestor (a cycle)
+                if len(self.entries) + len(new) >= self.max_nodes:
+                    continue
+                child_id = self._allocate(child, new)
+                parents[child_id] = node_id
+            children.append(child_id)
+        node = kiki_node(node_id, f, tuple(children))
+        if old is not None:
+            for gone in set(old.children) - set(children):
+                batch.removed.extend(self._drop(gone))
+        _, atspi_role = roles.kiki_role(f.role)
+        self.entries[node_id] = Entry(
+            f.path, parent, node, atspi_role, f.actions, f.interfaces, f.numeric, f.increment
+        )
+        if node != old:
+            batch.nodes.append(node)
+
+    def _above(self, path: str, node_id: int, parents: dict[int, int]) -> bool:
+        """Whether ``path`` is ``node_id`` or one of its ancestors (the app lists a cycle)."""
+        current, hops = node_id, 0
+        while current and hops <= len(self.entries) + len(parents):
+            entry = self.entries.get(current)
+            if (entry is not None and entry.path == path) or self.ids.get(path) == current:
+                return True
+            current = entry.parent if entry is not None else parents.get(current, 0)
+            hops += 1
+        return False
+
+    def _allocate(self, path: str, assigned: dict[str, int]) -> int:
+        node_id = self.next_id
+        self.next_id += 1
+        self.ids[path] = node_id
+        assigned[path] = node_id
+        return node_id
+
+    def _drop(self, node_id: int) -> list[int]:
+        """Forget ``node_id`` and its subtree; returns the ids dropped."""
+        dropped = []
+        stack = [node_id]
+        while stack:
+            current = stack.pop()
+            entry = self.entries.pop(current, None)
+            if entry is None:
+                continue
+            dropped.append(current)
+            if self.ids.get(entry.path) == current:
+                del self.ids[entry.path]
+                self.dirty.pop(entry.path, None)
+            stack.extend(entry.node.children)
+        return dropped
+
+    def nodes(self) -> list[wire.Node]:
+        return [e.node for e in self.entries.values()]
+
+    def atspi_role(self, node_id: int) -> str:
+        """AT-SPI's own name for the node's role (what an ``unknown`` Kiki role was)."""
+        return self.entries[node_id].atspi_role
+
+    # -- actions -------------------------------------------------------------------------------
+
+    def plan(self, node_id: int, action: int, value: str) -> Call:
+        """The AT-SPI call that performs ``action`` on ``node_id``, or a typed refusal."""
+        entry = self.entries.get(node_id)
+        if entry is None:
+            raise NotFound(f"node {node_id} is not in this app's tree")
+        name = wire.ACTION_NAMES.get(action, str(action))
+        if action not in entry.node.actions:
+            raise InvalidParams(f"node {node_id} does not take {name}")
+        names = list(entry.actions)
+        if action == A["press"]:
+            index = roles.press_action(names)
+            return self._do(entry, index)
+        if action in (A["expand"], A["collapse"]):
+            return self._do(entry, roles.named_action(names, roles.EXPAND_NAMES))
+        if action == A["showMenu"]:
+            return self._do(entry, roles.named_action(names, roles.MENU_NAMES))
+        if action == A["focus"]:
+            return Call(entry.path, "org.a11y.atspi.Component", "GrabFocus", what="GrabFocus")
+        if action == A["setValue"] and "EditableText" in entry.interfaces:
+            return Call(
+                entry.path,
+                "org.a11y.atspi.EditableText",
+                "SetTextContents",
+                "s",
+                (value,),
+                "EditableText.SetTextContents",
+            )
+        if action in (A["setValue"], A["increment"], A["decrement"]):
+            return self._value(entry, action, value)
+        raise InvalidParams(f"node {node_id} does not take {name}")
+
+    @staticmethod
+    def _do(entry: Entry, index: int) -> Call:
+        return Call(
+            entry.path,
+            "org.a11y.atspi.Action",
+            "DoAction",
+            "i",
+            (index,),
+            f"DoAction({index}, {entry.actions[index]!r})",
+        )
+
+    @staticmethod
+    def _value(entry: Entry, action: int, value: str) -> Call:
+        current = entry.numeric or 0.0
+        if action == A["setValue"]:
+            try:
+                target = float(value)
+            except ValueError:
+                raise InvalidParams(f"not a number: {value!r}") from None
+        else:
+            step = entry.increment or 1.0
+            target = current + step if action == A["increment"] else current - step
+        return Call(
+            entry.path,
+            "org.freedesktop.DBus.Properties",
+            "Set",
+            "ssv",
+            ("org.a11y.atspi.Value", "CurrentValue", target),
+            f"Value.CurrentValue = {target:g}",
+        )

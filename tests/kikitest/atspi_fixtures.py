@@ -1,0 +1,283 @@
+"""A real desktop session for the AT-SPI bridge's tests, shared by the whole test session.
+
+``atspi_desktop`` starts, once: Xvfb, a private session dbus-daemon, at-spi-bus-launcher (the
+accessibility bus and, activated by it, the AT-SPI registry), gtk3-widget-factory, a
+kiki-a11y-server and kiki-atspi-bridge, and waits until the factory's tree is in the server.
+Tests that add apps of their own start them with :meth:`AtspiDesktop.start_app`.
+
+Import the fixture into a test module (``from kikitest.atspi_fixtures import atspi_desktop``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dbus_fast import Message, MessageType
+from dbus_fast.aio import MessageBus
+
+from kikitest import VENV_BIN
+from libkiki.a11y.client import A11yClient, Mirror, MirrorTree
+
+PROGRAMS = ("Xvfb", "dbus-daemon", "gtk3-widget-factory")
+LAUNCHER = Path("/usr/libexec/at-spi-bus-launcher")
+WITHIN = 30.0  # seconds any one peer has to come up
+
+
+@dataclass
+class AtspiDesktop:
+    root: Path
+    env: dict[str, str]  # DISPLAY, the session bus, XDG_RUNTIME_DIR, KIKI_RUNTIME_DIR
+    a11y_address: str
+    socket: Path
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    bridge: subprocess.Popen[bytes] | None = None
+
+    def start_app(self, *argv: str) -> subprocess.Popen[bytes]:
+        """Start a GTK app on this desktop, its accessibility on (GTK's atk-bridge)."""
+        log = open(self.root / f"{Path(argv[0]).name}.log", "ab")  # noqa: SIM115
+        proc = subprocess.Popen(list(argv), env=self.app_env(), stdout=log, stderr=log)
+        log.close()
+        self.procs.append(proc)
+        return proc
+
+    def app_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in ("NO_AT_BRIDGE", "GTK_A11Y")}
+        env.update(self.env, GDK_BACKEND="x11", GTK_MODULES="gail:atk-bridge")
+        return env
+
+    @contextlib.asynccontextmanager
+    async def tree_of(
+        self, label: str, within: float = WITHIN
+    ) -> AsyncIterator[tuple[A11yClient, MirrorTree]]:
+        """A subscribed client and the tree of the app labelled ``label``, once it is there."""
+        async with A11yClient(self.socket) as client:
+            await client.subscribe()
+            tree = await client.wait_for(lambda m: tree_labelled(m, label), timeout=within)
+            yield client, tree
+
+
+def tree_labelled(mirror: Mirror, label: str) -> MirrorTree | None:
+    """The (non-empty) tree of the app labelled ``label`` in a client's mirror."""
+    return next((t for t in mirror if t.app.label == label and t.nodes), None)
+
+
+@dataclass(frozen=True)
+class AtspiNode:
+    """One accessible as AT-SPI answers when asked one call at a time (as pyatspi asks)."""
+
+    path: str
+    role: int
+    role_name: str
+    name: str
+    state_words: tuple[int, ...]
+    text: str
+
+    @property
+    def checked(self) -> bool:
+        return bool(self.state_words[0] & (1 << 4))  # ATSPI_STATE_CHECKED
+
+
+async def independent_nodes(address: str, label: str) -> list[AtspiNode]:
+    """Walk the app labelled ``label`` with plain D-Bus calls, one at a time, depth first.
+
+    Written apart from the bridge (its reference in the tests, and the benchmark's floor)."""
+    bus = await MessageBus(bus_address=address).connect()
+    try:
+
+        async def ask(
+            dest: str,
+            path: str,
+            iface: str,
+            member: str,
+            sig: str = "",
+            body: list[Any] | None = None,
+        ) -> Any:
+            reply = await bus.call(
+                Message(
+                    destination=dest,
+                    path=path,
+                    interface=iface,
+                    member=member,
+                    signature=sig,
+                    body=body or [],
+                )
+            )
+            assert reply is not None
+            if reply.message_type == MessageType.ERROR:
+                return None
+            return reply.body[0]
+
+        acc = "org.a11y.atspi.Accessible"
+        props = "org.freedesktop.DBus.Properties"
+        root = "/org/a11y/atspi/accessible/root"
+        for dest, _ in await ask("org.a11y.atspi.Registry", root, acc, "GetChildren"):
+            name = await ask(dest, root, props, "Get", "ss", [acc, "Name"])
+            if name is not None and name.value == label:
+                break
+        else:
+            raise AssertionError(f"no app {label!r} in the registry")
+        out: list[AtspiNode] = []
+        stack = [root]
+        while stack:
+            path = stack.pop()
+            role = await ask(dest, path, acc, "GetRole")
+            role_name = await ask(dest, path, acc, "GetRoleName")
+            name = await ask(dest, path, props, "Get", "ss", [acc, "Name"])
+            states = await ask(dest, path, acc, "GetState")
+            children = await ask(dest, path, acc, "GetChildren")
+            text = await ask(dest, path, "org.a11y.atspi.Text", "GetText", "ii", [0, -1])
+            if role is None:
+                continue  # gone meanwhile
+            out.append(AtspiNode(path, role, role_name, name.value, tuple(states), text or ""))
+            stack.extend(p for d, p in reversed(children) if d == dest)
+        return out
+    finally:
+        bus.disconnect()
+
+
+def _free_display() -> int:
+    for number in range(90, 200):
+        if (
+            not Path(f"/tmp/.X11-unix/X{number}").exists()
+            and not Path(f"/tmp/.X{number}-lock").exists()
+        ):
+            return number
+    raise RuntimeError("no free X display number")
+
+
+def _wait(check: object, what: str, within: float = WITHIN) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if check():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"not within {within:g} s: {what}")
+
+
+def _connectable(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX) as sock:
+        try:
+            sock.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+def _bus_address(env: dict[str, str]) -> str:
+    out = subprocess.run(
+        ["busctl", f"--address={env['DBUS_SESSION_BUS_ADDRESS']}", "call", "org.a11y.Bus",
+         "/org/a11y/bus", "org.a11y.Bus", "GetAddress"],
+        capture_output=True, text=True, timeout=10, check=False,
+    )  # fmt: skip
+    return out.stdout.split('"')[1] if out.returncode == 0 and '"' in out.stdout else ""
+
+
+def _registry_apps(address: str) -> int:
+    out = subprocess.run(
+        ["busctl", f"--address={address}", "get-property", "org.a11y.atspi.Registry",
+         "/org/a11y/atspi/accessible/root", "org.a11y.atspi.Accessible", "ChildCount"],
+        capture_output=True, text=True, timeout=10, check=False,
+    )  # fmt: skip
+    return int(out.stdout.split()[-1]) if out.returncode == 0 else 0
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGCONT)  # a test may have stopped it
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def atspi_desktop() -> Iterator[AtspiDesktop]:
+    missing = [p for p in PROGRAMS if shutil.which(p) is None]
+    if missing or not LAUNCHER.exists():
+        pytest.fail(
+            f"not installed: {missing or LAUNCHER} (scripts/install-test-deps installs them)"
+        )
+    root = Path(tempfile.mkdtemp(prefix="kiki-atspi-", dir="/tmp"))
+    runtime = root / "run"
+    runtime.mkdir(mode=0o700)
+    kiki_dir = root / "kiki"
+    kiki_dir.mkdir(mode=0o700)
+    display = _free_display()
+    procs: list[subprocess.Popen[bytes]] = []
+    desktop: AtspiDesktop | None = None
+    try:
+        procs.append(
+            subprocess.Popen(
+                ["Xvfb", f":{display}", "-nolisten", "tcp", "-screen", "0", "1280x1024x24"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        _wait(lambda: Path(f"/tmp/.X11-unix/X{display}").exists(), "Xvfb's socket")
+        bus_path = root / "bus"
+        procs.append(
+            subprocess.Popen(
+                ["dbus-daemon", "--session", "--nofork", "--nopidfile",
+                 f"--address=unix:path={bus_path}"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )  # fmt: skip
+        _wait(lambda: _connectable(bus_path), "the session bus")
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("KIKI_", "AT_SPI"))}
+        env = dict(
+            DISPLAY=f":{display}",
+            DBUS_SESSION_BUS_ADDRESS=f"unix:path={bus_path}",
+            XDG_RUNTIME_DIR=str(runtime),
+            KIKI_RUNTIME_DIR=str(kiki_dir),
+        )
+        full = {**base, **env}
+        procs.append(
+            subprocess.Popen(
+                [str(LAUNCHER)], env=full, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+        )
+        _wait(lambda: _bus_address(full), "org.a11y.Bus on the session bus")
+        a11y_address = _bus_address(full)
+        desktop = AtspiDesktop(root, env, a11y_address, kiki_dir / "a11y.sock", procs)
+        desktop.start_app("gtk3-widget-factory")
+        try:
+            _wait(lambda: _registry_apps(a11y_address) >= 1, "gtk3-widget-factory in the registry")
+        except AssertionError as exc:
+            log = (root / "gtk3-widget-factory.log").read_text(errors="replace")
+            raise AssertionError(f"{exc}; its output: {log[-2000:]}") from None
+        server_env = dict(full, KIKI_A11Y_SERVER_BROKER_TOOLS="false", KIKI_LOG_LEVEL="WARNING")
+        procs.append(subprocess.Popen([str(VENV_BIN / "kiki-a11y-server")], env=server_env))
+        _wait(lambda: _connectable(desktop.socket), "the a11y-server's socket")
+        desktop.bridge = subprocess.Popen(
+            [str(VENV_BIN / "kiki-atspi-bridge"), "--timeout", "1", "--gone-after", "3"],
+            env=dict(full, KIKI_LOG_LEVEL="INFO"),
+        )
+        procs.append(desktop.bridge)
+
+        async def factory_published() -> None:
+            assert desktop is not None
+            async with desktop.tree_of("gtk3-widget-factory"):
+                pass
+
+        asyncio.run(factory_published())
+        yield desktop
+    finally:
+        for proc in reversed(desktop.procs if desktop else procs):
+            _stop(proc)
+        shutil.rmtree(root, ignore_errors=True)

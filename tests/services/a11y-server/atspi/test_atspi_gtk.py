@@ -1,0 +1,135 @@
+"""The AT-SPI bridge with real GTK apps on a real accessibility bus (Xvfb, at-spi2-core).
+
+What the bridge publishes is checked against AT-SPI read independently (plain D-Bus calls
+written here, not the bridge's code), and actions through Kiki must change the real app.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+
+import pytest
+
+from kiki_a11y_server.atspi import roles
+from kikitest import VENV_BIN
+from kikitest.atspi_fixtures import (
+    AtspiDesktop,
+    atspi_desktop,  # noqa: F401 -- the session's desktop, shared by these tests
+    independent_nodes,
+    tree_labelled,
+)
+from libkiki.a11y import wire
+from libkiki.a11y.client import MirrorTree
+from libkiki.errors import Timeout
+
+pytestmark = pytest.mark.interop
+
+FACTORY = "gtk3-widget-factory"
+S = wire.STATES
+R = wire.ROLES
+
+
+def first(
+    tree: MirrorTree, role: str, name: str | None, *, without: int = 0, value: str | None = None
+) -> wire.Node:
+    for node in sorted(tree.nodes.values(), key=lambda n: n.id):
+        if node.role != R[role] or node.states & (without | S["disabled"] | S["hidden"]):
+            continue
+        if (name is None or node.name == name) and (value is None or node.value == value):
+            return node
+    raise AssertionError(f"no {role} {name!r} in the factory's tree")
+
+
+def test_kiki_a11y_dump_shows_the_widget_factory(atspi_desktop: AtspiDesktop) -> None:  # noqa: F811
+    out = subprocess.run(
+        [str(VENV_BIN / "kiki"), "a11y", "dump"],
+        env=atspi_desktop.app_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert f'application "{FACTORY}"' in out
+    for line in ('checkBox "checkbutton"', 'toggleButton "togglebutton"', 'tab "page 1"'):
+        assert line in out
+    assert "textField" in out
+    assert 'value="entry"' in out
+
+
+async def test_roles_names_and_states_agree_with_atspi(atspi_desktop: AtspiDesktop) -> None:  # noqa: F811
+    truth = await independent_nodes(atspi_desktop.a11y_address, FACTORY)
+    # The role table is AT-SPI's own numbering: every role number's name is what the app says.
+    for node in truth:
+        assert roles.ATSPI_ROLES[node.role] == node.role_name, node
+    async with atspi_desktop.tree_of(FACTORY) as (_client, tree):
+        assert len(tree.nodes) == len(truth)
+        seen = {(n.name, n.role) for n in tree.nodes.values()}
+        for node in truth:
+            assert (node.name, roles.kiki_role(node.role)[0]) in seen, node
+
+
+async def test_press_a_check_box_through_kiki(atspi_desktop: AtspiDesktop) -> None:  # noqa: F811
+    async with atspi_desktop.tree_of(FACTORY) as (client, tree):
+        box = first(tree, "checkBox", "checkbutton", without=S["checked"] | S["mixed"])
+        before = await checked_boxes(atspi_desktop)
+        answer = await client.act((tree.tree_id, box.id), "press")
+        assert answer.lower().startswith("doaction(0, 'click'): at-spi answered true"), answer
+        # The change comes back from AT-SPI's events as a tree update ...
+        await client.wait_for(lambda _: tree.nodes[box.id].states & S["checked"])
+        # ... and AT-SPI, asked directly, agrees.
+        assert await checked_boxes(atspi_desktop) == before + 1
+        await client.act((tree.tree_id, box.id), "press")
+        await client.wait_for(lambda _: not tree.nodes[box.id].states & S["checked"])
+
+
+async def test_set_an_entrys_text_and_focus_it(atspi_desktop: AtspiDesktop) -> None:  # noqa: F811
+    async with atspi_desktop.tree_of(FACTORY) as (client, tree):
+        entry = first(tree, "textField", None, value="entry")
+        answer = await client.act((tree.tree_id, entry.id), "setValue", "Kiki was here")
+        assert "SetTextContents" in answer
+        await client.wait_for(lambda _: tree.nodes[entry.id].value == "Kiki was here")
+        texts = {n.text for n in await independent_nodes(atspi_desktop.a11y_address, FACTORY)}
+        assert "Kiki was here" in texts
+        assert "GrabFocus" in await client.act((tree.tree_id, entry.id), "focus")
+        await client.wait_for(lambda _: tree.nodes[entry.id].states & S["focused"])
+
+
+async def test_apps_come_hang_and_go(atspi_desktop: AtspiDesktop) -> None:  # noqa: F811
+    app = atspi_desktop.start_app("gtk3-demo-application")
+    label = "gtk3-demo-application"
+    async with atspi_desktop.tree_of(label) as (client, tree):
+        try:
+            target = next(n for n in tree.nodes.values() if n.actions)
+            app.send_signal(signal.SIGSTOP)
+            with pytest.raises(Timeout):
+                await client.act((tree.tree_id, target.id), target.actions[0], timeout=4)
+            # Meanwhile the other app is served as before.
+            factory = tree_labelled(client.mirror, FACTORY)
+            assert factory is not None
+            box = first(factory, "checkBox", "checkbutton", without=S["checked"] | S["mixed"])
+            await client.act((factory.tree_id, box.id), "press")
+            await client.act((factory.tree_id, box.id), "press")
+            # Stale (the root says busy), then gone (--gone-after 3).
+            await client.wait_for(lambda m: stale_or_gone(m, tree), timeout=10)
+            await client.wait_for(lambda m: tree.tree_id not in m.trees, timeout=10)
+            app.send_signal(signal.SIGCONT)
+            back = await client.wait_for(lambda m: tree_labelled(m, label), timeout=20)
+            assert back.tree_id != tree.tree_id
+        finally:
+            app.send_signal(signal.SIGCONT)
+            app.terminate()
+            app.wait(timeout=10)
+        await client.wait_for(lambda m: tree_labelled(m, label) is None, timeout=10)
+
+
+def stale_or_gone(mirror: object, tree: MirrorTree) -> bool:
+    root = tree.nodes.get(tree.root)
+    return tree.tree_id not in getattr(mirror, "trees", {}) or bool(
+        root and root.states & S["busy"]
+    )
+
+
+async def checked_boxes(desktop: AtspiDesktop) -> int:
+    nodes = await independent_nodes(desktop.a11y_address, FACTORY)
+    return sum(1 for n in nodes if n.role_name == "check box" and n.checked)
