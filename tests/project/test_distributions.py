@@ -59,6 +59,10 @@ def installed_with(directory: str) -> set[str]:
     return names
 
 
+# Distributions whose module is named otherwise: module -> distribution.
+IMPORTED_AS = {"jwt": "pyjwt", "gi": "pygobject"}
+
+
 def third_party_imports(source: Path) -> set[str]:
     """The distributions (by the module's top-level name, ``_`` as ``-``) that the code under
     ``source`` imports, anywhere in a file; typing-only names (``_typeshed``) are left out."""
@@ -71,7 +75,7 @@ def third_party_imports(source: Path) -> set[str]:
                 modules.add(node.module.split(".")[0])
     ours = ("libkiki", "kiki_")
     return {
-        m.replace("_", "-")
+        IMPORTED_AS.get(m, m.replace("_", "-"))
         for m in modules
         if m not in sys.stdlib_module_names and not m.startswith((*ours, "_"))
     }
