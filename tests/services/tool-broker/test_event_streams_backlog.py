@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 import pytest
 
-from kiki_tool_broker import events
+from kiki_tool_broker import upstreams
 from kiki_tool_broker.audit import AuditLog
 from kiki_tool_broker.config import BrokerConfig
 from kiki_tool_broker.core import BrokerCore
@@ -110,13 +110,13 @@ async def test_a_provider_that_never_reads_costs_a_bounded_backlog(
             await cycles(1500)  # enough to fill the socket and the transport's buffer
             assert conn.write_buffer_size  # it is not read
             tasks, buffered = len(asyncio.all_tasks()), conn.write_buffer_size
-            backlog = len(broker.streams.backlogs.get(pid, ()))
+            backlog = len(broker.streams.upstreams.backlogs.get(pid, ()))
             await cycles(3000)
         # Each cycle after the transport filled up cost nothing that stays: its openStream
         # was never written, so neither a cancellation nor a closeStream follows it.
         assert len(asyncio.all_tasks()) <= tasks + 2
         assert conn.write_buffer_size == buffered
-        assert len(broker.streams.backlogs.get(pid, ())) <= backlog
+        assert len(broker.streams.upstreams.backlogs.get(pid, ())) <= backlog
         assert broker.ctx.counters["stream_providers_dropped"] == 0
         provider.close()
     audit.close()
@@ -125,7 +125,7 @@ async def test_a_provider_that_never_reads_costs_a_bounded_backlog(
 async def test_a_provider_past_its_backlog_bound_is_disconnected(
     sockdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(events, "MAX_PROVIDER_BACKLOG", 8)
+    monkeypatch.setattr(upstreams, "MAX_PROVIDER_BACKLOG", 8)
     audit = AuditLog(tmp_path)
     async with broker_on(sockdir, audit) as (path, broker), await RawPeer.open(path) as client:
         provider = await register_and_stop_reading(path)
@@ -139,7 +139,7 @@ async def test_a_provider_past_its_backlog_bound_is_disconnected(
                 answer = await client.request(
                     "kiki/subscribe", {"nsid": TICKS, "params": {"room": "fill"}}
                 )
-                backlog = broker.streams.backlogs.get(pid)
+                backlog = broker.streams.upstreams.backlogs.get(pid)
                 queued = backlog is not None and bool(backlog.opens)
                 await client.request("kiki/unsubscribe", {"subscription": answer["subscription"]})
                 if queued:

@@ -21,18 +21,9 @@ Model
 * Each message from an upstream is checked (the injected ``validate``: the lexicon validator
   lives elsewhere) and offered to every subscriber of the topic with that subscriber's own
   sequence number (1, 2, 3, ... per subscription: a number for every message offered to it).
-* Every subscriber has a bounded queue (``max_queue_messages`` and ``max_queue_bytes``). One
-  that does not drain loses its OLDEST queued messages: streams here carry changing state
-  (screen changes, playback, progress, providers), so a subscriber catching up is better served
-  by the newest messages than by stale ones it would have to resynchronise past anyway, and a
-  message never waits in the broker longer than a queue's worth of newer ones. The loss is a
-  :class:`Lost` item in its place in the stream, with the exact count; the sequence numbers jump
-  by the same count, so a client can check it. Other subscribers are not affected.
-* Anything that breaks the continuity of a stream (messages lost, the upstream interrupted) is
-  kept in the queue as one *gap* between two messages: gaps next to each other merge, so the
-  queue holds at most ``max_queue_messages + 1`` gaps besides its messages, however often a
-  provider comes and goes while nobody reads (a gap drains as :class:`Lost` and/or
-  :class:`Status`, ``interruptions`` saying how many times the upstream was cut meanwhile).
+* Every subscriber has a bounded queue (:class:`~kiki_tool_broker.stream_queue.SubscriberQueue`:
+  it loses its OLDEST messages when it is not drained, told as :class:`Lost` with the exact
+  count, and keeps interruptions as merged gaps). Other subscribers are not affected.
 * A subscription the broker ends (the provider refused or ended the upstream, a policy reload
   denies it, shutdown) gets an :class:`Ended` item after what is queued, and is forgotten once
   that is drained or its connection closes. Subscribe and every end are returned as
@@ -43,116 +34,62 @@ given to :meth:`~StreamFanout.publish`, default the compact JSON's length) and
 ``max_queue_messages`` each; subscribers of one topic hold references to the same message
 objects, so the real figure is per topic rather than per subscriber.
 
-Wire protocol proposed for issue 18 (JSON-RPC 2.0 on ``tools.sock``)
-----------------------------------------------------------------------
-Client -> broker:
-
-* ``kiki/subscribe`` ``{"nsid": N, "params": {...}}`` (``params`` optional, checked against the
-  lexicon's ``parameters``; a delegate's ``_meta`` as for ``tools/call``) -> ``{"subscription":
-  ID, "state": "opening"|"live"|"waiting"}``. ``-32602`` not a subscription NSID or bad params,
-  ``-32003`` policy (kind of access ``subscribe``), ``-32005`` over a limit (``data.limit``).
-* ``kiki/unsubscribe`` ``{"subscription": ID}`` -> ``{}``; ``-32004`` if not this connection's.
-
-Broker -> client, notifications, in stream order per subscription:
-
-* ``kiki/event`` ``{"subscription": ID, "seq": S, "message": {"$type": ..., ...}}``
-* ``kiki/lost`` ``{"subscription": ID, "count": N}`` (the next ``seq`` is N higher than the last
-  plus one)
-* ``kiki/streamStatus`` ``{"subscription": ID, "state": "waiting"|"live", "reason":
-  "providerGone"|"providerWithdrew"|null, "interruptions": K}``
-* ``kiki/ended`` ``{"subscription": ID, "reason": "refused"|"providerEnded"|"denied"|
-  "shutdown", "message": ...}``: the last item of that subscription.
-
-Provider side: ``kiki/registerTools`` takes ``subscriptions`` (NSIDs of ``subscription``
-lexicons, installed or in ``lexicons``; all or nothing together with ``tools``; the same
-provide policy; ``-32009`` when taken) and ``kiki/unregisterTools`` the same key. Then:
-
-* broker -> provider request ``kiki/openStream`` ``{"stream": U, "nsid": N, "params": {...}}``:
-  ``{}`` accepts (:meth:`~StreamFanout.upstream_opened`), an error refuses
-  (:meth:`~StreamFanout.upstream_failed`: the topic's subscribers end, ``refused``). No caller in
-  ``_meta``: one upstream serves many callers, and who may subscribe is the broker's policy.
-* broker -> provider notification ``kiki/closeStream`` ``{"stream": U}``.
-* provider -> broker notifications ``kiki/emit`` ``{"stream": U, "message": {...}}`` and
-  ``kiki/endStream`` ``{"stream": U, "message": ...}`` (ends the subscribers: ``providerEnded``).
-* broker -> provider notification ``kiki/rejected`` ``{"stream": U, "error": {code, message,
-  data}}`` for a message that broke its lexicon or ``max_message_bytes`` (dropped, counted).
-
-MCP hosts: each topic is a resource, ``kiki-stream://NSID?PARAMS`` (params as a query string),
-listed by ``resources/templates/list`` from the subscription lexicons. ``resources/subscribe``
-is ``kiki/subscribe``; ``notifications/resources/updated`` is sent when the subscriber's queue
-goes from empty to not empty (:class:`Readable`: once, however many messages follow);
-``resources/read`` drains the queue and returns the items as one JSON text content (events with
-``seq``, ``lost``, ``status``, ``ended``); ``resources/unsubscribe`` is ``kiki/unsubscribe``.
-The 2026-07-28 revision carries the same ``resources/updated`` on a ``subscriptions/listen``
-stream. This uses only what every MCP revision and SDK already has, and the pull model gives
-a host that reads slowly the same bounded queue as anyone else.
+The wire (``kiki/subscribe``, ``kiki/event``/``lost``/``streamStatus``/``ended``,
+``kiki/openStream``/``closeStream``/``emit``/``endStream``/``rejected``) and the MCP resources
+mapping are the service README's "Event streams"; :mod:`kiki_tool_broker.events`,
+:mod:`kiki_tool_broker.upstreams`, :mod:`kiki_tool_broker.stream_writers` and
+:mod:`kiki_tool_broker.mcp_resources` carry this module's actions out on it.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
 
+from kiki_tool_broker.stream_queue import (
+    Ended,
+    EndReason,
+    Item,
+    Lost,
+    Message,
+    QueueStats,
+    Status,
+    SubId,
+    SubscriberQueue,
+    WaitReason,
+)
 from libkiki.errors import Conflict, InvalidParams, KikiError, LimitExceeded, NotFound
 
+__all__ = [
+    "Action",
+    "Audit",
+    "CloseUpstream",
+    "Ended",
+    "Item",
+    "Lost",
+    "Message",
+    "OpenUpstream",
+    "QueueStats",
+    "Readable",
+    "Rejected",
+    "Status",
+    "StreamFanout",
+    "Subscribed",
+    "canonical_params",
+]
+
 ConnId = int  # the server's id for a connection (a client, a provider, or both)
-SubId = int
 UpstreamId = int
 
 State = Literal["opening", "live", "waiting"]
-WaitReason = Literal["providerGone", "providerWithdrew"]
-EndReason = Literal["unsubscribed", "closed", "refused", "providerEnded", "denied", "shutdown"]
 
 DEFAULT_MAX_SUBSCRIPTIONS = 1024
 DEFAULT_MAX_PER_CONNECTION = 64
 DEFAULT_MAX_QUEUE_MESSAGES = 256
 DEFAULT_MAX_QUEUE_BYTES = 256 * 1024
-
-
-# -- what a subscriber receives (from drain) ---------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    sub: SubId
-    seq: int
-    message: Any
-
-
-@dataclass(frozen=True, slots=True)
-class Lost:
-    """``count`` messages were dropped here, unread: the next ``seq`` jumps by as many."""
-
-    sub: SubId
-    count: int
-
-
-@dataclass(frozen=True, slots=True)
-class Status:
-    """The upstream's state from here on. ``interruptions``: times it was cut since the last
-    status this subscriber was given, ``reason`` why the last of them (a ``live`` with 0 is a
-    first opening, or a reopening already reported as ``waiting``, completing)."""
-
-    sub: SubId
-    state: Literal["live", "waiting"]
-    reason: WaitReason | None
-    interruptions: int
-
-
-@dataclass(frozen=True, slots=True)
-class Ended:
-    """The broker ended the subscription; nothing follows."""
-
-    sub: SubId
-    reason: EndReason
-    detail: str | None = None
-
-
-Item = Message | Lost | Status | Ended
 
 
 # -- what the server carries out ------------------------------------------------------------
@@ -213,32 +150,7 @@ class Subscribed:
     state: State
 
 
-@dataclass(frozen=True, slots=True)
-class QueueStats:
-    messages: int
-    bytes: int
-    items: int  # messages and gaps
-
-
 # -- internal state ---------------------------------------------------------------------------
-
-_Entry = tuple[int, Any, int]  # seq, message, size
-
-
-@dataclass(slots=True)
-class _Gap:
-    lost: int = 0
-    interruptions: int = 0
-    state: Literal["live", "waiting"] | None = None
-    reason: WaitReason | None = None
-
-    def absorb(self, later: _Gap) -> None:
-        self.lost += later.lost
-        self.interruptions += later.interruptions
-        if later.state is not None:
-            self.state = later.state
-        if later.reason is not None:  # why it was last cut, also once it is live again
-            self.reason = later.reason
 
 
 @dataclass(eq=False, slots=True)
@@ -262,10 +174,7 @@ class _Subscriber:
     id: SubId
     conn: ConnId
     topic: _Topic
-    queue: deque[_Entry | _Gap | Ended] = field(default_factory=deque)
-    seq: int = 0  # of the last message offered
-    messages: int = 0
-    bytes: int = 0
+    queue: SubscriberQueue
     told: State = "opening"  # the state it was last given (subscribe's answer, or a Status)
     ended: bool = False
     caller: Any = None
@@ -401,8 +310,12 @@ class StreamFanout:
         if not up.live:  # a message before the answer to openStream: it accepted
             actions.extend(self._go_live(topic, up))
         self.counters["published"] += 1
+        counters = self.counters
         for sub in topic.subs.values():
-            if self._offer(sub, message, n):
+            was_empty, dropped = sub.queue.offer(message, n)
+            if dropped:
+                counters["lost"] += dropped
+            if was_empty:
                 actions.append(Readable(sub.conn, sub.id))
         return actions
 
@@ -414,9 +327,8 @@ class StreamFanout:
             return []
         actions: list[Action] = []
         for sub in topic.subs.values():
-            sub.seq += 1
             self.counters["lost"] += 1
-            if self._push_gap(sub, _Gap(lost=1)):
+            if sub.queue.skip():
                 actions.append(Readable(sub.conn, sub.id))
         return actions
 
@@ -448,7 +360,8 @@ class StreamFanout:
         state: State = "waiting"
         if topic.upstream is not None:
             state = "live" if topic.upstream.live else "opening"
-        sub = _Subscriber(self._next_sub, conn, topic, told=state, caller=caller)
+        queue = SubscriberQueue(self.max_queue_messages, self.max_queue_bytes)
+        sub = _Subscriber(self._next_sub, conn, topic, queue, told=state, caller=caller)
         self._next_sub += 1
         topic.subs[sub.id] = sub
         self._subs[sub.id] = sub
@@ -469,7 +382,7 @@ class StreamFanout:
         if s is None or s.ended:
             return []
         actions = self._detach(s, reason)
-        if self._push(s, Ended(s.id, reason, detail)):
+        if s.queue.end(Ended(s.id, reason, detail)):
             actions.append(Readable(s.conn, s.id))
         return actions
 
@@ -488,32 +401,15 @@ class StreamFanout:
         s = self._subs.get(sub)
         if s is None:
             return []
-        out: list[Item] = []
-        q = s.queue
-        taken = 0
-        while q and (max_items is None or taken < max_items):
-            entry = q.popleft()
-            taken += 1
-            if isinstance(entry, tuple):
-                seq, message, size = entry
-                s.messages -= 1
-                s.bytes -= size
-                out.append(Message(sub, seq, message))
-            elif isinstance(entry, _Gap):
-                if entry.lost:
-                    out.append(Lost(sub, entry.lost))
-                if entry.state is not None:
-                    out.append(Status(sub, entry.state, entry.reason, entry.interruptions))
-            else:
-                out.append(entry)
-                self._forget(s)
+        out, ended = s.queue.drain(sub, max_items)
+        if ended:
+            self._forget(s)
         return out
 
     # -- introspection --------------------------------------------------------------------
 
     def stats(self, sub: SubId) -> QueueStats:
-        s = self._subs[sub]
-        return QueueStats(s.messages, s.bytes, len(s.queue))
+        return self._subs[sub].queue.stats()
 
     def subscriptions(self, conn: ConnId | None = None) -> list[SubId]:
         if conn is None:
@@ -566,7 +462,7 @@ class StreamFanout:
         for sub in topic.subs.values():
             if sub.told != "live":
                 sub.told = "live"
-                if self._push_gap(sub, _Gap(state="live")):
+                if sub.queue.status("live"):
                     actions.append(Readable(sub.conn, sub.id))
         return actions
 
@@ -586,7 +482,7 @@ class StreamFanout:
                 actions.append(CloseUpstream(up.id, provider))
             for sub in topic.subs.values():
                 sub.told = "waiting"
-                if self._push_gap(sub, _Gap(interruptions=1, state="waiting", reason=reason)):
+                if sub.queue.status("waiting", reason, interrupted=True):
                     actions.append(Readable(sub.conn, sub.id))
         return actions
 
@@ -605,52 +501,6 @@ class StreamFanout:
         for sub in list(topic.subs.values()):
             actions.extend(self.end(sub.id, reason, detail))
         return actions
-
-    def _offer(self, sub: _Subscriber, message: Any, size: int) -> bool:
-        """Queue a message, dropping the oldest queued ones to make room; True if the queue
-        was empty."""
-        sub.seq += 1
-        while sub.messages and (
-            sub.messages >= self.max_queue_messages or sub.bytes + size > self.max_queue_bytes
-        ):
-            self._drop_oldest(sub)
-        was_empty = not sub.queue
-        sub.queue.append((sub.seq, message, size))
-        sub.messages += 1
-        sub.bytes += size
-        return was_empty
-
-    def _drop_oldest(self, sub: _Subscriber) -> None:
-        # Drops only ever happen at the front, so a gap holding losses is always the first
-        # item, and its lost messages are exactly the seqs between the last one drained and
-        # the first one still queued.
-        q = sub.queue
-        head = q.popleft()
-        if isinstance(head, _Gap):
-            gap, entry = head, q.popleft()
-        else:
-            gap, entry = _Gap(), head
-        assert isinstance(entry, tuple)  # gaps never touch, and an Ended ends the queue
-        gap.lost += 1
-        sub.messages -= 1
-        sub.bytes -= entry[2]
-        self.counters["lost"] += 1
-        if q and isinstance(nxt := q[0], _Gap):
-            q.popleft()
-            gap.absorb(nxt)
-        q.appendleft(gap)
-
-    def _push_gap(self, sub: _Subscriber, gap: _Gap) -> bool:
-        q = sub.queue
-        if q and isinstance(q[-1], _Gap):
-            q[-1].absorb(gap)
-            return False
-        q.append(gap)
-        return len(q) == 1
-
-    def _push(self, sub: _Subscriber, item: Ended) -> bool:
-        sub.queue.append(item)
-        return len(sub.queue) == 1
 
     def _detach(self, sub: _Subscriber, reason: EndReason) -> list[Action]:
         """Take ``sub`` off its topic (closing the upstream after the last) and audit it."""
@@ -682,4 +532,3 @@ class StreamFanout:
             if not mine:
                 del self._by_conn[sub.conn]
         sub.queue.clear()
-        sub.messages = sub.bytes = 0

@@ -1,0 +1,152 @@
+"""Writing the event streams to their subscribers' connections.
+
+Each client connection with subscriptions has ONE writer task, which drains its ready
+subscriptions' queues into ``kiki/event``, ``kiki/lost``, ``kiki/streamStatus`` and
+``kiki/ended`` notifications. It takes a few items from each ready subscription in turn (round
+robin: at most :data:`PER_SUB_ITEMS`, then the subscription goes to the back of the line if it
+has more) and sends up to :data:`WRITE_ITEMS` of them as separate lines in one ``write()``
+(:meth:`libkiki.rpc.Connection.notify_many`; not a JSON-RPC batch, which a peer counts against
+its in-flight limit all at once), waiting only while the transport is paused: a subscriber
+that does not read holds its own writer and its own bounded queue, nothing else.
+
+MCP hosts are not written their items: they are woken (``notifications/resources/updated``,
+:meth:`StreamWriters.send_soon`) and read them (:mod:`kiki_tool_broker.mcp_resources`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any, Final
+
+import orjson
+
+from kiki_tool_broker.streams import Ended, Item, Lost, Message, Status, StreamFanout
+from libkiki.errors import KikiError, PeerGone
+from libkiki.rpc import Connection
+
+log = logging.getLogger(__name__)
+
+EVENT: Final = "kiki/event"
+LOST: Final = "kiki/lost"
+STATUS: Final = "kiki/streamStatus"
+ENDED: Final = "kiki/ended"
+
+WRITE_ITEMS: Final = 32  # notifications per write (separate lines)
+PER_SUB_ITEMS: Final = 8  # taken from one subscription per turn: the others are not starved
+
+
+class _Writer:
+    """One client connection's writer: its subscriptions with something queued, in turn."""
+
+    __slots__ = ("conn", "ready", "task", "wake")
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.ready: dict[int, None] = {}  # ordered set of subscriptions to drain
+        self.wake = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+
+class StreamWriters:
+    """The writers of the client connections (by the fan-out's connection id)."""
+
+    def __init__(self, fanout: StreamFanout, counters: Any) -> None:
+        self.fanout = fanout
+        self.counters = counters
+        self.writers: dict[int, _Writer] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def __len__(self) -> int:
+        return len(self.writers)
+
+    def open(self, cid: int, conn: Connection) -> None:
+        """``conn`` has subscriptions: it gets a writer (once)."""
+        if cid not in self.writers:
+            writer = self.writers[cid] = _Writer(conn)
+            writer.task = asyncio.get_running_loop().create_task(self._write_loop(writer))
+
+    def readable(self, cid: int, sub: int) -> None:
+        """``sub``'s queue has something: its writer takes it in turn."""
+        writer = self.writers.get(cid)
+        if writer is not None:
+            writer.ready[sub] = None
+            writer.wake.set()
+
+    def close(self, cid: int) -> None:
+        writer = self.writers.pop(cid, None)
+        if writer is not None and writer.task is not None:
+            writer.task.cancel()
+
+    async def _write_loop(self, writer: _Writer) -> None:
+        conn = writer.conn
+        fanout = self.fanout
+        try:
+            while True:
+                await writer.wake.wait()
+                writer.wake.clear()
+                ready = writer.ready
+                while ready:
+                    notes: list[tuple[str, dict[str, Any]]] = []
+                    while ready and len(notes) < WRITE_ITEMS:
+                        # Round robin: the first in line takes its turn and, if it has more,
+                        # goes to the back, so that every ready subscription is served.
+                        sub = next(iter(ready))
+                        del ready[sub]
+                        notes.extend(note(item) for item in fanout.drain(sub, PER_SUB_ITEMS))
+                        if fanout.pending(sub):
+                            ready[sub] = None
+                    if notes:
+                        await conn.notify_many(notes)
+                        self.counters["stream_notifications"] += len(notes)
+        except (PeerGone, asyncio.CancelledError):
+            return
+        except KikiError as exc:
+            log.info("%s: stopped writing its streams: %s", conn.name, exc)
+
+    def send_soon(self, conn: Connection, method: str, params: dict[str, Any]) -> None:
+        """A wake-up notification (an MCP host's ``resources/updated``): now if the transport
+        takes it, else once, by one task per connection, however often it is asked for
+        meanwhile (equal ones coalesce, so what waits is bounded by the subscriptions)."""
+        if conn.closed:
+            return
+        unsent: dict[bytes, tuple[str, dict[str, Any]]] | None = conn.state.get("stream_unsent")
+        if not unsent and conn.try_notify(method, params):
+            return
+        if unsent is None:
+            unsent = conn.state["stream_unsent"] = {}
+        unsent[orjson.dumps([method, params], option=orjson.OPT_SORT_KEYS)] = (method, params)
+        task: asyncio.Task[None] | None = conn.state.get("stream_unsent_task")
+        if task is None or task.done():
+            task = asyncio.get_running_loop().create_task(_send_unsent(conn, unsent))
+            conn.state["stream_unsent_task"] = task
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+
+async def _send_unsent(conn: Connection, unsent: dict[bytes, tuple[str, dict[str, Any]]]) -> None:
+    with contextlib.suppress(KikiError):
+        while unsent:
+            items = list(unsent.values())
+            unsent.clear()
+            await conn.notify_many(items)
+    unsent.clear()
+
+
+def note(item: Item) -> tuple[str, dict[str, Any]]:
+    """A subscriber's item as the notification that carries it: (method, params)."""
+    if isinstance(item, Message):
+        return EVENT, {"subscription": item.sub, "seq": item.seq, "message": item.message}
+    if isinstance(item, Lost):
+        return LOST, {"subscription": item.sub, "count": item.count}
+    if isinstance(item, Status):
+        status = {
+            "subscription": item.sub,
+            "state": item.state,
+            "reason": item.reason,
+            "interruptions": item.interruptions,
+        }
+        return STATUS, status
+    assert isinstance(item, Ended)
+    return ENDED, {"subscription": item.sub, "reason": item.reason, "message": item.detail}
