@@ -13,14 +13,17 @@ answers later. Nothing one app does holds up another's task.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from kiki_a11y_server.atspi import cache
 from kiki_a11y_server.atspi.calls import ROOT, AtspiError, Calls
-from kiki_a11y_server.atspi.model import AppModel, Fetched
+from kiki_a11y_server.atspi.model import ALL, PATCHED, AppModel, Fetched, aspect_of
 from kiki_a11y_server.atspi.walk import walk
 from libkiki.a11y import wire
 from libkiki.a11y.publisher import A11yPublisher
@@ -39,8 +42,10 @@ class Limits:
     max_nodes: int = 20_000
     max_children: int = 2_000
     max_dirty: int = 2_000
+    use_cache: bool = True  # Cache.GetItems for the initial state where the app offers it
     probe_interval: float = 1.0
     gone_after: float = 10.0
+    max_unacked: int = 8  # updates sent and not yet acknowledged by the server
     agent_window: float = 0.5  # updates this soon after an action are marked caused by the agent
 
 
@@ -57,17 +62,34 @@ class AppMirror:
         self.published = asyncio.Event()  # set after each publish (tests, benchmark)
         self.publisher: A11yPublisher | None = None
         self.label = bus_name
+        self._aspects: dict[str, set[str]] = {}
+        self._incomplete: list[str] = []  # published from the cache, not filled in yet
+        self.filled = asyncio.Event()  # the whole tree's details are in (actions wait for it)
+        self.filled.set()
+        self.source = ""  # how the last whole state was read: "cache" or "walk"
         self.stale = False
         self.suspect = False  # an action timed out: ask the app before anything else
         self.updates = 0
+        self._acks: collections.deque[asyncio.Future[int]] = collections.deque()
+        self.patched = 0  # events whose own payload was the change (no call made)
         self._acted = -1e9
         self._gate = asyncio.Semaphore(limits.concurrency)
 
     # -- events (called from the bus's message handler: no awaiting) ---------------------------
 
-    def event(self, path: str) -> None:
-        if self.model.mark(path):
+    def event(self, path: str, aspect: str = ALL) -> None:
+        if self.model.mark(path, aspect):
             self.wakeup.set()
+
+    def signal(self, path: str, member: str, body: list[Any]) -> None:
+        """An AT-SPI event (``siiva{sv}``: detail, detail1, detail2, any_data, properties)."""
+        detail, one, two = str(body[0]), int(body[1]), int(body[2])
+        data = body[3].value if hasattr(body[3], "value") else body[3]
+        if self.model.patch(path, member, detail, one, two, data):
+            self.patched += 1
+            self.wakeup.set()
+        else:
+            self.event(path, aspect_of(member, detail))
 
     # -- the task ------------------------------------------------------------------------------
 
@@ -88,15 +110,21 @@ class AppMirror:
                 await self._await_answer()
 
     async def _session(self, backoff: RestartBackoff) -> None:
-        fetched = await self._walk([(ROOT, True)])
+        fetched = await self._initial()
         root = fetched[ROOT]
         self.label = root.name or self.bus_name
         async with A11yPublisher(self.socket, label=self.label, on_action=self._on_action) as pub:
             self.publisher = pub
             self.model.reset()
-            await self._publish(self.model.apply(fetched, root=ROOT).nodes, root=self.model.root_id)
+            await self._publish_whole(fetched)
             backoff.ready(time.monotonic())
-            log.info("%s: %d nodes published (tree %d)", self.label, len(fetched), pub.tree_id)
+            log.info(
+                "%s: %d nodes published (tree %d, from a %s)",
+                self.label,
+                len(fetched),
+                pub.tree_id,
+                self.source,
+            )
             closed = asyncio.ensure_future(pub.closed.wait())
             try:
                 while not pub.closed.is_set():
@@ -109,6 +137,7 @@ class AppMirror:
                     await self._round()
             finally:
                 closed.cancel()
+                self._drop_acks()
 
     async def _round(self) -> None:
         try:
@@ -116,15 +145,15 @@ class AppMirror:
                 self.suspect = False
                 await self.calls.ping(self.bus_name)
             if self.model.resync:
-                fetched = await self._walk([(ROOT, True)])
-                batch = self.model.apply(fetched, root=ROOT)
-                await self._publish(batch.nodes, root=self.model.root_id)
+                await self._publish_whole(await self._initial())
                 return
-            paths = self.model.take_dirty()
-            fetched = await self._walk([(p, False) for p in paths])
+            self._aspects = self.model.take_dirty()
+            fetched = await self._walk([(p, False) for p in self._aspects])
             batch = self.model.apply(fetched)
             if batch.nodes or self.stale:
                 await self._publish(batch.nodes)
+            if not self.wakeup.is_set():
+                await self._settle(keep=0)  # idle: every update acknowledged (or refused)
         except Timeout as exc:
             log.warning("%s does not answer (%s): its tree is stale", self.label, exc)
             await self._go_stale()
@@ -145,10 +174,35 @@ class AppMirror:
             self.stale = False
             nodes = self._with_root(nodes, busy=False)
         recent = time.monotonic() - self._acted < self.limits.agent_window
-        await self.publisher.publish(nodes, root_id=root, cause=AGENT if recent else APP)
+        await self._settle(keep=self.limits.max_unacked - 1)
+        # Not waiting for each acknowledgement keeps a quick second change (a text's delete,
+        # then its insert) from waiting a round trip to the server; the connection keeps the
+        # order, and a refusal found later makes the next round a resync.
+        self._acks.append(
+            asyncio.ensure_future(
+                self.publisher.publish(nodes, root_id=root, cause=AGENT if recent else APP)
+            )
+        )
+        if root:
+            await self._settle(keep=0)  # a whole tree: acknowledged before anything else
         self.updates += 1
         self.published.set()
         self.published = asyncio.Event()
+
+    async def _settle(self, keep: int) -> None:
+        """Collect acknowledgements: those already in, and the oldest past ``keep``
+        outstanding; a refusal raises here."""
+        while self._acks and (self._acks[0].done() or len(self._acks) > keep):
+            ack = self._acks.popleft()
+            try:
+                await ack
+            except BaseException:
+                self._drop_acks()
+                raise
+
+    def _drop_acks(self) -> None:
+        while self._acks:
+            self._acks.popleft().cancel()
 
     def _with_root(self, nodes: list[wire.Node], *, busy: bool) -> list[wire.Node]:
         entry = self.model.entries[self.model.root_id]
@@ -186,12 +240,74 @@ class AppMirror:
 
     # -- walking -------------------------------------------------------------------------------
 
+    async def _refresh(self, path: str) -> Fetched | KikiError:
+        known = self.model.known(path)
+        if known is None:
+            return await self._fetch(path)
+        async with self._gate:
+            try:
+                aspects = self._aspects.get(path, {ALL}) - {PATCHED}
+                if not aspects:
+                    return known  # the events carried every change
+                return await self.calls.refresh(self.bus_name, known, aspects)
+            except AtspiError as exc:
+                return exc
+
     async def _fetch(self, path: str) -> Fetched | KikiError:
         async with self._gate:
             try:
                 return await self.calls.fetch(self.bus_name, path)
             except AtspiError as exc:  # gone meanwhile (defunct), or a broken object
                 return exc
+
+    async def _initial(self) -> dict[str, Fetched]:
+        """The whole app: its structure from ``Cache.GetItems`` where offered (one call for
+        what a walk asks node by node; the rest is filled in by :meth:`_fill_in`), else
+        walked."""
+        items = await self.calls.cache_items(self.bus_name) if self.limits.use_cache else None
+        if items:
+            fetched, missing = await cache.structure(self.bus_name, items, self._children)
+            if ROOT in fetched:
+                self._incomplete = list(fetched)
+                fetched.update(await self._walk([(path, True) for path in missing]))
+                self.source = "cache"
+                return fetched
+        self.source = "walk"
+        return await self._walk([(ROOT, True)])
+
+    async def _publish_whole(self, fetched: dict[str, Fetched]) -> None:
+        self.filled.clear()
+        try:
+            await self._publish(self.model.apply(fetched, root=ROOT).nodes, root=self.model.root_id)
+            await self._fill_in()
+        finally:
+            self.filled.set()
+
+    async def _fill_in(self) -> None:
+        """Bounds, actions and values of the nodes published from the cache, as one update."""
+        known = [f for p in self._incomplete if (f := self.model.known(p)) is not None]
+        self._incomplete = []
+        if not known:
+            return
+        self.model.fetching = {f.path for f in known}  # events meanwhile: fetched next round
+        done = await asyncio.gather(*(self._complete(f) for f in known), return_exceptions=True)
+        for result in done:
+            if isinstance(result, Timeout):
+                raise result
+        batch = self.model.apply({f.path: f for f in done if isinstance(f, Fetched)})
+        if batch.nodes:
+            await self._publish(batch.nodes)
+
+    async def _complete(self, first: Fetched) -> Fetched:
+        async with self._gate:
+            return await self.calls.complete(self.bus_name, first)
+
+    async def _children(self, path: str) -> tuple[str, ...]:
+        async with self._gate:
+            try:
+                return await self.calls.children(self.bus_name, path)
+            except AtspiError:
+                return ()
 
     async def _walk(self, start: list[tuple[str, bool]]) -> dict[str, Fetched]:
         fetched, failed = await walk(
@@ -200,6 +316,7 @@ class AppMirror:
             start,
             max_nodes=self.limits.max_nodes,
             max_children=self.limits.max_children,
+            refresh=self._refresh,
         )
         for path in failed:
             if path == ROOT and (ROOT, True) in start:
@@ -217,6 +334,7 @@ class AppMirror:
     # -- actions -------------------------------------------------------------------------------
 
     async def _on_action(self, request: wire.ActionRequest) -> str:
+        await self.filled.wait()  # a node's actions are known once its details are in
         planned = self.model.plan(request.node_id, request.action, request.value)
         self._acted = time.monotonic()
         try:

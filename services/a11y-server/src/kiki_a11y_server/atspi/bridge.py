@@ -135,5 +135,8 @@ class Bridge:
             return False
         mirror = self.mirrors.get(sender or "")
         if mirror is not None and message.path:
-            mirror.event(message.path)
+            if len(message.body) >= 4:
+                mirror.signal(message.path, message.member or "", message.body)
+            else:
+                mirror.event(message.path)
         return False

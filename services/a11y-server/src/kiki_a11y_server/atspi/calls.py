@@ -9,12 +9,13 @@ app that does not answer is :class:`~libkiki.errors.Timeout`); an AT-SPI error a
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
-from kiki_a11y_server.atspi.model import Call, Fetched
+from kiki_a11y_server.atspi.model import MAX_TEXT, Call, Fetched, text_valued
 from libkiki.errors import Timeout, ToolError
 
 ATSPI = "org.a11y.atspi."
@@ -24,6 +25,7 @@ REGISTRY = "org.a11y.atspi.Registry"
 DESKTOP = "/org/a11y/atspi/accessible/root"
 ROOT = "/org/a11y/atspi/accessible/root"
 NULL_PATH = "/org/a11y/atspi/null"
+CACHE = "/org/a11y/atspi/cache"
 
 # The events the bridge listens to (``RegisterEvent``: atk-bridge only emits those that some
 # listener registered) and the D-Bus interfaces they arrive on.
@@ -37,10 +39,6 @@ EVENTS = (
     "window:",
 )
 EVENT_INTERFACES = (ATSPI + "Event.Object", ATSPI + "Event.Focus", ATSPI + "Event.Window")
-
-# Text longer than this is cut (a terminal's scrollback, a document): the Kiki value is for the
-# agent's eyes, and the a11y-server bounds what a node may hold.
-MAX_TEXT = 16_384
 
 
 class AtspiError(ToolError):
@@ -151,71 +149,118 @@ class Calls:
 
     async def fetch(self, dest: str, path: str) -> Fetched:
         """Everything Kiki's node needs about one accessible: one round of calls sent together,
-        then a second for the interfaces the first named (actions, value, text)."""
-        props, role, state, interfaces, children, extents = await asyncio.gather(
+        then a second for the interfaces the first named (bounds, actions, value, text)."""
+        props, role, state, interfaces, children = await asyncio.gather(
             self._call(dest, path, PROPERTIES, "GetAll", "s", [ACCESSIBLE]),
             self._call(dest, path, ACCESSIBLE, "GetRole"),
             self._call(dest, path, ACCESSIBLE, "GetState"),
             self._call(dest, path, ACCESSIBLE, "GetInterfaces"),
             self._call(dest, path, ACCESSIBLE, "GetChildren"),
-            self._maybe(dest, path, ATSPI + "Component", "GetExtents", "u", [0]),
         )
-        ifaces = frozenset(i.removeprefix(ATSPI) for i in interfaces[0])
         values = props[0]
-        states = tuple(state[0])
-        actions, value, numeric, increment = await self._second_round(
-            dest, path, ifaces, role[0], states
-        )
-        return Fetched(
+        first = Fetched(
             path=path,
             role=int(role[0]),
             name=str(values["Name"].value) if "Name" in values else "",
             description=str(values["Description"].value) if "Description" in values else "",
-            states=states,
-            children=tuple(p for name, p in children[0] if name == dest and p != NULL_PATH),
-            interfaces=ifaces,
-            extents=tuple(extents[0]) if extents else None,
-            actions=actions,
-            value=value,
-            numeric=numeric,
-            increment=increment,
+            states=tuple(state[0]),
+            children=self.own_children(dest, children[0]),
+            interfaces=frozenset(i.removeprefix(ATSPI) for i in interfaces[0]),
         )
+        return await self.complete(dest, first)
 
-    async def _second_round(
-        self, dest: str, path: str, ifaces: frozenset[str], role: int, states: tuple[int, ...]
-    ) -> tuple[tuple[str, ...], str, float | None, float]:
-        from kiki_a11y_server.atspi import roles
+    @staticmethod
+    def own_children(dest: str, refs: list[tuple[str, str]]) -> tuple[str, ...]:
+        """Children on the app's own connection (a plug into another process is left out)."""
+        return tuple(p for name, p in refs if name == dest and p != NULL_PATH)
 
+    async def children(self, dest: str, path: str) -> tuple[str, ...]:
+        reply = await self._call(dest, path, ACCESSIBLE, "GetChildren")
+        return self.own_children(dest, reply[0])
+
+    async def cache_items(self, dest: str) -> list[Any] | None:
+        """``Cache.GetItems`` (every accessible the app's bridge holds, with role, name,
+        states, interfaces and parent in one answer), or None where the app does not offer it."""
+        reply = await self._maybe(dest, CACHE, ATSPI + "Cache", "GetItems")
+        return list(reply[0]) if reply else None
+
+    async def refresh(self, dest: str, known: Fetched, aspects: set[str]) -> Fetched:
+        """An accessible already mirrored, in one round: only what its events said changed
+        (``model.ASPECTS``; ``all``: name, role, states and children asked together with the
+        calls its known interfaces need)."""
+        path = known.path
+        every = "all" in aspects
+        asked: dict[str, Any] = {}
+        if every or "name" in aspects:
+            asked["props"] = self._call(dest, path, PROPERTIES, "GetAll", "s", [ACCESSIBLE])
+        if every:
+            asked["role"] = self._call(dest, path, ACCESSIBLE, "GetRole")
+        if every or "state" in aspects:
+            asked["state"] = self._call(dest, path, ACCESSIBLE, "GetState")
+        if every or "children" in aspects:
+            asked["children"] = self._call(dest, path, ACCESSIBLE, "GetChildren")
+        if every or "value" in aspects:
+            asked["complete"] = self.complete(dest, known, bounds=every, actions=every)
+        answers = dict(zip(asked, await asyncio.gather(*asked.values()), strict=True))
+        f: Fetched = answers.get("complete", known)
+        changes: dict[str, Any] = {}
+        if "props" in answers:
+            values = answers["props"][0]
+            changes["name"] = str(values["Name"].value) if "Name" in values else ""
+            changes["description"] = (
+                str(values["Description"].value) if "Description" in values else ""
+            )
+        if "role" in answers:
+            changes["role"] = int(answers["role"][0])
+        if "state" in answers:
+            changes["states"] = tuple(answers["state"][0])
+        if "children" in answers:
+            changes["children"] = self.own_children(dest, answers["children"][0])
+        refreshed: Fetched = dataclasses.replace(f, **changes)
+        return refreshed
+
+    async def complete(
+        self, dest: str, f: Fetched, *, bounds: bool = True, actions: bool = True
+    ) -> Fetched:
+        """The calls that depend on the interfaces: bounds, actions, value, text (bounds and
+        actions only if asked; else kept as ``f`` has them)."""
+        ifaces, path = f.interfaces, f.path
+        if not bounds or not actions:
+            ifaces = ifaces - {"Component"} if not bounds else ifaces
+            ifaces = ifaces - {"Action"} if not actions else ifaces
         wanted: list[Any] = []
+        if "Component" in ifaces:
+            wanted.append(self._maybe(dest, path, ATSPI + "Component", "GetExtents", "u", [0]))
         if "Action" in ifaces:
             wanted.append(self._maybe(dest, path, ATSPI + "Action", "GetActions"))
         if "Value" in ifaces:
             wanted.append(self._maybe(dest, path, PROPERTIES, "GetAll", "s", [ATSPI + "Value"]))
-        names = roles.atspi_state_names(states)
-        password = roles.kiki_role(role)[1] == "password text"
-        text = (
-            "Text" in ifaces and ("editable" in names or "EditableText" in ifaces) and not password
-        )
+        text = text_valued(f)
         if text:
             wanted.append(self._maybe(dest, path, ATSPI + "Text", "GetText", "ii", [0, MAX_TEXT]))
         answers = list(await asyncio.gather(*wanted))
-        actions: tuple[str, ...] = ()
+        extents = f.extents if not bounds else None
+        names_: tuple[str, ...] = f.actions if not actions else ()
         value, numeric, increment = "", None, 0.0
-        if "Action" in ifaces:
-            got = answers.pop(0)
-            actions = tuple(str(a[0]) for a in got[0]) if got else ()
-        if "Value" in ifaces:
-            got = answers.pop(0)
-            if got:
-                v = got[0]
-                numeric = float(v["CurrentValue"].value) if "CurrentValue" in v else None
-                increment = float(v["MinimumIncrement"].value) if "MinimumIncrement" in v else 0.0
-                value = f"{numeric:g}" if numeric is not None else ""
-        if text:
-            got = answers.pop(0)
-            if got:
-                value = str(got[0])
-        return actions, value, numeric, increment
+        if "Component" in ifaces and (got := answers.pop(0)):
+            extents = tuple(got[0])
+        if "Action" in ifaces and (got := answers.pop(0)):
+            names_ = tuple(str(a[0]) for a in got[0])
+        if "Value" in ifaces and (got := answers.pop(0)):
+            v = got[0]
+            numeric = float(v["CurrentValue"].value) if "CurrentValue" in v else None
+            increment = float(v["MinimumIncrement"].value) if "MinimumIncrement" in v else 0.0
+            value = f"{numeric:g}" if numeric is not None else ""
+        if text and (got := answers.pop(0)):
+            value = str(got[0])
+        return dataclasses.replace(
+            f,
+            extents=extents,
+            actions=names_,
+            value=value,
+            numeric=numeric,
+            increment=increment,
+        )
 
     async def perform(self, dest: str, call_: Call) -> str:
         """Make the call an action planned; returns what AT-SPI answered, as words."""

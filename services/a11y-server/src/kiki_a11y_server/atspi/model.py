@@ -14,6 +14,7 @@ Events only mark paths dirty (:meth:`AppModel.mark`); the app's loop fetches the
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from kiki_a11y_server.atspi import roles
@@ -22,6 +23,40 @@ from libkiki.errors import InvalidParams, NotFound
 
 A = wire.ACTIONS
 S = wire.STATES
+
+# What an event says changed, so that a refresh asks only for that (Calls.refresh). PATCHED:
+# the event carried the change itself (model.patch): republish, ask nothing.
+ALL = "all"
+PATCHED = "patched"
+ASPECTS = ("name", "state", "children", "value", PATCHED, ALL)
+
+# Text longer than this is cut (a terminal's scrollback, a document): the Kiki value is for the
+# agent's eyes, and the a11y-server bounds what a node may hold.
+MAX_TEXT = 16_384
+
+
+def text_valued(f: Fetched) -> bool:
+    """Whether the node's value is its text (an editable text that is no password)."""
+    states = roles.atspi_state_names(f.states)
+    editable = "editable" in states or "EditableText" in f.interfaces
+    password = roles.kiki_role(f.role)[1] == "password text"
+    return "Text" in f.interfaces and editable and not password
+
+
+def aspect_of(member: str, detail: str) -> str:
+    """The aspect an AT-SPI event (its D-Bus member and detail) changes."""
+    if member == "ChildrenChanged":
+        return "children"
+    if member in ("StateChanged", "Focus"):
+        return "state"
+    if member in ("TextChanged", "ValueChanged"):
+        return "value"
+    if member == "PropertyChange":
+        if detail in ("accessible-name", "accessible-description"):
+            return "name"
+        if detail == "accessible-value":
+            return "value"
+    return ALL
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +99,7 @@ class Entry:
     interfaces: frozenset[str] = frozenset()
     numeric: float | None = None
     increment: float = 0.0
+    source: Fetched | None = None  # what it was built from: a refresh asks by its interfaces
 
 
 @dataclass(slots=True)
@@ -121,24 +157,69 @@ class AppModel:
         self.entries: dict[int, Entry] = {}
         self.root_id = 0
         self.next_id = 1
-        self.dirty: dict[str, None] = {}  # insertion-ordered set: fetched in event order
+        # path -> what changed (ASPECTS; ALL for everything), in event order
+        self.dirty: dict[str, set[str]] = {}
         self.resync = False
+        self.fetching: set[str] = set()  # the dirty paths a round is fetching now
 
     # -- events --------------------------------------------------------------------------------
 
-    def mark(self, path: str) -> bool:
-        """An event says ``path`` changed; True if it is in the mirror (and now dirty)."""
+    def mark(self, path: str, aspect: str = ALL) -> bool:
+        """An event says ``aspect`` of ``path`` changed; True if it is in the mirror (and now
+        dirty). Marks of one path merge: a storm on a node is one fetch."""
         if path not in self.ids:
             return False
         if len(self.dirty) >= self.max_dirty and path not in self.dirty:
             self.resync = True
             return True
-        self.dirty[path] = None
+        self.dirty.setdefault(path, set()).add(aspect)
         return True
 
-    def take_dirty(self) -> list[str]:
-        paths, self.dirty = list(self.dirty), {}
-        return paths
+    def take_dirty(self) -> dict[str, set[str]]:
+        dirty, self.dirty = self.dirty, {}
+        self.fetching = set(dirty)
+        return dirty
+
+    def patch(self, path: str, member: str, detail: str, one: int, two: int, data: object) -> bool:
+        """Apply what an event carries (a state bit, inserted or deleted text, a new name) to
+        the mirror's copy of ``path``, so that no call is needed; False when it cannot (unknown
+        path or detail, text that does not match, a fetch of the path under way): the caller
+        marks the aspect instead."""
+        entry = self.entries.get(self.ids.get(path, 0))
+        f = entry.source if entry is not None else None
+        if f is None or path in self.fetching or self.resync:
+            return False
+        kind = detail.split(":", 1)[0]
+        if member == "StateChanged" and kind in roles.ATSPI_STATE_BITS:
+            bit = roles.ATSPI_STATE_BITS[kind]
+            words = [*f.states, 0, 0][:2]
+            words[bit // 32] = (
+                words[bit // 32] | (1 << bit % 32) if one else words[bit // 32] & ~(1 << bit % 32)
+            )
+            f = dataclasses.replace(f, states=tuple(words))
+        elif member == "TextChanged" and isinstance(data, str) and text_valued(f):
+            value = f.value
+            if len(value) >= MAX_TEXT or not 0 <= one <= len(value) or len(data) != two:
+                return False
+            if kind == "insert":
+                value = value[:one] + data + value[one:]
+            elif kind == "delete" and value[one : one + two] == data:
+                value = value[:one] + value[one + two :]
+            else:
+                return False
+            f = dataclasses.replace(f, value=value[:MAX_TEXT])
+        elif member == "PropertyChange" and isinstance(data, str) and kind == "accessible-name":
+            f = dataclasses.replace(f, name=data)
+        elif (
+            member == "PropertyChange"
+            and isinstance(data, str)
+            and kind == "accessible-description"
+        ):
+            f = dataclasses.replace(f, description=data)
+        else:
+            return False
+        entry.source = f  # type: ignore[union-attr]
+        return self.mark(path, PATCHED)
 
     # -- updates -------------------------------------------------------------------------------
 
@@ -171,6 +252,7 @@ class AppModel:
         ``fetched`` holds the dirty paths and every new descendant the caller walked; a child
         that is not there (gone meanwhile, over the node budget) is left out of its parent's
         list, and a path listed twice in one batch (a cycle) is kept once."""
+        self.fetching = set()
         batch = Batch()
         new: dict[str, int] = {}  # path -> id of the nodes this batch creates
         parents: dict[int, int] = {}
@@ -238,7 +320,7 @@ class AppModel:
                 batch.removed.extend(self._drop(gone))
         _, atspi_role = roles.kiki_role(f.role)
         self.entries[node_id] = Entry(
-            f.path, parent, node, atspi_role, f.actions, f.interfaces, f.numeric, f.increment
+            f.path, parent, node, atspi_role, f.actions, f.interfaces, f.numeric, f.increment, f
         )
         if node != old:
             batch.nodes.append(node)
@@ -276,6 +358,11 @@ class AppModel:
                 self.dirty.pop(entry.path, None)
             stack.extend(entry.node.children)
         return dropped
+
+    def known(self, path: str) -> Fetched | None:
+        """What the mirror last fetched of ``path`` (None: not in it)."""
+        entry = self.entries.get(self.ids.get(path, 0))
+        return entry.source if entry is not None else None
 
     def nodes(self) -> list[wire.Node]:
         return [e.node for e in self.entries.values()]

@@ -24,9 +24,11 @@ async def walk(
     *,
     max_nodes: int,
     max_children: int,
+    refresh: Fetch | None = None,
 ) -> tuple[dict[str, Fetched], list[str]]:
     """Fetch ``start`` (path, whether it is new) and the new descendants.
 
+    ``refresh`` (if given) fetches a path already in the mirror (the start's old paths).
     Returns what was fetched (parents before children) and the paths that failed (an error
     answer: gone meanwhile). A :class:`~libkiki.errors.Timeout` propagates: the app is hung."""
     fetched: dict[str, Fetched] = {}
@@ -34,7 +36,9 @@ async def walk(
     seen = {path for path, _ in start}
     frontier = start
     while frontier:
-        results = await asyncio.gather(*(fetch(path) for path, _ in frontier))
+        results = await asyncio.gather(
+            *(fetch(path) if new or refresh is None else refresh(path) for path, new in frontier)
+        )
         following: list[tuple[str, bool]] = []
         for (path, new), result in zip(frontier, results, strict=True):
             if isinstance(result, Timeout):

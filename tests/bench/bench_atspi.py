@@ -1,0 +1,292 @@
+"""AT-SPI bridge benchmark: gtk3-widget-factory's tree through Kiki, beside AT-SPI itself.
+
+    .venv/bin/python tests/bench/bench_atspi.py [--repeats R] [--changes C] [--quick]
+
+One real desktop (tests/kikitest/atspi_fixtures.py: Xvfb, a private session bus, the
+accessibility bus, gtk3-widget-factory, a kiki-a11y-server and kiki-atspi-bridge), and in the
+same run:
+
+  sequential walk    the factory's tree read one D-Bus call at a time (role, role name, name,
+                     states, children, text per node), as pyatspi reads it: the floor an agent
+                     pays today (pyatspi itself adds GObject introspection on top; not
+                     installed here)
+  bridge's calls     the bridge's own fetches of the whole tree (pipelined, no publishing),
+                     walking it and from Cache.GetItems
+  bridge publish     an app mirror started from nothing until the server acknowledged the
+                     tree, walking it and from Cache.GetItems (what the bridge does: the
+                     structure at once, then bounds, actions and values in one more update)
+  snapshot→mirror    a fresh Kiki subscriber until its mirror holds the factory's tree
+  change→mirror      an entry's text set through AT-SPI (EditableText, from a separate
+                     connection) until a Kiki subscriber's mirror shows it (p50/p99), beside the
+                     same change seen by a plain AT-SPI listener (its TextChanged signal)
+
+Medians of repeats. Goals (issue 21): snapshot ≥ 100x faster than the sequential walk, the
+bridge's initial publish ≥ 10x faster, change→mirror p50 ≤ 2x the listener's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests"))
+
+from dbus_fast import Message, MessageType  # noqa: E402
+from dbus_fast.aio import MessageBus  # noqa: E402
+
+from kiki_a11y_server.atspi import cache  # noqa: E402
+from kiki_a11y_server.atspi.app import AppMirror, Limits  # noqa: E402
+from kiki_a11y_server.atspi.calls import ROOT, Calls  # noqa: E402
+from kiki_a11y_server.atspi.model import AppModel  # noqa: E402
+from kiki_a11y_server.atspi.walk import walk  # noqa: E402
+from kikitest.atspi_fixtures import (  # noqa: E402
+    AtspiDesktop,
+    atspi_desktop,
+    independent_nodes,
+    tree_labelled,
+)
+from libkiki.a11y.client import A11yClient, Mirror  # noqa: E402
+
+FACTORY = "gtk3-widget-factory"
+ENTRY_ROLE = 61  # ATSPI_ROLE_TEXT: what GTK 3 calls an entry
+SENSITIVE = 1 << 24
+
+
+def shows(mirror: Mirror, text: str) -> bool:
+    return any(n.value == text for tree in mirror for n in tree.nodes.values())
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def factory_bus_name(bus: MessageBus) -> str:
+    reply = await bus.call(
+        Message(
+            destination="org.a11y.atspi.Registry",
+            path=ROOT,
+            interface="org.a11y.atspi.Accessible",
+            member="GetChildren",
+        )
+    )
+    assert reply is not None
+    for name, _ in reply.body[0]:
+        got = await bus.call(
+            Message(
+                destination=name,
+                path=ROOT,
+                interface="org.freedesktop.DBus.Properties",
+                member="Get",
+                signature="ss",
+                body=["org.a11y.atspi.Accessible", "Name"],
+            )
+        )
+        if (
+            got is not None
+            and got.message_type != MessageType.ERROR
+            and got.body[0].value == FACTORY
+        ):
+            return str(name)
+    raise SystemExit("gtk3-widget-factory is not in the registry")
+
+
+async def measure(desktop: AtspiDesktop, repeats: int, changes: int) -> dict[str, Any]:
+    r: dict[str, Any] = {}
+    bus = await MessageBus(bus_address=desktop.a11y_address).connect()
+    name = await factory_bus_name(bus)
+    calls = Calls(bus, 5.0)
+
+    walks: list[float] = []
+    fetches: list[float] = []
+    cache_fetches: list[float] = []
+    getitems: list[float] = []
+    publishes: list[float] = []
+    walk_publishes: list[float] = []
+    snapshots: list[float] = []
+    filled: list[float] = []
+    resubscribes: list[float] = []
+    gate = asyncio.Semaphore(32)  # the bridge's concurrency per app
+    for _ in range(repeats):
+        t = time.perf_counter()
+        nodes = await independent_nodes(desktop.a11y_address, FACTORY)
+        walks.append(time.perf_counter() - t)
+        r["nodes"] = len(nodes)
+
+        async def fetch(path: str) -> Any:
+            async with gate:
+                return await calls.fetch(name, path)
+
+        t = time.perf_counter()
+        fetched, _ = await walk(
+            fetch, AppModel(), [(ROOT, True)], max_nodes=20_000, max_children=2_000
+        )
+        fetches.append(time.perf_counter() - t)
+        r["fetched"] = len(fetched)
+
+        async def complete(f: Any) -> Any:
+            async with gate:
+                return await calls.complete(name, f)
+
+        async def children(path: str) -> Any:
+            async with gate:
+                return await calls.children(name, path)
+
+        t = time.perf_counter()
+        items = await calls.cache_items(name)
+        getitems.append(time.perf_counter() - t)
+        assert items, "the factory offers no Cache.GetItems"
+        first, missing = await cache.structure(name, items, children)
+        from_cache = await asyncio.gather(*(complete(f) for f in first.values()))
+        more, _ = await walk(
+            fetch, AppModel(), [(p, True) for p in missing], max_nodes=20_000, max_children=2_000
+        )
+        cache_fetches.append(time.perf_counter() - t)
+        r["cached"] = len(from_cache) + len(more)
+
+        for use_cache, out in ((True, publishes), (False, walk_publishes)):
+            mirror = AppMirror(calls, name, desktop.socket, Limits(use_cache=use_cache))
+            t = time.perf_counter()
+            published = mirror.published
+            task = asyncio.create_task(mirror.run())
+            await published.wait()
+            out.append(time.perf_counter() - t)
+            await mirror.filled.wait()
+            if use_cache:
+                filled.append(time.perf_counter() - t)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+        t = time.perf_counter()
+        async with A11yClient(desktop.socket) as client:
+            await client.subscribe()
+            tree = tree_labelled(client.mirror, FACTORY)
+            snapshots.append(time.perf_counter() - t)
+            assert tree is not None
+            r["snapshot_nodes"] = len(tree.nodes)
+            t = time.perf_counter()
+            await client.subscribe()  # again, on the open connection: the snapshot alone
+            resubscribes.append(time.perf_counter() - t)
+    r["walk"], r["fetch"] = statistics.median(walks), statistics.median(fetches)
+    r["publish"], r["snapshot"] = statistics.median(publishes), statistics.median(snapshots)
+    r["filled"] = statistics.median(filled)
+    r["getitems"], r["resubscribe"] = statistics.median(getitems), statistics.median(resubscribes)
+    r["cache_fetch"], r["walk_publish"] = (
+        statistics.median(cache_fetches),
+        statistics.median(walk_publishes),
+    )
+
+    # change -> mirror, beside a plain AT-SPI listener of the same change
+    entry = next(
+        n
+        for n in nodes
+        if n.role == ENTRY_ROLE and n.text == "entry" and n.state_words[0] & SENSITIVE
+    )
+    listener = await MessageBus(bus_address=desktop.a11y_address).connect()
+    await listener.call(
+        Message(
+            destination="org.freedesktop.DBus",
+            path="/org/freedesktop/DBus",
+            interface="org.freedesktop.DBus",
+            member="AddMatch",
+            signature="s",
+            body=[
+                f"type='signal',interface='org.a11y.atspi.Event.Object',member='TextChanged',path='{entry.path}'"
+            ],
+        )
+    )
+    heard = asyncio.Event()
+
+    def on_signal(message: Message) -> None:
+        if (
+            message.member == "TextChanged"
+            and message.path == entry.path
+            and message.body[0].startswith("insert")
+        ):
+            heard.set()
+
+    listener.add_message_handler(on_signal)
+    seen_atspi: list[float] = []
+    seen_kiki: list[float] = []
+    async with A11yClient(desktop.socket) as client:
+        await client.subscribe()
+        for i in range(changes):
+            text = f"change {i}"
+            heard.clear()
+            t = time.perf_counter()
+            await bus.call(
+                Message(
+                    destination=name,
+                    path=entry.path,
+                    interface="org.a11y.atspi.EditableText",
+                    member="SetTextContents",
+                    signature="s",
+                    body=[text],
+                )
+            )
+            got_kiki = asyncio.ensure_future(client.wait_for(partial(shows, text=text)))
+            await heard.wait()
+            seen_atspi.append(time.perf_counter() - t)
+            await got_kiki
+            seen_kiki.append(time.perf_counter() - t)
+    r["atspi_p50"], r["atspi_p99"] = pct(seen_atspi, 0.5), pct(seen_atspi, 0.99)
+    r["kiki_p50"], r["kiki_p99"] = pct(seen_kiki, 0.5), pct(seen_kiki, 0.99)
+    listener.disconnect()
+    bus.disconnect()
+    return r
+
+
+def report(r: dict[str, Any]) -> None:
+    ms = 1000
+    n = r["nodes"]
+    print(f"  gtk3-widget-factory: {n} accessibles (bridge walked {r['fetched']}, GetItems and "
+          f"the rest {r['cached']}, a subscriber got {r['snapshot_nodes']} nodes)")  # fmt: skip
+    rows = [
+        ("sequential walk (pyatspi's way)", r["walk"], r["walk"]),
+        ("bridge's calls alone, walking", r["fetch"], r["walk"]),
+        ("bridge's calls alone, GetItems", r["cache_fetch"], r["walk"]),
+        ("bridge initial publish, walking", r["walk_publish"], r["walk"]),
+        ("bridge initial publish, GetItems", r["publish"], r["walk"]),
+        ("  then bounds, actions, values in", r["filled"], r["walk"]),
+        ("Cache.GetItems alone (one call)", r["getitems"], r["walk"]),
+        ("fresh subscriber's snapshot→mirror", r["snapshot"], r["walk"]),
+        ("  (Subscribe on an open connection)", r["resubscribe"], r["walk"]),
+    ]
+    print(f"  {'':<36} {'time':>10} {'per node':>10} {'vs walk':>9}")
+    for name, ours, base in rows:
+        print(f"  {name:<36} {ours * ms:>8.2f}ms {ours / n * 1e6:>8.1f}µs {base / ours:>8.1f}x")
+    a50, a99, k50, k99 = (r[k] * ms for k in ("atspi_p50", "atspi_p99", "kiki_p50", "kiki_p99"))
+    print(f"  change→listener (AT-SPI signal)  p50 {a50:.2f} ms  p99 {a99:.2f} ms")
+    print(
+        f"  change→Kiki mirror               p50 {k50:.2f} ms  p99 {k99:.2f} ms  ({k50 / a50:.2f}x)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--changes", type=int, default=200)
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 2 repeats, 30 changes")
+    args = parser.parse_args()
+    if args.quick:
+        args.repeats, args.changes = 2, 30
+    print(f"AT-SPI bridge benchmark: {os.cpu_count()} cpus, {sys.version.split()[0]}, "
+          f"{args.repeats} repeats, {args.changes} changes")  # fmt: skip
+    desktop_fixture = atspi_desktop.__wrapped__()  # type: ignore[attr-defined]
+    desktop = next(desktop_fixture)
+    try:
+        report(asyncio.run(measure(desktop, args.repeats, args.changes)))
+    finally:
+        desktop_fixture.close()
+
+
+if __name__ == "__main__":
+    main()
