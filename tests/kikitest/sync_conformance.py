@@ -22,10 +22,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from pycrdt import Doc, Text, create_update_message
+from pycrdt import Doc, Map, Text, create_update_message
 
 from kikitest.sync_fixtures import NodePeers, YClient, eventually
-from libkiki.sync.tokens import SigningKey
+from libkiki.sync.tokens import LEEWAY, SigningKey
 
 
 class SyncEndpoint(Protocol):
@@ -271,6 +271,65 @@ async def check_kill_mid_stream_loses_nothing_relayed(
         await client.close()
 
 
+async def check_parts_are_written_by_their_roles(
+    ep: SyncEndpoint, node: NodePeers | None = None
+) -> None:
+    """The session document's parts (``libkiki.sync.parts``): ``device`` and ``results`` by
+    the device role only, ``intents`` by controllers (and the device)."""
+    env = Env(ep, new_session(), node)
+    device = await YClient.join(env.url("device"))
+    controller = await YClient.join(env.url("controller"))
+    watcher = await YClient.join(env.url("observer"))
+    device.doc.get("device", type=Map)["screen"] = "home"
+    controller.doc.get("intents", type=Map)["i1"] = {"id": "i1", "tool": "dev.kiki.demo.echo"}
+    device.doc.get("results", type=Map)["i1"] = {"status": "ok"}
+
+    def seen(client: YClient, root: str) -> dict[str, object]:
+        value: dict[str, object] = client.doc.get(root, type=Map).to_py()
+        return value
+
+    await eventually(
+        lambda: (
+            seen(watcher, "device") == {"screen": "home"}
+            and "i1" in seen(watcher, "intents")
+            and "i1" in seen(watcher, "results")
+            and "i1" in seen(device, "intents")
+        )
+    )
+    for root in ("device", "results"):
+        forger = await YClient.join(env.url("controller"))
+        forger.doc.get(root, type=Map)["screen"] = "forged"
+        assert await forger.closed() == 1008, root
+    # The others never noticed, and the document holds nothing of it.
+    assert all(c.open for c in (device, controller, watcher))
+    controller.doc.get("intents", type=Map)["i2"] = {"id": "i2", "tool": "dev.kiki.demo.echo"}
+    await eventually(lambda: "i2" in seen(watcher, "intents"))
+    late = await YClient.join(env.url("observer"))
+    await eventually(lambda: "i2" in seen(late, "intents"))
+    assert seen(late, "device") == {"screen": "home"}
+    assert seen(late, "results") == {"i1": {"status": "ok"}}
+    for client in (device, controller, watcher, late):
+        await client.close()
+
+
+async def check_expired_token_closes_live_connection(
+    ep: SyncEndpoint, node: NodePeers | None = None
+) -> None:
+    """A connection lives no longer than its token: closed with 1008 once it expires. Both ends
+    allow clocks :data:`LEEWAY` apart, so a token that expired ``LEEWAY - 3`` s ago joins and is
+    closed about 3 s later."""
+    env = Env(ep, new_session(), node)
+    token = env.ep.token(env.session, "controller", ttl=-(LEEWAY - 3))
+    short = await YClient.join(env.ep.url(env.session, token))
+    other = await YClient.join(env.url())
+    short.map["before"] = 1
+    await eventually(lambda: other.map.get("before") == 1)
+    assert await short.closed() == 1008
+    assert "expired" in short.close_reason
+    assert other.open
+    await other.close()
+
+
 # -- checks with Node's y-websocket clients ---------------------------------------------------
 
 
@@ -333,8 +392,10 @@ async def check_node_awareness_and_observer(
     await node_open(env, n, presence={"user": "node"})
     await eventually(lambda: {"user": "node"} in py.awareness.states.values())
     await node_open(env, obs, "observer")
-    others = await env.node.call("others", client=obs)
-    assert {"user": "node"} in others
+    # Opened means synced; the awareness states the relay sent on join may come just after.
+    async with asyncio.timeout(15):
+        while {"user": "node"} not in await env.node.call("others", client=obs):  # noqa: ASYNC110 -- polled, as above
+            await asyncio.sleep(0.02)
     await env.node.call("destroy", client=n)
     await eventually(lambda: {"user": "node"} not in py.awareness.states.values())
     # The stock observer reads; the first thing it writes closes it.
@@ -360,6 +421,8 @@ PY_CHECKS: list[Check] = [
     check_revoked_token_is_refused_and_closed,
     check_bad_messages_are_refused_without_harm,
     check_kill_mid_stream_loses_nothing_relayed,
+    check_parts_are_written_by_their_roles,
+    check_expired_token_closes_live_connection,
 ]
 NODE_CHECKS: list[Check] = [
     check_node_and_python_converge,

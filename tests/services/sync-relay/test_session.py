@@ -35,7 +35,7 @@ def an_update(text: str = "hello") -> bytes:
 
 def test_join_sends_step1_and_an_update_is_relayed_and_made_durable() -> None:
     session = Session("s")
-    writer, reader = Member(writes=True), Member(writes=False)
+    writer, reader = Member(role="controller"), Member(role="observer")
     hello = session.join(writer)
     assert hello == (create_sync_message(session.doc),)
     session.join(reader)
@@ -54,7 +54,7 @@ def test_join_sends_step1_and_an_update_is_relayed_and_made_durable() -> None:
 
 def test_a_corrupt_update_is_refused_and_the_live_document_is_untouched() -> None:
     session = Session("s", [an_update("abc")])
-    member = Member(writes=True)
+    member = Member(role="controller")
     session.join(member)
     before = session.doc.get_update()
     update = an_update("x" * 100)
@@ -69,11 +69,11 @@ def test_a_corrupt_update_is_refused_and_the_live_document_is_untouched() -> Non
 
 def test_refusals_carry_their_close_codes() -> None:
     session = Session("s", limits=Limits(max_document=2000, max_clients=2))
-    writer, observer = Member(writes=True), Member(writes=False)
+    writer, observer = Member(role="controller"), Member(role="observer")
     session.join(writer)
     session.join(observer)
     with pytest.raises(LimitExceeded):
-        session.join(Member(writes=True))
+        session.join(Member(role="controller"))
     with pytest.raises(PermissionDenied) as denied:
         session.receive(observer, create_update_message(an_update()))
     assert denied.value.ws_close_code == 1008
@@ -91,7 +91,7 @@ def test_refusals_carry_their_close_codes() -> None:
 
 def test_awareness_is_relayed_and_removed_when_its_member_leaves() -> None:
     session = Session("s")
-    a, b = Member(writes=True), Member(writes=True)
+    a, b = Member(role="controller"), Member(role="controller")
     session.join(a)
     session.join(b)
     theirs = Awareness(Doc())
@@ -99,7 +99,7 @@ def test_awareness_is_relayed_and_removed_when_its_member_leaves() -> None:
     message = create_awareness_message(theirs.encode_awareness_update([theirs.client_id]))
     assert session.receive(a, message).relay == message
     assert session.awareness.states[theirs.client_id] == {"user": "a"}
-    late = Member(writes=False)
+    late = Member(role="observer")
     hello = session.join(late)
     assert len(hello) == 2  # step 1, then the awareness of the others
     gone = session.leave(a)
@@ -114,7 +114,7 @@ def test_awareness_is_relayed_and_removed_when_its_member_leaves() -> None:
 
 def test_snapshot_reloads_the_same_document() -> None:
     session = Session("s")
-    member = Member(writes=True)
+    member = Member(role="controller")
     session.join(member)
     for i in range(5):
         doc: Doc[Any] = Doc()

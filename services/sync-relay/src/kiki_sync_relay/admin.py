@@ -6,7 +6,7 @@ own user and root: sharing a session mints tokens with the device's key. The met
 | method | params | result |
 |---|---|---|
 | ``dev.kiki.session.list`` | | ``[{name, live, clients, bytes}]`` |
-| ``dev.kiki.session.show`` | ``name`` | ``{name, live, clients: [{sub, writes}], bytes}`` |
+| ``dev.kiki.session.show`` | ``name`` | ``{name, live, clients: [{sub, role, writes}], bytes}`` |
 | ``dev.kiki.session.share`` | ``name, role, ttl, sub`` | ``{url, token, jti, exp}`` |
 | ``dev.kiki.session.revoke`` | ``jti`` | ``{closed}`` |
 | ``dev.kiki.session.dump`` | ``name`` | the document's top-level types as JSON |
@@ -26,14 +26,13 @@ from kiki_sync_relay.session import Session
 from libkiki.constellation import GET_INFO
 from libkiki.errors import NotFound, PermissionDenied
 from libkiki.rpc import Methods, RequestContext
+from libkiki.sync.parts import PARTS
 from libkiki.sync.tokens import SigningKey, valid_session_name
 
-# The session document's top-level types (schemas/lexicons/dev/kiki/session) and those the
-# conformance suite writes; pycrdt reads a root only when told its type.
+# The session document's parts (libkiki.sync.parts) and the roots the conformance suite writes;
+# pycrdt reads a root only when told its type.
 ROOTS: dict[str, str] = {
-    "device": "map",
-    "intents": "array",
-    "results": "map",
+    **{part.root: part.kind for part in PARTS},
     "text": "text",
     "map": "map",
     "array": "array",
@@ -94,7 +93,7 @@ def admin_methods(relay: Relay, key: SigningKey, device_id: str, public_url: str
         return {
             "name": name,
             "live": live is not None,
-            "clients": [{"sub": m.sub, "writes": m.writes} for m in members],
+            "clients": [{"sub": m.sub, "role": m.role, "writes": m.writes} for m in members],
             "bytes": stored.get(name, 0),
         }
 

@@ -34,7 +34,7 @@ from libkiki.errors import (
     ProtocolError,
     Unavailable,
 )
-from libkiki.sync.tokens import Claims, Revocations, Verifier
+from libkiki.sync.tokens import LEEWAY, Claims, Revocations, Verifier
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +162,10 @@ class Relay:
                 closed += 1
         return closed
 
+    def _expire(self, ws: ServerConnection) -> None:
+        self.counters["clients_expired"] += 1
+        self._close(ws, PermissionDenied("token expired"))
+
     def _close(self, ws: ServerConnection, exc: KikiError) -> None:
         self.counters[f"closed_{exc.ws_close_code}"] += 1
         _background(asyncio.ensure_future(ws.close(exc.ws_close_code, close_reason(exc))))
@@ -189,7 +193,7 @@ class Relay:
         try:
             claims = await self.authenticate(ws, name, token)
             live = await self.open(name)
-            member = Member(writes=claims.writes, jti=claims.jti, sub=claims.sub)
+            member = Member(role=claims.role, jti=claims.jti, sub=claims.sub)
             hello = live.session.join(member)
         except KikiError as exc:
             self.counters["clients_refused"] += 1
@@ -202,6 +206,10 @@ class Relay:
         live.peers[member.id] = ws
         self._members[ws] = (name, member)
         self.touch(name, live)
+        # A connection lives no longer than its token (as verified: with the clocks' leeway).
+        expiry = asyncio.get_running_loop().call_later(
+            max(0.0, claims.exp + LEEWAY - time.time()), self._expire, ws
+        )
         for message in hello:
             self._send(live, ws, message)
         try:
@@ -214,6 +222,7 @@ class Relay:
         except ConnectionClosed:
             pass
         finally:
+            expiry.cancel()
             self._members.pop(ws, None)
             live.peers.pop(member.id, None)
             if (gone := live.session.leave(member)) is not None:

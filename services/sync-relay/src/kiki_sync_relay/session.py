@@ -10,30 +10,51 @@ Only an update the shadow took is applied to the live document, so an update tha
 fail or panic (``PanicException`` is a ``BaseException``) never touches it; the shadow is then
 rebuilt from the live document. Keeping the shadow costs one more apply per update instead of
 a copy of the whole document per update.
+
+The shadow also tells which parts of the document an update touches
+(:mod:`libkiki.sync.parts`): for a member whose role may not write some part, the shadow's roots
+of those parts are observed (deeply) while its update is applied, and an update that changed
+one is refused with 1008 (the shadow is rebuilt; the live document never saw it). A member
+that may write every part (the ``device`` role) pays nothing for it. Yjs integrates an item
+whose dependencies are missing later, when they arrive (possibly in another member's update),
+and keeps a deletion of ids it has not seen until they exist, so for a member with a forbidden
+part an update must also leave nothing waiting: every struct it carries within the clocks the
+shadow holds after it, every deletion among ids the shadow knows.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from pycrdt import (
+    Array,
     Awareness,
+    ContentAttribute,
     Doc,
+    IdMap,
+    IdSet,
+    Map,
+    Subscription,
+    Text,
     YMessageType,
     YSyncMessageType,
     create_awareness_message,
     create_sync_message,
     create_update_message,
+    get_update,
     handle_sync_message,
     read_message,
 )
+from pycrdt._sync import Decoder
 
 from kiki_sync_relay.limits import Limits
 from libkiki.errors import InvalidFrame, LimitExceeded, PermissionDenied, ProtocolError
+from libkiki.sync.parts import PARTS, Part, forbidden
+from libkiki.sync.tokens import WRITERS
 
 QUERY_AWARENESS = 3
 # y-protocols' encoding of an update that carries nothing (no structs, no deletions): what a
@@ -45,13 +66,21 @@ _ids = itertools.count(1)
 
 @dataclass(eq=False, slots=True)
 class Member:
-    """A client of the session: what it may do, and the awareness states it set."""
+    """A client of the session: its role (what it may write), and the awareness states it set."""
 
-    writes: bool
+    role: str
     jti: str = ""
     sub: str = ""
     id: int = field(default_factory=lambda: next(_ids))
     awareness: set[int] = field(default_factory=set)
+    forbidden: tuple[Part, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.forbidden = forbidden(self.role)
+
+    @property
+    def writes(self) -> bool:
+        return self.role in WRITERS
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,11 +103,47 @@ def _apply_guarded(doc: Doc[Any], update: bytes) -> BaseException | None:
     return None
 
 
+_TYPES: dict[str, type[Any]] = {"map": Map, "array": Array, "text": Text}
+# A v1 update is the structs (a count of clients first), then the delete set.
+_NO_STRUCTS = 0
+_MARK = [ContentAttribute("d", 1)]
+
+
 def _fresh_doc(state: bytes | None) -> Doc[Any]:
     doc: Doc[Any] = Doc()
+    for part in PARTS:
+        doc.get(part.root, type=_TYPES[part.kind])
     if state:
         doc.apply_update(state)
     return doc
+
+
+def _noting(touched: list[str], name: str) -> Callable[..., None]:
+    def seen(*_: object) -> None:
+        touched.append(name)
+
+    return seen
+
+
+def _clocks(state_vector: bytes) -> dict[int, int]:
+    """A state vector (y-protocols: count, then (client, clock) pairs) as a dict."""
+    reader = Decoder(state_vector)
+    return {reader.read_var_uint(): reader.read_var_uint() for _ in range(reader.read_var_uint())}
+
+
+def _waiting(doc: Doc[Any], update: bytes) -> bool:
+    """Whether ``update``, applied to ``doc``, left anything for ``doc`` to integrate later:
+    a struct beyond the clocks ``doc`` holds, or a deletion of an id it has not seen."""
+    state = doc.get_state()
+    rest = get_update(update, state)
+    if rest[0] != _NO_STRUCTS:
+        return True
+    deletions = rest[1:]
+    if deletions == b"\x00":  # none
+        return False
+    clocks = _clocks(state)
+    ranges = IdMap.from_set(IdSet.decode(deletions), _MARK)
+    return any(span.end > clocks.get(client, 0) for client, span in ranges)
 
 
 class Session:
@@ -166,24 +231,45 @@ class Session:
             return NOTHING
         if not member.writes:
             raise PermissionDenied("an observer may not write to the session")
-        return self.apply(update)
+        return self.apply(update, member.forbidden, member.role)
 
-    def apply(self, update: bytes) -> Outcome:
-        """Apply a client's ``update`` (checked on the shadow first) and say what to relay."""
+    def apply(self, update: bytes, guarded: tuple[Part, ...] = (), role: str = "device") -> Outcome:
+        """Apply a client's ``update`` (checked on the shadow first) and say what to relay.
+        ``guarded``: the parts the writer (of ``role``) may not touch."""
         if self.size + len(update) > self.limits.max_document:
             raise LimitExceeded(
                 f"session {self.name}'s document would exceed {self.limits.max_document} bytes"
             )
-        failure = _apply_guarded(self._shadow, update)
+        touched: list[str] = []
+        watching: list[tuple[Any, Subscription]] = []
+        for part in guarded:
+            root = self._shadow.get(part.root, type=_TYPES[part.kind])
+            watching.append((root, root.observe_deep(_noting(touched, part.root))))
+        try:
+            failure = _apply_guarded(self._shadow, update)
+        finally:
+            for root, subscription in watching:
+                root.unobserve(subscription)
         if failure is not None:
             # The shadow may hold part of it, or be unusable after a panic: rebuilt from the
             # live document, which never saw it.
-            self._shadow = _fresh_doc(self.doc.get_update())
+            self._rebuild_shadow()
             raise InvalidFrame(f"an update that does not apply ({type(failure).__name__})")
+        if touched:
+            self._rebuild_shadow()
+            raise PermissionDenied(f"a {role} may not write the session's {touched[0]}")
+        if guarded and _waiting(self._shadow, update):
+            self._rebuild_shadow()
+            raise PermissionDenied(
+                f"a {role}'s update must not wait on changes the session has not seen"
+            )
         self.doc.apply_update(update)
         self.size += len(update)
         self.updates_since_snapshot += 1
         return Outcome(relay=create_update_message(update), durable=update)
+
+    def _rebuild_shadow(self) -> None:
+        self._shadow = _fresh_doc(self.doc.get_update())
 
     def _awareness(self, member: Member, message: bytes) -> Outcome:
         if not member.writes:

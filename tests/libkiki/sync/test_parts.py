@@ -1,0 +1,34 @@
+"""The session document's parts: who may write which, and their published lexicons."""
+
+from __future__ import annotations
+
+import pytest
+
+from libkiki.errors import KikiError
+from libkiki.lexicon import Registry
+from libkiki.sync.parts import BY_ROOT, PARTS, forbidden, may_write
+
+pytestmark = pytest.mark.unit
+
+
+def test_the_device_writes_every_part_controllers_only_intents_observers_nothing() -> None:
+    assert all(may_write("device", part.root) for part in PARTS)
+    assert [p.root for p in PARTS if may_write("controller", p.root)] == ["intents"]
+    assert not any(may_write("observer", root) for root in [*BY_ROOT, "text", "anything"])
+    # Roots no part names are open to every writer.
+    assert may_write("controller", "text")
+    assert forbidden("device") == ()
+    assert {p.root for p in forbidden("controller")} == {"device", "results"}
+    assert not may_write("nobody", "text")
+
+
+def test_every_part_is_typed_by_a_published_lexicon(kiki: Registry) -> None:
+    intent = {"id": "i-1", "tool": "dev.kiki.demo.echo", "createdAt": "2026-12-07T15:00:00Z"}
+    result = {"status": "ok", "output": {"text": "hi"}, "at": "2026-12-07T15:00:01Z"}
+    state = {"updatedAt": "2026-12-07T15:00:00Z", "tools": ["dev.kiki.demo.echo"]}
+    for part, value in zip(PARTS, (state, intent, result), strict=True):
+        kiki.validator(part.entry).validate(value)
+    with pytest.raises(KikiError):
+        kiki.validator(BY_ROOT["intents"].entry).validate({"id": "i-2"})
+    with pytest.raises(KikiError):
+        kiki.validator(BY_ROOT["results"].entry).validate({"status": "ok"})
