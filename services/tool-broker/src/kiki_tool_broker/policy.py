@@ -51,9 +51,10 @@ system unit's)::
     principals = ["remote:did:plc:alice"]   # or "remote:*", any remote person
     tools = ["dev.kiki.media.*"]
 
-A delegate's call that names its person (:class:`libkiki.principals.Remote`) is decided for that
-person alone: only ``remote:`` principals match it (in ``allow`` and ``deny`` rules), and the
-defaults grant a remote person nothing: not the relay's uid, group or app id, not root's.
+A delegate's call or subscription that names its person (:class:`libkiki.principals.Remote`) is
+decided for that person alone: only ``remote:`` principals match it (in ``allow`` and ``deny``
+rules), and the defaults grant a remote person nothing: not the relay's uid, group or app id,
+not root's.
 
 A missing policy file means the defaults alone. Decisions are remembered per caller identity,
 tool, kind and provider user, for as long as the policy is loaded: names are resolved once per
