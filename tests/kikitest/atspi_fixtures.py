@@ -29,6 +29,7 @@ from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
 
 from kikitest import VENV_BIN
+from libkiki.a11y import wire
 from libkiki.a11y.client import A11yClient, Mirror, MirrorTree
 
 PROGRAMS = ("Xvfb", "dbus-daemon", "gtk3-widget-factory")
@@ -65,8 +66,17 @@ class AtspiDesktop:
         """A subscribed client and the tree of the app labelled ``label``, once it is there."""
         async with A11yClient(self.socket) as client:
             await client.subscribe()
-            tree = await client.wait_for(lambda m: tree_labelled(m, label), timeout=within)
+            # Its details too: from the cache the structure comes first, then the rest.
+            tree = await client.wait_for(lambda m: filled(tree_labelled(m, label)), timeout=within)
             yield client, tree
+
+
+def filled(tree: MirrorTree | None) -> MirrorTree | None:
+    """The tree once its details are in (its windows have bounds), else None."""
+    if tree is None:
+        return None
+    windows = [n for n in tree.nodes.values() if n.role == wire.ROLES["window"]]
+    return tree if windows and all(n.bounds for n in windows) else None
 
 
 def tree_labelled(mirror: Mirror, label: str) -> MirrorTree | None:
@@ -148,14 +158,58 @@ async def independent_nodes(address: str, label: str) -> list[AtspiNode]:
         bus.disconnect()
 
 
-def _free_display() -> int:
-    for number in range(90, 200):
-        if (
-            not Path(f"/tmp/.X11-unix/X{number}").exists()
-            and not Path(f"/tmp/.X{number}-lock").exists()
-        ):
-            return number
-    raise RuntimeError("no free X display number")
+async def set_texts(address: str, path: str, texts: list[str]) -> None:
+    """``EditableText.SetTextContents`` of each text on ``path`` (of the one app holding it),
+    all sent before any answer is awaited."""
+    bus = await MessageBus(bus_address=address).connect()
+    try:
+        owner = await bus.call(
+            Message(destination="org.a11y.atspi.Registry", path="/org/a11y/atspi/accessible/root",
+                    interface="org.a11y.atspi.Accessible", member="GetChildren")
+        )  # fmt: skip
+        assert owner is not None
+        for dest, _ in owner.body[0]:
+            probe = await bus.call(
+                Message(destination=dest, path=path, interface="org.a11y.atspi.Text",
+                        member="GetText", signature="ii", body=[0, -1])
+            )  # fmt: skip
+            if probe is not None and probe.message_type != MessageType.ERROR:
+                break
+        calls = [
+            bus.call(
+                Message(
+                    destination=dest,
+                    path=path,
+                    interface="org.a11y.atspi.EditableText",
+                    member="SetTextContents",
+                    signature="s",
+                    body=[text],
+                )
+            )
+            for text in texts
+        ]
+        await asyncio.gather(*calls)
+    finally:
+        bus.disconnect()
+
+
+def _start_xvfb() -> tuple[subprocess.Popen[bytes], int]:
+    """Xvfb on a free display, once it accepts connections (``-displayfd``: it writes the
+    display's number when ready; its socket file exists before it listens)."""
+    read, write = os.pipe()
+    proc = subprocess.Popen(
+        ["Xvfb", "-displayfd", str(write), "-nolisten", "tcp", "-screen", "0", "1280x1024x24"],
+        pass_fds=(write,),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        number = pipe.readline().strip()  # EOF (b"") if Xvfb exits instead
+    if not number:
+        proc.wait()
+        raise AssertionError("Xvfb did not start")
+    return proc, int(number)
 
 
 def _wait(check: object, what: str, within: float = WITHIN) -> None:
@@ -217,18 +271,11 @@ def atspi_desktop() -> Iterator[AtspiDesktop]:
     runtime.mkdir(mode=0o700)
     kiki_dir = root / "kiki"
     kiki_dir.mkdir(mode=0o700)
-    display = _free_display()
     procs: list[subprocess.Popen[bytes]] = []
     desktop: AtspiDesktop | None = None
     try:
-        procs.append(
-            subprocess.Popen(
-                ["Xvfb", f":{display}", "-nolisten", "tcp", "-screen", "0", "1280x1024x24"],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        )
-        _wait(lambda: Path(f"/tmp/.X11-unix/X{display}").exists(), "Xvfb's socket")
+        xvfb, display = _start_xvfb()
+        procs.append(xvfb)
         bus_path = root / "bus"
         procs.append(
             subprocess.Popen(

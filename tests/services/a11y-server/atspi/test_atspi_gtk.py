@@ -17,6 +17,7 @@ from kikitest.atspi_fixtures import (
     AtspiDesktop,
     atspi_desktop,  # noqa: F401 -- the session's desktop, shared by these tests
     independent_nodes,
+    set_texts,
     tree_labelled,
 )
 from libkiki.a11y import wire
@@ -133,3 +134,23 @@ def stale_or_gone(mirror: object, tree: MirrorTree) -> bool:
 async def checked_boxes(desktop: AtspiDesktop) -> int:
     nodes = await independent_nodes(desktop.a11y_address, FACTORY)
     return sum(1 for n in nodes if n.role_name == "check box" and n.checked)
+
+
+async def test_an_event_storm_is_coalesced(atspi_desktop: AtspiDesktop) -> None:  # noqa: F811
+    """200 text changes sent as fast as D-Bus takes them (each is a delete and an insert event):
+    the tree ends with the last text, in fewer updates than changes."""
+    changes = 200
+    async with atspi_desktop.tree_of(FACTORY) as (client, tree):
+        entry = next(  # the entry another test may have written to already
+            n
+            for n in tree.nodes.values()
+            if n.value in ("entry", "Kiki was here") and not n.states & S["disabled"]
+        )
+        await client.act((tree.tree_id, entry.id), "setValue", "before the storm")
+        await client.wait_for(lambda _: tree.nodes[entry.id].value == "before the storm")
+        seq = tree.seq
+        truth = await independent_nodes(atspi_desktop.a11y_address, FACTORY)
+        path = next(n.path for n in truth if n.text == "before the storm")
+        await set_texts(atspi_desktop.a11y_address, path, [f"storm {i}" for i in range(changes)])
+        await client.wait_for(lambda _: tree.nodes[entry.id].value == f"storm {changes - 1}")
+        assert 0 < tree.seq - seq < changes
