@@ -129,8 +129,10 @@ class AppMirror:
             try:
                 while not pub.closed.is_set():
                     woken = asyncio.ensure_future(self.wakeup.wait())
-                    await asyncio.wait({woken, closed}, return_when=asyncio.FIRST_COMPLETED)
-                    woken.cancel()
+                    try:
+                        await asyncio.wait({woken, closed}, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        woken.cancel()
                     if pub.closed.is_set():
                         return
                     self.wakeup.clear()
