@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -195,21 +196,29 @@ async def set_texts(address: str, path: str, texts: list[str]) -> None:
 
 def _start_xvfb() -> tuple[subprocess.Popen[bytes], int]:
     """Xvfb on a free display, once it accepts connections (``-displayfd``: it writes the
-    display's number when ready; its socket file exists before it listens)."""
-    read, write = os.pipe()
-    proc = subprocess.Popen(
-        ["Xvfb", "-displayfd", str(write), "-nolisten", "tcp", "-screen", "0", "1280x1024x24"],
-        pass_fds=(write,),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    os.close(write)
-    with os.fdopen(read, "rb") as pipe:
-        number = pipe.readline().strip()  # EOF (b"") if Xvfb exits instead
-    if not number:
-        proc.wait()
-        raise AssertionError("Xvfb did not start")
-    return proc, int(number)
+    display's number when ready; its socket file exists before it listens). The number is
+    drawn from a high range: other jobs on this machine take the low ones, some by
+    ``-displayfd`` alone; one taken meanwhile makes Xvfb exit, and another is tried."""
+    rng = random.Random()
+    for _ in range(20):
+        number = rng.randrange(100, 1000)
+        if Path(f"/tmp/.X{number}-lock").exists() or Path(f"/tmp/.X11-unix/X{number}").exists():
+            continue
+        read, write = os.pipe()
+        proc = subprocess.Popen(
+            ["Xvfb", f":{number}", "-displayfd", str(write), "-nolisten", "tcp",
+             "-screen", "0", "1280x1024x24"],
+            pass_fds=(write,),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        os.close(write)
+        with os.fdopen(read, "rb") as pipe:
+            ready = pipe.readline().strip()  # b"" if Xvfb exits instead
+        if ready == str(number).encode() and proc.poll() is None:
+            return proc, number
+        _stop(proc)
+    raise AssertionError("Xvfb did not start on any display tried")
 
 
 def _wait(check: object, what: str, within: float = WITHIN) -> None:

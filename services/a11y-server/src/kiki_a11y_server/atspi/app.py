@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -64,6 +65,7 @@ class AppMirror:
         self.label = bus_name
         self._aspects: dict[str, set[str]] = {}
         self._incomplete: list[str] = []  # published from the cache, not filled in yet
+        self._short_lists: list[str] = []  # of those, whose children the cache did not hold
         self.filled = asyncio.Event()  # the whole tree's details are in (actions wait for it)
         self.filled.set()
         self.source = ""  # how the last whole state was read: "cache" or "walk"
@@ -268,10 +270,9 @@ class AppMirror:
         walked."""
         items = await self.calls.cache_items(self.bus_name) if self.limits.use_cache else None
         if items:
-            fetched, missing = await cache.structure(self.bus_name, items, self._children)
+            fetched, short = cache.from_items(self.bus_name, items)
             if ROOT in fetched:
-                self._incomplete = list(fetched)
-                fetched.update(await self._walk([(path, True) for path in missing]))
+                self._incomplete, self._short_lists = list(fetched), short
                 self.source = "cache"
                 return fetched
         self.source = "walk"
@@ -286,17 +287,29 @@ class AppMirror:
             self.filled.set()
 
     async def _fill_in(self) -> None:
-        """Bounds, actions and values of the nodes published from the cache, as one update."""
-        known = [f for p in self._incomplete if (f := self.model.known(p)) is not None]
-        self._incomplete = []
+        """What the cache's answer lacked, as one update: bounds, actions and values of the
+        nodes published from it, and the children it did not hold (their lists asked for,
+        the new subtrees walked)."""
+        known = {p: f for p in self._incomplete if (f := self.model.known(p)) is not None}
+        short = [p for p in self._short_lists if p in known]
+        self._incomplete, self._short_lists = [], []
         if not known:
             return
-        self.model.fetching = {f.path for f in known}  # events meanwhile: fetched next round
-        done = await asyncio.gather(*(self._complete(f) for f in known), return_exceptions=True)
+        self.model.fetching = set(known)  # events meanwhile: fetched again next round
+        lists = await asyncio.gather(*(self._children(p) for p in short))
+        missing: list[tuple[str, bool]] = []
+        for path, listed in zip(short, lists, strict=True):
+            known[path] = dataclasses.replace(known[path], children=listed)
+            missing += [(c, True) for c in listed if c not in known]
+        done = await asyncio.gather(
+            *(self._complete(f) for f in known.values()), return_exceptions=True
+        )
         for result in done:
             if isinstance(result, Timeout):
                 raise result
-        batch = self.model.apply({f.path: f for f in done if isinstance(f, Fetched)})
+        fetched = {f.path: f for f in done if isinstance(f, Fetched)}
+        fetched.update(await self._walk(missing))
+        batch = self.model.apply(fetched)
         if batch.nodes:
             await self._publish(batch.nodes)
 
