@@ -354,3 +354,16 @@ class DeviceRelay:
     async def restart(self, *, kill: bool) -> None:
         await asyncio.to_thread(self.stop, kill=kill)
         await asyncio.to_thread(self.start)
+
+    async def show(self, session: str) -> dict[str, Any]:
+        """``kiki session show``: the session as the relay's admin channel tells it."""
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [str(VENV_BIN / "kiki"), "session", "show", session],
+            env=self.env,
+            check=True,
+            capture_output=True,
+            timeout=TIMEOUT,
+        )
+        shown: dict[str, Any] = json.loads(done.stdout)
+        return shown

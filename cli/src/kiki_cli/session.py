@@ -89,7 +89,10 @@ def run_list(args: argparse.Namespace) -> int:
         return fail("session", exc)
     for s in sessions:
         state = f"live, {s['clients']} clients" if s["live"] else "hibernated"
-        print(f"{s['name']}\t{state}\t{s['bytes']} bytes")
+        link = {True: "\tlinked upstream", False: "\tupstream unreachable"}.get(
+            s.get("upstream"), ""
+        )
+        print(f"{s['name']}\t{state}\t{s['bytes']} bytes{link}")
     return 0
 
 

@@ -19,7 +19,7 @@ from pycrdt import (
 )
 
 from kiki_sync_relay.limits import Limits, TokenBucket
-from kiki_sync_relay.session import Member, Session
+from kiki_sync_relay.session import NOTHING, Member, Session
 from kiki_sync_relay.store import Store
 from libkiki.errors import InvalidFrame, LimitExceeded, PermissionDenied, ProtocolError
 
@@ -108,8 +108,19 @@ def test_awareness_is_relayed_and_removed_when_its_member_leaves() -> None:
     b_view = Awareness(Doc())
     b_view.apply_awareness_update(message[2:], "x")
     assert theirs.client_id in b_view.states
+    # A stock client sends back the states it is told; from an observer that echo is dropped,
+    # anything new is refused.
+    assert session.receive(late, message) == NOTHING
+    theirs.set_local_state({"user": "changed"})
+    newer = create_awareness_message(theirs.encode_awareness_update([theirs.client_id]))
     with pytest.raises(PermissionDenied):
-        session.receive(late, message)
+        session.receive(late, newer)
+    mine = Awareness(Doc())
+    mine.set_local_state({"me": 1})
+    with pytest.raises(PermissionDenied):
+        session.receive(
+            late, create_awareness_message(mine.encode_awareness_update([mine.client_id]))
+        )
 
 
 def test_snapshot_reloads_the_same_document() -> None:

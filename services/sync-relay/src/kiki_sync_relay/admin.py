@@ -5,8 +5,9 @@ own user and root: sharing a session mints tokens with the device's key. The met
 
 | method | params | result |
 |---|---|---|
-| ``dev.kiki.session.list`` | | ``[{name, live, clients, bytes}]`` |
-| ``dev.kiki.session.show`` | ``name`` | ``{name, live, clients: [{sub, role, writes}], bytes}`` |
+| ``dev.kiki.session.list`` | | ``[{name, live, clients, bytes, upstream}]`` |
+| ``dev.kiki.session.show`` | ``name`` | ``{name, live, clients: [{sub, role, writes}], bytes,
+upstream}`` |
 | ``dev.kiki.session.share`` | ``name, role, ttl, sub`` | ``{url, token, jti, exp}`` |
 | ``dev.kiki.session.revoke`` | ``jti`` | ``{closed}`` |
 | ``dev.kiki.session.dump`` | ``name`` | the document's top-level types as JSON |
@@ -23,6 +24,7 @@ import jwt
 
 from kiki_sync_relay.relay import Relay
 from kiki_sync_relay.session import Session
+from kiki_sync_relay.upstream import Upstream
 from libkiki.constellation import GET_INFO
 from libkiki.errors import NotFound, PermissionDenied
 from libkiki.rpc import Methods, RequestContext
@@ -54,7 +56,9 @@ def document(session: Session) -> dict[str, Any]:
     return out
 
 
-def admin_methods(relay: Relay, key: SigningKey, device_id: str, public_url: str) -> Methods:
+def admin_methods(
+    relay: Relay, key: SigningKey, device_id: str, public_url: str, upstream: Upstream
+) -> Methods:
     methods = Methods()
     me = os.geteuid()
 
@@ -71,13 +75,14 @@ def admin_methods(relay: Relay, key: SigningKey, device_id: str, public_url: str
     async def list_sessions(ctx: RequestContext) -> list[dict[str, Any]]:
         allowed(ctx)
         stored = await relay.store.sessions()
-        names = sorted(set(stored) | set(relay.live))
+        names = sorted(set(stored) | set(relay.live) | set(upstream.links))
         return [
             {
                 "name": n,
                 "live": n in relay.live,
                 "clients": len(relay.live[n].peers) if n in relay.live else 0,
                 "bytes": stored.get(n, 0),
+                "upstream": upstream.links[n].linked if n in upstream.links else None,
             }
             for n in names
         ]
@@ -87,7 +92,8 @@ def admin_methods(relay: Relay, key: SigningKey, device_id: str, public_url: str
         allowed(ctx)
         stored = await relay.store.sessions()
         live = relay.live.get(named(name))
-        if live is None and name not in stored:
+        link = upstream.links.get(name)
+        if live is None and name not in stored and link is None:
             raise NotFound(f"no session {name}")
         members = list(live.session.members.values()) if live else []
         return {
@@ -95,6 +101,7 @@ def admin_methods(relay: Relay, key: SigningKey, device_id: str, public_url: str
             "live": live is not None,
             "clients": [{"sub": m.sub, "role": m.role, "writes": m.writes} for m in members],
             "bytes": stored.get(name, 0),
+            "upstream": link.view() if link is not None else None,
         }
 
     @methods.method("dev.kiki.session.share")

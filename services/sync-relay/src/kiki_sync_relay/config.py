@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from libkiki.config import ServiceConfig
 from libkiki.constellation import DEFAULT_RELAY_HOST, DEFAULT_RELAY_PORT
 from libkiki.paths import runtime_dir, state_dir
 from libkiki.sync import ADMIN_SOCKET
+from libkiki.sync.tokens import valid_session_name
 
 
 class RelayConfig(ServiceConfig):
@@ -44,6 +46,32 @@ class RelayConfig(ServiceConfig):
     compact_every: int = pydantic.Field(default=1000, ge=1)
     # Seconds a client has to send its token when the URL carries none.
     auth_timeout: float = pydantic.Field(default=5.0, gt=0)
+    # The edge (or another relay) the shared sessions link to: ws(s)://host[:port]; none: the
+    # relay stands alone.
+    upstream: str | None = pydantic.Field(default=None, pattern=r"^wss?://[^/?#\s]+/?$")
+    # The sessions linked upstream (a list, or in the environment names separated by commas).
+    upstream_sessions: list[str] = pydantic.Field(default_factory=list, max_length=1024)
+    # The longest wait between two attempts to link a session upstream, in seconds.
+    upstream_backoff_max: float = pydantic.Field(default=30.0, ge=0.5, le=3600)
+    # Public keys (JWKs, OKP/Ed25519) whose tokens are accepted besides the relay's own: what
+    # lets a device link to a relay standing in for the edge (in the environment, as JSON).
+    trusted_keys: list[dict[str, str]] = pydantic.Field(default_factory=list)
+
+    @pydantic.field_validator("upstream_sessions", mode="before")
+    @classmethod
+    def _names(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [name.strip() for name in value.split(",") if name.strip()]
+        if isinstance(value, list):
+            for name in value:
+                if not isinstance(name, str) or not valid_session_name(name):
+                    raise ValueError(f"not a session name: {name!r}")
+        return value
+
+    @pydantic.field_validator("trusted_keys", mode="before")
+    @classmethod
+    def _json(cls, value: object) -> object:
+        return json.loads(value) if isinstance(value, str) else value
 
     def limits(self) -> Limits:
         return Limits(

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from websockets.asyncio.server import ServerConnection, broadcast
+from websockets.asyncio.connection import Connection
+from websockets.asyncio.server import broadcast
 from websockets.exceptions import ConnectionClosed
 
 from kiki_sync_relay.limits import Limits, TokenBucket
@@ -50,7 +51,7 @@ def close_reason(exc: KikiError) -> str:
 @dataclass(eq=False)
 class Live:
     session: Session
-    peers: dict[int, ServerConnection] = field(default_factory=dict)
+    peers: dict[int, Connection] = field(default_factory=dict)
     idle: asyncio.TimerHandle | None = None
     compacting: bool = False
 
@@ -80,7 +81,7 @@ class Relay:
         self.send_buffer = send_buffer
         self.live: dict[str, Live] = {}
         self._loading: dict[str, asyncio.Future[Live]] = {}
-        self._members: dict[ServerConnection, tuple[str, Member]] = {}
+        self._members: dict[Connection, tuple[str, Member]] = {}
         self.watchers: dict[str, set[Callable[[bytes], None]]] = {}
 
     # -- sessions ---------------------------------------------------------------------------
@@ -162,17 +163,17 @@ class Relay:
                 closed += 1
         return closed
 
-    def _expire(self, ws: ServerConnection) -> None:
+    def _expire(self, ws: Connection) -> None:
         self.counters["clients_expired"] += 1
         self._close(ws, PermissionDenied("token expired"))
 
-    def _close(self, ws: ServerConnection, exc: KikiError) -> None:
+    def _close(self, ws: Connection, exc: KikiError) -> None:
         self.counters[f"closed_{exc.ws_close_code}"] += 1
         _background(asyncio.ensure_future(ws.close(exc.ws_close_code, close_reason(exc))))
 
     # -- one client ---------------------------------------------------------------------------
 
-    async def authenticate(self, ws: ServerConnection, name: str, token: str | None) -> Claims:
+    async def authenticate(self, ws: Connection, name: str, token: str | None) -> Claims:
         if token is None:
             # Browsers keep tokens out of URLs: the first message may carry it instead.
             try:
@@ -189,12 +190,10 @@ class Relay:
             raise PermissionDenied("the token was revoked")
         return claims
 
-    async def serve(self, ws: ServerConnection, name: str, token: str | None) -> None:
+    async def serve(self, ws: Connection, name: str, token: str | None) -> None:
         try:
             claims = await self.authenticate(ws, name, token)
             live = await self.open(name)
-            member = Member(role=claims.role, jti=claims.jti, sub=claims.sub)
-            hello = live.session.join(member)
         except KikiError as exc:
             self.counters["clients_refused"] += 1
             with contextlib.suppress(ConnectionClosed):
@@ -202,18 +201,43 @@ class Relay:
             return
         except ConnectionClosed:
             return
+        member = Member(role=claims.role, jti=claims.jti, sub=claims.sub)
+        # A connection lives no longer than its token (as verified: with the clocks' leeway).
+        expires = claims.exp + LEEWAY
+        await self.attach(ws, name, live, member, expires=expires)
+
+    async def attach(
+        self,
+        ws: Connection,
+        name: str,
+        live: Live,
+        member: Member,
+        *,
+        expires: float | None = None,
+        limited: bool = True,
+    ) -> None:
+        """Serve ``member`` on ``ws`` in session ``name`` until either end closes: a client,
+        or (not ``limited`` by the per-client rate, never expiring) the link upstream."""
+        try:
+            hello = live.session.join(member)
+        except KikiError as exc:
+            self.counters["clients_refused"] += 1
+            with contextlib.suppress(ConnectionClosed):
+                await ws.close(exc.ws_close_code, close_reason(exc))
+            return
         self.counters["clients_joined"] += 1
         live.peers[member.id] = ws
         self._members[ws] = (name, member)
         self.touch(name, live)
-        # A connection lives no longer than its token (as verified: with the clocks' leeway).
-        expiry = asyncio.get_running_loop().call_later(
-            max(0.0, claims.exp + LEEWAY - time.time()), self._expire, ws
-        )
+        expiry = None
+        if expires is not None:
+            expiry = asyncio.get_running_loop().call_later(
+                max(0.0, expires - time.time()), self._expire, ws
+            )
         for message in hello:
             self._send(live, ws, message)
         try:
-            await self._read(ws, name, live, member)
+            await self._read(ws, name, live, member, limited=limited)
         except KikiError as exc:
             self.counters["clients_refused_later"] += 1
             log.info("closed a client of %s: %s", name, exc)
@@ -222,7 +246,8 @@ class Relay:
         except ConnectionClosed:
             pass
         finally:
-            expiry.cancel()
+            if expiry is not None:
+                expiry.cancel()
             self._members.pop(ws, None)
             live.peers.pop(member.id, None)
             if (gone := live.session.leave(member)) is not None:
@@ -230,13 +255,15 @@ class Relay:
             if self.live.get(name) is live:
                 self.touch(name, live)
 
-    async def _read(self, ws: ServerConnection, name: str, live: Live, member: Member) -> None:
+    async def _read(
+        self, ws: Connection, name: str, live: Live, member: Member, *, limited: bool
+    ) -> None:
         bucket = TokenBucket(self.limits.rate, self.limits.burst, time.monotonic())
         session = live.session
         async for message in ws:
             if isinstance(message, str):
                 raise ProtocolError("text frames carry nothing here; y-websocket is binary")
-            if not bucket.take(time.monotonic()):
+            if limited and not bucket.take(time.monotonic()):
                 raise LimitExceeded(f"more than {self.limits.rate:g} messages/s")
             self.counters["messages"] += 1
             outcome = session.receive(member, message)
@@ -282,11 +309,11 @@ class Relay:
         self._check_buffers(others)
         broadcast(others, message)
 
-    def _send(self, live: Live, ws: ServerConnection, message: bytes) -> None:
+    def _send(self, live: Live, ws: Connection, message: bytes) -> None:
         self._check_buffers([ws])
         broadcast([ws], message)
 
-    def _check_buffers(self, peers: list[ServerConnection]) -> None:
+    def _check_buffers(self, peers: list[Connection]) -> None:
         for ws in peers:
             transport: Any = ws.transport
             if transport is not None and transport.get_write_buffer_size() > self.send_buffer:

@@ -27,6 +27,7 @@ from kiki_sync_relay.core import Answer, Route, json_response, route, target
 from kiki_sync_relay.handshake import Refusal, parse_opening
 from kiki_sync_relay.relay import Relay
 from kiki_sync_relay.store import Store
+from kiki_sync_relay.upstream import Upstream
 from libkiki.admission import LogBudget
 from libkiki.private_dir import ensure_private_dir
 from libkiki.rpc_service import serve_configured
@@ -48,7 +49,7 @@ async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
     store.start()
     relay = Relay(
         store,
-        Verifier([key.public]),
+        Verifier([key.public, *config.trusted_keys]),
         Revocations(state / "revoked.json"),
         config.limits(),
         ctx.counters,
@@ -99,8 +100,17 @@ async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
             live.discard(connection)
 
     host, port = listener.getsockname()[:2]
+    upstream = Upstream(
+        relay,
+        config.upstream or "",
+        config.upstream_sessions if config.upstream else [],
+        key,
+        config.device_id,
+        max_message=config.max_message,
+        backoff_max=config.upstream_backoff_max,
+    )
     methods = admin_methods(
-        relay, key, config.device_id, config.public_url or f"ws://{host}:{port}"
+        relay, key, config.device_id, config.public_url or f"ws://{host}:{port}", upstream
     )
     add_info(methods, ctx.info)
     admin = ctx.listeners.unix("sync-admin", config.admin_path(), mode=0o600)
@@ -117,7 +127,8 @@ async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
         how = "activated" if ctx.listeners.activated else "bound"
         ctx.status = f"serving ws://{host}:{port} ({how})"
         try:
-            yield
+            async with upstream.running():
+                yield
         finally:
             server.close(close_connections=True)
             await server.wait_closed()

@@ -272,9 +272,11 @@ class Session:
         self._shadow = _fresh_doc(self.doc.get_update())
 
     def _awareness(self, member: Member, message: bytes) -> Outcome:
-        if not member.writes:
-            raise PermissionDenied("an observer may not publish awareness")
         payload = self._payload(message[1:])
+        if not member.writes:
+            if self._echoes_only(payload):
+                return NOTHING
+            raise PermissionDenied("an observer may not publish awareness")
         changed: dict[str, list[int]] = {}
 
         def seen(topic: str, event: tuple[dict[str, Any], Any]) -> None:
@@ -291,6 +293,27 @@ class Session:
         member.awareness.update(changed.get("added", ()), changed.get("updated", ()))
         member.awareness.difference_update(changed.get("removed", ()))
         return Outcome(relay=message)
+
+    def _echoes_only(self, payload: bytes) -> bool:
+        """Whether an awareness update changes nothing the session holds. A stock y-websocket
+        client sends back every awareness change it applies, the states the relay told it
+        included (same clocks): from an observer, that echo is dropped, not refused."""
+        reader = Decoder(payload)
+        try:
+            for _ in range(reader.read_var_uint()):
+                client, clock = reader.read_var_uint(), reader.read_var_uint()
+                state = reader.read_message()
+                known = self.awareness.meta.get(client)
+                held = client in self.awareness.states
+                if state == b"null" and not held:
+                    continue  # removing a state nobody holds
+                if known is None or clock > known["clock"]:
+                    return False
+                if clock == known["clock"] and state == b"null" and held:
+                    return False  # a removal at the same clock: y-protocols applies it
+        except (IndexError, RuntimeError):
+            raise InvalidFrame("a malformed awareness update") from None
+        return True
 
     # -- persistence ------------------------------------------------------------------------
 

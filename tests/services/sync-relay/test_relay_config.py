@@ -1,0 +1,43 @@
+"""The relay's settings as the environment gives them: the upstream link's and trusted keys."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kiki_sync_relay.config import RelayConfig
+from libkiki.config import load_config
+from libkiki.errors import KikiError
+from libkiki.sync.tokens import SigningKey
+
+pytestmark = pytest.mark.unit
+
+
+def test_upstream_settings_from_the_environment() -> None:
+    jwk = SigningKey.generate().public_jwk()
+    env = {
+        "KIKI_CONFIG_DIR": "/nonexistent",
+        "KIKI_SYNC_RELAY_UPSTREAM": "wss://edge.example.com",
+        "KIKI_SYNC_RELAY_UPSTREAM_SESSIONS": "kitchen, hall",
+        "KIKI_SYNC_RELAY_TRUSTED_KEYS": json.dumps([jwk]),
+    }
+    config = load_config(RelayConfig, "sync-relay", env)
+    assert config.upstream == "wss://edge.example.com"
+    assert config.upstream_sessions == ["kitchen", "hall"]
+    assert config.trusted_keys == [jwk]
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("UPSTREAM", "http://edge.example.com"),
+        ("UPSTREAM", "wss://edge.example.com/session/x"),
+        ("UPSTREAM_SESSIONS", "ok,not a name"),
+        ("TRUSTED_KEYS", "not json"),
+    ],
+)
+def test_bad_upstream_settings_are_refused(key: str, value: str) -> None:
+    env = {"KIKI_CONFIG_DIR": "/nonexistent", f"KIKI_SYNC_RELAY_{key}": value}
+    with pytest.raises(KikiError):
+        load_config(RelayConfig, "sync-relay", env)
