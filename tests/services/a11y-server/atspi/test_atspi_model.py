@@ -15,9 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kiki_a11y_server.atspi import roles
-from kiki_a11y_server.atspi.cache import from_items
+from kiki_a11y_server.atspi.actions import plan
 from kiki_a11y_server.atspi.calls import AtspiError
-from kiki_a11y_server.atspi.model import ALL, PATCHED, AppModel, Fetched, aspect_of
+from kiki_a11y_server.atspi.model import AppModel, Fetched
 from kiki_a11y_server.atspi.walk import walk
 from kiki_a11y_server.tree import Tree
 from libkiki.a11y import wire
@@ -124,18 +124,18 @@ def test_actions_from_interfaces_and_action_names() -> None:
     (node,) = model.apply({"/r": entry}, root="/r").nodes
     assert node.role == R["textField"]
     assert node.actions == (A["press"], A["focus"], A["setValue"])
-    assert model.plan(node.id, A["press"], "").what == "DoAction(0, 'activate')"
-    call = model.plan(node.id, A["setValue"], "Ada")
+    assert plan(model, node.id, A["press"], "").what == "DoAction(0, 'activate')"
+    call = plan(model, node.id, A["setValue"], "Ada")
     assert (call.interface, call.member, call.body) == (
         "org.a11y.atspi.EditableText",
         "SetTextContents",
         ("Ada",),
     )
-    assert model.plan(node.id, A["focus"], "").member == "GrabFocus"
+    assert plan(model, node.id, A["focus"], "").member == "GrabFocus"
     with pytest.raises(InvalidParams):
-        model.plan(node.id, A["expand"], "")
+        plan(model, node.id, A["expand"], "")
     with pytest.raises(NotFound):
-        model.plan(99, A["press"], "")
+        plan(model, 99, A["press"], "")
 
 
 def test_value_actions_step_by_the_minimum_increment() -> None:
@@ -149,11 +149,11 @@ def test_value_actions_step_by_the_minimum_increment() -> None:
         value="50",
     )
     (node,) = model.apply({"/r": slider}, root="/r").nodes
-    assert model.plan(node.id, A["increment"], "").body[2] == 55.0
-    assert model.plan(node.id, A["decrement"], "").body[2] == 45.0
-    assert model.plan(node.id, A["setValue"], "7.5").body[2] == 7.5
+    assert plan(model, node.id, A["increment"], "").body[2] == 55.0
+    assert plan(model, node.id, A["decrement"], "").body[2] == 45.0
+    assert plan(model, node.id, A["setValue"], "7.5").body[2] == 7.5
     with pytest.raises(InvalidParams):
-        model.plan(node.id, A["setValue"], "lots")
+        plan(model, node.id, A["setValue"], "lots")
 
 
 # -- updates -----------------------------------------------------------------------------------
@@ -323,79 +323,3 @@ def subtree(world: World, path: str) -> set[str]:
         out.add(current)
         stack.extend(world.children[current])
     return out
-
-
-# -- events carrying their change, the cache's items --------------------------------------------
-
-
-def text_entry() -> tuple[AppModel, int]:
-    model = AppModel()
-    entry = Fetched(
-        "/r",
-        ENTRY,
-        states=states("editable", "enabled", "visible", "showing"),
-        interfaces=frozenset({"Text", "EditableText"}),
-        value="hello",
-    )
-    (node,) = model.apply({"/r": entry}, root="/r").nodes
-    return model, node.id
-
-
-def republished(model: AppModel) -> wire.Node:
-    dirty = model.take_dirty()
-    assert dirty == {"/r": {PATCHED}}
-    known = model.known("/r")
-    assert known is not None
-    (node,) = model.apply({"/r": known}).nodes
-    return node
-
-
-def test_text_and_state_events_patch_the_mirror_without_a_call() -> None:
-    model, node_id = text_entry()
-    assert model.patch("/r", "TextChanged", "delete", 0, 5, "hello")
-    assert model.patch("/r", "TextChanged", "insert:system", 0, 3, "bye")
-    assert republished(model).value == "bye"
-    assert model.patch("/r", "StateChanged", "focused", 1, 0, 0)
-    assert republished(model).states & S["focused"]
-    assert model.patch("/r", "StateChanged", "focused", 0, 0, 0)
-    assert model.patch("/r", "PropertyChange", "accessible-name", 0, 0, "Name")
-    node = republished(model)
-    assert (node.name, node.states & S["focused"]) == ("Name", 0)
-    assert node.id == node_id
-
-
-def test_events_that_cannot_be_applied_ask_for_a_fetch() -> None:
-    model, _ = text_entry()
-    # A deletion that does not match the mirror's text, an offset past it, unknown details.
-    assert not model.patch("/r", "TextChanged", "delete", 0, 2, "xx")
-    assert not model.patch("/r", "TextChanged", "insert", 99, 1, "x")
-    assert not model.patch("/r", "StateChanged", "no-such-state", 1, 0, 0)
-    assert not model.patch("/r", "BoundsChanged", "", 0, 0, 0)
-    assert not model.patch("/elsewhere", "StateChanged", "focused", 1, 0, 0)
-    # While the path is being fetched, its fetch may predate the event: fetched again later.
-    model.mark("/r", "state")
-    model.take_dirty()
-    assert not model.patch("/r", "StateChanged", "focused", 1, 0, 0)
-    assert aspect_of("TextChanged", "insert") == "value"
-    assert aspect_of("ChildrenChanged", "add") == "children"
-    assert aspect_of("PropertyChange", "accessible-name") == "name"
-    assert aspect_of("PropertyChange", "accessible-role") == ALL
-
-
-def test_cache_items_give_the_structure_and_say_which_lists_fall_short() -> None:
-    app = (":1.5", "/root")
-    ACC, COMPONENT = "org.a11y.atspi.Accessible", "org.a11y.atspi.Component"
-    items = [
-        ((":1.5", "/root"), app, (":1.5", "/null"), -1, 2, [ACC], "app", 75, "", [0, 0]),
-        ((":1.5", "/w"), app, (":1.5", "/root"), 0, 2, [COMPONENT], "win", 23, "", [1 << 8, 0]),
-        ((":1.5", "/b"), app, (":1.5", "/w"), 1, 0, [], "OK", PUSH_BUTTON, "", [0, 0]),
-        ((":1.5", "/a"), app, (":1.5", "/w"), 0, 0, [], "Cancel", PUSH_BUTTON, "", [0, 0]),
-        ((":1.9", "/x"), app, (":1.5", "/w"), 2, 0, [], "other app", PUSH_BUTTON, "", [0, 0]),
-    ]  # fmt: skip
-    first, incomplete = from_items(":1.5", items)
-    assert first["/w"].children == ("/a", "/b")
-    assert first["/w"].interfaces == frozenset({"Component"})
-    assert first["/w"].name == "win"
-    assert "/x" not in first
-    # The root counts 2 children and the items name 1 of them: its list is asked for.
-    assert incomplete == ["/root"]

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from kiki_a11y_server.atspi import cache
+from kiki_a11y_server.atspi.actions import plan
 from kiki_a11y_server.atspi.calls import ROOT, AtspiError, Calls
 from kiki_a11y_server.atspi.model import ALL, PATCHED, AppModel, Fetched, aspect_of
 from kiki_a11y_server.atspi.walk import walk
@@ -350,7 +351,7 @@ class AppMirror:
 
     async def _on_action(self, request: wire.ActionRequest) -> str:
         await self.filled.wait()  # a node's actions are known once its details are in
-        planned = self.model.plan(request.node_id, request.action, request.value)
+        planned = plan(self.model, request.node_id, request.action, request.value)
         self._acted = time.monotonic()
         try:
             return await self.calls.perform(self.bus_name, planned)

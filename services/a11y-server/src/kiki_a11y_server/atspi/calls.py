@@ -15,7 +15,8 @@ from typing import Any
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
-from kiki_a11y_server.atspi.model import MAX_TEXT, Call, Fetched, text_valued
+from kiki_a11y_server.atspi.actions import Call
+from kiki_a11y_server.atspi.model import MAX_TEXT, Fetched, text_valued
 from libkiki.errors import Timeout, ToolError
 
 ATSPI = "org.a11y.atspi."

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 
 from kiki_a11y_server.atspi import roles
 from libkiki.a11y import wire
-from libkiki.errors import InvalidParams, NotFound
 
 A = wire.ACTIONS
 S = wire.STATES
@@ -75,18 +74,6 @@ class Fetched:
     value: str = ""
     numeric: float | None = None
     increment: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class Call:
-    """An AT-SPI call that performs a Kiki action: ``member`` of ``interface`` on ``path``."""
-
-    path: str
-    interface: str
-    member: str
-    signature: str = ""
-    body: tuple[object, ...] = ()
-    what: str = ""
 
 
 @dataclass(slots=True)
@@ -370,67 +357,3 @@ class AppModel:
     def atspi_role(self, node_id: int) -> str:
         """AT-SPI's own name for the node's role (what an ``unknown`` Kiki role was)."""
         return self.entries[node_id].atspi_role
-
-    # -- actions -------------------------------------------------------------------------------
-
-    def plan(self, node_id: int, action: int, value: str) -> Call:
-        """The AT-SPI call that performs ``action`` on ``node_id``, or a typed refusal."""
-        entry = self.entries.get(node_id)
-        if entry is None:
-            raise NotFound(f"node {node_id} is not in this app's tree")
-        name = wire.ACTION_NAMES.get(action, str(action))
-        if action not in entry.node.actions:
-            raise InvalidParams(f"node {node_id} does not take {name}")
-        names = list(entry.actions)
-        if action == A["press"]:
-            index = roles.press_action(names)
-            return self._do(entry, index)
-        if action in (A["expand"], A["collapse"]):
-            return self._do(entry, roles.named_action(names, roles.EXPAND_NAMES))
-        if action == A["showMenu"]:
-            return self._do(entry, roles.named_action(names, roles.MENU_NAMES))
-        if action == A["focus"]:
-            return Call(entry.path, "org.a11y.atspi.Component", "GrabFocus", what="GrabFocus")
-        if action == A["setValue"] and "EditableText" in entry.interfaces:
-            return Call(
-                entry.path,
-                "org.a11y.atspi.EditableText",
-                "SetTextContents",
-                "s",
-                (value,),
-                "EditableText.SetTextContents",
-            )
-        if action in (A["setValue"], A["increment"], A["decrement"]):
-            return self._value(entry, action, value)
-        raise InvalidParams(f"node {node_id} does not take {name}")
-
-    @staticmethod
-    def _do(entry: Entry, index: int) -> Call:
-        return Call(
-            entry.path,
-            "org.a11y.atspi.Action",
-            "DoAction",
-            "i",
-            (index,),
-            f"DoAction({index}, {entry.actions[index]!r})",
-        )
-
-    @staticmethod
-    def _value(entry: Entry, action: int, value: str) -> Call:
-        current = entry.numeric or 0.0
-        if action == A["setValue"]:
-            try:
-                target = float(value)
-            except ValueError:
-                raise InvalidParams(f"not a number: {value!r}") from None
-        else:
-            step = entry.increment or 1.0
-            target = current + step if action == A["increment"] else current - step
-        return Call(
-            entry.path,
-            "org.freedesktop.DBus.Properties",
-            "Set",
-            "ssv",
-            ("org.a11y.atspi.Value", "CurrentValue", target),
-            f"Value.CurrentValue = {target:g}",
-        )

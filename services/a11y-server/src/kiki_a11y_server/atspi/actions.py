@@ -1,0 +1,90 @@
+"""Kiki actions as AT-SPI calls (sans-I/O): which call performs an action on a mirrored node.
+
+The table is in the README (the AT-SPI bridge's Actions); :meth:`Calls.perform` makes the call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kiki_a11y_server.atspi import roles
+from kiki_a11y_server.atspi.model import AppModel, Entry
+from libkiki.a11y import wire
+from libkiki.errors import InvalidParams, NotFound
+
+A = wire.ACTIONS
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """An AT-SPI call that performs a Kiki action: ``member`` of ``interface`` on ``path``."""
+
+    path: str
+    interface: str
+    member: str
+    signature: str = ""
+    body: tuple[object, ...] = ()
+    what: str = ""
+
+
+def plan(model: AppModel, node_id: int, action: int, value: str) -> Call:
+    """The AT-SPI call that performs ``action`` on ``node_id``, or a typed refusal."""
+    entry = model.entries.get(node_id)
+    if entry is None:
+        raise NotFound(f"node {node_id} is not in this app's tree")
+    name = wire.ACTION_NAMES.get(action, str(action))
+    if action not in entry.node.actions:
+        raise InvalidParams(f"node {node_id} does not take {name}")
+    names = list(entry.actions)
+    if action == A["press"]:
+        index = roles.press_action(names)
+        return _do(entry, index)
+    if action in (A["expand"], A["collapse"]):
+        return _do(entry, roles.named_action(names, roles.EXPAND_NAMES))
+    if action == A["showMenu"]:
+        return _do(entry, roles.named_action(names, roles.MENU_NAMES))
+    if action == A["focus"]:
+        return Call(entry.path, "org.a11y.atspi.Component", "GrabFocus", what="GrabFocus")
+    if action == A["setValue"] and "EditableText" in entry.interfaces:
+        return Call(
+            entry.path,
+            "org.a11y.atspi.EditableText",
+            "SetTextContents",
+            "s",
+            (value,),
+            "EditableText.SetTextContents",
+        )
+    if action in (A["setValue"], A["increment"], A["decrement"]):
+        return _value(entry, action, value)
+    raise InvalidParams(f"node {node_id} does not take {name}")
+
+
+def _do(entry: Entry, index: int) -> Call:
+    return Call(
+        entry.path,
+        "org.a11y.atspi.Action",
+        "DoAction",
+        "i",
+        (index,),
+        f"DoAction({index}, {entry.actions[index]!r})",
+    )
+
+
+def _value(entry: Entry, action: int, value: str) -> Call:
+    current = entry.numeric or 0.0
+    if action == A["setValue"]:
+        try:
+            target = float(value)
+        except ValueError:
+            raise InvalidParams(f"not a number: {value!r}") from None
+    else:
+        step = entry.increment or 1.0
+        target = current + step if action == A["increment"] else current - step
+    return Call(
+        entry.path,
+        "org.freedesktop.DBus.Properties",
+        "Set",
+        "ssv",
+        ("org.a11y.atspi.Value", "CurrentValue", target),
+        f"Value.CurrentValue = {target:g}",
+    )
