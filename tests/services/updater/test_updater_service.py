@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -46,3 +48,25 @@ def test_started_by_hand_the_updater_binds_its_declared_socket(
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=20) == 0
     assert not (sockdir / UPDATER_SOCKET).exists()  # bound by hand: removed on the way out
+
+
+def test_starting_imports_neither_gi_nor_cryptography(tmp_path: Path) -> None:
+    # libostree through gi costs ~200 ms: the service's start (its modules, its Updater, a
+    # recovery with no journal) must not pay it; the first operation does.
+    script = (
+        "import asyncio, sys\n"
+        "import kiki_updater.__main__\n"
+        "from kiki_updater.config import UpdaterConfig\n"
+        "from kiki_updater.server import Updater\n"
+        f"updater = Updater(UpdaterConfig(root={str(tmp_path)!r}))\n"
+        "async def start():\n"
+        "    return await updater.recover(), await updater.listing()\n"
+        "print(asyncio.run(start()))\n"
+        "print(' '.join(sorted(sys.modules)))\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    said, modules = run.stdout.splitlines()
+    assert said == "([], {'apps': [], 'agents': [], 'deployments': []})"
+    assert {"gi", "cryptography", "libkiki.lexicon.install"} & set(modules.split()) == set()

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from kiki_updater.gio import UpdaterError, commit_metadata
+from kiki_updater.journal import Entry, Journal
 from kiki_updater.pull import Remote, ensure_remote, pull
-from kiki_updater.signing import SignatureRefused, verify_commit
-from kiki_updater.store import Deployed, Kind, Store, app_ref
+from kiki_updater.store import Deployed, Kind, NoRollback, Store, app_ref
 from libkiki.errors import Conflict, KikiError, NotFound
 
 __all__ = [
@@ -67,6 +67,20 @@ class Operations:
     store: Store
     install_step: Installer | None = None
     health: HealthCheck | None = None
+    journal: Journal | None = None
+
+    def _journaled(self, entry: Entry, phase: Phase) -> Phase:
+        """``phase`` that first writes the journal: on disk before the phase's work starts."""
+
+        def step(name: str, info: dict[str, Any]) -> None:
+            entry.phase = name
+            if "commit" in info and entry.action != "rollback":
+                entry.commit = info["commit"] or entry.commit
+            if self.journal is not None and name != "done":
+                self.journal.write(entry)
+            phase(name, info)
+
+        return step
 
     def fetch(
         self, remote: Remote, ref: str, *, progress: Any = None, phase: Phase = _quiet
@@ -78,6 +92,8 @@ class Operations:
         there: a refused commit costs no content download and touches no ref of the store (and
         libostree would not use a static delta to a commit already present in the store).
         The content pull is pinned to that checksum."""
+        from kiki_updater.signing import verify_commit  # cryptography: with the first pull
+
         scratch = self.store.scratch
         ensure_remote(scratch, remote)
         phase("pull-commit", {"ref": ref})
@@ -103,6 +119,7 @@ class Operations:
         update: bool = False,
         progress: Any = None,
         phase: Phase = _quiet,
+        op: str = "",
     ) -> Deployed:
         store = self.store
         found = store.deployed(kind, ident)
@@ -114,24 +131,38 @@ class Operations:
                 "AlreadyInstalled",
             )
         ref = found.ref if found is not None else app_ref(kind, ident, channel)
-        try:
-            commit = self.fetch(remote, ref, progress=progress, phase=phase)
-        except NotFound as exc:
-            raise _named(exc, "NotFound") from None
-        if found is not None and commit == found.commit:
-            raise _named(UpToDate(f"{kind} {ident} is up to date ({found.version})"), "UpToDate")
-        meta = commit_metadata(store.repo, commit)
-        if meta.get("kiki.id", ident) != ident:
-            raise SignatureRefused(f"{ref} carries {meta.get('kiki.id')!r}, not {ident!r}")
-        return self.deploy(
+        action = "update" if update else "install"
+        entry = Entry(
+            op,
             kind,
             ident,
-            ref,
-            commit,
-            remote=remote.name,
-            action="update" if update else "install",
-            phase=phase,
+            action,
+            "queued",
+            ref=ref,
+            before=found.commit if found else None,
+            before_previous=found.previous if found else None,
         )
+        step = self._journaled(entry, phase)
+        try:
+            try:
+                commit = self.fetch(remote, ref, progress=progress, phase=step)
+            except NotFound as exc:
+                raise _named(exc, "NotFound") from None
+            if found is not None and commit == found.commit:
+                raise _named(
+                    UpToDate(f"{kind} {ident} is up to date ({found.version})"), "UpToDate"
+                )
+            meta = commit_metadata(store.repo, commit)
+            if meta.get("kiki.id", ident) != ident:
+                from kiki_updater.signing import SignatureRefused
+
+                raise SignatureRefused(f"{ref} carries {meta.get('kiki.id')!r}, not {ident!r}")
+            return self.deploy(
+                kind, ident, ref, commit, remote=remote.name, action=action, phase=step
+            )
+        finally:
+            if self.journal is not None:
+                self.journal.clear(kind, ident)
 
     def deploy(
         self,
@@ -183,10 +214,29 @@ class Operations:
             store.set_refs(kind, ident, found.ref, before, before_previous)
             store.clean(kind, ident, keep={before, before_previous})
 
-    def rollback(self, kind: Kind, ident: str) -> Deployed:
-        if self.store.deployed(kind, ident) is None:
+    def rollback(self, kind: Kind, ident: str, *, phase: Phase = _quiet, op: str = "") -> Deployed:
+        found = self.store.deployed(kind, ident)
+        if found is None:
             raise _named(NotInstalled(f"{kind} {ident} is not installed"), "NotInstalled")
+        if found.previous is None:
+            raise _named(NoRollback(f"{kind} {ident} has no previous deployment"), "NoRollback")
+        entry = Entry(
+            op,
+            kind,
+            ident,
+            "rollback",
+            "swap",
+            ref=found.ref,
+            commit=found.previous,
+            before=found.commit,
+            before_previous=found.previous,
+        )
+        step = self._journaled(entry, phase)
         try:
-            return self.store.rollback(kind, ident)
-        except NotFound as exc:
-            raise _named(exc, "NoRollback") from None
+            step("swap", {"commit": found.previous})
+            done = self.store.rollback(kind, ident)
+            step("done", {"commit": done.commit})
+            return done
+        finally:
+            if self.journal is not None:
+                self.journal.clear(kind, ident)

@@ -1,6 +1,375 @@
-"""asyncio layer of the updater: JSON-RPC 2.0 on the socket its declaration names
-(``updater.sock``), answering the health request; the update operations come later."""
+"""asyncio layer of the updater: JSON-RPC 2.0 on ``updater.sock`` (the lexicons
+``dev.kiki.update.*``), the blocking OSTree work in worker threads, progress as MCP progress
+and as events.
 
-from libkiki.rpc_service import jsonrpc_service
+Every libostree call blocks, so each operation runs in :func:`asyncio.to_thread`, at most
+``max_operations`` at once (a semaphore); the core refuses a second operation on an app that has
+one running (:class:`~kiki_updater.core.Busy`). ``gi`` is imported with the first operation that
+touches a repository, never at start: a start with no journal left to recover costs nothing.
+"""
 
-serve = jsonrpc_service()
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+from kiki_updater.config import UpdaterConfig
+from kiki_updater.core import Operation, UpdaterCore, require_manager
+from kiki_updater.health import HealthGate
+from kiki_updater.journal import Journal, recover
+from kiki_updater.operations import Operations
+from kiki_updater.pull import Remote
+from kiki_updater.store import Deployed, Kind, Store, check_id
+from libkiki.constellation import GET_INFO
+from libkiki.errors import InvalidParams, NotFound
+from libkiki.paths import TOOLS_SOCKET, socket_path, state_dir
+from libkiki.peer import PeerCred
+from libkiki.rpc import Methods, RequestContext
+from libkiki.rpc_service import serve_configured
+from libkiki.service import ServiceContext
+
+__all__ = ["Updater", "app_view", "serve"]
+
+log = logging.getLogger(__name__)
+NSID = "dev.kiki.update."
+Progress = Callable[[Operation], Any]
+
+
+def app_view(found: Deployed) -> dict[str, Any]:
+    """``dev.kiki.update.defs#appView``."""
+    view: dict[str, Any] = {
+        "appId": found.ident,
+        "kind": found.kind,
+        "version": found.version,
+        "commit": found.commit,
+        "ref": found.ref,
+        "origin": f"{found.remote}:{found.ref}" if found.remote else found.ref,
+    }
+    if found.history:
+        view["installedAt"] = found.history[-1]["at"]
+        view["updatedAt"] = found.history[0]["at"]
+    if found.previous:
+        view["rollbackCommit"] = found.previous
+    return view
+
+
+def install_lexicons(kind: Kind, ident: str, deployment: Path) -> None:
+    """The install step of an app: its manifest checked against the published lexicons, its
+    lexicons, bindings and components installed (libkiki.lexicon.install, imported here: it
+    brings the code generator)."""
+    if kind != "app":
+        return
+    from libkiki.lexicon.install import install_app
+    from libkiki.lexicon.registry import Registry
+
+    registry, _ = Registry.from_search_path(None)
+    install_app(deployment, state_dir(), registry)
+
+
+class Updater:
+    def __init__(self, config: UpdaterConfig) -> None:
+        self.config = config
+        self.core = UpdaterCore()
+        root = config.ostree_root()
+        self.store = Store(root)
+        self.journal = Journal(root)
+        broker = Path(config.broker_socket) if config.broker_socket else None
+        self.ops = Operations(
+            self.store,
+            install_step=install_lexicons,
+            health=HealthGate(broker or socket_path(TOOLS_SOCKET)),
+            journal=self.journal,
+        )
+        self.slots = asyncio.Semaphore(config.max_operations)
+        self.own_uid = os.getuid()
+
+    async def recover(self) -> list[str]:
+        if not self.journal.pending():
+            return []
+        said = await asyncio.to_thread(recover, self.store, self.journal)
+        for line in said:
+            log.warning("%s", line)
+        return said
+
+    def remote(self, name: str) -> Remote:
+        found = self.config.remotes.get(name)
+        if found is None:
+            raise NotFound(f"no remote {name!r} is configured", data={"error": "NotFound"})
+        return Remote.of(
+            name, found.url, ed25519_keys=tuple(found.ed25519_keys), gpg_keyring=found.gpg_keyring
+        )
+
+    # -- running one operation -----------------------------------------------------------------
+
+    async def run(
+        self,
+        peer: PeerCred | None,
+        target: str,
+        kind: str,
+        app_id: str | None,
+        work: Callable[[Operation, Any, Callable[[str, dict[str, Any]], None]], Deployed | None],
+        on_progress: Progress | None = None,
+    ) -> Operation:
+        """Run ``work(op, progress, phase)`` in a worker thread as the operation ``kind`` on
+        ``app_id``, reporting its phases and its pull's progress; the finished operation."""
+        if peer is not None:
+            require_manager(peer, self.config.managers, self.own_uid, f"{kind} of {target}")
+        op = self.core.begin(target, kind, app_id)
+        loop = asyncio.get_running_loop()
+
+        def report(**changes: Any) -> None:
+            self.core.report(op, **changes)
+            if on_progress is not None:
+                on_progress(op)
+
+        def phase(name: str, info: dict[str, Any]) -> None:  # from the worker thread
+            changes: dict[str, Any] = {"phase": name}
+            if info.get("commit"):
+                changes["commit"] = info["commit"]
+            loop.call_soon_threadsafe(lambda: report(**changes))
+
+        try:
+            async with self.slots:
+                holder: list[Any] = []
+                poll = asyncio.create_task(self._poll(holder, op, report))
+                try:
+                    done = await asyncio.to_thread(
+                        in_own_context, work, op, phase, holder, target != "os"
+                    )
+                finally:
+                    poll.cancel()
+            if done is not None:
+                op.commit = done.commit
+                op.message = f"{done.ident} {done.version} ({done.commit[:12]})"
+        except BaseException as exc:
+            self.core.end(op, error=exc)
+            if on_progress is not None:
+                on_progress(op)
+            raise
+        self.core.end(op)
+        if on_progress is not None:
+            on_progress(op)
+        return op
+
+    def _progress(self) -> Any:
+        from kiki_updater.gio import lib
+
+        return lib().OSTree.AsyncProgress()
+
+    async def _poll(self, progress: Any, op: Operation, report: Callable[..., None]) -> None:
+        if progress is None:
+            return
+        from kiki_updater.pull import snapshot
+
+        last = None
+        while True:
+            await asyncio.sleep(self.config.progress_interval)
+            if op.phase != "pull":
+                continue
+            now = snapshot(progress)
+            if now != last:
+                last = now
+                report(bytes=now.bytes, objects=now.objects, objects_total=now.objects_total)
+
+    # -- the operations ------------------------------------------------------------------------
+
+    async def install(
+        self,
+        peer: PeerCred | None,
+        params: dict[str, Any],
+        *,
+        update: bool,
+        on_progress: Progress | None = None,
+    ) -> Operation:
+        kind, ident = target_of(params)
+        check_id(kind, ident)
+        if update:
+            found = self.store.deployed(kind, ident)
+            name = params.get("remote") or (found.remote if found else None)
+        else:
+            name = params.get("remote")
+        if not name:
+            raise InvalidParams("which remote? (remote)")
+        remote = self.remote(str(name))
+        channel = str(params.get("channel") or "stable")
+
+        def work(op: Operation, progress: Any, phase: Any) -> Deployed:
+            return self.ops.install(
+                kind,
+                ident,
+                remote,
+                channel=channel,
+                update=update,
+                progress=progress,
+                phase=phase,
+                op=op.id,
+            )
+
+        return await self.run(
+            peer, kind, "update" if update else "install", ident, work, on_progress
+        )
+
+    async def rollback(
+        self, peer: PeerCred | None, params: dict[str, Any], on_progress: Progress | None = None
+    ) -> Operation:
+        kind, ident = target_of(params)
+
+        def work(op: Operation, progress: Any, phase: Any) -> Deployed:
+            return self.ops.rollback(kind, ident, phase=phase, op=op.id)
+
+        return await self.run(peer, kind, "rollback", ident, work, on_progress)
+
+    async def remove(
+        self, peer: PeerCred | None, params: dict[str, Any], on_progress: Progress | None = None
+    ) -> Operation:
+        kind, ident = target_of(params)
+        keep = bool(params.get("keepData", False))
+
+        def work(op: Operation, progress: Any, phase: Any) -> None:
+            self.store.remove(kind, ident, keep_data=keep)
+            self.store.prune()
+
+        return await self.run(peer, kind, "remove", ident, work, on_progress)
+
+    async def listing(self) -> dict[str, Any]:
+        def read() -> dict[str, Any]:
+            return {
+                "apps": [app_view(f) for f in self.store.installed("app")],
+                "agents": [app_view(f) for f in self.store.installed("agent")],
+            }
+
+        if not (self.store.root / "repo").exists():
+            return {"apps": [], "agents": [], "deployments": []}
+        found = await asyncio.to_thread(read)
+        return {**found, "deployments": []}
+
+    async def history(self, params: dict[str, Any]) -> dict[str, Any]:
+        kind, ident = target_of(params)
+        origin = await asyncio.to_thread(self.store.origin, kind, ident)
+        if origin is None:
+            raise NotFound(f"{kind} {ident} is not installed", data={"error": "NotInstalled"})
+        return {"appId": ident, "entries": origin.get("history", [])}
+
+
+def in_own_context(
+    work: Callable[[Operation, Any, Callable[[str, dict[str, Any]], None]], Deployed | None],
+    op: Operation,
+    phase: Callable[[str, dict[str, Any]], None],
+    holder: list[Any],
+    with_progress: bool,
+) -> Deployed | None:
+    """Run ``work`` in this worker thread with a GLib main context of its own, and the pull's
+    ``OstreeAsyncProgress`` made here, in it. libostree attaches the progress's idle sources to
+    the context that was the thread's default when it was made: made on the event loop's
+    thread, they went to GLib's global context, which nobody runs, and an operation after the
+    first could crash or hang on a freed progress. Its getters take a lock: the event loop
+    reads it (``holder[0]``) while the pull runs; the context is drained before it is dropped.
+    """
+    if not with_progress:
+        return work(op, None, phase)
+    from kiki_updater.gio import lib
+
+    L = lib()
+    context = L.GLib.MainContext.new()
+    context.push_thread_default()
+    try:
+        progress = L.OSTree.AsyncProgress.new()
+        holder.append(progress)
+        return work(op, progress, phase)
+    finally:
+        holder.clear()
+        while context.iteration(False):
+            pass
+        context.pop_thread_default()
+
+
+def target_of(params: dict[str, Any]) -> tuple[Kind, str]:
+    target = params.get("target", "app")
+    ident = params.get("appId")
+    if target not in ("app", "agent"):
+        raise InvalidParams(f"target {target!r}: app or agent here")
+    if not isinstance(ident, str):
+        raise InvalidParams("appId is required")
+    check_id(target, ident)
+    return target, ident
+
+
+def methods(ctx: ServiceContext, updater: Updater) -> Methods:
+    table = Methods()
+
+    @table.method(GET_INFO)
+    async def get_info(request: RequestContext) -> dict[str, Any]:
+        return ctx.info()
+
+    def progress_of(request: RequestContext) -> Progress:
+        def send(op: Operation) -> None:
+            task = asyncio.ensure_future(
+                request.progress(op.percent(), 100, f"{op.phase} {op.bytes} bytes")
+            )
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+        return send
+
+    @table.method(NSID + "list")
+    async def list_(request: RequestContext) -> dict[str, Any]:
+        return await updater.listing()
+
+    @table.method(NSID + "status")
+    async def status(request: RequestContext) -> dict[str, Any]:
+        return {"operations": updater.core.operations(), "rebootRequired": False}
+
+    @table.method(NSID + "history")
+    async def history(request: RequestContext, **params: Any) -> dict[str, Any]:
+        return await updater.history(params)
+
+    @table.method(NSID + "install")
+    async def install(request: RequestContext, **params: Any) -> dict[str, Any]:
+        op = await updater.install(
+            request.peer, params, update=False, on_progress=progress_of(request)
+        )
+        return {"operation": op.view()}
+
+    @table.method(NSID + "update")
+    async def update(request: RequestContext, **params: Any) -> dict[str, Any]:
+        op = await updater.install(
+            request.peer, params, update=True, on_progress=progress_of(request)
+        )
+        return {"operation": op.view()}
+
+    @table.method(NSID + "rollback")
+    async def rollback(request: RequestContext, **params: Any) -> dict[str, Any]:
+        op = await updater.rollback(request.peer, params, progress_of(request))
+        return {"operation": op.view()}
+
+    @table.method(NSID + "remove")
+    async def remove(request: RequestContext, **params: Any) -> dict[str, Any]:
+        op = await updater.remove(request.peer, params, progress_of(request))
+        return {"operation": op.view()}
+
+    return table
+
+
+@contextlib.asynccontextmanager
+async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
+    config: UpdaterConfig = ctx.config
+    updater = Updater(config)
+    listener = ctx.listen()
+    recovered = await updater.recover()
+    from kiki_updater.tools import broker_loop
+
+    async with serve_configured(ctx, listener, methods(ctx, updater)):
+        how = "activated" if ctx.listeners.activated else "bound"
+        extra = f", recovered {len(recovered)} interrupted operation(s)" if recovered else ""
+        ctx.status = f"serving {ctx.spec.socket_file} ({how}){extra}"
+        tools = asyncio.create_task(broker_loop(config, updater))
+        try:
+            yield
+        finally:
+            tools.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await tools
