@@ -124,14 +124,14 @@ def test_actions_from_interfaces_and_action_names() -> None:
     (node,) = model.apply({"/r": entry}, root="/r").nodes
     assert node.role == R["textField"]
     assert node.actions == (A["press"], A["focus"], A["setValue"])
-    assert plan(model, node.id, A["press"], "").what == "DoAction(0, 'activate')"
-    call = plan(model, node.id, A["setValue"], "Ada")
+    assert plan(model, node.id, A["press"], "")[0].what == "DoAction(0, 'activate')"
+    (call,) = plan(model, node.id, A["setValue"], "Ada")
     assert (call.interface, call.member, call.body) == (
         "org.a11y.atspi.EditableText",
         "SetTextContents",
         ("Ada",),
     )
-    assert plan(model, node.id, A["focus"], "").member == "GrabFocus"
+    assert plan(model, node.id, A["focus"], "")[0].member == "GrabFocus"
     with pytest.raises(InvalidParams):
         plan(model, node.id, A["expand"], "")
     with pytest.raises(NotFound):
@@ -149,11 +149,33 @@ def test_value_actions_step_by_the_minimum_increment() -> None:
         value="50",
     )
     (node,) = model.apply({"/r": slider}, root="/r").nodes
-    assert plan(model, node.id, A["increment"], "").body[2] == 55.0
-    assert plan(model, node.id, A["decrement"], "").body[2] == 45.0
-    assert plan(model, node.id, A["setValue"], "7.5").body[2] == 7.5
+    assert plan(model, node.id, A["increment"], "")[0].body[2] == 55.0
+    assert plan(model, node.id, A["decrement"], "")[0].body[2] == 45.0
+    assert plan(model, node.id, A["setValue"], "7.5")[0].body[2] == 7.5
     with pytest.raises(InvalidParams):
         plan(model, node.id, A["setValue"], "lots")
+
+
+def test_an_editable_text_without_editabletext_is_typed_into() -> None:
+    model = AppModel()
+    field = Fetched(
+        "/r",
+        ENTRY,
+        states=states("editable", "focusable", "enabled", "visible", "showing"),
+        interfaces=frozenset({"Component", "Text", "Action"}),
+        actions=("activate",),
+        value="old",
+    )
+    (node,) = model.apply({"/r": field}, root="/r").nodes
+    assert A["setValue"] in node.actions
+    focus, select, typing = plan(model, node.id, A["setValue"], "Ada")
+    assert (focus.member, select.member, select.body) == ("GrabFocus", "AddSelection", (0, 3))
+    assert (typing.destination, typing.member, typing.body) == (
+        "org.a11y.atspi.Registry",
+        "GenerateKeyboardEvent",
+        (0, "Ada", 4),
+    )
+    assert plan(model, node.id, A["setValue"], "")[-1].body == (0xFFFF, "", 3)  # Delete
 
 
 # -- updates -----------------------------------------------------------------------------------

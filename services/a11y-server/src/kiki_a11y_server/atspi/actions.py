@@ -25,10 +25,17 @@ class Call:
     signature: str = ""
     body: tuple[object, ...] = ()
     what: str = ""
+    destination: str = ""  # "": the app itself
 
 
-def plan(model: AppModel, node_id: int, action: int, value: str) -> Call:
-    """The AT-SPI call that performs ``action`` on ``node_id``, or a typed refusal."""
+# Typing goes through the registry's device event controller (XTest underneath: X11 only).
+DEC = "/org/a11y/atspi/registry/deviceeventcontroller"
+KEY_SYM, KEY_STRING = 3, 4  # AtspiKeySynthType
+DELETE = 0xFFFF  # XK_Delete
+
+
+def plan(model: AppModel, node_id: int, action: int, value: str) -> tuple[Call, ...]:
+    """The AT-SPI calls that perform ``action`` on ``node_id`` (in order), or a typed refusal."""
     entry = model.entries.get(node_id)
     if entry is None:
         raise NotFound(f"node {node_id} is not in this app's tree")
@@ -38,25 +45,65 @@ def plan(model: AppModel, node_id: int, action: int, value: str) -> Call:
     names = list(entry.actions)
     if action == A["press"]:
         index = roles.press_action(names)
-        return _do(entry, index)
+        return (_do(entry, index),)
     if action in (A["expand"], A["collapse"]):
-        return _do(entry, roles.named_action(names, roles.EXPAND_NAMES))
+        return (_do(entry, roles.named_action(names, roles.EXPAND_NAMES)),)
     if action == A["showMenu"]:
-        return _do(entry, roles.named_action(names, roles.MENU_NAMES))
+        return (_do(entry, roles.named_action(names, roles.MENU_NAMES)),)
     if action == A["focus"]:
-        return Call(entry.path, "org.a11y.atspi.Component", "GrabFocus", what="GrabFocus")
+        return (_focus(entry),)
     if action == A["setValue"] and "EditableText" in entry.interfaces:
-        return Call(
-            entry.path,
-            "org.a11y.atspi.EditableText",
-            "SetTextContents",
-            "s",
-            (value,),
-            "EditableText.SetTextContents",
+        return (
+            Call(
+                entry.path,
+                "org.a11y.atspi.EditableText",
+                "SetTextContents",
+                "s",
+                (value,),
+                "EditableText.SetTextContents",
+            ),
         )
+    if action == A["setValue"] and "Value" not in entry.interfaces:
+        return _typing(entry, value)
     if action in (A["setValue"], A["increment"], A["decrement"]):
-        return _value(entry, action, value)
+        return (_value(entry, action, value),)
     raise InvalidParams(f"node {node_id} does not take {name}")
+
+
+def _focus(entry: Entry) -> Call:
+    return Call(entry.path, "org.a11y.atspi.Component", "GrabFocus", what="GrabFocus")
+
+
+def _typing(entry: Entry, value: str) -> tuple[Call, ...]:
+    """An editable text without EditableText (Chromium's fields): focus it, select what it
+    holds, and type the new text over it (or delete it)."""
+    calls = [_focus(entry)]
+    length = len(entry.node.value)
+    if length:
+        calls.append(
+            Call(
+                entry.path,
+                "org.a11y.atspi.Text",
+                "AddSelection",
+                "ii",
+                (0, length),
+                f"Text.AddSelection(0, {length})",
+            )
+        )
+    typed = (0, value, KEY_STRING) if value else (DELETE, "", KEY_SYM)
+    what = f"typed {len(value)} characters" if value else "pressed Delete"
+    calls.append(
+        Call(
+            DEC,
+            "org.a11y.atspi.DeviceEventController",
+            "GenerateKeyboardEvent",
+            "isu",
+            typed,
+            f"{what} (DeviceEventController)",
+            "org.a11y.atspi.Registry",
+        )
+    )
+    return tuple(calls)
 
 
 def _do(entry: Entry, index: int) -> Call:

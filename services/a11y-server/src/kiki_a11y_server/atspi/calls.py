@@ -118,6 +118,31 @@ class Calls:
         except AtspiError:
             return None
 
+    async def _props(
+        self, dest: str, path: str, iface: str, names: tuple[str, ...]
+    ) -> dict[str, Any]:
+        """Properties one ``Get`` each (those that fail are left out). Not ``GetAll``: an app
+        whose getter returns nothing for one property can abort inside libdbus building that
+        answer (Chromium 156's ATK bridge does, on ``Accessible``)."""
+        answers = await asyncio.gather(
+            *(self._maybe(dest, path, PROPERTIES, "Get", "ss", [iface, name]) for name in names)
+        )
+        return {name: got[0] for name, got in zip(names, answers, strict=True) if got}
+
+    async def _action_names(self, dest: str, path: str) -> tuple[str, ...]:
+        """The actions' own names (``GetName``: "click", "press"; ``GetActions`` answers the
+        localized ones, which depend on the app's language and which Chromium leaves empty)."""
+        count = await self._maybe(dest, path, ATSPI + "Action", "GetActions")
+        if not count:
+            return ()
+        names = await asyncio.gather(
+            *(
+                self._maybe(dest, path, ATSPI + "Action", "GetName", "i", [i])
+                for i in range(min(len(count[0]), 32))
+            )
+        )
+        return tuple(str(n[0]) if n else "" for n in names)
+
     async def ping(self, dest: str) -> None:
         """One cheap call to the app's root: does it answer at all?"""
         await self._call(dest, ROOT, ACCESSIBLE, "GetRole")
@@ -151,14 +176,13 @@ class Calls:
     async def fetch(self, dest: str, path: str) -> Fetched:
         """Everything Kiki's node needs about one accessible: one round of calls sent together,
         then a second for the interfaces the first named (bounds, actions, value, text)."""
-        props, role, state, interfaces, children = await asyncio.gather(
-            self._call(dest, path, PROPERTIES, "GetAll", "s", [ACCESSIBLE]),
+        values, role, state, interfaces, children = await asyncio.gather(
+            self._props(dest, path, ACCESSIBLE, ("Name", "Description")),
             self._call(dest, path, ACCESSIBLE, "GetRole"),
             self._call(dest, path, ACCESSIBLE, "GetState"),
             self._call(dest, path, ACCESSIBLE, "GetInterfaces"),
             self._call(dest, path, ACCESSIBLE, "GetChildren"),
         )
-        values = props[0]
         first = Fetched(
             path=path,
             role=int(role[0]),
@@ -193,7 +217,7 @@ class Calls:
         every = "all" in aspects
         asked: dict[str, Any] = {}
         if every or "name" in aspects:
-            asked["props"] = self._call(dest, path, PROPERTIES, "GetAll", "s", [ACCESSIBLE])
+            asked["props"] = self._props(dest, path, ACCESSIBLE, ("Name", "Description"))
         if every:
             asked["role"] = self._call(dest, path, ACCESSIBLE, "GetRole")
         if every or "state" in aspects:
@@ -206,7 +230,7 @@ class Calls:
         f: Fetched = answers.get("complete", known)
         changes: dict[str, Any] = {}
         if "props" in answers:
-            values = answers["props"][0]
+            values = answers["props"]
             changes["name"] = str(values["Name"].value) if "Name" in values else ""
             changes["description"] = (
                 str(values["Description"].value) if "Description" in values else ""
@@ -233,9 +257,11 @@ class Calls:
         if "Component" in ifaces:
             wanted.append(self._maybe(dest, path, ATSPI + "Component", "GetExtents", "u", [0]))
         if "Action" in ifaces:
-            wanted.append(self._maybe(dest, path, ATSPI + "Action", "GetActions"))
+            wanted.append(self._action_names(dest, path))
         if "Value" in ifaces:
-            wanted.append(self._maybe(dest, path, PROPERTIES, "GetAll", "s", [ATSPI + "Value"]))
+            wanted.append(
+                self._props(dest, path, ATSPI + "Value", ("CurrentValue", "MinimumIncrement"))
+            )
         text = text_valued(f)
         if text:
             wanted.append(self._maybe(dest, path, ATSPI + "Text", "GetText", "ii", [0, MAX_TEXT]))
@@ -245,10 +271,9 @@ class Calls:
         value, numeric, increment = "", None, 0.0
         if "Component" in ifaces and (got := answers.pop(0)):
             extents = tuple(got[0])
-        if "Action" in ifaces and (got := answers.pop(0)):
-            names_ = tuple(str(a[0]) for a in got[0])
-        if "Value" in ifaces and (got := answers.pop(0)):
-            v = got[0]
+        if "Action" in ifaces:
+            names_ = answers.pop(0)
+        if "Value" in ifaces and (v := answers.pop(0)):
             numeric = float(v["CurrentValue"].value) if "CurrentValue" in v else None
             increment = float(v["MinimumIncrement"].value) if "MinimumIncrement" in v else 0.0
             value = f"{numeric:g}" if numeric is not None else ""
@@ -263,17 +288,31 @@ class Calls:
             increment=increment,
         )
 
-    async def perform(self, dest: str, call_: Call) -> str:
-        """Make the call an action planned; returns what AT-SPI answered, as words."""
-        body = list(call_.body)
-        if call_.member == "Set":
-            body[2] = Variant("d", float(body[2]))  # type: ignore[arg-type]
-        reply = await self._call(
-            dest, call_.path, call_.interface, call_.member, call_.signature, body
-        )
-        if call_.member == "Set":
-            return f"{call_.what}: done"
-        answer = reply[0] if reply else None
-        if answer is False:
-            raise AtspiError(f"{call_.what}: AT-SPI answered false")
-        return f"{call_.what}: AT-SPI answered {answer!r}".replace("True", "true")
+    async def perform(self, dest: str, planned: tuple[Call, ...]) -> str:
+        """Make the calls an action planned, in order; returns what AT-SPI answered to each,
+        as words. An error answer, or ``false``, stops there and is the action's error."""
+        said: list[str] = []
+        for call_ in planned:
+            body = list(call_.body)
+            if call_.member == "Set":
+                body[2] = Variant("d", float(body[2]))  # type: ignore[arg-type]
+            reply = await self._call(
+                call_.destination or dest,
+                call_.path,
+                call_.interface,
+                call_.member,
+                call_.signature,
+                body,
+            )
+            answer = reply[0] if reply else None
+            if answer is False:
+                raise AtspiError("; ".join([*said, f"{call_.what}: AT-SPI answered false"]))
+            said.append(
+                f"{call_.what}: "
+                + (
+                    "done"
+                    if answer is None
+                    else f"AT-SPI answered {answer!r}".replace("True", "true")
+                )
+            )
+        return "; ".join(said)

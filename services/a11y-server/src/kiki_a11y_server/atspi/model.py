@@ -106,7 +106,9 @@ def kiki_node(node_id: int, f: Fetched, children: tuple[int, ...]) -> wire.Node:
         actions.append(A["press"])
     if "Component" in f.interfaces and "focusable" in atspi:
         actions.append(A["focus"])
-    editable = "EditableText" in f.interfaces and "editable" in atspi
+    # Editable text without EditableText (Chromium's fields) is typed into (actions.py).
+    typed = {"Text", "Component"} <= f.interfaces
+    editable = "editable" in atspi and ("EditableText" in f.interfaces or typed)
     # A progress bar's Value is the app's to change; AT-SPI offers it, the bridge does not.
     settable = "Value" in f.interfaces and role != wire.ROLES["progressBar"]
     if editable or settable:
