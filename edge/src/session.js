@@ -1,0 +1,645 @@
+// The Session Durable Object: one per session name (idFromName), holding the session's Yjs
+// document. Its sockets are accepted with the hibernation API, so an idle session costs no
+// memory: the runtime evicts the object and keeps the sockets; the next message builds the
+// object again from its SQLite storage (the document) and the sockets' attachments (who each
+// client is, which awareness states it owns).
+import { DurableObject } from "cloudflare:workers";
+import * as awarenessProtocol from "y-protocols/awareness";
+import * as Y from "yjs";
+import { KINDS, Refusal } from "./errors.js";
+import { json, limitsFrom } from "./limits.js";
+import { forbiddenRoots } from "./parts.js";
+import {
+  awarenessMessage,
+  awarenessStates,
+  checkOnScratch,
+  isEmptyUpdate,
+  parseMessage,
+  syncStep1,
+  syncStep2,
+  updateMessage,
+} from "./protocol.js";
+import { SessionStore } from "./store.js";
+import { LEEWAY_SECONDS, verifyToken, WRITERS } from "./tokens.js";
+
+/**
+ * What the object keeps about each socket (serializeAttachment: it survives hibernation).
+ * @typedef {object} Peer
+ * @property {string} id
+ * @property {string} session
+ * @property {"pending" | "open" | "closed"} state pending: accepted, no token yet
+ * @property {number} [deadline] ms: a pending socket is closed then
+ * @property {string} [role]
+ * @property {string} [sub]
+ * @property {string} [jti]
+ * @property {number} [exp] seconds: the token's expiry
+ * @property {Record<string, [number, unknown]>} [aw] awareness client id -> [clock, state or
+ *   null when too large to keep here]
+ */
+
+// A socket attachment may hold 2 KiB; awareness states beyond this are kept in memory only.
+const ATTACHMENT_BUDGET = 1800;
+
+/** @param {string | ArrayBuffer} message */
+const byteLength = (message) =>
+  typeof message === "string" ? new TextEncoder().encode(message).length : message.byteLength;
+
+export class Session extends DurableObject {
+  /**
+   * @param {DurableObjectState} ctx
+   * @param {Record<string, string | undefined>} env
+   */
+  constructor(ctx, env) {
+    super(ctx, env);
+    this.limits = limitsFrom(env);
+    this.trusted = env.KIKI_TRUSTED_KEYS;
+    this.store = new SessionStore(ctx.storage);
+    this.boots = this.store.countBoot();
+    this.doc = this.store.loadDoc();
+    /** @type {WeakMap<WebSocket, Peer>} */
+    this.peers = new WeakMap();
+    /** @type {Map<WebSocket, Promise<void>>} token checks under way, per socket */
+    this.verifying = new Map();
+    // Only the Awareness object's codec and bookkeeping are used; destroy() stops its timer,
+    // which would otherwise keep the object from hibernating.
+    this.awareness = new awarenessProtocol.Awareness(new Y.Doc());
+    this.awareness.destroy();
+    const now = Date.now();
+    for (const ws of ctx.getWebSockets()) {
+      const peer = this.peer(ws);
+      for (const [key, [clock, state]] of Object.entries(peer?.aw ?? {})) {
+        const id = Number(key);
+        this.awareness.meta.set(id, { clock, lastUpdated: now });
+        if (state !== null) this.awareness.states.set(id, /** @type {any} */ (state));
+      }
+    }
+  }
+
+  /**
+   * @param {WebSocket} ws
+   * @returns {Peer | null}
+   */
+  peer(ws) {
+    let peer = this.peers.get(ws);
+    if (peer === undefined) {
+      peer = /** @type {Peer | null} */ (ws.deserializeAttachment()) ?? undefined;
+      if (peer === undefined) return null;
+      this.peers.set(ws, peer);
+    }
+    return peer;
+  }
+
+  /**
+   * @param {WebSocket} ws
+   * @param {Peer} peer
+   */
+  remember(ws, peer) {
+    this.peers.set(ws, peer);
+    ws.serializeAttachment(peer);
+  }
+
+  /** @returns {Iterable<[WebSocket, Peer]>} */
+  *sockets() {
+    for (const ws of this.ctx.getWebSockets()) {
+      const peer = this.peer(ws);
+      if (peer !== null) yield [ws, peer];
+    }
+  }
+
+  /** @param {Request} request */
+  async fetch(request) {
+    const url = new URL(request.url);
+    const [, , session, action] = url.pathname.split("/");
+    try {
+      if (action === "revoke") return await this.revoke(request, session);
+      if (action === "info") return await this.info(request, session);
+      return await this.join(url, session);
+    } catch (error) {
+      if (error instanceof Refusal) return json({ error: error.reason }, 403);
+      throw error;
+    }
+  }
+
+  /**
+   * @param {URL} url
+   * @param {string} session
+   */
+  async join(url, session) {
+    const pair = new WebSocketPair();
+    const [client, server] = Object.values(pair);
+    /** @type {Refusal | null} */
+    let refusal = null;
+    /** @type {import("./tokens.js").Claims | null} */
+    let claims = null;
+    let live = 0;
+    for (const [, peer] of this.sockets()) if (peer.state !== "closed") live += 1;
+    const token = url.searchParams.get("token");
+    if (live >= this.limits.maxClients) {
+      refusal = new Refusal(KINDS.LimitExceeded, `the session has ${live} clients already`);
+    } else if (token !== null) {
+      try {
+        claims = await this.checkToken(token, session);
+      } catch (error) {
+        if (!(error instanceof Refusal)) throw error;
+        refusal = error;
+      }
+    }
+    if (refusal !== null) {
+      // Accepted and closed at once, outside the object's hibernatable sockets: a browser
+      // sees the close code and the reason, never an HTTP status.
+      server.accept();
+      server.close(refusal.code, refusal.reason);
+      return new Response(null, { status: 101, webSocket: client });
+    }
+    this.ctx.acceptWebSocket(server);
+    /** @type {Peer} */
+    const peer = { id: crypto.randomUUID(), session, state: "pending" };
+    if (claims !== null) {
+      this.open(server, peer, claims);
+    } else {
+      this.remember(server, { ...peer, deadline: Date.now() + this.limits.authTimeoutMs });
+      await this.scheduleAlarm();
+    }
+    return new Response(null, { status: 101, webSocket: client });
+  }
+
+  /**
+   * @param {string} token
+   * @param {string} session
+   */
+  async checkToken(token, session) {
+    const claims = await verifyToken(token, session, this.trusted);
+    if (this.store.isRevoked(claims.jti)) {
+      throw new Refusal(KINDS.PermissionDenied, "token revoked");
+    }
+    return claims;
+  }
+
+  /**
+   * A client with a valid token joins: the server's step 1 and the awareness states it has.
+   * @param {WebSocket} ws
+   * @param {Peer} peer
+   * @param {import("./tokens.js").Claims} claims
+   */
+  open(ws, peer, claims) {
+    const { role, sub, jti, exp } = claims;
+    const opened = { id: peer.id, session: peer.session, state: "open", role, sub, jti, exp };
+    this.remember(ws, /** @type {Peer} */ (opened));
+    ws.send(syncStep1(this.doc));
+    const clients = [...this.awareness.states.keys()];
+    if (clients.length > 0) ws.send(awarenessStates(this.awareness, clients));
+    void this.scheduleAlarm();
+  }
+
+  /**
+   * @param {WebSocket} ws
+   * @param {string | ArrayBuffer} message
+   */
+  async webSocketMessage(ws, message) {
+    // Messages that follow a token message wait for its check, in order.
+    const pending = this.verifying.get(ws);
+    if (pending !== undefined) await pending;
+    const peer = this.peer(ws);
+    if (peer === null || peer.state === "closed") return;
+    try {
+      if (byteLength(message) > this.limits.maxMessage) {
+        throw new Refusal(
+          KINDS.FrameTooLarge,
+          `message of ${byteLength(message)} bytes is over the limit of ${this.limits.maxMessage}`,
+        );
+      }
+      if (peer.state === "pending") {
+        // Nothing is relayed to or from a client before its token.
+        if (typeof message !== "string") return;
+        const check = this.authenticate(ws, peer, message);
+        this.verifying.set(ws, check);
+        try {
+          await check;
+        } finally {
+          this.verifying.delete(ws);
+        }
+        return;
+      }
+      if (typeof message === "string") {
+        throw new Refusal(KINDS.ProtocolError, "a text frame after the token (frames are binary)");
+      }
+      this.receive(ws, peer, new Uint8Array(message));
+    } catch (error) {
+      if (!(error instanceof Refusal)) {
+        console.error("session: a message failed", error);
+        this.refuse(ws, new Refusal({ name: "InternalError", code: 1011 }, "internal error"));
+        return;
+      }
+      this.refuse(ws, error);
+    }
+  }
+
+  /**
+   * @param {WebSocket} ws
+   * @param {Peer} peer
+   * @param {string} message
+   */
+  async authenticate(ws, peer, message) {
+    /** @type {unknown} */
+    let token;
+    try {
+      token = JSON.parse(message)?.token;
+    } catch {
+      token = undefined;
+    }
+    if (typeof token !== "string") {
+      throw new Refusal(KINDS.PermissionDenied, 'the first message must be {"token": "<jwt>"}');
+    }
+    const claims = await this.checkToken(token, peer.session);
+    const now = this.peer(ws);
+    if (now === null || now.state !== "pending") return;
+    this.open(ws, now, claims);
+  }
+
+  /**
+   * @param {WebSocket} ws
+   * @param {Peer} peer
+   * @param {Uint8Array} data
+   */
+  receive(ws, peer, data) {
+    const message = parseMessage(data);
+    switch (message.kind) {
+      case "step1":
+        ws.send(syncStep2(this.doc, message.stateVector));
+        return;
+      case "update":
+        this.receiveUpdate(ws, peer, message.update);
+        return;
+      case "awareness":
+        if (!WRITERS.has(peer.role ?? "")) {
+          // A stock y-websocket client sends back every awareness change it applies, the
+          // states the server told it included (same clocks): from a reader that echo is
+          // dropped; anything new is refused.
+          if (echoesOnly(this.awareness, message.update)) return;
+          throw new Refusal(KINDS.PermissionDenied, `an ${peer.role} cannot send awareness`);
+        }
+        this.receiveAwareness(ws, peer, message.update);
+        return;
+      case "queryAwareness": {
+        const clients = [...this.awareness.states.keys()];
+        ws.send(awarenessStates(this.awareness, clients));
+        return;
+      }
+    }
+  }
+
+  /**
+   * Checked, applied, durable, then relayed to the others.
+   * @param {WebSocket} ws
+   * @param {Peer} peer
+   * @param {Uint8Array} update
+   */
+  receiveUpdate(ws, peer, update) {
+    if (!WRITERS.has(peer.role ?? "")) {
+      // A reader answers the server's step 1 with what it has that the server lacks: nothing.
+      if (isEmptyUpdate(update)) return;
+      throw new Refusal(KINDS.PermissionDenied, `an ${peer.role} cannot write`);
+    }
+    const size = this.store.snapshotBytes + this.store.logBytes + update.length;
+    if (size > this.limits.maxDocument) {
+      throw new Refusal(KINDS.LimitExceeded, `the session document is full (${size} bytes)`);
+    }
+    checkOnScratch(update);
+    const changes = this.applyUpdate(update, peer.role ?? "");
+    const { pendingStructs, pendingDs } = this.doc.store;
+    if (changes.length === 0 && pendingStructs === null && pendingDs === null) return;
+    this.store.append(update);
+    for (const change of changes) this.broadcast(updateMessage(change), ws);
+    // Compaction waits for the alarm, after this message's relays.
+    if (this.compactionDue()) void this.scheduleAlarm();
+  }
+
+  /**
+   * Applies an update to the live document and returns what it changed (the document's own
+   * update events). An update the live document refuses half-way, or one that touches a part
+   * of the document the sender's role may not write, is undone by building the document again
+   * from storage, which never held it.
+   *
+   * Yjs integrates an item whose dependencies are missing later, when they arrive (possibly in
+   * another client's update), and keeps deletions of unknown ids until they exist; so for a
+   * role with forbidden parts an update must also leave nothing new waiting.
+   * @param {Uint8Array} update
+   * @param {string} role
+   * @returns {Uint8Array[]}
+   */
+  applyUpdate(update, role) {
+    /** @type {Uint8Array[]} */
+    const changes = [];
+    /** @param {Uint8Array} change */
+    const collect = (change) => {
+      changes.push(change);
+    };
+    /** @type {string[]} */
+    const touched = [];
+    const watches = forbiddenRoots(role).map((root) => {
+      // The parts are maps; the typed root is what calls deep observers (a root still only
+      // known from updates is a placeholder that calls none).
+      const type = this.partRoot(root);
+      const note = () => {
+        touched.push(root);
+      };
+      type.observeDeep(note);
+      return () => type.unobserveDeep(note);
+    });
+    const { pendingStructs, pendingDs } = this.doc.store;
+    this.doc.on("update", collect);
+    try {
+      Y.applyUpdate(this.doc, update);
+    } catch (error) {
+      this.rebuild();
+      const why = error instanceof Error ? error.message : String(error);
+      throw new Refusal(KINDS.InvalidFrame, `the update does not apply: ${why}`);
+    } finally {
+      this.doc.off("update", collect);
+      for (const unwatch of watches) unwatch();
+    }
+    const waiting =
+      watches.length > 0 &&
+      (this.doc.store.pendingStructs !== pendingStructs || this.doc.store.pendingDs !== pendingDs);
+    if (touched.length > 0 || waiting) {
+      this.rebuild();
+      const what = touched.length > 0 ? `the ${touched[0]} part` : "what it depends on";
+      throw new Refusal(KINDS.PermissionDenied, `a ${role} may not write ${what}`);
+    }
+    return changes;
+  }
+
+  /**
+   * @param {string} root
+   * @returns {Y.AbstractType<any>}
+   */
+  partRoot(root) {
+    try {
+      return this.doc.getMap(root);
+    } catch {
+      // Made some other type by a writer allowed to: observed as that type.
+      return /** @type {Y.AbstractType<any>} */ (this.doc.share.get(root));
+    }
+  }
+
+  /** The live document again from storage (the snapshot and the log). */
+  rebuild() {
+    this.doc.destroy();
+    this.doc = this.store.loadDoc();
+  }
+
+  /**
+   * @param {WebSocket} ws
+   * @param {Peer} peer
+   * @param {Uint8Array} update
+   */
+  receiveAwareness(ws, peer, update) {
+    /** @type {{added: number[], updated: number[], removed: number[]} | null} */
+    let change = null;
+    /** @param {{added: number[], updated: number[], removed: number[]}} c */
+    const collect = (c) => {
+      change = c;
+    };
+    this.awareness.on("update", collect);
+    try {
+      awarenessProtocol.applyAwarenessUpdate(this.awareness, update, ws);
+    } catch (error) {
+      const why = error instanceof Error ? error.message : String(error);
+      throw new Refusal(KINDS.InvalidFrame, `not an awareness update: ${why}`);
+    } finally {
+      this.awareness.off("update", collect);
+    }
+    if (change === null) return;
+    /** @type {{added: number[], updated: number[], removed: number[]}} */
+    const { added, updated, removed } = change;
+    const owned = { ...(peer.aw ?? {}) };
+    for (const id of [...added, ...updated]) {
+      const clock = this.awareness.meta.get(id)?.clock ?? 0;
+      owned[String(id)] = [clock, this.awareness.states.get(id) ?? null];
+    }
+    for (const id of removed) delete owned[String(id)];
+    if (Object.keys(owned).length > this.limits.maxAwarenessClients) {
+      throw new Refusal(KINDS.LimitExceeded, "too many awareness states from one client");
+    }
+    this.remember(ws, { ...peer, aw: fitAttachment(owned) });
+    this.broadcast(awarenessMessage(update), ws);
+  }
+
+  /**
+   * @param {Uint8Array} message
+   * @param {WebSocket | null} except
+   */
+  broadcast(message, except) {
+    for (const [ws, peer] of this.sockets()) {
+      if (ws === except || peer.state !== "open") continue;
+      try {
+        ws.send(message);
+      } catch {
+        // A socket closing meanwhile: its close event cleans up.
+      }
+    }
+  }
+
+  /**
+   * Ends one client's connection with the refusal's code; the session goes on.
+   * @param {WebSocket} ws
+   * @param {Refusal} refusal
+   */
+  refuse(ws, refusal) {
+    this.forget(ws);
+    try {
+      ws.close(refusal.code, refusal.reason);
+    } catch {
+      // Already closed.
+    }
+  }
+
+  /**
+   * A client goes: its awareness states are removed, and the others told.
+   * @param {WebSocket} ws
+   */
+  forget(ws) {
+    const peer = this.peer(ws);
+    if (peer === null || peer.state === "closed") return;
+    try {
+      this.remember(ws, { id: peer.id, session: peer.session, state: "closed" });
+    } catch {
+      this.peers.set(ws, { id: peer.id, session: peer.session, state: "closed" });
+    }
+    // A state too large for the attachment is gone after a hibernation; its id and clock are
+    // not, and a null state at the same clock removes it at the other clients all the same.
+    const ids = Object.keys(peer.aw ?? {})
+      .map(Number)
+      .filter((id) => this.awareness.meta.has(id));
+    if (ids.length === 0) return;
+    awarenessProtocol.removeAwarenessStates(this.awareness, ids, "closed");
+    const removal = awarenessProtocol.encodeAwarenessUpdate(this.awareness, ids);
+    for (const id of ids) this.awareness.meta.delete(id);
+    this.broadcast(awarenessMessage(removal), ws);
+  }
+
+  /**
+   * The client closed: the closing handshake is answered (the runtime leaves that to the
+   * object), echoing the client's code as RFC 6455 asks.
+   * @param {WebSocket} ws
+   * @param {number} code
+   * @param {string} _reason
+   * @param {boolean} _wasClean
+   */
+  async webSocketClose(ws, code, _reason, _wasClean) {
+    this.forget(ws);
+    try {
+      ws.close(code === 1005 || code === 1006 ? 1000 : code, "");
+    } catch {
+      // Already closed: the runtime answered it.
+    }
+  }
+
+  /**
+   * @param {WebSocket} ws
+   * @param {unknown} _error
+   */
+  async webSocketError(ws, _error) {
+    this.forget(ws);
+  }
+
+  /** Closes what is due (no token in time, an expired token) and compacts the log. */
+  async alarm() {
+    const now = Date.now();
+    for (const [ws, peer] of this.sockets()) {
+      if (peer.state === "pending" && (peer.deadline ?? 0) <= now) {
+        const seconds = this.limits.authTimeoutMs / 1000;
+        this.refuse(ws, new Refusal(KINDS.PermissionDenied, `no token within ${seconds} s`));
+      } else if (peer.state === "open" && ((peer.exp ?? 0) + LEEWAY_SECONDS) * 1000 <= now) {
+        this.refuse(ws, new Refusal(KINDS.PermissionDenied, "token expired"));
+      }
+    }
+    if (this.compactionDue()) this.store.compact(this.doc);
+    await this.scheduleAlarm();
+  }
+
+  compactionDue() {
+    const { logRows, logBytes } = this.store;
+    return logRows >= this.limits.compactRows || logBytes >= this.limits.compactBytes;
+  }
+
+  /** Sets the alarm to the next thing due, or clears it. */
+  async scheduleAlarm() {
+    let next = Infinity;
+    for (const [, peer] of this.sockets()) {
+      if (peer.state === "pending") next = Math.min(next, peer.deadline ?? 0);
+      if (peer.state === "open") next = Math.min(next, ((peer.exp ?? 0) + LEEWAY_SECONDS) * 1000);
+    }
+    if (this.compactionDue()) next = Date.now();
+    if (next === Infinity) await this.ctx.storage.deleteAlarm();
+    else await this.ctx.storage.setAlarm(next);
+  }
+
+  /**
+   * POST /session/<name>/revoke, with a device token for this session: the token id is
+   * refused from now on, and the live sockets holding it are closed.
+   * @param {Request} request
+   * @param {string} session
+   */
+  async revoke(request, session) {
+    await this.deviceOnly(request, session);
+    /** @type {unknown} */
+    let jti;
+    try {
+      jti = (await request.json())?.jti;
+    } catch {
+      jti = undefined;
+    }
+    if (typeof jti !== "string" || jti.length === 0 || jti.length > 256) {
+      return json({ error: 'the body must be {"jti": "<token id>"}' }, 400);
+    }
+    this.store.revoke(jti);
+    let closed = 0;
+    for (const [ws, peer] of this.sockets()) {
+      if (peer.state === "open" && peer.jti === jti) {
+        this.refuse(ws, new Refusal(KINDS.PermissionDenied, "token revoked"));
+        closed += 1;
+      }
+    }
+    return json({ revoked: jti, closed });
+  }
+
+  /**
+   * GET /session/<name>/info, with a device token: what the object holds now.
+   * @param {Request} request
+   * @param {string} session
+   */
+  async info(request, session) {
+    await this.deviceOnly(request, session);
+    const clients = { open: 0, pending: 0 };
+    for (const [, peer] of this.sockets()) {
+      if (peer.state === "open") clients.open += 1;
+      if (peer.state === "pending") clients.pending += 1;
+    }
+    return json({
+      session,
+      boots: this.boots,
+      clients,
+      awareness: this.awareness.states.size,
+      log: { rows: this.store.logRows, bytes: this.store.logBytes },
+      snapshotBytes: this.store.snapshotBytes,
+    });
+  }
+
+  /**
+   * @param {Request} request
+   * @param {string} session
+   */
+  async deviceOnly(request, session) {
+    const match = /^Bearer\s+(\S+)$/.exec(request.headers.get("Authorization") ?? "");
+    if (match === null) {
+      throw new Refusal(KINDS.PermissionDenied, "needs Authorization: Bearer <device token>");
+    }
+    const claims = await this.checkToken(match[1], session);
+    if (claims.role !== "device") {
+      throw new Refusal(KINDS.PermissionDenied, `an ${claims.role} token cannot do this`);
+    }
+  }
+}
+
+/**
+ * Whether an awareness update would change nothing `awareness` holds: applied (by y-protocols)
+ * to a copy, it changes no state.
+ * @param {awarenessProtocol.Awareness} awareness
+ * @param {Uint8Array} update
+ */
+function echoesOnly(awareness, update) {
+  const copy = new awarenessProtocol.Awareness(new Y.Doc());
+  copy.destroy();
+  for (const [id, state] of awareness.states) copy.states.set(id, state);
+  for (const [id, meta] of awareness.meta) copy.meta.set(id, { ...meta });
+  let changed = false;
+  copy.on("update", () => {
+    changed = true;
+  });
+  try {
+    awarenessProtocol.applyAwarenessUpdate(copy, update, null);
+  } catch (error) {
+    const why = error instanceof Error ? error.message : String(error);
+    throw new Refusal(KINDS.InvalidFrame, `not an awareness update: ${why}`);
+  }
+  return !changed;
+}
+
+/**
+ * The awareness states a socket owns, with the states dropped (kept as null) from the largest
+ * down until the attachment fits its budget; ids and clocks are always kept.
+ * @param {Record<string, [number, unknown]>} owned
+ */
+function fitAttachment(owned) {
+  const fitted = { ...owned };
+  const size = () => JSON.stringify(fitted).length;
+  const bySize = Object.keys(fitted).sort(
+    (a, b) => JSON.stringify(fitted[b]).length - JSON.stringify(fitted[a]).length,
+  );
+  for (const key of bySize) {
+    if (size() <= ATTACHMENT_BUDGET) break;
+    fitted[key] = [fitted[key][0], null];
+  }
+  return fitted;
+}
