@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import http.server
 import os
+import shutil
 import subprocess
 import threading
 import time
@@ -26,6 +27,7 @@ from kiki_updater.signing import sign_commit
 __all__ = [
     "GpgKey",
     "Served",
+    "assert_whole",
     "gpg_key",
     "make_app_tree",
     "publish_versions",
@@ -164,12 +166,55 @@ def stop_gpg_agent(key: GpgKey) -> None:
     )
 
 
+def assert_whole(store: Any, kind: str, ident: str, commit: str, scratch: Path) -> None:
+    """The deployment ``current`` names is ``commit``, and every file of it is exactly the
+    commit's (compared with a fresh checkout, byte for byte), with nothing more."""
+    from kiki_updater.gio import lib
+
+    home = store.home(kind, ident)
+    assert os.readlink(home / "current") == f"deploy/{commit}"
+    fresh = scratch / f"fresh-{commit[:12]}"
+    shutil.rmtree(fresh, ignore_errors=True)
+    scratch.mkdir(parents=True, exist_ok=True)
+    options = lib().OSTree.RepoCheckoutAtOptions()
+    options.mode = 1
+    options.force_copy = True  # its own files, not links to the objects the deployment shares
+    fd = os.open(scratch, os.O_RDONLY)
+    try:
+        store.repo.checkout_at(options, fd, fresh.name, commit, None)
+    finally:
+        os.close(fd)
+    deployed = home / "deploy" / commit
+
+    def listing(root: Path) -> dict[str, bytes]:
+        out = {}
+        for path in sorted(root.rglob("*")):
+            rel = str(path.relative_to(root))
+            out[rel] = os.readlink(path).encode() if path.is_symlink() else (
+                path.read_bytes() if path.is_file() else b"<dir>"
+            )
+        return out
+
+    assert listing(deployed) == listing(fresh)
+
+
 def publish_versions(
-    repo: Path, tmp: Path, app_id: str, versions: list[str], *, secret: str | None, files: int = 20
+    repo: Path,
+    tmp: Path,
+    app_id: str,
+    versions: list[str],
+    *,
+    secret: str | None,
+    files: int = 20,
+    salt: str = "",
+    extra: dict[str, bytes] | None = None,
 ) -> list[Release]:
-    """Build and publish each version of a small app (each changes one file) to ``repo``."""
+    """Build and publish each version of a small app (each changes one file) to ``repo``;
+    ``salt`` changes every file, ``extra`` adds files (name -> content)."""
     releases = []
-    tree = make_app_tree(tmp / f"tree-{app_id}", app_id, versions[0], files=files)
+    tree = make_app_tree(tmp / f"tree-{app_id}", app_id, versions[0], files=files, salt=salt)
+    for name, content in (extra or {}).items():
+        (tree / name).write_bytes(content)
     for version in versions:
         write_manifest(tree, app_id, version)
         (tree / "lib" / "m00" / "f00000.py").write_text(f"version {version}\n")

@@ -107,7 +107,10 @@ class Operations:
         repo = self.store.repo
         ensure_remote(repo, remote)
         phase("pull", {"commit": commit})
-        return pull(repo, remote, ref, progress=progress, commit=commit)
+        # A commit whose bad object fsck dropped is partial: a static delta would not bring
+        # that object back (it carries what changed), a pull by objects does.
+        repair = self.store.is_partial(commit)
+        return pull(repo, remote, ref, progress=progress, commit=commit, no_deltas=repair)
 
     def install(
         self,
@@ -175,12 +178,13 @@ class Operations:
         action: str,
         phase: Phase = _quiet,
     ) -> Deployed:
-        """Check out, run the install step, swap, run the health check (putting the previous
-        commit back when it fails)."""
+        """Check every object, check out, run the install step, swap, run the health check
+        (putting the previous commit back when it fails)."""
         store = self.store
         before = store.current(kind, ident)
         before_previous = store.previous(kind, ident)
         phase("checkout", {"commit": commit})
+        store.fsck(commit)
         path = store.checkout(kind, ident, commit)
         if self.install_step is not None:
             phase("install", {"commit": commit})

@@ -95,6 +95,7 @@ def pull(
     progress: Any = None,
     commit_only: bool = False,
     commit: str | None = None,
+    no_deltas: bool = False,
     cancellable: Any = None,
 ) -> str:
     """Pull ``ref`` from ``remote`` (its latest commit, no history) and return that commit.
@@ -113,6 +114,8 @@ def pull(
     }
     if commit is not None:
         options["override-commit-ids"] = GLib.Variant("as", [commit])
+    if no_deltas:
+        options["disable-static-deltas"] = GLib.Variant("b", True)
     try:
         repo.pull_with_options(remote.name, GLib.Variant("a{sv}", options), progress, cancellable)
     except GLib.Error as exc:

@@ -16,6 +16,7 @@ Everything here blocks (libostree, fsync): the server runs it in a worker thread
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import re
@@ -31,7 +32,16 @@ import orjson
 from kiki_updater.gio import UpdaterError, commit_metadata, fsync_dir, lib, open_repo
 from libkiki.errors import InvalidParams, NotFound
 
-__all__ = ["ARCH", "CrossDevice", "Deployed", "Kind", "NoRollback", "Store", "app_ref"]
+__all__ = [
+    "ARCH",
+    "CorruptObject",
+    "CrossDevice",
+    "Deployed",
+    "Kind",
+    "NoRollback",
+    "Store",
+    "app_ref",
+]
 
 Kind = Literal["app", "agent"]
 ID_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,62}(\.[A-Za-z0-9-]{1,63}){1,15}$")
@@ -44,6 +54,10 @@ HISTORY_MAX = 32
 
 class CrossDevice(UpdaterError):
     """A checkout would have to copy: the deployment directory is on another filesystem."""
+
+
+class CorruptObject(UpdaterError):
+    """An object of the repository does not match its checksum (a disk error, a hand edit)."""
 
 
 class NoRollback(NotFound):
@@ -292,6 +306,43 @@ class Store:
                 entry.unlink()
         if not keep_data:
             home.rmdir()
+
+    def is_partial(self, commit: str) -> bool:
+        """Whether the repository holds ``commit`` with objects missing (or not at all)."""
+        L = lib()
+        try:
+            _, _, state = self.repo.load_commit(commit)
+        except L.GLib.Error:
+            return False
+        return bool(state & L.OSTree.RepoCommitState.PARTIAL)
+
+    def fsck(self, commit: str) -> int:
+        """Check every file object ``commit`` reaches against its checksum (about 0.1 s for
+        2000 files, 3 MB): the number checked. A bad one is deleted, so that the next pull
+        fetches it again, and raised as :class:`CorruptObject`: libostree reuses an object it
+        already holds, so a pull alone would never repair it."""
+        L = lib()
+        OSTree = L.OSTree
+        _, reachable = self.repo.traverse_commit(commit, 0, None)
+        checked = 0
+        for key in reachable:
+            checksum, kind = OSTree.object_name_deserialize(key)
+            if kind != OSTree.ObjectType.FILE:
+                continue
+            try:
+                self.repo.fsck_object(kind, checksum, None)
+            except L.GLib.Error as exc:
+                with contextlib.suppress(L.GLib.Error):  # a missing object is not there to delete
+                    self.repo.delete_object(kind, checksum, None)
+                # Partial: the next pull of this commit looks for its missing objects again.
+                self.repo.mark_commit_partial(commit, True)
+                raise CorruptObject(
+                    f"object {checksum[:12]} of {commit[:12]} is corrupt ({exc.message}); "
+                    "removed, the next pull fetches it again",
+                    data={"error": "CorruptObject", "object": checksum},
+                ) from None
+            checked += 1
+        return checked
 
     def prune(self) -> tuple[int, int]:
         """Delete every object no ref reaches (remote-tracking refs included): (objects, bytes)."""
