@@ -251,6 +251,31 @@ def test_relay_listens_in_the_container_while_the_host_holds_its_port(machine: M
     assert relay["info"]["pid"] == int(machine.prop("kiki-sync-relay.service", "MainPID"))
 
 
+def test_relay_admin_socket_and_state_directory(machine: Machine) -> None:
+    """ProtectSystem=strict leaves the relay nothing to bind in /run/kiki: systemd holds its
+    admin socket (root only); its documents and key live in its StateDirectory= itself."""
+    journal = machine.run(
+        "journalctl", "--no-pager", "-n", "40", "-u", "kiki-sync-relay*", check=False
+    ).stdout
+    active = machine.systemctl("is-active", "kiki-sync-relay-admin.socket", check=False)
+    assert active == "active", journal
+    sock = "/run/kiki/sync-relay-admin.sock"
+    assert machine.run("stat", "-c", "%a %U %F", sock).stdout.split() == ["600", "root", "socket"]
+    shared = machine.run(
+        "/usr/bin/kiki", "session", "share", "kitchen", "--role", "observer", "--json", check=False
+    )
+    journal = machine.run(
+        "journalctl", "--no-pager", "-n", "40", "-u", "kiki-sync-relay*", check=False
+    ).stdout
+    assert shared.returncode == 0, shared.stderr + journal
+    assert json.loads(shared.stdout)["url"].startswith(f"ws://127.0.0.1:{RELAY_PORT}/session/")
+    assert "(activated)" in machine.prop("kiki-sync-relay.service", "StatusText")
+    state = "/var/lib/kiki/sync-relay"
+    machine.run("test", "-f", f"{state}/sync-signing-key.pem")
+    machine.run("test", "-f", f"{state}/sessions.sqlite3")
+    assert machine.run("test", "-e", f"{state}/sync-relay", check=False).returncode != 0
+
+
 def _systemd_version(machine: Machine) -> int:
     return int(machine.systemctl("--version").split()[1])
 

@@ -21,6 +21,7 @@ import pytest
 
 from kikitest import REPO
 from libkiki.constellation import SERVICES, ServiceSpec
+from libkiki.sync import ADMIN_FDNAME, ADMIN_SOCKET
 
 pytestmark = pytest.mark.unit
 
@@ -121,6 +122,7 @@ def disagreements(units: Path, services: Sequence[ServiceSpec]) -> list[str]:
         if socket_path.name not in wanted_sockets:
             found.append(f"{spec.name}: kiki.target does not want {socket_path.name}")
         wanted_sockets.discard(socket_path.name)
+    found.extend(_extra_socket_disagreements(units, services, declared))
     for path in sorted([*units.glob("kiki-*.s*"), *units.glob("user/kiki-*.s*")]):
         if path.suffix in (".service", ".socket") and path not in declared:
             found.append(f"{path.relative_to(units)}: no service declares it")
@@ -128,6 +130,51 @@ def disagreements(units: Path, services: Sequence[ServiceSpec]) -> list[str]:
         found.append(f"kiki.target wants undeclared units: {sorted(wanted_sockets)}")
     found.extend(_preset_disagreements(units, services))
     found.extend(_readme_disagreements(units, services))
+    return found
+
+
+# Sockets a service takes besides the one its declaration names: service, socket unit,
+# ListenStream=, FileDescriptorName=, SocketMode=.
+EXTRA_SOCKETS = (
+    (
+        "sync-relay",
+        "kiki-sync-relay-admin.socket",
+        f"{RUNTIME_DIR}/{ADMIN_SOCKET}",
+        ADMIN_FDNAME,
+        "0600",
+    ),
+)
+
+
+def _extra_socket_disagreements(
+    units: Path, services: Sequence[ServiceSpec], declared: set[Path]
+) -> list[str]:
+    found = []
+    names = {spec.name: spec for spec in services}
+    for name, unit, listen, fdname, mode in EXTRA_SOCKETS:
+        if name not in names:
+            continue
+        path = units / unit
+        declared.add(path)
+        if not path.exists():
+            found.append(f"{name}: no {unit}")
+            continue
+        socket_unit = parse_unit(path)["Socket"]
+        service_name = f"{names[name].unit}.service"
+        for key, expected in (
+            ("ListenStream", listen),
+            ("FileDescriptorName", fdname),
+            ("Service", service_name),
+            ("SocketMode", mode),
+        ):
+            if socket_unit[key] != [expected]:
+                found.append(f"{name}: {unit} {key}={socket_unit[key]}, not {expected}")
+        service_path = units / service_name
+        if service_path.exists():
+            service = parse_unit(service_path)
+            for section, key in (("Unit", "Requires"), ("Unit", "After"), ("Install", "Also")):
+                if unit not in words(service, section, key):
+                    found.append(f"{name}: {service_name} has no {key}={unit}")
     return found
 
 
@@ -215,6 +262,18 @@ PLANTED = {
     "relay port": (
         _replace("kiki-sync-relay.socket", "127.0.0.1:8765", "127.0.0.1:8766"),
         "sync-relay: ListenStream=['127.0.0.1:8766']",
+    ),
+    "admin socket mode": (
+        _replace("kiki-sync-relay-admin.socket", "SocketMode=0600", "SocketMode=0666"),
+        "sync-relay: kiki-sync-relay-admin.socket SocketMode=['0666'], not 0600",
+    ),
+    "admin socket name": (
+        _replace("kiki-sync-relay-admin.socket", "FileDescriptorName=sync-admin", "X=y"),
+        "sync-relay: kiki-sync-relay-admin.socket FileDescriptorName=[], not sync-admin",
+    ),
+    "admin socket missing": (
+        _remove("kiki-sync-relay-admin.socket"),
+        "sync-relay: no kiki-sync-relay-admin.socket",
     ),
     "command": (
         _replace("kiki-a11y-server.service", "venv/bin/kiki-a11y-server", "venv/bin/kiki-a11y"),

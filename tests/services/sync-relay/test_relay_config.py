@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -41,3 +42,19 @@ def test_bad_upstream_settings_are_refused(key: str, value: str) -> None:
     env = {"KIKI_CONFIG_DIR": "/nonexistent", f"KIKI_SYNC_RELAY_{key}": value}
     with pytest.raises(KikiError):
         load_config(RelayConfig, "sync-relay", env)
+
+
+def test_the_state_is_systemds_state_directory_itself(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """StateDirectory=kiki/sync-relay is the relay's own: not nested once more inside it; under
+    DynamicUser= it is named by a symlink into private/, which is followed."""
+    config = load_config(RelayConfig, "sync-relay", {"KIKI_CONFIG_DIR": "/nonexistent"})
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    monkeypatch.setenv("KIKI_STATE_DIR", "/var/lib/kiki")
+    assert str(config.state_path()) == "/var/lib/kiki/sync-relay"
+    real = tmp_path / "private" / "sync-relay"
+    real.mkdir(parents=True)
+    (tmp_path / "sync-relay").symlink_to(real)
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "sync-relay"))
+    assert config.state_path() == real

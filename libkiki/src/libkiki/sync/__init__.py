@@ -4,3 +4,5 @@ name of the relay's admin socket (in the runtime directory)."""
 from typing import Final
 
 ADMIN_SOCKET: Final = "sync-relay-admin.sock"
+# The admin socket's FileDescriptorName= in units/kiki-sync-relay-admin.socket.
+ADMIN_FDNAME: Final = "sync-admin"

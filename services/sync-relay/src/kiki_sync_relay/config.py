@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 from pathlib import Path
 
@@ -23,8 +24,8 @@ class RelayConfig(ServiceConfig):
     port: int = pydantic.Field(default=DEFAULT_RELAY_PORT, ge=0, le=65535)
     # The largest WebSocket message it takes, in bytes.
     max_message: int = pydantic.Field(default=1 << 20, ge=1024, le=1 << 26)
-    # Where the documents, the signing key and the revocations live (default: the state
-    # directory's sync-relay/).
+    # Where the documents, the signing key and the revocations live (default: systemd's
+    # $STATE_DIRECTORY, else the state directory's sync-relay/).
     state: Path | None = None
     # The admin socket `kiki session` talks to (default: the runtime directory's).
     admin_socket: Path | None = None
@@ -84,7 +85,14 @@ class RelayConfig(ServiceConfig):
         )
 
     def state_path(self) -> Path:
-        return self.state or state_dir() / "sync-relay"
+        if self.state is not None:
+            return self.state
+        if os.environ.get("STATE_DIRECTORY"):
+            # systemd's StateDirectory=kiki/sync-relay: the relay's own directory already. With
+            # DynamicUser= systemd names it by a symlink into /var/lib/private/: the directory
+            # itself is what is checked and used.
+            return state_dir().resolve()
+        return state_dir() / "sync-relay"
 
     def admin_path(self) -> Path:
         return self.admin_socket or runtime_dir() / ADMIN_SOCKET

@@ -32,6 +32,7 @@ from libkiki.admission import LogBudget
 from libkiki.private_dir import ensure_private_dir
 from libkiki.rpc_service import serve_configured
 from libkiki.service import ServiceContext
+from libkiki.sync import ADMIN_FDNAME
 from libkiki.sync.tokens import KEY_FILE, Revocations, SigningKey, Verifier
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,7 @@ async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
         relay, key, config.device_id, config.public_url or f"ws://{host}:{port}", upstream
     )
     add_info(methods, ctx.info)
-    admin = ctx.listeners.unix("sync-admin", config.admin_path(), mode=0o600)
+    admin = ctx.listeners.unix(ADMIN_FDNAME, config.admin_path(), mode=0o600)
     async with (
         serve_configured(ctx, admin, methods),
         ws_serve(
