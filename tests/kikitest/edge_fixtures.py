@@ -58,7 +58,9 @@ class EdgeServer:
 
     name = "edge"
 
-    def __init__(self, config: Path, workdir: Path, **bindings: str) -> None:
+    def __init__(
+        self, config: Path, workdir: Path, key: SigningKey | None = None, **bindings: str
+    ) -> None:
         self.config = config
         self.workdir = workdir
         self.storage = workdir / "storage"
@@ -67,7 +69,7 @@ class EdgeServer:
         self.listener.bind(("127.0.0.1", 0))
         self.listener.listen(512)
         self.port: int = self.listener.getsockname()[1]
-        self.key = SigningKey.generate()
+        self.key = key or SigningKey.generate()
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("KIKI_")}
         self.env["KIKI_TRUSTED_KEYS"] = json.dumps([self.key.public_jwk()])
         self.env.update(bindings)
@@ -200,11 +202,11 @@ def built_config() -> Path:
 
 
 @contextlib.contextmanager
-def edge_server(**bindings: str) -> Iterator[EdgeServer]:
-    """A running workerd of the edge Worker with its own port and storage; ``bindings`` set
-    the Worker's limits (``KIKI_MAX_CLIENTS="2"``, ...)."""
+def edge_server(key: SigningKey | None = None, **bindings: str) -> Iterator[EdgeServer]:
+    """A running workerd of the edge Worker with its own port and storage, trusting ``key``
+    (a new one by default); ``bindings`` set the Worker's limits (``KIKI_MAX_CLIENTS="2"``)."""
     workdir = Path(tempfile.mkdtemp(prefix="kiki-edge-"))
-    server = EdgeServer(built_config(), workdir, **bindings)
+    server = EdgeServer(built_config(), workdir, key, **bindings)
     try:
         server.start()
         yield server
