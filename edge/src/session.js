@@ -220,6 +220,10 @@ export class Session extends DurableObject {
         }
         return;
       }
+      // The alarm closes it too; this holds should the alarm be late.
+      if (((peer.exp ?? 0) + LEEWAY_SECONDS) * 1000 <= Date.now()) {
+        throw new Refusal(KINDS.PermissionDenied, "token expired");
+      }
       if (typeof message === "string") {
         throw new Refusal(KINDS.ProtocolError, "a text frame after the token (frames are binary)");
       }

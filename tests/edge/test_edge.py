@@ -43,8 +43,11 @@ def edge() -> Iterator[EdgeServer]:
 
 @pytest.fixture(scope="module")
 def tight() -> Iterator[EdgeServer]:
-    """An edge with small limits: two clients a session, compaction every 20 log rows."""
-    with edge_server(KIKI_MAX_CLIENTS="2", KIKI_COMPACT_ROWS="20") as server:
+    """An edge with small limits: two clients a session, messages of 4 KiB, compaction every
+    20 log rows."""
+    with edge_server(
+        KIKI_MAX_CLIENTS="2", KIKI_MAX_MESSAGE="4096", KIKI_COMPACT_ROWS="20"
+    ) as server:
         yield server
 
 
@@ -154,6 +157,22 @@ async def test_clients_beyond_the_limit_are_refused(tight: EdgeServer) -> None:
     # A place is free again once a client has gone.
     c = await YClient.join(tight.url(name, tight.token(name, "controller")))
     for client in (b, c):
+        await client.close()
+
+
+async def test_a_message_over_the_limit_is_refused_and_the_session_goes_on(
+    tight: EdgeServer,
+) -> None:
+    name = session()
+    writer = await YClient.join(tight.url(name, tight.token(name, "controller")))
+    writer.text += "x" * 5000
+    assert await writer.closed() == 1009
+    assert writer.close_reason.startswith("FrameTooLarge: message of ")
+    check = await YClient.join(tight.url(name, tight.token(name, "controller")))
+    check.text += "small"
+    other = await YClient.join(tight.url(name, tight.token(name, "observer")))
+    await eventually(lambda: str(other.text) == "small")
+    for client in (check, other):
         await client.close()
 
 
