@@ -28,6 +28,7 @@ __all__ = [
     "GpgKey",
     "Served",
     "assert_whole",
+    "bootc_stand_in",
     "gpg_key",
     "make_app_tree",
     "publish_versions",
@@ -190,8 +191,10 @@ def assert_whole(store: Any, kind: str, ident: str, commit: str, scratch: Path) 
         out = {}
         for path in sorted(root.rglob("*")):
             rel = str(path.relative_to(root))
-            out[rel] = os.readlink(path).encode() if path.is_symlink() else (
-                path.read_bytes() if path.is_file() else b"<dir>"
+            out[rel] = (
+                os.readlink(path).encode()
+                if path.is_symlink()
+                else (path.read_bytes() if path.is_file() else b"<dir>")
             )
         return out
 
@@ -221,3 +224,61 @@ def publish_versions(
         sign = (lambda r, c: sign_commit(r, c, secret)) if secret else None
         releases.append(publish(tree, repo, sign=sign))
     return releases
+
+
+BOOTC_STAND_IN = """#!/usr/bin/python3
+# A stand-in bootc: prints one of bootc's real status documents (YAML from the bootc project,
+# as JSON when --format=json is asked, as bootc would print it), records every command line.
+import datetime, json, sys
+import yaml
+
+DOC, LOG, EXIT = {doc!r}, {log!r}, {exit}
+
+class Loader(yaml.SafeLoader):
+    pass
+
+# bootc's versions are strings: "20231230.1" must not come back as a float.
+Loader.yaml_implicit_resolvers = {{
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:float"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}}
+
+# bootc's YAML writes serde's externally tagged enums as tags: !ostreeRemote "fedora"
+Loader.add_multi_constructor("!", lambda loader, tag, node: {{tag: loader.construct_scalar(node)}})
+
+def plain(value):
+    if isinstance(value, datetime.datetime):
+        return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+    if isinstance(value, dict):
+        return {{k: plain(v) for k, v in value.items()}}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value
+
+with open(LOG, "a") as log:
+    log.write(json.dumps(sys.argv[1:]) + "\\n")
+if sys.argv[1:2] == ["status"]:
+    with open(DOC) as f:
+        doc = plain(yaml.load(f, Loader=Loader))
+    print(json.dumps(doc))
+    sys.exit(0)
+print("stand-in bootc: " + " ".join(sys.argv[1:]))
+if EXIT:
+    print("error: stand-in bootc told to fail", file=sys.stderr)
+sys.exit(EXIT)
+"""
+
+
+def bootc_stand_in(where: Path, document: str, *, exit: int = 0) -> tuple[Path, Path]:
+    """A ``bootc`` for tests: prints ``document`` (a file of /work/shared/testdata/bootc-status/)
+    and records its arguments, one JSON list a line, in the returned log."""
+    where.mkdir(parents=True, exist_ok=True)
+    log = where / "bootc-args.log"
+    script = where / "bootc"
+    doc = BOOTC_TESTDATA / document
+    script.write_text(BOOTC_STAND_IN.format(doc=str(doc), log=str(log), exit=exit))
+    script.chmod(0o755)
+    return script, log
+
+
+BOOTC_TESTDATA = Path(__file__).resolve().parents[3] / "shared" / "testdata" / "bootc-status"

@@ -18,11 +18,13 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+from kiki_updater.bootc import Bootc
 from kiki_updater.config import UpdaterConfig
 from kiki_updater.core import Operation, UpdaterCore, require_manager
 from kiki_updater.health import HealthGate
 from kiki_updater.journal import Journal, recover
 from kiki_updater.operations import Operations
+from kiki_updater.os_updates import OsUpdates
 from kiki_updater.pull import Remote
 from kiki_updater.store import Deployed, Kind, Store, check_id
 from libkiki.constellation import GET_INFO
@@ -87,6 +89,7 @@ class Updater:
         )
         self.slots = asyncio.Semaphore(config.max_operations)
         self.own_uid = os.getuid()
+        self.os = OsUpdates(self, Bootc(config.bootc))
 
     async def recover(self) -> list[str]:
         if not self.journal.pending():
@@ -243,10 +246,15 @@ class Updater:
                 "agents": [app_view(f) for f in self.store.installed("agent")],
             }
 
+        deployed, _ = await self.os.state()
         if not (self.store.root / "repo").exists():
-            return {"apps": [], "agents": [], "deployments": []}
+            return {"apps": [], "agents": [], "deployments": deployed}
         found = await asyncio.to_thread(read)
-        return {**found, "deployments": []}
+        return {**found, "deployments": deployed}
+
+    async def status(self) -> dict[str, Any]:
+        _, reboot = await self.os.state()
+        return {"operations": self.core.operations(), "rebootRequired": reboot}
 
     async def history(self, params: dict[str, Any]) -> dict[str, Any]:
         kind, ident = target_of(params)
@@ -321,7 +329,7 @@ def methods(ctx: ServiceContext, updater: Updater) -> Methods:
 
     @table.method(NSID + "status")
     async def status(request: RequestContext) -> dict[str, Any]:
-        return {"operations": updater.core.operations(), "rebootRequired": False}
+        return await updater.status()
 
     @table.method(NSID + "history")
     async def history(request: RequestContext, **params: Any) -> dict[str, Any]:
@@ -336,14 +344,25 @@ def methods(ctx: ServiceContext, updater: Updater) -> Methods:
 
     @table.method(NSID + "update")
     async def update(request: RequestContext, **params: Any) -> dict[str, Any]:
-        op = await updater.install(
-            request.peer, params, update=True, on_progress=progress_of(request)
-        )
+        if params.get("target") == "os":
+            op = await updater.os.upgrade(request.peer, params, progress_of(request))
+        else:
+            op = await updater.install(
+                request.peer, params, update=True, on_progress=progress_of(request)
+            )
         return {"operation": op.view()}
 
     @table.method(NSID + "rollback")
     async def rollback(request: RequestContext, **params: Any) -> dict[str, Any]:
-        op = await updater.rollback(request.peer, params, progress_of(request))
+        if params.get("target") == "os":
+            op = await updater.os.rollback(request.peer, params, progress_of(request))
+        else:
+            op = await updater.rollback(request.peer, params, progress_of(request))
+        return {"operation": op.view()}
+
+    @table.method(NSID + "migrate")
+    async def migrate(request: RequestContext, **params: Any) -> dict[str, Any]:
+        op = await updater.os.switch(request.peer, params, progress_of(request))
         return {"operation": op.view()}
 
     @table.method(NSID + "remove")

@@ -60,7 +60,7 @@ def make_provider(updater: Updater, path: Path) -> ToolProvider:
 
     @provider.tool(NSID + "status")
     async def status(args: dict[str, Any], call: ToolCall) -> dict[str, Any]:
-        return {"operations": updater.core.operations(), "rebootRequired": False}
+        return await updater.status()
 
     @provider.tool(NSID + "history")
     async def history(args: dict[str, Any], call: ToolCall) -> dict[str, Any]:
@@ -73,12 +73,25 @@ def make_provider(updater: Updater, path: Path) -> ToolProvider:
 
     @provider.tool(NSID + "update")
     async def update(args: dict[str, Any], call: ToolCall) -> dict[str, Any]:
-        op = await updater.install(_caller(call), args, update=True, on_progress=_progress(call))
+        if args.get("target") == "os":
+            op = await updater.os.upgrade(_caller(call), args, _progress(call))
+        else:
+            op = await updater.install(
+                _caller(call), args, update=True, on_progress=_progress(call)
+            )
         return {"operation": op.view()}
 
     @provider.tool(NSID + "rollback")
     async def rollback(args: dict[str, Any], call: ToolCall) -> dict[str, Any]:
-        op = await updater.rollback(_caller(call), args, _progress(call))
+        if args.get("target") == "os":
+            op = await updater.os.rollback(_caller(call), args, _progress(call))
+        else:
+            op = await updater.rollback(_caller(call), args, _progress(call))
+        return {"operation": op.view()}
+
+    @provider.tool(NSID + "migrate")
+    async def migrate(args: dict[str, Any], call: ToolCall) -> dict[str, Any]:
+        op = await updater.os.switch(_caller(call), args, _progress(call))
         return {"operation": op.view()}
 
     @provider.tool(NSID + "remove")
