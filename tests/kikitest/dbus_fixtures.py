@@ -12,6 +12,7 @@ session bus would start dunst or a portal on the first call to its name).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -184,7 +185,7 @@ principals = ["uid:{uid}"]
 
 [[allow]]
 principals = ["remote:dbus:uid:{uid}"]
-tools = ["dev.kiki.media.*"]
+tools = ["dev.kiki.media.*", "dev.kiki.notify.*"]
 """
 
 
@@ -193,7 +194,13 @@ def _gateway(stack: contextlib.ExitStack) -> Stack:
     (bus.dir / "etc" / "tool-policy.toml").write_text(POLICY.format(uid=os.getuid()))
     for name, extra in (
         ("tool-broker", {"KIKI_TOOL_BROKER_CALL_TIMEOUT": "5"}),
-        ("dbus-gateway", {"KIKI_DBUS_GATEWAY_CALL_TIMEOUT": "1"}),
+        (
+            "dbus-gateway",
+            {
+                "KIKI_DBUS_GATEWAY_CALL_TIMEOUT": "1",
+                "KIKI_DBUS_GATEWAY_NOTIFY_OBSERVE_STREAM": "true",
+            },
+        ),
     ):
         proc = bus.spawn(name, extra)
         stack.callback(stop, proc)
@@ -244,6 +251,63 @@ def mpv_player(gateway_stack: Stack) -> Iterator[subprocess.Popen[bytes]]:
 
     with shared("mpv", make) as proc:
         yield proc
+
+
+@dataclass
+class Dunst:
+    proc: subprocess.Popen[bytes]
+    env: dict[str, str]
+
+    def ctl(self, *args: str) -> str:
+        done = subprocess.run(
+            ["dunstctl", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
+        return done.stdout.strip()
+
+
+def make_dunst(gateway_stack: Stack, stack: contextlib.ExitStack) -> Dunst:
+    """dunst, the notification server, under Xvfb on the gateway's bus."""
+    if shutil.which("Xvfb") is None or shutil.which("dunst") is None:
+        pytest.fail("Xvfb and dunst are not installed (scripts/install-test-deps)")
+    xvfb = subprocess.Popen(
+        ["Xvfb", "-displayfd", "1", "-nolisten", "tcp", "-screen", "0", "800x600x24"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    stack.callback(stop, xvfb)
+    assert xvfb.stdout is not None
+    display = xvfb.stdout.readline().strip()
+    assert display, "Xvfb printed no display"
+    env = dict(gateway_stack.env, DISPLAY=f":{display}")
+    config = gateway_stack.dir / "dunstrc"
+    config.write_text("[global]\n")  # its defaults; no user configuration
+    proc = subprocess.Popen(
+        ["dunst", "-conf", str(config)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    stack.callback(stop, proc)
+    server = Dunst(proc, env)
+    deadline = time.monotonic() + 20
+    while server.ctl("is-paused") not in ("true", "false"):
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise AssertionError("dunst did not come on the bus")
+        time.sleep(0.05)
+    return server
+
+
+@pytest.fixture(scope="session")
+def dunst(gateway_stack: Stack) -> Iterator[Dunst]:
+    """dunst under Xvfb on the gateway's bus, for the whole run."""
+    with shared("dunst", functools.partial(make_dunst, gateway_stack)) as server:
+        yield server
 
 
 def start_hostile(env: dict[str, str], name: str, *modes: str) -> subprocess.Popen[str]:

@@ -89,7 +89,18 @@ def test_wrong_types_are_counted_and_leave_the_state() -> None:
 def make(players: Players, name: str, owner: str) -> Player:
     player = players.add(name, owner)
     assert player is not None
+    players.announce(name)
     return player
+
+
+def test_a_player_is_not_callable_before_its_first_state() -> None:
+    players = Players(4)
+    assert players.add("early", ":1.1") is not None
+    with pytest.raises(NotFound):
+        players.resolve("early")
+    assert players.listed() == []
+    players.announce("early")
+    assert players.resolve("early").name == "early"
 
 
 def test_the_active_player_rule() -> None:
@@ -165,11 +176,9 @@ def test_a_feed_says_gone_only_of_players_it_showed() -> None:
     feed = PlaybackFeed(players, lambda: None)
     players.listeners.append(feed)
     make(players, "brief", ":1.1")
-    players.announce("brief")
     players.remove("brief")
     assert feed.take(0.0) == []  # came and went between two reads
     make(players, "stays", ":1.2")
-    players.announce("stays")
     assert types(feed.take(0.0)) == [(APPEARED, "stays")]
     players.remove("stays")
     assert types(feed.take(0.0)) == [(GONE, "stays")]

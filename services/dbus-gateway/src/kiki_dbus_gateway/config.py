@@ -10,6 +10,8 @@ import pydantic
 
 from libkiki.config import ServiceConfig
 from libkiki.constellation import GATEWAY_BUS_NAME
+from libkiki.errors import ConfigError
+from libkiki.principals import Principals
 
 # A well-known bus name as the D-Bus specification allows it: two or more dot-separated
 # elements of [A-Za-z0-9_-], none starting with a digit, 255 characters at most. A name the bus
@@ -36,3 +38,25 @@ class GatewayConfig(ServiceConfig):
     events_interval: float = pydantic.Field(default=0.1, ge=0.01, le=60)
     # Serve dev.kiki.Tools1 (the broker's tools for D-Bus callers) on the gateway's object.
     bus_tools: bool = True
+    # dev.kiki.notify.notify's app name when the call gives none.
+    notify_app_name: str = pydantic.Field(default="Kiki", min_length=1, max_length=64)
+    # Watch other apps' Notify calls (a second connection, BecomeMonitor) into a history of
+    # this many, newest kept.
+    notify_monitor: bool = True
+    notify_history: int = pydantic.Field(default=50, ge=1, le=10_000)
+    # Who besides the session's own user may read that history (libkiki.principals).
+    notify_readers: list[str] = pydantic.Field(default_factory=list, max_length=256)
+    # Serve dev.kiki.notify.subscribeObserved (others' notifications as events); off: private
+    # data stays out of streams, whose subscribers the broker's policy alone decides.
+    notify_observe_stream: bool = False
+    # Events a dev.kiki.notify stream holds for a slow broker before dropping the oldest.
+    notify_max_events: int = pydantic.Field(default=256, ge=1, le=65_536)
+
+    @pydantic.field_validator("notify_readers")
+    @classmethod
+    def _readers(cls, value: list[str]) -> list[str]:
+        try:
+            Principals.parse(value, "notify_readers")
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return value

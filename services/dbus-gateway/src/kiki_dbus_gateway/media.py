@@ -116,6 +116,7 @@ class Player:
     position_us: int = 0  # at position_at
     position_at: float = 0.0
     status_at: float | None = None  # when the status last changed (None: never, since seen)
+    ready: bool = False  # its GetAll answered (or failed): shown and callable from then on
     playing_since: float | None = None
 
     def position(self, now: float) -> int:
@@ -289,12 +290,18 @@ class Players:
 
     def announce(self, name: str) -> None:
         """The player's first state is known: tell the feeds it appeared."""
-        if name in self.by_name:
+        player = self.by_name.get(name)
+        if player is not None:
+            player.ready = True
             self._tell(name, "appeared")
 
     def remove(self, name: str) -> None:
         if self.by_name.pop(name, None) is not None:
             self._tell(name, "gone")
+
+    def listed(self) -> list[Player]:
+        """The players whose first state is known, in the order they were seen."""
+        return sorted((p for p in self.by_name.values() if p.ready), key=lambda p: p.seen)
 
     def owned_by(self, owner: str) -> list[Player]:
         return [p for p in self.by_name.values() if p.owner == owner]
@@ -314,15 +321,16 @@ class Players:
 
     def resolve(self, name: str | None) -> Player:
         """The player a call is for (the module's rule), or NotFound (``NoPlayer``)."""
+        listed = self.listed()
         if name:
             exact = self.by_name.get(name)
-            if exact is not None:
+            if exact is not None and exact.ready:
                 return exact
-            candidates = [p for p in self.by_name.values() if p.name.startswith(name + ".")]
+            candidates = [p for p in listed if p.name.startswith(name + ".")]
             if not candidates:
                 raise NotFound(f"no media player {name!r} is running", data={"error": "NoPlayer"})
         else:
-            candidates = list(self.by_name.values())
+            candidates = listed
             if not candidates:
                 raise NotFound("no media player is running", data={"error": "NoPlayer"})
         return active(candidates)

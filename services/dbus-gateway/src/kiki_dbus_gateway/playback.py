@@ -26,8 +26,8 @@ class PlaybackFeed:
         self.on_pending = on_pending
         self.pending: dict[str, str] = {}
         self.told: set[str] = set()
-        for name in players.by_name:  # the players already there first, as appearing
-            self.pending[name] = "appeared"
+        for player in players.listed():  # the players already there first, as appearing
+            self.pending[player.name] = "appeared"
 
     def __call__(self, name: str, kind: str) -> None:
         before = self.pending.get(name)
@@ -48,7 +48,7 @@ class PlaybackFeed:
         messages: list[dict[str, Any]] = []
         for name, kind in pending.items():
             player = self.players.by_name.get(name)
-            if kind == "gone" or player is None:
+            if kind == "gone" or player is None or not player.ready:
                 if name in self.told:
                     self.told.discard(name)
                     messages.append({"$type": GONE, "player": name})

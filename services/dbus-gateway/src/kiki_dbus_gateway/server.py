@@ -27,10 +27,14 @@ from kiki_dbus_gateway.config import GatewayConfig
 from kiki_dbus_gateway.core import info_variants
 from kiki_dbus_gateway.media import Players
 from kiki_dbus_gateway.mpris import MprisWatcher
+from kiki_dbus_gateway.notify import Notifications
+from kiki_dbus_gateway.notify_bus import NotifyBus
+from kiki_dbus_gateway.notify_tools import add_notify_tools
 from kiki_dbus_gateway.tools import make_provider
 from libkiki.constellation import SERVICE_INTERFACE
 from libkiki.errors import AddressInUse, NotFound, Unavailable
 from libkiki.paths import TOOLS_SOCKET, socket_path
+from libkiki.principals import Principals
 from libkiki.service import ServiceContext
 
 log = logging.getLogger(__name__)
@@ -61,6 +65,8 @@ async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
         raise Unavailable(f"cannot connect to the session bus: {exc}") from exc
     players = Players(config.max_players, ctx.counters)
     watcher = MprisWatcher(bus, players, config.call_timeout, ctx.counters)
+    notifications = Notifications(config.notify_history)
+    notify_bus = NotifyBus(bus, notifications, config.call_timeout, ctx.counters)
     registering: asyncio.Task[None] | None = None
     bus_tools = BusTools(
         bus,
@@ -78,8 +84,19 @@ async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
         if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
             raise AddressInUse(f"the bus name {config.bus_name} is owned by another process")
         await watcher.start()
+        await notify_bus.start(monitor=config.notify_monitor)
         if config.broker_tools:
             provider = make_provider(players, watcher, config.events_interval)
+            add_notify_tools(
+                provider,
+                notifications,
+                notify_bus,
+                app_name=config.notify_app_name,
+                readers=Principals.parse(config.notify_readers, "notify_readers"),
+                observe_stream=config.notify_observe_stream,
+                max_events=config.notify_max_events,
+                counters=ctx.counters,
+            )
             registering = asyncio.get_running_loop().create_task(provider.keep_registered())
         ctx.status = f"owning {config.bus_name} on the session bus"
         yield
@@ -89,6 +106,7 @@ async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
             with contextlib.suppress(asyncio.CancelledError):
                 await registering
         await watcher.stop()
+        await notify_bus.stop()
         await bus_tools.stop()
         bus.disconnect()
         # The reader sees EOF when the bus connection closes; collect it so it is not reported

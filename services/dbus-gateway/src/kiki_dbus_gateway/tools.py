@@ -49,7 +49,7 @@ def make_provider(players: Players, watcher: MprisWatcher, events_interval: floa
     @provider.tool("dev.kiki.media.listPlayers")
     async def list_players(args: dict[str, Any], call: ToolCall) -> dict[str, Any]:
         now = time.monotonic()
-        found = sorted(players.by_name.values(), key=lambda p: p.seen)
+        found = players.listed()
         active = players.resolve(None).name if found else None
         return {"players": [{**p.describe(now), "active": p.name == active} for p in found]}
 
