@@ -1,15 +1,18 @@
 """``kiki app build``: an app directory checked, then published to an archive repository (the
-updater's publishing code, run as its own process), signed when asked."""
+updater's publishing code, run as its own process), signed when asked; ``kiki app
+list|install|update|rollback|history|remove`` and ``kiki os`` through the real updater."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from kikitest import kiki
-from kikitest.ostree_fixtures import make_app_tree
+from kikitest.ostree_fixtures import BOOTC_TESTDATA, bootc_stand_in, make_app_tree, serve_dir
 
 pytestmark = pytest.mark.integration
 
@@ -46,3 +49,89 @@ def test_build_refuses_a_directory_that_does_not_check(tmp_path: Path) -> None:
     assert run.returncode == 1
     assert json.loads(run.stdout)["ok"] is False
     assert not (tmp_path / "published").exists()
+
+
+@pytest.fixture
+def updater_sock(tmp_path: Path, sockdir: Path, spawn_service: Any) -> Iterator[Path]:
+    """The updater with a remote (signed releases on a static HTTP server) and a stand-in
+    bootc over one of bootc's real status documents."""
+    from kiki_updater.signing import generate_keypair
+
+    secret, public = generate_keypair()
+    (tmp_path / "key").write_text(secret)
+    tree = make_app_tree(tmp_path / "app", APP, "1.0")
+    repo = tmp_path / "published"
+    assert (
+        kiki(
+            "app", "build", str(tree), "--repo", str(repo), "--sign-key", str(tmp_path / "key")
+        ).returncode
+        == 0
+    )
+    bootc, _ = bootc_stand_in(tmp_path / "bootc", "spec-staged-booted.yaml")
+    with serve_dir(repo) as (url, _):
+        (sockdir / "etc").mkdir()
+        (sockdir / "etc" / "updater.toml").write_text(
+            f'broker_tools = false\nbootc = "{bootc}"\n[remotes.origin]\nurl = "{url}"\n'
+            f'ed25519_keys = ["{public}"]\n'
+        )
+        _, notes = spawn_service("updater")
+        notes.wait_for("READY")
+        yield sockdir / "updater.sock"
+
+
+def test_app_commands_through_the_updater(updater_sock: Path, tmp_path: Path) -> None:
+    sock = ["--socket", str(updater_sock)]
+    run = kiki("app", *sock, "install", APP, "--remote", "origin")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith(f"install {APP}: succeeded ({APP} 1.0 (")
+    listed = json.loads(kiki("app", *sock, "list", "--json").stdout)
+    assert [a["version"] for a in listed["apps"]] == ["1.0"]
+    tree = tmp_path / "app"
+    (tree / "lib" / "m00" / "f00000.py").write_text("2.0")
+    (tree / "kiki-app.json").write_text(json.dumps({"id": APP, "version": "2.0"}))
+    kiki(
+        "app",
+        "build",
+        str(tree),
+        "--repo",
+        str(tmp_path / "published"),
+        "--sign-key",
+        str(tmp_path / "key"),
+    )
+    assert kiki("app", *sock, "update", APP).returncode == 0
+    again = kiki("app", *sock, "update", APP)
+    assert again.returncode == 1
+    assert "up to date" in again.stderr
+    assert kiki("app", *sock, "rollback", APP, "--json").returncode == 0
+    table = kiki("app", *sock, "list").stdout.splitlines()
+    assert table[0].split() == ["APP", "VERSION", "COMMIT", "ROLLBACK", "ORIGIN"]
+    assert table[1].split()[:2] == [APP, "1.0"]
+    history = json.loads(kiki("app", *sock, "history", APP, "--json").stdout)
+    assert [e["action"] for e in history["entries"]] == ["rollback", "update", "install"]
+    assert kiki("app", *sock, "remove", APP).returncode == 0
+    assert json.loads(kiki("app", *sock, "list", "--json").stdout)["apps"] == []
+
+
+def test_os_commands_show_bootcs_fields_and_reboot_only_when_told(
+    updater_sock: Path, tmp_path: Path
+) -> None:
+    sock = ["--socket", str(updater_sock)]
+    status = kiki("os", *sock, "status")
+    assert status.returncode == 0, status.stderr
+    doc = (BOOTC_TESTDATA / "spec-staged-booted.yaml").read_text()
+    for line in status.stdout.splitlines():
+        if line.startswith("  ") and ": " in line:
+            assert line.split(": ", 1)[1] in doc  # every value shown is the document's
+    assert "a reboot is pending" in status.stdout
+    shown = json.loads(kiki("os", *sock, "status", "--json").stdout)
+    assert [d["staged"] for d in shown["deployments"]] == [True, False]
+    assert kiki("os", *sock, "check").returncode == 0
+    assert kiki("os", *sock, "upgrade").returncode == 0
+    assert kiki("os", *sock, "switch", "quay.io/example/x:2", "--apply").returncode == 0
+    log = (tmp_path / "bootc" / "bootc-args.log").read_text().splitlines()
+    asked = [json.loads(line) for line in log if not line.startswith('["status"')]
+    assert asked == [
+        ["upgrade", "--check"],
+        ["upgrade"],
+        ["switch", "--apply", "quay.io/example/x:2"],
+    ]

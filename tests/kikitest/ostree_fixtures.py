@@ -229,7 +229,7 @@ def publish_versions(
 BOOTC_STAND_IN = """#!/usr/bin/python3
 # A stand-in bootc: prints one of bootc's real status documents (YAML from the bootc project,
 # as JSON when --format=json is asked, as bootc would print it), records every command line.
-import datetime, json, sys
+import json, sys
 import yaml
 
 DOC, LOG, EXIT = {doc!r}, {log!r}, {exit}
@@ -237,29 +237,22 @@ DOC, LOG, EXIT = {doc!r}, {log!r}, {exit}
 class Loader(yaml.SafeLoader):
     pass
 
-# bootc's versions are strings: "20231230.1" must not come back as a float.
+# bootc's versions and timestamps are strings: "20231230.1" must not come back as a float,
+# nor "2023-10-14T19:22:15.42Z" as a datetime printed another way.
+KEPT_AS_TEXT = ("tag:yaml.org,2002:float", "tag:yaml.org,2002:timestamp")
 Loader.yaml_implicit_resolvers = {{
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:float"]
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in KEPT_AS_TEXT]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }}
 
 # bootc's YAML writes serde's externally tagged enums as tags: !ostreeRemote "fedora"
 Loader.add_multi_constructor("!", lambda loader, tag, node: {{tag: loader.construct_scalar(node)}})
 
-def plain(value):
-    if isinstance(value, datetime.datetime):
-        return value.strftime("%Y-%m-%dT%H:%M:%SZ")
-    if isinstance(value, dict):
-        return {{k: plain(v) for k, v in value.items()}}
-    if isinstance(value, list):
-        return [plain(v) for v in value]
-    return value
-
 with open(LOG, "a") as log:
     log.write(json.dumps(sys.argv[1:]) + "\\n")
 if sys.argv[1:2] == ["status"]:
     with open(DOC) as f:
-        doc = plain(yaml.load(f, Loader=Loader))
+        doc = yaml.load(f, Loader=Loader)
     print(json.dumps(doc))
     sys.exit(0)
 print("stand-in bootc: " + " ".join(sys.argv[1:]))

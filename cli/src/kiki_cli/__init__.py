@@ -32,6 +32,7 @@ GROUPS: dict[str, str] = {
     "a11y": "the desktop's accessibility trees",
     "sensors": "list, watch and inspect sensors",
     "session": "list, share and inspect sync sessions",
+    "os": "the OS image: status, upgrade, rollback (bootc)",
 }
 
 

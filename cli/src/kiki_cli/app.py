@@ -22,15 +22,33 @@ def register(sub: Any) -> None:
         "app",
         help="validate and install apps",
         description="Check that every type in an app's public surface is a published lexicon, "
-        "and install its lexicons, bindings and UI components. Exit status 0 only on success.",
+        "install apps from OSTree remotes through the updater (updater.sock) and update, roll "
+        "back, remove and list them, or install a directory's lexicons, bindings and UI "
+        "components; build (publish) an app. Exit status 0 only on success.",
+    )
+    p.add_argument(
+        "--socket",
+        type=Path,
+        help="the updater's socket (default: updater.sock in the runtime directory)",
     )
     cmds = p.add_subparsers(dest="app_command", metavar="SUBCOMMAND", required=True)
     for name, func, text in (
         ("validate", run_validate, "check an app directory (kiki-app.json and lexicons/)"),
-        ("install", run_install, "install an app's lexicons, bindings and components"),
+        (
+            "install",
+            run_install,
+            "install an app from a remote (--remote), or a directory's "
+            "lexicons, bindings and components",
+        ),
     ):
         cmd = cmds.add_parser(name, help=text, description=text)
-        cmd.add_argument("dir", type=Path, metavar="DIR", help="the app directory")
+        cmd.add_argument(
+            "dir",
+            type=Path,
+            metavar="DIR",
+            help="the app directory"
+            + (" (with --remote: the app id)" if name == "install" else ""),
+        )
         cmd.add_argument("--json", action="store_true", help="machine-readable output")
         cmd.add_argument(
             "--lexicons",
@@ -46,6 +64,28 @@ def register(sub: Any) -> None:
             help="accept incompatible changes to lexicons an earlier version installed",
         )
         cmd.set_defaults(func=func)
+    install = cmds.choices["install"]
+    install.add_argument(
+        "--remote",
+        metavar="NAME",
+        help="a remote the updater's configuration "
+        "names: install the app id through the updater (OSTree)",
+    )
+    install.add_argument("--channel", default=None, help="with --remote (default: stable)")
+    for name, func, text in (
+        ("list", run_list, "installed apps, agents, their versions and rollback targets"),
+        ("update", run_update, "update an app from its remote"),
+        ("rollback", run_rollback, "put an app's previous commit back (no network)"),
+        ("remove", run_remove, "remove an app (deployments, refs, data)"),
+        ("history", run_history, "what was deployed for an app, newest first"),
+    ):
+        cmd = cmds.add_parser(name, help=text, description=text)
+        if name != "list":
+            cmd.add_argument("app", metavar="APP", help="the app id")
+        cmd.add_argument("--json", action="store_true", help="machine-readable output")
+        cmd.set_defaults(func=func)
+    cmds.choices["update"].add_argument("--remote", metavar="NAME", help="another remote")
+    cmds.choices["remove"].add_argument("--keep-data", action="store_true", help="keep data/")
     build = cmds.add_parser(
         "build",
         help="publish an app directory to an OSTree archive repository",
@@ -90,7 +130,86 @@ def run_validate(args: argparse.Namespace) -> int:
     return EXIT_OK if checked.ok else EXIT_FAILED
 
 
+def _updater(args: argparse.Namespace, method: str, params: dict[str, Any]) -> Any:
+    from kiki_cli.os import updater_call
+
+    return updater_call(args.socket, method, params, progress=not args.json)
+
+
+def _operation(args: argparse.Namespace, method: str, params: dict[str, Any]) -> int:
+    from kiki_cli.common import fail
+    from kiki_cli.os import operation_line, print_json
+
+    try:
+        answer = _updater(args, method, params)
+    except KikiError as exc:
+        return fail("app", exc)
+    if args.json:
+        print_json(answer)
+    else:
+        print(operation_line(answer["operation"]))
+    return EXIT_OK
+
+
+def run_list(args: argparse.Namespace) -> int:
+    from kiki_cli.common import fail
+    from kiki_cli.os import print_json
+
+    try:
+        listed = _updater(args, "list", {})
+    except KikiError as exc:
+        return fail("app", exc)
+    if args.json:
+        print_json({"apps": listed["apps"], "agents": listed.get("agents", [])})
+        return EXIT_OK
+    rows = [("APP", "VERSION", "COMMIT", "ROLLBACK", "ORIGIN")]
+    for app in listed["apps"] + listed.get("agents", []):
+        back = app.get("rollbackCommit", "")[:12] or "-"
+        rows.append((app["appId"], app["version"], app["commit"][:12], back, app.get("origin", "")))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[4])
+    return EXIT_OK
+
+
+def run_update(args: argparse.Namespace) -> int:
+    params = {"appId": args.app, **({"remote": args.remote} if args.remote else {})}
+    return _operation(args, "update", params)
+
+
+def run_rollback(args: argparse.Namespace) -> int:
+    return _operation(args, "rollback", {"appId": args.app})
+
+
+def run_remove(args: argparse.Namespace) -> int:
+    return _operation(args, "remove", {"appId": args.app, "keepData": args.keep_data})
+
+
+def run_history(args: argparse.Namespace) -> int:
+    from kiki_cli.common import fail
+    from kiki_cli.os import print_json
+
+    try:
+        answer = _updater(args, "history", {"appId": args.app})
+    except KikiError as exc:
+        return fail("app", exc)
+    if args.json:
+        print_json(answer)
+        return EXIT_OK
+    for entry in answer["entries"]:
+        print(
+            f"{entry['at']}  {entry['action']:<16} {entry.get('version', ''):<12} "
+            f"{entry['commit'][:12]}"
+        )
+    return EXIT_OK
+
+
 def run_install(args: argparse.Namespace) -> int:
+    if args.remote:
+        params = {"appId": str(args.dir), "remote": args.remote}
+        if args.channel:
+            params["channel"] = args.channel
+        return _operation(args, "install", params)
     registry, _ = published(args)
     try:
         report = install_app(args.dir, state_dir(), registry, allow_breaking=args.allow_breaking)
