@@ -310,6 +310,40 @@ def dunst(gateway_stack: Stack) -> Iterator[Dunst]:
         yield server
 
 
+def make_portal(gateway_stack: Stack, stack: contextlib.ExitStack) -> subprocess.Popen[bytes]:
+    """/usr/libexec/xdg-desktop-portal on the gateway's bus, with no backend installed: the
+    frontend's own portals (NetworkMonitor, MemoryMonitor, PowerProfileMonitor, ProxyResolver,
+    Trash) and none of those a backend provides (Settings, OpenURI)."""
+    exe = Path("/usr/libexec/xdg-desktop-portal")
+    if not exe.exists():
+        pytest.fail("xdg-desktop-portal is not installed (scripts/install-test-deps)")
+    proc = subprocess.Popen(
+        [str(exe)], env=gateway_stack.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    stack.callback(stop, proc)
+    deadline = time.monotonic() + 20
+    while True:
+        done = subprocess.run(
+            ["busctl", "--user", "status", "org.freedesktop.portal.Desktop"],
+            env=gateway_stack.env,
+            capture_output=True,
+            timeout=20,
+            check=False,
+        )
+        if done.returncode == 0:
+            return proc
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise AssertionError("xdg-desktop-portal did not come on the bus")
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="session")
+def portal(gateway_stack: Stack) -> Iterator[subprocess.Popen[bytes]]:
+    """xdg-desktop-portal on the gateway's bus, for the whole run."""
+    with shared("portal", functools.partial(make_portal, gateway_stack)) as proc:
+        yield proc
+
+
 def start_hostile(env: dict[str, str], name: str, *modes: str) -> subprocess.Popen[str]:
     """The hostile test player (``hostile_player.py``): owns ``org.mpris.MediaPlayer2.<name>``
     and prints ``ready`` once it does; takes commands on stdin (see that file)."""

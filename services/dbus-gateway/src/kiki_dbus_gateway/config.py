@@ -52,6 +52,9 @@ class GatewayConfig(ServiceConfig):
     # Events a dev.kiki.notify stream holds for a slow broker before dropping the oldest.
     notify_max_events: int = pydantic.Field(default=256, ge=1, le=65_536)
 
+    # Seconds a portal Request (OpenURI: a person may be choosing) waits for its Response.
+    portal_request_timeout: float = pydantic.Field(default=120.0, gt=0, le=3600)
+
     @pydantic.field_validator("notify_readers")
     @classmethod
     def _readers(cls, value: list[str]) -> list[str]:

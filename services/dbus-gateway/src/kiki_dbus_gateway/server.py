@@ -30,6 +30,8 @@ from kiki_dbus_gateway.mpris import MprisWatcher
 from kiki_dbus_gateway.notify import Notifications
 from kiki_dbus_gateway.notify_bus import NotifyBus
 from kiki_dbus_gateway.notify_tools import add_notify_tools
+from kiki_dbus_gateway.portal_bus import PortalBus
+from kiki_dbus_gateway.portal_tools import add_portal_tools
 from kiki_dbus_gateway.tools import make_provider
 from libkiki.constellation import SERVICE_INTERFACE
 from libkiki.errors import AddressInUse, NotFound, Unavailable
@@ -60,13 +62,15 @@ async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
     if not os.environ.get("DBUS_SESSION_BUS_ADDRESS"):
         raise Unavailable("no session bus: DBUS_SESSION_BUS_ADDRESS is not set")
     try:
-        bus = await MessageBus(bus_type=BusType.SESSION).connect()
+        # Unix fds: the Trash portal takes the file as one.
+        bus = await MessageBus(bus_type=BusType.SESSION, negotiate_unix_fd=True).connect()
     except (OSError, DBusError) as exc:
         raise Unavailable(f"cannot connect to the session bus: {exc}") from exc
     players = Players(config.max_players, ctx.counters)
     watcher = MprisWatcher(bus, players, config.call_timeout, ctx.counters)
     notifications = Notifications(config.notify_history)
     notify_bus = NotifyBus(bus, notifications, config.call_timeout, ctx.counters)
+    portal = PortalBus(bus, config.call_timeout, config.portal_request_timeout, ctx.counters)
     registering: asyncio.Task[None] | None = None
     bus_tools = BusTools(
         bus,
@@ -85,6 +89,7 @@ async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
             raise AddressInUse(f"the bus name {config.bus_name} is owned by another process")
         await watcher.start()
         await notify_bus.start(monitor=config.notify_monitor)
+        await portal.start()
         if config.broker_tools:
             provider = make_provider(players, watcher, config.events_interval)
             add_notify_tools(
@@ -97,6 +102,9 @@ async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
                 max_events=config.notify_max_events,
                 counters=ctx.counters,
             )
+            add_portal_tools(
+                provider, portal, max_events=config.notify_max_events, counters=ctx.counters
+            )
             registering = asyncio.get_running_loop().create_task(provider.keep_registered())
         ctx.status = f"owning {config.bus_name} on the session bus"
         yield
@@ -107,6 +115,7 @@ async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
                 await registering
         await watcher.stop()
         await notify_bus.stop()
+        portal.stop()
         await bus_tools.stop()
         bus.disconnect()
         # The reader sees EOF when the bus connection closes; collect it so it is not reported

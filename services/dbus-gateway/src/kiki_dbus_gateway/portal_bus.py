@@ -1,0 +1,171 @@
+"""asyncio glue for xdg-desktop-portal on the session bus.
+
+Each call goes to ``org.freedesktop.portal.Desktop`` with the gateway's deadline. No portal on
+the bus is ``Unavailable`` with ``data.error`` ``NoPortal``; a portal without the interface (no
+backend provides it: Settings and OpenURI need one) is ``Unavailable`` with ``NoBackend``.
+Methods that answer with a Request handle go through :meth:`PortalBus.request`: the match on
+``Response`` is added before the call (the path is predicted from the ``handle_token``), the
+answer waited for within ``request_timeout`` (a person may be choosing), the match removed.
+``SettingChanged`` and ``LowMemoryWarning`` are taken from the portal's own connection only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from collections.abc import Callable
+from typing import Any, Final
+
+from dbus_fast import Message, MessageType, Variant
+from dbus_fast.aio import MessageBus
+
+from kiki_dbus_gateway.mpris import BUS, bus_call
+from kiki_dbus_gateway.portal import (
+    IFACE,
+    MEMORY_EVENT,
+    PORTAL,
+    PORTAL_PATH,
+    RESPONSES,
+    new_token,
+    request_path,
+    setting_changed,
+)
+from libkiki.errors import Cancelled, Conflict, KikiError, PeerGone, Timeout, Unavailable
+
+SIGNALS: Final = (
+    f"type='signal',sender='{PORTAL}',interface='{IFACE}Settings',member='SettingChanged'",
+    f"type='signal',sender='{PORTAL}',interface='{IFACE}MemoryMonitor',member='LowMemoryWarning'",
+)
+
+
+class PortalBus:
+    def __init__(
+        self, bus: MessageBus, timeout: float, request_timeout: float, counters: Counter[str]
+    ) -> None:
+        self.bus = bus
+        self.timeout = timeout
+        self.request_timeout = request_timeout
+        self.counters = counters
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []
+        self._responses: dict[str, asyncio.Future[list[Any]]] = {}
+        self._owner: str | None = None
+
+    async def start(self) -> None:
+        self.bus.add_message_handler(self._on_message)
+        for rule in SIGNALS:
+            await self._bus("AddMatch", "s", [rule])
+
+    def stop(self) -> None:
+        self.bus.remove_message_handler(self._on_message)
+
+    async def _bus(self, member: str, signature: str, body: list[Any]) -> list[Any]:
+        message = Message(
+            destination=BUS,
+            path="/org/freedesktop/DBus",
+            interface=BUS,
+            member=member,
+            signature=signature,
+            body=body,
+        )
+        return await bus_call(self.bus, message, self.timeout, "the bus")
+
+    async def call(
+        self,
+        interface: str,
+        member: str,
+        signature: str = "",
+        body: list[Any] | None = None,
+        unix_fds: list[int] | None = None,
+    ) -> list[Any]:
+        message = Message(
+            destination=PORTAL,
+            path=PORTAL_PATH,
+            interface=interface,
+            member=member,
+            signature=signature,
+            body=body or [],
+            unix_fds=unix_fds or [],
+        )
+        try:
+            return await bus_call(self.bus, message, self.timeout, "xdg-desktop-portal")
+        except PeerGone:
+            raise Unavailable(
+                "xdg-desktop-portal is not running on the session bus", data={"error": "NoPortal"}
+            ) from None
+        except Conflict as exc:
+            raise Unavailable(
+                f"the portal has no {interface.removeprefix(IFACE)} here (no backend provides it)",
+                data={"error": "NoBackend"},
+            ) from exc
+
+    async def get_property(self, interface: str, name: str) -> Any:
+        (value,) = await self.call(
+            "org.freedesktop.DBus.Properties", "Get", "ss", [interface, name]
+        )
+        return value.value if isinstance(value, Variant) else value
+
+    async def request(
+        self,
+        interface: str,
+        member: str,
+        signature: str,
+        body: list[Any],
+        options: dict[str, Variant],
+    ) -> tuple[str, dict[str, Any]]:
+        """A Request-handle call: ``(outcome, results)``; ``success`` or a typed error."""
+        assert self.bus.unique_name is not None
+        token = new_token()
+        path = request_path(self.bus.unique_name, token)
+        rule = (
+            f"type='signal',sender='{PORTAL}',interface='{IFACE}Request',"
+            f"member='Response',path='{path}'"
+        )
+        await self._bus("AddMatch", "s", [rule])
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self._responses[path] = future
+        try:
+            options = {**options, "handle_token": Variant("s", token)}
+            (handle,) = await self.call(interface, member, signature, [*body, options])
+            if handle != path:  # an older portal: its own path (the answer may race it)
+                self._responses[handle] = future
+            try:
+                async with asyncio.timeout(self.request_timeout):
+                    code, results = await future
+            except TimeoutError:
+                raise Timeout(
+                    f"the portal's {member} got no answer within {self.request_timeout:g}s",
+                    data={"error": "Timeout"},
+                ) from None
+        finally:
+            self._responses = {p: f for p, f in self._responses.items() if f is not future}
+            with contextlib.suppress(KikiError):
+                await self._bus("RemoveMatch", "s", [rule])
+        outcome = RESPONSES.get(code, "ended")
+        if outcome == "cancelled":
+            raise Cancelled(f"{member} was cancelled by the user", data={"error": "Cancelled"})
+        if outcome != "success":
+            raise Unavailable(f"the portal ended {member} (code {code})", data={"error": "Failed"})
+        return outcome, results if isinstance(results, dict) else {}
+
+    def _on_message(self, msg: Message) -> bool:
+        if msg.message_type != MessageType.SIGNAL or not msg.sender:
+            return False
+        if msg.member == "Response" and msg.interface == f"{IFACE}Request":
+            future = self._responses.get(msg.path or "")
+            if future is not None and not future.done() and msg.signature == "ua{sv}":
+                future.set_result(list(msg.body))
+            return False
+        if msg.member == "SettingChanged" and msg.interface == f"{IFACE}Settings":
+            event = setting_changed(list(msg.body)) if msg.signature == "ssv" else None
+        elif msg.member == "LowMemoryWarning" and msg.interface == f"{IFACE}MemoryMonitor":
+            ok = msg.signature == "y"
+            event = {"$type": MEMORY_EVENT, "level": msg.body[0]} if ok else None
+        else:
+            return False
+        if event is None:
+            self.counters["bad_signals"] += 1
+        else:
+            for listener in list(self.listeners):
+                listener(event)
+        return False

@@ -1,0 +1,95 @@
+"""The portal tools against the real xdg-desktop-portal (no backend installed) on the
+gateway's bus: what the frontend answers itself, and a clear error for what needs a backend."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kikitest import dbus_fixtures, until
+from kikitest.dbus_fixtures import Stack
+from libkiki.errors import ToolError
+from libkiki.tools import ToolClient
+
+pytestmark = pytest.mark.interop
+
+# The session's shared peers (kikitest.dbus_fixtures).
+gateway_stack = dbus_fixtures.gateway_stack
+portal = dbus_fixtures.portal
+
+
+@pytest.fixture
+async def tools(gateway_stack: Stack, portal: Any) -> Any:
+    async with ToolClient(gateway_stack.tools, timeout=10) as client:
+
+        async def registered() -> bool:
+            return "dev.kiki.portal.networkStatus" in {t["name"] for t in await client.list()}
+
+        await until(registered, "the gateway registered the portal tools")
+        yield client
+
+
+def busctl_get(stack: Stack, interface: str, member: str) -> str:
+    done = subprocess.run(
+        [
+            "busctl",
+            "--user",
+            "call",
+            "org.freedesktop.portal.Desktop",
+            "/org/freedesktop/portal/desktop",
+            interface,
+            member,
+        ],
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=True,
+    )
+    return done.stdout.strip()
+
+
+async def test_network_status_is_the_portals(tools: ToolClient, gateway_stack: Stack) -> None:
+    status = await tools.call("dev.kiki.portal.networkStatus")
+    theirs = busctl_get(gateway_stack, "org.freedesktop.portal.NetworkMonitor", "GetAvailable")
+    assert theirs == f"b {str(status['available']).lower()}"
+    assert status["connectivity"] in ("local", "limited", "captive", "full")
+
+
+async def test_power_profile_and_proxy(tools: ToolClient) -> None:
+    power = await tools.call("dev.kiki.portal.powerProfile")
+    assert isinstance(power["powerSaverEnabled"], bool)
+    proxy = await tools.call("dev.kiki.portal.resolveProxy", {"uri": "http://example.com/"})
+    assert proxy["proxies"] == ["direct://"]  # no proxy configured in the test session
+
+
+async def test_trash_moves_the_file_to_the_trash(tools: ToolClient, gateway_stack: Stack) -> None:
+    home = Path(gateway_stack.env["HOME"])
+    victim = home / "old-notes.txt"
+    victim.write_text("bye")
+    assert await tools.call("dev.kiki.portal.trashFile", {"path": str(victim)}) == {"trashed": True}
+    assert not victim.exists()
+    trash = Path(gateway_stack.env.get("XDG_DATA_HOME", home / ".local/share")) / "Trash/files"
+    assert (trash / "old-notes.txt").read_text() == "bye"
+    with pytest.raises(ToolError) as caught:
+        await tools.call("dev.kiki.portal.trashFile", {"path": str(victim)})
+    assert caught.value.data == {"error": "NotFound"}
+
+
+@pytest.mark.parametrize(
+    ("nsid", "args"),
+    [
+        ("dev.kiki.portal.settings", {}),
+        ("dev.kiki.portal.openUri", {"uri": "https://example.com/"}),
+    ],
+)
+async def test_what_needs_a_backend_is_a_clear_error(
+    tools: ToolClient, nsid: str, args: dict[str, Any]
+) -> None:
+    with pytest.raises(ToolError) as caught:
+        await tools.call(nsid, args)
+    assert caught.value.data == {"error": "NoBackend"}
+    assert "no backend provides it" in str(caught.value)
