@@ -28,6 +28,9 @@ const worker :Workerd.Worker = (
     (name = "KIKI_AUTH_TIMEOUT_MS", fromEnvironment = "KIKI_AUTH_TIMEOUT_MS"),
     (name = "KIKI_COMPACT_ROWS", fromEnvironment = "KIKI_COMPACT_ROWS"),
     (name = "KIKI_COMPACT_BYTES", fromEnvironment = "KIKI_COMPACT_BYTES"),
+    (name = "KIKI_MAX_AWARENESS_CLIENTS", fromEnvironment = "KIKI_MAX_AWARENESS_CLIENTS"),
+    (name = "KIKI_RATE", fromEnvironment = "KIKI_RATE"),
+    (name = "KIKI_BURST", fromEnvironment = "KIKI_BURST"),
   ],
   durableObjectNamespaces = [
     (className = "Session", uniqueKey = "kiki-edge-session", enableSql = true),

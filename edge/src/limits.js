@@ -10,6 +10,8 @@
  * @property {number} authTimeoutMs how long a socket without a token is kept (then 1008)
  * @property {number} compactRows log rows that start a compaction into the snapshot
  * @property {number} compactBytes log bytes that start a compaction into the snapshot
+ * @property {number} rate messages per second one client may send on average (LimitExceeded)
+ * @property {number} burst ... and at once
  */
 
 /** @type {Readonly<Limits>} */
@@ -21,6 +23,8 @@ export const DEFAULTS = Object.freeze({
   authTimeoutMs: 5000,
   compactRows: 1000,
   compactBytes: 4 * 1024 * 1024,
+  rate: 500,
+  burst: 2000,
 });
 
 /** @type {Readonly<Record<keyof Limits, string>>} */
@@ -32,6 +36,8 @@ const BINDINGS = Object.freeze({
   authTimeoutMs: "KIKI_AUTH_TIMEOUT_MS",
   compactRows: "KIKI_COMPACT_ROWS",
   compactBytes: "KIKI_COMPACT_BYTES",
+  rate: "KIKI_RATE",
+  burst: "KIKI_BURST",
 });
 
 /**
@@ -48,6 +54,30 @@ export function limitsFrom(env) {
     }
   }
   return limits;
+}
+
+/** At most `burst` at once, refilled at `rate` per second (the device relay's bucket). */
+export class TokenBucket {
+  /**
+   * @param {number} rate
+   * @param {number} burst
+   * @param {number} now ms
+   */
+  constructor(rate, burst, now) {
+    this.rate = rate;
+    this.burst = burst;
+    this.level = burst;
+    this.at = now;
+  }
+
+  /** @param {number} now ms */
+  take(now) {
+    this.level = Math.min(this.burst, this.level + ((now - this.at) / 1000) * this.rate);
+    this.at = now;
+    if (this.level < 1) return false;
+    this.level -= 1;
+    return true;
+  }
 }
 
 /**

@@ -7,7 +7,7 @@ import { DurableObject } from "cloudflare:workers";
 import * as awarenessProtocol from "y-protocols/awareness";
 import * as Y from "yjs";
 import { KINDS, Refusal } from "./errors.js";
-import { json, limitsFrom } from "./limits.js";
+import { json, limitsFrom, TokenBucket } from "./limits.js";
 import { forbiddenRoots } from "./parts.js";
 import {
   awarenessMessage,
@@ -58,6 +58,9 @@ export class Session extends DurableObject {
     this.doc = this.store.loadDoc();
     /** @type {WeakMap<WebSocket, Peer>} */
     this.peers = new WeakMap();
+    // Kept in memory only: an object is evicted after it was idle, when every bucket is full.
+    /** @type {WeakMap<WebSocket, TokenBucket>} */
+    this.buckets = new WeakMap();
     /** @type {Map<WebSocket, Promise<void>>} token checks under way, per socket */
     this.verifying = new Map();
     // Only the Awareness object's codec and bookkeeping are used; destroy() stops its timer,
@@ -104,6 +107,16 @@ export class Session extends DurableObject {
       const peer = this.peer(ws);
       if (peer !== null) yield [ws, peer];
     }
+  }
+
+  /** @param {WebSocket} ws */
+  bucket(ws) {
+    let bucket = this.buckets.get(ws);
+    if (bucket === undefined) {
+      bucket = new TokenBucket(this.limits.rate, this.limits.burst, Date.now());
+      this.buckets.set(ws, bucket);
+    }
+    return bucket;
   }
 
   /** @param {Request} request */
@@ -219,6 +232,14 @@ export class Session extends DurableObject {
           this.verifying.delete(ws);
         }
         return;
+      }
+      // The device's own link carries every local client's updates: it is not held to the
+      // rate of one client.
+      if (peer.role !== "device" && !this.bucket(ws).take(Date.now())) {
+        throw new Refusal(
+          KINDS.LimitExceeded,
+          `over ${this.limits.rate} messages/s (${this.limits.burst} at once)`,
+        );
       }
       // The alarm closes it too; this holds should the alarm be late.
       if (((peer.exp ?? 0) + LEEWAY_SECONDS) * 1000 <= Date.now()) {

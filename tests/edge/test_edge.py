@@ -44,9 +44,13 @@ def edge() -> Iterator[EdgeServer]:
 @pytest.fixture(scope="module")
 def tight() -> Iterator[EdgeServer]:
     """An edge with small limits: two clients a session, messages of 4 KiB, compaction every
-    20 log rows."""
+    20 log rows, 5 messages/s a client (20 at once)."""
     with edge_server(
-        KIKI_MAX_CLIENTS="2", KIKI_MAX_MESSAGE="4096", KIKI_COMPACT_ROWS="20"
+        KIKI_MAX_CLIENTS="2",
+        KIKI_MAX_MESSAGE="4096",
+        KIKI_COMPACT_ROWS="20",
+        KIKI_RATE="5",
+        KIKI_BURST="20",
     ) as server:
         yield server
 
@@ -173,6 +177,22 @@ async def test_a_message_over_the_limit_is_refused_and_the_session_goes_on(
     other = await YClient.join(tight.url(name, tight.token(name, "observer")))
     await eventually(lambda: str(other.text) == "small")
     for client in (check, other):
+        await client.close()
+
+
+async def test_a_client_over_the_rate_is_refused_but_not_the_device(tight: EdgeServer) -> None:
+    name = session()
+    device = await YClient.join(tight.url(name, tight.token(name, "device")))
+    fast = await YClient.join(tight.url(name, tight.token(name, "controller")))
+    for i in range(40):
+        fast.map[f"f{i}"] = i
+        device.map[f"d{i}"] = i
+    assert await fast.closed() == 1013
+    assert fast.close_reason.startswith("LimitExceeded: over 5 messages/s")
+    check = await YClient.join(tight.url(name, tight.token(name, "observer")))
+    await eventually(lambda: all(f"d{i}" in check.map for i in range(40)))
+    assert device.open
+    for client in (device, check):
         await client.close()
 
 
