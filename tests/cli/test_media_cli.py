@@ -1,0 +1,93 @@
+"""``kiki media``, ``kiki notify`` and ``kiki desktop`` against the real broker and gateway, with
+mpv, dunst and xdg-desktop-portal on the gateway's bus."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from typing import Any
+
+import pytest
+
+from kikitest import VENV_BIN, dbus_fixtures
+from kikitest.dbus_fixtures import Dunst, Stack
+
+pytestmark = pytest.mark.interop
+
+# The session's shared peers (kikitest.dbus_fixtures).
+gateway_stack = dbus_fixtures.gateway_stack
+mpv_player = dbus_fixtures.mpv_player
+dunst = dbus_fixtures.dunst
+portal = dbus_fixtures.portal
+
+
+def kiki(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(VENV_BIN / "kiki"), *args],
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def until_json(stack: Stack, check: Any, *args: str) -> Any:
+    """Run ``kiki ARGS --json`` until ``check`` holds for its answer (another process's state:
+    no event to wait on); bounded."""
+    deadline = time.monotonic() + 20
+    while True:
+        done = kiki(stack, *args, "--json")
+        answer = json.loads(done.stdout) if done.returncode == 0 else None
+        if answer is not None and check(answer):
+            return answer
+        if time.monotonic() > deadline:
+            raise AssertionError(f"kiki {' '.join(args)}: {done.stdout} {done.stderr}")
+        time.sleep(0.05)
+
+
+def test_media_list_pause_and_status(gateway_stack: Stack, mpv_player: Any) -> None:
+    until_json(
+        gateway_stack, lambda a: any(p["player"] == "mpv" for p in a["players"]), "media", "list"
+    )
+    assert kiki(gateway_stack, "media", "play", "--player", "mpv").returncode == 0
+    until_json(
+        gateway_stack, lambda a: a["player"]["status"] == "Playing", "media", "status", "-p", "mpv"
+    )
+    paused = kiki(gateway_stack, "media", "pause", "-p", "mpv")
+    assert paused.returncode == 0, paused.stderr
+    assert paused.stdout.startswith("mpv  ")
+    until_json(
+        gateway_stack, lambda a: a["player"]["status"] == "Paused", "media", "status", "-p", "mpv"
+    )
+    table = kiki(gateway_stack, "media", "list")
+    assert table.stdout.splitlines()[0].split() == ["PLAYER", "STATUS", "ACTIVE", "IDENTITY"]
+    assert kiki(gateway_stack, "media", "play", "-p", "mpv").returncode == 0
+
+
+def test_media_errors_are_one_line_and_exit_1(gateway_stack: Stack) -> None:
+    done = kiki(gateway_stack, "media", "next", "--player", "nosuchplayer")
+    assert done.returncode == 1
+    assert done.stderr.startswith("kiki media: ")
+    assert "nosuchplayer" in done.stderr
+
+
+def test_notify_send_prints_the_id(gateway_stack: Stack, dunst: Dunst) -> None:
+    done = kiki(gateway_stack, "notify", "send", "Hello", "from the CLI", "--urgency", "low")
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) >= 1
+    listed = kiki(gateway_stack, "notify", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert "notifications" in json.loads(listed.stdout)
+
+
+def test_desktop_network_and_power(gateway_stack: Stack, portal: Any) -> None:
+    network = until_json(gateway_stack, lambda a: "connectivity" in a, "desktop", "network")
+    assert isinstance(network["available"], bool)
+    power = kiki(gateway_stack, "desktop", "power")
+    assert power.returncode == 0, power.stderr
+    assert power.stdout.startswith("powerSaverEnabled: ")
+    settings = kiki(gateway_stack, "desktop", "settings")
+    assert settings.returncode == 1  # no portal backend in the test session
+    assert "no backend provides it" in settings.stderr
