@@ -1,0 +1,210 @@
+"""Media benchmark: a command through the broker and the D-Bus gateway, beside the same D-Bus
+call made directly and beside spawning playerctl; and a player flooding PropertiesChanged.
+
+    .venv/bin/python tests/bench/bench_media.py [--calls N] [--spawns N] [--seconds S] [--quick]
+
+One run, one private bus (kikitest.dbus_fixtures: the real broker and gateway) and one mpv with
+mpv-mpris playing a generated tone:
+
+  gateway   ToolClient.call("dev.kiki.media.play", {"player": "mpv"}): client -> broker ->
+            gateway -> mpv and back (one connection, calls one after another)
+  broker    the broker's own dev.kiki.service.getInfo on the same connection: the floor of any
+            call through the broker, without a provider or a bus
+  direct    the same MPRIS Play, sent to mpv with dbus-fast from this process
+  playerctl `playerctl --player=mpv play`, a process per command (what a script would do)
+
+p50/p99 of each, and the ratios (goals: gateway <= 3x direct at p50, >= 10x faster than
+playerctl). Play is idempotent while mpv plays, so every call does the same work.
+
+Flood: the hostile test player sends PropertiesChanged at 10 000/s for S seconds while one
+subscriber reads dev.kiki.media.subscribePlayback: the CPU time the gateway and the player
+used over the window (goal: the gateway's below the player's), the subscriber's message rate
+(coalesced: about one per player per events_interval), and the gateway's RSS before, after and
+after a second flood (goal: flat).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from dbus_fast import Message, MessageType  # noqa: E402
+from dbus_fast.aio import MessageBus  # noqa: E402
+from proc_cpu import cpu_seconds  # noqa: E402
+
+from kikitest.dbus_fixtures import Stack, _gateway, start_hostile, start_mpv, stop  # noqa: E402
+from libkiki.errors import KikiError  # noqa: E402
+from libkiki.tools import ToolClient  # noqa: E402
+
+
+def pct(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+async def wait_for(tools: ToolClient, name: str) -> None:
+    """Until the gateway has registered its tools and lists the player ``name``."""
+    for _ in range(400):
+        with contextlib.suppress(KikiError):
+            players = (await tools.call("dev.kiki.media.listPlayers"))["players"]
+            if any(p["player"] == name for p in players):
+                return
+        await asyncio.sleep(0.05)
+    raise SystemExit(f"the gateway never listed {name}")
+
+
+def play() -> Message:
+    return Message(
+        destination="org.mpris.MediaPlayer2.mpv",
+        path="/org/mpris/MediaPlayer2",
+        interface="org.mpris.MediaPlayer2.Player",
+        member="Play",
+    )
+
+
+async def latency(stack: Stack, calls: int, spawns: int) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {"gateway": [], "broker": [], "direct": [], "playerctl": []}
+    async with ToolClient(stack.tools, timeout=10) as tools:
+        await wait_for(tools, "mpv")
+        for _ in range(20):  # warm both paths
+            await tools.call("dev.kiki.media.play", {"player": "mpv"})
+            await tools.call("dev.kiki.service.getInfo")
+        for _ in range(calls):
+            start = time.perf_counter()
+            await tools.call("dev.kiki.media.play", {"player": "mpv"})
+            out["gateway"].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            await tools.call("dev.kiki.service.getInfo")
+            out["broker"].append(time.perf_counter() - start)
+    bus = await MessageBus(bus_address=stack.address).connect()
+    try:
+        for _ in range(20):
+            await bus.call(play())
+        for _ in range(calls):
+            start = time.perf_counter()
+            reply = await bus.call(play())
+            out["direct"].append(time.perf_counter() - start)
+            assert reply.message_type == MessageType.METHOD_RETURN
+    finally:
+        bus.disconnect()
+    out["playerctl"] = spawn_playerctl(stack, spawns)
+    return out
+
+
+def spawn_playerctl(stack: Stack, spawns: int) -> list[float]:
+    times = []
+    for _ in range(spawns):
+        start = time.perf_counter()
+        subprocess.run(["playerctl", "--player=mpv", "play"], env=stack.env, check=True)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+async def flood(stack: Stack, seconds: float, rounds: int) -> dict[str, Any]:
+    gateway = stack.procs["dbus-gateway"].pid
+    player = start_hostile(stack.env, "flood")
+    assert player.stdin is not None
+    assert player.stdout is not None
+    results: dict[str, Any] = {"rss": [rss_kib(gateway)], "rounds": []}
+    try:
+        async with ToolClient(stack.tools, timeout=10) as tools:
+            await wait_for(tools, "flood")
+            async with tools.subscribe("dev.kiki.media.subscribePlayback", session="bench") as sub:
+                messages = sub.messages()
+                count = 0
+
+                async def reader() -> None:
+                    nonlocal count
+                    async for message in messages:
+                        if "flood" in str(message):
+                            count += 1
+
+                reading = asyncio.ensure_future(reader())
+                await asyncio.sleep(0.5)
+                for _ in range(rounds):
+                    count = 0
+                    g0, p0, t0 = cpu_seconds(gateway), cpu_seconds(player.pid), time.monotonic()
+                    player.stdin.write(f"rate 10000 {seconds}\n")
+                    player.stdin.flush()
+                    line = await asyncio.to_thread(player.stdout.readline)
+                    elapsed = time.monotonic() - t0
+                    sent = int(line.split()[1])
+                    results["rounds"].append(
+                        {
+                            "sent_per_s": sent / elapsed,
+                            "gateway_cpu": (cpu_seconds(gateway) - g0) / elapsed,
+                            "player_cpu": (cpu_seconds(player.pid) - p0) / elapsed,
+                            "events_per_s": count / elapsed,
+                        }
+                    )
+                    await asyncio.sleep(0.5)
+                    results["rss"].append(rss_kib(gateway))
+                reading.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reading
+    finally:
+        stop(player)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=1000)
+    parser.add_argument("--spawns", type=int, default=100)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--quick", action="store_true", help="200 calls, 20 spawns, 2 s floods")
+    args = parser.parse_args()
+    if args.quick:
+        args.calls, args.spawns, args.seconds = 200, 20, 2.0
+    print(
+        f"media benchmark: {os.cpu_count()} cpus, {sys.version.split()[0]}, "
+        f"{args.calls} calls, {args.spawns} playerctl spawns, 2 floods of {args.seconds:g} s"
+    )
+    with contextlib.ExitStack() as stack:
+        gateway = _gateway(stack)
+        mpv = start_mpv(gateway.env)
+        stack.callback(stop, mpv)
+        times = asyncio.run(latency(gateway, args.calls, args.spawns))
+        floods = asyncio.run(flood(gateway, args.seconds, 2))
+    p50 = {k: statistics.median(v) for k, v in times.items()}
+    print("\nplay on mpv, one call after another (ms):")
+    for name, samples in times.items():
+        print(f"  {name:<10} p50 {p50[name] * 1e3:8.3f}  p99 {pct(samples, 0.99) * 1e3:8.3f}")
+    print(
+        f"  gateway / direct at p50: {p50['gateway'] / p50['direct']:.2f}x (goal <= 3x); "
+        f"playerctl / gateway: {p50['playerctl'] / p50['gateway']:.1f}x (goal >= 10x)"
+    )
+    print("\nflood of PropertiesChanged, one subscriber:")
+    for i, r in enumerate(floods["rounds"], 1):
+        print(
+            f"  round {i}: {r['sent_per_s']:.0f} signals/s sent; CPU gateway "
+            f"{r['gateway_cpu'] * 100:.1f}% vs player {r['player_cpu'] * 100:.1f}%; "
+            f"subscriber {r['events_per_s']:.1f} messages/s"
+        )
+    print(
+        "  gateway RSS (KiB) before, after round 1, after round 2: "
+        + ", ".join(str(v) for v in floods["rss"])
+    )
+
+
+if __name__ == "__main__":
+    main()
