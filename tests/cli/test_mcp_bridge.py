@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import socket
 import subprocess
 import threading
+import time
 import tty
 from asyncio.subprocess import PIPE
 from collections.abc import Callable
@@ -372,6 +374,52 @@ async def test_stdin_and_stdout_may_be_any_file(
         assert output == b""
     else:
         assert_answered(output)
+
+
+async def test_pipes_the_host_set_non_blocking_are_waited_for(broker: Broker) -> None:
+    # O_NONBLOCK belongs to the open pipe, so a host may hand the bridge its ends set so. The
+    # requests trickle in (reads find stdin empty) and the answers are read slowly through a
+    # one-page pipe (writes find stdout full): "try again" is neither the end of the requests
+    # nor a failure to write.
+    path, _ = broker
+    stdin_r, stdin_w = os.pipe()
+    stdout_r, stdout_w = os.pipe()
+    fcntl.fcntl(stdout_w, fcntl.F_SETPIPE_SZ, 4096)
+    os.set_blocking(stdin_r, False)
+    os.set_blocking(stdout_w, False)
+
+    def feed() -> None:
+        with open(stdin_w, "wb", buffering=0) as pipe:
+            for start in range(0, len(REQUEST_BYTES), 4096):
+                pipe.write(REQUEST_BYTES[start : start + 4096])
+                time.sleep(0.005)
+
+    def read_slowly() -> bytes:
+        time.sleep(0.002)
+        return os.read(stdout_r, 1024)
+
+    try:
+        async with asyncio.timeout(30), make_provider(path).connect():
+            try:
+                proc = await start_bridge(path, stdin_r, stdout_w)
+            finally:
+                os.close(stdin_r)
+                os.close(stdout_w)
+            output = collect(read_slowly)
+            fed = asyncio.ensure_future(asyncio.to_thread(feed))
+            try:
+                _, err = await proc.communicate()
+                await fed
+            finally:
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+            out = await asyncio.to_thread(output)
+    finally:
+        os.close(stdout_r)
+    assert proc.returncode == 0, err.decode()
+    assert err == b""
+    assert_answered(out)
 
 
 async def test_an_answer_that_cannot_be_written_is_an_error_not_silence(broker: Broker) -> None:

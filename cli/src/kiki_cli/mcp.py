@@ -11,23 +11,23 @@ the socket open until every forwarded request is answered or ``--drain-timeout``
 then closes it. It never half-closes the socket: the broker takes end of input for the caller
 leaving and cancels its calls.
 
-stdin and stdout may be any file, not only the pipes a host gives: a regular file, /dev/null, a
-terminal, a socket (``kiki mcp < requests.jsonl > answers.jsonl``). Those the event loop can wait
-on are served by its pipe transports; the others, which never make anyone wait, by blocking
-reads and writes in a thread.
+Each direction is a thread doing blocking reads and writes: a call costs the bridge a read and a
+write each way and no event loop (which would add a wait for readiness, and callbacks, to every
+message on the host's critical path). Blocking I/O also serves any file as stdin and stdout, not
+only the pipes a host gives: a regular file, /dev/null, a terminal, a socket (``kiki mcp <
+requests.jsonl > answers.jsonl``), and each side goes only as fast as the other takes it.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import os
+import select
 import socket
-import stat
 import sys
+import threading
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +48,6 @@ HOST_LINE = DEFAULT_MAX_LINE
 BROKER_LINE = 16 << 20
 # Requests the broker answers only when the connection closes: never waited for.
 LISTEN = "subscriptions/listen"
-
-# The host's side of the bridge: a chunk of stdin (b"" at its end), and a write to stdout that
-# returns once every byte is out of the bridge.
-Read = Callable[[], Awaitable[bytes]]
-Write = Callable[[bytes], Awaitable[None]]
 
 
 def _drain_timeout(text: str) -> float:
@@ -111,206 +106,203 @@ class Outstanding:
     It mirrors what the broker answers: every message with a ``method`` and an ``id`` (an
     invalid one too, when its id is valid: the error echoes it), except a listen stream, which
     is answered only at close, and a request the host cancelled, which is never answered.
+
+    The thread forwarding the host's bytes only notes them (:meth:`forwarded`) before they go
+    to the broker, and looks into them (:meth:`catch_up`) once they are gone, so that reading
+    the ids never delays a request. Whoever counts an answer catches up first: a request is
+    always counted before its answer, whichever thread gets there first. Once ``awaited`` is
+    set, ``changed`` is notified when no request is left unanswered; before, nobody waits for
+    that, and waking the waiting thread at every answer would cost each call a thread switch.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, changed: threading.Condition) -> None:
         self._ids: Counter[bytes] = Counter()  # a multiset: a reused id is answered twice
-        self.idle = asyncio.Event()
-        self.idle.set()
+        self._unread: list[bytes] = []  # forwarded, not yet looked into
+        self._lines = LineDecoder(HOST_LINE)
+        self.changed = changed  # re-entrant: its holder may ask len()
+        self.awaited = False
 
     def __len__(self) -> int:
-        return self._ids.total()
+        with self.changed:
+            self.catch_up()
+            return self._ids.total()
 
-    def sent(self, line: bytes) -> None:
+    def forwarded(self, chunk: bytes) -> None:
+        """Note bytes of the host's about to go to the broker (any piece of its stream)."""
+        with self.changed:
+            self._unread.append(chunk)
+
+    def catch_up(self) -> None:
+        """Count the requests in the bytes forwarded so far."""
+        with self.changed:
+            unread, self._unread = self._unread, []
+            for chunk in unread:
+                for line in self._lines.feed(chunk):
+                    if isinstance(line, bytes):
+                        self._sent(line)
+
+    def _sent(self, line: bytes) -> None:
         for msg in _entries(line):
             if not isinstance(msg, dict) or "method" not in msg:
                 continue
             if "id" in msg:
                 if valid_id(msg["id"]) and msg["method"] != LISTEN:
                     self._ids[_key(msg["id"])] += 1
-                    self.idle.clear()
             elif msg["method"] == CANCELLED:
                 params = msg.get("params")
                 if isinstance(params, dict) and valid_id(params.get("requestId")):
                     self._drop(_key(params["requestId"]))
 
     def answered(self, line: bytes) -> None:
-        for msg in _entries(line):
-            if isinstance(msg, dict) and "method" not in msg and "id" in msg:
-                with contextlib.suppress(TypeError):  # an id orjson cannot write back
-                    self._drop(_key(msg["id"]))
+        """Count the answers in one line the host has been given."""
+        entries = _entries(line)  # parsed outside the lock: the other thread may want it
+        with self.changed:
+            self.catch_up()
+            for msg in entries:
+                if isinstance(msg, dict) and "method" not in msg and "id" in msg:
+                    with contextlib.suppress(TypeError):  # an id orjson cannot write back
+                        self._drop(_key(msg["id"]))
 
     def _drop(self, key: bytes) -> None:
         count = self._ids.pop(key, 0)
         if count > 1:
             self._ids[key] = count - 1
-        if not self._ids:
-            self.idle.set()
+        if self.awaited and not self._ids:
+            self.changed.notify_all()
 
 
-def _pollable(loop: asyncio.AbstractEventLoop, fd: int) -> bool:
-    """Whether the loop can wait for ``fd``, so that a pipe transport may serve it.
+def _read(fd: int) -> bytes:
+    """A chunk of at most CHUNK bytes from ``fd``, b"" at its end, waiting for it if need be.
 
-    The transports take pipes, sockets and character devices only, and the loop's selector may
-    still refuse one of those: epoll refuses a file that is always ready (/dev/null, say). The
-    read transport would only log that refusal and never read, so it is asked here first.
+    stdin is opened blocking by whoever starts the bridge, but a host may share it set
+    non-blocking (the flag belongs to the open file, not to the bridge): then wait for it here.
     """
-    mode = os.fstat(fd).st_mode
-    if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)):
-        return False  # a regular file (or a directory): always ready, refused by epoll too
-    try:
-        loop.add_reader(fd, lambda: None)
-    except OSError:
-        return False
-    loop.remove_reader(fd)
-    return True
-
-
-async def _stdin(loop: asyncio.AbstractEventLoop, fd: int) -> Read:
-    """What reads stdin, a chunk of at most CHUNK bytes a call, b"" at its end.
-
-    A file the loop can wait on gets a pipe transport. Any other is read in a thread, one chunk
-    a call, so that it is read only as fast as the broker takes it, as a pipe is. The loop
-    cannot wait on such a file because it never makes a reader wait (a regular file, /dev/null:
-    always ready), so a read still in flight when the bridge stops ends at once and does not
-    hold up its exit.
-    """
-    if _pollable(loop, fd):
-        stdin = asyncio.StreamReader(limit=CHUNK)
-        await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(stdin), os.fdopen(fd, "rb", closefd=False)
-        )
-
-        async def read_pipe() -> bytes:
-            return await stdin.read(CHUNK)
-
-        return read_pipe
-
-    async def read_file() -> bytes:
-        return await asyncio.to_thread(os.read, fd, CHUNK)
-
-    return read_file
-
-
-async def _stdout(loop: asyncio.AbstractEventLoop, fd: int) -> tuple[Write, Callable[[], None]]:
-    """What writes to stdout, returning once the host's side has every byte, and what closes it.
-
-    The next answer is read from the broker only once the last is written, so the host's pace
-    bounds what the bridge holds, and nothing is left in a buffer when it exits. A socket is
-    written with the loop's socket calls, a pipe or terminal through a pipe transport, and a
-    file the loop cannot wait on in a thread, as :func:`_stdin` reads one.
-    """
-    if stat.S_ISSOCK(os.fstat(fd).st_mode):
-        # A socket (socat, systemd's Accept=yes) is often stdin too: the write pipe transport
-        # watches its fd for reading, to learn of a closed reader, and takes the host's next
-        # request for that, dropping the answers. The loop's socket calls watch only writes.
-        sock = socket.socket(fileno=os.dup(fd))
-        sock.setblocking(False)
-
-        async def write_socket(data: bytes) -> None:
-            await loop.sock_sendall(sock, data)
-
-        return write_socket, sock.close
-    if _pollable(loop, fd):
-        transport, protocol = await loop.connect_write_pipe(
-            asyncio.streams.FlowControlMixin, os.fdopen(os.dup(fd), "wb")
-        )
-        transport.set_write_buffer_limits(high=0)  # drain() waits until the host has it all
-        stdout = asyncio.StreamWriter(transport, protocol, None, loop)
-
-        async def write_pipe(data: bytes) -> None:
-            stdout.write(data)
-            await stdout.drain()
-
-        return write_pipe, stdout.close
-
-    async def write_file(data: bytes) -> None:
-        await asyncio.to_thread(_write_all, fd, data)
-
-    return write_file, lambda: None
+    while True:
+        try:
+            return os.read(fd, CHUNK)
+        except BlockingIOError:
+            _wait(fd, select.POLLIN)
 
 
 def _write_all(fd: int, data: bytes) -> None:
-    """Write all of ``data``: a write may take only part of it (a signal, a disk filling up)."""
+    """Write all of ``data``: a write may take only part of it (a signal, a disk filling up, a
+    non-blocking pipe that is full)."""
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view) :]
+        try:
+            view = view[os.write(fd, view) :]
+        except BlockingIOError:
+            _wait(fd, select.POLLOUT)
 
 
-async def bridge(path: Path, drain_timeout: float = DRAIN_TIMEOUT) -> int:
-    loop = asyncio.get_running_loop()
+def _wait(fd: int, event: int) -> None:
+    poller = select.poll()
+    poller.register(fd, event)
+    poller.poll()
+
+
+class _Pump:
+    """The two directions of one bridge, each run by a thread, and what the main thread waits on."""
+
+    def __init__(self, sock: socket.socket, stdin: int, stdout: int) -> None:
+        self.sock = sock
+        self.stdin = stdin
+        self.stdout = stdout
+        self.changed = threading.Condition(threading.RLock())
+        self.outstanding = Outstanding(self.changed)
+        self.host_done = False  # stdin has ended (or could not be read, or the socket broke)
+        self.broker_done = False  # the broker's side has ended, or stdout cannot be written
+        self.failed: list[str] = []  # why the host's side broke (said once the bridge is down)
+
+    def to_broker(self) -> None:
+        last = b"\n"
+        try:
+            while chunk := _read(self.stdin):
+                self.outstanding.forwarded(chunk)
+                self.sock.sendall(chunk)
+                self.outstanding.catch_up()  # while the broker works on the request
+                last = chunk
+            if not last.endswith(b"\n"):
+                # The host's last message had no newline: end it, or the broker never reads it.
+                self.outstanding.forwarded(b"\n")
+                self.sock.sendall(b"\n")
+        except OSError:
+            pass  # stdin cannot be read, or the broker is gone: either way no more requests
+        finally:
+            self._end("host_done")
+
+    def to_host(self) -> None:
+        lines = LineDecoder(BROKER_LINE)
+        try:
+            while chunk := self.sock.recv(CHUNK):
+                try:
+                    _write_all(self.stdout, chunk)
+                except ConnectionError:
+                    return  # the host closed its end: there is nobody left to tell
+                except OSError as exc:  # a full disk, say: answers would be lost without a word
+                    self.failed.append(f"cannot write to stdout: {exc.strerror or exc}")
+                    return
+                # Only once the host has it does an answer count as delivered.
+                for line in lines.feed(chunk):
+                    if isinstance(line, bytes):
+                        self.outstanding.answered(line)
+        except OSError:
+            pass  # the socket broke, or was shut down as the bridge stops
+        finally:
+            self._end("broker_done")
+
+    def _end(self, side: str) -> None:
+        with self.changed:
+            setattr(self, side, True)
+            self.changed.notify_all()
+
+    def wait(self, drain_timeout: float) -> None:
+        """Until the broker's side ends, or stdin does and the answers owed are written (or
+        ``drain_timeout`` seconds pass)."""
+        with self.changed:
+            self.changed.wait_for(lambda: self.host_done or self.broker_done)
+            if self.broker_done:
+                return
+            # The host closed stdin: deliver what is owed, within the grace time. No
+            # shutdown(SHUT_WR): the broker would take it for the host leaving and cancel the
+            # calls.
+            self.outstanding.awaited = True
+            self.changed.wait_for(
+                lambda: self.broker_done or not len(self.outstanding), timeout=drain_timeout
+            )
+            owed = len(self.outstanding)
+            if owed and not self.broker_done:
+                print(
+                    f"kiki mcp: stdin closed; {owed} request(s) still unanswered "
+                    f"after {drain_timeout:g} s, giving up",
+                    file=sys.stderr,
+                )
+
+
+def bridge(path: Path, drain_timeout: float = DRAIN_TIMEOUT) -> int:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock_reader, sock_writer = await asyncio.open_unix_connection(str(path))
+        sock.connect(str(path))
     except OSError as exc:
+        sock.close()
         print(
             f"kiki mcp: cannot reach the tool broker at {path}: {exc.strerror or exc}",
             file=sys.stderr,
         )
         return 1
-    read_host = await _stdin(loop, sys.stdin.fileno())
-    write_host, close_host = await _stdout(loop, sys.stdout.fileno())
-    outstanding = Outstanding()
-    failed: list[str] = []  # why the host's side broke (said once the bridge is down)
-
-    async def to_broker() -> None:
-        lines = LineDecoder(HOST_LINE)
-        while chunk := await read_host():
-            for line in lines.feed(chunk):
-                if isinstance(line, bytes):
-                    outstanding.sent(line)
-            sock_writer.write(chunk)
-            await sock_writer.drain()
-        if lines.pending:
-            # The host's last message had no newline: end it, or the broker never reads it.
-            for line in lines.feed(b"\n"):
-                if isinstance(line, bytes):
-                    outstanding.sent(line)
-            sock_writer.write(b"\n")
-            await sock_writer.drain()
-
-    async def to_host() -> None:
-        lines = LineDecoder(BROKER_LINE)
-        while chunk := await sock_reader.read(CHUNK):
-            try:
-                await write_host(chunk)
-            except ConnectionError:
-                return  # the host closed its end: there is nobody left to tell
-            except OSError as exc:  # a full disk, say: answers would be lost without a word
-                failed.append(f"cannot write to stdout: {exc.strerror or exc}")
-                return
-            # Only once the host has it does an answer count as delivered.
-            for line in lines.feed(chunk):
-                if isinstance(line, bytes):
-                    outstanding.answered(line)
-
-    host = asyncio.ensure_future(to_broker())
-    broker = asyncio.ensure_future(to_host())
-    tasks: list[asyncio.Future[Any]] = [host, broker]
+    pump = _Pump(sock, sys.stdin.fileno(), sys.stdout.fileno())
+    # Daemon threads: a read of stdin still in flight when the bridge stops (the broker went
+    # away while the host keeps stdin open) must not hold up its exit.
+    for target in (pump.to_broker, pump.to_host):
+        threading.Thread(target=target, name=target.__name__, daemon=True).start()
     try:
-        await asyncio.wait({host, broker}, return_when=asyncio.FIRST_COMPLETED)
-        if host.done() and not broker.done():
-            # The host closed stdin: deliver what is owed, within the grace time. No write_eof:
-            # the broker would take it for the host leaving and cancel the calls.
-            # Waited for from now: the event may have been set and cleared many times before.
-            idle = asyncio.ensure_future(outstanding.idle.wait())
-            tasks.append(idle)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(drain_timeout):
-                    await asyncio.wait({broker, idle}, return_when=asyncio.FIRST_COMPLETED)
-            if len(outstanding) and not broker.done():
-                print(
-                    f"kiki mcp: stdin closed; {len(outstanding)} request(s) still unanswered "
-                    f"after {drain_timeout:g} s, giving up",
-                    file=sys.stderr,
-                )
+        pump.wait(drain_timeout)
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        sock_writer.close()
-        close_host()
-    if failed:
-        print(f"kiki mcp: {failed[0]}", file=sys.stderr)
+        # Wakes the thread reading the socket, if it still is; the broker sees the caller leave.
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+    if pump.failed:
+        print(f"kiki mcp: {pump.failed[0]}", file=sys.stderr)
         return 1
     return 0
 
@@ -318,6 +310,6 @@ async def bridge(path: Path, drain_timeout: float = DRAIN_TIMEOUT) -> int:
 def run(args: argparse.Namespace) -> int:
     path = args.socket or socket_path(TOOLS_SOCKET)
     try:
-        return asyncio.run(bridge(path, args.drain_timeout))
+        return bridge(path, args.drain_timeout)
     except KeyboardInterrupt:
         return 0
