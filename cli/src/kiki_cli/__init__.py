@@ -33,6 +33,7 @@ GROUPS: dict[str, str] = {
     "sensors": "list, watch and inspect sensors",
     "session": "list, share and inspect sync sessions",
     "os": "the OS image: status, upgrade, rollback (bootc)",
+    "agent": "export, import and move agents as deltas",
     "media": "the session's media players",
     "notify": "send and follow desktop notifications",
     "desktop": "the desktop's settings, network and power",

@@ -52,6 +52,11 @@ class UpdaterConfig(ServiceConfig):
     broker_socket: str | None = pydantic.Field(default=None, max_length=4096)
     # Seconds between progress reports of a pull.
     progress_interval: float = pydantic.Field(default=0.25, ge=0.01, le=10)
+    # Agents moved between devices: the file holding this device's ed25519 secret key (base64)
+    # that exported agents are signed with, and the public keys an imported agent must be
+    # signed by (none: every import is refused).
+    agent_secret_key: Path | None = None
+    agent_keys: list[Key] = pydantic.Field(default_factory=list, max_length=MAX_KEYS)
     # The bootc executable (a name looked up on PATH, or a path).
     bootc: str = pydantic.Field(default="bootc", min_length=1, max_length=4096)
 

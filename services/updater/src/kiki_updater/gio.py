@@ -11,11 +11,14 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from libkiki.errors import KikiError
+
+T = TypeVar("T")
 
 __all__ = [
     "Lib",
@@ -23,6 +26,7 @@ __all__ = [
     "commit_dir",
     "commit_metadata",
     "fsync_dir",
+    "in_own_context",
     "lib",
     "open_repo",
     "variant_dict",
@@ -137,3 +141,33 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def in_own_context(
+    work: Callable[[Any, Any, Any], T],
+    op: Any,
+    phase: Any,
+    holder: list[Any],
+    with_progress: bool,
+) -> T:
+    """Run ``work`` in this worker thread with a GLib main context of its own, and the pull's
+    ``OstreeAsyncProgress`` made here, in it. libostree attaches the progress's idle sources to
+    the context that was the thread's default when it was made: made on the event loop's
+    thread, they went to GLib's global context, which nobody runs, and an operation after the
+    first could crash or hang on a freed progress. Its getters take a lock: the event loop
+    reads it (``holder[0]``) while the pull runs; the context is drained before it is dropped.
+    """
+    if not with_progress:
+        return work(op, None, phase)
+    L = lib()
+    context = L.GLib.MainContext.new()
+    context.push_thread_default()
+    try:
+        progress = L.OSTree.AsyncProgress.new()
+        holder.append(progress)
+        return work(op, progress, phase)
+    finally:
+        holder.clear()
+        while context.iteration(False):
+            pass
+        context.pop_thread_default()

@@ -1,11 +1,12 @@
 """The OS operations of the service (``target: os``): bootc's status as deployments, upgrade
 (or only check), switch to another image, rollback; each an operation like an app's (one at a
-time, reported, journaled by bootc itself), run in a worker thread. Nothing reboots unless the
-caller passed ``apply``."""
+time, reported), run in a worker thread. Nothing reboots unless the caller passed ``apply``.
+And agents moved (:class:`AgentMoves`): export to and import from a directory of delta files."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -78,3 +79,77 @@ class OsUpdates:
     ) -> Awaitable[Operation]:
         apply = bool(params.get("apply", False))
         return self._run(peer, "rollback", lambda: self.bootc.rollback(apply=apply), on_progress)
+
+
+class AgentMoves:
+    """``exportAgent`` and ``importAgent``: an installed agent's code (``current``) and state
+    (``data/``) as delta files in a directory, and such a directory deployed here."""
+
+    def __init__(self, updater: Updater) -> None:
+        self.updater = updater
+
+    async def export(
+        self, peer: Any, params: dict[str, Any], on_progress: Progress | None
+    ) -> Operation:
+        from pathlib import Path
+
+        from kiki_updater.agents import export_agent
+        from kiki_updater.server import target_of
+
+        _, ident = target_of({**params, "target": "agent"})
+        out = params.get("out")
+        if not isinstance(out, str) or not out.startswith("/"):
+            raise InvalidParams("out: an absolute directory path")
+        destination = str(params.get("destination") or "default")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", destination):
+            raise InvalidParams("destination: a name (letters, digits, _ . -)")
+        config = self.updater.config
+        secret = config.agent_secret_key.read_text().strip() if config.agent_secret_key else None
+        store = self.updater.store
+        home = store.home("agent", ident)
+        sizes: list[int] = []
+
+        def work(op: Operation, progress: Any, phase: Callable[..., None]) -> None:
+            if store.current("agent", ident) is None:
+                from libkiki.errors import NotFound
+
+                raise NotFound(f"agent {ident} is not installed", data={"error": "NotInstalled"})
+            phase("export", {})
+            moved = export_agent(
+                store,
+                ident,
+                (home / "current").resolve(),
+                home / "data",
+                Path(out),
+                destination=destination,
+                secret=secret,
+                full=bool(params.get("full", False)),
+            )
+            sizes.append(moved.bytes)
+
+        op = await self.updater.run(peer, "agent", "export", ident, work, on_progress)
+        op.bytes = sizes[0] if sizes else 0
+        return op
+
+    async def import_(
+        self, peer: Any, params: dict[str, Any], on_progress: Progress | None
+    ) -> Operation:
+        from pathlib import Path
+
+        from kiki_updater.agents import import_agent
+        from kiki_updater.server import target_of
+        from kiki_updater.signing import SignatureRefused
+
+        _, ident = target_of({**params, "target": "agent"})
+        source = params.get("source")
+        if not isinstance(source, str) or not source.startswith("/"):
+            raise InvalidParams("source: an absolute directory path")
+        keys = tuple(self.updater.config.agent_keys)
+        if not keys:
+            raise SignatureRefused("no agent key is trusted here (agent_keys)")
+
+        def work(op: Operation, progress: Any, phase: Callable[..., None]) -> Any:
+            phase("import", {})
+            return import_agent(self.updater.store, ident, Path(source), keys=keys)
+
+        return await self.updater.run(peer, "agent", "import", ident, work, on_progress)

@@ -21,10 +21,11 @@ from typing import Any
 from kiki_updater.bootc import Bootc
 from kiki_updater.config import UpdaterConfig
 from kiki_updater.core import Operation, UpdaterCore, require_manager
+from kiki_updater.gio import in_own_context
 from kiki_updater.health import HealthGate
 from kiki_updater.journal import Journal, recover
 from kiki_updater.operations import Operations
-from kiki_updater.os_updates import OsUpdates
+from kiki_updater.os_updates import AgentMoves, OsUpdates
 from kiki_updater.pull import Remote
 from kiki_updater.store import Deployed, Kind, Store, check_id
 from libkiki.constellation import GET_INFO
@@ -90,6 +91,7 @@ class Updater:
         self.slots = asyncio.Semaphore(config.max_operations)
         self.own_uid = os.getuid()
         self.os = OsUpdates(self, Bootc(config.bootc))
+        self.agents = AgentMoves(self)
 
     async def recover(self) -> list[str]:
         if not self.journal.pending():
@@ -264,38 +266,6 @@ class Updater:
         return {"appId": ident, "entries": origin.get("history", [])}
 
 
-def in_own_context(
-    work: Callable[[Operation, Any, Callable[[str, dict[str, Any]], None]], Deployed | None],
-    op: Operation,
-    phase: Callable[[str, dict[str, Any]], None],
-    holder: list[Any],
-    with_progress: bool,
-) -> Deployed | None:
-    """Run ``work`` in this worker thread with a GLib main context of its own, and the pull's
-    ``OstreeAsyncProgress`` made here, in it. libostree attaches the progress's idle sources to
-    the context that was the thread's default when it was made: made on the event loop's
-    thread, they went to GLib's global context, which nobody runs, and an operation after the
-    first could crash or hang on a freed progress. Its getters take a lock: the event loop
-    reads it (``holder[0]``) while the pull runs; the context is drained before it is dropped.
-    """
-    if not with_progress:
-        return work(op, None, phase)
-    from kiki_updater.gio import lib
-
-    L = lib()
-    context = L.GLib.MainContext.new()
-    context.push_thread_default()
-    try:
-        progress = L.OSTree.AsyncProgress.new()
-        holder.append(progress)
-        return work(op, progress, phase)
-    finally:
-        holder.clear()
-        while context.iteration(False):
-            pass
-        context.pop_thread_default()
-
-
 def target_of(params: dict[str, Any]) -> tuple[Kind, str]:
     target = params.get("target", "app")
     ident = params.get("appId")
@@ -358,6 +328,16 @@ def methods(ctx: ServiceContext, updater: Updater) -> Methods:
             op = await updater.os.rollback(request.peer, params, progress_of(request))
         else:
             op = await updater.rollback(request.peer, params, progress_of(request))
+        return {"operation": op.view()}
+
+    @table.method(NSID + "exportAgent")
+    async def export_agent(request: RequestContext, **params: Any) -> dict[str, Any]:
+        op = await updater.agents.export(request.peer, params, progress_of(request))
+        return {"operation": op.view()}
+
+    @table.method(NSID + "importAgent")
+    async def import_agent(request: RequestContext, **params: Any) -> dict[str, Any]:
+        op = await updater.agents.import_(request.peer, params, progress_of(request))
         return {"operation": op.view()}
 
     @table.method(NSID + "migrate")

@@ -221,15 +221,23 @@ class Store:
         repo.set_ref_immediate(None, rollback_ref(kind, ident), previous, None)
         repo.set_ref_immediate(None, ref, commit, None)
 
-    def write_origin(self, kind: Kind, ident: str, origin: dict[str, Any]) -> None:
+    def write_origin(
+        self, kind: Kind, ident: str, origin: dict[str, Any], *, durable: bool
+    ) -> None:
+        """Replace ``origin.json``; ``durable``: synced first (its first write: without it the
+        app would not be known after a crash). A later write only adds history, and a crash
+        that loses it loses a line of history, never the deployment: it is not worth the two
+        fsyncs that would double a rollback's time."""
         home = self.home(kind, ident)
         tmp = home / ".origin.json.tmp"
         with tmp.open("wb") as f:
             f.write(orjson.dumps(origin, option=orjson.OPT_INDENT_2))
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, home / "origin.json")
-        fsync_dir(home)
+        if durable:
+            fsync_dir(home)
 
     def deploy(
         self, kind: Kind, ident: str, ref: str, commit: str, *, remote: str | None, action: str
@@ -252,7 +260,8 @@ class Store:
     def record(
         self, kind: Kind, ident: str, ref: str, commit: str, *, remote: str | None, action: str
     ) -> None:
-        origin = self.origin(kind, ident) or {"history": []}
+        known = self.origin(kind, ident)
+        origin = known or {"history": []}
         meta = commit_metadata(self.repo, commit)
         entry = {
             "commit": commit,
@@ -261,7 +270,10 @@ class Store:
             "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         history = [entry, *origin.get("history", [])][:HISTORY_MAX]
-        self.write_origin(kind, ident, {"remote": remote, "ref": ref, "history": history})
+        fresh = known is None or known.get("ref") != ref or known.get("remote") != remote
+        self.write_origin(
+            kind, ident, {"remote": remote, "ref": ref, "history": history}, durable=fresh
+        )
 
     def rollback(self, kind: Kind, ident: str, *, action: str = "rollback") -> Deployed:
         """Swap ``current`` and the ref back to the rollback target (no network); the commit

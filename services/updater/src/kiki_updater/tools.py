@@ -89,6 +89,16 @@ def make_provider(updater: Updater, path: Path) -> ToolProvider:
             op = await updater.rollback(_caller(call), args, _progress(call))
         return {"operation": op.view()}
 
+    @provider.tool(NSID + "exportAgent")
+    async def export_agent(args: dict[str, Any], call: ToolCall) -> dict[str, Any]:
+        op = await updater.agents.export(_caller(call), args, _progress(call))
+        return {"operation": op.view()}
+
+    @provider.tool(NSID + "importAgent")
+    async def import_agent(args: dict[str, Any], call: ToolCall) -> dict[str, Any]:
+        op = await updater.agents.import_(_caller(call), args, _progress(call))
+        return {"operation": op.view()}
+
     @provider.tool(NSID + "migrate")
     async def migrate(args: dict[str, Any], call: ToolCall) -> dict[str, Any]:
         op = await updater.os.switch(_caller(call), args, _progress(call))

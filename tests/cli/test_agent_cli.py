@@ -1,0 +1,119 @@
+"""``kiki agent export|import|move`` between two real updaters: the agent (installed on the
+first from a remote) lands whole on the second, a second move sends only a small delta, an
+import signed by an untrusted key is refused."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kikitest import kiki
+from kikitest.ostree_fixtures import make_app_tree, serve_dir
+
+pytestmark = pytest.mark.integration
+
+AGENT = "org.example.agent"
+
+
+@pytest.fixture
+def two_updaters(tmp_path: Path, sockdir: Path, spawn_service: Any) -> Iterator[tuple[Path, Path]]:
+    from kiki_updater.publish import publish
+    from kiki_updater.signing import generate_keypair, sign_commit
+
+    secret, public = generate_keypair()
+    (tmp_path / "agent.key").write_text(secret)
+    repo = tmp_path / "published"
+    publish(
+        make_app_tree(tmp_path / "agent", AGENT, "1.0"),
+        repo,
+        kind="agent",
+        sign=lambda r, c: sign_commit(r, c, secret),
+    )
+    with serve_dir(repo) as (url, _):
+        socks = []
+        for name in ("here", "there"):
+            home = sockdir / name
+            (home / "etc").mkdir(parents=True)
+            (home / "etc" / "updater.toml").write_text(
+                f'broker_tools = false\nroot = "{tmp_path / name}"\n'
+                f'agent_secret_key = "{tmp_path / "agent.key"}"\n'
+                f'agent_keys = ["{public}"]\n'
+                f'[remotes.origin]\nurl = "{url}"\ned25519_keys = ["{public}"]\n'
+            )
+            env = {"KIKI_RUNTIME_DIR": str(home), "KIKI_CONFIG_DIR": str(home / "etc")}
+            _, notes = spawn_service("updater", extra_env=env)
+            notes.wait_for("READY")
+            socks.append(home / "updater.sock")
+        yield socks[0], socks[1]
+
+
+def test_an_agent_moves_with_its_state_and_then_only_deltas(
+    two_updaters: tuple[Path, Path], tmp_path: Path
+) -> None:
+    here, there = two_updaters
+    import asyncio
+
+    from libkiki.rpc import connect_unix
+
+    async def install() -> Any:
+        async with connect_unix(here) as conn:
+            return await conn.request(
+                "dev.kiki.update.install", {"target": "agent", "appId": AGENT, "remote": "origin"}
+            )
+
+    asyncio.run(install())
+    data = tmp_path / "here" / "agent" / AGENT / "data"
+    (data / "memory.json").write_text("remembered " * 1000)
+    first = kiki(
+        "agent",
+        "--socket",
+        str(here),
+        "move",
+        AGENT,
+        "--to",
+        str(there),
+        "--full",
+        "--keep",
+        "--json",
+    )
+    assert first.returncode == 0, first.stderr
+    sent = json.loads(first.stdout)["export"]["bytes"]
+    landed = tmp_path / "there" / "agent" / AGENT / "data" / "memory.json"
+    assert landed.read_text() == "remembered " * 1000
+    (data / "memory.json").write_text("remembered more " * 1000)
+    second = kiki("agent", "--socket", str(here), "move", AGENT, "--to", str(there), "--json")
+    assert second.returncode == 0, second.stderr
+    assert json.loads(second.stdout)["export"]["bytes"] < sent / 2
+    assert landed.read_text() == "remembered more " * 1000
+    assert not (tmp_path / "here" / "agent" / AGENT).exists()  # retired without --keep
+    listed = json.loads(kiki("app", "--socket", str(there), "list", "--json").stdout)
+    assert [a["appId"] for a in listed["agents"]] == [AGENT]
+
+
+def test_an_import_signed_by_an_untrusted_key_is_refused(
+    two_updaters: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from kiki_updater.agents import export_agent
+    from kiki_updater.signing import generate_keypair
+    from kiki_updater.store import Store
+
+    _, there = two_updaters
+    stranger, _ = generate_keypair()
+    code = make_app_tree(tmp_path / "code", AGENT, "6.6")
+    (tmp_path / "state").mkdir()
+    export_agent(
+        Store(tmp_path / "elsewhere"),
+        AGENT,
+        code,
+        tmp_path / "state",
+        tmp_path / "moved",
+        secret=stranger,
+    )
+    run = kiki("agent", "--socket", str(there), "import", AGENT, str(tmp_path / "moved"))
+    assert run.returncode == 1
+    assert "no trusted key" in run.stderr
+    assert not (tmp_path / "there" / "agent" / AGENT / "current").exists()
