@@ -189,7 +189,7 @@ tools = ["dev.kiki.media.*", "dev.kiki.notify.*"]
 """
 
 
-def _gateway(stack: contextlib.ExitStack) -> Stack:
+def _gateway(stack: contextlib.ExitStack, gateway_env: dict[str, str] | None = None) -> Stack:
     bus = _bus(stack)
     (bus.dir / "etc" / "tool-policy.toml").write_text(POLICY.format(uid=os.getuid()))
     for name, extra in (
@@ -199,6 +199,7 @@ def _gateway(stack: contextlib.ExitStack) -> Stack:
             {
                 "KIKI_DBUS_GATEWAY_CALL_TIMEOUT": "1",
                 "KIKI_DBUS_GATEWAY_NOTIFY_OBSERVE_STREAM": "true",
+                **(gateway_env or {}),
             },
         ),
     ):

@@ -59,6 +59,6 @@ def test_setting_changed_events() -> None:
         "$type": "dev.kiki.portal.subscribeSettings#settingChanged",
         "namespace": "org.freedesktop.appearance",
         "key": "color-scheme",
-        "value": 2,
+        "valueJson": "2",
     }
     assert setting_changed([1, 2]) is None

@@ -15,6 +15,7 @@ import itertools
 import secrets
 from typing import Any, Final
 
+import orjson
 from dbus_fast import Variant
 
 PORTAL: Final = "org.freedesktop.portal.Desktop"
@@ -27,6 +28,7 @@ APPEARANCE: Final = "org.freedesktop.appearance"
 RESPONSES: Final = {0: "success", 1: "cancelled", 2: "ended"}
 SETTINGS_EVENT: Final = "dev.kiki.portal.subscribeSettings#settingChanged"
 MEMORY_EVENT: Final = "dev.kiki.portal.memory#lowMemoryWarning"
+MAX_VALUE_JSON: Final = 8192
 _tokens = itertools.count(1)
 
 
@@ -94,9 +96,8 @@ def setting_changed(body: list[Any]) -> dict[str, Any] | None:
     if len(body) != 3 or not all(isinstance(b, str) for b in body[:2]):
         return None
     namespace, key, value = body
-    return {
-        "$type": SETTINGS_EVENT,
-        "namespace": namespace[:256],
-        "key": key[:256],
-        "value": plain(value),
-    }
+    event = {"$type": SETTINGS_EVENT, "namespace": namespace[:256], "key": key[:256]}
+    text = orjson.dumps(plain(value)).decode()
+    if len(text) <= MAX_VALUE_JSON:
+        event["valueJson"] = text
+    return event
