@@ -122,6 +122,9 @@ async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
             sock=listener,
             process_request=process_request,
             max_size=config.max_message,
+            # Yjs updates are small and already compact: deflating each one cost more CPU than
+            # the rest of relaying it.
+            compression=None,
             create_connection=Connection,
         ) as server,
     ):

@@ -12,14 +12,14 @@ rebuilt from the live document. Keeping the shadow costs one more apply per upda
 a copy of the whole document per update.
 
 The shadow also tells which parts of the document an update touches
-(:mod:`libkiki.sync.parts`): for a member whose role may not write some part, the shadow's roots
-of those parts are observed (deeply) while its update is applied, and an update that changed
-one is refused with 1008 (the shadow is rebuilt; the live document never saw it). A member
-that may write every part (the ``device`` role) pays nothing for it. Yjs integrates an item
-whose dependencies are missing later, when they arrive (possibly in another member's update),
-and keeps a deletion of ids it has not seen until they exist, so for a member with a forbidden
-part an update must also leave nothing waiting: every struct it carries within the clocks the
-shadow holds after it, every deletion among ids the shadow knows.
+(:mod:`libkiki.sync.parts`): the shadow's roots of the parts are observed deeply, and the
+update of a member whose role may not write a part it changed is refused with 1008 (the shadow
+is rebuilt; the live document never saw it). A member that may write every part (the
+``device`` role) pays for none of the checks. Yjs integrates an item whose dependencies are
+missing later, when they arrive (possibly in another member's update), and keeps a deletion of
+ids it has not seen until they exist, so for a member with a forbidden part an update must also
+leave nothing waiting: every struct it carries within the clocks the shadow holds after it,
+every deletion among ids the shadow knows.
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ from pycrdt import (
     IdMap,
     IdSet,
     Map,
-    Subscription,
     Text,
     YMessageType,
     YSyncMessageType,
@@ -118,11 +117,28 @@ def _fresh_doc(state: bytes | None) -> Doc[Any]:
     return doc
 
 
-def _noting(touched: list[str], name: str) -> Callable[..., None]:
-    def seen(*_: object) -> None:
-        touched.append(name)
+class _Shadow:
+    """The shadow document, and the parts each of its transactions changed: its parts' roots
+    are observed deeply for good (subscribing per update costs more than the callback on the
+    device's own writes)."""
 
-    return seen
+    def __init__(self, state: bytes) -> None:
+        self.doc = _fresh_doc(state)
+        self.touched: set[str] = set()
+        self._subscriptions = [
+            self.doc.get(part.root, type=_TYPES[part.kind]).observe_deep(self._noting(part.root))
+            for part in PARTS
+        ]
+
+    def _noting(self, name: str) -> Callable[..., None]:
+        def seen(*_: object) -> None:
+            self.touched.add(name)
+
+        return seen
+
+    def apply(self, update: bytes) -> BaseException | None:
+        self.touched.clear()
+        return _apply_guarded(self.doc, update)
 
 
 def _clocks(state_vector: bytes) -> dict[int, int]:
@@ -157,7 +173,7 @@ class Session:
         for update in updates:
             self.doc.apply_update(update)
             self.size += len(update)
-        self._shadow = _fresh_doc(self.doc.get_update())
+        self._shadow = _Shadow(self.doc.get_update())
         self.members: dict[int, Member] = {}
         self.awareness = Awareness(self.doc)
         self.awareness.set_local_state(None)  # the relay itself is nobody's collaborator
@@ -240,25 +256,16 @@ class Session:
             raise LimitExceeded(
                 f"session {self.name}'s document would exceed {self.limits.max_document} bytes"
             )
-        touched: list[str] = []
-        watching: list[tuple[Any, Subscription]] = []
-        for part in guarded:
-            root = self._shadow.get(part.root, type=_TYPES[part.kind])
-            watching.append((root, root.observe_deep(_noting(touched, part.root))))
-        try:
-            failure = _apply_guarded(self._shadow, update)
-        finally:
-            for root, subscription in watching:
-                root.unobserve(subscription)
+        failure = self._shadow.apply(update)
         if failure is not None:
             # The shadow may hold part of it, or be unusable after a panic: rebuilt from the
             # live document, which never saw it.
             self._rebuild_shadow()
             raise InvalidFrame(f"an update that does not apply ({type(failure).__name__})")
-        if touched:
+        if guarded and (touched := [p.root for p in guarded if p.root in self._shadow.touched]):
             self._rebuild_shadow()
             raise PermissionDenied(f"a {role} may not write the session's {touched[0]}")
-        if guarded and _waiting(self._shadow, update):
+        if guarded and _waiting(self._shadow.doc, update):
             self._rebuild_shadow()
             raise PermissionDenied(
                 f"a {role}'s update must not wait on changes the session has not seen"
@@ -269,7 +276,7 @@ class Session:
         return Outcome(relay=create_update_message(update), durable=update)
 
     def _rebuild_shadow(self) -> None:
-        self._shadow = _fresh_doc(self.doc.get_update())
+        self._shadow = _Shadow(self.doc.get_update())
 
     def _awareness(self, member: Member, message: bytes) -> Outcome:
         payload = self._payload(message[1:])
