@@ -106,6 +106,8 @@ class MprisWatcher:
         self.counters = counters
         self._tasks: set[asyncio.Task[None]] = set()
         self._refreshing: set[tuple[str, str]] = set()
+        self._held: dict[tuple[str, str], tuple[Player, dict[str, Any]]] = {}
+        self._flushing = False
 
     async def start(self) -> None:
         """Listen first, then list: a player appearing in between is seen either way."""
@@ -168,19 +170,41 @@ class MprisWatcher:
         owned = self.players.owned_by(msg.sender)
         if not owned:
             return
-        now = time.monotonic()
         if member == "PropertiesChanged" and msg.interface == PROPS:
             iface, changed, invalidated = body
             if iface not in (ROOT_IFACE, PLAYER_IFACE) or not isinstance(changed, dict):
                 return
             self.counters["properties_changed"] += 1
             for player in owned:
-                self.players.update(player, changed, now)
+                self._merge(player, changed)
                 if invalidated:
                     self._refresh(player, iface)
         elif member == "Seeked" and msg.interface == PLAYER_IFACE:
+            self._flush()  # what came before the jump, first
+            now = time.monotonic()
             for player in owned:
                 self.players.seeked(player, body[0], now)
+
+    def _merge(self, player: Player, changed: dict[str, Any]) -> None:
+        """Hold a player's changes until the loop's next turn: the signals read off the socket
+        together are applied once, the last value of each property winning (a player sending
+        thousands a second costs a dict update each, not a state update)."""
+        key = (player.name, player.owner)
+        held = self._held.get(key)
+        if held is None:
+            self._held[key] = (player, dict(changed))
+        else:
+            held[1].update(changed)
+        if not self._flushing:
+            self._flushing = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        held, self._held = self._held, {}
+        self._flushing = False
+        now = time.monotonic()
+        for player, changed in held.values():
+            self.players.update(player, changed, now)
 
     def _refresh(self, player: Player, iface: str) -> None:
         # One GetAll in flight per player and interface, however often it invalidates.
