@@ -1,7 +1,7 @@
 """A hostile MPRIS player for the gateway's tests and benchmark, written with dbus-fast's
 low-level API so that it can send what no well-behaved library would.
 
-``python hostile_player.py NAME`` owns ``org.mpris.MediaPlayer2.NAME`` on the session bus and
+``python hostile_player.py NAME [mute]`` owns ``org.mpris.MediaPlayer2.NAME`` on the session bus and
 prints ``ready``. It answers ``GetAll`` with ``Metadata`` of the wrong types (a title that is
 an integer, artists that are a string, a length that is a string, a URL that is not one) beside
 one good field, says ``CanGoNext`` false, never answers ``Play``, and exits mid-call on
@@ -74,10 +74,12 @@ async def drained(bus: MessageBus) -> None:
     )
 
 
-def handler(bus: MessageBus, msg: Message) -> bool:
+def handler(bus: MessageBus, msg: Message, mute: bool) -> bool:
     if msg.message_type != MessageType.METHOD_CALL:
         return False
     if msg.interface == PROPS and msg.member == "GetAll":
+        if mute:
+            return True  # handled: never answered
         props = ROOT_PROPS if msg.body[0] == ROOT else PLAYER_PROPS
         bus.send(Message.new_method_return(msg, "a{sv}", [props]))
         return True
@@ -89,9 +91,9 @@ def handler(bus: MessageBus, msg: Message) -> bool:
     return True
 
 
-async def main(name: str) -> None:
+async def main(name: str, mute: bool) -> None:
     bus = await MessageBus().connect()
-    bus.add_message_handler(lambda msg: handler(bus, msg))
+    bus.add_message_handler(lambda msg: handler(bus, msg, mute))
     await bus.request_name(f"org.mpris.MediaPlayer2.{name}")
     print("ready", flush=True)
     loop = asyncio.get_running_loop()
@@ -130,4 +132,4 @@ async def main(name: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1]))
+    asyncio.run(main(sys.argv[1], "mute" in sys.argv[2:]))

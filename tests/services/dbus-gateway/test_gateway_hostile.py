@@ -170,3 +170,20 @@ async def test_a_flood_reaches_subscribers_coalesced_with_the_last_state(
                     break
     # Each message carries the state then: far fewer messages than signals.
     assert about_it < flood // 10
+
+
+async def test_a_player_that_never_answers_getall_is_listed_after_the_deadline(
+    gateway_stack: Stack,
+) -> None:
+    mute = start_hostile(gateway_stack.env, "mute", "mute")
+    try:
+        async with ToolClient(gateway_stack.tools, timeout=10) as tools:
+            # Listed with what it said (nothing) once its GetAll timed out; its calls time out.
+            now = await until(lambda: found(tools, "mute"), "the gateway lists it anyway")
+            assert now["player"] == {"player": "mute", "status": "Stopped"}
+            with pytest.raises(ToolError) as caught:
+                await tools.call("dev.kiki.media.play", {"player": "mute"})
+            assert caught.value.data == {"error": "Timeout"}
+        assert (await info(gateway_stack))["counters"]["discovery_errors"] >= 2
+    finally:
+        stop(mute)
