@@ -20,9 +20,9 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pycrdt import (
     Array,
@@ -367,3 +367,63 @@ class DeviceRelay:
         )
         shown: dict[str, Any] = json.loads(done.stdout)
         return shown
+
+
+# -- the upstream link ---------------------------------------------------------------------------
+
+
+class Upstream(Protocol):
+    """What a device relay links to: another relay or the edge under workerd."""
+
+    def url(self, session: str, token: str | None) -> str: ...
+    def token(self, session: str, role: str, *, ttl: float = 3600, sub: str = "test") -> str: ...
+    def start(self) -> None: ...
+    def stop(self, *, kill: bool = False) -> None: ...
+
+
+async def until(check: Callable[[], Awaitable[bool]]) -> None:
+    """Wait until ``check()`` holds; polled, as it asks a process."""
+    async with asyncio.timeout(TIMEOUT):
+        while not await check():  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+
+async def partition_and_heal(
+    device: DeviceRelay, upstream: Upstream, session: str, *, kill: bool
+) -> None:
+    """``session`` of ``device`` is linked to ``upstream``: writes on each end reach the other;
+    with the upstream stopped (or killed) the device serves its local clients; once it is back,
+    what each side wrote apart reaches the other."""
+
+    async def linked() -> bool:
+        return bool((await device.show(session))["upstream"]["linked"])
+
+    async def unlinked() -> bool:
+        return not await linked()
+
+    def join(end: DeviceRelay | Upstream, role: str = "controller") -> Awaitable[YClient]:
+        return YClient.join(end.url(session, end.token(session, role)))
+
+    local, remote, owner = await join(device), await join(upstream), await join(device, "device")
+    local.map["from-device"] = 1
+    remote.map["from-edge"] = 1
+    owner.doc.get("device", type=Map)["screen"] = "home"  # the device's part goes up as device
+    await eventually(lambda: local.state() == remote.state() and len(remote.map) == 2)
+    await eventually(lambda: remote.doc.get("device", type=Map).get("screen") == "home")
+    await until(linked)
+
+    await asyncio.to_thread(upstream.stop, kill=kill)
+    await remote.closed()
+    local.map["while-apart"] = 1
+    late = await join(device, "observer")
+    await eventually(lambda: late.map.get("while-apart") == 1)
+    remote.map["offline-at-edge"] = 1
+    await until(unlinked)
+
+    await asyncio.to_thread(upstream.start)
+    await remote.connect(upstream.url(session, upstream.token(session, "controller")))
+    await eventually(lambda: local.state() == remote.state() and len(local.map) == 4)
+    await eventually(lambda: late.map.get("offline-at-edge") == 1)
+    await until(linked)
+    for client in (local, remote, owner, late):
+        await client.close()
