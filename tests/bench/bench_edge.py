@@ -10,6 +10,10 @@ p50/p99 of send -> one reader's apply (every reader's sample), and of send -> th
 reader's apply. Writer and readers share this one Python process and its event loop, so the
 times include reading 100 sockets in turn; judge cases against each other, not against
 servers measured with other clients.
+
+Then, for the record: durable updates/s through one session (a writer pipelining small
+updates, until a reader has the last), and workerd's resident memory per session with live
+objects and once they are hibernated (their sockets still open).
 """
 
 from __future__ import annotations
@@ -40,19 +44,21 @@ from kikitest.edge_fixtures import EdgeServer, edge_server  # noqa: E402
 
 
 class Round:
-    """How many readers still lack the current round's key."""
+    """How many readers still lack the current round's key (or, with ``last``, whether the
+    round ``last`` has come)."""
 
-    def __init__(self) -> None:
+    def __init__(self, last: int | None = None) -> None:
         self.missing = 0
+        self.last = last
         self.done = asyncio.Event()
 
     def start(self, readers: int) -> None:
         self.missing = readers
         self.done.clear()
 
-    def arrived(self) -> None:
+    def arrived(self, key: int) -> None:
         self.missing -= 1
-        if self.missing == 0:
+        if self.missing == 0 or key == self.last:
             self.done.set()
 
 
@@ -83,7 +89,7 @@ class Reader:
                 key = self.map.get("round")
                 if key is not None and key not in self.seen:
                     self.seen[key] = now
-                    self.round.arrived()
+                    self.round.arrived(key)
 
 
 async def case(edge: EdgeServer, readers: int, rounds: int) -> tuple[list[float], list[float]]:
@@ -123,6 +129,65 @@ async def case(edge: EdgeServer, readers: int, rounds: int) -> tuple[list[float]
     return one, every
 
 
+async def throughput(edge: EdgeServer, updates: int) -> float:
+    """Durable updates/s through one session: a device writer sends ``updates`` small updates
+    without waiting, until an observer has applied the last (each is in the object's SQLite
+    log before it is relayed)."""
+    name = f"bench-rate-{time.monotonic_ns()}"
+    round_ = Round(last=updates - 1)
+    reader = Reader(await connect(edge.url(name, edge.token(name, "observer"))), round_)
+    await reader.ws.send(create_sync_message(reader.doc))
+    await reader.synced.wait()
+    writer_doc: Doc[Map[int]] = Doc()
+    wmap = writer_doc.get("map", type=Map)
+    messages: list[bytes] = []
+    writer_doc.observe(lambda event: messages.append(create_update_message(event.update)))
+    for i in range(updates):
+        wmap["round"] = i
+    round_.start(updates)
+    async with connect(edge.url(name, edge.token(name, "device"))) as writer:
+        start = time.monotonic()
+        for message in messages:
+            await writer.send(message)
+        await asyncio.wait_for(round_.done.wait(), 120)
+        elapsed = time.monotonic() - start
+    await reader.ws.close()
+    reader.task.cancel()
+    return updates / elapsed
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+async def memory(edge: EdgeServer, sessions: int) -> tuple[float, float]:
+    """workerd's resident memory per session (KiB) with ``sessions`` live objects (one client
+    each, a map of 100 keys), and per session once they are hibernated with their sockets open
+    (both beside workerd before the sessions)."""
+    assert edge.proc is not None
+    before = rss_kib(edge.proc.pid)
+    clients: list[ClientConnection] = []
+    for n in range(sessions):
+        name = f"bench-mem-{n}-{time.monotonic_ns()}"
+        doc: Doc[Map[int]] = Doc()
+        with doc.transaction():
+            for k in range(100):
+                doc.get("map", type=Map)[f"k{k}"] = k
+        ws = await connect(edge.url(name, edge.token(name, "device")))
+        await ws.send(create_update_message(doc.get_update()))
+        clients.append(ws)
+    await asyncio.sleep(1)
+    live = rss_kib(edge.proc.pid)
+    await asyncio.sleep(15)  # idle: workerd evicts the objects after about 10 s
+    hibernated = rss_kib(edge.proc.pid)
+    for ws in clients:
+        await ws.close()
+    return (live - before) / sessions, (hibernated - before) / sessions
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -144,6 +209,16 @@ async def main() -> None:
                 f"{statistics.median(every):8.2f}  {pct(every, 0.99):8.2f}",
                 flush=True,
             )
+        updates = 500 if args.quick else 5000
+        rate = await throughput(edge, updates)
+        print(f"durable updates/s, one session, {updates} pipelined: {rate:,.0f}", flush=True)
+        sessions = 20 if args.quick else 100
+        live, hibernated = await memory(edge, sessions)
+        print(
+            f"workerd RSS per session ({sessions} sessions): live {live:.0f} KiB, "
+            f"hibernated {hibernated:.0f} KiB",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":
