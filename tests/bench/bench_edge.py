@@ -13,7 +13,9 @@ servers measured with other clients.
 
 Then, for the record: durable updates/s through one session (a writer pipelining small
 updates, until a reader has the last), and workerd's resident memory per session with live
-objects and once they are hibernated (their sockets still open).
+objects and once they are hibernated (their sockets still open). V8 keeps the heap it grew,
+so the hibernated figure is what the process still holds, an upper bound on what a hibernated
+session costs; on Cloudflare an evicted object holds no memory at all.
 """
 
 from __future__ import annotations
