@@ -4,6 +4,7 @@ mpv, dunst and xdg-desktop-portal on the gateway's bus."""
 from __future__ import annotations
 
 import json
+import select
 import subprocess
 import time
 from typing import Any
@@ -91,3 +92,37 @@ def test_desktop_network_and_power(gateway_stack: Stack, portal: Any) -> None:
     settings = kiki(gateway_stack, "desktop", "settings")
     assert settings.returncode == 1  # no portal backend in the test session
     assert "no backend provides it" in settings.stderr
+
+
+def test_notify_watch_observed_prints_other_apps_notifications(
+    gateway_stack: Stack, dunst: Dunst
+) -> None:
+    watch = subprocess.Popen(
+        [str(VENV_BIN / "kiki"), "notify", "watch", "--observed", "--json"],
+        env=gateway_stack.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert watch.stdout is not None
+        deadline = time.monotonic() + 20
+        line = ""
+        # The watch says nothing when it has subscribed: another app notifies until it prints.
+        while not line:
+            assert time.monotonic() < deadline, "kiki notify watch printed nothing"
+            subprocess.run(
+                ["notify-send", "--app-name=Chat", "ping"],
+                env=gateway_stack.env,
+                timeout=20,
+                check=True,
+            )
+            ready, _, _ = select.select([watch.stdout], [], [], 0.2)
+            if ready:
+                line = watch.stdout.readline()
+        event = json.loads(line)
+        assert event["notification"]["appName"] == "Chat"
+        assert event["notification"]["summary"] == "ping"
+    finally:
+        watch.terminate()
+        watch.wait(timeout=20)
