@@ -39,6 +39,8 @@ ISSUER = "test-device"
 def build_edge(out: Path) -> Path:
     """The Worker bundled into ``out/dist/index.js`` beside ``out/workerd.capnp``; returns
     the config's path. Installs the edge's npm packages from its lockfile first if needed."""
+    if shutil.which("npm") is None:
+        raise RuntimeError("npm is not installed (scripts/install-test-deps installs node)")
     subprocess.run([str(REPO / "scripts" / "install-node-deps"), "edge"], check=True, timeout=300)
     subprocess.run(
         ["npm", "run", "--silent", "build"],
