@@ -56,8 +56,10 @@ class AtspiDesktop:
         return proc
 
     def app_env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in ("NO_AT_BRIDGE", "GTK_A11Y")}
-        env.update(self.env, GDK_BACKEND="x11", GTK_MODULES="gail:atk-bridge")
+        unset = ("NO_AT_BRIDGE", "GTK_A11Y", "GTK_MODULES")  # GTK_MODULES=gail:atk-bridge
+        # would load a second bridge into Chromium, whose web pages then stay out of AT-SPI
+        env = {k: v for k, v in os.environ.items() if k not in unset}
+        env.update(self.env, GDK_BACKEND="x11")  # GTK 3 loads its atk-bridge by itself
         return env
 
     @contextlib.asynccontextmanager
@@ -194,7 +196,50 @@ async def set_texts(address: str, path: str, texts: list[str]) -> None:
         bus.disconnect()
 
 
-def _start_xvfb() -> tuple[subprocess.Popen[bytes], int]:
+FORM = """<!doctype html><html><head><title>Kiki form</title></head><body>
+<form id="f"><label for="name">Full name</label> <input id="name" type="text">
+<label><input id="news" type="checkbox"> Newsletter</label> <button type="submit">Send</button>
+</form><p role="status" id="out">Waiting</p>
+<script>
+document.getElementById("f").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const news = document.getElementById("news").checked ? " with news" : "";
+  document.getElementById("out").textContent =
+    "Submitted " + document.getElementById("name").value + news;
+});
+</script></body></html>
+"""
+
+
+@pytest.fixture(scope="session")
+def chromium_form(atspi_desktop: AtspiDesktop) -> Iterator[subprocess.Popen[bytes]]:
+    """Chromium on the desktop, accessibility on, showing a local form whose own script says
+    what was submitted (in its status line)."""
+    browser = shutil.which("chromium")
+    if browser is None:
+        pytest.fail("chromium is not installed (scripts/install-test-deps installs it)")
+    page = atspi_desktop.root / "form.html"
+    page.write_text(FORM)
+    argv = [
+        browser,
+        "--force-renderer-accessibility",
+        f"--user-data-dir={atspi_desktop.root / 'chromium'}",
+        "--no-first-run",
+        "--no-default-browser-check",
+        "--disable-gpu",
+        "--disable-extensions",
+        "--password-store=basic",
+        *(["--no-sandbox"] if os.geteuid() == 0 else []),  # its sandbox refuses root
+        page.as_uri(),
+    ]
+    proc = atspi_desktop.start_app(*argv)
+    try:
+        yield proc
+    finally:
+        _stop(proc)
+
+
+def _start_xvfb(log: Path) -> tuple[subprocess.Popen[bytes], int]:
     """Xvfb on a free display, once it accepts connections (``-displayfd``: it writes the
     display's number when ready; its socket file exists before it listens). The number is
     drawn from a high range: other jobs on this machine take the low ones, some by
@@ -205,13 +250,14 @@ def _start_xvfb() -> tuple[subprocess.Popen[bytes], int]:
         if Path(f"/tmp/.X{number}-lock").exists() or Path(f"/tmp/.X11-unix/X{number}").exists():
             continue
         read, write = os.pipe()
-        proc = subprocess.Popen(
-            ["Xvfb", f":{number}", "-displayfd", str(write), "-nolisten", "tcp",
-             "-screen", "0", "1280x1024x24"],
-            pass_fds=(write,),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        with log.open("ab") as out:
+            proc = subprocess.Popen(
+                ["Xvfb", f":{number}", "-displayfd", str(write), "-nolisten", "tcp",
+                 "-noreset", "-screen", "0", "1280x1024x24"],
+                pass_fds=(write,),
+                stdout=out,
+                stderr=out,
+            )  # fmt: skip
         os.close(write)
         with os.fdopen(read, "rb") as pipe:
             ready = pipe.readline().strip()  # b"" if Xvfb exits instead
@@ -283,7 +329,7 @@ def atspi_desktop() -> Iterator[AtspiDesktop]:
     procs: list[subprocess.Popen[bytes]] = []
     desktop: AtspiDesktop | None = None
     try:
-        xvfb, display = _start_xvfb()
+        xvfb, display = _start_xvfb(root / "xvfb.log")
         procs.append(xvfb)
         bus_path = root / "bus"
         procs.append(
@@ -316,7 +362,11 @@ def atspi_desktop() -> Iterator[AtspiDesktop]:
             _wait(lambda: _registry_apps(a11y_address) >= 1, "gtk3-widget-factory in the registry")
         except AssertionError as exc:
             log = (root / "gtk3-widget-factory.log").read_text(errors="replace")
-            raise AssertionError(f"{exc}; its output: {log[-2000:]}") from None
+            xvfb_log = (root / "xvfb.log").read_text(errors="replace")
+            raise AssertionError(
+                f"{exc}; its output: {log[-2000:]}; Xvfb's (alive: {xvfb.poll() is None}): "
+                f"{xvfb_log[-2000:]}"
+            ) from None
         server_env = dict(full, KIKI_A11Y_SERVER_BROKER_TOOLS="false", KIKI_LOG_LEVEL="WARNING")
         procs.append(subprocess.Popen([str(VENV_BIN / "kiki-a11y-server")], env=server_env))
         _wait(lambda: _connectable(desktop.socket), "the a11y-server's socket")

@@ -16,6 +16,7 @@ from kikitest import VENV_BIN
 from kikitest.atspi_fixtures import (
     AtspiDesktop,
     atspi_desktop,  # noqa: F401 -- the session's desktop, shared by these tests
+    chromium_form,  # noqa: F401
     independent_nodes,
     set_texts,
     tree_labelled,
@@ -154,3 +155,37 @@ async def test_an_event_storm_is_coalesced(atspi_desktop: AtspiDesktop) -> None:
         await set_texts(atspi_desktop.a11y_address, path, [f"storm {i}" for i in range(changes)])
         await client.wait_for(lambda _: tree.nodes[entry.id].value == f"storm {changes - 1}")
         assert 0 < tree.seq - seq < changes
+
+
+async def test_fill_and_submit_a_form_in_chromium(
+    atspi_desktop: AtspiDesktop,  # noqa: F811
+    chromium_form: subprocess.Popen[bytes],  # noqa: F811
+) -> None:
+    async with atspi_desktop.tree_of("Chromium", within=60) as (client, _):
+        # The page's controls, named by their labels, once the page is in. A browser busy
+        # starting may miss the bridge's one-second call timeout (the fixture's): its tree is
+        # then published anew, so it is looked up by its label each time.
+        def control(role: str, name: str) -> tuple[MirrorTree, wire.Node] | None:
+            tree = tree_labelled(client.mirror, "Chromium")
+            node = find(tree, role, name) if tree is not None else None
+            return (tree, node) if tree is not None and node is not None else None
+
+        tree, name = await client.wait_for(lambda _: control("textField", "Full name"), 60)
+        news = find(tree, "checkBox", "Newsletter")
+        send = find(tree, "button", "Send")
+        assert news is not None
+        assert send is not None
+        answer = await client.act((tree.tree_id, name.id), "setValue", "Ada Lovelace")
+        assert "typed 12 characters" in answer
+        await client.wait_for(lambda _: tree.nodes[name.id].value == "Ada Lovelace")
+        await client.act((tree.tree_id, news.id), "press")
+        await client.wait_for(lambda _: tree.nodes[news.id].states & S["checked"])
+        await client.act((tree.tree_id, send.id), "press")
+        # The page's own script says what it got.
+        await client.wait_for(
+            lambda _: any("Submitted Ada Lovelace with news" in n.name for n in tree.nodes.values())
+        )
+
+
+def find(tree: MirrorTree, role: str, name: str) -> wire.Node | None:
+    return next((n for n in tree.nodes.values() if n.role == R[role] and n.name == name), None)

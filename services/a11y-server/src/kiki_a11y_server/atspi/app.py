@@ -25,7 +25,7 @@ from typing import Any
 from kiki_a11y_server.atspi import cache
 from kiki_a11y_server.atspi.actions import plan
 from kiki_a11y_server.atspi.calls import ROOT, AtspiError, Calls
-from kiki_a11y_server.atspi.model import ALL, PATCHED, AppModel, Fetched, aspect_of
+from kiki_a11y_server.atspi.model import ALL, PATCHED, AppModel, Batch, Fetched, aspect_of
 from kiki_a11y_server.atspi.walk import walk
 from libkiki.a11y import wire
 from libkiki.a11y.publisher import A11yPublisher
@@ -35,6 +35,8 @@ from libkiki.errors import KikiError, Timeout
 log = logging.getLogger(__name__)
 
 AGENT = wire.CAUSES["agent"]
+ADOPT = 64  # parents asked for per round, of events about paths not in the mirror
+RETRIES = 5  # fetching a new child again (0.1 s, then doubling: about 3 s in all)
 APP = wire.CAUSES["app"]
 
 
@@ -65,6 +67,8 @@ class AppMirror:
         self.publisher: A11yPublisher | None = None
         self.label = bus_name
         self._aspects: dict[str, set[str]] = {}
+        self._early: set[str] = set()  # events about paths not in the mirror (yet)
+        self._retries: dict[str, int] = {}  # new children that failed to fetch: tries so far
         self._incomplete: list[str] = []  # published from the cache, not filled in yet
         self._short_lists: list[str] = []  # of those, whose children the cache did not hold
         self.filled = asyncio.Event()  # the whole tree's details are in (actions wait for it)
@@ -83,6 +87,35 @@ class AppMirror:
     def event(self, path: str, aspect: str = ALL) -> None:
         if self.model.mark(path, aspect):
             self.wakeup.set()
+        elif len(self._early) < self.limits.max_dirty:
+            # Not in the mirror: a node a walk under way has fetched and not applied yet, or
+            # one the mirror missed (an object that did not answer while it was being made,
+            # as Chromium's web document while the page loads). The next round sees to it.
+            self._early.add(path)
+            self.wakeup.set()
+
+    async def _adopt(self) -> None:
+        """Events about paths not in the mirror: those there by now are marked; for the
+        others their parent is asked (at most ``ADOPT`` a round), and a parent in the
+        mirror is fetched again, which walks the child in."""
+        early, self._early = self._early, set()
+        unknown = [path for path in early if not self.model.mark(path, ALL)][:ADOPT]
+        if not unknown:
+            return
+        parents = await asyncio.gather(*(self._parent(path) for path in unknown))
+        for parent in parents:
+            if parent:
+                self.model.mark(parent, "children")
+
+    async def _parent(self, path: str) -> str:
+        async with self._gate:
+            try:
+                return await self.calls.parent(self.bus_name, path)
+            except AtspiError:
+                return ""
+
+    def _apply(self, fetched: dict[str, Fetched], root: str = "") -> Batch:
+        return self.model.apply(fetched, root=root)
 
     def signal(self, path: str, member: str, body: list[Any]) -> None:
         """An AT-SPI event (``siiva{sv}``: detail, detail1, detail2, any_data, properties)."""
@@ -152,9 +185,10 @@ class AppMirror:
             if self.model.resync:
                 await self._publish_whole(await self._initial())
                 return
+            await self._adopt()
             self._aspects = self.model.take_dirty()
             fetched = await self._walk([(p, False) for p in self._aspects])
-            batch = self.model.apply(fetched)
+            batch = self._apply(fetched)
             if batch.nodes or self.stale:
                 await self._publish(batch.nodes)
             if not self.wakeup.is_set():
@@ -282,7 +316,8 @@ class AppMirror:
     async def _publish_whole(self, fetched: dict[str, Fetched]) -> None:
         self.filled.clear()
         try:
-            await self._publish(self.model.apply(fetched, root=ROOT).nodes, root=self.model.root_id)
+            batch = self._apply(fetched, root=ROOT)
+            await self._publish(batch.nodes, root=self.model.root_id)
             await self._fill_in()
         finally:
             self.filled.set()
@@ -310,7 +345,7 @@ class AppMirror:
                 raise result
         fetched = {f.path: f for f in done if isinstance(f, Fetched)}
         fetched.update(await self._walk(missing))
-        batch = self.model.apply(fetched)
+        batch = self._apply(fetched)
         if batch.nodes:
             await self._publish(batch.nodes)
 
@@ -334,11 +369,28 @@ class AppMirror:
             max_children=self.limits.max_children,
             refresh=self._refresh,
         )
-        for path in failed:
+        for path, parent in failed:
             if path == ROOT and (ROOT, True) in start:
                 raise AtspiError(f"{self.bus_name} has no accessible root")
-            self._mark_parent(path)
+            if parent:
+                self._retry(parent, path)
+            else:
+                self._mark_parent(path)
         return fetched
+
+    def _retry(self, parent: str, child: str) -> None:
+        """A new child that did not answer (an object not ready yet: Chromium's web document
+        while the page loads) is left out; its parent is fetched again a little later, at
+        most ``RETRIES`` times per child, so that a child that is really broken costs a few
+        calls, not a loop."""
+        tries = self._retries.get(child, 0)
+        if tries >= RETRIES:
+            return
+        self._retries[child] = tries + 1
+        if len(self._retries) > self.limits.max_dirty:
+            self._retries.clear()  # bounded: old entries only cost a few extra tries
+        delay = 0.1 * 2**tries
+        asyncio.get_running_loop().call_later(delay, self.event, parent)
 
     def _mark_parent(self, path: str) -> None:
         node_id = self.model.ids.get(path, 0)

@@ -14,7 +14,7 @@ import logging
 import os
 from pathlib import Path
 
-from dbus_fast import Message, MessageType
+from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
 from kiki_a11y_server.atspi.app import AppMirror, Limits
@@ -26,6 +26,7 @@ from kiki_a11y_server.atspi.calls import (
     call,
     get_bus_address,
 )
+from libkiki.errors import KikiError
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +35,23 @@ DBUS = "org.freedesktop.DBus"
 
 async def accessibility_bus_address(session_address: str | None, wait: float = 5.0) -> str:
     """``AT_SPI_BUS_ADDRESS`` if set (AT-SPI's own override), else ``org.a11y.Bus`` asked on
-    the session bus."""
+    the session bus; there the bridge also says that an assistive technology is running
+    (``org.a11y.Status.IsEnabled``), as a screen reader does: Chromium and Qt expose their
+    content only then (Chromium's web pages stay out of AT-SPI otherwise)."""
     explicit = os.environ.get("AT_SPI_BUS_ADDRESS")
     if explicit:
         return explicit
     session = await MessageBus(bus_address=session_address).connect()
     try:
-        return await get_bus_address(session, wait)
+        address = await get_bus_address(session, wait)
+        try:
+            await call(
+                session, "org.a11y.Bus", "/org/a11y/bus", "org.freedesktop.DBus.Properties",
+                "Set", "ssv", ["org.a11y.Status", "IsEnabled", Variant("b", True)], wait=wait,
+            )  # fmt: skip
+        except KikiError as exc:
+            log.warning("could not mark accessibility enabled: %s", exc)
+        return address
     finally:
         session.disconnect()
 
@@ -88,9 +99,10 @@ class Bridge:
             self.ready.set()
             await bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
         finally:
-            for task in self.tasks.values():
+            tasks = list(self.tasks.values())  # an app leaving meanwhile changes the dict
+            for task in tasks:
                 task.cancel()
-            for task in self.tasks.values():
+            for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             self.tasks.clear()

@@ -122,8 +122,8 @@ class Calls:
         self, dest: str, path: str, iface: str, names: tuple[str, ...]
     ) -> dict[str, Any]:
         """Properties one ``Get`` each (those that fail are left out). Not ``GetAll``: an app
-        whose getter returns nothing for one property can abort inside libdbus building that
-        answer (Chromium 156's ATK bridge does, on ``Accessible``)."""
+        can abort inside libdbus building that answer (Chromium 156 does, asked for ``Value``'s
+        properties of its toolbar buttons)."""
         answers = await asyncio.gather(
             *(self._maybe(dest, path, PROPERTIES, "Get", "ss", [iface, name]) for name in names)
         )
@@ -142,6 +142,14 @@ class Calls:
             )
         )
         return tuple(str(n[0]) if n else "" for n in names)
+
+    async def parent(self, dest: str, path: str) -> str:
+        """The accessible's parent on the same connection ("" if none or elsewhere)."""
+        got = await self._props(dest, path, ACCESSIBLE, ("Parent",))
+        if "Parent" not in got:
+            return ""
+        name, parent = got["Parent"].value
+        return str(parent) if name == dest and parent != NULL_PATH else ""
 
     async def ping(self, dest: str) -> None:
         """One cheap call to the app's root: does it answer at all?"""

@@ -170,7 +170,6 @@ STATE_MAP: dict[str, str] = {
 # first: a node offering several is pressed through the first of them it has.
 PRESS_NAMES = (
     "click", "press", "activate", "toggle", "check", "uncheck", "jump", "open", "switch",
-    "dodefault",
 )  # fmt: skip
 EXPAND_NAMES = ("expand or contract", "expand or collapse", "expand", "collapse")
 MENU_NAMES = ("menu", "showmenu", "show menu", "popup")

@@ -25,15 +25,17 @@ async def walk(
     max_nodes: int,
     max_children: int,
     refresh: Fetch | None = None,
-) -> tuple[dict[str, Fetched], list[str]]:
+) -> tuple[dict[str, Fetched], list[tuple[str, str]]]:
     """Fetch ``start`` (path, whether it is new) and the new descendants.
 
     ``refresh`` (if given) fetches a path already in the mirror (the start's old paths).
     Returns what was fetched (parents before children) and the paths that failed (an error
-    answer: gone meanwhile). A :class:`~libkiki.errors.Timeout` propagates: the app is hung."""
+    answer: gone meanwhile, or not ready yet), each with the path of the parent that listed
+    it ("" for a start path). A :class:`~libkiki.errors.Timeout` propagates: the app is hung."""
     fetched: dict[str, Fetched] = {}
-    failed: list[str] = []
+    failed: list[tuple[str, str]] = []
     seen = {path for path, _ in start}
+    parents: dict[str, str] = {}
     frontier = start
     while frontier:
         results = await asyncio.gather(
@@ -44,13 +46,14 @@ async def walk(
             if isinstance(result, Timeout):
                 raise result
             if isinstance(result, KikiError):
-                failed.append(path)
+                failed.append((path, parents.get(path, "")))
                 continue
             fetched[path] = result
             children = result.children if new else tuple(model.new_children(result))
             for child in children[:max_children]:
                 if child not in seen and len(seen) < max_nodes:
                     seen.add(child)
+                    parents[child] = path
                     following.append((child, True))
         frontier = following
     return fetched, failed
