@@ -221,6 +221,14 @@ export class Session extends DurableObject {
           `message of ${byteLength(message)} bytes is over the limit of ${this.limits.maxMessage}`,
         );
       }
+      // The rate holds before the token too. The device's own link carries every local
+      // client's updates: it is not held to the rate of one client.
+      if (peer.role !== "device" && !this.bucket(ws).take(Date.now())) {
+        throw new Refusal(
+          KINDS.LimitExceeded,
+          `over ${this.limits.rate} messages/s (${this.limits.burst} at once)`,
+        );
+      }
       if (peer.state === "pending") {
         // Nothing is relayed to or from a client before its token.
         if (typeof message !== "string") return;
@@ -232,14 +240,6 @@ export class Session extends DurableObject {
           this.verifying.delete(ws);
         }
         return;
-      }
-      // The device's own link carries every local client's updates: it is not held to the
-      // rate of one client.
-      if (peer.role !== "device" && !this.bucket(ws).take(Date.now())) {
-        throw new Refusal(
-          KINDS.LimitExceeded,
-          `over ${this.limits.rate} messages/s (${this.limits.burst} at once)`,
-        );
       }
       // The alarm closes it too; this holds should the alarm be late.
       if (((peer.exp ?? 0) + LEEWAY_SECONDS) * 1000 <= Date.now()) {
