@@ -213,7 +213,22 @@ async def test_a_stream_cancelled_before_it_went_live_is_closed_at_the_provider(
         now = await counters(c)
         assert now["stream_subscriptions"] == now["stream_topics"] == 0
         assert now["stream_upstreams"] == 0
-        assert now["stream_stale"] == 1  # the emit on the closed stream
+        assert now["stream_stale_tokens"] == 1  # the emit on the closed stream
+
+
+async def test_getinfo_reports_the_same_gauges_however_often_it_is_read(broker: Broker) -> None:
+    path, _ = broker
+    async with asyncio.timeout(20), await provider(path) as prov, await RawPeer.open(path) as c:
+        await subscribe(c, room="a")
+        await accept_open(prov, room="a")
+        first = await counters(c)
+        second = await counters(c)
+        assert first["stream_subscriptions"] == 1
+        assert first["stream_topics"] == first["stream_upstreams"] == 1
+        # Read, not counted: the second read is the same (what is open now, not a sum).
+        assert {k: second[k] for k in first if k != "stream_notifications"} == {
+            k: v for k, v in first.items() if k != "stream_notifications"
+        }
 
 
 async def test_a_message_failing_its_lexicon_is_rejected_and_the_provider_told(

@@ -96,3 +96,10 @@ def test_the_end_is_drained_last_and_says_so() -> None:
     queue.offer({"n": 2}, 10)
     queue.clear()
     assert queue.stats() == QueueStats(0, 0, 0)
+
+
+def test_the_end_of_an_empty_queue_makes_it_readable() -> None:
+    queue = SubscriberQueue(max_messages=4, max_bytes=1 << 20)
+    # Nothing queued: the end is the first item, so the subscriber must be woken to read it.
+    assert queue.end(Ended(SUB, "unsubscribed")) is True
+    assert queue.drain(SUB) == ([Ended(SUB, "unsubscribed")], True)

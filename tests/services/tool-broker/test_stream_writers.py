@@ -75,8 +75,15 @@ async def test_the_writer_serves_its_ready_subscriptions_in_turn(sockdir: Path) 
             }
             assert [e["seq"] for e in events[1:]] == list(range(1, 21))
         await until(lambda: counters["stream_notifications"] == 3 * 21, "all counted")
+        task = writers.writers[CLIENT].task
+        assert task is not None
+        assert not task.done()
         writers.close(CLIENT)
         assert len(writers) == 0
+        # Closing stops the writer's task, not only forgets it (a task left waiting would
+        # never finish here).
+        await asyncio.wait({task}, timeout=10)  # unlike wait_for, it cancels nothing itself
+        assert task.done()
         for upstream in upstreams:  # readable again, but without a writer: nothing is written
             carry(fanout.publish(PROVIDER, upstream, {"n": 99}))
         await conn.notify("ping")  # a line of our own after them: nothing came between

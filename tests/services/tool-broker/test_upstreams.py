@@ -100,11 +100,11 @@ async def test_an_upstream_is_opened_fed_and_closed(provider_peer: tuple[Side, A
         side.upstreams.emit({"stream": token, "message": {"n": 1}})
         side.upstreams.emit({"stream": token + 1, "message": {"n": 2}})  # nobody's stream
         assert side.fanout.drain(sub) == [Message(sub, 1, {"n": 1})]
-        assert side.counters["stream_stale"] == 1
+        assert side.counters["stream_stale_tokens"] == 1
         side.carry(side.fanout.unsubscribe(CLIENT, sub))
         assert await peer.note("kiki/closeStream") == {"stream": token}
         side.upstreams.emit({"stream": token, "message": {"n": 3}})  # closed: stale now
-        assert side.counters["stream_stale"] == 2
+        assert side.counters["stream_stale_tokens"] == 2
 
 
 async def test_an_upstream_cancelled_before_its_answer_is_cancelled_and_closed(

@@ -87,9 +87,12 @@ class Broker:
         return self.info()
 
     def info(self) -> dict[str, Any]:
-        """The health answer, with the event streams' figures as of now."""
-        self.ctx.counters.update(self.streams.gauges())
-        return self.ctx.info()
+        """The health answer, with the event streams' figures as of now: the gauges are put
+        beside the running counters in the answer, never added into them (reading twice must
+        report the same)."""
+        info = self.ctx.info()
+        info["counters"] = dict(self.ctx.counters) | self.streams.gauges()
+        return info
 
     def initialize(
         self,

@@ -108,7 +108,7 @@ class Upstreams:
         token = params.get("stream") if isinstance(params, dict) else None
         found = self.tokens.get(token) if isinstance(token, int) else None
         if found is None:
-            self.counters["stream_stale"] += 1
+            self.counters["stream_stale_tokens"] += 1
         return found
 
     def provider_gone(self, provider: Provider) -> None:
