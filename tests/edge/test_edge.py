@@ -18,7 +18,15 @@ from typing import Any
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from pycrdt import Doc, Map, Provider, Text, create_update_message
+from pycrdt import (
+    Awareness,
+    Doc,
+    Map,
+    Provider,
+    Text,
+    create_awareness_message,
+    create_update_message,
+)
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -44,13 +52,14 @@ def edge() -> Iterator[EdgeServer]:
 @pytest.fixture(scope="module")
 def tight() -> Iterator[EdgeServer]:
     """An edge with small limits: two clients a session, messages of 4 KiB, compaction every
-    20 log rows, 5 messages/s a client (20 at once)."""
+    20 log rows, 5 messages/s a client (20 at once), documents of 8000 bytes."""
     with edge_server(
         KIKI_MAX_CLIENTS="2",
         KIKI_MAX_MESSAGE="4096",
         KIKI_COMPACT_ROWS="20",
         KIKI_RATE="5",
         KIKI_BURST="20",
+        KIKI_MAX_DOCUMENT="8000",
     ) as server:
         yield server
 
@@ -194,6 +203,33 @@ async def test_a_client_over_the_rate_is_refused_but_not_the_device(tight: EdgeS
     assert device.open
     for client in (device, check):
         await client.close()
+
+
+async def test_a_full_document_refuses_more(tight: EdgeServer) -> None:
+    name = session()
+    writer = await YClient.join(tight.url(name, tight.token(name, "device")))
+    for i in range(3):
+        writer.map[f"k{i}"] = "x" * 3000
+    assert await writer.closed() == 1013
+    assert writer.close_reason.startswith("LimitExceeded: the session document is full")
+    check = await YClient.join(tight.url(name, tight.token(name, "observer")))
+    assert sorted(check.map.keys()) == ["k0", "k1"]
+    await check.close()
+
+
+async def test_one_client_owns_at_most_16_awareness_states(edge: EdgeServer) -> None:
+    name = session()
+    collected = Awareness(Doc())
+    for _ in range(17):
+        one = Awareness(Doc())
+        one.set_local_state({"cursor": 1})
+        collected.apply_awareness_update(one.encode_awareness_update([one.client_id]), "test")
+    ids = [i for i in collected.states if i != collected.client_id]
+    client = await YClient.join(edge.url(name, edge.token(name, "controller")))
+    await client.send(create_awareness_message(collected.encode_awareness_update(ids[:16])))
+    await client.send(create_awareness_message(collected.encode_awareness_update(ids)))
+    assert await client.closed() == 1013
+    assert client.close_reason == "LimitExceeded: too many awareness states from one client"
 
 
 # -- revocation endpoint -----------------------------------------------------------------------
