@@ -37,8 +37,10 @@ import { LEEWAY_SECONDS, verifyToken, WRITERS } from "./tokens.js";
  *   null when too large to keep here]
  */
 
-// A socket attachment may hold 2 KiB; awareness states beyond this are kept in memory only.
-const ATTACHMENT_BUDGET = 1800;
+// A socket attachment may hold 2 KiB: the rest of a Peer takes at most about 700 bytes (sub
+// and jti at most 256 each, see tokens.js); awareness states beyond this are kept in memory
+// only.
+const ATTACHMENT_BUDGET = 1200;
 
 /** @param {string | ArrayBuffer} message */
 const byteLength = (message) =>

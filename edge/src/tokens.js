@@ -10,6 +10,7 @@ export const WRITERS = Object.freeze(new Set(["controller", "device"]));
 // Clocks of a device and the edge may differ by this much (libkiki's LEEWAY).
 export const LEEWAY_SECONDS = 30;
 const REQUIRED = ["iss", "sid", "sub", "role", "iat", "exp", "jti"];
+const MAX_CLAIM = 256;
 
 /**
  * @typedef {object} Claims
@@ -101,6 +102,10 @@ export async function verifyToken(token, session, trusted) {
     typeof jti !== "string"
   ) {
     throw new Refusal(KINDS.PermissionDenied, "token claims have the wrong types");
+  }
+  // Kept in each socket's attachment, which holds 2 KiB in all.
+  if (sub.length > MAX_CLAIM || jti.length > MAX_CLAIM) {
+    throw new Refusal(KINDS.PermissionDenied, `token sub or jti over ${MAX_CLAIM} characters`);
   }
   if (sid !== session) {
     throw new Refusal(KINDS.PermissionDenied, "token is for another session");

@@ -293,6 +293,7 @@ def test_revoke_with_another_sessions_device_token_is_refused(edge: EdgeServer) 
         ({"jti": None}, "token claim refused"),
         ({"exp": None}, "token claim refused"),
         ({"iat": int(time.time()) + 3600}, "token issued in the future"),
+        ({"sub": "x" * 257}, "token sub or jti over 256 characters"),
     ],
 )
 async def test_tokens_with_bad_claims_are_refused(
