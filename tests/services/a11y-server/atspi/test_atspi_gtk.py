@@ -6,6 +6,7 @@ written here, not the bridge's code), and actions through Kiki must change the r
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 
@@ -189,3 +190,26 @@ async def test_fill_and_submit_a_form_in_chromium(
 
 def find(tree: MirrorTree, role: str, name: str) -> wire.Node | None:
     return next((n for n in tree.nodes.values() if n.role == R[role] and n.name == name), None)
+
+
+QT_LINEEDITS = "/usr/lib/x86_64-linux-gnu/qt5/examples/widgets/widgets/lineedits/lineedits"
+
+
+async def test_a_qt_app_set_a_line_edit(atspi_desktop: AtspiDesktop) -> None:  # noqa: F811
+    """Qt 5's line edits example (Debian qtbase5-examples): Qt exposes itself on AT-SPI once
+    the session says an assistive technology runs, which the bridge does."""
+    if shutil.which(QT_LINEEDITS) is None:
+        pytest.fail("qtbase5-examples is not installed (scripts/install-test-deps installs it)")
+    app = atspi_desktop.start_app(QT_LINEEDITS)
+    try:
+        async with atspi_desktop.tree_of("lineedits", within=30) as (client, tree):
+            echo = find(tree, "textField", "Echo")
+            assert echo is not None
+            assert find(tree, "comboBox", "Normal") is not None
+            await client.act((tree.tree_id, echo.id), "setValue", "Kiki was here")
+            await client.wait_for(lambda _: tree.nodes[echo.id].value == "Kiki was here")
+            truth = await independent_nodes(atspi_desktop.a11y_address, "lineedits")
+            assert "Kiki was here" in {n.text for n in truth}
+    finally:
+        app.terminate()
+        app.wait(timeout=10)
