@@ -515,7 +515,7 @@ async def test_a_policy_reload_ends_what_it_now_denies(sockdir: Path, spawn_serv
         assert await c.note("kiki/ended") == {
             "subscription": sub,
             "reason": "denied",
-            "message": "the policy no longer allows it",
+            "message": "the policy no longer allows it: denied by policy",
         }
         assert await prov.note("kiki/closeStream")
     proc.terminate()

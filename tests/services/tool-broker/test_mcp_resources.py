@@ -238,7 +238,7 @@ async def test_a_policy_reload_ends_a_resource_subscription(
         proc.send_signal(signal.SIGHUP)
         assert await c.note(UPDATED) == {"uri": ROOM_A}
         assert (await read(c, ROOM_A))["items"] == [
-            {"ended": "denied", "message": "the policy no longer allows it"}
+            {"ended": "denied", "message": "the policy no longer allows it: denied by policy"}
         ]
         assert await prov.note("kiki/closeStream")
         assert (await read(c, ROOM_A))["subscribed"] is False

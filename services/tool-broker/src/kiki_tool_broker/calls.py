@@ -20,7 +20,6 @@ import orjson
 
 from kiki_tool_broker import protocol as mcp
 from kiki_tool_broker.idempotency import IdempotencyCache, Join, Replay
-from kiki_tool_broker.policy import Caller
 from kiki_tool_broker.registry import Tool
 from kiki_tool_broker.results import (
     COUNTERS,
@@ -145,13 +144,10 @@ class Calls:
             answering = tool.provider.view
             if not isinstance(arguments, dict):
                 raise InvalidParams("arguments must be an object")
-            caller = who.caller if remote is None else Caller(who.cred, remote)
+            caller = who.acting_for(remote)
             allowed, reason = self.core.policy.allows(caller, name, tool.kind, tool.provider.uids)
             if not allowed:
-                asker = who.cred.describe()
-                if remote is not None:
-                    asker = f"{remote} (relayed by {asker})"
-                raise PermissionDenied(f"{asker} may not call {name}: {reason}")
+                raise PermissionDenied(f"{caller.describe()} may not call {name}: {reason}")
             schema = self.catalog.tool(name)
             schema.validate_input(arguments)
             token = None

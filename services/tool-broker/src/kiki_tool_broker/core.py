@@ -54,6 +54,11 @@ class Who:
     # What a forwarded call tells its provider, to decide by the same principals as the broker.
     forwarded: dict[str, Any]
 
+    def acting_for(self, remote: Remote | None) -> Caller:
+        """The policy's key for what this peer asks: itself, or the remote person it relays for
+        (:meth:`BrokerCore.remote`, which only a trusted delegate may name)."""
+        return self.caller if remote is None else Caller(self.cred, remote)
+
 
 @dataclass(frozen=True, slots=True)
 class Registered:

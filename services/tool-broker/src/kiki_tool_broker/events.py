@@ -156,8 +156,10 @@ class EventStreams:
     def policy_reloaded(self) -> None:
         """End (``denied``) the subscriptions the policy no longer allows."""
         for sub, subscriber in list(self.subs.items()):
-            if not self.subscriptions.may_subscribe(subscriber.caller, self.sub_nsid[sub])[0]:
-                self.carry(self.fanout.end(sub, "denied", "the policy no longer allows it"))
+            allowed, reason = self.subscriptions.still_allowed(subscriber, self.sub_nsid[sub])
+            if not allowed:
+                detail = f"the policy no longer allows it: {reason}"
+                self.carry(self.fanout.end(sub, "denied", detail))
 
     def shutdown(self) -> None:
         for sub in self.fanout.subscriptions():
@@ -175,8 +177,10 @@ class EventStreams:
             nsid = self.sub_nsid[sub]
             if nsid not in reopened:
                 continue
-            if not self.subscriptions.may_subscribe(subscriber.caller, nsid)[0]:
-                ended.extend(self.fanout.end(sub, "denied", "the policy does not allow it"))
+            allowed, reason = self.subscriptions.still_allowed(subscriber, nsid)
+            if not allowed:
+                detail = f"the policy does not allow it: {reason}"
+                ended.extend(self.fanout.end(sub, "denied", detail))
         if ended:
             # An upstream whose subscribers all ended is closed already: it is not opened at
             # all (its CloseUpstream then finds no token and sends nothing).

@@ -119,6 +119,11 @@ class Caller:
     def of(cls, cred: PeerCred) -> Caller:
         return cls(cred)
 
+    def describe(self) -> str:
+        """Who is asking, as a refusal names it: the peer, or the person it relays for."""
+        asker = self.cred.describe()
+        return asker if self.remote is None else f"{self.remote} (relayed by {asker})"
+
 
 @dataclass(frozen=True, slots=True)
 class Rule:

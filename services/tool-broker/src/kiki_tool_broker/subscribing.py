@@ -37,9 +37,7 @@ class Subscriber:
     on_behalf_of: dict[str, Any] | None
 
     def describe(self) -> str:
-        asker = self.caller.cred.describe()
-        remote = self.caller.remote
-        return asker if remote is None else f"{remote} (relayed by {asker})"
+        return self.caller.describe()
 
 
 class Subscriptions:
@@ -58,9 +56,9 @@ class Subscriptions:
         person a trusted delegate names in ``meta`` (as for a call: refused from anyone else,
         ``-32003``; malformed, ``-32602``)."""
         remote = self.core.remote(who, meta)
-        if remote is None:
-            return Subscriber(who.caller, who.view, None)
-        return Subscriber(Caller(who.cred, remote), who.view, remote.view())
+        return Subscriber(
+            who.acting_for(remote), who.view, None if remote is None else remote.view()
+        )
 
     def subscribe(
         self, subscriber: Subscriber, conn: int, nsid: object, params: object
@@ -78,6 +76,15 @@ class Subscriptions:
             raise PermissionDenied(f"{subscriber.describe()} may not subscribe to {nsid}: {reason}")
         schema.validate_params(params)
         return self.streams.subscribe(conn, nsid, params, caller=subscriber)
+
+    def still_allowed(self, subscriber: Subscriber, nsid: str) -> Decision:
+        """Whether a subscription held may go on (asked on a policy reload and when its topic
+        reopens on another provider): what :meth:`subscribe` decided, asked again, the
+        delegate's trust included (a relay the policy no longer trusts speaks for nobody)."""
+        caller = subscriber.caller
+        if caller.remote is not None and not self.core.policy.is_delegate(caller.cred):
+            return False, f"{caller.cred.describe()} is no longer a trusted delegate"
+        return self.may_subscribe(caller, nsid)
 
     def may_subscribe(self, caller: Caller, nsid: str) -> Decision:
         served = self.streams.served_by(nsid)
