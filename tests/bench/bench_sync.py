@@ -1,4 +1,4 @@
-"""sync-relay benchmark: fan-out latency and durable updates/s, beside a plain broadcast floor.
+"""sync-relay benchmark: fan-out latency and durable updates/s, beside its peers and a floor.
 
     .venv/bin/python tests/bench/bench_sync.py [--quick]
 
@@ -12,11 +12,14 @@ In one run:
                session (the clients gone, idle_timeout passed)
 
 beside pycrdt-websocket's ``WebsocketServer`` (in memory, its default: nothing durable), in a
-process of its own as the relay is, and the floor: a plain ``websockets`` server relaying the
-same bytes to every other client (no CRDT, no disk), in the benchmark's own process, sharing
-its core with the clients. None of the three compresses (the relay does not: Yjs updates are
-small and already compact). Every writer is one client (one document, one client id) sending
-small updates, each a new map key. Hocuspocus is not measured here yet.
+process of its own as the relay is; Hocuspocus (npm ``@hocuspocus/server``, its defaults: in
+memory) under Node from tests/kikitest/node (scripts/install-node-deps), whose clients here
+send the same y-websocket messages in its framing (the document's name first, an auth message
+before them); and the floor: a plain ``websockets`` server relaying the same bytes to every
+other client (no CRDT, no disk), in the benchmark's own process, sharing its core with the
+clients. None of them compresses (the relay does not: Yjs updates are small and already
+compact). Every writer is one client (one document, one client id) sending small updates, each
+a new map key; a reader is done when its document holds them (servers merge what they relay).
 """
 
 from __future__ import annotations
@@ -30,17 +33,18 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pycrdt import Doc, Map, create_update_message
+from pycrdt import Doc, Map, create_update_message, read_message, write_var_uint
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 from websockets.exceptions import ConnectionClosed
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kikitest.sync_fixtures import DeviceRelay
+from kikitest.sync_fixtures import NODE_DIR, DeviceRelay
 
 
 def updates(count: int) -> list[bytes]:
@@ -55,51 +59,90 @@ def updates(count: int) -> list[bytes]:
     return out
 
 
-def is_update(message: str | bytes) -> bool:
-    return isinstance(message, bytes) and message[:2] == b"\x00\x02"
+@dataclass(frozen=True)
+class Target:
+    """Where a client connects, and how the server frames the y-websocket messages: Hocuspocus
+    puts the document's name before each one and wants an auth message first."""
+
+    url: str
+    prefix: bytes = b""
+    hello: tuple[bytes, ...] = ()
+
+    async def connect(self) -> ClientConnection:
+        ws = await connect(self.url, max_size=None, compression=None)
+        for message in self.hello:
+            await ws.send(message)
+        return ws
 
 
-async def receive_updates(ws: ClientConnection, count: int) -> None:
-    """Until ``count`` sync updates came (a server may re-encode what it relays: counted, not
-    compared)."""
-    while count:
-        if is_update(await ws.recv()):
-            count -= 1
+def var_string(text: str) -> bytes:
+    data = text.encode()
+    return write_var_uint(len(data)) + data
 
 
-async def fanout(urls: list[str], rounds: int) -> tuple[float, float]:
-    sender, *readers = [await connect(u, max_size=None) for u in urls]
+def hocuspocus(port: int, document: str) -> Target:
+    prefix = var_string(document)
+    auth = prefix + write_var_uint(2) + write_var_uint(0) + var_string("")  # Auth, Token, ""
+    return Target(f"ws://127.0.0.1:{port}/{document}", prefix, (auth,))
+
+
+class Reader:
+    """A reading client's document: done when it holds a number of the writer's keys (a server
+    may merge or re-encode what it relays, so what arrived is applied, not counted)."""
+
+    def __init__(self, ws: ClientConnection, prefix: bytes) -> None:
+        self.ws = ws
+        self.head = prefix + b"\x00"  # a sync message, in the server's framing
+        self.doc: Doc[Any] = Doc()
+        self.map = self.doc.get("map", type=Map)
+
+    async def until(self, keys: int) -> None:
+        at = len(self.head)
+        while len(self.map) < keys:
+            message = await self.ws.recv()
+            if (
+                isinstance(message, bytes)
+                and message.startswith(self.head)
+                and message[at] in (1, 2)
+            ):
+                self.doc.apply_update(read_message(message[at + 1 :]))
+
+
+async def fanout(targets: list[Target], rounds: int) -> tuple[float, float]:
+    sender, *sockets = [await t.connect() for t in targets]
+    prefix = targets[0].prefix
+    readers = [Reader(ws, prefix) for ws in sockets]
     await asyncio.sleep(0.3)
     times = []
-    for message in updates(rounds):
+    for i, message in enumerate(updates(rounds)):
         start = time.perf_counter()
-        await sender.send(message)
-        await asyncio.gather(*(receive_updates(r, 1) for r in readers))
+        await sender.send(prefix + message)
+        await asyncio.gather(*(r.until(i + 1) for r in readers))
         times.append(time.perf_counter() - start)
-    for ws in (sender, *readers):
+    for ws in (sender, *sockets):
         await ws.close()
     times.sort()
     return statistics.median(times) * 1e3, times[int(len(times) * 0.99) - 1] * 1e3
 
 
-async def throughput(urls: list[tuple[str, str]], count: int) -> float:
-    pairs = [(await connect(w, max_size=None), await connect(r, max_size=None)) for w, r in urls]
+async def throughput(targets: list[tuple[Target, Target]], count: int) -> float:
+    pairs = [(await w.connect(), Reader(await r.connect(), r.prefix), w.prefix) for w, r in targets]
     await asyncio.sleep(0.3)
 
-    async def one(writer: ClientConnection, reader: ClientConnection) -> None:
-        messages = updates(count)
-        start_reading = asyncio.ensure_future(receive_updates(reader, count))
+    async def one(writer: ClientConnection, reader: Reader, prefix: bytes) -> None:
+        messages = [prefix + m for m in updates(count)]
+        reading = asyncio.ensure_future(reader.until(count))
         for m in messages:
             await writer.send(m)
-        await start_reading
+        await reading
 
     start = time.perf_counter()
-    await asyncio.gather(*(one(w, r) for w, r in pairs))
+    await asyncio.gather(*(one(*pair) for pair in pairs))
     elapsed = time.perf_counter() - start
-    for w, r in pairs:
+    for w, r, _ in pairs:
         await w.close()
-        await r.close()
-    return count * len(urls) / elapsed
+        await r.ws.close()
+    return count * len(targets) / elapsed
 
 
 async def floor_server() -> tuple[Any, int]:
@@ -166,10 +209,9 @@ async def serve_pycrdt_websocket() -> None:
 
 
 @contextlib.contextmanager
-def pycrdt_websocket_process() -> Iterator[int]:
-    proc = subprocess.Popen(
-        [sys.executable, __file__, "--serve-pycrdt-websocket"], stdout=subprocess.PIPE, text=True
-    )
+def server_process(*argv: str, cwd: Path | None = None) -> Iterator[int]:
+    """A server in a process of its own that prints its port first."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd=cwd)
     try:
         assert proc.stdout is not None
         yield int(proc.stdout.readline())
@@ -185,48 +227,55 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
+PEERS = ("kiki relay", "pycrdt-websocket", "Hocuspocus", "floor")
+
+
 async def main(quick: bool) -> None:
     rounds = 30 if quick else 200
     count = 500 if quick else 5000
-    with tempfile.TemporaryDirectory() as tmp, pycrdt_websocket_process() as pw_port:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        server_process(sys.executable, __file__, "--serve-pycrdt-websocket") as pw_port,
+        server_process("node", "hocuspocus.mjs", cwd=NODE_DIR) as hp_port,
+    ):
         relay = DeviceRelay(Path(tmp), idle_timeout="1", rate="100000", burst="100000")
         relay.start()
         server, port = await floor_server()
+
+        def targets(session: str, role: str = "controller") -> list[Target]:
+            return [
+                Target(relay.url(session, relay.token(session, role))),
+                Target(f"ws://127.0.0.1:{pw_port}/{session}"),
+                hocuspocus(hp_port, session),
+                Target(f"ws://127.0.0.1:{port}/{session}"),
+            ]
+
         try:
-            print(f"{'':26}{'kiki relay':>18}{'pycrdt-websocket':>20}{'floor (broadcast)':>20}")
+            print("p50/p99 ms; updates/s; each ratio is the kiki relay's to that peer's")
+            print(f"{'':22}" + "".join(f"{name:>20}" for name in PEERS))
             for n in (1, 10, 100):
                 s = f"fan{n}"
-                r50, r99 = await fanout(
-                    [relay.url(s, relay.token(s, "controller"))] * (n + 1), rounds
-                )
-                p50, p99 = await fanout([f"ws://127.0.0.1:{pw_port}/{s}"] * (n + 1), rounds)
-                f50, f99 = await fanout([f"ws://127.0.0.1:{port}/{s}"] * (n + 1), rounds)
-                print(
-                    f"fan-out to {n:>3} p50/p99 ms {r50:8.2f} {r99:8.2f}  {p50:8.2f} {p99:8.2f}"
-                    f"  {f50:8.2f} {f99:8.2f}   p50 vs pycrdt-websocket {r50 / p50:5.2f}x,"
-                    f" vs floor {r50 / f50:5.1f}x"
-                )
+                found = [await fanout([t] * (n + 1), rounds) for t in targets(s)]
+                cells = "".join(f"{p50:9.2f} {p99:9.2f}" + " " for p50, p99 in found)
+                ratios = ", ".join(f"{found[0][0] / p50:.2f}x" for p50, _ in found[1:])
+                print(f"fan-out to {n:>3} p50/p99 {cells}  p50 ratios {ratios}")
             for sessions in (1, 4):
                 names = [f"tp{sessions}-{i}" for i in range(sessions)]
-                pairs = [
-                    (
-                        relay.url(s, relay.token(s, "controller")),
-                        relay.url(s, relay.token(s, "observer")),
+                writers = [targets(s) for s in names]
+                readers = [targets(s, "observer") for s in names]
+                rates = [
+                    await throughput(
+                        [(w[i], r[i]) for w, r in zip(writers, readers, strict=True)], count
                     )
-                    for s in names
+                    for i in range(len(PEERS))
                 ]
-                rate = await throughput(pairs, count)
-                peer = await throughput(
-                    [(f"ws://127.0.0.1:{pw_port}/{s}",) * 2 for s in names], count
-                )
-                floor = await throughput(
-                    [(f"ws://127.0.0.1:{port}/{s}",) * 2 for s in names], count
-                )
-                print(
-                    f"updates/s, {sessions} session(s) {rate:9.0f} durable {peer:9.0f} in memory"
-                    f" {floor:9.0f} relayed   ratio {rate / peer:5.2f} to pycrdt-websocket,"
-                    f" {rate / floor:5.2f} to the floor"
-                )
+                cells = "".join(f"{rate:20.0f}" for rate in rates)
+                ratios = ", ".join(f"{rates[0] / rate:.2f}" for rate in rates[1:])
+                print(f"updates/s, {sessions} session(s){cells}  ratios {ratios}")
+            print(
+                "(the relay's updates are durable before relayed; pycrdt-websocket and Hocuspocus"
+                " keep theirs in memory; the floor relays bytes)"
+            )
             assert relay.proc is not None
             pid = relay.proc.pid
             n = 20 if quick else 200
