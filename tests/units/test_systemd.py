@@ -48,6 +48,7 @@ THRESHOLDS = {
     "kiki-sync-relay.service": 1.5,
     "kiki-a11y-server.service": 2.5,
     "kiki-dbus-gateway.service": 2.5,
+    "kiki-atspi-bridge.service": 2.5,
     "kiki-updater.service": 4.0,
 }
 

@@ -123,6 +123,7 @@ def disagreements(units: Path, services: Sequence[ServiceSpec]) -> list[str]:
             found.append(f"{spec.name}: kiki.target does not want {socket_path.name}")
         wanted_sockets.discard(socket_path.name)
     found.extend(_extra_socket_disagreements(units, services, declared))
+    found.extend(_helper_disagreements(units, declared))
     for path in sorted([*units.glob("kiki-*.s*"), *units.glob("user/kiki-*.s*")]):
         if path.suffix in (".service", ".socket") and path not in declared:
             found.append(f"{path.relative_to(units)}: no service declares it")
@@ -178,6 +179,33 @@ def _extra_socket_disagreements(
     return found
 
 
+# Units of programs that are not services of their own (no declaration, no socket): a helper
+# packaged with a service. Unit (under units/), command, its console script's target.
+HELPER_UNITS = (
+    ("user/kiki-atspi-bridge.service", "kiki-atspi-bridge", "kiki_a11y_server.atspi.main:main"),
+)
+
+
+def _helper_disagreements(units: Path, declared: set[Path]) -> list[str]:
+    found = []
+    user_preset = (units / "user" / "kiki.preset").read_text().split("\n")
+    rows = [line for line in (units / "README.md").read_text().splitlines() if line.startswith("|")]
+    for relative, command, _ in HELPER_UNITS:
+        path = units / relative
+        declared.add(path)
+        if not path.exists():
+            found.append(f"no {relative}")
+            continue
+        exec_start = parse_unit(path)["Service"]["ExecStart"]
+        if [value.split()[0] for value in exec_start] != [f"{VENV_BIN}/{command}"]:
+            found.append(f"{relative}: ExecStart={exec_start}, not {VENV_BIN}/{command}")
+        if relative.startswith("user/") and f"enable {path.name}" not in user_preset:
+            found.append(f"user/kiki.preset does not enable {path.name}")
+        if not any(f"`{relative}`" in row for row in rows):
+            found.append(f"README.md: no row for {relative}")
+    return found
+
+
 def _preset_disagreements(units: Path, services: Sequence[ServiceSpec]) -> list[str]:
     found = []
     system = (units / "kiki.preset").read_text().split("\n")
@@ -221,6 +249,12 @@ def test_every_declared_command_is_an_installed_program_of_its_package() -> None
         package = "kiki_" + spec.name.replace("-", "_")
         assert scripts.get(spec.command) == f"{package}.__main__:main", spec.name
         assert (REPO / "services" / spec.name / "src" / package).is_dir(), spec.name
+
+
+def test_every_helper_unit_runs_an_installed_program() -> None:
+    scripts = {ep.name: ep.value for ep in entry_points(group="console_scripts")}
+    for _, command, target in HELPER_UNITS:
+        assert scripts.get(command) == target, command
 
 
 def test_every_service_package_is_declared() -> None:
@@ -332,6 +366,18 @@ PLANTED = {
     "README": (
         _replace("README.md", "`/run/kiki/sensors.sock`", "`/run/kiki/sensor.sock`"),
         "README.md: the row of kiki-sensor-publisher.socket lacks `/run/kiki/sensors.sock`",
+    ),
+    "helper ExecStart": (
+        _replace("user/kiki-atspi-bridge.service", "bin/kiki-atspi-bridge", "bin/kiki-atspi"),
+        "user/kiki-atspi-bridge.service: ExecStart=['/usr/lib/kiki/venv/bin/kiki-atspi'], not",
+    ),
+    "helper preset": (
+        _replace("user/kiki.preset", "enable kiki-atspi-bridge.service", ""),
+        "user/kiki.preset does not enable kiki-atspi-bridge.service",
+    ),
+    "helper unit gone": (
+        _remove("user/kiki-atspi-bridge.service"),
+        "no user/kiki-atspi-bridge.service",
     ),
 }
 
