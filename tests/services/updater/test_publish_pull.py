@@ -4,6 +4,7 @@ tampered object is refused)."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import shutil
 from pathlib import Path
 
@@ -107,3 +108,22 @@ def test_a_remote_is_an_http_url_or_an_absolute_path(tmp_path: Path) -> None:
     assert Remote.of("r", str(tmp_path)).url == tmp_path.as_uri()
     with pytest.raises(InvalidParams, match="absolute path"):
         Remote.of("r", "relative/path")
+
+
+def test_two_apps_update_at_once_in_two_threads(tmp_path: Path) -> None:
+    # Operations on two apps run in two worker threads against one store (the service's
+    # max_operations); an OstreeRepo holds one transaction at a time, so each thread has its own.
+    repo = tmp_path / "published"
+    publish_versions(repo, tmp_path, APP, ["1.0"], secret=SECRET, files=200)
+    publish_versions(repo, tmp_path, "org.example.other", ["1.0"], secret=SECRET, files=200)
+    updater = ops(tmp_path)
+    remote = Remote.of("local", str(repo), ed25519_keys=(PUBLIC,))
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        done = list(
+            pool.map(lambda app: updater.install("app", app, remote), [APP, "org.example.other"])
+        )
+    assert [d.version for d in done] == ["1.0", "1.0"]
+    assert sorted(d.ident for d in updater.store.installed("app")) == [
+        "org.example.other",
+        APP,
+    ]

@@ -21,6 +21,7 @@ import os
 import platform
 import re
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -50,6 +51,10 @@ ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "a
     platform.machine(), platform.machine()
 )
 HISTORY_MAX = 32
+
+
+# Two threads creating the same repository at once would both run ostree's create.
+_CREATING = threading.Lock()
 
 
 class CrossDevice(UpdaterError):
@@ -92,27 +97,35 @@ class Deployed:
 
 
 class Store:
+    """The store. Each thread gets OSTree repository objects of its own: an ``OstreeRepo``
+    holds one transaction at a time, and operations on two apps run in two worker threads at
+    once; separate objects share the repository on disk as two processes would (libostree's
+    repository lock)."""
+
     def __init__(self, root: Path) -> None:
         self.root = root
         self.repo_path = root / "repo"
-        self._repo: Any = None
-        self._scratch: Any = None
+        self._local = threading.local()
 
     @property
     def repo(self) -> Any:
         """The repository, created ``bare-user-only`` on first use."""
-        if self._repo is None:
-            self.root.mkdir(parents=True, exist_ok=True)
-            self._repo = open_repo(self.repo_path, "bare-user-only")
-        return self._repo
+        repo = getattr(self._local, "repo", None)
+        if repo is None:
+            with _CREATING:
+                self.root.mkdir(parents=True, exist_ok=True)
+                repo = self._local.repo = open_repo(self.repo_path, "bare-user-only")
+        return repo
 
     @property
     def scratch(self) -> Any:
         """A second repository where a commit is fetched alone and checked before the store
         pulls its content (``operations.py``); it holds only commit objects, pruned at will."""
-        if self._scratch is None:
-            self._scratch = open_repo(self.root / "verify", "bare-user-only")
-        return self._scratch
+        scratch = getattr(self._local, "scratch", None)
+        if scratch is None:
+            with _CREATING:
+                scratch = self._local.scratch = open_repo(self.root / "verify", "bare-user-only")
+        return scratch
 
     def home(self, kind: Kind, ident: str) -> Path:
         check_id(kind, ident)
