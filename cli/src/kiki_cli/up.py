@@ -67,7 +67,11 @@ def register(sub: Any) -> None:
         "group (default: only you; the directory is 0750 and the sockets 0660 either way)",
     )
     p.add_argument(
-        "--no-demo", dest="demo", action="store_false", help="do not start the demo tool provider"
+        "--no-demo",
+        dest="demo",
+        action="store_false",
+        help="start no demo: neither the demo tool provider and app nor, in a desktop session "
+        "(its own session bus), the AT-SPI bridge that publishes the session's apps",
     )
     p.set_defaults(func=run)
 

@@ -2,7 +2,9 @@
 
 Each is run like a unit with ``Restart=always`` that ``Requires=`` its service: whatever ended
 it (the demo provider exits 1 when a restarting broker drops its connection), it is started
-again after the back-off, once the service is ready again.
+again after the back-off, once the service is ready again. The AT-SPI bridge is the exception:
+``Restart=on-failure`` (it exits 0 when the session has no accessibility bus), and only where
+``kiki up`` runs in the user's own session (its session bus, not a private one).
 """
 
 from __future__ import annotations
@@ -25,6 +27,11 @@ class Demo:
     module: str  # run as `python -m module --socket <the service's socket>`
     label: str  # its log lines are shown under this name
     started: str  # said once, when it first starts
+    # Restart=always (True) or Restart=on-failure (False: an exit 0 means nothing to do).
+    restart_always: bool = True
+    # Only with the user's own session bus (not a private one kiki up started): it serves
+    # the desktop session's apps, which a private bus has none of.
+    needs_user_session: bool = False
 
 
 DEMOS = (
@@ -39,6 +46,14 @@ DEMOS = (
         "kiki_cli.demos.a11y_app",
         "a11y-demo",
         "started the demo app (its tree: kiki a11y dump)",
+    ),
+    Demo(
+        "a11y-server",
+        "kiki_a11y_server.atspi.main",
+        "atspi-bridge",
+        "started the AT-SPI bridge (the session's accessible apps: kiki a11y dump)",
+        restart_always=False,
+        needs_user_session=True,
     ),
 )
 
@@ -107,6 +122,9 @@ class DemoKeeper:
             code = await self._exit(process)
             self.processes.remove(process)
             if code is None:
+                return
+            if code == 0 and not demo.restart_always:
+                self._say(f"{demo.label} exited with status 0: nothing to do, not restarted")
                 return
             delay = backoff.exited(time.monotonic())
             self._say(

@@ -174,6 +174,12 @@ class Supervisor:
         )
         self._say(f"started a private session bus: {self.bus_address}")
 
+    def _in_user_session(self) -> bool:
+        """Whether the services share the user's own session bus (not one started here), or
+        an accessibility bus is named outright."""
+        own_bus = self._bus_process is None and self.bus_address is not None
+        return own_bus or bool(os.environ.get("AT_SPI_BUS_ADDRESS"))
+
     def _env(self, child: Child) -> dict[str, str]:
         env = dict(os.environ)
         for key in (
@@ -414,6 +420,8 @@ class Supervisor:
                     self._say(self.table())
                     self._say(f"all {len(self.children)} services ready; Ctrl-C stops them")
                     for demo in DEMOS if cfg.demo else ():
+                        if demo.needs_user_session and not self._in_user_session():
+                            continue
                         needed = next(
                             (c for c in self.children if c.spec.name == demo.service), None
                         )
