@@ -23,7 +23,7 @@ from kiki_tool_broker.core import BrokerCore
 from kiki_tool_broker.policy import Policy
 from kiki_tool_broker.schemas import Catalog
 from kiki_tool_broker.server import Broker
-from kikitest.broker_fixtures import RawPeer
+from kikitest.broker_fixtures import RawPeer, RpcFailed
 from kikitest.broker_lexicons import TICKS, TICKS_LEXICON
 from libkiki.audit import read_entries
 from libkiki.rpc import serve_unix
@@ -176,4 +176,64 @@ async def test_a_reopened_topic_ends_a_delegated_subscription_the_policy_no_long
     assert broker.lines() == [
         ("subscribe", "ok", None, ALICE),
         ("unsubscribe", "ok", "denied", ALICE),
+    ]
+
+
+async def resources_subscribe(peer: RawPeer, behalf: dict[str, Any] | None = None) -> None:
+    params: dict[str, Any] = {"uri": f"kiki-stream://{TICKS}?room=a"}
+    if behalf is not None:
+        params["_meta"] = {ON_BEHALF_OF_META: behalf}
+    await peer.request("resources/subscribe", params)
+
+
+async def test_an_mcp_subscribe_of_a_uri_held_for_one_person_is_decided_for_the_next(
+    sockdir: Path, tmp_path: Path
+) -> None:
+    async with (
+        asyncio.timeout(20),
+        running(sockdir, tmp_path) as broker,
+        await provider(broker.path) as prov,
+        await RawPeer.open(broker.path) as relay,
+    ):
+        await resources_subscribe(relay, ALICE)
+        await accept_open(prov)
+        await resources_subscribe(relay, ALICE)  # again, for the same person: nothing to do
+        # Bob has no rule: refused as a kiki/subscribe for him is, not let through on alice's.
+        with pytest.raises(RpcFailed) as info:
+            await resources_subscribe(relay, {"subject": "bob"})
+        assert info.value.code == -32003
+        assert "remote:bob" in str(info.value)
+        # The relay for itself may subscribe, but the URI is alice's on this connection.
+        with pytest.raises(RpcFailed) as info:
+            await resources_subscribe(relay)
+        assert info.value.code == -32009
+        assert prov.requests.empty()  # one upstream, alice's
+    assert broker.lines() == [
+        ("subscribe", "ok", None, ALICE),
+        ("subscribe", "denied", None, {"subject": "bob"}),
+        ("subscribe", "error", None, None),
+        ("unsubscribe", "ok", "closed", ALICE),
+    ]
+
+
+async def test_an_mcp_subscribe_claiming_a_person_from_an_untrusted_peer_is_refused(
+    sockdir: Path, tmp_path: Path
+) -> None:
+    async with (
+        asyncio.timeout(20),
+        running(sockdir, tmp_path) as broker,
+        await provider(broker.path) as prov,
+        await RawPeer.open(broker.path) as peer,
+    ):
+        broker.change_policy(ALICE_MAY, sweep=True)  # root is nobody's relay now
+        await resources_subscribe(peer)  # for itself: root's defaults
+        await accept_open(prov)
+        with pytest.raises(RpcFailed) as info:
+            await resources_subscribe(peer, ALICE)
+        assert info.value.code == -32003
+        assert "not a trusted delegate" in str(info.value)
+    assert broker.lines() == [
+        ("subscribe", "ok", None, None),
+        ("subscribe", "denied", None, None),  # its claim was nobody's word: no onBehalfOf
+        ("unsubscribe", "ok", "closed", None),
     ]

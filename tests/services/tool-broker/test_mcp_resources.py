@@ -196,6 +196,28 @@ async def test_policy_denies_resource_subscriptions(sockdir: Path, spawn_service
         assert refused[-1]["outcome"] != "ok"
 
 
+async def test_a_bad_uri_is_refused_and_audited(broker: Broker, sockdir: Path) -> None:
+    path, _ = broker
+    bad: dict[Any, str] = {  # each URI, and the name its audit line gives it
+        "kiki-stream://org.example.none": "org.example.none",  # no such stream
+        f"kiki-stream://{TICKS}?room=a&room=b": TICKS,
+        "https://example.org/x": "https://example.org/x",
+        42: "42",
+    }
+    async with asyncio.timeout(20), await provider(path) as prov, await RawPeer.open(path) as c:
+        for uri in bad:
+            with pytest.raises(RpcFailed) as info:
+                await c.request("resources/subscribe", {"uri": uri})
+            assert info.value.code == -32602
+        assert prov.requests.empty()
+    entries = [
+        e for e in read_entries(sockdir / "state" / "audit.jsonl") if e.get("event") == "subscribe"
+    ]
+    assert [(e["tool"], e["outcome"], e["code"]) for e in entries] == [
+        (name, "invalid", -32602) for name in bad.values()
+    ]
+
+
 async def test_a_connection_with_both_kinds_gets_each_its_own_way(broker: Broker) -> None:
     path, _ = broker
     async with asyncio.timeout(20), await provider(path) as prov, await RawPeer.open(path) as c:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Callable, Iterable
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from kiki_tool_broker.core import BrokerCore, Who
 from kiki_tool_broker.mcp_resources import ResourceStreams
@@ -36,7 +36,7 @@ from kiki_tool_broker.streams import (
     Rejected,
     Subscribed,
 )
-from kiki_tool_broker.subscribing import Subscriber
+from kiki_tool_broker.subscribing import Asked, Subscriber
 from kiki_tool_broker.upstreams import EMIT, END_STREAM, Upstreams
 from libkiki.errors import InvalidParams
 from libkiki.rpc import Connection, Methods, RequestContext
@@ -52,6 +52,7 @@ SUBSCRIBE_AUDIT: Final = "dev.kiki.tools.subscribeAudit"
 OWN_STREAMS: Final = (SUBSCRIBE_PROVIDERS, SUBSCRIBE_AUDIT)
 
 AuditWriter = Callable[..., None]
+T = TypeVar("T")
 
 
 class EventStreams:
@@ -81,7 +82,7 @@ class EventStreams:
 
     # -- clients -----------------------------------------------------------------------------
 
-    def _cid(self, conn: Connection) -> int:
+    def cid(self, conn: Connection) -> int:
         cid: int | None = conn.state.get("stream_cid")
         if cid is None:
             cid = conn.state["stream_cid"] = next(self._cids)
@@ -90,7 +91,7 @@ class EventStreams:
     # Kiki's own methods are strict: a key they do not know is -32602.
     def subscribe(self, request: RequestContext, nsid: Any, params: Any = None) -> dict[str, Any]:
         subscribed, actions = self.open(request, nsid, params)
-        self.writers.open(self._cid(request.connection), request.connection)
+        self.writers.open(self.cid(request.connection), request.connection)
         self.carry(actions)
         return {"subscription": subscribed.sub, "state": subscribed.state}
 
@@ -99,30 +100,45 @@ class EventStreams:
     ) -> tuple[Subscribed, list[Action]]:
         """A subscription of the request's connection, decided by the core (a refusal is
         audited and raised); its actions are the caller's to carry, once it can route them."""
+        cid = self.cid(request.connection)
+        asked = Asked(str(nsid), params if isinstance(params, dict) else {})
+        subscriber, (subscribed, actions) = self.decided(
+            request, asked, lambda s: (s, self.subscriptions.subscribe(s, cid, nsid, params))
+        )
+        self.held(subscriber, subscribed.sub, asked.tool)
+        return subscribed, actions
+
+    def decided(
+        self, request: RequestContext, asked: Asked, decide: Callable[[Subscriber], T]
+    ) -> T:
+        """``decide`` for the request's :class:`Subscriber` (the caller, or the person a
+        trusted delegate names): whatever refuses, the subscriber's own claim included, is
+        audited as a ``subscribe`` of ``asked`` (which ``decide`` may name better once it knows
+        more) and raised."""
         who = self.who(request)
-        cid = self._cid(request.connection)
         behalf = None  # the person a trusted delegate names, once it is known to be one
         try:
             subscriber = self.subscriptions.subscriber(who, request.meta)
             behalf = subscriber.on_behalf_of
-            subscribed, actions = self.subscriptions.subscribe(subscriber, cid, nsid, params)
+            return decide(subscriber)
         except Exception as exc:
             outcome, code = outcome_of(exc)
             self.audit(
                 caller=who.view,
-                tool=str(nsid),
+                tool=asked.tool,
                 outcome=outcome,
                 code=code,
                 duration_us=0,
-                arguments=params if isinstance(params, dict) else {},
+                arguments=asked.arguments,
                 event="subscribe",
                 on_behalf_of=behalf,
             )
             raise
-        self.subs[subscribed.sub] = subscriber
-        assert isinstance(nsid, str)
-        self.sub_nsid[subscribed.sub] = nsid
-        return subscribed, actions
+
+    def held(self, subscriber: Subscriber, sub: int, nsid: str) -> None:
+        """``sub`` is ``subscriber``'s: re-decided for it on reloads and reopenings."""
+        self.subs[sub] = subscriber
+        self.sub_nsid[sub] = nsid
 
     def list_streams(self, request: RequestContext, cursor: Any = None) -> dict[str, Any]:
         return self.subscriptions.list_streams(self.who(request), cursor)
@@ -130,13 +146,13 @@ class EventStreams:
     def unsubscribe(self, request: RequestContext, subscription: Any) -> dict[str, Any]:
         if not isinstance(subscription, int) or isinstance(subscription, bool):
             raise InvalidParams("subscription must be an integer")
-        self.carry(self.fanout.unsubscribe(self._cid(request.connection), subscription))
+        self.carry(self.fanout.unsubscribe(self.cid(request.connection), subscription))
         return {}
 
     def end_subscription(self, conn: Connection, sub: int) -> None:
         """``conn`` ends ``sub`` (audited); nothing to do when it is gone already."""
-        if sub in self.fanout.subscriptions(self._cid(conn)):
-            self.carry(self.fanout.unsubscribe(self._cid(conn), sub))
+        if sub in self.fanout.subscriptions(self.cid(conn)):
+            self.carry(self.fanout.unsubscribe(self.cid(conn), sub))
 
     def who(self, request: RequestContext) -> Who:
         state = request.connection.state

@@ -7,7 +7,10 @@ subscription lexicon the caller may subscribe to (``kiki-stream://NSID{?room,lim
 ``resources/list`` the streams that need no params.
 
 * ``resources/subscribe {uri}`` is ``kiki/subscribe`` on this connection: the same policy
-  (access ``subscribe``), limits, queue and audit lines. ``resources/unsubscribe {uri}`` ends it
+  (access ``subscribe``, a delegate's person included), limits, queue and audit lines (a bad
+  URI's refusal too). A URI has one subscriber per connection, as MCP names the subscription
+  by its URI alone: asked again for the same subscriber it is nothing to do, for anyone else
+  decided for them and then refused. ``resources/unsubscribe {uri}`` ends it
   (audited); it is idempotent, as hosts unsubscribe while tidying up.
 * ``notifications/resources/updated {uri}`` is sent when the subscription's queue goes from
   empty to not empty (the fan-out's :class:`~kiki_tool_broker.streams.Readable`): once, however
@@ -36,8 +39,9 @@ from urllib.parse import parse_qsl, quote, urlsplit
 import orjson
 
 from kiki_tool_broker import protocol as mcp
-from kiki_tool_broker.streams import Ended, Item, Lost, Message, Status
-from libkiki.errors import InvalidParams, KikiError
+from kiki_tool_broker.streams import Action, Ended, Item, Lost, Message, Status, Subscribed
+from kiki_tool_broker.subscribing import Asked, Subscriber
+from libkiki.errors import Conflict, InvalidParams, KikiError, PermissionDenied
 from libkiki.lexicon.model import ArrayType, BooleanType, IntegerType, SubscriptionType
 from libkiki.rpc import Connection, Methods, RequestContext
 
@@ -51,6 +55,8 @@ MAX_URI: Final = 2048
 
 # A subscription of a connection: (listen stream id or None for resources/subscribe, uri).
 Key = tuple[Any, str]
+# A subscription opened: for whom, and the fan-out's answer.
+Opened = tuple[Subscriber, Subscribed, list[Action]]
 
 
 # -- URIs --------------------------------------------------------------------------------------
@@ -101,6 +107,17 @@ def parse_uri(streams: EventStreams, uri: object) -> tuple[str, dict[str, Any]]:
         else:
             params[name] = _typed(name, kind, text)
     return nsid, params
+
+
+def _audit_name(uri: object) -> str:
+    """What a refused subscribe of ``uri`` is audited as before its URI is parsed: the NSID it
+    names, else the URI as given (the audit log cuts what is longer than an NSID)."""
+    text = str(uri)[:MAX_URI]
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return text
+    return parts.netloc if parts.scheme == SCHEME and parts.netloc else text
 
 
 def template(nsid: str, names: list[str]) -> str:
@@ -211,16 +228,50 @@ class ResourceStreams:
     # -- subscribing -------------------------------------------------------------------------
 
     def _open(self, request: RequestContext, key: Key) -> None:
-        """Subscribe ``key``'s URI for this connection (already subscribed: nothing to do)."""
+        """Subscribe ``key``'s URI for this connection, decided and audited as a
+        ``kiki/subscribe`` (a bad URI and a claim to be someone included). Subscribed already
+        for the same subscriber: nothing to do; for someone else: refused (see ``_again``)."""
         conn = request.connection
         mine = self._mine(conn)
-        if key in mine:
+        uri = key[1]
+        asked = Asked(_audit_name(uri), {})
+
+        def decide(subscriber: Subscriber) -> Opened | None:
+            nsid, params = parse_uri(self.streams, uri)
+            asked.tool, asked.arguments = nsid, params
+            held = mine.get(key)
+            if held is not None:
+                self._again(subscriber, nsid, held, uri)
+                return None
+            cid = self.streams.cid(conn)
+            return subscriber, *self.streams.subscriptions.subscribe(subscriber, cid, nsid, params)
+
+        opened = self.streams.decided(request, asked, decide)
+        if opened is None:
             return
-        nsid, params = parse_uri(self.streams, key[1])
-        subscribed, actions = self.streams.open(request, nsid, params)
+        subscriber, subscribed, actions = opened
         mine[key] = subscribed.sub
-        self.by_sub[subscribed.sub] = (conn, key[0], key[1])
+        self.by_sub[subscribed.sub] = (conn, key[0], uri)
+        self.streams.held(subscriber, subscribed.sub, asked.tool)
         self.streams.carry(actions)  # may say at once that it is readable: known by now
+
+    def _again(self, subscriber: Subscriber, nsid: str, held: int, uri: str) -> None:
+        """A URI subscribed on this connection already, asked again: for the same subscriber,
+        nothing to do (hosts subscribe again while reconciling). MCP names a resource
+        subscription by its URI alone (updates, reads, unsubscribes), so one URI has one
+        subscriber per connection: anyone else is decided first (a refusal is theirs), then
+        refused as a conflict, never let through on the first one's decision."""
+        holder = self.streams.subs.get(held)
+        if holder == subscriber:
+            return
+        allowed, reason = self.streams.subscriptions.may_subscribe(subscriber.caller, nsid)
+        if not allowed:
+            raise PermissionDenied(f"{subscriber.describe()} may not subscribe to {nsid}: {reason}")
+        raise Conflict(
+            f"{uri} is subscribed on this connection for someone else already: one subscriber "
+            "per URI per connection (MCP names the subscription by its URI alone)",
+            data={"uri": uri},
+        )
 
     def _close(self, conn: Connection, key: Key) -> None:
         sub = self._mine(conn).pop(key, None)

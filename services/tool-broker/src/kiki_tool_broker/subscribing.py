@@ -40,6 +40,15 @@ class Subscriber:
         return self.caller.describe()
 
 
+@dataclass(slots=True)
+class Asked:
+    """What a subscribe asked for, as its refusal's audit line names it (``tool``, and the
+    ``arguments`` it hashes): known better as the request is understood."""
+
+    tool: str
+    arguments: dict[str, Any]
+
+
 class Subscriptions:
     """The subscribing decisions (see the module's docstring), over the core's state."""
 
