@@ -11,11 +11,12 @@ the socket open until every forwarded request is answered or ``--drain-timeout``
 then closes it. It never half-closes the socket: the broker takes end of input for the caller
 leaving and cancels its calls.
 
-Each direction is a thread doing blocking reads and writes: a call costs the bridge a read and a
-write each way and no event loop (which would add a wait for readiness, and callbacks, to every
-message on the host's critical path). Blocking I/O also serves any file as stdin and stdout, not
-only the pipes a host gives: a regular file, /dev/null, a terminal, a socket (``kiki mcp <
-requests.jsonl > answers.jsonl``), and each side goes only as fast as the other takes it.
+One thread waits on stdin and the socket with poll and passes each message on as it comes: a
+call costs the bridge a read and a write each way, and no event loop's callbacks, futures and
+tasks (which cost a Python bridge more than the copying). Blocking writes to stdout and poll
+also serve any file as stdin and stdout, not only the pipes a host gives: a regular file,
+/dev/null, a terminal, a socket (``kiki mcp < requests.jsonl > answers.jsonl``), and each side
+goes only as fast as the other takes it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import os
 import select
 import socket
 import sys
-import threading
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -107,39 +108,32 @@ class Outstanding:
     invalid one too, when its id is valid: the error echoes it), except a listen stream, which
     is answered only at close, and a request the host cancelled, which is never answered.
 
-    The thread forwarding the host's bytes only notes them (:meth:`forwarded`) before they go
-    to the broker, and looks into them (:meth:`catch_up`) once they are gone, so that reading
-    the ids never delays a request. Whoever counts an answer catches up first: a request is
-    always counted before its answer, whichever thread gets there first. Once ``awaited`` is
-    set, ``changed`` is notified when no request is left unanswered; before, nobody waits for
-    that, and waking the waiting thread at every answer would cost each call a thread switch.
+    The host's bytes are only noted (:meth:`forwarded`) as they are read, and looked into
+    (:meth:`catch_up`) once they are on their way to the broker, so that reading the ids never
+    delays a request. Counting an answer, or the requests owed, catches up first: a request is
+    always counted before its answer.
     """
 
-    def __init__(self, changed: threading.Condition) -> None:
+    def __init__(self) -> None:
         self._ids: Counter[bytes] = Counter()  # a multiset: a reused id is answered twice
         self._unread: list[bytes] = []  # forwarded, not yet looked into
         self._lines = LineDecoder(HOST_LINE)
-        self.changed = changed  # re-entrant: its holder may ask len()
-        self.awaited = False
 
     def __len__(self) -> int:
-        with self.changed:
-            self.catch_up()
-            return self._ids.total()
+        self.catch_up()
+        return self._ids.total()
 
     def forwarded(self, chunk: bytes) -> None:
-        """Note bytes of the host's about to go to the broker (any piece of its stream)."""
-        with self.changed:
-            self._unread.append(chunk)
+        """Note bytes of the host's on their way to the broker (any piece of its stream)."""
+        self._unread.append(chunk)
 
     def catch_up(self) -> None:
         """Count the requests in the bytes forwarded so far."""
-        with self.changed:
-            unread, self._unread = self._unread, []
-            for chunk in unread:
-                for line in self._lines.feed(chunk):
-                    if isinstance(line, bytes):
-                        self._sent(line)
+        unread, self._unread = self._unread, []
+        for chunk in unread:
+            for line in self._lines.feed(chunk):
+                if isinstance(line, bytes):
+                    self._sent(line)
 
     def _sent(self, line: bytes) -> None:
         for msg in _entries(line):
@@ -155,133 +149,167 @@ class Outstanding:
 
     def answered(self, line: bytes) -> None:
         """Count the answers in one line the host has been given."""
-        entries = _entries(line)  # parsed outside the lock: the other thread may want it
-        with self.changed:
-            self.catch_up()
-            for msg in entries:
-                if isinstance(msg, dict) and "method" not in msg and "id" in msg:
-                    with contextlib.suppress(TypeError):  # an id orjson cannot write back
-                        self._drop(_key(msg["id"]))
+        self.catch_up()
+        for msg in _entries(line):
+            if isinstance(msg, dict) and "method" not in msg and "id" in msg:
+                with contextlib.suppress(TypeError):  # an id orjson cannot write back
+                    self._drop(_key(msg["id"]))
 
     def _drop(self, key: bytes) -> None:
         count = self._ids.pop(key, 0)
         if count > 1:
             self._ids[key] = count - 1
-        if self.awaited and not self._ids:
-            self.changed.notify_all()
-
-
-def _read(fd: int) -> bytes:
-    """A chunk of at most CHUNK bytes from ``fd``, b"" at its end, waiting for it if need be.
-
-    stdin is opened blocking by whoever starts the bridge, but a host may share it set
-    non-blocking (the flag belongs to the open file, not to the bridge): then wait for it here.
-    """
-    while True:
-        try:
-            return os.read(fd, CHUNK)
-        except BlockingIOError:
-            _wait(fd, select.POLLIN)
 
 
 def _write_all(fd: int, data: bytes) -> None:
-    """Write all of ``data``: a write may take only part of it (a signal, a disk filling up, a
-    non-blocking pipe that is full)."""
+    """Write all of ``data`` to the host: a write may take only part of it (a signal, a disk
+    filling up), and a host may share its end of a pipe set non-blocking (the flag belongs to
+    the open file, not to the bridge): then wait until it takes more."""
     view = memoryview(data)
     while view:
         try:
             view = view[os.write(fd, view) :]
         except BlockingIOError:
-            _wait(fd, select.POLLOUT)
-
-
-def _wait(fd: int, event: int) -> None:
-    poller = select.poll()
-    poller.register(fd, event)
-    poller.poll()
+            waiting = select.poll()
+            waiting.register(fd, select.POLLOUT)
+            waiting.poll()
 
 
 class _Pump:
-    """The two directions of one bridge, each run by a thread, and what the main thread waits on."""
+    """One bridge: the host's stdin and stdout, the broker's socket, and one loop between them.
+
+    One thread waits on both inputs with poll and does the work of each message as it comes:
+    a read and a write each way per call. The requests wait in ``pending`` only when the
+    broker's socket is full, and stdin is not read until they are sent, so that the host goes
+    only as fast as the broker takes its requests. The answers are written to stdout before the
+    next is read (blocking, as the host gave stdout), so that the host's pace bounds what the
+    bridge holds and an answer counts as delivered once it is written.
+    """
 
     def __init__(self, sock: socket.socket, stdin: int, stdout: int) -> None:
         self.sock = sock
         self.stdin = stdin
         self.stdout = stdout
-        self.changed = threading.Condition(threading.RLock())
-        self.outstanding = Outstanding(self.changed)
-        self.host_done = False  # stdin has ended (or could not be read, or the socket broke)
-        self.broker_done = False  # the broker's side has ended, or stdout cannot be written
+        self.outstanding = Outstanding()
+        self.answers = LineDecoder(BROKER_LINE)
+        self.pending = b""  # the host's bytes the broker's socket has not taken yet
+        self.host_open = True
+        self.last = b"\n"  # the end of the host's bytes so far
         self.failed: list[str] = []  # why the host's side broke (said once the bridge is down)
+        self.poller = select.poll()
+        self.watching_stdin = False
 
-    def to_broker(self) -> None:
-        last = b"\n"
-        try:
-            while chunk := _read(self.stdin):
-                self.outstanding.forwarded(chunk)
-                self.sock.sendall(chunk)
-                self.outstanding.catch_up()  # while the broker works on the request
-                last = chunk
-            if not last.endswith(b"\n"):
-                # The host's last message had no newline: end it, or the broker never reads it.
-                self.outstanding.forwarded(b"\n")
-                self.sock.sendall(b"\n")
-        except OSError:
-            pass  # stdin cannot be read, or the broker is gone: either way no more requests
-        finally:
-            self._end("host_done")
-
-    def to_host(self) -> None:
-        lines = LineDecoder(BROKER_LINE)
-        # Waited for with poll, not in recv: a blocking recv sleeps on the socket's one wait
-        # queue, and wakes (to sleep again) whenever the broker takes a request from it too,
-        # which would cost every call an extra thread switch. poll wakes for answers only.
-        answers = select.poll()
-        answers.register(self.sock, select.POLLIN)
-        try:
-            while answers.poll() and (chunk := self.sock.recv(CHUNK)):
-                try:
-                    _write_all(self.stdout, chunk)
-                except ConnectionError:
-                    return  # the host closed its end: there is nobody left to tell
-                except OSError as exc:  # a full disk, say: answers would be lost without a word
-                    self.failed.append(f"cannot write to stdout: {exc.strerror or exc}")
-                    return
-                # Only once the host has it does an answer count as delivered.
-                for line in lines.feed(chunk):
-                    if isinstance(line, bytes):
-                        self.outstanding.answered(line)
-        except OSError:
-            pass  # the socket broke, or was shut down as the bridge stops
-        finally:
-            self._end("broker_done")
-
-    def _end(self, side: str) -> None:
-        with self.changed:
-            setattr(self, side, True)
-            self.changed.notify_all()
-
-    def wait(self, drain_timeout: float) -> None:
+    def run(self, drain_timeout: float) -> None:
         """Until the broker's side ends, or stdin does and the answers owed are written (or
         ``drain_timeout`` seconds pass)."""
-        with self.changed:
-            self.changed.wait_for(lambda: self.host_done or self.broker_done)
-            if self.broker_done:
+        sock = self.sock.fileno()
+        self.poller.register(sock, select.POLLIN)
+        self._watch_stdin(True)
+        deadline: float | None = None
+        while True:
+            if not self.host_open:
+                if deadline is None:
+                    deadline = time.monotonic() + drain_timeout
+                if not self.pending and not len(self.outstanding):
+                    return
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self._give_up(drain_timeout)
+                    return
+                timeout: float | None = left * 1000
+            else:
+                timeout = None
+            for fd, events in self.poller.poll(timeout):
+                if fd == sock:
+                    if events & select.POLLOUT:
+                        self._send()
+                    if events & ~select.POLLOUT and not self._answer():
+                        return
+                elif self.watching_stdin:
+                    self._request()
+
+    def _request(self) -> None:
+        try:
+            chunk = os.read(self.stdin, CHUNK)
+        except BlockingIOError:
+            return  # a host's non-blocking stdin that had nothing after all
+        except OSError:
+            chunk = b""  # stdin cannot be read: no more requests either way
+        if chunk:
+            self.last = chunk
+        else:
+            self._host_ended()
+            if self.last.endswith(b"\n"):
                 return
-            # The host closed stdin: deliver what is owed, within the grace time. No
-            # shutdown(SHUT_WR): the broker would take it for the host leaving and cancel the
-            # calls.
-            self.outstanding.awaited = True
-            self.changed.wait_for(
-                lambda: self.broker_done or not len(self.outstanding), timeout=drain_timeout
+            # The host's last message had no newline: end it, or the broker never reads it.
+            chunk = b"\n"
+        self.outstanding.forwarded(chunk)
+        self.pending = chunk
+        self._send()
+        self.outstanding.catch_up()  # while the broker works on the request
+
+    def _send(self) -> None:
+        """Send what the broker has not taken yet; stdin is watched only while nothing is."""
+        try:
+            sent = self.sock.send(self.pending)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            # The broker is gone: no more requests, but its answers so far are still read.
+            sent = len(self.pending)
+            self._host_ended()
+        self.pending = self.pending[sent:]
+        if self.pending:
+            self.poller.modify(self.sock, select.POLLIN | select.POLLOUT)
+        else:
+            self.poller.modify(self.sock, select.POLLIN)
+        self._watch_stdin(self.host_open and not self.pending)
+
+    def _host_ended(self) -> None:
+        # No shutdown(SHUT_WR): the broker would take it for the host leaving and cancel the
+        # calls still owed.
+        self.host_open = False
+        self._watch_stdin(False)
+
+    def _watch_stdin(self, watch: bool) -> None:
+        # Unregistered, not only masked, while not wanted: poll reports a hang-up even then.
+        if watch != self.watching_stdin:
+            if watch:
+                self.poller.register(self.stdin, select.POLLIN)
+            else:
+                self.poller.unregister(self.stdin)
+            self.watching_stdin = watch
+
+    def _answer(self) -> bool:
+        """Pass on what the broker sent; False once there is nothing more to pass on."""
+        try:
+            chunk = self.sock.recv(CHUNK)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        if not chunk:
+            return False
+        try:
+            _write_all(self.stdout, chunk)
+        except ConnectionError:
+            return False  # the host closed its end: there is nobody left to tell
+        except OSError as exc:  # a full disk, say: answers would be lost without a word
+            self.failed.append(f"cannot write to stdout: {exc.strerror or exc}")
+            return False
+        for line in self.answers.feed(chunk):
+            if isinstance(line, bytes):
+                self.outstanding.answered(line)
+        return True
+
+    def _give_up(self, drain_timeout: float) -> None:
+        owed = len(self.outstanding)
+        if owed:
+            print(
+                f"kiki mcp: stdin closed; {owed} request(s) still unanswered "
+                f"after {drain_timeout:g} s, giving up",
+                file=sys.stderr,
             )
-            owed = len(self.outstanding)
-            if owed and not self.broker_done:
-                print(
-                    f"kiki mcp: stdin closed; {owed} request(s) still unanswered "
-                    f"after {drain_timeout:g} s, giving up",
-                    file=sys.stderr,
-                )
 
 
 def bridge(path: Path, drain_timeout: float = DRAIN_TIMEOUT) -> int:
@@ -295,17 +323,10 @@ def bridge(path: Path, drain_timeout: float = DRAIN_TIMEOUT) -> int:
             file=sys.stderr,
         )
         return 1
-    pump = _Pump(sock, sys.stdin.fileno(), sys.stdout.fileno())
-    # Daemon threads: a read of stdin still in flight when the bridge stops (the broker went
-    # away while the host keeps stdin open) must not hold up its exit.
-    for target in (pump.to_broker, pump.to_host):
-        threading.Thread(target=target, name=target.__name__, daemon=True).start()
-    try:
-        pump.wait(drain_timeout)
-    finally:
-        # Wakes the thread reading the socket, if it still is; the broker sees the caller leave.
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
+    with sock:
+        sock.setblocking(False)
+        pump = _Pump(sock, sys.stdin.fileno(), sys.stdout.fileno())
+        pump.run(drain_timeout)
     if pump.failed:
         print(f"kiki mcp: {pump.failed[0]}", file=sys.stderr)
         return 1
