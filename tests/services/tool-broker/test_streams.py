@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kiki_tool_broker.policy import Caller
 from kiki_tool_broker.streams import (
     Action,
     Audit,
@@ -26,6 +27,7 @@ from kiki_tool_broker.streams import (
     Status,
     StreamFanout,
 )
+from kiki_tool_broker.subscribing import Subscriber
 from libkiki.errors import (
     Conflict,
     InvalidParams,
@@ -33,6 +35,7 @@ from libkiki.errors import (
     NotFound,
     ValidationError,
 )
+from libkiki.peer import PeerCred
 
 pytestmark = pytest.mark.unit
 
@@ -313,10 +316,11 @@ def test_a_connection_closing_releases_everything_it_held() -> None:
 
 def test_subscribe_is_audited_with_canonical_params() -> None:
     fan = StreamFanout()
-    sub, actions = fan.subscribe(7, A, {"b": 1, "a": 2}, caller="uid:1000")
-    assert actions == [Audit("subscribe", 7, sub.sub, A, {"a": 2, "b": 1}, caller="uid:1000")]
+    who = Subscriber(Caller(PeerCred(10, 1000, 1000)), {"uid": 1000}, None)
+    sub, actions = fan.subscribe(7, A, {"b": 1, "a": 2}, caller=who)
+    assert actions == [Audit("subscribe", 7, sub.sub, A, {"a": 2, "b": 1}, caller=who)]
     assert fan.connection_closed(7) == [
-        Audit("unsubscribe", 7, sub.sub, A, {"a": 2, "b": 1}, "closed", "uid:1000")
+        Audit("unsubscribe", 7, sub.sub, A, {"a": 2, "b": 1}, "closed", who)
     ]
     with pytest.raises(InvalidParams):
         fan.subscribe(7, A, ["not", "an", "object"])  # type: ignore[arg-type]

@@ -267,7 +267,8 @@ class EventStreams:
     def _audit(self, action: Audit) -> None:
         served = self.fanout.served_by(action.nsid)
         provider = None if served is None else self.core.stream_providers.get(served)
-        subscriber: Subscriber = action.caller
+        subscriber = action.caller
+        assert subscriber is not None  # every subscription the broker makes names its subscriber
         self.audit(
             caller=subscriber.view,
             tool=action.nsid,

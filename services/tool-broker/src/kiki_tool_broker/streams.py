@@ -45,7 +45,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 
@@ -62,6 +62,9 @@ from kiki_tool_broker.stream_queue import (
     WaitReason,
 )
 from libkiki.errors import Conflict, InvalidParams, KikiError, LimitExceeded, NotFound
+
+if TYPE_CHECKING:
+    from kiki_tool_broker.subscribing import Subscriber
 
 __all__ = [
     "Action",
@@ -138,7 +141,7 @@ class Audit:
     nsid: str
     params: dict[str, Any]
     reason: EndReason | None = None
-    caller: Any = None
+    caller: Subscriber | None = None
 
 
 Action = OpenUpstream | CloseUpstream | Readable | Rejected | Audit
@@ -177,7 +180,7 @@ class _Subscriber:
     queue: SubscriberQueue
     told: State = "opening"  # the state it was last given (subscribe's answer, or a Status)
     ended: bool = False
-    caller: Any = None
+    caller: Subscriber | None = None
 
 
 def _accept(nsid: str, message: Any) -> None:
@@ -335,7 +338,12 @@ class StreamFanout:
     # -- clients --------------------------------------------------------------------------
 
     def subscribe(
-        self, conn: ConnId, nsid: str, params: dict[str, Any] | None = None, *, caller: Any = None
+        self,
+        conn: ConnId,
+        nsid: str,
+        params: dict[str, Any] | None = None,
+        *,
+        caller: Subscriber | None = None,
     ) -> tuple[Subscribed, list[Action]]:
         """A new subscription of ``conn`` (policy and the params' lexicon are checked before);
         ``caller`` is carried into its :class:`Audit` actions."""
