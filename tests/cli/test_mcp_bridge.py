@@ -378,9 +378,8 @@ async def test_stdin_and_stdout_may_be_any_file(
 
 async def test_pipes_the_host_set_non_blocking_are_waited_for(broker: Broker) -> None:
     # O_NONBLOCK belongs to the open pipe, so a host may hand the bridge its ends set so. The
-    # requests trickle in (reads find stdin empty) and the answers are read slowly through a
-    # one-page pipe (writes find stdout full): "try again" is neither the end of the requests
-    # nor a failure to write.
+    # requests trickle in and the answers are read slowly through a one-page pipe (writes find
+    # stdout full): "try again" is neither the end of the requests nor a failure to write.
     path, _ = broker
     stdin_r, stdin_w = os.pipe()
     stdout_r, stdout_w = os.pipe()
