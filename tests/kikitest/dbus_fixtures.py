@@ -216,6 +216,14 @@ def gateway_stack() -> Iterator[Stack]:
         yield stack
 
 
+@pytest.fixture(scope="session")
+def bare_bus() -> Iterator[Stack]:
+    """A private bus with nothing on it, for tests that put the gateway's parts and their
+    peers on a bus of their own; shared by the whole run."""
+    with shared("bare-bus", _bus) as stack:
+        yield stack
+
+
 def start_mpv(env: dict[str, str], frequency: int = 440, *extra: str) -> subprocess.Popen[bytes]:
     """mpv playing a generated tone, with Debian's mpv-mpris script (it loads from
     /etc/mpv/scripts): no media file, no audio device, no window."""

@@ -182,3 +182,41 @@ def test_a_feed_says_gone_only_of_players_it_showed() -> None:
     assert types(feed.take(0.0)) == [(APPEARED, "stays")]
     players.remove("stays")
     assert types(feed.take(0.0)) == [(GONE, "stays")]
+
+
+@pytest.mark.parametrize("volume", [float("inf"), float("-inf"), float("nan")])
+def test_a_volume_that_is_not_a_number_is_refused_and_everyone_is_still_served(
+    volume: float,
+) -> None:
+    players = Players(4)
+    feed = PlaybackFeed(players, lambda: None)
+    players.listeners.append(feed)
+    good = make(players, "good", ":1.1")
+    bad = make(players, "bad", ":1.2")
+    players.update(good, {"Volume": Variant("d", 0.5)}, now=1.0)
+    players.update(bad, {"Volume": Variant("d", volume)}, now=1.0)
+    assert players.counters["bad_values"] == 1
+    # listPlayers, nowPlaying and the playback stream describe every player.
+    assert [p.describe(2.0).get("volumePercent") for p in players.listed()] == [50, None]
+    assert {m["$type"] for m in feed.take(2.0)} == {APPEARED}
+
+
+def test_a_position_listed_before_the_metadata_is_kept() -> None:
+    players = Players(4)
+    player = make(players, "vlc", ":1.3")
+    metadata = Variant(
+        "a{sv}",
+        {"mpris:trackid": Variant("o", "/t/1"), "mpris:length": Variant("x", 9_000_000)},
+    )
+    # D-Bus dicts have no order: a GetAll may list Position before Metadata.
+    players.update(
+        player,
+        {
+            "PlaybackStatus": Variant("s", "Paused"),
+            "Position": Variant("x", 5_000_000),
+            "Metadata": metadata,
+            "Rate": Variant("d", 1.0),
+        },
+        now=1.0,
+    )
+    assert player.position(2.0) == 5_000_000

@@ -51,7 +51,7 @@ def test_events_are_told_for_own_ids_only() -> None:
     state = Notifications(10)
     events: list[dict[str, Any]] = []
     state.event_listeners.append(events.append)
-    state.sent(7)
+    state.sent(7, state.sending())
     state.action_invoked([7, "default"])
     state.action_invoked([8, "default"])  # another app's
     state.closed([7, 2])
@@ -66,11 +66,39 @@ def test_a_close_before_the_id_was_known_is_told_when_it_is() -> None:
     state = Notifications(10)
     events: list[dict[str, Any]] = []
     state.event_listeners.append(events.append)
+    mark = state.sending()
     state.closed([9, 1])
     assert events == []
-    state.sent(9)
+    state.sent(9, mark)
     assert events == [
         {"$type": "dev.kiki.notify.subscribeEvents#closed", "id": 9, "reason": "expired"}
+    ]
+
+
+def test_an_event_from_before_the_call_is_not_the_agents() -> None:
+    state = Notifications(10)
+    events: list[dict[str, Any]] = []
+    state.event_listeners.append(events.append)
+    state.action_invoked([4, "open"])  # another app's notification 4, before the agent's call
+    mark = state.sending()
+    state.closed([3, 2])  # during the call
+    state.sent(4, mark)
+    state.sent(3, state.sending())  # another call: the close came before it
+    assert events == []
+
+
+def test_a_replacing_call_is_told_no_earlier_event() -> None:
+    # replacesId=4: the server answers 4, and a close of (another app's) 4 that came during
+    # the call is about the notification replaced, not the agent's.
+    state = Notifications(10)
+    events: list[dict[str, Any]] = []
+    state.event_listeners.append(events.append)
+    state.closed([4, 3])
+    state.sent(4, None)
+    assert events == []
+    state.closed([4, 1])
+    assert events == [
+        {"$type": "dev.kiki.notify.subscribeEvents#closed", "id": 4, "reason": "expired"}
     ]
 
 

@@ -11,7 +11,9 @@ The caller is identified by the bus, never by what it says: the gateway asks the
 ``pid:<pid>``), as a delegate (the broker's ``_meta["dev.kiki/onBehalfOf"]``). The broker's
 policy then decides for the principal ``remote:dbus:uid:<uid>`` and its audit line names both
 the gateway and that caller; a broker whose policy does not trust the gateway as a delegate
-refuses every such call (``dev.kiki.Error.AccessDenied``).
+refuses every such call (``dev.kiki.Error.AccessDenied``). The bus daemon's answer is believed
+only from the bus daemon (:mod:`kiki_dbus_gateway.dbus_calls`), and a caller of another uid
+than the gateway's own is refused here (a user's gateway serves that user).
 
 Errors are D-Bus errors named from libkiki's tree (``KikiError.dbus_name``): a tool that failed
 is ``dev.kiki.Error.Tool`` (its message; the lexicon's error name, when it gave one, after the
@@ -27,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Any, Final
@@ -36,12 +39,13 @@ from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
 from dbus_fast.service import ServiceInterface, method
 
-from kiki_dbus_gateway.mpris import BUS, bus_call
+from kiki_dbus_gateway.dbus_calls import bus_method
 from libkiki.errors import (
     InvalidParams,
     KikiError,
     LimitExceeded,
     PeerGone,
+    PermissionDenied,
     ToolError,
     Unavailable,
 )
@@ -70,13 +74,19 @@ class Tools1Interface(ServiceInterface):
         raise Unavailable("handled by the gateway's message handler")
 
 
-def caller_of(credentials: dict[str, Any]) -> dict[str, str]:
-    """``onBehalfOf`` for a D-Bus caller, from its ``GetConnectionCredentials`` answer."""
+def caller_of(credentials: dict[str, Any], own_uid: int) -> dict[str, str]:
+    """``onBehalfOf`` for a D-Bus caller, from its ``GetConnectionCredentials`` answer. A
+    user's gateway serves that user: a caller running as another uid (a bus that lets other
+    users connect) is refused, whatever the broker's policy would say of it."""
     uid = credentials.get("UnixUserID")
     pid = credentials.get("ProcessID")
     uid_value = uid.value if uid is not None and uid.signature == "u" else None
     if not isinstance(uid_value, int):
         raise Unavailable("the bus did not say who is calling")
+    if uid_value != own_uid:
+        raise PermissionDenied(
+            f"this gateway serves the D-Bus callers of uid {own_uid}, not uid {uid_value}"
+        )
     caller = {"subject": f"dbus:uid:{uid_value}"}
     if pid is not None and pid.signature == "u":
         caller["session"] = f"pid:{pid.value}"
@@ -156,20 +166,10 @@ class BusTools:
                 if msg.signature != "ss":
                     raise InvalidParams("Call takes (ss): a tool's NSID and its arguments as JSON")
                 args = parse_args(msg.body[0], msg.body[1])
-                (credentials,) = await bus_call(
-                    self.bus,
-                    Message(
-                        destination=BUS,
-                        path="/org/freedesktop/DBus",
-                        interface=BUS,
-                        member="GetConnectionCredentials",
-                        signature="s",
-                        body=[msg.sender],
-                    ),
-                    self.timeout,
-                    "the bus",
+                (credentials,) = await bus_method(
+                    self.bus, "GetConnectionCredentials", "s", [msg.sender], self.timeout
                 )
-                caller = caller_of(credentials)
+                caller = caller_of(credentials, os.getuid())
                 out = await self._with_client(
                     lambda c: c.call(msg.body[0], args, on_behalf_of=caller)
                 )

@@ -25,6 +25,7 @@ or, when no player has exactly that name, the instances of it (``vlc`` matches
 from __future__ import annotations
 
 import itertools
+import math
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -143,7 +144,9 @@ class Player:
         before = self._snapshot()
         moved = False
         bad = 0
-        for key, variant in props.items():
+        # Position last: a new track (Metadata) restarts it at 0 and a status or rate change
+        # re-anchors it, whatever order the player's dict lists them in.
+        for key, variant in sorted(props.items(), key=lambda item: item[0] == "Position"):
             ok = self._apply_one(key, variant, now)
             if ok is False:
                 bad += 1
@@ -203,7 +206,7 @@ class Player:
                 return True
             case "Volume":
                 volume = _of(variant, "d")
-                if volume is None or volume != volume:  # NaN
+                if volume is None or not math.isfinite(volume):  # NaN, inf
                     return False
                 self.volume = max(0.0, volume)
                 return True

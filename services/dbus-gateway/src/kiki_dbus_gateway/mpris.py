@@ -25,6 +25,7 @@ from typing import Any, Final
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
+from kiki_dbus_gateway.dbus_calls import BUS, bus_call, bus_method
 from kiki_dbus_gateway.media import (
     MPRIS_PATH,
     MPRIS_PREFIX,
@@ -34,11 +35,10 @@ from kiki_dbus_gateway.media import (
     Players,
     is_player_name,
 )
-from libkiki.errors import Conflict, KikiError, PeerGone, Timeout, Unavailable
+from libkiki.errors import KikiError
 
 log = logging.getLogger(__name__)
 
-BUS: Final = "org.freedesktop.DBus"
 PROPS: Final = "org.freedesktop.DBus.Properties"
 MATCHES: Final = (
     f"type='signal',sender='{BUS}',interface='{BUS}',member='NameOwnerChanged',"
@@ -46,54 +46,6 @@ MATCHES: Final = (
     f"type='signal',interface='{PROPS}',member='PropertiesChanged',path='{MPRIS_PATH}'",
     f"type='signal',interface='{PLAYER_IFACE}',member='Seeked',path='{MPRIS_PATH}'",
 )
-GONE_ERRORS: Final = frozenset(
-    {
-        "org.freedesktop.DBus.Error.NoReply",
-        "org.freedesktop.DBus.Error.ServiceUnknown",
-        "org.freedesktop.DBus.Error.NameHasNoOwner",
-        "org.freedesktop.DBus.Error.Disconnected",
-    }
-)
-UNSUPPORTED_ERRORS: Final = frozenset(
-    {
-        "org.freedesktop.DBus.Error.UnknownMethod",
-        "org.freedesktop.DBus.Error.NotSupported",
-        "org.freedesktop.DBus.Error.PropertyReadOnly",
-    }
-)
-
-
-async def bus_call(
-    bus: MessageBus,
-    message: Message,
-    timeout: float,  # noqa: ASYNC109 -- the deadline is the call's, as a peer sees it
-    who: str,
-) -> list[Any]:
-    """``message``'s reply body; typed errors for a peer that fails, leaves or never answers."""
-    try:
-        async with asyncio.timeout(timeout):
-            reply = await bus.call(message)
-    except TimeoutError:
-        raise Timeout(
-            f"{who} did not answer {message.member} within {timeout:g}s",
-            data={"error": "Timeout"},
-        ) from None
-    except (EOFError, OSError) as exc:
-        raise Unavailable(f"the session bus connection failed: {exc}") from None
-    if reply.message_type == MessageType.ERROR:
-        name = reply.error_name or ""
-        text = reply.body[0] if reply.body and isinstance(reply.body[0], str) else ""
-        if name in GONE_ERRORS:
-            raise PeerGone(
-                f"{who} left the bus before answering {message.member}", data={"error": "PeerGone"}
-            )
-        if name in UNSUPPORTED_ERRORS:
-            raise Conflict(
-                f"{who} cannot {message.member}: {text[:200]}",
-                data={"error": "NotSupported", "dbusError": name},
-            )
-        raise Unavailable(f"{who} answered {message.member} with {name}: {text[:200]}")
-    return list(reply.body)
 
 
 class MprisWatcher:
@@ -105,6 +57,7 @@ class MprisWatcher:
         self.call_timeout = call_timeout
         self.counters = counters
         self._tasks: set[asyncio.Task[None]] = set()
+        self._discovering: dict[str, asyncio.Task[None]] = {}
         self._refreshing: set[tuple[str, str]] = set()
         self._held: dict[tuple[str, str], tuple[Player, dict[str, Any]]] = {}
         self._flushing = False
@@ -120,7 +73,9 @@ class MprisWatcher:
                 (owner,) = await self._bus_method("GetNameOwner", "s", [name])
             except KikiError:
                 continue  # gone already
-            self._spawn(self._discover(name[len(MPRIS_PREFIX) :], owner))
+            suffix = name[len(MPRIS_PREFIX) :]
+            if suffix not in self.players.by_name and isinstance(owner, str):
+                self._appeared(suffix, owner)  # (a NameOwnerChanged meanwhile has the last word)
 
     async def stop(self) -> None:
         self.bus.remove_message_handler(self._on_message)
@@ -129,20 +84,32 @@ class MprisWatcher:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _bus_method(self, member: str, signature: str, body: list[Any]) -> list[Any]:
-        message = Message(
-            destination=BUS,
-            path="/org/freedesktop/DBus",
-            interface=BUS,
-            member=member,
-            signature=signature,
-            body=body,
-        )
-        return await bus_call(self.bus, message, self.call_timeout, "the bus")
+        return await bus_method(self.bus, member, signature, body, self.call_timeout)
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _appeared(self, name: str, owner: str) -> None:
+        """Add the player now, in the order the bus told, and ask its state in the background:
+        one discovery per name, cancelled when the name goes (a name taken and released in a
+        loop leaves neither a ghost player nor a task per turn)."""
+        self._gone(name)
+        player = self.players.add(name, owner)
+        if player is None:
+            log.warning(
+                "ignoring the player %s: %d players already", name, self.players.max_players
+            )
+            return
+        self._discovering[name] = self._spawn(self._discover(player))
+
+    def _gone(self, name: str) -> None:
+        task = self._discovering.pop(name, None)
+        if task is not None:
+            task.cancel()
+        self.players.remove(name)
 
     def _on_message(self, msg: Message) -> bool:
         if msg.message_type != MessageType.SIGNAL:
@@ -160,10 +127,10 @@ class MprisWatcher:
             if not (isinstance(name, str) and is_player_name(name)):
                 return
             suffix = name[len(MPRIS_PREFIX) :]
-            if old:
-                self.players.remove(suffix)
             if new:
-                self._spawn(self._discover(suffix, new))
+                self._appeared(suffix, new)
+            elif old:
+                self._gone(suffix)
             return
         if msg.path != MPRIS_PATH or not msg.sender:
             return
@@ -223,18 +190,18 @@ class MprisWatcher:
         finally:
             self._refreshing.discard(key)
 
-    async def _discover(self, name: str, owner: str) -> None:
-        player = self.players.add(name, owner)
-        if player is None:
-            log.warning(
-                "ignoring the player %s: %d players already", name, self.players.max_players
+    async def _discover(self, player: Player) -> None:
+        try:
+            results = await asyncio.gather(
+                self.call(player, PROPS, "GetAll", "s", [ROOT_IFACE]),
+                self.call(player, PROPS, "GetAll", "s", [PLAYER_IFACE]),
+                return_exceptions=True,
             )
-            return
-        results = await asyncio.gather(
-            self.call(player, PROPS, "GetAll", "s", [ROOT_IFACE]),
-            self.call(player, PROPS, "GetAll", "s", [PLAYER_IFACE]),
-            return_exceptions=True,
-        )
+        finally:
+            if self._discovering.get(player.name) is asyncio.current_task():
+                del self._discovering[player.name]
+        if self.players.by_name.get(player.name) is not player:
+            return  # the name went, or has another owner, since: not this one's state
         now = time.monotonic()
         for result in results:
             if isinstance(result, list) and result and isinstance(result[0], dict):
@@ -243,7 +210,7 @@ class MprisWatcher:
                 # Listed all the same, with what it did say: its calls will time out or fail
                 # on their own, typed, and a later PropertiesChanged fills it in.
                 self.counters["discovery_errors"] += 1
-        self.players.announce(name)
+        self.players.announce(player.name)
 
     async def call(
         self, player: Player, interface: str, member: str, signature: str, body: list[Any]

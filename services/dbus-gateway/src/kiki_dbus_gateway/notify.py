@@ -101,19 +101,34 @@ class Notifications:
         self.history: deque[dict[str, Any]] = deque(maxlen=history)
         self.event_listeners: list[Callable[[dict[str, Any]], None]] = []
         self.observed_listeners: list[Callable[[dict[str, Any]], None]] = []
-        # Signals about ids not (yet) known as ours: the server may close a notification
-        # before the gateway has read its id from Notify's answer.
-        self.early: deque[tuple[str, list[Any]]] = deque(maxlen=64)
+        # Signals about ids not (yet) known as ours, numbered in arrival order: the server may
+        # close a notification before the gateway has read its id from Notify's answer.
+        self.early: deque[tuple[int, str, list[Any]]] = deque(maxlen=64)
+        self._arrived = 0
 
-    def sent(self, notification_id: int) -> None:
+    def sending(self) -> int:
+        """Mark the start of a ``Notify`` call: pass the mark to :meth:`sent`."""
+        return self._arrived
+
+    def sent(self, notification_id: int, since: int | None) -> None:
+        """``Notify`` answered ``notification_id``; ``since`` is the call's :meth:`sending`
+        mark. Only the signals about that id that arrived while the call was in flight are
+        the agent's (an earlier one is about another app's notification that had the id), and
+        none when the call replaced a notification (``since`` None): the id is an old one."""
         self.own[notification_id] = None
         self.own.move_to_end(notification_id)
         while len(self.own) > MAX_OWN:
             self.own.popitem(last=False)
-        early = [e for e in self.early if e[1][0] == notification_id]
-        for kind, body in early:
-            self.early.remove((kind, body))
-            (self.action_invoked if kind == "action" else self.closed)(body)
+        early = [e for e in self.early if e[2][0] == notification_id]
+        for entry in early:
+            self.early.remove(entry)
+        for number, kind, body in early:
+            if since is not None and number > since:
+                (self.action_invoked if kind == "action" else self.closed)(body)
+
+    def _hold(self, kind: str, body: list[Any]) -> None:
+        self._arrived += 1
+        self.early.append((self._arrived, kind, body))
 
     def _tell(self, event: dict[str, Any]) -> None:
         for listener in list(self.event_listeners):
@@ -122,7 +137,7 @@ class Notifications:
     def action_invoked(self, body: list[Any]) -> None:
         notification_id, key = body
         if notification_id not in self.own:
-            self.early.append(("action", body))
+            self._hold("action", body)
         elif isinstance(key, str):
             self._tell(
                 {"$type": f"{EVENTS}#actionInvoked", "id": notification_id, "key": key[:128]}
@@ -131,7 +146,7 @@ class Notifications:
     def closed(self, body: list[Any]) -> None:
         notification_id, reason = body
         if notification_id not in self.own:
-            self.early.append(("closed", body))
+            self._hold("closed", body)
         else:
             del self.own[notification_id]
             self._tell(

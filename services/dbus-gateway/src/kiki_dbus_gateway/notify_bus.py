@@ -23,7 +23,7 @@ from typing import Any, Final
 from dbus_fast import BusType, Message, MessageType
 from dbus_fast.aio import MessageBus
 
-from kiki_dbus_gateway.mpris import BUS, bus_call
+from kiki_dbus_gateway.dbus_calls import BUS, BUS_PATH, WellKnownName, bus_call, bus_method
 from kiki_dbus_gateway.notify import NAME, PATH, Notifications, observed
 from libkiki.errors import KikiError, PeerGone, Unavailable
 
@@ -48,18 +48,21 @@ class NotifyBus:
         self.state = state
         self.timeout = timeout
         self.counters = counters
-        self.server: str | None = None  # the unique name the signals must come from
+        # Who owns the server's name: calls go to it, and its signals are the only ones taken.
+        self.server = WellKnownName(bus, NAME, timeout, no_server)
         self.monitor: MessageBus | None = None
 
     async def start(self, *, monitor: bool) -> None:
         self.bus.add_message_handler(self._on_message)
+        await self.server.start()
         for rule in MATCHES:
-            await bus_call(self.bus, _bus_message("AddMatch", "s", [rule]), self.timeout, "the bus")
+            await bus_method(self.bus, "AddMatch", "s", [rule], self.timeout)
         if monitor:
             await self._start_monitor()
 
     async def stop(self) -> None:
         self.bus.remove_message_handler(self._on_message)
+        self.server.stop()
         if self.monitor is not None:
             self.monitor.disconnect()
             with contextlib.suppress(EOFError, OSError):
@@ -69,15 +72,7 @@ class NotifyBus:
     async def call(
         self, member: str, signature: str = "", body: list[Any] | None = None
     ) -> list[Any]:
-        try:
-            (owner,) = await bus_call(
-                self.bus, _bus_message("GetNameOwner", "s", [NAME]), self.timeout, "the bus"
-            )
-        except PeerGone:
-            raise Unavailable(
-                "no notification server is running", data={"error": "NoServer"}
-            ) from None
-        self.server = owner
+        owner = await self.server.resolve()
         message = Message(
             destination=owner,
             path=PATH,
@@ -86,14 +81,19 @@ class NotifyBus:
             signature=signature,
             body=body or [],
         )
-        return await bus_call(self.bus, message, self.timeout, "the notification server")
+        try:
+            return await bus_call(self.bus, message, self.timeout, "the notification server")
+        except PeerGone:
+            self.server.forget(owner)
+            raise
 
     def _on_message(self, msg: Message) -> bool:
         if (
             msg.message_type != MessageType.SIGNAL
             or msg.interface != NAME
             or msg.path != PATH
-            or msg.sender != self.server
+            or msg.sender is None
+            or msg.sender != self.server.owner
         ):
             return False
         try:
@@ -112,7 +112,7 @@ class NotifyBus:
                 monitor,
                 Message(
                     destination=BUS,
-                    path="/org/freedesktop/DBus",
+                    path=BUS_PATH,
                     interface="org.freedesktop.DBus.Monitoring",
                     member="BecomeMonitor",
                     signature="asu",
@@ -144,12 +144,5 @@ class NotifyBus:
         return True
 
 
-def _bus_message(member: str, signature: str, body: list[Any]) -> Message:
-    return Message(
-        destination=BUS,
-        path="/org/freedesktop/DBus",
-        interface=BUS,
-        member=member,
-        signature=signature,
-        body=body,
-    )
+def no_server() -> Unavailable:
+    return Unavailable("no notification server is running", data={"error": "NoServer"})

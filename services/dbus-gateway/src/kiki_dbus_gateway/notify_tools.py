@@ -43,10 +43,11 @@ def add_notify_tools(
 ) -> None:
     @provider.tool("dev.kiki.notify.notify")
     async def notify(args: dict[str, Any], call: ToolCall) -> dict[str, Any]:
+        mark = None if args.get("replacesId") else state.sending()
         (notification_id,) = await notify_bus.call(
             "Notify", "susssasa{sv}i", notify_args(args, app_name)
         )
-        state.sent(notification_id)
+        state.sent(notification_id, mark)
         return {"id": notification_id}
 
     @provider.tool("dev.kiki.notify.close")

@@ -6,7 +6,9 @@ backend provides it: Settings and OpenURI need one) is ``Unavailable`` with ``No
 Methods that answer with a Request handle go through :meth:`PortalBus.request`: the match on
 ``Response`` is added before the call (the path is predicted from the ``handle_token``), the
 answer waited for within ``request_timeout`` (a person may be choosing), the match removed.
-``SettingChanged`` and ``LowMemoryWarning`` are taken from the portal's own connection only.
+Calls go to the portal's unique name (resolved and followed through ``NameOwnerChanged``; an
+answer from anyone else is refused), and ``SettingChanged``, ``LowMemoryWarning`` and
+``Response`` are taken from that connection only.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any, Final
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
-from kiki_dbus_gateway.mpris import BUS, bus_call
+from kiki_dbus_gateway.dbus_calls import WellKnownName, bus_call, bus_method
 from kiki_dbus_gateway.portal import (
     IFACE,
     MEMORY_EVENT,
@@ -49,26 +51,22 @@ class PortalBus:
         self.counters = counters
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
         self._responses: dict[str, asyncio.Future[list[Any]]] = {}
-        self._owner: str | None = None
+        # The portal's unique name: calls go to it, its signals are the only ones taken (a
+        # signal sent to the gateway directly bypasses the match rules' sender).
+        self.portal = WellKnownName(bus, PORTAL, timeout, no_portal)
 
     async def start(self) -> None:
         self.bus.add_message_handler(self._on_message)
+        await self.portal.start()
         for rule in SIGNALS:
             await self._bus("AddMatch", "s", [rule])
 
     def stop(self) -> None:
         self.bus.remove_message_handler(self._on_message)
+        self.portal.stop()
 
     async def _bus(self, member: str, signature: str, body: list[Any]) -> list[Any]:
-        message = Message(
-            destination=BUS,
-            path="/org/freedesktop/DBus",
-            interface=BUS,
-            member=member,
-            signature=signature,
-            body=body,
-        )
-        return await bus_call(self.bus, message, self.timeout, "the bus")
+        return await bus_method(self.bus, member, signature, body, self.timeout)
 
     async def call(
         self,
@@ -78,8 +76,9 @@ class PortalBus:
         body: list[Any] | None = None,
         unix_fds: list[int] | None = None,
     ) -> list[Any]:
+        owner = await self.portal.resolve()
         message = Message(
-            destination=PORTAL,
+            destination=owner,
             path=PORTAL_PATH,
             interface=interface,
             member=member,
@@ -90,9 +89,8 @@ class PortalBus:
         try:
             return await bus_call(self.bus, message, self.timeout, "xdg-desktop-portal")
         except PeerGone:
-            raise Unavailable(
-                "xdg-desktop-portal is not running on the session bus", data={"error": "NoPortal"}
-            ) from None
+            self.portal.forget(owner)
+            raise no_portal() from None
         except Conflict as exc:
             raise Unavailable(
                 f"the portal has no {interface.removeprefix(IFACE)} here (no backend provides it)",
@@ -149,7 +147,11 @@ class PortalBus:
         return outcome, results if isinstance(results, dict) else {}
 
     def _on_message(self, msg: Message) -> bool:
-        if msg.message_type != MessageType.SIGNAL or not msg.sender:
+        if (
+            msg.message_type != MessageType.SIGNAL
+            or msg.sender is None
+            or msg.sender != self.portal.owner
+        ):
             return False
         if msg.member == "Response" and msg.interface == f"{IFACE}Request":
             future = self._responses.get(msg.path or "")
@@ -169,3 +171,9 @@ class PortalBus:
             for listener in list(self.listeners):
                 listener(event)
         return False
+
+
+def no_portal() -> Unavailable:
+    return Unavailable(
+        "xdg-desktop-portal is not running on the session bus", data={"error": "NoPortal"}
+    )
