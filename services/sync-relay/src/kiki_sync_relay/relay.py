@@ -219,6 +219,12 @@ class Relay:
         """Serve ``member`` on ``ws`` in session ``name`` until either end closes: a client,
         or (not ``limited`` by the per-client rate, never expiring) the link upstream."""
         try:
+            # The token was checked before the session loaded; a revocation or the expiry may
+            # have come in the meantime. Checked again here, with no await before the join.
+            if member.jti and member.jti in self.revocations:
+                raise PermissionDenied("the token was revoked")
+            if expires is not None and expires <= time.time():
+                raise PermissionDenied("token expired")
             hello = live.session.join(member)
         except KikiError as exc:
             self.counters["clients_refused"] += 1
