@@ -5,7 +5,9 @@ The gateway stays up and keeps answering everyone else."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -187,3 +189,40 @@ async def test_a_player_that_never_answers_getall_is_listed_after_the_deadline(
         assert (await info(gateway_stack))["counters"]["discovery_errors"] >= 2
     finally:
         stop(mute)
+
+
+async def test_a_steady_flood_costs_a_subscriber_one_message_per_interval(
+    hostile: subprocess.Popen[str], gateway_stack: Stack
+) -> None:
+    name = name_of(hostile)
+    interval = 0.1  # the gateway's events_interval (its default)
+    async with ToolClient(gateway_stack.tools, timeout=10) as tools:
+        await until(lambda: found(tools, name), "the gateway lists it")
+        async with tools.subscribe(
+            "dev.kiki.media.subscribePlayback", session=f"steady-{name}"
+        ) as stream:
+            changes = 0
+
+            async def count() -> None:
+                nonlocal changes
+                async for message in stream.messages():
+                    player = message.get("nowPlaying", {}).get("player", {})
+                    if player.get("player") == name:
+                        changes += 1
+
+            counting = asyncio.ensure_future(count())
+            await asyncio.sleep(interval)  # the stream's first messages (the players there)
+            assert hostile.stdin is not None
+            assert hostile.stdout is not None
+            start, before = time.monotonic(), changes
+            hostile.stdin.write("rate 2000 2\n")
+            hostile.stdin.flush()
+            assert (await asyncio.to_thread(hostile.stdout.readline)).startswith("flooded")
+            elapsed = time.monotonic() - start
+            counting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await counting
+    during = changes - before
+    # About one message per interval (a turn's jitter aside), however many signals came: a
+    # bound from the time the flood took, not a deadline.
+    assert 2 <= during <= elapsed / interval * 1.5 + 3, (during, elapsed)

@@ -118,9 +118,14 @@ async def test_settings_and_their_changes(tools: tuple[ToolClient, FakePortal]) 
     client, portal = tools
     assert await client.call("dev.kiki.portal.settings") == {"colorScheme": "dark"}
     async with client.subscribe("dev.kiki.portal.subscribeSettings", session="s") as stream:
-        portal.setting_changed()
+        # The stream's listener on the gateway is registered some time after the broker said
+        # subscribed: the portal says it again until the first change arrives.
+        first = asyncio.ensure_future(anext(stream.messages()))
         async with asyncio.timeout(20):
-            event: dict[str, Any] = await anext(stream.messages())
+            while not first.done():
+                portal.setting_changed()
+                await asyncio.wait({first}, timeout=0.2)
+        event: dict[str, Any] = first.result()
     assert event == {
         "$type": "dev.kiki.portal.subscribeSettings#settingChanged",
         "namespace": "org.freedesktop.appearance",
