@@ -72,7 +72,8 @@ def open_repo(path: Path, mode: str | None = None) -> Any:
 
 
 def variant_dict(metadata: dict[str, Any]) -> Any:
-    """``a{sv}`` from plain values: str -> s, bool -> b, int -> t, bytes -> ay."""
+    """``a{sv}`` from plain values: str -> s, bool -> b, int -> t, bytes -> ay,
+    list of str -> as."""
     GLib = lib().GLib
     out: dict[str, Any] = {}
     for key, value in metadata.items():
@@ -82,6 +83,8 @@ def variant_dict(metadata: dict[str, Any]) -> Any:
             out[key] = GLib.Variant("t", value)
         elif isinstance(value, bytes):
             out[key] = GLib.Variant("ay", value)
+        elif isinstance(value, list | tuple):
+            out[key] = GLib.Variant("as", [str(item) for item in value])
         else:
             out[key] = GLib.Variant("s", str(value))
     return GLib.Variant("a{sv}", out)

@@ -26,6 +26,7 @@ from libkiki.errors import Conflict, KikiError, NotFound
 
 __all__ = [
     "AlreadyInstalled",
+    "Downgrade",
     "HealthFailed",
     "NotInstalled",
     "Operations",
@@ -49,6 +50,12 @@ class UpToDate(Conflict):
     pass
 
 
+class Downgrade(Conflict):
+    """The remote's commit is older than the deployed one: a mirror (or anyone on the path of
+    an ``http://`` remote) can serve an old release, still validly signed, to bring back what
+    it fixed. Going back is ``rollback``, never an update."""
+
+
 class HealthFailed(UpdaterError):
     """The new commit did not pass its health check; the previous one was put back."""
 
@@ -60,6 +67,23 @@ def _named(exc: KikiError, name: str) -> KikiError:
 
 def _quiet(name: str, info: dict[str, Any]) -> None:
     pass
+
+
+def bound(meta: dict[str, Any], ref: str, kind: str, ident: str) -> None:
+    """Refuse a signed commit served under a name it was not published for: its
+    ``ostree.ref-binding`` must hold ``ref`` (a beta release is not stable's), its ``kiki.id``
+    and ``kiki.kind`` must be the app's (one app's release is not another's). Each is
+    required: a commit without them was not published by ``kiki app build``."""
+    from kiki_updater.signing import SignatureRefused  # cryptography: with the first pull
+
+    binding = meta.get("ostree.ref-binding")
+    if not isinstance(binding, list) or ref not in binding:
+        raise SignatureRefused(f"the commit served as {ref} is not bound to it ({binding!r})")
+    if meta.get("kiki.id") != ident or meta.get("kiki.kind") != kind:
+        raise SignatureRefused(
+            f"the commit served as {ref} is {meta.get('kiki.kind')!r} "
+            f"{meta.get('kiki.id')!r}, not {kind} {ident}"
+        )
 
 
 @dataclass
@@ -83,7 +107,15 @@ class Operations:
         return step
 
     def fetch(
-        self, remote: Remote, ref: str, *, progress: Any = None, phase: Phase = _quiet
+        self,
+        remote: Remote,
+        ref: str,
+        *,
+        progress: Any = None,
+        phase: Phase = _quiet,
+        kind: Kind,
+        ident: str,
+        deployed: str | None = None,
     ) -> str:
         """Pull and verify the commit ``ref`` names on ``remote``, then its content: the
         verified commit.
@@ -91,7 +123,9 @@ class Operations:
         The commit alone is fetched into a scratch repository first and its signature checked
         there: a refused commit costs no content download and touches no ref of the store (and
         libostree would not use a static delta to a commit already present in the store).
-        The content pull is pinned to that checksum."""
+        The content pull is pinned to that checksum. The commit must be bound to ``ref`` and
+        name ``kind`` and ``ident`` (:func:`bound`). With ``deployed`` (an update), a commit
+        older than it is refused (:class:`Downgrade`) before any content is pulled."""
         from kiki_updater.signing import verify_commit  # cryptography: with the first pull
 
         scratch = self.store.scratch
@@ -102,6 +136,9 @@ class Operations:
             phase("verify", {"commit": commit})
             if remote.gpg_keyring is None or remote.ed25519_keys:
                 verify_commit(scratch, commit, remote.ed25519_keys)
+            bound(commit_metadata(scratch, commit), ref, kind, ident)
+            if deployed is not None and commit != deployed:
+                self._not_older(scratch, commit, deployed)
         finally:
             scratch.set_ref_immediate(remote.name, ref, None, None)
         repo = self.store.repo
@@ -111,6 +148,19 @@ class Operations:
         # that object back (it carries what changed), a pull by objects does.
         repair = self.store.is_partial(commit)
         return pull(repo, remote, ref, progress=progress, commit=commit, no_deltas=repair)
+
+    def _not_older(self, scratch: Any, commit: str, deployed: str) -> None:
+        # The timestamp is part of the signed commit object: a replayed release keeps its own.
+        offered = commit_metadata(scratch, commit)
+        current = commit_metadata(self.store.repo, deployed)
+        if offered["timestamp"] < current["timestamp"] or commit == current["parent"]:
+            raise _named(
+                Downgrade(
+                    f"{commit[:12]} ({offered.get('version')}) is older than the deployed "
+                    f"{deployed[:12]} ({current.get('version')}): not an update"
+                ),
+                "Downgrade",
+            )
 
     def install(
         self,
@@ -148,18 +198,21 @@ class Operations:
         step = self._journaled(entry, phase)
         try:
             try:
-                commit = self.fetch(remote, ref, progress=progress, phase=step)
+                commit = self.fetch(
+                    remote,
+                    ref,
+                    progress=progress,
+                    phase=step,
+                    kind=kind,
+                    ident=ident,
+                    deployed=found.commit if found else None,
+                )
             except NotFound as exc:
                 raise _named(exc, "NotFound") from None
             if found is not None and commit == found.commit:
                 raise _named(
                     UpToDate(f"{kind} {ident} is up to date ({found.version})"), "UpToDate"
                 )
-            meta = commit_metadata(store.repo, commit)
-            if meta.get("kiki.id", ident) != ident:
-                from kiki_updater.signing import SignatureRefused
-
-                raise SignatureRefused(f"{ref} carries {meta.get('kiki.id')!r}, not {ident!r}")
             return self.deploy(
                 kind, ident, ref, commit, remote=remote.name, action=action, phase=step
             )

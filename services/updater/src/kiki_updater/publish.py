@@ -87,6 +87,9 @@ def publish(
             "version": version,
             "kiki.id": app_id,
             "kiki.kind": kind,
+            # what libostree and the updater check a pulled commit against: a commit
+            # published for one channel cannot be served as another's
+            "ostree.ref-binding": [ref],
             "kiki.manifest": orjson.dumps(manifest).decode(),
         },
         parent=parent or None,

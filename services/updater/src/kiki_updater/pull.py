@@ -123,6 +123,11 @@ def pull(
             "not found" in exc.message.lower() or "No such branch" in exc.message
         ) and ref in exc.message:
             raise NotFound(f"{remote.name} has no {ref}") from None
+        if "ref binding" in exc.message:
+            # libostree's own check of ``ostree.ref-binding`` (see operations.bound)
+            from kiki_updater.signing import SignatureRefused
+
+            raise SignatureRefused(f"the commit served as {ref} is not bound to it") from None
         raise PullFailed(f"pull of {ref} from {remote.name} failed: {exc.message}") from None
     _, pulled = repo.resolve_rev(f"{remote.name}:{ref}", False)
     return str(pulled)
