@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import datetime
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any, Final
 
 from dbus_fast import Variant
@@ -164,7 +164,3 @@ class Notifications:
 
     def recent(self, limit: int) -> list[dict[str, Any]]:
         return list(self.history)[-limit:]
-
-
-def parse_readers(texts: Iterable[str]) -> Principals:
-    return Principals.parse(list(texts))

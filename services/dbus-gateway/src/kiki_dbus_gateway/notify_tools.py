@@ -10,12 +10,13 @@ caller to decide for: the broker's policy then says who may subscribe).
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import os
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from kiki_dbus_gateway.event_queue import bounded_events
 from kiki_dbus_gateway.notify import (
     EVENTS,
     OBSERVED,
@@ -82,26 +83,18 @@ def add_notify_tools(
 
     def queue_stream(listeners: list[Callable[[dict[str, Any]], None]]) -> Any:
         async def stream(params: dict[str, Any], ctx: StreamContext) -> AsyncIterator[Any]:
-            wake = asyncio.Event()
-            queue: deque[dict[str, Any]] = deque(maxlen=max_events)
-
-            def listener(event: dict[str, Any]) -> None:
-                if len(queue) == queue.maxlen:
-                    counters["notify_events_dropped"] += 1
-                queue.append(event)
-                wake.set()
-
-            listeners.append(listener)
-            try:
-                while True:
-                    await wake.wait()
-                    wake.clear()
-                    while queue:
-                        yield queue.popleft()
-            finally:
-                listeners.remove(listener)
+            # (an async generator of its own: the provider serves those; aclosing removes the
+            # listener when the stream ends)
+            async with contextlib.aclosing(
+                bounded_events(listeners, max_events, dropped)
+            ) as events:
+                async for event in events:
+                    yield event
 
         return stream
+
+    def dropped() -> None:
+        counters["notify_events_dropped"] += 1
 
     provider.subscription(EVENTS)(queue_stream(state.event_listeners))
     if observe_stream:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import os
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
 from dbus_fast import Variant
 
+from kiki_dbus_gateway.event_queue import bounded_events
 from kiki_dbus_gateway.portal import IFACE, appearance, network_status, plain
 from kiki_dbus_gateway.portal_bus import PortalBus
 from libkiki.errors import InvalidParams, NotFound, Unavailable
@@ -73,28 +74,20 @@ def add_portal_tools(
 
     def stream_of(kind: str) -> Any:
         async def stream(params: dict[str, Any], ctx: StreamContext) -> AsyncIterator[Any]:
-            wake = asyncio.Event()
-            queue: deque[dict[str, Any]] = deque(maxlen=max_events)
-
-            def listener(event: dict[str, Any]) -> None:
-                if not event["$type"].startswith(kind):
-                    return
-                if len(queue) == queue.maxlen:
-                    counters["portal_events_dropped"] += 1
-                queue.append(event)
-                wake.set()
-
-            portal.listeners.append(listener)
-            try:
-                while True:
-                    await wake.wait()
-                    wake.clear()
-                    while queue:
-                        yield queue.popleft()
-            finally:
-                portal.listeners.remove(listener)
+            # (an async generator of its own: the provider serves those; aclosing removes the
+            # listener when the stream ends)
+            async with contextlib.aclosing(
+                bounded_events(
+                    portal.listeners, max_events, dropped, lambda e: e["$type"].startswith(kind)
+                )
+            ) as events:
+                async for event in events:
+                    yield event
 
         return stream
+
+    def dropped() -> None:
+        counters["portal_events_dropped"] += 1
 
     provider.subscription("dev.kiki.portal.memory")(stream_of("dev.kiki.portal.memory#"))
     provider.subscription("dev.kiki.portal.subscribeSettings")(
