@@ -4,6 +4,7 @@
 // object again from its SQLite storage (the document) and the sockets' attachments (who each
 // client is, which awareness states it owns).
 import { DurableObject } from "cloudflare:workers";
+import * as decoding from "lib0/decoding";
 import * as awarenessProtocol from "y-protocols/awareness";
 import * as Y from "yjs";
 import { KINDS, Refusal } from "./errors.js";
@@ -302,7 +303,7 @@ export class Session extends DurableObject {
           // A stock y-websocket client sends back every awareness change it applies, the
           // states the server told it included (same clocks): from a reader that echo is
           // dropped; anything new is refused.
-          if (echoesOnly(this.awareness, message.update)) return;
+          if (awarenessChanges(this.awareness, message.update).length === 0) return;
           throw new Refusal(KINDS.PermissionDenied, `an ${peer.role} cannot send awareness`);
         }
         this.receiveAwareness(ws, peer, message.update);
@@ -421,6 +422,23 @@ export class Session extends DurableObject {
    * @param {Uint8Array} update
    */
   receiveAwareness(ws, peer, update) {
+    // Checked before anything is applied: a refused message leaves no state behind. A client
+    // owns the ids it set a state for (removed ones too) until it goes; only it may change them.
+    const changes = awarenessChanges(this.awareness, update);
+    const owned = { ...(peer.aw ?? {}) };
+    const ids = new Set(Object.keys(owned));
+    for (const [id] of changes) {
+      if (!ids.has(String(id)) && this.ownerOf(id, ws)) {
+        const why = `awareness client ${id} belongs to another client`;
+        throw new Refusal(KINDS.PermissionDenied, why);
+      }
+    }
+    for (const [id, present] of changes) if (present) ids.add(String(id));
+    // The device's link carries every local client's states: not bound as one client.
+    if (peer.role !== "device" && ids.size > this.limits.maxAwarenessClients) {
+      throw new Refusal(KINDS.LimitExceeded, "too many awareness states from one client");
+    }
+    if (changes.length === 0) return;
     /** @type {{added: number[], updated: number[], removed: number[]} | null} */
     let change = null;
     /** @param {{added: number[], updated: number[], removed: number[]}} c */
@@ -430,26 +448,31 @@ export class Session extends DurableObject {
     this.awareness.on("update", collect);
     try {
       awarenessProtocol.applyAwarenessUpdate(this.awareness, update, ws);
-    } catch (error) {
-      const why = error instanceof Error ? error.message : String(error);
-      throw new Refusal(KINDS.InvalidFrame, `not an awareness update: ${why}`);
     } finally {
       this.awareness.off("update", collect);
     }
-    if (change === null) return;
-    /** @type {{added: number[], updated: number[], removed: number[]}} */
-    const { added, updated, removed } = change;
-    const owned = { ...(peer.aw ?? {}) };
-    for (const id of [...added, ...updated]) {
-      const clock = this.awareness.meta.get(id)?.clock ?? 0;
-      owned[String(id)] = [clock, this.awareness.states.get(id) ?? null];
+    if (change !== null) {
+      /** @type {{added: number[], updated: number[], removed: number[]}} */
+      const { added, updated, removed } = change;
+      for (const id of [...added, ...updated, ...removed]) {
+        const clock = this.awareness.meta.get(id)?.clock ?? 0;
+        owned[String(id)] = [clock, this.awareness.states.get(id) ?? null];
+      }
+      this.remember(ws, { ...peer, aw: fitAttachment(owned) });
     }
-    for (const id of removed) delete owned[String(id)];
-    if (Object.keys(owned).length > this.limits.maxAwarenessClients) {
-      throw new Refusal(KINDS.LimitExceeded, "too many awareness states from one client");
-    }
-    this.remember(ws, { ...peer, aw: fitAttachment(owned) });
     this.broadcast(awarenessMessage(update), ws);
+  }
+
+  /**
+   * Whether a socket other than `except` owns awareness client `id`.
+   * @param {number} id
+   * @param {WebSocket} except
+   */
+  ownerOf(id, except) {
+    for (const [ws, peer] of this.sockets()) {
+      if (ws !== except && peer.state === "open" && String(id) in (peer.aw ?? {})) return true;
+    }
+    return false;
   }
 
   /**
@@ -630,27 +653,41 @@ export class Session extends DurableObject {
 }
 
 /**
- * Whether an awareness update would change nothing `awareness` holds: applied (by y-protocols)
- * to a copy, it changes no state.
+ * The entries of an awareness update that y-protocols would apply to `awareness`: [client id,
+ * whether a state is set]. A stock y-websocket client sends back every awareness change it
+ * applies, the states the server told it included (same clocks): those change nothing and are
+ * left out, so an echo is neither refused nor counted.
  * @param {awarenessProtocol.Awareness} awareness
  * @param {Uint8Array} update
+ * @returns {[number, boolean][]}
  */
-function echoesOnly(awareness, update) {
-  const copy = new awarenessProtocol.Awareness(new Y.Doc());
-  copy.destroy();
-  for (const [id, state] of awareness.states) copy.states.set(id, state);
-  for (const [id, meta] of awareness.meta) copy.meta.set(id, { ...meta });
-  let changed = false;
-  copy.on("update", () => {
-    changed = true;
-  });
+function awarenessChanges(awareness, update) {
+  /** @type {Map<number, number>} */
+  const clocks = new Map();
+  for (const [id, meta] of awareness.meta) clocks.set(id, meta.clock);
+  const held = new Set(awareness.states.keys());
+  /** @type {[number, boolean][]} */
+  const changes = [];
   try {
-    awarenessProtocol.applyAwarenessUpdate(copy, update, null);
+    const decoder = decoding.createDecoder(update);
+    const count = decoding.readVarUint(decoder);
+    for (let i = 0; i < count; i += 1) {
+      const id = decoding.readVarUint(decoder);
+      const clock = decoding.readVarUint(decoder);
+      const present = JSON.parse(decoding.readVarString(decoder)) !== null;
+      const known = clocks.get(id) ?? 0;
+      if (known < clock || (known === clock && !present && held.has(id))) {
+        clocks.set(id, clock);
+        if (present) held.add(id);
+        else held.delete(id);
+        changes.push([id, present]);
+      }
+    }
   } catch (error) {
     const why = error instanceof Error ? error.message : String(error);
     throw new Refusal(KINDS.InvalidFrame, `not an awareness update: ${why}`);
   }
-  return !changed;
+  return changes;
 }
 
 /**

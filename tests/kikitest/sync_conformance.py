@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from pycrdt import Doc, Map, Text, create_update_message
+from pycrdt import Doc, Map, Text, create_awareness_message, create_update_message
+from pycrdt._sync import Encoder
 
 from kikitest.sync_fixtures import NodePeers, YClient, eventually
 from libkiki.sync.tokens import LEEWAY, SigningKey
@@ -152,6 +154,62 @@ async def check_awareness_appears_and_expires(
     await eventually(lambda: cid not in b.awareness.states and cid not in late.awareness.states)
     await b.close()
     await late.close()
+
+
+def awareness_message(entries: list[tuple[int, int, object]]) -> bytes:
+    """An awareness message setting (client id, clock, state) for each entry."""
+    encoder = Encoder()
+    encoder.write_var_uint(len(entries))
+    for client, clock, state in entries:
+        encoder.write_var_uint(client)
+        encoder.write_var_uint(clock)
+        encoder.write_var_string(json.dumps(state))
+    message: bytes = create_awareness_message(encoder.to_bytes())
+    return message
+
+
+async def check_awareness_states_are_bounded_per_client(
+    ep: SyncEndpoint, node: NodePeers | None = None
+) -> None:
+    env = Env(ep, new_session(), node)
+    greedy = await YClient.join(env.url())
+    await greedy.send(awareness_message([(10_000 + i, 1, {"n": i}) for i in range(17)]))
+    assert await greedy.closed() == 1013
+    # Refused before any was held: a late joiner is told of the honest client's state only.
+    honest = await YClient.join(env.url())
+    honest.set_awareness({"user": "honest"})
+    cid = honest.awareness.client_id
+    late = await YClient.join(env.url("observer"))
+    await eventually(lambda: cid in late.awareness.states)
+    assert set(late.awareness.states) == {cid}
+    for client in (honest, late):
+        await client.close()
+
+
+async def check_awareness_state_belongs_to_its_setter(
+    ep: SyncEndpoint, node: NodePeers | None = None
+) -> None:
+    env = Env(ep, new_session(), node)
+    alice, mallory = await YClient.join(env.url()), await YClient.join(env.url())
+    alice.set_awareness({"user": "alice"})
+    cid = alice.awareness.client_id
+    await eventually(lambda: mallory.awareness.states.get(cid) == {"user": "alice"})
+    # An echo of alice's state (what a stock client sends back) is no change: not refused.
+    await mallory.send(alice.awareness_message())
+    mallory.map["still"] = "here"
+    watcher = await YClient.join(env.url("observer"))
+    await eventually(lambda: watcher.map.get("still") == "here")
+    await mallory.send(awareness_message([(cid, 99, {"user": "mallory"})]))
+    assert await mallory.closed() == 1008
+    remover = await YClient.join(env.url())
+    await remover.send(awareness_message([(cid, 99, None)]))
+    assert await remover.closed() == 1008
+    late = await YClient.join(env.url("observer"))
+    await eventually(lambda: cid in late.awareness.states)
+    assert late.awareness.states[cid] == {"user": "alice"}
+    assert watcher.awareness.states.get(cid) == {"user": "alice"}
+    for client in (alice, watcher, late):
+        await client.close()
 
 
 async def _refused(url: str, *, first: str | None = None) -> int | None:
@@ -416,6 +474,8 @@ PY_CHECKS: list[Check] = [
     check_late_joiner_gets_whole_state,
     check_offline_edits_merge_on_reconnect,
     check_awareness_appears_and_expires,
+    check_awareness_states_are_bounded_per_client,
+    check_awareness_state_belongs_to_its_setter,
     check_observer_cannot_write,
     check_bad_tokens_are_refused,
     check_revoked_token_is_refused_and_closed,

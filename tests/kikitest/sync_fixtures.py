@@ -109,8 +109,13 @@ class YClient:
 
     def set_awareness(self, state: dict[str, Any] | None) -> None:
         self.awareness.set_local_state(state)
+        _spawn(self.send(self.awareness_message()))
+
+    def awareness_message(self) -> bytes:
+        """The awareness message carrying this client's own state as it is now."""
         update = self.awareness.encode_awareness_update([self.awareness.client_id])
-        _spawn(self.send(create_awareness_message(update)))
+        message: bytes = create_awareness_message(update)
+        return message
 
     async def _read(self, ws: ClientConnection) -> None:
         try:

@@ -36,6 +36,8 @@ class RelayConfig(ServiceConfig):
     max_sessions: int = pydantic.Field(default=1024, ge=1)
     max_clients: int = pydantic.Field(default=256, ge=1)
     max_document: int = pydantic.Field(default=64 << 20, ge=1024)
+    # Awareness states (cursors, presence) one client may hold at once.
+    max_awareness_clients: int = pydantic.Field(default=16, ge=1)
     # Messages a client may send per second, on average and at once.
     rate: float = pydantic.Field(default=500.0, gt=0)
     burst: float = pydantic.Field(default=2000.0, ge=1)
@@ -80,6 +82,7 @@ class RelayConfig(ServiceConfig):
             max_clients=self.max_clients,
             max_message=self.max_message,
             max_document=self.max_document,
+            max_awareness_clients=self.max_awareness_clients,
             rate=self.rate,
             burst=self.burst,
         )

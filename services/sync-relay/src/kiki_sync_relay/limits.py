@@ -14,6 +14,7 @@ class Limits:
     max_clients: int = 256  # clients of one session
     max_message: int = 1 << 20  # bytes of one WebSocket message
     max_document: int = 64 << 20  # bytes of one session's document (updates since its snapshot)
+    max_awareness_clients: int = 16  # awareness states one client may hold (the edge's too)
     rate: float = 500.0  # messages per second a client may send, on average
     burst: float = 2000.0  # ... and at once
 

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from pycrdt import (
     Array,
     Awareness,
@@ -65,11 +66,14 @@ _ids = itertools.count(1)
 
 @dataclass(eq=False, slots=True)
 class Member:
-    """A client of the session: its role (what it may write), and the awareness states it set."""
+    """A client of the session: its role (what it may write), and the awareness states it set.
+    ``bounded``: whether it may hold at most ``max_awareness_clients`` awareness states (not the
+    link upstream, which speaks for every client of the upstream session)."""
 
     role: str
     jti: str = ""
     sub: str = ""
+    bounded: bool = True
     id: int = field(default_factory=lambda: next(_ids))
     awareness: set[int] = field(default_factory=set)
     forbidden: tuple[Part, ...] = field(init=False)
@@ -177,6 +181,8 @@ class Session:
         self.members: dict[int, Member] = {}
         self.awareness = Awareness(self.doc)
         self.awareness.set_local_state(None)  # the relay itself is nobody's collaborator
+        # awareness client id -> the member that first set it: only that member may change it.
+        self.owners: dict[int, int] = {}
         self.updates_since_snapshot = 0
 
     # -- members ----------------------------------------------------------------------------
@@ -194,6 +200,7 @@ class Session:
     def leave(self, member: Member) -> bytes | None:
         """Remove ``member``; the awareness message telling the others its states are gone."""
         self.members.pop(member.id, None)
+        self.owners = {c: m for c, m in self.owners.items() if m != member.id}
         gone = [i for i in member.awareness if i in self.awareness.states]
         member.awareness.clear()
         if not gone:
@@ -280,10 +287,23 @@ class Session:
 
     def _awareness(self, member: Member, message: bytes) -> Outcome:
         payload = self._payload(message[1:])
+        changes = self._changes(payload)
         if not member.writes:
-            if self._echoes_only(payload):
+            if not changes:
                 return NOTHING
             raise PermissionDenied("an observer may not publish awareness")
+        # Checked before anything is applied: a refused message leaves no state behind. A
+        # member owns the ids it set (removed ones too) until it leaves; only it may change them.
+        owned = {client for client, owner in self.owners.items() if owner == member.id}
+        for client, present in changes:
+            if self.owners.get(client, member.id) != member.id:
+                raise PermissionDenied(f"awareness client {client} belongs to another member")
+            if present:
+                owned.add(client)
+        if member.bounded and len(owned) > self.limits.max_awareness_clients:
+            raise LimitExceeded(
+                f"more than {self.limits.max_awareness_clients} awareness states from one client"
+            )
         changed: dict[str, list[int]] = {}
 
         def seen(topic: str, event: tuple[dict[str, Any], Any]) -> None:
@@ -297,30 +317,37 @@ class Session:
             raise InvalidFrame(f"a malformed awareness update ({type(exc).__name__})") from None
         finally:
             self.awareness.unobserve(subscription)
+        for client, _ in changes:
+            self.owners.setdefault(client, member.id)
         member.awareness.update(changed.get("added", ()), changed.get("updated", ()))
         member.awareness.difference_update(changed.get("removed", ()))
         return Outcome(relay=message)
 
-    def _echoes_only(self, payload: bytes) -> bool:
-        """Whether an awareness update changes nothing the session holds. A stock y-websocket
-        client sends back every awareness change it applies, the states the relay told it
-        included (same clocks): from an observer, that echo is dropped, not refused."""
+    def _changes(self, payload: bytes) -> list[tuple[int, bool]]:
+        """The entries of an awareness update that y-protocols would apply: (client id, whether
+        a state is set). A stock y-websocket client sends back every awareness change it
+        applies, the states the relay told it included (same clocks): those change nothing
+        and are left out, so an echo is neither refused nor counted."""
         reader = Decoder(payload)
+        clocks = {c: int(m["clock"]) for c, m in self.awareness.meta.items()}
+        held = set(self.awareness.states)
+        changes: list[tuple[int, bool]] = []
         try:
             for _ in range(reader.read_var_uint()):
                 client, clock = reader.read_var_uint(), reader.read_var_uint()
                 state = reader.read_message()
-                known = self.awareness.meta.get(client)
-                held = client in self.awareness.states
-                if state == b"null" and not held:
-                    continue  # removing a state nobody holds
-                if known is None or clock > known["clock"]:
-                    return False
-                if clock == known["clock"] and state == b"null" and held:
-                    return False  # a removal at the same clock: y-protocols applies it
-        except (IndexError, RuntimeError):
+                present = bool(state) and orjson.loads(state or b"null") is not None
+                known = clocks.get(client, 0)
+                if clock > known or (clock == known and not present and client in held):
+                    clocks[client] = clock
+                    if present:
+                        held.add(client)
+                    else:
+                        held.discard(client)
+                    changes.append((client, present))
+        except (IndexError, RuntimeError, orjson.JSONDecodeError):
             raise InvalidFrame("a malformed awareness update") from None
-        return True
+        return changes
 
     # -- persistence ------------------------------------------------------------------------
 

@@ -127,7 +127,7 @@ class Upstream:
             backoff.ready(time.monotonic())
             log.info("linked session %s upstream", name)
             await self.relay.attach(
-                ws, name, live, Member(role="device", sub="upstream"), limited=False
+                ws, name, live, Member(role="device", sub="upstream", bounded=False), limited=False
             )
             if ws.close_code is not None:
                 rcvd = ws.protocol.close_rcvd
