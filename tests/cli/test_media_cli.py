@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from kiki_cli.media import describe
 from kikitest import VENV_BIN, dbus_fixtures
 from kikitest.dbus_fixtures import Dunst, Stack
 
@@ -126,3 +127,31 @@ def test_notify_watch_observed_prints_other_apps_notifications(
     finally:
         watch.terminate()
         watch.wait(timeout=20)
+
+
+def test_other_apps_text_is_printed_escaped(gateway_stack: Stack, dunst: Dunst) -> None:
+    # Another app's summary carries a terminal escape and a line of its own.
+    summary = "evil\x1b[2J\nkiki: fake line"
+    subprocess.run(
+        ["notify-send", "--app-name=Prank", summary], env=gateway_stack.env, timeout=20, check=True
+    )
+    until_json(
+        gateway_stack,
+        lambda a: any(n["summary"] == summary for n in a["notifications"]),
+        "notify",
+        "list",
+    )
+    done = kiki(gateway_stack, "notify", "list")
+    assert done.returncode == 0, done.stderr
+    assert "\x1b" not in done.stdout
+    (line,) = [line for line in done.stdout.splitlines() if "Prank" in line]
+    assert line.endswith("evil\\x1b[2J\\nkiki: fake line")
+
+
+def test_a_players_title_is_printed_escaped() -> None:
+    now = {
+        "player": {"player": "mpv", "status": "Playing"},
+        "track": {"title": "song\x1b]0;owned\x07\r"},
+        "positionUs": 0,
+    }
+    assert describe(now) == "mpv  Playing  0:00  song\\x1b]0;owned\\x07\\r"

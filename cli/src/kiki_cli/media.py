@@ -97,11 +97,12 @@ def run_list(args: argparse.Namespace) -> int:
         dump(answer)
         return 0
     players = answer["players"]
-    width = max((len(p["player"]) for p in players), default=6)
+    width = max((len(shown(p["player"])) for p in players), default=6)
     print(f"{'PLAYER':<{width}}  {'STATUS':<8}  ACTIVE  IDENTITY")
     for p in players:
         active = "*" if p.get("active") else ""
-        print(f"{p['player']:<{width}}  {p['status']:<8}  {active:<6}  {p.get('identity', '')}")
+        name, identity = shown(p["player"]), shown(p.get("identity", ""))
+        print(f"{name:<{width}}  {p['status']:<8}  {active:<6}  {identity}")
     return 0
 
 
@@ -120,6 +121,14 @@ def run_tool(args: argparse.Namespace) -> int:
     return 0
 
 
+def shown(text: Any) -> str:
+    """``text`` for a terminal: what players and other apps send is theirs, so its control
+    characters (an escape sequence, a newline starting a fake line) are printed escaped."""
+    return "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(text)
+    )
+
+
 def _clock(us: int) -> str:
     seconds = us // 1_000_000
     return f"{seconds // 60}:{seconds % 60:02d}"
@@ -134,4 +143,4 @@ def describe(now: dict[str, Any]) -> str:
     title = track.get("title") or track.get("url") or ""
     if track.get("artists"):
         title += " — " + ", ".join(track["artists"])
-    return f"{player['player']}  {player['status']}  {where}  {title}".rstrip()
+    return f"{shown(player['player'])}  {player['status']}  {where}  {shown(title)}".rstrip()

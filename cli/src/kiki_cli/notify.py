@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 
 from kiki_cli.common import fail, service_group
-from kiki_cli.media import call, dump
+from kiki_cli.media import call, dump, shown
 from libkiki.errors import KikiError
 from libkiki.paths import TOOLS_SOCKET
 from libkiki.tools import ToolClient
@@ -91,8 +91,8 @@ def run_list(args: argparse.Namespace) -> int:
         dump(answer)
         return 0
     for n in answer["notifications"]:
-        body = f": {n['body']}" if n.get("body") else ""
-        print(f"{n['at']}  {n['appName']}  {n['summary']}{body}")
+        body = f": {shown(n['body'])}" if n.get("body") else ""
+        print(f"{n['at']}  {shown(n['appName'])}  {shown(n['summary'])}{body}")
     return 0
 
 
@@ -106,10 +106,10 @@ async def _watch(args: argparse.Namespace) -> None:
                 print(orjson.dumps(message).decode(), flush=True)
             elif "notification" in message:
                 n = message["notification"]
-                print(f"{n['at']}  {n['appName']}  {n['summary']}", flush=True)
+                print(f"{n['at']}  {shown(n['appName'])}  {shown(n['summary'])}", flush=True)
             else:
                 kind = message["$type"].rpartition("#")[2]
-                detail = message.get("key") or message.get("reason", "")
+                detail = shown(message.get("key") or message.get("reason", ""))
                 print(f"{message['id']}  {kind}  {detail}", flush=True)
 
 
