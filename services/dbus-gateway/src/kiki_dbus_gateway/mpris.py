@@ -66,11 +66,13 @@ class MprisWatcher:
         """Listen first, then list: a player appearing in between is seen either way."""
         self.bus.add_message_handler(self._on_message)
         for rule in MATCHES:
-            await self._bus_method("AddMatch", "s", [rule])
-        (names,) = await self._bus_method("ListNames", "", [])
+            await bus_method(self.bus, "AddMatch", "s", [rule], self.call_timeout)
+        (names,) = await bus_method(self.bus, "ListNames", "", [], self.call_timeout)
         for name in sorted(n for n in names if isinstance(n, str) and is_player_name(n)):
             try:
-                (owner,) = await self._bus_method("GetNameOwner", "s", [name])
+                (owner,) = await bus_method(
+                    self.bus, "GetNameOwner", "s", [name], self.call_timeout
+                )
             except KikiError:
                 continue  # gone already
             suffix = name[len(MPRIS_PREFIX) :]
@@ -82,9 +84,6 @@ class MprisWatcher:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def _bus_method(self, member: str, signature: str, body: list[Any]) -> list[Any]:
-        return await bus_method(self.bus, member, signature, body, self.call_timeout)
 
     def _spawn(self, coro: Any) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coro)

@@ -59,14 +59,11 @@ class PortalBus:
         self.bus.add_message_handler(self._on_message)
         await self.portal.start()
         for rule in SIGNALS:
-            await self._bus("AddMatch", "s", [rule])
+            await bus_method(self.bus, "AddMatch", "s", [rule], self.timeout)
 
     def stop(self) -> None:
         self.bus.remove_message_handler(self._on_message)
         self.portal.stop()
-
-    async def _bus(self, member: str, signature: str, body: list[Any]) -> list[Any]:
-        return await bus_method(self.bus, member, signature, body, self.timeout)
 
     async def call(
         self,
@@ -119,7 +116,7 @@ class PortalBus:
             f"type='signal',sender='{PORTAL}',interface='{IFACE}Request',"
             f"member='Response',path='{path}'"
         )
-        await self._bus("AddMatch", "s", [rule])
+        await bus_method(self.bus, "AddMatch", "s", [rule], self.timeout)
         future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
         self._responses[path] = future
         try:
@@ -138,7 +135,7 @@ class PortalBus:
         finally:
             self._responses = {p: f for p, f in self._responses.items() if f is not future}
             with contextlib.suppress(KikiError):
-                await self._bus("RemoveMatch", "s", [rule])
+                await bus_method(self.bus, "RemoveMatch", "s", [rule], self.timeout)
         outcome = RESPONSES.get(code, "ended")
         if outcome == "cancelled":
             raise Cancelled(f"{member} was cancelled by the user", data={"error": "Cancelled"})
