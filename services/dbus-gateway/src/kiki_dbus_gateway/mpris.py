@@ -3,11 +3,15 @@
 The watcher adds three match rules (``NameOwnerChanged`` for ``org.mpris.MediaPlayer2.*``,
 ``PropertiesChanged`` and ``Seeked`` at ``/org/mpris/MediaPlayer2``) and reads those signals as
 the bus delivers them; the state lives in :class:`~kiki_dbus_gateway.media.Players`. A player is
-asked ``GetAll`` once, when its name gets an owner (and again for an interface whose
-properties it invalidates); after that the gateway only listens.
+added when the bus says its name got an owner and removed when it says the owner left, in the
+order the bus tells (in the signal handler itself), and asked ``GetAll`` in the background: one
+discovery per name, cancelled when the name goes, its answer dropped if the name has another
+owner by then (and again for an interface whose properties it invalidates); after that the
+gateway only listens.
 
 Calls go to the player's unique name (a name taken over by another process meanwhile never
-gets a call meant for the first) with a deadline: a player that does not answer in
+gets a call meant for the first; a reply from anyone else is refused, see
+:mod:`~kiki_dbus_gateway.dbus_calls`) with a deadline: a player that does not answer in
 ``call_timeout`` is :class:`~libkiki.errors.Timeout`, one that leaves the bus before answering
 is :class:`~libkiki.errors.PeerGone` (the bus says ``NoReply``; a name with no owner any more
 says ``ServiceUnknown``). Nothing a player sends can raise out of the signal handler: a body of
