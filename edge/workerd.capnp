@@ -24,6 +24,7 @@ const worker :Workerd.Worker = (
     (name = "KIKI_TRUSTED_KEYS", fromEnvironment = "KIKI_TRUSTED_KEYS"),
     (name = "KIKI_MAX_MESSAGE", fromEnvironment = "KIKI_MAX_MESSAGE"),
     (name = "KIKI_MAX_CLIENTS", fromEnvironment = "KIKI_MAX_CLIENTS"),
+    (name = "KIKI_MAX_PENDING_CLIENTS", fromEnvironment = "KIKI_MAX_PENDING_CLIENTS"),
     (name = "KIKI_MAX_DOCUMENT", fromEnvironment = "KIKI_MAX_DOCUMENT"),
     (name = "KIKI_AUTH_TIMEOUT_MS", fromEnvironment = "KIKI_AUTH_TIMEOUT_MS"),
     (name = "KIKI_COMPACT_ROWS", fromEnvironment = "KIKI_COMPACT_ROWS"),

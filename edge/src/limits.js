@@ -4,7 +4,9 @@
 /**
  * @typedef {object} Limits
  * @property {number} maxMessage bytes of one WebSocket message (FrameTooLarge, 1009)
- * @property {number} maxClients sockets in one session (LimitExceeded, 1013)
+ * @property {number} maxClients sockets with a valid token in one session (LimitExceeded, 1013)
+ * @property {number} maxPendingClients sockets still waiting to send their token, in one
+ *   session (LimitExceeded, 1013)
  * @property {number} maxDocument bytes the stored document may reach (LimitExceeded, 1013)
  * @property {number} maxAwarenessClients awareness states one socket may own
  * @property {number} authTimeoutMs how long a socket without a token is kept (then 1008)
@@ -18,6 +20,7 @@
 export const DEFAULTS = Object.freeze({
   maxMessage: 1024 * 1024,
   maxClients: 256,
+  maxPendingClients: 64,
   maxDocument: 64 * 1024 * 1024,
   maxAwarenessClients: 16,
   authTimeoutMs: 5000,
@@ -31,6 +34,7 @@ export const DEFAULTS = Object.freeze({
 const BINDINGS = Object.freeze({
   maxMessage: "KIKI_MAX_MESSAGE",
   maxClients: "KIKI_MAX_CLIENTS",
+  maxPendingClients: "KIKI_MAX_PENDING_CLIENTS",
   maxDocument: "KIKI_MAX_DOCUMENT",
   maxAwarenessClients: "KIKI_MAX_AWARENESS_CLIENTS",
   authTimeoutMs: "KIKI_AUTH_TIMEOUT_MS",

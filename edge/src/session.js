@@ -147,14 +147,20 @@ export class Session extends DurableObject {
     let refusal = null;
     /** @type {import("./tokens.js").Claims | null} */
     let claims = null;
-    let live = 0;
-    for (const [, peer] of this.sockets()) if (peer.state !== "closed") live += 1;
     const token = url.searchParams.get("token");
-    if (live >= this.limits.maxClients) {
-      refusal = new Refusal(KINDS.LimitExceeded, `the session has ${live} clients already`);
-    } else if (token !== null) {
+    // Only clients with a valid token count toward the session's clients: sockets that sent
+    // none yet are capped on their own, so they cannot keep the clients out.
+    if (token === null) {
+      const pending = this.count("pending");
+      if (pending >= this.limits.maxPendingClients) {
+        const why = `the session has ${pending} sockets waiting for their token already`;
+        refusal = new Refusal(KINDS.LimitExceeded, why);
+      }
+    } else {
       try {
+        this.roomForAClient();
         claims = await this.checkToken(token, session);
+        this.roomForAClient(); // again: others may have joined while the token was checked
       } catch (error) {
         if (!(error instanceof Refusal)) throw error;
         refusal = error;
@@ -177,6 +183,21 @@ export class Session extends DurableObject {
       await this.scheduleAlarm();
     }
     return new Response(null, { status: 101, webSocket: client });
+  }
+
+  /** @param {"pending" | "open"} state how many sockets are in it */
+  count(state) {
+    let n = 0;
+    for (const [, peer] of this.sockets()) if (peer.state === state) n += 1;
+    return n;
+  }
+
+  /** Refuses a client when the session has its most already. */
+  roomForAClient() {
+    const open = this.count("open");
+    if (open >= this.limits.maxClients) {
+      throw new Refusal(KINDS.LimitExceeded, `the session has ${open} clients already`);
+    }
   }
 
   /**
@@ -281,6 +302,7 @@ export class Session extends DurableObject {
     const claims = await this.checkToken(token, peer.session);
     const now = this.peer(ws);
     if (now === null || now.state !== "pending") return;
+    this.roomForAClient();
     this.open(ws, now, claims);
   }
 

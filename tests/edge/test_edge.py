@@ -51,10 +51,12 @@ def edge() -> Iterator[EdgeServer]:
 
 @pytest.fixture(scope="module")
 def tight() -> Iterator[EdgeServer]:
-    """An edge with small limits: two clients a session, messages of 4 KiB, compaction every
+    """An edge with small limits: two clients a session (three more waiting for their token),
+    messages of 4 KiB, compaction every
     20 log rows, 5 messages/s a client (20 at once), documents of 8000 bytes."""
     with edge_server(
         KIKI_MAX_CLIENTS="2",
+        KIKI_MAX_PENDING_CLIENTS="3",
         KIKI_MAX_MESSAGE="4096",
         KIKI_COMPACT_ROWS="20",
         KIKI_RATE="5",
@@ -171,6 +173,30 @@ async def test_clients_beyond_the_limit_are_refused(tight: EdgeServer) -> None:
     c = await YClient.join(tight.url(name, tight.token(name, "controller")))
     for client in (b, c):
         await client.close()
+
+
+async def test_sockets_without_a_token_do_not_keep_clients_out(tight: EdgeServer) -> None:
+    name = session()
+    async with contextlib.AsyncExitStack() as stack:
+        waiting = [
+            await stack.enter_async_context(connect(tight.url(name, None))) for _ in range(3)
+        ]
+        code, reason = await refused(tight.url(name, None))
+        assert (code, reason) == (
+            1013,
+            "LimitExceeded: the session has 3 sockets waiting for their token already",
+        )
+        a = await YClient.join(tight.url(name, tight.token(name, "controller")))
+        b = await YClient.join(tight.url(name, tight.token(name, "controller")))
+        # The session is full: a waiting socket's token is refused when it comes.
+        await waiting[0].send(json.dumps({"token": tight.token(name, "controller")}))
+        with pytest.raises(ConnectionClosed):
+            async with asyncio.timeout(10):
+                await waiting[0].recv()
+        assert waiting[0].close_code == 1013
+        assert waiting[0].close_reason == "LimitExceeded: the session has 2 clients already"
+        for client in (a, b):
+            await client.close()
 
 
 async def test_a_message_over_the_limit_is_refused_and_the_session_goes_on(
