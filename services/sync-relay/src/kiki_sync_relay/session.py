@@ -15,11 +15,13 @@ The shadow also tells which parts of the document an update touches
 (:mod:`libkiki.sync.parts`): the shadow's roots of the parts are observed deeply, and the
 update of a member whose role may not write a part it changed is refused with 1008 (the shadow
 is rebuilt; the live document never saw it). A member that may write every part (the
-``device`` role) pays for none of the checks. Yjs integrates an item whose dependencies are
-missing later, when they arrive (possibly in another member's update), and keeps a deletion of
-ids it has not seen until they exist, so for a member with a forbidden part an update must also
-leave nothing waiting: every struct it carries within the clocks the shadow holds after it,
-every deletion among ids the shadow knows.
+``device`` role) pays for none of the part checks. Yjs integrates an item whose dependencies
+are missing later, when they arrive (possibly in another member's update), and keeps a deletion
+of ids it has not seen until they exist. From any member an update must leave nothing waiting:
+every struct it carries within the clocks the shadow holds after it, every deletion among ids
+the shadow knows (refused with 1008 otherwise). For a member with a forbidden part, what it
+would touch cannot be told yet; for every member, pycrdt's ``get_update()`` omits what waits,
+so the snapshot a compaction or a hibernation stores would lose it.
 """
 
 from __future__ import annotations
@@ -272,7 +274,9 @@ class Session:
         if guarded and (touched := [p.root for p in guarded if p.root in self._shadow.touched]):
             self._rebuild_shadow()
             raise PermissionDenied(f"a {role} may not write the session's {touched[0]}")
-        if guarded and _waiting(self._shadow.doc, update):
+        # From every role: pycrdt's get_update() leaves out what still waits on a missing
+        # dependency, so a snapshot (compaction, hibernation) would lose it for good.
+        if _waiting(self._shadow.doc, update):
             self._rebuild_shadow()
             raise PermissionDenied(
                 f"a {role}'s update must not wait on changes the session has not seen"
