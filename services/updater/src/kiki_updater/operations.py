@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from kiki_updater.gio import UpdaterError, commit_metadata
-from kiki_updater.journal import Entry, Journal
+from kiki_updater.journal import SWAPPED, Entry, Journal
 from kiki_updater.pull import Remote, ensure_remote, pull
 from kiki_updater.store import Deployed, Kind, NoRollback, Store, app_ref
 from libkiki.errors import Conflict, KikiError, NotFound
@@ -217,8 +217,18 @@ class Operations:
                 kind, ident, ref, commit, remote=remote.name, action=action, phase=step
             )
         finally:
-            if self.journal is not None:
+            # A failure from the swap on leaves the journal unless the undo put everything
+            # back: recovery at the next start finishes the undo.
+            if self.journal is not None and (
+                entry.phase not in SWAPPED or self._is_back(kind, ident, ref, entry.before)
+            ):
                 self.journal.clear(kind, ident)
+
+    def _is_back(self, kind: Kind, ident: str, ref: str, before: str | None) -> bool:
+        store = self.store
+        if store.current(kind, ident) != before:
+            return False
+        return before is None or store.resolve(ref) == before
 
     def deploy(
         self,
@@ -231,8 +241,9 @@ class Operations:
         action: str,
         phase: Phase = _quiet,
     ) -> Deployed:
-        """Check every object, check out, run the install step, swap, run the health check
-        (putting the previous commit back when it fails)."""
+        """Check every object, check out, run the install step, swap, run the health check.
+        From the swap on, any failure (a failed health check, an error, an interruption) puts
+        the previous commit back: a commit that has not passed its check never stays live."""
         store = self.store
         before = store.current(kind, ident)
         before_previous = store.previous(kind, ident)
@@ -243,33 +254,52 @@ class Operations:
             phase("install", {"commit": commit})
             self.install_step(kind, ident, path)
         phase("swap", {"commit": commit, "previous": before})
-        deployed = store.deploy(kind, ident, ref, commit, remote=remote, action=action)
-        if self.health is not None:
-            phase("health", {"commit": commit})
-            try:
-                self.health(kind, ident, deployed.path)
-            except KikiError as exc:
-                self.undo(kind, ident, before, before_previous)
-                raise HealthFailed(
-                    f"{kind} {ident} {deployed.version} failed its health check ({exc}); "
-                    + ("the previous commit is back" if before else "it was removed"),
-                    data={"error": "HealthFailed", "commit": commit},
-                ) from None
+        try:
+            deployed = store.deploy(kind, ident, ref, commit, remote=remote, action=action)
+            problem = None
+            if self.health is not None:
+                phase("health", {"commit": commit})
+                try:
+                    self.health(kind, ident, deployed.path)
+                except KikiError as exc:
+                    problem = exc
+        except BaseException:
+            self.undo(kind, ident, ref, before, before_previous, action="undone")
+            raise
+        if problem is not None:
+            self.undo(kind, ident, ref, before, before_previous)
+            raise HealthFailed(
+                f"{kind} {ident} {deployed.version} failed its health check ({problem}); "
+                + ("the previous commit is back" if before else "it was removed"),
+                data={"error": "HealthFailed", "commit": commit},
+            ) from None
         phase("done", {"commit": commit})
         return deployed
 
-    def undo(self, kind: Kind, ident: str, before: str | None, before_previous: str | None) -> None:
+    def undo(
+        self,
+        kind: Kind,
+        ident: str,
+        ref: str,
+        before: str | None,
+        before_previous: str | None,
+        *,
+        action: str = "health-rollback",
+    ) -> None:
         """Put ``before`` back, and its rollback target (the failed commit is nobody's
-        rollback target); a first install that failed is removed, its ``data/`` kept."""
+        rollback target); a first install that failed is removed, its ``data/`` kept.
+        ``current`` and the refs first, the history last: they are what runs."""
         store = self.store
         if before is None:
-            store.remove(kind, ident, keep_data=True)
+            if store.home(kind, ident).exists():
+                store.remove(kind, ident, keep_data=True)
             return
-        found = store.deployed(kind, ident)
-        if found is not None and found.commit != before:
-            store.rollback(kind, ident, action="health-rollback")
-            store.set_refs(kind, ident, found.ref, before, before_previous)
-            store.clean(kind, ident, keep={before, before_previous})
+        store.checkout(kind, ident, before)
+        store.swap(kind, ident, before)
+        store.set_refs(kind, ident, ref, before, before_previous)
+        store.clean(kind, ident, keep={before, before_previous})
+        remote = (store.origin(kind, ident) or {}).get("remote")
+        store.record(kind, ident, ref, before, remote=remote, action=action)
 
     def rollback(self, kind: Kind, ident: str, *, phase: Phase = _quiet, op: str = "") -> Deployed:
         found = self.store.deployed(kind, ident)
