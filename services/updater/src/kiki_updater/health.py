@@ -11,13 +11,22 @@ it does or the deadline passes, since an app just swapped may take a while to re
 command runs in the new deployment (``cwd``; a relative first word is a path in it) with
 ``KIKI_APP_DATA`` set to the app's ``data/``, and must exit 0 within the deadline. An app that
 declares nothing passes.
+
+The command runs with the updater's privileges (root, the unit's capabilities): only a commit
+whose signature was checked gets here, but it is the app's code. Its environment is a minimal
+one (not the updater's), its stdout is discarded and only the last 4 KiB of its stderr kept
+(the unit's memory is capped: an app must not be able to fill it), and on its deadline its whole
+process group is killed. Running it as the app's own user is not done yet.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +41,8 @@ __all__ = ["HealthGate", "HealthSpec", "Unhealthy"]
 
 MAX_DEADLINE = 600.0
 RETRY = 0.5
+STDERR_TAIL = 4096
+PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 class Unhealthy(KikiError):
@@ -96,19 +107,52 @@ def run_command(spec: HealthSpec, deployment: Path, data: Path) -> None:
     argv = list(spec.command)
     if not argv[0].startswith("/") and "/" in argv[0]:
         argv[0] = str(deployment / argv[0])
-    env = {**os.environ, "KIKI_APP_DATA": str(data)}
+    env = {"PATH": PATH, "LANG": "C.UTF-8", "KIKI_APP_DATA": str(data)}
     try:
-        done = subprocess.run(
-            argv, cwd=deployment, env=env, capture_output=True, timeout=spec.deadline, check=False
+        proc = subprocess.Popen(
+            argv,
+            cwd=deployment,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # its own process group: killed whole at the deadline
         )
-    except subprocess.TimeoutExpired:
-        raise Unhealthy(f"{spec.command[0]} did not end within {spec.deadline:g} s") from None
     except OSError as exc:
         raise Unhealthy(f"{spec.command[0]} cannot run: {exc.strerror or exc}") from None
-    if done.returncode != 0:
-        said = done.stderr.decode(errors="replace").strip().splitlines()
-        tail = f": {said[-1][:200]}" if said else ""
-        raise Unhealthy(f"{spec.command[0]} exited {done.returncode}{tail}")
+    tail = bytearray()
+    reader = threading.Thread(target=_keep_tail, args=(proc, tail), daemon=True)
+    reader.start()
+    try:
+        code = proc.wait(timeout=spec.deadline)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        raise Unhealthy(f"{spec.command[0]} did not end within {spec.deadline:g} s") from None
+    except BaseException:
+        _kill_group(proc)
+        raise
+    finally:
+        # a child it left behind may hold stderr open: what was read so far is enough
+        reader.join(timeout=1.0)
+    if code != 0:
+        said = bytes(tail).decode(errors="replace").strip().splitlines()
+        last = f": {said[-1][:200]}" if said else ""
+        raise Unhealthy(f"{spec.command[0]} exited {code}{last}")
+
+
+def _keep_tail(proc: subprocess.Popen[bytes], tail: bytearray) -> None:
+    """Read ``proc``'s stderr to its end, keeping its last :data:`STDERR_TAIL` bytes."""
+    assert proc.stderr is not None
+    with proc.stderr as stream:
+        while chunk := os.read(stream.fileno(), 1 << 16):
+            tail += chunk
+            del tail[:-STDERR_TAIL]
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 async def ask_tool(spec: HealthSpec, broker: Path | None) -> None:

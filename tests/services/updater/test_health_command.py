@@ -1,0 +1,76 @@
+"""A health command: a minimal environment, stdout discarded, a bounded tail of stderr."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from kiki_updater.health import HealthSpec, Unhealthy, run_command
+
+pytestmark = pytest.mark.integration
+
+
+def _check(tmp_path: Path, script: str) -> tuple[HealthSpec, Path]:
+    deployment = tmp_path / "deploy"
+    (deployment / "bin").mkdir(parents=True)
+    health = deployment / "bin" / "health"
+    health.write_text("#!/bin/sh\n" + script)
+    health.chmod(0o755)
+    return HealthSpec(10.0, command=("bin/health",)), deployment
+
+
+def test_the_command_gets_a_minimal_environment_and_no_stdout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KIKI_UPDATER_SECRET_THING", "the updater's own")
+    spec, deployment = _check(
+        tmp_path,
+        '[ -z "$KIKI_UPDATER_SECRET_THING" ] || { echo "saw the updater env" >&2; exit 1; }\n'
+        '[ "$(readlink /proc/$$/fd/1)" = /dev/null ] || { echo "stdout kept" >&2; exit 1; }\n'
+        '[ -n "$KIKI_APP_DATA" ] || exit 1\n',
+    )
+    run_command(spec, deployment, tmp_path / "data")
+
+
+def test_only_a_bounded_tail_of_stderr_is_kept(tmp_path: Path) -> None:
+    # 64 MB on each stream, then the line the failure reports; the check runs in a fresh
+    # interpreter so that its peak memory is its own
+    _, deployment = _check(
+        tmp_path,
+        "head -c 67108864 /dev/zero\nhead -c 67108864 /dev/zero >&2\n"
+        "echo >&2\necho 'the last words' >&2\nexit 3\n",
+    )
+    program = textwrap.dedent(f"""
+        import resource
+        from pathlib import Path
+        from kiki_updater.health import HealthSpec, Unhealthy, run_command
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        try:
+            run_command(HealthSpec(60.0, command=("bin/health",)), Path({str(deployment)!r}),
+                        Path("/nonexistent"))
+        except Unhealthy as exc:
+            print(exc)
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+    """)
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, check=True, env=dict(os.environ)
+    )
+    said, grown_kib = done.stdout.decode().strip().splitlines()
+    assert said == "bin/health exited 3: the last words"
+    assert int(grown_kib) < 16 * 1024, f"grew {int(grown_kib) // 1024} MB for 64 MB of stderr"
+
+
+def test_a_command_past_its_deadline_is_killed_with_its_children(tmp_path: Path) -> None:
+    nap = f"{os.getpid() % 1000 + 3600}.5"  # a duration no other process here sleeps
+    spec, deployment = _check(tmp_path, f"sleep {nap} &\nsleep 30\n")
+    with pytest.raises(Unhealthy, match="did not end within"):
+        run_command(HealthSpec(0.5, command=spec.command), deployment, tmp_path / "data")
+    left = subprocess.run(["pgrep", "-x", "-f", f"sleep {nap}"], capture_output=True, check=False)
+    for pid in left.stdout.split():
+        os.kill(int(pid), 9)
+    assert left.returncode == 1, "a child of the check outlived it"
