@@ -11,6 +11,7 @@ from typing import Annotated
 
 import pydantic
 
+from kiki_updater.names import is_name
 from libkiki.config import ServiceConfig
 from libkiki.paths import state_dir
 
@@ -18,7 +19,14 @@ MAX_REMOTES = 64
 MAX_KEYS = 16
 MAX_PRINCIPALS = 256
 
-Name = Annotated[str, pydantic.StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+
+def _name(text: str) -> str:
+    if not is_name(text):
+        raise ValueError("a name: a letter or digit, then letters, digits, _ . - (64 at most)")
+    return text
+
+
+Name = Annotated[str, pydantic.AfterValidator(_name)]
 Key = Annotated[str, pydantic.StringConstraints(pattern=r"^[A-Za-z0-9+/]{43}=$")]
 PrincipalText = Annotated[str, pydantic.StringConstraints(min_length=1, max_length=255)]
 

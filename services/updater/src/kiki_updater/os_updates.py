@@ -6,11 +6,11 @@ And agents moved (:class:`AgentMoves`): export to and import from a directory of
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from kiki_updater.bootc import Bootc, deployments, reboot_required
+from kiki_updater.names import is_name
 from libkiki.errors import InvalidParams, Unavailable
 
 if TYPE_CHECKING:
@@ -101,7 +101,7 @@ class AgentMoves:
         if not isinstance(out, str) or not out.startswith("/"):
             raise InvalidParams("out: an absolute directory path")
         destination = str(params.get("destination") or "default")
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", destination):
+        if not is_name(destination):
             raise InvalidParams("destination: a name (letters, digits, _ . -)")
         config = self.updater.config
         secret = config.agent_secret_key.read_text().strip() if config.agent_secret_key else None

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
-import re
 import shutil
 import threading
 import time
@@ -31,6 +30,7 @@ from typing import Any, Literal
 import orjson
 
 from kiki_updater.gio import UpdaterError, commit_metadata, fsync_dir, lib, open_repo
+from kiki_updater.names import is_id, is_name
 from libkiki.errors import InvalidParams, NotFound
 
 __all__ = [
@@ -45,8 +45,6 @@ __all__ = [
 ]
 
 Kind = Literal["app", "agent"]
-ID_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,62}(\.[A-Za-z0-9-]{1,63}){1,15}$")
-CHANNEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}.get(
     platform.machine(), platform.machine()
 )
@@ -72,13 +70,13 @@ class NoRollback(NotFound):
 def check_id(kind: Kind, ident: str) -> None:
     if kind not in ("app", "agent"):
         raise InvalidParams(f"unknown kind {kind!r}")
-    if not ID_RE.match(ident):
+    if not is_id(ident):
         raise InvalidParams(f"{ident!r} is not an {kind} id (a reverse-DNS name)")
 
 
 def app_ref(kind: Kind, ident: str, channel: str = "stable", arch: str = ARCH) -> str:
     check_id(kind, ident)
-    if not CHANNEL_RE.match(channel):
+    if not is_name(channel):
         raise InvalidParams(f"{channel!r} is not a channel name")
     return f"{kind}/{ident}/{arch}/{channel}"
 
@@ -134,13 +132,36 @@ class Store:
     # -- reading -------------------------------------------------------------------------------
 
     def origin(self, kind: Kind, ident: str) -> dict[str, Any] | None:
+        """``origin.json``; one that does not parse (a later write is not fsync'd: a power cut
+        can leave it empty) is rebuilt from the refs, its history lost."""
         try:
-            data: dict[str, Any] = orjson.loads(
-                (self.home(kind, ident) / "origin.json").read_bytes()
-            )
+            data = orjson.loads((self.home(kind, ident) / "origin.json").read_bytes())
         except FileNotFoundError:
             return None
-        return data
+        except (OSError, orjson.JSONDecodeError):
+            data = None
+        if isinstance(data, dict) and isinstance(data.get("ref"), str):
+            return data
+        return self._rebuilt_origin(kind, ident)
+
+    def _rebuilt_origin(self, kind: Kind, ident: str) -> dict[str, Any] | None:
+        current = self.current(kind, ident)
+        if current is None:
+            return None
+        _, refs = self.repo.list_refs(None, None)
+        mine = sorted(
+            r for r, c in refs.items() if r.startswith(f"{kind}/{ident}/") and c == current
+        )
+        if not mine:
+            return None
+        ref = mine[0]
+        remotes = sorted(r.partition(":")[0] for r in refs if r.partition(":")[2] == ref)
+        return {
+            "remote": remotes[0] if remotes else None,
+            "ref": ref,
+            "history": [],
+            "historyLost": True,
+        }
 
     def current(self, kind: Kind, ident: str) -> str | None:
         try:
@@ -179,7 +200,7 @@ class Store:
         if not base.is_dir():
             return
         for entry in sorted(base.iterdir()):
-            if ID_RE.match(entry.name) and (found := self.deployed(kind, entry.name)):
+            if is_id(entry.name) and (found := self.deployed(kind, entry.name)):
                 yield found
 
     # -- changing ------------------------------------------------------------------------------
