@@ -16,6 +16,7 @@ Clients come from :mod:`kikitest.sync_fixtures`: :class:`YClient` (pycrdt) and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import secrets
@@ -25,8 +26,10 @@ from typing import Protocol
 
 from pycrdt import Doc, Map, Text, create_awareness_message, create_update_message
 from pycrdt._sync import Encoder
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
-from kikitest.sync_fixtures import NodePeers, YClient, eventually
+from kikitest.sync_fixtures import TIMEOUT, NodePeers, YClient, eventually
 from libkiki.sync.tokens import LEEWAY, SigningKey
 
 
@@ -250,6 +253,22 @@ async def check_bad_tokens_are_refused(ep: SyncEndpoint, node: NodePeers | None 
     client = await YClient.join(ep.url(s, None), first=f'{{"token": "{good}"}}')
     assert client.open
     await client.close()
+
+
+async def check_no_token_in_time_is_refused(
+    ep: SyncEndpoint, node: NodePeers | None = None
+) -> None:
+    """A socket that sends nothing at all is closed at the token deadline (5 s on both ends).
+    Waited for twice the usual: under workerd the close of a socket that never sent anything
+    reaches it only when the object is next evicted (about 10 s later)."""
+    env = Env(ep, new_session(), node)
+    async with connect(ep.url(env.session, None)) as ws:
+        with contextlib.suppress(ConnectionClosed):
+            async with asyncio.timeout(2 * TIMEOUT):
+                await ws.recv()
+        received = ws.protocol.close_rcvd
+        assert received is not None, "the end never closed the socket"
+        assert (received.code, received.reason) == (1008, "PermissionDenied: no token within 5 s")
 
 
 async def check_revoked_token_is_refused_and_closed(
@@ -478,6 +497,7 @@ PY_CHECKS: list[Check] = [
     check_awareness_state_belongs_to_its_setter,
     check_observer_cannot_write,
     check_bad_tokens_are_refused,
+    check_no_token_in_time_is_refused,
     check_revoked_token_is_refused_and_closed,
     check_bad_messages_are_refused_without_harm,
     check_kill_mid_stream_loses_nothing_relayed,

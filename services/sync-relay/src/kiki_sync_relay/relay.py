@@ -180,7 +180,7 @@ class Relay:
                 async with asyncio.timeout(self.auth_timeout):
                     first = await ws.recv()
             except TimeoutError:
-                raise PermissionDenied("no token within the time allowed") from None
+                raise PermissionDenied(f"no token within {self.auth_timeout:g} s") from None
             try:
                 token = str(orjson.loads(first)["token"])
             except (orjson.JSONDecodeError, KeyError, TypeError):
