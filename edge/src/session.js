@@ -331,8 +331,9 @@ export class Session extends DurableObject {
         this.receiveAwareness(ws, peer, message.update);
         return;
       case "queryAwareness": {
+        // No states, no answer (as the device relay).
         const clients = [...this.awareness.states.keys()];
-        ws.send(awarenessStates(this.awareness, clients));
+        if (clients.length > 0) ws.send(awarenessStates(this.awareness, clients));
         return;
       }
     }

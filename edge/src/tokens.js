@@ -1,7 +1,7 @@
 // Session tokens: JWTs signed EdDSA (Ed25519) by a device, verified with jose against the
 // public JWKs in the KIKI_TRUSTED_KEYS binding (a JSON array). The claims are the sync
 // contract's, checked as libkiki.sync.tokens checks them on the device.
-import { createLocalJWKSet, jwtVerify } from "jose";
+import { createLocalJWKSet, decodeProtectedHeader, jwtVerify } from "jose";
 import { KINDS, Refusal } from "./errors.js";
 
 export const AUDIENCE = "kiki-sync";
@@ -81,6 +81,20 @@ export async function verifyToken(token, session, trusted) {
   const keys = trustedKeys(trusted);
   /** @type {Record<string, unknown>} */
   let payload;
+  // A key is chosen by its kid alone, as on the device (jose would try a lone key without one).
+  /** @type {unknown} */
+  let kid;
+  /** @type {unknown} */
+  let alg;
+  try {
+    ({ kid, alg } = decodeProtectedHeader(token));
+  } catch {
+    throw new Refusal(KINDS.PermissionDenied, "not a token");
+  }
+  if (alg !== "EdDSA") throw new Refusal(KINDS.PermissionDenied, "token algorithm is not EdDSA");
+  if (typeof kid !== "string") {
+    throw new Refusal(KINDS.PermissionDenied, "token signed by an unknown key");
+  }
   try {
     ({ payload } = await jwtVerify(token, keys, {
       algorithms: ["EdDSA"],

@@ -21,11 +21,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pycrdt import (
     Awareness,
     Doc,
-    Map,
     Provider,
     Text,
     create_awareness_message,
-    create_update_message,
 )
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
@@ -343,23 +341,6 @@ async def test_a_first_message_that_is_not_a_token_is_refused(edge: EdgeServer) 
     code, reason = await refused(edge.url(name, None), first="hello")
     assert code == 1008
     assert "the first message must be" in reason
-
-
-async def test_nothing_sent_before_the_token_is_relayed(edge: EdgeServer) -> None:
-    name = session()
-    donor: Doc[Map[Any]] = Doc()
-    donor.get("map", type=Map)["early"] = 1
-    async with connect(edge.url(name, None)) as ws:
-        await ws.send(create_update_message(donor.get_update()))
-        await ws.send(json.dumps({"token": edge.token(name, "controller")}))
-        await ws.recv()  # the server's step 1: the token was taken
-    check = await YClient.join(edge.url(name, edge.token(name, "observer")))
-    writer = await YClient.join(edge.url(name, edge.token(name, "controller")))
-    writer.map["later"] = 2
-    await eventually(lambda: check.map.get("later") == 2)
-    assert "early" not in check.map
-    for client in (check, writer):
-        await client.close()
 
 
 async def test_a_text_frame_after_the_token_is_a_protocol_error(edge: EdgeServer) -> None:

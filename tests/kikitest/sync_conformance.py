@@ -22,11 +22,18 @@ import json
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
-from pycrdt import Doc, Map, Text, create_awareness_message, create_update_message
+from pycrdt import (
+    Doc,
+    Map,
+    Text,
+    create_awareness_message,
+    create_sync_message,
+    create_update_message,
+)
 from pycrdt._sync import Encoder
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from kikitest.sync_fixtures import TIMEOUT, NodePeers, YClient, eventually
@@ -42,6 +49,11 @@ class SyncEndpoint(Protocol):
 
     def token(self, session: str, role: str, *, ttl: float = 3600, sub: str = "test") -> str:
         """A token this end accepts; ``ttl`` <= 0 gives one that expired ``-ttl`` s ago."""
+        ...
+
+    @property
+    def key(self) -> SigningKey:
+        """The key whose tokens this end accepts."""
         ...
 
     async def revoke(self, session: str, jti: str) -> None: ...
@@ -65,6 +77,7 @@ class Env:
 
 Check = Callable[..., Awaitable[None]]
 _names = itertools.count(1)
+QUERY_AWARENESS = 3
 
 
 def new_session(prefix: str = "conf") -> str:
@@ -269,6 +282,106 @@ async def check_no_token_in_time_is_refused(
         received = ws.protocol.close_rcvd
         assert received is not None, "the end never closed the socket"
         assert (received.code, received.reason) == (1008, "PermissionDenied: no token within 5 s")
+
+
+async def _reply_to_step1(ws: ClientConnection) -> bytes:
+    """Sends sync step 1 on ``ws``; the next message the end sends (its step 2, as the end
+    answers in order, unless it sent something else first or closed)."""
+    await ws.send(create_sync_message(Doc()))
+    async with asyncio.timeout(TIMEOUT):
+        reply = await ws.recv()
+    assert isinstance(reply, bytes)
+    return reply
+
+
+async def check_binary_frames_before_the_token_are_dropped(
+    ep: SyncEndpoint, node: NodePeers | None = None
+) -> None:
+    env = Env(ep, new_session(), node)
+    donor: Doc[Map[Any]] = Doc()
+    donor.get("map", type=Map)["early"] = 1
+    async with connect(ep.url(env.session, None)) as ws:
+        await ws.send(create_sync_message(donor))  # what a stock provider sends at once
+        await ws.send(create_update_message(donor.get_update()))
+        await ws.send(json.dumps({"token": ep.token(env.session, "controller")}))
+        async with asyncio.timeout(TIMEOUT):
+            hello = await ws.recv()
+        assert isinstance(hello, bytes)
+        assert hello[:2] == b"\x00\x00"  # the end's step 1: the token was taken
+    writer = await YClient.join(env.url())
+    writer.map["later"] = 2
+    check = await YClient.join(env.url("observer"))
+    await eventually(lambda: check.map.get("later") == 2)
+    assert "early" not in check.map
+    for client in (writer, check):
+        await client.close()
+
+
+async def check_a_token_without_kid_is_refused(
+    ep: SyncEndpoint, node: NodePeers | None = None
+) -> None:
+    env = Env(ep, new_session(), node)
+    import jwt
+
+    good = ep.token(env.session, "controller")
+    claims = jwt.decode(good, options={"verify_signature": False})
+    bare = jwt.encode(claims, ep.key._private, algorithm="EdDSA")
+    assert "kid" not in jwt.get_unverified_header(bare)
+    client = await YClient.join(ep.url(env.session, bare), sync=False)
+    assert await client.closed() == 1008
+    assert client.close_reason == "PermissionDenied: token signed by an unknown key"
+
+
+async def check_a_long_sub_is_refused(ep: SyncEndpoint, node: NodePeers | None = None) -> None:
+    env = Env(ep, new_session(), node)
+    ok = await YClient.join(ep.url(env.session, ep.token(env.session, "observer", sub="s" * 256)))
+    await ok.close()
+    long = ep.token(env.session, "observer", sub="s" * 257)
+    client = await YClient.join(ep.url(env.session, long), sync=False)
+    assert await client.closed() == 1008
+    assert client.close_reason == "PermissionDenied: token sub or jti over 256 characters"
+
+
+async def check_observer_updates_that_carry_nothing_are_dropped(
+    ep: SyncEndpoint, node: NodePeers | None = None
+) -> None:
+    env = Env(ep, new_session(), node)
+    async with connect(env.url("observer")) as ws:
+        async with asyncio.timeout(TIMEOUT):
+            await ws.recv()  # the end's step 1
+        # Decoded, none carries a struct or a deleted range (trailing bytes; a deletion entry
+        # for a client with no ranges).
+        for nothing in (b"\x00\x00", b"\x00\x00\x00", b"\x00\x01\x05\x00"):
+            await ws.send(create_update_message(nothing))
+        reply = await _reply_to_step1(ws)
+        assert reply[:2] == b"\x00\x01"
+        await ws.send(create_update_message(b"\x00\x01\x05\x01\x00\x01"))  # deletes 5:0
+        with contextlib.suppress(ConnectionClosed):
+            async with asyncio.timeout(TIMEOUT):
+                await ws.recv()
+        assert ws.protocol.close_rcvd is not None
+        assert ws.protocol.close_rcvd.code == 1008
+
+
+async def check_query_awareness_without_states_is_not_answered(
+    ep: SyncEndpoint, node: NodePeers | None = None
+) -> None:
+    env = Env(ep, new_session(), node)
+    async with connect(env.url("observer")) as ws:
+        async with asyncio.timeout(TIMEOUT):
+            await ws.recv()  # the end's step 1
+        await ws.send(bytes([QUERY_AWARENESS]))
+        assert (await _reply_to_step1(ws))[:2] == b"\x00\x01"
+        writer = await YClient.join(env.url())
+        writer.set_awareness({"user": "w"})
+        await ws.send(bytes([QUERY_AWARENESS]))
+        async with asyncio.timeout(TIMEOUT):
+            while True:  # the writer's state may arrive first, relayed
+                answer = await ws.recv()
+                assert isinstance(answer, bytes)
+                if answer[0] == 1:
+                    break
+        await writer.close()
 
 
 async def check_revoked_token_is_refused_and_closed(
@@ -498,6 +611,11 @@ PY_CHECKS: list[Check] = [
     check_observer_cannot_write,
     check_bad_tokens_are_refused,
     check_no_token_in_time_is_refused,
+    check_binary_frames_before_the_token_are_dropped,
+    check_a_token_without_kid_is_refused,
+    check_a_long_sub_is_refused,
+    check_observer_updates_that_carry_nothing_are_dropped,
+    check_query_awareness_without_states_is_not_answered,
     check_revoked_token_is_refused_and_closed,
     check_bad_messages_are_refused_without_harm,
     check_kill_mid_stream_loses_nothing_relayed,

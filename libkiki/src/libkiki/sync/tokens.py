@@ -40,6 +40,7 @@ KEY_FILE: Final = "sync-signing-key.pem"
 # Clocks of the device and a verifier at the edge may differ by this much.
 LEEWAY: Final = 30.0
 MAX_TTL: Final = 366 * 86400
+MAX_CLAIM: Final = 256  # characters of a token's sub and jti, as the edge
 _REQUIRED: Final = ["iss", "aud", "sid", "sub", "role", "iat", "exp", "jti"]
 
 
@@ -206,6 +207,9 @@ class Verifier:
             raise PermissionDenied(f"token refused: {exc}") from None
         if now is not None and now > float(claims["exp"]) + LEEWAY:
             raise PermissionDenied("token expired")
+        if len(str(claims["sub"])) > MAX_CLAIM or len(str(claims["jti"])) > MAX_CLAIM:
+            # The edge keeps them in each socket's 2 KiB attachment: the same cap on both ends.
+            raise PermissionDenied(f"token sub or jti over {MAX_CLAIM} characters")
         if claims["sid"] != session:
             raise PermissionDenied("token is for another session")
         if claims["role"] not in ROLES:

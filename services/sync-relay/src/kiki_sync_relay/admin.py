@@ -29,7 +29,7 @@ from libkiki.constellation import GET_INFO
 from libkiki.errors import NotFound, PermissionDenied
 from libkiki.rpc import Methods, RequestContext
 from libkiki.sync.parts import PARTS
-from libkiki.sync.tokens import SigningKey, valid_session_name
+from libkiki.sync.tokens import LEEWAY, SigningKey, valid_session_name
 
 # The session document's parts (libkiki.sync.parts) and the roots the conformance suite writes;
 # pycrdt reads a root only when told its type.
@@ -124,7 +124,9 @@ def admin_methods(
     @methods.method("dev.kiki.session.revoke")
     async def revoke(ctx: RequestContext, jti: str, exp: int | None = None) -> dict[str, Any]:
         allowed(ctx)
-        if exp is not None and exp < time.time():
+        # A token is accepted until LEEWAY after its exp (clocks differ): until then it must
+        # still be revocable.
+        if exp is not None and exp + LEEWAY < time.time():
             return {"closed": 0}
         return {"closed": relay.revoke(jti, exp)}
 

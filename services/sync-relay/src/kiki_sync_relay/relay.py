@@ -176,9 +176,13 @@ class Relay:
     async def authenticate(self, ws: Connection, name: str, token: str | None) -> Claims:
         if token is None:
             # Browsers keep tokens out of URLs: the first message may carry it instead.
+            # Binary frames before it (a stock provider's step 1) are dropped, as on the edge:
+            # nothing is relayed to or from a client before its token.
             try:
                 async with asyncio.timeout(self.auth_timeout):
                     first = await ws.recv()
+                    while isinstance(first, bytes):
+                        first = await ws.recv()
             except TimeoutError:
                 raise PermissionDenied(f"no token within {self.auth_timeout:g} s") from None
             try:

@@ -153,6 +153,26 @@ def _clocks(state_vector: bytes) -> dict[int, int]:
     return {reader.read_var_uint(): reader.read_var_uint() for _ in range(reader.read_var_uint())}
 
 
+def _carries_nothing(update: bytes) -> bool:
+    """Whether ``update`` decodes to no structs and no deleted ranges, as Yjs' decodeUpdate
+    reads it (what the edge checks): ``00 00``, what a client with nothing new answers to the
+    relay's step 1, is one such update; a deletion entry with no ranges, or bytes after the
+    delete set, change nothing either."""
+    if update == EMPTY_UPDATE:
+        return True
+    reader = Decoder(update)
+    try:
+        if reader.read_var_uint() != _NO_STRUCTS:
+            return False
+        for _ in range(reader.read_var_uint()):
+            reader.read_var_uint()  # the client
+            if reader.read_var_uint() != 0:  # its ranges
+                return False
+    except (IndexError, RuntimeError):
+        raise InvalidFrame("a malformed update") from None
+    return True
+
+
 def _waiting(doc: Doc[Any], update: bytes) -> bool:
     """Whether ``update``, applied to ``doc``, left anything for ``doc`` to integrate later:
     a struct beyond the clocks ``doc`` holds, or a deletion of an id it has not seen."""
@@ -252,7 +272,7 @@ class Session:
         if sub not in (YSyncMessageType.SYNC_STEP2, YSyncMessageType.SYNC_UPDATE):
             raise ProtocolError(f"unknown sync message type {sub}")
         update = self._payload(message[2:])
-        if update == EMPTY_UPDATE:
+        if _carries_nothing(update):
             return NOTHING
         if not member.writes:
             raise PermissionDenied("an observer may not write to the session")
