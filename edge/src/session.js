@@ -20,7 +20,7 @@ import {
   syncStep2,
   updateMessage,
 } from "./protocol.js";
-import { SessionStore } from "./store.js";
+import { MAX_TTL_SECONDS, SessionStore } from "./store.js";
 import { LEEWAY_SECONDS, verifyToken, WRITERS } from "./tokens.js";
 
 /**
@@ -588,6 +588,7 @@ export class Session extends DurableObject {
       }
     }
     if (this.compactionDue()) this.store.compact(this.doc);
+    this.store.pruneRevoked(now / 1000 - LEEWAY_SECONDS);
     await this.scheduleAlarm();
   }
 
@@ -604,6 +605,8 @@ export class Session extends DurableObject {
       if (peer.state === "open") next = Math.min(next, ((peer.exp ?? 0) + LEEWAY_SECONDS) * 1000);
     }
     if (this.compactionDue()) next = Date.now();
+    const revoked = this.store.firstRevokedExpiry();
+    if (revoked !== null) next = Math.min(next, (revoked + LEEWAY_SECONDS) * 1000);
     if (next === Infinity) await this.ctx.storage.deleteAlarm();
     else await this.ctx.storage.setAlarm(next);
   }
@@ -617,16 +620,25 @@ export class Session extends DurableObject {
   async revoke(request, session) {
     await this.deviceOnly(request, session);
     /** @type {unknown} */
-    let jti;
+    let body;
     try {
-      jti = (await request.json())?.jti;
+      body = await request.json();
     } catch {
-      jti = undefined;
+      body = undefined;
     }
-    if (typeof jti !== "string" || jti.length === 0 || jti.length > 256) {
-      return json({ error: 'the body must be {"jti": "<token id>"}' }, 400);
+    const { jti, exp } = /** @type {{jti?: unknown, exp?: unknown}} */ (body ?? {});
+    if (
+      typeof jti !== "string" ||
+      jti.length === 0 ||
+      jti.length > 256 ||
+      (exp !== undefined && exp !== null && !Number.isSafeInteger(exp))
+    ) {
+      return json({ error: 'the body must be {"jti": "<token id>", "exp"?: <seconds>}' }, 400);
     }
-    this.store.revoke(jti);
+    // Kept until the token would be refused anyway; without its exp, as long as any lives.
+    const nowSeconds = Date.now() / 1000;
+    const until = typeof exp === "number" ? exp : nowSeconds + MAX_TTL_SECONDS;
+    this.store.revoke(jti, until);
     let closed = 0;
     for (const [ws, peer] of this.sockets()) {
       if (peer.state === "open" && peer.jti === jti) {
@@ -634,6 +646,7 @@ export class Session extends DurableObject {
         closed += 1;
       }
     }
+    await this.scheduleAlarm();
     return json({ revoked: jti, closed });
   }
 
@@ -654,6 +667,7 @@ export class Session extends DurableObject {
       boots: this.boots,
       clients,
       awareness: this.awareness.states.size,
+      revoked: this.store.revokedCount(),
       log: { rows: this.store.logRows, bytes: this.store.logBytes },
       snapshotBytes: this.store.snapshotBytes,
     });

@@ -10,8 +10,14 @@ const SCHEMA = [
   `CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)`,
   `CREATE TABLE IF NOT EXISTS snapshot (id INTEGER PRIMARY KEY CHECK (id = 0), doc BLOB NOT NULL)`,
   `CREATE TABLE IF NOT EXISTS updates (seq INTEGER PRIMARY KEY AUTOINCREMENT, data BLOB NOT NULL)`,
-  `CREATE TABLE IF NOT EXISTS revoked (jti TEXT PRIMARY KEY, at INTEGER NOT NULL)`,
+  // exp: seconds, the revoked token's expiry; the row is pruned once the token would be
+  // refused anyway (exp plus the clocks' leeway).
+  `CREATE TABLE IF NOT EXISTS revocations (jti TEXT PRIMARY KEY, exp INTEGER NOT NULL)`,
 ];
+
+// How long a revocation whose token's expiry is unknown is kept: the longest a token is issued
+// for (libkiki.sync.tokens.MAX_TTL).
+export const MAX_TTL_SECONDS = 366 * 86400;
 
 /** @param {ArrayBuffer | Uint8Array} blob */
 const bytes = (blob) => (blob instanceof Uint8Array ? blob : new Uint8Array(blob));
@@ -22,6 +28,7 @@ export class SessionStore {
     this.storage = storage;
     this.sql = storage.sql;
     for (const statement of SCHEMA) this.sql.exec(statement);
+    this.migrateRevoked();
     this.logRows = 0;
     this.logBytes = 0;
     this.snapshotBytes = 0;
@@ -89,17 +96,55 @@ export class SessionStore {
     this.logBytes = 0;
   }
 
-  /** @param {string} jti */
-  revoke(jti) {
+  /** The first schema kept when each jti was revoked, not until when: kept for MAX_TTL. */
+  migrateRevoked() {
+    const old = this.sql
+      .exec(`SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'revoked'`)
+      .toArray();
+    if (old.length === 0) return;
+    this.storage.transactionSync(() => {
+      this.sql.exec(
+        `INSERT OR IGNORE INTO revocations (jti, exp) SELECT jti, at / 1000 + ? FROM revoked`,
+        MAX_TTL_SECONDS,
+      );
+      this.sql.exec(`DROP TABLE revoked`);
+    });
+  }
+
+  /**
+   * @param {string} jti
+   * @param {number} exp seconds: the token's expiry (the latest one wins)
+   */
+  revoke(jti, exp) {
     this.sql.exec(
-      `INSERT INTO revoked (jti, at) VALUES (?, ?) ON CONFLICT (jti) DO NOTHING`,
+      `INSERT INTO revocations (jti, exp) VALUES (?, ?)
+       ON CONFLICT (jti) DO UPDATE SET exp = MAX(exp, excluded.exp)`,
       jti,
-      Date.now(),
+      Math.floor(exp),
     );
   }
 
   /** @param {string} jti */
   isRevoked(jti) {
-    return this.sql.exec(`SELECT 1 FROM revoked WHERE jti = ?`, jti).toArray().length > 0;
+    return this.sql.exec(`SELECT 1 FROM revocations WHERE jti = ?`, jti).toArray().length > 0;
+  }
+
+  /**
+   * Drops the revocations whose tokens are refused anyway by now (`expired`: seconds, the
+   * latest expiry that is past with the leeway).
+   * @param {number} expired
+   */
+  pruneRevoked(expired) {
+    this.sql.exec(`DELETE FROM revocations WHERE exp < ?`, expired);
+  }
+
+  /** @returns {number | null} seconds: the earliest expiry among the revocations */
+  firstRevokedExpiry() {
+    const row = this.sql.exec(`SELECT MIN(exp) AS exp FROM revocations`).one();
+    return row.exp === null ? null : Number(row.exp);
+  }
+
+  revokedCount() {
+    return Number(this.sql.exec(`SELECT COUNT(*) AS n FROM revocations`).one().n);
   }
 }

@@ -280,6 +280,27 @@ async def test_revoke_closes_only_the_sockets_holding_the_token(edge: EdgeServer
     assert await refused(edge.url(name, token)) == (1008, "PermissionDenied: token revoked")
 
 
+async def test_revocations_are_kept_until_their_tokens_expire(edge: EdgeServer) -> None:
+    name = session()
+    device = edge.token(name, "device")
+    now = int(time.time())
+    live = edge.token(name, "controller")
+    live_jti = jwt.decode(live, options={"verify_signature": False})["jti"]
+    for jti, exp in ((live_jti, now + 3600), ("long-dead", now - 60), ("no-exp", None)):
+        body = {"jti": jti} if exp is None else {"jti": jti, "exp": exp}
+        status, _ = await asyncio.to_thread(
+            edge.request, "POST", f"/session/{name}/revoke", body, device
+        )
+        assert status == 200
+    # The token expired beyond the leeway is pruned by the alarm; the others stay.
+    await eventually(lambda: edge.info(name)["revoked"] == 2)
+    assert await refused(edge.url(name, live)) == (1008, "PermissionDenied: token revoked")
+    status, _ = await asyncio.to_thread(
+        edge.request, "POST", f"/session/{name}/revoke", {"jti": "x", "exp": "soon"}, device
+    )
+    assert status == 400
+
+
 @pytest.mark.parametrize(
     ("role", "body", "status"),
     [
