@@ -115,10 +115,15 @@ def run_share(args: argparse.Namespace) -> int:
 
 def run_revoke(args: argparse.Namespace) -> int:
     try:
-        done = _run(args, "revoke", jti=args.jti)
+        done = _run(args, "revoke", jti=args.jti, name=args.name)
     except KikiError as exc:
         return fail("session", exc)
     print(f"revoked {args.jti}; closed {done['closed']} connections")
+    upstream = done.get("upstream", "not linked")
+    if upstream == "confirmed":
+        print("the edge confirmed the revocation")
+    elif upstream == "pending":
+        print("the edge did not confirm it yet: it is told again when the link is back")
     return 0
 
 

@@ -4,13 +4,17 @@ killed mid-session. Needs ``node`` and the edge's npm packages (scripts/install-
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import jwt
 import pytest
 
+from kikitest import VENV_BIN
 from kikitest.edge_fixtures import EdgeServer, edge_server
-from kikitest.sync_fixtures import DeviceRelay, partition_and_heal
+from kikitest.sync_fixtures import TIMEOUT, DeviceRelay, YClient, eventually, partition_and_heal
 
 pytestmark = pytest.mark.interop
 
@@ -39,3 +43,56 @@ async def test_a_session_shared_with_the_edge_converges_after_a_partition(
 ) -> None:
     device, edge = linked
     await partition_and_heal(device, edge, SHARED, kill=kill)
+
+
+async def _revoke(device: DeviceRelay, jti: str) -> str:
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [str(VENV_BIN / "kiki"), "session", "revoke", SHARED, jti],
+        env=device.env,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    return done.stdout
+
+
+async def test_a_revocation_reaches_the_edge(linked: tuple[DeviceRelay, EdgeServer]) -> None:
+    device, edge = linked
+    token = device.token(SHARED, "controller")
+    at_edge = await YClient.join(edge.url(SHARED, token))
+    said = await _revoke(device, jwt.decode(token, options={"verify_signature": False})["jti"])
+    assert "the edge confirmed the revocation" in said
+    assert await at_edge.closed() == 1008
+    assert at_edge.close_reason == "PermissionDenied: token revoked"
+
+
+async def test_a_revocation_the_edge_missed_is_sent_when_the_link_is_back(
+    linked: tuple[DeviceRelay, EdgeServer],
+) -> None:
+    device, edge = linked
+    token = device.token(SHARED, "controller")
+    await asyncio.to_thread(edge.stop)
+    said = await _revoke(device, jwt.decode(token, options={"verify_signature": False})["jti"])
+    assert "it is told again when the link is back" in said
+    # Recorded: kept across a restart of the relay too.
+    await device.restart(kill=False)
+    await asyncio.to_thread(edge.start)
+
+    async def refused() -> bool:
+        client = await YClient.join(edge.url(SHARED, token), sync=False)
+        try:
+            return await client.closed(within=2) == 1008
+        except TimeoutError:
+            await client.close()
+            return False
+
+    async with asyncio.timeout(TIMEOUT):
+        while not await refused():  # noqa: ASYNC110  (polls the edge)
+            await asyncio.sleep(0.2)
+    await eventually(
+        lambda: (
+            not (device.state / "sync-relay" / "upstream-revocations.json").read_text().strip("[] ")
+        )
+    )

@@ -9,7 +9,8 @@ own user and root: sharing a session mints tokens with the device's key. The met
 | ``dev.kiki.session.show`` | ``name`` | ``{name, live, clients: [{sub, role, writes}], bytes,
 upstream}`` |
 | ``dev.kiki.session.share`` | ``name, role, ttl, sub`` | ``{url, token, jti, exp}`` |
-| ``dev.kiki.session.revoke`` | ``jti`` | ``{closed}`` |
+| ``dev.kiki.session.revoke`` | ``jti, exp?, name?`` | ``{closed, upstream}``: whether the edge
+confirmed it (``confirmed``, ``pending``, ``not linked``) |
 | ``dev.kiki.session.dump`` | ``name`` | the document's top-level types as JSON |
 | ``dev.kiki.service.getInfo`` | | the health answer |
 """
@@ -122,13 +123,18 @@ def admin_methods(
         }
 
     @methods.method("dev.kiki.session.revoke")
-    async def revoke(ctx: RequestContext, jti: str, exp: int | None = None) -> dict[str, Any]:
+    async def revoke(
+        ctx: RequestContext, jti: str, exp: int | None = None, name: str | None = None
+    ) -> dict[str, Any]:
         allowed(ctx)
         # A token is accepted until LEEWAY after its exp (clocks differ): until then it must
         # still be revocable.
         if exp is not None and exp + LEEWAY < time.time():
-            return {"closed": 0}
-        return {"closed": relay.revoke(jti, exp)}
+            return {"closed": 0, "upstream": "not linked"}
+        closed = relay.revoke(jti, exp)
+        # Linked upstream: the edge is told too (a token of the session is accepted there).
+        told = "not linked" if name is None else await upstream.revoke(named(name), jti, exp)
+        return {"closed": closed, "upstream": told}
 
     @methods.method("dev.kiki.session.dump")
     async def dump(ctx: RequestContext, name: str) -> dict[str, Any]:

@@ -109,6 +109,7 @@ async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
         config.device_id,
         max_message=config.max_message,
         backoff_max=config.upstream_backoff_max,
+        pending_path=state / "upstream-revocations.json",
     )
     methods = admin_methods(
         relay, key, config.device_id, config.public_url or f"ws://{host}:{port}", upstream

@@ -12,16 +12,26 @@ When the upstream is unreachable or drops the link, local clients go on as befor
 tries again after a growing wait (:class:`libkiki.backoff.RestartBackoff`: 0.5 s doubling to
 ``maximum``, back to 0.5 s after a link that lasted), and the two documents converge when it
 is back, since each side's step 1 gets the other's missing updates.
+
+A revocation of a token for a linked session (``kiki session revoke``) is sent to the edge too:
+``POST /session/<name>/revoke`` with a short-lived device token minted here. One the edge did
+not confirm is recorded (``upstream-revocations.json`` in the state directory, so a restart
+keeps it) and sent again each time that session's link comes back, until the edge confirms it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
+import json
 import logging
+import os
 import time
+import urllib.parse
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
@@ -37,6 +47,9 @@ log = logging.getLogger(__name__)
 # by the upstream, then made again.
 LINK_TTL = 3600.0
 OPEN_TIMEOUT = 10.0
+# A revocation's request to the edge: its token's lifetime and the request's deadline.
+REVOKE_TTL = 120.0
+REVOKE_TIMEOUT = 10.0
 
 
 @dataclass(slots=True)
@@ -72,6 +85,7 @@ class Upstream:
         *,
         max_message: int,
         backoff_max: float = 30.0,
+        pending_path: Path | None = None,
     ) -> None:
         self.relay = relay
         self.base = base.rstrip("/")
@@ -80,6 +94,77 @@ class Upstream:
         self.max_message = max_message
         self.backoff_max = backoff_max
         self.links = {name: LinkState(name) for name in sessions}
+        # Revocations the edge has not confirmed yet: (session, jti, exp).
+        self.pending_path = pending_path
+        self.pending: list[tuple[str, str, int | None]] = []
+        if pending_path is not None and pending_path.exists():
+            self.pending = [(str(n), str(j), e) for n, j, e in json.loads(pending_path.read_text())]
+        self._flushing: set[asyncio.Task[None]] = set()
+
+    # -- revocations --------------------------------------------------------------------------
+
+    async def revoke(self, name: str, jti: str, exp: int | None) -> str:
+        """Tell the edge ``jti`` is revoked in session ``name``: ``"confirmed"``, ``"pending"``
+        (recorded; sent again when the link is back) or ``"not linked"``."""
+        if name not in self.links:
+            return "not linked"
+        entry = (name, jti, exp)
+        if entry not in self.pending:
+            self.pending.append(entry)
+            self._save()
+        if await self._post(entry):
+            self._confirmed(entry)
+            return "confirmed"
+        return "pending"
+
+    async def _flush(self, name: str) -> None:
+        for entry in [e for e in self.pending if e[0] == name]:
+            if await self._post(entry):
+                self._confirmed(entry)
+
+    def _confirmed(self, entry: tuple[str, str, int | None]) -> None:
+        if entry in self.pending:
+            self.pending.remove(entry)
+            self._save()
+
+    def _save(self) -> None:
+        if self.pending_path is None:
+            return
+        temporary = self.pending_path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(self.pending))
+        os.replace(temporary, self.pending_path)
+
+    async def _post(self, entry: tuple[str, str, int | None]) -> bool:
+        name, jti, exp = entry
+        token = self.key.issue(
+            name, "device", sub=f"device:{self.device_id}", iss=self.device_id, ttl=REVOKE_TTL
+        )
+        body = json.dumps({"jti": jti} if exp is None else {"jti": jti, "exp": exp}).encode()
+        try:
+            status = await asyncio.to_thread(self._request, f"/session/{name}/revoke", body, token)
+        except (OSError, http.client.HTTPException) as exc:
+            log.info("the edge did not take the revocation of %s in %s: %s", jti, name, exc)
+            return False
+        if status != 200:
+            log.warning("the edge refused the revocation of %s in %s: %s", jti, name, status)
+        return status == 200
+
+    def _request(self, path: str, body: bytes, token: str) -> int:
+        url = urllib.parse.urlsplit(self.base)
+        kind = http.client.HTTPSConnection if url.scheme == "wss" else http.client.HTTPConnection
+        conn = kind(url.netloc, timeout=REVOKE_TIMEOUT)
+        try:
+            conn.request(
+                "POST",
+                path,
+                body=body,
+                headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+            )
+            answer = conn.getresponse()
+            answer.read()
+            return answer.status
+        finally:
+            conn.close()
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Upstream]:
@@ -126,6 +211,10 @@ class Upstream:
             self.relay.counters["upstream_links"] += 1
             backoff.ready(time.monotonic())
             log.info("linked session %s upstream", name)
+            if any(entry[0] == name for entry in self.pending):
+                task = asyncio.create_task(self._flush(name))
+                self._flushing.add(task)
+                task.add_done_callback(self._flushing.discard)
             await self.relay.attach(
                 ws, name, live, Member(role="device", sub="upstream", bounded=False), limited=False
             )
