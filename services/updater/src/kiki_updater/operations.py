@@ -13,6 +13,7 @@ deployed ref was never touched, and no content was downloaded. Each phase is rep
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,8 @@ __all__ = [
     "Operations",
     "UpToDate",
 ]
+
+log = logging.getLogger(__name__)
 
 Installer = Callable[[Kind, str, Path], None]
 HealthCheck = Callable[[Kind, str, Path], None]
@@ -141,6 +144,7 @@ class Operations:
                 self._not_older(scratch, commit, deployed)
         finally:
             scratch.set_ref_immediate(remote.name, ref, None, None)
+            self.store.forget_checked(commit)
         repo = self.store.repo
         ensure_remote(repo, remote)
         phase("pull", {"commit": commit})
@@ -213,7 +217,7 @@ class Operations:
                 raise _named(
                     UpToDate(f"{kind} {ident} is up to date ({found.version})"), "UpToDate"
                 )
-            return self.deploy(
+            done = self.deploy(
                 kind, ident, ref, commit, remote=remote.name, action=action, phase=step
             )
         finally:
@@ -223,6 +227,16 @@ class Operations:
                 entry.phase not in SWAPPED or self._is_back(kind, ident, ref, entry.before)
             ):
                 self.journal.clear(kind, ident)
+        if update:
+            # the release before the previous one is now reachable by no ref
+            self._prune()
+        return done
+
+    def _prune(self) -> None:
+        try:
+            self.store.prune()
+        except Exception:  # the update is done; what is left is freed at the next one
+            log.exception("prune after an update")
 
     def _is_back(self, kind: Kind, ident: str, ref: str, before: str | None) -> bool:
         store = self.store

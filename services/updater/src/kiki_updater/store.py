@@ -118,12 +118,21 @@ class Store:
     @property
     def scratch(self) -> Any:
         """A second repository where a commit is fetched alone and checked before the store
-        pulls its content (``operations.py``); it holds only commit objects, pruned at will."""
+        pulls its content (``operations.py``); it holds only commit objects, each deleted once
+        checked (:meth:`forget_checked`)."""
         scratch = getattr(self._local, "scratch", None)
         if scratch is None:
             with _CREATING:
                 scratch = self._local.scratch = open_repo(self.root / "verify", "bare-user-only")
         return scratch
+
+    def forget_checked(self, commit: str) -> None:
+        """Delete ``commit`` (and its signatures) from the scratch repository: it was only
+        there to be checked. Only this operation's commit, never a prune: another app's
+        operation may be checking its own commit there at the same time."""
+        L = lib()
+        with contextlib.suppress(L.GLib.Error):
+            self.scratch.delete_object(L.OSTree.ObjectType.COMMIT, commit, None)
 
     def home(self, kind: Kind, ident: str) -> Path:
         check_id(kind, ident)
@@ -391,9 +400,12 @@ class Store:
         return checked
 
     def prune(self) -> tuple[int, int]:
-        """Delete every object no ref reaches (remote-tracking refs included): (objects, bytes)."""
+        """Delete every object no ref reaches (remote-tracking refs included): (objects, bytes).
+        Depth 0: a commit's parents are not kept for it (every release names the one before,
+        so following parents would keep them all); the previous release is kept by the
+        rollback ref."""
         L = lib()
-        _, _total, pruned, size = self.repo.prune(L.OSTree.RepoPruneFlags.REFS_ONLY, -1, None)
+        _, _total, pruned, size = self.repo.prune(L.OSTree.RepoPruneFlags.REFS_ONLY, 0, None)
         return int(pruned), int(size)
 
 

@@ -1,0 +1,48 @@
+"""Updates free what no ref reaches: releases older than the previous one, and the commits
+fetched alone to be checked."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from kiki_updater.gio import lib
+from kiki_updater.operations import Operations
+from kiki_updater.pull import Remote
+from kiki_updater.signing import generate_keypair
+from kiki_updater.store import Store
+from kikitest.ostree_fixtures import publish_versions
+
+pytestmark = pytest.mark.unit
+
+APP = "org.example.player"
+SECRET, PUBLIC = generate_keypair()
+
+
+def _bytes(objects: Path) -> int:
+    return sum(p.stat().st_size for p in objects.rglob("*") if p.is_file())
+
+
+def test_five_updates_keep_two_releases(tmp_path: Path) -> None:
+    published = tmp_path / "published"
+    remote = Remote.of("local", str(published), ed25519_keys=(PUBLIC,))
+    ops = Operations(Store(tmp_path / "device"))
+    releases = []
+    for i, version in enumerate(["1.0", "1.1", "1.2", "1.3", "1.4"]):
+        blob = {"blob.bin": os.urandom(1 << 20)}  # a megabyte no other release shares
+        (release,) = publish_versions(
+            published, tmp_path / f"t{i}", APP, [version], secret=SECRET, extra=blob
+        )
+        releases.append(release)
+        ops.install("app", APP, remote, update=i > 0)
+    commit = lib().OSTree.ObjectType.COMMIT
+    _, kept_old = ops.store.repo.has_object(commit, releases[2].commit, None)
+    _, kept_previous = ops.store.repo.has_object(commit, releases[3].commit, None)
+    assert not kept_old
+    assert kept_previous  # the rollback target
+    assert ops.store.prune() == (0, 0)
+    assert _bytes(ops.store.repo_path / "objects") < 3 * (1 << 20)
+    assert not list((tmp_path / "device" / "verify" / "objects").rglob("*.commit"))
+    assert ops.rollback("app", APP).version == "1.3"
