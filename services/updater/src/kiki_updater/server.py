@@ -24,7 +24,7 @@ from kiki_updater.core import Operation, UpdaterCore, require_manager
 from kiki_updater.gio import in_own_context
 from kiki_updater.health import HealthGate
 from kiki_updater.journal import Journal, recover
-from kiki_updater.operations import Operations
+from kiki_updater.operations import NotInstalled, Operations
 from kiki_updater.os_updates import AgentMoves, OsUpdates
 from kiki_updater.pull import Remote
 from kiki_updater.store import Deployed, Kind, Store, check_id
@@ -193,17 +193,27 @@ class Updater:
     ) -> Operation:
         kind, ident = target_of(params)
         check_id(kind, ident)
-        if update:
-            found = self.store.deployed(kind, ident)
-            name = params.get("remote") or (found.remote if found else None)
-        else:
-            name = params.get("remote")
-        if not name:
+        requested = params.get("remote")
+        if not update and not requested:
             raise InvalidParams("which remote? (remote)")
-        remote = self.remote(str(name))
+        if requested:
+            self.remote(str(requested))  # an unknown remote is refused before any work
         channel = str(params.get("channel") or "stable")
 
         def work(op: Operation, progress: Any, phase: Any) -> Deployed:
+            # An update's remote is where it came from: origin.json and the repository are
+            # read here, in the worker, never on the event loop.
+            name = requested
+            if not name:
+                found = self.store.deployed(kind, ident)
+                if found is None:
+                    raise NotInstalled(
+                        f"{kind} {ident} is not installed", data={"error": "NotInstalled"}
+                    )
+                name = found.remote
+            if not name:
+                raise InvalidParams("which remote? (remote)")
+            remote = self.remote(str(name))
             return self.ops.install(
                 kind,
                 ident,
