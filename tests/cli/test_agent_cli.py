@@ -117,3 +117,18 @@ def test_an_import_signed_by_an_untrusted_key_is_refused(
     assert run.returncode == 1
     assert "no trusted key" in run.stderr
     assert not (tmp_path / "there" / "agent" / AGENT / "current").exists()
+
+
+@pytest.mark.parametrize("inside", ["repo/refs/heads/planted", "journal", ""])
+def test_export_into_or_import_from_the_updaters_own_state_is_refused(
+    two_updaters: tuple[Path, Path], tmp_path: Path, inside: str
+) -> None:
+    here, _ = two_updaters
+    own = tmp_path / "here" / inside
+    run = kiki("agent", "--socket", str(here), "export", AGENT, "--out", str(own))
+    assert run.returncode == 1
+    assert "inside the updater's state" in run.stderr
+    run = kiki("agent", "--socket", str(here), "import", AGENT, str(own))
+    assert run.returncode == 1
+    assert "inside the updater's state" in run.stderr
+    assert not (tmp_path / "here" / "repo" / "refs" / "heads" / "planted").exists()

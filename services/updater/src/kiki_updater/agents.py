@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kiki_updater.gio import commit_dir, fsync_dir, lib
+from kiki_updater.gio import commit_dir, commit_metadata, fsync_dir, lib
 from kiki_updater.store import Deployed, Store, app_ref
 
 __all__ = ["Moved", "export_agent", "import_agent"]
@@ -108,6 +108,13 @@ def import_agent(store: Store, agent: str, source: Path, *, keys: tuple[str, ...
             from kiki_updater.signing import verify_commit
 
             verify_commit(repo, commits[part], keys)
+        named = commit_metadata(repo, commits[part]).get("kiki.id")
+        if named != agent:
+            from kiki_updater.signing import SignatureRefused
+
+            raise SignatureRefused(f"the {part} commit is {named!r}'s, not {agent}'s")
+    # Both parts applied and checked before any ref moves: a refused part moves nothing.
+    for part in PARTS:
         repo.set_ref_immediate(None, app_ref("agent", agent, part), commits[part], None)
     deployed = store.deploy(
         "agent",

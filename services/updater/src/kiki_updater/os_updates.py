@@ -88,6 +88,19 @@ class AgentMoves:
     def __init__(self, updater: Updater) -> None:
         self.updater = updater
 
+    def _outside_state(self, name: str, where: str) -> None:
+        """Refuse a directory inside the updater's own state (its repository, deployments,
+        journal): the updater runs as root, and delta files written into its repository's
+        ``refs/`` would break it; a source there would be its own files."""
+        from pathlib import Path
+
+        from libkiki.paths import state_dir
+
+        path = Path(where).resolve()
+        for own in {self.updater.store.root.resolve(), state_dir().resolve()}:
+            if path == own or own in path.parents:
+                raise InvalidParams(f"{name}: {where} is inside the updater's state ({own})")
+
     async def export(
         self, peer: Any, params: dict[str, Any], on_progress: Progress | None
     ) -> Operation:
@@ -100,6 +113,7 @@ class AgentMoves:
         out = params.get("out")
         if not isinstance(out, str) or not out.startswith("/"):
             raise InvalidParams("out: an absolute directory path")
+        self._outside_state("out", out)
         destination = str(params.get("destination") or "default")
         if not is_name(destination):
             raise InvalidParams("destination: a name (letters, digits, _ . -)")
@@ -144,6 +158,7 @@ class AgentMoves:
         source = params.get("source")
         if not isinstance(source, str) or not source.startswith("/"):
             raise InvalidParams("source: an absolute directory path")
+        self._outside_state("source", source)
         keys = tuple(self.updater.config.agent_keys)
         if not keys:
             raise SignatureRefused("no agent key is trusted here (agent_keys)")
