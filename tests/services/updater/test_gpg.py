@@ -73,3 +73,55 @@ def test_gpg_signed_releases_install_and_others_are_refused(
         assert refs(updater.store) == before
         release(published, tree, "1.2", good)
         assert updater.install("app", APP, remote, update=True).version == "1.2"
+
+
+@pytest.mark.parametrize("signer", ["unsigned", "other"])
+def test_a_bad_commit_under_a_good_summary_is_refused(
+    tmp_path: Path, keys: tuple[GpgKey, GpgKey], signer: str
+) -> None:
+    good, other = keys
+    published = tmp_path / "published"
+    tree = make_app_tree(tmp_path / "tree", APP, "1.0")
+    release(published, tree, "1.0", good)
+    updater = Operations(Store(tmp_path / "device"))
+    with serve_dir(published) as (url, _):
+        remote = Remote.of("origin", url, gpg_keyring=good.keyring)
+        updater.install("app", APP, remote)
+        before = refs(updater.store)
+        write_manifest(tree, APP, "1.1")
+        key = None if signer == "unsigned" else other
+        publish(
+            tree,
+            published,
+            sign=(lambda r, c: gpg_sign_commit(r, c, key.fingerprint, key.homedir))
+            if key
+            else None,
+            sign_summary=lambda r: gpg_sign_summary(r, good.fingerprint, good.homedir),
+        )
+        with pytest.raises(PullFailed, match=r"(?i)gpg|signature"):
+            updater.install("app", APP, remote, update=True)
+        assert refs(updater.store) == before
+
+
+def test_a_good_commit_under_a_badly_signed_summary_is_refused(
+    tmp_path: Path, keys: tuple[GpgKey, GpgKey]
+) -> None:
+    good, other = keys
+    published = tmp_path / "published"
+    tree = make_app_tree(tmp_path / "tree", APP, "1.0")
+    release(published, tree, "1.0", good)
+    updater = Operations(Store(tmp_path / "device"))
+    with serve_dir(published) as (url, _):
+        remote = Remote.of("origin", url, gpg_keyring=good.keyring)
+        updater.install("app", APP, remote)
+        before = refs(updater.store)
+        write_manifest(tree, APP, "1.1")
+        publish(
+            tree,
+            published,
+            sign=lambda r, c: gpg_sign_commit(r, c, good.fingerprint, good.homedir),
+            sign_summary=lambda r: gpg_sign_summary(r, other.fingerprint, other.homedir),
+        )
+        with pytest.raises(PullFailed, match=r"(?i)gpg|signature|summary"):
+            updater.install("app", APP, remote, update=True)
+        assert refs(updater.store) == before
