@@ -135,3 +135,10 @@ def test_os_commands_show_bootcs_fields_and_reboot_only_when_told(
         ["upgrade"],
         ["switch", "--apply", "quay.io/example/x:2"],
     ]
+
+
+@pytest.mark.parametrize("flag", [["--allow-breaking"], ["--lexicons", "/usr/share"]])
+def test_directory_install_flags_are_refused_with_remote(flag: list[str]) -> None:
+    run = kiki("app", "--socket", "/nonexistent.sock", "install", APP, "--remote", "origin", *flag)
+    assert run.returncode == 2
+    assert "not with --remote" in run.stderr

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from kiki_cli.schema import EXIT_FAILED, EXIT_OK, emit, problem, published
+from kiki_cli.schema import EXIT_ERROR, EXIT_FAILED, EXIT_OK, emit, problem, published
 from libkiki.errors import KikiError
 from libkiki.lexicon.install import check_app_dir, install_app
 from libkiki.paths import state_dir
@@ -205,6 +205,15 @@ def run_history(args: argparse.Namespace) -> int:
 
 
 def run_install(args: argparse.Namespace) -> int:
+    if args.remote and (args.lexicons or args.allow_breaking):
+        # the updater checks an OSTree install against what is installed on the device;
+        # silently ignoring these would let the caller believe they applied
+        print(
+            "kiki app install: --lexicons and --allow-breaking apply to a directory install, "
+            "not with --remote",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
     if args.remote:
         params = {"appId": str(args.dir), "remote": args.remote}
         if args.channel:
