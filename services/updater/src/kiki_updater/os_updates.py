@@ -164,7 +164,25 @@ class AgentMoves:
             raise SignatureRefused("no agent key is trusted here (agent_keys)")
 
         def work(op: Operation, progress: Any, phase: Callable[..., None]) -> Any:
+            from kiki_updater.journal import Entry
+            from kiki_updater.store import app_ref
+
             phase("import", {})
-            return import_agent(self.updater.store, ident, Path(source), keys=keys)
+            store, journal = self.updater.store, self.updater.journal
+            ref = app_ref("agent", ident, "code")
+            before, before_previous = store.current("agent", ident), store.previous("agent", ident)
+            # Journaled as from the swap on: a crash mid-import is undone at the next start
+            # (the code put back; the state is swapped in last, by one rename).
+            journal.write(
+                Entry(op.id, "agent", ident, "import", "swap", ref, None, before, before_previous)
+            )
+            try:
+                done = import_agent(store, ident, Path(source), keys=keys)
+            except BaseException:
+                self.updater.ops.undo("agent", ident, ref, before, before_previous, action="undone")
+                journal.clear("agent", ident)
+                raise
+            journal.clear("agent", ident)
+            return done
 
         return await self.updater.run(peer, "agent", "import", ident, work, on_progress)

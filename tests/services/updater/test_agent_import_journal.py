@@ -1,0 +1,55 @@
+"""An agent import that fails once its code is deployed puts the previous code back."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kiki_updater import agents
+from kiki_updater.agents import export_agent
+from kiki_updater.config import UpdaterConfig
+from kiki_updater.os_updates import AgentMoves
+from kiki_updater.server import Updater
+from kiki_updater.signing import generate_keypair
+from kiki_updater.store import Store
+from kikitest.ostree_fixtures import make_app_tree
+
+pytestmark = pytest.mark.unit
+
+AGENT = "org.example.agent"
+SECRET, PUBLIC = generate_keypair()
+
+
+def test_a_state_that_cannot_be_restored_puts_the_previous_code_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code = make_app_tree(tmp_path / "code", AGENT, "1.0", files=5)
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "a").write_text("v1")
+    source = Store(tmp_path / "src")
+    export_agent(source, AGENT, code, state, tmp_path / "m1", secret=SECRET)
+    config = UpdaterConfig.model_validate(
+        {"root": str(tmp_path / "device"), "broker_tools": False, "agent_keys": [PUBLIC]}
+    )
+    updater = Updater(config)
+    moves = AgentMoves(updater)
+    first = asyncio.run(moves.import_(None, {"appId": AGENT, "source": str(tmp_path / "m1")}, None))
+    assert first.state == "succeeded", first
+    v1 = updater.store.current("agent", AGENT)
+    (code / "NEW").write_text("2")
+    (state / "a").write_text("v2")
+    export_agent(source, AGENT, code, state, tmp_path / "m2", secret=SECRET)
+
+    def full(*args: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(agents, "_restore_state", full)
+    with pytest.raises(OSError, match="No space"):
+        asyncio.run(moves.import_(None, {"appId": AGENT, "source": str(tmp_path / "m2")}, None))
+    assert updater.store.current("agent", AGENT) == v1
+    assert (updater.store.home("agent", AGENT) / "data" / "a").read_text() == "v1"
+    assert updater.journal.pending() == []
