@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 from typing import Any
 
 import orjson
@@ -47,11 +48,11 @@ def register(sub: Any) -> None:
         _player(action)
         action.set_defaults(func=run_tool, tool=tool, build=lambda a: {})
     seek = cmds.add_parser("seek", help="move by SECONDS (negative: back)")
-    seek.add_argument("seconds", type=float)
+    seek.add_argument("seconds", type=_seconds, help="how far, back when negative")
     _player(seek)
     seek.set_defaults(func=run_tool, tool="seek", build=lambda a: {"offsetUs": _us(a.seconds)})
     position = cmds.add_parser("position", help="jump to SECONDS in the current track")
-    position.add_argument("seconds", type=float)
+    position.add_argument("seconds", type=_seconds)
     _player(position)
     position.set_defaults(
         func=run_tool, tool="setPosition", build=lambda a: {"positionUs": _us(a.seconds)}
@@ -73,6 +74,17 @@ def _player(parser: argparse.ArgumentParser) -> None:
         "--player", "-p", help="the MPRIS name (mpv, vlc, ...); default: the active one"
     )
     parser.add_argument("--json", action="store_true", help="the tool's answer as JSON")
+
+
+def _seconds(text: str) -> float:
+    """A number of seconds a track can be: finite, within 10^7 s either way (argparse's type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or abs(value) > 1e7:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds within 1e7: {text!r}")
+    return value
 
 
 def _us(seconds: float) -> int:

@@ -152,7 +152,8 @@ class SigningKey:
             "role": role,
             "iat": issued,
             "exp": issued + max(1, int(ttl)),
-            "jti": jti or secrets.token_urlsafe(16),
+            # Hex: an id a person passes on a command line never starts with '-'.
+            "jti": jti or secrets.token_hex(16),
         }
         return jwt.encode(
             claims, self._private, algorithm=ALGORITHM, headers={"kid": self.kid, "typ": "JWT"}
