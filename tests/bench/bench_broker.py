@@ -631,7 +631,12 @@ def main() -> None:
         "the default); callbacks: write the next call from the read callback (the least a "
         "client can spend, which makes the floor smaller and every ratio larger)",
     )
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke run: 200 calls, 1 repeat per case"
+    )
     args = parser.parse_args()
+    if args.quick:
+        args.calls, args.repeats = 200, 1
     global client
     client = CLIENTS[args.client]
     print(
