@@ -103,16 +103,19 @@ async def test_set_position_lands_where_playerctl_says(
     tools: ToolClient, gateway_stack: Stack
 ) -> None:
     await tools.call("dev.kiki.media.pause", {"player": "mpv"})
-    await until(lambda: _with_status(tools, "Paused"), "paused")
+    paused = await until(lambda: _with_status(tools, "Paused"), "paused")
+    # Forward of where it is: the tone is generated (lavfi), and mpv, shared by the whole run,
+    # may have played for minutes by now; a generated stream does not seek back that far.
+    target = paused["positionUs"] + 30_000_000
 
-    # A player ignores SetPosition for a track other than the current one (MPRIS): right after
-    # an earlier test's `next` the gateway may still name the old one, so ask again until it lands.
+    # A player ignores SetPosition naming a track it just left (MPRIS): right after another
+    # test's `next` the gateway's view can lag, so ask again until it lands.
     async def moved() -> dict[str, Any] | None:
         now = await state(tools)
-        return now if abs(now["positionUs"] - 30_000_000) < 1_000_000 else None
+        return now if abs(now["positionUs"] - target) < 1_000_000 else None
 
     async def set_and_moved() -> dict[str, Any] | None:
-        await tools.call("dev.kiki.media.setPosition", {"player": "mpv", "positionUs": 30_000_000})
+        await tools.call("dev.kiki.media.setPosition", {"player": "mpv", "positionUs": target})
         with contextlib.suppress(AssertionError):
             return await until(moved, "the position follows Seeked", within=2.0)  # type: ignore[no-any-return]
         return None
@@ -124,7 +127,7 @@ async def test_set_position_lands_where_playerctl_says(
 
     async def forward() -> dict[str, Any] | None:
         now = await state(tools)
-        return now if abs(now["positionUs"] - 40_000_000) < 1_000_000 else None
+        return now if abs(now["positionUs"] - target - 10_000_000) < 1_000_000 else None
 
     await until(forward, "a relative seek moves it on")
 
