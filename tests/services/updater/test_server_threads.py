@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 
 from kiki_updater.config import UpdaterConfig
-from kiki_updater.pull import Remote
 from kiki_updater.server import Updater
 from kiki_updater.signing import generate_keypair
 from kiki_updater.store import Store
@@ -37,7 +36,10 @@ def test_an_update_reads_the_store_only_in_a_worker(
     updater = Updater(config)
     updater.ops.health = None
     updater.ops.install_step = None
-    updater.ops.install("app", APP, Remote.of("origin", str(published), ed25519_keys=(PUBLIC,)))
+    # Through the server too: libostree's pulls run in a worker with a GLib context of their
+    # own (gio.in_own_context); one made on the main thread aborted the process in CI's run.
+    first = asyncio.run(updater.install(None, {"appId": APP, "remote": "origin"}, update=False))
+    assert first.state == "succeeded", first
     publish_versions(published, tmp_path / "next", APP, ["1.1"], secret=SECRET)
     on_loop: list[str] = []
     deployed = Store.deployed
