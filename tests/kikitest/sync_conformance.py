@@ -471,7 +471,7 @@ async def check_parts_are_written_by_their_roles(
     controller = await YClient.join(env.url("controller"))
     watcher = await YClient.join(env.url("observer"))
     device.doc.get("device", type=Map)["screen"] = "home"
-    controller.doc.get("intents", type=Map)["i1"] = {"id": "i1", "tool": "dev.kiki.demo.echo"}
+    controller.doc.get("intents", type=Map)["i1"] = intent("i1")
     device.doc.get("results", type=Map)["i1"] = {"status": "ok"}
 
     def seen(client: YClient, root: str) -> dict[str, object]:
@@ -492,13 +492,77 @@ async def check_parts_are_written_by_their_roles(
         assert await forger.closed() == 1008, root
     # The others never noticed, and the document holds nothing of it.
     assert all(c.open for c in (device, controller, watcher))
-    controller.doc.get("intents", type=Map)["i2"] = {"id": "i2", "tool": "dev.kiki.demo.echo"}
+    controller.doc.get("intents", type=Map)["i2"] = intent("i2")
     await eventually(lambda: "i2" in seen(watcher, "intents"))
     late = await YClient.join(env.url("observer"))
     await eventually(lambda: "i2" in seen(late, "intents"))
     assert seen(late, "device") == {"screen": "home"}
     assert seen(late, "results") == {"i1": {"status": "ok"}}
     for client in (device, controller, watcher, late):
+        await client.close()
+
+
+def intent(key: str, by: str = "test") -> dict[str, object]:
+    """An intent as a controller with token ``sub`` ``by`` writes it (the endpoints' tokens
+    carry ``sub`` ``test`` unless asked otherwise)."""
+    return {
+        "id": key,
+        "tool": "dev.kiki.demo.echo",
+        "input": {"text": "hi"},
+        "by": by,
+        "createdAt": "2026-12-07T18:00:00Z",
+    }
+
+
+def _map(client: YClient, root: str) -> Map[Any]:
+    part: Map[Any] = client.doc.get(root, type=Map)
+    return part
+
+
+async def check_controllers_only_add_intents_of_their_own(
+    ep: SyncEndpoint, node: NodePeers | None = None
+) -> None:
+    """A controller adds new intents, each a JSON object whose ``by`` is its token's ``sub``;
+    changing or deleting one (its own too), or naming someone else, closes it with 1008 and
+    changes nothing. The device changes and prunes them."""
+    env = Env(ep, new_session(), node)
+
+    def controller_url(sub: str) -> str:
+        return ep.url(env.session, ep.token(env.session, "controller", sub=sub))
+
+    alice = await YClient.join(controller_url("alice"))
+    watcher = await YClient.join(env.url("observer"))
+    _map(alice, "intents")["a1"] = intent("a1", "alice")
+    _map(alice, "intents")["a2"] = intent("a2", "alice")
+    await eventually(lambda: set(_map(watcher, "intents").to_py() or {}) == {"a1", "a2"})
+    refusals: list[tuple[str, Callable[[Map[Any]], None]]] = [
+        ("change", lambda m: m.__setitem__("a1", {**intent("a1", "alice"), "tool": "x.y.z"})),
+        ("delete", lambda m: m.pop("a1")),
+        ("another by", lambda m: m.__setitem__("m1", intent("m1", "mallory"))),
+        ("no by", lambda m: m.__setitem__("m2", {"id": "m2", "tool": "dev.kiki.demo.echo"})),
+        ("not an object", lambda m: m.__setitem__("m3", "run dev.kiki.demo.echo")),
+    ]
+    for what, change in refusals:
+        forger = await YClient.join(controller_url("alice"))
+        change(_map(forger, "intents"))
+        assert await forger.closed() == 1008, what
+        if what == "another by":
+            assert forger.close_reason == (
+                "PermissionDenied: intent by mallory from a connection of alice"
+            )
+    # The others never noticed; the device may change and delete entries.
+    assert alice.open
+    assert watcher.open
+    device = await YClient.join(env.url("device"))
+    _map(device, "intents")["a2"] = {**intent("a2", "alice"), "tool": "dev.kiki.demo.other"}
+    del _map(device, "intents")["a1"]
+    _map(alice, "intents")["a3"] = intent("a3", "alice")
+    await eventually(lambda: set(_map(watcher, "intents").to_py() or {}) == {"a2", "a3"})
+    late = await YClient.join(env.url("observer"))
+    await eventually(lambda: set(_map(late, "intents").to_py() or {}) == {"a2", "a3"})
+    assert _map(late, "intents")["a2"]["tool"] == "dev.kiki.demo.other"
+    assert _map(late, "intents")["a3"] == intent("a3", "alice")
+    for client in (alice, watcher, device, late):
         await client.close()
 
 
@@ -620,6 +684,7 @@ PY_CHECKS: list[Check] = [
     check_bad_messages_are_refused_without_harm,
     check_kill_mid_stream_loses_nothing_relayed,
     check_parts_are_written_by_their_roles,
+    check_controllers_only_add_intents_of_their_own,
     check_expired_token_closes_live_connection,
 ]
 NODE_CHECKS: list[Check] = [

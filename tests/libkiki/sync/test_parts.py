@@ -6,7 +6,7 @@ import pytest
 
 from libkiki.errors import KikiError
 from libkiki.lexicon import Registry
-from libkiki.sync.parts import BY_ROOT, PARTS, forbidden, may_write
+from libkiki.sync.parts import BY_ROOT, PARTS, add_only, added_entry_problem, forbidden, may_write
 
 pytestmark = pytest.mark.unit
 
@@ -32,3 +32,17 @@ def test_every_part_is_typed_by_a_published_lexicon(kiki: Registry) -> None:
         kiki.validator(BY_ROOT["intents"].entry).validate({"id": "i-2"})
     with pytest.raises(KikiError):
         kiki.validator(BY_ROOT["results"].entry).validate({"status": "ok"})
+
+
+def test_controllers_only_add_intents_naming_themselves() -> None:
+    intents = BY_ROOT["intents"]
+    assert add_only("controller") == (intents,)
+    assert add_only("device") == ()
+    mine = {"id": "i", "tool": "dev.kiki.demo.echo", "by": "alice"}
+    assert added_entry_problem(intents, "i", "add", mine, "alice") is None
+    assert added_entry_problem(intents, "i", "add", mine, "bob") == (
+        "intent by alice from a connection of bob"
+    )
+    for action in ("update", "delete"):
+        assert "only be added" in str(added_entry_problem(intents, "i", action, mine, "alice"))
+    assert "not a JSON object" in str(added_entry_problem(intents, "i", "add", [mine], "alice"))

@@ -22,6 +22,11 @@ every struct it carries within the clocks the shadow holds after it, every delet
 the shadow knows (refused with 1008 otherwise). For a member with a forbidden part, what it
 would touch cannot be told yet; for every member, pycrdt's ``get_update()`` omits what waits,
 so the snapshot a compaction or a hibernation stores would lose it.
+
+Some parts are *add-only* for some roles (a ``controller`` adds intents): while such a
+member's update is applied, the shadow's map events of those parts are read as they come, and
+anything but a new key holding a JSON object whose ``by`` is the member's token ``sub`` (a
+change, a deletion, a nested type, another ``by``) refuses the update with 1008, as above.
 """
 
 from __future__ import annotations
@@ -55,7 +60,7 @@ from pycrdt._sync import Decoder
 
 from kiki_sync_relay.limits import Limits
 from libkiki.errors import InvalidFrame, LimitExceeded, PermissionDenied, ProtocolError
-from libkiki.sync.parts import PARTS, Part, forbidden
+from libkiki.sync.parts import PARTS, Part, add_only, added_entry_problem, forbidden
 from libkiki.sync.tokens import WRITERS
 
 QUERY_AWARENESS = 3
@@ -79,9 +84,11 @@ class Member:
     id: int = field(default_factory=lambda: next(_ids))
     awareness: set[int] = field(default_factory=set)
     forbidden: tuple[Part, ...] = field(init=False)
+    add_only: tuple[Part, ...] = field(init=False)
 
     def __post_init__(self) -> None:
         self.forbidden = forbidden(self.role)
+        self.add_only = add_only(self.role)
 
     @property
     def writes(self) -> bool:
@@ -131,20 +138,52 @@ class _Shadow:
     def __init__(self, state: bytes) -> None:
         self.doc = _fresh_doc(state)
         self.touched: set[str] = set()
+        # While an add-only writer's update is applied: its parts and token sub, and the first
+        # entry it may not write (read in the callback: an event is only valid there).
+        self._adding: tuple[tuple[Part, ...], str] | None = None
+        self.problem: str | None = None
         self._subscriptions = [
-            self.doc.get(part.root, type=_TYPES[part.kind]).observe_deep(self._noting(part.root))
+            self.doc.get(part.root, type=_TYPES[part.kind]).observe_deep(self._noting(part))
             for part in PARTS
         ]
 
-    def _noting(self, name: str) -> Callable[..., None]:
-        def seen(*_: object) -> None:
-            self.touched.add(name)
+    def _noting(self, part: Part) -> Callable[..., None]:
+        def seen(events: list[Any], *_: object) -> None:
+            self.touched.add(part.root)
+            if self._adding is not None and self.problem is None and part in self._adding[0]:
+                self.problem = _entries_problem(part, events, self._adding[1])
 
         return seen
 
-    def apply(self, update: bytes) -> BaseException | None:
+    def apply(
+        self, update: bytes, adding: tuple[tuple[Part, ...], str] | None = None
+    ) -> BaseException | None:
+        """Apply ``update``; ``adding``: the parts its writer may only add to, and its sub."""
         self.touched.clear()
-        return _apply_guarded(self.doc, update)
+        self.problem = None
+        self._adding = adding
+        try:
+            return _apply_guarded(self.doc, update)
+        finally:
+            self._adding = None
+
+
+def _entries_problem(part: Part, events: list[Any], sub: str) -> str | None:
+    for event in events:
+        if getattr(event, "path", None):
+            return f"a nested change in the session's {part.root}"
+        keys = getattr(event, "keys", None)
+        # A change with no key changed went into the map's list half: the part written as a
+        # text or an array.
+        if not isinstance(keys, dict) or not keys:
+            return f"the session's {part.root} written as another type"
+        for key, change in keys.items():
+            problem = added_entry_problem(
+                part, str(key), change.get("action", ""), change.get("newValue"), sub
+            )
+            if problem is not None:
+                return problem
+    return None
 
 
 def _clocks(state_vector: bytes) -> dict[int, int]:
@@ -276,16 +315,19 @@ class Session:
             return NOTHING
         if not member.writes:
             raise PermissionDenied("an observer may not write to the session")
-        return self.apply(update, member.forbidden, member.role)
+        return self.apply(update, member)
 
-    def apply(self, update: bytes, guarded: tuple[Part, ...] = (), role: str = "device") -> Outcome:
+    def apply(self, update: bytes, member: Member | None = None) -> Outcome:
         """Apply a client's ``update`` (checked on the shadow first) and say what to relay.
-        ``guarded``: the parts the writer (of ``role``) may not touch."""
+        ``member``: its writer (the parts it may not touch, or only add to); none: the device."""
+        guarded = member.forbidden if member is not None else ()
+        role = member.role if member is not None else "device"
+        adding = (member.add_only, member.sub) if member is not None and member.add_only else None
         if self.size + len(update) > self.limits.max_document:
             raise LimitExceeded(
                 f"session {self.name}'s document would exceed {self.limits.max_document} bytes"
             )
-        failure = self._shadow.apply(update)
+        failure = self._shadow.apply(update, adding)
         if failure is not None:
             # The shadow may hold part of it, or be unusable after a panic: rebuilt from the
             # live document, which never saw it.
@@ -294,6 +336,9 @@ class Session:
         if guarded and (touched := [p.root for p in guarded if p.root in self._shadow.touched]):
             self._rebuild_shadow()
             raise PermissionDenied(f"a {role} may not write the session's {touched[0]}")
+        if (problem := self._shadow.problem) is not None:
+            self._rebuild_shadow()
+            raise PermissionDenied(problem)
         # From every role: pycrdt's get_update() leaves out what still waits on a missing
         # dependency, so a snapshot (compaction, hibernation) would lose it for good.
         if _waiting(self._shadow.doc, update):
