@@ -1,5 +1,6 @@
 """What the relay does with a request it has read and accepted (see :mod:`.handshake` for the
-ones it refuses): answer its health, answer an error, or go on to the WebSocket upgrade.
+ones it refuses): answer its health, serve a file of the dashboard, answer an error, or go on to
+the WebSocket upgrade.
 
 Sans-I/O: the request and the number of live WebSocket connections in, a decision out; the
 server fills in the health answer and sends the response.
@@ -16,6 +17,7 @@ import orjson
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from kiki_sync_relay.dashboard import Dashboard, packaged
 from libkiki.sync.tokens import valid_session_name
 
 HEALTH_PATH = "/healthz"
@@ -30,13 +32,17 @@ class Route(enum.Enum):
 @dataclass(frozen=True, slots=True)
 class Answer:
     """A plain-HTTP answer in place of the upgrade; ``counter`` is what it counts as, if
-    anything beyond ``http_requests``."""
+    anything beyond ``http_requests``. ``served`` is a whole response (a file of the
+    dashboard) in place of ``body`` as JSON."""
 
     status: http.HTTPStatus
     body: object
     counter: str | None = None
+    served: Response | None = None
 
     def response(self) -> Response:
+        if self.served is not None:
+            return self.served
         return json_response(self.status, self.body)
 
 
@@ -46,12 +52,17 @@ def json_response(status: http.HTTPStatus, body: object) -> Response:
     return Response(status.value, status.phrase, headers, payload)
 
 
-def route(request: Request, live: int, max_connections: int) -> Route | Answer:
+def route(
+    request: Request, live: int, max_connections: int, dashboard: Dashboard | None = None
+) -> Route | Answer:
     """``live`` WebSocket connections are open; ``max_connections`` is the most it holds. The
     health endpoint is answered whatever the load, so a probe tells a full relay from a dead
-    one."""
+    one; so is the dashboard, a few files from memory (its WebSocket is what the limit
+    bounds). ``dashboard`` defaults to the one the package holds."""
     if request.path == HEALTH_PATH:
         return Route.HEALTH
+    if (page := serve_dashboard(request, dashboard or packaged())) is not None:
+        return page
     if live >= max_connections:
         return Answer(
             http.HTTPStatus.SERVICE_UNAVAILABLE,
@@ -61,6 +72,18 @@ def route(request: Request, live: int, max_connections: int) -> Route | Answer:
     if request.headers.get("Upgrade", "").lower() != "websocket" or target(request.path) is None:
         return Answer(http.HTTPStatus.NOT_FOUND, {"error": f"no resource at {request.path}"})
     return Route.UPGRADE
+
+
+def serve_dashboard(request: Request, dashboard: Dashboard) -> Answer | None:
+    """A plain GET of a dashboard file (a WebSocket there is no session: 404 as before)."""
+    if request.headers.get("Upgrade", "").lower() == "websocket":
+        return None
+    served = dashboard.answer(urlsplit(request.path).path, request.headers.get("If-None-Match"))
+    if served is None:
+        return None
+    return Answer(
+        http.HTTPStatus(served.status_code), None, counter="dashboard_requests", served=served
+    )
 
 
 def target(path: str) -> tuple[str, str | None] | None:
