@@ -137,15 +137,14 @@ class Stack:
         return proc
 
 
-def _bus(stack: contextlib.ExitStack) -> Stack:
+def start_daemon(stack: contextlib.ExitStack, socket_path: Path, template: str) -> str:
+    """A ``dbus-daemon`` listening on ``socket_path`` with the configuration ``template``
+    (``{path}`` filled in), stopped with ``stack``; its address."""
     daemon = shutil.which("dbus-daemon")
     if daemon is None:
         pytest.fail("dbus-daemon is not installed (scripts/install-test-deps installs it)")
-    top = Path(tempfile.mkdtemp(prefix="kiki-gw-", dir="/tmp"))
-    stack.callback(shutil.rmtree, top, ignore_errors=True)
-    socket_path = top / "bus"
-    config = top / "bus.conf"
-    config.write_text(BUS_CONFIG.format(path=socket_path))
+    config = socket_path.with_suffix(".conf")
+    config.write_text(template.format(path=socket_path))
     proc = subprocess.Popen(
         [daemon, f"--config-file={config}", "--print-address=1", "--nofork", "--nopidfile"],
         stdout=subprocess.PIPE,
@@ -156,6 +155,13 @@ def _bus(stack: contextlib.ExitStack) -> Stack:
     assert proc.stdout is not None
     address = proc.stdout.readline().strip()
     assert address, "dbus-daemon printed no address"
+    return address
+
+
+def _bus(stack: contextlib.ExitStack) -> Stack:
+    top = Path(tempfile.mkdtemp(prefix="kiki-gw-", dir="/tmp"))
+    stack.callback(shutil.rmtree, top, ignore_errors=True)
+    address = start_daemon(stack, top / "bus", BUS_CONFIG)
     env = {
         k: v
         for k, v in os.environ.items()
@@ -319,15 +325,53 @@ def dunst(gateway_stack: Stack) -> Iterator[Dunst]:
         yield server
 
 
-def make_portal(gateway_stack: Stack, stack: contextlib.ExitStack) -> subprocess.Popen[bytes]:
+# The portal's "system bus": GLib's GMemoryMonitor (the portal's MemoryMonitor) listens there.
+SYSTEM_BUS_CONFIG = BUS_CONFIG.replace("<type>session</type>", "<type>system</type>")
+LOW_MEMORY_MONITOR = HOSTILE.with_name("low_memory_monitor.py")
+
+
+@dataclass
+class Portal:
+    """xdg-desktop-portal, and the low-memory-monitor on its private system bus."""
+
+    proc: subprocess.Popen[bytes]
+    low_memory: subprocess.Popen[str]
+
+    def low_memory_warning(self, level: int) -> None:
+        """The system's low-memory-monitor says ``LowMemoryWarning(level)``."""
+        assert self.low_memory.stdin is not None
+        self.low_memory.stdin.write(f"{level}\n")
+        self.low_memory.stdin.flush()
+
+
+def make_portal(gateway_stack: Stack, stack: contextlib.ExitStack) -> Portal:
     """/usr/libexec/xdg-desktop-portal on the gateway's bus, with no backend installed: the
     frontend's own portals (NetworkMonitor, MemoryMonitor, PowerProfileMonitor, ProxyResolver,
-    Trash) and none of those a backend provides (Settings, OpenURI)."""
+    Trash) and none of those a backend provides (Settings, OpenURI). Its system bus is a private
+    ``dbus-daemon`` of its own, where ``low_memory_monitor.py`` owns
+    ``org.freedesktop.LowMemoryMonitor``: GLib's memory monitor (GLib 2.74: its ``dbus``
+    implementation) follows that name on the system bus and relays its ``LowMemoryWarning`` to
+    the portal, which emits its own."""
     exe = Path("/usr/libexec/xdg-desktop-portal")
     if not exe.exists():
         pytest.fail("xdg-desktop-portal is not installed (scripts/install-test-deps)")
+    system_address = start_daemon(stack, gateway_stack.dir / "system-bus", SYSTEM_BUS_CONFIG)
+    # GIO_USE_PORTALS would make the portal's GLib ask the portal itself.
+    env = {k: v for k, v in gateway_stack.env.items() if k != "GIO_USE_PORTALS"}
+    env["DBUS_SYSTEM_BUS_ADDRESS"] = system_address
+    low_memory = subprocess.Popen(
+        [sys.executable, str(LOW_MEMORY_MONITOR)],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    stack.callback(stop, low_memory)
+    assert low_memory.stdout is not None
+    if low_memory.stdout.readline().strip() != "ready":
+        raise AssertionError("the low-memory-monitor stand-in did not start")
     proc = subprocess.Popen(
-        [str(exe)], env=gateway_stack.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [str(exe)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     stack.callback(stop, proc)
     deadline = time.monotonic() + 20
@@ -340,17 +384,17 @@ def make_portal(gateway_stack: Stack, stack: contextlib.ExitStack) -> subprocess
             check=False,
         )
         if done.returncode == 0:
-            return proc
+            return Portal(proc, low_memory)
         if time.monotonic() > deadline or proc.poll() is not None:
             raise AssertionError("xdg-desktop-portal did not come on the bus")
         time.sleep(0.05)
 
 
 @pytest.fixture(scope="session")
-def portal(gateway_stack: Stack) -> Iterator[subprocess.Popen[bytes]]:
-    """xdg-desktop-portal on the gateway's bus, for the whole run."""
-    with shared("portal", functools.partial(make_portal, gateway_stack)) as proc:
-        yield proc
+def portal(gateway_stack: Stack) -> Iterator[Portal]:
+    """xdg-desktop-portal on the gateway's bus (and its low-memory-monitor), for the whole run."""
+    with shared("portal", functools.partial(make_portal, gateway_stack)) as value:
+        yield value
 
 
 def start_hostile(env: dict[str, str], name: str, *modes: str) -> subprocess.Popen[str]:

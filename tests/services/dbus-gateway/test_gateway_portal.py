@@ -1,8 +1,10 @@
 """The portal tools against the real xdg-desktop-portal (no backend installed) on the
-gateway's bus: what the frontend answers itself, and a clear error for what needs a backend."""
+gateway's bus: what the frontend answers itself, and a clear error for what needs a backend;
+its memory warnings from a low-memory-monitor on the portal's (private) system bus."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -10,7 +12,7 @@ from typing import Any
 import pytest
 
 from kikitest import dbus_fixtures, until
-from kikitest.dbus_fixtures import Stack
+from kikitest.dbus_fixtures import Portal, Stack
 from libkiki.errors import ToolError
 from libkiki.tools import ToolClient
 
@@ -22,7 +24,7 @@ portal = dbus_fixtures.portal
 
 
 @pytest.fixture
-async def tools(gateway_stack: Stack, portal: Any) -> Any:
+async def tools(gateway_stack: Stack, portal: Portal) -> Any:
     async with ToolClient(gateway_stack.tools, timeout=10) as client:
 
         async def registered() -> bool:
@@ -93,3 +95,28 @@ async def test_what_needs_a_backend_is_a_clear_error(
         await tools.call(nsid, args)
     assert caught.value.data == {"error": "NoBackend"}
     assert "no backend provides it" in str(caught.value)
+
+
+async def test_a_low_memory_warning_reaches_the_stream(tools: ToolClient, portal: Portal) -> None:
+    # The system's low-memory-monitor -> GLib's GMemoryMonitor in the portal -> the portal's
+    # MemoryMonitor.LowMemoryWarning on the session bus -> the gateway -> the broker's stream.
+    async with tools.subscribe("dev.kiki.portal.memory", session="low") as stream:
+        messages = stream.messages()
+        # The stream's listener on the gateway is registered some time after the broker said
+        # subscribed: the monitor warns again until the first warning arrives.
+        first = asyncio.ensure_future(anext(messages))
+        async with asyncio.timeout(20):
+            while not first.done():
+                portal.low_memory_warning(50)
+                await asyncio.wait({first}, timeout=0.2)
+        assert first.result() == {"$type": "dev.kiki.portal.memory#lowMemoryWarning", "level": 50}
+        portal.low_memory_warning(255)  # critical
+        portal.low_memory_warning(100)  # medium
+        levels: list[int] = []
+        async with asyncio.timeout(20):
+            while len(levels) < 2:
+                message = await anext(messages)
+                assert message["$type"] == "dev.kiki.portal.memory#lowMemoryWarning"
+                if message["level"] != 50:  # (the repeats of the first may still come)
+                    levels.append(message["level"])
+    assert levels == [255, 100]
