@@ -17,6 +17,7 @@ the bus :class:`~libkiki.errors.PeerGone` (the bus says ``NoReply``; a name with
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -24,6 +25,8 @@ from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
 
 from libkiki.errors import Conflict, KikiError, PeerGone, Timeout, Unavailable
+
+log = logging.getLogger(__name__)
 
 BUS: Final = "org.freedesktop.DBus"
 BUS_PATH: Final = "/org/freedesktop/DBus"
@@ -123,8 +126,8 @@ class WellKnownName:
     """The unique name that owns a well-known name now, followed through ``NameOwnerChanged``
     (only the bus daemon's): calls go to it (their replies checked against it) and the service's
     signals are taken from it alone. A name with no owner is activated once per call
-    (``StartServiceByName``, as a call to the well-known name would have); still none is
-    ``missing()``."""
+    (``StartServiceByName``, as a call to the well-known name would have); still none, or a
+    service the bus could not start (its program failed: logged), is ``missing()``."""
 
     def __init__(
         self,
@@ -169,7 +172,10 @@ class WellKnownName:
             try:
                 await bus_method(self.bus, "StartServiceByName", "su", [self.name, 0], self.timeout)
                 owner = await self._lookup()
-            except (PeerGone, Conflict):
+            except (PeerGone, Conflict):  # nothing to start (ServiceUnknown), or gone again
+                raise self.missing() from None
+            except Unavailable as exc:  # the bus tried and failed (Spawn.ChildExited, ...)
+                log.warning("the bus could not start %s: %s", self.name, exc.message)
                 raise self.missing() from None
         if self._changes == changes:
             self.owner = owner
