@@ -9,7 +9,7 @@ import * as awarenessProtocol from "y-protocols/awareness";
 import * as Y from "yjs";
 import { KINDS, Refusal } from "./errors.js";
 import { json, limitsFrom, TokenBucket } from "./limits.js";
-import { forbiddenRoots } from "./parts.js";
+import { addedEntriesProblem, addOnlyRoots, forbiddenRoots } from "./parts.js";
 import {
   awarenessMessage,
   awarenessStates,
@@ -356,7 +356,7 @@ export class Session extends DurableObject {
       throw new Refusal(KINDS.LimitExceeded, `the session document is full (${size} bytes)`);
     }
     checkOnScratch(update);
-    const changes = this.applyUpdate(update, peer.role ?? "");
+    const changes = this.applyUpdate(update, peer);
     const { pendingStructs, pendingDs } = this.doc.store;
     if (changes.length === 0 && pendingStructs === null && pendingDs === null) return;
     this.store.append(update);
@@ -373,12 +373,14 @@ export class Session extends DurableObject {
    *
    * Yjs integrates an item whose dependencies are missing later, when they arrive (possibly in
    * another client's update), and keeps deletions of unknown ids until they exist; so for a
-   * role with forbidden parts an update must also leave nothing new waiting.
+   * role with forbidden parts an update must also leave nothing new waiting. A part the role
+   * may only add to (a controller's intents) is read off the same update's map events.
    * @param {Uint8Array} update
-   * @param {string} role
+   * @param {Peer} peer
    * @returns {Uint8Array[]}
    */
-  applyUpdate(update, role) {
+  applyUpdate(update, peer) {
+    const role = peer.role ?? "";
     /** @type {Uint8Array[]} */
     const changes = [];
     /** @param {Uint8Array} change */
@@ -397,6 +399,17 @@ export class Session extends DurableObject {
       type.observeDeep(note);
       return () => type.unobserveDeep(note);
     });
+    /** @type {string | null} */
+    let problem = null;
+    for (const root of addOnlyRoots(role)) {
+      const type = this.partRoot(root);
+      /** @param {Y.YEvent<any>[]} events */
+      const read = (events) => {
+        problem ??= addedEntriesProblem(root, events, peer.sub ?? "");
+      };
+      type.observeDeep(read);
+      watches.push(() => type.unobserveDeep(read));
+    }
     const { pendingStructs, pendingDs } = this.doc.store;
     this.doc.on("update", collect);
     try {
@@ -416,6 +429,10 @@ export class Session extends DurableObject {
       this.rebuild();
       const what = touched.length > 0 ? `the ${touched[0]} part` : "what it depends on";
       throw new Refusal(KINDS.PermissionDenied, `a ${role} may not write ${what}`);
+    }
+    if (problem !== null) {
+      this.rebuild();
+      throw new Refusal(KINDS.PermissionDenied, problem);
     }
     return changes;
   }
