@@ -32,6 +32,7 @@ GROUPS: dict[str, str] = {
     "a11y": "the desktop's accessibility trees",
     "sensors": "list, watch and inspect sensors",
     "session": "list, share and inspect sync sessions",
+    "remote": "see and drive a device through its session",
     "os": "the OS image: status, upgrade, rollback (bootc)",
     "agent": "export, import and move agents as deltas",
     "media": "the session's media players",

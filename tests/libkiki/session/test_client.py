@@ -216,7 +216,7 @@ async def test_an_observer_reads_and_cannot_call(
     url = relay.url(session, relay.token(session, "observer", sub="eve"))
     async with SessionClient(url) as remote:
         assert remote.state()["tools"] == ["dev.kiki.demo.echo"]
-        with pytest.raises(PermissionDenied, match="observer"):
+        with pytest.raises(PermissionDenied, match="role observer cannot send intents"):
             await remote.call("dev.kiki.demo.echo", {}, timeout=1)
         # Joined and reading still: nothing was sent.
         device.state["stale"] = ["screen"]

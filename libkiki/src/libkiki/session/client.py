@@ -310,7 +310,7 @@ class SessionClient:
         if not timeout > 0:
             raise InvalidParams(f"a timeout is seconds, more than 0, not {timeout!r}")
         if self.role not in (None, "controller", "device"):
-            raise PermissionDenied(f"a {self.role} token cannot send intents")
+            raise PermissionDenied(f"a token of role {self.role} cannot send intents")
         intent_id = intent_id or uuid.uuid4().hex
         intent = new_intent(
             intent_id,
