@@ -4,11 +4,20 @@ import { el, replaceChildren, timeOf } from './dom.js'
 
 const SHOWN = 50
 
-function describe (intent) {
+// A node's name as the screen shows it now, so an action reads "press Save", not "press 1:3".
+function namesOf (screen) {
+  const names = new Map()
+  for (const app of (screen && Array.isArray(screen.apps)) ? screen.apps : []) {
+    for (const node of app.nodes || []) if (node.ref && node.name) names.set(node.ref, node.name)
+  }
+  return names
+}
+
+function describe (intent, names) {
   const input = intent.input || {}
   if (intent.tool === 'dev.kiki.a11y.act') {
     const value = input.action === 'setValue' ? ` “${input.value ?? ''}”` : ''
-    return `${input.action || 'act'} ${input.ref || ''}${value}`
+    return `${input.action || 'act'} ${names.get(input.ref) || input.ref || ''}${value}`
   }
   return intent.tool + (Object.keys(input).length ? ` ${JSON.stringify(input)}` : '')
 }
@@ -23,7 +32,8 @@ function outcome (result) {
   return { status: result.status, text: result.status }
 }
 
-export function renderActivity (root, intents, results, me) {
+export function renderActivity (root, intents, results, me, screen) {
+  const names = namesOf(screen)
   const all = [...intents.values()]
     .filter((i) => i && typeof i === 'object')
     .sort((a, b) => String(b.createdAt).localeCompare(String(a.createdAt)))
@@ -33,7 +43,7 @@ export function renderActivity (root, intents, results, me) {
     const who = intent.by === me ? `${intent.by} (you)` : intent.by
     return el('li', { 'data-intent': intent.id, 'data-status': status },
       el('span', { class: 'value', text: `${timeOf(intent.createdAt)} ${who}: ` }),
-      el('span', { text: describe(intent) }),
+      el('span', { text: describe(intent, names) }),
       ' — ',
       el('span', { class: `status-${status}`, text }))
   })

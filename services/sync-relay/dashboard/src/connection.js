@@ -55,6 +55,7 @@ export function connect (params, onState) {
     tell()
   })
   window.addEventListener('offline', tell)
-  tell()
+  // Told once the caller has what it draws with.
+  queueMicrotask(tell)
   return { doc, provider, awareness: provider.awareness }
 }

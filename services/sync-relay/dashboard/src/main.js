@@ -86,7 +86,7 @@ function start () {
     if (event.keysChanged.has('stale')) drawStale()
     refreshControls()
   })
-  const drawActivity = () => renderActivity($('activity'), intents, results, claims.sub)
+  const drawActivity = () => renderActivity($('activity'), intents, results, claims.sub, device.get('screen'))
   intents.observe(drawActivity)
   results.observe(drawActivity)
   awareness.on('change', () => renderPresence($('presence'), awareness))
