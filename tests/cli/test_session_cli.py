@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -72,3 +74,37 @@ def test_errors_are_one_line_and_exit_1(device: DeviceRelay) -> None:
     )
     assert gone.returncode == 1
     assert "cannot connect" in gone.stderr
+
+
+def test_share_dashboard_prints_the_page_with_the_token_in_its_fragment(
+    device: DeviceRelay,
+) -> None:
+    done = kiki(device, "share", "cli2", "--role", "controller", "--dashboard")
+    assert done.returncode == 0, done.stderr
+    url = urlsplit(done.stdout.strip())
+    assert (url.scheme, url.netloc, url.path, url.query) == (
+        "http",
+        f"127.0.0.1:{device.port}",
+        "/dashboard/",
+        "",
+    )
+    fragment = parse_qs(url.fragment)
+    assert fragment["session"] == ["cli2"]
+    token = fragment["token"][0]
+    # The page is there, and the token joins the session as the page sends it: the first frame.
+    with socket.create_connection(("127.0.0.1", device.port), timeout=15) as s:
+        s.sendall(b"GET /dashboard/ HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert s.recv(65536).startswith(b"HTTP/1.1 200 ")
+
+    async def go() -> None:
+        # Synced: the relay answered its step 1, which it does only past a valid token.
+        page = await YClient.join(device.url("cli2", None), first=json.dumps({"token": token}))
+        assert page.open
+        await page.close()
+
+    asyncio.run(go())
+    shared = json.loads(kiki(device, "share", "cli2", "--dashboard", "--json").stdout)
+    assert shared["dashboard"].startswith(
+        f"http://127.0.0.1:{device.port}/dashboard/#session=cli2&"
+    )
+    assert shared["dashboard"].endswith(f"token={shared['token']}")

@@ -11,6 +11,7 @@ import asyncio
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import orjson
 
@@ -50,6 +51,11 @@ def register(sub: Any) -> None:
     share.add_argument("--ttl", type=duration, default=3600.0, help="how long it holds (1h)")
     share.add_argument("--sub", default="", help="who it is for (default: uid:<you>)")
     share.add_argument("--json", action="store_true", help="url, token, jti and exp as JSON")
+    share.add_argument(
+        "--dashboard",
+        action="store_true",
+        help="print the web dashboard's URL (http://HOST:PORT/dashboard/#session=…&token=…)",
+    )
     share.set_defaults(func=run_share)
     revoke = cmds.add_parser("revoke", help="revoke a token by its jti; closes who holds it")
     revoke.add_argument("name")
@@ -104,12 +110,28 @@ def run_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def dashboard_url(join_url: str, name: str, token: str) -> str:
+    """The dashboard's URL on the relay a join URL (``ws://HOST:PORT/session/NAME?token=…``)
+    names. The session and token go in the fragment, which a browser never sends: the token is
+    in no request line and no server's log."""
+    base = join_url.split("/session/", 1)[0]
+    for ws, web in (("ws://", "http://"), ("wss://", "https://")):
+        if base.startswith(ws):
+            base = web + base[len(ws) :]
+    return f"{base}/dashboard/#{urlencode({'session': name, 'token': token})}"
+
+
 def run_share(args: argparse.Namespace) -> int:
     try:
         shared = _run(args, "share", name=args.name, role=args.role, ttl=args.ttl, sub=args.sub)
     except KikiError as exc:
         return fail("session", exc)
-    print(_json(shared) if args.json else shared["url"])
+    if args.dashboard:
+        shared["dashboard"] = dashboard_url(shared["url"], args.name, shared["token"])
+    if args.json:
+        print(_json(shared))
+    else:
+        print(shared["dashboard"] if args.dashboard else shared["url"])
     return 0
 
 
