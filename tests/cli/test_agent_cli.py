@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from kikitest import kiki
-from kikitest.ostree_fixtures import make_app_tree, serve_dir
+from kikitest.ostree_fixtures import in_worker, make_app_tree, serve_dir
 
 pytestmark = pytest.mark.integration
 
@@ -105,7 +105,8 @@ def test_an_import_signed_by_an_untrusted_key_is_refused(
     stranger, _ = generate_keypair()
     code = make_app_tree(tmp_path / "code", AGENT, "6.6")
     (tmp_path / "state").mkdir()
-    export_agent(
+    in_worker(
+        export_agent,
         Store(tmp_path / "elsewhere"),
         AGENT,
         code,

@@ -1,7 +1,9 @@
 """OSTree test material: app trees, commits in real repositories, a static HTTP server.
 
 Everything here builds real repositories with libostree (through the updater's lazy loader);
-nothing stands in for OSTree.
+nothing stands in for OSTree. An updater operation (``Operations``, an agent's export or import)
+is run with :func:`in_worker`, as the server runs it: the operations refuse a thread without a
+GLib main context of its own.
 """
 
 from __future__ import annotations
@@ -13,14 +15,16 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import orjson
 
+from kiki_updater.gio import own_context
 from kiki_updater.publish import Release, publish
 from kiki_updater.signing import sign_commit
 
@@ -30,12 +34,29 @@ __all__ = [
     "assert_whole",
     "bootc_stand_in",
     "gpg_key",
+    "in_worker",
     "make_app_tree",
     "publish_versions",
     "serve_dir",
     "stop_gpg_agent",
     "write_manifest",
 ]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def in_worker(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+    """``fn(*args, **kwargs)`` run as the updater's server runs an operation: in a worker
+    thread, inside a GLib main context of that thread's own (``gio.own_context``); its result,
+    or its exception raised here."""
+
+    def run() -> T:
+        with own_context():
+            return fn(*args, **kwargs)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ostree-operation") as pool:
+        return pool.submit(run).result()
 
 
 def write_manifest(tree: Path, app_id: str, version: str, **extra: Any) -> None:

@@ -13,7 +13,7 @@ from kiki_updater.operations import Operations
 from kiki_updater.pull import Remote
 from kiki_updater.signing import generate_keypair
 from kiki_updater.store import Store
-from kikitest.ostree_fixtures import publish_versions
+from kikitest.ostree_fixtures import in_worker, publish_versions
 
 pytestmark = pytest.mark.unit
 
@@ -27,7 +27,7 @@ def _updating(tmp_path: Path) -> tuple[Operations, Remote, str, str]:
     root = tmp_path / "device"
     ops = Operations(Store(root), journal=Journal(root))
     remote = Remote.of("local", str(published), ed25519_keys=(PUBLIC,))
-    old = ops.install("app", APP, remote)
+    old = in_worker(ops.install, "app", APP, remote)
     publish_versions(published, tmp_path / "next", APP, ["1.1"], secret=SECRET)
     return ops, remote, old.commit, old.ref
 
@@ -51,7 +51,7 @@ def test_an_error_after_the_swap_puts_the_previous_commit_back(
 
     monkeypatch.setattr(Store, "record", first_fails)
     with pytest.raises(OSError, match="No space"):
-        ops.install("app", APP, remote, update=True)
+        in_worker(ops.install, "app", APP, remote, update=True)
     assert ops.store.current("app", APP) == old
     assert ops.store.resolve(ref) == old
     assert calls == ["update", "undone"]
@@ -69,7 +69,7 @@ def test_an_interruption_after_the_swap_puts_the_previous_commit_back(
 
     ops.health = interrupted
     with pytest.raises(KeyboardInterrupt):
-        ops.install("app", APP, remote, update=True)
+        in_worker(ops.install, "app", APP, remote, update=True)
     assert ops.store.current("app", APP) == old
     assert ops.store.resolve(ref) == old
 
@@ -91,12 +91,12 @@ def test_an_undo_that_fails_leaves_the_journal_for_recovery(
     monkeypatch.setattr(Store, "set_refs", refs_then_full)
     monkeypatch.setattr(Store, "record", _full_disk)
     with pytest.raises(OSError, match="No space"):
-        ops.install("app", APP, remote, update=True)
+        in_worker(ops.install, "app", APP, remote, update=True)
     assert ops.journal is not None
     (left,) = ops.journal.pending()
     assert left.phase == "swap"
     monkeypatch.undo()
-    recover(ops.store, ops.journal)
+    in_worker(recover, ops.store, ops.journal)
     assert ops.store.current("app", APP) == old
     assert ops.store.resolve(ref) == old
     assert ops.journal.pending() == []

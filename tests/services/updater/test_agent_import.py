@@ -10,7 +10,7 @@ import pytest
 from kiki_updater.agents import export_agent, import_agent
 from kiki_updater.signing import SignatureRefused, generate_keypair
 from kiki_updater.store import Store, app_ref
-from kikitest.ostree_fixtures import make_app_tree
+from kikitest.ostree_fixtures import in_worker, make_app_tree
 
 pytestmark = pytest.mark.unit
 
@@ -25,8 +25,8 @@ def _moved_once(tmp_path: Path) -> tuple[Path, Path, Store, Store, str]:
     state.mkdir()
     (state / "a").write_text("v1")
     source, target = Store(tmp_path / "src"), Store(tmp_path / "dst")
-    export_agent(source, AGENT, code, state, tmp_path / "m1", secret=SECRET)
-    first = import_agent(target, AGENT, tmp_path / "m1", keys=(PUBLIC,))
+    in_worker(export_agent, source, AGENT, code, state, tmp_path / "m1", secret=SECRET)
+    first = in_worker(import_agent, target, AGENT, tmp_path / "m1", keys=(PUBLIC,))
     return code, state, source, target, first.commit
 
 
@@ -34,10 +34,19 @@ def test_a_refused_state_signature_moves_no_ref(tmp_path: Path) -> None:
     code, state, source, target, v1 = _moved_once(tmp_path)
     (code / "NEW").write_text("2")
     (state / "a").write_text("v2")
-    good = export_agent(
-        source, AGENT, code, state, tmp_path / "good", secret=SECRET, full=True, destination="x"
+    good = in_worker(
+        export_agent,
+        source,
+        AGENT,
+        code,
+        state,
+        tmp_path / "good",
+        secret=SECRET,
+        full=True,
+        destination="x",
     )
-    bad = export_agent(
+    bad = in_worker(
+        export_agent,
         source,
         AGENT,
         code,
@@ -53,7 +62,7 @@ def test_a_refused_state_signature_moves_no_ref(tmp_path: Path) -> None:
     shutil.copy(bad.files["state"], mixed / "state.delta")
     state_before = target.resolve(app_ref("agent", AGENT, "state"))
     with pytest.raises(SignatureRefused):
-        import_agent(target, AGENT, mixed, keys=(PUBLIC,))
+        in_worker(import_agent, target, AGENT, mixed, keys=(PUBLIC,))
     found = target.deployed("agent", AGENT)
     assert found is not None
     assert found.commit == v1
@@ -66,9 +75,11 @@ def test_another_agents_commits_are_refused(tmp_path: Path) -> None:
     code = make_app_tree(tmp_path / "code", other, "1.0", files=5)
     state = tmp_path / "state"
     state.mkdir()
-    export_agent(Store(tmp_path / "src"), other, code, state, tmp_path / "m", secret=SECRET)
+    in_worker(
+        export_agent, Store(tmp_path / "src"), other, code, state, tmp_path / "m", secret=SECRET
+    )
     target = Store(tmp_path / "dst")
     with pytest.raises(SignatureRefused, match=r"not org\.example\.agent"):
-        import_agent(target, AGENT, tmp_path / "m", keys=(PUBLIC,))
+        in_worker(import_agent, target, AGENT, tmp_path / "m", keys=(PUBLIC,))
     assert target.deployed("agent", AGENT) is None
     assert target.resolve(app_ref("agent", AGENT, "code")) is None

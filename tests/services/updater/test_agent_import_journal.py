@@ -15,7 +15,7 @@ from kiki_updater.os_updates import AgentMoves
 from kiki_updater.server import Updater
 from kiki_updater.signing import generate_keypair
 from kiki_updater.store import Store
-from kikitest.ostree_fixtures import make_app_tree
+from kikitest.ostree_fixtures import in_worker, make_app_tree
 
 pytestmark = pytest.mark.unit
 
@@ -31,7 +31,7 @@ def test_a_state_that_cannot_be_restored_puts_the_previous_code_back(
     state.mkdir()
     (state / "a").write_text("v1")
     source = Store(tmp_path / "src")
-    export_agent(source, AGENT, code, state, tmp_path / "m1", secret=SECRET)
+    in_worker(export_agent, source, AGENT, code, state, tmp_path / "m1", secret=SECRET)
     config = UpdaterConfig.model_validate(
         {"root": str(tmp_path / "device"), "broker_tools": False, "agent_keys": [PUBLIC]}
     )
@@ -42,7 +42,7 @@ def test_a_state_that_cannot_be_restored_puts_the_previous_code_back(
     v1 = updater.store.current("agent", AGENT)
     (code / "NEW").write_text("2")
     (state / "a").write_text("v2")
-    export_agent(source, AGENT, code, state, tmp_path / "m2", secret=SECRET)
+    in_worker(export_agent, source, AGENT, code, state, tmp_path / "m2", secret=SECRET)
 
     def full(*args: Any) -> None:
         raise OSError(28, "No space left on device")

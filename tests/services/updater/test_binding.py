@@ -12,7 +12,7 @@ from kiki_updater.publish import publish, regenerate_summary
 from kiki_updater.pull import Remote
 from kiki_updater.signing import SignatureRefused, generate_keypair, sign_commit
 from kiki_updater.store import Store
-from kikitest.ostree_fixtures import make_app_tree, write_manifest
+from kikitest.ostree_fixtures import in_worker, make_app_tree, write_manifest
 
 pytestmark = pytest.mark.unit
 
@@ -38,10 +38,10 @@ def test_a_beta_commit_served_as_stable_is_refused(tmp_path: Path) -> None:
     beta = publish(tree, published, channel="beta", sign=_sign)
     ops = Operations(Store(tmp_path / "device"))
     remote = Remote.of("local", str(published), ed25519_keys=(PUBLIC,))
-    ops.install("app", APP, remote)
+    in_worker(ops.install, "app", APP, remote)
     _serve(published, stable.ref, beta.commit)
     with pytest.raises(SignatureRefused, match="not bound"):
-        ops.install("app", APP, remote, update=True)
+        in_worker(ops.install, "app", APP, remote, update=True)
     found = ops.store.deployed("app", APP)
     assert found is not None
     assert found.commit == stable.commit
@@ -70,5 +70,7 @@ def test_a_commit_without_the_apps_id_and_kind_is_refused(
     regenerate_summary(repo)
     ops = Operations(Store(tmp_path / "device"))
     with pytest.raises(SignatureRefused, match=r"not app org\.example\.player"):
-        ops.install("app", APP, Remote.of("local", str(published), ed25519_keys=(PUBLIC,)))
+        in_worker(
+            ops.install, "app", APP, Remote.of("local", str(published), ed25519_keys=(PUBLIC,))
+        )
     assert ops.store.deployed("app", APP) is None

@@ -11,7 +11,7 @@ from kiki_updater.operations import Downgrade, Operations
 from kiki_updater.pull import Remote
 from kiki_updater.signing import generate_keypair
 from kiki_updater.store import Store
-from kikitest.ostree_fixtures import publish_versions
+from kikitest.ostree_fixtures import in_worker, publish_versions
 
 pytestmark = pytest.mark.unit
 
@@ -24,13 +24,13 @@ def test_replayed_older_signed_commit_is_refused_before_its_content(tmp_path: Pa
     old, new = publish_versions(published, tmp_path, APP, ["1.0", "1.1"], secret=SECRET)
     ops = Operations(Store(tmp_path / "device"))
     remote = Remote.of("local", str(published), ed25519_keys=(PUBLIC,))
-    ops.install("app", APP, remote)
+    in_worker(ops.install, "app", APP, remote)
     # a mirror (or anyone on an http:// remote's path) serves the older, signed, release
     repo = open_repo(published)
     repo.set_ref_immediate(None, old.ref, old.commit, None)
     repo.regenerate_summary(None, None)
     with pytest.raises(Downgrade) as refused:
-        ops.install("app", APP, remote, update=True)
+        in_worker(ops.install, "app", APP, remote, update=True)
     assert refused.value.data == {"error": "Downgrade"}
     found = ops.store.deployed("app", APP)
     assert found is not None

@@ -25,7 +25,7 @@ from kiki_updater.pull import PullFailed, Remote
 from kiki_updater.signing import generate_keypair
 from kiki_updater.store import CorruptObject, Store
 from kikitest import until
-from kikitest.ostree_fixtures import Served, assert_whole, publish_versions, serve_dir
+from kikitest.ostree_fixtures import Served, assert_whole, in_worker, publish_versions, serve_dir
 from libkiki.errors import PeerGone
 from libkiki.paths import UPDATER_SOCKET
 from libkiki.rpc import connect_unix
@@ -40,6 +40,7 @@ SECRET, PUBLIC = generate_keypair()
 CHILD = """
 import os, signal, sys
 from pathlib import Path
+from kiki_updater.gio import own_context
 from kiki_updater.health import HealthGate
 from kiki_updater.journal import Journal
 from kiki_updater.operations import Operations
@@ -53,11 +54,12 @@ def phase(name, info):
     if name == die_at:
         os.kill(os.getpid(), signal.SIGKILL)
 
-if action == "rollback":
-    ops.rollback("app", app, phase=phase)
-else:
-    ops.install("app", app, Remote.of("origin", url, ed25519_keys=(key,)), update=True,
-                phase=phase)
+with own_context():
+    if action == "rollback":
+        ops.rollback("app", app, phase=phase)
+    else:
+        ops.install("app", app, Remote.of("origin", url, ed25519_keys=(key,)), update=True,
+                    phase=phase)
 """
 
 
@@ -82,7 +84,7 @@ def after_the_crash(root: Path, tmp: Path) -> tuple[Operations, str]:
     """Recover as a restarted updater would; the commit the app is on, checked whole."""
     updater = device(root)
     journal = Journal(root)
-    said = recover(updater.store, journal)
+    said = in_worker(recover, updater.store, journal)
     assert len(said) == 1, said
     assert journal.pending() == []
     found = updater.store.deployed("app", APP)
@@ -109,7 +111,7 @@ def test_killed_at_every_phase_of_an_update(
     repo, url, _ = site
     root = tmp_path / "device"
     remote = Remote.of("origin", url, ed25519_keys=(PUBLIC,))
-    old = device(root).install("app", APP, remote).commit
+    old = in_worker(device(root).install, "app", APP, remote).commit
     (new_release,) = publish_versions(
         repo, tmp_path / "next", APP, ["1.1"], secret=SECRET, files=200
     )
@@ -118,7 +120,7 @@ def test_killed_at_every_phase_of_an_update(
     updater, commit = after_the_crash(root, tmp_path)
     assert commit == (old if ends_on == "old" else new_release.commit)
     # The restarted updater finishes the job: the update goes through now.
-    assert updater.install("app", APP, remote, update=True).commit == new_release.commit
+    assert in_worker(updater.install, "app", APP, remote, update=True).commit == new_release.commit
     assert_whole(updater.store, "app", APP, new_release.commit, tmp_path / "scratch")
 
 
@@ -126,7 +128,7 @@ def test_killed_in_the_middle_of_a_pull(site: tuple[Path, str, Served], tmp_path
     repo, url, served = site
     root = tmp_path / "device"
     remote = Remote.of("origin", url, ed25519_keys=(PUBLIC,))
-    old = device(root).install("app", APP, remote).commit
+    old = in_worker(device(root).install, "app", APP, remote).commit
     big = publish_versions(
         repo, tmp_path / "next", APP, ["2.0"], secret=SECRET, files=200, salt="all new"
     )[0]
@@ -142,7 +144,7 @@ def test_killed_in_the_middle_of_a_pull(site: tuple[Path, str, Served], tmp_path
     served.rate = 0
     updater, commit = after_the_crash(root, tmp_path)
     assert commit == old
-    assert updater.install("app", APP, remote, update=True).commit == big.commit
+    assert in_worker(updater.install, "app", APP, remote, update=True).commit == big.commit
 
 
 def test_a_rollback_killed_at_its_swap_is_finished(
@@ -151,9 +153,9 @@ def test_a_rollback_killed_at_its_swap_is_finished(
     repo, url, _ = site
     root = tmp_path / "device"
     remote = Remote.of("origin", url, ed25519_keys=(PUBLIC,))
-    old = device(root).install("app", APP, remote).commit
+    old = in_worker(device(root).install, "app", APP, remote).commit
     publish_versions(repo, tmp_path / "next", APP, ["1.1"], secret=SECRET, files=200)
-    device(root).install("app", APP, remote, update=True)
+    in_worker(device(root).install, "app", APP, remote, update=True)
     proc = child(root, url, "rollback", "swap")
     assert proc.wait(timeout=60) == -signal.SIGKILL
     _, commit = after_the_crash(root, tmp_path)
@@ -176,11 +178,11 @@ def test_a_full_disk_during_a_pull_leaves_the_old_version_whole(
     try:
         remote = Remote.of("origin", url, ed25519_keys=(PUBLIC,))
         updater = device(small / "ostree")
-        old = updater.install("app", APP, remote).commit
+        old = in_worker(updater.install, "app", APP, remote).commit
         big = {"blob": os.urandom(12 << 20)}  # twice the filesystem
         publish_versions(repo, tmp_path / "big", APP, ["9.0"], secret=SECRET, extra=big)
         with pytest.raises(PullFailed, match=r"(?i)space|quota|disk"):
-            updater.install("app", APP, remote, update=True)
+            in_worker(updater.install, "app", APP, remote, update=True)
         assert Journal(small / "ostree").pending() == []
         found = updater.store.deployed("app", APP)
         assert found is not None
@@ -198,7 +200,7 @@ def test_a_corrupted_object_is_found_refused_and_fetched_again(
     root = tmp_path / "device"
     remote = Remote.of("origin", url, ed25519_keys=(PUBLIC,))
     updater = device(root)
-    old = updater.install("app", APP, remote).commit
+    old = in_worker(updater.install, "app", APP, remote).commit
     # Flip a byte of an object the next release shares (every file but one is unchanged).
     shared = root / "app" / APP / "current" / "lib" / "m05" / "f00005.py"
     objects = {p.stat().st_ino: p for p in (root / "repo" / "objects").rglob("*.file")}
@@ -209,13 +211,13 @@ def test_a_corrupted_object_is_found_refused_and_fetched_again(
     victim.write_bytes(bytes(data))
     (new,) = publish_versions(repo, tmp_path / "next", APP, ["1.1"], secret=SECRET, files=200)
     with pytest.raises(CorruptObject):
-        updater.install("app", APP, remote, update=True)
+        in_worker(updater.install, "app", APP, remote, update=True)
     found = updater.store.deployed("app", APP)
     assert found is not None
     assert found.commit == old
     assert updater.store.resolve(found.ref) == old
     # The bad object was dropped: the next pull fetches it again, and the update goes through.
-    assert updater.install("app", APP, remote, update=True).commit == new.commit
+    assert in_worker(updater.install, "app", APP, remote, update=True).commit == new.commit
     assert_whole(updater.store, "app", APP, new.commit, tmp_path / "scratch")
 
 

@@ -18,6 +18,7 @@ from kiki_updater.store import Store
 from kikitest.ostree_fixtures import (
     GpgKey,
     gpg_key,
+    in_worker,
     make_app_tree,
     serve_dir,
     stop_gpg_agent,
@@ -65,14 +66,14 @@ def test_gpg_signed_releases_install_and_others_are_refused(
     updater = Operations(Store(tmp_path / "device"))
     with serve_dir(published) as (url, _):
         remote = Remote.of("origin", url, gpg_keyring=good.keyring)
-        assert updater.install("app", APP, remote).version == "1.0"
+        assert in_worker(updater.install, "app", APP, remote).version == "1.0"
         before = refs(updater.store)
         release(published, tree, "1.1", None if signer == "unsigned" else other)
         with pytest.raises(PullFailed, match=r"(?i)gpg|signature|summary"):
-            updater.install("app", APP, remote, update=True)
+            in_worker(updater.install, "app", APP, remote, update=True)
         assert refs(updater.store) == before
         release(published, tree, "1.2", good)
-        assert updater.install("app", APP, remote, update=True).version == "1.2"
+        assert in_worker(updater.install, "app", APP, remote, update=True).version == "1.2"
 
 
 @pytest.mark.parametrize("signer", ["unsigned", "other"])
@@ -86,7 +87,7 @@ def test_a_bad_commit_under_a_good_summary_is_refused(
     updater = Operations(Store(tmp_path / "device"))
     with serve_dir(published) as (url, _):
         remote = Remote.of("origin", url, gpg_keyring=good.keyring)
-        updater.install("app", APP, remote)
+        in_worker(updater.install, "app", APP, remote)
         before = refs(updater.store)
         write_manifest(tree, APP, "1.1")
         key = None if signer == "unsigned" else other
@@ -99,7 +100,7 @@ def test_a_bad_commit_under_a_good_summary_is_refused(
             sign_summary=lambda r: gpg_sign_summary(r, good.fingerprint, good.homedir),
         )
         with pytest.raises(PullFailed, match=r"(?i)gpg|signature"):
-            updater.install("app", APP, remote, update=True)
+            in_worker(updater.install, "app", APP, remote, update=True)
         assert refs(updater.store) == before
 
 
@@ -113,7 +114,7 @@ def test_a_good_commit_under_a_badly_signed_summary_is_refused(
     updater = Operations(Store(tmp_path / "device"))
     with serve_dir(published) as (url, _):
         remote = Remote.of("origin", url, gpg_keyring=good.keyring)
-        updater.install("app", APP, remote)
+        in_worker(updater.install, "app", APP, remote)
         before = refs(updater.store)
         write_manifest(tree, APP, "1.1")
         publish(
@@ -123,5 +124,5 @@ def test_a_good_commit_under_a_badly_signed_summary_is_refused(
             sign_summary=lambda r: gpg_sign_summary(r, other.fingerprint, other.homedir),
         )
         with pytest.raises(PullFailed, match=r"(?i)gpg|signature|summary"):
-            updater.install("app", APP, remote, update=True)
+            in_worker(updater.install, "app", APP, remote, update=True)
         assert refs(updater.store) == before

@@ -14,7 +14,7 @@ from kiki_updater.publish import publish
 from kiki_updater.pull import Remote
 from kiki_updater.signing import generate_keypair, sign_commit
 from kiki_updater.store import Store
-from kikitest.ostree_fixtures import make_app_tree, write_manifest
+from kikitest.ostree_fixtures import in_worker, make_app_tree, write_manifest
 from libkiki.errors import ValidationError
 
 pytestmark = pytest.mark.integration
@@ -45,7 +45,7 @@ def setup(tmp_path: Path) -> tuple[Operations, Remote, Path, Path]:
     release(repo, tree, "1.0", "exit 0")
     updater = Operations(Store(tmp_path / "device"), health=HealthGate())
     remote = Remote.of("local", str(repo), ed25519_keys=(PUBLIC,))
-    first = updater.install("app", APP, remote)
+    first = in_worker(updater.install, "app", APP, remote)
     assert first.version == "1.0"
     return updater, remote, repo, tree
 
@@ -63,7 +63,7 @@ def test_a_failing_health_check_puts_the_previous_commit_back(
     assert before is not None
     bad = release(repo, tree, "1.1", check, deadline)
     with pytest.raises(HealthFailed, match=said) as failed:
-        updater.install("app", APP, remote, update=True)
+        in_worker(updater.install, "app", APP, remote, update=True)
     assert failed.value.data == {"error": "HealthFailed", "commit": bad}
     after = updater.store.deployed("app", APP)
     assert after is not None
@@ -80,7 +80,7 @@ def test_a_passing_health_check_keeps_the_new_commit(
 ) -> None:
     updater, remote, repo, tree = setup
     good = release(repo, tree, "1.1", "exit 0")
-    assert updater.install("app", APP, remote, update=True).commit == good
+    assert in_worker(updater.install, "app", APP, remote, update=True).commit == good
 
 
 def test_a_first_install_that_fails_its_check_is_removed_but_its_data_kept(
@@ -90,7 +90,7 @@ def test_a_first_install_that_fails_its_check_is_removed_but_its_data_kept(
     release(repo, make_app_tree(tmp_path / "tree", APP, "1.0"), "1.0", "exit 1")
     updater = Operations(Store(tmp_path / "device"), health=HealthGate())
     with pytest.raises(HealthFailed, match="was removed"):
-        updater.install("app", APP, Remote.of("l", str(repo), ed25519_keys=(PUBLIC,)))
+        in_worker(updater.install, "app", APP, Remote.of("l", str(repo), ed25519_keys=(PUBLIC,)))
     assert updater.store.deployed("app", APP) is None
     assert (updater.store.home("app", APP) / "data" / "checked-in").is_file()
 

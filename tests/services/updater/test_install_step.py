@@ -15,7 +15,7 @@ from kiki_updater.pull import Remote
 from kiki_updater.server import install_lexicons
 from kiki_updater.signing import generate_keypair, sign_commit
 from kiki_updater.store import Store
-from kikitest.ostree_fixtures import make_app_tree, write_manifest
+from kikitest.ostree_fixtures import in_worker, make_app_tree, write_manifest
 from libkiki.errors import KikiError
 
 pytestmark = pytest.mark.unit
@@ -44,13 +44,13 @@ def test_an_update_that_breaks_a_published_type_is_refused_before_the_swap(
     first = release(repo, tree, "1.0", {"parameters": optional})
     updater = Operations(Store(tmp_path / "device"), install_step=install_lexicons)
     remote = Remote.of("local", str(repo), ed25519_keys=(PUBLIC,))
-    assert updater.install("app", APP, remote).commit == first
+    assert in_worker(updater.install, "app", APP, remote).commit == first
     assert (state / "lexicons" / "org" / "example" / "player" / "search.json").is_file()
     assert list((state / "bindings").rglob("*.py"))  # bindings generated
     required = {**optional, "required": ["q"]}  # an old caller without q would now fail
     release(repo, tree, "2.0", {"parameters": required})
     with pytest.raises(KikiError, match="required"):
-        updater.install("app", APP, remote, update=True)
+        in_worker(updater.install, "app", APP, remote, update=True)
     found = updater.store.deployed("app", APP)
     assert found is not None
     assert (found.commit, found.version) == (first, "1.0")

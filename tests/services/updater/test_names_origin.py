@@ -12,7 +12,7 @@ from kiki_updater.operations import Operations
 from kiki_updater.pull import Remote
 from kiki_updater.signing import generate_keypair
 from kiki_updater.store import Store, app_ref, check_id
-from kikitest.ostree_fixtures import publish_versions
+from kikitest.ostree_fixtures import in_worker, publish_versions
 from libkiki.errors import InvalidParams
 
 pytestmark = pytest.mark.unit
@@ -49,8 +49,8 @@ def test_one_unreadable_origin_json_loses_its_history_not_the_listing(
     publish_versions(published, tmp_path, OTHER, ["1.0"], secret=SECRET)
     ops = Operations(Store(tmp_path / "device"))
     remote = Remote.of("local", str(published), ed25519_keys=(PUBLIC,))
-    ops.install("app", APP, remote)
-    ops.install("app", OTHER, remote)
+    in_worker(ops.install, "app", APP, remote)
+    in_worker(ops.install, "app", OTHER, remote)
     (tmp_path / "device" / "app" / APP / "origin.json").write_bytes(content)
     listed = {d.ident: d for d in ops.store.installed("app")}
     assert set(listed) == {APP, OTHER}
@@ -59,7 +59,7 @@ def test_one_unreadable_origin_json_loses_its_history_not_the_listing(
     assert listed[APP].history == ()
     # and it updates from where it came from, writing a fresh origin.json
     publish_versions(published, tmp_path / "next", APP, ["1.1"], secret=SECRET)
-    assert ops.install("app", APP, remote, update=True).version == "1.1"
+    assert in_worker(ops.install, "app", APP, remote, update=True).version == "1.1"
     found = ops.store.deployed("app", APP)
     assert found is not None
     assert [h["version"] for h in found.history] == ["1.1"]

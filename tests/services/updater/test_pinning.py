@@ -14,7 +14,7 @@ from kiki_updater.publish import regenerate_summary
 from kiki_updater.pull import Remote
 from kiki_updater.signing import SignatureRefused, generate_keypair, sign_commit, verify_commit
 from kiki_updater.store import Store
-from kikitest.ostree_fixtures import make_app_tree, publish_versions, write_manifest
+from kikitest.ostree_fixtures import in_worker, make_app_tree, publish_versions, write_manifest
 
 pytestmark = pytest.mark.unit
 
@@ -50,7 +50,7 @@ def test_a_ref_moved_to_an_unsigned_commit_after_the_check_is_not_deployed(
 
     ops = Operations(Store(tmp_path / "device"))
     remote = Remote.of("local", str(published), ed25519_keys=(PUBLIC,))
-    got = ops.install("app", APP, remote, phase=swap_the_ref)
+    got = in_worker(ops.install, "app", APP, remote, phase=swap_the_ref)
     assert got.commit == release.commit
     assert got.version == "1.0"
 

@@ -13,7 +13,7 @@ from kiki_updater.operations import Operations
 from kiki_updater.pull import Remote
 from kiki_updater.signing import generate_keypair
 from kiki_updater.store import Store
-from kikitest.ostree_fixtures import publish_versions
+from kikitest.ostree_fixtures import in_worker, publish_versions
 
 pytestmark = pytest.mark.unit
 
@@ -36,7 +36,7 @@ def test_five_updates_keep_two_releases(tmp_path: Path) -> None:
             published, tmp_path / f"t{i}", APP, [version], secret=SECRET, extra=blob
         )
         releases.append(release)
-        ops.install("app", APP, remote, update=i > 0)
+        in_worker(ops.install, "app", APP, remote, update=i > 0)
     commit = lib().OSTree.ObjectType.COMMIT
     _, kept_old = ops.store.repo.has_object(commit, releases[2].commit, None)
     _, kept_previous = ops.store.repo.has_object(commit, releases[3].commit, None)
@@ -45,4 +45,4 @@ def test_five_updates_keep_two_releases(tmp_path: Path) -> None:
     assert ops.store.prune() == (0, 0)
     assert _bytes(ops.store.repo_path / "objects") < 3 * (1 << 20)
     assert not list((tmp_path / "device" / "verify" / "objects").rglob("*.commit"))
-    assert ops.rollback("app", APP).version == "1.3"
+    assert in_worker(ops.rollback, "app", APP).version == "1.3"

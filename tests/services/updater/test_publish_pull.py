@@ -16,7 +16,7 @@ from kiki_updater.publish import publish
 from kiki_updater.pull import PullFailed, Remote
 from kiki_updater.signing import generate_keypair
 from kiki_updater.store import Store
-from kikitest.ostree_fixtures import make_app_tree, publish_versions, serve_dir
+from kikitest.ostree_fixtures import in_worker, make_app_tree, publish_versions, serve_dir
 from libkiki.errors import InvalidParams, NotFound, ValidationError
 
 pytestmark = pytest.mark.integration
@@ -59,16 +59,16 @@ def test_install_and_update_over_http_use_the_static_delta(tmp_path: Path, publi
     updater = ops(tmp_path)
     with serve_dir(published) as (url, served):
         remote = Remote.of("origin", url, ed25519_keys=(PUBLIC,))
-        first = updater.install("app", APP, remote)
+        first = in_worker(updater.install, "app", APP, remote)
         assert first.version == "1.0"
         with pytest.raises(AlreadyInstalled):
-            updater.install("app", APP, remote)
+            in_worker(updater.install, "app", APP, remote)
         with pytest.raises(UpToDate):
-            updater.install("app", APP, remote, update=True)
+            in_worker(updater.install, "app", APP, remote, update=True)
         full = served.bytes
         publish_versions(published, tmp_path / "again", APP, ["1.1"], secret=SECRET, files=200)
         served.reset()
-        second = updater.install("app", APP, remote, update=True)
+        second = in_worker(updater.install, "app", APP, remote, update=True)
     assert (second.version, second.previous) == ("1.1", first.commit)
     assert any(path.startswith("/delta-indexes/") or "/deltas/" in path for path, _ in served.paths)
     assert not any(
@@ -85,9 +85,9 @@ def test_update_of_an_app_not_installed_and_install_of_an_unknown_ref(
     updater = ops(tmp_path)
     remote = Remote.of("local", str(published), ed25519_keys=(PUBLIC,))
     with pytest.raises(NotInstalled):
-        updater.install("app", APP, remote, update=True)
+        in_worker(updater.install, "app", APP, remote, update=True)
     with pytest.raises(NotFound):
-        updater.install("app", "org.example.missing", remote)
+        in_worker(updater.install, "app", "org.example.missing", remote)
 
 
 def test_a_local_path_pull_refuses_a_tampered_object(tmp_path: Path, published: Path) -> None:
@@ -100,7 +100,7 @@ def test_a_local_path_pull_refuses_a_tampered_object(tmp_path: Path, published: 
     updater = ops(tmp_path)
     remote = Remote.of("local", str(copy), ed25519_keys=(PUBLIC,))
     with pytest.raises(PullFailed):
-        updater.install("app", APP, remote)
+        in_worker(updater.install, "app", APP, remote)
     assert updater.store.current("app", APP) is None
 
 
@@ -120,7 +120,10 @@ def test_two_apps_update_at_once_in_two_threads(tmp_path: Path) -> None:
     remote = Remote.of("local", str(repo), ed25519_keys=(PUBLIC,))
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         done = list(
-            pool.map(lambda app: updater.install("app", app, remote), [APP, "org.example.other"])
+            pool.map(
+                lambda app: in_worker(updater.install, "app", app, remote),
+                [APP, "org.example.other"],
+            )
         )
     assert [d.version for d in done] == ["1.0", "1.0"]
     assert sorted(d.ident for d in updater.store.installed("app")) == [

@@ -21,7 +21,7 @@ from kiki_updater.signing import (
     verify_commit,
 )
 from kiki_updater.store import Store, app_ref
-from kikitest.ostree_fixtures import make_app_tree, publish_versions
+from kikitest.ostree_fixtures import in_worker, make_app_tree, publish_versions
 from libkiki.errors import InvalidParams
 
 pytestmark = pytest.mark.unit
@@ -42,7 +42,9 @@ def installed(tmp_path: Path) -> tuple[Operations, Path]:
     published = tmp_path / "published"
     publish_versions(published, tmp_path, APP, ["1.0"], secret=SECRET)
     updater = Operations(Store(tmp_path / "device"))
-    updater.install("app", APP, Remote.of("local", str(published), ed25519_keys=(PUBLIC,)))
+    in_worker(
+        updater.install, "app", APP, Remote.of("local", str(published), ed25519_keys=(PUBLIC,))
+    )
     return updater, published
 
 
@@ -66,8 +68,12 @@ def test_an_update_that_is_not_signed_by_a_trusted_key_moves_no_ref(
     before = refs(updater.store)
     next_release(published, tmp_path / "next", secret)
     with pytest.raises(SignatureRefused):
-        updater.install(
-            "app", APP, Remote.of("local", str(published), ed25519_keys=trusted), update=True
+        in_worker(
+            updater.install,
+            "app",
+            APP,
+            Remote.of("local", str(published), ed25519_keys=trusted),
+            update=True,
         )
     assert refs(updater.store) == before
     assert updater.store.deployed("app", APP).version == "1.0"  # type: ignore[union-attr]
@@ -88,8 +94,12 @@ def test_a_signature_copied_from_another_commit_is_refused(
     _, signed_meta = repo.read_commit_detached_metadata(first, None)
     repo.write_commit_detached_metadata(commit, signed_meta, None)
     with pytest.raises(SignatureRefused, match="no trusted key"):
-        updater.install(
-            "app", APP, Remote.of("local", str(published), ed25519_keys=(PUBLIC,)), update=True
+        in_worker(
+            updater.install,
+            "app",
+            APP,
+            Remote.of("local", str(published), ed25519_keys=(PUBLIC,)),
+            update=True,
         )
     assert refs(updater.store) == before
 
@@ -137,8 +147,12 @@ def test_a_tampered_commit_object_in_a_local_repository_is_refused(
     path.chmod(0o644)
     path.write_bytes(bytes(data))
     with pytest.raises((PullFailed, SignatureRefused)):
-        updater.install(
-            "app", APP, Remote.of("local", str(published), ed25519_keys=(PUBLIC,)), update=True
+        in_worker(
+            updater.install,
+            "app",
+            APP,
+            Remote.of("local", str(published), ed25519_keys=(PUBLIC,)),
+            update=True,
         )
     assert refs(updater.store) == before
 

@@ -5,6 +5,7 @@ manager may read but not change."""
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -132,3 +133,29 @@ def test_an_unknown_remote_and_a_bad_id_are_refused(updater: Path) -> None:
             await call(updater, "install", {"appId": "../etc", "remote": "origin"})
 
     asyncio.run(scenario())
+
+
+def test_a_pull_reports_its_bytes_while_it_runs(
+    updater: Path, published: tuple[Path, str, Served], tmp_path: Path
+) -> None:
+    repo, _, served = published
+    blob = {"blob": os.urandom(300_000)}  # incompressible, sent in one paced response
+    publish_versions(repo, tmp_path / "big", APP, ["1.1"], secret=SECRET, extra=blob)
+    served.rate = 120_000  # libostree updates its progress once a second: a pull of ~2.5 s
+
+    async def scenario() -> list[str]:
+        said: list[str] = []
+
+        async def on_progress(params: dict[str, Any]) -> None:
+            said.append(str(params.get("message", "")))
+
+        async with connect_unix(updater) as conn:
+            await conn.request(
+                U + "install", {"appId": APP, "remote": "origin"}, on_progress=on_progress
+            )
+        return said
+
+    messages = asyncio.run(scenario())
+    pulling = [int(m.split()[1]) for m in messages if m.startswith("pull ")]
+    # read from libostree's progress by the service's poll while the content came
+    assert any(n > 0 for n in pulling), messages

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kiki_updater.gio import commit_dir, commit_metadata, fsync_dir, lib
+from kiki_updater.gio import commit_dir, commit_metadata, fsync_dir, lib, require_own_context
 from kiki_updater.store import Deployed, Store, app_ref
 
 __all__ = ["Moved", "export_agent", "import_agent"]
@@ -51,6 +51,7 @@ def export_agent(
     """Commit ``code`` and ``state`` as the agent's next commits and write, into the directory
     ``out``, a static delta of each from what ``destination`` was last sent (``full``: from
     nothing)."""
+    require_own_context(f"the export of agent {agent}")
     L = lib()
     repo = store.repo
     out.mkdir(parents=True, exist_ok=True)
@@ -91,6 +92,7 @@ def export_agent(
 def import_agent(store: Store, agent: str, source: Path, *, keys: tuple[str, ...] = ()) -> Deployed:
     """Apply the deltas in ``source`` (written by :func:`export_agent`), check the commits'
     signatures when ``keys`` are given, deploy the code and put the state in ``data/``."""
+    require_own_context(f"the import of agent {agent}")
     L = lib()
     repo = store.repo
     commits: dict[str, str] = {}

@@ -8,10 +8,11 @@ types for the introspected API).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,6 +23,7 @@ T = TypeVar("T")
 
 __all__ = [
     "Lib",
+    "NoOwnContext",
     "UpdaterError",
     "commit_dir",
     "commit_metadata",
@@ -29,12 +31,19 @@ __all__ = [
     "in_own_context",
     "lib",
     "open_repo",
+    "own_context",
+    "require_own_context",
     "variant_dict",
 ]
 
 
 class UpdaterError(KikiError):
     """An OSTree operation failed; the message says which and libostree's reason."""
+
+
+class NoOwnContext(UpdaterError):
+    """An operation was called on a thread whose default GLib main context is GLib's global
+    one: it must run as the server runs it, in a worker inside :func:`own_context`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +155,36 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def own_context() -> Iterator[Any]:
+    """Give this thread a GLib main context of its own for the block: what libostree attaches
+    while it works (a pull's fetcher and timeouts, a progress's idle sources) goes there, and
+    is drained and dropped with it at the end. Without it they go to GLib's global context,
+    shared by every thread of the process and iterated by every pull made without one: a
+    source left there by one operation is dispatched in the next, on whatever thread runs it
+    (a pull made so on pytest's main thread aborted the whole process once)."""
+    context = lib().GLib.MainContext.new()
+    context.push_thread_default()
+    try:
+        yield context
+    finally:
+        while context.iteration(False):
+            pass
+        context.pop_thread_default()
+
+
+def require_own_context(what: str) -> None:
+    """Refuse to run ``what`` on a thread without a main context of its own
+    (:func:`own_context`): the mistake would otherwise show as a rare crash of the process."""
+    GLib = lib().GLib
+    context = GLib.MainContext.get_thread_default()
+    if context is None or context == GLib.MainContext.default():
+        raise NoOwnContext(
+            f"{what} needs a GLib main context of its own: run it in a worker inside "
+            "kiki_updater.gio.own_context(), as the server does (in_own_context)"
+        )
+
+
 def in_own_context(
     work: Callable[[Any, Any, Any], T],
     op: Any,
@@ -153,24 +192,25 @@ def in_own_context(
     holder: list[Any],
     with_progress: bool,
 ) -> T:
-    """Run ``work`` in this worker thread with a GLib main context of its own, and the pull's
-    ``OstreeAsyncProgress`` made here, in it. libostree attaches the progress's idle sources to
-    the context that was the thread's default when it was made: made on the event loop's
-    thread, they went to GLib's global context, which nobody runs, and an operation after the
-    first could crash or hang on a freed progress. Its getters take a lock: the event loop
-    reads it (``holder[0]``) while the pull runs; the context is drained before it is dropped.
-    """
+    """Run ``work`` in this worker thread with a GLib main context of its own
+    (:func:`own_context`), and the pull's ``OstreeAsyncProgress`` made here, in it. libostree
+    attaches the progress's idle sources to the context that was the thread's default when it
+    was made: made on the event loop's thread, they went to GLib's global context, which
+    nobody runs, and an operation after the first could crash or hang on a freed progress. Its
+    getters take a lock: the event loop reads it (``holder[0]``) while the pull runs; the
+    context is drained before it is dropped. ``with_progress`` false (the OS, through bootc):
+    no libostree, so neither."""
     if not with_progress:
         return work(op, None, phase)
-    L = lib()
-    context = L.GLib.MainContext.new()
-    context.push_thread_default()
-    try:
-        progress = L.OSTree.AsyncProgress.new()
+    with own_context():
+        progress = lib().OSTree.AsyncProgress.new()
         holder.append(progress)
-        return work(op, progress, phase)
-    finally:
-        holder.clear()
-        while context.iteration(False):
-            pass
-        context.pop_thread_default()
+        try:
+            return work(op, progress, phase)
+        finally:
+            # finish() destroys the progress's pending idle source: libostree's finalize only
+            # unrefs it, so a source left in the context would be dispatched by the drain
+            # with a freed progress (GLib's "invalid non-instantiatable type" warning, or a
+            # crash).
+            progress.finish()
+            holder.clear()

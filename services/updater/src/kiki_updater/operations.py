@@ -9,6 +9,10 @@ install/update::
 A commit that fails verification moves no ref: the remote-tracking ref is put back, the
 deployed ref was never touched, and no content was downloaded. Each phase is reported to
 ``phase(name)`` first, so that the server can journal it and send progress.
+
+Every operation runs as the server runs it: in a worker thread with a GLib main context of its
+own (``gio.own_context``); called on a thread without one it raises ``NoOwnContext`` before
+doing anything.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kiki_updater.gio import UpdaterError, commit_metadata
+from kiki_updater.gio import UpdaterError, commit_metadata, require_own_context
 from kiki_updater.journal import SWAPPED, Entry, Journal
 from kiki_updater.pull import Remote, ensure_remote, pull
 from kiki_updater.store import Deployed, Kind, NoRollback, Store, app_ref
@@ -131,6 +135,7 @@ class Operations:
         older than it is refused (:class:`Downgrade`) before any content is pulled."""
         from kiki_updater.signing import verify_commit  # cryptography: with the first pull
 
+        require_own_context("a fetch")
         scratch = self.store.scratch
         ensure_remote(scratch, remote)
         phase("pull-commit", {"ref": ref})
@@ -178,6 +183,7 @@ class Operations:
         phase: Phase = _quiet,
         op: str = "",
     ) -> Deployed:
+        require_own_context(f"the {'update' if update else 'install'} of {kind} {ident}")
         store = self.store
         found = store.deployed(kind, ident)
         if update and found is None:
@@ -258,6 +264,7 @@ class Operations:
         """Check every object, check out, run the install step, swap, run the health check.
         From the swap on, any failure (a failed health check, an error, an interruption) puts
         the previous commit back: a commit that has not passed its check never stays live."""
+        require_own_context(f"the deployment of {kind} {ident}")
         store = self.store
         before = store.current(kind, ident)
         before_previous = store.previous(kind, ident)
@@ -316,6 +323,7 @@ class Operations:
         store.record(kind, ident, ref, before, remote=remote, action=action)
 
     def rollback(self, kind: Kind, ident: str, *, phase: Phase = _quiet, op: str = "") -> Deployed:
+        require_own_context(f"the rollback of {kind} {ident}")
         found = self.store.deployed(kind, ident)
         if found is None:
             raise _named(NotInstalled(f"{kind} {ident} is not installed"), "NotInstalled")

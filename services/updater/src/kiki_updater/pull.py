@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kiki_updater.gio import UpdaterError, lib
+from kiki_updater.gio import UpdaterError, lib, require_own_context
 from libkiki.errors import InvalidParams, NotFound
 
 __all__ = ["Progress", "PullFailed", "Remote", "ensure_remote", "pull", "snapshot"]
@@ -101,7 +101,10 @@ def pull(
     """Pull ``ref`` from ``remote`` (its latest commit, no history) and return that commit.
     ``commit_only`` fetches the commit object and its detached metadata alone, so that its
     signature can be checked before any content is downloaded; ``commit`` pins the pull to
-    that checksum (the one that was checked), whatever the remote's ref says meanwhile."""
+    that checksum (the one that was checked), whatever the remote's ref says meanwhile.
+    libostree runs the pull's fetcher on this thread's default main context: it must be one of
+    the thread's own (``gio.own_context``), never GLib's global one."""
+    require_own_context(f"the pull of {ref}")
     L = lib()
     GLib, OSTree = L.GLib, L.OSTree
     flags = OSTree.RepoPullFlags.UNTRUSTED

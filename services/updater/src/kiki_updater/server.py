@@ -21,7 +21,7 @@ from typing import Any
 from kiki_updater.bootc import Bootc
 from kiki_updater.config import UpdaterConfig
 from kiki_updater.core import Operation, UpdaterCore, require_manager
-from kiki_updater.gio import in_own_context
+from kiki_updater.gio import in_own_context, own_context
 from kiki_updater.health import HealthGate
 from kiki_updater.journal import Journal, recover
 from kiki_updater.operations import NotInstalled, Operations
@@ -96,10 +96,14 @@ class Updater:
     async def recover(self) -> list[str]:
         if not self.journal.pending():
             return []
-        said = await asyncio.to_thread(recover, self.store, self.journal)
+        said = await asyncio.to_thread(self._recover)
         for line in said:
             log.warning("%s", line)
         return said
+
+    def _recover(self) -> list[str]:
+        with own_context():  # as every operation: a context of its own in the worker
+            return recover(self.store, self.journal)
 
     def remote(self, name: str) -> Remote:
         found = self.config.remotes.get(name)
@@ -161,22 +165,17 @@ class Updater:
             on_progress(op)
         return op
 
-    def _progress(self) -> Any:
-        from kiki_updater.gio import lib
-
-        return lib().OSTree.AsyncProgress()
-
-    async def _poll(self, progress: Any, op: Operation, report: Callable[..., None]) -> None:
-        if progress is None:
-            return
+    async def _poll(self, holder: list[Any], op: Operation, report: Callable[..., None]) -> None:
+        """Report the pull's progress, which the worker puts in ``holder`` (empty before and
+        after it runs)."""
         from kiki_updater.pull import snapshot
 
         last = None
         while True:
             await asyncio.sleep(self.config.progress_interval)
-            if op.phase != "pull":
+            if op.phase != "pull" or not holder:
                 continue
-            now = snapshot(progress)
+            now = snapshot(holder[0])
             if now != last:
                 last = now
                 report(bytes=now.bytes, objects=now.objects, objects_total=now.objects_total)
