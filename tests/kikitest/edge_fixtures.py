@@ -7,6 +7,10 @@ keeps its port, with the objects' SQLite storage in a directory of its own (``lo
 which a restart keeps too. Test modules hold one with :func:`edge_server` (a module-scoped
 fixture of their own). The trusted key is a fresh Ed25519 key per server, handed to the
 Worker as the ``KIKI_TRUSTED_KEYS`` binding.
+
+:class:`RevocationGate` stands between a device relay and the edge: a real TCP proxy that can
+answer the edge's revoke requests with 503 while the link's WebSocket passes through, so a
+test has the edge reachable for the link and refusing revocations.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 from kikitest import REPO
 from libkiki.sync.tokens import SigningKey
@@ -215,3 +220,71 @@ def edge_server(key: SigningKey | None = None, **bindings: str) -> Iterator[Edge
     finally:
         server.close()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+class RevocationGate:
+    """A TCP proxy on a port of its own to ``127.0.0.1:<target>``. While :attr:`refusing`, a
+    connection whose first request is a ``POST .../revoke`` is answered ``503`` and closed
+    without reaching the target (counted in :attr:`refused`); every other connection (the
+    link's WebSocket included) is passed through byte for byte. Runs on the test's event loop:
+    ``async with RevocationGate(edge.port) as gate``."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.refusing = False
+        self.refused = 0
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> Self:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            first = await reader.readline()
+            if self.refusing and first.startswith(b"POST ") and b"/revoke " in first:
+                self.refused += 1
+                writer.write(
+                    b"HTTP/1.1 503 Service Unavailable\r\n"
+                    b"Content-Length: 0\r\nConnection: close\r\n\r\n"
+                )
+                await writer.drain()
+                return
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
+            up_writer.write(first)
+            try:
+                await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+            finally:
+                up_writer.close()
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self._tasks.discard(task)
+            writer.close()
+
+
+async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+    while data := await source.read(65536):
+        sink.write(data)
+        await sink.drain()
+    if sink.can_write_eof():
+        sink.write_eof()

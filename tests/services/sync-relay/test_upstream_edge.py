@@ -1,6 +1,7 @@
 """The upstream link against the edge itself: a device relay linking a shared session to the
 edge Worker's Session object under ``workerd`` (which trusts the device's key), stopped and
-killed mid-session. Needs ``node`` and the edge's npm packages (scripts/install-node-deps)."""
+killed mid-session, and refusing revocations while the link stays up. Needs ``node`` and the
+edge's npm packages (scripts/install-node-deps)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,15 @@ import jwt
 import pytest
 
 from kikitest import VENV_BIN
-from kikitest.edge_fixtures import EdgeServer, edge_server
-from kikitest.sync_fixtures import TIMEOUT, DeviceRelay, YClient, eventually, partition_and_heal
+from kikitest.edge_fixtures import EdgeServer, RevocationGate, edge_server
+from kikitest.sync_fixtures import (
+    TIMEOUT,
+    DeviceRelay,
+    YClient,
+    eventually,
+    partition_and_heal,
+    until,
+)
 
 pytestmark = pytest.mark.interop
 
@@ -96,3 +104,53 @@ async def test_a_revocation_the_edge_missed_is_sent_when_the_link_is_back(
             not (device.state / "sync-relay" / "upstream-revocations.json").read_text().strip("[] ")
         )
     )
+
+
+async def test_a_revocation_the_edge_refused_is_sent_again_while_the_link_is_up(
+    tmp_path: Path,
+) -> None:
+    """The edge reachable for the link but answering the revoke request 503 (a Worker
+    overloaded or being redeployed): the relay sends it again while the link stays up, without
+    waiting for the link to drop and come back."""
+    device = DeviceRelay(tmp_path)
+    with edge_server(device.key) as edge:
+        async with RevocationGate(edge.port) as gate:
+            device.env.update(
+                KIKI_SYNC_RELAY_UPSTREAM=f"ws://127.0.0.1:{gate.port}",
+                KIKI_SYNC_RELAY_UPSTREAM_SESSIONS=SHARED,
+                KIKI_SYNC_RELAY_UPSTREAM_BACKOFF_MAX="1",
+            )
+            await asyncio.to_thread(device.start)
+            try:
+                await _revoked_while_linked(device, edge, gate)
+            finally:
+                await asyncio.to_thread(device.close)
+
+
+async def _revoked_while_linked(
+    device: DeviceRelay, edge: EdgeServer, gate: RevocationGate
+) -> None:
+    async def linked() -> bool:
+        return bool((await device.show(SHARED))["upstream"]["linked"])
+
+    await until(linked)
+    connects = (await device.show(SHARED))["upstream"]["connects"]
+    token = device.token(SHARED, "controller")
+    at_edge = await YClient.join(edge.url(SHARED, token))
+    gate.refusing = True
+    said = await _revoke(device, jwt.decode(token, options={"verify_signature": False})["jti"])
+    assert "did not confirm" in said
+    # Sent again while refused: the relay keeps trying over the same link.
+    await eventually(lambda: gate.refused >= 3)
+    assert at_edge.open
+    gate.refusing = False
+    assert await at_edge.closed() == 1008
+    assert at_edge.close_reason == "PermissionDenied: token revoked"
+    await eventually(
+        lambda: (
+            not (device.state / "sync-relay" / "upstream-revocations.json").read_text().strip("[] ")
+        )
+    )
+    shown = (await device.show(SHARED))["upstream"]
+    assert shown["linked"]
+    assert shown["connects"] == connects, "the link was made again: not what this tests"

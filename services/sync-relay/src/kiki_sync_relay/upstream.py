@@ -16,7 +16,11 @@ is back, since each side's step 1 gets the other's missing updates.
 A revocation of a token for a linked session (``kiki session revoke``) is sent to the edge too:
 ``POST /session/<name>/revoke`` with a short-lived device token minted here. One the edge did
 not confirm is recorded (``upstream-revocations.json`` in the state directory, so a restart
-keeps it) and sent again each time that session's link comes back, until the edge confirms it.
+keeps it) and sent again until the edge confirms it: while the session's link is up, after a
+growing wait (:class:`libkiki.backoff.RestartBackoff`: 1 s doubling to ``maximum``), and at
+once each time the link comes back. A link can be up while the edge refuses or loses a
+request (an overloaded or redeployed Worker answers 5xx), so the link coming back is not the
+only chance the edge gets.
 """
 
 from __future__ import annotations
@@ -50,6 +54,9 @@ OPEN_TIMEOUT = 10.0
 # A revocation's request to the edge: its token's lifetime and the request's deadline.
 REVOKE_TTL = 120.0
 REVOKE_TIMEOUT = 10.0
+# The first wait before sending unconfirmed revocations again while the link is up; it doubles
+# up to the link's own back-off maximum.
+RESEND_INITIAL = 1.0
 
 
 @dataclass(slots=True)
@@ -99,13 +106,14 @@ class Upstream:
         self.pending: list[tuple[str, str, int | None]] = []
         if pending_path is not None and pending_path.exists():
             self.pending = [(str(n), str(j), e) for n, j, e in json.loads(pending_path.read_text())]
-        self._flushing: set[asyncio.Task[None]] = set()
+        # Per session: the task sending its unconfirmed revocations while its link is up.
+        self._resending: dict[str, asyncio.Task[None]] = {}
 
     # -- revocations --------------------------------------------------------------------------
 
     async def revoke(self, name: str, jti: str, exp: int | None) -> str:
         """Tell the edge ``jti`` is revoked in session ``name``: ``"confirmed"``, ``"pending"``
-        (recorded; sent again when the link is back) or ``"not linked"``."""
+        (recorded; sent again while the link is up and when it is back) or ``"not linked"``."""
         if name not in self.links:
             return "not linked"
         entry = (name, jti, exp)
@@ -115,12 +123,41 @@ class Upstream:
         if await self._post(entry):
             self._confirmed(entry)
             return "confirmed"
+        self._resend_while_linked(name)
         return "pending"
 
-    async def _flush(self, name: str) -> None:
-        for entry in [e for e in self.pending if e[0] == name]:
-            if await self._post(entry):
-                self._confirmed(entry)
+    def _pending_for(self, name: str) -> list[tuple[str, str, int | None]]:
+        return [entry for entry in self.pending if entry[0] == name]
+
+    def _resend_while_linked(self, name: str) -> None:
+        """Start sending ``name``'s unconfirmed revocations again, unless its link is down
+        (then the link's return starts it) or it is under way."""
+        if not self.links[name].linked or not self._pending_for(name):
+            return
+        task = self._resending.get(name)
+        if task is None or task.done():
+            self._resending[name] = asyncio.create_task(self._resend(name))
+
+    def _stop_resending(self, name: str) -> None:
+        task = self._resending.pop(name, None)
+        if task is not None:
+            task.cancel()
+
+    async def _resend(self, name: str) -> None:
+        """Send ``name``'s unconfirmed revocations until the edge confirms them all, waiting
+        longer after each round that leaves some; cancelled when the link goes."""
+        backoff = RestartBackoff(
+            initial=RESEND_INITIAL, maximum=max(RESEND_INITIAL, self.backoff_max)
+        )
+        while True:
+            backoff.started()
+            for entry in self._pending_for(name):
+                if await self._post(entry):
+                    self._confirmed(entry)
+            if not self._pending_for(name):
+                return
+            self.relay.counters["upstream_revocation_retries"] += 1
+            await asyncio.sleep(backoff.exited(time.monotonic()))
 
     def _confirmed(self, entry: tuple[str, str, int | None]) -> None:
         if entry in self.pending:
@@ -211,10 +248,7 @@ class Upstream:
             self.relay.counters["upstream_links"] += 1
             backoff.ready(time.monotonic())
             log.info("linked session %s upstream", name)
-            if any(entry[0] == name for entry in self.pending):
-                task = asyncio.create_task(self._flush(name))
-                self._flushing.add(task)
-                task.add_done_callback(self._flushing.discard)
+            self._resend_while_linked(name)
             await self.relay.attach(
                 ws, name, live, Member(role="device", sub="upstream", bounded=False), limited=False
             )
@@ -223,4 +257,9 @@ class Upstream:
                 why = f"{rcvd.code} {rcvd.reason}" if rcvd is not None else str(ws.close_code)
                 state.last_error = f"closed by the upstream: {why}"
         finally:
-            await ws.close()
+            try:
+                await ws.close()
+            finally:
+                # After the last await of this link: nothing starts resending between here and
+                # the link being marked down.
+                self._stop_resending(name)
