@@ -2,7 +2,8 @@
 
 On the gateway's object (``/dev/kiki/Gateway``), introspectable::
 
-    ListTools() -> s          the broker's tools, as a JSON array (MCP tools/list entries)
+    ListTools() -> s          the tools the broker lets this caller call, as a JSON array
+                              (MCP tools/list entries, listed on its behalf)
     Call(s nsid, s json_args) -> s    the tool's structured output, as JSON
 
 The caller is identified by the bus, never by what it says: the gateway asks the bus daemon
@@ -49,7 +50,7 @@ from libkiki.errors import (
     ToolError,
     Unavailable,
 )
-from libkiki.tools import ToolClient
+from libkiki.tools import ON_BEHALF_OF_META, ToolClient
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ INTERFACE: Final = "dev.kiki.Tools1"
 MAX_NSID: Final = 317  # an NSID's longest form
 # The broker's own call_timeout ends a slow tool first; a D-Bus caller waits 25 s by default.
 BROKER_TIMEOUT: Final = 120.0
+MAX_PAGES: Final = 1000  # of tools/list (as libkiki's ToolClient.list)
 
 
 class Tools1Interface(ServiceInterface):
@@ -161,15 +163,13 @@ class BusTools:
         self.counters["bus_calls"] += 1
         try:
             if msg.member == "ListTools":
-                out: Any = await self._with_client(lambda c: c.list())
+                caller = await self._caller(msg)
+                out: Any = await self._with_client(lambda c: list_tools(c, caller))
             else:
                 if msg.signature != "ss":
                     raise InvalidParams("Call takes (ss): a tool's NSID and its arguments as JSON")
                 args = parse_args(msg.body[0], msg.body[1])
-                (credentials,) = await bus_method(
-                    self.bus, "GetConnectionCredentials", "s", [msg.sender], self.timeout
-                )
-                caller = caller_of(credentials, os.getuid())
+                caller = await self._caller(msg)
                 out = await self._with_client(
                     lambda c: c.call(msg.body[0], args, on_behalf_of=caller)
                 )
@@ -182,6 +182,13 @@ class BusTools:
             reply = Message.new_error(msg, KikiError.dbus_name, "Internal error")
         with contextlib.suppress(Exception):
             await self.bus.send(reply)
+
+    async def _caller(self, msg: Message) -> dict[str, str]:
+        """Who sent ``msg``, as the bus daemon says (its answer believed from it alone)."""
+        (credentials,) = await bus_method(
+            self.bus, "GetConnectionCredentials", "s", [msg.sender], self.timeout
+        )
+        return caller_of(credentials, os.getuid())
 
     async def _with_client(self, use: Any) -> Any:
         """``use(client)`` on the broker connection, opened (again) as needed: a broker that
@@ -209,6 +216,21 @@ class BusTools:
         if client is not None:
             with contextlib.suppress(Exception):
                 await client.__aexit__(None, None, None)
+
+
+async def list_tools(client: ToolClient, caller: dict[str, str]) -> list[dict[str, Any]]:
+    """The broker's ``tools/list`` for ``caller``: asked on its behalf, as its calls are
+    made, so that the list is what the broker's policy lets *it* call."""
+    tools: list[dict[str, Any]] = []
+    params: dict[str, Any] = {"_meta": {ON_BEHALF_OF_META: caller}}
+    for _ in range(MAX_PAGES):
+        result = await client.connection.request("tools/list", params)
+        tools.extend(result["tools"])
+        cursor = result.get("nextCursor")
+        if not cursor:
+            return tools
+        params = {"cursor": cursor, "_meta": {ON_BEHALF_OF_META: caller}}
+    raise Unavailable(f"the broker's tools/list did not end within {MAX_PAGES} pages")
 
 
 def error_reply(msg: Message, exc: KikiError) -> Message:
