@@ -5,6 +5,8 @@
 //   POST /session/<name>/revoke          {"jti": ...}, with a device token (Bearer)
 //   GET  /session/<name>/info            what the object holds, with a device token (Bearer)
 //   GET  /healthz                        {"name": "kiki-edge", "status": "ready"}
+//   GET  /dashboard/[<file>]             the web dashboard (the device relay's page)
+import { answerDashboard } from "./dashboard.js";
 import { json } from "./limits.js";
 import { Session } from "./session.js";
 
@@ -24,6 +26,8 @@ export default {
     if (url.pathname === "/healthz" && request.method === "GET") {
       return json({ name: "kiki-edge", status: "ready" });
     }
+    const page = answerDashboard(request, url);
+    if (page !== null) return page;
     const match = ROUTE.exec(url.pathname);
     if (match === null) return json({ error: "no such path" }, 404);
     const [, name, action = ""] = match;
