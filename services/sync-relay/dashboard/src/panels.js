@@ -17,18 +17,23 @@ export class SensorsView {
   constructor (root) {
     this.root = root
     this.history = new Map() // sensor -> [first channel's values]
+    this.seq = new Map() // sensor -> the sample last drawn
   }
 
   render (sensors) {
     const samples = Array.isArray(sensors) ? sensors : []
     const items = samples.map((sample, i) => {
       const name = String(sample.sensor ?? sample.id ?? sample.name ?? `sensor ${i + 1}`)
-      const values = Array.isArray(sample.values) ? sample.values : []
+      // Fixed point: a value is scaled by 10^scale (see the sensor's layout).
+      const divisor = 10 ** (Number(sample.scale) || 0)
+      const values = (Array.isArray(sample.values) ? sample.values : []).map((v) => Number(v) / divisor)
       const points = this.history.get(name) || []
-      if (values.length) points.push(Number(values[0]))
+      const last = this.seq.get(name)
+      if (values.length && last !== sample.seq) points.push(values[0])
+      this.seq.set(name, sample.seq)
       while (points.length > HISTORY) points.shift()
       this.history.set(name, points)
-      const latest = values.join(', ')
+      const latest = values.slice(0, 3).map((v) => +v.toPrecision(4)).join(', ') + (values.length > 3 ? ', …' : '') + (sample.unit && sample.unit !== '1' ? ` ${sample.unit}` : '')
       return el('li', {}, el('span', { class: 'role', text: name }), sparkline(points, `${name}: latest ${latest}`), el('span', { text: latest }))
     })
     replaceChildren(this.root, items, el('li', { class: 'empty', text: 'No sensor values yet.' }))
@@ -46,10 +51,18 @@ function sparkline (points, label) {
   return graph
 }
 
+// The audit's caller: the kernel's word for a local peer ({uid, gid, pid, app?}).
+function describeCaller (caller) {
+  if (typeof caller === 'string') return caller
+  if (!caller || typeof caller !== 'object') return ''
+  const who = caller.app ? `app:${caller.app}` : caller.uid !== undefined ? `uid:${caller.uid}` : JSON.stringify(caller)
+  return caller.pid !== undefined ? `${who} (pid ${caller.pid})` : who
+}
+
 export function renderCalls (root, calls) {
   const rows = (Array.isArray(calls) ? calls : []).slice().reverse().map((c) => {
     const behalf = c.onBehalfOf ? (c.onBehalfOf.subject || JSON.stringify(c.onBehalfOf)) : ''
-    const caller = typeof c.caller === 'string' ? c.caller : JSON.stringify(c.caller ?? '')
+    const caller = describeCaller(c.caller)
     return el('tr', {},
       el('td', { text: timeOf(c.at) }),
       el('td', { text: c.tool || '' }),
