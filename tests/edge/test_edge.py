@@ -371,6 +371,35 @@ async def test_a_text_frame_after_the_token_is_a_protocol_error(edge: EdgeServer
     assert await client.closed() == 1002
 
 
+# The token deadline (KIKI_AUTH_TIMEOUT_MS, 5 s by default) and the slack a loaded machine gets.
+AUTH_TIMEOUT = 5.0
+SLACK = 4.0
+
+
+async def test_a_socket_that_sends_nothing_is_told_at_the_token_deadline(
+    edge: EdgeServer,
+) -> None:
+    """The close frame (1008, no token within 5 s) reaches a socket that sends nothing at the
+    deadline, from the object's alarm: not before it, and well before the object is evicted.
+    The TCP connection itself ends later under workerd: a hibernatable socket that never
+    delivered a frame to the object is released only when the object is next evicted (about
+    :data:`IDLE` after its last event), so a client waiting for the connection's end rather
+    than the close frame sees about 15 s (README, "Tokens")."""
+    started = time.monotonic()
+    async with connect(edge.url(session(), None)) as ws:
+        async with asyncio.timeout(AUTH_TIMEOUT + SLACK):
+            while ws.protocol.close_rcvd is None:  # noqa: ASYNC110  (the frame has no event)
+                await asyncio.sleep(0.05)
+        told = time.monotonic() - started
+        received = ws.protocol.close_rcvd
+        assert (received.code, received.reason) == (1008, "PermissionDenied: no token within 5 s")
+        assert told >= AUTH_TIMEOUT - 0.5, f"closed {told:.1f} s after connecting"
+        # And the connection does end, by the object's eviction at the latest.
+        with contextlib.suppress(ConnectionClosed):
+            async with asyncio.timeout(IDLE + SLACK):
+                await ws.recv()
+
+
 def test_info_needs_a_device_token(edge: EdgeServer) -> None:
     name = session()
     assert (
