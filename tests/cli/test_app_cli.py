@@ -142,3 +142,54 @@ def test_directory_install_flags_are_refused_with_remote(flag: list[str]) -> Non
     run = kiki("app", "--socket", "/nonexistent.sock", "install", APP, "--remote", "origin", *flag)
     assert run.returncode == 2
     assert "not with --remote" in run.stderr
+
+
+def test_install_from_a_directory_goes_through_the_updater(
+    updater_sock: Path, tmp_path: Path
+) -> None:
+    """One way to install an app: a directory is published into the updater's local archive
+    and installed from it (installed already: updated), signed, health-gated, with a rollback
+    target, as an install from a remote."""
+    sock = ["--socket", str(updater_sock)]
+    local = "org.example.local"
+    tree = make_app_tree(tmp_path / "local-app", local, "1.0")
+    run = kiki("app", *sock, "install", str(tree))
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith(f"installed {local} 1.0 (")
+    (app,) = [a for a in json.loads(kiki("app", *sock, "list", "--json").stdout)["apps"]]
+    assert app["origin"].startswith(f"local:app/{local}/")
+    # the install's release is in the updater's own archive, not in the caller's directory
+    assert not list(tree.glob("**/objects"))
+    (tree / "lib" / "m00" / "f00000.py").write_text("1.1")
+    (tree / "kiki-app.json").write_text(json.dumps({"id": local, "version": "1.1"}))
+    again = json.loads(kiki("app", *sock, "install", str(tree), "--json").stdout)
+    assert (again["ok"], again["version"], again["operation"]["state"]) == (
+        True,
+        "1.1",
+        "succeeded",
+    )
+    history = json.loads(kiki("app", *sock, "history", local, "--json").stdout)
+    assert [e["action"] for e in history["entries"]] == ["update", "install"]
+    # a version whose health check fails is refused and the one before stays
+    health = tree / "bin" / "health"
+    health.write_text("#!/bin/sh\necho broken >&2\nexit 3\n")
+    health.chmod(0o755)
+    manifest = {"id": local, "version": "1.2", "health": {"command": ["bin/health"]}}
+    (tree / "kiki-app.json").write_text(json.dumps(manifest))
+    refused = kiki("app", *sock, "install", str(tree))
+    assert refused.returncode == 1
+    assert refused.stdout.startswith("refused: ")
+    assert "health check" in refused.stdout
+    listed = json.loads(kiki("app", *sock, "list", "--json").stdout)["apps"]
+    assert [a["version"] for a in listed if a["appId"] == local] == ["1.1"]
+    assert kiki("app", *sock, "rollback", local).returncode == 0
+    listed = json.loads(kiki("app", *sock, "list", "--json").stdout)["apps"]
+    assert [a["version"] for a in listed if a["appId"] == local] == ["1.0"]
+
+
+def test_install_from_a_directory_without_an_updater_says_so(tmp_path: Path) -> None:
+    tree = make_app_tree(tmp_path / "app", APP, "1.0")
+    run = kiki("app", "--socket", str(tmp_path / "none.sock"), "install", str(tree))
+    assert run.returncode == 1
+    assert run.stderr.startswith("kiki app: ")
+    assert not (tmp_path / "state").exists()

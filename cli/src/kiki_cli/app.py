@@ -1,5 +1,6 @@
-"""``kiki app``: check an app directory against the published lexicons, install it, and build
-(publish) it to an OSTree archive repository."""
+"""``kiki app``: check an app directory against the published lexicons, build (publish) it to an
+OSTree archive repository, and install, update, roll back and remove apps through the updater
+(from a remote, or from a directory the updater publishes into its local archive)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,8 @@ from typing import Any
 import orjson
 
 from kiki_cli.schema import EXIT_ERROR, EXIT_FAILED, EXIT_OK, emit, problem, published
-from libkiki.errors import KikiError
-from libkiki.lexicon.install import check_app_dir, install_app
-from libkiki.paths import state_dir
+from libkiki.errors import KikiError, Unavailable
+from libkiki.lexicon.install import check_app_dir
 
 
 def register(sub: Any) -> None:
@@ -22,9 +22,9 @@ def register(sub: Any) -> None:
         "app",
         help="validate and install apps",
         description="Check that every type in an app's public surface is a published lexicon, "
-        "install apps from OSTree remotes through the updater (updater.sock) and update, roll "
-        "back, remove and list them, or install a directory's lexicons, bindings and UI "
-        "components; build (publish) an app. Exit status 0 only on success.",
+        "build (publish) an app, and install apps through the updater (updater.sock), from an "
+        "OSTree remote or from a directory, and update, roll back, remove and list them. Exit "
+        "status 0 only on success.",
     )
     p.add_argument(
         "--socket",
@@ -37,8 +37,9 @@ def register(sub: Any) -> None:
         (
             "install",
             run_install,
-            "install an app from a remote (--remote), or a directory's "
-            "lexicons, bindings and components",
+            "install an app through the updater: from a directory (published into the "
+            "updater's local archive, then installed or updated from it), or an app id from a "
+            "remote (--remote)",
         ),
     ):
         cmd = cmds.add_parser(name, help=text, description=text)
@@ -71,7 +72,7 @@ def register(sub: Any) -> None:
         help="a remote the updater's configuration "
         "names: install the app id through the updater (OSTree)",
     )
-    install.add_argument("--channel", default=None, help="with --remote (default: stable)")
+    install.add_argument("--channel", default=None, help="the channel (default: stable)")
     for name, func, text in (
         ("list", run_list, "installed apps, agents, their versions and rollback targets"),
         ("update", run_update, "update an app from its remote"),
@@ -205,6 +206,10 @@ def run_history(args: argparse.Namespace) -> int:
 
 
 def run_install(args: argparse.Namespace) -> int:
+    """Every install goes through the updater: from a remote it names (``--remote``, the
+    argument an app id), or from a directory, which the updater publishes into its local
+    archive and installs from there (or updates, when the app is installed), with the same
+    signature check, journal, install step, health gate and rollback."""
     if args.remote and (args.lexicons or args.allow_breaking):
         # the updater checks an OSTree install against what is installed on the device;
         # silently ignoring these would let the caller believe they applied
@@ -219,34 +224,44 @@ def run_install(args: argparse.Namespace) -> int:
         if args.channel:
             params["channel"] = args.channel
         return _operation(args, "install", params)
+    # Checked here first, as `kiki app build` does (against --lexicons when given): a refusal
+    # costs no round trip; the updater's install step checks again against the device's.
     registry, _ = published(args)
+    checked = check_app_dir(args.dir, registry, allow_breaking=args.allow_breaking)
+    if not checked.ok or checked.manifest is None:
+        emit(
+            args,
+            {"ok": False, "problems": [problem(e) for e in checked.problems]},
+            [f"refused: {e}" for e in checked.problems] or [f"refused: {args.dir}"],
+        )
+        return EXIT_FAILED
+    manifest = checked.manifest
+    params = {"appId": manifest.id, "directory": str(args.dir.resolve())}
+    if args.channel:
+        params["channel"] = args.channel
+    if args.allow_breaking:
+        params["allowBreaking"] = True
     try:
-        report = install_app(args.dir, state_dir(), registry, allow_breaking=args.allow_breaking)
+        answer = _updater(args, "install", params)
+    except Unavailable as exc:  # no updater to install through: said as every command says it
+        from kiki_cli.common import fail
+
+        return fail("app", exc)
     except KikiError as exc:
         emit(args, {"ok": False, "problems": [problem(exc)]}, [f"refused: {exc}"])
         return EXIT_FAILED
-    except OSError as exc:  # the state directory: not writable, full, not a directory
-        where = exc.filename or state_dir()
-        print(f"kiki app install: cannot write {where}: {exc.strerror or exc}", file=sys.stderr)
-        return EXIT_FAILED
+    op = answer["operation"]
+    commit = str(op.get("commit") or "")
     emit(
         args,
         {
             "ok": True,
-            "app": report.app_id,
-            "version": report.version,
-            "lexicons": list(report.lexicons),
-            "bindings": str(report.bindings),
-            "module": report.module,
-            "componentsStored": list(report.components_stored),
-            "componentsShared": list(report.components_shared),
+            "app": manifest.id,
+            "version": manifest.version,
+            "commit": commit,
+            "operation": op,
         },
-        [
-            f"installed {report.app_id} {report.version}",
-            f"bindings: {report.bindings} (import {report.module})",
-            f"components: {len(report.components_stored)} stored, "
-            f"{len(report.components_shared)} already installed by another app",
-        ],
+        [f"installed {manifest.id} {manifest.version} ({commit[:12]}) through the updater"],
     )
     return EXIT_OK
 

@@ -40,7 +40,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Installer = Callable[[Kind, str, Path], None]
+# (kind, id, checkout, allow_breaking): the checks and installs of an app's manifest
+Installer = Callable[[Kind, str, Path, bool], None]
 HealthCheck = Callable[[Kind, str, Path], None]
 Phase = Callable[[str, dict[str, Any]], None]
 
@@ -182,7 +183,11 @@ class Operations:
         progress: Any = None,
         phase: Phase = _quiet,
         op: str = "",
+        allow_breaking: bool = False,
     ) -> Deployed:
+        """Install (or with ``update``, update) from ``remote``; ``allow_breaking`` lets the
+        install step accept a lexicon change that breaks a type the installed version
+        published (a directory install asked for it)."""
         require_own_context(f"the {'update' if update else 'install'} of {kind} {ident}")
         store = self.store
         found = store.deployed(kind, ident)
@@ -224,7 +229,14 @@ class Operations:
                     UpToDate(f"{kind} {ident} is up to date ({found.version})"), "UpToDate"
                 )
             done = self.deploy(
-                kind, ident, ref, commit, remote=remote.name, action=action, phase=step
+                kind,
+                ident,
+                ref,
+                commit,
+                remote=remote.name,
+                action=action,
+                phase=step,
+                allow_breaking=allow_breaking,
             )
         finally:
             # A failure from the swap on leaves the journal unless the undo put everything
@@ -260,6 +272,7 @@ class Operations:
         remote: str | None,
         action: str,
         phase: Phase = _quiet,
+        allow_breaking: bool = False,
     ) -> Deployed:
         """Check every object, check out, run the install step, swap, run the health check.
         From the swap on, any failure (a failed health check, an error, an interruption) puts
@@ -273,7 +286,7 @@ class Operations:
         path = store.checkout(kind, ident, commit)
         if self.install_step is not None:
             phase("install", {"commit": commit})
-            self.install_step(kind, ident, path)
+            self.install_step(kind, ident, path, allow_breaking)
         phase("swap", {"commit": commit, "previous": before})
         try:
             deployed = store.deploy(kind, ident, ref, commit, remote=remote, action=action)

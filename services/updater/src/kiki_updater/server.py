@@ -24,6 +24,7 @@ from kiki_updater.core import Operation, UpdaterCore, require_manager
 from kiki_updater.gio import in_own_context, own_context
 from kiki_updater.health import HealthGate
 from kiki_updater.journal import Journal, recover
+from kiki_updater.local import LOCAL, LocalBuilds, check_directory
 from kiki_updater.operations import NotInstalled, Operations
 from kiki_updater.os_updates import AgentMoves, OsUpdates
 from kiki_updater.pull import Remote
@@ -61,7 +62,7 @@ def app_view(found: Deployed) -> dict[str, Any]:
     return view
 
 
-def install_lexicons(kind: Kind, ident: str, deployment: Path) -> None:
+def install_lexicons(kind: Kind, ident: str, deployment: Path, allow_breaking: bool) -> None:
     """The install step of an app: its manifest checked against the published lexicons, its
     lexicons, bindings and components installed (libkiki.lexicon.install, imported here: it
     brings the code generator)."""
@@ -71,7 +72,7 @@ def install_lexicons(kind: Kind, ident: str, deployment: Path) -> None:
     from libkiki.lexicon.registry import Registry
 
     registry, _ = Registry.from_search_path(None)
-    install_app(deployment, state_dir(), registry)
+    install_app(deployment, state_dir(), registry, allow_breaking=allow_breaking)
 
 
 class Updater:
@@ -88,6 +89,7 @@ class Updater:
             health=HealthGate(broker or socket_path(TOOLS_SOCKET)),
             journal=self.journal,
         )
+        self.local = LocalBuilds(root)
         self.slots = asyncio.Semaphore(config.max_operations)
         self.own_uid = os.getuid()
         self.os = OsUpdates(self, Bootc(config.bootc))
@@ -106,6 +108,8 @@ class Updater:
             return recover(self.store, self.journal)
 
     def remote(self, name: str) -> Remote:
+        if name == LOCAL:  # directory installs' own archive (local.py), never configured
+            return self.local.remote()
         found = self.config.remotes.get(name)
         if found is None:
             raise NotFound(f"no remote {name!r} is configured", data={"error": "NotFound"})
@@ -192,6 +196,8 @@ class Updater:
     ) -> Operation:
         kind, ident = target_of(params)
         check_id(kind, ident)
+        if "directory" in params and not update:
+            return await self.install_directory(peer, kind, ident, params, on_progress)
         requested = params.get("remote")
         if not update and not requested:
             raise InvalidParams("which remote? (remote)")
@@ -227,6 +233,46 @@ class Updater:
         return await self.run(
             peer, kind, "update" if update else "install", ident, work, on_progress
         )
+
+    async def install_directory(
+        self,
+        peer: PeerCred | None,
+        kind: Kind,
+        ident: str,
+        params: dict[str, Any],
+        on_progress: Progress | None,
+    ) -> Operation:
+        """``install {appId, directory}``: the directory published into the local archive and
+        installed from it (or, installed already, updated from it), as any install."""
+        if params.get("remote"):
+            raise InvalidParams("directory or remote, not both")
+        allow_breaking = bool(params.get("allowBreaking", False))
+
+        def work(op: Operation, progress: Any, phase: Any) -> Deployed:
+            # in the worker (a caller's path may be slow to stat), after run() checked that
+            # the caller is a manager: nothing of the directory is read before both
+            directory = check_directory(params["directory"], peer, self.own_uid, self.store.root)
+            found = self.store.deployed(kind, ident)
+            channel = (
+                found.ref.rsplit("/", 1)[1] if found else str(params.get("channel") or "stable")
+            )
+            phase("build", {})
+            release = self.local.build(directory, channel)
+            if release.app_id != ident:
+                raise InvalidParams(f"{directory} is {release.app_id}, not {ident}")
+            return self.ops.install(
+                kind,
+                ident,
+                self.local.remote(),
+                channel=channel,
+                update=found is not None,
+                progress=progress,
+                phase=phase,
+                op=op.id,
+                allow_breaking=allow_breaking,
+            )
+
+        return await self.run(peer, kind, "install", ident, work, on_progress)
 
     async def rollback(
         self, peer: PeerCred | None, params: dict[str, Any], on_progress: Progress | None = None

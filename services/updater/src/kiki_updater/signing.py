@@ -51,6 +51,11 @@ def generate_keypair() -> tuple[str, str]:
     return base64.b64encode(seed + public).decode(), base64.b64encode(public).decode()
 
 
+def public_of(secret_b64: str) -> str:
+    """The base64 public key of a base64 secret key."""
+    return base64.b64encode(_secret(secret_b64).public_key().public_bytes_raw()).decode()
+
+
 def _secret(secret_b64: str) -> Ed25519PrivateKey:
     try:
         raw = base64.b64decode(secret_b64.strip(), validate=True)
