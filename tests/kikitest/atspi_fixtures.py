@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import random
 import shutil
@@ -384,3 +385,83 @@ def atspi_desktop() -> Iterator[AtspiDesktop]:
         for proc in reversed(desktop.procs if desktop else procs):
             _stop(proc)
         shutil.rmtree(root, ignore_errors=True)
+
+
+SYSTEM_PYTHON = Path("/usr/bin/python3")  # Debian's python3-pyatspi lives there, not in the venv
+
+# Runs under the system Python. Walks the app labelled argv[1] with pyatspi as a screen reader
+# reads it (role, name, description, states, interfaces, bounds where Component, text where
+# Text, children),
+# ``argv[2]`` times in one process, and prints one JSON line: the nodes of the first walk and
+# every walk's time (the first is what a new client pays; libatspi caches what it has read).
+_PYATSPI_WALK = r"""
+import json, sys, time
+import pyatspi
+
+label, walks = sys.argv[1], int(sys.argv[2])
+desktop = pyatspi.Registry.getDesktop(0)
+app = next(a for a in desktop if a is not None and a.name == label)
+
+def walk(app):
+    out = []
+    stack = [app]
+    while stack:
+        acc = stack.pop()
+        try:
+            role = acc.getRoleName()
+            name, description = acc.name, acc.description
+            states = sorted(int(s) for s in acc.getState().getStates())
+            interfaces = pyatspi.listInterfaces(acc)
+            bounds = None
+            if "Component" in interfaces:
+                e = acc.queryComponent().getExtents(pyatspi.DESKTOP_COORDS)
+                bounds = [e.x, e.y, e.width, e.height]
+            text = acc.queryText().getText(0, -1) if "Text" in interfaces else ""
+            children = [acc.getChildAtIndex(i) for i in range(acc.childCount)]
+        except Exception:
+            continue  # gone meanwhile
+        path = acc.path
+        out.append({"path": path, "role": role, "name": name, "description": description,
+                    "states": states, "bounds": bounds, "text": text})
+        stack.extend(c for c in reversed(children) if c is not None)
+    return out
+
+times, first = [], None
+for _ in range(walks):
+    t = time.perf_counter()
+    nodes = walk(app)
+    times.append(time.perf_counter() - t)
+    first = first if first is not None else nodes
+print(json.dumps({"nodes": first, "times": times}))
+"""
+
+
+@dataclass(frozen=True)
+class PyatspiWalk:
+    nodes: list[dict[str, Any]]  # path, role (name), name, description, states, bounds, text
+    times: list[float]  # seconds per walk, in order (the first in a fresh process)
+
+
+def pyatspi_walk(desktop: AtspiDesktop, label: str, walks: int = 1) -> PyatspiWalk:
+    """The app labelled ``label`` read by pyatspi (Debian's, under the system Python) in a
+    process of its own: the AT-SPI client the bridge is measured against, and an independent
+    reader for the tests."""
+    if (
+        not SYSTEM_PYTHON.exists()
+        or subprocess.run(
+            [str(SYSTEM_PYTHON), "-c", "import pyatspi"], capture_output=True, check=False
+        ).returncode
+    ):
+        pytest.fail("pyatspi is not installed for /usr/bin/python3 (scripts/install-test-deps)")
+    env = dict(desktop.app_env(), AT_SPI_BUS_ADDRESS=desktop.a11y_address)
+    done = subprocess.run(
+        [str(SYSTEM_PYTHON), "-c", _PYATSPI_WALK, label, str(walks)],
+        env=env,
+        capture_output=True,
+        check=False,
+        timeout=120,
+    )
+    if done.returncode:
+        raise AssertionError(f"the pyatspi walk failed: {done.stderr.decode(errors='replace')}")
+    got = json.loads(done.stdout.decode().splitlines()[-1])
+    return PyatspiWalk(got["nodes"], got["times"])

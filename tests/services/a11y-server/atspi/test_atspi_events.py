@@ -3,6 +3,8 @@ answer (``Cache.GetItems``) as a tree's structure."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from kiki_a11y_server.atspi import roles
@@ -95,3 +97,29 @@ def test_cache_items_give_the_structure_and_say_which_lists_fall_short() -> None
     assert "/x" not in first
     # The root counts 2 children and the items name 1 of them: its list is asked for.
     assert incomplete == ["/root"]
+
+
+FRAME = roles.ATSPI_ROLES.index("frame")
+APPLICATION = roles.ATSPI_ROLES.index("application")
+
+
+def test_bounds_changed_asks_for_bounds_and_a_window_marks_what_it_holds() -> None:
+    assert aspect_of("BoundsChanged", "") == "bounds"
+    model = AppModel()
+    component = frozenset({"Component"})
+    fetched = {
+        "/app": Fetched("/app", APPLICATION, children=("/win", "/popup")),
+        "/win": Fetched(
+            "/win", FRAME, children=("/b",), interfaces=component, extents=(0, 0, 9, 9)
+        ),
+        "/popup": Fetched("/popup", FRAME, interfaces=frozenset()),  # no Component: not asked
+        "/b": Fetched("/b", PUSH_BUTTON, interfaces=component, extents=(1, 1, 2, 2)),
+    }
+    model.apply(fetched, root="/app")
+    assert model.windows() == [("/win", (0, 0, 9, 9))]
+    model.mark_subtree("/win", "bounds")
+    assert model.take_dirty() == {"/win": {"bounds"}, "/b": {"bounds"}}
+    # A moved button's new extents (what Calls.refresh asks for "bounds") become its bounds.
+    moved = dataclasses.replace(fetched["/b"], extents=(5, 5, 2, 2))
+    (node,) = model.apply({"/b": moved}).nodes
+    assert node.bounds == (5, 5, 2, 2)

@@ -6,9 +6,11 @@ written here, not the bridge's code), and actions through Kiki must change the r
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import signal
 import subprocess
+from functools import partial
 
 import pytest
 
@@ -19,11 +21,12 @@ from kikitest.atspi_fixtures import (
     atspi_desktop,  # noqa: F401 -- the session's desktop, shared by these tests
     chromium_form,  # noqa: F401
     independent_nodes,
+    pyatspi_walk,
     set_texts,
     tree_labelled,
 )
 from libkiki.a11y import wire
-from libkiki.a11y.client import MirrorTree
+from libkiki.a11y.client import A11yClient, Mirror, MirrorTree
 from libkiki.errors import Timeout
 
 pytestmark = pytest.mark.interop
@@ -80,7 +83,7 @@ async def test_press_a_check_box_through_kiki(atspi_desktop: AtspiDesktop) -> No
         assert answer.lower().startswith("doaction(0, 'click'): at-spi answered true"), answer
         # The change comes back from AT-SPI's events as a tree update ...
         await client.wait_for(lambda _: tree.nodes[box.id].states & S["checked"])
-        # ... and AT-SPI, asked directly, agrees.
+        # ... and AT-SPI, read by pyatspi in a process of its own, agrees.
         assert await checked_boxes(atspi_desktop) == before + 1
         await client.act((tree.tree_id, box.id), "press")
         await client.wait_for(lambda _: not tree.nodes[box.id].states & S["checked"])
@@ -92,8 +95,8 @@ async def test_set_an_entrys_text_and_focus_it(atspi_desktop: AtspiDesktop) -> N
         answer = await client.act((tree.tree_id, entry.id), "setValue", "Kiki was here")
         assert "SetTextContents" in answer
         await client.wait_for(lambda _: tree.nodes[entry.id].value == "Kiki was here")
-        texts = {n.text for n in await independent_nodes(atspi_desktop.a11y_address, FACTORY)}
-        assert "Kiki was here" in texts
+        walked = await asyncio.to_thread(pyatspi_walk, atspi_desktop, FACTORY)
+        assert "Kiki was here" in {n["text"] for n in walked.nodes}
         assert "GrabFocus" in await client.act((tree.tree_id, entry.id), "focus")
         await client.wait_for(lambda _: tree.nodes[entry.id].states & S["focused"])
 
@@ -113,8 +116,8 @@ async def test_apps_come_hang_and_go(atspi_desktop: AtspiDesktop) -> None:  # no
             box = first(factory, "checkBox", "checkbutton", without=S["checked"] | S["mixed"])
             await client.act((factory.tree_id, box.id), "press")
             await client.act((factory.tree_id, box.id), "press")
-            # Stale (the root says busy), then gone (--gone-after 3).
-            await client.wait_for(lambda m: stale_or_gone(m, tree), timeout=10)
+            # Stale first (the tree still there, its root busy), then gone (--gone-after 3).
+            await client.wait_for(lambda m: stale(m, tree), timeout=10)
             await client.wait_for(lambda m: tree.tree_id not in m.trees, timeout=10)
             app.send_signal(signal.SIGCONT)
             back = await client.wait_for(lambda m: tree_labelled(m, label), timeout=20)
@@ -126,16 +129,19 @@ async def test_apps_come_hang_and_go(atspi_desktop: AtspiDesktop) -> None:  # no
         await client.wait_for(lambda m: tree_labelled(m, label) is None, timeout=10)
 
 
-def stale_or_gone(mirror: object, tree: MirrorTree) -> bool:
+def stale(mirror: Mirror, tree: MirrorTree) -> bool:
+    """The tree is still published and its root says busy."""
     root = tree.nodes.get(tree.root)
-    return tree.tree_id not in getattr(mirror, "trees", {}) or bool(
-        root and root.states & S["busy"]
-    )
+    return tree.tree_id in mirror.trees and bool(root and root.states & S["busy"])
+
+
+CHECKED = 4  # ATSPI_STATE_CHECKED (pyatspi.STATE_CHECKED)
 
 
 async def checked_boxes(desktop: AtspiDesktop) -> int:
-    nodes = await independent_nodes(desktop.a11y_address, FACTORY)
-    return sum(1 for n in nodes if n.role_name == "check box" and n.checked)
+    """How many of the factory's check boxes pyatspi says are checked."""
+    walked = await asyncio.to_thread(pyatspi_walk, desktop, FACTORY)
+    return sum(1 for n in walked.nodes if n["role"] == "check box" and CHECKED in n["states"])
 
 
 async def test_an_event_storm_is_coalesced(atspi_desktop: AtspiDesktop) -> None:  # noqa: F811
@@ -211,5 +217,106 @@ async def test_a_qt_app_set_a_line_edit(atspi_desktop: AtspiDesktop) -> None:  #
             truth = await independent_nodes(atspi_desktop.a11y_address, "lineedits")
             assert "Kiki was here" in {n.text for n in truth}
     finally:
+        app.terminate()
+        app.wait(timeout=10)
+
+
+def xdotool(desktop: AtspiDesktop, *args: str) -> str:
+    if shutil.which("xdotool") is None:
+        pytest.fail("xdotool is not installed (scripts/install-test-deps installs it)")
+    return subprocess.run(
+        ["xdotool", *args], env=desktop.app_env(), capture_output=True, text=True, check=True
+    ).stdout
+
+
+def same_bounds(tree: MirrorTree, read: set[tuple[int, int, int, int]], _: Mirror) -> bool:
+    return bounds_of(tree) == read
+
+
+def bounds_of(tree: MirrorTree) -> set[tuple[int, int, int, int]]:
+    return {n.bounds for n in tree.nodes.values() if n.bounds}
+
+
+async def agrees_with_pyatspi(client: A11yClient, tree: MirrorTree, desktop: AtspiDesktop) -> None:
+    """Every node's bounds are as pyatspi reads them, once both settle (the app lays a window
+    out a frame after its extents change, so one read may catch it halfway)."""
+    read: set[tuple[int, int, int, int]] = set()
+    for _ in range(5):
+        read = await pyatspi_bounds(desktop)
+        try:
+            await client.wait_for(partial(same_bounds, tree, read), timeout=5)
+            return
+        except TimeoutError:
+            continue
+    raise AssertionError(f"bounds only pyatspi reads: {read - bounds_of(tree)}")
+
+
+async def pyatspi_bounds(desktop: AtspiDesktop) -> set[tuple[int, int, int, int]]:
+    """Every extent pyatspi reads in the factory (Kiki has no bounds for an empty one)."""
+    walked = await asyncio.to_thread(pyatspi_walk, desktop, FACTORY)
+    return {(b[0], b[1], b[2], b[3]) for n in walked.nodes if (b := n["bounds"]) and (b[2] or b[3])}
+
+
+async def test_bounds_follow_a_window_that_moves_and_resizes(atspi_desktop: AtspiDesktop) -> None:  # noqa: F811
+    """GTK says nothing when a window moves (no bounds-changed, no window:move) though every
+    node's screen position changes: the bridge notices on its own, and every node's bounds
+    end up as pyatspi reads them."""
+    async with atspi_desktop.tree_of(FACTORY) as (client, tree):
+        frame = max(
+            (n for n in tree.nodes.values() if n.role == R["window"] and n.bounds),
+            key=lambda n: n.bounds[2] * n.bounds[3] if n.bounds else 0,
+        )
+        assert frame.bounds is not None
+        x, y, w, h = frame.bounds
+        box = first(tree, "checkBox", "checkbutton")
+        assert box.bounds is not None
+        bx, by, bw, bh = box.bounds
+        windows = xdotool(atspi_desktop, "search", "--onlyvisible", "--name", FACTORY).split()
+        sizes = {
+            win: xdotool(atspi_desktop, "getwindowgeometry", "--shell", win) for win in windows
+        }
+        window = next(win for win, geo in sizes.items() if f"WIDTH={w}\n" in geo)
+        try:
+            xdotool(atspi_desktop, "windowmove", window, str(x + 120), str(y + 80))
+            await client.wait_for(
+                lambda _: tree.nodes[box.id].bounds == (bx + 120, by + 80, bw, bh), timeout=15
+            )
+            await client.wait_for(
+                lambda _: tree.nodes[frame.id].bounds == (x + 120, y + 80, w, h), timeout=15
+            )
+            await agrees_with_pyatspi(client, tree, atspi_desktop)
+
+            xdotool(atspi_desktop, "windowsize", window, str(w - 300), str(h - 100))
+            await client.wait_for(
+                lambda _: tree.nodes[frame.id].bounds == (x + 120, y + 80, w - 300, h - 100),
+                timeout=15,
+            )
+            await agrees_with_pyatspi(client, tree, atspi_desktop)
+        finally:
+            xdotool(atspi_desktop, "windowsize", window, str(w), str(h))
+            xdotool(atspi_desktop, "windowmove", window, str(x), str(y))
+        await client.wait_for(lambda _: tree.nodes[box.id].bounds == (bx, by, bw, bh), timeout=15)
+
+
+async def test_a_hung_app_goes_stale_then_gone_unasked(atspi_desktop: AtspiDesktop) -> None:  # noqa: F811
+    """Nothing asks the stopped app anything (no action, no event): the bridge's own watch
+    notices, the tree goes busy, then away; the factory is served meanwhile."""
+    label = "gtk3-demo-application"
+    app = atspi_desktop.start_app(label)
+    try:
+        async with atspi_desktop.tree_of(label) as (client, tree):
+            # Let the app finish starting (a window mapped late still sends events, and an
+            # event would make the bridge ask it something): then nothing asks it anything.
+            await asyncio.sleep(2)
+            app.send_signal(signal.SIGSTOP)
+            await client.wait_for(lambda m: stale(m, tree), timeout=10)
+            factory = tree_labelled(client.mirror, FACTORY)
+            assert factory is not None
+            box = first(factory, "checkBox", "checkbutton")
+            await client.act((factory.tree_id, box.id), "press")
+            await client.act((factory.tree_id, box.id), "press")
+            await client.wait_for(lambda m: tree.tree_id not in m.trees, timeout=10)
+    finally:
+        app.send_signal(signal.SIGCONT)
         app.terminate()
         app.wait(timeout=10)

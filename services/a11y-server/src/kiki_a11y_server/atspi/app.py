@@ -48,6 +48,7 @@ class Limits:
     max_dirty: int = 2_000
     use_cache: bool = True  # Cache.GetItems for the initial state where the app offers it
     probe_interval: float = 1.0
+    watch_interval: float = 1.0  # an app's windows are asked where they are this often
     gone_after: float = 10.0
     max_unacked: int = 8  # updates sent and not yet acknowledged by the server
     agent_window: float = 0.5  # updates this soon after an action are marked caused by the agent
@@ -81,6 +82,8 @@ class AppMirror:
         self.patched = 0  # events whose own payload was the change (no call made)
         self._acted = -1e9
         self._gate = asyncio.Semaphore(limits.concurrency)
+        self._moved: set[str] = set()  # windows whose extents changed at the last watch
+        self._windows: dict[str, tuple[int, int, int, int] | None] = {}  # as that watch saw them
 
     # -- events (called from the bus's message handler: no awaiting) ---------------------------
 
@@ -163,14 +166,27 @@ class AppMirror:
             )
             closed = asyncio.ensure_future(pub.closed.wait())
             try:
+                watched = time.monotonic()
                 while not pub.closed.is_set():
                     woken = asyncio.ensure_future(self.wakeup.wait())
+                    wait = watched + self.limits.watch_interval - time.monotonic()
                     try:
-                        await asyncio.wait({woken, closed}, return_when=asyncio.FIRST_COMPLETED)
+                        await asyncio.wait(
+                            {woken, closed},
+                            timeout=max(wait, 0),
+                            return_when=asyncio.FIRST_COMPLETED,
+                        )
                     finally:
                         woken.cancel()
                     if pub.closed.is_set():
                         return
+                    # On a clock, not when idle: an app animating something (a spinner's
+                    # bounds-changed many times a second) is never idle.
+                    if time.monotonic() >= watched + self.limits.watch_interval:
+                        await self._watch()
+                        watched = time.monotonic()
+                    if not self.wakeup.is_set():
+                        continue
                     self.wakeup.clear()
                     await self._round()
             finally:
@@ -250,6 +266,55 @@ class AppMirror:
         bit = wire.STATES["busy"]
         listed[root.id] = root._replace(states=root.states | bit if busy else root.states & ~bit)
         return list(listed.values())
+
+    # -- an idle app ---------------------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        """Ask the app where its windows are (every ``watch_interval``). A window that moves
+        changes the screen position of every node in it, and GTK says so of none of them (no
+        bounds-changed, no window:move), so a window whose extents changed gets every node under
+        it asked for its extents. The same call is how a hung app is noticed when nothing
+        else asks it anything."""
+        windows = self.model.windows()
+        try:
+            if not windows:
+                await self.calls.ping(self.bus_name)
+                return
+            now = await asyncio.gather(
+                *(self._extents(path) for path, _ in windows), return_exceptions=True
+            )
+        except Timeout as exc:
+            log.warning("%s does not answer (%s): its tree is stale", self.label, exc)
+            await self._go_stale()
+            return
+        for result in now:
+            if isinstance(result, Timeout):
+                log.warning("%s does not answer (%s): its tree is stale", self.label, result)
+                await self._go_stale()
+                return
+        # Compared with what the last watch saw, not with the mirror: an app may announce a
+        # window's own new extents (GTK does on a resize), which then reach the mirror through
+        # the events while the nodes inside, which it does not announce, stay where they were.
+        moved = set()
+        seen = {}
+        for (path, had), got in zip(windows, now, strict=True):
+            if isinstance(got, BaseException):
+                continue
+            seen[path] = got
+            if got != self._windows.get(path, had):
+                moved.add(path)
+        self._windows = seen
+        # A window that changed is read whole once more at the next watch: the app lays it
+        # out after its own new extents are known (GTK moves a notebook's tabs a frame later,
+        # and says nothing of it), so the first read can hold some nodes where they were.
+        for path in moved | self._moved:
+            self.model.mark_subtree(path, "bounds")
+            self.wakeup.set()
+        self._moved = moved
+
+    async def _extents(self, path: str) -> tuple[int, int, int, int] | None:
+        async with self._gate:
+            return await self.calls.extents(self.bus_name, path)
 
     # -- a hung app ----------------------------------------------------------------------------
 

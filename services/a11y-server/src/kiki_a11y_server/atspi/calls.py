@@ -31,6 +31,7 @@ CACHE = "/org/a11y/atspi/cache"
 # The events the bridge listens to (``RegisterEvent``: atk-bridge only emits those that some
 # listener registered) and the D-Bus interfaces they arrive on.
 EVENTS = (
+    "object:bounds-changed",
     "object:children-changed",
     "object:property-change",
     "object:state-changed",
@@ -151,6 +152,11 @@ class Calls:
         name, parent = got["Parent"].value
         return str(parent) if name == dest and parent != NULL_PATH else ""
 
+    async def extents(self, dest: str, path: str) -> tuple[int, int, int, int] | None:
+        """``Component.GetExtents`` in screen coordinates (None: the object has no Component)."""
+        got = await self._maybe(dest, path, ATSPI + "Component", "GetExtents", "u", [0])
+        return tuple(got[0]) if got else None
+
     async def ping(self, dest: str) -> None:
         """One cheap call to the app's root: does it answer at all?"""
         await self._call(dest, ROOT, ACCESSIBLE, "GetRole")
@@ -234,6 +240,8 @@ class Calls:
             asked["children"] = self._call(dest, path, ACCESSIBLE, "GetChildren")
         if every or "value" in aspects:
             asked["complete"] = self.complete(dest, known, bounds=every, actions=every)
+        if not every and "bounds" in aspects and "Component" in known.interfaces:
+            asked["extents"] = self.extents(dest, path)
         answers = dict(zip(asked, await asyncio.gather(*asked.values()), strict=True))
         f: Fetched = answers.get("complete", known)
         changes: dict[str, Any] = {}
@@ -249,6 +257,8 @@ class Calls:
             changes["states"] = tuple(answers["state"][0])
         if "children" in answers:
             changes["children"] = self.own_children(dest, answers["children"][0])
+        if "extents" in answers:
+            changes["extents"] = answers["extents"]
         refreshed: Fetched = dataclasses.replace(f, **changes)
         return refreshed
 

@@ -27,7 +27,7 @@ S = wire.STATES
 # the event carried the change itself (model.patch): republish, ask nothing.
 ALL = "all"
 PATCHED = "patched"
-ASPECTS = ("name", "state", "children", "value", PATCHED, ALL)
+ASPECTS = ("name", "state", "children", "value", "bounds", PATCHED, ALL)
 
 # Text longer than this is cut (a terminal's scrollback, a document): the Kiki value is for the
 # agent's eyes, and the a11y-server bounds what a node may hold.
@@ -50,6 +50,8 @@ def aspect_of(member: str, detail: str) -> str:
         return "state"
     if member in ("TextChanged", "ValueChanged"):
         return "value"
+    if member == "BoundsChanged":
+        return "bounds"
     if member == "PropertyChange":
         if detail in ("accessible-name", "accessible-description"):
             return "name"
@@ -163,6 +165,27 @@ class AppModel:
             return True
         self.dirty.setdefault(path, set()).add(aspect)
         return True
+
+    def mark_subtree(self, path: str, aspect: str) -> None:
+        """Mark ``path`` and everything under it (a window moved: every node's screen
+        position changed, and the app says so of none of them)."""
+        stack = [self.ids.get(path, 0)]
+        while stack and not self.resync:
+            entry = self.entries.get(stack.pop())
+            if entry is not None:
+                self.mark(entry.path, aspect)
+                stack.extend(entry.node.children)
+
+    def windows(self) -> list[tuple[str, tuple[int, int, int, int] | None]]:
+        """The app's top-level accessibles (its windows) and the screen extents the mirror
+        holds for each, of those with a Component."""
+        root = self.entries.get(self.root_id)
+        out = []
+        for child in root.node.children if root is not None else ():
+            entry = self.entries[child]
+            if entry.source is not None and "Component" in entry.interfaces:
+                out.append((entry.path, entry.source.extents))
+        return out
 
     def take_dirty(self) -> dict[str, set[str]]:
         dirty, self.dirty = self.dirty, {}
