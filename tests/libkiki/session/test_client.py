@@ -121,6 +121,7 @@ async def test_state_is_the_device_map_as_plain_json(
         state = remote.state()
         assert state["tools"] == ["dev.kiki.demo.echo"]
         assert state["sensors"] == [{"value": 3}]
+        assert type(state["sensors"][0]["value"]) is int  # pycrdt reads every number as a float
         assert remote.sub == "alice"
 
 
@@ -238,6 +239,11 @@ async def test_changes_yield_each_key_as_it_changes(
                 seen[key] = value
                 if seen == {"nowPlaying": {"title": "b"}, "tools": None}:
                     break
+        device.state["count"] = 5
+        async with asyncio.timeout(10):
+            key, value = await anext(changes)
+        assert (key, value, type(value)) == ("count", 5, int)
+        assert type(remote.state()["count"]) is int
         changes.close()
         assert [c async for c in changes] == []
 

@@ -232,8 +232,10 @@ class SessionClient:
     def _dispatch(self) -> None:
         for event in self.protocol.events():
             if isinstance(event, DeviceChanged):
-                for watcher in tuple(self._watchers):
-                    watcher.push(event.key, event.value)
+                if self._watchers:  # made plain only for a reader (a whole screen is a walk)
+                    value = plain(event.value)
+                    for watcher in tuple(self._watchers):
+                        watcher.push(event.key, value)
             elif isinstance(event, ResultChanged):
                 waiter = self._waiting.get(event.intent_id)
                 if waiter is not None and not waiter.done() and is_final(event.result):

@@ -34,7 +34,6 @@ from pycrdt import (
 )
 
 from libkiki.errors import Conflict, InvalidFrame, ProtocolError
-from libkiki.session.outcomes import plain
 
 QUERY_AWARENESS: Final = 3  # y-protocols' queryAwareness: answer with the states one holds
 
@@ -47,7 +46,7 @@ class Synced:
 @dataclass(frozen=True, slots=True)
 class DeviceChanged:
     key: str
-    value: Any  # None when the key was deleted
+    value: Any  # as pycrdt reads it (numbers as floats: see outcomes.plain); None: deleted
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +158,7 @@ class SessionProtocol:
 
     def _device_changed(self, event: MapEvent) -> None:
         for key, change in _keys(event).items():
-            self._events.append(DeviceChanged(str(key), plain(change.get("newValue"))))
+            self._events.append(DeviceChanged(str(key), change.get("newValue")))
 
     def _results_changed(self, event: MapEvent) -> None:
         for key, change in _keys(event).items():
