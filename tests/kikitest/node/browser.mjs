@@ -40,6 +40,11 @@ const ops = {
     await pageOf(page).locator(selector).filter({ hasText: text }).first().waitFor()
     return null
   },
+  // Wait until no element `selector` holds `text` any more (within `timeout` ms).
+  async waitGone ({ page, selector, text, timeout = TIMEOUT }) {
+    await pageOf(page).locator(selector).filter({ hasText: text }).waitFor({ state: 'detached', timeout })
+    return null
+  },
   async text ({ page, selector }) {
     return await pageOf(page).locator(selector).first().innerText()
   },

@@ -81,7 +81,9 @@ class Browser:
         self.proc.stdin.write(json.dumps({"id": rid, "op": op, **args}) + "\n")
         self.proc.stdin.flush()
         try:
-            answer = await asyncio.to_thread(box.get, timeout=TIMEOUT)
+            # An op given its own timeout (ms) is waited for that long, and then some.
+            within = TIMEOUT + float(args.get("timeout", 0)) / 1000
+            answer = await asyncio.to_thread(box.get, timeout=within)
         finally:
             with self._lock:
                 del self._answers[rid]

@@ -281,3 +281,32 @@ def test_the_page_rides_out_a_relay_restart(
         assert browser.errors() == []
 
     asyncio.run(go())
+
+
+def test_a_presence_that_times_out_does_not_get_a_page_closed(
+    relay: DeviceRelay, browser: Browser
+) -> None:
+    """Someone whose state is not renewed (a tab asleep) is dropped by each page after 30 s
+    (y-protocols' outdated timeout); a page must not send that removal: the state is not its
+    own, and the relay would close it."""
+
+    async def go() -> None:
+        await browser.call("launch", executable=chromium())
+        ghost = await YClient.join(relay.url(SESSION, relay.token(SESSION, "controller")))
+        ghost.set_awareness({"user": {"name": "ghost", "role": "controller"}})
+        await browser.call("open", page="olga", url=dashboard_url(relay, "observer", "olga"))
+        await browser.call("open", page="alice", url=dashboard_url(relay, "controller", "alice"))
+        for page in ("olga", "alice"):
+            await browser.call("waitText", page=page, selector="#presence", text="ghost")
+        await browser.call("waitGone", page="alice", selector="#presence li", text="ghost",
+                           timeout=60_000)  # fmt: skip
+        await browser.call("waitGone", page="olga", selector="#presence li", text="ghost",
+                           timeout=15_000)  # fmt: skip
+        await asyncio.sleep(0.5)  # what the pages sent on dropping it has reached the relay
+        for page in ("olga", "alice"):
+            assert await browser.call("text", page=page, selector="#connection") == "Live"
+        assert ghost.open
+        await ghost.close()
+        assert browser.errors() == []
+
+    asyncio.run(go())

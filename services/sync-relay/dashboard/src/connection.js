@@ -3,6 +3,8 @@
 // one listener as a small state: connecting, live, offline, refused.
 import * as Y from 'yjs'
 import { WebsocketProvider } from 'y-websocket'
+import * as awarenessProtocol from 'y-protocols/awareness'
+import * as encoding from 'lib0/encoding'
 
 // 1008 is PermissionDenied: an invalid, expired or revoked token, or a write our role may not
 // make. Trying again would be refused the same way.
@@ -16,6 +18,26 @@ function tokenSocket (token) {
       this.addEventListener('open', () => this.send(JSON.stringify({ token })), { once: true })
     }
   }
+}
+
+const MESSAGE_AWARENESS = 1
+
+// y-websocket sends every awareness change it applies, other clients' included. The relay lets
+// only a state's owner change it: another person's state this browser drops as outdated (their
+// tab asleep for 30 s) would go out as a removal of a state this page does not own, and the
+// relay would close the page. So only this client's own state is sent.
+function ownAwarenessOnly (provider, doc) {
+  const awareness = provider.awareness
+  awareness.off('update', provider._awarenessUpdateHandler)
+  awareness.on('update', ({ added, updated, removed }) => {
+    if (![...added, ...updated, ...removed].includes(doc.clientID)) return
+    const ws = provider.ws
+    if (!provider.wsconnected || !ws || ws.readyState !== ws.OPEN) return
+    const encoder = encoding.createEncoder()
+    encoding.writeVarUint(encoder, MESSAGE_AWARENESS)
+    encoding.writeVarUint8Array(encoder, awarenessProtocol.encodeAwarenessUpdate(awareness, [doc.clientID]))
+    ws.send(encoding.toUint8Array(encoder))
+  })
 }
 
 /**
@@ -33,6 +55,7 @@ export function connect (params, onState) {
     resyncInterval: 10000,
     shouldReconnect: (event) => event.code !== REFUSED
   })
+  ownAwarenessOnly(provider, doc)
   let refused = null
   const tell = () => {
     if (refused) return onState({ state: 'refused', detail: refused })
