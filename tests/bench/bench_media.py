@@ -10,11 +10,15 @@ mpv-mpris playing a generated tone:
             gateway -> mpv and back (one connection, calls one after another)
   broker    the broker's own dev.kiki.service.getInfo on the same connection: the floor of any
             call through the broker, without a provider or a bus
+  hops      dev.kiki.media.nowPlaying through the broker and the gateway: the two JSON-RPC hops
+            of the gateway path, without its D-Bus call (the gateway answers from its state)
   direct    the same MPRIS Play, sent to mpv with dbus-fast from this process
   playerctl `playerctl --player=mpv play`, a process per command (what a script would do)
 
 p50/p99 of each, and the ratios (goals: gateway <= 3x direct at p50, >= 10x faster than
-playerctl). Play is idempotent while mpv plays, so every call does the same work.
+playerctl). Play is idempotent while mpv plays, so every call does the same work. The same
+run's floor: the gateway path is its two hops and a D-Bus call, so it cannot be faster than
+hops + direct; gateway - hops is what the D-Bus call costs inside the gateway, beside direct.
 
 Flood: the hostile test player sends PropertiesChanged at 10 000/s for S seconds while one
 subscriber reads dev.kiki.media.subscribePlayback: the CPU time the gateway and the player
@@ -82,19 +86,30 @@ def play() -> Message:
 
 
 async def latency(stack: Stack, calls: int, spawns: int) -> dict[str, list[float]]:
-    out: dict[str, list[float]] = {"gateway": [], "broker": [], "direct": [], "playerctl": []}
+    out: dict[str, list[float]] = {
+        "gateway": [],
+        "broker": [],
+        "hops": [],
+        "direct": [],
+        "playerctl": [],
+    }
+    mpv = {"player": "mpv"}
     async with ToolClient(stack.tools, timeout=10) as tools:
         await wait_for(tools, "mpv")
-        for _ in range(20):  # warm both paths
-            await tools.call("dev.kiki.media.play", {"player": "mpv"})
+        for _ in range(20):  # warm every path
+            await tools.call("dev.kiki.media.play", mpv)
             await tools.call("dev.kiki.service.getInfo")
+            await tools.call("dev.kiki.media.nowPlaying", mpv)
         for _ in range(calls):
             start = time.perf_counter()
-            await tools.call("dev.kiki.media.play", {"player": "mpv"})
+            await tools.call("dev.kiki.media.play", mpv)
             out["gateway"].append(time.perf_counter() - start)
             start = time.perf_counter()
             await tools.call("dev.kiki.service.getInfo")
             out["broker"].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            await tools.call("dev.kiki.media.nowPlaying", mpv)
+            out["hops"].append(time.perf_counter() - start)
     bus = await MessageBus(bus_address=stack.address).connect()
     try:
         for _ in range(20):
@@ -192,6 +207,12 @@ def main() -> None:
     print(
         f"  gateway / direct at p50: {p50['gateway'] / p50['direct']:.2f}x (goal <= 3x); "
         f"playerctl / gateway: {p50['playerctl'] / p50['gateway']:.1f}x (goal >= 10x)"
+    )
+    floor = p50["hops"] + p50["direct"]
+    print(
+        f"  floor (hops + direct) / direct: {floor / p50['direct']:.2f}x; the D-Bus call inside "
+        f"the gateway (gateway - hops) {(p50['gateway'] - p50['hops']) * 1e3:.3f} ms vs direct "
+        f"{p50['direct'] * 1e3:.3f} ms"
     )
     print("\nflood of PropertiesChanged, one subscriber:")
     for i, r in enumerate(floods["rounds"], 1):
