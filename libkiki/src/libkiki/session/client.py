@@ -209,8 +209,8 @@ class SessionClient:
         try:
             async for message in ws:
                 self.protocol.receive(message)
+                self._dispatch()  # before any await: a result or change is told at once
                 await self._flush()
-                self._dispatch()
         except ConnectionClosed:
             pass
         except KikiError as exc:
