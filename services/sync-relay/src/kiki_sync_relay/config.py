@@ -12,7 +12,7 @@ import pydantic
 from kiki_sync_relay.limits import Limits
 from libkiki.config import ServiceConfig
 from libkiki.constellation import DEFAULT_RELAY_HOST, DEFAULT_RELAY_PORT
-from libkiki.paths import runtime_dir, state_dir
+from libkiki.paths import TOOLS_SOCKET, runtime_dir, socket_path, state_dir
 from libkiki.sync import ADMIN_SOCKET
 from libkiki.sync.tokens import valid_session_name
 
@@ -59,8 +59,29 @@ class RelayConfig(ServiceConfig):
     # Public keys (JWKs, OKP/Ed25519) whose tokens are accepted besides the relay's own: what
     # lets a device link to a relay standing in for the edge (in the environment, as JSON).
     trusted_keys: list[dict[str, str]] = pydantic.Field(default_factory=list)
+    # The device link (link/): the sessions it serves as the device (a list, or in the
+    # environment names separated by commas; none: no link).
+    link_sessions: list[str] = pydantic.Field(default_factory=list, max_length=64)
+    # The tool broker's socket (default: the runtime directory's tools.sock).
+    broker_socket: Path | None = None
+    # NSID globs of the tools an intent may name (also what the broker's policy allows).
+    link_tools: list[str] = pydantic.Field(default_factory=lambda: ["*"], max_length=256)
+    # Intents per second one person (an intent's by) may send, on average and at once.
+    link_intent_rate: float = pydantic.Field(default=2.0, gt=0)
+    link_intent_burst: float = pydantic.Field(default=10.0, ge=1)
+    # Calls at once per session, and intents accepted but not finished per session.
+    link_max_running: int = pydantic.Field(default=8, ge=1, le=256)
+    link_max_pending: int = pydantic.Field(default=256, ge=1, le=4096)
+    # Seconds one intent's call may take.
+    link_call_timeout: float = pydantic.Field(default=30.0, gt=0)
+    # Seconds a finished intent and its result stay, and how many are kept at most.
+    link_keep: float = pydantic.Field(default=600.0, ge=1)
+    link_max_entries: int = pydantic.Field(default=256, ge=1, le=4096)
+    link_prune_every: float = pydantic.Field(default=30.0, gt=0)
+    # The longest wait before the link connects to the broker (or opens a stream) again.
+    link_backoff_max: float = pydantic.Field(default=30.0, ge=0.5, le=3600)
 
-    @pydantic.field_validator("upstream_sessions", mode="before")
+    @pydantic.field_validator("upstream_sessions", "link_sessions", mode="before")
     @classmethod
     def _names(cls, value: object) -> object:
         if isinstance(value, str):
@@ -69,6 +90,13 @@ class RelayConfig(ServiceConfig):
             for name in value:
                 if not isinstance(name, str) or not valid_session_name(name):
                     raise ValueError(f"not a session name: {name!r}")
+        return value
+
+    @pydantic.field_validator("link_tools", mode="before")
+    @classmethod
+    def _globs(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [glob.strip() for glob in value.split(",") if glob.strip()]
         return value
 
     @pydantic.field_validator("trusted_keys", mode="before")
@@ -96,6 +124,9 @@ class RelayConfig(ServiceConfig):
             # itself is what is checked and used.
             return state_dir().resolve()
         return state_dir() / "sync-relay"
+
+    def broker_path(self) -> Path:
+        return self.broker_socket or socket_path(TOOLS_SOCKET)
 
     def admin_path(self) -> Path:
         return self.admin_socket or runtime_dir() / ADMIN_SOCKET

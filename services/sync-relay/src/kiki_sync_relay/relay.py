@@ -54,6 +54,12 @@ class Live:
     peers: dict[int, Connection] = field(default_factory=dict)
     idle: asyncio.TimerHandle | None = None
     compacting: bool = False
+    # Members in this process (the device link) that keep the session in memory, as a peer does.
+    held: int = 0
+
+    @property
+    def occupied(self) -> bool:
+        return bool(self.peers) or self.held > 0
 
 
 class Relay:
@@ -113,14 +119,14 @@ class Relay:
         if live.idle is not None:
             live.idle.cancel()
             live.idle = None
-        if not live.peers:
+        if not live.occupied:
             loop = asyncio.get_running_loop()
             live.idle = loop.call_later(self.idle_timeout, self.hibernate, name)
 
     def hibernate(self, name: str) -> None:
         """Compact session ``name`` and drop it from memory, if nobody is in it."""
         live = self.live.get(name)
-        if live is None or live.peers:
+        if live is None or live.occupied:
             return
         if live.idle is not None:
             live.idle.cancel()
@@ -131,7 +137,11 @@ class Relay:
             _background(self.store.compact(name, live.session.snapshot()))
 
     def _maybe_compact(self, name: str, live: Live) -> None:
-        if live.compacting or live.session.updates_since_snapshot < self.compact_every:
+        session = live.session
+        # Also by size: the device's state replaces large values (the screen) often, and the
+        # document's bound counts the updates since the snapshot, not what they left.
+        big = session.size > self.limits.max_document // 2 and session.updates_since_snapshot > 1
+        if live.compacting or (session.updates_since_snapshot < self.compact_every and not big):
             return
         live.compacting = True
         done = self.store.compact(name, live.session.snapshot())
@@ -148,6 +158,7 @@ class Relay:
         for name in list(self.live):
             live = self.live[name]
             live.peers.clear()
+            live.held = 0
             self.hibernate(name)
         await self.store.barrier()
 
@@ -283,15 +294,40 @@ class Relay:
                 for reply in outcome.reply:
                     self._send(live, ws, reply)
             if outcome.durable is not None:
-                durable = self.store.append(name, outcome.durable)
-                durable.add_done_callback(
-                    functools.partial(
-                        self._durable, name, live, member.id, outcome.relay, outcome.durable
-                    )
-                )
-                self._maybe_compact(name, live)
+                self._commit(name, live, member.id, outcome.durable, outcome.relay)
             elif outcome.relay is not None:
                 self._relay(live, member.id, outcome.relay)
+
+    def _commit(
+        self, name: str, live: Live, sender: int, update: bytes, message: bytes | None
+    ) -> asyncio.Future[None]:
+        durable = self.store.append(name, update)
+        durable.add_done_callback(
+            functools.partial(self._durable, name, live, sender, message, update)
+        )
+        self._maybe_compact(name, live)
+        return durable
+
+    # -- members in this process ----------------------------------------------------------------
+
+    def hold(self, name: str, live: Live) -> None:
+        """Keep session ``name`` in memory until :meth:`release` (an in-process member)."""
+        live.held += 1
+        self.touch(name, live)
+
+    def release(self, name: str, live: Live) -> None:
+        live.held = max(0, live.held - 1)
+        if self.live.get(name) is live:
+            self.touch(name, live)
+
+    def submit(self, name: str, live: Live, member: Member, update: bytes) -> asyncio.Future[None]:
+        """Write ``update`` from an in-process ``member`` as a client's: checked on the shadow
+        (a :class:`KikiError` when refused), then durable, then relayed to every client and
+        watcher. The future is done once it is durable."""
+        outcome = live.session.apply(update, member)
+        assert outcome.durable is not None
+        self.counters["messages"] += 1
+        return self._commit(name, live, member.id, outcome.durable, outcome.relay)
 
     def _durable(
         self,

@@ -25,6 +25,7 @@ from kiki_sync_relay.admin import add_info, admin_methods
 from kiki_sync_relay.config import RelayConfig
 from kiki_sync_relay.core import Answer, Route, json_response, route, target
 from kiki_sync_relay.handshake import Refusal, parse_opening
+from kiki_sync_relay.link import DeviceLink, LinkSettings
 from kiki_sync_relay.relay import Relay
 from kiki_sync_relay.store import Store
 from kiki_sync_relay.upstream import Upstream
@@ -111,6 +112,24 @@ async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
         backoff_max=config.upstream_backoff_max,
         pending_path=state / "upstream-revocations.json",
     )
+    link = DeviceLink(
+        relay,
+        config.link_sessions,
+        LinkSettings(
+            device_id=config.device_id,
+            intent_rate=config.link_intent_rate,
+            intent_burst=config.link_intent_burst,
+            max_running=config.link_max_running,
+            max_pending=config.link_max_pending,
+            keep=config.link_keep,
+            max_entries=config.link_max_entries,
+            prune_every=config.link_prune_every,
+        ),
+        broker_socket=config.broker_path(),
+        tools=config.link_tools,
+        backoff_max=config.link_backoff_max,
+        call_timeout=config.link_call_timeout,
+    )
     methods = admin_methods(
         relay, key, config.device_id, config.public_url or f"ws://{host}:{port}", upstream
     )
@@ -132,7 +151,7 @@ async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
         how = "activated" if ctx.listeners.activated else "bound"
         ctx.status = f"serving ws://{host}:{port} ({how})"
         try:
-            async with upstream.running():
+            async with upstream.running(), link.running():
                 yield
         finally:
             server.close(close_connections=True)

@@ -1,0 +1,153 @@
+"""Intents and their results as the device link reads and writes them (sans-I/O).
+
+An intent (``dev.kiki.session.defs#intent``) is checked in this order, each failure answered
+at once with nothing run: its shape (``refused``, ``InvalidParams``), its deadline
+(``expired``), the rate of its ``by`` (``refused``, ``LimitExceeded``), its tool among the
+session's (``refused``, ``NotFound``). Then it runs once through the broker; the broker's
+answer becomes ``ok`` (its output), ``refused`` (nothing ran: policy, invalid arguments, a
+limit) or ``error`` (the tool failed, timed out, or its provider left).
+
+Old entries are pruned: those whose final result is older than ``keep`` seconds, and beyond
+``max_entries`` the oldest finished ones.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from kiki_sync_relay.limits import TokenBucket
+from kiki_sync_relay.link.state import now_iso
+from libkiki.errors import (
+    Conflict,
+    InvalidParams,
+    KikiError,
+    LimitExceeded,
+    NotFound,
+    PermissionDenied,
+    Timeout,
+)
+
+INTENT_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
+FINAL: Final = frozenset({"ok", "error", "refused", "expired"})
+# Errors that say the tool never ran: the intent was refused, not failed.
+REFUSALS: Final = (PermissionDenied, InvalidParams, NotFound, LimitExceeded, Conflict)
+MAX_MESSAGE = 2048
+MAX_BUCKETS = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Intent:
+    id: str
+    tool: str
+    input: dict[str, Any]
+    by: str
+    deadline: datetime | None
+
+
+def parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def parse(key: str, value: Any) -> Intent:
+    """The intent stored under ``key``; :class:`InvalidParams` says why it is not one."""
+    if not INTENT_ID.fullmatch(key):
+        raise InvalidParams("an intent's id is 1 to 64 of A-Z a-z 0-9 _ -")
+    if not isinstance(value, dict):
+        raise InvalidParams("an intent is a JSON object")
+    if value.get("id") != key:
+        raise InvalidParams("an intent's id must be the key it is stored under")
+    tool, arguments, by = value.get("tool"), value.get("input", {}), value.get("by")
+    if not isinstance(tool, str) or not tool:
+        raise InvalidParams("an intent names its tool (an NSID)")
+    if not isinstance(arguments, dict):
+        raise InvalidParams("an intent's input is a JSON object")
+    if not isinstance(by, str) or not by:
+        raise InvalidParams("an intent says who asks (by)")
+    deadline = parse_time(value.get("deadline"))
+    if "deadline" in value and deadline is None:
+        raise InvalidParams("an intent's deadline is a datetime")
+    return Intent(key, tool, arguments, by, deadline)
+
+
+def result(
+    status: str, *, output: Any = None, error: KikiError | None = None, now: datetime | None = None
+) -> dict[str, Any]:
+    """A ``#result``: ``status`` with the tool's ``output`` or the ``error``'s class and text."""
+    entry: dict[str, Any] = {"status": status, "at": now_iso(now)}
+    if status == "ok":
+        entry["output"] = output
+    if error is not None:
+        entry["error"] = {"name": type(error).__name__, "message": str(error)[:MAX_MESSAGE]}
+    return entry
+
+
+def failed(error: KikiError, now: datetime | None = None) -> dict[str, Any]:
+    """The result of a call the broker answered with ``error``."""
+    return result("refused" if isinstance(error, REFUSALS) else "error", error=error, now=now)
+
+
+def is_final(entry: Any) -> bool:
+    return isinstance(entry, dict) and entry.get("status") in FINAL
+
+
+class Admission:
+    """Decides what becomes of an intent before it runs: per ``by``, a token bucket of
+    ``rate`` intents per second (``burst`` at once); at most :data:`MAX_BUCKETS` people are
+    remembered (the least recent forgotten, with a full bucket next time)."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+
+    def check(
+        self, intent: Intent, tools: list[str], wall: datetime, now: float
+    ) -> dict[str, Any] | None:
+        """The result that answers ``intent`` at once, or None: run it."""
+        if intent.deadline is not None and intent.deadline <= wall:
+            return result("expired", error=Timeout("past its deadline before it ran"), now=wall)
+        bucket = self._buckets.pop(intent.by, None) or TokenBucket(self.rate, self.burst, now)
+        self._buckets[intent.by] = bucket
+        while len(self._buckets) > MAX_BUCKETS:
+            self._buckets.popitem(last=False)
+        if not bucket.take(now):
+            limit = LimitExceeded(f"more than {self.rate:g} intents/s from {intent.by[:64]}")
+            return result("refused", error=limit, now=wall)
+        if intent.tool not in tools:
+            unknown = NotFound(f"no tool {intent.tool[:317]} in this session")
+            return result("refused", error=unknown, now=wall)
+        return None
+
+
+def to_prune(
+    intents: dict[str, Any], results: dict[str, Any], wall: datetime, keep: float, max_entries: int
+) -> list[str]:
+    """The ids whose intent and result go: finished more than ``keep`` seconds ago, then the
+    oldest finished ones while more than ``max_entries`` remain."""
+    finished: list[tuple[datetime, str]] = []
+    for key in set(intents) | set(results):
+        entry = results.get(key)
+        if isinstance(entry, dict) and is_final(entry):
+            at = parse_time(entry.get("at")) or wall
+            finished.append((at, key))
+        elif key not in intents:  # a result whose intent is gone
+            finished.append((datetime.min.replace(tzinfo=UTC), key))
+    finished.sort()
+    gone = [key for at, key in finished if (wall - at).total_seconds() > keep]
+    left = len(set(intents) | set(results)) - len(gone)
+    for _, key in finished[len(gone) :]:
+        if left <= max_entries:
+            break
+        gone.append(key)
+        left -= 1
+    return gone

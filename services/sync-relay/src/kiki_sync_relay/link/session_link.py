@@ -1,0 +1,333 @@
+"""The device link's member of one session: it writes the device state and carries out intents.
+
+It is a ``device``-role member of the session living in the relay's process: it holds a
+replica of the session's document (a pycrdt ``Doc`` of its own, fed every durable update
+through the relay's watchers), makes its changes there, and submits each transaction's update
+to the relay as a client's (checked on the shadow, durable, then relayed). The session stays
+in memory while it is linked.
+
+- **State**: each key of :class:`~.state.DeviceState` is written into the ``device`` map when
+  it changes, at most at its rate (:mod:`.throttle`), with ``updatedAt``; ``stale`` at once.
+- **Intents**: each new one (in the order seen) is checked (:mod:`.intents`), answered at once
+  when refused or expired, else marked ``running`` and called through the broker for its
+  ``by`` (``on_behalf_of``) with its id as the idempotency key, at most ``max_running`` at
+  once per session; its result replaces ``running``. One found ``running`` when the link
+  starts (the relay stopped mid-call) is called again with the same key: the broker answers
+  from its record instead of running it twice. An id is carried out once per link: seen
+  twice (a merge, a reconnect), or again after it was pruned, it is not run again.
+- **Pruning**: every ``prune_every`` seconds, and when the intents pass ``max_entries``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from pycrdt import Doc, Map, MapEvent, TransactionEvent
+
+from kiki_sync_relay.link import intents as rules
+from kiki_sync_relay.link.broker import BrokerLink
+from kiki_sync_relay.link.state import DeviceState, now_iso
+from kiki_sync_relay.link.throttle import INTERVALS, Throttle
+from kiki_sync_relay.session import EMPTY_UPDATE, Member
+from libkiki.errors import Conflict, InvalidParams, KikiError, LimitExceeded
+
+if TYPE_CHECKING:
+    from kiki_sync_relay.relay import Live, Relay
+
+log = logging.getLogger(__name__)
+MAX_FORGOTTEN = 4096  # pruned ids remembered, so one written again is not run again
+# Seconds intents wait for the broker (connected, its tools listed) before they are decided on
+# what is known: at start, and while it is away.
+BROKER_WAIT = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class LinkSettings:
+    device_id: str = "device"
+    intent_rate: float = 2.0  # intents per second one person may send, on average
+    intent_burst: float = 10.0  # ... and at once
+    max_running: int = 8  # calls at once per session
+    max_pending: int = 256  # intents accepted and not finished, per session
+    keep: float = 600.0  # seconds a finished intent and its result stay
+    max_entries: int = 256  # intents (and results) kept, the oldest finished pruned first
+    prune_every: float = 30.0
+    intervals: Mapping[str, float] = field(default_factory=lambda: dict(INTERVALS))
+
+
+class SessionLink:
+    def __init__(
+        self,
+        relay: Relay,
+        name: str,
+        state: DeviceState,
+        broker: BrokerLink,
+        settings: LinkSettings,
+    ) -> None:
+        self.relay = relay
+        self.name = name
+        self.state = state
+        self.broker = broker
+        self.settings = settings
+        self.member = Member(role="device", sub=f"device:{settings.device_id}", bounded=False)
+        self.linked = False
+        self._live: Live | None = None
+        self._doc: Doc[Any] = Doc()
+        self._local = False
+        self._captured: list[bytes] = []
+        self._throttle = Throttle(settings.intervals)
+        self._dirty = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._queue: OrderedDict[str, None] = OrderedDict()
+        self._started: set[str] = set()
+        self._forgotten: OrderedDict[str, None] = OrderedDict()
+        self._running: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(settings.max_running)
+        self._admission = rules.Admission(settings.intent_rate, settings.intent_burst)
+
+    # -- the session ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve the session until cancelled (or a :class:`KikiError` on joining it)."""
+        live = await self.relay.open(self.name)
+        live.session.join(self.member)
+        self.relay.hold(self.name, live)
+        self._live = live
+        watchers = self.relay.watchers.setdefault(self.name, set())
+        watchers.add(self._remote)
+        self.state.listeners.add(self._changed)
+        try:
+            self._load()
+            self.linked = True
+            for key in ("stale", *self.state.values):
+                self._throttle.mark(key)
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._writer())
+                group.create_task(self._intents_loop())
+                group.create_task(self._pruner())
+        finally:
+            self.linked = False
+            self.state.listeners.discard(self._changed)
+            watchers.discard(self._remote)
+            for task in list(self._running):
+                task.cancel()
+            live.session.leave(self.member)  # it set no awareness: nothing to tell the others
+            self.relay.release(self.name, live)
+            self._live = None
+
+    def _load(self) -> None:
+        """(Re)build the replica from the live document (a new Yjs client id each time)."""
+        assert self._live is not None
+        doc: Doc[Any] = Doc()
+        doc.apply_update(self._live.session.doc.get_update())
+        self._doc = doc
+        self._device: Map[Any] = doc.get("device", type=Map)
+        self._intents: Map[Any] = doc.get("intents", type=Map)
+        self._results: Map[Any] = doc.get("results", type=Map)
+        doc.observe(self._transaction)
+        self._intents.observe(self._intents_changed)
+        for key in list(self._intents.keys()):
+            self._arrived(key)
+
+    def _transaction(self, event: TransactionEvent) -> None:
+        if self._local and event.update != EMPTY_UPDATE:
+            self._captured.append(event.update)
+
+    def _remote(self, update: bytes) -> None:
+        try:
+            self._doc.apply_update(update)
+        except Exception as exc:  # a replica that cannot take the live document's update
+            log.error("the device link's replica of %s failed (%s): rebuilt", self.name, exc)
+            self._resync()
+
+    def _resync(self) -> None:
+        self._load()
+        for key in ("stale", *self.state.values):
+            self._throttle.mark(key)
+        self._dirty.set()
+
+    def _write(self, change: Callable[[], None]) -> None:
+        """Make ``change`` in the replica, and submit it to the session as one update."""
+        live = self._live
+        if live is None:
+            return
+        self._captured = []
+        self._local = True
+        try:
+            with self._doc.transaction():
+                change()
+        finally:
+            self._local = False
+        for update in self._captured:
+            try:
+                self.relay.submit(self.name, live, self.member, update)
+            except KikiError as exc:
+                # Refused (the document over its bound): the replica holds what the session
+                # does not. It is rebuilt, and the state written again.
+                log.error("the session %s refused the device link's update: %s", self.name, exc)
+                self.relay.counters["link_updates_refused"] += 1
+                self._resync()
+                return
+        self._captured = []
+
+    # -- the device state -----------------------------------------------------------------------
+
+    def _changed(self, key: str) -> None:
+        self._throttle.mark(key)
+        self._dirty.set()
+
+    async def _writer(self) -> None:
+        while True:
+            self._dirty.clear()
+            keys, wake = self._throttle.due(time.monotonic())
+            if keys:
+                self._write_state(keys)
+            timeout = None if wake is None else max(0.0, wake - time.monotonic())
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._dirty.wait()
+            except TimeoutError:
+                pass
+
+    def _write_state(self, keys: list[str]) -> None:
+        values = {
+            key: self.state.stale_list() if key == "stale" else self.state.values[key]
+            for key in keys
+        }
+        changed = {k: v for k, v in values.items() if self._device.get(k, _ABSENT) != v}
+        if not changed:
+            return
+
+        def change() -> None:
+            for key, value in changed.items():
+                self._device[key] = value
+            self._device["updatedAt"] = now_iso()
+
+        self._write(change)
+        self.relay.counters["link_state_writes"] += 1
+
+    # -- intents --------------------------------------------------------------------------------
+
+    def _intents_changed(self, event: MapEvent) -> None:
+        keys: dict[str, dict[str, Any]] = getattr(event, "keys", {})
+        for key, change in keys.items():
+            if change.get("action") != "delete":
+                self._arrived(str(key))
+
+    def _arrived(self, key: str) -> None:
+        if key not in self._started:
+            self._queue[key] = None
+            self._wake.set()
+
+    async def _intents_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            await self.broker.ready(BROKER_WAIT)
+            self._wake.clear()
+            answers: dict[str, dict[str, Any]] = {}
+            while self._queue:
+                key, _ = self._queue.popitem(last=False)
+                if key not in self._started:
+                    self._take(key, answers)
+            if answers:
+                self._write_results(answers)
+            if len(self._intents) > self.settings.max_entries:
+                self._prune()
+
+    def _take(self, key: str, answers: dict[str, dict[str, Any]]) -> None:
+        """Decide what becomes of intent ``key``: an answer now, or a call (started here)."""
+        value = self._intents.get(key)
+        if value is None:
+            return
+        existing = self._results.get(key)
+        self._started.add(key)
+        if rules.is_final(existing):
+            return
+        resumed = isinstance(existing, dict) and existing.get("status") == "running"
+        wall = datetime.now(UTC)
+        try:
+            intent = rules.parse(key, value)
+        except InvalidParams as exc:
+            answers[key] = rules.result("refused", error=exc, now=wall)
+            return
+        if not resumed:
+            if key in self._forgotten:
+                again = Conflict(f"intent {key} was carried out already")
+                answers[key] = rules.result("refused", error=again, now=wall)
+                return
+            tools = self.state.values.get("tools") or []
+            answer = self._admission.check(intent, tools, wall, time.monotonic())
+            if answer is None and len(self._running) >= self.settings.max_pending:
+                error = LimitExceeded(f"{len(self._running)} intents are running or waiting")
+                answer = rules.result("refused", error=error, now=wall)
+            if answer is not None:
+                answers[key] = answer
+                self.relay.counters["link_intents_refused"] += 1
+                return
+            answers[key] = rules.result("running", now=wall)
+        task = asyncio.get_running_loop().create_task(self._call(intent))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def _call(self, intent: rules.Intent) -> None:
+        async with self._slots:
+            self.relay.counters["link_intents_called"] += 1
+            await self.broker.ready(BROKER_WAIT)
+            try:
+                output = await self.broker.call(
+                    intent.tool,
+                    intent.input,
+                    key=intent.id,
+                    on_behalf_of={"subject": intent.by, "session": self.name},
+                )
+                entry = rules.result("ok", output=output)
+            except KikiError as exc:
+                entry = rules.failed(exc)
+        self._write_results({intent.id: entry})
+
+    def _write_results(self, answers: dict[str, dict[str, Any]]) -> None:
+        def change() -> None:
+            for key, entry in answers.items():
+                self._results[key] = entry
+
+        self._write(change)
+
+    # -- pruning --------------------------------------------------------------------------------
+
+    async def _pruner(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.prune_every)
+            self._prune()
+
+    def _prune(self) -> None:
+        gone = rules.to_prune(
+            self._intents.to_py() or {},
+            self._results.to_py() or {},
+            datetime.now(UTC),
+            self.settings.keep,
+            self.settings.max_entries,
+        )
+        if not gone:
+            return
+
+        def change() -> None:
+            for key in gone:
+                for part in (self._intents, self._results):
+                    if key in part:
+                        del part[key]
+
+        self._write(change)
+        for key in gone:
+            self._started.discard(key)
+            self._forgotten[key] = None
+        while len(self._forgotten) > MAX_FORGOTTEN:
+            self._forgotten.popitem(last=False)
+
+
+_ABSENT = object()
