@@ -2,6 +2,7 @@
 the same thing done locally, in one run.
 
     .venv/bin/python tests/bench/bench_remote.py [--rounds N] [--quick] [--no-edge]
+                                                 [--relay-state /dev/shm]
 
 A constellation in a temporary runtime directory: kiki-tool-broker (its policy trusts this
 uid as a delegate and allows ``remote:*`` the demo tools), kiki-a11y-server (its policy puts
@@ -439,6 +440,16 @@ async def measure(world: Constellation, relay: DeviceRelay, edge: Any, rounds: i
     await device.close()
 
 
+def fs_type(path: Path) -> str:
+    """The file system ``path`` is on, as /proc/mounts names it (the longest mount prefix)."""
+    best, kind = "", "?"
+    for line in Path("/proc/mounts").read_text().splitlines():
+        _, mount, fs, *_ = line.split()
+        if str(path.resolve()).startswith(mount.rstrip("/") + "/") and len(mount) > len(best):
+            best, kind = mount, fs
+    return kind
+
+
 def relay_settings(upstream: str | None) -> dict[str, str]:
     settings = {
         "link_sessions": SESSION,
@@ -459,6 +470,12 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--quick", action="store_true", help="20 rounds a case")
     parser.add_argument("--no-edge", action="store_true", help="leave the edge (workerd) out")
+    parser.add_argument(
+        "--relay-state",
+        type=Path,
+        help="the relay's state directory's parent (default: beside the sockets, on /tmp's "
+        "disk); /dev/shm shows what its fsyncs cost",
+    )
     args = parser.parse_args()
     rounds = 20 if args.quick else args.rounds
     with constellation() as world:
@@ -466,6 +483,12 @@ async def main() -> None:
         relay = DeviceRelay(world.run / "relay")
         relay.env.update(KIKI_RUNTIME_DIR=str(world.run), KIKI_CONFIG_DIR=str(world.run / "etc"))
         with contextlib.ExitStack() as stack:
+            if args.relay_state is not None:
+                state = Path(tempfile.mkdtemp(prefix="kiki-bench-", dir=args.relay_state))
+                stack.callback(shutil.rmtree, state, True)
+                relay.state = state
+                relay.env["KIKI_STATE_DIR"] = str(state)
+            print(f"relay state on {relay.state} ({fs_type(relay.state)})")
             edge = None if args.no_edge else stack.enter_context(edge_server(relay.key))
             upstream = None if edge is None else f"ws://127.0.0.1:{edge.port}"
             relay.env.update(
