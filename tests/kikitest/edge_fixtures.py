@@ -9,8 +9,9 @@ fixture of their own). The trusted key is a fresh Ed25519 key per server, handed
 Worker as the ``KIKI_TRUSTED_KEYS`` binding.
 
 :class:`RevocationGate` stands between a device relay and the edge: a real TCP proxy that can
-answer the edge's revoke requests with 503 while the link's WebSocket passes through, so a
-test has the edge reachable for the link and refusing revocations.
+answer the edge's revoke requests with a status of the test's choosing (503, 403) while the
+link's WebSocket passes through, so a test has the edge reachable for the link and refusing
+revocations.
 """
 
 from __future__ import annotations
@@ -223,15 +224,15 @@ def edge_server(key: SigningKey | None = None, **bindings: str) -> Iterator[Edge
 
 
 class RevocationGate:
-    """A TCP proxy on a port of its own to ``127.0.0.1:<target>``. While :attr:`refusing`, a
-    connection whose first request is a ``POST .../revoke`` is answered ``503`` and closed
-    without reaching the target (counted in :attr:`refused`); every other connection (the
-    link's WebSocket included) is passed through byte for byte. Runs on the test's event loop:
-    ``async with RevocationGate(edge.port) as gate``."""
+    """A TCP proxy on a port of its own to ``127.0.0.1:<target>``. While :attr:`refusing` is
+    a status, a connection whose first request is a ``POST .../revoke`` is answered with it and
+    closed without reaching the target (counted in :attr:`refused`); every other connection
+    (the link's WebSocket included) is passed through byte for byte. Runs on the test's event
+    loop: ``async with RevocationGate(edge.port) as gate``."""
 
     def __init__(self, target: int) -> None:
         self.target = target
-        self.refusing = False
+        self.refusing: int | None = None
         self.refused = 0
         self.port = 0
         self._server: asyncio.Server | None = None
@@ -261,11 +262,12 @@ class RevocationGate:
         self._tasks.add(task)
         try:
             first = await reader.readline()
-            if self.refusing and first.startswith(b"POST ") and b"/revoke " in first:
+            status = self.refusing
+            if status is not None and first.startswith(b"POST ") and b"/revoke " in first:
                 self.refused += 1
                 writer.write(
-                    b"HTTP/1.1 503 Service Unavailable\r\n"
-                    b"Content-Length: 0\r\nConnection: close\r\n\r\n"
+                    f"HTTP/1.1 {status} Refused\r\n".encode()
+                    + b"Content-Length: 0\r\nConnection: close\r\n\r\n"
                 )
                 await writer.drain()
                 return

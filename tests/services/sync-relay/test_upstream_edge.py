@@ -6,8 +6,9 @@ edge's npm packages (scripts/install-node-deps)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import jwt
@@ -106,12 +107,9 @@ async def test_a_revocation_the_edge_missed_is_sent_when_the_link_is_back(
     )
 
 
-async def test_a_revocation_the_edge_refused_is_sent_again_while_the_link_is_up(
-    tmp_path: Path,
-) -> None:
-    """The edge reachable for the link but answering the revoke request 503 (a Worker
-    overloaded or being redeployed): the relay sends it again while the link stays up, without
-    waiting for the link to drop and come back."""
+@contextlib.asynccontextmanager
+async def gated(tmp_path: Path) -> AsyncIterator[tuple[DeviceRelay, EdgeServer, RevocationGate]]:
+    """A device relay linked to the edge through a :class:`RevocationGate`, once linked."""
     device = DeviceRelay(tmp_path)
     with edge_server(device.key) as edge:
         async with RevocationGate(edge.port) as gate:
@@ -122,28 +120,39 @@ async def test_a_revocation_the_edge_refused_is_sent_again_while_the_link_is_up(
             )
             await asyncio.to_thread(device.start)
             try:
-                await _revoked_while_linked(device, edge, gate)
+
+                async def linked() -> bool:
+                    return bool((await device.show(SHARED))["upstream"]["linked"])
+
+                await until(linked)
+                yield device, edge, gate
             finally:
                 await asyncio.to_thread(device.close)
+
+
+async def test_a_revocation_the_edge_refused_is_sent_again_while_the_link_is_up(
+    tmp_path: Path,
+) -> None:
+    """The edge reachable for the link but answering the revoke request 503 (a Worker
+    overloaded or being redeployed): the relay sends it again while the link stays up, without
+    waiting for the link to drop and come back."""
+    async with gated(tmp_path) as (device, edge, gate):
+        await _revoked_while_linked(device, edge, gate)
 
 
 async def _revoked_while_linked(
     device: DeviceRelay, edge: EdgeServer, gate: RevocationGate
 ) -> None:
-    async def linked() -> bool:
-        return bool((await device.show(SHARED))["upstream"]["linked"])
-
-    await until(linked)
     connects = (await device.show(SHARED))["upstream"]["connects"]
     token = device.token(SHARED, "controller")
     at_edge = await YClient.join(edge.url(SHARED, token))
-    gate.refusing = True
+    gate.refusing = 503
     said = await _revoke(device, jwt.decode(token, options={"verify_signature": False})["jti"])
     assert "did not confirm" in said
     # Sent again while refused: the relay keeps trying over the same link.
     await eventually(lambda: gate.refused >= 3)
     assert at_edge.open
-    gate.refusing = False
+    gate.refusing = None
     assert await at_edge.closed() == 1008
     assert at_edge.close_reason == "PermissionDenied: token revoked"
     await eventually(
@@ -154,3 +163,20 @@ async def _revoked_while_linked(
     shown = (await device.show(SHARED))["upstream"]
     assert shown["linked"]
     assert shown["connects"] == connects, "the link was made again: not what this tests"
+
+
+async def test_a_revocation_the_edge_refused_for_good_waits_for_the_next_link(
+    tmp_path: Path,
+) -> None:
+    """A 4xx answer (here 403) is the edge's last word for this link: the relay does not ask
+    again while the link lasts (it keeps the revocation and sends it when the link is next
+    made)."""
+    async with gated(tmp_path) as (device, _edge, gate):
+        gate.refusing = 403
+        token = device.token(SHARED, "controller")
+        said = await _revoke(device, jwt.decode(token, options={"verify_signature": False})["jti"])
+        assert "did not confirm" in said
+        # Long enough for three more tries at the 1 s the other test sees.
+        await asyncio.sleep(3.5)
+        assert gate.refused == 1
+        assert (device.state / "sync-relay" / "upstream-revocations.json").read_text().strip("[] ")

@@ -16,11 +16,11 @@ is back, since each side's step 1 gets the other's missing updates.
 A revocation of a token for a linked session (``kiki session revoke``) is sent to the edge too:
 ``POST /session/<name>/revoke`` with a short-lived device token minted here. One the edge did
 not confirm is recorded (``upstream-revocations.json`` in the state directory, so a restart
-keeps it) and sent again until the edge confirms it: while the session's link is up, after a
-growing wait (:class:`libkiki.backoff.RestartBackoff`: 1 s doubling to ``maximum``), and at
-once each time the link comes back. A link can be up while the edge refuses or loses a
-request (an overloaded or redeployed Worker answers 5xx), so the link coming back is not the
-only chance the edge gets.
+keeps it) and sent again until the edge confirms it: at once each time the link comes back,
+and while the session's link is up, after a growing wait (:class:`libkiki.backoff.RestartBackoff`:
+1 s doubling to ``maximum``) as long as the edge's answer says trying again may help (no
+answer, 5xx, 408, 429). A link can be up while the edge loses a request (an overloaded or
+redeployed Worker answers 5xx), so the link coming back is not the only chance it gets.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ import urllib.parse
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
@@ -57,6 +58,8 @@ REVOKE_TIMEOUT = 10.0
 # The first wait before sending unconfirmed revocations again while the link is up; it doubles
 # up to the link's own back-off maximum.
 RESEND_INITIAL = 1.0
+
+Outcome = Literal["confirmed", "again", "refused"]
 
 
 @dataclass(slots=True)
@@ -120,10 +123,12 @@ class Upstream:
         if entry not in self.pending:
             self.pending.append(entry)
             self._save()
-        if await self._post(entry):
+        outcome = await self._post(entry)
+        if outcome == "confirmed":
             self._confirmed(entry)
             return "confirmed"
-        self._resend_while_linked(name)
+        if outcome == "again":
+            self._resend_while_linked(name)
         return "pending"
 
     def _pending_for(self, name: str) -> list[tuple[str, str, int | None]]:
@@ -145,16 +150,21 @@ class Upstream:
 
     async def _resend(self, name: str) -> None:
         """Send ``name``'s unconfirmed revocations until the edge confirms them all, waiting
-        longer after each round that leaves some; cancelled when the link goes."""
+        longer after each round that leaves some; cancelled when the link goes. A round in
+        which the edge refused each one for good (a 4xx other than 408/429: not an edge, a key
+        it does not trust) ends it: they are sent again when the link is next made."""
         backoff = RestartBackoff(
             initial=RESEND_INITIAL, maximum=max(RESEND_INITIAL, self.backoff_max)
         )
         while True:
             backoff.started()
+            again = False
             for entry in self._pending_for(name):
-                if await self._post(entry):
+                outcome = await self._post(entry)
+                if outcome == "confirmed":
                     self._confirmed(entry)
-            if not self._pending_for(name):
+                again = again or outcome == "again"
+            if not self._pending_for(name) or not again:
                 return
             self.relay.counters["upstream_revocation_retries"] += 1
             await asyncio.sleep(backoff.exited(time.monotonic()))
@@ -171,7 +181,9 @@ class Upstream:
         temporary.write_text(json.dumps(self.pending))
         os.replace(temporary, self.pending_path)
 
-    async def _post(self, entry: tuple[str, str, int | None]) -> bool:
+    async def _post(self, entry: tuple[str, str, int | None]) -> Outcome:
+        """Send one revocation: ``confirmed`` (200), ``again`` (unreachable, 5xx, 408, 429:
+        worth another try soon) or ``refused`` (any other answer)."""
         name, jti, exp = entry
         token = self.key.issue(
             name, "device", sub=f"device:{self.device_id}", iss=self.device_id, ttl=REVOKE_TTL
@@ -181,10 +193,14 @@ class Upstream:
             status = await asyncio.to_thread(self._request, f"/session/{name}/revoke", body, token)
         except (OSError, http.client.HTTPException) as exc:
             log.info("the edge did not take the revocation of %s in %s: %s", jti, name, exc)
-            return False
-        if status != 200:
-            log.warning("the edge refused the revocation of %s in %s: %s", jti, name, status)
-        return status == 200
+            return "again"
+        if status == 200:
+            return "confirmed"
+        if status >= 500 or status in (408, 429):
+            log.info("the edge could not take the revocation of %s in %s: %s", jti, name, status)
+            return "again"
+        log.warning("the edge refused the revocation of %s in %s: %s", jti, name, status)
+        return "refused"
 
     def _request(self, path: str, body: bytes, token: str) -> int:
         url = urllib.parse.urlsplit(self.base)
