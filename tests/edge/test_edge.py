@@ -19,8 +19,10 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pycrdt import (
+    Array,
     Awareness,
     Doc,
+    Map,
     Provider,
     Text,
     create_awareness_message,
@@ -254,6 +256,34 @@ async def test_one_client_owns_at_most_16_awareness_states(edge: EdgeServer) -> 
     await client.send(create_awareness_message(collected.encode_awareness_update(ids)))
     assert await client.closed() == 1013
     assert client.close_reason == "LimitExceeded: too many awareness states from one client"
+
+
+# -- intents (beyond the conformance suite's) ---------------------------------------------------
+
+
+async def test_intents_of_another_shape_are_refused_as_the_device_words_it(
+    edge: EdgeServer,
+) -> None:
+    """A controller's intent as a shared type, or the intents part written as an array, closes
+    it with the device relay's reasons (libkiki.sync.parts) and leaves the document as it was."""
+    name = session()
+    mine = {"id": "i", "tool": "dev.kiki.demo.echo", "by": "test"}
+    as_array = await YClient.join(edge.url(name, edge.token(name, "controller")))
+    as_array.doc.get("intents", type=Array).append(mine)
+    assert await as_array.closed() == 1008
+    assert (
+        as_array.close_reason == "PermissionDenied: the session's intents written as another type"
+    )
+    nested = await YClient.join(edge.url(name, edge.token(name, "controller")))
+    nested.doc.get("intents", type=Map)["i"] = Map(mine)
+    assert await nested.closed() == 1008
+    assert nested.close_reason == "PermissionDenied: intent i is not a JSON object"
+    fine = await YClient.join(edge.url(name, edge.token(name, "controller")))
+    fine.doc.get("intents", type=Map)["i"] = mine
+    late = await YClient.join(edge.url(name, edge.token(name, "observer")))
+    await eventually(lambda: late.doc.get("intents", type=Map).to_py() == {"i": mine})
+    for client in (fine, late):
+        await client.close()
 
 
 # -- revocation endpoint -----------------------------------------------------------------------
