@@ -64,6 +64,10 @@ const ops = {
     for (const one of await found.all()) states.push(await one.isDisabled())
     return states
   },
+  // The page's accessibility tree under `selector`, as Playwright's ARIA snapshot writes it.
+  async aria ({ page, selector = 'body' }) {
+    return await pageOf(page).locator(selector).ariaSnapshot()
+  },
   async evaluate ({ page, expression }) {
     return await pageOf(page).evaluate(expression)
   },

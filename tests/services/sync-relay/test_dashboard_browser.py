@@ -221,6 +221,20 @@ def test_two_controllers_and_an_observer(
                 "controls", page="olga", role="button", name="Play/Pause"
             ) == [True]
             await shoot(browser, "alice", shots, "controller")
+            # The page's own accessibility tree says what it shows.
+            tree = await browser.call("aria", page="alice")
+            for line in (
+                "- status: Live",
+                '- region "Screen"',
+                '- textbox "Name"',
+                '- button "Save"',
+                "- listitem: listItem Grace Hopper",
+                '- group "Media controls"',
+                '- table "Recent tool calls on the device, newest first"',
+                '- complementary "Connected"',
+                "- log:",
+            ):
+                assert line in tree, tree
             await shoot(browser, "olga", shots, "observer")
             # A crafted intent from the observer's page is refused by the relay, which closes
             # it (1008); the page says so, and the device never sees the intent.

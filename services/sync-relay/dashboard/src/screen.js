@@ -85,7 +85,8 @@ export class ScreenView {
 
   #row (node, kind) {
     const row = { li: el('li'), node, kind, control: null, label: null, nodeDisabled: false }
-    row.role = el('span', { class: 'role', 'aria-hidden': 'true' })
+    // A control says what it is itself; a plain node's role is read before its name.
+    row.role = el('span', { class: 'role', 'aria-hidden': kind === 'text' ? null : 'true' })
     if (kind === 'button') {
       row.control = el('button', { type: 'button', onclick: () => this.act('dev.kiki.a11y.act', { ref: row.node.ref, action: 'press' }) })
       row.li.append(row.role, row.control)
