@@ -1,5 +1,6 @@
 """`kiki mcp`, the stdio bridge, against the real broker: what a host that writes its
-requests and then closes stdin gets back."""
+requests and then closes stdin gets back. Pipes are served two ways, each tested: handed over
+to the broker (the default) and relayed (``--relay``); anything else is relayed."""
 
 from __future__ import annotations
 
@@ -58,6 +59,12 @@ INITIALIZE = {
 }
 
 
+@pytest.fixture(params=["handover", "relay"])
+def via(request: pytest.FixtureRequest) -> tuple[str, ...]:
+    """kiki mcp's arguments for serving pipes each way."""
+    return ("--relay",) if request.param == "relay" else ()
+
+
 def call(rid: Any, name: str, arguments: dict[str, Any] | None = None) -> dict[str, Any]:
     params = {"name": name, "arguments": arguments or {}}
     return {"jsonrpc": "2.0", "id": rid, "method": "tools/call", "params": params}
@@ -93,7 +100,9 @@ def by_id(lines: list[Any]) -> dict[Any, dict[str, Any]]:
     return {m["id"]: m for m in flat if "id" in m and "method" not in m}
 
 
-async def test_answers_to_forwarded_requests_arrive_after_stdin_closes(broker: Broker) -> None:
+async def test_answers_to_forwarded_requests_arrive_after_stdin_closes(
+    broker: Broker, via: tuple[str, ...]
+) -> None:
     path, _ = broker
     async with asyncio.timeout(30), make_provider(path).connect():
         lines, _ = await bridge(
@@ -101,6 +110,7 @@ async def test_answers_to_forwarded_requests_arrive_after_stdin_closes(broker: B
             INITIALIZE,
             call(2, ECHO, {"text": "x", "delay": 300}),
             call(3, "dev.kiki.service.getInfo"),
+            extra=via,
         )
     answers = by_id(lines)
     assert answers[1]["result"]["protocolVersion"] == "2025-11-25"
@@ -108,12 +118,14 @@ async def test_answers_to_forwarded_requests_arrive_after_stdin_closes(broker: B
     assert answers[3]["result"]["structuredContent"]["name"] == "tool-broker"
 
 
-async def test_answers_are_waited_for_after_an_earlier_exchange(broker: Broker) -> None:
+async def test_answers_are_waited_for_after_an_earlier_exchange(
+    broker: Broker, via: tuple[str, ...]
+) -> None:
     # The host waits for the handshake's answer (the bridge is idle again), then sends a slow
     # call and closes stdin: the call is still owed, and waited for.
     path, _ = broker
     async with asyncio.timeout(30), make_provider(path).connect():
-        proc = await start_bridge(path)
+        proc = await start_bridge(path, extra=via)
         assert proc.stdin is not None
         assert proc.stdout is not None
         proc.stdin.write(orjson.dumps(INITIALIZE) + b"\n")
@@ -134,7 +146,7 @@ LONG_CALLS = pytest.mark.parametrize(
 
 @LONG_CALLS
 async def test_drain_waits_for_batches_but_not_for_streams_or_cancelled_calls(
-    broker: Broker,
+    broker: Broker, via: tuple[str, ...]
 ) -> None:
     # A listen stream is answered only at close and a cancelled call never: were the bridge to
     # wait for either, it would sit out its 600 s drain and the test's timeout would fire.
@@ -151,7 +163,7 @@ async def test_drain_waits_for_batches_but_not_for_streams_or_cancelled_calls(
             {"jsonrpc": "2.0", "id": "s", "method": "subscriptions/listen", "params": listen},
             call(12, SLOW),
             {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 12}},
-            extra=("--drain-timeout", "600"),
+            extra=("--drain-timeout", "600", *via),
             # The last message has no newline: the bridge ends it for the broker.
             tail=orjson.dumps(call(13, "dev.kiki.service.getInfo")),
         )
@@ -165,10 +177,10 @@ async def test_drain_waits_for_batches_but_not_for_streams_or_cancelled_calls(
 
 
 @LONG_CALLS
-async def test_drain_gives_up_after_its_timeout(broker: Broker) -> None:
+async def test_drain_gives_up_after_its_timeout(broker: Broker, via: tuple[str, ...]) -> None:
     path, _ = broker
     async with asyncio.timeout(30), make_provider(path).connect():
-        lines, err = await bridge(path, call(1, SLOW), extra=("--drain-timeout", "0.1"))
+        lines, err = await bridge(path, call(1, SLOW), extra=("--drain-timeout", "0.1", *via))
     assert lines == []
     assert "1 request(s) still unanswered after 0.1 s" in err
 
@@ -376,7 +388,9 @@ async def test_stdin_and_stdout_may_be_any_file(
         assert_answered(output)
 
 
-async def test_pipes_the_host_set_non_blocking_are_waited_for(broker: Broker) -> None:
+async def test_pipes_the_host_set_non_blocking_are_waited_for(
+    broker: Broker, via: tuple[str, ...]
+) -> None:
     # O_NONBLOCK belongs to the open pipe, so a host may hand the bridge its ends set so. The
     # requests trickle in and the answers are read slowly through a one-page pipe (writes find
     # stdout full): "try again" is neither the end of the requests nor a failure to write.
@@ -400,7 +414,7 @@ async def test_pipes_the_host_set_non_blocking_are_waited_for(broker: Broker) ->
     try:
         async with asyncio.timeout(30), make_provider(path).connect():
             try:
-                proc = await start_bridge(path, stdin_r, stdout_w)
+                proc = await start_bridge(path, stdin_r, stdout_w, extra=via)
             finally:
                 os.close(stdin_r)
                 os.close(stdout_w)

@@ -1,19 +1,27 @@
 """``kiki mcp``: the broker as an MCP server on stdio, for hosts that launch servers.
 
 MCP's stdio transport is newline-delimited JSON-RPC, exactly what the broker speaks on its
-socket, so the bridge moves the bytes unchanged both ways: the broker sees the bridge's own
-credentials (the host's user), and every check happens in the broker.
+socket. When the host gives pipes (as hosts do), ``kiki mcp`` hands them to the broker over its
+socket (``SCM_RIGHTS``, see ``kiki_tool_broker.stdio``) and the broker serves the host on them
+directly: no process between them. ``kiki mcp`` then only waits for the broker to finish with
+them, says why on stderr if it did not finish well (the broker went away, or stopped, or
+answers were still owed after ``--drain-timeout``), and exits. The broker sees ``kiki mcp``'s
+own credentials (the host's user) on the handing connection, as when relaying.
 
-The bridge reads the messages as they pass for one thing only: the ids of the requests the host
+Anything else (a file, a terminal, a socket, /dev/null), a broker that refuses the pipes (an
+older one, or one with all its sessions taken), or ``--relay``: the bridge relays the bytes
+unchanged both ways itself, on the same connection.
+
+The relay reads the messages as they pass for one thing only: the ids of the requests the host
 sent, so that it knows which are still unanswered. When the host closes stdin (a script that
-writes its requests and then waits for the output, say), the bridge stops reading stdin but keeps
+writes its requests and then waits for the output, say), the relay stops reading stdin but keeps
 the socket open until every forwarded request is answered or ``--drain-timeout`` seconds pass,
 then closes it. It never half-closes the socket: the broker takes end of input for the caller
-leaving and cancels its calls.
+leaving and cancels its calls. (The broker serving the pipes itself does the same waiting.)
 
 One thread waits on stdin and the socket with poll and passes each message on as it comes: a
-call costs the bridge a read and a write each way, and no event loop's callbacks, futures and
-tasks (which cost a Python bridge more than the copying). Blocking writes to stdout and poll
+call costs the relay a read and a write each way, and no event loop's callbacks, futures and
+tasks (which cost a Python relay more than the copying). Blocking writes to stdout and poll
 also serve any file as stdin and stdout, not only the pipes a host gives: a regular file,
 /dev/null, a terminal, a socket (``kiki mcp < requests.jsonl > answers.jsonl``), and each side
 goes only as fast as the other takes it.
@@ -26,6 +34,7 @@ import contextlib
 import os
 import select
 import socket
+import stat
 import sys
 import time
 from collections import Counter
@@ -49,6 +58,11 @@ HOST_LINE = DEFAULT_MAX_LINE
 BROKER_LINE = 16 << 20
 # Requests the broker answers only when the connection closes: never waited for.
 LISTEN = "subscriptions/listen"
+# Handing the pipes over: kiki_tool_broker.protocol's names (the CLI cannot import the broker).
+SERVE_STDIO = "kiki/serveStdio"
+STDIO_SEND = "kiki/serveStdio/send"
+STDIO_STARTED = "kiki/serveStdio/started"
+HANDOVER_ID = "kiki-mcp"
 
 
 def _drain_timeout(text: str) -> float:
@@ -65,9 +79,10 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "mcp",
         help="serve the device's tools over MCP on stdin/stdout",
-        description="Bridge an MCP host (which launches servers as subprocesses and speaks "
-        "JSON-RPC on their stdin/stdout) to the tool broker's socket. When stdin closes, the "
-        "answers still owed to the host are written before the bridge exits.",
+        description="Connect an MCP host (which launches servers as subprocesses and speaks "
+        "JSON-RPC on their stdin/stdout) to the tool broker: pipes are handed to the broker, "
+        "which serves them itself; anything else is relayed to its socket. When stdin closes, "
+        "the answers still owed to the host are written before kiki mcp exits.",
     )
     p.add_argument(
         "--socket",
@@ -81,6 +96,12 @@ def register(sub: Any) -> None:
         metavar="SECONDS",
         help="after stdin closes, how long to wait for answers to the requests already "
         f"forwarded before exiting (default {DRAIN_TIMEOUT:g}; 0 exits at once)",
+    )
+    p.add_argument(
+        "--relay",
+        action="store_true",
+        help="relay stdin and stdout to the broker's socket through this process, even when "
+        "they are pipes the broker could serve itself",
     )
     p.set_defaults(func=run)
 
@@ -312,8 +333,91 @@ class _Pump:
             )
 
 
-def bridge(path: Path, drain_timeout: float = DRAIN_TIMEOUT) -> int:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+def _pipes(stdin: int, stdout: int) -> bool:
+    """Whether the host gave two pipes (what the broker takes), not one and the same."""
+    try:
+        given = os.fstat(stdin), os.fstat(stdout)
+    except OSError:
+        return False
+    if not all(stat.S_ISFIFO(info.st_mode) for info in given):
+        return False
+    return (given[0].st_dev, given[0].st_ino) != (given[1].st_dev, given[1].st_ino)
+
+
+def _let_go(*fds: int) -> None:
+    """The broker serves these now: point them at /dev/null, so that the broker's close of the
+    host's stdout is the end the host sees, and nothing here reads or writes them."""
+    null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        for fd in fds:
+            os.dup2(null, fd)
+    finally:
+        os.close(null)
+
+
+def _handover_outcome(result: Any, drain_timeout: float) -> int:
+    """The exit status for the broker's account of a session, said on stderr when not 0."""
+    if not isinstance(result, dict):
+        result = {}
+    if result.get("failed"):
+        print(f"kiki mcp: {result['failed']}", file=sys.stderr)
+        return 1
+    if result.get("stopped"):
+        print("kiki mcp: the tool broker stopped", file=sys.stderr)
+        return 1
+    owed = result.get("unanswered")
+    if isinstance(owed, int) and owed > 0:
+        print(
+            f"kiki mcp: stdin closed; {owed} request(s) still unanswered "
+            f"after {drain_timeout:g} s, giving up",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def hand_over(sock: socket.socket, stdin: int, stdout: int, drain_timeout: float) -> int | None:
+    """Hand the host's pipes to the broker on ``sock`` (blocking) and wait until it is done
+    with them: the exit status, or None when the broker refused them before taking them (an
+    older broker, its sessions all taken): the pipes are still ours then, to relay."""
+    request = {
+        "jsonrpc": "2.0",
+        "id": HANDOVER_ID,
+        "method": SERVE_STDIO,
+        "params": {"drainTimeout": drain_timeout},
+    }
+    sock.sendall(orjson.dumps(request) + b"\n")
+    lines = LineDecoder(BROKER_LINE)
+    started = False
+    while chunk := sock.recv(CHUNK):
+        for line in lines.feed(chunk):
+            for msg in _entries(line) if isinstance(line, bytes) else []:
+                if not isinstance(msg, dict):
+                    continue
+                method = msg.get("method")
+                if method == STDIO_SEND:
+                    socket.send_fds(sock, [b"\n"], [stdin, stdout])
+                elif method == STDIO_STARTED:
+                    started = True
+                    _let_go(stdin, stdout)
+                elif method is None and msg.get("id") == HANDOVER_ID:
+                    if "result" in msg:
+                        return _handover_outcome(msg["result"], drain_timeout)
+                    if not started:
+                        return None
+                    error = msg.get("error")
+                    why = error.get("message") if isinstance(error, dict) else None
+                    print(f"kiki mcp: the tool broker failed: {why}", file=sys.stderr)
+                    return 1
+    if not started:
+        # Gone before it took the pipes: relaying to it would find it gone too.
+        print("kiki mcp: the tool broker closed the connection", file=sys.stderr)
+        return 1
+    print("kiki mcp: the tool broker went away", file=sys.stderr)
+    return 1
+
+
+def bridge(path: Path, drain_timeout: float = DRAIN_TIMEOUT, relay: bool = False) -> int:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
         sock.connect(str(path))
     except OSError as exc:
@@ -323,9 +427,18 @@ def bridge(path: Path, drain_timeout: float = DRAIN_TIMEOUT) -> int:
             file=sys.stderr,
         )
         return 1
+    stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
     with sock:
+        if not relay and _pipes(stdin, stdout):
+            try:
+                status = hand_over(sock, stdin, stdout, drain_timeout)
+            except OSError as exc:
+                print(f"kiki mcp: lost the tool broker: {exc.strerror or exc}", file=sys.stderr)
+                return 1
+            if status is not None:
+                return status
         sock.setblocking(False)
-        pump = _Pump(sock, sys.stdin.fileno(), sys.stdout.fileno())
+        pump = _Pump(sock, stdin, stdout)
         pump.run(drain_timeout)
     if pump.failed:
         print(f"kiki mcp: {pump.failed[0]}", file=sys.stderr)
@@ -336,6 +449,6 @@ def bridge(path: Path, drain_timeout: float = DRAIN_TIMEOUT) -> int:
 def run(args: argparse.Namespace) -> int:
     path = args.socket or socket_path(TOOLS_SOCKET)
     try:
-        return bridge(path, args.drain_timeout)
+        return bridge(path, args.drain_timeout, args.relay)
     except KeyboardInterrupt:
         return 0

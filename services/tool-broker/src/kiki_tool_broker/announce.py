@@ -49,6 +49,10 @@ class Audience(Generic[C]):
     def close(self, stream: tuple[C, Any]) -> None:
         self.streams.pop(stream, None)
 
+    def listening(self, conn: C) -> int:
+        """How many listen streams ``conn`` has open."""
+        return sum(1 for c, _ in self.streams if c == conn)
+
     def forget(self, conn: C) -> None:
         """``conn`` closed: it listens no more, in any way."""
         self.watchers.discard(conn)

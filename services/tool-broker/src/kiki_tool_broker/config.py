@@ -29,6 +29,8 @@ class BrokerConfig(ServiceConfig):
     list_page_size: int = pydantic.Field(default=500, ge=1, le=10_000)
     # subscriptions/listen streams open at once, all connections together.
     max_listen_streams: int = pydantic.Field(default=64, ge=1, le=1 << 16)
+    # MCP hosts served on their own pipes (kiki mcp hands them over), all users together.
+    max_stdio_sessions: int = pydantic.Field(default=32, ge=1, le=1 << 12)
     # Event streams (see the README's "Event streams"): subscriptions on the broker and on one
     # connection, each subscriber's queue (messages and bytes: past either, its oldest queued
     # messages are dropped and it is told how many), and one message's size.

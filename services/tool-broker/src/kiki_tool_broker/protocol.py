@@ -47,6 +47,11 @@ INSTRUCTIONS: Final = (
 # Kiki's own methods on tools.sock, beside MCP's.
 REGISTER: Final = "kiki/registerTools"
 UNREGISTER: Final = "kiki/unregisterTools"
+# kiki mcp handing a host's pipes to the broker (kiki_tool_broker.stdio); the names are also
+# in kiki_cli.mcp, which cannot import the broker.
+SERVE_STDIO: Final = "kiki/serveStdio"
+STDIO_SEND: Final = "kiki/serveStdio/send"
+STDIO_STARTED: Final = "kiki/serveStdio/started"
 
 
 def negotiate(requested: object) -> str:

@@ -29,6 +29,7 @@ from kiki_tool_broker.forwarding import Forwarder
 from kiki_tool_broker.policy import Policy
 from kiki_tool_broker.registry import Provider
 from kiki_tool_broker.schemas import Catalog
+from kiki_tool_broker.stdio import StdioSessions
 from kiki_tool_broker.tools import BuiltinTools
 from libkiki.constellation import GET_INFO
 from libkiki.paths import TOOLS_SOCKET, state_dir
@@ -59,6 +60,20 @@ class Broker:
         self.changed = asyncio.Event()
         self.serving = ""  # the status line's first part, once the socket is served
         self.forwarder = Forwarder(core.calls, self._write)
+        config = core.config
+        # MCP hosts whose pipes kiki mcp hands over: served as the socket's connections are.
+        self.stdio = StdioSessions(
+            max_sessions=config.max_stdio_sessions,
+            connection_options={
+                "max_line": config.max_line,
+                "max_in_flight": config.max_in_flight,
+                "request_timeout": config.call_timeout,
+            },
+            drain_timeout=config.drain_timeout,
+            counters=ctx.counters,
+            on_disconnect=self.connection_lost,
+            listening=self.audience.listening,
+        )
         self.methods = self._methods()
 
     # -- the method table --------------------------------------------------------------------
@@ -81,6 +96,7 @@ class Broker:
         m.register(mcp.UNREGISTER, self.unregister_tools)
         m.register_sync(GET_INFO, self.get_info)
         self.streams.add_methods(m)
+        self.stdio.add_methods(m)
         return m
 
     def get_info(self, request: RequestContext) -> dict[str, Any]:
@@ -91,7 +107,7 @@ class Broker:
         beside the running counters in the answer, never added into them (reading twice must
         report the same)."""
         info = self.ctx.info()
-        info["counters"] = dict(self.ctx.counters) | self.streams.gauges()
+        info["counters"] = dict(self.ctx.counters) | self.streams.gauges() | self.stdio.gauges()
         return info
 
     def initialize(
