@@ -365,7 +365,16 @@ def atspi_desktop() -> Iterator[AtspiDesktop]:
                 f"{exc}; its output: {log[-2000:]}; Xvfb's (alive: {xvfb.poll() is None}): "
                 f"{xvfb_log[-2000:]}"
             ) from None
-        server_env = dict(full, KIKI_A11Y_SERVER_BROKER_TOOLS="false", KIKI_LOG_LEVEL="WARNING")
+        # The bridge (this user's) may name the app each tree is for, as a session's policy
+        # would let its kiki-atspi-bridge do.
+        policy = root / "a11y-policy.toml"
+        policy.write_text(f'[[publisher]]\nprincipals = ["uid:{os.getuid()}"]\n')
+        server_env = dict(
+            full,
+            KIKI_A11Y_SERVER_BROKER_TOOLS="false",
+            KIKI_LOG_LEVEL="WARNING",
+            KIKI_A11Y_SERVER_POLICY_FILE=str(policy),
+        )
         procs.append(subprocess.Popen([str(VENV_BIN / "kiki-a11y-server")], env=server_env))
         _wait(lambda: _connectable(desktop.socket), "the a11y-server's socket")
         desktop.bridge = subprocess.Popen(

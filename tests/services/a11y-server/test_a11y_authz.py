@@ -75,13 +75,58 @@ apps = ["org.example.Bank"]
     assert not policy.sees_all(ROOT, "read")  # a deny rule could name root: checked per tree
 
 
+def test_publishers_tell_apart_trees_of_the_same_app_id(tmp_path: Path) -> None:
+    path = tmp_path / "a11y-policy.toml"
+    path.write_text(
+        """
+[[allow]]
+principals = ["uid:1001"]
+rights = ["read", "act"]
+apps = ["org.example.Bank"]
+publishers = ["uid:0"]
+
+[[deny]]
+principals = ["*"]
+rights = ["act"]
+apps = ["org.example.Bank"]
+publishers = ["uid:1000"]
+"""
+    )
+    policy = A11yPolicy.load(path)
+    bank = app(0, "org.example.Bank")
+    # The bank root publishes: Bob reads and acts on it.
+    assert policy.allows(BOB, "act", bank, ROOT)
+    # Alice names one of her own units org.example.Bank: the rule is not about her tree.
+    assert not policy.allows(BOB, "read", app(1000, "org.example.Bank"), ALICE)
+    assert not policy.allows(ALICE, "act", app(1000, "org.example.Bank"), ALICE)
+    # A tree whose publisher is not known (gone): an allow naming publishers does not hold,
+    # a deny naming them does.
+    assert not policy.allows(BOB, "read", bank, None)
+    assert not policy.allows(ROOT, "act", app(1000, "org.example.Bank"), None)
+
+
+def test_publisher_rules_say_who_may_name_which_apps(tmp_path: Path) -> None:
+    path = tmp_path / "a11y-policy.toml"
+    path.write_text('[[publisher]]\nprincipals = ["uid:1000"]\napps = ["org.example.*"]\n')
+    policy = A11yPolicy.load(path)
+    assert policy.may_name(ALICE, "org.example.Editor")
+    assert not policy.may_name(ALICE, "com.other.Editor")
+    assert not policy.may_name(BOB, "org.example.Editor")
+    assert not A11yPolicy.load(tmp_path / "none.toml").may_name(ROOT, "org.example.Editor")
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
         ("[[allow]]\nprincipals = ['uid:x']\nrights = ['read']\n", "is not a principal"),
         ("[[allow]]\nprincipals = ['*']\nrights = ['write']\n", "unknown rights write"),
-        ("[[allow]]\nprincipals = ['*']\n", "principals, rights and apps must be non-empty lists"),
+        (
+            "[[allow]]\nprincipals = ['*']\n",
+            "principals, rights, apps and publishers must be non-empty lists",
+        ),
         ("[[permit]]\nprincipals = ['*']\nrights = ['read']\n", "unknown keys permit"),
+        ("[[publisher]]\napps = ['*']\n", "publisher\\[0\\]: principals and apps must be"),
+        ("[[publisher]]\nprincipals = ['*']\nrights = ['read']\n", "exactly the keys"),
         ("[[allow]\n", "a11y-policy.toml"),
     ],
 )
@@ -221,3 +266,85 @@ def test_a_server_with_an_unusable_policy_does_not_start(sockdir: Path, spawn_se
     assert proc.wait(timeout=30) == 78  # EX_CONFIG, with the reason in its log
     assert proc.stderr is not None
     assert b"'uid:x' is not a principal" in proc.stderr.read()
+
+
+async def publish_named(path: Path, app_id: str, pressed: list[tuple[str, int]]) -> A11yPublisher:
+    """A publisher whose first update names the app it is for (as kiki-atspi-bridge does)."""
+
+    async def on_action(request: wire.ActionRequest) -> str:
+        pressed.append((app_id, request.node_id))
+        return "done"
+
+    pub = await A11yPublisher(path, label=app_id, on_action=on_action).__aenter__()
+    named = wire.App(0, app_id, 4242, 0, f"app-{app_id}.service")
+    ack = await pub.request(wire.TreeUpdate(0, 0, 0, 0, 0, 1, tuple(form_tree()), (), 0, named))
+    assert isinstance(ack, wire.Ack)
+    pub.tree_id = ack.tree_id
+    return pub
+
+
+async def test_a_trusted_publisher_names_its_apps_and_the_policy_tells_them_apart(
+    a11y_server: Start, sockdir: Path, attacker: pwd.struct_passwd
+) -> None:
+    """One publisher (root here; kiki-atspi-bridge in a session) publishes two apps' trees:
+    the second user may act on the one its rule names and not on the other; its own claim to
+    be one of them is ignored."""
+    etc = sockdir / "etc"
+    etc.mkdir(exist_ok=True)
+    (etc / "a11y-policy.toml").write_text(
+        f"""
+[[publisher]]
+principals = ["uid:0"]
+apps = ["org.example.*"]
+
+[[allow]]
+principals = ["uid:{attacker.pw_uid}"]
+rights = ["read", "subscribe", "act"]
+apps = ["org.example.Editor"]
+publishers = ["uid:0"]
+"""
+    )
+    path, _ = a11y_server()
+    open_to_others(sockdir, path)
+    pressed: list[tuple[str, int]] = []
+    editor = await publish_named(path, "org.example.Editor", pressed)
+    bank = await publish_named(path, "org.example.Bank", pressed)
+    try:
+        async with A11yClient(path) as root:
+            mirror = await root.subscribe()
+            named = {t.app.app_id: t.app for t in mirror}
+            assert set(named) == {"org.example.Editor", "org.example.Bank"}
+            assert named["org.example.Bank"].pid == 4242  # the named app's, not the publisher's
+            assert named["org.example.Bank"].uid == 0  # always the publisher's user
+
+        async def attack() -> dict[str, Any]:
+            out: dict[str, Any] = {}
+            async with (
+                A11yPublisher(path, label="fake") as fake,
+                A11yClient(path) as client,
+            ):
+                claim = wire.App(0, "org.example.Editor", 1, 0, "app-org.example.Editor.service")
+                ack = await fake.request(
+                    wire.TreeUpdate(0, 0, 0, 0, 0, 1, tuple(form_tree()), (), 0, claim)
+                )
+                assert isinstance(ack, wire.Ack)
+                mirror = await client.subscribe()
+                out["seen"] = sorted(t.app.app_id for t in mirror)
+                out["own"] = mirror.trees[ack.tree_id].app.app_id
+                out["editor"] = await client.act((editor.tree_id, 5), "press")
+                try:
+                    await client.act((bank.tree_id, 5), "press")
+                    out["bank"] = "allowed"
+                except KikiError as exc:
+                    out["bank"] = refused(exc)
+            return out
+
+        got = await asyncio.to_thread(run_as, attacker, attack)
+    finally:
+        await editor.__aexit__(None, None, None)
+        await bank.__aexit__(None, None, None)
+    assert got["own"].startswith("pid-")  # its claim to be the editor: ignored
+    assert got["seen"] == sorted(["org.example.Editor", got["own"]])
+    assert got["editor"] == "done"
+    assert got["bank"] == ["PermissionDenied", -32003]
+    assert pressed == [("org.example.Editor", 5)]

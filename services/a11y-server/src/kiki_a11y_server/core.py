@@ -162,8 +162,7 @@ class A11yCore:
     def _publish(self, session: Session, update: wire.TreeUpdate) -> Outcome:
         tree = session.tree
         if tree is None:
-            app = app_identity(session.cred)._replace(label=session.label)
-            tree = self.desktop.new_tree(app)
+            tree = self.desktop.new_tree(self._identity(session, update.app))
         try:
             change = self.desktop.publish(tree, update)
         except InvalidParams:
@@ -182,6 +181,35 @@ class A11yCore:
             reply = wire.encode(wire.Ack(update.request_id, tree.tree_id, change.seq))
         return Outcome(reply, Flush.ALL)
 
+    def _identity(self, session: Session, claim: wire.App | None) -> wire.App:
+        """The app a new tree is for: its publisher's, or the one a trusted publisher names
+        (``[[publisher]]`` in the policy; its app id, pid, unit and label, never a uid: the
+        tree is its publisher's user's). Anyone else's claim is ignored."""
+        own = app_identity(session.cred)._replace(label=session.label)
+        if claim is None or not claim.app_id:
+            return own
+        if not self.policy.may_name(session.cred, claim.app_id):
+            log.info(
+                "%s named its app %r: ignored (no [[publisher]] rule lets it)",
+                session.cred.describe(),
+                claim.app_id[:256],
+            )
+            return own
+        self.ctx.counters["named_apps"] += 1
+        return wire.App(
+            0,
+            claim.app_id[:256],
+            claim.pid,
+            session.cred.uid,
+            claim.unit[:256],
+            (claim.label or session.label)[:256],
+        )
+
+    def publisher_of(self, tree_id: int) -> PeerCred | None:
+        """Who published tree ``tree_id`` (the kernel's word), None once it is gone."""
+        owner = self.owners.get(tree_id)
+        return owner.cred if owner is not None else None
+
     def leave(self, session: Session) -> bool:
         """``session``'s connection is gone; True when that removed a tree (every subscriber
         has a frame to be sent)."""
@@ -191,8 +219,8 @@ class A11yCore:
         tree = session.tree
         if tree is None:
             return False
+        self.desktop.remove_tree(tree.tree_id)  # decided with its publisher still known
         self.owners.pop(tree.tree_id, None)
-        self.desktop.remove_tree(tree.tree_id)
         log.info("tree %d of %s removed (its app left)", tree.tree_id, tree.app.app_id)
         return True
 
@@ -206,7 +234,8 @@ class A11yCore:
         """Where ``cred``'s action goes: the request to send the tree's app, which will answer
         it (its connection expects the answer from now until :meth:`settle`)."""
         if (target := self.desktop.trees.get(request.tree_id)) is not None:
-            self.policy.check(cred, "act", target.app)  # before saying anything of its nodes
+            # before saying anything of its nodes
+            self.policy.check(cred, "act", target.app, self.publisher_of(target.tree_id))
         tree, node = self.desktop.find_node(request.tree_id, request.node_id)
         name = wire.ACTION_NAMES.get(request.action, str(request.action))
         if request.action not in node.actions:
@@ -260,7 +289,7 @@ class A11yCore:
         when asked decides (a reload applies to what a subscription is sent next)."""
         if self.policy.sees_all(cred, right):
             return None
-        return lambda app: self.policy.allows(cred, right, app)
+        return lambda app: self.policy.allows(cred, right, app, self.publisher_of(app.tree_id))
 
     def check_targets(
         self, cred: PeerCred, right: Right, tree_id: int, apps: Sequence[str]
@@ -274,8 +303,9 @@ class A11yCore:
             for t in self.desktop
             if (not tree_id or t.tree_id == tree_id) and (not apps or t.app.app_id in apps)
         ]
-        if named and not any(self.policy.allows(cred, right, app) for app in named):
-            self.policy.check(cred, right, named[0])
+        allowed = self.visible(cred, right)
+        if named and allowed is not None and not any(allowed(app) for app in named):
+            self.policy.check(cred, right, named[0], self.publisher_of(named[0].tree_id))
 
     def readable(self, cred: PeerCred, app_id: str = "") -> list[Tree]:
         """The trees (of ``app_id``, when given) ``cred`` may read; PermissionDenied when it

@@ -15,6 +15,19 @@ of the app ids of the trees (default ``*``)::
     rights = ["act"]
     apps = ["org.example.Bank"]
 
+A rule may also name ``publishers``, principals of the connection that published the tree (by
+the kernel's word, whatever app the tree is for; default ``*``): an app id a user gave one of
+its own units matches ``apps`` as well as the real app's, and ``publishers`` tells them apart.
+
+A trusted publisher may name the app it publishes for (the AT-SPI bridge publishes every app of
+a session, each on its own connection): ``[[publisher]]`` rules say who, and which app ids::
+
+    [[publisher]]
+    principals = ["uid:1000+app:kiki-atspi-bridge"]
+    apps = ["*"]                # the app ids it may name (default "*")
+
+Anyone else's claim is ignored (the tree's app is its publisher's, as always).
+
 A matching ``deny`` refuses, a matching ``allow`` grants; otherwise root sees and acts on every
 tree, and anyone else on the trees whose publisher has its uid (its own session's apps) only.
 Decisions are remembered per peer, right and tree for as long as the policy is loaded.
@@ -44,31 +57,61 @@ class Rule:
     rights: frozenset[str]
     apps: tuple[re.Pattern[str], ...]
     granting: bool
+    publishers: Principals | None = None  # None: whoever published the tree
 
-    def names(self, right: Right, app: wire.App) -> bool:
-        """Whether the rule covers ``right`` on ``app``'s tree, for whichever principals."""
-        return right in self.rights and any(p.fullmatch(app.app_id) for p in self.apps)
+    def names(self, right: Right, app: wire.App, publisher: PeerCred | None) -> bool:
+        """Whether the rule covers ``right`` on ``app``'s tree (published by ``publisher``,
+        None when unknown), for whichever principals."""
+        if right not in self.rights or not any(p.fullmatch(app.app_id) for p in self.apps):
+            return False
+        if self.publishers is None:
+            return True
+        if publisher is None:
+            return not self.granting  # unknown: a deny still holds, an allow does not
+        return self.publishers.matches(publisher, granting=self.granting)
 
-    def matches(self, cred: PeerCred, right: Right, app: wire.App) -> bool:
-        return self.names(right, app) and self.principals.matches(cred, granting=self.granting)
+    def matches(
+        self, cred: PeerCred, right: Right, app: wire.App, publisher: PeerCred | None
+    ) -> bool:
+        return self.names(right, app, publisher) and self.principals.matches(
+            cred, granting=self.granting
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PublisherRule:
+    """Who may name the app it publishes for, and which app ids."""
+
+    principals: Principals
+    apps: tuple[re.Pattern[str], ...]
 
 
 def _rules(doc: object, section: str, source: str) -> tuple[Rule, ...]:
     rules = []
-    for where, entry in rule_tables(doc, section, source, ("principals", "rights"), _ANY_APP):
+    defaults = {**_ANY_APP, "publishers": ["*"]}
+    for where, entry in rule_tables(doc, section, source, ("principals", "rights"), defaults):
         if unknown := set(entry["rights"]) - set(RIGHTS):
             raise ConfigError(
                 f"{where}: unknown rights {', '.join(sorted(unknown))} (read, subscribe, act)"
             )
+        publishers = entry["publishers"]
         rules.append(
             Rule(
                 Principals.parse(entry["principals"], where),
                 frozenset(entry["rights"]),
                 globs(entry["apps"]),
                 granting=section == "allow",
+                publishers=None if publishers == ["*"] else Principals.parse(publishers, where),
             )
         )
     return tuple(rules)
+
+
+def _publisher_rules(doc: object, source: str) -> tuple[PublisherRule, ...]:
+    return tuple(
+        PublisherRule(Principals.parse(entry["principals"], where), globs(entry["apps"]))
+        for where, entry in rule_tables(doc, "publisher", source, ("principals",), _ANY_APP)
+    )
 
 
 _ANY_APP = {"apps": ["*"]}
@@ -78,10 +121,11 @@ _ANY_APP = {"apps": ["*"]}
 class A11yPolicy:
     allow: tuple[Rule, ...] = ()
     deny: tuple[Rule, ...] = ()
-    _decisions: dict[tuple[PeerCred, str, wire.App], bool] = field(
+    publishers: tuple[PublisherRule, ...] = ()
+    _decisions: dict[tuple[PeerCred, str, wire.App, PeerCred | None], bool] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
-    _public: dict[tuple[str, wire.App], bool] = field(
+    _public: dict[tuple[str, wire.App, PeerCred | None], bool] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
 
@@ -90,40 +134,55 @@ class A11yPolicy:
         doc = read_policy_file(path)
         if doc is None:
             return cls()
-        if unknown := set(doc) - {"allow", "deny"}:
+        if unknown := set(doc) - {"allow", "deny", "publisher"}:
             raise ConfigError(f"{path}: unknown keys {', '.join(sorted(unknown))}")
         return cls(
-            _rules(doc.get("allow"), "allow", str(path)), _rules(doc.get("deny"), "deny", str(path))
+            _rules(doc.get("allow"), "allow", str(path)),
+            _rules(doc.get("deny"), "deny", str(path)),
+            _publisher_rules(doc.get("publisher"), str(path)),
         )
 
-    def allows(self, cred: PeerCred, right: Right, app: wire.App) -> bool:
-        key = (cred, right, app)
+    def may_name(self, publisher: PeerCred, app_id: str) -> bool:
+        """Whether ``publisher`` may say its tree is ``app_id``'s (a ``[[publisher]]`` rule)."""
+        return any(
+            rule.principals.matches(publisher) and any(p.fullmatch(app_id) for p in rule.apps)
+            for rule in self.publishers
+        )
+
+    def allows(
+        self, cred: PeerCred, right: Right, app: wire.App, publisher: PeerCred | None = None
+    ) -> bool:
+        """Whether ``cred`` has ``right`` on ``app``'s tree, which ``publisher`` published
+        (None: not known, as for a tree already gone)."""
+        key = (cred, right, app, publisher)
         found = self._decisions.get(key)
         if found is None:
-            found = self._decide(cred, right, app)
+            found = self._decide(cred, right, app, publisher)
             if len(self._decisions) >= _MAX_DECISIONS:
                 self._decisions.clear()
             self._decisions[key] = found
         return found
 
-    def _decide(self, cred: PeerCred, right: Right, app: wire.App) -> bool:
-        if any(rule.matches(cred, right, app) for rule in self.deny):
+    def _decide(
+        self, cred: PeerCred, right: Right, app: wire.App, publisher: PeerCred | None
+    ) -> bool:
+        if any(rule.matches(cred, right, app, publisher) for rule in self.deny):
             return False
-        if any(rule.matches(cred, right, app) for rule in self.allow):
+        if any(rule.matches(cred, right, app, publisher) for rule in self.allow):
             return True
         return cred.uid in (0, app.uid)
 
-    def public(self, right: Right, app: wire.App) -> bool:
+    def public(self, right: Right, app: wire.App, publisher: PeerCred | None = None) -> bool:
         """Whether everyone has ``right`` on ``app``'s tree: ``allow`` rules grant it to ``*``
         (every local peer) and to ``remote:*`` (every remote person a delegate names: ``*``
         does not match them), and no ``deny`` rule for it names the app, whoever that rule
         names. What a stream shared by many subscribers, none of whom it knows, may carry."""
-        key = (right, app)
+        key = (right, app, publisher)
         found = self._public.get(key)
         if found is None:
-            granting = [r.principals.items for r in self.allow if r.names(right, app)]
+            granting = [r.principals.items for r in self.allow if r.names(right, app, publisher)]
             found = (
-                not any(rule.names(right, app) for rule in self.deny)
+                not any(rule.names(right, app, publisher) for rule in self.deny)
                 and any(p.anyone for items in granting for p in items)
                 and any(p.remote == "*" for items in granting for p in items)
             )
@@ -137,9 +196,11 @@ class A11yPolicy:
         rule that could name it. Such a peer needs no per-tree check (the shared snapshot)."""
         return cred.uid == 0 and not self.deny
 
-    def check(self, cred: PeerCred, right: Right, app: wire.App) -> None:
+    def check(
+        self, cred: PeerCred, right: Right, app: wire.App, publisher: PeerCred | None = None
+    ) -> None:
         """:class:`PermissionDenied` unless ``cred`` has ``right`` on ``app``'s tree."""
-        if not self.allows(cred, right, app):
+        if not self.allows(cred, right, app, publisher):
             raise PermissionDenied(
                 f"uid {cred.uid} may not {_DO[right]} tree {app.tree_id} ({app.app_id}, uid "
                 f"{app.uid}): by default a user {_DOES[right]} its own session's apps only",

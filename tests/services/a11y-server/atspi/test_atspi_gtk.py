@@ -63,6 +63,17 @@ def test_kiki_a11y_dump_shows_the_widget_factory(atspi_desktop: AtspiDesktop) ->
     assert 'value="entry"' in out
 
 
+async def test_each_bridged_tree_is_named_for_its_own_app(atspi_desktop: AtspiDesktop) -> None:  # noqa: F811
+    """The bridge names the app behind each tree (the bus daemon's word for its process), and
+    the server, whose policy trusts the bridge to, takes it: per-app rules tell them apart."""
+    factory = next(p for p in atspi_desktop.procs if p.args[0] == FACTORY)  # type: ignore[index]
+    assert atspi_desktop.bridge is not None
+    async with atspi_desktop.tree_of(FACTORY) as (_client, tree):
+        assert tree.app.pid == factory.pid != atspi_desktop.bridge.pid
+        assert tree.app.app_id == f"pid-{factory.pid}"  # the factory runs outside any unit
+        assert tree.app.label == FACTORY
+
+
 async def test_roles_names_and_states_agree_with_atspi(atspi_desktop: AtspiDesktop) -> None:  # noqa: F811
     truth = await independent_nodes(atspi_desktop.a11y_address, FACTORY)
     # The role table is AT-SPI's own numbering: every role number's name is what the app says.

@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from typing import Any
 from kiki_a11y_server.atspi import cache
 from kiki_a11y_server.atspi.actions import plan
 from kiki_a11y_server.atspi.calls import ROOT, AtspiError, Calls
+from kiki_a11y_server.atspi.identity import app_of
 from kiki_a11y_server.atspi.model import ALL, PATCHED, AppModel, Batch, Fetched, aspect_of
 from kiki_a11y_server.atspi.walk import walk
 from libkiki.a11y import wire
@@ -67,6 +69,7 @@ class AppMirror:
         self.published = asyncio.Event()  # set after each publish (tests, benchmark)
         self.publisher: A11yPublisher | None = None
         self.label = bus_name
+        self.app: wire.App | None = None  # which app it is (identity.app_of), named to the server
         self._aspects: dict[str, set[str]] = {}
         self._early: set[str] = set()  # events about paths not in the mirror (yet)
         self._retries: dict[str, int] = {}  # new children that failed to fetch: tries so far
@@ -152,6 +155,11 @@ class AppMirror:
         fetched = await self._initial()
         root = fetched[ROOT]
         self.label = root.name or self.bus_name
+        try:
+            self.app = await app_of(self.calls, self.bus_name)
+        except AtspiError as exc:  # gone meanwhile: its first call will say so
+            log.info("%s: which app it is is not known (%s)", self.label, exc)
+            self.app = None
         async with A11yPublisher(self.socket, label=self.label, on_action=self._on_action) as pub:
             self.publisher = pub
             self.model.reset()
@@ -233,16 +241,28 @@ class AppMirror:
         # Not waiting for each acknowledgement keeps a quick second change (a text's delete,
         # then its insert) from waiting a round trip to the server; the connection keeps the
         # order, and a refusal found later makes the next round a resync.
-        self._acks.append(
-            asyncio.ensure_future(
-                self.publisher.publish(nodes, root_id=root, cause=AGENT if recent else APP)
-            )
-        )
+        self._acks.append(asyncio.ensure_future(self._send(nodes, root, AGENT if recent else APP)))
         if root:
             await self._settle(keep=0)  # a whole tree: acknowledged before anything else
         self.updates += 1
         self.published.set()
         self.published = asyncio.Event()
+
+    def _send(self, nodes: list[wire.Node], root: int, cause: int) -> Awaitable[int]:
+        assert self.publisher is not None
+        if self.app is None or self.publisher.tree_id:
+            return self.publisher.publish(nodes, root_id=root, cause=cause)
+        # The update that makes the tree names the app it is for (the server takes the name
+        # from a publisher its policy trusts, and ignores it otherwise).
+        app = self.app._replace(label=self.label)
+        return self._first(wire.TreeUpdate(0, 0, 0, 0, 0, root, tuple(nodes), (), cause, app))
+
+    async def _first(self, update: wire.TreeUpdate) -> int:
+        assert self.publisher is not None
+        ack = await self.publisher.request(update)
+        assert isinstance(ack, wire.Ack)
+        self.publisher.tree_id, self.publisher.seq = ack.tree_id, ack.seq
+        return ack.seq
 
     async def _settle(self, keep: int) -> None:
         """Collect acknowledgements: those already in, and the oldest past ``keep``

@@ -157,6 +157,14 @@ class Calls:
         got = await self._maybe(dest, path, ATSPI + "Component", "GetExtents", "u", [0])
         return tuple(got[0]) if got else None
 
+    async def bus_call(self, member: str, name: str) -> int:
+        """One of the bus daemon's answers about connection ``name`` (a ``u``)."""
+        reply = await self._call(
+            "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus", member,
+            "s", [name],
+        )  # fmt: skip
+        return int(reply[0])
+
     async def ping(self, dest: str) -> None:
         """One cheap call to the app's root: does it answer at all?"""
         await self._call(dest, ROOT, ACCESSIBLE, "GetRole")
