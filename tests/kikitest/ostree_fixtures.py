@@ -13,6 +13,7 @@ import http.server
 import os
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -39,6 +40,7 @@ __all__ = [
     "publish_versions",
     "serve_dir",
     "stop_gpg_agent",
+    "traversable_dir",
     "write_manifest",
 ]
 
@@ -57,6 +59,19 @@ def in_worker(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ostree-operation") as pool:
         return pool.submit(run).result()
+
+
+@contextmanager
+def traversable_dir() -> Iterator[Path]:
+    """A fresh directory any user may search (0755, under /var/tmp): where a device's root
+    goes when a health command runs as an app's own uid, which reaches the app's ``data/`` by
+    its absolute path (pytest's ``tmp_path`` is under a 0700 directory)."""
+    path = Path(tempfile.mkdtemp(prefix="kiki-updater-", dir="/var/tmp"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def write_manifest(tree: Path, app_id: str, version: str, **extra: Any) -> None:

@@ -3,18 +3,21 @@ replaced by the previous one at once, and the failure is reported; a passing one
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from kiki_updater.app_users import BASE, AppUsers
 from kiki_updater.health import HealthGate, HealthSpec
 from kiki_updater.operations import HealthFailed, Operations
 from kiki_updater.publish import publish
 from kiki_updater.pull import Remote
 from kiki_updater.signing import generate_keypair, sign_commit
 from kiki_updater.store import Store
-from kikitest.ostree_fixtures import in_worker, make_app_tree, write_manifest
+from kikitest.ostree_fixtures import in_worker, make_app_tree, traversable_dir, write_manifest
 from libkiki.errors import ValidationError
 
 pytestmark = pytest.mark.integration
@@ -24,6 +27,7 @@ SECRET, PUBLIC = generate_keypair()
 CHECK = """#!/bin/sh
 # exits with the status written in the release, and proves it ran in the new deployment
 echo "$PWD" > "$KIKI_APP_DATA/checked-in"
+id -u > "$KIKI_APP_DATA/uid"
 {body}
 """
 
@@ -39,11 +43,17 @@ def release(repo: Path, tree: Path, version: str, check: str, deadline: float = 
 
 
 @pytest.fixture
-def setup(tmp_path: Path) -> tuple[Operations, Remote, Path, Path]:
+def device() -> Iterator[Path]:
+    with traversable_dir() as root:
+        yield root / "device"
+
+
+@pytest.fixture
+def setup(tmp_path: Path, device: Path) -> tuple[Operations, Remote, Path, Path]:
     repo = tmp_path / "published"
     tree = make_app_tree(tmp_path / "tree", APP, "1.0")
     release(repo, tree, "1.0", "exit 0")
-    updater = Operations(Store(tmp_path / "device"), health=HealthGate())
+    updater = Operations(Store(device), health=HealthGate())
     remote = Remote.of("local", str(repo), ed25519_keys=(PUBLIC,))
     first = in_worker(updater.install, "app", APP, remote)
     assert first.version == "1.0"
@@ -73,6 +83,11 @@ def test_a_failing_health_check_puts_the_previous_commit_back(
     assert [h["action"] for h in after.history][:2] == ["health-rollback", "update"]
     checked = (updater.store.home("app", APP) / "data" / "checked-in").read_text().strip()
     assert checked.endswith(f"deploy/{bad}")
+    uid = int((updater.store.home("app", APP) / "data" / "uid").read_text())
+    if os.geteuid() == 0:  # an updater running as root runs the check as the app's own uid
+        assert uid == AppUsers(updater.store.root).uid("app", APP) != 0
+    else:
+        assert uid == os.geteuid()
 
 
 def test_a_passing_health_check_keeps_the_new_commit(
@@ -84,11 +99,11 @@ def test_a_passing_health_check_keeps_the_new_commit(
 
 
 def test_a_first_install_that_fails_its_check_is_removed_but_its_data_kept(
-    tmp_path: Path,
+    tmp_path: Path, device: Path
 ) -> None:
     repo = tmp_path / "published"
     release(repo, make_app_tree(tmp_path / "tree", APP, "1.0"), "1.0", "exit 1")
-    updater = Operations(Store(tmp_path / "device"), health=HealthGate())
+    updater = Operations(Store(device), health=HealthGate())
     with pytest.raises(HealthFailed, match="was removed"):
         in_worker(updater.install, "app", APP, Remote.of("l", str(repo), ed25519_keys=(PUBLIC,)))
     assert updater.store.deployed("app", APP) is None
@@ -116,3 +131,10 @@ def test_a_declaration_is_read_with_its_deadline() -> None:
     spec = HealthSpec.of({"health": {"tool": "org.example.player.ping"}})
     assert spec == HealthSpec(30.0, tool="org.example.player.ping")
     assert HealthSpec.of({}) is None
+
+
+def test_app_uids_are_one_per_app_and_kept(tmp_path: Path) -> None:
+    users = AppUsers(tmp_path)
+    first, second = users.uid("app", APP), users.uid("agent", APP)
+    assert (first, second) == (BASE, BASE + 1)
+    assert AppUsers(tmp_path).uid("app", APP) == first  # read back, not allocated again

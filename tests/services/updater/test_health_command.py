@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from kiki_updater.health import HealthSpec, Unhealthy, run_command
+from kikitest.ostree_fixtures import traversable_dir
 
 pytestmark = pytest.mark.integration
 
@@ -74,3 +75,36 @@ def test_a_command_past_its_deadline_is_killed_with_its_children(tmp_path: Path)
     for pid in left.stdout.split():
         os.kill(int(pid), 9)
     assert left.returncode == 1, "a child of the check outlived it"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping root needs root")
+def test_as_root_the_command_runs_as_the_uid_given_with_no_new_privileges(
+    tmp_path: Path,
+) -> None:
+    # the deployment is under tmp_path, 0700 root: the uid reaches it only through the cwd
+    # the child enters before giving up root
+    assert tmp_path.parent.stat().st_mode & 0o077 == 0
+    uid = 0x7E00FFFE
+    spec, deployment = _check(
+        tmp_path,
+        "set -e\n"
+        'echo "$(id -u) $(id -g) $(id -G)" > "$KIKI_APP_DATA/seen"\n'
+        'grep "^NoNewPrivs:" /proc/self/status | tr -s "\\t " " " >> "$KIKI_APP_DATA/seen"\n'
+        "cat /proc/self/status | grep -q '^CapEff:\\s*0*$' || exit 7\n",
+    )
+    with traversable_dir() as home:
+        data = home / "data"
+        data.mkdir(mode=0o700)
+        run_command(spec, deployment, data, uid=uid)
+        ids, privs = (data / "seen").read_text().splitlines()
+        assert ids == f"{uid} {uid} {uid}"  # its own gid, no supplementary groups
+        assert privs == "NoNewPrivs: 1"
+        assert data.stat().st_uid == uid  # the app's data/ is the app's
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping root needs root")
+def test_as_root_a_command_that_needs_root_fails(tmp_path: Path) -> None:
+    spec, deployment = _check(tmp_path, "cat /etc/shadow > /dev/null\n")
+    run_command(spec, deployment, tmp_path / "data")  # as the updater (root): it can
+    with pytest.raises(Unhealthy, match="exited 1"):
+        run_command(spec, deployment, tmp_path / "data", uid=0x7E00FFFD)

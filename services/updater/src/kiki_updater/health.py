@@ -12,11 +12,15 @@ command runs in the new deployment (``cwd``; a relative first word is a path in 
 ``KIKI_APP_DATA`` set to the app's ``data/``, and must exit 0 within the deadline. An app that
 declares nothing passes.
 
-The command runs with the updater's privileges (root, the unit's capabilities): only a commit
-whose signature was checked gets here, but it is the app's code. Its environment is a minimal
-one (not the updater's), its stdout is discarded and only the last 4 KiB of its stderr kept
-(the unit's memory is capped: an app must not be able to fill it), and on its deadline its whole
-process group is killed. Running it as the app's own user is not done yet.
+The command is the app's code: an updater running as root runs it as the app's own
+unprivileged uid (:mod:`kiki_updater.app_users`; its gid the same, no supplementary groups),
+which owns the app's ``data/``, with no new privileges (``setpriv --no-new-privs``: a setuid
+program cannot give root back); an updater that is not root runs it as itself. The change of
+uid happens in the child after its ``chdir`` into the deployment, and a relative command is
+resolved from there, so the uid needs no access to the directories above the deployment (the
+updater's state stays 0700). Its environment is a minimal one (not the updater's), its stdout
+is discarded and only the last 4 KiB of its stderr kept (the unit's memory is capped: an app
+must not be able to fill it), and on its deadline its whole process group is killed.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -98,19 +103,38 @@ class HealthGate:
         if spec is None:
             return
         if spec.command:
-            run_command(spec, deployment, deployment.parent.parent / "data")
+            uid = None
+            if os.geteuid() == 0:
+                from kiki_updater.app_users import AppUsers
+
+                # <root>/<kind>/<id>/deploy/<commit>: the store's layout
+                uid = AppUsers(deployment.parents[3]).uid(kind, ident)
+            run_command(spec, deployment, deployment.parent.parent / "data", uid=uid)
         else:
             asyncio.run(ask_tool(spec, self.broker_socket))
 
 
-def run_command(spec: HealthSpec, deployment: Path, data: Path) -> None:
+def run_command(spec: HealthSpec, deployment: Path, data: Path, *, uid: int | None = None) -> None:
+    """Run the check in ``deployment``; with ``uid``, as that uid (and gid), which is made the
+    owner of ``data`` first, with no new privileges."""
+    # A relative command ("bin/health") stays relative: it is resolved in the child's cwd,
+    # the deployment, which it enters before giving up root.
     argv = list(spec.command)
-    if not argv[0].startswith("/") and "/" in argv[0]:
-        argv[0] = str(deployment / argv[0])
     env = {"PATH": PATH, "LANG": "C.UTF-8", "KIKI_APP_DATA": str(data)}
+    as_user: dict[str, Any] = {}
+    if uid is not None:
+        setpriv = shutil.which("setpriv", path=PATH)
+        if setpriv is None:  # never run it as root for want of a way not to
+            raise Unhealthy("setpriv (util-linux) is missing: the check cannot drop root")
+        with contextlib.suppress(FileNotFoundError):
+            if os.lstat(data).st_uid != uid:
+                os.chown(data, uid, uid, follow_symlinks=False)
+        argv = [setpriv, "--no-new-privs", "--", *argv]
+        as_user = {"user": uid, "group": uid, "extra_groups": []}
     try:
         proc = subprocess.Popen(
             argv,
+            **as_user,
             cwd=deployment,
             env=env,
             stdin=subprocess.DEVNULL,
