@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from libkiki.errors import KikiError
@@ -46,3 +48,36 @@ def test_controllers_only_add_intents_naming_themselves() -> None:
     for action in ("update", "delete"):
         assert "only be added" in str(added_entry_problem(intents, "i", action, mine, "alice"))
     assert "not a JSON object" in str(added_entry_problem(intents, "i", "add", [mine], "alice"))
+
+
+def test_the_device_links_state_is_typed_by_the_lexicon(kiki: Registry) -> None:
+    node = {"ref": "1:2", "id": 2, "role": "button", "name": "Save", "actions": ["press"]}
+    app: dict[str, Any] = {
+        "appId": "org.example.Editor",
+        "treeId": 1,
+        "revision": 7,
+        "nodes": [
+            {"ref": "1:1", "id": 1, "role": "window", "parent": None, "depth": 0},
+            {**node, "parent": 1, "depth": 1},
+        ],
+    }
+    state: dict[str, Any] = {
+        "updatedAt": "2026-12-07T15:00:00.000Z",
+        "stale": ["sensors"],
+        "screen": {"apps": [app]},
+        "nowPlaying": None,
+        "sensors": [{"sensor": "imu0", "unit": "m/s^2", "scale": 3, "values": [1, 2, 3]}],
+        "calls": [
+            {
+                "at": "2026-12-07T15:00:00Z",
+                "tool": "dev.kiki.demo.echo",
+                "caller": {"uid": 0, "gid": 0, "pid": 7},
+                "onBehalfOf": {"subject": "alice", "session": "home"},
+                "outcome": "ok",
+            }
+        ],
+    }
+    kiki.validator(BY_ROOT["device"].entry).validate(state)
+    unplaced = {**state, "screen": {"apps": [{**app, "nodes": [node]}]}}
+    with pytest.raises(KikiError):
+        kiki.validator(BY_ROOT["device"].entry).validate(unplaced)

@@ -1,0 +1,256 @@
+"""The device link's sans-I/O parts: the screen from the a11y stream, the state's reducers, the
+throttle, and what becomes of an intent before and after it runs."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from kiki_sync_relay.link.intents import Admission, failed, parse, result, to_prune
+from kiki_sync_relay.link.screen import Screen
+from kiki_sync_relay.link.state import DeviceState
+from kiki_sync_relay.link.throttle import Throttle
+from libkiki.errors import (
+    InvalidParams,
+    KikiError,
+    PermissionDenied,
+    ToolError,
+    Unavailable,
+    ValidationError,
+)
+from libkiki.lexicon import Registry
+
+pytestmark = pytest.mark.unit
+
+NOW = datetime(2026, 12, 7, 18, 0, tzinfo=UTC)
+
+
+def node(i: int, name: str = "", children: tuple[int, ...] = (), **extra: Any) -> dict[str, Any]:
+    entry = {"ref": f"7:{i}", "id": i, "treeId": 7, "role": "generic", "children": list(children)}
+    if name:
+        entry["name"] = name
+    return {**entry, **extra}
+
+
+def tree_changed(revision: int, **fields: Any) -> dict[str, Any]:
+    return {"appId": "org.example.Editor", "treeId": 7, "revision": revision, **fields}
+
+
+def names(screen: Screen) -> list[str]:
+    return [n.get("name", "") for app in screen.value()["apps"] for n in app["nodes"]]
+
+
+# -- the screen -------------------------------------------------------------------------------
+
+
+def test_the_screen_is_each_trees_nodes_in_document_order(kiki: Registry) -> None:
+    screen = Screen()
+    whole = [
+        node(4, "b", value="typed", actions=["press"], states=[]),
+        node(1, "window", (2, 3)),
+        node(3, "a", (4,)),
+        node(2, "title"),
+    ]
+    assert screen.apply(tree_changed(1, reset=True, changed=whole))
+    (app,) = screen.value()["apps"]
+    assert [(n["id"], n["parent"], n["depth"]) for n in app["nodes"]] == [
+        (1, None, 0),
+        (2, 1, 1),
+        (3, 1, 1),
+        (4, 3, 2),
+    ]
+    assert app["nodes"][3] == {
+        "ref": "7:4",
+        "id": 4,
+        "role": "generic",
+        "name": "b",
+        "value": "typed",
+        "actions": ["press"],
+        "parent": 3,
+        "depth": 2,
+    }
+    kiki.validator("dev.kiki.session.defs#screen").validate(screen.value())
+    # Removing a node removes its subtree; changed nodes are upserted.
+    screen.apply(tree_changed(2, removed=[3], changed=[node(1, "window", (2,)), node(2, "new")]))
+    assert names(screen) == ["window", "new"]
+    # A reset run forgets the rest, once per revision (a big tree comes in several messages).
+    screen.apply(tree_changed(3, reset=True, changed=[node(1, "w", (5, 6))]))
+    screen.apply(tree_changed(3, reset=True, changed=[node(5, "x"), node(6, "y")]))
+    assert names(screen) == ["w", "x", "y"]
+    screen.apply(tree_changed(3, gone=True))
+    assert screen.value() == {"apps": []}
+
+
+def test_the_screen_is_bounded() -> None:
+    screen = Screen(max_nodes=3, max_held=5, max_apps=1)
+    nodes = [node(1, "root", tuple(range(2, 10)))] + [node(i, str(i)) for i in range(2, 10)]
+    screen.apply(tree_changed(1, reset=True, changed=nodes))
+    (app,) = screen.value()["apps"]
+    assert len(app["nodes"]) == 3
+    assert app["truncated"] is True
+    assert len(screen.apps[7].nodes) == 5  # held in memory
+    other = {"appId": "org.example.Other", "treeId": 8, "revision": 1, "changed": [node(1)]}
+    assert not screen.apply(other)  # one app at most
+    assert not screen.apply({"nothing": "useful"})
+    cycle = [node(1, "a", (2,)), node(2, "b", (1,)), node(3, "c", (3,))]
+    looped = Screen()
+    looped.apply(tree_changed(1, reset=True, changed=cycle))
+    assert names(looped) == []  # no root: nothing to place, and no endless walk
+
+
+# -- the state --------------------------------------------------------------------------------
+
+
+def test_the_state_tells_its_listeners_of_changes_only() -> None:
+    state = DeviceState(pid=42)
+    seen: list[str] = []
+    state.listeners.add(seen.append)
+    assert state.stale_list() == [
+        "screen",
+        "nowPlaying",
+        "notifications",
+        "sensors",
+        "tools",
+        "calls",
+    ]
+    state.mark("tools", False)
+    state.mark("tools", False)
+    state.tools_listed(["dev.kiki.demo.echo", "dev.kiki.a11y.act", "org.x.y"], ["dev.kiki.*"])
+    state.tools_listed(["dev.kiki.a11y.act", "dev.kiki.demo.echo"], ["dev.kiki.*"])
+    assert seen == ["stale", "tools"]
+    assert state.values["tools"] == ["dev.kiki.a11y.act", "dev.kiki.demo.echo"]
+
+
+def test_the_calls_are_the_tool_calls_not_the_links_own(kiki: Registry) -> None:
+    state = DeviceState(pid=42)
+    base = {"time": "2026-12-07T18:00:00Z", "tool": "dev.kiki.demo.echo", "outcome": "ok"}
+    someone = {"uid": 1000, "gid": 1000, "pid": 7}
+    link = {"uid": 0, "gid": 0, "pid": 42}
+    state.audit({**base, "caller": someone})
+    state.audit({**base, "caller": someone, "event": "subscribe"})
+    state.audit({**base, "caller": link, "tool": "dev.kiki.sensor.read"})
+    state.audit({**base, "caller": link, "onBehalfOf": {"subject": "alice", "session": "home"}})
+    assert [c["caller"]["pid"] for c in state.values["calls"]] == [7, 42]
+    assert state.values["calls"][1]["onBehalfOf"]["subject"] == "alice"
+    for i in range(60):
+        state.audit({**base, "caller": someone, "tool": f"dev.kiki.demo.t{i}"})
+    assert len(state.values["calls"]) == 50
+    assert state.values["calls"][-1]["tool"] == "dev.kiki.demo.t59"
+    for call in state.values["calls"]:
+        kiki.validator("dev.kiki.session.defs#call").validate(call)
+
+
+def test_now_playing_is_the_active_player() -> None:
+    state = DeviceState(pid=42)
+
+    def playing(player: str, active: bool) -> dict[str, Any]:
+        return {"nowPlaying": {"player": {"player": player, "status": "Playing", "active": active}}}
+
+    state.playback(playing("mpv", True))
+    state.playback(playing("vlc", False))
+    assert state.values["nowPlaying"]["player"]["player"] == "mpv"
+    state.playback({"player": "mpv"})  # gone
+    assert state.values["nowPlaying"]["player"]["player"] == "vlc"
+    state.players_reset()
+    assert state.values["nowPlaying"] is None
+
+
+# -- the throttle -----------------------------------------------------------------------------
+
+
+def test_a_lone_change_goes_at_once_and_changes_within_the_interval_merge() -> None:
+    throttle = Throttle({"screen": 0.1, "stale": 0.0})
+    throttle.mark("screen")
+    assert throttle.due(10.0) == (["screen"], None)
+    throttle.mark("screen")
+    throttle.mark("screen")
+    throttle.mark("stale")
+    keys, wake = throttle.due(10.05)
+    assert keys == ["stale"]
+    assert wake == pytest.approx(10.1)
+    assert throttle.due(10.1) == (["screen"], None)
+    assert throttle.due(11.0) == ([], None)
+
+
+# -- intents ----------------------------------------------------------------------------------
+
+
+def intent(key: str = "i1", **fields: Any) -> dict[str, Any]:
+    return {
+        "id": key,
+        "tool": "dev.kiki.demo.echo",
+        "input": {"text": "hi"},
+        "by": "alice",
+    } | fields
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("bad id!", intent("bad id!")),
+        ("x" * 65, intent("x" * 65)),
+        ("i1", intent("i2")),
+        ("i1", "run it"),
+        ("i1", intent(tool=3)),
+        ("i1", intent(input=[1])),
+        ("i1", intent(by="")),
+        ("i1", intent(deadline="soon")),
+    ],
+)
+def test_what_is_not_an_intent_is_refused(key: str, value: Any) -> None:
+    with pytest.raises(InvalidParams):
+        parse(key, value)
+
+
+def test_an_intent_is_expired_rate_limited_or_unknown_before_it_runs(kiki: Registry) -> None:
+    admission = Admission(rate=1.0, burst=2.0)
+    tools = ["dev.kiki.demo.echo"]
+    late = parse("i1", intent(deadline=(NOW - timedelta(seconds=1)).isoformat()))
+    answer = admission.check(late, tools, NOW, 0.0)
+    assert answer is not None
+    assert (answer["status"], answer["error"]["name"]) == ("expired", "Timeout")
+    ok = parse("i2", intent("i2", deadline=(NOW + timedelta(seconds=1)).isoformat()))
+    assert admission.check(ok, tools, NOW, 0.0) is None
+    assert admission.check(ok, tools, NOW, 0.0) is None
+    limited = admission.check(ok, tools, NOW, 0.0)
+    assert limited is not None
+    assert limited["error"]["name"] == "LimitExceeded"
+    assert admission.check(ok, tools, NOW, 1.0) is None  # refilled
+    bob = parse("i3", intent("i3", by="bob", tool="dev.kiki.demo.nothing"))
+    unknown = admission.check(bob, tools, NOW, 1.0)
+    assert unknown is not None
+    assert (unknown["status"], unknown["error"]["name"]) == ("refused", "NotFound")
+    for entry in (answer, limited, unknown, result("ok", output={"text": "hi"}, now=NOW)):
+        kiki.validator("dev.kiki.session.defs#result").validate(entry)
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        (PermissionDenied("policy"), "refused"),
+        (ValidationError("input.text", "required"), "refused"),
+        (ToolError("it broke"), "error"),
+        (Unavailable("no broker"), "error"),
+    ],
+)
+def test_the_brokers_answer_becomes_a_typed_result(error: KikiError, status: str) -> None:
+    answer = failed(error, NOW)
+    assert answer["status"] == status
+    assert answer["error"]["name"] == type(error).__name__
+    assert "output" not in answer
+
+
+def test_old_and_surplus_finished_intents_are_pruned_oldest_first() -> None:
+    def done(seconds_ago: float) -> dict[str, Any]:
+        return result("ok", now=NOW - timedelta(seconds=seconds_ago))
+
+    intents = {k: intent(k) for k in ("old", "a", "b", "c", "waiting")}
+    results = {"old": done(700), "a": done(30), "b": done(20), "c": done(10), "orphan": done(1)}
+    results["waiting"] = result("running", now=NOW)
+    assert to_prune(intents, results, NOW, keep=600, max_entries=100) == ["old"]
+    # Six entries, three kept: the oldest finished go (the running one stays).
+    assert to_prune(intents, results, NOW, keep=600, max_entries=3) == ["old", "a", "b"]
+    del results["orphan"]["status"]  # no final result, no intent: gone at once
+    assert to_prune(intents, results, NOW, keep=600, max_entries=100) == ["orphan", "old"]
