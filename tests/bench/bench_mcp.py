@@ -81,12 +81,14 @@ server.run("stdio")
 # The least a server behind the SDK's client can cost: a process answering each line on stdin
 # with a canned answer of the broker's shape, in either protocol generation (server/discover,
 # or the initialize handshake; tools/list; the tool's call). For context: what the SDK's client
-# spends of every row's time.
+# spends of every row's time. The tool has an output schema, as the broker's and the SDK
+# server's have: the client checks each call's structuredContent against it.
 STDIO_FLOOR = """
 import sys, orjson
 out = sys.stdout.buffer
 info = {"name": "floor", "version": "0"}
-tool = {"name": "org.example.test.echo", "inputSchema": {"type": "object"}}
+text = {"type": "object", "required": ["text"], "properties": {"text": {"type": "string"}}}
+tool = {"name": "org.example.test.echo", "inputSchema": text, "outputSchema": text}
 modern = {"resultType": "complete", "ttlMs": 0, "cacheScope": "private",
           "_meta": {"io.modelcontextprotocol/serverInfo": info}}
 for line in sys.stdin.buffer:
