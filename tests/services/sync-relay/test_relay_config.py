@@ -58,3 +58,20 @@ def test_the_state_is_systemds_state_directory_itself(
     (tmp_path / "sync-relay").symlink_to(real)
     monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "sync-relay"))
     assert config.state_path() == real
+
+
+def test_device_link_settings_from_the_environment() -> None:
+    env = {
+        "KIKI_CONFIG_DIR": "/nonexistent",
+        "KIKI_RUNTIME_DIR": "/run/test-kiki",
+        "KIKI_SYNC_RELAY_LINK_SESSIONS": "home, local",
+        "KIKI_SYNC_RELAY_LINK_TOOLS": "dev.kiki.a11y.*,dev.kiki.demo.*",
+    }
+    config = load_config(RelayConfig, "sync-relay", env)
+    assert config.link_sessions == ["home", "local"]
+    assert config.link_tools == ["dev.kiki.a11y.*", "dev.kiki.demo.*"]
+    plain = load_config(RelayConfig, "sync-relay", {"KIKI_CONFIG_DIR": "/nonexistent"})
+    assert plain.link_sessions == []
+    assert plain.link_tools == ["*"]
+    with pytest.raises(KikiError):
+        load_config(RelayConfig, "sync-relay", {**env, "KIKI_SYNC_RELAY_LINK_SESSIONS": "a b"})
