@@ -15,6 +15,7 @@ from pycrdt import Map
 
 from kikitest.sync_fixtures import DeviceRelay, YClient, eventually
 from libkiki.errors import (
+    FrameTooLarge,
     InvalidParams,
     LimitExceeded,
     NotFound,
@@ -137,11 +138,19 @@ async def test_a_call_returns_the_devices_output(
         assert len(key) == 32
         assert intent["id"] == key
         assert remote.result(key) is not None
+        # An input the relay would refuse (its max_message) is refused here, the connection kept.
+        with pytest.raises(FrameTooLarge):
+            await remote.call("dev.kiki.demo.echo", {"s": "x" * (2 << 20)}, timeout=10)
+        assert await remote.call("dev.kiki.demo.echo", {}, timeout=10) == {
+            "echo": {},
+            "by": "alice",
+        }
         # Concurrent calls each get their own result.
         outs = await asyncio.gather(
             *(remote.call("dev.kiki.demo.echo", {"i": i}, timeout=10) for i in range(5))
         )
         assert [o["echo"]["i"] for o in outs] == list(range(5))
+        assert len(device.intents) == 7
 
 
 @pytest.mark.parametrize(

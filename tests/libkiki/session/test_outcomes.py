@@ -165,6 +165,12 @@ def test_an_intent_no_device_could_carry_out_is_refused_here(
         new_intent(intent_id, tool, input, by="b", now=NOW)
 
 
+def test_an_input_over_the_bound_is_refused_before_it_is_sent() -> None:
+    with pytest.raises(FrameTooLarge, match="exceeds the limit of 100 bytes"):
+        new_intent("x", "a.b.c", {"t": "x" * 100}, by="b", now=NOW, max_input=100)
+    assert new_intent("x", "a.b.c", {"t": "x" * 80}, by="b", now=NOW, max_input=100)
+
+
 def test_a_naive_time_is_refused() -> None:
     with pytest.raises(InvalidParams, match="time zone"):
         new_intent("x", "a.b.c", {}, by="b", now=datetime(2026, 1, 1))

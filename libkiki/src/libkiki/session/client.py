@@ -32,7 +32,14 @@ from libkiki.errors import (
     Timeout,
     Unavailable,
 )
-from libkiki.session.outcomes import error_for_close, is_final, new_intent, outcome, plain
+from libkiki.session.outcomes import (
+    MAX_INPUT,
+    error_for_close,
+    is_final,
+    new_intent,
+    outcome,
+    plain,
+)
 from libkiki.session.protocol import (
     DeviceChanged,
     PresenceChanged,
@@ -109,6 +116,7 @@ class SessionClient:
         *,
         max_message: int = DEFAULT_MAX_MESSAGE,
         max_changes: int = DEFAULT_MAX_CHANGES,
+        max_input: int = MAX_INPUT,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     ) -> None:
         self._url, self._first_token, token = split_token(url, token)
@@ -118,6 +126,7 @@ class SessionClient:
         self.where = redact(url)
         self._max_message = max_message
         self._max_changes = max_changes
+        self._max_input = max_input
         self._connect_timeout = connect_timeout
         self.protocol = SessionProtocol()
         self._ws: ClientConnection | None = None
@@ -321,6 +330,7 @@ class SessionClient:
             by=self.sub,
             now=datetime.now(UTC),
             deadline=deadline,
+            max_input=self._max_input,
         )
         waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiting[intent_id] = waiter

@@ -30,6 +30,7 @@ from libkiki.errors import (
 
 FINAL: Final = frozenset({"ok", "error", "refused", "expired"})
 INTENT_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
+MAX_INPUT: Final = 512 << 10
 
 # The class a result's status stands for when its error names none Kiki knows.
 _BY_STATUS: Final[dict[str, type[KikiError]]] = {
@@ -94,16 +95,22 @@ def new_intent(
     by: str,
     now: datetime,
     deadline: datetime | None = None,
+    max_input: int = MAX_INPUT,
 ) -> dict[str, Any]:
-    """The contract's ``#intent`` object; refuses what no device could carry out."""
+    """The contract's ``#intent`` object; refuses what no device could carry out, and an input
+    over ``max_input`` bytes of JSON, which the relay would answer by closing the connection
+    (its ``max_message``, 1 MiB by default, bounds one update)."""
     if not INTENT_ID.fullmatch(intent_id):
         raise InvalidParams(f"an intent id is 1-64 of [A-Za-z0-9_-], not {intent_id!r}")
     if not isinstance(tool, str) or not 0 < len(tool) <= 317:
         raise InvalidParams("a tool is named by its NSID")
     try:
-        input = orjson.loads(orjson.dumps(input))
+        encoded = orjson.dumps(input)
     except (TypeError, orjson.JSONEncodeError) as exc:
         raise InvalidParams(f"the input is not JSON: {exc}") from None
+    if len(encoded) > max_input:
+        raise FrameTooLarge(len(encoded), max_input)
+    input = orjson.loads(encoded)
     intent: dict[str, Any] = {
         "id": intent_id,
         "tool": tool,
