@@ -24,6 +24,8 @@ from kikitest.a11y_fixtures import form_tree
 from kikitest.sync_fixtures import DeviceRelay, YClient, eventually
 from libkiki.a11y import wire
 from libkiki.a11y.publisher import A11yPublisher
+from libkiki.rpc import connect_unix
+from libkiki.sync import ADMIN_SOCKET
 from libkiki.tools import ToolCall, ToolProvider
 
 pytestmark = pytest.mark.integration
@@ -149,6 +151,14 @@ def names(apps: list[dict[str, Any]]) -> set[str]:
 
 def values(apps: list[dict[str, Any]]) -> set[str]:
     return {node["value"] for app in apps for node in app["nodes"] if "value" in node}
+
+
+async def show(sockdir: Path) -> dict[str, Any]:
+    """The link as ``kiki session show home`` reads it from the admin channel."""
+    async with connect_unix(sockdir / ADMIN_SOCKET) as admin:
+        answer = await admin.request("dev.kiki.session.show", {"name": SESSION})
+    link: dict[str, Any] = answer["deviceLink"]
+    return link
 
 
 def show_logs(sockdir: Path) -> None:
@@ -376,9 +386,14 @@ async def test_finished_intents_are_pruned(sockdir: Path, spawn_service: Any) ->
 async def test_losing_the_broker_marks_everything_stale_until_it_is_back(home: Device) -> None:
     watcher = await home.join("observer", sub="bob")
     await eventually(lambda: "tools" not in state(watcher).get("stale", ["tools"]), WAIT)
+    assert (await show(home.sockdir))["broker"]["connected"] is True
     home.stop(home.broker)
     await eventually(lambda: {"screen", "tools", "calls"} <= set(state(watcher)["stale"]), WAIT)
     assert "Save" in names(state(watcher)["screen"]["apps"])  # the last value is kept
+    link = await show(home.sockdir)  # kiki session show
+    assert link["linked"] is True
+    assert link["broker"]["connected"] is False
+    assert "tools" in link["stale"]
     home.start_broker()
     await eventually(lambda: not {"screen", "tools", "calls"} & set(state(watcher)["stale"]), WAIT)
     # The a11y-server registered its stream again; the screen is told whole once more.

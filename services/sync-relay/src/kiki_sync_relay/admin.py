@@ -7,7 +7,7 @@ own user and root: sharing a session mints tokens with the device's key. The met
 |---|---|---|
 | ``dev.kiki.session.list`` | | ``[{name, live, clients, bytes, upstream}]`` |
 | ``dev.kiki.session.show`` | ``name`` | ``{name, live, clients: [{sub, role, writes}], bytes,
-upstream}`` |
+upstream, deviceLink}`` |
 | ``dev.kiki.session.share`` | ``name, role, ttl, sub`` | ``{url, token, jti, exp}`` |
 | ``dev.kiki.session.revoke`` | ``jti, exp?, name?`` | ``{closed, upstream}``: whether the edge
 confirmed it (``confirmed``, ``pending``, ``not linked``) |
@@ -23,6 +23,7 @@ from typing import Any
 
 import jwt
 
+from kiki_sync_relay.link import DeviceLink
 from kiki_sync_relay.relay import Relay
 from kiki_sync_relay.session import Session
 from kiki_sync_relay.upstream import Upstream
@@ -58,7 +59,12 @@ def document(session: Session) -> dict[str, Any]:
 
 
 def admin_methods(
-    relay: Relay, key: SigningKey, device_id: str, public_url: str, upstream: Upstream
+    relay: Relay,
+    key: SigningKey,
+    device_id: str,
+    public_url: str,
+    upstream: Upstream,
+    link: DeviceLink | None = None,
 ) -> Methods:
     methods = Methods()
     me = os.geteuid()
@@ -93,8 +99,8 @@ def admin_methods(
         allowed(ctx)
         stored = await relay.store.sessions()
         live = relay.live.get(named(name))
-        link = upstream.links.get(name)
-        if live is None and name not in stored and link is None:
+        up = upstream.links.get(name)
+        if live is None and name not in stored and up is None:
             raise NotFound(f"no session {name}")
         members = list(live.session.members.values()) if live else []
         return {
@@ -102,7 +108,8 @@ def admin_methods(
             "live": live is not None,
             "clients": [{"sub": m.sub, "role": m.role, "writes": m.writes} for m in members],
             "bytes": stored.get(name, 0),
-            "upstream": link.view() if link is not None else None,
+            "upstream": up.view() if up is not None else None,
+            "deviceLink": link.view(name) if link is not None else None,
         }
 
     @methods.method("dev.kiki.session.share")

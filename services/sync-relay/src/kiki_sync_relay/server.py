@@ -131,7 +131,7 @@ async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
         call_timeout=config.link_call_timeout,
     )
     methods = admin_methods(
-        relay, key, config.device_id, config.public_url or f"ws://{host}:{port}", upstream
+        relay, key, config.device_id, config.public_url or f"ws://{host}:{port}", upstream, link
     )
     add_info(methods, ctx.info)
     admin = ctx.listeners.unix(ADMIN_FDNAME, config.admin_path(), mode=0o600)

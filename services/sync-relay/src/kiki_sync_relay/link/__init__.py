@@ -57,10 +57,13 @@ class DeviceLink:
             name: SessionLink(relay, name, self.state, self.broker, settings) for name in sessions
         }
 
-    def view(self) -> dict[str, Any]:
-        """What ``getInfo`` tells of it."""
+    def view(self, name: str) -> dict[str, Any] | None:
+        """What ``kiki session show`` tells of session ``name``'s link (None: not linked)."""
+        link = self.links.get(name)
+        if link is None:
+            return None
         return {
-            "sessions": {name: {"linked": link.linked} for name, link in self.links.items()},
+            "linked": link.linked,
             "broker": {
                 "connected": self.broker.client is not None,
                 "connects": self.broker.connects,
