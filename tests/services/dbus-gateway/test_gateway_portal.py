@@ -5,15 +5,20 @@ its memory warnings from a low-memory-monitor on the portal's (private) system b
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import subprocess
+import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
 
 from kikitest import dbus_fixtures, until
 from kikitest.dbus_fixtures import Portal, Stack
+from kikitest.lexicon_testdata import KIKI_LEXICONS
 from libkiki.errors import ToolError
+from libkiki.lexicon import Registry, generate
 from libkiki.tools import ToolClient
 
 pytestmark = pytest.mark.interop
@@ -97,10 +102,33 @@ async def test_what_needs_a_backend_is_a_clear_error(
     assert "no backend provides it" in str(caught.value)
 
 
-async def test_a_low_memory_warning_reaches_the_stream(tools: ToolClient, portal: Portal) -> None:
+def portal_bindings(tmp_path: Path) -> ModuleType:
+    """The generated pydantic bindings of ``dev.kiki.portal.*`` (``kiki schema gen``)."""
+    registry = Registry()
+    assert registry.load_dir(KIKI_LEXICONS / "dev" / "kiki" / "portal") == []
+    path = tmp_path / "portal_bindings.py"
+    path.write_text(generate(registry, command="kiki schema gen"))
+    spec = importlib.util.spec_from_file_location("portal_bindings", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["portal_bindings"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+async def test_a_low_memory_warning_reaches_the_stream(
+    tools: ToolClient, portal: Portal, tmp_path: Path
+) -> None:
     # The system's low-memory-monitor -> GLib's GMemoryMonitor in the portal -> the portal's
-    # MemoryMonitor.LowMemoryWarning on the session bus -> the gateway -> the broker's stream.
-    async with tools.subscribe("dev.kiki.portal.memory", session="low") as stream:
+    # MemoryMonitor.LowMemoryWarning on the session bus -> the gateway -> the broker's stream,
+    # read as the lexicon's typed message.
+    gen = portal_bindings(tmp_path)
+    warning = gen.DevKikiPortalMemoryLowMemoryWarning
+    message_type = gen.ENDPOINTS["dev.kiki.portal.memory"]["message"]
+    async with tools.subscribe(
+        "dev.kiki.portal.memory", message_type=message_type, session="low"
+    ) as stream:
         messages = stream.messages()
         # The stream's listener on the gateway is registered some time after the broker said
         # subscribed: the monitor warns again until the first warning arrives.
@@ -109,14 +137,15 @@ async def test_a_low_memory_warning_reaches_the_stream(tools: ToolClient, portal
             while not first.done():
                 portal.low_memory_warning(50)
                 await asyncio.wait({first}, timeout=0.2)
-        assert first.result() == {"$type": "dev.kiki.portal.memory#lowMemoryWarning", "level": 50}
+        assert isinstance(first.result(), warning)
+        assert first.result().level == 50  # low
         portal.low_memory_warning(255)  # critical
         portal.low_memory_warning(100)  # medium
         levels: list[int] = []
         async with asyncio.timeout(20):
             while len(levels) < 2:
                 message = await anext(messages)
-                assert message["$type"] == "dev.kiki.portal.memory#lowMemoryWarning"
-                if message["level"] != 50:  # (the repeats of the first may still come)
-                    levels.append(message["level"])
+                assert isinstance(message, warning)
+                if message.level != 50:  # (the repeats of the first may still come)
+                    levels.append(message.level)
     assert levels == [255, 100]
