@@ -87,6 +87,9 @@ class AppMirror:
         self._gate = asyncio.Semaphore(limits.concurrency)
         self._moved: set[str] = set()  # windows whose extents changed at the last watch
         self._windows: dict[str, tuple[int, int, int, int] | None] = {}  # as that watch saw them
+        self._unanswered = 0  # watches in a row the app did not answer
+        self._rects: dict[str, object] = {}  # the last bounds-changed rectangle of each path
+        self._repeated: set[str] = set()  # paths whose bounds-changed repeated: asked at the watch
 
     # -- events (called from the bus's message handler: no awaiting) ---------------------------
 
@@ -127,11 +130,28 @@ class AppMirror:
         """An AT-SPI event (``siiva{sv}``: detail, detail1, detail2, any_data, properties)."""
         detail, one, two = str(body[0]), int(body[1]), int(body[2])
         data = body[3].value if hasattr(body[3], "value") else body[3]
+        if member == "BoundsChanged" and self._same_bounds(path, data):
+            return
         if self.model.patch(path, member, detail, one, two, data):
             self.patched += 1
             self.wakeup.set()
         else:
             self.event(path, aspect_of(member, detail))
+
+    def _same_bounds(self, path: str, rect: object) -> bool:
+        """Whether a bounds-changed event repeats the last one of ``path`` (GTK re-announces a
+        spinner's unchanged allocation every frame: fetched on every one, an idle app would
+        cost the bridge a steady share of a CPU). A repeat is not dropped, only put off to the
+        next watch: the same allocation can still sit elsewhere on screen (its parent
+        scrolled)."""
+        if self._rects.get(path) != rect:
+            if len(self._rects) >= self.limits.max_nodes:
+                self._rects.clear()
+            self._rects[path] = rect
+            return False
+        if len(self._repeated) < self.limits.max_dirty:
+            self._repeated.add(path)
+        return True
 
     # -- the task ------------------------------------------------------------------------------
 
@@ -299,19 +319,25 @@ class AppMirror:
         try:
             if not windows:
                 await self.calls.ping(self.bus_name)
+                self._unanswered = 0
                 return
             now = await asyncio.gather(
                 *(self._extents(path) for path, _ in windows), return_exceptions=True
             )
+            for result in now:
+                if isinstance(result, Timeout):
+                    raise result
         except Timeout as exc:
-            log.warning("%s does not answer (%s): its tree is stale", self.label, exc)
-            await self._go_stale()
-            return
-        for result in now:
-            if isinstance(result, Timeout):
-                log.warning("%s does not answer (%s): its tree is stale", self.label, result)
+            # Twice in a row before the tree goes stale: a busy app (a browser loading a page
+            # on a loaded machine) can miss one deadline, and a stale tree comes back whole
+            # with new ids.
+            self._unanswered += 1
+            if self._unanswered >= 2:
+                log.warning("%s does not answer (%s): its tree is stale", self.label, exc)
+                self._unanswered = 0
                 await self._go_stale()
-                return
+            return
+        self._unanswered = 0
         # Compared with what the last watch saw, not with the mirror: an app may announce a
         # window's own new extents (GTK does on a resize), which then reach the mirror through
         # the events while the nodes inside, which it does not announce, stay where they were.
@@ -331,6 +357,10 @@ class AppMirror:
             self.model.mark_subtree(path, "bounds")
             self.wakeup.set()
         self._moved = moved
+        repeated, self._repeated = self._repeated, set()
+        for path in repeated:
+            if self.model.mark(path, "bounds"):
+                self.wakeup.set()
 
     async def _extents(self, path: str) -> tuple[int, int, int, int] | None:
         async with self._gate:
