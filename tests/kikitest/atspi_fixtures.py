@@ -474,3 +474,34 @@ def pyatspi_walk(desktop: AtspiDesktop, label: str, walks: int = 1) -> PyatspiWa
         raise AssertionError(f"the pyatspi walk failed: {done.stderr.decode(errors='replace')}")
     got = json.loads(done.stdout.decode().splitlines()[-1])
     return PyatspiWalk(got["nodes"], got["times"])
+
+
+# Runs under the system Python: pyatspi's own event listener. Prints "ready" once registered,
+# then one line per inserted text: the CLOCK_MONOTONIC time it heard it (time.monotonic, the
+# same clock in every process) and the text.
+_PYATSPI_LISTEN = r"""
+import sys, time
+import pyatspi
+
+def heard(event):
+    print(f"{time.monotonic()!r} {event.any_data}", flush=True)
+
+pyatspi.Registry.registerEventListener(heard, "object:text-changed:insert")
+print("ready", flush=True)
+pyatspi.Registry.start()
+"""
+
+
+def pyatspi_listener(desktop: AtspiDesktop) -> subprocess.Popen[str]:
+    """pyatspi listening for inserted text on the desktop, in a process of its own (its
+    stdout: "ready", then "<monotonic time> <text>" per insert). The caller stops it."""
+    env = dict(desktop.app_env(), AT_SPI_BUS_ADDRESS=desktop.a11y_address)
+    proc = subprocess.Popen(
+        [str(SYSTEM_PYTHON), "-c", _PYATSPI_LISTEN], env=env, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != "ready":
+        proc.kill()
+        proc.wait()
+        raise AssertionError("pyatspi's listener did not start")
+    return proc
