@@ -261,9 +261,9 @@ async def measure(desktop: AtspiDesktop, repeats: int, changes: int) -> dict[str
             seen_kiki.append(time.perf_counter() - t)
     await asyncio.sleep(0.5)  # the last change's event on its way to pyatspi
     pyatspi.terminate()
-    out, _ = await asyncio.to_thread(pyatspi.communicate)
+    said, _err = await asyncio.to_thread(pyatspi.communicate)
     seen_pyatspi = []
-    for line in out.splitlines():
+    for line in said.splitlines():
         when, _, text = line.partition(" ")
         if text in sent:
             seen_pyatspi.append(float(when) - sent.pop(text))
