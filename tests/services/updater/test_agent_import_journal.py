@@ -47,7 +47,7 @@ def test_a_state_that_cannot_be_restored_puts_the_previous_code_back(
     def full(*args: Any) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(agents, "_restore_state", full)
+    monkeypatch.setattr(agents, "restore_state", full)
     with pytest.raises(OSError, match="No space"):
         asyncio.run(moves.import_(None, {"appId": AGENT, "source": str(tmp_path / "m2")}, None))
     assert updater.store.current("agent", AGENT) == v1

@@ -5,22 +5,49 @@ time), signed when a key is given.
 
 On the destination the delta is applied offline, the commit's signature checked when keys are
 given, the code deployed like an app's (hardlinked, ``current`` swapped) and the state checked
-out as a copy into ``data/`` (writable: never the repository's objects), swapped in by rename.
+out as a copy into ``data/`` (writable: never the repository's objects), exchanged with the old
+one atomically. :func:`import_journaled` journals each step: a crash before the state is being
+put in place is undone at the next start, one after it is finished (:func:`finish_import`).
 The source keeps its copy or retires it (:meth:`Store.remove`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kiki_updater.gio import commit_dir, commit_metadata, fsync_dir, lib, require_own_context
+from kiki_updater.gio import (
+    UpdaterError,
+    commit_dir,
+    commit_metadata,
+    fsync_dir,
+    lib,
+    require_own_context,
+)
+from kiki_updater.journal import Entry, Journal
 from kiki_updater.store import Deployed, Store, app_ref
 
-__all__ = ["Moved", "export_agent", "import_agent"]
+__all__ = [
+    "Moved",
+    "export_agent",
+    "finish_import",
+    "import_agent",
+    "import_journaled",
+    "restore_state",
+]
+
+Phase = Callable[[str, dict[str, Any]], None]
+
+
+def _quiet(name: str, info: dict[str, Any]) -> None:
+    pass
+
 
 PARTS = ("code", "state")
 
@@ -89,10 +116,44 @@ def export_agent(
     return Moved(agent, commits, files, sum(p.stat().st_size for p in files.values()))
 
 
-def import_agent(store: Store, agent: str, source: Path, *, keys: tuple[str, ...] = ()) -> Deployed:
+def import_agent(
+    store: Store,
+    agent: str,
+    source: Path,
+    *,
+    keys: tuple[str, ...] = (),
+    phase: Phase = _quiet,
+) -> Deployed:
     """Apply the deltas in ``source`` (written by :func:`export_agent`), check the commits'
-    signatures when ``keys`` are given, deploy the code and put the state in ``data/``."""
+    signatures when ``keys`` are given, deploy the code and put the state in ``data/``.
+
+    ``phase(name, info)`` is told before each step, for the journal: ``swap`` (both parts
+    applied and checked; the refs and ``current`` are about to move: info ``commit``, the code,
+    and ``state``), ``state`` (the code is deployed; the state is about to replace ``data/``:
+    from here an interrupted import is finished, never undone) and ``done``."""
     require_own_context(f"the import of agent {agent}")
+    commits = _apply_and_check(store, agent, source, keys)
+    phase("swap", {"commit": commits["code"], "state": commits["state"]})
+    # Both parts applied and checked before any ref moves: a refused part moves nothing.
+    for part in PARTS:
+        store.repo.set_ref_immediate(None, app_ref("agent", agent, part), commits[part], None)
+    deployed = store.deploy(
+        "agent",
+        agent,
+        app_ref("agent", agent, "code"),
+        commits["code"],
+        remote=None,
+        action="import",
+    )
+    phase("state", {"commit": commits["code"], "state": commits["state"]})
+    restore_state(store, agent, commits["state"])
+    phase("done", {"commit": commits["code"]})
+    return deployed
+
+
+def _apply_and_check(
+    store: Store, agent: str, source: Path, keys: tuple[str, ...]
+) -> dict[str, str]:
     L = lib()
     repo = store.repo
     commits: dict[str, str] = {}
@@ -115,19 +176,77 @@ def import_agent(store: Store, agent: str, source: Path, *, keys: tuple[str, ...
             from kiki_updater.signing import SignatureRefused
 
             raise SignatureRefused(f"the {part} commit is {named!r}'s, not {agent}'s")
-    # Both parts applied and checked before any ref moves: a refused part moves nothing.
-    for part in PARTS:
-        repo.set_ref_immediate(None, app_ref("agent", agent, part), commits[part], None)
-    deployed = store.deploy(
+    return commits
+
+
+def import_journaled(
+    store: Store,
+    journal: Journal,
+    agent: str,
+    source: Path,
+    *,
+    keys: tuple[str, ...],
+    undo: Callable[[str, str | None, str | None], None],
+    op: str = "",
+    phase: Phase = _quiet,
+) -> Deployed:
+    """:func:`import_agent` with each step journaled first, so that a crash anywhere leaves
+    the agent whole: before its state is put in place, the old code, state ref and ``data/``
+    (a failure undoes it here, a crash at the next start); from then on, the new code and
+    state (the next start finishes it: :func:`finish_import`). ``undo(ref, before,
+    before_previous)`` puts the previous code back."""
+    ref = app_ref("agent", agent, "code")
+    entry = Entry(
+        op,
         "agent",
         agent,
-        app_ref("agent", agent, "code"),
-        commits["code"],
-        remote=None,
-        action="import",
+        "import",
+        "import",
+        ref,
+        before=store.current("agent", agent),
+        before_previous=store.previous("agent", agent),
+        before_state=store.resolve(app_ref("agent", agent, "state")),
     )
-    _restore_state(store, agent, commits["state"])
-    return deployed
+
+    def step(name: str, info: dict[str, Any]) -> None:
+        entry.phase = name
+        entry.commit = info.get("commit", entry.commit)
+        entry.state = info.get("state", entry.state)
+        if name != "done":
+            journal.write(entry)
+        phase(name, info)
+
+    step("import", {})
+    try:
+        done = import_agent(store, agent, source, keys=keys, phase=step)
+    except BaseException:
+        if entry.phase in ("swap", "state"):  # refs or current may have moved: put them back
+            undo(ref, entry.before, entry.before_previous)
+            put_state_ref_back(store, entry)
+        journal.clear("agent", agent)
+        raise
+    journal.clear("agent", agent)
+    return done
+
+
+def put_state_ref_back(store: Store, entry: Entry) -> None:
+    store.repo.set_ref_immediate(
+        None, app_ref("agent", entry.ident, "state"), entry.before_state, None
+    )
+
+
+def finish_import(store: Store, entry: Entry) -> None:
+    """Finish an import interrupted once its state was being put in place (journal phase
+    ``state``): the code deployed and current, both refs on the imported commits, the state
+    checked out again from its commit. Each step is idempotent."""
+    if entry.commit is None or entry.state is None or entry.ref is None:
+        raise UpdaterError(f"agent {entry.ident}: the journal lacks the imported commits")
+    agent = entry.ident
+    store.checkout("agent", agent, entry.commit)
+    store.swap("agent", agent, entry.commit)
+    store.set_refs("agent", agent, entry.ref, entry.commit, entry.before)
+    store.repo.set_ref_immediate(None, app_ref("agent", agent, "state"), entry.state, None)
+    restore_state(store, agent, entry.state)
 
 
 def _delta_target(path: Path) -> str:
@@ -142,7 +261,10 @@ def _delta_target(path: Path) -> str:
     return bytes(to).hex()
 
 
-def _restore_state(store: Store, agent: str, commit: str) -> None:
+def restore_state(store: Store, agent: str, commit: str) -> None:
+    """Replace the agent's ``data/`` with a copy of the state ``commit``: checked out beside it,
+    then exchanged with it in one ``renameat2(RENAME_EXCHANGE)``, so that ``data/`` is the old
+    state or the new one whole at every instant (never missing, never half of each)."""
     L = lib()
     home = store.home("agent", agent)
     fresh = home / ".data-new"
@@ -155,10 +277,27 @@ def _restore_state(store: Store, agent: str, commit: str) -> None:
         store.repo.checkout_at(options, fd, fresh.name, commit, None)
     finally:
         os.close(fd)
-    old = home / ".data-old"
-    shutil.rmtree(old, ignore_errors=True)
-    if (home / "data").exists():
-        os.rename(home / "data", old)
-    os.rename(fresh, home / "data")
-    fsync_dir(home)
-    shutil.rmtree(old, ignore_errors=True)
+    data = home / "data"
+    if data.exists():
+        exchange(fresh, data)
+    else:
+        os.rename(fresh, data)
+    # What follows only tidies up: the new state is in place.
+    with contextlib.suppress(OSError):
+        fsync_dir(home)
+    shutil.rmtree(fresh, ignore_errors=True)  # the old state, after the exchange
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def exchange(a: Path, b: Path) -> None:
+    """Swap the names ``a`` and ``b`` atomically (Linux ``renameat2`` ``RENAME_EXCHANGE``)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    done = libc.renameat2(
+        _AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), ctypes.c_uint(_RENAME_EXCHANGE)
+    )
+    if done != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"exchanging {a} and {b}: {os.strerror(errno)}")

@@ -8,7 +8,10 @@ place, directory fsync'd) as the operation enters each phase and removed when it
 * an install, update or import that had not passed its health check is undone: before the swap
   only its half-made checkout is removed (``current`` never moved); from the swap on, ``current``
   and the refs are put back to what they were (a first install is removed, ``data/`` kept);
-* a rollback is finished: ``current`` and both refs end on its target.
+* a rollback is finished: ``current`` and both refs end on its target;
+* an agent's import interrupted once its state was being put in place is finished (the code
+  deployed again if need be, the state checked out again from its commit); before that it is
+  undone like an update, its state ref put back too.
 
 Either way the app ends on one commit, whole: the old or the new one, never a mix.
 """
@@ -33,6 +36,9 @@ log = logging.getLogger(__name__)
 
 # Phases after which an interrupted install/update has moved ``current``.
 SWAPPED = {"swap", "health"}
+# Phases of an agent's import past its point of no return: its code is deployed and its state
+# is being put in place; recovery finishes it (the state checked out again from its commit).
+IMPORT_FORWARD = {"state", "done"}
 
 
 @dataclass
@@ -46,6 +52,9 @@ class Entry:
     commit: str | None = None  # the commit being deployed (the target, for a rollback)
     before: str | None = None  # current when it began
     before_previous: str | None = None  # the rollback target when it began
+    # an agent's import: the state commit being imported, and the state ref when it began
+    state: str | None = None
+    before_state: str | None = None
 
 
 class Journal:
@@ -107,6 +116,11 @@ def _recover_one(store: Store, entry: Entry) -> str:
     kind, ident = entry.kind, entry.ident
     home = store.home(kind, ident)
     what = f"{kind} {ident}: interrupted {entry.action} ({entry.phase})"
+    if entry.action == "import" and entry.phase in IMPORT_FORWARD:
+        from kiki_updater.agents import finish_import
+
+        finish_import(store, entry)
+        return f"{what} finished: on {str(entry.commit)[:12]}, its state restored"
     if entry.action == "rollback":
         if entry.commit and entry.ref:
             store.checkout(kind, ident, entry.commit)
@@ -115,6 +129,10 @@ def _recover_one(store: Store, entry: Entry) -> str:
         return f"{what} finished: on {str(entry.commit)[:12]}"
     if entry.phase in SWAPPED:
         if entry.before is None:
+            if entry.action == "import":
+                from kiki_updater.agents import put_state_ref_back
+
+                put_state_ref_back(store, entry)
             if home.exists():
                 store.remove(kind, ident, keep_data=True)
             return f"{what} undone: removed"
@@ -122,6 +140,10 @@ def _recover_one(store: Store, entry: Entry) -> str:
         store.swap(kind, ident, entry.before)
         if entry.ref:
             store.set_refs(kind, ident, entry.ref, entry.before, entry.before_previous)
+        if entry.action == "import":
+            from kiki_updater.agents import put_state_ref_back
+
+            put_state_ref_back(store, entry)
         store.clean(kind, ident, keep={entry.before, entry.before_previous})
         origin = store.origin(kind, ident) or {}
         store.record(

@@ -150,7 +150,7 @@ class AgentMoves:
     ) -> Operation:
         from pathlib import Path
 
-        from kiki_updater.agents import import_agent
+        from kiki_updater.agents import import_journaled
         from kiki_updater.server import target_of
         from kiki_updater.signing import SignatureRefused
 
@@ -164,25 +164,22 @@ class AgentMoves:
             raise SignatureRefused("no agent key is trusted here (agent_keys)")
 
         def work(op: Operation, progress: Any, phase: Callable[..., None]) -> Any:
-            from kiki_updater.journal import Entry
-            from kiki_updater.store import app_ref
+            updater = self.updater
 
-            phase("import", {})
-            store, journal = self.updater.store, self.updater.journal
-            ref = app_ref("agent", ident, "code")
-            before, before_previous = store.current("agent", ident), store.previous("agent", ident)
-            # Journaled as from the swap on: a crash mid-import is undone at the next start
-            # (the code put back; the state is swapped in last, by one rename).
-            journal.write(
-                Entry(op.id, "agent", ident, "import", "swap", ref, None, before, before_previous)
+            def undo(ref: str, before: str | None, before_previous: str | None) -> None:
+                updater.ops.undo("agent", ident, ref, before, before_previous, action="undone")
+
+            # journaled step by step: a crash anywhere leaves the old agent or the new one,
+            # whole (agents.import_journaled; recovery at the next start)
+            return import_journaled(
+                updater.store,
+                updater.journal,
+                ident,
+                Path(source),
+                keys=keys,
+                undo=undo,
+                op=op.id,
+                phase=phase,
             )
-            try:
-                done = import_agent(store, ident, Path(source), keys=keys)
-            except BaseException:
-                self.updater.ops.undo("agent", ident, ref, before, before_previous, action="undone")
-                journal.clear("agent", ident)
-                raise
-            journal.clear("agent", ident)
-            return done
 
         return await self.updater.run(peer, "agent", "import", ident, work, on_progress)
