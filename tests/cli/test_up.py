@@ -198,6 +198,11 @@ def test_up_status_restart_and_clean_stop(
     assert "all 6 services ready" in output
     assert "started the demo provider" in output
     assert "started the demo app" in output
+    # It ends its start with the dashboard of the session its relay links to the device.
+    assert (
+        f"  http://{state['services']['sync-relay']['address']}/dashboard/#session=local&token="
+        in output
+    )
     assert "tool-broker exited with status -9; restarting" in output
     assert "demo exited with status 1; restarting" in output
     for pid in pids:

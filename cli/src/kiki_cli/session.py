@@ -11,11 +11,11 @@ import asyncio
 import re
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
 import orjson
 
 from kiki_cli.common import fail, service_group
+from kiki_cli.launcher.dashboard import dashboard_url
 from libkiki.errors import InvalidParams, KikiError
 from libkiki.paths import runtime_dir
 from libkiki.rpc import connect_unix
@@ -108,17 +108,6 @@ def run_show(args: argparse.Namespace) -> int:
     except KikiError as exc:
         return fail("session", exc)
     return 0
-
-
-def dashboard_url(join_url: str, name: str, token: str) -> str:
-    """The dashboard's URL on the relay a join URL (``ws://HOST:PORT/session/NAME?token=…``)
-    names. The session and token go in the fragment, which a browser never sends: the token is
-    in no request line and no server's log."""
-    base = join_url.split("/session/", 1)[0]
-    for ws, web in (("ws://", "http://"), ("wss://", "https://")):
-        if base.startswith(ws):
-            base = web + base[len(ws) :]
-    return f"{base}/dashboard/#{urlencode({'session': name, 'token': token})}"
 
 
 def run_share(args: argparse.Namespace) -> int:

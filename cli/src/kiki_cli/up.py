@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from kiki_cli.common import reader_gone, when_reader_goes
+from kiki_cli.launcher.dashboard import DEFAULT_SESSION
 from kiki_cli.launcher.supervisor import Supervisor, UpConfig
 from libkiki.constellation import BY_NAME, DEFAULT_RELAY_HOST, DEFAULT_RELAY_PORT, SERVICES
 from libkiki.paths import runtime_dir, state_dir
@@ -73,10 +74,27 @@ def register(sub: Any) -> None:
         help="start no demo: neither the demo tool provider and app nor, in a desktop session "
         "(its own session bus), the AT-SPI bridge that publishes the session's apps",
     )
+    p.add_argument(
+        "--session",
+        default=DEFAULT_SESSION,
+        help="the sync session the relay links to this device; its dashboard's URL, with a "
+        "controller token, ends the start (default: %(default)s)",
+    )
+    p.add_argument(
+        "--no-dashboard",
+        dest="dashboard",
+        action="store_false",
+        help="no device link in the sync relay, no broker policy for it, no dashboard URL",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from libkiki.sync.tokens import valid_session_name  # jwt: only when kiki up runs
+
+    if not valid_session_name(args.session):
+        print(f"kiki up: not a session name: {args.session!r}", file=sys.stderr)
+        return 2
     unknown = [n for n in args.services if n not in BY_NAME]
     if unknown:
         print(f"kiki up: unknown service {', '.join(unknown)} (known: {', '.join(BY_NAME)})")
@@ -101,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
         watchdog_sec=args.watchdog,
         demo=args.demo,
         gid=gid,
+        session=args.session if args.dashboard else None,
     )
     supervisor = Supervisor(config)
     went = False

@@ -36,6 +36,7 @@ from typing import Any, TextIO
 
 import orjson
 
+from kiki_cli.launcher import dashboard
 from kiki_cli.launcher.demo_keeper import DEMOS, DemoKeeper
 from kiki_cli.launcher.process import (
     bus_reachable,
@@ -92,6 +93,9 @@ class UpConfig:
     extra_env: dict[str, str] = field(default_factory=dict)
     # Start the demo tool provider (kiki_cli.demos.tool_provider) once the broker is ready.
     demo: bool = True
+    # The session the sync relay links to the device, whose dashboard URL is printed at the
+    # end of the start (None: no link, no dashboard).
+    session: str | None = dashboard.DEFAULT_SESSION
 
 
 @dataclass(eq=False)
@@ -124,6 +128,7 @@ class Supervisor:
         self._demos = DemoKeeper(
             config.runtime_dir, self._stop, self._say, self._backoff, config.stop_timeout
         )
+        self._dashboard: dashboard.DashboardSetup | None = None
 
     # -- sockets and environment -----------------------------------------------------------
 
@@ -191,6 +196,8 @@ class Supervisor:
             "WATCHDOG_PID",
         ):
             env.pop(key, None)
+        if self._dashboard is not None:
+            env.update(self._dashboard.env.get(child.spec.name, {}))
         env.update(self.config.extra_env)
         state = self.config.state_dir / child.spec.name
         state.mkdir(parents=True, exist_ok=True)
@@ -408,6 +415,8 @@ class Supervisor:
                 )
             for spec in cfg.services:
                 self._command(spec)
+            if cfg.session is not None and any(s.name == "sync-relay" for s in cfg.services):
+                self._dashboard = dashboard.prepare(cfg.session, cfg.state_dir, os.getuid())
             self._bind()
             await self._ensure_bus()
             self._say(f"starting {len(self.children)} services in {cfg.runtime_dir}")
@@ -428,6 +437,7 @@ class Supervisor:
                         if needed is not None and needed.address is not None:
                             await self._demos.start(tg, demo, needed.address, needed.ready)
                     self._say(self.try_this())
+                    await self._announce_dashboard()
                 await self._stop.wait()
                 self._say("stopping")
                 await self._demos.stop_all()
@@ -445,6 +455,17 @@ class Supervisor:
             self._cleanup()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signals.remove_signal_handler(loop, sig)
+
+    async def _announce_dashboard(self) -> None:
+        relay = next((c for c in self.children if c.spec.name == "sync-relay"), None)
+        if self._dashboard is None or self.config.session is None or relay is None:
+            return
+        if not relay.ready.is_set():
+            return
+        lines = await dashboard.announce(
+            self.config.runtime_dir, self.config.session, self._dashboard
+        )
+        self._say("\n".join(lines))
 
     async def _await_ready(self, child: Child) -> None:
         await first_set(child.ready, self._stop, within=self.config.ready_timeout)

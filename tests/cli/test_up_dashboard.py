@@ -1,0 +1,134 @@
+"""`kiki up` ends its start with the dashboard's URL, and that page drives the device: in a real
+browser (Debian's chromium under playwright-core), the dashboard shows the demo app's form;
+typing a name and pressing Save there makes the demo app add the contact (seen through
+`kiki a11y`), and the result shows on the page.
+
+The whole constellation runs, with the sync relay's device link for the session `kiki up`
+names and the broker trusting the relay as a delegate (the policy `kiki up` writes).
+Screenshots go to ``$KIKI_TEST_ARTIFACTS/dashboard`` (else the test's tmp_path; printed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import re
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from kikitest import VENV_BIN
+from kikitest.node.browser import Browser, artefacts, chromium
+
+pytestmark = pytest.mark.interop
+
+URL = re.compile(r"^  (http://127\.0\.0\.1:\d+/dashboard/#session=local&token=\S+)$")
+
+
+def lines_of(proc: subprocess.Popen[str]) -> queue.SimpleQueue[str]:
+    """kiki up's output, line by line, read by a thread (and echoed for a failing run)."""
+    lines: queue.SimpleQueue[str] = queue.SimpleQueue()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line.rstrip("\n"))
+
+    threading.Thread(target=pump, daemon=True).start()
+    return lines
+
+
+def dashboard_line(lines: queue.SimpleQueue[str], within: float = 120) -> str:
+    deadline = time.monotonic() + within
+    seen = []
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            line = lines.get(timeout=left)
+        except queue.Empty:
+            break
+        seen.append(line)
+        if match := URL.match(line):
+            return match[1]
+    raise AssertionError("kiki up printed no dashboard URL:\n" + "\n".join(seen[-60:]))
+
+
+def test_the_dashboard_kiki_up_prints_drives_the_demo_app(
+    sockdir: Path, service_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = dict(service_env)
+    env.pop("DBUS_SESSION_BUS_ADDRESS", None)
+    env["KIKI_LOG_LEVEL"] = "INFO"
+    shots = artefacts(tmp_path)
+    proc = subprocess.Popen(
+        [
+            str(VENV_BIN / "kiki"),
+            "up",
+            "--runtime-dir",
+            str(sockdir),
+            "--state-dir",
+            str(sockdir / "state"),
+            "--relay-port",
+            "0",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    browser = None
+    try:
+        url = dashboard_line(lines_of(proc))
+        # The broker trusts the relay for the session's people through the policy kiki up wrote.
+        policy = (sockdir / "state" / "up" / "tool-policy.toml").read_text()
+        assert "[[delegate]]" in policy
+        assert 'principals = ["remote:*"]' in policy
+
+        def contacts() -> list[str]:
+            found = subprocess.run(
+                [str(VENV_BIN / "kiki"), "a11y", "find", "role=listItem", "--json"],
+                env={**env, "KIKI_RUNTIME_DIR": str(sockdir)},
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            if found.returncode != 0:
+                return []
+            return [str(n.get("name")) for n in json.loads(found.stdout)["nodes"]]
+
+        chromium()
+        browser = Browser()
+
+        async def go(b: Browser) -> None:
+            await b.call("launch", executable=chromium())
+            await b.call("open", page="me", url=url)
+            await b.call("waitText", page="me", selector="#connection", text="Live")
+            # The demo app's form, from the device link's screen.
+            await b.call("controls", page="me", role="button", name="Save")
+            assert await b.call("controls", page="me", role="textbox", name="Name") == [False]
+            await b.call("fill", page="me", label="Name", value="Grace Hopper")
+            await b.call("click", page="me", role="button", name="Save")
+            await b.call("waitText", page="me", selector="#activity", text="Saved Grace Hopper")
+            await b.call("waitText", page="me", selector="#screen", text="Grace Hopper")
+            path = shots / "kiki-up.png"
+            await b.call("screenshot", page="me", path=str(path))
+            print(f"screenshot: {path}")
+
+        asyncio.run(go(browser))
+        assert "Grace Hopper" in contacts()
+        assert browser.errors() == []
+    finally:
+        if browser is not None:
+            browser.close()
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
