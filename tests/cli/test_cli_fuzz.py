@@ -106,6 +106,7 @@ def nowhere(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KIKI_RUNTIME_DIR", str(empty))
     monkeypatch.setenv("KIKI_STATE_DIR", str(empty / "state"))
     monkeypatch.setenv("KIKI_LEXICON_PATH", str(empty / "lexicons"))
+    monkeypatch.delenv("KIKI_SESSION_TOKEN", raising=False)  # kiki remote: no token but the words
     monkeypatch.chdir(empty)  # relative paths among the words land here
 
 
