@@ -62,8 +62,9 @@ class Relay:
         return create_update_message(self.doc.get_update(before))
 
 
-def joined(relay: Relay) -> SessionProtocol:
+def joined(relay: Relay, *, follow: bool = True) -> SessionProtocol:
     client = SessionProtocol()
+    client.follow_device(follow)
     client.open()
     for reply in relay.take(client.data_to_send()):
         client.receive(reply)
@@ -122,6 +123,22 @@ def test_device_changes_and_deletions_are_events() -> None:
         DeviceChanged("screen", {"apps": [{"revision": 7}]}),
         DeviceChanged("screen", None),
     ]
+
+
+def test_device_changes_are_told_only_while_followed() -> None:
+    relay = Relay()
+    relay.device["tools"] = ["a.b.c"]
+    client = joined(relay, follow=False)
+    client.receive(relay.write(relay.device, "screen", {"apps": []}))
+    assert [e for e in client.events() if isinstance(e, DeviceChanged)] == []
+    assert client.device.to_py() == {"tools": ["a.b.c"], "screen": {"apps": []}}
+    client.follow_device(True)
+    client.follow_device(True)  # once is enough: one event a change
+    client.receive(relay.write(relay.device, "stale", ["screen"]))
+    assert client.events() == [DeviceChanged("stale", ["screen"])]
+    client.follow_device(False)
+    client.receive(relay.write(relay.device, "stale", []))
+    assert client.events() == []
 
 
 def test_results_are_events_as_they_are_written() -> None:

@@ -241,7 +241,7 @@ class SessionClient:
     def _dispatch(self) -> None:
         for event in self.protocol.events():
             if isinstance(event, DeviceChanged):
-                if self._watchers:  # made plain only for a reader (a whole screen is a walk)
+                if self._watchers:  # followed only while someone reads the changes
                     value = plain(event.value)
                     for watcher in tuple(self._watchers):
                         watcher.push(event.key, value)
@@ -360,7 +360,13 @@ class SessionClient:
         self._check_open()
         watcher = _Changes(self, self._max_changes)
         self._watchers.add(watcher)
+        self.protocol.follow_device(True)
         return watcher
+
+    def _unwatch(self, watcher: _Changes) -> None:
+        self._watchers.discard(watcher)
+        if not self._watchers:
+            self.protocol.follow_device(False)
 
     def peers(self) -> dict[int, dict[str, Any]]:
         """Who else is here: the other clients' awareness states by client id."""
@@ -401,7 +407,7 @@ class _Changes:
     def end(self, error: KikiError | None) -> None:
         if not self._ended:
             self._ended, self._error = True, error
-            self._client._watchers.discard(self)
+            self._client._unwatch(self)
         self._wake.set()
 
     def __aiter__(self) -> AsyncIterator[tuple[str, Any]]:

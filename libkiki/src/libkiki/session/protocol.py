@@ -24,6 +24,7 @@ from pycrdt import (
     Doc,
     Map,
     MapEvent,
+    Subscription,
     YMessageType,
     YSyncMessageType,
     create_awareness_message,
@@ -74,7 +75,7 @@ class SessionProtocol:
         self.synced = False
         self._out: list[bytes | str] = []
         self._events: list[SessionEvent] = []
-        self.device.observe(self._device_changed)
+        self._following: Subscription | None = None
         self.results.observe(self._results_changed)
 
     # -- what goes out ---------------------------------------------------------------------------
@@ -85,6 +86,16 @@ class SessionProtocol:
         if token is not None:
             self._out.append(json.dumps({"token": token}))
         self._out.append(create_sync_message(self.doc))
+
+    def follow_device(self, follow: bool) -> None:
+        """Whether to tell :class:`DeviceChanged` events. pycrdt builds every map event's old
+        and new values in Python as it is applied (a whole screen, each time), so a client no
+        one reads the changes of does not observe them; ``device`` is read when asked."""
+        if follow and self._following is None:
+            self._following = self.device.observe(self._device_changed)
+        elif not follow and self._following is not None:
+            self.device.unobserve(self._following)
+            self._following = None
 
     def data_to_send(self) -> list[bytes | str]:
         out, self._out = self._out, []
