@@ -25,6 +25,7 @@ from typing import Any
 
 from kiki_a11y_server.atspi import cache
 from kiki_a11y_server.atspi.actions import plan
+from kiki_a11y_server.atspi.bounds import BoundsWatch
 from kiki_a11y_server.atspi.calls import ROOT, AtspiError, Calls
 from kiki_a11y_server.atspi.identity import app_of
 from kiki_a11y_server.atspi.model import ALL, PATCHED, AppModel, Batch, Fetched, aspect_of
@@ -85,11 +86,8 @@ class AppMirror:
         self.patched = 0  # events whose own payload was the change (no call made)
         self._acted = -1e9
         self._gate = asyncio.Semaphore(limits.concurrency)
-        self._moved: set[str] = set()  # windows whose extents changed at the last watch
-        self._windows: dict[str, tuple[int, int, int, int] | None] = {}  # as that watch saw them
+        self.bounds = BoundsWatch(max_paths=limits.max_nodes, max_repeats=limits.max_dirty)
         self._unanswered = 0  # watches in a row the app did not answer
-        self._rects: dict[str, object] = {}  # the last bounds-changed rectangle of each path
-        self._repeated: set[str] = set()  # paths whose bounds-changed repeated: asked at the watch
 
     # -- events (called from the bus's message handler: no awaiting) ---------------------------
 
@@ -130,28 +128,13 @@ class AppMirror:
         """An AT-SPI event (``siiva{sv}``: detail, detail1, detail2, any_data, properties)."""
         detail, one, two = str(body[0]), int(body[1]), int(body[2])
         data = body[3].value if hasattr(body[3], "value") else body[3]
-        if member == "BoundsChanged" and self._same_bounds(path, data):
+        if member == "BoundsChanged" and not self.bounds.event(path, data):
             return
         if self.model.patch(path, member, detail, one, two, data):
             self.patched += 1
             self.wakeup.set()
         else:
             self.event(path, aspect_of(member, detail))
-
-    def _same_bounds(self, path: str, rect: object) -> bool:
-        """Whether a bounds-changed event repeats the last one of ``path`` (GTK re-announces a
-        spinner's unchanged allocation every frame: fetched on every one, an idle app would
-        cost the bridge a steady share of a CPU). A repeat is not dropped, only put off to the
-        next watch: the same allocation can still sit elsewhere on screen (its parent
-        scrolled)."""
-        if self._rects.get(path) != rect:
-            if len(self._rects) >= self.limits.max_nodes:
-                self._rects.clear()
-            self._rects[path] = rect
-            return False
-        if len(self._repeated) < self.limits.max_dirty:
-            self._repeated.add(path)
-        return True
 
     # -- the task ------------------------------------------------------------------------------
 
@@ -338,26 +321,15 @@ class AppMirror:
                 await self._go_stale()
             return
         self._unanswered = 0
-        # Compared with what the last watch saw, not with the mirror: an app may announce a
-        # window's own new extents (GTK does on a resize), which then reach the mirror through
-        # the events while the nodes inside, which it does not announce, stay where they were.
-        moved = set()
-        seen = {}
-        for (path, had), got in zip(windows, now, strict=True):
-            if isinstance(got, BaseException):
-                continue
-            seen[path] = got
-            if got != self._windows.get(path, had):
-                moved.add(path)
-        self._windows = seen
-        # A window that changed is read whole once more at the next watch: the app lays it
-        # out after its own new extents are known (GTK moves a notebook's tabs a frame later,
-        # and says nothing of it), so the first read can hold some nodes where they were.
-        for path in moved | self._moved:
+        seen = {
+            path: got
+            for (path, _), got in zip(windows, now, strict=True)
+            if not isinstance(got, BaseException)
+        }
+        moved, repeated = self.bounds.watched(seen, dict(windows))
+        for path in moved:
             self.model.mark_subtree(path, "bounds")
             self.wakeup.set()
-        self._moved = moved
-        repeated, self._repeated = self._repeated, set()
         for path in repeated:
             if self.model.mark(path, "bounds"):
                 self.wakeup.set()
