@@ -66,7 +66,7 @@ COMMANDS: dict[str, tuple[int, list[str], list[str]]] = {
     "session revoke": (2, [], []),
     "session dump": (1, [], []),
     "remote state": (1, ["--json"], ["--token", "--connect-timeout"]),
-    "remote call": (3, ["--json"], ["--token", "--timeout", "--deadline", "--connect-timeout"]),
+    "remote call": (3, ["--json"], ["--token", "--timeout", "--deadline", "--id"]),
     "remote watch": (1, ["--json"], ["--token", "--count", "--connect-timeout"]),
     "app list": (0, ["--json"], []),
     "app history": (1, ["--json"], []),

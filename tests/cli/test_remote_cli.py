@@ -131,6 +131,22 @@ async def test_call_prints_the_output_and_the_device_sees_who_asked(
     assert all("deadline" in i for i in device.intents.values() if i["input"] == {})
 
 
+async def test_a_call_again_with_its_id_is_not_run_again(
+    relay: DeviceRelay, session: str, device: Device
+) -> None:
+    args = ("call", url(relay, session), "dev.kiki.demo.echo", '{"n": 1}', "--id", "same-one")
+    first = await kiki(*args)
+    again = await kiki(*args[:3], '{"n": 2}', *args[4:])
+    assert first == again == (0, '{\n  "by": "alice",\n  "echo": {\n    "n": 1\n  }\n}\n', "")
+    assert list(device.intents.keys()) == ["same-one"]
+    code, _, err = await kiki(*args[:4], "--id", "no spaces")
+    assert (code, err) == (
+        1,
+        "kiki remote: dev.kiki.demo.echo: InvalidParams: an intent id is "
+        "1-64 of [A-Za-z0-9_-], not 'no spaces'\n",
+    )
+
+
 async def test_a_refused_call_says_why_and_fails(
     relay: DeviceRelay, session: str, device: Device
 ) -> None:

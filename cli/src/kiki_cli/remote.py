@@ -99,6 +99,13 @@ def register(sub: Any) -> None:
         metavar="SECONDS",
         help="the device must not start it later than this from now (it answers 'expired')",
     )
+    call.add_argument(
+        "--id",
+        dest="intent_id",
+        metavar="ID",
+        help="the intent's id (1-64 of A-Z a-z 0-9 _ -; default: a random one): the same id "
+        "again, after a lost connection say, waits for that intent and runs nothing twice",
+    )
     call.add_argument("--json", action="store_true", help="the output on one line")
     call.set_defaults(func=run_call)
 
@@ -180,7 +187,11 @@ def run_call(args: argparse.Namespace) -> int:
         async with _client(args) as remote:
             try:
                 output = await remote.call(
-                    args.tool, given, timeout=args.timeout, deadline=deadline
+                    args.tool,
+                    given,
+                    timeout=args.timeout,
+                    deadline=deadline,
+                    intent_id=args.intent_id,
                 )
             except KikiError as exc:
                 print(f"kiki remote: {args.tool}: {type(exc).__name__}: {exc}", file=sys.stderr)
