@@ -1,11 +1,13 @@
-"""``kiki remote`` against a real ``kiki-sync-relay``; the test plays the device (a pycrdt
-client with a ``device`` token writing the state and answering intents)."""
+"""``kiki remote`` against a real ``kiki-sync-relay``: mostly with the test playing the device
+(a pycrdt client with a ``device`` token writing the state and answering intents), and once
+with the relay's own device link and a real broker."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import signal
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,8 +16,9 @@ from typing import Any
 import pytest
 from pycrdt import Map
 
-from kikitest import VENV_BIN
+from kikitest import VENV_BIN, until
 from kikitest.sync_fixtures import DeviceRelay, YClient
+from libkiki.tools import ToolCall, ToolProvider
 
 pytestmark = pytest.mark.integration
 
@@ -256,3 +259,54 @@ async def test_a_closed_session_ends_watch_with_the_reason(
         _, err = await proc.communicate()
     assert proc.returncode == 1
     assert err.decode() == "kiki remote: the token was revoked\n"
+
+
+@pytest.fixture
+async def linked(sockdir: Path, spawn_service: Any) -> AsyncIterator[DeviceRelay]:
+    """The device for real: a broker trusting the relay as a delegate, a provider of
+    ``dev.kiki.demo.echo`` in this process, and a relay whose device link serves ``home``."""
+    etc = sockdir / "etc"
+    etc.mkdir(exist_ok=True)
+    (etc / "tool-policy.toml").write_text(
+        f'[[delegate]]\nprincipals = ["uid:{os.getuid()}"]\n\n'
+        '[[allow]]\nprincipals = ["remote:*"]\ntools = ["dev.kiki.demo.*"]\n'
+    )
+    broker, notes = spawn_service("tool-broker")
+    notes.wait_for("READY")
+    (sockdir / "relay").mkdir()
+    relay = DeviceRelay(sockdir / "relay", link_sessions="home")
+    relay.env.update(KIKI_RUNTIME_DIR=str(sockdir), KIKI_CONFIG_DIR=str(etc))
+    provider = ToolProvider(sockdir / "tools.sock")
+
+    @provider.tool("dev.kiki.demo.echo")
+    async def echo(args: dict[str, Any], call: ToolCall) -> dict[str, Any]:
+        return {"text": args["text"], "caller": call.caller}
+
+    async with provider.connect(), asyncio.TaskGroup() as tg:
+        serving = tg.create_task(provider.serve_forever())
+        await asyncio.to_thread(relay.start)
+        try:
+            yield relay
+        finally:
+            serving.cancel()
+            await asyncio.to_thread(relay.close)
+            broker.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(broker.wait, 30)
+
+
+async def test_the_device_link_carries_out_a_call_from_the_command_line(
+    linked: DeviceRelay,
+) -> None:
+    controller = url(linked, "home")
+
+    async def tools() -> bool:
+        _, out, _ = await kiki("state", controller, "--json")
+        return "dev.kiki.demo.echo" in json.loads(out or "{}").get("tools", [])
+
+    await until(tools, "the link writes the tools")
+    code, out, err = await kiki("call", controller, "dev.kiki.demo.echo", '{"text": "hi"}')
+    assert (code, err) == (0, "")
+    assert json.loads(out)["text"] == "hi"
+    code, out, err = await kiki("call", controller, "dev.kiki.demo.nothing")
+    assert (code, out) == (1, "")
+    assert err.startswith("kiki remote: dev.kiki.demo.nothing: NotFound: ")
