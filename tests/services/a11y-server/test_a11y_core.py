@@ -103,6 +103,53 @@ def test_naming_a_tree_one_may_not_see_is_refused(tmp_path: Path) -> None:
     assert [t.tree_id for t in core.readable(ALICE)] == [tree_id]
 
 
+def test_a_rule_naming_publishers_carries_a_trees_first_appearance(tmp_path: Path) -> None:
+    """Bob may subscribe to Alice's trees as she publishes them: he gets a new tree's first
+    update (its whole tree), not only the ones after it."""
+    policy = tmp_path / "a11y-policy.toml"
+    policy.write_text(
+        '[[allow]]\nprincipals = ["uid:1001"]\nrights = ["subscribe"]\npublishers = ["uid:1000"]\n'
+    )
+    core = make_core(tmp_path, policy_file=str(policy))
+    watcher = session(BOB)
+    core.handle(watcher, wire.Subscribe(5))
+    assert watcher.sub is not None
+    core.desktop.take(watcher.sub)  # the (empty) snapshot
+    tree_id = publish(core, session(ALICE))
+    (frame,) = core.desktop.take(watcher.sub)
+    update = wire.decode(frame)
+    assert isinstance(update, wire.TreeUpdate)
+    assert update.tree_id == tree_id
+    assert len(update.nodes) == len(form_tree())
+
+
+def test_a_trusted_publisher_names_the_app_of_its_tree_and_no_one_else_does(
+    tmp_path: Path,
+) -> None:
+    policy = tmp_path / "a11y-policy.toml"
+    policy.write_text('[[publisher]]\nprincipals = ["uid:1000"]\napps = ["org.gnome.*"]\n')
+    core = make_core(tmp_path, policy_file=str(policy))
+    named = wire.App(0, "org.gnome.Calculator", 77, 0, "app-org.gnome.Calculator.scope", "Calc")
+
+    def first_update(who: PeerCred, app: wire.App) -> wire.App:
+        publisher = session(who)
+        core.handle(publisher, wire.TreeUpdate(1, root_id=1, nodes=tuple(form_tree()), app=app))
+        assert publisher.tree is not None
+        return publisher.tree.app
+
+    got = first_update(ALICE, named)
+    assert (got.app_id, got.pid, got.uid, got.unit, got.label) == (
+        "org.gnome.Calculator",
+        77,
+        1000,
+        "app-org.gnome.Calculator.scope",
+        "Calc",
+    )  # the uid is the publisher's, whatever the claim says
+    assert first_update(ALICE, named._replace(app_id="org.example.Bank")).app_id == ALICE.app_id
+    assert first_update(BOB, named).app_id == "pid-3"  # not trusted: its own identity
+    assert core.ctx.counters["named_apps"] == 1
+
+
 def test_an_action_is_routed_to_the_app_under_its_own_request_id(tmp_path: Path) -> None:
     core = make_core(tmp_path, action_timeout=2.0)
     app = session(ALICE)

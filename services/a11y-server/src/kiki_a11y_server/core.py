@@ -163,17 +163,20 @@ class A11yCore:
         tree = session.tree
         if tree is None:
             tree = self.desktop.new_tree(self._identity(session, update.app))
+            # Known before the update goes out: who may see it can depend on its publisher
+            # (a rule's `publishers`), and the first update is the tree's first appearance.
+            self.owners[tree.tree_id] = session
         try:
             change = self.desktop.publish(tree, update)
         except InvalidParams:
             self.ctx.counters["updates_rejected"] += 1
             if session.tree is None:
                 self.desktop.trees.pop(tree.tree_id, None)
+                self.owners.pop(tree.tree_id, None)
             raise
         if session.tree is None:
             session.tree = tree
             session.conn.became(PUBLISHER)
-            self.owners[tree.tree_id] = session
             log.info("tree %d published by %s", tree.tree_id, session.cred.describe())
         self.ctx.counters["updates"] += 1
         reply = None
