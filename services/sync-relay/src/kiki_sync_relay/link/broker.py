@@ -171,8 +171,9 @@ class BrokerLink:
             backoff.started()
             # A label no one else uses: the upstream tells this subscriber everything first.
             params = {"session": secrets.token_hex(8)} if reset is not None else {}
+            sub = client.subscribe(nsid, params=params, max_queue=STREAM_QUEUE)
             try:
-                async with client.subscribe(nsid, params=params, max_queue=STREAM_QUEUE) as sub:
+                async with sub:
                     live = sub.state == "live"
                     self._live(key, live)
                     backoff.ready(time.monotonic())
@@ -205,6 +206,9 @@ class BrokerLink:
             except KikiError as exc:
                 log.info("the device link's stream %s: %s", nsid, exc)
             self._live(key, False)
+            if sub.ended is not None and sub.ended.reason == "shutdown":
+                # The broker is stopping: nothing to open again until it is back.
+                await client.connection.wait_closed()
             await asyncio.sleep(backoff.exited(time.monotonic()))
 
     def _live(self, key: str | None, live: bool) -> None:
