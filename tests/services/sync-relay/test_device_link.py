@@ -38,12 +38,12 @@ WAIT = 20.0
 
 def policy(sockdir: Path) -> None:
     """The relay (this test's uid) may call for remote people; any remote person may call the
-    demo tools, nothing else; every app is on the a11y change stream."""
+    demo tools and act on the screen, nothing else; every app is on the a11y change stream."""
     etc = sockdir / "etc"
     etc.mkdir(exist_ok=True)
     (etc / "tool-policy.toml").write_text(
         f'[[delegate]]\nprincipals = ["uid:{os.getuid()}"]\n\n'
-        '[[allow]]\nprincipals = ["remote:*"]\ntools = ["dev.kiki.demo.*"]\n'
+        '[[allow]]\nprincipals = ["remote:*"]\ntools = ["dev.kiki.demo.*", "dev.kiki.a11y.act"]\n'
     )
     (etc / "a11y-policy.toml").write_text(
         '[[allow]]\nprincipals = ["*", "remote:*"]\nrights = ["subscribe"]\napps = ["*"]\n'
@@ -79,6 +79,7 @@ class Device:
     broker: Any = None
     a11y: Any = None
     app: A11yPublisher | None = None
+    pressed: list[tuple[int, int]] = field(default_factory=list)  # (node id, action)
     clients: list[YClient] = field(default_factory=list)
 
     def start_broker(self) -> None:
@@ -205,7 +206,12 @@ async def device(sockdir: Path, spawn_service: Any, **settings: str) -> AsyncIte
     dev.start_broker()
     dev.start_a11y()
     tools = asyncio.create_task(echo.provider(sockdir / "tools.sock").keep_registered())
-    async with A11yPublisher(sockdir / "a11y.sock", label="Editor") as app:
+
+    async def on_action(request: wire.ActionRequest) -> str:
+        dev.pressed.append((request.node_id, request.action))
+        return "saved"
+
+    async with A11yPublisher(sockdir / "a11y.sock", label="Editor", on_action=on_action) as app:
         await app.publish(form_tree(), root_id=1)
         dev.app = app
         await asyncio.to_thread(relay.start)
@@ -298,6 +304,18 @@ async def test_an_intent_runs_once_for_its_person(home: Device) -> None:
     await final(again, ask(again, ECHO, {"text": "next"}))
     assert home.echo.runs == ["hello", "next"]
     assert results(again)[key] == answer
+
+
+async def test_an_intent_acts_on_the_screen_by_its_ref(home: Device) -> None:
+    alice = await home.join()
+    await ready(alice)
+    (app,) = state(alice)["screen"]["apps"]
+    save = next(n for n in app["nodes"] if n.get("name") == "Save")
+    answer = await final(
+        alice, ask(alice, "dev.kiki.a11y.act", {"ref": save["ref"], "action": "press"})
+    )
+    assert answer["status"] == "ok", answer
+    assert home.pressed == [(5, wire.ACTIONS["press"])]
 
 
 async def test_an_intent_running_when_the_relay_died_is_answered_not_run_again(
