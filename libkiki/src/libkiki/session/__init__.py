@@ -23,7 +23,8 @@ asyncio layer (:mod:`libkiki.session.client`) only moves frames.
 
 from __future__ import annotations
 
-from libkiki.session.client import SessionClient, redact
+from libkiki.session.address import redact
+from libkiki.session.client import SessionClient
 from libkiki.session.outcomes import error_for_close, outcome
 from libkiki.session.protocol import SessionProtocol
 
