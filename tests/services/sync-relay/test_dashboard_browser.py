@@ -72,8 +72,10 @@ class StandInDevice:
                 "track": {"title": "Tone", "artists": ["lavfi"]},
             }
             self.device["notifications"] = [
-                {"appName": "notify-send", "summary": "Kettle boiled", "at": _now()}
-            ]
+                {"appName": "notify-send", "summary": "Kettle boiled", "at": _now()},
+                {"$type": "dev.kiki.notify.subscribeEvents#closed", "id": 7, "reason": "dismissed",
+                 "at": _now()},
+            ]  # fmt: skip
             self.device["sensors"] = [{"sensor": "imu0", "seq": 1, "timestampNs": 1,
                                        "values": [3, 1, 4]}]  # fmt: skip
             self.device["calls"] = [
@@ -169,6 +171,9 @@ def test_two_controllers_and_an_observer(
                 await browser.call("waitText", page=page, selector="#screen", text="Ada Lovelace")
                 await browser.call("waitText", page=page, selector="#now-playing", text="Tone")
                 await browser.call("waitText", page=page, selector="#notifications", text="Kettle")
+                await browser.call(
+                    "waitText", page=page, selector="#notifications", text="Notification 7 closed"
+                )
                 await browser.call("waitText", page=page, selector="#sensors", text="imu0")
                 await browser.call(
                     "waitText", page=page, selector="#calls", text="dev.kiki.demo.echo"

@@ -1,13 +1,24 @@
 // The read-only parts of the device's state: notifications, sensors, the tool-call log.
 import { el, replaceChildren, svg, timeOf } from './dom.js'
 
+// A notification as the device's events carry it: one seen on the bus (appName, summary,
+// body), or what became of one Kiki sent (closed, an action invoked).
+function describeNotification (n) {
+  const kind = String(n.$type || '').split('#')[1] || ''
+  if (kind === 'closed') return { title: `Notification ${n.id} closed`, detail: n.reason ? String(n.reason) : '' }
+  if (kind === 'actionInvoked') return { title: `Notification ${n.id}: ${n.key}`, detail: 'action invoked' }
+  return { title: n.summary || kind || '(no summary)', app: n.appName, detail: n.body || '' }
+}
+
 export function renderNotifications (root, notifications) {
-  const items = (Array.isArray(notifications) ? notifications : []).slice().reverse().map((n) =>
-    el('li', {},
-      el('strong', { text: n.summary || '(no summary)' }),
-      n.appName ? el('span', { class: 'value', text: ` · ${n.appName}` }) : null,
-      n.body ? el('div', { text: n.body }) : null,
-      n.at ? el('div', { class: 'value', text: timeOf(n.at) }) : null))
+  const items = (Array.isArray(notifications) ? notifications : []).slice().reverse().map((n) => {
+    const { title, app, detail } = describeNotification(n || {})
+    return el('li', {},
+      el('strong', { text: title }),
+      app ? el('span', { class: 'value', text: ` · ${app}` }) : null,
+      detail ? el('div', { text: detail }) : null,
+      n && n.at ? el('div', { class: 'value', text: timeOf(n.at) }) : null)
+  })
   replaceChildren(root, items, el('li', { class: 'empty', text: 'None.' }))
 }
 
