@@ -208,9 +208,10 @@ def in_own_context(
         try:
             return work(op, progress, phase)
         finally:
-            # finish() destroys the progress's pending idle source: libostree's finalize only
-            # unrefs it, so a source left in the context would be dispatched by the drain
-            # with a freed progress (GLib's "invalid non-instantiatable type" warning, or a
-            # crash).
+            # The progress outlives the drain (this frame holds it) and is finished first:
+            # finish() destroys its pending idle source, which libostree's finalize only
+            # unrefs. Dropped before the drain, as it once was, the drain dispatched that
+            # source with the progress freed (GLib's "invalid non-instantiatable type"
+            # warning, or a crash).
             progress.finish()
             holder.clear()
