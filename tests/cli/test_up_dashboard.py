@@ -1,7 +1,10 @@
 """`kiki up` ends its start with the dashboard's URL, and that page drives the device: in a real
 browser (Debian's chromium under playwright-core), the dashboard shows the demo app's form;
 typing a name and pressing Save there makes the demo app add the contact (seen through
-`kiki a11y`), and the result shows on the page.
+`kiki a11y`), and the result shows on the page; a second person and an observer on links `kiki
+session share` prints see it, each other's actions and presence; the observer's controls are
+disabled and its crafted intent refused; and after the relay is killed (kiki up restarts it) the
+page is back and acts again.
 
 The whole constellation runs, with the sync relay's device link for the session `kiki up`
 names and the broker trusting the relay as a delegate (the policy `kiki up` writes).
@@ -12,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import queue
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -87,18 +92,31 @@ def test_the_dashboard_kiki_up_prints_drives_the_demo_app(
         assert "[[delegate]]" in policy
         assert 'principals = ["remote:*"]' in policy
 
-        def contacts() -> list[str]:
-            found = subprocess.run(
-                [str(VENV_BIN / "kiki"), "a11y", "find", "role=listItem", "--json"],
+        def kiki(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [str(VENV_BIN / "kiki"), *args],
                 env={**env, "KIKI_RUNTIME_DIR": str(sockdir)},
                 capture_output=True,
                 text=True,
                 timeout=60,
                 check=False,
             )
+
+        def contacts() -> list[str]:
+            found = kiki("a11y", "find", "role=listItem", "--json")
             if found.returncode != 0:
                 return []
             return [str(n.get("name")) for n in json.loads(found.stdout)["nodes"]]
+
+        def share(role: str, sub: str) -> str:
+            done = kiki("session", "share", "local", "--role", role, "--sub", sub, "--dashboard")
+            assert done.returncode == 0, done.stderr
+            return done.stdout.strip()
+
+        def relay_pid() -> int:
+            state = json.loads((sockdir / "up.json").read_text())
+            relay = state["services"]["sync-relay"]
+            return int(relay["pid"]) if relay["state"] == "ready" else 0
 
         chromium()
         browser = Browser()
@@ -117,9 +135,48 @@ def test_the_dashboard_kiki_up_prints_drives_the_demo_app(
             path = shots / "kiki-up.png"
             await b.call("screenshot", page="me", path=str(path))
             print(f"screenshot: {path}")
+            assert "Grace Hopper" in contacts()
+
+            # A second person and an observer, on links `kiki session share` prints.
+            await b.call("open", page="bob", url=share("controller", "bob"))
+            await b.call("open", page="olga", url=share("observer", "olga"))
+            await b.call("waitText", page="bob", selector="#activity", text="Saved Grace Hopper")
+            await b.call("waitText", page="me", selector="#presence", text="bob")
+            await b.call("waitText", page="bob", selector="#presence", text="uid:")
+            await b.call("fill", page="bob", label="Name", value="Alan Kay")
+            await b.call("click", page="bob", role="button", name="Save")
+            await b.call("waitText", page="me", selector="#activity", text="Saved Alan Kay")
+            await b.call("waitText", page="olga", selector="#screen", text="Alan Kay")
+            assert await b.call("controls", page="olga", role="button", name="Save") == [True]
+            assert await b.call("controls", page="olga", role="textbox", name="Name") == [True]
+            await b.call(
+                "evaluate",
+                page="olga",
+                expression="kikiDashboard.doc.getMap('intents').set('crafted', {id: 'crafted', "
+                "tool: 'dev.kiki.a11y.act', input: {ref: '1:9', action: 'press'}, by: 'olga', "
+                "createdAt: new Date().toISOString()})",
+            )
+            await b.call("waitText", page="olga", selector="#connection", text="PermissionDenied")
+            assert "crafted" not in json.loads(kiki("session", "dump", "local").stdout)["intents"]
+
+            # The relay dies; kiki up starts it again on the same socket; the page comes back
+            # and acts through the new link.
+            pid = relay_pid()
+            os.kill(pid, signal.SIGKILL)
+            await b.call("waitText", page="me", selector="#connection", text="Offline")
+            async with asyncio.timeout(60):  # kiki up's state file says when: polled
+                while relay_pid() in (0, pid):  # noqa: ASYNC110
+                    await asyncio.sleep(0.1)
+            await b.call("waitText", page="me", selector="#connection", text="Live")
+            await b.call("fill", page="me", label="Name", value="Barbara Liskov")
+            await b.call("click", page="me", role="button", name="Save")
+            await b.call("waitText", page="me", selector="#activity", text="Saved Barbara Liskov")
+            path = shots / "kiki-up-after-restart.png"
+            await b.call("screenshot", page="me", path=str(path))
+            print(f"screenshot: {path}")
 
         asyncio.run(go(browser))
-        assert "Grace Hopper" in contacts()
+        assert {"Grace Hopper", "Alan Kay", "Barbara Liskov"} <= set(contacts())
         assert browser.errors() == []
     finally:
         if browser is not None:
