@@ -198,17 +198,18 @@ def test_app_validate_refuses_unpublished_type(
 def test_app_install_generates_bindings_and_dedups_components(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, isolated_state: Path
 ) -> None:
+    # The install step the updater runs on a checkout (kiki app install DIR goes through the
+    # updater: tests/cli/test_app_cli.py); here without one, on the directory itself.
+    from libkiki.lexicon.install import install_app
+    from libkiki.lexicon.registry import Registry
+
     first = make_app(tmp_path, "org.example.player", b"shared card", ["org.example.player.search"])
-    code, out = kiki(capsys, "app", "install", str(first), "--json")
-    assert code == 0, out
-    report = json.loads(out)
-    assert len(report["componentsStored"]) == 1
+    report = install_app(first, isolated_state, Registry.from_search_path(None)[0])
+    assert len(report.components_stored) == 1
     second = make_app(tmp_path, "org.example.radio", b"shared card", ["dev.kiki.media.seek"])
-    code, out = kiki(capsys, "app", "install", str(second), "--json")
-    assert code == 0, out
-    report = json.loads(out)
-    assert report["componentsStored"] == []
-    assert len(report["componentsShared"]) == 1
+    report = install_app(second, isolated_state, Registry.from_search_path(None)[0])
+    assert report.components_stored == ()
+    assert len(report.components_shared) == 1
     stored = [p for p in (isolated_state / "components").iterdir() if p.name != "index.json"]
     assert len(stored) == 1
     index = json.loads((isolated_state / "components" / "index.json").read_text())
@@ -239,15 +240,22 @@ def test_console_script_runs() -> None:
 
 
 def test_reinstall_refuses_breaking_lexicon_change(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, isolated_state: Path
 ) -> None:
+    from libkiki.errors import LexiconError
+    from libkiki.lexicon.install import install_app
+    from libkiki.lexicon.registry import Registry
+
     app = make_app(tmp_path, "org.example.player", b"card", ["org.example.player.search"])
-    assert kiki(capsys, "app", "install", str(app))[0] == 0
+    install_app(app, isolated_state, Registry.from_search_path(None)[0])
     search = app / "lexicons" / "org" / "example" / "player" / "search.json"
     raw = json.loads(search.read_text())
     raw["defs"]["main"]["parameters"]["properties"]["q"]["maxGraphemes"] = 10
     search.write_text(json.dumps(raw))
-    code, out = kiki(capsys, "app", "install", str(app))
+    # kiki app validate (and install, before asking the updater) sees it against what is installed
+    code, out = kiki(capsys, "app", "validate", str(app))
     assert code == 1
     assert "q.maxGraphemes: breaking change: tightened from 100 to 10" in out
-    assert kiki(capsys, "app", "install", str(app), "--allow-breaking")[0] == 0
+    with pytest.raises(LexiconError, match="breaking change"):
+        install_app(app, isolated_state, Registry.from_search_path(None)[0])
+    install_app(app, isolated_state, Registry.from_search_path(None)[0], allow_breaking=True)
