@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 A11Y: Final = "dev.kiki.a11y.subscribeChanges"
 PLAYBACK: Final = "dev.kiki.media.subscribePlayback"
 NOTIFY: Final = "dev.kiki.notify.subscribeEvents"
+# Other apps' notifications: served only when the gateway's notify_observe_stream is on (and
+# the policy lets the relay subscribe); its absence marks nothing stale.
+OBSERVED: Final = "dev.kiki.notify.subscribeObserved"
 AUDIT: Final = "dev.kiki.tools.subscribeAudit"
 PROVIDERS: Final = "dev.kiki.tools.subscribeProviders"
 SENSOR_LIST: Final = "dev.kiki.sensor.list"
@@ -140,6 +143,7 @@ class BrokerLink:
                 self._stream(client, PLAYBACK, "nowPlaying", state.playback, state.players_reset)
             )
             group.create_task(self._stream(client, NOTIFY, "notifications", state.notification))
+            group.create_task(self._stream(client, OBSERVED, None, state.notification))
             group.create_task(self._stream(client, AUDIT, "calls", state.audit))
             group.create_task(self._stream(client, PROVIDERS, None, self._provider_event))
             group.create_task(self._list_tools(client))
