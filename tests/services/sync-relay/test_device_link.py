@@ -468,3 +468,26 @@ async def test_losing_the_a11y_server_marks_the_screen_stale_until_it_is_back(
     async with A11yPublisher(sockdir / "a11y.sock", label="Again") as app:
         await app.publish([wire.Node(1, wire.ROLES["window"], "Again", children=())], root_id=1)
         await app_screen(watcher, lambda apps: names(apps) == {"Again"})
+
+
+async def test_the_sensors_latest_samples_reach_the_document(
+    home: Device, start_publisher: Callable[..., Any]
+) -> None:
+    watcher = await home.join("observer", sub="bob")
+    await ready(watcher)
+    assert "sensors" in state(watcher)["stale"]  # no publisher yet
+    await asyncio.to_thread(start_publisher, broker_tools="true")
+
+    def read() -> bool:
+        sensors = state(watcher).get("sensors", [])
+        return bool(sensors) and "sensors" not in state(watcher)["stale"]
+
+    await eventually(read, about=watcher)
+    sensors = state(watcher)["sensors"]
+    assert len(sensors) <= 16
+    assert all(s["sensor"] and s["values"] and "scale" in s for s in sensors)
+    first = {s["sensor"]: s.get("seq") for s in sensors}
+    await eventually(  # read again each second
+        lambda: any(s.get("seq") != first.get(s["sensor"]) for s in state(watcher)["sensors"]),
+        about=watcher,
+    )
