@@ -40,9 +40,9 @@ const ops = {
     await pageOf(page).locator(selector).filter({ hasText: text }).first().waitFor()
     return null
   },
-  // Wait until no element `selector` holds `text` any more (within `timeout` ms).
+  // Wait until no element `selector` shows `text` any more: gone or hidden (within `timeout` ms).
   async waitGone ({ page, selector, text, timeout = TIMEOUT }) {
-    await pageOf(page).locator(selector).filter({ hasText: text }).waitFor({ state: 'detached', timeout })
+    await pageOf(page).locator(selector).filter({ hasText: text }).waitFor({ state: 'hidden', timeout })
     return null
   },
   async text ({ page, selector }) {

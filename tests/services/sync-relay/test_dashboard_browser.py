@@ -295,6 +295,16 @@ def test_the_page_rides_out_a_relay_restart(
                 "waitText", page="alice", selector="#notifications", text="Back again"
             )
             await browser.call("waitText", page="alice", selector="#activity", text="media.next")
+            # A part whose source the device lost says so, and keeps its last value.
+            device.device["stale"] = ["screen"]
+            await browser.call(
+                "waitText", page="alice", selector="#screen-section", text="Source lost"
+            )
+            await browser.call("waitText", page="alice", selector="#screen", text="Ada Lovelace")
+            device.device["stale"] = []
+            await browser.call(
+                "waitGone", page="alice", selector="#screen-section .stale-note", text="Source"
+            )
             await shoot(browser, "alice", shots, "back")
         await device.client.close()
         assert browser.errors() == []
