@@ -1,0 +1,76 @@
+"""The relay's answers for the dashboard's files, sans-I/O: a request in, a response out."""
+
+from __future__ import annotations
+
+import http
+
+import pytest
+from websockets.datastructures import Headers
+from websockets.http11 import Request
+
+from kiki_sync_relay.core import Answer, Route, route
+from kiki_sync_relay.dashboard import CSP, Dashboard, packaged
+
+pytestmark = pytest.mark.unit
+
+FILES = {
+    "index.html": b"<!doctype html>",
+    "app-0123456789ab.js": b"console.log(1)",
+    "notes.txt": b"?",
+}
+
+
+def request(path: str, *headers: tuple[str, str]) -> Request:
+    return Request(path, Headers([("Host", "x"), *headers]))
+
+
+def served(path: str, *headers: tuple[str, str], live: int = 0) -> Answer:
+    answer = route(request(path, *headers), live, 10, Dashboard(FILES))
+    assert isinstance(answer, Answer), answer
+    return answer
+
+
+def test_files_with_their_type_caching_and_policy() -> None:
+    page = served("/dashboard/").response()
+    assert (page.status_code, page.body) == (200, b"<!doctype html>")
+    assert page.headers["Content-Type"] == "text/html; charset=utf-8"
+    assert page.headers["Cache-Control"] == "no-cache"
+    assert page.headers["Content-Security-Policy"] == CSP
+    script = served("/dashboard/app-0123456789ab.js?x=1").response()
+    assert script.headers["Content-Type"] == "text/javascript; charset=utf-8"
+    assert script.headers["Cache-Control"] == "public, max-age=31536000, immutable"
+    assert script.headers["Content-Length"] == str(len(FILES["app-0123456789ab.js"]))
+    other = served("/dashboard/notes.txt").response()
+    assert other.headers["Content-Type"] == "application/octet-stream"
+
+
+def test_an_etag_the_browser_holds_is_answered_304() -> None:
+    etag = served("/dashboard/").response().headers["ETag"]
+    for held in (etag, f'"other", {etag}', f"W/{etag}"):
+        answer = served("/dashboard/", ("If-None-Match", held)).response()
+        assert (answer.status_code, answer.body) == (304, b"")
+        assert answer.headers["ETag"] == etag
+    assert served("/dashboard/", ("If-None-Match", '"other"')).response().status_code == 200
+
+
+def test_the_dashboard_is_served_at_full_load_and_only_over_plain_http() -> None:
+    assert served("/dashboard/", live=10).response().status_code == 200
+    moved = served("/dashboard").response()
+    assert (moved.status_code, moved.headers["Location"]) == (308, "/dashboard/")
+    for path in ("/dashboard/missing.js", "/dashboard/../index.html", "/dashboard//index.html"):
+        answer = served(path)
+        assert answer.status == http.HTTPStatus.NOT_FOUND, path
+    upgrade = route(request("/dashboard/", ("Upgrade", "websocket")), 0, 10, Dashboard(FILES))
+    assert isinstance(upgrade, Answer)
+    assert upgrade.status == http.HTTPStatus.NOT_FOUND
+    session = route(request("/session/s", ("Upgrade", "websocket")), 0, 10, Dashboard(FILES))
+    assert session is Route.UPGRADE
+
+
+def test_the_package_holds_a_page_that_names_files_it_holds() -> None:
+    dashboard = packaged()
+    page = dashboard.assets["index.html"].body.decode()
+    named = [name for name in dashboard.assets if name != "index.html"]
+    assert named
+    for name in named:
+        assert f'"{name}"' in page, name
