@@ -12,9 +12,9 @@ from kiki_updater import agents
 from kiki_updater.agents import export_agent
 from kiki_updater.config import UpdaterConfig
 from kiki_updater.os_updates import AgentMoves
-from kiki_updater.server import Updater
 from kiki_updater.signing import generate_keypair
 from kiki_updater.store import Store
+from kiki_updater.updater import Updater
 from kikitest.ostree_fixtures import in_worker, make_app_tree
 
 pytestmark = pytest.mark.unit

@@ -12,9 +12,9 @@ import pytest
 from kiki_updater.operations import Operations
 from kiki_updater.publish import publish
 from kiki_updater.pull import Remote
-from kiki_updater.server import install_lexicons
 from kiki_updater.signing import generate_keypair, sign_commit
 from kiki_updater.store import Store
+from kiki_updater.updater import install_lexicons
 from kikitest.ostree_fixtures import in_worker, make_app_tree, write_manifest
 from libkiki.errors import KikiError
 

@@ -57,7 +57,7 @@ def test_starting_imports_neither_gi_nor_cryptography(tmp_path: Path) -> None:
         "import asyncio, sys\n"
         "import kiki_updater.__main__\n"
         "from kiki_updater.config import UpdaterConfig\n"
-        "from kiki_updater.server import Updater\n"
+        "from kiki_updater.updater import Updater\n"
         f"updater = Updater(UpdaterConfig(root={str(tmp_path)!r}))\n"
         "async def start():\n"
         "    return await updater.recover(), await updater.listing()\n"

@@ -15,7 +15,8 @@ from libkiki.errors import InvalidParams, Unavailable
 
 if TYPE_CHECKING:
     from kiki_updater.core import Operation
-    from kiki_updater.server import Progress, Updater
+    from kiki_updater.running import Progress
+    from kiki_updater.updater import Updater
 
 __all__ = ["OsUpdates"]
 
@@ -107,7 +108,7 @@ class AgentMoves:
         from pathlib import Path
 
         from kiki_updater.agents import export_agent
-        from kiki_updater.server import target_of
+        from kiki_updater.updater import target_of
 
         _, ident = target_of({**params, "target": "agent"})
         out = params.get("out")
@@ -151,8 +152,8 @@ class AgentMoves:
         from pathlib import Path
 
         from kiki_updater.agents import import_journaled
-        from kiki_updater.server import target_of
         from kiki_updater.signing import SignatureRefused
+        from kiki_updater.updater import target_of
 
         _, ident = target_of({**params, "target": "agent"})
         source = params.get("source")

@@ -1,7 +1,7 @@
 """The updater's tools on the broker: ``dev.kiki.update.*`` and the stream
 ``dev.kiki.update.subscribeOperations``.
 
-The same operations as on ``updater.sock`` (:class:`~kiki_updater.server.Updater`), for the
+The same operations as on ``updater.sock`` (:class:`~kiki_updater.updater.Updater`), for the
 caller the broker names (``call.peer``): the broker's policy (``tool-policy.toml``) says who may
 call each tool at all; the updater's ``managers`` then who may change what is installed. A
 long operation reports MCP progress (percent, and the phase and bytes in its message). The
@@ -27,7 +27,7 @@ from libkiki.tools import ToolCall, ToolProvider
 if TYPE_CHECKING:
     from kiki_updater.config import UpdaterConfig
     from kiki_updater.core import Operation
-    from kiki_updater.server import Updater
+    from kiki_updater.updater import Updater
 
 log = logging.getLogger(__name__)
 

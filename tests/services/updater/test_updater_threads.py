@@ -1,4 +1,4 @@
-"""The server's event loop never reads the store: an update's remote is found in the worker."""
+"""The updater's event loop never reads the store: an update's remote is found in the worker."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from kiki_updater.config import UpdaterConfig
-from kiki_updater.server import Updater
 from kiki_updater.signing import generate_keypair
 from kiki_updater.store import Store
+from kiki_updater.updater import Updater
 from kikitest.ostree_fixtures import publish_versions
 
 pytestmark = pytest.mark.unit
