@@ -58,7 +58,9 @@ class StandInDevice:
             node(3, "button", "Save", 1, actions=["press"]),
             node(4, "list", "People", 1),
         ]
-        nodes += [node(10 + i, "listItem", c, 2) for i, c in enumerate(self.contacts)]
+        nodes += [
+            node(10 + i, "listItem", c, 2, actions=["select"]) for i, c in enumerate(self.contacts)
+        ]
         return {"apps": [{"appId": "dev.kiki.demo", "treeId": 1, "revision": 1, "nodes": nodes}]}
 
     def publish(self) -> None:
@@ -92,6 +94,8 @@ class StandInDevice:
             result: dict[str, Any] = {"status": "ok", "at": _now(), "output": {"ok": True}}
             if intent["tool"] != "dev.kiki.a11y.act":
                 result["output"] = {}
+            elif action == "select":
+                result["output"] = {"ok": True, "message": "selected"}
             elif action == "setValue":
                 self.name = intent["input"]["value"]
             elif not self.name:
@@ -208,6 +212,10 @@ def test_two_controllers_and_an_observer(
             await browser.call(
                 "waitText", page="alice", selector="#activity", text="the Name field is empty"
             )
+            # A node's other actions are buttons of their own, named for the node.
+            await browser.call("click", page="bob", role="button", name="select Ada Lovelace")
+            await eventually(lambda: device.seen[-1]["input"].get("action") == "select")
+            assert device.seen[-1]["input"]["ref"] == "1:10"
             await browser.call("click", page="bob", role="button", name="Play/Pause")
             await eventually(lambda: device.seen[-1]["tool"] == "dev.kiki.media.playPause")
             assert device.seen[-1]["input"] == {"player": "mpv"}
@@ -233,7 +241,7 @@ def test_two_controllers_and_an_observer(
                 '- region "Screen"',
                 '- textbox "Name"',
                 '- button "Save"',
-                "- listitem: listItem Grace Hopper",
+                '- button "select Grace Hopper"',
                 '- group "Media controls"',
                 '- table "Recent tool calls on the device, newest first"',
                 '- complementary "Connected"',

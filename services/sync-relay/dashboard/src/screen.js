@@ -5,6 +5,9 @@
 import { el } from './dom.js'
 
 const TEXT_ROLES = new Set(['textField', 'searchBox', 'comboBox', 'spinButton'])
+// Actions a plain node offers as small buttons of their own (press and setValue make the node
+// a control itself; focus and scrolling mean little from afar).
+const EXTRA_ACTIONS = ['select', 'expand', 'collapse', 'increment', 'decrement', 'showMenu', 'dismiss']
 
 function kindOf (node) {
   const actions = node.actions || []
@@ -32,8 +35,9 @@ export class ScreenView {
   }
 
   #enable (row) {
-    if (!row.control) return
-    row.control.disabled = !this.writable || row.nodeDisabled
+    const disabled = !this.writable || row.nodeDisabled
+    if (row.control) row.control.disabled = disabled
+    for (const button of row.extras ? row.extras.children : []) button.disabled = disabled
   }
 
   render (screen) {
@@ -104,7 +108,8 @@ export class ScreenView {
     } else {
       row.text = el('span')
       row.value = el('span', { class: 'value' })
-      row.li.append(row.role, row.text, row.value)
+      row.extras = el('span', { class: 'extras' })
+      row.li.append(row.role, row.text, row.value, row.extras)
     }
     return row
   }
@@ -128,6 +133,19 @@ export class ScreenView {
     } else {
       row.text.textContent = name
       row.value.textContent = node.value ? `= ${node.value}` : ''
+      const offered = EXTRA_ACTIONS.filter((a) => (node.actions || []).includes(a))
+      if (offered.join() !== row.offered) {
+        row.offered = offered.join()
+        row.extras.replaceChildren(...offered.map((action) => el('button', {
+          type: 'button',
+          class: 'extra',
+          'aria-label': `${action} ${name || node.role}`,
+          text: action,
+          onclick: () => this.act('dev.kiki.a11y.act', { ref: row.node.ref, action })
+        })))
+      } else {
+        for (const button of row.extras.children) button.setAttribute('aria-label', `${button.textContent} ${name || node.role}`)
+      }
     }
     this.#enable(row)
   }
