@@ -89,6 +89,8 @@ BAD_UPDATES = [
     ("clear without the node", (N(3),), 2, "must be in the update"),
     ("root as a child", (N(6, children=(1,)),), 0, "cycle"),
     ("empty", (), 0, "changes nothing"),
+    ("role name of a known role", (N(6, R["button"], role_name="ruler"),), 0, "not unknown"),
+    ("role name too long", (N(6, role_name="r" * 65),), 0, "longer than 64 characters"),
 ]
 
 
@@ -313,6 +315,19 @@ def test_text_outline_prunes_wrappers_and_hidden_nodes() -> None:
         '    - textField "Title" [3:3] value="draft" (setValue)',
         '    - button "Save" [3:5] (press)',
     ]
+
+
+def test_an_unknown_roles_own_name_is_kept_and_shown() -> None:
+    tree = tree_with_form()
+    tree.apply(wire.TreeUpdate(nodes=(N(6, role_name="ruler"),)))
+    assert tree.nodes[6].role_name == "ruler"
+    # Named by its publisher, it is no empty wrapper: the outline shows it.
+    assert render_text([tree]).text.splitlines()[-1] == "    - unknown(ruler) [3:6]"
+    (doc,) = (n for n in tree_json(tree)["nodes"] if n["id"] == 6)
+    assert (doc["role"], doc["roleName"]) == ("unknown", "ruler")
+    assert "roleName" not in tree_json(tree)["nodes"][0]
+    tree.apply(wire.TreeUpdate(nodes=(N(6),)))
+    assert "[3:6]" not in render_text([tree]).text
 
 
 def test_text_budget_truncates_and_says_so() -> None:

@@ -303,8 +303,15 @@ class Node(object):
             return self._tab.Get(flatbuffers.number_types.Uint32Flags, o + self._tab.Pos)
         return 0
 
+    # Node
+    def RoleName(self) -> Optional[str]:
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(24))
+        if o != 0:
+            return self._tab.String(o + self._tab.Pos)
+        return None
+
 def NodeStart(builder: flatbuffers.Builder):
-    builder.StartObject(10)
+    builder.StartObject(11)
 
 def NodeAddId(builder: flatbuffers.Builder, id: int):
     builder.PrependUint32Slot(0, id, 0)
@@ -341,6 +348,9 @@ def NodeStartChildrenVector(builder, numElems: int) -> int:
 
 def NodeAddTreeId(builder: flatbuffers.Builder, treeId: int):
     builder.PrependUint32Slot(9, treeId, 0)
+
+def NodeAddRoleName(builder: flatbuffers.Builder, roleName: int):
+    builder.PrependUOffsetTRelativeSlot(10, flatbuffers.number_types.UOffsetTFlags.py_type(roleName), 0)
 
 def NodeEnd(builder: flatbuffers.Builder) -> int:
     return builder.EndObject()

@@ -10,8 +10,10 @@
 
 One line per node, indented by depth, with its short stable ref (``tree:node``, what
 ``kiki a11y act`` and the ``act`` tool take), its value, the states that matter and its
-actions. Empty wrappers (generic containers with no name, value or action) are left out and
-their children move up a level; hidden subtrees are left out. A budget of nodes and characters
+actions. A role Kiki has none for shows the publisher's name for it: ``unknown(block quote)``.
+Empty wrappers (generic containers with no name, value or action, and unknown roles the
+publisher did not name) are left out and their children move up a level; hidden subtrees are
+left out. A budget of nodes and characters
 keeps the text within what a prompt can hold: past it the outline stops and says how much was
 left out.
 
@@ -83,6 +85,7 @@ def _quote(text: str, limit: int) -> str:
 def is_wrapper(node: wire.Node) -> bool:
     return (
         node.role in WRAPPER_ROLES
+        and not node.role_name
         and not node.name
         and not node.value
         and all(a in QUIET_ACTIONS for a in node.actions)
@@ -90,8 +93,17 @@ def is_wrapper(node: wire.Node) -> bool:
     )
 
 
+def role_text(node: wire.Node) -> str:
+    """The role as the outline shows it: ``unknown(ruler)`` when the publisher named a role
+    Kiki has none for."""
+    role = wire.ROLE_NAMES.get(node.role, str(node.role))
+    if node.role_name:
+        return f"{role}({' '.join(node.role_name.split())})"
+    return role
+
+
 def node_line(node: wire.Node, *, text_limit: int = 80) -> str:
-    parts = [wire.ROLE_NAMES.get(node.role, str(node.role))]
+    parts = [role_text(node)]
     if node.name:
         parts.append(_quote(node.name, text_limit))
     parts.append(f"[{node.tree_id}:{node.id}]")
@@ -179,6 +191,8 @@ def node_json(node: wire.Node) -> dict[str, Any]:
         "treeId": node.tree_id,
         "role": wire.ROLE_NAMES.get(node.role, str(node.role)),
     }
+    if node.role_name:
+        out["roleName"] = node.role_name
     if node.name:
         out["name"] = node.name
     if node.description:

@@ -101,6 +101,7 @@ TABLES = (
             Field("actions", VEC_ENUM, "B", "Action"),
             Field("children", VEC_SCALAR, "I"),
             u32("tree_id"),
+            text("role_name"),
         ),
     ),
     TableDef(

@@ -31,6 +31,7 @@ __all__ = [
     "CAUSES",
     "CAUSE_NAMES",
     "FILE_IDENTIFIER",
+    "MAX_ROLE_NAME",
     "PROTOCOL_VERSION",
     "ROLES",
     "ROLE_NAMES",
@@ -57,6 +58,8 @@ __all__ = [
 ]
 
 PROTOCOL_VERSION = 1
+# Node.role_name's bound in characters (the lexicon's node.roleName; the server refuses longer).
+MAX_ROLE_NAME = 64
 
 ROLE_NAMES = {v: k for k, v in ROLES.items()}
 ACTION_NAMES = {v: k for k, v in ACTIONS.items()}
@@ -96,6 +99,8 @@ class Node(NamedTuple):
     actions: tuple[int, ...] = ()
     children: tuple[int, ...] = ()
     tree_id: int = 0
+    # The publisher's own name for a role Kiki's enum does not have (role is then unknown).
+    role_name: str = ""
 
 
 class App(NamedTuple):

@@ -392,4 +392,5 @@ class Desktop:
 
 def _node_cost(node: wire.Node) -> int:
     """About what the node costs held in memory and encoded (bounds the pending queue)."""
-    return 96 + len(node.name) + len(node.value) + len(node.description) + 4 * len(node.children)
+    texts = len(node.name) + len(node.value) + len(node.description) + len(node.role_name)
+    return 96 + texts + 4 * len(node.children)

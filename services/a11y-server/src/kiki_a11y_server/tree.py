@@ -13,8 +13,9 @@ Updates have Chromium's AXTreeUpdate semantics:
 :meth:`Tree.apply` checks everything before it changes anything, in time proportional to the
 update (not to the tree): ids unique and non-zero, no unknown child, no node with two parents,
 no cycle, no reparenting of a live node (clear its old parent first), no orphan, depth and size
-within limits. A rejected update raises :class:`~libkiki.errors.InvalidParams` saying which rule
-broke and leaves the tree exactly as it was.
+within limits, a ``role_name`` only on an unknown role (and short). A rejected update raises
+:class:`~libkiki.errors.InvalidParams` saying which rule broke and leaves the tree exactly as it
+was.
 """
 
 from __future__ import annotations
@@ -115,6 +116,13 @@ class Tree:
                 raise _reject("node id 0 is reserved")
             if n.id in changed:
                 raise _reject(f"node {n.id} appears twice in the update")
+            if n.role_name:
+                if n.role:
+                    raise _reject(f"node {n.id} has a role_name but its role is not unknown")
+                if len(n.role_name) > wire.MAX_ROLE_NAME:
+                    raise _reject(
+                        f"node {n.id}'s role_name is longer than {wire.MAX_ROLE_NAME} characters"
+                    )
             changed[n.id] = n
         if not changed and not update.node_id_to_clear:
             raise _reject("the update changes nothing")

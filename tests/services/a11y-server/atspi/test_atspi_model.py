@@ -99,6 +99,27 @@ def test_roles_map_to_kiki_and_unknown_keeps_the_atspi_name() -> None:
     assert set(roles.STATE_MAP.values()) <= set(S)
 
 
+def test_an_unmapped_role_is_unknown_with_atspi_s_name_for_it() -> None:
+    ruler = roles.ATSPI_ROLES.index("ruler")
+    assert roles.role_name(ruler) == "ruler"
+    assert roles.role_name(999) == "role 999"
+    assert roles.role_name(PUSH_BUTTON) == ""  # Kiki has the role
+    assert roles.role_name(roles.ATSPI_ROLES.index("unknown")) == ""  # says nothing more
+    model = AppModel()
+    fetched = {
+        "/r": Fetched("/r", FRAME, "app", children=("/q", "/b")),
+        "/q": Fetched("/q", roles.ATSPI_ROLES.index("block quote")),
+        "/b": Fetched("/b", PUSH_BUTTON, "OK"),
+    }
+    nodes = {n.name or model.entries[n.id].path: n for n in model.apply(fetched, root="/r").nodes}
+    assert (nodes["/q"].role, nodes["/q"].role_name) == (R["unknown"], "block quote")
+    assert (nodes["OK"].role, nodes["OK"].role_name) == (R["button"], "")
+    # The server takes it as it is.
+    tree = Tree(1, wire.App(1))
+    publish(tree, model)
+    assert tree.nodes[nodes["/q"].id].role_name == "block quote"
+
+
 def test_states_map_and_derive() -> None:
     got = roles.kiki_states(roles.atspi_state_names(states("focused", "checked", "visible")))
     assert got == S["focused"] | S["checked"] | S["offscreen"] | S["disabled"]

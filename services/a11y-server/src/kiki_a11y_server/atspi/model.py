@@ -83,7 +83,6 @@ class Entry:
     path: str
     parent: int
     node: wire.Node
-    atspi_role: str
     actions: tuple[str, ...] = ()
     interfaces: frozenset[str] = frozenset()
     numeric: float | None = None
@@ -132,6 +131,7 @@ def kiki_node(node_id: int, f: Fetched, children: tuple[int, ...]) -> wire.Node:
         bounds,
         tuple(actions),
         children,
+        role_name=roles.role_name(f.role),
     )
 
 
@@ -330,9 +330,8 @@ class AppModel:
         if old is not None:
             for gone in set(old.children) - set(children):
                 batch.removed.extend(self._drop(gone))
-        _, atspi_role = roles.kiki_role(f.role)
         self.entries[node_id] = Entry(
-            f.path, parent, node, atspi_role, f.actions, f.interfaces, f.numeric, f.increment, f
+            f.path, parent, node, f.actions, f.interfaces, f.numeric, f.increment, f
         )
         if node != old:
             batch.nodes.append(node)
@@ -378,7 +377,3 @@ class AppModel:
 
     def nodes(self) -> list[wire.Node]:
         return [e.node for e in self.entries.values()]
-
-    def atspi_role(self, node_id: int) -> str:
-        """AT-SPI's own name for the node's role (what an ``unknown`` Kiki role was)."""
-        return self.entries[node_id].atspi_role

@@ -50,8 +50,8 @@ ATSPI_STATES: tuple[str, ...] = (
 )  # fmt: skip
 ATSPI_STATE_BITS = {name: bit for bit, name in enumerate(ATSPI_STATES)}
 
-# AT-SPI role name -> Kiki role name. Roles not listed here become "unknown" (the bridge keeps
-# the AT-SPI name beside the node: Kiki's Node has no attribute field to carry it).
+# AT-SPI role name -> Kiki role name. Roles not listed here become "unknown", with the AT-SPI
+# name in the node's role_name (``kiki_role``).
 ROLE_MAP: dict[str, str] = {
     "application": "application",
     "frame": "window",
@@ -179,6 +179,13 @@ def kiki_role(atspi_role: int) -> tuple[int, str]:
     """Kiki's role for an AT-SPI role number, and the AT-SPI role's name."""
     name = ATSPI_ROLES[atspi_role] if 0 <= atspi_role < len(ATSPI_ROLES) else f"role {atspi_role}"
     return R.get(ROLE_MAP.get(name, "unknown"), R["unknown"]), name
+
+
+def role_name(atspi_role: int) -> str:
+    """What a Kiki node's ``role_name`` is for an AT-SPI role: its name when Kiki's enum has no
+    role for it; "" when it has one, and for AT-SPI's own "unknown" (which says nothing more)."""
+    role, name = kiki_role(atspi_role)
+    return name[: wire.MAX_ROLE_NAME] if role == R["unknown"] and name != "unknown" else ""
 
 
 def atspi_state_names(words: tuple[int, ...] | list[int]) -> set[str]:
