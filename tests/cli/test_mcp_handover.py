@@ -26,11 +26,14 @@ GET_INFO = "dev.kiki.service.getInfo"
 PING = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
 
 
-def make_provider(path: Path) -> ToolProvider:
+def make_provider(path: Path, started: asyncio.Event | None = None) -> ToolProvider:
+    """ECHO answers after ``delay`` ms; ``started`` is set as each call begins."""
     provider = ToolProvider(path, lexicons=LEXICONS)
 
     @provider.tool(ECHO)
     async def echo(args: dict[str, Any], call: ToolCall) -> dict[str, Any]:
+        if started is not None:
+            started.set()
         await asyncio.sleep(args.get("delay", 0) / 1000)
         return {"text": args["text"]}
 
@@ -138,14 +141,14 @@ async def test_a_broker_that_stops_answers_what_it_was_asked_first(broker: Broke
     # Stopping, the broker lets the calls in flight finish (its drain_timeout), the host's
     # too, and then kiki mcp says the broker stopped.
     path, proc = broker
-    async with asyncio.timeout(30), make_provider(path).connect():
+    started = asyncio.Event()
+    async with asyncio.timeout(30), make_provider(path, started).connect():
         host = await Hosted.start(path)
         try:
             assert (await host.ask(PING))["result"] == {}
             assert host.proc.stdin is not None
             host.proc.stdin.write(orjson.dumps(call(2, ECHO, {"text": "x", "delay": 500})) + b"\n")
-            await host.proc.stdin.drain()
-            await asyncio.sleep(0.1)  # the call reaches the provider
+            await started.wait()  # the call has reached the provider
             proc.send_signal(signal.SIGTERM)
             [line] = (await host.rest()).splitlines()
             status, err = await host.end()
