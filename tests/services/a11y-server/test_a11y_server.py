@@ -374,6 +374,17 @@ async def test_tools_on_the_broker(spawn_service: Any, sockdir: Path) -> None:
             assert [n["ref"] for n in found["nodes"]] == [box["ref"]]
             with pytest.raises(ToolError, match="no longer exists"):
                 await tools.call("dev.kiki.a11y.act", {"ref": "1:999", "action": "press"})
+            # A role Kiki has none for, by its publisher's name, in both tools' answers.
+            async with A11yPublisher(sockdir / "a11y.sock", label="Rulers") as pub:
+                ruler = N(2, role_name="ruler")
+                await pub.publish([N(1, R["window"], "Rulers", children=(2,)), ruler], root_id=1)
+                found = await tools.call("dev.kiki.a11y.find", {"limit": 500})
+                named = [n for n in found["nodes"] if "roleName" in n]
+                assert [(n["ref"], n["role"], n["roleName"]) for n in named] == [
+                    (f"{pub.tree_id}:2", "unknown", "ruler")
+                ]
+                snap = await tools.call("dev.kiki.a11y.snapshot", {})
+                assert f"- unknown(ruler) [{pub.tree_id}:2]" in snap["text"]
     finally:
         task.cancel()
 
