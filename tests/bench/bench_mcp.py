@@ -497,6 +497,9 @@ def measure(calls: int, messages: int, paced: int) -> None:
 
     native_p50, bridged_p50 = p50_p99(native)[0], p50_p99(rows["sdk → kiki"])[0]
     relayed_p50 = p50_p99(rows["sdk → kiki (relay)"])[0]
+    legacy_direct = p50_p99(rows["sdk direct (legacy)"])[0]
+    legacy_p50 = p50_p99(rows["sdk → kiki (legacy)"])[0]
+    legacy_relayed = p50_p99(rows["sdk → kiki (relay) (legacy)"])[0]
     # What the processes' hops alone cost: a native call crosses four sockets (client →
     # broker → provider → broker → client), the echo floor two, and each wakes a process. The
     # SDK through kiki mcp costs at least its client against a canned stdio answer (the
@@ -526,6 +529,13 @@ def measure(calls: int, messages: int, paced: int) -> None:
             bridged_p50 / direct <= 0.5,
             f"{bridged_p50 / direct:.2f}x ({bridged_p50 * 1e6:.0f} vs {direct * 1e6:.0f} µs; "
             f"the floor allows {handed_floor / direct:.2f}x; relayed {relayed_p50 / direct:.2f}x)",
+        ),
+        (
+            # The same against the same generation: the SDK's server costs less in legacy.
+            "  the same, legacy against legacy",
+            legacy_p50 / legacy_direct <= 0.5,
+            f"{legacy_p50 / legacy_direct:.2f}x ({legacy_p50 * 1e6:.0f} vs "
+            f"{legacy_direct * 1e6:.0f} µs; relayed {legacy_relayed / legacy_direct:.2f}x)",
         ),
         (
             "(c) ≥ 1/3 of the echo floor's pipelined rate",
