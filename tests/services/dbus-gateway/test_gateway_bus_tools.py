@@ -69,12 +69,6 @@ async def test_the_broker_decides_for_the_dbus_caller_not_the_gateway(
     assert reply.error_name == "dev.kiki.Error.AccessDenied"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the broker's tools/list lists for its connection's peer and does not yet take a "
-    "trusted delegate's _meta onBehalfOf (services/tool-broker; the gateway asks on the "
-    "caller's behalf already)",
-)
 async def test_a_dbus_caller_lists_what_it_may_call(gateway_stack: Stack) -> None:
     # As the call above: the gateway's uid may call readAuditLog, its D-Bus callers may not.
     listed = {tool["name"] for tool in answer(await tools1(gateway_stack, "ListTools"))}

@@ -198,3 +198,43 @@ async def test_a_trusted_delegate_subscribes_for_the_remote_person_and_both_are_
         ("subscribe", "ok", None, None, 0),
         ("unsubscribe", "ok", "unsubscribed", None, 0),
     ]
+
+
+async def listed(relay: ToolClient, on_behalf_of: dict[str, str] | None) -> set[str]:
+    params: dict[str, Any] = {}
+    if on_behalf_of is not None:
+        params["_meta"] = {ON_BEHALF_OF_META: on_behalf_of}
+    result = await relay.connection.request("tools/list", params)
+    return {tool["name"] for tool in result["tools"]}
+
+
+async def test_a_trusted_delegate_lists_what_the_remote_person_may_call(
+    delegating_broker: Path,
+) -> None:
+    path = delegating_broker
+    async with asyncio.timeout(20), provider(path, []).connect(), ToolClient(path) as relay:
+        # The relay itself (root) may call everything; Alice what remote: rules give her.
+        assert {ECHO, COUNT, "dev.kiki.tools.readAuditLog"} <= await listed(relay, None)
+        assert await listed(relay, ALICE) == {ECHO, "dev.kiki.service.getInfo"}
+        assert await listed(relay, {"subject": "bob"}) == {"dev.kiki.service.getInfo"}
+        with pytest.raises(KikiError) as info:
+            await listed(relay, {"subject": "a b"})
+        assert info.value.jsonrpc_code == -32602
+
+
+def test_an_untrusted_process_listing_for_a_person_is_refused(
+    delegating_broker: Path, sockdir: Path, attacker: pwd.struct_passwd
+) -> None:
+    path = delegating_broker
+    open_to_others(sockdir, path)
+
+    async def attack() -> dict[str, Any]:
+        async with ToolClient(path) as client:
+            try:
+                await listed(client, ALICE)
+            except KikiError as exc:
+                return {"code": exc.jsonrpc_code, "data": exc.data}
+            return {"code": None}
+
+    refused = run_as(attacker, attack)
+    assert (refused["code"], refused["data"]) == (-32003, {"rule": "onBehalfOf"}), refused

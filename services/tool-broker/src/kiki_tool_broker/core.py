@@ -295,12 +295,18 @@ class BrokerCore:
     # -- listing ------------------------------------------------------------------------------
 
     def list_tools(
-        self, who: Who, cursor: str | None, modern: dict[str, Any] | None
+        self,
+        who: Who,
+        cursor: str | None,
+        modern: dict[str, Any] | None,
+        remote: Remote | None = None,
     ) -> dict[str, Any]:
         """A ``tools/list`` page: the tools this caller may call (MCP: the tools available to
-        the requesting client); what its policy denies it is left out, and a call of it is
-        still refused."""
-        tools = [t for t in self.registry if self.allows(who.caller, t)[0]]
+        the requesting client), or, for a trusted delegate naming a remote person
+        (:meth:`remote`), the tools that person may call, decided as their calls are; what the
+        policy denies is left out, and a call of it is still refused."""
+        caller = who.acting_for(remote)
+        tools = [t for t in self.registry if self.allows(caller, t)[0]]
         if cursor is not None:
             after = mcp.decode_cursor(cursor)
             if after is None:

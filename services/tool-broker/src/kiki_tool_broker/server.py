@@ -136,7 +136,8 @@ class Broker:
         self, request: RequestContext, cursor: str | None = None, **extensions: Any
     ) -> dict[str, Any]:
         modern = mcp.era(request.meta, self.core.result_meta)
-        return self.core.list_tools(self._who(request), cursor, modern)
+        who = self._who(request)
+        return self.core.list_tools(who, cursor, modern, self.core.remote(who, request.meta))
 
     async def listen(
         self,
