@@ -21,7 +21,7 @@ import pytest
 from pycrdt import Map, create_update_message
 
 from kikitest.a11y_fixtures import form_tree
-from kikitest.sync_fixtures import DeviceRelay, YClient
+from kikitest.sync_fixtures import NODE_DIR, DeviceRelay, YClient
 from kikitest.sync_fixtures import eventually as _eventually
 from libkiki.a11y import wire
 from libkiki.a11y.publisher import A11yPublisher
@@ -33,6 +33,7 @@ pytestmark = pytest.mark.integration
 
 SESSION = "home"
 ECHO = "dev.kiki.demo.echo"
+CLOSE = "dev.kiki.notify.close"
 WAIT = 20.0
 
 
@@ -43,7 +44,8 @@ def policy(sockdir: Path) -> None:
     etc.mkdir(exist_ok=True)
     (etc / "tool-policy.toml").write_text(
         f'[[delegate]]\nprincipals = ["uid:{os.getuid()}"]\n\n'
-        '[[allow]]\nprincipals = ["remote:*"]\ntools = ["dev.kiki.demo.*", "dev.kiki.a11y.act"]\n'
+        '[[allow]]\nprincipals = ["remote:*"]\n'
+        'tools = ["dev.kiki.demo.*", "dev.kiki.a11y.act", "dev.kiki.notify.close"]\n'
     )
     (etc / "a11y-policy.toml").write_text(
         '[[allow]]\nprincipals = ["*", "remote:*"]\nrights = ["subscribe"]\napps = ["*"]\n'
@@ -52,10 +54,12 @@ def policy(sockdir: Path) -> None:
 
 @dataclass
 class Echo:
-    """The demo echo tool, counting what it runs; a text of ``hold`` waits for ``release``."""
+    """The demo echo tool, counting what it runs; a text of ``hold`` waits for ``release``.
+    Beside it ``dev.kiki.notify.close``, whose input is an integer, noting what it was given."""
 
     runs: list[str] = field(default_factory=list)
     release: asyncio.Event = field(default_factory=asyncio.Event)
+    closed: list[Any] = field(default_factory=list)
 
     def provider(self, path: Path) -> ToolProvider:
         provider = ToolProvider(path)
@@ -66,6 +70,11 @@ class Echo:
             if args["text"] == "hold":
                 await self.release.wait()
             return {"text": args["text"], "caller": call.caller}
+
+        @provider.tool(CLOSE)
+        async def close(args: dict[str, Any], call: ToolCall) -> dict[str, Any]:
+            self.closed.append(args["id"])
+            return {"ok": True}
 
         return provider
 
@@ -82,8 +91,10 @@ class Device:
     pressed: list[tuple[int, int]] = field(default_factory=list)  # (node id, action)
     clients: list[YClient] = field(default_factory=list)
 
+    broker_env: dict[str, str] = field(default_factory=dict)
+
     def start_broker(self) -> None:
-        self.broker, notes = self.spawn_service("tool-broker")
+        self.broker, notes = self.spawn_service("tool-broker", extra_env=self.broker_env)
         notes.wait_for("READY")
 
     def start_a11y(self) -> None:
@@ -189,7 +200,9 @@ def show_logs(sockdir: Path) -> None:
 
 
 @contextlib.asynccontextmanager
-async def device(sockdir: Path, spawn_service: Any, **settings: str) -> AsyncIterator[Device]:
+async def device(
+    sockdir: Path, spawn_service: Any, broker_env: dict[str, str] | None = None, **settings: str
+) -> AsyncIterator[Device]:
     """The constellation with the relay's link serving ``home`` (``settings``: the relay's)."""
     policy(sockdir)
     echo = Echo()
@@ -202,7 +215,7 @@ async def device(sockdir: Path, spawn_service: Any, **settings: str) -> AsyncIte
         link_intent_burst="5",
         **settings,
     )
-    dev = Device(sockdir, spawn_service, echo, relay)
+    dev = Device(sockdir, spawn_service, echo, relay, broker_env=broker_env or {})
     dev.start_broker()
     dev.start_a11y()
     tools = asyncio.create_task(echo.provider(sockdir / "tools.sock").keep_registered())
@@ -421,6 +434,102 @@ async def test_finished_intents_are_pruned(sockdir: Path, spawn_service: Any) ->
         answer = await final(again, key)
         assert (answer["status"], answer["error"]["name"]) == ("refused", "Conflict")
         assert dev.echo.runs == ["short-lived"]
+
+
+async def test_an_intent_pruned_then_written_again_after_a_restart_does_not_run(
+    sockdir: Path, spawn_service: Any
+) -> None:
+    """The link remembers the ids it pruned only while it runs; after a restart an intent
+    written again is older than link_intent_max_age, which is kept below the broker's
+    idempotency window, so it is expired, not run (here past that window too: the broker
+    would run it again)."""
+    settings = {"link_keep": "1", "link_prune_every": "0.5", "link_intent_max_age": "2"}
+    window = 4.0
+    broker_env = {"KIKI_TOOL_BROKER_IDEMPOTENCY_WINDOW": f"{window:g}"}
+    async with device(sockdir, spawn_service, broker_env, **settings) as dev:
+        alice = await dev.join()
+        await ready(alice)
+        entry = intent(ECHO, {"text": "once"})
+        key = entry["id"]
+        alice.doc.get("intents", type=Map)[key] = entry
+        assert (await final(alice, key))["status"] == "ok"
+        await eventually(lambda: key not in results(alice), WAIT, about=alice)
+        await alice.close()
+        await asyncio.to_thread(dev.relay.stop)
+        await asyncio.to_thread(dev.relay.start)
+        # Past the broker's window from the call (which came after createdAt).
+        written = datetime.fromisoformat(entry["createdAt"])
+        await asyncio.sleep(max(0.0, window + 1 - (datetime.now(UTC) - written).total_seconds()))
+        again = await dev.join()
+        await ready(again)
+        again.doc.get("intents", type=Map)[key] = entry
+        answer = await final(again, key)
+        assert (answer["status"], answer["error"]["name"]) == ("expired", "Timeout"), answer
+        assert dev.echo.runs == ["once"]
+
+
+# Writes one intent from a stock y-websocket client (Yjs in Node) and prints its final result.
+JS_INTENT = """
+import WebSocket from 'ws'
+import * as Y from 'yjs'
+import { WebsocketProvider } from 'y-websocket'
+const { base, room, token, intent } = JSON.parse(process.env.KIKI_TEST_INTENT)
+const doc = new Y.Doc()
+const provider = new WebsocketProvider(base, room, doc, {
+  WebSocketPolyfill: WebSocket, params: { token }, disableBc: true
+})
+const results = doc.getMap('results')
+const done = () => {
+  const result = results.get(intent.id)
+  if (result && result.status !== 'running') {
+    process.stdout.write(JSON.stringify(result) + '\\n')
+    provider.destroy()
+    process.exit(0)
+  }
+}
+provider.on('sync', (synced) => {
+  if (!synced || doc.getMap('intents').has(intent.id)) return
+  doc.getMap('intents').set(intent.id, intent)
+  results.observe(done)
+  done()
+})
+"""
+
+
+async def test_an_integer_argument_from_a_javascript_client_reaches_the_tool(
+    home: Device,
+) -> None:
+    """Yjs in Node writes 5 as an integer; pycrdt reads it as 5.0: the tool gets 5."""
+    alice = await home.join()
+    await ready(alice)
+    await eventually(lambda: CLOSE in state(alice)["tools"], about=alice)
+    entry = intent(CLOSE, {"id": 5})
+    spec = {
+        "base": f"ws://127.0.0.1:{home.relay.port}/session",
+        "room": SESSION,
+        "token": home.relay.token(SESSION, "controller", sub="alice"),
+        "intent": entry,
+    }
+    proc = await asyncio.create_subprocess_exec(
+        "node",
+        "--input-type=module",
+        "-e",
+        JS_INTENT,
+        cwd=NODE_DIR,
+        env={**os.environ, "KIKI_TEST_INTENT": json.dumps(spec)},
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with asyncio.timeout(WAIT):
+            out, _ = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    answer = json.loads(out)
+    assert answer["status"] == "ok", answer
+    assert home.echo.closed == [5]
+    assert type(home.echo.closed[0]) is int
 
 
 # -- faults -----------------------------------------------------------------------------------

@@ -8,7 +8,15 @@ from typing import Any
 
 import pytest
 
-from kiki_sync_relay.link.intents import Admission, failed, parse, result, to_prune
+from kiki_sync_relay.link.intents import (
+    MAX_OUTPUT,
+    Admission,
+    failed,
+    parse,
+    result,
+    succeeded,
+    to_prune,
+)
 from kiki_sync_relay.link.screen import Screen
 from kiki_sync_relay.link.state import DeviceState
 from kiki_sync_relay.link.throttle import Throttle
@@ -100,6 +108,39 @@ def test_the_screen_is_bounded() -> None:
     assert names(looped) == []  # no root: nothing to place, and no endless walk
 
 
+def test_the_screen_flattens_only_the_apps_changed_since_it_was_last_rendered() -> None:
+    screen = Screen()
+    other = {"appId": "org.example.Other", "treeId": 8, "revision": 1, "reset": True}
+    screen.apply(tree_changed(1, reset=True, changed=[node(1, "window", (2,)), node(2, "a")]))
+    screen.apply(other | {"changed": [node(1, "other")]})
+    assert names(screen) == ["window", "a", "other"]
+    assert screen.renders == 2
+    for revision in range(2, 50):
+        screen.apply(tree_changed(revision, changed=[node(2, f"a{revision}")]))
+    assert names(screen) == ["window", "a49", "other"]
+    assert screen.renders == 3  # the editor once more; the other app as it was
+    screen.apply(tree_changed(50, gone=True))
+    assert names(screen) == ["other"]
+    assert screen.renders == 3
+
+
+def test_the_state_renders_the_screen_only_when_it_is_read() -> None:
+    state = DeviceState(pid=42)
+    seen: list[str] = []
+    state.listeners.add(seen.append)
+    state.screen_reset()  # nothing on it: no change
+    for revision in range(1, 101):
+        state.screen_changed(tree_changed(revision, reset=True, changed=[node(1, f"w{revision}")]))
+    assert seen == ["screen"] * 100
+    assert state.screen.renders == 0
+    (app,) = state.current("screen")["apps"]
+    assert app["nodes"][0]["name"] == "w100"
+    assert state.screen.renders == 1
+    state.screen_reset()
+    assert state.current("screen") == {"apps": []}
+    assert seen[-1] == "screen"
+
+
 # -- the state --------------------------------------------------------------------------------
 
 
@@ -183,7 +224,48 @@ def intent(key: str = "i1", **fields: Any) -> dict[str, Any]:
         "tool": "dev.kiki.demo.echo",
         "input": {"text": "hi"},
         "by": "alice",
+        "createdAt": NOW.isoformat(),
     } | fields
+
+
+def deep(levels: int) -> Any:
+    value: Any = 1
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+def test_whole_numbers_in_an_intents_input_are_integers() -> None:
+    """Yjs has no integer type and pycrdt reads every number as a float; the lexicons have
+    integers and no floats."""
+    arguments = {
+        "offsetUs": -5_000_000.0,
+        "volume": 0.5,
+        "list": [1.0, {"n": 2.0}, True, "3.0", None],
+        "big": 2.0**53,
+        "deep": deep(63),
+    }
+    entry = parse("i1", intent(input=arguments))
+    assert entry.input["offsetUs"] == -5_000_000
+    assert type(entry.input["offsetUs"]) is int
+    assert entry.input["volume"] == 0.5
+    assert entry.input["list"] == [1, {"n": 2}, True, "3.0", None]
+    assert [type(v) for v in entry.input["list"][:3]] == [int, dict, bool]
+    assert type(entry.input["list"][1]["n"]) is int
+    assert type(entry.input["big"]) is int
+    inner = entry.input["deep"]
+    while isinstance(inner, list):
+        (inner,) = inner
+    assert inner == 1
+
+
+def test_an_integer_argument_read_as_a_float_validates(kiki: Registry) -> None:
+    # What pycrdt reads of {"volumePercent": 50} written by a browser.
+    read = {"volumePercent": 50.0}
+    with pytest.raises(ValidationError):
+        kiki.validator("dev.kiki.media.setVolume").input(read)
+    entry = parse("i1", intent(tool="dev.kiki.media.setVolume", input=read))
+    kiki.validator("dev.kiki.media.setVolume").input(entry.input)
 
 
 @pytest.mark.parametrize(
@@ -197,6 +279,9 @@ def intent(key: str = "i1", **fields: Any) -> dict[str, Any]:
         ("i1", intent(input=[1])),
         ("i1", intent(by="")),
         ("i1", intent(deadline="soon")),
+        ("i1", {k: v for k, v in intent().items() if k != "createdAt"}),
+        ("i1", intent(createdAt="just now")),
+        ("i1", intent(input={"deep": deep(64)})),  # 65 levels with the input
     ],
 )
 def test_what_is_not_an_intent_is_refused(key: str, value: Any) -> None:
@@ -224,6 +309,31 @@ def test_an_intent_is_expired_rate_limited_or_unknown_before_it_runs(kiki: Regis
     assert (unknown["status"], unknown["error"]["name"]) == ("refused", "NotFound")
     for entry in (answer, limited, unknown, result("ok", output={"text": "hi"}, now=NOW)):
         kiki.validator("dev.kiki.session.defs#result").validate(entry)
+
+
+def test_an_intent_written_longer_ago_than_its_max_age_is_expired() -> None:
+    """After a restart the link no longer knows the ids it pruned: an intent written again
+    then is older than max_age (kept below the broker's idempotency window), so not run."""
+    admission = Admission(rate=100.0, burst=100.0, max_age=300.0)
+    tools = ["dev.kiki.demo.echo"]
+    old = parse("i1", intent(createdAt=(NOW - timedelta(seconds=301)).isoformat()))
+    answer = admission.check(old, tools, NOW, 0.0)
+    assert answer is not None
+    assert (answer["status"], answer["error"]["name"]) == ("expired", "Timeout")
+    assert "300 s" in answer["error"]["message"]
+    recent = parse("i2", intent("i2", createdAt=(NOW - timedelta(seconds=299)).isoformat()))
+    assert admission.check(recent, tools, NOW, 0.0) is None
+    ahead = parse("i3", intent("i3", createdAt=(NOW + timedelta(seconds=60)).isoformat()))
+    assert admission.check(ahead, tools, NOW, 0.0) is None  # a writer's clock ahead
+
+
+def test_an_output_too_big_for_a_result_is_told(kiki: Registry) -> None:
+    small = succeeded({"text": "hi"}, NOW)
+    assert small == {"status": "ok", "output": {"text": "hi"}, "at": small["at"]}
+    big = succeeded({"text": "x" * MAX_OUTPUT}, NOW)
+    assert (big["status"], big["error"]["name"]) == ("error", "LimitExceeded")
+    assert "output" not in big
+    kiki.validator("dev.kiki.session.defs#result").validate(big)
 
 
 @pytest.mark.parametrize(

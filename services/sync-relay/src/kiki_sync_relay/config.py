@@ -76,6 +76,9 @@ class RelayConfig(ServiceConfig):
     link_call_timeout: float = pydantic.Field(default=30.0, gt=0)
     # Seconds a finished intent and its result stay, and how many are kept at most.
     link_keep: float = pydantic.Field(default=600.0, ge=1)
+    # Seconds after its createdAt an intent is expired unrun; keep it below the broker's
+    # idempotency_window by the clocks' difference allowed (README, the device link).
+    link_intent_max_age: float = pydantic.Field(default=300.0, gt=0)
     link_max_entries: int = pydantic.Field(default=256, ge=1, le=4096)
     link_prune_every: float = pydantic.Field(default=30.0, gt=0)
     # The longest wait before the link connects to the broker (or opens a stream) again.

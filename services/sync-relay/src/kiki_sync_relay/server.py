@@ -122,6 +122,7 @@ async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
             max_running=config.link_max_running,
             max_pending=config.link_max_pending,
             keep=config.link_keep,
+            max_age=config.link_intent_max_age,
             max_entries=config.link_max_entries,
             prune_every=config.link_prune_every,
         ),

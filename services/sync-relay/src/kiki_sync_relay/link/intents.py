@@ -1,9 +1,16 @@
 """Intents and their results as the device link reads and writes them (sans-I/O).
 
 An intent (``dev.kiki.session.defs#intent``) is checked in this order, each failure answered
-at once with nothing run: its shape (``refused``, ``InvalidParams``), its deadline
-(``expired``), the rate of its ``by`` (``refused``, ``LimitExceeded``), its tool among the
-session's (``refused``, ``NotFound``). Then it runs once through the broker; the broker's
+at once with nothing run: its shape (``refused``, ``InvalidParams``), its deadline and its age
+(``expired``: written more than ``max_age`` seconds ago by its ``createdAt``), the rate of its
+``by`` (``refused``, ``LimitExceeded``), its tool among the session's (``refused``,
+``NotFound``).
+
+Numbers: Yjs keeps a JSON number as JavaScript does, with no integer type, and pycrdt reads
+every one back as a float (``{"n": 1}`` reads ``{"n": 1.0}``), while the lexicons have
+``integer`` and no float type. So every whole float in an intent's input (finite, at any depth)
+is passed on as an int: a browser's or a Node client's ``seek({offsetUs: 5000000})`` reaches
+the tool as the integer it was. Then it runs once through the broker; the broker's
 answer becomes ``ok`` (its output), ``refused`` (nothing ran: policy, invalid arguments, a
 limit) or ``error`` (the tool failed, timed out, or its provider left).
 
@@ -13,6 +20,7 @@ Old entries are pruned: those whose final result is older than ``keep`` seconds,
 
 from __future__ import annotations
 
+import json
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -37,6 +45,10 @@ FINAL: Final = frozenset({"ok", "error", "refused", "expired"})
 REFUSALS: Final = (PermissionDenied, InvalidParams, NotFound, LimitExceeded, Conflict)
 MAX_MESSAGE = 2048
 MAX_BUCKETS = 1024
+MAX_DEPTH = 64  # arrays and objects nested in an intent's input
+# The JSON bytes of a tool's output a result carries; a larger one is told, not written (the
+# session's document is bounded, and a result refused by it would leave the intent running).
+MAX_OUTPUT = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +57,7 @@ class Intent:
     tool: str
     input: dict[str, Any]
     by: str
+    created: datetime
     deadline: datetime | None
 
 
@@ -73,10 +86,27 @@ def parse(key: str, value: Any) -> Intent:
         raise InvalidParams("an intent's input is a JSON object")
     if not isinstance(by, str) or not by:
         raise InvalidParams("an intent says who asks (by)")
+    created = parse_time(value.get("createdAt"))
+    if created is None:
+        raise InvalidParams("an intent says when it was written (createdAt, a datetime)")
     deadline = parse_time(value.get("deadline"))
     if "deadline" in value and deadline is None:
         raise InvalidParams("an intent's deadline is a datetime")
-    return Intent(key, tool, arguments, by, deadline)
+    return Intent(key, tool, whole_numbers(arguments), by, created, deadline)
+
+
+def whole_numbers(value: Any, depth: int = 0) -> Any:
+    """``value`` with each whole float (at any depth) an int: the integer a JavaScript client
+    wrote, which Yjs and pycrdt read back as a float."""
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else value
+    if isinstance(value, dict | list):
+        if depth >= MAX_DEPTH:
+            raise InvalidParams(f"an intent's input is nested more than {MAX_DEPTH} deep")
+        if isinstance(value, dict):
+            return {k: whole_numbers(v, depth + 1) for k, v in value.items()}
+        return [whole_numbers(v, depth + 1) for v in value]
+    return value
 
 
 def result(
@@ -91,6 +121,18 @@ def result(
     return entry
 
 
+def succeeded(output: Any, now: datetime | None = None) -> dict[str, Any]:
+    """The result of a call that answered ``output``: ``ok``, unless the output is more than
+    :data:`MAX_OUTPUT` bytes of JSON (then ``error``, ``LimitExceeded``: it ran)."""
+    size = len(json.dumps(output, separators=(",", ":"), default=str).encode())
+    if size > MAX_OUTPUT:
+        big = LimitExceeded(
+            f"the tool ran, but its output ({size} bytes) is over the {MAX_OUTPUT} a result carries"
+        )
+        return result("error", error=big, now=now)
+    return result("ok", output=output, now=now)
+
+
 def failed(error: KikiError, now: datetime | None = None) -> dict[str, Any]:
     """The result of a call the broker answered with ``error``."""
     return result("refused" if isinstance(error, REFUSALS) else "error", error=error, now=now)
@@ -101,14 +143,20 @@ def is_final(entry: Any) -> bool:
 
 
 class Admission:
-    """Decides what becomes of an intent before it runs: per ``by``, a token bucket of
-    ``rate`` intents per second (``burst`` at once); at most :data:`MAX_BUCKETS` people are
-    remembered (the least recent forgotten, with a full bucket next time)."""
+    """Decides what becomes of an intent before it runs: past its deadline, or written more
+    than ``max_age`` seconds ago, it is expired; then per ``by``, a token bucket of ``rate``
+    intents per second (``burst`` at once); at most :data:`MAX_BUCKETS` people are remembered
+    (the least recent forgotten, with a full bucket next time)."""
 
-    def __init__(self, rate: float, burst: float) -> None:
+    def __init__(self, rate: float, burst: float, max_age: float = 300.0) -> None:
         self.rate = rate
         self.burst = burst
+        self.max_age = max_age
         self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+
+    def too_old(self, intent: Intent, wall: datetime) -> bool:
+        """Whether ``intent`` was written more than ``max_age`` seconds before ``wall``."""
+        return (wall - intent.created).total_seconds() > self.max_age
 
     def check(
         self, intent: Intent, tools: list[str], wall: datetime, now: float
@@ -116,6 +164,9 @@ class Admission:
         """The result that answers ``intent`` at once, or None: run it."""
         if intent.deadline is not None and intent.deadline <= wall:
             return result("expired", error=Timeout("past its deadline before it ran"), now=wall)
+        if self.too_old(intent, wall):
+            late = Timeout(f"written more than {self.max_age:g} s ago (its createdAt)")
+            return result("expired", error=late, now=wall)
         bucket = self._buckets.pop(intent.by, None) or TokenBucket(self.rate, self.burst, now)
         self._buckets[intent.by] = bucket
         while len(self._buckets) > MAX_BUCKETS:

@@ -41,9 +41,16 @@ class Screen:
         self.max_apps = max_apps
         # By tree (one per connected app; two connections of one app are two trees).
         self.apps: dict[int | str, AppTree] = {}
+        # Each tree's value as last rendered, and the trees changed since: value() flattens
+        # only those (a message changes one app; the screen is written at most 10 times/s).
+        self._rendered: dict[int | str, dict[str, Any]] = {}
+        self._changed: set[int | str] = set()
+        self.renders = 0  # trees flattened, ever
 
     def clear(self) -> None:
         self.apps.clear()
+        self._rendered.clear()
+        self._changed.clear()
 
     def apply(self, message: Any) -> bool:
         """Take one ``#treeChanged`` message; whether the screen changed."""
@@ -52,6 +59,8 @@ class Screen:
         tree_id = message.get("treeId")
         key: int | str = tree_id if isinstance(tree_id, int) else app_id
         if message.get("gone"):
+            self._rendered.pop(key, None)
+            self._changed.discard(key)
             return self.apps.pop(key, None) is not None
         tree = self.apps.get(key)
         if tree is None:
@@ -77,6 +86,7 @@ class Screen:
         if isinstance(tree_id, int):
             tree.tree_id = tree_id
         tree.revision = revision
+        self._changed.add(key)
         return True
 
     @staticmethod
@@ -88,7 +98,14 @@ class Screen:
                 stack.extend(c for c in node.get("children") or () if c in tree.nodes)
 
     def value(self) -> dict[str, Any]:
-        return {"apps": [self._flatten(tree) for tree in self.apps.values()]}
+        """The ``screen`` value: its apps' entries are shared with later calls, not to be
+        changed by the caller."""
+        for key, tree in self.apps.items():
+            if key in self._changed or key not in self._rendered:
+                self._rendered[key] = self._flatten(tree)
+                self.renders += 1
+        self._changed.clear()
+        return {"apps": [self._rendered[key] for key in self.apps]}
 
     def _flatten(self, tree: AppTree) -> dict[str, Any]:
         nodes = tree.nodes

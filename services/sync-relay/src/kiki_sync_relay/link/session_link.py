@@ -13,8 +13,12 @@ in memory while it is linked.
   ``by`` (``on_behalf_of``) with its id as the idempotency key, at most ``max_running`` at
   once per session; its result replaces ``running``. One found ``running`` when the link
   starts (the relay stopped mid-call) is called again with the same key: the broker answers
-  from its record instead of running it twice. An id is carried out once per link: seen
-  twice (a merge, a reconnect), or again after it was pruned, it is not run again.
+  from its record instead of running it twice (unless it was written more than ``max_age``
+  seconds ago: then the broker may have forgotten the key, and it is answered ``error``,
+  whether it ran not known). An id is carried out once per link: seen twice (a merge, a
+  reconnect), or again after it was pruned, it is not run again; across a restart, where the
+  pruned ids are forgotten, the intent's age (``max_age``, below the broker's idempotency
+  window) expires it, or the broker answers it from its record.
 - **Pruning**: every ``prune_every`` seconds, and when the intents pass ``max_entries``.
 """
 
@@ -33,10 +37,10 @@ from pycrdt import Doc, Map, MapEvent, TransactionEvent
 
 from kiki_sync_relay.link import intents as rules
 from kiki_sync_relay.link.broker import BrokerLink
-from kiki_sync_relay.link.state import DeviceState, now_iso
+from kiki_sync_relay.link.state import KEYS, DeviceState, now_iso
 from kiki_sync_relay.link.throttle import INTERVALS, Throttle
 from kiki_sync_relay.session import EMPTY_UPDATE, Member
-from libkiki.errors import Conflict, InvalidParams, KikiError, LimitExceeded
+from libkiki.errors import Conflict, InvalidParams, KikiError, LimitExceeded, Unavailable
 
 if TYPE_CHECKING:
     from kiki_sync_relay.relay import Live, Relay
@@ -56,6 +60,9 @@ class LinkSettings:
     max_running: int = 8  # calls at once per session
     max_pending: int = 256  # intents accepted and not finished, per session
     keep: float = 600.0  # seconds a finished intent and its result stay
+    # Seconds after its createdAt an intent is expired unrun: below the broker's
+    # idempotency_window (600 s) by the clocks' difference allowed (see the README).
+    max_age: float = 300.0
     max_entries: int = 256  # intents (and results) kept, the oldest finished pruned first
     prune_every: float = 30.0
     intervals: Mapping[str, float] = field(default_factory=lambda: dict(INTERVALS))
@@ -89,7 +96,9 @@ class SessionLink:
         self._forgotten: OrderedDict[str, None] = OrderedDict()
         self._running: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(settings.max_running)
-        self._admission = rules.Admission(settings.intent_rate, settings.intent_burst)
+        self._admission = rules.Admission(
+            settings.intent_rate, settings.intent_burst, settings.max_age
+        )
 
     # -- the session ----------------------------------------------------------------------------
 
@@ -105,7 +114,7 @@ class SessionLink:
         try:
             self._load()
             self.linked = True
-            for key in ("stale", *self.state.values):
+            for key in ("stale", *KEYS):
                 self._throttle.mark(key)
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._writer())
@@ -148,7 +157,7 @@ class SessionLink:
 
     def _resync(self) -> None:
         self._load()
-        for key in ("stale", *self.state.values):
+        for key in ("stale", *KEYS):
             self._throttle.mark(key)
         self._dirty.set()
 
@@ -197,7 +206,7 @@ class SessionLink:
 
     def _write_state(self, keys: list[str]) -> None:
         values = {
-            key: self.state.stale_list() if key == "stale" else self.state.values[key]
+            key: self.state.stale_list() if key == "stale" else self.state.current(key)
             for key in keys
         }
         changed = {k: v for k, v in values.items() if self._device.get(k, _ABSENT) != v}
@@ -217,7 +226,9 @@ class SessionLink:
     def _intents_changed(self, event: MapEvent) -> None:
         keys: dict[str, dict[str, Any]] = getattr(event, "keys", {})
         for key, change in keys.items():
-            if change.get("action") != "delete":
+            if change.get("action") == "delete":
+                self._forget(str(key))
+            else:
                 self._arrived(str(key))
 
     def _arrived(self, key: str) -> None:
@@ -256,6 +267,14 @@ class SessionLink:
         except InvalidParams as exc:
             answers[key] = rules.result("refused", error=exc, now=wall)
             return
+        if resumed and self._admission.too_old(intent, wall):
+            # The broker may have forgotten its key by now: called again, it could run twice.
+            lost = Unavailable(
+                f"the device stopped while it ran, and it was written more than "
+                f"{self.settings.max_age:g} s ago: whether it ran is not known"
+            )
+            answers[key] = rules.result("error", error=lost, now=wall)
+            return
         if not resumed:
             if key in self._forgotten:
                 again = Conflict(f"intent {key} was carried out already")
@@ -286,7 +305,7 @@ class SessionLink:
                     key=intent.id,
                     on_behalf_of={"subject": intent.by, "session": self.name},
                 )
-                entry = rules.result("ok", output=output)
+                entry = rules.succeeded(output)
             except KikiError as exc:
                 entry = rules.failed(exc)
         self._write_results({intent.id: entry})
@@ -324,8 +343,15 @@ class SessionLink:
 
         self._write(change)
         for key in gone:
-            self._started.discard(key)
-            self._forgotten[key] = None
+            self._forget(key)
+
+    def _forget(self, key: str) -> None:
+        """``key`` left the intents (pruned, here or by another device writer): one that was
+        taken is remembered, among the last :data:`MAX_FORGOTTEN`, so it is not run again."""
+        if key not in self._started:
+            return
+        self._started.discard(key)
+        self._forgotten[key] = None
         while len(self._forgotten) > MAX_FORGOTTEN:
             self._forgotten.popitem(last=False)
 

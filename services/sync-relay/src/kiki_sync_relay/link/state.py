@@ -37,8 +37,9 @@ class DeviceState:
     def __init__(self, pid: int | None = None) -> None:
         self.pid = os.getpid() if pid is None else pid  # whose calls are the link's own
         self.screen = Screen()
+        # Every key's value but the screen's, which is rendered only when it is written
+        # (:meth:`current`): an a11y stream may say more each second than the link writes.
         self.values: dict[str, Any] = {
-            "screen": self.screen.value(),
             "nowPlaying": None,
             "notifications": [],
             "sensors": [],
@@ -57,6 +58,11 @@ class DeviceState:
     def _changed(self, key: str) -> None:
         for listener in list(self.listeners):
             listener(key)
+
+    def current(self, key: str) -> Any:
+        """The value of ``key`` now (the screen rendered: only its apps changed since the last
+        time are flattened again). Shared: not to be changed by the caller."""
+        return self.screen.value() if key == "screen" else self.values[key]
 
     def set(self, key: str, value: Any) -> None:
         if self.values.get(key) != value:
@@ -79,12 +85,13 @@ class DeviceState:
 
     def screen_changed(self, message: Any) -> None:
         if self.screen.apply(message):
-            self.set("screen", self.screen.value())
+            self._changed("screen")
 
     def screen_reset(self) -> None:
         """The a11y stream starts again (its provider came back): its apps are told anew."""
-        self.screen.clear()
-        self.set("screen", self.screen.value())
+        if self.screen.apps:
+            self.screen.clear()
+            self._changed("screen")
 
     def playback(self, message: Any) -> None:
         if not isinstance(message, dict):
