@@ -468,6 +468,51 @@ async def test_an_intent_pruned_then_written_again_after_a_restart_does_not_run(
         assert dev.echo.runs == ["once"]
 
 
+async def test_an_intent_deleted_by_another_device_writer_is_not_run_again(home: Device) -> None:
+    alice = await home.join()
+    await ready(alice)
+    entry = intent(ECHO, {"text": "mine"})
+    key = entry["id"]
+    alice.doc.get("intents", type=Map)[key] = entry
+    assert (await final(alice, key))["status"] == "ok"
+    owner = await home.join("device", sub="device:edge")  # the edge's link, say, pruning
+    with owner.doc.transaction():
+        del owner.doc.get("intents", type=Map)[key]
+        del owner.doc.get("results", type=Map)[key]
+    await eventually(lambda: key not in results(alice), WAIT, about=alice)
+    owner.doc.get("intents", type=Map)[key] = entry
+    answer = await final(alice, key)
+    assert (answer["status"], answer["error"]["name"]) == ("refused", "Conflict"), answer
+    assert home.echo.runs == ["mine"]
+
+
+async def test_an_intent_running_when_the_relay_died_long_ago_is_not_called_again(
+    sockdir: Path, spawn_service: Any
+) -> None:
+    """Past link_intent_max_age the broker may have forgotten the key: whether it ran is not
+    known, and it is not called again."""
+    async with device(sockdir, spawn_service, link_intent_max_age="2") as dev:
+        alice = await dev.join()
+        await ready(alice)
+        entry = intent(ECHO, {"text": "hold"})
+        key = entry["id"]
+        alice.doc.get("intents", type=Map)[key] = entry
+        await eventually(lambda: dev.echo.runs == ["hold"], WAIT)
+        await eventually(
+            lambda: results(alice).get(key, {}).get("status") == "running", WAIT, about=alice
+        )
+        await alice.close()
+        await asyncio.to_thread(dev.relay.stop, kill=True)
+        written = datetime.fromisoformat(entry["createdAt"])
+        await asyncio.sleep(max(0.0, 3 - (datetime.now(UTC) - written).total_seconds()))
+        await asyncio.to_thread(dev.relay.start)
+        after = await dev.join()
+        answer = await final(after, key)
+        dev.echo.release.set()
+        assert (answer["status"], answer["error"]["name"]) == ("error", "Unavailable"), answer
+        assert dev.echo.runs == ["hold"]
+
+
 # Writes one intent from a stock y-websocket client (Yjs in Node) and prints its final result.
 JS_INTENT = """
 import WebSocket from 'ws'
