@@ -63,6 +63,14 @@ install -m 0644 "$src/schemas/a11y.fbs" "$dest/usr/share/kiki/a11y.fbs"
 rm -rf "$dest/usr/share/kiki/sensors"
 cp -r "$src/schemas/sensors" "$dest/usr/share/kiki/sensors"
 install -m 0644 "$src/README.md" "$dest/usr/share/doc/kiki/README.md"
+# The device's default configuration (the relay links the session "device"; the broker trusts
+# it as a delegate and grants remote people nothing). An operator's own file is kept. 0644: the
+# services read them as dynamic users.
+install -d -m 0755 "$dest/etc/kiki"
+for conf in "$src"/image/etc/kiki/*.toml; do
+    target="$dest/etc/kiki/$(basename "$conf")"
+    [ -e "$target" ] || install -m 0644 "$conf" "$target"
+done
 for readme in "$src"/services/*/README.md; do
     name=$(basename "$(dirname "$readme")")
     install -D -m 0644 "$readme" "$dest/usr/share/doc/kiki/services/$name/README.md"

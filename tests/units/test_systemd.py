@@ -525,6 +525,119 @@ def test_a_reader_in_another_hardened_unit_reads_the_rings(machine: Machine) -> 
     assert after == list(range(after[0], after[0] + len(after)))
 
 
+# A remote controller, run in the container (the relay listens on its loopback): joins the
+# session, waits until the device link has written the tools it may call with the broker live,
+# then asks the device to call TOOL. Prints the state it saw and the call's outcome as JSON.
+REMOTE_CONTROLLER = """
+import asyncio, json, sys
+from libkiki.errors import KikiError
+from libkiki.session import SessionClient
+
+URL, TOOL = sys.argv[1], sys.argv[2]
+
+async def main():
+    async with SessionClient(URL, connect_timeout=60) as s:
+        try:
+            async with asyncio.timeout(60):
+                while True:
+                    state = s.state()
+                    stale = state.get("stale") or []
+                    if TOOL in (state.get("tools") or []) and "tools" not in stale:
+                        break
+                    await asyncio.sleep(0.1)
+        except TimeoutError:
+            sys.exit(f"the link never wrote {TOOL} into tools with the broker live: {state}")
+        try:
+            result = {"ok": await s.call(TOOL, {}, timeout=60)}
+        except KikiError as exc:
+            result = {"error": type(exc).__name__, "message": str(exc)}
+    print(json.dumps({"tools": state["tools"], "stale": state.get("stale"), "result": result}))
+
+asyncio.run(main())
+"""
+APPEND = "import sys; open(sys.argv[1], 'a').write(sys.argv[2])"
+LINKED_SESSION = "device"  # image/etc/kiki/sync-relay.toml
+REMOTE_SUBJECT = "did:plc:kikitest"
+REMOTE_TOOL = "dev.kiki.service.getInfo"  # the broker's own: nothing else need be running
+
+
+def _remote_call(machine: Machine) -> dict[str, Any]:
+    shared = machine.run(
+        "/usr/bin/kiki",
+        "session",
+        "share",
+        LINKED_SESSION,
+        "--role",
+        "controller",
+        "--sub",
+        REMOTE_SUBJECT,
+        "--json",
+    )
+    url = json.loads(shared.stdout)["url"]
+    ran = machine.run(
+        "/usr/lib/kiki/venv/bin/python",
+        "-c",
+        REMOTE_CONTROLLER,
+        url,
+        REMOTE_TOOL,
+        check=False,
+        timeout=180,
+    )
+    journal = machine.run(
+        "journalctl",
+        "--no-pager",
+        "-n",
+        "40",
+        "-u",
+        "kiki-sync-relay*",
+        "-u",
+        "kiki-tool-broker*",
+        check=False,
+    ).stdout
+    assert ran.returncode == 0, ran.stdout + ran.stderr + journal
+    answer: dict[str, Any] = json.loads(ran.stdout)
+    return answer
+
+
+def test_device_link_under_the_units(machine: Machine) -> None:
+    """The image's defaults link the session "device": the relay (a dynamic user with private
+    users, in group kiki) reaches the broker's socket and is its trusted delegate
+    app:kiki-sync-relay. A remote controller sees the tools with the broker live; its intent is
+    refused under the shipped policy (remote people get nothing by default) and carried out
+    once the operator allows that person the tool."""
+    relay_toml = machine.run("cat", "/etc/kiki/sync-relay.toml").stdout
+    assert f'link_sessions = ["{LINKED_SESSION}"]' in relay_toml
+    policy = "/etc/kiki/tool-policy.toml"
+    assert machine.prop("kiki-sync-relay.service", "SupplementaryGroups") == "kiki"
+    assert machine.prop("kiki-sync-relay.service", "PrivateUsers") == "yes"
+
+    denied = _remote_call(machine)
+    print("the device link's state, seen by a controller:", json.dumps(denied))
+    assert REMOTE_TOOL in denied["tools"]
+    assert "tools" not in (denied["stale"] or [])
+    # Refused for the person by policy (no rule names a remote principal), asked by the relay
+    # as the broker identified it; an untrusted delegate would be refused as such instead.
+    refusal = denied["result"]
+    assert refusal["error"] == "PermissionDenied", denied
+    assert f"remote:{REMOTE_SUBJECT}" in refusal["message"], denied
+    assert "app=kiki-sync-relay" in refusal["message"], denied
+    assert "not a trusted delegate" not in refusal["message"], denied
+
+    allow = f'\n[[allow]]\nprincipals = ["remote:{REMOTE_SUBJECT}"]\ntools = ["{REMOTE_TOOL}"]\n'
+    machine.run("cp", "-p", policy, f"{policy}.shipped")
+    machine.run("/usr/lib/kiki/venv/bin/python", "-c", APPEND, policy, allow)
+    try:
+        machine.systemctl("reload", "kiki-tool-broker.service")
+        allowed = _remote_call(machine)
+    finally:
+        machine.run("mv", f"{policy}.shipped", policy)
+        machine.systemctl("reload", "kiki-tool-broker.service")
+    assert "ok" in allowed["result"], allowed
+    info = allowed["result"]["ok"]
+    assert info["name"] == "tool-broker"
+    assert info["pid"] == int(machine.prop("kiki-tool-broker.service", "MainPID"))
+
+
 def _bytes(size: str) -> int:
     units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
     return int(size[:-1]) * units[size[-1]] if size[-1] in units else int(size)
