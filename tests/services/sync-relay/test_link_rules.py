@@ -19,7 +19,7 @@ from kiki_sync_relay.link.intents import (
 )
 from kiki_sync_relay.link.screen import Screen
 from kiki_sync_relay.link.state import DeviceState
-from kiki_sync_relay.link.throttle import Throttle
+from kiki_sync_relay.link.throttle import PAUSE_MAX, Throttle
 from libkiki.errors import (
     InvalidParams,
     KikiError,
@@ -213,6 +213,28 @@ def test_a_lone_change_goes_at_once_and_changes_within_the_interval_merge() -> N
     assert wake == pytest.approx(10.1)
     assert throttle.due(10.1) == (["screen"], None)
     assert throttle.due(11.0) == ([], None)
+
+
+def test_after_a_refused_write_nothing_is_due_for_a_growing_pause() -> None:
+    """A state the session's document cannot take is not rebuilt and sent again at the
+    keys' rates."""
+    throttle = Throttle({"screen": 0.1, "stale": 0.0})
+    throttle.refused(10.0)
+    throttle.mark("screen")
+    throttle.mark("stale")
+    assert throttle.due(10.5) == ([], 11.0)
+    assert throttle.due(11.0) == (["screen", "stale"], None)
+    throttle.refused(11.0)  # again: twice as long
+    throttle.mark("screen")
+    assert throttle.due(12.5) == ([], 13.0)
+    assert throttle.due(13.0) == (["screen"], None)
+    for _ in range(10):
+        throttle.refused(13.0)
+    assert throttle.paused_until == 13.0 + PAUSE_MAX
+    throttle.accepted()
+    throttle.refused(100.0)  # from the first pause again
+    assert throttle.paused_until == 101.0
+    assert throttle.due(100.5) == ([], None)  # nothing waits
 
 
 # -- intents ----------------------------------------------------------------------------------

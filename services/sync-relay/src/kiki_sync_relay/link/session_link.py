@@ -95,6 +95,8 @@ class SessionLink:
         self._started: set[str] = set()
         self._forgotten: OrderedDict[str, None] = OrderedDict()
         self._running: set[asyncio.Task[None]] = set()
+        # Results the session refused, to be written again (at most one per intent).
+        self._unwritten: dict[str, dict[str, Any]] = {}
         self._slots = asyncio.Semaphore(settings.max_running)
         self._admission = rules.Admission(
             settings.intent_rate, settings.intent_burst, settings.max_age
@@ -161,11 +163,13 @@ class SessionLink:
             self._throttle.mark(key)
         self._dirty.set()
 
-    def _write(self, change: Callable[[], None]) -> None:
-        """Make ``change`` in the replica, and submit it to the session as one update."""
+    def _write(self, change: Callable[[], None]) -> bool:
+        """Make ``change`` in the replica, and submit it to the session as one update; False
+        when the session refused it (the replica is rebuilt, the state written again after
+        the throttle's pause)."""
         live = self._live
         if live is None:
-            return
+            return False
         self._captured = []
         self._local = True
         try:
@@ -182,8 +186,11 @@ class SessionLink:
                 log.error("the session %s refused the device link's update: %s", self.name, exc)
                 self.relay.counters["link_updates_refused"] += 1
                 self._resync()
-                return
+                self._throttle.refused(time.monotonic())
+                return False
         self._captured = []
+        self._throttle.accepted()
+        return True
 
     # -- the device state -----------------------------------------------------------------------
 
@@ -194,9 +201,16 @@ class SessionLink:
     async def _writer(self) -> None:
         while True:
             self._dirty.clear()
-            keys, wake = self._throttle.due(time.monotonic())
+            now = time.monotonic()
+            if self._unwritten and now >= self._throttle.paused_until:
+                answers, self._unwritten = self._unwritten, {}
+                self._write_results(answers)
+            keys, wake = self._throttle.due(now)
             if keys:
                 self._write_state(keys)
+            if self._unwritten:
+                at = self._throttle.paused_until
+                wake = at if wake is None else min(wake, at)
             timeout = None if wake is None else max(0.0, wake - time.monotonic())
             try:
                 async with asyncio.timeout(timeout):
@@ -311,11 +325,16 @@ class SessionLink:
         self._write_results({intent.id: entry})
 
     def _write_results(self, answers: dict[str, dict[str, Any]]) -> None:
+        """Write ``answers``; refused, they are written again after the throttle's pause (an
+        intent is never left ``running`` for good)."""
+
         def change() -> None:
             for key, entry in answers.items():
                 self._results[key] = entry
 
-        self._write(change)
+        if not self._write(change):
+            self._unwritten.update(answers)
+            self._dirty.set()
 
     # -- pruning --------------------------------------------------------------------------------
 

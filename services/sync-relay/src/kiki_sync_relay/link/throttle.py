@@ -2,7 +2,9 @@
 
 Leading edge: a change to a key that was not written for its interval goes out at once (so a
 lone change on the screen costs no wait); changes within the interval are merged into one
-write at its end. The caller gives the time.
+write at its end. A write the session refused (its document over its bound) pauses every key
+for a growing while (:data:`PAUSE_FIRST` s doubling to :data:`PAUSE_MAX`), so a state that
+does not fit is not rebuilt and sent again at the keys' rates. The caller gives the time.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ INTERVALS: Final[Mapping[str, float]] = {
     "tools": 1.0,
     "stale": 0.0,
 }
+PAUSE_FIRST = 1.0
+PAUSE_MAX = 60.0
 
 
 class Throttle:
@@ -27,14 +31,27 @@ class Throttle:
         self.intervals = dict(intervals)
         self._last: dict[str, float] = {}
         self._pending: set[str] = set()
+        self._pause = 0.0
+        self.paused_until = float("-inf")
 
     def mark(self, key: str) -> None:
         """``key`` changed and needs writing."""
         self._pending.add(key)
 
+    def refused(self, now: float) -> None:
+        """The session refused a write at ``now``: nothing is due for a while (longer each
+        time until a write is :meth:`accepted`)."""
+        self._pause = min(PAUSE_MAX, self._pause * 2) if self._pause else PAUSE_FIRST
+        self.paused_until = now + self._pause
+
+    def accepted(self) -> None:
+        self._pause = 0.0
+
     def due(self, now: float) -> tuple[list[str], float | None]:
         """The keys to write now, and when the next of the others is due (None: none waits).
         The keys returned count as written at ``now``."""
+        if now < self.paused_until:
+            return [], self.paused_until if self._pending else None
         ready: list[str] = []
         wake: float | None = None
         for key in sorted(self._pending):
