@@ -45,6 +45,10 @@ class BrokerConfig(ServiceConfig):
     idempotency_window: float = pydantic.Field(default=600.0, gt=0, le=86_400)
     idempotency_max_entries: int = pydantic.Field(default=4096, ge=1, le=1 << 20)
     idempotency_max_bytes: int = pydantic.Field(default=16 << 20, ge=64 << 10, le=1 << 30)
+    # Keyed calls kept running after their caller left (a relay that crashed mid-call), so
+    # that a retry gets their answer instead of running the tool again: at most this many at
+    # once; past it such a call is cancelled, as an unkeyed one is, and its key forgotten.
+    max_detached_calls: int = pydantic.Field(default=256, ge=0, le=1 << 16)
     apps_dir: str = ""  # installed app manifests; default: where `kiki app install` puts them
 
     def policy_path(self) -> Path:

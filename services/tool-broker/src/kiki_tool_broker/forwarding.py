@@ -1,7 +1,10 @@
 """Forwarded calls: a tools/call the core admitted for a provider goes out on the provider's
 connection, and its reply (or its end: cancelled, timed out, the provider gone) is settled by the
 core and audited before the caller is answered; and the duplicates of a keyed call (an
-idempotency key) that wait for its answer. I/O only; the decisions are
+idempotency key) that wait for its answer. A keyed call whose caller leaves mid-call is
+*detached*: it keeps waiting for its provider (bounded by its own timeout and by
+``max_detached_calls``), so that its answer is recorded under its key and a retry gets it rather
+than running the tool a second time. I/O only; the decisions are
 :class:`~kiki_tool_broker.calls.Calls`'."""
 
 from __future__ import annotations
@@ -9,20 +12,29 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 from kiki_tool_broker.calls import Admitted, Answer, AuditRecord, Calls, Joining
-from libkiki.rpc import RequestContext
+from libkiki.rpc import Connection, RequestContext
 
 
 class Forwarder:
     """The calls in flight to providers. ``write`` appends a settled call's audit line (and
     counts it); it raises when the line cannot be written, which the caller is then told."""
 
-    def __init__(self, calls: Calls, write: Callable[[AuditRecord], None]) -> None:
+    def __init__(
+        self,
+        calls: Calls,
+        write: Callable[[AuditRecord], None],
+        counters: Counter[str] | None = None,
+    ) -> None:
         self.calls = calls
         self._write = write
+        self.counters: Counter[str] = Counter() if counters is None else counters
+        # Keyed calls whose caller left, still waiting for their provider's answer.
+        self._detached: set[asyncio.Future[Any]] = set()
         # Calls that had to wait for a provider slot or relay progress: in tasks.
         self._forwarding: set[asyncio.Task[Any]] = set()
         # Duplicates of keyed calls running, by the running call's idempotency token.
@@ -97,18 +109,47 @@ class Forwarder:
             self._forwarding.add(task)
             task.add_done_callback(self._forwarding.discard)
             sent = task
-        return self.answer_later(call, sent)
+        return self.answer_later(call, sent, request.connection)
 
     def answer_later(
-        self, call: Admitted, sent: asyncio.Future[Any]
+        self, call: Admitted, sent: asyncio.Future[Any], caller: Connection | None = None
     ) -> asyncio.Future[dict[str, Any]]:
         """The caller's answer to a call whose tool side ends with ``sent``: settled (audited
-        first) by :meth:`_call_done`. The caller cancelling or leaving cancels ``sent``, which
-        tells a provider."""
+        first) by :meth:`_call_done`. The caller cancelling cancels ``sent``, which tells a
+        provider; so does the caller leaving, except for a keyed call (:meth:`_caller_done`)."""
         answer: asyncio.Future[dict[str, Any]] = sent.get_loop().create_future()
         sent.add_done_callback(functools.partial(self._call_done, answer, call))
-        answer.add_done_callback(lambda _: sent.cancel())
+        answer.add_done_callback(functools.partial(self._caller_done, call, sent, caller))
         return answer
+
+    def _caller_done(
+        self,
+        call: Admitted,
+        sent: asyncio.Future[Any],
+        caller: Connection | None,
+        answer: asyncio.Future[dict[str, Any]],
+    ) -> None:
+        """The caller's answer is done: given, or cancelled because the caller cancelled or
+        left. A keyed call whose caller left (its connection closed: a relay crashing, a link
+        dropping) may already have run, and its retry is on the way: it goes on until its
+        provider answers or its timeout passes, and that answer is kept for the retry (and
+        given to any duplicate that joins it meanwhile). A cancellation the caller asked for,
+        an unkeyed call, or one past ``max_detached_calls``, is cancelled at the provider."""
+        if sent.done():
+            return
+        if call.token is not None and caller is not None and caller.closed:
+            if len(self._detached) < self.calls.config.max_detached_calls:
+                self._detached.add(sent)
+                sent.add_done_callback(self._detached.discard)
+                self.counters["detached_calls"] += 1
+                return
+            self.counters["detached_refused"] += 1
+        sent.cancel()
+
+    @property
+    def detached(self) -> int:
+        """Keyed calls running now whose caller has left."""
+        return len(self._detached)
 
     def _call_done(
         self, answer: asyncio.Future[dict[str, Any]], call: Admitted, sent: asyncio.Future[Any]
@@ -140,17 +181,23 @@ class Forwarder:
         self.settled(call, settled)
 
     async def finish(self) -> None:
-        """Cancel the calls still waiting for a provider slot, and wait for them (bounded)."""
-        for task in self._forwarding:
-            task.cancel()
-        if self._forwarding:
-            await asyncio.wait(self._forwarding, timeout=5)
+        """Cancel the calls still waiting for a provider slot, and the detached ones (their
+        keys live in memory only: a retry after the restart runs anyway), and wait for them
+        (bounded), so that their audit lines are written."""
+        pending = [*self._forwarding, *self._detached]
+        for future in pending:
+            future.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=5)
+            await asyncio.sleep(0)  # their done-callbacks write the audit lines
 
     async def _forward(self, call: Admitted, request: RequestContext) -> Any:
         """The provider's reply, waiting for an in-flight slot on its connection if need be and
         relaying its progress to the caller as it comes."""
 
         async def relay(progress: dict[str, Any]) -> None:
+            if request.connection.closed:  # a detached call: nobody to tell
+                return
             relayed = {k: v for k, v in progress.items() if k != "progressToken"}
             await request.connection.notify(
                 "notifications/progress", {"progressToken": request.progress_token, **relayed}

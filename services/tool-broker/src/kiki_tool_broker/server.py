@@ -59,7 +59,7 @@ class Broker:
         self.audience: Audience[Connection] = Audience(core.config.max_listen_streams)
         self.changed = asyncio.Event()
         self.serving = ""  # the status line's first part, once the socket is served
-        self.forwarder = Forwarder(core.calls, self._write)
+        self.forwarder = Forwarder(core.calls, self._write, ctx.counters)
         config = core.config
         # MCP hosts whose pipes kiki mcp hands over: served as the socket's connections are.
         self.stdio = StdioSessions(
@@ -107,7 +107,12 @@ class Broker:
         beside the running counters in the answer, never added into them (reading twice must
         report the same)."""
         info = self.ctx.info()
-        info["counters"] = dict(self.ctx.counters) | self.streams.gauges() | self.stdio.gauges()
+        info["counters"] = (
+            dict(self.ctx.counters)
+            | self.streams.gauges()
+            | self.stdio.gauges()
+            | {"detached_running": self.forwarder.detached}
+        )
         return info
 
     def initialize(
@@ -282,7 +287,8 @@ class Broker:
         except Exception as exc:
             return self._answer_own(call, self.core.calls.settle(call, None, exc))
         if isinstance(output, _Future):  # a built-in tool that waits (readAuditLog's verify)
-            return self.forwarder.answer_later(call, output)  # is answered as a forwarded call
+            # is answered as a forwarded call
+            return self.forwarder.answer_later(call, output, request.connection)
         return self._answer_own(call, self.core.calls.settle(call, output, None))
 
     def _answer_own(self, call: Admitted, answer: Answer) -> dict[str, Any]:
