@@ -533,28 +533,33 @@ import asyncio, json, sys
 from libkiki.errors import KikiError
 from libkiki.session import SessionClient
 
-URL, TOOL = sys.argv[1], sys.argv[2]
+URL, TOOL, LIVE = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
 
 async def main():
     async with SessionClient(URL, connect_timeout=60) as s:
         try:
-            async with asyncio.timeout(60):
+            async with asyncio.timeout(90):
                 while True:
                     state = s.state()
                     stale = state.get("stale") or []
-                    if TOOL in (state.get("tools") or []) and "tools" not in stale:
+                    if TOOL in (state.get("tools") or []) and not set(LIVE) & set(stale):
                         break
                     await asyncio.sleep(0.1)
         except TimeoutError:
-            sys.exit(f"the link never wrote {TOOL} into tools with the broker live: {state}")
+            sys.exit(f"the link never wrote {TOOL} into tools with {LIVE} live: {state}")
         try:
             result = {"ok": await s.call(TOOL, {}, timeout=60)}
         except KikiError as exc:
             result = {"error": type(exc).__name__, "message": str(exc)}
-    print(json.dumps({"tools": state["tools"], "stale": state.get("stale"), "result": result}))
+    print(json.dumps({**{k: state.get(k) for k in ("tools", "stale", "screen", "sensors")},
+                      "result": result}))
 
 asyncio.run(main())
 """
+# What the link mirrors with no app, player or notification daemon on the device: the tools,
+# the (empty) screen from the a11y-server and the sensor publisher's samples, each through the
+# broker from a provider the relay's unit brought up.
+LIVE_KEYS = ("tools", "screen", "sensors")
 APPEND = "import sys; open(sys.argv[1], 'a').write(sys.argv[2])"
 LINKED_SESSION = "device"  # image/etc/kiki/sync-relay.toml
 REMOTE_SUBJECT = "did:plc:kikitest"
@@ -580,6 +585,7 @@ def _remote_call(machine: Machine) -> dict[str, Any]:
         REMOTE_CONTROLLER,
         url,
         REMOTE_TOOL,
+        ",".join(LIVE_KEYS),
         check=False,
         timeout=180,
     )
@@ -613,8 +619,14 @@ def test_device_link_under_the_units(machine: Machine) -> None:
 
     denied = _remote_call(machine)
     print("the device link's state, seen by a controller:", json.dumps(denied))
+    # Live (the script waited for it): the link reached the broker, and through it the
+    # providers the relay's unit started.
     assert REMOTE_TOOL in denied["tools"]
-    assert "tools" not in (denied["stale"] or [])
+    assert not set(LIVE_KEYS) & set(denied["stale"] or []), denied
+    assert {"dev.kiki.sensor.read", "dev.kiki.a11y.snapshot"} <= set(denied["tools"]), denied
+    assert denied["screen"] == {"apps": []}, denied
+    assert denied["sensors"], denied
+    assert all(reading["values"] for reading in denied["sensors"]), denied
     # Refused for the person by policy (no rule names a remote principal), asked by the relay
     # as the broker identified it; an untrusted delegate would be refused as such instead.
     refusal = denied["result"]
