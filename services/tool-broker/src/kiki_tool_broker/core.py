@@ -105,6 +105,10 @@ class BrokerCore:
             ),
         )
         self.stream_providers: dict[int, Provider] = {self.own.id: self.own}
+        # Streams a provider declared private (privateSubscriptions): once declared, private
+        # for the broker's lifetime, whoever serves them next or while nobody does (a topic
+        # waiting for its provider must not be open to more than when it was served).
+        self.private_streams: dict[str, None] = {}
         self.calls = Calls(self)
         self.subscriptions = Subscriptions(self)
 
@@ -139,12 +143,22 @@ class BrokerCore:
         lexicons: Any = None,
         max_in_flight: Any = None,
         subscriptions: Any = None,
+        private: Any = None,
     ) -> Registered:
         """:meth:`register`, with the event streams (``subscriptions``: NSIDs of subscription
         lexicons) the provider serves too: tools and streams all together, or nothing. The
-        same provide policy applies to both."""
+        same provide policy applies to both. ``private`` (``privateSubscriptions``): those of
+        ``subscriptions`` that carry someone's own data, which the policy's defaults then
+        open to root and the provider's own user only (:meth:`Policy.allows`)."""
         wanted = [] if tools is None else nsid_list(tools)
         streams = [] if subscriptions is None else nsid_list(subscriptions, "subscriptions")
+        hidden = [] if private is None else nsid_list(private, "privateSubscriptions")
+        if not set(hidden) <= set(streams):
+            raise InvalidParams(
+                "privateSubscriptions must name streams this registration declares in "
+                "subscriptions",
+                data={"nsids": [n for n in hidden if n not in streams]},
+            )
         if max_in_flight is not None and (
             not isinstance(max_in_flight, int)
             or isinstance(max_in_flight, bool)
@@ -187,6 +201,7 @@ class BrokerCore:
             )
             raise
         self.catalog.commit(staged, [*registered, *streams])
+        self._keep_private(hidden)  # before any subscriber is decided for them
         actions = self.streams.declare(provider.id, streams)  # checked above: cannot refuse
         reserved = self.registry.reserved
         for nsid in streams:  # reserved for its identity as its tools are
@@ -197,6 +212,17 @@ class BrokerCore:
         if registered or streams:
             log.info("provider %s registered %s", provider.name, ", ".join([*registered, *streams]))
         return Registered(registered, streams, actions)
+
+    def _keep_private(self, nsids: list[str]) -> None:
+        """Remember ``nsids`` as private streams. Bounded as reservations are: past the bound,
+        the oldest not served now are forgotten (one served now stays private)."""
+        for nsid in nsids:
+            self.private_streams[nsid] = None
+        excess = len(self.private_streams) - self.registry.max_reserved
+        if excess > 0:
+            idle = [n for n in self.private_streams if self.streams.served_by(n) is None]
+            for nsid in idle[:excess]:
+                del self.private_streams[nsid]
 
     def _check_reserved(self, provider: Provider, streams: list[str], kiki_service: bool) -> None:
         """A stream NSID reserved for another identity (a Kiki service's or an installed

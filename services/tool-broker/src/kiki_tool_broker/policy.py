@@ -31,7 +31,10 @@ Subscribing (event streams, lexicon ``subscription`` types) is a kind of access 
 ``allow`` or ``deny`` rule may name the kinds it covers, ``access = ["call"]`` or
 ``access = ["subscribe"]`` (both when left out, so a deny of ``dev.kiki.*`` also denies its
 streams). Without a rule, subscribing has the defaults of a query: root, the provider's own user,
-members of the ``default_group``.
+members of the ``default_group``. A stream its provider declares private (``kiki/registerTools``
+``privateSubscriptions``: someone's own data, such as the notifications other apps show) has
+narrower defaults: root and the provider's own user only; and only an ``allow`` rule that names
+its NSID outright (no glob) with ``access`` naming ``subscribe`` grants it to anyone else.
 
 Providing (:meth:`Policy.may_provide`). Kiki's own services (root, the broker's own user, a
 system unit ``kiki-*``: :func:`libkiki.principals.is_kiki_service`) may provide any NSID; a
@@ -131,6 +134,9 @@ class Rule:
     tools: tuple[re.Pattern[str], ...]
     granting: bool  # an allow or provide rule (a deny rule's app: matches a user's app id too)
     access: frozenset[str] = frozenset(ACCESS)  # the kinds of access an allow/deny rule covers
+    # The NSIDs the rule names outright (no glob), when it names its access explicitly with
+    # subscribe in it: what may grant a private stream (:meth:`Policy.allows`).
+    names_private: frozenset[str] = frozenset()
 
     def matches(self, cred: PeerCred, nsid: str, access: Access = "call") -> bool:
         return (
@@ -145,6 +151,16 @@ class Rule:
             and any(p.fullmatch(nsid) for p in self.tools)
             and self.principals.matches_remote(remote)
         )
+
+    def grants_private(self, caller: Caller, nsid: str) -> bool:
+        """Whether this allow rule grants subscribing to the private stream ``nsid``: it must
+        name it outright, with ``access`` naming ``subscribe`` (a glob, or a rule written for
+        calls and streams alike, does not reach a private stream)."""
+        if nsid not in self.names_private:
+            return False
+        if caller.remote is not None:
+            return self.principals.matches_remote(caller.remote)
+        return self.principals.matches(caller.cred, granting=self.granting)
 
 
 _SECTIONS = ("allow", "deny", "provide", "delegate")
@@ -163,19 +179,27 @@ def _rules(doc: object, section: str, source: str) -> tuple[Rule, ...]:
     if section != "provide":
         defaults = {"access": list(ACCESS)}
     rules = []
-    for where, entry in rule_tables(doc, section, source, ("principals", "tools"), defaults):
+    tables = rule_tables(doc, section, source, ("principals", "tools"), defaults)
+    for (where, entry), raw in zip(tables, doc if isinstance(doc, list) else [], strict=False):
         access = frozenset(entry.get("access", ACCESS))
         if not access <= set(ACCESS):
             raise ConfigError(f"{where}: access is a list of {' and '.join(ACCESS)}")
+        explicit = section == "allow" and "subscribe" in raw.get("access", ())
         rules.append(
             Rule(
                 Principals.parse(entry["principals"], where),
                 globs(entry["tools"]),
                 granting=section != "deny",
                 access=access,
+                names_private=frozenset(
+                    t for t in entry["tools"] if explicit and not _GLOB.search(t)
+                ),
             )
         )
     return tuple(rules)
+
+
+_GLOB = re.compile(r"[*?\[]")
 
 
 # Decisions remembered per policy; past this many, the memory starts over (a bound, not a cache
@@ -201,7 +225,7 @@ class Policy:
     default_group: str = DEFAULT_GROUP
     provide: tuple[Rule, ...] = ()
     delegate: tuple[Principals, ...] = ()
-    _decisions: dict[tuple[Caller, str, str, frozenset[int]], Decision] = field(
+    _decisions: dict[tuple[Caller, str, str, frozenset[int], bool], Decision] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
     _default_gid: list[int | None] = field(
@@ -235,14 +259,23 @@ class Policy:
         return policy
 
     def allows(
-        self, caller: Caller, nsid: str, kind: Kind, provider_uids: Iterable[int]
+        self,
+        caller: Caller,
+        nsid: str,
+        kind: Kind,
+        provider_uids: Iterable[int],
+        *,
+        private: bool = False,
     ) -> Decision:
-        """``(allowed, reason)``; the reason is for the audit log and the denial message."""
+        """``(allowed, reason)``; the reason is for the audit log and the denial message.
+        ``private``: a stream its provider declared private (:meth:`_decide_private`)."""
         uids = provider_uids if type(provider_uids) is frozenset else frozenset(provider_uids)
-        key = (caller, nsid, kind, uids)
+        key = (caller, nsid, kind, uids, private)
         found = self._decisions.get(key)
         if found is None:
-            if caller.remote is not None:
+            if private:
+                found = self._decide_private(caller, nsid, uids)
+            elif caller.remote is not None:
                 found = self._decide_remote(caller.remote, nsid, kind)
             else:
                 found = self._decide(caller.cred, nsid, kind, key[3])
@@ -254,6 +287,28 @@ class Policy:
     def is_delegate(self, cred: PeerCred) -> bool:
         """Whether a ``[[delegate]]`` rule trusts ``cred`` to call for remote people."""
         return any(p.matches(cred) for p in self.delegate)
+
+    def _decide_private(self, caller: Caller, nsid: str, provider_uids: frozenset[int]) -> Decision:
+        """Subscribing to a private stream (one whose data is someone's own, such as the
+        notifications other apps show a user): a deny rule refuses as ever; an allow rule
+        grants only when it names the stream outright with ``access = ["subscribe"]``; else
+        only root and the provider's own user (a session's agent runs as the session's user)
+        may, never ``default_group``, and never a remote person by default."""
+        if caller.remote is not None:
+            if any(r.matches_remote(caller.remote, nsid, "subscribe") for r in self.deny):
+                return False, "denied by policy"
+        elif any(rule.matches(caller.cred, nsid, "subscribe") for rule in self.deny):
+            return False, "denied by policy"
+        if any(rule.grants_private(caller, nsid) for rule in self.allow):
+            return True, "allowed by a rule naming the private stream"
+        why = 'a private stream needs an allow rule naming it, with access = ["subscribe"]'
+        if caller.remote is not None:
+            return False, why
+        if caller.cred.uid == 0:
+            return True, "root"
+        if caller.cred.uid in provider_uids:
+            return True, "same user as the provider"
+        return False, f"{why}, unless its provider's own user"
 
     def _decide_remote(self, remote: Remote, nsid: str, kind: Kind) -> Decision:
         access: Access = "subscribe" if kind == "subscription" else "call"

@@ -184,14 +184,18 @@ class Broker:
         lexicons: Any = None,
         maxInFlight: Any = None,  # the wire's name
         subscriptions: Any = None,
+        privateSubscriptions: Any = None,  # the wire's name
     ) -> dict[str, Any]:
         """Register ``tools`` for this connection (:meth:`BrokerCore.register`); nothing here
         awaits, so no other request sees a half-made registration. ``maxInFlight``: the most
         calls the provider takes at once, when fewer than the broker's ``max_in_flight`` (more
-        wait here for a slot)."""
+        wait here for a slot); ``privateSubscriptions``: streams only their provider's user may
+        follow by default."""
         conn = request.connection
         provider = self._provider(conn)
-        done = self.core.register_all(provider, tools, lexicons, maxInFlight, subscriptions)
+        done = self.core.register_all(
+            provider, tools, lexicons, maxInFlight, subscriptions, privateSubscriptions
+        )
         if maxInFlight is not None:
             conn.limit_requests(maxInFlight)
         if done.tools:

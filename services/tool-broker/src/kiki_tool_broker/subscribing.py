@@ -99,7 +99,8 @@ class Subscriptions:
         served = self.streams.served_by(nsid)
         provider = None if served is None else self.stream_providers.get(served)
         uids = provider.uids if provider is not None else frozenset()
-        decision = self.core.policy.allows(caller, nsid, "subscription", uids)
+        private = nsid in self.core.private_streams
+        decision = self.core.policy.allows(caller, nsid, "subscription", uids, private=private)
         shown_by = SHOWS_WHAT_A_TOOL_SHOWS.get(nsid)
         if decision[0] and shown_by is not None and provider is self.own:
             allowed, reason = self.core.policy.allows(caller, shown_by, "query", self.own.uids)
