@@ -3,7 +3,9 @@
 * :mod:`libkiki.rpc.protocol` -- the sans-I/O core (parsing, classification, ids, batches),
   with its events and wire helpers in :mod:`libkiki.rpc.messages`.
 * :mod:`libkiki.rpc.methods` -- method tables, the request context, the exception boundary.
-* :mod:`libkiki.rpc.connection` -- :class:`Connection`, the asyncio layer.
+* :mod:`libkiki.rpc.connection` -- :class:`Connection`, the asyncio layer, on a socket or on a
+  transport the caller makes (:data:`TransportFactory`); its reading paused and resumed, and
+  descriptors the peer passes received (with :mod:`libkiki.rpc.fds`).
 * :mod:`libkiki.rpc.server` -- :func:`serve_unix` and :func:`connect_unix`.
 
 The names below are imported from their modules on first use, so that a program needing one
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from libkiki.rpc.connection import Connection as Connection
     from libkiki.rpc.connection import ProgressCallback as ProgressCallback
+    from libkiki.rpc.connection import TransportFactory as TransportFactory
     from libkiki.rpc.messages import Call as Call
     from libkiki.rpc.messages import RequestId as RequestId
     from libkiki.rpc.messages import error_line as error_line
@@ -41,6 +44,7 @@ _HOMES = {
     "RequestId": "messages",
     "RpcCore": "protocol",
     "RpcServer": "server",
+    "TransportFactory": "connection",
     "connect_unix": "server",
     "error_line": "messages",
     "serve_unix": "server",
@@ -57,6 +61,7 @@ __all__ = [
     "RequestId",
     "RpcCore",
     "RpcServer",
+    "TransportFactory",
     "connect_unix",
     "error_line",
     "serve_unix",

@@ -31,6 +31,13 @@ Behaviour worth knowing:
 * End of input is the peer leaving: pending requests fail at once with
   :class:`~libkiki.errors.PeerGone` and running handlers are cancelled. A peer that half-closes
   to wait for its answers is therefore not supported.
+* A connection runs on a socket (``Connection(sock, ...)``) or on any transport the caller
+  makes (``Connection(transport=factory, ...)``): ``factory(protocol)`` is called in
+  ``__aenter__`` with the connection's :class:`asyncio.BufferedProtocol` and returns a transport
+  that reads into it (e.g. a pair of pipes). Everything above the transport is the same.
+* :meth:`Connection.pause_reading` and :meth:`Connection.resume_reading` hold the peer's input
+  in the kernel, apart from the pauses the write buffer makes; while paused,
+  :meth:`Connection.receive_fds` reads descriptors the peer passes (``SCM_RIGHTS``).
 """
 
 from __future__ import annotations
@@ -56,6 +63,7 @@ from libkiki.errors import (
 )
 from libkiki.framing import DEFAULT_MAX_LINE, LineDecoder
 from libkiki.peer import PeerCred
+from libkiki.rpc.fds import receive_fds
 from libkiki.rpc.limits import Slots
 from libkiki.rpc.messages import (
     CANCELLED,
@@ -82,11 +90,13 @@ from libkiki.rpc.methods import (
 )
 from libkiki.rpc.protocol import RpcCore
 
-__all__ = ["Connection", "ProgressCallback"]
+__all__ = ["Connection", "ProgressCallback", "TransportFactory"]
 
 log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[dict[str, Any]], Awaitable[None]]
+# Makes the transport of a Connection not on a socket, given the protocol it is to feed.
+TransportFactory = Callable[[asyncio.BufferedProtocol], asyncio.Transport]
 # A callback and its params, or None and a marker future (see Connection._progress_done).
 _ProgressItem = tuple[ProgressCallback, dict[str, Any]] | tuple[None, asyncio.Future[None]]
 
@@ -115,6 +125,8 @@ class _Wire(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._conn._transport = transport
+        if self._conn._reading_held:
+            transport.pause_reading()  # paused before there was a transport
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._view
@@ -181,13 +193,18 @@ class _Deadline:
 class Connection:
     """One JSON-RPC peer. Use as ``async with Connection(sock, peer=...) as conn``.
 
-    ``sock`` is a connected stream socket; the connection owns it from then on.
+    ``sock`` is a connected stream socket; the connection owns it from then on. Or, instead of
+    ``sock``, ``transport``: a :data:`TransportFactory`, called once in ``__aenter__`` with the
+    protocol to feed. It returns a transport that calls ``protocol.connection_made`` (as
+    asyncio's do; if it has not by then, the connection calls it) and owns whatever it reads
+    and writes; if the factory raises, cleaning up is its own job.
     """
 
     def __init__(
         self,
-        sock: socket.socket,
+        sock: socket.socket | None = None,
         *,
+        transport: TransportFactory | None = None,
         peer: PeerCred,
         methods: Methods | Mapping[str, Handler] | None = None,
         max_line: int = DEFAULT_MAX_LINE,
@@ -201,8 +218,12 @@ class Connection:
         self.name = name or peer.describe()
         self.state: dict[str, Any] = {}  # free for the application (e.g. a provider's tools)
         self.request_timeout = request_timeout
+        if (sock is None) == (transport is None):
+            raise TypeError("a Connection takes a socket or a transport factory, not both")
         self._sock = sock
+        self._make_transport = transport
         self._transport: asyncio.Transport | None = None
+        self._reading_held = 0  # pause_reading calls not yet resumed
         # The loop, looked up once: on 3.11 every get_running_loop() is a getpid() system call.
         self._loop = asyncio.get_running_loop()
         self._paused: asyncio.Future[None] | None = None  # set while the transport is full
@@ -255,12 +276,75 @@ class Connection:
         return self._core.outgoing
 
     async def __aenter__(self) -> Self:
+        if self._make_transport is not None:
+            wire = _Wire(self)
+            transport = self._make_transport(wire)
+            if self._transport is None:
+                wire.connection_made(transport)
+            return self
+        assert self._sock is not None
         try:
             await self._loop.connect_accepted_socket(lambda: _Wire(self), self._sock)
         except BaseException:
             self._sock.close()
             raise
         return self
+
+    # -- holding the peer's input ------------------------------------------------------------
+
+    @property
+    def reading_paused(self) -> bool:
+        """Whether the peer's input is left unread now (by :meth:`pause_reading`, or because
+        the peer does not read what we write)."""
+        return self._reading_held > 0 or self._paused is not None
+
+    def pause_reading(self) -> None:
+        """Leave the peer's input unread (in the kernel) until :meth:`resume_reading`.
+
+        Pauses nest: reading resumes when each has been resumed, and not while the write buffer
+        is full (that pause is the connection's own). What was read before the pause is still
+        handled, answers and responses are still written, and the end of the connection is
+        still seen once the transport reads again.
+        """
+        self._reading_held += 1
+        transport = self._transport
+        if self._reading_held == 1 and transport is not None and not transport.is_closing():
+            transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        """Undo one :meth:`pause_reading` (a resume without a pause is a ``RuntimeError``)."""
+        if self._reading_held == 0:
+            raise RuntimeError("resume_reading without pause_reading")
+        self._reading_held -= 1
+        transport = self._transport
+        if (
+            self._reading_held == 0
+            and self._paused is None
+            and transport is not None
+            and not transport.is_closing()
+        ):
+            transport.resume_reading()
+
+    async def receive_fds(self, max_fds: int, size: int = 1) -> tuple[bytes, list[int]]:
+        """Read up to ``size`` bytes straight from the connection's Unix socket, with the
+        descriptors the peer attached to them (at most ``max_fds``; close-on-exec, the caller
+        owns them), waiting until the peer sends.
+
+        Reading must be paused (:meth:`pause_reading`) before the peer sends: else the
+        transport reads the bytes and the kernel closes the descriptors. The bytes are not
+        JSON-RPC input: the connection never sees them. Raises
+        :class:`~libkiki.errors.Unavailable` if reading is not paused or the transport has no
+        socket, :class:`~libkiki.errors.PeerGone` if the peer left, and
+        :class:`~libkiki.errors.InvalidRequest` if it attached more than ``max_fds``.
+        """
+        self._check_open()
+        transport = self._transport
+        raw = transport.get_extra_info("socket") if transport is not None else None
+        if raw is None or raw.family != socket.AF_UNIX:
+            raise Unavailable("this connection has no Unix socket to pass descriptors on")
+        if self._reading_held == 0:
+            raise Unavailable("descriptors are received only while reading is paused")
+        return await receive_fds(raw.fileno(), size, max_fds)
 
     async def __aexit__(
         self, et: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -633,7 +717,11 @@ class Connection:
             for slot in self._unreleased:
                 self._core.release(slot)
             self._unreleased.clear()
-            if self._transport is not None and not self._transport.is_closing():
+            if (
+                self._transport is not None
+                and not self._transport.is_closing()
+                and not self._reading_held
+            ):
                 self._transport.resume_reading()
 
     def _shut(self, error: KikiError) -> None:

@@ -28,22 +28,19 @@ pipes: it then relays them itself.
 
 from __future__ import annotations
 
-import array
 import asyncio
 import fcntl
 import math
 import os
-import socket
 import stat
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import Any, Final, Self, cast
+from typing import Any, Final
 
 from kiki_tool_broker import protocol as mcp
 from kiki_tool_broker.pipes import PipePair
-from libkiki.errors import InvalidParams, InvalidRequest, LimitExceeded, PeerGone, Unavailable
+from libkiki.errors import InvalidParams, InvalidRequest, LimitExceeded
 from libkiki.rpc import Connection, Methods, RequestContext
-from libkiki.rpc.connection import _Wire
 
 # Seconds the peer has, once asked, to send its descriptors.
 HANDOVER_TIMEOUT: Final = 5.0
@@ -52,42 +49,44 @@ HANDOVER_TIMEOUT: Final = 5.0
 DRAIN_TIMEOUT: Final = 35.0
 # How often a session whose host closed stdin looks whether its answers are all written.
 DRAIN_POLL: Final = 0.005
-_FD_SIZE: Final = array.array("i").itemsize
+_EXPECTED: Final = "expected one newline carrying two descriptors, stdin then stdout"
 _SESSION: Final = "stdio session"  # Connection.state key: this connection is a host's pipes
 
 ConnectionHook = Callable[[Connection], Awaitable[None]]
 
 
-class StdioConnection(Connection):
-    """libkiki's JSON-RPC connection on a host's pipes (a :class:`PipePair`) instead of a
-    socket.
+class HostPipes:
+    """The transport factory of a session's connection (libkiki's ``Connection(transport=)``):
+    a :class:`PipePair` on the host's stdin and stdout, which it owns from then on.
 
-    ``Connection`` connects its socket in ``__aenter__``, with its own protocol (``_Wire``);
-    this overrides only that, so everything above the transport is the connection every
-    socket peer gets. ``on_input_end``: the host closed stdin.
+    Everything above the transport is the connection every socket peer gets.
+    ``on_input_end``: the host closed stdin.
     """
 
-    def __init__(
-        self, reading: int, writing: int, on_input_end: Callable[[], None], **options: Any
-    ) -> None:
-        # No socket: __aenter__ below makes the transport from the pipes.
-        super().__init__(cast(socket.socket, None), **options)
+    def __init__(self, reading: int, writing: int, on_input_end: Callable[[], None]) -> None:
         self._fds = (reading, writing)
         self._on_input_end = on_input_end
+        self._unused = True  # the descriptors are still ours to close
         self.pipes: PipePair | None = None
-        self.state[_SESSION] = True
 
-    async def __aenter__(self) -> Self:
+    def __call__(self, protocol: asyncio.BufferedProtocol) -> PipePair:
         reading, writing = self._fds
         try:
             self.pipes = PipePair(
-                asyncio.get_running_loop(), reading, writing, _Wire(self), self._on_input_end
+                asyncio.get_running_loop(), reading, writing, protocol, self._on_input_end
             )
         except BaseException:
-            os.close(reading)
-            os.close(writing)
+            self.close_unused()
             raise
-        return self
+        self._unused = False
+        return self.pipes
+
+    def close_unused(self) -> None:
+        """Close the descriptors if no transport took them."""
+        if self._unused:
+            self._unused = False
+            for fd in self._fds:
+                os.close(fd)
 
     @property
     def failure(self) -> str | None:
@@ -150,28 +149,31 @@ class StdioSessions:
         try:
             reading, writing = await _take_pipes(handing)
             ended = asyncio.Event()
+            host = HostPipes(reading, writing, ended.set)
             try:
-                session = StdioConnection(
-                    reading,
-                    writing,
-                    ended.set,
+                session = Connection(
+                    transport=host,
                     peer=request.peer,
                     methods=self.methods,
                     name=f"{request.peer.describe()} (stdio)",
                     counters=self.counters,
                     **self.options,
                 )
-            except BaseException:
-                os.close(reading)
-                os.close(writing)
-                raise
-            self.counters["stdio_sessions"] += 1
-            return await self._run(handing, session, ended, drain)
+                session.state[_SESSION] = True
+                self.counters["stdio_sessions"] += 1
+                return await self._run(handing, session, host, ended, drain)
+            finally:
+                host.close_unused()
         finally:
             self.open -= 1
 
     async def _run(
-        self, handing: Connection, session: StdioConnection, ended: asyncio.Event, drain: float
+        self,
+        handing: Connection,
+        session: Connection,
+        host: HostPipes,
+        ended: asyncio.Event,
+        drain: float,
     ) -> dict[str, Any]:
         result: dict[str, Any] = {"unanswered": 0}
         # The broker stopping closes the handing connection with a grace: the session is given
@@ -192,7 +194,7 @@ class StdioSessions:
             for task in (stopping, gone, input_end):
                 task.cancel()
             await self.on_disconnect(session)
-        if failure := session.failure:
+        if failure := host.failure:
             result["failed"] = failure
         return result
 
@@ -234,73 +236,29 @@ def _seconds(value: object) -> float:
 async def _take_pipes(handing: Connection) -> tuple[int, int]:
     """Ask the peer of ``handing`` for its pipes and take them off its socket: its reading is
     paused meanwhile, so that this is the one read of it that accepts descriptors."""
-    # libkiki's Connection keeps its transport to itself; this is the one place that needs it.
-    transport = handing._transport
-    raw = transport.get_extra_info("socket") if transport is not None else None
-    if transport is None or raw is None or not transport.is_reading():
-        raise Unavailable("this connection cannot hand over pipes now")
-    transport.pause_reading()
+    handing.pause_reading()
     try:
-        # A descriptor of our own for the socket: the event loop lets no one else watch the
-        # transport's.
-        with socket.socket(fileno=os.dup(raw.fileno())) as sock:
-            sock.setblocking(False)
-            await handing.notify(mcp.STDIO_SEND)
-            try:
-                async with asyncio.timeout(HANDOVER_TIMEOUT):
-                    fds = await _receive(sock)
-            except TimeoutError:
-                raise InvalidRequest(
-                    f"no pipes were handed over within {HANDOVER_TIMEOUT:g} s"
-                ) from None
+        await handing.notify(mcp.STDIO_SEND)
+        try:
+            async with asyncio.timeout(HANDOVER_TIMEOUT):
+                data, fds = await handing.receive_fds(2)
+        except TimeoutError:
+            raise InvalidRequest(
+                f"no pipes were handed over within {HANDOVER_TIMEOUT:g} s"
+            ) from None
+        except InvalidRequest:  # more than two descriptors (all closed)
+            raise InvalidRequest(_EXPECTED) from None
     finally:
-        transport.resume_reading()
+        handing.resume_reading()
     try:
+        if data != b"\n" or len(fds) != 2:
+            raise InvalidRequest(_EXPECTED)
         _check(*fds)
     except BaseException:
         for fd in fds:
             os.close(fd)
         raise
     return fds[0], fds[1]
-
-
-async def _receive(sock: socket.socket) -> list[int]:
-    loop = asyncio.get_running_loop()
-    while True:
-        try:
-            return _read_pipes(sock)
-        except (BlockingIOError, InterruptedError):
-            pass
-        ready: asyncio.Future[None] = loop.create_future()
-        loop.add_reader(sock.fileno(), _wake, ready)
-        try:
-            await ready
-        finally:
-            loop.remove_reader(sock.fileno())
-
-
-def _wake(ready: asyncio.Future[None]) -> None:
-    if not ready.done():
-        ready.set_result(None)
-
-
-def _read_pipes(sock: socket.socket) -> list[int]:
-    """One byte and the descriptors attached to it (close-on-exec). Room is made for two: the
-    kernel closes any more (and says it truncated), and then these are closed too."""
-    data, ancillary, flags, _ = sock.recvmsg(
-        1, socket.CMSG_SPACE(2 * _FD_SIZE), socket.MSG_CMSG_CLOEXEC
-    )
-    fds: list[int] = []
-    for level, kind, payload in ancillary:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.extend(array.array("i", payload[: len(payload) - len(payload) % _FD_SIZE]))
-    if data == b"\n" and len(fds) == 2 and not flags & socket.MSG_CTRUNC:
-        return fds
-    for fd in fds:
-        os.close(fd)
-    if not data:
-        raise PeerGone("the peer left before handing over its pipes")
-    raise InvalidRequest("expected one newline carrying two descriptors, stdin then stdout")
 
 
 def _check(reading: int, writing: int) -> None:
