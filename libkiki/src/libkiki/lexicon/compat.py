@@ -5,11 +5,20 @@ must not change: new fields are optional; nothing is removed or renamed; no type
 constraint is tightened; a closed union stays closed and keeps its members. Each break is
 reported with the JSON path of the schema node that broke, e.g.
 ``defs.main.input.schema.properties.title.maxGraphemes: tightened from 300 to 256``.
+
+Some rules depend on who reads the data. A required property that becomes optional breaks
+whoever *receives* it (a query's or a procedure's output, a subscription's message, a record,
+anything an error or another document may carry), as readers rely on it being there; in what
+only the lexicon's own server reads (a query's or a procedure's parameters and input) it is
+compatible, as callers that send it keep being valid. A named definition counts as received
+unless the documents compared reach it from parameters and inputs alone (through refs and
+unions, across the documents of :func:`compare_sets`): one nothing refers to may be used by
+documents not in view, so it counts as received.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +40,7 @@ from libkiki.lexicon.model import (
     StringType,
     SubscriptionType,
     UnionType,
+    canonical_ref,
 )
 
 __all__ = ["BreakingChange", "compare", "compare_sets"]
@@ -79,10 +89,63 @@ def _kind(node: object) -> str:
     return _TYPE_NAMES.get(type(node).__name__, type(node).__name__)
 
 
+def _refs(node: object) -> Iterator[str]:
+    """The canonical refs a schema node names, at any depth short of another definition."""
+    if isinstance(node, RefType):
+        yield node.ref
+    elif isinstance(node, UnionType):
+        yield from node.refs
+    elif isinstance(node, ArrayType):
+        yield from _refs(node.items)
+    elif isinstance(node, ObjectType | ParamsType):
+        for prop in node.properties.values():
+            yield from _refs(prop)
+    elif isinstance(node, Body):
+        yield from _refs(node.schema)
+    elif isinstance(node, RecordType):
+        yield from _refs(node.record)
+
+
+def _written_only(docs: Iterable[LexiconDoc]) -> frozenset[str]:
+    """The definitions (canonical refs) that ``docs`` reach from parameters and inputs alone:
+    only the lexicon's server reads them. Everything else may be received by readers."""
+    defs: dict[str, Def] = {}
+    for doc in docs:
+        defs.update(doc.refs())
+    written: list[str] = []
+    received: list[str] = []
+    for ref, node in defs.items():
+        if isinstance(node, QueryType | ProcedureType | SubscriptionType):
+            written.extend(_refs(node.parameters))
+            written.extend(_refs(getattr(node, "input", None)))
+            received.extend(_refs(getattr(node, "output", None)))
+            received.extend(_refs(getattr(node, "message", None)))
+        elif isinstance(node, RecordType):
+            received.append(ref)  # stored, and read by whoever reads the store
+    reached = {"written": _closure(written, defs), "received": _closure(received, defs)}
+    return frozenset(reached["written"] - reached["received"])
+
+
+def _closure(start: Iterable[str], defs: Mapping[str, Def]) -> set[str]:
+    seen: set[str] = set()
+    todo = list(start)
+    while todo:
+        ref = todo.pop()
+        if ref in seen:
+            continue
+        seen.add(ref)
+        node = defs.get(ref)
+        if node is not None and not isinstance(node, QueryType | ProcedureType | SubscriptionType):
+            todo.extend(_refs(node))
+    return seen
+
+
 class _Diff:
     def __init__(self, document: str) -> None:
         self.document = document
         self.found: list[BreakingChange] = []
+        # Whether the node being compared is received by readers (see the module docstring).
+        self.received = True
 
     def add(self, path: str, rule: str) -> None:
         self.found.append(BreakingChange(self.document, path, rule))
@@ -178,13 +241,16 @@ class _Diff:
         new: Mapping[str, Any],
         old_required: tuple[str, ...],
         new_required: tuple[str, ...],
+        received: bool,
     ) -> None:
         for name, prop in old.items():
             where = f"{path}.properties.{name}"
             if name not in new:
                 self.add(where, "removed (or renamed)")
-            else:
-                self.node(where, prop, new[name])
+                continue
+            self.node(where, prop, new[name])
+            if received and name in old_required and name not in new_required:
+                self.add(where, "became optional: readers rely on it being there")
         for name in new_required:
             if name not in old_required:
                 fresh = name not in old
@@ -192,13 +258,16 @@ class _Diff:
                 self.add(f"{path}.properties.{name}", what)
 
     def n_ObjectType(self, path: str, old: ObjectType, new: ObjectType) -> None:
-        self.properties(path, old.properties, new.properties, old.required, new.required)
+        self.properties(
+            path, old.properties, new.properties, old.required, new.required, self.received
+        )
         for name in old.nullable:
             if name not in new.nullable and name in new.properties:
                 self.add(f"{path}.properties.{name}", "is no longer nullable")
 
     def n_ParamsType(self, path: str, old: ParamsType, new: ParamsType) -> None:
-        self.properties(path, old.properties, new.properties, old.required, new.required)
+        # Parameters are only ever sent to the lexicon's server.
+        self.properties(path, old.properties, new.properties, old.required, new.required, False)
 
     def n_RecordType(self, path: str, old: RecordType, new: RecordType) -> None:
         self.same(path, "key", old.key, new.key)
@@ -229,26 +298,39 @@ class _Diff:
     ) -> None:
         self.optional(f"{path}.parameters", old.parameters, new.parameters, "parameters")
         for part in ("input", "output", "message"):
-            self.optional(
-                f"{path}.{part}", getattr(old, part, None), getattr(new, part, None), part
-            )
+            outer, self.received = self.received, part != "input"
+            try:
+                self.optional(
+                    f"{path}.{part}", getattr(old, part, None), getattr(new, part, None), part
+                )
+            finally:
+                self.received = outer
 
     n_QueryType = xrpc
     n_ProcedureType = xrpc
     n_SubscriptionType = xrpc
 
 
-def compare(old: LexiconDoc, new: LexiconDoc) -> list[BreakingChange]:
-    """Every breaking change from ``old`` to ``new`` (two versions of one NSID)."""
+def compare(
+    old: LexiconDoc, new: LexiconDoc, *, written_only: frozenset[str] | None = None
+) -> list[BreakingChange]:
+    """Every breaking change from ``old`` to ``new`` (two versions of one NSID).
+
+    ``written_only``: the definitions only the lexicon's server reads (canonical refs); by
+    default those the two versions reach from parameters and inputs alone.
+    """
     diff = _Diff(new.id)
     if old.id != new.id:
         diff.add("id", f"changed from {old.id} to {new.id}")
         return diff.found
+    if written_only is None:
+        written_only = _written_only((old,)) & _written_only((new,))
     for name, definition in old.defs.items():
         path = f"defs.{name}"
         if name not in new.defs:
             diff.add(path, "removed (or renamed)")
         else:
+            diff.received = canonical_ref(new.id, name) not in written_only
             diff.node(path, definition, new.defs[name])
     return diff.found
 
@@ -256,11 +338,15 @@ def compare(old: LexiconDoc, new: LexiconDoc) -> list[BreakingChange]:
 def compare_sets(
     old: Mapping[str, LexiconDoc], new: Mapping[str, LexiconDoc]
 ) -> list[BreakingChange]:
-    """Compare two sets of documents by NSID: a document that disappeared is a break too."""
+    """Compare two sets of documents by NSID: a document that disappeared is a break too.
+
+    A definition counts as only written when both sets reach it from parameters and inputs
+    alone (refs between the documents of a set included)."""
+    written_only = _written_only(old.values()) & _written_only(new.values())
     found: list[BreakingChange] = []
     for nsid in sorted(old):
         if nsid not in new:
             found.append(BreakingChange(nsid, "", "document removed"))
         else:
-            found.extend(compare(old[nsid], new[nsid]))
+            found.extend(compare(old[nsid], new[nsid], written_only=written_only))
     return found
