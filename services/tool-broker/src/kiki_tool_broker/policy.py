@@ -34,7 +34,7 @@ streams). Without a rule, subscribing has the defaults of a query: root, the pro
 members of the ``default_group``. A stream its provider declares private (``kiki/registerTools``
 ``privateSubscriptions``: someone's own data, such as the notifications other apps show) has
 narrower defaults: root and the provider's own user only; and only an ``allow`` rule that names
-its NSID outright (no glob) with ``access`` naming ``subscribe`` grants it to anyone else.
+its NSID outright (no glob) and covers subscribing grants it to anyone else.
 
 Providing (:meth:`Policy.may_provide`). Kiki's own services (root, the broker's own user, a
 system unit ``kiki-*``: :func:`libkiki.principals.is_kiki_service`) may provide any NSID; a
@@ -134,8 +134,8 @@ class Rule:
     tools: tuple[re.Pattern[str], ...]
     granting: bool  # an allow or provide rule (a deny rule's app: matches a user's app id too)
     access: frozenset[str] = frozenset(ACCESS)  # the kinds of access an allow/deny rule covers
-    # The NSIDs the rule names outright (no glob), when it names its access explicitly with
-    # subscribe in it: what may grant a private stream (:meth:`Policy.allows`).
+    # The NSIDs an allow rule names outright (no glob), when it covers subscribing: what may
+    # grant a private stream (:meth:`Policy.allows`).
     names_private: frozenset[str] = frozenset()
 
     def matches(self, cred: PeerCred, nsid: str, access: Access = "call") -> bool:
@@ -154,8 +154,8 @@ class Rule:
 
     def grants_private(self, caller: Caller, nsid: str) -> bool:
         """Whether this allow rule grants subscribing to the private stream ``nsid``: it must
-        name it outright, with ``access`` naming ``subscribe`` (a glob, or a rule written for
-        calls and streams alike, does not reach a private stream)."""
+        name it outright and cover subscribing (a glob does not reach a private stream, nor
+        does ``access = ["call"]``)."""
         if nsid not in self.names_private:
             return False
         if caller.remote is not None:
@@ -179,12 +179,13 @@ def _rules(doc: object, section: str, source: str) -> tuple[Rule, ...]:
     if section != "provide":
         defaults = {"access": list(ACCESS)}
     rules = []
-    tables = rule_tables(doc, section, source, ("principals", "tools"), defaults)
-    for (where, entry), raw in zip(tables, doc if isinstance(doc, list) else [], strict=False):
+    for where, entry in rule_tables(doc, section, source, ("principals", "tools"), defaults):
         access = frozenset(entry.get("access", ACCESS))
         if not access <= set(ACCESS):
             raise ConfigError(f"{where}: access is a list of {' and '.join(ACCESS)}")
-        explicit = section == "allow" and "subscribe" in raw.get("access", ())
+        # A private stream is granted only by naming it: a stream's NSID is never a tool's,
+        # so a rule naming one outright (and covering subscribe) says who may follow it.
+        explicit = section == "allow" and "subscribe" in access
         rules.append(
             Rule(
                 Principals.parse(entry["principals"], where),
@@ -291,7 +292,7 @@ class Policy:
     def _decide_private(self, caller: Caller, nsid: str, provider_uids: frozenset[int]) -> Decision:
         """Subscribing to a private stream (one whose data is someone's own, such as the
         notifications other apps show a user): a deny rule refuses as ever; an allow rule
-        grants only when it names the stream outright with ``access = ["subscribe"]``; else
+        grants only when it names the stream outright (no glob) and covers subscribing; else
         only root and the provider's own user (a session's agent runs as the session's user)
         may, never ``default_group``, and never a remote person by default."""
         if caller.remote is not None:
@@ -301,7 +302,7 @@ class Policy:
             return False, "denied by policy"
         if any(rule.grants_private(caller, nsid) for rule in self.allow):
             return True, "allowed by a rule naming the private stream"
-        why = 'a private stream needs an allow rule naming it, with access = ["subscribe"]'
+        why = "a private stream needs an allow rule naming it (no glob) for subscribing"
         if caller.remote is not None:
             return False, why
         if caller.cred.uid == 0:
