@@ -46,9 +46,10 @@ class GatewayConfig(ServiceConfig):
     notify_history: int = pydantic.Field(default=50, ge=1, le=10_000)
     # Who besides the session's own user may read that history (libkiki.principals).
     notify_readers: list[str] = pydantic.Field(default_factory=list, max_length=256)
-    # Serve dev.kiki.notify.subscribeObserved (others' notifications as events); off: private
-    # data stays out of streams, whose subscribers the broker's policy alone decides.
-    notify_observe_stream: bool = False
+    # Serve dev.kiki.notify.subscribeObserved (others' notifications as events), registered as
+    # a private stream: the broker lets the session's own user (its agent) and root follow it,
+    # anyone else only through an allow rule naming it with access = ["subscribe"].
+    notify_observe_stream: bool = True
     # Events a dev.kiki.notify stream holds for a slow broker before dropping the oldest.
     notify_max_events: int = pydantic.Field(default=256, ge=1, le=65_536)
 

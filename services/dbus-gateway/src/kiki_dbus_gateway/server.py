@@ -32,6 +32,7 @@ from kiki_dbus_gateway.notify_bus import NotifyBus
 from kiki_dbus_gateway.notify_tools import add_notify_tools
 from kiki_dbus_gateway.portal_bus import PortalBus
 from kiki_dbus_gateway.portal_tools import add_portal_tools
+from kiki_dbus_gateway.private_streams import PrivateStreams
 from kiki_dbus_gateway.tools import make_provider
 from libkiki.constellation import SERVICE_INTERFACE
 from libkiki.errors import AddressInUse, NotFound, Unavailable
@@ -71,7 +72,7 @@ async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
     notifications = Notifications(config.notify_history)
     notify_bus = NotifyBus(bus, notifications, config.call_timeout, ctx.counters)
     portal = PortalBus(bus, config.call_timeout, config.portal_request_timeout, ctx.counters)
-    registering: asyncio.Task[None] | None = None
+    registering: list[asyncio.Task[None]] = []
     bus_tools = BusTools(
         bus,
         object_path,
@@ -92,27 +93,30 @@ async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
         await portal.start()
         if config.broker_tools:
             provider = make_provider(players, watcher, config.events_interval)
+            private = PrivateStreams(socket_path(TOOLS_SOCKET))
             add_notify_tools(
                 provider,
                 notifications,
                 notify_bus,
                 app_name=config.notify_app_name,
                 readers=Principals.parse(config.notify_readers, "notify_readers"),
-                observe_stream=config.notify_observe_stream,
+                observe_stream=private if config.notify_observe_stream else None,
                 max_events=config.notify_max_events,
                 counters=ctx.counters,
             )
             add_portal_tools(
                 provider, portal, max_events=config.notify_max_events, counters=ctx.counters
             )
-            registering = asyncio.get_running_loop().create_task(provider.keep_registered())
+            loop = asyncio.get_running_loop()
+            registering.append(loop.create_task(provider.keep_registered()))
+            registering.append(loop.create_task(private.keep_registered()))
         ctx.status = f"owning {config.bus_name} on the session bus"
         yield
     finally:
-        if registering is not None:
-            registering.cancel()
+        for task in registering:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await registering
+                await task
         await watcher.stop()
         await notify_bus.stop()
         portal.stop()
