@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from libkiki.backoff import RestartBackoff
 from libkiki.errors import KikiError
@@ -31,8 +32,9 @@ class PrivateStreams:
     """Stream generators (as :meth:`ToolProvider.subscription` takes them), registered on their
     own connection as private streams."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, lexicons: list[dict[str, Any]] | None = None) -> None:
         self.path = path
+        self.lexicons = list(lexicons or [])  # documents the broker may not have installed
         self.streams = ProvidedStreams()
 
     def subscription(self, nsid: str) -> Callable[[StreamFunc], StreamFunc]:
@@ -58,7 +60,12 @@ class PrivateStreams:
                 try:
                     await conn.request(
                         "kiki/registerTools",
-                        {"tools": [], "subscriptions": nsids, "privateSubscriptions": nsids},
+                        {
+                            "tools": [],
+                            "lexicons": self.lexicons,
+                            "subscriptions": nsids,
+                            "privateSubscriptions": nsids,
+                        },
                     )
                 except KikiError as exc:
                     raise Refused(exc) from None
