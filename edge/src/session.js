@@ -5,6 +5,7 @@
 // client is, which awareness states it owns).
 import { DurableObject } from "cloudflare:workers";
 import * as decoding from "lib0/decoding";
+import * as encoding from "lib0/encoding";
 import * as awarenessProtocol from "y-protocols/awareness";
 import * as Y from "yjs";
 import { KINDS, Refusal } from "./errors.js";
@@ -320,16 +321,31 @@ export class Session extends DurableObject {
       case "update":
         this.receiveUpdate(ws, peer, message.update);
         return;
-      case "awareness":
-        if (!WRITERS.has(peer.role ?? "")) {
-          // A stock y-websocket client sends back every awareness change it applies, the
-          // states the server told it included (same clocks): from a reader that echo is
-          // dropped; anything new is refused.
-          if (awarenessChanges(this.awareness, message.update).length === 0) return;
+      case "awareness": {
+        const writer = WRITERS.has(peer.role ?? "");
+        const entries = awarenessChanges(this.awareness, message.update);
+        // A stock y-websocket client times out the states of others it has not heard from
+        // for 30 s and sends that removal too: a removal from anyone but the owner is dropped
+        // (not applied, not relayed), so a stock client stays joined when someone's tab
+        // sleeps. An observer owns nothing.
+        const kept = entries.filter(
+          ([id, present]) => present || (writer && !this.ownerOf(id, ws)),
+        );
+        if (!writer) {
+          // A stock client also sends back every awareness change it applies, the states the
+          // server told it included (same clocks): from a reader that echo is dropped;
+          // anything new is refused.
+          if (kept.length === 0) return;
           throw new Refusal(KINDS.PermissionDenied, `an ${peer.role} cannot send awareness`);
+        }
+        if (kept.length < entries.length) {
+          if (kept.length === 0) return;
+          this.receiveAwareness(ws, peer, encodeEntries(kept));
+          return;
         }
         this.receiveAwareness(ws, peer, message.update);
         return;
+      }
       case "queryAwareness": {
         // No states, no answer (as the device relay).
         const clients = [...this.awareness.states.keys()];
@@ -713,14 +729,14 @@ export class Session extends DurableObject {
  * left out, so an echo is neither refused nor counted.
  * @param {awarenessProtocol.Awareness} awareness
  * @param {Uint8Array} update
- * @returns {[number, boolean][]}
+ * @returns {[number, boolean, number, string][]} [id, whether set, clock, state as JSON]
  */
 function awarenessChanges(awareness, update) {
   /** @type {Map<number, number>} */
   const clocks = new Map();
   for (const [id, meta] of awareness.meta) clocks.set(id, meta.clock);
   const held = new Set(awareness.states.keys());
-  /** @type {[number, boolean][]} */
+  /** @type {[number, boolean, number, string][]} */
   const changes = [];
   try {
     const decoder = decoding.createDecoder(update);
@@ -728,13 +744,14 @@ function awarenessChanges(awareness, update) {
     for (let i = 0; i < count; i += 1) {
       const id = decoding.readVarUint(decoder);
       const clock = decoding.readVarUint(decoder);
-      const present = JSON.parse(decoding.readVarString(decoder)) !== null;
+      const state = decoding.readVarString(decoder);
+      const present = JSON.parse(state) !== null;
       const known = clocks.get(id) ?? 0;
       if (known < clock || (known === clock && !present && held.has(id))) {
         clocks.set(id, clock);
         if (present) held.add(id);
         else held.delete(id);
-        changes.push([id, present]);
+        changes.push([id, present, clock, state]);
       }
     }
   } catch (error) {
@@ -742,6 +759,21 @@ function awarenessChanges(awareness, update) {
     throw new Refusal(KINDS.InvalidFrame, `not an awareness update: ${why}`);
   }
   return changes;
+}
+
+/**
+ * An awareness update (y-protocols' encoding) of `entries`, as awarenessChanges gives them.
+ * @param {[number, boolean, number, string][]} entries
+ */
+function encodeEntries(entries) {
+  const encoder = encoding.createEncoder();
+  encoding.writeVarUint(encoder, entries.length);
+  for (const [id, , clock, state] of entries) {
+    encoding.writeVarUint(encoder, id);
+    encoding.writeVarUint(encoder, clock);
+    encoding.writeVarString(encoder, state);
+  }
+  return encoding.toUint8Array(encoder);
 }
 
 /**

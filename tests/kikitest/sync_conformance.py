@@ -217,14 +217,43 @@ async def check_awareness_state_belongs_to_its_setter(
     await eventually(lambda: watcher.map.get("still") == "here")
     await mallory.send(awareness_message([(cid, 99, {"user": "mallory"})]))
     assert await mallory.closed() == 1008
-    remover = await YClient.join(env.url())
-    await remover.send(awareness_message([(cid, 99, None)]))
-    assert await remover.closed() == 1008
     late = await YClient.join(env.url("observer"))
     await eventually(lambda: cid in late.awareness.states)
     assert late.awareness.states[cid] == {"user": "alice"}
     assert watcher.awareness.states.get(cid) == {"user": "alice"}
     for client in (alice, watcher, late):
+        await client.close()
+
+
+async def check_a_removal_by_a_non_owner_is_dropped(
+    ep: SyncEndpoint, node: NodePeers | None = None
+) -> None:
+    """A stock client times out a state it has not heard renewed for 30 s and sends that
+    removal (a newer clock, no state): from anyone but the owner it is dropped, not applied,
+    not relayed, and the sender stays joined; the rest of its message still counts."""
+    env = Env(ep, new_session(), node)
+    alice, bob = await YClient.join(env.url()), await YClient.join(env.url())
+    reader = await YClient.join(env.url("observer"))
+    alice.set_awareness({"user": "alice"})
+    cid = alice.awareness.client_id
+    await eventually(lambda: reader.awareness.states.get(cid) == {"user": "alice"})
+    await reader.send(awareness_message([(cid, 99, None)]))
+    await bob.send(awareness_message([(cid, 99, None)]))
+    # Bob's own state beside a removal of alice's: his is taken, the removal dropped.
+    await bob.send(awareness_message([(cid, 100, None), (77_777, 1, {"user": "bob"})]))
+    await eventually(lambda: reader.awareness.states.get(77_777) == {"user": "bob"})
+    bob.map["still"] = "here"
+    await eventually(lambda: reader.map.get("still") == "here")
+    assert reader.close_code is None
+    assert bob.close_code is None
+    late = await YClient.join(env.url("observer"))
+    await eventually(lambda: {cid, 77_777} <= set(late.awareness.states))
+    assert late.awareness.states[cid] == {"user": "alice"}
+    assert reader.awareness.states.get(cid) == {"user": "alice"}
+    # The owner's own removal still goes through.
+    await alice.close()
+    await eventually(lambda: cid not in late.awareness.states)
+    for client in (bob, reader, late):
         await client.close()
 
 
@@ -676,6 +705,7 @@ PY_CHECKS: list[Check] = [
     check_awareness_appears_and_expires,
     check_awareness_states_are_bounded_per_client,
     check_awareness_state_belongs_to_its_setter,
+    check_a_removal_by_a_non_owner_is_dropped,
     check_observer_cannot_write,
     check_bad_tokens_are_refused,
     check_no_token_in_time_is_refused,

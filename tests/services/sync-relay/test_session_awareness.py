@@ -64,11 +64,25 @@ def test_an_awareness_state_is_changed_only_by_the_member_that_set_it() -> None:
     session.receive(alice, message)
     # The echo a stock client sends back changes nothing: dropped quietly, never refused.
     assert session.receive(mallory, message).relay == message
-    for forged in ({"user": "mallory"}, None):
-        with pytest.raises(PermissionDenied) as refused:
-            session.receive(mallory, states([(mine.client_id, 99, forged)]))
-        assert refused.value.ws_close_code == 1008
+    with pytest.raises(PermissionDenied) as refused:
+        session.receive(mallory, states([(mine.client_id, 99, {"user": "mallory"})]))
+    assert refused.value.ws_close_code == 1008
+    assert session.awareness.states[mine.client_id] == {"user": "alice"}
+    # Its removal (a stock client timing out a state not renewed for 30 s) is dropped, from
+    # a writer and an observer alike; the rest of the message is taken.
+    watcher = Member(role="observer")
+    session.join(watcher)
+    for remover in (mallory, watcher):
+        assert session.receive(remover, states([(mine.client_id, 99, None)])) == NOTHING
         assert session.awareness.states[mine.client_id] == {"user": "alice"}
+    bob = Member(role="controller")
+    session.join(bob)
+    both = session.receive(bob, states([(mine.client_id, 99, None), (4242, 1, {"b": 1})]))
+    assert both.relay == states([(4242, 1, {"b": 1})])
+    assert session.awareness.states[mine.client_id] == {"user": "alice"}
+    assert session.awareness.states[4242] == {"b": 1}
+    session.leave(bob)
+    session.leave(watcher)
     assert session.leave(mallory) is None
     session.receive(alice, states([(mine.client_id, 5, {"user": "alice", "x": 1})]))
     # Once its member leaves, the id is free again.

@@ -56,7 +56,7 @@ from pycrdt import (
     handle_sync_message,
     read_message,
 )
-from pycrdt._sync import Decoder
+from pycrdt._sync import Decoder, Encoder
 
 from kiki_sync_relay.limits import Limits
 from libkiki.errors import InvalidFrame, LimitExceeded, PermissionDenied, ProtocolError
@@ -103,6 +103,28 @@ class Outcome:
 
 
 NOTHING = Outcome()
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """One entry of an awareness update: a client id, its clock, its state (JSON)."""
+
+    client: int
+    clock: int
+    state: bytes
+    present: bool  # whether it sets a state (else it removes one)
+
+
+def _encode(entries: list[_Entry]) -> bytes:
+    """An awareness update (y-protocols' encoding) of ``entries``."""
+    encoder = Encoder()
+    encoder.write_var_uint(len(entries))
+    for entry in entries:
+        encoder.write_var_uint(entry.client)
+        encoder.write_var_uint(entry.clock)
+        encoder.write_var_string(entry.state.decode())
+    payload: bytes = encoder.to_bytes()
+    return payload
 
 
 def _apply_guarded(doc: Doc[Any], update: bytes) -> BaseException | None:
@@ -356,7 +378,17 @@ class Session:
 
     def _awareness(self, member: Member, message: bytes) -> Outcome:
         payload = self._payload(message[1:])
-        changes = self._changes(payload)
+        entries = self._changes(payload)
+        # A stock y-websocket client times out the states of others it has not heard from for
+        # 30 s and sends that removal too: a removal from anyone but the owner is dropped (not
+        # applied, not relayed), so a stock client stays joined when someone's tab sleeps.
+        kept = [e for e in entries if e.present or self._owner(e.client, member)]
+        if len(kept) < len(entries):
+            if not kept:
+                return NOTHING
+            payload = _encode(kept)
+            message = create_awareness_message(payload)
+        changes = [(e.client, e.present) for e in kept]
         if not member.writes:
             if not changes:
                 return NOTHING
@@ -365,7 +397,7 @@ class Session:
         # member owns the ids it set (removed ones too) until it leaves; only it may change them.
         owned = {client for client, owner in self.owners.items() if owner == member.id}
         for client, present in changes:
-            if self.owners.get(client, member.id) != member.id:
+            if not self._owner(client, member):
                 raise PermissionDenied(f"awareness client {client} belongs to another member")
             if present:
                 owned.add(client)
@@ -392,15 +424,22 @@ class Session:
         member.awareness.difference_update(changed.get("removed", ()))
         return Outcome(relay=message)
 
-    def _changes(self, payload: bytes) -> list[tuple[int, bool]]:
-        """The entries of an awareness update that y-protocols would apply: (client id, whether
-        a state is set). A stock y-websocket client sends back every awareness change it
+    def _owner(self, client: int, member: Member) -> bool:
+        """Whether ``member`` may change awareness client ``client``: it owns it, or no one
+        does yet (an observer owns nothing)."""
+        if not member.writes:
+            return False
+        return self.owners.get(client, member.id) == member.id
+
+    def _changes(self, payload: bytes) -> list[_Entry]:
+        """The entries of an awareness update that y-protocols would apply (with whether each
+        sets a state). A stock y-websocket client sends back every awareness change it
         applies, the states the relay told it included (same clocks): those change nothing
         and are left out, so an echo is neither refused nor counted."""
         reader = Decoder(payload)
         clocks = {c: int(m["clock"]) for c, m in self.awareness.meta.items()}
         held = set(self.awareness.states)
-        changes: list[tuple[int, bool]] = []
+        changes: list[_Entry] = []
         try:
             for _ in range(reader.read_var_uint()):
                 client, clock = reader.read_var_uint(), reader.read_var_uint()
@@ -413,7 +452,7 @@ class Session:
                         held.add(client)
                     else:
                         held.discard(client)
-                    changes.append((client, present))
+                    changes.append(_Entry(client, clock, state or b"null", present))
         except (IndexError, RuntimeError, orjson.JSONDecodeError):
             raise InvalidFrame("a malformed awareness update") from None
         return changes
