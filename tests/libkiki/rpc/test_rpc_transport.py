@@ -170,6 +170,16 @@ async def call(sock: socket.socket, rid: int) -> Any:
     return orjson.loads(answer)["result"]
 
 
+async def sent_while_waiting(conn: Connection, peer: socket.socket, data: bytes) -> Any:
+    """What ``conn.receive_fds(1)`` gets of ``data``, sent once it waits: had the transport been
+    reading, it would have taken the bytes first (its reader runs in the same turn of the
+    event loop as the wait's wake-up) and this would wait until the timeout."""
+    waiting = asyncio.ensure_future(conn.receive_fds(1))
+    await asyncio.sleep(0)  # receive_fds finds nothing and waits for the socket
+    socket.send_fds(peer, [data], [])
+    return await waiting
+
+
 async def test_descriptors_are_received_while_reading_is_paused() -> None:
     async with served() as (conn, peer):
         async with asyncio.timeout(BOUND):
@@ -178,11 +188,11 @@ async def test_descriptors_are_received_while_reading_is_paused() -> None:
             assert conn.reading_paused
             r, w = os.pipe()
             with os.fdopen(r, "rb") as ours:
+                waiting = asyncio.ensure_future(conn.receive_fds(2))
+                await asyncio.sleep(0)  # it waits for the socket (see sent_while_waiting)
                 socket.send_fds(peer, [b"\n"], [w])
                 os.close(w)
-                # Had the transport been reading, it would have taken the newline (and the
-                # kernel the descriptor): this would wait until the timeout.
-                data, fds = await conn.receive_fds(2)
+                data, fds = await waiting
                 assert data == b"\n"
                 assert len(fds) == 1
                 os.write(fds[0], b"through the passed pipe")
@@ -200,8 +210,7 @@ async def test_pauses_nest() -> None:
             conn.pause_reading()
             conn.resume_reading()
             assert conn.reading_paused
-            socket.send_fds(peer, [b"x"], [])
-            assert await conn.receive_fds(1) == (b"x", [])  # the transport did not read it
+            assert await sent_while_waiting(conn, peer, b"x") == (b"x", [])
             conn.resume_reading()
             assert await call(peer, 5) == 6
             with pytest.raises(RuntimeError):
@@ -253,3 +262,56 @@ async def test_the_peer_leaving_while_descriptors_are_awaited() -> None:
         async with asyncio.timeout(BOUND):
             with pytest.raises(PeerGone):
                 await waiting
+
+
+async def test_a_pause_outlasts_the_write_buffer_draining() -> None:
+    # The connection pauses reading on its own while the peer does not take its answers; that
+    # pause ending must not end one the application asked for.
+    methods = adder()
+    called: asyncio.Queue[None] = asyncio.Queue()
+    release = asyncio.Event()
+
+    @methods.method
+    async def big(ctx: RequestContext) -> str:
+        called.put_nowait(None)
+        await release.wait()
+        return "x" * 900_000
+
+    ours, peer = socket.socketpair()
+    peer.setblocking(False)
+    loop = asyncio.get_running_loop()
+    with peer:
+        async with Connection(ours, peer=ME, methods=methods) as conn:
+            async with asyncio.timeout(BOUND):
+                asks = b"".join(
+                    orjson.dumps({"jsonrpc": "2.0", "id": i, "method": "big"}) + b"\n"
+                    for i in range(3)
+                )
+                await loop.sock_sendall(peer, asks)
+                for _ in range(3):
+                    await called.get()
+                conn.pause_reading()
+                release.set()  # 2.7 MB of answers, and the peer not reading yet
+                received = await loop.sock_recv(peer, 1 << 20)
+                # Far more than the kernel holds: the write buffer is over its high-water mark,
+                # so the connection paused reading on its own too.
+                assert conn.write_buffer_size > 64 * 1024
+                answers = received.count(b"\n")
+                while answers < 3:
+                    answers += (await loop.sock_recv(peer, 1 << 20)).count(b"\n")
+                assert conn.write_buffer_size == 0  # drained: the connection's own pause ended
+                assert await sent_while_waiting(conn, peer, b"x") == (b"x", [])
+                conn.resume_reading()
+                assert await call(peer, 7) == 8
+
+
+async def test_a_pause_before_the_connection_starts() -> None:
+    ours, peer = socket.socketpair()
+    peer.setblocking(False)
+    with peer:
+        conn = Connection(ours, peer=ME, methods=adder())
+        conn.pause_reading()
+        async with conn, asyncio.timeout(BOUND):
+            assert await sent_while_waiting(conn, peer, b"x") == (b"x", [])
+            conn.resume_reading()
+            assert await call(peer, 1) == 2
