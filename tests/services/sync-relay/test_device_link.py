@@ -37,15 +37,16 @@ CLOSE = "dev.kiki.notify.close"
 WAIT = 20.0
 
 
-def policy(sockdir: Path) -> None:
+def policy(sockdir: Path, extra: str = "") -> None:
     """The relay (this test's uid) may call for remote people; any remote person may call the
-    demo tools and act on the screen, nothing else; every app is on the a11y change stream."""
+    demo tools and act on the screen, nothing else; every app is on the a11y change stream.
+    ``extra``: more rules for the broker."""
     etc = sockdir / "etc"
     etc.mkdir(exist_ok=True)
     (etc / "tool-policy.toml").write_text(
         f'[[delegate]]\nprincipals = ["uid:{os.getuid()}"]\n\n'
         '[[allow]]\nprincipals = ["remote:*"]\n'
-        'tools = ["dev.kiki.demo.*", "dev.kiki.a11y.act", "dev.kiki.notify.close"]\n'
+        'tools = ["dev.kiki.demo.*", "dev.kiki.a11y.act", "dev.kiki.notify.close"]\n' + extra
     )
     (etc / "a11y-policy.toml").write_text(
         '[[allow]]\nprincipals = ["*", "remote:*"]\nrights = ["subscribe"]\napps = ["*"]\n'
@@ -201,10 +202,15 @@ def show_logs(sockdir: Path) -> None:
 
 @contextlib.asynccontextmanager
 async def device(
-    sockdir: Path, spawn_service: Any, broker_env: dict[str, str] | None = None, **settings: str
+    sockdir: Path,
+    spawn_service: Any,
+    broker_env: dict[str, str] | None = None,
+    extra_policy: str = "",
+    **settings: str,
 ) -> AsyncIterator[Device]:
-    """The constellation with the relay's link serving ``home`` (``settings``: the relay's)."""
-    policy(sockdir)
+    """The constellation with the relay's link serving ``home`` (``settings``: the relay's;
+    ``extra_policy``: more rules for the broker)."""
+    policy(sockdir, extra_policy)
     echo = Echo()
     relay = DeviceRelay(
         sockdir,
@@ -317,6 +323,24 @@ async def test_an_intent_runs_once_for_its_person(home: Device) -> None:
     await final(again, ask(again, ECHO, {"text": "next"}))
     assert home.echo.runs == ["hello", "next"]
     assert results(again)[key] == answer
+
+
+async def test_an_intent_calls_a_tool_the_relay_itself_may_not(
+    sockdir: Path, spawn_service: Any
+) -> None:
+    """``tools`` is what the device offers sessions (every registered tool), not what the
+    broker lets the relay call as itself: the broker decides for the person, at the call."""
+    deny = f'\n[[deny]]\nprincipals = ["uid:{os.getuid()}"]\ntools = ["{ECHO}"]\n'
+    async with device(sockdir, spawn_service, extra_policy=deny) as dev:
+        alice = await dev.join()
+        await ready(alice)
+        answer = await final(alice, ask(alice, ECHO, {"text": "for alice"}))
+        assert answer["status"] == "ok", answer
+        assert dev.echo.runs == ["for alice"]
+        # A tool no provider registered is still refused without a call.
+        unknown = await final(alice, ask(alice, "dev.kiki.demo.nothing", {}))
+        assert unknown["status"] == "refused"
+        assert unknown["error"]["name"] == "NotFound"
 
 
 async def test_an_intent_acts_on_the_screen_by_its_ref(home: Device) -> None:

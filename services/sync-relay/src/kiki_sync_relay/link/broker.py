@@ -21,7 +21,7 @@ from typing import Any, Final
 
 from kiki_sync_relay.link.state import KEYS, MAX_SENSORS, DeviceState
 from libkiki.backoff import RestartBackoff
-from libkiki.errors import KikiError, NotFound, PeerGone, Unavailable
+from libkiki.errors import KikiError, NotFound, PeerGone, PermissionDenied, Unavailable
 from libkiki.streams_client import Event, Lost, Status
 from libkiki.tools import ToolClient
 
@@ -35,6 +35,7 @@ NOTIFY: Final = "dev.kiki.notify.subscribeEvents"
 OBSERVED: Final = "dev.kiki.notify.subscribeObserved"
 AUDIT: Final = "dev.kiki.tools.subscribeAudit"
 PROVIDERS: Final = "dev.kiki.tools.subscribeProviders"
+LIST_PROVIDERS: Final = "dev.kiki.tools.listProviders"
 SENSOR_LIST: Final = "dev.kiki.sensor.list"
 SENSOR_READ: Final = "dev.kiki.sensor.read"
 SENSOR_EVERY = 1.0  # seconds between two readings of the sensors
@@ -224,6 +225,7 @@ class BrokerLink:
             self._tools_changed.clear()
             try:
                 names = [t["name"] for t in await client.list() if isinstance(t.get("name"), str)]
+                offered = await self._registered(client)
             except PeerGone:
                 raise
             except KikiError as exc:
@@ -232,12 +234,30 @@ class BrokerLink:
                 await asyncio.sleep(1.0)
                 continue
             self.listed = set(names)
-            self.state.tools_listed(names, self.tools)
+            self.state.tools_listed(sorted(self.listed | offered), self.tools)
             self.state.mark("tools", False)
             self._ready.set()
             await self._tools_changed.wait()
             # Providers come in bursts (a constellation starting): list once for the burst.
             await asyncio.sleep(0.2)
+
+    async def _registered(self, client: ToolClient) -> set[str]:
+        """Every tool the providers registered, whoever may call it: what the device offers
+        sessions. ``tools/list`` shows only what the relay may call as itself, while an
+        intent's call is decided by the broker for its person. Refused the listing, the
+        relay's own list stands alone."""
+        try:
+            answer = await client.call(LIST_PROVIDERS, {})
+        except PermissionDenied as exc:
+            log.info("the device link may not list the providers: %s", exc)
+            return set()
+        return {
+            tool["nsid"]
+            for provider in answer.get("providers", [])
+            if isinstance(provider, dict)
+            for tool in provider.get("tools", [])
+            if isinstance(tool, dict) and isinstance(tool.get("nsid"), str)
+        }
 
     async def _sensors(self, client: ToolClient) -> None:
         sensors: list[dict[str, Any]] = []

@@ -94,7 +94,9 @@ class SessionLink:
         self._queue: OrderedDict[str, None] = OrderedDict()
         self._started: set[str] = set()
         self._forgotten: OrderedDict[str, None] = OrderedDict()
-        self._running: set[asyncio.Task[None]] = set()
+        # Each call running, by its intent's id: one cut short when the loop ends is taken
+        # again by the next run (found ``running``, called with the same key).
+        self._running: dict[asyncio.Task[None], str] = {}
         # Results the session refused, to be written again (at most one per intent).
         self._unwritten: dict[str, dict[str, Any]] = {}
         self._slots = asyncio.Semaphore(settings.max_running)
@@ -126,8 +128,12 @@ class SessionLink:
             self.linked = False
             self.state.listeners.discard(self._changed)
             watchers.discard(self._remote)
-            for task in list(self._running):
+            for task, key in list(self._running.items()):
                 task.cancel()
+                # Cut short, not finished: the next run in this process (the link restarted
+                # after a failure) finds it ``running`` and calls it again with the same key,
+                # as after a restart of the relay (the broker answers from its record).
+                self._started.discard(key)
             live.session.leave(self.member)  # it set no awareness: nothing to tell the others
             self.relay.release(self.name, live)
             self._live = None
@@ -305,8 +311,11 @@ class SessionLink:
                 return
             answers[key] = rules.result("running", now=wall)
         task = asyncio.get_running_loop().create_task(self._call(intent))
-        self._running.add(task)
-        task.add_done_callback(self._running.discard)
+        self._running[task] = intent.id
+        task.add_done_callback(self._call_done)
+
+    def _call_done(self, task: asyncio.Task[None]) -> None:
+        self._running.pop(task, None)
 
     async def _call(self, intent: rules.Intent) -> None:
         async with self._slots:

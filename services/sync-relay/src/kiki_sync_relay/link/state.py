@@ -124,7 +124,8 @@ class DeviceState:
 
     def audit(self, entry: Any) -> None:
         """One audit line: a tool call goes into ``calls``; subscriptions' lines do not, nor
-        the link's own calls (reading the sensors), only those it makes for someone."""
+        the link's own calls (reading the sensors, listing the providers), only those it makes
+        for someone."""
         if not isinstance(entry, dict) or entry.get("event", "call") != "call":
             return
         caller = entry.get("caller")
