@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from kiki_updater.health import HealthSpec, Unhealthy, run_command
+from kikitest import REPO
 from kikitest.ostree_fixtures import traversable_dir
 
 pytestmark = pytest.mark.integration
@@ -108,3 +109,35 @@ def test_as_root_a_command_that_needs_root_fails(tmp_path: Path) -> None:
     run_command(spec, deployment, tmp_path / "data")  # as the updater (root): it can
     with pytest.raises(Unhealthy, match="exited 1"):
         run_command(spec, deployment, tmp_path / "data", uid=0x7E00FFFD)
+
+
+def _unit_bounding_set() -> list[str]:
+    """The capabilities ``units/kiki-updater.service`` leaves the updater, as setpriv names them."""
+    unit = (REPO / "units" / "kiki-updater.service").read_text()
+    (line,) = [x for x in unit.splitlines() if x.startswith("CapabilityBoundingSet=")]
+    return [cap.removeprefix("CAP_").lower() for cap in line.split("=", 1)[1].split()]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping root needs root")
+def test_a_command_drops_to_the_app_uid_under_the_units_bounding_set(tmp_path: Path) -> None:
+    # The check runs in an interpreter whose bounding set is the unit's: what the updater has on
+    # a device. Changing uid and gid needs CAP_SETUID and CAP_SETGID, which the unit must keep.
+    spec, deployment = _check(tmp_path, 'test "$(id -u)" = 2113994750 || exit 9\n')
+    caps = ",".join(["-all", *(f"+{cap}" for cap in _unit_bounding_set())])
+    program = textwrap.dedent(f"""
+        from pathlib import Path
+        from kiki_updater.health import HealthSpec, Unhealthy, run_command
+        try:
+            run_command(HealthSpec(10.0, command={spec.command!r}), Path({str(deployment)!r}),
+                        Path({str(tmp_path / "data")!r}), uid=0x7E00FFFE)
+            print("ok")
+        except Unhealthy as exc:
+            print(exc)
+    """)
+    done = subprocess.run(
+        ["setpriv", f"--bounding-set={caps}", "--", sys.executable, "-c", program],
+        capture_output=True,
+        check=True,
+        env=dict(os.environ),
+    )
+    assert done.stdout.decode().strip() == "ok"
