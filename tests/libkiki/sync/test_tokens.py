@@ -191,3 +191,13 @@ def test_revocations_persist_and_expire(tmp_path: Path) -> None:
     assert "a" not in reloaded
     assert "b" in reloaded
     assert "a" not in Revocations(path)
+
+
+def test_claims_name_the_key_that_signed_them(key: SigningKey) -> None:
+    # What a session belongs to: the relay refuses a foreign key on its linked sessions and the
+    # edge keeps each key's sessions apart, both by this kid.
+    other = SigningKey.generate()
+    both = Verifier([key.public_jwk(), other.public_jwk()])
+    assert both.verify(issue(key), "s1", now=NOW).kid == key.kid
+    assert both.verify(issue(other), "s1", now=NOW).kid == other.kid
+    assert key.kid != other.kid

@@ -57,6 +57,9 @@ class Claims:
     iat: int
     exp: int
     jti: str
+    # The verified key's id: whose key signed it, which is what a session belongs to (a relay's
+    # linked sessions take only its own key; the edge keeps each key's sessions apart).
+    kid: str = ""
 
     @property
     def writes(self) -> bool:
@@ -183,7 +186,8 @@ class Verifier:
             raise PermissionDenied(f"not a token: {exc}") from None
         if header.get("alg") != ALGORITHM:
             raise PermissionDenied(f"token algorithm {header.get('alg')!r} is not {ALGORITHM}")
-        public = self._keys.get(str(header.get("kid")))
+        kid = str(header.get("kid"))
+        public = self._keys.get(kid)
         if public is None:
             raise PermissionDenied("token signed by an unknown key")
         # PyJWT reads the clock itself; a given ``now`` (tests, replays) is checked below.
@@ -223,6 +227,7 @@ class Verifier:
             iat=int(claims["iat"]),
             exp=int(claims["exp"]),
             jti=str(claims["jti"]),
+            kid=kid,
         )
 
 

@@ -16,7 +16,7 @@ import functools
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,6 +75,8 @@ class Relay:
         compact_every: int = 1000,
         auth_timeout: float = 5.0,
         send_buffer: int = 4 << 20,
+        own_kid: str = "",
+        linked: Collection[str] = (),
     ) -> None:
         self.store = store
         self.verifier = verifier
@@ -85,6 +87,11 @@ class Relay:
         self.compact_every = compact_every
         self.auth_timeout = auth_timeout
         self.send_buffer = send_buffer
+        # The sessions the device link carries out through the broker (its own, named in
+        # link_sessions) take tokens of the device's own key only: a trusted key's token there
+        # could write intents the device runs for anyone that key names.
+        self.own_kid = own_kid
+        self.linked = frozenset(linked)
         self.live: dict[str, Live] = {}
         self._loading: dict[str, asyncio.Future[Live]] = {}
         self._members: dict[Connection, tuple[str, Member]] = {}
@@ -201,6 +208,10 @@ class Relay:
             except (orjson.JSONDecodeError, KeyError, TypeError):
                 raise PermissionDenied('the first message must be {"token": "<jwt>"}') from None
         claims = self.verifier.verify(token, name)
+        if name in self.linked and claims.kid != self.own_kid:
+            raise PermissionDenied(
+                f"session {name} is this device's own: it takes tokens of the device's key only"
+            )
         if claims.jti in self.revocations:
             raise PermissionDenied("the token was revoked")
         return claims
