@@ -11,6 +11,7 @@ report, so that it is known to be able to fail.
 
 from __future__ import annotations
 
+import fnmatch
 import shutil
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -213,9 +214,20 @@ def _preset_disagreements(units: Path, services: Sequence[ServiceSpec]) -> list[
     sockets = any(spec.fdname and not spec.session_bus for spec in services)
     if sockets and "enable kiki-*.socket" not in system:
         found.append("kiki.preset does not enable kiki-*.socket")
+    enabled = [line.split()[1] for line in system if line.startswith("enable ")]
     for spec in services:
         if spec.session_bus and f"enable {spec.unit}.service" not in user:
             found.append(f"user/kiki.preset does not enable {spec.unit}.service")
+        # A socket-activated service runs on its first connection by default: the preset
+        # enables its socket only (its [Install] WantedBy= is for an operator who enables it).
+        service = f"{spec.unit}.service"
+        if spec.fdname and not spec.session_bus:
+            for pattern in enabled:
+                if fnmatch.fnmatchcase(service, pattern):
+                    found.append(
+                        f"kiki.preset enables {service} (by {pattern}): it would run before "
+                        "its first connection"
+                    )
     return found
 
 
@@ -362,6 +374,10 @@ PLANTED = {
     "user preset": (
         _replace("user/kiki.preset", "enable kiki-dbus-gateway.service", "disable kiki-x.service"),
         "user/kiki.preset does not enable kiki-dbus-gateway.service",
+    ),
+    "a socket-activated service enabled": (
+        _replace("kiki.preset", "enable kiki.target", "enable kiki.target\nenable kiki-*"),
+        "kiki.preset enables kiki-sync-relay.service (by kiki-*): it would run",
     ),
     "README": (
         _replace("README.md", "`/run/kiki/sensors.sock`", "`/run/kiki/sensor.sock`"),
