@@ -115,7 +115,24 @@ def peer_cred(sock: socket.socket, proc: Path = Path("/proc"), *, app: bool = Tr
     groups = _peer_groups(sock)
     if pid <= 0 or not app:
         return PeerCred(pid=pid, uid=uid, gid=gid, groups=groups)
-    pidfd = _peer_pidfd(sock, pid)
+    app_id, unit, app_user = process_app(pid, uid, proc, pidfd=_peer_pidfd(sock, pid))
+    return PeerCred(pid, uid, gid, app_id, unit, app_user, groups)
+
+
+def process_app(
+    pid: int, uid: int, proc: Path = Path("/proc"), *, pidfd: int | None = None
+) -> tuple[str | None, str | None, int | None]:
+    """``(app_id, unit, app_user)`` of process ``pid`` of user ``uid``, verified alive:
+    ``ProcessLookupError`` when it has exited before its cgroup was read (its pid may already
+    name another process), or when ``pid`` now names another user's process.
+
+    The one rule for both kinds of witness: a socket's peer (``pidfd`` from ``SO_PEERPIDFD``,
+    which is the connecting process's whenever it is asked for) and a pid someone else vouches
+    for (a D-Bus daemon's ``GetConnectionUnixProcessID``; call this right after its answer:
+    the pidfd opened here pins whatever process has the pid by then). ``pidfd`` is closed.
+    """
+    if pidfd is None:
+        pidfd = os.pidfd_open(pid)  # ProcessLookupError when there is none
     try:
         try:
             text = (proc / str(pid) / "cgroup").read_text()
@@ -123,14 +140,13 @@ def peer_cred(sock: socket.socket, proc: Path = Path("/proc"), *, app: bool = Tr
             if exc.errno not in _HIDDEN:  # out of descriptors, say: identify() waits
                 raise
             text = ""  # /proc is hidden from us (ProtectProc=): no app id, then
-        # After the read: alive now, so the pid named the peer while it was made. Signal 0
+        # After the read: alive now, so the pid named the process while it was read. Signal 0
         # only asks; EPERM (another user's process, to a service's user) is an answer too.
         with contextlib.suppress(PermissionError):
             signal.pidfd_send_signal(pidfd, 0)
     finally:
         os.close(pidfd)
-    app_id, unit, app_user = app_id_from_cgroup(text, uid)
-    return PeerCred(pid, uid, gid, app_id, unit, app_user, groups)
+    return app_id_from_cgroup(text, uid)
 
 
 # What reading another process's /proc entry fails with when /proc hides it from us.

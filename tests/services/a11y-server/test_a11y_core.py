@@ -237,3 +237,67 @@ def test_info_and_status_say_what_the_desktop_holds(tmp_path: Path) -> None:
 def test_settings_are_bounded(setting: dict[str, object]) -> None:
     with pytest.raises(pydantic.ValidationError):
         A11yConfig.model_validate(setting)
+
+
+BRIDGE = PeerCred(
+    pid=50, uid=1000, gid=1000, app_id="kiki-atspi-bridge", unit="kiki-atspi-bridge.service"
+)
+AGENT = PeerCred(pid=60, uid=1001, gid=1001, groups=frozenset({4242}))
+BANK = wire.App(0, "org.example.Bank", 77, 1000, "app-org.example.Bank.service", "Bank")
+AGENTS_ACT_BUT_NOT_ON_THE_BANK = """
+[[allow]]
+principals = ["gid:4242"]
+rights = ["read", "subscribe", "act"]
+apps = ["*"]
+
+[[deny]]
+principals = ["*"]
+rights = ["act"]
+apps = ["org.example.Bank"]
+"""
+
+
+def _bridged(core: A11yCore, app: wire.App) -> Session:
+    pub = session(BRIDGE)
+    core.handle(pub, wire.TreeUpdate(1, root_id=1, nodes=tuple(form_tree()), app=app))
+    assert pub.tree is not None
+    return pub
+
+
+def test_a_deny_rule_holds_on_the_app_an_untrusted_publisher_claims(tmp_path: Path) -> None:
+    """kiki up trusts no bridge: its trees are the bridge's own, yet the bank's stays out of
+    reach of a deny rule naming the bank (a claim only ever narrows access)."""
+    policy = tmp_path / "a11y-policy.toml"
+    policy.write_text(AGENTS_ACT_BUT_NOT_ON_THE_BANK)
+    core = make_core(tmp_path, policy_file=str(policy))
+    bank = _bridged(core, BANK)
+    assert bank.tree is not None
+    assert bank.tree.app.app_id == "kiki-atspi-bridge"  # the claim is not trusted
+    node = next(n for n in form_tree() if n.actions)
+    press = wire.ActionRequest(9, bank.tree.tree_id, node.id, node.actions[0])
+    with pytest.raises(PermissionDenied):
+        core.route(press, AGENT)
+    # Reading is not denied; and another bridged app is still acted on.
+    assert [t.tree_id for t in core.readable(AGENT)] == [bank.tree.tree_id]
+    other = _bridged(core, BANK._replace(app_id="org.example.Notes"))
+    assert other.tree is not None
+    core.route(wire.ActionRequest(10, other.tree.tree_id, node.id, node.actions[0]), AGENT)
+
+
+def test_an_allow_rule_does_not_hold_on_an_untrusted_claim(tmp_path: Path) -> None:
+    policy = tmp_path / "a11y-policy.toml"
+    policy.write_text(
+        '[[allow]]\nprincipals = ["gid:4242"]\nrights = ["read"]\napps = ["org.example.Bank"]\n'
+    )
+    core = make_core(tmp_path, policy_file=str(policy))
+    _bridged(core, BANK)
+    assert core.readable(AGENT) == []
+
+
+def test_a_trusted_publisher_names_an_app_without_an_app_id_by_its_pid(tmp_path: Path) -> None:
+    policy = tmp_path / "a11y-policy.toml"
+    policy.write_text('[[publisher]]\nprincipals = ["uid:1000"]\n')
+    core = make_core(tmp_path, policy_file=str(policy))
+    pub = _bridged(core, wire.App(0, "", 4321, 1000, "", "Factory"))
+    assert pub.tree is not None
+    assert (pub.tree.app.app_id, pub.tree.app.pid) == ("pid-4321", 4321)

@@ -102,6 +102,8 @@ class A11yCore:
             tree_limits=TreeLimits(config.max_tree_nodes, config.max_tree_depth),
         )
         self.owners: dict[int, Session] = {}  # tree id -> its publisher
+        # tree id -> the app id its publisher said it is for, trusted or not (deny rules)
+        self.claims: dict[int, str] = {}
         self.policy_path = (
             Path(config.policy_file) if config.policy_file else config_dir() / "a11y-policy.toml"
         )
@@ -162,17 +164,23 @@ class A11yCore:
     def _publish(self, session: Session, update: wire.TreeUpdate) -> Outcome:
         tree = session.tree
         if tree is None:
-            tree = self.desktop.new_tree(self._identity(session, update.app))
+            app, claimed = self._identity(session, update.app)
+            tree = self.desktop.new_tree(app)
             # Known before the update goes out: who may see it can depend on its publisher
-            # (a rule's `publishers`), and the first update is the tree's first appearance.
+            # (a rule's `publishers`) and its claim (deny rules), and the first update is the
+            # tree's first appearance.
             self.owners[tree.tree_id] = session
+            if claimed:
+                self.claims[tree.tree_id] = claimed
         try:
             change = self.desktop.publish(tree, update)
-        except InvalidParams:
-            self.ctx.counters["updates_rejected"] += 1
-            if session.tree is None:
+        except BaseException as exc:
+            if isinstance(exc, InvalidParams):
+                self.ctx.counters["updates_rejected"] += 1
+            if session.tree is None:  # whatever went wrong, the tree was never made
                 self.desktop.trees.pop(tree.tree_id, None)
                 self.owners.pop(tree.tree_id, None)
+                self.claims.pop(tree.tree_id, None)
             raise
         if session.tree is None:
             session.tree = tree
@@ -184,34 +192,42 @@ class A11yCore:
             reply = wire.encode(wire.Ack(update.request_id, tree.tree_id, change.seq))
         return Outcome(reply, Flush.ALL)
 
-    def _identity(self, session: Session, claim: wire.App | None) -> wire.App:
+    def _identity(self, session: Session, claim: wire.App | None) -> tuple[wire.App, str]:
         """The app a new tree is for: its publisher's, or the one a trusted publisher names
         (``[[publisher]]`` in the policy; its app id, pid, unit and label, never a uid: the
-        tree is its publisher's user's). Anyone else's claim is ignored."""
+        tree is its publisher's user's); and the app id claimed ("" for none), which deny
+        rules hold on even when the claim is ignored."""
         own = app_identity(session.cred)._replace(label=session.label)
-        if claim is None or not claim.app_id:
-            return own
-        if not self.policy.may_name(session.cred, claim.app_id):
+        if claim is None or not (claim.app_id or claim.pid > 0):
+            return own, ""
+        # A process without an app id is named by its pid, by the rule of app_identity.
+        claimed = claim.app_id[:256] or f"pid-{claim.pid}"
+        if not self.policy.may_name(session.cred, claimed):
             log.info(
                 "%s named its app %r: ignored (no [[publisher]] rule lets it)",
                 session.cred.describe(),
-                claim.app_id[:256],
+                claimed,
             )
-            return own
+            return own, claimed
         self.ctx.counters["named_apps"] += 1
-        return wire.App(
+        named = wire.App(
             0,
-            claim.app_id[:256],
+            claimed,
             claim.pid,
             session.cred.uid,
             claim.unit[:256],
             (claim.label or session.label)[:256],
         )
+        return named, claimed
 
     def publisher_of(self, tree_id: int) -> PeerCred | None:
         """Who published tree ``tree_id`` (the kernel's word), None once it is gone."""
         owner = self.owners.get(tree_id)
         return owner.cred if owner is not None else None
+
+    def claim_of(self, tree_id: int) -> str:
+        """The app id tree ``tree_id``'s publisher claimed it is for ("" for none)."""
+        return self.claims.get(tree_id, "")
 
     def leave(self, session: Session) -> bool:
         """``session``'s connection is gone; True when that removed a tree (every subscriber
@@ -224,6 +240,7 @@ class A11yCore:
             return False
         self.desktop.remove_tree(tree.tree_id)  # decided with its publisher still known
         self.owners.pop(tree.tree_id, None)
+        self.claims.pop(tree.tree_id, None)
         log.info("tree %d of %s removed (its app left)", tree.tree_id, tree.app.app_id)
         return True
 
@@ -238,7 +255,13 @@ class A11yCore:
         it (its connection expects the answer from now until :meth:`settle`)."""
         if (target := self.desktop.trees.get(request.tree_id)) is not None:
             # before saying anything of its nodes
-            self.policy.check(cred, "act", target.app, self.publisher_of(target.tree_id))
+            self.policy.check(
+                cred,
+                "act",
+                target.app,
+                self.publisher_of(target.tree_id),
+                self.claim_of(target.tree_id),
+            )
         tree, node = self.desktop.find_node(request.tree_id, request.node_id)
         name = wire.ACTION_NAMES.get(request.action, str(request.action))
         if request.action not in node.actions:
@@ -292,7 +315,9 @@ class A11yCore:
         when asked decides (a reload applies to what a subscription is sent next)."""
         if self.policy.sees_all(cred, right):
             return None
-        return lambda app: self.policy.allows(cred, right, app, self.publisher_of(app.tree_id))
+        return lambda app: self.policy.allows(
+            cred, right, app, self.publisher_of(app.tree_id), self.claim_of(app.tree_id)
+        )
 
     def check_targets(
         self, cred: PeerCred, right: Right, tree_id: int, apps: Sequence[str]
@@ -308,7 +333,10 @@ class A11yCore:
         ]
         allowed = self.visible(cred, right)
         if named and allowed is not None and not any(allowed(app) for app in named):
-            self.policy.check(cred, right, named[0], self.publisher_of(named[0].tree_id))
+            tree_id = named[0].tree_id
+            self.policy.check(
+                cred, right, named[0], self.publisher_of(tree_id), self.claim_of(tree_id)
+            )
 
     def readable(self, cred: PeerCred, app_id: str = "") -> list[Tree]:
         """The trees (of ``app_id``, when given) ``cred`` may read; PermissionDenied when it

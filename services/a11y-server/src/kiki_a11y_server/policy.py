@@ -26,7 +26,8 @@ a session, each on its own connection): ``[[publisher]]`` rules say who, and whi
     principals = ["uid:1000+app:kiki-atspi-bridge"]
     apps = ["*"]                # the app ids it may name (default "*")
 
-Anyone else's claim is ignored (the tree's app is its publisher's, as always).
+Anyone else's claim is ignored (the tree's app is its publisher's, as always), except by
+``deny`` rules, which hold on the claimed app id too: a claim only ever narrows access.
 
 A matching ``deny`` refuses, a matching ``allow`` grants; otherwise root sees and acts on every
 tree, and anyone else on the trees whose publisher has its uid (its own session's apps) only.
@@ -59,10 +60,17 @@ class Rule:
     granting: bool
     publishers: Principals | None = None  # None: whoever published the tree
 
-    def names(self, right: Right, app: wire.App, publisher: PeerCred | None) -> bool:
+    def names(
+        self, right: Right, app: wire.App, publisher: PeerCred | None, claimed: str = ""
+    ) -> bool:
         """Whether the rule covers ``right`` on ``app``'s tree (published by ``publisher``,
-        None when unknown), for whichever principals."""
-        if right not in self.rights or not any(p.fullmatch(app.app_id) for p in self.apps):
+        None when unknown), for whichever principals. ``claimed`` is the app id the tree's
+        publisher said it is for, trusted or not: a deny rule holds on it too (a claim only
+        ever narrows access), an allow rule looks only at the tree's own app id."""
+        if right not in self.rights:
+            return False
+        ids = (app.app_id, claimed) if claimed and not self.granting else (app.app_id,)
+        if not any(p.fullmatch(i) for p in self.apps for i in ids):
             return False
         if self.publishers is None:
             return True
@@ -71,9 +79,14 @@ class Rule:
         return self.publishers.matches(publisher, granting=self.granting)
 
     def matches(
-        self, cred: PeerCred, right: Right, app: wire.App, publisher: PeerCred | None
+        self,
+        cred: PeerCred,
+        right: Right,
+        app: wire.App,
+        publisher: PeerCred | None,
+        claimed: str = "",
     ) -> bool:
-        return self.names(right, app, publisher) and self.principals.matches(
+        return self.names(right, app, publisher, claimed) and self.principals.matches(
             cred, granting=self.granting
         )
 
@@ -101,7 +114,8 @@ def _rules(doc: object, section: str, source: str) -> tuple[Rule, ...]:
                 frozenset(entry["rights"]),
                 globs(entry["apps"]),
                 granting=section == "allow",
-                publishers=None if publishers == ["*"] else Principals.parse(publishers, where),
+                # "*" among others is still everyone: no narrowing by publisher at all.
+                publishers=None if "*" in publishers else Principals.parse(publishers, where),
             )
         )
     return tuple(rules)
@@ -122,10 +136,10 @@ class A11yPolicy:
     allow: tuple[Rule, ...] = ()
     deny: tuple[Rule, ...] = ()
     publishers: tuple[PublisherRule, ...] = ()
-    _decisions: dict[tuple[PeerCred, str, wire.App, PeerCred | None], bool] = field(
+    _decisions: dict[tuple[PeerCred, str, wire.App, PeerCred | None, str], bool] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
-    _public: dict[tuple[str, wire.App, PeerCred | None], bool] = field(
+    _public: dict[tuple[str, wire.App, PeerCred | None, str], bool] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
 
@@ -150,39 +164,47 @@ class A11yPolicy:
         )
 
     def allows(
-        self, cred: PeerCred, right: Right, app: wire.App, publisher: PeerCred | None = None
+        self,
+        cred: PeerCred,
+        right: Right,
+        app: wire.App,
+        publisher: PeerCred | None = None,
+        claimed: str = "",
     ) -> bool:
         """Whether ``cred`` has ``right`` on ``app``'s tree, which ``publisher`` published
-        (None: not known, as for a tree already gone)."""
-        key = (cred, right, app, publisher)
+        (None: not known, as for a tree already gone) saying it is ``claimed``'s (an app id,
+        trusted or not: deny rules hold on it too)."""
+        key = (cred, right, app, publisher, claimed)
         found = self._decisions.get(key)
         if found is None:
-            found = self._decide(cred, right, app, publisher)
+            found = self._decide(cred, right, app, publisher, claimed)
             if len(self._decisions) >= _MAX_DECISIONS:
                 self._decisions.clear()
             self._decisions[key] = found
         return found
 
     def _decide(
-        self, cred: PeerCred, right: Right, app: wire.App, publisher: PeerCred | None
+        self, cred: PeerCred, right: Right, app: wire.App, publisher: PeerCred | None, claimed: str
     ) -> bool:
-        if any(rule.matches(cred, right, app, publisher) for rule in self.deny):
+        if any(rule.matches(cred, right, app, publisher, claimed) for rule in self.deny):
             return False
         if any(rule.matches(cred, right, app, publisher) for rule in self.allow):
             return True
         return cred.uid in (0, app.uid)
 
-    def public(self, right: Right, app: wire.App, publisher: PeerCred | None = None) -> bool:
+    def public(
+        self, right: Right, app: wire.App, publisher: PeerCred | None = None, claimed: str = ""
+    ) -> bool:
         """Whether everyone has ``right`` on ``app``'s tree: ``allow`` rules grant it to ``*``
         (every local peer) and to ``remote:*`` (every remote person a delegate names: ``*``
         does not match them), and no ``deny`` rule for it names the app, whoever that rule
         names. What a stream shared by many subscribers, none of whom it knows, may carry."""
-        key = (right, app, publisher)
+        key = (right, app, publisher, claimed)
         found = self._public.get(key)
         if found is None:
             granting = [r.principals.items for r in self.allow if r.names(right, app, publisher)]
             found = (
-                not any(rule.names(right, app, publisher) for rule in self.deny)
+                not any(rule.names(right, app, publisher, claimed) for rule in self.deny)
                 and any(p.anyone for items in granting for p in items)
                 and any(p.remote == "*" for items in granting for p in items)
             )
@@ -197,10 +219,15 @@ class A11yPolicy:
         return cred.uid == 0 and not self.deny
 
     def check(
-        self, cred: PeerCred, right: Right, app: wire.App, publisher: PeerCred | None = None
+        self,
+        cred: PeerCred,
+        right: Right,
+        app: wire.App,
+        publisher: PeerCred | None = None,
+        claimed: str = "",
     ) -> None:
         """:class:`PermissionDenied` unless ``cred`` has ``right`` on ``app``'s tree."""
-        if not self.allows(cred, right, app, publisher):
+        if not self.allows(cred, right, app, publisher, claimed):
             raise PermissionDenied(
                 f"uid {cred.uid} may not {_DO[right]} tree {app.tree_id} ({app.app_id}, uid "
                 f"{app.uid}): by default a user {_DOES[right]} its own session's apps only",

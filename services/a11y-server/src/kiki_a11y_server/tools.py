@@ -103,7 +103,9 @@ def make_provider(core: A11yCore, act_for: Act) -> ToolProvider:
         feed = ChangeFeed(
             core.desktop,
             # the policy in force now
-            lambda app: core.policy.public("subscribe", app, core.publisher_of(app.tree_id)),
+            lambda app: core.policy.public(
+                "subscribe", app, core.publisher_of(app.tree_id), core.claim_of(app.tree_id)
+            ),
             app_id=params.get("appId") or "",
             max_pending_ids=core.config.changes_max_pending_ids,
             max_message_bytes=core.config.changes_max_message_bytes,

@@ -27,7 +27,7 @@ from kiki_a11y_server.atspi import cache
 from kiki_a11y_server.atspi.actions import plan
 from kiki_a11y_server.atspi.bounds import BoundsWatch
 from kiki_a11y_server.atspi.calls import ROOT, AtspiError, Calls
-from kiki_a11y_server.atspi.identity import app_of
+from kiki_a11y_server.atspi.identity import OtherUsersApp, app_of
 from kiki_a11y_server.atspi.model import ALL, PATCHED, AppModel, Batch, Fetched, aspect_of
 from kiki_a11y_server.atspi.walk import walk
 from libkiki.a11y import wire
@@ -88,10 +88,13 @@ class AppMirror:
         self._gate = asyncio.Semaphore(limits.concurrency)
         self.bounds = BoundsWatch(max_paths=limits.max_nodes, max_repeats=limits.max_dirty)
         self._unanswered = 0  # watches in a row the app did not answer
+        self.foreign = False  # another user's app: never bridged, its events ignored
 
     # -- events (called from the bus's message handler: no awaiting) ---------------------------
 
     def event(self, path: str, aspect: str = ALL) -> None:
+        if self.foreign:
+            return
         if self.model.mark(path, aspect):
             self.wakeup.set()
         elif len(self._early) < self.limits.max_dirty:
@@ -126,6 +129,8 @@ class AppMirror:
 
     def signal(self, path: str, member: str, body: list[Any]) -> None:
         """An AT-SPI event (``siiva{sv}``: detail, detail1, detail2, any_data, properties)."""
+        if self.foreign:
+            return
         detail, one, two = str(body[0]), int(body[1]), int(body[2])
         data = body[3].value if hasattr(body[3], "value") else body[3]
         if member == "BoundsChanged" and not self.bounds.event(path, data):
@@ -144,6 +149,10 @@ class AppMirror:
         while True:
             try:
                 await self._session(backoff)
+            except OtherUsersApp as exc:
+                self.foreign = True
+                log.warning("not bridging %s: %s", self.bus_name, exc)
+                return
             except Timeout as exc:
                 self.stale = True
                 log.info("%s: %s", self.label, exc)
@@ -155,14 +164,12 @@ class AppMirror:
                 await self._await_answer()
 
     async def _session(self, backoff: RestartBackoff) -> None:
+        # Before anything is read from it: another user's app is not bridged at all, and an
+        # app whose user the bus does not say is not bridged yet (the error retries).
+        self.app = await app_of(self.calls, self.bus_name)
         fetched = await self._initial()
         root = fetched[ROOT]
         self.label = root.name or self.bus_name
-        try:
-            self.app = await app_of(self.calls, self.bus_name)
-        except AtspiError as exc:  # gone meanwhile: its first call will say so
-            log.info("%s: which app it is is not known (%s)", self.label, exc)
-            self.app = None
         async with A11yPublisher(self.socket, label=self.label, on_action=self._on_action) as pub:
             self.publisher = pub
             self.model.reset()

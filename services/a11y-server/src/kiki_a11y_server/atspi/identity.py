@@ -3,8 +3,13 @@
 The accessibility bus knows each connection's process and user (``GetConnectionUnixProcessID``,
 ``GetConnectionUnixUser``: the bus daemon's own record, from ``SO_PEERCRED``), and the process's
 cgroup gives its app id by the rule the a11y-server applies to its own peers
-(:func:`libkiki.peer.app_id_from_cgroup`). The bridge names that app when it publishes the
-app's tree; the server takes the name only from a publisher its policy trusts.
+(:func:`libkiki.peer.process_app`, which also checks the process is still the one the bus
+named). The bridge names that app when it publishes the app's tree; the server takes the name
+only from a publisher its policy trusts.
+
+An app of another user is never bridged: the accessibility bus admits root (and, by its
+configuration, possibly others), and a tree the bridge publishes is its own user's, so bridging
+a root GUI app would let whoever may act on the user's apps read and type into it.
 """
 
 from __future__ import annotations
@@ -14,21 +19,35 @@ from pathlib import Path
 
 from kiki_a11y_server.atspi.calls import Calls
 from libkiki.a11y import wire
-from libkiki.peer import app_id_from_cgroup
+from libkiki.peer import process_app
 
-DBUS = "org.freedesktop.DBus"
+
+class OtherUsersApp(Exception):
+    """The bus name is another user's connection: not to be bridged."""
+
+    def __init__(self, bus_name: str, uid: int) -> None:
+        super().__init__(f"{bus_name} is uid {uid}'s, not the bridge's (uid {os.getuid()})")
+        self.uid = uid
 
 
 async def app_of(calls: Calls, bus_name: str, proc: Path = Path("/proc")) -> wire.App | None:
-    """The app behind ``bus_name`` (app id, pid, uid, unit), or None when it is another user's
-    (the bridge publishes its own user's apps only) or its process is gone."""
-    pid = await calls.bus_call("GetConnectionUnixProcessID", bus_name)
-    uid = await calls.bus_call("GetConnectionUnixUser", bus_name)
-    if uid != os.getuid():
-        return None
+    """The app behind ``bus_name``; see :func:`app_from`."""
+    pid = int(await calls.bus_call("GetConnectionUnixProcessID", bus_name))
+    uid = int(await calls.bus_call("GetConnectionUnixUser", bus_name))
+    return app_from(bus_name, pid, uid, proc)
+
+
+def app_from(
+    bus_name: str, pid: int, uid: int, proc: Path = Path("/proc"), *, own_uid: int | None = None
+) -> wire.App | None:
+    """The app (app id, pid, uid, unit) of the connection the bus says is ``pid``'s, of
+    ``uid``; None when its process is gone. :class:`OtherUsersApp` when ``uid`` is not the
+    bridge's own (``own_uid``, by default the process's). An app without an app id is named
+    by its pid alone (app id ""): the server names such a tree ``pid-<pid>``."""
+    if uid != (os.getuid() if own_uid is None else own_uid):
+        raise OtherUsersApp(bus_name, uid)
     try:
-        text = (proc / str(pid) / "cgroup").read_text()
-    except OSError:
+        app_id, unit, _ = process_app(pid, uid, proc)
+    except ProcessLookupError:
         return None
-    app_id, unit, _ = app_id_from_cgroup(text, uid)
-    return wire.App(0, app_id or f"pid-{pid}", pid, uid, unit or "")
+    return wire.App(0, app_id or "", pid, uid, unit or "")

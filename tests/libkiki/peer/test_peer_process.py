@@ -1,0 +1,47 @@
+"""libkiki.peer.process_app: a process's app id by a pid someone vouches for, verified alive."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from libkiki.peer import app_id_from_cgroup, process_app
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_live_process_is_named_by_its_cgroup() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        expected = app_id_from_cgroup(Path(f"/proc/{child.pid}/cgroup").read_text(), os.getuid())
+        assert process_app(child.pid, os.getuid()) == expected
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_process_gone_is_told_not_named() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # reaped: the pid names nothing (or, later, some other process)
+    with pytest.raises(ProcessLookupError):
+        process_app(child.pid, os.getuid())
+
+
+def test_a_process_that_exits_while_its_cgroup_is_read_is_told(tmp_path: Path) -> None:
+    # The cgroup comes from a copy of /proc that outlives the process: the pidfd, opened
+    # before the read, says it has exited, whatever the read found.
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+    )
+    (tmp_path / str(child.pid)).mkdir()
+    (tmp_path / str(child.pid) / "cgroup").write_text("0::/system.slice/app-x.service\n")
+    pidfd = os.pidfd_open(child.pid)
+    assert child.stdin is not None
+    child.stdin.close()
+    child.wait()
+    with pytest.raises(ProcessLookupError):
+        process_app(child.pid, os.getuid(), tmp_path, pidfd=pidfd)
