@@ -1,9 +1,11 @@
 """Serving event streams to the broker as async generators, provider side.
 
 A :class:`~libkiki.tools.ToolProvider` declares each decorated generator's NSID in its
-registration (``subscriptions``). For each ``kiki/openStream`` the broker sends (its first
-subscriber to that NSID and those params came), the generator is started with the params and a
-:class:`StreamContext`:
+registration (``subscriptions``), and those decorated ``private=True`` as private streams
+(``privateSubscriptions``: streams of someone's own data, which the broker lets only root, the
+provider's own user and those a policy rule names for the stream follow). For each
+``kiki/openStream`` the broker sends (its first subscriber to that NSID and those params came),
+the generator is started with the params and a :class:`StreamContext`:
 
 * it runs at once up to its first wait; an exception raised before that (or params its first
   parameter's pydantic model refuses) refuses the stream, and the broker ends its subscribers
@@ -87,6 +89,7 @@ class ProvidedStreams:
 
     def __init__(self) -> None:
         self._entries: dict[str, _Entry] = {}
+        self._private: set[str] = set()
         self._running: dict[int, asyncio.Task[None]] = {}
         self._nsid_of: dict[int, str] = {}
         self.rejected: Counter[str] = Counter()
@@ -96,11 +99,16 @@ class ProvidedStreams:
         return sorted(self._entries)
 
     @property
+    def private_nsids(self) -> list[str]:
+        """The NSIDs declared private (a subset of :attr:`nsids`)."""
+        return sorted(self._private)
+
+    @property
     def running(self) -> int:
         """Generators running now (one per upstream the broker has open here)."""
         return len(self._running)
 
-    def add(self, nsid: str, func: StreamFunc) -> None:
+    def add(self, nsid: str, func: StreamFunc, *, private: bool = False) -> None:
         if nsid in self._entries:
             raise ValueError(f"subscription {nsid}: this provider already has a generator for it")
         if not inspect.isasyncgenfunction(func):
@@ -118,6 +126,8 @@ class ProvidedStreams:
         first = hints.get(params[0]) if params else None
         model = first if isinstance(first, type) and issubclass(first, pydantic.BaseModel) else None
         self._entries[nsid] = _Entry(func, model)
+        if private:
+            self._private.add(nsid)
 
     def install(self, methods: Methods) -> None:
         methods.register(OPEN, self._open)

@@ -206,17 +206,24 @@ class ToolClient:
             params = {"cursor": cursor}
         raise ProtocolError(f"kiki/listStreams did not end within {max_pages} pages")
 
-    async def list(self, *, max_pages: int = 1000) -> list[dict[str, Any]]:
-        """Every tool, following ``nextCursor`` from page to page."""
+    async def list(
+        self, *, max_pages: int = 1000, on_behalf_of: Mapping[str, str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Every tool, following ``nextCursor`` from page to page.
+
+        ``on_behalf_of`` (``{"subject": ..., "session": ...}``): list what that remote person
+        may call, decided as their calls are (:meth:`call`); accepted from a delegate the
+        broker's policy trusts only (else :class:`~libkiki.errors.PermissionDenied`)."""
         tools: list[dict[str, Any]] = []
-        params: dict[str, Any] = {}
+        meta = None if on_behalf_of is None else {ON_BEHALF_OF_META: dict(on_behalf_of)}
+        params: dict[str, Any] = {} if meta is None else {"_meta": meta}
         for _ in range(max_pages):
             result = await self.connection.request("tools/list", params)
             tools.extend(result["tools"])
             cursor = result.get("nextCursor")
             if not cursor:
                 return tools
-            params = {"cursor": cursor}
+            params = {"cursor": cursor} if meta is None else {"cursor": cursor, "_meta": meta}
         raise ProtocolError(f"tools/list did not end within {max_pages} pages")
 
     async def call_raw(
@@ -435,9 +442,15 @@ class ToolProvider:
         self.streams = ProvidedStreams()
         self._conn: Connection | None = None
 
-    def subscription(self, nsid: str) -> Callable[[G], G]:
+    def subscription(self, nsid: str, *, private: bool = False) -> Callable[[G], G]:
         """Serve the async generator ``gen(params, stream)`` as the subscription ``nsid``
-        (:mod:`libkiki.streams_provider`); decorate every one before :meth:`connect`."""
+        (:mod:`libkiki.streams_provider`); decorate every one before :meth:`connect`.
+
+        ``private=True`` declares a stream of someone's own data (``privateSubscriptions``, at
+        every registration): the stream's generator never learns who subscribes, so the broker
+        decides, and lets only root, this provider's own user and those an ``allow`` rule
+        naming the NSID outright follow it (not its ``default_group``, never a remote person).
+        """
 
         def decorator(func: G) -> G:
             if self._conn is not None:
@@ -445,7 +458,7 @@ class ToolProvider:
                     f"subscription {nsid}: decorate subscriptions before connect(); this "
                     "provider is connected"
                 )
-            self.streams.add(nsid, func)
+            self.streams.add(nsid, func, private=private)
             return func
 
         return decorator
@@ -549,6 +562,9 @@ class ToolProvider:
             }
             if self.subscription_nsids:  # a broker without streams is not shown the key
                 registration["subscriptions"] = self.subscription_nsids
+            if self.streams.private_nsids:  # sent on every registration: a broker restarted
+                # since knows nothing of the last one, and would serve them as public.
+                registration["privateSubscriptions"] = self.streams.private_nsids
             try:
                 try:
                     await conn.request("kiki/registerTools", registration)

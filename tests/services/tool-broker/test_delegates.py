@@ -201,11 +201,7 @@ async def test_a_trusted_delegate_subscribes_for_the_remote_person_and_both_are_
 
 
 async def listed(relay: ToolClient, on_behalf_of: dict[str, str] | None) -> set[str]:
-    params: dict[str, Any] = {}
-    if on_behalf_of is not None:
-        params["_meta"] = {ON_BEHALF_OF_META: on_behalf_of}
-    result = await relay.connection.request("tools/list", params)
-    return {tool["name"] for tool in result["tools"]}
+    return {tool["name"] for tool in await relay.list(on_behalf_of=on_behalf_of)}
 
 
 async def test_a_trusted_delegate_lists_what_the_remote_person_may_call(
