@@ -77,7 +77,10 @@ async def device(relay: DeviceRelay, session: str) -> AsyncIterator[Device]:
     client = await YClient.join(relay.url(session, relay.token(session, "device", sub="device")))
     device = Device(client)
     device.state["tools"] = ["dev.kiki.demo.echo"]
-    device.state["nowPlaying"] = {"title": "Song", "artist": "Band"}
+    device.state["nowPlaying"] = {
+        "player": {"player": "demo", "status": "Playing"},
+        "track": {"title": "Song", "artists": ["Band", "Guest"]},
+    }
     device.state["screen"] = {"apps": [{"appId": "demo", "nodes": [{"id": 1}, {"id": 2}]}]}
     async with asyncio.TaskGroup() as tg:
         task = tg.create_task(device.serve())
@@ -115,7 +118,7 @@ async def test_state_prints_the_devices_state(
     code, out, _ = await kiki("state", url(relay, session, "observer"))
     assert code == 0
     assert out.splitlines() == [
-        "nowPlaying: Band - Song",
+        "nowPlaying: Band, Guest - Song (Playing)",
         "screen: demo (2 nodes)",
         'tools: 1, the last "dev.kiki.demo.echo"',
     ]

@@ -148,14 +148,25 @@ def summary(key: str, value: Any) -> str:
         parts = [f"{a.get('appId', '?')} ({len(a.get('nodes', []))} nodes)" for a in apps]
         return f"screen: {', '.join(parts) or 'nothing'}"
     if key == "nowPlaying" and isinstance(value, dict):
-        said = " - ".join(str(value[k]) for k in ("artist", "title") if value.get(k))
-        return f"nowPlaying: {said or _json(value, indent=False)}"
+        return f"nowPlaying: {_now_playing(value) or _json(value, indent=False)}"
     if isinstance(value, list) and key != "stale":
         if not value:
             return f"{key}: none"
         return f"{key}: {len(value)}, the last {_json(value[-1], indent=False)[:120]}"
     text = _json(value, indent=False)
     return f"{key}: {text if len(text) <= 160 else text[:157] + '...'}"
+
+
+def _now_playing(value: dict[str, Any]) -> str:
+    """``artists - title (status)`` of a ``dev.kiki.media.defs#nowPlaying``."""
+    track = value.get("track")
+    track = track if isinstance(track, dict) else {}
+    artists = track.get("artists")
+    who = ", ".join(str(a) for a in artists) if isinstance(artists, list) else ""
+    said = " - ".join(part for part in (who, str(track.get("title") or "")) if part)
+    player = value.get("player")
+    status = player.get("status") if isinstance(player, dict) else None
+    return f"{said} ({status})" if said and status else said
 
 
 def run_state(args: argparse.Namespace) -> int:

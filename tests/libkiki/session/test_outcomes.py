@@ -183,3 +183,18 @@ def test_plain_keeps_what_a_double_cannot_hold_exactly() -> None:
     assert plain(1.5) == 1.5
     assert plain(True) is True
     assert plain(("a", 2.0)) == ["a", 2]
+
+
+def test_an_intent_names_who_asks_as_the_lexicon_requires() -> None:
+    # Both ends refuse an intent without `by`: the lexicon says so to whoever writes one.
+    from libkiki.errors import KikiError
+    from libkiki.lexicon import Registry
+
+    registry, problems = Registry.from_search_path()
+    assert not problems
+    check = registry.validator("dev.kiki.session.defs#intent")
+    made = new_intent("i1", "dev.kiki.demo.echo", {}, by="alice", now=datetime.now(UTC))
+    check.validate(made)
+    del made["by"]
+    with pytest.raises(KikiError, match="by"):
+        check.validate(made)
