@@ -1,79 +1,100 @@
-"""The gateway's private streams' registration against the real broker: declared private
-(``privateSubscriptions``), served, and registered again when the broker comes back."""
+"""The gateway's private stream across a broker restart: the real gateway serves
+``dev.kiki.notify.subscribeObserved`` from its one provider, declared private
+(``ToolProvider.subscription(..., private=True)``); when the broker comes back, the gateway
+registers again and the new broker (which knows nothing of the first registration) keeps the
+stream from a second Unix user in the default group while the session's own user follows it."""
 
 from __future__ import annotations
 
 import asyncio
-import signal
-import subprocess
-from collections.abc import AsyncIterator
-from pathlib import Path
+import contextlib
+import grp
+import pwd
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from kiki_dbus_gateway.private_streams import PrivateStreams, Refused
-from kikitest import until
-from kikitest.broker_lexicons import TICKS, TICKS_LEXICON
-from libkiki.backoff import RestartBackoff
-from libkiki.streams_provider import StreamContext
+from kikitest import dbus_fixtures, until
+from kikitest.dbus_fixtures import Stack
+from kikitest.second_user import attacker_account, open_to_others, run_as
+from libkiki.errors import KikiError
 from libkiki.tools import ToolClient
 
 pytestmark = pytest.mark.integration
 
-Broker = tuple[Path, subprocess.Popen[bytes]]
+OBSERVED = "dev.kiki.notify.subscribeObserved"
+EVENTS = "dev.kiki.notify.subscribeEvents"  # the agent's own notifications: not private
+# The default group would let the second user follow any stream not declared private.
+POLICY = """
+default_group = "{group}"
+"""
 
 
-async def ticks(params: dict[str, Any], ctx: StreamContext) -> AsyncIterator[dict[str, Any]]:
-    yield {"n": 1}
-    await asyncio.Event().wait()  # until closed
+@pytest.fixture(scope="module")
+def other() -> pwd.struct_passwd:
+    return attacker_account()
 
 
-def ticking(path: Path) -> PrivateStreams:
-    private = PrivateStreams(path, [TICKS_LEXICON])
-    private.subscription(TICKS)(ticks)
-    return private
+@pytest.fixture(scope="module")
+def stack(other: pwd.struct_passwd) -> Iterator[Stack]:
+    """A bus with a broker and a gateway of their own (the gateway on its defaults)."""
+    with contextlib.ExitStack() as exits:
+        bus = dbus_fixtures._bus(exits)
+        policy = POLICY.format(group=grp.getgrgid(other.pw_gid).gr_name)
+        (bus.dir / "etc" / "tool-policy.toml").write_text(policy)
+        for name in ("tool-broker", "dbus-gateway"):
+            exits.callback(dbus_fixtures.stop, bus.spawn(name))
+        open_to_others(bus.dir, bus.tools)
+        yield bus
 
 
-async def first_tick(path: Path) -> Any:
-    async with ToolClient(path) as client:
+async def served(stack: Stack) -> None:
+    async with ToolClient(stack.tools, timeout=10) as client:
 
-        async def served() -> bool:
-            return TICKS in {s["nsid"] for s in await client.streams()}
+        async def ready() -> bool:
+            return {OBSERVED, EVENTS} <= {s["nsid"] for s in await client.streams()}
 
-        await until(served, "the private stream is registered")
-        async with client.subscribe(TICKS) as stream:
-            return await anext(stream.messages())
+        await until(ready, "the gateway registered its notify streams")
 
 
-async def test_served_as_private_and_registered_again_after_a_broker_restart(
-    broker: Broker, spawn_service: Any
-) -> None:
-    path, proc = broker
-    backoff = RestartBackoff(initial=0.05, maximum=0.2)
-    task = asyncio.ensure_future(ticking(path).keep_registered(backoff))
-    try:
-        async with asyncio.timeout(30):
-            assert await first_tick(path) == {"n": 1}
-            proc.send_signal(signal.SIGTERM)
-            assert await asyncio.to_thread(proc.wait, 30) == 0
-            again, notes = spawn_service("tool-broker")
-            notes.wait_for("READY")
+async def attempts(stack: Stack) -> dict[str, Any]:
+    """Subscribe to each notify stream (and unsubscribe): "ok", or the error's code."""
+    out: dict[str, Any] = {}
+    async with ToolClient(stack.tools, timeout=10) as client:
+        for nsid in (EVENTS, OBSERVED):
             try:
-                assert await first_tick(path) == {"n": 1}
-            finally:
-                again.terminate()
-                await asyncio.to_thread(again.wait, 30)
+                answer = await client.connection.request("kiki/subscribe", {"nsid": nsid})
+            except KikiError as exc:
+                out[nsid] = exc.jsonrpc_code
+                continue
+            out[nsid] = "ok"
+            sub = answer["subscription"]
+            await client.connection.request("kiki/unsubscribe", {"subscription": sub})
+    return out
+
+
+def as_other(stack: Stack, other: pwd.struct_passwd) -> dict[str, Any]:
+    async def attempt() -> dict[str, Any]:
+        return await attempts(stack)
+
+    out: dict[str, Any] = run_as(other, attempt)
+    out.pop("log")
+    return out
+
+
+async def test_registered_again_after_a_broker_restart_it_is_still_private(
+    stack: Stack, other: pwd.struct_passwd
+) -> None:
+    await served(stack)
+    assert as_other(stack, other) == {EVENTS: "ok", OBSERVED: -32003}
+    dbus_fixtures.stop(stack.procs["tool-broker"])
+    broker = stack.spawn("tool-broker")
+    try:
+        open_to_others(stack.tools)
+        async with asyncio.timeout(30):
+            await served(stack)  # the gateway came back on its own
+        assert as_other(stack, other) == {EVENTS: "ok", OBSERVED: -32003}
+        assert await attempts(stack) == {EVENTS: "ok", OBSERVED: "ok"}
     finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-
-
-async def test_a_refused_registration_is_raised(broker: Broker) -> None:
-    path, _ = broker
-    private = PrivateStreams(path)  # TICKS' lexicon neither sent nor installed
-    private.subscription(TICKS)(ticks)
-    with pytest.raises(Refused) as refused:
-        await private.register_once()
-    assert refused.value.error.jsonrpc_code == -32602
+        dbus_fixtures.stop(broker)

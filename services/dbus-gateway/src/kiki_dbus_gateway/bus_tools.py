@@ -50,7 +50,7 @@ from libkiki.errors import (
     ToolError,
     Unavailable,
 )
-from libkiki.tools import ON_BEHALF_OF_META, ToolClient
+from libkiki.tools import ToolClient
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,6 @@ INTERFACE: Final = "dev.kiki.Tools1"
 MAX_NSID: Final = 317  # an NSID's longest form
 # The broker's own call_timeout ends a slow tool first; a D-Bus caller waits 25 s by default.
 BROKER_TIMEOUT: Final = 120.0
-MAX_PAGES: Final = 1000  # of tools/list (as libkiki's ToolClient.list)
 
 
 class Tools1Interface(ServiceInterface):
@@ -164,7 +163,8 @@ class BusTools:
         try:
             if msg.member == "ListTools":
                 caller = await self._caller(msg)
-                out: Any = await self._with_client(lambda c: list_tools(c, caller))
+                # Listed on its behalf, as its calls are made: what the broker lets *it* call.
+                out: Any = await self._with_client(lambda c: c.list(on_behalf_of=caller))
             else:
                 if msg.signature != "ss":
                     raise InvalidParams("Call takes (ss): a tool's NSID and its arguments as JSON")
@@ -216,21 +216,6 @@ class BusTools:
         if client is not None:
             with contextlib.suppress(Exception):
                 await client.__aexit__(None, None, None)
-
-
-async def list_tools(client: ToolClient, caller: dict[str, str]) -> list[dict[str, Any]]:
-    """The broker's ``tools/list`` for ``caller``: asked on its behalf, as its calls are
-    made, so that the list is what the broker's policy lets *it* call."""
-    tools: list[dict[str, Any]] = []
-    params: dict[str, Any] = {"_meta": {ON_BEHALF_OF_META: caller}}
-    for _ in range(MAX_PAGES):
-        result = await client.connection.request("tools/list", params)
-        tools.extend(result["tools"])
-        cursor = result.get("nextCursor")
-        if not cursor:
-            return tools
-        params = {"cursor": cursor, "_meta": {ON_BEHALF_OF_META: caller}}
-    raise Unavailable(f"the broker's tools/list did not end within {MAX_PAGES} pages")
 
 
 def error_reply(msg: Message, exc: KikiError) -> Message:

@@ -4,8 +4,8 @@
 server; ``subscribeEvents`` carries the actions invoked on and the closing of the agent's own
 notifications. ``recent`` and ``subscribeObserved`` show what other apps notified: private
 data, so ``recent`` answers only callers :func:`~kiki_dbus_gateway.notify.may_read` admits and
-``subscribeObserved`` is registered as a private stream (:mod:`kiki_dbus_gateway.
-private_streams`): a stream has no caller to decide for, so the broker decides, and for a
+``subscribeObserved`` is registered as a private stream (``ToolProvider.subscription(...,
+private=True)``): a stream has no caller to decide for, so the broker decides, and for a
 private stream its default is the session's own user (its agent) and root alone, others only
 through a policy rule naming the stream. ``notify_observe_stream`` (on) can turn it off.
 """
@@ -27,7 +27,6 @@ from kiki_dbus_gateway.notify import (
     notify_args,
 )
 from kiki_dbus_gateway.notify_bus import NotifyBus
-from kiki_dbus_gateway.private_streams import PrivateStreams
 from libkiki.errors import PermissionDenied
 from libkiki.principals import Principals
 from libkiki.streams_provider import StreamContext
@@ -41,7 +40,7 @@ def add_notify_tools(
     *,
     app_name: str,
     readers: Principals,
-    observe_stream: PrivateStreams | None,
+    observe_stream: bool,
     max_events: int,
     counters: Counter[str],
 ) -> None:
@@ -100,5 +99,5 @@ def add_notify_tools(
         counters["notify_events_dropped"] += 1
 
     provider.subscription(EVENTS)(queue_stream(state.event_listeners))
-    if observe_stream is not None:
-        observe_stream.subscription(OBSERVED)(queue_stream(state.observed_listeners))
+    if observe_stream:
+        provider.subscription(OBSERVED, private=True)(queue_stream(state.observed_listeners))

@@ -32,7 +32,6 @@ from kiki_dbus_gateway.notify_bus import NotifyBus
 from kiki_dbus_gateway.notify_tools import add_notify_tools
 from kiki_dbus_gateway.portal_bus import PortalBus
 from kiki_dbus_gateway.portal_tools import add_portal_tools
-from kiki_dbus_gateway.private_streams import PrivateStreams
 from kiki_dbus_gateway.tools import make_provider
 from libkiki.constellation import SERVICE_INTERFACE
 from libkiki.errors import AddressInUse, NotFound, Unavailable
@@ -93,14 +92,13 @@ async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
         await portal.start()
         if config.broker_tools:
             provider = make_provider(players, watcher, config.events_interval)
-            private = PrivateStreams(socket_path(TOOLS_SOCKET))
             add_notify_tools(
                 provider,
                 notifications,
                 notify_bus,
                 app_name=config.notify_app_name,
                 readers=Principals.parse(config.notify_readers, "notify_readers"),
-                observe_stream=private if config.notify_observe_stream else None,
+                observe_stream=config.notify_observe_stream,
                 max_events=config.notify_max_events,
                 counters=ctx.counters,
             )
@@ -109,7 +107,6 @@ async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
             )
             loop = asyncio.get_running_loop()
             registering.append(loop.create_task(provider.keep_registered()))
-            registering.append(loop.create_task(private.keep_registered()))
         ctx.status = f"owning {config.bus_name} on the session bus"
         yield
     finally:
