@@ -105,6 +105,18 @@ publishers = ["uid:1000"]
     assert not policy.allows(ROOT, "act", app(1000, "org.example.Bank"), None)
 
 
+def test_publishers_with_a_star_among_them_is_whoever_published(tmp_path: Path) -> None:
+    """``["*", "uid:0"]`` is everyone, as ``["*"]`` is: it grants on a tree whose publisher
+    is not known (gone) as well."""
+    path = tmp_path / "a11y-policy.toml"
+    for publishers in ('["*"]', '["*", "uid:0"]'):
+        path.write_text(
+            f'[[allow]]\nprincipals = ["uid:1001"]\nrights = ["read"]\npublishers = {publishers}\n'
+        )
+        policy = A11yPolicy.load(path)
+        assert policy.allows(BOB, "read", app(1000, "org.example.Notes"), None), publishers
+
+
 def test_publisher_rules_say_who_may_name_which_apps(tmp_path: Path) -> None:
     path = tmp_path / "a11y-policy.toml"
     path.write_text('[[publisher]]\nprincipals = ["uid:1000"]\napps = ["org.example.*"]\n')

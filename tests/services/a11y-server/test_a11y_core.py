@@ -301,3 +301,18 @@ def test_a_trusted_publisher_names_an_app_without_an_app_id_by_its_pid(tmp_path:
     pub = _bridged(core, wire.App(0, "", 4321, 1000, "", "Factory"))
     assert pub.tree is not None
     assert (pub.tree.app.app_id, pub.tree.app.pid) == ("pid-4321", 4321)
+
+
+def test_a_first_update_that_fails_in_any_way_leaves_no_owner(tmp_path: Path) -> None:
+    core = make_core(tmp_path)
+
+    def broken(app: wire.App) -> bool:
+        raise RuntimeError("a bug in deciding who sees the new tree")
+
+    core.desktop.subscribe(999, wire.Subscribe(1), broken)
+    app = session(ALICE)
+    error = reply(core.handle(app, wire.TreeUpdate(1, root_id=1, nodes=tuple(form_tree()))))
+    assert isinstance(error, wire.Error)
+    assert app.tree is None
+    assert not core.desktop.trees
+    assert not core.owners

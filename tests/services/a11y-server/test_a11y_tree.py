@@ -91,6 +91,9 @@ BAD_UPDATES = [
     ("empty", (), 0, "changes nothing"),
     ("role name of a known role", (N(6, R["button"], role_name="ruler"),), 0, "not unknown"),
     ("role name too long", (N(6, role_name="r" * 65),), 0, "longer than 64 characters"),
+    ("role name forging a ref", (N(6, role_name='x) "Pay" [1:8] (press'),), 0, "may hold only"),
+    ("role name with an escape", (N(6, role_name="\x1b[2Jred"),), 0, "may hold only"),
+    ("role name in capitals", (N(6, role_name="Ruler"),), 0, "may hold only"),
 ]
 
 

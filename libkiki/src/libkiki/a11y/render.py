@@ -75,11 +75,16 @@ class Rendering:
     truncated: bool
 
 
+# Control characters (terminal escapes among them) are shown escaped, never printed.
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+_ROLE_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789 _-")
+
+
 def _quote(text: str, limit: int) -> str:
-    text = " ".join(text.split())
+    text = " ".join(text.split()).translate(_CONTROLS)
     if len(text) > limit:
         text = text[: limit - 1] + "…"
-    return '"' + text.replace('"', '\\"') + '"'
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def is_wrapper(node: wire.Node) -> bool:
@@ -98,7 +103,13 @@ def role_text(node: wire.Node) -> str:
     Kiki has none for."""
     role = wire.ROLE_NAMES.get(node.role, str(node.role))
     if node.role_name:
-        return f"{role}({' '.join(node.role_name.split())})"
+        # The server refuses anything but wire.ROLE_NAME; escaped all the same, so that an
+        # outline from another source cannot forge refs, names or actions through it.
+        shown = "".join(
+            c if c in _ROLE_NAME_CHARS else f"\\u{ord(c):04x}"
+            for c in " ".join(node.role_name.split())[: wire.MAX_ROLE_NAME]
+        )
+        return f"{role}({shown})"
     return role
 
 

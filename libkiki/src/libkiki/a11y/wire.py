@@ -15,6 +15,7 @@ snapshot holds thousands of them.
 from __future__ import annotations
 
 import dataclasses
+import re
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ __all__ = [
     "MAX_ROLE_NAME",
     "PROTOCOL_VERSION",
     "ROLES",
+    "ROLE_NAME",
     "ROLE_NAMES",
     "STATES",
     "Ack",
@@ -60,6 +62,10 @@ __all__ = [
 PROTOCOL_VERSION = 1
 # Node.role_name's bound in characters (the lexicon's node.roleName; the server refuses longer).
 MAX_ROLE_NAME = 64
+# What a role_name may be (the server refuses anything else): lower-case words, as AT-SPI names
+# its roles. It is printed bare in the agent's outline, so no quotes, brackets, parentheses
+# or control characters that could forge a ref, a name or an action there.
+ROLE_NAME = re.compile(rf"[a-z0-9 _-]{{1,{MAX_ROLE_NAME}}}")
 
 ROLE_NAMES = {v: k for k, v in ROLES.items()}
 ACTION_NAMES = {v: k for k, v in ACTIONS.items()}

@@ -123,6 +123,8 @@ class Tree:
                     raise _reject(
                         f"node {n.id}'s role_name is longer than {wire.MAX_ROLE_NAME} characters"
                     )
+                if not wire.ROLE_NAME.fullmatch(n.role_name):
+                    raise _reject(f"node {n.id}'s role_name may hold only a-z, 0-9, space, _ and -")
             changed[n.id] = n
         if not changed and not update.node_id_to_clear:
             raise _reject("the update changes nothing")
