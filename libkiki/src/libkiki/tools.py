@@ -36,6 +36,9 @@ Event streams (lexicon ``subscription`` types): a client iterates a subscription
             yield {"now": time.time()}
             await asyncio.sleep(1)
 
+A stream of someone's own data is declared ``@provider.subscription(nsid, private=True)``: the
+broker then lets only root, the provider's own user and those a rule names follow it.
+
 The broker validates every call's input against the lexicon before it reaches the provider and
 the output after, and attaches the caller's identity (``call.caller``), which the kernel gave
 it: a provider never needs to trust a caller's claims.
