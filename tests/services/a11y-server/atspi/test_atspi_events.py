@@ -8,6 +8,7 @@ import dataclasses
 import pytest
 
 from kiki_a11y_server.atspi import roles
+from kiki_a11y_server.atspi.bounds import BoundsWatch
 from kiki_a11y_server.atspi.cache import from_items
 from kiki_a11y_server.atspi.model import ALL, PATCHED, AppModel, Fetched, aspect_of
 from libkiki.a11y import wire
@@ -117,9 +118,62 @@ def test_bounds_changed_asks_for_bounds_and_a_window_marks_what_it_holds() -> No
     }
     model.apply(fetched, root="/app")
     assert model.windows() == [("/win", (0, 0, 9, 9))]
-    model.mark_subtree("/win", "bounds")
-    assert model.take_dirty() == {"/win": {"bounds"}, "/b": {"bounds"}}
+    assert model.mark_extents_under("/win")
+    assert model.take_dirty() == {}  # not dirty: a queue of extents of its own
+    assert sorted(model.take_extents()) == ["/b", "/win"]
     # A moved button's new extents (what Calls.refresh asks for "bounds") become its bounds.
     moved = dataclasses.replace(fetched["/b"], extents=(5, 5, 2, 2))
     (node,) = model.apply({"/b": moved}).nodes
     assert node.bounds == (5, 5, 2, 2)
+
+
+def test_a_big_moved_window_keeps_its_node_ids() -> None:
+    """More nodes than max_dirty under a window that moves: their extents are asked in chunks
+    of max_dirty, never a resync (which would give every node a new id and kill every ref)."""
+    model = AppModel(max_nodes=3000, max_dirty=100)
+    component = frozenset({"Component"})
+    buttons = [f"/b{i}" for i in range(250)]
+    fetched = {
+        "/app": Fetched("/app", APPLICATION, children=("/win",)),
+        "/win": Fetched(
+            "/win", FRAME, children=tuple(buttons), interfaces=component, extents=(0, 0, 9, 9)
+        ),
+        **{b: Fetched(b, PUSH_BUTTON, interfaces=component, extents=(1, 1, 2, 2)) for b in buttons},
+    }
+    model.apply(fetched, root="/app")
+    ids = dict(model.ids)
+    watch = BoundsWatch()
+    still = dict(model.windows())
+    watch.watched(still, still)
+    for _ in range(2):  # the watch that sees the move, and the one after
+        windows, _ = watch.watched({"/win": (100, 100, 9, 9)}, still)
+        for window in windows:
+            assert model.mark_extents_under(window)
+    assert not model.resync
+    assert not model.dirty
+    moved_to = {}
+    while chunk := model.take_extents():
+        assert len(chunk) <= 100
+        moved = {p: dataclasses.replace(fetched[p], extents=(101, 101, 2, 2)) for p in chunk}
+        for node in model.apply(moved).nodes:
+            moved_to[node.id] = node.bounds
+    assert model.ids == ids
+    assert len(moved_to) == 251
+    assert moved_to[ids["/b7"]] == (101, 101, 2, 2)
+
+
+def test_the_extents_queue_is_bounded_by_max_nodes() -> None:
+    model = AppModel(max_nodes=5, max_dirty=2)
+    fetched = {
+        "/app": Fetched("/app", APPLICATION, children=("/win",)),
+        "/win": Fetched("/win", FRAME, children=("/a", "/b", "/c")),
+        "/a": Fetched("/a", PUSH_BUTTON),
+        "/b": Fetched("/b", PUSH_BUTTON),
+        "/c": Fetched("/c", PUSH_BUTTON),
+    }
+    model.apply(fetched, root="/app")
+    for _ in range(3):
+        model.mark_extents_under("/app")
+    # Each path once, however often its window moves, and never more than the mirror holds.
+    assert set(model.extents_due) == set(model.ids)
+    assert len(model.extents_due) <= 5

@@ -221,6 +221,10 @@ class AppMirror:
                 return
             await self._adopt()
             self._aspects = self.model.take_dirty()
+            for path in self.model.take_extents():  # a moved window's nodes, a chunk a round
+                self._aspects.setdefault(path, set()).add("bounds")
+            if self.model.extents_due:
+                self.wakeup.set()
             fetched = await self._walk([(p, False) for p in self._aspects])
             batch = self._apply(fetched)
             if batch.nodes or self.stale:
@@ -335,8 +339,8 @@ class AppMirror:
         }
         moved, repeated = self.bounds.watched(seen, dict(windows))
         for path in moved:
-            self.model.mark_subtree(path, "bounds")
-            self.wakeup.set()
+            if self.model.mark_extents_under(path):
+                self.wakeup.set()
         for path in repeated:
             if self.model.mark(path, "bounds"):
                 self.wakeup.set()

@@ -10,6 +10,10 @@ subtree, and a node whose Kiki form did not change is not sent.
 Events only mark paths dirty (:meth:`AppModel.mark`); the app's loop fetches them and calls
 :meth:`AppModel.apply`. Marks are a set, so an event storm on one node costs one fetch; past
 ``max_dirty`` paths the mirror asks for a fresh walk instead (:attr:`AppModel.resync`).
+Extents re-read because a window moved (:meth:`AppModel.mark_extents_under`) are another queue,
+bounded by ``max_nodes`` and drained ``max_dirty`` at a time (:meth:`AppModel.take_extents`):
+a big window that moves keeps its node ids (a resync would give every node a new one, and
+every ref an agent holds would die).
 """
 
 from __future__ import annotations
@@ -152,6 +156,9 @@ class AppModel:
         self.dirty: dict[str, set[str]] = {}
         self.resync = False
         self.fetching: set[str] = set()  # the dirty paths a round is fetching now
+        # Paths whose extents only are to be asked again (a window moved), in order: a dict
+        # as an ordered set, at most max_nodes long.
+        self.extents_due: dict[str, None] = {}
 
     # -- events --------------------------------------------------------------------------------
 
@@ -166,15 +173,31 @@ class AppModel:
         self.dirty.setdefault(path, set()).add(aspect)
         return True
 
-    def mark_subtree(self, path: str, aspect: str) -> None:
-        """Mark ``path`` and everything under it (a window moved: every node's screen
-        position changed, and the app says so of none of them)."""
+    def mark_extents_under(self, path: str) -> bool:
+        """Queue ``path`` and everything under it for their extents (a window moved: every
+        node's screen position changed, and the app says so of none of them). Never a resync,
+        whatever the count: True when anything was queued."""
         stack = [self.ids.get(path, 0)]
-        while stack and not self.resync:
+        queued = False
+        while stack and len(self.extents_due) < self.max_nodes:
             entry = self.entries.get(stack.pop())
             if entry is not None:
-                self.mark(entry.path, aspect)
+                self.extents_due[entry.path] = None
+                queued = True
                 stack.extend(entry.node.children)
+        return queued
+
+    def take_extents(self) -> list[str]:
+        """The next at most ``max_dirty`` queued paths (still in the mirror) to ask for their
+        extents; the rest wait for the next round."""
+        chunk: list[str] = []
+        while self.extents_due and len(chunk) < self.max_dirty:
+            path = next(iter(self.extents_due))
+            del self.extents_due[path]
+            if path in self.ids:
+                chunk.append(path)
+        self.fetching.update(chunk)  # events meanwhile: fetched again, not patched
+        return chunk
 
     def windows(self) -> list[tuple[str, tuple[int, int, int, int] | None]]:
         """The app's top-level accessibles (its windows) and the screen extents the mirror
@@ -240,6 +263,7 @@ class AppModel:
         self.ids.clear()
         self.entries.clear()
         self.dirty.clear()
+        self.extents_due.clear()
         self.resync = False
         self.root_id = 0
 
@@ -367,6 +391,7 @@ class AppModel:
             if self.ids.get(entry.path) == current:
                 del self.ids[entry.path]
                 self.dirty.pop(entry.path, None)
+                self.extents_due.pop(entry.path, None)
             stack.extend(entry.node.children)
         return dropped
 
