@@ -316,3 +316,50 @@ def test_a_first_update_that_fails_in_any_way_leaves_no_owner(tmp_path: Path) ->
     assert app.tree is None
     assert not core.desktop.trees
     assert not core.owners
+
+
+def test_a_reload_takes_back_a_publishers_right_to_name_its_trees(tmp_path: Path) -> None:
+    policy = tmp_path / "a11y-policy.toml"
+    policy.write_text(
+        '[[publisher]]\nprincipals = ["uid:1000"]\napps = ["org.example.*"]\n'
+        '[[allow]]\nprincipals = ["gid:4242"]\nrights = ["read", "subscribe"]\n'
+        'apps = ["org.example.Notes"]\n'
+    )
+    core = make_core(tmp_path, policy_file=str(policy))
+    notes = _bridged(core, BANK._replace(app_id="org.example.Notes"))
+    bank = _bridged(core, BANK)
+    assert notes.tree is not None
+    assert bank.tree is not None
+    assert (notes.tree.app.app_id, bank.tree.app.app_id) == ("org.example.Notes", BANK.app_id)
+    watcher = session(AGENT)
+    core.handle(watcher, wire.Subscribe(5))
+    assert watcher.sub is not None
+    core.desktop.take(watcher.sub)  # the snapshot: the notes' tree
+    assert core.reload_policy() is False  # nothing changed: names kept
+    # The rule for the bank stays; the notes may no longer be named.
+    policy.write_text(
+        '[[publisher]]\nprincipals = ["uid:1000"]\napps = ["org.example.Bank"]\n'
+        '[[allow]]\nprincipals = ["gid:4242"]\nrights = ["read", "subscribe"]\n'
+        'apps = ["org.example.Notes"]\n'
+    )
+    assert core.reload_policy() is True
+    assert notes.tree.app.app_id == "kiki-atspi-bridge"  # its publisher's own identity
+    assert (notes.tree.app.pid, notes.tree.app.tree_id) == (BRIDGE.pid, notes.tree.tree_id)
+    assert bank.tree.app.app_id == BANK.app_id
+    # The agent, allowed on the notes only, no longer reads the renamed tree, and its
+    # subscription (whose mirror names the tree as it first came) is told to resync.
+    assert core.readable(AGENT) == []
+    (frame,) = core.desktop.take(watcher.sub)
+    assert isinstance(wire.decode(frame), wire.Resync)
+    core.handle(watcher, wire.Resync(6))
+    (snapshot,) = core.desktop.take(watcher.sub)
+    decoded = wire.decode(snapshot)
+    assert isinstance(decoded, wire.Snapshot)
+    assert decoded.trees == ()
+    # A deny rule still holds on the name it claimed.
+    policy.write_text(
+        '[[allow]]\nprincipals = ["gid:4242"]\nrights = ["read"]\n'
+        '[[deny]]\nprincipals = ["*"]\nrights = ["read"]\napps = ["org.example.Notes"]\n'
+    )
+    core.reload_policy()
+    assert [t.tree_id for t in core.readable(AGENT)] == [bank.tree.tree_id]

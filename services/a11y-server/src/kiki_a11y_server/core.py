@@ -104,6 +104,7 @@ class A11yCore:
         self.owners: dict[int, Session] = {}  # tree id -> its publisher
         # tree id -> the app id its publisher said it is for, trusted or not (deny rules)
         self.claims: dict[int, str] = {}
+        self.named: set[int] = set()  # trees whose publisher's claim was taken
         self.policy_path = (
             Path(config.policy_file) if config.policy_file else config_dir() / "a11y-policy.toml"
         )
@@ -172,6 +173,8 @@ class A11yCore:
             self.owners[tree.tree_id] = session
             if claimed:
                 self.claims[tree.tree_id] = claimed
+                if app.app_id == claimed:
+                    self.named.add(tree.tree_id)
         try:
             change = self.desktop.publish(tree, update)
         except BaseException as exc:
@@ -181,6 +184,7 @@ class A11yCore:
                 self.desktop.trees.pop(tree.tree_id, None)
                 self.owners.pop(tree.tree_id, None)
                 self.claims.pop(tree.tree_id, None)
+                self.named.discard(tree.tree_id)
             raise
         if session.tree is None:
             session.tree = tree
@@ -241,6 +245,7 @@ class A11yCore:
         self.desktop.remove_tree(tree.tree_id)  # decided with its publisher still known
         self.owners.pop(tree.tree_id, None)
         self.claims.pop(tree.tree_id, None)
+        self.named.discard(tree.tree_id)
         log.info("tree %d of %s removed (its app left)", tree.tree_id, tree.app.app_id)
         return True
 
@@ -306,9 +311,30 @@ class A11yCore:
 
     # -- authorization (kiki_a11y_server.policy) -------------------------------------------------
 
-    def reload_policy(self) -> None:
+    def reload_policy(self) -> bool:
+        """Load the policy file again; a publisher that may no longer name the app of a tree
+        it named loses the name (the tree is its publisher's own from then on, and its
+        subscribers resync). True when that gave subscribers frames to be sent."""
         self.policy = A11yPolicy.load(self.policy_path)
         log.info("reloaded %s", self.policy_path)
+        renamed = False
+        for tree_id in sorted(self.named):
+            owner = self.owners.get(tree_id)
+            claimed = self.claims.get(tree_id, "")
+            if owner is None or self.policy.may_name(owner.cred, claimed):
+                continue
+            self.named.discard(tree_id)
+            own = app_identity(owner.cred)._replace(label=owner.label)
+            self.desktop.rename(tree_id, own)
+            renamed = True
+            log.warning(
+                "tree %d: %s may no longer name it %r; it is %s's",
+                tree_id,
+                owner.cred.describe(),
+                claimed,
+                own.app_id,
+            )
+        return renamed
 
     def visible(self, cred: PeerCred, right: Right) -> Callable[[wire.App], bool] | None:
         """Which trees ``cred`` may see for ``right``; None for every tree. The policy in force

@@ -186,6 +186,19 @@ class Desktop:
             self._check_bounds(sub, behind=True)
         self._tell(lambda w: w.removed(tree))
 
+    def rename(self, tree_id: int, app: wire.App) -> None:
+        """Tree ``tree_id`` is ``app``'s from now on. A mirror keeps a tree's app from its first
+        appearance, so every subscriber that knows the tree is told to resync, and one that
+        may no longer see it does not get it again."""
+        tree = self.trees.get(tree_id)
+        if tree is None:
+            return
+        tree.rename(app)
+        self._snapshot = None
+        for sub in self.subscribers.values():
+            if not sub.stale and (tree_id in sub.known or tree_id in sub.pending):
+                self._stale(sub, f"tree {tree_id} is now {app.app_id}'s; resync")
+
     def _tell(self, what: Callable[[Watcher], None]) -> None:
         # The change is made and subscribers have it: a bug in one watcher costs that watcher,
         # not the publisher its acknowledgement or the other watchers their news.
@@ -328,6 +341,11 @@ class Desktop:
             reason = f"more than {sub.max_pending_bytes} bytes of updates waiting; resync"
         else:
             return
+        Desktop._stale(sub, reason)
+
+    @staticmethod
+    def _stale(sub: Subscriber, reason: str) -> None:
+        """Drop ``sub``'s backlog and tell it to resync (updates wait for its snapshot)."""
         sub.pending.clear()
         sub.pending_bytes = 0
         sub.stale = True

@@ -263,7 +263,8 @@ class A11yServer:
             self.core.settle(forward)
 
     async def reload_policy(self) -> None:
-        self.core.reload_policy()
+        if self.core.reload_policy():
+            self._flush_all()
 
     async def keep_status(self, every: float = 2.0) -> None:
         """STATUS= at most every ``every`` seconds: a busy desktop must not flood the manager

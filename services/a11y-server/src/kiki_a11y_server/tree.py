@@ -68,6 +68,12 @@ class Tree:
     def __post_init__(self) -> None:
         self.app_chunk = wire.app_chunk(self.app)
 
+    def rename(self, app: wire.App) -> None:
+        """The tree is ``app``'s from now on (its nodes stay as they are)."""
+        self.app = app._replace(tree_id=self.tree_id)
+        self.app_chunk = wire.app_chunk(self.app)
+        self._full = None
+
     # -- reading -------------------------------------------------------------------------------
 
     def descendants(self, node_id: int) -> Iterator[int]:
