@@ -187,6 +187,42 @@ def test_install_from_a_directory_goes_through_the_updater(
     assert [a["version"] for a in listed if a["appId"] == local] == ["1.0"]
 
 
+def test_a_directory_install_reads_the_tree_through_the_callers_descriptor(
+    updater_sock: Path, sockdir: Path, tmp_path: Path
+) -> None:
+    """The updater (root) reads the directory only through the descriptor ``kiki app install``
+    opened and passed: a symlink in it is installed as a symlink, never followed (a root-only
+    file it names stays out of the commit), and a FIFO is refused rather than read."""
+    import os
+    import subprocess
+
+    sock = ["--socket", str(updater_sock)]
+    local = "org.example.local"
+    secret = tmp_path / "root-only"
+    secret.write_text("ROOT-ONLY-SECRET-42")
+    secret.chmod(0o600)
+    tree = make_app_tree(tmp_path / "local-app", local, "1.0")
+    (tree / "link").symlink_to(secret)
+    run = kiki("app", *sock, "install", str(tree))
+    assert run.returncode == 0, run.stderr
+    current = sockdir / "state" / "updater" / "ostree" / "app" / local / "current"
+    if not current.exists():  # the state directory's layout, whichever it is
+        (current,) = (sockdir / "state").glob(f"**/app/{local}/current")
+    assert os.readlink(current / "link") == str(secret)
+    objects = subprocess.run(
+        ["grep", "-rl", "ROOT-ONLY-SECRET-42", str(sockdir / "state")],
+        capture_output=True,
+        check=False,
+    )
+    assert objects.stdout == b""
+    os.mkfifo(tree / "pipe")
+    (tree / "kiki-app.json").write_text(json.dumps({"id": local, "version": "1.1"}))
+    refused = kiki("app", *sock, "install", str(tree))
+    assert refused.returncode == 1
+    assert refused.stdout.startswith("refused: ")
+    assert "pipe" in refused.stdout
+
+
 def test_install_from_a_directory_without_an_updater_says_so(tmp_path: Path) -> None:
     tree = make_app_tree(tmp_path / "app", APP, "1.0")
     run = kiki("app", "--socket", str(tmp_path / "none.sock"), "install", str(tree))

@@ -242,7 +242,7 @@ def run_install(args: argparse.Namespace) -> int:
     if args.allow_breaking:
         params["allowBreaking"] = True
     try:
-        answer = _updater(args, "install", params)
+        answer = _install_directory(args.socket, args.dir, params)
     except Unavailable as exc:  # no updater to install through: said as every command says it
         from kiki_cli.common import fail
 
@@ -264,6 +264,45 @@ def run_install(args: argparse.Namespace) -> int:
         [f"installed {manifest.id} {manifest.version} ({commit[:12]}) through the updater"],
     )
     return EXIT_OK
+
+
+def _install_directory(socket_at: Path | None, directory: Path, params: dict[str, Any]) -> Any:
+    """``install {appId, directory}`` on the updater's socket, passing the directory opened here,
+    as the caller: the updater (root, in namespaces of its own) reads it through that descriptor
+    only, never by its path; it asks for it with ``dev.kiki.update.sendDirectory``."""
+    import asyncio
+    import os
+    import socket
+
+    from kiki_cli.os import NSID
+    from libkiki.paths import UPDATER_SOCKET, socket_path
+    from libkiki.peer import peer_cred
+    from libkiki.rpc import Connection, RequestContext
+
+    path = socket_at or socket_path(UPDATER_SOCKET)
+    dirfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    async def go() -> Any:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock.setblocking(False)
+        try:
+            await asyncio.get_running_loop().sock_connect(sock, os.fspath(path))
+            peer = peer_cred(sock, app=False)
+        except OSError as exc:
+            sock.close()
+            raise Unavailable(f"cannot connect to {path}: {exc.strerror or exc}") from exc
+
+        async def send_directory(ctx: RequestContext) -> None:
+            socket.send_fds(sock, [b"\n"], [dirfd])
+
+        methods = {NSID + "sendDirectory": send_directory}
+        async with Connection(sock, peer=peer, methods=methods) as conn:
+            return await conn.request(NSID + "install", params, timeout=float("inf"))
+
+    try:
+        return asyncio.run(go())
+    finally:
+        os.close(dirfd)
 
 
 def run_build(args: argparse.Namespace) -> int:

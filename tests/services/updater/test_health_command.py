@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kiki_updater.health import HealthSpec, Unhealthy, run_command
+from kiki_updater.health import HealthGate, HealthSpec, Unhealthy, run_command
 from kikitest import REPO
 from kikitest.ostree_fixtures import traversable_dir
 
@@ -141,3 +141,19 @@ def test_a_command_drops_to_the_app_uid_under_the_units_bounding_set(tmp_path: P
         env=dict(os.environ),
     )
     assert done.stdout.decode().strip() == "ok"
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink"])
+def test_the_gate_reads_no_manifest_through_a_symlink_nor_from_a_fifo(
+    tmp_path: Path, kind: str
+) -> None:
+    deployment = tmp_path / "deploy"
+    deployment.mkdir()
+    if kind == "fifo":
+        os.mkfifo(deployment / "kiki-app.json")  # opening it to read would block for ever
+    else:
+        secret = tmp_path / "root-only.json"
+        secret.write_text('{"health": {"command": ["/bin/true"]}}')
+        (deployment / "kiki-app.json").symlink_to(secret)
+    with pytest.raises(Unhealthy, match=r"no readable kiki-app\.json"):
+        HealthGate()("app", "org.example.demo", deployment)

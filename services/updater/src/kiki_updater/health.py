@@ -37,10 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from kiki_updater.publish import MANIFEST_FILE
-from libkiki.errors import KikiError, ValidationError
+from libkiki.errors import KikiError, LexiconError, ValidationError
 
 __all__ = ["HealthGate", "HealthSpec", "Unhealthy"]
 
@@ -95,9 +93,17 @@ class HealthGate:
     broker_socket: Path | None = None
 
     def __call__(self, kind: str, ident: str, deployment: Path) -> None:
+        from kiki_updater.publish import MANIFEST_MAX
+        from libkiki.lexicon.files import read_json_file
+
+        path = deployment / MANIFEST_FILE
         try:
-            manifest = orjson.loads((deployment / MANIFEST_FILE).read_bytes())
-        except (OSError, orjson.JSONDecodeError) as exc:
+            # read as root: never through a symlink a commit carries, nor from a FIFO or a
+            # device, and bounded (the deployment is root's: nothing swaps it in between)
+            if path.is_symlink():
+                raise Unhealthy(f"no readable {MANIFEST_FILE}: it is a symlink")
+            manifest = read_json_file(path, MANIFEST_MAX)
+        except LexiconError as exc:
             raise Unhealthy(f"no readable {MANIFEST_FILE}: {exc}") from None
         spec = HealthSpec.of(manifest) if isinstance(manifest, dict) else None
         if spec is None:

@@ -18,7 +18,7 @@ import orjson
 
 from kiki_updater.gio import commit_dir, lib, open_repo
 from kiki_updater.store import ARCH, Kind, app_ref
-from libkiki.errors import ValidationError
+from libkiki.errors import LexiconError, ValidationError
 
 __all__ = ["MANIFEST_FILE", "Release", "publish", "read_manifest", "regenerate_summary"]
 
@@ -38,17 +38,16 @@ class Release:
 
 def read_manifest(tree: Path) -> dict[str, Any]:
     """The manifest's ``id`` and ``version`` checked (the full check is the install's)."""
+    from libkiki.lexicon.files import read_json_file
+
     path = tree / MANIFEST_FILE
+    if not path.exists():
+        raise ValidationError("manifest", f"{tree} has no {MANIFEST_FILE}")
     try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ValidationError("manifest", f"{tree} has no {MANIFEST_FILE}") from None
-    if len(raw) > MANIFEST_MAX:
-        raise ValidationError("manifest", f"{MANIFEST_FILE} is over {MANIFEST_MAX} bytes")
-    try:
-        manifest = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise ValidationError("manifest", f"{MANIFEST_FILE}: {exc}") from None
+        # bounded, and never a FIFO or a device: the reader the lexicon loader uses
+        manifest = read_json_file(path, MANIFEST_MAX)
+    except LexiconError as exc:
+        raise ValidationError("manifest", str(exc)) from None
     if not isinstance(manifest, dict):
         raise ValidationError("manifest", f"{MANIFEST_FILE} is not an object")
     for key in ("id", "version"):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,13 +16,43 @@ from kiki_updater.core import Operation
 from kiki_updater.running import Progress
 from kiki_updater.updater import Updater
 from libkiki.constellation import GET_INFO
-from libkiki.rpc import Methods, RequestContext
+from libkiki.errors import InvalidParams
+from libkiki.rpc import Connection, Methods, RequestContext
 from libkiki.rpc_service import serve_configured
 from libkiki.service import ServiceContext
 
-__all__ = ["methods", "serve"]
+__all__ = ["SEND_DIRECTORY", "methods", "serve", "take_directory"]
 
 NSID = "dev.kiki.update."
+# Asked of the caller of a directory install: it answers with one byte ("\n") carrying the
+# directory's descriptor (SCM_RIGHTS), opened by the caller as itself.
+SEND_DIRECTORY = NSID + "sendDirectory"
+HANDOVER_TIMEOUT = 10.0
+
+
+async def take_directory(conn: Connection) -> int:
+    """Ask the caller on ``conn`` for its directory's descriptor and take it off the socket:
+    reading is paused meanwhile, so that this is the one read that accepts descriptors."""
+    lock = conn.state.setdefault("kiki_updater.handover", asyncio.Lock())
+    async with lock:
+        conn.pause_reading()
+        try:
+            await conn.notify(SEND_DIRECTORY)
+            try:
+                async with asyncio.timeout(HANDOVER_TIMEOUT):
+                    data, fds = await conn.receive_fds(1)
+            except TimeoutError:
+                raise InvalidParams(
+                    f"directory: no descriptor was passed within {HANDOVER_TIMEOUT:g} s "
+                    "(use `kiki app install DIR`)"
+                ) from None
+        finally:
+            conn.resume_reading()
+    if data != b"\n" or len(fds) != 1:
+        for fd in fds:
+            os.close(fd)
+        raise InvalidParams('directory: expected "\\n" with one descriptor')
+    return fds[0]
 
 
 def methods(ctx: ServiceContext, updater: Updater) -> Methods:
@@ -54,9 +85,22 @@ def methods(ctx: ServiceContext, updater: Updater) -> Methods:
 
     @table.method(NSID + "install")
     async def install(request: RequestContext, **params: Any) -> dict[str, Any]:
-        op = await updater.install(
-            request.peer, params, update=False, on_progress=progress_of(request)
-        )
+        if "directory" not in params:
+            op = await updater.install(
+                request.peer, params, update=False, on_progress=progress_of(request)
+            )
+            return {"operation": op.view()}
+        dirfd = await take_directory(request.connection)
+        try:
+            op = await updater.install(
+                request.peer,
+                params,
+                update=False,
+                on_progress=progress_of(request),
+                directory_fd=dirfd,
+            )
+        finally:
+            os.close(dirfd)
         return {"operation": op.view()}
 
     @table.method(NSID + "update")

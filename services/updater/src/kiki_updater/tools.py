@@ -8,11 +8,10 @@ long operation reports MCP progress (percent, and the phase and bytes in its mes
 stream carries every operation's changes (each is a ``#progress`` message: the operation as
 ``status`` shows it); a subscriber that reads slowly gets the latest state of each, merged.
 
-A directory install (``install {appId, directory}``) is offered to local callers only: the
-updater checks the directory against the caller the broker's kernel identified (its owner must
-be that uid). A call a delegate makes on behalf of a remote person
-(``_meta["dev.kiki/onBehalfOf"]``) names a path on this device that the person never owned
-and the relay's uid would vouch for: it is refused before anything is read.
+A directory install (``install {appId, directory}``) is not offered here: the updater reads a
+directory only through the descriptor its caller opened and passed on ``updater.sock``
+(``server.py``), and no descriptor crosses the broker. The tool refuses it, saying to run
+``kiki app install DIR`` on the device.
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ from libkiki.errors import PermissionDenied
 from libkiki.paths import TOOLS_SOCKET, socket_path
 from libkiki.peer import PeerCred
 from libkiki.streams_provider import StreamContext
-from libkiki.tools import ON_BEHALF_OF_META, ToolCall, ToolProvider
+from libkiki.tools import ToolCall, ToolProvider
 
 if TYPE_CHECKING:
     from kiki_updater.config import UpdaterConfig
@@ -47,15 +46,6 @@ def _caller(call: ToolCall) -> PeerCred:
     if cred is None:
         raise PermissionDenied("the broker did not say who is calling")
     return cred
-
-
-def refuse_remote_directory(args: dict[str, Any], meta: dict[str, Any] | None) -> None:
-    """A directory install for a remote person is never accepted (see the module's doc)."""
-    if "directory" in args and (meta or {}).get(ON_BEHALF_OF_META) is not None:
-        raise PermissionDenied(
-            "a directory install is for local callers only, never on behalf of a remote person",
-            data={"error": "PermissionDenied", "rule": "onBehalfOf"},
-        )
 
 
 def _progress(call: ToolCall) -> Callable[[Operation], None]:
@@ -83,13 +73,11 @@ def make_provider(updater: Updater, path: Path) -> ToolProvider:
 
     @provider.tool(NSID + "install")
     async def install(args: dict[str, Any], call: ToolCall) -> dict[str, Any]:
-        refuse_remote_directory(args, call.request.meta)
         op = await updater.install(_caller(call), args, update=False, on_progress=_progress(call))
         return {"operation": op.view()}
 
     @provider.tool(NSID + "update")
     async def update(args: dict[str, Any], call: ToolCall) -> dict[str, Any]:
-        refuse_remote_directory(args, call.request.meta)
         if args.get("target") == "os":
             op = await updater.os.upgrade(_caller(call), args, _progress(call))
         else:

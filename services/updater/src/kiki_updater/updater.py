@@ -20,7 +20,7 @@ from kiki_updater.core import Operation, UpdaterCore
 from kiki_updater.gio import own_context
 from kiki_updater.health import HealthGate
 from kiki_updater.journal import Journal, recover
-from kiki_updater.local import LOCAL, LocalBuilds, check_directory
+from kiki_updater.local import LOCAL, LocalBuilds, check_owner
 from kiki_updater.operations import NotInstalled, Operations
 from kiki_updater.os_updates import AgentMoves, OsUpdates
 from kiki_updater.pull import Remote
@@ -135,11 +135,25 @@ class Updater:
         *,
         update: bool,
         on_progress: Progress | None = None,
+        directory_fd: int | None = None,
     ) -> Operation:
+        """Install or update from a remote; ``install`` with ``directory`` takes
+        ``directory_fd``, the descriptor the caller passed on ``updater.sock``."""
         kind, ident = target_of(params)
         check_id(kind, ident)
-        if "directory" in params and not update:
-            return await self.install_directory(peer, kind, ident, params, on_progress)
+        if "directory" in params:
+            if update:
+                raise InvalidParams(
+                    "update takes no directory: `install` with it updates an installed app"
+                )
+            if directory_fd is None:  # the broker's tools: no descriptors cross the broker
+                raise InvalidParams(
+                    "a directory install takes the directory's descriptor on updater.sock: "
+                    "use `kiki app install DIR` on the device"
+                )
+            return await self.install_directory(
+                peer, kind, ident, params, directory_fd, on_progress
+            )
         requested = params.get("remote")
         if not update and not requested:
             raise InvalidParams("which remote? (remote)")
@@ -182,24 +196,27 @@ class Updater:
         kind: Kind,
         ident: str,
         params: dict[str, Any],
+        dirfd: int,
         on_progress: Progress | None,
     ) -> Operation:
-        """``install {appId, directory}``: the directory published into the local archive and
-        installed from it (or, installed already, updated from it), as any install."""
+        """``install {appId, directory}``: the directory open at ``dirfd`` published into the
+        local archive and installed from it (or, installed already, updated from it), as any
+        install. ``directory`` is the caller's name for it, for messages only."""
         if params.get("remote"):
             raise InvalidParams("directory or remote, not both")
         allow_breaking = bool(params.get("allowBreaking", False))
+        directory = str(params["directory"])
 
         def work(op: Operation, progress: Any, phase: Any) -> Deployed:
-            # in the worker (a caller's path may be slow to stat), after run() checked that
-            # the caller is a manager: nothing of the directory is read before both
-            directory = check_directory(params["directory"], peer, self.own_uid, self.store.root)
+            # in the worker, after run() checked that the caller is a manager: nothing of the
+            # directory is read before both
+            check_owner(dirfd, peer, self.own_uid)
             found = self.store.deployed(kind, ident)
             channel = (
                 found.ref.rsplit("/", 1)[1] if found else str(params.get("channel") or "stable")
             )
             phase("build", {})
-            release = self.local.build(directory, channel)
+            release = self.local.build(dirfd, channel)
             if release.app_id != ident:
                 raise InvalidParams(f"{directory} is {release.app_id}, not {ident}")
             return self.ops.install(
