@@ -413,9 +413,9 @@ app = next(a for a in desktop if a is not None and a.name == label)
 
 def walk(app):
     out = []
-    stack = [app]
+    stack = [(app, 0)]
     while stack:
-        acc = stack.pop()
+        acc, depth = stack.pop()
         try:
             role = acc.getRoleName()
             name, description = acc.name, acc.description
@@ -430,9 +430,10 @@ def walk(app):
         except Exception:
             continue  # gone meanwhile
         path = acc.path
-        out.append({"path": path, "role": role, "name": name, "description": description,
-                    "states": states, "bounds": bounds, "text": text})
-        stack.extend(c for c in reversed(children) if c is not None)
+        out.append({"path": path, "depth": depth, "role": role, "name": name,
+                    "description": description, "states": states, "bounds": bounds,
+                    "text": text})
+        stack.extend((c, depth + 1) for c in reversed(children) if c is not None)
     return out
 
 times, first = [], None
@@ -447,7 +448,9 @@ print(json.dumps({"nodes": first, "times": times}))
 
 @dataclass(frozen=True)
 class PyatspiWalk:
-    nodes: list[dict[str, Any]]  # path, role (name), name, description, states, bounds, text
+    # In walk order (depth first, children in order): path, depth (the app's is 0), role (its
+    # name), name, description, states, bounds, text
+    nodes: list[dict[str, Any]]
     times: list[float]  # seconds per walk, in order (the first in a fresh process)
 
 

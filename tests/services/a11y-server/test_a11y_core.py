@@ -8,6 +8,7 @@ from pathlib import Path
 import pydantic
 import pytest
 
+from kiki_a11y_server.changes import ChangeFeed
 from kiki_a11y_server.config import A11yConfig
 from kiki_a11y_server.core import A11yCore, Flush, Outcome, Session
 from kiki_a11y_server.protocol import PUBLISHER, SUBSCRIBER, A11yConnection
@@ -363,3 +364,42 @@ def test_a_reload_takes_back_a_publishers_right_to_name_its_trees(tmp_path: Path
     )
     core.reload_policy()
     assert [t.tree_id for t in core.readable(AGENT)] == [bank.tree.tree_id]
+
+
+def test_a_subscriber_admitted_by_publishers_is_told_when_the_tree_goes(tmp_path: Path) -> None:
+    """The removal is decided while the tree's publisher is still known: a rule naming
+    publishers holds for the TreeGone as for the tree's updates."""
+    policy = tmp_path / "a11y-policy.toml"
+    policy.write_text(
+        '[[allow]]\nprincipals = ["uid:1001"]\nrights = ["subscribe"]\npublishers = ["uid:1000"]\n'
+    )
+    core = make_core(tmp_path, policy_file=str(policy))
+    watcher = session(BOB)
+    core.handle(watcher, wire.Subscribe(5))
+    assert watcher.sub is not None
+    core.desktop.take(watcher.sub)
+    alice = session(ALICE)
+    tree_id = publish(core, alice)
+    core.desktop.take(watcher.sub)
+    assert core.leave(alice)
+    frames = [wire.decode(f) for f in core.desktop.take(watcher.sub)]
+    assert [(type(f), getattr(f, "tree_id", 0)) for f in frames] == [(wire.TreeGone, tree_id)]
+
+
+def test_the_change_stream_carries_a_new_trees_first_appearance_by_publishers(
+    tmp_path: Path,
+) -> None:
+    policy = tmp_path / "a11y-policy.toml"
+    policy.write_text(
+        '[[allow]]\nprincipals = ["*", "remote:*"]\nrights = ["subscribe"]\n'
+        'publishers = ["uid:1000"]\n'
+    )
+    core = make_core(tmp_path, policy_file=str(policy))
+    feed = ChangeFeed(core.desktop, core.streamable)
+    core.desktop.watchers.append(feed)
+    assert list(feed.take()) == []
+    tree_id = publish(core, session(ALICE))
+    publish(core, session(BOB))  # another publisher's tree: not streamed
+    (first,) = feed.take()
+    assert (first["treeId"], first["reset"]) == (tree_id, True)
+    assert len(first["changed"]) == len(form_tree())

@@ -345,6 +345,14 @@ class A11yCore:
             cred, right, app, self.publisher_of(app.tree_id), self.claim_of(app.tree_id)
         )
 
+    def streamable(self, app: wire.App) -> bool:
+        """Whether the change stream, shared by subscribers it cannot name, may carry ``app``'s
+        tree: everyone may subscribe to it (:meth:`A11yPolicy.public`, the policy in force
+        when asked)."""
+        return self.policy.public(
+            "subscribe", app, self.publisher_of(app.tree_id), self.claim_of(app.tree_id)
+        )
+
     def check_targets(
         self, cred: PeerCred, right: Right, tree_id: int, apps: Sequence[str]
     ) -> None:

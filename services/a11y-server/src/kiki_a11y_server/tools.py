@@ -102,10 +102,7 @@ def make_provider(core: A11yCore, act_for: Act) -> ToolProvider:
         wake = asyncio.Event()
         feed = ChangeFeed(
             core.desktop,
-            # the policy in force now
-            lambda app: core.policy.public(
-                "subscribe", app, core.publisher_of(app.tree_id), core.claim_of(app.tree_id)
-            ),
+            core.streamable,
             app_id=params.get("appId") or "",
             max_pending_ids=core.config.changes_max_pending_ids,
             max_message_bytes=core.config.changes_max_message_bytes,

@@ -7,10 +7,12 @@ written here, not the bridge's code), and actions through Kiki must change the r
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import signal
 import subprocess
 from functools import partial
+from pathlib import Path
 
 import pytest
 
@@ -28,6 +30,7 @@ from kikitest.atspi_fixtures import (
 from libkiki.a11y import wire
 from libkiki.a11y.client import A11yClient, Mirror, MirrorTree
 from libkiki.errors import Timeout
+from libkiki.peer import app_id_from_cgroup
 
 pytestmark = pytest.mark.interop
 
@@ -70,7 +73,10 @@ async def test_each_bridged_tree_is_named_for_its_own_app(atspi_desktop: AtspiDe
     assert atspi_desktop.bridge is not None
     async with atspi_desktop.tree_of(FACTORY) as (_client, tree):
         assert tree.app.pid == factory.pid != atspi_desktop.bridge.pid
-        assert tree.app.app_id == f"pid-{factory.pid}"  # the factory runs outside any unit
+        # The app id of the factory's unit by the rule of every Kiki socket, else its pid.
+        cgroup = await asyncio.to_thread(Path(f"/proc/{factory.pid}/cgroup").read_text)
+        app_id, _, _ = app_id_from_cgroup(cgroup, os.getuid())
+        assert tree.app.app_id == (app_id or f"pid-{factory.pid}")
         assert tree.app.label == FACTORY
 
 
@@ -240,18 +246,31 @@ def xdotool(desktop: AtspiDesktop, *args: str) -> str:
     ).stdout
 
 
-def same_bounds(tree: MirrorTree, read: set[tuple[int, int, int, int]], _: Mirror) -> bool:
+Shape = list[tuple[int, tuple[int, int, int, int] | None]]  # (depth, bounds), walk order
+
+
+def same_bounds(tree: MirrorTree, read: Shape, _: Mirror) -> bool:
     return bounds_of(tree) == read
 
 
-def bounds_of(tree: MirrorTree) -> set[tuple[int, int, int, int]]:
-    return {n.bounds for n in tree.nodes.values() if n.bounds}
+def bounds_of(tree: MirrorTree) -> Shape:
+    """Each node's depth and bounds, depth first with children in order (pyatspi's walk)."""
+    out: Shape = []
+    stack = [(tree.root, 0)]
+    while stack:
+        node_id, depth = stack.pop()
+        node = tree.nodes.get(node_id)
+        if node is not None:
+            out.append((depth, node.bounds))
+            stack.extend((child, depth + 1) for child in reversed(node.children))
+    return out
 
 
 async def agrees_with_pyatspi(client: A11yClient, tree: MirrorTree, desktop: AtspiDesktop) -> None:
-    """Every node's bounds are as pyatspi reads them, once both settle (the app lays a window
-    out a frame after its extents change, so one read may catch it halfway)."""
-    read: set[tuple[int, int, int, int]] = set()
+    """Every node's bounds are as pyatspi reads that same node's (the trees matched node to
+    node, in walk order), once both settle (the app lays a window out a frame after its
+    extents change, so one read may catch it halfway)."""
+    read: Shape = []
     for _ in range(5):
         read = await pyatspi_bounds(desktop)
         try:
@@ -259,13 +278,21 @@ async def agrees_with_pyatspi(client: A11yClient, tree: MirrorTree, desktop: Ats
             return
         except TimeoutError:
             continue
-    raise AssertionError(f"bounds only pyatspi reads: {read - bounds_of(tree)}")
+    ours = bounds_of(tree)
+    differ = [(i, a, b) for i, (a, b) in enumerate(zip(ours, read, strict=False)) if a != b]
+    raise AssertionError(
+        f"{len(ours)} nodes here, {len(read)} read by pyatspi; first differences: {differ[:5]}"
+    )
 
 
-async def pyatspi_bounds(desktop: AtspiDesktop) -> set[tuple[int, int, int, int]]:
-    """Every extent pyatspi reads in the factory (Kiki has no bounds for an empty one)."""
+async def pyatspi_bounds(desktop: AtspiDesktop) -> Shape:
+    """The factory's nodes as pyatspi walks them: depth and extents (Kiki has no bounds for an
+    empty one)."""
     walked = await asyncio.to_thread(pyatspi_walk, desktop, FACTORY)
-    return {(b[0], b[1], b[2], b[3]) for n in walked.nodes if (b := n["bounds"]) and (b[2] or b[3])}
+    return [
+        (n["depth"], (b[0], b[1], b[2], b[3]) if (b := n["bounds"]) and (b[2] or b[3]) else None)
+        for n in walked.nodes
+    ]
 
 
 async def test_bounds_follow_a_window_that_moves_and_resizes(atspi_desktop: AtspiDesktop) -> None:  # noqa: F811
