@@ -7,6 +7,8 @@ written here, not the bridge's code), and actions through Kiki must change the r
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -17,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from kiki_a11y_server.atspi import roles
+from kiki_a11y_server.atspi.bridge import Bridge
 from kikitest import VENV_BIN
 from kikitest.atspi_fixtures import (
     AtspiDesktop,
@@ -78,6 +81,31 @@ async def test_each_bridged_tree_is_named_for_its_own_app(atspi_desktop: AtspiDe
         app_id, _, _ = app_id_from_cgroup(cgroup, os.getuid())
         assert tree.app.app_id == (app_id or f"pid-{factory.pid}")
         assert tree.app.label == FACTORY
+
+
+async def test_another_users_apps_are_not_bridged(
+    atspi_desktop: AtspiDesktop,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A bridge whose user owns none of the apps on the bus (as a user's bridge sees a root
+    GUI app on its display) publishes none of them: each app's task ends, said in the log,
+    having opened no connection to the server."""
+    caplog.set_level(logging.WARNING, "kiki_a11y_server.atspi.app")
+    other = Bridge(atspi_desktop.a11y_address, atspi_desktop.socket, own_uid=os.getuid() + 4242)
+    running = asyncio.create_task(other.run())
+    try:
+        await asyncio.wait_for(other.ready.wait(), 30)
+        assert other.mirrors  # the factory at least
+        done, _ = await asyncio.wait(list(other.tasks.values()), timeout=30)
+        assert done == set(other.tasks.values())
+        for mirror in other.mirrors.values():
+            assert mirror.foreign
+            assert mirror.updates == 0
+        assert f"not bridging {next(iter(other.mirrors))}" in caplog.text
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
 
 
 async def test_roles_names_and_states_agree_with_atspi(atspi_desktop: AtspiDesktop) -> None:  # noqa: F811

@@ -58,8 +58,17 @@ class Limits:
 
 
 class AppMirror:
-    def __init__(self, calls: Calls, bus_name: str, socket: Path | None, limits: Limits) -> None:
+    def __init__(
+        self,
+        calls: Calls,
+        bus_name: str,
+        socket: Path | None,
+        limits: Limits,
+        *,
+        own_uid: int | None = None,
+    ) -> None:
         self.calls = calls
+        self.own_uid = own_uid  # the user whose apps are bridged (None: the process's)
         self.bus_name = bus_name
         self.socket = socket
         self.limits = limits
@@ -166,7 +175,7 @@ class AppMirror:
     async def _session(self, backoff: RestartBackoff) -> None:
         # Before anything is read from it: another user's app is not bridged at all, and an
         # app whose user the bus does not say is not bridged yet (the error retries).
-        self.app = await app_of(self.calls, self.bus_name)
+        self.app = await app_of(self.calls, self.bus_name, own_uid=self.own_uid)
         fetched = await self._initial()
         root = fetched[ROOT]
         self.label = root.name or self.bus_name

@@ -64,8 +64,10 @@ class Bridge:
         *,
         limits: Limits | None = None,
         call_timeout: float = 2.0,
+        own_uid: int | None = None,
     ) -> None:
         self.a11y_address = a11y_address
+        self.own_uid = own_uid  # whose apps it bridges (None: the process's own uid)
         self.socket = socket
         self.limits = limits or Limits()
         self.call_timeout = call_timeout
@@ -112,7 +114,7 @@ class Bridge:
     def _add(self, calls: Calls, name: str) -> None:
         if name in self.mirrors or name == calls.bus.unique_name or name == self.registry_owner:
             return
-        mirror = AppMirror(calls, name, self.socket, self.limits)
+        mirror = AppMirror(calls, name, self.socket, self.limits, own_uid=self.own_uid)
         self.mirrors[name] = mirror
         self.tasks[name] = asyncio.create_task(mirror.run(), name=f"atspi {name}")
         log.info("bridging %s", name)

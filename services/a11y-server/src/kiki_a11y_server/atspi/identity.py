@@ -26,15 +26,17 @@ class OtherUsersApp(Exception):
     """The bus name is another user's connection: not to be bridged."""
 
     def __init__(self, bus_name: str, uid: int) -> None:
-        super().__init__(f"{bus_name} is uid {uid}'s, not the bridge's (uid {os.getuid()})")
+        super().__init__(f"{bus_name} is uid {uid}'s, not the bridge's user's")
         self.uid = uid
 
 
-async def app_of(calls: Calls, bus_name: str, proc: Path = Path("/proc")) -> wire.App | None:
+async def app_of(
+    calls: Calls, bus_name: str, proc: Path = Path("/proc"), *, own_uid: int | None = None
+) -> wire.App | None:
     """The app behind ``bus_name``; see :func:`app_from`."""
-    pid = int(await calls.bus_call("GetConnectionUnixProcessID", bus_name))
-    uid = int(await calls.bus_call("GetConnectionUnixUser", bus_name))
-    return app_from(bus_name, pid, uid, proc)
+    pid = await calls.bus_call("GetConnectionUnixProcessID", bus_name)
+    uid = await calls.bus_call("GetConnectionUnixUser", bus_name)
+    return app_from(bus_name, pid, uid, proc, own_uid=own_uid)
 
 
 def app_from(
