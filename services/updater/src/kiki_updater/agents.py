@@ -17,6 +17,7 @@ import contextlib
 import ctypes
 import os
 import shutil
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -277,6 +278,10 @@ def restore_state(store: Store, agent: str, commit: str) -> None:
         store.repo.checkout_at(options, fd, fresh.name, commit, None)
     finally:
         os.close(fd)
+    if os.geteuid() == 0:  # the agent's own uid owns its state, as health.py runs it
+        from kiki_updater.app_users import AppUsers
+
+        chown_tree(fresh, AppUsers(store.root).uid("agent", agent))
     data = home / "data"
     if data.exists():
         exchange(fresh, data)
@@ -286,6 +291,24 @@ def restore_state(store: Store, agent: str, commit: str) -> None:
     with contextlib.suppress(OSError):
         fsync_dir(home)
     shutil.rmtree(fresh, ignore_errors=True)  # the old state, after the exchange
+
+
+def chown_tree(top: Path, uid: int) -> None:
+    """Give ``top`` and everything under it to ``uid`` (and its gid), through descriptors
+    (``lchown``: a symlink itself, never what it points at; no directory entered through a
+    symlink)."""
+    pending = [os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)]
+    while pending:
+        fd = pending.pop()
+        try:
+            os.chown(fd, uid, uid)
+            for name in os.listdir(fd):
+                os.chown(name, uid, uid, dir_fd=fd, follow_symlinks=False)
+                if stat.S_ISDIR(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
+                    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+                    pending.append(os.open(name, flags, dir_fd=fd))
+        finally:
+            os.close(fd)
 
 
 _RENAME_EXCHANGE = 2

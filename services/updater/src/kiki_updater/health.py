@@ -14,13 +14,15 @@ declares nothing passes.
 
 The command is the app's code: an updater running as root runs it as the app's own
 unprivileged uid (:mod:`kiki_updater.app_users`; its gid the same, no supplementary groups),
-which owns the app's ``data/``, with no new privileges (``setpriv --no-new-privs``: a setuid
-program cannot give root back); an updater that is not root runs it as itself. The change of
-uid happens in the child after its ``chdir`` into the deployment, and a relative command is
-resolved from there, so the uid needs no access to the directories above the deployment (the
-updater's state stays 0700). Its environment is a minimal one (not the updater's), its stdout
-is discarded and only the last 4 KiB of its stderr kept (the unit's memory is capped: an app
-must not be able to fill it), and on its deadline its whole process group is killed.
+which owns the app's ``data/`` (the whole tree of an imported agent's: ``agents.py``), with no
+new privileges (``setpriv --no-new-privs``: a setuid program cannot give root back); an updater
+that is not root runs it as itself. The change of uid happens in the child after its ``chdir``
+into the deployment, and a relative command is resolved from there; the uid reaches ``data/``
+by its absolute path through the store's root, ``<kind>/`` and the app's home, which the store
+makes 0711 whatever the umask (searchable, not listable: ``Store.make_home``). Its
+environment is a minimal one (not the updater's), its stdout is discarded and only the last
+4 KiB of its stderr kept (the unit's memory is capped: an app must not be able to fill it), and
+on its deadline its whole process group is killed.
 """
 
 from __future__ import annotations

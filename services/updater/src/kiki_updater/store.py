@@ -20,6 +20,7 @@ import contextlib
 import os
 import platform
 import shutil
+import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -49,6 +50,7 @@ ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "a
     platform.machine(), platform.machine()
 )
 HISTORY_MAX = 32
+SEARCHABLE = 0o711  # the directories above an app's data/
 
 
 # Two threads creating the same repository at once would both run ostree's create.
@@ -138,6 +140,19 @@ class Store:
         check_id(kind, ident)
         return self.root / kind / ident
 
+    def make_home(self, kind: Kind, ident: str) -> Path:
+        """The app's home, and the directories above it up to the root, made mode 0711 whatever
+        the umask (the unit's is 0027): searchable, not listable, so that the app's own uid
+        reaches its ``data/`` by path (a health command) and nothing else of the state."""
+        home = self.home(kind, ident)
+        self.root.mkdir(parents=True, exist_ok=True)
+        for path in (self.root, self.root / kind, home):
+            with contextlib.suppress(FileExistsError):
+                path.mkdir(mode=SEARCHABLE)
+            if stat.S_IMODE(path.stat().st_mode) != SEARCHABLE:
+                path.chmod(SEARCHABLE)
+        return home
+
     # -- reading -------------------------------------------------------------------------------
 
     def origin(self, kind: Kind, ident: str) -> dict[str, Any] | None:
@@ -216,12 +231,12 @@ class Store:
 
     def checkout(self, kind: Kind, ident: str, commit: str) -> Path:
         """The deployment of ``commit``, checked out (hardlinks only) if it is not yet."""
-        home = self.home(kind, ident)
+        home = self.make_home(kind, ident)
         deploy = home / "deploy"
         final = deploy / commit
         if final.is_dir():
             return final
-        deploy.mkdir(parents=True, exist_ok=True)
+        deploy.mkdir(exist_ok=True)
         if os.stat(deploy).st_dev != os.stat(self.repo_path).st_dev:
             raise CrossDevice(
                 f"{deploy} is on another filesystem than the repository: a checkout would copy"
