@@ -84,6 +84,7 @@ async def test_calls_cut_short_by_the_links_failure_are_resumed(
     run = asyncio.create_task(link.run())
     try:
         await eventually(lambda: ECHO in (device.state.values.get("tools") or []), WAIT)
+        await eventually(lambda: link.linked, WAIT)
         # Alice's intent, as a controller's update through the relay.
         key = uuid.uuid4().hex
         now = datetime.now(UTC).isoformat().replace("+00:00", "Z")

@@ -50,6 +50,8 @@ MAX_FORGOTTEN = 4096  # pruned ids remembered, so one written again is not run a
 # Seconds intents wait for the broker (connected, its tools listed) before they are decided on
 # what is known: at start, and while it is away.
 BROKER_WAIT = 10.0
+# Times a call is made again when the call it joined (same key) ended before its tool ran.
+RETRIES_OF_A_JOIN = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,16 +323,25 @@ class SessionLink:
         async with self._slots:
             self.relay.counters["link_intents_called"] += 1
             await self.broker.ready(BROKER_WAIT)
-            try:
-                output = await self.broker.call(
-                    intent.tool,
-                    intent.input,
-                    key=intent.id,
-                    on_behalf_of={"subject": intent.by, "session": self.name},
-                )
-                entry = rules.succeeded(output)
-            except KikiError as exc:
-                entry = rules.failed(exc)
+            for attempt in range(1, RETRIES_OF_A_JOIN + 2):
+                try:
+                    output = await self.broker.call(
+                        intent.tool,
+                        intent.input,
+                        key=intent.id,
+                        on_behalf_of={"subject": intent.by, "session": self.name},
+                    )
+                    entry = rules.succeeded(output)
+                except Unavailable as exc:
+                    entry = rules.failed(exc)
+                    # A call resumed while the one it repeats (cut short by the link's loop
+                    # ending) still ran joined it, and that one ended before its tool ran:
+                    # the broker forgot the key and says to call again.
+                    if _rule(exc) == "idempotencyKey" and attempt <= RETRIES_OF_A_JOIN:
+                        continue
+                except KikiError as exc:
+                    entry = rules.failed(exc)
+                break
         self._write_results({intent.id: entry})
 
     def _write_results(self, answers: dict[str, dict[str, Any]]) -> None:
@@ -385,3 +396,7 @@ class SessionLink:
 
 
 _ABSENT = object()
+
+
+def _rule(error: KikiError) -> Any:
+    return error.data.get("rule") if isinstance(error.data, dict) else None
