@@ -8,12 +8,14 @@ page is back and acts again.
 
 The whole constellation runs, with the sync relay's device link for the session `kiki up`
 names and the broker trusting the relay as a delegate (the policy `kiki up` writes).
-Screenshots go to ``$KIKI_TEST_ARTIFACTS/dashboard`` (else the test's tmp_path; printed).
+Screenshots go to ``$KIKI_TEST_ARTIFACTS/dashboard/<test>/`` (default
+``build/test-artifacts``); the test prints their list.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import queue
@@ -22,12 +24,13 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from kikitest import VENV_BIN
-from kikitest.node.browser import Browser, artefacts, chromium
+from kikitest.node.browser import Browser, chromium, screenshots
 
 pytestmark = pytest.mark.interop
 
@@ -61,13 +64,18 @@ def dashboard_line(lines: queue.SimpleQueue[str], within: float = 120) -> str:
     raise AssertionError("kiki up printed no dashboard URL:\n" + "\n".join(seen[-60:]))
 
 
+@pytest.fixture
+def shots(request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]) -> Iterator[Path]:
+    with screenshots(request.node.name, capsys.disabled()) as where:
+        yield where
+
+
 def test_the_dashboard_kiki_up_prints_drives_the_demo_app(
-    sockdir: Path, service_env: dict[str, str], tmp_path: Path
+    sockdir: Path, service_env: dict[str, str], shots: Path
 ) -> None:
     env = dict(service_env)
     env.pop("DBUS_SESSION_BUS_ADDRESS", None)
     env["KIKI_LOG_LEVEL"] = "INFO"
-    shots = artefacts(tmp_path)
     proc = subprocess.Popen(
         [
             str(VENV_BIN / "kiki"),
@@ -86,7 +94,14 @@ def test_the_dashboard_kiki_up_prints_drives_the_demo_app(
     )
     browser = None
     try:
-        url = dashboard_line(lines_of(proc))
+        output = lines_of(proc)
+        url = dashboard_line(output)
+        # The token's id follows, to revoke it by.
+        claims = json.loads(
+            base64.urlsafe_b64decode(url.rsplit("token=", 1)[1].split(".")[1] + "==")
+        )
+        revoke = output.get(timeout=30)
+        assert f"`kiki session revoke local {claims['jti']}`" in revoke, revoke
         # The broker trusts the relay for the session's people through the policy kiki up wrote.
         policy = (sockdir / "state" / "up" / "tool-policy.toml").read_text()
         assert "[[delegate]]" in policy
@@ -134,7 +149,6 @@ def test_the_dashboard_kiki_up_prints_drives_the_demo_app(
             await b.call("waitText", page="me", selector="#screen", text="Grace Hopper")
             path = shots / "kiki-up.png"
             await b.call("screenshot", page="me", path=str(path))
-            print(f"screenshot: {path}")
             assert "Grace Hopper" in contacts()
 
             # A second person and an observer, on links `kiki session share` prints.
@@ -173,7 +187,6 @@ def test_the_dashboard_kiki_up_prints_drives_the_demo_app(
             await b.call("waitText", page="me", selector="#activity", text="Saved Barbara Liskov")
             path = shots / "kiki-up-after-restart.png"
             await b.call("screenshot", page="me", path=str(path))
-            print(f"screenshot: {path}")
 
         asyncio.run(go(browser))
         assert {"Grace Hopper", "Alan Kay", "Barbara Liskov"} <= set(contacts())

@@ -11,7 +11,9 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from kiki_a11y_server.policy import A11yPolicy
-from kiki_cli.launcher.dashboard import DASHBOARD_TOOLS, dashboard_url, prepare
+from kiki_cli.dashboard_link import dashboard_url
+from kiki_cli.demos import A11Y_APP_ID
+from kiki_cli.launcher.dashboard import DASHBOARD_TOOLS, Shared, lines, not_ready, prepare
 from kiki_cli.launcher.dashboard import Policy as PolicyFile
 from kiki_tool_broker.policy import Caller, Policy
 from libkiki.a11y import wire
@@ -42,19 +44,41 @@ def test_without_a_policy_kiki_up_writes_one_the_broker_reads(tmp_path: Path) ->
     assert policy.is_delegate(relay)
     assert not policy.is_delegate(PeerCred(pid=1, uid=4321, gid=4321))
     person = Caller(relay, Remote("uid:1234", "local"))
-    assert policy.allows(person, "dev.kiki.a11y.act", "procedure", {0})[0]
-    assert policy.allows(person, "dev.kiki.media.playPause", "procedure", {0})[0]
-    # Nothing beyond what the dashboard offers: not the updater, not the broker's own tools.
-    assert not policy.allows(person, "dev.kiki.update.install", "procedure", {1234})[0]
-    assert not policy.allows(person, "dev.kiki.tools.listProviders", "query", {1234})[0]
+    for tool in (
+        "dev.kiki.a11y.act",
+        "dev.kiki.media.previous",
+        "dev.kiki.media.playPause",
+        "dev.kiki.media.next",
+        "dev.kiki.demo.echo",
+    ):
+        assert policy.allows(person, tool, "procedure", {0})[0], tool
+    # Nothing beyond what the dashboard offers: not the screen's contents by query, not the
+    # player's openUri, not the updater, not the broker's own tools.
+    for tool in ("dev.kiki.a11y.snapshot", "dev.kiki.a11y.find", "dev.kiki.tools.listProviders"):
+        assert not policy.allows(person, tool, "query", {1234})[0], tool
+    for tool in ("dev.kiki.media.openUri", "dev.kiki.media.seek", "dev.kiki.update.install"):
+        assert not policy.allows(person, tool, "procedure", {1234})[0], tool
+    link_tools = setup.env["sync-relay"]["KIKI_SYNC_RELAY_LINK_TOOLS"].split(",")
+    assert link_tools == list(DASHBOARD_TOOLS)
+    assert "dev.kiki.media.openUri" not in link_tools
 
-    # The screen's shared stream carries the apps' trees, from their first appearance (their
-    # publisher not known yet); acting stays as the a11y-server's defaults decide.
+    # The screen's shared stream carries the demo app's tree, from its first appearance (its
+    # publisher not known yet), and no other app's: not a terminal the AT-SPI bridge publishes,
+    # not an app of this user's without an app id; acting stays as the a11y-server decides.
     a11y = A11yPolicy.load(up / "a11y-policy.toml")
-    app = wire.App(tree_id=1, app_id="pid-7", pid=7, uid=1234, unit="", label="demo")
-    assert a11y.public("subscribe", app, None)
-    assert a11y.public("subscribe", app, PeerCred(pid=7, uid=1234, gid=1234))
-    assert not a11y.public("act", app, PeerCred(pid=7, uid=1234, gid=1234))
+    demo = wire.App(tree_id=1, app_id=A11Y_APP_ID, pid=7, uid=1234, unit="", label="demo")
+    me = PeerCred(pid=7, uid=1234, gid=1234)
+    assert a11y.public("subscribe", demo, None)
+    assert a11y.public("subscribe", demo, me)
+    assert not a11y.public("act", demo, me)
+    for other in ("pid-8", "org.gnome.Terminal", "org.keepassxc.KeePassXC"):
+        app = wire.App(tree_id=2, app_id=other, pid=8, uid=1234, unit="", label=other)
+        assert not a11y.public("subscribe", app, None), other
+        assert not a11y.public("subscribe", app, me), other
+    # The demo app may name its app id (this user's processes only); nothing else.
+    assert a11y.may_name(me, A11Y_APP_ID)
+    assert not a11y.may_name(me, "org.gnome.Terminal")
+    assert not a11y.may_name(PeerCred(pid=9, uid=4321, gid=4321), A11Y_APP_ID)
 
 
 def test_a_policy_of_the_developers_own_is_left_as_it_is(tmp_path: Path) -> None:
@@ -94,3 +118,16 @@ def test_the_dashboard_url_keeps_the_token_in_the_fragment(join: str, page: str)
     assert before == page
     assert urlsplit(url).query == ""
     assert parse_qs(fragment) == {"session": ["local"], "token": ["a.b-c_d"]}
+
+
+def test_kiki_up_says_how_to_revoke_its_token_and_why_there_is_no_dashboard(
+    tmp_path: Path,
+) -> None:
+    setup = prepare("local", tmp_path / "state", 1234, {"KIKI_CONFIG_DIR": str(tmp_path)})
+    said = lines("local", Shared("http://h/dashboard/#session=local&token=T", "j-123"), setup)
+    assert said[1] == "  http://h/dashboard/#session=local&token=T"
+    assert "`kiki session revoke local j-123`" in said[2]
+    why = "\n".join(not_ready("local", "binding 127.0.0.1:8765: address in use"))
+    assert "the sync relay is not ready" in why
+    assert "address in use" in why
+    assert "kiki session share local --dashboard" in why

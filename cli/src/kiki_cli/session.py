@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from kiki_cli.common import fail, service_group
-from kiki_cli.launcher.dashboard import dashboard_url
+from kiki_cli.dashboard_link import dashboard_url
 from libkiki.errors import InvalidParams, KikiError
 from libkiki.paths import runtime_dir
 from libkiki.rpc import connect_unix

@@ -14,6 +14,7 @@ import queue
 import shutil
 import subprocess
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +30,37 @@ def chromium() -> str:
     return found
 
 
-def artefacts(fallback: Path) -> Path:
-    """Where screenshots go: ``$KIKI_TEST_ARTIFACTS/dashboard`` when set, else ``fallback``."""
-    root = os.environ.get("KIKI_TEST_ARTIFACTS")
-    where = Path(root) / "dashboard" if root else fallback
+# Where a run's artefacts go unless KIKI_TEST_ARTIFACTS says: in the checkout (git ignores
+# /build/), so a person finds the screenshots after the run rather than in a pytest tmp dir.
+DEFAULT_ARTEFACTS = ROOT / "build" / "test-artifacts"
+
+
+def artefacts(test: str | os.PathLike[str] = "") -> Path:
+    """Where screenshots go: ``$KIKI_TEST_ARTIFACTS/dashboard`` (default
+    ``build/test-artifacts/dashboard``), in a folder named for ``test`` when given (a name, or
+    a test's tmp_path, whose last part names the test)."""
+    root = Path(os.environ.get("KIKI_TEST_ARTIFACTS") or DEFAULT_ARTEFACTS)
+    name = Path(test).name if test else ""
+    where = root / "dashboard" / name if name else root / "dashboard"
     where.mkdir(parents=True, exist_ok=True)
     return where
+
+
+@contextlib.contextmanager
+def screenshots(test: str, terminal: contextlib.AbstractContextManager[Any]) -> Iterator[Path]:
+    """The folder for ``test``'s screenshots (emptied of an earlier run's), and, once it is
+    done, their list printed to the terminal: ``terminal`` is ``capsys.disabled()``, so the
+    list shows in a run without ``-s`` too."""
+    where = artefacts(test)
+    for old in where.glob("*.png"):
+        old.unlink()
+    try:
+        yield where
+    finally:
+        taken = sorted(where.glob("*.png"))
+        if taken:
+            with terminal:
+                print(f"\nscreenshots of {test}:", *(f"  {p}" for p in taken), sep="\n")
 
 
 class Browser:

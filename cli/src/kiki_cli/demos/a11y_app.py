@@ -16,9 +16,11 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import sys
 from pathlib import Path
 
+from kiki_cli.demos import A11Y_APP_ID
 from libkiki.a11y import wire
 from libkiki.a11y.publisher import A11yPublisher
 from libkiki.errors import InvalidParams, KikiError
@@ -195,7 +197,16 @@ async def run(path: Path | None = None, *, ready: asyncio.Event | None = None) -
     app = DemoApp()
     async with A11yPublisher(path, label="Kiki demo", on_action=app.on_action) as pub:
         app.publisher = pub
-        await pub.publish(app.all_nodes(), root_id=APP)
+        # The first update names the app (see A11Y_APP_ID); a server whose policy does not trust
+        # this user to name it keeps the usual pid-N.
+        first = wire.TreeUpdate(
+            root_id=APP,
+            nodes=tuple(app.all_nodes()),
+            app=wire.App(0, A11Y_APP_ID, os.getpid(), label="Kiki demo"),
+        )
+        ack = await pub.request(first)
+        assert isinstance(ack, wire.Ack)
+        pub.tree_id, pub.seq = ack.tree_id, ack.seq
         log.info("demo tree published (tree %d, %d nodes)", pub.tree_id, len(app.all_nodes()))
         if ready is not None:
             ready.set()

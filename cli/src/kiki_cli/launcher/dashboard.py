@@ -19,17 +19,25 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlencode
 
+from kiki_cli.dashboard_link import dashboard_url
+from kiki_cli.demos import A11Y_APP_ID as DEMO_APP_ID
 from libkiki.errors import KikiError
 from libkiki.paths import config_dir
 from libkiki.sync import ADMIN_SOCKET
 
 DEFAULT_SESSION = "local"
-# What a person at the dashboard may ask the device: act on its screen, drive its player, and
+# What a person at the dashboard may ask the device: act on its screen, move its player, and
 # the demo provider's tools. The link offers these (KIKI_SYNC_RELAY_LINK_TOOLS) and the policy
-# allows the same to every remote person the relay speaks for.
-DASHBOARD_TOOLS = ("dev.kiki.a11y.*", "dev.kiki.media.*", "dev.kiki.demo.*")
+# allows the same to every remote person the relay speaks for. Exact names, not globs: a glob
+# would also hand them the screen's snapshot and find and the player's openUri.
+DASHBOARD_TOOLS = (
+    "dev.kiki.a11y.act",
+    "dev.kiki.media.previous",
+    "dev.kiki.media.playPause",
+    "dev.kiki.media.next",
+    "dev.kiki.demo.*",
+)
 TOKEN_TTL = 12 * 3600.0
 
 
@@ -49,17 +57,22 @@ def tool_policy(uid: int, tools: tuple[str, ...] = DASHBOARD_TOOLS) -> str:
 
 def a11y_policy(uid: int) -> str:
     # The screen reaches the session through one stream shared by all its subscribers, which
-    # carries only the trees everyone (local peers and remote people) may subscribe to. Only
-    # this user and `--group` reach the a11y socket here, so every tree on it is theirs to
-    # show. (A rule naming `publishers` would miss a tree's first appearance: the stream
-    # decides it before the tree's publisher is recorded.)
-    del uid
+    # carries only the trees everyone (local peers and remote people) may subscribe to. Only the
+    # demo app's tree goes there: in a desktop session the AT-SPI bridge publishes every app
+    # (the terminal, the password manager), and none of those is for the people in a session.
+    # The demo app names its app id itself, which the server takes from this user's processes
+    # only under the [[publisher]] rule. (A rule naming `publishers` would miss a tree's first
+    # appearance: the stream decides it before the tree's publisher is recorded.)
     return (
-        "# Written by `kiki up`: the apps' trees go to the sessions' screens.\n"
+        "# Written by `kiki up`: the demo app's tree goes to the sessions' screens.\n"
+        "[[publisher]]\n"
+        f'principals = ["uid:{uid}"]\n'
+        f'apps = ["{DEMO_APP_ID}"]\n'
+        "\n"
         "[[allow]]\n"
         'principals = ["*", "remote:*"]\n'
         'rights = ["subscribe"]\n'
-        'apps = ["*"]\n'
+        f'apps = ["{DEMO_APP_ID}"]\n'
     )
 
 
@@ -115,18 +128,15 @@ def prepare(
     return DashboardSetup(env, tuple(policies))
 
 
-def dashboard_url(join_url: str, name: str, token: str) -> str:
-    """The dashboard's URL on the relay a join URL (``ws://HOST:PORT/session/NAME?token=…``)
-    names. The session and token go in the fragment, which a browser never sends: the token is
-    in no request line and no server's log."""
-    base = join_url.split("/session/", 1)[0]
-    for ws, web in (("ws://", "http://"), ("wss://", "https://")):
-        if base.startswith(ws):
-            base = web + base[len(ws) :]
-    return f"{base}/dashboard/#{urlencode({'session': name, 'token': token})}"
+@dataclass(frozen=True, slots=True)
+class Shared:
+    """The dashboard's URL, and its token's id (what `kiki session revoke` takes)."""
+
+    url: str
+    jti: str
 
 
-async def mint_url(runtime_dir: Path, session: str) -> str:
+async def mint(runtime_dir: Path, session: str) -> Shared:
     """The dashboard's URL for ``session`` with a controller token from the relay's admin
     channel (the relay mints it with the device's key)."""
     # Here, not at the top: `kiki up --help` and `kiki session` starts need no JSON-RPC stack.
@@ -137,27 +147,46 @@ async def mint_url(runtime_dir: Path, session: str) -> str:
             "dev.kiki.session.share",
             {"name": session, "role": "controller", "ttl": TOKEN_TTL, "sub": ""},
         )
-    return dashboard_url(str(shared["url"]), session, str(shared["token"]))
+    url = dashboard_url(str(shared["url"]), session, str(shared["token"]))
+    return Shared(url, str(shared["jti"]))
 
 
 async def announce(runtime_dir: Path, session: str, setup: DashboardSetup) -> list[str]:
     """The lines ``kiki up`` ends its start with."""
     try:
-        url = await mint_url(runtime_dir, session)
+        shared = await mint(runtime_dir, session)
     except (KikiError, OSError, TimeoutError) as exc:
         return [f"no dashboard: the sync relay did not share session {session} ({exc})"]
-    lines = [
+    return lines(session, shared, setup)
+
+
+def lines(session: str, shared: Shared, setup: DashboardSetup) -> list[str]:
+    """What ``kiki up`` says of the dashboard it shared."""
+    found = [
         f"the dashboard of this device (session {session}, a controller's link for 12 h):",
-        f"  {url}",
+        f"  {shared.url}",
+        f"  its token's id is {shared.jti}: `kiki session revoke {session} {shared.jti}` ends it",
     ]
     for policy in setup.policies:
         if not policy.written:
             needs = _NEEDS[policy.service]
-            lines.append(f"  it works through your {policy.service} policy {policy.path}: {needs}")
-    return lines
+            found.append(f"  it works through your {policy.service} policy {policy.path}: {needs}")
+    return found
+
+
+def not_ready(session: str, status: str) -> list[str]:
+    """What ``kiki up`` says when the sync relay is not ready to share ``session``."""
+    why = f" (its last status: {status})" if status else ""
+    return [
+        f"no dashboard for session {session}: the sync relay is not ready{why};"
+        " `kiki session share " + session + " --dashboard` prints the URL once it is"
+    ]
 
 
 _NEEDS = {
     "tool-broker": "the relay as a [[delegate]], and an [[allow]] for remote:*",
-    "a11y-server": 'an [[allow]] of "subscribe" for "*" and "remote:*", or no screen is shown',
+    "a11y-server": (
+        f'an [[allow]] of "subscribe" for "*" and "remote:*" on the app {DEMO_APP_ID} (and a'
+        " [[publisher]] rule letting you name it), or no screen is shown"
+    ),
 }

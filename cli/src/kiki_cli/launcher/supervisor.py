@@ -461,6 +461,7 @@ class Supervisor:
         if self._dashboard is None or self.config.session is None or relay is None:
             return
         if not relay.ready.is_set():
+            self._say("\n".join(dashboard.not_ready(self.config.session, relay.status)))
             return
         lines = await dashboard.announce(
             self.config.runtime_dir, self.config.session, self._dashboard
