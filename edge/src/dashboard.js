@@ -10,11 +10,12 @@ export const PREFIX = "/dashboard/";
 
 // A name with a content hash never changes its bytes: a browser may keep it for good.
 const HASHED = /^[A-Za-z0-9_-]+-[0-9a-f]{12}\.[a-z]+$/;
-// The page loads its own script and style sheet and opens a WebSocket to where it came from
-// (or to the relay its link names): nothing inline, nothing from elsewhere, never framed.
+// The page loads its own script and style sheet and opens a WebSocket to where it came from:
+// nothing inline, nothing from elsewhere, never framed. ('self' covers ws: and wss: on the
+// page's own host and port: CSP Level 3, as browsers have it.)
 const CSP =
   "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; " +
-  "connect-src 'self' ws: wss:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+  "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 const COMMON = Object.freeze({
   "Content-Security-Policy": CSP,
   "X-Content-Type-Options": "nosniff",
@@ -61,7 +62,10 @@ export function answerDashboard(request, url) {
     });
   }
   if (path === PREFIX.slice(0, -1)) {
-    return new Response(null, { status: 308, headers: { Location: PREFIX } });
+    // The same headers as the page's: a redirect is a response a browser renders too.
+    const moved = new Headers(COMMON);
+    moved.set("Location", PREFIX);
+    return new Response(null, { status: 308, headers: moved });
   }
   // A WebSocket on the dashboard's path is no session.
   const upgrade = request.headers.get("Upgrade")?.toLowerCase() === "websocket";
@@ -70,7 +74,9 @@ export function answerDashboard(request, url) {
   const headers = new Headers(COMMON);
   headers.set("Cache-Control", found.cache);
   headers.set("ETag", found.etag);
-  if (etags(request.headers.get("If-None-Match")).has(found.etag)) {
+  // "*" matches any current representation, and every file here has one (RFC 9110, 13.1.2).
+  const held = etags(request.headers.get("If-None-Match"));
+  if (held.has(found.etag) || held.has("*")) {
     return new Response(null, { status: 304, headers });
   }
   headers.set("Content-Type", found.type);

@@ -4,8 +4,8 @@ answers intents as the device link does. Two controllers see each other's action
 presence, an observer sees everything with its controls disabled and its crafted intent is
 refused by the relay, and a page rides out the relay's restart.
 
-Screenshots go to ``$KIKI_TEST_ARTIFACTS/dashboard`` (else the test's tmp_path; the path is
-printed).
+Screenshots go to ``$KIKI_TEST_ARTIFACTS/dashboard/<test>/`` (default
+``build/test-artifacts``); the test prints their list.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from pycrdt import Map
 
-from kikitest.node.browser import Browser, artefacts, chromium
+from kikitest.node.browser import Browser, chromium, screenshots
 from kikitest.sync_fixtures import DeviceRelay, YClient, eventually
 
 pytestmark = pytest.mark.interop
@@ -147,17 +147,17 @@ def dashboard_url(relay: DeviceRelay, role: str, sub: str) -> str:
     return f"http://127.0.0.1:{relay.port}/dashboard/#session={SESSION}&token={token}"
 
 
+@pytest.fixture
+def shots(request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]) -> Iterator[Path]:
+    with screenshots(request.node.name, capsys.disabled()) as where:
+        yield where
+
+
 async def shoot(browser: Browser, page: str, where: Path, name: str) -> None:
-    path = where / f"{name}.png"
-    await browser.call("screenshot", page=page, path=str(path))
-    print(f"screenshot: {path}")
+    await browser.call("screenshot", page=page, path=str(where / f"{name}.png"))
 
 
-def test_two_controllers_and_an_observer(
-    relay: DeviceRelay, browser: Browser, tmp_path: Path
-) -> None:
-    shots = artefacts(tmp_path)
-
+def test_two_controllers_and_an_observer(relay: DeviceRelay, browser: Browser, shots: Path) -> None:
     async def go() -> None:
         await browser.call("launch", executable=chromium())
         device = StandInDevice(
@@ -233,6 +233,18 @@ def test_two_controllers_and_an_observer(
             assert await browser.call(
                 "controls", page="olga", role="button", name="Play/Pause"
             ) == [True]
+            # Every one of them: each node's own action buttons (select …) and the player's.
+            controls = await browser.call(
+                "evaluate",
+                page="olga",
+                expression="[...document.querySelectorAll('#screen button, #screen input,"
+                " #media-section button')].map((c) => [c.getAttribute('aria-label') ||"
+                " c.textContent || c.type, c.disabled])",
+            )
+            names = [name for name, _ in controls]
+            assert "select Ada Lovelace" in names, controls
+            assert "Next" in names, controls
+            assert all(disabled for _, disabled in controls), controls
             await shoot(browser, "alice", shots, "controller")
             # The page's own accessibility tree says what it shows.
             tree = await browser.call("aria", page="alice")
@@ -272,9 +284,8 @@ def test_two_controllers_and_an_observer(
 
 
 def test_the_page_rides_out_a_relay_restart(
-    relay: DeviceRelay, browser: Browser, tmp_path: Path
+    relay: DeviceRelay, browser: Browser, shots: Path
 ) -> None:
-    shots = artefacts(tmp_path)
     device_url = relay.url(SESSION, relay.token(SESSION, "device"))
 
     async def go() -> None:
@@ -303,6 +314,12 @@ def test_the_page_rides_out_a_relay_restart(
                 "waitText", page="alice", selector="#notifications", text="Back again"
             )
             await browser.call("waitText", page="alice", selector="#activity", text="media.next")
+            # Carried out once: the reconnect's resync did not make it a second intent.
+            nexts = [i for i in device.seen if i["tool"] == "dev.kiki.media.next"]
+            assert len(nexts) == 1, nexts
+            assert [k for k, i in device.intents.items() if i["tool"] == "dev.kiki.media.next"] == [
+                nexts[0]["id"]
+            ]
             # A part whose source the device lost says so, and keeps its last value.
             device.device["stale"] = ["screen"]
             await browser.call(

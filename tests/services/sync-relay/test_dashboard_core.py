@@ -20,12 +20,12 @@ FILES = {
 }
 
 
-def request(path: str, *headers: tuple[str, str]) -> Request:
-    return Request(path, Headers([("Host", "x"), *headers]))
+def request(path: str, *headers: tuple[str, str], method: str = "GET") -> Request:
+    return Request(path, Headers([("Host", "x"), *headers]), method)
 
 
-def served(path: str, *headers: tuple[str, str], live: int = 0) -> Answer:
-    answer = route(request(path, *headers), live, 10, Dashboard(FILES))
+def served(path: str, *headers: tuple[str, str], live: int = 0, method: str = "GET") -> Answer:
+    answer = route(request(path, *headers, method=method), live, 10, Dashboard(FILES))
     assert isinstance(answer, Answer), answer
     return answer
 
@@ -51,6 +51,39 @@ def test_an_etag_the_browser_holds_is_answered_304() -> None:
         assert (answer.status_code, answer.body) == (304, b"")
         assert answer.headers["ETag"] == etag
     assert served("/dashboard/", ("If-None-Match", '"other"')).response().status_code == 200
+    # "*": any current representation, and every file here has one (RFC 9110, 13.1.2).
+    star = served("/dashboard/", ("If-None-Match", "*")).response()
+    assert (star.status_code, star.body) == (304, b"")
+    # A 304 carries no Content-Length but the 200's (none here): not "0".
+    assert "Content-Length" not in star.headers
+
+
+def test_head_is_a_get_without_the_body() -> None:
+    get = served("/dashboard/app-0123456789ab.js").response()
+    head = served("/dashboard/app-0123456789ab.js", method="HEAD").response()
+    assert (head.status_code, head.body) == (200, b"")
+    assert list(head.headers.raw_items()) == list(get.headers.raw_items())
+    assert head.headers["Content-Length"] == str(len(FILES["app-0123456789ab.js"]))
+    held = served("/dashboard/", ("If-None-Match", "*"), method="HEAD").response()
+    assert (held.status_code, held.body) == (304, b"")
+
+
+def test_the_redirect_carries_the_pages_security_headers() -> None:
+    moved = served("/dashboard").response()
+    page = served("/dashboard/").response()
+    for name in (
+        "Content-Security-Policy",
+        "X-Content-Type-Options",
+        "Referrer-Policy",
+        "X-Frame-Options",
+        "Cross-Origin-Opener-Policy",
+    ):
+        assert moved.headers[name] == page.headers[name], name
+
+
+def test_the_page_may_connect_only_to_its_own_origin() -> None:
+    directives = dict(d.strip().split(" ", 1) for d in CSP.split(";"))
+    assert directives["connect-src"] == "'self'"
 
 
 def test_the_dashboard_is_served_at_full_load_and_only_over_plain_http() -> None:

@@ -26,18 +26,23 @@ def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DeviceRelay]:
     device.close()
 
 
-def get(port: int, path: str, *extra: str) -> tuple[int, dict[str, str], bytes]:
+def get(
+    port: int, path: str, *extra: str, method: str = "GET"
+) -> tuple[int, dict[str, str], bytes]:
     head = "".join(f"{line}\r\n" for line in ("Host: 127.0.0.1", *extra))
     with socket.create_connection(("127.0.0.1", port), timeout=15) as s:
-        s.sendall(f"GET {path} HTTP/1.1\r\n{head}\r\n".encode())
+        s.sendall(f"{method} {path} HTTP/1.1\r\n{head}\r\n".encode())
         data = b""
         while chunk := s.recv(65536):
             data += chunk
     raw_head, _, body = data.partition(b"\r\n\r\n")
     lines = raw_head.decode().split("\r\n")
+    code = int(lines[0].split(" ")[1])
     headers = {k.lower(): v for k, v in (line.split(": ", 1) for line in lines[1:])}
-    assert int(headers["content-length"]) == len(body)
-    return int(lines[0].split(" ")[1]), headers, body
+    # A 304 has no body whatever it says (RFC 9110, 15.4.5), nor a HEAD's answer.
+    if code != 304 and method != "HEAD":
+        assert int(headers["content-length"]) == len(body)
+    return code, headers, body
 
 
 def test_the_page_and_its_files_are_served_with_their_types_and_policy(
@@ -80,6 +85,19 @@ def test_the_page_is_revalidated_by_its_etag(relay: DeviceRelay) -> None:
     code, _, body = get(relay.port, "/dashboard/", 'If-None-Match: "stale"')
     assert code == 200
     assert body
+    # "*": any current representation (RFC 9110, 13.1.2).
+    code, again, body = get(relay.port, "/dashboard/", "If-None-Match: *")
+    assert (code, body) == (304, b"")
+    assert again["etag"] == headers["etag"]
+
+
+def test_the_redirect_carries_the_security_headers(relay: DeviceRelay) -> None:
+    code, moved, _ = get(relay.port, "/dashboard")
+    assert code == 308
+    _, page, _ = get(relay.port, "/dashboard/")
+    for name in ("content-security-policy", "x-content-type-options", "referrer-policy"):
+        assert moved[name] == page[name], name
+    assert "connect-src 'self';" in page["content-security-policy"]
 
 
 def test_the_bare_path_redirects_and_nothing_else_is_served(relay: DeviceRelay) -> None:

@@ -6,9 +6,22 @@ import { WebsocketProvider } from 'y-websocket'
 import * as awarenessProtocol from 'y-protocols/awareness'
 import * as encoding from 'lib0/encoding'
 
-// 1008 is PermissionDenied: an invalid, expired or revoked token, or a write our role may not
-// make. Trying again would be refused the same way.
-const REFUSED = 1008
+// Closes that refuse what the page sent: 1008 (an invalid, expired or revoked token, or a write
+// its role may not make), 1009 (a message larger than the relay takes), 1007 (one it could not
+// read). Rejoining would be refused the same way: the refused update stays in this page's
+// Y.Doc, and y-websocket sends the whole document again on every reconnect. So the page stops;
+// rejoining needs a fresh document (a reload).
+const REFUSALS = new Map([
+  [1007, 'the relay could not read a message from this page'],
+  [1008, 'not allowed'],
+  [1009, 'a message from this page was larger than the relay takes']
+])
+
+export function refusalText (code, reason) {
+  const known = REFUSALS.get(code)
+  if (reason && known && code !== 1008) return `${reason} (${known})`
+  return reason || known || `closed with code ${code}`
+}
 
 function tokenSocket (token) {
   return class TokenSocket extends WebSocket {
@@ -41,7 +54,7 @@ function ownAwarenessOnly (provider, doc) {
 }
 
 /**
- * @param {{session: string, token: string, relay: string}} params
+ * @param {{session: string, token: string, relay: string, exp: number | null}} params
  * @param {(state: {state: string, detail: string}) => void} onState
  */
 export function connect (params, onState) {
@@ -53,7 +66,7 @@ export function connect (params, onState) {
     // A quiet session still answers a step 1, so the provider's no-message watchdog does not
     // drop a healthy connection.
     resyncInterval: 10000,
-    shouldReconnect: (event) => event.code !== REFUSED
+    shouldReconnect: (event) => !REFUSALS.has(event.code)
   })
   ownAwarenessOnly(provider, doc)
   let refused = null
@@ -69,10 +82,14 @@ export function connect (params, onState) {
   provider.on('status', tell)
   provider.on('sync', tell)
   provider.on('connection-close', tell)
-  provider.on('closed', (event) => {
-    refused = event.reason || `closed with code ${event.code}`
+  const stop = (why) => {
+    if (refused) return
+    refused = why
+    provider.shouldConnect = false
+    provider.disconnect()
     tell()
-  })
+  }
+  provider.on('closed', (event) => stop(refusalText(event.code, event.reason)))
   window.addEventListener('online', () => {
     if (!refused) provider.connect()
     tell()
@@ -80,5 +97,13 @@ export function connect (params, onState) {
   window.addEventListener('offline', tell)
   // Told once the caller has what it draws with.
   queueMicrotask(tell)
-  return { doc, provider, awareness: provider.awareness }
+  // Past its token's expiry the relay refuses this page anyway; stop before it acts on a
+  // control that can no longer work. (A timer is capped near 24.8 days.)
+  if (params.exp) {
+    const left = params.exp * 1000 - Date.now()
+    const expired = () => stop('the token expired')
+    if (left <= 0) queueMicrotask(expired)
+    else if (left < 2 ** 31) setTimeout(expired, left)
+  }
+  return { doc, provider, awareness: provider.awareness, refused: () => refused }
 }

@@ -35,9 +35,14 @@ export function intentSender (doc, by) {
     done()
   })
 
+  const mine = new Set()
+  /** This page's intents the device has not answered. */
+  const unanswered = () => [...mine].filter((id) => !results.has(id))
+
   /** Queue `tool(input)`; returns the intent's id at once. */
-  return function send (tool, input) {
+  function send (tool, input) {
     const id = newIntentId()
+    mine.add(id)
     const write = () => {
       const now = Date.now()
       intents.set(id, {
@@ -53,6 +58,7 @@ export function intentSender (doc, by) {
     previous = previous.then(write, write)
     return id
   }
+  return { send, unanswered }
 }
 
 export { FINAL }

@@ -7,10 +7,10 @@ import { connect } from './connection.js'
 import { intentSender } from './intents.js'
 import { ScreenView } from './screen.js'
 import { mediaControls, renderNowPlaying } from './media.js'
-import { SensorsView, renderCalls, renderNotifications } from './panels.js'
-import { renderActivity } from './activity.js'
-import { renderPresence } from './presence.js'
-import { markStale } from './dom.js'
+import { NotificationsView, SensorsView, renderCalls } from './panels.js'
+import { ActivityView } from './activity.js'
+import { PresenceView } from './presence.js'
+import { el, markStale } from './dom.js'
 
 const $ = (id) => document.getElementById(id)
 
@@ -35,11 +35,24 @@ function start () {
   $('identity').textContent = `${claims.sub || 'unknown'} · ${claims.role}` + (canAct ? '' : ' (read only)')
   document.title = `Kiki · ${params.session}`
 
-  const session = connect(params, ({ state, detail }) => {
+  let stopped = false
+  // Drawn once the views exist (the connection may report before).
+  let refreshControls = null
+  let drawActivity = null
+  const activity = new ActivityView($('activity'))
+  const session = connect({ ...params, exp: claims.exp }, ({ state, detail }) => {
     status.dataset.state = state
     status.textContent = STATE_TEXT[state] + (detail ? `: ${detail}` : '')
     document.body.classList.toggle('offline', state !== 'live')
-    refreshControls()
+    if (state === 'refused' && !stopped) {
+      stopped = true
+      // What this page asked that never reached the device is marked so, not left waiting.
+      activity.markRefused(sender.unanswered(), detail)
+      drawActivity?.()
+      // A fresh document is a fresh page: the refused update is in this one's.
+      status.after(el('button', { type: 'button', id: 'rejoin', text: 'Rejoin', onclick: () => window.location.reload() }))
+    }
+    refreshControls?.()
   })
   const { doc, awareness } = session
   const device = doc.getMap('device')
@@ -50,18 +63,20 @@ function start () {
   if (canAct) awareness.setLocalState({ user: { name: claims.sub, role: claims.role } })
   else awareness.setLocalState(null)
 
-  const send = intentSender(doc, claims.sub)
-  const act = (tool, input) => { if (canAct) send(tool, input) }
+  const sender = intentSender(doc, claims.sub)
+  const act = (tool, input) => { if (canAct && !stopped) sender.send(tool, input) }
   const screen = new ScreenView($('screen'), act)
   const setPlayer = mediaControls(act)
   const sensors = new SensorsView($('sensors'))
+  const notifications = new NotificationsView($('notifications'))
+  const presence = new PresenceView($('presence'), claims)
 
   // Controls are enabled for a controller whose device lists the tool (when it lists tools).
   function allowed (tool) {
     const tools = device.get('tools')
-    return canAct && (!Array.isArray(tools) || tools.includes(tool))
+    return canAct && !stopped && (!Array.isArray(tools) || tools.includes(tool))
   }
-  function refreshControls () {
+  refreshControls = function () {
     screen.setWritable(allowed('dev.kiki.a11y.act'))
     for (const button of document.querySelectorAll('#media-section [data-tool]')) {
       button.disabled = !allowed(button.dataset.tool) || !device.get('nowPlaying')
@@ -71,7 +86,7 @@ function start () {
   const views = {
     screen: () => screen.render(device.get('screen')),
     nowPlaying: () => setPlayer(renderNowPlaying($('now-playing'), device.get('nowPlaying'))),
-    notifications: () => renderNotifications($('notifications'), device.get('notifications')),
+    notifications: () => notifications.render(device.get('notifications')),
     sensors: () => sensors.render(device.get('sensors')),
     calls: () => renderCalls($('calls'), device.get('calls'))
   }
@@ -86,15 +101,15 @@ function start () {
     if (event.keysChanged.has('stale')) drawStale()
     refreshControls()
   })
-  const drawActivity = () => renderActivity($('activity'), intents, results, claims.sub, device.get('screen'))
+  drawActivity = () => activity.render(intents, results, claims.sub, device.get('screen'))
   intents.observe(drawActivity)
   results.observe(drawActivity)
-  awareness.on('change', () => renderPresence($('presence'), awareness))
+  awareness.on('change', () => presence.render(awareness))
 
   for (const draw of Object.values(views)) draw()
   drawStale()
   drawActivity()
-  renderPresence($('presence'), awareness)
+  presence.render(awareness)
   refreshControls()
   // For people poking at the page from the console, and for the browser tests.
   window.kikiDashboard = { doc, provider: session.provider, claims }

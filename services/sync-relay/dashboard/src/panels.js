@@ -1,5 +1,5 @@
 // The read-only parts of the device's state: notifications, sensors, the tool-call log.
-import { el, replaceChildren, svg, timeOf } from './dom.js'
+import { el, KeyedList, replaceChildren, setText, svg, timeOf } from './dom.js'
 
 // A notification as the device's events carry it: one seen on the bus (appName, summary,
 // body), or what became of one Kiki sent (closed, an action invoked).
@@ -10,16 +10,37 @@ function describeNotification (n) {
   return { title: n.summary || kind || '(no summary)', app: n.appName, detail: n.body || '' }
 }
 
-export function renderNotifications (root, notifications) {
-  const items = (Array.isArray(notifications) ? notifications : []).slice().reverse().map((n) => {
-    const { title, app, detail } = describeNotification(n || {})
-    return el('li', {},
-      el('strong', { text: title }),
-      app ? el('span', { class: 'value', text: ` · ${app}` }) : null,
-      detail ? el('div', { text: detail }) : null,
-      n && n.at ? el('div', { class: 'value', text: timeOf(n.at) }) : null)
-  })
-  replaceChildren(root, items, el('li', { class: 'empty', text: 'None.' }))
+// Kept by notification (the list is a live region: a new one is announced, not all again).
+export class NotificationsView {
+  constructor (root) {
+    this.list = new KeyedList(root, () => {
+      const row = { title: el('strong'), app: el('span', { class: 'value' }), detail: el('div'), at: el('div', { class: 'value' }) }
+      row.li = el('li', {}, row.title, row.app, row.detail, row.at)
+      return row
+    }, (row, n) => {
+      const { title, app, detail } = describeNotification(n)
+      setText(row.title, String(title))
+      setText(row.app, app ? ` · ${app}` : '')
+      setText(row.detail, String(detail || ''))
+      setText(row.at, n.at ? timeOf(n.at) : '')
+      row.app.hidden = !app
+      row.detail.hidden = !detail
+      row.at.hidden = !n.at
+    }, 'None.')
+  }
+
+  render (notifications) {
+    const seen = new Map()
+    const items = (Array.isArray(notifications) ? notifications : []).map((raw) => {
+      const n = raw && typeof raw === 'object' ? raw : {}
+      // What tells one entry from another; a repeat of the same gets a count of its own.
+      const base = JSON.stringify([n.$type, n.id, n.at, n.summary])
+      const count = (seen.get(base) || 0) + 1
+      seen.set(base, count)
+      return [`${base}#${count}`, n]
+    })
+    this.list.render(items.reverse())
+  }
 }
 
 const HISTORY = 60 // points per sparkline

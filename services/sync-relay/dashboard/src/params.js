@@ -1,4 +1,6 @@
-// What the page is opened with: /dashboard/#session=NAME&token=JWT[&relay=ws://HOST:PORT].
+// What the page is opened with: /dashboard/#session=NAME&token=JWT. It joins the relay that
+// served it, never one a link names: a crafted link could otherwise send the token elsewhere
+// (and the page's CSP lets it connect only to its own origin).
 // The token stays in the fragment, which the browser never sends to a server, so it is never in
 // a request line or a server log; the page hands it over as the WebSocket's first message.
 
@@ -14,8 +16,9 @@ export function readParams (location) {
     return { error: 'The link carries no token: open the URL `kiki session share NAME --dashboard` prints.' }
   }
   const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:'
-  const relay = fragment.get('relay') || `${scheme}//${location.host}`
-  return { session, token, relay: relay.replace(/\/+$/, '') }
+  // Beside the page: ws://HOST:PORT[/base] for a page at [/base]/dashboard/.
+  const base = location.pathname.replace(/\/dashboard(\/.*)?$/, '')
+  return { session, token, relay: `${scheme}//${location.host}${base}` }
 }
 
 /** The token's claims, read (not verified: the relay verifies) to know who and what we are. */

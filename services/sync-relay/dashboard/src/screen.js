@@ -4,6 +4,9 @@
 // node and updated in place: a field someone is typing in keeps its focus and text.
 import { el } from './dom.js'
 
+// dev.kiki.a11y.act's `value` is at most this long (its lexicon): longer, the device would
+// refuse the intent anyway, and the relay may refuse the write as too large.
+export const MAX_VALUE = 16384
 const TEXT_ROLES = new Set(['textField', 'searchBox', 'comboBox', 'spinButton'])
 // Actions a plain node offers as small buttons of their own (press and setValue make the node
 // a control itself; focus and scrolling mean little from afar).
@@ -95,10 +98,11 @@ export class ScreenView {
       row.control = el('button', { type: 'button', onclick: () => this.act('dev.kiki.a11y.act', { ref: row.node.ref, action: 'press' }) })
       row.li.append(row.role, row.control)
     } else if (kind === 'field') {
-      const input = el('input', { type: 'text', autocomplete: 'off' })
+      const input = el('input', { type: 'text', autocomplete: 'off', maxlength: String(MAX_VALUE) })
       // Sent when the person is done with the field (Enter, or leaving it), not per key.
       input.addEventListener('change', () => {
-        this.act('dev.kiki.a11y.act', { ref: row.node.ref, action: 'setValue', value: input.value })
+        const value = input.value.slice(0, MAX_VALUE)
+        this.act('dev.kiki.a11y.act', { ref: row.node.ref, action: 'setValue', value })
       })
       row.control = input
       row.label = el('label')

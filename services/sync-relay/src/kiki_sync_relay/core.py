@@ -75,10 +75,15 @@ def route(
 
 
 def serve_dashboard(request: Request, dashboard: Dashboard) -> Answer | None:
-    """A plain GET of a dashboard file (a WebSocket there is no session: 404 as before)."""
+    """A plain GET (or HEAD) of a dashboard file (a WebSocket there is no session: 404 as
+    before)."""
     if request.headers.get("Upgrade", "").lower() == "websocket":
         return None
-    served = dashboard.answer(urlsplit(request.path).path, request.headers.get("If-None-Match"))
+    served = dashboard.answer(
+        urlsplit(request.path).path,
+        request.headers.get("If-None-Match"),
+        head=request.method == "HEAD",
+    )
     if served is None:
         return None
     return Answer(

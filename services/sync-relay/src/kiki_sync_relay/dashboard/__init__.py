@@ -35,11 +35,12 @@ _TYPES = {
 # A name with a content hash never changes its bytes: a browser may keep it for good.
 _HASHED = re.compile(r"[A-Za-z0-9_-]+-[0-9a-f]{12}\.[a-z]+")
 
-# The page loads its own script and style sheet and opens a WebSocket to where it came from
-# (or to the relay its link names): nothing inline, nothing from elsewhere, never framed.
+# The page loads its own script and style sheet and opens a WebSocket to where it came from:
+# nothing inline, nothing from elsewhere, never framed. ('self' covers ws: and wss: on the
+# page's own host and port: CSP Level 3, as browsers have it.)
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "connect-src 'self' ws: wss:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 _COMMON = (
     ("Content-Security-Policy", CSP),
@@ -83,9 +84,12 @@ class Dashboard:
         }
         return cls(files)
 
-    def answer(self, path: str, if_none_match: str | None) -> Response | None:
+    def answer(
+        self, path: str, if_none_match: str | None, *, head: bool = False
+    ) -> Response | None:
         """The response for ``path`` (without its query), or ``None`` if it names no file of
-        the dashboard."""
+        the dashboard. For ``head`` (a HEAD request) the same headers as a GET's, without the
+        body (RFC 9110, 9.3.2)."""
         if path == PREFIX.rstrip("/"):
             return _redirect(PREFIX)
         if not path.startswith(PREFIX):
@@ -97,26 +101,31 @@ class Dashboard:
         headers = Headers(list(_COMMON))
         headers["Cache-Control"] = found.cache_control
         headers["ETag"] = found.etag
-        if if_none_match is not None and found.etag in _etags(if_none_match):
-            headers["Content-Length"] = "0"
+        if if_none_match is not None and _matches(if_none_match, found.etag):
             status = http.HTTPStatus.NOT_MODIFIED
             return Response(status.value, status.phrase, headers, b"")
         headers["Content-Type"] = found.content_type
         headers["Content-Length"] = str(len(found.body))
-        return Response(http.HTTPStatus.OK.value, http.HTTPStatus.OK.phrase, headers, found.body)
+        body = b"" if head else found.body
+        return Response(http.HTTPStatus.OK.value, http.HTTPStatus.OK.phrase, headers, body)
 
 
 def _suffix(name: str) -> str:
     return name[name.rfind(".") :] if "." in name else ""
 
 
-def _etags(header: str) -> set[str]:
-    return {tag.strip().removeprefix("W/") for tag in header.split(",")}
+def _matches(if_none_match: str, etag: str) -> bool:
+    """Whether ``If-None-Match`` names ``etag`` (weakly: RFC 9110, 13.1.2), or is ``*`` (any
+    current representation: every file here has one)."""
+    if if_none_match.strip() == "*":
+        return True
+    return etag in {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
 
 
 def _redirect(location: str) -> Response:
+    # The same headers as the page's: a redirect is a response a browser renders too.
     status = http.HTTPStatus.PERMANENT_REDIRECT
-    headers = Headers([("Location", location), ("Content-Length", "0")])
+    headers = Headers([*_COMMON, ("Location", location), ("Content-Length", "0")])
     return Response(status.value, status.phrase, headers, b"")
 
 
