@@ -28,7 +28,9 @@ names them as a :class:`Remote` (its ``subject``, and the ``session`` it came in
 ``remote:`` principal matches such a :class:`Remote` only, ``remote:*`` any of them; it is a
 term of its own (never joined by '+'), and no other principal, ``*`` included, matches a remote
 person: a delegate can never claim a local principal, and a rule written for local peers never
-grants to someone on the far side of a relay.
+grants to someone on the far side of a relay. A service a delegate's call reaches through the
+broker reads the person from the call (``_meta["dev.kiki/onBehalfOf"]``, :func:`remote_of`) and
+decides for them with :meth:`Principals.admits`, as the broker does.
 
 Kiki's own services (:func:`is_kiki_service`) are told by the kernel too: root, the caller's
 own uid (the developer constellation, where ``kiki up`` runs everything as one user), or a
@@ -49,7 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeGuard
 
-from libkiki.errors import ConfigError
+from libkiki.errors import ConfigError, InvalidParams
 from libkiki.peer import PeerCred
 
 log = logging.getLogger(__name__)
@@ -58,12 +60,14 @@ __all__ = [
     "Principal",
     "Principals",
     "Remote",
+    "Who",
     "globs",
     "identity_of",
     "in_group",
     "is_kiki_service",
     "matches",
     "read_policy_file",
+    "remote_of",
     "resolve_group",
     "resolve_user",
     "rule_tables",
@@ -118,6 +122,35 @@ class Remote:
         if self.session is not None:
             view["session"] = self.session
         return view
+
+
+# Whom a rule is asked about: a local peer (the kernel's word) or a remote person (a delegate's).
+Who = PeerCred | Remote
+
+
+def remote_of(value: object) -> Remote:
+    """``_meta["dev.kiki/onBehalfOf"]`` (``{"subject": ..., "session": ...}``, session
+    optional) as a :class:`Remote`, or :class:`InvalidParams`. Only whoever the caller knows to
+    speak for a trusted delegate (the broker) may be believed when it names one."""
+    if not isinstance(value, dict) or set(value) - {"subject", "session"}:
+        raise InvalidParams(
+            "onBehalfOf is an object with a subject and, optionally, a session",
+            data={"rule": "onBehalfOf"},
+        )
+    subject, session = value.get("subject"), value.get("session")
+    if not isinstance(subject, str) or not SUBJECT.fullmatch(subject):
+        raise InvalidParams(
+            "onBehalfOf.subject is 1 to 256 of A-Z a-z 0-9 _ . : @ % -",
+            data={"rule": "onBehalfOf"},
+        )
+    if session is not None and (
+        not isinstance(session, str) or not 0 < len(session) <= 128 or not session.isprintable()
+    ):
+        raise InvalidParams(
+            "onBehalfOf.session is a string of 1 to 128 printable characters",
+            data={"rule": "onBehalfOf"},
+        )
+    return Remote(subject, session)
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +249,13 @@ class Principals:
 
     def matches_remote(self, remote: Remote) -> bool:
         return any(p.matches_remote(remote) for p in self.items)
+
+    def admits(self, who: Who, *, granting: bool = True) -> bool:
+        """Whether any of these names ``who``: a remote person by a ``remote:`` principal only,
+        a local peer by the others only (``granting`` as for :meth:`matches`)."""
+        if isinstance(who, Remote):
+            return self.matches_remote(who)
+        return self.matches(who, granting=granting)
 
 
 @functools.lru_cache(maxsize=512)

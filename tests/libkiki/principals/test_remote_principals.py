@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from libkiki.errors import ConfigError
+from libkiki.errors import ConfigError, InvalidParams
 from libkiki.peer import PeerCred
-from libkiki.principals import Principal, Principals, Remote
+from libkiki.principals import Principal, Principals, Remote, remote_of
 
 pytestmark = pytest.mark.unit
 
@@ -47,3 +47,38 @@ def test_a_remote_person_as_audited() -> None:
     assert ALICE.view() == {"subject": "did:plc:alice", "session": "s1"}
     assert Remote("bob").view() == {"subject": "bob"}
     assert str(ALICE) == "remote:did:plc:alice"
+
+
+def test_admits_decides_a_remote_person_by_remote_principals_only() -> None:
+    both = Principals.parse(["uid:0", "remote:did:plc:alice"])
+    assert both.admits(ROOT)
+    assert both.admits(ALICE)
+    assert not both.admits(Remote("bob"))
+    local = Principals.parse(["*", "uid:0"])
+    assert local.admits(ROOT)
+    assert not local.admits(ALICE)  # "*" is every local peer, never a remote person
+    assert not Principals.parse(["remote:*"]).admits(ROOT)
+
+
+def test_on_behalf_of_as_a_remote_person() -> None:
+    assert remote_of({"subject": "did:plc:alice", "session": "s1"}) == ALICE
+    assert remote_of({"subject": "bob"}) == Remote("bob")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "did:plc:alice",
+        {"subject": "a b"},
+        {"subject": ""},
+        {"session": "s1"},
+        {"subject": "alice", "session": ""},
+        {"subject": "alice", "session": "x" * 129},
+        {"subject": "alice", "session": "a\nb"},
+        {"subject": "alice", "uid": 0},
+    ],
+)
+def test_on_behalf_of_that_names_nobody_is_refused(value: object) -> None:
+    with pytest.raises(InvalidParams) as refused:
+        remote_of(value)
+    assert refused.value.data == {"rule": "onBehalfOf"}

@@ -35,6 +35,7 @@ from libkiki.errors import (
 )
 from libkiki.paths import config_dir
 from libkiki.peer import PeerCred
+from libkiki.principals import Who
 from libkiki.service import ServiceContext
 
 log = logging.getLogger(__name__)
@@ -255,13 +256,13 @@ class A11yCore:
         if in_flight >= self.config.max_actions_in_flight:
             raise LimitExceeded(f"at most {self.config.max_actions_in_flight} actions in flight")
 
-    def route(self, request: wire.ActionRequest, cred: PeerCred) -> Forward:
-        """Where ``cred``'s action goes: the request to send the tree's app, which will answer
+    def route(self, request: wire.ActionRequest, who: Who) -> Forward:
+        """Where ``who``'s action goes: the request to send the tree's app, which will answer
         it (its connection expects the answer from now until :meth:`settle`)."""
         if (target := self.desktop.trees.get(request.tree_id)) is not None:
             # before saying anything of its nodes
             self.policy.check(
-                cred,
+                who,
                 "act",
                 target.app,
                 self.publisher_of(target.tree_id),
@@ -336,13 +337,13 @@ class A11yCore:
             )
         return renamed
 
-    def visible(self, cred: PeerCred, right: Right) -> Callable[[wire.App], bool] | None:
-        """Which trees ``cred`` may see for ``right``; None for every tree. The policy in force
+    def visible(self, who: Who, right: Right) -> Callable[[wire.App], bool] | None:
+        """Which trees ``who`` may see for ``right``; None for every tree. The policy in force
         when asked decides (a reload applies to what a subscription is sent next)."""
-        if self.policy.sees_all(cred, right):
+        if self.policy.sees_all(who, right):
             return None
         return lambda app: self.policy.allows(
-            cred, right, app, self.publisher_of(app.tree_id), self.claim_of(app.tree_id)
+            who, right, app, self.publisher_of(app.tree_id), self.claim_of(app.tree_id)
         )
 
     def streamable(self, app: wire.App) -> bool:
@@ -353,10 +354,8 @@ class A11yCore:
             "subscribe", app, self.publisher_of(app.tree_id), self.claim_of(app.tree_id)
         )
 
-    def check_targets(
-        self, cred: PeerCred, right: Right, tree_id: int, apps: Sequence[str]
-    ) -> None:
-        """A request that names trees (by id or app id) none of which ``cred`` may see is
+    def check_targets(self, who: Who, right: Right, tree_id: int, apps: Sequence[str]) -> None:
+        """A request that names trees (by id or app id) none of which ``who`` may see is
         refused (PermissionDenied), rather than answered as if they were not there."""
         if not tree_id and not apps:
             return
@@ -365,18 +364,18 @@ class A11yCore:
             for t in self.desktop
             if (not tree_id or t.tree_id == tree_id) and (not apps or t.app.app_id in apps)
         ]
-        allowed = self.visible(cred, right)
+        allowed = self.visible(who, right)
         if named and allowed is not None and not any(allowed(app) for app in named):
             tree_id = named[0].tree_id
             self.policy.check(
-                cred, right, named[0], self.publisher_of(tree_id), self.claim_of(tree_id)
+                who, right, named[0], self.publisher_of(tree_id), self.claim_of(tree_id)
             )
 
-    def readable(self, cred: PeerCred, app_id: str = "") -> list[Tree]:
-        """The trees (of ``app_id``, when given) ``cred`` may read; PermissionDenied when it
+    def readable(self, who: Who, app_id: str = "") -> list[Tree]:
+        """The trees (of ``app_id``, when given) ``who`` may read; PermissionDenied when it
         names an app none of whose trees it may read."""
-        self.check_targets(cred, "read", 0, (app_id,) if app_id else ())
-        visible = self.visible(cred, "read")
+        self.check_targets(who, "read", 0, (app_id,) if app_id else ())
+        visible = self.visible(who, "read")
         return [
             t
             for t in self.desktop

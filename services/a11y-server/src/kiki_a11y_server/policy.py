@@ -31,6 +31,9 @@ Anyone else's claim is ignored (the tree's app is its publisher's, as always), e
 
 A matching ``deny`` refuses, a matching ``allow`` grants; otherwise root sees and acts on every
 tree, and anyone else on the trees whose publisher has its uid (its own session's apps) only.
+A remote person a trusted delegate called for through the broker (:class:`Remote`) is decided
+as the broker decides them (:meth:`Principals.admits`): only ``remote:`` principals name them,
+and by default they have nothing (not the delegate's rights, nor anyone local's).
 Decisions are remembered per peer, right and tree for as long as the policy is loaded.
 :meth:`A11yPolicy.public` says what a stream shared by subscribers it cannot name may carry.
 """
@@ -45,7 +48,7 @@ from typing import Final, Literal
 from libkiki.a11y import wire
 from libkiki.errors import ConfigError, PermissionDenied
 from libkiki.peer import PeerCred
-from libkiki.principals import Principals, globs, read_policy_file, rule_tables
+from libkiki.principals import Principals, Remote, Who, globs, read_policy_file, rule_tables
 
 Right = Literal["read", "subscribe", "act"]
 RIGHTS: Final = ("read", "subscribe", "act")
@@ -80,14 +83,14 @@ class Rule:
 
     def matches(
         self,
-        cred: PeerCred,
+        who: Who,
         right: Right,
         app: wire.App,
         publisher: PeerCred | None,
         claimed: str = "",
     ) -> bool:
-        return self.names(right, app, publisher, claimed) and self.principals.matches(
-            cred, granting=self.granting
+        return self.names(right, app, publisher, claimed) and self.principals.admits(
+            who, granting=self.granting
         )
 
 
@@ -136,7 +139,7 @@ class A11yPolicy:
     allow: tuple[Rule, ...] = ()
     deny: tuple[Rule, ...] = ()
     publishers: tuple[PublisherRule, ...] = ()
-    _decisions: dict[tuple[PeerCred, str, wire.App, PeerCred | None, str], bool] = field(
+    _decisions: dict[tuple[Who, str, wire.App, PeerCred | None, str], bool] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
     _public: dict[tuple[str, wire.App, PeerCred | None, str], bool] = field(
@@ -165,32 +168,35 @@ class A11yPolicy:
 
     def allows(
         self,
-        cred: PeerCred,
+        who: Who,
         right: Right,
         app: wire.App,
         publisher: PeerCred | None = None,
         claimed: str = "",
     ) -> bool:
-        """Whether ``cred`` has ``right`` on ``app``'s tree, which ``publisher`` published
-        (None: not known, as for a tree already gone) saying it is ``claimed``'s (an app id,
-        trusted or not: deny rules hold on it too)."""
-        key = (cred, right, app, publisher, claimed)
+        """Whether ``who`` (a local peer, or a remote person a trusted delegate called for)
+        has ``right`` on ``app``'s tree, which ``publisher`` published (None: not known, as
+        for a tree already gone) saying it is ``claimed``'s (an app id, trusted or not: deny
+        rules hold on it too)."""
+        key = (who, right, app, publisher, claimed)
         found = self._decisions.get(key)
         if found is None:
-            found = self._decide(cred, right, app, publisher, claimed)
+            found = self._decide(who, right, app, publisher, claimed)
             if len(self._decisions) >= _MAX_DECISIONS:
                 self._decisions.clear()
             self._decisions[key] = found
         return found
 
     def _decide(
-        self, cred: PeerCred, right: Right, app: wire.App, publisher: PeerCred | None, claimed: str
+        self, who: Who, right: Right, app: wire.App, publisher: PeerCred | None, claimed: str
     ) -> bool:
-        if any(rule.matches(cred, right, app, publisher, claimed) for rule in self.deny):
+        if any(rule.matches(who, right, app, publisher, claimed) for rule in self.deny):
             return False
-        if any(rule.matches(cred, right, app, publisher) for rule in self.allow):
+        if any(rule.matches(who, right, app, publisher) for rule in self.allow):
             return True
-        return cred.uid in (0, app.uid)
+        # A remote person has what remote: rules grant, and nothing by default: not the rights
+        # of the delegate's uid, nor of anyone local.
+        return not isinstance(who, Remote) and who.uid in (0, app.uid)
 
     def public(
         self, right: Right, app: wire.App, publisher: PeerCred | None = None, claimed: str = ""
@@ -213,26 +219,34 @@ class A11yPolicy:
             self._public[key] = found
         return found
 
-    def sees_all(self, cred: PeerCred, right: Right) -> bool:
-        """Whether ``cred`` has ``right`` on every tree whatever its app: root, with no deny
+    def sees_all(self, who: Who, right: Right) -> bool:
+        """Whether ``who`` has ``right`` on every tree whatever its app: root, with no deny
         rule that could name it. Such a peer needs no per-tree check (the shared snapshot)."""
-        return cred.uid == 0 and not self.deny
+        return not isinstance(who, Remote) and who.uid == 0 and not self.deny
 
     def check(
         self,
-        cred: PeerCred,
+        who: Who,
         right: Right,
         app: wire.App,
         publisher: PeerCred | None = None,
         claimed: str = "",
     ) -> None:
-        """:class:`PermissionDenied` unless ``cred`` has ``right`` on ``app``'s tree."""
-        if not self.allows(cred, right, app, publisher, claimed):
+        """:class:`PermissionDenied` unless ``who`` has ``right`` on ``app``'s tree."""
+        if self.allows(who, right, app, publisher, claimed):
+            return
+        tree = f"tree {app.tree_id} ({app.app_id}, uid {app.uid})"
+        if isinstance(who, Remote):
+            why = "a remote person needs an allow rule naming remote:"
             raise PermissionDenied(
-                f"uid {cred.uid} may not {_DO[right]} tree {app.tree_id} ({app.app_id}, uid "
-                f"{app.uid}): by default a user {_DOES[right]} its own session's apps only",
-                data={"treeId": app.tree_id, "right": right},
+                f"{who} may not {_DO[right]} {tree}: {why}",
+                data={"treeId": app.tree_id, "right": right, "onBehalfOf": who.view()},
             )
+        raise PermissionDenied(
+            f"uid {who.uid} may not {_DO[right]} {tree}: by default a user "
+            f"{_DOES[right]} its own session's apps only",
+            data={"treeId": app.tree_id, "right": right},
+        )
 
 
 _DO: Final = {"read": "read", "subscribe": "subscribe to", "act": "act on"}

@@ -29,7 +29,8 @@ from libkiki.admission import AdmissionLimits
 from libkiki.errors import LimitExceeded, PeerGone
 from libkiki.framing import BufferPool
 from libkiki.paths import A11Y_SOCKET
-from libkiki.peer import PeerCred, identify
+from libkiki.peer import identify
+from libkiki.principals import Who
 from libkiki.servers import serve_stream
 from libkiki.service import ServiceContext
 
@@ -230,20 +231,21 @@ class A11yServer:
         if reply is not None:
             peer.write(reply)
 
-    async def act_for_tool(self, request: wire.ActionRequest, cred: PeerCred) -> wire.Message:
-        """An action asked through the broker's ``act`` tool by ``cred`` (the caller the broker
-        names): routed like a connection's, under the same ``max_actions_in_flight`` limit
-        (counted for all tool calls together)."""
+    async def act_for_tool(self, request: wire.ActionRequest, who: Who) -> wire.Message:
+        """An action asked through the broker's ``act`` tool by ``who`` (the caller the broker
+        names, or the remote person a trusted delegate called for): routed like a
+        connection's, under the same ``max_actions_in_flight`` limit (counted for all tool
+        calls together)."""
         self.core.admit_action(self.tool_actions_in_flight)
         self.tool_actions_in_flight += 1
         try:
-            return await self._route(request, cred)
+            return await self._route(request, who)
         finally:
             self.tool_actions_in_flight -= 1
 
-    async def _route(self, request: wire.ActionRequest, cred: PeerCred) -> wire.Message:
+    async def _route(self, request: wire.ActionRequest, who: Who) -> wire.Message:
         """Send the action to the app the core routes it to, and wait for its answer."""
-        forward = self.core.route(request, cred)
+        forward = self.core.route(request, who)
         try:
             owner = self.peers.get(forward.owner.key)
             if owner is None:

@@ -7,7 +7,13 @@ server through a narrow interface: the core (:class:`~kiki_a11y_server.core.A11y
 the caller may read, and one function that routes an action to its app and waits for the
 answer. Each call is decided by the a11y policy for the caller the broker names
 (``call.peer``), as a request on ``a11y.sock`` would be: the broker's own policy says who may
-call a tool, the a11y policy which apps' trees the caller may read or act on. The broker may
+call a tool, the a11y policy which apps' trees the caller may read or act on. A call a trusted
+delegate (the sync relay) made on behalf of a remote person carries that person
+(``_meta["dev.kiki/onBehalfOf"]``, beside the caller), and is decided for them alone
+(:mod:`libkiki.principals`: ``remote:`` rules, nothing by default), never for the delegate.
+Both are believed for the same reason: they come on the connection this server opened to the
+broker's socket, where only the broker answers, and the broker names a person only for a
+delegate its policy trusts (anyone else's ``onBehalfOf`` it refuses). The broker may
 start after us or restart: :meth:`ToolProvider.keep_registered` registers again, and its
 absence is never fatal. The stream has no caller to decide for (one upstream serves every
 subscriber the broker admits): it carries the trees the a11y policy lets anyone subscribe to.
@@ -28,9 +34,9 @@ from libkiki.a11y.render import node_json, render_text
 from libkiki.a11y.search import search
 from libkiki.errors import InvalidParams, PermissionDenied, error_for_code
 from libkiki.paths import TOOLS_SOCKET, socket_path
-from libkiki.peer import PeerCred
+from libkiki.principals import Remote, Who, remote_of
 from libkiki.streams_provider import StreamContext
-from libkiki.tools import ToolCall, ToolProvider
+from libkiki.tools import ON_BEHALF_OF_META, ToolCall, ToolProvider
 
 if TYPE_CHECKING:
     from kiki_a11y_server.core import A11yCore
@@ -39,7 +45,7 @@ log = logging.getLogger(__name__)
 
 
 # Routes an action for a caller to the app that owns the tree; the app's answer.
-Act = Callable[[wire.ActionRequest, PeerCred], Awaitable[wire.Message]]
+Act = Callable[[wire.ActionRequest, Who], Awaitable[wire.Message]]
 
 
 def make_provider(core: A11yCore, act_for: Act) -> ToolProvider:
@@ -91,9 +97,17 @@ def make_provider(core: A11yCore, act_for: Act) -> ToolProvider:
         request = wire.ActionRequest(
             0, tree_id, node_id, action_value(args["action"]), args.get("value", "")
         )
-        answer = await act_for(request, _caller(call))
+        who = _caller(call)
+        try:
+            answer = await act_for(request, who)
+        except PermissionDenied:
+            if isinstance(who, Remote):
+                log.info("%s refused: %s on %s", _relayed(who, call), args["action"], args["ref"])
+            raise
         if isinstance(answer, wire.Error):
             raise error_for_code(answer.code, answer.message)
+        if isinstance(who, Remote):  # the broker's audit has the call; this, what it reached
+            log.info("%s: %s on %s", _relayed(who, call), args["action"], args["ref"])
         message = answer.message if isinstance(answer, wire.ActionResult) else ""
         return {"ok": True, "message": message}
 
@@ -125,8 +139,16 @@ def make_provider(core: A11yCore, act_for: Act) -> ToolProvider:
     return provider
 
 
-def _caller(call: ToolCall) -> PeerCred:
+def _caller(call: ToolCall) -> Who:
+    """Whom the call is decided for: the remote person the broker says a trusted delegate
+    called for, else the caller the broker names."""
     cred = call.peer
     if cred is None:  # a broker that names no caller: nobody's trees are anybody's
         raise PermissionDenied("the broker did not say who is calling")
-    return cred
+    behalf = (call.request.meta or {}).get(ON_BEHALF_OF_META)
+    return cred if behalf is None else remote_of(behalf)
+
+
+def _relayed(remote: Remote, call: ToolCall) -> str:
+    delegate = call.peer
+    return f"{remote} (relayed by {delegate.describe() if delegate is not None else '?'})"

@@ -21,7 +21,7 @@ from typing import Any
 from kiki_tool_broker import protocol as mcp
 from kiki_tool_broker.calls import Calls
 from kiki_tool_broker.config import BrokerConfig
-from kiki_tool_broker.policy import Caller, Decision, Policy, installed_authority, remote_of
+from kiki_tool_broker.policy import Caller, Decision, Policy, installed_authority
 from kiki_tool_broker.registry import (
     Provider,
     Tool,
@@ -34,7 +34,7 @@ from kiki_tool_broker.streams import Action, StreamFanout
 from kiki_tool_broker.subscribing import Subscriptions
 from libkiki.errors import InvalidParams, KikiError, NotFound, PermissionDenied
 from libkiki.peer import PeerCred
-from libkiki.principals import Remote, is_kiki_service
+from libkiki.principals import Remote, is_kiki_service, remote_of
 from libkiki.tools import ON_BEHALF_OF_META
 
 log = logging.getLogger(__name__)

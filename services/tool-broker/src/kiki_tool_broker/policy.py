@@ -76,11 +76,10 @@ from typing import Literal
 
 import orjson
 
-from libkiki.errors import ConfigError, InvalidParams
+from libkiki.errors import ConfigError
 from libkiki.paths import state_dir
 from libkiki.peer import PeerCred
 from libkiki.principals import (
-    SUBJECT,
     Principals,
     Remote,
     globs,
@@ -158,9 +157,8 @@ class Rule:
         does ``access = ["call"]``)."""
         if nsid not in self.names_private:
             return False
-        if caller.remote is not None:
-            return self.principals.matches_remote(caller.remote)
-        return self.principals.matches(caller.cred, granting=self.granting)
+        who = caller.cred if caller.remote is None else caller.remote
+        return self.principals.admits(who, granting=self.granting)
 
 
 _SECTIONS = ("allow", "deny", "provide", "delegate")
@@ -367,30 +365,6 @@ class Policy:
         return Provision(
             False, f"it is not under {authority}, the authority of the provider's installed app"
         )
-
-
-def remote_of(value: object) -> Remote:
-    """``_meta["dev.kiki/onBehalfOf"]``: ``{"subject": ..., "session": ...}`` (session
-    optional), as a :class:`~libkiki.principals.Remote`, or InvalidParams."""
-    if not isinstance(value, dict) or set(value) - {"subject", "session"}:
-        raise InvalidParams(
-            "onBehalfOf is an object with a subject and, optionally, a session",
-            data={"rule": "onBehalfOf"},
-        )
-    subject, session = value.get("subject"), value.get("session")
-    if not isinstance(subject, str) or not SUBJECT.fullmatch(subject):
-        raise InvalidParams(
-            "onBehalfOf.subject is 1 to 256 of A-Z a-z 0-9 _ . : @ % -",
-            data={"rule": "onBehalfOf"},
-        )
-    if session is not None and (
-        not isinstance(session, str) or not 0 < len(session) <= 128 or not session.isprintable()
-    ):
-        raise InvalidParams(
-            "onBehalfOf.session is a string of 1 to 128 printable characters",
-            data={"rule": "onBehalfOf"},
-        )
-    return Remote(subject, session)
 
 
 def installed_apps_dir() -> Path:
