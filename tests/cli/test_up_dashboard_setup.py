@@ -75,6 +75,15 @@ def test_without_a_policy_kiki_up_writes_one_the_broker_reads(tmp_path: Path) ->
         app = wire.App(tree_id=2, app_id=other, pid=8, uid=1234, unit="", label=other)
         assert not a11y.public("subscribe", app, None), other
         assert not a11y.public("subscribe", app, me), other
+
+    # The people may act on the demo app, and on no other (for an a11y-server that decides a
+    # relayed act for the person): the only rules granting "act" name remote:* and the demo.
+    def acting(app: wire.App) -> list[str | None]:
+        rules = [r for r in a11y.allow if r.names("act", app, None)]
+        return [p.remote for r in rules for p in r.principals.items]
+
+    assert acting(demo) == ["*"]
+    assert acting(wire.App(2, "org.gnome.Terminal", 8, 1234, "", "t")) == []
     # The demo app may name its app id (this user's processes only); nothing else.
     assert a11y.may_name(me, A11Y_APP_ID)
     assert not a11y.may_name(me, "org.gnome.Terminal")

@@ -62,9 +62,12 @@ def a11y_policy(uid: int) -> str:
     # (the terminal, the password manager), and none of those is for the people in a session.
     # The demo app names its app id itself, which the server takes from this user's processes
     # only under the [[publisher]] rule. (A rule naming `publishers` would miss a tree's first
-    # appearance: the stream decides it before the tree's publisher is recorded.)
+    # appearance: the stream decides it before the tree's publisher is recorded.) The people
+    # may act on the demo app only: an a11y-server that decides a relayed act for the person
+    # (not the relay's uid) finds this rule, and nothing else for `remote:`.
     return (
-        "# Written by `kiki up`: the demo app's tree goes to the sessions' screens.\n"
+        "# Written by `kiki up`: the demo app's tree goes to the sessions' screens, and the\n"
+        "# sessions' people may act on it.\n"
         "[[publisher]]\n"
         f'principals = ["uid:{uid}"]\n'
         f'apps = ["{DEMO_APP_ID}"]\n'
@@ -72,6 +75,11 @@ def a11y_policy(uid: int) -> str:
         "[[allow]]\n"
         'principals = ["*", "remote:*"]\n'
         'rights = ["subscribe"]\n'
+        f'apps = ["{DEMO_APP_ID}"]\n'
+        "\n"
+        "[[allow]]\n"
+        'principals = ["remote:*"]\n'
+        'rights = ["act"]\n'
         f'apps = ["{DEMO_APP_ID}"]\n'
     )
 
@@ -187,6 +195,7 @@ _NEEDS = {
     "tool-broker": "the relay as a [[delegate]], and an [[allow]] for remote:*",
     "a11y-server": (
         f'an [[allow]] of "subscribe" for "*" and "remote:*" on the app {DEMO_APP_ID} (and a'
-        " [[publisher]] rule letting you name it), or no screen is shown"
+        " [[publisher]] rule letting you name it), or no screen is shown, and one of"
+        f' "act" for "remote:*" on it'
     ),
 }
