@@ -132,4 +132,37 @@ def test_export_into_or_import_from_the_updaters_own_state_is_refused(
     run = kiki("agent", "--socket", str(here), "import", AGENT, str(own))
     assert run.returncode == 1
     assert "inside the updater's state" in run.stderr
-    assert not (tmp_path / "here" / "repo" / "refs" / "heads" / "planted").exists()
+    assert list((tmp_path / "here").glob("**/*.delta")) == []
+
+
+def test_an_export_writes_private_deltas_never_through_a_planted_symlink(
+    two_updaters: tuple[Path, Path], tmp_path: Path
+) -> None:
+    import asyncio
+    import os
+    import stat
+
+    from libkiki.rpc import connect_unix
+
+    here, _ = two_updaters
+
+    async def install() -> Any:
+        async with connect_unix(here) as conn:
+            return await conn.request(
+                "dev.kiki.update.install", {"target": "agent", "appId": AGENT, "remote": "origin"}
+            )
+
+    asyncio.run(install())
+    (tmp_path / "here" / "agent" / AGENT / "data" / "private").write_text("the agent's own")
+    victim = tmp_path / "victim"
+    victim.write_text("root's file\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "state.delta").symlink_to(victim)
+    run = kiki("agent", "--socket", str(here), "export", AGENT, "--out", str(out))
+    assert run.returncode == 0, run.stderr
+    assert victim.read_text() == "root's file\n"
+    for part in ("code", "state"):
+        written = os.lstat(out / f"{part}.delta")
+        assert stat.S_ISREG(written.st_mode)
+        assert stat.S_IMODE(written.st_mode) == 0o600, part

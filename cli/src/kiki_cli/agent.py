@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from kiki_cli.app import call_with_directory
 from kiki_cli.common import fail, service_group
 from kiki_cli.os import operation_line, print_json, updater_call
 from libkiki.errors import KikiError
@@ -61,13 +62,14 @@ def _show(args: argparse.Namespace, answer: dict[str, Any]) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    args.out.mkdir(parents=True, exist_ok=True)  # the caller's own, made as the caller
     params: dict[str, Any] = {"appId": args.agent, "out": str(args.out.resolve())}
     if args.destination:
         params["destination"] = args.destination
     if args.full:
         params["full"] = True
     try:
-        _show(args, updater_call(args.socket, "exportAgent", params, progress=not args.json))
+        _show(args, call_with_directory(args.socket, "exportAgent", params, args.out))
     except KikiError as exc:
         return fail("agent", exc)
     return 0
@@ -76,7 +78,7 @@ def run_export(args: argparse.Namespace) -> int:
 def run_import(args: argparse.Namespace) -> int:
     params = {"appId": args.agent, "source": str(args.source.resolve())}
     try:
-        _show(args, updater_call(args.socket, "importAgent", params, progress=not args.json))
+        _show(args, call_with_directory(args.socket, "importAgent", params, args.source))
     except KikiError as exc:
         return fail("agent", exc)
     return 0
@@ -90,12 +92,15 @@ def _name(socket: Path) -> str:
 def run_move(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="kiki-agent-") as tmp:
         try:
-            out = updater_call(
+            out = call_with_directory(
                 args.socket,
                 "exportAgent",
                 {"appId": args.agent, "out": tmp, "destination": _name(args.to), "full": args.full},
+                Path(tmp),
             )
-            into = updater_call(args.to, "importAgent", {"appId": args.agent, "source": tmp})
+            into = call_with_directory(
+                args.to, "importAgent", {"appId": args.agent, "source": tmp}, Path(tmp)
+            )
             if not args.keep:
                 updater_call(args.socket, "remove", {"target": "agent", "appId": args.agent})
         except KikiError as exc:

@@ -242,7 +242,7 @@ def run_install(args: argparse.Namespace) -> int:
     if args.allow_breaking:
         params["allowBreaking"] = True
     try:
-        answer = _install_directory(args.socket, args.dir, params)
+        answer = call_with_directory(args.socket, "install", params, args.dir)
     except Unavailable as exc:  # no updater to install through: said as every command says it
         from kiki_cli.common import fail
 
@@ -266,21 +266,28 @@ def run_install(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _install_directory(socket_at: Path | None, directory: Path, params: dict[str, Any]) -> Any:
-    """``install {appId, directory}`` on the updater's socket, passing the directory opened here,
-    as the caller: the updater (root, in namespaces of its own) reads it through that descriptor
-    only, never by its path; it asks for it with ``dev.kiki.update.sendDirectory``."""
+def call_with_directory(
+    socket_at: Path | None, method: str, params: dict[str, Any], directory: Path
+) -> Any:
+    """``dev.kiki.update.<method>`` on the updater's socket, passing ``directory`` opened here,
+    as the caller: the updater (root, in namespaces of its own) reaches it through that
+    descriptor only, never by its path; it asks for it with ``dev.kiki.update.sendDirectory``.
+    Used by ``install`` (a directory), ``exportAgent`` and ``importAgent``."""
     import asyncio
     import os
     import socket
 
     from kiki_cli.os import NSID
+    from libkiki.errors import InvalidParams
     from libkiki.paths import UPDATER_SOCKET, socket_path
     from libkiki.peer import peer_cred
     from libkiki.rpc import Connection, RequestContext
 
     path = socket_at or socket_path(UPDATER_SOCKET)
-    dirfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        dirfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise InvalidParams(f"{directory}: {exc.strerror or exc}") from None
 
     async def go() -> Any:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
@@ -297,7 +304,7 @@ def _install_directory(socket_at: Path | None, directory: Path, params: dict[str
 
         methods = {NSID + "sendDirectory": send_directory}
         async with Connection(sock, peer=peer, methods=methods) as conn:
-            return await conn.request(NSID + "install", params, timeout=float("inf"))
+            return await conn.request(NSID + method, params, timeout=float("inf"))
 
     try:
         return asyncio.run(go())

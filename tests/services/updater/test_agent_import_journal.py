@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,14 @@ AGENT = "org.example.agent"
 SECRET, PUBLIC = generate_keypair()
 
 
+def _import(moves: AgentMoves, source: Path) -> Any:
+    fd = os.open(source, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        return asyncio.run(moves.import_(None, {"appId": AGENT, "source": str(source)}, None, fd))
+    finally:
+        os.close(fd)
+
+
 def test_a_state_that_cannot_be_restored_puts_the_previous_code_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -37,7 +46,7 @@ def test_a_state_that_cannot_be_restored_puts_the_previous_code_back(
     )
     updater = Updater(config)
     moves = AgentMoves(updater)
-    first = asyncio.run(moves.import_(None, {"appId": AGENT, "source": str(tmp_path / "m1")}, None))
+    first = _import(moves, tmp_path / "m1")
     assert first.state == "succeeded", first
     v1 = updater.store.current("agent", AGENT)
     (code / "NEW").write_text("2")
@@ -49,7 +58,7 @@ def test_a_state_that_cannot_be_restored_puts_the_previous_code_back(
 
     monkeypatch.setattr(agents, "restore_state", full)
     with pytest.raises(OSError, match="No space"):
-        asyncio.run(moves.import_(None, {"appId": AGENT, "source": str(tmp_path / "m2")}, None))
+        _import(moves, tmp_path / "m2")
     assert updater.store.current("agent", AGENT) == v1
     assert (updater.store.home("agent", AGENT) / "data" / "a").read_text() == "v1"
     assert updater.journal.pending() == []

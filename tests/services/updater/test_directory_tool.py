@@ -1,5 +1,6 @@
 """A directory install through the broker's tool (``dev.kiki.update.install {appId,
-directory}``) is refused, for a local caller and on behalf of a remote person alike: the
+directory}``), and an agent's export or import (``out``, ``source``), are refused, for a local
+caller and on behalf of a remote person alike: the
 updater reads a directory only through the descriptor its caller passes on ``updater.sock``,
 and none crosses the broker. The error says what to do instead."""
 
@@ -74,6 +75,17 @@ def test_a_directory_install_through_the_broker_is_refused(
                 await relay.call(
                     "dev.kiki.update.update", {"appId": APP, "target": "app", **install}
                 )
+            # an agent's export and import name directories too: refused the same way
+            agent = {"appId": "org.example.agent", "target": "agent"}
+            for tool, where in (("exportAgent", "out"), ("importAgent", "source")):
+                with pytest.raises(ToolError, match="kiki agent export"):
+                    await relay.call(f"dev.kiki.update.{tool}", {**agent, where: str(tmp_path)})
+                with pytest.raises(ToolError, match="kiki agent export"):
+                    await relay.call(
+                        f"dev.kiki.update.{tool}",
+                        {**agent, where: str(tmp_path)},
+                        on_behalf_of=ALICE,
+                    )
             assert (await relay.call("dev.kiki.update.list", {}))["apps"] == []
 
     asyncio.run(scenario())

@@ -12,19 +12,12 @@ from pathlib import Path
 import pytest
 
 from kiki_updater import local
-from kiki_updater.local import LocalBuilds, check_owner, stage
+from kiki_updater.local import LocalBuilds, stage
 from kiki_updater.signing import public_of
 from kikitest.ostree_fixtures import make_app_tree
-from libkiki.errors import InvalidParams, LimitExceeded, PermissionDenied
-from libkiki.peer import PeerCred
+from libkiki.errors import InvalidParams, LimitExceeded
 
 pytestmark = pytest.mark.unit
-
-OWN_UID = 990
-
-
-def _peer(uid: int) -> PeerCred:
-    return PeerCred(pid=1, uid=uid, gid=uid)
 
 
 @pytest.fixture
@@ -39,29 +32,6 @@ def _open(path: Path, fds: list[int]) -> int:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     fds.append(fd)
     return fd
-
-
-@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
-def test_a_directory_of_another_uid_is_refused(tmp_path: Path, opened: list[int]) -> None:
-    app = tmp_path / "app"
-    app.mkdir()
-    os.chown(app, 1234, 1234)
-    fd = _open(app, opened)
-    with pytest.raises(PermissionDenied, match="not yours"):
-        check_owner(fd, _peer(4321), OWN_UID)
-    check_owner(fd, _peer(1234), OWN_UID)
-    check_owner(fd, _peer(0), OWN_UID)  # root may
-    check_owner(fd, _peer(OWN_UID), OWN_UID)
-
-
-def test_a_descriptor_that_is_not_a_directory_is_refused(tmp_path: Path) -> None:
-    (tmp_path / "f").write_text("x")
-    fd = os.open(tmp_path / "f", os.O_RDONLY)
-    try:
-        with pytest.raises(InvalidParams, match="not a directory"):
-            check_owner(fd, None, OWN_UID)
-    finally:
-        os.close(fd)
 
 
 def test_symlinks_are_copied_as_symlinks_never_followed(tmp_path: Path, opened: list[int]) -> None:

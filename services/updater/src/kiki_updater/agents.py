@@ -18,6 +18,7 @@ import ctypes
 import os
 import shutil
 import stat
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from kiki_updater.gio import (
     lib,
     require_own_context,
 )
+from kiki_updater.handover import copy_in, copy_out
 from kiki_updater.journal import Entry, Journal
 from kiki_updater.store import Deployed, Store, app_ref
 
@@ -70,57 +72,74 @@ def export_agent(
     agent: str,
     code: Path,
     state: Path,
-    out: Path,
+    out: Path | int,
     *,
     destination: str = "default",
     secret: str | None = None,
     full: bool = False,
+    owner: tuple[int, int] | None = None,
 ) -> Moved:
     """Commit ``code`` and ``state`` as the agent's next commits and write, into the directory
-    ``out``, a static delta of each from what ``destination`` was last sent (``full``: from
-    nothing)."""
+    ``out`` (a path, or a caller's directory descriptor), a static delta of each from what
+    ``destination`` was last sent (``full``: from nothing): mode 0600 (the state is the agent's
+    private data), owned by ``owner`` (uid, gid) when given. Each delta is made in the
+    updater's own state first, then copied in (:func:`~kiki_updater.handover.copy_out`: never
+    through a symlink planted in ``out``)."""
     require_own_context(f"the export of agent {agent}")
     L = lib()
     repo = store.repo
-    out.mkdir(parents=True, exist_ok=True)
+    if isinstance(out, Path):
+        out.mkdir(parents=True, exist_ok=True)
+        out_fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    else:
+        out_fd = os.dup(out)
     commits: dict[str, str] = {}
     files: dict[str, Path] = {}
-    for part, tree in zip(PARTS, (code, state), strict=True):
-        ref = app_ref("agent", agent, part)
-        _, parent = repo.resolve_rev(ref, True)
-        commit = commit_dir(
-            repo,
-            tree,
-            ref,
-            subject=f"{agent} {part}",
-            metadata={"kiki.id": agent},
-            parent=parent or None,
-        )
-        if secret is not None:
-            from kiki_updater.signing import sign_commit
+    sizes = 0
+    work = Path(tempfile.mkdtemp(prefix=".export-", dir=store.root))
+    try:
+        for part, tree in zip(PARTS, (code, state), strict=True):
+            ref = app_ref("agent", agent, part)
+            _, parent = repo.resolve_rev(ref, True)
+            commit = commit_dir(
+                repo,
+                tree,
+                ref,
+                subject=f"{agent} {part}",
+                metadata={"kiki.id": agent},
+                parent=parent or None,
+            )
+            if secret is not None:
+                from kiki_updater.signing import sign_commit
 
-            sign_commit(repo, commit, secret)
-        sent = None if full else store.resolve(_sent_ref(agent, part, destination))
-        path = out / f"{part}.delta"
-        params = L.GLib.Variant(
-            "a{sv}",
-            {
-                "filename": L.GLib.Variant("ay", os.fsencode(path) + b"\0"),
-                "inline-parts": L.GLib.Variant("b", True),
-            },
-        )
-        repo.static_delta_generate(
-            L.OSTree.StaticDeltaGenerateOpt.MAJOR, sent, commit, None, params, None
-        )
-        repo.set_ref_immediate(None, _sent_ref(agent, part, destination), commit, None)
-        commits[part], files[part] = commit, path
-    return Moved(agent, commits, files, sum(p.stat().st_size for p in files.values()))
+                sign_commit(repo, commit, secret)
+            sent = None if full else store.resolve(_sent_ref(agent, part, destination))
+            made = work / f"{part}.delta"
+            params = L.GLib.Variant(
+                "a{sv}",
+                {
+                    "filename": L.GLib.Variant("ay", os.fsencode(made) + b"\0"),
+                    "inline-parts": L.GLib.Variant("b", True),
+                },
+            )
+            repo.static_delta_generate(
+                L.OSTree.StaticDeltaGenerateOpt.MAJOR, sent, commit, None, params, None
+            )
+            copy_out(made, out_fd, made.name, owner)
+            sizes += made.stat().st_size
+            repo.set_ref_immediate(None, _sent_ref(agent, part, destination), commit, None)
+            commits[part] = commit
+            files[part] = out / made.name if isinstance(out, Path) else Path(made.name)
+    finally:
+        os.close(out_fd)
+        shutil.rmtree(work, ignore_errors=True)
+    return Moved(agent, commits, files, sizes)
 
 
 def import_agent(
     store: Store,
     agent: str,
-    source: Path,
+    source: Path | int,
     *,
     keys: tuple[str, ...] = (),
     phase: Phase = _quiet,
@@ -153,30 +172,42 @@ def import_agent(
 
 
 def _apply_and_check(
-    store: Store, agent: str, source: Path, keys: tuple[str, ...]
+    store: Store, agent: str, source: Path | int, keys: tuple[str, ...]
 ) -> dict[str, str]:
+    """Apply both deltas, each from a copy in the updater's own state (a caller's file is read
+    through the directory's descriptor: :func:`~kiki_updater.handover.copy_in`)."""
     L = lib()
     repo = store.repo
     commits: dict[str, str] = {}
-    for part in PARTS:
-        path = source / f"{part}.delta"
-        repo.prepare_transaction(None)
-        try:
-            repo.static_delta_execute_offline(L.Gio.File.new_for_path(str(path)), False, None)
-            repo.commit_transaction(None)
-        except BaseException:
-            repo.abort_transaction(None)
-            raise
-        commits[part] = _delta_target(path)
-        if keys:
-            from kiki_updater.signing import verify_commit
+    if isinstance(source, Path):
+        source_fd = os.open(source, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    else:
+        source_fd = os.dup(source)
+    work = Path(tempfile.mkdtemp(prefix=".import-", dir=store.root))
+    try:
+        for part in PARTS:
+            path = work / f"{part}.delta"
+            copy_in(source_fd, path.name, path)
+            repo.prepare_transaction(None)
+            try:
+                repo.static_delta_execute_offline(L.Gio.File.new_for_path(str(path)), False, None)
+                repo.commit_transaction(None)
+            except BaseException:
+                repo.abort_transaction(None)
+                raise
+            commits[part] = _delta_target(path)
+            if keys:
+                from kiki_updater.signing import verify_commit
 
-            verify_commit(repo, commits[part], keys)
-        named = commit_metadata(repo, commits[part]).get("kiki.id")
-        if named != agent:
-            from kiki_updater.signing import SignatureRefused
+                verify_commit(repo, commits[part], keys)
+            named = commit_metadata(repo, commits[part]).get("kiki.id")
+            if named != agent:
+                from kiki_updater.signing import SignatureRefused
 
-            raise SignatureRefused(f"the {part} commit is {named!r}'s, not {agent}'s")
+                raise SignatureRefused(f"the {part} commit is {named!r}'s, not {agent}'s")
+    finally:
+        os.close(source_fd)
+        shutil.rmtree(work, ignore_errors=True)
     return commits
 
 
@@ -184,7 +215,7 @@ def import_journaled(
     store: Store,
     journal: Journal,
     agent: str,
-    source: Path,
+    source: Path | int,
     *,
     keys: tuple[str, ...],
     undo: Callable[[str, str | None, str | None], None],
@@ -251,9 +282,10 @@ def finish_import(store: Store, entry: Entry) -> None:
 
 
 def _delta_target(path: Path) -> str:
-    """The commit a delta file leads to (its superblock's ``to`` checksum)."""
+    """The commit a delta file leads to (its superblock's ``to`` checksum), read from the file
+    mapped, not copied into memory."""
     L = lib()
-    data = L.GLib.Bytes.new(path.read_bytes())
+    data = L.GLib.MappedFile.new(str(path), False).get_bytes()
     # A delta file is the superblock variant (with inline parts); the to-checksum is member 3.
     superblock = L.GLib.Variant.new_from_bytes(
         L.GLib.VariantType.new("(a{sv}tayay(a(ss)aya(sayay))aya(uayttay)a(yaytt))"), data, False

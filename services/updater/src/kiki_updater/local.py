@@ -29,10 +29,9 @@ from pathlib import Path
 
 from kiki_updater.publish import MANIFEST_FILE, Release, publish
 from kiki_updater.pull import Remote
-from libkiki.errors import InvalidParams, LimitExceeded, PermissionDenied
-from libkiki.peer import PeerCred
+from libkiki.errors import InvalidParams, LimitExceeded
 
-__all__ = ["LOCAL", "MAX_BYTES", "MAX_DEPTH", "MAX_FILES", "LocalBuilds", "check_owner", "stage"]
+__all__ = ["LOCAL", "MAX_BYTES", "MAX_DEPTH", "MAX_FILES", "LocalBuilds", "stage"]
 
 LOCAL = "local"  # the built-in remote of directory installs; no configured remote shadows it
 MAX_FILES = 50_000  # entries of every kind
@@ -99,18 +98,6 @@ class LocalBuilds:
             )
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-
-
-def check_owner(dirfd: int, peer: PeerCred | None, own_uid: int) -> None:
-    """Refuse a descriptor that is not a directory the caller owns (root and the updater
-    itself may pass any)."""
-    info = os.fstat(dirfd)
-    if not stat.S_ISDIR(info.st_mode):
-        raise InvalidParams("directory: the descriptor passed is not a directory")
-    if peer is not None and peer.uid not in (0, own_uid) and info.st_uid != peer.uid:
-        raise PermissionDenied(
-            f"directory: not yours (uid {info.st_uid}): the updater reads it as root"
-        )
 
 
 def stage(dirfd: int, into: Path) -> None:

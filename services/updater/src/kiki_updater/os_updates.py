@@ -6,6 +6,7 @@ And agents moved (:class:`AgentMoves`): export to and import from a directory of
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -89,32 +90,34 @@ class AgentMoves:
     def __init__(self, updater: Updater) -> None:
         self.updater = updater
 
-    def _outside_state(self, name: str, where: str) -> None:
-        """Refuse a directory inside the updater's own state (its repository, deployments,
-        journal): the updater runs as root, and delta files written into its repository's
-        ``refs/`` would break it; a source there would be its own files."""
-        from pathlib import Path
-
-        from libkiki.paths import state_dir
-
-        path = Path(where).resolve()
-        for own in {self.updater.store.root.resolve(), state_dir().resolve()}:
-            if path == own or own in path.parents:
-                raise InvalidParams(f"{name}: {where} is inside the updater's state ({own})")
+    def _taken(self, name: str, where: object, dirfd: int | None, peer: Any) -> None:
+        """The directory ``name`` names is taken only as the descriptor its caller passed on
+        ``updater.sock`` (no descriptor crosses the broker), a directory the caller owns."""
+        if not isinstance(where, str) or not where:
+            raise InvalidParams(f"{name}: the caller's name for the directory")
+        if dirfd is None:
+            raise InvalidParams(
+                f"{name}: the directory's descriptor is passed on updater.sock: use "
+                "`kiki agent export|import|move` on the device"
+            )
+        self.updater.check_taken(name, dirfd, peer)
 
     async def export(
-        self, peer: Any, params: dict[str, Any], on_progress: Progress | None
+        self,
+        peer: Any,
+        params: dict[str, Any],
+        on_progress: Progress | None,
+        out_fd: int | None = None,
     ) -> Operation:
-        from pathlib import Path
-
+        """``out_fd``: the descriptor of the caller's directory ``out`` names; the deltas are
+        written into it 0600, owned by the caller."""
         from kiki_updater.agents import export_agent
         from kiki_updater.updater import target_of
 
         _, ident = target_of({**params, "target": "agent"})
-        out = params.get("out")
-        if not isinstance(out, str) or not out.startswith("/"):
-            raise InvalidParams("out: an absolute directory path")
-        self._outside_state("out", out)
+        self._taken("out", params.get("out"), out_fd, peer)
+        assert out_fd is not None
+        owner = (peer.uid, peer.gid) if peer is not None and os.geteuid() == 0 else None
         destination = str(params.get("destination") or "default")
         if not is_name(destination):
             raise InvalidParams("destination: a name (letters, digits, _ . -)")
@@ -135,10 +138,11 @@ class AgentMoves:
                 ident,
                 (home / "current").resolve(),
                 home / "data",
-                Path(out),
+                out_fd,
                 destination=destination,
                 secret=secret,
                 full=bool(params.get("full", False)),
+                owner=owner,
             )
             sizes.append(moved.bytes)
 
@@ -147,19 +151,20 @@ class AgentMoves:
         return op
 
     async def import_(
-        self, peer: Any, params: dict[str, Any], on_progress: Progress | None
+        self,
+        peer: Any,
+        params: dict[str, Any],
+        on_progress: Progress | None,
+        source_fd: int | None = None,
     ) -> Operation:
-        from pathlib import Path
-
+        """``source_fd``: the descriptor of the caller's directory ``source`` names."""
         from kiki_updater.agents import import_journaled
         from kiki_updater.signing import SignatureRefused
         from kiki_updater.updater import target_of
 
         _, ident = target_of({**params, "target": "agent"})
-        source = params.get("source")
-        if not isinstance(source, str) or not source.startswith("/"):
-            raise InvalidParams("source: an absolute directory path")
-        self._outside_state("source", source)
+        self._taken("source", params.get("source"), source_fd, peer)
+        assert source_fd is not None
         keys = tuple(self.updater.config.agent_keys)
         if not keys:
             raise SignatureRefused("no agent key is trusted here (agent_keys)")
@@ -176,7 +181,7 @@ class AgentMoves:
                 updater.store,
                 updater.journal,
                 ident,
-                Path(source),
+                source_fd,
                 keys=keys,
                 undo=undo,
                 op=op.id,

@@ -123,12 +123,20 @@ def methods(ctx: ServiceContext, updater: Updater) -> Methods:
 
     @table.method(NSID + "exportAgent")
     async def export_agent(request: RequestContext, **params: Any) -> dict[str, Any]:
-        op = await updater.agents.export(request.peer, params, progress_of(request))
+        out = await take_directory(request.connection)
+        try:
+            op = await updater.agents.export(request.peer, params, progress_of(request), out)
+        finally:
+            os.close(out)
         return {"operation": op.view()}
 
     @table.method(NSID + "importAgent")
     async def import_agent(request: RequestContext, **params: Any) -> dict[str, Any]:
-        op = await updater.agents.import_(request.peer, params, progress_of(request))
+        source = await take_directory(request.connection)
+        try:
+            op = await updater.agents.import_(request.peer, params, progress_of(request), source)
+        finally:
+            os.close(source)
         return {"operation": op.view()}
 
     @table.method(NSID + "migrate")

@@ -20,7 +20,7 @@ from kiki_updater.core import Operation, UpdaterCore
 from kiki_updater.gio import own_context
 from kiki_updater.health import HealthGate
 from kiki_updater.journal import Journal, recover
-from kiki_updater.local import LOCAL, LocalBuilds, check_owner
+from kiki_updater.local import LOCAL, LocalBuilds
 from kiki_updater.operations import NotInstalled, Operations
 from kiki_updater.os_updates import AgentMoves, OsUpdates
 from kiki_updater.pull import Remote
@@ -126,6 +126,13 @@ class Updater:
         """One operation, as :meth:`Runner.run <kiki_updater.running.Runner.run>` runs it."""
         return await self.runner.run(peer, target, kind, app_id, work, on_progress)
 
+    def check_taken(self, name: str, dirfd: int, peer: PeerCred | None) -> None:
+        """A caller's directory descriptor: the caller's own, outside this updater's state."""
+        from kiki_updater.handover import check_taken
+        from libkiki.paths import state_dir
+
+        check_taken(name, dirfd, peer, self.own_uid, (self.store.root, state_dir()))
+
     # -- the operations ------------------------------------------------------------------------
 
     async def install(
@@ -210,7 +217,7 @@ class Updater:
         def work(op: Operation, progress: Any, phase: Any) -> Deployed:
             # in the worker, after run() checked that the caller is a manager: nothing of the
             # directory is read before both
-            check_owner(dirfd, peer, self.own_uid)
+            self.check_taken("directory", dirfd, peer)
             found = self.store.deployed(kind, ident)
             channel = (
                 found.ref.rsplit("/", 1)[1] if found else str(params.get("channel") or "stable")
