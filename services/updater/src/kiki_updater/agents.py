@@ -13,7 +13,6 @@ The source keeps its copy or retires it (:meth:`Store.remove`).
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import os
 import shutil
@@ -31,6 +30,7 @@ from kiki_updater.gio import (
     fsync_dir,
     lib,
     require_own_context,
+    syncfs,
 )
 from kiki_updater.handover import copy_in, copy_out
 from kiki_updater.journal import Entry, Journal
@@ -314,14 +314,16 @@ def restore_state(store: Store, agent: str, commit: str) -> None:
         from kiki_updater.app_users import AppUsers
 
         chown_tree(fresh, AppUsers(store.root).uid("agent", agent))
+    # The new state's files and owners durable before it takes data/'s name, and the exchange
+    # durable before the caller clears the journal: else a power cut could leave new code
+    # over an empty or old state with nothing left to finish the import.
+    syncfs(fresh)
     data = home / "data"
     if data.exists():
         exchange(fresh, data)
     else:
         os.rename(fresh, data)
-    # What follows only tidies up: the new state is in place.
-    with contextlib.suppress(OSError):
-        fsync_dir(home)
+    fsync_dir(home)
     shutil.rmtree(fresh, ignore_errors=True)  # the old state, after the exchange
 
 

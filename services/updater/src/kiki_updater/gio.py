@@ -155,6 +155,20 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def syncfs(path: Path) -> None:
+    """Make everything written on ``path``'s filesystem durable (``syncfs(2)``): a tree of many
+    files written without an fsync each, in one call."""
+    import ctypes
+
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if ctypes.CDLL(None, use_errno=True).syncfs(fd) != 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, f"syncfs {path}: {os.strerror(errno)}")
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def own_context() -> Iterator[Any]:
     """Give this thread a GLib main context of its own for the block: what libostree attaches
