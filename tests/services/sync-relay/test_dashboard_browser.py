@@ -273,6 +273,13 @@ def test_two_controllers_and_an_observer(relay: DeviceRelay, browser: Browser, s
             await browser.call(
                 "waitText", page="olga", selector="#connection", text="PermissionDenied"
             )
+            # Its write never reached the device, and its page says so (not "waiting").
+            await browser.call(
+                "waitText",
+                page="olga",
+                selector="#activity li[data-intent='crafted']",
+                text="not delivered: refused by the relay",
+            )
             await shoot(browser, "olga", shots, "observer-refused")
             await asyncio.sleep(0.2)  # what the relay would have relayed by now, it did not
             assert "crafted" not in device.intents

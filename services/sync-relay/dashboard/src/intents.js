@@ -20,6 +20,7 @@ export function intentSender (doc, by) {
   const intents = doc.getMap('intents')
   const results = doc.getMap('results')
   let previous = Promise.resolve()
+  let stopped = false
 
   const settled = (id) => new Promise((resolve) => {
     const done = () => {
@@ -35,15 +36,22 @@ export function intentSender (doc, by) {
     done()
   })
 
+  // Every intent this page's document got locally (whatever wrote it: the controls, or the
+  // console), as opposed to one a relay brought.
   const mine = new Set()
+  intents.observe((event) => {
+    if (!event.transaction.local) return
+    for (const [key, change] of event.changes.keys) if (change.action === 'add') mine.add(key)
+  })
   /** This page's intents the device has not answered. */
   const unanswered = () => [...mine].filter((id) => !results.has(id))
 
   /** Queue `tool(input)`; returns the intent's id at once. */
   function send (tool, input) {
     const id = newIntentId()
-    mine.add(id)
     const write = () => {
+      // A page the relay refused writes nothing more: it would only be refused again.
+      if (stopped) return undefined
       const now = Date.now()
       intents.set(id, {
         id,
@@ -58,7 +66,7 @@ export function intentSender (doc, by) {
     previous = previous.then(write, write)
     return id
   }
-  return { send, unanswered }
+  return { send, unanswered, stop: () => { stopped = true } }
 }
 
 export { FINAL }

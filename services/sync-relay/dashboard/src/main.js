@@ -46,6 +46,7 @@ function start () {
     document.body.classList.toggle('offline', state !== 'live')
     if (state === 'refused' && !stopped) {
       stopped = true
+      sender.stop()
       // What this page asked that never reached the device is marked so, not left waiting.
       activity.markRefused(sender.unanswered(), detail)
       drawActivity?.()
