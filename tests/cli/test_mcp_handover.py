@@ -160,6 +160,44 @@ async def test_a_broker_that_stops_answers_what_it_was_asked_first(broker: Broke
     assert await asyncio.to_thread(proc.wait, 30) == 0
 
 
+@pytest.mark.parametrize(
+    "broker",
+    [{"KIKI_TOOL_BROKER_DRAIN_TIMEOUT": "0.5", "KIKI_TOOL_BROKER_CALL_TIMEOUT": "60"}],
+    indirect=True,
+)
+@pytest.mark.parametrize(
+    ("extra", "said"),
+    [
+        ((), "kiki mcp: the tool broker went away\n"),
+        (("--relay",), "kiki mcp: the tool broker went away; 1 request(s) unanswered\n"),
+    ],
+)
+async def test_a_broker_that_stops_cuts_a_call_longer_than_its_drain(
+    broker: Broker, extra: tuple[str, ...], said: str
+) -> None:
+    # The host keeps stdin open and its call would take 60 s: after drain_timeout the broker
+    # ends the session (the host's stdout ends, the call unanswered) and exits, handed over or
+    # relayed alike; kiki mcp says so.
+    path, proc = broker
+    started = asyncio.Event()
+    async with asyncio.timeout(20), make_provider(path, started).connect():
+        host = await Hosted.start(path, *extra)
+        try:
+            assert (await host.ask(PING))["result"] == {}
+            assert host.proc.stdin is not None
+            host.proc.stdin.write(
+                orjson.dumps(call(2, ECHO, {"text": "x", "delay": 60_000})) + b"\n"
+            )
+            await started.wait()
+            proc.send_signal(signal.SIGTERM)
+            assert await host.rest() == b""
+            status, err = await host.end()
+            assert await asyncio.to_thread(proc.wait, 20) == 0
+        finally:
+            await host.kill()
+    assert (status, err) == (1, said)
+
+
 async def test_a_killed_kiki_mcp_ends_its_session(broker: Broker) -> None:
     path, _ = broker
     async with asyncio.timeout(30):

@@ -217,6 +217,7 @@ class _Pump:
         self.host_open = True
         self.last = b"\n"  # the end of the host's bytes so far
         self.failed: list[str] = []  # why the host's side broke (said once the bridge is down)
+        self.broker_gone = False  # the broker closed the connection first
         self.poller = select.poll()
         self.watching_stdin = False
 
@@ -308,8 +309,9 @@ class _Pump:
         except BlockingIOError:
             return True
         except OSError:
-            return False
+            chunk = b""
         if not chunk:
+            self.broker_gone = True
             return False
         try:
             _write_all(self.stdout, chunk)
@@ -442,6 +444,13 @@ def bridge(path: Path, drain_timeout: float = DRAIN_TIMEOUT, relay: bool = False
         pump.run(drain_timeout)
     if pump.failed:
         print(f"kiki mcp: {pump.failed[0]}", file=sys.stderr)
+        return 1
+    if pump.broker_gone and (pump.host_open or len(pump.outstanding)):
+        # As when the broker serves the pipes: the host is told its server went away (a broker
+        # stopping past its drain_timeout cuts the calls still in flight).
+        owed = len(pump.outstanding)
+        unanswered = f"; {owed} request(s) unanswered" if owed else ""
+        print(f"kiki mcp: the tool broker went away{unanswered}", file=sys.stderr)
         return 1
     return 0
 

@@ -813,6 +813,38 @@ async def test_server_exit_cancels_what_does_not_finish_in_time(
             await bounded(call)
 
 
+async def test_a_server_exit_cancelled_while_draining_still_ends_every_connection(
+    sock_path: Path, probe: Probe
+) -> None:
+    # A service bounds its whole stop (libkiki.service cancels it at drain_timeout): cancelled
+    # while its connections drain, the server still ends each at once (the handlers are
+    # cancelled, the peer sees the end), rather than waiting for the peers to leave.
+    entered = asyncio.Event()
+    servers: list[RpcServer] = []
+
+    async def serve() -> None:
+        async with running(sock_path, make_methods(probe), drain_timeout=3600) as srv:
+            servers.append(srv)
+            entered.set()
+            await asyncio.Event().wait()
+
+    stopping = asyncio.create_task(serve())
+    await bounded(entered.wait())
+    async with connect_unix(sock_path) as conn:
+        call = asyncio.create_task(conn.request("block", timeout=3600))
+        await bounded(probe.started.wait())
+        [served] = servers[0].connections
+        stopping.cancel()  # the server starts draining: its grace is an hour
+        await bounded(served.wait_closing())
+        stopping.cancel()  # the service's bound passes
+        with pytest.raises(PeerGone):
+            await bounded(call)
+        assert probe.cancelled.is_set()
+        with suppress(asyncio.CancelledError):
+            await bounded(stopping)
+        assert served.closed
+
+
 async def test_a_slow_progress_callback_is_bounded_and_runs_before_the_result(
     server: RpcServer, sock_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -1126,6 +1126,35 @@ async def test_a_forwarded_call_in_flight_finishes_when_the_broker_stops(broker:
     assert await asyncio.to_thread(proc.wait, 20) == 0
 
 
+@pytest.mark.parametrize(
+    "broker",
+    [{"KIKI_TOOL_BROKER_DRAIN_TIMEOUT": "0.5", "KIKI_TOOL_BROKER_CALL_TIMEOUT": "60"}],
+    indirect=True,
+)
+@pytest.mark.parametrize("key", [None, "stop-key"])
+async def test_a_call_longer_than_the_drain_is_cut_and_the_broker_exits(
+    broker: Broker, key: str | None
+) -> None:
+    # The provider would answer in 60 s; the client stays connected. After drain_timeout the
+    # broker shuts every connection (the call is cancelled at the provider, the client's
+    # connection ends) and exits: neither the call nor the client holds it. A keyed call is
+    # not kept running for a retry past the stop either.
+    path, proc = broker
+    hang, started = asyncio.Event(), asyncio.Event()
+    async with (
+        asyncio.timeout(20),
+        make_provider(path, hang, started).connect(),
+        ToolClient(path) as client,
+    ):
+        call = asyncio.ensure_future(client.call(SLOW, {}, idempotency_key=key, timeout=120))
+        await started.wait()
+        proc.send_signal(signal.SIGTERM)
+        with pytest.raises(PeerGone):
+            await call
+        await hang.wait()  # the provider was told
+        assert await asyncio.to_thread(proc.wait, 20) == 0
+
+
 @pytest.mark.parametrize("broker", [{"KIKI_TOOL_BROKER_MAX_LISTEN_STREAMS": "2"}], indirect=True)
 async def test_listen_streams_are_capped_whatever_they_ask_for(broker: Broker) -> None:
     path, _ = broker

@@ -414,8 +414,20 @@ class Connection:
                         await self._lost_waiter.wait()
                 except TimeoutError:
                     transport.abort()  # a peer that never reads cannot hold us here
+        except asyncio.CancelledError:
+            # Cancelled part-way (a server's drain bound passed, say): the connection still
+            # ends, at once, or it would stay open until its peer chose to leave.
+            self._abort()
+            raise
         finally:
             self._finished.set()
+
+    def _abort(self) -> None:
+        self._shut(Unavailable("the connection was closed"))
+        if self._progress_task is not None:
+            self._progress_task.cancel()
+        if self._transport is not None:
+            self._transport.abort()
 
     # -- calling the peer --------------------------------------------------------------------
 
