@@ -48,8 +48,10 @@ def policy(sockdir: Path, extra: str = "") -> None:
         '[[allow]]\nprincipals = ["remote:*"]\n'
         'tools = ["dev.kiki.demo.*", "dev.kiki.a11y.act", "dev.kiki.notify.close"]\n' + extra
     )
+    # The a11y-server decides an act relayed for a person for that person (remote:...).
     (etc / "a11y-policy.toml").write_text(
-        '[[allow]]\nprincipals = ["*", "remote:*"]\nrights = ["subscribe"]\napps = ["*"]\n'
+        '[[allow]]\nprincipals = ["*", "remote:*"]\nrights = ["subscribe"]\napps = ["*"]\n\n'
+        '[[allow]]\nprincipals = ["remote:*"]\nrights = ["act"]\napps = ["*"]\n'
     )
 
 
