@@ -25,7 +25,12 @@ def test_the_device_writes_every_part_controllers_only_intents_observers_nothing
 
 
 def test_every_part_is_typed_by_a_published_lexicon(kiki: Registry) -> None:
-    intent = {"id": "i-1", "tool": "dev.kiki.demo.echo", "createdAt": "2026-12-07T15:00:00Z"}
+    intent = {
+        "id": "i-1",
+        "tool": "dev.kiki.demo.echo",
+        "by": "alice",
+        "createdAt": "2026-12-07T15:00:00Z",
+    }
     result = {"status": "ok", "output": {"text": "hi"}, "at": "2026-12-07T15:00:01Z"}
     state = {"updatedAt": "2026-12-07T15:00:00Z", "tools": ["dev.kiki.demo.echo"]}
     for part, value in zip(PARTS, (state, intent, result), strict=True):
