@@ -80,3 +80,26 @@ def test_a_descriptor_that_is_not_a_directory_or_two_are_refused(
             asyncio.run(_install(updater_sock, params, [manifest, manifest]))
     finally:
         os.close(manifest)
+
+
+def test_the_local_archive_keeps_only_the_newest_build_and_forgets_a_removed_app(
+    updater_sock: Path, tmp_path: Path, sockdir: Path
+) -> None:
+    tree = make_app_tree(tmp_path / "app", APP, "1.0", files=2)
+    for version in ("1.0", "1.1", "1.2"):
+        (tree / "kiki-app.json").write_text(f'{{"id": "{APP}", "version": "{version}"}}')
+        fd = os.open(tree, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            asyncio.run(_install(updater_sock, {"appId": APP, "directory": str(tree)}, [fd]))
+        finally:
+            os.close(fd)
+    (local,) = sockdir.glob("state/**/local/objects")
+    assert len(list(local.glob("*/*.commit"))) == 1
+
+    async def remove() -> Any:
+        async with connect_unix(updater_sock) as conn:
+            return await conn.request("dev.kiki.update.remove", {"appId": APP})
+
+    assert asyncio.run(remove())["operation"]["state"] == "succeeded"
+    assert list(local.glob("*/*.commit")) == []
+    assert list(local.parent.glob("refs/heads/**/stable")) == []

@@ -81,6 +81,32 @@ class LocalBuilds:
         _, public = self._keys()
         return Remote.of(LOCAL, str(self.repo_path), ed25519_keys=(public,))
 
+    def prune(self) -> None:
+        """Free every local release but the newest of each ref (the parent the next build's
+        delta starts from; the device's own store keeps its rollback targets), with their
+        static deltas, and list what is left in the summary."""
+        from kiki_updater.gio import lib, open_repo
+        from kiki_updater.publish import regenerate_summary
+
+        if not self.repo_path.exists():
+            return
+        L = lib()
+        repo = open_repo(self.repo_path, "archive")
+        repo.prune(L.OSTree.RepoPruneFlags.REFS_ONLY, 0, None)
+        regenerate_summary(repo)
+
+    def forget(self, ref: str) -> None:
+        """Drop ``ref`` (a removed app's) from the local archive, and what only it kept."""
+        from kiki_updater.gio import open_repo
+
+        if not self.repo_path.exists():
+            return
+        repo = open_repo(self.repo_path, "archive")
+        _, head = repo.resolve_rev(ref, True)
+        if head:
+            repo.set_ref_immediate(None, ref, None, None)
+        self.prune()
+
     def build(self, dirfd: int, channel: str) -> Release:
         """Publish the directory open at ``dirfd`` as the next local release on ``channel``,
         signed, from a staging copy (:func:`stage`)."""

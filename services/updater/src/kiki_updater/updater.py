@@ -126,6 +126,14 @@ class Updater:
         """One operation, as :meth:`Runner.run <kiki_updater.running.Runner.run>` runs it."""
         return await self.runner.run(peer, target, kind, app_id, work, on_progress)
 
+    def _prune_local(self) -> None:
+        """Older local releases go (the store keeps what it rolls back to); a failure here
+        is logged, never the operation's."""
+        try:
+            self.local.prune()
+        except Exception:
+            log.exception("pruning the local archive failed")
+
     def check_taken(self, name: str, dirfd: int, peer: PeerCred | None) -> None:
         """A caller's directory descriptor: the caller's own, outside this updater's state."""
         from kiki_updater.handover import check_taken
@@ -226,17 +234,20 @@ class Updater:
             release = self.local.build(dirfd, channel)
             if release.app_id != ident:
                 raise InvalidParams(f"{directory} is {release.app_id}, not {ident}")
-            return self.ops.install(
-                kind,
-                ident,
-                self.local.remote(),
-                channel=channel,
-                update=found is not None,
-                progress=progress,
-                phase=phase,
-                op=op.id,
-                allow_breaking=allow_breaking,
-            )
+            try:
+                return self.ops.install(
+                    kind,
+                    ident,
+                    self.local.remote(),
+                    channel=channel,
+                    update=found is not None,
+                    progress=progress,
+                    phase=phase,
+                    op=op.id,
+                    allow_breaking=allow_breaking,
+                )
+            finally:
+                self._prune_local()
 
         return await self.run(peer, kind, "install", ident, work, on_progress)
 
@@ -257,8 +268,11 @@ class Updater:
         keep = bool(params.get("keepData", False))
 
         def work(op: Operation, progress: Any, phase: Any) -> None:
+            found = self.store.deployed(kind, ident)
             self.store.remove(kind, ident, keep_data=keep)
             self.store.prune()
+            if found is not None and found.remote == LOCAL:  # its directory builds too
+                self.local.forget(found.ref)
 
         return await self.run(peer, kind, "remove", ident, work, on_progress)
 
