@@ -8,10 +8,12 @@ long operation reports MCP progress (percent, and the phase and bytes in its mes
 stream carries every operation's changes (each is a ``#progress`` message: the operation as
 ``status`` shows it); a subscriber that reads slowly gets the latest state of each, merged.
 
-A directory install (``install {appId, directory}``) is not offered here: the updater reads a
-directory only through the descriptor its caller opened and passed on ``updater.sock``
-(``server.py``), and no descriptor crosses the broker. The tool refuses it, saying to run
-``kiki app install DIR`` on the device.
+A directory install (``install {appId, directory}``) and an agent's export or import (``out``,
+``source``) are not offered here: the updater reaches a caller's directory only through the
+descriptor the caller opened and passed on ``updater.sock`` (``server.py``), and no descriptor
+crosses the broker. The tools refuse them (``InvalidParams``), for a local caller and on behalf
+of a remote person alike, saying to run ``kiki app install DIR`` or ``kiki agent`` on the
+device.
 """
 
 from __future__ import annotations
