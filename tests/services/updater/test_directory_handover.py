@@ -103,3 +103,16 @@ def test_the_local_archive_keeps_only_the_newest_build_and_forgets_a_removed_app
     assert asyncio.run(remove())["operation"]["state"] == "succeeded"
     assert list(local.glob("*/*.commit")) == []
     assert list(local.parent.glob("refs/heads/**/stable")) == []
+
+
+def test_a_directory_of_another_app_commits_nothing(
+    updater_sock: Path, tmp_path: Path, sockdir: Path
+) -> None:
+    tree = make_app_tree(tmp_path / "app", "org.example.other", "1.0", files=2)
+    fd = os.open(tree, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        with pytest.raises(KikiError, match=r"org\.example\.other's, not org\.example\.local's"):
+            asyncio.run(_install(updater_sock, {"appId": APP, "directory": str(tree)}, [fd]))
+    finally:
+        os.close(fd)
+    assert list(sockdir.glob("state/**/local/refs/heads/**/stable")) == []

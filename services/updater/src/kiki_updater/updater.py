@@ -231,9 +231,10 @@ class Updater:
                 found.ref.rsplit("/", 1)[1] if found else str(params.get("channel") or "stable")
             )
             phase("build", {})
-            release = self.local.build(dirfd, channel)
-            if release.app_id != ident:
-                raise InvalidParams(f"{directory} is {release.app_id}, not {ident}")
+            try:
+                self.local.build(dirfd, channel, ident)
+            except InvalidParams as exc:
+                raise InvalidParams(f"{directory}: {exc}") from None
             try:
                 return self.ops.install(
                     kind,
