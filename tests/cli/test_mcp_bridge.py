@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import re
 import socket
 import subprocess
 import threading
@@ -183,6 +184,68 @@ async def test_drain_gives_up_after_its_timeout(broker: Broker, via: tuple[str, 
         lines, err = await bridge(path, call(1, SLOW), extra=("--drain-timeout", "0.1", *via))
     assert lines == []
     assert "1 request(s) still unanswered after 0.1 s" in err
+
+
+# Enough answers to fill the host's stdout pipe (64 KiB) several times over.
+MANY = [call(n, "dev.kiki.service.getInfo") for n in range(300)]
+
+
+async def late_reader(path: Path, extra: tuple[str, ...]) -> tuple[bytes, str]:
+    """Write MANY to a fresh `kiki mcp` and close its stdin; read its stdout (a plain pipe:
+    nothing reads it meanwhile) only 3 s later, longer than a connection flushes at close on
+    its own, to its end."""
+    stdout_r, stdout_w = os.pipe()
+    try:
+        proc = await start_bridge(path, stdout=stdout_w, extra=extra)
+    finally:
+        os.close(stdout_w)
+    try:
+        assert proc.stdin is not None
+        assert proc.stderr is not None
+        proc.stdin.write(b"".join(orjson.dumps(m) + b"\n" for m in MANY))
+        await proc.stdin.drain()
+        proc.stdin.close()
+        await asyncio.sleep(3)
+        with os.fdopen(stdout_r, "rb") as stdout:
+            stdout_r = -1
+            out = await asyncio.to_thread(stdout.read)
+        err = await proc.stderr.read()
+        assert await proc.wait() == 0, err
+    finally:
+        if stdout_r >= 0:
+            os.close(stdout_r)
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    return out, err.decode()
+
+
+async def test_a_host_that_reads_late_gets_every_answer(
+    broker: Broker, via: tuple[str, ...]
+) -> None:
+    # The answers wait in the pipe and in the broker's buffer for as long as the drain allows,
+    # not only as long as closing a connection flushes.
+    path, _ = broker
+    async with asyncio.timeout(60):
+        out, err = await late_reader(path, via)
+    answers = by_id([orjson.loads(line) for line in out.splitlines()])
+    assert sorted(answers) == list(range(len(MANY)))
+    assert err == ""
+
+
+async def test_answers_cut_off_by_the_drain_timeout_are_counted(broker: Broker) -> None:
+    # Handed over: what the host's pipe never took by the drain's end is dropped, and counted
+    # among the unanswered (a line cut short too), never dropped quietly.
+    path, _ = broker
+    async with asyncio.timeout(60):
+        out, err = await late_reader(path, ("--drain-timeout", "1"))
+    whole = [line for line in out.split(b"\n")[:-1]]
+    assert len(whole) < len(MANY)
+    said = re.fullmatch(
+        r"kiki mcp: stdin closed; (\d+) request\(s\) still unanswered after 1 s, giving up\n", err
+    )
+    assert said is not None, err
+    assert int(said[1]) == len(MANY) - len(whole)
 
 
 def test_drain_timeout_must_be_a_duration(sockdir: Path) -> None:

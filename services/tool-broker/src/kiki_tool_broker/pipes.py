@@ -17,6 +17,8 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+import orjson
+
 log = logging.getLogger(__name__)
 
 _HIGH = 64 * 1024  # bytes written but not taken by the pipe, past which writers wait
@@ -56,7 +58,10 @@ class PipePair(asyncio.Transport):
         self._ended_line = True  # the last byte read was a newline (or nothing was read)
         self._closing = False
         self._closed = False
+        self._flush_by: float | None = None  # loop time past which close() stops flushing
+        self._partial = bytearray()  # the start, written already, of the line now pending
         self.error: OSError | None = None  # what ended the transport, if not a close
+        self.undelivered = 0  # answers (or parts of them) dropped unwritten at the end
         os.set_blocking(reading, False)
         os.set_blocking(writing, False)
         protocol.connection_made(self)
@@ -113,6 +118,7 @@ class PipePair(asyncio.Transport):
                 return
             if n == len(data):
                 return
+            self._wrote(bytes(data[:n]))
             self._pending += memoryview(data)[n:]
             self._loop.add_writer(self._wfd, self._write_ready)
         else:
@@ -129,6 +135,7 @@ class PipePair(asyncio.Transport):
         except OSError as exc:
             self._fail(exc)
             return
+        self._wrote(self._pending[:n])
         del self._pending[:n]
         if self._writers_paused and len(self._pending) <= self._low:
             self._writers_paused = False
@@ -137,6 +144,15 @@ class PipePair(asyncio.Transport):
             self._loop.remove_writer(self._wfd)
             if self._closing:
                 self._end(None)
+
+    def _wrote(self, data: bytes | bytearray) -> None:
+        """Keep the written start of the line still pending (what is dropped at the end is
+        told apart, answer or notification, by its whole line)."""
+        end = data.rfind(b"\n")
+        if end >= 0:
+            self._partial[:] = data[end + 1 :]
+        else:
+            self._partial += data
 
     def get_write_buffer_size(self) -> int:
         return len(self._pending)
@@ -156,14 +172,21 @@ class PipePair(asyncio.Transport):
     def is_closing(self) -> bool:
         return self._closing
 
+    def flush_by(self, deadline: float) -> None:
+        """Bound what :meth:`close` spends writing what is buffered: past ``deadline`` (the
+        loop's time) the rest is dropped (and counted in ``undelivered``)."""
+        self._flush_by = deadline
+
     def close(self) -> None:
-        """Stop reading; end once what is buffered is written."""
+        """Stop reading; end once what is buffered is written (or :meth:`flush_by` passes)."""
         if self._closing:
             return
         self._closing = True
         self.pause_reading()
         if not self._pending:
             self._end(None)
+        elif self._flush_by is not None:
+            self._loop.call_at(self._flush_by, self.abort)
 
     def abort(self) -> None:
         self._closing = True
@@ -185,6 +208,7 @@ class PipePair(asyncio.Transport):
         self.error = exc
         if self._pending:
             self._loop.remove_writer(self._wfd)
+            self.undelivered = _answers(bytes(self._partial) + bytes(self._pending))
             self._pending.clear()
         os.close(self._rfd)
         os.close(self._wfd)
@@ -192,3 +216,20 @@ class PipePair(asyncio.Transport):
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return default
+
+
+def _answers(lines: bytes) -> int:
+    """How many answers (responses, also in batches) ``lines`` holds; a line cut short counts
+    as one answer unless it is a notification's."""
+    count = 0
+    for line in lines.split(b"\n"):
+        if not line.strip():
+            continue
+        try:
+            message = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            count += b'"method"' not in line
+            continue
+        for entry in message if isinstance(message, list) else [message]:
+            count += isinstance(entry, dict) and "method" not in entry
+    return count

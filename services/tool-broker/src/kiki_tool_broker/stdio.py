@@ -186,7 +186,12 @@ class StdioSessions:
                 await handing.notify(mcp.STDIO_STARTED)
                 await asyncio.wait((stopping, gone, input_end), return_when=asyncio.FIRST_COMPLETED)
                 if input_end.done() and not stopping.done():
-                    result["unanswered"] = await self._drain(session, stopping, drain)
+                    deadline = asyncio.get_running_loop().time() + drain
+                    result["unanswered"] = await self._drain(session, stopping, deadline)
+                    # What close() writes (listen streams' answers) has what is left of the
+                    # drain: answers cut off then are counted below, not lost quietly.
+                    if host.pipes is not None:
+                        host.pipes.flush_by(deadline)
                 if stopping.done():
                     result["stopped"] = True
                     await session.close(self.drain_timeout)
@@ -194,21 +199,24 @@ class StdioSessions:
             for task in (stopping, gone, input_end):
                 task.cancel()
             await self.on_disconnect(session)
+        if host.pipes is not None:
+            result["unanswered"] += host.pipes.undelivered
         if failure := host.failure:
             result["failed"] = failure
         return result
 
     async def _drain(
-        self, session: Connection, stopping: asyncio.Future[None], seconds: float
+        self, session: Connection, stopping: asyncio.Future[None], deadline: float
     ) -> int:
         """Wait until every request the host sent is answered (listen streams aside: they are
-        answered only at close) or ``seconds`` pass; how many were still owed then. The broker
-        stopping ends the wait: it drains the session its own way."""
+        answered only at close) and every answer is taken by the host's stdout, or the loop's
+        time reaches ``deadline``; how many were still owed then (answers still buffered are
+        counted when the session ends, as dropped). The broker stopping ends the wait: it
+        drains the session its own way."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + seconds
         while not session.closed and not stopping.done():
-            owed = session.in_flight - self.listening(session)
-            if owed <= 0:
+            owed = max(session.in_flight - self.listening(session), 0)
+            if owed == 0 and session.write_buffer_size == 0:
                 return 0
             left = deadline - loop.time()
             if left <= 0:
