@@ -15,6 +15,7 @@ from pycrdt import Map
 
 from kikitest.sync_fixtures import DeviceRelay, YClient, eventually
 from libkiki.errors import (
+    Conflict,
     FrameTooLarge,
     InvalidParams,
     LimitExceeded,
@@ -361,3 +362,47 @@ async def test_presence_is_seen_by_the_others(relay: DeviceRelay, session: str) 
         with contextlib.suppress(TimeoutError):
             await eventually(lambda: bool(carol.peers()), within=0.5)
         assert {"name": "alice"} not in carol.peers().values()
+
+
+async def test_a_second_call_waiting_for_the_same_intent_is_a_conflict(
+    relay: DeviceRelay, session: str, device: Device
+) -> None:
+    async with SessionClient(controller(relay, session)) as remote:
+        first = asyncio.create_task(
+            remote.call("dev.kiki.demo.silent", {}, timeout=10, intent_id="twice")
+        )
+        await eventually(lambda: "twice" in device.intents)
+        with pytest.raises(Conflict, match="waits for intent twice already"):
+            await remote.call("dev.kiki.demo.silent", {}, timeout=10, intent_id="twice")
+        # The first call still waits for its result, and gets it.
+        device.results["twice"] = {"status": "ok", "output": {"done": True}, "at": now()}
+        assert await first == {"done": True}
+
+
+async def test_a_relay_that_stops_reading_holds_a_call_no_longer_than_its_timeout() -> None:
+    from pycrdt import Doc, create_sync_message
+    from websockets.asyncio.server import ServerConnection, serve
+
+    release = asyncio.Event()
+
+    async def stalled(ws: ServerConnection) -> None:
+        # Syncs the client (its step 1, then a step 2 of an empty document), then reads nothing
+        # more off the socket until the test is done.
+        await ws.send(create_sync_message(Doc()))
+        await ws.send(bytes([0, 1, 2, 0, 0]))
+        ws.transport.pause_reading()
+        await release.wait()
+        ws.transport.abort()
+
+    async with serve(stalled, "127.0.0.1", 0, max_size=None) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        url = f"ws://127.0.0.1:{port}/session/s?token={_any_token()}"
+        async with SessionClient(url, max_input=64 << 20) as remote:
+            # More than the sockets' buffers hold: the send waits on the relay reading.
+            big = {"blob": "x" * (32 << 20)}
+            try:
+                async with asyncio.timeout(30):  # the guard: without the fix it waits for ever
+                    with pytest.raises(Timeout, match=r"within 0\.5 s"):
+                        await remote.call("dev.kiki.demo.echo", big, timeout=0.5)
+            finally:
+                release.set()

@@ -198,3 +198,21 @@ def test_an_intent_names_who_asks_as_the_lexicon_requires() -> None:
     del made["by"]
     with pytest.raises(KikiError, match="by"):
         check.validate(made)
+
+
+def test_plain_refuses_a_value_nested_past_its_depth() -> None:
+    from libkiki.errors import LimitExceeded
+    from libkiki.session.outcomes import MAX_DEPTH
+
+    def nested(levels: int) -> object:
+        value: object = 1.0
+        for n in range(levels):
+            value = [value] if n % 2 else {"k": value}
+        return value
+
+    assert plain(nested(MAX_DEPTH)) is not None
+    with pytest.raises(LimitExceeded, match=f"deeper than {MAX_DEPTH}"):
+        plain(nested(MAX_DEPTH + 1))
+    # Deep enough to exhaust Python's stack were it followed.
+    with pytest.raises(LimitExceeded):
+        plain(nested(5000))

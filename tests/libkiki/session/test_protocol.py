@@ -224,3 +224,46 @@ def test_others_presence_is_an_event_and_listed() -> None:
     assert client.peers() == {other.client_id: {"user": "bob"}}
     client.receive(message)  # the same state again: no change
     assert client.events() == []
+
+
+def test_the_document_is_bounded_however_many_frames_bring_it() -> None:
+    from libkiki.errors import LimitExceeded
+
+    relay = Relay()
+    client = SessionProtocol(max_document=8192)
+    client.open()
+    for reply in relay.take(client.data_to_send()):
+        client.receive(reply)
+    # A key written again and again: many more bytes come than the document ever holds.
+    for n in range(40):
+        client.receive(relay.write(relay.device, "screen", f"{n:04d}" + "x" * 1000))
+    # Keys that stay: the document itself grows past the bound, 1 KiB a frame.
+    taken: list[bytes] = []
+
+    def take(frame: bytes) -> None:
+        client.receive(frame)
+        taken.append(frame)
+
+    frames = [relay.write(relay.device, f"k{n}", "y" * 1000) for n in range(20)]
+    with pytest.raises(LimitExceeded, match="document passed 8192 bytes"):
+        list(map(take, frames))
+    assert 6 <= len(taken) <= 8
+
+
+def test_the_others_awareness_states_are_bounded() -> None:
+    from libkiki.errors import LimitExceeded
+
+    client = SessionProtocol(max_awareness=1000)
+    client.open()
+    first, second = Awareness(Doc()), Awareness(Doc())
+
+    def state_of(awareness: Awareness, size: int) -> bytes:
+        awareness.set_local_state({"user": "u" * size})
+        update = awareness.encode_awareness_update([awareness.client_id])
+        message: bytes = create_awareness_message(update)
+        return message
+
+    for size in range(400, 600, 10):  # renewed and resized: one state counted once
+        client.receive(state_of(first, size))
+    with pytest.raises(LimitExceeded, match="awareness states passed 1000 bytes"):
+        client.receive(state_of(second, 500))

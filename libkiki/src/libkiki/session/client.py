@@ -21,6 +21,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from libkiki.errors import (
+    Conflict,
     InvalidParams,
     KikiError,
     LimitExceeded,
@@ -40,6 +41,8 @@ from libkiki.session.outcomes import (
     plain,
 )
 from libkiki.session.protocol import (
+    DEFAULT_MAX_AWARENESS,
+    DEFAULT_MAX_DOCUMENT,
     DeviceChanged,
     PresenceChanged,
     ResultChanged,
@@ -82,6 +85,8 @@ class SessionClient:
         max_message: int = DEFAULT_MAX_MESSAGE,
         max_changes: int = DEFAULT_MAX_CHANGES,
         max_input: int = MAX_INPUT,
+        max_document: int = DEFAULT_MAX_DOCUMENT,
+        max_awareness: int = DEFAULT_MAX_AWARENESS,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     ) -> None:
         self._url, self._first_token, token = split_token(url, token)
@@ -93,7 +98,8 @@ class SessionClient:
         self._max_changes = max_changes
         self._max_input = max_input
         self._connect_timeout = connect_timeout
-        self.protocol = SessionProtocol()
+        # Past either bound the connection ends with LimitExceeded (SessionProtocol).
+        self.protocol = SessionProtocol(max_document=max_document, max_awareness=max_awareness)
         self._ws: ClientConnection | None = None
         self._reader: asyncio.Task[None] | None = None
         self._synced = asyncio.Event()
@@ -278,9 +284,10 @@ class SessionClient:
         Returns the tool's output, or raises the error the result names
         (:class:`PermissionDenied` when refused, :class:`Timeout` when expired, the tool's own
         error otherwise). :class:`Timeout` too when no final result comes within ``timeout``
-        seconds: the intent stays in the session, and the device may still carry it out
-        (give ``deadline`` to bound that). Retrying with the same ``intent_id`` after a lost
-        connection runs the call at most once.
+        seconds, sending the intent included: the intent stays in the session, and the device
+        may still carry it out (give ``deadline`` to bound that). Retrying with the same
+        ``intent_id`` after a lost connection runs the call at most once; a call with the id of
+        one this client still waits for is :class:`Conflict`.
         """
         self._check_open()
         if not timeout > 0:
@@ -288,6 +295,8 @@ class SessionClient:
         if self.role not in (None, "controller", "device"):
             raise PermissionDenied(f"a token of role {self.role} cannot send intents")
         intent_id = intent_id or uuid.uuid4().hex
+        if intent_id in self._waiting:
+            raise Conflict(f"another call of this client waits for intent {intent_id} already")
         intent = new_intent(
             intent_id,
             tool,
@@ -300,13 +309,14 @@ class SessionClient:
         waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiting[intent_id] = waiter
         try:
-            existing = self.protocol.results.get(intent_id)
-            if isinstance(existing, dict) and is_final(existing):
-                waiter.set_result(existing)
-            elif intent_id not in self.protocol.intents:
-                self.protocol.add_intent(intent)
-                await self._send()
+            # The send too: a relay that stopped reading holds it as long as it stalls.
             async with asyncio.timeout(timeout):
+                existing = self.protocol.results.get(intent_id)
+                if isinstance(existing, dict) and is_final(existing):
+                    waiter.set_result(existing)
+                elif intent_id not in self.protocol.intents:
+                    self.protocol.add_intent(intent)
+                    await self._send()
                 result = await waiter
         except TimeoutError:
             raise Timeout(

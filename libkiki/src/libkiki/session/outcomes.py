@@ -31,6 +31,7 @@ from libkiki.errors import (
 FINAL: Final = frozenset({"ok", "error", "refused", "expired"})
 INTENT_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MAX_INPUT: Final = 512 << 10
+MAX_DEPTH: Final = 128  # levels of nesting plain() follows
 
 # The class a result's status stands for when its error names none Kiki knows.
 _BY_STATUS: Final[dict[str, type[KikiError]]] = {
@@ -152,15 +153,19 @@ def outcome(result: dict[str, Any]) -> Any:
     raise remote_error(cls, message or f"the intent was {status}")
 
 
-def plain(value: Any) -> Any:
+def plain(value: Any, *, _depth: int = 0) -> Any:
     """``value`` as JSON would carry it: Yjs numbers are doubles, so pycrdt reads every number
-    as a float; whole ones a double holds exactly come back as ints."""
+    as a float; whole ones a double holds exactly come back as ints. A value nested deeper than
+    :data:`MAX_DEPTH` is :class:`LimitExceeded` (no lexicon types one; Python's stack would
+    give out first)."""
     if isinstance(value, float):
         if math.isfinite(value) and value.is_integer() and abs(value) <= _MAX_SAFE:
             return int(value)
         return value
+    if isinstance(value, dict | list | tuple) and _depth >= MAX_DEPTH:
+        raise LimitExceeded(f"a value of the session nests deeper than {MAX_DEPTH} levels")
     if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
+        return {str(k): plain(v, _depth=_depth + 1) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [plain(v) for v in value]
+        return [plain(v, _depth=_depth + 1) for v in value]
     return value

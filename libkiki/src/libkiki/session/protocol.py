@@ -34,9 +34,13 @@ from pycrdt import (
     read_message,
 )
 
-from libkiki.errors import Conflict, InvalidFrame, ProtocolError
+from libkiki.errors import Conflict, InvalidFrame, LimitExceeded, ProtocolError
 
 QUERY_AWARENESS: Final = 3  # y-protocols' queryAwareness: answer with the states one holds
+# What a client holds of a session at most: the relay's own bound of a document (its
+# max_document), and the others' awareness states (256 clients of 16 small states each fit).
+DEFAULT_MAX_DOCUMENT: Final = 64 << 20
+DEFAULT_MAX_AWARENESS: Final = 8 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,8 +69,25 @@ SessionEvent = Synced | DeviceChanged | ResultChanged | PresenceChanged
 
 
 class SessionProtocol:
-    def __init__(self, doc: Doc[Any] | None = None) -> None:
+    """``max_document`` bounds the document (bytes of its encoding) and ``max_awareness`` the
+    others' awareness states (bytes of their JSON): a session passing either raises
+    :class:`LimitExceeded` from :meth:`receive`, however many frames brought it there."""
+
+    def __init__(
+        self,
+        doc: Doc[Any] | None = None,
+        *,
+        max_document: int = DEFAULT_MAX_DOCUMENT,
+        max_awareness: int = DEFAULT_MAX_AWARENESS,
+    ) -> None:
         self.doc: Doc[Any] = doc or Doc()
+        self.max_document = max_document
+        self.max_awareness = max_awareness
+        # Bytes of sync frames taken since the document was last measured: it grows by at most
+        # that much, so it is encoded again (to measure it) only once they could pass the bound.
+        self._unmeasured = 0
+        self._measured = 0
+        self._awareness_sizes: dict[int, int] = {}
         self.device: Map[Any] = self.doc.get("device", type=Map)
         self.intents: Map[Any] = self.doc.get("intents", type=Map)
         self.results: Map[Any] = self.doc.get("results", type=Map)
@@ -137,10 +158,12 @@ class SessionProtocol:
         try:
             if kind == YMessageType.SYNC:
                 self._sync(message)
+                self._bound_document(len(message))
             elif kind == YMessageType.AWARENESS:
                 before = dict(self.awareness.states)
                 self.awareness.apply_awareness_update(read_message(message[1:]), "remote")
                 if self.awareness.states != before:
+                    self._bound_awareness(before)
                     self._events.append(PresenceChanged())
             elif kind == QUERY_AWARENESS and self.awareness.get_local_state() is not None:
                 self._out.append(self._own_awareness())
@@ -153,6 +176,29 @@ class SessionProtocol:
             if type(exc).__name__ != "PanicException":
                 raise
             raise InvalidFrame("the session sent an update that does not apply") from None
+
+    def _bound_document(self, received: int) -> None:
+        self._unmeasured += received
+        if self._measured + self._unmeasured <= self.max_document:
+            return
+        self._measured, self._unmeasured = len(self.doc.get_update()), 0
+        if self._measured > self.max_document:
+            raise LimitExceeded(
+                f"the session's document passed {self.max_document} bytes ({self._measured})"
+            )
+
+    def _bound_awareness(self, before: dict[int, Any]) -> None:
+        states = self.awareness.states
+        sizes = self._awareness_sizes
+        for cid in before.keys() - states.keys():
+            sizes.pop(cid, None)
+        for cid, state in states.items():
+            if cid != self.awareness.client_id and state is not before.get(cid):
+                sizes[cid] = len(json.dumps(state))
+        if (total := sum(sizes.values())) > self.max_awareness:
+            raise LimitExceeded(
+                f"the others' awareness states passed {self.max_awareness} bytes ({total})"
+            )
 
     def _sync(self, message: bytes) -> None:
         reply = handle_sync_message(message[1:], self.doc)
