@@ -214,6 +214,51 @@ async def test_a_killed_kiki_mcp_ends_its_session(broker: Broker) -> None:
         await wait_sessions(path, 0)
 
 
+async def sessions_served(path: Path) -> int:
+    """How many sessions the broker has served on handed-over pipes so far."""
+    async with ToolClient(path) as tools:
+        info = await tools.call(GET_INFO, {})
+    count: int = info["counters"].get("stdio_sessions", 0)
+    return count
+
+
+async def test_the_hosts_pipes_stay_blocking_after_a_session(broker: Broker) -> None:
+    # O_NONBLOCK belongs to an open file description, which the host shares with kiki mcp (and
+    # a shell after it, say): the broker is handed descriptions of its own, so the host's stay
+    # blocking. The test holds the same descriptions as kiki mcp's stdin and stdout.
+    path, _ = broker
+    stdin_r, stdin_w = os.pipe()
+    stdout_r, stdout_w = os.pipe()
+    try:
+        before = await sessions_served(path)
+        proc = await asyncio.create_subprocess_exec(
+            str(VENV_BIN / "kiki"),
+            *("mcp", "--socket", str(path)),
+            stdin=stdin_r,
+            stdout=stdout_w,
+            stderr=PIPE,
+        )
+        try:
+            async with asyncio.timeout(30):
+                os.write(stdin_w, orjson.dumps(PING) + b"\n")
+                answer = await asyncio.to_thread(os.read, stdout_r, 1 << 16)
+                assert orjson.loads(answer)["result"] == {}
+                os.close(stdin_w)
+                stdin_w = -1
+                assert await proc.wait() == 0
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        assert await sessions_served(path) == before + 1  # handed over, not relayed
+        assert os.get_blocking(stdin_r)
+        assert os.get_blocking(stdout_w)
+    finally:
+        for fd in (stdin_r, stdin_w, stdout_r, stdout_w):
+            if fd >= 0:
+                os.close(fd)
+
+
 async def test_a_host_that_closes_stdout_ends_the_session_quietly(broker: Broker) -> None:
     # The host is done reading: the answer that finds no reader ends the session, and kiki mcp
     # exits as a relay does when its stdout is closed (0, nothing said).

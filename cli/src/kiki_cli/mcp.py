@@ -2,7 +2,8 @@
 
 MCP's stdio transport is newline-delimited JSON-RPC, exactly what the broker speaks on its
 socket. When the host gives pipes (as hosts do), ``kiki mcp`` hands them to the broker over its
-socket (``SCM_RIGHTS``, see ``kiki_tool_broker.stdio``) and the broker serves the host on them
+socket (``SCM_RIGHTS``, see ``kiki_tool_broker.stdio``), opened anew so that the broker's
+non-blocking flag stays off the host's own open files, and the broker serves the host on them
 directly: no process between them. ``kiki mcp`` then only waits for the broker to finish with
 them, says why on stderr if it did not finish well (the broker went away, or stopped, or
 answers were still owed after ``--drain-timeout``), and exits. The broker sees ``kiki mcp``'s
@@ -346,6 +347,23 @@ def _pipes(stdin: int, stdout: int) -> bool:
     return (given[0].st_dev, given[0].st_ino) != (given[1].st_dev, given[1].st_ino)
 
 
+def _private(stdin: int, stdout: int) -> tuple[int, int] | None:
+    """The host's pipes opened anew (``/proc/self/fd``), for the broker: new open file
+    descriptions of the same pipes, so that the broker setting them non-blocking leaves the
+    host's own (shared with whoever else holds them, a shell say) as they were. None when they
+    cannot be opened so (no /proc, stdout's reader gone): then they are relayed."""
+    try:
+        reading = os.open(f"/proc/self/fd/{stdin}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        writing = os.open(f"/proc/self/fd/{stdout}", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        os.close(reading)
+        return None
+    return reading, writing
+
+
 def _let_go(*fds: int) -> None:
     """The broker serves these now: point them at /dev/null, so that the broker's close of the
     host's stdout is the end the host sees, and nothing here reads or writes them."""
@@ -377,10 +395,13 @@ def _handover_outcome(result: Any, drain_timeout: float) -> int:
     return 0
 
 
-def hand_over(sock: socket.socket, stdin: int, stdout: int, drain_timeout: float) -> int | None:
+def hand_over(
+    sock: socket.socket, stdin: int, stdout: int, drain_timeout: float, given: tuple[int, int]
+) -> int | None:
     """Hand the host's pipes to the broker on ``sock`` (blocking) and wait until it is done
     with them: the exit status, or None when the broker refused them before taking them (an
-    older broker, its sessions all taken): the pipes are still ours then, to relay."""
+    older broker, its sessions all taken): the pipes are still ours then, to relay.
+    ``given`` is what is passed: :func:`_private` descriptions of ``stdin`` and ``stdout``."""
     request = {
         "jsonrpc": "2.0",
         "id": HANDOVER_ID,
@@ -397,7 +418,7 @@ def hand_over(sock: socket.socket, stdin: int, stdout: int, drain_timeout: float
                     continue
                 method = msg.get("method")
                 if method == STDIO_SEND:
-                    socket.send_fds(sock, [b"\n"], [stdin, stdout])
+                    socket.send_fds(sock, [b"\n"], list(given))
                 elif method == STDIO_STARTED:
                     started = True
                     _let_go(stdin, stdout)
@@ -431,12 +452,16 @@ def bridge(path: Path, drain_timeout: float = DRAIN_TIMEOUT, relay: bool = False
         return 1
     stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
     with sock:
-        if not relay and _pipes(stdin, stdout):
+        given = _private(stdin, stdout) if not relay and _pipes(stdin, stdout) else None
+        if given is not None:
             try:
-                status = hand_over(sock, stdin, stdout, drain_timeout)
+                status = hand_over(sock, stdin, stdout, drain_timeout, given)
             except OSError as exc:
                 print(f"kiki mcp: lost the tool broker: {exc.strerror or exc}", file=sys.stderr)
                 return 1
+            finally:
+                for fd in given:
+                    os.close(fd)
             if status is not None:
                 return status
         sock.setblocking(False)
