@@ -1,6 +1,11 @@
 // Session tokens: JWTs signed EdDSA (Ed25519) by a device, verified with jose against the
 // public JWKs in the KIKI_TRUSTED_KEYS binding (a JSON array). The claims are the sync
 // contract's, checked as libkiki.sync.tokens checks them on the device.
+//
+// A session at the edge belongs to the key that signs its tokens: the Worker names each
+// Session object by that key's kid and the session's name (scopeOf), and the object checks
+// every token against that scope, so tokens of different keys never meet in one document (one
+// device's key cannot write into another device's session of the same name).
 import { createLocalJWKSet, decodeProtectedHeader, jwtVerify } from "jose";
 import { KINDS, Refusal } from "./errors.js";
 
@@ -21,9 +26,33 @@ const MAX_CLAIM = 256;
  * @property {number} iat
  * @property {number} exp
  * @property {string} jti
+ * @property {string} kid the verified key's id
  */
 
-/** @type {{source: string, keys: ReturnType<typeof createLocalJWKSet>} | null} */
+// kid (base64url) and session names ([A-Za-z0-9._-]) never hold a ":".
+const SCOPE = /^([A-Za-z0-9_-]+):([A-Za-z0-9._-]{1,64})$/;
+
+/**
+ * The session `name` of the key `kid`: what the Worker names its object by and what the
+ * object checks each token against.
+ * @param {string} kid
+ * @param {string} name
+ */
+export function scopeOf(kid, name) {
+  return `${kid}:${name}`;
+}
+
+/**
+ * The kids of the trusted keys, in the binding's order.
+ * @param {string | undefined} trusted the KIKI_TRUSTED_KEYS binding
+ * @returns {string[]}
+ */
+export function trustedKids(trusted) {
+  trustedKeys(trusted);
+  return cached?.kids ?? [];
+}
+
+/** @type {{source: string, keys: ReturnType<typeof createLocalJWKSet>, kids: string[]} | null} */
 let cached = null;
 
 /**
@@ -44,7 +73,8 @@ function trustedKeys(source) {
     (k) => k && typeof k === "object" && k.kty === "OKP" && k.crv === "Ed25519" && !("d" in k),
   );
   const set = createLocalJWKSet({ keys });
-  cached = { source: source ?? "[]", keys: set };
+  const kids = keys.map((k) => k.kid).filter((kid) => typeof kid === "string");
+  cached = { source: source ?? "[]", keys: set, kids };
   return set;
 }
 
@@ -71,13 +101,17 @@ function why(error) {
 }
 
 /**
- * The claims of `token` for `session`, or a PermissionDenied refusal saying why.
+ * The claims of `token` for `session`, or a PermissionDenied refusal saying why. `session` is
+ * a name, or a name in the scope of one key (scopeOf): then only that key's tokens are taken.
  * @param {string} token
  * @param {string} session
  * @param {string | undefined} trusted the KIKI_TRUSTED_KEYS binding
  * @returns {Promise<Claims>}
  */
 export async function verifyToken(token, session, trusted) {
+  const scoped = SCOPE.exec(session);
+  const owner = scoped === null ? null : scoped[1];
+  const name = scoped === null ? session : scoped[2];
   const keys = trustedKeys(trusted);
   /** @type {Record<string, unknown>} */
   let payload;
@@ -94,6 +128,9 @@ export async function verifyToken(token, session, trusted) {
   if (alg !== "EdDSA") throw new Refusal(KINDS.PermissionDenied, "token algorithm is not EdDSA");
   if (typeof kid !== "string") {
     throw new Refusal(KINDS.PermissionDenied, "token signed by an unknown key");
+  }
+  if (owner !== null && kid !== owner) {
+    throw new Refusal(KINDS.PermissionDenied, "token signed by another key than the session's");
   }
   try {
     ({ payload } = await jwtVerify(token, keys, {
@@ -121,7 +158,7 @@ export async function verifyToken(token, session, trusted) {
   if (sub.length > MAX_CLAIM || jti.length > MAX_CLAIM) {
     throw new Refusal(KINDS.PermissionDenied, `token sub or jti over ${MAX_CLAIM} characters`);
   }
-  if (sid !== session) {
+  if (sid !== name) {
     throw new Refusal(KINDS.PermissionDenied, "token is for another session");
   }
   if (!ROLES.includes(role)) {
@@ -130,5 +167,5 @@ export async function verifyToken(token, session, trusted) {
   if (iat > Date.now() / 1000 + LEEWAY_SECONDS) {
     throw new Refusal(KINDS.PermissionDenied, "token issued in the future");
   }
-  return { iss, sid, sub, role, iat, exp, jti };
+  return { iss, sid, sub, role, iat, exp, jti, kid };
 }
