@@ -266,6 +266,7 @@ def test_descriptors_sent_on_an_ordinary_connection_are_not_kept(
         ("socket", -32602, "stdin is not a pipe"),
         ("swapped", -32602, "stdin is not open for reading"),
         ("same", -32602, "stdin and stdout are the same pipe"),
+        ("opath", -32602, "stdin is open for neither reading nor writing (O_PATH)"),
         ("three", -32600, "expected one newline carrying two descriptors, stdin then stdout"),
         ("one", -32600, "expected one newline carrying two descriptors, stdin then stdout"),
         ("none", -32600, "expected one newline carrying two descriptors, stdin then stdout"),
@@ -273,13 +274,18 @@ def test_descriptors_sent_on_an_ordinary_connection_are_not_kept(
     ],
 )
 def test_what_is_not_two_pipes_is_refused_and_closed(
-    broker: Broker, host: Host, what: str, code: int, message: str
+    broker: Broker, host: Host, tmp_path: Path, what: str, code: int, message: str
 ) -> None:
     path, proc = broker
     before = baseline(path, proc.pid)
+    served = gauges(path).get("stdio_sessions", 0)
+    os.mkfifo(tmp_path / "fifo")
+    # A FIFO by fstat, but nothing can be read or written through it.
+    located = os.open(tmp_path / "fifo", os.O_PATH)
     ours, theirs = socket.socketpair()
-    with ours, theirs:
+    with ours, theirs, contextlib.closing(os.fdopen(located, "rb", buffering=0)):
         fds, data = {
+            "opath": ([located, host.stdout_w], b"\n"),
             "socket": ([theirs.fileno(), host.stdout_w], b"\n"),
             "swapped": ([host.stdout_w, host.stdin_r], b"\n"),
             "same": ([host.stdin_r, host.stdin_w], b"\n"),
@@ -310,7 +316,9 @@ def test_what_is_not_two_pipes_is_refused_and_closed(
             assert again["error"]["code"] == -32600
         finally:
             wire.close()
-    assert gauges(path)["stdio_sessions_open"] == 0
+    counters = gauges(path)
+    assert counters["stdio_sessions_open"] == 0
+    assert counters.get("stdio_sessions", 0) == served  # none started
 
 
 @pytest.mark.parametrize("broker", [{"KIKI_TOOL_BROKER_MAX_STDIO_SESSIONS": "1"}], indirect=True)

@@ -160,7 +160,6 @@ class StdioSessions:
                     **self.options,
                 )
                 session.state[_SESSION] = True
-                self.counters["stdio_sessions"] += 1
                 return await self._run(handing, session, host, ended, drain)
             finally:
                 host.close_unused()
@@ -183,6 +182,7 @@ class StdioSessions:
         input_end = asyncio.ensure_future(ended.wait())
         try:
             async with session:
+                self.counters["stdio_sessions"] += 1  # started: served on the host's pipes
                 await handing.notify(mcp.STDIO_STARTED)
                 await asyncio.wait((stopping, gone, input_end), return_when=asyncio.FIRST_COMPLETED)
                 if input_end.done() and not stopping.done():
@@ -280,7 +280,10 @@ def _check(reading: int, writing: int) -> None:
         info = os.fstat(fd)
         if not stat.S_ISFIFO(info.st_mode):
             raise InvalidParams(f"{name} is not a pipe")
-        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE not in modes:
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        if flags & os.O_PATH:  # its access mode reads O_RDONLY, yet it does no I/O at all
+            raise InvalidParams(f"{name} is open for neither reading nor writing (O_PATH)")
+        if flags & os.O_ACCMODE not in modes:
             raise InvalidParams(f"{name} is not open for {use}")
         seen.append((info.st_dev, info.st_ino))
     if seen[0] == seen[1]:
