@@ -4,6 +4,7 @@ neither recurses nor stops at a directory it cannot read. Every problem is a
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
@@ -22,15 +23,18 @@ MAX_FILE: Final = 4 << 20
 
 def read_json_file(path: Path, limit: int = MAX_FILE) -> Any:
     """The JSON value in the file at ``path``, or a :class:`LexiconError` saying why there is
-    none: unreadable, not a regular file (a FIFO would block the reader for ever), over
-    ``limit`` bytes, not JSON."""
+    none: unreadable, a symbolic link (the updater reads an app's files as root: a link would
+    read whatever it points at), not a regular file (a FIFO would block the reader for ever),
+    over ``limit`` bytes, not JSON."""
 
     def refuse(rule: str) -> LexiconError:
         return LexiconError(str(path), "", rule)
 
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise refuse("is a symbolic link") from None
         raise refuse(f"cannot be read: {exc.strerror or exc}") from None
     with open(fd, "rb") as f:
         try:
