@@ -52,6 +52,7 @@ import asyncio
 import os
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -306,6 +307,23 @@ async def echo_client(stack: AsyncExitStack, path: Path) -> tuple[Call, str]:
     return call, "-"
 
 
+def sessions_served(tools: Path) -> int:
+    """The broker's count of sessions it served on handed-over pipes (getInfo's counters)."""
+    request = {"jsonrpc": "2.0", "id": 1, "method": "dev.kiki.service.getInfo"}
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(str(tools))
+        sock.sendall(orjson.dumps(request) + b"\n")
+        answer = b""
+        while not answer.endswith(b"\n"):
+            chunk = sock.recv(1 << 16)
+            if not chunk:
+                raise SystemExit("the broker closed the connection")
+            answer += chunk
+    count: int = orjson.loads(answer)["result"]["counters"].get("stdio_sessions", 0)
+    return count
+
+
 async def all_calls(
     specs: list[Spec],
     tools: Path,
@@ -318,9 +336,19 @@ async def all_calls(
     after row: the machine's speed drifts over a run (other work on it), and interleaved rows
     drift together."""
     async with AsyncExitStack() as stack:
+        served = sessions_served(tools)
         opened = {
             row: await sdk_client(stack, cmd, args, mode, env) for row, cmd, args, mode in specs
         }
+        # kiki mcp falls back to relaying without a word: the "sdk → kiki" rows must be the
+        # broker serving the pipes itself, each a session the broker counts.
+        handed = sum(
+            row.startswith("sdk → kiki") and "--relay" not in args for row, _, args, _ in specs
+        )
+        if (started := sessions_served(tools) - served) != handed:
+            raise SystemExit(
+                f"{handed} 'sdk → kiki' rows should be handed over; the broker served {started}"
+            )
         opened["native"] = await native_client(stack, tools)
         opened["echo floor"] = await echo_client(stack, echo)
         clients = {row: call for row, (call, _) in opened.items()}

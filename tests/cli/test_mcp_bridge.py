@@ -15,7 +15,7 @@ import threading
 import time
 import tty
 from asyncio.subprocess import PIPE
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -60,10 +60,36 @@ INITIALIZE = {
 }
 
 
+def sessions_served(path: Path) -> int:
+    """The broker's count of sessions served on handed-over pipes (getInfo's counters)."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(str(path))
+        sock.sendall(orjson.dumps(call(1, "dev.kiki.service.getInfo")) + b"\n")
+        answer = b""
+        while not answer.endswith(b"\n"):
+            chunk = sock.recv(1 << 16)
+            assert chunk, "the broker closed the connection"
+            answer += chunk
+    count: int = orjson.loads(answer)["result"]["structuredContent"]["counters"].get(
+        "stdio_sessions", 0
+    )
+    return count
+
+
 @pytest.fixture(params=["handover", "relay"])
-def via(request: pytest.FixtureRequest) -> tuple[str, ...]:
-    """kiki mcp's arguments for serving pipes each way."""
-    return ("--relay",) if request.param == "relay" else ()
+def via(request: pytest.FixtureRequest, broker: Broker) -> Iterator[tuple[str, ...]]:
+    """kiki mcp's arguments for serving pipes each way. A handover that falls back to relaying
+    does so silently: the broker's count of sessions tells them apart, checked after the test
+    (it rose for "handover", it did not for "relay")."""
+    path, _ = broker
+    before = sessions_served(path)
+    yield ("--relay",) if request.param == "relay" else ()
+    after = sessions_served(path)
+    if request.param == "handover":
+        assert after > before, "kiki mcp relayed: nothing was handed over"
+    else:
+        assert after == before, "kiki mcp handed its pipes over"
 
 
 def call(rid: Any, name: str, arguments: dict[str, Any] | None = None) -> dict[str, Any]:
