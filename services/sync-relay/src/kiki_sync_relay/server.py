@@ -59,6 +59,8 @@ async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
         compact_every=config.compact_every,
         auth_timeout=config.auth_timeout,
         send_buffer=config.send_buffer,
+        own_kid=key.kid,
+        linked=config.link_sessions,
     )
 
     def process_request(connection: ServerConnection, request: Request) -> Response | None:
