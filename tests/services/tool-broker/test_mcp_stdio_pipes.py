@@ -11,6 +11,7 @@ import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+import orjson
 import pytest
 
 from kiki_tool_broker.pipes import PipePair
@@ -161,3 +162,53 @@ async def test_the_host_closing_stdout_ends_the_transport(pipes: Pipes) -> None:
     assert isinstance(pipes.protocol.error, BrokenPipeError)
     assert isinstance(pipes.transport.error, BrokenPipeError)
     assert not any(is_open(fd) for fd in pipes.fds)
+
+
+def line(message: dict[str, object]) -> bytes:
+    return orjson.dumps(message) + b"\n"
+
+
+async def test_close_flushes_until_its_bound_and_counts_the_answers_cut_off(
+    pipes: Pipes,
+) -> None:
+    # The pipe takes 4 KiB, the start of the first answer. The rest is dropped at the bound;
+    # the answers among it are counted, the one cut short included, the notification not.
+    answers = [line({"jsonrpc": "2.0", "id": n, "result": {"t": "a" * 6000}}) for n in range(2)]
+    note = line({"jsonrpc": "2.0", "method": "n", "params": {"t": "n"}})
+    for data in (answers[0], note, answers[1]):
+        pipes.transport.write(data)
+    pipes.transport.flush_by(asyncio.get_running_loop().time())
+    pipes.transport.close()
+    async with asyncio.timeout(BOUND):
+        await pipes.protocol.lost.wait()
+    assert os.read(pipes.host_out, 1 << 16) == answers[0][:4096]
+    assert os.read(pipes.host_out, 1 << 16) == b""
+    assert pipes.transport.undelivered == 2
+    assert pipes.protocol.error is None
+
+
+async def test_a_notification_cut_short_is_not_counted_as_an_answer(pipes: Pipes) -> None:
+    note = line({"jsonrpc": "2.0", "method": "n", "params": {"t": "n" * 6000}})
+    answer = line({"jsonrpc": "2.0", "id": 1, "result": {}})
+    for data in (note, answer):
+        pipes.transport.write(data)
+    pipes.transport.flush_by(asyncio.get_running_loop().time())
+    pipes.transport.close()
+    async with asyncio.timeout(BOUND):
+        await pipes.protocol.lost.wait()
+    assert os.read(pipes.host_out, 1 << 16) == note[:4096]
+    assert pipes.transport.undelivered == 1
+
+
+async def test_what_close_writes_in_time_is_not_counted(pipes: Pipes) -> None:
+    answer = line({"jsonrpc": "2.0", "id": 1, "result": {"t": "a" * 20000}})
+    pipes.transport.write(answer)
+    pipes.transport.flush_by(asyncio.get_running_loop().time() + 3600)
+    pipes.transport.close()
+    received = bytearray()
+    async with asyncio.timeout(BOUND):
+        while chunk := await asyncio.to_thread(os.read, pipes.host_out, 1 << 16):
+            received += chunk
+        await pipes.protocol.lost.wait()
+    assert bytes(received) == answer
+    assert pipes.transport.undelivered == 0

@@ -61,7 +61,7 @@ class PipePair(asyncio.Transport):
         self._flush_by: float | None = None  # loop time past which close() stops flushing
         self._partial = bytearray()  # the start, written already, of the line now pending
         self.error: OSError | None = None  # what ended the transport, if not a close
-        self.undelivered = 0  # answers (or parts of them) dropped unwritten at the end
+        self.undelivered = 0  # answers dropped unwritten when cut off (flush bound, abort)
         os.set_blocking(reading, False)
         os.set_blocking(writing, False)
         protocol.connection_made(self)
@@ -208,7 +208,8 @@ class PipePair(asyncio.Transport):
         self.error = exc
         if self._pending:
             self._loop.remove_writer(self._wfd)
-            self.undelivered = _answers(bytes(self._partial) + bytes(self._pending))
+            if exc is None:  # cut off, not refused: a host that closed stdout wants no more
+                self.undelivered = _answers(bytes(self._partial) + bytes(self._pending))
             self._pending.clear()
         os.close(self._rfd)
         os.close(self._wfd)
