@@ -23,6 +23,7 @@ import {
 } from "./protocol.js";
 import { MAX_TTL_SECONDS, SessionStore } from "./store.js";
 import { LEEWAY_SECONDS, verifyToken, WRITERS } from "./tokens.js";
+import { advancedClients, writerOf, YjsWriters } from "./writers.js";
 
 /**
  * What the object keeps about each socket (serializeAttachment: it survives hibernation).
@@ -60,6 +61,7 @@ export class Session extends DurableObject {
     this.store = new SessionStore(ctx.storage);
     this.boots = this.store.countBoot();
     this.doc = this.store.loadDoc();
+    this.writers = new YjsWriters(ctx.storage.sql);
     /** @type {WeakMap<WebSocket, Peer>} */
     this.peers = new WeakMap();
     // Kept in memory only: an object is evicted after it was idle, when every bucket is full.
@@ -372,7 +374,16 @@ export class Session extends DurableObject {
       throw new Refusal(KINDS.LimitExceeded, `the session document is full (${size} bytes)`);
     }
     checkOnScratch(update);
+    const writer = writerOf(peer);
+    const advanced = advancedClients(this.doc, update);
+    for (const client of advanced) {
+      if (!this.writers.may(client, writer)) {
+        const why = `Yjs client ${client} belongs to another member`;
+        throw new Refusal(KINDS.PermissionDenied, why);
+      }
+    }
     const changes = this.applyUpdate(update, peer);
+    this.writers.claim(advanced, writer);
     const { pendingStructs, pendingDs } = this.doc.store;
     if (changes.length === 0 && pendingStructs === null && pendingDs === null) return;
     this.store.append(update);

@@ -599,6 +599,47 @@ async def check_controllers_only_add_intents_of_their_own(
         await client.close()
 
 
+async def check_yjs_client_ids_belong_to_their_writer(
+    ep: SyncEndpoint, node: NodePeers | None = None
+) -> None:
+    """A Yjs client id belongs to the first writer of structs under it: a controller writing
+    an intent (allowed) under the device's client id at the clock the device uses next is
+    closed with 1008 and changes nothing, so the device's next write is not taken for a
+    duplicate. A writer reconnecting with its document writes on under its id."""
+    env = Env(ep, new_session(), node)
+
+    def url(role: str, sub: str) -> str:
+        return ep.url(env.session, ep.token(env.session, role, sub=sub))
+
+    device = await YClient.join(url("device", "device:conf"))
+    _map(device, "device")["tools"] = ["t"]
+    watcher = await YClient.join(env.url("observer"))
+    await eventually(lambda: _map(watcher, "device").to_py() == {"tools": ["t"]})
+    forger = YClient(Doc(client_id=device.doc.client_id))
+    await forger.connect(url("controller", "mallory"))
+    _map(forger, "intents")["m1"] = intent("m1", "mallory")
+    assert await forger.closed() == 1008
+    assert forger.close_reason == (
+        f"PermissionDenied: Yjs client {device.doc.client_id} belongs to another member"
+    )
+    assert device.open
+    assert watcher.open
+    _map(device, "device")["tools"] = ["t", "u"]
+    await eventually(lambda: _map(watcher, "device").to_py() == {"tools": ["t", "u"]})
+    alice = await YClient.join(url("controller", "alice"))
+    _map(alice, "intents")["a1"] = intent("a1", "alice")
+    await eventually(lambda: "a1" in (_map(watcher, "intents").to_py() or {}))
+    await alice.close()
+    await alice.connect(url("controller", "alice"))
+    _map(alice, "intents")["a2"] = intent("a2", "alice")
+    await eventually(lambda: "a2" in (_map(watcher, "intents").to_py() or {}))
+    late = await YClient.join(env.url("observer"))
+    await eventually(lambda: set(_map(late, "intents").to_py() or {}) == {"a1", "a2"})
+    assert _map(late, "device").to_py() == {"tools": ["t", "u"]}
+    for client in (device, watcher, alice, late):
+        await client.close()
+
+
 async def check_expired_token_closes_live_connection(
     ep: SyncEndpoint, node: NodePeers | None = None
 ) -> None:
@@ -719,6 +760,7 @@ PY_CHECKS: list[Check] = [
     check_kill_mid_stream_loses_nothing_relayed,
     check_parts_are_written_by_their_roles,
     check_controllers_only_add_intents_of_their_own,
+    check_yjs_client_ids_belong_to_their_writer,
     check_expired_token_closes_live_connection,
 ]
 NODE_CHECKS: list[Check] = [

@@ -23,6 +23,16 @@ the shadow knows (refused with 1008 otherwise). For a member with a forbidden pa
 would touch cannot be told yet; for every member, pycrdt's ``get_update()`` omits what waits,
 so the snapshot a compaction or a hibernation stores would lose it.
 
+Yjs client ids are bound to their writers, as awareness client ids are: the first member to
+write structs under an id owns it, by its token's role and ``sub`` (a stock client reconnecting
+with its document writes on under its id), for as long as the session stays in memory. An
+update whose structs advance an id someone else owns is refused with 1008: written under the
+device link's id at a clock it has not used yet, it would make the link's own next write a
+duplicate that every replica drops. Which ids an update advanced is read off the shadow's state
+vector before and after it (pycrdt's ``get_state(update)`` only names clients whose structs
+start at clock 0). A delete set names the ids it deletes, not its writer's: left to the part
+rules.
+
 Some parts are *add-only* for some roles (a ``controller`` adds intents): while such a
 member's update is applied, the shadow's map events of those parts are read as they come, and
 anything but a new key holding a JSON object whose ``by`` is the member's token ``sub`` (a
@@ -89,6 +99,11 @@ class Member:
     def __post_init__(self) -> None:
         self.forbidden = forbidden(self.role)
         self.add_only = add_only(self.role)
+
+    @property
+    def writer(self) -> tuple[str, str]:
+        """Who owns the Yjs client ids this member writes under: its role and token sub."""
+        return (self.role, self.sub)
 
     @property
     def writes(self) -> bool:
@@ -234,10 +249,10 @@ def _carries_nothing(update: bytes) -> bool:
     return True
 
 
-def _waiting(doc: Doc[Any], update: bytes) -> bool:
-    """Whether ``update``, applied to ``doc``, left anything for ``doc`` to integrate later:
-    a struct beyond the clocks ``doc`` holds, or a deletion of an id it has not seen."""
-    state = doc.get_state()
+def _waiting(doc: Doc[Any], update: bytes, state: bytes) -> bool:
+    """Whether ``update``, applied to ``doc`` (now at ``state``), left anything for ``doc`` to
+    integrate later: a struct beyond the clocks ``doc`` holds, or a deletion of an id it has
+    not seen."""
     rest = get_update(update, state)
     if rest[0] != _NO_STRUCTS:
         return True
@@ -266,6 +281,10 @@ class Session:
         self.awareness.set_local_state(None)  # the relay itself is nobody's collaborator
         # awareness client id -> the member that first set it: only that member may change it.
         self.owners: dict[int, int] = {}
+        # Yjs client id -> the writer (role, sub) that first wrote structs under it; and the
+        # document's clocks, to tell which ids an update advanced.
+        self.writers: dict[int, tuple[str, str]] = {}
+        self._clocks = _clocks(self.doc.get_state())
         self.updates_since_snapshot = 0
 
     # -- members ----------------------------------------------------------------------------
@@ -363,11 +382,22 @@ class Session:
             raise PermissionDenied(problem)
         # From every role: pycrdt's get_update() leaves out what still waits on a missing
         # dependency, so a snapshot (compaction, hibernation) would lose it for good.
-        if _waiting(self._shadow.doc, update):
+        state = self._shadow.doc.get_state()
+        if _waiting(self._shadow.doc, update, state):
             self._rebuild_shadow()
             raise PermissionDenied(
                 f"a {role}'s update must not wait on changes the session has not seen"
             )
+        clocks = _clocks(state)
+        writer = member.writer if member is not None else ("device", "")
+        advanced = [c for c, clock in clocks.items() if clock > self._clocks.get(c, 0)]
+        for client in advanced:
+            if self.writers.get(client, writer) != writer:
+                self._rebuild_shadow()
+                raise PermissionDenied(f"Yjs client {client} belongs to another member")
+        for client in advanced:
+            self.writers.setdefault(client, writer)
+        self._clocks = clocks
         self.doc.apply_update(update)
         self.size += len(update)
         self.updates_since_snapshot += 1
