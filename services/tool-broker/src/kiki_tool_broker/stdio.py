@@ -7,12 +7,14 @@ method table. The exchange on the handing connection (an ordinary connection to 
 
 1. ``kiki mcp`` asks ``kiki/serveStdio {drainTimeout}``;
 2. the broker stops reading that connection and sends ``kiki/serveStdio/send``;
-3. ``kiki mcp`` sends one newline carrying two descriptors, stdin then stdout;
+3. ``kiki mcp`` sends one newline carrying two descriptors, stdin then stdout (its pipes
+   opened anew: the broker sets them non-blocking, which must not reach the host's own);
 4. the broker checks them (two pipes: one it can read, one it can write), reads the connection
    again, sends ``kiki/serveStdio/started`` and serves the host on the pipes;
-5. the session ends: the host closed stdin and its answers are written (or ``drainTimeout``
-   seconds passed: ``unanswered`` counts what was still owed, listen streams aside), the host
-   closed stdout, or the broker stops (``stopped``). The answer to step 1 says which.
+5. the session ends: the host closed stdin and its answers are taken by its stdout pipe (or
+   ``drainTimeout`` seconds passed: ``unanswered`` counts what was still owed, listen streams
+   aside, and the answers dropped unwritten), the host closed stdout, or the broker stops
+   (``stopped``). The answer to step 1 says which.
 
 Who the host is: the handing connection's peer, by its ``SO_PEERCRED`` at connect, exactly as
 if it had sent the requests itself (as the relaying ``kiki mcp`` did). Passing descriptors gives
