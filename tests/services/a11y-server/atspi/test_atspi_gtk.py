@@ -222,20 +222,39 @@ async def test_fill_and_submit_a_form_in_chromium(
             node = find(tree, role, name) if tree is not None else None
             return (tree, node) if tree is not None and node is not None else None
 
-        tree, name = await client.wait_for(lambda _: control("textField", "Full name"), 60)
-        news = find(tree, "checkBox", "Newsletter")
-        send = find(tree, "button", "Send")
-        assert news is not None
-        assert send is not None
-        answer = await client.act((tree.tree_id, name.id), "setValue", "Ada Lovelace")
+        def node(role: str, name: str) -> wire.Node | None:
+            found = control(role, name)
+            return found[1] if found is not None else None
+
+        async def act(role: str, name: str, action: str, value: str = "") -> str:
+            tree, target = await client.wait_for(lambda _: control(role, name), 60)
+            return await client.act((tree.tree_id, target.id), action, value)
+
+        tree, _ = await client.wait_for(lambda _: control("textField", "Full name"), 60)
+        assert find(tree, "checkBox", "Newsletter") is not None
+        assert find(tree, "button", "Send") is not None
+        answer = await act("textField", "Full name", "setValue", "Ada Lovelace")
         assert "typed 12 characters" in answer
-        await client.wait_for(lambda _: tree.nodes[name.id].value == "Ada Lovelace")
-        await client.act((tree.tree_id, news.id), "press")
-        await client.wait_for(lambda _: tree.nodes[news.id].states & S["checked"])
-        await client.act((tree.tree_id, send.id), "press")
+        # Each wait looks the control up again: a tree republished meanwhile has new ids.
+        await client.wait_for(
+            lambda _: (
+                (n := node("textField", "Full name")) is not None and n.value == "Ada Lovelace"
+            ),
+            30,
+        )
+        await act("checkBox", "Newsletter", "press")
+        await client.wait_for(
+            lambda _: (n := node("checkBox", "Newsletter")) is not None and n.states & S["checked"],
+            30,
+        )
+        await act("button", "Send", "press")
         # The page's own script says what it got.
         await client.wait_for(
-            lambda _: any("Submitted Ada Lovelace with news" in n.name for n in tree.nodes.values())
+            lambda _: (
+                (t := tree_labelled(client.mirror, "Chromium")) is not None
+                and any("Submitted Ada Lovelace with news" in n.name for n in t.nodes.values())
+            ),
+            30,
         )
 
 
