@@ -10,16 +10,19 @@ import pytest
 
 from kiki_sync_relay.link.intents import (
     MAX_OUTPUT,
+    MAX_SKEW,
     Admission,
     failed,
     parse,
     result,
+    stuck,
     succeeded,
     to_prune,
 )
 from kiki_sync_relay.link.screen import Screen
 from kiki_sync_relay.link.state import DeviceState
 from kiki_sync_relay.link.throttle import PAUSE_MAX, Throttle
+from kiki_sync_relay.link.values import json_safe
 from libkiki.errors import (
     InvalidParams,
     KikiError,
@@ -312,7 +315,7 @@ def test_what_is_not_an_intent_is_refused(key: str, value: Any) -> None:
 
 
 def test_an_intent_is_expired_rate_limited_or_unknown_before_it_runs(kiki: Registry) -> None:
-    admission = Admission(rate=1.0, burst=2.0)
+    admission = Admission(rate=1.0, burst=3.0)  # the expired one takes a token too
     tools = ["dev.kiki.demo.echo"]
     late = parse("i1", intent(deadline=(NOW - timedelta(seconds=1)).isoformat()))
     answer = admission.check(late, tools, NOW, 0.0)
@@ -386,3 +389,59 @@ def test_old_and_surplus_finished_intents_are_pruned_oldest_first() -> None:
     assert to_prune(intents, results, NOW, keep=600, max_entries=3) == ["old", "a", "b"]
     del results["orphan"]["status"]  # no final result, no intent: gone at once
     assert to_prune(intents, results, NOW, keep=600, max_entries=100) == ["orphan", "old"]
+
+
+def test_values_are_made_json_safe() -> None:
+    value = {"len": 2**64 - 1, "neg": -(2**60), "ok": 2**53, "t": (1, 2), "x": float("nan")}
+    assert json_safe(value) == {
+        "len": float(2**64 - 1),
+        "neg": float(-(2**60)),
+        "ok": 2**53,
+        "t": [1, 2],
+        "x": None,
+    }
+    with pytest.raises(InvalidParams):
+        json_safe({"ok": {1: "a key that is not a string"}})
+    with pytest.raises(InvalidParams):
+        json_safe([b"bytes"])
+    with pytest.raises(InvalidParams):
+        json_safe({"inode": 2**53 + 1}, exact=True)
+
+
+def test_a_whole_float_past_2_53_stays_a_float() -> None:
+    entry = parse("i1", intent(input={"n": 1e20, "m": -(2.0**54)}))
+    assert [type(v) for v in entry.input.values()] == [float, float]
+
+
+def test_an_intent_written_in_the_future_is_refused() -> None:
+    admission = Admission(rate=100.0, burst=100.0)
+    ahead = NOW + timedelta(seconds=MAX_SKEW + 1)
+    future = parse("i1", intent(createdAt=ahead.isoformat(), deadline=(ahead).isoformat()))
+    answer = admission.check(future, ["dev.kiki.demo.echo"], NOW, 0.0)
+    assert answer is not None
+    assert (answer["status"], answer["error"]["name"]) == ("refused", "InvalidParams")
+
+
+def test_the_rate_is_taken_before_anything_else() -> None:
+    admission = Admission(rate=1.0, burst=1.0)
+    assert admission.take(None, NOW, 0.0) is None
+    refused = admission.take(3, NOW, 0.0)  # no name: the one bucket of those
+    assert refused is not None
+    assert refused["error"]["name"] == "LimitExceeded"
+    late = parse("i1", intent(deadline=(NOW - timedelta(seconds=1)).isoformat()))
+    assert admission.check(late, [], NOW, 0.0)["status"] == "expired"  # type: ignore[index]
+    limited = admission.check(late, [], NOW, 0.0)
+    assert limited is not None
+    assert limited["error"]["name"] == "LimitExceeded"
+
+
+def test_an_entry_running_longer_than_a_call_can_is_stuck() -> None:
+    old = (NOW - timedelta(seconds=100)).isoformat()
+    recent = (NOW - timedelta(seconds=10)).isoformat()
+    results = {
+        "lost": {"status": "running", "at": old},
+        "called": {"status": "running", "at": old},
+        "recent": {"status": "running", "at": recent},
+        "done": {"status": "ok", "at": old},
+    }
+    assert stuck(results, NOW, 90.0, {"called"}) == ["lost"]

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from kiki_sync_relay.link.broker import BrokerLink
 from kiki_sync_relay.link.session_link import LinkSettings, SessionLink
 from kiki_sync_relay.link.state import DeviceState
+from kiki_sync_relay.link.values import is_fatal
 from libkiki.backoff import RestartBackoff
 
 if TYPE_CHECKING:
@@ -92,13 +93,16 @@ class DeviceLink:
 
     async def _guard(self, what: str, run: Any) -> None:
         """Run ``run()`` again after a growing wait whenever it ends: a failure of the link
-        never takes the relay down."""
+        never takes the relay down: nor one that is not an ``Exception`` (pycrdt's panic is a
+        ``BaseException``), unless the process is stopping or the task cancelled."""
         backoff = RestartBackoff(initial=0.5, maximum=max(0.5, self.backoff_max))
         while True:
             backoff.started()
             backoff.ready(time.monotonic())
             try:
                 await run()
-            except Exception:
+            except BaseException as exc:
+                if is_fatal(exc):
+                    raise
                 log.exception("the device link's %s failed", what)
             await asyncio.sleep(backoff.exited(time.monotonic()))

@@ -1,21 +1,28 @@
 """Intents and their results as the device link reads and writes them (sans-I/O).
 
 An intent (``dev.kiki.session.defs#intent``) is checked in this order, each failure answered
-at once with nothing run: its shape (``refused``, ``InvalidParams``), its deadline and its age
-(``expired``: written more than ``max_age`` seconds ago by its ``createdAt``), the rate of its
-``by`` (``refused``, ``LimitExceeded``), its tool among the session's (``refused``,
-``NotFound``).
+at once with nothing run: the rate of its ``by`` (``refused``, ``LimitExceeded``; first, so a
+flood of malformed or expired intents is limited too: one without a ``by`` takes from one
+bucket shared by all such), its shape (``refused``, ``InvalidParams``), its ``createdAt`` not
+more than :data:`MAX_SKEW` seconds ahead of the device's clock (``refused``, ``InvalidParams``:
+a time in the future would escape the age check below and misorder the logs), its deadline
+and its age (``expired``: written more than ``max_age`` seconds ago by its ``createdAt``), its
+tool among the session's (``refused``, ``NotFound``).
 
 Numbers: Yjs keeps a JSON number as JavaScript does, with no integer type, and pycrdt reads
 every one back as a float (``{"n": 1}`` reads ``{"n": 1.0}``), while the lexicons have
 ``integer`` and no float type. So every whole float in an intent's input (finite, at any depth)
-is passed on as an int: a browser's or a Node client's ``seek({offsetUs: 5000000})`` reaches
-the tool as the integer it was. Then it runs once through the broker; the broker's
+within ±2**53 is passed on as an int: a browser's or a Node client's
+``seek({offsetUs: 5000000})`` reaches the tool as the integer it was. A larger one (``1e20``)
+stays a float: no JavaScript client wrote it as an exact integer, and an int past 64 bits could
+not be sent to the broker. Then it runs once through the broker; the broker's
 answer becomes ``ok`` (its output), ``refused`` (nothing ran: policy, invalid arguments, a
 limit) or ``error`` (the tool failed, timed out, or its provider left).
 
 Old entries are pruned: those whose final result is older than ``keep`` seconds, and beyond
-``max_entries`` the oldest finished ones.
+``max_entries`` the oldest finished ones. An entry left ``running`` longer than the link's call
+timeout plus :data:`STUCK_MARGIN` with no call of the link running it is answered ``error``
+(:func:`stuck`), so pruned in turn.
 """
 
 from __future__ import annotations
@@ -49,6 +56,15 @@ MAX_DEPTH = 64  # arrays and objects nested in an intent's input
 # The JSON bytes of a tool's output a result carries; a larger one is told, not written (the
 # session's document is bounded, and a result refused by it would leave the intent running).
 MAX_OUTPUT = 256 * 1024
+# Seconds an intent's createdAt may be ahead of the device's clock (two clocks set by NTP are
+# well within it; more is a writer's clock wrong, or an intent dodging max_age).
+MAX_SKEW = 60.0
+# Seconds past the call timeout before a ``running`` entry no call runs is answered ``error``:
+# the wait for the broker (BROKER_WAIT) and a retried join fit in it.
+STUCK_MARGIN = 60.0
+SAFE_INT = 2**53
+# The bucket of the intents that name no ``by`` (malformed ones).
+NOBODY = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,9 +113,10 @@ def parse(key: str, value: Any) -> Intent:
 
 def whole_numbers(value: Any, depth: int = 0) -> Any:
     """``value`` with each whole float (at any depth) an int: the integer a JavaScript client
-    wrote, which Yjs and pycrdt read back as a float."""
+    wrote, which Yjs and pycrdt read back as a float; only within ±2**53, where a float is an
+    exact integer (``1e20`` stays a float)."""
     if isinstance(value, float):
-        return int(value) if value.is_integer() else value
+        return int(value) if value.is_integer() and -SAFE_INT <= value <= SAFE_INT else value
     if isinstance(value, dict | list):
         if depth >= MAX_DEPTH:
             raise InvalidParams(f"an intent's input is nested more than {MAX_DEPTH} deep")
@@ -143,10 +160,11 @@ def is_final(entry: Any) -> bool:
 
 
 class Admission:
-    """Decides what becomes of an intent before it runs: past its deadline, or written more
-    than ``max_age`` seconds ago, it is expired; then per ``by``, a token bucket of ``rate``
-    intents per second (``burst`` at once); at most :data:`MAX_BUCKETS` people are remembered
-    (the least recent forgotten, with a full bucket next time)."""
+    """Decides what becomes of an intent before it runs: per ``by``, a token bucket of ``rate``
+    intents per second (``burst`` at once), taken first; then written more than
+    :data:`MAX_SKEW` seconds ahead it is refused, past its deadline or written more than
+    ``max_age`` seconds ago expired. At most :data:`MAX_BUCKETS` people are remembered (the
+    least recent forgotten, with a full bucket next time)."""
 
     def __init__(self, rate: float, burst: float, max_age: float = 300.0) -> None:
         self.rate = rate
@@ -158,26 +176,59 @@ class Admission:
         """Whether ``intent`` was written more than ``max_age`` seconds before ``wall``."""
         return (wall - intent.created).total_seconds() > self.max_age
 
+    def take(self, by: Any, wall: datetime, now: float) -> dict[str, Any] | None:
+        """A token from ``by``'s bucket (:data:`NOBODY`'s when it is not a name): None, or the
+        ``refused`` result when it is empty."""
+        who = by if isinstance(by, str) and by else NOBODY
+        bucket = self._buckets.pop(who, None) or TokenBucket(self.rate, self.burst, now)
+        self._buckets[who] = bucket
+        while len(self._buckets) > MAX_BUCKETS:
+            self._buckets.popitem(last=False)
+        if bucket.take(now):
+            return None
+        limit = LimitExceeded(f"more than {self.rate:g} intents/s from {who[:64] or 'nobody'}")
+        return result("refused", error=limit, now=wall)
+
     def check(
-        self, intent: Intent, tools: list[str], wall: datetime, now: float
+        self, intent: Intent, tools: list[str], wall: datetime, now: float, *, taken: bool = False
     ) -> dict[str, Any] | None:
-        """The result that answers ``intent`` at once, or None: run it."""
+        """The result that answers ``intent`` at once, or None: run it. ``taken``: its token
+        was taken already (:meth:`take`)."""
+        if not taken:
+            limited = self.take(intent.by, wall, now)
+            if limited is not None:
+                return limited
+        ahead = (intent.created - wall).total_seconds()
+        if ahead > MAX_SKEW:
+            future = InvalidParams(
+                f"its createdAt is {ahead:.0f} s ahead of the device's clock "
+                f"(at most {MAX_SKEW:g} s are allowed)"
+            )
+            return result("refused", error=future, now=wall)
         if intent.deadline is not None and intent.deadline <= wall:
             return result("expired", error=Timeout("past its deadline before it ran"), now=wall)
         if self.too_old(intent, wall):
             late = Timeout(f"written more than {self.max_age:g} s ago (its createdAt)")
             return result("expired", error=late, now=wall)
-        bucket = self._buckets.pop(intent.by, None) or TokenBucket(self.rate, self.burst, now)
-        self._buckets[intent.by] = bucket
-        while len(self._buckets) > MAX_BUCKETS:
-            self._buckets.popitem(last=False)
-        if not bucket.take(now):
-            limit = LimitExceeded(f"more than {self.rate:g} intents/s from {intent.by[:64]}")
-            return result("refused", error=limit, now=wall)
         if intent.tool not in tools:
             unknown = NotFound(f"no tool {intent.tool[:317]} in this session")
             return result("refused", error=unknown, now=wall)
         return None
+
+
+def stuck(
+    results: dict[str, Any], wall: datetime, older_than: float, running: set[str]
+) -> list[str]:
+    """The ids whose result has said ``running`` for more than ``older_than`` seconds while
+    no call runs them (not in ``running``): a call whose answer was lost."""
+    ids = []
+    for key, entry in results.items():
+        if key in running or not isinstance(entry, dict) or entry.get("status") != "running":
+            continue
+        at = parse_time(entry.get("at"))
+        if at is None or (wall - at).total_seconds() > older_than:
+            ids.append(key)
+    return ids
 
 
 def to_prune(

@@ -19,7 +19,13 @@ in memory while it is linked.
   reconnect), or again after it was pruned, it is not run again; across a restart, where the
   pruned ids are forgotten, the intent's age (``max_age``, below the broker's idempotency
   window) expires it, or the broker answers it from its record.
-- **Pruning**: every ``prune_every`` seconds, and when the intents pass ``max_entries``.
+- **Pruning**: every ``prune_every`` seconds, and when the intents pass ``max_entries``; an
+  entry ``running`` for longer than the call timeout plus a margin that no call of this link
+  runs (its answer lost) is answered ``error`` then.
+- **Values**: everything written is made JSON-safe first (:mod:`.values`: an int past ±2**53
+  a float, no non-string keys). A write pycrdt still cannot take (it panics, a
+  ``BaseException``) fails that write alone: the replica is rebuilt; a state key keeps its
+  last value, a result becomes ``error``; never the relay.
 """
 
 from __future__ import annotations
@@ -39,8 +45,16 @@ from kiki_sync_relay.link import intents as rules
 from kiki_sync_relay.link.broker import BrokerLink
 from kiki_sync_relay.link.state import KEYS, DeviceState, now_iso
 from kiki_sync_relay.link.throttle import INTERVALS, Throttle
+from kiki_sync_relay.link.values import is_fatal, json_safe
 from kiki_sync_relay.session import EMPTY_UPDATE, Member
-from libkiki.errors import Conflict, InvalidParams, KikiError, LimitExceeded, Unavailable
+from libkiki.errors import (
+    Conflict,
+    InvalidParams,
+    KikiError,
+    LimitExceeded,
+    Timeout,
+    Unavailable,
+)
 
 if TYPE_CHECKING:
     from kiki_sync_relay.relay import Live, Relay
@@ -183,6 +197,17 @@ class SessionLink:
         try:
             with self._doc.transaction():
                 change()
+        except BaseException as exc:
+            # pycrdt panics (a BaseException) on a value it cannot store: that write fails,
+            # not the link nor the relay; the replica, which may hold part of it, is rebuilt.
+            if is_fatal(exc):
+                raise
+            log.error("the device link could not write into %s: %r", self.name, exc)
+            self.relay.counters["link_writes_failed"] += 1
+            self._resync()
+            raise InvalidParams(
+                f"a value the session's document cannot hold: {exc!r}"[:512]
+            ) from exc
         finally:
             self._local = False
         for update in self._captured:
@@ -227,10 +252,14 @@ class SessionLink:
                 pass
 
     def _write_state(self, keys: list[str]) -> None:
-        values = {
-            key: self.state.stale_list() if key == "stale" else self.state.current(key)
-            for key in keys
-        }
+        values: dict[str, Any] = {}
+        for key in keys:
+            value = self.state.stale_list() if key == "stale" else self.state.current(key)
+            try:
+                values[key] = json_safe(value)
+            except InvalidParams as exc:  # it keeps its last value
+                log.error("the device state's %s cannot be written: %s", key, exc)
+                self.relay.counters["link_writes_failed"] += 1
         changed = {k: v for k, v in values.items() if self._device.get(k, _ABSENT) != v}
         if not changed:
             return
@@ -240,7 +269,10 @@ class SessionLink:
                 self._device[key] = value
             self._device["updatedAt"] = now_iso()
 
-        self._write(change)
+        try:
+            self._write(change)
+        except InvalidParams:
+            return
         self.relay.counters["link_state_writes"] += 1
 
     # -- intents --------------------------------------------------------------------------------
@@ -284,6 +316,15 @@ class SessionLink:
             return
         resumed = isinstance(existing, dict) and existing.get("status") == "running"
         wall = datetime.now(UTC)
+        if not resumed:
+            # The person's token first: a flood of malformed, expired or repeated intents is
+            # limited as much as one of good ones.
+            by = value.get("by") if isinstance(value, dict) else None
+            limited = self._admission.take(by, wall, time.monotonic())
+            if limited is not None:
+                answers[key] = limited
+                self.relay.counters["link_intents_refused"] += 1
+                return
         try:
             intent = rules.parse(key, value)
         except InvalidParams as exc:
@@ -303,7 +344,7 @@ class SessionLink:
                 answers[key] = rules.result("refused", error=again, now=wall)
                 return
             tools = self.state.values.get("tools") or []
-            answer = self._admission.check(intent, tools, wall, time.monotonic())
+            answer = self._admission.check(intent, tools, wall, time.monotonic(), taken=True)
             if answer is None and len(self._running) >= self.settings.max_pending:
                 error = LimitExceeded(f"{len(self._running)} intents are running or waiting")
                 answer = rules.result("refused", error=error, now=wall)
@@ -341,19 +382,46 @@ class SessionLink:
                         continue
                 except KikiError as exc:
                     entry = rules.failed(exc)
+                except Exception as exc:  # never left ``running``: whatever failed, it is told
+                    log.exception("the device link's call of intent %s failed", intent.id)
+                    failure = KikiError(f"the device could not make the call: {exc!r}"[:512])
+                    entry = rules.result("error", error=failure)
                 break
         self._write_results({intent.id: entry})
 
     def _write_results(self, answers: dict[str, dict[str, Any]]) -> None:
         """Write ``answers``; refused, they are written again after the throttle's pause (an
-        intent is never left ``running`` for good)."""
+        intent is never left ``running`` for good). One the document cannot hold (a tool's
+        output that is not JSON it takes) is written as an ``error``."""
+        safe = {key: _safe_result(entry) for key, entry in answers.items()}
 
         def change() -> None:
-            for key, entry in answers.items():
+            for key, entry in safe.items():
                 self._results[key] = entry
 
-        if not self._write(change):
-            self._unwritten.update(answers)
+        try:
+            written = self._write(change)
+        except InvalidParams:
+            # Which one it was is not known: each is written alone, the one that fails as an
+            # error (which holds only strings).
+            written = True
+            for key, entry in safe.items():
+                self._write_one(key, entry)
+        if not written:
+            self._unwritten.update(safe)
+            self._dirty.set()
+
+    def _write_one(self, key: str, entry: dict[str, Any]) -> None:
+        def change(value: dict[str, Any]) -> Callable[[], None]:
+            return lambda: self._results.__setitem__(key, value)
+
+        try:
+            written = self._write(change(entry))
+        except InvalidParams as exc:
+            entry = rules.result("error", error=exc)
+            written = self._write(change(entry))
+        if not written:
+            self._unwritten[key] = entry
             self._dirty.set()
 
     # -- pruning --------------------------------------------------------------------------------
@@ -364,6 +432,19 @@ class SessionLink:
             self._prune()
 
     def _prune(self) -> None:
+        results = self._results.to_py() or {}
+        lost = rules.stuck(
+            results,
+            datetime.now(UTC),
+            self.broker.call_timeout + rules.STUCK_MARGIN,
+            set(self._running.values()),
+        )
+        if lost:
+            error = Timeout(
+                f"no answer within {self.broker.call_timeout + rules.STUCK_MARGIN:g} s: "
+                f"whether it ran is not known"
+            )
+            self._write_results({key: rules.result("error", error=error) for key in lost})
         gone = rules.to_prune(
             self._intents.to_py() or {},
             self._results.to_py() or {},
@@ -396,6 +477,16 @@ class SessionLink:
 
 
 _ABSENT = object()
+
+
+def _safe_result(entry: dict[str, Any]) -> dict[str, Any]:
+    """``entry`` JSON-safe (:mod:`.values`), or an ``error`` saying why it cannot be."""
+    try:
+        safe: dict[str, Any] = json_safe(entry, exact=True)
+    except InvalidParams as exc:
+        ran = InvalidParams(f"the tool ran, but its output cannot be written: {exc}")
+        return rules.result("error", error=ran)
+    return safe
 
 
 def _rule(error: KikiError) -> Any:
