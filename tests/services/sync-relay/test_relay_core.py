@@ -11,7 +11,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request
 
 from kiki_sync_relay.config import RelayConfig
-from kiki_sync_relay.core import Answer, Route, route, target
+from kiki_sync_relay.core import Answer, Route, for_method, json_response, route, target
 from libkiki.constellation import spec
 
 pytestmark = pytest.mark.unit
@@ -19,8 +19,8 @@ pytestmark = pytest.mark.unit
 UPGRADE = Headers([("Upgrade", "WebSocket"), ("Connection", "Upgrade")])
 
 
-def request(path: str, headers: Headers | None = None) -> Request:
-    return Request(path, headers or Headers())
+def request(path: str, headers: Headers | None = None, method: str = "GET") -> Request:
+    return Request(path, headers or Headers(), method)
 
 
 def test_health_is_answered_however_full_the_relay() -> None:
@@ -68,3 +68,15 @@ def test_the_default_address_is_the_declared_one_and_settings_are_bounded() -> N
     for bad in ({"port": 65536}, {"port": -1}, {"host": ""}, {"max_message": 10}):
         with pytest.raises(pydantic.ValidationError):
             RelayConfig.model_validate(bad)
+
+
+def test_a_head_is_answered_as_its_get_without_the_body_and_never_upgraded() -> None:
+    health = json_response(http.HTTPStatus.OK, {"name": "kiki-sync-relay"})
+    head = for_method(request("/healthz", method="HEAD"), health)
+    assert (head.status_code, head.body) == (200, b"")
+    assert head.headers["Content-Length"] == str(len(health.body))
+    assert for_method(request("/healthz"), health) is health
+    assert route(request("/healthz", method="HEAD"), live=0, max_connections=1) is Route.HEALTH
+    answer = route(request("/session/s1", UPGRADE, "HEAD"), live=0, max_connections=2)
+    assert isinstance(answer, Answer)
+    assert answer.status == http.HTTPStatus.NOT_FOUND

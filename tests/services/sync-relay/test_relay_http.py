@@ -82,7 +82,10 @@ def test_reader_accepts_a_get_and_is_silent_for_nothing() -> None:
     assert _read(b"") is None
     refusal = _read(b"PUT / HTTP/1.1\r\n\r\n")
     assert isinstance(refusal, Refusal)
-    assert refusal.response().headers["Allow"] == "GET"
+    assert refusal.response().headers["Allow"] == "GET, HEAD"
+    head = _read(b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert isinstance(head, Request)
+    assert head.method == "HEAD"
 
 
 @pytest.fixture
@@ -118,6 +121,29 @@ def _status(response: bytes) -> tuple[int, dict[str, str], dict[str, Any]]:
     return int(code), headers, json.loads(body)
 
 
+def _head(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
+    """The status, headers and whatever else the relay sends for a HEAD of ``path``."""
+    response = _exchange(port, f"HEAD {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    head, _, rest = response.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split(" ")[1]), headers, rest
+
+
+def test_a_head_is_answered_as_its_get_without_a_body(relay: Any) -> None:
+    port, _ = relay
+    code, headers, rest = _head(port, "/healthz")
+    assert (code, rest) == (200, b"")
+    assert headers["Content-Type"] == "application/json"
+    assert int(headers["Content-Length"]) > 0  # the GET's length
+    code, headers, rest = _head(port, "/nothing")
+    assert (code, rest) == (404, b"")
+    code, headers, rest = _head(port, "/dashboard/")
+    assert (code, rest) == (200, b"")
+    assert headers["Content-Type"].startswith("text/html")
+    assert _health(port)["counters"].get("refused_requests", 0) == 0
+
+
 def _health(port: int) -> dict[str, Any]:
     code, _, body = _status(_exchange(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"))
     assert code == 200
@@ -136,7 +162,7 @@ def test_relay_answers_each_refused_request_then_closes(relay: Any, case: str) -
     assert headers["Connection"] == "close"
     assert body["error"]
     if status == 405:
-        assert headers["Allow"] == "GET"
+        assert headers["Allow"] == "GET, HEAD"
     # The relay is unharmed and counted the refusal.
     assert _health(port)["counters"]["refused_requests"] == 1
     assert proc.poll() is None

@@ -1,6 +1,7 @@
 """What the relay does with a request it has read and accepted (see :mod:`.handshake` for the
 ones it refuses): answer its health, serve a file of the dashboard, answer an error, or go on to
-the WebSocket upgrade.
+the WebSocket upgrade. A HEAD is answered as its GET, without the body (:func:`for_method`),
+and never upgraded.
 
 Sans-I/O: the request and the number of live WebSocket connections in, a decision out; the
 server fills in the health answer and sends the response.
@@ -69,9 +70,18 @@ def route(
             {"error": "too many connections"},
             counter="connections_refused",
         )
-    if request.headers.get("Upgrade", "").lower() != "websocket" or target(request.path) is None:
+    upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
+    if request.method != "GET" or not upgrade or target(request.path) is None:
         return Answer(http.HTTPStatus.NOT_FOUND, {"error": f"no resource at {request.path}"})
     return Route.UPGRADE
+
+
+def for_method(request: Request, response: Response) -> Response:
+    """``response`` as ``request``'s method takes it: for a HEAD the same status and headers
+    (its ``Content-Length`` the GET's) and no body (RFC 9110, 9.3.2)."""
+    if request.method != "HEAD" or not response.body:
+        return response
+    return Response(response.status_code, response.reason_phrase, response.headers, b"")
 
 
 def serve_dashboard(request: Request, dashboard: Dashboard) -> Answer | None:

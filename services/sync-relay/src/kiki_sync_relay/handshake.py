@@ -28,7 +28,9 @@ from websockets.protocol import Protocol
 from websockets.server import ServerProtocol
 from websockets.streams import StreamReader
 
-ALLOWED_METHODS = ("GET",)
+# RFC 9110 (9.1): every general-purpose server supports GET and HEAD; a HEAD is answered as
+# its GET is, without the body (:func:`kiki_sync_relay.core.for_method`).
+ALLOWED_METHODS = ("GET", "HEAD")
 SUPPORTED_VERSIONS = (b"HTTP/1.1", b"HTTP/1.0")
 
 _VERSION = re.compile(rb"HTTP/[0-9]\.[0-9]")

@@ -1,10 +1,11 @@
 """asyncio layer of the sync relay: a WebSocket server with a plain-HTTP health endpoint.
 
 ``GET /healthz`` answers the service's info as JSON on the same port as the WebSockets, so
-operators and load balancers can probe it without speaking WebSocket. Every other request gets
-an HTTP answer too. The decisions are sans-I/O, in :mod:`kiki_sync_relay.handshake` (what is
-refused before the handshake) and :mod:`kiki_sync_relay.core` (what an accepted request
-gets); a WebSocket on ``/session/<name>`` goes to :class:`kiki_sync_relay.relay.Relay`.
+operators and load balancers can probe it without speaking WebSocket (``HEAD`` too: the same
+answer without its body). Every other request gets an HTTP answer too. The decisions are
+sans-I/O, in :mod:`kiki_sync_relay.handshake` (what is refused before the handshake) and
+:mod:`kiki_sync_relay.core` (what an accepted request gets); a WebSocket on
+``/session/<name>`` goes to :class:`kiki_sync_relay.relay.Relay`.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from websockets.server import ServerProtocol
 
 from kiki_sync_relay.admin import add_info, admin_methods
 from kiki_sync_relay.config import RelayConfig
-from kiki_sync_relay.core import Answer, Route, json_response, route, target
+from kiki_sync_relay.core import Answer, Route, for_method, json_response, route, target
 from kiki_sync_relay.handshake import Refusal, parse_opening
 from kiki_sync_relay.link import DeviceLink, LinkSettings
 from kiki_sync_relay.relay import Relay
@@ -67,11 +68,11 @@ async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
         ctx.counters["http_requests"] += 1
         decision = route(request, len(live), config.max_connections)
         if decision is Route.HEALTH:
-            return json_response(http.HTTPStatus.OK, ctx.info())
+            return for_method(request, json_response(http.HTTPStatus.OK, ctx.info()))
         if isinstance(decision, Answer):
             if decision.counter is not None:
                 ctx.counters[decision.counter] += 1
-            return decision.response()
+            return for_method(request, decision.response())
         return None
 
     # Refusals are logged as admission's are: a flood of bad requests costs a bounded number
