@@ -55,10 +55,12 @@ function loaded() {
 export function answerDashboard(request, url) {
   const path = url.pathname;
   if (path !== PREFIX.slice(0, -1) && !path.startsWith(PREFIX)) return null;
-  if (request.method !== "GET") {
-    return new Response(JSON.stringify({ error: "use GET" }), {
+  // RFC 9110 (9.1): GET and HEAD; a HEAD is answered as its GET, without the body.
+  const head = request.method === "HEAD";
+  if (request.method !== "GET" && !head) {
+    return new Response(JSON.stringify({ error: "use GET or HEAD" }), {
       status: 405,
-      headers: { Allow: "GET", "Content-Type": "application/json" },
+      headers: { Allow: "GET, HEAD", "Content-Type": "application/json" },
     });
   }
   if (path === PREFIX.slice(0, -1)) {
@@ -70,7 +72,10 @@ export function answerDashboard(request, url) {
   // A WebSocket on the dashboard's path is no session.
   const upgrade = request.headers.get("Upgrade")?.toLowerCase() === "websocket";
   const found = upgrade ? undefined : loaded().get(path.slice(PREFIX.length) || "index.html");
-  if (found === undefined) return json({ error: "no such path" }, 404);
+  if (found === undefined) {
+    const missing = json({ error: "no such path" }, 404);
+    return head ? new Response(null, { status: 404, headers: missing.headers }) : missing;
+  }
   const headers = new Headers(COMMON);
   headers.set("Cache-Control", found.cache);
   headers.set("ETag", found.etag);
@@ -80,6 +85,10 @@ export function answerDashboard(request, url) {
     return new Response(null, { status: 304, headers });
   }
   headers.set("Content-Type", found.type);
+  if (head) {
+    headers.set("Content-Length", String(found.body.byteLength));
+    return new Response(null, { status: 200, headers });
+  }
   return new Response(found.body, { status: 200, headers });
 }
 

@@ -88,7 +88,7 @@ def test_the_bare_path_redirects_and_nothing_else_is_served(edge: EdgeServer) ->
         assert code == 404, path
         assert headers["content-type"] == "application/json"
     code, headers, _ = get(edge, "/dashboard/", "POST")
-    assert (code, headers["allow"]) == (405, "GET")
+    assert (code, headers["allow"]) == (405, "GET, HEAD")
     # A WebSocket on the dashboard's path is no session.
     code, _, _ = get(
         edge,
@@ -99,3 +99,16 @@ def test_the_bare_path_redirects_and_nothing_else_is_served(edge: EdgeServer) ->
         Sec_WebSocket_Version="13",
     )
     assert code == 404
+
+
+def test_a_head_is_answered_as_the_get_without_a_body(edge: EdgeServer) -> None:
+    """RFC 9110: a server supports GET and HEAD; a HEAD answers the GET's status and headers."""
+    _, got, page = get(edge, "/dashboard/")
+    code, headers, body = get(edge, "/dashboard/", "HEAD")
+    assert (code, body) == (200, b"")
+    for name in ("content-type", "etag", "cache-control", "content-security-policy"):
+        assert headers[name] == got[name], name
+    assert headers["content-length"] == str(len(page))
+    code, headers, body = get(edge, "/dashboard/nothing.js", "HEAD")
+    assert (code, body) == (404, b"")
+    assert get(edge, "/dashboard", "HEAD")[0] == 308
