@@ -3,6 +3,7 @@ throttle, and what becomes of an intent before and after it runs."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,7 +23,7 @@ from kiki_sync_relay.link.intents import (
 from kiki_sync_relay.link.screen import Screen
 from kiki_sync_relay.link.state import DeviceState
 from kiki_sync_relay.link.throttle import PAUSE_MAX, Throttle
-from kiki_sync_relay.link.values import json_safe
+from kiki_sync_relay.link.values import is_fatal, json_safe
 from libkiki.errors import (
     InvalidParams,
     KikiError,
@@ -445,3 +446,14 @@ def test_an_entry_running_longer_than_a_call_can_is_stuck() -> None:
         "done": {"status": "ok", "at": old},
     }
     assert stuck(results, NOW, 90.0, {"called"}) == ["lost"]
+
+
+def test_only_stopping_and_cancelling_go_on_up_from_the_links_loops() -> None:
+    class Panic(BaseException):  # what pycrdt raises, not an Exception
+        pass
+
+    assert not is_fatal(Panic())
+    assert not is_fatal(BaseExceptionGroup("loops", [Panic(), ValueError()]))
+    for stop in (KeyboardInterrupt(), SystemExit(), asyncio.CancelledError()):
+        assert is_fatal(stop)
+        assert is_fatal(BaseExceptionGroup("loops", [Panic(), stop]))

@@ -21,6 +21,7 @@ from pycrdt import Doc, Map
 from kiki_sync_relay.limits import Limits
 from kiki_sync_relay.link import DeviceLink, LinkSettings
 from kiki_sync_relay.link.broker import BrokerLink
+from kiki_sync_relay.link.intents import STUCK_MARGIN
 from kiki_sync_relay.link.session_link import SessionLink
 from kiki_sync_relay.link.state import DeviceState
 from kiki_sync_relay.relay import Relay
@@ -188,3 +189,26 @@ async def test_malformed_intents_take_from_the_rate_too(relay: Relay) -> None:
     assert results["future"]["status"] == "refused"
     assert "ahead of the device's clock" in results["future"]["error"]["message"]
     assert broker.arguments == []
+
+
+async def test_a_result_left_running_with_no_call_is_answered_error(relay: Relay) -> None:
+    """Another device writer (a second link, a restored backup) leaves ``running`` for an id
+    this link took already: no call of it will ever answer it, so the pruner does."""
+    broker = Broker(DeviceState(), lambda _: {"text": "hi"})
+    broker.call_timeout = 0.0  # the entry is stuck once it is older than the margin
+    settings = LinkSettings(prune_every=0.05)
+    async with linked(relay, broker, settings):
+        await write_intents(relay, {"a": intent("a")})
+        await eventually(lambda: part(relay, "results").get("a", {}).get("status") == "ok")
+        old = (datetime.now(UTC) - timedelta(seconds=STUCK_MARGIN + 1)).isoformat()
+        doc: Doc[Any] = Doc()
+        doc.apply_update(relay.live[SESSION].session.doc.get_update())
+        before = doc.get_state()
+        doc.get("results", type=Map)["a"] = {"status": "running", "at": old}
+        other = Member(role="device", sub="device:other")
+        live = relay.live[SESSION]
+        live.session.join(other)
+        await relay.submit(SESSION, live, other, doc.get_update(before))
+        await eventually(lambda: part(relay, "results").get("a", {}).get("status") == "error")
+    error = part(relay, "results")["a"]["error"]
+    assert (error["name"], broker.arguments) == ("Timeout", [{}])
