@@ -406,6 +406,12 @@ def test_values_are_made_json_safe() -> None:
     with pytest.raises(InvalidParams):
         json_safe([b"bytes"])
     with pytest.raises(InvalidParams):
+        json_safe({"name": "\ud800"})
+    assert json_safe({"n": 2**53, "big": 2**53 + 2}, exact=False) == {
+        "n": 2**53,
+        "big": 2.0**53 + 2,
+    }
+    with pytest.raises(InvalidParams):
         json_safe({"inode": 2**53 + 1}, exact=True)
 
 

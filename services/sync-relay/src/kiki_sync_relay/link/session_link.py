@@ -175,7 +175,10 @@ class SessionLink:
     def _remote(self, update: bytes) -> None:
         try:
             self._doc.apply_update(update)
-        except Exception as exc:  # a replica that cannot take the live document's update
+        except BaseException as exc:  # a replica that cannot take the live document's update
+            # (pycrdt's panic included: it would reach the relay, which called this watcher)
+            if is_fatal(exc):
+                raise
             log.error("the device link's replica of %s failed (%s): rebuilt", self.name, exc)
             self._resync()
 

@@ -12,9 +12,14 @@ safe before it is written:
   refused with ``exact`` (a tool's output: its caller would get another number than the tool
   answered, so the result says ``error`` instead);
 - a float that is not finite (JSON has no NaN or Infinity) becomes null;
-- a tuple is a list; an object whose keys are not all strings, or any other type (bytes, a
-  set...), is refused: :class:`~libkiki.errors.InvalidParams`, and the caller writes nothing
-  of it (a state key keeps its last value; a tool's output becomes an ``error`` result).
+- a tuple is a list; an object whose keys are not all strings, a string with a lone surrogate,
+  or any other type (bytes, a set...), is refused: :class:`~libkiki.errors.InvalidParams`, and
+  the caller writes nothing of it (a state key keeps its last value; a tool's output becomes an
+  ``error`` result).
+
+Most values need none of that: orjson's round trip (strict integers, string keys) takes them
+in C, a fifth of the time of walking them in Python (a 2000-node screen at 10/s), and the walk
+is made only when it refuses one.
 """
 
 from __future__ import annotations
@@ -23,15 +28,30 @@ import asyncio
 import math
 from typing import Any, Final
 
+import orjson
+
 from libkiki.errors import InvalidParams
 
 SAFE_INT: Final = 2**53
 MAX_DEPTH: Final = 256  # arrays and objects nested in one value
 
 
-def json_safe(value: Any, *, exact: bool = False, depth: int = 0) -> Any:
+def json_safe(value: Any, *, exact: bool = False) -> Any:
     """``value`` as the document can hold it (see the module); :class:`InvalidParams` if not."""
-    if value is None or isinstance(value, bool | str):
+    try:
+        return orjson.loads(orjson.dumps(value, option=orjson.OPT_STRICT_INTEGER))
+    except orjson.JSONEncodeError:  # an int past 53 bits, a key not a string, bytes...
+        return _walk(value, exact, 0)
+
+
+def _walk(value: Any, exact: bool, depth: int) -> Any:
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:  # a lone surrogate: no UTF-8 (nor Yjs) string holds it
+            raise InvalidParams("a string that is not Unicode text") from None
         return value
     if isinstance(value, int):
         if -SAFE_INT <= value <= SAFE_INT:
@@ -48,10 +68,10 @@ def json_safe(value: Any, *, exact: bool = False, depth: int = 0) -> Any:
         for key, item in value.items():
             if not isinstance(key, str):
                 raise InvalidParams(f"an object's key is a {type(key).__name__}, not a string")
-            safe[key] = json_safe(item, exact=exact, depth=depth + 1)
+            safe[key] = _walk(item, exact, depth + 1)
         return safe
     if isinstance(value, list | tuple):
-        return [json_safe(item, exact=exact, depth=depth + 1) for item in value]
+        return [_walk(item, exact, depth + 1) for item in value]
     raise InvalidParams(f"a {type(value).__name__} is not a JSON value")
 
 
