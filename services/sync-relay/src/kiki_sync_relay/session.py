@@ -28,10 +28,11 @@ write structs under an id owns it, by its token's role and ``sub`` (a stock clie
 with its document writes on under its id), for as long as the session stays in memory. An
 update whose structs advance an id someone else owns is refused with 1008: written under the
 device link's id at a clock it has not used yet, it would make the link's own next write a
-duplicate that every replica drops. Which ids an update advanced is read off the shadow's state
-vector before and after it (pycrdt's ``get_state(update)`` only names clients whose structs
-start at clock 0). A delete set names the ids it deletes, not its writer's: left to the part
-rules.
+duplicate that every replica drops. An update whose structs are all under its writer's own ids
+is told by pycrdt's ``get_update(update, <those ids, every clock>)`` keeping no struct; any
+other is judged by the shadow's state vectors before and after it, which name the ids it
+advanced (pycrdt's ``get_state(update)`` only names clients whose structs start at clock 0). A
+delete set names the ids it deletes, not its writer's: left to the part rules.
 
 Some parts are *add-only* for some roles (a ``controller`` adds intents): while such a
 member's update is applied, the shadow's map events of those parts are read as they come, and
@@ -156,6 +157,7 @@ _TYPES: dict[str, type[Any]] = {"map": Map, "array": Array, "text": Text}
 # A v1 update is the structs (a count of clients first), then the delete set.
 _NO_STRUCTS = 0
 _MARK = [ContentAttribute("d", 1)]
+_EVERY_CLOCK = 2**32 - 1  # Yjs clocks are 32-bit
 
 
 def _fresh_doc(state: bytes | None) -> Doc[Any]:
@@ -229,6 +231,18 @@ def _clocks(state_vector: bytes) -> dict[int, int]:
     return {reader.read_var_uint(): reader.read_var_uint() for _ in range(reader.read_var_uint())}
 
 
+def _all_of(clients: list[int]) -> bytes:
+    """A state vector (y-protocols' encoding) holding every clock of ``clients``: what
+    ``get_update(update, it)`` leaves out of ``update``."""
+    encoder = Encoder()
+    encoder.write_var_uint(len(clients))
+    for client in clients:
+        encoder.write_var_uint(client)
+        encoder.write_var_uint(_EVERY_CLOCK)
+    state: bytes = encoder.to_bytes()
+    return state
+
+
 def _carries_nothing(update: bytes) -> bool:
     """Whether ``update`` decodes to no structs and no deleted ranges, as Yjs' decodeUpdate
     reads it (what the edge checks): ``00 00``, what a client with nothing new answers to the
@@ -281,10 +295,10 @@ class Session:
         self.awareness.set_local_state(None)  # the relay itself is nobody's collaborator
         # awareness client id -> the member that first set it: only that member may change it.
         self.owners: dict[int, int] = {}
-        # Yjs client id -> the writer (role, sub) that first wrote structs under it; and the
-        # document's clocks, to tell which ids an update advanced.
+        # Yjs client id -> the writer (role, sub) that first wrote structs under it; and per
+        # writer, a state vector holding all of its ids (what its own updates leave out).
         self.writers: dict[int, tuple[str, str]] = {}
-        self._clocks = _clocks(self.doc.get_state())
+        self._held: dict[tuple[str, str], bytes] = {}
         self.updates_since_snapshot = 0
 
     # -- members ----------------------------------------------------------------------------
@@ -388,20 +402,31 @@ class Session:
             raise PermissionDenied(
                 f"a {role}'s update must not wait on changes the session has not seen"
             )
-        clocks = _clocks(state)
         writer = member.writer if member is not None else ("device", "")
-        advanced = [c for c, clock in clocks.items() if clock > self._clocks.get(c, 0)]
-        for client in advanced:
-            if self.writers.get(client, writer) != writer:
-                self._rebuild_shadow()
-                raise PermissionDenied(f"Yjs client {client} belongs to another member")
-        for client in advanced:
-            self.writers.setdefault(client, writer)
-        self._clocks = clocks
+        held = self._held.get(writer)
+        if held is None or get_update(update, held)[0] != _NO_STRUCTS:
+            self._claim(writer, _clocks(self.doc.get_state()), _clocks(state))
         self.doc.apply_update(update)
         self.size += len(update)
         self.updates_since_snapshot += 1
         return Outcome(relay=create_update_message(update), durable=update)
+
+    def _claim(
+        self, writer: tuple[str, str], before: dict[int, int], after: dict[int, int]
+    ) -> None:
+        """Make ``writer`` the owner of the ids the shadow's last apply advanced (``before`` and
+        ``after``: its clocks), or refuse that apply if one is someone else's."""
+        advanced = [c for c, clock in after.items() if clock > before.get(c, 0)]
+        for client in advanced:
+            if self.writers.get(client, writer) != writer:
+                self._rebuild_shadow()
+                raise PermissionDenied(f"Yjs client {client} belongs to another member")
+        new = [c for c in advanced if c not in self.writers]
+        for client in new:
+            self.writers[client] = writer
+        if new or writer not in self._held:
+            own = [c for c, w in self.writers.items() if w == writer]
+            self._held[writer] = _all_of(own)
 
     def _rebuild_shadow(self) -> None:
         self._shadow = _Shadow(self.doc.get_update())
