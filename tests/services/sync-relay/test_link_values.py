@@ -24,11 +24,12 @@ from kiki_sync_relay.link.broker import BrokerLink
 from kiki_sync_relay.link.intents import STUCK_MARGIN
 from kiki_sync_relay.link.session_link import SessionLink
 from kiki_sync_relay.link.state import DeviceState
+from kiki_sync_relay.link.values import json_safe
 from kiki_sync_relay.relay import Relay
 from kiki_sync_relay.session import Member
 from kiki_sync_relay.store import Store
 from kikitest.sync_fixtures import eventually
-from libkiki.errors import Unavailable
+from libkiki.errors import InvalidParams, Unavailable
 from libkiki.sync.tokens import Revocations, SigningKey, Verifier
 
 pytestmark = pytest.mark.integration
@@ -129,6 +130,17 @@ async def test_a_state_value_past_64_bits_does_not_stop_the_relay(
         await eventually(lambda: bool(part(relay, "device").get("notifications")), WAIT)
         assert part(relay, "device").get("sensors") == []
         assert device.links[SESSION].linked
+
+
+def test_an_int_past_the_largest_double_is_null_as_infinity_is() -> None:
+    # float() of it raises OverflowError, which is no InvalidParams: it stopped the write.
+    assert json_safe({"a": 2**1024, "b": -(10**400), "c": [2**1023]}) == {
+        "a": None,
+        "b": None,
+        "c": [float(2**1023)],
+    }
+    with pytest.raises(InvalidParams):
+        json_safe({"a": 2**1024}, exact=True)
 
 
 @pytest.mark.parametrize(

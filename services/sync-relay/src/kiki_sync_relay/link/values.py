@@ -11,7 +11,8 @@ safe before it is written:
   still a huge number, not a string a reader must know to parse) in the device's state, and is
   refused with ``exact`` (a tool's output: its caller would get another number than the tool
   answered, so the result says ``error`` instead);
-- a float that is not finite (JSON has no NaN or Infinity) becomes null;
+- a float that is not finite (JSON has no NaN or Infinity) becomes null, and so does an int
+  past the largest double (±2**1024: no float holds it, ``JSON.parse`` reads it as Infinity);
 - a tuple is a list; an object whose keys are not all strings, a string with a lone surrogate,
   or any other type (bytes, a set...), is refused: :class:`~libkiki.errors.InvalidParams`, and
   the caller writes nothing of it (a state key keeps its last value; a tool's output becomes an
@@ -58,7 +59,10 @@ def _walk(value: Any, exact: bool, depth: int) -> Any:
             return value
         if exact:
             raise InvalidParams(f"an integer past ±2**53 ({str(value)[:40]}) is not kept exactly")
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # past the largest double: no float holds it, as for ±inf
+            return None
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if depth >= MAX_DEPTH:
