@@ -23,7 +23,14 @@ import {
 } from "./protocol.js";
 import { MAX_TTL_SECONDS, SessionStore } from "./store.js";
 import { LEEWAY_SECONDS, verifyToken, WRITERS } from "./tokens.js";
-import { advancedClients, writerOf, YjsWriters } from "./writers.js";
+import {
+  advancedClients,
+  clocksOf,
+  grownClients,
+  MAX_YJS_IDS,
+  writerOf,
+  YjsWriters,
+} from "./writers.js";
 
 /**
  * What the object keeps about each socket (serializeAttachment: it survives hibernation).
@@ -375,15 +382,23 @@ export class Session extends DurableObject {
     }
     checkOnScratch(update);
     const writer = writerOf(peer);
+    const device = peer.role === "device";
+    // What the update names (its structs' `to`) is checked before it applies; only what it
+    // grew in the live document is claimed (Skip structs name ids they change nothing under).
     const advanced = advancedClients(this.doc, update);
     for (const client of advanced) {
-      if (!this.writers.may(client, writer)) {
+      if (!this.writers.may(client, writer, device)) {
         const why = `Yjs client ${client} belongs to another member`;
         throw new Refusal(KINDS.PermissionDenied, why);
       }
     }
+    if (this.writers.over(advanced, writer, device)) {
+      const why = `a writer may own at most ${MAX_YJS_IDS} Yjs client ids`;
+      throw new Refusal(KINDS.LimitExceeded, why);
+    }
+    const before = clocksOf(this.doc);
     const changes = this.applyUpdate(update, peer);
-    this.writers.claim(advanced, writer);
+    this.writers.claim(grownClients(this.doc, before), writer);
     const { pendingStructs, pendingDs } = this.doc.store;
     if (changes.length === 0 && pendingStructs === null && pendingDs === null) return;
     this.store.append(update);

@@ -31,6 +31,7 @@ from pycrdt import (
     create_awareness_message,
     create_sync_message,
     create_update_message,
+    merge_updates,
 )
 from pycrdt._sync import Encoder
 from websockets.asyncio.client import ClientConnection, connect
@@ -640,6 +641,83 @@ async def check_yjs_client_ids_belong_to_their_writer(
         await client.close()
 
 
+def _varuint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append(0x80 | (n & 0x7F))
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _skips_only(clients: list[int]) -> bytes:
+    """A Yjs v1 update of one Skip struct (info 10, length 1) under each of ``clients``: it
+    names them, as any struct does, and changes nothing."""
+    groups = b"".join(
+        _varuint(1) + _varuint(c) + _varuint(0) + b"\x0a" + _varuint(1) for c in clients
+    )
+    return _varuint(len(clients)) + groups + _varuint(0)
+
+
+def _intents_under(clients: list[int], by: str) -> bytes:
+    """One update adding an intent (by ``by``) under each Yjs client id of ``clients``."""
+    return merge_updates(*(_one_intent(client, by) for client in clients))
+
+
+def _one_intent(client: int, by: str) -> bytes:
+    doc: Doc[Any] = Doc(client_id=client)
+    doc.get("intents", type=Map)[f"i{client}"] = intent(f"i{client}", by)
+    return doc.get_update()
+
+
+async def check_a_device_writer_is_not_bound_to_yjs_client_ids(
+    ep: SyncEndpoint, node: NodePeers | None = None
+) -> None:
+    """The device role may write every part, and each end decides who owns an id apart (the
+    relay's owners are in memory): a device-role writer advancing an id a controller owns is
+    accepted, or the relay<->edge link carrying it could be refused on every reconnect."""
+    env = Env(ep, new_session(), node)
+    alice = await YClient.join(ep.url(env.session, ep.token(env.session, "controller", sub="a")))
+    _map(alice, "intents")["a1"] = intent("a1", "a")
+    watcher = await YClient.join(env.url("observer"))
+    await eventually(lambda: "a1" in (_map(watcher, "intents").to_py() or {}))
+    device = YClient(Doc(client_id=alice.doc.client_id))
+    await device.connect(ep.url(env.session, ep.token(env.session, "device", sub="device:c")))
+    await eventually(lambda: "a1" in (_map(device, "intents").to_py() or {}))
+    _map(device, "device")["tools"] = ["t"]
+    await eventually(lambda: _map(watcher, "device").to_py() == {"tools": ["t"]})
+    assert device.open
+    for client in (alice, watcher, device):
+        await client.close()
+
+
+async def check_a_writer_owns_a_bounded_number_of_yjs_client_ids(
+    ep: SyncEndpoint, node: NodePeers | None = None
+) -> None:
+    """A writer (not the device) owns at most 64 Yjs client ids: past them it is closed with
+    1013. An update of Skip structs names ids but writes nothing under them: it claims none."""
+    env = Env(ep, new_session(), node)
+    base = 1_000_000 + secrets.randbelow(1_000_000)
+    mallory = await YClient.join(ep.url(env.session, ep.token(env.session, "controller", sub="m")))
+    await mallory.send(create_update_message(_skips_only(list(range(base - 10, base)))))
+    await mallory.send(create_update_message(_intents_under(list(range(base, base + 64)), "m")))
+    watcher = await YClient.join(env.url("observer"))
+    await eventually(lambda: len(_map(watcher, "intents").to_py() or {}) == 64)
+    assert mallory.open
+    await mallory.send(create_update_message(_intents_under([base + 64], "m")))
+    assert await mallory.closed() == 1013
+    # The Skip structs claimed nothing (or the 64 would have been too many): another writer
+    # writes under one of those ids.
+    bob = YClient(Doc(client_id=base - 1))
+    await bob.connect(ep.url(env.session, ep.token(env.session, "controller", sub="b")))
+    _map(bob, "intents")["b1"] = intent("b1", "b")
+    await eventually(lambda: "b1" in (_map(watcher, "intents").to_py() or {}))
+    assert bob.open
+    assert len(_map(watcher, "intents").to_py() or {}) == 65
+    for client in (watcher, bob):
+        await client.close()
+
+
 async def check_expired_token_closes_live_connection(
     ep: SyncEndpoint, node: NodePeers | None = None
 ) -> None:
@@ -761,6 +839,8 @@ PY_CHECKS: list[Check] = [
     check_parts_are_written_by_their_roles,
     check_controllers_only_add_intents_of_their_own,
     check_yjs_client_ids_belong_to_their_writer,
+    check_a_device_writer_is_not_bound_to_yjs_client_ids,
+    check_a_writer_owns_a_bounded_number_of_yjs_client_ids,
     check_expired_token_closes_live_connection,
 ]
 NODE_CHECKS: list[Check] = [

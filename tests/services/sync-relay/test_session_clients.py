@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from pycrdt import Doc, Map, create_update_message
 
-from kiki_sync_relay.session import Member, Session
-from libkiki.errors import PermissionDenied
+from kiki_sync_relay.session import MAX_YJS_IDS, Member, Session
+from libkiki.errors import LimitExceeded, PermissionDenied
 
 pytestmark = pytest.mark.unit
 
@@ -45,8 +45,52 @@ def test_an_intent_under_the_devices_client_id_is_refused_and_the_device_writes_
     # Mallory's own id still works, and is hers from then on.
     own = replica(session, 777)
     write(session, mallory, own, "intents", "m1", INTENT)
+    bob = Member("controller", sub="bob")
+    session.join(bob)
     with pytest.raises(PermissionDenied, match="Yjs client 777"):
-        write(session, device, replica(session, 777), "device", "x", 1)
+        write(session, bob, replica(session, 777), "intents", "b1", {**INTENT, "by": "bob"})
+
+
+@pytest.mark.parametrize("device", [Member(role="device", sub="upstream"), None])
+def test_the_device_is_not_refused_on_an_id_a_controller_owns(device: Member | None) -> None:
+    # Each end decides ownership apart (the relay's in memory): refused, the link carrying a
+    # write from the other end could be refused on every reconnect.
+    session = Session("s")
+    mallory = Member("controller", sub="mallory")
+    session.join(mallory)
+    write(session, mallory, replica(session, 777), "intents", "m1", INTENT)
+    link = replica(session, 777)
+    before = link.get_state()
+    link.get("device", type=Map)["x"] = 1
+    update = link.get_update(before)
+    if device is None:
+        session.apply(update)
+    else:
+        session.join(device)
+        session.receive(device, create_update_message(update))
+    assert session.doc.get("device", type=Map)["x"] == 1
+    # It still claims the ids nobody owns.
+    write(session, device or Member("device", sub=""), replica(session, 888), "device", "y", 2)
+    with pytest.raises(PermissionDenied, match="Yjs client 888"):
+        write(session, mallory, replica(session, 888), "intents", "m2", {**INTENT, "id": "m2"})
+
+
+def test_a_writer_owns_at_most_max_yjs_ids() -> None:
+    session = Session("s")
+    alice = Member("controller", sub="alice")
+    session.join(alice)
+    for client in range(1000, 1000 + MAX_YJS_IDS):
+        write(session, alice, replica(session, client), "map", str(client), 1)
+    before = session.doc.get_update()
+    with pytest.raises(LimitExceeded, match=f"at most {MAX_YJS_IDS}"):
+        write(session, alice, replica(session, 5000), "map", "over", 1)
+    assert session.doc.get_update() == before
+    # Its own ids still work; another writer is not bounded by alice's.
+    write(session, alice, replica(session, 1000), "map", "again", 2)
+    bob = Member("controller", sub="bob")
+    session.join(bob)
+    write(session, bob, replica(session, 5000), "map", "bob", 3)
+    assert session.doc.get("map", type=Map)["bob"] == 3
 
 
 def test_a_writer_reconnecting_with_its_document_keeps_its_id() -> None:

@@ -32,7 +32,10 @@ duplicate that every replica drops. An update whose structs are all under its wr
 is told by pycrdt's ``get_update(update, <those ids, every clock>)`` keeping no struct; any
 other is judged by the shadow's state vectors before and after it, which name the ids it
 advanced (pycrdt's ``get_state(update)`` only names clients whose structs start at clock 0). A
-delete set names the ids it deletes, not its writer's: left to the part rules.
+delete set names the ids it deletes, not its writer's: left to the part rules. The ``device``
+role is never refused on ownership (it may write every part, and the two ends decide ownership
+apart: refused, the link would be refused on every reconnect); it still claims ids nobody
+owns. Any other writer owns at most ``MAX_YJS_IDS`` ids (more: 1013).
 
 Some parts are *add-only* for some roles (a ``controller`` adds intents): while such a
 member's update is applied, the shadow's map events of those parts are read as they come, and
@@ -78,6 +81,7 @@ QUERY_AWARENESS = 3
 # y-protocols' encoding of an update that carries nothing (no structs, no deletions): what a
 # client with nothing new answers to the relay's step 1, observers included.
 EMPTY_UPDATE = b"\x00\x00"
+MAX_YJS_IDS = 64  # Yjs client ids one writer (not the device) may own; a stock client uses one
 _FATAL = (KeyboardInterrupt, SystemExit, GeneratorExit, asyncio.CancelledError)
 _ids = itertools.count(1)
 
@@ -417,11 +421,20 @@ class Session:
         """Make ``writer`` the owner of the ids the shadow's last apply advanced (``before`` and
         ``after``: its clocks), or refuse that apply if one is someone else's."""
         advanced = [c for c, clock in after.items() if clock > before.get(c, 0)]
-        for client in advanced:
-            if self.writers.get(client, writer) != writer:
-                self._rebuild_shadow()
-                raise PermissionDenied(f"Yjs client {client} belongs to another member")
+        # The device role may write every part, and ownership is decided apart at each end
+        # (the relay's owners are in memory): refusing the link on ownership could refuse it
+        # on every reconnect. It still claims the ids nobody owns.
+        device = writer[0] == "device"
+        if not device:
+            for client in advanced:
+                if self.writers.get(client, writer) != writer:
+                    self._rebuild_shadow()
+                    raise PermissionDenied(f"Yjs client {client} belongs to another member")
         new = [c for c in advanced if c not in self.writers]
+        own = [c for c, w in self.writers.items() if w == writer] if new else []
+        if new and not device and len(own) + len(new) > MAX_YJS_IDS:
+            self._rebuild_shadow()
+            raise LimitExceeded(f"a writer may own at most {MAX_YJS_IDS} Yjs client ids")
         for client in new:
             self.writers[client] = writer
         if new or writer not in self._held:
