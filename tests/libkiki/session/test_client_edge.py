@@ -59,10 +59,22 @@ async def edge(sockdir: Path, spawn_service: Any) -> AsyncIterator[EdgeServer]:
                 await asyncio.to_thread(broker.wait, 30)
 
 
-async def test_a_client_of_the_edge_drives_the_device(edge: EdgeServer) -> None:
+def relay_logs(workdir: Path) -> str:
+    """The relay's own logs, for a failure's message: what its link and upstream link said."""
+    return "\n".join(p.read_text(errors="replace")[-4000:] for p in sorted(workdir.glob("*.log")))
+
+
+async def test_a_client_of_the_edge_drives_the_device(edge: EdgeServer, sockdir: Path) -> None:
     url = edge.url(SESSION, edge.token(SESSION, "controller", sub="alice"))
     async with SessionClient(url) as remote:
-        await eventually(lambda: ECHO in (remote.state().get("tools") or []), within=30)
+        try:
+            await eventually(lambda: ECHO in (remote.state().get("tools") or []), within=60)
+        except TimeoutError:
+            state = remote.state()
+            pytest.fail(
+                f"the device's tools never reached the edge: {state!r}\n"
+                f"{relay_logs(sockdir / 'relay')}"
+            )
         assert (await remote.call(ECHO, {"text": "far"}, timeout=30))["text"] == "far"
         with pytest.raises(NotFound):
             await remote.call("dev.kiki.demo.nothing", {}, timeout=30)
