@@ -18,8 +18,6 @@ from kikitest import REPO
 pytestmark = pytest.mark.unit
 
 REQUIRED = ("__main__.py", "config.py", "server.py")
-# A service with no decisions of its own yet has no core; each entry says why.
-NO_CORE_YET = {"kiki_updater": "answers getInfo only until the updater is built (issue 23)"}
 # dbus_fast's message and signature types are plain values; its bus connections are not.
 IO_MODULES = ("asyncio", "socket", "selectors", "subprocess", "threading", "dbus_fast.aio")
 IO_MODULES_DOT = tuple(f"{name}." for name in IO_MODULES)
@@ -53,8 +51,7 @@ def faults(root: Path) -> list[str]:
                 found.append(f"{package.name}: no {name}")
         core = package / "core.py"
         if not core.is_file():
-            if package.name not in NO_CORE_YET:
-                found.append(f"{package.name}: no core.py")
+            found.append(f"{package.name}: no core.py")
         elif io := io_imports(core):
             found.append(f"{package.name}: core.py imports {', '.join(io)}")
         server = package / "server.py"
@@ -79,8 +76,13 @@ def test_the_check_finds_a_missing_file_an_io_core_and_a_long_server(tmp_path: P
     (good / "config.py").write_text("")
     (bad / "core.py").write_text("def f() -> None:\n    from asyncio.tasks import sleep\n")
     (bad / "server.py").write_text("x = 1\n" * (SERVER_MAX_LINES + 1))
+    coreless = tmp_path / "coreless" / "src" / "kiki_coreless"
+    coreless.mkdir(parents=True)
+    for name in ("__main__.py", "config.py", "server.py"):
+        (coreless / name).write_text("")
     assert faults(tmp_path) == [
         "kiki_bad: no config.py",
         "kiki_bad: core.py imports asyncio.tasks",
         f"kiki_bad: server.py over {SERVER_MAX_LINES} lines",
+        "kiki_coreless: no core.py",
     ]
