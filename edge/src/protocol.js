@@ -131,7 +131,7 @@ export function isEmptyUpdate(update) {
 /**
  * Refuses an update that does not apply to a document of its own, before it reaches the live
  * one: decoding every struct and its content catches garbage and unknown content, and what
- * the live document would reject on integration is caught there (see Session.applyUpdate).
+ * the live document would reject on integration is caught there (see document.js, apply).
  * @param {Uint8Array} update
  */
 export function checkOnScratch(update) {
