@@ -18,9 +18,11 @@ same run:
   bridge publish     an app mirror started from nothing until the server acknowledged the
                      tree, walking it and from Cache.GetItems (what the bridge does: the
                      structure at once, then bounds, actions and values in one more update)
-  snapshot→mirror    a fresh Kiki subscriber until its mirror holds the factory's tree: in
-                     each repeat right after the publishes above, and 30 in a row with the
-                     server idle and holding that tree alone
+  snapshot→mirror    a fresh Kiki subscriber (A11yClient.subscribing: its Subscribe sent with
+                     its Hello) until its mirror holds the factory's tree: in each repeat right
+                     after the publishes above, and 30 in a row with the server idle and
+                     holding that tree alone, each beside a client that connects and then
+                     subscribes (a second round trip)
   change→mirror      an entry's text set through AT-SPI (EditableText, from a separate
                      connection) until a Kiki subscriber's mirror shows it (p50/p99), beside the
                      same change seen by pyatspi's own event listener (a process of its own,
@@ -183,8 +185,7 @@ async def measure(desktop: AtspiDesktop, repeats: int, changes: int) -> dict[str
             await asyncio.gather(task, return_exceptions=True)
 
         t = time.perf_counter()
-        async with A11yClient(desktop.socket) as client:
-            await client.subscribe()
+        async with A11yClient.subscribing(desktop.socket) as client:
             tree = tree_labelled(client.mirror, FACTORY)
             snapshots.append(time.perf_counter() - t)
             assert tree is not None
@@ -194,16 +195,23 @@ async def measure(desktop: AtspiDesktop, repeats: int, changes: int) -> dict[str
             resubscribes.append(time.perf_counter() - t)
     # Fresh subscribers one after another with the server otherwise idle and holding the
     # factory's tree alone (in the loop above the benchmark's own mirrors' trees may still be
-    # there, being dropped: their connections were just closed).
+    # there, being dropped: their connections were just closed). Beside each, in turn, a
+    # client that connects and then subscribes (two round trips).
     await asyncio.sleep(0.5)
     idle: list[float] = []
-    for _ in range(30):
+    idle_two: list[float] = []
+    for k in range(60):
         t = time.perf_counter()
-        async with A11yClient(desktop.socket) as client:
-            await client.subscribe()
-            idle.append(time.perf_counter() - t)
-            assert [tree.app.label for tree in client.mirror] == [FACTORY]
+        if k % 2:
+            async with A11yClient(desktop.socket) as client:
+                await client.subscribe()
+                idle_two.append(time.perf_counter() - t)
+        else:
+            async with A11yClient.subscribing(desktop.socket) as client:
+                idle.append(time.perf_counter() - t)
+        assert [tree.app.label for tree in client.mirror] == [FACTORY]
     r["snapshot_idle"] = statistics.median(idle)
+    r["snapshot_idle_two"] = statistics.median(idle_two)
     r["walk"], r["fetch"] = statistics.median(walks), statistics.median(fetches)
     r["pyatspi"], r["pyatspi_again"] = (
         statistics.median(pyatspi_first),
@@ -308,6 +316,7 @@ def report(r: dict[str, Any]) -> None:
         ("Cache.GetItems alone (one call)", r["getitems"], r["walk"]),
         ("fresh subscriber's snapshot→mirror", r["snapshot"], r["walk"]),
         ("  the same, server idle (30 in a row)", r["snapshot_idle"], r["walk"]),
+        ("  connect, then Subscribe (idle, 30)", r["snapshot_idle_two"], r["walk"]),
         ("  (Subscribe on an open connection)", r["resubscribe"], r["walk"]),
     ]
     py = r["pyatspi"]

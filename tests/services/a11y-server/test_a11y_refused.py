@@ -21,9 +21,14 @@ def _open_fds() -> set[str]:
     return set(os.listdir("/proc/self/fd"))
 
 
-@pytest.mark.parametrize("client", [A11yClient, A11yPublisher])
+@pytest.mark.parametrize(
+    "client",
+    [A11yClient, A11yClient.subscribing, A11yPublisher],
+    ids=["client", "subscribing", "publisher"],
+)
 async def test_a_client_over_the_limit_gets_the_refusal(
-    a11y_server: Callable[..., tuple[Path, Any]], client: type[A11yClient] | type[A11yPublisher]
+    a11y_server: Callable[..., tuple[Path, Any]],
+    client: Callable[[Path], A11yClient | A11yPublisher],
 ) -> None:
     # Root is held only to the total: one connection is all it may have here.
     path, _ = a11y_server(max_connections=1)

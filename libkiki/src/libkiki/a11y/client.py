@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import os
@@ -225,7 +226,10 @@ class _Connection:
         # Raw frames as received, for `kiki a11y capture`.
         self.on_frame: Callable[[bytes], None] | None = None
 
-    async def _open(self) -> None:
+    async def _open(self, *first: Any) -> list[wire.Message]:
+        """Connect and say Hello. The requests in ``first`` go out in the same write as the
+        Hello, so their answers (returned in order) come after one round trip; a server's
+        refusal of the connection is raised here either way."""
         try:
             self._reader, self._writer = await asyncio.open_unix_connection(
                 str(self.path), limit=1 << 20
@@ -234,9 +238,17 @@ class _Connection:
             raise Unavailable(f"the a11y-server is not running ({self.path}: {exc})") from None
         self._tg = await self._stack.enter_async_context(asyncio.TaskGroup())
         self.spawn(self._read_loop())
-        hello = await self.request(wire.Hello(0, wire.PROTOCOL_VERSION, self.peer))
+        asked = [self._ask(m) for m in (wire.Hello(0, wire.PROTOCOL_VERSION, self.peer), *first)]
+        try:
+            self._write(b"".join(frame for _, frame in asked))
+            answers = [await self._await_answer(rid, None) for rid, _ in asked]
+        finally:
+            for rid, _ in asked:
+                self._forget(rid)
+        hello = answers[0]
         assert isinstance(hello, wire.Hello)
         self.server = hello
+        return answers[1:]
 
     async def _close(self) -> None:
         if self._writer is not None:
@@ -255,28 +267,52 @@ class _Connection:
         task.add_done_callback(self._tasks.discard)
 
     def send(self, message: wire.Message) -> None:
+        self._write(encode_frame(wire.encode(message), CLIENT_MAX_FRAME))
+
+    def _write(self, data: bytes) -> None:
         if self._writer is None or self._writer.is_closing():
             raise PeerGone("the connection to the a11y-server is closed")
-        self._writer.write(encode_frame(wire.encode(message), CLIENT_MAX_FRAME))
+        self._writer.write(data)
 
     async def request(self, message: Any, timeout: float | None = None) -> wire.Message:  # noqa: ASYNC109
-        rid = next(self._ids)
-        message = _with_id(message, rid)
-        fut: asyncio.Future[wire.Message] = asyncio.get_running_loop().create_future()
-        self._waiting[rid] = fut
+        rid, frame = self._ask(message)
         try:
-            self.send(message)
+            self._write(frame)
+            return await self._await_answer(rid, timeout)
+        finally:
+            self._forget(rid)
+
+    def _ask(self, message: Any) -> tuple[int, bytes]:
+        """A request id for ``message`` (its answer's future waits under it) and its frame."""
+        rid = next(self._ids)
+        frame = encode_frame(
+            wire.encode(dataclasses.replace(message, request_id=rid)), CLIENT_MAX_FRAME
+        )
+        self._waiting[rid] = asyncio.get_running_loop().create_future()
+        return rid, frame
+
+    async def _await_answer(self, rid: int, timeout: float | None) -> wire.Message:  # noqa: ASYNC109
+        """The answer to request ``rid`` (its error raised as the typed error)."""
+        try:
             async with asyncio.timeout(timeout or self.timeout):
-                answer = await fut
+                answer = await self._waiting[rid]
         except TimeoutError:
             raise Timeout(
                 f"no answer from the a11y-server within {timeout or self.timeout}s"
             ) from None
-        finally:
-            self._waiting.pop(rid, None)
         if isinstance(answer, wire.Error):
             raise error_for_code(answer.code, answer.message)
         return answer
+
+    def _forget(self, rid: int) -> None:
+        """No one waits for ``rid`` any more (answered, failed, or given up on)."""
+        fut = self._waiting.pop(rid, None)
+        if fut is None:
+            return
+        if not fut.done():
+            fut.cancel()
+        elif not fut.cancelled():
+            fut.exception()  # a failure no one awaited (the connection closed) is not logged
 
     async def _read_loop(self) -> None:
         assert self._reader is not None
@@ -321,10 +357,16 @@ class _Connection:
             log.warning("a11y-server: %s (%d)", message.message, message.code)
 
 
-def _with_id(message: Any, rid: int) -> wire.Message:
-    import dataclasses
-
-    return dataclasses.replace(message, request_id=rid)  # type: ignore[no-any-return]
+def _subscription(
+    apps: Iterable[str],
+    tree_id: int,
+    root_id: int,
+    roles: Iterable[str | int],
+    max_depth: int,
+) -> wire.Subscribe:
+    return wire.Subscribe(
+        0, tuple(apps), tree_id, root_id, tuple(role_value(r) for r in roles), max_depth
+    )
 
 
 class A11yClient(_Connection):
@@ -344,10 +386,38 @@ class A11yClient(_Connection):
         self._tick = asyncio.Event()
         self._events: asyncio.Queue[Event] = asyncio.Queue(max_events)
         self.events_dropped = 0
+        self._first: wire.Subscribe | None = None  # sent with the Hello (subscribing())
+
+    @classmethod
+    def subscribing(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        apps: Iterable[str] = (),
+        tree_id: int = 0,
+        root_id: int = 0,
+        roles: Iterable[str | int] = (),
+        max_depth: int = 0,
+        timeout: float = 10.0,
+        peer: str = "libkiki",
+        max_events: int = 1024,
+    ) -> A11yClient:
+        """A client that subscribes as it connects (the filter of :meth:`subscribe`): its
+        ``Subscribe`` goes out in the same write as its ``Hello``, so ``async with`` returns
+        after one round trip with the snapshot in :attr:`mirror`.
+
+        ::
+
+            async with A11yClient.subscribing(apps=["org.example.Editor"]) as a11y:
+                print(render_text(a11y.mirror))
+        """
+        client = cls(path, timeout=timeout, peer=peer, max_events=max_events)
+        client._first = _subscription(apps, tree_id, root_id, roles, max_depth)
+        return client
 
     async def __aenter__(self) -> A11yClient:
         try:
-            await self._open()
+            await self._open(*([self._first] if self._first is not None else []))
         except BaseException:
             await self._close()  # the reader task and the socket of a refused connection
             raise
@@ -396,10 +466,7 @@ class A11yClient(_Connection):
         max_depth: int = 0,
     ) -> Mirror:
         """Subscribe; returns the mirror once the snapshot is in it."""
-        request = wire.Subscribe(
-            0, tuple(apps), tree_id, root_id, tuple(role_value(r) for r in roles), max_depth
-        )
-        await self.request(request)
+        await self.request(_subscription(apps, tree_id, root_id, roles, max_depth))
         return self.mirror
 
     async def wait_for(self, predicate: Callable[[Mirror], Any], timeout: float = 10.0) -> Any:  # noqa: ASYNC109

@@ -57,11 +57,10 @@ def interpret(r: Reader, desc: TableDef, pos: int, depth: int) -> Any:
     if r.tables > r.limits.max_tables:
         raise r.fail(f"more than {r.limits.max_tables} tables")
     name = desc.name
-    if name in r.limits.max_count:
-        counts = r.counts
-        counts[name] += 1
-        if counts[name] > (limit := r.limits.max_count[name]):
-            raise InvalidFrame(f"more than {limit} {name} tables in one frame")
+    index = list(r.schema.tables).index(name)
+    r.left[index] -= 1
+    if r.left[index] < 0:
+        raise InvalidFrame(f"more than {r.limits.max_count[name]} {name} tables in one frame")
     r.budget -= t_size
     if r.budget < 0:
         raise r.fail("decoding would use far more memory than the frame's size")

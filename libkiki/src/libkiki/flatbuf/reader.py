@@ -14,7 +14,6 @@ this class holds the buffer, the limits and the checks the readers share.
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +36,7 @@ class Limits:
 class Reader:
     """Verifies and decodes one buffer; every failure is :class:`InvalidFrame`."""
 
-    __slots__ = ("budget", "buf", "counts", "limits", "n", "schema", "tables")
+    __slots__ = ("budget", "buf", "left", "limits", "n", "schema", "tables")
 
     def __init__(self, schema: Schema, buf: bytes, limits: Limits) -> None:
         self.schema = schema
@@ -45,7 +44,8 @@ class Reader:
         self.n = len(buf)
         self.limits = limits
         self.tables = 0
-        self.counts: Counter[str] = Counter()
+        # How many more of each table (in the schema's order) the limits allow.
+        self.left = schema.allowances(limits.max_count)
         self.budget = max(self.n, 64) * limits.amplification
 
     def root(self, *, check_identifier: bool = True) -> Any:

@@ -12,6 +12,7 @@ import operator
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from libkiki.flatbuf import layout
@@ -22,6 +23,9 @@ if TYPE_CHECKING:
 # Field kinds.
 SCALAR, ENUM, FLAGS, BOOL, STRING, TABLE, STRUCT, UTYPE, UNION = range(9)
 VEC_SCALAR, VEC_ENUM, VEC_STRING, VEC_TABLE = range(9, 13)
+
+# A count of tables no buffer can reach (each table takes at least 4 bytes).
+UNLIMITED = 1 << 62
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,8 +138,10 @@ class Schema:
             if make is not None:
                 build = make
                 desc.make = lambda values: build(*values)
-            elif hasattr(cls, "_make"):  # a named tuple: tuple.__new__, no per-field Python
-                desc.make = cls._make
+            elif hasattr(cls, "_make"):
+                # A named tuple: tuple.__new__ itself (the readers always pass one value per
+                # field, so _make's length check has nothing to catch).
+                desc.make = partial(tuple.__new__, cls)
             else:
                 desc.make = lambda values: cls(*values)
             desc.cls = cls
@@ -149,6 +155,11 @@ class Schema:
         else:
             values_of = lambda obj: ()  # noqa: E731
         self._encoders[cls] = (desc, values_of)
+
+    def allowances(self, max_count: dict[str, int]) -> list[int]:
+        """How many tables of each name (in the order of :attr:`tables`) a buffer may hold:
+        ``max_count``'s limit, or one no buffer can reach."""
+        return [max_count.get(name, UNLIMITED) for name in self.tables]
 
     def plan(self, desc: TableDef) -> tuple[Step, ...]:
         plan = self._plans.get(desc.name)
