@@ -9,6 +9,11 @@ answer waited for within ``request_timeout`` (a person may be choosing), the mat
 Calls go to the portal's unique name (resolved and followed through ``NameOwnerChanged``; an
 answer from anyone else is refused), and ``SettingChanged``, ``LowMemoryWarning`` and
 ``Response`` are taken from that connection only.
+
+A call that passes file descriptors (``Trash.TrashFile``) goes on a connection of its own that
+negotiates them, opened at the first such call (``fd_bus``): the gateway's main connection does
+not, so that dbus-fast reads each message on it with one ``recv`` (with fds it reads a header,
+the rest and an ``EAGAIN`` with three ``recvmsg``, on every reply of every media call).
 """
 
 from __future__ import annotations
@@ -16,11 +21,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
+from dbus_fast.errors import DBusError
 
 from kiki_dbus_gateway.dbus_calls import WellKnownName, bus_call, bus_method
 from kiki_dbus_gateway.portal import (
@@ -43,9 +49,19 @@ SIGNALS: Final = (
 
 class PortalBus:
     def __init__(
-        self, bus: MessageBus, timeout: float, request_timeout: float, counters: Counter[str]
+        self,
+        bus: MessageBus,
+        timeout: float,
+        request_timeout: float,
+        counters: Counter[str],
+        fd_bus: Callable[[], Awaitable[MessageBus]] | None = None,
     ) -> None:
         self.bus = bus
+        # Connects a connection that negotiates unix fds, for the calls that pass some; None:
+        # they go on ``bus`` (which must negotiate them then).
+        self._connect_fd_bus = fd_bus
+        self._fd_bus: MessageBus | None = None
+        self._fd_bus_lock = asyncio.Lock()
         self.timeout = timeout
         self.request_timeout = request_timeout
         self.counters = counters
@@ -64,6 +80,21 @@ class PortalBus:
     def stop(self) -> None:
         self.bus.remove_message_handler(self._on_message)
         self.portal.stop()
+        if self._fd_bus is not None:
+            self._fd_bus.disconnect()
+            self._fd_bus = None
+
+    async def _bus_for(self, unix_fds: list[int] | None) -> MessageBus:
+        """The connection a call goes on: the one that negotiates fds for a call passing some."""
+        if not unix_fds or self._connect_fd_bus is None:
+            return self.bus
+        async with self._fd_bus_lock:
+            if self._fd_bus is None or not self._fd_bus.connected:
+                try:
+                    self._fd_bus = await self._connect_fd_bus()
+                except (OSError, DBusError, EOFError) as exc:
+                    raise Unavailable(f"cannot connect to the session bus: {exc}") from None
+            return self._fd_bus
 
     async def call(
         self,
@@ -83,8 +114,9 @@ class PortalBus:
             body=body or [],
             unix_fds=unix_fds or [],
         )
+        bus = await self._bus_for(unix_fds)
         try:
-            return await bus_call(self.bus, message, self.timeout, "xdg-desktop-portal")
+            return await bus_call(bus, message, self.timeout, "xdg-desktop-portal")
         except PeerGone:
             self.portal.forget(owner)
             raise no_portal() from None
