@@ -12,11 +12,18 @@ Errors: a peer that does not answer in time is :class:`~libkiki.errors.Timeout`,
 the bus :class:`~libkiki.errors.PeerGone` (the bus says ``NoReply``; a name with no owner says
 ``ServiceUnknown``/``NameHasNoOwner``), a method it does not have
 :class:`~libkiki.errors.Conflict` (``NotSupported``).
+
+On a connection with :class:`Replies` attached (the gateway's main one), a call's reply is
+matched to it by serial in the connection's first message handler and its deadline is a timer
+on the call's future: no ``asyncio.timeout`` scope, no dbus-fast reply callbacks, and the
+connection's other handlers never see the replies. Elsewhere (the monitor's one call, the
+parts of the gateway tests put on a bus of their own) dbus-fast's ``call`` with a timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any, Final
@@ -64,9 +71,13 @@ async def bus_call(
     """``message``'s reply body; typed errors for a peer that fails, leaves or never answers,
     and for a reply that did not come from the connection the call was sent to."""
     expected = expected_sender(message)
+    replies = _REPLIES.get(bus)
     try:
-        async with asyncio.timeout(timeout):
-            reply = await bus.call(message)
+        if replies is not None:
+            reply = await replies.call(message, timeout)
+        else:
+            async with asyncio.timeout(timeout):
+                reply = await bus.call(message)
     except TimeoutError:
         raise Timeout(
             f"{who} did not answer {message.member} within {timeout:g}s",
@@ -96,6 +107,91 @@ async def bus_call(
             )
         raise Unavailable(f"{who} answered {message.member} with {name}: {text[:200]}")
     return list(reply.body)
+
+
+class Replies:
+    """The replies to :func:`bus_call`'s calls on one connection, by serial.
+
+    :meth:`start` it before any other message handler is added to the connection: its handler
+    takes the replies it waits for and hides them from the rest (dbus-fast's own calls, such as
+    ``request_name``, are left to dbus-fast). A call's deadline is a timer that fails its
+    future with ``TimeoutError``; a call on a connection that has ended, or waiting when it
+    ends, fails with ``EOFError``, which :func:`bus_call` makes
+    :class:`~libkiki.errors.Unavailable`.
+    """
+
+    def __init__(self, bus: MessageBus) -> None:
+        self.bus = bus
+        self._waiting: dict[int, asyncio.Future[Message]] = {}
+        self._watch: asyncio.Task[None] | None = None
+
+    @property
+    def waiting(self) -> int:
+        """Calls sent and not answered yet."""
+        return len(self._waiting)
+
+    def start(self) -> None:
+        self.bus.add_message_handler(self._on_message)
+        _REPLIES[self.bus] = self
+        self._watch = asyncio.get_running_loop().create_task(self._watch_connection())
+
+    async def stop(self) -> None:
+        self.bus.remove_message_handler(self._on_message)
+        if _REPLIES.get(self.bus) is self:
+            del _REPLIES[self.bus]
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+            self._watch = None
+        self._fail_all()
+
+    async def _watch_connection(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
+        self._fail_all()
+
+    def _fail_all(self) -> None:
+        waiting, self._waiting = self._waiting, {}
+        for future in waiting.values():
+            if not future.done():
+                future.set_exception(EOFError("the connection ended"))
+
+    def _on_message(self, msg: Message) -> bool:
+        if msg.message_type is MessageType.METHOD_RETURN or msg.message_type is MessageType.ERROR:
+            future = self._waiting.pop(msg.reply_serial, None)
+            if future is not None:
+                if not future.done():
+                    future.set_result(msg)
+                return True
+        return False
+
+    async def call(
+        self,
+        message: Message,
+        timeout: float,  # noqa: ASYNC109 -- as bus_call's
+    ) -> Message:
+        if not self.bus.connected:
+            raise EOFError("the connection has ended")
+        loop = asyncio.get_running_loop()
+        serial = message.serial = self.bus.next_serial()
+        future: asyncio.Future[Message] = loop.create_future()
+        timer = loop.call_later(timeout, _expire, future)
+        self._waiting[serial] = future
+        try:
+            self.bus.send(message)
+            return await future
+        finally:
+            self._waiting.pop(serial, None)
+            timer.cancel()
+
+
+def _expire(future: asyncio.Future[Message]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
+
+
+_REPLIES: dict[MessageBus, Replies] = {}
 
 
 async def bus_method(

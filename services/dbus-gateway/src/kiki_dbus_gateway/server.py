@@ -25,6 +25,7 @@ from dbus_fast.service import ServiceInterface, method
 from kiki_dbus_gateway.bus_tools import BusTools
 from kiki_dbus_gateway.config import GatewayConfig
 from kiki_dbus_gateway.core import info_variants
+from kiki_dbus_gateway.dbus_calls import Replies
 from kiki_dbus_gateway.media import Players
 from kiki_dbus_gateway.mpris import MprisWatcher
 from kiki_dbus_gateway.notify import Notifications
@@ -88,7 +89,9 @@ async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
         timeout=config.call_timeout,
         counters=ctx.counters,
     )
+    replies = Replies(bus)
     try:
+        replies.start()  # first: its handler takes the replies before the others see them
         bus.export(object_path, ServiceInfo(ctx))
         if config.bus_tools:
             bus_tools.start()
@@ -126,6 +129,7 @@ async def serve(ctx: ServiceContext) -> AsyncIterator[None]:
         await notify_bus.stop()
         portal.stop()
         await bus_tools.stop()
+        await replies.stop()
         bus.disconnect()
         # The reader sees EOF when the bus connection closes; collect it so it is not reported
         # as an unretrieved exception.
