@@ -54,7 +54,12 @@ async def test_a_reply_is_taken_by_serial_and_hidden_from_the_other_handlers(
 ) -> None:
     bus, replies = gateway
     seen: list[Message] = []
-    bus.add_message_handler(lambda m: seen.append(m) and None)
+
+    def record(msg: Message) -> bool:
+        seen.append(msg)
+        return False
+
+    bus.add_message_handler(record)
     (name_id,) = await bus_method(bus, "GetId", "", [], 5)
     assert isinstance(name_id, str)
     assert name_id
