@@ -119,6 +119,8 @@ class Schema:
         self._plans: dict[str, tuple[Step, ...]] = {}
         # The compiled readers by table name, made on first use (libkiki.flatbuf.compiled).
         self.compiled: dict[str, Callable[[Reader, int, int], Any]] = {}
+        # The compiled writers by table name, made on first use (.compiled_writer).
+        self.writers: dict[str, Callable[[Any, Sequence[Any]], Any]] = {}
 
     def bind(
         self,
@@ -147,7 +149,9 @@ class Schema:
             desc.cls = cls
             self.compiled.clear()  # they call desc.make
         values_of: Callable[[Any], Sequence[Any]]
-        if len(names) == 1:
+        if getattr(cls, "_fields", None) == tuple(names):
+            values_of = _itself  # a named tuple of exactly the table's fields, in order
+        elif len(names) == 1:
             getter = operator.attrgetter(names[0])
             values_of = lambda obj: (getter(obj),)  # noqa: E731
         elif names:
@@ -155,6 +159,7 @@ class Schema:
         else:
             values_of = lambda obj: ()  # noqa: E731
         self._encoders[cls] = (desc, values_of)
+        self.writers.clear()  # they know which class encodes to which table
 
     def allowances(self, max_count: dict[str, int]) -> list[int]:
         """How many tables of each name (in the order of :attr:`tables`) a buffer may hold:
@@ -210,7 +215,15 @@ class Schema:
         )
 
     def encoder_of(self, obj: Any) -> tuple[TableDef, Callable[[Any], Sequence[Any]]]:
+        return self.encoder_for(type(obj))
+
+    def encoder_for(self, cls: type) -> tuple[TableDef, Callable[[Any], Sequence[Any]]]:
+        """The table ``cls`` encodes to, and how its values are taken from an instance."""
         try:
-            return self._encoders[type(obj)]
+            return self._encoders[cls]
         except KeyError:
-            raise TypeError(f"{type(obj).__name__} is not bound to a table") from None
+            raise TypeError(f"{cls.__name__} is not bound to a table") from None
+
+
+def _itself(obj: Any) -> Sequence[Any]:
+    return obj  # type: ignore[no-any-return]
