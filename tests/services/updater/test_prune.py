@@ -46,3 +46,24 @@ def test_five_updates_keep_two_releases(tmp_path: Path) -> None:
     assert _bytes(ops.store.repo_path / "objects") < 3 * (1 << 20)
     assert not list((tmp_path / "device" / "verify" / "objects").rglob("*.commit"))
     assert in_worker(ops.rollback, "app", APP).version == "1.3"
+
+
+def test_an_update_prunes_only_when_it_let_a_release_go(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    published = tmp_path / "published"
+    remote = Remote.of("local", str(published), ed25519_keys=(PUBLIC,))
+    ops = Operations(Store(tmp_path / "device"))
+    pruned: list[str] = []
+    prune = Store.prune
+
+    def spy(self: Store) -> tuple[int, int]:
+        pruned.append(str(self.current("app", APP)))
+        return prune(self)
+
+    monkeypatch.setattr(Store, "prune", spy)
+    for i, version in enumerate(["1.0", "1.1", "1.2"]):
+        publish_versions(published, tmp_path / f"t{i}", APP, [version], secret=SECRET)
+        in_worker(ops.install, "app", APP, remote, update=i > 0)
+        # 1.1: the refs hold 1.1 and 1.0, nothing to free; 1.2 lets 1.0 go
+        assert len(pruned) == (1 if version == "1.2" else 0)

@@ -71,6 +71,20 @@ def test_an_update_keeps_the_previous_commit_and_rollback_swaps_back(
     ]
 
 
+def test_a_rollback_answers_what_is_deployed_after_it(store: Store, tmp_path: Path) -> None:
+    """What a rollback returns is built from what it read before and wrote, not read again:
+    it must be exactly what the store says afterwards."""
+    ref = app_ref("app", APP)
+    store.deploy("app", APP, ref, commit_version(store, tmp_path, "1.0"), remote="o", action="a")
+    store.deploy("app", APP, ref, commit_version(store, tmp_path, "2.0"), remote="o", action="b")
+    for _ in range(3):
+        before = store.deployed("app", APP)
+        back = store.rollback("app", APP, found=before)
+        assert back == store.deployed("app", APP)
+        assert before is not None
+        assert back.previous == before.commit
+
+
 def test_rollback_needs_a_previous_deployment(store: Store, tmp_path: Path) -> None:
     with pytest.raises(NotFound):
         store.rollback("app", APP)

@@ -27,6 +27,7 @@ __all__ = [
     "UpdaterError",
     "commit_dir",
     "commit_metadata",
+    "commit_version",
     "fsync_dir",
     "in_own_context",
     "lib",
@@ -145,6 +146,14 @@ def commit_metadata(repo: Any, checksum: str) -> dict[str, Any]:
     meta["timestamp"] = int(L.OSTree.commit_get_timestamp(commit))
     meta["subject"] = commit.get_child_value(3).unpack()
     return meta
+
+
+def commit_version(repo: Any, checksum: str) -> str:
+    """The commit's ``version`` alone: one lookup, not the whole metadata unpacked (it holds
+    the manifest)."""
+    _, commit, _ = repo.load_commit(checksum)
+    found = commit.get_child_value(0).lookup_value("version", None)
+    return str(found.unpack()) if found is not None else ""
 
 
 def fsync_dir(path: Path) -> None:

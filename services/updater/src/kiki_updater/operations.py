@@ -157,7 +157,22 @@ class Operations:
         # A commit whose bad object fsck dropped is partial: a static delta would not bring
         # that object back (it carries what changed), a pull by objects does.
         repair = self.store.is_partial(commit)
-        return pull(repo, remote, ref, progress=progress, commit=commit, no_deltas=repair)
+        # An update's pull writes a few objects: synced one by one (those the deployed commit
+        # lacks), not with the whole filesystem. A first install or a repair keeps
+        # libostree's sync.
+        own_sync = deployed is not None and not repair
+        pulled = pull(
+            repo,
+            remote,
+            ref,
+            progress=progress,
+            commit=commit,
+            no_deltas=repair,
+            sync=not own_sync,
+        )
+        if own_sync and deployed is not None:
+            self.store.sync_pulled(pulled, deployed)
+        return pulled
 
     def _not_older(self, scratch: Any, commit: str, deployed: str) -> None:
         # The timestamp is part of the signed commit object: a replayed release keeps its own.
@@ -245,8 +260,10 @@ class Operations:
                 entry.phase not in SWAPPED or self._is_back(kind, ident, ref, entry.before)
             ):
                 self.journal.clear(kind, ident)
-        if update:
-            # the release before the previous one is now reachable by no ref
+        if update and entry.before_previous not in (None, done.commit, done.previous):
+            # The release before the previous one is now reachable by no ref of this app's.
+            # With none (the app's second release) the refs let nothing go: a prune, which
+            # reads every object the repository holds, would free nothing of this update's.
             self._prune()
         return done
 
@@ -356,7 +373,7 @@ class Operations:
         step = self._journaled(entry, phase)
         try:
             step("swap", {"commit": found.previous})
-            done = self.store.rollback(kind, ident)
+            done = self.store.rollback(kind, ident, found=found)
             step("done", {"commit": done.commit})
             return done
         finally:

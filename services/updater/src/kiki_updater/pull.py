@@ -97,13 +97,17 @@ def pull(
     commit: str | None = None,
     no_deltas: bool = False,
     cancellable: Any = None,
+    sync: bool = True,
 ) -> str:
     """Pull ``ref`` from ``remote`` (its latest commit, no history) and return that commit.
     ``commit_only`` fetches the commit object and its detached metadata alone, so that its
     signature can be checked before any content is downloaded; ``commit`` pins the pull to
     that checksum (the one that was checked), whatever the remote's ref says meanwhile.
     libostree runs the pull's fetcher on this thread's default main context: it must be one of
-    the thread's own (``gio.own_context``), never GLib's global one."""
+    the thread's own (``gio.own_context``), never GLib's global one. ``sync`` false: without
+    libostree's sync of the whole filesystem at its end (``syncfs(2)``, which waits for every
+    other writer's data too); the caller makes what was pulled durable itself
+    (``Store.sync_pulled``)."""
     require_own_context(f"the pull of {ref}")
     L = lib()
     GLib, OSTree = L.GLib, L.OSTree
@@ -119,6 +123,9 @@ def pull(
         options["override-commit-ids"] = GLib.Variant("as", [commit])
     if no_deltas:
         options["disable-static-deltas"] = GLib.Variant("b", True)
+    synced = not repo.get_disable_fsync()
+    if not sync:
+        repo.set_disable_fsync(True)
     try:
         repo.pull_with_options(remote.name, GLib.Variant("a{sv}", options), progress, cancellable)
     except GLib.Error as exc:
@@ -132,5 +139,7 @@ def pull(
 
             raise SignatureRefused(f"the commit served as {ref} is not bound to it") from None
         raise PullFailed(f"pull of {ref} from {remote.name} failed: {exc.message}") from None
+    finally:
+        repo.set_disable_fsync(not synced)
     _, pulled = repo.resolve_rev(f"{remote.name}:{ref}", False)
     return str(pulled)

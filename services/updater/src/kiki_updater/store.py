@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 import orjson
 
-from kiki_updater.gio import UpdaterError, commit_metadata, fsync_dir, lib, open_repo
+from kiki_updater.gio import UpdaterError, commit_version, fsync_dir, lib, open_repo, syncfs
 from kiki_updater.names import is_id, is_name
 from libkiki.errors import InvalidParams, NotFound
 
@@ -126,6 +126,10 @@ class Store:
         if scratch is None:
             with _CREATING:
                 scratch = self._local.scratch = open_repo(self.root / "verify", "bare-user-only")
+            # Nothing here is kept: libostree's sync of the whole filesystem at the end of
+            # each pull would make a commit durable that is deleted once checked. A commit a
+            # crash left damaged here fails its check and is deleted (:meth:`forget_checked`).
+            scratch.set_disable_fsync(True)
         return scratch
 
     def forget_checked(self, commit: str) -> None:
@@ -212,7 +216,7 @@ class Store:
             ident,
             origin["ref"],
             commit,
-            str(commit_metadata(self.repo, commit).get("version", "")),
+            commit_version(self.repo, commit),
             origin.get("remote"),
             self.previous(kind, ident),
             self.home(kind, ident) / "deploy" / commit,
@@ -316,14 +320,25 @@ class Store:
         return found
 
     def record(
-        self, kind: Kind, ident: str, ref: str, commit: str, *, remote: str | None, action: str
-    ) -> None:
-        known = self.origin(kind, ident)
+        self,
+        kind: Kind,
+        ident: str,
+        ref: str,
+        commit: str,
+        *,
+        remote: str | None,
+        action: str,
+        version: str | None = None,
+        known: dict[str, Any] | None = None,
+    ) -> tuple[dict[str, Any], ...]:
+        """Add ``commit`` to the history in ``origin.json``: the history written. ``version``
+        and ``known`` (``origin.json`` as just read) spare reading them again."""
+        if known is None:
+            known = self.origin(kind, ident)
         origin = known or {"history": []}
-        meta = commit_metadata(self.repo, commit)
         entry = {
             "commit": commit,
-            "version": str(meta.get("version", "")),
+            "version": commit_version(self.repo, commit) if version is None else version,
             "action": action,
             "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
@@ -332,21 +347,42 @@ class Store:
         self.write_origin(
             kind, ident, {"remote": remote, "ref": ref, "history": history}, durable=fresh
         )
+        return tuple(history)
 
-    def rollback(self, kind: Kind, ident: str, *, action: str = "rollback") -> Deployed:
+    def rollback(
+        self,
+        kind: Kind,
+        ident: str,
+        *,
+        action: str = "rollback",
+        found: Deployed | None = None,
+    ) -> Deployed:
         """Swap ``current`` and the ref back to the rollback target (no network); the commit
-        rolled back from becomes the target, so a second rollback undoes the first."""
-        found = self.deployed(kind, ident)
+        rolled back from becomes the target, so a second rollback undoes the first.
+        ``found``: what :meth:`deployed` said just before (the caller's, not read again)."""
+        if found is None:
+            found = self.deployed(kind, ident)
         if found is None:
             raise NotFound(f"{kind} {ident} is not installed")
         if found.previous is None:
             raise NoRollback(f"{kind} {ident} has no previous deployment")
         target, now = found.previous, found.commit
-        self.checkout(kind, ident, target)  # normally still there: kept by clean()
+        path = self.checkout(kind, ident, target)  # normally still there: kept by clean()
         self.swap(kind, ident, target)
         self.set_refs(kind, ident, found.ref, target, now)
-        self.record(kind, ident, found.ref, target, remote=found.remote, action=action)
-        return self.deployed(kind, ident) or found
+        version = commit_version(self.repo, target)
+        known = {"remote": found.remote, "ref": found.ref, "history": list(found.history)}
+        history = self.record(
+            kind,
+            ident,
+            found.ref,
+            target,
+            remote=found.remote,
+            action=action,
+            version=version,
+            known=known,
+        )
+        return Deployed(kind, ident, found.ref, target, version, found.remote, now, path, history)
 
     def clean(self, kind: Kind, ident: str, keep: set[str | None]) -> None:
         deploy = self.home(kind, ident) / "deploy"
@@ -387,32 +423,69 @@ class Store:
         return bool(state & L.OSTree.RepoCommitState.PARTIAL)
 
     def fsck(self, commit: str) -> int:
-        """Check every file object ``commit`` reaches against its checksum (about 0.1 s for
-        2000 files, 3 MB): the number checked. A bad one is deleted, so that the next pull
-        fetches it again, and raised as :class:`CorruptObject`: libostree reuses an object it
-        already holds, so a pull alone would never repair it."""
+        """Check every file object ``commit`` reaches against its checksum, and the directory
+        trees on the way (``objects.py``: about 30 ms for 2000 files, 3 MB): the number of
+        files checked. A bad one is deleted, so that the next pull fetches it again, and
+        raised as :class:`CorruptObject`: libostree reuses an object it already holds, so a
+        pull alone would never repair it."""
+        from kiki_updater.objects import BadObject, commit_root, file_matches, reached
+
         L = lib()
-        OSTree = L.OSTree
+        FILE = L.OSTree.ObjectType.FILE
+        objects = self.repo_path / "objects"
+        try:
+            found = reached(objects, *commit_root(self.repo, commit))
+        except BadObject as bad:
+            kind = L.OSTree.ObjectType.DIR_TREE
+            self._confirm_bad(commit, kind, bad.checksum)
+            # libostree finds the tree whole (it never does when the check above did not):
+            # its own traversal then
+            files = self._files_by_libostree(commit)
+        else:
+            files = found.files
+        for checksum in files:
+            if not file_matches(objects, checksum):
+                self._confirm_bad(commit, FILE, checksum)
+        return len(files)
+
+    def _confirm_bad(self, commit: str, kind: Any, checksum: str) -> None:
+        """libostree's verdict on an object the fast check did not find whole: a symlink, an
+        unusual mode (whole, returns) or a damaged or missing object (deleted, the commit
+        marked partial, :class:`CorruptObject`)."""
+        L = lib()
+        try:
+            self.repo.fsck_object(kind, checksum, None)
+        except L.GLib.Error as exc:
+            with contextlib.suppress(L.GLib.Error):  # a missing object is not there to delete
+                self.repo.delete_object(kind, checksum, None)
+            # Partial: the next pull of this commit looks for its missing objects again.
+            self.repo.mark_commit_partial(commit, True)
+            raise CorruptObject(
+                f"object {checksum[:12]} of {commit[:12]} is corrupt ({exc.message}); "
+                "removed, the next pull fetches it again",
+                data={"error": "CorruptObject", "object": checksum},
+            ) from None
+
+    def _files_by_libostree(self, commit: str) -> set[str]:
+        OSTree = lib().OSTree
         _, reachable = self.repo.traverse_commit(commit, 0, None)
-        checked = 0
-        for key in reachable:
-            checksum, kind = OSTree.object_name_deserialize(key)
-            if kind != OSTree.ObjectType.FILE:
-                continue
-            try:
-                self.repo.fsck_object(kind, checksum, None)
-            except L.GLib.Error as exc:
-                with contextlib.suppress(L.GLib.Error):  # a missing object is not there to delete
-                    self.repo.delete_object(kind, checksum, None)
-                # Partial: the next pull of this commit looks for its missing objects again.
-                self.repo.mark_commit_partial(commit, True)
-                raise CorruptObject(
-                    f"object {checksum[:12]} of {commit[:12]} is corrupt ({exc.message}); "
-                    "removed, the next pull fetches it again",
-                    data={"error": "CorruptObject", "object": checksum},
-                ) from None
-            checked += 1
-        return checked
+        named = (OSTree.object_name_deserialize(key) for key in reachable)
+        return {checksum for checksum, kind in named if kind == OSTree.ObjectType.FILE}
+
+    def sync_pulled(self, commit: str, since: str) -> int:
+        """Make durable what a pull made without syncing (``pull(sync=False)``): the objects
+        ``commit`` reaches that ``since`` (the deployed commit, durable since its own pull)
+        does not, and the commit; the number of objects synced. A tree that cannot be read
+        so: the whole filesystem synced, as libostree would have."""
+        from kiki_updater.objects import BadObject, added, commit_root, sync_objects
+
+        objects = self.repo_path / "objects"
+        try:
+            new = added(objects, commit_root(self.repo, commit), commit_root(self.repo, since))
+        except (BadObject, lib().GLib.Error):
+            syncfs(self.repo_path)
+            return -1
+        return sync_objects(self.repo_path, commit, new)
 
     def prune(self) -> tuple[int, int]:
         """Delete every object no ref reaches (remote-tracking refs included): (objects, bytes).

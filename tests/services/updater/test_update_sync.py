@@ -1,0 +1,69 @@
+"""What an update makes durable and how: its pull without libostree's sync of the whole
+filesystem, then the objects it added synced one by one; a first install keeps libostree's
+sync; the scratch repository is never synced; the repository's own setting is put back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kiki_updater.operations import Operations
+from kiki_updater.pull import Remote, ensure_remote, pull
+from kiki_updater.signing import generate_keypair
+from kiki_updater.store import Store
+from kikitest.ostree_fixtures import in_worker, publish_versions
+from libkiki.errors import NotFound
+
+pytestmark = pytest.mark.unit
+
+APP = "org.example.player"
+SECRET, PUBLIC = generate_keypair()
+
+
+def test_an_update_syncs_what_it_added_and_an_install_the_whole_filesystem(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    published = tmp_path / "published"
+    remote = Remote.of("origin", str(published), ed25519_keys=(PUBLIC,))
+    ops = Operations(Store(tmp_path / "device"))
+    synced: list[tuple[str, str, int]] = []
+    sync_pulled = Store.sync_pulled
+
+    def spy(self: Store, commit: str, since: str) -> int:
+        count = sync_pulled(self, commit, since)
+        synced.append((commit, since, count))
+        return count
+
+    monkeypatch.setattr(Store, "sync_pulled", spy)
+    (first,) = publish_versions(published, tmp_path / "a", APP, ["1.0"], secret=SECRET)
+    in_worker(ops.install, "app", APP, remote)
+    assert synced == []  # a first install: libostree's sync
+    (second,) = publish_versions(published, tmp_path / "b", APP, ["1.1"], secret=SECRET)
+    in_worker(ops.install, "app", APP, remote, update=True)
+    # one changed file, the directory trees above it, the commit and its signatures
+    assert [(c, s) for c, s, _ in synced] == [(second.commit, first.commit)]
+    assert 3 <= synced[0][2] <= 8
+
+    def settings() -> tuple[bool, bool]:
+        return ops.store.repo.get_disable_fsync(), ops.store.scratch.get_disable_fsync()
+
+    assert in_worker(settings) == (False, True)
+
+
+def test_a_pull_without_sync_puts_the_repositorys_setting_back_when_it_fails(
+    tmp_path: Path,
+) -> None:
+    published = tmp_path / "published"
+    publish_versions(published, tmp_path / "a", APP, ["1.0"], secret=SECRET)
+    remote = Remote.of("origin", str(published), ed25519_keys=(PUBLIC,))
+    store = Store(tmp_path / "device")
+
+    def attempt() -> Any:
+        ensure_remote(store.repo, remote)
+        with pytest.raises(NotFound):
+            pull(store.repo, remote, "app/org.example.none/x86_64/stable", sync=False)
+        return store.repo.get_disable_fsync()
+
+    assert in_worker(attempt) is False
