@@ -13,12 +13,17 @@ mpv-mpris playing a generated tone:
   hops      dev.kiki.media.nowPlaying through the broker and the gateway: the two JSON-RPC hops
             of the gateway path, without its D-Bus call (the gateway answers from its state)
   direct    the same MPRIS Play, sent to mpv with dbus-fast from this process
+  after_hop the same direct Play, each one made right after an (untimed) nowPlaying through the
+            broker and the gateway: the D-Bus call as the gateway path makes it, with the bus
+            daemon and mpv idle since the last call and this process just woken (a diagnostic
+            row: the goal is against ``direct``, calls one after another)
   playerctl `playerctl --player=mpv play`, a process per command (what a script would do)
 
 p50/p99 of each, and the ratios (goals: gateway <= 3x direct at p50, >= 10x faster than
 playerctl). Play is idempotent while mpv plays, so every call does the same work. The same
 run's floor: the gateway path is its two hops and a D-Bus call, so it cannot be faster than
-hops + direct; gateway - hops is what the D-Bus call costs inside the gateway, beside direct.
+hops + direct; gateway - hops is what the D-Bus call costs inside the gateway, beside direct
+and beside after_hop (hops + after_hop is the floor with the D-Bus call made as in the path).
 
 Flood: the hostile test player sends PropertiesChanged at 10 000/s for S seconds while one
 subscriber reads dev.kiki.media.subscribePlayback: the CPU time the gateway and the player
@@ -91,6 +96,7 @@ async def latency(stack: Stack, calls: int, spawns: int) -> dict[str, list[float
         "broker": [],
         "hops": [],
         "direct": [],
+        "after_hop": [],
         "playerctl": [],
     }
     mpv = {"player": "mpv"}
@@ -119,6 +125,18 @@ async def latency(stack: Stack, calls: int, spawns: int) -> dict[str, list[float
             reply = await bus.call(play())
             out["direct"].append(time.perf_counter() - start)
             assert reply.message_type == MessageType.METHOD_RETURN
+    finally:
+        bus.disconnect()
+    bus = await MessageBus(bus_address=stack.address).connect()
+    try:
+        async with ToolClient(stack.tools, timeout=10) as tools:
+            for i in range(calls + 20):
+                await tools.call("dev.kiki.media.nowPlaying", mpv)
+                start = time.perf_counter()
+                reply = await bus.call(play())
+                if i >= 20:
+                    out["after_hop"].append(time.perf_counter() - start)
+                assert reply.message_type == MessageType.METHOD_RETURN
     finally:
         bus.disconnect()
     out["playerctl"] = spawn_playerctl(stack, spawns)
@@ -212,7 +230,11 @@ def main() -> None:
     print(
         f"  floor (hops + direct) / direct: {floor / p50['direct']:.2f}x; the D-Bus call inside "
         f"the gateway (gateway - hops) {(p50['gateway'] - p50['hops']) * 1e3:.3f} ms vs direct "
-        f"{p50['direct'] * 1e3:.3f} ms"
+        f"{p50['direct'] * 1e3:.3f} ms, vs after_hop {p50['after_hop'] * 1e3:.3f} ms"
+    )
+    print(
+        "  floor with the D-Bus call as the path makes it (hops + after_hop) / direct: "
+        f"{(p50['hops'] + p50['after_hop']) / p50['direct']:.2f}x"
     )
     print("\nflood of PropertiesChanged, one subscriber:")
     for i, r in enumerate(floods["rounds"], 1):
