@@ -57,6 +57,11 @@ class Limits:
     agent_window: float = 0.5  # updates this soon after an action are marked caused by the agent
 
 
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 class AppMirror:
     def __init__(
         self,
@@ -176,49 +181,67 @@ class AppMirror:
         # Before anything is read from it: another user's app is not bridged at all, and an
         # app whose user the bus does not say is not bridged yet (the error retries).
         self.app = await app_of(self.calls, self.bus_name, own_uid=self.own_uid)
-        fetched = await self._initial()
-        root = fetched[ROOT]
-        self.label = root.name or self.bus_name
-        async with A11yPublisher(self.socket, label=self.label, on_action=self._on_action) as pub:
-            self.publisher = pub
-            self.model.reset()
-            await self._publish_whole(fetched)
-            backoff.ready(time.monotonic())
-            log.info(
-                "%s: %d nodes published (tree %d, from a %s)",
-                self.label,
-                len(fetched),
-                pub.tree_id,
-                self.source,
-            )
-            closed = asyncio.ensure_future(pub.closed.wait())
-            try:
-                watched = time.monotonic()
-                while not pub.closed.is_set():
-                    woken = asyncio.ensure_future(self.wakeup.wait())
-                    wait = watched + self.limits.watch_interval - time.monotonic()
-                    try:
-                        await asyncio.wait(
-                            {woken, closed},
-                            timeout=max(wait, 0),
-                            return_when=asyncio.FIRST_COMPLETED,
-                        )
-                    finally:
-                        woken.cancel()
-                    if pub.closed.is_set():
-                        return
-                    # On a clock, not when idle: an app animating something (a spinner's
-                    # bounds-changed many times a second) is never idle.
-                    if time.monotonic() >= watched + self.limits.watch_interval:
-                        await self._watch()
-                        watched = time.monotonic()
-                    if not self.wakeup.is_set():
-                        continue
-                    self.wakeup.clear()
-                    await self._round()
-            finally:
-                closed.cancel()
-                self._drop_acks()
+        # The server's connection is made while the app's whole state is read: only the
+        # label it is opened with (the root's name, asked first) is waited for.
+        label = asyncio.ensure_future(self.calls.name(self.bus_name, ROOT))
+        initial = asyncio.ensure_future(self._initial())
+        # Its failure is the session's only when the session gets to wait for it.
+        initial.add_done_callback(_retrieve)
+        try:
+            self.label = await label or self.bus_name
+            async with A11yPublisher(
+                self.socket, label=self.label, on_action=self._on_action
+            ) as pub:
+                fetched = await initial
+                await self._serve(pub, fetched, backoff)
+        finally:
+            label.cancel()
+            initial.cancel()
+
+    async def _serve(
+        self, pub: A11yPublisher, fetched: dict[str, Fetched], backoff: RestartBackoff
+    ) -> None:
+        """Publish the app's whole state, then follow its changes until the server's
+        connection closes."""
+        self.publisher = pub
+        self.model.reset()
+        await self._publish_whole(fetched)
+        backoff.ready(time.monotonic())
+        log.info(
+            "%s: %d nodes published (tree %d, from a %s)",
+            self.label,
+            len(fetched),
+            pub.tree_id,
+            self.source,
+        )
+        closed = asyncio.ensure_future(pub.closed.wait())
+        try:
+            watched = time.monotonic()
+            while not pub.closed.is_set():
+                woken = asyncio.ensure_future(self.wakeup.wait())
+                wait = watched + self.limits.watch_interval - time.monotonic()
+                try:
+                    await asyncio.wait(
+                        {woken, closed},
+                        timeout=max(wait, 0),
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                finally:
+                    woken.cancel()
+                if pub.closed.is_set():
+                    return
+                # On a clock, not when idle: an app animating something (a spinner's
+                # bounds-changed many times a second) is never idle.
+                if time.monotonic() >= watched + self.limits.watch_interval:
+                    await self._watch()
+                    watched = time.monotonic()
+                if not self.wakeup.is_set():
+                    continue
+                self.wakeup.clear()
+                await self._round()
+        finally:
+            closed.cancel()
+            self._drop_acks()
 
     async def _round(self) -> None:
         try:

@@ -24,31 +24,34 @@ def from_items(dest: str, items: list[Any]) -> tuple[dict[str, Fetched], list[st
     """The cache's items as first-round :class:`Fetched` (children from the parent refs, in
     index order), and the paths whose children the items do not fully list."""
     kids: dict[str, list[tuple[int, str]]] = defaultdict(list)
-    first: dict[str, Fetched] = {}
-    counts: dict[str, int] = {}
-    for (name, path), _app, (
-        parent_name,
-        parent,
-    ), index, count, ifaces, label, role, desc, states in items:
+    mine: dict[str, Any] = {}  # path -> its item (the last, for a path listed twice)
+    for item in items:
+        (name, path), _app, (parent_name, parent), index = item[:4]
         if name != dest:
             continue
         if parent_name == dest:
             kids[parent].append((index, path))
-        counts[path] = count
+        mine[path] = item
+    first: dict[str, Fetched] = {}
+    incomplete = []
+    interfaces: dict[tuple[str, ...], frozenset[str]] = {}  # an app's few distinct sets
+    for path, (_, _app, _parent, _index, count, ifaces, label, role, desc, states) in mine.items():
+        listed = kids.get(path, [])
+        listed.sort()
+        if count != len(listed) or any(i < 0 for i, _ in listed):
+            incomplete.append(path)
         first[path] = Fetched(
             path=path,
             role=int(role),
             name=str(label),
             description=str(desc),
             states=tuple(states),
-            interfaces=frozenset(i.removeprefix("org.a11y.atspi.") for i in ifaces),
+            children=tuple(p for _, p in listed),
+            interfaces=interfaces.get(key := tuple(ifaces))
+            or interfaces.setdefault(
+                key, frozenset(i.removeprefix("org.a11y.atspi.") for i in ifaces)
+            ),
         )
-    incomplete = []
-    for path, f in first.items():
-        listed = [p for _, p in sorted(kids.get(path, ()))]
-        if counts[path] != len(listed) or any(i < 0 for i, _ in kids.get(path, ())):
-            incomplete.append(path)
-        first[path] = Fetched(**{**_fields(f), "children": tuple(listed)})
     return first, incomplete
 
 

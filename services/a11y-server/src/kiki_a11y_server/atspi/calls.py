@@ -152,6 +152,12 @@ class Calls:
         name, parent = got["Parent"].value
         return str(parent) if name == dest and parent != NULL_PATH else ""
 
+    async def name(self, dest: str, path: str) -> str:
+        """The accessible's name ("" if it has none or does not say): one call, sent as soon
+        as this runs (an app answers in the order it is asked)."""
+        got = await self._maybe(dest, path, PROPERTIES, "Get", "ss", [ACCESSIBLE, "Name"])
+        return str(got[0].value) if got else ""
+
     async def extents(self, dest: str, path: str) -> tuple[int, int, int, int] | None:
         """``Component.GetExtents`` in screen coordinates (None: the object has no Component)."""
         got = await self._maybe(dest, path, ATSPI + "Component", "GetExtents", "u", [0])

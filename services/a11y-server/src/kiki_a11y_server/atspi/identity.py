@@ -14,6 +14,7 @@ a root GUI app would let whoever may act on the user's apps read and type into i
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -34,8 +35,10 @@ async def app_of(
     calls: Calls, bus_name: str, proc: Path = Path("/proc"), *, own_uid: int | None = None
 ) -> wire.App | None:
     """The app behind ``bus_name``; see :func:`app_from`."""
-    pid = await calls.bus_call("GetConnectionUnixProcessID", bus_name)
-    uid = await calls.bus_call("GetConnectionUnixUser", bus_name)
+    pid, uid = await asyncio.gather(
+        calls.bus_call("GetConnectionUnixProcessID", bus_name),
+        calls.bus_call("GetConnectionUnixUser", bus_name),
+    )
     return app_from(bus_name, pid, uid, proc, own_uid=own_uid)
 
 

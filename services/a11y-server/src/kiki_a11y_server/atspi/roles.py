@@ -7,6 +7,9 @@ checks the role names against a live app's answers. The README has the mapping a
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Set as AbstractSet
+
 from libkiki.a11y import wire
 
 R = wire.ROLES
@@ -188,18 +191,24 @@ def role_name(atspi_role: int) -> str:
     return name[: wire.MAX_ROLE_NAME] if role == R["unknown"] and name != "unknown" else ""
 
 
-def atspi_state_names(words: tuple[int, ...] | list[int]) -> set[str]:
+def atspi_state_names(words: tuple[int, ...] | list[int]) -> frozenset[str]:
     """The names of the bits set in GetState's answer (unknown bits as ``state <n>``)."""
+    return _state_names(tuple(words[:2]))
+
+
+# An app's accessibles share a few dozen state sets: each is spelled out once (bounded).
+@functools.lru_cache(maxsize=4096)
+def _state_names(words: tuple[int, ...]) -> frozenset[str]:
     names = set()
-    for word_index, word in enumerate(words[:2]):
+    for word_index, word in enumerate(words):
         for bit in range(32):
             if word & (1 << bit):
                 number = word_index * 32 + bit
                 names.add(ATSPI_STATES[number] if number < len(ATSPI_STATES) else f"state {number}")
-    return names
+    return frozenset(names)
 
 
-def kiki_states(atspi: set[str]) -> int:
+def kiki_states(atspi: AbstractSet[str]) -> int:
     bits = 0
     for name, kiki in STATE_MAP.items():
         if name in atspi:
