@@ -110,6 +110,10 @@ class A11yCore:
             Path(config.policy_file) if config.policy_file else config_dir() / "a11y-policy.toml"
         )
         self.policy = A11yPolicy.load(self.policy_path)
+        # Every connection's Hello gets the same answer: encoded once, its request id patched.
+        self._hello = wire.encode(
+            wire.Hello(wire.PLACEHOLDER_ID, wire.PROTOCOL_VERSION, self.ctx.name)
+        )
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -134,7 +138,7 @@ class A11yCore:
         match message:
             case wire.Hello():
                 session.label = message.peer[:256]
-                return Outcome(wire.encode(wire.Hello(rid, wire.PROTOCOL_VERSION, self.ctx.name)))
+                return Outcome(wire.with_request_id(self._hello, rid))
             case wire.GetInfo():
                 return Outcome(wire.encode(self.info(rid)))
             case wire.TreeUpdate():

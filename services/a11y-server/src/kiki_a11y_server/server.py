@@ -45,9 +45,11 @@ class Peer:
 
     session: Session
     writer: asyncio.StreamWriter
+    tg: asyncio.TaskGroup | None = None  # the connection's tasks (cancelled when it ends)
     blocked: bool = False
     lost: bool = False  # the connection broke under a read or a write (a disconnect)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    pump: asyncio.Task[None] | None = None  # started the first time its writes block
     # Actions forwarded to this peer as an app: our request id -> the requester's future.
     awaiting: dict[int, asyncio.Future[wire.Message]] = field(default_factory=dict)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
@@ -95,7 +97,7 @@ class A11yServer:
         self.peers[peer.session.key] = peer
         try:
             async with asyncio.TaskGroup() as tg:
-                peer.tasks.add(tg.create_task(self._pump(peer)))
+                peer.tg = tg
                 try:
                     await self._serve_peer(peer, reader, tg)
                 except ConnectionError:
@@ -115,6 +117,7 @@ class A11yServer:
             conn.close()
             peer.tasks.clear()
             peer.awaiting.clear()
+            peer.tg = peer.pump = None
 
     async def _serve_peer(
         self, peer: Peer, reader: asyncio.StreamReader, tg: asyncio.TaskGroup
@@ -192,6 +195,10 @@ class A11yServer:
         if transport.get_write_buffer_size() > self.config.write_buffer:
             peer.blocked = True
             peer.wake.set()
+            if peer.pump is None and peer.tg is not None:
+                # Most subscribers never block: their pump is made the first time they do.
+                peer.pump = peer.tg.create_task(self._pump(peer))
+                peer.tasks.add(peer.pump)
 
     def _flush_all(self) -> None:
         for peer in list(self.peers.values()):
