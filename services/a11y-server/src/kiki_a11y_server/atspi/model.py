@@ -105,7 +105,7 @@ class Batch:
 def kiki_node(node_id: int, f: Fetched, children: tuple[int, ...]) -> wire.Node:
     role, _ = roles.kiki_role(f.role)
     atspi = roles.atspi_state_names(f.states)
-    states = roles.kiki_states(atspi)
+    states = roles.kiki_states_of(atspi)
     actions: list[int] = []
     if roles.press_action(list(f.actions)) >= 0:
         actions.append(A["press"])
@@ -343,7 +343,12 @@ class AppModel:
         for child in f.children[: self.max_children]:
             child_id = 0 if child in new else self._child_of(child, node_id)
             if child_id == 0:
-                if child in new or child not in fetched or self._above(child, node_id, parents):
+                # A path never allocated is no one's ancestor (every node's path is in ids).
+                if (
+                    child in new
+                    or child not in fetched
+                    or (child in self.ids and self._above(child, node_id, parents))
+                ):
                     continue  # twice in this batch, not walked, or an ancestor (a cycle)
                 if len(self.entries) + len(new) >= self.max_nodes:
                     continue

@@ -208,6 +208,12 @@ def _state_names(words: tuple[int, ...]) -> frozenset[str]:
     return frozenset(names)
 
 
+@functools.lru_cache(maxsize=4096)
+def kiki_states_of(atspi: frozenset[str]) -> int:
+    """:func:`kiki_states` of a set :func:`atspi_state_names` made (one of an app's few)."""
+    return kiki_states(atspi)
+
+
 def kiki_states(atspi: AbstractSet[str]) -> int:
     bits = 0
     for name, kiki in STATE_MAP.items():
