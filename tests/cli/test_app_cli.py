@@ -223,6 +223,74 @@ def test_a_directory_install_reads_the_tree_through_the_callers_descriptor(
     assert "pipe" in refused.stdout
 
 
+def kiki_on_a_terminal(*args: str) -> tuple[int, str, str]:
+    """``kiki`` with its stderr a terminal (a pseudo-terminal read here) and its stdout a
+    pipe: (exit status, what the terminal showed, stdout)."""
+    import os
+    import subprocess
+    import threading
+
+    from kikitest import VENV_BIN
+
+    master, slave = os.openpty()
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "kiki"), *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=slave,
+    )
+    os.close(slave)
+    shown = bytearray()
+
+    def read() -> None:
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the last holder of the terminal's other end is gone
+                return
+            if not chunk:
+                return
+            shown.extend(chunk)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        reader.join(timeout=10)
+        os.close(master)
+    return proc.returncode, shown.decode(errors="replace"), out.decode()
+
+
+def test_a_directory_install_draws_its_phases_on_a_terminal_only(
+    updater_sock: Path, tmp_path: Path
+) -> None:
+    """``kiki app install DIR`` draws the updater's progress as a pull's is drawn: the phases
+    from the copy of the tree to the swap, on a terminal; piped or with ``--json``, none."""
+    sock = ["--socket", str(updater_sock)]
+    local = "org.example.local"
+    tree = make_app_tree(tmp_path / "local-app", local, "1.0", files=200)
+    status, shown, out = kiki_on_a_terminal("app", *sock, "install", str(tree))
+    assert status == 0, shown
+    assert out.startswith(f"installed {local} 1.0 (")
+    drawn = [line for line in shown.split("\r") if line.startswith("\x1b[K[")]
+    phases = [line.split("% ", 1)[1].split(" ")[0] for line in drawn if "% " in line]
+    seen = [p for p in ("copy", "build", "verify", "pull", "install", "swap") if p in phases]
+    assert seen == ["copy", "build", "verify", "pull", "install", "swap"], shown
+    assert phases.index("copy") < phases.index("build") < phases.index("pull")
+    assert drawn[0].startswith("\x1b[K[" + "." * 30 + "]")
+    assert shown.endswith("\r\x1b[K")  # the bar is cleared at the end
+    (tree / "kiki-app.json").write_text(json.dumps({"id": local, "version": "1.1"}))
+    status, shown, out = kiki_on_a_terminal("app", *sock, "install", str(tree), "--json")
+    assert status == 0, shown
+    assert json.loads(out)["version"] == "1.1"
+    assert shown == ""
+    (tree / "kiki-app.json").write_text(json.dumps({"id": local, "version": "1.2"}))
+    piped = kiki("app", *sock, "install", str(tree))
+    assert piped.returncode == 0, piped.stderr
+    assert piped.stderr == ""
+
+
 def test_install_from_a_directory_without_an_updater_says_so(tmp_path: Path) -> None:
     tree = make_app_tree(tmp_path / "app", APP, "1.0")
     run = kiki("app", "--socket", str(tmp_path / "none.sock"), "install", str(tree))

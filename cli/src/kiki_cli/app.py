@@ -242,7 +242,9 @@ def run_install(args: argparse.Namespace) -> int:
     if args.allow_breaking:
         params["allowBreaking"] = True
     try:
-        answer = call_with_directory(args.socket, "install", params, args.dir)
+        answer = call_with_directory(
+            args.socket, "install", params, args.dir, progress=not args.json
+        )
     except Unavailable as exc:  # no updater to install through: said as every command says it
         from kiki_cli.common import fail
 
@@ -267,17 +269,24 @@ def run_install(args: argparse.Namespace) -> int:
 
 
 def call_with_directory(
-    socket_at: Path | None, method: str, params: dict[str, Any], directory: Path
+    socket_at: Path | None,
+    method: str,
+    params: dict[str, Any],
+    directory: Path,
+    *,
+    progress: bool = False,
 ) -> Any:
     """``dev.kiki.update.<method>`` on the updater's socket, passing ``directory`` opened here,
     as the caller: the updater (root, in namespaces of its own) reaches it through that
     descriptor only, never by its path; it asks for it with ``dev.kiki.update.sendDirectory``.
-    Used by ``install`` (a directory), ``exportAgent`` and ``importAgent``."""
+    Used by ``install`` (a directory), ``exportAgent`` and ``importAgent``. With ``progress``,
+    its phases (copy, build, verify, pull, install, swap, health) drawn on a terminal as a
+    pull's are (``os.ProgressBar``)."""
     import asyncio
     import os
     import socket
 
-    from kiki_cli.os import NSID
+    from kiki_cli.os import NSID, ProgressBar
     from libkiki.errors import InvalidParams
     from libkiki.paths import UPDATER_SOCKET, socket_path
     from libkiki.peer import peer_cred
@@ -304,11 +313,15 @@ def call_with_directory(
 
         methods = {NSID + "sendDirectory": send_directory}
         async with Connection(sock, peer=peer, methods=methods) as conn:
-            return await conn.request(NSID + method, params, timeout=float("inf"))
+            return await conn.request(
+                NSID + method, params, timeout=float("inf"), on_progress=bar.on_progress
+            )
 
+    bar = ProgressBar(progress)
     try:
         return asyncio.run(go())
     finally:
+        bar.close()
         os.close(dirfd)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,36 +23,51 @@ from libkiki.paths import UPDATER_SOCKET, socket_path
 NSID = "dev.kiki.update."
 
 
+class ProgressBar:
+    """An operation's MCP progress drawn on stderr while it runs, on a terminal only (piped or
+    with ``--json`` nothing is drawn): ``[#########.....................]  30% pull 1234
+    bytes``, the phase as the updater names it; the line is cleared at the end."""
+
+    WIDTH = 30
+
+    def __init__(self, wanted: bool) -> None:
+        self.shown = wanted and sys.stderr.isatty()
+
+    @property
+    def on_progress(self) -> Callable[[dict[str, Any]], Awaitable[None]] | None:
+        return self.draw if self.shown else None
+
+    async def draw(self, said: dict[str, Any]) -> None:
+        done, total = float(said.get("progress", 0)), float(said.get("total") or 100)
+        filled = max(0, min(self.WIDTH, int(self.WIDTH * done / total)))
+        bar = "#" * filled + "." * (self.WIDTH - filled)
+        sys.stderr.write(f"\r\033[K[{bar}] {done:3.0f}% {said.get('message') or ''}")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.shown:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+
+
 def updater_call(
     socket: Path | None, method: str, params: dict[str, Any], *, progress: bool = False
 ) -> Any:
     """Call ``dev.kiki.update.<method>``; with ``progress``, draw its progress on a terminal."""
     from libkiki.rpc import connect_unix
 
-    show = progress and sys.stderr.isatty()
-
-    async def on_progress(said: dict[str, Any]) -> None:
-        done, total = float(said.get("progress", 0)), float(said.get("total") or 100)
-        width = 30
-        filled = max(0, min(width, int(width * done / total)))
-        bar = "#" * filled + "." * (width - filled)
-        sys.stderr.write(f"\r[{bar}] {done:3.0f}% {said.get('message') or ''}")
-        sys.stderr.flush()
+    bar = ProgressBar(progress)
 
     async def go() -> Any:
         async with connect_unix(socket or socket_path(UPDATER_SOCKET)) as conn:
             return await conn.request(
-                NSID + method,
-                params,
-                timeout=float("inf"),
-                on_progress=on_progress if show else None,
+                NSID + method, params, timeout=float("inf"), on_progress=bar.on_progress
             )
 
     try:
         return asyncio.run(go())
     finally:
-        if show:
-            sys.stderr.write("\r\033[K")
+        bar.close()
 
 
 def print_json(value: Any) -> None:

@@ -22,7 +22,10 @@ FINISHED_KEPT = 64
 # The share of the bar each phase starts at: a pull is most of an update's time and bytes.
 PHASE_START = {
     "queued": 0,
-    "build": 1,  # a directory install publishing into the local archive (local.py)
+    # a directory install: the caller's tree copied in, then published into the local archive
+    # (local.py)
+    "copy": 1,
+    "build": 1,
     "pull-commit": 2,
     "verify": 5,
     "pull": 8,

@@ -107,10 +107,18 @@ class LocalBuilds:
             repo.set_ref_immediate(None, ref, None, None)
         self.prune()
 
-    def build(self, dirfd: int, channel: str, app_id: str | None = None) -> Release:
+    def build(
+        self,
+        dirfd: int,
+        channel: str,
+        app_id: str | None = None,
+        *,
+        staged: Callable[[], None] | None = None,
+    ) -> Release:
         """Publish the directory open at ``dirfd`` as the next local release on ``channel``,
         signed, from a staging copy (:func:`stage`); with ``app_id``, only if its manifest
-        names that app (nothing is committed otherwise)."""
+        names that app (nothing is committed otherwise). ``staged`` is called once the copy
+        is made, before the commit (the operation's phase moves from copy to build)."""
         from kiki_updater.publish import read_manifest
         from kiki_updater.signing import sign_commit
 
@@ -118,6 +126,8 @@ class LocalBuilds:
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
         try:
             stage(dirfd, staging)
+            if staged is not None:
+                staged()
             named = read_manifest(staging)["id"]
             if app_id is not None and named != app_id:
                 raise InvalidParams(f"directory: its {MANIFEST_FILE} is {named}'s, not {app_id}'s")

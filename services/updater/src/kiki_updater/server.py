@@ -64,9 +64,8 @@ def methods(ctx: ServiceContext, updater: Updater) -> Methods:
 
     def progress_of(request: RequestContext) -> Progress:
         def send(op: Operation) -> None:
-            task = asyncio.ensure_future(
-                request.progress(op.percent(), 100, f"{op.phase} {op.bytes} bytes")
-            )
+            said = f"{op.phase} {op.bytes} bytes" if op.bytes else op.phase
+            task = asyncio.ensure_future(request.progress(op.percent(), 100, said))
             task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
         return send

@@ -230,9 +230,9 @@ class Updater:
             channel = (
                 found.ref.rsplit("/", 1)[1] if found else str(params.get("channel") or "stable")
             )
-            phase("build", {})
+            phase("copy", {})
             try:
-                self.local.build(dirfd, channel, ident)
+                self.local.build(dirfd, channel, ident, staged=lambda: phase("build", {}))
             except InvalidParams as exc:
                 raise InvalidParams(f"{directory}: {exc}") from None
             try:
