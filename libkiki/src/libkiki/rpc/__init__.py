@@ -3,6 +3,9 @@
 * :mod:`libkiki.rpc.protocol` -- the sans-I/O core (parsing, classification, ids, batches),
   with its events and wire helpers in :mod:`libkiki.rpc.messages`.
 * :mod:`libkiki.rpc.methods` -- method tables, the request context, the exception boundary.
+* :mod:`libkiki.rpc.later` -- :class:`Reply` and :class:`Sent`: answers that come later, settled
+  in the turn of the event loop that has them (a server forwarding calls); :func:`after_input`:
+  work done once the chunk of input being read has been handled.
 * :mod:`libkiki.rpc.connection` -- :class:`Connection`, the asyncio layer, on a socket or on a
   transport the caller makes (:data:`TransportFactory`); its reading paused and resumed, and
   descriptors the peer passes received (with :mod:`libkiki.rpc.fds`).
@@ -22,6 +25,9 @@ if TYPE_CHECKING:
     from libkiki.rpc.connection import Connection as Connection
     from libkiki.rpc.connection import ProgressCallback as ProgressCallback
     from libkiki.rpc.connection import TransportFactory as TransportFactory
+    from libkiki.rpc.later import Reply as Reply
+    from libkiki.rpc.later import Sent as Sent
+    from libkiki.rpc.later import after_input as after_input
     from libkiki.rpc.messages import Call as Call
     from libkiki.rpc.messages import RequestId as RequestId
     from libkiki.rpc.messages import error_line as error_line
@@ -41,10 +47,13 @@ _HOMES = {
     "Methods": "methods",
     "ProgressCallback": "connection",
     "RequestContext": "methods",
+    "Reply": "later",
     "RequestId": "messages",
     "RpcCore": "protocol",
     "RpcServer": "server",
+    "Sent": "later",
     "TransportFactory": "connection",
+    "after_input": "later",
     "connect_unix": "server",
     "error_line": "messages",
     "serve_unix": "server",
@@ -57,11 +66,14 @@ __all__ = [
     "Handler",
     "Methods",
     "ProgressCallback",
+    "Reply",
     "RequestContext",
     "RequestId",
     "RpcCore",
     "RpcServer",
+    "Sent",
     "TransportFactory",
+    "after_input",
     "connect_unix",
     "error_line",
     "serve_unix",

@@ -16,11 +16,13 @@ Behaviour worth knowing:
   cancels the handler's task and its response is never sent (MCP). A synchronous handler (see
   :mod:`libkiki.rpc.methods`) is answered as it is read; one that returns an
   :class:`asyncio.Future` is answered when the future is done, without a task (cancelling the
-  request cancels the future).
+  request cancels the future); one that returns a :class:`~libkiki.rpc.later.Reply` is answered
+  as the reply is settled, in that same turn of the event loop.
 * Outgoing requests over ``max_in_flight`` *wait* for a slot; the wait counts toward the
   request's timeout, so a stalled peer surfaces as :class:`~libkiki.errors.Timeout`. On timeout
   or cancellation of the caller, the peer is sent ``notifications/cancelled`` (MCP's form).
-  :meth:`Connection.request_soon` sends one without a task, as a future, when it need not wait.
+  :meth:`Connection.request_soon` sends one without a task, as a future, when it need not wait;
+  :meth:`Connection.request_now` likewise, with a callback called as the answer is read.
 * Writes go straight to the transport; while its buffer is over the high-water mark, writers
   wait and the connection stops reading. An answer counts against the in-flight limit until it
   is written, so a peer that stops reading stops our handlers and then our reading instead of
@@ -64,6 +66,7 @@ from libkiki.errors import (
 from libkiki.framing import DEFAULT_MAX_LINE, LineDecoder
 from libkiki.peer import PeerCred
 from libkiki.rpc.fds import receive_fds
+from libkiki.rpc.later import Done, Reply, Sent, input_ends, input_starts
 from libkiki.rpc.limits import Slots
 from libkiki.rpc.messages import (
     CANCELLED,
@@ -86,6 +89,7 @@ from libkiki.rpc.methods import (
     dispatch,
     dispatch_now,
     finish,
+    replied,
     settled,
 )
 from libkiki.rpc.protocol import RpcCore
@@ -238,6 +242,7 @@ class Connection:
         self._core = RpcCore(max_in_flight=max_in_flight, counters=counters, max_line=sendable)
         self._outgoing = Slots(max_in_flight)
         self._futures: dict[int, asyncio.Future[Any]] = {}
+        self._sent: dict[int, Sent] = {}  # our requests answered through a callback (request_now)
         self._progress: dict[int, ProgressCallback] = {}
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._out: list[bytes] | None = None  # answers made while reading a chunk
@@ -245,6 +250,7 @@ class Connection:
         self._unreleased: list[int] = []  # answered as read, still in the transport's buffer
         self._rests: dict[int, Awaitable[Any]] = {}  # synchronous handlers' rests, not started
         self._deferred: dict[int, asyncio.Future[Any]] = {}  # answers that are futures, by slot
+        self._replies: dict[int, Reply] = {}  # answers that are Replies, by slot
         self._gone: KikiError | None = None  # why the connection ended; copied, never re-raised
         self._parting: KikiError | None = None  # a refusal the peer sent before it left
         self._closed = asyncio.Event()
@@ -390,9 +396,11 @@ class Connection:
         try:
             running: list[asyncio.Future[Any]] = [t for t in self._tasks.values() if t is not me]
             running.extend(self._deferred.values())
+            running.extend(r.waiter(self._loop) for r in self._replies.values())
             # Our own requests are running work too: a broker draining its callers waits for
             # the providers' answers to the calls it forwarded.
             running.extend(f for f in self._futures.values() if not f.done())
+            running.extend(r.waiter(self._loop) for r in self._sent.values())
             if self._gone is None and grace > 0 and running:
                 self._core.start_draining()
                 await asyncio.wait(running, timeout=grace)
@@ -537,6 +545,70 @@ class Connection:
         if self._futures.pop(rid, None) is not None:  # cancelled by its caller
             self._abandon(rid, "cancelled")
 
+    def request_now(
+        self,
+        method: str,
+        params: Params | None = None,
+        *,
+        done: Done,
+        timeout: float | None = None,
+    ) -> Sent | None:
+        """:meth:`request_soon` without a future: ``done(result, error)`` is called once, as the
+        answer is read (in the reader's turn of the event loop, not one turn later as a future's
+        callbacks are), or with the typed error when the timeout passes or the connection ends,
+        or with :class:`asyncio.CancelledError` after :meth:`~libkiki.rpc.later.Sent.cancel`
+        (the peer is then told, as for a cancelled future). None, and nothing sent, when it
+        would have to wait."""
+        limit = self._limit(timeout)
+        self._check_open()
+        if self._paused is not None or not self._outgoing.try_acquire(1):
+            return None
+        try:
+            rid, data = self._core.request(method, params)
+        except BaseException:
+            self._outgoing.release(1)
+            raise
+        timer = None
+        if limit is not None:
+            timer = self._loop.call_at(
+                self._loop.time() + limit, self._expire_sent, rid, method, limit
+            )
+        sent = Sent(
+            functools.partial(self._sent_done, timer, done),
+            functools.partial(self._cancel_sent, rid),
+        )
+        self._sent[rid] = sent
+        self._write_nowait(data)
+        return sent
+
+    def _sent_done(
+        self,
+        timer: asyncio.TimerHandle | None,
+        done: Done,
+        result: Any,
+        error: BaseException | None,
+    ) -> None:
+        if timer is not None:
+            timer.cancel()
+        self._outgoing.release(1)
+        done(result, error)
+
+    def _expire_sent(self, rid: int, method: str, limit: float) -> None:
+        sent = self._sent.pop(rid, None)
+        if sent is None:
+            return
+        self._abandon(rid, "timeout")
+        error = Timeout(
+            f"no answer to {method} within {limit} s", data={"method": method, "timeout": limit}
+        )
+        sent.finish(None, error)
+
+    def _cancel_sent(self, rid: int, sent: Sent) -> None:
+        if self._sent.get(rid) is sent:
+            del self._sent[rid]
+            self._abandon(rid, "cancelled")
+        sent.finish(None, asyncio.CancelledError())
+
     async def notify(self, method: str, params: Params | None = None) -> None:
         self._check_open()
         await self._write(self._core.notification(method, params))
@@ -574,6 +646,24 @@ class Connection:
         ):
             return False
         transport.write(self._core.notification(method, params))
+        return True
+
+    def try_notify_many(self, items: Sequence[tuple[str, Params | None]]) -> bool:
+        """:meth:`notify_many` now, if nothing is queued ahead: separate lines in one
+        ``write()``, never waiting, never queued behind unsent bytes. False (and nothing sent)
+        as for :meth:`try_notify`."""
+        transport = self._transport
+        if (
+            self._gone is not None
+            or transport is None
+            or transport.is_closing()
+            or transport.get_write_buffer_size()
+        ):
+            return False
+        notification = self._core.notification
+        data = b"".join([notification(method, params) for method, params in items])
+        if data:
+            transport.write(data)
         return True
 
     def set_write_limits(self, high: int, *, sndbuf: int | None = None) -> None:
@@ -677,6 +767,7 @@ class Connection:
         # Answers made while reading one chunk leave together: one write, one wake-up of the
         # peer, rather than one per pipelined request.
         out = self._out = []
+        input_starts()
         try:
             for item in self._decoder.feed(data):
                 for event in self._core.receive(item):
@@ -699,6 +790,7 @@ class Connection:
                     for slot in self._answered:
                         self._core.release(slot)
                 self._answered.clear()
+            input_ends()  # libkiki.rpc.later.after_input's callbacks
 
     def _eof(self) -> None:
         if self._decoder.pending:
@@ -745,12 +837,20 @@ class Connection:
             fut = self._futures.pop(rid, None)
             if fut is not None and not fut.done():
                 fut.set_exception(self._lost())
+            elif (sent := self._sent.pop(rid, None)) is not None:
+                # One turn later, as a future's callbacks would run: connections shut together
+                # (a server stopping) are all shut before any of their requests' ends is told,
+                # so a call forwarded from one to another ends with its caller's connection,
+                # unanswered, not with an answer about the other's end.
+                self._loop.call_soon(sent.finish, None, self._lost())
         me = asyncio.current_task()
         for slot, task in self._tasks.items():
             if task is not me:
                 self._cancel(slot, task)
         for answer in list(self._deferred.values()):
             answer.cancel()
+        for reply in list(self._replies.values()):
+            reply.cancel()
         self._closed.set()
 
     def _cancel(self, slot: int, task: asyncio.Task[None]) -> None:
@@ -782,14 +882,19 @@ class Connection:
             self._write_nowait(event.data)
         elif isinstance(event, ResponseReceived):
             fut = self._futures.pop(event.id, None)
-            if fut is not None and not fut.done():
-                if event.error is None:
-                    fut.set_result(event.result)
-                else:
-                    fut.set_exception(event.error)
+            if fut is not None:
+                if not fut.done():
+                    if event.error is None:
+                        fut.set_result(event.result)
+                    else:
+                        fut.set_exception(event.error)
+            elif (sent := self._sent.pop(event.id, None)) is not None:
+                sent.finish(event.result, event.error)
         elif isinstance(event, CancelRequested):
             task = self._tasks.get(event.slot)
-            answer = self._deferred.get(event.slot)
+            answer: asyncio.Future[Any] | Reply | None = self._deferred.get(event.slot)
+            if answer is None:
+                answer = self._replies.get(event.slot)
             if task is not None or answer is not None:
                 log.debug("%s: peer cancelled request %r: %s", self.name, event.id, event.reason)
             if task is not None:
@@ -880,6 +985,11 @@ class Connection:
                     self._write_nowait(data)
                 self._answered.append(event.slot)
                 return
+            if isinstance(answer, Reply):
+                # Answered as the reply is settled, in that turn of the loop: no task either.
+                self._replies[event.slot] = answer
+                answer.bind(functools.partial(self._replied, event))
+                return
             if isinstance(answer, asyncio.Future):
                 # Answered when the future is done, by its callback: no task either.
                 self._deferred[event.slot] = answer
@@ -901,6 +1011,19 @@ class Connection:
         if (data := self._core.complete(event.slot, response)) is not None:
             self._write_nowait(data)
         if self._writing_paused():
+            self._unreleased.append(event.slot)  # in flight until written, as in _received
+        else:
+            self._core.release(event.slot)
+
+    def _replied(self, event: Incoming, reply: Reply) -> None:
+        """A synchronous handler's reply is settled: answer it (not if it was cancelled)."""
+        self._replies.pop(event.slot, None)
+        response = None if reply.cancelled() else replied(event.method, event.id, reply)
+        if (data := self._core.complete(event.slot, response)) is not None:
+            self._write_nowait(data)
+        if self._out is not None:
+            self._answered.append(event.slot)  # settled while reading: released with the chunk
+        elif self._writing_paused():
             self._unreleased.append(event.slot)  # in flight until written, as in _received
         else:
             self._core.release(event.slot)

@@ -12,8 +12,9 @@ binds them (a mismatch is -32601/-32602 from jsonrpcserver itself)::
 A handler that never waits may be a plain function registered with :meth:`Methods.register_sync`
 (or ``@methods.sync("name")``): the connection runs it as the request is read, with no task of its
 own, and answers it there. When such a handler does have to wait after all, it returns an
-awaitable, and only that rest runs in a task; an :class:`asyncio.Future` needs no task at all
-(the broker forwarding a call): the connection answers once it is done.
+awaitable, and only that rest runs in a task; an :class:`asyncio.Future` needs no task at all:
+the connection answers once it is done, and a :class:`~libkiki.rpc.later.Reply` (the broker
+forwarding a call) is answered in the very turn of the event loop that settles it.
 
 Whatever a handler raises goes through :func:`_failure`, the only place where exceptions become
 wire errors: a :class:`~libkiki.errors.KikiError` becomes its own code, message and data;
@@ -36,6 +37,7 @@ import orjson
 
 from libkiki.errors import INTERNAL_ERROR, KikiError
 from libkiki.peer import PeerCred
+from libkiki.rpc.later import Reply
 from libkiki.rpc.messages import PROGRESS, RequestId
 
 if TYPE_CHECKING:
@@ -49,6 +51,7 @@ __all__ = [
     "dispatch",
     "dispatch_now",
     "finish",
+    "replied",
     "settled",
 ]
 
@@ -149,6 +152,36 @@ def settled(name: str, id: RequestId, done: asyncio.Future[Any]) -> dict[str, An
     return _response(id, ok, value)
 
 
+def replied(name: str, id: RequestId, reply: Reply) -> dict[str, Any]:
+    """The response for a synchronous handler's :class:`~libkiki.rpc.later.Reply`, once it is
+    answered (not cancelled): what the handler would have returned or raised."""
+    ok, value = reply.outcome()
+    if ok:
+        try:
+            ok, value = _success(value)
+        except Exception as exc:
+            ok, value = _failure(name, exc)
+    else:
+        ok, value = _failure(name, value)
+    return _response(id, ok, value)
+
+
+async def _wait(reply: Reply) -> Any:
+    """A :class:`~libkiki.rpc.later.Reply` on the task path: its result, or its error raised;
+    cancelling the wait cancels the reply."""
+    try:
+        await reply.waiter(asyncio.get_running_loop())
+    except asyncio.CancelledError:
+        reply.cancel()
+        raise
+    if reply.cancelled():
+        raise asyncio.CancelledError
+    ok, value = reply.outcome()
+    if not ok:
+        raise value
+    return value
+
+
 def _response(id: RequestId, ok: bool, value: Any) -> dict[str, Any]:
     if ok:
         return {"jsonrpc": "2.0", "result": value, "id": id}
@@ -161,6 +194,8 @@ def _as_async(func: SyncHandler) -> Handler:
     @functools.wraps(func)
     async def run(*args: Any, **kwargs: Any) -> Any:
         result = func(*args, **kwargs)
+        if isinstance(result, Reply):
+            return await _wait(result)
         if inspect.isawaitable(result):
             result = await result
         return result
@@ -361,10 +396,11 @@ async def dispatch(
 
 def dispatch_now(
     methods: Methods, ctx: RequestContext, message: dict[str, Any]
-) -> dict[str, Any] | Awaitable[Any] | None:
+) -> dict[str, Any] | Awaitable[Any] | Reply | None:
     """Run a request for a synchronous handler right here, if it is one whose params certainly
-    bind: its response dict, or the awaitable it returned (to be finished with :func:`finish`).
-    None when the request is not for such a handler (nothing has run: use :func:`dispatch`)."""
+    bind: its response dict, the :class:`~libkiki.rpc.later.Reply` it returned (answered with
+    :func:`replied`), or the awaitable it returned (to be finished with :func:`finish`). None
+    when the request is not for such a handler (nothing has run: use :func:`dispatch`)."""
     name = message["method"]
     func = methods._sync.get(name)
     if func is None or ctx.notification:
@@ -375,7 +411,7 @@ def dispatch_now(
         return None  # jsonrpcserver's binding errors, through dispatch
     try:
         result = func(ctx, **params) if isinstance(params, dict) else func(ctx, *params)
-        if inspect.isawaitable(result):
+        if type(result) is not dict and (isinstance(result, Reply) or inspect.isawaitable(result)):
             return result
         ok, value = _success(result)
     except Exception as exc:
