@@ -1,10 +1,13 @@
 """A connection's stream writer against a real socket, without the broker: the fan-out's queues
 written as separate notification lines, every ready subscription in turn (at most
-``PER_SUB_ITEMS`` each), in ``seq`` order per subscription; closing the writer stops it."""
+``PER_SUB_ITEMS`` each), in ``seq`` order per subscription; what finds the writer idle and the
+transport empty written once the input being read is handled; closing the writer stops it."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -12,10 +15,12 @@ from typing import Any
 import orjson
 import pytest
 
-from kiki_tool_broker.stream_writers import PER_SUB_ITEMS, StreamWriters
+from kiki_tool_broker.stream_writers import PER_SUB_ITEMS, WRITE_ITEMS, StreamWriters
 from kiki_tool_broker.streams import Readable, StreamFanout
 from kikitest import until
-from libkiki.rpc import connect_unix
+from libkiki.peer import PeerCred
+from libkiki.rpc import Connection, connect_unix
+from libkiki.rpc.later import input_ends, input_starts
 
 pytestmark = pytest.mark.integration
 
@@ -50,14 +55,18 @@ async def test_the_writer_serves_its_ready_subscriptions_in_turn(sockdir: Path) 
                 if isinstance(action, Readable):
                     writers.readable(action.conn, action.sub)
 
+        held: list[Any] = []
         for upstream in upstreams:
-            carry(fanout.upstream_opened(upstream))  # each queue: its live status
+            held += fanout.upstream_opened(upstream)  # each queue: its live status
         writers.open(CLIENT, conn)  # once per connection
         assert len(writers) == 1
-        # Everything is queued before the writer runs: 20 messages for each subscription.
+        # Everything is queued before the writer hears of it: 20 messages for each subscription.
         for n in range(20):
             for upstream in upstreams:
-                carry(fanout.publish(PROVIDER, upstream, {"n": n}))
+                held += fanout.publish(PROVIDER, upstream, {"n": n})
+        input_starts()  # as if one read brought them all
+        carry(held)
+        input_ends()
         got = [await asyncio.wait_for(lines.get(), 10) for _ in range(3 * 21)]
         assert all("id" not in m for m in got)  # notifications, each on a line of its own
         # Round robin: each subscription's first turn (its live status and 7 messages) comes
@@ -88,3 +97,113 @@ async def test_the_writer_serves_its_ready_subscriptions_in_turn(sockdir: Path) 
             carry(fanout.publish(PROVIDER, upstream, {"n": 99}))
         await conn.notify("ping")  # a line of our own after them: nothing came between
         assert (await asyncio.wait_for(lines.get(), 10))["method"] == "ping"
+
+
+async def test_what_finds_the_writer_idle_is_written_once_the_input_is_handled(
+    sockdir: Path,
+) -> None:
+    lines: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    async def reader(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while line := await r.readline():
+            lines.put_nowait(orjson.loads(line))
+
+    path = sockdir / "peer.sock"
+    server = await asyncio.start_unix_server(reader, str(path))
+    fanout = StreamFanout(max_queue_messages=64)
+    fanout.declare(PROVIDER, [NSID])
+    counters: Counter[str] = Counter()
+    writers = StreamWriters(fanout, counters)
+    async with server, connect_unix(path) as conn:
+        subs, upstreams = [], []
+        for room in "ab":
+            subscribed, _ = fanout.subscribe(CLIENT, NSID, {"room": room})
+            subs.append(subscribed.sub)
+            upstreams += [u for u, (_, _, p) in fanout.upstreams().items() if p == {"room": room}]
+        a, b = subs
+        writers.open(CLIENT, conn)
+        writer = writers.writers[CLIENT]
+
+        def carry(actions: list[Any]) -> None:
+            for action in actions:
+                if isinstance(action, Readable):
+                    writers.readable(action.conn, action.sub)
+
+        # No input being read: written in the call itself, nothing left for the task.
+        carry(fanout.upstream_opened(upstreams[0]))
+        assert counters["stream_notifications"] == 1
+        assert not writer.wake.is_set()
+        assert not writer.ready
+        assert fanout.pending(a) == 0
+        status = await asyncio.wait_for(lines.get(), 10)
+        assert status["method"] == "kiki/streamStatus"
+
+        # While a read is handled, what it queues waits for its end, then leaves in one turn
+        # of the writer (round robin, as the task would write it).
+        input_starts()
+        carry(fanout.upstream_opened(upstreams[1]))
+        for n in range(3):
+            carry(fanout.publish(PROVIDER, upstreams[0], {"n": n}))
+            carry(fanout.publish(PROVIDER, upstreams[1], {"n": n}))
+        assert counters["stream_notifications"] == 1
+        input_ends()
+        assert counters["stream_notifications"] == 1 + 7
+        assert not writer.wake.is_set()
+        got = [await asyncio.wait_for(lines.get(), 10) for _ in range(7)]
+        assert [(m["params"]["subscription"], m["method"]) for m in got] == [
+            (b, "kiki/streamStatus"),  # readable first, so first in line
+            (b, "kiki/event"),
+            (b, "kiki/event"),
+            (b, "kiki/event"),
+            (a, "kiki/event"),
+            (a, "kiki/event"),
+            (a, "kiki/event"),
+        ]
+
+        # More than one turn's worth: one turn (WRITE_ITEMS, round robin) now, the rest is
+        # the task's.
+        each = WRITE_ITEMS // 2 + PER_SUB_ITEMS // 2
+        held: list[Any] = []
+        for n in range(each):
+            for upstream in upstreams:
+                held += fanout.publish(PROVIDER, upstream, {"n": n})
+        input_starts()
+        carry(held)
+        input_ends()
+        assert counters["stream_notifications"] == 8 + WRITE_ITEMS
+        assert writer.wake.is_set()
+        assert list(writer.ready) == [a, b]  # a's publish came first
+        got = [await asyncio.wait_for(lines.get(), 10) for _ in range(2 * each)]
+        seqs = {
+            s: [m["params"]["seq"] for m in got if m["params"]["subscription"] == s] for s in subs
+        }
+        assert seqs == {s: list(range(4, 4 + each)) for s in subs}
+        await until(lambda: not writer.wake.is_set(), "the task took its turn")
+        writers.close(CLIENT)
+
+
+async def test_a_connection_behind_leaves_the_item_to_the_task() -> None:
+    ours, theirs = socket.socketpair()
+    me = PeerCred(pid=os.getpid(), uid=os.getuid(), gid=os.getgid())
+    fanout = StreamFanout(max_queue_messages=64)
+    fanout.declare(PROVIDER, [NSID])
+    counters: Counter[str] = Counter()
+    writers = StreamWriters(fanout, counters)
+    try:
+        async with Connection(ours, peer=me) as conn:
+            subscribed, _ = fanout.subscribe(CLIENT, NSID, {"room": "a"})
+            (upstream,) = fanout.upstreams()
+            writers.open(CLIENT, conn)
+            conn.set_write_limits(high=1 << 20, sndbuf=4096)
+            while not conn.write_buffer_size:  # the peer never reads: the kernel fills up
+                conn.try_notify("pad", {"pad": "x" * 4096})
+            for action in fanout.upstream_opened(upstream):
+                if isinstance(action, Readable):
+                    writers.readable(action.conn, action.sub)
+            writer = writers.writers[CLIENT]
+            assert writer.wake.is_set()
+            assert list(writer.ready) == [subscribed.sub]
+            assert counters["stream_notifications"] == 0
+            writers.close(CLIENT)
+    finally:
+        theirs.close()

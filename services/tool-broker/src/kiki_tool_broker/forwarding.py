@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kiki_tool_broker.calls import Admitted, Answer, AuditRecord, Calls, Joining
-from libkiki.rpc import Connection, RequestContext
+from libkiki.rpc import Connection, Reply, RequestContext, Sent
 
 
 class Forwarder:
@@ -33,8 +33,9 @@ class Forwarder:
         self.calls = calls
         self._write = write
         self.counters: Counter[str] = Counter() if counters is None else counters
-        # Keyed calls whose caller left, still waiting for their provider's answer.
-        self._detached: set[asyncio.Future[Any]] = set()
+        # Keyed calls whose caller left, still waiting for their provider's answer (by the
+        # answer nobody takes any more).
+        self._detached: dict[Reply, Sent | asyncio.Future[Any]] = {}
         # Calls that had to wait for a provider slot or relay progress: in tasks.
         self._forwarding: set[asyncio.Task[Any]] = set()
         # Duplicates of keyed calls running, by the running call's idempotency token.
@@ -84,63 +85,69 @@ class Forwarder:
                 assert joined.result is not None
                 future.set_result(joined.result)
 
-    def forward_soon(
-        self, call: Admitted, request: RequestContext
-    ) -> asyncio.Future[dict[str, Any]]:
-        """Forward a call; its answer is a future that the provider's reply settles.
+    def forward_soon(self, call: Admitted, request: RequestContext) -> Reply:
+        """Forward a call; its answer is a :class:`~libkiki.rpc.later.Reply` that the
+        provider's reply settles.
 
         The request goes out at once, with no task, when the provider has a free in-flight
-        slot and there is no progress to relay. Otherwise a task waits for the slot and relays
-        the progress (:meth:`_forward`). Either way :meth:`_call_done` writes the audit line
-        and then settles the answer, also when the call is cancelled before it got anywhere.
+        slot and there is no progress to relay: its reply is then audited and answered as it
+        is read (:meth:`_completed`), in the same turn of the event loop. Otherwise a task
+        waits for the slot and relays the progress (:meth:`_forward`). Either way the audit
+        line is written before the caller is answered, also when the call is cancelled before
+        it got anywhere.
         """
-        sent: asyncio.Future[Any] | None = None
         if request.progress_token is None:
+            answer = Reply()
             try:
-                sent = call.tool.provider.connection.request_soon(
-                    "tools/call", call.params, timeout=self.calls.config.call_timeout
+                sent = call.tool.provider.connection.request_now(
+                    "tools/call",
+                    call.params,
+                    timeout=self.calls.config.call_timeout,
+                    done=functools.partial(self._completed, answer, call),
                 )
             except Exception as exc:  # the connection has just closed (KikiError), or a bug:
-                # either way the call fails through _call_done, audited like any other
-                sent = asyncio.get_running_loop().create_future()
-                sent.set_exception(exc)
-        if sent is None:
-            task = asyncio.ensure_future(self._forward(call, request))
-            self._forwarding.add(task)
-            task.add_done_callback(self._forwarding.discard)
-            sent = task
-        return self.answer_later(call, sent, request.connection)
+                # either way the call fails through _completed, audited like any other
+                self._completed(answer, call, None, exc)
+                return answer
+            if sent is not None:
+                answer.on_cancel(
+                    functools.partial(self._caller_done, answer, call, sent, request.connection)
+                )
+                return answer
+        task = asyncio.ensure_future(self._forward(call, request))
+        self._forwarding.add(task)
+        task.add_done_callback(self._forwarding.discard)
+        return self.answer_later(call, task, request.connection)
 
     def answer_later(
         self, call: Admitted, sent: asyncio.Future[Any], caller: Connection | None = None
-    ) -> asyncio.Future[dict[str, Any]]:
+    ) -> Reply:
         """The caller's answer to a call whose tool side ends with ``sent``: settled (audited
-        first) by :meth:`_call_done`. The caller cancelling cancels ``sent``, which tells a
+        first) by :meth:`_completed`. The caller cancelling cancels ``sent``, which tells a
         provider; so does the caller leaving, except for a keyed call (:meth:`_caller_done`)."""
-        answer: asyncio.Future[dict[str, Any]] = sent.get_loop().create_future()
-        sent.add_done_callback(functools.partial(self._call_done, answer, call))
-        answer.add_done_callback(functools.partial(self._caller_done, call, sent, caller))
+        answer = Reply()
+        sent.add_done_callback(functools.partial(self._future_done, answer, call))
+        answer.on_cancel(functools.partial(self._caller_done, answer, call, sent, caller))
         return answer
 
     def _caller_done(
         self,
+        answer: Reply,
         call: Admitted,
-        sent: asyncio.Future[Any],
+        sent: Sent | asyncio.Future[Any],
         caller: Connection | None,
-        answer: asyncio.Future[dict[str, Any]],
     ) -> None:
-        """The caller's answer is done: given, or cancelled because the caller cancelled or
-        left. A keyed call whose caller left (its connection closed: a relay crashing, a link
-        dropping) may already have run, and its retry is on the way: it goes on until its
-        provider answers or its timeout passes, and that answer is kept for the retry (and
-        given to any duplicate that joins it meanwhile). A cancellation the caller asked for,
-        an unkeyed call, or one past ``max_detached_calls``, is cancelled at the provider."""
+        """The caller's answer was cancelled: the caller cancelled or left. A keyed call whose
+        caller left (its connection closed: a relay crashing, a link dropping) may already
+        have run, and its retry is on the way: it goes on until its provider answers or its
+        timeout passes, and that answer is kept for the retry (and given to any duplicate that
+        joins it meanwhile). A cancellation the caller asked for, an unkeyed call, or one past
+        ``max_detached_calls``, is cancelled at the provider."""
         if sent.done():
             return
         if call.token is not None and caller is not None and caller.closed:
             if len(self._detached) < self.calls.config.max_detached_calls:
-                self._detached.add(sent)
-                sent.add_done_callback(self._detached.discard)
+                self._detached[answer] = sent
                 self.counters["detached_calls"] += 1
                 return
             self.counters["detached_refused"] += 1
@@ -151,20 +158,30 @@ class Forwarder:
         """Keyed calls running now whose caller has left."""
         return len(self._detached)
 
-    def _call_done(
-        self, answer: asyncio.Future[dict[str, Any]], call: Admitted, sent: asyncio.Future[Any]
+    def _future_done(self, answer: Reply, call: Admitted, sent: asyncio.Future[Any]) -> None:
+        """The tool's side ended in a future (a task waiting for a provider slot or relaying
+        progress, or a built-in tool that waited)."""
+        if sent.cancelled():
+            self._completed(answer, call, None, asyncio.CancelledError())
+            return
+        error = sent.exception()
+        self._completed(answer, call, None if error is not None else sent.result(), error)
+
+    def _completed(
+        self, answer: Reply, call: Admitted, output: Any, error: BaseException | None
     ) -> None:
         """The tool's side of a call that was not answered at once is over (a provider's
-        reply, or a built-in tool that waited): audit it, then answer the caller. An error of
-        the audit itself (a full disk) is the caller's answer too: an internal error."""
-        if sent.cancelled():  # the caller cancelled or left: there is nobody to answer
+        reply, its error, or CancelledError: the caller cancelled or left, and there is nobody
+        to answer): audit it, then answer the caller. An error of the audit itself (a full
+        disk) is the caller's answer too: an internal error."""
+        self._detached.pop(answer, None)
+        if isinstance(error, asyncio.CancelledError):
             try:
                 self._write(self.calls.cancelled(call))
             finally:
                 self.settled(call, None)
             return
-        error = sent.exception()
-        settled = self.calls.settle(call, None if error is not None else sent.result(), error)
+        settled = self.calls.settle(call, output, error)
         try:
             self._write(settled)
         except Exception as exc:  # a full disk
@@ -184,11 +201,12 @@ class Forwarder:
         """Cancel the calls still waiting for a provider slot, and the detached ones (their
         keys live in memory only: a retry after the restart runs anyway), and wait for them
         (bounded), so that their audit lines are written."""
-        pending = [*self._forwarding, *self._detached]
-        for future in pending:
-            future.cancel()
-        if pending:
-            await asyncio.wait(pending, timeout=5)
+        pending = [*self._forwarding, *self._detached.values()]
+        for sent in pending:
+            sent.cancel()  # a Sent's audit line is written here, at once
+        tasks = [f for f in pending if isinstance(f, asyncio.Future)]
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
             await asyncio.sleep(0)  # their done-callbacks write the audit lines
 
     async def _forward(self, call: Admitted, request: RequestContext) -> Any:

@@ -33,7 +33,7 @@ from kiki_tool_broker.stdio import StdioSessions
 from kiki_tool_broker.tools import BuiltinTools
 from libkiki.constellation import GET_INFO
 from libkiki.paths import TOOLS_SOCKET, state_dir
-from libkiki.rpc import Connection, Methods, RequestContext
+from libkiki.rpc import Connection, Methods, Reply, RequestContext
 from libkiki.rpc_service import serve_configured
 from libkiki.service import ServiceContext
 
@@ -269,11 +269,11 @@ class Broker:
         name: str,
         arguments: dict[str, Any] | None = None,
         **extensions: Any,
-    ) -> dict[str, Any] | asyncio.Future[dict[str, Any]]:
+    ) -> dict[str, Any] | Reply | asyncio.Future[dict[str, Any]]:
         """Decided by the core; answered at once for the broker's own tools (and a replay), while
-        a forwarded call returns a future that its provider's reply settles (:class:`Forwarder`),
-        and a duplicate of a keyed call running, one that call's answer settles. Either way the
-        audit line is written before the answer is given."""
+        a forwarded call returns a reply that its provider's reply settles (:class:`Forwarder`),
+        and a duplicate of a keyed call running, a future that call's answer settles. Either way
+        the audit line is written before the answer is given."""
         started = time.monotonic()
         meta = request.meta
         modern = mcp.era(meta, self.core.result_meta)

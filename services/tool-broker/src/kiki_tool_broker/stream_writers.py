@@ -6,8 +6,11 @@ subscriptions' queues into ``kiki/event``, ``kiki/lost``, ``kiki/streamStatus`` 
 robin: at most :data:`PER_SUB_ITEMS`, then the subscription goes to the back of the line if it
 has more) and sends up to :data:`WRITE_ITEMS` of them as separate lines in one ``write()``
 (:meth:`libkiki.rpc.Connection.notify_many`; not a JSON-RPC batch, which a peer counts against
-its in-flight limit all at once), waiting only while the transport is paused: a subscriber
-that does not read holds its own writer and its own bounded queue, nothing else.
+its in-flight limit all at once), waiting only while the transport is paused: a subscriber that
+does not read holds its own writer and its own bounded queue, nothing else. When the task is
+idle and the connection's transport empty, that same turn is written at once instead, as soon
+as the provider's read that brought the messages has been handled, without the task's turn of
+the event loop.
 
 MCP hosts are not written their items: they are woken (``notifications/resources/updated``,
 :meth:`StreamWriters.send_soon`) and read them (:mod:`kiki_tool_broker.mcp_resources`).
@@ -24,7 +27,7 @@ import orjson
 
 from kiki_tool_broker.streams import Ended, Item, Lost, Message, Status, StreamFanout
 from libkiki.errors import KikiError, PeerGone
-from libkiki.rpc import Connection
+from libkiki.rpc import Connection, after_input
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,8 @@ class StreamWriters:
         self.counters = counters
         self.writers: dict[int, _Writer] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._due: dict[int, None] = {}  # writers with something new, flushed after the input
+        self._flush_due = False
 
     def __len__(self) -> int:
         return len(self.writers)
@@ -68,11 +73,61 @@ class StreamWriters:
             writer.task = asyncio.get_running_loop().create_task(self._write_loop(writer))
 
     def readable(self, cid: int, sub: int) -> None:
-        """``sub``'s queue has something: its writer takes it in turn."""
+        """``sub``'s queue has something: its writer takes it in turn. Unless the writer's task
+        is due already, the writer is flushed once the input being read now has been handled
+        (:func:`libkiki.rpc.after_input`: every message of a provider's read queued first)."""
         writer = self.writers.get(cid)
-        if writer is not None:
-            writer.ready[sub] = None
-            writer.wake.set()
+        if writer is None:
+            return
+        writer.ready[sub] = None
+        if writer.wake.is_set():
+            return
+        self._due[cid] = None
+        if not self._flush_due:
+            self._flush_due = True
+            after_input(self._flush)
+
+    def _flush(self) -> None:
+        """Write what the due writers have, now, where :meth:`_write_now` can; else their
+        tasks take it."""
+        self._flush_due = False
+        due, self._due = self._due, {}
+        for cid in due:
+            writer = self.writers.get(cid)
+            if writer is None or not writer.ready or writer.wake.is_set():
+                continue
+            if not self._write_now(writer):
+                writer.wake.set()
+
+    def _write_now(self, writer: _Writer) -> bool:
+        """Write one turn of the writer (what its task would write next) when the task is
+        idle and the transport holds no unsent bytes: the messages then reach their subscriber
+        in the turn of the event loop that read them, not one turn later. True when nothing is
+        left for the task (which batches the rest and waits for the transport)."""
+        conn = writer.conn
+        if conn.closed or conn.write_buffer_size:
+            return False
+        notes = self._take(writer)
+        # Refused only by a transport that is closing, i.e. a connection already gone: its
+        # subscriptions end with it, nobody is left to tell.
+        if conn.try_notify_many(notes):
+            self.counters["stream_notifications"] += len(notes)
+        return not writer.ready
+
+    def _take(self, writer: _Writer) -> list[tuple[str, dict[str, Any]]]:
+        """Up to :data:`WRITE_ITEMS` notifications from the ready subscriptions, round robin:
+        the first in line takes its turn and, if it has more, goes to the back, so that every
+        ready subscription is served."""
+        fanout = self.fanout
+        ready = writer.ready
+        notes: list[tuple[str, dict[str, Any]]] = []
+        while ready and len(notes) < WRITE_ITEMS:
+            sub = next(iter(ready))
+            del ready[sub]
+            notes.extend(note(item) for item in fanout.drain(sub, PER_SUB_ITEMS))
+            if fanout.pending(sub):
+                ready[sub] = None
+        return notes
 
     def close(self, cid: int) -> None:
         writer = self.writers.pop(cid, None)
@@ -81,22 +136,12 @@ class StreamWriters:
 
     async def _write_loop(self, writer: _Writer) -> None:
         conn = writer.conn
-        fanout = self.fanout
         try:
             while True:
                 await writer.wake.wait()
                 writer.wake.clear()
-                ready = writer.ready
-                while ready:
-                    notes: list[tuple[str, dict[str, Any]]] = []
-                    while ready and len(notes) < WRITE_ITEMS:
-                        # Round robin: the first in line takes its turn and, if it has more,
-                        # goes to the back, so that every ready subscription is served.
-                        sub = next(iter(ready))
-                        del ready[sub]
-                        notes.extend(note(item) for item in fanout.drain(sub, PER_SUB_ITEMS))
-                        if fanout.pending(sub):
-                            ready[sub] = None
+                while writer.ready:
+                    notes = self._take(writer)
                     if notes:
                         await conn.notify_many(notes)
                         self.counters["stream_notifications"] += len(notes)
