@@ -105,6 +105,8 @@ class A11yServer:
                 finally:
                     # Whatever this peer still had going (its own actions, its pump) ends with
                     # it; requesters waiting on it as an app are told now, not at their timeout.
+                    # No pump is started for it from here on (its task group is ending).
+                    peer.tg = None
                     self._fail_awaiting(peer)
                     for task in peer.tasks:
                         task.cancel()
