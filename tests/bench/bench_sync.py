@@ -1,11 +1,12 @@
 """sync-relay benchmark: fan-out latency and durable updates/s, beside its peers and a floor.
 
-    .venv/bin/python tests/bench/bench_sync.py [--quick]
+    .venv/bin/python tests/bench/bench_sync.py [--quick] [--fanout-only]
 
 In one run:
 
   fan-out N    one small Yjs update sent by one client until every one of N readers has it
-               (p50/p99 over the rounds), N = 1, 10, 100, on a real kiki-sync-relay process
+               (p50/p99 over the rounds), N = 1, 10, 100, on a real kiki-sync-relay process;
+               the servers' rounds interleaved, so the machine's load falls on all alike
   durable/s    updates a writer sends back to back, each relayed (so durable) to one reader,
                per second, for one session and for 4 sessions at once
   memory       the relay's RSS growth per live session (one client joined), and per hibernated
@@ -17,7 +18,10 @@ memory) under Node from tests/kikitest/node (scripts/install-node-deps), whose c
 send the same y-websocket messages in its framing (the document's name first, an auth message
 before them); and the floor: a plain ``websockets`` server relaying the same bytes to every
 other client (no CRDT, no disk), in the benchmark's own process, sharing its core with the
-clients. None of them compresses (the relay does not: Yjs updates are small and already
+clients. For the fan-out also the floor with durability: each update committed first to a
+SQLite log on the same disk as the relay's, as the relay's store commits it (WAL,
+``synchronous=FULL``), then relayed by the floor: what no durable relay can beat here. None of
+them compresses (the relay does not: Yjs updates are small and already
 compact). Every writer is one client (one document, one client id) sending small updates, each
 a new map key; a reader is done when its document holds them (servers merge what they relay).
 """
@@ -27,12 +31,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,9 +72,13 @@ class Target:
     url: str
     prefix: bytes = b""
     hello: tuple[bytes, ...] = ()
+    # Run before each update is sent, inside its timed round (the durability floor's commit).
+    first: Callable[[bytes], None] | None = None
 
     async def connect(self) -> ClientConnection:
-        ws = await connect(self.url, max_size=None, compression=None)
+        # No keepalive: a ping unanswered while a loaded machine stalls a server would end
+        # the run; the rounds time everything.
+        ws = await connect(self.url, max_size=None, compression=None, ping_interval=None)
         for message in self.hello:
             await ws.send(message)
         return ws
@@ -108,21 +117,34 @@ class Reader:
                 self.doc.apply_update(read_message(message[at + 1 :]))
 
 
-async def fanout(targets: list[Target], rounds: int) -> tuple[float, float]:
-    sender, *sockets = [await t.connect() for t in targets]
-    prefix = targets[0].prefix
-    readers = [Reader(ws, prefix) for ws in sockets]
+async def fanout(targets: list[Target], readers: int, rounds: int) -> list[tuple[float, float]]:
+    """p50/p99 ms of one update from a sender until each of ``readers`` has it, per target.
+    The targets' rounds are interleaved (round i of each in turn, the order rotating), so a
+    change in the machine's load falls on every target alike."""
+    groups = []
+    for target in targets:
+        sender, *sockets = [await target.connect() for _ in range(readers + 1)]
+        groups.append((sender, [Reader(ws, target.prefix) for ws in sockets], target.prefix))
     await asyncio.sleep(0.3)
-    times = []
+    times: list[list[float]] = [[] for _ in targets]
     for i, message in enumerate(updates(rounds)):
-        start = time.perf_counter()
-        await sender.send(prefix + message)
-        await asyncio.gather(*(r.until(i + 1) for r in readers))
-        times.append(time.perf_counter() - start)
-    for ws in (sender, *sockets):
-        await ws.close()
-    times.sort()
-    return statistics.median(times) * 1e3, times[int(len(times) * 0.99) - 1] * 1e3
+        for k in range(len(targets)):
+            j = (i + k) % len(targets)
+            sender, group, prefix = groups[j]
+            start = time.perf_counter()
+            if (first := targets[j].first) is not None:
+                first(message)
+            await sender.send(prefix + message)
+            await asyncio.gather(*(r.until(i + 1) for r in group))
+            times[j].append(time.perf_counter() - start)
+    await asyncio.gather(*(ws.close() for s, g, _ in groups for ws in (s, *(r.ws for r in g))))
+    found = []
+    for series in times:
+        series.sort()
+        found.append(
+            (statistics.median(series) * 1e3, series[max(0, int(len(series) * 0.99) - 1)] * 1e3)
+        )
+    return found
 
 
 async def throughput(targets: list[tuple[Target, Target]], count: int) -> float:
@@ -161,6 +183,22 @@ async def floor_server() -> tuple[Any, int]:
     server = await serve(handler, "127.0.0.1", 0, max_size=None, compression=None)
     port = server.sockets[0].getsockname()[1]
     return server, port
+
+
+def wal_commit(path: Path) -> Callable[[bytes], None]:
+    """A commit of one update to a SQLite log as the relay's store makes it (WAL,
+    ``synchronous=FULL``: the WAL is synced at each commit), on the same disk as its state."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("CREATE TABLE updates (seq INTEGER PRIMARY KEY, session TEXT, data BLOB)")
+
+    def commit(update: bytes) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO updates (session, data) VALUES (?, ?)", ("floor", update))
+        conn.execute("COMMIT")
+
+    return commit
 
 
 class _Channel:
@@ -228,9 +266,10 @@ def rss_kib(pid: int) -> int:
 
 
 PEERS = ("kiki relay", "pycrdt-websocket", "Hocuspocus", "floor")
+DURABLE_FLOOR = "floor + WAL commit"
 
 
-async def main(quick: bool) -> None:
+async def main(quick: bool, fanout_only: bool) -> None:
     rounds = 30 if quick else 200
     count = 500 if quick else 5000
     with (
@@ -252,13 +291,17 @@ async def main(quick: bool) -> None:
 
         try:
             print("p50/p99 ms; updates/s; each ratio is the kiki relay's to that peer's")
-            print(f"{'':22}" + "".join(f"{name:>20}" for name in PEERS))
-            for n in (1, 10, 100):
+            print(f"{'':22}" + "".join(f"{name:>20}" for name in (*PEERS, DURABLE_FLOOR)))
+            commit = wal_commit(Path(tmp) / "floor.sqlite3")
+            for n in (100,) if fanout_only else (1, 10, 100):
                 s = f"fan{n}"
-                found = [await fanout([t] * (n + 1), rounds) for t in targets(s)]
+                durable_floor = Target(f"ws://127.0.0.1:{port}/{s}-durable", first=commit)
+                found = await fanout([*targets(s), durable_floor], n, rounds)
                 cells = "".join(f"{p50:9.2f} {p99:9.2f}" + " " for p50, p99 in found)
                 ratios = ", ".join(f"{found[0][0] / p50:.2f}x" for p50, _ in found[1:])
                 print(f"fan-out to {n:>3} p50/p99 {cells}  p50 ratios {ratios}")
+            if fanout_only:
+                return
             for sessions in (1, 4):
                 names = [f"tp{sessions}-{i}" for i in range(sessions)]
                 writers = [targets(s) for s in names]
@@ -274,7 +317,9 @@ async def main(quick: bool) -> None:
                 print(f"updates/s, {sessions} session(s){cells}  ratios {ratios}")
             print(
                 "(the relay's updates are durable before relayed; pycrdt-websocket and Hocuspocus"
-                " keep theirs in memory; the floor relays bytes)"
+                " keep theirs in memory; the floor relays bytes; the floor + WAL commit commits"
+                " each update to SQLite as the relay does, on the same disk, then relays it:"
+                " the least a durable relay can take)"
             )
             assert relay.proc is not None
             pid = relay.proc.pid
@@ -304,10 +349,13 @@ async def main(quick: bool) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
+    parser.add_argument(
+        "--fanout-only", action="store_true", help="only the fan-out to 100 clients"
+    )
     parser.add_argument("--serve-pycrdt-websocket", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_pycrdt_websocket:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(serve_pycrdt_websocket())
     else:
-        asyncio.run(main(args.quick))
+        asyncio.run(main(args.quick, args.fanout_only))
