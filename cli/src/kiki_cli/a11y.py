@@ -123,10 +123,15 @@ def _client(args: argparse.Namespace) -> A11yClient:
     return A11yClient(args.socket, timeout=args.timeout, peer="kiki a11y")
 
 
+def _subscribed(args: argparse.Namespace, apps: list[str]) -> A11yClient:
+    """A client whose subscription goes out with its hello: one round trip to a mirror."""
+    return A11yClient.subscribing(args.socket, apps=apps, timeout=args.timeout, peer="kiki a11y")
+
+
 def run_dump(args: argparse.Namespace) -> int:
     async def go() -> int:
-        async with _client(args) as client:
-            mirror = await client.subscribe(apps=[args.app] if args.app else ())
+        async with _subscribed(args, [args.app] if args.app else []) as client:
+            mirror = client.mirror
         if args.app and not mirror.trees:
             raise InvalidParams(f"no app {args.app!r} has published a tree")
         if args.json:
@@ -258,8 +263,7 @@ def run_watch(args: argparse.Namespace) -> int:
 
     async def watch_once() -> None:
         """Until the connection ends: nothing is lost silently, the server's going is news."""
-        async with _client(args) as client:
-            await client.subscribe(apps=args.app)
+        async with _subscribed(args, args.app) as client:
             if lost:
                 print("kiki a11y: reconnected to the a11y-server", file=sys.stderr, flush=True)
             async for event in client.events():
