@@ -17,6 +17,12 @@ Calls (one at a time, p50/p99 of the round trip as the caller sees it):
   stdio floor  the same client → a process answering each line with a canned answer of the
                broker's shape: what the SDK's client itself spends of every row (for context)
   native       libkiki's ``ToolClient`` → the broker → the same provider
+  least native libkiki's JSON-RPC connection (ToolClient's own, without its handshake, which
+               the least broker does not speak) → bench_broker's least Python broker with the
+               checks every call must pass (least (b)+: the request's shape and id, the policy
+               decision, the lexicon's validation in and out, the hash-chained audit line and
+               its head) → its least provider (parse, answer): what a Python broker forwarding
+               to a Python provider costs at the least, the bound for "native" ("floors" line)
   echo floor   a line to bench_broker's asyncio echo server and back, one at a time: half of
                the least a native call's four socket hops can cost (the "floors" line)
   (c) 8x16     8 clients pipelining 16 calls each to the broker's own tool, against the same
@@ -64,7 +70,16 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from bench_broker import BIN, ECHO_SERVER, REPO, pct, pipelined, start, start_broker
+from bench_broker import (
+    BIN,
+    ECHO_SERVER,
+    LEAST_SERVER,
+    REPO,
+    pct,
+    pipelined,
+    start,
+    start_broker,
+)
 
 # The SDK's one-line tool, as its documentation writes one.
 SDK_SERVER = """
@@ -293,6 +308,23 @@ async def native_client(stack: AsyncExitStack, path: Path) -> tuple[Call, str]:
     return call, "kiki"
 
 
+async def least_client(stack: AsyncExitStack, path: Path) -> tuple[Call, str]:
+    """``tools/call`` on libkiki's connection, as ToolClient sends it, to a server that speaks
+    only that (bench_broker's least broker)."""
+    from libkiki.rpc import connect_unix
+
+    conn = await stack.enter_async_context(connect_unix(path))
+    params = {"name": ECHO, "arguments": HELLO}
+
+    async def call() -> Any:
+        result = await conn.request("tools/call", params)
+        if result.get("structuredContent") != HELLO:
+            raise SystemExit(f"benchmark call failed: {result!r}")
+        return result
+
+    return call, "kiki"
+
+
 async def echo_client(stack: AsyncExitStack, path: Path) -> tuple[Call, str]:
     """The one-at-a-time floor: a line to bench_broker's asyncio echo server and back (two
     socket hops, no parsing), over plain asyncio streams."""
@@ -331,6 +363,7 @@ async def all_calls(
     rounds: int,
     env: dict[str, str],
     echo: Path,
+    least: Path,
 ) -> tuple[dict[str, list[float]], dict[str, str]]:
     """Every row's client open at once, then ``rounds`` rounds of calls/rounds calls each, row
     after row: the machine's speed drifts over a run (other work on it), and interleaved rows
@@ -350,6 +383,7 @@ async def all_calls(
                 f"{handed} 'sdk → kiki' rows should be handed over; the broker served {started}"
             )
         opened["native"] = await native_client(stack, tools)
+        opened["least native"] = await least_client(stack, least)
         opened["echo floor"] = await echo_client(stack, echo)
         clients = {row: call for row, (call, _) in opened.items()}
         for call in clients.values():  # warm-up: the first calls import and compile
@@ -431,6 +465,12 @@ def measure(calls: int, messages: int, paced: int) -> None:
     procs: list[subprocess.Popen[str]] = []
     try:
         procs.append(start([sys.executable, "-c", ECHO_SERVER, str(run / "echo.sock")], env))
+        least = [sys.executable, "-c", LEAST_SERVER]
+        least_env = {**env, "KIKI_BENCH_LEXICONS": str(REPO / "tests")}
+        least_provider = str(run / "least-provider.sock")
+        procs.append(start([*least, "provider", least_provider], least_env))
+        least_sock = run / "least-forward+.sock"
+        procs.append(start([*least, "forward+", str(least_sock), least_provider], least_env))
         procs.append(start_broker(run, env))
         tools = run / "tools.sock"
         code = PROVIDER.format(tests=str(REPO / "tests"), path=str(tools))
@@ -461,7 +501,9 @@ def measure(calls: int, messages: int, paced: int) -> None:
                 ("sdk → stdio floor", floor_server),
             ):
                 specs.append((name + tag, command, argv, mode))
-        rows, versions = asyncio.run(all_calls(specs, tools, calls, 10, env, run / "echo.sock"))
+        rows, versions = asyncio.run(
+            all_calls(specs, tools, calls, 10, env, run / "echo.sock", least_sock)
+        )
         native = rows["native"]
         pipelined_calls = max(calls // 4, 100)
         floor_rate = asyncio.run(pipelined(run / "echo.sock", 8, 16, pipelined_calls))
@@ -535,11 +577,14 @@ def measure(calls: int, messages: int, paced: int) -> None:
     # echo floor); relayed, plus a native call's four hops.
     echo = p50_p99(rows["echo floor"])[0]
     hops = 2 * echo
+    least_p50 = p50_p99(rows["least native"])[0]
     sdk_floor = p50_p99(rows["sdk → stdio floor"])[0]
     handed_floor = sdk_floor + echo
     print(
         f"\nfloors in this run: native ≥ 2 x the echo floor's round trip = {hops * 1e6:.0f} µs, "
-        f"so at most {direct / hops:.1f}x faster than sdk direct; sdk → kiki ≥ the stdio "
+        f"so at most {direct / hops:.1f}x faster than sdk direct; with the same client, a least "
+        f"Python broker doing the required checks and a least provider take "
+        f"{least_p50 * 1e6:.0f} µs, {direct / least_p50:.1f}x faster; sdk → kiki ≥ the stdio "
         f"floor + one echo round trip = {handed_floor * 1e6:.0f} µs, so at least "
         f"{handed_floor / direct:.2f}x sdk direct (relayed: + 2 round trips, "
         f"{(sdk_floor + hops) / direct:.2f}x)"
@@ -550,7 +595,8 @@ def measure(calls: int, messages: int, paced: int) -> None:
             "native p50 ≥ 10x faster than sdk direct",
             direct / native_p50 >= 10,
             f"{direct / native_p50:.1f}x ({native_p50 * 1e6:.0f} vs {direct * 1e6:.0f} µs; "
-            f"the floor allows {direct / hops:.1f}x)",
+            f"the floor allows {direct / hops:.1f}x, a least Python broker "
+            f"{direct / least_p50:.1f}x)",
         ),
         (
             "sdk → kiki p50 ≤ 0.5x sdk direct",
