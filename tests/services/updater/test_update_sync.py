@@ -67,3 +67,34 @@ def test_a_pull_without_sync_puts_the_repositorys_setting_back_when_it_fails(
         return store.repo.get_disable_fsync()
 
     assert in_worker(attempt) is False
+
+
+def test_a_remote_configured_as_it_is_already_is_not_written_again(tmp_path: Path) -> None:
+    """Every update names its remote: the repository's config is rewritten (two fdatasyncs)
+    only when the remote's URL or options differ from what it holds."""
+    store = Store(tmp_path / "device")
+    config = store.repo_path / "config"
+
+    def written(remote: Remote) -> bool:
+        def run() -> bool:
+            before = (config.read_bytes(), config.stat()) if config.exists() else None
+            ensure_remote(store.repo, remote)
+            after = (config.read_bytes(), config.stat())
+            if before is not None and before[0] == after[0]:
+                # the same content: it must not have been written at all
+                assert (before[1].st_ino, before[1].st_ctime_ns) == (
+                    after[1].st_ino,
+                    after[1].st_ctime_ns,
+                )
+                return False
+            return True
+
+        return in_worker(run)
+
+    origin = Remote.of("origin", "http://127.0.0.1:9/repo", extra={"tls-permissive": "true"})
+    assert written(origin)
+    assert not written(origin)
+    assert written(Remote.of("origin", "http://127.0.0.1:9/other", extra=origin.extra))
+    assert written(Remote.of("origin", "http://127.0.0.1:9/other"))  # an option dropped
+    assert not written(Remote.of("origin", "http://127.0.0.1:9/other"))
+    assert written(Remote.of("mirror", "http://127.0.0.1:9/other"))

@@ -73,6 +73,10 @@ def ensure_remote(repo: Any, remote: Remote) -> None:
     }
     for key, value in remote.extra.items():
         options[key] = GLib.Variant("s", value)
+    if not gpg and _configured(repo, remote.name) == _written(remote.url, options):
+        # As configured already (every update from the same remote): rewriting the
+        # repository's config would cost two fdatasyncs for nothing.
+        return
     change = L.OSTree.RepoRemoteChange
     repo.remote_change(None, change.DELETE_IF_EXISTS, remote.name, None, None, None)
     repo.remote_change(
@@ -85,6 +89,26 @@ def ensure_remote(repo: Any, remote: Remote) -> None:
             repo.remote_gpg_import(remote.name, stream, None, None)
         finally:
             os.close(fd)
+
+
+def _written(url: str, options: dict[str, Any]) -> dict[str, str]:
+    """The keys libostree writes for a remote (``url`` and each option, a boolean as
+    ``true``/``false``), as its config file then holds them."""
+    out = {"url": url}
+    for key, value in options.items():
+        raw = value.unpack()
+        out[key] = ("true" if raw else "false") if isinstance(raw, bool) else str(raw)
+    return out
+
+
+def _configured(repo: Any, name: str) -> dict[str, str] | None:
+    """The remote's keys in the repository's config, or None without it."""
+    config = repo.copy_config()
+    group = f'remote "{name}"'
+    if not config.has_group(group):
+        return None
+    keys, _ = config.get_keys(group)
+    return {key: config.get_value(group, key) for key in keys}
 
 
 def pull(
