@@ -228,6 +228,9 @@ def _reader_lines(desc: TableDef, plan: tuple[Step, ...], index: int) -> list[st
         lines += body
         if step.required:
             lines += ["    else:", f'        raise InvalidFrame("{where} is required")']
+        elif kind == UTYPE:
+            # An absent type field means "no member" for the union that follows it.
+            lines += ["    else:", "        utype = 0"]
         elif kind == UNION:
             lines += [
                 "    elif utype:",

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from libkiki.errors import SchemaError
 from libkiki.flatbuf import layout
 
 if TYPE_CHECKING:
@@ -109,6 +110,8 @@ class Schema:
         root: str,
         file_identifier: bytes,
     ) -> None:
+        for t in tables:
+            _check_unions(t)
         self.tables = {t.name: t for t in tables}
         self.enums = {e.name: e for e in enums}
         self.structs = {s.name: s for s in structs}
@@ -223,6 +226,27 @@ class Schema:
             return self._encoders[cls]
         except KeyError:
             raise TypeError(f"{cls.__name__} is not bound to a table") from None
+
+
+def _check_unions(desc: TableDef) -> None:
+    """Refuse a union whose type field does not come right before it: the readers take a union's
+    member from the type field read just before, and the compiled writer writes the type field
+    from the value of the field after it."""
+    fields = desc.fields
+    for i, f in enumerate(fields):
+        if f.kind == UTYPE:
+            after = fields[i + 1] if i + 1 < len(fields) else None
+            if after is None or after.kind != UNION or after.ref != f.ref:
+                raise SchemaError(
+                    f"{desc.name}.{f.name}: a union type field must be followed by its union "
+                    f"{f.ref}"
+                )
+        elif f.kind == UNION:
+            before = fields[i - 1] if i else None
+            if before is None or before.kind != UTYPE or before.ref != f.ref:
+                raise SchemaError(
+                    f"{desc.name}.{f.name}: a union must follow its type field of union {f.ref}"
+                )
 
 
 def _itself(obj: Any) -> Sequence[Any]:
