@@ -1,6 +1,7 @@
-"""dbus_calls.Replies on a real dbus-daemon: a call's reply matched by serial in the
-connection's first handler (and hidden from the others), its deadline, the connection ending
-under it, a caller cancelling; and the same checks on who answered as dbus-fast's own calls."""
+"""dbus_calls.Replies on a real dbus-daemon: a call's reply matched by serial and sender in the
+connection's first handler (and hidden from the others), a reply from the wrong connection
+passed over for the peer's own, the bus daemon's errors taken for a peer, its deadline, the
+connection ending under it, a caller cancelling."""
 
 from __future__ import annotations
 
@@ -126,15 +127,31 @@ async def test_a_cancelled_call_leaves_nothing_waiting(
     assert replies.waiting == 0
 
 
-async def test_a_reply_from_another_connection_is_refused(
-    gateway: tuple[MessageBus, Replies], silent: MessageBus, bare_bus: Stack
+async def test_a_reply_from_another_connection_is_passed_over_for_the_peers_own(
+    gateway: tuple[MessageBus, Replies], bare_bus: Stack
 ) -> None:
-    bus, _ = gateway
-    hostile = await connect(bare_bus)
+    bus, replies = gateway
+    hostile, peer = await connect(bare_bus), await connect(bare_bus)
+    held: list[Message] = []
+
+    def hold(msg: Message) -> bool:
+        if msg.message_type is not MessageType.METHOD_CALL:
+            return False
+        held.append(msg)
+        return True
+
+    peer.add_message_handler(hold)
+    seen: list[Message] = []
+
+    def record(msg: Message) -> bool:
+        seen.append(msg)
+        return False
+
+    bus.add_message_handler(record)
     try:
-        message = call_to(silent)
-        call = asyncio.ensure_future(bus_call(bus, message, 5, "the peer"))
-        await until(lambda: message.serial, "the call is sent")
+        message = call_to(peer)
+        call = asyncio.ensure_future(bus_call(bus, message, 10, "the peer"))
+        await until(lambda: held, "the call reaches the peer")
         await hostile.send(
             Message(
                 message_type=MessageType.METHOD_RETURN,
@@ -144,10 +161,39 @@ async def test_a_reply_from_another_connection_is_refused(
                 body=["FORGED"],
             )
         )
-        with pytest.raises(Unavailable, match="came from"):
-            await call
+        # The gateway answers this Ping after handling what the hostile connection sent first.
+        ping = Message(
+            destination=bus.unique_name,
+            path="/",
+            interface="org.freedesktop.DBus.Peer",
+            member="Ping",
+        )
+        assert await hostile.call(ping) is not None
+        assert [m.body for m in seen if m.reply_serial == message.serial] == [["FORGED"]]
+        assert not call.done()  # the forged answer did not count
+        assert replies.waiting == 1
+        peer.send(Message.new_method_return(held[0], "s", ["genuine"]))
+        assert await call == ["genuine"]
+        assert replies.waiting == 0
     finally:
         hostile.disconnect()
+        peer.disconnect()
+
+
+async def test_a_peer_leaving_under_a_call_is_the_bus_daemons_typed_error(
+    gateway: tuple[MessageBus, Replies], bare_bus: Stack
+) -> None:
+    # The NoReply comes from the bus daemon, not the peer called: it is still the answer (were
+    # it passed over, the call would end in a Timeout at its deadline).
+    bus, replies = gateway
+    peer = await connect(bare_bus)
+    peer.add_message_handler(lambda m: m.message_type == MessageType.METHOD_CALL or None)
+    call = asyncio.ensure_future(bus_call(bus, call_to(peer), 10, "the peer"))
+    await until(lambda: replies.waiting == 1, "the call is sent")
+    peer.disconnect()
+    with pytest.raises(PeerGone):
+        await call
+    assert replies.waiting == 0
 
 
 async def test_stopped_the_connection_is_back_to_dbus_fasts_calls(

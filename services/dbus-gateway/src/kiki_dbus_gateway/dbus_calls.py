@@ -14,10 +14,14 @@ the bus :class:`~libkiki.errors.PeerGone` (the bus says ``NoReply``; a name with
 :class:`~libkiki.errors.Conflict` (``NotSupported``).
 
 On a connection with :class:`Replies` attached (the gateway's main one), a call's reply is
-matched to it by serial in the connection's first message handler and its deadline is a timer
-on the call's future: no ``asyncio.timeout`` scope, no dbus-fast reply callbacks, and the
-connection's other handlers never see the replies. Elsewhere (the monitor's one call, the
-parts of the gateway tests put on a bus of their own) dbus-fast's ``call`` with a timeout.
+matched to it by serial and sender in the connection's first message handler and its deadline
+is a timer on the call's future: no ``asyncio.timeout`` scope, no dbus-fast reply callbacks,
+and the connection's other handlers never see the replies. A reply with the right serial from
+the wrong connection is passed over, not taken: the call still gets its peer's answer, so a
+connection guessing the next serial (serials are sequential) cannot make it fail. Elsewhere
+(the monitor's one call, the parts of the gateway tests put on a bus of their own) dbus-fast's
+``call`` with a timeout, which takes the first reply with the serial: a forged one there is
+refused (:class:`~libkiki.errors.Unavailable`) and the genuine one lost.
 """
 
 from __future__ import annotations
@@ -74,7 +78,7 @@ async def bus_call(
     replies = _REPLIES.get(bus)
     try:
         if replies is not None:
-            reply = await replies.call(message, timeout)
+            reply = await replies.call(message, timeout, expected)
         else:
             async with asyncio.timeout(timeout):
                 reply = await bus.call(message)
@@ -85,10 +89,7 @@ async def bus_call(
         ) from None
     except (EOFError, OSError) as exc:
         raise Unavailable(f"the session bus connection failed: {exc}") from None
-    # The bus daemon answers for a peer that cannot (NoReply, ServiceUnknown): its errors
-    # are believed from it, and no connection can send in its name.
-    from_bus = reply is not None and reply.sender == BUS and reply.message_type == MessageType.ERROR
-    if reply is None or (reply.sender != expected and not from_bus):
+    if reply is None or not answers(reply, expected):
         raise Unavailable(
             f"an answer to {message.member} came from {getattr(reply, 'sender', None)},"
             f" not {who} ({expected}): refused"
@@ -109,12 +110,25 @@ async def bus_call(
     return list(reply.body)
 
 
+def answers(reply: Message, expected: str) -> bool:
+    """Whether ``reply`` may be the answer of a call sent to ``expected``.
+
+    The bus daemon answers for a peer that cannot (``NoReply``, ``ServiceUnknown``): its errors
+    are believed from it, and no connection can send in its name (the daemon sets ``sender``).
+    """
+    return reply.sender == expected or (
+        reply.sender == BUS and reply.message_type is MessageType.ERROR
+    )
+
+
 class Replies:
-    """The replies to :func:`bus_call`'s calls on one connection, by serial.
+    """The replies to :func:`bus_call`'s calls on one connection, by serial and sender.
 
     :meth:`start` it before any other message handler is added to the connection: its handler
     takes the replies it waits for and hides them from the rest (dbus-fast's own calls, such as
-    ``request_name``, are left to dbus-fast). A call's deadline is a timer that fails its
+    ``request_name``, are left to dbus-fast). A reply with a waiting serial that does not come
+    from the call's peer (:func:`answers`) is left to the other handlers and the call keeps
+    waiting for its peer. A call's deadline is a timer that fails its
     future with ``TimeoutError``; a call on a connection that has ended, or waiting when it
     ends, fails with ``EOFError``, which :func:`bus_call` makes
     :class:`~libkiki.errors.Unavailable`.
@@ -122,7 +136,8 @@ class Replies:
 
     def __init__(self, bus: MessageBus) -> None:
         self.bus = bus
-        self._waiting: dict[int, asyncio.Future[Message]] = {}
+        # serial -> (who may answer it, the caller's future)
+        self._waiting: dict[int, tuple[str, asyncio.Future[Message]]] = {}
         self._watch: asyncio.Task[None] | None = None
 
     @property
@@ -153,16 +168,17 @@ class Replies:
 
     def _fail_all(self) -> None:
         waiting, self._waiting = self._waiting, {}
-        for future in waiting.values():
+        for _, future in waiting.values():
             if not future.done():
                 future.set_exception(EOFError("the connection ended"))
 
     def _on_message(self, msg: Message) -> bool:
         if msg.message_type is MessageType.METHOD_RETURN or msg.message_type is MessageType.ERROR:
-            future = self._waiting.pop(msg.reply_serial, None)
-            if future is not None:
-                if not future.done():
-                    future.set_result(msg)
+            waiting = self._waiting.get(msg.reply_serial)
+            if waiting is not None and answers(msg, waiting[0]):
+                del self._waiting[msg.reply_serial]
+                if not waiting[1].done():
+                    waiting[1].set_result(msg)
                 return True
         return False
 
@@ -170,14 +186,16 @@ class Replies:
         self,
         message: Message,
         timeout: float,  # noqa: ASYNC109 -- as bus_call's
+        sender: str,
     ) -> Message:
+        """The reply to ``message`` from ``sender`` (or the bus daemon's error for it)."""
         if not self.bus.connected:
             raise EOFError("the connection has ended")
         loop = asyncio.get_running_loop()
         serial = message.serial = self.bus.next_serial()
         future: asyncio.Future[Message] = loop.create_future()
         timer = loop.call_later(timeout, _expire, future)
-        self._waiting[serial] = future
+        self._waiting[serial] = (sender, future)
         try:
             self.bus.send(message)
             return await future
