@@ -13,7 +13,9 @@ answer from anyone else is refused), and ``SettingChanged``, ``LowMemoryWarning`
 A call that passes file descriptors (``Trash.TrashFile``) goes on a connection of its own that
 negotiates them, opened at the first such call (``fd_bus``): the gateway's main connection does
 not, so that dbus-fast reads each message on it with one ``recv`` (with fds it reads a header,
-the rest and an ``EAGAIN`` with three ``recvmsg``, on every reply of every media call).
+the rest and an ``EAGAIN`` with three ``recvmsg``, on every reply of every media call). A bus
+that does not complete that connection within the call's deadline is ``Timeout``; the next
+such call connects again.
 """
 
 from __future__ import annotations
@@ -88,13 +90,22 @@ class PortalBus:
         """The connection a call goes on: the one that negotiates fds for a call passing some."""
         if not unix_fds or self._connect_fd_bus is None:
             return self.bus
-        async with self._fd_bus_lock:
-            if self._fd_bus is None or not self._fd_bus.connected:
-                try:
-                    self._fd_bus = await self._connect_fd_bus()
-                except (OSError, DBusError, EOFError) as exc:
-                    raise Unavailable(f"cannot connect to the session bus: {exc}") from None
-            return self._fd_bus
+        # One deadline for waiting behind another call's connect and for connecting: a bus
+        # that stalls in authentication or Hello fails each call at its deadline (dbus-fast
+        # closes the half-open socket when cancelled) and the next call tries again.
+        try:
+            async with asyncio.timeout(self.timeout), self._fd_bus_lock:
+                if self._fd_bus is None or not self._fd_bus.connected:
+                    try:
+                        self._fd_bus = await self._connect_fd_bus()
+                    except (OSError, DBusError, EOFError) as exc:
+                        raise Unavailable(f"cannot connect to the session bus: {exc}") from None
+                return self._fd_bus
+        except TimeoutError:
+            raise Timeout(
+                f"the session bus did not accept a connection within {self.timeout:g}s",
+                data={"error": "Timeout"},
+            ) from None
 
     async def call(
         self,
