@@ -20,7 +20,7 @@ from kikitest.a11y_fixtures import R, form_tree
 from libkiki.a11y import wire
 from libkiki.a11y.client import A11yClient
 from libkiki.a11y.publisher import A11yPublisher
-from libkiki.errors import PermissionDenied
+from libkiki.errors import PermissionDenied, Timeout
 from libkiki.framing import FrameDecoder, encode_frame
 
 pytestmark = pytest.mark.integration
@@ -108,6 +108,8 @@ async def test_a_refused_subscription_is_raised_on_entering_and_leaves_nothing_o
     path = sockdir / "a11y.sock"
     server = await asyncio.start_unix_server(serve, str(path))
     async with server, asyncio.timeout(10):
+        # An earlier test's server end that no one closed goes when it is collected: not here.
+        gc.collect()
         before = _open_fds()
         with pytest.raises(PermissionDenied, match="not yours"):
             async with A11yClient.subscribing(path, apps=["org.example.Bank"]):
@@ -137,6 +139,36 @@ async def test_a_closed_connection_fails_the_hello_and_the_subscription_alike(
     with caplog.at_level(logging.ERROR, logger="asyncio"):
         gc.collect()
     assert "never retrieved" not in caplog.text
+
+
+async def test_the_hello_and_the_subscription_share_one_timeout(sockdir: Path) -> None:
+    # The Hello is answered late (at 0.9 of the timeout) and the Subscribe never: entering
+    # fails once the timeout has run out since the pair went out. Were each answer given a
+    # timeout of its own, the Subscribe's would start at the Hello's answer and run out at
+    # 1.9 timeouts at the earliest; the bound below sits between the two.
+    timeout = 1.0
+    hello_answered = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        hello, _ = await _frames(reader, 2)
+        await asyncio.sleep(0.9 * timeout)
+        writer.write(encode_frame(wire.encode(wire.Hello(hello.request_id, 1, "test"))))
+        await writer.drain()
+        hello_answered.set()
+        await reader.read()  # the client leaves
+        writer.close()
+
+    path = sockdir / "a11y.sock"
+    server = await asyncio.start_unix_server(serve, str(path))
+    loop = asyncio.get_running_loop()
+    async with server, asyncio.timeout(10):
+        start = loop.time()
+        with pytest.raises(Timeout, match=f"within {timeout}s"):
+            async with A11yClient.subscribing(path, timeout=timeout):
+                pass
+        elapsed = loop.time() - start
+    assert hello_answered.is_set()
+    assert timeout <= elapsed < 1.8 * timeout
 
 
 async def test_a_subscribing_client_mirrors_the_server_and_follows_it(a11y_server: Start) -> None:

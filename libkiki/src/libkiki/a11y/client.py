@@ -241,7 +241,10 @@ class _Connection:
         asked = [self._ask(m) for m in (wire.Hello(0, wire.PROTOCOL_VERSION, self.peer), *first)]
         try:
             self._write(b"".join(frame for _, frame in asked))
-            answers = [await self._await_answer(rid, None) for rid, _ in asked]
+            # One deadline for all of them: they went out together, so the last answer is due
+            # within the one timeout too (not a fresh timeout after each earlier answer).
+            deadline = asyncio.get_running_loop().time() + self.timeout
+            answers = [await self._await_answer(rid, None, deadline) for rid, _ in asked]
         finally:
             for rid, _ in asked:
                 self._forget(rid)
@@ -291,10 +294,18 @@ class _Connection:
         self._waiting[rid] = asyncio.get_running_loop().create_future()
         return rid, frame
 
-    async def _await_answer(self, rid: int, timeout: float | None) -> wire.Message:  # noqa: ASYNC109
-        """The answer to request ``rid`` (its error raised as the typed error)."""
+    async def _await_answer(
+        self,
+        rid: int,
+        timeout: float | None,  # noqa: ASYNC109
+        deadline: float | None = None,
+    ) -> wire.Message:
+        """The answer to request ``rid`` (its error raised as the typed error), due within
+        ``timeout`` (default: the connection's) or by the loop time ``deadline``."""
+        if deadline is None:
+            deadline = asyncio.get_running_loop().time() + (timeout or self.timeout)
         try:
-            async with asyncio.timeout(timeout or self.timeout):
+            async with asyncio.timeout_at(deadline):
                 answer = await self._waiting[rid]
         except TimeoutError:
             raise Timeout(
