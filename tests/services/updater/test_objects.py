@@ -4,7 +4,10 @@ checks and syncs built on them."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -178,3 +181,77 @@ def test_sync_pulled_falls_back_to_the_whole_filesystem_when_a_tree_cannot_be_re
     root, _ = commit_root(store.repo, new)
     object_file(store, root, "dirtree").unlink()
     assert store.sync_pulled(new, old) == -1
+
+
+@contextlib.contextmanager
+def unblocking(fifo: Path) -> Iterator[threading.Event]:
+    """No writer ever opens ``fifo``: a blocking open of it for reading would never return.
+    Should one still be waiting after a minute, a writer is opened (again, until the block
+    ends) to let it go on, and the event is set: the test fails instead of hanging."""
+    unblocked, done = threading.Event(), threading.Event()
+
+    def watch() -> None:
+        while not done.wait(60 if not unblocked.is_set() else 0.1):
+            with contextlib.suppress(OSError):  # no reader waiting: ENXIO
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+                unblocked.set()
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield unblocked
+    finally:
+        done.set()
+        watcher.join()
+
+
+def test_a_file_object_replaced_by_a_fifo_is_refused_without_blocking(
+    store: Store, tree: Path
+) -> None:
+    commit = commit_tree(store, tree, "1.0")
+    found = reached(store.repo_path / "objects", *commit_root(store.repo, commit))
+    victim = next(c for c in sorted(found.files) if not object_file(store, c).is_symlink())
+    path = object_file(store, victim)
+    path.unlink()
+    os.mkfifo(path)
+    with unblocking(path) as unblocked:
+        assert not file_matches(store.repo_path / "objects", victim)
+        with pytest.raises(CorruptObject) as caught:
+            store.fsck(commit)
+    assert not unblocked.is_set()
+    assert caught.value.data == {"error": "CorruptObject", "object": victim}
+    assert not path.exists()
+    assert store.is_partial(commit)
+
+
+def test_a_directory_tree_replaced_by_a_fifo_is_refused_without_blocking(
+    store: Store, tree: Path
+) -> None:
+    commit = commit_tree(store, tree, "1.0")
+    root, _ = commit_root(store.repo, commit)
+    path = object_file(store, root, "dirtree")
+    path.unlink()
+    os.mkfifo(path)
+    with pytest.raises(objects.BadObject):
+        reached(store.repo_path / "objects", *commit_root(store.repo, commit))
+    with pytest.raises(CorruptObject):
+        store.fsck(commit)
+    assert not path.exists()
+
+
+def test_a_directory_metadata_rewritten_is_refused(store: Store, tree: Path) -> None:
+    """A dirmeta holds a directory's mode: one rewritten to 0777 must not be checked out."""
+    commit = commit_tree(store, tree, "1.0")
+    _, meta = commit_root(store.repo, commit)
+    path = object_file(store, meta, "dirmeta")
+    data = bytearray(path.read_bytes())
+    # (uuua(ayay)): uid, gid, then the mode, big-endian
+    assert int.from_bytes(data[8:12], "big") & 0o777 == 0o755
+    data[8:12] = (0o40777).to_bytes(4, "big")
+    path.chmod(0o644)
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptObject) as caught:
+        store.fsck(commit)
+    assert caught.value.data == {"error": "CorruptObject", "object": meta}
+    assert not path.exists()
+    assert store.is_partial(commit)

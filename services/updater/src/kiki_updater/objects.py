@@ -8,10 +8,22 @@ serialized form (each checked against its own checksum first) and a file's check
 recomputed with :mod:`hashlib` over the header libostree hashes and the content. A match proves
 the object whole; anything else (a mismatch, a symlink, an odd mode) is decided by libostree's
 ``fsck_object``, so this can only ever be faster, never more lenient.
+
+An update's pull runs without libostree's sync of the whole filesystem; :func:`sync_objects`
+then makes durable what it wrote, in order: each object it added (a symlink object, stored as
+a real symlink in ``bare-user-only``, is never opened: the fsync of its directory makes it
+durable), the directories holding them, then what libostree wrote last: the state directory
+(the removal of the commit's ``.commitpartial`` marker) and the remote-tracking ref. The pull
+itself wrote the ref and removed the marker before anything was synced, so a crash during the
+pull can leave them on disk ahead of an object; that commit then looks whole and is not pulled
+again, but the deployment's check of every object (``Store.fsck``) finds the missing or damaged
+one, deletes it, marks the commit partial again, and the next pull fetches it. The ordered
+syncs make sure that once an update's pull returns, nothing of it is left to that path.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import os
@@ -22,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kiki_updater.gio import fsync_dir
+
 __all__ = [
     "BadObject",
     "Reached",
@@ -30,6 +44,7 @@ __all__ = [
     "file_matches",
     "object_path",
     "reached",
+    "read_meta",
     "sync_objects",
 ]
 
@@ -120,11 +135,25 @@ def parse_dirtree(data: bytes) -> tuple[list[tuple[str, str]], list[tuple[str, s
     return files, dirs
 
 
-def _read_meta(objects: Path, checksum: str, kind: str) -> bytes:
+def read_meta(objects: Path, checksum: str, kind: str) -> bytes:
+    """A metadata object's bytes (``dirtree``, ``dirmeta``), checked against its checksum
+    (:class:`BadObject`)."""
     try:
-        data = object_path(objects, checksum, kind).read_bytes()
+        fd = os.open(
+            object_path(objects, checksum, kind),
+            os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+        )
     except FileNotFoundError:
         raise BadObject(kind, checksum, "missing") from None
+    except OSError as exc:  # a symlink in its place: never one of libostree's
+        raise BadObject(kind, checksum, exc.strerror or "unreadable") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise BadObject(kind, checksum, "not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as file:
+            data = file.read()
+    finally:
+        os.close(fd)
     if hashlib.sha256(data).hexdigest() != checksum:
         raise BadObject(kind, checksum, "does not match its checksum")
     return data
@@ -140,7 +169,7 @@ def reached(objects: Path, root_tree: str, root_meta: str) -> Reached:
         if tree in out.dirtrees:
             continue
         out.dirtrees.add(tree)
-        files, dirs = parse_dirtree(_read_meta(objects, tree, "dirtree"))
+        files, dirs = parse_dirtree(read_meta(objects, tree, "dirtree"))
         out.files.update(checksum for _, checksum in files)
         for _, subtree, meta in dirs:
             out.dirmetas.add(meta)
@@ -160,11 +189,11 @@ def added(objects: Path, root: tuple[str, str], since: tuple[str, str]) -> Reach
         if tree == before or tree in out.dirtrees:
             continue
         out.dirtrees.add(tree)
-        files, dirs = parse_dirtree(_read_meta(objects, tree, "dirtree"))
+        files, dirs = parse_dirtree(read_meta(objects, tree, "dirtree"))
         old_files: dict[str, str] = {}
         old_dirs: dict[str, tuple[str, str]] = {}
         if before is not None:
-            was_files, was_dirs = parse_dirtree(_read_meta(objects, before, "dirtree"))
+            was_files, was_dirs = parse_dirtree(read_meta(objects, before, "dirtree"))
             old_files = dict(was_files)
             old_dirs = {name: (sub, meta) for name, sub, meta in was_dirs}
         out.files.update(c for name, c in files if old_files.get(name) != c)
@@ -190,9 +219,11 @@ def file_matches(objects: Path, checksum: str) -> bool:
     """Whether the regular file object ``checksum`` hashes to its name. False for anything
     that is not a regular file: libostree decides those."""
     try:
+        # Non-blocking: an object replaced by a FIFO must not stall the check (read never
+        # blocks on a regular file, so the flag changes nothing for a genuine object).
         fd = os.open(
             f"{objects}/{checksum[:2]}/{checksum[2:]}.file",
-            os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
+            os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
         )
     except OSError:
         return False
@@ -213,24 +244,41 @@ def file_matches(objects: Path, checksum: str) -> bool:
     return digest.hexdigest() == checksum
 
 
-def sync_objects(repo_path: Path, commit: str, new: Reached) -> int:
+def sync_objects(
+    repo_path: Path, commit: str, new: Reached, remote_ref: tuple[str, str] | None = None
+) -> int:
     """Make ``new`` (objects a pull just wrote, unsynced) and ``commit`` durable: each file
-    fsync'd, then each directory holding one: what libostree's sync of the whole filesystem
-    would have made durable of this pull. The number of objects synced."""
+    fsync'd, then each directory holding one, then the state directory and ``remote_ref``
+    (remote, ref) the pull wrote: what libostree's sync of the whole filesystem would have made
+    durable of this pull. The number of objects synced. An :class:`OSError` (an object gone or
+    unreadable) is the caller's to answer with a sync of the whole filesystem."""
     objects = repo_path / "objects"
     paths = [*new.paths(objects), object_path(objects, commit, "commit")]
     meta = object_path(objects, commit, "commitmeta")
     if meta.exists():
         paths.append(meta)
     for path in paths:
-        _fsync(path, os.O_RDONLY)
+        _fsync_object(path)
     for directory in {p.parent for p in paths} | {objects}:
-        _fsync(directory, os.O_RDONLY | os.O_DIRECTORY)
+        fsync_dir(directory)
+    fsync_dir(repo_path / "state")
+    if remote_ref is not None:
+        ref = repo_path / "refs" / "remotes" / remote_ref[0] / remote_ref[1]
+        _fsync_object(ref)
+        fsync_dir(ref.parent)
     return len(paths)
 
 
-def _fsync(path: Path, flags: int) -> None:
-    fd = os.open(path, flags | os.O_CLOEXEC)
+def _fsync_object(path: Path) -> None:
+    """fsync a regular file, never through a symlink: a symlink object's target is the
+    publisher's (relative, absent, a FIFO that would block the open, a host file); the link
+    itself is made durable by the fsync of its directory."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return
+        raise
     try:
         os.fsync(fd)
     finally:

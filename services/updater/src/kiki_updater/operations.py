@@ -171,7 +171,7 @@ class Operations:
             sync=not own_sync,
         )
         if own_sync and deployed is not None:
-            self.store.sync_pulled(pulled, deployed)
+            self.store.sync_pulled(pulled, deployed, (remote.name, ref))
         return pulled
 
     def _not_older(self, scratch: Any, commit: str, deployed: str) -> None:
@@ -226,6 +226,9 @@ class Operations:
             before_previous=found.previous if found else None,
         )
         step = self._journaled(entry, phase)
+        # The commit the remote-tracking ref holds before this pull moves it: a release whose
+        # health check failed stays reachable by that ref alone.
+        tracked = store.resolve(f"{remote.name}:{ref}") if update else None
         try:
             try:
                 commit = self.fetch(
@@ -260,10 +263,12 @@ class Operations:
                 entry.phase not in SWAPPED or self._is_back(kind, ident, ref, entry.before)
             ):
                 self.journal.clear(kind, ident)
-        if update and entry.before_previous not in (None, done.commit, done.previous):
-            # The release before the previous one is now reachable by no ref of this app's.
-            # With none (the app's second release) the refs let nothing go: a prune, which
-            # reads every object the repository holds, would free nothing of this update's.
+        kept = (None, done.commit, done.previous)
+        if update and (entry.before_previous not in kept or tracked not in kept):
+            # The release before the previous one, or the one the remote-tracking ref held
+            # (a release whose health check failed), is now reachable by no ref of this
+            # app's. With neither (the app's second release) the refs let nothing go: a
+            # prune, which reads every object the repository holds, would free nothing.
             self._prune()
         return done
 

@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import orjson
 
@@ -423,11 +423,11 @@ class Store:
         return bool(state & L.OSTree.RepoCommitState.PARTIAL)
 
     def fsck(self, commit: str) -> int:
-        """Check every file object ``commit`` reaches against its checksum, and the directory
-        trees on the way (``objects.py``: about 30 ms for 2000 files, 3 MB): the number of
-        files checked. A bad one is deleted, so that the next pull fetches it again, and
-        raised as :class:`CorruptObject`: libostree reuses an object it already holds, so a
-        pull alone would never repair it."""
+        """Check every object ``commit`` reaches against its checksum: its file objects, its
+        directory trees on the way and their metadata (modes) (``objects.py``: about 30 ms for
+        2000 files, 3 MB): the number of files checked. A bad one is deleted, so that the next
+        pull fetches it again, and raised as :class:`CorruptObject`: libostree reuses an object
+        it already holds, so a pull alone would never repair it."""
         from kiki_updater.objects import BadObject, commit_root, file_matches, reached
 
         L = lib()
@@ -440,52 +440,84 @@ class Store:
             self._confirm_bad(commit, kind, bad.checksum)
             # libostree finds the tree whole (it never does when the check above did not):
             # its own traversal then
-            files = self._files_by_libostree(commit)
+            files, dirmetas = self._by_libostree(commit)
         else:
-            files = found.files
+            files, dirmetas = found.files, found.dirmetas
+        for checksum in dirmetas:
+            self._check_dirmeta(commit, checksum)
         for checksum in files:
             if not file_matches(objects, checksum):
                 self._confirm_bad(commit, FILE, checksum)
         return len(files)
 
+    def _check_dirmeta(self, commit: str, checksum: str) -> None:
+        """A directory's metadata (owner, mode, xattrs) is a metadata object: whole when its
+        bytes hash to its name, and then libostree needs not be asked."""
+        from kiki_updater.objects import BadObject, read_meta
+
+        try:
+            read_meta(self.repo_path / "objects", checksum, "dirmeta")
+        except BadObject as bad:
+            self._refuse(commit, lib().OSTree.ObjectType.DIR_META, checksum, str(bad))
+
     def _confirm_bad(self, commit: str, kind: Any, checksum: str) -> None:
         """libostree's verdict on an object the fast check did not find whole: a symlink, an
         unusual mode (whole, returns) or a damaged or missing object (deleted, the commit
         marked partial, :class:`CorruptObject`)."""
+        from kiki_updater.objects import object_path
+
         L = lib()
+        path = object_path(
+            self.repo_path / "objects", checksum, L.OSTree.object_type_to_string(kind)
+        )
+        with contextlib.suppress(FileNotFoundError):
+            if not stat.S_ISREG(mode := path.lstat().st_mode) and not stat.S_ISLNK(mode):
+                # a FIFO, a device, a directory: no object is ever one; libostree is not asked
+                # (it would block opening a FIFO)
+                self._refuse(commit, kind, checksum, "not a regular file or a symlink")
         try:
             self.repo.fsck_object(kind, checksum, None)
         except L.GLib.Error as exc:
-            with contextlib.suppress(L.GLib.Error):  # a missing object is not there to delete
-                self.repo.delete_object(kind, checksum, None)
-            # Partial: the next pull of this commit looks for its missing objects again.
-            self.repo.mark_commit_partial(commit, True)
-            raise CorruptObject(
-                f"object {checksum[:12]} of {commit[:12]} is corrupt ({exc.message}); "
-                "removed, the next pull fetches it again",
-                data={"error": "CorruptObject", "object": checksum},
-            ) from None
+            self._refuse(commit, kind, checksum, exc.message)
 
-    def _files_by_libostree(self, commit: str) -> set[str]:
+    def _refuse(self, commit: str, kind: Any, checksum: str, why: str) -> NoReturn:
+        L = lib()
+        with contextlib.suppress(L.GLib.Error):  # a missing object is not there to delete
+            self.repo.delete_object(kind, checksum, None)
+        # Partial: the next pull of this commit looks for its missing objects again.
+        self.repo.mark_commit_partial(commit, True)
+        raise CorruptObject(
+            f"object {checksum[:12]} of {commit[:12]} is corrupt ({why}); "
+            "removed, the next pull fetches it again",
+            data={"error": "CorruptObject", "object": checksum},
+        ) from None
+
+    def _by_libostree(self, commit: str) -> tuple[set[str], set[str]]:
+        """The file objects and directory metadata objects ``commit`` reaches."""
         OSTree = lib().OSTree
         _, reachable = self.repo.traverse_commit(commit, 0, None)
-        named = (OSTree.object_name_deserialize(key) for key in reachable)
-        return {checksum for checksum, kind in named if kind == OSTree.ObjectType.FILE}
+        named = [OSTree.object_name_deserialize(key) for key in reachable]
+        files = {checksum for checksum, kind in named if kind == OSTree.ObjectType.FILE}
+        metas = {checksum for checksum, kind in named if kind == OSTree.ObjectType.DIR_META}
+        return files, metas
 
-    def sync_pulled(self, commit: str, since: str) -> int:
+    def sync_pulled(
+        self, commit: str, since: str, remote_ref: tuple[str, str] | None = None
+    ) -> int:
         """Make durable what a pull made without syncing (``pull(sync=False)``): the objects
         ``commit`` reaches that ``since`` (the deployed commit, durable since its own pull)
-        does not, and the commit; the number of objects synced. A tree that cannot be read
-        so: the whole filesystem synced, as libostree would have."""
+        does not, the commit, then the state directory and ``remote_ref`` (remote, ref) the
+        pull moved; the number of objects synced. A tree that cannot be read so, or an object
+        that cannot be opened: the whole filesystem synced, as libostree would have (-1)."""
         from kiki_updater.objects import BadObject, added, commit_root, sync_objects
 
         objects = self.repo_path / "objects"
         try:
             new = added(objects, commit_root(self.repo, commit), commit_root(self.repo, since))
-        except (BadObject, lib().GLib.Error):
+            return sync_objects(self.repo_path, commit, new, remote_ref)
+        except (BadObject, OSError, lib().GLib.Error):
             syncfs(self.repo_path)
             return -1
-        return sync_objects(self.repo_path, commit, new)
 
     def prune(self) -> tuple[int, int]:
         """Delete every object no ref reaches (remote-tracking refs included): (objects, bytes).
