@@ -347,15 +347,17 @@ async def test_after_input_runs_once_a_reads_notifications_are_handled(tmp_path:
         seen.append(params["n"])
         after_input(flush)
 
-    async with running(path, methods), raw(path) as client:
-        lines = b"".join(
-            orjson.dumps({"jsonrpc": "2.0", "method": "note", "params": {"n": n}}) + b"\n"
-            for n in range(3)
-        )
-        client.writer.write(lines)  # one write: one read at the server
-        await client.writer.drain()
-        await bounded(flushed.wait())
-        assert seen == [0, 1, 2, "flush", "flush", "flush"]
+    lines = b"".join(
+        orjson.dumps({"jsonrpc": "2.0", "method": "note", "params": {"n": n}}) + b"\n"
+        for n in range(3)
+    )
+    async with running(path, methods):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.connect(os.fspath(path))  # the listener's backlog takes it: no wait
+            # All three in one send, before the server has read anything: one read there.
+            client.sendall(lines)
+            await bounded(flushed.wait())
+            assert seen == [0, 1, 2, "flush", "flush", "flush"]
 
 
 async def test_try_notify_many_writes_now_or_not_at_all(tmp_path: Path) -> None:

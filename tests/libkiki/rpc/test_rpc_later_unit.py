@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from libkiki.rpc import Reply, Sent, after_input
-from libkiki.rpc.later import input_ends, input_starts
+from libkiki.rpc.later import input_ends, input_starts, reading_input
 
 pytestmark = pytest.mark.unit
 
@@ -160,3 +160,17 @@ def test_after_input_waits_for_the_end_of_the_input_and_keeps_order(
     assert "after-input bug" in caplog.text
     after_input(lambda: calls.append("later"))
     assert calls[-1] == "later"
+
+
+def test_reading_input_tells_whether_after_input_would_wait() -> None:
+    ran: list[str] = []
+    assert not reading_input()
+    input_starts()
+    try:
+        assert reading_input()
+        after_input(lambda: ran.append("after"))
+        assert ran == []
+    finally:
+        input_ends()
+    assert ran == ["after"]
+    assert not reading_input()

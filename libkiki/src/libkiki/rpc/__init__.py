@@ -5,7 +5,8 @@
 * :mod:`libkiki.rpc.methods` -- method tables, the request context, the exception boundary.
 * :mod:`libkiki.rpc.later` -- :class:`Reply` and :class:`Sent`: answers that come later, settled
   in the turn of the event loop that has them (a server forwarding calls); :func:`after_input`:
-  work done once the chunk of input being read has been handled.
+  work done once the chunk of input being read has been handled (:func:`reading_input`: whether
+  one is).
 * :mod:`libkiki.rpc.connection` -- :class:`Connection`, the asyncio layer, on a socket or on a
   transport the caller makes (:data:`TransportFactory`); its reading paused and resumed, and
   descriptors the peer passes received (with :mod:`libkiki.rpc.fds`).
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from libkiki.rpc.later import Reply as Reply
     from libkiki.rpc.later import Sent as Sent
     from libkiki.rpc.later import after_input as after_input
+    from libkiki.rpc.later import reading_input as reading_input
     from libkiki.rpc.messages import Call as Call
     from libkiki.rpc.messages import RequestId as RequestId
     from libkiki.rpc.messages import error_line as error_line
@@ -56,6 +58,7 @@ _HOMES = {
     "after_input": "later",
     "connect_unix": "server",
     "error_line": "messages",
+    "reading_input": "later",
     "serve_unix": "server",
     "validate_request": "messages",
 }
@@ -76,6 +79,7 @@ __all__ = [
     "after_input",
     "connect_unix",
     "error_line",
+    "reading_input",
     "serve_unix",
     "validate_request",
 ]

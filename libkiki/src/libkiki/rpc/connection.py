@@ -89,7 +89,6 @@ from libkiki.rpc.methods import (
     dispatch,
     dispatch_now,
     finish,
-    replied,
     settled,
 )
 from libkiki.rpc.protocol import RpcCore
@@ -109,6 +108,13 @@ DEFAULT_REQUEST_TIMEOUT = 30.0
 _PROGRESS_QUEUE = 256  # progress notifications waiting for their callback
 _CLOSE_BOUND = 2.0  # seconds granted to cancelled handlers and to flushing at close
 _READ_SIZE = 64 * 1024  # bytes taken from the socket per read
+
+
+def _no_answer(method: str, limit: float) -> Timeout:
+    """What a request that got no answer within its timeout fails with."""
+    return Timeout(
+        f"no answer to {method} within {limit} s", data={"method": method, "timeout": limit}
+    )
 
 
 class _Wire(asyncio.BufferedProtocol):
@@ -249,8 +255,8 @@ class Connection:
         self._answered: list[int] = []  # slots answered while reading a chunk
         self._unreleased: list[int] = []  # answered as read, still in the transport's buffer
         self._rests: dict[int, Awaitable[Any]] = {}  # synchronous handlers' rests, not started
-        self._deferred: dict[int, asyncio.Future[Any]] = {}  # answers that are futures, by slot
-        self._replies: dict[int, Reply] = {}  # answers that are Replies, by slot
+        # Synchronous handlers' answers still to come, futures or Replies, by slot.
+        self._later: dict[int, asyncio.Future[Any] | Reply] = {}
         self._gone: KikiError | None = None  # why the connection ended; copied, never re-raised
         self._parting: KikiError | None = None  # a refusal the peer sent before it left
         self._closed = asyncio.Event()
@@ -395,8 +401,10 @@ class Connection:
         me = asyncio.current_task()
         try:
             running: list[asyncio.Future[Any]] = [t for t in self._tasks.values() if t is not me]
-            running.extend(self._deferred.values())
-            running.extend(r.waiter(self._loop) for r in self._replies.values())
+            running.extend(
+                a if isinstance(a, asyncio.Future) else a.waiter(self._loop)
+                for a in self._later.values()
+            )
             # Our own requests are running work too: a broker draining its callers waits for
             # the providers' answers to the calls it forwarded.
             running.extend(f for f in self._futures.values() if not f.done())
@@ -482,10 +490,8 @@ class Connection:
                 self._outgoing.release(1)
         except asyncio.CancelledError:
             if deadline.caused_cancellation():
-                raise Timeout(
-                    f"no answer to {method} within {limit} s",
-                    data={"method": method, "timeout": limit},
-                ) from None
+                assert limit is not None  # only a deadline with a limit expires
+                raise _no_answer(method, limit) from None
             raise
         finally:
             deadline.end()
@@ -529,12 +535,7 @@ class Connection:
             return  # answered, or cancelled with _request_done still to run: it tells the peer
         del self._futures[rid]
         self._abandon(rid, "timeout")
-        fut.set_exception(
-            Timeout(
-                f"no answer to {method} within {limit} s",
-                data={"method": method, "timeout": limit},
-            )
-        )
+        fut.set_exception(_no_answer(method, limit))
 
     def _request_done(
         self, rid: int, timer: asyncio.TimerHandle | None, fut: asyncio.Future[Any]
@@ -598,10 +599,7 @@ class Connection:
         if sent is None:
             return
         self._abandon(rid, "timeout")
-        error = Timeout(
-            f"no answer to {method} within {limit} s", data={"method": method, "timeout": limit}
-        )
-        sent.finish(None, error)
+        sent.finish(None, _no_answer(method, limit))
 
     def _cancel_sent(self, rid: int, sent: Sent) -> None:
         if self._sent.get(rid) is sent:
@@ -637,13 +635,8 @@ class Connection:
         is closed: for wake-up style messages that the sender coalesces and sends later, so a
         slow reader costs it nothing.
         """
-        transport = self._transport
-        if (
-            self._gone is not None
-            or transport is None
-            or transport.is_closing()
-            or transport.get_write_buffer_size()
-        ):
+        transport = self._idle_transport()
+        if transport is None:
             return False
         transport.write(self._core.notification(method, params))
         return True
@@ -652,6 +645,18 @@ class Connection:
         """:meth:`notify_many` now, if nothing is queued ahead: separate lines in one
         ``write()``, never waiting, never queued behind unsent bytes. False (and nothing sent)
         as for :meth:`try_notify`."""
+        transport = self._idle_transport()
+        if transport is None:
+            return False
+        notification = self._core.notification
+        data = b"".join([notification(method, params) for method, params in items])
+        if data:
+            transport.write(data)
+        return True
+
+    def _idle_transport(self) -> asyncio.Transport | None:
+        """The transport, if a write now would go out ahead of nothing: the connection is open
+        and the transport holds no unsent bytes (the try_notify methods')."""
         transport = self._transport
         if (
             self._gone is not None
@@ -659,12 +664,8 @@ class Connection:
             or transport.is_closing()
             or transport.get_write_buffer_size()
         ):
-            return False
-        notification = self._core.notification
-        data = b"".join([notification(method, params) for method, params in items])
-        if data:
-            transport.write(data)
-        return True
+            return None
+        return transport
 
     def set_write_limits(self, high: int, *, sndbuf: int | None = None) -> None:
         """Lower the write buffer's high-water mark (and the kernel's ``SO_SNDBUF``) so that a
@@ -778,19 +779,23 @@ class Connection:
             if self._transport is not None:
                 self._transport.abort()
         finally:
-            self._out = None
-            if out:
-                self._write_nowait(b"".join(out) if len(out) > 1 else out[0])
-            if self._answered:
-                if self._writing_paused():
-                    # Not taken yet: they count as in flight until the transport drains, as
-                    # answers written by tasks do (see _run).
-                    self._unreleased.extend(self._answered)
-                else:
-                    for slot in self._answered:
-                        self._core.release(slot)
-                self._answered.clear()
-            input_ends()  # libkiki.rpc.later.after_input's callbacks
+            try:
+                self._out = None
+                if out:
+                    self._write_nowait(b"".join(out) if len(out) > 1 else out[0])
+                if self._answered:
+                    if self._writing_paused():
+                        # Not taken yet: they count as in flight until the transport drains,
+                        # as answers written by tasks do (see _run).
+                        self._unreleased.extend(self._answered)
+                    else:
+                        for slot in self._answered:
+                            self._core.release(slot)
+                    self._answered.clear()
+            finally:
+                # Whatever happened above, the read is over: a depth left raised would hold
+                # every later after_input callback of this thread forever.
+                input_ends()  # libkiki.rpc.later.after_input's callbacks
 
     def _eof(self) -> None:
         if self._decoder.pending:
@@ -847,10 +852,8 @@ class Connection:
         for slot, task in self._tasks.items():
             if task is not me:
                 self._cancel(slot, task)
-        for answer in list(self._deferred.values()):
+        for answer in list(self._later.values()):
             answer.cancel()
-        for reply in list(self._replies.values()):
-            reply.cancel()
         self._closed.set()
 
     def _cancel(self, slot: int, task: asyncio.Task[None]) -> None:
@@ -892,9 +895,7 @@ class Connection:
                 sent.finish(event.result, event.error)
         elif isinstance(event, CancelRequested):
             task = self._tasks.get(event.slot)
-            answer: asyncio.Future[Any] | Reply | None = self._deferred.get(event.slot)
-            if answer is None:
-                answer = self._replies.get(event.slot)
+            answer = self._later.get(event.slot)
             if task is not None or answer is not None:
                 log.debug("%s: peer cancelled request %r: %s", self.name, event.id, event.reason)
             if task is not None:
@@ -987,12 +988,12 @@ class Connection:
                 return
             if isinstance(answer, Reply):
                 # Answered as the reply is settled, in that turn of the loop: no task either.
-                self._replies[event.slot] = answer
-                answer.bind(functools.partial(self._replied, event))
+                self._later[event.slot] = answer
+                answer.bind(functools.partial(self._settle, event))
                 return
             if isinstance(answer, asyncio.Future):
                 # Answered when the future is done, by its callback: no task either.
-                self._deferred[event.slot] = answer
+                self._later[event.slot] = answer
                 answer.add_done_callback(functools.partial(self._settle, event))
                 return
             if answer is not None:
@@ -1004,21 +1005,11 @@ class Connection:
         # handlers that never wait.
         self._tasks[event.slot] = self._loop.create_task(self._run(event, ctx))
 
-    def _settle(self, event: Incoming, answer: asyncio.Future[Any]) -> None:
-        """A synchronous handler's future is done: answer it (not if it was cancelled)."""
-        self._deferred.pop(event.slot, None)
+    def _settle(self, event: Incoming, answer: asyncio.Future[Any] | Reply) -> None:
+        """A synchronous handler's future or reply is done: answer it (not if it was
+        cancelled)."""
+        self._later.pop(event.slot, None)
         response = None if answer.cancelled() else settled(event.method, event.id, answer)
-        if (data := self._core.complete(event.slot, response)) is not None:
-            self._write_nowait(data)
-        if self._writing_paused():
-            self._unreleased.append(event.slot)  # in flight until written, as in _received
-        else:
-            self._core.release(event.slot)
-
-    def _replied(self, event: Incoming, reply: Reply) -> None:
-        """A synchronous handler's reply is settled: answer it (not if it was cancelled)."""
-        self._replies.pop(event.slot, None)
-        response = None if reply.cancelled() else replied(event.method, event.id, reply)
         if (data := self._core.complete(event.slot, response)) is not None:
             self._write_nowait(data)
         if self._out is not None:

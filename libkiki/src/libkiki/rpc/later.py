@@ -15,7 +15,9 @@ classes settle at once, in the turn that has the answer:
   :class:`asyncio.CancelledError` after :meth:`Sent.cancel`.
 * :func:`after_input` -- work best done once per read rather than once per message (writing
   what a chunk of notifications queued for other connections, batched): run when the chunk of
-  input being handled has been handled, in that same turn of the loop.
+  input being handled has been handled, in that same turn of the loop, in the order given.
+  :func:`reading_input` tells whether a chunk is being handled now (whether ``after_input``
+  would wait).
 
 Callbacks run synchronously, in whatever code settles the answer (a connection's reader, a
 timer): they must not block, and what they raise is logged, never passed on.
@@ -29,7 +31,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Done", "Reply", "Sent", "after_input"]
+__all__ = ["Done", "Reply", "Sent", "after_input", "reading_input"]
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +194,12 @@ def after_input(callback: Callable[[], None]) -> None:
         callback()
     except Exception:
         log.exception("an after-input callback failed")
+
+
+def reading_input() -> bool:
+    """Whether a connection of this thread's event loop is handling a chunk of input now: then
+    :func:`after_input` waits for its end, else it runs its callback at once."""
+    return _reading.depth > 0
 
 
 def input_starts() -> None:

@@ -51,7 +51,6 @@ __all__ = [
     "dispatch",
     "dispatch_now",
     "finish",
-    "replied",
     "settled",
 ]
 
@@ -142,28 +141,21 @@ async def finish(name: str, id: RequestId, pending: Awaitable[Any]) -> dict[str,
     return _response(id, ok, value)
 
 
-def settled(name: str, id: RequestId, done: asyncio.Future[Any]) -> dict[str, Any]:
-    """The response for a synchronous handler's rest that is a future, once it is done (and
-    not cancelled): :func:`finish` without the wait."""
-    try:
-        ok, value = _success(done.result())
-    except Exception as exc:
-        ok, value = _failure(name, exc)
-    return _response(id, ok, value)
-
-
-def replied(name: str, id: RequestId, reply: Reply) -> dict[str, Any]:
-    """The response for a synchronous handler's :class:`~libkiki.rpc.later.Reply`, once it is
-    answered (not cancelled): what the handler would have returned or raised."""
-    ok, value = reply.outcome()
-    if ok:
-        try:
-            ok, value = _success(value)
-        except Exception as exc:
-            ok, value = _failure(name, exc)
+def settled(name: str, id: RequestId, done: asyncio.Future[Any] | Reply) -> dict[str, Any]:
+    """The response for a synchronous handler's rest that needs no task, once it is done (and
+    not cancelled): a future (:func:`finish` without the wait) or a
+    :class:`~libkiki.rpc.later.Reply`; what the handler would have returned or raised."""
+    if isinstance(done, Reply):
+        ok, value = done.outcome()
     else:
-        ok, value = _failure(name, value)
-    return _response(id, ok, value)
+        error = done.exception()
+        ok, value = (True, done.result()) if error is None else (False, error)
+    if not ok:
+        return _response(id, *_failure(name, value))
+    try:
+        return _response(id, *_success(value))
+    except Exception as exc:
+        return _response(id, *_failure(name, exc))
 
 
 async def _wait(reply: Reply) -> Any:
@@ -399,7 +391,7 @@ def dispatch_now(
 ) -> dict[str, Any] | Awaitable[Any] | Reply | None:
     """Run a request for a synchronous handler right here, if it is one whose params certainly
     bind: its response dict, the :class:`~libkiki.rpc.later.Reply` it returned (answered with
-    :func:`replied`), or the awaitable it returned (to be finished with :func:`finish`). None
+    :func:`settled`), or the awaitable it returned (to be finished with :func:`finish`). None
     when the request is not for such a handler (nothing has run: use :func:`dispatch`)."""
     name = message["method"]
     func = methods._sync.get(name)
