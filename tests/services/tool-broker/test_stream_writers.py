@@ -1,7 +1,8 @@
 """A connection's stream writer against a real socket, without the broker: the fan-out's queues
 written as separate notification lines, every ready subscription in turn (at most
 ``PER_SUB_ITEMS`` each), in ``seq`` order per subscription; what finds the writer idle and the
-transport empty written once the input being read is handled; closing the writer stops it."""
+transport empty written once the input being read is handled, or in the next turn outside a
+read; a writer that fails does not hold up the others; closing the writer stops it."""
 
 from __future__ import annotations
 
@@ -129,8 +130,13 @@ async def test_what_finds_the_writer_idle_is_written_once_the_input_is_handled(
                 if isinstance(action, Readable):
                     writers.readable(action.conn, action.sub)
 
-        # No input being read: written in the call itself, nothing left for the task.
+        # No input being read (a request's task queued it): not written in the call itself,
+        # which comes before the answer the task is writing, but in the next turn of the event
+        # loop, by the flush rather than by the task.
         carry(fanout.upstream_opened(upstreams[0]))
+        assert counters["stream_notifications"] == 0
+        assert list(writer.ready) == [a]
+        await asyncio.sleep(0)  # one turn: the flush was scheduled before this task's wake-up
         assert counters["stream_notifications"] == 1
         assert not writer.wake.is_set()
         assert not writer.ready
@@ -200,6 +206,7 @@ async def test_a_connection_behind_leaves_the_item_to_the_task() -> None:
             for action in fanout.upstream_opened(upstream):
                 if isinstance(action, Readable):
                     writers.readable(action.conn, action.sub)
+            await asyncio.sleep(0)  # outside a read: flushed in the next turn
             writer = writers.writers[CLIENT]
             assert writer.wake.is_set()
             assert list(writer.ready) == [subscribed.sub]
@@ -207,3 +214,106 @@ async def test_a_connection_behind_leaves_the_item_to_the_task() -> None:
             writers.close(CLIENT)
     finally:
         theirs.close()
+
+
+async def _line_server(
+    path: Path,
+) -> tuple[asyncio.Server, asyncio.Queue[tuple[int, dict[str, Any]]]]:
+    """A server on ``path`` that puts every line it reads in one queue, with the number of the
+    connection (in accepting order) it came on."""
+    lines: asyncio.Queue[tuple[int, dict[str, Any]]] = asyncio.Queue()
+    accepted = iter(range(1 << 30))
+
+    async def reader(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        n = next(accepted)
+        while line := await r.readline():
+            lines.put_nowait((n, orjson.loads(line)))
+
+    return await asyncio.start_unix_server(reader, str(path)), lines
+
+
+async def test_a_read_writes_what_it_queued_even_with_a_flush_due_next_turn(
+    sockdir: Path,
+) -> None:
+    server, lines = await _line_server(sockdir / "peer.sock")
+    fanout = StreamFanout(max_queue_messages=64)
+    fanout.declare(PROVIDER, [NSID])
+    counters: Counter[str] = Counter()
+    writers = StreamWriters(fanout, counters)
+    async with server, connect_unix(sockdir / "peer.sock") as conn:
+        upstreams = []
+        for room in "ab":
+            fanout.subscribe(CLIENT, NSID, {"room": room})
+            upstreams += [u for u, (_, _, p) in fanout.upstreams().items() if p == {"room": room}]
+        writers.open(CLIENT, conn)
+        for action in fanout.upstream_opened(upstreams[0]):  # outside a read: next turn
+            if isinstance(action, Readable):
+                writers.readable(action.conn, action.sub)
+        assert counters["stream_notifications"] == 0
+        # A read that makes another subscription readable before that turn: written at its
+        # end (with what was due), before anything the read answers, not a turn after it.
+        input_starts()
+        for action in fanout.upstream_opened(upstreams[1]):
+            if isinstance(action, Readable):
+                writers.readable(action.conn, action.sub)
+        input_ends()
+        assert counters["stream_notifications"] == 2
+        got = [(await asyncio.wait_for(lines.get(), 10))[1] for _ in range(2)]
+        assert [m["method"] for m in got] == ["kiki/streamStatus", "kiki/streamStatus"]
+        await asyncio.sleep(0)  # the next turn's flush finds nothing left
+        assert counters["stream_notifications"] == 2
+        assert not writers.writers[CLIENT].wake.is_set()
+        writers.close(CLIENT)
+
+
+class _FaultyOnce(StreamFanout):
+    """A fan-out whose first drain of ``bad`` raises: a fault in writing one connection."""
+
+    bad = -1
+
+    def drain(self, sub: int, max_items: int | None = None) -> list[Any]:
+        if sub == self.bad:
+            self.bad = -1
+            raise RuntimeError("drain fault")
+        return super().drain(sub, max_items)
+
+
+async def test_a_writer_that_fails_leaves_the_others_written_and_its_task_woken(
+    sockdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server, lines = await _line_server(sockdir / "peer.sock")
+    fanout = _FaultyOnce(max_queue_messages=64)
+    fanout.declare(PROVIDER, [NSID])
+    counters: Counter[str] = Counter()
+    writers = StreamWriters(fanout, counters)
+    other = CLIENT + 1
+    async with (
+        server,
+        connect_unix(sockdir / "peer.sock") as first,
+        connect_unix(sockdir / "peer.sock") as second,
+    ):
+        bad, _ = fanout.subscribe(CLIENT, NSID, {"room": "a"})
+        good, _ = fanout.subscribe(other, NSID, {"room": "a"})
+        (upstream,) = fanout.upstreams()
+        writers.open(CLIENT, first)
+        writers.open(other, second)
+        fanout.bad = bad.sub
+        held = fanout.upstream_opened(upstream) + fanout.publish(PROVIDER, upstream, {"n": 1})
+        input_starts()
+        for action in held:
+            if isinstance(action, Readable):
+                writers.readable(action.conn, action.sub)
+        # The failing writer comes first in the flush.
+        assert list(writers._due) == [CLIENT, other]
+        input_ends()
+        assert "drain fault" in caplog.text
+        assert counters["stream_notifications"] == 2  # the other's, written all the same
+        assert writers.writers[CLIENT].wake.is_set()  # the failed one's task takes it over
+        got = [await asyncio.wait_for(lines.get(), 10) for _ in range(4)]
+        by_sub: dict[int, list[str]] = {}
+        for _, m in got:
+            by_sub.setdefault(m["params"]["subscription"], []).append(m["method"])
+        assert by_sub == {s: ["kiki/streamStatus", "kiki/event"] for s in (bad.sub, good.sub)}
+        await until(lambda: counters["stream_notifications"] == 4, "the task wrote it")
+        writers.close(CLIENT)
+        writers.close(other)

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kiki_tool_broker.calls import Admitted, Answer, AuditRecord, Calls, Joining
-from libkiki.rpc import Connection, Reply, RequestContext, Sent
+from libkiki.rpc import Connection, Reply, RequestContext, Sent, after_input
 
 
 class Forwarder:
@@ -173,7 +173,13 @@ class Forwarder:
         """The tool's side of a call that was not answered at once is over (a provider's
         reply, its error, or CancelledError: the caller cancelled or left, and there is nobody
         to answer): audit it, then answer the caller. An error of the audit itself (a full
-        disk) is the caller's answer too: an internal error."""
+        disk) is the caller's answer too: an internal error.
+
+        The answer is settled once the provider's read that brought the reply is handled
+        (:func:`~libkiki.rpc.after_input`), still in that turn of the event loop: what the
+        provider wrote before its reply in that read (a ``kiki/emit``) is written to its
+        subscribers first (their flush was queued at the emit), so a subscriber that is also
+        the caller reads them in the order the provider wrote them."""
         self._detached.pop(answer, None)
         if isinstance(error, asyncio.CancelledError):
             try:
@@ -186,15 +192,13 @@ class Forwarder:
             self._write(settled)
         except Exception as exc:  # a full disk
             self.settled(call, None)
-            if not answer.done():
-                answer.set_exception(exc)
+            after_input(functools.partial(_fail, answer, exc))
             return
-        if not answer.done():
-            if settled.error is not None:
-                answer.set_exception(settled.error)
-            else:
-                assert settled.result is not None
-                answer.set_result(settled.result)
+        if settled.error is not None:
+            after_input(functools.partial(_fail, answer, settled.error))
+        else:
+            assert settled.result is not None
+            after_input(functools.partial(_answer, answer, settled.result))
         self.settled(call, settled)
 
     async def finish(self) -> None:
@@ -227,3 +231,13 @@ class Forwarder:
             timeout=self.calls.config.call_timeout,
             on_progress=relay if request.progress_token is not None else None,
         )
+
+
+def _answer(answer: Reply, result: Any) -> None:
+    if not answer.done():  # else cancelled meanwhile: the caller left or gave up
+        answer.set_result(result)
+
+
+def _fail(answer: Reply, error: Exception) -> None:
+    if not answer.done():
+        answer.set_exception(error)

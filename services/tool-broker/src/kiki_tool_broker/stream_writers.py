@@ -8,9 +8,13 @@ has more) and sends up to :data:`WRITE_ITEMS` of them as separate lines in one `
 (:meth:`libkiki.rpc.Connection.notify_many`; not a JSON-RPC batch, which a peer counts against
 its in-flight limit all at once), waiting only while the transport is paused: a subscriber that
 does not read holds its own writer and its own bounded queue, nothing else. When the task is
-idle and the connection's transport empty, that same turn is written at once instead, as soon
-as the provider's read that brought the messages has been handled, without the task's turn of
-the event loop.
+idle and the connection's transport empty, that same turn is written without the task's turn
+of the event loop instead: as soon as the provider's read that brought the messages has been
+handled (so that what the provider wrote after them in that read, its answer to a call, is
+written after them too), or, for messages queued outside any read (by a request's task: a
+``kiki/subscribe`` queueing its subscription's status and the audit line of the subscribe),
+in the next turn of the event loop (so that the answer the task writes in its own turn, the one
+that names the subscription, goes first).
 
 MCP hosts are not written their items: they are woken (``notifications/resources/updated``,
 :meth:`StreamWriters.send_soon`) and read them (:mod:`kiki_tool_broker.mcp_resources`).
@@ -27,7 +31,7 @@ import orjson
 
 from kiki_tool_broker.streams import Ended, Item, Lost, Message, Status, StreamFanout
 from libkiki.errors import KikiError, PeerGone
-from libkiki.rpc import Connection, after_input
+from libkiki.rpc import Connection, after_input, reading_input
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +64,11 @@ class StreamWriters:
         self.counters = counters
         self.writers: dict[int, _Writer] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._due: dict[int, None] = {}  # writers with something new, flushed after the input
-        self._flush_due = False
+        self._due: dict[int, None] = {}  # writers with something new, to flush
+        # A flush is queued after the input being read, or in the next turn of the event loop.
+        self._flush_after_input = False
+        self._flush_soon = False
+        self._loop: asyncio.AbstractEventLoop | None = None  # the writers' (set by open)
 
     def __len__(self) -> int:
         return len(self.writers)
@@ -69,13 +76,18 @@ class StreamWriters:
     def open(self, cid: int, conn: Connection) -> None:
         """``conn`` has subscriptions: it gets a writer (once)."""
         if cid not in self.writers:
+            if self._loop is None:
+                # Looked up once: on 3.11 every get_running_loop() is a getpid() system call.
+                self._loop = asyncio.get_running_loop()
             writer = self.writers[cid] = _Writer(conn)
-            writer.task = asyncio.get_running_loop().create_task(self._write_loop(writer))
+            writer.task = self._loop.create_task(self._write_loop(writer))
 
     def readable(self, cid: int, sub: int) -> None:
         """``sub``'s queue has something: its writer takes it in turn. Unless the writer's task
         is due already, the writer is flushed once the input being read now has been handled
-        (:func:`libkiki.rpc.after_input`: every message of a provider's read queued first)."""
+        (:func:`libkiki.rpc.after_input`: every message of a provider's read queued first, and
+        written before what the read answers), or, outside a read, in the next turn of the
+        event loop (after the answer the running task is writing)."""
         writer = self.writers.get(cid)
         if writer is None:
             return
@@ -83,20 +95,41 @@ class StreamWriters:
         if writer.wake.is_set():
             return
         self._due[cid] = None
-        if not self._flush_due:
-            self._flush_due = True
-            after_input(self._flush)
+        if reading_input():
+            # Also when a flush is queued for the next turn already: this read's answers are
+            # written at its end, and what it queued must not come after them.
+            if not self._flush_after_input:
+                self._flush_after_input = True
+                after_input(self._flushed_after_input)
+        elif not self._flush_soon:
+            assert self._loop is not None  # a writer was opened
+            self._flush_soon = True
+            self._loop.call_soon(self._flushed_soon)
+
+    def _flushed_after_input(self) -> None:
+        self._flush_after_input = False
+        self._flush()
+
+    def _flushed_soon(self) -> None:
+        self._flush_soon = False
+        self._flush()
 
     def _flush(self) -> None:
         """Write what the due writers have, now, where :meth:`_write_now` can; else their
         tasks take it."""
-        self._flush_due = False
         due, self._due = self._due, {}
         for cid in due:
             writer = self.writers.get(cid)
             if writer is None or not writer.ready or writer.wake.is_set():
                 continue
-            if not self._write_now(writer):
+            try:
+                written = self._write_now(writer)
+            except Exception:
+                # A fault, not a state (what it had taken is gone, logged): the others are
+                # still written, and this one's task carries on with the rest of its queues.
+                log.exception("%s: writing its streams failed", writer.conn.name)
+                written = False
+            if not written:
                 writer.wake.set()
 
     def _write_now(self, writer: _Writer) -> bool:
@@ -123,8 +156,11 @@ class StreamWriters:
         notes: list[tuple[str, dict[str, Any]]] = []
         while ready and len(notes) < WRITE_ITEMS:
             sub = next(iter(ready))
+            items = fanout.drain(sub, PER_SUB_ITEMS)
+            # Out of line only once drained: a drain that raises leaves it ready, or nothing
+            # would ever take what it has (a queue not empty makes no new Readable).
             del ready[sub]
-            notes.extend(note(item) for item in fanout.drain(sub, PER_SUB_ITEMS))
+            notes.extend(note(item) for item in items)
             if fanout.pending(sub):
                 ready[sub] = None
         return notes
@@ -149,6 +185,8 @@ class StreamWriters:
             return
         except KikiError as exc:
             log.info("%s: stopped writing its streams: %s", conn.name, exc)
+        except Exception:
+            log.exception("%s: stopped writing its streams", conn.name)
 
     def send_soon(self, conn: Connection, method: str, params: dict[str, Any]) -> None:
         """A wake-up notification (an MCP host's ``resources/updated``): now if the transport
