@@ -512,14 +512,9 @@ class Connection:
         Either that or cancelling the future tells the peer (``notifications/cancelled``).
         """
         limit = self._limit(timeout)
-        self._check_open()
-        if self._paused is not None or not self._outgoing.try_acquire(1):
+        if (started := self._start_nowait(method, params)) is None:
             return None
-        try:
-            rid, data = self._core.request(method, params)
-        except BaseException:
-            self._outgoing.release(1)
-            raise
+        rid, data = started
         fut: asyncio.Future[Any] = self._loop.create_future()
         self._futures[rid] = fut
         timer = None
@@ -528,6 +523,18 @@ class Connection:
         fut.add_done_callback(functools.partial(self._request_done, rid, timer))
         self._write_nowait(data)
         return fut
+
+    def _start_nowait(self, method: str, params: Params | None) -> tuple[int, bytes] | None:
+        """A request's id and bytes with its in-flight slot taken, or None when it would have
+        to wait (every slot taken, or the peer is not reading what we write)."""
+        self._check_open()
+        if self._paused is not None or not self._outgoing.try_acquire(1):
+            return None
+        try:
+            return self._core.request(method, params)
+        except BaseException:
+            self._outgoing.release(1)
+            raise
 
     def _expire(self, rid: int, method: str, limit: float) -> None:
         fut = self._futures.get(rid)
@@ -561,14 +568,9 @@ class Connection:
         (the peer is then told, as for a cancelled future). None, and nothing sent, when it
         would have to wait."""
         limit = self._limit(timeout)
-        self._check_open()
-        if self._paused is not None or not self._outgoing.try_acquire(1):
+        if (started := self._start_nowait(method, params)) is None:
             return None
-        try:
-            rid, data = self._core.request(method, params)
-        except BaseException:
-            self._outgoing.release(1)
-            raise
+        rid, data = started
         timer = None
         if limit is not None:
             timer = self._loop.call_at(
