@@ -39,7 +39,7 @@ test-deps:
     scripts/install-test-deps
     scripts/install-node-deps
 
-# Everything: all tiers (with branch coverage), then the fast tiers on the image's Python
+# Everything: all tiers (with branch coverage), then the unit tier on the image's Python
 # (3.13), lint and gen check
 test *ARGS: sync test-deps
     {{just_executable()}} test-coverage {{ARGS}}
@@ -58,7 +58,7 @@ test-coverage *ARGS: sync
     {{venv}}/bin/coverage erase
     status=0
     mapfile -t args < <(scripts/test-paths {{ARGS}})
-    {{venv}}/bin/coverage run -m pytest "${args[@]}" || status=$?
+    {{venv}}/bin/coverage run -m pytest --durations=25 "${args[@]}" || status=$?
     {{venv}}/bin/coverage combine -q
     if [ "$status" -ne 0 ]; then exit "$status"; fi
     if [ -z "{{ARGS}}" ]; then
@@ -68,7 +68,9 @@ test-coverage *ARGS: sync
     fi
 
 # .venv-3.13 is synced from the same uv.lock. Skipped, saying why, when there is no 3.13 here.
-# Fast tiers on CPython 3.13, the image's Python (python3.13 on PATH or in pyenv)
+# The unit tier (tier 1, protocol cores and pure functions: about a minute) on CPython 3.13, the
+# image's Python (python3.13 on PATH or in pyenv). The integration tier already runs once, on
+# 3.11, under coverage; running it twice cost CI twelve minutes on a busy 2-core machine.
 test-image-python *ARGS:
     #!/usr/bin/env bash
     set -euo pipefail
@@ -83,10 +85,10 @@ test-image-python *ARGS:
         echo "test-image-python: SKIPPED, no CPython 3.13 on this machine (python3.13 on PATH or in pyenv); the image's Python is not tested" >&2
         exit 0
     fi
-    echo "== fast tiers on $("$py" --version) ($py)"
+    echo "== unit tier on $("$py" --version) ($py)"
     UV_PROJECT_ENVIRONMENT={{justfile_directory()}}/.venv-3.13 {{uv}} sync --frozen --all-packages --quiet -p "$py"
     mapfile -t args < <(scripts/test-paths {{ARGS}})
-    {{justfile_directory()}}/.venv-3.13/bin/pytest -m "not system and not interop" "${args[@]}"
+    {{justfile_directory()}}/.venv-3.13/bin/pytest -m unit "${args[@]}"
 
 # Only the fast tiers, unit and integration (no booted systemd, no third-party peers); paths are
 # relative to tests/, e.g. `just test-fast services/tool-broker`
