@@ -12,6 +12,13 @@ mpv-mpris playing a generated tone:
             call through the broker, without a provider or a bus
   hops      dev.kiki.media.nowPlaying through the broker and the gateway: the two JSON-RPC hops
             of the gateway path, without its D-Bus call (the gateway answers from its state)
+  least     the least gateway (least_gateway.py, a floor row): the same chain with the gateway
+            replaced by the least Python process that can do the job at all: registered on the
+            real broker as a provider (with play's lexicon, under dev.kiki.bench.leastPlay),
+            it makes the same dbus-fast Play to mpv's unique name and answers from the reply's
+            callback (sender checked, a deadline); no player tracking, no task per call. Its
+            ratio to direct is the floor of any Python gateway here: over 3x, the goal is
+            floor-bound (the run says so)
   direct    the same MPRIS Play, sent to mpv with dbus-fast from this process
   after_hop the same direct Play, each one made right after an (untimed) nowPlaying through the
             broker and the gateway: the D-Bus call as the gateway path makes it, with the bus
@@ -23,7 +30,8 @@ p50/p99 of each, and the ratios (goals: gateway <= 3x direct at p50, >= 10x fast
 playerctl). Play is idempotent while mpv plays, so every call does the same work. The same
 run's floor: the gateway path is its two hops and a D-Bus call, so it cannot be faster than
 hops + direct; gateway - hops is what the D-Bus call costs inside the gateway, beside direct
-and beside after_hop (hops + after_hop is the floor with the D-Bus call made as in the path).
+and beside after_hop (hops + after_hop is the floor with the D-Bus call made as in the path);
+gateway - least is what the real gateway does beyond the least one.
 
 Flood: the hostile test player sends PropertiesChanged at 10 000/s for S seconds while one
 subscriber reads dev.kiki.media.subscribePlayback: the CPU time the gateway and the player
@@ -37,6 +45,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import statistics
 import subprocess
@@ -56,6 +65,10 @@ from proc_cpu import cpu_seconds  # noqa: E402
 from kikitest.dbus_fixtures import Stack, _gateway, start_hostile, start_mpv, stop  # noqa: E402
 from libkiki.errors import KikiError  # noqa: E402
 from libkiki.tools import ToolClient  # noqa: E402
+
+LEAST = Path(__file__).resolve().with_name("least_gateway.py")
+LEAST_NSID = "dev.kiki.bench.leastPlay"
+GOAL = 3.0
 
 
 def pct(samples: list[float], q: float) -> float:
@@ -95,6 +108,7 @@ async def latency(stack: Stack, calls: int, spawns: int) -> dict[str, list[float
         "gateway": [],
         "broker": [],
         "hops": [],
+        "least": [],
         "direct": [],
         "after_hop": [],
         "playerctl": [],
@@ -102,10 +116,13 @@ async def latency(stack: Stack, calls: int, spawns: int) -> dict[str, list[float
     mpv = {"player": "mpv"}
     async with ToolClient(stack.tools, timeout=10) as tools:
         await wait_for(tools, "mpv")
+        answer = await tools.call("dev.kiki.media.play", mpv)
+        least = start_least(stack, answer)
         for _ in range(20):  # warm every path
             await tools.call("dev.kiki.media.play", mpv)
             await tools.call("dev.kiki.service.getInfo")
             await tools.call("dev.kiki.media.nowPlaying", mpv)
+            await tools.call(LEAST_NSID, mpv)
         for _ in range(calls):
             start = time.perf_counter()
             await tools.call("dev.kiki.media.play", mpv)
@@ -116,6 +133,10 @@ async def latency(stack: Stack, calls: int, spawns: int) -> dict[str, list[float
             start = time.perf_counter()
             await tools.call("dev.kiki.media.nowPlaying", mpv)
             out["hops"].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            await tools.call(LEAST_NSID, mpv)
+            out["least"].append(time.perf_counter() - start)
+    stop_least(least)
     bus = await MessageBus(bus_address=stack.address).connect()
     try:
         for _ in range(20):
@@ -141,6 +162,34 @@ async def latency(stack: Stack, calls: int, spawns: int) -> dict[str, list[float
         bus.disconnect()
     out["playerctl"] = spawn_playerctl(stack, spawns)
     return out
+
+
+def start_least(stack: Stack, answer: Any) -> subprocess.Popen[str]:
+    """``least_gateway.py`` registered on the broker as LEAST_NSID, answering ``answer``."""
+    proc = subprocess.Popen(
+        [sys.executable, str(LEAST), stack.address, str(stack.tools), "mpv", LEAST_NSID],
+        env=stack.env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    proc.stdin.write(json.dumps(answer) + "\n")
+    proc.stdin.flush()
+    if proc.stdout.readline().strip() != "ready":
+        stop(proc)
+        raise SystemExit("the least gateway did not register")
+    return proc
+
+
+def stop_least(proc: subprocess.Popen[str]) -> None:
+    assert proc.stdin is not None
+    proc.stdin.close()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        stop(proc)
 
 
 def spawn_playerctl(stack: Stack, spawns: int) -> list[float]:
@@ -236,6 +285,16 @@ def main() -> None:
         "  floor with the D-Bus call as the path makes it (hops + after_hop) / direct: "
         f"{(p50['hops'] + p50['after_hop']) / p50['direct']:.2f}x"
     )
+    least = p50["least"] / p50["direct"]
+    print(
+        f"  least gateway / direct: {least:.2f}x; gateway - least gateway: "
+        f"{(p50['gateway'] - p50['least']) * 1e6:.0f} us (the real gateway's own work)"
+    )
+    if least > GOAL:
+        print(
+            f"  floor-bound: the least Python gateway is {least:.2f}x direct, over the "
+            f"{GOAL:g}x goal, in this run"
+        )
     print("\nflood of PropertiesChanged, one subscriber:")
     for i, r in enumerate(floods["rounds"], 1):
         print(
