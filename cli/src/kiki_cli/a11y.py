@@ -302,8 +302,15 @@ def run_capture(args: argparse.Namespace) -> int:
         done = asyncio.Event()
         seen = 0
 
+        answered_hello = False
+
         def record(frame: bytes) -> None:
-            nonlocal seen
+            nonlocal seen, answered_hello
+            if not answered_hello:
+                # The server's first frame answers the Hello (or refuses the connection, which
+                # entering the client raises); the capture starts at the snapshot after it.
+                answered_hello = True
+                return
             if args.count and seen >= args.count:
                 return
             out.write(struct.pack("<I", len(frame)) + frame)
@@ -312,9 +319,9 @@ def run_capture(args: argparse.Namespace) -> int:
             if args.count and seen >= args.count:
                 done.set()
 
-        async with _client(args) as client:
-            client.on_frame = record
-            await client.subscribe(apps=args.app)
+        client = _subscribed(args, args.app)
+        client.on_frame = record  # before entering: the snapshot comes with the Hello's answer
+        async with client:
             closed = asyncio.ensure_future(client.closed.wait())
             stop = asyncio.ensure_future(done.wait())
             try:

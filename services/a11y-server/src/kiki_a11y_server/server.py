@@ -53,12 +53,39 @@ class Peer:
     # Actions forwarded to this peer as an app: our request id -> the requester's future.
     awaiting: dict[int, asyncio.Future[wire.Message]] = field(default_factory=dict)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    # While the requests of one read are answered, their frames wait here and go out in one
+    # write (a Hello's answer and the snapshot of the Subscribe sent with it reach the peer
+    # together); None: written at once.
+    held: list[bytes] | None = None
+    held_bytes: int = 0
 
     def write(self, payload: bytes) -> None:
-        if not self.writer.transport.is_closing():
+        self.send(_LEN.pack(len(payload)) + payload)
+
+    def send(self, data: bytes) -> None:
+        """Framed bytes, after everything sent before them."""
+        if self.held is not None:
+            self.held.append(data)
+            self.held_bytes += len(data)
+        elif not self.writer.transport.is_closing():
             # One write(), not writelines(): CPython 3.13's writelines() never pauses the
             # protocol, so drain() would not wait for a peer that does not read.
-            self.writer.write(_LEN.pack(len(payload)) + payload)
+            self.writer.write(data)
+
+    def hold(self) -> None:
+        """Frames sent from now on wait for :meth:`release` (no await in between)."""
+        self.held = []
+        self.held_bytes = 0
+
+    def release(self) -> None:
+        held, self.held = self.held, None
+        self.held_bytes = 0
+        if held and not self.writer.transport.is_closing():
+            self.writer.write(held[0] if len(held) == 1 else b"".join(held))
+
+    def buffered(self) -> int:
+        """Bytes written and not yet taken by the peer's socket, held ones included."""
+        return self.writer.transport.get_write_buffer_size() + self.held_bytes
 
 
 class A11yServer:
@@ -127,27 +154,35 @@ class A11yServer:
         conn, cred, writer = peer.session.conn, peer.session.cred, peer.writer
         counters = self.ctx.counters
         while data := await reader.read(65536):
-            for event in conn.receive_data(data):
-                if isinstance(event, Violation):
-                    counters["protocol_errors"] += 1
-                    log.info("peer %s: %s", cred.describe(), event.error)
-                    peer.write(event.reply[4:])
-                    if event.fatal:
-                        await writer.drain()
-                        return
-                elif isinstance(event, Request):
-                    counters["requests"] += 1
-                    self._request(peer, event.message, tg)
-                    # One read holds hundreds of requests, each answer up to a thousand nodes:
-                    # a peer that asks and does not read waits here, not in our memory.
-                    if writer.transport.get_write_buffer_size() > self.config.write_buffer:
-                        await writer.drain()
-                elif isinstance(event, Answer):
-                    fut = peer.awaiting.pop(event.message.request_id, None)
-                    if fut is not None and not fut.done():
-                        fut.set_result(event.message)
-                else:
-                    counters["stray_answers"] += 1
+            peer.hold()
+            try:
+                for event in conn.receive_data(data):
+                    if isinstance(event, Violation):
+                        counters["protocol_errors"] += 1
+                        log.info("peer %s: %s", cred.describe(), event.error)
+                        peer.write(event.reply[4:])
+                        if event.fatal:
+                            peer.release()
+                            await writer.drain()
+                            return
+                    elif isinstance(event, Request):
+                        counters["requests"] += 1
+                        self._request(peer, event.message, tg)
+                        # One read holds hundreds of requests, each answer up to a thousand
+                        # nodes: a peer that asks and does not read waits here, not in our
+                        # memory.
+                        if peer.buffered() > self.config.write_buffer:
+                            peer.release()
+                            await writer.drain()
+                            peer.hold()
+                    elif isinstance(event, Answer):
+                        fut = peer.awaiting.pop(event.message.request_id, None)
+                        if fut is not None and not fut.done():
+                            fut.set_result(event.message)
+                    else:
+                        counters["stray_answers"] += 1
+            finally:
+                peer.release()
             await writer.drain()
         if (leftover := conn.eof()) is not None:
             counters["protocol_errors"] += 1
@@ -190,11 +225,10 @@ class A11yServer:
         parts: list[bytes] = []
         for frame in frames:
             parts += (_LEN.pack(len(frame)), frame)
-        transport = peer.writer.transport
-        if transport.is_closing():
+        if peer.writer.transport.is_closing():
             return
-        transport.write(b"".join(parts))  # not writelines(): see Peer.write
-        if transport.get_write_buffer_size() > self.config.write_buffer:
+        peer.send(b"".join(parts))
+        if peer.buffered() > self.config.write_buffer:
             peer.blocked = True
             peer.wake.set()
             if peer.pump is None and peer.tg is not None:
