@@ -45,3 +45,22 @@ def test_a_process_that_exits_while_its_cgroup_is_read_is_told(tmp_path: Path) -
     child.wait()
     with pytest.raises(ProcessLookupError):
         process_app(child.pid, os.getuid(), tmp_path, pidfd=pidfd)
+
+
+def test_a_cgroup_file_longer_than_one_read_is_read_whole(tmp_path: Path) -> None:
+    # cgroup v1 hierarchies first, each line with a long path: the unified line comes last.
+    lines = [f"{i}:controller{i}:/{'x' * 200}/{i}" for i in range(1, 80)]
+    text = "\n".join([*lines, "0::/system.slice/kiki-a11y-server.service", ""])
+    assert len(text) > 3 * 4096
+    (tmp_path / str(os.getpid())).mkdir()
+    (tmp_path / str(os.getpid()) / "cgroup").write_text(text)
+    assert process_app(os.getpid(), os.getuid(), tmp_path) == (
+        "kiki-a11y-server",
+        "kiki-a11y-server.service",
+        None,
+    )
+
+
+def test_a_hidden_cgroup_gives_no_app_id_to_a_live_process(tmp_path: Path) -> None:
+    # /proc mounted hidepid=, or ProtectProc=: the process is alive, its cgroup unreadable.
+    assert process_app(os.getpid(), os.getuid(), tmp_path) == (None, None, None)
