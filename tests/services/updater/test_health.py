@@ -53,7 +53,8 @@ def setup(tmp_path: Path, device: Path) -> tuple[Operations, Remote, Path, Path]
     repo = tmp_path / "published"
     tree = make_app_tree(tmp_path / "tree", APP, "1.0")
     release(repo, tree, "1.0", "exit 0")
-    updater = Operations(Store(device), health=HealthGate())
+    # a child of the updater's wherever the tests run (a transient unit: tests/units/)
+    updater = Operations(Store(device), health=HealthGate(runner="process"))
     remote = Remote.of("local", str(repo), ed25519_keys=(PUBLIC,))
     first = in_worker(updater.install, "app", APP, remote)
     assert first.version == "1.0"
@@ -74,7 +75,9 @@ def test_a_failing_health_check_puts_the_previous_commit_back(
     bad = release(repo, tree, "1.1", check, deadline)
     with pytest.raises(HealthFailed, match=said) as failed:
         in_worker(updater.install, "app", APP, remote, update=True)
-    assert failed.value.data == {"error": "HealthFailed", "commit": bad}
+    ran = {"ran": "process", **({"uid": _app_uid(updater)} if os.geteuid() == 0 else {})}
+    assert failed.value.data == {"error": "HealthFailed", "commit": bad, "health": ran}
+    assert "(in a child process)" in str(failed.value)
     after = updater.store.deployed("app", APP)
     assert after is not None
     assert (after.commit, after.version) == (before.commit, "1.0")
@@ -95,7 +98,32 @@ def test_a_passing_health_check_keeps_the_new_commit(
 ) -> None:
     updater, remote, repo, tree = setup
     good = release(repo, tree, "1.1", "exit 0")
-    assert in_worker(updater.install, "app", APP, remote, update=True).commit == good
+    phases: list[tuple[str, dict[str, Any]]] = []
+    done = in_worker(
+        updater.install, "app", APP, remote, update=True, phase=lambda *p: phases.append(p)
+    )
+    assert done.commit == good
+    # how it ran goes with the operation's end
+    ran = {"ran": "process", **({"uid": _app_uid(updater)} if os.geteuid() == 0 else {})}
+    assert phases[-1] == ("done", {"commit": good, "health": ran})
+
+
+def _app_uid(updater: Operations) -> int:
+    return AppUsers(updater.store.root).uid("app", APP)
+
+
+@pytest.mark.skipif(os.path.isdir("/run/systemd/system"), reason="a system manager is here")
+def test_a_check_that_must_run_in_a_unit_fails_where_there_is_no_system_manager(
+    setup: tuple[Operations, Remote, Path, Path],
+) -> None:
+    updater, remote, repo, tree = setup
+    updater.health = HealthGate(runner="unit")
+    release(repo, tree, "1.1", "exit 0")
+    with pytest.raises(HealthFailed, match="no system manager"):
+        in_worker(updater.install, "app", APP, remote, update=True)
+    found = updater.store.deployed("app", APP)
+    assert found is not None
+    assert found.version == "1.0"
 
 
 def test_a_first_install_that_fails_its_check_is_removed_but_its_data_kept(

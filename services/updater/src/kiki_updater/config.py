@@ -7,7 +7,7 @@ naming the field) rather than costing memory or time per request.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import pydantic
 
@@ -67,6 +67,10 @@ class UpdaterConfig(ServiceConfig):
     agent_keys: list[Key] = pydantic.Field(default_factory=list, max_length=MAX_KEYS)
     # The bootc executable (a name looked up on PATH, or a path).
     bootc: str = pydantic.Field(default="bootc", min_length=1, max_length=4096)
+    # Where a health command runs: "auto" (a transient unit when the updater is root under a
+    # systemd system instance, else a child process), "unit" (refused where there is none),
+    # "process" (a child of the updater's, in its cgroup and namespaces).
+    health_runner: Literal["auto", "unit", "process"] = "auto"
 
     def ostree_root(self) -> Path:
         return self.root if self.root is not None else state_dir() / "ostree"

@@ -56,6 +56,10 @@ class Operation:
     commit: str | None = None
     message: str | None = None
     error: str | None = None
+    # what the install step installed (defs#installReport), how the health check ran
+    # (defs#healthCheck)
+    install: dict[str, Any] | None = None
+    health: dict[str, Any] | None = None
 
     @property
     def key(self) -> str:
@@ -86,6 +90,8 @@ class Operation:
             ("commit", self.commit),
             ("message", self.message),
             ("error", self.error),
+            ("install", self.install),
+            ("health", self.health),
         ):
             if value is not None:
                 out[key] = value
@@ -128,6 +134,8 @@ class UpdaterCore:
             op.message = str(error)[:1024]
             data = getattr(error, "data", None)
             op.error = data.get("error") if isinstance(data, dict) else type(error).__name__
+            if isinstance(data, dict) and isinstance(data.get("health"), dict):
+                op.health = data["health"]
         self.finished[op.id] = op
         while len(self.finished) > FINISHED_KEPT:
             self.finished.popitem(last=False)

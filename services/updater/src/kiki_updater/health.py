@@ -23,12 +23,19 @@ makes 0711 whatever the umask (searchable, not listable: ``Store.make_home``). I
 environment is a minimal one (not the updater's), its stdout is discarded and only the last
 4 KiB of its stderr kept (the unit's memory is capped: an app must not be able to fill it), and
 on its deadline its whole process group is killed.
+
+Where it runs: an updater running as root under a systemd system instance (``/run/systemd/system``
+and ``systemd-run``) runs it in a transient unit of its own, sandboxed, in its own cgroup
+(:mod:`kiki_updater.health_unit`); elsewhere (a developer's run, a container without systemd)
+in a child of the updater's, in its cgroup and namespaces. The gate returns which
+(:class:`Ran`), logs it, and a failure says it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -37,12 +44,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from kiki_updater.publish import MANIFEST_FILE
 from libkiki.errors import KikiError, LexiconError, ValidationError
 
-__all__ = ["HealthGate", "HealthSpec", "Unhealthy"]
+__all__ = ["HealthGate", "HealthSpec", "Ran", "Runner", "Unhealthy", "run_command", "run_in_unit"]
+
+log = logging.getLogger(__name__)
 
 MAX_DEADLINE = 600.0
 RETRY = 0.5
@@ -50,8 +59,37 @@ STDERR_TAIL = 4096
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
+Runner = Literal["auto", "unit", "process"]
+
+
 class Unhealthy(KikiError):
     """The health check failed; the message says how."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ran:
+    """How a check ran: ``unit`` (a transient unit, named), ``process`` (a child of the
+    updater's) or ``tool`` (asked through the broker); the uid a command ran as (None: the
+    updater's own)."""
+
+    how: str
+    uid: int | None = None
+    unit: str | None = None
+    tool: str | None = None
+
+    def __str__(self) -> str:
+        who = f" as uid {self.uid}" if self.uid is not None else ""
+        if self.how == "unit":
+            return f"the transient unit {self.unit}{who}"
+        return f"the tool {self.tool}" if self.how == "tool" else f"a child process{who}"
+
+    def view(self) -> dict[str, Any]:
+        """``dev.kiki.update.defs#healthCheck``."""
+        out: dict[str, Any] = {"ran": self.how}
+        for key, value in (("uid", self.uid), ("unit", self.unit), ("tool", self.tool)):
+            if value is not None:
+                out[key] = value
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,11 +128,16 @@ class HealthSpec:
 
 @dataclass
 class HealthGate:
-    """The check ``Operations`` runs; ``broker_socket`` is where tool checks are asked."""
+    """The check ``Operations`` runs; ``broker_socket`` is where tool checks are asked;
+    ``runner`` where a command runs: ``auto`` (a transient unit when the updater can start
+    one, else a child process), ``unit`` or ``process``."""
 
     broker_socket: Path | None = None
+    runner: Runner = "auto"
 
-    def __call__(self, kind: str, ident: str, deployment: Path) -> None:
+    def __call__(self, kind: str, ident: str, deployment: Path) -> dict[str, Any] | None:
+        """Run the deployment's declared check: how it ran (``Ran.view()``), None when it
+        declares none; :class:`Unhealthy` when it fails."""
         from kiki_updater.publish import MANIFEST_MAX
         from libkiki.lexicon.files import read_json_file
 
@@ -109,41 +152,136 @@ class HealthGate:
             raise Unhealthy(f"no readable {MANIFEST_FILE}: {exc}") from None
         spec = HealthSpec.of(manifest) if isinstance(manifest, dict) else None
         if spec is None:
-            return
-        if spec.command:
-            uid = None
-            if os.geteuid() == 0:
-                from kiki_updater.app_users import AppUsers
-
-                # <root>/<kind>/<id>/deploy/<commit>: the store's layout
-                uid = AppUsers(deployment.parents[3]).uid(kind, ident)
-            run_command(spec, deployment, deployment.parent.parent / "data", uid=uid)
-        else:
+            return None
+        if not spec.command:
             asyncio.run(ask_tool(spec, self.broker_socket))
+            return Ran("tool", tool=spec.tool).view()
+        uid = None
+        if os.geteuid() == 0:
+            from kiki_updater.app_users import AppUsers
+
+            # <root>/<kind>/<id>/deploy/<commit>: the store's layout
+            uid = AppUsers(deployment.parents[3]).uid(kind, ident)
+        data = deployment.parent.parent / "data"
+        ran = self._run(spec, kind, ident, deployment, data, uid)
+        log.info("the health check of %s %s ran in %s: passed", kind, ident, ran)
+        return ran.view()
+
+    def _run(
+        self, spec: HealthSpec, kind: str, ident: str, deployment: Path, data: Path, uid: int | None
+    ) -> Ran:
+        from kiki_updater.health_unit import have_system_manager, unit_name
+
+        systemd_run = None
+        if self.runner != "process" and uid is not None:
+            systemd_run = have_system_manager(PATH)
+        if systemd_run is None:
+            if self.runner == "unit":
+                raise Unhealthy("no system manager to run the check in a unit of its own")
+            ran = Ran("process", uid=uid)
+            _said(ran, kind, ident, run_command, spec, deployment, data, uid=uid)
+            return ran
+        assert uid is not None
+        unit = unit_name(kind, ident, deployment.name)
+        ran = Ran("unit", uid=uid, unit=unit)
+        _said(ran, kind, ident, run_in_unit, spec, deployment, data, uid=uid, unit=unit)
+        return ran
+
+
+def _said(ran: Ran, kind: str, ident: str, run: Any, *args: Any, **kw: Any) -> None:
+    """``run(*args, **kw)``; a failure logged and reported with where the check ran."""
+    try:
+        run(*args, **kw)
+    except Unhealthy as exc:
+        log.warning("the health check of %s %s ran in %s: %s", kind, ident, ran, exc)
+        where = f"in unit {ran.unit}" if ran.unit else "in a child process"
+        raise Unhealthy(f"{exc} ({where})", data={"health": ran.view()}) from None
+
+
+def _own_data(data: Path, uid: int) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        if os.lstat(data).st_uid != uid:
+            os.chown(data, uid, uid, follow_symlinks=False)
+
+
+def _setpriv() -> str:
+    setpriv = shutil.which("setpriv", path=PATH)
+    if setpriv is None:  # never run it as root for want of a way not to
+        raise Unhealthy("setpriv (util-linux) is missing: the check cannot drop root")
+    return setpriv
+
+
+def _env(data: Path) -> dict[str, str]:
+    return {"PATH": PATH, "LANG": "C.UTF-8", "KIKI_APP_DATA": str(data)}
 
 
 def run_command(spec: HealthSpec, deployment: Path, data: Path, *, uid: int | None = None) -> None:
-    """Run the check in ``deployment``; with ``uid``, as that uid (and gid), which is made the
-    owner of ``data`` first, with no new privileges."""
+    """Run the check in ``deployment``, a child of this process; with ``uid``, as that uid (and
+    gid), which is made the owner of ``data`` first, with no new privileges."""
     # A relative command ("bin/health") stays relative: it is resolved in the child's cwd,
     # the deployment, which it enters before giving up root.
     argv = list(spec.command)
-    env = {"PATH": PATH, "LANG": "C.UTF-8", "KIKI_APP_DATA": str(data)}
     as_user: dict[str, Any] = {}
     if uid is not None:
-        setpriv = shutil.which("setpriv", path=PATH)
-        if setpriv is None:  # never run it as root for want of a way not to
-            raise Unhealthy("setpriv (util-linux) is missing: the check cannot drop root")
-        with contextlib.suppress(FileNotFoundError):
-            if os.lstat(data).st_uid != uid:
-                os.chown(data, uid, uid, follow_symlinks=False)
+        setpriv = _setpriv()
+        _own_data(data, uid)
         argv = [setpriv, "--no-new-privs", "--", *argv]
         as_user = {"user": uid, "group": uid, "extra_groups": []}
+    _wait(spec, argv, cwd=deployment, env=_env(data), **as_user)
+
+
+def run_in_unit(
+    spec: HealthSpec,
+    deployment: Path,
+    data: Path,
+    *,
+    uid: int,
+    unit: str,
+    version: int | None = None,
+) -> None:
+    """Run the check in the transient unit ``unit`` (:mod:`kiki_updater.health_unit`) as
+    ``uid``, which is made the owner of ``data`` first. At the deadline, or if this thread is
+    interrupted, the unit is stopped (its whole cgroup); systemd stops it on its own a little
+    later (``RuntimeMaxSec=``) should the updater be gone."""
+    from kiki_updater.health_unit import have_system_manager, stop_unit, unit_argv
+
+    systemd_run = have_system_manager(PATH)
+    if systemd_run is None:
+        raise Unhealthy("no system manager to run the check in a unit of its own")
+    setpriv = _setpriv()
+    _own_data(data, uid)
+    argv = unit_argv(
+        systemd_run,
+        setpriv,
+        unit,
+        spec.command,
+        uid=uid,
+        deployment=deployment,
+        data=data,
+        env=_env(data),
+        deadline=spec.deadline,
+        version=version,
+    )
+    env = {"PATH": PATH, "LANG": "C.UTF-8"}
+    _wait(spec, argv, cwd=Path("/"), env=env, stop=lambda: stop_unit(unit, PATH))
+
+
+def _wait(
+    spec: HealthSpec,
+    argv: list[str],
+    *,
+    cwd: Path,
+    env: dict[str, str],
+    stop: Any = None,
+    **as_user: Any,
+) -> None:
+    """Run ``argv`` to its end within the check's deadline, its stderr's tail kept; at the
+    deadline (or on any interruption) ``stop()`` first, then its process group killed."""
     try:
         proc = subprocess.Popen(
             argv,
             **as_user,
-            cwd=deployment,
+            cwd=cwd,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -158,10 +296,10 @@ def run_command(spec: HealthSpec, deployment: Path, data: Path, *, uid: int | No
     try:
         code = proc.wait(timeout=spec.deadline)
     except subprocess.TimeoutExpired:
-        _kill_group(proc)
+        _give_up(proc, stop)
         raise Unhealthy(f"{spec.command[0]} did not end within {spec.deadline:g} s") from None
     except BaseException:
-        _kill_group(proc)
+        _give_up(proc, stop)
         raise
     finally:
         # a child it left behind may hold stderr open: what was read so far is enough
@@ -170,6 +308,14 @@ def run_command(spec: HealthSpec, deployment: Path, data: Path, *, uid: int | No
         said = bytes(tail).decode(errors="replace").strip().splitlines()
         last = f": {said[-1][:200]}" if said else ""
         raise Unhealthy(f"{spec.command[0]} exited {code}{last}")
+
+
+def _give_up(proc: subprocess.Popen[bytes], stop: Any) -> None:
+    try:
+        if stop is not None:
+            stop()
+    finally:
+        _kill_group(proc)
 
 
 def _keep_tail(proc: subprocess.Popen[bytes], tail: bytearray) -> None:

@@ -40,9 +40,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# (kind, id, checkout, allow_breaking): the checks and installs of an app's manifest
-Installer = Callable[[Kind, str, Path, bool], None]
-HealthCheck = Callable[[Kind, str, Path], None]
+# (kind, id, checkout, allow_breaking): the checks and installs of an app's manifest; what
+# it installed (``defs#installReport``), if anything
+Installer = Callable[[Kind, str, Path, bool], dict[str, Any] | None]
+# (kind, id, deployment): how the check ran (``defs#healthCheck``), None when none is declared
+HealthCheck = Callable[[Kind, str, Path], dict[str, Any] | None]
 Phase = Callable[[str, dict[str, Any]], None]
 
 
@@ -306,17 +308,20 @@ class Operations:
         phase("checkout", {"commit": commit})
         store.fsck(commit)
         path = store.checkout(kind, ident, commit)
+        report = None
         if self.install_step is not None:
             phase("install", {"commit": commit})
-            self.install_step(kind, ident, path, allow_breaking)
-        phase("swap", {"commit": commit, "previous": before})
+            report = self.install_step(kind, ident, path, allow_breaking)
+        # what the install step did is reported with the swap: the operation carries it
+        phase("swap", {"commit": commit, "previous": before, "install": report})
+        ran = None
         try:
             deployed = store.deploy(kind, ident, ref, commit, remote=remote, action=action)
             problem = None
             if self.health is not None:
                 phase("health", {"commit": commit})
                 try:
-                    self.health(kind, ident, deployed.path)
+                    ran = self.health(kind, ident, deployed.path)
                 except KikiError as exc:
                     problem = exc
         except BaseException:
@@ -324,12 +329,15 @@ class Operations:
             raise
         if problem is not None:
             self.undo(kind, ident, ref, before, before_previous)
+            data: dict[str, Any] = {"error": "HealthFailed", "commit": commit}
+            if isinstance(problem.data, dict) and "health" in problem.data:
+                data["health"] = problem.data["health"]
             raise HealthFailed(
                 f"{kind} {ident} {deployed.version} failed its health check ({problem}); "
                 + ("the previous commit is back" if before else "it was removed"),
-                data={"error": "HealthFailed", "commit": commit},
+                data=data,
             ) from None
-        phase("done", {"commit": commit})
+        phase("done", {"commit": commit, "health": ran})
         return deployed
 
     def undo(

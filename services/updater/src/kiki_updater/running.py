@@ -64,8 +64,10 @@ class Runner:
 
         def phase(name: str, info: dict[str, Any]) -> None:  # from the worker thread
             changes: dict[str, Any] = {"phase": name}
-            if info.get("commit"):
-                changes["commit"] = info["commit"]
+            # the install step's report, how the health check ran: kept by the operation
+            for key in ("commit", "install", "health"):
+                if info.get(key):
+                    changes[key] = info[key]
             loop.call_soon_threadsafe(lambda: report(**changes))
 
         try:

@@ -53,17 +53,26 @@ def app_view(found: Deployed) -> dict[str, Any]:
     return view
 
 
-def install_lexicons(kind: Kind, ident: str, deployment: Path, allow_breaking: bool) -> None:
+def install_lexicons(
+    kind: Kind, ident: str, deployment: Path, allow_breaking: bool
+) -> dict[str, Any] | None:
     """The install step of an app: its manifest checked against the published lexicons, its
     lexicons, bindings and components installed (libkiki.lexicon.install, imported here: it
-    brings the code generator)."""
+    brings the code generator); what it installed (``defs#installReport``)."""
     if kind != "app":
-        return
+        return None
     from libkiki.lexicon.install import install_app
     from libkiki.lexicon.registry import Registry
 
     registry, _ = Registry.from_search_path(None)
-    install_app(deployment, state_dir(), registry, allow_breaking=allow_breaking)
+    report = install_app(deployment, state_dir(), registry, allow_breaking=allow_breaking)
+    return {
+        "lexicons": list(report.lexicons),
+        "module": report.module,
+        "bindings": str(report.bindings),
+        "componentsStored": list(report.components_stored),
+        "componentsShared": list(report.components_shared),
+    }
 
 
 class Updater:
@@ -77,7 +86,7 @@ class Updater:
         self.ops = Operations(
             self.store,
             install_step=install_lexicons,
-            health=HealthGate(broker or socket_path(TOOLS_SOCKET)),
+            health=HealthGate(broker or socket_path(TOOLS_SOCKET), config.health_runner),
             journal=self.journal,
         )
         self.local = LocalBuilds(root)
