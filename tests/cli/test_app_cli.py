@@ -297,3 +297,33 @@ def test_install_from_a_directory_without_an_updater_says_so(tmp_path: Path) -> 
     assert run.returncode == 1
     assert run.stderr.startswith("kiki app: ")
     assert not (tmp_path / "state").exists()
+
+
+def test_a_directory_install_reports_what_its_install_step_installed(
+    updater_sock: Path, tmp_path: Path
+) -> None:
+    """The updater's install step (lexicons, bindings, components stored once by hash) is part
+    of the operation it returns; ``kiki app install DIR`` prints it, and ``--json`` has it."""
+    from test_schema_cli import make_app
+
+    sock = ["--socket", str(updater_sock)]
+    first = make_app(tmp_path, "org.example.carded", b"shared card", ["dev.kiki.media.seek"])
+    run = kiki("app", *sock, "install", str(first))
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[0].startswith("installed org.example.carded 1.0.0 (")
+    assert lines[1].startswith("bindings: ")
+    assert lines[1].endswith(" (import kiki_apps.org_example_carded)")
+    assert lines[2] == "components: 1 stored, 0 already installed by another app"
+    second = make_app(tmp_path, "org.example.radio", b"shared card", ["dev.kiki.media.seek"])
+    answer = json.loads(kiki("app", *sock, "install", str(second), "--json").stdout)
+    assert answer["ok"] is True, answer
+    report = answer["install"]
+    assert report == answer["operation"]["install"]
+    assert report["module"] == "kiki_apps.org_example_radio"
+    assert report["lexicons"] == ["org.example.radio.card", "org.example.radio.search"]
+    assert report["componentsStored"] == []
+    (shared,) = report["componentsShared"]
+    assert len(shared) == 64
+    # how its (absent) health check ran is not reported: there was none
+    assert "health" not in answer["operation"]

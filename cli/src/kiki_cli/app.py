@@ -254,6 +254,7 @@ def run_install(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     op = answer["operation"]
     commit = str(op.get("commit") or "")
+    report = op.get("install")
     emit(
         args,
         {
@@ -261,11 +262,31 @@ def run_install(args: argparse.Namespace) -> int:
             "app": manifest.id,
             "version": manifest.version,
             "commit": commit,
+            "install": report,
             "operation": op,
         },
-        [f"installed {manifest.id} {manifest.version} ({commit[:12]}) through the updater"],
+        [
+            f"installed {manifest.id} {manifest.version} ({commit[:12]}) through the updater",
+            *install_lines(report),
+        ],
     )
     return EXIT_OK
+
+
+def install_lines(report: dict[str, Any] | None) -> list[str]:
+    """What the updater's install step installed (``defs#installReport``), for people."""
+    if not report:
+        return []
+    lines = []
+    if report.get("bindings"):
+        lines.append(f"bindings: {report['bindings']} (import {report['module']})")
+    else:
+        lines.append(f"bindings: import {report['module']}")
+    stored, shared = report["componentsStored"], report["componentsShared"]
+    lines.append(
+        f"components: {len(stored)} stored, {len(shared)} already installed by another app"
+    )
+    return lines
 
 
 def call_with_directory(
