@@ -166,3 +166,64 @@ def test_an_export_writes_private_deltas_never_through_a_planted_symlink(
         written = os.lstat(out / f"{part}.delta")
         assert stat.S_ISREG(written.st_mode)
         assert stat.S_IMODE(written.st_mode) == 0o600, part
+
+
+def _drawn_phases(shown: str) -> list[str]:
+    drawn = [line for line in shown.split("\r") if line.startswith("\x1b[K[")]
+    return [line.split("% ", 1)[1].split(" ")[0] for line in drawn if "% " in line]
+
+
+def test_export_import_and_move_draw_their_progress_on_a_terminal_only(
+    two_updaters: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """As ``kiki app install`` draws it (``os.ProgressBar``): the updater's phases on a
+    terminal, the bar cleared at the end; nothing with ``--json`` or piped."""
+    from test_app_cli import kiki_on_a_terminal
+
+    here, there = two_updaters
+    _install_agent(here)
+    status, shown, out = kiki_on_a_terminal(
+        "agent", "--socket", str(here), "export", AGENT, "--out", str(tmp_path / "out")
+    )
+    assert status == 0, shown
+    assert out.startswith(f"export {AGENT}: succeeded")
+    assert "export" in _drawn_phases(shown), shown
+    assert shown.endswith("\r\x1b[K")
+    status, shown, out = kiki_on_a_terminal(
+        "agent", "--socket", str(there), "import", AGENT, str(tmp_path / "out")
+    )
+    assert status == 0, shown
+    assert "import" in _drawn_phases(shown), shown
+    assert shown.endswith("\r\x1b[K")
+    status, shown, out = kiki_on_a_terminal(
+        "agent", "--socket", str(here), "move", AGENT, "--to", str(there), "--keep"
+    )
+    assert status == 0, shown
+    phases = _drawn_phases(shown)
+    assert "export" in phases, shown
+    assert "import" in phases, shown
+    assert phases.index("export") < phases.index("import")
+    assert shown.endswith("\r\x1b[K")
+    status, shown, out = kiki_on_a_terminal(
+        "agent", "--socket", str(here), "move", AGENT, "--to", str(there), "--json"
+    )
+    assert status == 0, shown
+    assert json.loads(out)["kept"] is False
+    assert shown == ""
+    piped = kiki("agent", "--socket", str(there), "export", AGENT, "--out", str(tmp_path / "o2"))
+    assert piped.returncode == 0, piped.stderr
+    assert piped.stderr == ""
+
+
+def _install_agent(sock: Path) -> None:
+    import asyncio
+
+    from libkiki.rpc import connect_unix
+
+    async def install() -> Any:
+        async with connect_unix(sock) as conn:
+            return await conn.request(
+                "dev.kiki.update.install", {"target": "agent", "appId": AGENT, "remote": "origin"}
+            )
+
+    asyncio.run(install())

@@ -3,7 +3,8 @@
 ``export`` and ``import`` go through one updater each; ``move`` exports from this device's
 updater into a directory and imports it into another updater's socket (another device's, as
 reached here: a forwarded socket, or a second constellation on this machine), then retires the
-source's copy unless ``--keep``."""
+source's copy unless ``--keep``. Each draws the updater's progress on a terminal, as ``kiki app
+install`` does; nothing with ``--json`` or when stderr is not a terminal."""
 
 from __future__ import annotations
 
@@ -61,6 +62,14 @@ def _show(args: argparse.Namespace, answer: dict[str, Any]) -> None:
         print(operation_line(op) + size)
 
 
+def _call(
+    args: argparse.Namespace, socket: Path | None, method: str, params: dict[str, Any], at: Path
+) -> Any:
+    """``method`` with the directory ``at`` passed; its progress drawn as ``kiki app install``
+    draws it (``os.ProgressBar``: on a terminal only, never with ``--json``)."""
+    return call_with_directory(socket, method, params, at, progress=not args.json)
+
+
 def run_export(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)  # the caller's own, made as the caller
     params: dict[str, Any] = {"appId": args.agent, "out": str(args.out.resolve())}
@@ -69,7 +78,7 @@ def run_export(args: argparse.Namespace) -> int:
     if args.full:
         params["full"] = True
     try:
-        _show(args, call_with_directory(args.socket, "exportAgent", params, args.out))
+        _show(args, _call(args, args.socket, "exportAgent", params, args.out))
     except KikiError as exc:
         return fail("agent", exc)
     return 0
@@ -78,7 +87,7 @@ def run_export(args: argparse.Namespace) -> int:
 def run_import(args: argparse.Namespace) -> int:
     params = {"appId": args.agent, "source": str(args.source.resolve())}
     try:
-        _show(args, call_with_directory(args.socket, "importAgent", params, args.source))
+        _show(args, _call(args, args.socket, "importAgent", params, args.source))
     except KikiError as exc:
         return fail("agent", exc)
     return 0
@@ -92,17 +101,23 @@ def _name(socket: Path) -> str:
 def run_move(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="kiki-agent-") as tmp:
         try:
-            out = call_with_directory(
+            out = _call(
+                args,
                 args.socket,
                 "exportAgent",
                 {"appId": args.agent, "out": tmp, "destination": _name(args.to), "full": args.full},
                 Path(tmp),
             )
-            into = call_with_directory(
-                args.to, "importAgent", {"appId": args.agent, "source": tmp}, Path(tmp)
+            into = _call(
+                args, args.to, "importAgent", {"appId": args.agent, "source": tmp}, Path(tmp)
             )
             if not args.keep:
-                updater_call(args.socket, "remove", {"target": "agent", "appId": args.agent})
+                updater_call(
+                    args.socket,
+                    "remove",
+                    {"target": "agent", "appId": args.agent},
+                    progress=not args.json,
+                )
         except KikiError as exc:
             return fail("agent", exc)
     result = {"export": out["operation"], "import": into["operation"], "kept": args.keep}
