@@ -9,7 +9,11 @@
   one is).
 * :mod:`libkiki.rpc.connection` -- :class:`Connection`, the asyncio layer, on a socket or on a
   transport the caller makes (:data:`TransportFactory`); its reading paused and resumed, and
-  descriptors the peer passes received (with :mod:`libkiki.rpc.fds`).
+  descriptors the peer passes received (with :mod:`libkiki.rpc.fds`). It composes one part per
+  job: :mod:`~libkiki.rpc.reading` (input read and routed, a chunk at a time),
+  :mod:`~libkiki.rpc.link` (the write side and flow control), :mod:`~libkiki.rpc.answering`
+  (the peer's requests), :mod:`~libkiki.rpc.calling` (ours, with :mod:`~libkiki.rpc.progress`),
+  :mod:`~libkiki.rpc.notifying` (our notifications).
 * :mod:`libkiki.rpc.server` -- :func:`serve_unix` and :func:`connect_unix`.
 
 The names below are imported from their modules on first use, so that a program needing one
