@@ -22,7 +22,9 @@ same run:
                      its Hello) until its mirror holds the factory's tree: in each repeat right
                      after the publishes above, and 30 in a row with the server idle and
                      holding that tree alone, each beside a client that connects and then
-                     subscribes (a second round trip)
+                     subscribes (a second round trip), and beside the parts of its time: the
+                     same two requests from a plain blocking socket until both answers are in
+                     (the server and the kernel), their verify-decode, the mirror's load
   change→mirror      an entry's text set through AT-SPI (EditableText, from a separate
                      connection) until a Kiki subscriber's mirror shows it (p50/p99), beside the
                      same change seen by pyatspi's own event listener (a process of its own,
@@ -38,6 +40,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import socket
 import statistics
 import sys
 import time
@@ -64,7 +67,9 @@ from kikitest.atspi_fixtures import (  # noqa: E402
     pyatspi_walk,
     tree_labelled,
 )
-from libkiki.a11y.client import A11yClient, Mirror  # noqa: E402
+from libkiki.a11y import wire  # noqa: E402
+from libkiki.a11y.client import CLIENT_LIMITS, CLIENT_MAX_FRAME, A11yClient, Mirror  # noqa: E402
+from libkiki.framing import FrameDecoder, Oversized, encode_frame  # noqa: E402
 
 FACTORY = "gtk3-widget-factory"
 ENTRY_ROLE = 61  # ATSPI_ROLE_TEXT: what GTK 3 calls an entry
@@ -73,6 +78,28 @@ SENSITIVE = 1 << 24
 
 def shows(mirror: Mirror, text: str) -> bool:
     return any(n.value == text for tree in mirror for n in tree.nodes.values())
+
+
+def raw_snapshot(path: Path) -> list[bytes]:
+    """A subscriber's Hello and Subscribe in one write from a plain blocking socket; the two
+    answers' frames once every byte of them is in."""
+    hello = wire.encode(wire.Hello(1, wire.PROTOCOL_VERSION, "bench"))
+    subscribe = wire.encode(wire.Subscribe(2))
+    decoder = FrameDecoder(CLIENT_MAX_FRAME)
+    frames: list[bytes] = []
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(str(path))
+        sock.sendall(
+            encode_frame(hello, CLIENT_MAX_FRAME) + encode_frame(subscribe, CLIENT_MAX_FRAME)
+        )
+        while len(frames) < 2:
+            data = sock.recv(1 << 20)
+            if not data:
+                raise SystemExit("the a11y-server closed the connection")
+            for frame in decoder.feed(data):
+                assert not isinstance(frame, Oversized)
+                frames.append(frame)
+    return frames
 
 
 def pct(values: list[float], q: float) -> float:
@@ -197,21 +224,43 @@ async def measure(desktop: AtspiDesktop, repeats: int, changes: int) -> dict[str
     # factory's tree alone (in the loop above the benchmark's own mirrors' trees may still be
     # there, being dropped: their connections were just closed). Beside each, in turn, a
     # client that connects and then subscribes (two round trips).
+    # Where a fresh subscriber's time goes, in turn with them: the same Hello and Subscribe
+    # from a plain blocking socket until every byte of both answers is in (the server's part
+    # and the kernel's, no event loop and no decoding here), then the client's verify-decode
+    # of those frames and the mirror's load of the snapshot.
     await asyncio.sleep(0.5)
     idle: list[float] = []
     idle_two: list[float] = []
-    for k in range(60):
+    raw: list[float] = []
+    decoded: list[float] = []
+    loaded: list[float] = []
+    for k in range(90):
         t = time.perf_counter()
-        if k % 2:
+        if k % 3 == 1:
             async with A11yClient(desktop.socket) as client:
                 await client.subscribe()
                 idle_two.append(time.perf_counter() - t)
-        else:
+            got = client.mirror
+        elif k % 3 == 0:
             async with A11yClient.subscribing(desktop.socket) as client:
                 idle.append(time.perf_counter() - t)
-        assert [tree.app.label for tree in client.mirror] == [FACTORY]
+            got = client.mirror
+        else:
+            frames = raw_snapshot(desktop.socket)
+            raw.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            messages = [wire.decode(f, CLIENT_LIMITS) for f in frames]
+            decoded.append(time.perf_counter() - t)
+            assert isinstance(messages[1], wire.Snapshot)
+            got = Mirror()
+            t = time.perf_counter()
+            got.load(messages[1])
+            loaded.append(time.perf_counter() - t)
+        assert [tree.app.label for tree in got] == [FACTORY]
     r["snapshot_idle"] = statistics.median(idle)
     r["snapshot_idle_two"] = statistics.median(idle_two)
+    r["raw"], r["decode"] = statistics.median(raw), statistics.median(decoded)
+    r["load"] = statistics.median(loaded)
     r["walk"], r["fetch"] = statistics.median(walks), statistics.median(fetches)
     r["pyatspi"], r["pyatspi_again"] = (
         statistics.median(pyatspi_first),
@@ -317,6 +366,9 @@ def report(r: dict[str, Any]) -> None:
         ("fresh subscriber's snapshot→mirror", r["snapshot"], r["walk"]),
         ("  the same, server idle (30 in a row)", r["snapshot_idle"], r["walk"]),
         ("  connect, then Subscribe (idle, 30)", r["snapshot_idle_two"], r["walk"]),
+        ("    of which the server + kernel (30)", r["raw"], r["walk"]),
+        ("    of which verify + decode (30)", r["decode"], r["walk"]),
+        ("    of which the mirror's load (30)", r["load"], r["walk"]),
         ("  (Subscribe on an open connection)", r["resubscribe"], r["walk"]),
     ]
     py = r["pyatspi"]
