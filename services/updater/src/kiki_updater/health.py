@@ -49,7 +49,15 @@ from typing import Any, Literal
 from kiki_updater.publish import MANIFEST_FILE
 from libkiki.errors import KikiError, LexiconError, ValidationError
 
-__all__ = ["HealthGate", "HealthSpec", "Ran", "Runner", "Unhealthy", "run_command", "run_in_unit"]
+__all__ = [
+    "HealthGate",
+    "HealthRunner",
+    "HealthSpec",
+    "Ran",
+    "Unhealthy",
+    "run_command",
+    "run_in_unit",
+]
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +67,7 @@ STDERR_TAIL = 4096
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-Runner = Literal["auto", "unit", "process"]
+HealthRunner = Literal["auto", "unit", "process"]
 
 
 class Unhealthy(KikiError):
@@ -133,7 +141,7 @@ class HealthGate:
     one, else a child process), ``unit`` or ``process``."""
 
     broker_socket: Path | None = None
-    runner: Runner = "auto"
+    runner: HealthRunner = "auto"
 
     def __call__(self, kind: str, ident: str, deployment: Path) -> dict[str, Any] | None:
         """Run the deployment's declared check: how it ran (``Ran.view()``), None when it
