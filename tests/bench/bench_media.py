@@ -15,10 +15,12 @@ mpv-mpris playing a generated tone:
   least     the least gateway (least_gateway.py, a floor row): the same chain with the gateway
             replaced by the least Python process that can do the job at all: registered on the
             real broker as a provider (with play's lexicon, under dev.kiki.bench.leastPlay),
-            it makes the same dbus-fast Play to mpv's unique name and answers from the reply's
-            callback (sender checked, a deadline); no player tracking, no task per call. Its
-            ratio to direct is the floor of any Python gateway here: over 3x, the goal is
-            floor-bound (the run says so)
+            it makes the same dbus-fast Play to mpv's unique name and answers when the reply
+            comes (sender checked, a deadline); no player tracking, no task, no event loop
+            library (a selectors loop). Its ratio to direct is the floor of any Python gateway
+            here: over 3x, the goal is floor-bound (the run says so)
+  least_aio the same least gateway on asyncio (an asyncio Protocol and a dbus-fast message
+            handler): the floor of a gateway on asyncio, as Kiki's services are
   direct    the same MPRIS Play, sent to mpv with dbus-fast from this process
   after_hop the same direct Play, each one made right after an (untimed) nowPlaying through the
             broker and the gateway: the D-Bus call as the gateway path makes it, with the bus
@@ -31,7 +33,8 @@ playerctl). Play is idempotent while mpv plays, so every call does the same work
 run's floor: the gateway path is its two hops and a D-Bus call, so it cannot be faster than
 hops + direct; gateway - hops is what the D-Bus call costs inside the gateway, beside direct
 and beside after_hop (hops + after_hop is the floor with the D-Bus call made as in the path);
-gateway - least is what the real gateway does beyond the least one.
+gateway - least is what the real gateway does beyond the least one. The brokered rows are
+timed in a new order each round (no row always right after the same one).
 
 Flood: the hostile test player sends PropertiesChanged at 10 000/s for S seconds while one
 subscriber reads dev.kiki.media.subscribePlayback: the CPU time the gateway and the player
@@ -47,6 +50,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -68,6 +72,7 @@ from libkiki.tools import ToolClient  # noqa: E402
 
 LEAST = Path(__file__).resolve().with_name("least_gateway.py")
 LEAST_NSID = "dev.kiki.bench.leastPlay"
+LEAST_AIO_NSID = "dev.kiki.bench.leastPlayAsyncio"
 GOAL = 3.0
 
 
@@ -109,6 +114,7 @@ async def latency(stack: Stack, calls: int, spawns: int) -> dict[str, list[float
         "broker": [],
         "hops": [],
         "least": [],
+        "least_aio": [],
         "direct": [],
         "after_hop": [],
         "playerctl": [],
@@ -117,26 +123,32 @@ async def latency(stack: Stack, calls: int, spawns: int) -> dict[str, list[float
     async with ToolClient(stack.tools, timeout=10) as tools:
         await wait_for(tools, "mpv")
         answer = await tools.call("dev.kiki.media.play", mpv)
-        least = start_least(stack, answer)
+        least = start_least(stack, answer, "loop", LEAST_NSID)
+        least_aio = start_least(stack, answer, "asyncio", LEAST_AIO_NSID)
         for _ in range(20):  # warm every path
             await tools.call("dev.kiki.media.play", mpv)
             await tools.call("dev.kiki.service.getInfo")
             await tools.call("dev.kiki.media.nowPlaying", mpv)
             await tools.call(LEAST_NSID, mpv)
+            await tools.call(LEAST_AIO_NSID, mpv)
+        rows = [
+            ("gateway", "dev.kiki.media.play", mpv),
+            ("broker", "dev.kiki.service.getInfo", {}),
+            ("hops", "dev.kiki.media.nowPlaying", mpv),
+            ("least", LEAST_NSID, mpv),
+            ("least_aio", LEAST_AIO_NSID, mpv),
+        ]
+        order = random.Random(19)
         for _ in range(calls):
-            start = time.perf_counter()
-            await tools.call("dev.kiki.media.play", mpv)
-            out["gateway"].append(time.perf_counter() - start)
-            start = time.perf_counter()
-            await tools.call("dev.kiki.service.getInfo")
-            out["broker"].append(time.perf_counter() - start)
-            start = time.perf_counter()
-            await tools.call("dev.kiki.media.nowPlaying", mpv)
-            out["hops"].append(time.perf_counter() - start)
-            start = time.perf_counter()
-            await tools.call(LEAST_NSID, mpv)
-            out["least"].append(time.perf_counter() - start)
+            # Each round in a new order, so that no row always follows the same one: a D-Bus
+            # call right after another finds the bus daemon and mpv still running.
+            order.shuffle(rows)
+            for row, nsid, arguments in rows:
+                start = time.perf_counter()
+                await tools.call(nsid, arguments)
+                out[row].append(time.perf_counter() - start)
     stop_least(least)
+    stop_least(least_aio)
     bus = await MessageBus(bus_address=stack.address).connect()
     try:
         for _ in range(20):
@@ -164,10 +176,11 @@ async def latency(stack: Stack, calls: int, spawns: int) -> dict[str, list[float
     return out
 
 
-def start_least(stack: Stack, answer: Any) -> subprocess.Popen[str]:
-    """``least_gateway.py`` registered on the broker as LEAST_NSID, answering ``answer``."""
+def start_least(stack: Stack, answer: Any, way: str, nsid: str) -> subprocess.Popen[str]:
+    """``least_gateway.py`` run ``way``, registered on the broker as ``nsid``, answering
+    ``answer``."""
     proc = subprocess.Popen(
-        [sys.executable, str(LEAST), stack.address, str(stack.tools), "mpv", LEAST_NSID],
+        [sys.executable, str(LEAST), way, stack.address, str(stack.tools), "mpv", nsid],
         env=stack.env,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -287,9 +300,11 @@ def main() -> None:
     )
     least = p50["least"] / p50["direct"]
     print(
-        f"  least gateway / direct: {least:.2f}x; gateway / least gateway: "
-        f"{p50['gateway'] / p50['least']:.3f}x, gateway - least gateway "
-        f"{(p50['gateway'] - p50['least']) * 1e6:.0f} us (what the real gateway does beyond it)"
+        f"  least gateway / direct: {least:.2f}x (on asyncio: "
+        f"{p50['least_aio'] / p50['direct']:.2f}x); gateway / least gateway: "
+        f"{p50['gateway'] / p50['least']:.3f}x (on asyncio: "
+        f"{p50['gateway'] / p50['least_aio']:.3f}x), gateway - least gateway "
+        f"{(p50['gateway'] - p50['least']) * 1e6:.0f} us"
     )
     if least > GOAL:
         print(
