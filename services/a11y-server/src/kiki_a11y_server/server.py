@@ -6,7 +6,9 @@ by :mod:`.protocol`); this module only reads, writes, waits for an app's answer 
 
 Writes to a subscriber go straight to its transport while the transport's buffer is below
 ``write_buffer``; past it the subscriber's own pump task waits for the buffer to drain while new
-updates coalesce in the desktop's bounded queue.
+updates coalesce in the desktop's bounded queue. What the requests of one read cause to be
+sent to their peer is held and written at once when the read is handled (one system call, and
+one wakeup of a peer that waits for the answers).
 """
 
 from __future__ import annotations
