@@ -35,6 +35,7 @@ pytest_plugins = [
     "kikitest.lexicon_fixtures",
     "kikitest.a11y_fixtures",
     "kikitest.sensor_fixtures",
+    "kikitest.systemd_fixtures",
 ]
 
 

@@ -1,8 +1,8 @@
 """The updater's health command in a transient unit of its own, under a real systemd (the
-container ``test_systemd.py`` boots, with Kiki installed by ``image/install.sh``): the updater
-(``kiki-updater.service``, root, sandboxed) starts ``kiki-health-*.service`` through the system
-manager; the check runs there as the app's own uid, in that unit's cgroup; a failing check
-rolls the app back; a hanging one is stopped at its deadline and its unit is gone.
+session's container, ``kikitest.systemd_fixtures``, Kiki installed by ``image/install.sh``): the
+updater (``kiki-updater.service``, root, sandboxed) starts ``kiki-health-*.service`` through the
+system manager; the check runs there as the app's own uid, in that unit's cgroup; a failing
+check rolls the app back; a hanging one is stopped at its deadline and its unit is gone.
 """
 
 from __future__ import annotations
@@ -11,13 +11,8 @@ import json
 from typing import Any
 
 import pytest
-import test_systemd
-from test_systemd import Machine
 
-# The booted container: test_systemd's fixtures, scoped to the module that uses them (the
-# fixture belongs in kikitest at session scope, so that both modules share one container).
-host_relay_port = test_systemd.host_relay_port
-machine = test_systemd.machine
+from kikitest.systemd_fixtures import Machine
 
 pytestmark = pytest.mark.system
 
