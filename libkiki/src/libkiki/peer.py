@@ -25,6 +25,7 @@ import socket
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final
 
 from libkiki.admission import ACCEPT_BACKOFF, SHORTAGE
 
@@ -153,17 +154,28 @@ def process_app(
 _HIDDEN = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.ESRCH}
 
 
-def _read_small(path: str) -> str:
+# The most of a process's cgroup file read. A user names the cgroups it creates in its own
+# delegated subtree, nested as deep as it likes: past this, the file says nothing we can trust
+# (its innermost unit may be cut off), and the process is no app.
+MAX_CGROUP_FILE: Final = 64 << 10
+
+
+def _read_small(path: str, limit: int = MAX_CGROUP_FILE) -> str:
     """A small file's text, read with the system calls alone (no buffered file object: this
-    runs for every connection a server accepts)."""
+    runs for every connection a server accepts); ``""`` past ``limit`` bytes. Bytes that are
+    not UTF-8 (a cgroup a user named) read as U+FFFD, which no app id or unit name matches."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         chunks = []
+        size = 0
         while chunk := os.read(fd, 4096):
+            size += len(chunk)
+            if size > limit:
+                return ""
             chunks.append(chunk)
     finally:
         os.close(fd)
-    return b"".join(chunks).decode()
+    return b"".join(chunks).decode(errors="replace")
 
 
 async def identify(

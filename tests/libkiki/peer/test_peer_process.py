@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from libkiki.peer import app_id_from_cgroup, process_app
+from libkiki.peer import MAX_CGROUP_FILE, app_id_from_cgroup, process_app
 
 pytestmark = pytest.mark.integration
 
@@ -64,3 +64,21 @@ def test_a_cgroup_file_longer_than_one_read_is_read_whole(tmp_path: Path) -> Non
 def test_a_hidden_cgroup_gives_no_app_id_to_a_live_process(tmp_path: Path) -> None:
     # /proc mounted hidepid=, or ProtectProc=: the process is alive, its cgroup unreadable.
     assert process_app(os.getpid(), os.getuid(), tmp_path) == (None, None, None)
+
+
+def test_a_cgroup_path_that_is_not_utf8_is_read_not_raised(tmp_path: Path) -> None:
+    # A user names the cgroups of its own delegated subtree with any bytes: identification must
+    # still answer (the server logged a traceback per connection), and the bytes match no app.
+    cgroup = b"0::/user.slice/user-1000.slice/user@1000.service/app.slice/\xff\xfe.scope\n"
+    (tmp_path / str(os.getpid())).mkdir()
+    (tmp_path / str(os.getpid()) / "cgroup").write_bytes(cgroup)
+    assert process_app(os.getpid(), 1000, tmp_path) == (None, "\ufffd\ufffd.scope", None)
+
+
+def test_a_cgroup_file_past_its_bound_names_no_app(tmp_path: Path) -> None:
+    # Nested deep enough, the innermost unit could be cut off: past the bound, no app at all.
+    deep = "/".join(["d"] * (MAX_CGROUP_FILE // 2))
+    text = f"0::/user.slice/user-1000.slice/user@1000.service/app-x.service/{deep}/app-y.scope\n"
+    (tmp_path / str(os.getpid())).mkdir()
+    (tmp_path / str(os.getpid()) / "cgroup").write_text(text)
+    assert process_app(os.getpid(), 1000, tmp_path) == (None, None, None)
