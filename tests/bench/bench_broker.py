@@ -21,6 +21,9 @@ asyncio StreamReader; ``--client callbacks`` writes the next line from the read 
   least (a)+ least (a) and least (b) with the checks every call must pass, by the broker's
   least (b)+ own code: the JSON-RPC request's shape and id, the caller's policy decision, the
              lexicon's validation of input and output
+  least (c)+  (c) against least (a)+: what a Python broker doing each call's required work (its
+             checks and audit line, the answers of one read in one write, as the broker does)
+             reaches pipelined, against the same floor (for context, like relay)
 
 Everything runs twice: pinned to one core (``taskset -c 0``: the client, the broker and the
 provider share it) and unpinned. Latencies are medians over the repeats of each repeat's p50/p99;
@@ -141,7 +144,13 @@ mode, path = sys.argv[1], sys.argv[2]
 checked = mode.endswith("+")  # "own+", "forward+": with the checks every call must pass
 CANON = orjson.OPT_SORT_KEYS
 started = time.monotonic()
-counters = {"requests": 0, "calls_ok": 0}
+# getInfo's counters as the broker's answer carries them in the benchmark (its 15 names), so
+# that the least answer is as long and its output check as long as the broker's.
+counters = dict.fromkeys(
+    ["calls_ok", "connections", "connections_accepted", "detached_running", "requests",
+     "stdio_sessions_open", "stream_lost", "stream_opened", "stream_published",
+     "stream_rejected", "stream_stale", "stream_subscriptions", "stream_topics",
+     "stream_upstreams", "stream_writers"], 0)
 if checked:
     from kiki_tool_broker.policy import Caller, Policy
     from kiki_tool_broker.schemas import Catalog
@@ -204,6 +213,12 @@ class Lines(asyncio.BufferedProtocol):
         return schema
 
 class Own(Lines):
+    def buffer_updated(self, n):
+        # The answers of one read leave in one write, as the broker's do (pipelined calls).
+        self.out = []
+        super().buffer_updated(n)
+        if self.out:
+            self.t.write(b"".join(self.out))
     def line(self, call):
         t0 = time.monotonic()
         counters["requests"] += 1
@@ -218,7 +233,7 @@ class Own(Lines):
             schema.validate_output(output)
         audit.append(name, arguments, t0)
         counters["calls_ok"] += 1
-        self.t.write(answer(call["id"], output))
+        self.out.append(answer(call["id"], output))
         if checked:
             self.in_flight.discard(call["id"])
 
@@ -549,7 +564,11 @@ def measure(calls: int, repeats: int) -> tuple[Result, Cpu, Cpu, Spread]:
                 results.setdefault(name, []).append((pct(times, 0.5), pct(times, 0.99)))
                 cpu.setdefault(name, []).append(used)
                 faults.setdefault(name, []).append(faulted)
-            for name, path in (("floor 8x16", run / "echo.sock"), ("(c) 8x16 own", tools)):
+            for name, path in (
+                ("floor 8x16", run / "echo.sock"),
+                ("(c) 8x16 own", tools),
+                ("least (c)+ 8x16", run / "least-own+.sock"),
+            ):
                 rate = asyncio.run(pipelined(path, 8, 16, max(calls // 4, 100)))
                 rates.setdefault(name, []).append(rate)
         out = {}
@@ -614,7 +633,7 @@ def report(title: str, r: Result, cpu: Cpu, faults: Cpu, spread: Spread) -> None
             f"  {name:<14} {p50:>9.1f} {p99:>9.1f} {rate:>10.0f} {ratios:>19}   {where}; {faulted}"
         )
     base = r["floor 8x16"][2]
-    for name in ("floor 8x16", "(c) 8x16 own"):
+    for name in ("floor 8x16", "(c) 8x16 own", "least (c)+ 8x16"):
         rate = r[name][2]
         print(f"  {name:<14} {'':>9} {'':>9} {rate:>10.0f} {base / rate:>9.2f}x slower")
 
