@@ -119,11 +119,40 @@ def test_a_check_that_must_run_in_a_unit_fails_where_there_is_no_system_manager(
     updater, remote, repo, tree = setup
     updater.health = HealthGate(runner="unit")
     release(repo, tree, "1.1", "exit 0")
-    with pytest.raises(HealthFailed, match="no system manager"):
+    with pytest.raises(HealthFailed, match="there is no system manager"):
         in_worker(updater.install, "app", APP, remote, update=True)
     found = updater.store.deployed("app", APP)
     assert found is not None
     assert found.version == "1.0"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="an app's uid is dropped to by root")
+@pytest.mark.parametrize(
+    ("cgroup", "refused"),
+    [("0::/system.slice/kiki-updater.service\n", True), ("0::/system.slice/x.service\n", False)],
+)
+def test_a_child_check_in_a_kiki_units_cgroup_is_refused(
+    setup: tuple[Operations, Remote, Path, Path], tmp_path: Path, cgroup: str, refused: bool
+) -> None:
+    # in the updater's cgroup the child would be identified as kiki-updater, a Kiki service,
+    # whatever its uid (libkiki.peer)
+    updater, remote, repo, tree = setup
+    own = tmp_path / "cgroup"
+    own.write_text(cgroup)
+    updater.health = HealthGate(runner="process", own_cgroup=own)
+    before = updater.store.deployed("app", APP)
+    assert before is not None
+    commit = release(repo, tree, "1.2", "exit 0")
+    if not refused:
+        assert in_worker(updater.install, "app", APP, remote, update=True).version == "1.2"
+        return
+    with pytest.raises(HealthFailed, match='set health_runner to "auto" or "unit"'):
+        in_worker(updater.install, "app", APP, remote, update=True)
+    found = updater.store.deployed("app", APP)
+    assert found is not None
+    assert found.commit == before.commit
+    checked = (updater.store.home("app", APP) / "data" / "checked-in").read_text().strip()
+    assert not checked.endswith(commit)  # never run
 
 
 def test_a_first_install_that_fails_its_check_is_removed_but_its_data_kept(

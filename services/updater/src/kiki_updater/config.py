@@ -7,10 +7,11 @@ naming the field) rather than costing memory or time per request.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import pydantic
 
+from kiki_updater.health_unit import HealthRunner
 from kiki_updater.names import is_name
 from libkiki.config import ServiceConfig
 from libkiki.paths import state_dir
@@ -67,10 +68,10 @@ class UpdaterConfig(ServiceConfig):
     agent_keys: list[Key] = pydantic.Field(default_factory=list, max_length=MAX_KEYS)
     # The bootc executable (a name looked up on PATH, or a path).
     bootc: str = pydantic.Field(default="bootc", min_length=1, max_length=4096)
-    # Where a health command runs: "auto" (a transient unit when the updater is root under a
-    # systemd system instance, else a child process), "unit" (refused where there is none),
-    # "process" (a child of the updater's, in its cgroup and namespaces).
-    health_runner: Literal["auto", "unit", "process"] = "auto"
+    # Where a health command runs (kiki_updater.health_unit.HealthRunner). "process" with the
+    # updater in a kiki-* system unit is refused for an app's check: the child would be taken
+    # for Kiki's own service by its peers.
+    health_runner: HealthRunner = "auto"
 
     def ostree_root(self) -> Path:
         return self.root if self.root is not None else state_dir() / "ostree"

@@ -28,7 +28,10 @@ Where it runs: an updater running as root under a systemd system instance (``/ru
 and ``systemd-run``) runs it in a transient unit of its own, sandboxed, in its own cgroup
 (:mod:`kiki_updater.health_unit`); elsewhere (a developer's run, a container without systemd)
 in a child of the updater's, in its cgroup and namespaces. The gate returns which
-(:class:`Ran`), logs it, and a failure says it.
+(:class:`Ran`), logs it, and a failure says it. An updater running as root in a ``kiki-*``
+system unit never runs an app's command as a child: in its cgroup the child would be taken for
+Kiki's own service by every peer that identifies it (``libkiki.peer``), whatever its uid.
+systemd failing to start the check's unit is no verdict on the app: :class:`Unavailable`.
 """
 
 from __future__ import annotations
@@ -44,10 +47,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+from kiki_updater.health_unit import HealthRunner
 from kiki_updater.publish import MANIFEST_FILE
-from libkiki.errors import KikiError, LexiconError, ValidationError
+from libkiki.errors import KikiError, LexiconError, Unavailable, ValidationError
 
 __all__ = [
     "HealthGate",
@@ -65,9 +69,9 @@ MAX_DEADLINE = 600.0
 RETRY = 0.5
 STDERR_TAIL = 4096
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-
-HealthRunner = Literal["auto", "unit", "process"]
+# What a check and systemd-run run with (never the updater's environment).
+BASE_ENV = {"PATH": PATH, "LANG": "C.UTF-8"}
+OWN_CGROUP = Path("/proc/self/cgroup")
 
 
 class Unhealthy(KikiError):
@@ -138,10 +142,14 @@ class HealthSpec:
 class HealthGate:
     """The check ``Operations`` runs; ``broker_socket`` is where tool checks are asked;
     ``runner`` where a command runs: ``auto`` (a transient unit when the updater can start
-    one, else a child process), ``unit`` or ``process``."""
+    one, else a child process), ``unit`` or ``process``; ``path``: where ``systemd-run``,
+    ``systemctl`` and ``setpriv`` are looked up; ``own_cgroup``: the updater's
+    ``/proc/self/cgroup``."""
 
     broker_socket: Path | None = None
     runner: HealthRunner = "auto"
+    path: str = PATH
+    own_cgroup: Path = OWN_CGROUP
 
     def __call__(self, kind: str, ident: str, deployment: Path) -> dict[str, Any] | None:
         """Run the deployment's declared check: how it ran (``Ran.view()``), None when it
@@ -178,21 +186,47 @@ class HealthGate:
     def _run(
         self, spec: HealthSpec, kind: str, ident: str, deployment: Path, data: Path, uid: int | None
     ) -> Ran:
-        from kiki_updater.health_unit import have_system_manager, unit_name
+        from kiki_updater.health_unit import have_system_manager, own_unit, unit_name
 
         systemd_run = None
         if self.runner != "process" and uid is not None:
-            systemd_run = have_system_manager(PATH)
+            systemd_run = have_system_manager(self.path)
+        try:
+            cgroup = self.own_cgroup.read_text()
+        except OSError:
+            cgroup = ""
+        mine, kiki_service = own_unit(cgroup)
         if systemd_run is None:
             if self.runner == "unit":
-                raise Unhealthy("no system manager to run the check in a unit of its own")
+                why = "the updater is not root" if uid is None else "there is no system manager"
+                raise Unhealthy(f"the check cannot run in a unit of its own: {why}")
+            if uid is not None and kiki_service:
+                raise Unavailable(
+                    f"the check of {kind} {ident} is not run as a child process: in the "
+                    f"updater's cgroup ({mine}) its peers would take it for Kiki's own service; "
+                    'set health_runner to "auto" or "unit"',
+                    data={"error": "Unavailable"},
+                )
             ran = Ran("process", uid=uid)
-            _said(ran, kind, ident, run_command, spec, deployment, data, uid=uid)
+            _said(ran, kind, ident, run_command, spec, deployment, data, uid=uid, path=self.path)
             return ran
         assert uid is not None
         unit = unit_name(kind, ident, deployment.name)
         ran = Ran("unit", uid=uid, unit=unit)
-        _said(ran, kind, ident, run_in_unit, spec, deployment, data, uid=uid, unit=unit)
+        _said(
+            ran,
+            kind,
+            ident,
+            run_in_unit,
+            spec,
+            deployment,
+            data,
+            uid=uid,
+            unit=unit,
+            systemd_run=systemd_run,
+            path=self.path,
+            bound_to=mine,
+        )
         return ran
 
 
@@ -212,18 +246,20 @@ def _own_data(data: Path, uid: int) -> None:
             os.chown(data, uid, uid, follow_symlinks=False)
 
 
-def _setpriv() -> str:
-    setpriv = shutil.which("setpriv", path=PATH)
+def _setpriv(path: str) -> str:
+    setpriv = shutil.which("setpriv", path=path)
     if setpriv is None:  # never run it as root for want of a way not to
         raise Unhealthy("setpriv (util-linux) is missing: the check cannot drop root")
     return setpriv
 
 
 def _env(data: Path) -> dict[str, str]:
-    return {"PATH": PATH, "LANG": "C.UTF-8", "KIKI_APP_DATA": str(data)}
+    return {**BASE_ENV, "KIKI_APP_DATA": str(data)}
 
 
-def run_command(spec: HealthSpec, deployment: Path, data: Path, *, uid: int | None = None) -> None:
+def run_command(
+    spec: HealthSpec, deployment: Path, data: Path, *, uid: int | None = None, path: str = PATH
+) -> None:
     """Run the check in ``deployment``, a child of this process; with ``uid``, as that uid (and
     gid), which is made the owner of ``data`` first, with no new privileges."""
     # A relative command ("bin/health") stays relative: it is resolved in the child's cwd,
@@ -231,11 +267,13 @@ def run_command(spec: HealthSpec, deployment: Path, data: Path, *, uid: int | No
     argv = list(spec.command)
     as_user: dict[str, Any] = {}
     if uid is not None:
-        setpriv = _setpriv()
+        setpriv = _setpriv(path)
         _own_data(data, uid)
         argv = [setpriv, "--no-new-privs", "--", *argv]
         as_user = {"user": uid, "group": uid, "extra_groups": []}
-    _wait(spec, argv, cwd=deployment, env=_env(data), **as_user)
+    code, said = _wait(spec, argv, cwd=deployment, env=_env(data), **as_user)
+    if code != 0:
+        raise Unhealthy(f"{spec.command[0]} exited {code}{_last(said.splitlines())}")
 
 
 def run_in_unit(
@@ -245,18 +283,19 @@ def run_in_unit(
     *,
     uid: int,
     unit: str,
+    systemd_run: str,
+    path: str = PATH,
     version: int | None = None,
+    bound_to: str | None = None,
 ) -> None:
     """Run the check in the transient unit ``unit`` (:mod:`kiki_updater.health_unit`) as
     ``uid``, which is made the owner of ``data`` first. At the deadline, or if this thread is
-    interrupted, the unit is stopped (its whole cgroup); systemd stops it on its own a little
-    later (``RuntimeMaxSec=``) should the updater be gone."""
-    from kiki_updater.health_unit import have_system_manager, stop_unit, unit_argv
+    interrupted, the unit is stopped (its whole cgroup); systemd stops it on its own when
+    ``bound_to`` (the updater's unit) stops, and a little later (``RuntimeMaxSec=``) in any
+    case. :class:`Unavailable` when systemd did not run it (no verdict on the app)."""
+    from kiki_updater.health_unit import outcome, stop_unit, unit_argv
 
-    systemd_run = have_system_manager(PATH)
-    if systemd_run is None:
-        raise Unhealthy("no system manager to run the check in a unit of its own")
-    setpriv = _setpriv()
+    setpriv = _setpriv(path)
     _own_data(data, uid)
     argv = unit_argv(
         systemd_run,
@@ -269,9 +308,39 @@ def run_in_unit(
         env=_env(data),
         deadline=spec.deadline,
         version=version,
+        bound_to=bound_to,
     )
-    env = {"PATH": PATH, "LANG": "C.UTF-8"}
-    _wait(spec, argv, cwd=Path("/"), env=env, stop=lambda: stop_unit(unit, PATH))
+    code, stderr = _wait(
+        spec, argv, cwd=Path("/"), env=BASE_ENV, stop=lambda: stop_unit(unit, path)
+    )
+    ended = outcome(stderr)
+    if ended.result is None:
+        # systemd-run said nothing of the unit's end: it never started, or was not waited for
+        if code == 0:
+            return
+        raise Unavailable(
+            f"could not start the check's unit {unit}{_last(ended.said) or f': exit {code}'}",
+            data={"error": "Unavailable"},
+        )
+    if code == 0 and ended.result == "success":
+        return
+    raise Unhealthy(f"{spec.command[0]} {_how(ended.status, ended.result)}{_last(ended.said)}")
+
+
+def _how(status: str | None, result: str) -> str:
+    """systemd-run's ``code=exited/status=3`` as ``exited 3``, ``code=killed/status=KILL`` as
+    ``was killed (KILL)``; else systemd's result (``timeout``, ``oom-kill``, ...)."""
+    code, _, value = (status or "").removeprefix("code=").partition("/status=")
+    if code == "exited" and result in ("success", "exit-code"):
+        return f"exited {value}"
+    if code in ("killed", "dumped"):
+        return f"was {code} ({value}; {result})"
+    return f"ended: {result}"
+
+
+def _last(said: Any) -> str:
+    lines = [line for line in said if line.strip()]
+    return f": {lines[-1].strip()[:200]}" if lines else ""
 
 
 def _wait(
@@ -282,9 +351,10 @@ def _wait(
     env: dict[str, str],
     stop: Any = None,
     **as_user: Any,
-) -> None:
-    """Run ``argv`` to its end within the check's deadline, its stderr's tail kept; at the
-    deadline (or on any interruption) ``stop()`` first, then its process group killed."""
+) -> tuple[int, str]:
+    """Run ``argv`` to its end within the check's deadline: its exit status and its stderr's
+    tail; at the deadline (or on any interruption) ``stop()`` first, then its process group
+    killed."""
     try:
         proc = subprocess.Popen(
             argv,
@@ -312,10 +382,7 @@ def _wait(
     finally:
         # a child it left behind may hold stderr open: what was read so far is enough
         reader.join(timeout=1.0)
-    if code != 0:
-        said = bytes(tail).decode(errors="replace").strip().splitlines()
-        last = f": {said[-1][:200]}" if said else ""
-        raise Unhealthy(f"{spec.command[0]} exited {code}{last}")
+    return code, bytes(tail).decode(errors="replace")
 
 
 def _give_up(proc: subprocess.Popen[bytes], stop: Any) -> None:

@@ -18,7 +18,9 @@ from kiki_updater.bootc import Bootc
 from kiki_updater.config import UpdaterConfig
 from kiki_updater.core import Operation, UpdaterCore
 from kiki_updater.gio import own_context
+from kiki_updater.health import PATH as HEALTH_PATH
 from kiki_updater.health import HealthGate
+from kiki_updater.health_unit import stop_leftovers
 from kiki_updater.journal import Journal, recover
 from kiki_updater.local import LOCAL, LocalBuilds
 from kiki_updater.operations import NotInstalled, Operations
@@ -110,6 +112,8 @@ class Updater:
         return said
 
     def _recover(self) -> list[str]:
+        # a check a killed predecessor left running must not go on beside what recovery puts back
+        stop_leftovers(HEALTH_PATH)
         with own_context():  # as every operation: a context of its own in the worker
             return recover(self.store, self.journal)
 
