@@ -5,6 +5,7 @@ import signed by an untrusted key is refused."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -173,6 +174,11 @@ def _drawn_phases(shown: str) -> list[str]:
     return [line.split("% ", 1)[1].split(" ")[0] for line in drawn if "% " in line]
 
 
+def _bars(shown: str) -> int:
+    """How many bars were drawn: each ends cleared (a clear not followed by a bar's line)."""
+    return shown.count("\r\x1b[K") - len(re.findall(r"\r\x1b\[K\[", shown))
+
+
 def test_export_import_and_move_draw_their_progress_on_a_terminal_only(
     two_updaters: tuple[Path, Path], tmp_path: Path
 ) -> None:
@@ -204,12 +210,20 @@ def test_export_import_and_move_draw_their_progress_on_a_terminal_only(
     assert "import" in phases, shown
     assert phases.index("export") < phases.index("import")
     assert shown.endswith("\r\x1b[K")
+    assert _bars(shown) == 2, shown  # kept: no remove
     status, shown, out = kiki_on_a_terminal(
-        "agent", "--socket", str(here), "move", AGENT, "--to", str(there), "--json"
+        "agent", "--socket", str(here), "move", AGENT, "--to", str(there), "--keep", "--json"
     )
     assert status == 0, shown
-    assert json.loads(out)["kept"] is False
+    assert json.loads(out)["kept"] is True
     assert shown == ""
+    # without --keep the source's copy is removed after the import: that too is drawn
+    status, shown, out = kiki_on_a_terminal(
+        "agent", "--socket", str(here), "move", AGENT, "--to", str(there)
+    )
+    assert status == 0, shown
+    assert "the source's copy retired" in out
+    assert _bars(shown) == 3, shown  # export, import, and the retiring remove
     piped = kiki("agent", "--socket", str(there), "export", AGENT, "--out", str(tmp_path / "o2"))
     assert piped.returncode == 0, piped.stderr
     assert piped.stderr == ""

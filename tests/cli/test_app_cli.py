@@ -327,3 +327,29 @@ def test_a_directory_install_reports_what_its_install_step_installed(
     assert len(shared) == 64
     # how its (absent) health check ran is not reported: there was none
     assert "health" not in answer["operation"]
+
+
+@pytest.mark.parametrize(
+    ("report", "lines"),
+    [
+        (None, []),
+        ({}, []),
+        ({"module": "kiki_apps.x"}, ["bindings: import kiki_apps.x"]),
+        ({"bindings": "/b.py"}, ["bindings: /b.py"]),
+        ({"componentsStored": ["a"]}, ["components: 1 stored"]),
+        (
+            {"module": "m", "bindings": "/b.py", "componentsStored": [], "componentsShared": ["s"]},
+            [
+                "bindings: /b.py (import m)",
+                "components: 0 stored, 1 already installed by another app",
+            ],
+        ),
+    ],
+)
+def test_an_install_report_missing_a_field_is_printed_without_it(
+    report: dict[str, Any] | None, lines: list[str]
+) -> None:
+    # an updater's answer (another version's) may lack a field: the install has happened
+    from kiki_cli.app import install_lines
+
+    assert install_lines(report) == lines

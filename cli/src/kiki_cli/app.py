@@ -274,18 +274,25 @@ def run_install(args: argparse.Namespace) -> int:
 
 
 def install_lines(report: dict[str, Any] | None) -> list[str]:
-    """What the updater's install step installed (``defs#installReport``), for people."""
-    if not report:
+    """What the updater's install step installed (``defs#installReport``), for people; a field
+    an updater's answer lacks is left out, never an error after the install has happened."""
+    if not isinstance(report, dict) or not report:
         return []
     lines = []
-    if report.get("bindings"):
-        lines.append(f"bindings: {report['bindings']} (import {report['module']})")
-    else:
-        lines.append(f"bindings: import {report['module']}")
-    stored, shared = report["componentsStored"], report["componentsShared"]
-    lines.append(
-        f"components: {len(stored)} stored, {len(shared)} already installed by another app"
-    )
+    module, bindings = report.get("module"), report.get("bindings")
+    if bindings and module:
+        lines.append(f"bindings: {bindings} (import {module})")
+    elif module:
+        lines.append(f"bindings: import {module}")
+    elif bindings:
+        lines.append(f"bindings: {bindings}")
+    stored, shared = report.get("componentsStored"), report.get("componentsShared")
+    if isinstance(stored, list) and isinstance(shared, list):
+        lines.append(
+            f"components: {len(stored)} stored, {len(shared)} already installed by another app"
+        )
+    elif isinstance(stored, list):
+        lines.append(f"components: {len(stored)} stored")
     return lines
 
 
