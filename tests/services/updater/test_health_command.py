@@ -16,6 +16,8 @@ from kikitest.ostree_fixtures import traversable_dir
 
 pytestmark = pytest.mark.integration
 
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
+
 
 def _check(tmp_path: Path, script: str) -> tuple[HealthSpec, Path]:
     deployment = tmp_path / "deploy"
@@ -157,3 +159,30 @@ def test_the_gate_reads_no_manifest_through_a_symlink_nor_from_a_fifo(
         (deployment / "kiki-app.json").symlink_to(secret)
     with pytest.raises(Unhealthy, match=r"no readable kiki-app\.json"):
         HealthGate()("app", "org.example.demo", deployment)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="becomes another uid to be a non-root updater")
+def test_a_non_root_updater_told_to_use_a_unit_says_it_is_not_root() -> None:
+    # run as nobody: "not root" is why, whatever system manager there is
+    with traversable_dir() as home:
+        deployment = home / "deploy"
+        deployment.mkdir(mode=0o755)
+        (deployment / "kiki-app.json").write_text('{"health": {"command": ["/bin/true"]}}')
+        (deployment / "kiki-app.json").chmod(0o644)
+        program = textwrap.dedent(f"""
+            from pathlib import Path
+            from kiki_updater.health import HealthGate, Unhealthy
+            try:
+                HealthGate(runner="unit")("app", "org.example.demo", Path({str(deployment)!r}))
+            except Unhealthy as exc:
+                print(exc)
+        """)
+        done = subprocess.run(
+            [*NOBODY, sys.executable, "-c", program],
+            capture_output=True,
+            check=False,
+            env=dict(os.environ),
+        )
+    assert done.stdout.decode().strip() == (
+        "the check cannot run in a unit of its own: the updater is not root"
+    ), done.stderr.decode()

@@ -198,7 +198,13 @@ class HealthGate:
         mine, kiki_service = own_unit(cgroup)
         if systemd_run is None:
             if self.runner == "unit":
-                why = "the updater is not root" if uid is None else "there is no system manager"
+                why = (
+                    "the updater is not root"
+                    if uid is None
+                    else "there is no system manager"
+                    if not os.path.isdir("/run/systemd/system")
+                    else f"no systemd-run on {self.path}"
+                )
                 raise Unhealthy(f"the check cannot run in a unit of its own: {why}")
             if uid is not None and kiki_service:
                 raise Unavailable(
