@@ -29,7 +29,7 @@ import asyncio
 import logging
 import socket
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -354,18 +354,20 @@ class Connection:
             )
 
     # -- calling the peer --------------------------------------------------------------------
+    # request, notify and notify_many hand back their part's coroutine rather than awaiting it
+    # in one of their own: a coroutine per call fewer on the hot path, and the same to await.
 
-    async def request(
+    def request(
         self,
         method: str,
         params: Params | None = None,
         *,
-        timeout: float | None = None,  # noqa: ASYNC109 -- it also cancels the call at the peer
+        timeout: float | None = None,
         on_progress: ProgressCallback | None = None,
-    ) -> Any:
+    ) -> Coroutine[Any, Any, Any]:
         """Call ``method`` on the peer and return its result; its error is raised, typed
         (see :meth:`Calling.request <libkiki.rpc.calling.Calling.request>`)."""
-        return await self._calling.request(method, params, timeout=timeout, on_progress=on_progress)
+        return self._calling.request(method, params, timeout=timeout, on_progress=on_progress)
 
     def limit_requests(self, n: int) -> None:
         """Have at most ``n`` of our requests in flight from now on (see
@@ -403,14 +405,14 @@ class Connection:
 
     # -- notifying the peer (libkiki.rpc.notifying) ------------------------------------------
 
-    async def notify(self, method: str, params: Params | None = None) -> None:
+    def notify(self, method: str, params: Params | None = None) -> Coroutine[Any, Any, None]:
         """Send a notification; wait while the transport is full."""
-        await self._notifying.notify(method, params)
+        return self._notifying.notify(method, params)
 
-    async def notify_many(self, items: Sequence[tuple[str, Params | None]]) -> None:
+    def notify_many(self, items: Sequence[tuple[str, Params | None]]) -> Coroutine[Any, Any, None]:
         """Send notifications as separate lines in one ``write()`` (not a batch); wait only
         while the transport is full (see :meth:`~libkiki.rpc.notifying.Notifying.notify_many`)."""
-        await self._notifying.notify_many(items)
+        return self._notifying.notify_many(items)
 
     def try_notify(self, method: str, params: Params | None = None) -> bool:
         """Send a notification now if nothing is queued ahead of it; never wait, never queue:
