@@ -81,7 +81,8 @@ def test_equal_params_share_one_upstream_and_other_params_get_their_own() -> Non
     assert only(actions, OpenUpstream) == []
     third, actions = fan.subscribe(2, A, {"x": 2})
     assert opened(actions).upstream != up.upstream
-    assert len(fan.upstreams()) == 2
+    assert len(fan.upstreams()) == fan.upstream_count() == 2
+    assert len(fan.subscriptions()) == fan.subscription_count() == 3
 
     fan.upstream_opened(up.upstream)
     fan.drain(first.sub)
@@ -107,6 +108,7 @@ def test_the_last_subscriber_leaving_closes_the_upstream() -> None:
     assert fan.upstreams() == {}
     assert fan.topic_count() == 0
     assert fan.subscriptions() == []
+    assert fan.upstream_count() == fan.subscription_count() == 0
     assert fan.publish(PROVIDER, up, {"n": 1}) == []  # late, from before the close
     assert fan.counters["stale"] == 1
 

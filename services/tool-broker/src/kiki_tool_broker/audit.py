@@ -178,9 +178,9 @@ class AuditLog:
             body["onBehalfOf"] = on_behalf_of
         line, digest = encode_entry(body)
         os.write(self._fd, line)
-        self._seq += 1
+        seq = self._seq = self._seq + 1
         self._prev = digest
-        self._write_head()
+        os.pwrite(self._head_fd, format_head(seq, digest), 0)
         body["hash"] = digest
         return body
 

@@ -50,6 +50,8 @@ LIST_STREAMS: Final = "kiki/listStreams"
 SUBSCRIBE_PROVIDERS: Final = "dev.kiki.tools.subscribeProviders"
 SUBSCRIBE_AUDIT: Final = "dev.kiki.tools.subscribeAudit"
 OWN_STREAMS: Final = (SUBSCRIBE_PROVIDERS, SUBSCRIBE_AUDIT)
+# getInfo's names of the fan-out's running totals (StreamFanout.counters).
+_GAUGES: Final = {n: f"stream_{n}" for n in ("published", "lost", "rejected", "stale", "opened")}
 
 AuditWriter = Callable[..., None]
 T = TypeVar("T")
@@ -313,13 +315,16 @@ class EventStreams:
 
     def gauges(self) -> dict[str, int]:
         """getInfo's stream counters: what is open now, and the fan-out's running totals."""
-        fanout = self.fanout
-        out = {
-            "stream_subscriptions": len(fanout.subscriptions()),
-            "stream_topics": fanout.topic_count(),
-            "stream_upstreams": len(fanout.upstreams()),
-            "stream_writers": len(self.writers),
-        }
-        for name, value in fanout.counters.items():
-            out[f"stream_{name}"] = value
+        out: dict[str, int] = {}
+        self.add_gauges(out)
         return out
+
+    def add_gauges(self, out: dict[str, int]) -> None:
+        """:meth:`gauges`, put into ``out`` (getInfo's counters, on every call of it)."""
+        fanout = self.fanout
+        out["stream_subscriptions"] = fanout.subscription_count()
+        out["stream_topics"] = fanout.topic_count()
+        out["stream_upstreams"] = fanout.upstream_count()
+        out["stream_writers"] = len(self.writers)
+        for name, value in fanout.counters.items():
+            out[_GAUGES.get(name) or f"stream_{name}"] = value

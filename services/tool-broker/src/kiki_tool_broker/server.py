@@ -107,12 +107,10 @@ class Broker:
         beside the running counters in the answer, never added into them (reading twice must
         report the same)."""
         info = self.ctx.info()
-        info["counters"] = (
-            dict(self.ctx.counters)
-            | self.streams.gauges()
-            | self.stdio.gauges()
-            | {"detached_running": self.forwarder.detached}
-        )
+        counters = info["counters"]  # the context's copy, this answer's own
+        self.streams.add_gauges(counters)
+        counters["stdio_sessions_open"] = self.stdio.open
+        counters["detached_running"] = self.forwarder.detached
         return info
 
     def initialize(
@@ -326,8 +324,10 @@ class Broker:
         self.streams.publish_own(SUBSCRIBE_AUDIT, entry)
 
     def _write(self, record: AuditRecord) -> None:
+        """Count a call's record and append its audit line, as :meth:`_audit_line` does (every
+        call's path: its fields are not passed on twice)."""
         self.ctx.counters[record.counter] += 1
-        self._audit_line(
+        entry = self.audit.append(
             caller=record.caller,
             tool=record.tool,
             outcome=record.outcome,
@@ -337,6 +337,7 @@ class Broker:
             provider=record.provider,
             on_behalf_of=record.on_behalf_of,
         )
+        self.streams.publish_own(SUBSCRIBE_AUDIT, entry)
 
 
 @contextlib.asynccontextmanager

@@ -130,9 +130,6 @@ class StdioSessions:
         self.methods = methods
         methods.register(mcp.SERVE_STDIO, self.serve)
 
-    def gauges(self) -> dict[str, int]:
-        return {"stdio_sessions_open": self.open}
-
     async def serve(
         self, request: RequestContext, drainTimeout: Any = None
     ) -> dict[str, Any]:  # the wire's name

@@ -435,6 +435,13 @@ class StreamFanout:
     def topic_count(self) -> int:
         return len(self._topics)
 
+    def subscription_count(self) -> int:
+        return len(self._subs)
+
+    def upstream_count(self) -> int:
+        """How many :meth:`upstreams` there are, without making them."""
+        return sum(1 for t in self._upstreams.values() if t.upstream is not None)
+
     def served_by(self, nsid: str) -> ConnId | None:
         """The provider that declared ``nsid``, if any."""
         return self._served.get(nsid)
