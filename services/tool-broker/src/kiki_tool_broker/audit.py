@@ -11,6 +11,7 @@ so the gap stays in the log for ``--verify`` to report instead of being covered 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import time
@@ -47,6 +48,9 @@ class AuditLog:
         self._second = -1
         self._second_text = ""
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        # Where the log must be cut back to before the next line: set while the fragment of a
+        # short write (a full disk) could not be cut off at once.
+        self._cut_to: int | None = None
         self._head_fd = os.open(self.head_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o640)
         self._write_head()
 
@@ -177,12 +181,29 @@ class AuditLog:
         if on_behalf_of is not None:  # absent: the caller acted for itself, as in older logs
             body["onBehalfOf"] = on_behalf_of
         line, digest = encode_entry(body)
-        os.write(self._fd, line)
+        if self._cut_to is not None:
+            os.ftruncate(self._fd, self._cut_to)
+            self._cut_to = None
+        if (written := os.write(self._fd, line)) != len(line):
+            self._cut_short(written, len(line))
         seq = self._seq = self._seq + 1
         self._prev = digest
         os.pwrite(self._head_fd, format_head(seq, digest), 0)
         body["hash"] = digest
         return body
+
+    def _cut_short(self, written: int, size: int) -> None:
+        """A write that stopped short (the disk filled, a file size limit): the line's fragment
+        is cut off, so that the log never holds a torn line the chain goes on from, and the
+        append fails (the call is answered -32603, never told it was recorded)."""
+        end = os.lseek(self._fd, 0, os.SEEK_END)
+        self._cut_to = end - written
+        with contextlib.suppress(OSError):  # tried again before the next line
+            os.ftruncate(self._fd, self._cut_to)
+            self._cut_to = None
+        raise OSError(
+            errno.ENOSPC, f"audit log {self.path}: {written} of {size} bytes written, line dropped"
+        )
 
     def _timestamp(self) -> str:
         """Now, as ``datetime.now(UTC).isoformat(timespec="microseconds")`` writes it; the part
