@@ -150,20 +150,23 @@ def process_app(
     return app_id_from_cgroup(text, uid)
 
 
-# What reading another process's /proc entry fails with when /proc hides it from us.
-_HIDDEN = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.ESRCH}
+# What reading another process's /proc entry fails with when /proc hides it from us, and
+# ENAMETOOLONG: a cgroup nested past PATH_MAX (a user's own subtree, as deep as it likes),
+# which the kernel will not print. Either way the process is no app.
+_HIDDEN = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.ESRCH, errno.ENAMETOOLONG}
 
 
-# The most of a process's cgroup file read. A user names the cgroups it creates in its own
-# delegated subtree, nested as deep as it likes: past this, the file says nothing we can trust
-# (its innermost unit may be cut off), and the process is no app.
+# The most of a process's cgroup file read: the kernel refuses a path past PATH_MAX itself
+# (ENAMETOOLONG, below), so this only bounds what a future kernel or another /proc might give.
+# Past it the innermost unit may be cut off, and the process is no app.
 MAX_CGROUP_FILE: Final = 64 << 10
 
 
 def _read_small(path: str, limit: int = MAX_CGROUP_FILE) -> str:
     """A small file's text, read with the system calls alone (no buffered file object: this
     runs for every connection a server accepts); ``""`` past ``limit`` bytes. Bytes that are
-    not UTF-8 (a cgroup a user named) read as U+FFFD, which no app id or unit name matches."""
+    not UTF-8 (a cgroup a user named) read as U+FFFD: never as ``/`` or ``.``, so the path
+    keeps its shape; an app id (ASCII) and a Kiki unit name never contain it."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         chunks = []

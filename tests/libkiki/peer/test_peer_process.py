@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -68,7 +69,7 @@ def test_a_hidden_cgroup_gives_no_app_id_to_a_live_process(tmp_path: Path) -> No
 
 def test_a_cgroup_path_that_is_not_utf8_is_read_not_raised(tmp_path: Path) -> None:
     # A user names the cgroups of its own delegated subtree with any bytes: identification must
-    # still answer (the server logged a traceback per connection), and the bytes match no app.
+    # still answer (the server logged a traceback per connection); the path keeps its shape.
     cgroup = b"0::/user.slice/user-1000.slice/user@1000.service/app.slice/\xff\xfe.scope\n"
     (tmp_path / str(os.getpid())).mkdir()
     (tmp_path / str(os.getpid()) / "cgroup").write_bytes(cgroup)
@@ -76,9 +77,27 @@ def test_a_cgroup_path_that_is_not_utf8_is_read_not_raised(tmp_path: Path) -> No
 
 
 def test_a_cgroup_file_past_its_bound_names_no_app(tmp_path: Path) -> None:
-    # Nested deep enough, the innermost unit could be cut off: past the bound, no app at all.
+    # Whatever /proc gives: past the bound the innermost unit could be cut off, so no app.
     deep = "/".join(["d"] * (MAX_CGROUP_FILE // 2))
     text = f"0::/user.slice/user-1000.slice/user@1000.service/app-x.service/{deep}/app-y.scope\n"
     (tmp_path / str(os.getpid())).mkdir()
     (tmp_path / str(os.getpid()) / "cgroup").write_text(text)
     assert process_app(os.getpid(), 1000, tmp_path) == (None, None, None)
+
+
+def test_a_cgroup_nested_past_path_max_names_no_app(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The kernel will not print a cgroup path past PATH_MAX: reading the file fails with
+    # ENAMETOOLONG (proc_cgroup_show). A live process nested that deep is no app, not an error.
+    (tmp_path / str(os.getpid())).mkdir()
+    (tmp_path / str(os.getpid()) / "cgroup").write_text("0::/system.slice/kiki-x.service\n")
+    real_read = os.read
+
+    def too_long(fd: int, n: int) -> bytes:
+        if os.readlink(f"/proc/self/fd/{fd}").startswith(str(tmp_path)):
+            raise OSError(errno.ENAMETOOLONG, "File name too long")
+        return real_read(fd, n)
+
+    monkeypatch.setattr(os, "read", too_long)
+    assert process_app(os.getpid(), os.getuid(), tmp_path) == (None, None, None)
