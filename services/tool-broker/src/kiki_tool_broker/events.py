@@ -50,8 +50,6 @@ LIST_STREAMS: Final = "kiki/listStreams"
 SUBSCRIBE_PROVIDERS: Final = "dev.kiki.tools.subscribeProviders"
 SUBSCRIBE_AUDIT: Final = "dev.kiki.tools.subscribeAudit"
 OWN_STREAMS: Final = (SUBSCRIBE_PROVIDERS, SUBSCRIBE_AUDIT)
-# getInfo's names of the fan-out's running totals (StreamFanout.counters).
-_GAUGES: Final = {n: f"stream_{n}" for n in ("published", "lost", "rejected", "stale", "opened")}
 
 AuditWriter = Callable[..., None]
 T = TypeVar("T")
@@ -313,18 +311,13 @@ class EventStreams:
         """A wake-up notification (an MCP host's): :meth:`StreamWriters.send_soon`."""
         self.writers.send_soon(conn, method, params)
 
-    def gauges(self) -> dict[str, int]:
-        """getInfo's stream counters: what is open now, and the fan-out's running totals."""
-        out: dict[str, int] = {}
-        self.add_gauges(out)
-        return out
-
     def add_gauges(self, out: dict[str, int]) -> None:
-        """:meth:`gauges`, put into ``out`` (getInfo's counters, on every call of it)."""
+        """getInfo's stream counters, put into ``out`` (its counters, on every call of it):
+        what is open now, and the fan-out's running totals, each named ``stream_<total>``."""
         fanout = self.fanout
         out["stream_subscriptions"] = fanout.subscription_count()
         out["stream_topics"] = fanout.topic_count()
         out["stream_upstreams"] = fanout.upstream_count()
         out["stream_writers"] = len(self.writers)
         for name, value in fanout.counters.items():
-            out[_GAUGES.get(name) or f"stream_{name}"] = value
+            out[f"stream_{name}"] = value

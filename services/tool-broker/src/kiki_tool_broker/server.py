@@ -324,10 +324,9 @@ class Broker:
         self.streams.publish_own(SUBSCRIBE_AUDIT, entry)
 
     def _write(self, record: AuditRecord) -> None:
-        """Count a call's record and append its audit line, as :meth:`_audit_line` does (every
-        call's path: its fields are not passed on twice)."""
+        """Count a call's record and append its audit line (:meth:`_audit_line`)."""
         self.ctx.counters[record.counter] += 1
-        entry = self.audit.append(
+        self._audit_line(
             caller=record.caller,
             tool=record.tool,
             outcome=record.outcome,
@@ -337,7 +336,6 @@ class Broker:
             provider=record.provider,
             on_behalf_of=record.on_behalf_of,
         )
-        self.streams.publish_own(SUBSCRIBE_AUDIT, entry)
 
 
 @contextlib.asynccontextmanager
