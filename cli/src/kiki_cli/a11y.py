@@ -90,7 +90,8 @@ def register(sub: Any) -> None:
         "the socket: a uint32 little-endian length, then the FlatBuffer (file identifier KA11). "
         "The file is a plain concatenation of size-prefixed buffers; each one decodes with "
         "`flatc --json --size-prefixed schemas/a11y.fbs -- FRAME`. Exit status 1 when the "
-        "a11y-server goes away before --count frames (or, without --count, at all).",
+        "a11y-server goes away before --count frames (or, without --count, at all), or "
+        "refuses the subscription (the file is then left as it was).",
     )
     cap.add_argument("file", type=Path)
     cap.add_argument("--count", type=int, default=0, help="stop after N frames (0: Ctrl-C)")
@@ -301,16 +302,16 @@ def run_capture(args: argparse.Namespace) -> int:
     async def go(out: BinaryIO) -> int:
         done = asyncio.Event()
         seen = 0
+        # Frames received before the subscription is known to be accepted: the Hello's answer
+        # and the Subscribe's (its snapshot, or the Error refusing it, which entering the
+        # client raises: nothing of a refused capture reaches the file). Held only until
+        # `async with` is entered, which follows the Subscribe's answer as soon as the
+        # client's reader next waits for data: at most what its stream buffer holds then.
+        early: list[bytes] = []
+        pending: list[bytes] | None = early
 
-        answered_hello = False
-
-        def record(frame: bytes) -> None:
-            nonlocal seen, answered_hello
-            if not answered_hello:
-                # The server's first frame answers the Hello (or refuses the connection, which
-                # entering the client raises); the capture starts at the snapshot after it.
-                answered_hello = True
-                return
+        def keep(frame: bytes) -> None:
+            nonlocal seen
             if args.count and seen >= args.count:
                 return
             out.write(struct.pack("<I", len(frame)) + frame)
@@ -319,9 +320,20 @@ def run_capture(args: argparse.Namespace) -> int:
             if args.count and seen >= args.count:
                 done.set()
 
+        def record(frame: bytes) -> None:
+            if pending is not None:
+                pending.append(frame)
+            else:
+                keep(frame)
+
         client = _subscribed(args, args.app)
         client.on_frame = record  # before entering: the snapshot comes with the Hello's answer
         async with client:
+            # Accepted: the capture starts at the snapshot, after the Hello's answer.
+            pending = None
+            for frame in early[1:]:
+                keep(frame)
+            early.clear()  # the snapshot is not kept for the rest of the capture
             closed = asyncio.ensure_future(client.closed.wait())
             stop = asyncio.ensure_future(done.wait())
             try:
