@@ -44,6 +44,13 @@ def full_disk(directory: Path) -> AuditLog:
 @asynccontextmanager
 async def broker_on(sockdir: Path, audit: AuditLog) -> AsyncIterator[Path]:
     """The broker's method table served on ``sockdir/tools.sock``, auditing to ``audit``."""
+    async with broker_serving(sockdir, audit) as (path, _):
+        yield path
+
+
+@asynccontextmanager
+async def broker_serving(sockdir: Path, audit: AuditLog) -> AsyncIterator[tuple[Path, Broker]]:
+    """:func:`broker_on`, with the broker (for its counters)."""
     config = BrokerConfig(call_timeout=5)
     ctx = ServiceContext("tool-broker", "0", Listeners([]), Notifier(""), config)
     core = BrokerCore(config, Catalog.load(), Policy(), version="0")
@@ -54,7 +61,7 @@ async def broker_on(sockdir: Path, audit: AuditLog) -> AsyncIterator[Path]:
         sock.bind(str(path))
         sock.listen()
         async with serve_unix(sock, broker.methods, on_disconnect=broker.connection_lost):
-            yield path
+            yield path, broker
         await broker.forwarder.finish()
 
 
@@ -115,4 +122,53 @@ async def test_an_audit_line_that_cannot_be_written_is_the_callers_answer(
     for answer in answers:  # answered -32603, and logged
         assert isinstance(answer, WireError)
         assert answer.code == -32603
+    audit.close()
+
+
+async def joins(broker: Broker, count: int) -> None:
+    """Until ``count`` duplicates have joined a keyed call running (the broker's own count)."""
+    while broker.core.calls.idempotency.counters["joins"] < count:  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
+
+
+async def test_a_duplicate_that_left_does_not_stop_the_others_being_answered(
+    sockdir: Path, tmp_path: Path
+) -> None:
+    """Duplicates of a keyed call (same idempotency key) wait for its answer; the first of them
+    has left when it comes. Its audit line cannot be written (a full disk): that is logged and
+    counted, and the duplicate after it is still audited and answered (-32603), not left
+    waiting."""
+    audit = full_disk(tmp_path)
+    started, gate = asyncio.Event(), asyncio.Event()
+    provider = ToolProvider(sockdir / "tools.sock", lexicons=LEXICONS)
+
+    @provider.tool(ECHO)
+    async def echo(args: dict[str, Any], call: ToolCall) -> dict[str, Any]:
+        started.set()
+        await gate.wait()
+        return {"text": args["text"]}
+
+    key = "k-1"
+    async with (
+        broker_serving(sockdir, audit) as (path, broker),
+        asyncio.timeout(20),
+        provider.connect(),
+        ToolClient(path) as first,
+        ToolClient(path) as leaving,
+        ToolClient(path) as waiting,
+    ):
+        running = asyncio.ensure_future(first.call(ECHO, {"text": "x"}, idempotency_key=key))
+        await started.wait()
+        left = asyncio.ensure_future(leaving.call(ECHO, {"text": "x"}, idempotency_key=key))
+        await joins(broker, 1)
+        left.cancel()  # notifications/cancelled
+        await leaving.connection.request("ping", {})  # read after it: the duplicate is gone
+        waits = asyncio.ensure_future(waiting.call(ECHO, {"text": "x"}, idempotency_key=key))
+        await joins(broker, 2)
+        gate.set()
+        answers = await asyncio.gather(running, waits, return_exceptions=True)
+    for answer in answers:
+        assert isinstance(answer, WireError)
+        assert answer.code == -32603
+    assert broker.ctx.counters["audit_errors"] == 2  # each duplicate's line
     audit.close()

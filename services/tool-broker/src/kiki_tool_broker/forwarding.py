@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -18,6 +19,8 @@ from typing import Any
 
 from kiki_tool_broker.calls import Admitted, Answer, AuditRecord, Calls, Joining
 from libkiki.rpc import Connection, Reply, RequestContext, Sent, after_input
+
+log = logging.getLogger(__name__)
 
 
 class Forwarder:
@@ -60,7 +63,7 @@ class Forwarder:
             return
         for joining, future in waiting:
             if future.done():  # its caller cancelled or left
-                self._write(
+                self._write_joined(
                     AuditRecord(
                         joining.caller,
                         joining.tool,
@@ -70,20 +73,34 @@ class Forwarder:
                         joining.provider,
                         joining.started,
                         on_behalf_of=joining.on_behalf_of,
-                    )
+                    ),
+                    future,
                 )
                 continue
             joined = self.calls.joined(joining, first)
-            try:
-                self._write(joined)
-            except Exception as exc:  # a full disk
-                future.set_exception(exc)
+            if not self._write_joined(joined, future):
                 continue
             if joined.error is not None:
                 future.set_exception(joined.error)
             else:
                 assert joined.result is not None
                 future.set_result(joined.result)
+
+    def _write_joined(self, record: AuditRecord, future: asyncio.Future[dict[str, Any]]) -> bool:
+        """Write a duplicate's audit line. One that cannot be written (a full disk) is logged
+        and counted (``audit_errors``) and is the duplicate's answer if its caller is still
+        there (-32603); it never stops the other duplicates from being audited and answered."""
+        try:
+            self._write(record)
+        except Exception as exc:
+            self.counters["audit_errors"] += 1
+            log.exception(
+                "the audit line of a duplicate call of %s could not be written", record.tool
+            )
+            if not future.done():
+                future.set_exception(exc)
+            return False
+        return True
 
     def forward_soon(self, call: Admitted, request: RequestContext) -> Reply:
         """Forward a call; its answer is a :class:`~libkiki.rpc.later.Reply` that the
