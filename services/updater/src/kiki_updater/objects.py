@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from kiki_updater.gio import fsync_dir, lib
+from kiki_updater.verified import Stat, Tree, stat_key
 
 __all__ = [
     "BadObject",
@@ -44,6 +45,8 @@ __all__ = [
     "added",
     "commit_root",
     "file_matches",
+    "file_stat",
+    "file_verified",
     "object_path",
     "reached",
     "read_meta",
@@ -144,17 +147,26 @@ def read_meta(objects: Path, checksum: str, kind: str) -> bytes:
     return data
 
 
-def reached(objects: Path, root_tree: str, root_meta: str) -> Reached:
+def reached(
+    objects: Path, root_tree: str, root_meta: str, parsed: dict[str, Tree] | None = None
+) -> Reached:
     """Every object below a commit's root (``root_tree``, ``root_meta``); each directory tree
-    is checked against its checksum before it is read (:class:`BadObject`)."""
+    is checked against its checksum before it is read (:class:`BadObject`). ``parsed``: trees
+    parsed before, by checksum (a tree found there is still checked, not parsed again); the
+    trees parsed here are added to it."""
     out = Reached(dirmetas={root_meta})
     pending = [root_tree]
+    if parsed is None:
+        parsed = {}
     while pending:
         tree = pending.pop()
         if tree in out.dirtrees:
             continue
         out.dirtrees.add(tree)
-        files, dirs = parse_dirtree(read_meta(objects, tree, "dirtree"))
+        data = read_meta(objects, tree, "dirtree")
+        if (known := parsed.get(tree)) is None:
+            known = parsed[tree] = parse_dirtree(data)
+        files, dirs = known
         out.files.update(checksum for _, checksum in files)
         for _, subtree, meta in dirs:
             out.dirmetas.add(meta)
@@ -205,6 +217,13 @@ def _file_header(mode: int) -> bytes:
 def file_matches(objects: Path, checksum: str) -> bool:
     """Whether the regular file object ``checksum`` hashes to its name. False for anything
     that is not a regular file: libostree decides those."""
+    return file_verified(objects, checksum) is not None
+
+
+def file_verified(objects: Path, checksum: str) -> Stat | None:
+    """The stat (taken before reading) of the regular file object ``checksum`` when it hashes
+    to its name, else None (anything that is not a regular file too: libostree decides
+    those)."""
     try:
         # Non-blocking: an object replaced by a FIFO must not stall the check (read never
         # blocks on a regular file, so the flag changes nothing for a genuine object).
@@ -213,11 +232,11 @@ def file_matches(objects: Path, checksum: str) -> bool:
             os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
         )
     except OSError:
-        return False
+        return None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            return False
+            return None
         digest = hashlib.sha256(_file_header(info.st_mode))
         # One read for a file that fits (most); a file that grew meanwhile is read to its end.
         want = min(info.st_size + 1, CHUNK)
@@ -228,7 +247,16 @@ def file_matches(objects: Path, checksum: str) -> bool:
             want = CHUNK
     finally:
         os.close(fd)
-    return digest.hexdigest() == checksum
+    return stat_key(info) if digest.hexdigest() == checksum else None
+
+
+def file_stat(objects: Path, checksum: str) -> Stat | None:
+    """The stat of file object ``checksum`` as :func:`file_verified` takes it (None: not
+    there)."""
+    try:
+        return stat_key(os.lstat(f"{objects}/{checksum[:2]}/{checksum[2:]}.file"))
+    except OSError:
+        return None
 
 
 def sync_objects(

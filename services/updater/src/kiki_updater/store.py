@@ -3,6 +3,7 @@
 Layout under the updater's root (``<state>/ostree``)::
 
     repo/                               the repository (objects, refs, remotes)
+    verified.json                       file objects hashed whole, by stat (``verified.py``)
     app/<id>/deploy/<commit>/           a hardlinked checkout: its files are the repo's objects
     app/<id>/current -> deploy/<commit> swapped by rename(2), then the directory fsync'd
     app/<id>/data/                      the app's writable state, never inside a deployment
@@ -32,6 +33,7 @@ import orjson
 
 from kiki_updater.gio import UpdaterError, commit_version, fsync_dir, lib, open_repo, syncfs
 from kiki_updater.names import is_id, is_name
+from kiki_updater.verified import Stat, Verified
 from libkiki.errors import InvalidParams, NotFound
 
 __all__ = [
@@ -106,6 +108,7 @@ class Store:
         self.root = root
         self.repo_path = root / "repo"
         self._local = threading.local()
+        self.verified = Verified(root / "verified.json")
 
     @property
     def repo(self) -> Any:
@@ -425,16 +428,26 @@ class Store:
     def fsck(self, commit: str) -> int:
         """Check every object ``commit`` reaches against its checksum: its file objects, its
         directory trees on the way and their metadata (modes) (``objects.py``: about 30 ms for
-        2000 files, 3 MB): the number of files checked. A bad one is deleted, so that the next
-        pull fetches it again, and raised as :class:`CorruptObject`: libostree reuses an object
-        it already holds, so a pull alone would never repair it."""
-        from kiki_updater.objects import BadObject, commit_root, file_matches, reached
+        2000 files, 3 MB): the number of files checked. A file object hashed whole before and
+        not changed since (``verified.py``) is not hashed again. A bad one is deleted, so that
+        the next pull fetches it again, and raised as :class:`CorruptObject`: libostree reuses
+        an object it already holds, so a pull alone would never repair it."""
+        from kiki_updater.objects import (
+            BadObject,
+            commit_root,
+            file_stat,
+            file_verified,
+            reached,
+        )
+        from kiki_updater.verified import recordable
 
         L = lib()
         FILE = L.OSTree.ObjectType.FILE
         objects = self.repo_path / "objects"
+        trees = self.verified.trees()
+        known_trees = set(trees)
         try:
-            found = reached(objects, *commit_root(self.repo, commit))
+            found = reached(objects, *commit_root(self.repo, commit), trees)
         except BadObject as bad:
             kind = L.OSTree.ObjectType.DIR_TREE
             self._confirm_bad(commit, kind, bad.checksum)
@@ -445,9 +458,25 @@ class Store:
             files, dirmetas = found.files, found.dirmetas
         for checksum in dirmetas:
             self._check_dirmeta(commit, checksum)
-        for checksum in files:
-            if not file_matches(objects, checksum):
-                self._confirm_bad(commit, FILE, checksum)
+        known = self.verified.load()
+        started_ns, now = time.time_ns(), int(time.time())
+        fresh: dict[str, tuple[Stat, int]] = {}
+        try:
+            for checksum in files:
+                record = known.get(checksum)
+                if record is not None and file_stat(objects, checksum) == record[0]:
+                    continue
+                key = file_verified(objects, checksum)
+                if key is None:
+                    self._confirm_bad(commit, FILE, checksum)
+                elif recordable(key, started_ns):
+                    fresh[checksum] = (key, now)
+        except CorruptObject as bad:
+            self.verified.update(fresh, drop=[bad.data["object"]])
+            raise
+        new_trees = {t: trees[t] for t in trees.keys() - known_trees}
+        if fresh or new_trees:
+            self.verified.update(fresh, trees=new_trees)
         return len(files)
 
     def _check_dirmeta(self, commit: str, checksum: str) -> None:
@@ -526,7 +555,22 @@ class Store:
         rollback ref."""
         L = lib()
         _, _total, pruned, size = self.repo.prune(L.OSTree.RepoPruneFlags.REFS_ONLY, 0, None)
+        if pruned:
+            self._forget_pruned()
         return int(pruned), int(size)
+
+    def _forget_pruned(self) -> None:
+        """Drop the records of objects no longer in the repository (``verified.py``)."""
+        from kiki_updater.objects import file_stat, object_path
+
+        objects = self.repo_path / "objects"
+        kept = {c: r for c, r in self.verified.load().items() if file_stat(objects, c)}
+        trees = {
+            c: t
+            for c, t in self.verified.trees().items()
+            if object_path(objects, c, "dirtree").exists()
+        }
+        self.verified.update(kept, trees=trees, keep_only=True)
 
 
 def rollback_ref(kind: Kind, ident: str) -> str:
