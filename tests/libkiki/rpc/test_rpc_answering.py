@@ -388,4 +388,4 @@ def test_sync_and_async_registration_are_not_mixed_up() -> None:
     methods.register_sync("x", s)
     methods.register("x", a)  # replaced by an async handler: no longer answered as read
     assert "x" in methods
-    assert "x" not in methods._sync
+    assert methods.sync_handler("x") is None

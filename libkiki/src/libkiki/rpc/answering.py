@@ -51,14 +51,14 @@ class Answering:
         peer: PeerCred,
         name: str,
     ) -> None:
-        self.methods = methods
+        self._methods = methods
         self._loop = loop
         self._core = core
         self._complete = core.complete
         self._release = core.release
         self._link = link
         self._write_nowait = link.write_nowait
-        self._answered = link.answered
+        self._release_written = link.release_written
         self._connection = connection
         self._peer = peer
         self._name = name
@@ -69,8 +69,8 @@ class Answering:
 
     def start(self, event: Incoming) -> None:
         """Handle a request or notification just read."""
-        methods = self.methods
-        if event.notification and (inline := methods._inline.get(event.method)):
+        methods = self._methods
+        if event.notification and (inline := methods.inline_handler(event.method)):
             try:
                 inline(event.message.get("params"))
             except Exception:
@@ -90,14 +90,14 @@ class Answering:
         # A synchronous handler answers here, unless a request read before it still runs in a
         # task: then it queues behind it in a task too, so that answers that need no waiting
         # leave in the order their requests came, as they did when every request had a task.
-        if methods._sync and not self.tasks and self._link.paused is None:
+        if methods.has_sync and not self.tasks and self._link.paused is None:
             answer = dispatch_now(methods, ctx, event.message)
             if isinstance(answer, dict):
                 # Answered as read: no task, no extra turn of the event loop. The slot is
                 # released once the answer is handed to the transport (Link.flush).
                 if (data := self._complete(event.slot, answer)) is not None:
                     self._write_nowait(data)
-                self._answered.append(event.slot)
+                self._release_written(event.slot)
                 return
             if isinstance(answer, Reply):
                 # Answered as the reply is settled, in that turn of the loop: no task either.
@@ -156,7 +156,7 @@ class Answering:
         response = None if answer.cancelled() else settled(event.method, event.id, answer)
         if (data := self._complete(event.slot, response)) is not None:
             self._write_nowait(data)
-        self._link.release_written(event.slot)
+        self._release_written(event.slot)
 
     def _cancel(self, slot: int, task: asyncio.Task[None]) -> None:
         task.cancel()
@@ -186,7 +186,7 @@ class Answering:
         try:
             try:
                 if pending is None:
-                    response = await dispatch(self.methods, ctx, event.message)
+                    response = await dispatch(self._methods, ctx, event.message)
                 else:
                     response = await finish(event.method, event.id, pending)
             except asyncio.CancelledError:

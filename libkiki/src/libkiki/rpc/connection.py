@@ -83,9 +83,9 @@ class Connection:
         counters: Counter[str] | None = None,
         name: str = "",
     ) -> None:
-        self.peer = peer
-        self.methods = Methods.of(methods)
-        self.name = name or peer.describe()
+        self._peer = peer
+        self._methods = Methods.of(methods)
+        self._name = name or peer.describe()
         self.state: dict[str, Any] = {}  # free for the application (e.g. a provider's tools)
         if (sock is None) == (transport is None):
             raise TypeError("a Connection takes a socket or a transport factory, not both")
@@ -100,7 +100,7 @@ class Connection:
             max_in_flight=max_in_flight, counters=counters, max_line=sendable
         )
         link = self._link = Link(loop, core.release)
-        self._progress = Progress(loop, self.name)
+        self._progress = Progress(loop, self._name)
         self._notifying = Notifying(core, link, self._check_open, self._is_open)
         self._calling = Calling(
             loop,
@@ -111,7 +111,7 @@ class Connection:
             max_in_flight=max_in_flight,
             request_timeout=request_timeout,
         )
-        self._answering = Answering(loop, core, link, self.methods, self, peer, self.name)
+        self._answering = Answering(loop, core, link, self._methods, self, peer, self._name)
         self._reader = Reader(
             link,
             LineDecoder(max_line),
@@ -135,6 +135,23 @@ class Connection:
         self._closing_started = asyncio.Event()
         self._finished = asyncio.Event()
         self._closing = False
+
+    # Read-only: the parts were given them at construction, so a new value would not reach them.
+
+    @property
+    def peer(self) -> PeerCred:
+        """Who is at the other end (its credentials, as the connection was given them)."""
+        return self._peer
+
+    @property
+    def methods(self) -> Methods:
+        """The methods served to the peer: a mutable table, registered into as needed."""
+        return self._methods
+
+    @property
+    def name(self) -> str:
+        """The connection's name in the log."""
+        return self._name
 
     @property
     def request_timeout(self) -> float | None:
@@ -172,7 +189,7 @@ class Connection:
         reader = self._reader
         if self._make_transport is not None:
             transport = self._make_transport(reader)
-            if self._link.transport is None:
+            if not self._link.attached:
                 reader.connection_made(transport)
             return self
         assert self._sock is not None
@@ -284,14 +301,12 @@ class Connection:
                 await asyncio.wait(stragglers, timeout=_CLOSE_BOUND)
             self._progress.stop()
             self._progress.drop_queued()  # release requests waiting on a marker
-            transport = self._link.transport
-            if transport is not None:
-                transport.close()  # flushes what is buffered, then connection_lost
+            if self._link.close():  # flushes what is buffered, then connection_lost
                 try:
                     async with asyncio.timeout(_CLOSE_BOUND):
                         await self._lost_waiter.wait()
                 except TimeoutError:
-                    transport.abort()  # a peer that never reads cannot hold us here
+                    self._link.abort()  # a peer that never reads cannot hold us here
         except asyncio.CancelledError:
             # Cancelled part-way (a server's drain bound passed, say): the connection still
             # ends, at once, or it would stay open until its peer chose to leave.
@@ -303,8 +318,7 @@ class Connection:
     def _abort(self) -> None:
         self._shut(Unavailable("the connection was closed"))
         self._progress.stop()
-        if self._link.transport is not None:
-            self._link.transport.abort()
+        self._link.abort()
 
     def _shut(self, error: KikiError) -> None:
         """Fail everything that waits on the peer and cancel every handler (once)."""
@@ -332,8 +346,7 @@ class Connection:
 
     def _broken(self) -> None:
         self._shut(PeerGone())
-        if self._link.transport is not None:
-            self._link.transport.abort()
+        self._link.abort()
 
     def _ended(self, lost: bool) -> None:
         self._shut(self._parting or PeerGone())
@@ -365,8 +378,19 @@ class Connection:
         timeout: float | None = None,
         on_progress: ProgressCallback | None = None,
     ) -> Coroutine[Any, Any, Any]:
-        """Call ``method`` on the peer and return its result; its error is raised, typed
-        (see :meth:`Calling.request <libkiki.rpc.calling.Calling.request>`)."""
+        """Call ``method`` on the peer: returns an awaitable of its result; the peer's error is
+        raised from it, typed (:mod:`libkiki.errors`).
+
+        ``timeout`` (seconds; None for the connection's ``request_timeout``, ``math.inf`` for
+        none) covers waiting for an in-flight slot too; when it passes, or the awaiting task is
+        cancelled, the peer is sent ``notifications/cancelled`` and
+        :class:`~libkiki.errors.Timeout` (or the cancellation) is raised. ``on_progress`` asks
+        for MCP progress (``params`` must then be a dict) and is awaited with each
+        ``notifications/progress``, in the connection's reader: it should be quick; the result
+        is returned only after the callbacks queued before it have run. Raises the
+        connection's typed error (:class:`~libkiki.errors.PeerGone`,
+        :class:`~libkiki.errors.Unavailable`) once it is over.
+        """
         return self._calling.request(method, params, timeout=timeout, on_progress=on_progress)
 
     def limit_requests(self, n: int) -> None:
@@ -406,12 +430,14 @@ class Connection:
     # -- notifying the peer (libkiki.rpc.notifying) ------------------------------------------
 
     def notify(self, method: str, params: Params | None = None) -> Coroutine[Any, Any, None]:
-        """Send a notification; wait while the transport is full."""
+        """Send a notification: returns an awaitable that waits while the transport is full."""
         return self._notifying.notify(method, params)
 
     def notify_many(self, items: Sequence[tuple[str, Params | None]]) -> Coroutine[Any, Any, None]:
-        """Send notifications as separate lines in one ``write()`` (not a batch); wait only
-        while the transport is full (see :meth:`~libkiki.rpc.notifying.Notifying.notify_many`)."""
+        """Send notifications as separate lines in one ``write()`` (not a batch): returns an
+        awaitable that waits only while the transport is full, also when ``items`` is empty (a
+        way to wait for the peer to read). See
+        :meth:`~libkiki.rpc.notifying.Notifying.notify_many`."""
         return self._notifying.notify_many(items)
 
     def try_notify(self, method: str, params: Params | None = None) -> bool:

@@ -1,6 +1,7 @@
 """The write side of a :class:`~libkiki.rpc.Connection` and the flow control of its transport.
 
-A :class:`Link` owns the transport once it is made and is the only code that writes to it:
+A :class:`Link` owns the transport once it is made and is the only code that writes to it or
+closes it:
 
 * Writes go straight to the transport. While its buffer is over the high-water mark the
   transport is paused: writers that can wait (:meth:`Link.write`) wait, and reading stops, so
@@ -21,8 +22,12 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import Callable
+from typing import TypeVar
 
 __all__ = ["Link"]
+
+A = TypeVar("A")
+B = TypeVar("B")
 
 
 class Link:
@@ -32,44 +37,48 @@ class Link:
     """
 
     __slots__ = (
+        "_answered",
         "_loop",
         "_out",
         "_release",
+        "_transport",
         "_unreleased",
-        "answered",
         "paused",
         "reading_held",
-        "transport",
     )
 
     def __init__(self, loop: asyncio.AbstractEventLoop, release: Callable[[int], None]) -> None:
         self._loop = loop
         self._release = release
-        self.transport: asyncio.Transport | None = None
+        self._transport: asyncio.Transport | None = None
         # Set while the transport's buffer is full; done (and None again) once it drains.
         self.paused: asyncio.Future[None] | None = None
         self.reading_held = 0  # pause_reading calls not yet resumed
         self._out: list[bytes] | None = None  # written while a chunk is handled
-        # Slots answered while a chunk is handled, released when it has been written. Cleared,
-        # never replaced: the incoming side keeps a reference to it.
-        self.answered: list[int] = []
+        # Slots answered while a chunk is handled, released when it has been written.
+        self._answered: list[int] = []
         self._unreleased: list[int] = []  # answered, still in the transport's buffer
 
     def attach(self, transport: asyncio.Transport) -> None:
         """The transport is made (``connection_made``)."""
-        self.transport = transport
+        self._transport = transport
         if self.reading_held:
             transport.pause_reading()  # paused before there was a transport
 
     @property
+    def attached(self) -> bool:
+        """Whether the transport is made."""
+        return self._transport is not None
+
+    @property
     def buffer_size(self) -> int:
-        return 0 if self.transport is None else self.transport.get_write_buffer_size()
+        return 0 if self._transport is None else self._transport.get_write_buffer_size()
 
     # -- writing -----------------------------------------------------------------------------
 
     async def write(self, data: bytes) -> None:
         """Write ``data``; then wait while the transport is full."""
-        transport = self.transport
+        transport = self._transport
         if transport is None or transport.is_closing():
             return  # the peer is gone: whoever waits for an answer is failed by the connection
         transport.write(data)
@@ -86,7 +95,7 @@ class Link:
         if self._out is not None:
             self._out.append(data)
             return
-        transport = self.transport
+        transport = self._transport
         if transport is not None and not transport.is_closing():
             transport.write(data)
 
@@ -95,18 +104,23 @@ class Link:
         if self.paused is not None:
             await asyncio.shield(self.paused)
 
-    def idle(self) -> asyncio.Transport | None:
-        """The transport, if a write now would go out ahead of nothing: it is open and holds
-        no unsent bytes."""
-        transport = self.transport
+    def try_write(self, encode: Callable[[A, B], bytes], a: A, b: B) -> bool:
+        """Write ``encode(a, b)`` only if it would go out ahead of nothing: the transport is
+        open and holds no unsent bytes. False, and nothing encoded or written, otherwise (the
+        arguments are passed through rather than the bytes, so a refused write costs no
+        encoding)."""
+        transport = self._transport
         if transport is None or transport.is_closing() or transport.get_write_buffer_size():
-            return None
-        return transport
+            return False
+        data = encode(a, b)
+        if data:
+            transport.write(data)
+        return True
 
     def release_written(self, slot: int) -> None:
         """``slot``'s answer was just written without waiting: release it once it is taken."""
         if self._out is not None:
-            self.answered.append(slot)  # with the chunk being handled (flush)
+            self._answered.append(slot)  # with the chunk being handled (flush)
         elif self.paused is not None:
             self._unreleased.append(slot)  # when the transport drains (resume_writing)
         else:
@@ -124,7 +138,7 @@ class Link:
         self._out = None
         if out:
             self.write_nowait(b"".join(out) if len(out) > 1 else out[0])
-        answered = self.answered
+        answered = self._answered
         if answered:
             if self.paused is not None:
                 # Not taken yet: they count as in flight until the transport drains, as
@@ -141,8 +155,8 @@ class Link:
     def pause_writing(self) -> None:
         if self.paused is None:
             self.paused = self._loop.create_future()
-            if self.transport is not None:
-                self.transport.pause_reading()
+            if self._transport is not None:
+                self._transport.pause_reading()
 
     def resume_writing(self) -> None:
         paused = self.paused
@@ -154,13 +168,13 @@ class Link:
         for slot in self._unreleased:
             self._release(slot)
         self._unreleased.clear()
-        transport = self.transport
+        transport = self._transport
         if transport is not None and not transport.is_closing() and not self.reading_held:
             transport.resume_reading()
 
     def pause_reading(self) -> None:
         self.reading_held += 1
-        transport = self.transport
+        transport = self._transport
         if self.reading_held == 1 and transport is not None and not transport.is_closing():
             transport.pause_reading()
 
@@ -168,7 +182,7 @@ class Link:
         if self.reading_held == 0:
             raise RuntimeError("resume_reading without pause_reading")
         self.reading_held -= 1
-        transport = self.transport
+        transport = self._transport
         if (
             self.reading_held == 0
             and self.paused is None
@@ -177,16 +191,31 @@ class Link:
         ):
             transport.resume_reading()
 
+    # -- ending ------------------------------------------------------------------------------
+
+    def close(self) -> bool:
+        """Close the transport once what is buffered is sent (then ``connection_lost``); False
+        if there is no transport to close."""
+        if self._transport is None:
+            return False
+        self._transport.close()
+        return True
+
+    def abort(self) -> None:
+        """Close the transport at once, dropping what is buffered."""
+        if self._transport is not None:
+            self._transport.abort()
+
     def unix_socket(self) -> socket.socket | None:
         """The transport's socket, if it is a Unix socket."""
-        transport = self.transport
+        transport = self._transport
         raw = transport.get_extra_info("socket") if transport is not None else None
         if raw is None or raw.family != socket.AF_UNIX:
             return None
         return raw  # type: ignore[no-any-return]
 
     def set_write_limits(self, high: int, *, sndbuf: int | None = None) -> None:
-        transport = self.transport
+        transport = self._transport
         if transport is None:
             return
         transport.set_write_buffer_limits(high=high)

@@ -307,6 +307,19 @@ class Methods:
 
         return decorator
 
+    def inline_handler(self, name: str) -> Callable[[Any], None] | None:
+        """The handler of notification ``name`` if it is handled as read (:meth:`inline`)."""
+        return self._inline.get(name)
+
+    def sync_handler(self, name: str) -> SyncHandler | None:
+        """The handler of ``name`` if it answers as read (:meth:`register_sync`)."""
+        return self._sync.get(name)
+
+    @property
+    def has_sync(self) -> bool:
+        """Whether any handler answers as read (:meth:`register_sync`)."""
+        return bool(self._sync)
+
     def unregister(self, name: str) -> None:
         self._sync.pop(name, None)
         self._handlers.pop(name, None)

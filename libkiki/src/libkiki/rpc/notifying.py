@@ -60,21 +60,14 @@ class Notifying:
         is closed: for wake-up style messages that the sender coalesces and sends later, so a
         slow reader costs it nothing.
         """
-        transport = self._link.idle() if self._is_open() else None
-        if transport is None:
-            return False
-        transport.write(self._notification(method, params))
-        return True
+        return self._is_open() and self._link.try_write(self._notification, method, params)
 
     def try_notify_many(self, items: Sequence[tuple[str, Params | None]]) -> bool:
         """:meth:`notify_many` now, if nothing is queued ahead: separate lines in one
         ``write()``, never waiting, never queued behind unsent bytes. False (and nothing sent)
         as for :meth:`try_notify`."""
-        transport = self._link.idle() if self._is_open() else None
-        if transport is None:
-            return False
+        return self._is_open() and self._link.try_write(self._lines, items, None)
+
+    def _lines(self, items: Sequence[tuple[str, Params | None]], _: None) -> bytes:
         notification = self._notification
-        data = b"".join([notification(method, params) for method, params in items])
-        if data:
-            transport.write(data)
-        return True
+        return b"".join([notification(method, params) for method, params in items])
