@@ -36,6 +36,7 @@ pytest_plugins = [
     "kikitest.a11y_fixtures",
     "kikitest.sensor_fixtures",
     "kikitest.systemd_fixtures",
+    "kikitest.rpc_fixtures",
 ]
 
 

@@ -6,14 +6,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from rpc_peers import Probe, bounded, make_methods, note, raw, req, running, sync_methods
 
+from kikitest.rpc_peers import Probe, bounded, make_methods, note, raw, req, running, sync_methods
 from libkiki.errors import (
     LimitExceeded,
     PermissionDenied,
@@ -24,22 +23,6 @@ from libkiki.rpc import Methods, RequestContext, connect_unix
 from libkiki.rpc.server import RpcServer
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def probe() -> Probe:
-    return Probe()
-
-
-@pytest.fixture
-def sock_path(tmp_path: Path) -> Path:
-    return tmp_path / "rpc.sock"
-
-
-@pytest.fixture
-async def server(sock_path: Path, probe: Probe) -> AsyncIterator[RpcServer]:
-    async with running(sock_path, make_methods(probe)) as srv:
-        yield srv
 
 
 @pytest.mark.parametrize("rid", [1, 0, "a-string", 2**40])

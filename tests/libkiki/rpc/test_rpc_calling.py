@@ -8,14 +8,13 @@ import logging
 import os
 import socket
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from rpc_peers import Probe, bounded, make_methods, raw, req, running
 
+from kikitest.rpc_peers import Probe, bounded, raw, req
 from libkiki.errors import (
     LimitExceeded,
     MethodNotFound,
@@ -27,22 +26,6 @@ from libkiki.rpc import Call, Connection, Methods, RequestContext, connect_unix
 from libkiki.rpc.server import RpcServer
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def probe() -> Probe:
-    return Probe()
-
-
-@pytest.fixture
-def sock_path(tmp_path: Path) -> Path:
-    return tmp_path / "rpc.sock"
-
-
-@pytest.fixture
-async def server(sock_path: Path, probe: Probe) -> AsyncIterator[RpcServer]:
-    async with running(sock_path, make_methods(probe)) as srv:
-        yield srv
 
 
 async def test_response_to_unknown_id_is_logged_and_ignored(

@@ -4,13 +4,12 @@ draining or cut short; pending requests fail at once, handlers are cancelled."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, suppress
 from pathlib import Path
 
 import pytest
-from rpc_peers import BOUND, Probe, bounded, make_methods, raw, req, running, sync_methods
 
+from kikitest.rpc_peers import BOUND, Probe, bounded, make_methods, raw, req, running, sync_methods
 from libkiki.errors import (
     PeerGone,
 )
@@ -19,22 +18,6 @@ from libkiki.rpc.server import RpcServer
 from libkiki.sockets import bind_unix
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def probe() -> Probe:
-    return Probe()
-
-
-@pytest.fixture
-def sock_path(tmp_path: Path) -> Path:
-    return tmp_path / "rpc.sock"
-
-
-@pytest.fixture
-async def server(sock_path: Path, probe: Probe) -> AsyncIterator[RpcServer]:
-    async with running(sock_path, make_methods(probe)) as srv:
-        yield srv
 
 
 async def test_client_vanishing_mid_call_cancels_its_handler_only(

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import orjson
 import pytest
-from rpc_peers import (
+
+from kikitest.rpc_peers import (
     BOUND,
     Probe,
     bounded,
@@ -23,22 +24,11 @@ from rpc_peers import (
     running,
     sync_methods,
 )
-
 from libkiki.rpc import connect_unix
 from libkiki.rpc.link import Link
 from libkiki.sockets import bind_unix
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def probe() -> Probe:
-    return Probe()
-
-
-@pytest.fixture
-def sock_path(tmp_path: Path) -> Path:
-    return tmp_path / "rpc.sock"
 
 
 @pytest.mark.parametrize("kind", ["async", "sync"])

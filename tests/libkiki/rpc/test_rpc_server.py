@@ -11,24 +11,14 @@ from pathlib import Path
 
 import orjson
 import pytest
-from rpc_peers import BOUND, Probe, make_methods, raw, req, running
 
+from kikitest.rpc_peers import BOUND, Probe, make_methods, raw, req, running
 from libkiki.errors import (
     Unavailable,
 )
 from libkiki.rpc import connect_unix, serve_unix
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def probe() -> Probe:
-    return Probe()
-
-
-@pytest.fixture
-def sock_path(tmp_path: Path) -> Path:
-    return tmp_path / "rpc.sock"
 
 
 async def test_connection_limit_refuses_the_extra_peer_only(sock_path: Path, probe: Probe) -> None:
