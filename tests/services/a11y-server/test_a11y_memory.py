@@ -26,13 +26,14 @@ BOUND = 20.0
 
 
 async def test_a_peer_gone_inside_a_frame_is_freed_without_a_garbage_collection(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:
     # Its state sat in reference cycles (a finished task's exception -> its frame -> the peer
     # -> the peer's tasks), so its unfinished frame stayed until a full collection ran.
     monkeypatch.setenv("KIKI_RUNTIME_DIR", str(tmp_path))
     config = A11yConfig(broker_tools=False, policy_file=str(tmp_path / "none.toml"))
     ctx = ServiceContext("a11y-server", "0", Listeners(), Notifier(""), config=config)
+    request.addfinalizer(ctx.listeners.close)  # not the garbage collector, in a later test
     gc.collect()
     gc.disable()
     try:
@@ -57,7 +58,7 @@ def _peak_rss_mib() -> float:
 
 
 async def test_a_peer_that_asks_and_never_reads_holds_no_more_than_the_write_buffer(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:
     # One read of 64 KiB holds ~860 queries; their answers (up to 1000 nodes each) went into
     # the transport's buffer all at once, read from the peer or not: two such connections took
@@ -65,6 +66,7 @@ async def test_a_peer_that_asks_and_never_reads_holds_no_more_than_the_write_buf
     monkeypatch.setenv("KIKI_RUNTIME_DIR", str(tmp_path))
     config = A11yConfig(broker_tools=False, policy_file=str(tmp_path / "none.toml"))
     ctx = ServiceContext("a11y-server", "0", Listeners(), Notifier(""), config=config)
+    request.addfinalizer(ctx.listeners.close)  # not the garbage collector, in a later test
     async with serve(ctx), asyncio.timeout(60):
         loop = asyncio.get_running_loop()
         path = os.fspath(tmp_path / "a11y.sock")

@@ -21,11 +21,12 @@ pytestmark = pytest.mark.integration
 
 
 async def test_a_failing_flush_is_counted_and_the_connections_live(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:
     monkeypatch.setenv("KIKI_RUNTIME_DIR", str(tmp_path))
     config = A11yConfig(broker_tools=False, policy_file=str(tmp_path / "none.toml"))
     ctx = ServiceContext("a11y-server", "0", Listeners(), Notifier(""), config=config)
+    request.addfinalizer(ctx.listeners.close)  # not the garbage collector, in a later test
 
     def broken_take(self: Desktop, sub: object) -> list[bytes]:
         raise RuntimeError("planted")
