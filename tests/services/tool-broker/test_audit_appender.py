@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -188,3 +189,24 @@ def test_an_unreadable_head_is_rewritten_from_the_log(tmp_path: Path) -> None:
     fill(tmp_path, 3).close()
     (tmp_path / "audit.head").write_bytes(b"garbage\n")
     assert chain_after_restart(tmp_path) == []
+
+
+def test_a_head_that_cannot_be_written_leaves_the_line_recorded(tmp_path: Path) -> None:
+    """The head's write fails after its line was written (a full copy-on-write disk: here the
+    head is /dev/full): the append still succeeds, and the next one rewrites the head."""
+    log = fill(tmp_path, 2)
+    head_fd = log._head_fd
+    log._head_fd = os.open("/dev/full", os.O_WRONLY)
+    entry = log.append(
+        caller=CALLER, tool="dev.kiki.test.t", outcome="ok", code=None, duration_us=1, arguments={}
+    )
+    assert entry["seq"] == 3 == log.seq
+    os.close(log._head_fd)
+    log._head_fd = head_fd  # room again
+    after = log.append(
+        caller=CALLER, tool="dev.kiki.test.u", outcome="ok", code=None, duration_us=1, arguments={}
+    )
+    assert after["prev"] == entry["hash"]
+    log.close()
+    assert [e["seq"] for e in read_entries(log.path)] == [1, 2, 3, 4]
+    assert list(verify(log.path, log.head_path)) == []

@@ -26,6 +26,7 @@ from kiki_tool_broker.server import Broker
 from kikitest import until
 from kikitest.broker_fixtures import RawPeer
 from kikitest.broker_lexicons import TICKS, TICKS_LEXICON
+from libkiki.errors import WireError
 from libkiki.rpc import serve_unix
 from libkiki.service import ServiceContext
 from libkiki.sockets import Listeners
@@ -206,9 +207,10 @@ async def test_full_queues_of_one_connection_are_written_in_turn(
 async def test_an_audit_log_on_a_full_disk_leaves_the_streams_whole(
     sockdir: Path, tmp_path: Path
 ) -> None:
+    """The disk fills while a subscription runs: its end's audit line cannot be written, which
+    is logged and counted, and the end stands (the upstream closed at the provider). A
+    subscribe then is refused, -32603, and leaves no upstream behind."""
     audit = AuditLog(tmp_path)
-    os.close(audit._fd)
-    audit._fd = os.open("/dev/full", os.O_WRONLY)
     closed: list[int] = []
     async with (
         broker_on(sockdir, audit) as (path, broker),
@@ -216,13 +218,19 @@ async def test_an_audit_log_on_a_full_disk_leaves_the_streams_whole(
         ToolClient(path) as client,
     ):
         async with asyncio.timeout(20):
-            async with client.subscribe(TICKS, room="a") as stream:  # subscribed all the same
+            async with client.subscribe(TICKS, room="a") as stream:
                 async for item in stream:
                     if isinstance(item, Event):
                         assert item.message == {"n": 0}
                         break
-            # Unsubscribed (its audit line failed too): the upstream closed at the provider.
+                os.close(audit._fd)
+                audit._fd = os.open("/dev/full", os.O_WRONLY)
+            # Unsubscribed (its audit line failed): the upstream closed at the provider.
             await until(lambda: closed == [1], "the generator closed")
+            assert broker.ctx.counters["audit_errors"] == 1
+            with pytest.raises(WireError) as refused:
+                await client.connection.request("kiki/subscribe", {"nsid": TICKS})
+            assert refused.value.code == -32603
         assert not broker.core.streams.upstreams()
-        assert broker.ctx.counters["audit_errors"] >= 2
+        assert not broker.core.streams.subscriptions()
     audit.close()

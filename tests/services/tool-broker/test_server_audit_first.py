@@ -21,7 +21,7 @@ from kiki_tool_broker.policy import Policy
 from kiki_tool_broker.schemas import Catalog
 from kiki_tool_broker.server import Broker
 from kiki_tool_broker.tools import GET_INFO_TOOL
-from kikitest.broker_lexicons import ECHO, LEXICONS
+from kikitest.broker_lexicons import ECHO, LEXICONS, TICKS, TICKS_LEXICON
 from libkiki.audit import read_entries
 from libkiki.errors import PeerGone, WireError
 from libkiki.rpc import serve_unix
@@ -171,4 +171,68 @@ async def test_a_duplicate_that_left_does_not_stop_the_others_being_answered(
         assert isinstance(answer, WireError)
         assert answer.code == -32603
     assert broker.ctx.counters["audit_errors"] == 2  # each duplicate's line
+    audit.close()
+
+
+async def test_a_call_whose_head_cannot_be_written_is_answered_and_kept(
+    sockdir: Path, tmp_path: Path
+) -> None:
+    """The audit head's write fails after the call's line was written (a full copy-on-write
+    disk; here the head is /dev/full): the line is recorded, so the call is answered, and its
+    idempotency key keeps the answer: the retry is a replay, the tool ran once."""
+    audit = AuditLog(tmp_path)
+    os.close(audit._head_fd)
+    audit._head_fd = os.open("/dev/full", os.O_WRONLY)
+    runs = 0
+    provider = ToolProvider(sockdir / "tools.sock", lexicons=LEXICONS)
+
+    @provider.tool(ECHO)
+    async def echo(args: dict[str, Any], call: ToolCall) -> dict[str, Any]:
+        nonlocal runs
+        runs += 1
+        return {"text": args["text"]}
+
+    async with (
+        broker_on(sockdir, audit) as path,
+        asyncio.timeout(20),
+        provider.connect(),
+        ToolClient(path) as client,
+    ):
+        first = await client.call(ECHO, {"text": "x"}, idempotency_key="k-2")
+        retry = await client.call(ECHO, {"text": "x"}, idempotency_key="k-2")
+    assert first == retry == {"text": "x"}
+    assert runs == 1
+    outcomes = [e["outcome"] for e in read_entries(audit.path)]
+    assert outcomes == ["ok", "replay"]
+    audit.close()
+
+
+async def test_a_subscribe_that_cannot_be_audited_fails_and_leaves_nothing(
+    sockdir: Path, tmp_path: Path
+) -> None:
+    """As a call: a subscribe whose audit line cannot be written (a full disk) is answered
+    -32603, and the subscription is undone: no subscription, topic, upstream or writer is left,
+    for a provider's stream as for one of the broker's own."""
+    audit = full_disk(tmp_path)
+    provider = ToolProvider(sockdir / "tools.sock", lexicons=[TICKS_LEXICON])
+
+    @provider.subscription(TICKS)
+    async def ticks(params: dict[str, Any], stream: Any) -> AsyncIterator[dict[str, Any]]:
+        yield {"n": 0}
+        await asyncio.Event().wait()
+
+    async with (
+        broker_serving(sockdir, audit) as (path, broker),
+        asyncio.timeout(20),
+        provider.connect(),
+        ToolClient(path) as client,
+    ):
+        for nsid in (TICKS, "dev.kiki.tools.subscribeProviders"):
+            with pytest.raises(WireError) as refused:
+                await client.connection.request("kiki/subscribe", {"nsid": nsid})
+            assert refused.value.code == -32603
+            counters = broker.info()["counters"]
+            for gauge in ("subscriptions", "topics", "upstreams", "writers"):
+                assert counters[f"stream_{gauge}"] == 0, (nsid, gauge)
+            assert broker.streams.subs == {}
     audit.close()

@@ -52,6 +52,7 @@ class AuditLog:
         # short write (a full disk) could not be cut off at once.
         self._cut_to: int | None = None
         self._head_fd = os.open(self.head_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        self._head_behind = False  # the last head write failed: the head is behind the log
         self._write_head()
 
     def _continue_from(self) -> tuple[int, str]:
@@ -188,21 +189,47 @@ class AuditLog:
             self._cut_short(written, len(line))
         seq = self._seq = self._seq + 1
         self._prev = digest
-        os.pwrite(self._head_fd, format_head(seq, digest), 0)
         body["hash"] = digest
+        try:
+            os.pwrite(self._head_fd, format_head(seq, digest), 0)
+        except OSError as exc:
+            self._head_failed(exc)
+        else:
+            if self._head_behind:
+                self._head_behind = False
+                log.info("%s is written again, at seq %d", self.head_path, seq)
         return body
 
+    def _head_failed(self, exc: OSError) -> None:
+        """The head could not be rewritten after a line that was (a full copy-on-write
+        filesystem, where even an in-place write needs a free block). The line is recorded and
+        stays so: the call is answered, and its idempotency key keeps its answer. The next
+        append rewrites the head, and so does :meth:`close`; a head one line behind is what
+        the recovery on open already takes (the broker stopped between a line and its head).
+        Logged once per streak of failures."""
+        if not self._head_behind:
+            self._head_behind = True
+            log.error(
+                "%s could not be written (%s); it is written again with the next line",
+                self.head_path,
+                exc,
+            )
+
     def _cut_short(self, written: int, size: int) -> None:
-        """A write that stopped short (the disk filled, a file size limit): the line's fragment
-        is cut off, so that the log never holds a torn line the chain goes on from, and the
-        append fails (the call is answered -32603, never told it was recorded)."""
+        """A write that stopped short (a full disk, a file size limit: the kernel does not
+        say which): the line's fragment is cut off, so that the log never holds a torn line
+        the chain goes on from, and the append fails with EIO (the call is answered -32603,
+        never told it was recorded). A fragment that cannot be cut off now is cut off before
+        the next line."""
         end = os.lseek(self._fd, 0, os.SEEK_END)
         self._cut_to = end - written
-        with contextlib.suppress(OSError):  # tried again before the next line
+        with contextlib.suppress(OSError):
             os.ftruncate(self._fd, self._cut_to)
             self._cut_to = None
         raise OSError(
-            errno.ENOSPC, f"audit log {self.path}: {written} of {size} bytes written, line dropped"
+            errno.EIO,
+            f"audit log {self.path}: the write stopped after {written} of {size} bytes "
+            "(a full disk or a file size limit); line dropped",
         )
 
     def _timestamp(self) -> str:
@@ -229,6 +256,9 @@ class AuditLog:
         return os.fstat(self._fd).st_size, (self._seq, self._prev)
 
     def close(self) -> None:
+        if self._head_behind:  # a last try, so that the next open finds the head whole
+            with contextlib.suppress(OSError):
+                self._write_head()
         for fd in (self._fd, self._head_fd):
             with contextlib.suppress(OSError):
                 os.fsync(fd)

@@ -12,7 +12,8 @@ that carries it out.
 * The broker's own streams, provided in-process: ``dev.kiki.tools.subscribeProviders`` and
   ``dev.kiki.tools.subscribeAudit``.
 * Policy reloads and shutdown end what they must; subscribe and every end are audit lines,
-  written after everything else the action does.
+  written after everything else the action does. A subscribe whose line cannot be written
+  fails (-32603) and is undone; an end's is logged and counted (the end stands).
 """
 
 from __future__ import annotations
@@ -90,10 +91,35 @@ class EventStreams:
 
     # Kiki's own methods are strict: a key they do not know is -32602.
     def subscribe(self, request: RequestContext, nsid: Any, params: Any = None) -> dict[str, Any]:
+        """As a call: the subscribe's audit line is written before it is answered (after
+        everything else it does), and one that cannot be written (a full disk) is its answer,
+        -32603, the subscription undone (:meth:`_undo`)."""
         subscribed, actions = self.open(request, nsid, params)
-        self.writers.open(self.cid(request.connection), request.connection)
-        self.carry(actions)
+        conn = request.connection
+        cid = self.cid(conn)
+        self.writers.open(cid, conn)
+        self.carry([a for a in actions if not isinstance(a, Audit)])
+        try:
+            for action in actions:
+                if isinstance(action, Audit):
+                    self._audit(action)
+        except Exception:
+            self._undo(cid, subscribed.sub)
+            raise
         return {"subscription": subscribed.sub, "state": subscribed.state}
+
+    def _undo(self, cid: int, sub: int) -> None:
+        """A subscription whose subscribe could not be audited is taken back, unaudited as
+        it was never given: its queue dropped, its upstream closed if it was the topic's last
+        (the provider told, as for an unsubscribe), its connection's writer closed if it was
+        that connection's only subscription."""
+        self.subs.pop(sub, None)
+        self.sub_nsid.pop(sub, None)
+        if sub in self.fanout.subscriptions(cid):
+            undone = self.fanout.unsubscribe(cid, sub)
+            self.carry([a for a in undone if not isinstance(a, Audit)])
+        if not self.fanout.subscriptions(cid):
+            self.writers.close(cid)
 
     def open(
         self, request: RequestContext, nsid: Any, params: Any
