@@ -27,7 +27,7 @@ from kiki_updater.gio import UpdaterError, commit_metadata, require_own_context
 from kiki_updater.journal import SWAPPED, Entry, Journal
 from kiki_updater.pull import Remote, ensure_remote, pull
 from kiki_updater.store import Deployed, Kind, NoRollback, Store, app_ref
-from libkiki.errors import Conflict, KikiError, NotFound
+from libkiki.errors import Conflict, KikiError, NotFound, Unavailable
 
 __all__ = [
     "AlreadyInstalled",
@@ -322,6 +322,8 @@ class Operations:
                 phase("health", {"commit": commit})
                 try:
                     ran = self.health(kind, ident, deployed.path)
+                except Unavailable:
+                    raise  # the check never ran (systemd, the settings): no verdict on the app
                 except KikiError as exc:
                     problem = exc
         except BaseException:
