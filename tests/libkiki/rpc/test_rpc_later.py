@@ -7,14 +7,14 @@ import asyncio
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
+from kikitest.rpc_peers import bounded, raw, req, running
 from libkiki.errors import PeerGone, PermissionDenied, Timeout, Unavailable
 from libkiki.peer import PeerCred
 from libkiki.rpc import (
@@ -24,19 +24,9 @@ from libkiki.rpc import (
     RequestContext,
     after_input,
     connect_unix,
-    serve_unix,
 )
-from libkiki.rpc.server import RpcServer
-from libkiki.sockets import bind_unix
 
 pytestmark = pytest.mark.integration
-
-BOUND = 5.0  # every wait in this module is bounded by this
-
-
-async def bounded(aw: Any) -> Any:
-    async with asyncio.timeout(BOUND):
-        return await aw
 
 
 class Handed:
@@ -86,53 +76,6 @@ def methods_for(handed: Handed) -> Methods:
 @pytest.fixture
 def handed() -> Handed:
     return Handed()
-
-
-@asynccontextmanager
-async def running(path: Path, methods: Methods, **options: Any) -> AsyncIterator[RpcServer]:
-    listener = bind_unix(path)
-    try:
-        async with serve_unix(listener, methods, **options) as server:
-            yield server
-    finally:
-        listener.close()
-
-
-class Raw:
-    """A client that speaks bytes."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-
-    async def send(self, message: dict[str, Any]) -> None:
-        self.writer.write(orjson.dumps(message) + b"\n")
-        await self.writer.drain()
-
-    async def recv(self) -> Any:
-        async with asyncio.timeout(BOUND):
-            data = await self.reader.readline()
-        assert data.endswith(b"\n"), f"connection ended: {data!r}"
-        return orjson.loads(data)
-
-
-@asynccontextmanager
-async def raw(path: Path) -> AsyncIterator[Raw]:
-    reader, writer = await bounded(asyncio.open_unix_connection(os.fspath(path)))
-    try:
-        yield Raw(reader, writer)
-    finally:
-        writer.close()
-
-
-def req(method: str, id: Any, params: Any = None) -> dict[str, Any]:
-    message: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "id": id}
-    if params is not None:
-        message["params"] = params
-    return message
-
-
-# -- a synchronous handler's Reply -----------------------------------------------------------
 
 
 async def test_a_reply_is_answered_in_the_call_that_settles_it(
