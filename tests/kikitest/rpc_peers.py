@@ -161,8 +161,8 @@ async def raw(path: Path, limit: int = 2**22) -> AsyncIterator[Raw]:
         await client.close()
 
 
-def req(method: str, id: Any = 1, params: Any = None) -> dict[str, Any]:
-    message: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "id": id}
+def req(method: str, id: Any = 1, params: Any = None, **extra: Any) -> dict[str, Any]:
+    message: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "id": id, **extra}
     if params is not None:
         message["params"] = params
     return message

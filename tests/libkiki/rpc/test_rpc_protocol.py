@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from kikitest.rpc_peers import note, req
 from libkiki.errors import (
     FrameTooLarge,
     InvalidRequest,
@@ -58,20 +59,6 @@ def incoming(events: list[Event]) -> list[Incoming]:
 
 def ok(id: Any, result: Any = None) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "result": result, "id": id}
-
-
-def req(method: str, id: Any = 1, params: Any = None, **extra: Any) -> dict[str, Any]:
-    message: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "id": id, **extra}
-    if params is not None:
-        message["params"] = params
-    return message
-
-
-def note(method: str, params: Any = None) -> dict[str, Any]:
-    message: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
-    if params is not None:
-        message["params"] = params
-    return message
 
 
 # -- incoming: single messages ---------------------------------------------------------------
