@@ -54,6 +54,12 @@ class Machine:
             )
         return result
 
+    def journal(self, *units: str, lines: int = 40) -> str:
+        """The last ``lines`` of the journal of ``units`` (globs allowed), for a failure's
+        message."""
+        where = [arg for unit in units for arg in ("-u", unit)]
+        return self.run("journalctl", "--no-pager", "-n", str(lines), *where, check=False).stdout
+
     def systemctl(self, *args: str, check: bool = True) -> str:
         return self.run("systemctl", *args, check=check).stdout.strip()
 

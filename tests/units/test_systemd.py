@@ -68,15 +68,11 @@ def test_first_connection_starts_each_service_and_all_become_ready(machine: Mach
         check=False,
         timeout=120,
     )
-    journal = machine.run(
-        "journalctl", "--no-pager", "-n", "80", "-u", "kiki-*", check=False
-    ).stdout
+    journal = machine.journal("kiki-*", lines=80)
     assert report.stdout.startswith("{"), report.stderr + journal
     results = json.loads(report.stdout)
     for name in SYSTEM_SERVICES:
-        journal = machine.run(
-            "journalctl", "--no-pager", "-n", "30", "-u", f"kiki-{name}*", check=False
-        ).stdout
+        journal = machine.journal(f"kiki-{name}*", lines=30)
         assert results[name]["ok"], (name, results[name], journal)
         assert results[name]["info"]["status"] == "ready"
         unit = f"kiki-{name}.service"
@@ -104,9 +100,7 @@ def test_relay_listens_in_the_container_while_the_host_holds_its_port(machine: M
 def test_relay_admin_socket_and_state_directory(machine: Machine) -> None:
     """ProtectSystem=strict leaves the relay nothing to bind in /run/kiki: systemd holds its
     admin socket (root only); its documents and key live in its StateDirectory= itself."""
-    journal = machine.run(
-        "journalctl", "--no-pager", "-n", "40", "-u", "kiki-sync-relay*", check=False
-    ).stdout
+    journal = machine.journal("kiki-sync-relay*")
     active = machine.systemctl("is-active", "kiki-sync-relay-admin.socket", check=False)
     assert active == "active", journal
     sock = "/run/kiki/sync-relay-admin.sock"
@@ -114,9 +108,7 @@ def test_relay_admin_socket_and_state_directory(machine: Machine) -> None:
     shared = machine.run(
         "/usr/bin/kiki", "session", "share", "kitchen", "--role", "observer", "--json", check=False
     )
-    journal = machine.run(
-        "journalctl", "--no-pager", "-n", "40", "-u", "kiki-sync-relay*", check=False
-    ).stdout
+    journal = machine.journal("kiki-sync-relay*")
     assert shared.returncode == 0, shared.stderr + journal
     assert json.loads(shared.stdout)["url"].startswith(f"ws://127.0.0.1:{RELAY_PORT}/session/")
     assert "(activated)" in machine.prop("kiki-sync-relay.service", "StatusText")
@@ -438,17 +430,7 @@ def _remote_call(machine: Machine) -> dict[str, Any]:
         check=False,
         timeout=180,
     )
-    journal = machine.run(
-        "journalctl",
-        "--no-pager",
-        "-n",
-        "40",
-        "-u",
-        "kiki-sync-relay*",
-        "-u",
-        "kiki-tool-broker*",
-        check=False,
-    ).stdout
+    journal = machine.journal("kiki-sync-relay*", "kiki-tool-broker*")
     assert ran.returncode == 0, ran.stdout + ran.stderr + journal
     answer: dict[str, Any] = json.loads(ran.stdout)
     return answer

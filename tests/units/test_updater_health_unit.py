@@ -58,17 +58,7 @@ def _write(machine: Machine, version: str, check: str, deadline: float, *words: 
 def _install(machine: Machine, version: str, check: str, deadline: float = 30, *words: str) -> Any:
     _write(machine, version, check, deadline, *words)
     ran = machine.run("/usr/bin/kiki", "app", "install", TREE, "--json", check=False, timeout=180)
-    journal = machine.run(
-        "journalctl",
-        "--no-pager",
-        "-n",
-        "40",
-        "-u",
-        "kiki-updater*",
-        "-u",
-        "kiki-health-*",
-        check=False,
-    ).stdout
+    journal = machine.journal("kiki-updater*", "kiki-health-*")
     assert ran.stdout.startswith("{"), ran.stdout + ran.stderr + journal
     return json.loads(ran.stdout), journal
 
