@@ -1,6 +1,7 @@
 """The record of file objects already hashed whole (``verified.py``) and the store's check
-built on it: an object is hashed again when its stat changed, when its record lapsed, or when
-the record cannot be read; a directory tree is still checked when its parse is recorded."""
+built on it: an object is hashed again when its stat changed, when its record lapsed, is from
+another boot or cannot be read; directory trees are parsed once per process, never read back
+from the record."""
 
 from __future__ import annotations
 
@@ -8,18 +9,20 @@ import os
 import time
 from pathlib import Path
 
+import orjson
 import pytest
 
 from kiki_updater import objects, verified
 from kiki_updater.gio import commit_dir
 from kiki_updater.objects import commit_root, reached
 from kiki_updater.store import CorruptObject, Store
-from kiki_updater.verified import REVERIFY_AFTER, Verified
+from kiki_updater.verified import REVERIFY_AFTER, SKEW, Verified
 from kikitest.ostree_fixtures import make_app_tree
 
 pytestmark = pytest.mark.unit
 
 APP = "org.example.player"
+A, B, C, D = ("a" * 64, "b" * 64, "c" * 64, "d" * 64)
 
 
 @pytest.fixture
@@ -33,28 +36,44 @@ def commit(store: Store, tmp_path: Path) -> str:
     return commit_dir(store.repo, tree, "test/source", subject="1.0", metadata={"version": "1.0"})
 
 
-def a_file_object(store: Store, commit: str) -> tuple[str, Path]:
+def file_objects(store: Store, commit: str) -> list[tuple[str, Path]]:
     found = reached(store.repo_path / "objects", *commit_root(store.repo, commit))
+    out = []
     for checksum in sorted(found.files):
         path = objects.object_path(store.repo_path / "objects", checksum, "file")
         if not path.is_symlink() and path.stat().st_size > 0:
-            return checksum, path
-    raise AssertionError("no regular file object")
+            out.append((checksum, path))
+    return out
+
+
+def a_file_object(store: Store, commit: str) -> tuple[str, Path]:
+    return file_objects(store, commit)[0]
+
+
+def damaged(path: Path) -> bytes:
+    data = bytearray(path.read_bytes())
+    data[0] ^= 0xFF
+    return bytes(data)
 
 
 def flip(path: Path, *, keep_mtime: bool) -> None:
     """One byte changed in place (same inode, same size); ``keep_mtime``: the mtime put back."""
     before = path.stat()
-    data = bytearray(path.read_bytes())
-    data[0] ^= 0xFF
+    data = damaged(path)
     path.chmod(0o644)
     with path.open("r+b") as f:
-        f.write(bytes(data))
+        f.write(data)
     if keep_mtime:
         os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
 
 
-def test_a_checked_commit_records_its_files_and_trees(store: Store, commit: str) -> None:
+def edit_record(store: Store, change: dict[str, object]) -> None:
+    record = orjson.loads(store.verified.path.read_bytes())
+    record.update(change)
+    store.verified.path.write_bytes(orjson.dumps(record))
+
+
+def test_a_checked_commit_records_its_files_and_nothing_else(store: Store, commit: str) -> None:
     assert store.verified.load() == {}
     files = store.fsck(commit)
     recorded = store.verified.load()
@@ -66,7 +85,9 @@ def test_a_checked_commit_records_its_files_and_trees(store: Store, commit: str)
     }
     assert set(recorded) == regular
     assert len(found.files) == files
-    assert set(store.verified.trees()) == found.dirtrees
+    on_disk = orjson.loads(store.verified.path.read_bytes())
+    assert set(on_disk) == {"format", "boot", "files"}
+    assert on_disk["boot"] == verified.boot_id() is not None
 
 
 def test_an_object_rewritten_after_its_check_is_found_and_its_record_dropped(
@@ -82,19 +103,142 @@ def test_an_object_rewritten_after_its_check_is_found_and_its_record_dropped(
     assert victim not in store.verified.load()
 
 
+def test_another_file_renamed_into_an_objects_place_is_found(store: Store, commit: str) -> None:
+    # same size, mtime 0 as libostree writes them, mode kept: only the inode differs
+    store.fsck(commit)
+    victim, path = a_file_object(store, commit)
+    before = path.stat()
+    other = path.with_name("other")
+    other.write_bytes(damaged(path))
+    os.chmod(other, before.st_mode)
+    os.utime(other, ns=(0, 0))
+    os.rename(other, path)
+    after = path.stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    assert after.st_ino != before.st_ino
+    with pytest.raises(CorruptObject) as caught:
+        store.fsck(commit)
+    assert caught.value.data == {"error": "CorruptObject", "object": victim}
+
+
+def test_the_stat_recorded_is_the_one_before_the_hash(
+    store: Store, commit: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write while the file is hashed: the bytes hashed were whole, but what is recorded is
+    the stat taken before reading, so the next check sees the write."""
+    victim, path = a_file_object(store, commit)
+    inode = path.stat().st_ino
+    read = os.read
+    done = False
+
+    def read_then_write(fd: int, n: int) -> bytes:
+        nonlocal done
+        data = read(fd, n)
+        if not done and os.fstat(fd).st_ino == inode:
+            done = True
+            flip(path, keep_mtime=False)
+            old = time.time_ns() - 10 * verified.RACY_NS  # outside the racy window
+            os.utime(path, ns=(old, old))
+        return data
+
+    monkeypatch.setattr(os, "read", read_then_write)
+    store.fsck(commit)
+    monkeypatch.undo()
+    assert done
+    with pytest.raises(CorruptObject) as caught:
+        store.fsck(commit)
+    assert caught.value.data == {"error": "CorruptObject", "object": victim}
+
+
 def test_an_object_whose_stat_is_unchanged_is_not_hashed_again_until_its_record_lapses(
     store: Store, commit: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The one change a record cannot see (the mtime put back by hand): it proves the record
-    # is used, and that a lapsed record brings the hash back.
+    # The one change a record cannot see (the mtime put back, as `cp -a` does): it proves the
+    # record is used, and that a lapsed record brings the hash back.
     store.fsck(commit)
     victim, path = a_file_object(store, commit)
     flip(path, keep_mtime=True)
     assert store.fsck(commit) > 0
-    monkeypatch.setattr(verified, "REVERIFY_AFTER", -1)
+    monkeypatch.setattr(verified, "REVERIFY_AFTER", 0)
     with pytest.raises(CorruptObject) as caught:
         store.fsck(commit)
     assert caught.value.data == {"error": "CorruptObject", "object": victim}
+
+
+def test_a_record_from_another_boot_is_not_used(store: Store, commit: str) -> None:
+    store.fsck(commit)
+    victim, path = a_file_object(store, commit)
+    flip(path, keep_mtime=True)
+    assert Store(store.root).fsck(commit) > 0  # this boot's record: not hashed
+    edit_record(store, {"boot": "another"})
+    with pytest.raises(CorruptObject) as caught:
+        Store(store.root).fsck(commit)
+    assert caught.value.data == {"error": "CorruptObject", "object": victim}
+
+
+def test_a_record_written_while_the_clock_was_ahead_is_not_used(
+    store: Store, commit: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 365 * 86400)
+    store.fsck(commit)
+    monkeypatch.setattr(time, "time", real)
+    victim, path = a_file_object(store, commit)
+    flip(path, keep_mtime=True)
+    with pytest.raises(CorruptObject) as caught:
+        Store(store.root).fsck(commit)
+    assert caught.value.data == {"error": "CorruptObject", "object": victim}
+
+
+def test_a_tree_list_in_the_record_is_never_read(store: Store, commit: str) -> None:
+    """What a tree lists comes from the repository, never from the record: a record that left
+    an object out of a tree, made one up, or named a file outside the repository changes
+    nothing (the record's entries are still used)."""
+    store.fsck(commit)
+    victim, path = a_file_object(store, commit)
+    outside = store.root / "precious.file"
+    outside.write_bytes(b"not an object")
+    found = reached(store.repo_path / "objects", *commit_root(store.repo, commit))
+    trees = {t: [[["x", "../../precious"], ["ghost", "ab" * 32]], []] for t in found.dirtrees}
+    edit_record(store, {"trees": trees})
+    assert Store(store.root).fsck(commit) == len(found.files)
+    assert outside.exists()
+    flip(path, keep_mtime=False)
+    with pytest.raises(CorruptObject) as caught:
+        Store(store.root).fsck(commit)
+    assert caught.value.data == {"error": "CorruptObject", "object": victim}
+    assert outside.exists()
+
+
+def test_trees_are_parsed_once_a_process_and_still_checked(
+    store: Store, commit: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parses: list[bytes] = []
+    parse = objects.parse_dirtree
+
+    def counted(data: bytes) -> objects.Tree:
+        parses.append(data)
+        return parse(data)
+
+    monkeypatch.setattr(objects, "parse_dirtree", counted)
+    store.fsck(commit)
+    first = len(parses)
+    assert first > 0
+    store.fsck(commit)
+    assert len(parses) == first  # kept in memory
+    Store(store.root).fsck(commit)
+    assert len(parses) == 2 * first  # another process (store) parses again
+    found = reached(store.repo_path / "objects", *commit_root(store.repo, commit))
+    root_tree, _ = commit_root(store.repo, commit)
+    tree = next(t for t in sorted(found.dirtrees) if t != root_tree)
+    assert tree in store.parsed
+    path = objects.object_path(store.repo_path / "objects", tree, "dirtree")
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01
+    path.chmod(0o644)
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptObject):
+        store.fsck(commit)
 
 
 def test_an_unreadable_record_means_every_object_is_hashed(store: Store, commit: str) -> None:
@@ -105,6 +249,19 @@ def test_an_unreadable_record_means_every_object_is_hashed(store: Store, commit:
     with pytest.raises(CorruptObject) as caught:
         Store(store.root).fsck(commit)  # a fresh start: nothing kept in memory
     assert caught.value.data == {"error": "CorruptObject", "object": victim}
+
+
+def test_a_failed_record_write_leaves_no_record(store: Store, commit: str) -> None:
+    store.fsck(commit)
+    victim, path = a_file_object(store, commit)
+    assert victim in store.verified.load()
+    flip(path, keep_mtime=False)
+    store.verified.temp_path.mkdir()  # the new record cannot be written
+    with pytest.raises(CorruptObject):
+        store.fsck(commit)
+    assert not path.exists()
+    assert not store.verified.path.exists()
+    assert Store(store.root).verified.load() == {}
 
 
 def test_a_file_changed_within_the_racy_window_is_not_recorded(store: Store, commit: str) -> None:
@@ -119,41 +276,94 @@ def test_a_file_changed_within_the_racy_window_is_not_recorded(store: Store, com
         store.fsck(commit)
 
 
-def test_a_damaged_tree_is_refused_though_its_parse_is_recorded(store: Store, commit: str) -> None:
+def test_a_prune_forgets_the_pruned_objects(store: Store, commit: str, tmp_path: Path) -> None:
     store.fsck(commit)
-    found = reached(store.repo_path / "objects", *commit_root(store.repo, commit))
-    root_tree, _ = commit_root(store.repo, commit)
-    (tree,) = [t for t in found.dirtrees if t != root_tree][:1]
-    assert tree in store.verified.trees()
-    path = objects.object_path(store.repo_path / "objects", tree, "dirtree")
-    data = bytearray(path.read_bytes())
-    data[-1] ^= 0x01
-    path.chmod(0o644)
-    path.write_bytes(bytes(data))
-    with pytest.raises(CorruptObject):
-        store.fsck(commit)
+    before = file_objects(store, commit)
+    trees = reached(store.repo_path / "objects", *commit_root(store.repo, commit)).dirtrees
+    other = make_app_tree(tmp_path / "src2", APP, "2.0", files=3, size=100)
+    later = commit_dir(store.repo, other, "test/source", subject="2.0", metadata={})
+    store.fsck(later)
+    pruned, _ = store.prune()
+    assert pruned > 0
+    gone = {c for c, path in before if not path.exists()}
+    assert gone
+    recorded = Verified(store.verified.path).load()
+    assert recorded
+    assert not gone & set(recorded)
+    objects_dir = store.repo_path / "objects"
+    gone_trees = {t for t in trees if not objects.object_path(objects_dir, t, "dirtree").exists()}
+    assert gone_trees
+    assert not [t for t in gone_trees if t in store.parsed]
 
 
-def test_the_record_round_trips_drops_lapses_and_ignores_malformed_entries(
-    tmp_path: Path,
-) -> None:
-    record = Verified(tmp_path / "verified.json")
+def test_entries_hold_for_a_day_of_this_boot_and_never_from_ahead(tmp_path: Path) -> None:
+    record = Verified(tmp_path / "verified.json", boot="one")
     now = int(time.time())
     record.update(
-        {"aa": ((1, 2, 3, 0), now), "bb": ((1, 3, 4, 0), now - REVERIFY_AFTER - 10)},
-        trees={"t1": ([("f", "aa")], [("d", "t2", "m2")])},
+        {
+            A: ((1, 2, 3, 0), now),
+            B: ((1, 3, 4, 0), now - REVERIFY_AFTER),  # a day old: lapsed
+            C: ((1, 4, 5, 0), now + 10 * SKEW),  # from ahead: not believed
+            D: ((1, 5, 6, 0), now - REVERIFY_AFTER + 3600),
+        }
     )
-    fresh = Verified(record.path)  # read from the file, not from memory
-    assert fresh.load() == {"aa": ((1, 2, 3, 0), now)}  # bb lapsed
-    assert fresh.trees() == {"t1": ([("f", "aa")], [("d", "t2", "m2")])}
-    fresh.update({"cc": ((1, 5, 6, 0), now)}, drop=["aa"])
-    assert set(Verified(record.path).load()) == {"cc"}
-    fresh.update({"dd": ((1, 7, 8, 0), now)}, keep_only=True)
-    assert set(Verified(record.path).load()) == {"dd"}
-    assert Verified(record.path).trees() == {}
-    record.path.write_bytes(
-        b'{"files": {"ee": [1, 2, 3, 0, %d], "ff": [1, "x", 3, 0, 1], "gg": 5},'
-        b' "trees": {"t": [[["f", "ee"]]], "u": [[], []]}}' % now
-    )
-    assert set(Verified(record.path).load()) == {"ee"}
-    assert Verified(record.path).trees() == {"u": ([], [])}
+    assert set(Verified(record.path, boot="one").load()) == {A, D}  # read from the file
+    assert Verified(record.path, boot="two").load() == {}
+    fresh = Verified(record.path, boot="one")
+    fresh.update({C: ((1, 5, 6, 0), now)}, drop=[A])
+    assert set(Verified(record.path, boot="one").load()) == {C, D}
+    fresh.update({B: ((1, 7, 8, 0), now)}, keep_only=True)
+    assert set(Verified(record.path, boot="one").load()) == {B}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"format": 2, "boot": "one", "files": {A: [1, 2, 3, 0, 0]}},
+        {"boot": "one", "files": {A: [1, 2, 3, 0, 0]}},
+        {"format": 1, "boot": "one", "files": {A: [1, 2, 3, 0, 0], "../../x": [1, 2, 3, 0, 0]}},
+        {"format": 1, "boot": "one", "files": {A: [1, 2, 3, 0, 0], B.upper(): [1, 2, 3, 0, 0]}},
+        {"format": 1, "boot": "one", "files": {A: [1, 2, 3, 0, 0], "ab": [1, 2, 3, 0, 0]}},
+        {"format": 1, "boot": "one", "files": {A: [1, 2, 3, 0, 0], B: [1, "x", 3, 0, 0]}},
+        {"format": 1, "boot": "one", "files": {A: [1, 2, 3, 0, 0], B: [1, 2, 3, 0]}},
+        {"format": 1, "boot": "one", "files": [A]},
+        [1],
+    ],
+)
+def test_a_record_with_anything_malformed_is_ignored_whole(tmp_path: Path, body: object) -> None:
+    path = tmp_path / "verified.json"
+    good = {"format": 1, "boot": "one", "files": {A: [1, 2, 3, 0, int(time.time())]}}
+    path.write_bytes(orjson.dumps(good))
+    assert set(Verified(path, boot="one").load()) == {A}
+    if isinstance(body, dict) and isinstance(body.get("files"), dict):
+        body["files"][A][4] = int(time.time())
+    path.write_bytes(orjson.dumps(body))
+    assert Verified(path, boot="one").load() == {}
+
+
+def test_a_record_larger_than_the_bound_is_ignored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "verified.json"
+    record = Verified(path, boot="one")
+    record.update({A: ((1, 2, 3, 0), int(time.time()))})
+    size = path.stat().st_size
+    monkeypatch.setattr(verified, "MAX_BYTES", size)
+    assert set(Verified(path, boot="one").load()) == {A}
+    monkeypatch.setattr(verified, "MAX_BYTES", size - 1)
+    assert Verified(path, boot="one").load() == {}
+
+
+def test_new_records_left_by_a_killed_process_are_removed(tmp_path: Path) -> None:
+    left = [tmp_path / ".verified.json.4242.139872", tmp_path / ".verified.json.1.2"]
+    kept = [
+        tmp_path / ".verified.json.1.2.bak",
+        tmp_path / ".verified.json.x.2",
+        tmp_path / ".other.json.1.2",
+        tmp_path / "verified.json.1.2",
+    ]
+    for path in left + kept:
+        path.write_bytes(b"{}")
+    Verified(tmp_path / "verified.json", boot="one").load()
+    assert [p for p in left if p.exists()] == []
+    assert [p for p in kept if not p.exists()] == []

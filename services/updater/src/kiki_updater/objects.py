@@ -31,22 +31,26 @@ import os
 import stat
 import struct
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kiki_updater.gio import fsync_dir, lib
-from kiki_updater.verified import Stat, Tree, stat_key
+from kiki_updater.verified import Stat, stat_key
 
 __all__ = [
     "BadObject",
+    "Parsed",
     "Reached",
+    "Tree",
     "added",
     "commit_root",
     "file_matches",
     "file_stat",
     "file_verified",
+    "object_file",
     "object_path",
     "reached",
     "read_meta",
@@ -54,6 +58,9 @@ __all__ = [
 ]
 
 CHUNK = 1 << 20
+
+# a directory tree parsed: (name, file checksum), (name, tree checksum, metadata checksum)
+Tree = tuple[list[tuple[str, str]], list[tuple[str, str, str]]]
 
 
 class BadObject(Exception):
@@ -84,11 +91,58 @@ class Reached:
                 yield object_path(objects, checksum, kind)
 
 
+def object_file(objects: Path | str, checksum: str, kind: str) -> str:
+    """Where the repository keeps object ``checksum`` of ``kind`` (``file``, ``dirtree``...):
+    a string, for the loops over every file of a commit (a :class:`Path` costs more)."""
+    return f"{objects}/{checksum[:2]}/{checksum[2:]}.{kind}"
+
+
 def object_path(objects: Path, checksum: str, kind: str) -> Path:
-    return objects / checksum[:2] / f"{checksum[2:]}.{kind}"
+    return Path(object_file(objects, checksum, kind))
 
 
-def parse_dirtree(data: bytes) -> tuple[list[tuple[str, str]], list[tuple[str, str, str]]]:
+class Parsed:
+    """Directory trees parsed by this process, by checksum: a checksum names immutable bytes,
+    so a parse never changes, and a tree is still checked against its checksum each time before
+    its parse is used (:func:`reached`). Kept in memory only: what a file said could hide an
+    object from the check or name a file to open. At most :data:`LIMIT` trees (then it starts
+    again); :meth:`keep` drops the pruned ones."""
+
+    LIMIT = 20_000
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._trees: dict[str, Tree] = {}
+
+    def __len__(self) -> int:
+        return len(self._trees)
+
+    def __contains__(self, checksum: object) -> bool:
+        return checksum in self._trees
+
+    def parse(self, checksum: str, data: bytes) -> Tree:
+        """The parse of tree ``checksum`` whose bytes, ``data``, the caller has checked."""
+        with self._lock:
+            known = self._trees.get(checksum)
+        if known is None:
+            known = parse_dirtree(data)
+            with self._lock:
+                if len(self._trees) >= self.LIMIT:
+                    self._trees.clear()
+                self._trees[checksum] = known
+        return known
+
+    def keep(self, objects: Path) -> None:
+        """Forget the trees no longer in the repository at ``objects``."""
+        with self._lock:
+            checksums = list(self._trees)
+        gone = [c for c in checksums if not os.path.exists(object_file(objects, c, "dirtree"))]
+        with self._lock:
+            for checksum in gone:
+                self._trees.pop(checksum, None)
+
+
+def parse_dirtree(data: bytes) -> Tree:
     """A serialized ``(a(say)a(sayay))``, read by GLib: (name, file checksum) and (name,
     dirtree checksum, dirmeta checksum). Each checksum is taken as its bytes, not unpacked into
     a list of integers (that costs about fifteen times as much)."""
@@ -128,7 +182,7 @@ def read_meta(objects: Path, checksum: str, kind: str) -> bytes:
     (:class:`BadObject`)."""
     try:
         fd = os.open(
-            object_path(objects, checksum, kind),
+            object_file(objects, checksum, kind),
             os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
         )
     except FileNotFoundError:
@@ -147,26 +201,21 @@ def read_meta(objects: Path, checksum: str, kind: str) -> bytes:
     return data
 
 
-def reached(
-    objects: Path, root_tree: str, root_meta: str, parsed: dict[str, Tree] | None = None
-) -> Reached:
+def reached(objects: Path, root_tree: str, root_meta: str, parsed: Parsed | None = None) -> Reached:
     """Every object below a commit's root (``root_tree``, ``root_meta``); each directory tree
     is checked against its checksum before it is read (:class:`BadObject`). ``parsed``: trees
-    parsed before, by checksum (a tree found there is still checked, not parsed again); the
-    trees parsed here are added to it."""
+    parsed before (a tree found there is still checked, not parsed again); the trees parsed
+    here are added to it."""
     out = Reached(dirmetas={root_meta})
     pending = [root_tree]
     if parsed is None:
-        parsed = {}
+        parsed = Parsed()
     while pending:
         tree = pending.pop()
         if tree in out.dirtrees:
             continue
         out.dirtrees.add(tree)
-        data = read_meta(objects, tree, "dirtree")
-        if (known := parsed.get(tree)) is None:
-            known = parsed[tree] = parse_dirtree(data)
-        files, dirs = known
+        files, dirs = parsed.parse(tree, read_meta(objects, tree, "dirtree"))
         out.files.update(checksum for _, checksum in files)
         for _, subtree, meta in dirs:
             out.dirmetas.add(meta)
@@ -228,7 +277,7 @@ def file_verified(objects: Path, checksum: str) -> Stat | None:
         # Non-blocking: an object replaced by a FIFO must not stall the check (read never
         # blocks on a regular file, so the flag changes nothing for a genuine object).
         fd = os.open(
-            f"{objects}/{checksum[:2]}/{checksum[2:]}.file",
+            object_file(objects, checksum, "file"),
             os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
         )
     except OSError:
@@ -254,7 +303,7 @@ def file_stat(objects: Path, checksum: str) -> Stat | None:
     """The stat of file object ``checksum`` as :func:`file_verified` takes it (None: not
     there)."""
     try:
-        return stat_key(os.lstat(f"{objects}/{checksum[:2]}/{checksum[2:]}.file"))
+        return stat_key(os.lstat(object_file(objects, checksum, "file")))
     except OSError:
         return None
 

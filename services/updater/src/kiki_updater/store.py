@@ -33,6 +33,7 @@ import orjson
 
 from kiki_updater.gio import UpdaterError, commit_version, fsync_dir, lib, open_repo, syncfs
 from kiki_updater.names import is_id, is_name
+from kiki_updater.objects import Parsed
 from kiki_updater.verified import Stat, Verified
 from libkiki.errors import InvalidParams, NotFound
 
@@ -109,6 +110,8 @@ class Store:
         self.repo_path = root / "repo"
         self._local = threading.local()
         self.verified = Verified(root / "verified.json")
+        # directory trees parsed by this process (``objects.py``), for every later check
+        self.parsed = Parsed()
 
     @property
     def repo(self) -> Any:
@@ -444,10 +447,8 @@ class Store:
         L = lib()
         FILE = L.OSTree.ObjectType.FILE
         objects = self.repo_path / "objects"
-        trees = self.verified.trees()
-        known_trees = set(trees)
         try:
-            found = reached(objects, *commit_root(self.repo, commit), trees)
+            found = reached(objects, *commit_root(self.repo, commit), self.parsed)
         except BadObject as bad:
             kind = L.OSTree.ObjectType.DIR_TREE
             self._confirm_bad(commit, kind, bad.checksum)
@@ -474,9 +475,8 @@ class Store:
         except CorruptObject as bad:
             self.verified.update(fresh, drop=[bad.data["object"]])
             raise
-        new_trees = {t: trees[t] for t in trees.keys() - known_trees}
-        if fresh or new_trees:
-            self.verified.update(fresh, trees=new_trees)
+        if fresh:
+            self.verified.update(fresh)
         return len(files)
 
     def _check_dirmeta(self, commit: str, checksum: str) -> None:
@@ -561,16 +561,12 @@ class Store:
 
     def _forget_pruned(self) -> None:
         """Drop the records of objects no longer in the repository (``verified.py``)."""
-        from kiki_updater.objects import file_stat, object_path
+        from kiki_updater.objects import file_stat
 
         objects = self.repo_path / "objects"
         kept = {c: r for c, r in self.verified.load().items() if file_stat(objects, c)}
-        trees = {
-            c: t
-            for c, t in self.verified.trees().items()
-            if object_path(objects, c, "dirtree").exists()
-        }
-        self.verified.update(kept, trees=trees, keep_only=True)
+        self.verified.update(kept, keep_only=True)
+        self.parsed.keep(objects)
 
 
 def rollback_ref(kind: Kind, ident: str) -> str:

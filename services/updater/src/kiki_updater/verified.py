@@ -1,7 +1,7 @@
 """The file objects the store has hashed and found whole, each recorded by what a change of its
 bytes would change: the file's ``(dev, ino, size, mtime)``. A later check of a commit hashes
 again only the objects whose stat differs from the record (the few a pull added, any that was
-rewritten) or whose record is older than :data:`REVERIFY_AFTER`.
+rewritten) or whose record is not from this boot or not from the last :data:`REVERIFY_AFTER`.
 
 Why a matching stat still means the bytes checked: libostree writes every file object of a
 ``bare-user-only`` repository with mtime 0, and any write to a file (``write``, ``truncate``, an
@@ -11,19 +11,29 @@ deployment (hard links made and dropped) changes it. A file whose mtime is withi
 :data:`RACY_NS` of the check is not recorded (timestamps are coarse: a write in the same tick
 as the check could leave the mtime unchanged), so it is hashed again next time.
 
-What a record cannot see is a change that leaves the stat as it was: a write followed by
-``utime`` back to mtime 0, or a disk that returns other bytes than were written. The first
-needs the repository owner's rights (who could as well rewrite this file); the second is why a
-record lapses after :data:`REVERIFY_AFTER`: each object is hashed again at least that often.
+What a record cannot see is a change that leaves the stat as it was: bytes rewritten in place
+with the mtime set back to 0, which ordinary tools do (``cp -a`` or ``rsync -a --inplace`` of
+a damaged copy over an object keeps its inode and copies the copy's mtime 0), a file deleted
+and another made in its place that gets the freed inode number, or a disk that returns other
+bytes than were written. Such a change is found when the record lapses: it holds for one boot
+(the kernel's ``boot_id``: a power cycle, a restored image or another filesystem with the same
+device number after a reboot all start from nothing) and at most :data:`REVERIFY_AFTER` of it;
+an entry stamped later than now (a clock set back) is not believed.
 
-The file is rewritten whole (a new file renamed in) and never synced: lost, torn or
-unreadable, it is an empty record and every object is hashed again.
+Only checksums and stats are kept, each checksum checked for its form when read: what the
+record says can make the check skip a hash, never name a file to open. A record of another
+:data:`FORMAT`, another boot, larger than :data:`MAX_BYTES` or with one malformed entry is
+ignored whole. The file is rewritten whole (the old one removed first, a new one renamed in)
+and never synced: lost, torn, unreadable or not written, it is an empty record and every
+object is hashed again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import re
 import threading
 import time
 from collections.abc import Iterable
@@ -31,15 +41,32 @@ from pathlib import Path
 
 import orjson
 
-__all__ = ["RACY_NS", "REVERIFY_AFTER", "Stat", "Tree", "Verified", "recordable", "stat_key"]
+__all__ = [
+    "FORMAT",
+    "MAX_BYTES",
+    "RACY_NS",
+    "REVERIFY_AFTER",
+    "SKEW",
+    "Stat",
+    "Verified",
+    "boot_id",
+    "recordable",
+    "stat_key",
+]
 
+FORMAT = 1
 REVERIFY_AFTER = 24 * 3600  # seconds
+SKEW = 60  # seconds an entry may be stamped ahead of now (a clock adjusted meanwhile)
 RACY_NS = 2_000_000_000
+# About 130 bytes an object: room for some 250,000; a larger record is not read (hashing again)
+MAX_BYTES = 32 << 20
+
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+_CHECKSUM = re.compile(r"[0-9a-f]{64}")
 
 # (dev, ino, size, mtime_ns)
 Stat = tuple[int, int, int, int]
-# a directory tree parsed: (name, file checksum), (name, tree checksum, metadata checksum)
-Tree = tuple[list[tuple[str, str]], list[tuple[str, str, str]]]
+Files = dict[str, tuple[Stat, int]]
 
 
 def stat_key(info: os.stat_result) -> Stat:
@@ -52,105 +79,145 @@ def recordable(key: Stat, started_ns: int) -> bool:
     return key[3] < started_ns - RACY_NS
 
 
+@functools.cache
+def boot_id() -> str | None:
+    """This boot's id (the kernel makes a new one at each boot); None where there is none: no
+    record is then kept."""
+    try:
+        text = BOOT_ID.read_text().strip()
+    except OSError:
+        return None
+    return text or None
+
+
 class Verified:
-    """The record at ``path``, shared by the threads of one store (updates of two apps check
-    their commits at once). What was last read or written is kept in memory while the file
-    is the same inode and mtime (each write renames a new file in)."""
+    """The record at ``path`` for the boot ``boot`` (this one's by default), shared by the
+    threads of one store (updates of two apps check their commits at once). What was last read
+    or written is kept in memory while the file is the same inode and mtime (each write makes a
+    new file)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, boot: str | None = None) -> None:
         self.path = path
+        self.boot = boot if boot is not None else boot_id()
         self._lock = threading.Lock()
-        self._memo: tuple[Stat, dict[str, tuple[Stat, int]], dict[str, Tree]] | None = None
+        self._memo: tuple[Stat, Files] | None = None
+        self._swept = False
+        self._temp = re.compile(rf"\.{re.escape(path.name)}\.[0-9]+\.[0-9]+")
 
-    def load(self) -> dict[str, tuple[Stat, int]]:
-        """checksum -> (stat when hashed, when hashed in seconds), lapsed records left out."""
-        with self._lock:
-            return dict(self._read()[0])
+    @property
+    def temp_path(self) -> Path:
+        """Where this thread writes a new record before renaming it in."""
+        return self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}")
 
-    def trees(self) -> dict[str, Tree]:
-        """Directory trees parsed before, by checksum: a tree's checksum names its bytes, so
-        its parse never changes (the bytes are still checked each time: ``objects.py``)."""
+    def load(self) -> Files:
+        """checksum -> (stat when hashed, when hashed in seconds), lapsed entries left out."""
         with self._lock:
-            return dict(self._read()[1])
+            files = self._read()
+        now = int(time.time())
+        return {c: r for c, r in files.items() if _current(r[1], now)}
 
-    def update(
-        self,
-        add: dict[str, tuple[Stat, int]],
-        drop: Iterable[str] = (),
-        *,
-        trees: dict[str, Tree] | None = None,
-        keep_only: bool = False,
-    ) -> None:
-        """Record ``add`` and ``trees`` and forget ``drop``; with ``keep_only``, forget every
-        other one."""
+    def update(self, add: Files, drop: Iterable[str] = (), *, keep_only: bool = False) -> None:
+        """Record ``add`` and forget ``drop``; with ``keep_only``, forget every other one."""
         with self._lock:
-            files, parsed = ({}, {}) if keep_only else self._read()
+            files = {} if keep_only else self._read()
             files = {**files, **add}
             for checksum in drop:
                 files.pop(checksum, None)
-            parsed = {**parsed, **(trees or {})}
-            body = orjson.dumps(
-                {"files": {c: [*s, at] for c, (s, at) in files.items()}, "trees": parsed}
-            )
-            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}")
+            self._memo = None
             try:
-                tmp.write_bytes(body)
-                # Not renamed over the old record: ext4 (auto_da_alloc) would then write this
-                # file out at the next fsync of anything, the update's own durable writes.
+                # Removed first: a record that cannot be written (a full disk) must not leave
+                # the old one, which may list an object just deleted as corrupt.
                 self.path.unlink(missing_ok=True)
+            except OSError:
+                return
+            if self.boot is None or not files:
+                return
+            body = orjson.dumps(
+                {
+                    "format": FORMAT,
+                    "boot": self.boot,
+                    "files": {c: [*s, at] for c, (s, at) in files.items()},
+                }
+            )
+            if len(body) > MAX_BYTES:
+                return
+            tmp = self.temp_path
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+                try:
+                    os.write(fd, body)
+                finally:
+                    os.close(fd)
+                # Not renamed over an old record (there is none): ext4 (auto_da_alloc) would
+                # then write this file out at the next fsync of anything, the update's own.
                 os.rename(tmp, self.path)
-                self._memo = (stat_key(os.stat(self.path)), files, parsed)
+                self._memo = (stat_key(os.stat(self.path)), files)
             except OSError:  # a record not written costs hashing again, nothing else
-                self._memo = None
                 with contextlib.suppress(OSError):
                     tmp.unlink()
 
-    def _read(self) -> tuple[dict[str, tuple[Stat, int]], dict[str, Tree]]:
+    def _read(self) -> Files:
+        if not self._swept:
+            self._swept = True
+            self._sweep()
+        if self.boot is None:
+            return {}
         try:
-            key = stat_key(os.stat(self.path))
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError:
-            return {}, {}
-        if self._memo is not None and self._memo[0] == key:
-            files, trees = self._memo[1], self._memo[2]
-        else:
-            try:
-                raw = orjson.loads(self.path.read_bytes())
-            except (OSError, orjson.JSONDecodeError):
-                return {}, {}
-            if not isinstance(raw, dict):
-                return {}, {}
-            files, trees = _files(raw.get("files")), _trees(raw.get("trees"))
-            self._memo = (key, files, trees)
-        oldest = int(time.time()) - REVERIFY_AFTER
-        if any(at < oldest for _, at in files.values()):
-            files = {c: r for c, r in files.items() if r[1] >= oldest}
-        return files, trees
+            return {}
+        try:
+            key = stat_key(info := os.fstat(fd))
+            if self._memo is not None and self._memo[0] == key:
+                return self._memo[1]
+            if info.st_size > MAX_BYTES:
+                return {}
+            with os.fdopen(fd, "rb", closefd=False) as file:
+                body = file.read(MAX_BYTES + 1)
+        except OSError:
+            return {}
+        finally:
+            os.close(fd)
+        if len(body) > MAX_BYTES:
+            return {}
+        try:
+            files = _parse(orjson.loads(body), self.boot)
+        except orjson.JSONDecodeError:
+            return {}
+        if files:
+            self._memo = (key, files)
+        return files
+
+    def _sweep(self) -> None:
+        """Remove new records a killed process left unrenamed (only names this class makes)."""
+        with contextlib.suppress(OSError), os.scandir(self.path.parent) as entries:
+            for entry in entries:
+                if self._temp.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
 
 
-def _files(raw: object) -> dict[str, tuple[Stat, int]]:
-    if not isinstance(raw, dict):
+def _current(at: int, now: int) -> bool:
+    return at <= now + SKEW and now - at < REVERIFY_AFTER
+
+
+def _parse(raw: object, boot: str) -> Files:
+    """The entries of a record of this format and boot; any malformed entry: none."""
+    if (
+        not isinstance(raw, dict)
+        or raw.get("format") != FORMAT
+        or raw.get("boot") != boot
+        or not isinstance(entries := raw.get("files"), dict)
+    ):
         return {}
-    out: dict[str, tuple[Stat, int]] = {}
-    for checksum, entry in raw.items():
-        if (
-            isinstance(checksum, str)
+    out: Files = {}
+    for checksum, entry in entries.items():
+        if not (
+            _CHECKSUM.fullmatch(checksum)
             and isinstance(entry, list)
             and len(entry) == 5
             and all(type(v) is int for v in entry)
         ):
-            out[checksum] = ((entry[0], entry[1], entry[2], entry[3]), entry[4])
-    return out
-
-
-def _trees(raw: object) -> dict[str, Tree]:
-    if not isinstance(raw, dict):
-        return {}
-    out: dict[str, Tree] = {}
-    for checksum, entry in raw.items():
-        with contextlib.suppress(ValueError, TypeError):
-            files, dirs = entry
-            out[str(checksum)] = (
-                [(str(n), str(c)) for n, c in files],
-                [(str(n), str(t), str(m)) for n, t, m in dirs],
-            )
+            return {}
+        out[checksum] = ((entry[0], entry[1], entry[2], entry[3]), entry[4])
     return out
