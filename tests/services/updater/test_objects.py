@@ -14,7 +14,14 @@ import pytest
 
 from kiki_updater import objects
 from kiki_updater.gio import commit_dir, lib
-from kiki_updater.objects import added, commit_root, file_matches, parse_dirtree, reached
+from kiki_updater.objects import (
+    Parsed,
+    added,
+    commit_root,
+    file_matches,
+    parse_dirtree,
+    reached,
+)
 from kiki_updater.store import CorruptObject, Store
 from kikitest.ostree_fixtures import make_app_tree
 
@@ -82,6 +89,23 @@ def test_a_dirtree_parses_to_its_names(store: Store, tree: Path) -> None:
     assert [name for name, _ in files] == ["kiki-app.json"]
     assert [name for name, _, _ in dirs] == ["bin", "empty", "lib"]
     assert all(len(checksum) == 64 for _, checksum in files)
+
+
+def test_parsed_trees_are_reused_and_bounded(
+    store: Store, tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    commit = commit_tree(store, tree, "1.0")
+    root = commit_root(store.repo, commit)
+    objects_dir = store.repo_path / "objects"
+    parsed = Parsed()
+    found = reached(objects_dir, *root, parsed)
+    assert all(t in parsed for t in found.dirtrees)
+    assert reached(objects_dir, *root, parsed) == found  # from the parses kept
+    monkeypatch.setattr(Parsed, "LIMIT", 2)
+    small = Parsed()
+    assert reached(objects_dir, *root, small) == found
+    assert len(small) <= 2
+    assert len(found.dirtrees) > 2
 
 
 def test_every_regular_file_matches_its_checksum_and_a_symlink_is_left_to_libostree(

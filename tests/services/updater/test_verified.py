@@ -87,7 +87,8 @@ def test_a_checked_commit_records_its_files_and_nothing_else(store: Store, commi
     assert len(found.files) == files
     on_disk = orjson.loads(store.verified.path.read_bytes())
     assert set(on_disk) == {"format", "boot", "files"}
-    assert on_disk["boot"] == verified.boot_id() is not None
+    assert verified.boot_id() is not None
+    assert on_disk["boot"] == verified.boot_id()
 
 
 def test_an_object_rewritten_after_its_check_is_found_and_its_record_dropped(
