@@ -22,7 +22,12 @@ Calls (one at a time, p50/p99 of the round trip as the caller sees it):
                checks every call must pass (least (b)+: the request's shape and id, the policy
                decision, the lexicon's validation in and out, the hash-chained audit line and
                its head) → its least provider (parse, answer): what a Python broker forwarding
-               to a Python provider costs at the least, the bound for "native" ("floors" line)
+               to a Python provider costs at the least, with libkiki's client
+  least chain  the least Python client (an ``asyncio.Protocol`` on the Unix socket: a request
+               line written, the answer line parsed with orjson and matched to its call's
+               future by id, checked as every row checks its answer) → the same least broker →
+               the same least provider: the least a chain of Python processes doing the
+               required checks costs, the bound for "native" ("floors" line, native's goal)
   echo floor   a line to bench_broker's asyncio echo server and back, one at a time: half of
                the least a native call's four socket hops can cost (the "floors" line)
   (c) 8x16     8 clients pipelining 16 calls each to the broker's own tool, against the same
@@ -55,6 +60,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import shutil
 import signal
@@ -325,6 +331,59 @@ async def least_client(stack: AsyncExitStack, path: Path) -> tuple[Call, str]:
     return call, "kiki"
 
 
+class _LeastLines(asyncio.Protocol):
+    """The least JSON-RPC client's connection: each answer line, parsed, completes the future
+    of the call with its id."""
+
+    def __init__(self) -> None:
+        self.waiting: dict[int, asyncio.Future[Any]] = {}
+        self.rest = b""
+
+    def data_received(self, data: bytes) -> None:
+        if self.rest:
+            data = self.rest + data
+        *lines, self.rest = data.split(b"\n")
+        for line in lines:
+            reply = orjson.loads(line)
+            future = self.waiting.pop(reply.get("id"), None)
+            if future is None:
+                raise SystemExit(f"an answer to no call: {line!r}")
+            future.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for future in self.waiting.values():
+            future.set_exception(ConnectionError("the least broker closed the connection"))
+        self.waiting.clear()
+
+
+async def least_chain_client(stack: AsyncExitStack, path: Path) -> tuple[Call, str]:
+    """``tools/call`` from the least Python client there is to bench_broker's least broker: a
+    request line out, its answer line back through :class:`_LeastLines`."""
+    loop = asyncio.get_running_loop()
+    transport, lines = await loop.create_unix_connection(_LeastLines, str(path))
+    stack.callback(transport.close)
+    params = {"name": ECHO, "arguments": HELLO}
+    ids = itertools.count(1)
+
+    async def call() -> Any:
+        rid = next(ids)
+        future = lines.waiting[rid] = loop.create_future()
+        request = {"jsonrpc": "2.0", "id": rid, "method": "tools/call", "params": params}
+        transport.write(orjson.dumps(request) + b"\n")
+        reply = await future
+        result = reply.get("result")
+        if (
+            reply.get("jsonrpc") != "2.0"
+            or "error" in reply
+            or not isinstance(result, dict)
+            or result.get("structuredContent") != HELLO
+        ):
+            raise SystemExit(f"benchmark call failed: {reply!r}")
+        return result
+
+    return call, "-"
+
+
 async def echo_client(stack: AsyncExitStack, path: Path) -> tuple[Call, str]:
     """The one-at-a-time floor: a line to bench_broker's asyncio echo server and back (two
     socket hops, no parsing), over plain asyncio streams."""
@@ -384,6 +443,7 @@ async def all_calls(
             )
         opened["native"] = await native_client(stack, tools)
         opened["least native"] = await least_client(stack, least)
+        opened["least chain"] = await least_chain_client(stack, least)
         opened["echo floor"] = await echo_client(stack, echo)
         clients = {row: call for row, (call, _) in opened.items()}
         for call in clients.values():  # warm-up: the first calls import and compile
@@ -578,13 +638,22 @@ def measure(calls: int, messages: int, paced: int) -> None:
     echo = p50_p99(rows["echo floor"])[0]
     hops = 2 * echo
     least_p50 = p50_p99(rows["least native"])[0]
+    # The bound for native: the least client, broker and provider in Python, with the checks.
+    chain_p50 = p50_p99(rows["least chain"])[0]
+    chain = direct / chain_p50
+    bound = (
+        "below 10x: in this run the native goal is bound by it"
+        if chain < 10
+        else "the goal is within its reach in this run"
+    )
     sdk_floor = p50_p99(rows["sdk → stdio floor"])[0]
     handed_floor = sdk_floor + echo
     print(
         f"\nfloors in this run: native ≥ 2 x the echo floor's round trip = {hops * 1e6:.0f} µs, "
-        f"so at most {direct / hops:.1f}x faster than sdk direct; with the same client, a least "
-        f"Python broker doing the required checks and a least provider take "
-        f"{least_p50 * 1e6:.0f} µs, {direct / least_p50:.1f}x faster; sdk → kiki ≥ the stdio "
+        f"so at most {direct / hops:.1f}x faster than sdk direct; a least Python chain doing the "
+        f"required checks (least client → least broker → least provider): {chain:.1f}x "
+        f"({chain_p50 * 1e6:.0f} µs; {bound}); the same broker and provider with libkiki's "
+        f"client: {direct / least_p50:.1f}x ({least_p50 * 1e6:.0f} µs); sdk → kiki ≥ the stdio "
         f"floor + one echo round trip = {handed_floor * 1e6:.0f} µs, so at least "
         f"{handed_floor / direct:.2f}x sdk direct (relayed: + 2 round trips, "
         f"{(sdk_floor + hops) / direct:.2f}x)"
@@ -595,8 +664,9 @@ def measure(calls: int, messages: int, paced: int) -> None:
             "native p50 ≥ 10x faster than sdk direct",
             direct / native_p50 >= 10,
             f"{direct / native_p50:.1f}x ({native_p50 * 1e6:.0f} vs {direct * 1e6:.0f} µs; "
-            f"the floor allows {direct / hops:.1f}x, a least Python broker "
-            f"{direct / least_p50:.1f}x)",
+            f"the floor allows {direct / hops:.1f}x; a least Python chain doing the required "
+            f"checks: {chain:.1f}x{', the bound in this run' if chain < 10 else ''}; "
+            f"with libkiki's client {direct / least_p50:.1f}x)",
         ),
         (
             "sdk → kiki p50 ≤ 0.5x sdk direct",
