@@ -460,8 +460,11 @@ class Store:
         for checksum in dirmetas:
             self._check_dirmeta(commit, checksum)
         known = self.verified.load()
-        started_ns, now = time.time_ns(), int(time.time())
+        now = int(time.time())
         fresh: dict[str, tuple[Stat, int]] = {}
+        # Whole but written since their record: forgotten, so that their mtime set back to 0
+        # later (``cp -a``) cannot match the record again.
+        stale: list[str] = []
         try:
             for checksum in files:
                 record = known.get(checksum)
@@ -470,13 +473,15 @@ class Store:
                 key = file_verified(objects, checksum)
                 if key is None:
                     self._confirm_bad(commit, FILE, checksum)
-                elif recordable(key, started_ns):
+                elif recordable(key):
                     fresh[checksum] = (key, now)
+                elif record is not None:
+                    stale.append(checksum)
         except CorruptObject as bad:
-            self.verified.update(fresh, drop=[bad.data["object"]])
+            self.verified.update(fresh, drop=[*stale, bad.data["object"]])
             raise
-        if fresh:
-            self.verified.update(fresh)
+        if fresh or stale:
+            self.verified.update(fresh, drop=stale)
         return len(files)
 
     def _check_dirmeta(self, commit: str, checksum: str) -> None:

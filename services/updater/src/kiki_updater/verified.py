@@ -4,28 +4,36 @@ again only the objects whose stat differs from the record (the few a pull added,
 rewritten) or whose record is not from this boot or not from the last :data:`REVERIFY_AFTER`.
 
 Why a matching stat still means the bytes checked: libostree writes every file object of a
-``bare-user-only`` repository with mtime 0, and any write to a file (``write``, ``truncate``, an
-``mmap`` store) sets its mtime to the current time; a file put in an object's place is another
-inode. The ctime would be stricter but is no use here: every checkout and removal of a
-deployment (hard links made and dropped) changes it. A file whose mtime is within
-:data:`RACY_NS` of the check is not recorded (timestamps are coarse: a write in the same tick
-as the check could leave the mtime unchanged), so it is hashed again next time.
+``bare-user-only`` repository with mtime 0 (:data:`OBJECT_MTIME`), and only a file whose mtime
+is still exactly that is recorded (:func:`recordable`). Any write to a file sets its mtime to
+the current time, never 0: ``write``, ``truncate``, and the first store through a shared
+writable ``mmap`` (the kernel sets the mtime when a clean page is first made writable, not at
+later stores to a page still dirty, so a record of a written file's new mtime could not be
+trusted: one is never made). A write after the check's stat, in the same clock tick as the
+check or not, leaves an mtime that is not 0: no window to wait out. A file put in an object's
+place is another inode.
+
+The ctime is not recorded although a write changes it too: it would add nothing against a
+shared mapping (the kernel sets it with the mtime, at the same first store), and every hard
+link made or dropped changes it, so each checkout and each removal of a deployment (every
+object of the commit linked or unlinked) would make every record miss at the next check.
 
 What a record cannot see is a change that leaves the stat as it was: bytes rewritten in place
-with the mtime set back to 0, which ordinary tools do (``cp -a`` or ``rsync -a --inplace`` of
-a damaged copy over an object keeps its inode and copies the copy's mtime 0), a file deleted
-and another made in its place that gets the freed inode number, or a disk that returns other
-bytes than were written. Such a change is found when the record lapses: it holds for one boot
-(the kernel's ``boot_id``: a power cycle, a restored image or another filesystem with the same
-device number after a reboot all start from nothing) and at most :data:`REVERIFY_AFTER` of it;
-an entry stamped later than now (a clock set back) is not believed.
+with the mtime set back to 0 by ``utimensat``, which ordinary tools do (``cp -a`` or
+``rsync -a --inplace`` of a damaged copy over an object keeps its inode and copies the copy's
+mtime 0), a file deleted and another made in its place with mtime 0 that gets the freed inode
+number, or a disk that returns other bytes than were written. Such a change is found when the
+record lapses: it holds for one boot (the kernel's ``boot_id``: a power cycle, a restored image
+or another filesystem with the same device number after a reboot all start from nothing) and
+at most :data:`REVERIFY_AFTER` of it; an entry stamped later than now (a clock set back) is not
+believed.
 
 Only checksums and stats are kept, each checksum checked for its form when read: what the
 record says can make the check skip a hash, never name a file to open. A record of another
-:data:`FORMAT`, another boot, larger than :data:`MAX_BYTES` or with one malformed entry is
-ignored whole. The file is rewritten whole (the old one removed first, a new one renamed in)
-and never synced: lost, torn, unreadable or not written, it is an empty record and every
-object is hashed again.
+:data:`FORMAT`, another boot, larger than :data:`MAX_BYTES` or with one malformed entry (an
+mtime other than :data:`OBJECT_MTIME` too) is ignored whole. The file is rewritten whole (the
+old one removed first, a new one renamed in) and never synced: lost, torn, unreadable or not
+written, it is an empty record and every object is hashed again.
 """
 
 from __future__ import annotations
@@ -44,7 +52,7 @@ import orjson
 __all__ = [
     "FORMAT",
     "MAX_BYTES",
-    "RACY_NS",
+    "OBJECT_MTIME",
     "REVERIFY_AFTER",
     "SKEW",
     "Stat",
@@ -57,7 +65,8 @@ __all__ = [
 FORMAT = 1
 REVERIFY_AFTER = 24 * 3600  # seconds
 SKEW = 60  # seconds an entry may be stamped ahead of now (a clock adjusted meanwhile)
-RACY_NS = 2_000_000_000
+# The mtime libostree gives every file object, and the only one a record believes
+OBJECT_MTIME = 0
 # About 130 bytes an object: room for some 250,000; a larger record is not read (hashing again)
 MAX_BYTES = 32 << 20
 
@@ -73,10 +82,11 @@ def stat_key(info: os.stat_result) -> Stat:
     return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
 
 
-def recordable(key: Stat, started_ns: int) -> bool:
-    """Whether a file hashed whole with stat ``key`` may be recorded: its mtime is not within
-    :data:`RACY_NS` of ``started_ns`` (the check's start)."""
-    return key[3] < started_ns - RACY_NS
+def recordable(key: Stat) -> bool:
+    """Whether a file hashed whole with stat ``key`` (taken before reading) may be recorded:
+    its mtime is still the one libostree wrote it with. One written since (its mtime is the
+    time of a write) is hashed at every check."""
+    return key[3] == OBJECT_MTIME
 
 
 @functools.cache
@@ -217,6 +227,7 @@ def _parse(raw: object, boot: str) -> Files:
             and isinstance(entry, list)
             and len(entry) == 5
             and all(type(v) is int for v in entry)
+            and entry[3] == OBJECT_MTIME
         ):
             return {}
         out[checksum] = ((entry[0], entry[1], entry[2], entry[3]), entry[4])
