@@ -62,7 +62,10 @@ H = TypeVar("H", bound=Handler)
 S = TypeVar("S", bound=SyncHandler)
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen (handlers must not change it all the same): one is made for every request, and a
+# frozen dataclass sets each field through object.__setattr__, several times the cost of a
+# plain one. eq=False keeps it hashable by identity, as a request's own.
+@dataclass(slots=True, eq=False)
 class RequestContext:
     """What a handler knows about the call it serves. ``peer`` is the kernel's word, not the
     payload's; ``meta`` is the request's ``params._meta`` (MCP), removed from the params."""

@@ -324,9 +324,9 @@ class Broker:
         self.streams.publish_own(SUBSCRIBE_AUDIT, entry)
 
     def _write(self, record: AuditRecord) -> None:
-        """Count a call's record and append its audit line (:meth:`_audit_line`)."""
+        """Count a call's record and append its audit line (as :meth:`_audit_line` does)."""
         self.ctx.counters[record.counter] += 1
-        self._audit_line(
+        entry = self.audit.append(
             caller=record.caller,
             tool=record.tool,
             outcome=record.outcome,
@@ -336,6 +336,7 @@ class Broker:
             provider=record.provider,
             on_behalf_of=record.on_behalf_of,
         )
+        self.streams.publish_own(SUBSCRIBE_AUDIT, entry)
 
 
 @contextlib.asynccontextmanager
