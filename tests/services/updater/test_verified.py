@@ -24,6 +24,7 @@ pytestmark = pytest.mark.unit
 
 APP = "org.example.player"
 A, B, C, D = ("a" * 64, "b" * 64, "c" * 64, "d" * 64)
+MODE = 0o100644
 
 
 @pytest.fixture
@@ -126,9 +127,10 @@ def test_another_file_renamed_into_an_objects_place_is_found(store: Store, commi
 def test_a_write_during_the_hash_is_found_at_the_next_check(
     store: Store, commit: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A write while the file is hashed: the bytes hashed were whole, but what is recorded is
-    the stat taken before reading (mtime 0), and the write set the mtime: the next check hashes
-    the file again."""
+    """A write while the file is hashed: the bytes hashed were whole, but the write set the
+    mtime, so the stat recorded (mtime 0, taken before reading) no longer matches: the next
+    check hashes the file again. (A stat taken after reading would not be recorded either: its
+    mtime is not 0. That the stat is taken before reading is tested with a file renamed in.)"""
     victim, path = a_file_object(store, commit)
     inode = path.stat().st_ino
     read = os.read
@@ -151,8 +153,41 @@ def test_a_write_during_the_hash_is_found_at_the_next_check(
     assert caught.value.data == {"error": "CorruptObject", "object": victim}
 
 
-def test_an_object_changed_through_a_shared_mapping_is_never_recorded(
+def test_a_file_renamed_in_during_the_hash_is_not_believed(
     store: Store, commit: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another file renamed into the object's place while the object is hashed (same size, mode
+    and mtime 0, damaged bytes): the bytes hashed were the object's, so the stat recorded must
+    be that of the file read (taken before reading, by its descriptor), not of what the path
+    names afterwards, or the damaged file would match the record."""
+    victim, path = a_file_object(store, commit)
+    inode = path.stat().st_ino
+    read = os.read
+    done = False
+
+    def read_then_replace(fd: int, n: int) -> bytes:
+        nonlocal done
+        data = read(fd, n)
+        if not done and os.fstat(fd).st_ino == inode:
+            done = True
+            other = path.with_name("other")
+            other.write_bytes(damaged(path))
+            os.chmod(other, path.stat().st_mode)
+            os.utime(other, ns=(0, 0))
+            os.rename(other, path)
+        return data
+
+    monkeypatch.setattr(os, "read", read_then_replace)
+    store.fsck(commit)
+    monkeypatch.undo()
+    assert done
+    with pytest.raises(CorruptObject) as caught:
+        store.fsck(commit)
+    assert caught.value.data == {"error": "CorruptObject", "object": victim}
+
+
+def test_an_object_changed_through_a_shared_mapping_is_never_recorded(
+    store: Store, commit: str
 ) -> None:
     """The kernel sets the mtime when a page of a shared writable mapping is first written,
     not at later stores to the page while it stays dirty. An object written so, its bytes whole
@@ -167,12 +202,8 @@ def test_an_object_changed_through_a_shared_mapping_is_never_recorded(
             mapped[0] = original ^ 0xFF  # the first store: the mtime set to now
             mapped[0] = original  # whole again, the page still dirty and writable
             assert path.stat().st_mtime_ns != 0
-            # the next check, seconds later (no sleep: a clock run ahead)
-            later = time.time_ns() + 10 * 1_000_000_000
-            monkeypatch.setattr(time, "time_ns", lambda: later)
-            assert store.fsck(commit) > 0
-            monkeypatch.undo()
-            assert victim not in store.verified.load()
+            assert store.fsck(commit) > 0  # whole: found so, not recorded
+            assert victim not in store.verified.listed()
             mapped[0] = original ^ 0xFF  # no fault: the mtime may well stay as it was
             with pytest.raises(CorruptObject) as caught:
                 store.fsck(commit)
@@ -212,6 +243,57 @@ def test_an_object_written_since_its_record_is_forgotten(store: Store, commit: s
     assert victim not in store.verified.load()
     os.utime(path, ns=(0, 0))
     flip(path, keep_mtime=True)
+    with pytest.raises(CorruptObject) as caught:
+        store.fsck(commit)
+    assert caught.value.data == {"error": "CorruptObject", "object": victim}
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o4777], ids=["0777", "4777"])
+def test_a_mode_changed_after_its_check_is_found(store: Store, commit: str, mode: int) -> None:
+    """In ``bare-user-only`` the mode is part of a file object's checksum, and ``chmod``
+    changes neither its mtime nor its inode: the record holds the mode too."""
+    store.fsck(commit)
+    victim, path = a_file_object(store, commit)
+    before = path.stat()
+    assert before.st_mode & 0o7777 == 0o644
+    path.chmod(mode)
+    after = path.stat()
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (
+        before.st_ino,
+        before.st_size,
+        before.st_mtime_ns,
+    )
+    with pytest.raises(CorruptObject) as caught:
+        store.fsck(commit)
+    assert caught.value.data == {"error": "CorruptObject", "object": victim}
+
+
+@pytest.mark.parametrize("stamped", ["a day ago", "an hour ahead"])
+def test_an_object_written_since_a_record_not_believed_now_is_forgotten(
+    store: Store, commit: str, monkeypatch: pytest.MonkeyPatch, stamped: str
+) -> None:
+    """An entry lapsed or stamped ahead is not believed now but is still in the file; with the
+    clock set back (or come forward) it would be believed again. One whose object was written
+    since is forgotten all the same, so that a damaged copy with mtime 0 put over it later
+    (``cp -a``) does not match it then."""
+    now = int(time.time())
+    monkeypatch.setattr(time, "time", lambda: float(now))
+    store.fsck(commit)
+    victim, path = a_file_object(store, commit)
+    at = now - REVERIFY_AFTER - 60 if stamped == "a day ago" else now + 3600
+    record = orjson.loads(store.verified.path.read_bytes())
+    record["files"][victim][-1] = at
+    store.verified.path.write_bytes(orjson.dumps(record))
+    store = Store(store.root)
+    assert victim in store.verified.listed()
+    assert victim not in store.verified.load()
+    path.chmod(0o644)
+    path.write_bytes(path.read_bytes())  # whole, the mtime now
+    assert store.fsck(commit) > 0  # every other object's record matches: only it is hashed
+    assert victim not in store.verified.listed()
+    os.utime(path, ns=(0, 0))
+    flip(path, keep_mtime=True)
+    monkeypatch.setattr(time, "time", lambda: float(at + 60))  # the entry would be believed
     with pytest.raises(CorruptObject) as caught:
         store.fsck(commit)
     assert caught.value.data == {"error": "CorruptObject", "object": victim}
@@ -356,43 +438,76 @@ def test_entries_hold_for_a_day_of_this_boot_and_never_from_ahead(tmp_path: Path
     now = int(time.time())
     record.update(
         {
-            A: ((1, 2, 3, 0), now),
-            B: ((1, 3, 4, 0), now - REVERIFY_AFTER),  # a day old: lapsed
-            C: ((1, 4, 5, 0), now + 10 * SKEW),  # from ahead: not believed
-            D: ((1, 5, 6, 0), now - REVERIFY_AFTER + 3600),
+            A: ((1, 2, 3, 0, MODE), now),
+            B: ((1, 3, 4, 0, MODE), now - REVERIFY_AFTER),  # a day old: lapsed
+            C: ((1, 4, 5, 0, MODE), now + 10 * SKEW),  # from ahead: not believed
+            D: ((1, 5, 6, 0, MODE), now - REVERIFY_AFTER + 3600),
         }
     )
     assert set(Verified(record.path, boot="one").load()) == {A, D}  # read from the file
     assert Verified(record.path, boot="two").load() == {}
     fresh = Verified(record.path, boot="one")
-    fresh.update({C: ((1, 5, 6, 0), now)}, drop=[A])
+    fresh.update({C: ((1, 5, 6, 0, MODE), now)}, drop=[A])
     assert set(Verified(record.path, boot="one").load()) == {C, D}
-    fresh.update({B: ((1, 7, 8, 0), now)}, keep_only=True)
+    fresh.update({B: ((1, 7, 8, 0, MODE), now)}, keep_only=True)
     assert set(Verified(record.path, boot="one").load()) == {B}
+
+
+def test_an_update_forgets_entries_lapsed_or_stamped_ahead(tmp_path: Path) -> None:
+    """Not believed now, they would be again with the clock set back: they are not kept."""
+    record = Verified(tmp_path / "verified.json", boot="one")
+    now = int(time.time())
+    record.update(
+        {
+            A: ((1, 2, 3, 0, MODE), now),
+            B: ((1, 3, 4, 0, MODE), now - REVERIFY_AFTER),
+            C: ((1, 4, 5, 0, MODE), now + 10 * SKEW),
+        }
+    )
+    assert Verified(record.path, boot="one").listed() == {A, B, C}
+    Verified(record.path, boot="one").update({D: ((1, 5, 6, 0, MODE), now)})
+    assert Verified(record.path, boot="one").listed() == {A, D}
 
 
 @pytest.mark.parametrize(
     "body",
     [
-        {"format": 2, "boot": "one", "files": {A: [1, 2, 3, 0, 0]}},
-        {"boot": "one", "files": {A: [1, 2, 3, 0, 0]}},
-        {"format": 1, "boot": "one", "files": {A: [1, 2, 3, 0, 0], "../../x": [1, 2, 3, 0, 0]}},
-        {"format": 1, "boot": "one", "files": {A: [1, 2, 3, 0, 0], B.upper(): [1, 2, 3, 0, 0]}},
-        {"format": 1, "boot": "one", "files": {A: [1, 2, 3, 0, 0], "ab": [1, 2, 3, 0, 0]}},
-        {"format": 1, "boot": "one", "files": {A: [1, 2, 3, 0, 0], B: [1, "x", 3, 0, 0]}},
-        {"format": 1, "boot": "one", "files": {A: [1, 2, 3, 0, 0], B: [1, 2, 3, 0]}},
-        {"format": 1, "boot": "one", "files": {A: [1, 2, 3, 0, 0], B: [1, 2, 3, 5, 0]}},
+        {"format": 1, "boot": "one", "files": {A: [1, 2, 3, 0, 0]}},  # before the mode
+        {"format": 3, "boot": "one", "files": {A: [1, 2, 3, 0, MODE, 0]}},
+        {"boot": "one", "files": {A: [1, 2, 3, 0, MODE, 0]}},
+        {
+            "format": 2,
+            "boot": "one",
+            "files": {A: [1, 2, 3, 0, MODE, 0], "../../x": [1, 2, 3, 0, MODE, 0]},
+        },
+        {
+            "format": 2,
+            "boot": "one",
+            "files": {A: [1, 2, 3, 0, MODE, 0], B.upper(): [1, 2, 3, 0, MODE, 0]},
+        },
+        {
+            "format": 2,
+            "boot": "one",
+            "files": {A: [1, 2, 3, 0, MODE, 0], "ab": [1, 2, 3, 0, MODE, 0]},
+        },
+        {
+            "format": 2,
+            "boot": "one",
+            "files": {A: [1, 2, 3, 0, MODE, 0], B: [1, "x", 3, 0, MODE, 0]},
+        },
+        {"format": 2, "boot": "one", "files": {A: [1, 2, 3, 0, MODE, 0], B: [1, 2, 3, 0, MODE]}},
+        {"format": 2, "boot": "one", "files": {A: [1, 2, 3, 0, MODE, 0], B: [1, 2, 3, 5, MODE, 0]}},
         {"format": 1, "boot": "one", "files": [A]},
         [1],
     ],
 )
 def test_a_record_with_anything_malformed_is_ignored_whole(tmp_path: Path, body: object) -> None:
     path = tmp_path / "verified.json"
-    good = {"format": 1, "boot": "one", "files": {A: [1, 2, 3, 0, int(time.time())]}}
+    good = {"format": 2, "boot": "one", "files": {A: [1, 2, 3, 0, MODE, int(time.time())]}}
     path.write_bytes(orjson.dumps(good))
     assert set(Verified(path, boot="one").load()) == {A}
     if isinstance(body, dict) and isinstance(body.get("files"), dict):
-        body["files"][A][4] = int(time.time())
+        body["files"][A][-1] = int(time.time())
     path.write_bytes(orjson.dumps(body))
     assert Verified(path, boot="one").load() == {}
 
@@ -402,7 +517,7 @@ def test_a_record_larger_than_the_bound_is_ignored(
 ) -> None:
     path = tmp_path / "verified.json"
     record = Verified(path, boot="one")
-    record.update({A: ((1, 2, 3, 0), int(time.time()))})
+    record.update({A: ((1, 2, 3, 0, MODE), int(time.time()))})
     size = path.stat().st_size
     monkeypatch.setattr(verified, "MAX_BYTES", size)
     assert set(Verified(path, boot="one").load()) == {A}

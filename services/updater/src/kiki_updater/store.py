@@ -463,7 +463,9 @@ class Store:
         now = int(time.time())
         fresh: dict[str, tuple[Stat, int]] = {}
         # Whole but written since their record: forgotten, so that their mtime set back to 0
-        # later (``cp -a``) cannot match the record again.
+        # later (``cp -a``) cannot match the record again. Looked for among every entry the
+        # file holds: one lapsed or stamped ahead is believed again after the clock is set back.
+        listed: frozenset[str] | None = None
         stale: list[str] = []
         try:
             for checksum in files:
@@ -475,8 +477,11 @@ class Store:
                     self._confirm_bad(commit, FILE, checksum)
                 elif recordable(key):
                     fresh[checksum] = (key, now)
-                elif record is not None:
-                    stale.append(checksum)
+                else:
+                    if listed is None:
+                        listed = self.verified.listed()
+                    if checksum in listed:
+                        stale.append(checksum)
         except CorruptObject as bad:
             self.verified.update(fresh, drop=[*stale, bad.data["object"]])
             raise

@@ -1,7 +1,9 @@
-"""The file objects the store has hashed and found whole, each recorded by what a change of its
-bytes would change: the file's ``(dev, ino, size, mtime)``. A later check of a commit hashes
-again only the objects whose stat differs from the record (the few a pull added, any that was
-rewritten) or whose record is not from this boot or not from the last :data:`REVERIFY_AFTER`.
+"""The file objects the store has hashed and found whole, each recorded by what a change of
+what its checksum covers (its bytes, its mode) would change: the file's
+``(dev, ino, size, mtime, mode)``. A later check of a commit hashes again only the objects
+whose stat differs from the record (the few a pull added, any that was rewritten or had its
+mode changed) or whose record is not from this boot or not from the last
+:data:`REVERIFY_AFTER`.
 
 Why a matching stat still means the bytes checked: libostree writes every file object of a
 ``bare-user-only`` repository with mtime 0 (:data:`OBJECT_MTIME`), and only a file whose mtime
@@ -11,7 +13,8 @@ writable ``mmap`` (the kernel sets the mtime when a clean page is first made wri
 later stores to a page still dirty, so a record of a written file's new mtime could not be
 trusted: one is never made). A write after the check's stat, in the same clock tick as the
 check or not, leaves an mtime that is not 0: no window to wait out. A file put in an object's
-place is another inode.
+place is another inode. The mode is recorded because in ``bare-user-only`` it is part of the
+object's checksum, and ``chmod`` changes neither the mtime nor the inode.
 
 The ctime is not recorded although a write changes it too: it would add nothing against a
 shared mapping (the kernel sets it with the mtime, at the same first store), and every hard
@@ -26,7 +29,13 @@ number, or a disk that returns other bytes than were written. Such a change is f
 record lapses: it holds for one boot (the kernel's ``boot_id``: a power cycle, a restored image
 or another filesystem with the same device number after a reboot all start from nothing) and
 at most :data:`REVERIFY_AFTER` of it; an entry stamped later than now (a clock set back) is not
-believed.
+believed. Entries lapsed or stamped ahead are forgotten at the next rewrite of the record:
+kept, a clock set back would make them believed again.
+
+All this holds against the apps for a root updater only: objects (written with the commit's
+mode) and the record are then root's. An updater that is not root owns both and runs the
+health commands as itself, which may then write an object and set its mtime back to 0, or
+rewrite the record.
 
 Only checksums and stats are kept, each checksum checked for its form when read: what the
 record says can make the check skip a hash, never name a file to open. A record of another
@@ -62,7 +71,7 @@ __all__ = [
     "stat_key",
 ]
 
-FORMAT = 1
+FORMAT = 2
 REVERIFY_AFTER = 24 * 3600  # seconds
 SKEW = 60  # seconds an entry may be stamped ahead of now (a clock adjusted meanwhile)
 # The mtime libostree gives every file object, and the only one a record believes
@@ -73,13 +82,13 @@ MAX_BYTES = 32 << 20
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 _CHECKSUM = re.compile(r"[0-9a-f]{64}")
 
-# (dev, ino, size, mtime_ns)
-Stat = tuple[int, int, int, int]
+# (dev, ino, size, mtime_ns, st_mode)
+Stat = tuple[int, int, int, int, int]
 Files = dict[str, tuple[Stat, int]]
 
 
 def stat_key(info: os.stat_result) -> Stat:
-    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_mode)
 
 
 def recordable(key: Stat) -> bool:
@@ -120,17 +129,29 @@ class Verified:
         return self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}")
 
     def load(self) -> Files:
-        """checksum -> (stat when hashed, when hashed in seconds), lapsed entries left out."""
+        """checksum -> (stat when hashed, when hashed in seconds), lapsed entries and entries
+        stamped ahead left out."""
         with self._lock:
             files = self._read()
         now = int(time.time())
         return {c: r for c, r in files.items() if _current(r[1], now)}
 
-    def update(self, add: Files, drop: Iterable[str] = (), *, keep_only: bool = False) -> None:
-        """Record ``add`` and forget ``drop``; with ``keep_only``, forget every other one."""
+    def listed(self) -> frozenset[str]:
+        """Every checksum the file holds, lapsed or stamped ahead too: an entry not believed
+        now is believed again once the clock is set back, so one to be forgotten is looked for
+        here, not in :meth:`load`."""
         with self._lock:
-            files = {} if keep_only else self._read()
-            files = {**files, **add}
+            return frozenset(self._read())
+
+    def update(self, add: Files, drop: Iterable[str] = (), *, keep_only: bool = False) -> None:
+        """Record ``add`` and forget ``drop``; with ``keep_only``, forget every other one. An
+        entry lapsed or stamped ahead is forgotten too: kept, a clock set back would make it
+        believed again."""
+        with self._lock:
+            now = int(time.time())
+            kept = {} if keep_only else self._read()
+            files = {c: r for c, r in kept.items() if _current(r[1], now)}
+            files.update(add)
             for checksum in drop:
                 files.pop(checksum, None)
             self._memo = None
@@ -225,10 +246,10 @@ def _parse(raw: object, boot: str) -> Files:
         if not (
             _CHECKSUM.fullmatch(checksum)
             and isinstance(entry, list)
-            and len(entry) == 5
+            and len(entry) == 6
             and all(type(v) is int for v in entry)
             and entry[3] == OBJECT_MTIME
         ):
             return {}
-        out[checksum] = ((entry[0], entry[1], entry[2], entry[3]), entry[4])
+        out[checksum] = ((entry[0], entry[1], entry[2], entry[3], entry[4]), entry[5])
     return out
