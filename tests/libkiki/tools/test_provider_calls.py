@@ -1,6 +1,6 @@
-"""``ToolProvider`` answering ``tools/call`` against a scripted broker on a real Unix socket: a
-tool that never awaits is answered as its call is read, in a context of its own; one that
-awaits runs in a task; both keep their typed errors, models and cancellation."""
+"""``ToolProvider`` answering ``tools/call`` against a scripted broker on a real Unix socket:
+every call runs in a task of its own (its context variables stay its own, the broker's
+cancellation cancels it), with typed errors and models in and out."""
 
 from __future__ import annotations
 
@@ -59,6 +59,11 @@ def provider_at(path: Path, seen: dict[str, Any], release: asyncio.Event) -> Too
     async def cancelled(args: dict[str, Any], call: ToolCall) -> dict[str, Any]:
         raise asyncio.CancelledError
 
+    @provider.tool("org.example.ran")
+    async def ran(args: dict[str, Any], call: ToolCall) -> dict[str, Any]:
+        seen["ran"] = True
+        return {}
+
     @provider.tool("org.example.later")
     async def later(args: dict[str, Any], call: ToolCall) -> dict[str, Any]:
         seen["later"] = asyncio.current_task()
@@ -73,19 +78,6 @@ def provider_at(path: Path, seen: dict[str, Any], release: asyncio.Event) -> Too
     return provider
 
 
-CLOSED: list[bool] = []
-
-
-async def waits(args: dict[str, Any], call: ToolCall) -> dict[str, Any]:
-    """What a tool's code is swapped for after it was decorated (no closure: any function's
-    code fits it)."""
-    try:
-        await asyncio.sleep(3600)
-    finally:
-        CLOSED.append(True)
-    return {}
-
-
 @pytest.fixture
 async def broker(sockdir: Path) -> AsyncIterator[ScriptedBroker]:
     async with ScriptedBroker(sockdir / "tools.sock").serving() as peer:
@@ -96,7 +88,11 @@ def call(name: str, arguments: dict[str, Any]) -> dict[str, Any]:
     return {"name": name, "arguments": arguments, "_meta": {"dev.kiki/caller": CALLER}}
 
 
-async def test_a_tool_that_never_awaits_is_answered_without_a_task(
+def line(message: dict[str, Any]) -> bytes:
+    return orjson.dumps({"jsonrpc": "2.0", **message}) + b"\n"
+
+
+async def test_a_tool_that_never_awaits_is_answered_from_a_task_of_its_own(
     broker: ScriptedBroker,
 ) -> None:
     seen: dict[str, Any] = {}
@@ -105,11 +101,11 @@ async def test_a_tool_that_never_awaits_is_answered_without_a_task(
         answer = await conn.request("tools/call", call("org.example.now", {"text": "hi"}))
         assert answer["result"] == {"structuredContent": {"text": "hi"}, "isError": False}
         task, _, caller = seen["now"]
-        assert task is None
+        assert isinstance(task, asyncio.Task)
         assert caller == CALLER
 
 
-async def test_a_tool_that_never_awaits_keeps_its_context_variables_to_itself(
+async def test_a_tool_keeps_its_context_variables_to_itself(
     broker: ScriptedBroker,
 ) -> None:
     seen: dict[str, Any] = {}
@@ -120,7 +116,7 @@ async def test_a_tool_that_never_awaits_keeps_its_context_variables_to_itself(
             assert seen["now"][1] == "nobody"
 
 
-async def test_models_in_and_out_of_a_tool_that_never_awaits(broker: ScriptedBroker) -> None:
+async def test_models_in_and_out_of_a_tool(broker: ScriptedBroker) -> None:
     seen: dict[str, Any] = {}
     async with provider_at(broker.path, seen, asyncio.Event()).connect():
         conn = await broker.connection()
@@ -130,7 +126,7 @@ async def test_models_in_and_out_of_a_tool_that_never_awaits(broker: ScriptedBro
         assert bad["error"]["code"] == -32602
 
 
-async def test_errors_of_a_tool_that_never_awaits_are_typed_wire_errors(
+async def test_errors_of_a_tool_are_typed_wire_errors(
     broker: ScriptedBroker, caplog: pytest.LogCaptureFixture
 ) -> None:
     seen: dict[str, Any] = {}
@@ -146,17 +142,33 @@ async def test_errors_of_a_tool_that_never_awaits_are_typed_wire_errors(
         assert unknown["error"]["code"] == NotFound.jsonrpc_code
 
 
-async def test_a_tool_cancelling_itself_without_awaiting_is_never_answered(
+async def test_a_tool_cancelling_itself_is_never_answered(broker: ScriptedBroker) -> None:
+    seen: dict[str, Any] = {}
+    async with provider_at(broker.path, seen, asyncio.Event()).connect():
+        conn = await broker.connection()
+        gone = asyncio.create_task(conn.request("tools/call", call("org.example.cancelled", {})))
+        await asyncio.sleep(0)  # its first step numbers and writes its request
+        answer = await conn.request("tools/call", call("org.example.now", {"text": "after"}))
+        # Numbered after it, so written after it: read, run and answered after it.
+        assert answer["id"] == 2
+        assert answer["result"]["structuredContent"] == {"text": "after"}
+        assert not gone.done()  # its answer would have come before the one read after it
+        gone.cancel()
+
+
+async def test_a_call_cancelled_in_the_chunk_that_brought_it_never_runs(
     broker: ScriptedBroker,
 ) -> None:
     seen: dict[str, Any] = {}
     async with provider_at(broker.path, seen, asyncio.Event()).connect():
         conn = await broker.connection()
-        gone = asyncio.create_task(conn.request("tools/call", call("org.example.cancelled", {})))
+        tool_call = {"id": "gone", "method": "tools/call", "params": call("org.example.ran", {})}
+        cancel = {"method": "notifications/cancelled", "params": {"requestId": "gone"}}
+        conn.writer.write(line(tool_call) + line(cancel))
+        await conn.writer.drain()
         answer = await conn.request("tools/call", call("org.example.now", {"text": "after"}))
         assert answer["result"]["structuredContent"] == {"text": "after"}
-        assert not gone.done()  # its answer would have come before the one read after it
-        gone.cancel()
+        assert "ran" not in seen
 
 
 async def test_a_tool_that_awaits_runs_in_a_task_and_is_cancelled_with_its_call(
@@ -187,29 +199,16 @@ async def test_a_tool_that_awaits_runs_in_a_task_and_is_cancelled_with_its_call(
         assert (await again)["result"]["structuredContent"] == {"text": "later"}
 
 
-async def test_a_tool_whose_code_was_swapped_for_an_awaiting_one_fails_and_is_closed(
-    broker: ScriptedBroker, caplog: pytest.LogCaptureFixture
-) -> None:
-    provider = ToolProvider(broker.path)
-    CLOSED.clear()
-
-    @provider.tool("org.example.swapped")
-    async def swapped(args: dict[str, Any], call: ToolCall) -> dict[str, Any]:
-        return {}
-
-    swapped.__code__ = waits.__code__
-    async with provider.connect():
-        conn = await broker.connection()
-        answer = await conn.request("tools/call", call("org.example.swapped", {}))
-        assert answer["error"]["code"] == -32603
-        assert CLOSED == [True]
-        assert "had no await when decorated" in caplog.text
-
-
 PLAIN_PROVIDER = """
 import asyncio, sys
+from typing import Any, TypedDict
 import orjson
-from libkiki.tools import ToolProvider
+from libkiki.tools import ToolCall, ToolProvider
+
+class Point(TypedDict):
+    x: int
+
+NAMES = ["org.example.bare", "org.example.dict", "org.example.typed", "org.example.point"]
 
 async def main(path):
     answered = asyncio.get_running_loop().create_future()
@@ -217,21 +216,36 @@ async def main(path):
     async def broker(reader, writer):
         registration = orjson.loads(await reader.readline())
         writer.write(orjson.dumps({"jsonrpc": "2.0", "id": registration["id"], "result": {}}))
-        call = {"name": "org.example.now", "arguments": {}}
-        writer.write(b"\\n" + orjson.dumps(
-            {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": call}) + b"\\n")
-        answered.set_result(orjson.loads(await reader.readline()))
+        writer.write(b"\\n")
+        for rid, name in enumerate(NAMES):
+            call = {"name": name, "arguments": {"x": rid}}
+            writer.write(orjson.dumps(
+                {"jsonrpc": "2.0", "id": rid, "method": "tools/call", "params": call}) + b"\\n")
+        answers = [orjson.loads(await reader.readline()) for _ in NAMES]
+        answered.set_result(sorted(answers, key=lambda answer: answer["id"]))
 
     server = await asyncio.start_unix_server(broker, path)
     provider = ToolProvider(path)
 
-    @provider.tool("org.example.now")
-    async def now(args, call):
-        return {"text": "ok"}
+    @provider.tool("org.example.bare")
+    async def bare(args, call):
+        return {"text": "bare", "x": args["x"]}
+
+    @provider.tool("org.example.dict")
+    async def plain(args: dict, call: ToolCall) -> dict:
+        return {"text": "dict", "x": args["x"]}
+
+    @provider.tool("org.example.typed")
+    async def typed(args: dict[str, Any], call: ToolCall) -> dict[str, Any]:
+        return {"text": "typed", "x": args["x"]}
+
+    @provider.tool("org.example.point")
+    async def point(args: Point, call: ToolCall) -> dict[str, Any]:
+        return {"text": "point", "x": args["x"]}
 
     async with server, provider.connect():
-        answer = await asyncio.wait_for(answered, 10)
-    print(orjson.dumps({"answer": answer, "models": "pydantic.main" in sys.modules}).decode())
+        answers = await asyncio.wait_for(answered, 10)
+    print(orjson.dumps({"answers": answers, "models": "pydantic.main" in sys.modules}).decode())
 
 asyncio.run(main(sys.argv[1]))
 """
@@ -249,5 +263,11 @@ async def test_a_provider_of_plain_dicts_never_loads_pydantic_models(sockdir: Pa
     async with asyncio.timeout(30):
         out, _ = await process.communicate()
     report = orjson.loads(out)
-    assert report["answer"]["result"]["structuredContent"] == {"text": "ok"}
+    texts = [answer["result"]["structuredContent"] for answer in report["answers"]]
+    assert texts == [
+        {"text": "bare", "x": 0},
+        {"text": "dict", "x": 1},
+        {"text": "typed", "x": 2},
+        {"text": "point", "x": 3},
+    ]
     assert report["models"] is False

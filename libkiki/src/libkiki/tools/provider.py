@@ -12,11 +12,6 @@ Decorate a function with the NSID of its lexicon; its input and output may be py
     async with provider.connect():
         await provider.serve_forever()
 
-A tool whose function never waits (no ``await``, ``async with`` or ``async for`` in its body:
-:func:`never_awaits`) is run and answered as its call is read, in a context of its own (the
-context variables it sets stay its own) but without a task: ``asyncio.current_task()`` is None in
-it. Any other tool runs in a task per call, which the broker's cancellation cancels.
-
 A service that must stay registered across broker restarts runs
 ``await provider.keep_registered()`` instead (until cancelled).
 
@@ -41,17 +36,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
-import dis
 import inspect
 import logging
 import os
 import sys
 import time
-import types
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast, get_type_hints
+from typing import Any, TypeVar, get_type_hints
 
 import pydantic
 
@@ -115,7 +107,6 @@ G = TypeVar("G", bound=StreamFunc)
 class _Entry:
     func: ToolFunc
     input_model: type[pydantic.BaseModel] | None
-    inline: bool  # it never awaits (never_awaits): run as its call is read, without a task
 
 
 class ToolProvider:
@@ -165,9 +156,7 @@ class ToolProvider:
         return decorator
 
     def tool(self, nsid: str) -> Callable[[F], F]:
-        """Serve ``func`` as the tool ``nsid``; decorate every tool before :meth:`connect`.
-        A ``func`` that never waits runs without a task of its own (see the module's
-        docstring)."""
+        """Serve ``func`` as the tool ``nsid``; decorate every tool before :meth:`connect`."""
 
         def decorator(func: F) -> F:
             # The broker learns the tools once, at registration: a later one would never be
@@ -189,10 +178,13 @@ class ToolProvider:
                 ) from None
             params = list(inspect.signature(func).parameters)
             first = hints.get(params[0]) if params else None
+            base = _loaded_base_model()
             model = (
-                first if isinstance(first, type) and issubclass(first, pydantic.BaseModel) else None
+                first
+                if base is not None and isinstance(first, type) and issubclass(first, base)
+                else None
             )
-            self._tools[nsid] = _Entry(func, model, never_awaits(func))
+            self._tools[nsid] = _Entry(func, model)
             return func
 
         return decorator
@@ -213,33 +205,26 @@ class ToolProvider:
         methods = Methods()
         self.streams.install(methods)
 
-        tools = self._tools
-
-        # A synchronous handler (the connection runs it as the call is read): a tool that never
-        # awaits is answered right there, any other continues in a task of its own.
-        def call(ctx: RequestContext, name: str, arguments: dict[str, Any] | None = None) -> Any:
-            entry = tools.get(name)
+        @methods.method("tools/call")
+        async def call(
+            ctx: RequestContext, name: str, arguments: dict[str, Any] | None = None
+        ) -> dict[str, Any]:
+            entry = self._tools.get(name)
             if entry is None:
                 raise NotFound(f"this provider has no tool {name}")
-            meta = ctx.meta
-            caller = meta.get(CALLER_META, {}) if meta else {}
+            caller = (ctx.meta or {}).get(CALLER_META, {})
             args: Any = arguments or {}
             if entry.input_model is not None:
                 try:
                     args = entry.input_model.model_validate(args)
                 except pydantic.ValidationError as exc:
                     raise InvalidParams(str(exc.errors()[0]["msg"])) from None
-            if not entry.inline:
-                return _awaited(entry.func, args, ToolCall(name, caller, ctx))
-            try:
-                return _structured(_run_inline(entry.func, args, ToolCall(name, caller, ctx)))
-            except asyncio.CancelledError:
-                # As a task's cancellation: the call is never answered.
-                cancelled: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-                cancelled.cancel()
-                return cancelled
+            output = await entry.func(args, ToolCall(name, caller, ctx))
+            base = _loaded_base_model()
+            if base is not None and isinstance(output, base):
+                output = output.model_dump(mode="json", by_alias=True)
+            return {"structuredContent": output, "isError": False}
 
-        methods.register_sync("tools/call", call)
         return methods
 
     @contextlib.asynccontextmanager
@@ -325,50 +310,13 @@ class ToolProvider:
             await asyncio.sleep(backoff.exited(time.monotonic()))
 
 
-# The opcodes of every point where a coroutine can wait (``await``, ``async with``, ``async
-# for``): a tool function whose code has none of them ends in its first step.
-_WAITING = frozenset(
-    {"GET_AWAITABLE", "GET_AITER", "GET_ANEXT", "BEFORE_ASYNC_WITH", "SEND", "YIELD_VALUE"}
-)
-
-
-def never_awaits(func: Any) -> bool:
-    """Whether ``func`` is an ``async def`` function whose body cannot wait: calling it and
-    running its coroutine's first step always ends it (a wrapper, a ``functools.partial`` or
-    a callable object is never taken for one)."""
-    if not isinstance(func, types.FunctionType):
-        return False
-    code = func.__code__
-    if not code.co_flags & inspect.CO_COROUTINE:
-        return False
-    return not any(op.opname in _WAITING for op in dis.get_instructions(code))
-
-
-def _run_inline(func: ToolFunc, args: Any, call: ToolCall) -> Any:
-    """Run a tool that never awaits to its end, here: its output. In a context of its own, as
-    a task would be, so that the context variables it sets stay its own."""
-    coro = cast(Coroutine[Any, Any, Any], func(args, call))  # never_awaits: a coroutine
-    try:
-        contextvars.copy_context().run(coro.send, None)
-    except StopIteration as done:
-        return done.value
-    # Its code was swapped after it was decorated: stopped here rather than left waiting.
-    coro.close()
-    raise RuntimeError(f"{call.nsid}: the tool waited, but its code had no await when decorated")
-
-
-async def _awaited(func: ToolFunc, args: Any, call: ToolCall) -> dict[str, Any]:
-    return _structured(await func(args, call))
-
-
-def _structured(output: Any) -> dict[str, Any]:
-    # ``pydantic.BaseModel`` is one of pydantic's lazy attributes: naming it imports
-    # pydantic.main (tens of ms and about 1.4 MB, on a provider's first call). A model can only
-    # exist once that module is loaded, so a provider of plain dicts never loads it.
+def _loaded_base_model() -> type[pydantic.BaseModel] | None:
+    """``pydantic.BaseModel`` if pydantic.main is loaded, else None: no model class (nor an
+    instance of one) can exist before it is. Naming ``pydantic.BaseModel`` would load it (one
+    of pydantic's lazy attributes: tens of ms and about 1.4 MB, on a provider's first call),
+    so a provider of plain dicts asks here instead."""
     models = sys.modules.get("pydantic.main")
-    if models is not None and isinstance(output, models.BaseModel):
-        output = output.model_dump(mode="json", by_alias=True)
-    return {"structuredContent": output, "isError": False}
+    return None if models is None else models.BaseModel
 
 
 class _Refused(Exception):
