@@ -12,8 +12,7 @@ import orjson
 import pytest
 
 from kiki_tool_broker.audit import AuditLog
-from libkiki.audit import args_hash, format_head, parse_head, read_entries, verify
-from libkiki.rpc.later import input_ends, input_starts
+from libkiki.audit import args_hash, format_head, read_entries, verify
 
 pytestmark = pytest.mark.unit
 
@@ -184,71 +183,6 @@ def test_a_head_one_line_behind_is_a_stop_between_the_two_writes(tmp_path: Path)
     (tmp_path / "audit.head").write_bytes(format_head(2, second["hash"]))
     assert chain_after_restart(tmp_path) == []
     assert [e["seq"] for e in read_entries(tmp_path / "audit.jsonl")] == [1, 2, 3, 4]
-
-
-def test_a_head_lines_behind_that_they_chain_on_from_is_a_stop_within_one_turn(
-    tmp_path: Path,
-) -> None:
-    fill(tmp_path, 5).close()
-    second = read_entries(tmp_path / "audit.jsonl")[1]
-    (tmp_path / "audit.head").write_bytes(format_head(2, second["hash"]))
-    assert chain_after_restart(tmp_path) == []
-    assert [e["seq"] for e in read_entries(tmp_path / "audit.jsonl")] == [1, 2, 3, 4, 5, 6]
-
-
-def test_a_head_lines_behind_that_they_do_not_chain_on_from_stays_a_gap(tmp_path: Path) -> None:
-    fill(tmp_path, 5).close()
-    (tmp_path / "audit.head").write_bytes(format_head(2, "ab" * 32))
-    # The chain continues from the head, so the mismatch stays for --verify to report.
-    problems = chain_after_restart(tmp_path)
-    assert any("line 6: sequence 3 follows 5" in p for p in problems), problems
-
-
-def test_the_head_is_written_once_the_input_that_appended_lines_is_handled(
-    tmp_path: Path,
-) -> None:
-    """Lines appended while a chunk of input is handled (pipelined calls read together) are
-    each written at once, and their head once, when the chunk has been handled."""
-    log = fill(tmp_path, 1)
-    first = read_entries(log.path)[0]
-    input_starts()
-    try:
-        fill_more = [
-            log.append(
-                caller=CALLER,
-                tool="dev.kiki.test.t",
-                outcome="ok",
-                code=None,
-                duration_us=1,
-                arguments={},
-            )
-            for _ in range(3)
-        ]
-        assert [e["seq"] for e in read_entries(log.path)] == [1, 2, 3, 4]  # lines: at once
-        assert parse_head(log.head_path.read_bytes()) == (1, first["hash"])  # the head: not yet
-    finally:
-        input_ends()
-    assert parse_head(log.head_path.read_bytes()) == (4, fill_more[-1]["hash"])
-    log.close()
-    assert list(verify(log.path, log.head_path)) == []
-
-
-def test_closing_writes_a_head_still_due(tmp_path: Path) -> None:
-    log = fill(tmp_path, 1)
-    input_starts()
-    try:
-        log.append(
-            caller=CALLER,
-            tool="dev.kiki.test.t",
-            outcome="ok",
-            code=None,
-            duration_us=1,
-            arguments={},
-        )
-        log.close()
-        assert list(verify(log.path, log.head_path)) == []
-    finally:
-        input_ends()
 
 
 def test_an_unreadable_head_is_rewritten_from_the_log(tmp_path: Path) -> None:

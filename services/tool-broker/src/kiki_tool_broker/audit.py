@@ -1,16 +1,11 @@
 """The audit log's appender: one chained line per tool call, written by the broker alone.
 
 The format, the chain, reading and verifying are libkiki's (:mod:`libkiki.audit`), shared with
-every reader. What is the writer's own: the head, ``audit.head``, is rewritten in place (one
-fixed-size ``pwrite``: renaming a fresh file per call cost more than the rest of a tool call
-together) once the chunk of input that appended lines has been handled
-(:func:`libkiki.rpc.later.after_input`, in that same turn of the event loop), so pipelined calls
-read together share one head write, and at once after an append made outside such a chunk.
-Each line is still written whole before its call is answered. A torn last line is dropped on
-open; when the broker starts and the log does not end where the head says, the chain continues
-from the head, not from the log, so the gap stays in the log for ``--verify`` to report instead
-of being covered by a fresh head. Lines past the head that chain on from it are a stop between
-the lines of one turn and their head: the chain continues from the log.
+every reader. What is the writer's own: the head, ``audit.head``, is rewritten in place after
+each append (one fixed-size ``pwrite``: renaming a fresh file per call cost more than the rest
+of a tool call together); a torn last line is dropped on open; and when the broker starts and
+the log does not end where the head says, the chain continues from the head, not from the log,
+so the gap stays in the log for ``--verify`` to report instead of being covered by a fresh head.
 """
 
 from __future__ import annotations
@@ -35,7 +30,6 @@ from libkiki.audit import (
     parse_entry,
     parse_head,
 )
-from libkiki.rpc.later import after_input
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +53,6 @@ class AuditLog:
         self._cut_to: int | None = None
         self._head_fd = os.open(self.head_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o640)
         self._head_behind = False  # the last head write failed: the head is behind the log
-        self._head_due = False  # lines appended, their head write is waiting for after_input
         self._write_head()
 
     def _continue_from(self) -> tuple[int, str]:
@@ -77,8 +70,6 @@ class AuditLog:
             return seq, digest
         if head == (seq, digest) or (seq == head[0] + 1 and prev == head[1]):
             return seq, digest  # intact, or stopped between writing a line and the head
-        if seq > head[0] and self._chains_on_from(head):
-            return seq, digest  # stopped between writing one turn's lines and their head
         log.error(
             "audit log %s ends at seq %d but %s records seq %d: entries were removed or "
             "changed since the head was written; the chain continues from the head, so "
@@ -89,19 +80,6 @@ class AuditLog:
             head[0],
         )
         return head
-
-    def _chains_on_from(self, head: tuple[int, str]) -> bool:
-        """Whether the log's entry after ``head`` is the one that chains on from it (the rest
-        of the chain after it is ``--verify``'s to check)."""
-        try:
-            with AuditReader(self.path) as reader:
-                page = reader.after(head[0], 1)
-        except AuditReadError:
-            return False
-        if not page.entries:
-            return False
-        entry = page.entries[0]
-        return bool(entry.get("seq") == head[0] + 1 and entry.get("prev") == head[1])
 
     def _recover(self) -> tuple[int, str, str]:
         """The log's last ``seq``, ``hash`` and ``prev``, after dropping a torn last line.
@@ -209,35 +187,25 @@ class AuditLog:
             self._cut_to = None
         if (written := os.write(self._fd, line)) != len(line):
             self._cut_short(written, len(line))
-        self._seq += 1
+        seq = self._seq = self._seq + 1
         self._prev = digest
         body["hash"] = digest
-        if not self._head_due:
-            self._head_due = True
-            after_input(self._head_now)
-        return body
-
-    def _head_now(self) -> None:
-        """Rewrite the head after the lines appended since it was last written."""
-        if not self._head_due:
-            return
-        self._head_due = False
         try:
-            self._write_head()
+            os.pwrite(self._head_fd, format_head(seq, digest), 0)
         except OSError as exc:
             self._head_failed(exc)
         else:
             if self._head_behind:
                 self._head_behind = False
-                log.info("%s is written again, at seq %d", self.head_path, self._seq)
+                log.info("%s is written again, at seq %d", self.head_path, seq)
+        return body
 
     def _head_failed(self, exc: OSError) -> None:
-        """The head could not be rewritten after lines that were (a full copy-on-write
-        filesystem, where even an in-place write needs a free block). The lines are recorded
-        and stay so: their calls are answered, and their idempotency keys keep their answers.
-        The next append rewrites the head, and so does :meth:`close`; a head behind lines that
-        chain on from it is what the recovery on open already takes (the broker stopped
-        between lines and their head).
+        """The head could not be rewritten after a line that was (a full copy-on-write
+        filesystem, where even an in-place write needs a free block). The line is recorded and
+        stays so: the call is answered, and its idempotency key keeps its answer. The next
+        append rewrites the head, and so does :meth:`close`; a head one line behind is what
+        the recovery on open already takes (the broker stopped between a line and its head).
         Logged once per streak of failures."""
         if not self._head_behind:
             self._head_behind = True
@@ -288,7 +256,6 @@ class AuditLog:
         return os.fstat(self._fd).st_size, (self._seq, self._prev)
 
     def close(self) -> None:
-        self._head_now()
         if self._head_behind:  # a last try, so that the next open finds the head whole
             with contextlib.suppress(OSError):
                 self._write_head()
