@@ -319,12 +319,15 @@ class Broker:
         return answer.result
 
     def _audit_line(self, **fields: Any) -> None:
-        """Append an audit line, and give it to the audit stream's subscribers."""
-        entry = self.audit.append(**fields)
+        """Append an audit line (see :meth:`_appended`)."""
+        self._appended(self.audit.append(**fields))
+
+    def _appended(self, entry: dict[str, Any]) -> None:
+        """What follows every audit line written: the audit stream's subscribers get it."""
         self.streams.publish_own(SUBSCRIBE_AUDIT, entry)
 
     def _write(self, record: AuditRecord) -> None:
-        """Count a call's record and append its audit line (as :meth:`_audit_line` does)."""
+        """Count a call's record and append its audit line (see :meth:`_appended`)."""
         self.ctx.counters[record.counter] += 1
         entry = self.audit.append(
             caller=record.caller,
@@ -336,7 +339,7 @@ class Broker:
             provider=record.provider,
             on_behalf_of=record.on_behalf_of,
         )
-        self.streams.publish_own(SUBSCRIBE_AUDIT, entry)
+        self._appended(entry)
 
 
 @contextlib.asynccontextmanager
