@@ -65,6 +65,19 @@ def _clip(text: str, most: int) -> str:
 ReloadHook = Callable[[], Awaitable[None]]
 
 
+# getInfo answers with the pid on every call; os.getpid() is a system call each time, so it is
+# read once, and again in a forked child (which must never report its parent's pid).
+_pid = os.getpid()
+
+
+def _read_pid() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_read_pid)
+
+
 @dataclass(eq=False)
 class ServiceContext:
     """What a running service knows about itself; ``info()`` is its health answer."""
@@ -126,7 +139,7 @@ class ServiceContext:
         return {
             "name": self.name,
             "version": self.version,
-            "pid": os.getpid(),
+            "pid": _pid,
             "uptimeSeconds": int(time.monotonic() - self.started),
             "status": self.state,
             "statusText": _clip(self.status, STATUS_TEXT_MAX),

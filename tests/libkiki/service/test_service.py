@@ -124,6 +124,24 @@ def test_status_text_fits_its_lexicon_however_long_the_status() -> None:
     assert ctx.info()["statusText"] == "serving probe.sock"  # short ones are whole
 
 
+def test_info_reports_the_pid_of_the_process_asking_also_in_a_forked_child() -> None:
+    ctx = ServiceContext("probe", "0", Listeners([]), Notifier(None))
+    assert ctx.info()["pid"] == os.getpid()
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through the pipe, then exits
+        try:
+            os.write(write_end, f"{ctx.info()['pid']} {os.getpid()}".encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        reported, actual = pipe.read().decode().split()
+    assert os.waitpid(child, 0)[1] == 0
+    assert reported == actual == str(child)
+    assert ctx.info()["pid"] == os.getpid()
+
+
 # The loop's self-pipe and the process's signal wake-up fd are filled to the brim (as a loop
 # that falls behind a 10 kHz SIGALRM fills them), then the process sends itself SIGTERM: the
 # signal's byte cannot be written anywhere. The stop must still happen.
