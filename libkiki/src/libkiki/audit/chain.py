@@ -47,9 +47,13 @@ def encode_entry(body: dict[str, Any]) -> tuple[bytes, str]:
     The canonical form is what the hash covers; the line is that form with the hash added
     last, so a call's entry is serialised once.
     """
-    canonical = orjson.dumps(body, option=_CANON)
-    digest = hashlib.sha256(body["prev"].encode() + canonical).hexdigest()
-    return b'%s,"hash":"%s"}\n' % (canonical[:-1], digest.encode()), digest
+    canonical = _dumps(body, option=_CANON)
+    digest = _sha256(body["prev"].encode() + canonical).hexdigest()
+    return b"".join((canonical[:-1], b',"hash":"', digest.encode(), b'"}\n')), digest
+
+
+_dumps = orjson.dumps
+_sha256 = hashlib.sha256
 
 
 def format_head(seq: int, digest: str) -> bytes:
