@@ -305,9 +305,10 @@ class RpcCore:
         meta = None
         params = obj.get("params")
         if isinstance(params, dict) and "_meta" in params:
-            raw_meta = params["_meta"]
+            # Taken out of the params in place: they were parsed from this line (or batch
+            # entry) alone, and nothing reads them but the handler, which never sees _meta.
+            raw_meta = params.pop("_meta")
             meta = raw_meta if isinstance(raw_meta, dict) else None
-            obj = {**obj, "params": {k: v for k, v in params.items() if k != "_meta"}}
         slot = self._next_slot = self._next_slot + 1
         self._slots[slot] = _Slot(rid, notification, None if notification else batch)
         if notification:
