@@ -93,6 +93,70 @@ class _Recursive:
             self.depth -= 1
 
 
+def _passes(node: Def) -> str | None:
+    """A Python condition on ``x`` under which ``node``'s check surely passes (None: none
+    cheaper than the check). Only bounds the check itself tests first are used, so when the
+    condition is false the check runs and decides, with its own error."""
+    if isinstance(node, StringType):
+        if (node.min_length, node.min_graphemes, node.enum, node.const, node.format) != (
+            (None,) * 5
+        ):
+            return None
+        bounds = [
+            int(b)
+            for b in (None if node.max_length is None else node.max_length // 4, node.max_graphemes)
+            if b is not None
+        ]
+        return f"x.__class__ is str and len(x) <= {min(bounds)}" if bounds else "x.__class__ is str"
+    if isinstance(node, IntegerType):
+        if node.enum is not None or node.const is not None:
+            return None
+        low = "" if node.minimum is None else f" and x >= {int(node.minimum)}"
+        high = "" if node.maximum is None else f" and x <= {int(node.maximum)}"
+        return f"x.__class__ is int{low}{high}"
+    if isinstance(node, BooleanType) and node.const is None:
+        return "x is True or x is False"
+    return None
+
+
+def _object_check(
+    required: tuple[str, ...],
+    nullable: frozenset[str],
+    props: list[tuple[str, Check, str | None]],
+) -> Check:
+    """An object's check as one generated function, a block per property: a value that surely
+    passes its property's check (``_passes``) skips the call. Property names and checks are
+    bound as variables, never written into the source; only integer bounds are."""
+    env: dict[str, Any] = {"Invalid": Invalid, "_MISSING": _MISSING, "required": required}
+    lines = [
+        "def check(v):",
+        "    if not isinstance(v, dict):",
+        '        raise Invalid("must be an object")',
+        "    for name in required:",
+        "        if name not in v:",
+        '            raise Invalid("is required", name)',
+    ]
+    for i, (name, sub, passes) in enumerate(props):
+        env[f"n{i}"], env[f"s{i}"] = name, sub
+        condition = "x is not _MISSING"
+        if name in nullable:
+            condition += " and x is not None"
+        if passes is not None:
+            condition += f" and not ({passes})"
+        lines += [
+            f"    x = v.get(n{i}, _MISSING)",
+            f"    if {condition}:",
+            "        try:",
+            f"            s{i}(x)",
+            "        except Invalid as exc:",
+            f"            exc.parts.append(n{i})",
+            "            raise",
+        ]
+    exec("\n".join(lines), env)  # the source: the fixed text above and integers
+    check: Check = env["check"]
+    return check
+
+
 class _Compiler:
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
@@ -150,26 +214,8 @@ class _Compiler:
 
     def object(self, t: ObjectType | ParamsType, context: str) -> Check:
         nullable = frozenset(t.nullable) if isinstance(t, ObjectType) else frozenset()
-        required = tuple(t.required)
-        props = tuple((name, self.node(p, context)) for name, p in t.properties.items())
-
-        def check(v: Any) -> None:
-            if not isinstance(v, dict):
-                raise Invalid("must be an object")
-            for name in required:
-                if name not in v:
-                    raise Invalid("is required", name)
-            for name, sub in props:
-                x = v.get(name, _MISSING)
-                if x is _MISSING or (x is None and name in nullable):
-                    continue
-                try:
-                    sub(x)
-                except Invalid as exc:
-                    exc.parts.append(name)
-                    raise
-
-        return check
+        props = [(name, self.node(p, context), _passes(p)) for name, p in t.properties.items()]
+        return _object_check(tuple(t.required), nullable, props)
 
     def array(self, t: ArrayType, context: str) -> Check:
         item = self.node(t.items, context)
