@@ -2,11 +2,12 @@
 
 Every definition is compiled once into a tree of small closures, one per schema node, each
 specialised for the constraints that node actually has; validating a value is then plain calls
-with no look-ups in the schema. A failure raises a private exception that each enclosing closure
-extends with its key on the way out (free on the success path: CPython 3.11 try blocks cost
-nothing until they catch), and the public entry points turn it into a
-:class:`~libkiki.errors.ValidationError` such as ``input.track.title: must be at most 256
-graphemes``.
+with no look-ups in the schema. An object's check is generated as one function, which calls a
+property's check only when a cheaper test does not already show that it passes. A failure
+raises a private exception that each enclosing check extends with its key on the way out
+(free on the success path: CPython 3.11 try blocks cost nothing until they catch), and the
+public entry points turn it into a :class:`~libkiki.errors.ValidationError` such as
+``input.track.title: must be at most 256 graphemes``.
 """
 
 from __future__ import annotations
