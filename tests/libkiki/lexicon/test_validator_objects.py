@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from libkiki.errors import ValidationError
 from libkiki.lexicon import Registry
+from libkiki.lexicon.validator import GENERATED_MAX_PROPERTIES
 
 pytestmark = pytest.mark.unit
 
@@ -130,3 +131,42 @@ def test_an_object_is_decided_as_by_each_property_s_own_check(value: dict[str, A
 )
 def test_a_skipped_check_would_have_passed(value: Any, problem: tuple[str, str] | None) -> None:
     assert verdict(value) == expected(value) == problem
+
+
+def test_a_wide_object_is_checked_by_a_loop_that_decides_the_same() -> None:
+    """An object of more properties than a generated check is made for (its source would cost
+    time and memory per property, and a provider's lexicon decides how many) is checked by a
+    loop: the same verdicts, with the same path and rule."""
+    width = GENERATED_MAX_PROPERTIES + 1
+    properties = {f"p{k}": TYPES["i1"] for k in range(width)}
+    wide = Registry()
+    defs = {"wide": {"type": "object", "required": ["p0"], "properties": properties}}
+    assert wide.add_json({"lexicon": 1, "id": NSID, "defs": defs}) == []
+    check = wide.validator(f"{NSID}#wide")
+    check.validate({"p0": 1, f"p{width - 1}": 9})  # raises if refused
+    for value, problem in [
+        ({f"p{width - 1}": 1}, ("p0", "is required")),
+        ({"p0": 1, f"p{width - 1}": 10}, (f"p{width - 1}", "must be at most 9")),
+        ({"p0": True}, ("p0", "must be an integer")),
+    ]:
+        with pytest.raises(ValidationError) as caught:
+            check.validate(value)
+        assert (caught.value.path, caught.value.rule) == problem
+
+
+def test_an_integer_bound_of_any_size_is_never_written_into_source() -> None:
+    """Bounds are bound as variables: one past the digits ``int`` may turn into text builds."""
+    huge = 10**5000
+    defs = {
+        "obj": {
+            "type": "object",
+            "properties": {"i": {"type": "integer", "minimum": -huge, "maximum": huge}},
+        }
+    }
+    found = Registry()
+    assert found.add_json({"lexicon": 1, "id": NSID, "defs": defs}) == []
+    check = found.validator(f"{NSID}#obj")
+    check.validate({"i": huge})  # raises if refused
+    with pytest.raises(ValidationError) as caught:
+        check.validate({"i": "1"})
+    assert (caught.value.path, caught.value.rule) == ("i", "must be an integer")

@@ -94,10 +94,20 @@ class _Recursive:
             self.depth -= 1
 
 
-def _passes(node: Def) -> str | None:
-    """A Python condition on ``x`` under which ``node``'s check surely passes (None: none
-    cheaper than the check). Only bounds the check itself tests first are used, so when the
-    condition is false the check runs and decides, with its own error."""
+# An object with more properties than this is checked by a loop instead of a generated
+# function: generating and compiling source costs time and memory per property, and a
+# provider's lexicon decides how many there are.
+GENERATED_MAX_PROPERTIES: Final = 64
+
+# What surely passes a property's check, cheaper than the check (see ``_passes``): a
+# condition on ``x`` over the block's own bounds ``lo{i}`` and ``hi{i}``.
+Passes = tuple[str, int | None, int | None]
+
+
+def _passes(node: Def) -> Passes | None:
+    """A condition on ``x`` under which ``node``'s check surely passes (None: none cheaper than
+    the check), with the bounds it compares ``x`` to. Only bounds the check itself tests first
+    are used, so when the condition is false the check runs and decides, with its own error."""
     if isinstance(node, StringType):
         if (node.min_length, node.min_graphemes, node.enum, node.const, node.format) != (
             (None,) * 5
@@ -108,26 +118,34 @@ def _passes(node: Def) -> str | None:
             for b in (None if node.max_length is None else node.max_length // 4, node.max_graphemes)
             if b is not None
         ]
-        return f"x.__class__ is str and len(x) <= {min(bounds)}" if bounds else "x.__class__ is str"
+        if not bounds:
+            return "x.__class__ is str", None, None
+        return "x.__class__ is str and len(x) <= hi{i}", None, min(bounds)
     if isinstance(node, IntegerType):
         if node.enum is not None or node.const is not None:
             return None
-        low = "" if node.minimum is None else f" and x >= {int(node.minimum)}"
-        high = "" if node.maximum is None else f" and x <= {int(node.maximum)}"
-        return f"x.__class__ is int{low}{high}"
+        low = None if node.minimum is None else int(node.minimum)
+        high = None if node.maximum is None else int(node.maximum)
+        condition = "x.__class__ is int"
+        condition += "" if low is None else " and x >= lo{i}"
+        condition += "" if high is None else " and x <= hi{i}"
+        return condition, low, high
     if isinstance(node, BooleanType) and node.const is None:
-        return "x is True or x is False"
+        return "x is True or x is False", None, None
     return None
 
 
 def _object_check(
     required: tuple[str, ...],
     nullable: frozenset[str],
-    props: list[tuple[str, Check, str | None]],
+    props: list[tuple[str, Check, Passes | None]],
 ) -> Check:
-    """An object's check as one generated function, a block per property: a value that surely
-    passes its property's check (``_passes``) skips the call. Property names and checks are
-    bound as variables, never written into the source; only integer bounds are."""
+    """An object's check: one generated function, a block per property, in which a value that
+    surely passes its property's check (``_passes``) skips the call; a loop over the
+    properties for an object of more than ``GENERATED_MAX_PROPERTIES``. Property names, checks
+    and bounds are bound as variables: the source is the fixed text below and block numbers."""
+    if len(props) > GENERATED_MAX_PROPERTIES:
+        return _object_loop(required, nullable, tuple((name, sub) for name, sub, _ in props))
     env: dict[str, Any] = {"Invalid": Invalid, "_MISSING": _MISSING, "required": required}
     lines = [
         "def check(v):",
@@ -143,7 +161,8 @@ def _object_check(
         if name in nullable:
             condition += " and x is not None"
         if passes is not None:
-            condition += f" and not ({passes})"
+            test, env[f"lo{i}"], env[f"hi{i}"] = passes
+            condition += f" and not ({test.format(i=i)})"
         lines += [
             f"    x = v.get(n{i}, _MISSING)",
             f"    if {condition}:",
@@ -153,8 +172,32 @@ def _object_check(
             f"            exc.parts.append(n{i})",
             "            raise",
         ]
-    exec("\n".join(lines), env)  # the source: the fixed text above and integers
+    exec("\n".join(lines), env)  # the source: the fixed text above and block numbers
     check: Check = env["check"]
+    return check
+
+
+def _object_loop(
+    required: tuple[str, ...], nullable: frozenset[str], props: tuple[tuple[str, Check], ...]
+) -> Check:
+    """An object's check as a loop over its properties (no shortcuts)."""
+
+    def check(v: Any) -> None:
+        if not isinstance(v, dict):
+            raise Invalid("must be an object")
+        for name in required:
+            if name not in v:
+                raise Invalid("is required", name)
+        for name, sub in props:
+            x = v.get(name, _MISSING)
+            if x is _MISSING or (x is None and name in nullable):
+                continue
+            try:
+                sub(x)
+            except Invalid as exc:
+                exc.parts.append(name)
+                raise
+
     return check
 
 
