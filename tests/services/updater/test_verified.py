@@ -8,6 +8,7 @@ from __future__ import annotations
 import mmap
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -124,6 +125,33 @@ def test_another_file_renamed_into_an_objects_place_is_found(store: Store, commi
     assert caught.value.data == {"error": "CorruptObject", "object": victim}
 
 
+def check_while(
+    store: Store,
+    commit: str,
+    path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    meanwhile: Callable[[], None],
+) -> None:
+    """A check of ``commit`` during which ``meanwhile`` runs once, right after the first read
+    of ``path``'s object (while it is being hashed)."""
+    inode = path.stat().st_ino
+    read = os.read
+    done = False
+
+    def read_then(fd: int, n: int) -> bytes:
+        nonlocal done
+        data = read(fd, n)
+        if not done and os.fstat(fd).st_ino == inode:
+            done = True
+            meanwhile()
+        return data
+
+    monkeypatch.setattr(os, "read", read_then)
+    store.fsck(commit)
+    monkeypatch.undo()
+    assert done
+
+
 def test_a_write_during_the_hash_is_found_at_the_next_check(
     store: Store, commit: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -132,22 +160,7 @@ def test_a_write_during_the_hash_is_found_at_the_next_check(
     check hashes the file again. (A stat taken after reading would not be recorded either: its
     mtime is not 0. That the stat is taken before reading is tested with a file renamed in.)"""
     victim, path = a_file_object(store, commit)
-    inode = path.stat().st_ino
-    read = os.read
-    done = False
-
-    def read_then_write(fd: int, n: int) -> bytes:
-        nonlocal done
-        data = read(fd, n)
-        if not done and os.fstat(fd).st_ino == inode:
-            done = True
-            flip(path, keep_mtime=False)
-        return data
-
-    monkeypatch.setattr(os, "read", read_then_write)
-    store.fsck(commit)
-    monkeypatch.undo()
-    assert done
+    check_while(store, commit, path, monkeypatch, lambda: flip(path, keep_mtime=False))
     with pytest.raises(CorruptObject) as caught:
         store.fsck(commit)
     assert caught.value.data == {"error": "CorruptObject", "object": victim}
@@ -161,26 +174,15 @@ def test_a_file_renamed_in_during_the_hash_is_not_believed(
     be that of the file read (taken before reading, by its descriptor), not of what the path
     names afterwards, or the damaged file would match the record."""
     victim, path = a_file_object(store, commit)
-    inode = path.stat().st_ino
-    read = os.read
-    done = False
 
-    def read_then_replace(fd: int, n: int) -> bytes:
-        nonlocal done
-        data = read(fd, n)
-        if not done and os.fstat(fd).st_ino == inode:
-            done = True
-            other = path.with_name("other")
-            other.write_bytes(damaged(path))
-            os.chmod(other, path.stat().st_mode)
-            os.utime(other, ns=(0, 0))
-            os.rename(other, path)
-        return data
+    def replace() -> None:
+        other = path.with_name("other")
+        other.write_bytes(damaged(path))
+        os.chmod(other, path.stat().st_mode)
+        os.utime(other, ns=(0, 0))
+        os.rename(other, path)
 
-    monkeypatch.setattr(os, "read", read_then_replace)
-    store.fsck(commit)
-    monkeypatch.undo()
-    assert done
+    check_while(store, commit, path, monkeypatch, replace)
     with pytest.raises(CorruptObject) as caught:
         store.fsck(commit)
     assert caught.value.data == {"error": "CorruptObject", "object": victim}
