@@ -69,6 +69,14 @@ def parse_head(data: bytes) -> tuple[int, str] | None:
     return int(parts[0]), parts[1]
 
 
+def head_agrees(head: tuple[int, str], seq: int, digest: str, prev: str) -> bool:
+    """Whether a log whose last line has ``seq``, hash ``digest`` and ``prev`` agrees with
+    ``head``: it ends where the head says, or one line past it that chains on from it (the
+    writer stopped between appending a line and rewriting the head, which it does after each
+    line). Anything else means lines at the end were removed or changed."""
+    return head == (seq, digest) or (seq == head[0] + 1 and prev == head[1])
+
+
 def parse_entry(raw: bytes | None) -> dict[str, Any] | None:
     """A line as a JSON object; None for anything else (a line too long to read is None)."""
     if raw is None:

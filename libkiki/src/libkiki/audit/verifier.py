@@ -9,7 +9,7 @@ from typing import BinaryIO
 
 import orjson
 
-from libkiki.audit.chain import GENESIS, chain_hash, parse_head
+from libkiki.audit.chain import GENESIS, chain_hash, head_agrees, parse_head
 
 VERIFY_LINE = 1 << 20
 """The longest line :func:`verify` reads into memory; a longer one is a problem, stepped over."""
@@ -39,6 +39,7 @@ def verify(
     ``head_path``.
     """
     prev, seq = GENESIS, 0
+    last_prev = GENESIS  # the last line's prev (the hash before ``prev``)
     try:
         log = path.open("rb")
     except FileNotFoundError:
@@ -69,7 +70,7 @@ def verify(
                     )
                 if chain_hash(str(entry.get("prev")), entry) != claimed:
                     yield Problem(n, "hash mismatch: the entry was edited")
-                prev = str(claimed)
+                last_prev, prev = prev, str(claimed)
                 seq = int(entry["seq"]) if isinstance(entry.get("seq"), int) else seq + 1
     name = head_path.name if head_path is not None else "audit.head"
     if head is None and head_path is not None and head_path.exists():
@@ -77,7 +78,7 @@ def verify(
         if head is None:
             yield Problem(0, f"{name} is unreadable")
             return
-    if head is not None and head != (seq, prev):
+    if head is not None and not head_agrees(head, seq, prev, last_prev):
         yield Problem(
             seq,
             f"the log ends at seq {seq} but {name} records seq {head[0]}: entries at the end "

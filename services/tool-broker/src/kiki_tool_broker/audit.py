@@ -27,6 +27,7 @@ from libkiki.audit import (
     args_hash,
     encode_entry,
     format_head,
+    head_agrees,
     parse_entry,
     parse_head,
 )
@@ -68,8 +69,8 @@ class AuditLog:
             if raw:
                 log.warning("%s is unreadable; the chain continues from the log", self.head_path)
             return seq, digest
-        if head == (seq, digest) or (seq == head[0] + 1 and prev == head[1]):
-            return seq, digest  # intact, or stopped between writing a line and the head
+        if head_agrees(head, seq, digest, prev):
+            return seq, digest
         log.error(
             "audit log %s ends at seq %d but %s records seq %d: entries were removed or "
             "changed since the head was written; the chain continues from the head, so "
