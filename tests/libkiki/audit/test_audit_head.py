@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from kiki_tool_broker.audit import AuditLog
-from libkiki.audit import format_head, parse_head, read_entries, verify
+from libkiki.audit import encode_entry, format_head, parse_head, read_entries, verify
 
 pytestmark = pytest.mark.unit
 
@@ -59,3 +59,22 @@ def test_any_other_head_is_reported_by_verify_and_kept_by_the_broker(
     reopened = AuditLog(log.path.parent)  # the chain continues from the head: the gap stays visible
     reopened.close()
     assert parse_head(log.head_path.read_bytes()) == recorded
+
+
+def test_a_snapshot_s_head_is_never_taken_as_behind(tmp_path: Path) -> None:
+    """The head a live check passes is the writer's own, moved with each line: a line past it
+    was written by someone else, even one that chains on."""
+    log, _ = written(tmp_path, 2)
+    reopened = AuditLog(log.path.parent)
+    end, head = reopened.snapshot()
+    reopened.close()
+    assert list(verify(log.path, end=end, head=head)) == []
+    last = list(read_entries(log.path))[-1]
+    forged = {**last, "seq": 3, "prev": last["hash"]}
+    del forged["hash"]
+    with log.path.open("ab") as out:
+        out.write(encode_entry(forged)[0])
+    assert [p.message for p in verify(log.path, end=log.path.stat().st_size, head=head)] == [
+        "the log ends at seq 3 but audit.head records seq 2: entries at the end were removed "
+        "or changed"
+    ]

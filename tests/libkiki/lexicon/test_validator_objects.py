@@ -140,14 +140,22 @@ def test_a_wide_object_is_checked_by_a_loop_that_decides_the_same() -> None:
     width = GENERATED_MAX_PROPERTIES + 1
     properties = {f"p{k}": TYPES["i1"] for k in range(width)}
     wide = Registry()
-    defs = {"wide": {"type": "object", "required": ["p0"], "properties": properties}}
+    defs = {
+        "wide": {
+            "type": "object",
+            "required": ["p0"],
+            "nullable": ["p1"],
+            "properties": properties,
+        }
+    }
     assert wide.add_json({"lexicon": 1, "id": NSID, "defs": defs}) == []
     check = wide.validator(f"{NSID}#wide")
-    check.validate({"p0": 1, f"p{width - 1}": 9})  # raises if refused
+    check.validate({"p0": 1, "p1": None, f"p{width - 1}": 9})  # raises if refused
     for value, problem in [
         ({f"p{width - 1}": 1}, ("p0", "is required")),
         ({"p0": 1, f"p{width - 1}": 10}, (f"p{width - 1}", "must be at most 9")),
         ({"p0": True}, ("p0", "must be an integer")),
+        ({"p0": 1, "p2": None}, ("p2", "must be an integer")),
     ]:
         with pytest.raises(ValidationError) as caught:
             check.validate(value)
