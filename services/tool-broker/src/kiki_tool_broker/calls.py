@@ -133,7 +133,7 @@ class Calls:
         answering: dict[str, Any] | None = None  # the provider's view, once the tool is known
         behalf: dict[str, Any] | None = None
         try:
-            remote = None if meta is None else self.core.remote(who, meta)
+            remote = self.core.remote(who, meta)
             behalf = None if remote is None else remote.view()
             if not isinstance(name, str):
                 raise InvalidParams("name must be a string")
@@ -144,7 +144,7 @@ class Calls:
             answering = tool.provider.view
             if not isinstance(arguments, dict):
                 raise InvalidParams("arguments must be an object")
-            caller = who.caller if remote is None else who.acting_for(remote)
+            caller = who.acting_for(remote)
             allowed, reason = self.core.policy.allows(caller, name, tool.kind, tool.provider.uids)
             if not allowed:
                 raise PermissionDenied(f"{caller.describe()} may not call {name}: {reason}")
